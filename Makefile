@@ -1,0 +1,57 @@
+# memberd — see README.md. `make test` and `make demo` install what they need.
+SHELL := /bin/bash
+export PATH := /usr/local/go/bin:$(PATH)
+
+GO       ?= go
+BIN      ?= bin/memberd
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo devel)
+COMMIT   ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+LDFLAGS  := -X github.com/memberd/memberd/internal/buildinfo.Version=$(VERSION) \
+            -X github.com/memberd/memberd/internal/buildinfo.Commit=$(COMMIT)
+# Benchmarks: which packages and how long each benchmark runs.
+BENCH_PKGS ?= ./...
+BENCHTIME  ?= 2s
+# Fuzzing time per target in `make fuzz`.
+FUZZTIME   ?= 30s
+
+.PHONY: all build test deps vet unit race bench lint fuzz demo package clean
+
+all: build
+
+build:
+	$(GO) build -trimpath -ldflags '$(LDFLAGS)' -o $(BIN) ./cmd/memberd
+
+deps:
+	@bash scripts/deps.sh
+
+vet:
+	$(GO) vet ./...
+
+# unit + integration tests, then the race detector (-short skips the long
+# load tests, which the first pass already ran).
+unit:
+	$(GO) test -count=1 -timeout 30m ./...
+
+race:
+	$(GO) test -count=1 -race -short -timeout 30m ./...
+
+test: deps vet unit race
+
+bench: deps
+	$(GO) test -run '^$$' -bench . -benchtime $(BENCHTIME) -timeout 60m $(BENCH_PKGS)
+
+# Runs every fuzz target for FUZZTIME (the seed corpora run in `make test`).
+fuzz:
+	@bash scripts/fuzz.sh $(FUZZTIME)
+
+lint: vet
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+demo: deps build
+	@bash scripts/demo.sh $(BIN)
+
+package:
+	@echo "make package: packaging (.deb/.rpm, OCI image, systemd unit) is not built yet; see ARCHITECTURE.md 'Operations'." >&2; exit 1
+
+clean:
+	rm -rf bin
