@@ -95,25 +95,33 @@ func newRootCmd(e *env) *cobra.Command {
 		newPolicyCmd(e),
 		newLedgerCmd(e),
 	)
-	requireSubcommand(root)
+	markUsageErrors(root)
 	return root
 }
 
-// requireSubcommand makes a command group with subcommands fail with a usage
-// error (exit 2) when called without a valid subcommand, instead of printing
-// help and exiting 0.
-func requireSubcommand(c *cobra.Command) {
-	if !c.HasSubCommands() || c.RunE != nil {
-		return
-	}
-	c.Args = cobra.ArbitraryArgs
-	c.RunE = func(cmd *cobra.Command, args []string) error {
-		if len(args) > 0 {
-			return usagef("%s: unknown subcommand %q (see '%s --help')", cmd.CommandPath(), args[0], cmd.CommandPath())
+// markUsageErrors walks the command tree so that every command-line mistake
+// exits 2: argument-count errors become UsageErrors, and a command group
+// called without a valid subcommand fails instead of printing help and
+// exiting 0.
+func markUsageErrors(c *cobra.Command) {
+	if c.HasSubCommands() && c.RunE == nil && c.Run == nil {
+		c.Args = cobra.ArbitraryArgs
+		c.RunE = func(cmd *cobra.Command, args []string) error {
+			if len(args) > 0 {
+				return usagef("%s: unknown subcommand %q (see '%s --help')", cmd.CommandPath(), args[0], cmd.CommandPath())
+			}
+			return usagef("%s: a subcommand is required (see '%s --help')", cmd.CommandPath(), cmd.CommandPath())
 		}
-		return usagef("%s: a subcommand is required (see '%s --help')", cmd.CommandPath(), cmd.CommandPath())
+	} else if c.Args != nil {
+		check := c.Args
+		c.Args = func(cmd *cobra.Command, args []string) error {
+			if err := check(cmd, args); err != nil {
+				return &UsageError{Err: fmt.Errorf("%w (see '%s --help')", err, cmd.CommandPath())}
+			}
+			return nil
+		}
 	}
 	for _, sub := range c.Commands() {
-		requireSubcommand(sub)
+		markUsageErrors(sub)
 	}
 }
