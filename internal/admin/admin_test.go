@@ -1,0 +1,70 @@
+package admin
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+func get(t *testing.T, h http.Handler, path string) (int, string) {
+	t.Helper()
+	rec := httptest.NewRecorder()
+	h.ServeHTTP(rec, httptest.NewRequest("GET", path, nil))
+	b, _ := io.ReadAll(rec.Result().Body)
+	return rec.Code, string(b)
+}
+
+func TestEndpoints(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	c := prometheus.NewCounter(prometheus.CounterOpts{Name: "memberd_test_total", Help: "test"})
+	reg.MustRegister(c)
+	c.Add(3)
+	relayUp := errors.New("no relay connected")
+	h := Handler(Config{
+		Gatherer: reg,
+		Ready: map[string]Check{
+			"policy": func(context.Context) error { return nil },
+			"relay":  func(context.Context) error { return relayUp },
+		},
+		Status: func(context.Context) any { return map[string]int{"policy_version": 7} },
+	})
+	for _, tc := range []struct {
+		path string
+		code int
+		want string
+	}{
+		{"/healthz", 200, "ok"},
+		{"/readyz", 503, "relay: no relay connected"},
+		{"/status", 200, `"policy_version": 7`},
+		{"/metrics", 200, "memberd_test_total 3"},
+		{"/nope", 404, ""},
+	} {
+		code, body := get(t, h, tc.path)
+		if code != tc.code || !strings.Contains(body, tc.want) {
+			t.Errorf("GET %s = %d %q, want %d containing %q", tc.path, code, body, tc.code, tc.want)
+		}
+	}
+	relayUp = nil
+	if code, body := get(t, h, "/readyz"); code != 200 {
+		t.Errorf("/readyz after recovery = %d %q", code, body)
+	}
+}
+
+func TestZeroConfig(t *testing.T) {
+	h := Handler(Config{})
+	if code, _ := get(t, h, "/metrics"); code != 404 {
+		t.Errorf("/metrics without gatherer = %d, want 404", code)
+	}
+	if code, body := get(t, h, "/status"); code != 200 || strings.TrimSpace(body) != "{}" {
+		t.Errorf("/status zero = %d %q", code, body)
+	}
+	if code, _ := get(t, h, "/readyz"); code != 200 {
+		t.Errorf("/readyz zero = %d", code)
+	}
+}
