@@ -1,0 +1,266 @@
+//go:build cgo
+
+package hsm
+
+// PKCS#11 module and token handling.
+//
+// One module context per module path per process, reference counted: dlopen
+// of the same library returns the same handle and C_Initialize/C_Finalize act
+// on the whole library, so two independent contexts would finalise each
+// other. The last user to release a module calls C_Finalize and unloads it;
+// the next user initialises it afresh (SoftHSM2 reads SOFTHSM2_CONF at
+// C_Initialize, which is how tests get a fresh token directory each).
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"strings"
+	"sync"
+
+	"github.com/miekg/pkcs11"
+)
+
+type module struct {
+	path string
+	ctx  *pkcs11.Ctx
+	refs int // guarded by modulesMu
+	// finalize is false when someone else in the process had already
+	// initialised the library: then we must not finalise it.
+	finalize bool
+}
+
+var (
+	modulesMu sync.Mutex
+	modules   = map[string]*module{}
+)
+
+// acquireModule loads and initialises the module at path, or returns the
+// context already loaded, with one more reference.
+func acquireModule(path string) (*module, error) {
+	if path == "" {
+		return nil, fmt.Errorf("%w: no module path: add module-path=/path/to/module.so to the key URI (SoftHSM2 on Debian: /usr/lib/softhsm/libsofthsm2.so)", ErrModuleNotFound)
+	}
+	modulesMu.Lock()
+	defer modulesMu.Unlock()
+	if m := modules[path]; m != nil {
+		m.refs++
+		return m, nil
+	}
+	if _, err := os.Stat(path); err != nil {
+		return nil, fmt.Errorf("%w: %s: %v: install the HSM vendor's PKCS#11 library or fix module-path in the key URI", ErrModuleNotFound, path, err)
+	}
+	ctx := pkcs11.New(path)
+	if ctx == nil {
+		return nil, fmt.Errorf("%w: %s could not be loaded as a PKCS#11 library (dlopen or C_GetFunctionList failed): check it is the right library for this architecture", ErrModuleNotFound, path)
+	}
+	m := &module{path: path, ctx: ctx, refs: 1, finalize: true}
+	if err := ctx.Initialize(); err != nil {
+		if !isRV(err, pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+			ctx.Destroy()
+			return nil, fmt.Errorf("%w: %s: C_Initialize: %v: check the module's configuration (for SoftHSM2: SOFTHSM2_CONF and its tokendir)", ErrModuleNotFound, path, err)
+		}
+		m.finalize = false
+	}
+	modules[path] = m
+	return m, nil
+}
+
+// release drops one reference; the last one finalises and unloads.
+func (m *module) release() {
+	modulesMu.Lock()
+	defer modulesMu.Unlock()
+	m.refs--
+	if m.refs > 0 {
+		return
+	}
+	delete(modules, m.path)
+	if m.finalize {
+		_ = m.ctx.Finalize()
+	}
+	m.ctx.Destroy()
+}
+
+func isRV(err error, rv uint) bool {
+	var e pkcs11.Error
+	return errors.As(err, &e) && uint(e) == rv
+}
+
+// rvOf returns the CKR_ code of err, or 0.
+func rvOf(err error) uint {
+	var e pkcs11.Error
+	if errors.As(err, &e) {
+		return uint(e)
+	}
+	return 0
+}
+
+// sessionLost reports errors after which a session is useless and must be
+// replaced (and the token possibly looked up again).
+func sessionLost(err error) bool {
+	switch rvOf(err) {
+	case pkcs11.CKR_SESSION_HANDLE_INVALID, pkcs11.CKR_SESSION_CLOSED,
+		pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_TOKEN_NOT_PRESENT,
+		pkcs11.CKR_DEVICE_ERROR:
+		return true
+	}
+	return false
+}
+
+// tokenLost reports errors after which the slot of the token must be found
+// again by label.
+func tokenLost(err error) bool {
+	switch rvOf(err) {
+	case pkcs11.CKR_DEVICE_REMOVED, pkcs11.CKR_TOKEN_NOT_PRESENT, pkcs11.CKR_SLOT_ID_INVALID:
+		return true
+	}
+	return false
+}
+
+// token is one token of a module, found by label, with the PIN to log in.
+type token struct {
+	mod   *module
+	label string
+	pin   string
+	log   *slog.Logger
+
+	mu   sync.Mutex
+	slot uint
+}
+
+// openToken finds the token labelled u.Token in the URI's module.
+func openToken(u *URI, opts *Options) (*token, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	if u.Token == "" {
+		return nil, fmt.Errorf("%w: %s: no token=LABEL; memberd finds tokens by label, never by slot number", ErrBadURI, u.Redacted())
+	}
+	pin, err := readPIN(u, opts)
+	if err != nil {
+		return nil, err
+	}
+	path := u.ModulePath
+	if path == "" && opts != nil {
+		path = opts.ModulePath
+	}
+	m, err := acquireModule(path)
+	if err != nil {
+		return nil, err
+	}
+	t := &token{mod: m, label: u.Token, pin: pin, log: opts.logger()}
+	if _, err := t.findSlot(); err != nil {
+		m.release()
+		return nil, err
+	}
+	return t, nil
+}
+
+func (t *token) close() { t.mod.release() }
+
+// findSlot looks the token up by label among the slots with a token present.
+func (t *token) findSlot() (uint, error) {
+	slots, err := t.mod.ctx.GetSlotList(true)
+	if err != nil {
+		return 0, fmt.Errorf("%w: %s: C_GetSlotList: %v", ErrTokenNotFound, t.mod.path, err)
+	}
+	var labels []string
+	for _, s := range slots {
+		ti, err := t.mod.ctx.GetTokenInfo(s)
+		if err != nil {
+			continue
+		}
+		l := strings.TrimRight(ti.Label, " \x00")
+		if l == t.label {
+			t.mu.Lock()
+			t.slot = s
+			t.mu.Unlock()
+			return s, nil
+		}
+		labels = append(labels, fmt.Sprintf("%q", l))
+	}
+	have := "no tokens present"
+	if len(labels) > 0 {
+		have = "tokens present: " + strings.Join(labels, ", ")
+	}
+	return 0, fmt.Errorf("%w: token %q not found in module %s (%s): check the token label in the key URI, that the HSM is connected, and (SoftHSM2) SOFTHSM2_CONF", ErrTokenNotFound, t.label, t.mod.path, have)
+}
+
+func (t *token) currentSlot() uint {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.slot
+}
+
+// openSession opens a read-write session on the token and logs in. Login
+// state belongs to the application, so CKR_USER_ALREADY_LOGGED_IN is fine.
+func (t *token) openSession() (pkcs11.SessionHandle, error) {
+	slot := t.currentSlot()
+	sh, err := t.mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	if err != nil && tokenLost(err) {
+		if slot, err = t.findSlot(); err != nil {
+			return 0, err
+		}
+		sh, err = t.mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	}
+	if err != nil {
+		return 0, fmt.Errorf("token %q in %s: C_OpenSession: %w", t.label, t.mod.path, err)
+	}
+	if err := t.login(sh); err != nil {
+		_ = t.mod.ctx.CloseSession(sh)
+		return 0, err
+	}
+	return sh, nil
+}
+
+func (t *token) login(sh pkcs11.SessionHandle) error {
+	if t.pin == "" {
+		return nil
+	}
+	err := t.mod.ctx.Login(sh, pkcs11.CKU_USER, t.pin)
+	switch rvOf(err) {
+	case 0, pkcs11.CKR_USER_ALREADY_LOGGED_IN:
+		return nil
+	case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LEN_RANGE, pkcs11.CKR_PIN_INVALID:
+		return fmt.Errorf("%w: token %q in %s refused the PIN (%v): check the pin-source file; repeated failures lock the token", ErrWrongPIN, t.label, t.mod.path, err)
+	case pkcs11.CKR_PIN_LOCKED:
+		return fmt.Errorf("%w: token %q in %s: the PIN is locked (%v): unlock it with the security officer PIN", ErrWrongPIN, t.label, t.mod.path, err)
+	}
+	return fmt.Errorf("token %q in %s: C_Login: %w", t.label, t.mod.path, err)
+}
+
+// attrUint decodes a CK_ULONG attribute value.
+func attrUint(b []byte) uint {
+	switch len(b) {
+	case 8:
+		return uint(binary.NativeEndian.Uint64(b))
+	case 4:
+		return uint(binary.NativeEndian.Uint32(b))
+	}
+	return ^uint(0)
+}
+
+// findObjects returns up to max handles matching tmpl.
+func (t *token) findObjects(sh pkcs11.SessionHandle, tmpl []*pkcs11.Attribute, max int) ([]pkcs11.ObjectHandle, error) {
+	if err := t.mod.ctx.FindObjectsInit(sh, tmpl); err != nil {
+		return nil, err
+	}
+	var all []pkcs11.ObjectHandle
+	for len(all) < max {
+		hs, _, err := t.mod.ctx.FindObjects(sh, max-len(all))
+		if err != nil {
+			_ = t.mod.ctx.FindObjectsFinal(sh)
+			return nil, err
+		}
+		if len(hs) == 0 {
+			break
+		}
+		all = append(all, hs...)
+	}
+	if err := t.mod.ctx.FindObjectsFinal(sh); err != nil {
+		return nil, err
+	}
+	return all, nil
+}
