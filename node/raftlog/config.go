@@ -1,0 +1,202 @@
+package raftlog
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"log/slog"
+	"net"
+	"time"
+)
+
+// Dialer opens connections to peers. *net.Dialer satisfies it; the appliance
+// passes the WireGuard tunnel's dialer. The network is always "tcp".
+type Dialer interface {
+	DialContext(ctx context.Context, network, addr string) (net.Conn, error)
+}
+
+// Peer is one consenter.
+type Peer struct {
+	ID   uint64 // raft ID, non-zero, unique in the cluster
+	Addr string // address given to Dialer.DialContext (ignored for this node)
+}
+
+// Entry is one committed application entry, in log order.
+type Entry struct {
+	Index uint64 // raft index; indexes of internal entries are skipped
+	Term  uint64
+	Data  []byte // exactly the bytes given to Propose; do not modify
+}
+
+// Snapshot is the application state a snapshot stands for: Data is what
+// Config.SnapshotData returned when the snapshot was made (e.g. block height
+// and last block hash).
+type Snapshot struct {
+	Index, Term uint64
+	Data        []byte
+}
+
+// Commit is one batch for Config.Apply. If Snapshot is set, the application
+// state must first be brought to the snapshot (for the ledger: fetch the
+// missing blocks up to Snapshot.Data's height from peers) because the entries
+// before it are no longer in the log; Entries then continue from
+// Snapshot.Index+1.
+type Commit struct {
+	Snapshot *Snapshot
+	Entries  []Entry
+}
+
+// Config configures a Node. The zero value of each field documented with a
+// default means that default. New copies the Config; later changes to the
+// caller's value have no effect.
+type Config struct {
+	ID      uint64 // this node's raft ID (required, non-zero)
+	Cluster string // cluster / channel name, checked in the handshake and the log dir (required)
+	// Peers lists every consenter, including this node, when the cluster is
+	// first created. Ignored when Dir already holds a log (membership then
+	// comes from the log). Each Addr is dialed through Dialer.
+	Peers []Peer
+	// Join: start with an empty log and wait for the leader to send the
+	// membership (for a node added with AddPeer). Peers then only supplies
+	// addresses.
+	Join bool
+	Dir  string // data directory for the log and snapshots (required)
+
+	Dialer   Dialer       // outbound connections (required)
+	Listener net.Listener // inbound connections; Close closes it (required)
+	// ClientTLS / ServerTLS: optional TLS on top of the connections, for use
+	// without the tunnel. Both nil: plain (the tunnel authenticates members).
+	ClientTLS, ServerTLS *tls.Config
+
+	TickInterval   time.Duration // default 100ms
+	ElectionTicks  int           // default 10
+	HeartbeatTicks int           // default 1
+	// SnapshotEvery: make a snapshot and compact the log every this many
+	// applied entries. Default 10000.
+	SnapshotEvery uint64
+	// CatchUpEntries: entries kept in memory below a snapshot so slightly
+	// lagging followers catch up without a snapshot. Default 1000.
+	CatchUpEntries uint64
+	// MaxSizePerMsg bounds the entries in one append message. Default 1 MiB.
+	MaxSizePerMsg uint64
+	// MaxInflightMsgs: append messages in flight per follower. Default 256.
+	MaxInflightMsgs int
+	// MaxEntryBytes bounds one proposal. Default 16 MiB.
+	MaxEntryBytes int
+	// SendQueue: raft messages queued per peer before new ones are dropped
+	// (raft retransmits). Default 1024.
+	SendQueue int
+	// SegmentBytes: start a new log segment at the next snapshot once the
+	// current one is this big. Default 64 MiB.
+	SegmentBytes int64
+	// DialTimeout bounds dial plus handshake. Default 5s.
+	DialTimeout time.Duration
+	// WriteTimeout bounds one flush to a peer. Default 5s.
+	WriteTimeout time.Duration
+
+	// Applied is the highest index the application has durably applied
+	// before this start (e.g. recorded with its blocks). Entries at or below
+	// it are not delivered again. 0: deliver every entry after the snapshot.
+	Applied uint64
+	// Apply receives committed entries in log order, from the Run goroutine;
+	// the node does not go on until it returns. It must be deterministic: a
+	// function of the log only. An error stops the node (Run returns it).
+	// Required.
+	Apply func(ctx context.Context, c Commit) error
+	// SnapshotData returns the application state as of the last applied
+	// index (every Commit up to index has been applied). Called from the Run
+	// goroutine. nil: empty snapshot data.
+	SnapshotData func(index uint64) ([]byte, error)
+
+	Logger *slog.Logger // nil: discard
+}
+
+func (c *Config) withDefaults() Config {
+	d := *c
+	d.Peers = append([]Peer(nil), c.Peers...)
+	if d.TickInterval == 0 {
+		d.TickInterval = 100 * time.Millisecond
+	}
+	if d.ElectionTicks == 0 {
+		d.ElectionTicks = 10
+	}
+	if d.HeartbeatTicks == 0 {
+		d.HeartbeatTicks = 1
+	}
+	if d.SnapshotEvery == 0 {
+		d.SnapshotEvery = 10000
+	}
+	if d.CatchUpEntries == 0 {
+		d.CatchUpEntries = 1000
+	}
+	if d.MaxSizePerMsg == 0 {
+		d.MaxSizePerMsg = 1 << 20
+	}
+	if d.MaxInflightMsgs == 0 {
+		d.MaxInflightMsgs = 256
+	}
+	if d.MaxEntryBytes == 0 {
+		d.MaxEntryBytes = 16 << 20
+	}
+	if d.SendQueue == 0 {
+		d.SendQueue = 1024
+	}
+	if d.SegmentBytes == 0 {
+		d.SegmentBytes = 64 << 20
+	}
+	if d.DialTimeout == 0 {
+		d.DialTimeout = 5 * time.Second
+	}
+	if d.WriteTimeout == 0 {
+		d.WriteTimeout = 5 * time.Second
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	return d
+}
+
+// Validate reports the first problem with the Config, naming the field.
+func (c *Config) Validate() error {
+	bad := func(format string, a ...any) error {
+		return fmt.Errorf("%w: %s", ErrInvalidConfig, fmt.Sprintf(format, a...))
+	}
+	switch {
+	case c.ID == 0:
+		return bad("ID must be non-zero")
+	case c.Cluster == "" || len(c.Cluster) > 255:
+		return bad("Cluster must be 1..255 bytes")
+	case c.Dir == "":
+		return bad("Dir is required")
+	case c.Dialer == nil:
+		return bad("Dialer is required")
+	case c.Listener == nil:
+		return bad("Listener is required")
+	case c.Apply == nil:
+		return bad("Apply is required")
+	case c.TickInterval < 0, c.ElectionTicks < 0, c.HeartbeatTicks < 0, c.MaxInflightMsgs < 0,
+		c.MaxEntryBytes < 0, c.SendQueue < 0, c.SegmentBytes < 0, c.DialTimeout < 0, c.WriteTimeout < 0:
+		return bad("durations, counts and sizes must not be negative")
+	}
+	d := c.withDefaults()
+	if d.ElectionTicks <= d.HeartbeatTicks {
+		return bad("ElectionTicks (%d) must be greater than HeartbeatTicks (%d)", d.ElectionTicks, d.HeartbeatTicks)
+	}
+	seen := map[uint64]bool{}
+	self := false
+	for _, p := range c.Peers {
+		if p.ID == 0 || seen[p.ID] {
+			return bad("Peers: ID %d is zero or repeated", p.ID)
+		}
+		seen[p.ID] = true
+		if p.ID == c.ID {
+			self = true
+		} else if p.Addr == "" {
+			return bad("Peers: peer %d has no Addr", p.ID)
+		}
+	}
+	if !self && !c.Join {
+		return bad("Peers must include this node (ID %d) unless Join is set", c.ID)
+	}
+	return nil
+}

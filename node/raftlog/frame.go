@@ -1,0 +1,114 @@
+package raftlog
+
+// Wire format between consenters. Pure code: no I/O beyond the io.Reader it
+// is given.
+//
+// A connection carries frames in one direction (dialer -> listener) after a
+// handshake in which each side sends one frame:
+//
+//	offset  size  field
+//	0       1     version (frameVersion = 1); any other value: close the connection
+//	1       1     type
+//	2       4     length n of the payload, big endian; n <= the receiver's limit,
+//	              checked before anything is allocated
+//	6       n     payload
+//
+// Types:
+//
+//	1 hello   from(8) to(8) clusterLen(1) cluster: the dialer names itself, the
+//	          node it wants and the cluster; the listener answers with a hello
+//	          naming itself, or a reject.
+//	2 reject  UTF-8 reason for the operator; the connection is then closed.
+//	3 msg     one raftpb.Message (protobuf); its From must be the handshake's
+//	          sender and its To the receiver.
+//
+// Unknown types are skipped (read and discarded), so later versions can add
+// frame types without breaking old peers.
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+)
+
+const (
+	frameVersion   = 1
+	frameHeaderLen = 6
+)
+
+const (
+	frameHello  byte = 1
+	frameReject byte = 2
+	frameMsg    byte = 3
+)
+
+func appendFrameHeader(dst []byte, typ byte, n int) []byte {
+	dst = append(dst, frameVersion, typ)
+	return binary.BigEndian.AppendUint32(dst, uint32(n))
+}
+
+func appendFrame(dst []byte, typ byte, payload []byte) []byte {
+	return append(appendFrameHeader(dst, typ, len(payload)), payload...)
+}
+
+// frameReader reads frames, reusing one buffer (payloads are valid until
+// the next call).
+type frameReader struct {
+	r   io.Reader
+	max int
+	hdr [frameHeaderLen]byte
+	buf []byte
+}
+
+// next returns the next frame. Errors: io.EOF at a clean end,
+// io.ErrUnexpectedEOF inside a frame, ErrProtocol, ErrTooLarge.
+func (fr *frameReader) next() (byte, []byte, error) {
+	if _, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	if fr.hdr[0] != frameVersion {
+		return 0, nil, fmt.Errorf("%w: frame version %d, this node speaks %d", ErrProtocol, fr.hdr[0], frameVersion)
+	}
+	n := binary.BigEndian.Uint32(fr.hdr[2:])
+	if uint64(n) > uint64(fr.max) {
+		return 0, nil, fmt.Errorf("%w: frame of %d bytes, limit %d", ErrTooLarge, n, fr.max)
+	}
+	if cap(fr.buf) < int(n) {
+		fr.buf = make([]byte, n)
+	}
+	b := fr.buf[:n]
+	if _, err := io.ReadFull(fr.r, b); err != nil {
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return 0, nil, err
+	}
+	if cap(fr.buf) > 1<<20 && n < 64<<10 {
+		fr.buf = nil // drop a buffer grown by one large frame
+	}
+	return fr.hdr[1], b, nil
+}
+
+type hello struct {
+	From, To uint64
+	Cluster  string
+}
+
+func (h hello) marshal() []byte {
+	b := make([]byte, 0, 17+len(h.Cluster))
+	b = binary.BigEndian.AppendUint64(b, h.From)
+	b = binary.BigEndian.AppendUint64(b, h.To)
+	b = append(b, byte(len(h.Cluster)))
+	return append(b, h.Cluster...)
+}
+
+func parseHello(b []byte) (hello, error) {
+	if len(b) < 17 || len(b) != 17+int(b[16]) {
+		return hello{}, fmt.Errorf("%w: malformed hello (%d bytes)", ErrProtocol, len(b))
+	}
+	return hello{
+		From:    binary.BigEndian.Uint64(b[0:8]),
+		To:      binary.BigEndian.Uint64(b[8:16]),
+		Cluster: string(b[17:]),
+	}, nil
+}

@@ -1,0 +1,547 @@
+// Package raftlog is the replicated log under the ledger node: etcd raft
+// (go.etcd.io/raft/v3) with this package owning storage (a write-ahead log
+// and snapshot files in Config.Dir, fsynced before any message is sent) and
+// transport (frames over the injected Dialer and Listener).
+//
+// Lifecycle:
+//
+//	n, err := raftlog.New(cfg)  // opens and replays Dir; starts nothing
+//	go n.Run(ctx)               // raft, transport and the Ready loop; returns when ctx ends, Close is called or on a fatal error
+//	n.ProposeWait(ctx, data)    // from any goroutine
+//	n.Close()                   // stops Run, closes the listener and the log; idempotent
+//
+// Committed entries reach the application through Config.Apply, in log
+// order, on the Run goroutine; apply must depend only on the log. When this
+// node falls so far behind that the leader sends a snapshot, Apply gets a
+// Commit with Snapshot set (the application data of Config.SnapshotData on
+// the leader), and the application fetches what it lacks from peers.
+package raftlog
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"golang.org/x/sync/errgroup"
+)
+
+// Proposal envelope inside each normal raft entry (stripped before Apply):
+// version(1)=1, proposer ID(8), proposer sequence(8), then the data. It lets
+// ProposeWait recognise its own entry when it commits.
+const (
+	propVersion   = 1
+	propHeaderLen = 17
+)
+
+// Node is one consenter. Its methods are safe for concurrent use.
+type Node struct {
+	cfg     Config
+	wal     *wal
+	storage *raft.MemoryStorage
+	rec     *recovered
+	tr      *transport
+
+	rn      raft.Node
+	started chan struct{} // closed once rn is set
+	closing chan struct{} // closed by Close
+	done    chan struct{} // closed when Run returns
+
+	mu        sync.Mutex
+	running   bool
+	closed    bool
+	cancel    context.CancelFunc
+	closeErr  error
+	closeOnce sync.Once
+	confState raftpb.ConfState
+	addrs     map[uint64]string
+
+	lead, term, commit, applied, snapIndex atomic.Uint64
+	state                                  atomic.Int32
+
+	seq   atomic.Uint64
+	wmu   sync.Mutex
+	waits map[uint64]*waiter
+}
+
+type waiter struct {
+	data []byte
+	ch   chan uint64 // receives the entry's index
+}
+
+// New validates cfg, opens (or creates) the log in cfg.Dir and replays it.
+// It starts nothing; call Run.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	c := cfg.withDefaults()
+	maxBody := c.MaxEntryBytes + 4096 // entry metadata and our envelope
+	w, rec, err := openWAL(c.Dir, c.ID, c.Cluster, c.SegmentBytes, maxBody, c.Logger)
+	if err != nil {
+		return nil, err
+	}
+	st := raft.NewMemoryStorage()
+	if !raft.IsEmptySnap(rec.snap) {
+		if err := st.ApplySnapshot(rec.snap); err != nil {
+			w.close()
+			return nil, err
+		}
+	}
+	if err := st.SetHardState(rec.hs); err != nil {
+		w.close()
+		return nil, err
+	}
+	if err := st.Append(rec.ents); err != nil {
+		w.close()
+		return nil, err
+	}
+	n := &Node{
+		cfg: c, wal: w, storage: st, rec: rec,
+		started: make(chan struct{}), closing: make(chan struct{}), done: make(chan struct{}),
+		addrs: map[uint64]string{}, waits: map[uint64]*waiter{},
+		confState: rec.snap.Metadata.ConfState,
+	}
+	for _, p := range c.Peers {
+		n.addrs[p.ID] = p.Addr
+	}
+	var b [8]byte
+	rand.Read(b[:]) // a fresh sequence space per start: entries proposed before a restart never match new waiters
+	n.seq.Store(binary.BigEndian.Uint64(b[:]) >> 1)
+	n.snapIndex.Store(rec.snap.Metadata.Index)
+	n.term.Store(rec.hs.Term)
+	n.commit.Store(rec.hs.Commit)
+	n.tr = &transport{
+		id: c.ID, cluster: c.Cluster, dialer: c.Dialer, ln: c.Listener,
+		clientTLS: c.ClientTLS, serverTLS: c.ServerTLS, queueLen: c.SendQueue,
+		maxFrame: maxBody + int(c.MaxSizePerMsg) + 1<<16, dialTO: c.DialTimeout, writeTO: c.WriteTimeout,
+		log: c.Logger, report: n,
+		step: func(ctx context.Context, m raftpb.Message) error { return n.rn.Step(ctx, m) },
+	}
+	c.Logger.Info("raft log opened", "node", c.ID, "cluster", c.Cluster, "dir", c.Dir,
+		"snapshot_index", rec.snap.Metadata.Index, "entries", len(rec.ents), "commit", rec.hs.Commit, "term", rec.hs.Term)
+	return n, nil
+}
+
+// Run runs the node until ctx ends, Close is called, or a fatal error
+// (storage failure, Apply error, listener failure), which it returns. It
+// may be called once.
+func (n *Node) Run(ctx context.Context) error {
+	n.mu.Lock()
+	if n.closed {
+		n.mu.Unlock()
+		return ErrClosed
+	}
+	if n.running {
+		n.mu.Unlock()
+		return errors.New("raftlog: Run called twice")
+	}
+	n.running = true
+	ctx, n.cancel = context.WithCancel(ctx)
+	n.mu.Unlock()
+	defer close(n.done)
+
+	c := n.cfg
+	applied := max(c.Applied, n.rec.snap.Metadata.Index)
+	applied = min(applied, n.rec.hs.Commit)
+	rc := &raft.Config{
+		ID: c.ID, ElectionTick: c.ElectionTicks, HeartbeatTick: c.HeartbeatTicks,
+		Storage: n.storage, Applied: applied,
+		MaxSizePerMsg: c.MaxSizePerMsg, MaxInflightMsgs: c.MaxInflightMsgs,
+		MaxUncommittedEntriesSize: 1 << 30,
+		CheckQuorum:               true, PreVote: true,
+		Logger: raftLogger{n.cfg.Logger.With("node", c.ID)},
+	}
+	if n.rec.fresh && !c.Join {
+		var peers []raft.Peer
+		for _, p := range c.Peers {
+			peers = append(peers, raft.Peer{ID: p.ID, Context: confContext(0, 0, p.Addr)})
+		}
+		n.rn = raft.StartNode(rc, peers)
+	} else {
+		n.rn = raft.RestartNode(rc)
+	}
+	n.applied.Store(applied)
+	close(n.started)
+
+	var peers []Peer
+	n.mu.Lock()
+	for id, a := range n.addrs {
+		peers = append(peers, Peer{ID: id, Addr: a})
+	}
+	n.mu.Unlock()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return n.tr.run(gctx, peers) })
+	g.Go(func() error { return n.loop(gctx, applied) })
+	err := g.Wait()
+	n.rn.Stop()
+	n.failWaiters()
+	if err != nil {
+		n.cfg.Logger.Error("raft node stopped", "node", c.ID, "err", err)
+	}
+	return err
+}
+
+// Close stops Run (waiting for it), closes the listener and the log. It is
+// idempotent and returns the first result on every call.
+func (n *Node) Close() error {
+	n.closeOnce.Do(func() {
+		n.mu.Lock()
+		n.closed = true
+		cancel, running := n.cancel, n.running
+		n.mu.Unlock()
+		close(n.closing)
+		if running {
+			cancel()
+			<-n.done
+		} else {
+			n.cfg.Listener.Close()
+		}
+		n.closeErr = n.wal.close()
+	})
+	return n.closeErr
+}
+
+func (n *Node) loop(ctx context.Context, applied uint64) error {
+	if s := n.rec.snap; !raft.IsEmptySnap(s) && n.cfg.Applied < s.Metadata.Index {
+		// The application is behind the local snapshot: let it catch up first.
+		if err := n.deliverSnapshot(ctx, s); err != nil {
+			return err
+		}
+	}
+	tick := time.NewTicker(n.cfg.TickInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-tick.C:
+			n.rn.Tick()
+		case rd := <-n.rn.Ready():
+			if err := n.handleReady(ctx, rd); err != nil {
+				return err
+			}
+			n.rn.Advance()
+		}
+	}
+}
+
+func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
+	if rd.SoftState != nil {
+		n.lead.Store(rd.SoftState.Lead)
+		n.state.Store(int32(rd.SoftState.RaftState))
+	}
+	hasSnap := !raft.IsEmptySnap(rd.Snapshot)
+	// 1. Durable first: snapshot file, then entries and HardState.
+	if hasSnap {
+		if err := n.wal.saveSnapshot(rd.Snapshot); err != nil {
+			return err
+		}
+	}
+	if err := n.wal.save(rd.HardState, rd.Entries, rd.MustSync); err != nil {
+		return err
+	}
+	// 2. The in-memory view raft reads.
+	if hasSnap {
+		if err := n.storage.ApplySnapshot(rd.Snapshot); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
+			return err
+		}
+	}
+	if !raft.IsEmptyHardState(rd.HardState) {
+		if err := n.storage.SetHardState(rd.HardState); err != nil {
+			return err
+		}
+		n.term.Store(rd.HardState.Term)
+		n.commit.Store(rd.HardState.Commit)
+	}
+	if err := n.storage.Append(rd.Entries); err != nil {
+		return err
+	}
+	// 3. Only now may other nodes learn about it.
+	n.tr.send(rd.Messages)
+	// 4. Apply.
+	if hasSnap {
+		s := rd.Snapshot
+		n.mu.Lock()
+		n.confState = s.Metadata.ConfState
+		n.mu.Unlock()
+		if err := n.deliverSnapshot(ctx, s); err != nil {
+			return err
+		}
+		if err := n.wal.release(s.Metadata.Index); err != nil {
+			return err
+		}
+	}
+	if err := n.apply(ctx, rd.CommittedEntries); err != nil {
+		return err
+	}
+	return n.maybeSnapshot()
+}
+
+func (n *Node) deliverSnapshot(ctx context.Context, s raftpb.Snapshot) error {
+	n.cfg.Logger.Info("raft snapshot installed", "node", n.cfg.ID, "index", s.Metadata.Index, "term", s.Metadata.Term)
+	err := n.cfg.Apply(ctx, Commit{Snapshot: &Snapshot{Index: s.Metadata.Index, Term: s.Metadata.Term, Data: s.Data}})
+	if err != nil {
+		return fmt.Errorf("apply snapshot %d: %w", s.Metadata.Index, err)
+	}
+	n.applied.Store(max(n.applied.Load(), s.Metadata.Index))
+	n.snapIndex.Store(max(n.snapIndex.Load(), s.Metadata.Index))
+	return nil
+}
+
+type wake struct {
+	seq   uint64
+	index uint64
+	data  []byte
+}
+
+func (n *Node) apply(ctx context.Context, ents []raftpb.Entry) error {
+	if len(ents) == 0 {
+		return nil
+	}
+	var out []Entry
+	var wakes []wake
+	flush := func() error {
+		if len(out) > 0 {
+			if err := n.cfg.Apply(ctx, Commit{Entries: out}); err != nil {
+				return fmt.Errorf("apply entries %d..%d: %w", out[0].Index, out[len(out)-1].Index, err)
+			}
+			out = nil
+		}
+		return nil
+	}
+	applied := n.applied.Load()
+	for i := range ents {
+		e := &ents[i]
+		if e.Index <= applied {
+			continue
+		}
+		switch e.Type {
+		case raftpb.EntryNormal:
+			if len(e.Data) == 0 {
+				break // a new leader's empty entry
+			}
+			proposer, seq, data, err := parseProposal(e.Data)
+			if err != nil {
+				return fmt.Errorf("%w: entry %d: %v", ErrCorrupt, e.Index, err)
+			}
+			out = append(out, Entry{Index: e.Index, Term: e.Term, Data: data})
+			if proposer == n.cfg.ID {
+				wakes = append(wakes, wake{seq, e.Index, data})
+			}
+		case raftpb.EntryConfChange, raftpb.EntryConfChangeV2:
+			if err := flush(); err != nil {
+				return err
+			}
+			if err := n.applyConfChange(e); err != nil {
+				return err
+			}
+		}
+	}
+	if err := flush(); err != nil {
+		return err
+	}
+	n.applied.Store(max(applied, ents[len(ents)-1].Index))
+	if len(wakes) > 0 {
+		n.wmu.Lock()
+		for _, w := range wakes {
+			if wt := n.waits[w.seq]; wt != nil && bytes.Equal(wt.data, w.data) {
+				wt.ch <- w.index
+				delete(n.waits, w.seq)
+			}
+		}
+		n.wmu.Unlock()
+	}
+	return nil
+}
+
+func (n *Node) maybeSnapshot() error {
+	applied := n.applied.Load()
+	if applied-n.snapIndex.Load() < n.cfg.SnapshotEvery {
+		return nil
+	}
+	var data []byte
+	if n.cfg.SnapshotData != nil {
+		var err error
+		if data, err = n.cfg.SnapshotData(applied); err != nil {
+			return fmt.Errorf("snapshot data at %d: %w", applied, err)
+		}
+	}
+	n.mu.Lock()
+	cs := n.confState
+	n.mu.Unlock()
+	snap, err := n.storage.CreateSnapshot(applied, &cs, data)
+	if err != nil {
+		return fmt.Errorf("create snapshot at %d: %w", applied, err)
+	}
+	if err := n.wal.saveSnapshot(snap); err != nil {
+		return err
+	}
+	if applied > n.cfg.CatchUpEntries {
+		first, _ := n.storage.FirstIndex()
+		if ci := applied - n.cfg.CatchUpEntries; ci > first {
+			if err := n.storage.Compact(ci); err != nil && !errors.Is(err, raft.ErrCompacted) {
+				return err
+			}
+		}
+	}
+	n.snapIndex.Store(applied)
+	n.cfg.Logger.Debug("raft snapshot made", "node", n.cfg.ID, "index", applied)
+	return n.wal.release(applied)
+}
+
+func (n *Node) started_() bool {
+	select {
+	case <-n.started:
+		return true
+	default:
+		return false
+	}
+}
+
+func (n *Node) waitStarted(ctx context.Context) error {
+	select {
+	case <-n.started:
+		return nil
+	case <-n.closing:
+		return ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+func mapRaftErr(err error) error {
+	switch {
+	case errors.Is(err, raft.ErrProposalDropped):
+		return fmt.Errorf("%w: %v", ErrDropped, err)
+	case errors.Is(err, raft.ErrStopped):
+		return ErrClosed
+	}
+	return err
+}
+
+// Propose hands data to raft and returns once the local raft state machine
+// has taken it: appended to the log if this node leads, forwarded to the
+// leader otherwise. It blocks while no leader is known. A nil error does NOT
+// mean the entry will commit (the leader may fail first); use ProposeWait
+// for that. Errors: ErrDropped (retry), ErrTooLarge, ErrClosed, ctx's.
+func (n *Node) Propose(ctx context.Context, data []byte) error {
+	_, err := n.propose(ctx, data, false)
+	return err
+}
+
+// ProposeWait proposes data and returns the entry's index once it is
+// committed and Config.Apply has returned for it on this node: the entry is
+// then durable on a quorum and will never be lost. If the entry is lost
+// (leader failure before commit) ProposeWait returns ctx's error; the
+// caller may propose again, so the same data may then commit twice:
+// applications deduplicate (the ledger by transaction ID).
+func (n *Node) ProposeWait(ctx context.Context, data []byte) (uint64, error) {
+	return n.propose(ctx, data, true)
+}
+
+func (n *Node) propose(ctx context.Context, data []byte, wait bool) (uint64, error) {
+	if len(data) > n.cfg.MaxEntryBytes {
+		return 0, fmt.Errorf("%w: proposal of %d bytes, limit %d (MaxEntryBytes)", ErrTooLarge, len(data), n.cfg.MaxEntryBytes)
+	}
+	if err := n.waitStarted(ctx); err != nil {
+		return 0, err
+	}
+	seq := n.seq.Add(1)
+	buf := make([]byte, propHeaderLen, propHeaderLen+len(data))
+	buf[0] = propVersion
+	binary.BigEndian.PutUint64(buf[1:9], n.cfg.ID)
+	binary.BigEndian.PutUint64(buf[9:17], seq)
+	buf = append(buf, data...)
+	var w *waiter
+	if wait {
+		w = &waiter{data: buf[propHeaderLen:], ch: make(chan uint64, 1)}
+		n.wmu.Lock()
+		n.waits[seq] = w
+		n.wmu.Unlock()
+		defer func() {
+			n.wmu.Lock()
+			delete(n.waits, seq)
+			n.wmu.Unlock()
+		}()
+	}
+	if err := n.rn.Propose(ctx, buf); err != nil {
+		return 0, mapRaftErr(err)
+	}
+	if !wait {
+		return 0, nil
+	}
+	select {
+	case idx := <-w.ch:
+		return idx, nil
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-n.done:
+		return 0, ErrClosed
+	}
+}
+
+func (n *Node) failWaiters() {
+	n.wmu.Lock()
+	clear(n.waits)
+	n.wmu.Unlock()
+}
+
+func parseProposal(b []byte) (proposer, seq uint64, data []byte, err error) {
+	if len(b) < propHeaderLen || b[0] != propVersion {
+		return 0, 0, nil, fmt.Errorf("malformed proposal envelope (%d bytes)", len(b))
+	}
+	return binary.BigEndian.Uint64(b[1:9]), binary.BigEndian.Uint64(b[9:17]), b[propHeaderLen:], nil
+}
+
+// ReportUnreachable and ReportSnapshot implement reporter for the transport.
+func (n *Node) ReportUnreachable(id uint64) {
+	if n.started_() {
+		n.rn.ReportUnreachable(id)
+	}
+}
+
+func (n *Node) ReportSnapshot(id uint64, s raft.SnapshotStatus) {
+	if n.started_() {
+		n.rn.ReportSnapshot(id, s)
+	}
+}
+
+var _ reporter = (*Node)(nil)
+
+// Leader returns the ID of the leader this node knows, 0 if none.
+func (n *Node) Leader() uint64 { return n.lead.Load() }
+
+// ID returns this node's raft ID.
+func (n *Node) ID() uint64 { return n.cfg.ID }
+
+// Status is a point-in-time view for `memberd status` and metrics.
+type Status struct {
+	ID, Leader, Term uint64
+	State            string // "StateLeader", "StateFollower", ...
+	Commit, Applied  uint64
+	SnapshotIndex    uint64
+	Voters, Learners []uint64
+	Transport        TransportStats
+}
+
+// Status returns the node's current status.
+func (n *Node) Status() Status {
+	n.mu.Lock()
+	cs := n.confState
+	n.mu.Unlock()
+	return Status{
+		ID: n.cfg.ID, Leader: n.lead.Load(), Term: n.term.Load(),
+		State:  raft.StateType(n.state.Load()).String(),
+		Commit: n.commit.Load(), Applied: n.applied.Load(), SnapshotIndex: n.snapIndex.Load(),
+		Voters: append([]uint64(nil), cs.Voters...), Learners: append([]uint64(nil), cs.Learners...),
+		Transport: n.tr.stats(),
+	}
+}

@@ -1,0 +1,478 @@
+package raftlog
+
+// Transport: raft messages between consenters over the injected Dialer and
+// Listener (frame format in frame.go). Each node dials every peer and sends
+// on that connection only; it receives on the connections peers dial to it.
+// Sends never block the Ready loop: each peer has a bounded queue drained by
+// its own goroutine, which dials with backoff; a full queue or a lost
+// connection drops messages (raft retransmits), counts the reason and tells
+// raft the peer is unreachable. A dropped or failed snapshot message is
+// reported as SnapshotFailure, a delivered one as SnapshotFinish.
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.etcd.io/raft/v3"
+	"go.etcd.io/raft/v3/raftpb"
+	"golang.org/x/sync/errgroup"
+)
+
+// reporter is what the transport tells raft; *Node implements it.
+type reporter interface {
+	ReportUnreachable(id uint64)
+	ReportSnapshot(id uint64, status raft.SnapshotStatus)
+}
+
+// Drop reasons, the keys of TransportStats.Dropped.
+const (
+	DropQueueFull   = "queue_full"    // peer's send queue full
+	DropUnreachable = "unreachable"   // no connection to the peer
+	DropUnknownPeer = "unknown_peer"  // message to an ID with no address
+	DropBadSender   = "bad_sender"    // received message whose From/To contradict the handshake
+	DropUnknownType = "unknown_frame" // skipped frame of an unknown type
+	DropStepFailed  = "step_failed"   // raft did not take a received message
+)
+
+// TransportStats are cumulative counters.
+type TransportStats struct {
+	Sent, Received uint64
+	Dropped        map[string]uint64
+}
+
+type transport struct {
+	id        uint64
+	cluster   string
+	dialer    Dialer
+	ln        net.Listener
+	clientTLS *tls.Config
+	serverTLS *tls.Config
+	queueLen  int
+	maxFrame  int
+	dialTO    time.Duration
+	writeTO   time.Duration
+	log       *slog.Logger
+	report    reporter
+	step      func(ctx context.Context, m raftpb.Message) error
+
+	mu      sync.Mutex
+	peers   map[uint64]*peer
+	conns   map[net.Conn]struct{}
+	g       *errgroup.Group
+	ctx     context.Context
+	stopped bool
+
+	sent, received atomic.Uint64
+	dropMu         sync.Mutex
+	dropped        map[string]uint64
+}
+
+type peer struct {
+	id     uint64
+	addr   string
+	q      chan raftpb.Message
+	cancel context.CancelFunc
+}
+
+func (t *transport) drop(reason string, n int) {
+	t.dropMu.Lock()
+	if t.dropped == nil {
+		t.dropped = map[string]uint64{}
+	}
+	t.dropped[reason] += uint64(n)
+	t.dropMu.Unlock()
+}
+
+func (t *transport) stats() TransportStats {
+	s := TransportStats{Sent: t.sent.Load(), Received: t.received.Load(), Dropped: map[string]uint64{}}
+	t.dropMu.Lock()
+	for k, v := range t.dropped {
+		s.Dropped[k] = v
+	}
+	t.dropMu.Unlock()
+	return s
+}
+
+// run serves the listener and the peers' senders until ctx ends.
+func (t *transport) run(ctx context.Context, peers []Peer) error {
+	g, ctx := errgroup.WithContext(ctx)
+	t.mu.Lock()
+	t.g, t.ctx = g, ctx
+	t.peers = map[uint64]*peer{}
+	t.conns = map[net.Conn]struct{}{}
+	t.mu.Unlock()
+	for _, p := range peers {
+		t.addPeer(p)
+	}
+	g.Go(func() error { return t.acceptLoop(ctx) })
+	g.Go(func() error {
+		<-ctx.Done()
+		t.mu.Lock()
+		t.stopped = true
+		for c := range t.conns {
+			c.Close()
+		}
+		t.mu.Unlock()
+		t.ln.Close()
+		return nil
+	})
+	return g.Wait()
+}
+
+// addPeer starts sending to p (no-op for this node or a known ID with the
+// same address; a new address replaces the old sender).
+func (t *transport) addPeer(p Peer) {
+	if p.ID == t.id {
+		return
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped || t.g == nil {
+		return
+	}
+	if old := t.peers[p.ID]; old != nil {
+		if old.addr == p.Addr {
+			return
+		}
+		old.cancel()
+	}
+	ctx, cancel := context.WithCancel(t.ctx)
+	pr := &peer{id: p.ID, addr: p.Addr, q: make(chan raftpb.Message, t.queueLen), cancel: cancel}
+	t.peers[p.ID] = pr
+	t.g.Go(func() error { t.runPeer(ctx, pr); return nil })
+}
+
+func (t *transport) removePeer(id uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if p := t.peers[id]; p != nil {
+		p.cancel()
+		delete(t.peers, id)
+	}
+}
+
+// send queues msgs without blocking.
+func (t *transport) send(msgs []raftpb.Message) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, m := range msgs {
+		p := t.peers[m.To]
+		if p == nil {
+			t.drop(DropUnknownPeer, 1)
+			t.failed(m)
+			continue
+		}
+		select {
+		case p.q <- m:
+		default:
+			t.drop(DropQueueFull, 1)
+			t.failed(m)
+			// Unreachable makes the leader probe instead of streaming.
+			t.report.ReportUnreachable(m.To)
+		}
+	}
+}
+
+// failed reports a snapshot message that will not be delivered.
+func (t *transport) failed(m raftpb.Message) {
+	if m.Type == raftpb.MsgSnap {
+		t.report.ReportSnapshot(m.To, raft.SnapshotFailure)
+	}
+}
+
+func (t *transport) runPeer(ctx context.Context, p *peer) {
+	backoff := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		conn, err := t.connect(ctx, p)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			t.log.Debug("raft peer dial failed", "peer", p.id, "addr", p.addr, "err", err)
+			if errors.Is(err, ErrHandshake) {
+				t.log.Warn("raft peer rejected the handshake", "peer", p.id, "addr", p.addr, "err", err)
+			}
+			t.discard(p)
+			t.report.ReportUnreachable(p.id)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(backoff*2, 2*time.Second)
+			continue
+		}
+		backoff = 50 * time.Millisecond
+		t.log.Debug("raft peer connected", "peer", p.id, "addr", p.addr)
+		err = t.pump(ctx, p, conn)
+		conn.Close()
+		t.untrack(conn)
+		if ctx.Err() != nil {
+			return
+		}
+		t.log.Debug("raft peer connection lost", "peer", p.id, "err", err)
+		t.report.ReportUnreachable(p.id)
+	}
+}
+
+// discard drops whatever is queued for an unreachable peer.
+func (t *transport) discard(p *peer) {
+	for {
+		select {
+		case m := <-p.q:
+			t.drop(DropUnreachable, 1)
+			t.failed(m)
+		default:
+			return
+		}
+	}
+}
+
+func (t *transport) track(c net.Conn) bool {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.stopped {
+		return false
+	}
+	t.conns[c] = struct{}{}
+	return true
+}
+
+func (t *transport) untrack(c net.Conn) {
+	t.mu.Lock()
+	delete(t.conns, c)
+	t.mu.Unlock()
+}
+
+func (t *transport) connect(ctx context.Context, p *peer) (net.Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.dialTO)
+	defer cancel()
+	c, err := t.dialer.DialContext(ctx, "tcp", p.addr)
+	if err != nil {
+		return nil, err
+	}
+	if !t.track(c) {
+		c.Close()
+		return nil, ErrClosed
+	}
+	ok := false
+	defer func() {
+		if !ok {
+			c.Close()
+			t.untrack(c)
+		}
+	}()
+	dl, _ := ctx.Deadline()
+	c.SetDeadline(dl)
+	if t.clientTLS != nil {
+		tc := tls.Client(c, t.clientTLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return nil, fmt.Errorf("TLS handshake with raft peer %d at %s: %w", p.id, p.addr, err)
+		}
+		t.untrack(c)
+		c = tc
+		t.track(c)
+	}
+	h := hello{From: t.id, To: p.id, Cluster: t.cluster}
+	if _, err := c.Write(appendFrame(nil, frameHello, h.marshal())); err != nil {
+		return nil, err
+	}
+	fr := frameReader{r: c, max: 4096}
+	typ, b, err := fr.next()
+	if err != nil {
+		return nil, err
+	}
+	switch typ {
+	case frameReject:
+		return nil, fmt.Errorf("%w by %s: %s", ErrHandshake, p.addr, b)
+	case frameHello:
+		got, err := parseHello(b)
+		if err != nil {
+			return nil, err
+		}
+		if got.From != p.id || got.To != t.id || got.Cluster != t.cluster {
+			return nil, fmt.Errorf("%w: %s answered as node %d of cluster %q (to %d), expected node %d of %q",
+				ErrHandshake, p.addr, got.From, got.Cluster, got.To, p.id, t.cluster)
+		}
+	default:
+		return nil, fmt.Errorf("%w: unexpected frame type %d in handshake", ErrProtocol, typ)
+	}
+	c.SetDeadline(time.Time{})
+	ok = true
+	return c, nil
+}
+
+// pump writes queued messages to c until an error or ctx ends.
+func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
+	bw := bufio.NewWriterSize(c, 64<<10)
+	var buf []byte
+	var snaps []raftpb.Message
+	for {
+		var m raftpb.Message
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case m = <-p.q:
+		}
+		n := 0
+		for {
+			sz := m.Size()
+			buf = appendFrameHeader(buf[:0], frameMsg, sz)
+			buf = append(buf, make([]byte, sz)...)
+			if _, err := m.MarshalTo(buf[frameHeaderLen:]); err != nil {
+				return err
+			}
+			if _, err := bw.Write(buf); err != nil {
+				t.failSnaps(append(snaps, m))
+				return err
+			}
+			if m.Type == raftpb.MsgSnap {
+				snaps = append(snaps, m)
+			}
+			n++
+			if cap(buf) > 1<<20 {
+				buf = nil
+			}
+			if n >= 256 {
+				break
+			}
+			select {
+			case m = <-p.q:
+				continue
+			default:
+			}
+			break
+		}
+		c.SetWriteDeadline(time.Now().Add(t.writeTO))
+		if err := bw.Flush(); err != nil {
+			t.failSnaps(snaps)
+			return err
+		}
+		t.sent.Add(uint64(n))
+		for _, s := range snaps {
+			t.report.ReportSnapshot(s.To, raft.SnapshotFinish)
+		}
+		snaps = snaps[:0]
+	}
+}
+
+func (t *transport) failSnaps(snaps []raftpb.Message) {
+	for _, s := range snaps {
+		if s.Type == raftpb.MsgSnap {
+			t.report.ReportSnapshot(s.To, raft.SnapshotFailure)
+		}
+	}
+}
+
+func (t *transport) acceptLoop(ctx context.Context) error {
+	for {
+		c, err := t.ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			var ne net.Error
+			if errors.As(err, &ne) && ne.Timeout() {
+				time.Sleep(10 * time.Millisecond)
+				continue
+			}
+			return fmt.Errorf("raft transport listener %s: %w", t.ln.Addr(), err)
+		}
+		if !t.track(c) {
+			c.Close()
+			return nil
+		}
+		t.mu.Lock()
+		g := t.g
+		t.mu.Unlock()
+		g.Go(func() error {
+			err := t.serve(ctx, c)
+			c.Close()
+			t.untrack(c)
+			if err != nil && ctx.Err() == nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				t.log.Debug("raft inbound connection closed", "remote", c.RemoteAddr().String(), "err", err)
+			}
+			return nil
+		})
+	}
+}
+
+// serve runs the listener side of one connection.
+func (t *transport) serve(ctx context.Context, c net.Conn) error {
+	c.SetDeadline(time.Now().Add(t.dialTO))
+	if t.serverTLS != nil {
+		tc := tls.Server(c, t.serverTLS)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			return err
+		}
+		c = tc
+	}
+	fr := frameReader{r: bufio.NewReaderSize(c, 64<<10), max: 4096}
+	typ, b, err := fr.next()
+	if err != nil {
+		return err
+	}
+	if typ != frameHello {
+		return fmt.Errorf("%w: first frame has type %d, want hello", ErrProtocol, typ)
+	}
+	h, err := parseHello(b)
+	if err != nil {
+		return err
+	}
+	reason := ""
+	t.mu.Lock()
+	_, known := t.peers[h.From]
+	t.mu.Unlock()
+	switch {
+	case h.Cluster != t.cluster:
+		reason = fmt.Sprintf("cluster %q is not this node's cluster %q", h.Cluster, t.cluster)
+	case h.To != t.id:
+		reason = fmt.Sprintf("this is node %d, not %d", t.id, h.To)
+	case !known:
+		reason = fmt.Sprintf("node %d is not a member of cluster %q here", h.From, t.cluster)
+	}
+	if reason != "" {
+		c.Write(appendFrame(nil, frameReject, []byte(reason)))
+		return fmt.Errorf("%w: from %s: %s", ErrHandshake, c.RemoteAddr(), reason)
+	}
+	reply := hello{From: t.id, To: h.From, Cluster: t.cluster}
+	if _, err := c.Write(appendFrame(nil, frameHello, reply.marshal())); err != nil {
+		return err
+	}
+	c.SetDeadline(time.Time{})
+	fr.max = t.maxFrame
+	for {
+		typ, b, err := fr.next()
+		if err != nil {
+			return err
+		}
+		if typ != frameMsg {
+			t.drop(DropUnknownType, 1)
+			continue
+		}
+		var m raftpb.Message
+		if err := m.Unmarshal(b); err != nil {
+			return fmt.Errorf("%w: bad raft message from node %d: %v", ErrProtocol, h.From, err)
+		}
+		if m.From != h.From || m.To != t.id {
+			t.drop(DropBadSender, 1)
+			continue
+		}
+		t.received.Add(1)
+		if err := t.step(ctx, m); err != nil {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			t.drop(DropStepFailed, 1)
+		}
+	}
+}
