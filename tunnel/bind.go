@@ -1,0 +1,155 @@
+package tunnel
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+)
+
+// Endpoint is a WireGuard endpoint that is a member id: the transport routes
+// by member, never by IP address.
+type Endpoint string
+
+var _ conn.Endpoint = Endpoint("")
+
+func (e Endpoint) ClearSrc()           {}
+func (e Endpoint) SrcToString() string { return "" }
+func (e Endpoint) DstToString() string { return string(e) }
+func (e Endpoint) DstToBytes() []byte  { return []byte(e) } // mac2 cookie input
+func (e Endpoint) DstIP() netip.Addr   { return netip.Addr{} }
+func (e Endpoint) SrcIP() netip.Addr   { return netip.Addr{} }
+
+// Bind is a wireguard-go conn.Bind over a PacketTransport. Endpoints are
+// member ids. Control packets (see control.go) are split off on receive and
+// handed to the control function; WireGuard never sees them.
+//
+// Lifecycle: Open may be called once; Close closes the transport if Open
+// was called (wireguard-go calls Close before the first Open), after which
+// the receive function returns net.ErrClosed. A Bind is not reopened.
+type Bind struct {
+	tr      PacketTransport
+	control func(sender string, pkt []byte) // must not block or retain pkt
+	log     *slog.Logger
+
+	mu      sync.Mutex
+	opened  bool
+	closed  atomic.Bool
+	readErr atomic.Uint64 // transient read errors, for status
+}
+
+var _ conn.Bind = (*Bind)(nil)
+
+// NewBind wraps tr. control receives every control packet (a copy is not
+// made: it must copy what it keeps); nil drops them.
+func NewBind(tr PacketTransport, control func(sender string, pkt []byte), log *slog.Logger) *Bind {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Bind{tr: tr, control: control, log: log}
+}
+
+// Open starts receiving. port is meaningless for a member-addressed
+// transport and reported back unchanged.
+func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if b.closed.Load() {
+		return nil, 0, net.ErrClosed
+	}
+	if b.opened {
+		return nil, 0, conn.ErrBindAlreadyOpen
+	}
+	b.opened = true
+	return []conn.ReceiveFunc{b.receive}, port, nil
+}
+
+func (b *Bind) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
+	var lastMember string
+	var lastEP conn.Endpoint
+	for {
+		n, member, err := b.tr.ReadPacket(bufs[0])
+		if err != nil {
+			if b.closed.Load() || errors.Is(err, net.ErrClosed) {
+				return 0, net.ErrClosed
+			}
+			// wireguard-go gives up receiving after a few errors in a row;
+			// the transport's errors are transient (a relay reconnecting),
+			// so log, pause briefly and keep going.
+			if b.readErr.Add(1)%100 == 1 {
+				b.log.Warn("tunnel transport read failed; retrying", "err", err)
+			}
+			time.Sleep(10 * time.Millisecond)
+			continue
+		}
+		pkt := bufs[0][:n]
+		if isControl(pkt) {
+			if b.control != nil {
+				b.control(member, pkt)
+			}
+			continue
+		}
+		sizes[0] = n
+		if member != lastMember || lastEP == nil {
+			lastMember, lastEP = member, Endpoint(member)
+		}
+		eps[0] = lastEP
+		return 1, nil
+	}
+}
+
+// Close closes the transport (once), if the Bind was opened.
+func (b *Bind) Close() error {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if !b.opened || b.closed.Swap(true) {
+		return nil
+	}
+	return b.tr.Close()
+}
+
+// SetMark is meaningless here.
+func (b *Bind) SetMark(uint32) error { return nil }
+
+// Send writes each packet to the member ep names.
+func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
+	e, ok := ep.(Endpoint)
+	if !ok {
+		return conn.ErrWrongEndpointType
+	}
+	for _, p := range bufs {
+		if err := b.tr.WritePacket(p, string(e)); err != nil {
+			return fmt.Errorf("send %d-byte WireGuard packet to %s: %w", len(p), e, err)
+		}
+	}
+	return nil
+}
+
+// ParseEndpoint accepts a member id.
+func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
+	if err := validMemberID(s); err != nil {
+		return nil, err
+	}
+	return Endpoint(s), nil
+}
+
+// BatchSize is 1: the transport reads one packet per call.
+func (b *Bind) BatchSize() int { return 1 }
+
+func validMemberID(s string) error {
+	if s == "" || len(s) > maxMemberIDLen {
+		return fmt.Errorf("member id %q must be 1..%d bytes", s, maxMemberIDLen)
+	}
+	for _, c := range []byte(s) {
+		if c <= ' ' || c == 0x7f || c == '=' {
+			return fmt.Errorf("member id %q contains a space, control character or '='", s)
+		}
+	}
+	return nil
+}

@@ -1,0 +1,285 @@
+// Package tunnel gives each member a userspace WireGuard interface
+// (wireguard-go over gVisor netstack: no TUN device, no root) whose packets
+// travel over a PacketTransport (the relay client) addressed by member id.
+//
+// Peers are configured only from WireGuard key attestations signed by member
+// identities the current Authority (policy) accepts; keys rotate without
+// dropping TCP connections; Dial/Listen give other packages TCP by member id
+// with the policy ACL enforced on both ends; service forwards bridge LAN TCP
+// services through the tunnel.
+package tunnel
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun/netstack"
+)
+
+var (
+	// ErrNotMember: the member is not in the current policy (or has no overlay address).
+	ErrNotMember = errors.New("not a member in the current policy")
+	// ErrDenied: the policy ACL does not allow this connection.
+	ErrDenied = errors.New("connection not allowed by the policy ACL")
+	// ErrNoPeer: no valid attestation from that member has arrived yet.
+	ErrNoPeer = errors.New("no WireGuard peer for member yet (no valid key attestation received)")
+	// ErrClosed: the Device is closed.
+	ErrClosed = errors.New("tunnel closed")
+)
+
+// Stats are counters for status and metrics.
+type Stats struct {
+	AttestationsAccepted uint64
+	AttestationsRefused  uint64 // by reason in the log (refused_reason)
+	ControlDropped       uint64 // control queue full or malformed
+	ACLDenied            uint64 // dials and accepts refused by the ACL
+	Rotations            uint64
+}
+
+// PeerStatus describes the WireGuard peer of one member.
+type PeerStatus struct {
+	Member     string
+	Addr       netip.Addr
+	PublicKey  Key       // active key
+	Expiry     time.Time // of the active attestation
+	PendingKey Key       // announced next key, zero if none
+}
+
+// Device is one member's tunnel endpoint.
+type Device struct {
+	cfg  Config
+	log  *slog.Logger
+	now  func() time.Time
+	tr   PacketTransport
+	bind *Bind
+	wg   *device.Device
+	tnet *netstack.Net
+	addr netip.Addr
+	mtu  int
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	eg     *errgroup.Group
+
+	ctlCh chan ctlPacket
+	ackCh chan struct{}
+	msgID atomic.Uint32
+
+	mu        sync.Mutex
+	auth      *memberIndex
+	self      keyState // active key
+	next      *keyState
+	acks      map[string]bool
+	peers     map[string]*peerState
+	changed   chan struct{} // closed and replaced on every peer change
+	conns     map[string]map[*Conn]struct{}
+	listeners map[*Listener]struct{}
+	closed    bool
+
+	closeOnce sync.Once
+	closeErr  error
+
+	attAccepted, attRefused, ctlDropped, aclDenied, rotations atomic.Uint64
+}
+
+type keyState struct {
+	priv Key
+	att  *Attestation
+	raw  []byte
+}
+
+type ctlPacket struct {
+	sender string
+	pkt    []byte
+}
+
+// New builds the WireGuard device over cfg.Transport, brings it up, announces
+// this member's key to every member and starts the background work (key
+// rotation, periodic announcements, expiry, configured forwards and services).
+func New(cfg Config) (*Device, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	auth := newMemberIndex(cfg.Authority)
+	addr, ok := auth.byID[cfg.Member]
+	if !ok || !addr.IsValid() {
+		return nil, fmt.Errorf("%w: this appliance's member %q has no overlay address in the policy", ErrNotMember, cfg.Member)
+	}
+	mtu := cfg.MTU
+	if mtu == 0 {
+		mtu = mtuFor(cfg.Transport.MaxPacketSize())
+		if mtu < MinMTU {
+			return nil, fmt.Errorf("%w: transport packet limit %d leaves MTU %d < %d", ErrConfig, cfg.Transport.MaxPacketSize(), mtu, MinMTU)
+		}
+	}
+	d := &Device{
+		cfg: cfg, log: cfg.Logger.With("member", cfg.Member), now: cfg.Now, tr: cfg.Transport,
+		addr: addr, mtu: mtu, auth: auth,
+		ctlCh: make(chan ctlPacket, 256), ackCh: make(chan struct{}, 1),
+		peers: map[string]*peerState{}, changed: make(chan struct{}),
+		conns: map[string]map[*Conn]struct{}{}, listeners: map[*Listener]struct{}{},
+	}
+	ks, err := d.newKey()
+	if err != nil {
+		return nil, err
+	}
+	d.self = *ks
+	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{addr}, nil, mtu)
+	if err != nil {
+		return nil, fmt.Errorf("create netstack interface %s mtu %d: %w", addr, mtu, err)
+	}
+	d.tnet = tnet
+	d.bind = NewBind(cfg.Transport, d.onControl, d.log)
+	d.wg = device.NewDevice(tdev, d.bind, wgLogger(d.log))
+	if err := d.wg.IpcSet("private_key=" + d.self.priv.String() + "\n"); err != nil {
+		d.wg.Close()
+		return nil, fmt.Errorf("configure WireGuard key: %w", err)
+	}
+	if err := d.wg.Up(); err != nil {
+		d.wg.Close()
+		return nil, fmt.Errorf("bring up WireGuard device: %w", err)
+	}
+	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.eg, _ = errgroup.WithContext(d.ctx)
+	d.eg.Go(d.controlLoop)
+	d.eg.Go(d.timerLoop)
+	d.eg.Go(d.rotateLoop)
+	if err := d.startForwards(); err != nil {
+		d.Close()
+		return nil, err
+	}
+	d.announceAll(true)
+	d.log.Info("tunnel up", "overlay_addr", addr, "mtu", mtu, "public_key", d.self.att.PublicKey.String())
+	return d, nil
+}
+
+func wgLogger(l *slog.Logger) *device.Logger {
+	l = l.With("component", "wireguard")
+	return &device.Logger{
+		Verbosef: func(f string, a ...any) {
+			if l.Enabled(context.Background(), slog.LevelDebug) {
+				l.Debug(fmt.Sprintf(f, a...))
+			}
+		},
+		Errorf: func(f string, a ...any) { l.Info(fmt.Sprintf(f, a...)) },
+	}
+}
+
+// newKey makes a WireGuard key and its attestation.
+func (d *Device) newKey() (*keyState, error) {
+	priv, err := NewPrivateKey()
+	if err != nil {
+		return nil, err
+	}
+	now := d.now()
+	// Back-date not_before a little so peers with a slightly slow clock
+	// accept it.
+	att, err := SignAttestation(d.cfg.Signer, d.cfg.Chain, d.cfg.Member, priv.PublicKey(), now.Add(-5*time.Minute), now.Add(d.cfg.AttestationTTL))
+	if err != nil {
+		return nil, err
+	}
+	return &keyState{priv: priv, att: att, raw: att.Marshal()}, nil
+}
+
+// Addr is this member's overlay address.
+func (d *Device) Addr() netip.Addr { return d.addr }
+
+// MTU is the tunnel MTU in use.
+func (d *Device) MTU() int { return d.mtu }
+
+// PublicKey is the active WireGuard public key.
+func (d *Device) PublicKey() Key {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.self.att.PublicKey
+}
+
+// Stats returns the counters.
+func (d *Device) Stats() Stats {
+	return Stats{
+		AttestationsAccepted: d.attAccepted.Load(),
+		AttestationsRefused:  d.attRefused.Load(),
+		ControlDropped:       d.ctlDropped.Load(),
+		ACLDenied:            d.aclDenied.Load(),
+		Rotations:            d.rotations.Load(),
+	}
+}
+
+// Peers lists the configured peers, sorted by member.
+func (d *Device) Peers() []PeerStatus {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []PeerStatus
+	for m, p := range d.peers {
+		ps := PeerStatus{Member: m, Addr: p.addr}
+		if p.active != nil {
+			ps.PublicKey, ps.Expiry = p.active.PublicKey, p.active.Expiry()
+		}
+		if p.pending != nil {
+			ps.PendingKey = p.pending.PublicKey
+		}
+		out = append(out, ps)
+	}
+	sortPeers(out)
+	return out
+}
+
+// Close stops everything: forwards, listeners and connections inside the
+// tunnel, the WireGuard device, and the transport. It is idempotent.
+func (d *Device) Close() error {
+	d.closeOnce.Do(func() {
+		d.mu.Lock()
+		d.closed = true
+		ls := make([]*Listener, 0, len(d.listeners))
+		for l := range d.listeners {
+			ls = append(ls, l)
+		}
+		var cs []*Conn
+		for _, m := range d.conns {
+			for c := range m {
+				cs = append(cs, c)
+			}
+		}
+		d.mu.Unlock()
+		d.cancel()
+		for _, l := range ls {
+			l.Close()
+		}
+		for _, c := range cs {
+			c.Close()
+		}
+		d.wg.Close() // closes the bind, which closes the transport
+		d.closeErr = d.bind.Close()
+		if err := d.tr.Close(); err != nil && d.closeErr == nil && !isClosedErr(err) {
+			d.closeErr = err
+		}
+		if err := d.eg.Wait(); err != nil && !errors.Is(err, context.Canceled) && d.closeErr == nil {
+			d.closeErr = err
+		}
+	})
+	return d.closeErr
+}
+
+// timerLoop announces periodically and expires attestations.
+func (d *Device) timerLoop() error {
+	t := time.NewTicker(d.cfg.AnnounceEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return nil
+		case <-t.C:
+			d.expire()
+			d.announceAll(false)
+		}
+	}
+}

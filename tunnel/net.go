@@ -1,0 +1,185 @@
+package tunnel
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+)
+
+// Conn is a TCP connection inside the tunnel with a known remote member.
+// It is closed by the Device when that member is removed from the policy.
+type Conn struct {
+	net.Conn
+	member string
+	d      *Device
+	once   sync.Once
+}
+
+// Member is the member at the other end, authenticated by WireGuard
+// (cryptokey routing: only that member's key may use its overlay address).
+func (c *Conn) Member() string { return c.member }
+
+// CloseWrite half-closes the connection (for forwarding).
+func (c *Conn) CloseWrite() error {
+	if cw, ok := c.Conn.(interface{ CloseWrite() error }); ok {
+		return cw.CloseWrite()
+	}
+	return nil
+}
+
+// Close closes the connection; idempotent.
+func (c *Conn) Close() error {
+	var err error
+	c.once.Do(func() {
+		err = c.Conn.Close()
+		c.d.mu.Lock()
+		delete(c.d.conns[c.member], c)
+		if len(c.d.conns[c.member]) == 0 {
+			delete(c.d.conns, c.member)
+		}
+		c.d.mu.Unlock()
+	})
+	return err
+}
+
+// track registers a connection, or refuses it if the device is closed or
+// member was removed meanwhile.
+func (d *Device) track(nc net.Conn, member string) (*Conn, error) {
+	c := &Conn{Conn: nc, member: member, d: d}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		nc.Close()
+		return nil, ErrClosed
+	}
+	if _, ok := d.auth.byID[member]; !ok {
+		nc.Close()
+		return nil, fmt.Errorf("%w: %s", ErrNotMember, member)
+	}
+	if d.conns[member] == nil {
+		d.conns[member] = map[*Conn]struct{}{}
+	}
+	d.conns[member][c] = struct{}{}
+	return c, nil
+}
+
+// Dial opens a TCP connection to port on member through the tunnel. The
+// policy ACL must allow this member to reach member:port. If no attestation
+// from member has arrived yet, Dial waits for one until ctx ends.
+func (d *Device) Dial(ctx context.Context, member string, port uint16) (*Conn, error) {
+	d.mu.Lock()
+	auth := d.auth
+	d.mu.Unlock()
+	if member == d.cfg.Member {
+		return nil, fmt.Errorf("%w: %s is this appliance; connect locally", ErrDenied, member)
+	}
+	if _, ok := auth.byID[member]; !ok {
+		return nil, fmt.Errorf("%w: %s", ErrNotMember, member)
+	}
+	if !auth.auth.Allowed(d.cfg.Member, member, port) {
+		d.aclDenied.Add(1)
+		return nil, fmt.Errorf("%w: %s may not connect to %s port %d: change the policy ACL if this is needed", ErrDenied, d.cfg.Member, member, port)
+	}
+	addr, err := d.waitPeer(ctx, member)
+	if err != nil {
+		return nil, err
+	}
+	nc, err := d.tnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(addr, port))
+	if err != nil {
+		return nil, fmt.Errorf("dial %s port %d (%s) through the tunnel: %w", member, port, addr, err)
+	}
+	return d.track(nc, member)
+}
+
+// Listener accepts TCP connections on an overlay port, only from members
+// the policy ACL allows to reach that port; others are closed at once.
+type Listener struct {
+	ln   net.Listener
+	d    *Device
+	port uint16
+	once sync.Once
+}
+
+var _ net.Listener = (*Listener)(nil)
+
+// Listen listens on port of this member's overlay address.
+func (d *Device) Listen(port uint16) (*Listener, error) {
+	ln, err := d.tnet.ListenTCPAddrPort(netip.AddrPortFrom(d.addr, port))
+	if err != nil {
+		return nil, fmt.Errorf("listen on overlay %s port %d: %w", d.addr, port, err)
+	}
+	l := &Listener{ln: ln, d: d, port: port}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.closed {
+		ln.Close()
+		return nil, ErrClosed
+	}
+	d.listeners[l] = struct{}{}
+	return l, nil
+}
+
+// Accept returns the next connection from an allowed member (as a *Conn).
+func (l *Listener) Accept() (net.Conn, error) {
+	return l.AcceptConn()
+}
+
+// AcceptConn is Accept with the concrete type.
+func (l *Listener) AcceptConn() (*Conn, error) {
+	for {
+		nc, err := l.ln.Accept()
+		if err != nil {
+			return nil, err
+		}
+		from := remoteMember(l.d, nc.RemoteAddr())
+		if from == "" || !l.d.allowed(from, l.port) {
+			l.d.aclDenied.Add(1)
+			l.d.log.Warn("refused tunnel connection: not allowed by the policy ACL", "from_addr", nc.RemoteAddr().String(), "from", from, "port", l.port)
+			nc.Close()
+			continue
+		}
+		c, err := l.d.track(nc, from)
+		if err != nil {
+			continue
+		}
+		return c, nil
+	}
+}
+
+func (d *Device) allowed(from string, port uint16) bool {
+	d.mu.Lock()
+	auth := d.auth
+	d.mu.Unlock()
+	return auth.auth.Allowed(from, d.cfg.Member, port)
+}
+
+func remoteMember(d *Device, a net.Addr) string {
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return ""
+	}
+	ip, ok := netip.AddrFromSlice(ta.IP)
+	if !ok {
+		return ""
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.auth.byAddr[ip.Unmap()]
+}
+
+// Close stops listening; idempotent.
+func (l *Listener) Close() error {
+	var err error
+	l.once.Do(func() {
+		err = l.ln.Close()
+		l.d.mu.Lock()
+		delete(l.d.listeners, l)
+		l.d.mu.Unlock()
+	})
+	return err
+}
+
+// Addr is the overlay address and port.
+func (l *Listener) Addr() net.Addr { return l.ln.Addr() }

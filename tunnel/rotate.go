@@ -1,0 +1,113 @@
+package tunnel
+
+import (
+	"context"
+	"fmt"
+	"time"
+)
+
+// rotateLoop rotates the WireGuard key every RotateEvery.
+func (d *Device) rotateLoop() error {
+	t := time.NewTicker(d.cfg.RotateEvery)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.ctx.Done():
+			return nil
+		case <-t.C:
+			if err := d.Rotate(d.ctx); err != nil && d.ctx.Err() == nil {
+				d.log.Error("WireGuard key rotation failed; keeping the current key", "err", err)
+			}
+		}
+	}
+}
+
+// Rotate replaces the WireGuard key now (see peerState for how connections
+// survive): it announces the next key, waits until every configured peer
+// acknowledged it or RotationAckTimeout passed, switches, and announces the
+// new key as active. Concurrent calls are serialized by the caller (the
+// rotation loop); calling Rotate while a rotation runs returns an error.
+func (d *Device) Rotate(ctx context.Context) error {
+	ks, err := d.newKey()
+	if err != nil {
+		return err
+	}
+	d.mu.Lock()
+	if d.next != nil {
+		d.mu.Unlock()
+		return fmt.Errorf("a WireGuard key rotation is already in progress")
+	}
+	d.next = ks
+	d.acks = map[string]bool{}
+	d.mu.Unlock()
+	defer func() {
+		d.mu.Lock()
+		d.next, d.acks = nil, nil
+		d.mu.Unlock()
+	}()
+
+	deadline := time.NewTimer(d.cfg.RotationAckTimeout)
+	defer deadline.Stop()
+	resend := time.NewTicker(time.Second)
+	defer resend.Stop()
+	for {
+		waiting := d.unacked()
+		if len(waiting) == 0 {
+			break
+		}
+		for _, m := range waiting {
+			d.sendControl(m, kindAnnounce, 0, ks.raw)
+		}
+		timedOut := false
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-d.ctx.Done():
+			return ErrClosed
+		case <-deadline.C:
+			timedOut = true
+		case <-d.ackCh:
+		case <-resend.C:
+		}
+		if timedOut {
+			d.log.Warn("switching WireGuard key without acknowledgement from some peers; they reconnect at the next announcement", "peers", d.unacked())
+			break
+		}
+	}
+
+	d.mu.Lock()
+	if err := d.wg.IpcSet("private_key=" + ks.priv.String() + "\n"); err != nil {
+		d.mu.Unlock()
+		return fmt.Errorf("switch WireGuard private key: %w", err)
+	}
+	old := d.self.att.PublicKey
+	d.self = *ks
+	d.mu.Unlock()
+	d.rotations.Add(1)
+	d.log.Info("WireGuard key rotated", "old_public_key", old.String(), "public_key", ks.att.PublicKey.String())
+	// The active announcement makes peers route to the new key; repeat it a
+	// few times so one lost packet does not leave a peer waiting for the
+	// next periodic announcement.
+	for _, wait := range []time.Duration{0, 500 * time.Millisecond, 2 * time.Second} {
+		select {
+		case <-time.After(wait):
+		case <-d.ctx.Done():
+			return nil
+		}
+		d.announceAll(false)
+	}
+	return nil
+}
+
+// unacked lists peers that have not acknowledged the next key yet.
+func (d *Device) unacked() []string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []string
+	for m, p := range d.peers {
+		if p.active != nil && !d.acks[m] {
+			out = append(out, m)
+		}
+	}
+	return out
+}
