@@ -2,9 +2,15 @@ package tunnel_test
 
 import (
 	"context"
+	"crypto/sha256"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"math/rand/v2"
+	"net"
 	"net/netip"
+	"strings"
 	"testing"
 	"time"
 
@@ -96,10 +102,102 @@ func activePeers(d *tunnel.Device) []tunnel.PeerStatus {
 type tlogWriter struct{ t testing.TB }
 
 func (w tlogWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(p))
+	w.t.Log(strings.TrimRight(string(p), "\n"))
 	return len(p), nil
 }
 
 func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+}
+
+// patternReader yields a deterministic pseudo-random byte stream.
+type patternReader struct{ rng *rand.ChaCha8 }
+
+func newPattern(seed byte) io.Reader {
+	var s [32]byte
+	s[0] = seed
+	return &patternReader{rng: rand.NewChaCha8(s)}
+}
+
+func (p *patternReader) Read(b []byte) (int, error) {
+	p.rng.Read(b)
+	return len(b), nil
+}
+
+// transfer sends n pattern bytes from a to b over conns and checks them
+// byte for byte on the receiving side (through SHA-256 of both streams).
+// It returns the first error, or a mismatch error.
+func transfer(ctx context.Context, w, r net.Conn, n int64, seed byte) error {
+	errc := make(chan error, 2)
+	var sent, got [32]byte
+	go func() {
+		h := sha256.New()
+		_, err := io.CopyN(io.MultiWriter(w, h), newPattern(seed), n)
+		copy(sent[:], h.Sum(nil))
+		errc <- err
+	}()
+	go func() {
+		h := sha256.New()
+		m, err := io.CopyN(h, r, n)
+		copy(got[:], h.Sum(nil))
+		if err == nil && m != n {
+			err = fmt.Errorf("received %d of %d bytes", m, n)
+		}
+		errc <- err
+	}()
+	for range 2 {
+		select {
+		case err := <-errc:
+			if err != nil {
+				return err
+			}
+		case <-ctx.Done():
+			w.Close()
+			r.Close()
+			<-errc
+			<-errc
+			return ctx.Err()
+		}
+	}
+	if sent != got {
+		return errors.New("received bytes differ from sent bytes")
+	}
+	return nil
+}
+
+// acceptOne accepts a single connection in the background.
+func acceptOne(t testing.TB, ln net.Listener) <-chan net.Conn {
+	ch := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			t.Errorf("accept: %v", err)
+			close(ch)
+			return
+		}
+		ch <- c
+	}()
+	return ch
+}
+
+// connect dials from a to b:port and returns both ends.
+func connect(t testing.TB, ctx context.Context, a, b *tunnel.Device, bName string, port uint16) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := b.Listen(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	acc := acceptOne(t, ln)
+	ca, err := a.Dial(ctx, bName, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ca.Close() })
+	cb, ok := <-acc
+	if !ok {
+		t.FailNow()
+	}
+	t.Cleanup(func() { cb.Close() })
+	return ca, cb
 }
