@@ -342,7 +342,7 @@ func pctEncode(v string, isPath bool) string {
 
 // redact hides a pin-value in a raw URI string for error messages.
 func redact(s string) string {
-	i := strings.Index(strings.ToLower(s), "pin-value=")
+	i := strings.Index(asciiLower(s), "pin-value=")
 	if i < 0 {
 		return s
 	}
@@ -351,4 +351,15 @@ func redact(s string) string {
 		return s[:i] + "pin-value=REDACTED"
 	}
 	return s[:i] + "pin-value=REDACTED" + s[i+j:]
+}
+
+// asciiLower lowers ASCII letters only, keeping byte offsets unchanged.
+func asciiLower(s string) string {
+	b := []byte(s)
+	for i, c := range b {
+		if c >= 'A' && c <= 'Z' {
+			b[i] = c + 'a' - 'A'
+		}
+	}
+	return string(b)
 }
