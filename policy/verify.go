@@ -150,7 +150,9 @@ func Check(current, candidate *Policy, at time.Time) *Report {
 	seen := map[AdminRef]bool{}
 	for _, s := range candidate.sigs {
 		ref := s.Admin()
-		reject := func(why string) { r.Rejected = append(r.Rejected, Rejection{Member: s.Member, KeyID: s.KeyID, Reason: why}) }
+		reject := func(why string) {
+			r.Rejected = append(r.Rejected, Rejection{Member: s.Member, KeyID: s.KeyID, Reason: why})
+		}
 		if seen[ref] {
 			reject("duplicate signature by the same admin key")
 			continue
