@@ -1,0 +1,184 @@
+package hsm_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"go.uber.org/goleak"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/hsm/hsmtest"
+)
+
+type testCA struct {
+	cert *x509.Certificate
+	key  crypto.Signer
+}
+
+func (ca *testCA) issue(t *testing.T, key crypto.Signer, cn string, now time.Time) []byte {
+	t.Helper()
+	csr, err := hsm.CreateCSR(key, hsm.CSRRequest{Subject: pkix.Name{CommonName: cn}, DNSNames: []string{cn}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := hsm.SignCSR(ca.cert, ca.key, csr, hsm.LeafConfig{Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return hsm.EncodePEM("CERTIFICATE", leaf.Raw, ca.cert.Raw)
+}
+
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil { // atomic, as deploy tools do
+		t.Fatal(err)
+	}
+}
+
+func tlsHandshake(t *testing.T, id *hsm.Identity, roots *x509.CertPool) error {
+	t.Helper()
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	defer c2.Close()
+	srv := tls.Server(c1, &tls.Config{Certificates: []tls.Certificate{id.TLSCertificate()}, MinVersion: tls.VersionTLS13})
+	cli := tls.Client(c2, &tls.Config{RootCAs: roots, ServerName: id.Certificate.Subject.CommonName, MinVersion: tls.VersionTLS13})
+	var g errgroup.Group
+	g.Go(srv.Handshake)
+	g.Go(cli.Handshake)
+	return g.Wait()
+}
+
+func TestIdentityLiveSwitch(t *testing.T) {
+	tok := hsmtest.NewToken(t, "member-a")
+	caKey := tok.NewKey(t, "ca")
+	k1 := tok.GenerateKey(t, "tls-1")
+	k2 := tok.GenerateKey(t, "tls-2")
+	now := time.Now()
+	caCert, err := hsm.NewCACertificate(caKey, hsm.CAConfig{Subject: pkix.Name{CommonName: "Member A CA"}, Now: now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ca := &testCA{cert: caCert, key: caKey}
+	roots := x509.NewCertPool()
+	roots.AddCert(caCert)
+
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, hsm.IdentityFile), fmt.Appendf(nil, "keys:\n  - %q\n  - %q\n", k1.URI, k2.URI))
+	s1, err := hsm.OpenSigner(k1.URI, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "cert-1.pem"), ca.issue(t, s1, "node1.member-a", now))
+	s1.Close()
+
+	p, err := hsm.NewIdentityProvider(dir, &hsm.IdentityOptions{Debounce: 20 * time.Millisecond, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	first := p.Current()
+	if first.KeyURI != k1.URI || first.Certificate.Subject.CommonName != "node1.member-a" || len(first.Chain) != 1 {
+		t.Fatalf("first identity = %s %s chain %d", first.KeyURI, first.Certificate.Subject, len(first.Chain))
+	}
+	if err := tlsHandshake(t, first, roots); err != nil {
+		t.Fatalf("TLS with the first identity: %v", err)
+	}
+
+	switched := make(chan [2]*hsm.Identity, 4)
+	cancelSub := p.Subscribe(func(old, new *hsm.Identity) { switched <- [2]*hsm.Identity{old, new} })
+	defer cancelSub()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	var g errgroup.Group
+	g.Go(func() error { return p.Run(ctx) })
+	defer func() {
+		cancel()
+		if err := g.Wait(); !errors.Is(err, context.Canceled) {
+			t.Errorf("Run: %v", err)
+		}
+		goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	}()
+
+	// Bad input: a broken identity.yaml and a garbage certificate keep the
+	// current identity.
+	writeFile(t, filepath.Join(dir, "junk.pem"), []byte("not a certificate"))
+	if err := p.Reload(); err != nil {
+		t.Fatalf("reload with a junk certificate file: %v", err)
+	}
+	good, _ := os.ReadFile(filepath.Join(dir, hsm.IdentityFile))
+	writeFile(t, filepath.Join(dir, hsm.IdentityFile), []byte("keys: [unclosed\n"))
+	if err := p.Reload(); !errors.Is(err, hsm.ErrNoIdentity) {
+		t.Fatalf("reload with broken identity.yaml: %v", err)
+	}
+	if p.Current() != first {
+		t.Fatal("identity changed on bad input")
+	}
+	writeFile(t, filepath.Join(dir, hsm.IdentityFile), good)
+
+	// A certificate for a key that is not listed is ignored.
+	other := tok.NewKey(t, "unlisted")
+	writeFile(t, filepath.Join(dir, "other.pem"), ca.issue(t, other, "intruder", now.Add(time.Second)))
+
+	// Rotation: a newer certificate for the second HSM key.
+	s2, err := hsm.OpenSigner(k2.URI, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, filepath.Join(dir, "cert-2.pem"), ca.issue(t, s2, "node1.member-a", now.Add(2*time.Second)))
+	s2.Close()
+
+	deadline := time.After(10 * time.Second)
+	for {
+		select {
+		case ev := <-switched:
+			if ev[0] != first {
+				t.Fatalf("old identity in notification is not the first one")
+			}
+			if ev[1].KeyURI != k2.URI {
+				t.Fatalf("switched to %s, want %s", ev[1].KeyURI, k2.URI)
+			}
+			if p.Current() != ev[1] {
+				t.Fatal("Current() is not the notified identity")
+			}
+			if err := tlsHandshake(t, p.Current(), roots); err != nil {
+				t.Fatalf("TLS with the new identity: %v", err)
+			}
+			// The old identity still works (overlap).
+			if err := tlsHandshake(t, first, roots); err != nil {
+				t.Fatalf("TLS with the old identity after the switch: %v", err)
+			}
+			return
+		case <-deadline:
+			t.Fatalf("no identity switch within 10s; current %s", p.Current().KeyURI)
+		}
+	}
+}
+
+func TestIdentityNoMatch(t *testing.T) {
+	tok := hsmtest.NewToken(t, "member-a")
+	k := tok.GenerateKey(t, "tls")
+	dir := t.TempDir()
+	writeFile(t, filepath.Join(dir, hsm.IdentityFile), fmt.Appendf(nil, "key: %q\n", k.URI))
+	if _, err := hsm.NewIdentityProvider(dir, nil); !errors.Is(err, hsm.ErrNoIdentity) {
+		t.Fatalf("no certificate: %v, want ErrNoIdentity", err)
+	}
+	writeFile(t, filepath.Join(dir, hsm.IdentityFile), []byte("keyz: x\n"))
+	if _, err := hsm.NewIdentityProvider(dir, nil); !errors.Is(err, hsm.ErrNoIdentity) {
+		t.Fatalf("unknown field: %v, want ErrNoIdentity", err)
+	}
+}
