@@ -1,0 +1,525 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/memberd/memberd/relay/wire"
+)
+
+// ClientConfig configures a relay Client. The zero value of every optional
+// field means the default written next to it.
+type ClientConfig struct {
+	// Identity is this appliance's TLS client certificate, issued by its
+	// member CA; PrivateKey is a crypto.Signer (the HSM key). Required.
+	Identity tls.Certificate
+	// Relays to connect to, all at once. Required (at least one).
+	Relays []RelayInfo
+	// QUICTimeout is how long to wait for a QUIC answer before falling
+	// back to TLS over TCP. Default 1s.
+	QUICTimeout time.Duration
+	// TCPTimeout bounds a TCP (or proxy) connect plus TLS handshake.
+	// Default 10s.
+	TCPTimeout time.Duration
+	// Proxy is an HTTP CONNECT proxy (http://user:pass@host:port) for the
+	// TCP path. Nil means HTTPS_PROXY / NO_PROXY from the environment
+	// (unless NoEnvProxy); localhost is never proxied from the environment.
+	Proxy *url.URL
+	// NoEnvProxy ignores HTTPS_PROXY.
+	NoEnvProxy bool
+	// KeepAlive is the QUIC keepalive and TCP keepalive period, well under
+	// common middlebox idle timeouts. Default 15s.
+	KeepAlive time.Duration
+	// PingInterval is how often each relay is pinged to measure RTT and
+	// liveness. Default 400ms.
+	PingInterval time.Duration
+	// DeadAfter: a relay from which nothing arrived for this long is not
+	// used for sending; after 4× this the connection is dropped and
+	// redialled. Default 1.2s (traffic moves within 2s of a relay dying).
+	DeadAfter time.Duration
+	// ReprobeInterval is how often a relay reached over TCP is re-probed
+	// over QUIC; on success the client moves back up. Default 30s.
+	ReprobeInterval time.Duration
+	// BackoffMin and BackoffMax bound reconnect delays (exponential with
+	// full jitter). Defaults 250ms and 30s.
+	BackoffMin, BackoffMax time.Duration
+	// QueueLen bounds the send queue per relay connection, RecvQueueLen the
+	// received packets waiting for ReadPacket. Defaults 512 and 1024.
+	QueueLen, RecvQueueLen int
+	// Logger receives operational logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer receives the client's metrics; nil registers none.
+	Registerer prometheus.Registerer
+
+	role byte // wire.RoleMember, or RoleRelay for the mesh
+}
+
+// Validate checks the configuration.
+func (c *ClientConfig) Validate() error {
+	if len(c.Identity.Certificate) == 0 || c.Identity.PrivateKey == nil {
+		return fmt.Errorf("%w: no client certificate and key", ErrConfig)
+	}
+	if len(c.Relays) == 0 {
+		return fmt.Errorf("%w: no relays to connect to", ErrConfig)
+	}
+	seen := map[string]bool{}
+	for _, r := range c.Relays {
+		if err := r.Validate(); err != nil {
+			return err
+		}
+		if seen[r.ID] {
+			return fmt.Errorf("%w: relay %q listed twice", ErrConfig, r.ID)
+		}
+		seen[r.ID] = true
+	}
+	if c.BackoffMax != 0 && c.BackoffMax < c.BackoffMin {
+		return fmt.Errorf("%w: backoff max %v below min %v", ErrConfig, c.BackoffMax, c.BackoffMin)
+	}
+	return nil
+}
+
+func (c ClientConfig) withDefaults() ClientConfig {
+	def := func(d *time.Duration, v time.Duration) {
+		if *d <= 0 {
+			*d = v
+		}
+	}
+	def(&c.QUICTimeout, time.Second)
+	def(&c.TCPTimeout, 10*time.Second)
+	def(&c.KeepAlive, 15*time.Second)
+	def(&c.PingInterval, 400*time.Millisecond)
+	def(&c.DeadAfter, 1200*time.Millisecond)
+	def(&c.ReprobeInterval, 30*time.Second)
+	def(&c.BackoffMin, 250*time.Millisecond)
+	def(&c.BackoffMax, 30*time.Second)
+	if c.QueueLen <= 0 {
+		c.QueueLen = 512
+	}
+	if c.RecvQueueLen <= 0 {
+		c.RecvQueueLen = 1024
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.role == 0 {
+		c.role = wire.RoleMember
+	}
+	c.Relays = append([]RelayInfo(nil), c.Relays...)
+	return c
+}
+
+// Sizes reported by MaxPacketSize.
+const (
+	// MaxPacketSizeTCP is what a TCP or proxy path accepts. Packets larger
+	// than a QUIC datagram still arrive when the receiver is on QUIC: they
+	// travel on the QUIC control stream instead.
+	MaxPacketSizeTCP = 4096
+	// MaxPacketSizeNoPath is reported while no relay is connected: what the
+	// smallest QUIC path carries.
+	MaxPacketSizeNoPath = 1200 - 60 - wire.ForwardOverhead
+)
+
+// Client keeps connections to every relay and sends each packet on one
+// healthy relay. It implements the tunnel's PacketTransport: packets are
+// addressed by member id; the relay names the sender from its certificate.
+type Client struct {
+	cfg    ClientConfig
+	log    *slog.Logger
+	m      *metrics
+	relays []*relayConn
+	recv   chan inPacket
+
+	cancel    context.CancelFunc
+	g         errgroup.Group
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+type inPacket struct {
+	from string
+	data []byte
+}
+
+// relayConn is the client's state for one relay.
+type relayConn struct {
+	info RelayInfo
+	cur  atomic.Pointer[link]
+
+	mu        sync.Mutex
+	state     string
+	lastErr   string
+	since     time.Time
+	rtt       time.Duration
+	bytesIn   uint64 // of links already closed
+	bytesOut  uint64
+	drops     atomic.Uint64
+	upgrades  int
+}
+
+// NewClient validates cfg and starts connecting to every relay in the
+// background. Use WaitReady to wait for the first relay. Close stops it.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	prefix := "memberd_relay_client"
+	if cfg.role == wire.RoleRelay {
+		prefix = "memberd_relay_mesh"
+	}
+	c := &Client{
+		cfg: cfg, log: cfg.Logger,
+		m:    newMetrics(cfg.Registerer, prefix, "relay client"),
+		recv: make(chan inPacket, cfg.RecvQueueLen),
+		done: make(chan struct{}),
+	}
+	var env func(*url.URL) (*url.URL, error)
+	if !cfg.NoEnvProxy {
+		env = envProxy()
+	}
+	d := &dialer{
+		identity: cfg.Identity, role: cfg.role,
+		quicTimeout: cfg.QUICTimeout, tcpTimeout: cfg.TCPTimeout, keepAlive: cfg.KeepAlive,
+		proxy: proxyFor(cfg.Proxy, env), queueLen: cfg.QueueLen,
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	c.cancel = cancel
+	for _, r := range cfg.Relays {
+		rc := &relayConn{info: r, state: "connecting", since: time.Now()}
+		c.relays = append(c.relays, rc)
+		rd := *d
+		rd.drop = func(reason string) { rc.drops.Add(1); c.m.drop(reason) }
+		c.g.Go(func() error { c.runRelay(ctx, rc, &rd); return nil })
+	}
+	return c, nil
+}
+
+// WaitReady blocks until at least one relay is connected, or ctx ends.
+func (c *Client) WaitReady(ctx context.Context) error {
+	t := time.NewTicker(10 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if c.pick() != nil {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%w: %v", ErrNoRelay, c.errSummary())
+		case <-c.done:
+			return net.ErrClosed
+		case <-t.C:
+		}
+	}
+}
+
+func (c *Client) errSummary() string {
+	s := ""
+	for _, st := range c.Status() {
+		if st.LastError != "" {
+			s += fmt.Sprintf("[%s: %s] ", st.ID, st.LastError)
+		}
+	}
+	return s
+}
+
+// runRelay keeps one relay connected: dial the best path, serve it, back
+// off, repeat; while on TCP, re-probe QUIC.
+func (c *Client) runRelay(ctx context.Context, rc *relayConn, d *dialer) {
+	backoff := c.cfg.BackoffMin
+	for ctx.Err() == nil {
+		l, qerr, err := d.dialBest(ctx, rc.info)
+		if err != nil {
+			rc.setState("down", err)
+			c.log.Warn("relay unreachable", "relay", rc.info.ID, "addr", rc.info.Addr, "err", err)
+			// Full jitter: a random wait in [backoff/2, backoff].
+			wait := backoff/2 + rand.N(backoff/2+1)
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(wait):
+			}
+			backoff = min(backoff*2, c.cfg.BackoffMax)
+			continue
+		}
+		if qerr != nil {
+			c.log.Info("relay reached over TCP after QUIC failed", "relay", rc.info.ID, "path", string(l.path), "quic_err", qerr.Error())
+		}
+		backoff = c.cfg.BackoffMin
+		for l != nil {
+			l = c.serve(ctx, rc, d, l)
+		}
+	}
+}
+
+// serve runs link l until it fails. It returns a replacement link when a
+// QUIC re-probe succeeded while on TCP, else nil.
+func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *link {
+	rc.cur.Store(l)
+	rc.setState("up", nil)
+	c.m.conns.Inc()
+	c.log.Info("relay connected", "relay", rc.info.ID, "path", string(l.path))
+	var next atomic.Pointer[link]
+	lctx, cancel := context.WithCancel(ctx)
+	var g errgroup.Group
+	g.Go(func() error { c.pinger(lctx, rc, l); return nil })
+	if l.path != PathQUIC {
+		g.Go(func() error {
+			t := time.NewTicker(c.cfg.ReprobeInterval)
+			defer t.Stop()
+			for {
+				select {
+				case <-lctx.Done():
+					return nil
+				case <-t.C:
+				}
+				nl, err := d.dialQUIC(lctx, rc.info)
+				if err != nil {
+					continue
+				}
+				c.log.Info("relay reachable over QUIC again: moving up", "relay", rc.info.ID, "from", string(l.path))
+				next.Store(nl)
+				// Switch sending first, then retire the TCP link.
+				rc.cur.Store(nl)
+				l.close(codeShutdown, "moved to QUIC")
+				return nil
+			}
+		})
+	}
+	err := l.run(lctx, func(f wire.Frame) { c.frame(rc, l, f) })
+	cancel()
+	g.Wait()
+	c.m.conns.Dec()
+	rc.cur.CompareAndSwap(l, nil)
+	rc.mu.Lock()
+	rc.bytesIn += l.bytesIn.Load()
+	rc.bytesOut += l.bytesOut.Load()
+	rc.mu.Unlock()
+	if nl := next.Load(); nl != nil {
+		rc.mu.Lock()
+		rc.upgrades++
+		rc.mu.Unlock()
+		return nl
+	}
+	if ctx.Err() == nil {
+		rc.setState("down", err)
+		c.log.Warn("relay connection lost", "relay", rc.info.ID, "path", string(l.path), "err", err)
+	}
+	return nil
+}
+
+// pinger measures RTT and drops the link when the relay went silent.
+func (c *Client) pinger(ctx context.Context, rc *relayConn, l *link) {
+	t := time.NewTicker(c.cfg.PingInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.done:
+			return
+		case now := <-t.C:
+			if now.Sub(time.Unix(0, l.lastRecv.Load())) > 4*c.cfg.DeadAfter {
+				c.log.Warn("relay silent: reconnecting", "relay", rc.info.ID, "silent_for", now.Sub(time.Unix(0, l.lastRecv.Load())).String())
+				l.close(codeProtocol, "no answer to pings")
+				return
+			}
+			var b [8]byte
+			binary.BigEndian.PutUint64(b[:], uint64(now.UnixNano()))
+			l.sendData(wire.AppendFrame(nil, wire.TypePing, b[:]))
+		}
+	}
+}
+
+// frame handles a frame from a relay.
+func (c *Client) frame(rc *relayConn, l *link, f wire.Frame) {
+	switch f.Type {
+	case wire.TypePacket:
+		from, payload, err := wire.ParsePacket(f.Body)
+		if err != nil {
+			c.m.drop(DropMalformed)
+			return
+		}
+		p := inPacket{from: string(from), data: append([]byte(nil), payload...)}
+		select {
+		case c.recv <- p:
+		default:
+			rc.drops.Add(1)
+			c.m.drop(DropQueueFull)
+		}
+	case wire.TypePong:
+		if len(f.Body) == 8 {
+			sent := int64(binary.BigEndian.Uint64(f.Body))
+			rtt := time.Duration(time.Now().UnixNano() - sent)
+			rc.mu.Lock()
+			rc.rtt = rtt
+			rc.mu.Unlock()
+		}
+	case wire.TypeGoAway:
+		code, reason, err := wire.ParseGoAway(f.Body)
+		if err == nil {
+			c.log.Warn("relay is closing our connection", "relay", rc.info.ID, "code", code, "reason", reason)
+			rc.setState("down", fmt.Errorf("relay said: %s", reason))
+		}
+	}
+}
+
+func (rc *relayConn) setState(state string, err error) {
+	rc.mu.Lock()
+	defer rc.mu.Unlock()
+	if rc.state != state {
+		rc.since = time.Now()
+	}
+	rc.state = state
+	if err != nil {
+		rc.lastErr = err.Error()
+	} else if state == "up" {
+		rc.lastErr = ""
+	}
+}
+
+// healthy returns the link to send on, if the relay answered recently.
+func (c *Client) healthy(rc *relayConn, now time.Time) *link {
+	l := rc.cur.Load()
+	if l == nil || l.closed() {
+		return nil
+	}
+	if now.Sub(time.Unix(0, l.lastRecv.Load())) > c.cfg.DeadAfter {
+		return nil
+	}
+	return l
+}
+
+// pick returns the link of the first healthy relay in configuration order,
+// so all packets of a flow use one relay while it lives.
+func (c *Client) pick() *link {
+	now := time.Now()
+	for _, rc := range c.relays {
+		if l := c.healthy(rc, now); l != nil {
+			return l
+		}
+	}
+	return nil
+}
+
+// WritePacket sends pkt to member through one healthy relay. It never
+// blocks: a full queue drops the packet (counted) like UDP would. It does
+// not retain pkt.
+func (c *Client) WritePacket(pkt []byte, member string) error {
+	select {
+	case <-c.done:
+		return net.ErrClosed
+	default:
+	}
+	if !wire.ValidID(member) {
+		return fmt.Errorf("relay: member id %q must be 1..%d bytes", member, wire.MaxIDLen)
+	}
+	if len(pkt)+wire.ForwardOverhead > wire.MaxBody {
+		c.m.drop(DropTooLarge)
+		return fmt.Errorf("%w: %d bytes", ErrPacketSize, len(pkt))
+	}
+	l := c.pick()
+	if l == nil {
+		c.m.drop(DropNoRoute)
+		return fmt.Errorf("%w: all relays down (%s)", ErrNoRelay, c.errSummary())
+	}
+	l.sendData(wire.AppendPacket(make([]byte, 0, wire.PacketOverhead+len(pkt)), member, pkt))
+	return nil
+}
+
+// ReadPacket blocks until a packet arrives, copies it into buf and returns
+// its length and sender. After Close it returns net.ErrClosed. A packet
+// longer than buf is dropped with io.ErrShortBuffer.
+func (c *Client) ReadPacket(buf []byte) (int, string, error) {
+	select {
+	case p := <-c.recv:
+		if len(p.data) > len(buf) {
+			c.m.drop(DropTooLarge)
+			return 0, p.from, fmt.Errorf("relay: %d-byte packet from %q: %w", len(p.data), p.from, io.ErrShortBuffer)
+		}
+		return copy(buf, p.data), p.from, nil
+	case <-c.done:
+		return 0, "", net.ErrClosed
+	}
+}
+
+// MaxPacketSize is the largest packet the current path carries without
+// falling back from datagrams to a stream.
+func (c *Client) MaxPacketSize() int {
+	l := c.pick()
+	switch {
+	case l == nil:
+		return MaxPacketSizeNoPath
+	case l.path == PathQUIC:
+		return l.maxDatagram - wire.ForwardOverhead
+	default:
+		return MaxPacketSizeTCP
+	}
+}
+
+// Close disconnects from every relay and waits for the client's goroutines.
+// It is idempotent.
+func (c *Client) Close() error {
+	c.closeOnce.Do(func() {
+		close(c.done)
+		c.cancel()
+		_ = c.g.Wait()
+	})
+	return nil
+}
+
+// RelayStatus is one relay as the client sees it.
+type RelayStatus struct {
+	ID, Addr  string
+	State     string // connecting, up, down
+	Path      Path   // quic, tcp, proxy; empty unless up
+	Healthy   bool   // answered within DeadAfter: eligible for sending
+	Active    bool   // the relay packets are being sent on
+	RTT       time.Duration
+	BytesIn   uint64
+	BytesOut  uint64
+	Drops     uint64
+	Upgrades  int // moves from TCP back to QUIC
+	Since     time.Time
+	LastError string
+}
+
+// Status reports every relay.
+func (c *Client) Status() []RelayStatus {
+	now := time.Now()
+	active := c.pick()
+	out := make([]RelayStatus, 0, len(c.relays))
+	for _, rc := range c.relays {
+		rc.mu.Lock()
+		st := RelayStatus{
+			ID: rc.info.ID, Addr: rc.info.Addr, State: rc.state, RTT: rc.rtt,
+			BytesIn: rc.bytesIn, BytesOut: rc.bytesOut, Drops: rc.drops.Load(),
+			Upgrades: rc.upgrades, Since: rc.since, LastError: rc.lastErr,
+		}
+		rc.mu.Unlock()
+		if l := rc.cur.Load(); l != nil {
+			st.Path = l.path
+			st.BytesIn += l.bytesIn.Load()
+			st.BytesOut += l.bytesOut.Load()
+			st.Healthy = c.healthy(rc, now) != nil
+			st.Active = l == active
+		}
+		out = append(out, st)
+	}
+	return out
+}
+
+// Drops returns the packets the client dropped so far, by reason.
+func (c *Client) Drops() map[string]uint64 { return c.m.snapshot() }

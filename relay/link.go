@@ -1,0 +1,258 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/memberd/memberd/relay/wire"
+)
+
+// Path is how a client reaches a relay.
+type Path string
+
+// Paths, best first.
+const (
+	PathQUIC  Path = "quic"  // QUIC over UDP, packets in DATAGRAM frames
+	PathTCP   Path = "tcp"   // TLS over TCP, length-prefixed frames
+	PathProxy Path = "proxy" // TLS over TCP through an HTTP CONNECT proxy
+)
+
+// Drop reasons, the values of the "reason" label.
+const (
+	DropACL       = "acl"        // the policy does not allow from -> to
+	DropRateLimit = "rate_limit" // the sender exceeded its rate
+	DropQueueFull = "queue_full" // the receiver's send queue was full
+	DropNoRoute   = "no_route"   // the destination is not connected anywhere
+	DropTooLarge  = "too_large"  // larger than the path allows
+	DropMalformed = "malformed"  // a frame that does not parse
+	DropClosed    = "closed"     // the path closed while the packet waited
+)
+
+// QUIC application error codes used when closing.
+const (
+	codeShutdown   quic.ApplicationErrorCode = 1
+	codeNotAllowed quic.ApplicationErrorCode = 2
+	codeProtocol   quic.ApplicationErrorCode = 3
+)
+
+// link is one established relay protocol connection, either side, either
+// transport. Frames to send go through two bounded queues served by one
+// writer goroutine: ctrl (never dropped while open) and data (dropped when
+// full, UDP-like). On QUIC, data frames travel as DATAGRAMs; one larger than
+// the datagram limit falls back to the control stream.
+type link struct {
+	path        Path
+	qconn       *quic.Conn    // nil on TCP
+	stream      io.ReadWriter // QUIC control stream or *tls.Conn
+	closer      func(code quic.ApplicationErrorCode, reason string)
+	tls         tls.ConnectionState
+	maxBody     int
+	maxDatagram int // QUIC: largest datagram payload at setup
+
+	ctrl chan []byte
+	data chan []byte
+
+	done      chan struct{}
+	closeOnce sync.Once
+	closeErr  atomic.Pointer[error]
+
+	bytesIn, bytesOut atomic.Uint64
+	lastRecv          atomic.Int64 // unix nanos
+	drop              func(reason string)
+}
+
+func newLink(path Path, qc *quic.Conn, stream io.ReadWriter, cs tls.ConnectionState,
+	closer func(quic.ApplicationErrorCode, string), queueLen int, drop func(string)) *link {
+	l := &link{
+		path: path, qconn: qc, stream: stream, closer: closer, tls: cs,
+		maxBody: wire.MaxBody,
+		ctrl:    make(chan []byte, 64),
+		data:    make(chan []byte, queueLen),
+		done:    make(chan struct{}),
+		drop:    drop,
+	}
+	l.lastRecv.Store(time.Now().UnixNano())
+	return l
+}
+
+// quicLink wraps an established QUIC connection and its control stream.
+func quicLink(qc *quic.Conn, st *quic.Stream, queueLen int, drop func(string)) *link {
+	return newLink(PathQUIC, qc, st, qc.ConnectionState().TLS, func(code quic.ApplicationErrorCode, reason string) {
+		_ = qc.CloseWithError(code, reason)
+	}, queueLen, drop)
+}
+
+// streamLink wraps an established TLS connection.
+func streamLink(path Path, tc *tls.Conn, queueLen int, drop func(string)) *link {
+	return newLink(path, nil, tc, tc.ConnectionState(), func(quic.ApplicationErrorCode, string) {
+		_ = tc.Close()
+	}, queueLen, drop)
+}
+
+// close closes the link once, telling the peer why when it can.
+func (l *link) close(code quic.ApplicationErrorCode, reason string) {
+	l.closeOnce.Do(func() {
+		close(l.done)
+		l.closer(code, reason)
+	})
+}
+
+func (l *link) closed() bool {
+	select {
+	case <-l.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// sendData queues a data frame; it never blocks and reports false (after
+// counting the drop) when the queue is full or the link closed.
+func (l *link) sendData(frame []byte) bool {
+	if l.closed() {
+		l.drop(DropClosed)
+		return false
+	}
+	select {
+	case l.data <- frame:
+		return true
+	default:
+		l.drop(DropQueueFull)
+		return false
+	}
+}
+
+// sendCtrl queues a control frame, waiting for room up to ctx.
+func (l *link) sendCtrl(ctx context.Context, frame []byte) error {
+	select {
+	case l.ctrl <- frame:
+		return nil
+	case <-l.done:
+		return net.ErrClosed
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// writeLoop sends queued frames until the link closes.
+func (l *link) writeLoop() error {
+	for {
+		var f []byte
+		select {
+		case f = <-l.ctrl:
+		default:
+			select {
+			case f = <-l.ctrl:
+			case f = <-l.data:
+				if l.qconn != nil {
+					err := l.qconn.SendDatagram(f)
+					var tooLarge *quic.DatagramTooLargeError
+					if err == nil {
+						l.bytesOut.Add(uint64(len(f)))
+						continue
+					} else if !errors.As(err, &tooLarge) {
+						return err
+					}
+					// Larger than a datagram: carry it on the stream.
+				}
+			case <-l.done:
+				return nil
+			}
+		}
+		if _, err := l.stream.Write(f); err != nil {
+			return err
+		}
+		l.bytesOut.Add(uint64(len(f)))
+	}
+}
+
+// readLoop calls handle for every frame from the stream and, on QUIC, from
+// datagrams, until the link fails or closes. handle runs on up to two
+// goroutines at once (stream and datagrams) and must not retain the body.
+func (l *link) readLoop(ctx context.Context, handle func(wire.Frame)) error {
+	errc := make(chan error, 2)
+	n := 1
+	if l.qconn != nil {
+		n = 2
+		go func() {
+			for {
+				b, err := l.qconn.ReceiveDatagram(ctx)
+				if err != nil {
+					errc <- err
+					return
+				}
+				l.bytesIn.Add(uint64(len(b)))
+				l.lastRecv.Store(time.Now().UnixNano())
+				f, err := wire.ParseDatagram(b)
+				if err != nil {
+					l.drop(DropMalformed)
+					continue
+				}
+				handle(f)
+			}
+		}()
+	}
+	go func() {
+		r := wire.NewReader(l.stream, l.maxBody)
+		for {
+			f, err := r.Next()
+			if err != nil {
+				errc <- err
+				return
+			}
+			l.bytesIn.Add(uint64(wire.HeaderLen + len(f.Body)))
+			l.lastRecv.Store(time.Now().UnixNano())
+			handle(f)
+		}
+	}()
+	err := <-errc
+	l.close(codeProtocol, "read failed")
+	for i := 1; i < n; i++ {
+		<-errc
+	}
+	return err
+}
+
+// run runs the writer and reader until either ends, then closes the link
+// and returns the first error. All goroutines have exited on return.
+func (l *link) run(ctx context.Context, handle func(wire.Frame)) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	werr := make(chan error, 1)
+	go func() {
+		err := l.writeLoop()
+		l.close(codeProtocol, "write failed")
+		werr <- err
+	}()
+	go func() {
+		select {
+		case <-ctx.Done():
+			l.close(codeShutdown, "shutting down")
+		case <-l.done:
+		}
+	}()
+	rerr := l.readLoop(ctx, handle)
+	err := <-werr
+	// Drain what is left so queued frames are counted, not silently lost.
+	for {
+		select {
+		case <-l.data:
+			l.drop(DropClosed)
+			continue
+		default:
+		}
+		break
+	}
+	if rerr != nil {
+		return rerr
+	}
+	return err
+}

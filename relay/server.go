@@ -1,0 +1,669 @@
+package relay
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/memberd/memberd/relay/wire"
+)
+
+// ServerConfig configures a relay Server. The zero value of every optional
+// field means the default written next to it.
+type ServerConfig struct {
+	// ID is this relay's id in the policy's relay list (required).
+	ID string
+	// Identity is the relay's TLS certificate; its PrivateKey is a
+	// crypto.Signer (an HSM key in production). Required. Its public key
+	// must match this relay's pin in the policy for mesh peers to accept it.
+	Identity tls.Certificate
+	// Authority is the initial policy snapshot (required); replace it with
+	// UpdateAuthority.
+	Authority Authority
+	// Logger receives operational logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer receives the relay's metrics; nil registers none.
+	Registerer prometheus.Registerer
+	// RateBytesPerSec limits each member's ingress payload bytes per second,
+	// summed over its connections. Default 12_500_000 (100 Mbit/s); negative
+	// means unlimited.
+	RateBytesPerSec float64
+	// RateBurstBytes is the token bucket size. Default 1 MiB.
+	RateBurstBytes float64
+	// QueueLen bounds each connection's send queue in packets; beyond it
+	// packets are dropped (reason queue_full). Default 512.
+	QueueLen int
+	// MaxConnsPerMember bounds connections per member; a new one beyond the
+	// limit closes the oldest. Default 4.
+	MaxConnsPerMember int
+	// HandshakeTimeout bounds the TLS handshake and HELLO exchange.
+	// Default 10s.
+	HandshakeTimeout time.Duration
+	// ForwardHook, when set, sees every payload the relay forwards (from,
+	// to, payload) before it is queued. It must not retain or modify
+	// payload. For tests and packet capture.
+	ForwardHook func(from, to string, payload []byte)
+	// Mesh configures how RunMesh dials the other relays (QUIC timeout,
+	// proxy, keepalives); Identity and Relays are filled in by the server.
+	Mesh ClientConfig
+	// Now returns the current time; default time.Now.
+	Now func() time.Time
+}
+
+// Validate checks the configuration.
+func (c *ServerConfig) Validate() error {
+	if !wire.ValidID(c.ID) {
+		return fmt.Errorf("%w: relay id %q must be 1..%d bytes", ErrConfig, c.ID, wire.MaxIDLen)
+	}
+	if len(c.Identity.Certificate) == 0 || c.Identity.PrivateKey == nil {
+		return fmt.Errorf("%w: relay %q has no identity certificate and key", ErrConfig, c.ID)
+	}
+	if c.Authority == nil {
+		return fmt.Errorf("%w: relay %q has no authority (policy snapshot)", ErrConfig, c.ID)
+	}
+	if c.QueueLen < 0 || c.MaxConnsPerMember < 0 {
+		return fmt.Errorf("%w: negative queue_len or max_conns_per_member", ErrConfig)
+	}
+	return nil
+}
+
+func (c ServerConfig) withDefaults() ServerConfig {
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+	if c.RateBytesPerSec == 0 {
+		c.RateBytesPerSec = 12_500_000
+	}
+	if c.RateBurstBytes == 0 {
+		c.RateBurstBytes = 1 << 20
+	}
+	if c.QueueLen == 0 {
+		c.QueueLen = 512
+	}
+	if c.MaxConnsPerMember == 0 {
+		c.MaxConnsPerMember = 4
+	}
+	if c.HandshakeTimeout == 0 {
+		c.HandshakeTimeout = 10 * time.Second
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	return c
+}
+
+// Server forwards packets between members and to other relays. It owns no
+// sockets: feed it QUIC connections (ServeQUIC) and TCP connections
+// (ServeTCP, ServeConn), and run RunMesh to reach the other relays.
+type Server struct {
+	cfg  ServerConfig
+	log  *slog.Logger
+	m    *metrics
+	auth atomic.Pointer[authBox]
+	tls  *tls.Config
+
+	ctx    context.Context // cancelled by Close
+	cancel context.CancelFunc
+	meshKick chan struct{}
+
+	mu      sync.Mutex
+	members map[string]*memberState
+	relays  map[*peer]struct{}
+	routes  map[string]map[*peer]struct{} // member -> relay peers announcing it
+	peers   map[*peer]struct{}
+}
+
+type authBox struct{ a Authority }
+
+type memberState struct {
+	mu     sync.Mutex
+	bucket *bucket
+	conns  []*peer // oldest first; the newest receives
+}
+
+type peer struct {
+	id     string
+	relay  bool
+	link   *link
+	chain  []*x509.Certificate
+	kick   chan struct{} // relay peers: local member set changed
+	routes map[string]bool // relay peers: members it announced (under Server.mu)
+}
+
+// NewServer validates cfg and returns a Server.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	s := &Server{
+		cfg: cfg, log: cfg.Logger.With("relay", cfg.ID),
+		m:        newMetrics(cfg.Registerer, "memberd_relay", "relay"),
+		meshKick: make(chan struct{}, 1),
+		members:  map[string]*memberState{},
+		relays:   map[*peer]struct{}{},
+		routes:   map[string]map[*peer]struct{}{},
+		peers:    map[*peer]struct{}{},
+	}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.auth.Store(&authBox{cfg.Authority})
+	s.tls = &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cfg.Identity},
+		ClientAuth:   tls.RequireAnyClientCert,
+		NextProtos:   []string{wire.ALPN},
+		VerifyConnection: func(cs tls.ConnectionState) error {
+			if cs.NegotiatedProtocol != wire.ALPN {
+				return fmt.Errorf("client did not offer ALPN %q", wire.ALPN)
+			}
+			_, _, err := s.identify(cs.PeerCertificates)
+			return err
+		},
+	}
+	return s, nil
+}
+
+func (s *Server) authority() Authority { return s.auth.Load().a }
+
+// identify names the peer behind a certificate chain: a relay of the policy
+// (by pin) or a member (by CA). Non-members get an error, so refusal happens
+// in the TLS handshake, before any forwarding state exists.
+func (s *Server) identify(chain []*x509.Certificate) (id string, isRelay bool, err error) {
+	if len(chain) == 0 {
+		return "", false, fmt.Errorf("%w: no client certificate", ErrNotMember)
+	}
+	a := s.authority()
+	pin := PinOf(chain[0])
+	for _, r := range a.Relays() {
+		if r.Pin == pin && r.ID != s.cfg.ID {
+			return r.ID, true, nil
+		}
+	}
+	m, err := a.MemberForCert(chain, s.cfg.Now())
+	if err != nil {
+		return "", false, err
+	}
+	return m, false, nil
+}
+
+// TLSConfig returns the TLS configuration to give quic.Listen (and that
+// ServeConn uses for TLS over TCP). Do not modify it.
+func (s *Server) TLSConfig() *tls.Config { return s.tls }
+
+// QUICConfig returns the QUIC configuration to give quic.Listen.
+func (s *Server) QUICConfig() *quic.Config { return quicConfig(15 * time.Second) }
+
+func quicConfig(keepAlive time.Duration) *quic.Config {
+	return &quic.Config{
+		EnableDatagrams:      true,
+		KeepAlivePeriod:      keepAlive,
+		MaxIdleTimeout:       30 * time.Second,
+		HandshakeIdleTimeout: 5 * time.Second,
+		MaxIncomingStreams:   4,
+		MaxIncomingUniStreams: -1,
+	}
+}
+
+// UpdateAuthority swaps in a new policy snapshot. Connections of peers the
+// new snapshot no longer admits (removed, revoked) are closed before it
+// returns; ACL changes apply to the next packet.
+func (s *Server) UpdateAuthority(a Authority) {
+	s.auth.Store(&authBox{a})
+	s.mu.Lock()
+	var cut []*peer
+	for p := range s.peers {
+		id, isRelay, err := s.identify(p.chain)
+		if err != nil || id != p.id || isRelay != p.relay {
+			cut = append(cut, p)
+		}
+	}
+	for _, p := range cut {
+		s.unregisterLocked(p)
+	}
+	s.mu.Unlock()
+	for _, p := range cut {
+		s.log.Info("closing connection no longer admitted by the policy", "peer", p.id, "relay_peer", p.relay)
+		p.link.close(codeNotAllowed, "no longer admitted by the consortium policy")
+	}
+	select {
+	case s.meshKick <- struct{}{}:
+	default:
+	}
+}
+
+// Drops returns the packets dropped so far by reason.
+func (s *Server) Drops() map[string]uint64 { return s.m.snapshot() }
+
+// Members returns the members connected to this relay.
+func (s *Server) Members() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]string, 0, len(s.members))
+	for m := range s.members {
+		out = append(out, m)
+	}
+	return out
+}
+
+// Close closes every connection and makes the Serve methods return. It is
+// idempotent.
+func (s *Server) Close() error {
+	s.cancel()
+	s.mu.Lock()
+	var all []*peer
+	for p := range s.peers {
+		all = append(all, p)
+	}
+	s.mu.Unlock()
+	for _, p := range all {
+		p.link.close(codeShutdown, "relay shutting down")
+	}
+	return nil
+}
+
+// serveCtx is ctx, also cancelled by Close.
+func (s *Server) serveCtx(ctx context.Context) (context.Context, context.CancelFunc) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(s.ctx, cancel)
+	return ctx, func() { stop(); cancel() }
+}
+
+// ServeQUIC accepts connections from ln until ctx ends, ln is closed or the
+// server is closed, and serves each. It returns after all of them ended.
+// Create ln with quic.Listen(pc, s.TLSConfig(), s.QUICConfig()).
+func (s *Server) ServeQUIC(ctx context.Context, ln *quic.Listener) error {
+	ctx, cancel := s.serveCtx(ctx)
+	defer cancel()
+	var g errgroup.Group
+	defer g.Wait()
+	for {
+		c, err := ln.Accept(ctx)
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, quic.ErrServerClosed) {
+				return nil
+			}
+			return fmt.Errorf("relay %s: accepting QUIC: %w", s.cfg.ID, err)
+		}
+		g.Go(func() error { s.ServeQUICConn(ctx, c); return nil })
+	}
+}
+
+// ServeTCP accepts TCP connections from ln until ctx ends, ln is closed or
+// the server is closed, and serves each with ServeConn.
+func (s *Server) ServeTCP(ctx context.Context, ln net.Listener) error {
+	ctx, cancel := s.serveCtx(ctx)
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { ln.Close() })
+	defer stop()
+	var g errgroup.Group
+	defer g.Wait()
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("relay %s: accepting TCP: %w", s.cfg.ID, err)
+		}
+		g.Go(func() error { s.ServeConn(ctx, c); return nil })
+	}
+}
+
+// ServeQUICConn serves one accepted QUIC connection until it ends.
+func (s *Server) ServeQUICConn(ctx context.Context, c *quic.Conn) error {
+	ctx, cancel := s.serveCtx(ctx)
+	defer cancel()
+	hctx, hcancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	defer hcancel()
+	st, err := c.AcceptStream(hctx)
+	if err != nil {
+		_ = c.CloseWithError(codeProtocol, "no control stream")
+		return fmt.Errorf("relay %s: QUIC peer %s opened no control stream: %w", s.cfg.ID, c.RemoteAddr(), err)
+	}
+	_ = st.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	l := quicLink(c, st, s.cfg.QueueLen, s.m.drop)
+	return s.servePeer(ctx, l, c.RemoteAddr(), func() { _ = st.SetDeadline(time.Time{}) })
+}
+
+// ServeConn serves one TCP connection: TLS handshake, HELLO, then frames
+// until it ends. It closes c.
+func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
+	ctx, cancel := s.serveCtx(ctx)
+	defer cancel()
+	tc := tls.Server(c, s.tls)
+	_ = c.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
+	hctx, hcancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
+	err := tc.HandshakeContext(hctx)
+	hcancel()
+	if err != nil {
+		c.Close()
+		s.log.Debug("TLS handshake failed", "remote", c.RemoteAddr().String(), "err", err)
+		return fmt.Errorf("relay %s: TLS handshake with %s: %w", s.cfg.ID, c.RemoteAddr(), err)
+	}
+	l := streamLink(PathTCP, tc, s.cfg.QueueLen, s.m.drop)
+	return s.servePeer(ctx, l, c.RemoteAddr(), func() { _ = c.SetDeadline(time.Time{}) })
+}
+
+// servePeer runs the HELLO exchange and then the link. clearDeadline is
+// called after the HELLO exchange.
+func (s *Server) servePeer(ctx context.Context, l *link, remote net.Addr, clearDeadline func()) error {
+	id, isRelay, err := s.identify(l.tls.PeerCertificates)
+	if err != nil {
+		l.close(codeNotAllowed, "not admitted by the consortium policy")
+		return err
+	}
+	f, err := wire.NewReader(l.stream, 64).Next()
+	if err == nil && f.Type != wire.TypeHello {
+		err = fmt.Errorf("%w: first frame is %v, not HELLO", wire.ErrMalformed, f.Type)
+	}
+	var h wire.Hello
+	if err == nil {
+		h, err = wire.ParseHello(f.Body)
+	}
+	if err == nil && (h.Role == wire.RoleRelay) != isRelay {
+		err = fmt.Errorf("%w: HELLO role %d does not match the certificate of %q", wire.ErrMalformed, h.Role, id)
+	}
+	if err == nil {
+		role := byte(wire.RoleRelay)
+		_, err = l.stream.Write(wire.AppendHello(nil, wire.Hello{Version: wire.Version, Role: role}))
+	}
+	if err != nil {
+		l.close(codeProtocol, "bad HELLO")
+		return fmt.Errorf("relay %s: HELLO from %q at %s: %w", s.cfg.ID, id, remote, err)
+	}
+	clearDeadline()
+	return s.runPeer(ctx, l, id, isRelay, remote)
+}
+
+// runPeer registers an established link and runs it until it ends.
+func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, remote net.Addr) error {
+	p := &peer{id: id, relay: isRelay, link: l, chain: l.tls.PeerCertificates}
+	if isRelay {
+		p.kick = make(chan struct{}, 1)
+		p.routes = map[string]bool{}
+	}
+	if !s.register(p) {
+		l.close(codeShutdown, "relay shutting down")
+		return ErrClosed
+	}
+	s.log.Info("peer connected", "peer", id, "relay_peer", isRelay, "path", string(l.path), "remote", remote.String())
+	defer func() {
+		s.mu.Lock()
+		s.unregisterLocked(p)
+		s.mu.Unlock()
+		s.log.Info("peer disconnected", "peer", id, "relay_peer", isRelay)
+	}()
+	handle := s.memberFrame
+	if isRelay {
+		handle = s.relayFrame
+	}
+	if !isRelay {
+		return l.run(ctx, func(f wire.Frame) { handle(p, f) })
+	}
+	var g errgroup.Group
+	g.Go(func() error { s.announce(ctx, p); return nil })
+	err := l.run(ctx, func(f wire.Frame) { handle(p, f) })
+	g.Wait()
+	return err
+}
+
+// register adds p to the server's tables; false after Close.
+func (s *Server) register(p *peer) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.ctx.Err() != nil {
+		return false
+	}
+	s.peers[p] = struct{}{}
+	s.m.conns.Inc()
+	if p.relay {
+		s.relays[p] = struct{}{}
+		p.kick <- struct{}{}
+		return true
+	}
+	ms := s.members[p.id]
+	if ms == nil {
+		ms = &memberState{bucket: newBucket(s.cfg.RateBytesPerSec, s.cfg.RateBurstBytes, s.cfg.Now())}
+		s.members[p.id] = ms
+		s.kickRelaysLocked()
+	}
+	ms.mu.Lock()
+	ms.conns = append(ms.conns, p)
+	var old *peer
+	if len(ms.conns) > s.cfg.MaxConnsPerMember {
+		old = ms.conns[0]
+	}
+	ms.mu.Unlock()
+	if old != nil {
+		go old.link.close(codeShutdown, "too many connections for this member")
+	}
+	return true
+}
+
+// unregisterLocked removes p from every table; s.mu is held. Idempotent.
+func (s *Server) unregisterLocked(p *peer) {
+	if _, ok := s.peers[p]; !ok {
+		return
+	}
+	delete(s.peers, p)
+	s.m.conns.Dec()
+	if p.relay {
+		delete(s.relays, p)
+		for m := range p.routes {
+			delete(s.routes[m], p)
+			if len(s.routes[m]) == 0 {
+				delete(s.routes, m)
+			}
+		}
+		return
+	}
+	ms := s.members[p.id]
+	if ms == nil {
+		return
+	}
+	ms.mu.Lock()
+	for i, c := range ms.conns {
+		if c == p {
+			ms.conns = append(ms.conns[:i], ms.conns[i+1:]...)
+			break
+		}
+	}
+	empty := len(ms.conns) == 0
+	ms.mu.Unlock()
+	if empty {
+		delete(s.members, p.id)
+		s.kickRelaysLocked()
+	}
+}
+
+func (s *Server) kickRelaysLocked() {
+	for r := range s.relays {
+		select {
+		case r.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// announce keeps relay peer p told which members are attached here: on
+// every change it sends ROUTE_ADD/ROUTE_DEL for the difference.
+func (s *Server) announce(ctx context.Context, p *peer) {
+	told := map[string]bool{}
+	for {
+		select {
+		case <-p.kick:
+		case <-p.link.done:
+			return
+		case <-ctx.Done():
+			return
+		}
+		s.mu.Lock()
+		cur := make(map[string]bool, len(s.members))
+		for m := range s.members {
+			cur[m] = true
+		}
+		s.mu.Unlock()
+		for m := range cur {
+			if !told[m] {
+				if p.link.sendCtrl(ctx, wire.AppendID(nil, wire.TypeRouteAdd, m)) != nil {
+					return
+				}
+				told[m] = true
+			}
+		}
+		for m := range told {
+			if !cur[m] {
+				if p.link.sendCtrl(ctx, wire.AppendID(nil, wire.TypeRouteDel, m)) != nil {
+					return
+				}
+				delete(told, m)
+			}
+		}
+	}
+}
+
+// memberFrame handles a frame from a member connection.
+func (s *Server) memberFrame(p *peer, f wire.Frame) {
+	switch f.Type {
+	case wire.TypePacket:
+		dst, payload, err := wire.ParsePacket(f.Body)
+		if err != nil {
+			s.m.drop(DropMalformed)
+			return
+		}
+		s.forward(p, string(dst), payload)
+	case wire.TypePing:
+		p.link.sendData(wire.AppendFrame(nil, wire.TypePong, f.Body))
+	}
+}
+
+// forward sends a member's packet on: to a local connection of dst, else one
+// hop to the relay dst is attached to.
+func (s *Server) forward(p *peer, dst string, payload []byte) {
+	s.mu.Lock()
+	ms := s.members[p.id]
+	s.mu.Unlock()
+	if ms == nil {
+		s.m.drop(DropClosed) // cut off by UpdateAuthority while the frame was in flight
+		return
+	}
+	ms.mu.Lock()
+	ok := ms.bucket.allow(len(payload), s.cfg.Now())
+	ms.mu.Unlock()
+	if !ok {
+		s.m.drop(DropRateLimit)
+		return
+	}
+	if !s.authority().Allowed(p.id, dst) {
+		s.m.drop(DropACL)
+		return
+	}
+	if s.deliverLocal(p.id, dst, payload) {
+		return
+	}
+	s.mu.Lock()
+	var via *peer
+	for r := range s.routes[dst] {
+		via = r
+		break
+	}
+	s.mu.Unlock()
+	if via == nil {
+		s.m.drop(DropNoRoute)
+		return
+	}
+	if h := s.cfg.ForwardHook; h != nil {
+		h(p.id, dst, payload)
+	}
+	if via.link.sendData(wire.AppendForward(make([]byte, 0, wire.ForwardOverhead+len(payload)), p.id, dst, payload)) {
+		s.m.forward(len(payload))
+	}
+}
+
+// deliverLocal queues a packet for a member connected here; false if dst
+// is not connected here.
+func (s *Server) deliverLocal(from, dst string, payload []byte) bool {
+	s.mu.Lock()
+	ms := s.members[dst]
+	s.mu.Unlock()
+	if ms == nil {
+		return false
+	}
+	ms.mu.Lock()
+	var to *peer
+	if n := len(ms.conns); n > 0 {
+		to = ms.conns[n-1]
+	}
+	ms.mu.Unlock()
+	if to == nil {
+		return false
+	}
+	if h := s.cfg.ForwardHook; h != nil {
+		h(from, dst, payload)
+	}
+	if to.link.sendData(wire.AppendPacket(make([]byte, 0, wire.PacketOverhead+len(payload)), from, payload)) {
+		s.m.forward(len(payload))
+	}
+	return true
+}
+
+// relayFrame handles a frame from another relay.
+func (s *Server) relayFrame(p *peer, f wire.Frame) {
+	switch f.Type {
+	case wire.TypeForward:
+		src, dst, payload, err := wire.ParseForward(f.Body)
+		if err != nil {
+			s.m.drop(DropMalformed)
+			return
+		}
+		// The sending relay checked too; both hold the same policy, and a
+		// relay never forwards a second hop.
+		if !s.authority().Allowed(string(src), string(dst)) {
+			s.m.drop(DropACL)
+			return
+		}
+		if !s.deliverLocal(string(src), string(dst), payload) {
+			s.m.drop(DropNoRoute)
+		}
+	case wire.TypeRouteAdd, wire.TypeRouteDel:
+		id, err := wire.ParseID(f.Body)
+		if err != nil {
+			s.m.drop(DropMalformed)
+			return
+		}
+		m := string(id)
+		s.mu.Lock()
+		if _, live := s.peers[p]; live {
+			if f.Type == wire.TypeRouteAdd {
+				if s.routes[m] == nil {
+					s.routes[m] = map[*peer]struct{}{}
+				}
+				s.routes[m][p] = struct{}{}
+				p.routes[m] = true
+			} else {
+				delete(s.routes[m], p)
+				if len(s.routes[m]) == 0 {
+					delete(s.routes, m)
+				}
+				delete(p.routes, m)
+			}
+		}
+		s.mu.Unlock()
+	case wire.TypePing:
+		p.link.sendData(wire.AppendFrame(nil, wire.TypePong, f.Body))
+	}
+}
+
+var _ io.Closer = (*Server)(nil)
