@@ -158,15 +158,15 @@ type relayConn struct {
 	info RelayInfo
 	cur  atomic.Pointer[link]
 
-	mu        sync.Mutex
-	state     string
-	lastErr   string
-	since     time.Time
-	rtt       time.Duration
-	bytesIn   uint64 // of links already closed
-	bytesOut  uint64
-	drops     atomic.Uint64
-	upgrades  int
+	mu       sync.Mutex
+	state    string
+	lastErr  string
+	since    time.Time
+	rtt      time.Duration
+	bytesIn  uint64 // of links already closed
+	bytesOut uint64
+	drops    atomic.Uint64
+	upgrades int
 }
 
 // NewClient validates cfg and starts connecting to every relay in the

@@ -91,7 +91,10 @@ func TestTCPFallbackAndReprobe(t *testing.T) {
 	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1"})
 	r := n.startRelay("relay-1", nil)
 	r.stopQUIC()
-	fast := func(c *ClientConfig) { c.QUICTimeout = 200 * time.Millisecond; c.ReprobeInterval = 300 * time.Millisecond }
+	fast := func(c *ClientConfig) {
+		c.QUICTimeout = 200 * time.Millisecond
+		c.ReprobeInterval = 300 * time.Millisecond
+	}
 	a, b := n.member("bank-a", fast), n.member("bank-b", fast)
 	ra, rb := readAll(a), readAll(b)
 	waitReady(t, a, b)

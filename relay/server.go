@@ -114,8 +114,8 @@ type Server struct {
 	auth atomic.Pointer[authBox]
 	tls  *tls.Config
 
-	ctx    context.Context // cancelled by Close
-	cancel context.CancelFunc
+	ctx      context.Context // cancelled by Close
+	cancel   context.CancelFunc
 	meshKick chan struct{}
 
 	mu      sync.Mutex
@@ -138,7 +138,7 @@ type peer struct {
 	relay  bool
 	link   *link
 	chain  []*x509.Certificate
-	kick   chan struct{} // relay peers: local member set changed
+	kick   chan struct{}   // relay peers: local member set changed
 	routes map[string]bool // relay peers: members it announced (under Server.mu)
 }
 
@@ -207,11 +207,11 @@ func (s *Server) QUICConfig() *quic.Config { return quicConfig(15 * time.Second)
 
 func quicConfig(keepAlive time.Duration) *quic.Config {
 	return &quic.Config{
-		EnableDatagrams:      true,
-		KeepAlivePeriod:      keepAlive,
-		MaxIdleTimeout:       30 * time.Second,
-		HandshakeIdleTimeout: 5 * time.Second,
-		MaxIncomingStreams:   4,
+		EnableDatagrams:       true,
+		KeepAlivePeriod:       keepAlive,
+		MaxIdleTimeout:        30 * time.Second,
+		HandshakeIdleTimeout:  5 * time.Second,
+		MaxIncomingStreams:    4,
 		MaxIncomingUniStreams: -1,
 	}
 }
