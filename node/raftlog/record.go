@@ -14,8 +14,9 @@ package raftlog
 // Torn tail: a crash may leave the last record of the newest segment partly
 // written (short, garbage, or zero-filled by the file system). The decoder
 // reports where the valid prefix ends when the bad record cannot be followed
-// by a valid one: the record as its header describes it reaches or passes
-// the end of the data, or everything from the bad record to the end is zero.
+// by a valid one: its header is incomplete; or its length is plausible
+// (1..max) and the record reaches or passes the end of the data; or
+// everything from the bad record to the end is zero.
 // Any other bad record is corruption in the middle of the log (ErrCorrupt):
 // recovery stops and says where, instead of silently dropping records that
 // raft may have acknowledged.
@@ -90,7 +91,7 @@ func decodeRecords(buf []byte, maxBody int) (recs []record, validEnd int, err er
 			}
 		}
 		if bad != "" {
-			if allZero(rest) || (n > 0 && n >= len(rest)-recordHeaderLen) {
+			if allZero(rest) || (n > 0 && n <= maxBody && n == len(rest)-recordHeaderLen) {
 				return recs, off, nil
 			}
 			return recs, off, fmt.Errorf("%w: %s at offset %d", ErrCorrupt, bad, off)
