@@ -12,6 +12,7 @@ package hsm
 // C_Initialize, which is how tests get a fresh token directory each).
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -30,6 +31,12 @@ type module struct {
 	// finalize is false when someone else in the process had already
 	// initialised the library: then we must not finalise it.
 	finalize bool
+
+	// Login state is per application and token: once logged in, C_Login
+	// answers CKR_USER_ALREADY_LOGGED_IN whatever the PIN. To still refuse
+	// a wrong PIN, remember a hash of the PIN that logged each token in.
+	loginMu sync.Mutex
+	logins  map[string][32]byte // token label -> sha256(PIN)
 }
 
 var (
@@ -56,7 +63,7 @@ func acquireModule(path string) (*module, error) {
 	if ctx == nil {
 		return nil, fmt.Errorf("%w: %s could not be loaded as a PKCS#11 library (dlopen or C_GetFunctionList failed): check it is the right library for this architecture", ErrModuleNotFound, path)
 	}
-	m := &module{path: path, ctx: ctx, refs: 1, finalize: true}
+	m := &module{path: path, ctx: ctx, refs: 1, finalize: true, logins: map[string][32]byte{}}
 	if err := ctx.Initialize(); err != nil {
 		if !isRV(err, pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 			ctx.Destroy()
@@ -219,9 +226,18 @@ func (t *token) login(sh pkcs11.SessionHandle) error {
 	if t.pin == "" {
 		return nil
 	}
+	sum := sha256.Sum256([]byte(t.pin))
+	t.mod.loginMu.Lock() // serialises logins so the recorded PIN is the one that logged in
+	defer t.mod.loginMu.Unlock()
 	err := t.mod.ctx.Login(sh, pkcs11.CKU_USER, t.pin)
 	switch rvOf(err) {
-	case 0, pkcs11.CKR_USER_ALREADY_LOGGED_IN:
+	case 0:
+		t.mod.logins[t.label] = sum
+		return nil
+	case pkcs11.CKR_USER_ALREADY_LOGGED_IN:
+		if prev, ok := t.mod.logins[t.label]; ok && prev != sum {
+			return fmt.Errorf("%w: token %q in %s is logged in by this process with another PIN: check the pin-source file", ErrWrongPIN, t.label, t.mod.path)
+		}
 		return nil
 	case pkcs11.CKR_PIN_INCORRECT, pkcs11.CKR_PIN_LEN_RANGE, pkcs11.CKR_PIN_INVALID:
 		return fmt.Errorf("%w: token %q in %s refused the PIN (%v): check the pin-source file; repeated failures lock the token", ErrWrongPIN, t.label, t.mod.path, err)

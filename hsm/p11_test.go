@@ -120,6 +120,16 @@ func TestOpenErrors(t *testing.T) {
 			}
 		})
 	}
+	// A wrong PIN is refused even while the token is logged in (login
+	// state is per process, C_Login then says "already logged in").
+	open := tok.OpenKey(t, "tls", nil)
+	mustSignVerify(t, open, "logged in")
+	if s, err := hsm.OpenSigner(with(func(u *hsm.URI) { u.PINSource = "file:" + wrongPIN }), nil); !errors.Is(err, hsm.ErrWrongPIN) {
+		if s != nil {
+			s.Close()
+		}
+		t.Fatalf("wrong PIN while logged in: %v, want ErrWrongPIN", err)
+	}
 	// pin-value works with the dev flag.
 	s, err := hsm.OpenSigner(with(func(u *hsm.URI) { u.PINSource = ""; u.PINValue = hsmtest.UserPIN }), &hsm.Options{AllowPINValue: true})
 	if err != nil {
