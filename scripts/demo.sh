@@ -1,8 +1,60 @@
 #!/usr/bin/env bash
-# make demo: runs the parts of memberd that exist. Replaced by `memberd demo`
-# once the relay, tunnel and ledger land.
+# make demo: runs, end to end, the parts of memberd that exist, on a fresh
+# SoftHSM2 token in a temporary directory. Replaced by `memberd demo` once
+# the relays, tunnel and ledger land.
+#
+#   scripts/demo.sh [path/to/memberd]      (KEEP=1 keeps the demo directory)
+#
+# Exits non-zero only if something that exists fails.
 set -euo pipefail
-bin=${1:-bin/memberd}
-echo "== $($bin version)"
-echo "The demo consortium (relays, tunnel, ledger) is not built yet (issues #4, #5)."
-exit 1
+bin=$(realpath "${1:-bin/memberd}")
+[ -x "$bin" ] || { echo "demo: $bin is not an executable; run 'make build' first" >&2; exit 1; }
+command -v softhsm2-util >/dev/null || { echo "demo: softhsm2-util missing: apt-get install softhsm2 (or run 'make deps')" >&2; exit 1; }
+
+module=""
+for m in /usr/lib/softhsm/libsofthsm2.so /usr/lib/x86_64-linux-gnu/softhsm/libsofthsm2.so /usr/lib64/pkcs11/libsofthsm2.so /usr/local/lib/softhsm/libsofthsm2.so; do
+  [ -e "$m" ] && { module=$m; break; }
+done
+[ -n "$module" ] || { echo "demo: libsofthsm2.so not found: apt-get install softhsm2" >&2; exit 1; }
+
+work=$(mktemp -d /tmp/memberd-demo.XXXXXX)
+if [ "${KEEP:-}" = 1 ]; then
+  trap 'echo "(demo files kept in $work)"' EXIT
+else
+  trap 'rm -rf "$work"' EXIT
+fi
+
+step() { echo; echo "== $*"; "$@"; }
+
+# A fresh SoftHSM2 token, used only by this demo.
+mkdir -p "$work/tokens" "$work/identity"
+export SOFTHSM2_CONF=$work/softhsm2.conf
+printf 'directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n' "$work/tokens" >"$SOFTHSM2_CONF"
+(umask 077; printf '1234\n' >"$work/user.pin")
+softhsm2-util --init-token --free --label demo-member-a --pin 1234 --so-pin 5678 >/dev/null
+echo "== SoftHSM2 token \"demo-member-a\" created in $work/tokens (PIN in $work/user.pin, mode 0600)"
+
+q="?module-path=$module&pin-source=file:$work/user.pin"
+token="pkcs11:token=demo-member-a"
+ca_key="$token;object=member-ca$q"
+node_key="$token;object=node1-tls$q"
+
+step "$bin" version
+step "$bin" ca init --key "$ca_key" --generate-key --cn "Member A CA" --org "Member A" --out "$work/ca.pem"
+step "$bin" hsm keygen --key "$node_key"
+step "$bin" hsm list --key "$token$q"
+step "$bin" hsm csr --key "$node_key" --cn node1.member-a --org "Member A" --dns node1.member-a --out "$work/node1.csr"
+if command -v openssl >/dev/null; then
+  step openssl req -verify -noout -in "$work/node1.csr"
+fi
+step "$bin" ca sign --key "$ca_key" --ca-cert "$work/ca.pem" --csr "$work/node1.csr" --out "$work/identity/node1.pem"
+if command -v openssl >/dev/null; then
+  step openssl verify -CAfile "$work/ca.pem" "$work/identity/node1.pem"
+fi
+printf 'keys:\n  - "%s"\n' "$node_key" >"$work/identity/identity.yaml"
+echo; echo "== identity folder $work/identity: identity.yaml + node1.pem (the format hsm.IdentityProvider watches)"
+step "$bin" hsm selftest --key "$node_key"
+
+echo
+echo "demo: HSM identity OK (token, member CA, keygen, list, CSR, certificate, selftest)."
+echo "demo: NOT BUILT YET in this demo: relays, WireGuard tunnel, ledger node and governance policy (the demo consortium, issues #3, #4, #5)."
