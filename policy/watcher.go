@@ -1,0 +1,486 @@
+package policy
+
+import (
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/fsnotify/fsnotify"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Options configure a Watcher. Zero values of the optional fields are the
+// documented defaults; the caller's copy is never modified.
+type Options struct {
+	// Dir is the policy folder (required). Bundle files are the non-hidden
+	// *.yaml / *.yml entries, followed through symlinks (so Kubernetes
+	// ConfigMap "..data" swaps work). Keeping old versions there is fine.
+	Dir string
+	// StateDir holds the applied bundle, the anti-rollback record (required;
+	// created 0700 if missing).
+	StateDir string
+	// Genesis pins the hash of version 1. Required on first start; on later
+	// starts the state folder is the trust anchor.
+	Genesis Hash
+	// Logger receives one line per applied version and per rejected input
+	// (nil: discard).
+	Logger *slog.Logger
+	// Registerer receives the metrics policy_rejected_total{reason},
+	// policy_applied_total and policy_version (nil: not registered).
+	Registerer prometheus.Registerer
+	// Debounce is the quiet time after the last file event before the
+	// folder is read (default 30ms).
+	Debounce time.Duration
+	// Settle is how long a file that does not parse is given to finish being
+	// written (by its modification time) before it is rejected (default 1s).
+	Settle time.Duration
+	// Resync re-reads the folder periodically even without events, and
+	// re-arms the watch if the folder was removed (default 30s).
+	Resync time.Duration
+	// ReloadOnSIGHUP makes Run re-read the folder on SIGHUP.
+	ReloadOnSIGHUP bool
+	// Now is the clock for admin key expiry (default time.Now).
+	Now func() time.Time
+}
+
+// Validate checks the options.
+func (o *Options) Validate() error {
+	if o.Dir == "" {
+		return errors.New("policy watcher: Dir (the policy folder) is required")
+	}
+	if o.StateDir == "" {
+		return errors.New("policy watcher: StateDir (for the anti-rollback record) is required")
+	}
+	if o.Debounce < 0 || o.Settle < 0 || o.Resync < 0 {
+		return errors.New("policy watcher: Debounce, Settle and Resync must not be negative")
+	}
+	return nil
+}
+
+func (o Options) withDefaults() Options {
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if o.Debounce == 0 {
+		o.Debounce = 30 * time.Millisecond
+	}
+	if o.Settle == 0 {
+		o.Settle = time.Second
+	}
+	if o.Resync == 0 {
+		o.Resync = 30 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	return o
+}
+
+// Subscriber is called with every applied version: the previous policy, the
+// new one, and what changed. Subscribers run one after another on the
+// watcher's goroutine in subscription order, exactly once per applied
+// version, in version order; a slow subscriber delays the next reload.
+type Subscriber func(old, new *Policy, d *Diff)
+
+// Rejection reasons (label values of policy_rejected_total).
+const (
+	ReasonMalformed  = "malformed"
+	ReasonTooLarge   = "too_large"
+	ReasonGenesis    = "genesis"
+	ReasonChain      = "chain"
+	ReasonVersion    = "version"
+	ReasonQuorum     = "quorum"
+	ReasonConflict   = "conflict"
+	ReasonRollback   = "rollback"
+	ReasonState      = "state"
+	ReasonIO         = "io"
+	ReasonSubscriber = "subscriber_panic"
+)
+
+// Watcher keeps the current policy of one appliance: it reads the policy
+// folder on every change, applies each valid newer version atomically and
+// notifies subscribers. Create with NewWatcher, then Run.
+type Watcher struct {
+	o   Options
+	cur atomic.Pointer[Policy]
+
+	mu   sync.Mutex // guards subs and the cur swap
+	subs []*subscription
+	seq  int
+
+	reload  chan struct{}
+	running atomic.Bool
+
+	// owned by the scanning goroutine
+	seen        map[string][32]byte // file -> content hash last rejected
+	rollbackLog Hash
+	folderErr   bool
+	retryAt     time.Time
+
+	rejected *prometheus.CounterVec
+	applied  prometheus.Counter
+	version  prometheus.Gauge
+}
+
+type subscription struct {
+	id int
+	fn Subscriber
+}
+
+// NewWatcher loads the state folder and the policy folder and applies what
+// is valid, without notifying anyone. It fails with ErrNoPolicy when neither
+// gives a trusted policy (first start without the pinned version 1).
+func NewWatcher(opts Options) (*Watcher, error) {
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	w := &Watcher{o: opts.withDefaults(), reload: make(chan struct{}, 1), seen: map[string][32]byte{}}
+	w.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "policy_rejected_total",
+		Help: "Policy bundles rejected by the watcher, by reason; the last good policy stays applied."}, []string{"reason"})
+	w.applied = prometheus.NewCounter(prometheus.CounterOpts{Name: "policy_applied_total", Help: "Policy versions applied."})
+	w.version = prometheus.NewGauge(prometheus.GaugeOpts{Name: "policy_version", Help: "Version of the applied policy."})
+	if r := w.o.Registerer; r != nil {
+		for _, c := range []prometheus.Collector{w.rejected, w.applied, w.version} {
+			if err := r.Register(c); err != nil {
+				return nil, fmt.Errorf("policy watcher: registering metrics: %w", err)
+			}
+		}
+	}
+	if err := os.MkdirAll(w.o.StateDir, 0o700); err != nil {
+		return nil, fmt.Errorf("policy state folder: %w", err)
+	}
+	st, err := LoadState(w.o.StateDir)
+	if err != nil {
+		return nil, err
+	}
+	if st != nil {
+		if st.Version() == 1 && !w.o.Genesis.IsZero() && st.Hash() != w.o.Genesis {
+			return nil, fmt.Errorf("%w: the state folder %s holds version 1 with hash %s, but the pinned genesis is %s: wrong state folder or wrong pin", ErrGenesis, w.o.StateDir, st.Hash(), w.o.Genesis)
+		}
+		w.cur.Store(st)
+		w.version.Set(float64(st.Version()))
+	}
+	if _, err := os.Stat(w.o.Dir); err != nil {
+		return nil, fmt.Errorf("policy folder: %w", err)
+	}
+	w.scan()
+	if w.cur.Load() == nil {
+		return nil, fmt.Errorf("%w: the state folder %s holds no applied policy and the policy folder %s has no version 1 with the pinned hash %s", ErrNoPolicy, w.o.StateDir, w.o.Dir, w.o.Genesis)
+	}
+	return w, nil
+}
+
+// Current returns the applied policy (never nil after NewWatcher succeeds).
+func (w *Watcher) Current() *Policy { return w.cur.Load() }
+
+// Subscribe registers fn for every version applied from now on and returns
+// the policy current at that moment (so no version is missed between the
+// two) and a function that cancels the subscription.
+func (w *Watcher) Subscribe(fn Subscriber) (current *Policy, cancel func()) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.seq++
+	id := w.seq
+	w.subs = append(w.subs, &subscription{id: id, fn: fn})
+	return w.cur.Load(), func() {
+		w.mu.Lock()
+		defer w.mu.Unlock()
+		w.subs = slices.DeleteFunc(w.subs, func(s *subscription) bool { return s.id == id })
+	}
+}
+
+// Reload asks Run to re-read the policy folder now (as SIGHUP does). It
+// never blocks.
+func (w *Watcher) Reload() {
+	select {
+	case w.reload <- struct{}{}:
+	default:
+	}
+}
+
+// Run watches the folder until ctx is done. It may be called once.
+func (w *Watcher) Run(ctx context.Context) error {
+	if !w.running.CompareAndSwap(false, true) {
+		return errors.New("policy watcher: Run called twice")
+	}
+	fw, err := fsnotify.NewWatcher()
+	if err != nil {
+		return fmt.Errorf("policy watcher: %w", err)
+	}
+	defer fw.Close()
+	watching := fw.Add(w.o.Dir) == nil
+
+	var hup chan os.Signal
+	if w.o.ReloadOnSIGHUP {
+		hup = make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+	}
+	debounce := time.NewTimer(time.Hour)
+	debounce.Stop()
+	resync := time.NewTicker(w.o.Resync)
+	defer resync.Stop()
+	retry := time.NewTimer(time.Hour)
+	retry.Stop()
+	scan := func() {
+		w.scan()
+		if !w.retryAt.IsZero() {
+			retry.Reset(time.Until(w.retryAt))
+		}
+	}
+	// Catch changes made between NewWatcher and the watch being armed.
+	scan()
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case ev, ok := <-fw.Events:
+			if !ok {
+				return nil
+			}
+			if ev.Name == filepath.Clean(w.o.Dir) && ev.Has(fsnotify.Remove|fsnotify.Rename) {
+				watching = false
+				w.o.Logger.Warn("policy folder removed; keeping the applied policy and waiting for it to come back", "dir", w.o.Dir)
+			}
+			debounce.Reset(w.o.Debounce)
+		case err, ok := <-fw.Errors:
+			if !ok {
+				return nil
+			}
+			// Overflow or similar: events were lost, re-read everything.
+			w.o.Logger.Warn("policy folder watch error; re-reading the folder", "dir", w.o.Dir, "err", err)
+			debounce.Reset(w.o.Debounce)
+		case <-debounce.C:
+			scan()
+		case <-retry.C:
+			scan()
+		case <-w.reload:
+			scan()
+		case <-hup:
+			w.o.Logger.Info("SIGHUP: re-reading the policy folder", "dir", w.o.Dir)
+			scan()
+		case <-resync.C:
+			if !watching {
+				watching = fw.Add(w.o.Dir) == nil
+			}
+			scan()
+		}
+	}
+}
+
+type fileBundle struct {
+	path string
+	p    *Policy
+}
+
+// scan reads the folder and applies every version that follows the current
+// one, link by link. It runs on one goroutine at a time (NewWatcher, then Run).
+func (w *Watcher) scan() {
+	w.retryAt = time.Time{}
+	files, present := w.readFolder()
+	for path := range w.seen {
+		if !present[path] {
+			delete(w.seen, path)
+		}
+	}
+	if w.cur.Load() == nil {
+		for _, f := range files {
+			if f.p.Version() != 1 {
+				continue
+			}
+			if _, err := VerifyGenesis(f.p, w.o.Genesis); err != nil {
+				w.reject(f.path, f.p.Marshal(), ReasonGenesis, err)
+				continue
+			}
+			w.apply(f.path, f.p)
+			break
+		}
+		if w.cur.Load() == nil {
+			return
+		}
+	}
+	now := w.o.Now()
+	for progress := true; progress; {
+		progress = false
+		cur := w.cur.Load()
+		for _, f := range files {
+			if f.p.Version() <= cur.Version() || f.p.Previous() != cur.Hash() {
+				continue
+			}
+			if _, err := VerifyAt(cur, f.p, now); err != nil {
+				w.reject(f.path, f.p.Marshal(), reasonOf(err), err)
+				continue
+			}
+			if w.apply(f.path, f.p) {
+				progress = true
+				break
+			}
+		}
+	}
+	// Report what is left over and cannot apply.
+	cur := w.cur.Load()
+	var newest *Policy
+	for _, f := range files {
+		if newest == nil || f.p.Version() > newest.Version() {
+			newest = f.p
+		}
+		switch {
+		case f.p.Version() > cur.Version() && f.p.Previous() != cur.Hash():
+			w.reject(f.path, f.p.Marshal(), ReasonChain, fmt.Errorf("%w: version %d names previous %s, but the applied version %d has hash %s (a missing intermediate version, or a fork)",
+				ErrChain, f.p.Version(), f.p.Previous(), cur.Version(), cur.Hash()))
+		case f.p.Version() == cur.Version() && f.p.Hash() != cur.Hash():
+			w.reject(f.path, f.p.Marshal(), ReasonConflict, fmt.Errorf("%w: another document also claims version %d (hash %s, applied %s)",
+				ErrVersion, cur.Version(), f.p.Hash(), cur.Hash()))
+		}
+	}
+	if newest != nil && newest.Version() < cur.Version() && w.rollbackLog != newest.Hash() {
+		w.rollbackLog = newest.Hash()
+		w.count(ReasonRollback)
+		w.o.Logger.Warn("policy folder holds only older versions; rollback refused, keeping the applied policy",
+			"dir", w.o.Dir, "newest_in_folder", newest.Version(), "version", cur.Version(), "reason", ReasonRollback)
+	}
+}
+
+// readFolder parses every bundle file; files that do not parse are rejected
+// (or given Settle time when just written).
+func (w *Watcher) readFolder() ([]fileBundle, map[string]bool) {
+	present := map[string]bool{}
+	ents, err := os.ReadDir(w.o.Dir)
+	if err != nil {
+		if !w.folderErr { // log a missing folder once
+			w.folderErr = true
+			w.o.Logger.Warn("policy folder unreadable; keeping the applied policy", "dir", w.o.Dir, "err", err)
+		}
+		return nil, present
+	}
+	w.folderErr = false
+	var out []fileBundle
+	for _, e := range ents {
+		name := e.Name()
+		if !isBundleName(name) {
+			continue
+		}
+		path := filepath.Join(w.o.Dir, name)
+		present[path] = true
+		data, err := readFileLimited(path)
+		if err != nil {
+			if errors.Is(err, os.ErrNotExist) { // dangling symlink or deleted meanwhile
+				continue
+			}
+			w.reject(path, []byte(err.Error()), reasonOf(err), err)
+			continue
+		}
+		p, err := Parse(data)
+		if err != nil {
+			if st, serr := os.Stat(path); serr == nil && !errors.Is(err, ErrTooLarge) {
+				if settle := st.ModTime().Add(w.o.Settle); time.Now().Before(settle) {
+					if w.retryAt.IsZero() || settle.Before(w.retryAt) {
+						w.retryAt = settle.Add(5 * time.Millisecond)
+					}
+					continue // probably still being written
+				}
+			}
+			w.reject(path, data, reasonOf(err), err)
+			continue
+		}
+		out = append(out, fileBundle{path: path, p: p})
+	}
+	// Lowest version first; among equal versions, the most signatures first.
+	slices.SortStableFunc(out, func(a, b fileBundle) int {
+		if c := cmp.Compare(a.p.Version(), b.p.Version()); c != 0 {
+			return c
+		}
+		return cmp.Compare(len(b.p.sigs), len(a.p.sigs))
+	})
+	return out, present
+}
+
+func isBundleName(name string) bool {
+	if strings.HasPrefix(name, ".") || strings.HasSuffix(name, "~") {
+		return false
+	}
+	return strings.HasSuffix(name, ".yaml") || strings.HasSuffix(name, ".yml")
+}
+
+func reasonOf(err error) string {
+	switch {
+	case errors.Is(err, ErrTooLarge):
+		return ReasonTooLarge
+	case errors.Is(err, ErrMalformed):
+		return ReasonMalformed
+	case errors.Is(err, ErrGenesis):
+		return ReasonGenesis
+	case errors.Is(err, ErrChain):
+		return ReasonChain
+	case errors.Is(err, ErrVersion):
+		return ReasonVersion
+	case errors.Is(err, ErrQuorum):
+		return ReasonQuorum
+	default:
+		return ReasonIO
+	}
+}
+
+func (w *Watcher) count(reason string) { w.rejected.WithLabelValues(reason).Inc() }
+
+// reject logs and counts a bad input once per distinct content of a file.
+func (w *Watcher) reject(path string, content []byte, reason string, err error) {
+	h := sha256.Sum256(content)
+	if old, ok := w.seen[path]; ok && old == h {
+		return
+	}
+	w.seen[path] = h
+	w.count(reason)
+	cur := w.cur.Load()
+	var v uint64
+	if cur != nil {
+		v = cur.Version()
+	}
+	w.o.Logger.Warn("policy rejected; keeping the applied policy", "file", path, "reason", reason, "version", v, "err", err)
+}
+
+// apply persists p, swaps it in and notifies subscribers. It reports
+// whether p was applied.
+func (w *Watcher) apply(path string, p *Policy) bool {
+	if err := SaveState(w.o.StateDir, p); err != nil {
+		w.reject(path, p.Marshal(), ReasonState, err)
+		return false
+	}
+	w.mu.Lock()
+	old := w.cur.Load()
+	w.cur.Store(p)
+	subs := slices.Clone(w.subs)
+	w.mu.Unlock()
+	delete(w.seen, path)
+	w.applied.Inc()
+	w.version.Set(float64(p.Version()))
+	d := Compare(old, p)
+	w.o.Logger.Info("policy applied", "file", path, "version", p.Version(), "hash", p.Hash().String(), "changes", kindsText(d))
+	for _, s := range subs {
+		w.notify(s, old, p, d)
+	}
+	return true
+}
+
+func (w *Watcher) notify(s *subscription, old, p *Policy, d *Diff) {
+	defer func() {
+		if r := recover(); r != nil {
+			w.count(ReasonSubscriber)
+			w.o.Logger.Error("policy subscriber panicked; the policy stays applied", "version", p.Version(), "panic", fmt.Sprint(r))
+		}
+	}()
+	s.fn(old, p, d)
+}
