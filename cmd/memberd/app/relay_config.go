@@ -1,0 +1,190 @@
+package app
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/memberd/memberd/internal/admin"
+)
+
+// relayConfig is relay.yaml. Unknown keys are an error. Relative paths are
+// relative to the directory of the config file.
+//
+//	id: relay-1                      # required: this relay's id in the policy relay list
+//	listen: ":443"                   # default ":443": UDP (QUIC) and TCP (TLS) on the same port
+//	certificate: relay.crt           # required: PEM certificate (chain) of the relay
+//	key: "pkcs11:token=relay;object=tls?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/memberd/pin"
+//	                                 # required: PKCS#11 URI (RFC 7512), or a PEM key file
+//	                                 # together with insecure_dev_key: true (development only)
+//	insecure_dev_key: false          # default false
+//	admin: 127.0.0.1:9464            # default: /metrics /healthz /readyz /status
+//	limits:                          # per member; defaults as in relay.ServerConfig
+//	  rate_bytes_per_sec: 12500000   # -1 = unlimited
+//	  rate_burst_bytes: 1048576
+//	  queue_len: 512
+//	  max_conns_per_member: 4
+//	policy:                          # TEMPORARY: until the signed policy package is wired
+//	  members:                       # member id -> its member CA certificate files
+//	    bank-a: {ca: [cas/bank-a.pem]}
+//	  revoked: [revoked/stolen.pem]  # certificates refused although issued by a member CA
+//	  allow_all: false               # every member may reach every other member
+//	  allow: [[bank-a, bank-b], [bank-b, bank-a]]   # one direction per pair
+//	  relays:                        # every relay, this one included; the others form the mesh
+//	    - {id: relay-1, addr: "relay1.example.net:443", pin: "sha256/..."}
+type relayConfig struct {
+	ID             string            `yaml:"id"`
+	Listen         string            `yaml:"listen"`
+	Certificate    string            `yaml:"certificate"`
+	Key            string            `yaml:"key"`
+	InsecureDevKey bool              `yaml:"insecure_dev_key"`
+	Admin          string            `yaml:"admin"`
+	Limits         relayLimits       `yaml:"limits"`
+	Policy         relayStaticPolicy `yaml:"policy"`
+
+	dir string // directory of the config file
+}
+
+type relayLimits struct {
+	RateBytesPerSec   float64 `yaml:"rate_bytes_per_sec"`
+	RateBurstBytes    float64 `yaml:"rate_burst_bytes"`
+	QueueLen          int     `yaml:"queue_len"`
+	MaxConnsPerMember int     `yaml:"max_conns_per_member"`
+}
+
+type relayStaticPolicy struct {
+	Members  map[string]relayMember `yaml:"members"`
+	Revoked  []string               `yaml:"revoked"`
+	AllowAll bool                   `yaml:"allow_all"`
+	Allow    [][]string             `yaml:"allow"`
+	Relays   []relayEntry           `yaml:"relays"`
+}
+
+type relayMember struct {
+	CA []string `yaml:"ca"`
+}
+
+type relayEntry struct {
+	ID   string `yaml:"id"`
+	Addr string `yaml:"addr"`
+	Pin  string `yaml:"pin"`
+}
+
+const defaultRelayListen = ":443"
+
+// loadRelayConfig reads and validates relay.yaml. Every error is a
+// UsageError naming the file and the key at fault.
+func loadRelayConfig(path string) (*relayConfig, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usagef("relay config: %v", err)
+	}
+	c, err := parseRelayConfig(b)
+	if err != nil {
+		return nil, usagef("relay config %s: %v", path, err)
+	}
+	c.dir = filepath.Dir(path)
+	return c, nil
+}
+
+// parseRelayConfig decodes and validates; errors name the key at fault.
+func parseRelayConfig(b []byte) (*relayConfig, error) {
+	var c relayConfig
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("file is empty: at least id, certificate, key and policy are required")
+		}
+		return nil, err
+	}
+	if c.Listen == "" {
+		c.Listen = defaultRelayListen
+	}
+	if c.Admin == "" {
+		c.Admin = admin.DefaultAddr
+	}
+	return &c, c.validate()
+}
+
+func (c *relayConfig) validate() error {
+	if c.ID == "" || len(c.ID) > 32 {
+		return fmt.Errorf("key id: %q must be 1..32 characters (this relay's id in the policy relay list)", c.ID)
+	}
+	for key, addr := range map[string]string{"listen": c.Listen, "admin": c.Admin} {
+		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
+			return fmt.Errorf("key %s: %q is not host:port (for all interfaces use \":443\")", key, addr)
+		}
+	}
+	if c.Certificate == "" {
+		return errors.New("key certificate: required (PEM file with the relay's certificate)")
+	}
+	switch {
+	case c.Key == "":
+		return errors.New("key key: required (a PKCS#11 URI, pkcs11:token=...;object=...)")
+	case strings.HasPrefix(c.Key, "pkcs11:"):
+		if c.InsecureDevKey {
+			return errors.New("key insecure_dev_key: must not be set with a PKCS#11 key")
+		}
+	case !c.InsecureDevKey:
+		return fmt.Errorf("key key: %q is not a PKCS#11 URI; a PEM key file is for development only and needs insecure_dev_key: true", c.Key)
+	}
+	l := c.Limits
+	if l.QueueLen < 0 || l.MaxConnsPerMember < 0 || l.RateBurstBytes < 0 {
+		return errors.New("key limits: queue_len, max_conns_per_member and rate_burst_bytes must not be negative")
+	}
+	p := c.Policy
+	if len(p.Members) == 0 {
+		return errors.New("key policy.members: at least one member with its CA certificate is required")
+	}
+	for m, mem := range p.Members {
+		if m == "" || len(m) > 32 {
+			return fmt.Errorf("key policy.members: member id %q must be 1..32 characters", m)
+		}
+		if len(mem.CA) == 0 {
+			return fmt.Errorf("key policy.members.%s.ca: at least one CA certificate file is required", m)
+		}
+	}
+	for i, pair := range p.Allow {
+		if len(pair) != 2 {
+			return fmt.Errorf("key policy.allow[%d]: want [from, to], got %d entries", i, len(pair))
+		}
+		for _, m := range pair {
+			if _, ok := p.Members[m]; !ok {
+				return fmt.Errorf("key policy.allow[%d]: %q is not in policy.members", i, m)
+			}
+		}
+	}
+	self := false
+	for i, r := range p.Relays {
+		if r.ID == "" || r.Addr == "" || r.Pin == "" {
+			return fmt.Errorf("key policy.relays[%d]: id, addr and pin are required", i)
+		}
+		if _, _, err := net.SplitHostPort(r.Addr); err != nil {
+			return fmt.Errorf("key policy.relays[%d].addr: %q is not host:port", i, r.Addr)
+		}
+		if !strings.HasPrefix(r.Pin, "sha256/") {
+			return fmt.Errorf("key policy.relays[%d].pin: %q must be sha256/<base64> (memberd relay prints its own pin at start)", i, r.Pin)
+		}
+		self = self || r.ID == c.ID
+	}
+	if len(p.Relays) > 0 && !self {
+		return fmt.Errorf("key policy.relays: this relay (id %q) is not listed", c.ID)
+	}
+	return nil
+}
+
+// path resolves a file name from the config relative to its directory.
+func (c *relayConfig) path(p string) string {
+	if p == "" || filepath.IsAbs(p) {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}

@@ -1,0 +1,219 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/pem"
+	"io"
+	"log/slog"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/memberd/memberd/relay"
+	"github.com/memberd/memberd/relay/relaytest"
+)
+
+func writeFile(t *testing.T, dir, name string, b []byte) string {
+	t.Helper()
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func certPEM(c *x509.Certificate) []byte {
+	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
+}
+
+// relayFixture writes a relay certificate, a dev key, two member CAs and a
+// valid config into a temp dir.
+type relayFixture struct {
+	dir    string
+	cas    map[string]*relaytest.CA
+	pin    string
+	config string
+}
+
+func newRelayFixture(t *testing.T) *relayFixture {
+	dir := t.TempDir()
+	f := &relayFixture{dir: dir, cas: map[string]*relaytest.CA{}}
+	rc := relaytest.SelfSigned(t, "relay-1")
+	f.pin = relay.PinOf(rc.Leaf)
+	writeFile(t, dir, "relay.crt", certPEM(rc.Leaf))
+	der, err := x509.MarshalECPrivateKey(rc.PrivateKey.(*ecdsa.PrivateKey))
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, dir, "relay.key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}))
+	other := relaytest.SelfSigned(t, "other")
+	der2, _ := x509.MarshalECPrivateKey(other.PrivateKey.(*ecdsa.PrivateKey))
+	writeFile(t, dir, "other.key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der2}))
+	for _, m := range []string{"bank-a", "bank-b"} {
+		f.cas[m] = relaytest.NewCA(t, m+"-ca")
+		writeFile(t, dir, m+".pem", certPEM(f.cas[m].Cert))
+	}
+	f.config = `id: relay-1
+listen: "127.0.0.1:0"
+admin: "127.0.0.1:0"
+certificate: relay.crt
+key: relay.key
+insecure_dev_key: true
+policy:
+  members:
+    bank-a: {ca: [bank-a.pem]}
+    bank-b: {ca: [bank-b.pem]}
+  allow_all: true
+  relays:
+    - {id: relay-1, addr: "127.0.0.1:1", pin: "` + f.pin + `"}
+`
+	return f
+}
+
+func TestRelayConfigErrors(t *testing.T) {
+	f := newRelayFixture(t)
+	for _, tc := range []struct {
+		name, from, to, want string
+	}{
+		{"unknown key", "insecure_dev_key: true\n", "insecure_dev_key: true\nbogus: 1\n", "field bogus not found"},
+		{"dev key without opt-in", "insecure_dev_key: true\n", "", "key key: \"relay.key\" is not a PKCS#11 URI"},
+		{"no id", "id: relay-1\n", "", "key id:"},
+		{"bad listen", `listen: "127.0.0.1:0"`, `listen: "443"`, "key listen:"},
+		{"bad admin", `admin: "127.0.0.1:0"`, `admin: "localhost"`, "key admin:"},
+		{"no certificate", "certificate: relay.crt\n", "", "key certificate: required"},
+		{"missing certificate file", "certificate: relay.crt", "certificate: nope.crt", "key certificate:"},
+		{"missing CA file", "bank-b: {ca: [bank-b.pem]}", "bank-b: {ca: [gone.pem]}", "key policy.members.bank-b.ca"},
+		{"member without CA", "bank-b: {ca: [bank-b.pem]}", "bank-b: {ca: []}", "key policy.members.bank-b.ca: at least one"},
+		{"acl names stranger", "allow_all: true", "allow: [[bank-a, bank-z]]", "key policy.allow[0]: \"bank-z\""},
+		{"bad pin", `pin: "sha256/`, `pin: "md5/`, "key policy.relays[0].pin"},
+		{"self not listed", "id: relay-1\n", "id: relay-9\n", "this relay (id \"relay-9\") is not listed"},
+		{"key does not match", "key: relay.key", "key: other.key", "key key:"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := strings.Replace(f.config, tc.from, tc.to, 1)
+			if cfg == f.config {
+				t.Fatalf("fixture does not contain %q", tc.from)
+			}
+			p := writeFile(t, f.dir, "relay.yaml", []byte(cfg))
+			code, _, stderr := run(t, "relay", "--config", p)
+			if code != ExitUsage || !strings.Contains(stderr, tc.want) {
+				t.Fatalf("exit %d, stderr %q; want exit 2 and %q", code, stderr, tc.want)
+			}
+		})
+	}
+	code, _, stderr := run(t, "relay", "--config", filepath.Join(f.dir, "absent.yaml"))
+	if code != ExitUsage || !strings.Contains(stderr, "absent.yaml") {
+		t.Fatalf("missing config: exit %d, %q", code, stderr)
+	}
+}
+
+// memberd relay from a config file: admin endpoints answer, two members
+// exchange packets through it, and a reload that removes a member cuts it off.
+func TestRelayCommandRuns(t *testing.T) {
+	f := newRelayFixture(t)
+	cfgPath := writeFile(t, f.dir, "relay.yaml", []byte(f.config))
+	cfg, err := loadRelayConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var logs bytes.Buffer
+	e := &env{stdout: io.Discard, stderr: io.Discard, log: slog.New(slog.NewTextHandler(&logs, nil))}
+	ctx, cancel := context.WithCancel(context.Background())
+	reload := make(chan struct{})
+	started := make(chan relayAddrs, 1)
+	done := make(chan error, 1)
+	go func() { done <- runRelay(ctx, e, cfgPath, cfg, reload, started) }()
+	var addrs relayAddrs
+	select {
+	case addrs = <-started:
+	case err := <-done:
+		t.Fatalf("relay exited: %v", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("relay did not start")
+	}
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("relay returned %v", err)
+		}
+		if !strings.Contains(logs.String(), "relay listening") || !strings.Contains(logs.String(), f.pin) {
+			t.Errorf("startup log lacks the pin: %s", logs.String())
+		}
+	}()
+
+	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "", "/metrics": "memberd_relay_dropped_packets_total"} {
+		resp, err := http.Get("http://" + addrs.admin + path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 || !strings.Contains(string(b), want) {
+			t.Errorf("GET %s: %d %q", path, resp.StatusCode, b)
+		}
+	}
+
+	infos := []relay.RelayInfo{{ID: "relay-1", Addr: addrs.relay, Pin: f.pin}}
+	clients := map[string]*relay.Client{}
+	for _, m := range []string{"bank-a", "bank-b"} {
+		c, err := relay.NewClient(relay.ClientConfig{Identity: f.cas[m].Issue(t, m), Relays: infos, NoEnvProxy: true,
+			BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		clients[m] = c
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		err = c.WaitReady(wctx)
+		wcancel()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	got := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 2000)
+		for {
+			n, from, err := clients["bank-b"].ReadPacket(buf)
+			if err != nil {
+				close(got)
+				return
+			}
+			got <- from + ":" + string(buf[:n])
+		}
+	}()
+	deadline := time.After(5 * time.Second)
+	for ok := false; !ok; {
+		_ = clients["bank-a"].WritePacket([]byte("ping"), "bank-b")
+		select {
+		case g := <-got:
+			ok = g == "bank-a:ping"
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			t.Fatal("no packet through memberd relay")
+		}
+	}
+
+	// Reload without bank-a: it is cut off.
+	cfgNoA := strings.Replace(f.config, "    bank-a: {ca: [bank-a.pem]}\n", "", 1)
+	writeFile(t, f.dir, "relay.yaml", []byte(cfgNoA))
+	reload <- struct{}{}
+	waitUntil(t, 5*time.Second, func() bool { return clients["bank-a"].Status()[0].State != "up" })
+}
+
+func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(end) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
