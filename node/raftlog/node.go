@@ -239,6 +239,27 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 		n.state.Store(int32(rd.SoftState.RaftState))
 	}
 	hasSnap := !raft.IsEmptySnap(rd.Snapshot)
+	// 0. A leader may replicate in parallel with its own fsync (Raft thesis
+	// 10.2.1, as etcd does): raft counts the leader's own copy towards the
+	// commit quorum only after Advance, i.e. after the fsync below, so an
+	// entry still commits only once a majority has it durably. Messages whose
+	// meaning depends on this node's durable state (votes, append responses)
+	// always wait for the fsync.
+	msgs := rd.Messages
+	if raft.StateType(n.state.Load()) == raft.StateLeader {
+		early := msgs[:0:0]
+		late := msgs[:0:0]
+		for _, m := range msgs {
+			switch m.Type {
+			case raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgSnap:
+				early = append(early, m)
+			default:
+				late = append(late, m)
+			}
+		}
+		n.tr.send(early)
+		msgs = late
+	}
 	// 1. Durable first: snapshot file, then entries and HardState.
 	if hasSnap {
 		if err := n.wal.saveSnapshot(rd.Snapshot); err != nil {
@@ -265,7 +286,7 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 		return err
 	}
 	// 3. Only now may other nodes learn about it.
-	n.tr.send(rd.Messages)
+	n.tr.send(msgs)
 	// 4. Apply.
 	if hasSnap {
 		s := rd.Snapshot

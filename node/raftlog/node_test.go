@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -12,7 +13,12 @@ import (
 	"go.uber.org/goleak"
 )
 
-func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if os.Getenv(benchChildEnv) != "" {
+		benchChild() // follower process for BenchmarkReplicate
+	}
+	goleak.VerifyTestMain(m)
+}
 
 // propose runs workers that ProposeWait payloads "w<worker>-<i>" through
 // whichever node is running (round robin), retrying on error, and returns
