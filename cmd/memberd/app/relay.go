@@ -277,4 +277,3 @@ func relayAuthority(cfg *relayConfig) (relay.Authority, error) {
 	}
 	return a, nil
 }
-
