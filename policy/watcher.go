@@ -42,7 +42,7 @@ type Options struct {
 	// policy_applied_total and policy_version (nil: not registered).
 	Registerer prometheus.Registerer
 	// Debounce is the quiet time after the last file event before the
-	// folder is read (default 30ms).
+	// folder is read (default 20ms).
 	Debounce time.Duration
 	// Settle is how long a file that does not parse is given to finish being
 	// written (by its modification time) before it is rejected (default 1s).
@@ -75,7 +75,7 @@ func (o Options) withDefaults() Options {
 		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
 	}
 	if o.Debounce == 0 {
-		o.Debounce = 30 * time.Millisecond
+		o.Debounce = 20 * time.Millisecond
 	}
 	if o.Settle == 0 {
 		o.Settle = time.Second
@@ -125,7 +125,8 @@ type Watcher struct {
 	running atomic.Bool
 
 	// owned by the scanning goroutine
-	seen        map[string][32]byte // file -> content hash last rejected
+	seen        map[string][32]byte   // file -> content hash last rejected
+	parsed      map[string]parsedFile // file -> last parse, reused while the content is the same
 	rollbackLog Hash
 	folderErr   bool
 	retryAt     time.Time
@@ -133,6 +134,12 @@ type Watcher struct {
 	rejected *prometheus.CounterVec
 	applied  prometheus.Counter
 	version  prometheus.Gauge
+}
+
+type parsedFile struct {
+	sum [32]byte
+	p   *Policy
+	err error
 }
 
 type subscription struct {
@@ -147,7 +154,7 @@ func NewWatcher(opts Options) (*Watcher, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	w := &Watcher{o: opts.withDefaults(), reload: make(chan struct{}, 1), seen: map[string][32]byte{}}
+	w := &Watcher{o: opts.withDefaults(), reload: make(chan struct{}, 1), seen: map[string][32]byte{}, parsed: map[string]parsedFile{}}
 	w.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "policy_rejected_total",
 		Help: "Policy bundles rejected by the watcher, by reason; the last good policy stays applied."}, []string{"reason"})
 	w.applied = prometheus.NewCounter(prometheus.CounterOpts{Name: "policy_applied_total", Help: "Policy versions applied."})
@@ -296,6 +303,11 @@ func (w *Watcher) scan() {
 			delete(w.seen, path)
 		}
 	}
+	for path := range w.parsed {
+		if !present[path] {
+			delete(w.parsed, path)
+		}
+	}
 	if w.cur.Load() == nil {
 		for _, f := range files {
 			if f.p.Version() != 1 {
@@ -383,7 +395,14 @@ func (w *Watcher) readFolder() ([]fileBundle, map[string]bool) {
 			w.reject(path, []byte(err.Error()), reasonOf(err), err)
 			continue
 		}
-		p, err := Parse(data)
+		sum := sha256.Sum256(data)
+		var p *Policy
+		if c, ok := w.parsed[path]; ok && c.sum == sum {
+			p, err = c.p, c.err
+		} else {
+			p, err = Parse(data)
+			w.parsed[path] = parsedFile{sum: sum, p: p, err: err}
+		}
 		if err != nil {
 			if st, serr := os.Stat(path); serr == nil && !errors.Is(err, ErrTooLarge) {
 				if settle := st.ModTime().Add(w.o.Settle); time.Now().Before(settle) {
