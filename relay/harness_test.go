@@ -21,7 +21,7 @@ import (
 
 // testNet is a consortium on loopback: member CAs, relays, clients.
 type testNet struct {
-	t       *testing.T
+	t       testing.TB
 	cas     map[string]*relaytest.CA
 	relayID map[string]tls.Certificate
 	infos   []RelayInfo
@@ -30,7 +30,7 @@ type testNet struct {
 	all     bool
 }
 
-func newTestNet(t *testing.T, members []string, relays []string) *testNet {
+func newTestNet(t testing.TB, members []string, relays []string) *testNet {
 	n := &testNet{t: t, cas: map[string]*relaytest.CA{}, relayID: map[string]tls.Certificate{},
 		relays: map[string]*testRelay{}, all: true}
 	for _, m := range members {
@@ -45,7 +45,7 @@ func newTestNet(t *testing.T, members []string, relays []string) *testNet {
 }
 
 // freePort returns 127.0.0.1:P where P is free on both TCP and UDP.
-func freePort(t *testing.T) string {
+func freePort(t testing.TB) string {
 	t.Helper()
 	for range 50 {
 		tl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -106,7 +106,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 
 // testRelay is one relay with its sockets, owned by the test as cmd would.
 type testRelay struct {
-	t      *testing.T
+	t      testing.TB
 	info   RelayInfo
 	srv    *Server
 	ctx    context.Context
@@ -226,7 +226,7 @@ func (n *testNet) client(id tls.Certificate, tweak func(*ClientConfig)) *Client 
 	return c
 }
 
-func waitReady(t *testing.T, cs ...*Client) {
+func waitReady(t testing.TB, cs ...*Client) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -238,7 +238,7 @@ func waitReady(t *testing.T, cs ...*Client) {
 }
 
 // waitFor polls cond until it holds or the timeout passes.
-func waitFor(t *testing.T, timeout time.Duration, what string, cond func() bool) {
+func waitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for !cond() {
@@ -298,7 +298,7 @@ func (r *reader) count(from string) int {
 
 // deliver sends numbered packets from c to member until r has one of them
 // (packets are unreliable; the first sends may race a path change).
-func deliver(t *testing.T, c *Client, member string, r *reader, from, tag string, timeout time.Duration) time.Duration {
+func deliver(t testing.TB, c *Client, member string, r *reader, from, tag string, timeout time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
 	for i := 0; ; i++ {
