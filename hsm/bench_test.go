@@ -1,3 +1,5 @@
+//go:build cgo
+
 package hsm_test
 
 // Signing throughput, all in one run so the ratios are meaningful:

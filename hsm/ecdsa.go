@@ -34,17 +34,17 @@ var (
 
 type ecdsaSig struct{ R, S *big.Int }
 
-// rawToLowSDER converts a PKCS#11 CKM_ECDSA signature (r||s, each half the
-// length) to ASN.1 DER with S normalised to the lower half of the group
+// rawToLowSDER converts a PKCS#11 CKM_ECDSA P-256 signature (r||s, 32
+// bytes each) to ASN.1 DER with S normalised to the lower half of the group
 // order (S' = N - S when S > N/2), as Fabric requires.
 func rawToLowSDER(raw []byte) ([]byte, error) {
-	if len(raw) == 0 || len(raw)%2 != 0 || len(raw) > 132 {
-		return nil, fmt.Errorf("ECDSA signature from HSM has odd or bad length %d", len(raw))
+	if len(raw) != 64 {
+		return nil, fmt.Errorf("ECDSA P-256 signature from HSM has length %d, want 64 (r||s)", len(raw))
 	}
-	r := new(big.Int).SetBytes(raw[:len(raw)/2])
-	s := new(big.Int).SetBytes(raw[len(raw)/2:])
-	if r.Sign() == 0 || s.Sign() == 0 {
-		return nil, errors.New("ECDSA signature from HSM has zero r or s")
+	r := new(big.Int).SetBytes(raw[:32])
+	s := new(big.Int).SetBytes(raw[32:])
+	if r.Sign() == 0 || s.Sign() == 0 || r.Cmp(p256N) >= 0 || s.Cmp(p256N) >= 0 {
+		return nil, errors.New("ECDSA signature from HSM has r or s out of range")
 	}
 	return marshalLowS(r, s)
 }
@@ -62,7 +62,8 @@ func marshalLowS(r, s *big.Int) ([]byte, error) {
 func ToLowS(der []byte) ([]byte, error) {
 	var sig ecdsaSig
 	rest, err := asn1.Unmarshal(der, &sig)
-	if err != nil || len(rest) != 0 || sig.R == nil || sig.S == nil || sig.R.Sign() <= 0 || sig.S.Sign() <= 0 {
+	if err != nil || len(rest) != 0 || sig.R == nil || sig.S == nil || sig.R.Sign() <= 0 || sig.S.Sign() <= 0 ||
+		sig.R.Cmp(p256N) >= 0 || sig.S.Cmp(p256N) >= 0 {
 		return nil, errors.New("not a DER ECDSA signature")
 	}
 	return marshalLowS(sig.R, sig.S)

@@ -1,3 +1,5 @@
+//go:build cgo
+
 package hsm_test
 
 import (
@@ -7,6 +9,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -219,7 +222,9 @@ func TestKeygenAttributesAndDuplicates(t *testing.T) {
 // second handle on the module; the next Sign must reopen and log in again.
 func TestSessionKilledUnderneath(t *testing.T) {
 	tok := hsmtest.NewToken(t, "member-a")
-	s := tok.NewKey(t, "tls")
+	tok.GenerateKey(t, "tls")
+	var logs syncBuffer
+	s := tok.OpenKey(t, "tls", &hsm.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	mustSignVerify(t, s, "before")
 
 	ctx := pkcs11.New(tok.Module)
@@ -249,6 +254,65 @@ func TestSessionKilledUnderneath(t *testing.T) {
 	}
 	for i := 0; i < 3; i++ {
 		mustSignVerify(t, s, fmt.Sprintf("after %d", i))
+	}
+	if !strings.Contains(logs.String(), "HSM session lost; reopening") {
+		t.Fatalf("the killed session was not detected and replaced; logs:\n%s", logs.String())
+	}
+}
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
+}
+
+// TestPoolBoundedAndScales: many callers never open more sessions than
+// PoolSize, and do open more than one.
+func TestPoolBoundedAndScales(t *testing.T) {
+	tok := hsmtest.NewToken(t, "member-a")
+	tok.GenerateKey(t, "tls")
+	const size = 3
+	s := tok.OpenKey(t, "tls", &hsm.Options{PoolSize: size})
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	peak := 0
+	for g := 0; g < 32; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < 10; i++ {
+				d := sha256.Sum256([]byte{byte(g), byte(i)})
+				if _, err := s.Sign(nil, d[:], crypto.SHA256); err != nil {
+					t.Error(err)
+					return
+				}
+				n := hsm.OpenSessions(s)
+				mu.Lock()
+				peak = max(peak, n)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if peak > size {
+		t.Fatalf("pool opened %d sessions, bound is %d", peak, size)
+	}
+	if peak < 2 {
+		t.Fatalf("pool never opened a second session under 32 concurrent callers (peak %d)", peak)
+	}
+	if _, err := hsm.OpenSigner(tok.KeyURI("tls"), &hsm.Options{PoolSize: -1}); err == nil {
+		t.Fatal("negative PoolSize accepted")
 	}
 }
 

@@ -1,0 +1,37 @@
+package hsmtest_test
+
+import (
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/sha256"
+	"os"
+	"testing"
+
+	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/hsm/hsmtest"
+)
+
+func TestNewTokenAndKey(t *testing.T) {
+	tok := hsmtest.NewToken(t, "member-a")
+	if os.Getenv("SOFTHSM2_CONF") != tok.Conf {
+		t.Fatalf("SOFTHSM2_CONF = %q, want %q", os.Getenv("SOFTHSM2_CONF"), tok.Conf)
+	}
+	if fi, err := os.Stat(tok.PINFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("PIN file: %v, %v", fi, err)
+	}
+	u, err := hsm.ParseURI(tok.KeyURI("tls"))
+	if err != nil || u.Token != "member-a" || u.Object != "tls" || u.ModulePath != tok.Module {
+		t.Fatalf("KeyURI: %+v, %v", u, err)
+	}
+	s := tok.NewKey(t, "tls")
+	d := sha256.Sum256([]byte("x"))
+	sig, err := s.Sign(nil, d[:], crypto.SHA256)
+	if err != nil || !ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), d[:], sig) {
+		t.Fatalf("sign: %v", err)
+	}
+	// Same label twice in one test is a test bug.
+	b := hsmtest.NewToken(t, "member-b")
+	if b.Conf != tok.Conf {
+		t.Fatal("tokens of one test should share the test's SoftHSM2 configuration")
+	}
+}
