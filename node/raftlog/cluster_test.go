@@ -276,9 +276,21 @@ func (c *cluster) waitApplied(want int, timeout time.Duration) {
 	}
 }
 
-// checkIdentical asserts every node applied the same sequence.
+// checkIdentical asserts every node applied the same sequence, after
+// waiting (bounded) for retried proposals still in flight to settle.
 func (c *cluster) checkIdentical() [][]byte {
 	c.t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		counts := map[int]bool{}
+		for _, tn := range c.nodes {
+			counts[tn.app.count()] = true
+		}
+		if len(counts) == 1 || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	var ref [][]byte
 	var refID uint64
 	for id, tn := range c.nodes {

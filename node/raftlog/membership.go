@@ -59,6 +59,9 @@ func (n *Node) applyConfChange(e *raftpb.Entry) error {
 		if known {
 			n.tr.addPeer(Peer{ID: cc.NodeID, Addr: addr})
 		}
+		// A new node that needs a snapshot rejects one whose ConfState does
+		// not name it; make a fresh snapshot that does.
+		n.forceSnap = true
 	case raftpb.ConfChangeRemoveNode:
 		n.tr.removePeer(cc.NodeID)
 		if cc.NodeID == n.cfg.ID {

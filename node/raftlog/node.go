@@ -66,6 +66,8 @@ type Node struct {
 	lead, term, commit, applied, snapIndex atomic.Uint64
 	state                                  atomic.Int32
 
+	forceSnap bool // Run goroutine only: snapshot after this Ready (membership grew)
+
 	seq   atomic.Uint64
 	wmu   sync.Mutex
 	waits map[uint64]*waiter
@@ -385,9 +387,10 @@ func (n *Node) apply(ctx context.Context, ents []raftpb.Entry) error {
 
 func (n *Node) maybeSnapshot() error {
 	applied := n.applied.Load()
-	if applied-n.snapIndex.Load() < n.cfg.SnapshotEvery {
+	if applied <= n.snapIndex.Load() || (applied-n.snapIndex.Load() < n.cfg.SnapshotEvery && !n.forceSnap) {
 		return nil
 	}
+	n.forceSnap = false
 	var data []byte
 	if n.cfg.SnapshotData != nil {
 		var err error

@@ -138,23 +138,6 @@ func TestLeaderKilledMidLoad(t *testing.T) {
 	// The old leader comes back from its directory and catches up.
 	c.start(old)
 	c.waitApplied(total, time.Minute)
-	// Wait for straggling duplicates (retries) to settle on all nodes.
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		n1 := -1
-		same := true
-		for _, tn := range c.nodes {
-			if n1 == -1 {
-				n1 = tn.app.count()
-			} else if tn.app.count() != n1 {
-				same = false
-			}
-		}
-		if same || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 	log := c.checkIdentical()
 	counts := countOf(log)
 	for p := range confirmed {
