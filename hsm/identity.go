@@ -54,17 +54,46 @@ type Identity struct {
 	Certificate *x509.Certificate   // the leaf
 	Chain       []*x509.Certificate // the rest of the file after the leaf
 	File        string              // certificate file it came from
+
+	tlsCert *tls.Certificate // built once by the provider
 }
 
 // TLSCertificate returns the identity as a tls.Certificate (leaf, then
 // chain) whose PrivateKey is the HSM signer.
 func (id *Identity) TLSCertificate() tls.Certificate {
+	if id.tlsCert != nil {
+		return *id.tlsCert
+	}
+	return buildTLSCertificate(id)
+}
+
+func buildTLSCertificate(id *Identity) tls.Certificate {
 	c := tls.Certificate{PrivateKey: id.Signer, Leaf: id.Certificate}
 	c.Certificate = append(c.Certificate, id.Certificate.Raw)
 	for _, x := range id.Chain {
 		c.Certificate = append(c.Certificate, x.Raw)
 	}
 	return c
+}
+
+// GetCertificate is for tls.Config.GetCertificate: it returns the current
+// identity at each handshake, so servers follow rotations without restart.
+func (p *IdentityProvider) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return p.currentTLS()
+}
+
+// GetClientCertificate is for tls.Config.GetClientCertificate (mTLS
+// clients): the current identity at each handshake.
+func (p *IdentityProvider) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return p.currentTLS()
+}
+
+func (p *IdentityProvider) currentTLS() (*tls.Certificate, error) {
+	id := p.cur.Load()
+	if id == nil || p.closed.Load() {
+		return nil, fmt.Errorf("identity folder %s: %w", p.dir, ErrNoIdentity)
+	}
+	return id.tlsCert, nil
 }
 
 // IdentityOptions configures an IdentityProvider. nil means defaults.
@@ -291,6 +320,8 @@ func (p *IdentityProvider) load() (*Identity, error) {
 			continue
 		}
 		cand := &Identity{KeyURI: uri, Signer: s, Certificate: leaf, Chain: certs[1:], File: path}
+		tc := buildTLSCertificate(cand)
+		cand.tlsCert = &tc
 		if best == nil || better(cand, best) {
 			best = cand
 		}

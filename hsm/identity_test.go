@@ -158,6 +158,21 @@ func TestIdentityLiveSwitch(t *testing.T) {
 			if err := tlsHandshake(t, p.Current(), roots); err != nil {
 				t.Fatalf("TLS with the new identity: %v", err)
 			}
+			// A server using GetCertificate serves the new identity.
+			c1, c2 := net.Pipe()
+			srv := tls.Server(c1, &tls.Config{GetCertificate: p.GetCertificate, MinVersion: tls.VersionTLS13})
+			cli := tls.Client(c2, &tls.Config{RootCAs: roots, ServerName: "node1.member-a", MinVersion: tls.VersionTLS13})
+			var hg errgroup.Group
+			hg.Go(srv.Handshake)
+			hg.Go(cli.Handshake)
+			if err := hg.Wait(); err != nil {
+				t.Fatalf("TLS through GetCertificate: %v", err)
+			}
+			if got := cli.ConnectionState().PeerCertificates[0]; !got.Equal(ev[1].Certificate) {
+				t.Fatal("GetCertificate did not serve the new identity")
+			}
+			c1.Close()
+			c2.Close()
 			// The old identity still works (overlap).
 			if err := tlsHandshake(t, first, roots); err != nil {
 				t.Fatalf("TLS with the old identity after the switch: %v", err)

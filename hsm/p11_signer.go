@@ -245,7 +245,11 @@ func (s *p11Signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 		lastErr = err
 		switch rv := rvOf(err); {
 		case sessionLost(err):
+			// What closed this session (C_CloseAllSessions, token removed,
+			// module restarted) most likely closed the idle ones too: drop
+			// them all so that the retry opens a fresh, logged-in session.
 			s.pool.drop(sh)
+			s.pool.closeIdle()
 			if tokenLost(err) {
 				_, _ = s.tok.findSlot()
 			}

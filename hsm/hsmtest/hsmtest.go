@@ -59,22 +59,22 @@ func NewToken(tb testing.TB, label string) *Token {
 		testenv.Missing(tb, "cgo (PKCS#11 through github.com/miekg/pkcs11)", "apt-get install gcc and build with CGO_ENABLED=1")
 	}
 	module, _ := testenv.SoftHSMModule(tb)
-	d := testDirFor(tb)
-	if err := initToken(module, label); err != nil {
+	d, first := testDirFor(tb)
+	if err := initToken(module, label, first); err != nil {
 		tb.Fatalf("hsmtest: creating token %q in %s: %v", label, d.conf, err)
 	}
 	return &Token{Label: label, Module: module, PINFile: d.pinFile, Conf: d.conf, Dir: d.dir}
 }
 
-func testDirFor(tb testing.TB) *testDir {
+func testDirFor(tb testing.TB) (d *testDir, first bool) {
 	tb.Helper()
 	mu.Lock()
 	defer mu.Unlock()
 	if d := dirs[tb]; d != nil {
-		return d
+		return d, false
 	}
 	root := tb.TempDir()
-	d := &testDir{dir: root, conf: filepath.Join(root, "softhsm2.conf"), pinFile: filepath.Join(root, "user.pin")}
+	d = &testDir{dir: root, conf: filepath.Join(root, "softhsm2.conf"), pinFile: filepath.Join(root, "user.pin")}
 	tokens := filepath.Join(root, "tokens")
 	if err := os.Mkdir(tokens, 0o700); err != nil {
 		tb.Fatalf("hsmtest: %v", err)
@@ -93,7 +93,7 @@ func testDirFor(tb testing.TB) *testDir {
 		delete(dirs, tb)
 		mu.Unlock()
 	})
-	return d
+	return d, true
 }
 
 // URI returns the token's URI (no object): module path and PIN file included.

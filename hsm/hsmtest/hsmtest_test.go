@@ -29,7 +29,7 @@ func TestNewTokenAndKey(t *testing.T) {
 	if err != nil || !ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), d[:], sig) {
 		t.Fatalf("sign: %v", err)
 	}
-	// Same label twice in one test is a test bug.
+	// A second token in the same test shares the test's configuration.
 	b := hsmtest.NewToken(t, "member-b")
 	if b.Conf != tok.Conf {
 		t.Fatal("tokens of one test should share the test's SoftHSM2 configuration")

@@ -16,7 +16,7 @@ const haveCgo = true
 // --free does, but in this process: SoftHSM2 reads its token directory only
 // at C_Initialize, so a token made by a separate process would be invisible
 // while the module is loaded here (e.g. a second token in the same test).
-func initToken(module, label string) error {
+func initToken(module, label string, firstOfTest bool) error {
 	ctx := pkcs11.New(module)
 	if ctx == nil {
 		return fmt.Errorf("cannot load %s", module)
@@ -27,7 +27,11 @@ func initToken(module, label string) error {
 		if !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
 			return fmt.Errorf("C_Initialize: %w", err)
 		}
-		ours = false // loaded by an open signer: share it, do not finalise
+		if firstOfTest {
+			// The module still points at an earlier test's token directory.
+			return errors.New("the PKCS#11 module is still initialised by an earlier test: a signer was not closed (close it in t.Cleanup) or tests using hsmtest run in parallel")
+		}
+		ours = false // loaded by an open signer of this test: share it, do not finalise
 	}
 	if ours {
 		defer ctx.Finalize()
