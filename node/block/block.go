@@ -26,12 +26,12 @@ package block
 import (
 	"bytes"
 	"crypto/sha256"
-	"encoding/asn1"
 	"errors"
 	"fmt"
-	"math/big"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	"golang.org/x/crypto/cryptobyte"
+	cbasn1 "golang.org/x/crypto/cryptobyte/asn1"
 	"google.golang.org/protobuf/proto"
 )
 
@@ -62,26 +62,21 @@ const NumMetadataSlots = 5
 // never re-marshals: it always works on the bytes it was given.
 var marshalOpts = proto.MarshalOptions{Deterministic: true}
 
-// asn1Header mirrors Fabric's protoutil asn1Header.
-type asn1Header struct {
-	Number       *big.Int
-	PreviousHash []byte
-	DataHash     []byte
-}
-
 // HeaderBytes returns the ASN.1 DER encoding of h that Fabric hashes and
-// signs. A nil header encodes as number 0 with empty hashes.
+// signs (protoutil.BlockHeaderBytes: a struct of big.Int Number and two byte
+// slices through encoding/asn1). A nil header encodes as number 0 with empty
+// hashes.
 func HeaderBytes(h *common.BlockHeader) []byte {
-	a := asn1Header{Number: new(big.Int).SetUint64(h.GetNumber()), PreviousHash: h.GetPreviousHash(), DataHash: h.GetDataHash()}
-	if a.PreviousHash == nil {
-		a.PreviousHash = []byte{}
-	}
-	if a.DataHash == nil {
-		a.DataHash = []byte{}
-	}
-	der, err := asn1.Marshal(a)
+	prev, data := h.GetPreviousHash(), h.GetDataHash()
+	b := cryptobyte.NewBuilder(make([]byte, 0, 32+len(prev)+len(data)))
+	b.AddASN1(cbasn1.SEQUENCE, func(b *cryptobyte.Builder) {
+		b.AddASN1Uint64(h.GetNumber())
+		b.AddASN1OctetString(prev)
+		b.AddASN1OctetString(data)
+	})
+	der, err := b.Bytes()
 	if err != nil {
-		// Cannot happen: a big.Int and two byte slices always encode.
+		// Cannot happen: protobuf byte fields are far below DER's length limit.
 		panic(fmt.Sprintf("block: DER encoding of block header: %v", err))
 	}
 	return der
