@@ -49,6 +49,22 @@ func TestAddAndRemovePeer(t *testing.T) {
 		t.Fatalf("voters after AddPeer: %v", st.Voters)
 	}
 
+	// Membership survives a restart even though the application is past
+	// the conf change (Config.Applied): raft must still see it.
+	other := uint64(1)
+	if other == lead {
+		other = 2
+	}
+	c.stop(other)
+	c.start(other)
+	deadline := time.Now().Add(10 * time.Second)
+	for !slices.Equal(sorted(c.nodes[other].node().Status().Voters), []uint64{1, 2, 3, 4}) {
+		if time.Now().After(deadline) {
+			t.Fatalf("voters on restarted node %d: %v", other, c.nodes[other].node().Status().Voters)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
 	// Remove it again; the remaining three keep committing.
 	lead = c.leader(10 * time.Second)
 	if err := c.nodes[lead].node().RemovePeer(ctx, 4); err != nil {

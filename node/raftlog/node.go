@@ -151,8 +151,11 @@ func (n *Node) Run(ctx context.Context) error {
 	defer close(n.done)
 
 	c := n.cfg
-	applied := max(c.Applied, n.rec.snap.Metadata.Index)
-	applied = min(applied, n.rec.hs.Commit)
+	// raft re-delivers every committed entry after the snapshot: membership
+	// changes among them must reach raft again (ApplyConfChange) even when
+	// the application already has them; apply skips normal entries at or
+	// below Config.Applied.
+	applied := n.rec.snap.Metadata.Index
 	rc := &raft.Config{
 		ID: c.ID, ElectionTick: c.ElectionTicks, HeartbeatTick: c.HeartbeatTicks,
 		Storage: n.storage, Applied: applied,
@@ -180,8 +183,8 @@ func (n *Node) Run(ctx context.Context) error {
 	}
 	n.mu.Unlock()
 	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error { return n.tr.run(gctx, peers) })
-	g.Go(func() error { return n.loop(gctx, applied) })
+	n.tr.start(gctx, g, peers) // before the loop, which may add peers
+	g.Go(func() error { return n.loop(gctx) })
 	err := g.Wait()
 	n.rn.Stop()
 	n.failWaiters()
@@ -211,7 +214,7 @@ func (n *Node) Close() error {
 	return n.closeErr
 }
 
-func (n *Node) loop(ctx context.Context, applied uint64) error {
+func (n *Node) loop(ctx context.Context) error {
 	if s := n.rec.snap; !raft.IsEmptySnap(s) && n.cfg.Applied < s.Metadata.Index {
 		// The application is behind the local snapshot: let it catch up first.
 		if err := n.deliverSnapshot(ctx, s); err != nil {
@@ -348,8 +351,8 @@ func (n *Node) apply(ctx context.Context, ents []raftpb.Entry) error {
 		}
 		switch e.Type {
 		case raftpb.EntryNormal:
-			if len(e.Data) == 0 {
-				break // a new leader's empty entry
+			if len(e.Data) == 0 || e.Index <= n.cfg.Applied {
+				break // a new leader's empty entry, or one the application has
 			}
 			proposer, seq, data, err := parseProposal(e.Data)
 			if err != nil {
@@ -387,7 +390,7 @@ func (n *Node) apply(ctx context.Context, ents []raftpb.Entry) error {
 
 func (n *Node) maybeSnapshot() error {
 	applied := n.applied.Load()
-	if applied <= n.snapIndex.Load() || (applied-n.snapIndex.Load() < n.cfg.SnapshotEvery && !n.forceSnap) {
+	if applied <= n.snapIndex.Load() || applied < n.cfg.Applied || (applied-n.snapIndex.Load() < n.cfg.SnapshotEvery && !n.forceSnap) {
 		return nil
 	}
 	n.forceSnap = false

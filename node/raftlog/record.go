@@ -15,8 +15,9 @@ package raftlog
 // written (short, garbage, or zero-filled by the file system). The decoder
 // reports where the valid prefix ends when the bad record cannot be followed
 // by a valid one: its header is incomplete; or its length is plausible
-// (1..max) and the record reaches or passes the end of the data; or
-// everything from the bad record to the end is zero.
+// (1..max) and the record reaches or passes the end of the data, or only
+// zeros follow it (a file system may zero-fill blocks a crash left
+// unwritten); or everything from the bad record to the end is zero.
 // Any other bad record is corruption in the middle of the log (ErrCorrupt):
 // recovery stops and says where, instead of silently dropping records that
 // raft may have acknowledged.
@@ -91,7 +92,7 @@ func decodeRecords(buf []byte, maxBody int) (recs []record, validEnd int, err er
 			}
 		}
 		if bad != "" {
-			if allZero(rest) || (n > 0 && n <= maxBody && n == len(rest)-recordHeaderLen) {
+			if allZero(rest) || (n > 0 && n <= maxBody && allZero(rest[recordHeaderLen+n:])) {
 				return recs, off, nil
 			}
 			return recs, off, fmt.Errorf("%w: %s at offset %d", ErrCorrupt, bad, off)

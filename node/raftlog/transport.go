@@ -18,6 +18,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -102,9 +103,8 @@ func (t *transport) stats() TransportStats {
 	return s
 }
 
-// run serves the listener and the peers' senders until ctx ends.
-func (t *transport) run(ctx context.Context, peers []Peer) error {
-	g, ctx := errgroup.WithContext(ctx)
+// start serves the listener and the peers' senders in g until ctx ends.
+func (t *transport) start(ctx context.Context, g *errgroup.Group, peers []Peer) {
 	t.mu.Lock()
 	t.g, t.ctx = g, ctx
 	t.peers = map[uint64]*peer{}
@@ -125,7 +125,6 @@ func (t *transport) run(ctx context.Context, peers []Peer) error {
 		t.ln.Close()
 		return nil
 	})
-	return g.Wait()
 }
 
 // addPeer starts sending to p (no-op for this node or a known ID with the
@@ -162,8 +161,11 @@ func (t *transport) removePeer(id uint64) {
 
 // send queues msgs without blocking.
 func (t *transport) send(msgs []raftpb.Message) {
+	if len(msgs) == 0 {
+		return
+	}
+	var full []uint64
 	t.mu.Lock()
-	defer t.mu.Unlock()
 	for _, m := range msgs {
 		p := t.peers[m.To]
 		if p == nil {
@@ -176,9 +178,15 @@ func (t *transport) send(msgs []raftpb.Message) {
 		default:
 			t.drop(DropQueueFull, 1)
 			t.failed(m)
-			// Unreachable makes the leader probe instead of streaming.
-			t.report.ReportUnreachable(m.To)
+			if !slices.Contains(full, m.To) {
+				full = append(full, m.To)
+			}
 		}
+	}
+	t.mu.Unlock()
+	for _, id := range full {
+		// Unreachable makes the leader probe instead of streaming.
+		t.report.ReportUnreachable(id)
 	}
 }
 

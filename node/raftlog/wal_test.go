@@ -31,7 +31,9 @@ func mustSave(t *testing.T, w *wal, hs raftpb.HardState, es []raftpb.Entry) {
 	}
 }
 
-func lastSegment(t *testing.T, dir string) string {
+func lastSegment(t *testing.T, dir string) string { return lastSegmentOf(t, dir) }
+
+func lastSegmentOf(t *testing.T, dir string) string {
 	t.Helper()
 	names, _ := filepath.Glob(filepath.Join(dir, "wal-*.log"))
 	if len(names) == 0 {
@@ -77,6 +79,12 @@ func TestWALTornTail(t *testing.T) {
 		{"zero filled tail", func(t *testing.T, p string, size int64) {
 			f, _ := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
 			f.Write(make([]byte, 4096))
+			f.Close()
+		}},
+		{"cut mid-record, zero-filled block", func(t *testing.T, p string, size int64) {
+			os.Truncate(p, size-5)
+			f, _ := os.OpenFile(p, os.O_WRONLY|os.O_APPEND, 0)
+			f.Write(make([]byte, 512))
 			f.Close()
 		}},
 		{"garbage last record", func(t *testing.T, p string, size int64) {
@@ -218,6 +226,8 @@ func TestDecodeRecordsClassification(t *testing.T) {
 		{"flip in first", flip(b, 10), 0, true},
 		{"bad length in middle", flip(b, rec+3), 1, true},
 		{"zero tail", append(append([]byte(nil), b...), make([]byte, 100)...), 3, false},
+		{"torn last then zeros", append(append([]byte(nil), b[:full-4]...), make([]byte, 100)...), 2, false},
+		{"flip in last then data", append(flip(b, full-1), appendRecord(nil, recEntry, []byte("more"))...), 2, true},
 	} {
 		recs, end, err := decodeRecords(tc.buf, 1024)
 		if tc.corrupt != errors.Is(err, ErrCorrupt) || len(recs) != tc.recs {
