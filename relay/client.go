@@ -158,15 +158,16 @@ type relayConn struct {
 	info RelayInfo
 	cur  atomic.Pointer[link]
 
-	mu       sync.Mutex
-	state    string
-	lastErr  string
-	since    time.Time
-	rtt      time.Duration
-	bytesIn  uint64 // of links already closed
-	bytesOut uint64
-	drops    atomic.Uint64
-	upgrades int
+	mu        sync.Mutex
+	state     string
+	lastErr   string
+	lastClose string
+	since     time.Time
+	rtt       time.Duration
+	bytesIn   uint64 // of links already closed
+	bytesOut  uint64
+	drops     atomic.Uint64
+	upgrades  int
 }
 
 // NewClient validates cfg and starts connecting to every relay in the
@@ -313,8 +314,16 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 		rc.mu.Unlock()
 		return nl
 	}
+	if r := l.goAway.Load(); r != nil {
+		err = fmt.Errorf("relay closed the connection: %s", *r)
+	}
 	if ctx.Err() == nil {
 		rc.setState("down", err)
+		rc.mu.Lock()
+		if err != nil {
+			rc.lastClose = err.Error()
+		}
+		rc.mu.Unlock()
 		c.log.Warn("relay connection lost", "relay", rc.info.ID, "path", string(l.path), "err", err)
 	}
 	return nil
@@ -371,7 +380,7 @@ func (c *Client) frame(rc *relayConn, l *link, f wire.Frame) {
 		code, reason, err := wire.ParseGoAway(f.Body)
 		if err == nil {
 			c.log.Warn("relay is closing our connection", "relay", rc.info.ID, "code", code, "reason", reason)
-			rc.setState("down", fmt.Errorf("relay said: %s", reason))
+			l.goAway.Store(&reason)
 		}
 	}
 }
@@ -493,7 +502,8 @@ type RelayStatus struct {
 	Drops     uint64
 	Upgrades  int // moves from TCP back to QUIC
 	Since     time.Time
-	LastError string
+	LastError string // the last failure: dial, handshake or lost connection
+	LastClose string // why the last established connection ended
 }
 
 // Status reports every relay.
@@ -506,7 +516,7 @@ func (c *Client) Status() []RelayStatus {
 		st := RelayStatus{
 			ID: rc.info.ID, Addr: rc.info.Addr, State: rc.state, RTT: rc.rtt,
 			BytesIn: rc.bytesIn, BytesOut: rc.bytesOut, Drops: rc.drops.Load(),
-			Upgrades: rc.upgrades, Since: rc.since, LastError: rc.lastErr,
+			Upgrades: rc.upgrades, Since: rc.since, LastError: rc.lastErr, LastClose: rc.lastClose,
 		}
 		rc.mu.Unlock()
 		if l := rc.cur.Load(); l != nil {

@@ -65,7 +65,8 @@ type link struct {
 	closeErr  atomic.Pointer[error]
 
 	bytesIn, bytesOut atomic.Uint64
-	lastRecv          atomic.Int64 // unix nanos
+	lastRecv          atomic.Int64           // unix nanos
+	goAway            atomic.Pointer[string] // reason from the peer's GOAWAY
 	drop              func(reason string)
 }
 
@@ -92,9 +93,23 @@ func quicLink(qc *quic.Conn, st *quic.Stream, queueLen int, drop func(string)) *
 
 // streamLink wraps an established TLS connection.
 func streamLink(path Path, tc *tls.Conn, queueLen int, drop func(string)) *link {
-	return newLink(path, nil, tc, tc.ConnectionState(), func(quic.ApplicationErrorCode, string) {
+	return newLink(path, nil, tc, tc.ConnectionState(), func(code quic.ApplicationErrorCode, reason string) {
+		// Tell the peer why (QUIC carries the reason in CONNECTION_CLOSE;
+		// on TCP a GOAWAY frame does), without waiting long for it.
+		_ = tc.SetWriteDeadline(time.Now().Add(100 * time.Millisecond))
+		_, _ = tc.Write(wire.AppendGoAway(nil, goAwayCode(code), reason))
 		_ = tc.Close()
 	}, queueLen, drop)
+}
+
+func goAwayCode(c quic.ApplicationErrorCode) uint8 {
+	switch c {
+	case codeShutdown:
+		return wire.GoAwayShutdown
+	case codeNotAllowed:
+		return wire.GoAwayNotAllowed
+	}
+	return wire.GoAwayProtocol
 }
 
 // close closes the link once, telling the peer why when it can.

@@ -236,6 +236,19 @@ func TestUpdateAuthorityCutsOff(t *testing.T) {
 	}
 }
 
+// Over TCP, a member cut off by the policy is told why (GOAWAY).
+func TestCutOffOverTCPSaysWhy(t *testing.T) {
+	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1"})
+	r := n.startRelay("relay-1", nil)
+	r.stopQUIC()
+	a := n.member("bank-a", func(c *ClientConfig) { c.QUICTimeout = 200 * time.Millisecond })
+	waitReady(t, a)
+	r.srv.UpdateAuthority(n.authority("bank-a"))
+	waitFor(t, 2*time.Second, "GOAWAY reason at the client", func() bool {
+		return strings.Contains(a.Status()[0].LastClose, "no longer admitted by the consortium policy")
+	})
+}
+
 // A relay dies mid-stream without a goodbye: traffic moves to the other
 // relay within 2 s.
 func TestFailoverWithinTwoSeconds(t *testing.T) {

@@ -118,7 +118,7 @@ type Server struct {
 	cancel   context.CancelFunc
 	meshKick chan struct{}
 
-	mu      sync.Mutex
+	mu      sync.RWMutex
 	members map[string]*memberState
 	relays  map[*peer]struct{}
 	routes  map[string]map[*peer]struct{} // member -> relay peers announcing it
@@ -394,9 +394,14 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 		p.kick = make(chan struct{}, 1)
 		p.routes = map[string]bool{}
 	}
-	if !s.register(p) {
+	ok, evicted := s.register(p)
+	if !ok {
 		l.close(codeShutdown, "relay shutting down")
 		return ErrClosed
+	}
+	if evicted != nil {
+		s.log.Info("closing the oldest connection of a member over its connection limit", "peer", id)
+		evicted.link.close(codeShutdown, "too many connections for this member")
 	}
 	s.log.Info("peer connected", "peer", id, "relay_peer", isRelay, "path", string(l.path), "remote", remote.String())
 	defer func() {
@@ -419,19 +424,21 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 	return err
 }
 
-// register adds p to the server's tables; false after Close.
-func (s *Server) register(p *peer) bool {
+// register adds p to the server's tables; false after Close. evicted is a
+// connection of the same member beyond MaxConnsPerMember, for the caller
+// to close.
+func (s *Server) register(p *peer) (ok bool, evicted *peer) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ctx.Err() != nil {
-		return false
+		return false, nil
 	}
 	s.peers[p] = struct{}{}
 	s.m.conns.Inc()
 	if p.relay {
 		s.relays[p] = struct{}{}
 		p.kick <- struct{}{}
-		return true
+		return true, nil
 	}
 	ms := s.members[p.id]
 	if ms == nil {
@@ -441,15 +448,11 @@ func (s *Server) register(p *peer) bool {
 	}
 	ms.mu.Lock()
 	ms.conns = append(ms.conns, p)
-	var old *peer
 	if len(ms.conns) > s.cfg.MaxConnsPerMember {
-		old = ms.conns[0]
+		evicted = ms.conns[0]
 	}
 	ms.mu.Unlock()
-	if old != nil {
-		go old.link.close(codeShutdown, "too many connections for this member")
-	}
-	return true
+	return true, evicted
 }
 
 // unregisterLocked removes p from every table; s.mu is held. Idempotent.
@@ -552,9 +555,9 @@ func (s *Server) memberFrame(p *peer, f wire.Frame) {
 // forward sends a member's packet on: to a local connection of dst, else one
 // hop to the relay dst is attached to.
 func (s *Server) forward(p *peer, dst string, payload []byte) {
-	s.mu.Lock()
+	s.mu.RLock()
 	ms := s.members[p.id]
-	s.mu.Unlock()
+	s.mu.RUnlock()
 	if ms == nil {
 		s.m.drop(DropClosed) // cut off by UpdateAuthority while the frame was in flight
 		return
@@ -573,13 +576,13 @@ func (s *Server) forward(p *peer, dst string, payload []byte) {
 	if s.deliverLocal(p.id, dst, payload) {
 		return
 	}
-	s.mu.Lock()
+	s.mu.RLock()
 	var via *peer
 	for r := range s.routes[dst] {
 		via = r
 		break
 	}
-	s.mu.Unlock()
+	s.mu.RUnlock()
 	if via == nil {
 		s.m.drop(DropNoRoute)
 		return
@@ -595,9 +598,9 @@ func (s *Server) forward(p *peer, dst string, payload []byte) {
 // deliverLocal queues a packet for a member connected here; false if dst
 // is not connected here.
 func (s *Server) deliverLocal(from, dst string, payload []byte) bool {
-	s.mu.Lock()
+	s.mu.RLock()
 	ms := s.members[dst]
-	s.mu.Unlock()
+	s.mu.RUnlock()
 	if ms == nil {
 		return false
 	}
