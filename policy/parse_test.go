@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"net/netip"
+	"os"
 	"strings"
 	"testing"
 
@@ -272,5 +273,32 @@ func TestDiff(t *testing.T) {
 	}
 	if !policy.Compare(g, g).Empty() {
 		t.Error("self diff not empty")
+	}
+}
+
+// TestDocsExample: the complete example in docs/policy.md parses and means
+// what the document says.
+func TestDocsExample(t *testing.T) {
+	b, err := os.ReadFile("../docs/policy.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, rest, ok := bytes.Cut(b, []byte("```yaml\n"))
+	doc, _, ok2 := bytes.Cut(rest, []byte("```\n"))
+	if !ok || !ok2 {
+		t.Fatal("no yaml block in docs/policy.md")
+	}
+	p, err := policy.Parse(doc)
+	if err != nil {
+		t.Fatalf("docs example: %v", err)
+	}
+	if p.Version() != 1 || len(p.Members()) != 3 || len(p.Consenters()) != 2 {
+		t.Fatalf("docs example: version %d, %d members", p.Version(), len(p.Members()))
+	}
+	if !p.Allowed("initech", "acme", 9444) || p.Allowed("acme", "initech", 9444) || !p.Allowed("initech", "globex", 7050) || p.Allowed("initech", "globex", 7051) {
+		t.Fatal("docs example ACL")
+	}
+	if r := policy.Compare(nil, p); len(r.MembersAdded) != 3 {
+		t.Fatal("compare from nothing")
 	}
 }

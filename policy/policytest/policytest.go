@@ -97,6 +97,14 @@ func (c *Consortium) NewAdmin(tb testing.TB, member, keyID string) *policy.Admin
 	return &policy.Admin{KeyID: keyID, PublicKey: PublicKeyPEM(tb, k.Public())}
 }
 
+// AddAdminKey registers an existing key (an HSM key, say) as admin
+// member/keyID and returns its entry.
+func (c *Consortium) AddAdminKey(tb testing.TB, member, keyID string, s crypto.Signer) *policy.Admin {
+	tb.Helper()
+	c.keys[policy.AdminRef{Member: member, KeyID: keyID}] = s
+	return &policy.Admin{KeyID: keyID, PublicKey: PublicKeyPEM(tb, s.Public())}
+}
+
 // Key returns the signer of an admin key made by this consortium.
 func (c *Consortium) Key(member, keyID string) crypto.Signer {
 	return c.keys[policy.AdminRef{Member: member, KeyID: keyID}]
