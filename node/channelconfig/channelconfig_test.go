@@ -124,7 +124,7 @@ func compareGroups(t *testing.T, path string, got, want *common.ConfigGroup) {
 			continue
 		}
 		if g.ModPolicy != w.ModPolicy || g.Version != w.Version {
-			t.Errorf("%s/%s: mod_policy %q, want %q", path, k, g.ModPolicy, w.ModPolicy)
+			t.Errorf("%s/%s: mod_policy %q v%d, want %q v%d", path, k, g.ModPolicy, g.Version, w.ModPolicy, w.Version)
 		}
 		if !sameMessage(t, k, g.Value, w.Value) {
 			t.Errorf("%s value %s differs from configtxgen's", path, k)
