@@ -92,7 +92,7 @@ func benchChild() {
 
 func BenchmarkReplicate(b *testing.B) {
 	for _, size := range []int{100, 1024} {
-		for _, conc := range []int{16, 256} {
+		for _, conc := range []int{16, 256, 1024} {
 			b.Run(fmt.Sprintf("entry=%dB/proposers=%d", size, conc), func(b *testing.B) { benchReplicate(b, size, conc) })
 		}
 	}

@@ -68,6 +68,10 @@ type Node struct {
 
 	forceSnap bool // Run goroutine only: snapshot after this Ready (membership grew)
 
+	// propc feeds the batcher: proposals from many callers go to raft as one
+	// MsgProp, so the leader appends and replicates them as one batch.
+	propc chan []byte
+
 	seq   atomic.Uint64
 	wmu   sync.Mutex
 	waits map[uint64]*waiter
@@ -108,7 +112,7 @@ func New(cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: c, wal: w, storage: st, rec: rec,
 		started: make(chan struct{}), closing: make(chan struct{}), done: make(chan struct{}),
-		addrs: map[uint64]string{}, waits: map[uint64]*waiter{},
+		addrs: map[uint64]string{}, waits: map[uint64]*waiter{}, propc: make(chan []byte, 1024),
 		confState: rec.snap.Metadata.ConfState,
 	}
 	for _, p := range c.Peers {
@@ -185,6 +189,7 @@ func (n *Node) Run(ctx context.Context) error {
 	g, gctx := errgroup.WithContext(ctx)
 	n.tr.start(gctx, g, peers) // before the loop, which may add peers
 	g.Go(func() error { return n.loop(gctx) })
+	g.Go(func() error { return n.batch(gctx) })
 	err := g.Wait()
 	n.rn.Stop()
 	n.failWaiters()
@@ -454,11 +459,12 @@ func mapRaftErr(err error) error {
 	return err
 }
 
-// Propose hands data to raft and returns once the local raft state machine
-// has taken it: appended to the log if this node leads, forwarded to the
-// leader otherwise. It blocks while no leader is known. A nil error does NOT
-// mean the entry will commit (the leader may fail first); use ProposeWait
-// for that. Errors: ErrDropped (retry), ErrTooLarge, ErrClosed, ctx's.
+// Propose queues data for raft (batched with concurrent proposals; the
+// leader appends it, a follower forwards it to the leader) and returns once
+// queued. The queue is bounded: Propose blocks while it is full, e.g. while
+// no leader is known. A nil error does NOT mean the entry will commit (the
+// leader may fail first, or drop it during a leadership transfer); use
+// ProposeWait for that. Errors: ErrTooLarge, ErrClosed, ctx's.
 func (n *Node) Propose(ctx context.Context, data []byte) error {
 	_, err := n.propose(ctx, data, false)
 	return err
@@ -499,8 +505,12 @@ func (n *Node) propose(ctx context.Context, data []byte, wait bool) (uint64, err
 			n.wmu.Unlock()
 		}()
 	}
-	if err := n.rn.Propose(ctx, buf); err != nil {
-		return 0, mapRaftErr(err)
+	select {
+	case n.propc <- buf:
+	case <-ctx.Done():
+		return 0, ctx.Err()
+	case <-n.done:
+		return 0, ErrClosed
 	}
 	if !wait {
 		return 0, nil
@@ -512,6 +522,42 @@ func (n *Node) propose(ctx context.Context, data []byte, wait bool) (uint64, err
 		return 0, ctx.Err()
 	case <-n.done:
 		return 0, ErrClosed
+	}
+}
+
+// maxBatch bounds the entries of one batched proposal.
+const maxBatch = 512
+
+// batch hands queued proposals to raft, as many as are waiting (up to
+// maxBatch entries or MaxSizePerMsg bytes) in one MsgProp. raft.Node.Step
+// blocks while no leader is known; proposals queue meanwhile.
+func (n *Node) batch(ctx context.Context) error {
+	for {
+		var first []byte
+		select {
+		case <-ctx.Done():
+			return nil
+		case first = <-n.propc:
+		}
+		ents := []raftpb.Entry{{Data: first}}
+		size := uint64(len(first))
+	fill:
+		for len(ents) < maxBatch && size < n.cfg.MaxSizePerMsg {
+			select {
+			case b := <-n.propc:
+				ents = append(ents, raftpb.Entry{Data: b})
+				size += uint64(len(b))
+			default:
+				break fill
+			}
+		}
+		// A new slice every time: raft sets Term and Index in place.
+		if err := n.rn.Step(ctx, raftpb.Message{Type: raftpb.MsgProp, Entries: ents}); err != nil {
+			if ctx.Err() != nil || errors.Is(err, raft.ErrStopped) {
+				return nil
+			}
+			n.cfg.Logger.Warn("raft proposal batch dropped", "node", n.cfg.ID, "entries", len(ents), "err", err)
+		}
 	}
 }
 
