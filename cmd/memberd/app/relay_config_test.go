@@ -1,0 +1,54 @@
+package app
+
+import (
+	"strings"
+	"testing"
+)
+
+const sampleRelayConfig = `id: relay-1
+listen: ":443"
+certificate: relay.crt
+key: "pkcs11:token=relay;object=tls?module-path=/usr/lib/softhsm/libsofthsm2.so&pin-source=file:/etc/memberd/hsm.pin"
+limits: {queue_len: 100}
+policy:
+  members:
+    bank-a: {ca: [a.pem]}
+    bank-b: {ca: [b.pem]}
+  allow: [[bank-a, bank-b]]
+  relays:
+    - {id: relay-1, addr: "relay1.example.net:443", pin: "sha256/AAAA"}
+`
+
+func TestRelayConfigDefaults(t *testing.T) {
+	c, err := parseRelayConfig([]byte(strings.Replace(sampleRelayConfig, "listen: \":443\"\n", "", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Listen != ":443" || c.Admin != "127.0.0.1:9464" {
+		t.Fatalf("defaults: listen %q admin %q", c.Listen, c.Admin)
+	}
+	if _, err := parseRelayConfig(nil); err == nil || !strings.Contains(err.Error(), "empty") {
+		t.Fatalf("empty config: %v", err)
+	}
+}
+
+// FuzzRelayConfig: the strict YAML config parser never panics, and what it
+// accepts is valid.
+func FuzzRelayConfig(f *testing.F) {
+	f.Add([]byte(sampleRelayConfig))
+	f.Add([]byte("id: x\nbogus: 1\n"))
+	f.Add([]byte("policy: {members: {a: {ca: []}}}"))
+	f.Add([]byte("{{{"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := parseRelayConfig(b)
+		if err != nil {
+			return
+		}
+		if c.ID == "" || c.Listen == "" || c.Admin == "" || c.Key == "" || len(c.Policy.Members) == 0 {
+			t.Fatalf("accepted an incomplete config: %+v", c)
+		}
+		if !strings.HasPrefix(c.Key, "pkcs11:") && !c.InsecureDevKey {
+			t.Fatalf("accepted a file key without insecure_dev_key")
+		}
+	})
+}
