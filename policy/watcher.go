@@ -123,6 +123,7 @@ type Watcher struct {
 
 	reload  chan struct{}
 	running atomic.Bool
+	armed   chan struct{} // closed once Run watches the folder and has read it
 
 	// owned by the scanning goroutine
 	seen        map[string][32]byte   // file -> content hash last rejected
@@ -154,7 +155,7 @@ func NewWatcher(opts Options) (*Watcher, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	w := &Watcher{o: opts.withDefaults(), reload: make(chan struct{}, 1), seen: map[string][32]byte{}, parsed: map[string]parsedFile{}}
+	w := &Watcher{o: opts.withDefaults(), reload: make(chan struct{}, 1), armed: make(chan struct{}), seen: map[string][32]byte{}, parsed: map[string]parsedFile{}}
 	w.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "policy_rejected_total",
 		Help: "Policy bundles rejected by the watcher, by reason; the last good policy stays applied."}, []string{"reason"})
 	w.applied = prometheus.NewCounter(prometheus.CounterOpts{Name: "policy_applied_total", Help: "Policy versions applied."})
@@ -250,6 +251,11 @@ func (w *Watcher) Run(ctx context.Context) error {
 	}
 	// Catch changes made between NewWatcher and the watch being armed.
 	scan()
+	close(w.armed)
+	// Events keep pushing the debounce back, but a folder that never goes
+	// quiet is still read at least every maxDelay.
+	maxDelay := max(10*w.o.Debounce, 200*time.Millisecond)
+	var firstEvent time.Time
 	for {
 		select {
 		case <-ctx.Done():
@@ -262,7 +268,11 @@ func (w *Watcher) Run(ctx context.Context) error {
 				watching = false
 				w.o.Logger.Warn("policy folder removed; keeping the applied policy and waiting for it to come back", "dir", w.o.Dir)
 			}
-			debounce.Reset(w.o.Debounce)
+			now := time.Now()
+			if firstEvent.IsZero() {
+				firstEvent = now
+			}
+			debounce.Reset(min(w.o.Debounce, max(0, firstEvent.Add(maxDelay).Sub(now))))
 		case err, ok := <-fw.Errors:
 			if !ok {
 				return nil
@@ -271,6 +281,7 @@ func (w *Watcher) Run(ctx context.Context) error {
 			w.o.Logger.Warn("policy folder watch error; re-reading the folder", "dir", w.o.Dir, "err", err)
 			debounce.Reset(w.o.Debounce)
 		case <-debounce.C:
+			firstEvent = time.Time{}
 			scan()
 		case <-retry.C:
 			scan()

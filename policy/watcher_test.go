@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -54,7 +55,7 @@ func (e *env) opts() policy.Options {
 	e.reg = prometheus.NewRegistry()
 	return policy.Options{Dir: e.dir, StateDir: e.state, Genesis: e.g.Hash(), Registerer: e.reg,
 		Logger:   slog.New(slog.NewTextHandler(tlog{e.t}, nil)),
-		Debounce: 20 * time.Millisecond, Settle: 300 * time.Millisecond, Resync: time.Hour}
+		Debounce: 20 * time.Millisecond, Resync: time.Hour}
 }
 
 // start creates the watcher, subscribes twice, and runs it until cleanup.
@@ -421,7 +422,13 @@ func TestWatcherSIGHUP(t *testing.T) {
 	e := newEnv(t, 3)
 	o := e.opts()
 	o.Debounce, o.ReloadOnSIGHUP = time.Hour, true
+	// Our own registration keeps SIGHUP from killing the test process
+	// whatever happens in the watcher.
+	keep := make(chan os.Signal, 1)
+	signal.Notify(keep, syscall.SIGHUP)
+	defer signal.Stop(keep)
 	e.start(o)
+	<-policy.Armed(e.w)
 	vs := e.chain(2)
 	e.rename("v2.yaml", vs[2].Marshal())
 	time.Sleep(100 * time.Millisecond)
@@ -504,4 +511,32 @@ func TestWatcherSubscriberPanic(t *testing.T) {
 	if n := e.rejected(policy.ReasonSubscriber); n != 1 {
 		t.Fatalf("subscriber panics counted %v", n)
 	}
+}
+
+// TestWatcherBusyFolder: a folder that never goes quiet (another program
+// writing a file every few milliseconds) still gets read: the debounce has a
+// ceiling.
+func TestWatcherBusyFolder(t *testing.T) {
+	e := newEnv(t, 3)
+	o := e.opts()
+	o.Debounce = 100 * time.Millisecond // writes come far more often than that
+	e.start(o)
+	vs := e.chain(2)
+	stop := make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for i := 0; ; i++ {
+			select {
+			case <-stop:
+				return
+			case <-time.After(2 * time.Millisecond):
+				os.WriteFile(filepath.Join(e.dir, "busy.log"), []byte(fmt.Sprint(i)), 0o644)
+			}
+		}
+	}()
+	e.rename("v2.yaml", vs[2].Marshal())
+	e.waitVersion(2) // would time out if events kept postponing the read
+	close(stop)
+	<-done
 }
