@@ -59,3 +59,16 @@ func BenchmarkMessageSize(b *testing.B) {
 		}
 	}
 }
+
+// BenchmarkAdmitCached is BenchmarkAdmit with a CreatorCache (the client
+// certificate is parsed once).
+func BenchmarkAdmitCached(b *testing.B) {
+	env := loadBlock(b, "vectors-1.block").Data.Data[0]
+	cache := NewCreatorCache(0)
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := Admit(env, AdmitConfig{ChannelID: "vectors", Verify: cache.Verify}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -164,6 +164,9 @@ type AdmitConfig struct {
 	AbsoluteMaxBytes uint32
 	// Types, if non-empty, are the header types accepted.
 	Types []common.HeaderType
+	// Verify checks the envelope signature; nil means VerifyCreatorSignature.
+	// A CreatorCache's Verify avoids parsing the certificate every time.
+	Verify func(creator, data, sig []byte) error
 }
 
 // Admit runs the checks a Broadcast handler makes before ordering an
@@ -191,7 +194,11 @@ func Admit(raw []byte, c AdmitConfig) (*Envelope, error) {
 	if err := e.CheckTxID(); err != nil {
 		return nil, err
 	}
-	if err := e.VerifySignature(); err != nil {
+	verify := c.Verify
+	if verify == nil {
+		verify = VerifyCreatorSignature
+	}
+	if err := verify(e.SignatureHeader.Creator, e.Payload, e.Signature); err != nil {
 		return nil, err
 	}
 	return e, nil
