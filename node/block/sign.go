@@ -28,8 +28,10 @@ const NonceSize = 24
 // creator is a marshalled msp.SerializedIdentity whose certificate holds
 // signer's public key. consenterMetadata is the consensus-specific metadata
 // (an etcdraft.BlockMetadata for raft); as in Fabric it is wrapped in a
-// common.Metadata. Sign must be called after the header is final (the header
-// is signed). The signer may be an HSM key (crypto.Signer); high-S signatures
+// common.Metadata. lastConfig is the number of the newest config block; a
+// config block passes its own number (Fabric: "a config block points to
+// itself"). Sign must be called after the header is final (the header is
+// signed). The signer may be an HSM key (crypto.Signer); high-S signatures
 // it returns are normalised to low-S. Only ECDSA keys are supported, as in
 // Fabric 2.5 MSPs.
 func Sign(b *common.Block, signer crypto.Signer, creator []byte, lastConfig uint64, consenterMetadata []byte, rand io.Reader) error {
