@@ -28,6 +28,7 @@ type testNet struct {
 	relays  map[string]*testRelay
 	allow   [][2]string
 	all     bool
+	noQUIC  map[string]bool // relays started with UDP blocked
 }
 
 func newTestNet(t testing.TB, members []string, relays []string) *testNet {
@@ -139,7 +140,9 @@ func (n *testNet) startRelay(id string, tweak func(*ServerConfig)) *testRelay {
 	r := &testRelay{t: t, info: info, srv: srv}
 	r.ctx, r.cancel = context.WithCancel(context.Background())
 	r.startTCP()
-	r.startQUIC()
+	if !n.noQUIC[id] {
+		r.startQUIC()
+	}
 	r.wg.Add(1)
 	go func() { defer r.wg.Done(); srv.RunMesh(r.ctx) }()
 	n.relays[id] = r

@@ -109,7 +109,7 @@ func (s *Server) meshPinger(ctx context.Context, l *link, mc ClientConfig) {
 		case <-l.done:
 			return
 		case now := <-t.C:
-			if now.Sub(time.Unix(0, l.lastRecv.Load())) > 4*mc.DeadAfter {
+			if now.Sub(time.Unix(0, l.lastRecv.Load())) > 2*mc.DeadAfter {
 				l.close(codeProtocol, "no answer to pings")
 				return
 			}

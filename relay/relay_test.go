@@ -85,6 +85,30 @@ func TestMeshOneHop(t *testing.T) {
 	}
 }
 
+// The mesh survives a relay restart: the dialling relay reconnects (here
+// over TCP, the restarted relay's UDP being blocked) and routes are
+// re-announced.
+func TestMeshRecoversAfterRestart(t *testing.T) {
+	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1", "relay-2"})
+	n.startRelay("relay-1", nil)
+	r2 := n.startRelay("relay-2", nil)
+	fast := func(c *ClientConfig) { c.QUICTimeout = 200 * time.Millisecond }
+	a := n.member("bank-a", func(c *ClientConfig) { fast(c); c.Relays = c.Relays[:1] })
+	b := n.member("bank-b", func(c *ClientConfig) { fast(c); c.Relays = c.Relays[1:] })
+	rb := readAll(b)
+	waitReady(t, a, b)
+	deliver(t, a, "bank-b", rb, "bank-a", "before-restart", 5*time.Second)
+
+	r2.stop()
+	n.noQUIC = map[string]bool{"relay-2": true}
+	n.startRelay("relay-2", nil)
+	waitFor(t, 10*time.Second, "bank-b back on relay-2 over TCP", func() bool {
+		s := b.Status()[0]
+		return s.Healthy && s.Path == PathTCP
+	})
+	deliver(t, a, "bank-b", rb, "bank-a", "after-restart", 10*time.Second)
+}
+
 // With UDP dead the client uses TLS over TCP on the same port; when UDP
 // works again a re-probe moves it back to QUIC.
 func TestTCPFallbackAndReprobe(t *testing.T) {
