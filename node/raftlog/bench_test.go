@@ -27,6 +27,36 @@ import (
 
 const benchChildEnv = "RAFTLOG_BENCH_CHILD"
 
+// nameDialer resolves peer names ("n1") to the current loopback address of
+// that node's listener; a stopped node has none (dial fails like a dead host).
+type nameDialer struct {
+	mu    sync.Mutex
+	addrs map[string]string
+}
+
+func (d *nameDialer) set(name, addr string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if addr == "" {
+		delete(d.addrs, name)
+	} else {
+		d.addrs[name] = addr
+	}
+}
+
+func (d *nameDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	d.mu.Lock()
+	real, ok := d.addrs[addr]
+	d.mu.Unlock()
+	if !ok {
+		return nil, fmt.Errorf("test network: %s is down", addr)
+	}
+	var nd net.Dialer
+	return nd.DialContext(ctx, network, real)
+}
+
+var _ Dialer = (*nameDialer)(nil)
+
 func cpuTime() time.Duration {
 	var ru syscall.Rusage
 	syscall.Getrusage(syscall.RUSAGE_SELF, &ru)

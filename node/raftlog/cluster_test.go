@@ -14,37 +14,9 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/memberd/memberd/node/raftlog/raftlogtest"
 )
-
-// nameDialer resolves peer names ("n1") to the current loopback address of
-// that node's listener; a stopped node has none (dial fails like a dead host).
-type nameDialer struct {
-	mu    sync.Mutex
-	addrs map[string]string
-}
-
-func (d *nameDialer) set(name, addr string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if addr == "" {
-		delete(d.addrs, name)
-	} else {
-		d.addrs[name] = addr
-	}
-}
-
-func (d *nameDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	d.mu.Lock()
-	real, ok := d.addrs[addr]
-	d.mu.Unlock()
-	if !ok {
-		return nil, fmt.Errorf("test network: %s is down", addr)
-	}
-	var nd net.Dialer
-	return nd.DialContext(ctx, network, real)
-}
-
-var _ Dialer = (*nameDialer)(nil)
 
 // testApp is the application state of one node: the applied entries in
 // order, with a hash chain standing in for the ledger's block hashes. It
@@ -123,15 +95,15 @@ type testNode struct {
 }
 
 type cluster struct {
-	t      testing.TB
-	size   int
-	dialer *nameDialer
-	nodes  map[uint64]*testNode
-	tune   func(*Config)
+	t     testing.TB
+	size  int
+	net   *raftlogtest.Network
+	nodes map[uint64]*testNode
+	tune  func(*Config)
 }
 
 func newCluster(t testing.TB, size int, tune func(*Config)) *cluster {
-	c := &cluster{t: t, size: size, dialer: &nameDialer{addrs: map[string]string{}}, nodes: map[uint64]*testNode{}, tune: tune}
+	c := &cluster{t: t, size: size, net: raftlogtest.NewNetwork(), nodes: map[uint64]*testNode{}, tune: tune}
 	base := t.TempDir()
 	for i := 1; i <= size; i++ {
 		id := uint64(i)
@@ -175,7 +147,7 @@ func (w tWriter) Write(p []byte) (int, error) {
 func (c *cluster) start(id uint64) {
 	c.t.Helper()
 	tn := c.nodes[id]
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := c.net.Listen(fmt.Sprintf("n%d", id))
 	if err != nil {
 		c.t.Fatal(err)
 	}
@@ -188,7 +160,7 @@ func (c *cluster) start(id uint64) {
 	tn.app.mu.Unlock()
 	cfg := Config{
 		ID: id, Cluster: "test-channel", Peers: peers, Dir: tn.dir,
-		Dialer: c.dialer, Listener: ln,
+		Dialer: c.net.Dialer(fmt.Sprintf("n%d", id)), Listener: ln,
 		TickInterval: 20 * time.Millisecond, ElectionTicks: 10, HeartbeatTicks: 1,
 		Applied: applied, Apply: tn.app.apply, SnapshotData: tn.app.snapshot,
 		Logger: testLogger(c.t, id),
@@ -205,7 +177,6 @@ func (c *cluster) start(id uint64) {
 	tn.np.Store(n)
 	tn.cancel, tn.runErr = cancel, make(chan error, 1)
 	go func() { tn.runErr <- n.Run(ctx) }()
-	c.dialer.set(fmt.Sprintf("n%d", id), ln.Addr().String())
 }
 
 func (c *cluster) stop(id uint64) {
@@ -214,7 +185,6 @@ func (c *cluster) stop(id uint64) {
 	if n == nil {
 		return
 	}
-	c.dialer.set(fmt.Sprintf("n%d", id), "")
 	tn.cancel()
 	if err := <-tn.runErr; err != nil {
 		c.t.Errorf("node %d Run: %v", id, err)

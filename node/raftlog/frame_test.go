@@ -120,14 +120,13 @@ func TestHandshake(t *testing.T) {
 // never gets a connection; the leader's queue for it drains as unreachable.
 func TestDialerRejectedByWrongCluster(t *testing.T) {
 	c := newCluster(t, 1, func(cfg *Config) { cfg.Peers = append(cfg.Peers, Peer{ID: 2, Addr: "n2"}) })
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := c.net.Listen("n2")
 	if err != nil {
 		t.Fatal(err)
 	}
-	c.dialer.set("n2", ln.Addr().String())
 	app := &testApp{}
 	other, err := New(Config{ID: 2, Cluster: "other-channel", Peers: []Peer{{ID: 1, Addr: "n1"}, {ID: 2}},
-		Dir: t.TempDir(), Dialer: c.dialer, Listener: ln, Apply: app.apply, Logger: testLogger(t, 2),
+		Dir: t.TempDir(), Dialer: c.net.Dialer("n2"), Listener: ln, Apply: app.apply, Logger: testLogger(t, 2),
 		TickInterval: 20 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)

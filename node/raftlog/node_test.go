@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -206,7 +207,7 @@ func TestProposeErrors(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	ok := Config{ID: 1, Cluster: "c", Dir: "d", Dialer: &nameDialer{}, Listener: dummyListener{},
+	ok := Config{ID: 1, Cluster: "c", Dir: "d", Dialer: &net.Dialer{}, Listener: dummyListener{},
 		Apply: func(context.Context, Commit) error { return nil }, Peers: []Peer{{ID: 1}, {ID: 2, Addr: "x"}}}
 	if err := ok.Validate(); err != nil {
 		t.Fatalf("valid config: %v", err)
@@ -263,4 +264,54 @@ func TestNodeRecoversFromTornWAL(t *testing.T) {
 	c.propose(ctx, "b", 4, 100, nil)
 	c.waitApplied(200, 30*time.Second)
 	c.checkIdentical()
+}
+
+// TestLeaderPartitioned: the leader is cut off (still running); the others
+// elect a new leader and keep committing; after the partition heals the old
+// leader steps down and converges. Entries confirmed on either side are kept.
+func TestLeaderPartitioned(t *testing.T) {
+	c := newCluster(t, 3, nil)
+	old := c.leader(10 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	confirmed := c.propose(ctx, "a", 4, 100, nil)
+	c.net.Partition(fmt.Sprintf("n%d", old))
+	// The isolated leader cannot commit: ProposeWait there must not succeed.
+	pctx, pcancel := context.WithTimeout(ctx, 500*time.Millisecond)
+	if _, err := c.nodes[old].node().ProposeWait(pctx, []byte("isolated")); err == nil {
+		t.Fatal("an isolated leader confirmed a proposal")
+	}
+	pcancel()
+	var lead uint64
+	deadline := time.Now().Add(10 * time.Second)
+	for lead == 0 || lead == old {
+		if time.Now().After(deadline) {
+			t.Fatal("no new leader on the majority side")
+		}
+		for id, tn := range c.nodes {
+			if id != old && tn.node().Leader() != 0 && tn.node().Leader() != old {
+				lead = tn.node().Leader()
+			}
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	for i := 0; i < 50; i++ {
+		p := fmt.Sprintf("b-%d", i)
+		if _, err := c.nodes[lead].node().ProposeWait(ctx, []byte(p)); err != nil {
+			t.Fatalf("majority side: %v", err)
+		}
+		confirmed[p] = true
+	}
+	c.net.Heal(fmt.Sprintf("n%d", old))
+	c.waitApplied(150, 30*time.Second)
+	log := c.checkIdentical()
+	counts := countOf(log)
+	for p := range confirmed {
+		if counts[p] == 0 {
+			t.Fatalf("confirmed payload %q missing", p)
+		}
+	}
+	if l := c.leader(10 * time.Second); l == 0 {
+		t.Fatal("no leader after heal")
+	}
 }
