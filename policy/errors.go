@@ -22,6 +22,9 @@ var (
 	ErrUnknownAdmin = errors.New("policy admin unknown")
 	// ErrNoPolicy: the watcher has no trusted policy to start from.
 	ErrNoPolicy = errors.New("no trusted policy")
-	// ErrNotMember: a certificate does not chain to any member CA, or is revoked.
+	// ErrNotMember: a certificate does not chain to any member CA, or is
+	// revoked (then the error also wraps ErrRevoked).
 	ErrNotMember = errors.New("certificate of no member")
+	// ErrRevoked: a certificate in the chain is revoked by the policy.
+	ErrRevoked = errors.New("certificate revoked")
 )

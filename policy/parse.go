@@ -8,6 +8,7 @@ import (
 	"crypto/rsa"
 	"crypto/sha256"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
@@ -387,10 +388,18 @@ func (d *Document) validateRelays() error {
 	return nil
 }
 
+// decodeSHA256Hex decodes a SHA-256 written as 64 hex digits or as
+// "sha256/<base64>" (the pin notation relays print).
 func decodeSHA256Hex(s string) ([]byte, error) {
-	b, err := hex.DecodeString(s)
+	var b []byte
+	var err error
+	if b64, ok := strings.CutPrefix(s, "sha256/"); ok {
+		b, err = base64.StdEncoding.DecodeString(b64)
+	} else {
+		b, err = hex.DecodeString(s)
+	}
 	if err != nil || len(b) != sha256.Size {
-		return nil, fmt.Errorf("%q is not 64 hex digits (SHA-256)", s)
+		return nil, fmt.Errorf("%q is not a SHA-256: want 64 hex digits or sha256/<base64>", s)
 	}
 	return b, nil
 }
@@ -541,6 +550,10 @@ func (d *Document) validateAmendment() error {
 		if err := check("amendment.rules."+string(k), t); err != nil {
 			return err
 		}
+		if t.Need(n) < d.Amendment.Default.Need(n) {
+			return fmt.Errorf("amendment.rules.%s: %s (%d of %d members) is weaker than the default %s (%d); per-kind rules can only be stricter",
+				k, t, t.Need(n), n, d.Amendment.Default, d.Amendment.Default.Need(n))
+		}
 	}
 	return nil
 }
@@ -551,4 +564,24 @@ func kindList() string {
 		s[i] = string(k)
 	}
 	return strings.Join(s, ", ")
+}
+
+// MarshalDocument renders d as YAML, for tools that generate policies (such
+// as a demo or an installer), and checks that the result parses and
+// validates. Derived fields (yaml:"-") are ignored. Edit the returned bytes
+// freely: from then on, the bytes are the policy.
+func MarshalDocument(d *Document) ([]byte, error) {
+	var b bytes.Buffer
+	enc := yaml.NewEncoder(&b)
+	enc.SetIndent(2)
+	if err := enc.Encode(d); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if err := enc.Close(); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrMalformed, err)
+	}
+	if _, err := parseDocument(b.Bytes()); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }

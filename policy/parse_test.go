@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
@@ -95,7 +96,7 @@ func TestMemberForCertificate(t *testing.T) {
 	if m, err := g.MemberForCertificate([][]*x509.Certificate{{leafX}, {leaf2, c.CAs["m2"].Cert}}); err != nil || m.ID != "m2" {
 		t.Fatalf("second chain: %v %v", m, err)
 	}
-	if _, err := g.MemberForCertificate([][]*x509.Certificate{{revoked}}); !errors.Is(err, policy.ErrNotMember) || !strings.Contains(err.Error(), "revoked") {
+	if _, err := g.MemberForCertificate([][]*x509.Certificate{{revoked}}); !errors.Is(err, policy.ErrNotMember) || !errors.Is(err, policy.ErrRevoked) {
 		t.Fatalf("revoked: %v", err)
 	}
 	if _, err := g.MemberForCertificate([][]*x509.Certificate{{leafX}}); !errors.Is(err, policy.ErrNotMember) {
@@ -104,12 +105,44 @@ func TestMemberForCertificate(t *testing.T) {
 	if _, err := g.MemberForCertificate(nil); !errors.Is(err, policy.ErrNotMember) {
 		t.Fatalf("none: %v", err)
 	}
+	if err := g.VerifyMemberCertificate("m1", []*x509.Certificate{leaf1}, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := g.VerifyMemberCertificate("m2", []*x509.Certificate{leaf1}, time.Now()); !errors.Is(err, policy.ErrNotMember) {
+		t.Fatalf("m1's certificate as m2: %v", err)
+	}
+	if err := g.VerifyMemberCertificate("m1", []*x509.Certificate{leaf1}, time.Now().Add(60*24*time.Hour)); !errors.Is(err, policy.ErrNotMember) {
+		t.Fatalf("expired certificate: %v", err)
+	}
 	// Revocation by key: a new policy revoking leaf1's SPKI.
 	v2 := c.Next(t, g, func(d *policy.Document) {
 		d.Revocations.Certificates = append(d.Revocations.Certificates, &policy.RevokedCert{SPKISHA256: spkiHex(leaf1)})
 	})
-	if _, err := v2.MemberForCertificate([][]*x509.Certificate{{leaf1}}); !errors.Is(err, policy.ErrNotMember) {
+	if _, err := v2.MemberForCertificate([][]*x509.Certificate{{leaf1}}); !errors.Is(err, policy.ErrRevoked) {
 		t.Fatalf("revoked by SPKI: %v", err)
+	}
+	// The relay pin notation sha256/<base64> is accepted as well as hex.
+	v3 := c.Next(t, v2, func(d *policy.Document) {
+		d.Revocations.Certificates = []*policy.RevokedCert{{SPKISHA256: "sha256/" + spkiB64(leaf2)}}
+	})
+	if _, err := v3.MemberForCertificate([][]*x509.Certificate{{leaf2}}); !errors.Is(err, policy.ErrRevoked) {
+		t.Fatalf("revoked by SPKI (base64 pin): %v", err)
+	}
+}
+
+func TestMarshalDocument(t *testing.T) {
+	c := policytest.New(t, 2)
+	b, err := policy.MarshalDocument(c.Template)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := policytest.MustParse(t, b)
+	if !policy.Compare(c.Genesis(t), p).Empty() {
+		t.Fatal("MarshalDocument changed the meaning")
+	}
+	c.Template.Relays = nil
+	if _, err := policy.MarshalDocument(c.Template); !errors.Is(err, policy.ErrMalformed) {
+		t.Fatalf("invalid document marshalled: %v", err)
 	}
 }
 
@@ -183,6 +216,9 @@ func TestParseRejects(t *testing.T) {
 		{"unknown change kind", edit(func(d *policy.Document) {
 			d.Amendment.Rules = map[policy.ChangeKind]policy.Threshold{"coup": policy.Unanimous()}
 		}), "unknown change kind"},
+		{"per-kind rule weaker than the default", edit(func(d *policy.Document) {
+			d.Amendment.Rules = map[policy.ChangeKind]policy.Threshold{policy.KindACLChanged: policy.Count(1)}
+		}), "can only be stricter"},
 		{"bad threshold", text("consortium: test\n", "consortium: test\namendment:\n  default: most\n"), "bad threshold"},
 		{"not UTF-8", append([]byte("format: \xff\n"), good...), "UTF-8"},
 		{"no trailing newline", good[:len(good)-1], "end with a newline"},

@@ -253,13 +253,29 @@ func (p *Policy) memberForChain(chain []*x509.Certificate, at time.Time) (*Membe
 		}
 		for _, vc := range verified {
 			if rc := p.revokedInChain(m.ID, vc); rc != nil {
-				why = fmt.Errorf("%w: certificate %q of member %s is revoked (serial %s)", ErrNotMember, rc.Subject, m.ID, rc.SerialNumber)
+				why = fmt.Errorf("%w: %w: certificate %q of member %s (serial %s) is revoked by policy version %d", ErrNotMember, ErrRevoked, rc.Subject, m.ID, rc.SerialNumber, p.d.Version)
 				continue
 			}
 			return m, nil
 		}
 	}
 	return nil, why
+}
+
+// VerifyMemberCertificate checks that chain (leaf first, then any
+// intermediates) is a valid, unrevoked identity of member at time at.
+func (p *Policy) VerifyMemberCertificate(member string, chain []*x509.Certificate, at time.Time) error {
+	if p.members[member] == nil {
+		return fmt.Errorf("%w: %q is not a member in policy version %d", ErrNotMember, member, p.d.Version)
+	}
+	m, err := p.MemberForCertificateAt([][]*x509.Certificate{chain}, at)
+	if err != nil {
+		return err
+	}
+	if m.ID != member {
+		return fmt.Errorf("%w: the certificate belongs to member %s, not %s", ErrNotMember, m.ID, member)
+	}
+	return nil
 }
 
 // revokedInChain returns the first revoked certificate of a verified chain.
