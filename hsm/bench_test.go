@@ -22,6 +22,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/miekg/pkcs11"
 
@@ -113,6 +114,87 @@ func BenchmarkSign(b *testing.B) {
 				_, err := ecdsa.SignASN1(rand.Reader, goKey, d)
 				return err
 			})
+		})
+	}
+}
+
+// BenchmarkSignPoolVsRaw measures the pool against raw sessions in
+// alternating bursts (each iteration: 64 signatures through the pool with N
+// callers, then 64 through N raw sessions), so that load from other
+// processes on a shared machine hits both alike. Reports both rates and the
+// ratio pool/raw (target >= 0.9).
+func BenchmarkSignPoolVsRaw(b *testing.B) {
+	tok := hsmtest.NewToken(b, "bench")
+	s := tok.NewKey(b, "tls")
+	ctx := pkcs11.New(tok.Module)
+	if ctx == nil {
+		b.Fatal("pkcs11.New failed")
+	}
+	defer ctx.Destroy()
+	if err := ctx.Initialize(); err != nil && !errors.Is(err, pkcs11.Error(pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED)) {
+		b.Fatal(err)
+	}
+	slot := findSlot(b, ctx, tok.Label)
+	mech := []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}
+	digest := sha256.Sum256([]byte("benchmark"))
+	const burst = 64
+	for _, n := range []int{1, 2, 4, 8} {
+		b.Run(fmt.Sprintf("n=%d", n), func(b *testing.B) {
+			sessions := make([]pkcs11.SessionHandle, n)
+			keys := make([]pkcs11.ObjectHandle, n)
+			for i := range sessions {
+				sh, err := ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION)
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer ctx.CloseSession(sh)
+				sessions[i], keys[i] = sh, findPrivateKey(b, ctx, sh, "tls")
+			}
+			run := func(sign func(w int) error) (time.Duration, error) {
+				var wg sync.WaitGroup
+				var next atomic.Int64
+				errs := make(chan error, n)
+				start := time.Now()
+				for w := 0; w < n; w++ {
+					wg.Add(1)
+					go func() {
+						defer wg.Done()
+						for next.Add(1) <= burst {
+							if err := sign(w); err != nil {
+								errs <- err
+								return
+							}
+						}
+					}()
+				}
+				wg.Wait()
+				close(errs)
+				return time.Since(start), <-errs
+			}
+			var poolT, rawT time.Duration
+			for b.Loop() {
+				d, err := run(func(int) error { _, err := s.Sign(nil, digest[:], crypto.SHA256); return err })
+				if err != nil {
+					b.Fatal(err)
+				}
+				poolT += d
+				d, err = run(func(w int) error {
+					if err := ctx.SignInit(sessions[w], mech, keys[w]); err != nil {
+						return err
+					}
+					_, err := ctx.Sign(sessions[w], digest[:])
+					return err
+				})
+				if err != nil {
+					b.Fatal(err)
+				}
+				rawT += d
+			}
+			sigs := float64(b.N * burst)
+			b.ReportMetric(sigs/poolT.Seconds(), "pool_signs/s")
+			b.ReportMetric(sigs/rawT.Seconds(), "raw_signs/s")
+			b.ReportMetric(rawT.Seconds()/poolT.Seconds(), "pool/raw")
+			b.ReportMetric(0, "ns/op")
 		})
 	}
 }

@@ -1,6 +1,7 @@
 package hsm
 
 import (
+	"bytes"
 	"context"
 	"crypto"
 	"crypto/ecdh"
@@ -28,8 +29,10 @@ func mustMarshal(v any) []byte {
 }
 
 var (
-	p256N     = elliptic.P256().Params().N
-	p256HalfN = new(big.Int).Rsh(p256N, 1)
+	p256N          = elliptic.P256().Params().N
+	p256HalfN      = new(big.Int).Rsh(p256N, 1)
+	p256NBytes     = [32]byte(p256N.FillBytes(make([]byte, 32)))
+	p256HalfNBytes = [32]byte(p256HalfN.FillBytes(make([]byte, 32)))
 )
 
 type ecdsaSig struct{ R, S *big.Int }
@@ -41,12 +44,47 @@ func rawToLowSDER(raw []byte) ([]byte, error) {
 	if len(raw) != 64 {
 		return nil, fmt.Errorf("ECDSA P-256 signature from HSM has length %d, want 64 (r||s)", len(raw))
 	}
-	r := new(big.Int).SetBytes(raw[:32])
-	s := new(big.Int).SetBytes(raw[32:])
-	if r.Sign() == 0 || s.Sign() == 0 || r.Cmp(p256N) >= 0 || s.Cmp(p256N) >= 0 {
+	r, sv := raw[:32], raw[32:]
+	if isZero(r) || isZero(sv) || bytes.Compare(r, p256NBytes[:]) >= 0 || bytes.Compare(sv, p256NBytes[:]) >= 0 {
 		return nil, errors.New("ECDSA signature from HSM has r or s out of range")
 	}
-	return marshalLowS(r, s)
+	if bytes.Compare(sv, p256HalfNBytes[:]) > 0 {
+		var low [32]byte
+		new(big.Int).Sub(p256N, new(big.Int).SetBytes(sv)).FillBytes(low[:])
+		sv = low[:]
+	}
+	// DER: SEQUENCE { INTEGER r, INTEGER s }, at most 2+2*(2+33) = 72 bytes,
+	// so every length fits in one byte. Hand-encoded: this runs on every
+	// signature and encoding/asn1 costs more than the rest of the pool.
+	out := make([]byte, 2, 72)
+	out[0] = 0x30
+	out = appendDERInt(out, r)
+	out = appendDERInt(out, sv)
+	out[1] = byte(len(out) - 2)
+	return out, nil
+}
+
+func isZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}
+
+// appendDERInt appends a positive big-endian integer as a DER INTEGER.
+func appendDERInt(out, v []byte) []byte {
+	for len(v) > 1 && v[0] == 0 {
+		v = v[1:]
+	}
+	n := len(v)
+	if v[0]&0x80 != 0 {
+		out = append(out, 0x02, byte(n+1), 0)
+	} else {
+		out = append(out, 0x02, byte(n))
+	}
+	return append(out, v...)
 }
 
 func marshalLowS(r, s *big.Int) ([]byte, error) {

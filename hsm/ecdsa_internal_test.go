@@ -5,6 +5,7 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/asn1"
 	"math/big"
 	"testing"
 )
@@ -33,9 +34,9 @@ func TestRawToLowSDER(t *testing.T) {
 			if !IsLowS(der) || !ecdsa.VerifyASN1(&key.PublicKey, d[:], der) {
 				t.Fatalf("raw %x -> %x: not low-S or does not verify", raw, der)
 			}
-			again, err := ToLowS(der)
+			again, err := ToLowS(der) // encoding/asn1 path
 			if err != nil || string(again) != string(der) {
-				t.Fatalf("ToLowS not idempotent: %v", err)
+				t.Fatalf("hand-made DER %x differs from encoding/asn1's %x (%v)", der, again, err)
 			}
 		}
 	}
@@ -82,10 +83,42 @@ func FuzzParseECPoint(f *testing.F) {
 func FuzzRawToLowSDER(f *testing.F) {
 	f.Add(make([]byte, 64))
 	f.Add(append([]byte{1}, make([]byte, 63)...))
+	f.Add(append(append([]byte{0x80}, make([]byte, 31)...), append([]byte{0, 0, 1}, make([]byte, 29)...)...))
 	f.Fuzz(func(t *testing.T, raw []byte) {
 		der, err := rawToLowSDER(raw)
-		if err == nil && !IsLowS(der) {
+		if err != nil {
+			return
+		}
+		if !IsLowS(der) {
 			t.Fatalf("not low-S: %x", der)
 		}
+		ref, err := ToLowS(der) // re-encoded by encoding/asn1
+		if err != nil || string(ref) != string(der) {
+			t.Fatalf("DER %x is not canonical (asn1 gives %x, %v)", der, ref, err)
+		}
+		var sig ecdsaSig
+		if _, err := asn1.Unmarshal(der, &sig); err != nil {
+			t.Fatal(err)
+		}
+		r := new(big.Int).SetBytes(raw[:32])
+		s := new(big.Int).SetBytes(raw[32:])
+		if sig.R.Cmp(r) != 0 || (sig.S.Cmp(s) != 0 && new(big.Int).Add(sig.S, s).Cmp(p256N) != 0) {
+			t.Fatalf("r or s changed: %x -> %x", raw, der)
+		}
 	})
+}
+
+func BenchmarkRawToLowSDER(b *testing.B) {
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	d := sha256.Sum256([]byte("x"))
+	r, s, _ := ecdsa.Sign(rand.Reader, key, d[:])
+	s = new(big.Int).Sub(p256N, s) // high or low, either way once
+	raw := make([]byte, 64)
+	r.FillBytes(raw[:32])
+	s.FillBytes(raw[32:])
+	for b.Loop() {
+		if _, err := rawToLowSDER(raw); err != nil {
+			b.Fatal(err)
+		}
+	}
 }

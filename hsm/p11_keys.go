@@ -37,7 +37,7 @@ func GenerateKey(uri string, opts *Options) (*KeyInfo, error) {
 		return nil, err
 	}
 	defer t.close()
-	sh, err := t.openSession()
+	sh, err := t.openSession(true)
 	if err != nil {
 		return nil, err
 	}
@@ -110,7 +110,7 @@ func ListKeys(tokenURI string, opts *Options) ([]KeyInfo, error) {
 		return nil, err
 	}
 	defer t.close()
-	sh, err := t.openSession()
+	sh, err := t.openSession(false)
 	if err != nil {
 		return nil, err
 	}

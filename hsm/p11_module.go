@@ -201,16 +201,21 @@ func (t *token) currentSlot() uint {
 	return t.slot
 }
 
-// openSession opens a read-write session on the token and logs in. Login
-// state belongs to the application, so CKR_USER_ALREADY_LOGGED_IN is fine.
-func (t *token) openSession() (pkcs11.SessionHandle, error) {
+// openSession opens a session on the token (read-write if rw: key
+// generation; signing needs only read-only) and logs in. Login state
+// belongs to the application, so CKR_USER_ALREADY_LOGGED_IN is fine.
+func (t *token) openSession(rw bool) (pkcs11.SessionHandle, error) {
+	flags := uint(pkcs11.CKF_SERIAL_SESSION)
+	if rw {
+		flags |= pkcs11.CKF_RW_SESSION
+	}
 	slot := t.currentSlot()
-	sh, err := t.mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+	sh, err := t.mod.ctx.OpenSession(slot, flags)
 	if err != nil && tokenLost(err) {
 		if slot, err = t.findSlot(); err != nil {
 			return 0, err
 		}
-		sh, err = t.mod.ctx.OpenSession(slot, pkcs11.CKF_SERIAL_SESSION|pkcs11.CKF_RW_SESSION)
+		sh, err = t.mod.ctx.OpenSession(slot, flags)
 	}
 	if err != nil {
 		return 0, fmt.Errorf("token %q in %s: C_OpenSession: %w", t.label, t.mod.path, err)

@@ -36,7 +36,7 @@ func (p *sessionPool) get() (pkcs11.SessionHandle, error) {
 	case sh := <-p.idle:
 		return sh, nil
 	case p.sem <- struct{}{}:
-		sh, err := p.tok.openSession()
+		sh, err := p.tok.openSession(false)
 		if err != nil {
 			<-p.sem
 			return 0, err
@@ -216,6 +216,9 @@ func keyTypeName(kt uint) string {
 
 func (s *p11Signer) Public() crypto.PublicKey { return s.pub }
 
+// ecdsaMech is CKM_ECDSA (raw hash in, r||s out); read-only, shared.
+var ecdsaMech = []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}
+
 // maxSignAttempts bounds retries after a lost session.
 const maxSignAttempts = 3
 
@@ -282,7 +285,7 @@ func (s *p11Signer) signOnce(sh pkcs11.SessionHandle, digest []byte) ([]byte, er
 	s.keyMu.Lock()
 	key := s.key
 	s.keyMu.Unlock()
-	if err := s.tok.mod.ctx.SignInit(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_ECDSA, nil)}, key); err != nil {
+	if err := s.tok.mod.ctx.SignInit(sh, ecdsaMech, key); err != nil {
 		return nil, err
 	}
 	return s.tok.mod.ctx.Sign(sh, digest)
