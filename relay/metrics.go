@@ -1,6 +1,7 @@
 package relay
 
 import (
+	"errors"
 	"sync"
 	"sync/atomic"
 
@@ -45,18 +46,12 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 		m.dropped.WithLabelValues(r) // export zeroes
 	}
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.dropped, m.forwarded, m.fwdBytes, m.conns} {
-			if err := reg.Register(c); err != nil {
-				// Already registered (a second server in one process): use
-				// the existing collector so counts are not lost.
-				if are, ok := err.(prometheus.AlreadyRegisteredError); ok {
-					switch c.(type) {
-					case *prometheus.CounterVec:
-						m.dropped = are.ExistingCollector.(*prometheus.CounterVec)
-					}
-				}
-			}
-		}
+		// A second server or client on one registry shares the first one's
+		// collectors, so the exported counts cover both.
+		m.dropped = register(reg, m.dropped)
+		m.forwarded = register(reg, m.forwarded)
+		m.fwdBytes = register(reg, m.fwdBytes)
+		m.conns = register(reg, m.conns)
 	}
 	return m
 }
@@ -89,4 +84,16 @@ func (m *metrics) snapshot() map[string]uint64 {
 		}
 	}
 	return out
+}
+
+func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
+	if err := reg.Register(c); err != nil {
+		var are prometheus.AlreadyRegisteredError
+		if errors.As(err, &are) {
+			if existing, ok := are.ExistingCollector.(C); ok {
+				return existing
+			}
+		}
+	}
+	return c
 }

@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
 	"github.com/memberd/memberd/relay/relaytest"
@@ -442,4 +443,31 @@ func TestConfigValidate(t *testing.T) {
 	if _, err := NewServer(ServerConfig{ID: "r"}); !errors.Is(err, ErrConfig) {
 		t.Fatalf("server without identity: %v", err)
 	}
+}
+
+func TestMetricsRegistered(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m1 := newMetrics(reg, "memberd_relay", "relay")
+	m2 := newMetrics(reg, "memberd_relay", "relay") // shares m1's collectors
+	m1.drop(DropACL)
+	m2.drop(DropACL)
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "memberd_relay_dropped_packets_total" {
+			continue
+		}
+		if len(mf.GetMetric()) != 7 {
+			t.Fatalf("%d series, want one per reason", len(mf.GetMetric()))
+		}
+		for _, m := range mf.GetMetric() {
+			if m.GetLabel()[0].GetValue() == DropACL && m.GetCounter().GetValue() != 2 {
+				t.Fatalf("acl drops exported = %v, want 2", m.GetCounter().GetValue())
+			}
+		}
+		return
+	}
+	t.Fatal("memberd_relay_dropped_packets_total not exported")
 }
