@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/node/raftlog/raftlogtest"
 	"go.uber.org/goleak"
 )
 
@@ -313,5 +314,100 @@ func TestLeaderPartitioned(t *testing.T) {
 	}
 	if l := c.leader(10 * time.Second); l == 0 {
 		t.Fatal("no leader after heal")
+	}
+}
+
+// TestStalledPeerDoesNotBlock: node 3 accepts the connection and the
+// handshake, then never reads. The other two keep committing (the test
+// fails on its context deadline if the leader's loop blocks on node 3).
+func TestStalledPeerDoesNotBlock(t *testing.T) {
+	entries, size := 400, 16<<10
+	if testing.Short() {
+		entries = 200
+	}
+	c := newCluster(t, 3, func(cfg *Config) { cfg.SendQueue = 8; cfg.WriteTimeout = time.Minute })
+	c.stop(3)
+	ln, err := c.net.Listen("n3")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stalled := make(chan net.Conn, 8)
+	go func() {
+		for {
+			conn, err := ln.Accept()
+			if err != nil {
+				close(stalled)
+				return
+			}
+			fr := frameReader{r: conn, max: 4096}
+			if _, p, err := fr.next(); err == nil {
+				h, _ := parseHello(p)
+				conn.Write(appendFrame(nil, frameHello, hello{From: 3, To: h.From, Cluster: h.Cluster}.marshal()))
+			}
+			stalled <- conn // never read again
+		}
+	}()
+	defer func() {
+		ln.Close()
+		for conn := range stalled {
+			conn.Close()
+		}
+	}()
+	lead := c.leader(10 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	payload := make([]byte, size)
+	start := time.Now()
+	var wg sync.WaitGroup
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < entries/8; i++ {
+				if _, err := c.nodes[lead].node().ProposeWait(ctx, payload); err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	st := c.nodes[lead].node().Status()
+	t.Logf("%d entries of %d KiB in %v with node 3 stalled; leader transport %+v", entries, size>>10, time.Since(start), st.Transport)
+	// raft's own flow control (MaxInflightMsgs, probing) keeps most traffic
+	// away from a peer that never acknowledges; the queue bound is tested in
+	// TestSendQueueBound.
+}
+
+// TestApplyErrorStopsNode: an Apply error is fatal; Run returns it and
+// waiting proposers get ErrClosed.
+func TestApplyErrorStopsNode(t *testing.T) {
+	nw := raftlogtest.NewNetwork()
+	ln, err := nw.Listen("n1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	boom := errors.New("block store full")
+	n, err := New(Config{ID: 1, Cluster: "c", Peers: []Peer{{ID: 1}}, Dir: t.TempDir(),
+		Dialer: nw.Dialer("n1"), Listener: ln, TickInterval: 10 * time.Millisecond,
+		Apply: func(_ context.Context, c Commit) error {
+			if len(c.Entries) > 0 {
+				return boom
+			}
+			return nil
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n.Close()
+	done := make(chan error, 1)
+	go func() { done <- n.Run(context.Background()) }()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := n.ProposeWait(ctx, []byte("x")); !errors.Is(err, ErrClosed) {
+		t.Errorf("ProposeWait = %v, want ErrClosed", err)
+	}
+	if err := <-done; !errors.Is(err, boom) {
+		t.Errorf("Run = %v, want the Apply error", err)
 	}
 }
