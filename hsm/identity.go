@@ -252,6 +252,36 @@ func sameChain(a, b []*x509.Certificate) bool {
 	return true
 }
 
+// maxIdentityFile bounds identity.yaml.
+const maxIdentityFile = 64 << 10
+
+// parseIdentityFile reads identity.yaml: "key: URI" and/or "keys: [URI...]";
+// unknown fields are an error. It returns the key references, key first.
+func parseIdentityFile(b []byte) ([]string, error) {
+	if len(b) > maxIdentityFile {
+		return nil, fmt.Errorf("larger than %d bytes", maxIdentityFile)
+	}
+	var f identityFile
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&f); err != nil {
+		return nil, fmt.Errorf("%v (want 'keys: [pkcs11:...]' or 'key: pkcs11:...')", err)
+	}
+	uris := f.Keys
+	if f.Key != "" {
+		uris = append([]string{f.Key}, uris...)
+	}
+	if len(uris) == 0 {
+		return nil, errors.New("lists no key (want 'keys: [pkcs11:...]')")
+	}
+	for i, u := range uris {
+		if u == "" {
+			return nil, fmt.Errorf("key %d is empty", i+1)
+		}
+	}
+	return uris, nil
+}
+
 // load builds the identity the folder names now. Called with reloadMu.
 func (p *IdentityProvider) load() (*Identity, error) {
 	idPath := filepath.Join(p.dir, IdentityFile)
@@ -259,18 +289,9 @@ func (p *IdentityProvider) load() (*Identity, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v: create %s listing the key URIs (keys: [pkcs11:...])", ErrNoIdentity, err, idPath)
 	}
-	var f identityFile
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&f); err != nil {
-		return nil, fmt.Errorf("%w: %s: %v (want 'keys: [pkcs11:...]' or 'key: pkcs11:...')", ErrNoIdentity, idPath, err)
-	}
-	uris := f.Keys
-	if f.Key != "" {
-		uris = append([]string{f.Key}, uris...)
-	}
-	if len(uris) == 0 {
-		return nil, fmt.Errorf("%w: %s lists no key (want 'keys: [pkcs11:...]')", ErrNoIdentity, idPath)
+	uris, err := parseIdentityFile(b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s: %v", ErrNoIdentity, idPath, err)
 	}
 	// Open keys not yet open.
 	for _, uri := range uris {

@@ -1,0 +1,102 @@
+package hsm
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"reflect"
+	"testing"
+)
+
+func TestParseIdentityFile(t *testing.T) {
+	for _, tc := range []struct {
+		name, in string
+		want     []string
+	}{
+		{"key", "key: pkcs11:token=a;object=b\n", []string{"pkcs11:token=a;object=b"}},
+		{"keys", "keys:\n  - pkcs11:object=a\n  - pkcs11:object=b\n", []string{"pkcs11:object=a", "pkcs11:object=b"}},
+		{"both", "key: k0\nkeys: [k1]\n", []string{"k0", "k1"}},
+		{"empty", "", nil},
+		{"unknown field", "keyz: x\n", nil},
+		{"empty entry", "keys: ['']\n", nil},
+		{"not yaml", "keys: [\n", nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := parseIdentityFile([]byte(tc.in))
+			if tc.want == nil {
+				if err == nil {
+					t.Fatalf("accepted: %v", got)
+				}
+				return
+			}
+			if err != nil || !reflect.DeepEqual(got, tc.want) {
+				t.Fatalf("got %v, %v; want %v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+func FuzzParseIdentityFile(f *testing.F) {
+	f.Add([]byte("key: pkcs11:token=a;object=b\n"))
+	f.Add([]byte("keys:\n  - pkcs11:object=a\n  - file:/k.pem\n"))
+	f.Add([]byte("keys: &a [*a]\n"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		uris, err := parseIdentityFile(b)
+		if err == nil && len(uris) == 0 {
+			t.Fatal("no error and no keys")
+		}
+	})
+}
+
+func TestReadPIN(t *testing.T) {
+	dir := t.TempDir()
+	pinFile := filepath.Join(dir, "pin")
+	if err := os.WriteFile(pinFile, []byte("1234\r\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	empty := filepath.Join(dir, "empty")
+	if err := os.WriteFile(empty, []byte("\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "hsm-pin"), []byte("5678"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", dir)
+	for _, tc := range []struct {
+		name string
+		u    URI
+		opts *Options
+		want string
+		err  error
+	}{
+		{"file:", URI{PINSource: "file:" + pinFile}, nil, "1234", nil},
+		{"file:///", URI{PINSource: "file://" + pinFile}, nil, "1234", nil},
+		{"bare path", URI{PINSource: pinFile}, nil, "1234", nil},
+		{"systemd credential", URI{PINSource: "cred:hsm-pin"}, nil, "5678", nil},
+		{"credential with slash", URI{PINSource: "cred:../pin"}, nil, "", ErrPINSource},
+		{"missing file", URI{PINSource: "file:" + filepath.Join(dir, "nope")}, nil, "", ErrPINSource},
+		{"empty file", URI{PINSource: "file:" + empty}, nil, "", ErrPINSource},
+		{"relative", URI{PINSource: "pin.txt"}, nil, "", ErrPINSource},
+		{"no PIN", URI{}, nil, "", nil},
+		{"pin-value refused", URI{PINValue: "1"}, nil, "", ErrPINValueRefused},
+		{"pin-value allowed", URI{PINValue: "1"}, &Options{AllowPINValue: true}, "1", nil},
+		{"both", URI{PINValue: "1", PINSource: "file:" + pinFile}, &Options{AllowPINValue: true}, "", ErrBadURI},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := readPIN(&tc.u, tc.opts)
+			if tc.err != nil {
+				if !errors.Is(err, tc.err) {
+					t.Fatalf("got %q, %v; want %v", got, err, tc.err)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %q, %v; want %q", got, err, tc.want)
+			}
+		})
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", "")
+	if _, err := readPIN(&URI{PINSource: "cred:hsm-pin"}, nil); !errors.Is(err, ErrPINSource) {
+		t.Fatalf("credential without CREDENTIALS_DIRECTORY: %v", err)
+	}
+}
