@@ -139,7 +139,10 @@ type Client struct {
 	cfg    ClientConfig
 	log    *slog.Logger
 	m      *metrics
-	relays []*relayConn
+	relays atomic.Pointer[[]*relayConn] // replaced by SetRelays, never mutated
+	dialer *dialer
+	ctx    context.Context // cancelled by Close
+	setMu  sync.Mutex      // serialises SetRelays and Close
 	recv   chan inPacket
 
 	cancel    context.CancelFunc
@@ -155,8 +158,9 @@ type inPacket struct {
 
 // relayConn is the client's state for one relay.
 type relayConn struct {
-	info RelayInfo
-	cur  atomic.Pointer[link]
+	info   RelayInfo
+	cur    atomic.Pointer[link]
+	cancel context.CancelFunc
 
 	mu        sync.Mutex
 	state     string
@@ -196,16 +200,55 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		quicTimeout: cfg.QUICTimeout, tcpTimeout: cfg.TCPTimeout, keepAlive: cfg.KeepAlive,
 		proxy: proxyFor(cfg.Proxy, env), queueLen: cfg.QueueLen,
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	c.cancel = cancel
-	for _, r := range cfg.Relays {
-		rc := &relayConn{info: r, state: "connecting", since: time.Now()}
-		c.relays = append(c.relays, rc)
-		rd := *d
-		rd.drop = func(reason string) { rc.drops.Add(1); c.m.drop(reason) }
-		c.g.Go(func() error { c.runRelay(ctx, rc, &rd); return nil })
+	c.dialer = d
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.relays.Store(&[]*relayConn{})
+	if err := c.SetRelays(cfg.Relays); err != nil {
+		c.Close()
+		return nil, err
 	}
 	return c, nil
+}
+
+// SetRelays replaces the relay list (after a policy change): relays that
+// stay (same id, address and pin) keep their connections, new ones are
+// dialled, removed ones are disconnected. The order is the preference
+// order for sending.
+func (c *Client) SetRelays(relays []RelayInfo) error {
+	cfg := c.cfg
+	cfg.Relays = relays
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	c.setMu.Lock()
+	defer c.setMu.Unlock()
+	if c.ctx.Err() != nil {
+		return net.ErrClosed
+	}
+	old := map[RelayInfo]*relayConn{}
+	for _, rc := range *c.relays.Load() {
+		old[rc.info] = rc
+	}
+	next := make([]*relayConn, 0, len(relays))
+	for _, r := range relays {
+		if rc, ok := old[r]; ok {
+			next = append(next, rc)
+			delete(old, r)
+			continue
+		}
+		rctx, rcancel := context.WithCancel(c.ctx)
+		rc := &relayConn{info: r, state: "connecting", since: time.Now(), cancel: rcancel}
+		next = append(next, rc)
+		rd := *c.dialer
+		rd.drop = func(reason string) { rc.drops.Add(1); c.m.drop(reason) }
+		c.g.Go(func() error { c.runRelay(rctx, rc, &rd); return nil })
+	}
+	c.relays.Store(&next)
+	for _, rc := range old {
+		c.log.Info("relay removed from the list: disconnecting", "relay", rc.info.ID)
+		rc.cancel()
+	}
+	return nil
 }
 
 // WaitReady blocks until at least one relay is connected, or ctx ends.
@@ -415,7 +458,7 @@ func (c *Client) healthy(rc *relayConn, now time.Time) *link {
 // so all packets of a flow use one relay while it lives.
 func (c *Client) pick() *link {
 	now := time.Now()
-	for _, rc := range c.relays {
+	for _, rc := range *c.relays.Load() {
 		if l := c.healthy(rc, now); l != nil {
 			return l
 		}
@@ -483,7 +526,9 @@ func (c *Client) MaxPacketSize() int {
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.done)
+		c.setMu.Lock()
 		c.cancel()
+		c.setMu.Unlock()
 		_ = c.g.Wait()
 	})
 	return nil
@@ -510,8 +555,9 @@ type RelayStatus struct {
 func (c *Client) Status() []RelayStatus {
 	now := time.Now()
 	active := c.pick()
-	out := make([]RelayStatus, 0, len(c.relays))
-	for _, rc := range c.relays {
+	relays := *c.relays.Load()
+	out := make([]RelayStatus, 0, len(relays))
+	for _, rc := range relays {
 		rc.mu.Lock()
 		st := RelayStatus{
 			ID: rc.info.ID, Addr: rc.info.Addr, State: rc.state, RTT: rc.rtt,

@@ -471,3 +471,31 @@ func TestMetricsRegistered(t *testing.T) {
 	}
 	t.Fatal("memberd_relay_dropped_packets_total not exported")
 }
+
+// SetRelays keeps the connections of relays that stay, dials added ones and
+// drops removed ones.
+func TestSetRelays(t *testing.T) {
+	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1", "relay-2"})
+	r1, r2 := n.startRelay("relay-1", nil), n.startRelay("relay-2", nil)
+	a := n.member("bank-a", func(c *ClientConfig) { c.Relays = c.Relays[:1] })
+	waitReady(t, a)
+	since := a.Status()[0].Since
+	if err := a.SetRelays(n.infos); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "bank-a on relay-2", func() bool { return contains(r2.srv.Members(), "bank-a") })
+	if s := a.Status()[0]; s.ID != "relay-1" || !s.Since.Equal(since) || s.State != "up" {
+		t.Fatalf("relay-1 connection not kept: %+v", s)
+	}
+	if err := a.SetRelays(n.infos[1:]); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "bank-a off relay-1", func() bool { return !contains(r1.srv.Members(), "bank-a") })
+	st := a.Status()
+	if len(st) != 1 || st[0].ID != "relay-2" || !st[0].Healthy {
+		t.Fatalf("status after SetRelays: %s", fmtStatus(st))
+	}
+	if err := a.SetRelays(nil); !errors.Is(err, ErrConfig) {
+		t.Fatalf("SetRelays(nil) = %v, want ErrConfig", err)
+	}
+}
