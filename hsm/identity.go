@@ -385,7 +385,9 @@ func better(a, b *Identity) bool {
 
 // Run watches the folder until ctx is done and reloads on changes (and
 // every Recheck). Errors of a reload are logged; the old identity stays.
-// It returns ctx's error, or an error if the folder cannot be watched.
+// It returns ctx's error, ErrClosed once the provider is closed, or an
+// error if the folder cannot be watched. Watch the folder itself: files in
+// it may be replaced in any way (atomic rename, symlink swap, editor).
 func (p *IdentityProvider) Run(ctx context.Context) error {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
@@ -425,6 +427,9 @@ func (p *IdentityProvider) Run(ctx context.Context) error {
 			reload("file change")
 		case <-recheck.C:
 			reload("periodic")
+		}
+		if p.closed.Load() {
+			return fmt.Errorf("identity folder %s: %w", p.dir, ErrClosed)
 		}
 	}
 }
