@@ -487,6 +487,11 @@ func (n *Node) propose(ctx context.Context, data []byte, wait bool) (uint64, err
 	if err := n.waitStarted(ctx); err != nil {
 		return 0, err
 	}
+	select {
+	case <-n.done:
+		return 0, ErrClosed // Run has returned: nothing would take the proposal
+	default:
+	}
 	seq := n.seq.Add(1)
 	buf := make([]byte, propHeaderLen, propHeaderLen+len(data))
 	buf[0] = propVersion
