@@ -7,9 +7,9 @@
 //	signer := tok.NewKey(t, "tls")      // P-256 key generated in the token
 //	uri := tok.KeyURI("tls")            // pkcs11:token=member-a;object=tls?module-path=...&pin-source=file:...
 //
-// Several tokens made by one test share that test's directory (the PKCS#11
-// module is loaded once per process and reads SOFTHSM2_CONF only when it is
-// initialised). Everything opened through a Token is closed at test cleanup;
+// Several tokens made by one test (and its subtests) share that test's
+// directory (the PKCS#11 module is loaded once per process and reads
+// SOFTHSM2_CONF only when it is initialised). Everything opened through a Token is closed at test cleanup;
 // tests that open signers themselves must close them (t.Cleanup) so that the
 // module is finalised before the next test points it at a new directory.
 //
@@ -72,6 +72,21 @@ func testDirFor(tb testing.TB) (d *testDir, first bool) {
 	defer mu.Unlock()
 	if d := dirs[tb]; d != nil {
 		return d, false
+	}
+	// A subtest shares the directory of its (still running) parent test,
+	// whose signers may hold the module initialised on it.
+	if conf := os.Getenv("SOFTHSM2_CONF"); conf != "" {
+		for _, live := range dirs {
+			if live.conf == conf {
+				dirs[tb] = live
+				tb.Cleanup(func() {
+					mu.Lock()
+					delete(dirs, tb)
+					mu.Unlock()
+				})
+				return live, false
+			}
+		}
 	}
 	root := tb.TempDir()
 	d = &testDir{dir: root, conf: filepath.Join(root, "softhsm2.conf"), pinFile: filepath.Join(root, "user.pin")}

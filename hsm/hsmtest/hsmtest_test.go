@@ -35,3 +35,27 @@ func TestNewTokenAndKey(t *testing.T) {
 		t.Fatal("tokens of one test should share the test's SoftHSM2 configuration")
 	}
 }
+
+func TestSubtestSharesParentDir(t *testing.T) {
+	a := hsmtest.NewToken(t, "parent")
+	sa := a.NewKey(t, "k") // keeps the module initialised on the parent's dir
+	t.Run("child", func(t *testing.T) {
+		b := hsmtest.NewToken(t, "child")
+		if b.Conf != a.Conf {
+			t.Fatalf("subtest got its own configuration %s, parent has %s", b.Conf, a.Conf)
+		}
+		sb := b.NewKey(t, "k")
+		if sb.Public().(*ecdsa.PublicKey).Equal(sa.Public()) {
+			t.Fatal("same key in two tokens")
+		}
+	})
+	t.Run("second child", func(t *testing.T) {
+		c := hsmtest.NewToken(t, "child-2")
+		c.NewKey(t, "k")
+	})
+}
+
+func TestNextTestGetsFreshDir(t *testing.T) {
+	tok := hsmtest.NewToken(t, "parent") // same label as the previous test: a fresh directory
+	tok.NewKey(t, "k")
+}
