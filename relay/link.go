@@ -247,13 +247,8 @@ func (l *link) run(ctx context.Context, handle func(wire.Frame)) error {
 		l.close(codeProtocol, "write failed")
 		werr <- err
 	}()
-	go func() {
-		select {
-		case <-ctx.Done():
-			l.close(codeShutdown, "shutting down")
-		case <-l.done:
-		}
-	}()
+	stop := context.AfterFunc(ctx, func() { l.close(codeShutdown, "shutting down") })
+	defer stop()
 	rerr := l.readLoop(ctx, handle)
 	err := <-werr
 	// Drain what is left so queued frames are counted, not silently lost.

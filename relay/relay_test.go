@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"errors"
+	"os"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +17,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(relayChild())
+	}
 	goleak.VerifyTestMain(m)
 }
 
