@@ -12,7 +12,9 @@ package raftlog
 // once a snapshot covers all their entries. Replay reads the segments in
 // order; an entry with index i replaces the log from i on (raft's conflict
 // truncation), the last HardState wins, and entries at or below the newest
-// snapshot are dropped.
+// snapshot are dropped (all entries, if the log disagrees with the snapshot
+// at its index: the snapshot was installed from the leader over a divergent
+// log).
 
 import (
 	"encoding/binary"
@@ -184,6 +186,16 @@ func (w *wal) replay(id uint64, cluster string) (*recovered, error) {
 			continue
 		}
 		w.segs = append(w.segs, seg)
+	}
+	// A snapshot installed from the leader replaces the whole log: if the
+	// replayed log has the snapshot's index with another term, everything
+	// replayed is from a divergent history (raft installs a snapshot only
+	// when its log does not match it there) and is dropped.
+	for _, e := range ents {
+		if e.Index == snap.Metadata.Index && e.Term != snap.Metadata.Term {
+			ents = ents[:0]
+			break
+		}
 	}
 	// Drop what the snapshot covers and check continuity.
 	k := 0

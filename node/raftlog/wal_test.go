@@ -279,3 +279,29 @@ func FuzzDecodeRecords(f *testing.F) {
 		}
 	})
 }
+
+// TestWALInstalledSnapshotDropsDivergentLog: a follower had uncommitted
+// entries 1..10 of term 1; the leader sent a snapshot at index 5 of term 2.
+// After a restart the stale entries 6..10 must not come back.
+func TestWALInstalledSnapshotDropsDivergentLog(t *testing.T) {
+	dir := t.TempDir()
+	w, _, err := openTestWAL(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSave(t, w, raftpb.HardState{Term: 1, Commit: 2}, ents(1, 1, 10))
+	snap := raftpb.Snapshot{Metadata: raftpb.SnapshotMetadata{Index: 5, Term: 2, ConfState: raftpb.ConfState{Voters: []uint64{7}}}}
+	if err := w.saveSnapshot(snap); err != nil {
+		t.Fatal(err)
+	}
+	mustSave(t, w, raftpb.HardState{Term: 2, Commit: 5}, nil)
+	w.close()
+	w, rec, err := openTestWAL(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer w.close()
+	if len(rec.ents) != 0 || rec.hs.Commit != 5 || rec.snap.Metadata.Index != 5 {
+		t.Fatalf("recovered %d entries (first %v), hs %+v", len(rec.ents), rec.ents, rec.hs)
+	}
+}
