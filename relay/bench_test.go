@@ -2,6 +2,7 @@ package relay
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"runtime"
@@ -9,7 +10,13 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/memberd/memberd/relay/relaytest"
 )
+
+func relaytestSelfSigned(b *testing.B) tls.Certificate { return relaytest.SelfSigned(b, "bench") }
 
 // Forwarding benchmarks. Each runs an echo: member A sends to member B
 // through the relay, B sends every packet back, with at most `window`
@@ -151,6 +158,7 @@ func relayEcho(b *testing.B, quicOff bool) echoer {
 func BenchmarkForward(b *testing.B) {
 	for _, size := range []int{100, 1200} {
 		b.Run(fmt.Sprintf("udp-baseline/%dB", size), func(b *testing.B) { runEcho(b, udpEcho(b), size) })
+		b.Run(fmt.Sprintf("quic-raw-baseline/%dB", size), func(b *testing.B) { runEcho(b, quicRawEcho(b), size) })
 		b.Run(fmt.Sprintf("quic/%dB", size), func(b *testing.B) { runEcho(b, relayEcho(b, false), size) })
 		b.Run(fmt.Sprintf("tcp/%dB", size), func(b *testing.B) { runEcho(b, relayEcho(b, true), size) })
 	}
@@ -200,5 +208,52 @@ func BenchmarkMemoryPerMember(b *testing.B) {
 			c.Close()
 		}
 		r.stop()
+	}
+}
+
+// quicRawEcho is a second baseline: plain quic-go datagrams between two
+// endpoints (no relay, no framing), to separate quic-go's own limits from
+// the relay's.
+func quicRawEcho(b *testing.B) echoer {
+	srvCert := relaytestSelfSigned(b)
+	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{srvCert}, NextProtos: []string{"bench"}},
+		&quic.Config{EnableDatagrams: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	ctx := context.Background()
+	accepted := make(chan *quic.Conn, 1)
+	go func() {
+		c, err := ln.Accept(ctx)
+		if err == nil {
+			accepted <- c
+		}
+		close(accepted)
+	}()
+	ca, err := quic.DialAddr(ctx, ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"bench"}},
+		&quic.Config{EnableDatagrams: true})
+	if err != nil {
+		b.Fatal(err)
+	}
+	cb := <-accepted
+	if cb == nil {
+		b.Fatal("no QUIC connection accepted")
+	}
+	recv := func(c *quic.Conn) func([]byte) (int, error) {
+		return func(buf []byte) (int, error) {
+			p, err := c.ReceiveDatagram(ctx)
+			return copy(buf, p), err
+		}
+	}
+	return echoer{
+		send:  ca.SendDatagram,
+		recvB: recv(cb),
+		echoB: cb.SendDatagram,
+		recvA: recv(ca),
+		closeFn: func() {
+			ca.CloseWithError(0, "")
+			cb.CloseWithError(0, "")
+			ln.Close()
+		},
 	}
 }
