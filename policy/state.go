@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 )
 
 // StateFile is the name of the file in the state folder that holds the last
@@ -88,7 +89,14 @@ func writeFileAtomic(dir, name string, data []byte) (err error) {
 // readFileLimited reads a regular file (following symlinks) of at most
 // MaxBundleSize bytes, checking the size before reading.
 func readFileLimited(path string) ([]byte, error) {
-	f, err := os.Open(path)
+	// Check the type first and open non-blocking: opening a FIFO someone
+	// dropped into the folder must not hang the reader.
+	if st, err := os.Stat(path); err != nil {
+		return nil, err
+	} else if !st.Mode().IsRegular() {
+		return nil, fmt.Errorf("%w: %s is not a regular file", ErrMalformed, path)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
 	if err != nil {
 		return nil, err
 	}

@@ -95,6 +95,9 @@ func (o Options) withDefaults() Options {
 // version, in version order; a slow subscriber delays the next reload.
 type Subscriber func(old, new *Policy, d *Diff)
 
+// MaxFolderFiles bounds how many bundle files of the policy folder are read.
+const MaxFolderFiles = 1000
+
 // Rejection reasons (label values of policy_rejected_total).
 const (
 	ReasonMalformed  = "malformed"
@@ -130,6 +133,7 @@ type Watcher struct {
 	parsed      map[string]parsedFile // file -> last parse, reused while the content is the same
 	rollbackLog Hash
 	folderErr   bool
+	tooMany     bool
 	retryAt     time.Time
 
 	rejected *prometheus.CounterVec
@@ -391,10 +395,18 @@ func (w *Watcher) readFolder() ([]fileBundle, map[string]bool) {
 	}
 	w.folderErr = false
 	var out []fileBundle
+	n := 0
 	for _, e := range ents {
 		name := e.Name()
 		if !isBundleName(name) {
 			continue
+		}
+		if n++; n > MaxFolderFiles {
+			if !w.tooMany {
+				w.tooMany = true
+				w.o.Logger.Warn("policy folder holds too many bundle files; reading only the first ones in name order", "dir", w.o.Dir, "limit", MaxFolderFiles)
+			}
+			break
 		}
 		path := filepath.Join(w.o.Dir, name)
 		present[path] = true

@@ -540,3 +540,20 @@ func TestWatcherBusyFolder(t *testing.T) {
 	close(stop)
 	<-done
 }
+
+// TestWatcherFIFOAndDirectory: a FIFO or a folder named like a bundle is
+// rejected without hanging the watcher.
+func TestWatcherFIFOAndDirectory(t *testing.T) {
+	e := newEnv(t, 3)
+	e.start(e.opts())
+	if err := syscall.Mkfifo(filepath.Join(e.dir, "fifo.yaml"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(filepath.Join(e.dir, "dir.yaml"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	e.waitRejected(policy.ReasonMalformed, 2)
+	vs := e.chain(2)
+	e.rename("v2.yaml", vs[2].Marshal())
+	e.waitVersion(2)
+}
