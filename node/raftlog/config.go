@@ -103,6 +103,13 @@ type Config struct {
 	// function of the log only. An error stops the node (Run returns it).
 	// Required.
 	Apply func(ctx context.Context, c Commit) error
+	// OnLeaderChange, if set, is called from the Run goroutine whenever the
+	// known leader changes (0: none known), before the entries of the same
+	// Ready are applied. It must not block. A new leader should cut blocks
+	// only once it has applied every entry committed before its term: e.g.
+	// wait for Status().Applied >= Status().Commit after the first commit of
+	// its term (raft commits an empty entry at the start of each term).
+	OnLeaderChange func(leader, term uint64)
 	// SnapshotData returns the application state as of the last applied
 	// index (every Commit up to index has been applied). Called from the Run
 	// goroutine. nil: empty snapshot data.

@@ -244,8 +244,9 @@ func (n *Node) loop(ctx context.Context) error {
 }
 
 func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
+	leaderChanged := false
 	if rd.SoftState != nil {
-		n.lead.Store(rd.SoftState.Lead)
+		leaderChanged = n.lead.Swap(rd.SoftState.Lead) != rd.SoftState.Lead
 		n.state.Store(int32(rd.SoftState.RaftState))
 	}
 	hasSnap := !raft.IsEmptySnap(rd.Snapshot)
@@ -297,6 +298,13 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 	}
 	// 3. Only now may other nodes learn about it.
 	n.tr.send(msgs)
+	if leaderChanged {
+		lead := n.lead.Load()
+		n.cfg.Logger.Info("raft leader changed", "node", n.cfg.ID, "leader", lead, "term", n.term.Load())
+		if n.cfg.OnLeaderChange != nil {
+			n.cfg.OnLeaderChange(lead, n.term.Load())
+		}
+	}
 	// 4. Apply.
 	if hasSnap {
 		s := rd.Snapshot

@@ -271,11 +271,20 @@ func TestNodeRecoversFromTornWAL(t *testing.T) {
 // elect a new leader and keep committing; after the partition heals the old
 // leader steps down and converges. Entries confirmed on either side are kept.
 func TestLeaderPartitioned(t *testing.T) {
-	c := newCluster(t, 3, nil)
+	var changes atomic.Int32
+	c := newCluster(t, 3, func(cfg *Config) {
+		cfg.OnLeaderChange = func(leader, term uint64) {
+			if leader != 0 && term == 0 {
+				t.Errorf("leader %d with term 0", leader)
+			}
+			changes.Add(1)
+		}
+	})
 	old := c.leader(10 * time.Second)
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	confirmed := c.propose(ctx, "a", 4, 100, nil)
+	before := changes.Load()
 	c.net.Partition(fmt.Sprintf("n%d", old))
 	// The isolated leader cannot commit: ProposeWait there must not succeed.
 	pctx, pcancel := context.WithTimeout(ctx, 500*time.Millisecond)
@@ -314,6 +323,9 @@ func TestLeaderPartitioned(t *testing.T) {
 	}
 	if l := c.leader(10 * time.Second); l == 0 {
 		t.Fatal("no leader after heal")
+	}
+	if changes.Load() <= before {
+		t.Error("OnLeaderChange not called for the new leader")
 	}
 }
 
