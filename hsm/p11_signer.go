@@ -265,10 +265,13 @@ func (s *p11Signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]
 			}
 			s.pool.put(sh)
 		case rv == pkcs11.CKR_KEY_HANDLE_INVALID || rv == pkcs11.CKR_OBJECT_HANDLE_INVALID:
-			key, _, ferr := findKeyPair(s.tok, sh, s.uri)
+			key, pub, ferr := findKeyPair(s.tok, sh, s.uri)
 			s.pool.put(sh)
 			if ferr != nil {
 				return nil, ferr
+			}
+			if !pub.Equal(s.pub) {
+				return nil, fmt.Errorf("%w: key %s on token %q was replaced by another key: reopen it (restart or rotate the identity)", ErrKeyNotFound, keyName(s.uri), s.tok.label)
 			}
 			s.keyMu.Lock()
 			s.key = key
