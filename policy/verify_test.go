@@ -1,6 +1,9 @@
 package policy_test
 
 import (
+	"crypto/ed25519"
+	"crypto/rand"
+	"crypto/rsa"
 	"errors"
 	"fmt"
 	"strings"
@@ -301,5 +304,62 @@ func TestVerifyGenesis(t *testing.T) {
 	v2 := c.Next(t, g, nil, "m1", "m2")
 	if _, err := policy.VerifyGenesis(v2, v2.Hash()); !errors.Is(err, policy.ErrGenesis) {
 		t.Fatalf("version 2 as genesis: %v", err)
+	}
+}
+
+// TestAdminKeyTypes: Ed25519 and RSA admin keys, and an admin given as a
+// certificate whose expiry bounds the key.
+func TestAdminKeyTypes(t *testing.T) {
+	c := policytest.New(t, 3)
+	_, edKey, _ := ed25519.GenerateKey(rand.Reader)
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Template.Members[0].Admins = []*policy.Admin{c.AddAdminKey(t, "m1", "ed", edKey)}
+	c.Template.Members[1].Admins = []*policy.Admin{c.AddAdminKey(t, "m2", "rsa", rsaKey)}
+	// m3's admin is a certificate issued by its CA (valid 30 days).
+	cert, certKey := c.CAs["m3"].Issue(t, "admin.m3")
+	a := c.AddAdminKey(t, "m3", "cert", certKey)
+	a.PublicKey, a.Certificate = "", pemOf(cert)
+	c.Template.Members[2].Admins = []*policy.Admin{a}
+	g := c.Genesis(t)
+	if got := g.Admin(policy.AdminRef{Member: "m3", KeyID: "cert"}).Expires; !got.Equal(cert.NotAfter) {
+		t.Fatalf("certificate admin expires %v, want %v", got, cert.NotAfter)
+	}
+
+	cand := policytest.MustParse(t, c.NextDocument(t, g, describe("x")))
+	cand = c.SignAs(t, c.SignAs(t, c.SignAs(t, cand, "m1", "ed"), "m2", "rsa"), "m3", "cert")
+	r := policy.Check(g, cand, now)
+	if r.Err != nil || len(r.Votes) != 3 {
+		t.Fatalf("votes %v: %v", r.Votes, r.Err)
+	}
+	// After the certificate expires, m3's vote no longer counts.
+	r = policy.Check(g, cand, cert.NotAfter.Add(time.Second))
+	if len(r.Votes) != 2 || !strings.Contains(fmt.Sprint(r.Rejected), "m3/cert: admin key expired") {
+		t.Fatalf("after expiry: votes %v rejected %v", r.Votes, r.Rejected)
+	}
+	// Weak RSA keys are refused at parse time.
+	weak, _ := rsa.GenerateKey(rand.Reader, 1024)
+	c.Template.Members[1].Admins = []*policy.Admin{c.AddAdminKey(t, "m2", "weak", weak)}
+	if _, err := policy.Parse(policytest.Render(t, c.Template)); !errors.Is(err, policy.ErrMalformed) || !strings.Contains(err.Error(), "2048") {
+		t.Fatalf("weak RSA key: %v", err)
+	}
+}
+
+// TestSignChecksKey: Policy.Sign refuses a key that is not the named admin's.
+func TestSignChecksKey(t *testing.T) {
+	c := policytest.New(t, 2)
+	g := c.Genesis(t)
+	cand := policytest.MustParse(t, c.NextDocument(t, g, describe("x")))
+	if _, err := cand.Sign(c.Key("m2", "a1"), policy.AdminRef{Member: "m1", KeyID: "a1"}); !errors.Is(err, policy.ErrUnknownAdmin) {
+		t.Fatalf("wrong key: %v", err)
+	}
+	s, err := cand.Sign(c.Key("m1", "a1"), policy.AdminRef{Member: "m1", KeyID: "a1"})
+	if err != nil || len(s.Signatures()) != 1 || len(cand.Signatures()) != 0 {
+		t.Fatalf("sign: %v", err)
+	}
+	if ref, ok := g.AdminFor(c.Key("m2", "a1").Public()); !ok || ref.Member != "m2" {
+		t.Fatalf("AdminFor: %v %v", ref, ok)
 	}
 }
