@@ -190,6 +190,9 @@ func NewWatcher(opts Options) (*Watcher, error) {
 	}
 	w.scan()
 	if w.cur.Load() == nil {
+		if w.o.Genesis.IsZero() {
+			return nil, fmt.Errorf("%w: the state folder %s holds no applied policy and no genesis hash is pinned: give the hash of version 1 ('memberd policy show v1.yaml' prints it)", ErrNoPolicy, w.o.StateDir)
+		}
 		return nil, fmt.Errorf("%w: the state folder %s holds no applied policy and the policy folder %s has no version 1 with the pinned hash %s", ErrNoPolicy, w.o.StateDir, w.o.Dir, w.o.Genesis)
 	}
 	return w, nil

@@ -470,6 +470,11 @@ func TestWatcherNeedsTrustedStart(t *testing.T) {
 		t.Fatalf("genesis rejections %v", n)
 	}
 	o = e.opts()
+	o.Genesis = policy.Hash{}
+	if _, err := policy.NewWatcher(o); !errors.Is(err, policy.ErrNoPolicy) || !strings.Contains(err.Error(), "no genesis hash is pinned") {
+		t.Fatalf("no pin: %v", err)
+	}
+	o = e.opts()
 	o.Dir = t.TempDir()
 	if _, err := policy.NewWatcher(o); !errors.Is(err, policy.ErrNoPolicy) {
 		t.Fatalf("empty folder: %v", err)
