@@ -121,10 +121,12 @@ func benchChild() {
 }
 
 func BenchmarkReplicate(b *testing.B) {
-	for _, size := range []int{100, 1024} {
-		for _, conc := range []int{16, 256, 1024} {
-			b.Run(fmt.Sprintf("entry=%dB/proposers=%d", size, conc), func(b *testing.B) { benchReplicate(b, size, conc) })
-		}
+	for _, tc := range []struct{ size, conc int }{
+		{100, 16}, {100, 256}, {100, 1024},
+		{1024, 16}, {1024, 256}, {1024, 1024},
+		{64 << 10, 16}, // block-sized entries: the ordering node proposes whole blocks
+	} {
+		b.Run(fmt.Sprintf("entry=%dB/proposers=%d", tc.size, tc.conc), func(b *testing.B) { benchReplicate(b, tc.size, tc.conc) })
 	}
 }
 
@@ -238,8 +240,11 @@ func benchReplicate(b *testing.B, size, conc int) {
 // BenchmarkFsyncAppend is the baseline: the same entries appended to one
 // file, fsync after every batch of the given size.
 func BenchmarkFsyncAppend(b *testing.B) {
-	for _, size := range []int{100, 1024} {
+	for _, size := range []int{100, 1024, 64 << 10} {
 		for _, batch := range []int{1, 16, 256} {
+			if size > 1024 && batch > 16 {
+				continue
+			}
 			b.Run(fmt.Sprintf("entry=%dB/batch=%d", size, batch), func(b *testing.B) {
 				f, err := os.Create(filepath.Join(b.TempDir(), "append"))
 				if err != nil {
