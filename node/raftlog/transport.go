@@ -68,6 +68,7 @@ type transport struct {
 	mu      sync.Mutex
 	peers   map[uint64]*peer
 	conns   map[net.Conn]struct{}
+	inbound map[uint64]net.Conn // the one live inbound connection per peer
 	g       *errgroup.Group
 	ctx     context.Context
 	stopped bool
@@ -109,6 +110,7 @@ func (t *transport) start(ctx context.Context, g *errgroup.Group, peers []Peer) 
 	t.g, t.ctx = g, ctx
 	t.peers = map[uint64]*peer{}
 	t.conns = map[net.Conn]struct{}{}
+	t.inbound = map[uint64]net.Conn{}
 	t.mu.Unlock()
 	for _, p := range peers {
 		t.addPeer(p)
@@ -456,6 +458,21 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 	if _, err := c.Write(appendFrame(nil, frameHello, reply.marshal())); err != nil {
 		return err
 	}
+	// A peer sends on one connection at a time: a new one replaces the old
+	// (e.g. after the peer restarted), so connections per member stay bounded.
+	t.mu.Lock()
+	if old := t.inbound[h.From]; old != nil {
+		old.Close()
+	}
+	t.inbound[h.From] = c
+	t.mu.Unlock()
+	defer func() {
+		t.mu.Lock()
+		if t.inbound[h.From] == c {
+			delete(t.inbound, h.From)
+		}
+		t.mu.Unlock()
+	}()
 	c.SetDeadline(time.Time{})
 	fr.max = t.maxFrame
 	for {
