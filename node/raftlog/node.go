@@ -437,7 +437,7 @@ func (n *Node) maybeSnapshot() error {
 	return n.wal.release(applied)
 }
 
-func (n *Node) started_() bool {
+func (n *Node) isStarted() bool {
 	select {
 	case <-n.started:
 		return true
@@ -587,15 +587,15 @@ func parseProposal(b []byte) (proposer, seq uint64, data []byte, err error) {
 	return binary.BigEndian.Uint64(b[1:9]), binary.BigEndian.Uint64(b[9:17]), b[propHeaderLen:], nil
 }
 
-// ReportUnreachable and ReportSnapshot implement reporter for the transport.
-func (n *Node) ReportUnreachable(id uint64) {
-	if n.started_() {
+// reportUnreachable and reportSnapshot implement reporter for the transport.
+func (n *Node) reportUnreachable(id uint64) {
+	if n.isStarted() {
 		n.rn.ReportUnreachable(id)
 	}
 }
 
-func (n *Node) ReportSnapshot(id uint64, s raft.SnapshotStatus) {
-	if n.started_() {
+func (n *Node) reportSnapshot(id uint64, s raft.SnapshotStatus) {
+	if n.isStarted() {
 		n.rn.ReportSnapshot(id, s)
 	}
 }

@@ -30,8 +30,8 @@ import (
 
 // reporter is what the transport tells raft; *Node implements it.
 type reporter interface {
-	ReportUnreachable(id uint64)
-	ReportSnapshot(id uint64, status raft.SnapshotStatus)
+	reportUnreachable(id uint64)
+	reportSnapshot(id uint64, status raft.SnapshotStatus)
 }
 
 // Drop reasons, the keys of TransportStats.Dropped.
@@ -188,14 +188,14 @@ func (t *transport) send(msgs []raftpb.Message) {
 	t.mu.Unlock()
 	for _, id := range full {
 		// Unreachable makes the leader probe instead of streaming.
-		t.report.ReportUnreachable(id)
+		t.report.reportUnreachable(id)
 	}
 }
 
 // failed reports a snapshot message that will not be delivered.
 func (t *transport) failed(m raftpb.Message) {
 	if m.Type == raftpb.MsgSnap {
-		t.report.ReportSnapshot(m.To, raft.SnapshotFailure)
+		t.report.reportSnapshot(m.To, raft.SnapshotFailure)
 	}
 }
 
@@ -212,7 +212,7 @@ func (t *transport) runPeer(ctx context.Context, p *peer) {
 				t.log.Warn("raft peer rejected the handshake", "peer", p.id, "addr", p.addr, "err", err)
 			}
 			t.discard(p)
-			t.report.ReportUnreachable(p.id)
+			t.report.reportUnreachable(p.id)
 			select {
 			case <-ctx.Done():
 				return
@@ -230,7 +230,7 @@ func (t *transport) runPeer(ctx context.Context, p *peer) {
 			return
 		}
 		t.log.Debug("raft peer connection lost", "peer", p.id, "err", err)
-		t.report.ReportUnreachable(p.id)
+		t.report.reportUnreachable(p.id)
 	}
 }
 
@@ -369,7 +369,7 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
 		}
 		t.sent.Add(uint64(n))
 		for _, s := range snaps {
-			t.report.ReportSnapshot(s.To, raft.SnapshotFinish)
+			t.report.reportSnapshot(s.To, raft.SnapshotFinish)
 		}
 		snaps = snaps[:0]
 	}
@@ -378,7 +378,7 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
 func (t *transport) failSnaps(snaps []raftpb.Message) {
 	for _, s := range snaps {
 		if s.Type == raftpb.MsgSnap {
-			t.report.ReportSnapshot(s.To, raft.SnapshotFailure)
+			t.report.reportSnapshot(s.To, raft.SnapshotFailure)
 		}
 	}
 }

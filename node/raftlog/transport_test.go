@@ -15,13 +15,13 @@ type fakeReporter struct {
 	snaps       map[uint64]raft.SnapshotStatus
 }
 
-func (f *fakeReporter) ReportUnreachable(id uint64) {
+func (f *fakeReporter) reportUnreachable(id uint64) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.unreachable = append(f.unreachable, id)
 }
 
-func (f *fakeReporter) ReportSnapshot(id uint64, s raft.SnapshotStatus) {
+func (f *fakeReporter) reportSnapshot(id uint64, s raft.SnapshotStatus) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.snaps[id] = s
