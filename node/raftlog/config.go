@@ -7,6 +7,8 @@ import (
 	"log/slog"
 	"net"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // Dialer opens connections to peers. *net.Dialer satisfies it; the appliance
@@ -116,6 +118,10 @@ type Config struct {
 	SnapshotData func(index uint64) ([]byte, error)
 
 	Logger *slog.Logger // nil: discard
+	// Registerer, if set, gets the raft_* metrics (leader, term, commit and
+	// applied index, messages sent/received/dropped by reason), labelled
+	// with cluster and node; Close unregisters them.
+	Registerer prometheus.Registerer
 }
 
 func (c *Config) withDefaults() Config {

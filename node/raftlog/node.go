@@ -72,6 +72,8 @@ type Node struct {
 	// MsgProp, so the leader appends and replicates them as one batch.
 	propc chan []byte
 
+	collector *collector
+
 	seq   atomic.Uint64
 	wmu   sync.Mutex
 	waits map[uint64]*waiter
@@ -130,6 +132,13 @@ func New(cfg Config) (*Node, error) {
 		maxFrame: maxBody + int(c.MaxSizePerMsg) + 1<<16, dialTO: c.DialTimeout, writeTO: c.WriteTimeout,
 		log: c.Logger, report: n,
 		step: func(ctx context.Context, m raftpb.Message) error { return n.rn.Step(ctx, m) },
+	}
+	if c.Registerer != nil {
+		n.collector = newCollector(n)
+		if err := c.Registerer.Register(n.collector); err != nil {
+			w.close()
+			return nil, fmt.Errorf("raft metrics for node %d of %q: %w", c.ID, c.Cluster, err)
+		}
 	}
 	c.Logger.Info("raft log opened", "node", c.ID, "cluster", c.Cluster, "dir", c.Dir,
 		"snapshot_index", rec.snap.Metadata.Index, "entries", len(rec.ents), "commit", rec.hs.Commit, "term", rec.hs.Term)
@@ -213,6 +222,9 @@ func (n *Node) Close() error {
 			<-n.done
 		} else {
 			n.cfg.Listener.Close()
+		}
+		if n.collector != nil {
+			n.cfg.Registerer.Unregister(n.collector)
 		}
 		n.closeErr = n.wal.close()
 	})

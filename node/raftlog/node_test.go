@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/node/raftlog/raftlogtest"
+	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 )
 
@@ -188,9 +189,23 @@ func TestRestartedNodeCatchesUpThroughSnapshot(t *testing.T) {
 }
 
 func TestProposeErrors(t *testing.T) {
-	c := newCluster(t, 1, func(cfg *Config) { cfg.MaxEntryBytes = 1000 })
+	reg := prometheus.NewRegistry()
+	c := newCluster(t, 1, func(cfg *Config) { cfg.MaxEntryBytes = 1000; cfg.Registerer = reg })
 	c.leader(10 * time.Second)
 	n := c.nodes[1].node()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	series := map[string]float64{}
+	for _, mf := range mfs {
+		for _, m := range mf.GetMetric() {
+			series[mf.GetName()] += m.GetGauge().GetValue() + m.GetCounter().GetValue()
+		}
+	}
+	if series["raft_is_leader"] != 1 || series["raft_term"] == 0 || len(series) != 9 {
+		t.Errorf("metrics: %v", series)
+	}
 	if err := n.Propose(context.Background(), make([]byte, 1001)); !errors.Is(err, ErrTooLarge) {
 		t.Errorf("oversize proposal: err = %v, want ErrTooLarge", err)
 	}

@@ -1,0 +1,64 @@
+package raftlog
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// collector exports Status on every scrape, labelled with the cluster and
+// node, so several channels in one process do not collide.
+type collector struct {
+	n                                                 *Node
+	leader, isLeader, term, commit, applied, snapshot *prometheus.Desc
+	sent, received, dropped                           *prometheus.Desc
+}
+
+var _ prometheus.Collector = (*collector)(nil)
+
+func newCollector(n *Node) *collector {
+	l := prometheus.Labels{"cluster": n.cfg.Cluster, "node": strconv.FormatUint(n.cfg.ID, 10)}
+	d := func(name, help string, vars ...string) *prometheus.Desc {
+		return prometheus.NewDesc("raft_"+name, help, vars, l)
+	}
+	return &collector{
+		n:        n,
+		leader:   d("leader_id", "Raft ID of the leader this node knows (0: none)."),
+		isLeader: d("is_leader", "1 if this node is the leader."),
+		term:     d("term", "Current raft term."),
+		commit:   d("commit_index", "Highest log index known committed."),
+		applied:  d("applied_index", "Highest log index applied."),
+		snapshot: d("snapshot_index", "Index of the newest snapshot."),
+		sent:     d("messages_sent_total", "Raft messages written to peers."),
+		received: d("messages_received_total", "Raft messages received from peers."),
+		dropped:  d("messages_dropped_total", "Raft messages dropped, by reason (raft retransmits).", "reason"),
+	}
+}
+
+func (c *collector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.leader, c.isLeader, c.term, c.commit, c.applied, c.snapshot, c.sent, c.received, c.dropped} {
+		ch <- d
+	}
+}
+
+func (c *collector) Collect(ch chan<- prometheus.Metric) {
+	st := c.n.Status()
+	g := func(d *prometheus.Desc, v uint64) {
+		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, float64(v))
+	}
+	g(c.leader, st.Leader)
+	isLeader := uint64(0)
+	if st.Leader == st.ID {
+		isLeader = 1
+	}
+	g(c.isLeader, isLeader)
+	g(c.term, st.Term)
+	g(c.commit, st.Commit)
+	g(c.applied, st.Applied)
+	g(c.snapshot, st.SnapshotIndex)
+	ch <- prometheus.MustNewConstMetric(c.sent, prometheus.CounterValue, float64(st.Transport.Sent))
+	ch <- prometheus.MustNewConstMetric(c.received, prometheus.CounterValue, float64(st.Transport.Received))
+	for _, r := range []string{DropQueueFull, DropUnreachable, DropUnknownPeer, DropBadSender, DropUnknownType, DropStepFailed} {
+		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.Transport.Dropped[r]), r)
+	}
+}
