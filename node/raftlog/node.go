@@ -15,6 +15,26 @@
 // node falls so far behind that the leader sends a snapshot, Apply gets a
 // Commit with Snapshot set (the application data of Config.SnapshotData on
 // the leader), and the application fetches what it lacks from peers.
+//
+// Durability: every Ready's snapshot, entries and HardState are written and
+// fsynced (wal.go) before this node sends any message that depends on them
+// and before they are applied. The one exception is the leader's own
+// appends and heartbeats, which go out while the leader fsyncs (Raft thesis
+// 10.2.1, as in etcd): raft counts the leader's copy only after the fsync,
+// so commit still means "durable on a majority". ProposeWait returns only
+// after commit and local Apply.
+//
+// Membership: the consenters given at bootstrap, then AddPeer/RemovePeer
+// (raft conf changes carrying the peer's address). Every start must list
+// in Config.Peers the address of each current member; raft IDs and the
+// cluster name are checked in the transport handshake.
+//
+// Wiring for the ordering node: the leader (OnLeaderChange, Leader) cuts
+// blocks and proposes each with ProposeWait; every node appends the blocks
+// of Apply's entries to its block store and passes the height it has stored
+// as Config.Applied on the next start; SnapshotData returns the height and
+// last block hash, and a Commit.Snapshot tells a lagging node which blocks
+// to fetch from peers.
 package raftlog
 
 import (
