@@ -31,8 +31,9 @@
 //
 // Wiring for the ordering node: the leader (OnLeaderChange, Leader) cuts
 // blocks and proposes each with ProposeWait; every node appends the blocks
-// of Apply's entries to its block store and passes the height it has stored
-// as Config.Applied on the next start; SnapshotData returns the height and
+// of Apply's entries to its block store, records each block's raft index
+// (Fabric's etcdraft keeps it in the block's consenter metadata), and
+// passes the last one as Config.Applied on the next start; SnapshotData returns the height and
 // last block hash, and a Commit.Snapshot tells a lagging node which blocks
 // to fetch from peers.
 package raftlog
