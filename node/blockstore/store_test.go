@@ -271,17 +271,48 @@ func writeStore(t testing.TB, dir string, file []byte) {
 }
 
 // A crash can leave any prefix of the last append: Open keeps every earlier
-// block, cuts the rest, and the store takes the lost block again.
+// block, cuts the rest, and the store takes the lost block again. Every
+// byte offset of the last record of a small block of ours (sampled under
+// -short), and for a real Fabric block (vectors-2, ~5.5 KB) every offset in
+// its record header and last 32 bytes plus every 61st in between.
 func TestTornTailEveryOffset(t *testing.T) {
-	chain := fabricBlocks(t)
-	chain = append(chain, nextBlocks(t, chain[2], 1, 1, 40)...) // small last record
+	fabric := fabricBlocks(t)
+	own := append(fabricBlocks(t), nextBlocks(t, fabric[2], 1, 1, 40)...)
+	for _, tc := range []struct {
+		name          string
+		chain         []*common.Block
+		stride, short int64 // stride between the edges, normally and under -short
+	}{
+		{"own small block", own, 1, 13},
+		{"Fabric vectors-2", fabric, 61, 397},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			stride := tc.stride
+			if testing.Short() {
+				stride = tc.short
+			}
+			tornTailEveryOffset(t, tc.chain, stride)
+		})
+	}
+}
+
+// tornTailEveryOffset cuts the store file inside its last record at every
+// offset of the record header and of its last 32 bytes, and every stride
+// bytes in between.
+func tornTailEveryOffset(t *testing.T, chain []*common.Block, stride int64) {
 	file, lastOff := buildStore(t, chain)
-	step := int64(1)
-	if testing.Short() {
-		step = 13
+	end := int64(len(file))
+	var cuts []int64
+	for cut := lastOff; cut < end; {
+		cuts = append(cuts, cut)
+		if cut < lastOff+recHeaderSize+8 || cut >= end-32 {
+			cut++
+		} else {
+			cut = min(cut+stride, end-32)
+		}
 	}
 	dir := t.TempDir()
-	for cut := lastOff; cut < int64(len(file)); cut += step {
+	for _, cut := range cuts {
 		writeStore(t, dir, file[:cut])
 		s, err := Open(dir, Config{})
 		if err != nil {
