@@ -14,7 +14,8 @@ package tunnel
 //	4     prefix FF 4D 44 01
 //	1     kind: 1 announce, 2 ack; unknown kinds are ignored
 //	1     flags: announce bit0 = active (the sender uses this key now),
-//	                       bit1 = request (please announce yours to me)
+//	                       bit1 = request (please announce yours to me),
+//	                       bit2 = have-yours (the sender holds your active key)
 //	4     message id, big-endian (fragments of one message share it)
 //	1     fragment index (0-based)
 //	1     fragment count (1..16)
@@ -51,8 +52,9 @@ const (
 )
 
 const (
-	flagActive  = 1 << 0
-	flagRequest = 1 << 1
+	flagActive    = 1 << 0
+	flagRequest   = 1 << 1
+	flagHaveYours = 1 << 2
 )
 
 var errBadControl = errors.New("malformed tunnel control packet")

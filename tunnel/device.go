@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
@@ -30,7 +31,7 @@ var (
 	// ErrDenied: the policy ACL does not allow this connection.
 	ErrDenied = errors.New("connection not allowed by the policy ACL")
 	// ErrNoPeer: no valid attestation from that member has arrived yet.
-	ErrNoPeer = errors.New("no WireGuard peer for member yet (no valid key attestation received)")
+	ErrNoPeer = errors.New("no WireGuard peer for member yet (key attestations not exchanged: is the member online and reachable through a relay?)")
 	// ErrClosed: the Device is closed.
 	ErrClosed = errors.New("tunnel closed")
 )
@@ -65,13 +66,17 @@ type Device struct {
 	addr netip.Addr
 	mtu  int
 
+	fwdAddrs []net.Addr // set in New, then read-only
+
 	ctx    context.Context
 	cancel context.CancelFunc
 	eg     *errgroup.Group
 
 	ctlCh chan ctlPacket
 	ackCh chan struct{}
-	msgID atomic.Uint32
+	// promoteCh wakes promoteLoop when a member switched keys.
+	promoteCh chan struct{}
+	msgID     atomic.Uint32
 
 	mu        sync.Mutex
 	auth      *memberIndex
@@ -80,6 +85,7 @@ type Device struct {
 	acks      map[string]bool
 	peers     map[string]*peerState
 	changed   chan struct{} // closed and replaced on every peer change
+	kaDue     map[Key]time.Time
 	conns     map[string]map[*Conn]struct{}
 	listeners map[*Listener]struct{}
 	closed    bool
@@ -124,8 +130,8 @@ func New(cfg Config) (*Device, error) {
 	d := &Device{
 		cfg: cfg, log: cfg.Logger.With("member", cfg.Member), now: cfg.Now, tr: cfg.Transport,
 		addr: addr, mtu: mtu, auth: auth,
-		ctlCh: make(chan ctlPacket, 256), ackCh: make(chan struct{}, 1),
-		peers: map[string]*peerState{}, changed: make(chan struct{}),
+		ctlCh: make(chan ctlPacket, 256), ackCh: make(chan struct{}, 1), promoteCh: make(chan struct{}, 1),
+		peers: map[string]*peerState{}, changed: make(chan struct{}), kaDue: map[Key]time.Time{},
 		conns: map[string]map[*Conn]struct{}{}, listeners: map[*Listener]struct{}{},
 	}
 	ks, err := d.newKey()
@@ -153,6 +159,7 @@ func New(cfg Config) (*Device, error) {
 	d.eg.Go(d.controlLoop)
 	d.eg.Go(d.timerLoop)
 	d.eg.Go(d.rotateLoop)
+	d.eg.Go(d.promoteLoop)
 	if err := d.startForwards(); err != nil {
 		d.Close()
 		return nil, err
@@ -273,10 +280,14 @@ func (d *Device) Close() error {
 func (d *Device) timerLoop() error {
 	t := time.NewTicker(d.cfg.AnnounceEvery)
 	defer t.Stop()
+	fast := time.NewTicker(250 * time.Millisecond)
+	defer fast.Stop()
 	for {
 		select {
 		case <-d.ctx.Done():
 			return nil
+		case <-fast.C:
+			d.enableDueKeepalives(d.now())
 		case <-t.C:
 			d.expire()
 			d.announceAll(false)

@@ -17,6 +17,7 @@ func (d *Device) startForwards() error {
 		if err != nil {
 			return fmt.Errorf("forwards[%d]: listen on %s: %w: pick a free local address", i, f.Listen, err)
 		}
+		d.fwdAddrs = append(d.fwdAddrs, ln.Addr())
 		d.eg.Go(func() error {
 			err := d.ServeForward(d.ctx, ln, f.Member, f.Port)
 			if d.ctx.Err() != nil {
@@ -40,6 +41,10 @@ func (d *Device) startForwards() error {
 	}
 	return nil
 }
+
+// ForwardAddrs are the local addresses of the configured Forwards, in
+// order (useful when a Listen address had port 0).
+func (d *Device) ForwardAddrs() []net.Addr { return append([]net.Addr(nil), d.fwdAddrs...) }
 
 // ServeForward accepts local connections on ln and forwards each to port on
 // member through the tunnel (Dial enforces the ACL). It closes ln and

@@ -1,6 +1,7 @@
 package tunnel_test
 
 import (
+	"bytes"
 	"context"
 	"crypto/sha256"
 	"errors"
@@ -10,7 +11,9 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"os"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -63,7 +66,13 @@ func newCluster(t testing.TB, n int, o clusterOpts) *cluster {
 		}
 		c.devs[s.ID] = d
 		c.cfgs[s.ID] = cfg
-		t.Cleanup(func() { d.Close() })
+		t.Cleanup(func() {
+			start := time.Now()
+			d.Close()
+			if el := time.Since(start); el > time.Second {
+				t.Logf("Close(%s) took %v", s.ID, el)
+			}
+		})
 	}
 	return c
 }
@@ -99,15 +108,27 @@ func activePeers(d *tunnel.Device) []tunnel.PeerStatus {
 	return out
 }
 
-type tlogWriter struct{ t testing.TB }
+// tlogWriter logs through t until the test's cleanup, then drops:
+// wireguard-go's workers may log after Device.Close returns.
+type tlogWriter struct {
+	t    testing.TB
+	mu   sync.Mutex
+	done bool
+}
 
-func (w tlogWriter) Write(p []byte) (int, error) {
-	w.t.Log(strings.TrimRight(string(p), "\n"))
+func (w *tlogWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.done {
+		w.t.Log(strings.TrimRight(string(p), "\n"))
+	}
 	return len(p), nil
 }
 
 func testLogger(t testing.TB) *slog.Logger {
-	return slog.New(slog.NewTextHandler(tlogWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	w := &tlogWriter{t: t}
+	t.Cleanup(func() { w.mu.Lock(); w.done = true; w.mu.Unlock() })
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: testLogLevel}))
 }
 
 // patternReader yields a deterministic pseudo-random byte stream.
@@ -201,3 +222,73 @@ func connect(t testing.TB, ctx context.Context, a, b *tunnel.Device, bName strin
 	t.Cleanup(func() { cb.Close() })
 	return ca, cb
 }
+
+// stream writes pattern bytes on w until stop is closed, then half-closes;
+// the reader checks every byte against the same pattern until EOF. It
+// returns the number of bytes checked.
+func stream(w, r net.Conn, seed byte, stop <-chan struct{}) (int64, error) {
+	return pacedStream(w, r, seed, stop, 0)
+}
+
+// pacedStream is stream with a pause between 16 KiB writes.
+func pacedStream(w, r net.Conn, seed byte, stop <-chan struct{}, pace time.Duration) (int64, error) {
+	werr := make(chan error, 1)
+	go func() {
+		src := newPattern(seed)
+		buf := make([]byte, 16<<10)
+		for {
+			select {
+			case <-stop:
+				err := w.(interface{ CloseWrite() error }).CloseWrite()
+				werr <- err
+				return
+			default:
+			}
+			if pace > 0 {
+				time.Sleep(pace)
+			}
+			src.Read(buf)
+			_, err := w.Write(buf)
+			if err != nil {
+				werr <- fmt.Errorf("write: %w", err)
+				return
+			}
+		}
+	}()
+	want := newPattern(seed)
+	buf := make([]byte, 32<<10)
+	exp := make([]byte, 32<<10)
+	var total int64
+	last, maxGap, maxAt := time.Now(), time.Duration(0), int64(0)
+	defer func() { streamGapHook(maxGap, maxAt) }()
+	for {
+		n, err := r.Read(buf)
+		if g := time.Since(last); n > 0 && g > maxGap {
+			maxGap, maxAt = g, total
+		}
+		last = time.Now()
+		if n > 0 {
+			want.Read(exp[:n])
+			if !bytes.Equal(buf[:n], exp[:n]) {
+				return total, fmt.Errorf("stream corrupted after %d bytes", total)
+			}
+			total += int64(n)
+		}
+		if err == io.EOF {
+			return total, <-werr
+		}
+		if err != nil {
+			return total, fmt.Errorf("read after %d bytes: %w", total, err)
+		}
+	}
+}
+
+var testLogLevel = func() slog.Level {
+	if os.Getenv("TUNNEL_TEST_DEBUG") != "" {
+		return slog.LevelDebug
+	}
+	return slog.LevelInfo
+}()
+
+// streamGapHook lets a test see the longest pause of a stream.
+var streamGapHook = func(gap time.Duration, at int64) {}

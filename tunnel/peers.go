@@ -2,6 +2,7 @@ package tunnel
 
 import (
 	"context"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"net"
@@ -14,22 +15,40 @@ import (
 
 // peerState is what this device knows about one other member.
 //
-// Key rotation without dropping connections: WireGuard keys a peer by public
-// key and routes an overlay address to exactly one peer. When member A
-// rotates, it first announces its NEXT key (not active). Every peer B adds it
-// as a second, "pending" WireGuard peer with no allowed IPs and acknowledges.
-// Once all peers acknowledged (or a timeout passed), A switches its private
-// key and announces the key as active. A's first packet triggers a handshake
-// with the new key, which B answers from the pending peer; when B sees the
-// active announcement it moves A's overlay address to that peer and removes
-// the old one, in one IpcSet. Meanwhile packets under the old sessions still
-// decrypt on both sides, and the few that fall in the gap are retransmitted
-// by TCP, so connections inside the tunnel (netstack) survive.
+// Key rotation without dropping connections. WireGuard keys a peer by
+// public key and routes an overlay address to exactly one peer; a handshake
+// initiation to a key the other side no longer (or not yet) holds is lost
+// until a 5 s retry, and two initiations that cross both fail. So member A
+// rotates in steps that never need such a handshake:
+//
+//  1. A announces its NEXT key (not active). Every peer B adds it as a
+//     second, "pending" WireGuard peer with no allowed IPs and acks.
+//  2. Once all peers acked (or RotationAckTimeout passed), and no peer with
+//     a smaller id is itself mid-rotation (the smaller id goes first, so
+//     two rotations never overlap), A switches its private key, announces
+//     the key as active and sends a keepalive to every peer, which starts a
+//     handshake with the new key.
+//  3. B answers that handshake from the pending peer. B keeps routing to A's
+//     old peer meanwhile (its session still decrypts at A), so B never
+//     initiates toward the old key. As soon as the pending peer has a
+//     completed handshake (or promoteTimeout after the active announcement)
+//     B moves A's overlay address to it and removes the old peer, in one
+//     IpcSet.
+//
+// The few packets that fall in the gap are retransmitted by TCP, so
+// connections inside the tunnel (on netstack) survive.
 type peerState struct {
 	addr    netip.Addr
 	active  *Attestation // the peer configured with the overlay address
 	pending *Attestation // announced next key, configured without allowed IPs
+	knowsUs bool         // its last active announcement said it holds our key
+	// switched is when the member announced its pending key as active
+	// (zero until then); the pending peer is promoted after a handshake.
+	switched time.Time
 }
+
+// ready: both sides hold each other's key, so a handshake can succeed.
+func (p *peerState) ready() bool { return p != nil && p.active != nil && p.knowsUs }
 
 // onControl runs on the receive path: copy and queue, never block.
 func (d *Device) onControl(sender string, pkt []byte) {
@@ -93,12 +112,8 @@ func (d *Device) announceAll(request bool) {
 		if id == d.cfg.Member {
 			continue
 		}
-		f := uint8(flagActive)
-		if p := d.peers[id]; request || p == nil || p.active == nil {
-			f |= flagRequest
-		}
 		targets = append(targets, id)
-		flags = append(flags, f)
+		flags = append(flags, d.announceFlagsLocked(id, request))
 	}
 	d.mu.Unlock()
 	for i, to := range targets {
@@ -128,49 +143,100 @@ func (d *Device) handleAnnounce(sender string, flags uint8, msg []byte) {
 		p = &peerState{addr: d.auth.byID[sender]}
 		d.peers[sender] = p
 	}
+	wasReady := p.ready()
 	var ipc strings.Builder
+	keyChanged := false
 	switch {
 	case p.active != nil && p.active.PublicKey == att.PublicKey:
 		if att.Expiry().After(p.active.Expiry()) {
 			p.active = att // refreshed attestation of the same key
 		}
+	case flags&flagActive != 0 && p.pending != nil && p.pending.PublicKey == att.PublicKey && p.active != nil:
+		// The member switched to its announced key: promote once the
+		// pending peer has a handshake (promotePending).
+		if p.switched.IsZero() {
+			p.switched = now
+			select {
+			case d.promoteCh <- struct{}{}:
+			default:
+			}
+		}
 	case flags&flagActive != 0 || p.active == nil:
-		d.ipcPeer(&ipc, sender, att, p.addr, true)
+		keyChanged = true
+		// The new peer starts without persistent keepalive (which would
+		// start a handshake at once): see the kick below.
+		d.ipcPeer(&ipc, sender, att, p.addr, false)
+		if d.cfg.Keepalive > 0 {
+			d.kaDue[att.PublicKey] = now.Add(keepaliveDelay)
+		}
 		if p.active != nil {
 			ipcRemove(&ipc, p.active.PublicKey)
+			delete(d.kaDue, p.active.PublicKey)
 		}
 		if p.pending != nil && p.pending.PublicKey != att.PublicKey {
 			ipcRemove(&ipc, p.pending.PublicKey)
 		}
-		p.active, p.pending = att, nil
+		p.active, p.pending, p.switched = att, nil, time.Time{}
 	default:
 		if p.pending != nil && p.pending.PublicKey != att.PublicKey {
 			ipcRemove(&ipc, p.pending.PublicKey)
 		}
 		if p.pending == nil || p.pending.PublicKey != att.PublicKey {
 			d.ipcPeer(&ipc, sender, att, netip.Addr{}, false)
+			p.switched = time.Time{}
 		}
 		p.pending = att
+	}
+	if flags&flagActive != 0 {
+		p.knowsUs = flags&flagHaveYours != 0
+	}
+	// Handshake kick for a new peer. A handshake initiation toward a member
+	// that does not have our key yet is dropped and retried only after 5 s,
+	// and if both sides initiate at once the initiations cross and both
+	// fail until that retry. So only the member with the smaller id
+	// initiates, and only once both sides hold each other's key (ready);
+	// the other side switches keepalive on after keepaliveDelay.
+	if p.ready() && (!wasReady || keyChanged) && d.cfg.Member < sender && d.cfg.Keepalive > 0 {
+		delete(d.kaDue, p.active.PublicKey)
+		fmt.Fprintf(&ipc, "public_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n", p.active.PublicKey, max(1, int(d.cfg.Keepalive/time.Second)))
 	}
 	if ipc.Len() > 0 {
 		if err := d.wg.IpcSet(ipc.String()); err != nil {
 			d.log.Error("configure WireGuard peer failed", "peer", sender, "err", err)
 			delete(d.peers, sender)
 			d.removePeersLocked(p)
-		} else {
+		} else if keyChanged || p.pending == att {
 			d.attAccepted.Add(1)
 			d.log.Info("WireGuard peer configured", "peer", sender, "public_key", att.PublicKey.String(), "active", p.active == att, "expiry", att.Expiry())
 		}
+	}
+	if p.ready() != wasReady || keyChanged {
 		d.notifyLocked()
 	}
+	replyFlags := d.announceFlagsLocked(sender, false)
 	ownRaw := d.self.raw
 	d.mu.Unlock()
 	if flags&flagActive == 0 {
 		d.sendControl(sender, kindAck, 0, att.PublicKey[:])
 	}
 	if flags&flagRequest != 0 {
-		d.sendControl(sender, kindAnnounce, flagActive, ownRaw)
+		d.sendControl(sender, kindAnnounce, replyFlags, ownRaw)
 	}
+}
+
+// announceFlagsLocked are the flags of an active announcement to member:
+// have-yours when we hold its key, request when we lack its key or do not
+// know that it holds ours (or when forced). d.mu held.
+func (d *Device) announceFlagsLocked(member string, request bool) uint8 {
+	f := uint8(flagActive)
+	p := d.peers[member]
+	if p != nil && p.active != nil {
+		f |= flagHaveYours
+	}
+	if request || p == nil || !p.ready() {
+		f |= flagRequest
+	}
+	return f
 }
 
 // acceptable checks an attestation against the current Authority and the
@@ -243,6 +309,135 @@ func (d *Device) ipcPeer(b *strings.Builder, member string, att *Attestation, ad
 		ka = max(1, int(d.cfg.Keepalive/time.Second))
 	}
 	b.WriteString("persistent_keepalive_interval=" + strconv.Itoa(ka) + "\n")
+}
+
+// keepaliveDelay is how long a peer configured without an immediate
+// handshake waits before its persistent keepalive is switched on.
+const keepaliveDelay = 2 * time.Second
+
+// enableDueKeepalives switches on persistent keepalive for peers whose
+// delay ran out (see handleAnnounce).
+func (d *Device) enableDueKeepalives(now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var ipc strings.Builder
+	ka := max(1, int(d.cfg.Keepalive/time.Second))
+	for k, due := range d.kaDue {
+		if now.Before(due) {
+			continue
+		}
+		delete(d.kaDue, k)
+		for _, p := range d.peers {
+			if p.active != nil && p.active.PublicKey == k {
+				fmt.Fprintf(&ipc, "public_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n", k, ka)
+			}
+		}
+	}
+	if ipc.Len() > 0 {
+		if err := d.wg.IpcSet(ipc.String()); err != nil {
+			d.log.Error("enable WireGuard keepalive failed", "err", err)
+		}
+	}
+}
+
+// promoteTimeout bounds how long a switched member's pending key waits for
+// a handshake before it is promoted anyway (the member may have been idle).
+const promoteTimeout = 3 * time.Second
+
+// promoteLoop runs promotePending every few milliseconds while some member
+// has switched to a key not yet promoted here: every packet that member
+// sends on its new session is dropped until then.
+func (d *Device) promoteLoop() error {
+	for {
+		select {
+		case <-d.ctx.Done():
+			return nil
+		case <-d.promoteCh:
+		}
+		t := time.NewTicker(5 * time.Millisecond)
+		for d.promotePending(d.now()) {
+			select {
+			case <-d.ctx.Done():
+				t.Stop()
+				return nil
+			case <-t.C:
+			}
+		}
+		t.Stop()
+	}
+}
+
+// promotePending moves overlay addresses to pending keys of members that
+// switched and completed a handshake with the new key (see peerState). It
+// reports whether some switched member is still waiting.
+func (d *Device) promotePending(now time.Time) (waitingLeft bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var waiting []string
+	for m, p := range d.peers {
+		if p.pending != nil && !p.switched.IsZero() {
+			waiting = append(waiting, m)
+		}
+	}
+	if len(waiting) == 0 {
+		return false
+	}
+	hs, err := d.handshakes()
+	if err != nil {
+		d.log.Error("read WireGuard peer state failed", "err", err)
+	}
+	var ipc strings.Builder
+	for _, m := range waiting {
+		p := d.peers[m]
+		if !hs[p.pending.PublicKey] && now.Sub(p.switched) < promoteTimeout {
+			waitingLeft = true
+			continue
+		}
+		d.ipcPeer(&ipc, m, p.pending, p.addr, true)
+		if p.active != nil {
+			ipcRemove(&ipc, p.active.PublicKey)
+			delete(d.kaDue, p.active.PublicKey)
+		}
+		d.log.Info("WireGuard peer switched to its new key", "peer", m, "public_key", p.pending.PublicKey.String(), "after_handshake", hs[p.pending.PublicKey])
+		p.active, p.pending, p.switched = p.pending, nil, time.Time{}
+	}
+	if ipc.Len() > 0 {
+		if err := d.wg.IpcSet(ipc.String()); err != nil {
+			d.log.Error("switch WireGuard peer key failed", "err", err)
+		}
+		d.notifyLocked()
+	}
+	return waitingLeft
+}
+
+// handshakes reports which peers (by public key) completed a handshake.
+func (d *Device) handshakes() (map[Key]bool, error) {
+	out := map[Key]bool{}
+	dump, err := d.wg.IpcGet()
+	if err != nil {
+		return out, err
+	}
+	var cur Key
+	for _, line := range strings.Split(dump, "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "public_key":
+			b, err := hex.DecodeString(v)
+			if err != nil || len(b) != 32 {
+				cur = Key{}
+				continue
+			}
+			cur = Key(b)
+		case "last_handshake_time_sec", "last_handshake_time_nsec":
+			if v != "0" && !cur.IsZero() {
+				out[cur] = true
+			}
+		}
+	}
+	return out, nil
 }
 
 func ipcRemove(b *strings.Builder, k Key) {
@@ -378,7 +573,7 @@ func (d *Device) waitPeer(ctx context.Context, member string) (netip.Addr, error
 			d.mu.Unlock()
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrNotMember, member)
 		}
-		if p := d.peers[member]; p != nil && p.active != nil {
+		if p := d.peers[member]; p.ready() {
 			d.mu.Unlock()
 			return addr, nil
 		}

@@ -75,8 +75,40 @@ func (d *Device) Rotate(ctx context.Context) error {
 		}
 	}
 
+	// Wait for our turn: a peer with a smaller id that is mid-rotation
+	// switches first (bounded, in case it never does).
+	turn := time.NewTimer(d.cfg.RotationAckTimeout + 2*promoteTimeout)
+	defer turn.Stop()
+	poll := time.NewTicker(50 * time.Millisecond)
+	defer poll.Stop()
+	for m := d.rotatingBefore(); m != ""; m = d.rotatingBefore() {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-d.ctx.Done():
+			return ErrClosed
+		case <-turn.C:
+			d.log.Warn("switching WireGuard key while a peer's own rotation is unfinished", "peer", m)
+		case <-poll.C:
+			continue
+		}
+		break
+	}
+
 	d.mu.Lock()
-	if err := d.wg.IpcSet("private_key=" + ks.priv.String() + "\n"); err != nil {
+	// Switch the key, then toggle persistent keepalive on every peer: the
+	// keepalive it sends at once starts the handshake with the new key.
+	ipc := "private_key=" + ks.priv.String() + "\n"
+	if d.cfg.Keepalive > 0 {
+		ka := max(1, int(d.cfg.Keepalive/time.Second))
+		for _, p := range d.peers {
+			if p.active != nil {
+				ipc += fmt.Sprintf("public_key=%s\nupdate_only=true\npersistent_keepalive_interval=0\npublic_key=%s\nupdate_only=true\npersistent_keepalive_interval=%d\n", p.active.PublicKey, p.active.PublicKey, ka)
+				delete(d.kaDue, p.active.PublicKey)
+			}
+		}
+	}
+	if err := d.wg.IpcSet(ipc); err != nil {
 		d.mu.Unlock()
 		return fmt.Errorf("switch WireGuard private key: %w", err)
 	}
@@ -97,6 +129,19 @@ func (d *Device) Rotate(ctx context.Context) error {
 		d.announceAll(false)
 	}
 	return nil
+}
+
+// rotatingBefore names a peer with a smaller member id that announced a
+// next key not yet promoted here, or "".
+func (d *Device) rotatingBefore() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for m, p := range d.peers {
+		if p.pending != nil && m < d.cfg.Member {
+			return m
+		}
+	}
+	return ""
 }
 
 // unacked lists peers that have not acknowledged the next key yet.

@@ -1,0 +1,21 @@
+package tunnel
+
+// AnnouncePackets encodes an attestation announcement as a peer would send
+// it, for tests that play a misbehaving member.
+func AnnouncePackets(att []byte, active bool, maxPacket int) [][]byte {
+	var f uint8
+	if active {
+		f = flagActive
+	}
+	p, err := encodeControl(kindAnnounce, f, 1, att, maxPacket)
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
+// IpcGet dumps the WireGuard device state, for debugging tests.
+func (d *Device) IpcGet() string {
+	s, _ := d.wg.IpcGet()
+	return s
+}
