@@ -83,7 +83,9 @@ type Config struct {
 	MaxSizePerMsg uint64
 	// MaxInflightMsgs: append messages in flight per follower. Default 256.
 	MaxInflightMsgs int
-	// MaxEntryBytes bounds one proposal. Default 16 MiB.
+	// MaxEntryBytes bounds one proposal (and the entries this node accepts
+	// into its log and frames from peers): use the same value on every
+	// consenter, at least the largest block. Default 16 MiB.
 	MaxEntryBytes int
 	// SendQueue: raft messages queued per peer before new ones are dropped
 	// (raft retransmits). Default 1024.
