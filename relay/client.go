@@ -536,19 +536,20 @@ func (c *Client) Close() error {
 
 // RelayStatus is one relay as the client sees it.
 type RelayStatus struct {
-	ID, Addr  string
-	State     string // connecting, up, down
-	Path      Path   // quic, tcp, proxy; empty unless up
-	Healthy   bool   // answered within DeadAfter: eligible for sending
-	Active    bool   // the relay packets are being sent on
-	RTT       time.Duration
-	BytesIn   uint64
-	BytesOut  uint64
-	Drops     uint64
-	Upgrades  int // moves from TCP back to QUIC
-	Since     time.Time
-	LastError string // the last failure: dial, handshake or lost connection
-	LastClose string // why the last established connection ended
+	ID        string        `json:"id"`
+	Addr      string        `json:"addr"`
+	State     string        `json:"state"`          // connecting, up, down
+	Path      Path          `json:"path,omitempty"` // quic, tcp, proxy; empty unless up
+	Healthy   bool          `json:"healthy"`        // answered within DeadAfter: eligible for sending
+	Active    bool          `json:"active"`         // the relay packets are being sent on
+	RTT       time.Duration `json:"rtt_ns"`
+	BytesIn   uint64        `json:"bytes_in"`
+	BytesOut  uint64        `json:"bytes_out"`
+	Drops     uint64        `json:"drops"`
+	Upgrades  int           `json:"upgrades"` // moves from TCP back to QUIC
+	Since     time.Time     `json:"since"`
+	LastError string        `json:"last_error,omitempty"` // the last failure: dial, handshake or lost connection
+	LastClose string        `json:"last_close,omitempty"` // why the last established connection ended
 }
 
 // Status reports every relay.
