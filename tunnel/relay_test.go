@@ -1,0 +1,152 @@
+package tunnel_test
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/memberd/memberd/relay"
+	"github.com/memberd/memberd/relay/relaytest"
+	"github.com/memberd/memberd/tunnel"
+	"github.com/memberd/memberd/tunnel/tunneltest"
+)
+
+// freeRelayAddr is 127.0.0.1:P with P free on both TCP and UDP.
+func freeRelayAddr(t *testing.T) string {
+	t.Helper()
+	for range 50 {
+		tl, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := tl.Addr().String()
+		ul, err := net.ListenPacket("udp", addr)
+		tl.Close()
+		if err == nil {
+			ul.Close()
+			return addr
+		}
+	}
+	t.Fatal("no loopback port free on both TCP and UDP")
+	return ""
+}
+
+// TestOverRealRelay runs the tunnel over one real relay (QUIC on loopback):
+// two members with relay.Client transports, a byte-exact transfer, and the
+// relay's forward hook never sees the plaintext marker.
+func TestOverRealRelay(t *testing.T) {
+	members := []string{"bank-a", "bank-b"}
+	rcas := map[string]*relaytest.CA{}
+	cas := map[string][]*tunneltest.CA{}
+	relayCAs := map[string][]*x509.Certificate{}
+	for _, m := range members {
+		rcas[m] = relaytest.NewCA(t, m+"-ca")
+		cas[m] = []*tunneltest.CA{{Member: m, Cert: rcas[m].Cert, Key: rcas[m].Key}}
+		relayCAs[m] = []*x509.Certificate{rcas[m].Cert}
+	}
+	relayCert := relaytest.SelfSigned(t, "relay-1")
+	info := relay.RelayInfo{ID: "relay-1", Addr: freeRelayAddr(t), Pin: relay.PinOf(relayCert.Leaf)}
+	rauth, err := relay.NewStaticAuthority(relay.StaticPolicy{MemberCAs: relayCAs, AllowAll: true, Relays: []relay.RelayInfo{info}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	marker := []byte("RELAY-PLAINTEXT-MARKER-51d2")
+	var seen, forwarded atomic.Int64
+	srv, err := relay.NewServer(relay.ServerConfig{ID: "relay-1", Identity: relayCert, Authority: rauth,
+		RateBytesPerSec: -1,
+		ForwardHook: func(from, to string, p []byte) {
+			forwarded.Add(1)
+			if bytes.Contains(p, marker) {
+				seen.Add(1)
+			}
+		}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	tl, err := net.Listen("tcp", info.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenPacket("udp", info.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ql, err := quic.Listen(udp, srv.TLSConfig(), srv.QUICConfig())
+	if err != nil {
+		t.Fatal(err)
+	}
+	wg.Add(2)
+	go func() { defer wg.Done(); srv.ServeTCP(ctx, tl) }()
+	go func() { defer wg.Done(); srv.ServeQUIC(ctx, ql) }()
+	defer func() {
+		ql.Close()
+		udp.Close()
+		tl.Close()
+		srv.Close()
+		cancel()
+		wg.Wait()
+	}()
+
+	var specs []tunneltest.MemberSpec
+	for i, m := range members {
+		specs = append(specs, tunneltest.MemberSpec{ID: m, Addr: netip.AddrFrom4([4]byte{10, 99, 0, byte(i + 1)}), CA: cas[m][0]})
+	}
+	tauth := tunneltest.NewAuthority(specs, nil)
+	devs := map[string]*tunnel.Device{}
+	for _, m := range members {
+		id := rcas[m].Issue(t, m+"-appliance")
+		cl, err := relay.NewClient(relay.ClientConfig{Identity: id, Relays: []relay.RelayInfo{info}, NoEnvProxy: true,
+			QUICTimeout: time.Second, BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+		err = cl.WaitReady(wctx)
+		wcancel()
+		if err != nil {
+			cl.Close()
+			t.Fatal(err)
+		}
+		d, err := tunnel.New(tunnel.Config{Member: m, Signer: id.PrivateKey.(crypto.Signer), Chain: []*x509.Certificate{id.Leaf},
+			Transport: cl, Authority: tauth, Logger: testLogger(t)})
+		if err != nil {
+			cl.Close()
+			t.Fatal(err)
+		}
+		defer d.Close() // closes the relay client
+		devs[m] = d
+		t.Logf("%s: relay path %v, max packet %d, tunnel MTU %d", m, cl.Status(), cl.MaxPacketSize(), d.MTU())
+	}
+
+	tctx, tcancel := context.WithTimeout(ctx, 60*time.Second)
+	defer tcancel()
+	x, y := connect(t, tctx, devs["bank-a"], devs["bank-b"], "bank-b", 7050)
+	n := int64(8 << 20)
+	if testing.Short() {
+		n = 1 << 20
+	}
+	if err := transfer(tctx, x, y, n, 13); err != nil {
+		t.Fatal(err)
+	}
+	go x.Write(bytes.Repeat(marker, 500))
+	got := make([]byte, 500*len(marker))
+	y.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := readFull(y, got); err != nil {
+		t.Fatal(err)
+	}
+	if forwarded.Load() == 0 || seen.Load() != 0 {
+		t.Fatalf("relay forwarded %d packets, %d with the plaintext marker", forwarded.Load(), seen.Load())
+	}
+	t.Logf("relay forwarded %d packets, none with the marker; drops %v", forwarded.Load(), srv.Drops())
+}
