@@ -29,7 +29,7 @@ func relaytestSelfSigned(b *testing.B) tls.Certificate { return relaytest.SelfSi
 // Reported: fwd_pkts/s (packets through the relay per second, both
 // directions), MB/s of payload, loss_%.
 
-const window = 64
+const defaultWindow = 64
 
 // echoer is one endpoint pair under test.
 type echoer struct {
@@ -40,7 +40,9 @@ type echoer struct {
 	closeFn func()
 }
 
-func runEcho(b *testing.B, e echoer, size int) {
+func runEcho(b *testing.B, e echoer, size int) { runEchoWindow(b, e, size, defaultWindow) }
+
+func runEchoWindow(b *testing.B, e echoer, size, window int) {
 	payload := make([]byte, size)
 	sem := make(chan struct{}, window)
 	var got, lost atomic.Int64
@@ -162,6 +164,18 @@ func BenchmarkForward(b *testing.B) {
 		b.Run(fmt.Sprintf("quic/%dB", size), func(b *testing.B) { runEcho(b, relayEcho(b, false), size) })
 		b.Run(fmt.Sprintf("tcp/%dB", size), func(b *testing.B) { runEcho(b, relayEcho(b, true), size) })
 	}
+}
+
+// BenchmarkLatency runs the echo with one packet in flight: ns/op is the
+// round trip A -> B -> A (through the relay: one relay hop per direction),
+// next to plain loopback UDP A -> B -> A. Added latency per hop is
+// (relay - baseline) / 2.
+func BenchmarkLatency(b *testing.B) {
+	const size = 100
+	b.Run("udp-baseline", func(b *testing.B) { runEchoWindow(b, udpEcho(b), size, 1) })
+	b.Run("quic-raw-baseline", func(b *testing.B) { runEchoWindow(b, quicRawEcho(b), size, 1) })
+	b.Run("quic", func(b *testing.B) { runEchoWindow(b, relayEcho(b, false), size, 1) })
+	b.Run("tcp", func(b *testing.B) { runEchoWindow(b, relayEcho(b, true), size, 1) })
 }
 
 // BenchmarkMemoryPerMember connects N members (200; 20 with -short) to one
