@@ -1,0 +1,190 @@
+package orderer
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	"github.com/hyperledger/fabric-protos-go-apiv2/msp"
+	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/memberd/memberd/node/block"
+)
+
+// Identity is a Fabric client or node identity: an MSP id, an X.509
+// certificate and the signer of its key (an HSM key).
+type Identity struct {
+	MSPID  string
+	Cert   *x509.Certificate
+	Signer crypto.Signer
+}
+
+// Serialized returns the marshalled msp.SerializedIdentity (certificate as
+// PEM, as Fabric MSPs write it).
+func (id Identity) Serialized() []byte {
+	b, _ := proto.Marshal(&msp.SerializedIdentity{Mspid: id.MSPID,
+		IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: id.Cert.Raw})})
+	return b
+}
+
+// Sign signs msg (SHA-256, low-S ECDSA, DER).
+func (id Identity) Sign(msg []byte) ([]byte, error) {
+	pub, ok := id.Cert.PublicKey.(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("%w: certificate %q has a %T key; Fabric identities use ECDSA", block.ErrUnsupportedKey, id.Cert.Subject.CommonName, id.Cert.PublicKey)
+	}
+	return block.SignECDSA(id.Signer, pub, msg, rand.Reader)
+}
+
+// NewEnvelope builds and signs an envelope of type typ on channel carrying
+// data, with a fresh nonce and the matching tx id.
+func NewEnvelope(id Identity, typ common.HeaderType, channel string, data []byte, now time.Time) (*common.Envelope, string, error) {
+	nonce := make([]byte, block.NonceSize)
+	if _, err := io.ReadFull(rand.Reader, nonce); err != nil {
+		return nil, "", err
+	}
+	creator := id.Serialized()
+	txid := block.ComputeTxID(nonce, creator)
+	ch, err := proto.Marshal(&common.ChannelHeader{Type: int32(typ), ChannelId: channel, TxId: txid,
+		Timestamp: timestamppb.New(now)})
+	if err != nil {
+		return nil, "", err
+	}
+	sh, err := proto.Marshal(&common.SignatureHeader{Creator: creator, Nonce: nonce})
+	if err != nil {
+		return nil, "", err
+	}
+	payload, err := proto.Marshal(&common.Payload{Header: &common.Header{ChannelHeader: ch, SignatureHeader: sh}, Data: data})
+	if err != nil {
+		return nil, "", err
+	}
+	sig, err := id.Sign(payload)
+	if err != nil {
+		return nil, "", err
+	}
+	return &common.Envelope{Payload: payload, Signature: sig}, txid, nil
+}
+
+// NewTransaction is NewEnvelope for an ENDORSER_TRANSACTION.
+func NewTransaction(id Identity, channel string, data []byte, now time.Time) (*common.Envelope, string, error) {
+	return NewEnvelope(id, common.HeaderType_ENDORSER_TRANSACTION, channel, data, now)
+}
+
+// SeekRange returns a SeekInfo for blocks from..to (to = MaxBlock: forever).
+func SeekRange(from, to uint64, behavior ab.SeekInfo_SeekBehavior) *ab.SeekInfo {
+	return &ab.SeekInfo{
+		Start:    &ab.SeekPosition{Type: &ab.SeekPosition_Specified{Specified: &ab.SeekSpecified{Number: from}}},
+		Stop:     &ab.SeekPosition{Type: &ab.SeekPosition_Specified{Specified: &ab.SeekSpecified{Number: to}}},
+		Behavior: behavior,
+	}
+}
+
+// SeekNewest returns a SeekInfo for the newest block only.
+func SeekNewest() *ab.SeekInfo {
+	p := &ab.SeekPosition{Type: &ab.SeekPosition_Newest{Newest: &ab.SeekNewest{}}}
+	return &ab.SeekInfo{Start: p, Stop: p, Behavior: ab.SeekInfo_FAIL_IF_NOT_READY}
+}
+
+// NewSeekEnvelope builds the signed DELIVER_SEEK_INFO envelope for seek.
+func NewSeekEnvelope(id Identity, channel string, seek *ab.SeekInfo, now time.Time) (*common.Envelope, error) {
+	data, err := proto.Marshal(seek)
+	if err != nil {
+		return nil, err
+	}
+	env, _, err := NewEnvelope(id, common.HeaderType_DELIVER_SEEK_INFO, channel, data, now)
+	return env, err
+}
+
+// ErrStatus: a Deliver or Broadcast answer that is not SUCCESS.
+var ErrStatus = errors.New("orderer answered")
+
+// Fetch runs one Deliver request and calls fn for each block, in order. It
+// returns nil when the server ends with SUCCESS, an error wrapping ErrStatus
+// (naming the status) for another final status.
+func Fetch(ctx context.Context, c ab.AtomicBroadcastClient, id Identity, channel string, seek *ab.SeekInfo, fn func(*common.Block) error) error {
+	env, err := NewSeekEnvelope(id, channel, seek, time.Now())
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stream, err := c.Deliver(ctx)
+	if err != nil {
+		return err
+	}
+	if err := stream.Send(env); err != nil {
+		return err
+	}
+	if err := stream.CloseSend(); err != nil {
+		return err
+	}
+	for {
+		resp, err := stream.Recv()
+		if err != nil {
+			return err
+		}
+		switch t := resp.Type.(type) {
+		case *ab.DeliverResponse_Block:
+			if err := fn(t.Block); err != nil {
+				return err
+			}
+		case *ab.DeliverResponse_Status:
+			if t.Status == common.Status_SUCCESS {
+				return nil
+			}
+			return fmt.Errorf("%w %s", ErrStatus, t.Status)
+		}
+	}
+}
+
+// DeliverFetcher is a BlockFetcher that pulls blocks from peers' Deliver
+// service with the node's own identity (a member, hence a reader). Peers are
+// tried in order until one delivers.
+type DeliverFetcher struct {
+	Peers    []ab.AtomicBroadcastClient
+	Identity Identity
+	Channel  string
+}
+
+var _ BlockFetcher = (*DeliverFetcher)(nil)
+
+// FetchBlocks implements BlockFetcher.
+func (f *DeliverFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn func(raw []byte) error) error {
+	var errs []error
+	for _, p := range f.Peers {
+		next := from
+		err := Fetch(ctx, p, f.Identity, f.Channel, SeekRange(from, to, ab.SeekInfo_FAIL_IF_NOT_READY), func(b *common.Block) error {
+			if b.GetHeader().GetNumber() != next {
+				return fmt.Errorf("%w: peer sent block %d, want %d", ErrCatchUp, b.GetHeader().GetNumber(), next)
+			}
+			raw, err := block.Marshal(b)
+			if err != nil {
+				return err
+			}
+			if err := fn(raw); err != nil {
+				return err
+			}
+			next++
+			from = next
+			return nil
+		})
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return fmt.Errorf("%w: %w", ErrCatchUp, errors.Join(errs...))
+}

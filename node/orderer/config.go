@@ -1,0 +1,134 @@
+package orderer
+
+import (
+	"context"
+	"crypto"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+
+	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/raftlog"
+	"github.com/memberd/memberd/policy"
+)
+
+// Defaults of Config.
+const (
+	DefaultSubmitTimeout = 30 * time.Second
+	DefaultRecentTxIDs   = 1 << 20
+	DefaultSubmitQueue   = 4096
+	DefaultStallTimeout  = 5 * time.Second
+)
+
+// BlockFetcher pulls committed blocks from other consenters, for a node that
+// fell behind a snapshot. FetchBlocks calls fn for blocks from, from+1, ...
+// up to to (inclusive), in order, and stops at fn's first error. It may
+// return early (e.g. every peer failed); the node retries.
+type BlockFetcher interface {
+	FetchBlocks(ctx context.Context, from, to uint64, fn func(raw []byte) error) error
+}
+
+// Forwarder hands an admitted envelope to the current leader (identified by
+// its raft ID) and returns once the leader answered: nil for SUCCESS. A
+// follower with a Forwarder forwards Broadcast submissions instead of
+// redirecting the client.
+type Forwarder interface {
+	Forward(ctx context.Context, leader uint64, env []byte) error
+}
+
+// Config configures a Node. New copies it.
+type Config struct {
+	// Raft configures the replicated log. Apply, SnapshotData, OnLeaderChange
+	// and Applied are set by the Node and must be left zero. Raft.Cluster
+	// defaults to the channel id.
+	Raft raftlog.Config
+	// BlockDir is the block store directory (required).
+	BlockDir string
+	// Genesis is the channel's config block (block 0), written to an empty
+	// store; required when the store is empty. Its channel id, BatchSize and
+	// BatchTimeout configure the node.
+	Genesis *common.Block
+	// Batch overrides the genesis block's BatchSize/BatchTimeout when
+	// non-zero (tests and benchmarks).
+	Batch block.CutterConfig
+	// Signer signs the blocks this node writes (an HSM key). Required.
+	Signer crypto.Signer
+	// Identity is the marshalled msp.SerializedIdentity holding Signer's
+	// certificate; it goes into block signatures. Required.
+	Identity []byte
+	// Policy returns the current governance policy (e.g. policy.Watcher's
+	// current). Required.
+	Policy func() *policy.Policy
+	// Fetcher pulls missing blocks after a snapshot. nil: a node that needs
+	// blocks it cannot get from its own log stops with ErrCatchUp.
+	Fetcher BlockFetcher
+	// Forwarder, if set, lets followers forward submissions to the leader.
+	Forwarder Forwarder
+	// SubmitTimeout bounds how long a submission waits to be committed.
+	// Default 30s.
+	SubmitTimeout time.Duration
+	// RecentTxIDs bounds the set of recent tx ids used to reject duplicates.
+	// Default 1<<20 (about 40 MiB).
+	RecentTxIDs int
+	// SubmitQueue bounds admitted envelopes waiting for the cutter. Default 4096.
+	SubmitQueue int
+	// StallTimeout: a leader whose proposed block is not applied within this
+	// long re-reads the store tip and proposes again from there. Default 5s.
+	StallTimeout time.Duration
+	// Now is the clock (default time.Now): used for the cutter and for
+	// certificate validity.
+	Now func() time.Time
+	// Logger; nil discards.
+	Logger *slog.Logger
+}
+
+// ErrInvalidConfig: Config.Validate failed.
+var ErrInvalidConfig = errors.New("invalid ordering node config")
+
+// Validate reports the first problem with c, naming the field.
+func (c *Config) Validate() error {
+	switch {
+	case c.BlockDir == "":
+		return fmt.Errorf("%w: BlockDir is required", ErrInvalidConfig)
+	case c.Signer == nil:
+		return fmt.Errorf("%w: Signer is required (the node's HSM key)", ErrInvalidConfig)
+	case len(c.Identity) == 0:
+		return fmt.Errorf("%w: Identity is required (msp.SerializedIdentity of the signer's certificate)", ErrInvalidConfig)
+	case c.Policy == nil:
+		return fmt.Errorf("%w: Policy is required", ErrInvalidConfig)
+	case c.Raft.Apply != nil || c.Raft.SnapshotData != nil || c.Raft.OnLeaderChange != nil || c.Raft.Applied != 0:
+		return fmt.Errorf("%w: Raft.Apply, SnapshotData, OnLeaderChange and Applied are set by the node; leave them zero", ErrInvalidConfig)
+	case c.SubmitTimeout < 0 || c.RecentTxIDs < 0 || c.SubmitQueue < 0 || c.StallTimeout < 0:
+		return fmt.Errorf("%w: negative timeout or bound", ErrInvalidConfig)
+	}
+	if c.Batch != (block.CutterConfig{}) {
+		if err := c.Batch.Validate(); err != nil {
+			return fmt.Errorf("%w: Batch: %w", ErrInvalidConfig, err)
+		}
+	}
+	return nil
+}
+
+func (c *Config) setDefaults() {
+	if c.SubmitTimeout == 0 {
+		c.SubmitTimeout = DefaultSubmitTimeout
+	}
+	if c.RecentTxIDs == 0 {
+		c.RecentTxIDs = DefaultRecentTxIDs
+	}
+	if c.SubmitQueue == 0 {
+		c.SubmitQueue = DefaultSubmitQueue
+	}
+	if c.StallTimeout == 0 {
+		c.StallTimeout = DefaultStallTimeout
+	}
+	if c.Now == nil {
+		c.Now = time.Now
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}

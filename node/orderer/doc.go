@@ -1,0 +1,47 @@
+// Package orderer is memberd's ordering node for one channel: it joins the
+// pieces of node/ (raftlog, block cutter, blockstore, admission) into a Node,
+// and serves Fabric's orderer.AtomicBroadcast gRPC service (Broadcast and
+// Deliver) on a grpc.ServiceRegistrar that the caller owns.
+//
+// # Ordering
+//
+// The raft LEADER runs the block cutter (block.Cutter, time from a timer in the
+// driver loop) and proposes each cut block, unsigned, as one raft entry (wire
+// format in entry.go). EVERY node applies committed entries in log order: a
+// block entry is appended when it is the next block of the store (number and
+// previous hash), and skipped otherwise (a stale proposal of a deposed
+// leader); the decision depends only on the log. As Fabric's etcdraft, each
+// node signs the blocks it writes with its own crypto.Signer and records the
+// raft index in the consenter metadata (etcdraft.BlockMetadata.RaftIndex), so
+// block headers and data are identical on every node while the SIGNATURES
+// metadata names the node that wrote the copy.
+//
+// # The Broadcast guarantee
+//
+// Broadcast answers SUCCESS for an envelope only once it is inside a block
+// that raft committed (durable on a quorum) and that this node has appended
+// and fsynced to its block store. A SUCCESS is therefore never lost: it
+// survives the loss of any minority of nodes, including the leader. Any other
+// answer (SERVICE_UNAVAILABLE after a leader change or a timeout) promises
+// nothing: the envelope may or may not be ordered; the client may resubmit.
+//
+// Followers do not order: a follower answers Broadcast with
+// SERVICE_UNAVAILABLE naming the leader (a redirect), unless a Forwarder is
+// configured.
+//
+// # Admission
+//
+// Before an envelope reaches the cutter: well formed, size within the
+// channel's AbsoluteMaxBytes, this channel, ENDORSER_TRANSACTION (CONFIG_UPDATE
+// is answered NOT_IMPLEMENTED), TxId bound to nonce and creator, signature
+// valid and low-S, creator a certificate issued by the CA of a member of the
+// current policy whose MSP id matches and who has the writer role, and a tx id
+// not seen among the recently committed or in-flight ones (bounded set).
+//
+// # Catch-up
+//
+// A node restarted from disk replays its raft log (Config.Raft.Applied is the
+// raft index of its last block); when the leader sends a snapshot instead,
+// the node pulls the missing blocks from its peers through a BlockFetcher
+// (DeliverFetcher: Deliver over gRPC), verifying chain and data hashes.
+package orderer

@@ -1,0 +1,574 @@
+package orderer
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	"github.com/hyperledger/fabric-protos-go-apiv2/orderer/etcdraft"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/blockstore"
+	"github.com/memberd/memberd/node/channelconfig"
+	"github.com/memberd/memberd/node/raftlog"
+	"github.com/memberd/memberd/policy"
+)
+
+// Node orders one channel. Its methods are safe for concurrent use.
+//
+// Lifecycle: New opens the block store and the raft log and starts nothing;
+// Run runs raft and the ordering driver until ctx ends or Close; Close is
+// idempotent.
+type Node struct {
+	cfg     Config
+	channel string
+	cutCfg  block.CutterConfig
+	log     *slog.Logger
+	raft    *raftlog.Node
+	store   *blockstore.Store
+	adm     *admitter
+
+	submitCh chan []byte
+	leaderCh chan struct{}
+	closed   chan struct{}
+	once     sync.Once
+	running  atomic.Bool
+
+	mu         sync.Mutex
+	waiters    map[txKey]*waiter
+	recent     *recentSet
+	lastConfig uint64 // Run goroutine only
+
+	ordered atomic.Uint64 // envelopes committed (metrics, tests)
+}
+
+type waiter struct {
+	done chan struct{}
+	err  error
+}
+
+// New validates cfg, opens the block store (writing the genesis block to an
+// empty store) and the raft log. It starts nothing.
+func New(cfg Config) (*Node, error) {
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg.setDefaults()
+	store, err := blockstore.Open(cfg.BlockDir, blockstore.Config{Logger: cfg.Logger})
+	if err != nil {
+		return nil, err
+	}
+	n, err := newNode(cfg, store)
+	if err != nil {
+		store.Close()
+		return nil, err
+	}
+	return n, nil
+}
+
+func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
+	if store.Height() == 0 {
+		if cfg.Genesis == nil {
+			return nil, fmt.Errorf("%w: block store %s is empty and no Genesis block was given", ErrInvalidConfig, cfg.BlockDir)
+		}
+		if err := store.Append(cfg.Genesis); err != nil {
+			return nil, fmt.Errorf("writing genesis block to %s: %w", cfg.BlockDir, err)
+		}
+	}
+	gen, err := store.Get(0)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Genesis != nil && !bytes.Equal(block.HeaderHash(gen.Header), block.HeaderHash(cfg.Genesis.Header)) {
+		return nil, fmt.Errorf("%w: block store %s holds another channel's genesis block", ErrInvalidConfig, cfg.BlockDir)
+	}
+	ch, err := channelconfig.Parse(gen)
+	if err != nil {
+		return nil, fmt.Errorf("genesis block in %s: %w", cfg.BlockDir, err)
+	}
+	cut := ch.Config.Batch
+	if cfg.Batch != (block.CutterConfig{}) {
+		cut = cfg.Batch
+	}
+	if _, err := block.NewCutter(cut); err != nil {
+		return nil, err
+	}
+	last, err := store.Get(store.Height() - 1)
+	if err != nil {
+		return nil, err
+	}
+	n := &Node{
+		cfg: cfg, channel: ch.Config.ChannelID, cutCfg: cut,
+		log:      cfg.Logger.With("channel", ch.Config.ChannelID),
+		store:    store,
+		submitCh: make(chan []byte, cfg.SubmitQueue),
+		leaderCh: make(chan struct{}, 1),
+		closed:   make(chan struct{}),
+		waiters:  make(map[txKey]*waiter),
+		recent:   newRecentSet(cfg.RecentTxIDs),
+	}
+	n.adm = newAdmitter(n.channel, n.cutCfg.AbsoluteMaxBytes, cfg.Policy, cfg.Now)
+	if lc, err := block.LastConfigIndex(last); err == nil {
+		n.lastConfig = lc
+	}
+	n.loadRecent()
+
+	rc := cfg.Raft
+	if rc.Cluster == "" {
+		rc.Cluster = n.channel
+	}
+	rc.Applied = raftIndex(last)
+	rc.Apply = n.apply
+	rc.SnapshotData = n.snapshotData
+	rc.OnLeaderChange = n.onLeaderChange
+	if rc.Logger == nil {
+		rc.Logger = cfg.Logger
+	}
+	if n.raft, err = raftlog.New(rc); err != nil {
+		return nil, err
+	}
+	return n, nil
+}
+
+// loadRecent fills the duplicate set from the newest blocks of the store.
+func (n *Node) loadRecent() {
+	h := n.store.Height()
+	count := 0
+	for i := h; i > 1 && count < n.cfg.RecentTxIDs; i-- {
+		b, err := n.store.Get(i - 1)
+		if err != nil {
+			return
+		}
+		for _, raw := range b.Data.Data {
+			if e, err := block.ParseEnvelope(raw); err == nil {
+				n.recent.add(keyOf(e.TxID()))
+				count++
+			}
+		}
+	}
+}
+
+// raftIndex returns the raft index recorded in b's consenter metadata (0 for
+// a block not written by raft, such as the genesis block).
+func raftIndex(b *common.Block) uint64 {
+	md, err := block.ConsenterMetadata(b)
+	if err != nil || len(md) == 0 {
+		return 0
+	}
+	var m etcdraft.BlockMetadata
+	if proto.Unmarshal(md, &m) != nil {
+		return 0
+	}
+	return m.RaftIndex
+}
+
+// ChannelID returns the channel this node orders.
+func (n *Node) ChannelID() string { return n.channel }
+
+// Store returns the node's block store (read it; never append).
+func (n *Node) Store() *blockstore.Store { return n.store }
+
+// Raft returns the replicated log (for status and membership changes).
+func (n *Node) Raft() *raftlog.Node { return n.raft }
+
+// Height returns the number of blocks in the local store.
+func (n *Node) Height() uint64 { return n.store.Height() }
+
+// IsLeader reports whether this node is the raft leader.
+func (n *Node) IsLeader() bool { return n.raft.Leader() == n.raft.ID() }
+
+// Policy returns the current policy.
+func (n *Node) Policy() *policy.Policy { return n.cfg.Policy() }
+
+// Healthy reports whether the node is connected to consensus: it runs and
+// knows a leader. Deliver answers SERVICE_UNAVAILABLE when it is not (unless
+// the client asked for BEST_EFFORT).
+func (n *Node) Healthy() error {
+	select {
+	case <-n.closed:
+		return ErrClosed
+	default:
+	}
+	if !n.running.Load() {
+		return fmt.Errorf("%w: node not running", ErrUnavailable)
+	}
+	if n.raft.Leader() == 0 {
+		return fmt.Errorf("%w: no raft leader known", ErrUnavailable)
+	}
+	return nil
+}
+
+// Run runs raft and the ordering driver until ctx ends, Close is called or
+// a fatal error (returned). It may be called once.
+func (n *Node) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-n.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	n.running.Store(true)
+	defer n.running.Store(false)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		err := n.raft.Run(gctx)
+		cancel()
+		if errors.Is(err, raftlog.ErrClosed) || errors.Is(err, context.Canceled) {
+			return nil
+		}
+		return err
+	})
+	g.Go(func() error { return n.drive(gctx) })
+	err := g.Wait()
+	n.failAll(fmt.Errorf("%w: node stopped", ErrClosed))
+	return err
+}
+
+// Close stops Run, closes the raft log and the block store. Idempotent.
+func (n *Node) Close() error {
+	var err error
+	n.once.Do(func() {
+		close(n.closed)
+		err = errors.Join(n.raft.Close(), n.store.Close())
+		n.failAll(fmt.Errorf("%w", ErrClosed))
+	})
+	return err
+}
+
+// Pending is an admitted envelope on its way into a block.
+type Pending struct {
+	n   *Node
+	key txKey
+	w   *waiter
+	// Envelope is the admitted envelope.
+	Envelope *block.Envelope
+}
+
+// Order admits raw (see the package doc for the checks) and hands it to the
+// cutter. It does not wait for the block: call Wait. It fails with
+// ErrNotLeader on a follower.
+func (n *Node) Order(ctx context.Context, raw []byte) (*Pending, error) {
+	env, err := n.adm.admitBroadcast(raw)
+	if err != nil {
+		return nil, err
+	}
+	return n.order(ctx, env)
+}
+
+// OrderEnvelope is Order for an envelope already parsed by block.ParseEnvelope.
+func (n *Node) OrderEnvelope(ctx context.Context, env *block.Envelope) (*Pending, error) {
+	if err := n.adm.checkBroadcast(env); err != nil {
+		return nil, err
+	}
+	return n.order(ctx, env)
+}
+
+func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error) {
+	raw := env.Raw
+	if l := n.raft.Leader(); l != n.raft.ID() {
+		if l == 0 {
+			return nil, fmt.Errorf("%w: no raft leader known; retry", ErrUnavailable)
+		}
+		return nil, fmt.Errorf("%w: submit to raft node %d", ErrNotLeader, l)
+	}
+	k := keyOf(env.TxID())
+	w := &waiter{done: make(chan struct{})}
+	n.mu.Lock()
+	if _, busy := n.waiters[k]; busy || n.recent.has(k) {
+		n.mu.Unlock()
+		return nil, fmt.Errorf("%w: %s", ErrDuplicate, env.TxID())
+	}
+	n.waiters[k] = w
+	n.mu.Unlock()
+	p := &Pending{n: n, key: k, w: w, Envelope: env}
+	select {
+	case n.submitCh <- raw:
+		return p, nil
+	case <-ctx.Done():
+		p.drop()
+		return nil, fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+	case <-n.closed:
+		p.drop()
+		return nil, ErrClosed
+	}
+}
+
+// Submit is Order then Wait: it returns nil once raw is in a committed,
+// locally stored block.
+func (n *Node) Submit(ctx context.Context, raw []byte) error {
+	p, err := n.Order(ctx, raw)
+	if err != nil {
+		return err
+	}
+	return p.Wait(ctx)
+}
+
+// Wait returns nil once the envelope is in a block committed by raft and
+// stored (fsynced) by this node; otherwise ErrUnavailable (leader change,
+// SubmitTimeout, ctx) or ErrClosed, and the envelope may or may not be ordered.
+func (p *Pending) Wait(ctx context.Context) error {
+	t := time.NewTimer(p.n.cfg.SubmitTimeout)
+	defer t.Stop()
+	select {
+	case <-p.w.done:
+		return p.w.err
+	case <-t.C:
+		p.drop()
+		return fmt.Errorf("%w: not committed within %v; the envelope may still be ordered", ErrUnavailable, p.n.cfg.SubmitTimeout)
+	case <-ctx.Done():
+		p.drop()
+		return fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
+	}
+}
+
+func (p *Pending) drop() {
+	p.n.mu.Lock()
+	if p.n.waiters[p.key] == p.w {
+		delete(p.n.waiters, p.key)
+	}
+	p.n.mu.Unlock()
+}
+
+func (n *Node) failAll(err error) {
+	n.mu.Lock()
+	for k, w := range n.waiters {
+		w.err = err
+		close(w.done)
+		delete(n.waiters, k)
+	}
+	n.mu.Unlock()
+}
+
+func (n *Node) onLeaderChange(leader, term uint64) {
+	n.log.Info("raft leader changed", "leader", leader, "term", term, "self", n.raft.ID())
+	select {
+	case n.leaderCh <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Node) snapshotData(uint64) ([]byte, error) {
+	h := n.store.LastHeader()
+	out := binary.BigEndian.AppendUint64(nil, n.store.Height())
+	return append(out, block.HeaderHash(h)...), nil
+}
+
+// apply writes the blocks of committed entries. It depends only on the log
+// and the store (itself a product of the log).
+func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
+	if c.Snapshot != nil {
+		if err := n.catchUp(ctx, c.Snapshot.Data); err != nil {
+			return err
+		}
+	}
+	var blocks []*common.Block
+	prev := n.store.LastHeader()
+	for _, e := range c.Entries {
+		typ, b, err := decodeEntry(e.Data)
+		if typ != entryBlock {
+			continue
+		}
+		if err != nil {
+			n.log.Warn("skipping undecodable block entry", "raft_index", e.Index, "err", err)
+			continue
+		}
+		if err := block.VerifyHeaderChain(b.Header, prev); err != nil || !bytes.Equal(b.Header.DataHash, block.DataHash(b.Data)) {
+			// A deposed leader's proposal: another block took its number.
+			n.log.Debug("skipping stale block entry", "raft_index", e.Index, "number", b.Header.Number)
+			continue
+		}
+		md, err := proto.Marshal(&etcdraft.BlockMetadata{ConsenterIds: n.raft.Status().Voters, RaftIndex: e.Index})
+		if err != nil {
+			return err
+		}
+		if err := block.Sign(b, n.cfg.Signer, n.cfg.Identity, n.lastConfig, md, rand.Reader); err != nil {
+			return fmt.Errorf("signing block %d: %w", b.Header.Number, err)
+		}
+		blocks = append(blocks, b)
+		prev = b.Header
+	}
+	if len(blocks) == 0 {
+		return nil
+	}
+	if err := n.store.AppendBatch(blocks); err != nil {
+		return fmt.Errorf("appending blocks %d..%d: %w", blocks[0].Header.Number, prev.Number, err)
+	}
+	n.committed(blocks)
+	return nil
+}
+
+// committed records the tx ids of stored blocks and releases their waiters.
+func (n *Node) committed(blocks []*common.Block) {
+	var keys []txKey
+	for _, b := range blocks {
+		for _, raw := range b.Data.Data {
+			if e, err := block.ParseEnvelope(raw); err == nil {
+				keys = append(keys, keyOf(e.TxID()))
+			}
+		}
+	}
+	n.mu.Lock()
+	for _, k := range keys {
+		n.recent.add(k)
+		if w, ok := n.waiters[k]; ok {
+			close(w.done)
+			delete(n.waiters, k)
+		}
+	}
+	n.mu.Unlock()
+	n.ordered.Add(uint64(len(keys)))
+}
+
+// catchUp brings the store to the height a raft snapshot stands for, pulling
+// blocks from peers; the last one must hash to the snapshot's hash.
+func (n *Node) catchUp(ctx context.Context, data []byte) error {
+	if len(data) < 8 {
+		return nil
+	}
+	height, hash := binary.BigEndian.Uint64(data), data[8:]
+	for n.store.Height() < height {
+		if n.cfg.Fetcher == nil {
+			return fmt.Errorf("%w: have %d blocks, the raft snapshot needs %d and no BlockFetcher is configured", ErrCatchUp, n.store.Height(), height)
+		}
+		from := n.store.Height()
+		n.log.Info("catching up from peers", "from", from, "to", height-1)
+		err := n.cfg.Fetcher.FetchBlocks(ctx, from, height-1, func(raw []byte) error {
+			return n.store.AppendRaw(raw)
+		})
+		if n.store.Height() >= height {
+			break
+		}
+		n.log.Warn("catch-up incomplete; retrying", "height", n.store.Height(), "want", height, "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(time.Second):
+		}
+	}
+	if h := block.HeaderHash(n.store.LastHeader()); n.store.Height() == height && !bytes.Equal(h, hash) {
+		return fmt.Errorf("%w: block %d fetched from peers does not match the raft snapshot's hash", ErrCatchUp, height-1)
+	}
+	n.loadRecent()
+	return nil
+}
+
+// drive is the ordering loop: on the leader, it cuts blocks (time from a
+// timer) and proposes them.
+func (n *Node) drive(ctx context.Context) error {
+	var (
+		leading    bool
+		cut        *block.Cutter
+		tipNum     uint64
+		tipHash    []byte
+		lastHeight = n.store.Height()
+		progressAt = n.cfg.Now()
+	)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	stall := time.NewTicker(n.cfg.StallTimeout / 4)
+	defer stall.Stop()
+
+	stepDown := func(why string) {
+		if leading {
+			n.log.Info("stopped cutting blocks", "reason", why)
+		}
+		leading, cut = false, nil
+		timer.Stop()
+		n.failAll(fmt.Errorf("%w: %s; resubmit", ErrUnavailable, why))
+	}
+	lead := func() bool {
+		if leading {
+			return true
+		}
+		if n.raft.Leader() != n.raft.ID() {
+			return false
+		}
+		// A barrier: once our no-op is applied, every entry before it is too.
+		pctx, cancel := context.WithTimeout(ctx, n.cfg.StallTimeout)
+		_, err := n.raft.ProposeWait(pctx, noopEntry)
+		cancel()
+		if err != nil {
+			n.log.Warn("leader barrier failed", "err", err)
+			return false
+		}
+		h := n.store.LastHeader()
+		tipNum, tipHash = h.Number, block.HeaderHash(h)
+		cut, _ = block.NewCutter(n.cutCfg)
+		leading = true
+		lastHeight, progressAt = n.store.Height(), n.cfg.Now()
+		n.log.Info("cutting blocks as leader", "next_block", tipNum+1)
+		return true
+	}
+	propose := func(batch [][]byte) {
+		if len(batch) == 0 || !leading {
+			return
+		}
+		b := block.New(tipNum+1, tipHash, batch)
+		data, err := encodeBlockEntry(b)
+		if err == nil {
+			err = n.raft.Propose(ctx, data)
+		}
+		if err != nil {
+			stepDown(fmt.Sprintf("proposing block %d failed: %v", tipNum+1, err))
+			return
+		}
+		tipNum, tipHash = b.Header.Number, block.HeaderHash(b.Header)
+	}
+	arm := func() {
+		timer.Stop()
+		if cut == nil {
+			return
+		}
+		if d, ok := cut.Deadline(); ok {
+			timer.Reset(max(d.Sub(n.cfg.Now()), 0))
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-n.leaderCh:
+			if n.raft.Leader() != n.raft.ID() {
+				stepDown("lost raft leadership")
+			} else {
+				lead()
+			}
+		case raw := <-n.submitCh:
+			if !lead() {
+				n.failAll(fmt.Errorf("%w: not the leader (raft leader is %d)", ErrUnavailable, n.raft.Leader()))
+				continue
+			}
+			batches, _ := cut.Ordered(raw, n.cfg.Now())
+			for _, b := range batches {
+				propose(b)
+			}
+			arm()
+		case <-timer.C:
+			if cut != nil {
+				propose(cut.Tick(n.cfg.Now()))
+				arm()
+			}
+		case <-stall.C:
+			now := n.cfg.Now()
+			if h := n.store.Height(); h != lastHeight || !leading || h > tipNum {
+				lastHeight, progressAt = h, now
+			} else if now.Sub(progressAt) > n.cfg.StallTimeout {
+				stepDown(fmt.Sprintf("proposed block %d not committed within %v", h, n.cfg.StallTimeout))
+				lastHeight, progressAt = h, now
+			}
+		}
+	}
+}
