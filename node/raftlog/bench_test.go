@@ -124,7 +124,7 @@ func BenchmarkReplicate(b *testing.B) {
 	for _, tc := range []struct{ size, conc int }{
 		{100, 16}, {100, 256}, {100, 1024},
 		{1024, 16}, {1024, 256}, {1024, 1024},
-		{64 << 10, 16}, // block-sized entries: the ordering node proposes whole blocks
+		{64 << 10, 16}, {64 << 10, 64}, // block-sized entries: the ordering node proposes whole blocks
 	} {
 		b.Run(fmt.Sprintf("entry=%dB/proposers=%d", tc.size, tc.conc), func(b *testing.B) { benchReplicate(b, tc.size, tc.conc) })
 	}
