@@ -305,3 +305,40 @@ func TestWALInstalledSnapshotDropsDivergentLog(t *testing.T) {
 		t.Fatalf("recovered %d entries (first %v), hs %+v", len(rec.ents), rec.ents, rec.hs)
 	}
 }
+
+// TestWALTornNewSegment: a crash while a new segment's first record was
+// being written leaves a few bytes; recovery rewrites that segment and
+// keeps everything before it.
+func TestWALTornNewSegment(t *testing.T) {
+	dir := t.TempDir()
+	w, _, err := openTestWAL(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	mustSave(t, w, raftpb.HardState{Term: 1, Commit: 4}, ents(1, 1, 4))
+	if err := w.cut(); err != nil {
+		t.Fatal(err)
+	}
+	w.close()
+	p := lastSegment(t, dir)
+	if err := os.Truncate(p, 3); err != nil {
+		t.Fatal(err)
+	}
+	w, rec, err := openTestWAL(t, dir)
+	if err != nil {
+		t.Fatalf("recovery: %v", err)
+	}
+	if len(rec.ents) != 4 || rec.hs.Commit != 4 {
+		t.Fatalf("recovered %d entries, hs %+v", len(rec.ents), rec.hs)
+	}
+	mustSave(t, w, raftpb.HardState{Term: 1, Commit: 5}, ents(1, 5, 5))
+	w.close()
+	w, rec, err = openTestWAL(t, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	w.close()
+	if len(rec.ents) != 5 || rec.hs.Commit != 5 {
+		t.Fatalf("after append: %d entries, hs %+v", len(rec.ents), rec.hs)
+	}
+}
