@@ -394,10 +394,13 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 		p.kick = make(chan struct{}, 1)
 		p.routes = map[string]bool{}
 	}
-	ok, evicted := s.register(p)
-	if !ok {
+	evicted, err := s.register(p)
+	if errors.Is(err, ErrClosed) {
 		l.close(codeShutdown, "relay shutting down")
-		return ErrClosed
+		return err
+	} else if err != nil {
+		l.close(codeNotAllowed, "no longer admitted by the consortium policy")
+		return err
 	}
 	if evicted != nil {
 		s.log.Info("closing the oldest connection of a member over its connection limit", "peer", id)
@@ -419,26 +422,34 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 	}
 	var g errgroup.Group
 	g.Go(func() error { s.announce(ctx, p); return nil })
-	err := l.run(ctx, func(f wire.Frame) { handle(p, f) })
+	err = l.run(ctx, func(f wire.Frame) { handle(p, f) })
 	g.Wait()
 	return err
 }
 
-// register adds p to the server's tables; false after Close. evicted is a
+// register adds p to the server's tables; ErrClosed after Close, the
+// policy's refusal if it no longer admits p. evicted is a
 // connection of the same member beyond MaxConnsPerMember, for the caller
 // to close.
-func (s *Server) register(p *peer) (ok bool, evicted *peer) {
+func (s *Server) register(p *peer) (evicted *peer, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.ctx.Err() != nil {
-		return false, nil
+		return nil, ErrClosed
+	}
+	// Check again under the lock: an UpdateAuthority since the handshake
+	// either is seen here or will see this peer in its scan.
+	if id, isRelay, err := s.identify(p.chain); err != nil {
+		return nil, err
+	} else if id != p.id || isRelay != p.relay {
+		return nil, fmt.Errorf("%w: identity changed during the handshake", ErrNotMember)
 	}
 	s.peers[p] = struct{}{}
 	s.m.conns.Inc()
 	if p.relay {
 		s.relays[p] = struct{}{}
 		p.kick <- struct{}{}
-		return true, nil
+		return nil, nil
 	}
 	ms := s.members[p.id]
 	if ms == nil {
@@ -452,7 +463,7 @@ func (s *Server) register(p *peer) (ok bool, evicted *peer) {
 		evicted = ms.conns[0]
 	}
 	ms.mu.Unlock()
-	return true, evicted
+	return evicted, nil
 }
 
 // unregisterLocked removes p from every table; s.mu is held. Idempotent.
