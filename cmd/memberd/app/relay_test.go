@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/hsm/hsmtest"
 	"github.com/memberd/memberd/relay"
 	"github.com/memberd/memberd/relay/relaytest"
 )
@@ -215,5 +216,57 @@ func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
 			t.Fatal("condition not met in time")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// The relay's TLS key in a SoftHSM2 token, named by a PKCS#11 URI in
+// relay.yaml: a member connects (the relay signs its handshakes in the HSM).
+func TestRelayCommandHSMKey(t *testing.T) {
+	f := newRelayFixture(t)
+	tok := hsmtest.NewToken(t, "relay")
+	signer := tok.NewKey(t, "tls")
+	cert := relaytest.NewCA(t, "relay-ca").IssueFor(t, "relay-1", signer)
+	writeFile(t, f.dir, "relay-hsm.crt", certPEM(cert.Leaf))
+	pin := relay.PinOf(cert.Leaf)
+	cfgText := strings.NewReplacer(
+		"certificate: relay.crt", "certificate: relay-hsm.crt",
+		"key: relay.key\ninsecure_dev_key: true\n", "key: \""+tok.KeyURI("tls")+"\"\n",
+		f.pin, pin,
+	).Replace(f.config)
+	cfgPath := writeFile(t, f.dir, "relay.yaml", []byte(cfgText))
+	cfg, err := loadRelayConfig(cfgPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &env{stdout: io.Discard, stderr: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	ctx, cancel := context.WithCancel(context.Background())
+	started := make(chan relayAddrs, 1)
+	done := make(chan error, 1)
+	go func() { done <- runRelay(ctx, e, cfgPath, cfg, nil, started) }()
+	defer func() {
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("relay returned %v", err)
+		}
+	}()
+	var addrs relayAddrs
+	select {
+	case addrs = <-started:
+	case err := <-done:
+		t.Fatalf("relay exited: %v", err)
+	}
+	c, err := relay.NewClient(relay.ClientConfig{Identity: f.cas["bank-a"].Issue(t, "bank-a"), NoEnvProxy: true,
+		Relays: []relay.RelayInfo{{ID: "relay-1", Addr: addrs.relay, Pin: pin}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer wcancel()
+	if err := c.WaitReady(wctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := c.Status()[0]; s.Path != relay.PathQUIC {
+		t.Fatalf("path %q, want quic", s.Path)
 	}
 }
