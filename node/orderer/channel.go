@@ -1,0 +1,73 @@
+package orderer
+
+import (
+	"encoding/pem"
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/channelconfig"
+	"github.com/memberd/memberd/policy"
+)
+
+// DefaultPort is the ledger gRPC port a channel config names for each
+// consenter when no endpoint is given.
+const DefaultPort = 7050
+
+// ChannelConfig returns the Fabric channel configuration for the policy's
+// ledger: one organisation per member (its CA certificates; the orderer
+// group holds the consenters, the application group every member), the
+// policy's BatchSize/BatchTimeout, and one etcdraft consenter per consenter
+// member. consenters gives, per member id, the consenter's endpoint and TLS
+// certificates (the policy pins CAs, not node certificates); Host and Port
+// default to the member's overlay address and DefaultPort.
+func ChannelConfig(p *policy.Policy, consenters map[string]channelconfig.Consenter) (channelconfig.Config, error) {
+	l := p.Ledger()
+	c := channelconfig.Config{
+		ChannelID: l.Channel,
+		Batch: block.CutterConfig{MaxMessageCount: l.BatchSize.MaxMessageCount,
+			AbsoluteMaxBytes: l.BatchSize.AbsoluteMaxBytes, PreferredMaxBytes: l.BatchSize.PreferredMaxBytes,
+			BatchTimeout: l.Timeout},
+	}
+	for _, m := range p.Members() {
+		org := channelconfig.Org{Name: m.MSPID, MSPID: m.MSPID, RootCerts: pemCerts(m.CACerts)}
+		org.TLSRootCerts = pemCerts(m.TLSCACerts)
+		if len(org.TLSRootCerts) == 0 {
+			org.TLSRootCerts = org.RootCerts
+		}
+		c.ApplicationOrgs = append(c.ApplicationOrgs, org)
+		if !m.HasRole(policy.RoleConsenter) {
+			continue
+		}
+		cs, ok := consenters[m.ID]
+		if !ok {
+			return c, fmt.Errorf("%w: consenter member %q has no consenter entry (TLS certificates)", ErrInvalidConfig, m.ID)
+		}
+		if cs.Host == "" {
+			cs.Host = m.OverlayIP
+		}
+		if cs.Port == 0 {
+			cs.Port = DefaultPort
+		}
+		org.OrdererEndpoints = []string{net.JoinHostPort(cs.Host, strconv.Itoa(int(cs.Port)))}
+		c.OrdererOrgs = append(c.OrdererOrgs, org)
+		c.Consenters = append(c.Consenters, cs)
+	}
+	return c, c.Validate()
+}
+
+func pemCerts(s string) [][]byte {
+	var out [][]byte
+	rest := []byte(s)
+	for {
+		var b *pem.Block
+		b, rest = pem.Decode(rest)
+		if b == nil {
+			return out
+		}
+		if b.Type == "CERTIFICATE" {
+			out = append(out, pem.EncodeToMemory(b))
+		}
+	}
+}
