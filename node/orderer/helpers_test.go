@@ -47,8 +47,14 @@ type consortium struct {
 	genesis *common.Block
 }
 
-func newConsortium(t testing.TB, members int, batch block.CutterConfig) *consortium {
+// editDocument, if set, edits the consortium's policy before it is rendered.
+type editDocument func(d *policy.Document)
+
+func newConsortium(t testing.TB, members int, batch block.CutterConfig, edit ...editDocument) *consortium {
 	c := &consortium{cons: policytest.New(t, members)}
+	for _, e := range edit {
+		e(c.cons.Template)
+	}
 	c.pol = c.cons.Genesis(t)
 	css := map[string]channelconfig.Consenter{}
 	for _, m := range c.pol.Consenters() {
@@ -101,8 +107,8 @@ type tnode struct {
 	client ab.AtomicBroadcastClient
 }
 
-func newCluster(t testing.TB, size int, batch block.CutterConfig, tune func(*Config)) *cluster {
-	cl := &cluster{t: t, c: newConsortium(t, size, batch), net: raftlogtest.NewNetwork(), tune: tune}
+func newCluster(t testing.TB, size int, batch block.CutterConfig, tune func(*Config), edit ...editDocument) *cluster {
+	cl := &cluster{t: t, c: newConsortium(t, size, batch, edit...), net: raftlogtest.NewNetwork(), tune: tune}
 	for i := 1; i <= size; i++ {
 		tn := &tnode{id: uint64(i), name: fmt.Sprintf("n%d", i), dir: t.TempDir()}
 		tn.ident = cl.c.identity(t, fmt.Sprintf("m%d", i), tn.name)
