@@ -1,0 +1,136 @@
+package app
+
+import (
+	"context"
+	"crypto/ecdsa"
+	"crypto/x509"
+	"encoding/pem"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/orderer"
+	"github.com/memberd/memberd/node/raftlog"
+	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/policy/policytest"
+)
+
+func writeKey(t *testing.T, path string, k *ecdsa.PrivateKey) {
+	der, err := x509.MarshalECPrivateKey(k)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(path, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func writeCert(t *testing.T, path string, c *x509.Certificate) {
+	if err := os.WriteFile(path, hsm.EncodePEM("CERTIFICATE", c.Raw), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestLedgerCommands: channel create from a policy, a node started from that
+// genesis block (TLS with the node identity), then submit, height and fetch
+// (with verification) through the CLI.
+func TestLedgerCommands(t *testing.T) {
+	dir := t.TempDir()
+	cons := policytest.New(t, 1)
+	pol := cons.Genesis(t)
+	polFile := filepath.Join(dir, "policy.yaml")
+	os.WriteFile(polFile, pol.Marshal(), 0o644)
+	ca := cons.CAs["m1"]
+	nodeCert, nodeKey := ca.Issue(t, "node1")
+	writeCert(t, filepath.Join(dir, "node.pem"), nodeCert)
+	writeCert(t, filepath.Join(dir, "ca.pem"), ca.Cert)
+	clientCert, clientKey := ca.Issue(t, "client1")
+	writeCert(t, filepath.Join(dir, "client.pem"), clientCert)
+	writeKey(t, filepath.Join(dir, "client.key"), clientKey)
+
+	gen := filepath.Join(dir, "genesis.block")
+	if code, _, errs := run(t, "ledger", "channel", "create", "--policy", polFile, "--out", gen); code != ExitUsage || !strings.Contains(errs, "m1") {
+		t.Fatalf("create without --consenter: exit %d %s", code, errs)
+	}
+	if code, _, errs := run(t, "ledger", "channel", "create", "--policy", polFile,
+		"--consenter", "m1="+filepath.Join(dir, "node.pem")+"@127.0.0.1:7050", "--out", gen); code != ExitOK {
+		t.Fatalf("channel create: exit %d %s", code, errs)
+	}
+	raw, _ := os.ReadFile(gen)
+	genesis, err := block.Unmarshal(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The node.
+	rl, _ := net.Listen("tcp", "127.0.0.1:0")
+	gl, _ := net.Listen("tcp", "127.0.0.1:0")
+	id := orderer.Identity{MSPID: "m1MSP", Cert: nodeCert, Signer: nodeKey}
+	n, err := orderer.New(orderer.Config{
+		Raft: raftlog.Config{ID: 1, Peers: []raftlog.Peer{{ID: 1, Addr: rl.Addr().String()}}, Dir: filepath.Join(dir, "raft"),
+			Dialer: &net.Dialer{}, Listener: rl, TickInterval: 10 * time.Millisecond},
+		BlockDir: filepath.Join(dir, "blocks"), Genesis: genesis,
+		Batch:  block.CutterConfig{MaxMessageCount: 1, BatchTimeout: 50 * time.Millisecond},
+		Signer: nodeKey, Identity: id.Serialized(), Policy: func() *policy.Policy { return pol }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, _ := orderer.NewServer(orderer.ServerConfig{Lookup: func(string) *orderer.Node { return n }})
+	gs := grpc.NewServer(grpc.Creds(credentials.NewTLS(orderer.ServerTLS(orderer.TLSCertificate(id), func() *policy.Policy { return pol }, true))))
+	srv.Register(gs)
+	go gs.Serve(gl)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- n.Run(ctx) }()
+	defer func() { gs.Stop(); cancel(); <-done; n.Close() }()
+	for !n.IsLeader() {
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	common := []string{"--orderer", gl.Addr().String(), "--channel", pol.Ledger().Channel,
+		"--key", "file:" + filepath.Join(dir, "client.key"), "--insecure-file-key",
+		"--cert", filepath.Join(dir, "client.pem"), "--msp-id", "m1MSP",
+		"--tls-ca", filepath.Join(dir, "ca.pem"), "--tls-cert", filepath.Join(dir, "client.pem"),
+		"--tls-key", "file:" + filepath.Join(dir, "client.key")}
+	for i := range 3 {
+		code, out, errs := run(t, append([]string{"ledger", "submit", "--data", "hello " + string(rune('a'+i))}, common...)...)
+		if code != ExitOK || !strings.HasPrefix(out, "SUCCESS ") {
+			t.Fatalf("submit: exit %d out %q err %q", code, out, errs)
+		}
+	}
+	code, out, errs := run(t, append([]string{"ledger", "height"}, common...)...)
+	if code != ExitOK || strings.TrimSpace(out) != "4" {
+		t.Fatalf("height: exit %d out %q err %q", code, out, errs)
+	}
+	outDir := filepath.Join(dir, "fetched")
+	code, out, errs = run(t, append([]string{"ledger", "fetch", "--from", "0", "--out", outDir, "--policy", polFile}, common...)...)
+	if code != ExitOK || !strings.Contains(out, "blocks 0..3 (4)") {
+		t.Fatalf("fetch: exit %d out %q err %q", code, out, errs)
+	}
+	for i := range 4 {
+		if _, err := os.Stat(filepath.Join(outDir, []string{"0", "1", "2", "3"}[i]+".block")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	// Usage errors exit 2.
+	if code, _, _ := run(t, "ledger", "submit", "--data", "x"); code != ExitUsage {
+		t.Fatalf("submit without identity: exit %d", code)
+	}
+	if code, _, _ := run(t, append([]string{"ledger", "fetch", "--out", outDir}, common...)...); code != ExitUsage {
+		t.Fatalf("fetch without --from: exit %d", code)
+	}
+	// A refused submission exits 1 and prints the status.
+	other := append([]string{}, common...)
+	other[3] = "no-such-channel"
+	if code, out, _ := run(t, append([]string{"ledger", "submit", "--data", "x"}, other...)...); code != ExitRuntime || !strings.HasPrefix(out, "NOT_FOUND") {
+		t.Fatalf("submit to an unknown channel: exit %d out %q", code, out)
+	}
+}
