@@ -24,8 +24,7 @@ document: 'memberd policy show' prints it), each admin signs it with their HSM k
 ('memberd policy sign --key pkcs11:...'), anyone checks it ('memberd policy verify
 --current vN-1.yaml vN.yaml'), then drop it into every appliance's policy folder.`}
 	c.AddCommand(newPolicyShowCmd(e), newPolicyVerifyCmd(e), newPolicySignCmd(e), newPolicyDiffCmd(e))
-	c.AddCommand(&cobra.Command{Use: "push", Short: "Push a signed bundle to every member through the tunnel",
-		RunE: func(cmd *cobra.Command, args []string) error { return notBuilt(cmd.CommandPath(), "#4") }})
+	c.AddCommand(newPolicyPushCmd(e))
 	return c
 }
 

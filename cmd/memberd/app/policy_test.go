@@ -119,7 +119,7 @@ func TestPolicyCLIWorkflow(t *testing.T) {
 	code, _, errb = run(t, "policy", "verify", "--current", v1, "--genesis", g.Hash().String(), v2)
 	policyExpect(t, code, errb, ExitUsage, "only one of")
 	code, _, errb = run(t, "policy", "push")
-	policyExpect(t, code, errb, ExitRuntime, "not built yet")
+	policyExpect(t, code, errb, ExitUsage, "accepts 1 arg")
 }
 
 // TestPolicySignWithSoftHSM: an admin key in a real SoftHSM2 token signs a

@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -22,6 +23,7 @@ import (
 
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/internal/admin"
+	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/relay"
 )
 
@@ -82,12 +84,19 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 		return err
 	}
 	defer closeKey()
-	auth, err := relayAuthority(cfg)
-	if err != nil {
-		return err
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	var auth relay.Authority
+	var watcher *policy.Watcher
+	if cfg.PolicyDir != "" {
+		watcher, err = relayPolicyWatcher(cfg, log, reg)
+		if err != nil {
+			return err
+		}
+		auth = PolicyRelayAuthority(watcher.Current())
+	} else if auth, err = relayAuthority(cfg); err != nil {
+		return err
+	}
 	srv, err := relay.NewServer(relay.ServerConfig{
 		ID: cfg.ID, Identity: identity, Authority: auth, Logger: log, Registerer: reg,
 		RateBytesPerSec: cfg.Limits.RateBytesPerSec, RateBurstBytes: cfg.Limits.RateBurstBytes,
@@ -136,6 +145,20 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 		started <- relayAddrs{relay: tcpLn.Addr().String(), admin: adminLn.Addr().String()}
 	}
 	g, gctx := errgroup.WithContext(ctx)
+	if watcher != nil {
+		now, cancelSub := watcher.Subscribe(func(_, p *policy.Policy, _ *policy.Diff) {
+			srv.UpdateAuthority(PolicyRelayAuthority(p))
+			log.Info("policy applied", "policy_version", p.Version(), "policy_hash", p.Hash().String())
+		})
+		defer cancelSub()
+		srv.UpdateAuthority(PolicyRelayAuthority(now))
+		g.Go(func() error {
+			if err := watcher.Run(gctx); err != nil && gctx.Err() == nil {
+				return fmt.Errorf("relay: policy watcher: %w", err)
+			}
+			return nil
+		})
+	}
 	g.Go(func() error { return srv.ServeQUIC(gctx, qln) })
 	g.Go(func() error { return srv.ServeTCP(gctx, tcpLn) })
 	g.Go(func() error { return srv.RunMesh(gctx) })
@@ -156,6 +179,10 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 				qln.Close()
 				return nil
 			case <-reload:
+				if watcher != nil {
+					watcher.Reload()
+					continue
+				}
 				nc, err := loadRelayConfig(configPath)
 				if err == nil {
 					var a relay.Authority
@@ -235,7 +262,33 @@ func publicKeysEqual(a, b crypto.PublicKey) bool {
 	return ok && ea.Equal(b)
 }
 
-// relayAuthority builds the temporary static policy from the config.
+// relayPolicyWatcher loads the signed policy of policy_dir.
+func relayPolicyWatcher(cfg *relayConfig, log *slog.Logger, reg prometheus.Registerer) (*policy.Watcher, error) {
+	var pin policy.Hash
+	if cfg.Genesis != "" {
+		pin, _ = policy.ParseHash(cfg.Genesis) // checked by validate
+	}
+	w, err := policy.NewWatcher(policy.Options{Dir: cfg.path(cfg.PolicyDir), StateDir: cfg.path(cfg.StateDir),
+		Genesis: pin, Logger: log, Registerer: reg})
+	if err != nil {
+		return nil, fmt.Errorf("relay policy (keys policy_dir, state_dir, genesis): %w", err)
+	}
+	if relayInPolicy(w.Current(), cfg.ID) {
+		return w, nil
+	}
+	return nil, usagef("key id: relay %q is not listed in policy version %d", cfg.ID, w.Current().Version())
+}
+
+func relayInPolicy(p *policy.Policy, id string) bool {
+	for _, r := range p.Relays() {
+		if r.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+// relayAuthority builds the static policy from the config.
 func relayAuthority(cfg *relayConfig) (relay.Authority, error) {
 	p := relay.StaticPolicy{MemberCAs: map[string][]*x509.Certificate{}, AllowAll: cfg.Policy.AllowAll}
 	load := func(key, file string) ([]*x509.Certificate, error) {

@@ -13,6 +13,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/memberd/memberd/internal/admin"
+	"github.com/memberd/memberd/policy"
 )
 
 // relayConfig is relay.yaml. Unknown keys are an error. Relative paths are
@@ -31,7 +32,10 @@ import (
 //	  rate_burst_bytes: 1048576
 //	  queue_len: 512
 //	  max_conns_per_member: 4
-//	policy:                          # TEMPORARY: until the signed policy package is wired
+//	policy_dir: policy               # signed policy bundles (watched, applied live); then
+//	state_dir: state                 # the applied policy is kept here, and
+//	genesis: "<hex sha-256>"         # version 1 is pinned (required on first start)
+//	policy:                          # static alternative to policy_dir (tests, bring-up)
 //	  members:                       # member id -> its member CA certificate files
 //	    bank-a: {ca: [cas/bank-a.pem]}
 //	  revoked: [revoked/stolen.pem]  # certificates refused although issued by a member CA
@@ -48,6 +52,9 @@ type relayConfig struct {
 	Admin          string            `yaml:"admin"`
 	Limits         relayLimits       `yaml:"limits"`
 	Policy         relayStaticPolicy `yaml:"policy"`
+	PolicyDir      string            `yaml:"policy_dir"`
+	StateDir       string            `yaml:"state_dir"`
+	Genesis        string            `yaml:"genesis"`
 
 	dir string // directory of the config file
 }
@@ -141,6 +148,20 @@ func (c *relayConfig) validate() error {
 		return errors.New("key limits: queue_len, max_conns_per_member and rate_burst_bytes must not be negative")
 	}
 	p := c.Policy
+	if c.PolicyDir != "" {
+		if len(p.Members) > 0 || len(p.Relays) > 0 {
+			return errors.New("key policy: must not be set together with policy_dir (signed policy bundles)")
+		}
+		if c.StateDir == "" {
+			return errors.New("key state_dir: required with policy_dir (where the applied policy is kept)")
+		}
+		if c.Genesis != "" {
+			if _, err := policy.ParseHash(c.Genesis); err != nil {
+				return fmt.Errorf("key genesis: %v", err)
+			}
+		}
+		return nil
+	}
 	if len(p.Members) == 0 {
 		return errors.New("key policy.members: at least one member with its CA certificate is required")
 	}

@@ -1,9 +1,296 @@
 package app
 
-import "github.com/spf13/cobra"
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/internal/admin"
+	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/relay"
+	"github.com/memberd/memberd/tunnel"
+)
 
 func newRunCmd(e *env) *cobra.Command {
-	c := &cobra.Command{Use: "run", Short: "Run the appliance (ledger node, tunnel, policy watcher)"}
-	c.RunE = func(cmd *cobra.Command, args []string) error { return notBuilt(cmd.CommandPath(), "#4/#5") }
+	var configPath, logFormat string
+	c := &cobra.Command{
+		Use:   "run",
+		Short: "Run the appliance (policy watcher, HSM identity, relay client, tunnel, admin endpoint)",
+		Long: `Run the member appliance from memberd.yaml (see docs/appliance.md).
+
+It loads the HSM identity folder, applies the signed policy from the policy
+folder (live, on every new valid version), connects to every relay of the
+policy (QUIC, else TLS over TCP, optionally through an HTTP CONNECT proxy),
+brings up the WireGuard tunnel over them, serves policy pushes from other
+members on the overlay push port, and the admin endpoint
+(/metrics /healthz /readyz /status, POST /push).
+
+SIGINT/SIGTERM stop it gracefully; SIGHUP re-reads the policy folder.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := newLogger(e.stderr, logFormat)
+			if err != nil {
+				return err
+			}
+			cfg, err := loadRunConfig(configPath)
+			if err != nil {
+				return err
+			}
+			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
+			defer stop()
+			ee := *e
+			ee.log = log
+			return runAppliance(ctx, &ee, cfg, nil)
+		},
+	}
+	c.Flags().StringVar(&configPath, "config", "/etc/memberd/memberd.yaml", "appliance configuration file (YAML)")
+	c.Flags().StringVar(&logFormat, "log-format", "auto", "log format: json, text, or auto (JSON unless stderr is a terminal)")
 	return c
+}
+
+// newLogger makes the process logger: JSON when asked or when w is not a
+// terminal (systemd, containers), text otherwise.
+func newLogger(w io.Writer, format string) (*slog.Logger, error) {
+	switch format {
+	case "json":
+	case "text":
+		return slog.New(slog.NewTextHandler(w, nil)), nil
+	case "auto", "":
+		if f, ok := w.(*os.File); ok {
+			if st, err := f.Stat(); err == nil && st.Mode()&os.ModeCharDevice != 0 {
+				return slog.New(slog.NewTextHandler(w, nil)), nil
+			}
+		}
+	default:
+		return nil, usagef("--log-format: %q is not json, text or auto", format)
+	}
+	return slog.New(slog.NewJSONHandler(w, nil)), nil
+}
+
+// appliance is a running appliance, handed to tests and the demo through
+// runAppliance's started channel.
+type appliance struct {
+	member string
+	admin  string // bound admin address
+	dev    *tunnel.Device
+	client *relay.Client
+	policy func() *policy.Policy
+}
+
+// runAppliance runs one appliance until ctx ends. started, if set, receives
+// the running appliance once everything is up (the relays may still be
+// connecting).
+func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *appliance) (err error) {
+	log := e.log.With("component", "appliance", "member", cfg.Member)
+	if cfg.Ledger != nil {
+		log.Warn("the ledger section is set but the ordering node is not wired into 'memberd run' yet: no ledger runs")
+	}
+	if cfg.HSM.InsecureSoftKeys {
+		log.Warn("INSECURE: hsm.insecure_soft_keys allows identity keys in files, for the demo and development only")
+	}
+	idp, err := hsm.NewIdentityProvider(cfg.path(cfg.Identity), &hsm.IdentityOptions{
+		Keys: &hsm.Options{ModulePath: cfg.HSM.ModulePath, PoolSize: cfg.HSM.PoolSize,
+			AllowSoftKeys: cfg.HSM.InsecureSoftKeys, SoftWarnings: io.Discard, Logger: log},
+		Logger: log})
+	if err != nil {
+		return fmt.Errorf("identity folder %s (key identity): %w", cfg.path(cfg.Identity), err)
+	}
+	defer idp.Close()
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	w, err := policy.NewWatcher(policy.Options{Dir: cfg.path(cfg.Policy.Dir), StateDir: cfg.path(cfg.Policy.StateDir),
+		Genesis: cfg.genesis, Logger: log, Registerer: reg, ReloadOnSIGHUP: true})
+	if err != nil {
+		return fmt.Errorf("policy (keys policy.dir, policy.state_dir, policy.genesis): %w", err)
+	}
+	cur := w.Current()
+	if cur.Member(cfg.Member) == nil {
+		return usagef("key member: %q is not a member of policy version %d (%s): check the member id", cfg.Member, cur.Version(), cur.Hash())
+	}
+	relays := relayInfos(cur)
+	if len(relays) == 0 {
+		return fmt.Errorf("policy version %d lists no relay with a key pin: nothing to connect to", cur.Version())
+	}
+
+	id := idp.Current()
+	cl, err := relay.NewClient(relay.ClientConfig{Identity: id.TLSCertificate(), Relays: relays,
+		QUICTimeout: cfg.Relay.QUICTimeout, Proxy: cfg.proxy, NoEnvProxy: cfg.Relay.NoEnvProxy,
+		Logger: log.With("component", "relay_client"), Registerer: reg})
+	if err != nil {
+		return fmt.Errorf("relay client: %w", err)
+	}
+	// Key attestations are announced when the tunnel starts: give the relays
+	// a moment first so that the first announcement is not lost (it repeats
+	// every 30s anyway).
+	wctx, wcancel := context.WithTimeout(ctx, relayWaitAtStart)
+	if err := cl.WaitReady(wctx); err != nil {
+		log.Warn("no relay connected yet: the tunnel starts anyway and reaches members once a relay answers", "relays", cl.Status())
+	}
+	wcancel()
+	tcfg := tunnel.Config{Member: cfg.Member, Signer: id.Signer,
+		Chain:     append([]*x509.Certificate{id.Certificate}, id.Chain...),
+		Transport: cl, Authority: PolicyTunnelAuthority(cur), Logger: log.With("component", "tunnel"),
+		RotateEvery: cfg.Tunnel.RotateEvery}
+	for _, f := range cfg.Tunnel.Forwards {
+		tcfg.Forwards = append(tcfg.Forwards, tunnel.Forward{Listen: f.Listen, Member: f.Member, Port: f.Port})
+	}
+	for _, s := range cfg.Tunnel.Services {
+		tcfg.Services = append(tcfg.Services, tunnel.Service{Port: s.Port, Target: s.Target})
+	}
+	dev, err := tunnel.New(tcfg)
+	if err != nil {
+		cl.Close()
+		return fmt.Errorf("tunnel: %w", err)
+	}
+	defer dev.Close() // closes the relay client too
+
+	// Policy → relay client and tunnel, live.
+	var current atomic.Pointer[policy.Policy]
+	apply := func(p *policy.Policy) {
+		current.Store(p)
+		dev.SetAuthority(PolicyTunnelAuthority(p))
+		if ri := relayInfos(p); len(ri) > 0 {
+			if err := cl.SetRelays(ri); err != nil {
+				log.Error("policy relay list refused by the relay client: keeping the old relays", "policy_version", p.Version(), "err", err)
+			}
+		}
+		if p.Member(cfg.Member) == nil {
+			log.Error("this member is not in the applied policy any more: the tunnel carries nothing until it is re-admitted", "policy_version", p.Version())
+		}
+	}
+	current.Store(cur)
+	now, cancelSub := w.Subscribe(func(old, new *policy.Policy, d *policy.Diff) {
+		log.Info("policy applied", "policy_version", new.Version(), "policy_hash", new.Hash().String())
+		apply(new)
+	})
+	defer cancelSub()
+	if now != cur {
+		apply(now)
+	}
+	cancelID := idp.Subscribe(func(old, new *hsm.Identity) {
+		// The relay client and the tunnel take their identity at start.
+		log.Warn("identity rotated in the identity folder: relay connections and WireGuard attestations use the new certificate after a restart",
+			"certificate", new.File, "not_after", new.Certificate.NotAfter)
+	})
+	defer cancelID()
+
+	pushLn, err := dev.Listen(cfg.Tunnel.PushPort)
+	if err != nil {
+		return fmt.Errorf("policy push service on overlay port %d (key tunnel.push_port): %w", cfg.Tunnel.PushPort, err)
+	}
+	policyDir := cfg.path(cfg.Policy.Dir)
+
+	adminLn, err := net.Listen("tcp", cfg.Admin)
+	if err != nil {
+		return fmt.Errorf("admin endpoint on %s (key admin): %w", cfg.Admin, err)
+	}
+	a := &appliance{member: cfg.Member, admin: adminLn.Addr().String(), dev: dev, client: cl, policy: current.Load}
+	mux := http.NewServeMux()
+	mux.Handle("/push", pushHandler(a, policyDir, cfg.Tunnel.PushPort, log))
+	mux.Handle("/", admin.Handler(admin.Config{
+		Gatherer: reg,
+		Ready: map[string]admin.Check{
+			"relay": func(context.Context) error {
+				for _, s := range cl.Status() {
+					if s.State == "up" {
+						return nil
+					}
+				}
+				return errors.New("no relay connected")
+			},
+			"policy_member": func(context.Context) error {
+				if p := current.Load(); p.Member(cfg.Member) == nil {
+					return fmt.Errorf("member %q is not in policy version %d", cfg.Member, p.Version())
+				}
+				return nil
+			},
+		},
+		Status: func(context.Context) any { return applianceStatus(a) },
+	}))
+	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+
+	log.Info("appliance running", "overlay_addr", dev.Addr().String(), "tunnel_mtu", dev.MTU(),
+		"policy_version", cur.Version(), "policy_hash", cur.Hash().String(), "admin", a.admin,
+		"push_port", cfg.Tunnel.PushPort, "certificate", id.File)
+	if started != nil {
+		started <- a
+	}
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		if err := idp.Run(gctx); err != nil && gctx.Err() == nil && !errors.Is(err, hsm.ErrClosed) {
+			return fmt.Errorf("identity folder: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := w.Run(gctx); err != nil && gctx.Err() == nil {
+			return fmt.Errorf("policy watcher: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error { servePush(gctx, pushLn, policyDir, log); return nil })
+	g.Go(func() error {
+		if err := hs.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("admin endpoint: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = hs.Shutdown(sctx)
+		pushLn.Close()
+		return nil
+	})
+	err = g.Wait()
+	log.Info("appliance stopped")
+	return err
+}
+
+// relayWaitAtStart bounds how long startup waits for a first relay.
+const relayWaitAtStart = 10 * time.Second
+
+// relayInfos lists the relays of a policy the client can dial (with a pin).
+func relayInfos(p *policy.Policy) []relay.RelayInfo {
+	return policyRelayAuthority{p: p}.Relays()
+}
+
+// applianceStatus is the /status document.
+func applianceStatus(a *appliance) map[string]any {
+	p := a.policy()
+	peers := []map[string]any{}
+	for _, ps := range a.dev.Peers() {
+		peers = append(peers, map[string]any{"member": ps.Member, "addr": ps.Addr.String(),
+			"key": ps.PublicKey.String(), "attestation_expiry": ps.Expiry, "rotating": !ps.PendingKey.IsZero()})
+	}
+	st := a.dev.Stats()
+	return map[string]any{
+		"role":   "appliance",
+		"member": a.member,
+		"policy": map[string]any{"version": p.Version(), "hash": p.Hash().String(), "consortium": p.Consortium()},
+		"relays": a.client.Status(),
+		"tunnel": map[string]any{"addr": a.dev.Addr().String(), "mtu": a.dev.MTU(), "peers": peers,
+			"attestations_accepted": st.AttestationsAccepted, "attestations_refused": st.AttestationsRefused,
+			"acl_denied": st.ACLDenied, "rotations": st.Rotations},
+		"relay_drops": a.client.Drops(),
+		"ledger":      "not wired into memberd run yet",
+	}
 }

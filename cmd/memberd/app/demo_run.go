@@ -1,0 +1,351 @@
+package app
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/memberd/memberd/relay"
+	"github.com/memberd/memberd/tunnel"
+)
+
+// DemoConsortium is a demo consortium running in this process: the relays
+// and appliances of a DemoLayout, each exactly as 'memberd relay' and
+// 'memberd run' run them. Whole-consortium tests drive it too.
+type DemoConsortium struct {
+	Layout *DemoLayout
+
+	mu         sync.Mutex
+	appliances map[string]*appliance
+	relays     map[string]*demoProc
+	members    map[string]*demoProc
+	log        *slog.Logger
+	stderr     io.Writer
+}
+
+type demoProc struct {
+	cancel context.CancelFunc
+	done   chan error
+	addr   string // relay listen address or appliance admin address
+}
+
+// StartDemo starts every relay and appliance of L. log nil discards. Stop
+// ends them.
+func StartDemo(ctx context.Context, L *DemoLayout, log *slog.Logger) (*DemoConsortium, error) {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	d := &DemoConsortium{Layout: L, appliances: map[string]*appliance{}, relays: map[string]*demoProc{},
+		members: map[string]*demoProc{}, log: log, stderr: io.Discard}
+	for _, id := range L.Relays {
+		if err := d.StartRelay(ctx, id); err != nil {
+			d.Stop()
+			return nil, err
+		}
+	}
+	for _, id := range L.Members {
+		if err := d.StartMember(ctx, id); err != nil {
+			d.Stop()
+			return nil, err
+		}
+	}
+	return d, nil
+}
+
+// StartRelay starts (or restarts) relay id.
+func (d *DemoConsortium) StartRelay(ctx context.Context, id string) error {
+	cfg, err := loadRelayConfig(d.Layout.RelayConfig[id])
+	if err != nil {
+		return err
+	}
+	e := &env{stdout: io.Discard, stderr: d.stderr, log: d.log}
+	started := make(chan relayAddrs, 1)
+	p, _, err := startProc(ctx, func(ctx context.Context) error {
+		return runRelay(ctx, e, d.Layout.RelayConfig[id], cfg, nil, started)
+	}, started, func(a relayAddrs) string { return a.relay })
+	if err != nil {
+		return fmt.Errorf("demo relay %s: %w", id, err)
+	}
+	d.mu.Lock()
+	d.relays[id] = p
+	d.mu.Unlock()
+	return nil
+}
+
+// StartMember starts (or restarts) the appliance of member id.
+func (d *DemoConsortium) StartMember(ctx context.Context, id string) error {
+	cfg, err := loadRunConfig(d.Layout.MemberConfig[id])
+	if err != nil {
+		return err
+	}
+	e := &env{stdout: io.Discard, stderr: d.stderr, log: d.log}
+	started := make(chan *appliance, 1)
+	p, a, err := startProc(ctx, func(ctx context.Context) error {
+		return runAppliance(ctx, e, cfg, started)
+	}, started, func(a *appliance) string { return a.admin })
+	if err != nil {
+		return fmt.Errorf("demo member %s: %w", id, err)
+	}
+	d.mu.Lock()
+	d.members[id] = p
+	d.appliances[id] = a
+	d.mu.Unlock()
+	return nil
+}
+
+// startProc runs fn until its context ends and waits until it sends on
+// started (up) or returns (failed).
+func startProc[T any](ctx context.Context, fn func(context.Context) error, started chan T, addr func(T) string) (*demoProc, T, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	p := &demoProc{cancel: cancel, done: make(chan error, 1)}
+	go func() { p.done <- fn(ctx) }()
+	var zero T
+	select {
+	case v := <-started:
+		p.addr = addr(v)
+		return p, v, nil
+	case err := <-p.done:
+		cancel()
+		if err == nil {
+			err = errors.New("stopped before it was up")
+		}
+		return nil, zero, err
+	}
+}
+
+// StopRelay stops relay id (as if its host died) and waits for it.
+func (d *DemoConsortium) StopRelay(id string) error {
+	d.mu.Lock()
+	p := d.relays[id]
+	delete(d.relays, id)
+	d.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("demo: relay %s is not running", id)
+	}
+	p.cancel()
+	return <-p.done
+}
+
+// StopMember stops the appliance of member id and waits for it.
+func (d *DemoConsortium) StopMember(id string) error {
+	d.mu.Lock()
+	p := d.members[id]
+	delete(d.members, id)
+	delete(d.appliances, id)
+	d.mu.Unlock()
+	if p == nil {
+		return fmt.Errorf("demo: member %s is not running", id)
+	}
+	p.cancel()
+	return <-p.done
+}
+
+// Stop stops everything (appliances first) and returns the first error.
+func (d *DemoConsortium) Stop() error {
+	var first error
+	d.mu.Lock()
+	ms := keys(d.members)
+	rs := keys(d.relays)
+	d.mu.Unlock()
+	for _, id := range ms {
+		if err := d.StopMember(id); err != nil && first == nil {
+			first = err
+		}
+	}
+	for _, id := range rs {
+		if err := d.StopRelay(id); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+func keys[V any](m map[string]V) []string {
+	out := make([]string, 0, len(m))
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Device is the tunnel of a running member (nil if not running).
+func (d *DemoConsortium) Device(member string) *tunnel.Device {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if a := d.appliances[member]; a != nil {
+		return a.dev
+	}
+	return nil
+}
+
+// RelayStatus is the relay client's view of a running member.
+func (d *DemoConsortium) RelayStatus(member string) []relay.RelayStatus {
+	d.mu.Lock()
+	a := d.appliances[member]
+	d.mu.Unlock()
+	if a == nil {
+		return nil
+	}
+	return a.client.Status()
+}
+
+// AdminAddr is the admin endpoint of a running member.
+func (d *DemoConsortium) AdminAddr(member string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p := d.members[member]; p != nil {
+		return p.addr
+	}
+	return ""
+}
+
+// RelayAddr is the listen address of a running relay.
+func (d *DemoConsortium) RelayAddr(id string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if p := d.relays[id]; p != nil {
+		return p.addr
+	}
+	return ""
+}
+
+// PolicyVersion is the policy version a running member applied (0 if not
+// running).
+func (d *DemoConsortium) PolicyVersion(member string) uint64 {
+	d.mu.Lock()
+	a := d.appliances[member]
+	d.mu.Unlock()
+	if a == nil {
+		return 0
+	}
+	return a.policy().Version()
+}
+
+// WaitConnected waits until every running member has a connection up to
+// every running relay.
+func (d *DemoConsortium) WaitConnected(ctx context.Context) error {
+	for {
+		missing := ""
+		d.mu.Lock()
+		for _, m := range keys(d.appliances) {
+			up := map[string]bool{}
+			for _, s := range d.appliances[m].client.Status() {
+				up[s.ID] = s.State == "up"
+			}
+			for _, r := range keys(d.relays) {
+				if !up[r] {
+					missing = m + "→" + r
+				}
+			}
+		}
+		d.mu.Unlock()
+		if missing == "" {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("demo: %s not connected: %w", missing, ctx.Err())
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// Check is one member→member echo through the tunnel.
+type Check struct {
+	From, To string
+	Path     relay.Path    // path of From's active relay
+	Relay    string        // From's active relay
+	RTT      time.Duration // one echo round trip through the tunnel
+	Err      error
+}
+
+// CheckAll makes every member echo through every other member's echo
+// service on port (each member must serve it: ServeEcho).
+func (d *DemoConsortium) CheckAll(ctx context.Context, port uint16) []Check {
+	var out []Check
+	for _, from := range d.Layout.Members {
+		for _, to := range d.Layout.Members {
+			if from == to {
+				continue
+			}
+			c := Check{From: from, To: to}
+			dev := d.Device(from)
+			if dev == nil {
+				c.Err = errors.New("not running")
+				out = append(out, c)
+				continue
+			}
+			for _, s := range d.RelayStatus(from) {
+				if s.Active {
+					c.Path, c.Relay = s.Path, s.ID
+				}
+			}
+			c.RTT, c.Err = echoOnce(ctx, dev, to, port)
+			out = append(out, c)
+		}
+	}
+	return out
+}
+
+func echoOnce(ctx context.Context, dev *tunnel.Device, to string, port uint16) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	c, err := dev.Dial(ctx, to, port)
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	dl, _ := ctx.Deadline()
+	c.SetDeadline(dl)
+	msg := []byte("memberd demo ping\n")
+	buf := make([]byte, len(msg))
+	var best time.Duration
+	for i := range 5 {
+		t0 := time.Now()
+		if _, err := c.Write(msg); err != nil {
+			return 0, err
+		}
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return 0, err
+		}
+		if rtt := time.Since(t0); i == 0 || rtt < best {
+			best = rtt
+		}
+		if string(buf) != string(msg) {
+			return 0, fmt.Errorf("echo from %s returned %q", to, buf)
+		}
+	}
+	return best, nil
+}
+
+// ServeEcho makes every running member echo TCP connections on overlay
+// port until ctx ends.
+func (d *DemoConsortium) ServeEcho(ctx context.Context, port uint16) error {
+	for _, m := range d.Layout.Members {
+		dev := d.Device(m)
+		if dev == nil {
+			continue
+		}
+		ln, err := dev.Listen(port)
+		if err != nil {
+			return fmt.Errorf("demo: echo on %s:%d: %w", m, port, err)
+		}
+		go func() { <-ctx.Done(); ln.Close() }()
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() { defer c.Close(); io.Copy(c, c) }()
+			}
+		}()
+	}
+	return nil
+}

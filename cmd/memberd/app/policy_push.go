@@ -1,0 +1,85 @@
+package app
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/memberd/memberd/internal/admin"
+)
+
+func newPolicyPushCmd(e *env) *cobra.Command {
+	var adminAddr string
+	var timeout time.Duration
+	c := &cobra.Command{
+		Use:   "push BUNDLE",
+		Short: "Push a signed bundle to every member through the tunnel",
+		Long: `Push a signed policy bundle to every member of the current policy.
+
+The bundle goes to the local appliance (its admin endpoint, --admin), which
+writes it into its own policy folder and sends it through the tunnel to the
+push service of every other member; each writes it into its policy folder,
+where its policy watcher verifies the signatures and applies it (or rejects it
+and logs why). Nothing is verified here: check first with 'memberd policy verify'.
+
+Exit 0 when every member stored the bundle, 1 when any did not.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			p, err := loadPolicyFile(cmd, args[0])
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
+			defer cancel()
+			results, err := pushViaAdmin(ctx, adminAddr, p.Marshal())
+			if err != nil {
+				return err
+			}
+			failed := 0
+			fmt.Fprintf(e.stdout, "policy version %d (%s):\n", p.Version(), p.Hash())
+			for _, r := range results {
+				state := "ok"
+				if !r.OK {
+					state = "FAILED"
+					failed++
+				}
+				fmt.Fprintf(e.stdout, "  %-20s %-6s %s\n", r.Member, state, r.Detail)
+			}
+			if failed > 0 {
+				return fmt.Errorf("policy push: %d of %d members did not store the bundle (see above)", failed, len(results))
+			}
+			return nil
+		},
+	}
+	c.Flags().StringVar(&adminAddr, "admin", admin.DefaultAddr, "admin endpoint of the local appliance (memberd run)")
+	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "give up after this long")
+	return c
+}
+
+// pushViaAdmin posts bundle to the appliance's POST /push and returns the
+// per-member results.
+func pushViaAdmin(ctx context.Context, addr string, bundle []byte) ([]pushResult, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/push", bytes.NewReader(bundle))
+	if err != nil {
+		return nil, usagef("--admin %q: %v", addr, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("policy push: no appliance answers on %s (is 'memberd run' running? see --admin): %w", addr, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	var out struct {
+		Results []pushResult `json:"results"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil || len(out.Results) == 0 {
+		return nil, fmt.Errorf("policy push: the appliance on %s answered %s: %s", addr, resp.Status, bytes.TrimSpace(body))
+	}
+	return out.Results, nil
+}

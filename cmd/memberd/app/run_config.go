@@ -1,0 +1,222 @@
+package app
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/memberd/memberd/internal/admin"
+	"github.com/memberd/memberd/policy"
+)
+
+// runConfig is memberd.yaml, the appliance configuration (docs/appliance.md).
+// Unknown keys are an error. Relative paths are relative to the directory of
+// the config file. Defaults are written next to each key.
+//
+//	member: bank-a                 # required: this appliance's member id in the policy
+//	identity: identity             # required: identity folder (identity.yaml + certificates)
+//	hsm:
+//	  module_path: ""              # PKCS#11 module when a key URI names none
+//	  pool_size: 0                 # sessions per key; 0 = 8
+//	  insecure_soft_keys: false    # allow "file:" keys in identity.yaml (demo/dev only)
+//	policy:
+//	  dir: policy                  # required: folder of signed bundles (watched)
+//	  state_dir: state             # required: applied policy + anti-rollback record
+//	  genesis: "<hex sha-256>"     # required on first start: hash of version 1
+//	relay:
+//	  proxy: ""                    # http://user:pass@host:port HTTP CONNECT proxy; "" = HTTPS_PROXY
+//	  no_env_proxy: false          # ignore HTTPS_PROXY
+//	  quic_timeout: 1s             # wait for QUIC before falling back to TCP
+//	tunnel:
+//	  rotate_every: 24h            # WireGuard key rotation interval
+//	  push_port: 7099              # overlay port of the policy push service; 0 = 7099
+//	  forwards:                    # local port -> member:port through the tunnel
+//	    - {listen: "127.0.0.1:7051", member: bank-b, port: 7051}
+//	  services:                    # overlay port -> LAN host:port
+//	    - {port: 7051, target: "10.1.2.3:7051"}
+//	admin: 127.0.0.1:9464          # /metrics /healthz /readyz /status /push
+//	ledger: {}                     # ordering node: not wired into 'memberd run' yet
+type runConfig struct {
+	Member   string         `yaml:"member"`
+	Identity string         `yaml:"identity"`
+	HSM      runHSMConfig   `yaml:"hsm"`
+	Policy   runPolicy      `yaml:"policy"`
+	Relay    runRelayClient `yaml:"relay"`
+	Tunnel   runTunnel      `yaml:"tunnel"`
+	Admin    string         `yaml:"admin"`
+	Ledger   *runLedger     `yaml:"ledger"`
+
+	dir     string      // directory of the config file
+	genesis policy.Hash // parsed Policy.Genesis
+	proxy   *url.URL    // parsed Relay.Proxy
+}
+
+type runHSMConfig struct {
+	ModulePath       string `yaml:"module_path"`
+	PoolSize         int    `yaml:"pool_size"`
+	InsecureSoftKeys bool   `yaml:"insecure_soft_keys"`
+}
+
+type runPolicy struct {
+	Dir      string `yaml:"dir"`
+	StateDir string `yaml:"state_dir"`
+	Genesis  string `yaml:"genesis"`
+}
+
+type runRelayClient struct {
+	Proxy       string        `yaml:"proxy"`
+	NoEnvProxy  bool          `yaml:"no_env_proxy"`
+	QUICTimeout time.Duration `yaml:"quic_timeout"`
+}
+
+type runTunnel struct {
+	RotateEvery time.Duration `yaml:"rotate_every"`
+	PushPort    uint16        `yaml:"push_port"`
+	Forwards    []runForward  `yaml:"forwards"`
+	Services    []runService  `yaml:"services"`
+}
+
+type runForward struct {
+	Listen string `yaml:"listen"`
+	Member string `yaml:"member"`
+	Port   uint16 `yaml:"port"`
+}
+
+type runService struct {
+	Port   uint16 `yaml:"port"`
+	Target string `yaml:"target"`
+}
+
+// runLedger is the hook for the ordering node (node/orderer). Its keys are
+// accepted so that configs can be written now; 'memberd run' says at
+// startup that the ledger is not wired yet.
+type runLedger struct {
+	Listen  string `yaml:"listen"`
+	DataDir string `yaml:"data_dir"`
+}
+
+// DefaultPushPort is the overlay port of the policy push service.
+const DefaultPushPort = 7099
+
+// loadRunConfig reads and validates memberd.yaml. Every error is a
+// UsageError naming the file and the key at fault.
+func loadRunConfig(path string) (*runConfig, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usagef("appliance config: %v", err)
+	}
+	c, err := parseRunConfig(b, filepath.Dir(path))
+	if err != nil {
+		return nil, usagef("appliance config %s: %v", path, err)
+	}
+	return c, nil
+}
+
+// parseRunConfig decodes, applies defaults and validates; dir resolves
+// relative paths.
+func parseRunConfig(b []byte, dir string) (*runConfig, error) {
+	var c runConfig
+	dec := yaml.NewDecoder(bytes.NewReader(b))
+	dec.KnownFields(true)
+	if err := dec.Decode(&c); err != nil {
+		if errors.Is(err, io.EOF) {
+			return nil, errors.New("file is empty: member, identity and policy are required")
+		}
+		return nil, err
+	}
+	c.dir = dir
+	if c.Admin == "" {
+		c.Admin = admin.DefaultAddr
+	}
+	if c.Tunnel.PushPort == 0 {
+		c.Tunnel.PushPort = DefaultPushPort
+	}
+	if c.Relay.QUICTimeout == 0 {
+		c.Relay.QUICTimeout = time.Second
+	}
+	return &c, c.Validate()
+}
+
+// Validate checks the configuration; errors name the key at fault.
+func (c *runConfig) Validate() error {
+	if c.Member == "" || len(c.Member) > 32 {
+		return fmt.Errorf("key member: %q must be 1..32 characters (this appliance's member id in the policy)", c.Member)
+	}
+	if c.Identity == "" {
+		return errors.New("key identity: required (the identity folder holding identity.yaml and the certificates)")
+	}
+	if c.HSM.PoolSize < 0 || c.HSM.PoolSize > 256 {
+		return fmt.Errorf("key hsm.pool_size: %d must be 0..256 (0 = 8)", c.HSM.PoolSize)
+	}
+	if c.HSM.ModulePath != "" && !filepath.IsAbs(c.HSM.ModulePath) {
+		return fmt.Errorf("key hsm.module_path: %q must be an absolute path", c.HSM.ModulePath)
+	}
+	if c.Policy.Dir == "" {
+		return errors.New("key policy.dir: required (the folder the signed policy bundles are dropped into)")
+	}
+	if c.Policy.StateDir == "" {
+		return errors.New("key policy.state_dir: required (where the applied policy is kept)")
+	}
+	if c.Policy.Genesis != "" {
+		h, err := policy.ParseHash(c.Policy.Genesis)
+		if err != nil {
+			return fmt.Errorf("key policy.genesis: %v (the hex SHA-256 that 'memberd policy show' prints for version 1)", err)
+		}
+		c.genesis = h
+	}
+	if c.Relay.Proxy != "" {
+		u, err := url.Parse(c.Relay.Proxy)
+		if err != nil || u.Scheme != "http" || u.Host == "" {
+			return fmt.Errorf("key relay.proxy: %q is not http://[user:pass@]host:port", c.Relay.Proxy)
+		}
+		c.proxy = u
+	}
+	if c.Relay.QUICTimeout < 0 {
+		return errors.New("key relay.quic_timeout: must not be negative")
+	}
+	if c.Tunnel.RotateEvery < 0 || (c.Tunnel.RotateEvery > 0 && c.Tunnel.RotateEvery < time.Minute) {
+		return fmt.Errorf("key tunnel.rotate_every: %v must be at least 1m (0 = 24h)", c.Tunnel.RotateEvery)
+	}
+	for i, f := range c.Tunnel.Forwards {
+		if _, _, err := net.SplitHostPort(f.Listen); err != nil {
+			return fmt.Errorf("key tunnel.forwards[%d].listen: %q is not host:port", i, f.Listen)
+		}
+		if f.Member == "" || f.Port == 0 {
+			return fmt.Errorf("key tunnel.forwards[%d]: member and port are required", i)
+		}
+	}
+	for i, s := range c.Tunnel.Services {
+		if s.Port == 0 || s.Port == c.Tunnel.PushPort {
+			return fmt.Errorf("key tunnel.services[%d].port: %d must be set and differ from tunnel.push_port %d", i, s.Port, c.Tunnel.PushPort)
+		}
+		if _, _, err := net.SplitHostPort(s.Target); err != nil {
+			return fmt.Errorf("key tunnel.services[%d].target: %q is not host:port", i, s.Target)
+		}
+	}
+	if _, port, err := net.SplitHostPort(c.Admin); err != nil || port == "" {
+		return fmt.Errorf("key admin: %q is not host:port", c.Admin)
+	}
+	if c.Ledger != nil && c.Ledger.Listen != "" {
+		if _, _, err := net.SplitHostPort(c.Ledger.Listen); err != nil {
+			return fmt.Errorf("key ledger.listen: %q is not host:port", c.Ledger.Listen)
+		}
+	}
+	return nil
+}
+
+// path resolves a file name from the config relative to its directory.
+func (c *runConfig) path(p string) string {
+	if p == "" || filepath.IsAbs(p) || strings.HasPrefix(p, "pkcs11:") {
+		return p
+	}
+	return filepath.Join(c.dir, p)
+}
