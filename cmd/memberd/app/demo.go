@@ -125,7 +125,7 @@ func runDemo(ctx context.Context, e *env, log *slog.Logger, o DemoOptions, check
 		ctx, cancel = context.WithTimeout(ctx, duration)
 		defer cancel()
 	}
-	d, err := StartDemo(ctx, L, log)
+	d, err := StartDemo(ctx, L, &DemoRunOptions{Logger: log})
 	if err != nil {
 		return err
 	}

@@ -26,6 +26,20 @@ type DemoConsortium struct {
 	members    map[string]*demoProc
 	log        *slog.Logger
 	stderr     io.Writer
+	hook       func(relay, from, to string, payload []byte)
+	gate       <-chan struct{}
+}
+
+// DemoRunOptions tune StartDemo. The zero value is what 'memberd demo' uses.
+type DemoRunOptions struct {
+	// Logger receives every component's logs; nil discards.
+	Logger *slog.Logger
+	// ForwardHook, when set, sees every payload each relay forwards (for
+	// tests: the relay must only ever see ciphertext).
+	ForwardHook func(relay, from, to string, payload []byte)
+	// QUICGate, when set, keeps every relay's QUIC (UDP) listener off
+	// until it is closed: as if UDP were blocked, then unblocked.
+	QUICGate <-chan struct{}
 }
 
 type demoProc struct {
@@ -36,12 +50,16 @@ type demoProc struct {
 
 // StartDemo starts every relay and appliance of L. log nil discards. Stop
 // ends them.
-func StartDemo(ctx context.Context, L *DemoLayout, log *slog.Logger) (*DemoConsortium, error) {
+func StartDemo(ctx context.Context, L *DemoLayout, o *DemoRunOptions) (*DemoConsortium, error) {
+	if o == nil {
+		o = &DemoRunOptions{}
+	}
+	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
 	d := &DemoConsortium{Layout: L, appliances: map[string]*appliance{}, relays: map[string]*demoProc{},
-		members: map[string]*demoProc{}, log: log, stderr: io.Discard}
+		members: map[string]*demoProc{}, log: log, stderr: io.Discard, hook: o.ForwardHook, gate: o.QUICGate}
 	for _, id := range L.Relays {
 		if err := d.StartRelay(ctx, id); err != nil {
 			d.Stop()
@@ -62,6 +80,10 @@ func (d *DemoConsortium) StartRelay(ctx context.Context, id string) error {
 	cfg, err := loadRelayConfig(d.Layout.RelayConfig[id])
 	if err != nil {
 		return err
+	}
+	cfg.quicGate = d.gate
+	if h := d.hook; h != nil {
+		cfg.forwardHook = func(from, to string, p []byte) { h(id, from, to, p) }
 	}
 	e := &env{stdout: io.Discard, stderr: d.stderr, log: d.log}
 	started := make(chan relayAddrs, 1)
@@ -346,6 +368,35 @@ func (d *DemoConsortium) ServeEcho(ctx context.Context, port uint16) error {
 				go func() { defer c.Close(); io.Copy(c, c) }()
 			}
 		}()
+	}
+	return nil
+}
+
+// PushResult is one member's outcome of a policy push.
+type PushResult = pushResult
+
+// PushPolicy pushes bundle as 'memberd policy push --admin' to the
+// appliance of member does: into its folder, then to every other member
+// through the tunnel.
+func (d *DemoConsortium) PushPolicy(ctx context.Context, member string, bundle []byte) ([]PushResult, error) {
+	addr := d.AdminAddr(member)
+	if addr == "" {
+		return nil, fmt.Errorf("demo: member %s is not running", member)
+	}
+	return pushViaAdmin(ctx, addr, bundle)
+}
+
+// DropRelayPolicy writes bundle into every relay's policy folder, as a
+// relay operator does.
+func (d *DemoConsortium) DropRelayPolicy(bundle []byte) error {
+	for _, id := range d.Layout.Relays {
+		cfg, err := loadRelayConfig(d.Layout.RelayConfig[id])
+		if err != nil {
+			return err
+		}
+		if _, err := storeBundle(cfg.path(cfg.PolicyDir), bundle); err != nil {
+			return fmt.Errorf("demo relay %s: %w", id, err)
+		}
 	}
 	return nil
 }

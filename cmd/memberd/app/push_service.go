@@ -86,7 +86,7 @@ func storeBundle(dir string, bundle []byte) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("not a policy bundle: %w", err)
 	}
-	name := fmt.Sprintf("pushed-v%06d-%s.yaml", p.Version(), p.Hash().String()[:16])
+	name := fmt.Sprintf("pushed-v%06d-%s.yaml", p.Version(), strings.TrimPrefix(p.Hash().String(), "sha256:")[:16])
 	final := filepath.Join(dir, name)
 	if old, err := os.ReadFile(final); err == nil && string(old) == string(bundle) {
 		return name, nil // already delivered

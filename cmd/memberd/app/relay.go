@@ -101,6 +101,7 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 		ID: cfg.ID, Identity: identity, Authority: auth, Logger: log, Registerer: reg,
 		RateBytesPerSec: cfg.Limits.RateBytesPerSec, RateBurstBytes: cfg.Limits.RateBurstBytes,
 		QueueLen: cfg.Limits.QueueLen, MaxConnsPerMember: cfg.Limits.MaxConnsPerMember,
+		ForwardHook: cfg.forwardHook,
 	})
 	if err != nil {
 		return &UsageError{Err: fmt.Errorf("relay config %s: %w", configPath, err)}
@@ -113,11 +114,13 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 	}
 	defer tcpLn.Close()
 	defer udp.Close()
-	qln, err := quic.Listen(udp, srv.TLSConfig(), srv.QUICConfig())
-	if err != nil {
-		return fmt.Errorf("relay: QUIC on %s: %w", udp.LocalAddr(), err)
+	var qln *quic.Listener
+	if cfg.quicGate == nil {
+		if qln, err = quic.Listen(udp, srv.TLSConfig(), srv.QUICConfig()); err != nil {
+			return fmt.Errorf("relay: QUIC on %s: %w", udp.LocalAddr(), err)
+		}
+		defer qln.Close()
 	}
-	defer qln.Close()
 	adminLn, err := net.Listen("tcp", cfg.Admin)
 	if err != nil {
 		return fmt.Errorf("relay: admin endpoint on %s (key admin in %s): %w", cfg.Admin, configPath, err)
@@ -159,7 +162,23 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 			return nil
 		})
 	}
-	g.Go(func() error { return srv.ServeQUIC(gctx, qln) })
+	g.Go(func() error {
+		if qln == nil { // gated (tests): no QUIC until the gate closes
+			select {
+			case <-cfg.quicGate:
+			case <-gctx.Done():
+				return nil
+			}
+			ql, err := quic.Listen(udp, srv.TLSConfig(), srv.QUICConfig())
+			if err != nil {
+				return fmt.Errorf("relay: QUIC on %s: %w", udp.LocalAddr(), err)
+			}
+			defer ql.Close()
+			log.Info("QUIC listener on", "udp_quic", udp.LocalAddr().String())
+			return srv.ServeQUIC(gctx, ql)
+		}
+		return srv.ServeQUIC(gctx, qln)
+	})
 	g.Go(func() error { return srv.ServeTCP(gctx, tcpLn) })
 	g.Go(func() error { return srv.RunMesh(gctx) })
 	g.Go(func() error {
@@ -176,7 +195,9 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 				defer cancel()
 				_ = hs.Shutdown(sctx)
 				srv.Close()
-				qln.Close()
+				if qln != nil {
+					qln.Close()
+				}
 				return nil
 			case <-reload:
 				if watcher != nil {

@@ -57,6 +57,12 @@ type relayConfig struct {
 	Genesis        string            `yaml:"genesis"`
 
 	dir string // directory of the config file
+
+	// For whole-consortium tests (never from the file): a forward hook,
+	// and a gate: while it is open (not closed) the relay serves no QUIC,
+	// as if UDP to it were blocked.
+	forwardHook func(from, to string, payload []byte)
+	quicGate    <-chan struct{}
 }
 
 type relayLimits struct {

@@ -131,7 +131,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 
 	id := idp.Current()
 	cl, err := relay.NewClient(relay.ClientConfig{Identity: id.TLSCertificate(), Relays: relays,
-		QUICTimeout: cfg.Relay.QUICTimeout, Proxy: cfg.proxy, NoEnvProxy: cfg.Relay.NoEnvProxy,
+		QUICTimeout: cfg.Relay.QUICTimeout, ReprobeInterval: cfg.Relay.Reprobe, Proxy: cfg.proxy, NoEnvProxy: cfg.Relay.NoEnvProxy,
 		Logger: log.With("component", "relay_client"), Registerer: reg})
 	if err != nil {
 		return fmt.Errorf("relay client: %w", err)

@@ -36,6 +36,7 @@ import (
 //	  proxy: ""                    # http://user:pass@host:port HTTP CONNECT proxy; "" = HTTPS_PROXY
 //	  no_env_proxy: false          # ignore HTTPS_PROXY
 //	  quic_timeout: 1s             # wait for QUIC before falling back to TCP
+//	  reprobe_interval: 30s        # while on TCP, try QUIC again this often
 //	tunnel:
 //	  rotate_every: 24h            # WireGuard key rotation interval
 //	  push_port: 7099              # overlay port of the policy push service; 0 = 7099
@@ -76,6 +77,7 @@ type runRelayClient struct {
 	Proxy       string        `yaml:"proxy"`
 	NoEnvProxy  bool          `yaml:"no_env_proxy"`
 	QUICTimeout time.Duration `yaml:"quic_timeout"`
+	Reprobe     time.Duration `yaml:"reprobe_interval"`
 }
 
 type runTunnel struct {
@@ -182,6 +184,9 @@ func (c *runConfig) Validate() error {
 	}
 	if c.Relay.QUICTimeout < 0 {
 		return errors.New("key relay.quic_timeout: must not be negative")
+	}
+	if c.Relay.Reprobe < 0 {
+		return errors.New("key relay.reprobe_interval: must not be negative (0 = 30s)")
 	}
 	if c.Tunnel.RotateEvery < 0 || (c.Tunnel.RotateEvery > 0 && c.Tunnel.RotateEvery < time.Minute) {
 		return fmt.Errorf("key tunnel.rotate_every: %v must be at least 1m (0 = 24h)", c.Tunnel.RotateEvery)

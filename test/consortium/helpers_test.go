@@ -1,0 +1,259 @@
+package consortium_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"gopkg.in/yaml.v3"
+
+	"github.com/memberd/memberd/cmd/memberd/app"
+	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/internal/testenv"
+	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/tunnel"
+)
+
+// testLogger sends logs to t.Log (warnings and errors only, to keep the
+// output readable; MEMBERD_TEST_LOG=debug for everything).
+func testLogger(t testing.TB) *slog.Logger {
+	lvl := slog.LevelWarn
+	if os.Getenv("MEMBERD_TEST_LOG") == "debug" {
+		lvl = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: lvl}))
+}
+
+type tWriter struct{ t testing.TB }
+
+func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
+
+// initConsortium writes a demo consortium (SoftHSM2 identities) into a
+// temporary folder; edit may change member configs before anything runs.
+func initConsortium(t *testing.T, members, relays int) *app.DemoLayout {
+	t.Helper()
+	testenv.SoftHSMModule(t)
+	L, err := app.DemoInit(app.DemoOptions{Dir: t.TempDir(), Members: members, Relays: relays, HSM: "softhsm"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return L
+}
+
+// start runs the consortium until the test ends and waits for every member
+// to be connected to every relay.
+func start(t *testing.T, L *app.DemoLayout, o *app.DemoRunOptions) *app.DemoConsortium {
+	t.Helper()
+	if o == nil {
+		o = &app.DemoRunOptions{}
+	}
+	if o.Logger == nil {
+		o.Logger = testLogger(t)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	d, err := app.StartDemo(ctx, L, o)
+	if err != nil {
+		cancel()
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		d.Stop()
+		cancel()
+	})
+	wctx, wcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer wcancel()
+	if err := d.WaitConnected(wctx); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// editMemberConfig rewrites a member's memberd.yaml through edit.
+func editMemberConfig(t *testing.T, L *app.DemoLayout, member string, edit func(m map[string]any)) {
+	t.Helper()
+	p := L.MemberConfig[member]
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var m map[string]any
+	if err := yaml.Unmarshal(b, &m); err != nil {
+		t.Fatal(err)
+	}
+	edit(m)
+	if b, err = yaml.Marshal(m); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// nextPolicy makes the version after prev, edited by edit and signed by the
+// admin of every member in signers.
+func nextPolicy(t *testing.T, L *app.DemoLayout, prev *policy.Policy, edit func(d *policy.Document), signers ...string) *policy.Policy {
+	t.Helper()
+	var d policy.Document
+	if err := yaml.Unmarshal(prev.DocumentBytes(), &d); err != nil {
+		t.Fatal(err)
+	}
+	d.Version = prev.Version() + 1
+	d.Previous = prev.Hash().String()
+	edit(&d)
+	b, err := policy.MarshalDocument(&d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Parse(b)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range signers {
+		k, err := hsm.OpenSoftSigner(L.AdminKey[m], &hsm.SoftOptions{AllowInsecure: true, Warnings: io.Discard})
+		if err != nil {
+			t.Fatal(err)
+		}
+		p, err = p.Sign(k, policy.AdminRef{Member: m, KeyID: "a1"})
+		k.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	return p
+}
+
+// waitFor polls cond until it holds or d passes.
+func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %v waiting for %s", d, what)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// pair opens a TCP connection from member a to member b on port through
+// the tunnel and returns both ends.
+func pair(t *testing.T, ctx context.Context, a, b *tunnel.Device, bName string, port uint16) (net.Conn, net.Conn) {
+	t.Helper()
+	ln, err := b.Listen(port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	acc := make(chan net.Conn, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			close(acc)
+			return
+		}
+		acc <- c
+	}()
+	ca, err := a.Dial(ctx, bName, port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ca.Close() })
+	select {
+	case cb, ok := <-acc:
+		if !ok {
+			t.Fatal("accept failed")
+		}
+		t.Cleanup(func() { cb.Close() })
+		return ca, cb
+	case <-ctx.Done():
+		t.Fatal(ctx.Err())
+	}
+	return nil, nil
+}
+
+// pattern is a deterministic byte stream.
+type pattern struct{ r *rand.ChaCha8 }
+
+func newPattern(seed byte) *pattern {
+	var s [32]byte
+	s[0] = seed
+	return &pattern{rand.NewChaCha8(s)}
+}
+
+func (p *pattern) Read(b []byte) (int, error) { return p.r.Read(b) }
+
+// transfer sends n pattern bytes from w to r and checks them by hash.
+// progress, if set, is called with the bytes received so far after each
+// read.
+func transfer(ctx context.Context, w, r net.Conn, n int64, seed byte, progress func(int64)) error {
+	errc := make(chan error, 2)
+	var sent, got [32]byte
+	go func() {
+		h := sha256.New()
+		_, err := io.CopyN(io.MultiWriter(w, h), newPattern(seed), n)
+		copy(sent[:], h.Sum(nil))
+		errc <- err
+	}()
+	go func() {
+		h := sha256.New()
+		buf := make([]byte, 64<<10)
+		var m int64
+		for m < n {
+			k, err := r.Read(buf[:min(int64(len(buf)), n-m)])
+			h.Write(buf[:k])
+			m += int64(k)
+			if progress != nil {
+				progress(m)
+			}
+			if err != nil {
+				errc <- fmt.Errorf("after %d of %d bytes: %w", m, n, err)
+				return
+			}
+		}
+		copy(got[:], h.Sum(nil))
+		errc <- nil
+	}()
+	for range 2 {
+		select {
+		case err := <-errc:
+			if err != nil {
+				w.Close()
+				r.Close()
+				return err
+			}
+		case <-ctx.Done():
+			w.Close()
+			r.Close()
+			return ctx.Err()
+		}
+	}
+	if sent != got {
+		return fmt.Errorf("received bytes differ from the sent ones")
+	}
+	return nil
+}
+
+func ioReadFull(r io.Reader, b []byte) (int, error) { return io.ReadFull(r, b) }
+
+func asErr(err error, target any) bool { return errors.As(err, target) }
+
+// freePort returns a loopback TCP address free now, and its port.
+func freePort(t *testing.T) (string, string) {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	_, p, _ := net.SplitHostPort(l.Addr().String())
+	return l.Addr().String(), p
+}
+
+func dialTCP(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) }
