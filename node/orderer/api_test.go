@@ -147,7 +147,7 @@ func TestBroadcastAdmission(t *testing.T) {
 			t.Logf("%s: %s", got, info)
 		})
 	}
-	// A follower redirects to the leader.
+	// A follower without a Forwarder redirects to the leader.
 	f := l%3 + 1
 	got, info := broadcastOne(t, cl.nodes[f-1].client, envSpec{id: w, typ: tx, data: []byte("to follower")}.build(t))
 	if got != common.Status_SERVICE_UNAVAILABLE {

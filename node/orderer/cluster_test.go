@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
 	"go.uber.org/goleak"
 
 	"github.com/memberd/memberd/node/block"
@@ -176,4 +178,57 @@ func TestRestartedNodeCatchesUpThroughSnapshot(t *testing.T) {
 	}
 	cl.waitHeight(cl.node(cl.leader(time.Second)).Height(), 10*time.Second)
 	cl.checkIdentical()
+}
+
+// TestFollowerForwardsToLeader: with a BroadcastForwarder, Broadcast on a
+// follower is admitted there, ordered by the leader and answered SUCCESS
+// only once committed; the chain is identical on every node.
+func TestFollowerForwardsToLeader(t *testing.T) {
+	var cl *cluster
+	var fwds []*BroadcastForwarder
+	cl = newCluster(t, 3, testBatch(), func(c *Config) {
+		f := &BroadcastForwarder{Peers: map[uint64]ab.AtomicBroadcastClient{}}
+		if cl != nil { // a restart
+			for _, tn := range cl.nodes {
+				f.Peers[tn.id] = tn.client
+			}
+		}
+		fwds = append(fwds, f)
+		c.Forwarder = f
+	})
+	for _, f := range fwds {
+		for _, tn := range cl.nodes {
+			f.Peers[tn.id] = tn.client
+		}
+	}
+	t.Cleanup(func() {
+		for _, f := range fwds {
+			f.Close()
+		}
+	})
+	l := cl.leader(10 * time.Second)
+	f := l%3 + 1
+	total := 2000
+	if testing.Short() {
+		total = 400
+	}
+	envs, ids := envelopes(t, cl.c.identity(t, "m1", "fwd-client"), total, 200)
+	res := newLoadResult()
+	if n, err := broadcast(context.Background(), cl.nodes[f-1].client, envs, ids, res); err != nil || n != total {
+		t.Fatalf("answered %d of %d: %v", n, total, err)
+	}
+	if len(res.success) != total {
+		t.Fatalf("%d SUCCESS of %d via follower: %v", len(res.success), total, res.other)
+	}
+	// A duplicate through the follower is refused like on the leader.
+	if st, _ := broadcastOne(t, cl.nodes[f-1].client, envs[0]); st != common.Status_BAD_REQUEST {
+		t.Fatalf("duplicate via follower: %s", st)
+	}
+	cl.waitHeight(cl.node(l).Height(), 10*time.Second)
+	txids := cl.checkIdentical()
+	for id := range res.success {
+		if txids[id] != 1 {
+			t.Fatalf("tx %s in the chain %d times", id, txids[id])
+		}
+	}
 }

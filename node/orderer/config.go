@@ -32,11 +32,12 @@ type BlockFetcher interface {
 }
 
 // Forwarder hands an admitted envelope to the current leader (identified by
-// its raft ID) and returns once the leader answered: nil for SUCCESS. A
-// follower with a Forwarder forwards Broadcast submissions instead of
-// redirecting the client.
+// its raft ID). Forward returns once the envelope is sent; the returned wait
+// blocks until the leader answered: nil for SUCCESS. Forward calls keep their
+// order (pipelined, as a Broadcast stream). A follower with a Forwarder
+// forwards Broadcast submissions instead of redirecting the client.
 type Forwarder interface {
-	Forward(ctx context.Context, leader uint64, env []byte) error
+	Forward(ctx context.Context, leader uint64, env []byte) (wait func(context.Context) error, err error)
 }
 
 // Config configures a Node. New copies it.

@@ -25,9 +25,10 @@
 // answer (SERVICE_UNAVAILABLE after a leader change or a timeout) promises
 // nothing: the envelope may or may not be ordered; the client may resubmit.
 //
-// Followers do not order: a follower answers Broadcast with
-// SERVICE_UNAVAILABLE naming the leader (a redirect), unless a Forwarder is
-// configured.
+// Followers do not order: a follower with a Forwarder (BroadcastForwarder:
+// a pipelined Broadcast stream to the leader) admits the envelope itself and
+// forwards it, answering its client with the leader's answer; without one it
+// answers SERVICE_UNAVAILABLE naming the leader (a redirect).
 //
 // # Admission
 //

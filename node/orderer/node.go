@@ -253,6 +253,7 @@ type Pending struct {
 	n   *Node
 	key txKey
 	w   *waiter
+	fwd func(context.Context) error // set on a follower with a Forwarder
 	// Envelope is the admitted envelope.
 	Envelope *block.Envelope
 }
@@ -278,13 +279,26 @@ func (n *Node) OrderEnvelope(ctx context.Context, env *block.Envelope) (*Pending
 
 func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error) {
 	raw := env.Raw
+	k := keyOf(env.TxID())
 	if l := n.raft.Leader(); l != n.raft.ID() {
 		if l == 0 {
 			return nil, fmt.Errorf("%w: no raft leader known; retry", ErrUnavailable)
 		}
-		return nil, fmt.Errorf("%w: submit to raft node %d", ErrNotLeader, l)
+		if n.cfg.Forwarder == nil {
+			return nil, fmt.Errorf("%w: submit to raft node %d", ErrNotLeader, l)
+		}
+		n.mu.Lock()
+		dup := n.recent.has(k)
+		n.mu.Unlock()
+		if dup {
+			return nil, fmt.Errorf("%w: %s", ErrDuplicate, env.TxID())
+		}
+		wait, err := n.cfg.Forwarder.Forward(ctx, l, raw)
+		if err != nil {
+			return nil, err
+		}
+		return &Pending{n: n, Envelope: env, fwd: wait}, nil
 	}
-	k := keyOf(env.TxID())
 	w := &waiter{done: make(chan struct{})}
 	n.mu.Lock()
 	if _, busy := n.waiters[k]; busy || n.recent.has(k) {
@@ -317,9 +331,15 @@ func (n *Node) Submit(ctx context.Context, raw []byte) error {
 }
 
 // Wait returns nil once the envelope is in a block committed by raft and
-// stored (fsynced) by this node; otherwise ErrUnavailable (leader change,
+// stored (fsynced) by this node (on a follower with a Forwarder: once the
+// leader answered SUCCESS, which means the same on the leader); otherwise ErrUnavailable (leader change,
 // SubmitTimeout, ctx) or ErrClosed, and the envelope may or may not be ordered.
 func (p *Pending) Wait(ctx context.Context) error {
+	if p.fwd != nil {
+		ctx, cancel := context.WithTimeout(ctx, p.n.cfg.SubmitTimeout)
+		defer cancel()
+		return p.fwd(ctx)
+	}
 	t := time.NewTimer(p.n.cfg.SubmitTimeout)
 	defer t.Stop()
 	select {
