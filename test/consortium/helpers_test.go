@@ -38,7 +38,7 @@ func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p
 
 // initConsortium writes a demo consortium (SoftHSM2 identities) into a
 // temporary folder; edit may change member configs before anything runs.
-func initConsortium(t *testing.T, members, relays int) *app.DemoLayout {
+func initConsortium(t testing.TB, members, relays int) *app.DemoLayout {
 	t.Helper()
 	testenv.SoftHSMModule(t)
 	L, err := app.DemoInit(app.DemoOptions{Dir: t.TempDir(), Members: members, Relays: relays, HSM: "softhsm"})
@@ -50,7 +50,7 @@ func initConsortium(t *testing.T, members, relays int) *app.DemoLayout {
 
 // start runs the consortium until the test ends and waits for every member
 // to be connected to every relay.
-func start(t *testing.T, L *app.DemoLayout, o *app.DemoRunOptions) *app.DemoConsortium {
+func start(t testing.TB, L *app.DemoLayout, o *app.DemoRunOptions) *app.DemoConsortium {
 	t.Helper()
 	if o == nil {
 		o = &app.DemoRunOptions{}
@@ -77,7 +77,7 @@ func start(t *testing.T, L *app.DemoLayout, o *app.DemoRunOptions) *app.DemoCons
 }
 
 // editMemberConfig rewrites a member's memberd.yaml through edit.
-func editMemberConfig(t *testing.T, L *app.DemoLayout, member string, edit func(m map[string]any)) {
+func editMemberConfig(t testing.TB, L *app.DemoLayout, member string, edit func(m map[string]any)) {
 	t.Helper()
 	p := L.MemberConfig[member]
 	b, err := os.ReadFile(p)
@@ -144,7 +144,7 @@ func waitFor(t *testing.T, d time.Duration, what string, cond func() bool) {
 
 // pair opens a TCP connection from member a to member b on port through
 // the tunnel and returns both ends.
-func pair(t *testing.T, ctx context.Context, a, b *tunnel.Device, bName string, port uint16) (net.Conn, net.Conn) {
+func pair(t testing.TB, ctx context.Context, a, b *tunnel.Device, bName string, port uint16) (net.Conn, net.Conn) {
 	t.Helper()
 	ln, err := b.Listen(port)
 	if err != nil {
