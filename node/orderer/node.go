@@ -38,7 +38,7 @@ type Node struct {
 	store   *blockstore.Store
 	adm     *admitter
 
-	submitCh chan []byte
+	submitCh chan submission
 	leaderCh chan struct{}
 	closed   chan struct{}
 	once     sync.Once
@@ -48,8 +48,21 @@ type Node struct {
 	waiters    map[txKey]*waiter
 	recent     *recentSet
 	lastConfig uint64 // Run goroutine only
+	// proposed: the tx ids of blocks this leader proposed, so that its
+	// apply need not parse every envelope again (guarded by mu).
+	proposed map[uint64]proposedBlock
 
 	ordered atomic.Uint64 // envelopes committed (metrics, tests)
+}
+
+type submission struct {
+	raw []byte
+	key txKey
+}
+
+type proposedBlock struct {
+	dataHash []byte
+	keys     []txKey
 }
 
 type waiter struct {
@@ -111,7 +124,8 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		cfg: cfg, channel: ch.Config.ChannelID, cutCfg: cut,
 		log:      cfg.Logger.With("channel", ch.Config.ChannelID),
 		store:    store,
-		submitCh: make(chan []byte, cfg.SubmitQueue),
+		submitCh: make(chan submission, cfg.SubmitQueue),
+		proposed: make(map[uint64]proposedBlock),
 		leaderCh: make(chan struct{}, 1),
 		closed:   make(chan struct{}),
 		waiters:  make(map[txKey]*waiter),
@@ -309,7 +323,7 @@ func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error)
 	n.mu.Unlock()
 	p := &Pending{n: n, key: k, w: w, Envelope: env}
 	select {
-	case n.submitCh <- raw:
+	case n.submitCh <- submission{raw: raw, key: k}:
 		return p, nil
 	case <-ctx.Done():
 		p.drop()
@@ -434,6 +448,14 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 func (n *Node) committed(blocks []*common.Block) {
 	var keys []txKey
 	for _, b := range blocks {
+		n.mu.Lock()
+		pb, ok := n.proposed[b.Header.Number]
+		delete(n.proposed, b.Header.Number)
+		n.mu.Unlock()
+		if ok && bytes.Equal(pb.dataHash, b.Header.DataHash) && len(pb.keys) == len(b.Data.Data) {
+			keys = append(keys, pb.keys...)
+			continue
+		}
 		for _, raw := range b.Data.Data {
 			if e, err := block.ParseEnvelope(raw); err == nil {
 				keys = append(keys, keyOf(e.TxID()))
@@ -495,6 +517,9 @@ func (n *Node) drive(ctx context.Context) error {
 		tipHash    []byte
 		lastHeight = n.store.Height()
 		progressAt = n.cfg.Now()
+		// keys of the envelopes in the cutter, in order: the cutter keeps
+		// order and cuts consecutive runs, so each batch pops its keys.
+		keys []txKey
 	)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -505,8 +530,11 @@ func (n *Node) drive(ctx context.Context) error {
 		if leading {
 			n.log.Info("stopped cutting blocks", "reason", why)
 		}
-		leading, cut = false, nil
+		leading, cut, keys = false, nil, nil
 		timer.Stop()
+		n.mu.Lock()
+		clear(n.proposed)
+		n.mu.Unlock()
 		n.failAll(fmt.Errorf("%w: %s; resubmit", ErrUnavailable, why))
 	}
 	lead := func() bool {
@@ -537,6 +565,12 @@ func (n *Node) drive(ctx context.Context) error {
 			return
 		}
 		b := block.New(tipNum+1, tipHash, batch)
+		if len(keys) >= len(batch) {
+			n.mu.Lock()
+			n.proposed[b.Header.Number] = proposedBlock{dataHash: b.Header.DataHash, keys: keys[:len(batch):len(batch)]}
+			n.mu.Unlock()
+			keys = keys[len(batch):]
+		}
 		data, err := encodeBlockEntry(b)
 		if err == nil {
 			err = n.raft.Propose(ctx, data)
@@ -566,12 +600,13 @@ func (n *Node) drive(ctx context.Context) error {
 			} else {
 				lead()
 			}
-		case raw := <-n.submitCh:
+		case sub := <-n.submitCh:
 			if !lead() {
 				n.failAll(fmt.Errorf("%w: not the leader (raft leader is %d)", ErrUnavailable, n.raft.Leader()))
 				continue
 			}
-			batches, _ := cut.Ordered(raw, n.cfg.Now())
+			keys = append(keys, sub.key)
+			batches, _ := cut.Ordered(sub.raw, n.cfg.Now())
 			for _, b := range batches {
 				propose(b)
 			}
