@@ -1,0 +1,169 @@
+package orderer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sort"
+	"sync"
+
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+
+	"github.com/memberd/memberd/node/channelconfig"
+	"github.com/memberd/memberd/node/participation"
+)
+
+// Registry is the set of channels a process orders: it runs one Node per
+// channel, implements participation.Registry (so osnadmin can list, join and
+// remove channels) and gives Server its Lookup.
+type Registry struct {
+	// Open builds (but does not run) the node for a channel from its config
+	// block; cmd decides directories, raft peers and identity. Required.
+	Open func(channel string, configBlock *common.Block) (*Node, error)
+	// Removed, if set, is called after a channel's node is closed by Remove
+	// (e.g. to delete its directories).
+	Removed func(channel string) error
+	Logger  *slog.Logger
+
+	mu    sync.Mutex
+	nodes map[string]*running
+	wg    sync.WaitGroup
+}
+
+type running struct {
+	n      *Node
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+var _ participation.Registry = (*Registry)(nil)
+
+// Lookup returns the node of a channel, nil if none (for ServerConfig.Lookup).
+func (r *Registry) Lookup(channel string) *Node {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if rn, ok := r.nodes[channel]; ok {
+		return rn.n
+	}
+	return nil
+}
+
+// Start runs n (already opened) as the node of its channel.
+func (r *Registry) Start(n *Node) error {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.nodes == nil {
+		r.nodes = map[string]*running{}
+	}
+	if _, ok := r.nodes[n.ChannelID()]; ok {
+		return fmt.Errorf("%w: %q", participation.ErrExists, n.ChannelID())
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	rn := &running{n: n, cancel: cancel, done: make(chan struct{})}
+	r.nodes[n.ChannelID()] = rn
+	r.wg.Add(1)
+	go func() {
+		defer r.wg.Done()
+		defer close(rn.done)
+		if err := n.Run(ctx); err != nil && r.Logger != nil {
+			r.Logger.Error("ordering node stopped", "channel", n.ChannelID(), "err", err)
+		}
+	}()
+	return nil
+}
+
+func info(n *Node) participation.ChannelInfo {
+	rel := "follower"
+	for _, v := range n.raft.Status().Voters {
+		if v == n.raft.ID() {
+			rel = "consenter"
+		}
+	}
+	status := "active"
+	if n.Healthy() != nil {
+		status = "onboarding"
+	}
+	return participation.ChannelInfo{Name: n.ChannelID(), URL: participation.URLBase + "/" + n.ChannelID(),
+		ConsensusRelation: rel, Status: status, Height: n.Height()}
+}
+
+// List implements participation.Registry.
+func (r *Registry) List() []participation.ChannelInfo {
+	r.mu.Lock()
+	var out []participation.ChannelInfo
+	for _, rn := range r.nodes {
+		out = append(out, info(rn.n))
+	}
+	r.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
+// Get implements participation.Registry.
+func (r *Registry) Get(name string) (participation.ChannelInfo, error) {
+	n := r.Lookup(name)
+	if n == nil {
+		return participation.ChannelInfo{}, fmt.Errorf("%w: %q", participation.ErrNotFound, name)
+	}
+	return info(n), nil
+}
+
+// Join implements participation.Registry.
+func (r *Registry) Join(_ context.Context, b *common.Block) (participation.ChannelInfo, error) {
+	ch, err := channelconfig.Parse(b)
+	if err != nil {
+		return participation.ChannelInfo{}, fmt.Errorf("%w: %w", participation.ErrBadBlock, err)
+	}
+	if r.Lookup(ch.Config.ChannelID) != nil {
+		return participation.ChannelInfo{}, fmt.Errorf("%w: %q", participation.ErrExists, ch.Config.ChannelID)
+	}
+	n, err := r.Open(ch.Config.ChannelID, b)
+	if err != nil {
+		if errors.Is(err, ErrInvalidConfig) {
+			err = fmt.Errorf("%w: %w", participation.ErrBadBlock, err)
+		}
+		return participation.ChannelInfo{}, err
+	}
+	if err := r.Start(n); err != nil {
+		n.Close()
+		return participation.ChannelInfo{}, err
+	}
+	return info(n), nil
+}
+
+// Remove implements participation.Registry: stops and closes the node.
+func (r *Registry) Remove(_ context.Context, name string) error {
+	r.mu.Lock()
+	rn, ok := r.nodes[name]
+	delete(r.nodes, name)
+	r.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %q", participation.ErrNotFound, name)
+	}
+	rn.cancel()
+	<-rn.done
+	if err := rn.n.Close(); err != nil {
+		return err
+	}
+	if r.Removed != nil {
+		return r.Removed(name)
+	}
+	return nil
+}
+
+// Close stops every node. Idempotent.
+func (r *Registry) Close() error {
+	r.mu.Lock()
+	nodes := r.nodes
+	r.nodes = nil
+	r.mu.Unlock()
+	var errs []error
+	for _, rn := range nodes {
+		rn.cancel()
+		<-rn.done
+		errs = append(errs, rn.n.Close())
+	}
+	r.wg.Wait()
+	return errors.Join(errs...)
+}
