@@ -102,6 +102,7 @@ type tnode struct {
 	cancel context.CancelFunc
 	runErr chan error
 	addr   string
+	ln     net.Listener // the gRPC listener before the first start
 	srv    *grpc.Server
 	conn   *grpc.ClientConn
 	client ab.AtomicBroadcastClient
@@ -116,8 +117,7 @@ func newCluster(t testing.TB, size int, batch block.CutterConfig, tune func(*Con
 		if err != nil {
 			t.Fatal(err)
 		}
-		tn.addr = ln.Addr().String()
-		ln.Close()
+		tn.addr, tn.ln = ln.Addr().String(), ln // kept for the first start, so the port cannot be taken meanwhile
 		conn, err := grpc.NewClient(tn.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 		if err != nil {
 			t.Fatal(err)
@@ -183,9 +183,12 @@ func (cl *cluster) start(id uint64) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	gl, err := listenRetry(tn.addr)
-	if err != nil {
-		t.Fatal(err)
+	gl := tn.ln
+	tn.ln = nil
+	if gl == nil { // a restart: the same port again
+		if gl, err = listenRetry(tn.addr); err != nil {
+			t.Fatal(err)
+		}
 	}
 	tn.srv = grpc.NewServer()
 	srv.Register(tn.srv)
