@@ -166,17 +166,23 @@ func transfer(ctx context.Context, w, r net.Conn, n int64, seed byte) error {
 		}
 		errc <- err
 	}()
-	for range 2 {
+	for pending := 2; pending > 0; pending-- {
 		select {
 		case err := <-errc:
 			if err != nil {
+				w.Close()
+				r.Close()
+				for pending--; pending > 0; pending-- {
+					<-errc
+				}
 				return err
 			}
 		case <-ctx.Done():
 			w.Close()
 			r.Close()
-			<-errc
-			<-errc
+			for ; pending > 0; pending-- {
+				<-errc
+			}
 			return ctx.Err()
 		}
 	}

@@ -574,7 +574,9 @@ func (d *Device) waitPeer(ctx context.Context, member string) (netip.Addr, error
 			return netip.Addr{}, fmt.Errorf("%w: %s", ErrNotMember, member)
 		}
 		if p := d.peers[member]; p.ready() {
+			key := p.active.PublicKey
 			d.mu.Unlock()
+			d.waitHandshake(ctx, key)
 			return addr, nil
 		}
 		ch := d.changed
@@ -585,6 +587,32 @@ func (d *Device) waitPeer(ctx context.Context, member string) (netip.Addr, error
 			return netip.Addr{}, ErrClosed
 		case <-ctx.Done():
 			return netip.Addr{}, fmt.Errorf("%w: %s: %w", ErrNoPeer, member, ctx.Err())
+		}
+	}
+}
+
+// handshakeWait bounds how long Dial waits for the first handshake with a
+// freshly configured peer.
+const handshakeWait = 2 * time.Second
+
+// waitHandshake waits (bounded) until the peer with key has completed a
+// handshake. The member with the smaller id starts that handshake as soon
+// as both sides hold each other's keys; if the other side's first packet
+// (a Dial's SYN) started one at the same moment, the two initiations would
+// cross and both fail until WireGuard's 5 s retry.
+func (d *Device) waitHandshake(ctx context.Context, key Key) {
+	deadline := time.Now().Add(handshakeWait)
+	for time.Now().Before(deadline) {
+		hs, _ := d.handshakes()
+		if hs[key] {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.ctx.Done():
+			return
+		case <-time.After(10 * time.Millisecond):
 		}
 	}
 }

@@ -21,7 +21,7 @@ import (
 )
 
 // freeRelayAddr is 127.0.0.1:P with P free on both TCP and UDP.
-func freeRelayAddr(t *testing.T) string {
+func freeRelayAddr(t testing.TB) string {
 	t.Helper()
 	for range 50 {
 		tl, err := net.Listen("tcp", "127.0.0.1:0")
@@ -43,7 +43,12 @@ func freeRelayAddr(t *testing.T) string {
 // TestOverRealRelay runs the tunnel over one real relay (QUIC on loopback):
 // two members with relay.Client transports, a byte-exact transfer, and the
 // relay's forward hook never sees the plaintext marker.
-func TestOverRealRelay(t *testing.T) {
+// relayCluster starts one relay on loopback (QUIC and TCP on one port) and
+// two tunnel devices (bank-a, bank-b) whose transports are relay.Clients.
+// Everything is closed at cleanup.
+func relayCluster(t testing.TB, hook func(from, to string, p []byte)) (map[string]*tunnel.Device, *relay.Server) {
+	t.Helper()
+
 	members := []string{"bank-a", "bank-b"}
 	rcas := map[string]*relaytest.CA{}
 	cas := map[string][]*tunneltest.CA{}
@@ -59,16 +64,9 @@ func TestOverRealRelay(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	marker := []byte("RELAY-PLAINTEXT-MARKER-51d2")
-	var seen, forwarded atomic.Int64
 	srv, err := relay.NewServer(relay.ServerConfig{ID: "relay-1", Identity: relayCert, Authority: rauth,
 		RateBytesPerSec: -1,
-		ForwardHook: func(from, to string, p []byte) {
-			forwarded.Add(1)
-			if bytes.Contains(p, marker) {
-				seen.Add(1)
-			}
-		}})
+		ForwardHook:     hook})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -89,14 +87,14 @@ func TestOverRealRelay(t *testing.T) {
 	wg.Add(2)
 	go func() { defer wg.Done(); srv.ServeTCP(ctx, tl) }()
 	go func() { defer wg.Done(); srv.ServeQUIC(ctx, ql) }()
-	defer func() {
+	t.Cleanup(func() {
 		ql.Close()
 		udp.Close()
 		tl.Close()
 		srv.Close()
 		cancel()
 		wg.Wait()
-	}()
+	})
 
 	var specs []tunneltest.MemberSpec
 	for i, m := range members {
@@ -124,11 +122,24 @@ func TestOverRealRelay(t *testing.T) {
 			cl.Close()
 			t.Fatal(err)
 		}
-		defer d.Close() // closes the relay client
+		t.Cleanup(func() { d.Close() }) // closes the relay client (registered after the relay's: runs first)
 		devs[m] = d
 		t.Logf("%s: relay path %v, max packet %d, tunnel MTU %d", m, cl.Status(), cl.MaxPacketSize(), d.MTU())
 	}
 
+	return devs, srv
+}
+
+func TestOverRealRelay(t *testing.T) {
+	marker := []byte("RELAY-PLAINTEXT-MARKER-51d2")
+	var seen, forwarded atomic.Int64
+	devs, srv := relayCluster(t, func(from, to string, p []byte) {
+		forwarded.Add(1)
+		if bytes.Contains(p, marker) {
+			seen.Add(1)
+		}
+	})
+	ctx := context.Background()
 	tctx, tcancel := context.WithTimeout(ctx, 60*time.Second)
 	defer tcancel()
 	x, y := connect(t, tctx, devs["bank-a"], devs["bank-b"], "bank-b", 7050)
