@@ -199,12 +199,14 @@ func pushHandler(a *appliance, dir string, port uint16, log *slog.Logger) http.H
 			http.Error(w, fmt.Sprintf("want a bundle of 1..%d bytes", policy.MaxBundleSize), http.StatusBadRequest)
 			return
 		}
-		name, err := storeBundle(dir, b)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
+		if _, err := policy.Parse(b); err != nil {
+			http.Error(w, "not a policy bundle: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		results := []pushResult{{Member: a.member, OK: true, Detail: "local policy folder: " + name}}
+		// The other members first, this one last: once this appliance
+		// applies a version that removes a member, its tunnel cuts that
+		// member off, and the push to it would race with the cut.
+		var results []pushResult
 		var mu sync.Mutex
 		var wg sync.WaitGroup
 		for _, m := range a.policy().Members() {
@@ -225,6 +227,12 @@ func pushHandler(a *appliance, dir string, port uint16, log *slog.Logger) http.H
 			}()
 		}
 		wg.Wait()
+		name, err := storeBundle(dir, b)
+		local := pushResult{Member: a.member, OK: err == nil, Detail: "local policy folder: " + name}
+		if err != nil {
+			local.Detail = err.Error()
+		}
+		results = append([]pushResult{local}, results...)
 		status := http.StatusOK
 		for _, pr := range results {
 			if !pr.OK {
