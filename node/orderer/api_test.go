@@ -5,6 +5,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/rand"
 	"encoding/asn1"
+	"errors"
 	"math/big"
 	"testing"
 	"time"
@@ -296,4 +297,42 @@ func equalNums(a, b []uint64) bool {
 		}
 	}
 	return true
+}
+
+func TestConfigValidate(t *testing.T) {
+	c := newConsortium(t, 1, block.CutterConfig{})
+	id := c.identity(t, "m1", "n1")
+	good := func() Config {
+		return Config{BlockDir: "/x", Signer: id.Signer, Identity: id.Serialized(), Policy: c.policy}
+	}
+	cases := []struct {
+		name string
+		edit func(*Config)
+		ok   bool
+	}{
+		{"valid", func(*Config) {}, true},
+		{"no block dir", func(c *Config) { c.BlockDir = "" }, false},
+		{"no signer", func(c *Config) { c.Signer = nil }, false},
+		{"no identity", func(c *Config) { c.Identity = nil }, false},
+		{"no policy", func(c *Config) { c.Policy = nil }, false},
+		{"raft apply set by caller", func(c *Config) { c.Raft.Applied = 3 }, false},
+		{"negative timeout", func(c *Config) { c.SubmitTimeout = -1 }, false},
+		{"bad batch", func(c *Config) { c.Batch = block.CutterConfig{PreferredMaxBytes: 10, AbsoluteMaxBytes: 5} }, false},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg := good()
+			tc.edit(&cfg)
+			err := cfg.Validate()
+			if (err == nil) != tc.ok {
+				t.Fatalf("Validate() = %v, want ok=%v", err, tc.ok)
+			}
+			if err != nil && !errors.Is(err, ErrInvalidConfig) {
+				t.Fatalf("%v does not wrap ErrInvalidConfig", err)
+			}
+		})
+	}
+	if _, err := NewServer(ServerConfig{}); err == nil {
+		t.Fatal("NewServer without Lookup accepted")
+	}
 }

@@ -54,8 +54,11 @@ func (c *ServerConfig) Validate() error {
 }
 
 // Server implements Fabric's orderer.AtomicBroadcast service. It does not
-// listen: Register it on a grpc.ServiceRegistrar (a *grpc.Server with the
-// node's TLS credentials) that the caller owns.
+// listen: Register it on a grpc.ServiceRegistrar that the caller owns, e.g.
+//
+//	gs := grpc.NewServer(append(orderer.ServerOptions(),
+//		grpc.Creds(credentials.NewTLS(orderer.ServerTLS(orderer.TLSCertificate(id), pol, true))))...)
+//	srv.Register(gs)
 type Server struct {
 	ab.UnimplementedAtomicBroadcastServer
 	cfg ServerConfig
@@ -322,3 +325,20 @@ func seekNumber(p *ab.SeekPosition, height uint64) (uint64, bool) {
 
 // MaxBlock is the Specified number that means "no stop": deliver forever.
 const MaxBlock = math.MaxUint64
+
+// MaxMessageBytes is the gRPC message size limit ServerOptions and
+// ClientOptions set: above Fabric's largest AbsoluteMaxBytes (99 MiB) plus a
+// block's metadata, as Fabric's own 100 MiB default.
+const MaxMessageBytes = 128 << 20
+
+// ServerOptions are the grpc.ServerOptions the caller's grpc.Server needs
+// for this service (gRPC's 4 MiB default would refuse large envelopes and
+// blocks). Add the TLS credentials (ServerTLS) beside them.
+func ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes)}
+}
+
+// ClientOptions are the matching grpc.DialOptions for clients.
+func ClientOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes))}
+}

@@ -152,7 +152,7 @@ func (f *ledgerFlags) open(cmd *cobra.Command, e *env) (*ledgerSession, error) {
 		}
 		creds = credentials.NewTLS(orderer.ClientTLS(tc, roots))
 	}
-	if s.conn, err = grpc.NewClient(f.addr, grpc.WithTransportCredentials(creds)); err != nil {
+	if s.conn, err = grpc.NewClient(f.addr, append(orderer.ClientOptions(), grpc.WithTransportCredentials(creds))...); err != nil {
 		s.close()
 		return nil, fmt.Errorf("%s: %w", p, err)
 	}
