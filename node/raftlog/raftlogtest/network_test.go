@@ -15,12 +15,14 @@ func TestPartitionAndHeal(t *testing.T) {
 	}
 	defer ln.Close()
 	accepted := make(chan error, 4)
+	serving := make(chan struct{}, 4)
 	go func() {
 		for {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
+			serving <- struct{}{}
 			go func() {
 				_, err := io.Copy(io.Discard, c)
 				accepted <- err
@@ -38,6 +40,13 @@ func TestPartitionAndHeal(t *testing.T) {
 	defer c.Close()
 	if _, err := c.Write([]byte("hi")); err != nil {
 		t.Fatal(err)
+	}
+	// Partition only once b holds the connection: a connection still in the
+	// accept queue at partition time is refused by Accept, never served.
+	select {
+	case <-serving:
+	case <-ctx.Done():
+		t.Fatal("b never accepted the connection")
 	}
 	nw.Partition("b")
 	select {
