@@ -14,6 +14,7 @@ import (
 	"fmt"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/memberd/memberd/node/block"
 )
@@ -30,14 +31,20 @@ const (
 
 var noopEntry = []byte{entryVersion, byte(entryNoop)}
 
+var entryMarshal = proto.MarshalOptions{Deterministic: true}
+
+// encodeBlockEntry marshals b straight after the 2-byte prefix (one
+// allocation of the final size, no copy: blocks are large).
 func encodeBlockEntry(b *common.Block) ([]byte, error) {
-	raw, err := block.Marshal(b)
-	if err != nil {
-		return nil, err
+	if b.GetHeader() == nil || b.GetData() == nil || b.GetMetadata() == nil {
+		return nil, fmt.Errorf("%w: block entry needs header, data and metadata", block.ErrMalformed)
 	}
-	out := make([]byte, 2+len(raw))
-	out[0], out[1] = entryVersion, byte(entryBlock)
-	copy(out[2:], raw)
+	buf := make([]byte, 2, 2+entryMarshal.Size(b))
+	buf[0], buf[1] = entryVersion, byte(entryBlock)
+	out, err := entryMarshal.MarshalAppend(buf, b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: marshal block: %v", block.ErrMalformed, err)
+	}
 	return out, nil
 }
 
