@@ -14,6 +14,7 @@ import (
 	"fmt"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/memberd/memberd/node/block"
@@ -65,4 +66,50 @@ func decodeEntry(data []byte) (entryType, *common.Block, error) {
 	default:
 		return entryUnknown, nil, nil
 	}
+}
+
+// peekBlockNumber reads Header.Number of a block entry without decoding the
+// block (Block field 1 = header, BlockHeader field 1 = number). It is only a
+// cache key: the caller compares the whole entry before trusting it.
+func peekBlockNumber(data []byte) (uint64, bool) {
+	if len(data) < 2 || data[0] != entryVersion || entryType(data[1]) != entryBlock {
+		return 0, false
+	}
+	b := data[2:]
+	for len(b) > 0 {
+		num, typ, n := protowire.ConsumeTag(b)
+		if n < 0 {
+			return 0, false
+		}
+		b = b[n:]
+		if num == 1 && typ == protowire.BytesType {
+			h, n := protowire.ConsumeBytes(b)
+			if n < 0 {
+				return 0, false
+			}
+			for len(h) > 0 {
+				f, t, m := protowire.ConsumeTag(h)
+				if m < 0 {
+					return 0, false
+				}
+				h = h[m:]
+				if f == 1 && t == protowire.VarintType {
+					v, k := protowire.ConsumeVarint(h)
+					return v, k >= 0
+				}
+				k := protowire.ConsumeFieldValue(f, t, h)
+				if k < 0 {
+					return 0, false
+				}
+				h = h[k:]
+			}
+			return 0, true // number 0 is omitted in proto3
+		}
+		n = protowire.ConsumeFieldValue(num, typ, b)
+		if n < 0 {
+			return 0, false
+		}
+		b = b[n:]
+	}
+	return 0, false
 }

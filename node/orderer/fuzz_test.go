@@ -60,6 +60,9 @@ func FuzzDecodeEntry(f *testing.F) {
 		if typ != entryBlock || err != nil {
 			return
 		}
+		if num, ok := peekBlockNumber(data); !ok || num != b.Header.Number {
+			t.Fatalf("peekBlockNumber = %d, %v; block number %d", num, ok, b.Header.Number)
+		}
 		again, err := encodeBlockEntry(b)
 		if err != nil {
 			t.Fatal(err)

@@ -63,6 +63,8 @@ type submission struct {
 type proposedBlock struct {
 	dataHash []byte
 	keys     []txKey
+	entry    []byte        // the raft entry proposed
+	blk      *common.Block // the block it encodes (saves decoding it in apply)
 }
 
 type waiter struct {
@@ -411,7 +413,10 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 	var blocks []*common.Block
 	prev := n.store.LastHeader()
 	for _, e := range c.Entries {
-		typ, b, err := decodeEntry(e.Data)
+		typ, b, err := n.cachedEntry(e.Data)
+		if b == nil {
+			typ, b, err = decodeEntry(e.Data)
+		}
 		if typ != entryBlock {
 			continue
 		}
@@ -442,6 +447,22 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 	}
 	n.committed(blocks)
 	return nil
+}
+
+// cachedEntry returns the block of an entry this leader proposed itself
+// (byte-for-byte the same entry), nil otherwise.
+func (n *Node) cachedEntry(data []byte) (entryType, *common.Block, error) {
+	num, ok := peekBlockNumber(data)
+	if !ok {
+		return entryUnknown, nil, nil
+	}
+	n.mu.Lock()
+	pb, ok := n.proposed[num]
+	n.mu.Unlock()
+	if !ok || pb.blk == nil || !bytes.Equal(pb.entry, data) {
+		return entryUnknown, nil, nil
+	}
+	return entryBlock, pb.blk, nil
 }
 
 // committed records the tx ids of stored blocks and releases their waiters.
@@ -565,13 +586,14 @@ func (n *Node) drive(ctx context.Context) error {
 			return
 		}
 		b := block.New(tipNum+1, tipHash, batch)
-		if len(keys) >= len(batch) {
+		data, err := encodeBlockEntry(b)
+		if err == nil && len(keys) >= len(batch) {
 			n.mu.Lock()
-			n.proposed[b.Header.Number] = proposedBlock{dataHash: b.Header.DataHash, keys: keys[:len(batch):len(batch)]}
+			n.proposed[b.Header.Number] = proposedBlock{dataHash: b.Header.DataHash, keys: keys[:len(batch):len(batch)],
+				entry: data, blk: b}
 			n.mu.Unlock()
 			keys = keys[len(batch):]
 		}
-		data, err := encodeBlockEntry(b)
 		if err == nil {
 			err = n.raft.Propose(ctx, data)
 		}
