@@ -26,6 +26,11 @@ type ClientConfig struct {
 	// Identity is this appliance's TLS client certificate, issued by its
 	// member CA; PrivateKey is a crypto.Signer (the HSM key). Required.
 	Identity tls.Certificate
+	// GetClientCertificate, when set, is asked for the client certificate
+	// at every (re)connection instead of Identity (which may then be
+	// empty), so that a rotated identity is used from the next connection
+	// on (e.g. hsm.IdentityProvider.GetClientCertificate).
+	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 	// Relays to connect to, all at once. Required (at least one).
 	Relays []RelayInfo
 	// QUICTimeout is how long to wait for a QUIC answer before falling
@@ -69,7 +74,7 @@ type ClientConfig struct {
 
 // Validate checks the configuration.
 func (c *ClientConfig) Validate() error {
-	if len(c.Identity.Certificate) == 0 || c.Identity.PrivateKey == nil {
+	if c.GetClientCertificate == nil && (len(c.Identity.Certificate) == 0 || c.Identity.PrivateKey == nil) {
 		return fmt.Errorf("%w: no client certificate and key", ErrConfig)
 	}
 	if len(c.Relays) == 0 {
@@ -196,7 +201,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		env = envProxy()
 	}
 	d := &dialer{
-		identity: cfg.Identity, role: cfg.role,
+		identity: cfg.Identity, getIdentity: cfg.GetClientCertificate, role: cfg.role,
 		quicTimeout: cfg.QUICTimeout, tcpTimeout: cfg.TCPTimeout, keepAlive: cfg.KeepAlive,
 		proxy: proxyFor(cfg.Proxy, env), queueLen: cfg.QueueLen,
 	}

@@ -23,6 +23,7 @@ import (
 // through an HTTP CONNECT proxy.
 type dialer struct {
 	identity    tls.Certificate
+	getIdentity func(*tls.CertificateRequestInfo) (*tls.Certificate, error) // overrides identity when set
 	role        byte
 	quicTimeout time.Duration
 	tcpTimeout  time.Duration
@@ -34,11 +35,16 @@ type dialer struct {
 
 func (d *dialer) tlsConfig(r RelayInfo) *tls.Config {
 	host, _, _ := net.SplitHostPort(r.Addr)
+	certs := []tls.Certificate{d.identity}
+	if d.getIdentity != nil {
+		certs = nil
+	}
 	return &tls.Config{
-		MinVersion:   tls.VersionTLS13,
-		Certificates: []tls.Certificate{d.identity},
-		NextProtos:   []string{wire.ALPN},
-		ServerName:   host,
+		MinVersion:           tls.VersionTLS13,
+		Certificates:         certs,
+		GetClientCertificate: d.getIdentity,
+		NextProtos:           []string{wire.ALPN},
+		ServerName:           host,
 		// The relay is authenticated by the pin of its public key in the
 		// policy, not by a web PKI name: VerifyConnection checks it.
 		InsecureSkipVerify: true,
