@@ -217,6 +217,18 @@ func (d *DemoConsortium) RelayStatus(member string) []relay.RelayStatus {
 	return a.client.Status()
 }
 
+// IdentitySerial is the serial number of the identity certificate a
+// running member uses now ("" if not running).
+func (d *DemoConsortium) IdentitySerial(member string) string {
+	d.mu.Lock()
+	a := d.appliances[member]
+	d.mu.Unlock()
+	if a == nil {
+		return ""
+	}
+	return a.identity().Certificate.SerialNumber.String()
+}
+
 // AdminAddr is the admin endpoint of a running member.
 func (d *DemoConsortium) AdminAddr(member string) string {
 	d.mu.Lock()

@@ -86,11 +86,12 @@ func newLogger(w io.Writer, format string) (*slog.Logger, error) {
 // appliance is a running appliance, handed to tests and the demo through
 // runAppliance's started channel.
 type appliance struct {
-	member string
-	admin  string // bound admin address
-	dev    *tunnel.Device
-	client *relay.Client
-	policy func() *policy.Policy
+	member   string
+	admin    string // bound admin address
+	dev      *tunnel.Device
+	client   *relay.Client
+	policy   func() *policy.Policy
+	identity func() *hsm.Identity
 }
 
 // runAppliance runs one appliance until ctx ends. started, if set, receives
@@ -130,7 +131,9 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	}
 
 	id := idp.Current()
-	cl, err := relay.NewClient(relay.ClientConfig{Identity: id.TLSCertificate(), Relays: relays,
+	// The relay client asks the identity folder at every (re)connection, so
+	// a rotated certificate is used from the next connection on.
+	cl, err := relay.NewClient(relay.ClientConfig{GetClientCertificate: idp.GetClientCertificate, Relays: relays,
 		QUICTimeout: cfg.Relay.QUICTimeout, ReprobeInterval: cfg.Relay.Reprobe, Proxy: cfg.proxy, NoEnvProxy: cfg.Relay.NoEnvProxy,
 		Logger: log.With("component", "relay_client"), Registerer: reg})
 	if err != nil {
@@ -185,8 +188,9 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		apply(now)
 	}
 	cancelID := idp.Subscribe(func(old, new *hsm.Identity) {
-		// The relay client and the tunnel take their identity at start.
-		log.Warn("identity rotated in the identity folder: relay connections and WireGuard attestations use the new certificate after a restart",
+		// New relay connections use it; the tunnel signs its WireGuard
+		// attestations with the identity it started with.
+		log.Warn("identity rotated: new relay connections use the new certificate; WireGuard attestations use it after a restart",
 			"certificate", new.File, "not_after", new.Certificate.NotAfter)
 	})
 	defer cancelID()
@@ -201,7 +205,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	if err != nil {
 		return fmt.Errorf("admin endpoint on %s (key admin): %w", cfg.Admin, err)
 	}
-	a := &appliance{member: cfg.Member, admin: adminLn.Addr().String(), dev: dev, client: cl, policy: current.Load}
+	a := &appliance{member: cfg.Member, admin: adminLn.Addr().String(), dev: dev, client: cl, policy: current.Load, identity: idp.Current}
 	mux := http.NewServeMux()
 	mux.Handle("/push", pushHandler(a, policyDir, cfg.Tunnel.PushPort, log))
 	mux.Handle("/", admin.Handler(admin.Config{
@@ -282,11 +286,14 @@ func applianceStatus(a *appliance) map[string]any {
 			"key": ps.PublicKey.String(), "attestation_expiry": ps.Expiry, "rotating": !ps.PendingKey.IsZero()})
 	}
 	st := a.dev.Stats()
+	id := a.identity()
 	return map[string]any{
 		"role":   "appliance",
 		"member": a.member,
 		"policy": map[string]any{"version": p.Version(), "hash": p.Hash().String(), "consortium": p.Consortium()},
 		"relays": a.client.Status(),
+		"identity": map[string]any{"file": id.File, "subject": id.Certificate.Subject.String(),
+			"serial": id.Certificate.SerialNumber.String(), "not_after": id.Certificate.NotAfter},
 		"tunnel": map[string]any{"addr": a.dev.Addr().String(), "mtu": a.dev.MTU(), "peers": peers,
 			"attestations_accepted": st.AttestationsAccepted, "attestations_refused": st.AttestationsRefused,
 			"acl_denied": st.ACLDenied, "rotations": st.Rotations},
