@@ -123,7 +123,11 @@ func (d *Device) Listen(port uint16) (*Listener, error) {
 
 // Accept returns the next connection from an allowed member (as a *Conn).
 func (l *Listener) Accept() (net.Conn, error) {
-	return l.AcceptConn()
+	c, err := l.AcceptConn()
+	if err != nil {
+		return nil, err // not a typed nil *Conn
+	}
+	return c, nil
 }
 
 // AcceptConn is Accept with the concrete type.

@@ -477,6 +477,7 @@ func (d *Device) expire() {
 			p.pending = nil
 		}
 		if p.active != nil && !now.Before(p.active.Expiry()) {
+			delete(d.kaDue, p.active.PublicKey)
 			d.log.Warn("WireGuard peer attestation expired; peer removed until a fresh one arrives", "peer", m, "expiry", p.active.Expiry())
 			ipcRemove(&ipc, p.active.PublicKey)
 			p.active = nil

@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto"
 	"crypto/x509"
+	"log/slog"
 	"net"
 	"net/netip"
 	"sync"
@@ -117,7 +118,7 @@ func relayCluster(t testing.TB, hook func(from, to string, p []byte)) (map[strin
 			t.Fatal(err)
 		}
 		d, err := tunnel.New(tunnel.Config{Member: m, Signer: id.PrivateKey.(crypto.Signer), Chain: []*x509.Certificate{id.Leaf},
-			Transport: cl, Authority: tauth, Logger: testLogger(t)})
+			Transport: cl, Authority: tauth, Logger: quietInBench(t)})
 		if err != nil {
 			cl.Close()
 			t.Fatal(err)
@@ -160,4 +161,12 @@ func TestOverRealRelay(t *testing.T) {
 		t.Fatalf("relay forwarded %d packets, %d with the plaintext marker", forwarded.Load(), seen.Load())
 	}
 	t.Logf("relay forwarded %d packets, none with the marker; drops %v", forwarded.Load(), srv.Drops())
+}
+
+// quietInBench logs through t in tests and discards in benchmarks.
+func quietInBench(t testing.TB) *slog.Logger {
+	if _, ok := t.(*testing.B); ok {
+		return nil
+	}
+	return testLogger(t)
 }

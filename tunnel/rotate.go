@@ -3,18 +3,21 @@ package tunnel
 import (
 	"context"
 	"fmt"
+	"math/rand/v2"
 	"time"
 )
 
-// rotateLoop rotates the WireGuard key every RotateEvery.
+// rotateLoop rotates the WireGuard key every RotateEvery, ±10% so that
+// members started together do not keep rotating at the same moment.
 func (d *Device) rotateLoop() error {
-	t := time.NewTicker(d.cfg.RotateEvery)
+	t := time.NewTimer(jitter(d.cfg.RotateEvery))
 	defer t.Stop()
 	for {
 		select {
 		case <-d.ctx.Done():
 			return nil
 		case <-t.C:
+			t.Reset(jitter(d.cfg.RotateEvery))
 			if err := d.Rotate(d.ctx); err != nil && d.ctx.Err() == nil {
 				d.log.Error("WireGuard key rotation failed; keeping the current key", "err", err)
 			}
@@ -155,4 +158,9 @@ func (d *Device) unacked() []string {
 		}
 	}
 	return out
+}
+
+// jitter returns d ±10%.
+func jitter(d time.Duration) time.Duration {
+	return d - d/10 + rand.N(d/5+1)
 }

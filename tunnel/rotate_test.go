@@ -11,8 +11,8 @@ import (
 )
 
 // TestKeyRotationKeepsTCP keeps a TCP stream going in each direction while
-// both members rotate their WireGuard keys (at the same moments, the
-// hardest case) at least twice; every byte is checked.
+// both members (started together, so their rotations overlap) rotate their
+// WireGuard keys at least twice; every byte is checked.
 func TestKeyRotationKeepsTCP(t *testing.T) {
 	var handshakes atomic.Int64
 	c := newCluster(t, 2, clusterOpts{
