@@ -159,7 +159,7 @@ func benchChild() {
 			fatal(err)
 		}
 		rc := benchRaft(id, filepath.Join(dir, name, "raft"), d, ln)
-		rc.ElectionTicks = 100 // the parent's node 1 wins the election
+		rc.ElectionTicks = 500 // the parent's node 1 wins the election and keeps leading on a loaded machine
 		n, err := New(Config{Raft: rc, BlockDir: filepath.Join(dir, name, "blocks"), Genesis: genesis, Batch: batch,
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: func() *policy.Policy { return pol }})
 		if err != nil {
