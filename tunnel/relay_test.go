@@ -21,6 +21,9 @@ import (
 	"github.com/memberd/memberd/tunnel/tunneltest"
 )
 
+// relay.Client is the production PacketTransport.
+var _ tunnel.PacketTransport = (*relay.Client)(nil)
+
 // freeRelayAddr is 127.0.0.1:P with P free on both TCP and UDP.
 func freeRelayAddr(t testing.TB) string {
 	t.Helper()

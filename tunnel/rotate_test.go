@@ -2,6 +2,7 @@ package tunnel_test
 
 import (
 	"context"
+	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -45,7 +46,14 @@ func TestKeyRotationKeepsTCP(t *testing.T) {
 		err error
 	}
 	// ~3 MB/s each way: a live stream, without starving the shared machine.
-	const pace = 5 * time.Millisecond
+	// ROT_UNPACED=1 streams flat out: the connection still survives every
+	// rotation, but throughput can then fall to a trickle for tens of
+	// seconds (open issue: no transport or WireGuard drop explains it; see
+	// the package notes).
+	var pace = 5 * time.Millisecond
+	if os.Getenv("ROT_UNPACED") != "" {
+		pace = 0
+	}
 	ab, ba := make(chan result, 1), make(chan result, 1)
 	go func() { n, err := pacedStream(ca, cb, 3, stop, pace); ab <- result{n, err} }()
 	go func() { n, err := pacedStream(cb, ca, 4, stop, pace); ba <- result{n, err} }()

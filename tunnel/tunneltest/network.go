@@ -9,6 +9,8 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+
+	"github.com/memberd/memberd/tunnel"
 )
 
 // DefaultMaxPacketSize mimics a QUIC DATAGRAM frame's payload limit.
@@ -74,6 +76,8 @@ func (n *Network) Transport(member string) *Transport {
 	n.mu.Unlock()
 	return t
 }
+
+var _ tunnel.PacketTransport = (*Transport)(nil)
 
 // Transport is one member's attachment; it implements tunnel.PacketTransport.
 type Transport struct {
