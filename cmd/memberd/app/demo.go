@@ -108,6 +108,7 @@ func runDemo(ctx context.Context, e *env, log *slog.Logger, o DemoOptions, check
 		if o.Dir, err = os.MkdirTemp("", "memberd-demo-"); err != nil {
 			return err
 		}
+		defer os.RemoveAll(o.Dir) // a temporary demo leaves nothing behind; use --dir to keep it
 		L, err = DemoInit(o)
 	default:
 		if _, serr := os.Stat(filepath.Join(o.Dir, demoLayoutFile)); serr == nil {
