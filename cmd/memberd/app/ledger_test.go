@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/ecdsa"
 	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/pem"
 	"net"
 	"os"
@@ -16,6 +17,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/hsm/hsmtest"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/orderer"
 	"github.com/memberd/memberd/node/raftlog"
@@ -120,6 +122,25 @@ func TestLedgerCommands(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The same with the identity's key in an HSM (SoftHSM2), as in production.
+	tok := hsmtest.NewToken(t, "ledger-client")
+	key := tok.NewKey(t, "client")
+	csr, err := hsm.CreateCSR(key, hsm.CSRRequest{Subject: pkix.Name{CommonName: "hsm-client"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hsmCert, err := hsm.SignCSR(ca.Cert, ca.Key, csr, hsm.LeafConfig{Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeCert(t, filepath.Join(dir, "hsm-client.pem"), hsmCert)
+	hsmArgs := []string{"ledger", "submit", "--data", "signed in the HSM", "--orderer", gl.Addr().String(),
+		"--channel", pol.Ledger().Channel, "--key", tok.KeyURI("client"), "--cert", filepath.Join(dir, "hsm-client.pem"),
+		"--msp-id", "m1MSP", "--tls-ca", filepath.Join(dir, "ca.pem")}
+	if code, out, errs := run(t, append(hsmArgs, "--tls-key", tok.KeyURI("client"))...); code != ExitOK || !strings.HasPrefix(out, "SUCCESS ") {
+		t.Fatalf("submit with an HSM key: exit %d out %q err %q", code, out, errs)
+	}
+
 	// Usage errors exit 2.
 	if code, _, _ := run(t, "ledger", "submit", "--data", "x"); code != ExitUsage {
 		t.Fatalf("submit without identity: exit %d", code)
