@@ -39,6 +39,17 @@
 // current policy whose MSP id matches and who has the writer role, and a tx id
 // not seen among the recently committed or in-flight ones (bounded set).
 //
+// # Wiring (cmd)
+//
+//	n, _ := orderer.New(orderer.Config{Raft: ..., BlockDir: ..., Genesis: gen, Signer: hsmKey,
+//		Identity: id.Serialized(), Policy: watcher.Current, Fetcher: &orderer.DeliverFetcher{...},
+//		Forwarder: &orderer.BroadcastForwarder{Peers: ...}})
+//	reg := &orderer.Registry{Open: ...}; reg.Start(n)            // one Node per channel
+//	srv, _ := orderer.NewServer(orderer.ServerConfig{Lookup: reg.Lookup})
+//	gs := grpc.NewServer(append(orderer.ServerOptions(), grpc.Creds(...ServerTLS...))...)
+//	srv.Register(gs)                                             // cmd owns the listener
+//	admin.Handle(participation.URLBase+"/", participation.New(...{Registry: reg}))
+//
 // # Catch-up
 //
 // A node restarted from disk replays its raft log (Config.Raft.Applied is the
