@@ -150,8 +150,12 @@ func runDemo(ctx context.Context, e *env, log *slog.Logger, o DemoOptions, check
 		}
 		fmt.Fprintf(e.stdout, "  %-10s → %-10s ok  via %-8s (%s)  rtt %v\n", c.From, c.To, c.Relay, c.Path, c.RTT.Round(time.Microsecond))
 	}
+	if err := demoLedgerCheck(ctx, e, d); err != nil {
+		failed++
+		fmt.Fprintf(e.stdout, "  ledger FAILED: %v\n", err)
+	}
 	for _, m := range L.Members {
-		fmt.Fprintf(e.stdout, "  %s: admin http://%s/status  (memberd status --admin %s)\n", m, d.AdminAddr(m), d.AdminAddr(m))
+		fmt.Fprintf(e.stdout, "  %s: admin http://%s/status  (memberd status --admin %s), ledger gRPC %s\n", m, d.AdminAddr(m), d.AdminAddr(m), d.LedgerAddr(m))
 	}
 	if failed > 0 {
 		return fmt.Errorf("demo: %d checks failed", failed)

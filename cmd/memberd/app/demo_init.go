@@ -11,6 +11,8 @@ package app
 //	members/<id>/admin-key.pem        the member's policy admin key (file: demo only)
 //	members/<id>/pin                  the token PIN (mode 0600, --hsm softhsm)
 //	members/<id>/policy/, state/      policy folder (holds genesis.yaml) and state folder
+//	members/<id>/genesis.block        the ledger channel's genesis block (same for all)
+//	members/<id>/ledger/              raft log and block store (memberd run)
 //	relays/<id>/relay.yaml            relay config (memberd relay --config ...)
 //	relays/<id>/relay.crt, key.pem    relay certificate and its (file, demo only) key
 //	relays/<id>/policy/, state/
@@ -153,6 +155,20 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 	}
 	doc.ACL = []*policy.ACLRule{{From: []string{"*"}, To: []string{"*"}, Ports: ports}}
 
+	// Free ports are probed one at a time and released at once: the kernel
+	// may hand the same one out twice, so never use a port twice here.
+	used := map[string]bool{}
+	free := func() (string, error) {
+		for range 100 {
+			a, err := freeSamePort()
+			if err != nil || !used[a] {
+				used[a] = true
+				return a, err
+			}
+		}
+		return "", errors.New("demo init: no distinct free loopback port found")
+	}
+
 	// Relays.
 	type relayFiles struct{ id, addr, dir string }
 	var rfs []relayFiles
@@ -165,7 +181,7 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		addr := ""
 		if len(o.Relay) > 0 {
 			addr = o.Relay[i-1]
-		} else if addr, err = freeSamePort(); err != nil {
+		} else if addr, err = free(); err != nil {
 			return nil, err
 		}
 		key, err := hsm.GenerateSoftKey(filepath.Join(rdir, "key.pem"), &hsm.SoftOptions{AllowInsecure: true, Warnings: discardW{}})
@@ -188,6 +204,7 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 
 	// Members.
 	admins := map[string]crypto.Signer{}
+	leafs := map[string]*x509.Certificate{} // consenter TLS certificates of the ledger
 	ip := netip.MustParseAddr("100.64.0.1")
 	for i := 1; i <= o.members(); i++ {
 		id := fmt.Sprintf("member-%c", 'a'+rune(i-1)%26)
@@ -269,6 +286,7 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		if err := os.WriteFile(filepath.Join(mdir, "identity", "cert.pem"), hsm.EncodePEM("CERTIFICATE", leaf.Raw), 0o644); err != nil {
 			return nil, err
 		}
+		leafs[id] = leaf
 		idy, _ := yaml.Marshal(map[string]any{"keys": []string{keyRef}})
 		if err := os.WriteFile(filepath.Join(mdir, "identity", hsm.IdentityFile), idy, 0o644); err != nil {
 			return nil, err
@@ -309,6 +327,11 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		return nil, err
 	}
 
+	ledgerGenesis, err := demoLedgerGenesis(gen, leafs, now)
+	if err != nil {
+		return nil, err
+	}
+
 	// Configs.
 	for _, r := range rfs {
 		if err := os.WriteFile(filepath.Join(r.dir, "policy", "genesis.yaml"), bundle, 0o644); err != nil {
@@ -328,7 +351,14 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		if err := os.WriteFile(filepath.Join(mdir, "policy", "genesis.yaml"), bundle, 0o644); err != nil {
 			return nil, err
 		}
-		adminAddr, err := freeSamePort()
+		adminAddr, err := free()
+		if err != nil {
+			return nil, err
+		}
+		if err := os.WriteFile(filepath.Join(mdir, demoLedgerGenesisFile), ledgerGenesis, 0o644); err != nil {
+			return nil, err
+		}
+		ledgerAddr, err := free()
 		if err != nil {
 			return nil, err
 		}
@@ -336,7 +366,8 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 			"hsm":    map[string]any{"insecure_soft_keys": mode == "soft"},
 			"policy": map[string]any{"dir": "policy", "state_dir": "state", "genesis": hash},
 			"relay":  map[string]any{"no_env_proxy": true, "quic_timeout": "1s"},
-			"admin":  adminAddr}
+			"admin":  adminAddr,
+			"ledger": demoLedgerConfig(ledgerAddr)}
 		head := "# memberd appliance for the demo consortium\n"
 		if mode == "softhsm" {
 			head += "# its identity key is in SoftHSM2: export SOFTHSM2_CONF=" + L.SoftHSMConf + "\n"

@@ -92,6 +92,7 @@ type appliance struct {
 	client   *relay.Client
 	policy   func() *policy.Policy
 	identity func() *hsm.Identity
+	ledger   *ledgerRun // nil without a ledger section
 }
 
 // runAppliance runs one appliance until ctx ends. started, if set, receives
@@ -99,9 +100,6 @@ type appliance struct {
 // connecting).
 func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *appliance) (err error) {
 	log := e.log.With("component", "appliance", "member", cfg.Member)
-	if cfg.Ledger != nil {
-		log.Warn("the ledger section is set but the ordering node is not wired into 'memberd run' yet: no ledger runs")
-	}
 	if cfg.HSM.InsecureSoftKeys {
 		log.Warn("INSECURE: hsm.insecure_soft_keys allows identity keys in files, for the demo and development only")
 	}
@@ -201,32 +199,46 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	}
 	policyDir := cfg.path(cfg.Policy.Dir)
 
+	var led *ledgerRun
+	if cfg.Ledger != nil {
+		if led, err = startLedger(cfg, dev, id, current.Load, reg, log); err != nil {
+			pushLn.Close()
+			return err
+		}
+		defer led.Close()
+	}
+
 	adminLn, err := net.Listen("tcp", cfg.Admin)
 	if err != nil {
 		return fmt.Errorf("admin endpoint on %s (key admin): %w", cfg.Admin, err)
 	}
-	a := &appliance{member: cfg.Member, admin: adminLn.Addr().String(), dev: dev, client: cl, policy: current.Load, identity: idp.Current}
+	a := &appliance{member: cfg.Member, admin: adminLn.Addr().String(), dev: dev, client: cl, policy: current.Load, identity: idp.Current, ledger: led}
 	mux := http.NewServeMux()
 	mux.Handle("/push", pushHandler(a, policyDir, cfg.Tunnel.PushPort, log))
+	ready := map[string]admin.Check{
+		"relay": func(context.Context) error {
+			for _, s := range cl.Status() {
+				if s.State == "up" {
+					return nil
+				}
+			}
+			return errors.New("no relay connected")
+		},
+		"policy_member": func(context.Context) error {
+			if p := current.Load(); p.Member(cfg.Member) == nil {
+				return fmt.Errorf("member %q is not in policy version %d", cfg.Member, p.Version())
+			}
+			return nil
+		},
+	}
+	if led != nil {
+		led.mount(mux) // the channel participation API under /participation/v1/
+		ready["ledger"] = led.ready
+	}
 	mux.Handle("/", admin.Handler(admin.Config{
 		Gatherer: reg,
-		Ready: map[string]admin.Check{
-			"relay": func(context.Context) error {
-				for _, s := range cl.Status() {
-					if s.State == "up" {
-						return nil
-					}
-				}
-				return errors.New("no relay connected")
-			},
-			"policy_member": func(context.Context) error {
-				if p := current.Load(); p.Member(cfg.Member) == nil {
-					return fmt.Errorf("member %q is not in policy version %d", cfg.Member, p.Version())
-				}
-				return nil
-			},
-		},
-		Status: func(context.Context) any { return applianceStatus(a) },
+		Ready:    ready,
+		Status:   func(context.Context) any { return applianceStatus(a) },
 	}))
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 
@@ -250,6 +262,9 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		return nil
 	})
 	g.Go(func() error { servePush(gctx, pushLn, policyDir, log); return nil })
+	if led != nil {
+		g.Go(func() error { return led.serve(gctx) })
+	}
 	g.Go(func() error {
 		if err := hs.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("admin endpoint: %w", err)
@@ -298,6 +313,6 @@ func applianceStatus(a *appliance) map[string]any {
 			"attestations_accepted": st.AttestationsAccepted, "attestations_refused": st.AttestationsRefused,
 			"acl_denied": st.ACLDenied, "rotations": st.Rotations},
 		"relay_drops": a.client.Drops(),
-		"ledger":      "not wired into memberd run yet",
+		"ledger":      a.ledger.status(),
 	}
 }

@@ -45,7 +45,13 @@ import (
 //	  services:                    # overlay port -> LAN host:port
 //	    - {port: 7051, target: "10.1.2.3:7051"}
 //	admin: 127.0.0.1:9464          # /metrics /healthz /readyz /status /push
-//	ledger: {}                     # ordering node: not wired into 'memberd run' yet
+//	ledger:                        # optional: run the ordering node (consenters only; run_ledger.go)
+//	  listen: ":7050"              # LAN gRPC (Fabric AtomicBroadcast), TLS with the HSM identity
+//	  data_dir: ledger             # raft log and block store
+//	  genesis_block: genesis.block # channel config block; required while the store is empty
+//	  raft_port: 7052              # overlay port of raft between consenters
+//	  peer_port: 7050              # overlay port of gRPC between consenters (forwarding, catch-up)
+//	  mutual_tls: false            # LAN clients must present a member certificate
 type runConfig struct {
 	Member   string         `yaml:"member"`
 	Identity string         `yaml:"identity"`
@@ -96,14 +102,6 @@ type runForward struct {
 type runService struct {
 	Port   uint16 `yaml:"port"`
 	Target string `yaml:"target"`
-}
-
-// runLedger is the hook for the ordering node (node/orderer). Its keys are
-// accepted so that configs can be written now; 'memberd run' says at
-// startup that the ledger is not wired yet.
-type runLedger struct {
-	Listen  string `yaml:"listen"`
-	DataDir string `yaml:"data_dir"`
 }
 
 // DefaultPushPort is the overlay port of the policy push service.
@@ -210,9 +208,9 @@ func (c *runConfig) Validate() error {
 	if _, port, err := net.SplitHostPort(c.Admin); err != nil || port == "" {
 		return fmt.Errorf("key admin: %q is not host:port", c.Admin)
 	}
-	if c.Ledger != nil && c.Ledger.Listen != "" {
-		if _, _, err := net.SplitHostPort(c.Ledger.Listen); err != nil {
-			return fmt.Errorf("key ledger.listen: %q is not host:port", c.Ledger.Listen)
+	if c.Ledger != nil {
+		if err := c.Ledger.validate(c.Tunnel.PushPort, c.Tunnel.Services); err != nil {
+			return err
 		}
 	}
 	return nil

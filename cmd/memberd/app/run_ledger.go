@@ -1,0 +1,407 @@
+package app
+
+// The ledger node inside 'memberd run' (ledger: section of memberd.yaml).
+//
+// Wiring, per appliance:
+//
+//	raft        node/raftlog over the TUNNEL: peer address "member-id:raft_port"
+//	            is dialed with Device.Dial(ctx, member, raft_port); inbound
+//	            raft connections come from Device.Listen(raft_port). The
+//	            tunnel authenticates members, so raft runs without its own TLS.
+//	raft IDs    position in the policy's ledger.consenters, from 1.
+//	gRPC LAN    Fabric AtomicBroadcast on ledger.listen (default :7050), TLS
+//	            with the HSM identity; client certificates required with
+//	            ledger.mutual_tls.
+//	gRPC peers  the same service on the overlay port ledger.peer_port (default
+//	            7050), always mutual TLS. Followers forward Broadcast to the
+//	            leader (orderer.BroadcastForwarder) and a node behind a raft
+//	            snapshot pulls blocks (orderer.DeliverFetcher) through it.
+//	admin       the channel participation API under /participation/v1/, the
+//	            "ledger" readiness check and the ledger part of /status.
+//
+// The channel's genesis (config) block is a file (ledger.genesis_block) that
+// every consenter must share byte for byte: 'memberd ledger channel create'
+// or 'memberd demo init' write it. It is needed only while the block store is
+// empty.
+
+import (
+	"context"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+
+	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/channelconfig"
+	"github.com/memberd/memberd/node/orderer"
+	"github.com/memberd/memberd/node/participation"
+	"github.com/memberd/memberd/node/raftlog"
+	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/tunnel"
+)
+
+// Ledger defaults (docs/appliance.md).
+const (
+	DefaultLedgerListen   = ":7050"
+	DefaultLedgerDataDir  = "ledger"
+	DefaultLedgerRaftPort = 7052
+	DefaultLedgerPeerPort = orderer.DefaultPort
+)
+
+// runLedger is the ledger: section of memberd.yaml.
+type runLedger struct {
+	Listen       string `yaml:"listen"`        // LAN gRPC address; "" = :7050
+	DataDir      string `yaml:"data_dir"`      // raft log and block store; "" = ledger
+	GenesisBlock string `yaml:"genesis_block"` // channel config block; required while the store is empty
+	RaftPort     uint16 `yaml:"raft_port"`     // overlay port of raft; 0 = 7052
+	PeerPort     uint16 `yaml:"peer_port"`     // overlay port of gRPC between consenters; 0 = 7050
+	MutualTLS    bool   `yaml:"mutual_tls"`    // LAN clients must present a member certificate
+}
+
+// validate applies the defaults and checks the section; pushPort and
+// services are the other overlay ports in use.
+func (l *runLedger) validate(pushPort uint16, services []runService) error {
+	if l.Listen == "" {
+		l.Listen = DefaultLedgerListen
+	}
+	if l.DataDir == "" {
+		l.DataDir = DefaultLedgerDataDir
+	}
+	if l.RaftPort == 0 {
+		l.RaftPort = DefaultLedgerRaftPort
+	}
+	if l.PeerPort == 0 {
+		l.PeerPort = DefaultLedgerPeerPort
+	}
+	if _, _, err := net.SplitHostPort(l.Listen); err != nil {
+		return fmt.Errorf("key ledger.listen: %q is not host:port", l.Listen)
+	}
+	if l.RaftPort == l.PeerPort {
+		return fmt.Errorf("keys ledger.raft_port and ledger.peer_port: both %d; they must differ", l.RaftPort)
+	}
+	for _, p := range []struct {
+		key  string
+		port uint16
+	}{{"ledger.raft_port", l.RaftPort}, {"ledger.peer_port", l.PeerPort}} {
+		if p.port == pushPort {
+			return fmt.Errorf("key %s: %d is tunnel.push_port", p.key, p.port)
+		}
+		for i, s := range services {
+			if s.Port == p.port {
+				return fmt.Errorf("key %s: %d is also tunnel.services[%d].port", p.key, p.port, i)
+			}
+		}
+	}
+	return nil
+}
+
+// ErrLedger: the ledger node could not start.
+var ErrLedger = errors.New("ledger")
+
+// ledgerDevice is what the ledger needs of the tunnel (*tunnel.Device).
+type ledgerDevice interface {
+	Dial(ctx context.Context, member string, port uint16) (*tunnel.Conn, error)
+	Listen(port uint16) (*tunnel.Listener, error)
+}
+
+var _ ledgerDevice = (*tunnel.Device)(nil)
+
+// tunnelDialer is a raftlog.Dialer (and gRPC dialer) over the tunnel:
+// address "member-id:port" dials Device.Dial(ctx, member, port).
+type tunnelDialer struct{ dev ledgerDevice }
+
+var _ raftlog.Dialer = tunnelDialer{}
+
+// DialContext implements raftlog.Dialer.
+func (t tunnelDialer) DialContext(ctx context.Context, _, addr string) (net.Conn, error) {
+	member, port, err := splitMemberPort(addr)
+	if err != nil {
+		return nil, err
+	}
+	c, err := t.dev.Dial(ctx, member, port)
+	if err != nil {
+		return nil, err // never a typed nil
+	}
+	return c, nil
+}
+
+func splitMemberPort(addr string) (string, uint16, error) {
+	member, ps, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", 0, fmt.Errorf("tunnel address %q: want member-id:port: %w", addr, err)
+	}
+	p, err := strconv.ParseUint(ps, 10, 16)
+	if err != nil || p == 0 || member == "" {
+		return "", 0, fmt.Errorf("tunnel address %q: want member-id:port", addr)
+	}
+	return member, uint16(p), nil
+}
+
+// ledgerRun is the running ledger of an appliance.
+type ledgerRun struct {
+	cfg     runLedger
+	member  string
+	channel string
+	ident   orderer.Identity
+	reg     *orderer.Registry
+	ids     map[uint64]string // raft id -> member id
+	lan     *grpc.Server
+	overlay *grpc.Server
+	lanLn   net.Listener
+	ovLn    net.Listener
+	fwd     *orderer.BroadcastForwarder
+	conns   []*grpc.ClientConn
+	part    http.Handler
+	log     *slog.Logger
+
+	closeOnce sync.Once
+}
+
+// startLedger opens the channel of the policy's ledger section and starts its
+// ordering node (raft over dev). It does not serve gRPC yet: serve does.
+func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() *policy.Policy,
+	reg prometheus.Registerer, log *slog.Logger) (_ *ledgerRun, err error) {
+	lc := *cfg.Ledger
+	log = log.With("component", "ledger")
+	p := pol()
+	me := p.Member(cfg.Member)
+	if me == nil {
+		return nil, fmt.Errorf("%w: member %q is not in the policy", ErrLedger, cfg.Member)
+	}
+	l := &ledgerRun{cfg: lc, member: cfg.Member, channel: p.Ledger().Channel, ids: map[uint64]string{}, log: log,
+		ident: orderer.Identity{MSPID: me.MSPID, Cert: id.Certificate, Signer: id.Signer}}
+	defer func() {
+		if err != nil {
+			l.Close()
+		}
+	}()
+	var myID uint64
+	var peers []raftlog.Peer
+	for i, m := range p.Consenters() {
+		rid := uint64(i + 1)
+		l.ids[rid] = m.ID
+		peers = append(peers, raftlog.Peer{ID: rid, Addr: net.JoinHostPort(m.ID, strconv.Itoa(int(lc.RaftPort)))})
+		if m.ID == cfg.Member {
+			myID = rid
+		}
+	}
+	if myID == 0 {
+		return nil, fmt.Errorf("%w: member %q is not in the policy's ledger.consenters (%s): only consenters run the ledger node; remove the ledger section",
+			ErrLedger, cfg.Member, consenterIDs(p))
+	}
+
+	// Peer clients through the tunnel, mutual TLS with member CAs as roots.
+	roots := x509.NewCertPool()
+	for _, m := range p.Members() {
+		for _, c := range m.CA {
+			roots.AddCert(c)
+		}
+	}
+	tlsCert := orderer.TLSCertificate(l.ident, id.Chain...)
+	dialer := tunnelDialer{dev: dev}
+	l.fwd = &orderer.BroadcastForwarder{Peers: map[uint64]ab.AtomicBroadcastClient{}}
+	var fetchFrom []ab.AtomicBroadcastClient
+	for rid, m := range l.ids {
+		if rid == myID {
+			continue
+		}
+		conn, err := grpc.NewClient("passthrough:///"+net.JoinHostPort(m, strconv.Itoa(int(lc.PeerPort))),
+			append(orderer.ClientOptions(),
+				grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+					return dialer.DialContext(ctx, "tcp", addr)
+				}),
+				grpc.WithTransportCredentials(credentials.NewTLS(orderer.ClientTLS(&tlsCert, roots))))...)
+		if err != nil {
+			return nil, fmt.Errorf("%w: gRPC client for consenter %s: %w", ErrLedger, m, err)
+		}
+		l.conns = append(l.conns, conn)
+		c := ab.NewAtomicBroadcastClient(conn)
+		l.fwd.Peers[rid] = c
+		fetchFrom = append(fetchFrom, c)
+	}
+
+	var genesis *common.Block
+	if lc.GenesisBlock != "" {
+		raw, err := os.ReadFile(cfg.path(lc.GenesisBlock))
+		if err != nil {
+			return nil, fmt.Errorf("%w: key ledger.genesis_block: %w", ErrLedger, err)
+		}
+		if genesis, err = block.Unmarshal(raw); err != nil {
+			return nil, fmt.Errorf("%w: key ledger.genesis_block %s: %w", ErrLedger, cfg.path(lc.GenesisBlock), err)
+		}
+		ch, err := channelconfig.Parse(genesis)
+		if err != nil {
+			return nil, fmt.Errorf("%w: key ledger.genesis_block %s is not a channel config block: %w", ErrLedger, cfg.path(lc.GenesisBlock), err)
+		}
+		if ch.Config.ChannelID != l.channel {
+			return nil, fmt.Errorf("%w: key ledger.genesis_block: channel %q, but the policy's ledger.channel is %q", ErrLedger, ch.Config.ChannelID, l.channel)
+		}
+	}
+
+	dataDir := cfg.path(lc.DataDir)
+	var raftLn *tunnel.Listener
+	l.reg = &orderer.Registry{Logger: log, Open: func(channel string, b *common.Block) (*orderer.Node, error) {
+		if channel != l.channel {
+			return nil, fmt.Errorf("%w: this appliance orders only the policy's channel %q, not %q", orderer.ErrInvalidConfig, l.channel, channel)
+		}
+		ln, err := dev.Listen(lc.RaftPort)
+		if err != nil {
+			return nil, fmt.Errorf("raft on overlay port %d (key ledger.raft_port): %w", lc.RaftPort, err)
+		}
+		raftLn = ln
+		n, err := orderer.New(orderer.Config{
+			Raft: raftlog.Config{ID: myID, Peers: peers, Dir: filepath.Join(dataDir, channel, "raft"),
+				Dialer: dialer, Listener: ln, Registerer: reg, Logger: log.With("component", "raft")},
+			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
+			Signer: id.Signer, Identity: l.ident.Serialized(), Policy: pol,
+			Fetcher:   &orderer.DeliverFetcher{Peers: fetchFrom, Identity: l.ident, Channel: channel},
+			Forwarder: l.fwd, Logger: log})
+		if err != nil {
+			ln.Close()
+			return nil, err
+		}
+		return n, nil
+	}}
+	n, err := l.reg.Open(l.channel, genesis)
+	if err != nil {
+		if raftLn != nil {
+			raftLn.Close()
+		}
+		return nil, fmt.Errorf("%w: channel %q in %s: %w (on first start, key ledger.genesis_block must name the channel's genesis block)",
+			ErrLedger, l.channel, dataDir, err)
+	}
+	if err := l.reg.Start(n); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
+	}
+	srv, err := orderer.NewServer(orderer.ServerConfig{Lookup: l.reg.Lookup, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
+	}
+	ph, err := participation.New(participation.Config{Registry: l.reg, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
+	}
+	l.part = ph
+	l.lan = grpc.NewServer(append(orderer.ServerOptions(),
+		grpc.Creds(credentials.NewTLS(orderer.ServerTLS(tlsCert, pol, lc.MutualTLS))))...)
+	srv.Register(l.lan)
+	l.overlay = grpc.NewServer(append(orderer.ServerOptions(),
+		grpc.Creds(credentials.NewTLS(orderer.ServerTLS(tlsCert, pol, true))))...)
+	srv.Register(l.overlay)
+	if l.lanLn, err = net.Listen("tcp", lc.Listen); err != nil {
+		return nil, fmt.Errorf("%w: gRPC on %s (key ledger.listen): %w", ErrLedger, lc.Listen, err)
+	}
+	if l.ovLn, err = dev.Listen(lc.PeerPort); err != nil {
+		return nil, fmt.Errorf("%w: gRPC on overlay port %d (key ledger.peer_port): %w", ErrLedger, lc.PeerPort, err)
+	}
+	log.Info("ledger node started", "channel", l.channel, "raft_id", myID, "listen", l.lanLn.Addr().String(),
+		"raft_port", lc.RaftPort, "peer_port", lc.PeerPort, "consenters", len(peers), "height", n.Height())
+	return l, nil
+}
+
+// serve serves gRPC on the LAN and overlay listeners until ctx ends, then
+// closes the ledger.
+func (l *ledgerRun) serve(ctx context.Context) error {
+	errc := make(chan error, 2)
+	go func() { errc <- l.lan.Serve(l.lanLn) }()
+	go func() { errc <- l.overlay.Serve(l.ovLn) }()
+	var err error
+	select {
+	case <-ctx.Done():
+	case err = <-errc:
+		err = fmt.Errorf("%w: gRPC server: %w", ErrLedger, err)
+	}
+	l.Close()
+	<-errc
+	if err == nil {
+		<-errc
+	}
+	return err
+}
+
+// Addr is the bound LAN gRPC address.
+func (l *ledgerRun) Addr() string { return l.lanLn.Addr().String() }
+
+// Close stops the servers and the node. Idempotent.
+func (l *ledgerRun) Close() error {
+	var err error
+	l.closeOnce.Do(func() {
+		if l.lan != nil {
+			l.lan.Stop()
+		}
+		if l.overlay != nil {
+			l.overlay.Stop()
+		}
+		if l.lanLn != nil {
+			l.lanLn.Close()
+		}
+		if l.ovLn != nil {
+			l.ovLn.Close()
+		}
+		if l.fwd != nil {
+			l.fwd.Close()
+		}
+		if l.reg != nil {
+			err = l.reg.Close()
+		}
+		for _, c := range l.conns {
+			c.Close()
+		}
+	})
+	return err
+}
+
+// mount adds the channel participation API to the admin mux.
+func (l *ledgerRun) mount(mux *http.ServeMux) {
+	mux.Handle(strings.TrimSuffix(participation.URLBase, "channels"), l.part)
+}
+
+// ready is the "ledger" readiness check: the node runs and knows a leader.
+func (l *ledgerRun) ready(context.Context) error {
+	n := l.reg.Lookup(l.channel)
+	if n == nil {
+		return fmt.Errorf("channel %q is not open", l.channel)
+	}
+	return n.Healthy()
+}
+
+// status is the ledger part of /status.
+func (l *ledgerRun) status() any {
+	if l == nil {
+		return "not configured (no ledger section)"
+	}
+	st := map[string]any{"channel": l.channel, "listen": l.Addr(), "raft_port": l.cfg.RaftPort, "peer_port": l.cfg.PeerPort}
+	n := l.reg.Lookup(l.channel)
+	if n == nil {
+		st["state"] = "closed"
+		return st
+	}
+	rs := n.Raft().Status()
+	st["height"] = n.Height()
+	st["raft_id"] = rs.ID
+	st["raft_state"] = rs.State
+	st["term"] = rs.Term
+	st["leader"] = l.ids[rs.Leader] // "" = none known
+	st["leader_raft_id"] = rs.Leader
+	if err := n.Healthy(); err != nil {
+		st["state"] = err.Error()
+	} else {
+		st["state"] = "active"
+	}
+	return st
+}

@@ -1,0 +1,208 @@
+package app
+
+import (
+	"context"
+	"encoding/json"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLedgerConfig(t *testing.T) {
+	base := "member: m\nidentity: id\npolicy: {dir: p, state_dir: s}\n"
+	for _, tc := range []struct {
+		name, yaml, err string
+	}{
+		{"defaults", "ledger: {}\n", ""},
+		{"explicit", "ledger: {listen: '127.0.0.1:7050', data_dir: /var/lib/memberd/ledger, genesis_block: g.block, raft_port: 7060, peer_port: 7061, mutual_tls: true}\n", ""},
+		{"bad listen", "ledger: {listen: nope}\n", "ledger.listen"},
+		{"same ports", "ledger: {raft_port: 7055, peer_port: 7055}\n", "must differ"},
+		{"push port", "ledger: {raft_port: 7099}\n", "tunnel.push_port"},
+		{"service port", "tunnel: {services: [{port: 7052, target: '10.0.0.1:1'}]}\nledger: {}\n", "tunnel.services[0]"},
+		{"unknown key", "ledger: {raft: 1}\n", "raft"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseRunConfig([]byte(base+tc.yaml), "/etc/memberd")
+			if tc.err != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.err) {
+					t.Fatalf("err %v, want one naming %q", err, tc.err)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tc.name == "defaults" {
+				l := c.Ledger
+				if l.Listen != DefaultLedgerListen || l.DataDir != DefaultLedgerDataDir || l.RaftPort != DefaultLedgerRaftPort ||
+					l.PeerPort != DefaultLedgerPeerPort || l.MutualTLS || l.GenesisBlock != "" {
+					t.Fatalf("defaults not applied: %+v", *l)
+				}
+				if got := c.path(l.DataDir); got != "/etc/memberd/ledger" {
+					t.Fatalf("data dir resolves to %s", got)
+				}
+			}
+		})
+	}
+}
+
+func TestSplitMemberPort(t *testing.T) {
+	for _, tc := range []struct {
+		in     string
+		member string
+		port   uint16
+		ok     bool
+	}{
+		{"member-b:7052", "member-b", 7052, true},
+		{"m:1", "m", 1, true},
+		{"member-b", "", 0, false},
+		{":7052", "", 0, false},
+		{"m:0", "", 0, false},
+		{"m:65536", "", 0, false},
+		{"m:x", "", 0, false},
+	} {
+		m, p, err := splitMemberPort(tc.in)
+		if (err == nil) != tc.ok || m != tc.member || p != tc.port {
+			t.Errorf("splitMemberPort(%q) = %q, %d, %v", tc.in, m, p, err)
+		}
+	}
+}
+
+func FuzzSplitMemberPort(f *testing.F) {
+	for _, s := range []string{"member-b:7052", "[::1]:1", "m:", ":1", "a:b:c", ""} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		m, p, err := splitMemberPort(s)
+		if err != nil {
+			return
+		}
+		if m == "" || p == 0 {
+			t.Fatalf("accepted %q as %q:%d", s, m, p)
+		}
+	})
+}
+
+// TestLedgerInAppliance runs the demo consortium (insecure file keys, real
+// relays on loopback) with a ledger node in every appliance: envelopes
+// submitted to a FOLLOWER are forwarded to the leader over the tunnel and
+// ordered; every member serves the same verified blocks; the 'memberd
+// ledger' commands work against a running appliance; /status, /readyz and
+// the participation API show the ledger.
+func TestLedgerInAppliance(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a consortium (test/consortium covers the ledger under -short)")
+	}
+	dir := filepath.Join(t.TempDir(), "demo")
+	L, err := DemoInit(DemoOptions{Dir: dir, Members: 3, Relays: 2, HSM: "soft"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	d, err := StartDemo(ctx, L, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Stop()
+	if err := d.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WaitLedger(ctx); err != nil {
+		t.Fatal(err)
+	}
+	var follower string
+	for _, m := range L.Members {
+		var st struct {
+			Ledger struct {
+				Channel  string `json:"channel"`
+				Leader   string `json:"leader"`
+				Height   uint64 `json:"height"`
+				State    string `json:"state"`
+				RaftID   uint64 `json:"raft_id"`
+				Listen   string `json:"listen"`
+				RaftPort uint16 `json:"raft_port"`
+			} `json:"ledger"`
+		}
+		getJSON(t, "http://"+d.AdminAddr(m)+"/status", &st)
+		l := st.Ledger
+		if l.Channel != "demo" || l.Leader == "" || l.Height < 1 || l.State != "active" || l.Listen != d.LedgerAddr(m) || l.RaftPort != demoLedgerRaftPort {
+			t.Fatalf("%s /status ledger: %+v", m, l)
+		}
+		if l.Leader != m && follower == "" {
+			follower = m
+		}
+		resp, err := http.Get("http://" + d.AdminAddr(m) + "/readyz?verbose=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			t.Fatalf("%s /readyz: %d %s", m, resp.StatusCode, body)
+		}
+		var chans struct {
+			Channels []struct {
+				Name   string `json:"name"`
+				Height uint64 `json:"height"`
+			} `json:"channels"`
+		}
+		getJSON(t, "http://"+d.AdminAddr(m)+"/participation/v1/channels", &chans)
+		if len(chans.Channels) != 1 || chans.Channels[0].Name != "demo" {
+			t.Fatalf("%s participation API: %+v", m, chans)
+		}
+	}
+	if follower == "" {
+		t.Fatal("no follower found")
+	}
+	h, err := d.CheckLedger(ctx, follower, 20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("20 envelopes through follower %s: height %d on every member", follower, h)
+
+	// The CLI against a running appliance: submit to one member, height
+	// from another (TLS server checked against its member CA).
+	md := func(m string) string { return filepath.Join(L.Dir, "members", m) }
+	a, b := L.Members[0], L.Members[1]
+	ident := []string{"--channel", "demo", "--key", "file:" + filepath.Join(md(a), "identity", "key.pem"), "--insecure-file-key",
+		"--cert", filepath.Join(md(a), "identity", "cert.pem"), "--msp-id", a + "MSP"}
+	code, out, errs := run(t, append([]string{"ledger", "submit", "--data", "from the CLI", "--orderer", d.LedgerAddr(a),
+		"--tls-ca", filepath.Join(md(a), "ca.pem")}, ident...)...)
+	if code != ExitOK || !strings.HasPrefix(out, "SUCCESS ") {
+		t.Fatalf("ledger submit: exit %d out %q err %q", code, out, errs)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		code, out, errs = run(t, append([]string{"ledger", "height", "--orderer", d.LedgerAddr(b),
+			"--tls-ca", filepath.Join(md(b), "ca.pem")}, ident...)...)
+		// The CLI's envelope is in a block after the h blocks CheckLedger saw.
+		if got, err := strconv.ParseUint(strings.TrimSpace(out), 10, 64); code == ExitOK && err == nil && got > h {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("ledger height at %s: exit %d out %q err %q (want > %d)", b, code, out, errs, h)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("GET %s: %d %s", url, resp.StatusCode, b)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+}
