@@ -42,6 +42,8 @@ type Bind struct {
 	opened  bool
 	closed  atomic.Bool
 	readErr atomic.Uint64 // transient read errors, for status
+
+	pktIn, pktOut, bytesIn, bytesOut atomic.Uint64 // WireGuard packets (not control)
 }
 
 var _ conn.Bind = (*Bind)(nil)
@@ -96,6 +98,8 @@ func (b *Bind) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, er
 			continue
 		}
 		sizes[0] = n
+		b.pktIn.Add(1)
+		b.bytesIn.Add(uint64(n))
 		if member != lastMember || lastEP == nil {
 			lastMember, lastEP = member, Endpoint(member)
 		}
@@ -127,6 +131,8 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		if err := b.tr.WritePacket(p, string(e)); err != nil {
 			return fmt.Errorf("send %d-byte WireGuard packet to %s: %w", len(p), e, err)
 		}
+		b.pktOut.Add(1)
+		b.bytesOut.Add(uint64(len(p)))
 	}
 	return nil
 }

@@ -9,6 +9,8 @@ import (
 	"net"
 	"strconv"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // WireGuardOverhead is what WireGuard adds to an IP packet: a 16-byte data
@@ -40,7 +42,8 @@ type Config struct {
 	// Member is this appliance's member id (required).
 	Member string
 	// Signer is the member identity key (usually in the HSM) that signs
-	// WireGuard key attestations (required).
+	// WireGuard key attestations (required). It is the initial identity:
+	// Device.SetIdentity switches to a rotated one without a restart.
 	Signer crypto.Signer
 	// Chain is the identity certificate chain, leaf first; the leaf holds
 	// Signer's public key (required, 1..4 certificates).
@@ -53,6 +56,9 @@ type Config struct {
 	Authority Authority
 	// Logger receives logs; nil discards.
 	Logger *slog.Logger
+	// Registerer, if set, gets the tunnel's Prometheus collectors
+	// (memberd_tunnel_*, see metrics.go); Close unregisters them. nil = none.
+	Registerer prometheus.Registerer
 
 	// MTU of the tunnel interface. 0 = Transport.MaxPacketSize() minus
 	// WireGuardOverhead, capped at MaxMTU. Must leave room for the overhead:

@@ -11,6 +11,7 @@ package tunnel
 
 import (
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,11 +39,14 @@ var (
 
 // Stats are counters for status and metrics.
 type Stats struct {
-	AttestationsAccepted uint64
-	AttestationsRefused  uint64 // by reason in the log (refused_reason)
-	ControlDropped       uint64 // control queue full or malformed
-	ACLDenied            uint64 // dials and accepts refused by the ACL
-	Rotations            uint64
+	AttestationsAccepted  uint64
+	AttestationsRefused   uint64 // by reason in the log (refused_reason)
+	ControlDropped        uint64 // control queue full or malformed
+	ACLDenied             uint64 // dials and accepts refused by the ACL
+	Rotations             uint64
+	IdentityChanges       uint64 // attestations re-signed by SetIdentity
+	PacketsIn, PacketsOut uint64 // WireGuard packets over the transport
+	BytesIn, BytesOut     uint64
 }
 
 // PeerStatus describes the WireGuard peer of one member.
@@ -52,6 +56,12 @@ type PeerStatus struct {
 	PublicKey  Key       // active key
 	Expiry     time.Time // of the active attestation
 	PendingKey Key       // announced next key, zero if none
+	// LastHandshake is when the last WireGuard handshake with the active
+	// key completed (zero: none yet).
+	LastHandshake time.Time
+	// Certificate is the identity certificate that signed the active
+	// attestation (the peer's current member identity).
+	Certificate *x509.Certificate
 }
 
 // Device is one member's tunnel endpoint.
@@ -93,7 +103,11 @@ type Device struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	attAccepted, attRefused, ctlDropped, aclDenied, rotations atomic.Uint64
+	idMu sync.Mutex // held across signing; taken before mu (identity.go)
+	id   identity
+
+	attAccepted, attRefused, ctlDropped, aclDenied, rotations, identityChanges atomic.Uint64
+	m                                                                          metrics
 }
 
 type keyState struct {
@@ -133,8 +147,11 @@ func New(cfg Config) (*Device, error) {
 		ctlCh: make(chan ctlPacket, 256), ackCh: make(chan struct{}, 1), promoteCh: make(chan struct{}, 1),
 		peers: map[string]*peerState{}, changed: make(chan struct{}), kaDue: map[Key]time.Time{},
 		conns: map[string]map[*Conn]struct{}{}, listeners: map[*Listener]struct{}{},
+		id: identity{signer: cfg.Signer, chain: cfg.Chain},
 	}
-	ks, err := d.newKey()
+	d.idMu.Lock()
+	ks, err := d.newKeyLocked()
+	d.idMu.Unlock()
 	if err != nil {
 		return nil, err
 	}
@@ -156,6 +173,12 @@ func New(cfg Config) (*Device, error) {
 	}
 	d.ctx, d.cancel = context.WithCancel(context.Background())
 	d.eg, _ = errgroup.WithContext(d.ctx)
+	if cfg.Registerer != nil {
+		if err := cfg.Registerer.Register(collector{d}); err != nil {
+			d.wg.Close()
+			return nil, fmt.Errorf("register tunnel metrics: %w", err)
+		}
+	}
 	d.eg.Go(d.controlLoop)
 	d.eg.Go(d.timerLoop)
 	d.eg.Go(d.rotateLoop)
@@ -181,20 +204,14 @@ func wgLogger(l *slog.Logger) *device.Logger {
 	}
 }
 
-// newKey makes a WireGuard key and its attestation.
-func (d *Device) newKey() (*keyState, error) {
+// newKeyLocked makes a WireGuard key and its attestation signed by the
+// current identity. d.idMu held.
+func (d *Device) newKeyLocked() (*keyState, error) {
 	priv, err := NewPrivateKey()
 	if err != nil {
 		return nil, err
 	}
-	now := d.now()
-	// Back-date not_before a little so peers with a slightly slow clock
-	// accept it.
-	att, err := SignAttestation(d.cfg.Signer, d.cfg.Chain, d.cfg.Member, priv.PublicKey(), now.Add(-5*time.Minute), now.Add(d.cfg.AttestationTTL))
-	if err != nil {
-		return nil, err
-	}
-	return &keyState{priv: priv, att: att, raw: att.Marshal()}, nil
+	return d.signLocked(priv)
 }
 
 // Addr is this member's overlay address.
@@ -218,11 +235,17 @@ func (d *Device) Stats() Stats {
 		ControlDropped:       d.ctlDropped.Load(),
 		ACLDenied:            d.aclDenied.Load(),
 		Rotations:            d.rotations.Load(),
+		IdentityChanges:      d.identityChanges.Load(),
+		PacketsIn:            d.bind.pktIn.Load(),
+		PacketsOut:           d.bind.pktOut.Load(),
+		BytesIn:              d.bind.bytesIn.Load(),
+		BytesOut:             d.bind.bytesOut.Load(),
 	}
 }
 
 // Peers lists the configured peers, sorted by member.
 func (d *Device) Peers() []PeerStatus {
+	hs, _ := d.handshakeTimes() // before mu: IpcGet takes WireGuard's locks
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	var out []PeerStatus
@@ -230,6 +253,8 @@ func (d *Device) Peers() []PeerStatus {
 		ps := PeerStatus{Member: m, Addr: p.addr}
 		if p.active != nil {
 			ps.PublicKey, ps.Expiry = p.active.PublicKey, p.active.Expiry()
+			ps.LastHandshake = hs[p.active.PublicKey]
+			ps.Certificate = p.active.Chain[0]
 		}
 		if p.pending != nil {
 			ps.PendingKey = p.pending.PublicKey
@@ -258,6 +283,9 @@ func (d *Device) Close() error {
 		}
 		d.mu.Unlock()
 		d.cancel()
+		if d.cfg.Registerer != nil {
+			d.cfg.Registerer.Unregister(collector{d})
+		}
 		for _, l := range ls {
 			l.Close()
 		}

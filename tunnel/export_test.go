@@ -19,3 +19,6 @@ func (d *Device) IpcGet() string {
 	s, _ := d.wg.IpcGet()
 	return s
 }
+
+// ParseHandshakeTimes exposes the UAPI handshake-time parser to tests.
+var ParseHandshakeTimes = parseHandshakeTimes

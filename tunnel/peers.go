@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"context"
 	"encoding/hex"
 	"errors"
@@ -55,7 +56,7 @@ func (d *Device) onControl(sender string, pkt []byte) {
 	select {
 	case d.ctlCh <- ctlPacket{sender: sender, pkt: append([]byte(nil), pkt...)}:
 	default:
-		d.ctlDropped.Add(1)
+		d.dropControl(dropQueueFull)
 	}
 }
 
@@ -68,7 +69,7 @@ func (d *Device) controlLoop() error {
 		case cp := <-d.ctlCh:
 			h, msg, ok, err := ra.add(cp.sender, cp.pkt, d.now())
 			if err != nil {
-				d.ctlDropped.Add(1)
+				d.dropControl(dropMalformed)
 				d.log.Debug("dropped control packet", "from", cp.sender, "err", err)
 				continue
 			}
@@ -134,7 +135,7 @@ func (d *Device) handleAnnounce(sender string, flags uint8, msg []byte) {
 	}
 	if err != nil {
 		d.mu.Unlock()
-		d.attRefused.Add(1)
+		d.refuseAttestation(reasonOf(err))
 		d.log.Warn("refused WireGuard key attestation", "from", sender, "refused_reason", reasonOf(err), "err", err)
 		return
 	}
@@ -148,8 +149,15 @@ func (d *Device) handleAnnounce(sender string, flags uint8, msg []byte) {
 	keyChanged := false
 	switch {
 	case p.active != nil && p.active.PublicKey == att.PublicKey:
-		if att.Expiry().After(p.active.Expiry()) {
-			p.active = att // refreshed attestation of the same key
+		// A refreshed attestation of the same key: a later expiry, or the
+		// member re-signed it with a rotated identity (SetIdentity), which
+		// must replace the old one before the old certificate is revoked.
+		if att.Expiry().After(p.active.Expiry()) || (!att.NotBefore.Before(p.active.NotBefore) && !bytes.Equal(att.Chain[0].Raw, p.active.Chain[0].Raw)) {
+			if !bytes.Equal(att.Chain[0].Raw, p.active.Chain[0].Raw) {
+				d.attAccepted.Add(1)
+				d.log.Info("WireGuard peer re-attested its key with a new identity certificate", "peer", sender, "certificate_serial", att.Chain[0].SerialNumber.String())
+			}
+			p.active = att
 		}
 	case flags&flagActive != 0 && p.pending != nil && p.pending.PublicKey == att.PublicKey && p.active != nil:
 		// The member switched to its announced key: promote once the
@@ -283,7 +291,7 @@ func reasonOf(err error) string {
 
 func (d *Device) handleAck(sender string, msg []byte) {
 	if len(msg) != 32 {
-		d.ctlDropped.Add(1)
+		d.dropControl(dropBadAck)
 		return
 	}
 	d.mu.Lock()
@@ -412,12 +420,35 @@ func (d *Device) promotePending(now time.Time) (waitingLeft bool) {
 
 // handshakes reports which peers (by public key) completed a handshake.
 func (d *Device) handshakes() (map[Key]bool, error) {
-	out := map[Key]bool{}
+	t, err := d.handshakeTimes()
+	out := make(map[Key]bool, len(t))
+	for k := range t {
+		out[k] = true
+	}
+	return out, err
+}
+
+// handshakeTimes gives the last completed handshake of every peer (by
+// public key) that has one.
+func (d *Device) handshakeTimes() (map[Key]time.Time, error) {
 	dump, err := d.wg.IpcGet()
 	if err != nil {
-		return out, err
+		return map[Key]time.Time{}, err
 	}
+	return parseHandshakeTimes(dump), nil
+}
+
+// parseHandshakeTimes reads last_handshake_time_sec/nsec per public_key
+// from a WireGuard UAPI dump; peers without a handshake (0, 0) are absent.
+func parseHandshakeTimes(dump string) map[Key]time.Time {
+	out := map[Key]time.Time{}
 	var cur Key
+	var sec, nsec int64
+	flush := func() {
+		if !cur.IsZero() && (sec != 0 || nsec != 0) {
+			out[cur] = time.Unix(sec, nsec)
+		}
+	}
 	for _, line := range strings.Split(dump, "\n") {
 		k, v, ok := strings.Cut(line, "=")
 		if !ok {
@@ -425,19 +456,19 @@ func (d *Device) handshakes() (map[Key]bool, error) {
 		}
 		switch k {
 		case "public_key":
-			b, err := hex.DecodeString(v)
-			if err != nil || len(b) != 32 {
-				cur = Key{}
-				continue
+			flush()
+			cur, sec, nsec = Key{}, 0, 0
+			if b, err := hex.DecodeString(v); err == nil && len(b) == 32 {
+				cur = Key(b)
 			}
-			cur = Key(b)
-		case "last_handshake_time_sec", "last_handshake_time_nsec":
-			if v != "0" && !cur.IsZero() {
-				out[cur] = true
-			}
+		case "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			nsec, _ = strconv.ParseInt(v, 10, 64)
 		}
 	}
-	return out, nil
+	flush()
+	return out
 }
 
 func ipcRemove(b *strings.Builder, k Key) {

@@ -31,18 +31,24 @@ func (d *Device) rotateLoop() error {
 // new key as active. Concurrent calls are serialized by the caller (the
 // rotation loop); calling Rotate while a rotation runs returns an error.
 func (d *Device) Rotate(ctx context.Context) error {
-	ks, err := d.newKey()
+	// idMu is held until the key is installed as d.next, so that an
+	// identity change (SetIdentity) either signed it already or re-signs it.
+	d.idMu.Lock()
+	ks, err := d.newKeyLocked()
 	if err != nil {
+		d.idMu.Unlock()
 		return err
 	}
 	d.mu.Lock()
 	if d.next != nil {
 		d.mu.Unlock()
+		d.idMu.Unlock()
 		return fmt.Errorf("a WireGuard key rotation is already in progress")
 	}
 	d.next = ks
 	d.acks = map[string]bool{}
 	d.mu.Unlock()
+	d.idMu.Unlock()
 	defer func() {
 		d.mu.Lock()
 		d.next, d.acks = nil, nil
@@ -58,8 +64,11 @@ func (d *Device) Rotate(ctx context.Context) error {
 		if len(waiting) == 0 {
 			break
 		}
+		d.mu.Lock()
+		raw := ks.raw // SetIdentity may re-sign ks (under mu)
+		d.mu.Unlock()
 		for _, m := range waiting {
-			d.sendControl(m, kindAnnounce, 0, ks.raw)
+			d.sendControl(m, kindAnnounce, 0, raw)
 		}
 		timedOut := false
 		select {
@@ -119,7 +128,7 @@ func (d *Device) Rotate(ctx context.Context) error {
 	d.self = *ks
 	d.mu.Unlock()
 	d.rotations.Add(1)
-	d.log.Info("WireGuard key rotated", "old_public_key", old.String(), "public_key", ks.att.PublicKey.String())
+	d.log.Info("WireGuard key rotated", "old_public_key", old.String(), "public_key", ks.priv.PublicKey().String())
 	// The active announcement makes peers route to the new key; repeat it a
 	// few times so one lost packet does not leave a peer waiting for the
 	// next periodic announcement.

@@ -1,0 +1,120 @@
+package tunnel
+
+import (
+	"bytes"
+	"crypto"
+	"crypto/x509"
+	"fmt"
+	"time"
+)
+
+// ErrIdentity: SetIdentity was given a key and chain that do not fit
+// together, or that the current policy does not accept for this member.
+var ErrIdentity = fmt.Errorf("member identity not usable for WireGuard key attestations")
+
+// identity is the member identity that signs attestations. Guarded by
+// Device.idMu, which is held across signing so that every key made or
+// re-signed after SetIdentity returns carries the new identity (lock order:
+// idMu before mu).
+type identity struct {
+	signer crypto.Signer
+	chain  []*x509.Certificate // leaf first
+}
+
+// SetIdentity switches the member identity that signs WireGuard key
+// attestations (after an HSM identity rotation) without a restart: the
+// active key, and the next key of a rotation in progress, are re-signed
+// with it at once and re-announced to every member, and later keys are
+// signed with it. The WireGuard keys themselves do not change, so sessions
+// and connections inside the tunnel are untouched.
+//
+// chain is leaf first; its leaf must hold signer's public key and the
+// current policy must accept it for this member, otherwise the old identity
+// stays in use and an error wrapping ErrIdentity says why. Calling it with
+// the identity already in use (same leaf certificate) does nothing, so it
+// can be called on every policy change to retry a refused identity.
+func (d *Device) SetIdentity(signer crypto.Signer, chain []*x509.Certificate) error {
+	if signer == nil || len(chain) == 0 || len(chain) > maxChainCerts {
+		return fmt.Errorf("%w: want a signer and 1..%d certificates (leaf first)", ErrIdentity, maxChainCerts)
+	}
+	if !publicKeysEqual(signer.Public(), chain[0].PublicKey) {
+		return fmt.Errorf("%w: leaf certificate %q does not hold the identity key", ErrIdentity, chain[0].Subject)
+	}
+	d.idMu.Lock()
+	defer d.idMu.Unlock()
+	if bytes.Equal(d.id.chain[0].Raw, chain[0].Raw) {
+		return nil
+	}
+	d.mu.Lock()
+	auth := d.auth.auth
+	selfPriv := d.self.priv
+	var nextPriv *Key
+	if d.next != nil {
+		k := d.next.priv
+		nextPriv = &k
+	}
+	d.mu.Unlock()
+	if err := auth.VerifyMemberCert(d.cfg.Member, chain); err != nil {
+		return fmt.Errorf("%w: the current policy does not accept certificate %q (serial %s) for member %s: %v; keeping the previous identity",
+			ErrIdentity, chain[0].Subject, chain[0].SerialNumber, d.cfg.Member, err)
+	}
+	old := d.id
+	d.id = identity{signer: signer, chain: append([]*x509.Certificate(nil), chain...)}
+	self, err := d.signLocked(selfPriv)
+	var next *keyState
+	if err == nil && nextPriv != nil {
+		next, err = d.signLocked(*nextPriv)
+	}
+	if err != nil {
+		d.id = old
+		return fmt.Errorf("%w: re-sign the WireGuard key: %w", ErrIdentity, err)
+	}
+	d.mu.Lock()
+	if d.self.priv == selfPriv {
+		d.self.att, d.self.raw = self.att, self.raw
+	}
+	nextRaw := []byte(nil)
+	if next != nil && d.next != nil && d.next.priv == next.priv {
+		d.next.att, d.next.raw = next.att, next.raw
+		nextRaw = next.raw
+	}
+	var others []string
+	for id := range d.auth.byID {
+		if id != d.cfg.Member {
+			others = append(others, id)
+		}
+	}
+	d.mu.Unlock()
+	d.identityChanges.Add(1)
+	d.log.Info("WireGuard key attestations re-signed with the new member identity",
+		"old_certificate_serial", old.chain[0].SerialNumber.String(), "certificate_serial", chain[0].SerialNumber.String(),
+		"certificate_not_after", chain[0].NotAfter)
+	d.announceAll(false)
+	if nextRaw != nil {
+		for _, m := range others {
+			d.sendControl(m, kindAnnounce, 0, nextRaw)
+		}
+	}
+	return nil
+}
+
+// signLocked makes the attestation of priv's public key with the current
+// identity. d.idMu held.
+func (d *Device) signLocked(priv Key) (*keyState, error) {
+	now := d.now()
+	// Back-date not_before a little so peers with a slightly slow clock
+	// accept it.
+	att, err := SignAttestation(d.id.signer, d.id.chain, d.cfg.Member, priv.PublicKey(), now.Add(-5*time.Minute), now.Add(d.cfg.AttestationTTL))
+	if err != nil {
+		return nil, err
+	}
+	return &keyState{priv: priv, att: att, raw: att.Marshal()}, nil
+}
+
+// Identity returns the leaf certificate that signs this member's
+// attestations now.
+func (d *Device) Identity() *x509.Certificate {
+	d.idMu.Lock()
+	defer d.idMu.Unlock()
+	return d.id.chain[0]
+}
