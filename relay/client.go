@@ -347,7 +347,7 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 			}
 		})
 	}
-	err := l.run(lctx, func(f wire.Frame) { c.frame(rc, l, f) })
+	err := l.run(lctx, func(f wire.Frame, owned bool) { c.frame(rc, l, f, owned) })
 	cancel()
 	g.Wait()
 	c.m.conns.Dec()
@@ -400,8 +400,9 @@ func (c *Client) pinger(ctx context.Context, rc *relayConn, l *link) {
 	}
 }
 
-// frame handles a frame from a relay.
-func (c *Client) frame(rc *relayConn, l *link, f wire.Frame) {
+// frame handles a frame from a relay; owned says whether the body may be
+// kept (see frameHandler).
+func (c *Client) frame(rc *relayConn, l *link, f wire.Frame, owned bool) {
 	switch f.Type {
 	case wire.TypePacket:
 		from, payload, err := wire.ParsePacket(f.Body)
@@ -409,7 +410,10 @@ func (c *Client) frame(rc *relayConn, l *link, f wire.Frame) {
 			c.m.drop(DropMalformed)
 			return
 		}
-		p := inPacket{from: string(from), data: append([]byte(nil), payload...)}
+		if !owned {
+			payload = append([]byte(nil), payload...)
+		}
+		p := inPacket{from: string(from), data: payload}
 		select {
 		case c.recv <- p:
 		default:
@@ -492,7 +496,7 @@ func (c *Client) WritePacket(pkt []byte, member string) error {
 		c.m.drop(DropNoRoute)
 		return fmt.Errorf("%w: all relays down (%s)", ErrNoRelay, c.errSummary())
 	}
-	l.sendData(wire.AppendPacket(make([]byte, 0, wire.PacketOverhead+len(pkt)), member, pkt))
+	l.sendData(wire.AppendPacket(newFrame(wire.PacketOverhead+len(pkt)), member, pkt))
 	return nil
 }
 

@@ -129,8 +129,38 @@ func (l *link) closed() bool {
 	}
 }
 
+// framePool recycles data frame buffers: a sender builds a frame in one
+// (newFrame), the writer recycles it once the transport has copied it
+// (quic-go's SendDatagram copies, stream writers do not retain what they
+// are given). One 1.2 KB allocation and clearing per packet and hop was
+// the largest item of the relay's own data-path CPU profile.
+var framePool = sync.Pool{New: func() any { return new([pooledFrame]byte) }}
+
+// pooledFrame is the size of recycled frame buffers: a QUIC datagram or
+// a TCP-path packet frame fits.
+const pooledFrame = 2048
+
+// newFrame returns an empty buffer with room for n bytes, recycled when
+// possible. Pass it to sendData, which takes ownership.
+func newFrame(n int) []byte {
+	if n > pooledFrame {
+		return make([]byte, 0, n)
+	}
+	return framePool.Get().(*[pooledFrame]byte)[:0]
+}
+
+// recycleFrame returns a frame that nothing references any more. Only
+// buffers from newFrame's pool go back to it.
+func recycleFrame(b []byte) {
+	if cap(b) != pooledFrame {
+		return
+	}
+	framePool.Put((*[pooledFrame]byte)(b[:pooledFrame]))
+}
+
 // sendData queues a data frame; it never blocks and reports false (after
-// counting the drop) when the queue is full or the link closed.
+// counting the drop) when the queue is full or the link closed. The link
+// owns frame from then on: the caller must not use it again.
 func (l *link) sendData(frame []byte) bool {
 	if l.closed() {
 		l.drop(DropClosed)
@@ -141,11 +171,13 @@ func (l *link) sendData(frame []byte) bool {
 		return true
 	default:
 		l.drop(DropQueueFull)
+		recycleFrame(frame)
 		return false
 	}
 }
 
-// sendCtrl queues a control frame, waiting for room up to ctx.
+// sendCtrl queues a control frame, waiting for room up to ctx. Like
+// sendData, it takes ownership of frame.
 func (l *link) sendCtrl(ctx context.Context, frame []byte) error {
 	select {
 	case l.ctrl <- frame:
@@ -172,6 +204,7 @@ func (l *link) writeLoop() error {
 					var tooLarge *quic.DatagramTooLargeError
 					if err == nil {
 						l.bytesOut.Add(uint64(len(f)))
+						recycleFrame(f)
 						continue
 					} else if !errors.As(err, &tooLarge) {
 						return err
@@ -186,13 +219,20 @@ func (l *link) writeLoop() error {
 			return err
 		}
 		l.bytesOut.Add(uint64(len(f)))
+		recycleFrame(f)
 	}
 }
 
+// frameHandler is called for every frame a link receives. When owned is
+// false the body aliases the reader's buffer and must not be retained;
+// when true (a QUIC datagram, freshly allocated by quic-go) the handler
+// may keep it.
+type frameHandler func(f wire.Frame, owned bool)
+
 // readLoop calls handle for every frame from the stream and, on QUIC, from
 // datagrams, until the link fails or closes. handle runs on up to two
-// goroutines at once (stream and datagrams) and must not retain the body.
-func (l *link) readLoop(ctx context.Context, handle func(wire.Frame)) error {
+// goroutines at once (stream and datagrams).
+func (l *link) readLoop(ctx context.Context, handle frameHandler) error {
 	errc := make(chan error, 2)
 	n := 1
 	if l.qconn != nil {
@@ -211,7 +251,7 @@ func (l *link) readLoop(ctx context.Context, handle func(wire.Frame)) error {
 					l.drop(DropMalformed)
 					continue
 				}
-				handle(f)
+				handle(f, true)
 			}
 		}()
 	}
@@ -225,7 +265,7 @@ func (l *link) readLoop(ctx context.Context, handle func(wire.Frame)) error {
 			}
 			l.bytesIn.Add(uint64(wire.HeaderLen + len(f.Body)))
 			l.lastRecv.Store(time.Now().UnixNano())
-			handle(f)
+			handle(f, false)
 		}
 	}()
 	err := <-errc
@@ -238,7 +278,7 @@ func (l *link) readLoop(ctx context.Context, handle func(wire.Frame)) error {
 
 // run runs the writer and reader until either ends, then closes the link
 // and returns the first error. All goroutines have exited on return.
-func (l *link) run(ctx context.Context, handle func(wire.Frame)) error {
+func (l *link) run(ctx context.Context, handle frameHandler) error {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	werr := make(chan error, 1)
@@ -254,8 +294,9 @@ func (l *link) run(ctx context.Context, handle func(wire.Frame)) error {
 	// Drain what is left so queued frames are counted, not silently lost.
 	for {
 		select {
-		case <-l.data:
+		case f := <-l.data:
 			l.drop(DropClosed)
+			recycleFrame(f)
 			continue
 		default:
 		}

@@ -418,11 +418,11 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 		handle = s.relayFrame
 	}
 	if !isRelay {
-		return l.run(ctx, func(f wire.Frame) { handle(p, f) })
+		return l.run(ctx, func(f wire.Frame, _ bool) { handle(p, f) })
 	}
 	var g errgroup.Group
 	g.Go(func() error { s.announce(ctx, p); return nil })
-	err = l.run(ctx, func(f wire.Frame) { handle(p, f) })
+	err = l.run(ctx, func(f wire.Frame, _ bool) { handle(p, f) })
 	g.Wait()
 	return err
 }
@@ -601,7 +601,7 @@ func (s *Server) forward(p *peer, dst string, payload []byte) {
 	if h := s.cfg.ForwardHook; h != nil {
 		h(p.id, dst, payload)
 	}
-	if via.link.sendData(wire.AppendForward(make([]byte, 0, wire.ForwardOverhead+len(payload)), p.id, dst, payload)) {
+	if via.link.sendData(wire.AppendForward(newFrame(wire.ForwardOverhead+len(payload)), p.id, dst, payload)) {
 		s.m.forward(len(payload))
 	}
 }
@@ -627,7 +627,7 @@ func (s *Server) deliverLocal(from, dst string, payload []byte) bool {
 	if h := s.cfg.ForwardHook; h != nil {
 		h(from, dst, payload)
 	}
-	if to.link.sendData(wire.AppendPacket(make([]byte, 0, wire.PacketOverhead+len(payload)), from, payload)) {
+	if to.link.sendData(wire.AppendPacket(newFrame(wire.PacketOverhead+len(payload)), from, payload)) {
 		s.m.forward(len(payload))
 	}
 	return true
