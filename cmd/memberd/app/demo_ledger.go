@@ -129,49 +129,53 @@ func (d *DemoConsortium) WaitLedger(ctx context.Context) error {
 
 // LedgerSubmit signs n ENDORSER_TRANSACTION envelopes as member's appliance
 // identity and broadcasts them on one stream to member's ledger gRPC (as
-// 'memberd ledger submit' does); every answer must be SUCCESS.
-func (d *DemoConsortium) LedgerSubmit(ctx context.Context, member string, n int) error {
+// 'memberd ledger submit' does); every answer must be SUCCESS. It returns
+// the tx ids.
+func (d *DemoConsortium) LedgerSubmit(ctx context.Context, member string, n int) ([]string, error) {
 	c, ident, closeFn, err := d.ledgerClient(member)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	defer closeFn()
 	channel := d.Layout.Genesis.Ledger().Channel
 	stream, err := c.Broadcast(ctx)
 	if err != nil {
-		return err
+		return nil, err
 	}
+	var txids []string
 	for i := 0; i < n; i++ {
-		env, _, err := orderer.NewTransaction(ident, channel, []byte(fmt.Sprintf("demo tx %d from %s", i, member)), time.Now())
+		env, txid, err := orderer.NewTransaction(ident, channel, []byte(fmt.Sprintf("demo tx %d from %s", i, member)), time.Now())
 		if err != nil {
-			return err
+			return nil, err
 		}
 		if err := stream.Send(env); err != nil {
-			return fmt.Errorf("broadcast to %s: %w", member, err)
+			return nil, fmt.Errorf("broadcast to %s: %w", member, err)
 		}
+		txids = append(txids, txid)
 	}
 	for i := 0; i < n; i++ {
 		resp, err := stream.Recv()
 		if err != nil {
-			return fmt.Errorf("broadcast to %s: envelope %d: %w", member, i, err)
+			return nil, fmt.Errorf("broadcast to %s: envelope %d: %w", member, i, err)
 		}
 		if resp.Status != common.Status_SUCCESS {
-			return fmt.Errorf("broadcast to %s: envelope %d: %w %s: %s", member, i, orderer.ErrStatus, resp.Status, resp.Info)
+			return nil, fmt.Errorf("broadcast to %s: envelope %d: %w %s: %s", member, i, orderer.ErrStatus, resp.Status, resp.Info)
 		}
 	}
-	return stream.CloseSend()
+	return txids, stream.CloseSend()
 }
 
 // LedgerFetch pulls blocks 0..height-1 of member's ledger with Deliver (as
 // 'memberd ledger fetch' does, verifying chain, data hash and that each
 // block is signed by a consenter member of the policy) and returns the
-// header hashes and the number of envelopes.
-func (d *DemoConsortium) LedgerFetch(ctx context.Context, member string, height uint64) (hashes [][]byte, txs int, err error) {
+// header hashes and the tx ids of the envelopes in blocks 1 and later.
+func (d *DemoConsortium) LedgerFetch(ctx context.Context, member string, height uint64) (hashes [][]byte, txs map[string]bool, err error) {
 	c, ident, closeFn, err := d.ledgerClient(member)
 	if err != nil {
-		return nil, 0, err
+		return nil, nil, err
 	}
 	defer closeFn()
+	txs = map[string]bool{}
 	var prev *common.Block
 	err = orderer.Fetch(ctx, c, ident, d.Layout.Genesis.Ledger().Channel,
 		orderer.SeekRange(0, height-1, ab.SeekInfo_BLOCK_UNTIL_READY), func(b *common.Block) error {
@@ -180,7 +184,13 @@ func (d *DemoConsortium) LedgerFetch(ctx context.Context, member string, height 
 			}
 			hashes = append(hashes, block.HeaderHash(b.Header))
 			if len(hashes) > 1 {
-				txs += len(b.GetData().GetData())
+				for i, raw := range b.GetData().GetData() {
+					env, err := block.ParseEnvelope(raw)
+					if err != nil {
+						return fmt.Errorf("block %d envelope %d: %w", b.Header.Number, i, err)
+					}
+					txs[env.TxID()] = true
+				}
 			}
 			prev = b
 			return nil
@@ -195,16 +205,22 @@ func (d *DemoConsortium) CheckLedger(ctx context.Context, from string, n int) (u
 	if err := d.WaitLedger(ctx); err != nil {
 		return 0, err
 	}
-	if err := d.LedgerSubmit(ctx, from, n); err != nil {
+	txids, err := d.LedgerSubmit(ctx, from, n)
+	if err != nil {
 		return 0, err
 	}
-	// The submitter's height after SUCCESS holds every envelope; the others
-	// serve it once they applied it (BLOCK_UNTIL_READY).
+	// SUCCESS means the block holding the envelope is appended on the node
+	// that answered (the leader, when from forwarded): the highest height
+	// now covers every envelope; the others serve it once they applied it
+	// (BLOCK_UNTIL_READY).
 	d.mu.Lock()
 	var height uint64
-	if a := d.appliances[from]; a != nil {
+	for _, a := range d.appliances {
+		if a.ledger == nil {
+			continue
+		}
 		if node := a.ledger.reg.Lookup(a.ledger.channel); node != nil {
-			height = node.Height()
+			height = max(height, node.Height())
 		}
 	}
 	d.mu.Unlock()
@@ -217,8 +233,10 @@ func (d *DemoConsortium) CheckLedger(ctx context.Context, from string, n int) (u
 		if err != nil {
 			return height, fmt.Errorf("demo ledger: fetch from %s: %w", m, err)
 		}
-		if txs < n {
-			return height, fmt.Errorf("demo ledger: %s holds %d envelopes in blocks 1..%d, want at least %d", m, txs, height-1, n)
+		for _, id := range txids {
+			if !txs[id] {
+				return height, fmt.Errorf("demo ledger: %s: tx %s answered SUCCESS is not in blocks 1..%d", m, id, height-1)
+			}
 		}
 		if ref == nil {
 			ref = hashes

@@ -116,13 +116,19 @@ var ErrLedger = errors.New("ledger")
 type ledgerDevice interface {
 	Dial(ctx context.Context, member string, port uint16) (*tunnel.Conn, error)
 	Listen(port uint16) (*tunnel.Listener, error)
+	Peers() []tunnel.PeerStatus
 }
 
 var _ ledgerDevice = (*tunnel.Device)(nil)
 
 // tunnelDialer is a raftlog.Dialer (and gRPC dialer) over the tunnel:
-// address "member-id:port" dials Device.Dial(ctx, member, port).
-type tunnelDialer struct{ dev ledgerDevice }
+// address "member-id:port" dials Device.Dial(ctx, member, port). The
+// connections are tracked so that those to a restarted member are closed
+// (see peerWatch).
+type tunnelDialer struct {
+	dev   ledgerDevice
+	watch *peerWatch
+}
 
 var _ raftlog.Dialer = tunnelDialer{}
 
@@ -136,7 +142,10 @@ func (t tunnelDialer) DialContext(ctx context.Context, _, addr string) (net.Conn
 	if err != nil {
 		return nil, err // never a typed nil
 	}
-	return c, nil
+	if t.watch == nil {
+		return c, nil
+	}
+	return t.watch.track(member, c), nil
 }
 
 func splitMemberPort(addr string) (string, uint16, error) {
@@ -167,6 +176,8 @@ type ledgerRun struct {
 	conns   []*grpc.ClientConn
 	part    http.Handler
 	log     *slog.Logger
+	dev     ledgerDevice
+	watch   *peerWatch
 
 	closeOnce sync.Once
 }
@@ -212,7 +223,8 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 		}
 	}
 	tlsCert := orderer.TLSCertificate(l.ident, id.Chain...)
-	dialer := tunnelDialer{dev: dev}
+	l.dev, l.watch = dev, &peerWatch{}
+	dialer := tunnelDialer{dev: dev, watch: l.watch}
 	l.fwd = &orderer.BroadcastForwarder{Peers: map[uint64]ab.AtomicBroadcastClient{}}
 	var fetchFrom []ab.AtomicBroadcastClient
 	for rid, m := range l.ids {
@@ -320,12 +332,17 @@ func (l *ledgerRun) serve(ctx context.Context) error {
 	errc := make(chan error, 2)
 	go func() { errc <- l.lan.Serve(l.lanLn) }()
 	go func() { errc <- l.overlay.Serve(l.ovLn) }()
+	wctx, wcancel := context.WithCancel(ctx)
+	wdone := make(chan struct{})
+	go func() { defer close(wdone); l.watch.run(wctx, l.dev, peerWatchEvery, l.log) }()
 	var err error
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
 		err = fmt.Errorf("%w: gRPC server: %w", ErrLedger, err)
 	}
+	wcancel()
+	<-wdone
 	l.Close()
 	<-errc
 	if err == nil {
