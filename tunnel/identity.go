@@ -4,13 +4,14 @@ import (
 	"bytes"
 	"crypto"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"time"
 )
 
 // ErrIdentity: SetIdentity was given a key and chain that do not fit
 // together, or that the current policy does not accept for this member.
-var ErrIdentity = fmt.Errorf("member identity not usable for WireGuard key attestations")
+var ErrIdentity = errors.New("member identity not usable for WireGuard key attestations")
 
 // identity is the member identity that signs attestations. Guarded by
 // Device.idMu, which is held across signing so that every key made or
