@@ -153,7 +153,7 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 	for _, p := range o.ExtraPorts {
 		ports = append(ports, policy.PortRange{Lo: p, Hi: p})
 	}
-	doc.ACL = []*policy.ACLRule{{From: []string{"*"}, To: []string{"*"}, Ports: ports}}
+	doc.ACL = []*policy.ACLRule{{From: []string{"*"}, To: []string{"*"}, Ports: ports}, demoLedgerACL()}
 
 	// Free ports are probed one at a time and released at once: the kernel
 	// may hand the same one out twice, so never use a port twice here.

@@ -271,3 +271,12 @@ func demoLedgerCheck(ctx context.Context, e *env, d *DemoConsortium) error {
 		demoLedgerTxs, from, h-1, len(d.Layout.Members), h)
 	return nil
 }
+
+// demoLedgerACL is the policy ACL rule the ledger needs: raft and gRPC
+// between consenters (the demo's catch-all 7050-7059 rule covers them too;
+// this one says why they are open and stays right if that rule narrows).
+func demoLedgerACL() *policy.ACLRule {
+	return &policy.ACLRule{From: []string{"role:consenter"}, To: []string{"role:consenter"},
+		Ports:   []policy.PortRange{{Lo: demoLedgerRaftPort, Hi: demoLedgerPeerPort}},
+		Comment: "ledger: raft (7052) and gRPC forwarding/catch-up (7053) between consenters"}
+}

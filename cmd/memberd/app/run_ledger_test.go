@@ -246,3 +246,43 @@ func TestPeerWatchRestarted(t *testing.T) {
 		t.Fatalf("closed %d again", n)
 	}
 }
+
+// TestDemoLedgerACL: the demo policy lets every consenter reach every other
+// on the ledger's raft and gRPC ports, and nothing else through that rule.
+func TestDemoLedgerACL(t *testing.T) {
+	L, err := DemoInit(DemoOptions{Dir: filepath.Join(t.TempDir(), "demo"), Members: 3, Relays: 1, HSM: "soft"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rule bool
+	for _, r := range L.Genesis.Document().ACL {
+		if strings.HasPrefix(r.Comment, "ledger:") {
+			rule = true
+		}
+	}
+	if !rule {
+		t.Fatal("no ledger ACL rule in the demo policy")
+	}
+	ta := PolicyTunnelAuthority(L.Genesis)
+	for _, a := range L.Members {
+		for _, b := range L.Members {
+			if a == b {
+				continue
+			}
+			for _, port := range []uint16{demoLedgerRaftPort, demoLedgerPeerPort} {
+				if !ta.Allowed(a, b, port) {
+					t.Errorf("%s -> %s port %d refused", a, b, port)
+				}
+			}
+		}
+	}
+	for _, m := range L.Members {
+		cfg, err := loadRunConfig(L.MemberConfig[m])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if cfg.Ledger == nil || cfg.Ledger.RaftPort != demoLedgerRaftPort || cfg.Ledger.PeerPort != demoLedgerPeerPort || cfg.Ledger.GenesisBlock == "" {
+			t.Fatalf("%s ledger config: %+v", m, cfg.Ledger)
+		}
+	}
+}
