@@ -3,10 +3,13 @@ package consortium_test
 import (
 	"context"
 	"crypto/x509/pkix"
+	"encoding/json"
 	"fmt"
 	"io"
+	"net/http"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +18,7 @@ import (
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/tunnel"
 )
 
 // TestIdentityRotationThenRevocation: member A gets a new HSM key and
@@ -78,12 +82,35 @@ func TestIdentityRotationThenRevocation(t *testing.T) {
 	}
 	waitFor(t, 10*time.Second, "A to switch to the new certificate", func() bool { return d.IdentitySerial(a) == leaf.SerialNumber.String() })
 	t.Logf("%s switched identity: serial %s → %s", a, oldSerial, leaf.SerialNumber)
+	newSerial := leaf.SerialNumber.String()
+	devA, devB := d.Device(a), d.Device(b)
+	// A's tunnel re-signs its WireGuard key attestation with the new
+	// identity, and B takes it (same WireGuard key, new certificate).
+	waitFor(t, 10*time.Second, "B to hold A's attestation signed with the new certificate", func() bool {
+		p := peerStatus(devB, a)
+		return p != nil && p.Certificate != nil && p.Certificate.SerialNumber.String() == newSerial
+	})
+	tctx, tcancel := context.WithTimeout(context.Background(), 90*time.Second)
+	defer tcancel()
+	aSide, bSide := pair(t, tctx, devA, devB, b, 7057)
+	if err := transfer(tctx, aSide, bSide, 256<<10, 1, nil); err != nil {
+		t.Fatal(err)
+	}
 
-	// Revoke the old certificate.
+	// Revoke the old certificate: members (through the tunnel) and relays.
 	v2 := nextPolicy(t, L, L.Genesis, func(doc *policy.Document) {
 		doc.Revocations.Certificates = append(doc.Revocations.Certificates,
 			&policy.RevokedCert{Member: a, Serial: oldSerial, Reason: "rotated"})
 	}, a, b)
+	if _, err := d.PushPolicy(tctx, b, v2.Marshal()); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "both members to apply the revocation", func() bool {
+		return d.PolicyVersion(a) == v2.Version() && d.PolicyVersion(b) == v2.Version()
+	})
+	if p := peerStatus(devB, a); p == nil {
+		t.Fatal("B removed A's WireGuard peer at the revocation of A's old certificate although A re-attested with the new one")
+	}
 	if err := d.DropRelayPolicy(v2.Marshal()); err != nil {
 		t.Fatal(err)
 	}
@@ -105,4 +132,106 @@ func TestIdentityRotationThenRevocation(t *testing.T) {
 	for _, s := range d.RelayStatus(a) {
 		t.Logf("%s: %s %s (closed before: %s)", s.ID, s.State, s.Path, s.LastClose)
 	}
+	// The TCP connection inside the tunnel survived the relay reconnection.
+	if err := transfer(tctx, bSide, aSide, 256<<10, 2, nil); err != nil {
+		t.Fatalf("connection after the revocation: %v", err)
+	}
+	// A WireGuard key rotation signed with the new identity is accepted by
+	// B (the old certificate is revoked now) and the connection keeps going.
+	refused := devB.Stats().AttestationsRefused
+	oldKey := devA.PublicKey()
+	if err := devA.Rotate(tctx); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 15*time.Second, "B to move A's peer to its new WireGuard key", func() bool {
+		p := peerStatus(devB, a)
+		return p != nil && p.PublicKey == devA.PublicKey() && p.PublicKey != oldKey
+	})
+	if n := devB.Stats().AttestationsRefused - refused; n != 0 {
+		t.Fatalf("B refused %d of A's attestations during the rotation", n)
+	}
+	if err := transfer(tctx, aSide, bSide, 256<<10, 3, nil); err != nil {
+		t.Fatalf("connection after the WireGuard key rotation: %v", err)
+	}
+	// /status of B shows A's last handshake, recent, and its new certificate.
+	st := adminStatus(t, d.AdminAddr(b))
+	var found bool
+	for _, p := range st.Tunnel.Peers {
+		if p.Member != a {
+			continue
+		}
+		found = true
+		if p.CertificateSerial != newSerial {
+			t.Errorf("/status: A's certificate serial %q, want %q", p.CertificateSerial, newSerial)
+		}
+		hs, err := time.Parse(time.RFC3339Nano, p.LastHandshake)
+		if err != nil || time.Since(hs) > time.Minute {
+			t.Errorf("/status: A's last handshake %q (%v), want within the last minute", p.LastHandshake, err)
+		}
+	}
+	if !found {
+		t.Fatalf("/status of B lists no peer %s: %+v", a, st.Tunnel.Peers)
+	}
+	// memberd run registers the tunnel collectors: A counts one identity
+	// change and one rotation, and packets both ways.
+	m := adminMetrics(t, d.AdminAddr(a))
+	for _, want := range []string{"memberd_tunnel_identity_changes_total 1", "memberd_tunnel_rotations_total 1",
+		`memberd_tunnel_attestations_refused_total{reason="identity"}`, "memberd_tunnel_peers 1"} {
+		if !strings.Contains(m, want) {
+			t.Errorf("/metrics of A lacks %q", want)
+		}
+	}
+	for _, dir := range []string{"in", "out"} {
+		if strings.Contains(m, `memberd_tunnel_packets_total{direction="`+dir+`"} 0`+"\n") ||
+			!strings.Contains(m, `memberd_tunnel_packets_total{direction="`+dir+`"}`) {
+			t.Errorf("/metrics of A: no packets %s", dir)
+		}
+	}
+}
+
+func adminMetrics(t *testing.T, addr string) string {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func peerStatus(d *tunnel.Device, member string) *tunnel.PeerStatus {
+	for _, p := range d.Peers() {
+		if p.Member == member && !p.PublicKey.IsZero() {
+			return &p
+		}
+	}
+	return nil
+}
+
+type statusDoc struct {
+	Tunnel struct {
+		Peers []struct {
+			Member            string `json:"member"`
+			LastHandshake     string `json:"last_handshake"`
+			CertificateSerial string `json:"certificate_serial"`
+		} `json:"peers"`
+	} `json:"tunnel"`
+}
+
+func adminStatus(t *testing.T, addr string) statusDoc {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var st statusDoc
+	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+		t.Fatalf("/status: %v", err)
+	}
+	return st
 }

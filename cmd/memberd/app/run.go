@@ -148,7 +148,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	tcfg := tunnel.Config{Member: cfg.Member, Signer: id.Signer,
 		Chain:     append([]*x509.Certificate{id.Certificate}, id.Chain...),
 		Transport: cl, Authority: PolicyTunnelAuthority(cur), Logger: log.With("component", "tunnel"),
-		RotateEvery: cfg.Tunnel.RotateEvery}
+		RotateEvery: cfg.Tunnel.RotateEvery, Registerer: reg}
 	for _, f := range cfg.Tunnel.Forwards {
 		tcfg.Forwards = append(tcfg.Forwards, tunnel.Forward{Listen: f.Listen, Member: f.Member, Port: f.Port})
 	}
@@ -177,20 +177,34 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		}
 	}
 	current.Store(cur)
+	// The tunnel signs WireGuard key attestations with the identity folder's
+	// current identity: on every identity switch, and again on every policy
+	// change (a new certificate the old policy refused may be accepted now;
+	// the same identity is a no-op).
+	setTunnelIdentity := func(id *hsm.Identity) {
+		if err := dev.SetIdentity(id.Signer, append([]*x509.Certificate{id.Certificate}, id.Chain...)); err != nil {
+			log.Error("WireGuard key attestations keep the previous identity", "certificate", id.File, "err", err)
+		}
+	}
 	now, cancelSub := w.Subscribe(func(old, new *policy.Policy, d *policy.Diff) {
 		log.Info("policy applied", "policy_version", new.Version(), "policy_hash", new.Hash().String())
 		apply(new)
+		setTunnelIdentity(idp.Current())
 	})
 	defer cancelSub()
 	if now != cur {
 		apply(now)
 	}
 	cancelID := idp.Subscribe(func(old, new *hsm.Identity) {
-		// New relay connections use it; the tunnel signs its WireGuard
-		// attestations with the identity it started with.
-		log.Warn("identity rotated: new relay connections use the new certificate; WireGuard attestations use it after a restart",
-			"certificate", new.File, "not_after", new.Certificate.NotAfter)
+		// New relay connections use it (GetClientCertificate); the tunnel
+		// re-signs and re-announces its WireGuard key attestations.
+		log.Info("identity rotated: new relay connections and WireGuard key attestations use the new certificate",
+			"certificate", new.File, "serial", new.Certificate.SerialNumber.String(), "not_after", new.Certificate.NotAfter)
+		setTunnelIdentity(new)
 	})
+	if id2 := idp.Current(); id2 != id { // switched between startup and Subscribe
+		setTunnelIdentity(id2)
+	}
 	defer cancelID()
 
 	pushLn, err := dev.Listen(cfg.Tunnel.PushPort)
@@ -298,7 +312,8 @@ func applianceStatus(a *appliance) map[string]any {
 	peers := []map[string]any{}
 	for _, ps := range a.dev.Peers() {
 		peers = append(peers, map[string]any{"member": ps.Member, "addr": ps.Addr.String(),
-			"key": ps.PublicKey.String(), "attestation_expiry": ps.Expiry, "rotating": !ps.PendingKey.IsZero()})
+			"key": ps.PublicKey.String(), "attestation_expiry": ps.Expiry, "rotating": !ps.PendingKey.IsZero(),
+			"last_handshake": lastHandshake(ps.LastHandshake), "certificate_serial": certSerial(ps.Certificate)})
 	}
 	st := a.dev.Stats()
 	id := a.identity()
@@ -311,8 +326,26 @@ func applianceStatus(a *appliance) map[string]any {
 			"serial": id.Certificate.SerialNumber.String(), "not_after": id.Certificate.NotAfter},
 		"tunnel": map[string]any{"addr": a.dev.Addr().String(), "mtu": a.dev.MTU(), "peers": peers,
 			"attestations_accepted": st.AttestationsAccepted, "attestations_refused": st.AttestationsRefused,
-			"acl_denied": st.ACLDenied, "rotations": st.Rotations},
+			"acl_denied": st.ACLDenied, "rotations": st.Rotations, "identity_changes": st.IdentityChanges,
+			"certificate_serial": certSerial(a.dev.Identity()),
+			"packets_in":         st.PacketsIn, "packets_out": st.PacketsOut, "bytes_in": st.BytesIn, "bytes_out": st.BytesOut},
 		"relay_drops": a.client.Drops(),
 		"ledger":      a.ledger.status(),
 	}
+}
+
+// lastHandshake is a peer's last WireGuard handshake for /status: RFC 3339,
+// or "" when none completed yet.
+func lastHandshake(t time.Time) string {
+	if t.IsZero() {
+		return ""
+	}
+	return t.UTC().Format(time.RFC3339Nano)
+}
+
+func certSerial(c *x509.Certificate) string {
+	if c == nil {
+		return ""
+	}
+	return c.SerialNumber.String()
 }
