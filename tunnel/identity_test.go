@@ -286,3 +286,53 @@ func waitForCond(t *testing.T, ctx context.Context, what string, cond func() boo
 		}
 	}
 }
+
+// TestSetIdentityDuringRotation: the identity changes while a WireGuard key
+// rotation waits for acknowledgements; the next key's pending attestation is
+// re-signed too, so after the old certificate is revoked the peer still
+// accepts the switch to the next key.
+func TestSetIdentityDuringRotation(t *testing.T) {
+	c := newCluster(t, 2, clusterOpts{config: func(cfg *tunnel.Config) { cfg.RotationAckTimeout = 3 * time.Second }})
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	c.waitPeers(ctx)
+	a, b := c.devs["bank-a"], c.devs["bank-b"]
+	x, y := connect(t, ctx, a, b, "bank-b", 7050)
+	old := a.Identity()
+	// Hold back bank-b's acks so that bank-a's rotation stays in progress.
+	c.net.SetFilter(func(from, to string, pkt []byte) bool {
+		return !(from == "bank-b" && len(pkt) > 4 && pkt[0] == 0xFF && pkt[4] == 2)
+	})
+	rotated := make(chan error, 1)
+	go func() { rotated <- a.Rotate(ctx) }()
+	waitForCond(t, ctx, "bank-b to hold bank-a's next key as pending", func() bool {
+		p := peerOf(b, "bank-a")
+		return p != nil && !p.PendingKey.IsZero()
+	})
+	signer, chain := c.specs[0].CA.NewIdentity(t)
+	if err := a.SetIdentity(signer, chain); err != nil {
+		t.Fatal(err)
+	}
+	c.net.SetFilter(nil)
+	pol := revoking{Authority: c.auth, serial: old.SerialNumber}
+	// Revoke as soon as bank-b holds the re-signed active attestation; the
+	// pending key's attestation must have been re-signed as well, or
+	// SetAuthority drops it and the switch has to wait for a later
+	// announcement.
+	waitForCond(t, ctx, "bank-b to take the re-signed attestation", func() bool {
+		p := peerOf(b, "bank-a")
+		return p != nil && p.Certificate.SerialNumber.Cmp(chain[0].SerialNumber) == 0
+	})
+	a.SetAuthority(pol)
+	b.SetAuthority(pol)
+	if err := <-rotated; err != nil {
+		t.Fatal(err)
+	}
+	waitForCond(t, ctx, "bank-b to switch to bank-a's next key", func() bool {
+		p := peerOf(b, "bank-a")
+		return p != nil && p.PublicKey == a.PublicKey() && p.Certificate.SerialNumber.Cmp(chain[0].SerialNumber) == 0
+	})
+	if err := transfer(ctx, x, y, 128<<10, 5); err != nil {
+		t.Fatalf("connection across identity change, revocation and rotation: %v", err)
+	}
+}
