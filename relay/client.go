@@ -256,13 +256,19 @@ func (c *Client) SetRelays(relays []RelayInfo) error {
 	return nil
 }
 
-// WaitReady blocks until at least one relay is connected, or ctx ends.
+// WaitReady blocks until at least one relay is connected and, on QUIC, its
+// datagram size has settled (path MTU discovery, at most ~300ms), so that
+// MaxPacketSize is final; or until ctx ends.
 func (c *Client) WaitReady(ctx context.Context) error {
 	t := time.NewTicker(10 * time.Millisecond)
 	defer t.Stop()
 	for {
-		if c.pick() != nil {
-			return nil
+		if l := c.pick(); l != nil {
+			select {
+			case <-l.settled:
+				return nil
+			default:
+			}
 		}
 		select {
 		case <-ctx.Done():
@@ -324,6 +330,9 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 	lctx, cancel := context.WithCancel(ctx)
 	var g errgroup.Group
 	g.Go(func() error { c.pinger(lctx, rc, l); return nil })
+	if l.path == PathQUIC {
+		g.Go(func() error { l.settleDatagramSize(lctx, pmtudWait); return nil })
+	}
 	if l.path != PathQUIC {
 		g.Go(func() error {
 			t := time.NewTicker(c.cfg.ReprobeInterval)
@@ -524,7 +533,7 @@ func (c *Client) MaxPacketSize() int {
 	case l == nil:
 		return MaxPacketSizeNoPath
 	case l.path == PathQUIC:
-		return l.maxDatagram - wire.ForwardOverhead
+		return int(l.maxDatagram.Load()) - wire.ForwardOverhead
 	default:
 		return MaxPacketSizeTCP
 	}

@@ -55,7 +55,8 @@ type link struct {
 	closer      func(code quic.ApplicationErrorCode, reason string)
 	tls         tls.ConnectionState
 	maxBody     int
-	maxDatagram int // QUIC: largest datagram payload at setup
+	maxDatagram atomic.Int64  // QUIC: largest datagram payload (grows while settling)
+	settled     chan struct{} // closed once maxDatagram is final
 
 	ctrl chan []byte
 	data chan []byte
@@ -78,7 +79,11 @@ func newLink(path Path, qc *quic.Conn, stream io.ReadWriter, cs tls.ConnectionSt
 		ctrl:    make(chan []byte, 64),
 		data:    make(chan []byte, queueLen),
 		done:    make(chan struct{}),
+		settled: make(chan struct{}),
 		drop:    drop,
+	}
+	if path != PathQUIC {
+		close(l.settled)
 	}
 	l.lastRecv.Store(time.Now().UnixNano())
 	return l
