@@ -50,8 +50,15 @@ lint: vet
 demo: deps build
 	@bash scripts/demo.sh $(BIN)
 
-package:
-	@echo "make package: packaging (.deb/.rpm, OCI image, systemd unit) is not built yet; see ARCHITECTURE.md 'Operations'." >&2; exit 1
+# .deb and .rpm in bin/dist/ (packaging/README.md). nfpm is a build tool, not
+# a dependency of memberd: installed into bin/tools, kept out of go.mod.
+NFPM_VERSION ?= v2.45.2
+NFPM         ?= bin/tools/nfpm-$(NFPM_VERSION)
+$(NFPM):
+	GOBIN=$(CURDIR)/bin/tools GOFLAGS=-mod=mod $(GO) install github.com/goreleaser/nfpm/v2/cmd/nfpm@$(NFPM_VERSION)
+	mv bin/tools/nfpm $@
+package: build $(NFPM)
+	@bash packaging/build.sh $(NFPM) $(BIN) $(VERSION)
 
 clean:
 	rm -rf bin
