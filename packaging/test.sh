@@ -14,7 +14,7 @@ command -v dpkg-deb >/dev/null || fail "dpkg-deb not installed"
 tmp=$(mktemp -d /tmp/memberd-pkgtest.XXXXXX)
 trap 'rm -rf "$tmp"' EXIT
 
-out=$(make -s package 2>/dev/null)
+out=$(make -s package 2>"$tmp/make.log") || { cat "$tmp/make.log" >&2; fail "make package"; }
 deb=$(grep '\.deb$' <<<"$out") || fail "no .deb in: $out"
 rpm=$(grep '\.rpm$' <<<"$out") || fail "no .rpm in: $out"
 [[ -s $deb && -s $rpm ]] || fail "package files missing"
@@ -57,6 +57,7 @@ dpkg --root="$root" --force-depends --force-not-root --unpack "$deb" >"$tmp/dpkg
 	{ cat "$tmp/dpkg.log" >&2; fail "dpkg --root --unpack"; }
 dpkg --root="$root" -s memberd | grep -q '^Status: install ok unpacked' || fail "dpkg status in throwaway root"
 [[ -x $root/usr/bin/memberd ]] || fail "binary not unpacked"
+cmp -s "$root/usr/share/doc/memberd/README.md" packaging/README.md || fail "packaged README differs from packaging/README.md"
 ok "dpkg --root unpack"
 
 # The packaged binary carries the Makefile's ldflags version.
