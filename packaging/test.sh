@@ -111,6 +111,20 @@ else
 	echo "skip systemd-analyze: not installed"
 fi
 
+# The example configs pass memberd's own config checks (no unknown keys, all
+# values valid) once the genesis placeholder is filled: what stops them then
+# is the missing identity folder / relay certificate, i.e. files the operator
+# provides. (Unpacked, not configured: dpkg leaves conffiles as .dpkg-new.)
+h=$(printf '%064d' 0)
+mkdir -p "$tmp/etc"
+sed "s/sha256:CHANGE-ME/sha256:$h/" "$root/etc/memberd/memberd.yaml.dpkg-new" >"$tmp/etc/memberd.yaml"
+sed "s/^genesis: \"CHANGE-ME\"/genesis: \"sha256:$h\"/" "$root/etc/memberd/relay.yaml.dpkg-new" >"$tmp/etc/relay.yaml"
+e=$(cd / && timeout 10 "$root/usr/bin/memberd" run --config "$tmp/etc/memberd.yaml" --log-format text 2>&1 || true)
+grep -qF "open $tmp/etc/identity/identity.yaml: no such file" <<<"$e" || fail "example memberd.yaml: $e"
+e=$(cd / && timeout 10 "$root/usr/bin/memberd" relay --config "$tmp/etc/relay.yaml" 2>&1 || true)
+grep -qF "open $tmp/etc/relay.crt: no such file" <<<"$e" || fail "example relay.yaml: $e"
+ok "example configs pass memberd's config checks (stop at the operator's identity/certificate)"
+
 # sysctl.d: quic-go's buffers.
 for k in net.core.rmem_max net.core.wmem_max; do
 	v=$(sed -n "s/^$k *= *//p" "$root/usr/lib/sysctl.d/60-memberd.conf")
