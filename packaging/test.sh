@@ -150,6 +150,38 @@ PATH=$stub:/usr/bin:/bin sh "$root/var/lib/dpkg/info/memberd.postinst" abort-upg
 [[ ! -s $tmp/calls ]] || fail "postinst abort-upgrade ran: $(cat "$tmp/calls")"
 ok "postinst: creates the memberd system user and applies the sysctls"
 
+# The real postinst (real groupadd/useradd, sysctl stubbed: the UDP buffer
+# sysctls are global, not per network namespace) against a COPY of /etc
+# bind-mounted over /etc in a private mount namespace; run twice (install,
+# then upgrade) to show it is idempotent. The host's /etc is not touched.
+if [[ $(id -u) == 0 ]] && command -v unshare >/dev/null && command -v useradd >/dev/null; then
+	cp -a /etc "$tmp/etc-copy" 2>/dev/null || true
+	mkdir -p "$tmp/etc-copy/memberd"
+	cp "$root/etc/memberd/memberd.yaml.dpkg-new" "$tmp/etc-copy/memberd/memberd.yaml"
+	mkdir -p "$tmp/stub-sysctl-only"
+	printf '#!/bin/sh\necho "sysctl $*" >>"%s"\n' "$tmp/sysctl.calls" >"$tmp/stub-sysctl-only/sysctl"
+	chmod +x "$tmp/stub-sysctl-only/sysctl"
+	: >"$tmp/sysctl.calls"
+	post=$root/var/lib/dpkg/info/memberd.postinst
+	unshare -m --propagation private sh -c '
+		set -e
+		mount --bind "$1" /etc
+		PATH=$2:/usr/sbin:/usr/bin:/sbin:/bin sh "$3" configure
+		PATH=$2:/usr/sbin:/usr/bin:/sbin:/bin sh "$3" configure 0.0.1
+		getent passwd memberd
+		getent group memberd
+		stat -c "%U:%G %a %n" /etc/memberd /etc/memberd/memberd.yaml
+	' sh "$tmp/etc-copy" "$tmp/stub-sysctl-only" "$post" >"$tmp/postinst.out" 2>"$tmp/postinst.err" ||
+		{ cat "$tmp/postinst.err" >&2; fail "real postinst in a mount namespace"; }
+	grep -q '^memberd:x:[0-9]*:[0-9]*:memberd appliance:/var/lib/memberd:/usr/sbin/nologin$' "$tmp/postinst.out" || fail "postinst user: $(cat "$tmp/postinst.out")"
+	grep -qx 'root:memberd 750 /etc/memberd' "$tmp/postinst.out" || fail "postinst /etc/memberd: $(cat "$tmp/postinst.out")"
+	grep -q '^root:memberd .* /etc/memberd/memberd.yaml$' "$tmp/postinst.out" || fail "postinst memberd.yaml group"
+	[[ $(grep -c '^sysctl -q -p /usr/lib/sysctl.d/60-memberd.conf$' "$tmp/sysctl.calls") == 2 ]] || fail "postinst sysctl calls: $(cat "$tmp/sysctl.calls")"
+	ok "real postinst (mount namespace, copy of /etc): memberd system user, /etc/memberd root:memberd 0750, idempotent"
+else
+	echo "skip real postinst: needs root, unshare and useradd"
+fi
+
 # The .rpm: with rpm installed, its header and file list; else its magic.
 if command -v rpm >/dev/null; then
 	rpm -qp --qf '%{NAME} %{VERSION}-%{RELEASE} %{ARCH}\n' "$rpm"
