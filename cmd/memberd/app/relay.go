@@ -79,6 +79,7 @@ type relayAddrs struct{ relay, admin string }
 // policy. started, if set, receives the bound addresses.
 func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, reload <-chan struct{}, started chan<- relayAddrs) error {
 	log := e.log.With("component", "relay", "relay", cfg.ID)
+	warnSmallUDPBuffers(log, "/proc/sys")
 	identity, closeKey, err := relayIdentity(cfg, e)
 	if err != nil {
 		return err

@@ -100,6 +100,7 @@ type appliance struct {
 // connecting).
 func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *appliance) (err error) {
 	log := e.log.With("component", "appliance", "member", cfg.Member)
+	warnSmallUDPBuffers(log, "/proc/sys")
 	if cfg.HSM.InsecureSoftKeys {
 		log.Warn("INSECURE: hsm.insecure_soft_keys allows identity keys in files, for the demo and development only")
 	}
