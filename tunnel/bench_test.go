@@ -3,7 +3,6 @@ package tunnel_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -15,6 +14,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
+	"github.com/memberd/memberd/internal/streamtest"
 	"github.com/memberd/memberd/tunnel"
 	"github.com/memberd/memberd/tunnel/tunneltest"
 )
@@ -148,23 +148,7 @@ func BenchmarkThroughput(b *testing.B) {
 	for _, p := range benchPairs() {
 		b.Run(p.name, func(b *testing.B) {
 			c, s := p.mk(b)
-			buf := make([]byte, 64<<10)
-			done := make(chan int64, 1)
-			total := int64(b.N) * int64(len(buf))
-			go func() {
-				n, _ := io.CopyN(io.Discard, s, total)
-				done <- n
-			}()
-			b.SetBytes(int64(len(buf)))
-			b.ResetTimer()
-			for range b.N {
-				if _, err := c.Write(buf); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if n := <-done; n != total {
-				b.Fatalf("received %d of %d bytes", n, total)
-			}
+			streamtest.Throughput(b, c, s)
 		})
 	}
 }
@@ -174,32 +158,7 @@ func BenchmarkRTT(b *testing.B) {
 	for _, p := range benchPairs() {
 		b.Run(p.name, func(b *testing.B) {
 			c, s := p.mk(b)
-			go func() {
-				buf := make([]byte, 64)
-				for {
-					if _, err := io.ReadFull(s, buf); err != nil {
-						return
-					}
-					if _, err := s.Write(buf); err != nil {
-						return
-					}
-				}
-			}()
-			buf := make([]byte, 64)
-			// warm up (handshake, ARP-free netstack paths)
-			for range 10 {
-				c.Write(buf)
-				io.ReadFull(c, buf)
-			}
-			b.ResetTimer()
-			for range b.N {
-				if _, err := c.Write(buf); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := io.ReadFull(c, buf); err != nil {
-					b.Fatal(err)
-				}
-			}
+			streamtest.RTT(b, c, s)
 		})
 	}
 }

@@ -3,12 +3,9 @@ package tunnel_test
 import (
 	"bytes"
 	"context"
-	"crypto/sha256"
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
@@ -17,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/streamtest"
 	"github.com/memberd/memberd/tunnel"
 	"github.com/memberd/memberd/tunnel/tunneltest"
 )
@@ -131,68 +129,13 @@ func testLogger(t testing.TB) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: testLogLevel}))
 }
 
-// patternReader yields a deterministic pseudo-random byte stream.
-type patternReader struct{ rng *rand.ChaCha8 }
+func newPattern(seed byte) io.Reader { return streamtest.NewPattern(seed) }
 
-func newPattern(seed byte) io.Reader {
-	var s [32]byte
-	s[0] = seed
-	return &patternReader{rng: rand.NewChaCha8(s)}
-}
-
-func (p *patternReader) Read(b []byte) (int, error) {
-	p.rng.Read(b)
-	return len(b), nil
-}
-
-// transfer sends n pattern bytes from a to b over conns and checks them
-// byte for byte on the receiving side (through SHA-256 of both streams).
-// It returns the first error, or a mismatch error.
+// transfer sends n pattern bytes from w to r and checks them by hash.
 func transfer(ctx context.Context, w, r net.Conn, n int64, seed byte) error {
-	errc := make(chan error, 2)
-	var sent, got [32]byte
-	go func() {
-		h := sha256.New()
-		_, err := io.CopyN(io.MultiWriter(w, h), newPattern(seed), n)
-		copy(sent[:], h.Sum(nil))
-		errc <- err
-	}()
-	go func() {
-		h := sha256.New()
-		m, err := io.CopyN(h, r, n)
-		copy(got[:], h.Sum(nil))
-		if err == nil && m != n {
-			err = fmt.Errorf("received %d of %d bytes", m, n)
-		}
-		errc <- err
-	}()
-	for pending := 2; pending > 0; pending-- {
-		select {
-		case err := <-errc:
-			if err != nil {
-				w.Close()
-				r.Close()
-				for pending--; pending > 0; pending-- {
-					<-errc
-				}
-				return err
-			}
-		case <-ctx.Done():
-			w.Close()
-			r.Close()
-			for ; pending > 0; pending-- {
-				<-errc
-			}
-			return ctx.Err()
-		}
-	}
-	if sent != got {
-		return errors.New("received bytes differ from sent bytes")
-	}
-	return nil
+	return streamtest.Transfer(ctx, w, r, n, seed, nil)
 }
 
-// acceptOne accepts a single connection in the background.
 func acceptOne(t testing.TB, ln net.Listener) <-chan net.Conn {
 	ch := make(chan net.Conn, 1)
 	go func() {

@@ -3,7 +3,6 @@ package consortium_test
 import (
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"strconv"
@@ -16,6 +15,7 @@ import (
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
 	"github.com/memberd/memberd/cmd/memberd/app"
+	"github.com/memberd/memberd/internal/streamtest"
 	"github.com/memberd/memberd/tunnel"
 )
 
@@ -154,54 +154,17 @@ func BenchmarkThroughput(b *testing.B) {
 	for _, p := range benchPairs() {
 		b.Run(p.name, func(b *testing.B) {
 			c, s := p.mk(b)
-			buf := make([]byte, 64<<10)
-			total := int64(b.N) * int64(len(buf))
-			done := make(chan int64, 1)
-			go func() { n, _ := io.CopyN(io.Discard, s, total); done <- n }()
-			b.SetBytes(int64(len(buf)))
-			b.ResetTimer()
-			for range b.N {
-				if _, err := c.Write(buf); err != nil {
-					b.Fatal(err)
-				}
-			}
-			if n := <-done; n != total {
-				b.Fatalf("received %d of %d bytes", n, total)
-			}
+			streamtest.Throughput(b, c, s)
 		})
 	}
 }
 
-// BenchmarkRTT: 64-byte ping-pong through the path; ns/op is the RTT.
+// BenchmarkRTT: 64-byte ping-pong; ns/op is the round-trip time.
 func BenchmarkRTT(b *testing.B) {
 	for _, p := range benchPairs() {
 		b.Run(p.name, func(b *testing.B) {
 			c, s := p.mk(b)
-			go func() {
-				buf := make([]byte, 64)
-				for {
-					if _, err := io.ReadFull(s, buf); err != nil {
-						return
-					}
-					if _, err := s.Write(buf); err != nil {
-						return
-					}
-				}
-			}()
-			buf := make([]byte, 64)
-			for range 20 {
-				c.Write(buf)
-				io.ReadFull(c, buf)
-			}
-			b.ResetTimer()
-			for range b.N {
-				if _, err := c.Write(buf); err != nil {
-					b.Fatal(err)
-				}
-				if _, err := io.ReadFull(c, buf); err != nil {
-					b.Fatal(err)
-				}
-			}
+			streamtest.RTT(b, c, s)
 		})
 	}
 }

@@ -2,12 +2,9 @@ package consortium_test
 
 import (
 	"context"
-	"crypto/sha256"
 	"errors"
-	"fmt"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"os"
 	"testing"
@@ -17,6 +14,7 @@ import (
 
 	"github.com/memberd/memberd/cmd/memberd/app"
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/internal/streamtest"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/tunnel"
@@ -178,66 +176,10 @@ func pair(t testing.TB, ctx context.Context, a, b *tunnel.Device, bName string, 
 	return nil, nil
 }
 
-// pattern is a deterministic byte stream.
-type pattern struct{ r *rand.ChaCha8 }
-
-func newPattern(seed byte) *pattern {
-	var s [32]byte
-	s[0] = seed
-	return &pattern{rand.NewChaCha8(s)}
-}
-
-func (p *pattern) Read(b []byte) (int, error) { return p.r.Read(b) }
-
-// transfer sends n pattern bytes from w to r and checks them by hash.
-// progress, if set, is called with the bytes received so far after each
-// read.
+// transfer sends n pattern bytes from w to r and checks them by hash;
+// progress, if set, sees the bytes received so far.
 func transfer(ctx context.Context, w, r net.Conn, n int64, seed byte, progress func(int64)) error {
-	errc := make(chan error, 2)
-	var sent, got [32]byte
-	go func() {
-		h := sha256.New()
-		_, err := io.CopyN(io.MultiWriter(w, h), newPattern(seed), n)
-		copy(sent[:], h.Sum(nil))
-		errc <- err
-	}()
-	go func() {
-		h := sha256.New()
-		buf := make([]byte, 64<<10)
-		var m int64
-		for m < n {
-			k, err := r.Read(buf[:min(int64(len(buf)), n-m)])
-			h.Write(buf[:k])
-			m += int64(k)
-			if progress != nil {
-				progress(m)
-			}
-			if err != nil {
-				errc <- fmt.Errorf("after %d of %d bytes: %w", m, n, err)
-				return
-			}
-		}
-		copy(got[:], h.Sum(nil))
-		errc <- nil
-	}()
-	for range 2 {
-		select {
-		case err := <-errc:
-			if err != nil {
-				w.Close()
-				r.Close()
-				return err
-			}
-		case <-ctx.Done():
-			w.Close()
-			r.Close()
-			return ctx.Err()
-		}
-	}
-	if sent != got {
-		return fmt.Errorf("received bytes differ from the sent ones")
-	}
-	return nil
+	return streamtest.Transfer(ctx, w, r, n, seed, progress)
 }
 
 func ioReadFull(r io.Reader, b []byte) (int, error) { return io.ReadFull(r, b) }
