@@ -304,12 +304,24 @@ func (d *Device) Close() error {
 	return d.closeErr
 }
 
-// timerLoop announces periodically and expires attestations.
+// retryFirst is how soon announcements are resent to members whose peer is
+// not ready yet; the interval doubles up to AnnounceEvery while some stay
+// missing, and starts over once none is.
+const retryFirst = time.Second
+
+// timerLoop announces periodically and expires attestations. Besides the
+// AnnounceEvery round it resends, with backoff, to members not ready yet: an
+// announcement sent while the other member was not yet attached to a relay
+// is dropped there, and waiting a whole AnnounceEvery for the next one would
+// keep the pair apart that long.
 func (d *Device) timerLoop() error {
 	t := time.NewTicker(d.cfg.AnnounceEvery)
 	defer t.Stop()
 	fast := time.NewTicker(250 * time.Millisecond)
 	defer fast.Stop()
+	retryEvery := retryFirst
+	retry := time.NewTimer(retryEvery)
+	defer retry.Stop()
 	for {
 		select {
 		case <-d.ctx.Done():
@@ -319,6 +331,13 @@ func (d *Device) timerLoop() error {
 		case <-t.C:
 			d.expire()
 			d.announceAll(false)
+		case <-retry.C:
+			if d.announceMissing() > 0 {
+				retryEvery = min(2*retryEvery, d.cfg.AnnounceEvery)
+			} else {
+				retryEvery = retryFirst
+			}
+			retry.Reset(retryEvery)
 		}
 	}
 }

@@ -104,13 +104,25 @@ func (d *Device) sendControl(to string, kind controlKind, flags uint8, payload [
 
 // announceAll sends the active attestation to every other member; request
 // asks each one for its own (always at start; later only where missing).
-func (d *Device) announceAll(request bool) {
+func (d *Device) announceAll(request bool) { d.announce(request, false) }
+
+// announceMissing sends the active attestation to every other member whose
+// peer is not ready (unknown, or not known to hold our key) and returns how
+// many there were.
+func (d *Device) announceMissing() int { return d.announce(false, true) }
+
+// announce sends the active attestation to the other members (only those
+// whose peer is not ready, with onlyMissing) and returns how many it sent to.
+func (d *Device) announce(request, onlyMissing bool) int {
 	d.mu.Lock()
 	raw := d.self.raw
 	var targets []string
 	var flags []uint8
 	for id := range d.auth.byID {
 		if id == d.cfg.Member {
+			continue
+		}
+		if p := d.peers[id]; onlyMissing && p != nil && p.ready() {
 			continue
 		}
 		targets = append(targets, id)
@@ -120,6 +132,7 @@ func (d *Device) announceAll(request bool) {
 	for i, to := range targets {
 		d.sendControl(to, kindAnnounce, flags[i], raw)
 	}
+	return len(targets)
 }
 
 // handleAnnounce verifies an attestation from sender and configures the peer.
