@@ -3,6 +3,7 @@ package orderer
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -53,6 +54,15 @@ type Node struct {
 	proposed map[uint64]proposedBlock
 
 	ordered atomic.Uint64 // envelopes committed (metrics, tests)
+	// signing is the identity that signs the blocks this node writes:
+	// Config.Signer/Identity until SetIdentity swaps it.
+	signing atomic.Pointer[signingIdentity]
+}
+
+// signingIdentity is a block signer and its msp.SerializedIdentity.
+type signingIdentity struct {
+	signer   crypto.Signer
+	identity []byte
 }
 
 type submission struct {
@@ -133,6 +143,7 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		waiters:  make(map[txKey]*waiter),
 		recent:   newRecentSet(cfg.RecentTxIDs),
 	}
+	n.signing.Store(&signingIdentity{signer: cfg.Signer, identity: cfg.Identity})
 	n.adm = newAdmitter(n.channel, n.cutCfg.AbsoluteMaxBytes, cfg.Policy, cfg.Now)
 	if lc, err := block.LastConfigIndex(last); err == nil {
 		n.lastConfig = lc
@@ -186,6 +197,18 @@ func raftIndex(b *common.Block) uint64 {
 		return 0
 	}
 	return m.RaftIndex
+}
+
+// SetIdentity makes signer, with identity (the marshalled
+// msp.SerializedIdentity of its certificate), sign the blocks this node
+// writes from the next committed block on: an HSM identity rotation needs
+// no restart. Blocks already written keep their signatures.
+func (n *Node) SetIdentity(signer crypto.Signer, identity []byte) error {
+	if signer == nil || len(identity) == 0 {
+		return fmt.Errorf("%w: SetIdentity needs a signer and its serialized identity", ErrInvalidConfig)
+	}
+	n.signing.Store(&signingIdentity{signer: signer, identity: identity})
+	return nil
 }
 
 // ChannelID returns the channel this node orders.
@@ -412,6 +435,7 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 	}
 	var blocks []*common.Block
 	prev := n.store.LastHeader()
+	id := n.signing.Load()
 	for _, e := range c.Entries {
 		typ, b, err := n.cachedEntry(e.Data)
 		if b == nil {
@@ -433,7 +457,7 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 		if err != nil {
 			return err
 		}
-		if err := block.Sign(b, n.cfg.Signer, n.cfg.Identity, n.lastConfig, md, rand.Reader); err != nil {
+		if err := block.Sign(b, id.signer, id.identity, n.lastConfig, md, rand.Reader); err != nil {
 			return fmt.Errorf("signing block %d: %w", b.Header.Number, err)
 		}
 		blocks = append(blocks, b)

@@ -196,12 +196,23 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	if now != cur {
 		apply(now)
 	}
+	// The ledger (started below) signs its next blocks and presents on new
+	// TLS handshakes the identity folder's current identity.
+	var ledgerRef atomic.Pointer[ledgerRun]
+	setLedgerIdentity := func(id *hsm.Identity) {
+		if l := ledgerRef.Load(); l != nil {
+			if err := l.setIdentity(id); err != nil {
+				log.Error("the ledger keeps the previous identity", "certificate", id.File, "err", err)
+			}
+		}
+	}
 	cancelID := idp.Subscribe(func(old, new *hsm.Identity) {
 		// New relay connections use it (GetClientCertificate); the tunnel
 		// re-signs and re-announces its WireGuard key attestations.
-		log.Info("identity rotated: new relay connections and WireGuard key attestations use the new certificate",
+		log.Info("identity rotated: new relay connections, WireGuard key attestations and ledger blocks and TLS use the new certificate",
 			"certificate", new.File, "serial", new.Certificate.SerialNumber.String(), "not_after", new.Certificate.NotAfter)
 		setTunnelIdentity(new)
+		setLedgerIdentity(new)
 	})
 	if id2 := idp.Current(); id2 != id { // switched between startup and Subscribe
 		setTunnelIdentity(id2)
@@ -221,6 +232,10 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 			return err
 		}
 		defer led.Close()
+		ledgerRef.Store(led)
+		if id2 := idp.Current(); id2 != id { // switched while the ledger started
+			setLedgerIdentity(id2)
+		}
 	}
 
 	adminLn, err := net.Listen("tcp", cfg.Admin)
