@@ -466,9 +466,11 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 	if len(blocks) == 0 {
 		return nil
 	}
+	t0 := time.Now()
 	if err := n.store.AppendBatch(blocks); err != nil {
 		return fmt.Errorf("appending blocks %d..%d: %w", blocks[0].Header.Number, prev.Number, err)
 	}
+	n.cfg.Metrics.appended(time.Since(t0))
 	n.committed(blocks)
 	return nil
 }

@@ -273,6 +273,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	}
 
 	dataDir := cfg.path(lc.DataDir)
+	metrics := orderer.NewMetrics(reg)
 	var raftLn *tunnel.Listener
 	l.reg = &orderer.Registry{Logger: log, Open: func(channel string, b *common.Block) (*orderer.Node, error) {
 		if channel != l.channel {
@@ -290,7 +291,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol,
 			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,
 				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() }},
-			Forwarder: l.fwd, Logger: log})
+			Forwarder: l.fwd, Metrics: metrics, Logger: log})
 		if err != nil {
 			ln.Close()
 			return nil, err
@@ -309,7 +310,10 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 		n.Close()
 		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
 	}
-	srv, err := orderer.NewServer(orderer.ServerConfig{Lookup: l.reg.Lookup, Logger: log})
+	if reg != nil {
+		reg.MustRegister(orderer.NewRegistryCollector(l.reg))
+	}
+	srv, err := orderer.NewServer(orderer.ServerConfig{Lookup: l.reg.Lookup, Metrics: metrics, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
 	}
