@@ -3,6 +3,7 @@ package relay
 import (
 	"bytes"
 	"context"
+	"crypto/sha256"
 	"fmt"
 
 	"github.com/memberd/memberd/relay/wire"
@@ -21,6 +22,7 @@ const MaxOfferedPolicies = 4
 
 type encodedPolicy struct {
 	version uint64
+	sum     [32]byte
 	frames  [][]byte
 }
 
@@ -44,7 +46,7 @@ func (c *Client) OfferPolicy(bundles []PolicyBundle) error {
 		if err != nil {
 			return fmt.Errorf("relay: policy version %d: %w", b.Version, err)
 		}
-		enc = append(enc, encodedPolicy{version: b.Version, frames: frames})
+		enc = append(enc, encodedPolicy{version: b.Version, sum: sha256.Sum256(b.Bundle), frames: frames})
 	}
 	c.polMu.Lock()
 	c.pol = enc
@@ -61,14 +63,16 @@ func (c *Client) policies() ([]encodedPolicy, <-chan struct{}) {
 }
 
 // offerPolicies sends link l the offered bundles it has not had yet (all of
-// them at first), then each newer one as it is offered, until l ends.
+// them at first), then each new one as it is offered, until l ends.
 // Transfers go one after another, never interleaved.
 func (c *Client) offerPolicies(ctx context.Context, l *link) {
-	var sent uint64 // highest version sent on l
+	sent := map[[32]byte]bool{} // sums sent on l, of the bundles still offered
 	for {
 		list, changed := c.policies()
+		now := make(map[[32]byte]bool, len(list))
 		for _, p := range list {
-			if p.version <= sent {
+			now[p.sum] = true
+			if sent[p.sum] {
 				continue
 			}
 			for _, f := range p.frames {
@@ -77,8 +81,8 @@ func (c *Client) offerPolicies(ctx context.Context, l *link) {
 					return
 				}
 			}
-			sent = p.version
 		}
+		sent = now
 		select {
 		case <-changed:
 		case <-l.done:
