@@ -147,8 +147,12 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 				return nil
 			}},
 			Status: func(context.Context) any {
-				return map[string]any{"role": "relay", "id": cfg.ID, "listen": tcpLn.Addr().String(),
-					"members": srv.Members(), "drops": srv.Drops()}
+				st := map[string]any{"role": "relay", "id": cfg.ID, "listen": tcpLn.Addr().String(),
+					"members": srv.Members(), "drops": srv.Drops(), "policy_offers": srv.PolicyOffers()}
+				if watcher != nil {
+					st["policy_version"] = watcher.Current().Version()
+				}
+				return st
 			},
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
