@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/memberd/memberd/policy"
@@ -29,6 +30,11 @@ type relayPolicyStore struct {
 	mu     sync.Mutex // one verification and write at a time
 	stored *policy.Policy
 	sum    [32]byte // of the last bundle stored
+
+	// For Wants, which must not wait behind an Offer's verification and
+	// fsync (it runs on other members' connection readers).
+	storedVersion atomic.Uint64
+	storedSum     atomic.Pointer[[32]byte]
 }
 
 var _ relay.PolicyStore = (*relayPolicyStore)(nil)
@@ -46,11 +52,13 @@ func (s *relayPolicyStore) headLocked() *policy.Policy {
 	return cur
 }
 
-// Wants implements relay.PolicyStore: a version newer than the head.
+// Wants implements relay.PolicyStore: a version newer than the head, not
+// the bundle stored last. It takes no lock.
 func (s *relayPolicyStore) Wants(version uint64, sum [32]byte) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return version > s.headLocked().Version() && sum != s.sum
+	if last := s.storedSum.Load(); last != nil && *last == sum {
+		return false
+	}
+	return version > max(s.w.Current().Version(), s.storedVersion.Load())
 }
 
 // Offer implements relay.PolicyStore.
@@ -78,7 +86,10 @@ func (s *relayPolicyStore) Offer(version uint64, bundle []byte) error {
 	if _, err := storeBundle(s.dir, bundle); err != nil {
 		return err
 	}
-	s.stored, s.sum = p, sha256.Sum256(bundle)
+	sum := sha256.Sum256(bundle)
+	s.stored, s.sum = p, sum
+	s.storedVersion.Store(p.Version())
+	s.storedSum.Store(&sum) // a copy: s.sum changes under mu only
 	s.w.Reload()
 	return nil
 }
