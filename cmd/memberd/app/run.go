@@ -138,6 +138,20 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	if err != nil {
 		return fmt.Errorf("relay client: %w", err)
 	}
+	// Relays learn policy versions from their members: offer the applied
+	// bundles (a few recent ones, for a relay that missed some) on every
+	// connection, and each new one as it is applied.
+	var offered []relay.PolicyBundle
+	offerPolicy := func(p *policy.Policy) {
+		offered = append(offered, relay.PolicyBundle{Version: p.Version(), Bundle: p.Marshal()})
+		if len(offered) > relay.MaxOfferedPolicies {
+			offered = offered[1:]
+		}
+		if err := cl.OfferPolicy(offered); err != nil {
+			log.Warn("cannot offer the applied policy to the relays", "policy_version", p.Version(), "err", err)
+		}
+	}
+	offerPolicy(cur)
 	// Key attestations are announced when the tunnel starts: give the relays
 	// a moment first so that the first announcement is not lost (it repeats
 	// every 30s anyway).
@@ -167,6 +181,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	var current atomic.Pointer[policy.Policy]
 	apply := func(p *policy.Policy) {
 		current.Store(p)
+		offerPolicy(p)
 		dev.SetAuthority(PolicyTunnelAuthority(p))
 		if ri := relayInfos(p); len(ri) > 0 {
 			if err := cl.SetRelays(ri); err != nil {
