@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
@@ -94,6 +95,9 @@ func statusErr(st common.Status) error {
 	}
 }
 
+// forwardOpenTimeout bounds opening a Broadcast stream to the leader.
+const forwardOpenTimeout = 5 * time.Second
+
 func (f *BroadcastForwarder) stream(leader uint64) (*fwdStream, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
@@ -108,7 +112,13 @@ func (f *BroadcastForwarder) stream(leader uint64) (*fwdStream, error) {
 		return nil, fmt.Errorf("%w: no address for leader %d", ErrUnavailable, leader)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	// Opening waits for the connection; bound it (the lock is held), but
+	// not the stream's life.
+	t := time.AfterFunc(forwardOpenTimeout, cancel)
 	st, err := c.Broadcast(ctx)
+	if !t.Stop() && err == nil {
+		err = fmt.Errorf("not open within %v", forwardOpenTimeout)
+	}
 	if err != nil {
 		cancel()
 		return nil, fmt.Errorf("%w: opening Broadcast to leader %d: %v", ErrUnavailable, leader, err)

@@ -41,9 +41,12 @@ type Node struct {
 
 	submitCh chan submission
 	leaderCh chan struct{}
-	closed   chan struct{}
-	once     sync.Once
-	running  atomic.Bool
+	// leaderGen is closed and replaced at every leader change, so that
+	// forwarded submissions can stop waiting for a deposed leader.
+	leaderGen atomic.Pointer[chan struct{}]
+	closed    chan struct{}
+	once      sync.Once
+	running   atomic.Bool
 
 	mu         sync.Mutex
 	waiters    map[txKey]*waiter
@@ -144,6 +147,8 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		recent:   newRecentSet(cfg.RecentTxIDs),
 	}
 	n.signing.Store(&signingIdentity{signer: cfg.Signer, identity: cfg.Identity})
+	lg := make(chan struct{})
+	n.leaderGen.Store(&lg)
 	n.adm = newAdmitter(n.channel, n.cutCfg.AbsoluteMaxBytes, cfg.Policy, cfg.Now)
 	if lc, err := block.LastConfigIndex(last); err == nil {
 		n.lastConfig = lc
@@ -289,10 +294,12 @@ func (n *Node) Close() error {
 
 // Pending is an admitted envelope on its way into a block.
 type Pending struct {
-	n   *Node
-	key txKey
-	w   *waiter
-	fwd func(context.Context) error // set on a follower with a Forwarder
+	n      *Node
+	key    txKey
+	w      *waiter
+	fwd    func(context.Context) error // set on a follower with a Forwarder
+	leader uint64                      // the leader fwd went to
+	gen    chan struct{}               // leaderGen when it was forwarded
 	// Envelope is the admitted envelope.
 	Envelope *block.Envelope
 }
@@ -332,11 +339,12 @@ func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error)
 		if dup {
 			return nil, fmt.Errorf("%w: %s", ErrDuplicate, env.TxID())
 		}
+		gen := *n.leaderGen.Load()
 		wait, err := n.cfg.Forwarder.Forward(ctx, l, raw)
 		if err != nil {
 			return nil, err
 		}
-		return &Pending{n: n, Envelope: env, fwd: wait}, nil
+		return &Pending{n: n, Envelope: env, fwd: wait, leader: l, gen: gen}, nil
 	}
 	w := &waiter{done: make(chan struct{})}
 	n.mu.Lock()
@@ -375,9 +383,7 @@ func (n *Node) Submit(ctx context.Context, raw []byte) error {
 // SubmitTimeout, ctx) or ErrClosed, and the envelope may or may not be ordered.
 func (p *Pending) Wait(ctx context.Context) error {
 	if p.fwd != nil {
-		ctx, cancel := context.WithTimeout(ctx, p.n.cfg.SubmitTimeout)
-		defer cancel()
-		return p.fwd(ctx)
+		return p.waitForwarded(ctx)
 	}
 	t := time.NewTimer(p.n.cfg.SubmitTimeout)
 	defer t.Stop()
@@ -391,6 +397,41 @@ func (p *Pending) Wait(ctx context.Context) error {
 		p.drop()
 		return fmt.Errorf("%w: %w", ErrUnavailable, ctx.Err())
 	}
+}
+
+// errLeaderChanged cancels the wait of a forwarded submission.
+var errLeaderChanged = errors.New("leader changed")
+
+// waitForwarded waits for the leader's answer, but not past a change of
+// raft leader away from the one the envelope went to: a deposed or dead
+// leader may never answer (a connection through the tunnel to a vanished
+// member does not fail for minutes), and the client should resubmit now
+// rather than after SubmitTimeout.
+func (p *Pending) waitForwarded(ctx context.Context) error {
+	ctx, cancel := context.WithTimeout(ctx, p.n.cfg.SubmitTimeout)
+	defer cancel()
+	ctx, abort := context.WithCancelCause(ctx)
+	defer abort(nil)
+	go func() {
+		gen := p.gen
+		for {
+			select {
+			case <-gen:
+			case <-ctx.Done():
+				return
+			}
+			if l := p.n.raft.Leader(); l != p.leader {
+				abort(errLeaderChanged)
+				return
+			}
+			gen = *p.n.leaderGen.Load() // re-elected: keep waiting
+		}
+	}()
+	err := p.fwd(ctx)
+	if err != nil && errors.Is(context.Cause(ctx), errLeaderChanged) {
+		return fmt.Errorf("%w: raft leader %d was replaced while it held the forwarded envelope, which may or may not be ordered: resubmit", ErrUnavailable, p.leader)
+	}
+	return err
 }
 
 func (p *Pending) drop() {
@@ -413,6 +454,8 @@ func (n *Node) failAll(err error) {
 
 func (n *Node) onLeaderChange(leader, term uint64) {
 	n.log.Info("raft leader changed", "leader", leader, "term", term, "self", n.raft.ID())
+	next := make(chan struct{})
+	close(*n.leaderGen.Swap(&next))
 	select {
 	case n.leaderCh <- struct{}{}:
 	default:
