@@ -8,6 +8,10 @@ package orderer
 // last SUCCESS) and submit→SUCCESS latency percentiles; SUCCESS means the
 // envelope is in a block committed by raft and fsynced by the leader.
 //
+// TLS is on everywhere, as in the Fabric reference (TLS on): the load
+// client's gRPC to the leader (server TLS with the leader's identity) and
+// raft between the nodes (mutual TLS with each node's identity).
+//
 // Baseline in the same run: BenchmarkVerifyBaseline, one P-256 signature
 // verification (the floor of admission per tx).
 
@@ -15,6 +19,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/ecdsa"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"fmt"
@@ -34,7 +39,7 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/credentials"
 
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/raftlog"
@@ -71,6 +76,44 @@ func (d *nameDialer) DialContext(ctx context.Context, network, addr string) (net
 	}
 	var nd net.Dialer
 	return nd.DialContext(ctx, network, real)
+}
+
+// benchTLS returns the raft listener and dialer of a node wrapped in mutual
+// TLS with its identity, and the member CAs of pol as roots.
+func benchTLS(id Identity, pol *policy.Policy, ln net.Listener, d raftlog.Dialer) (net.Listener, raftlog.Dialer) {
+	cert := TLSCertificate(id)
+	roots := benchRoots(pol)
+	return tls.NewListener(ln, ServerTLS(cert, func() *policy.Policy { return pol }, true)),
+		tlsDialer{d: d, cfg: ClientTLS(&cert, roots)}
+}
+
+func benchRoots(pol *policy.Policy) *x509.CertPool {
+	roots := x509.NewCertPool()
+	for _, m := range pol.Members() {
+		for _, c := range m.CA {
+			roots.AddCert(c)
+		}
+	}
+	return roots
+}
+
+// tlsDialer is a raftlog.Dialer that runs a TLS client handshake.
+type tlsDialer struct {
+	d   raftlog.Dialer
+	cfg *tls.Config
+}
+
+func (t tlsDialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	c, err := t.d.DialContext(ctx, network, addr)
+	if err != nil {
+		return nil, err
+	}
+	tc := tls.Client(c, t.cfg)
+	if err := tc.HandshakeContext(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
+	return tc, nil
 }
 
 func writeIdentity(path string, id Identity) error {
@@ -158,7 +201,8 @@ func benchChild() {
 		if err != nil {
 			fatal(err)
 		}
-		rc := benchRaft(id, filepath.Join(dir, name, "raft"), d, ln)
+		tln, td := benchTLS(ident, pol, ln, d)
+		rc := benchRaft(id, filepath.Join(dir, name, "raft"), td, tln)
 		rc.ElectionTicks = 500 // the parent's node 1 wins the election and keeps leading on a loaded machine
 		n, err := New(Config{Raft: rc, BlockDir: filepath.Join(dir, name, "blocks"), Genesis: genesis, Batch: batch,
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: func() *policy.Policy { return pol }})
@@ -174,7 +218,8 @@ func benchChild() {
 	if err != nil {
 		fatal(err)
 	}
-	conn, err := grpc.NewClient(os.Getenv("ORDERER_BENCH_GRPC"), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	conn, err := grpc.NewClient(os.Getenv("ORDERER_BENCH_GRPC"), append(ClientOptions(),
+		grpc.WithTransportCredentials(credentials.NewTLS(ClientTLS(nil, benchRoots(pol)))))...)
 	if err != nil {
 		fatal(err)
 	}
@@ -336,13 +381,15 @@ func startBenchCluster(b *testing.B, timeout time.Duration) *benchCluster {
 		d.set(k, v)
 	}
 	var err error
-	bc.n, err = New(Config{Raft: benchRaft(1, filepath.Join(dir, "n1", "raft"), d, rln), BlockDir: filepath.Join(dir, "n1", "blocks"),
+	tln, td := benchTLS(n1, c.pol, rln, d)
+	bc.n, err = New(Config{Raft: benchRaft(1, filepath.Join(dir, "n1", "raft"), td, tln), BlockDir: filepath.Join(dir, "n1", "blocks"),
 		Genesis: c.genesis, Signer: n1.Signer, Identity: n1.Serialized(), Policy: c.policy})
 	if err != nil {
 		b.Fatal(err)
 	}
 	srv, _ := NewServer(ServerConfig{Lookup: func(string) *Node { return bc.n }})
-	bc.gs = grpc.NewServer()
+	bc.gs = grpc.NewServer(append(ServerOptions(),
+		grpc.Creds(credentials.NewTLS(ServerTLS(TLSCertificate(n1), c.policy, false))))...)
 	srv.Register(bc.gs)
 	go bc.gs.Serve(gln)
 	ctx, cancel := context.WithCancel(context.Background())
