@@ -14,7 +14,7 @@ BENCHTIME  ?= 2s
 # Fuzzing time per target in `make fuzz`.
 FUZZTIME   ?= 30s
 
-.PHONY: all build test deps vet unit race bench lint fuzz demo package clean
+.PHONY: all build test deps vet unit race bench lint fuzz demo package image clean
 
 all: build
 
@@ -59,6 +59,11 @@ $(NFPM):
 	mv bin/tools/nfpm $@
 package: build $(NFPM)
 	@bash packaging/build.sh $(NFPM) $(BIN) $(VERSION)
+
+# Container image tarball in bin/dist/ (docker load / podman load), built
+# without a Docker daemon (packaging/oci, its own go.mod).
+image: build
+	@bash packaging/image.sh $(BIN) $(VERSION)
 
 clean:
 	rm -rf bin
