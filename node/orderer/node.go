@@ -53,6 +53,9 @@ type Node struct {
 	proposed map[uint64]proposedBlock
 
 	ordered atomic.Uint64 // envelopes committed (metrics, tests)
+
+	reconcileOnce sync.Once
+	reconcileC    chan struct{} // membership.go
 }
 
 type submission struct {
@@ -218,6 +221,9 @@ func (n *Node) Healthy() error {
 	if !n.running.Load() {
 		return fmt.Errorf("%w: node not running", ErrUnavailable)
 	}
+	if n.raft.Removed() {
+		return ErrRemoved
+	}
 	if n.raft.Leader() == 0 {
 		return fmt.Errorf("%w: no raft leader known", ErrUnavailable)
 	}
@@ -248,6 +254,9 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error { return n.drive(gctx) })
+	if n.cfg.Membership != nil {
+		g.Go(func() error { n.reconcile(gctx); return nil })
+	}
 	err := g.Wait()
 	n.failAll(fmt.Errorf("%w: node stopped", ErrClosed))
 	return err
@@ -296,6 +305,9 @@ func (n *Node) OrderEnvelope(ctx context.Context, env *block.Envelope) (*Pending
 func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error) {
 	raw := env.Raw
 	k := keyOf(env.TxID())
+	if n.raft.Removed() {
+		return nil, ErrRemoved
+	}
 	if l := n.raft.Leader(); l != n.raft.ID() {
 		if l == 0 {
 			return nil, fmt.Errorf("%w: no raft leader known; retry", ErrUnavailable)
