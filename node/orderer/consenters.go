@@ -119,7 +119,9 @@ func PlanConsenters(v ConsenterView, want []string, idOf func(member string) uin
 	for _, p := range v.Members {
 		switch {
 		case p.Name == "":
-			plan.Warnings = append(plan.Warnings, fmt.Sprintf("raft voter %d has no recorded member id; it is left in place", p.ID))
+			plan.Wait = fmt.Sprintf("raft voter %d has no recorded member id (a log from before member ids were recorded, "+
+				"and this start's consenter list does not name it): no consenter change is made; restart the appliances with "+
+				"the policy the channel started with", p.ID)
 		case wanted[p.Name]:
 		case p.ID == v.Self:
 			removeSelf = &p
@@ -130,7 +132,7 @@ func PlanConsenters(v ConsenterView, want []string, idOf func(member string) uin
 	if removeSelf != nil {
 		plan.Pending = append(plan.Pending, ConsenterChange{Remove: true, Peer: *removeSelf})
 	}
-	if len(plan.Pending) == 0 {
+	if len(plan.Pending) == 0 || plan.Wait != "" {
 		return plan, nil
 	}
 

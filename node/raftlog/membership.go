@@ -143,11 +143,13 @@ func cmpID(a, b uint64) int {
 	return 0
 }
 
-// learn merges p into the membership map: the log's name and address win,
-// missing ones are kept. Caller holds n.mu.
+// learn merges p into the membership map: the log's name and address win;
+// a missing address is kept, a missing name too unless the log gives
+// another address (a Config.Peers fallback that does not match the log
+// must not name a voter). Caller holds n.mu.
 func (n *Node) learn(p Peer) Peer {
 	old := n.members[p.ID]
-	if p.Name == "" {
+	if p.Name == "" && (p.Addr == "" || p.Addr == old.Addr) {
 		p.Name = old.Name
 	}
 	if p.Addr == "" {

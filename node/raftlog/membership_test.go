@@ -77,6 +77,12 @@ func TestAddAndRemovePeer(t *testing.T) {
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
+	if id, cluster, err := StoredID(c.nodes[4].dir); id != 4 || cluster != "test-channel" || err != nil {
+		t.Fatalf("StoredID: %d %q %v", id, cluster, err)
+	}
+	if id, _, err := StoredID(t.TempDir()); id != 0 || err != nil {
+		t.Fatalf("StoredID of an empty dir: %d %v", id, err)
+	}
 	c.propose(ctx, "r", 4, 40, nil)
 	c.waitApplied(340, 30*time.Second)
 
