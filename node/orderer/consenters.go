@@ -4,24 +4,32 @@ package orderer
 // of raft membership changes that turns the current voters into the
 // policy's ledger.consenters. No I/O; the driver is membership.go.
 //
-// Raft IDs. The consenters a channel started with keep IDs 1..N (their
-// positions in the ledger.consenters of the policy the channel was created
-// with, recorded in the raft log's bootstrap entries). A consenter added to
-// a running channel gets AddedConsenterID(channel, member): derived from
-// its member id alone, so every node (the leader that proposes the change,
-// and the new node that must start with that ID before it has any of the
-// log) agrees on it without asking anyone, and it never collides with the
-// small genesis IDs. Each conf change records ID, member id and address in
+// Raft IDs (ConsenterID). The consenters a channel started with keep IDs
+// 1..N (their positions in the ledger.consenters of the policy the channel
+// was created with, which is also the order of the genesis block's
+// consenters, and recorded in the raft log's bootstrap entries). Any other
+// consenter added to a running channel gets AddedConsenterID(channel,
+// member): derived from its member id alone, so every node (the leader that
+// proposes the change, and the new node that must start with that ID
+// before it has any of the log) agrees on it without asking anyone, and it
+// never collides with the small genesis IDs. Each conf change records ID, member id and address in
 // the raft log (raftlog.Peer), and raft snapshots carry that map, so it is
 // the log, not policy positions, that says who is who after a restart.
 
 import (
 	"crypto/sha256"
+	"crypto/x509"
 	"encoding/binary"
+	"encoding/pem"
 	"errors"
 	"fmt"
+	"time"
 
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+
+	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/node/raftlog"
+	"github.com/memberd/memberd/policy"
 )
 
 // ErrConsenters: the policy's consenter list cannot be applied to the raft
@@ -34,6 +42,34 @@ var ErrConsenters = errors.New("consenter change refused")
 func AddedConsenterID(channel, member string) uint64 {
 	h := sha256.Sum256([]byte("memberd/raft-id\x00" + channel + "\x00" + member))
 	return binary.BigEndian.Uint64(h[:8]) | 1<<63
+}
+
+// ConsenterID is the raft ID of member in channel: its genesis ID (i+1
+// where genesis[i] is member; see GenesisConsenters) for a genesis
+// consenter, so that one removed and added again gets its old ID back and
+// may start from the genesis block like on the first day, else
+// AddedConsenterID.
+func ConsenterID(genesis []string, channel, member string) uint64 {
+	for i, g := range genesis {
+		if g == member {
+			return uint64(i + 1)
+		}
+	}
+	return AddedConsenterID(channel, member)
+}
+
+// TrustedGenesis returns genesis (GenesisConsenters) unless a current voter
+// with a genesis ID has another member id than genesis says: the genesis
+// block of a channel created before ChannelConfig listed consenters in
+// ledger.consenters order may not match the raft IDs; then nil, and every
+// added consenter gets AddedConsenterID.
+func TrustedGenesis(genesis []string, voters []raftlog.Peer) []string {
+	for _, p := range voters {
+		if p.ID >= 1 && p.ID <= uint64(len(genesis)) && p.Name != "" && p.Name != genesis[p.ID-1] {
+			return nil
+		}
+	}
+	return genesis
 }
 
 // MaxCatchUpLag: a voter whose log is more than this many entries behind
@@ -185,4 +221,36 @@ func PlanConsenters(v ConsenterView, want []string, idOf func(member string) uin
 	}
 	plan.Next = &plan.Pending[0]
 	return plan, nil
+}
+
+// GenesisConsenters returns the member ids of the channel's genesis
+// consenters in raft ID order (ID i+1 is element i): the etcdraft
+// consenters of the genesis block, each identified by the member CA of its
+// TLS certificate in p ("" for one p does not know). ChannelConfig lists
+// them in the order of ledger.consenters of the policy the channel was
+// created with, which is how the raft IDs 1..N were given.
+func GenesisConsenters(p *policy.Policy, genesis *common.Block) ([]string, error) {
+	ch, err := channelconfig.Parse(genesis)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]string, len(ch.Config.Consenters))
+	for i, cs := range ch.Config.Consenters {
+		for _, raw := range [][]byte{cs.ClientTLSCert, cs.ServerTLSCert} {
+			certs := pemCerts(string(raw))
+			if len(certs) == 0 {
+				continue
+			}
+			b, _ := pem.Decode(certs[0])
+			c, err := x509.ParseCertificate(b.Bytes)
+			if err != nil {
+				continue
+			}
+			if m, err := p.MemberForCertificateAt([][]*x509.Certificate{{c}}, c.NotBefore.Add(time.Second)); err == nil {
+				out[i] = m.ID
+				break
+			}
+		}
+	}
+	return out, nil
 }

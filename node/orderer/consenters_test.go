@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/memberd/memberd/node/raftlog"
+	"github.com/memberd/memberd/policy"
 )
 
 func TestAddedConsenterID(t *testing.T) {
@@ -111,5 +112,40 @@ func TestPlanConsenters(t *testing.T) {
 				t.Errorf("warnings %q, want one with %q", plan.Warnings, tc.warn)
 			}
 		})
+	}
+}
+
+func TestConsenterID(t *testing.T) {
+	g := []string{"m3", "m1", "m2"}
+	for _, tc := range []struct {
+		member string
+		voters []raftlog.Peer
+		want   uint64
+	}{
+		{"m3", nil, 1},
+		{"m2", []raftlog.Peer{{ID: 1, Name: "m3"}}, 3},
+		{"m4", nil, AddedConsenterID("trade", "m4")},
+		// The log says ID 1 is m1: the genesis block's order is not the IDs'.
+		{"m2", []raftlog.Peer{{ID: 1, Name: "m1"}}, AddedConsenterID("trade", "m2")},
+		{"m2", []raftlog.Peer{{ID: AddedConsenterID("trade", "m9"), Name: "m9"}, {ID: 2, Name: ""}}, 3},
+	} {
+		if got := ConsenterID(TrustedGenesis(g, tc.voters), "trade", tc.member); got != tc.want {
+			t.Errorf("ConsenterID(%s, voters %v) = %d, want %d", tc.member, tc.voters, got, tc.want)
+		}
+	}
+}
+
+func TestGenesisConsenters(t *testing.T) {
+	// ledger.consenters in another order than the members: the genesis
+	// block keeps the consenters' order.
+	c := newConsortium(t, 3, testBatch(), func(d *policy.Document) { d.Ledger.Consenters = []string{"m3", "m1", "m2"} })
+	got, err := GenesisConsenters(c.pol, c.genesis)
+	if err != nil || !slices.Equal(got, []string{"m3", "m1", "m2"}) {
+		t.Fatalf("GenesisConsenters: %q %v", got, err)
+	}
+	// A member the policy no longer knows is "".
+	other := newConsortium(t, 3, testBatch())
+	if got, _ := GenesisConsenters(other.pol, c.genesis); !slices.Equal(got, []string{"", "", ""}) {
+		t.Fatalf("unknown members: %q", got)
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"fmt"
 	"strings"
 	"time"
+
+	"github.com/memberd/memberd/node/raftlog"
 )
 
 // Membership turns on live consenter changes (Config.Membership).
@@ -22,8 +24,13 @@ type Membership struct {
 	// Required.
 	Addr func(member string) string
 	// ID returns the raft ID for a member added to the running cluster.
-	// nil: AddedConsenterID(channel, member).
+	// nil: ConsenterID: its genesis ID if it was a genesis consenter (read
+	// from the genesis block), else AddedConsenterID(channel, member).
 	ID func(member string) uint64
+	// Name, if set, names a voter that the log recorded without a member id
+	// (logs of older versions), e.g. from its address; without a name such
+	// a voter holds every change back.
+	Name func(p raftlog.Peer) string
 	// Consenters returns the member ids that should be raft voters. nil: the
 	// current policy's ledger.consenters.
 	Consenters func() []string
@@ -63,8 +70,11 @@ func (n *Node) reconcile(ctx context.Context) {
 	if m.ChangeTimeout <= 0 {
 		m.ChangeTimeout = 10 * time.Second
 	}
+	var genesis []string // for the default ID
 	if m.ID == nil {
-		m.ID = func(member string) uint64 { return AddedConsenterID(n.channel, member) }
+		if b, err := n.store.Get(0); err == nil {
+			genesis, _ = GenesisConsenters(n.cfg.Policy(), b)
+		}
 	}
 	if m.Consenters == nil {
 		m.Consenters = func() []string { return n.cfg.Policy().Ledger().Consenters }
@@ -79,7 +89,7 @@ func (n *Node) reconcile(ctx context.Context) {
 		case <-tick.C:
 		case <-n.reconcileCh():
 		}
-		again, msg := n.reconcileStep(ctx, m)
+		again, msg := n.reconcileStep(ctx, m, genesis)
 		if msg != "" && msg != said {
 			n.log.Info(msg)
 		}
@@ -92,7 +102,7 @@ func (n *Node) reconcile(ctx context.Context) {
 
 // reconcileStep makes at most one change; again reports that another may
 // follow at once, msg is a status line for the log ("" = nothing to say).
-func (n *Node) reconcileStep(ctx context.Context, m Membership) (again bool, msg string) {
+func (n *Node) reconcileStep(ctx context.Context, m Membership, genesis []string) (again bool, msg string) {
 	if n.raft.Removed() || !n.IsLeader() {
 		return false, ""
 	}
@@ -101,7 +111,17 @@ func (n *Node) reconcileStep(ctx context.Context, m Membership) (again bool, msg
 		return false, ""
 	}
 	want := m.Consenters()
-	plan, err := PlanConsenters(ConsenterView{Self: n.raft.ID(), Members: n.raft.Members(), Progress: prog}, want, m.ID, m.Addr)
+	members := n.raft.Members()
+	for i, p := range members {
+		if p.Name == "" && m.Name != nil {
+			members[i].Name = m.Name(p)
+		}
+	}
+	if m.ID == nil {
+		g := TrustedGenesis(genesis, members)
+		m.ID = func(member string) uint64 { return ConsenterID(g, n.channel, member) }
+	}
+	plan, err := PlanConsenters(ConsenterView{Self: n.raft.ID(), Members: members, Progress: prog}, want, m.ID, m.Addr)
 	if err != nil {
 		return false, fmt.Sprintf("consenters of the policy not applied: %v", err)
 	}
