@@ -187,10 +187,14 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 			log.Error("WireGuard key attestations keep the previous identity", "certificate", id.File, "err", err)
 		}
 	}
+	var ledgerNow atomic.Pointer[ledgerRun] // set once the ledger runs
 	now, cancelSub := w.Subscribe(func(old, new *policy.Policy, d *policy.Diff) {
 		log.Info("policy applied", "policy_version", new.Version(), "policy_hash", new.Hash().String())
 		apply(new)
 		setTunnelIdentity(idp.Current())
+		if l := ledgerNow.Load(); l != nil {
+			l.policyChanged() // the raft leader applies ledger.consenters
+		}
 	})
 	defer cancelSub()
 	if now != cur {
@@ -221,6 +225,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 			return err
 		}
 		defer led.Close()
+		ledgerNow.Store(led)
 	}
 
 	adminLn, err := net.Listen("tcp", cfg.Admin)
