@@ -187,3 +187,47 @@ func TestConsentersLive(t *testing.T) {
 	cl.waitHeight(cl.node(cl.leader(time.Second)).Height(), 10*time.Second)
 	cl.checkIdentical()
 }
+
+// TestConsentersRemoveFollower: removing a follower under load leaves two
+// consenters that keep ordering (with a warning: no failure tolerated);
+// the removed node stops ordering and says why.
+func TestConsentersRemoveFollower(t *testing.T) {
+	cl := newCluster(t, 3, testBatch(), liveMembership)
+	l := cl.leader(10 * time.Second)
+	f := l%3 + 1
+	res := newLoadResult()
+	loaded := make(chan struct{})
+	go func() {
+		defer close(loaded)
+		cl.load(t, cl.c.identity(t, "m1", "rm-client"), 1200, 2, 200, res, nil)
+	}()
+	var keep []string
+	var keepIDs []uint64
+	for k := uint64(1); k <= 3; k++ {
+		if k != f {
+			keep = append(keep, fmt.Sprintf("m%d", k))
+			keepIDs = append(keepIDs, k)
+		}
+	}
+	cl.setConsenters(t, keep...)
+	cl.waitVoters(l, keepIDs, 20*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for !errors.Is(cl.node(f).Healthy(), ErrRemoved) {
+		if time.Now().After(deadline) {
+			t.Fatalf("follower %d: Healthy %v", f, cl.node(f).Healthy())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	<-loaded
+	if len(res.success) != 1200 {
+		t.Fatalf("%d SUCCESS of 1200 (the leader stayed): %v", len(res.success), res.other)
+	}
+	cl.stop(f)
+	cl.waitHeight(cl.node(l).Height(), 10*time.Second)
+	txids := cl.checkIdentical()
+	for id := range res.success {
+		if txids[id] != 1 {
+			t.Fatalf("tx %s in the chain %d times", id, txids[id])
+		}
+	}
+}
