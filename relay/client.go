@@ -154,6 +154,10 @@ type Client struct {
 	g         errgroup.Group
 	done      chan struct{}
 	closeOnce sync.Once
+
+	polMu      sync.Mutex
+	pol        []encodedPolicy // OfferPolicy's bundles, oldest first
+	polChanged chan struct{}   // closed and replaced by OfferPolicy
 }
 
 type inPacket struct {
@@ -195,6 +199,8 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		m:    newMetrics(cfg.Registerer, prefix, "relay client"),
 		recv: make(chan inPacket, cfg.RecvQueueLen),
 		done: make(chan struct{}),
+
+		polChanged: make(chan struct{}),
 	}
 	var env func(*url.URL) (*url.URL, error)
 	if !cfg.NoEnvProxy {
@@ -330,6 +336,7 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 	lctx, cancel := context.WithCancel(ctx)
 	var g errgroup.Group
 	g.Go(func() error { c.pinger(lctx, rc, l); return nil })
+	g.Go(func() error { c.offerPolicies(lctx, l); return nil })
 	if l.path == PathQUIC {
 		g.Go(func() error { l.settleDatagramSize(lctx, pmtudWait); return nil })
 	}

@@ -196,6 +196,9 @@ func (l *link) sendCtrl(ctx context.Context, frame []byte) error {
 
 // writeLoop sends queued frames until the link closes.
 func (l *link) writeLoop() error {
+	if l.qconn == nil {
+		return l.streamWriteLoop()
+	}
 	for {
 		var f []byte
 		select {
@@ -204,18 +207,16 @@ func (l *link) writeLoop() error {
 			select {
 			case f = <-l.ctrl:
 			case f = <-l.data:
-				if l.qconn != nil {
-					err := l.qconn.SendDatagram(f)
-					var tooLarge *quic.DatagramTooLargeError
-					if err == nil {
-						l.bytesOut.Add(uint64(len(f)))
-						recycleFrame(f)
-						continue
-					} else if !errors.As(err, &tooLarge) {
-						return err
-					}
-					// Larger than a datagram: carry it on the stream.
+				err := l.qconn.SendDatagram(f)
+				var tooLarge *quic.DatagramTooLargeError
+				if err == nil {
+					l.bytesOut.Add(uint64(len(f)))
+					recycleFrame(f)
+					continue
+				} else if !errors.As(err, &tooLarge) {
+					return err
 				}
+				// Larger than a datagram: carry it on the stream.
 			case <-l.done:
 				return nil
 			}
@@ -225,6 +226,65 @@ func (l *link) writeLoop() error {
 		}
 		l.bytesOut.Add(uint64(len(f)))
 		recycleFrame(f)
+	}
+}
+
+// streamBatch bounds the bytes a TLS stream link writes at once: about one
+// TLS record (16 KiB of plaintext).
+const streamBatch = 16 << 10
+
+// streamWriteLoop is writeLoop for TLS links: frames queued while the
+// previous write ran go out together, in one TLS record and one write
+// system call instead of one per packet (control frames first, as in
+// writeLoop). It never waits for more frames: a lone packet leaves at once.
+func (l *link) streamWriteLoop() error {
+	buf := make([]byte, 0, streamBatch+pooledFrame)
+	next := func(wait bool) ([]byte, bool) {
+		select {
+		case f := <-l.ctrl:
+			return f, true
+		default:
+		}
+		if !wait {
+			select {
+			case f := <-l.ctrl:
+				return f, true
+			case f := <-l.data:
+				return f, true
+			default:
+				return nil, false
+			}
+		}
+		select {
+		case f := <-l.ctrl:
+			return f, true
+		case f := <-l.data:
+			return f, true
+		case <-l.done:
+			return nil, false
+		}
+	}
+	for {
+		f, ok := next(true)
+		if !ok {
+			return nil
+		}
+		buf = append(buf[:0], f...)
+		recycleFrame(f)
+		for len(buf) < streamBatch {
+			if f, ok = next(false); !ok {
+				break
+			}
+			buf = append(buf, f...)
+			recycleFrame(f)
+		}
+		if _, err := l.stream.Write(buf); err != nil {
+			return err
+		}
+		l.bytesOut.Add(uint64(len(buf)))
+		if cap(buf) > 4*streamBatch { // a rare oversized control frame
+			buf = make([]byte, 0, streamBatch+pooledFrame)
+		}
 	}
 }
 

@@ -12,21 +12,60 @@ import (
 // collectors are registered only when a Registerer is given; the atomic
 // counters behind Drops work either way.
 type metrics struct {
-	dropped   *prometheus.CounterVec
+	drops     *reasonCounter
+	offers    *reasonCounter // policy bundle offers by result (server only)
 	forwarded prometheus.Counter
 	fwdBytes  prometheus.Counter
 	conns     prometheus.Gauge
+}
 
-	mu    sync.Mutex
-	drops map[string]*atomic.Uint64
+// reasonCounter is a counter by label value, exported to prometheus and
+// readable without it (Drops, PolicyOffers).
+type reasonCounter struct {
+	vec *prometheus.CounterVec
+	mu  sync.Mutex
+	n   map[string]*atomic.Uint64
+}
+
+func newReasonCounter(name, help, label string, values []string) *reasonCounter {
+	c := &reasonCounter{vec: prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{label}),
+		n: map[string]*atomic.Uint64{}}
+	for _, v := range values {
+		c.n[v] = new(atomic.Uint64)
+		c.vec.WithLabelValues(v) // export zeroes
+	}
+	return c
+}
+
+func (c *reasonCounter) inc(v string) {
+	c.vec.WithLabelValues(v).Inc()
+	c.mu.Lock()
+	n := c.n[v]
+	if n == nil {
+		n = new(atomic.Uint64)
+		c.n[v] = n
+	}
+	c.mu.Unlock()
+	n.Add(1)
+}
+
+// snapshot returns the counts by label value (zeros omitted).
+func (c *reasonCounter) snapshot() map[string]uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	out := map[string]uint64{}
+	for v, n := range c.n {
+		if x := n.Load(); x > 0 {
+			out[v] = x
+		}
+	}
+	return out
 }
 
 func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 	m := &metrics{
-		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: prefix + "_dropped_packets_total",
-			Help: "Packets the " + what + " dropped, by reason.",
-		}, []string{"reason"}),
+		drops: newReasonCounter(prefix+"_dropped_packets_total", "Packets the "+what+" dropped, by reason.", "reason",
+			[]string{DropACL, DropRateLimit, DropQueueFull, DropNoRoute, DropTooLarge, DropMalformed, DropClosed}),
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: prefix + "_forwarded_packets_total",
 			Help: "Packets the " + what + " sent on.",
@@ -39,34 +78,25 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 			Name: prefix + "_connections",
 			Help: "Connections of the " + what + " that are up.",
 		}),
-		drops: map[string]*atomic.Uint64{},
-	}
-	for _, r := range []string{DropACL, DropRateLimit, DropQueueFull, DropNoRoute, DropTooLarge, DropMalformed, DropClosed} {
-		m.drops[r] = new(atomic.Uint64)
-		m.dropped.WithLabelValues(r) // export zeroes
+		offers: newReasonCounter(prefix+"_policy_offers_total", "Signed policy bundles members offered, by result.", "result", offerResults),
 	}
 	if reg != nil {
 		// A second server or client on one registry shares the first one's
 		// collectors, so the exported counts cover both.
-		m.dropped = register(reg, m.dropped)
+		m.drops.vec = register(reg, m.drops.vec)
 		m.forwarded = register(reg, m.forwarded)
 		m.fwdBytes = register(reg, m.fwdBytes)
 		m.conns = register(reg, m.conns)
+		if what == "relay" {
+			m.offers.vec = register(reg, m.offers.vec)
+		}
 	}
 	return m
 }
 
-func (m *metrics) drop(reason string) {
-	m.dropped.WithLabelValues(reason).Inc()
-	m.mu.Lock()
-	c := m.drops[reason]
-	if c == nil {
-		c = new(atomic.Uint64)
-		m.drops[reason] = c
-	}
-	m.mu.Unlock()
-	c.Add(1)
-}
+func (m *metrics) drop(reason string) { m.drops.inc(reason) }
+
+func (m *metrics) offer(result string) { m.offers.inc(result) }
 
 func (m *metrics) forward(n int) {
 	m.forwarded.Inc()
@@ -74,17 +104,7 @@ func (m *metrics) forward(n int) {
 }
 
 // snapshot returns the drop counts by reason (zeros omitted).
-func (m *metrics) snapshot() map[string]uint64 {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	out := map[string]uint64{}
-	for r, c := range m.drops {
-		if v := c.Load(); v > 0 {
-			out[r] = v
-		}
-	}
-	return out
-}
+func (m *metrics) snapshot() map[string]uint64 { return m.drops.snapshot() }
 
 func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 	if err := reg.Register(c); err != nil {

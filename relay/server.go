@@ -55,6 +55,17 @@ type ServerConfig struct {
 	// to, payload) before it is queued. It must not retain or modify
 	// payload. For tests and packet capture.
 	ForwardHook func(from, to string, payload []byte)
+	// Policy, when set, receives the signed policy bundles members offer
+	// (see policysync.go); nil ignores them (counted as "ignored").
+	Policy PolicyStore
+	// MaxPolicyBytes bounds the size of a bundle a member may offer;
+	// larger ones are refused on their first chunk. Default and maximum
+	// wire.MaxPolicySize (4 MiB).
+	MaxPolicyBytes int
+	// PolicyOfferEvery bounds how often one connection may have a bundle
+	// received and verified: a burst of 4, then one per interval (versions
+	// the relay has are skipped for free and not counted). Default 10s.
+	PolicyOfferEvery time.Duration
 	// Mesh configures how RunMesh dials the other relays (QUIC timeout,
 	// proxy, keepalives); Identity and Relays are filled in by the server.
 	Mesh ClientConfig
@@ -76,6 +87,9 @@ func (c *ServerConfig) Validate() error {
 	if c.QueueLen < 0 || c.MaxConnsPerMember < 0 {
 		return fmt.Errorf("%w: negative queue_len or max_conns_per_member", ErrConfig)
 	}
+	if c.MaxPolicyBytes < 0 || c.MaxPolicyBytes > wire.MaxPolicySize || c.PolicyOfferEvery < 0 {
+		return fmt.Errorf("%w: max_policy_bytes must be 0..%d and policy_offer_every not negative", ErrConfig, wire.MaxPolicySize)
+	}
 	return nil
 }
 
@@ -94,6 +108,12 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	}
 	if c.MaxConnsPerMember == 0 {
 		c.MaxConnsPerMember = 4
+	}
+	if c.MaxPolicyBytes == 0 {
+		c.MaxPolicyBytes = wire.MaxPolicySize
+	}
+	if c.PolicyOfferEvery == 0 {
+		c.PolicyOfferEvery = DefaultPolicyOfferEvery
 	}
 	if c.HandshakeTimeout == 0 {
 		c.HandshakeTimeout = 10 * time.Second
@@ -138,8 +158,9 @@ type peer struct {
 	relay  bool
 	link   *link
 	chain  []*x509.Certificate
-	kick   chan struct{}   // relay peers: local member set changed
-	routes map[string]bool // relay peers: members it announced (under Server.mu)
+	kick   chan struct{}    // relay peers: local member set changed
+	routes map[string]bool  // relay peers: members it announced (under Server.mu)
+	policy *policyAssembler // member peers: POLICY transfer (stream reader only)
 }
 
 // NewServer validates cfg and returns a Server.
@@ -393,6 +414,8 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 	if isRelay {
 		p.kick = make(chan struct{}, 1)
 		p.routes = map[string]bool{}
+	} else {
+		p.policy = newPolicyAssembler(s.cfg.MaxPolicyBytes, s.cfg.PolicyOfferEvery, s.cfg.Now())
 	}
 	evicted, err := s.register(p)
 	if errors.Is(err, ErrClosed) {
@@ -413,16 +436,12 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 		s.mu.Unlock()
 		s.log.Info("peer disconnected", "peer", id, "relay_peer", isRelay)
 	}()
-	handle := s.memberFrame
-	if isRelay {
-		handle = s.relayFrame
-	}
 	if !isRelay {
-		return l.run(ctx, func(f wire.Frame, _ bool) { handle(p, f) })
+		return l.run(ctx, func(f wire.Frame, owned bool) { s.memberFrame(p, f, owned) })
 	}
 	var g errgroup.Group
 	g.Go(func() error { s.announce(ctx, p); return nil })
-	err = l.run(ctx, func(f wire.Frame, _ bool) { handle(p, f) })
+	err = l.run(ctx, func(f wire.Frame, _ bool) { s.relayFrame(p, f) })
 	g.Wait()
 	return err
 }
@@ -548,8 +567,9 @@ func (s *Server) announce(ctx context.Context, p *peer) {
 	}
 }
 
-// memberFrame handles a frame from a member connection.
-func (s *Server) memberFrame(p *peer, f wire.Frame) {
+// memberFrame handles a frame from a member connection; owned: it came in
+// a QUIC datagram (see frameHandler).
+func (s *Server) memberFrame(p *peer, f wire.Frame, owned bool) {
 	switch f.Type {
 	case wire.TypePacket:
 		dst, payload, err := wire.ParsePacket(f.Body)
@@ -560,6 +580,8 @@ func (s *Server) memberFrame(p *peer, f wire.Frame) {
 		s.forward(p, string(dst), payload)
 	case wire.TypePing:
 		p.link.sendData(wire.AppendFrame(nil, wire.TypePong, f.Body))
+	case wire.TypePolicy:
+		s.policyFrame(p, f, owned)
 	}
 }
 

@@ -25,6 +25,7 @@ const (
 	DefaultAnnounceEvery      = 30 * time.Second
 	DefaultRotationAckTimeout = 10 * time.Second
 	DefaultKeepalive          = 25 * time.Second
+	DefaultRequestInterval    = time.Second
 	// MaxMTU caps the derived MTU (WireGuard's usual 1420) even when the
 	// transport takes bigger packets (TCP path).
 	MaxMTU = 1420
@@ -75,6 +76,13 @@ type Config struct {
 	// RotationAckTimeout bounds how long a rotation waits for peers to
 	// acknowledge the new key before switching anyway. 0 = 10s.
 	RotationAckTimeout time.Duration
+	// RequestInterval bounds how often a member's request for this
+	// member's attestation (the request flag of its announcements) is
+	// answered: after a burst of 3, at most one answer per interval per
+	// member; the others are counted (control_dropped reason
+	// request_limited). Members resend unanswered requests with backoff.
+	// 0 = 1s.
+	RequestInterval time.Duration
 	// Keepalive is WireGuard's persistent keepalive toward every peer, so
 	// that relays and middleboxes keep state. 0 = 25s; negative disables.
 	Keepalive time.Duration
@@ -126,7 +134,7 @@ func (c *Config) Validate() error {
 	if c.MTU != 0 && (c.MTU < MinMTU || c.MTU > 65535-WireGuardOverhead) {
 		return fmt.Errorf("%w: mtu %d out of range %d..%d", ErrConfig, c.MTU, MinMTU, 65535-WireGuardOverhead)
 	}
-	for name, d := range map[string]time.Duration{"rotate_every": c.RotateEvery, "attestation_ttl": c.AttestationTTL, "announce_every": c.AnnounceEvery, "rotation_ack_timeout": c.RotationAckTimeout} {
+	for name, d := range map[string]time.Duration{"rotate_every": c.RotateEvery, "attestation_ttl": c.AttestationTTL, "announce_every": c.AnnounceEvery, "rotation_ack_timeout": c.RotationAckTimeout, "request_interval": c.RequestInterval} {
 		if d < 0 {
 			return fmt.Errorf("%w: %s must not be negative", ErrConfig, name)
 		}
@@ -178,6 +186,9 @@ func (c Config) withDefaults() Config {
 	}
 	if c.RotationAckTimeout == 0 {
 		c.RotationAckTimeout = DefaultRotationAckTimeout
+	}
+	if c.RequestInterval == 0 {
+		c.RequestInterval = DefaultRequestInterval
 	}
 	if c.Keepalive == 0 {
 		c.Keepalive = DefaultKeepalive

@@ -41,7 +41,7 @@ var (
 type Stats struct {
 	AttestationsAccepted  uint64
 	AttestationsRefused   uint64 // by reason in the log (refused_reason)
-	ControlDropped        uint64 // control queue full or malformed
+	ControlDropped        uint64 // control queue full, malformed, or a request not answered (rate)
 	ACLDenied             uint64 // dials and accepts refused by the ACL
 	Rotations             uint64
 	IdentityChanges       uint64 // attestations re-signed by SetIdentity
@@ -96,6 +96,7 @@ type Device struct {
 	peers     map[string]*peerState
 	changed   chan struct{} // closed and replaced on every peer change
 	kaDue     map[Key]time.Time
+	requests  requestLimiter // answers to attestation requests, per member
 	conns     map[string]map[*Conn]struct{}
 	listeners map[*Listener]struct{}
 	closed    bool
@@ -147,7 +148,8 @@ func New(cfg Config) (*Device, error) {
 		ctlCh: make(chan ctlPacket, 256), ackCh: make(chan struct{}, 1), promoteCh: make(chan struct{}, 1),
 		peers: map[string]*peerState{}, changed: make(chan struct{}), kaDue: map[Key]time.Time{},
 		conns: map[string]map[*Conn]struct{}{}, listeners: map[*Listener]struct{}{},
-		id: identity{signer: cfg.Signer, chain: cfg.Chain},
+		requests: requestLimiter{every: cfg.RequestInterval},
+		id:       identity{signer: cfg.Signer, chain: cfg.Chain},
 	}
 	d.idMu.Lock()
 	ks, err := d.newKeyLocked()

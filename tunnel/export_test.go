@@ -22,3 +22,20 @@ func (d *Device) IpcGet() string {
 
 // ParseHandshakeTimes exposes the UAPI handshake-time parser to tests.
 var ParseHandshakeTimes = parseHandshakeTimes
+
+// RequestPackets encodes an active announcement with the request flag (the
+// sender asks for our attestation), for tests that play a flooding member.
+func RequestPackets(att []byte, maxPacket int) [][]byte {
+	p, err := encodeControl(kindAnnounce, flagActive|flagRequest, 1, att, maxPacket)
+	if err != nil {
+		panic(err)
+	}
+	return p
+}
+
+// IsAnnounceStart reports whether pkt is the first fragment of an
+// attestation announcement, for tests that count answers on the wire.
+func IsAnnounceStart(pkt []byte) bool {
+	h, _, err := parseControl(pkt)
+	return err == nil && h.kind == kindAnnounce && h.index == 0
+}

@@ -11,7 +11,7 @@ import (
 //
 //	memberd_tunnel_packets_total{direction="in|out"}         WireGuard packets over the transport
 //	memberd_tunnel_bytes_total{direction="in|out"}           their bytes
-//	memberd_tunnel_control_dropped_total{reason}             queue_full | malformed | bad_ack
+//	memberd_tunnel_control_dropped_total{reason}             queue_full | malformed | bad_ack | request_limited
 //	memberd_tunnel_attestations_accepted_total
 //	memberd_tunnel_attestations_refused_total{reason}        malformed | signature | expired | identity | sender | not_member | other
 //	memberd_tunnel_rotations_total                           WireGuard key rotations of this member
@@ -24,10 +24,11 @@ const (
 	dropQueueFull = iota
 	dropMalformed
 	dropBadAck
+	dropRequestLimited // an attestation request not answered (RequestInterval)
 	numDropReasons
 )
 
-var dropReasonNames = [numDropReasons]string{"queue_full", "malformed", "bad_ack"}
+var dropReasonNames = [numDropReasons]string{"queue_full", "malformed", "bad_ack", "request_limited"}
 
 // refusedReasons are the values reasonOf returns, in a fixed order.
 var refusedReasons = []string{"malformed", "signature", "expired", "identity", "sender", "not_member", "other"}

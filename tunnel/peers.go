@@ -236,12 +236,16 @@ func (d *Device) handleAnnounce(sender string, flags uint8, msg []byte) {
 	}
 	replyFlags := d.announceFlagsLocked(sender, false)
 	ownRaw := d.self.raw
+	answer := flags&flagRequest != 0 && d.requests.allow(sender, now)
 	d.mu.Unlock()
 	if flags&flagActive == 0 {
 		d.sendControl(sender, kindAck, 0, att.PublicKey[:])
 	}
-	if flags&flagRequest != 0 {
+	if answer {
 		d.sendControl(sender, kindAnnounce, replyFlags, ownRaw)
+	} else if flags&flagRequest != 0 {
+		d.dropControl(dropRequestLimited)
+		d.log.Debug("attestation request not answered: rate limited", "from", sender, "request_interval", d.cfg.RequestInterval)
 	}
 }
 
@@ -554,6 +558,7 @@ func (d *Device) SetAuthority(a Authority) {
 		d.log.Error("this member's overlay address changed or was removed in the policy; restart memberd to apply", "old", d.addr, "new", addr)
 	}
 	d.auth = mi
+	d.requests.forget(func(m string) bool { _, ok := mi.byID[m]; return ok })
 	var ipc strings.Builder
 	var cut []string
 	for m, p := range d.peers {

@@ -15,6 +15,7 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"github.com/hyperledger/fabric-protos-go-apiv2/msp"
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
+	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -110,15 +111,16 @@ var ErrStatus = errors.New("orderer answered")
 
 // Fetch runs one Deliver request and calls fn for each block, in order. It
 // returns nil when the server ends with SUCCESS, an error wrapping ErrStatus
-// (naming the status) for another final status.
-func Fetch(ctx context.Context, c ab.AtomicBroadcastClient, id Identity, channel string, seek *ab.SeekInfo, fn func(*common.Block) error) error {
+// (naming the status) for another final status. opts go to the Deliver call
+// (e.g. grpc.Peer to learn the server's certificate).
+func Fetch(ctx context.Context, c ab.AtomicBroadcastClient, id Identity, channel string, seek *ab.SeekInfo, fn func(*common.Block) error, opts ...grpc.CallOption) error {
 	env, err := NewSeekEnvelope(id, channel, seek, time.Now())
 	if err != nil {
 		return err
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	stream, err := c.Deliver(ctx)
+	stream, err := c.Deliver(ctx, opts...)
 	if err != nil {
 		return err
 	}
@@ -153,7 +155,10 @@ func Fetch(ctx context.Context, c ab.AtomicBroadcastClient, id Identity, channel
 type DeliverFetcher struct {
 	Peers    []ab.AtomicBroadcastClient
 	Identity Identity
-	Channel  string
+	// CurrentIdentity, if set, is asked for the identity at every fetch
+	// instead of Identity (so an HSM identity rotation needs no restart).
+	CurrentIdentity func() Identity
+	Channel         string
 }
 
 var _ BlockFetcher = (*DeliverFetcher)(nil)
@@ -161,9 +166,13 @@ var _ BlockFetcher = (*DeliverFetcher)(nil)
 // FetchBlocks implements BlockFetcher.
 func (f *DeliverFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn func(raw []byte) error) error {
 	var errs []error
+	id := f.Identity
+	if f.CurrentIdentity != nil {
+		id = f.CurrentIdentity()
+	}
 	for _, p := range f.Peers {
 		next := from
-		err := Fetch(ctx, p, f.Identity, f.Channel, SeekRange(from, to, ab.SeekInfo_FAIL_IF_NOT_READY), func(b *common.Block) error {
+		err := Fetch(ctx, p, id, f.Channel, SeekRange(from, to, ab.SeekInfo_FAIL_IF_NOT_READY), func(b *common.Block) error {
 			if b.GetHeader().GetNumber() != next {
 				return fmt.Errorf("%w: peer sent block %d, want %d", ErrCatchUp, b.GetHeader().GetNumber(), next)
 			}

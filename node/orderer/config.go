@@ -85,6 +85,8 @@ type Config struct {
 	// Now is the clock (default time.Now): used for the cutter and for
 	// certificate validity.
 	Now func() time.Time
+	// Metrics records block store append times; nil records nothing.
+	Metrics *Metrics
 	// Logger; nil discards.
 	Logger *slog.Logger
 }

@@ -3,6 +3,7 @@ package orderer
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"encoding/binary"
 	"errors"
@@ -56,6 +57,15 @@ type Node struct {
 
 	reconcileOnce sync.Once
 	reconcileC    chan struct{} // membership.go
+	// signing is the identity that signs the blocks this node writes:
+	// Config.Signer/Identity until SetIdentity swaps it.
+	signing atomic.Pointer[signingIdentity]
+}
+
+// signingIdentity is a block signer and its msp.SerializedIdentity.
+type signingIdentity struct {
+	signer   crypto.Signer
+	identity []byte
 }
 
 type submission struct {
@@ -136,6 +146,7 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		waiters:  make(map[txKey]*waiter),
 		recent:   newRecentSet(cfg.RecentTxIDs),
 	}
+	n.signing.Store(&signingIdentity{signer: cfg.Signer, identity: cfg.Identity})
 	n.adm = newAdmitter(n.channel, n.cutCfg.AbsoluteMaxBytes, cfg.Policy, cfg.Now)
 	if lc, err := block.LastConfigIndex(last); err == nil {
 		n.lastConfig = lc
@@ -189,6 +200,18 @@ func raftIndex(b *common.Block) uint64 {
 		return 0
 	}
 	return m.RaftIndex
+}
+
+// SetIdentity makes signer, with identity (the marshalled
+// msp.SerializedIdentity of its certificate), sign the blocks this node
+// writes from the next committed block on: an HSM identity rotation needs
+// no restart. Blocks already written keep their signatures.
+func (n *Node) SetIdentity(signer crypto.Signer, identity []byte) error {
+	if signer == nil || len(identity) == 0 {
+		return fmt.Errorf("%w: SetIdentity needs a signer and its serialized identity", ErrInvalidConfig)
+	}
+	n.signing.Store(&signingIdentity{signer: signer, identity: identity})
+	return nil
 }
 
 // ChannelID returns the channel this node orders.
@@ -424,6 +447,7 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 	}
 	var blocks []*common.Block
 	prev := n.store.LastHeader()
+	id := n.signing.Load()
 	for _, e := range c.Entries {
 		typ, b, err := n.cachedEntry(e.Data)
 		if b == nil {
@@ -445,7 +469,7 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 		if err != nil {
 			return err
 		}
-		if err := block.Sign(b, n.cfg.Signer, n.cfg.Identity, n.lastConfig, md, rand.Reader); err != nil {
+		if err := block.Sign(b, id.signer, id.identity, n.lastConfig, md, rand.Reader); err != nil {
 			return fmt.Errorf("signing block %d: %w", b.Header.Number, err)
 		}
 		blocks = append(blocks, b)
@@ -454,9 +478,11 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 	if len(blocks) == 0 {
 		return nil
 	}
+	t0 := time.Now()
 	if err := n.store.AppendBatch(blocks); err != nil {
 		return fmt.Errorf("appending blocks %d..%d: %w", blocks[0].Header.Number, prev.Number, err)
 	}
+	n.cfg.Metrics.appended(time.Since(t0))
 	n.committed(blocks)
 	return nil
 }

@@ -88,6 +88,17 @@ func info(n *Node) participation.ChannelInfo {
 		ConsensusRelation: rel, Status: status, Height: n.Height()}
 }
 
+// nodesNow returns the nodes running now.
+func (r *Registry) nodesNow() []*Node {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*Node, 0, len(r.nodes))
+	for _, rn := range r.nodes {
+		out = append(out, rn.n)
+	}
+	return out
+}
+
 // List implements participation.Registry.
 func (r *Registry) List() []participation.ChannelInfo {
 	r.mu.Lock()

@@ -38,8 +38,10 @@ type ServerConfig struct {
 	// Default 8192.
 	MaxPendingPerStream int
 	// Now is the clock; default time.Now.
-	Now    func() time.Time
-	Logger *slog.Logger // nil discards
+	Now func() time.Time
+	// Metrics records Broadcast and Deliver outcomes; nil records nothing.
+	Metrics *Metrics
+	Logger  *slog.Logger // nil discards
 }
 
 // Validate reports the first problem with c.
@@ -100,6 +102,7 @@ func (s *Server) Broadcast(stream grpc.BidiStreamingServer[common.Envelope, ab.B
 	type result struct {
 		p   *Pending
 		err error
+		at  time.Time // admitted
 	}
 	results := make(chan result, s.cfg.MaxPendingPerStream)
 	g, ctx := errgroup.WithContext(stream.Context())
@@ -115,6 +118,7 @@ func (s *Server) Broadcast(stream grpc.BidiStreamingServer[common.Envelope, ab.B
 			}
 			var r result
 			r.p, r.err = s.order(ctx, msg)
+			r.at = s.cfg.Now()
 			select {
 			case results <- r:
 			case <-ctx.Done():
@@ -128,6 +132,7 @@ func (s *Server) Broadcast(stream grpc.BidiStreamingServer[common.Envelope, ab.B
 			if err == nil {
 				err = r.p.Wait(ctx)
 			}
+			s.cfg.Metrics.broadcastDone(err, r.at, s.cfg.Now())
 			resp := &ab.BroadcastResponse{Status: StatusOf(err)}
 			if err != nil {
 				resp.Info = err.Error()
@@ -163,6 +168,8 @@ func (s *Server) order(ctx context.Context, msg *common.Envelope) (*Pending, err
 
 // Deliver serves blocks with Fabric's semantics; see deliver.
 func (s *Server) Deliver(stream grpc.BidiStreamingServer[common.Envelope, ab.DeliverResponse]) error {
+	s.cfg.Metrics.streamOpen(1)
+	defer s.cfg.Metrics.streamOpen(-1)
 	for {
 		msg, err := stream.Recv()
 		if err == io.EOF {
@@ -172,6 +179,7 @@ func (s *Server) Deliver(stream grpc.BidiStreamingServer[common.Envelope, ab.Del
 			return err
 		}
 		st, err := s.deliver(stream.Context(), stream, msg)
+		s.cfg.Metrics.deliverDone(st)
 		if err != nil {
 			s.log.Debug("deliver request refused", "status", st, "err", err)
 		}
@@ -276,6 +284,7 @@ func (s *Server) deliver(ctx context.Context, out blockSender, msg *common.Envel
 		if err := out.Send(&ab.DeliverResponse{Type: &ab.DeliverResponse_Block{Block: b}}); err != nil {
 			return common.Status_UNKNOWN, err
 		}
+		s.cfg.Metrics.blockSent()
 		if num == stop {
 			return common.Status_SUCCESS, nil
 		}

@@ -34,12 +34,25 @@
 //	0x06 ROUTE_ADD  id                               relay->relay: member attached here
 //	0x07 ROUTE_DEL  id                               relay->relay: member gone
 //	0x08 GOAWAY     code:1 reason (UTF-8)            why the sender is closing
+//	0x09 POLICY     version:8 sum:32 total:4 offset:4 chunk
+//	                                                 member->relay: part of a signed policy bundle
+//
+// POLICY (added to version 1 without a version bump: a relay that predates
+// it skips the frame) carries a signed governance policy bundle, exact
+// bytes, in chunks sent back to back on the reliable stream (never in a
+// datagram): version is what the sender says the bundle holds (a hint that
+// lets the receiver skip versions it has before receiving anything more;
+// it must match the parsed bundle), sum the SHA-256 of the whole bundle,
+// total its length (1..MaxPolicySize), offset where the chunk goes (chunks
+// come in order, each 1..MaxBody-PolicyHeaderLen bytes). Nobody trusts the
+// sender: the relay verifies the bundle against its own current policy.
 //
 // Payloads (WireGuard ciphertext) are opaque: no code in memberd's relay
 // looks inside them.
 package wire
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -73,10 +86,11 @@ const (
 	TypeRouteAdd Type = 0x06
 	TypeRouteDel Type = 0x07
 	TypeGoAway   Type = 0x08
+	TypePolicy   Type = 0x09
 )
 
 // Known reports whether t is a frame type of this version.
-func (t Type) Known() bool { return t >= TypeHello && t <= TypeGoAway }
+func (t Type) Known() bool { return t >= TypeHello && t <= TypePolicy }
 
 func (t Type) String() string {
 	switch t {
@@ -96,6 +110,8 @@ func (t Type) String() string {
 		return "ROUTE_DEL"
 	case TypeGoAway:
 		return "GOAWAY"
+	case TypePolicy:
+		return "POLICY"
 	}
 	return fmt.Sprintf("type(0x%02x)", uint8(t))
 }
@@ -338,4 +354,65 @@ func cutID(b []byte) (id, rest []byte, err error) {
 		return nil, nil, fmt.Errorf("%w: id of %d bytes truncated", ErrMalformed, n)
 	}
 	return b[1 : 1+n], b[1+n:], nil
+}
+
+// Policy bundle transfer (POLICY frames).
+const (
+	// MaxPolicySize is the largest bundle a POLICY transfer may announce
+	// (the policy package's MaxBundleSize).
+	MaxPolicySize = 4 << 20
+	// PolicyHeaderLen is the size of a POLICY body before the chunk.
+	PolicyHeaderLen = 8 + 32 + 4 + 4
+	// PolicyChunk is the chunk size PolicyFrames uses: small enough not to
+	// hold up packets behind it on a TCP path for long.
+	PolicyChunk = 16 << 10
+)
+
+// PolicyPart is one decoded POLICY body.
+type PolicyPart struct {
+	Version       uint64
+	Sum           [32]byte // SHA-256 of the whole bundle
+	Total, Offset int
+	Chunk         []byte // aliases the body
+}
+
+// PolicyFrames encodes bundle (announced as version) as POLICY frames of
+// at most PolicyChunk bytes of bundle each. bundle must be 1..MaxPolicySize
+// bytes.
+func PolicyFrames(version uint64, bundle []byte) ([][]byte, error) {
+	if len(bundle) == 0 || len(bundle) > MaxPolicySize {
+		return nil, fmt.Errorf("%w: policy bundle of %d bytes, allowed 1..%d", ErrTooLarge, len(bundle), MaxPolicySize)
+	}
+	sum := sha256.Sum256(bundle)
+	var hdr [PolicyHeaderLen]byte
+	binary.BigEndian.PutUint64(hdr[0:8], version)
+	copy(hdr[8:40], sum[:])
+	binary.BigEndian.PutUint32(hdr[40:44], uint32(len(bundle)))
+	var out [][]byte
+	for off := 0; off < len(bundle); off += PolicyChunk {
+		end := min(off+PolicyChunk, len(bundle))
+		binary.BigEndian.PutUint32(hdr[44:48], uint32(off))
+		out = append(out, AppendFrame(make([]byte, 0, HeaderLen+PolicyHeaderLen+end-off), TypePolicy, hdr[:], bundle[off:end]))
+	}
+	return out, nil
+}
+
+// ParsePolicy decodes a POLICY body. The chunk aliases body.
+func ParsePolicy(body []byte) (PolicyPart, error) {
+	if len(body) < PolicyHeaderLen+1 {
+		return PolicyPart{}, fmt.Errorf("%w: POLICY body of %d bytes", ErrMalformed, len(body))
+	}
+	p := PolicyPart{Version: binary.BigEndian.Uint64(body[0:8])}
+	copy(p.Sum[:], body[8:40])
+	total := binary.BigEndian.Uint32(body[40:44])
+	off := binary.BigEndian.Uint32(body[44:48])
+	p.Chunk = body[PolicyHeaderLen:]
+	if total == 0 || total > MaxPolicySize {
+		return PolicyPart{}, fmt.Errorf("%w: POLICY bundle of %d bytes, allowed 1..%d", ErrTooLarge, total, MaxPolicySize)
+	}
+	if uint64(off)+uint64(len(p.Chunk)) > uint64(total) {
+		return PolicyPart{}, fmt.Errorf("%w: POLICY chunk %d+%d beyond the bundle's %d bytes", ErrMalformed, off, len(p.Chunk), total)
+	}
+	p.Total, p.Offset = int(total), int(off)
+	return p, nil
 }

@@ -2,6 +2,8 @@ package wire
 
 import (
 	"bytes"
+	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"io"
 	"testing"
@@ -105,6 +107,9 @@ func FuzzReader(f *testing.F) {
 	f.Add(AppendFrame(nil, Type(0xee), []byte("skip me")))
 	f.Add([]byte{0x02, 0xff, 0xff, 0x01})
 	f.Add(AppendGoAway(AppendID(nil, TypeRouteDel, "m"), 1, "bye"))
+	if frames, err := PolicyFrames(2, []byte("policy")); err == nil {
+		f.Add(frames[0])
+	}
 	f.Fuzz(func(t *testing.T, in []byte) {
 		r := NewReader(bytes.NewReader(in), 2048)
 		for i := 0; i < 64; i++ {
@@ -156,7 +161,109 @@ func checkBody(t *testing.T, fr Frame) {
 		_, _ = ParseID(fr.Body)
 	case TypeGoAway:
 		_, _, _ = ParseGoAway(fr.Body)
+	case TypePolicy:
+		checkPolicy(t, fr.Body)
 	}
+}
+
+// checkPolicy: a POLICY body that parses stays within its bundle and
+// re-encodes to the same bytes.
+func checkPolicy(t *testing.T, body []byte) {
+	p, err := ParsePolicy(body)
+	if err != nil {
+		return
+	}
+	if p.Total < 1 || p.Total > MaxPolicySize || len(p.Chunk) == 0 || p.Offset+len(p.Chunk) > p.Total {
+		t.Fatalf("POLICY part out of bounds: total %d offset %d chunk %d", p.Total, p.Offset, len(p.Chunk))
+	}
+	hdr := binary.BigEndian.AppendUint64(nil, p.Version)
+	hdr = append(hdr, p.Sum[:]...)
+	hdr = binary.BigEndian.AppendUint32(hdr, uint32(p.Total))
+	hdr = binary.BigEndian.AppendUint32(hdr, uint32(p.Offset))
+	if re := AppendFrame(nil, TypePolicy, hdr, p.Chunk); !bytes.Equal(re[HeaderLen:], body) {
+		t.Fatalf("POLICY does not round-trip")
+	}
+}
+
+func TestPolicyFrames(t *testing.T) {
+	bundle := bytes.Repeat([]byte("signed policy bundle\n"), 2000) // 42 KB: 3 chunks
+	frames, err := PolicyFrames(7, bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(frames) != 3 {
+		t.Fatalf("%d frames, want 3", len(frames))
+	}
+	var stream []byte
+	for _, f := range frames {
+		stream = append(stream, f...)
+	}
+	r := NewReader(bytes.NewReader(stream), 0)
+	var got []byte
+	for range frames {
+		f, err := r.Next()
+		if err != nil || f.Type != TypePolicy {
+			t.Fatalf("frame %v: %v", f.Type, err)
+		}
+		p, err := ParsePolicy(f.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if p.Version != 7 || p.Total != len(bundle) || p.Offset != len(got) || p.Sum != sha256.Sum256(bundle) {
+			t.Fatalf("part %+v", p)
+		}
+		got = append(got, p.Chunk...)
+	}
+	if !bytes.Equal(got, bundle) {
+		t.Fatal("reassembled bundle differs")
+	}
+	for _, n := range []int{0, MaxPolicySize + 1} {
+		if _, err := PolicyFrames(1, make([]byte, n)); !errors.Is(err, ErrTooLarge) {
+			t.Errorf("bundle of %d bytes: %v, want ErrTooLarge", n, err)
+		}
+	}
+}
+
+func TestParsePolicyErrors(t *testing.T) {
+	body := func(total, off uint32, chunk int) []byte {
+		b := make([]byte, PolicyHeaderLen, PolicyHeaderLen+chunk)
+		binary.BigEndian.PutUint32(b[40:44], total)
+		binary.BigEndian.PutUint32(b[44:48], off)
+		return append(b, make([]byte, chunk)...)
+	}
+	tests := []struct {
+		name string
+		in   []byte
+		want error
+	}{
+		{"short", make([]byte, PolicyHeaderLen-1), ErrMalformed},
+		{"empty chunk", body(10, 0, 0), ErrMalformed},
+		{"zero total", body(0, 0, 1), ErrTooLarge},
+		{"total over the limit", body(MaxPolicySize+1, 0, 1), ErrTooLarge},
+		{"chunk beyond total", body(10, 8, 3), ErrMalformed},
+		{"offset overflow", body(10, 0xffffffff, 1), ErrMalformed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if _, err := ParsePolicy(tt.in); !errors.Is(err, tt.want) {
+				t.Fatalf("err = %v, want %v", err, tt.want)
+			}
+		})
+	}
+	if _, err := ParsePolicy(body(10, 7, 3)); err != nil {
+		t.Fatalf("last chunk: %v", err)
+	}
+}
+
+// FuzzParsePolicy: no POLICY body makes the parser panic or return a part
+// outside its bundle; what parses round-trips.
+func FuzzParsePolicy(f *testing.F) {
+	frames, _ := PolicyFrames(3, bytes.Repeat([]byte("x"), PolicyChunk+10))
+	for _, fr := range frames {
+		f.Add(fr[HeaderLen:])
+	}
+	f.Add(make([]byte, PolicyHeaderLen+1))
+	f.Fuzz(func(t *testing.T, body []byte) { checkPolicy(t, body) })
 }
 
 func BenchmarkAppendParsePacket(b *testing.B) {

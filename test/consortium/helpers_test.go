@@ -74,6 +74,20 @@ func start(t testing.TB, L *app.DemoLayout, o *app.DemoRunOptions) *app.DemoCons
 	return d
 }
 
+// startEchoing starts a consortium of members and relays whose members all
+// echo on echoPort, for a test that must end within timeout (ctx).
+func startEchoing(t *testing.T, members, relays int, timeout time.Duration) (*app.DemoLayout, *app.DemoConsortium, context.Context) {
+	t.Helper()
+	L := initConsortium(t, members, relays)
+	d := start(t, L, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	if err := d.ServeEcho(ctx, echoPort); err != nil {
+		t.Fatal(err)
+	}
+	return L, d, ctx
+}
+
 // editMemberConfig rewrites a member's memberd.yaml through edit.
 func editMemberConfig(t testing.TB, L *app.DemoLayout, member string, edit func(m map[string]any)) {
 	t.Helper()
@@ -199,3 +213,44 @@ func freePort(t *testing.T) (string, string) {
 }
 
 func dialTCP(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) }
+
+// openConn opens a connection inside the tunnel from member from to member
+// to (port) and checks that bytes pass; it returns from's end.
+func openConn(t *testing.T, ctx context.Context, d *app.DemoConsortium, from, to string, port uint16) net.Conn {
+	t.Helper()
+	x, y := pair(t, ctx, d.Device(from), d.Device(to), to, port)
+	if _, err := x.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	y.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := io.ReadFull(y, make([]byte, 5)); err != nil {
+		t.Fatal(err)
+	}
+	return x
+}
+
+// expectClosed checks that c gets closed (not merely silent) within 10 s.
+func expectClosed(t *testing.T, c net.Conn, what string) {
+	t.Helper()
+	c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 5)); err == nil || isTimeout(err) {
+		t.Fatalf("%s still open (read: %v)", what, err)
+	}
+}
+
+// expectCutOff checks that removed member can no longer reach other while
+// survivor still can (both on echoPort).
+func expectCutOff(t *testing.T, ctx context.Context, d *app.DemoConsortium, removed, other, survivor string) {
+	t.Helper()
+	dctx, dcancel := context.WithTimeout(ctx, 3*time.Second)
+	defer dcancel()
+	if conn, err := d.Device(removed).Dial(dctx, other, echoPort); err == nil {
+		conn.Close()
+		t.Fatalf("removed member %s still reaches %s", removed, other)
+	}
+	if conn, err := d.Device(survivor).Dial(dctx, other, echoPort); err != nil {
+		t.Fatalf("%s → %s after %s's removal: %v", survivor, other, removed, err)
+	} else {
+		conn.Close()
+	}
+}

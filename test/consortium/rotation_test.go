@@ -2,6 +2,7 @@ package consortium_test
 
 import (
 	"context"
+	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/json"
 	"fmt"
@@ -13,10 +14,13 @@ import (
 	"testing"
 	"time"
 
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"gopkg.in/yaml.v3"
 
+	"github.com/memberd/memberd/cmd/memberd/app"
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/internal/testenv"
+	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/tunnel"
 )
@@ -136,6 +140,11 @@ func TestIdentityRotationThenRevocation(t *testing.T) {
 	if err := transfer(tctx, bSide, aSide, 256<<10, 2, nil); err != nil {
 		t.Fatalf("connection after the revocation: %v", err)
 	}
+	// The ledger followed the rotation without a restart: A signs the
+	// blocks it writes from now on, and its gRPC endpoint presents, the new
+	// certificate; ordering goes on after the old one is revoked.
+	checkLedgerIdentity(t, tctx, d, a, newSerial)
+
 	// A WireGuard key rotation signed with the new identity is accepted by
 	// B (the old certificate is revoked now) and the connection keeps going.
 	refused := devB.Stats().AttestationsRefused
@@ -186,6 +195,51 @@ func TestIdentityRotationThenRevocation(t *testing.T) {
 			!strings.Contains(m, `memberd_tunnel_packets_total{direction="`+dir+`"}`) {
 			t.Errorf("/metrics of A: no packets %s", dir)
 		}
+	}
+}
+
+// checkLedgerIdentity submits envelopes to member's ledger and checks that
+// the newest block as member stores it is signed by, and member's gRPC
+// endpoint presents, the certificate with serial.
+func checkLedgerIdentity(t *testing.T, ctx context.Context, d *app.DemoConsortium, member, serial string) {
+	t.Helper()
+	if err := d.WaitLedger(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.LedgerSubmit(ctx, member, 3); err != nil {
+		t.Fatalf("ledger submit to %s: %v", member, err)
+	}
+	var blk *common.Block
+	var tlsCert *x509.Certificate
+	var lastErr error
+	waitFor(t, 10*time.Second, member+"'s newest block", func() bool {
+		h, err := d.LedgerHeight(member)
+		if err != nil || h < 2 {
+			lastErr = fmt.Errorf("height %d: %v", h, err)
+			return false
+		}
+		blk, tlsCert, lastErr = d.LedgerBlock(ctx, member, h-1)
+		if lastErr != nil {
+			t.Log(lastErr)
+		}
+		return lastErr == nil
+	})
+	if got := tlsCert.SerialNumber.String(); got != serial {
+		t.Errorf("%s's ledger gRPC presents certificate serial %s, want %s", member, got, serial)
+	}
+	sds, err := block.Signatures(blk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := block.VerifySignatures(blk, block.VerifyCreatorSignature); err != nil {
+		t.Fatal(err)
+	}
+	_, cert, err := block.CreatorCertificate(sds[0].Identity)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := cert.SerialNumber.String(); got != serial {
+		t.Errorf("%s's block %d is signed by certificate serial %s, want %s", member, blk.Header.Number, got, serial)
 	}
 }
 

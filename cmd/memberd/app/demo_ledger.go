@@ -10,6 +10,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -196,6 +197,49 @@ func (d *DemoConsortium) LedgerFetch(ctx context.Context, member string, height 
 			return nil
 		})
 	return hashes, txs, err
+}
+
+// LedgerHeight is the number of blocks member's ledger node stores.
+func (d *DemoConsortium) LedgerHeight(member string) (uint64, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	a := d.appliances[member]
+	if a == nil || a.ledger == nil {
+		return 0, fmt.Errorf("demo: member %s runs no ledger", member)
+	}
+	n := a.ledger.reg.Lookup(a.ledger.channel)
+	if n == nil {
+		return 0, fmt.Errorf("demo: member %s: channel %q is not open", member, a.ledger.channel)
+	}
+	return n.Height(), nil
+}
+
+// LedgerBlock returns block num as member's ledger node stores it (with
+// that node's own signature), read with Deliver as member's appliance
+// identity, and the certificate member's gRPC endpoint presents on a new
+// TLS handshake.
+func (d *DemoConsortium) LedgerBlock(ctx context.Context, member string, num uint64) (*common.Block, *x509.Certificate, error) {
+	c, ident, closeFn, err := d.ledgerClient(member)
+	if err != nil {
+		return nil, nil, err
+	}
+	defer closeFn()
+	var out *common.Block
+	err = orderer.Fetch(ctx, c, ident, d.Layout.Genesis.Ledger().Channel,
+		orderer.SeekRange(num, num, ab.SeekInfo_BLOCK_UNTIL_READY), func(b *common.Block) error {
+			out = b
+			return nil
+		})
+	if err != nil {
+		return nil, nil, err
+	}
+	td := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}, MinVersion: tls.VersionTLS13}}
+	conn, err := td.DialContext(ctx, "tcp", d.LedgerAddr(member))
+	if err != nil {
+		return nil, nil, err
+	}
+	defer conn.Close()
+	return out, conn.(*tls.Conn).ConnectionState().PeerCertificates[0], nil
 }
 
 // CheckLedger submits n envelopes to member from and then fetches and

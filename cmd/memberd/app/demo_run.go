@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/relay"
 	"github.com/memberd/memberd/tunnel"
 )
@@ -259,6 +260,20 @@ func (d *DemoConsortium) PolicyVersion(member string) uint64 {
 		return 0
 	}
 	return a.policy().Version()
+}
+
+// RelayPolicyVersion is the policy version relay id applied last, from its
+// state folder (0 if none or unreadable; the relay need not be running).
+func (d *DemoConsortium) RelayPolicyVersion(id string) uint64 {
+	cfg, err := loadRelayConfig(d.Layout.RelayConfig[id])
+	if err != nil || cfg.StateDir == "" {
+		return 0
+	}
+	p, err := policy.LoadState(cfg.path(cfg.StateDir))
+	if err != nil || p == nil {
+		return 0
+	}
+	return p.Version()
 }
 
 // WaitConnected waits until every running member has a connection up to

@@ -37,8 +37,13 @@ admits only appliances whose certificate chains to a member CA of the policy,
 forwards their (WireGuard-encrypted, opaque) packets where the policy's ACL
 allows, and meshes with the other relays of the policy.
 
-SIGINT/SIGTERM stop it; SIGHUP re-reads the policy section of the config
-(temporary, until signed policy bundles are wired) and applies it live.`,
+With policy_dir, the relay applies signed policy bundles from that folder,
+and also learns new versions from the members attached to it: each member
+offers the versions it applied, and the relay verifies them against its own
+policy (admin signatures, version chain) before storing them there.
+
+SIGINT/SIGTERM stop it; SIGHUP re-reads the policy folder (or the static
+policy section of the config) and applies it live.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			cfg, err := loadRelayConfig(configPath)
@@ -98,12 +103,18 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 	} else if auth, err = relayAuthority(cfg); err != nil {
 		return err
 	}
-	srv, err := relay.NewServer(relay.ServerConfig{
+	scfg := relay.ServerConfig{
 		ID: cfg.ID, Identity: identity, Authority: auth, Logger: log, Registerer: reg,
 		RateBytesPerSec: cfg.Limits.RateBytesPerSec, RateBurstBytes: cfg.Limits.RateBurstBytes,
 		QueueLen: cfg.Limits.QueueLen, MaxConnsPerMember: cfg.Limits.MaxConnsPerMember,
 		ForwardHook: cfg.forwardHook,
-	})
+	}
+	if watcher != nil {
+		// Members offer the signed versions they apply; verified ones go
+		// into policy_dir, where the watcher applies them.
+		scfg.Policy = newRelayPolicyStore(watcher, cfg.path(cfg.PolicyDir))
+	}
+	srv, err := relay.NewServer(scfg)
 	if err != nil {
 		return &UsageError{Err: fmt.Errorf("relay config %s: %w", configPath, err)}
 	}
@@ -136,8 +147,12 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 				return nil
 			}},
 			Status: func(context.Context) any {
-				return map[string]any{"role": "relay", "id": cfg.ID, "listen": tcpLn.Addr().String(),
-					"members": srv.Members(), "drops": srv.Drops()}
+				st := map[string]any{"role": "relay", "id": cfg.ID, "listen": tcpLn.Addr().String(),
+					"members": srv.Members(), "drops": srv.Drops(), "policy_offers": srv.PolicyOffers()}
+				if watcher != nil {
+					st["policy_version"] = watcher.Current().Version()
+				}
+				return st
 			},
 		}),
 		ReadHeaderTimeout: 5 * time.Second,

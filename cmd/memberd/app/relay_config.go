@@ -32,7 +32,8 @@ import (
 //	  rate_burst_bytes: 1048576
 //	  queue_len: 512
 //	  max_conns_per_member: 4
-//	policy_dir: policy               # signed policy bundles (watched, applied live); then
+//	policy_dir: policy               # signed policy bundles (watched, applied live; members'
+//	                                 # offers are verified and stored here too); then
 //	state_dir: state                 # the applied policy is kept here, and
 //	genesis: "<hex sha-256>"         # version 1 is pinned (required on first start)
 //	policy:                          # static alternative to policy_dir (tests, bring-up)

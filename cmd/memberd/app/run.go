@@ -138,6 +138,20 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	if err != nil {
 		return fmt.Errorf("relay client: %w", err)
 	}
+	// Relays learn policy versions from their members: offer the applied
+	// bundles (a few recent ones, for a relay that missed some) on every
+	// connection, and each new one as it is applied.
+	var offered []relay.PolicyBundle
+	offerPolicy := func(p *policy.Policy) {
+		offered = append(offered, relay.PolicyBundle{Version: p.Version(), Bundle: p.Marshal()})
+		if len(offered) > relay.MaxOfferedPolicies {
+			offered = offered[1:]
+		}
+		if err := cl.OfferPolicy(offered); err != nil {
+			log.Warn("cannot offer the applied policy to the relays", "policy_version", p.Version(), "err", err)
+		}
+	}
+	offerPolicy(cur)
 	// Key attestations are announced when the tunnel starts: give the relays
 	// a moment first so that the first announcement is not lost (it repeats
 	// every 30s anyway).
@@ -167,6 +181,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	var current atomic.Pointer[policy.Policy]
 	apply := func(p *policy.Policy) {
 		current.Store(p)
+		offerPolicy(p)
 		dev.SetAuthority(PolicyTunnelAuthority(p))
 		if ri := relayInfos(p); len(ri) > 0 {
 			if err := cl.SetRelays(ri); err != nil {
@@ -187,12 +202,12 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 			log.Error("WireGuard key attestations keep the previous identity", "certificate", id.File, "err", err)
 		}
 	}
-	var ledgerNow atomic.Pointer[ledgerRun] // set once the ledger runs
+	var ledgerRef atomic.Pointer[ledgerRun] // set once the ledger runs
 	now, cancelSub := w.Subscribe(func(old, new *policy.Policy, d *policy.Diff) {
 		log.Info("policy applied", "policy_version", new.Version(), "policy_hash", new.Hash().String())
 		apply(new)
 		setTunnelIdentity(idp.Current())
-		if l := ledgerNow.Load(); l != nil {
+		if l := ledgerRef.Load(); l != nil {
 			l.policyChanged() // the raft leader applies ledger.consenters
 		}
 	})
@@ -200,12 +215,22 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	if now != cur {
 		apply(now)
 	}
+	// The ledger (started below) signs its next blocks and presents on new
+	// TLS handshakes the identity folder's current identity.
+	setLedgerIdentity := func(id *hsm.Identity) {
+		if l := ledgerRef.Load(); l != nil {
+			if err := l.setIdentity(id); err != nil {
+				log.Error("the ledger keeps the previous identity", "certificate", id.File, "err", err)
+			}
+		}
+	}
 	cancelID := idp.Subscribe(func(old, new *hsm.Identity) {
 		// New relay connections use it (GetClientCertificate); the tunnel
 		// re-signs and re-announces its WireGuard key attestations.
-		log.Info("identity rotated: new relay connections and WireGuard key attestations use the new certificate",
+		log.Info("identity rotated: new relay connections, WireGuard key attestations and ledger blocks and TLS use the new certificate",
 			"certificate", new.File, "serial", new.Certificate.SerialNumber.String(), "not_after", new.Certificate.NotAfter)
 		setTunnelIdentity(new)
+		setLedgerIdentity(new)
 	})
 	if id2 := idp.Current(); id2 != id { // switched between startup and Subscribe
 		setTunnelIdentity(id2)
@@ -225,7 +250,10 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 			return err
 		}
 		defer led.Close()
-		ledgerNow.Store(led)
+		ledgerRef.Store(led)
+		if id2 := idp.Current(); id2 != id { // switched while the ledger started
+			setLedgerIdentity(id2)
+		}
 	}
 
 	adminLn, err := net.Listen("tcp", cfg.Admin)

@@ -28,6 +28,7 @@ package app
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -38,6 +39,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
@@ -166,7 +168,12 @@ type ledgerRun struct {
 	cfg     runLedger
 	member  string
 	channel string
-	ident   orderer.Identity
+	mspID   string
+	// ident and cert are the identity in use (block signatures, Deliver
+	// requests, TLS on both gRPC servers and the peer clients): swapped by
+	// setIdentity when the HSM identity folder rotates.
+	ident   atomic.Pointer[orderer.Identity]
+	cert    atomic.Pointer[tls.Certificate]
 	reg     *orderer.Registry
 	ids     map[uint64]string // raft id -> member id, as known at start
 	lan     *grpc.Server
@@ -195,7 +202,9 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 		return nil, fmt.Errorf("%w: member %q is not in the policy", ErrLedger, cfg.Member)
 	}
 	l := &ledgerRun{cfg: lc, member: cfg.Member, channel: p.Ledger().Channel, ids: map[uint64]string{}, log: log,
-		ident: orderer.Identity{MSPID: me.MSPID, Cert: id.Certificate, Signer: id.Signer}}
+		mspID: me.MSPID}
+	l.storeIdentity(id)
+	ident := *l.ident.Load()
 	defer func() {
 		if err != nil {
 			l.Close()
@@ -239,12 +248,11 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	}
 
 	// Peer clients through the tunnel, mutual TLS with member CAs as roots.
-	tlsCert := orderer.TLSCertificate(l.ident, id.Chain...)
 	l.dev, l.watch = dev, &peerWatch{}
 	dialer := tunnelDialer{dev: dev, watch: l.watch}
 	l.clients = &ledgerClients{port: lc.PeerPort,
 		dial: func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) },
-		tls:  func() *tls.Config { return orderer.ClientTLS(&tlsCert, peerRoots(pol())) }}
+		tls:  func() *tls.Config { return l.clientTLS(peerRoots(pol())) }}
 	l.fwd = &orderer.BroadcastForwarder{Lookup: func(rid uint64) ab.AtomicBroadcastClient {
 		m := l.memberOf(rid)
 		if m == "" || m == cfg.Member {
@@ -270,6 +278,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	}
 
 	dataDir := cfg.path(lc.DataDir)
+	metrics := orderer.NewMetrics(reg)
 	var raftLn *tunnel.Listener
 	l.reg = &orderer.Registry{Logger: log, Open: func(channel string, b *common.Block) (*orderer.Node, error) {
 		if channel != l.channel {
@@ -284,9 +293,10 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 			Raft: raftlog.Config{ID: myID, Peers: peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
 				Dialer: dialer, Listener: ln, Registerer: reg, Logger: log.With("component", "raft")},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
-			Signer: id.Signer, Identity: l.ident.Serialized(), Policy: pol,
-			Fetcher:   &orderer.DeliverFetcher{Peers: fetchFrom, Identity: l.ident, Channel: channel},
-			Forwarder: l.fwd, Membership: l.membership(), Logger: log})
+			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol,
+			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,
+				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() }},
+			Forwarder: l.fwd, Membership: l.membership(), Metrics: metrics, Logger: log})
 		if err != nil {
 			ln.Close()
 			return nil, err
@@ -305,7 +315,10 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 		n.Close()
 		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
 	}
-	srv, err := orderer.NewServer(orderer.ServerConfig{Lookup: l.reg.Lookup, Logger: log})
+	if reg != nil {
+		reg.MustRegister(orderer.NewRegistryCollector(l.reg))
+	}
+	srv, err := orderer.NewServer(orderer.ServerConfig{Lookup: l.reg.Lookup, Metrics: metrics, Logger: log})
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
 	}
@@ -315,10 +328,10 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	}
 	l.part = ph
 	l.lan = grpc.NewServer(append(orderer.ServerOptions(),
-		grpc.Creds(credentials.NewTLS(orderer.ServerTLS(tlsCert, pol, lc.MutualTLS))))...)
+		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, lc.MutualTLS))))...)
 	srv.Register(l.lan)
 	l.overlay = grpc.NewServer(append(orderer.ServerOptions(),
-		grpc.Creds(credentials.NewTLS(orderer.ServerTLS(tlsCert, pol, true))))...)
+		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, true))))...)
 	srv.Register(l.overlay)
 	if l.lanLn, err = net.Listen("tcp", lc.Listen); err != nil {
 		return nil, fmt.Errorf("%w: gRPC on %s (key ledger.listen): %w", ErrLedger, lc.Listen, err)
@@ -329,6 +342,47 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	log.Info("ledger node started", "channel", l.channel, "raft_id", myID, "joining", rs.join, "listen", l.lanLn.Addr().String(),
 		"raft_port", lc.RaftPort, "peer_port", lc.PeerPort, "consenters", len(peers), "height", n.Height())
 	return l, nil
+}
+
+// storeIdentity makes id the identity of the TLS handshakes and Deliver
+// requests from now on.
+func (l *ledgerRun) storeIdentity(id *hsm.Identity) {
+	oid := orderer.Identity{MSPID: l.mspID, Cert: id.Certificate, Signer: id.Signer}
+	cert := orderer.TLSCertificate(oid, id.Chain...)
+	l.ident.Store(&oid)
+	l.cert.Store(&cert)
+}
+
+// setIdentity follows an HSM identity rotation without a restart: the node
+// signs the next blocks with the new key, and new TLS handshakes (LAN and
+// overlay servers, peer clients) present the new certificate. Connections
+// already open keep theirs.
+func (l *ledgerRun) setIdentity(id *hsm.Identity) error {
+	n := l.reg.Lookup(l.channel)
+	if n == nil {
+		return fmt.Errorf("%w: channel %q is not open", ErrLedger, l.channel)
+	}
+	oid := orderer.Identity{MSPID: l.mspID, Cert: id.Certificate, Signer: id.Signer}
+	if err := n.SetIdentity(oid.Signer, oid.Serialized()); err != nil {
+		return fmt.Errorf("%w: %w", ErrLedger, err)
+	}
+	l.storeIdentity(id)
+	return nil
+}
+
+// serverTLS is orderer.ServerTLS presenting the current certificate.
+func (l *ledgerRun) serverTLS(pol func() *policy.Policy, mutual bool) *tls.Config {
+	c := orderer.ServerTLS(tls.Certificate{}, pol, mutual)
+	c.Certificates = nil
+	c.GetCertificate = func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return l.cert.Load(), nil }
+	return c
+}
+
+// clientTLS is orderer.ClientTLS presenting the current certificate.
+func (l *ledgerRun) clientTLS(roots *x509.CertPool) *tls.Config {
+	c := orderer.ClientTLS(nil, roots)
+	c.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return l.cert.Load(), nil }
+	return c
 }
 
 // serve serves gRPC on the LAN and overlay listeners until ctx ends, then
@@ -408,6 +462,7 @@ func (l *ledgerRun) status() any {
 		return "not configured (no ledger section)"
 	}
 	st := map[string]any{"channel": l.channel, "listen": l.Addr(), "raft_port": l.cfg.RaftPort, "peer_port": l.cfg.PeerPort}
+	st["certificate_serial"] = l.ident.Load().Cert.SerialNumber.String() // signs blocks, presented on TLS
 	n := l.reg.Lookup(l.channel)
 	if n == nil {
 		st["state"] = "closed"

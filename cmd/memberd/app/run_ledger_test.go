@@ -3,6 +3,7 @@ package app
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -168,6 +169,23 @@ func TestLedgerInAppliance(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("20 envelopes through follower %s: height %d on every member", follower, h)
+	// /metrics: the follower answered 20 SUCCESS (forwarded to the leader),
+	// served the verifying fetch, and every member committed the 20.
+	resp, err := http.Get("http://" + d.AdminAddr(follower) + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	metrics, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{`memberd_ledger_broadcast_total{reason="success",status="SUCCESS"} 20` + "\n",
+		`memberd_ledger_deliver_requests_total{status="SUCCESS"} 1` + "\n",
+		`memberd_ledger_transactions_total{channel="demo"} 20` + "\n",
+		fmt.Sprintf(`memberd_ledger_height{channel="demo"} %d`, h),
+		"memberd_ledger_broadcast_commit_seconds_count 20\n", "memberd_ledger_block_append_seconds_count"} {
+		if !strings.Contains(string(metrics), want) {
+			t.Errorf("/metrics of %s lacks %q", follower, want)
+		}
+	}
 
 	// The CLI against a running appliance: submit to one member, height
 	// from another (TLS server checked against its member CA).
