@@ -1,7 +1,6 @@
 package app
 
 import (
-	"context"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -122,16 +121,7 @@ func TestLedgerJoinInAppliance(t *testing.T) {
 		}
 	}
 
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	d, err := StartDemo(ctx, L, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Stop()
-	if err := d.WaitConnected(ctx); err != nil {
-		t.Fatal(err)
-	}
+	d, ctx := startDemo(t, L, 2*time.Minute)
 	h, err := d.CheckLedger(ctx, newcomer, 10)
 	if err != nil {
 		t.Fatal(err)
