@@ -247,6 +247,10 @@ func (n *Node) Healthy() error {
 	if n.raft.Removed() {
 		return ErrRemoved
 	}
+	if n.raft.Joining() {
+		return fmt.Errorf("%w: joining the channel's consenters: waiting for the raft leader to add this node "+
+			"(the policy's ledger.consenters must list its member) and send it the log", ErrUnavailable)
+	}
 	if n.raft.Leader() == 0 {
 		return fmt.Errorf("%w: no raft leader known", ErrUnavailable)
 	}

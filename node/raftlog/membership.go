@@ -355,11 +355,14 @@ func (n *Node) Progress() map[uint64]Progress {
 	return out
 }
 
-// joining reports whether this node has no configuration yet (it was added
-// and waits for the leader): its transport then accepts connections from
-// nodes it does not know, since it learns their addresses only from the
-// leader's snapshot.
-func (n *Node) joining() bool {
+// Joining reports whether this node has no configuration yet (started with
+// Config.Join, it waits for the leader to add it and send the log or a
+// snapshot). Its transport then accepts connections from nodes it does not
+// know, since it learns their addresses only from the leader.
+func (n *Node) Joining() bool {
+	if n.bootstrap.Load() {
+		return false // it gets its configuration from Config.Peers at once
+	}
 	n.mu.Lock()
 	defer n.mu.Unlock()
 	return len(n.confState.Voters) == 0

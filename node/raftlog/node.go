@@ -87,7 +87,8 @@ type Node struct {
 	confState raftpb.ConfState
 	members   map[uint64]Peer // from the log (membership.go), else Config.Peers
 
-	removed atomic.Bool // this node's ID left the configuration
+	removed   atomic.Bool // this node's ID left the configuration
+	bootstrap atomic.Bool // started a new cluster from Config.Peers
 
 	lead, term, commit, applied, snapIndex atomic.Uint64
 	state                                  atomic.Int32
@@ -166,7 +167,7 @@ func New(cfg Config) (*Node, error) {
 		clientTLS: c.ClientTLS, serverTLS: c.ServerTLS, queueLen: c.SendQueue,
 		maxFrame: maxBody + int(c.MaxSizePerMsg) + 1<<16, dialTO: c.DialTimeout, writeTO: c.WriteTimeout,
 		log: c.Logger, report: n,
-		acceptUnknown: n.joining,
+		acceptUnknown: n.Joining,
 		selfAddr:      n.selfAddr,
 		step:          func(ctx context.Context, m raftpb.Message) error { return n.rn.Step(ctx, m) },
 	}
@@ -220,6 +221,7 @@ func (n *Node) Run(ctx context.Context) error {
 		for _, p := range c.Peers {
 			peers = append(peers, raft.Peer{ID: p.ID, Context: confContext(0, 0, p)})
 		}
+		n.bootstrap.Store(true)
 		n.rn = raft.StartNode(rc, peers)
 	} else {
 		n.rn = raft.RestartNode(rc)
