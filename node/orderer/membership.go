@@ -46,6 +46,19 @@ type Membership struct {
 var ErrRemoved = fmt.Errorf("%w: this node was removed from the channel's consenters (the policy's ledger.consenters no longer lists it); "+
 	"it no longer orders: re-add the member to ledger.consenters to take part again, or remove the ledger section", ErrUnavailable)
 
+// membershipErr says why this node takes no part in ordering: removed, or
+// not yet added (joining); nil otherwise.
+func (n *Node) membershipErr() error {
+	switch {
+	case n.raft.Removed():
+		return ErrRemoved
+	case n.raft.Joining():
+		return fmt.Errorf("%w: joining the channel's consenters: waiting for the raft leader to add this node "+
+			"(the policy's ledger.consenters must list its member) and send it the log", ErrUnavailable)
+	}
+	return nil
+}
+
 // Reconcile asks the membership driver to check the consenters now (e.g.
 // after a policy change). It does not block; a no-op without
 // Config.Membership.

@@ -244,12 +244,8 @@ func (n *Node) Healthy() error {
 	if !n.running.Load() {
 		return fmt.Errorf("%w: node not running", ErrUnavailable)
 	}
-	if n.raft.Removed() {
-		return ErrRemoved
-	}
-	if n.raft.Joining() {
-		return fmt.Errorf("%w: joining the channel's consenters: waiting for the raft leader to add this node "+
-			"(the policy's ledger.consenters must list its member) and send it the log", ErrUnavailable)
+	if err := n.membershipErr(); err != nil {
+		return err
 	}
 	if n.raft.Leader() == 0 {
 		return fmt.Errorf("%w: no raft leader known", ErrUnavailable)
@@ -332,8 +328,8 @@ func (n *Node) OrderEnvelope(ctx context.Context, env *block.Envelope) (*Pending
 func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error) {
 	raw := env.Raw
 	k := keyOf(env.TxID())
-	if n.raft.Removed() {
-		return nil, ErrRemoved
+	if err := n.membershipErr(); err != nil {
+		return nil, err
 	}
 	if l := n.raft.Leader(); l != n.raft.ID() {
 		if l == 0 {
