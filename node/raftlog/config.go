@@ -215,8 +215,8 @@ func (c *Config) Validate() error {
 		} else if p.Addr == "" {
 			return bad("Peers: peer %d has no Addr", p.ID)
 		}
-		if len(p.Name) > maxNameLen || (p.Addr != "" && p.Addr[0] == 0) {
-			return bad("Peers: peer %d has a Name over %d bytes or an Addr starting with a zero byte", p.ID, maxNameLen)
+		if len(p.Name) > maxNameLen || len(p.Addr) > maxAddrLen || (p.Addr != "" && p.Addr[0] == 0) {
+			return bad("Peers: peer %d has a Name over %d bytes, an Addr over %d bytes or one starting with a zero byte", p.ID, maxNameLen, maxAddrLen)
 		}
 	}
 	if !self && !c.Join {

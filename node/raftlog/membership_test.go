@@ -226,3 +226,25 @@ func TestClusterOverTLS(t *testing.T) {
 	c.checkIdentical()
 	_ = fmt.Sprint()
 }
+
+// FuzzMembershipCodecs: conf change contexts and snapshot data from the
+// network never panic, and what they decode encodes back to the same.
+func FuzzMembershipCodecs(f *testing.F) {
+	f.Add(confContext(1, 2, Peer{Name: "m1", Addr: "m1:7052"}))
+	f.Add(confContext(0, 0, Peer{Addr: "n1"}))
+	f.Add(encodeSnapData([]Peer{{1, "n1", "m1"}, {2, "", ""}}, []byte("app")))
+	f.Add([]byte{0xff, 'r', 'l', 'm', 0xff, 0xff})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		if prop, seq, p, ok := parseConfContext(b); ok && p.Addr != "" && p.Addr[0] != 0 && len(p.Name) <= maxNameLen {
+			if _, _, q, ok := parseConfContext(confContext(prop, seq, p)); !ok || q != p {
+				t.Fatalf("context %+v does not round-trip: %+v", p, q)
+			}
+		}
+		if members, app, err := decodeSnapData(b); err == nil && members != nil {
+			m2, app2, err := decodeSnapData(encodeSnapData(members, app))
+			if err != nil || !slices.Equal(m2, members) || string(app2) != string(app) {
+				t.Fatalf("snapshot data does not round-trip: %v %q %v", m2, app2, err)
+			}
+		}
+	})
+}
