@@ -19,7 +19,8 @@ const DefaultPort = 7050
 // ledger: one organisation per member (its CA certificates; the orderer
 // group holds the consenters, the application group every member), the
 // policy's BatchSize/BatchTimeout, and one etcdraft consenter per consenter
-// member. consenters gives, per member id, the consenter's endpoint and TLS
+// member (in ledger.consenters order, which fixes their raft IDs 1..N).
+// consenters gives, per member id, the consenter's endpoint and TLS
 // certificates (the policy pins CAs, not node certificates); Host and Port
 // default to the member's overlay address and DefaultPort.
 func ChannelConfig(p *policy.Policy, consenters map[string]channelconfig.Consenter) (channelconfig.Config, error) {
@@ -30,6 +31,7 @@ func ChannelConfig(p *policy.Policy, consenters map[string]channelconfig.Consent
 			AbsoluteMaxBytes: l.BatchSize.AbsoluteMaxBytes, PreferredMaxBytes: l.BatchSize.PreferredMaxBytes,
 			BatchTimeout: l.Timeout},
 	}
+	orgs := map[string]channelconfig.Org{}
 	for _, m := range p.Members() {
 		org := channelconfig.Org{Name: m.MSPID, MSPID: m.MSPID, RootCerts: pemCerts(m.CACerts)}
 		org.TLSRootCerts = pemCerts(m.TLSCACerts)
@@ -37,9 +39,12 @@ func ChannelConfig(p *policy.Policy, consenters map[string]channelconfig.Consent
 			org.TLSRootCerts = org.RootCerts
 		}
 		c.ApplicationOrgs = append(c.ApplicationOrgs, org)
-		if !m.HasRole(policy.RoleConsenter) {
-			continue
-		}
+		orgs[m.ID] = org
+	}
+	// Consenters in ledger.consenters order: the genesis consenters' raft IDs
+	// are their positions (GenesisConsenters reads them back).
+	for _, m := range p.Consenters() {
+		org := orgs[m.ID]
 		cs, ok := consenters[m.ID]
 		if !ok {
 			return c, fmt.Errorf("%w: consenter member %q has no consenter entry (TLS certificates)", ErrInvalidConfig, m.ID)

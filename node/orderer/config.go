@@ -68,6 +68,9 @@ type Config struct {
 	Fetcher BlockFetcher
 	// Forwarder, if set, lets followers forward submissions to the leader.
 	Forwarder Forwarder
+	// Membership, if set, makes the raft leader apply changes of the
+	// policy's ledger.consenters to the running cluster (membership.go).
+	Membership *Membership
 	// SubmitTimeout bounds how long a submission waits to be committed.
 	// Default 30s.
 	SubmitTimeout time.Duration
@@ -104,6 +107,8 @@ func (c *Config) Validate() error {
 		return fmt.Errorf("%w: Policy is required", ErrInvalidConfig)
 	case c.Raft.Apply != nil || c.Raft.SnapshotData != nil || c.Raft.OnLeaderChange != nil || c.Raft.Applied != 0:
 		return fmt.Errorf("%w: Raft.Apply, SnapshotData, OnLeaderChange and Applied are set by the node; leave them zero", ErrInvalidConfig)
+	case c.Membership != nil && c.Membership.Addr == nil:
+		return fmt.Errorf("%w: Membership.Addr is required (the raft address of a member)", ErrInvalidConfig)
 	case c.SubmitTimeout < 0 || c.RecentTxIDs < 0 || c.SubmitQueue < 0 || c.StallTimeout < 0:
 		return fmt.Errorf("%w: negative timeout or bound", ErrInvalidConfig)
 	}

@@ -56,4 +56,13 @@
 // raft index of its last block); when the leader sends a snapshot instead,
 // the node pulls the missing blocks from its peers through a BlockFetcher
 // (DeliverFetcher: Deliver over gRPC), verifying chain and data hashes.
+//
+// # Consenters
+//
+// With Config.Membership, the raft leader makes the raft voters follow the
+// policy's ledger.consenters, one conf change at a time (PlanConsenters, the
+// pure part, in consenters.go; the driver in membership.go). Raft IDs are
+// stable across policy versions (ConsenterID): genesis consenters 1..N,
+// later ones derived from the member id; the raft log records ID, member id
+// and address of each. A node whose ID is removed stops ordering (ErrRemoved).
 package orderer

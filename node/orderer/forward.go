@@ -18,6 +18,9 @@ import (
 // ends the streams.
 type BroadcastForwarder struct {
 	Peers map[uint64]ab.AtomicBroadcastClient
+	// Lookup, if set, gives the client of a raft ID that Peers lacks (a
+	// consenter added while running); nil = unknown. It must not block.
+	Lookup func(id uint64) ab.AtomicBroadcastClient
 
 	mu      sync.Mutex
 	streams map[uint64]*fwdStream
@@ -108,6 +111,10 @@ func (f *BroadcastForwarder) stream(leader uint64) (*fwdStream, error) {
 		return s, nil
 	}
 	c, ok := f.Peers[leader]
+	if !ok && f.Lookup != nil {
+		c = f.Lookup(leader)
+		ok = c != nil
+	}
 	if !ok {
 		return nil, fmt.Errorf("%w: no address for leader %d", ErrUnavailable, leader)
 	}

@@ -43,7 +43,8 @@ func testLogger(t testing.TB, name string) *slog.Logger {
 // consortium is a test consortium with identities for nodes and clients.
 type consortium struct {
 	cons    *policytest.Consortium
-	pol     *policy.Policy
+	pol     *policy.Policy                // the genesis policy
+	cur     atomic.Pointer[policy.Policy] // a later version, if set
 	genesis *common.Block
 }
 
@@ -78,10 +79,15 @@ func newConsortium(t testing.TB, members int, batch block.CutterConfig, edit ...
 // identity issues a certificate from member's CA.
 func (c *consortium) identity(t testing.TB, member, cn string) Identity {
 	cert, key := c.cons.CAs[member].Issue(t, cn)
-	return Identity{MSPID: c.pol.Member(member).MSPID, Cert: cert, Signer: key}
+	return Identity{MSPID: c.policy().Member(member).MSPID, Cert: cert, Signer: key}
 }
 
-func (c *consortium) policy() *policy.Policy { return c.pol }
+func (c *consortium) policy() *policy.Policy {
+	if p := c.cur.Load(); p != nil {
+		return p
+	}
+	return c.pol
+}
 
 // cluster is n ordering nodes in one process: raft over raftlogtest's
 // loopback network, AtomicBroadcast over loopback gRPC.
@@ -110,20 +116,8 @@ type tnode struct {
 
 func newCluster(t testing.TB, size int, batch block.CutterConfig, tune func(*Config), edit ...editDocument) *cluster {
 	cl := &cluster{t: t, c: newConsortium(t, size, batch, edit...), net: raftlogtest.NewNetwork(), tune: tune}
-	for i := 1; i <= size; i++ {
-		tn := &tnode{id: uint64(i), name: fmt.Sprintf("n%d", i), dir: t.TempDir()}
-		tn.ident = cl.c.identity(t, fmt.Sprintf("m%d", i), tn.name)
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		tn.addr, tn.ln = ln.Addr().String(), ln // kept for the first start, so the port cannot be taken meanwhile
-		conn, err := grpc.NewClient(tn.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		tn.conn, tn.client = conn, ab.NewAtomicBroadcastClient(conn)
-		cl.nodes = append(cl.nodes, tn)
+	for range size {
+		cl.addSlot()
 	}
 	for _, tn := range cl.nodes {
 		cl.start(tn.id)
@@ -135,6 +129,27 @@ func newCluster(t testing.TB, size int, batch block.CutterConfig, tune func(*Con
 		}
 	})
 	return cl
+}
+
+// addSlot adds node n<k> of member m<k> (k = len(cl.nodes)+1) to the
+// cluster without starting it; the member must be in the current policy.
+func (cl *cluster) addSlot() *tnode {
+	t := cl.t
+	i := len(cl.nodes) + 1
+	tn := &tnode{id: uint64(i), name: fmt.Sprintf("n%d", i), dir: t.TempDir()}
+	tn.ident = cl.c.identity(t, fmt.Sprintf("m%d", i), tn.name)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn.addr, tn.ln = ln.Addr().String(), ln // kept for the first start, so the port cannot be taken meanwhile
+	conn, err := grpc.NewClient(tn.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn.conn, tn.client = conn, ab.NewAtomicBroadcastClient(conn)
+	cl.nodes = append(cl.nodes, tn)
+	return tn
 }
 
 func (cl *cluster) node(id uint64) *Node { return cl.nodes[id-1].np.Load() }
@@ -150,7 +165,7 @@ func (cl *cluster) start(id uint64) {
 	var peers []raftlog.Peer
 	var fetchFrom []ab.AtomicBroadcastClient
 	for _, o := range cl.nodes {
-		peers = append(peers, raftlog.Peer{ID: o.id, Addr: o.name})
+		peers = append(peers, raftlog.Peer{ID: o.id, Addr: o.name, Name: fmt.Sprintf("m%d", o.id)})
 		if o != tn {
 			fetchFrom = append(fetchFrom, o.client)
 		}

@@ -57,6 +57,9 @@ type Node struct {
 	proposed map[uint64]proposedBlock
 
 	ordered atomic.Uint64 // envelopes committed (metrics, tests)
+
+	reconcileOnce sync.Once
+	reconcileC    chan struct{} // membership.go
 	// signing is the identity that signs the blocks this node writes:
 	// Config.Signer/Identity until SetIdentity swaps it.
 	signing atomic.Pointer[signingIdentity]
@@ -246,6 +249,9 @@ func (n *Node) Healthy() error {
 	if !n.running.Load() {
 		return fmt.Errorf("%w: node not running", ErrUnavailable)
 	}
+	if err := n.membershipErr(); err != nil {
+		return err
+	}
 	if n.raft.Leader() == 0 {
 		return fmt.Errorf("%w: no raft leader known", ErrUnavailable)
 	}
@@ -276,6 +282,9 @@ func (n *Node) Run(ctx context.Context) error {
 		return err
 	})
 	g.Go(func() error { return n.drive(gctx) })
+	if n.cfg.Membership != nil {
+		g.Go(func() error { n.reconcile(gctx); return nil })
+	}
 	err := g.Wait()
 	n.failAll(fmt.Errorf("%w: node stopped", ErrClosed))
 	return err
@@ -326,6 +335,9 @@ func (n *Node) OrderEnvelope(ctx context.Context, env *block.Envelope) (*Pending
 func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error) {
 	raw := env.Raw
 	k := keyOf(env.TxID())
+	if err := n.membershipErr(); err != nil {
+		return nil, err
+	}
 	if l := n.raft.Leader(); l != n.raft.ID() {
 		if l == 0 {
 			return nil, fmt.Errorf("%w: no raft leader known; retry", ErrUnavailable)

@@ -153,7 +153,7 @@ func (c *cluster) start(id uint64) {
 	}
 	var peers []Peer
 	for i := 1; i <= c.size; i++ {
-		peers = append(peers, Peer{ID: uint64(i), Addr: fmt.Sprintf("n%d", i)})
+		peers = append(peers, Peer{ID: uint64(i), Addr: fmt.Sprintf("n%d", i), Name: fmt.Sprintf("m%d", i)})
 	}
 	tn.app.mu.Lock()
 	applied := tn.app.lastIndex

@@ -21,6 +21,9 @@ type Dialer interface {
 type Peer struct {
 	ID   uint64 // raft ID, non-zero, unique in the cluster
 	Addr string // address given to Dialer.DialContext (ignored for this node)
+	// Name is what the application calls the node (the member id), at most
+	// 255 bytes; recorded in the log with the ID. Optional.
+	Name string
 }
 
 // Entry is one committed application entry, in log order.
@@ -55,12 +58,15 @@ type Config struct {
 	ID      uint64 // this node's raft ID (required, non-zero)
 	Cluster string // cluster / channel name, checked in the handshake and the log dir (required)
 	// Peers lists every consenter, including this node, when the cluster is
-	// first created. Ignored when Dir already holds a log (membership then
-	// comes from the log). Each Addr is dialed through Dialer.
+	// first created. When Dir already holds a log, membership comes from the
+	// log (conf changes record ID, Name and Addr) and Peers only fills in a
+	// Name or Addr the log lacks (logs of older versions). Each Addr is
+	// dialed through Dialer.
 	Peers []Peer
 	// Join: start with an empty log and wait for the leader to send the
-	// membership (for a node added with AddPeer). Peers then only supplies
-	// addresses.
+	// membership (for a node added with AddPeer): the leader's snapshot
+	// carries every member's ID, Name and Addr, so Peers may be empty. Until
+	// then the node accepts connections from any node of its cluster.
 	Join bool
 	Dir  string // data directory for the log and snapshots (required)
 
@@ -208,6 +214,9 @@ func (c *Config) Validate() error {
 			self = true
 		} else if p.Addr == "" {
 			return bad("Peers: peer %d has no Addr", p.ID)
+		}
+		if len(p.Name) > maxNameLen || len(p.Addr) > maxAddrLen || (p.Addr != "" && p.Addr[0] == 0) {
+			return bad("Peers: peer %d has a Name over %d bytes, an Addr over %d bytes or one starting with a zero byte", p.ID, maxNameLen, maxAddrLen)
 		}
 	}
 	if !self && !c.Join {

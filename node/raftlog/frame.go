@@ -21,6 +21,10 @@ package raftlog
 //	2 reject  UTF-8 reason for the operator; the connection is then closed.
 //	3 msg     one raftpb.Message (protobuf); its From must be the handshake's
 //	          sender and its To the receiver.
+//	4 addr    UTF-8 address (at most 1024 bytes) at which the dialer accepts
+//	          raft connections, sent right after the handshake: a joining
+//	          node that does not know the dialer yet can then answer it.
+//	          Older listeners skip it.
 //
 // Unknown types are skipped (read and discarded), so later versions can add
 // frame types without breaking old peers.
@@ -40,6 +44,7 @@ const (
 	frameHello  byte = 1
 	frameReject byte = 2
 	frameMsg    byte = 3
+	frameAddr   byte = 4
 )
 
 func appendFrameHeader(dst []byte, typ byte, n int) []byte {
@@ -88,6 +93,9 @@ func (fr *frameReader) next() (byte, []byte, error) {
 	}
 	return fr.hdr[1], b, nil
 }
+
+// maxAddrLen bounds a peer address (addr frames, AddPeer).
+const maxAddrLen = 1024
 
 type hello struct {
 	From, To uint64

@@ -25,9 +25,12 @@
 // after commit and local Apply.
 //
 // Membership: the consenters given at bootstrap, then AddPeer/RemovePeer
-// (raft conf changes carrying the peer's address). Every start must list
-// in Config.Peers the address of each current member; raft IDs and the
-// cluster name are checked in the transport handshake.
+// (raft conf changes carrying the peer's ID, name and address; membership.go).
+// The log, and the snapshots, carry the membership map, so a restart or a
+// joining node needs no addresses in Config.Peers; raft IDs and the cluster
+// name are checked in the transport handshake. A node whose ID is removed
+// stays running but takes no part in consensus (Removed); a leader that
+// removes itself steps down.
 //
 // Wiring for the ordering node: the leader (OnLeaderChange, Leader) cuts
 // blocks and proposes each with ProposeWait; every node appends the blocks
@@ -82,7 +85,10 @@ type Node struct {
 	closeErr  error
 	closeOnce sync.Once
 	confState raftpb.ConfState
-	addrs     map[uint64]string
+	members   map[uint64]Peer // from the log (membership.go), else Config.Peers
+
+	removed   atomic.Bool // this node's ID left the configuration
+	bootstrap atomic.Bool // started a new cluster from Config.Peers
 
 	lead, term, commit, applied, snapIndex atomic.Uint64
 	state                                  atomic.Int32
@@ -135,12 +141,21 @@ func New(cfg Config) (*Node, error) {
 	n := &Node{
 		cfg: c, wal: w, storage: st, rec: rec,
 		started: make(chan struct{}), closing: make(chan struct{}), done: make(chan struct{}),
-		addrs: map[uint64]string{}, waits: map[uint64]*waiter{}, propc: make(chan []byte, 1024),
+		members: map[uint64]Peer{}, waits: map[uint64]*waiter{}, propc: make(chan []byte, 1024),
 		confState: rec.snap.Metadata.ConfState,
 	}
 	for _, p := range c.Peers {
-		n.addrs[p.ID] = p.Addr
+		n.members[p.ID] = p
 	}
+	members, _, err := decodeSnapData(rec.snap.Data)
+	if err != nil {
+		w.close()
+		return nil, fmt.Errorf("%w: snapshot %d in %s: %v", ErrCorrupt, rec.snap.Metadata.Index, c.Dir, err)
+	}
+	for _, p := range members {
+		n.learn(p)
+	}
+	n.setRemoved()
 	var b [8]byte
 	rand.Read(b[:]) // a fresh sequence space per start: entries proposed before a restart never match new waiters
 	n.seq.Store(binary.BigEndian.Uint64(b[:]) >> 1)
@@ -152,7 +167,9 @@ func New(cfg Config) (*Node, error) {
 		clientTLS: c.ClientTLS, serverTLS: c.ServerTLS, queueLen: c.SendQueue,
 		maxFrame: maxBody + int(c.MaxSizePerMsg) + 1<<16, dialTO: c.DialTimeout, writeTO: c.WriteTimeout,
 		log: c.Logger, report: n,
-		step: func(ctx context.Context, m raftpb.Message) error { return n.rn.Step(ctx, m) },
+		acceptUnknown: n.Joining,
+		selfAddr:      n.selfAddr,
+		step:          func(ctx context.Context, m raftpb.Message) error { return n.rn.Step(ctx, m) },
 	}
 	if c.Registerer != nil {
 		n.collector = newCollector(n)
@@ -196,13 +213,15 @@ func (n *Node) Run(ctx context.Context) error {
 		MaxSizePerMsg: c.MaxSizePerMsg, MaxInflightMsgs: c.MaxInflightMsgs,
 		MaxUncommittedEntriesSize: 1 << 30,
 		CheckQuorum:               true, PreVote: true,
-		Logger: raftLogger{n.cfg.Logger.With("node", c.ID)},
+		StepDownOnRemoval: true,
+		Logger:            raftLogger{n.cfg.Logger.With("node", c.ID)},
 	}
 	if n.rec.fresh && !c.Join {
 		var peers []raft.Peer
 		for _, p := range c.Peers {
-			peers = append(peers, raft.Peer{ID: p.ID, Context: confContext(0, 0, p.Addr)})
+			peers = append(peers, raft.Peer{ID: p.ID, Context: confContext(0, 0, p)})
 		}
+		n.bootstrap.Store(true)
 		n.rn = raft.StartNode(rc, peers)
 	} else {
 		n.rn = raft.RestartNode(rc)
@@ -212,8 +231,10 @@ func (n *Node) Run(ctx context.Context) error {
 
 	var peers []Peer
 	n.mu.Lock()
-	for id, a := range n.addrs {
-		peers = append(peers, Peer{ID: id, Addr: a})
+	for _, p := range n.members {
+		if p.Addr != "" {
+			peers = append(peers, p)
+		}
 	}
 	n.mu.Unlock()
 	g, gctx := errgroup.WithContext(ctx)
@@ -318,6 +339,10 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 		if err := n.storage.ApplySnapshot(rd.Snapshot); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
 			return err
 		}
+		// Before answering: a joining node learns its peers' addresses here.
+		if err := n.installSnapMembers(rd.Snapshot); err != nil {
+			return err
+		}
 	}
 	if !raft.IsEmptyHardState(rd.HardState) {
 		if err := n.storage.SetHardState(rd.HardState); err != nil {
@@ -341,9 +366,6 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 	// 4. Apply.
 	if hasSnap {
 		s := rd.Snapshot
-		n.mu.Lock()
-		n.confState = s.Metadata.ConfState
-		n.mu.Unlock()
 		if err := n.deliverSnapshot(ctx, s); err != nil {
 			return err
 		}
@@ -359,7 +381,11 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 
 func (n *Node) deliverSnapshot(ctx context.Context, s raftpb.Snapshot) error {
 	n.cfg.Logger.Info("raft snapshot installed", "node", n.cfg.ID, "index", s.Metadata.Index, "term", s.Metadata.Term)
-	err := n.cfg.Apply(ctx, Commit{Snapshot: &Snapshot{Index: s.Metadata.Index, Term: s.Metadata.Term, Data: s.Data}})
+	_, app, err := decodeSnapData(s.Data)
+	if err != nil {
+		return fmt.Errorf("%w: snapshot %d: %v", ErrCorrupt, s.Metadata.Index, err)
+	}
+	err = n.cfg.Apply(ctx, Commit{Snapshot: &Snapshot{Index: s.Metadata.Index, Term: s.Metadata.Term, Data: app}})
 	if err != nil {
 		return fmt.Errorf("apply snapshot %d: %w", s.Metadata.Index, err)
 	}
@@ -449,6 +475,7 @@ func (n *Node) maybeSnapshot() error {
 	}
 	n.mu.Lock()
 	cs := n.confState
+	data = encodeSnapData(n.snapMembers(cs), data)
 	n.mu.Unlock()
 	snap, err := n.storage.CreateSnapshot(applied, &cs, data)
 	if err != nil {
@@ -648,19 +675,26 @@ type Status struct {
 	Commit, Applied  uint64
 	SnapshotIndex    uint64
 	Voters, Learners []uint64
-	Transport        TransportStats
+	// Members: the voters with the name and address the log recorded.
+	Members []Peer
+	// Removed: this node's ID was removed from the configuration; it no
+	// longer takes part in consensus.
+	Removed   bool
+	Transport TransportStats
 }
 
 // Status returns the node's current status.
 func (n *Node) Status() Status {
 	n.mu.Lock()
 	cs := n.confState
+	members := n.snapMembers(raftpb.ConfState{Voters: cs.Voters})
 	n.mu.Unlock()
 	return Status{
 		ID: n.cfg.ID, Leader: n.lead.Load(), Term: n.term.Load(),
 		State:  raft.StateType(n.state.Load()).String(),
 		Commit: n.commit.Load(), Applied: n.applied.Load(), SnapshotIndex: n.snapIndex.Load(),
 		Voters: append([]uint64(nil), cs.Voters...), Learners: append([]uint64(nil), cs.Learners...),
+		Members: members, Removed: n.removed.Load(),
 		Transport: n.tr.stats(),
 	}
 }

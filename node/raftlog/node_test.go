@@ -47,7 +47,10 @@ func (c *cluster) propose(ctx context.Context, tag string, workers, total int, o
 						return
 					}
 					tn := c.nodes[uint64(1+(w+attempt)%c.size)]
-					n := tn.node()
+					var n *Node
+					if tn != nil { // nil: removed from the cluster
+						n = tn.node()
+					}
 					if n == nil {
 						time.Sleep(5 * time.Millisecond)
 						continue

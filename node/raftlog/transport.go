@@ -63,7 +63,14 @@ type transport struct {
 	writeTO   time.Duration
 	log       *slog.Logger
 	report    reporter
-	step      func(ctx context.Context, m raftpb.Message) error
+	// acceptUnknown, if set and true, lets the handshake accept a node of
+	// the cluster that is not (yet) a known peer (a joining node), and an
+	// addr frame from it makes it a peer, so that this node can answer.
+	acceptUnknown func() bool
+	// selfAddr, if set, returns this node's own address, sent in an addr
+	// frame after each handshake ("" = none known).
+	selfAddr func() string
+	step     func(ctx context.Context, m raftpb.Message) error
 
 	mu      sync.Mutex
 	peers   map[uint64]*peer
@@ -158,6 +165,21 @@ func (t *transport) removePeer(id uint64) {
 	if p := t.peers[id]; p != nil {
 		p.cancel()
 		delete(t.peers, id)
+	}
+}
+
+// learnAddr handles an addr frame from node id: while this node joins, a
+// sender it does not know becomes a peer at that address.
+func (t *transport) learnAddr(id uint64, addr []byte) {
+	if len(addr) == 0 || len(addr) > maxAddrLen || addr[0] == 0 || t.acceptUnknown == nil || !t.acceptUnknown() {
+		return
+	}
+	t.mu.Lock()
+	_, known := t.peers[id]
+	t.mu.Unlock()
+	if !known {
+		t.log.Info("raft peer learnt from its connection while joining", "peer", id, "addr", string(addr))
+		t.addPeer(Peer{ID: id, Addr: string(addr)})
 	}
 }
 
@@ -316,6 +338,13 @@ func (t *transport) connect(ctx context.Context, p *peer) (net.Conn, error) {
 	default:
 		return nil, fmt.Errorf("%w: unexpected frame type %d in handshake", ErrProtocol, typ)
 	}
+	if t.selfAddr != nil {
+		if a := t.selfAddr(); a != "" && len(a) <= maxAddrLen {
+			if _, err := c.Write(appendFrame(nil, frameAddr, []byte(a))); err != nil {
+				return nil, err
+			}
+		}
+	}
 	c.SetDeadline(time.Time{})
 	ok = true
 	return c, nil
@@ -447,7 +476,7 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 		reason = fmt.Sprintf("cluster %q is not this node's cluster %q", h.Cluster, t.cluster)
 	case h.To != t.id:
 		reason = fmt.Sprintf("this is node %d, not %d", t.id, h.To)
-	case !known:
+	case !known && (t.acceptUnknown == nil || !t.acceptUnknown()):
 		reason = fmt.Sprintf("node %d is not a member of cluster %q here", h.From, t.cluster)
 	}
 	if reason != "" {
@@ -479,6 +508,10 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 		typ, b, err := fr.next()
 		if err != nil {
 			return err
+		}
+		if typ == frameAddr {
+			t.learnAddr(h.From, b)
+			continue
 		}
 		if typ != frameMsg {
 			t.drop(DropUnknownType, 1)

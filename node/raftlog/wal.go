@@ -21,6 +21,7 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -469,4 +470,37 @@ func (w *wal) close() error {
 		w.lock = nil
 	}
 	return errors.Join(errs...)
+}
+
+// StoredID returns the node ID and cluster that the log in dir was written
+// for (its oldest segment's meta record), without locking or replaying it;
+// id 0 when dir holds no log yet. An application uses it to restart a node
+// whose ID it cannot otherwise know (e.g. one added with AddPeer).
+func StoredID(dir string) (id uint64, cluster string, err error) {
+	names, err := filepath.Glob(filepath.Join(dir, "wal-*.log"))
+	if err != nil || len(names) == 0 {
+		return 0, "", err
+	}
+	sort.Strings(names)
+	f, err := os.Open(names[0])
+	if err != nil {
+		return 0, "", err
+	}
+	defer f.Close()
+	buf := make([]byte, recordHeaderLen+1+11+255)
+	n, _ := io.ReadFull(f, buf)
+	buf = buf[:n]
+	if len(buf) < recordHeaderLen+1 || buf[recordHeaderLen] != recMeta {
+		return 0, "", nil // torn before its meta record: no log yet
+	}
+	body := int(binary.LittleEndian.Uint32(buf[0:4]))
+	if body < 1 || recordHeaderLen+body > len(buf) ||
+		crc32.Checksum(buf[recordHeaderLen:recordHeaderLen+body], crcTable) != binary.LittleEndian.Uint32(buf[4:8]) {
+		return 0, "", fmt.Errorf("%w: %s: bad meta record", ErrCorrupt, names[0])
+	}
+	m, err := parseMeta(buf[recordHeaderLen+1 : recordHeaderLen+body])
+	if err != nil {
+		return 0, "", fmt.Errorf("%w: %s: bad meta record", ErrCorrupt, names[0])
+	}
+	return m.nodeID, m.cluster, nil
 }

@@ -202,10 +202,14 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 			log.Error("WireGuard key attestations keep the previous identity", "certificate", id.File, "err", err)
 		}
 	}
+	var ledgerRef atomic.Pointer[ledgerRun] // set once the ledger runs
 	now, cancelSub := w.Subscribe(func(old, new *policy.Policy, d *policy.Diff) {
 		log.Info("policy applied", "policy_version", new.Version(), "policy_hash", new.Hash().String())
 		apply(new)
 		setTunnelIdentity(idp.Current())
+		if l := ledgerRef.Load(); l != nil {
+			l.policyChanged() // the raft leader applies ledger.consenters
+		}
 	})
 	defer cancelSub()
 	if now != cur {
@@ -213,7 +217,6 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	}
 	// The ledger (started below) signs its next blocks and presents on new
 	// TLS handshakes the identity folder's current identity.
-	var ledgerRef atomic.Pointer[ledgerRun]
 	setLedgerIdentity := func(id *hsm.Identity) {
 		if l := ledgerRef.Load(); l != nil {
 			if err := l.setIdentity(id); err != nil {

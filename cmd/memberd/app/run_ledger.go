@@ -8,7 +8,8 @@ package app
 //	            is dialed with Device.Dial(ctx, member, raft_port); inbound
 //	            raft connections come from Device.Listen(raft_port). The
 //	            tunnel authenticates members, so raft runs without its own TLS.
-//	raft IDs    position in the policy's ledger.consenters, from 1.
+//	raft IDs    genesis consenters 1..N, added ones derived from the member
+//	            id; consenter changes are applied live (run_ledger_consenters.go).
 //	gRPC LAN    Fabric AtomicBroadcast on ledger.listen (default :7050), TLS
 //	            with the HSM identity; client certificates required with
 //	            ledger.mutual_tls.
@@ -174,13 +175,13 @@ type ledgerRun struct {
 	ident   atomic.Pointer[orderer.Identity]
 	cert    atomic.Pointer[tls.Certificate]
 	reg     *orderer.Registry
-	ids     map[uint64]string // raft id -> member id
+	ids     map[uint64]string // raft id -> member id, as known at start
 	lan     *grpc.Server
 	overlay *grpc.Server
 	lanLn   net.Listener
 	ovLn    net.Listener
 	fwd     *orderer.BroadcastForwarder
-	conns   []*grpc.ClientConn
+	clients *ledgerClients
 	part    http.Handler
 	log     *slog.Logger
 	dev     ledgerDevice
@@ -209,51 +210,6 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 			l.Close()
 		}
 	}()
-	var myID uint64
-	var peers []raftlog.Peer
-	for i, m := range p.Consenters() {
-		rid := uint64(i + 1)
-		l.ids[rid] = m.ID
-		peers = append(peers, raftlog.Peer{ID: rid, Addr: net.JoinHostPort(m.ID, strconv.Itoa(int(lc.RaftPort)))})
-		if m.ID == cfg.Member {
-			myID = rid
-		}
-	}
-	if myID == 0 {
-		return nil, fmt.Errorf("%w: member %q is not in the policy's ledger.consenters (%s): only consenters run the ledger node; remove the ledger section",
-			ErrLedger, cfg.Member, consenterIDs(p))
-	}
-
-	// Peer clients through the tunnel, mutual TLS with member CAs as roots.
-	roots := x509.NewCertPool()
-	for _, m := range p.Members() {
-		for _, c := range m.CA {
-			roots.AddCert(c)
-		}
-	}
-	l.dev, l.watch = dev, &peerWatch{}
-	dialer := tunnelDialer{dev: dev, watch: l.watch}
-	l.fwd = &orderer.BroadcastForwarder{Peers: map[uint64]ab.AtomicBroadcastClient{}}
-	var fetchFrom []ab.AtomicBroadcastClient
-	for rid, m := range l.ids {
-		if rid == myID {
-			continue
-		}
-		conn, err := grpc.NewClient("passthrough:///"+net.JoinHostPort(m, strconv.Itoa(int(lc.PeerPort))),
-			append(orderer.ClientOptions(),
-				grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
-					return dialer.DialContext(ctx, "tcp", addr)
-				}),
-				grpc.WithTransportCredentials(credentials.NewTLS(l.clientTLS(roots))))...)
-		if err != nil {
-			return nil, fmt.Errorf("%w: gRPC client for consenter %s: %w", ErrLedger, m, err)
-		}
-		l.conns = append(l.conns, conn)
-		c := ab.NewAtomicBroadcastClient(conn)
-		l.fwd.Peers[rid] = c
-		fetchFrom = append(fetchFrom, c)
-	}
-
 	var genesis *common.Block
 	if lc.GenesisBlock != "" {
 		raw, err := os.ReadFile(cfg.path(lc.GenesisBlock))
@@ -271,6 +227,55 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 			return nil, fmt.Errorf("%w: key ledger.genesis_block: channel %q, but the policy's ledger.channel is %q", ErrLedger, ch.Config.ChannelID, l.channel)
 		}
 	}
+	raftDir := filepath.Join(cfg.path(lc.DataDir), l.channel, "raft")
+	stored, _, err := raftlog.StoredID(raftDir)
+	if err != nil {
+		return nil, fmt.Errorf("%w: raft log in %s: %w", ErrLedger, raftDir, err)
+	}
+	var genesisConsenters []string
+	if genesis != nil {
+		if genesisConsenters, err = orderer.GenesisConsenters(p, genesis); err != nil {
+			return nil, fmt.Errorf("%w: key ledger.genesis_block %s: %w", ErrLedger, cfg.path(lc.GenesisBlock), err)
+		}
+	}
+	rs, err := planLedgerRaft(cfg.Member, l.channel, stored, p, genesisConsenters, lc.RaftPort)
+	if err != nil {
+		return nil, err
+	}
+	myID, peers := rs.id, rs.peers
+	for _, pr := range peers {
+		l.ids[pr.ID] = pr.Name
+	}
+
+	// Peer clients through the tunnel, mutual TLS with member CAs as roots.
+	l.dev, l.watch = dev, &peerWatch{}
+	dialer := tunnelDialer{dev: dev, watch: l.watch}
+	l.clients = &ledgerClients{port: lc.PeerPort,
+		dial: func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) },
+		tls:  func() *tls.Config { return l.clientTLS(peerRoots(pol())) }}
+	l.fwd = &orderer.BroadcastForwarder{Lookup: func(rid uint64) ab.AtomicBroadcastClient {
+		m := l.memberOf(rid)
+		if m == "" || m == cfg.Member {
+			return nil
+		}
+		c, err := l.clients.client(m)
+		if err != nil {
+			log.Warn("no gRPC client for the raft leader", "leader", m, "err", err)
+			return nil
+		}
+		return c
+	}}
+	var fetchFrom []ab.AtomicBroadcastClient
+	for _, m := range p.Consenters() {
+		if m.ID == cfg.Member {
+			continue
+		}
+		c, err := l.clients.client(m.ID)
+		if err != nil {
+			return nil, err
+		}
+		fetchFrom = append(fetchFrom, c)
+	}
 
 	dataDir := cfg.path(lc.DataDir)
 	metrics := orderer.NewMetrics(reg)
@@ -285,13 +290,13 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 		}
 		raftLn = ln
 		n, err := orderer.New(orderer.Config{
-			Raft: raftlog.Config{ID: myID, Peers: peers, Dir: filepath.Join(dataDir, channel, "raft"),
+			Raft: raftlog.Config{ID: myID, Peers: peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
 				Dialer: dialer, Listener: ln, Registerer: reg, Logger: log.With("component", "raft")},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol,
 			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,
 				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() }},
-			Forwarder: l.fwd, Metrics: metrics, Logger: log})
+			Forwarder: l.fwd, Membership: l.membership(), Metrics: metrics, Logger: log})
 		if err != nil {
 			ln.Close()
 			return nil, err
@@ -334,7 +339,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	if l.ovLn, err = dev.Listen(lc.PeerPort); err != nil {
 		return nil, fmt.Errorf("%w: gRPC on overlay port %d (key ledger.peer_port): %w", ErrLedger, lc.PeerPort, err)
 	}
-	log.Info("ledger node started", "channel", l.channel, "raft_id", myID, "listen", l.lanLn.Addr().String(),
+	log.Info("ledger node started", "channel", l.channel, "raft_id", myID, "joining", rs.join, "listen", l.lanLn.Addr().String(),
 		"raft_port", lc.RaftPort, "peer_port", lc.PeerPort, "consenters", len(peers), "height", n.Height())
 	return l, nil
 }
@@ -430,8 +435,8 @@ func (l *ledgerRun) Close() error {
 		if l.reg != nil {
 			err = l.reg.Close()
 		}
-		for _, c := range l.conns {
-			c.Close()
+		if l.clients != nil {
+			l.clients.close()
 		}
 	})
 	return err
@@ -468,7 +473,8 @@ func (l *ledgerRun) status() any {
 	st["raft_id"] = rs.ID
 	st["raft_state"] = rs.State
 	st["term"] = rs.Term
-	st["leader"] = l.ids[rs.Leader] // "" = none known
+	st["leader"] = l.memberOf(rs.Leader) // "" = none known
+	st["consenters"] = consenterStatus(n)
 	st["leader_raft_id"] = rs.Leader
 	if err := n.Healthy(); err != nil {
 		st["state"] = err.Error()

@@ -107,16 +107,7 @@ func TestLedgerInAppliance(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	d, err := StartDemo(ctx, L, nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Stop()
-	if err := d.WaitConnected(ctx); err != nil {
-		t.Fatal(err)
-	}
+	d, ctx := startDemo(t, L, 2*time.Minute)
 	if err := d.WaitLedger(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -211,6 +202,24 @@ func TestLedgerInAppliance(t *testing.T) {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// startDemo runs the demo consortium L until the test ends (or timeout,
+// which also bounds the returned context) and waits until every member is
+// connected to every relay.
+func startDemo(t *testing.T, L *DemoLayout, timeout time.Duration) (*DemoConsortium, context.Context) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
+	t.Cleanup(cancel)
+	d, err := StartDemo(ctx, L, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Stop() })
+	if err := d.WaitConnected(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return d, ctx
 }
 
 func getJSON(t *testing.T, url string, v any) {

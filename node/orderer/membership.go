@@ -1,0 +1,171 @@
+package orderer
+
+// Live consenter changes, the driver: on the raft leader, a loop compares
+// the raft voters with the policy's ledger.consenters and proposes the
+// changes PlanConsenters computes, one at a time (raft takes one pending
+// conf change), planning again after each is applied. It is level-driven:
+// a leader change, a failed proposal or a policy that changes again midway
+// only means the next check (Reconcile, or every Membership.Interval) plans
+// from what the log says now. Followers do nothing here; they apply the
+// conf changes from the log like any node.
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/memberd/memberd/node/raftlog"
+)
+
+// Membership turns on live consenter changes (Config.Membership).
+type Membership struct {
+	// Addr returns the raft address (for raftlog's Dialer) of a member.
+	// Required.
+	Addr func(member string) string
+	// ID returns the raft ID for a member added to the running cluster.
+	// nil: ConsenterID: its genesis ID if it was a genesis consenter (read
+	// from the genesis block), else AddedConsenterID(channel, member).
+	ID func(member string) uint64
+	// Name, if set, names a voter that the log recorded without a member id
+	// (logs of older versions), e.g. from its address; without a name such
+	// a voter holds every change back.
+	Name func(p raftlog.Peer) string
+	// Consenters returns the member ids that should be raft voters. nil: the
+	// current policy's ledger.consenters.
+	Consenters func() []string
+	// Interval between checks (besides Reconcile). Default 1s.
+	Interval time.Duration
+	// ChangeTimeout bounds one conf change or leadership transfer. Default 10s.
+	ChangeTimeout time.Duration
+}
+
+// ErrRemoved: this node's raft ID was removed from the cluster (the policy
+// no longer lists its member as a consenter). It answers like an
+// unavailable service; its blocks stay readable.
+var ErrRemoved = fmt.Errorf("%w: this node was removed from the channel's consenters (the policy's ledger.consenters no longer lists it); "+
+	"it no longer orders: re-add the member to ledger.consenters to take part again, or remove the ledger section", ErrUnavailable)
+
+// membershipErr says why this node takes no part in ordering: removed, or
+// not yet added (joining); nil otherwise.
+func (n *Node) membershipErr() error {
+	switch {
+	case n.raft.Removed():
+		return ErrRemoved
+	case n.raft.Joining():
+		return fmt.Errorf("%w: joining the channel's consenters: waiting for the raft leader to add this node "+
+			"(the policy's ledger.consenters must list its member) and send it the log", ErrUnavailable)
+	}
+	return nil
+}
+
+// Reconcile asks the membership driver to check the consenters now (e.g.
+// after a policy change). It does not block; a no-op without
+// Config.Membership.
+func (n *Node) Reconcile() {
+	select {
+	case n.reconcileCh() <- struct{}{}:
+	default:
+	}
+}
+
+func (n *Node) reconcileCh() chan struct{} {
+	n.reconcileOnce.Do(func() { n.reconcileC = make(chan struct{}, 1) })
+	return n.reconcileC
+}
+
+// reconcile runs the driver until ctx ends.
+func (n *Node) reconcile(ctx context.Context) {
+	m := *n.cfg.Membership
+	if m.Interval <= 0 {
+		m.Interval = time.Second
+	}
+	if m.ChangeTimeout <= 0 {
+		m.ChangeTimeout = 10 * time.Second
+	}
+	var genesis []string // for the default ID
+	if m.ID == nil {
+		if b, err := n.store.Get(0); err == nil {
+			genesis, _ = GenesisConsenters(n.cfg.Policy(), b)
+		}
+	}
+	if m.Consenters == nil {
+		m.Consenters = func() []string { return n.cfg.Policy().Ledger().Consenters }
+	}
+	tick := time.NewTicker(m.Interval)
+	defer tick.Stop()
+	var said string // the last plan logged, so that a waiting plan is logged once
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		case <-n.reconcileCh():
+		}
+		again, msg := n.reconcileStep(ctx, m, genesis)
+		if msg != "" && msg != said {
+			n.log.Info(msg)
+		}
+		said = msg
+		if again {
+			n.Reconcile()
+		}
+	}
+}
+
+// reconcileStep makes at most one change; again reports that another may
+// follow at once, msg is a status line for the log ("" = nothing to say).
+func (n *Node) reconcileStep(ctx context.Context, m Membership, genesis []string) (again bool, msg string) {
+	if n.raft.Removed() || !n.IsLeader() {
+		return false, ""
+	}
+	prog := n.raft.Progress()
+	if prog == nil {
+		return false, ""
+	}
+	want := m.Consenters()
+	members := n.raft.Members()
+	for i, p := range members {
+		if p.Name == "" && m.Name != nil {
+			members[i].Name = m.Name(p)
+		}
+	}
+	if m.ID == nil {
+		g := TrustedGenesis(genesis, members)
+		m.ID = func(member string) uint64 { return ConsenterID(g, n.channel, member) }
+	}
+	plan, err := PlanConsenters(ConsenterView{Self: n.raft.ID(), Members: members, Progress: prog}, want, m.ID, m.Addr)
+	if err != nil {
+		return false, fmt.Sprintf("consenters of the policy not applied: %v", err)
+	}
+	if len(plan.Pending) == 0 {
+		return false, strings.Join(plan.Warnings, "; ")
+	}
+	for _, w := range plan.Warnings {
+		n.log.Warn("consenter change: "+w, "consenters", want)
+	}
+	if plan.Next == nil {
+		return false, "consenter change waits: " + plan.Wait
+	}
+	cctx, cancel := context.WithTimeout(ctx, m.ChangeTimeout)
+	defer cancel()
+	c := *plan.Next
+	if plan.TransferTo != 0 {
+		n.log.Info("consenter change: handing leadership over before this node is removed", "change", c.String(), "to", plan.TransferTo)
+		if err := n.raft.TransferLeadership(cctx, plan.TransferTo); err != nil {
+			return false, fmt.Sprintf("consenter change: leadership transfer to %d failed, retrying: %v", plan.TransferTo, err)
+		}
+		return false, ""
+	}
+	n.log.Info("consenter change proposed", "change", c.String(), "pending", len(plan.Pending), "consenters", want)
+	if c.Remove {
+		err = n.raft.RemovePeer(cctx, c.Peer.ID)
+	} else {
+		err = n.raft.AddPeer(cctx, c.Peer)
+	}
+	if err != nil {
+		return false, fmt.Sprintf("consenter change %s not applied, retrying: %v", c, err)
+	}
+	n.log.Info("consenter change applied", "change", c.String(), "voters", n.raft.Status().Voters)
+	return true, ""
+}

@@ -1,0 +1,233 @@
+package orderer
+
+import (
+	"errors"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/memberd/memberd/node/raftlog"
+	"github.com/memberd/memberd/policy"
+)
+
+// liveMembership: the test cluster's addresses n<k> for members m<k>, and
+// raft ID k for an added m<k> (so that cl.nodes[k-1] is its node).
+func liveMembership(c *Config) {
+	c.Membership = &Membership{
+		Addr:     func(m string) string { return "n" + m[1:] },
+		ID:       func(m string) uint64 { var k uint64; fmt.Sscanf(m, "m%d", &k); return k },
+		Interval: 100 * time.Millisecond,
+	}
+}
+
+// addMember makes the cluster's policy the next version, with a new member
+// id (role writer).
+func (cl *cluster) addMember(t *testing.T, id string) {
+	t.Helper()
+	cl.c.cur.Store(cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) {
+		d.Members = append(d.Members, cl.c.cons.NewMember(t, id))
+	}))
+}
+
+// setConsenters makes the cluster's policy the next version, with
+// ledger.consenters = members, and nudges the running nodes.
+func (cl *cluster) setConsenters(t *testing.T, members ...string) {
+	t.Helper()
+	next := cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) {
+		for _, m := range d.Members {
+			if slices.Contains(members, m.ID) {
+				if !m.HasRole(policy.RoleConsenter) {
+					m.Roles = append(m.Roles, policy.RoleConsenter)
+				}
+			} else {
+				m.Roles = slices.DeleteFunc(m.Roles, func(r policy.Role) bool { return r == policy.RoleConsenter })
+			}
+		}
+		d.Ledger.Consenters = members
+	})
+	cl.c.cur.Store(next)
+	for _, tn := range cl.nodes {
+		if n := tn.np.Load(); n != nil {
+			n.Reconcile()
+		}
+	}
+}
+
+// waitVoters waits until node id's raft voters are want (sorted) with
+// member names m<k>.
+func (cl *cluster) waitVoters(id uint64, want []uint64, timeout time.Duration) {
+	cl.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var got []raftlog.Peer
+		if n := cl.node(id); n != nil {
+			got = n.Raft().Members()
+		}
+		ok := len(got) == len(want)
+		for i := range got {
+			ok = ok && got[i].ID == want[i] && got[i].Name == fmt.Sprintf("m%d", want[i])
+		}
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			cl.t.Fatalf("node %d: voters %v, want %v", id, got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestConsentersLive: a policy change adds a 4th consenter while envelopes
+// are submitted (it starts with only the genesis block and catches up
+// through a snapshot and Deliver), then another removes the leader (it
+// hands leadership over first and stops ordering); no SUCCESS-answered
+// envelope is lost, the remaining nodes hold identical blocks, and after a
+// restart of every node the membership is the same and they order again.
+func TestConsentersLive(t *testing.T) {
+	total := 3000
+	if testing.Short() {
+		total = 1200
+	}
+	cl := newCluster(t, 3, testBatch(), func(c *Config) {
+		liveMembership(c)
+		c.Raft.SnapshotEvery = 20
+		c.Raft.CatchUpEntries = 5
+		if c.Raft.ID == 4 && c.Raft.Peers != nil { // the new consenter: no addresses, Join
+			c.Raft.Join, c.Raft.Peers = true, []raftlog.Peer{{ID: 4}}
+		}
+	})
+	cl.leader(10 * time.Second)
+	cl.addMember(t, "m4")
+	tn4 := cl.addSlot() // before the load, which reads cl.nodes
+	client := cl.c.identity(t, "m1", "live-client")
+	res := newLoadResult()
+	loaded := make(chan struct{})
+	go func() {
+		defer close(loaded)
+		cl.load(t, client, total, 2, 200, res, nil)
+	}()
+	waitSuccess := func(n int) {
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			res.mu.Lock()
+			got := len(res.success)
+			res.mu.Unlock()
+			if got >= n || time.Now().After(deadline) {
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	// Add m4 under load.
+	waitSuccess(total / 5)
+	cl.setConsenters(t, "m1", "m2", "m3", "m4")
+	l := cl.leader(10 * time.Second)
+	cl.waitVoters(l, []uint64{1, 2, 3, 4}, 20*time.Second)
+	cl.start(tn4.id)
+	cl.waitVoters(4, []uint64{1, 2, 3, 4}, 20*time.Second)
+	t.Logf("m4 added; leader %d", l)
+
+	// Remove the leader's member under load.
+	waitSuccess(total / 2)
+	old := cl.leader(10 * time.Second)
+	var keep []string
+	var keepIDs []uint64
+	for k := uint64(1); k <= 4; k++ {
+		if k != old {
+			keep = append(keep, fmt.Sprintf("m%d", k))
+			keepIDs = append(keepIDs, k)
+		}
+	}
+	cl.setConsenters(t, keep...)
+	deadline := time.Now().Add(30 * time.Second)
+	for !cl.node(old).Raft().Removed() {
+		if time.Now().After(deadline) {
+			t.Fatalf("leader %d not removed: %+v", old, cl.node(old).Raft().Status())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := cl.node(old).Healthy(); err == nil || !errors.Is(err, ErrRemoved) {
+		t.Fatalf("removed node Healthy: %v", err)
+	}
+	cl.waitVoters(keepIDs[0], keepIDs, 10*time.Second)
+	cl.stop(old)
+	t.Logf("m%d (the leader) removed; new leader %d", old, cl.leader(10*time.Second))
+
+	<-loaded
+	t.Logf("%d SUCCESS of %d, other %v", len(res.success), total, res.other)
+	if len(res.success) < total/2 {
+		t.Fatalf("only %d SUCCESS of %d", len(res.success), total)
+	}
+	cl.waitHeight(cl.node(cl.leader(10*time.Second)).Height(), 20*time.Second)
+	txids := cl.checkIdentical()
+	for id := range res.success {
+		if txids[id] == 0 {
+			t.Fatalf("SUCCESS-answered tx %s is missing", id)
+		}
+	}
+
+	// Every remaining node restarts from its disk: same membership, and it
+	// orders again.
+	for _, k := range keepIDs {
+		cl.stop(k)
+	}
+	for _, k := range keepIDs {
+		cl.start(k)
+	}
+	for _, k := range keepIDs {
+		cl.waitVoters(k, keepIDs, 20*time.Second)
+	}
+	res2 := newLoadResult()
+	cl.load(t, cl.c.identity(t, "m2", "after-restart"), 100, 1, 100, res2, nil)
+	if len(res2.success) != 100 {
+		t.Fatalf("after restart: %d SUCCESS of 100: %v", len(res2.success), res2.other)
+	}
+	cl.waitHeight(cl.node(cl.leader(time.Second)).Height(), 10*time.Second)
+	cl.checkIdentical()
+}
+
+// TestConsentersRemoveFollower: removing a follower under load leaves two
+// consenters that keep ordering (with a warning: no failure tolerated);
+// the removed node stops ordering and says why.
+func TestConsentersRemoveFollower(t *testing.T) {
+	cl := newCluster(t, 3, testBatch(), liveMembership)
+	l := cl.leader(10 * time.Second)
+	f := l%3 + 1
+	res := newLoadResult()
+	loaded := make(chan struct{})
+	go func() {
+		defer close(loaded)
+		cl.load(t, cl.c.identity(t, "m1", "rm-client"), 1200, 2, 200, res, nil)
+	}()
+	var keep []string
+	var keepIDs []uint64
+	for k := uint64(1); k <= 3; k++ {
+		if k != f {
+			keep = append(keep, fmt.Sprintf("m%d", k))
+			keepIDs = append(keepIDs, k)
+		}
+	}
+	cl.setConsenters(t, keep...)
+	cl.waitVoters(l, keepIDs, 20*time.Second)
+	deadline := time.Now().Add(10 * time.Second)
+	for !errors.Is(cl.node(f).Healthy(), ErrRemoved) {
+		if time.Now().After(deadline) {
+			t.Fatalf("follower %d: Healthy %v", f, cl.node(f).Healthy())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	<-loaded
+	if len(res.success) != 1200 {
+		t.Fatalf("%d SUCCESS of 1200 (the leader stayed): %v", len(res.success), res.other)
+	}
+	cl.stop(f)
+	cl.waitHeight(cl.node(l).Height(), 10*time.Second)
+	txids := cl.checkIdentical()
+	for id := range res.success {
+		if txids[id] != 1 {
+			t.Fatalf("tx %s in the chain %d times", id, txids[id])
+		}
+	}
+}
