@@ -110,8 +110,17 @@ func (d *Device) Rotate(ctx context.Context) error {
 	d.mu.Lock()
 	// Switch the key, then toggle persistent keepalive on every peer: the
 	// keepalive it sends at once starts the handshake with the new key.
+	// Outgoing packets wait meanwhile (pause.go) for the peers that can
+	// answer that handshake.
 	ipc := "private_key=" + ks.priv.String() + "\n"
+	var answer []Key
+	for _, p := range d.peers {
+		if p.ready() {
+			answer = append(answer, p.active.PublicKey)
+		}
+	}
 	if d.cfg.Keepalive > 0 {
+		d.tun.pause(answer, time.Now(), switchPauseMax) // WireGuard's clock
 		ka := max(1, int(d.cfg.Keepalive/time.Second))
 		for _, p := range d.peers {
 			if p.active != nil {
@@ -122,11 +131,16 @@ func (d *Device) Rotate(ctx context.Context) error {
 	}
 	if err := d.wg.IpcSet(ipc); err != nil {
 		d.mu.Unlock()
+		d.tun.endPause()
 		return fmt.Errorf("switch WireGuard private key: %w", err)
 	}
 	old := d.self.att.PublicKey
 	d.self = *ks
 	d.mu.Unlock()
+	select { // promoteLoop ends the pause
+	case d.promoteCh <- struct{}{}:
+	default:
+	}
 	d.rotations.Add(1)
 	d.log.Info("WireGuard key rotated", "old_public_key", old.String(), "public_key", ks.priv.PublicKey().String())
 	// The active announcement makes peers route to the new key; repeat it a
