@@ -2,7 +2,6 @@ package tunnel
 
 import (
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
@@ -34,8 +33,6 @@ type pausableTUN struct {
 	timer   *time.Timer
 	closed  bool
 	timeout func() // called when a pause ends by its bound
-
-	reads atomic.Uint64 // packets WireGuard read
 }
 
 var _ tun.Device = (*pausableTUN)(nil)
@@ -57,9 +54,7 @@ func (t *pausableTUN) Read(bufs [][]byte, sizes []int, offset int) (int, error) 
 	open := t.open
 	t.mu.Unlock()
 	<-open
-	n, err := t.Device.Read(bufs, sizes, offset)
-	t.reads.Add(uint64(n))
-	return n, err
+	return t.Device.Read(bufs, sizes, offset)
 }
 
 // pause holds reads until each of keys completed a handshake after now
