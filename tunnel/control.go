@@ -55,6 +55,10 @@ const (
 	flagActive    = 1 << 0
 	flagRequest   = 1 << 1
 	flagHaveYours = 1 << 2
+	// flagDefer, on an ack or a next-key announcement: the sender is
+	// rotating too, has not switched, and will switch only after the
+	// receiver (a smaller member id) did (see rotatingBefore).
+	flagDefer = 1 << 3
 )
 
 var errBadControl = errors.New("malformed tunnel control packet")

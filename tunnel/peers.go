@@ -42,7 +42,10 @@ type peerState struct {
 	addr    netip.Addr
 	active  *Attestation // the peer configured with the overlay address
 	pending *Attestation // announced next key, configured without allowed IPs
-	knowsUs bool         // its last active announcement said it holds our key
+	// defers: its last ack or next-key announcement said it switches to
+	// pending only after we switched (flagDefer).
+	defers  bool
+	knowsUs bool // its last active announcement said it holds our key
 	// switched is when the member announced its pending key as active
 	// (zero until then); the pending peer is promoted after a handshake.
 	switched time.Time
@@ -80,7 +83,7 @@ func (d *Device) controlLoop() error {
 			case kindAnnounce:
 				d.handleAnnounce(cp.sender, h.flags, msg)
 			case kindAck:
-				d.handleAck(cp.sender, msg)
+				d.handleAck(cp.sender, h.flags, msg)
 			default: // unknown kinds are skipped (newer peers)
 			}
 		}
@@ -197,7 +200,7 @@ func (d *Device) handleAnnounce(sender string, flags uint8, msg []byte) {
 		if p.pending != nil && p.pending.PublicKey != att.PublicKey {
 			ipcRemove(&ipc, p.pending.PublicKey)
 		}
-		p.active, p.pending, p.switched = att, nil, time.Time{}
+		p.active, p.pending, p.switched, p.defers = att, nil, time.Time{}, false
 	default:
 		if p.pending != nil && p.pending.PublicKey != att.PublicKey {
 			ipcRemove(&ipc, p.pending.PublicKey)
@@ -206,7 +209,7 @@ func (d *Device) handleAnnounce(sender string, flags uint8, msg []byte) {
 			d.ipcPeer(&ipc, sender, att, netip.Addr{}, false)
 			p.switched = time.Time{}
 		}
-		p.pending = att
+		p.pending, p.defers = att, flags&flagDefer != 0
 	}
 	if flags&flagActive != 0 {
 		p.knowsUs = flags&flagHaveYours != 0
@@ -235,11 +238,12 @@ func (d *Device) handleAnnounce(sender string, flags uint8, msg []byte) {
 		d.notifyLocked()
 	}
 	replyFlags := d.announceFlagsLocked(sender, false)
+	ackFlags := d.deferFlagLocked(sender)
 	ownRaw := d.self.raw
 	answer := flags&flagRequest != 0 && d.requests.allow(sender, now)
 	d.mu.Unlock()
 	if flags&flagActive == 0 {
-		d.sendControl(sender, kindAck, 0, att.PublicKey[:])
+		d.sendControl(sender, kindAck, ackFlags, att.PublicKey[:])
 	}
 	if answer {
 		d.sendControl(sender, kindAnnounce, replyFlags, ownRaw)
@@ -306,7 +310,7 @@ func reasonOf(err error) string {
 	return "other"
 }
 
-func (d *Device) handleAck(sender string, msg []byte) {
+func (d *Device) handleAck(sender string, flags uint8, msg []byte) {
 	if len(msg) != 32 {
 		d.dropControl(dropBadAck)
 		return
@@ -314,6 +318,9 @@ func (d *Device) handleAck(sender string, msg []byte) {
 	d.mu.Lock()
 	if d.next != nil && Key(msg) == d.next.att.PublicKey {
 		d.acks[sender] = true
+		if p := d.peers[sender]; p != nil && p.pending != nil {
+			p.defers = flags&flagDefer != 0
+		}
 	}
 	d.mu.Unlock()
 	select {

@@ -198,7 +198,7 @@ func (d *Device) promoteLocked(ipc *strings.Builder, member string, p *peerState
 	}
 	d.armed.clear(member)
 	d.log.Info("WireGuard peer switched to its new key", "peer", member, "public_key", p.pending.PublicKey.String(), "promoted_on", why)
-	p.active, p.pending, p.switched = p.pending, nil, time.Time{}
+	p.active, p.pending, p.switched, p.defers = p.pending, nil, time.Time{}, false
 }
 
 // promoteLoop handles switch requests from the Bind (switchReq) and, while

@@ -66,9 +66,13 @@ func (d *Device) Rotate(ctx context.Context) error {
 		}
 		d.mu.Lock()
 		raw := ks.raw // SetIdentity may re-sign ks (under mu)
+		flags := make([]uint8, len(waiting))
+		for i, m := range waiting {
+			flags[i] = d.deferFlagLocked(m)
+		}
 		d.mu.Unlock()
-		for _, m := range waiting {
-			d.sendControl(m, kindAnnounce, 0, raw)
+		for i, m := range waiting {
+			d.sendControl(m, kindAnnounce, flags[i], raw)
 		}
 		timedOut := false
 		select {
@@ -157,17 +161,34 @@ func (d *Device) Rotate(ctx context.Context) error {
 	return nil
 }
 
-// rotatingBefore names a peer with a smaller member id that announced a
-// next key not yet promoted here, or "".
+// rotatingBefore names a peer that announced a next key not yet promoted
+// here and switches first, or "". Two members that switch at once each
+// start a handshake to the other's old key, which fails, and the tunnel
+// between them is cut until the fallback promotion (promoteTimeout). So
+// the smaller member id switches first: a larger one waits for it, and
+// says so (flagDefer on its ack and next-key announcement); a smaller one
+// waits only for a larger one that did not say so, which has switched or
+// is about to (its handshake then promotes its key here).
 func (d *Device) rotatingBefore() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for m, p := range d.peers {
-		if p.pending != nil && m < d.cfg.Member {
+		if p.pending != nil && (m < d.cfg.Member || !p.defers) {
 			return m
 		}
 	}
 	return ""
+}
+
+// deferFlagLocked is flagDefer if this member is rotating, has not
+// switched yet, and will wait for member's switch (member is smaller and
+// announced a next key), else 0. d.mu held.
+func (d *Device) deferFlagLocked(member string) uint8 {
+	p := d.peers[member]
+	if member < d.cfg.Member && p != nil && p.pending != nil && d.next != nil && d.next.att.PublicKey != d.self.att.PublicKey {
+		return flagDefer
+	}
+	return 0
 }
 
 // unacked lists peers that have not acknowledged the next key yet.
