@@ -177,6 +177,9 @@ func New(cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("create netstack interface %s mtu %d: %w", addr, mtu, err)
 	}
 	d.tnet = tnet
+	if err := useSACKRecovery(tnet); err != nil {
+		d.log.Warn("cannot switch tunnel TCP to SACK loss recovery; keeping gVisor's RACK, which can crawl for seconds after a burst loss", "err", err)
+	}
 	d.bind = NewBind(cfg.Transport, d.onControl, d.log)
 	d.bind.watch = d
 	d.tun = newPausableTUN(tdev, func() { d.switchPauseTimeouts.Add(1) })

@@ -4,7 +4,9 @@ import (
 	"reflect"
 	"unsafe"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // AnnouncePackets encodes an attestation announcement as a peer would send
@@ -54,4 +56,15 @@ func (d *Device) NetCounters() (ipSent, ipReceived, rtoTimeouts uint64) {
 	f := reflect.ValueOf(d.tnet).Elem().FieldByName("stack")
 	s := (*(**stack.Stack)(unsafe.Pointer(f.UnsafeAddr()))).Stats()
 	return s.IP.PacketsSent.Value(), s.IP.PacketsReceived.Value(), s.TCP.Timeouts.Value()
+}
+
+// TCPRecovery reads netstack's TCP loss-recovery setting (0: SACK, no RACK).
+func (d *Device) TCPRecovery() int {
+	f := reflect.ValueOf(d.tnet).Elem().FieldByName("stack")
+	s := *(**stack.Stack)(unsafe.Pointer(f.UnsafeAddr()))
+	var opt tcpip.TCPRecovery
+	if err := s.TransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
+		panic(err)
+	}
+	return int(opt)
 }

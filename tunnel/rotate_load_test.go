@@ -17,9 +17,10 @@ import (
 // and both at once. After every switch each stream must move
 // progressBytes within progressWait: before the fix a switch dropped a
 // whole window (the new session's packets until the address moved) and
-// gVisor TCP then crawled at one segment per 200 ms RTO for 10-40 s, i.e.
-// about 6 KB/s; the streams normally move tens of MB/s here, and several
-// MB/s under -race.
+// gVisor TCP (RACK recovery) then crawled at one segment per 200 ms RTO for
+// 10-40 s, i.e. about 6 KB/s; the streams normally move tens of MB/s here,
+// and several MB/s under -race. And every switch must have been promoted
+// on the first packet of the new session (promote.go).
 func TestKeyRotationUnderLoadKeepsThroughput(t *testing.T) {
 	const (
 		progressBytes = 1 << 20
@@ -107,6 +108,14 @@ func TestKeyRotationUnderLoadKeepsThroughput(t *testing.T) {
 				t.Fatalf("round %d: rotate: %v", i, err)
 			}
 		}
+	}
+
+	// Each side moved the other's address to its new key on the first
+	// packet of the new session, not later by polling (which lost every
+	// packet sent meanwhile) nor by the crossed-switch timeout.
+	switches := a.Stats().Rotations + b.Stats().Rotations
+	if got := a.Stats().PeerSwitchesOnFirstPacket + b.Stats().PeerSwitchesOnFirstPacket; got != switches {
+		t.Errorf("%d of %d key switches promoted on the first packet of the new session", got, switches)
 	}
 
 	// Where packets were lost (diagnosis, not asserted: a loaded machine
