@@ -16,6 +16,8 @@ package tunnel
 //	1     flags: announce bit0 = active (the sender uses this key now),
 //	                       bit1 = request (please announce yours to me),
 //	                       bit2 = have-yours (the sender holds your active key)
+//	       announce (next key) and ack bit3 = defer (the sender switches
+//	                       keys only after you did; see rotatingBefore)
 //	4     message id, big-endian (fragments of one message share it)
 //	1     fragment index (0-based)
 //	1     fragment count (1..16)

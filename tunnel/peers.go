@@ -24,20 +24,23 @@ import (
 //
 //  1. A announces its NEXT key (not active). Every peer B adds it as a
 //     second, "pending" WireGuard peer with no allowed IPs and acks.
-//  2. Once all peers acked (or RotationAckTimeout passed), and no peer with
-//     a smaller id is itself mid-rotation (the smaller id goes first, so
-//     two rotations never overlap), A switches its private key, announces
-//     the key as active and sends a keepalive to every peer, which starts a
-//     handshake with the new key.
+//  2. Once all peers acked (or RotationAckTimeout passed), and no peer is
+//     mid-rotation ahead of A (the smaller id goes first, so two switches
+//     never overlap; see rotatingBefore), A pauses its outgoing packets
+//     (pause.go), switches its private key, announces the key as active
+//     and sends a keepalive to every peer, which starts a handshake with
+//     the new key.
 //  3. B answers that handshake from the pending peer. B keeps routing to A's
 //     old peer meanwhile (its session still decrypts at A), so B never
-//     initiates toward the old key. As soon as the pending peer has a
-//     completed handshake (or promoteTimeout after the active announcement)
-//     B moves A's overlay address to it and removes the old peer, in one
-//     IpcSet.
+//     initiates toward the old key. When the first packet of the new
+//     session arrives, B moves A's overlay address to the pending peer and
+//     removes the old peer, in one IpcSet, before WireGuard sees that
+//     packet (promote.go); a completed handshake seen by polling, or
+//     promoteTimeout after the active announcement, is the fallback.
 //
-// The few packets that fall in the gap are retransmitted by TCP, so
-// connections inside the tunnel (on netstack) survive.
+// So no packet A sends on its new session is dropped; the few others lost
+// in the switch are retransmitted by TCP, and connections inside the
+// tunnel (on netstack) survive.
 type peerState struct {
 	addr    netip.Addr
 	active  *Attestation // the peer configured with the overlay address
