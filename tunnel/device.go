@@ -108,7 +108,8 @@ type Device struct {
 	peers     map[string]*peerState
 	changed   chan struct{} // closed and replaced on every peer change
 	kaDue     map[Key]time.Time
-	requests  requestLimiter // answers to attestation requests, per member
+	retiring  map[Key]time.Time // old keys' peers to remove then (promote.go)
+	requests  requestLimiter    // answers to attestation requests, per member
 	conns     map[string]map[*Conn]struct{}
 	listeners map[*Listener]struct{}
 	closed    bool
@@ -161,7 +162,8 @@ func New(cfg Config) (*Device, error) {
 		ctlCh: make(chan ctlPacket, 256), ackCh: make(chan struct{}, 1), promoteCh: make(chan struct{}, 1),
 		switchCh: make(chan switchReq),
 		peers:    map[string]*peerState{}, changed: make(chan struct{}), kaDue: map[Key]time.Time{},
-		conns: map[string]map[*Conn]struct{}{}, listeners: map[*Listener]struct{}{},
+		retiring: map[Key]time.Time{},
+		conns:    map[string]map[*Conn]struct{}{}, listeners: map[*Listener]struct{}{},
 		requests: requestLimiter{every: cfg.RequestInterval},
 		id:       identity{signer: cfg.Signer, chain: cfg.Chain},
 	}
@@ -353,6 +355,7 @@ func (d *Device) timerLoop() error {
 			return nil
 		case <-fast.C:
 			d.enableDueKeepalives(d.now())
+			d.retireDue(time.Now())
 		case <-t.C:
 			d.expire()
 			d.announceAll(false)

@@ -3,6 +3,7 @@ package tunnel
 import (
 	"crypto/subtle"
 	"encoding/binary"
+	"fmt"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -187,12 +188,21 @@ func (d *Device) handleSwitch(r switchReq) {
 	d.notifyLocked()
 }
 
+// retireAfter is how long the old key's WireGuard peer stays after its
+// address moved to the new key (without allowed IPs or keepalive): packets
+// already queued to it still go out on the old session, which the member
+// still decrypts; removing the peer at once discarded them (wireguard-go
+// drops a stopped peer's outbound queue: up to ~280 packets per switch).
+const retireAfter = time.Second
+
 // promoteLocked writes the UAPI lines that move member's overlay address
-// to its pending key and remove the old key, and records it. d.mu held.
+// to its pending key and quiet the old key's peer (removed after
+// retireAfter, retireDue), and records it. d.mu held.
 func (d *Device) promoteLocked(ipc *strings.Builder, member string, p *peerState, why string) {
 	d.ipcPeer(ipc, member, p.pending, p.addr, true)
 	if p.active != nil {
-		ipcRemove(ipc, p.active.PublicKey)
+		fmt.Fprintf(ipc, "public_key=%s\nupdate_only=true\npersistent_keepalive_interval=0\n", p.active.PublicKey)
+		d.retiring[p.active.PublicKey] = time.Now().Add(retireAfter)
 		delete(d.kaDue, p.active.PublicKey)
 		d.tun.replace(p.active.PublicKey, p.pending.PublicKey)
 	}
@@ -280,4 +290,24 @@ func (d *Device) promotePending(now time.Time, handshakes map[Key]time.Time) (wa
 		d.notifyLocked()
 	}
 	return waitingLeft
+}
+
+// retireDue removes the WireGuard peers of old keys whose retireAfter
+// passed (see promoteLocked).
+func (d *Device) retireDue(now time.Time) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var ipc strings.Builder
+	for k, due := range d.retiring {
+		if now.Before(due) {
+			continue
+		}
+		delete(d.retiring, k)
+		ipcRemove(&ipc, k)
+	}
+	if ipc.Len() > 0 {
+		if err := d.wg.IpcSet(ipc.String()); err != nil {
+			d.log.Error("remove old WireGuard peer failed", "err", err)
+		}
+	}
 }
