@@ -33,10 +33,11 @@ import (
 //  3. B answers that handshake from the pending peer. B keeps routing to A's
 //     old peer meanwhile (its session still decrypts at A), so B never
 //     initiates toward the old key. When the first packet of the new
-//     session arrives, B moves A's overlay address to the pending peer and
-//     removes the old peer, in one IpcSet, before WireGuard sees that
-//     packet (promote.go); a completed handshake seen by polling, or
-//     promoteTimeout after the active announcement, is the fallback.
+//     session arrives, B moves A's overlay address to the pending peer, in
+//     one IpcSet, before WireGuard sees that packet (promote.go); the old
+//     peer is removed a second later, once its queue went out. A completed
+//     handshake seen by polling, or promoteTimeout after the active
+//     announcement, is the fallback.
 //
 // So no packet A sends on its new session is dropped; the few others lost
 // in the switch are retransmitted by TCP, and connections inside the
