@@ -37,6 +37,7 @@ type Bind struct {
 	tr      PacketTransport
 	control func(sender string, pkt []byte) // must not block or retain pkt
 	log     *slog.Logger
+	watch   sessionWatcher // nil: none
 
 	mu      sync.Mutex
 	opened  bool
@@ -47,6 +48,19 @@ type Bind struct {
 }
 
 var _ conn.Bind = (*Bind)(nil)
+
+// sessionWatcher sees the WireGuard packets that mark a peer's key switch
+// (promote.go). Both methods run on WireGuard's goroutines, may block
+// briefly, and must not retain pkt.
+type sessionWatcher interface {
+	// sendingResponse: a handshake response is about to be sent to member.
+	sendingResponse(member string, pkt []byte)
+	// receivingData: a transport-data packet from member is about to be
+	// handed to WireGuard.
+	receivingData(member string, pkt []byte)
+}
+
+var _ sessionWatcher = (*Device)(nil)
 
 // NewBind wraps tr. control receives every control packet (a copy is not
 // made: it must copy what it keeps); nil drops them.
@@ -97,6 +111,9 @@ func (b *Bind) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, er
 			}
 			continue
 		}
+		if b.watch != nil && n > 0 && pkt[0] == wgTransportType {
+			b.watch.receivingData(member, pkt)
+		}
 		sizes[0] = n
 		b.pktIn.Add(1)
 		b.bytesIn.Add(uint64(n))
@@ -128,6 +145,9 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return conn.ErrWrongEndpointType
 	}
 	for _, p := range bufs {
+		if b.watch != nil && len(p) > 0 && p[0] == wgResponseType {
+			b.watch.sendingResponse(string(e), p)
+		}
 		if err := b.tr.WritePacket(p, string(e)); err != nil {
 			return fmt.Errorf("send %d-byte WireGuard packet to %s: %w", len(p), e, err)
 		}

@@ -16,6 +16,8 @@ package tunnel
 //	1     flags: announce bit0 = active (the sender uses this key now),
 //	                       bit1 = request (please announce yours to me),
 //	                       bit2 = have-yours (the sender holds your active key)
+//	       announce (next key) and ack bit3 = defer (the sender switches
+//	                       keys only after you did; see rotatingBefore)
 //	4     message id, big-endian (fragments of one message share it)
 //	1     fragment index (0-based)
 //	1     fragment count (1..16)
@@ -55,6 +57,10 @@ const (
 	flagActive    = 1 << 0
 	flagRequest   = 1 << 1
 	flagHaveYours = 1 << 2
+	// flagDefer, on an ack or a next-key announcement: the sender is
+	// rotating too, has not switched, and will switch only after the
+	// receiver (a smaller member id) did (see rotatingBefore).
+	flagDefer = 1 << 3
 )
 
 var errBadControl = errors.New("malformed tunnel control packet")

@@ -47,6 +47,13 @@ type Stats struct {
 	IdentityChanges       uint64 // attestations re-signed by SetIdentity
 	PacketsIn, PacketsOut uint64 // WireGuard packets over the transport
 	BytesIn, BytesOut     uint64
+	// PeerSwitchesOnFirstPacket counts peers moved to their new key by
+	// the first packet of the new session (promote.go); PeerSwitchWaits
+	// the packets that went on without waiting for that (switchWait).
+	PeerSwitchesOnFirstPacket, PeerSwitchWaits uint64
+	// SwitchPauseTimeouts counts own key switches after which some peer
+	// did not answer the new handshake within switchPauseMax (pause.go).
+	SwitchPauseTimeouts uint64
 }
 
 // PeerStatus describes the WireGuard peer of one member.
@@ -72,6 +79,7 @@ type Device struct {
 	tr   PacketTransport
 	bind *Bind
 	wg   *device.Device
+	tun  *pausableTUN // netstack's interface, as WireGuard reads it
 	tnet *netstack.Net
 	addr netip.Addr
 	mtu  int
@@ -86,7 +94,11 @@ type Device struct {
 	ackCh chan struct{}
 	// promoteCh wakes promoteLoop when a member switched keys.
 	promoteCh chan struct{}
-	msgID     atomic.Uint32
+	// switchCh hands promoteLoop what the Bind sees of a peer's key
+	// switch (promote.go); armed are the sessions it waits for.
+	switchCh chan switchReq
+	armed    armedSessions
+	msgID    atomic.Uint32
 
 	mu        sync.Mutex
 	auth      *memberIndex
@@ -96,7 +108,8 @@ type Device struct {
 	peers     map[string]*peerState
 	changed   chan struct{} // closed and replaced on every peer change
 	kaDue     map[Key]time.Time
-	requests  requestLimiter // answers to attestation requests, per member
+	retiring  map[Key]time.Time // old keys' peers to remove then (promote.go)
+	requests  requestLimiter    // answers to attestation requests, per member
 	conns     map[string]map[*Conn]struct{}
 	listeners map[*Listener]struct{}
 	closed    bool
@@ -108,6 +121,7 @@ type Device struct {
 	id   identity
 
 	attAccepted, attRefused, ctlDropped, aclDenied, rotations, identityChanges atomic.Uint64
+	switchesOnFirstPacket, switchMissed, switchPauseTimeouts                   atomic.Uint64
 	m                                                                          metrics
 }
 
@@ -146,8 +160,10 @@ func New(cfg Config) (*Device, error) {
 		cfg: cfg, log: cfg.Logger.With("member", cfg.Member), now: cfg.Now, tr: cfg.Transport,
 		addr: addr, mtu: mtu, auth: auth,
 		ctlCh: make(chan ctlPacket, 256), ackCh: make(chan struct{}, 1), promoteCh: make(chan struct{}, 1),
-		peers: map[string]*peerState{}, changed: make(chan struct{}), kaDue: map[Key]time.Time{},
-		conns: map[string]map[*Conn]struct{}{}, listeners: map[*Listener]struct{}{},
+		switchCh: make(chan switchReq),
+		peers:    map[string]*peerState{}, changed: make(chan struct{}), kaDue: map[Key]time.Time{},
+		retiring: map[Key]time.Time{},
+		conns:    map[string]map[*Conn]struct{}{}, listeners: map[*Listener]struct{}{},
 		requests: requestLimiter{every: cfg.RequestInterval},
 		id:       identity{signer: cfg.Signer, chain: cfg.Chain},
 	}
@@ -163,8 +179,13 @@ func New(cfg Config) (*Device, error) {
 		return nil, fmt.Errorf("create netstack interface %s mtu %d: %w", addr, mtu, err)
 	}
 	d.tnet = tnet
+	if err := useSACKRecovery(tnet); err != nil {
+		d.log.Warn("cannot switch tunnel TCP to SACK loss recovery; keeping gVisor's RACK, which can crawl for seconds after a burst loss", "err", err)
+	}
 	d.bind = NewBind(cfg.Transport, d.onControl, d.log)
-	d.wg = device.NewDevice(tdev, d.bind, wgLogger(d.log))
+	d.bind.watch = d
+	d.tun = newPausableTUN(tdev, func() { d.switchPauseTimeouts.Add(1) })
+	d.wg = device.NewDevice(d.tun, d.bind, wgLogger(d.log))
 	if err := d.wg.IpcSet("private_key=" + d.self.priv.String() + "\n"); err != nil {
 		d.wg.Close()
 		return nil, fmt.Errorf("configure WireGuard key: %w", err)
@@ -242,6 +263,10 @@ func (d *Device) Stats() Stats {
 		PacketsOut:           d.bind.pktOut.Load(),
 		BytesIn:              d.bind.bytesIn.Load(),
 		BytesOut:             d.bind.bytesOut.Load(),
+
+		PeerSwitchesOnFirstPacket: d.switchesOnFirstPacket.Load(),
+		PeerSwitchWaits:           d.switchMissed.Load(),
+		SwitchPauseTimeouts:       d.switchPauseTimeouts.Load(),
 	}
 }
 
@@ -330,6 +355,7 @@ func (d *Device) timerLoop() error {
 			return nil
 		case <-fast.C:
 			d.enableDueKeepalives(d.now())
+			d.retireDue(time.Now())
 		case <-t.C:
 			d.expire()
 			d.announceAll(false)

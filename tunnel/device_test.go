@@ -57,3 +57,12 @@ func TestEcho(t *testing.T) {
 		t.Errorf("MTU = %d, want %d", a.MTU(), 1240-32)
 	}
 }
+
+// TestTunnelTCPUsesSACKRecovery: netstack's RACK recovery crawled for
+// seconds after burst losses (issue #4; tcp_recovery.go).
+func TestTunnelTCPUsesSACKRecovery(t *testing.T) {
+	c := newCluster(t, 1, clusterOpts{quiet: true})
+	if got := c.devs["bank-a"].TCPRecovery(); got != 0 {
+		t.Fatalf("netstack TCP recovery = %#x, want 0 (SACK only, no RACK)", got)
+	}
+}

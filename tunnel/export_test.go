@@ -1,5 +1,14 @@
 package tunnel
 
+import (
+	"reflect"
+	"unsafe"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/stack"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+)
+
 // AnnouncePackets encodes an attestation announcement as a peer would send
 // it, for tests that play a misbehaving member.
 func AnnouncePackets(att []byte, active bool, maxPacket int) [][]byte {
@@ -38,4 +47,24 @@ func RequestPackets(att []byte, maxPacket int) [][]byte {
 func IsAnnounceStart(pkt []byte) bool {
 	h, _, err := parseControl(pkt)
 	return err == nil && h.kind == kindAnnounce && h.index == 0
+}
+
+// NetCounters reads the IP packets netstack sent and received and the
+// TCP retransmission timeouts it had. The gVisor stack is unexported in
+// wireguard-go's netstack, so it is reached by reflection (tests only).
+func (d *Device) NetCounters() (ipSent, ipReceived, rtoTimeouts uint64) {
+	f := reflect.ValueOf(d.tnet).Elem().FieldByName("stack")
+	s := (*(**stack.Stack)(unsafe.Pointer(f.UnsafeAddr()))).Stats()
+	return s.IP.PacketsSent.Value(), s.IP.PacketsReceived.Value(), s.TCP.Timeouts.Value()
+}
+
+// TCPRecovery reads netstack's TCP loss-recovery setting (0: SACK, no RACK).
+func (d *Device) TCPRecovery() int {
+	f := reflect.ValueOf(d.tnet).Elem().FieldByName("stack")
+	s := *(**stack.Stack)(unsafe.Pointer(f.UnsafeAddr()))
+	var opt tcpip.TCPRecovery
+	if err := s.TransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
+		panic(err)
+	}
+	return int(opt)
 }

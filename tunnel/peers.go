@@ -24,25 +24,32 @@ import (
 //
 //  1. A announces its NEXT key (not active). Every peer B adds it as a
 //     second, "pending" WireGuard peer with no allowed IPs and acks.
-//  2. Once all peers acked (or RotationAckTimeout passed), and no peer with
-//     a smaller id is itself mid-rotation (the smaller id goes first, so
-//     two rotations never overlap), A switches its private key, announces
-//     the key as active and sends a keepalive to every peer, which starts a
-//     handshake with the new key.
+//  2. Once all peers acked (or RotationAckTimeout passed), and no peer is
+//     mid-rotation ahead of A (the smaller id goes first, so two switches
+//     never overlap; see rotatingBefore), A pauses its outgoing packets
+//     (pause.go), switches its private key, announces the key as active
+//     and sends a keepalive to every peer, which starts a handshake with
+//     the new key.
 //  3. B answers that handshake from the pending peer. B keeps routing to A's
 //     old peer meanwhile (its session still decrypts at A), so B never
-//     initiates toward the old key. As soon as the pending peer has a
-//     completed handshake (or promoteTimeout after the active announcement)
-//     B moves A's overlay address to it and removes the old peer, in one
-//     IpcSet.
+//     initiates toward the old key. When the first packet of the new
+//     session arrives, B moves A's overlay address to the pending peer, in
+//     one IpcSet, before WireGuard sees that packet (promote.go); the old
+//     peer is removed a second later, once its queue went out. A completed
+//     handshake seen by polling, or promoteTimeout after the active
+//     announcement, is the fallback.
 //
-// The few packets that fall in the gap are retransmitted by TCP, so
-// connections inside the tunnel (on netstack) survive.
+// So no packet A sends on its new session is dropped; the few others lost
+// in the switch are retransmitted by TCP, and connections inside the
+// tunnel (on netstack) survive.
 type peerState struct {
 	addr    netip.Addr
 	active  *Attestation // the peer configured with the overlay address
 	pending *Attestation // announced next key, configured without allowed IPs
-	knowsUs bool         // its last active announcement said it holds our key
+	// defers: its last ack or next-key announcement said it switches to
+	// pending only after we switched (flagDefer).
+	defers  bool
+	knowsUs bool // its last active announcement said it holds our key
 	// switched is when the member announced its pending key as active
 	// (zero until then); the pending peer is promoted after a handshake.
 	switched time.Time
@@ -80,7 +87,7 @@ func (d *Device) controlLoop() error {
 			case kindAnnounce:
 				d.handleAnnounce(cp.sender, h.flags, msg)
 			case kindAck:
-				d.handleAck(cp.sender, msg)
+				d.handleAck(cp.sender, h.flags, msg)
 			default: // unknown kinds are skipped (newer peers)
 			}
 		}
@@ -197,7 +204,7 @@ func (d *Device) handleAnnounce(sender string, flags uint8, msg []byte) {
 		if p.pending != nil && p.pending.PublicKey != att.PublicKey {
 			ipcRemove(&ipc, p.pending.PublicKey)
 		}
-		p.active, p.pending, p.switched = att, nil, time.Time{}
+		p.active, p.pending, p.switched, p.defers = att, nil, time.Time{}, false
 	default:
 		if p.pending != nil && p.pending.PublicKey != att.PublicKey {
 			ipcRemove(&ipc, p.pending.PublicKey)
@@ -206,7 +213,7 @@ func (d *Device) handleAnnounce(sender string, flags uint8, msg []byte) {
 			d.ipcPeer(&ipc, sender, att, netip.Addr{}, false)
 			p.switched = time.Time{}
 		}
-		p.pending = att
+		p.pending, p.defers = att, flags&flagDefer != 0
 	}
 	if flags&flagActive != 0 {
 		p.knowsUs = flags&flagHaveYours != 0
@@ -235,11 +242,12 @@ func (d *Device) handleAnnounce(sender string, flags uint8, msg []byte) {
 		d.notifyLocked()
 	}
 	replyFlags := d.announceFlagsLocked(sender, false)
+	ackFlags := d.deferFlagLocked(sender)
 	ownRaw := d.self.raw
 	answer := flags&flagRequest != 0 && d.requests.allow(sender, now)
 	d.mu.Unlock()
 	if flags&flagActive == 0 {
-		d.sendControl(sender, kindAck, 0, att.PublicKey[:])
+		d.sendControl(sender, kindAck, ackFlags, att.PublicKey[:])
 	}
 	if answer {
 		d.sendControl(sender, kindAnnounce, replyFlags, ownRaw)
@@ -306,7 +314,7 @@ func reasonOf(err error) string {
 	return "other"
 }
 
-func (d *Device) handleAck(sender string, msg []byte) {
+func (d *Device) handleAck(sender string, flags uint8, msg []byte) {
 	if len(msg) != 32 {
 		d.dropControl(dropBadAck)
 		return
@@ -314,6 +322,9 @@ func (d *Device) handleAck(sender string, msg []byte) {
 	d.mu.Lock()
 	if d.next != nil && Key(msg) == d.next.att.PublicKey {
 		d.acks[sender] = true
+		if p := d.peers[sender]; p != nil && p.pending != nil {
+			p.defers = flags&flagDefer != 0
+		}
 	}
 	d.mu.Unlock()
 	select {
@@ -363,76 +374,6 @@ func (d *Device) enableDueKeepalives(now time.Time) {
 			d.log.Error("enable WireGuard keepalive failed", "err", err)
 		}
 	}
-}
-
-// promoteTimeout bounds how long a switched member's pending key waits for
-// a handshake before it is promoted anyway (the member may have been idle).
-const promoteTimeout = 3 * time.Second
-
-// promoteLoop runs promotePending every few milliseconds while some member
-// has switched to a key not yet promoted here: every packet that member
-// sends on its new session is dropped until then.
-func (d *Device) promoteLoop() error {
-	for {
-		select {
-		case <-d.ctx.Done():
-			return nil
-		case <-d.promoteCh:
-		}
-		t := time.NewTicker(5 * time.Millisecond)
-		for d.promotePending(d.now()) {
-			select {
-			case <-d.ctx.Done():
-				t.Stop()
-				return nil
-			case <-t.C:
-			}
-		}
-		t.Stop()
-	}
-}
-
-// promotePending moves overlay addresses to pending keys of members that
-// switched and completed a handshake with the new key (see peerState). It
-// reports whether some switched member is still waiting.
-func (d *Device) promotePending(now time.Time) (waitingLeft bool) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	var waiting []string
-	for m, p := range d.peers {
-		if p.pending != nil && !p.switched.IsZero() {
-			waiting = append(waiting, m)
-		}
-	}
-	if len(waiting) == 0 {
-		return false
-	}
-	hs, err := d.handshakes()
-	if err != nil {
-		d.log.Error("read WireGuard peer state failed", "err", err)
-	}
-	var ipc strings.Builder
-	for _, m := range waiting {
-		p := d.peers[m]
-		if !hs[p.pending.PublicKey] && now.Sub(p.switched) < promoteTimeout {
-			waitingLeft = true
-			continue
-		}
-		d.ipcPeer(&ipc, m, p.pending, p.addr, true)
-		if p.active != nil {
-			ipcRemove(&ipc, p.active.PublicKey)
-			delete(d.kaDue, p.active.PublicKey)
-		}
-		d.log.Info("WireGuard peer switched to its new key", "peer", m, "public_key", p.pending.PublicKey.String(), "after_handshake", hs[p.pending.PublicKey])
-		p.active, p.pending, p.switched = p.pending, nil, time.Time{}
-	}
-	if ipc.Len() > 0 {
-		if err := d.wg.IpcSet(ipc.String()); err != nil {
-			d.log.Error("switch WireGuard peer key failed", "err", err)
-		}
-		d.notifyLocked()
-	}
-	return waitingLeft
 }
 
 // handshakes reports which peers (by public key) completed a handshake.

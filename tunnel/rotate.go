@@ -66,9 +66,13 @@ func (d *Device) Rotate(ctx context.Context) error {
 		}
 		d.mu.Lock()
 		raw := ks.raw // SetIdentity may re-sign ks (under mu)
+		flags := make([]uint8, len(waiting))
+		for i, m := range waiting {
+			flags[i] = d.deferFlagLocked(m)
+		}
 		d.mu.Unlock()
-		for _, m := range waiting {
-			d.sendControl(m, kindAnnounce, 0, raw)
+		for i, m := range waiting {
+			d.sendControl(m, kindAnnounce, flags[i], raw)
 		}
 		timedOut := false
 		select {
@@ -110,8 +114,17 @@ func (d *Device) Rotate(ctx context.Context) error {
 	d.mu.Lock()
 	// Switch the key, then toggle persistent keepalive on every peer: the
 	// keepalive it sends at once starts the handshake with the new key.
+	// Outgoing packets wait meanwhile (pause.go) for the peers that can
+	// answer that handshake.
 	ipc := "private_key=" + ks.priv.String() + "\n"
+	var answer []Key
+	for _, p := range d.peers {
+		if p.ready() {
+			answer = append(answer, p.active.PublicKey)
+		}
+	}
 	if d.cfg.Keepalive > 0 {
+		d.tun.pause(answer, time.Now(), switchPauseMax) // WireGuard's clock
 		ka := max(1, int(d.cfg.Keepalive/time.Second))
 		for _, p := range d.peers {
 			if p.active != nil {
@@ -122,11 +135,16 @@ func (d *Device) Rotate(ctx context.Context) error {
 	}
 	if err := d.wg.IpcSet(ipc); err != nil {
 		d.mu.Unlock()
+		d.tun.endPause()
 		return fmt.Errorf("switch WireGuard private key: %w", err)
 	}
 	old := d.self.att.PublicKey
 	d.self = *ks
 	d.mu.Unlock()
+	select { // promoteLoop ends the pause
+	case d.promoteCh <- struct{}{}:
+	default:
+	}
 	d.rotations.Add(1)
 	d.log.Info("WireGuard key rotated", "old_public_key", old.String(), "public_key", ks.priv.PublicKey().String())
 	// The active announcement makes peers route to the new key; repeat it a
@@ -143,17 +161,34 @@ func (d *Device) Rotate(ctx context.Context) error {
 	return nil
 }
 
-// rotatingBefore names a peer with a smaller member id that announced a
-// next key not yet promoted here, or "".
+// rotatingBefore names a peer that announced a next key not yet promoted
+// here and switches first, or "". Two members that switch at once each
+// start a handshake to the other's old key, which fails, and the tunnel
+// between them is cut until the fallback promotion (promoteTimeout). So
+// the smaller member id switches first: a larger one waits for it, and
+// says so (flagDefer on its ack and next-key announcement); a smaller one
+// waits only for a larger one that did not say so, which has switched or
+// is about to (its handshake then promotes its key here).
 func (d *Device) rotatingBefore() string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	for m, p := range d.peers {
-		if p.pending != nil && m < d.cfg.Member {
+		if p.pending != nil && (m < d.cfg.Member || !p.defers) {
 			return m
 		}
 	}
 	return ""
+}
+
+// deferFlagLocked is flagDefer if this member is rotating, has not
+// switched yet, and will wait for member's switch (member is smaller and
+// announced a next key), else 0. d.mu held.
+func (d *Device) deferFlagLocked(member string) uint8 {
+	p := d.peers[member]
+	if member < d.cfg.Member && p != nil && p.pending != nil && d.next != nil && d.next.att.PublicKey != d.self.att.PublicKey {
+		return flagDefer
+	}
+	return 0
 }
 
 // unacked lists peers that have not acknowledged the next key yet.
