@@ -18,6 +18,9 @@ import (
 //	memberd_tunnel_identity_changes_total                    attestations re-signed with a new member identity
 //	memberd_tunnel_acl_denied_total                          dials and accepts refused by the policy ACL
 //	memberd_tunnel_peers                                     members with an active WireGuard peer (gauge)
+//	memberd_tunnel_peer_key_switches_total                   peers moved to their new WireGuard key on its session's first packet
+//	memberd_tunnel_peer_key_switch_timeouts_total            first packets of a new session released unswitched after the wait bound
+//	memberd_tunnel_switch_pause_timeouts_total               own key switches some peer did not answer within the pause
 
 // Control drop reasons.
 const (
@@ -64,6 +67,12 @@ var (
 	descIDChanges  = prometheus.NewDesc("memberd_tunnel_identity_changes_total", "Times the attestations were re-signed with a new member identity.", nil, nil)
 	descACLDenied  = prometheus.NewDesc("memberd_tunnel_acl_denied_total", "Dials and accepts refused by the policy ACL.", nil, nil)
 	descPeers      = prometheus.NewDesc("memberd_tunnel_peers", "Members with an active WireGuard peer.", nil, nil)
+	descSwitches   = prometheus.NewDesc("memberd_tunnel_peer_key_switches_total",
+		"Peers moved to their new WireGuard key on the first packet of the new session.", nil, nil)
+	descSwitchTO = prometheus.NewDesc("memberd_tunnel_peer_key_switch_timeouts_total",
+		"First packets of a peer's new session released before the peer was moved to the new key (wait bound reached).", nil, nil)
+	descPauseTO = prometheus.NewDesc("memberd_tunnel_switch_pause_timeouts_total",
+		"Own WireGuard key switches after which some peer did not complete the new handshake within the send pause.", nil, nil)
 )
 
 // collector exports a Device's counters.
@@ -72,7 +81,7 @@ type collector struct{ d *Device }
 var _ prometheus.Collector = collector{}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descBytes, descCtlDropped, descAccepted, descRefused, descRotations, descIDChanges, descACLDenied, descPeers} {
+	for _, d := range []*prometheus.Desc{descPackets, descBytes, descCtlDropped, descAccepted, descRefused, descRotations, descIDChanges, descACLDenied, descPeers, descSwitches, descSwitchTO, descPauseTO} {
 		ch <- d
 	}
 }
@@ -97,6 +106,9 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descRotations, d.rotations.Load())
 	counter(descIDChanges, d.identityChanges.Load())
 	counter(descACLDenied, d.aclDenied.Load())
+	counter(descSwitches, d.switchesOnFirstPacket.Load())
+	counter(descSwitchTO, d.switchMissed.Load())
+	counter(descPauseTO, d.switchPauseTimeouts.Load())
 	d.mu.Lock()
 	n := 0
 	for _, p := range d.peers {

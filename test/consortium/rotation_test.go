@@ -190,6 +190,11 @@ func TestIdentityRotationThenRevocation(t *testing.T) {
 			t.Errorf("/metrics of A lacks %q", want)
 		}
 	}
+	// B moved A's peer to A's new WireGuard key when the first packet of the
+	// new session arrived, and counts it.
+	if mb := adminMetrics(t, d.AdminAddr(b)); !strings.Contains(mb, "memberd_tunnel_peer_key_switches_total 1\n") {
+		t.Errorf("/metrics of B: want memberd_tunnel_peer_key_switches_total 1 (A rotated once)")
+	}
 	for _, dir := range []string{"in", "out"} {
 		if strings.Contains(m, `memberd_tunnel_packets_total{direction="`+dir+`"} 0`+"\n") ||
 			!strings.Contains(m, `memberd_tunnel_packets_total{direction="`+dir+`"}`) {
