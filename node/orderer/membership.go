@@ -50,13 +50,47 @@ var ErrRemoved = fmt.Errorf("%w: this node was removed from the channel's consen
 // not yet added (joining); nil otherwise.
 func (n *Node) membershipErr() error {
 	switch {
-	case n.raft.Removed():
+	case n.raft.Removed(), n.droppedByPolicy():
 		return ErrRemoved
 	case n.raft.Joining():
 		return fmt.Errorf("%w: joining the channel's consenters: waiting for the raft leader to add this node "+
 			"(the policy's ledger.consenters must list its member) and send it the log", ErrUnavailable)
 	}
 	return nil
+}
+
+// droppedByPolicy: with Config.Membership, the consenters it is given no
+// longer list this node's member and this node does not lead. Raft may
+// never tell such a node that it was removed: the leader stops sending to a
+// node once it applies its removal, possibly before the node learnt that
+// the removal committed (seen under -race: the old leader, having handed
+// over leadership, stayed a pre-candidate with the removal entry
+// uncommitted). The policy says it all the same, so it stops taking
+// submissions; a leader keeps leading until it has handed over.
+func (n *Node) droppedByPolicy() bool {
+	if n.cfg.Membership == nil || n.raft.Leader() == n.raft.ID() {
+		return false
+	}
+	consenters := n.cfg.Membership.Consenters
+	if consenters == nil {
+		consenters = func() []string { return n.cfg.Policy().Ledger().Consenters }
+	}
+	self := n.raft.ID()
+	var name string
+	for _, p := range n.raft.Members() {
+		if p.ID == self {
+			name = p.Name
+		}
+	}
+	if name == "" {
+		return false // a log without member ids: raft decides
+	}
+	for _, m := range consenters() {
+		if m == name {
+			return false
+		}
+	}
+	return true
 }
 
 // Reconcile asks the membership driver to check the consenters now (e.g.
