@@ -82,19 +82,9 @@ func (d *nameDialer) DialContext(ctx context.Context, network, addr string) (net
 // TLS with its identity, and the member CAs of pol as roots.
 func benchTLS(id Identity, pol *policy.Policy, ln net.Listener, d raftlog.Dialer) (net.Listener, raftlog.Dialer) {
 	cert := TLSCertificate(id)
-	roots := benchRoots(pol)
+	roots := pol.CAPool()
 	return tls.NewListener(ln, ServerTLS(cert, func() *policy.Policy { return pol }, true)),
 		tlsDialer{d: d, cfg: ClientTLS(&cert, roots)}
-}
-
-func benchRoots(pol *policy.Policy) *x509.CertPool {
-	roots := x509.NewCertPool()
-	for _, m := range pol.Members() {
-		for _, c := range m.CA {
-			roots.AddCert(c)
-		}
-	}
-	return roots
 }
 
 // tlsDialer is a raftlog.Dialer that runs a TLS client handshake.
@@ -219,7 +209,7 @@ func benchChild() {
 		fatal(err)
 	}
 	conn, err := grpc.NewClient(os.Getenv("ORDERER_BENCH_GRPC"), append(ClientOptions(),
-		grpc.WithTransportCredentials(credentials.NewTLS(ClientTLS(nil, benchRoots(pol)))))...)
+		grpc.WithTransportCredentials(credentials.NewTLS(ClientTLS(nil, pol.CAPool()))))...)
 	if err != nil {
 		fatal(err)
 	}

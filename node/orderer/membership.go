@@ -12,6 +12,7 @@ package orderer
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -71,26 +72,38 @@ func (n *Node) droppedByPolicy() bool {
 	if n.cfg.Membership == nil || n.raft.Leader() == n.raft.ID() {
 		return false
 	}
-	consenters := n.cfg.Membership.Consenters
-	if consenters == nil {
-		consenters = func() []string { return n.cfg.Policy().Ledger().Consenters }
-	}
-	self := n.raft.ID()
-	var name string
-	for _, p := range n.raft.Members() {
-		if p.ID == self {
-			name = p.Name
-		}
-	}
+	name := n.selfName()
 	if name == "" {
 		return false // a log without member ids: raft decides
 	}
-	for _, m := range consenters() {
-		if m == name {
-			return false
+	return !slices.Contains(n.consenters(), name)
+}
+
+// consenters returns Membership.Consenters, by default the current
+// policy's ledger.consenters.
+func (n *Node) consenters() []string {
+	if c := n.cfg.Membership.Consenters; c != nil {
+		return c()
+	}
+	return n.cfg.Policy().Ledger().Consenters
+}
+
+// selfName returns the member id the raft log records for this node's ID
+// ("" while unknown). A raft ID's member never changes, so it is looked up
+// once (droppedByPolicy runs on every submission of a follower).
+func (n *Node) selfName() string {
+	if p := n.self.Load(); p != nil {
+		return *p
+	}
+	self := n.raft.ID()
+	for _, p := range n.raft.Members() {
+		if p.ID == self && p.Name != "" {
+			name := p.Name
+			n.self.Store(&name)
+			return name
 		}
 	}
-	return true
+	return ""
 }
 
 // Reconcile asks the membership driver to check the consenters now (e.g.
@@ -124,7 +137,7 @@ func (n *Node) reconcile(ctx context.Context) {
 		}
 	}
 	if m.Consenters == nil {
-		m.Consenters = func() []string { return n.cfg.Policy().Ledger().Consenters }
+		m.Consenters = n.consenters
 	}
 	tick := time.NewTicker(m.Interval)
 	defer tick.Stop()

@@ -56,6 +56,19 @@ func (cl *cluster) setConsenters(t *testing.T, members ...string) {
 
 // waitVoters waits until node id's raft voters are want (sorted) with
 // member names m<k>.
+// consentersWithout returns members m1..mN and raft IDs 1..N but drop.
+func consentersWithout(n, drop uint64) ([]string, []uint64) {
+	var keep []string
+	var ids []uint64
+	for k := uint64(1); k <= n; k++ {
+		if k != drop {
+			keep = append(keep, fmt.Sprintf("m%d", k))
+			ids = append(ids, k)
+		}
+	}
+	return keep, ids
+}
+
 func (cl *cluster) waitVoters(id uint64, want []uint64, timeout time.Duration) {
 	cl.t.Helper()
 	deadline := time.Now().Add(timeout)
@@ -132,14 +145,7 @@ func TestConsentersLive(t *testing.T) {
 	// Remove the leader's member under load.
 	waitSuccess(total / 2)
 	old := cl.leader(10 * time.Second)
-	var keep []string
-	var keepIDs []uint64
-	for k := uint64(1); k <= 4; k++ {
-		if k != old {
-			keep = append(keep, fmt.Sprintf("m%d", k))
-			keepIDs = append(keepIDs, k)
-		}
-	}
+	keep, keepIDs := consentersWithout(4, old)
 	cl.setConsenters(t, keep...)
 	// The others drop it from raft; the old leader stops ordering (raft
 	// may never tell it that its removal committed: droppedByPolicy).
@@ -200,14 +206,7 @@ func TestConsentersRemoveFollower(t *testing.T) {
 		defer close(loaded)
 		cl.load(t, cl.c.identity(t, "m1", "rm-client"), 1200, 2, 200, res, nil)
 	}()
-	var keep []string
-	var keepIDs []uint64
-	for k := uint64(1); k <= 3; k++ {
-		if k != f {
-			keep = append(keep, fmt.Sprintf("m%d", k))
-			keepIDs = append(keepIDs, k)
-		}
-	}
+	keep, keepIDs := consentersWithout(3, f)
 	cl.setConsenters(t, keep...)
 	cl.waitVoters(l, keepIDs, 20*time.Second)
 	deadline := time.Now().Add(10 * time.Second)

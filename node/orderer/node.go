@@ -59,7 +59,8 @@ type Node struct {
 	ordered atomic.Uint64 // envelopes committed (metrics, tests)
 
 	reconcileOnce sync.Once
-	reconcileC    chan struct{} // membership.go
+	reconcileC    chan struct{}          // membership.go
+	self          atomic.Pointer[string] // selfName, once known
 	// signing is the identity that signs the blocks this node writes:
 	// Config.Signer/Identity until SetIdentity swaps it.
 	signing atomic.Pointer[signingIdentity]

@@ -84,12 +84,7 @@ func (d *DemoConsortium) ledgerClient(member string) (ab.AtomicBroadcastClient, 
 		return nil, orderer.Identity{}, nil, fmt.Errorf("demo: member %s runs no ledger", member)
 	}
 	p := a.policy()
-	roots := x509.NewCertPool()
-	for _, m := range p.Members() {
-		for _, c := range m.CA {
-			roots.AddCert(c)
-		}
-	}
+	roots := p.CAPool()
 	id := a.identity()
 	ident := orderer.Identity{MSPID: p.Member(member).MSPID, Cert: id.Certificate, Signer: id.Signer}
 	cert := orderer.TLSCertificate(ident, id.Chain...)

@@ -252,7 +252,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	dialer := tunnelDialer{dev: dev, watch: l.watch}
 	l.clients = &ledgerClients{port: lc.PeerPort,
 		dial: func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) },
-		tls:  func() *tls.Config { return l.clientTLS(peerRoots(pol())) }}
+		tls:  func() *tls.Config { return l.clientTLS(pol().CAPool()) }}
 	l.fwd = &orderer.BroadcastForwarder{Lookup: func(rid uint64) ab.AtomicBroadcastClient {
 		m := l.memberOf(rid)
 		if m == "" || m == cfg.Member {

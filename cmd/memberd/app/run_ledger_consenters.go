@@ -20,7 +20,6 @@ package app
 import (
 	"context"
 	"crypto/tls"
-	"crypto/x509"
 	"fmt"
 	"net"
 	"slices"
@@ -137,18 +136,6 @@ func (c *ledgerClients) close() {
 	for _, conn := range conns {
 		conn.Close()
 	}
-}
-
-// peerRoots is the pool of member CAs that consenters' TLS certificates
-// chain to.
-func peerRoots(p *policy.Policy) *x509.CertPool {
-	roots := x509.NewCertPool()
-	for _, m := range p.Members() {
-		for _, c := range m.CA {
-			roots.AddCert(c)
-		}
-	}
-	return roots
 }
 
 // memberOf returns the member id of a raft ID ("" if unknown).
