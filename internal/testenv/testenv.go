@@ -10,6 +10,7 @@ package testenv
 import (
 	"os"
 	"os/exec"
+	"path/filepath"
 	"testing"
 )
 
@@ -75,5 +76,54 @@ func Root(t testing.TB) {
 	t.Helper()
 	if os.Geteuid() != 0 {
 		Missing(t, "root privileges", "run the tests as root, as CI does")
+	}
+}
+
+// FabricDirEnv names the environment variable that points at a stock
+// Hyperledger Fabric 2.5.16 distribution: a folder with bin/ (peer, orderer,
+// osnadmin, configtxlator, configtxgen, cryptogen) and config/ (core.yaml,
+// orderer.yaml, configtx.yaml). .ci/run sets it from ../shared/fabric-2.5.16.
+const FabricDirEnv = "MEMBERD_FABRIC_DIR"
+
+// Fabric locates the stock Fabric binaries and sample config. It returns the
+// folder named by MEMBERD_FABRIC_DIR, or ../shared/fabric-2.5.16 found from
+// the repository root, and checks that bin/<name> exists for every name
+// given; otherwise it skips the test, or fails it under CI.
+func Fabric(t testing.TB, binaries ...string) (dir string) {
+	t.Helper()
+	dir = os.Getenv(FabricDirEnv)
+	if dir == "" {
+		dir = findShared("fabric-2.5.16")
+	}
+	if dir == "" {
+		Missing(t, "stock Fabric 2.5.16 binaries", "set "+FabricDirEnv+" to a folder with bin/ and config/, e.g. ../shared/fabric-2.5.16")
+		return ""
+	}
+	for _, b := range binaries {
+		if _, err := os.Stat(filepath.Join(dir, "bin", b)); err != nil {
+			Missing(t, "stock Fabric binary "+b, "expected at "+filepath.Join(dir, "bin", b)+"; set "+FabricDirEnv)
+		}
+	}
+	return dir
+}
+
+// findShared walks up from the working directory to the repository root (the
+// folder with go.mod) and returns ../shared/<name> beside it, if it exists.
+func findShared(name string) string {
+	wd, err := os.Getwd()
+	if err != nil {
+		return ""
+	}
+	for d := wd; ; d = filepath.Dir(d) {
+		if _, err := os.Stat(filepath.Join(d, "go.mod")); err == nil {
+			p := filepath.Join(filepath.Dir(d), "shared", name)
+			if _, err := os.Stat(p); err == nil {
+				return p
+			}
+			return ""
+		}
+		if filepath.Dir(d) == d {
+			return ""
+		}
 	}
 }
