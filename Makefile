@@ -14,7 +14,7 @@ BENCHTIME  ?= 2s
 # Fuzzing time per target in `make fuzz`.
 FUZZTIME   ?= 30s
 
-.PHONY: all build test deps vet unit race bench lint fuzz demo package image clean
+.PHONY: all build test deps vet unit race bench lint fuzz demo soak package image clean
 
 all: build
 
@@ -49,6 +49,16 @@ lint: vet
 
 demo: deps build
 	@bash scripts/demo.sh $(BIN)
+
+# Ledger endurance run (issue #9), NOT part of `make test`: the real binary
+# (2 relays + 3 appliances from `memberd demo init`) under Broadcast load,
+# with optional kill -9 faults. Settings are SOAK_* variables, e.g.
+#   make soak SOAK_TX=200000
+#   make soak SOAK_TX=150000 SOAK_FAULTS=follower,leader,relay SOAK_FAULT_EVERY=1m
+# (README.md, "Soak", lists them all and what the run checks).
+soak: deps build
+	$(GO) build -o bin/soak ./test/soak
+	bin/soak -soak_bin $(BIN)
 
 # .deb and .rpm in bin/dist/ (packaging/README.md). nfpm is a build tool, not
 # a dependency of memberd: installed into bin/tools, kept out of go.mod.

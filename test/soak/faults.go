@@ -1,0 +1,254 @@
+package main
+
+// Scripted faults: kill -9 a raft follower, the raft leader or the relay
+// the entry member sends on, restart it after SOAK_FAULT_DOWN, and time the
+// recovery (new leader elected, traffic back, member caught up, members on
+// the other relay).
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+)
+
+const (
+	faultFollower = "follower"
+	faultLeader   = "leader"
+	faultRelay    = "relay"
+)
+
+// recoveryTimeout bounds each recovery step.
+const recoveryTimeout = 3 * time.Minute
+
+// step is one timed recovery step of a fault.
+type step struct {
+	what string
+	took time.Duration // from the kill, or from the restart where what says so
+	ok   bool
+}
+
+type faultResult struct {
+	kind, target string
+	at           time.Time
+	steps        []step
+	note         string
+}
+
+func (f *faultResult) add(what string, took time.Duration, ok bool) {
+	f.steps = append(f.steps, step{what, took, ok})
+	res := took.Round(time.Millisecond).String()
+	if !ok {
+		res = "NOT within " + took.Round(time.Second).String()
+	}
+	fmt.Printf("   fault %s %s: %s: %s\n", f.kind, f.target, what, res)
+}
+
+type faulter struct {
+	cfg *config
+	cl  *cluster
+	l   *loader
+}
+
+// run injects the faults in turn, every cfg.faultEvery, until ctx ends.
+// A fault in progress is completed (the process restarted) even then.
+func (fr *faulter) run(ctx context.Context, out chan<- *faultResult) {
+	defer close(out)
+	for i := 0; ; i++ {
+		sleepCtx(ctx, fr.cfg.faultEvery)
+		if ctx.Err() != nil {
+			return
+		}
+		kind := fr.cfg.faults[i%len(fr.cfg.faults)]
+		out <- fr.inject(ctx, kind)
+	}
+}
+
+func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
+	f := &faultResult{kind: kind, at: time.Now()}
+	leader, term, err := fr.leader(ctx)
+	if err != nil {
+		f.note = "skipped: " + err.Error()
+		fmt.Printf("   fault %s: %s\n", kind, f.note)
+		return f
+	}
+	var target *proc
+	switch kind {
+	case faultLeader:
+		target = leader
+	case faultFollower:
+		// A follower other than the entry member if there is one, so the
+		// load keeps its connection.
+		for _, p := range fr.cl.members() {
+			if p != leader && (target == nil || target.name == fr.cl.entry) {
+				target = p
+			}
+		}
+	case faultRelay:
+		target = fr.activeRelay(ctx)
+	}
+	if target == nil {
+		f.note = "skipped: no target"
+		return f
+	}
+	f.target = target.name
+	acked0 := fr.l.st.acked.Load()
+	fmt.Printf("== fault %s: kill -9 %s (pid %d; leader %s, term %d, acked %d)\n", kind, target.name, pidOf(target), leader.name, term, acked0)
+	t0 := time.Now()
+	fr.cl.kill9(target)
+
+	// Traffic back: more acked than everything in flight at the kill.
+	inFlight := int64(fr.cfg.streams * fr.cfg.window)
+	trafficBack := func() bool { return fr.l.st.acked.Load() > acked0+inFlight }
+
+	switch kind {
+	case faultLeader:
+		d, ok := fr.until(ctx, t0, func(c context.Context) bool {
+			for _, p := range fr.cl.members() {
+				if p == target {
+					continue
+				}
+				if st, err := fr.cl.status(c, p); err == nil && st.Ledger.Leader != "" && st.Ledger.Leader != target.name {
+					return true
+				}
+			}
+			return false
+		})
+		f.add("new leader elected", d, ok)
+	case faultRelay:
+		d, ok := fr.until(ctx, t0, func(c context.Context) bool {
+			for _, p := range fr.cl.members() {
+				st, err := fr.cl.status(c, p)
+				if err != nil || !slices.ContainsFunc(st.Relays, func(r relayStatus) bool {
+					return r.ID != target.name && r.Active && r.Healthy
+				}) {
+					return false
+				}
+			}
+			return true
+		})
+		f.add("every member active on the other relay", d, ok)
+	}
+	if kind != faultLeader || target.name != fr.cl.entry {
+		d, ok := fr.until(ctx, t0, func(context.Context) bool { return trafficBack() })
+		f.add(fmt.Sprintf("traffic back (%d more acked than in flight)", inFlight), d, ok)
+	}
+
+	sleepCtx(context.Background(), max(0, fr.cfg.faultDown-time.Since(t0)))
+	if err := fr.cl.start(target); err != nil {
+		f.note = "restart failed: " + err.Error()
+		fmt.Printf("!! %s\n", f.note)
+		return f
+	}
+	t1 := time.Now()
+	if target.relay {
+		d, ok := fr.until(ctx, t1, func(c context.Context) bool {
+			for _, p := range fr.cl.members() {
+				st, err := fr.cl.status(c, p)
+				if err != nil || !slices.ContainsFunc(st.Relays, func(r relayStatus) bool { return r.ID == target.name && r.State == "up" && r.Since.After(t1) }) {
+					return false
+				}
+			}
+			return true
+		})
+		f.add("relay back, every member reconnected to it (from restart)", d, ok)
+	} else {
+		d, ok := fr.until(ctx, t1, func(c context.Context) bool {
+			st, err := fr.cl.status(c, target)
+			return err == nil && st.Ledger.Leader != ""
+		})
+		f.add("restarted member knows a leader (from restart)", d, ok)
+		if kind == faultLeader && target.name == fr.cl.entry {
+			d, ok := fr.until(ctx, t0, func(context.Context) bool { return trafficBack() })
+			f.add(fmt.Sprintf("traffic back (%d more acked than in flight)", inFlight), d, ok)
+		}
+		d, ok = fr.until(ctx, t1, func(c context.Context) bool { return fr.caughtUp(c, target) })
+		f.add("restarted member caught up (height within 1 block of the leader's, from restart)", d, ok)
+	}
+	if _, term2, err := fr.leader(ctx); err == nil && term2 != term {
+		f.note = fmt.Sprintf("raft term %d -> %d", term, term2)
+		fmt.Printf("   fault %s %s: %s\n", f.kind, f.target, f.note)
+	}
+	return f
+}
+
+// until polls cond every 100 ms up to recoveryTimeout and returns the time
+// since from when it held.
+func (fr *faulter) until(ctx context.Context, from time.Time, cond func(context.Context) bool) (time.Duration, bool) {
+	deadline := time.Now().Add(recoveryTimeout)
+	for time.Now().Before(deadline) {
+		c, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		ok := cond(c)
+		cancel()
+		if ok {
+			return time.Since(from), true
+		}
+		if ctx.Err() != nil {
+			// The run is ending: keep waiting, but not for long.
+			if soon := time.Now().Add(20 * time.Second); soon.Before(deadline) {
+				deadline = soon
+			}
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return time.Since(from), false
+}
+
+// leader returns the raft leader's process and term, as a running member sees it.
+func (fr *faulter) leader(ctx context.Context) (*proc, uint64, error) {
+	var errs []string
+	for range 100 {
+		for _, p := range fr.cl.members() {
+			st, err := fr.cl.status(ctx, p)
+			if err != nil {
+				errs = append(errs, err.Error())
+				continue
+			}
+			if lp := fr.cl.member(st.Ledger.Leader); lp != nil {
+				return lp, st.Ledger.Term, nil
+			}
+		}
+		sleepCtx(ctx, 200*time.Millisecond)
+	}
+	return nil, 0, fmt.Errorf("no member knows a raft leader (%s)", strings.Join(errs[max(0, len(errs)-3):], "; "))
+}
+
+// activeRelay is the relay the entry member sends on.
+func (fr *faulter) activeRelay(ctx context.Context) *proc {
+	st, err := fr.cl.status(ctx, fr.cl.member(fr.cl.entry))
+	if err != nil {
+		return fr.cl.relays()[0]
+	}
+	for _, r := range st.Relays {
+		if r.Active {
+			if p := fr.cl.member(r.ID); p != nil {
+				return p
+			}
+		}
+	}
+	return fr.cl.relays()[0]
+}
+
+// caughtUp: p's height is within one block of the leader's (the leader
+// cuts a block every moment under load).
+func (fr *faulter) caughtUp(ctx context.Context, p *proc) bool {
+	st, err := fr.cl.status(ctx, p)
+	if err != nil {
+		return false
+	}
+	lp := fr.cl.member(st.Ledger.Leader)
+	if lp == nil {
+		return false
+	}
+	lst, err := fr.cl.status(ctx, lp)
+	if err != nil {
+		return false
+	}
+	return st.Ledger.Height+1 >= lst.Ledger.Height
+}
+
+func pidOf(p *proc) int {
+	pid, _, _, _ := p.current()
+	return pid
+}
