@@ -17,6 +17,9 @@ const (
 	faultFollower = "follower"
 	faultLeader   = "leader"
 	faultRelay    = "relay"
+	// faultEntry kills the member the load client talks to, whatever its
+	// raft role: the client's streams break and must reconnect.
+	faultEntry = "entry"
 )
 
 // recoveryTimeout bounds each recovery step.
@@ -87,6 +90,8 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 		}
 	case faultRelay:
 		target = fr.activeRelay(ctx)
+	case faultEntry:
+		target = fr.cl.member(fr.cl.entry)
 	}
 	if target == nil {
 		f.note = "skipped: no target"
@@ -102,8 +107,8 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 	inFlight := int64(fr.cfg.streams * fr.cfg.window)
 	trafficBack := func() bool { return fr.l.st.acked.Load() > acked0+inFlight }
 
-	switch kind {
-	case faultLeader:
+	switch {
+	case target == leader:
 		d, ok := fr.until(ctx, t0, func(c context.Context) bool {
 			for _, p := range fr.cl.members() {
 				if p == target {
@@ -116,7 +121,7 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 			return false
 		})
 		f.add("new leader elected", d, ok)
-	case faultRelay:
+	case target.relay:
 		d, ok := fr.until(ctx, t0, func(c context.Context) bool {
 			for _, p := range fr.cl.members() {
 				st, err := fr.cl.status(c, p)
@@ -130,7 +135,9 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 		})
 		f.add("every member active on the other relay", d, ok)
 	}
-	if kind != faultLeader || target.name != fr.cl.entry {
+	// The load reaches the entry member only: with it down, traffic comes
+	// back after its restart.
+	if target.name != fr.cl.entry {
 		d, ok := fr.until(ctx, t0, func(context.Context) bool { return trafficBack() })
 		f.add(fmt.Sprintf("traffic back (%d more acked than in flight)", inFlight), d, ok)
 	}
@@ -159,7 +166,7 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 			return err == nil && st.Ledger.Leader != ""
 		})
 		f.add("restarted member knows a leader (from restart)", d, ok)
-		if kind == faultLeader && target.name == fr.cl.entry {
+		if target.name == fr.cl.entry {
 			d, ok := fr.until(ctx, t0, func(context.Context) bool { return trafficBack() })
 			f.add(fmt.Sprintf("traffic back (%d more acked than in flight)", inFlight), d, ok)
 		}

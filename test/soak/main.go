@@ -26,6 +26,7 @@
 //	SOAK_MAX_DURATION=2h   stop submitting after this long
 //	SOAK_MAX_RSS_MB=150    RSS bound per appliance
 //	SOAK_FAULTS=           e.g. follower,leader,relay: kill -9 + restart, in turn
+//	                       (entry: the member the load goes to, member-a)
 //	SOAK_FAULT_EVERY=3m    time between faults (the first after one interval)
 //	SOAK_FAULT_DOWN=2s     how long a killed process stays down
 //	SOAK_SAMPLE=5s         process sampling interval
@@ -113,7 +114,7 @@ func parseConfig(args []string) (*config, error) {
 		fs.DurationVar(d.p, strings.ToLower(d.env), def, "see "+d.env)
 	}
 	fs.StringVar(&c.bin, "soak_bin", envStr("SOAK_BIN", "bin/memberd"), "the memberd binary under test")
-	fs.StringVar(&faults, "soak_faults", envStr("SOAK_FAULTS", ""), "comma-separated faults: follower, leader, relay")
+	fs.StringVar(&faults, "soak_faults", envStr("SOAK_FAULTS", ""), "comma-separated faults: follower, leader, relay, entry")
 	fs.StringVar(&keep, "soak_keep", envStr("SOAK_KEEP", "0"), "1 keeps the temporary folder")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -122,10 +123,10 @@ func parseConfig(args []string) (*config, error) {
 	for _, f := range strings.Split(faults, ",") {
 		switch f = strings.TrimSpace(f); f {
 		case "":
-		case faultFollower, faultLeader, faultRelay:
+		case faultFollower, faultLeader, faultRelay, faultEntry:
 			c.faults = append(c.faults, f)
 		default:
-			return nil, fmt.Errorf("SOAK_FAULTS: unknown fault %q (use follower, leader, relay)", f)
+			return nil, fmt.Errorf("SOAK_FAULTS: unknown fault %q (use follower, leader, relay, entry)", f)
 		}
 	}
 	if c.every > c.tx {

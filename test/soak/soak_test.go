@@ -1,0 +1,134 @@
+package main
+
+// Tests of the harness's own logic (the soak itself runs with `make soak`).
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestParseMetrics(t *testing.T) {
+	body := []byte(`# HELP go_goroutines Number of goroutines that currently exist.
+# TYPE go_goroutines gauge
+go_goroutines 82
+go_memstats_heap_alloc_bytes 9.236336e+06
+go_memstats_heap_alloc_bytes_total 1
+memberd_ledger_height{channel="demo"} 7
+`)
+	got := parseMetrics(body, "go_memstats_heap_alloc_bytes", "go_goroutines", "memberd_ledger_height", "absent")
+	want := []float64{9236336, 82, -1, -1} // labelled samples are not read
+	for i := range want {
+		if got[i] != want[i] {
+			t.Errorf("value %d = %v, want %v (all %v)", i, got[i], want[i], got)
+		}
+	}
+}
+
+func TestProcRSSSelf(t *testing.T) {
+	if _, err := os.Stat("/proc/self/status"); err != nil {
+		t.Skip("no /proc")
+	}
+	if rss := procRSS(os.Getpid()); rss < 1<<20 || rss > 1<<40 {
+		t.Errorf("procRSS(self) = %v, want a plausible byte count", rss)
+	}
+	if rss := procRSS(-1); rss != -1 {
+		t.Errorf("procRSS(-1) = %v, want -1", rss)
+	}
+}
+
+func series(start int, rss ...float64) []sample {
+	var ss []sample
+	for _, r := range rss {
+		ss = append(ss, sample{start: start, rss: r * (1 << 20), gor: 50, fds: 20})
+	}
+	return ss
+}
+
+func TestFlatness(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		ss     []sample
+		n      int
+		rssOK  bool
+		judged bool
+	}{
+		{"flat", series(1, 40, 90, 100, 101, 99, 102, 100, 103, 101), 9, true, true},
+		{"grows", series(1, 40, 100, 110, 120, 130, 140, 150, 160, 170), 9, false, true},
+		{"shrinks", series(1, 40, 200, 200, 200, 150, 150, 150), 7, true, true},
+		{"within 10%", series(1, 100, 100, 100, 109, 109, 109), 6, true, true},
+		{"too few", series(1, 40, 100, 200), 3, false, false},
+		// Only the samples since the last start count.
+		{"after restart", append(series(1, 40, 500, 900, 900, 900, 900), series(2, 40, 90, 100, 100, 100, 100)...), 6, true, true},
+		{"restart, too few", append(series(1, 40, 50, 60, 70, 80, 90), series(2, 40, 90)...), 2, false, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			fl, n := flatness(tc.ss)
+			if n != tc.n {
+				t.Errorf("n = %d, want %d", n, tc.n)
+			}
+			if (fl != nil) != tc.judged {
+				t.Fatalf("judged = %v, want %v", fl != nil, tc.judged)
+			}
+			if fl == nil {
+				return
+			}
+			if fl[0].what != "rss" || fl[0].ok != tc.rssOK {
+				t.Errorf("rss verdict %+v, want ok=%v", fl[0], tc.rssOK)
+			}
+			for _, q := range fl[1:] {
+				if !q.ok {
+					t.Errorf("%s (constant) judged not flat: %+v", q.what, q)
+				}
+			}
+		})
+	}
+}
+
+func TestParseConfig(t *testing.T) {
+	t.Setenv("SOAK_TX", "200000")
+	t.Setenv("SOAK_FAULTS", "follower, relay")
+	t.Setenv("SOAK_FAULT_EVERY", "90s")
+	c, err := parseConfig([]string{"-soak_every", "1000"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.tx != 200000 || c.every != 1000 || c.faultEvery != 90*time.Second || c.maxRSSMB != 150 || c.streams != 4 {
+		t.Errorf("config %+v", c)
+	}
+	if strings.Join(c.faults, ",") != "follower,relay" {
+		t.Errorf("faults %q", c.faults)
+	}
+	for env, bad := range map[string]string{"SOAK_TX": "many", "SOAK_FAULTS": "leader,disk", "SOAK_SAMPLE": "-1s"} {
+		t.Run(env, func(t *testing.T) {
+			t.Setenv(env, bad)
+			if _, err := parseConfig(nil); err == nil || !strings.Contains(err.Error(), env) {
+				t.Errorf("%s=%s: error %v, want one naming %s", env, bad, err, env)
+			}
+		})
+	}
+}
+
+func TestLogTailPanic(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "member-b.1.log")
+	log := `{"level":"INFO","msg":"started"}
+{"level":"INFO","msg":"more"}
+panic: runtime error: invalid memory address or nil pointer dereference
+goroutine 7 [running]:
+node/raftlog.(*transport).acceptLoop.func1()
+`
+	if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := logTail(path, 1); !strings.HasPrefix(got, "panic: runtime error") || !strings.Contains(got, "acceptLoop") {
+		t.Errorf("logTail = %q, want the panic and its trace", got)
+	}
+	if err := os.WriteFile(path, []byte("a\nb\nc\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if got := logTail(path, 2); got != "b\nc" {
+		t.Errorf("logTail = %q, want the last 2 lines", got)
+	}
+}
