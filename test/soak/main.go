@@ -25,6 +25,7 @@
 //	SOAK_SIZE=1024         payload bytes per envelope
 //	SOAK_MAX_DURATION=2h   stop submitting after this long
 //	SOAK_MAX_RSS_MB=150    RSS bound per appliance
+//	SOAK_ABORT_RSS_MB=3072 stop the load early (and fail) when an appliance passes this
 //	SOAK_FAULTS=           e.g. follower,leader,relay: kill -9 + restart, in turn
 //	                       (entry: the member the load goes to, member-a)
 //	SOAK_FAULT_EVERY=3m    time between faults (the first after one interval)
@@ -59,6 +60,7 @@ type config struct {
 	size       int
 	maxDur     time.Duration
 	maxRSSMB   int
+	abortRSSMB int
 	faults     []string
 	faultEvery time.Duration
 	faultDown  time.Duration
@@ -83,7 +85,8 @@ func parseConfig(args []string) (*config, error) {
 		env string
 		def int
 	}{{&c.tx, "SOAK_TX", 1_000_000}, {&c.every, "SOAK_EVERY", 50_000}, {&c.streams, "SOAK_STREAMS", 4},
-		{&c.window, "SOAK_WINDOW", 200}, {&c.size, "SOAK_SIZE", 1024}, {&c.maxRSSMB, "SOAK_MAX_RSS_MB", 150}}
+		{&c.window, "SOAK_WINDOW", 200}, {&c.size, "SOAK_SIZE", 1024}, {&c.maxRSSMB, "SOAK_MAX_RSS_MB", 150},
+		{&c.abortRSSMB, "SOAK_ABORT_RSS_MB", 3072}}
 	for _, i := range ints {
 		def := i.def
 		if v := envStr(i.env, ""); v != "" {

@@ -116,7 +116,8 @@ func runSoak(ctx context.Context, c *config, cl *cluster) *result {
 
 // progress prints a line every cfg.every acked envelopes and samples the
 // processes every cfg.sample; it stops the load when nothing was acked
-// for cfg.stall.
+// for cfg.stall, or when an appliance's RSS passed cfg.abortRSSMB (the
+// run has failed by then, and the machine is shared).
 func progress(ctx context.Context, c *config, l *loader, smp *sampler, start time.Time, stalled chan<- string, stop func()) {
 	tick := time.NewTicker(time.Second)
 	defer tick.Stop()
@@ -130,7 +131,14 @@ func progress(ctx context.Context, c *config, l *loader, smp *sampler, start tim
 		}
 		acked := l.st.acked.Load()
 		if time.Since(lastSample) >= c.sample {
-			smp.take(ctx)
+			for name, x := range smp.take(ctx) {
+				if p := smp.cl.member(name); p != nil && !p.relay && x.rss > float64(c.abortRSSMB)*(1<<20) {
+					stalled <- fmt.Sprintf("stopped early: %s RSS %s MB passed SOAK_ABORT_RSS_MB=%d (acked %d)", name, mb(x.rss), c.abortRSSMB, acked)
+					fmt.Printf("!! %s RSS %s MB passed SOAK_ABORT_RSS_MB=%d; stopping the load\n", name, mb(x.rss), c.abortRSSMB)
+					stop()
+					return
+				}
+			}
 			lastSample = time.Now()
 		}
 		if acked >= mark {
