@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 )
 
@@ -20,6 +21,9 @@ const (
 	// faultEntry kills the member the load client talks to, whatever its
 	// raft role: the client's streams break and must reconnect.
 	faultEntry = "entry"
+	// faultTerm restarts a follower gracefully (SIGTERM), as an upgrade
+	// does: it closes its raft connections, so its peers see them reset.
+	faultTerm = "term"
 )
 
 // recoveryTimeout bounds each recovery step.
@@ -80,7 +84,7 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 	switch kind {
 	case faultLeader:
 		target = leader
-	case faultFollower:
+	case faultFollower, faultTerm:
 		// A follower other than the entry member if there is one, so the
 		// load keeps its connection.
 		for _, p := range fr.cl.members() {
@@ -99,9 +103,13 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 	}
 	f.target = target.name
 	acked0 := fr.l.st.acked.Load()
-	fmt.Printf("== fault %s: kill -9 %s (pid %d; leader %s, term %d, acked %d)\n", kind, target.name, pidOf(target), leader.name, term, acked0)
+	how, sig := "kill -9", syscall.SIGKILL
+	if kind == faultTerm {
+		how, sig = "SIGTERM", syscall.SIGTERM
+	}
+	fmt.Printf("== fault %s: %s %s (pid %d; leader %s, term %d, acked %d)\n", kind, how, target.name, pidOf(target), leader.name, term, acked0)
 	t0 := time.Now()
-	fr.cl.kill9(target)
+	fr.cl.signal(target, sig, true)
 
 	// Traffic back: more acked than everything in flight at the kill.
 	inFlight := int64(fr.cfg.streams * fr.cfg.window)

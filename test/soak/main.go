@@ -27,7 +27,8 @@
 //	SOAK_MAX_RSS_MB=150    RSS bound per appliance
 //	SOAK_ABORT_RSS_MB=3072 stop the load early (and fail) when an appliance passes this
 //	SOAK_FAULTS=           e.g. follower,leader,relay: kill -9 + restart, in turn
-//	                       (entry: the member the load goes to, member-a)
+//	                       (entry: the member the load goes to, member-a;
+//	                       term: a follower stopped with SIGTERM, not kill -9)
 //	SOAK_FAULT_EVERY=3m    time between faults (the first after one interval)
 //	SOAK_FAULT_DOWN=2s     how long a killed process stays down
 //	SOAK_SAMPLE=5s         process sampling interval
@@ -117,7 +118,7 @@ func parseConfig(args []string) (*config, error) {
 		fs.DurationVar(d.p, strings.ToLower(d.env), def, "see "+d.env)
 	}
 	fs.StringVar(&c.bin, "soak_bin", envStr("SOAK_BIN", "bin/memberd"), "the memberd binary under test")
-	fs.StringVar(&faults, "soak_faults", envStr("SOAK_FAULTS", ""), "comma-separated faults: follower, leader, relay, entry")
+	fs.StringVar(&faults, "soak_faults", envStr("SOAK_FAULTS", ""), "comma-separated faults: follower, leader, relay, entry, term")
 	fs.StringVar(&keep, "soak_keep", envStr("SOAK_KEEP", "0"), "1 keeps the temporary folder")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -126,10 +127,10 @@ func parseConfig(args []string) (*config, error) {
 	for _, f := range strings.Split(faults, ",") {
 		switch f = strings.TrimSpace(f); f {
 		case "":
-		case faultFollower, faultLeader, faultRelay, faultEntry:
+		case faultFollower, faultLeader, faultRelay, faultEntry, faultTerm:
 			c.faults = append(c.faults, f)
 		default:
-			return nil, fmt.Errorf("SOAK_FAULTS: unknown fault %q (use follower, leader, relay, entry)", f)
+			return nil, fmt.Errorf("SOAK_FAULTS: unknown fault %q (use follower, leader, relay, entry, term)", f)
 		}
 	}
 	if c.every > c.tx {

@@ -306,8 +306,6 @@ func (cl *cluster) signal(p *proc, sig syscall.Signal, wait bool) {
 	}
 }
 
-func (cl *cluster) kill9(p *proc) { cl.signal(p, syscall.SIGKILL, true) }
-
 // cleanup stops every process the harness started (SIGTERM, then SIGKILL
 // after 10 s) and removes the temporary folder unless SOAK_KEEP=1.
 func (cl *cluster) cleanup() {

@@ -437,7 +437,7 @@ func (r *result) print(c *config, cl *cluster) {
 			mb(rssMax), mb(ss[len(ss)-1].heap), mb(heapMax), gor, fds, verdict)
 	}
 	if len(r.faults) > 0 {
-		fmt.Printf("\nfaults (kill -9, restart after %v):\n", c.faultDown)
+		fmt.Printf("\nfaults (kill -9; SIGTERM for term; restarted after %v):\n", c.faultDown)
 		for i, f := range r.faults {
 			fmt.Printf("  %d. %s %s at %s %s\n", i+1, f.kind, f.target, f.at.Format(time.TimeOnly), f.note)
 			for _, s := range f.steps {
