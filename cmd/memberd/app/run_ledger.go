@@ -180,6 +180,7 @@ type ledgerRun struct {
 	overlay *grpc.Server
 	lanLn   net.Listener
 	ovLn    net.Listener
+	raftLn  *portListener // the raft port, bound for the ledger's life
 	fwd     *orderer.BroadcastForwarder
 	clients *ledgerClients
 	part    http.Handler
@@ -279,16 +280,19 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 
 	dataDir := cfg.path(lc.DataDir)
 	metrics := orderer.NewMetrics(reg)
-	var raftLn *tunnel.Listener
+	rawRaftLn, err := dev.Listen(lc.RaftPort)
+	if err != nil {
+		return nil, fmt.Errorf("%w: raft on overlay port %d (key ledger.raft_port): %w", ErrLedger, lc.RaftPort, err)
+	}
+	l.raftLn = newPortListener(rawRaftLn) // bound once: see run_ledger_listener.go
 	l.reg = &orderer.Registry{Logger: log, Open: func(channel string, b *common.Block) (*orderer.Node, error) {
 		if channel != l.channel {
 			return nil, fmt.Errorf("%w: this appliance orders only the policy's channel %q, not %q", orderer.ErrInvalidConfig, l.channel, channel)
 		}
-		ln, err := dev.Listen(lc.RaftPort)
+		ln, err := l.raftLn.view()
 		if err != nil {
 			return nil, fmt.Errorf("raft on overlay port %d (key ledger.raft_port): %w", lc.RaftPort, err)
 		}
-		raftLn = ln
 		n, err := orderer.New(orderer.Config{
 			Raft: raftlog.Config{ID: myID, Peers: peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
 				Dialer: dialer, Listener: ln, Registerer: reg, Logger: log.With("component", "raft")},
@@ -305,9 +309,6 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	}}
 	n, err := l.reg.Open(l.channel, genesis)
 	if err != nil {
-		if raftLn != nil {
-			raftLn.Close()
-		}
 		return nil, fmt.Errorf("%w: channel %q in %s: %w (on first start, key ledger.genesis_block must name the channel's genesis block)",
 			ErrLedger, l.channel, dataDir, err)
 	}
@@ -434,6 +435,9 @@ func (l *ledgerRun) Close() error {
 		}
 		if l.reg != nil {
 			err = l.reg.Close()
+		}
+		if l.raftLn != nil {
+			l.raftLn.Close()
 		}
 		if l.clients != nil {
 			l.clients.close()
