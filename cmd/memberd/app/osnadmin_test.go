@@ -2,12 +2,8 @@ package app
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
 	"io"
 	"net"
@@ -162,18 +158,7 @@ func TestOsnadminParticipation(t *testing.T) {
 func issueClient(t *testing.T, memberDir, cn, ou string) [2]string {
 	t.Helper()
 	ca, caKey := memberCA(t, memberDir)
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	csr, err := hsm.CreateCSR(key, hsm.CSRRequest{Subject: pkix.Name{CommonName: cn, OrganizationalUnit: []string{ou}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := hsm.SignCSR(ca, caKey, csr, hsm.LeafConfig{Now: time.Now()})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert, key := issueLeaf(t, ca, caKey, cn, ou)
 	d := t.TempDir()
 	certPath, keyPath := filepath.Join(d, cn+".pem"), filepath.Join(d, cn+"-key.pem")
 	writeCert(t, certPath, cert)
