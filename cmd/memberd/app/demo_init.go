@@ -362,12 +362,16 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		if err != nil {
 			return nil, err
 		}
+		participationAddr, err := free() // osnadmin
+		if err != nil {
+			return nil, err
+		}
 		cfg := map[string]any{"member": id, "identity": "identity",
 			"hsm":    map[string]any{"insecure_soft_keys": mode == "soft"},
 			"policy": map[string]any{"dir": "policy", "state_dir": "state", "genesis": hash},
 			"relay":  map[string]any{"no_env_proxy": true, "quic_timeout": "1s"},
 			"admin":  adminAddr,
-			"ledger": demoLedgerConfig(ledgerAddr)}
+			"ledger": demoLedgerConfig(ledgerAddr, participationAddr)}
 		head := "# memberd appliance for the demo consortium\n"
 		if mode == "softhsm" {
 			head += "# its identity key is in SoftHSM2: export SOFTHSM2_CONF=" + L.SoftHSMConf + "\n"

@@ -59,9 +59,22 @@ func demoLedgerGenesis(gen *policy.Policy, certs map[string]*x509.Certificate, n
 }
 
 // demoLedgerConfig is the ledger section demo init writes for a member.
-func demoLedgerConfig(listen string) map[string]any {
+func demoLedgerConfig(listen, admin string) map[string]any {
 	return map[string]any{"listen": listen, "data_dir": "ledger", "genesis_block": demoLedgerGenesisFile,
-		"raft_port": demoLedgerRaftPort, "peer_port": demoLedgerPeerPort}
+		"raft_port": demoLedgerRaftPort, "peer_port": demoLedgerPeerPort,
+		// osnadmin with a client certificate of the member CA carrying OU=admin
+		"admin": map[string]any{"listen": admin, "client_ca": "ca.pem", "client_ou": DefaultLedgerAdminClientOU}}
+}
+
+// ParticipationAddr is the address of member's channel participation API
+// (osnadmin; "" if none).
+func (d *DemoConsortium) ParticipationAddr(member string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if a := d.appliances[member]; a != nil && a.ledger != nil {
+		return a.ledger.AdminAddr()
+	}
+	return ""
 }
 
 // LedgerAddr is the LAN gRPC address of member's ledger node ("" if none).

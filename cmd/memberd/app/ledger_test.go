@@ -122,6 +122,12 @@ func TestLedgerCommands(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The node requires mutual TLS: without --tls-cert/--tls-key the CLI
+	// presents the identity (--cert, --key).
+	identityOnly := common[:len(common)-4]
+	if code, out, errs := run(t, append([]string{"ledger", "height"}, identityOnly...)...); code != ExitOK || strings.TrimSpace(out) != "4" {
+		t.Fatalf("height with mutual TLS from --cert/--key: exit %d out %q err %q", code, out, errs)
+	}
 	// The same with the identity's key in an HSM (SoftHSM2), as in production.
 	tok := hsmtest.NewToken(t, "ledger-client")
 	key := tok.NewKey(t, "client")
@@ -139,6 +145,9 @@ func TestLedgerCommands(t *testing.T) {
 		"--msp-id", "m1MSP", "--tls-ca", filepath.Join(dir, "ca.pem")}
 	if code, out, errs := run(t, append(hsmArgs, "--tls-key", tok.KeyURI("client"))...); code != ExitOK || !strings.HasPrefix(out, "SUCCESS ") {
 		t.Fatalf("submit with an HSM key: exit %d out %q err %q", code, out, errs)
+	}
+	if code, out, errs := run(t, hsmArgs...); code != ExitOK || !strings.HasPrefix(out, "SUCCESS ") {
+		t.Fatalf("submit with an HSM key, mutual TLS from --cert/--key: exit %d out %q err %q", code, out, errs)
 	}
 
 	// Usage errors exit 2.

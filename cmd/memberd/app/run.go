@@ -280,7 +280,6 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		},
 	}
 	if led != nil {
-		led.mount(mux) // the channel participation API under /participation/v1/
 		ready["ledger"] = led.ready
 	}
 	mux.Handle("/", admin.Handler(admin.Config{

@@ -52,6 +52,11 @@ import (
 //	  raft_port: 7052              # overlay port of raft between consenters
 //	  peer_port: 7050              # overlay port of gRPC between consenters (forwarding, catch-up)
 //	  mutual_tls: false            # LAN clients must present a member certificate
+//	  admin:                       # optional: channel participation API (osnadmin; run_ledger_admin.go)
+//	    listen: 127.0.0.1:9443     # HTTPS with the HSM identity, client certificates required
+//	    client_ca: ca.pem          # required: CA certificate(s) of the admins' client certificates
+//	    client_ou: admin           # the OU a client certificate must carry
+//	    insecure_plain_http: false # development only: no TLS; listen must be loopback
 type runConfig struct {
 	Member   string         `yaml:"member"`
 	Identity string         `yaml:"identity"`

@@ -17,8 +17,10 @@ package app
 //	            7050), always mutual TLS. Followers forward Broadcast to the
 //	            leader (orderer.BroadcastForwarder) and a node behind a raft
 //	            snapshot pulls blocks (orderer.DeliverFetcher) through it.
-//	admin       the channel participation API under /participation/v1/, the
-//	            "ledger" readiness check and the ledger part of /status.
+//	osnadmin    the channel participation API on ledger.admin.listen, HTTPS
+//	            with client certificates required (run_ledger_admin.go).
+//	admin       the "ledger" readiness check and the ledger part of /status
+//	            on the appliance's admin address.
 //
 // The channel's genesis (config) block is a file (ledger.genesis_block) that
 // every consenter must share byte for byte: 'memberd ledger channel create'
@@ -33,11 +35,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -73,6 +73,9 @@ type runLedger struct {
 	RaftPort     uint16 `yaml:"raft_port"`     // overlay port of raft; 0 = 7052
 	PeerPort     uint16 `yaml:"peer_port"`     // overlay port of gRPC between consenters; 0 = 7050
 	MutualTLS    bool   `yaml:"mutual_tls"`    // LAN clients must present a member certificate
+	// Admin serves the channel participation API (osnadmin); nil = not served
+	// (run_ledger_admin.go).
+	Admin *runLedgerAdmin `yaml:"admin"`
 }
 
 // validate applies the defaults and checks the section; pushPort and
@@ -92,6 +95,11 @@ func (l *runLedger) validate(pushPort uint16, services []runService) error {
 	}
 	if _, _, err := net.SplitHostPort(l.Listen); err != nil {
 		return fmt.Errorf("key ledger.listen: %q is not host:port", l.Listen)
+	}
+	if l.Admin != nil {
+		if err := l.Admin.validate(); err != nil {
+			return err
+		}
 	}
 	if l.RaftPort == l.PeerPort {
 		return fmt.Errorf("keys ledger.raft_port and ledger.peer_port: both %d; they must differ", l.RaftPort)
@@ -180,9 +188,10 @@ type ledgerRun struct {
 	overlay *grpc.Server
 	lanLn   net.Listener
 	ovLn    net.Listener
+	raftLn  *portListener // the raft port, bound for the ledger's life
 	fwd     *orderer.BroadcastForwarder
 	clients *ledgerClients
-	part    http.Handler
+	admin   *ledgerAdmin // the participation API; nil without ledger.admin
 	log     *slog.Logger
 	dev     ledgerDevice
 	watch   *peerWatch
@@ -279,16 +288,19 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 
 	dataDir := cfg.path(lc.DataDir)
 	metrics := orderer.NewMetrics(reg)
-	var raftLn *tunnel.Listener
+	rawRaftLn, err := dev.Listen(lc.RaftPort)
+	if err != nil {
+		return nil, fmt.Errorf("%w: raft on overlay port %d (key ledger.raft_port): %w", ErrLedger, lc.RaftPort, err)
+	}
+	l.raftLn = newPortListener(rawRaftLn) // bound once: see run_ledger_listener.go
 	l.reg = &orderer.Registry{Logger: log, Open: func(channel string, b *common.Block) (*orderer.Node, error) {
 		if channel != l.channel {
 			return nil, fmt.Errorf("%w: this appliance orders only the policy's channel %q, not %q", orderer.ErrInvalidConfig, l.channel, channel)
 		}
-		ln, err := dev.Listen(lc.RaftPort)
+		ln, err := l.raftLn.view()
 		if err != nil {
 			return nil, fmt.Errorf("raft on overlay port %d (key ledger.raft_port): %w", lc.RaftPort, err)
 		}
-		raftLn = ln
 		n, err := orderer.New(orderer.Config{
 			Raft: raftlog.Config{ID: myID, Peers: peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
 				Dialer: dialer, Listener: ln, Registerer: reg, Logger: log.With("component", "raft")},
@@ -305,9 +317,6 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	}}
 	n, err := l.reg.Open(l.channel, genesis)
 	if err != nil {
-		if raftLn != nil {
-			raftLn.Close()
-		}
 		return nil, fmt.Errorf("%w: channel %q in %s: %w (on first start, key ledger.genesis_block must name the channel's genesis block)",
 			ErrLedger, l.channel, dataDir, err)
 	}
@@ -326,7 +335,13 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
 	}
-	l.part = ph
+	if lc.Admin != nil {
+		if l.admin, err = openLedgerAdmin(cfg, *lc.Admin, ph, l.cert.Load, log); err != nil {
+			return nil, err
+		}
+	} else {
+		log.Info("channel participation API (osnadmin) not served: no ledger.admin section")
+	}
 	l.lan = grpc.NewServer(append(orderer.ServerOptions(),
 		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, lc.MutualTLS))))...)
 	srv.Register(l.lan)
@@ -388,9 +403,20 @@ func (l *ledgerRun) clientTLS(roots *x509.CertPool) *tls.Config {
 // serve serves gRPC on the LAN and overlay listeners until ctx ends, then
 // closes the ledger.
 func (l *ledgerRun) serve(ctx context.Context) error {
-	errc := make(chan error, 2)
+	servers := 2
+	errc := make(chan error, 3)
 	go func() { errc <- l.lan.Serve(l.lanLn) }()
 	go func() { errc <- l.overlay.Serve(l.ovLn) }()
+	if l.admin != nil {
+		servers++
+		go func() {
+			if err := l.admin.serve(); err != nil {
+				errc <- err
+				return
+			}
+			errc <- errors.New("channel participation API stopped")
+		}()
+	}
 	wctx, wcancel := context.WithCancel(ctx)
 	wdone := make(chan struct{})
 	go func() { defer close(wdone); l.watch.run(wctx, l.dev, peerWatchEvery, l.log) }()
@@ -398,13 +424,13 @@ func (l *ledgerRun) serve(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
-		err = fmt.Errorf("%w: gRPC server: %w", ErrLedger, err)
+		err = fmt.Errorf("%w: server stopped: %w", ErrLedger, err)
+		servers--
 	}
 	wcancel()
 	<-wdone
 	l.Close()
-	<-errc
-	if err == nil {
+	for ; servers > 0; servers-- {
 		<-errc
 	}
 	return err
@@ -426,6 +452,9 @@ func (l *ledgerRun) Close() error {
 		if l.lanLn != nil {
 			l.lanLn.Close()
 		}
+		if l.admin != nil {
+			l.admin.Close()
+		}
 		if l.ovLn != nil {
 			l.ovLn.Close()
 		}
@@ -435,6 +464,9 @@ func (l *ledgerRun) Close() error {
 		if l.reg != nil {
 			err = l.reg.Close()
 		}
+		if l.raftLn != nil {
+			l.raftLn.Close()
+		}
 		if l.clients != nil {
 			l.clients.close()
 		}
@@ -442,9 +474,13 @@ func (l *ledgerRun) Close() error {
 	return err
 }
 
-// mount adds the channel participation API to the admin mux.
-func (l *ledgerRun) mount(mux *http.ServeMux) {
-	mux.Handle(strings.TrimSuffix(participation.URLBase, "channels"), l.part)
+// AdminAddr is the bound address of the channel participation API ("" if
+// not served).
+func (l *ledgerRun) AdminAddr() string {
+	if l.admin == nil {
+		return ""
+	}
+	return l.admin.Addr()
 }
 
 // ready is the "ledger" readiness check: the node runs and knows a leader.
@@ -462,6 +498,7 @@ func (l *ledgerRun) status() any {
 		return "not configured (no ledger section)"
 	}
 	st := map[string]any{"channel": l.channel, "listen": l.Addr(), "raft_port": l.cfg.RaftPort, "peer_port": l.cfg.PeerPort}
+	st["participation_listen"] = l.AdminAddr()                           // "" = not served (no ledger.admin)
 	st["certificate_serial"] = l.ident.Load().Cert.SerialNumber.String() // signs blocks, presented on TLS
 	n := l.reg.Lookup(l.channel)
 	if n == nil {
