@@ -140,7 +140,7 @@ func TestAddrString(t *testing.T) {
 		want string
 	}{
 		{"nil", nil, "unknown"},
-		{"typed nil whose String dereferences", typedNil, "unknown"},
+		{"typed nil whose String dereferences", typedNil, "<nil>"},
 		{"tcp", &net.TCPAddr{IP: net.IPv4(10, 0, 0, 1), Port: 7051}, "10.0.0.1:7051"},
 	} {
 		if got := addrString(tc.a); got != tc.want {

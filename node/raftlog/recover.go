@@ -1,23 +1,20 @@
 package raftlog
 
 import (
+	"fmt"
 	"net"
 	"runtime/debug"
 )
 
-// addrString is a.String(), or "unknown" when a is nil or its String
-// panics: a netstack (gonet) connection's RemoteAddr returns nil once its
-// endpoint is gone, and a typed nil pointer may not survive String.
-func addrString(a net.Addr) (s string) {
+// addrString names a for a log line or error: "unknown" when nil (a
+// netstack connection's RemoteAddr is nil once its endpoint is gone), and
+// fmt's "<nil>" for a typed nil pointer, whose String fmt does not let
+// panic.
+func addrString(a net.Addr) string {
 	if a == nil {
 		return "unknown"
 	}
-	defer func() {
-		if recover() != nil {
-			s = "unknown"
-		}
-	}()
-	return a.String()
+	return fmt.Sprint(a)
 }
 
 // survive, deferred at the top of a goroutine that serves one connection
