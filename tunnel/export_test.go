@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"net"
 	"reflect"
 	"unsafe"
 
@@ -67,4 +68,11 @@ func (d *Device) TCPRecovery() int {
 		panic(err)
 	}
 	return int(opt)
+}
+
+// ListenerOn makes a Listener that accepts from ln for overlay port, so a
+// test can hand it connections in states a peer cannot be made to produce
+// on cue (e.g. reset before Accept).
+func (d *Device) ListenerOn(ln net.Listener, port uint16) *Listener {
+	return &Listener{ln: ln, d: d, port: port}
 }

@@ -137,10 +137,13 @@ func (l *Listener) AcceptConn() (*Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		from := remoteMember(l.d, nc.RemoteAddr())
+		// Once: a netstack connection's RemoteAddr turns nil when the
+		// peer resets it, which a refused member may do on purpose.
+		ra := nc.RemoteAddr()
+		from := remoteMember(l.d, ra)
 		if from == "" || !l.d.allowed(from, l.port) {
 			l.d.aclDenied.Add(1)
-			l.d.log.Warn("refused tunnel connection: not allowed by the policy ACL", "from_addr", nc.RemoteAddr().String(), "from", from, "port", l.port)
+			l.d.log.Warn("refused tunnel connection: not allowed by the policy ACL", "from_addr", addrString(ra), "from", from, "port", l.port)
 			nc.Close()
 			continue
 		}
@@ -161,7 +164,7 @@ func (d *Device) allowed(from string, port uint16) bool {
 
 func remoteMember(d *Device, a net.Addr) string {
 	ta, ok := a.(*net.TCPAddr)
-	if !ok {
+	if !ok || ta == nil {
 		return ""
 	}
 	ip, ok := netip.AddrFromSlice(ta.IP)

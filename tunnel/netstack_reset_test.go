@@ -1,0 +1,117 @@
+package tunnel_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/memberd/memberd/internal/netstacktest"
+	"github.com/memberd/memberd/tunnel"
+)
+
+// oneConnListener hands out one connection, then blocks until closed.
+type oneConnListener struct {
+	c    chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newOneConnListener(c net.Conn) *oneConnListener {
+	l := &oneConnListener{c: make(chan net.Conn, 1), done: make(chan struct{})}
+	l.c <- c
+	return l
+}
+
+func (l *oneConnListener) Accept() (net.Conn, error) {
+	select {
+	case c := <-l.c:
+		return c, nil
+	case <-l.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (l *oneConnListener) Close() error   { l.once.Do(func() { close(l.done) }); return nil }
+func (l *oneConnListener) Addr() net.Addr { return nil } // as a netstack listener whose endpoint is gone
+
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (w *syncBuffer) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.Write(p)
+}
+
+func (w *syncBuffer) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.b.String()
+}
+
+// waitLog waits until the log holds want.
+func waitLog(t *testing.T, ctx context.Context, logs *syncBuffer, want string) {
+	t.Helper()
+	for !strings.Contains(logs.String(), want) {
+		if ctx.Err() != nil {
+			t.Fatalf("no %q in the log:\n%s", want, logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// TestResetNetstackConn (issue #9): a netstack connection that its peer
+// reset has a nil RemoteAddr; the listener's ACL refusal and the forward's
+// refusal used to log RemoteAddr().String() and panicked. A member the
+// ACL refuses could do it on purpose. The connections here are real
+// netstack connections reset by their real netstack peer; they reach the
+// Listener and ServeForward through a one-connection listener because a
+// peer cannot be made to reset a connection between the stack's accept
+// and the application's.
+func TestResetNetstackConn(t *testing.T) {
+	var logs syncBuffer
+	c := newCluster(t, 1, clusterOpts{config: func(cfg *tunnel.Config) {
+		cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	}})
+	d := c.devs["bank-a"]
+	ns := netstacktest.NewPair(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+
+	t.Run("listener ACL refusal", func(t *testing.T) {
+		denied := d.Stats().ACLDenied
+		ln := d.ListenerOn(newOneConnListener(ns.ResetConn(t, 7001)), 7001)
+		errc := make(chan error, 1)
+		go func() { _, err := ln.AcceptConn(); errc <- err }()
+		waitLog(t, ctx, &logs, "refused tunnel connection")
+		ln.Close()
+		if err := <-errc; !errors.Is(err, net.ErrClosed) {
+			t.Errorf("AcceptConn after Close: %v", err)
+		}
+		if !strings.Contains(logs.String(), "from_addr=unknown") {
+			t.Errorf("the refusal does not say the address is unknown:\n%s", logs.String())
+		}
+		if d.Stats().ACLDenied != denied+1 {
+			t.Errorf("refusal not counted")
+		}
+	})
+	t.Run("forward refusal", func(t *testing.T) {
+		fctx, stop := context.WithCancel(ctx)
+		ln := newOneConnListener(ns.ResetConn(t, 7002))
+		errc := make(chan error, 1)
+		go func() { errc <- d.ServeForward(fctx, ln, "bank-z", 9000) }()
+		waitLog(t, ctx, &logs, "forward refused")
+		stop()
+		if err := <-errc; err != nil {
+			t.Errorf("ServeForward: %v", err)
+		}
+	})
+}
