@@ -29,6 +29,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"runtime/debug"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -134,6 +135,12 @@ func servePush(ctx context.Context, ln *tunnel.Listener, dir string, log *slog.L
 		go func() {
 			defer wg.Done()
 			defer c.Close()
+			defer func() { // a bug a member's push reaches ends that push only
+				if v := recover(); v != nil {
+					log.Error("panic serving a policy push; closed that connection only", "from", c.Member(),
+						"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				}
+			}()
 			_ = c.SetDeadline(time.Now().Add(pushTimeout))
 			b, err := readPush(bufio.NewReader(c))
 			var name string

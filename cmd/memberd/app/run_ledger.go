@@ -327,10 +327,11 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
 	}
 	l.part = ph
-	l.lan = grpc.NewServer(append(orderer.ServerOptions(),
+	opts := append(orderer.ServerOptions(), orderer.RecoveryOptions(log, metrics)...)
+	l.lan = grpc.NewServer(append(opts,
 		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, lc.MutualTLS))))...)
 	srv.Register(l.lan)
-	l.overlay = grpc.NewServer(append(orderer.ServerOptions(),
+	l.overlay = grpc.NewServer(append(opts[:len(opts):len(opts)],
 		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, true))))...)
 	srv.Register(l.overlay)
 	if l.lanLn, err = net.Listen("tcp", lc.Listen); err != nil {

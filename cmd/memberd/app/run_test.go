@@ -42,6 +42,7 @@ func TestRunConfig(t *testing.T) {
 		{"forward without member", "tunnel: {forwards: [{listen: '127.0.0.1:1', port: 7}]}\n", "tunnel.forwards[0]"},
 		{"service on push port", "tunnel: {services: [{port: 7099, target: 'a:1'}]}\n", "tunnel.services[0].port"},
 		{"admin not host:port", "admin: nope\n", "key admin"},
+		{"pprof off loopback", "admin: 0.0.0.0:9464\nadmin_pprof: true\n", "key admin_pprof"},
 		{"pool size", "hsm: {pool_size: 1000}\n", "hsm.pool_size"},
 		{"relative module", "hsm: {module_path: lib.so}\n", "hsm.module_path"},
 		{"ledger listen", "ledger: {listen: bad}\n", "ledger.listen"},
@@ -82,6 +83,11 @@ func TestRunExitCodes(t *testing.T) {
 	code, _, errb = run(t, "run", "--config", bad)
 	if code != ExitUsage || !strings.Contains(errb, "policy.dir") || !strings.Contains(errb, bad) {
 		t.Fatalf("bad config: exit %d, %q", code, errb)
+	}
+	pprof := writeFile(t, dir, "pprof.yaml", []byte(validRunConfig+"admin: ':9464'\nadmin_pprof: true\n"))
+	code, _, errb = run(t, "run", "--config", pprof)
+	if code != ExitUsage || !strings.Contains(errb, "key admin_pprof") || !strings.Contains(errb, pprof) {
+		t.Fatalf("pprof on a non-loopback admin address: exit %d, %q", code, errb)
 	}
 	code, _, errb = run(t, "run", "--config", bad, "--log-format", "xml")
 	if code != ExitUsage || !strings.Contains(errb, "--log-format") {
