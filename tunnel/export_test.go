@@ -76,3 +76,10 @@ func (d *Device) TCPRecovery() int {
 func (d *Device) ListenerOn(ln net.Listener, port uint16) *Listener {
 	return &Listener{ln: ln, d: d, port: port}
 }
+
+// Survive runs fn as a goroutine serving one connection does, under
+// survive, so a test can check what a panic there leads to.
+func (d *Device) Survive(fn, closeConn func()) {
+	defer d.survive("test connection", closeConn)
+	fn()
+}

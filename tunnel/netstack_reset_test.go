@@ -11,6 +11,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/memberd/memberd/internal/netstacktest"
 	"github.com/memberd/memberd/tunnel"
 )
@@ -114,4 +116,47 @@ func TestResetNetstackConn(t *testing.T) {
 			t.Errorf("ServeForward: %v", err)
 		}
 	})
+}
+
+// TestSurviveClosesOnlyThatConnection: a panic in a goroutine serving one
+// forwarded connection is logged with its stack, counted in
+// memberd_tunnel_panics_total and closes that connection; the device goes
+// on (a later Dial to an unknown member still answers with an error).
+func TestSurviveClosesOnlyThatConnection(t *testing.T) {
+	var logs syncBuffer
+	reg := prometheus.NewRegistry()
+	c := newCluster(t, 1, clusterOpts{config: func(cfg *tunnel.Config) {
+		cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+		cfg.Registerer = reg
+	}})
+	d := c.devs["bank-a"]
+	closed := false
+	d.Survive(func() {
+		var m map[string]int
+		m["x"]++ // a real runtime panic
+	}, func() { closed = true })
+	if !closed {
+		t.Fatal("connection not closed")
+	}
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := -1.0
+	for _, mf := range mfs {
+		if mf.GetName() == "memberd_tunnel_panics_total" {
+			n = mf.GetMetric()[0].GetCounter().GetValue()
+		}
+	}
+	if n != 1 {
+		t.Errorf("memberd_tunnel_panics_total = %v, want 1", n)
+	}
+	if !strings.Contains(logs.String(), "assignment to entry in nil map") || !strings.Contains(logs.String(), "netstack_reset_test.go") {
+		t.Errorf("log lacks the panic or its stack:\n%s", logs.String())
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := d.Dial(ctx, "bank-z", 1); !errors.Is(err, tunnel.ErrNotMember) {
+		t.Errorf("Dial after the panic: %v, want ErrNotMember", err)
+	}
 }
