@@ -161,7 +161,12 @@ func (t *transport) addPeer(p Peer) {
 	pr := &peer{id: p.ID, addr: p.Addr, q: make(chan raftpb.Message, t.queueLen), cancel: cancel}
 	t.peers[p.ID] = pr
 	t.g.Go(func() error {
-		for ctx.Err() == nil && !t.runPeerSurviving(ctx, pr) {
+		for !t.runPeerSurviving(ctx, pr) {
+			select { // after a panic (logged): again, after a pause
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
 		}
 		return nil
 	})
@@ -229,8 +234,9 @@ func (t *transport) failed(m raftpb.Message) {
 	}
 }
 
-// runPeerSurviving runs runPeer; after a panic (logged and counted) it
-// returns false so that the caller starts sending to p again.
+// runPeerSurviving runs runPeer, which returns when ctx ends; after a
+// panic (logged and counted) it returns false so that the caller starts
+// sending to p again.
 func (t *transport) runPeerSurviving(ctx context.Context, p *peer) (ok bool) {
 	defer t.survive(fmt.Sprintf("to peer %d", p.id), func() { t.report.reportUnreachable(p.id) })
 	t.runPeer(ctx, p)
