@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -256,4 +257,27 @@ func TestDemoInitAndRun(t *testing.T) {
 		t.Fatalf("memberd policy push: exit %d\n%s%s", code, out, errb)
 	}
 	t.Logf("memberd policy push:\n%s", out)
+}
+
+// FuzzRunConfig: the appliance's strict YAML config parser never panics,
+// and what it accepts names a member, an identity and a policy folder, and
+// serves pprof only on a loopback admin address.
+func FuzzRunConfig(f *testing.F) {
+	f.Add([]byte(validRunConfig))
+	f.Add([]byte(validRunConfig + "admin_pprof: true\n"))
+	f.Add([]byte(validRunConfig + "ledger: {listen: ':7050', data_dir: l}\ntunnel: {forwards: [{listen: 'x', member: m, port: 1}]}\n"))
+	f.Add([]byte("member: [1, 2]\n"))
+	f.Add([]byte("{{{"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := parseRunConfig(b, "/x")
+		if err != nil {
+			return
+		}
+		if c.Member == "" || c.Identity == "" || c.Policy.Dir == "" || c.Admin == "" {
+			t.Fatalf("accepted an incomplete config: %+v", c)
+		}
+		if host, _, _ := net.SplitHostPort(c.Admin); c.AdminPprof && host != "localhost" && !net.ParseIP(host).IsLoopback() {
+			t.Fatalf("accepted pprof on admin %q", c.Admin)
+		}
+	})
 }
