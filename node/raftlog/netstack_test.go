@@ -49,11 +49,6 @@ func TestInboundNetstackConnResetByPeer(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs lockedBuffer
-	tr := &transport{id: 1, cluster: "ch1", ln: ln, queueLen: 8, maxFrame: 1 << 20,
-		dialTO: 5 * time.Second, writeTO: 5 * time.Second,
-		log:    slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
-		report: &fakeReporter{snaps: map[uint64]raft.SnapshotStatus{}}}
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	dial := func() io.ReadWriteCloser {
@@ -73,24 +68,7 @@ func TestInboundNetstackConnResetByPeer(t *testing.T) {
 	}
 	time.Sleep(200 * time.Millisecond) // let the bytes cross the pipe
 
-	gctx, stop := context.WithCancel(ctx)
-	var g errgroup.Group
-	tr.start(gctx, &g, nil)
-	defer func() {
-		stop()
-		if err := g.Wait(); err != nil {
-			t.Errorf("transport: %v", err)
-		}
-	}()
-	for !strings.Contains(logs.String(), "raft inbound connection closed") {
-		if ctx.Err() != nil {
-			t.Fatalf("the refused connection was never logged; log:\n%s", logs.String())
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
-	if !strings.Contains(logs.String(), "remote=10.250.0.1:") {
-		t.Errorf("the log does not name the peer's address:\n%s", logs.String())
-	}
+	tr, _ := startRefusing(t, ctx, ln, "10.250.0.1")
 
 	// The listener still answers: a hello for another cluster is rejected
 	// with a reason.
@@ -153,3 +131,34 @@ type badAddr struct{ s string }
 
 func (a *badAddr) Network() string { return "tcp" }
 func (a *badAddr) String() string  { return a.s }
+
+// startRefusing starts a transport (node 1 of cluster ch1) on ln and waits
+// until it logged closing an inbound connection from a peer at from
+// (after refusing what it sent); it stops with the test.
+func startRefusing(t *testing.T, ctx context.Context, ln net.Listener, from string) (*transport, *lockedBuffer) {
+	t.Helper()
+	logs := &lockedBuffer{}
+	tr := &transport{id: 1, cluster: "ch1", ln: ln, queueLen: 8, maxFrame: 1 << 20,
+		dialTO: 5 * time.Second, writeTO: 5 * time.Second,
+		log:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		report: &fakeReporter{snaps: map[uint64]raft.SnapshotStatus{}}}
+	gctx, stop := context.WithCancel(ctx)
+	var g errgroup.Group
+	tr.start(gctx, &g, nil)
+	t.Cleanup(func() {
+		stop()
+		if err := g.Wait(); err != nil {
+			t.Errorf("transport: %v", err)
+		}
+	})
+	for !strings.Contains(logs.String(), "raft inbound connection closed") {
+		if ctx.Err() != nil {
+			t.Fatalf("the refused connection was never logged; log:\n%s", logs.String())
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	if !strings.Contains(logs.String(), "remote="+from+":") {
+		t.Errorf("the log does not name the peer's address %s:\n%s", from, logs.String())
+	}
+	return tr, logs
+}
