@@ -14,6 +14,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quic-go/quic-go"
 
+	"github.com/memberd/memberd/internal/logtest"
 	"github.com/memberd/memberd/relay/wire"
 )
 
@@ -51,17 +52,7 @@ func TestLinkPanicClosesOnlyThatLink(t *testing.T) {
 	if m.survived(done, slog.New(slog.DiscardHandler), errors.New("EOF")) {
 		t.Fatal("survived counted a plain error")
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := -1.0
-	for _, mf := range mfs {
-		if mf.GetName() == "memberd_relay_panics_total" {
-			n = mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	if n != 1 {
+	if n := logtest.Counter(t, reg, "memberd_relay_panics_total"); n != 1 {
 		t.Errorf("memberd_relay_panics_total = %v, want 1", n)
 	}
 	if !strings.Contains(logs.String(), "recover_test.go") || !strings.Contains(logs.String(), "remote=10.0.0.9:443") {

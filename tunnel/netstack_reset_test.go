@@ -1,7 +1,6 @@
 package tunnel_test
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/memberd/memberd/internal/logtest"
 	"github.com/memberd/memberd/internal/netstacktest"
 	"github.com/memberd/memberd/tunnel"
 )
@@ -42,25 +42,8 @@ func (l *oneConnListener) Accept() (net.Conn, error) {
 func (l *oneConnListener) Close() error   { l.once.Do(func() { close(l.done) }); return nil }
 func (l *oneConnListener) Addr() net.Addr { return nil } // as a netstack listener whose endpoint is gone
 
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 // waitLog waits until the log holds want.
-func waitLog(t *testing.T, ctx context.Context, logs *syncBuffer, want string) {
+func waitLog(t *testing.T, ctx context.Context, logs *logtest.Buffer, want string) {
 	t.Helper()
 	for !strings.Contains(logs.String(), want) {
 		if ctx.Err() != nil {
@@ -79,7 +62,7 @@ func waitLog(t *testing.T, ctx context.Context, logs *syncBuffer, want string) {
 // peer cannot be made to reset a connection between the stack's accept
 // and the application's.
 func TestResetNetstackConn(t *testing.T) {
-	var logs syncBuffer
+	var logs logtest.Buffer
 	c := newCluster(t, 1, clusterOpts{config: func(cfg *tunnel.Config) {
 		cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
 	}})
@@ -123,7 +106,7 @@ func TestResetNetstackConn(t *testing.T) {
 // memberd_tunnel_panics_total and closes that connection; the device goes
 // on (a later Dial to an unknown member still answers with an error).
 func TestSurviveClosesOnlyThatConnection(t *testing.T) {
-	var logs syncBuffer
+	var logs logtest.Buffer
 	reg := prometheus.NewRegistry()
 	c := newCluster(t, 1, clusterOpts{config: func(cfg *tunnel.Config) {
 		cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
@@ -138,17 +121,7 @@ func TestSurviveClosesOnlyThatConnection(t *testing.T) {
 	if !closed {
 		t.Fatal("connection not closed")
 	}
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := -1.0
-	for _, mf := range mfs {
-		if mf.GetName() == "memberd_tunnel_panics_total" {
-			n = mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	if n != 1 {
+	if n := logtest.Counter(t, reg, "memberd_tunnel_panics_total"); n != 1 {
 		t.Errorf("memberd_tunnel_panics_total = %v, want 1", n)
 	}
 	if !strings.Contains(logs.String(), "assignment to entry in nil map") || !strings.Contains(logs.String(), "netstack_reset_test.go") {

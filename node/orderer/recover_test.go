@@ -1,13 +1,11 @@
 package orderer
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"log/slog"
 	"net"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -20,25 +18,9 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
+	"github.com/memberd/memberd/internal/logtest"
 	"github.com/memberd/memberd/node/block"
 )
-
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
 
 // TestHandlerPanicFailsOnlyThatCall: with RecoveryOptions, a panic while
 // serving a Broadcast (here in Lookup, on the stream's own goroutine) and
@@ -57,7 +39,7 @@ func TestHandlerPanicFailsOnlyThatCall(t *testing.T) {
 	}
 	reg := prometheus.NewRegistry()
 	m := NewMetrics(reg)
-	var logs syncBuffer
+	var logs logtest.Buffer
 	log := slog.New(slog.NewTextHandler(&logs, nil))
 	srv, err := NewServer(ServerConfig{Lookup: lookup, Metrics: m, Logger: log})
 	if err != nil {
@@ -106,17 +88,7 @@ func TestHandlerPanicFailsOnlyThatCall(t *testing.T) {
 		t.Fatalf("unary: %v, want codes.Internal", err)
 	}
 
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	n := -1.0
-	for _, mf := range mfs {
-		if mf.GetName() == "memberd_ledger_panics_total" {
-			n = mf.GetMetric()[0].GetCounter().GetValue()
-		}
-	}
-	if n != 2 {
+	if n := logtest.Counter(t, reg, "memberd_ledger_panics_total"); n != 2 {
 		t.Errorf("memberd_ledger_panics_total = %v, want 2", n)
 	}
 	for _, want := range []string{"assignment to entry in nil map", "unary bug", "recover_test.go", "/orderer.AtomicBroadcast/Broadcast"} {

@@ -1,40 +1,21 @@
 package raftlog
 
 import (
-	"bytes"
 	"context"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"go.etcd.io/raft/v3"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/memberd/memberd/internal/logtest"
 	"github.com/memberd/memberd/internal/netstacktest"
 )
-
-// lockedBuffer is a log sink safe for the transport's goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *lockedBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *lockedBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
 
 // TestInboundNetstackConnResetByPeer reproduces issue #9's follower crash
 // on a real netstack connection, what raft runs on through the tunnel: a
@@ -92,7 +73,7 @@ func TestInboundNetstackConnResetByPeer(t *testing.T) {
 // connection is logged with its stack, counted, and closes that
 // connection; the goroutine returns normally.
 func TestSurviveClosesOnlyThatConnection(t *testing.T) {
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	tr := &transport{log: slog.New(slog.NewTextHandler(&logs, nil))}
 	closed := false
 	func() {
@@ -135,9 +116,9 @@ func (a *badAddr) String() string  { return a.s }
 // startRefusing starts a transport (node 1 of cluster ch1) on ln and waits
 // until it logged closing an inbound connection from a peer at from
 // (after refusing what it sent); it stops with the test.
-func startRefusing(t *testing.T, ctx context.Context, ln net.Listener, from string) (*transport, *lockedBuffer) {
+func startRefusing(t *testing.T, ctx context.Context, ln net.Listener, from string) (*transport, *logtest.Buffer) {
 	t.Helper()
-	logs := &lockedBuffer{}
+	logs := &logtest.Buffer{}
 	tr := &transport{id: 1, cluster: "ch1", ln: ln, queueLen: 8, maxFrame: 1 << 20,
 		dialTO: 5 * time.Second, writeTO: 5 * time.Second,
 		log:    slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
