@@ -5,6 +5,7 @@ import (
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"strings"
 	"sync"
 	"testing"
@@ -131,5 +132,34 @@ func TestSurviveClosesOnlyThatConnection(t *testing.T) {
 	defer cancel()
 	if _, err := d.Dial(ctx, "bank-z", 1); !errors.Is(err, tunnel.ErrNotMember) {
 		t.Errorf("Dial after the panic: %v, want ErrNotMember", err)
+	}
+}
+
+// TestConnKeepsAddressesAfterReset: a tunnel Conn whose peer reset it
+// still names both ends, so that no caller (raft, gRPC, a forward) that
+// logs RemoteAddr().String() finds nil.
+func TestConnKeepsAddressesAfterReset(t *testing.T) {
+	c := newCluster(t, 2, clusterOpts{})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ca, cb := connect(t, ctx, c.devs["bank-a"], c.devs["bank-b"], "bank-b", 7003)
+	inner := cb.(*tunnel.Conn).Conn
+	// b's bytes reach a unread; a's close then resets the connection.
+	if _, err := cb.Write([]byte("unread")); err != nil {
+		t.Fatal(err)
+	}
+	ca.Close()
+	for inner.RemoteAddr() != nil {
+		if ctx.Err() != nil {
+			t.Fatal("the netstack connection kept its remote address: no reset seen")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	want := netip.AddrFrom4([4]byte{10, 99, 0, 1}) // bank-a
+	if ra, ok := cb.RemoteAddr().(*net.TCPAddr); !ok || ra.AddrPort().Addr().Unmap() != want {
+		t.Errorf("RemoteAddr after the reset = %v, want %v:port", cb.RemoteAddr(), want)
+	}
+	if cb.LocalAddr() == nil || !strings.HasSuffix(cb.LocalAddr().String(), ":7003") {
+		t.Errorf("LocalAddr after the reset = %v, want bank-b's overlay address port 7003", cb.LocalAddr())
 	}
 }
