@@ -21,15 +21,25 @@ func addrString(a net.Addr) string {
 }
 
 // errPanic marks the error of a goroutine serving one connection that
-// panicked (a bug): guarded turns the panic into it.
+// panicked (a bug): guarded turns the panic into a *panicError, which is
+// errPanic.
 var errPanic = errors.New("panic serving the connection (a bug)")
 
-// guarded runs fn and returns its error or, if fn panics, an error that
-// wraps errPanic and carries the panic value and the stack.
+// panicError is a recovered panic: its message names the value (it may
+// reach memberd status); the stack is for the log.
+type panicError struct {
+	value string
+	stack []byte
+}
+
+func (e *panicError) Error() string        { return errPanic.Error() + ": " + e.value }
+func (e *panicError) Is(target error) bool { return target == errPanic }
+
+// guarded runs fn and returns its error or, if fn panics, a *panicError.
 func guarded(fn func() error) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			err = fmt.Errorf("%w: %v\n%s", errPanic, v, debug.Stack())
+			err = &panicError{value: fmt.Sprint(v), stack: debug.Stack()}
 		}
 	}()
 	return fn()
@@ -44,7 +54,12 @@ func (m *metrics) survived(ctx context.Context, log *slog.Logger, err error, att
 		return false
 	}
 	m.panics.Inc()
-	log.Error("panic serving a relay connection; closed that connection only", append(attrs, "err", err.Error())...)
+	var stack []byte
+	if pe := (*panicError)(nil); errors.As(err, &pe) {
+		stack = pe.stack
+	}
+	log.Error("panic serving a relay connection; closed that connection only",
+		append(attrs, "err", err.Error(), "stack", string(stack))...)
 	select {
 	case <-ctx.Done():
 	case <-time.After(time.Second):

@@ -36,6 +36,9 @@ func TestLinkPanicClosesOnlyThatLink(t *testing.T) {
 	if !errors.Is(err, errPanic) || !strings.Contains(err.Error(), "assignment to entry in nil map") {
 		t.Fatalf("run: %v, want the panic as an error", err)
 	}
+	if strings.Contains(err.Error(), "recover_test.go") {
+		t.Errorf("the error (shown by memberd status) carries the stack: %v", err)
+	}
 	select {
 	case <-l.done:
 	default:
