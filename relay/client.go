@@ -252,7 +252,14 @@ func (c *Client) SetRelays(relays []RelayInfo) error {
 		next = append(next, rc)
 		rd := *c.dialer
 		rd.drop = func(reason string) { rc.drops.Add(1); c.m.drop(reason) }
-		c.g.Go(func() error { c.runRelay(rctx, rc, &rd); return nil })
+		c.g.Go(func() error {
+			// runRelay returns when rctx ends, or after a panic: then again.
+			for rctx.Err() == nil {
+				err := guarded(func() error { c.runRelay(rctx, rc, &rd); return nil })
+				c.m.survived(rctx, c.log, err, "relay", r.ID)
+			}
+			return nil
+		})
 	}
 	c.relays.Store(&next)
 	for _, rc := range old {
@@ -366,6 +373,7 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 	err := l.run(lctx, func(f wire.Frame, owned bool) { c.frame(rc, l, f, owned) })
 	cancel()
 	g.Wait()
+	c.m.survived(ctx, c.log, err, "relay", rc.info.ID)
 	c.m.conns.Dec()
 	rc.cur.CompareAndSwap(l, nil)
 	rc.mu.Lock()

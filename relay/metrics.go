@@ -17,6 +17,7 @@ type metrics struct {
 	forwarded prometheus.Counter
 	fwdBytes  prometheus.Counter
 	conns     prometheus.Gauge
+	panics    prometheus.Counter // connections closed because serving them panicked
 }
 
 // reasonCounter is a counter by label value, exported to prometheus and
@@ -78,6 +79,10 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 			Name: prefix + "_connections",
 			Help: "Connections of the " + what + " that are up.",
 		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: prefix + "_panics_total",
+			Help: "Connections of the " + what + " closed because serving them panicked (a bug: the log has the stack).",
+		}),
 		offers: newReasonCounter(prefix+"_policy_offers_total", "Signed policy bundles members offered, by result.", "result", offerResults),
 	}
 	if reg != nil {
@@ -87,6 +92,7 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 		m.forwarded = register(reg, m.forwarded)
 		m.fwdBytes = register(reg, m.fwdBytes)
 		m.conns = register(reg, m.conns)
+		m.panics = register(reg, m.panics)
 		if what == "relay" {
 			m.offers.vec = register(reg, m.offers.vec)
 		}

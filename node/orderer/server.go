@@ -65,6 +65,7 @@ type Server struct {
 	ab.UnimplementedAtomicBroadcastServer
 	cfg ServerConfig
 	log *slog.Logger
+	rec recoverer // for the goroutines of a Broadcast stream
 }
 
 var _ ab.AtomicBroadcastServer = (*Server)(nil)
@@ -86,7 +87,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, log: cfg.Logger}, nil
+	return &Server{cfg: cfg, log: cfg.Logger, rec: recoverer{log: cfg.Logger, m: cfg.Metrics}}, nil
 }
 
 // Register registers the AtomicBroadcast service on r.
@@ -106,7 +107,8 @@ func (s *Server) Broadcast(stream grpc.BidiStreamingServer[common.Envelope, ab.B
 	}
 	results := make(chan result, s.cfg.MaxPendingPerStream)
 	g, ctx := errgroup.WithContext(stream.Context())
-	g.Go(func() error {
+	const method = "/orderer.AtomicBroadcast/Broadcast"
+	g.Go(s.rec.guard(method, func() error {
 		defer close(results)
 		for {
 			msg, err := stream.Recv()
@@ -125,8 +127,8 @@ func (s *Server) Broadcast(stream grpc.BidiStreamingServer[common.Envelope, ab.B
 				return ctx.Err()
 			}
 		}
-	})
-	g.Go(func() error {
+	}))
+	g.Go(s.rec.guard(method, func() error {
 		for r := range results {
 			err := r.err
 			if err == nil {
@@ -142,7 +144,7 @@ func (s *Server) Broadcast(stream grpc.BidiStreamingServer[common.Envelope, ab.B
 			}
 		}
 		return nil
-	})
+	}))
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil

@@ -247,7 +247,11 @@ func (d *DemoConsortium) LedgerBlock(ctx context.Context, member string, num uin
 		return nil, nil, err
 	}
 	defer conn.Close()
-	return out, conn.(*tls.Conn).ConnectionState().PeerCertificates[0], nil
+	tc, ok := conn.(*tls.Conn)
+	if !ok || len(tc.ConnectionState().PeerCertificates) == 0 {
+		return nil, nil, fmt.Errorf("ledger of %s at %s presented no TLS certificate", member, d.LedgerAddr(member))
+	}
+	return out, tc.ConnectionState().PeerCertificates[0], nil
 }
 
 // CheckLedger submits n envelopes to member from and then fetches and

@@ -140,6 +140,7 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 	hs := &http.Server{
 		Handler: admin.Handler(admin.Config{
 			Gatherer: reg,
+			Pprof:    cfg.AdminPprof,
 			Ready: map[string]admin.Check{"listening": func(context.Context) error {
 				if ctx.Err() != nil {
 					return errors.New("stopping")

@@ -286,6 +286,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		Gatherer: reg,
 		Ready:    ready,
 		Status:   func(context.Context) any { return applianceStatus(a) },
+		Pprof:    cfg.AdminPprof,
 	}))
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 

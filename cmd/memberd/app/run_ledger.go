@@ -342,10 +342,11 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	} else {
 		log.Info("channel participation API (osnadmin) not served: no ledger.admin section")
 	}
-	l.lan = grpc.NewServer(append(orderer.ServerOptions(),
+	opts := append(orderer.ServerOptions(), orderer.RecoveryOptions(log, metrics)...)
+	l.lan = grpc.NewServer(append(opts,
 		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, lc.MutualTLS))))...)
 	srv.Register(l.lan)
-	l.overlay = grpc.NewServer(append(orderer.ServerOptions(),
+	l.overlay = grpc.NewServer(append(opts[:len(opts):len(opts)],
 		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, true))))...)
 	srv.Register(l.overlay)
 	if l.lanLn, err = net.Listen("tcp", lc.Listen); err != nil {
