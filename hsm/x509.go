@@ -114,7 +114,7 @@ func SignCSR(caCert *x509.Certificate, caKey crypto.Signer, csrDER []byte, cfg L
 	if !caCert.IsCA {
 		return nil, fmt.Errorf("CA sign: certificate %q is not a CA", caCert.Subject.CommonName)
 	}
-	if !publicKeysEqual(caCert.PublicKey, caKey.Public()) {
+	if !PublicKeysEqual(caCert.PublicKey, caKey.Public()) {
 		return nil, errors.New("CA sign: the CA key does not match the CA certificate")
 	}
 	if cfg.Validity <= 0 {
@@ -161,7 +161,9 @@ func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
 	return h[:], nil
 }
 
-func publicKeysEqual(a, b crypto.PublicKey) bool {
+// PublicKeysEqual reports whether a and b are the same public key (false
+// when a cannot compare itself).
+func PublicKeysEqual(a, b crypto.PublicKey) bool {
 	ae, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && ae.Equal(b)
 }

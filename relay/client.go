@@ -29,7 +29,7 @@ type ClientConfig struct {
 	// GetClientCertificate, when set, is asked for the client certificate
 	// at every (re)connection instead of Identity (which may then be
 	// empty), so that a rotated identity is used from the next connection
-	// on (e.g. hsm.IdentityProvider.GetClientCertificate).
+	// on (e.g. identity.Provider.GetClientCertificate).
 	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 	// Relays to connect to, all at once. Required (at least one).
 	Relays []RelayInfo

@@ -19,6 +19,7 @@ import (
 
 	"github.com/memberd/memberd/cmd/memberd/app"
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/policy"
@@ -68,7 +69,7 @@ func TestIdentityRotationThenRevocation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	idf := filepath.Join(mdir, "identity", hsm.IdentityFile)
+	idf := filepath.Join(mdir, "identity", identity.File)
 	var keys struct {
 		Keys []string `yaml:"keys"`
 	}

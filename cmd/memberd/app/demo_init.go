@@ -41,6 +41,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/policy"
 )
 
@@ -288,7 +289,7 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		}
 		leafs[id] = leaf
 		idy, _ := yaml.Marshal(map[string]any{"keys": []string{keyRef}})
-		if err := os.WriteFile(filepath.Join(mdir, "identity", hsm.IdentityFile), idy, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(mdir, "identity", identity.File), idy, 0o644); err != nil {
 			return nil, err
 		}
 		pubDER, err := x509.MarshalPKIXPublicKey(adminKey.Public())

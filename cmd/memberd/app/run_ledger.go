@@ -47,7 +47,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/node/orderer"
@@ -201,7 +201,7 @@ type ledgerRun struct {
 
 // startLedger opens the channel of the policy's ledger section and starts its
 // ordering node (raft over dev). It does not serve gRPC yet: serve does.
-func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() *policy.Policy,
+func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol func() *policy.Policy,
 	reg prometheus.Registerer, log *slog.Logger) (_ *ledgerRun, err error) {
 	lc := *cfg.Ledger
 	log = log.With("component", "ledger")
@@ -362,7 +362,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 
 // storeIdentity makes id the identity of the TLS handshakes and Deliver
 // requests from now on.
-func (l *ledgerRun) storeIdentity(id *hsm.Identity) {
+func (l *ledgerRun) storeIdentity(id *identity.Identity) {
 	oid := orderer.Identity{MSPID: l.mspID, Cert: id.Certificate, Signer: id.Signer}
 	cert := orderer.TLSCertificate(oid, id.Chain...)
 	l.ident.Store(&oid)
@@ -373,7 +373,7 @@ func (l *ledgerRun) storeIdentity(id *hsm.Identity) {
 // signs the next blocks with the new key, and new TLS handshakes (LAN and
 // overlay servers, peer clients) present the new certificate. Connections
 // already open keep theirs.
-func (l *ledgerRun) setIdentity(id *hsm.Identity) error {
+func (l *ledgerRun) setIdentity(id *identity.Identity) error {
 	n := l.reg.Lookup(l.channel)
 	if n == nil {
 		return fmt.Errorf("%w: channel %q is not open", ErrLedger, l.channel)
