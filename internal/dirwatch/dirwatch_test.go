@@ -210,7 +210,9 @@ func TestLifecycle(t *testing.T) {
 // TestRenames: files replaced the ways editors and deploy tools do are
 // each read once, after the debounce, with the new content.
 func TestRenames(t *testing.T) {
-	h := start(t, t.TempDir(), dirwatch.Config{Debounce: 50 * time.Millisecond, Resync: time.Hour})
+	// The debounce leaves room for a loaded machine between the steps of
+	// one replacement.
+	h := start(t, t.TempDir(), dirwatch.Config{Debounce: 150 * time.Millisecond, Resync: time.Hour})
 	path := filepath.Join(h.dir, "file")
 	for _, tc := range []struct {
 		name    string
@@ -345,7 +347,7 @@ func TestDebounceAndCeiling(t *testing.T) {
 		if len(changes) < 2 || len(changes) > 12 {
 			t.Fatalf("%d reads during the burst, want about %d", len(changes), total/ceiling)
 		}
-		if first := changes[0].Sub(begin); first > ceiling+every+500*time.Millisecond {
+		if first := changes[0].Sub(begin); first > ceiling+every+time.Second {
 			t.Fatalf("first read %v after the burst began, ceiling %v", first, ceiling)
 		}
 		h.expect(dirwatch.Change, 5*time.Second) // the tail of the burst
