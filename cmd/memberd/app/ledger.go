@@ -43,9 +43,12 @@ member with its CA certificates, Readers/Writers/Admins policies, the orderer
 section with one etcdraft consenter per consenter member, BatchSize and
 BatchTimeout from the policy's ledger section, capabilities V2_0/V2_5. Every
 consenter member needs --consenter with its node's TLS certificate (the policy
-pins CAs, not node certificates); the endpoint defaults to the member's
-overlay address and port 7050. Every node of the channel starts from this
-block, and Fabric peers can join the channel with it.`,
+pins CAs, not node certificates); the consenter (raft) endpoint defaults to
+the member's overlay address and port 7050. The client-facing orderer
+endpoints that Fabric peers dial are the policy's members[].ledger_endpoints
+(the consenter address when a member gives none). Every node of the channel
+starts from this block, byte for byte, and Fabric peers join the channel
+with it: build it once and copy it to every member.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if polFile == "" || out == "" {
@@ -100,6 +103,10 @@ block, and Fabric peers can join the channel with it.`,
 			}
 			fmt.Fprintf(e.stderr, "channel %q: genesis block with %d member orgs and %d consenters written to %s\n",
 				cc.ChannelID, len(cc.ApplicationOrgs), len(cc.Consenters), out)
+			if ids := orderer.MissingLedgerEndpoints(pol); len(ids) > 0 {
+				fmt.Fprintf(e.stderr, "warning: members %s have no ledger_endpoints in the policy: their orderer endpoint is their overlay consenter address, which Fabric peers reach only with peer.deliveryclient.addressOverrides (docs/fabric-peers.md)\n",
+					strings.Join(ids, ", "))
+			}
 			return nil
 		},
 	}
