@@ -51,7 +51,7 @@ func TestLedgerCommands(t *testing.T) {
 	polFile := filepath.Join(dir, "policy.yaml")
 	os.WriteFile(polFile, pol.Marshal(), 0o644)
 	ca := cons.CAs["m1"]
-	nodeCert, nodeKey := ca.Issue(t, "node1")
+	nodeCert, nodeKey := ca.IssueOU(t, "node1", "orderer")
 	writeCert(t, filepath.Join(dir, "node.pem"), nodeCert)
 	writeCert(t, filepath.Join(dir, "ca.pem"), ca.Cert)
 	clientCert, clientKey := ca.Issue(t, "client1")
@@ -127,6 +127,19 @@ func TestLedgerCommands(t *testing.T) {
 	identityOnly := common[:len(common)-4]
 	if code, out, errs := run(t, append([]string{"ledger", "height"}, identityOnly...)...); code != ExitOK || strings.TrimSpace(out) != "4" {
 		t.Fatalf("height with mutual TLS from --cert/--key: exit %d out %q err %q", code, out, errs)
+	}
+	// submit writes a Fabric transaction whose data reads back.
+	raw1, _ := os.ReadFile(filepath.Join(outDir, "1.block"))
+	b1, err := block.Unmarshal(raw1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env1, err := block.ParseEnvelope(b1.Data.Data[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data, err := orderer.TransactionData(env1.Data); err != nil || string(data) != "hello a" {
+		t.Fatalf("block 1 transaction data %q, %v", data, err)
 	}
 	// The same with the identity's key in an HSM (SoftHSM2), as in production.
 	tok := hsmtest.NewToken(t, "ledger-client")
