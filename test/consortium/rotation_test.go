@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -49,7 +50,10 @@ func TestIdentityRotationThenRevocation(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, err := hsm.CreateCSR(key, hsm.CSRRequest{Subject: pkix.Name{CommonName: a + "-appliance-2"}})
+	// As 'memberd hsm csr --ou orderer --ip ... --dns localhost': the ledger
+	// refuses a certificate its channel config or its clients would reject.
+	csr, err := hsm.CreateCSR(key, hsm.CSRRequest{Subject: pkix.Name{CommonName: a + "-appliance-2", OrganizationalUnit: []string{"orderer"}},
+		DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.ParseIP(L.Genesis.Member(a).OverlayIP)}})
 	key.Close()
 	if err != nil {
 		t.Fatal(err)
