@@ -322,18 +322,5 @@ func adminStatus(t *testing.T, addr string) statusDoc {
 // (/status ledger.certificate_serial).
 func ledgerSerial(t *testing.T, d *app.DemoConsortium, member string) string {
 	t.Helper()
-	var st struct {
-		Ledger struct {
-			Serial string `json:"certificate_serial"`
-		} `json:"ledger"`
-	}
-	resp, err := http.Get("http://" + d.AdminAddr(member) + "/status")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
-		t.Fatal(err)
-	}
-	return st.Ledger.Serial
+	return statusOf(t, d, member).CertificateSerial
 }
