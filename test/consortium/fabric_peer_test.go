@@ -38,6 +38,9 @@ var peerRefusals = []string{"could not be verified", "implicit policy evaluation
 	"does not have an OU that resolves", "too_many_pings", "certificate relies on legacy Common Name", "doesn't contain any IP SANs"}
 
 func testStockPeer(t *testing.T, mutual bool) {
+	if testing.Short() {
+		t.Skip("runs stock Fabric peer processes for ~15s (the full pass of make test runs it; the -race -short pass skips it)")
+	}
 	fab := testenv.Fabric(t, "peer", "configtxlator")
 	began := time.Now()
 	L := initConsortium(t, 3, 1)
