@@ -84,11 +84,18 @@ func testStockPeer(t *testing.T, mutual bool) {
 		p.join(t, ctx)
 		peers[target] = p
 	}
+	joined := time.Now()
 	submit(4)
 	submit(1)
 	want, err := d.LedgerHeight(leader)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if !mutual {
+		// The peers ping their deliver streams every 10s: gRPC's default
+		// server enforcement cuts a stream after the third such ping
+		// (GOAWAY too_many_pings), orderer.KeepaliveMinInterval must not.
+		time.Sleep(35*time.Second - time.Since(joined))
 	}
 	for target, p := range peers {
 		h := p.waitHeight(t, ctx, want)
