@@ -323,7 +323,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 		return nil, fmt.Errorf("%w: channel %q in %s: %w (on first start, key ledger.genesis_block must name the channel's genesis block)",
 			ErrLedger, l.channel, dataDir, err)
 	}
-	if err := checkServedNames(ident.Cert, lc.Listen, n.ChannelConfig(), l.mspID); err != nil {
+	if err := checkServedNames(ident.Cert, lc.served(), n.ChannelConfig(), l.mspID); err != nil {
 		n.Close()
 		return nil, fmt.Errorf("%w: identity folder %s: %w", ErrLedger, id.File, err)
 	}
@@ -389,7 +389,7 @@ func (l *ledgerRun) setIdentity(id *hsm.Identity) error {
 		return fmt.Errorf("%w: channel %q is not open", ErrLedger, l.channel)
 	}
 	oid := orderer.Identity{MSPID: l.mspID, Cert: id.Certificate, Signer: id.Signer}
-	if err := checkServedNames(id.Certificate, l.cfg.Listen, n.ChannelConfig(), l.mspID); err != nil {
+	if err := checkServedNames(id.Certificate, l.cfg.served(), n.ChannelConfig(), l.mspID); err != nil {
 		return fmt.Errorf("%w: %w", ErrLedger, err)
 	}
 	if err := n.SetIdentity(oid.Signer, oid.Serialized()); err != nil {
@@ -533,45 +533,4 @@ func (l *ledgerRun) status() any {
 		st["state"] = "active"
 	}
 	return st
-}
-
-// errServedName: the ledger's TLS certificate lacks a SAN for an address
-// clients dial.
-var errServedName = errors.New("TLS certificate does not name an address the ledger serves")
-
-// checkServedNames checks that cert (the ledger's TLS certificate) has a
-// SAN for every address clients dial: the host of ledger.listen (unless it
-// is a wildcard address) and each client-facing orderer endpoint of org
-// mspID in the channel config ch (from the policy's ledger_endpoints).
-// Fabric peers verify the host name and refuse a certificate that names
-// the host only in its common name.
-func checkServedNames(cert *x509.Certificate, listen string, ch *channelconfig.Channel, mspID string) error {
-	type served struct{ host, what string }
-	var want []served
-	if h, _, err := net.SplitHostPort(listen); err == nil && h != "" {
-		if ip := net.ParseIP(h); ip == nil || !ip.IsUnspecified() {
-			want = append(want, served{h, "key ledger.listen " + listen})
-		}
-	}
-	for _, o := range ch.Config.OrdererOrgs {
-		if o.MSPID != mspID {
-			continue
-		}
-		for _, ep := range o.OrdererEndpoints {
-			if h, _, err := net.SplitHostPort(ep); err == nil {
-				want = append(want, served{h, fmt.Sprintf("orderer endpoint %s of %s in the channel config (policy members[].ledger_endpoints)", ep, mspID)})
-			}
-		}
-	}
-	for _, w := range want {
-		if err := cert.VerifyHostname(w.host); err != nil {
-			flag := "--dns " + w.host
-			if net.ParseIP(w.host) != nil {
-				flag = "--ip " + w.host
-			}
-			return fmt.Errorf("%w: certificate %q (serial %s) has no SAN for %s, the %s (SANs: DNS %q, IP %q); Fabric peers verify the host name: issue a new certificate with memberd hsm csr ... %s --ou %s and memberd ca sign",
-				errServedName, cert.Subject, cert.SerialNumber, w.host, w.what, cert.DNSNames, cert.IPAddresses, flag, channelconfig.OrdererOU)
-		}
-	}
-	return nil
 }

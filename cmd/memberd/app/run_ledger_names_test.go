@@ -59,16 +59,22 @@ func TestCheckServedNames(t *testing.T) {
 		listen    string
 		endpoints []string
 		want      string // "" = accepted
+		admin     string // ledger.admin.listen; "" = 127.0.0.1:9443
 	}{
-		{"loopback", cert, "127.0.0.1:7050", []string{"127.0.0.1:7050", "localhost:7050"}, ""},
-		{"wildcard listen", cert, ":7050", []string{"127.0.0.1:7050"}, ""},
-		{"unspecified listen", cert, "0.0.0.0:7050", []string{"localhost:7050"}, ""},
-		{"listen address not named", cert, "10.0.0.5:7050", []string{"127.0.0.1:7050"}, "no SAN for 10.0.0.5, the key ledger.listen 10.0.0.5:7050"},
-		{"endpoint not named", cert, ":7050", []string{"ledger.m1.example:7050"}, "--dns ledger.m1.example"},
-		{"common name only", cnOnly, "127.0.0.1:7050", nil, "--ip 127.0.0.1"},
+		{"loopback", cert, "127.0.0.1:7050", []string{"127.0.0.1:7050", "localhost:7050"}, "", ""},
+		{"wildcard listen", cert, ":7050", []string{"127.0.0.1:7050"}, "", ""},
+		{"unspecified listen", cert, "0.0.0.0:7050", []string{"localhost:7050"}, "", ""},
+		{"listen address not named", cert, "10.0.0.5:7050", []string{"127.0.0.1:7050"}, "no SAN for 10.0.0.5, the key ledger.listen 10.0.0.5:7050", ""},
+		{"endpoint not named", cert, ":7050", []string{"ledger.m1.example:7050"}, "--dns ledger.m1.example", ""},
+		{"common name only", cnOnly, "127.0.0.1:7050", nil, "--ip 127.0.0.1", ""},
+		{"osnadmin address not named", cert, "127.0.0.1:7050", nil, "no SAN for 10.0.0.9, the key ledger.admin.listen 10.0.0.9:9443", "10.0.0.9:9443"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			err := checkServedNames(tc.cert, tc.listen, chFor(tc.endpoints...), "m1MSP")
+			admin := tc.admin
+			if admin == "" {
+				admin = "127.0.0.1:9443"
+			}
+			err := checkServedNames(tc.cert, []servedAddr{{"ledger.listen", tc.listen}, {"ledger.admin.listen", admin}}, chFor(tc.endpoints...), "m1MSP")
 			if tc.want == "" {
 				if err != nil {
 					t.Fatal(err)
