@@ -86,3 +86,24 @@ func writeDemoMSP(dir, id, ou string, ca *x509.Certificate, caKey hsm.Signer, no
 	}
 	return nil
 }
+
+// SignCSR has member's demo CA (members/<id>/ca.pem and its key file,
+// INSECURE: demo only) issue a certificate for a DER CSR, as
+// 'memberd ca sign' does.
+func (L *DemoLayout) SignCSR(member string, csr []byte) (*x509.Certificate, error) {
+	mdir := filepath.Join(L.Dir, "members", member)
+	caPEM, err := os.ReadFile(filepath.Join(mdir, "ca.pem"))
+	if err != nil {
+		return nil, err
+	}
+	cas, err := hsm.ParseCertificatesPEM(caPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", filepath.Join(mdir, "ca.pem"), err)
+	}
+	caKey, err := hsm.OpenSoftSigner(filepath.Join(mdir, "ca-key.pem"), &hsm.SoftOptions{AllowInsecure: true, Warnings: discardW{}})
+	if err != nil {
+		return nil, err
+	}
+	defer caKey.Close()
+	return hsm.SignCSR(cas[0], caKey, csr, hsm.LeafConfig{Now: time.Now()})
+}

@@ -120,27 +120,16 @@ func TestLedgerRefusesBadNodeCertificate(t *testing.T) {
 			}
 			m := L.Members[0]
 			mdir := filepath.Join(dir, "members", m)
-			soft := &hsm.SoftOptions{AllowInsecure: true, Warnings: discardW{}}
-			key, err := hsm.OpenSoftSigner(filepath.Join(mdir, "identity", "key.pem"), soft)
+			key, err := hsm.OpenSoftSigner(filepath.Join(mdir, "identity", "key.pem"), &hsm.SoftOptions{AllowInsecure: true, Warnings: discardW{}})
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer key.Close()
-			caKey, err := hsm.OpenSoftSigner(filepath.Join(mdir, "ca-key.pem"), soft)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer caKey.Close()
-			caPEM, _ := os.ReadFile(filepath.Join(mdir, "ca.pem"))
-			cas, err := hsm.ParseCertificatesPEM(caPEM)
-			if err != nil {
-				t.Fatal(err)
-			}
 			csr, err := hsm.CreateCSR(key, tc.req(m))
 			if err != nil {
 				t.Fatal(err)
 			}
-			leaf, err := hsm.SignCSR(cas[0], caKey, csr, hsm.LeafConfig{Now: time.Now()})
+			leaf, err := L.SignCSR(m, csr)
 			if err != nil {
 				t.Fatal(err)
 			}
