@@ -20,7 +20,9 @@ import (
 
 // CSRRequest is what goes into a certificate signing request.
 type CSRRequest struct {
-	Subject  pkix.Name // CommonName required
+	// Subject: CommonName required. OrganizationalUnit carries the Fabric
+	// role (orderer, peer, admin, client) that a NodeOUs MSP reads.
+	Subject  pkix.Name
 	DNSNames []string
 	IPs      []net.IP
 }
@@ -95,7 +97,8 @@ type LeafConfig struct {
 }
 
 // SignCSR verifies a DER CSR and issues a leaf certificate for its key and
-// subject, signed by the CA (caCert, caKey), with the usages memberd needs:
+// subject (its organizational units included) and SANs (DNS names and IP
+// addresses), signed by the CA (caCert, caKey), with the usages memberd needs:
 // digital signature, TLS server and TLS client authentication.
 func SignCSR(caCert *x509.Certificate, caKey crypto.Signer, csrDER []byte, cfg LeafConfig) (*x509.Certificate, error) {
 	if cfg.Now.IsZero() {

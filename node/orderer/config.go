@@ -89,6 +89,11 @@ type Config struct {
 	Metrics *Metrics
 	// Logger; nil discards.
 	Logger *slog.Logger
+
+	// skipSignerCheck lets a test replay a stock Fabric channel whose
+	// orderer keys it cannot hold (New and SetIdentity skip CheckSigner).
+	// Unexported: memberd always checks.
+	skipSignerCheck bool
 }
 
 // ErrInvalidConfig: Config.Validate failed.

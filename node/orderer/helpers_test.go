@@ -82,6 +82,13 @@ func (c *consortium) identity(t testing.TB, member, cn string) Identity {
 	return Identity{MSPID: c.policy().Member(member).MSPID, Cert: cert, Signer: key}
 }
 
+// nodeIdentity issues a node's block-signing certificate from member's CA:
+// OU=orderer, as the channel config's NodeOUs require (CheckSigner).
+func (c *consortium) nodeIdentity(t testing.TB, member, cn string) Identity {
+	cert, key := c.cons.CAs[member].IssueOU(t, cn, channelconfig.OrdererOU)
+	return Identity{MSPID: c.policy().Member(member).MSPID, Cert: cert, Signer: key}
+}
+
 func (c *consortium) policy() *policy.Policy {
 	if p := c.cur.Load(); p != nil {
 		return p
@@ -137,7 +144,7 @@ func (cl *cluster) addSlot() *tnode {
 	t := cl.t
 	i := len(cl.nodes) + 1
 	tn := &tnode{id: uint64(i), name: fmt.Sprintf("n%d", i), dir: t.TempDir()}
-	tn.ident = cl.c.identity(t, fmt.Sprintf("m%d", i), tn.name)
+	tn.ident = cl.c.nodeIdentity(t, fmt.Sprintf("m%d", i), tn.name)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/memberd/memberd/node/block"
@@ -342,11 +343,21 @@ const MaxBlock = math.MaxUint64
 // block's metadata, as Fabric's own 100 MiB default.
 const MaxMessageBytes = 128 << 20
 
+// KeepaliveMinInterval is the shortest client ping interval the server
+// accepts. A Fabric peer's deliver client pings every 60s
+// (peer.keepalive.deliveryClient.interval) on a stream that may be idle
+// for long; gRPC's default (5 min, no pings without a stream) answers that
+// with GOAWAY "too_many_pings" after a few minutes and the peer reconnects.
+// Fabric's orderer accepts 60s; 10s also lets tests ping faster.
+const KeepaliveMinInterval = 10 * time.Second
+
 // ServerOptions are the grpc.ServerOptions the caller's grpc.Server needs
 // for this service (gRPC's 4 MiB default would refuse large envelopes and
-// blocks). Add the TLS credentials (ServerTLS) beside them.
+// blocks; its keepalive enforcement would cut idle Fabric peers off). Add
+// the TLS credentials (ServerTLS) beside them.
 func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes)}
+	return []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinInterval, PermitWithoutStream: true})}
 }
 
 // ClientOptions are the matching grpc.DialOptions for clients.

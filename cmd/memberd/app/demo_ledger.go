@@ -153,7 +153,7 @@ func (d *DemoConsortium) LedgerSubmit(ctx context.Context, member string, n int)
 	}
 	var txids []string
 	for i := 0; i < n; i++ {
-		env, txid, err := orderer.NewTransaction(ident, channel, []byte(fmt.Sprintf("demo tx %d from %s", i, member)), time.Now())
+		env, txid, err := orderer.NewEndorserTransaction(ident, channel, []byte(fmt.Sprintf("demo tx %d from %s", i, member)), time.Now())
 		if err != nil {
 			return nil, err
 		}

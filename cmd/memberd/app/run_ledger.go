@@ -317,8 +317,15 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol fu
 	}}
 	n, err := l.reg.Open(l.channel, genesis)
 	if err != nil {
+		if errors.Is(err, orderer.ErrSigner) {
+			return nil, fmt.Errorf("%w: identity folder %s: %w", ErrLedger, id.File, err)
+		}
 		return nil, fmt.Errorf("%w: channel %q in %s: %w (on first start, key ledger.genesis_block must name the channel's genesis block)",
 			ErrLedger, l.channel, dataDir, err)
+	}
+	if err := checkServedNames(ident.Cert, lc.served(), n.ChannelConfig(), l.mspID); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("%w: identity folder %s: %w", ErrLedger, id.File, err)
 	}
 	if err := l.reg.Start(n); err != nil {
 		n.Close()
@@ -372,13 +379,19 @@ func (l *ledgerRun) storeIdentity(id *identity.Identity) {
 // setIdentity follows an HSM identity rotation without a restart: the node
 // signs the next blocks with the new key, and new TLS handshakes (LAN and
 // overlay servers, peer clients) present the new certificate. Connections
-// already open keep theirs.
+// already open keep theirs. A certificate that the channel config would
+// reject as block signer (orderer.CheckSigner) or without a SAN for an
+// address the ledger serves (checkServedNames) is refused: the ledger keeps
+// the identity it has.
 func (l *ledgerRun) setIdentity(id *identity.Identity) error {
 	n := l.reg.Lookup(l.channel)
 	if n == nil {
 		return fmt.Errorf("%w: channel %q is not open", ErrLedger, l.channel)
 	}
 	oid := orderer.Identity{MSPID: l.mspID, Cert: id.Certificate, Signer: id.Signer}
+	if err := checkServedNames(id.Certificate, l.cfg.served(), n.ChannelConfig(), l.mspID); err != nil {
+		return fmt.Errorf("%w: %w", ErrLedger, err)
+	}
 	if err := n.SetIdentity(oid.Signer, oid.Serialized()); err != nil {
 		return fmt.Errorf("%w: %w", ErrLedger, err)
 	}
