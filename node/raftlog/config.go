@@ -11,6 +11,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 )
 
+// DefaultSnapshotBytes is Config.SnapshotBytes's default, Fabric etcdraft's
+// default SnapshotIntervalSize.
+const DefaultSnapshotBytes = 16 << 20
+
 // Dialer opens connections to peers. *net.Dialer satisfies it; the appliance
 // passes the WireGuard tunnel's dialer. The network is always "tcp".
 type Dialer interface {
@@ -79,10 +83,18 @@ type Config struct {
 	TickInterval   time.Duration // default 100ms
 	ElectionTicks  int           // default 10
 	HeartbeatTicks int           // default 1
-	// SnapshotEvery: make a snapshot and compact the log every this many
-	// applied entries. Default 10000.
+	// SnapshotBytes bounds raft's in-memory log by bytes (Fabric etcdraft's
+	// SnapshotIntervalSize): make a snapshot and compact the log once the
+	// entries applied since the last snapshot hold this many bytes of data.
+	// The entries kept below a snapshot (CatchUpEntries) hold at most this
+	// many bytes too, so memory holds about 2 × SnapshotBytes of applied
+	// entries (memlog.go). Default 16 MiB (DefaultSnapshotBytes).
+	SnapshotBytes uint64
+	// SnapshotEvery: also make a snapshot every this many applied entries,
+	// however small. Default 10000.
 	SnapshotEvery uint64
-	// CatchUpEntries: entries kept in memory below a snapshot so slightly
+	// CatchUpEntries: at most this many entries (holding at most
+	// SnapshotBytes) are kept in memory below a snapshot, so that slightly
 	// lagging followers catch up without a snapshot. Default 1000.
 	CatchUpEntries uint64
 	// MaxSizePerMsg bounds the entries in one append message. Default 1 MiB.
@@ -143,6 +155,9 @@ func (c *Config) withDefaults() Config {
 	}
 	if d.HeartbeatTicks == 0 {
 		d.HeartbeatTicks = 1
+	}
+	if d.SnapshotBytes == 0 {
+		d.SnapshotBytes = DefaultSnapshotBytes
 	}
 	if d.SnapshotEvery == 0 {
 		d.SnapshotEvery = 10000
