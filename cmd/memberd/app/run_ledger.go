@@ -73,7 +73,14 @@ type runLedger struct {
 	RaftPort     uint16 `yaml:"raft_port"`     // overlay port of raft; 0 = 7052
 	PeerPort     uint16 `yaml:"peer_port"`     // overlay port of gRPC between consenters; 0 = 7050
 	MutualTLS    bool   `yaml:"mutual_tls"`    // LAN clients must present a member certificate
+	// SnapshotBytes bounds raft's in-memory log: a snapshot once the blocks
+	// ordered since the last one hold this many bytes (Fabric etcdraft's
+	// SnapshotIntervalSize); memory holds about twice this. 0 = 16 MiB.
+	SnapshotBytes uint64 `yaml:"snapshot_bytes"`
 }
+
+// minSnapshotBytes is the smallest ledger.snapshot_bytes accepted.
+const minSnapshotBytes = 1 << 20
 
 // validate applies the defaults and checks the section; pushPort and
 // services are the other overlay ports in use.
@@ -92,6 +99,12 @@ func (l *runLedger) validate(pushPort uint16, services []runService) error {
 	}
 	if _, _, err := net.SplitHostPort(l.Listen); err != nil {
 		return fmt.Errorf("key ledger.listen: %q is not host:port", l.Listen)
+	}
+	if l.SnapshotBytes == 0 {
+		l.SnapshotBytes = raftlog.DefaultSnapshotBytes
+	}
+	if l.SnapshotBytes < minSnapshotBytes {
+		return fmt.Errorf("key ledger.snapshot_bytes: %d is below %d (1 MiB); leave it out for the default %d (16 MiB)", l.SnapshotBytes, minSnapshotBytes, raftlog.DefaultSnapshotBytes)
 	}
 	if l.RaftPort == l.PeerPort {
 		return fmt.Errorf("keys ledger.raft_port and ledger.peer_port: both %d; they must differ", l.RaftPort)
@@ -291,7 +304,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 		raftLn = ln
 		n, err := orderer.New(orderer.Config{
 			Raft: raftlog.Config{ID: myID, Peers: peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
-				Dialer: dialer, Listener: ln, Registerer: reg, Logger: log.With("component", "raft")},
+				Dialer: dialer, Listener: ln, SnapshotBytes: lc.SnapshotBytes, Registerer: reg, Logger: log.With("component", "raft")},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol,
 			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,
