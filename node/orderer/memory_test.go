@@ -26,6 +26,21 @@ type memSample struct {
 	heap       uint64 // runtime.MemStats.HeapAlloc after runtime.GC
 	goroutines int
 	logBytes   uint64 // the largest raft in-memory log of the nodes
+	rss        uint64 // resident set size of the process (0: unknown)
+}
+
+// rss returns the resident set size of this process, 0 where /proc is
+// missing.
+func rss() uint64 {
+	b, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0
+	}
+	var size, res uint64
+	if _, err := fmt.Sscan(string(b), &size, &res); err != nil {
+		return 0
+	}
+	return res * uint64(os.Getpagesize())
 }
 
 // TestMemoryBoundedUnderLoad is the short version of the soak (issue 9):
@@ -166,7 +181,7 @@ func TestMemoryBoundedUnderLoad(t *testing.T) {
 		runtime.GC()
 		var ms runtime.MemStats
 		runtime.ReadMemStats(&ms)
-		sm := memSample{done: int(answered.Load()), heap: ms.HeapAlloc, goroutines: runtime.NumGoroutine()}
+		sm := memSample{done: int(answered.Load()), heap: ms.HeapAlloc, goroutines: runtime.NumGoroutine(), rss: rss()}
 		for _, tn := range cl.nodes {
 			sm.logBytes = max(sm.logBytes, tn.np.Load().Raft().Status().LogBytes)
 		}
@@ -210,7 +225,8 @@ func TestMemoryBoundedUnderLoad(t *testing.T) {
 	}
 
 	for _, s := range samples {
-		t.Logf("after %6d envelopes: heap %6.1f MiB, %4d goroutines, raft log %.2f MiB", s.done, float64(s.heap)/(1<<20), s.goroutines, float64(s.logBytes)/(1<<20))
+		t.Logf("after %6d envelopes: heap %6.1f MiB, RSS %6.1f MiB, %4d goroutines, raft log %.2f MiB",
+			s.done, float64(s.heap)/(1<<20), float64(s.rss)/(1<<20), s.goroutines, float64(s.logBytes)/(1<<20))
 	}
 	mid, last := thirdMedian(samples, total, 1), thirdMedian(samples, total, 2)
 	t.Logf("median heap: middle third %.1f MiB, last third %.1f MiB; goroutines %d, %d",
