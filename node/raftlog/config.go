@@ -101,6 +101,12 @@ type Config struct {
 	MaxSizePerMsg uint64
 	// MaxInflightMsgs: append messages in flight per follower. Default 256.
 	MaxInflightMsgs int
+	// MaxInflightBytes bounds the entry bytes sent to one follower and not
+	// yet acknowledged (raft's MaxInflightBytes): a slow or vanished
+	// follower then pins at most this much of the leader's memory in its
+	// send queue, entries compacted away since included. At least
+	// MaxSizePerMsg. Default 2 × SnapshotBytes, at least MaxSizePerMsg.
+	MaxInflightBytes uint64
 	// MaxEntryBytes bounds one proposal (and the entries this node accepts
 	// into its log and frames from peers): use the same value on every
 	// consenter, at least the largest block. Default 16 MiB.
@@ -168,6 +174,9 @@ func (c *Config) withDefaults() Config {
 	if d.MaxSizePerMsg == 0 {
 		d.MaxSizePerMsg = 1 << 20
 	}
+	if d.MaxInflightBytes == 0 {
+		d.MaxInflightBytes = max(2*d.SnapshotBytes, d.MaxSizePerMsg)
+	}
 	if d.MaxInflightMsgs == 0 {
 		d.MaxInflightMsgs = 256
 	}
@@ -217,6 +226,9 @@ func (c *Config) Validate() error {
 	d := c.withDefaults()
 	if d.ElectionTicks <= d.HeartbeatTicks {
 		return bad("ElectionTicks (%d) must be greater than HeartbeatTicks (%d)", d.ElectionTicks, d.HeartbeatTicks)
+	}
+	if d.MaxInflightBytes < d.MaxSizePerMsg {
+		return bad("MaxInflightBytes (%d) must be at least MaxSizePerMsg (%d)", d.MaxInflightBytes, d.MaxSizePerMsg)
 	}
 	seen := map[uint64]bool{}
 	self := false

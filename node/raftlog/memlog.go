@@ -12,7 +12,9 @@ package raftlog
 // Ready (at most MaxSizePerMsg, or one larger entry) and the entries not yet
 // applied (on their way through raft: bounded by the load in flight). A
 // follower that needs older entries gets a snapshot and fetches the blocks
-// from its peers (Commit.Snapshot).
+// from its peers (Commit.Snapshot). What the leader has sent to a follower
+// and not heard back about, which a compaction cannot free, is bounded by
+// MaxInflightBytes (default 2 × SnapshotBytes).
 //
 // logBytes counts the Data bytes of the entries in storage (Status.LogBytes,
 // raft_log_bytes); sinceSnap those applied since the last snapshot. Both

@@ -214,7 +214,7 @@ func (n *Node) Run(ctx context.Context) error {
 	rc := &raft.Config{
 		ID: c.ID, ElectionTick: c.ElectionTicks, HeartbeatTick: c.HeartbeatTicks,
 		Storage: n.storage, Applied: applied,
-		MaxSizePerMsg: c.MaxSizePerMsg, MaxInflightMsgs: c.MaxInflightMsgs,
+		MaxSizePerMsg: c.MaxSizePerMsg, MaxInflightMsgs: c.MaxInflightMsgs, MaxInflightBytes: c.MaxInflightBytes,
 		MaxUncommittedEntriesSize: 1 << 30,
 		CheckQuorum:               true, PreVote: true,
 		StepDownOnRemoval: true,
