@@ -52,7 +52,7 @@ import (
 //	  raft_port: 7052              # overlay port of raft between consenters
 //	  peer_port: 7050              # overlay port of gRPC between consenters (forwarding, catch-up)
 //	  mutual_tls: false            # LAN clients must present a member certificate
-//	  snapshot_bytes: 16777216     # raft snapshot size; bounds the in-memory log (about twice this)
+//	  snapshot_bytes: 4194304      # raft snapshot size; bounds the in-memory log (about twice this)
 type runConfig struct {
 	Member   string         `yaml:"member"`
 	Identity string         `yaml:"identity"`

@@ -75,7 +75,7 @@ type runLedger struct {
 	MutualTLS    bool   `yaml:"mutual_tls"`    // LAN clients must present a member certificate
 	// SnapshotBytes bounds raft's in-memory log: a snapshot once the blocks
 	// ordered since the last one hold this many bytes (Fabric etcdraft's
-	// SnapshotIntervalSize); memory holds about twice this. 0 = 16 MiB.
+	// SnapshotIntervalSize); memory holds about twice this. 0 = 4 MiB.
 	SnapshotBytes uint64 `yaml:"snapshot_bytes"`
 }
 
@@ -104,7 +104,7 @@ func (l *runLedger) validate(pushPort uint16, services []runService) error {
 		l.SnapshotBytes = raftlog.DefaultSnapshotBytes
 	}
 	if l.SnapshotBytes < minSnapshotBytes {
-		return fmt.Errorf("key ledger.snapshot_bytes: %d is below %d (1 MiB); leave it out for the default %d (16 MiB)", l.SnapshotBytes, minSnapshotBytes, raftlog.DefaultSnapshotBytes)
+		return fmt.Errorf("key ledger.snapshot_bytes: %d is below %d (1 MiB); leave it out for the default %d (4 MiB)", l.SnapshotBytes, minSnapshotBytes, raftlog.DefaultSnapshotBytes)
 	}
 	if l.RaftPort == l.PeerPort {
 		return fmt.Errorf("keys ledger.raft_port and ledger.peer_port: both %d; they must differ", l.RaftPort)
