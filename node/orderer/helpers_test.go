@@ -390,6 +390,21 @@ func newLoadResult() *loadResult {
 // It returns the index of the first envelope not answered (len(envs) when
 // all were).
 func broadcast(ctx context.Context, client ab.AtomicBroadcastClient, envs []*common.Envelope, ids []string, res *loadResult) (int, error) {
+	return broadcastEach(ctx, client, envs, func(i int, st common.Status) {
+		res.mu.Lock()
+		if st == common.Status_SUCCESS {
+			res.success[ids[i]] = true
+		} else {
+			res.other[st]++
+		}
+		res.mu.Unlock()
+	})
+}
+
+// broadcastEach sends envs on one stream to client and calls answer with
+// the index and status of each answer, in order. It returns the index of
+// the first envelope not answered (len(envs) when all were).
+func broadcastEach(ctx context.Context, client ab.AtomicBroadcastClient, envs []*common.Envelope, answer func(i int, st common.Status)) (int, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.Broadcast(ctx)
@@ -413,13 +428,7 @@ func broadcast(ctx context.Context, client ab.AtomicBroadcastClient, envs []*com
 			<-sendErr
 			return i, err
 		}
-		res.mu.Lock()
-		if resp.Status == common.Status_SUCCESS {
-			res.success[ids[i]] = true
-		} else {
-			res.other[resp.Status]++
-		}
-		res.mu.Unlock()
+		answer(i, resp.Status)
 	}
 	return len(envs), <-sendErr
 }

@@ -106,11 +106,11 @@ func (s *Server) Broadcast(stream grpc.BidiStreamingServer[common.Envelope, ab.B
 		err error
 		at  time.Time // admitted
 	}
-	results := make(chan result, s.cfg.MaxPendingPerStream)
+	results := newFIFO[result](s.cfg.MaxPendingPerStream) // memory as the backlog, not the bound
 	g, ctx := errgroup.WithContext(stream.Context())
 	const method = "/orderer.AtomicBroadcast/Broadcast"
 	g.Go(s.rec.guard(method, func() error {
-		defer close(results)
+		defer results.close()
 		for {
 			msg, err := stream.Recv()
 			if err == io.EOF {
@@ -122,15 +122,17 @@ func (s *Server) Broadcast(stream grpc.BidiStreamingServer[common.Envelope, ab.B
 			var r result
 			r.p, r.err = s.order(ctx, msg)
 			r.at = s.cfg.Now()
-			select {
-			case results <- r:
-			case <-ctx.Done():
+			if !results.push(ctx, r) {
 				return ctx.Err()
 			}
 		}
 	}))
 	g.Go(s.rec.guard(method, func() error {
-		for r := range results {
+		for {
+			r, ok := results.pop()
+			if !ok {
+				return nil
+			}
 			err := r.err
 			if err == nil {
 				err = r.p.Wait(ctx)
@@ -144,7 +146,6 @@ func (s *Server) Broadcast(stream grpc.BidiStreamingServer[common.Envelope, ab.B
 				return err
 			}
 		}
-		return nil
 	}))
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {

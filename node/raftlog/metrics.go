@@ -11,6 +11,7 @@ import (
 type collector struct {
 	n                                                 *Node
 	leader, isLeader, term, commit, applied, snapshot *prometheus.Desc
+	logBytes                                          *prometheus.Desc
 	sent, received, dropped, panics                   *prometheus.Desc
 }
 
@@ -29,6 +30,7 @@ func newCollector(n *Node) *collector {
 		commit:   d("commit_index", "Highest log index known committed."),
 		applied:  d("applied_index", "Highest log index applied."),
 		snapshot: d("snapshot_index", "Index of the newest snapshot."),
+		logBytes: d("log_bytes", "Bytes of entry data in raft's in-memory log (bounded by about 2 x SnapshotBytes plus the entries not yet applied)."),
 		sent:     d("messages_sent_total", "Raft messages written to peers."),
 		received: d("messages_received_total", "Raft messages received from peers."),
 		dropped:  d("messages_dropped_total", "Raft messages dropped, by reason (raft retransmits).", "reason"),
@@ -37,7 +39,7 @@ func newCollector(n *Node) *collector {
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.leader, c.isLeader, c.term, c.commit, c.applied, c.snapshot, c.sent, c.received, c.dropped, c.panics} {
+	for _, d := range []*prometheus.Desc{c.leader, c.isLeader, c.term, c.commit, c.applied, c.snapshot, c.logBytes, c.sent, c.received, c.dropped, c.panics} {
 		ch <- d
 	}
 }
@@ -57,6 +59,7 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	g(c.commit, st.Commit)
 	g(c.applied, st.Applied)
 	g(c.snapshot, st.SnapshotIndex)
+	g(c.logBytes, st.LogBytes)
 	ch <- prometheus.MustNewConstMetric(c.sent, prometheus.CounterValue, float64(st.Transport.Sent))
 	ch <- prometheus.MustNewConstMetric(c.received, prometheus.CounterValue, float64(st.Transport.Received))
 	ch <- prometheus.MustNewConstMetric(c.panics, prometheus.CounterValue, float64(st.Transport.Panics))

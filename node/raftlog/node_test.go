@@ -243,6 +243,7 @@ func TestConfigValidate(t *testing.T) {
 		"no addr":       func(c *Config) { c.Peers[1].Addr = "" },
 		"election<=hb":  func(c *Config) { c.ElectionTicks, c.HeartbeatTicks = 2, 2 },
 		"negative size": func(c *Config) { c.SendQueue = -1 },
+		"inflight<msg":  func(c *Config) { c.MaxSizePerMsg, c.MaxInflightBytes = 1<<20, 1<<19 },
 	} {
 		c := ok
 		c.Peers = append([]Peer(nil), ok.Peers...)

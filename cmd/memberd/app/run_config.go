@@ -58,6 +58,7 @@ import (
 //	    client_ca: ca.pem          # required: CA certificate(s) of the admins' client certificates
 //	    client_ou: admin           # the OU a client certificate must carry
 //	    insecure_plain_http: false # development only: no TLS; listen must be loopback
+//	  snapshot_bytes: 4194304      # raft snapshot size; bounds the in-memory log (about twice this)
 type runConfig struct {
 	Member   string         `yaml:"member"`
 	Identity string         `yaml:"identity"`

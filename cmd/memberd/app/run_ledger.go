@@ -76,7 +76,14 @@ type runLedger struct {
 	// Admin serves the channel participation API (osnadmin); nil = not served
 	// (run_ledger_admin.go).
 	Admin *runLedgerAdmin `yaml:"admin"`
+	// SnapshotBytes bounds raft's in-memory log: a snapshot once the blocks
+	// ordered since the last one hold this many bytes (Fabric etcdraft's
+	// SnapshotIntervalSize); memory holds about twice this. 0 = 4 MiB.
+	SnapshotBytes uint64 `yaml:"snapshot_bytes"`
 }
+
+// minSnapshotBytes is the smallest ledger.snapshot_bytes accepted.
+const minSnapshotBytes = 1 << 20
 
 // validate applies the defaults and checks the section; pushPort and
 // services are the other overlay ports in use.
@@ -100,6 +107,12 @@ func (l *runLedger) validate(pushPort uint16, services []runService) error {
 		if err := l.Admin.validate(); err != nil {
 			return err
 		}
+	}
+	if l.SnapshotBytes == 0 {
+		l.SnapshotBytes = raftlog.DefaultSnapshotBytes
+	}
+	if l.SnapshotBytes < minSnapshotBytes {
+		return fmt.Errorf("key ledger.snapshot_bytes: %d is below %d (1 MiB); leave it out for the default %d (4 MiB)", l.SnapshotBytes, minSnapshotBytes, raftlog.DefaultSnapshotBytes)
 	}
 	if l.RaftPort == l.PeerPort {
 		return fmt.Errorf("keys ledger.raft_port and ledger.peer_port: both %d; they must differ", l.RaftPort)
@@ -303,7 +316,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol fu
 		}
 		n, err := orderer.New(orderer.Config{
 			Raft: raftlog.Config{ID: myID, Peers: peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
-				Dialer: dialer, Listener: ln, Registerer: reg, Logger: log.With("component", "raft")},
+				Dialer: dialer, Listener: ln, SnapshotBytes: lc.SnapshotBytes, Registerer: reg, Logger: log.With("component", "raft")},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol,
 			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,

@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/node/raftlog"
 	"github.com/memberd/memberd/tunnel"
 )
 
@@ -23,7 +24,8 @@ func TestLedgerConfig(t *testing.T) {
 		name, yaml, err string
 	}{
 		{"defaults", "ledger: {}\n", ""},
-		{"explicit", "ledger: {listen: '127.0.0.1:7050', data_dir: /var/lib/memberd/ledger, genesis_block: g.block, raft_port: 7060, peer_port: 7061, mutual_tls: true}\n", ""},
+		{"explicit", "ledger: {listen: '127.0.0.1:7050', data_dir: /var/lib/memberd/ledger, genesis_block: g.block, raft_port: 7060, peer_port: 7061, mutual_tls: true, snapshot_bytes: 4194304}\n", ""},
+		{"small snapshot", "ledger: {snapshot_bytes: 1000}\n", "ledger.snapshot_bytes"},
 		{"bad listen", "ledger: {listen: nope}\n", "ledger.listen"},
 		{"same ports", "ledger: {raft_port: 7055, peer_port: 7055}\n", "must differ"},
 		{"push port", "ledger: {raft_port: 7099}\n", "tunnel.push_port"},
@@ -60,7 +62,7 @@ func TestLedgerConfig(t *testing.T) {
 			if tc.name == "defaults" {
 				l := c.Ledger
 				if l.Listen != DefaultLedgerListen || l.DataDir != DefaultLedgerDataDir || l.RaftPort != DefaultLedgerRaftPort ||
-					l.PeerPort != DefaultLedgerPeerPort || l.MutualTLS || l.GenesisBlock != "" {
+					l.PeerPort != DefaultLedgerPeerPort || l.MutualTLS || l.GenesisBlock != "" || l.SnapshotBytes != raftlog.DefaultSnapshotBytes {
 					t.Fatalf("defaults not applied: %+v", *l)
 				}
 				if got := c.path(l.DataDir); got != "/etc/memberd/ledger" {
