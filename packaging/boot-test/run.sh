@@ -193,18 +193,23 @@ wait_height member-b $((h1 + 1))
 wait_height member-a $((h1 + 1))
 step "systemctl restart memberd (member-a): height $h1 kept, a new envelope commits on both"
 
-pid=$(on member-b systemctl show -p MainPID --value memberd)
-n0=$(on member-b systemctl show -p NRestarts --value memberd)
-on member-b kill -9 "$pid"
-for _ in $(seq 60); do
-	p2=$(on member-b systemctl show -p MainPID --value memberd)
-	s=$(on member-b systemctl is-active memberd) || true
-	[[ $s == active && $p2 != 0 && $p2 != "$pid" ]] && break
-	sleep 0.5
-done
-[[ $s == active && $p2 != "$pid" ]] || fail "member-b: after kill -9 of $pid: '$s', main PID $p2"
-n1=$(on member-b systemctl show -p NRestarts --value memberd)
-((n1 == n0 + 1)) || fail "member-b: NRestarts $n0 -> $n1, want one restart"
+# signal_restarted SIGNAL: sends SIGNAL to member-b's main PID and waits
+# (30s) until systemd has restarted memberd once: sets pid, p2, n0, n1.
+signal_restarted() {
+	pid=$(on member-b systemctl show -p MainPID --value memberd)
+	n0=$(on member-b systemctl show -p NRestarts --value memberd)
+	on member-b kill "-$1" "$pid"
+	for _ in $(seq 60); do
+		p2=$(on member-b systemctl show -p MainPID --value memberd)
+		s=$(on member-b systemctl is-active memberd) || true
+		[[ $s == active && $p2 != 0 && $p2 != "$pid" ]] && break
+		sleep 0.5
+	done
+	n1=$(on member-b systemctl show -p NRestarts --value memberd)
+	[[ $s == active && $p2 != "$pid" ]] && ((n1 == n0 + 1)) ||
+		fail "member-b: after kill -$1 of $pid: '$s', main PID $p2, NRestarts $n0 -> $n1 (want one restart)"
+}
+signal_restarted 9
 wait_height member-b $((h1 + 1))
 step "kill -9 of member-b's main PID $pid: restarted by systemd (PID $p2, NRestarts $n0 -> $n1), height kept"
 
@@ -215,19 +220,8 @@ on member-b mkdir -p /run/systemd/system/memberd.service.d
 on member-b sh -c 'printf "[Service]\nWatchdogSec=5s\n" >/run/systemd/system/memberd.service.d/boot-test.conf'
 on member-b systemctl daemon-reload
 on member-b systemctl restart memberd || fail "member-b: restart with WatchdogSec=5s"
-pid=$(on member-b systemctl show -p MainPID --value memberd)
-n0=$(on member-b systemctl show -p NRestarts --value memberd)
 since=$(on member-b date '+%Y-%m-%d %H:%M:%S')
-on member-b kill -STOP "$pid"
-for _ in $(seq 60); do
-	p2=$(on member-b systemctl show -p MainPID --value memberd)
-	s=$(on member-b systemctl is-active memberd) || true
-	[[ $s == active && $p2 != 0 && $p2 != "$pid" ]] && break
-	sleep 0.5
-done
-n1=$(on member-b systemctl show -p NRestarts --value memberd)
-[[ $s == active && $p2 != "$pid" ]] && ((n1 == n0 + 1)) ||
-	fail "member-b: SIGSTOPped PID $pid not restarted by the watchdog: '$s', PID $p2, NRestarts $n0 -> $n1"
+signal_restarted STOP
 j=$(on member-b journalctl --no-pager -u memberd --since "$since") # the goroutine dump: not piped into grep -q
 grep -q 'Watchdog timeout' <<<"$j" ||
 	fail "member-b: no 'Watchdog timeout' in the journal after SIGSTOP"
