@@ -36,11 +36,12 @@ deb=${1:-$(ls -t bin/dist/memberd_*.deb 2>/dev/null | head -1)}
 [[ -x bin/memberd ]] || fail "bin/memberd missing: make build"
 command -v softhsm2-util >/dev/null || fail "softhsm2-util missing on this host: apt-get install softhsm2"
 cache=${MEMBERD_BOOTTEST_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/memberd-boottest}
-subnet=${MEMBERD_BOOTTEST_SUBNET:-10.232.0} # /24, private to this test
+# A /24 private to this test: MEMBERD_BOOTTEST_SUBNET, else the first of
+# 10.232.0 .. 10.239.0 no other network uses (a parallel run has one).
+subnets=${MEMBERD_BOOTTEST_SUBNET:-$(echo 10.{232..239}.0)}
 tag=memberd-boottest-$$
 net=$tag
 hosts=(relay member-a member-b)
-declare -A ip=([relay]=$subnet.10 [member-a]=$subnet.11 [member-b]=$subnet.12)
 work=$(mktemp -d)
 
 cleanup() {
@@ -78,6 +79,14 @@ if ! docker image inspect "$image" >/dev/null 2>&1; then
 fi
 step "image $image"
 
+for subnet in $subnets; do
+	docker network create --subnet "$subnet.0/24" "$net" >/dev/null 2>"$work/net.err" && break
+	subnet=
+done
+[[ -n $subnet ]] || fail "docker network create (subnets $subnets): $(cat "$work/net.err")"
+declare -A ip=([relay]=$subnet.10 [member-a]=$subnet.11 [member-b]=$subnet.12)
+step "network $net: $subnet.0/24"
+
 bin/memberd demo init --dir "$work/demo" --members 2 --relays 1 --hsm softhsm \
 	--relay-addr "${ip[relay]}:443" >"$work/demo-init.log" 2>&1 || {
 	cat "$work/demo-init.log" >&2
@@ -85,7 +94,6 @@ bin/memberd demo init --dir "$work/demo" --members 2 --relays 1 --hsm softhsm \
 }
 step "demo consortium (memberd demo init --members 2 --relays 1, SoftHSM2)"
 
-docker network create --subnet "$subnet.0/24" "$net" >/dev/null
 for h in "${hosts[@]}"; do
 	docker run -d --name "$tag-$h" --hostname "$h" --network "$net" --ip "${ip[$h]}" \
 		--tmpfs /run --tmpfs /run/lock -v /sys/fs/cgroup:/sys/fs/cgroup:rw -e container=docker \
