@@ -1,9 +1,12 @@
 package hsm
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 )
 
@@ -57,5 +60,30 @@ func TestReadPIN(t *testing.T) {
 	t.Setenv("CREDENTIALS_DIRECTORY", "")
 	if _, err := readPIN(&URI{PINSource: "cred:hsm-pin"}, nil); !errors.Is(err, ErrPINSource) {
 		t.Fatalf("credential without CREDENTIALS_DIRECTORY: %v", err)
+	}
+}
+
+// A group-readable PIN file is warned about; a systemd credential (0440 in
+// the service's private credentials folder, as systemd makes it) is not.
+func TestReadPINModeWarning(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"pin", "hsm-pin"} {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("1234"), 0o440); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", dir)
+	for _, tc := range []struct {
+		src  string
+		warn bool
+	}{{"file:" + filepath.Join(dir, "pin"), true}, {"cred:hsm-pin", false}} {
+		var logs bytes.Buffer
+		opts := &Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+		if _, err := readPIN(&URI{PINSource: tc.src}, opts); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(logs.String(), "readable by group or others"); got != tc.warn {
+			t.Errorf("pin-source=%s: warned %v, want %v (log: %q)", tc.src, got, tc.warn, logs.String())
+		}
 	}
 }

@@ -311,6 +311,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		return nil
 	})
 	g.Go(func() error { servePush(gctx, pushLn, policyDir, log); return nil })
+	g.Go(func() error { return notifySystemd(gctx, log, applianceProbe(a, ready)) })
 	if led != nil {
 		g.Go(func() error { return led.serve(gctx) })
 	}
