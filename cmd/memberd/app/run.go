@@ -57,6 +57,7 @@ SIGINT/SIGTERM stop it gracefully; SIGHUP re-reads the policy folder.`,
 			defer stop()
 			ee := *e
 			ee.log = log
+			applyMemoryLimit(log, cfg)
 			return runAppliance(ctx, &ee, cfg, nil)
 		},
 	}

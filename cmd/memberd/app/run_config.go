@@ -46,6 +46,7 @@ import (
 //	    - {port: 7051, target: "10.1.2.3:7051"}
 //	admin: 127.0.0.1:9464          # /metrics /healthz /readyz /status /push
 //	admin_pprof: false             # also Go's pprof under /debug/pprof/; only with a loopback admin
+//	memory_limit: 0                # Go soft memory limit in bytes; 0 = 96 MiB + 4 x ledger.snapshot_bytes, -1 = none; GOMEMLIMIT wins
 //	ledger:                        # optional: run the ordering node (consenters only; run_ledger.go)
 //	  listen: ":7050"              # LAN gRPC (Fabric AtomicBroadcast), TLS with the HSM identity
 //	  data_dir: ledger             # raft log and block store
@@ -68,8 +69,10 @@ type runConfig struct {
 	Tunnel   runTunnel      `yaml:"tunnel"`
 	Admin    string         `yaml:"admin"`
 	// AdminPprof serves Go's pprof handlers on the admin endpoint.
-	AdminPprof bool       `yaml:"admin_pprof"`
-	Ledger     *runLedger `yaml:"ledger"`
+	AdminPprof bool `yaml:"admin_pprof"`
+	// MemoryLimit is Go's soft memory limit for `memberd run` (memlimit.go).
+	MemoryLimit int64      `yaml:"memory_limit"`
+	Ledger      *runLedger `yaml:"ledger"`
 
 	dir     string      // directory of the config file
 	genesis policy.Hash // parsed Policy.Genesis
@@ -188,6 +191,9 @@ func (c *runConfig) Validate() error {
 			return fmt.Errorf("key relay.proxy: %q is not http://[user:pass@]host:port", c.Relay.Proxy)
 		}
 		c.proxy = u
+	}
+	if err := c.validateMemoryLimit(); err != nil {
+		return err
 	}
 	if c.Relay.QUICTimeout < 0 {
 		return errors.New("key relay.quic_timeout: must not be negative")
