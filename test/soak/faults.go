@@ -111,9 +111,13 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 	t0 := time.Now()
 	fr.cl.signal(target, sig, true)
 
-	// Traffic back: more acked than everything in flight at the kill.
+	// Traffic back: more acked than everything in flight at the kill, or,
+	// for a fault near the end of the run, every envelope resolved (fewer
+	// than that many were left to send).
 	inFlight := int64(fr.cfg.streams * fr.cfg.window)
-	trafficBack := func() bool { return fr.l.st.acked.Load() > acked0+inFlight }
+	trafficBack := func() bool {
+		return fr.l.st.acked.Load() > acked0+inFlight || fr.l.st.resolved.Load() >= int64(fr.cfg.tx)
+	}
 
 	switch {
 	case target == leader:
