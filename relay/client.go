@@ -49,11 +49,20 @@ type ClientConfig struct {
 	// common middlebox idle timeouts. Default 15s.
 	KeepAlive time.Duration
 	// PingInterval is how often each relay is pinged to measure RTT and
-	// liveness. Default 400ms.
+	// liveness. Default 50ms (an 8-byte frame each way).
 	PingInterval time.Duration
+	// SuspectAfter: while the relay packets go to has been quiet for this
+	// long plus twice its RTT, every packet is also sent through the
+	// freshest other relay, so a relay that dies without a word (kill -9 or
+	// a power cut: QUIC over UDP sees no error) costs about this much
+	// traffic, well under raft's election timeout (1s by default). If the
+	// quiet relay was only slow, the receiver gets both copies and
+	// WireGuard's replay window drops the second. Must exceed PingInterval.
+	// Default 150ms.
+	SuspectAfter time.Duration
 	// DeadAfter: a relay from which nothing arrived for this long is not
-	// used for sending; after 4× this the connection is dropped and
-	// redialled. Default 1.2s (traffic moves within 2s of a relay dying).
+	// used for sending at all; after 4× this the connection is dropped and
+	// redialled. Must exceed SuspectAfter. Default 1.2s.
 	DeadAfter time.Duration
 	// ReprobeInterval is how often a relay reached over TCP is re-probed
 	// over QUIC; on success the client moves back up. Default 30s.
@@ -93,6 +102,11 @@ func (c *ClientConfig) Validate() error {
 	if c.BackoffMax != 0 && c.BackoffMax < c.BackoffMin {
 		return fmt.Errorf("%w: backoff max %v below min %v", ErrConfig, c.BackoffMax, c.BackoffMin)
 	}
+	d := c.withDefaults()
+	if d.SuspectAfter <= d.PingInterval || d.DeadAfter <= d.SuspectAfter {
+		return fmt.Errorf("%w: relay liveness timers must grow: ping interval %v < suspect after %v < dead after %v",
+			ErrConfig, d.PingInterval, d.SuspectAfter, d.DeadAfter)
+	}
 	return nil
 }
 
@@ -105,7 +119,8 @@ func (c ClientConfig) withDefaults() ClientConfig {
 	def(&c.QUICTimeout, time.Second)
 	def(&c.TCPTimeout, 10*time.Second)
 	def(&c.KeepAlive, 15*time.Second)
-	def(&c.PingInterval, 400*time.Millisecond)
+	def(&c.PingInterval, 50*time.Millisecond)
+	def(&c.SuspectAfter, 150*time.Millisecond)
 	def(&c.DeadAfter, 1200*time.Millisecond)
 	def(&c.ReprobeInterval, 30*time.Second)
 	def(&c.BackoffMin, 250*time.Millisecond)
@@ -138,7 +153,7 @@ const (
 )
 
 // Client keeps connections to every relay and sends each packet on one
-// healthy relay. It implements the tunnel's PacketTransport: packets are
+// healthy relay (on two while that one is quiet: see route). It implements the tunnel's PacketTransport: packets are
 // addressed by member id; the relay names the sender from its certificate.
 type Client struct {
 	cfg    ClientConfig
@@ -149,6 +164,7 @@ type Client struct {
 	ctx    context.Context // cancelled by Close
 	setMu  sync.Mutex      // serialises SetRelays and Close
 	recv   chan inPacket
+	copies atomic.Uint64 // packets also sent on a backup relay (see route)
 
 	cancel    context.CancelFunc
 	g         errgroup.Group
@@ -171,12 +187,13 @@ type relayConn struct {
 	cur    atomic.Pointer[link]
 	cancel context.CancelFunc
 
+	rtt atomic.Int64 // nanoseconds, from the last pong
+
 	mu        sync.Mutex
 	state     string
 	lastErr   string
 	lastClose string
 	since     time.Time
-	rtt       time.Duration
 	bytesIn   uint64 // of links already closed
 	bytesOut  uint64
 	drops     atomic.Uint64
@@ -439,10 +456,7 @@ func (c *Client) frame(rc *relayConn, l *link, f wire.Frame, owned bool) {
 	case wire.TypePong:
 		if len(f.Body) == 8 {
 			sent := int64(binary.BigEndian.Uint64(f.Body))
-			rtt := time.Duration(time.Now().UnixNano() - sent)
-			rc.mu.Lock()
-			rc.rtt = rtt
-			rc.mu.Unlock()
+			rc.rtt.Store(time.Now().UnixNano() - sent)
 		}
 	case wire.TypeGoAway:
 		code, reason, err := wire.ParseGoAway(f.Body)
@@ -467,28 +481,57 @@ func (rc *relayConn) setState(state string, err error) {
 	}
 }
 
-// healthy returns the link to send on, if the relay answered recently.
-func (c *Client) healthy(rc *relayConn, now time.Time) *link {
+// healthy returns rc's link if it is open and the relay answered within
+// DeadAfter, with how long ago that was.
+func (c *Client) healthy(rc *relayConn, now time.Time) (*link, time.Duration) {
 	l := rc.cur.Load()
 	if l == nil || l.closed() {
-		return nil
+		return nil, 0
 	}
-	if now.Sub(time.Unix(0, l.lastRecv.Load())) > c.cfg.DeadAfter {
-		return nil
+	quiet := now.Sub(time.Unix(0, l.lastRecv.Load()))
+	if quiet > c.cfg.DeadAfter {
+		return nil, 0
 	}
-	return l
+	return l, quiet
 }
 
-// pick returns the link of the first healthy relay in configuration order,
-// so all packets of a flow use one relay while it lives.
-func (c *Client) pick() *link {
-	now := time.Now()
+// route returns where a packet goes: primary, the link of the first
+// healthy relay in configuration order, so all packets of a flow use one
+// relay while it lives; and backup, while primary has been quiet for more
+// than SuspectAfter plus twice its RTT, the link of the other healthy
+// relay heard from most recently (nil otherwise). Packets go to both.
+//
+// Why: a relay that dies abruptly gives no error on QUIC (no CONNECTION_CLOSE,
+// and ICMP does not reach quic-go's unconnected socket), so only silence
+// tells; waiting for DeadAfter of it cost raft its leader. Copying
+// instead of switching makes a wrong suspicion (a slow relay, a busy host)
+// cost duplicates, which WireGuard drops, never packets; a closed
+// connection (TCP reset, QUIC close) is skipped at once.
+func (c *Client) route(now time.Time) (primary, backup *link) {
+	var backupQuiet time.Duration
 	for _, rc := range *c.relays.Load() {
-		if l := c.healthy(rc, now); l != nil {
-			return l
+		l, quiet := c.healthy(rc, now)
+		if l == nil {
+			continue
+		}
+		if primary == nil {
+			primary = l
+			if quiet <= c.cfg.SuspectAfter+2*time.Duration(rc.rtt.Load()) {
+				return primary, nil
+			}
+			continue
+		}
+		if backup == nil || quiet < backupQuiet {
+			backup, backupQuiet = l, quiet
 		}
 	}
-	return nil
+	return primary, backup
+}
+
+// pick returns the primary link (see route).
+func (c *Client) pick() *link {
+	l, _ := c.route(time.Now())
+	return l
 }
 
 // WritePacket sends pkt to member through one healthy relay. It never
@@ -507,12 +550,18 @@ func (c *Client) WritePacket(pkt []byte, member string) error {
 		c.m.drop(DropTooLarge)
 		return fmt.Errorf("%w: %d bytes", ErrPacketSize, len(pkt))
 	}
-	l := c.pick()
+	l, backup := c.route(time.Now())
 	if l == nil {
 		c.m.drop(DropNoRoute)
 		return fmt.Errorf("%w: all relays down (%s)", ErrNoRelay, c.errSummary())
 	}
-	l.sendData(wire.AppendPacket(newFrame(wire.PacketOverhead+len(pkt)), member, pkt))
+	f := wire.AppendPacket(newFrame(wire.PacketOverhead+len(pkt)), member, pkt)
+	if backup != nil {
+		backup.sendData(append(newFrame(len(f)), f...))
+		c.copies.Add(1)
+		c.m.copied.Inc()
+	}
+	l.sendData(f)
 	return nil
 }
 
@@ -567,6 +616,7 @@ type RelayStatus struct {
 	Path      Path          `json:"path,omitempty"` // quic, tcp, proxy; empty unless up
 	Healthy   bool          `json:"healthy"`        // answered within DeadAfter: eligible for sending
 	Active    bool          `json:"active"`         // the relay packets are being sent on
+	Backup    bool          `json:"backup"`         // packets are copied to it too: the active relay is quiet
 	RTT       time.Duration `json:"rtt_ns"`
 	BytesIn   uint64        `json:"bytes_in"`
 	BytesOut  uint64        `json:"bytes_out"`
@@ -580,13 +630,13 @@ type RelayStatus struct {
 // Status reports every relay.
 func (c *Client) Status() []RelayStatus {
 	now := time.Now()
-	active := c.pick()
+	active, backup := c.route(now)
 	relays := *c.relays.Load()
 	out := make([]RelayStatus, 0, len(relays))
 	for _, rc := range relays {
 		rc.mu.Lock()
 		st := RelayStatus{
-			ID: rc.info.ID, Addr: rc.info.Addr, State: rc.state, RTT: rc.rtt,
+			ID: rc.info.ID, Addr: rc.info.Addr, State: rc.state, RTT: time.Duration(rc.rtt.Load()),
 			BytesIn: rc.bytesIn, BytesOut: rc.bytesOut, Drops: rc.drops.Load(),
 			Upgrades: rc.upgrades, Since: rc.since, LastError: rc.lastErr, LastClose: rc.lastClose,
 		}
@@ -595,8 +645,10 @@ func (c *Client) Status() []RelayStatus {
 			st.Path = l.path
 			st.BytesIn += l.bytesIn.Load()
 			st.BytesOut += l.bytesOut.Load()
-			st.Healthy = c.healthy(rc, now) != nil
+			hl, _ := c.healthy(rc, now)
+			st.Healthy = hl != nil
 			st.Active = l == active
+			st.Backup = backup != nil && l == backup
 		}
 		out = append(out, st)
 	}

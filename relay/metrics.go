@@ -17,6 +17,7 @@ type metrics struct {
 	forwarded prometheus.Counter
 	fwdBytes  prometheus.Counter
 	conns     prometheus.Gauge
+	copied    prometheus.Counter // client only: packets also sent on a backup relay
 }
 
 // reasonCounter is a counter by label value, exported to prometheus and
@@ -78,6 +79,10 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 			Name: prefix + "_connections",
 			Help: "Connections of the " + what + " that are up.",
 		}),
+		copied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: prefix + "_backup_copies_total",
+			Help: "Packets the " + what + " also sent through a second relay because the one in use had gone quiet.",
+		}),
 		offers: newReasonCounter(prefix+"_policy_offers_total", "Signed policy bundles members offered, by result.", "result", offerResults),
 	}
 	if reg != nil {
@@ -89,6 +94,8 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 		m.conns = register(reg, m.conns)
 		if what == "relay" {
 			m.offers.vec = register(reg, m.offers.vec)
+		} else {
+			m.copied = register(reg, m.copied)
 		}
 	}
 	return m
