@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -108,12 +109,13 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 		how, sig = "SIGTERM", syscall.SIGTERM
 	}
 	fmt.Printf("== fault %s: %s %s (pid %d; leader %s, term %d, acked %d)\n", kind, how, target.name, pidOf(target), leader.name, term, acked0)
-	t0 := time.Now()
-	fr.cl.signal(target, sig, true)
-
 	// Traffic back: more acked than everything in flight at the kill.
 	inFlight := int64(fr.cfg.streams * fr.cfg.window)
 	trafficBack := func() bool { return fr.l.st.acked.Load() > acked0+inFlight }
+	pause := fr.watchPause(trafficBack)
+
+	t0 := time.Now()
+	fr.cl.signal(target, sig, true)
 
 	switch {
 	case target == leader:
@@ -134,20 +136,23 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 			for _, p := range fr.cl.members() {
 				st, err := fr.cl.status(c, p)
 				if err != nil || !slices.ContainsFunc(st.Relays, func(r relayStatus) bool {
-					return r.ID != target.name && r.Active && r.Healthy
+					return r.ID != target.name && (r.Active || r.Backup) && r.Healthy
 				}) {
 					return false
 				}
 			}
 			return true
 		})
-		f.add("every member active on the other relay", d, ok)
+		f.add("every member sending on the other relay (active, or backup while the dead one is quiet)", d, ok)
 	}
 	// The load reaches the entry member only: with it down, traffic comes
 	// back after its restart.
 	if target.name != fr.cl.entry {
 		d, ok := fr.until(ctx, t0, func(context.Context) bool { return trafficBack() })
 		f.add(fmt.Sprintf("traffic back (%d more acked than in flight)", inFlight), d, ok)
+		if p, ok := pause(); ok {
+			f.add("longest pause between acks, kill to traffic back (the traffic gap)", p, true)
+		}
 	}
 
 	sleepCtx(context.Background(), max(0, fr.cfg.faultDown-time.Since(t0)))
@@ -181,11 +186,51 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 		d, ok = fr.until(ctx, t1, func(c context.Context) bool { return fr.caughtUp(c, target) })
 		f.add("restarted member caught up (height within 1 block of the leader's, from restart)", d, ok)
 	}
-	if _, term2, err := fr.leader(ctx); err == nil && term2 != term {
+	if _, term2, err := fr.leader(ctx); err == nil {
 		f.note = fmt.Sprintf("raft term %d -> %d", term, term2)
+		if term2 != term {
+			f.note += " (leader changed)"
+		}
 		fmt.Printf("   fault %s %s: %s\n", f.kind, f.target, f.note)
 	}
 	return f
+}
+
+// watchPause polls the acked count every 2 ms, from now until done holds
+// (or recoveryTimeout), and measures the longest time it did not move: the
+// gap the fault made in the traffic, as the client saw it. The returned
+// func waits for the watch to end and reports that pause (false: done
+// never held).
+func (fr *faulter) watchPause(done func() bool) func() (time.Duration, bool) {
+	type result struct {
+		pause time.Duration
+		ok    bool
+	}
+	res := make(chan result, 1)
+	go func() {
+		deadline := time.Now().Add(recoveryTimeout)
+		last, lastAt := fr.l.st.acked.Load(), time.Now()
+		var longest time.Duration
+		for time.Now().Before(deadline) {
+			time.Sleep(2 * time.Millisecond)
+			now := time.Now()
+			if n := fr.l.st.acked.Load(); n != last {
+				longest = max(longest, now.Sub(lastAt))
+				last, lastAt = n, now
+			}
+			if done() {
+				res <- result{longest, true}
+				return
+			}
+		}
+		res <- result{longest, false}
+	}()
+	var once sync.Once
+	var r result
+	return func() (time.Duration, bool) {
+		once.Do(func() { r = <-res })
+		return r.pause, r.ok
+	}
 }
 
 // until polls cond every 100 ms up to recoveryTimeout and returns the time
