@@ -55,10 +55,11 @@ type ClientConfig struct {
 	// long plus twice its RTT, every packet is also sent through the
 	// freshest other relay, so a relay that dies without a word (kill -9 or
 	// a power cut: QUIC over UDP sees no error) costs about this much
-	// traffic, well under raft's election timeout (1s by default). If the
-	// quiet relay was only slow, the receiver gets both copies and
-	// WireGuard's replay window drops the second. Must exceed PingInterval.
-	// Default 150ms.
+	// traffic, well under raft's election timeout (1s by default); the
+	// last packets sent through the quiet relay are sent again through
+	// the other one then. If the quiet relay was only slow, the receiver
+	// gets both copies and WireGuard's replay window drops the second.
+	// Must exceed PingInterval. Default 150ms.
 	SuspectAfter time.Duration
 	// DeadAfter: a relay from which nothing arrived for this long is not
 	// used for sending at all; after 4× this the connection is dropped and
@@ -165,6 +166,7 @@ type Client struct {
 	setMu  sync.Mutex      // serialises SetRelays and Close
 	recv   chan inPacket
 	copies atomic.Uint64 // packets also sent on a backup relay (see route)
+	recent recentSent    // the last packets sent, for resending on a backup
 
 	cancel    context.CancelFunc
 	g         errgroup.Group
@@ -382,6 +384,12 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 	}
 	err := l.run(lctx, func(f wire.Frame, owned bool) { c.frame(rc, l, f, owned) })
 	cancel()
+	if ctx.Err() == nil && next.Load() == nil {
+		// Lost (e.g. a TCP reset): what l took lately may be lost too.
+		if p := c.pick(); p != nil {
+			c.resend(l, p)
+		}
+	}
 	g.Wait()
 	c.m.conns.Dec()
 	rc.cur.CompareAndSwap(l, nil)
@@ -499,7 +507,8 @@ func (c *Client) healthy(rc *relayConn, now time.Time) (*link, time.Duration) {
 // healthy relay in configuration order, so all packets of a flow use one
 // relay while it lives; and backup, while primary has been quiet for more
 // than SuspectAfter plus twice its RTT, the link of the other healthy
-// relay heard from most recently (nil otherwise). Packets go to both.
+// relay heard from most recently (nil otherwise). Packets go to both, and
+// WritePacket resends there what primary may have swallowed (resend).
 //
 // Why: a relay that dies abruptly gives no error on QUIC (no CONNECTION_CLOSE,
 // and ICMP does not reach quic-go's unconnected socket), so only silence
@@ -550,19 +559,45 @@ func (c *Client) WritePacket(pkt []byte, member string) error {
 		c.m.drop(DropTooLarge)
 		return fmt.Errorf("%w: %d bytes", ErrPacketSize, len(pkt))
 	}
-	l, backup := c.route(time.Now())
+	now := time.Now()
+	l, backup := c.route(now)
 	if l == nil {
 		c.m.drop(DropNoRoute)
 		return fmt.Errorf("%w: all relays down (%s)", ErrNoRelay, c.errSummary())
 	}
 	f := wire.AppendPacket(newFrame(wire.PacketOverhead+len(pkt)), member, pkt)
 	if backup != nil {
-		backup.sendData(append(newFrame(len(f)), f...))
-		c.copies.Add(1)
-		c.m.copied.Inc()
+		c.resend(l, backup)
+		c.copy(backup, append(newFrame(len(f)), f...))
+	}
+	if len(*c.relays.Load()) > 1 {
+		c.recent.add(l, f, now)
 	}
 	l.sendData(f)
 	return nil
+}
+
+// resend sends through backup, once per quiet spell of l, the recent
+// packets l may have swallowed: those sent on it since DeadAfter before
+// the last thing l received (bounded by recentLen). What reached the
+// receiver the other way is dropped there as a replay; a busy host that
+// read l's last frames late does not shrink the window.
+func (c *Client) resend(l, backup *link) {
+	heard := l.lastRecv.Load()
+	done := l.resentFor.Load()
+	if done == heard || !l.resentFor.CompareAndSwap(done, heard) {
+		return
+	}
+	for _, f := range c.recent.since(l, time.Unix(0, heard).Add(-c.cfg.DeadAfter)) {
+		c.copy(backup, f)
+	}
+}
+
+// copy sends frame, a copy of a packet sent on another link, on backup.
+func (c *Client) copy(backup *link, frame []byte) {
+	backup.sendData(frame)
+	c.copies.Add(1)
+	c.m.copied.Inc()
 }
 
 // ReadPacket blocks until a packet arrives, copies it into buf and returns

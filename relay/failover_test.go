@@ -104,6 +104,14 @@ func (f *flow) gap(t0 time.Time) time.Duration {
 	return g
 }
 
+// settle waits up to 2s for the packets numbered from..to-1 still in
+// flight to arrive (a busy host delays them).
+func (f *flow) settle(from, to int) {
+	for end := time.Now().Add(2 * time.Second); f.lost(from, to) > 0 && time.Now().Before(end); {
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
 // lost counts the packets numbered from..to-1 that never arrived.
 func (f *flow) lost(from, to int) int {
 	f.mu.Lock()
@@ -144,8 +152,9 @@ func twoRelays(t *testing.T, noQUIC bool) (n *testNet, r1 *testRelay, a, b *Clie
 // A relay that dies abruptly while its members reach it over QUIC gives
 // them no error, only silence. The sender must start copying packets to
 // the other relay once the active one has been quiet for SuspectAfter
-// (150ms), long before DeadAfter (1.2s) declares it dead, so the flow's gap
-// stays well under raft's election timeout.
+// (150ms), long before DeadAfter (1.2s) declares it dead, and resend what
+// relay-1 may have swallowed: the flow's gap stays well under raft's
+// election timeout and no packet is lost.
 func TestRelayCrashOverQUICCopiesToTheOtherRelay(t *testing.T) {
 	_, r1, a, b := twoRelays(t, false)
 	f := startFlow(t, a, b, "bank-b")
@@ -178,6 +187,7 @@ func TestRelayCrashOverQUICCopiesToTheOtherRelay(t *testing.T) {
 	<-watch
 	seq1 := int(f.sent.Load())
 	f.halt()
+	f.settle(seq0, seq1)
 
 	gap := f.gap(t0)
 	copies := a.copies.Load() - copies0
@@ -192,13 +202,17 @@ func TestRelayCrashOverQUICCopiesToTheOtherRelay(t *testing.T) {
 	if copies == 0 {
 		t.Error("no packet was copied to relay-2")
 	}
+	if lost := f.lost(seq0, seq1); lost > 0 {
+		t.Errorf("%d packets lost: those relay-1 swallowed were not resent through relay-2", lost)
+	}
 	if gap >= raftElectionTimeout/2 {
 		t.Errorf("gap %v, want well under raft's election timeout %v", gap, raftElectionTimeout)
 	}
 }
 
 // Over TCP the kernel closes a crashed relay's connections, so the sender
-// learns at once: the traffic moves on the error, not on a timer.
+// learns at once: the traffic moves on the error, not on a timer, and
+// what the dead connection took last is resent through relay-2.
 func TestRelayCrashOverTCPSwitchesOnTheError(t *testing.T) {
 	_, r1, a, b := twoRelays(t, true)
 	if p := a.Status()[0].Path; p != PathTCP {
@@ -214,6 +228,7 @@ func TestRelayCrashOverTCPSwitchesOnTheError(t *testing.T) {
 	waitFor(t, 5*time.Second, "packets after the crash", func() bool { return f.arrivedAfter(t0) > 200 })
 	seq1 := int(f.sent.Load())
 	f.halt()
+	f.settle(seq0, seq1)
 
 	gap := f.gap(t0)
 	s := a.Status()
@@ -227,6 +242,9 @@ func TestRelayCrashOverTCPSwitchesOnTheError(t *testing.T) {
 	}
 	if !s[1].Active {
 		t.Errorf("relay-2 not active: %s", fmtStatus(s))
+	}
+	if lost := f.lost(seq0, seq1); lost > 0 {
+		t.Errorf("%d packets lost: those relay-1's connection took last were not resent through relay-2", lost)
 	}
 	if gap >= raftElectionTimeout/2 {
 		t.Errorf("gap %v, want well under raft's election timeout %v", gap, raftElectionTimeout)

@@ -68,6 +68,7 @@ type link struct {
 	bytesIn, bytesOut atomic.Uint64
 	lastRecv          atomic.Int64           // unix nanos
 	goAway            atomic.Pointer[string] // reason from the peer's GOAWAY
+	resentFor         atomic.Int64           // client: lastRecv when its recent packets were last resent elsewhere
 	drop              func(reason string)
 }
 
