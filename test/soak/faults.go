@@ -103,6 +103,12 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 		return f
 	}
 	f.target = target.name
+	// The same measure with no fault, just before it: what a busy host
+	// makes of the pauses anyway.
+	calm := time.Now().Add(3 * time.Second)
+	if p, ok := fr.watchPause(func() bool { return time.Now().After(calm) })(); ok {
+		f.add("longest pause between acks in the 3s before the kill (no fault yet: the noise)", p, true)
+	}
 	acked0 := fr.l.st.acked.Load()
 	how, sig := "kill -9", syscall.SIGKILL
 	if kind == faultTerm {
