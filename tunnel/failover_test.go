@@ -161,3 +161,65 @@ func waitUntil(t testing.TB, timeout time.Duration, what string, cond func() boo
 		}
 	}
 }
+
+// The crashed relay comes back (a restarted process on the same address)
+// while a bulk stream (raft's appends) shares the tunnel with the
+// heartbeats: members reconnect once they give up on the old connection
+// (4×DeadAfter of silence) and move their traffic back to it, the first
+// relay of the policy. Moving back must not stall the heartbeats either.
+func TestRelayRestartUnderTunnelStream(t *testing.T) {
+	if testing.Short() {
+		t.Skip("waits for members to give up on the crashed relay (~5s)")
+	}
+	devs, relays, clients := relayClusterN(t, 2, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	x, y := connect(t, ctx, devs["bank-a"], devs["bank-b"], "bank-b", 7051)
+	bx, by := connect(t, ctx, devs["bank-b"], devs["bank-a"], "bank-a", 7052)
+	stop := make(chan struct{})
+	h := sendHeartbeats(x, y, stop)
+	bulk := make(chan error, 1)
+	var bulkBytes int64
+	go func() {
+		n, err := pacedStream(bx, by, 7, stop, 5*time.Millisecond) // ~3 MB/s
+		bulkBytes = n
+		bulk <- err
+	}()
+	stopped := false
+	halt := func() {
+		if !stopped {
+			stopped = true
+			close(stop)
+			h.wg.Wait()
+		}
+	}
+	defer halt()
+	waitUntil(t, 10*time.Second, "heartbeats flowing", func() bool { return h.count() > 100 })
+	relays[0].crash()
+	time.Sleep(2 * time.Second)
+	relays[0].start(t)
+	tUp := time.Now()
+	waitUntil(t, 20*time.Second, "both members back on relay-1", func() bool {
+		for _, c := range clients {
+			if st := c.Status(); !st[0].Active || !st[0].Since.After(tUp) {
+				return false
+			}
+		}
+		return true
+	})
+	moved := time.Since(tUp)
+	time.Sleep(2 * time.Second)
+	halt()
+	if err := <-bulk; err != nil {
+		t.Fatalf("the bulk stream broke: %v", err)
+	}
+	if h.err != nil {
+		t.Fatalf("the heartbeat stream broke: %v", h.err)
+	}
+	gap := h.longestGap(tUp, time.Now())
+	t.Logf("relay-1 restarted: members back on it after %v; longest silence of the 10ms heartbeats since the restart %v; bulk %d MB; bank-b drops %v; bank-b relays %+v",
+		moved.Round(time.Millisecond), gap.Round(time.Millisecond), bulkBytes>>20, clients["bank-b"].Drops(), clients["bank-b"].Status())
+	if gap >= raftElectionTimeout/2 {
+		t.Errorf("the heartbeats were silent for %v around the move back, want well under raft's election timeout %v", gap, raftElectionTimeout)
+	}
+}

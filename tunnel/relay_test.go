@@ -49,15 +49,51 @@ func freeRelayAddr(t testing.TB) string {
 // tunnelRelay is one in-process relay of relayClusterN with its sockets.
 type tunnelRelay struct {
 	info relay.RelayInfo
-	srv  *relay.Server
-	udp  net.PacketConn
-	ql   *quic.Listener
-	tl   net.Listener
+	cfg  relay.ServerConfig
+	ctx  context.Context
+	wg   *sync.WaitGroup
+
+	srv *relay.Server
+	udp net.PacketConn
+	ql  *quic.Listener
+	tl  net.Listener
+}
+
+// start runs a new server on the relay's address (again after a crash,
+// as a restarted process).
+func (r *tunnelRelay) start(t testing.TB) {
+	t.Helper()
+	srv, err := relay.NewServer(r.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl, err := net.Listen("tcp", r.info.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenPacket("udp", r.info.Addr)
+	if err != nil {
+		tl.Close()
+		t.Fatal(err)
+	}
+	ql, err := quic.Listen(udp, srv.TLSConfig(), srv.QUICConfig())
+	if err != nil {
+		tl.Close()
+		udp.Close()
+		t.Fatal(err)
+	}
+	r.srv, r.udp, r.ql, r.tl = srv, udp, ql, tl
+	r.wg.Add(2)
+	go func() { defer r.wg.Done(); srv.ServeTCP(r.ctx, tl) }()
+	go func() { defer r.wg.Done(); srv.ServeQUIC(r.ctx, ql) }()
 }
 
 // crash makes the relay vanish as kill -9 does: the UDP socket goes first,
 // so no QUIC CONNECTION_CLOSE reaches its members, only silence.
 func (r *tunnelRelay) crash() {
+	if r.srv == nil {
+		return
+	}
 	r.ql.Close()
 	r.udp.Close()
 	r.tl.Close()
@@ -110,29 +146,11 @@ func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byt
 		wg.Wait()
 	})
 	for i, info := range infos {
-		srv, err := relay.NewServer(relay.ServerConfig{ID: info.ID, Identity: certs[i], Authority: rauth,
+		r := &tunnelRelay{info: info, ctx: ctx, wg: &wg, cfg: relay.ServerConfig{ID: info.ID, Identity: certs[i], Authority: rauth,
 			RateBytesPerSec: -1,
-			ForwardHook:     hook})
-		if err != nil {
-			t.Fatal(err)
-		}
-		r := &tunnelRelay{info: info, srv: srv}
-		if r.tl, err = net.Listen("tcp", info.Addr); err != nil {
-			t.Fatal(err)
-		}
-		if r.udp, err = net.ListenPacket("udp", info.Addr); err != nil {
-			r.tl.Close()
-			t.Fatal(err)
-		}
-		if r.ql, err = quic.Listen(r.udp, srv.TLSConfig(), srv.QUICConfig()); err != nil {
-			r.tl.Close()
-			r.udp.Close()
-			t.Fatal(err)
-		}
+			ForwardHook:     hook}}
 		relays = append(relays, r)
-		wg.Add(2)
-		go func() { defer wg.Done(); srv.ServeTCP(ctx, r.tl) }()
-		go func() { defer wg.Done(); srv.ServeQUIC(ctx, r.ql) }()
+		r.start(t)
 	}
 
 	var specs []tunneltest.MemberSpec
