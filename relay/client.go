@@ -61,6 +61,11 @@ type ClientConfig struct {
 	// gets both copies and WireGuard's replay window drops the second.
 	// Must exceed PingInterval. Default 150ms.
 	SuspectAfter time.Duration
+	// FailBackAfter: a relay connection that came up again (a relay back
+	// from a restart) carries traffic only after this long, unless no
+	// other relay is healthy; the first connection to each relay is used
+	// at once. Default 2s.
+	FailBackAfter time.Duration
 	// DeadAfter: a relay from which nothing arrived for this long is not
 	// used for sending at all; after 4× this the connection is dropped and
 	// redialled. Must exceed SuspectAfter. Default 1.2s.
@@ -122,6 +127,7 @@ func (c ClientConfig) withDefaults() ClientConfig {
 	def(&c.KeepAlive, 15*time.Second)
 	def(&c.PingInterval, 50*time.Millisecond)
 	def(&c.SuspectAfter, 150*time.Millisecond)
+	def(&c.FailBackAfter, 2*time.Second)
 	def(&c.DeadAfter, 1200*time.Millisecond)
 	def(&c.ReprobeInterval, 30*time.Second)
 	def(&c.BackoffMin, 250*time.Millisecond)
@@ -188,6 +194,7 @@ type relayConn struct {
 	info   RelayInfo
 	cur    atomic.Pointer[link]
 	cancel context.CancelFunc
+	everUp bool // a connection was established once; runRelay's goroutine only
 
 	rtt atomic.Int64 // nanoseconds, from the last pong
 
@@ -338,6 +345,12 @@ func (c *Client) runRelay(ctx context.Context, rc *relayConn, d *dialer) {
 			c.log.Info("relay reached over TCP after QUIC failed", "relay", rc.info.ID, "path", string(l.path), "quic_err", qerr.Error())
 		}
 		backoff = c.cfg.BackoffMin
+		if !rc.everUp {
+			// The first connection to a relay is usable at once (the
+			// policy order holds from the start); reconnections wait
+			// FailBackAfter (see route).
+			l.upAt, rc.everUp = 0, true
+		}
 		for l != nil {
 			l = c.serve(ctx, rc, d, l)
 		}
@@ -375,7 +388,9 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 				}
 				c.log.Info("relay reachable over QUIC again: moving up", "relay", rc.info.ID, "from", string(l.path))
 				next.Store(nl)
-				// Switch sending first, then retire the TCP link.
+				// Same relay, proven: no fail-back wait. Switch sending
+				// first, then retire the TCP link.
+				nl.upAt = l.upAt
 				rc.cur.Store(nl)
 				l.close(codeShutdown, "moved to QUIC")
 				return nil
@@ -505,7 +520,10 @@ func (c *Client) healthy(rc *relayConn, now time.Time) (*link, time.Duration) {
 
 // route returns where a packet goes: primary, the link of the first
 // healthy relay in configuration order, so all packets of a flow use one
-// relay while it lives; and backup, while primary has been quiet for more
+// relay while it lives (a link that connected less than FailBackAfter ago
+// only when no older one is healthy, and then the oldest: traffic moves
+// back to a restarted relay once it has proven itself, not the moment it
+// answers); and backup, while primary has been quiet for more
 // than SuspectAfter plus twice its RTT, the link of the other healthy
 // relay heard from most recently (nil otherwise). Packets go to both, and
 // WritePacket resends there what primary may have swallowed (resend).
@@ -517,21 +535,40 @@ func (c *Client) healthy(rc *relayConn, now time.Time) (*link, time.Duration) {
 // cost duplicates, which WireGuard drops, never packets; a closed
 // connection (TCP reset, QUIC close) is skipped at once.
 func (c *Client) route(now time.Time) (primary, backup *link) {
-	var backupQuiet time.Duration
-	for _, rc := range *c.relays.Load() {
-		l, quiet := c.healthy(rc, now)
+	relays := *c.relays.Load()
+	var quiet time.Duration
+	var on *relayConn
+	var young *link // the oldest healthy link still in its FailBackAfter
+	var youngQuiet time.Duration
+	var youngOn *relayConn
+	for _, rc := range relays {
+		l, q := c.healthy(rc, now)
 		if l == nil {
 			continue
 		}
-		if primary == nil {
-			primary = l
-			if quiet <= c.cfg.SuspectAfter+2*time.Duration(rc.rtt.Load()) {
-				return primary, nil
+		if now.UnixNano()-l.upAt < int64(c.cfg.FailBackAfter) {
+			if young == nil || l.upAt < young.upAt {
+				young, youngQuiet, youngOn = l, q, rc
 			}
 			continue
 		}
-		if backup == nil || quiet < backupQuiet {
-			backup, backupQuiet = l, quiet
+		primary, quiet, on = l, q, rc
+		break
+	}
+	if primary == nil {
+		primary, quiet, on = young, youngQuiet, youngOn
+	}
+	if primary == nil || quiet <= c.cfg.SuspectAfter+2*time.Duration(on.rtt.Load()) {
+		return primary, nil
+	}
+	var backupQuiet time.Duration
+	for _, rc := range relays {
+		l, q := c.healthy(rc, now)
+		if l == nil || l == primary {
+			continue
+		}
+		if backup == nil || q < backupQuiet {
+			backup, backupQuiet = l, q
 		}
 	}
 	return primary, backup

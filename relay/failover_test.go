@@ -250,3 +250,39 @@ func TestRelayCrashOverTCPSwitchesOnTheError(t *testing.T) {
 		t.Errorf("gap %v, want well under raft's election timeout %v", gap, raftElectionTimeout)
 	}
 }
+
+// A relay back from a restart gets the traffic back only once its new
+// connection has lasted FailBackAfter: a relay in a crash loop does not
+// pull the traffic onto itself at every restart.
+func TestFailBackWaitsForTheRestartedRelay(t *testing.T) {
+	const failBack = 1500 * time.Millisecond
+	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1", "relay-2"})
+	r1 := n.startRelay("relay-1", nil)
+	n.startRelay("relay-2", nil)
+	a := n.member("bank-a", func(c *ClientConfig) {
+		c.FailBackAfter = failBack
+		c.PingInterval, c.SuspectAfter, c.DeadAfter = 25*time.Millisecond, 100*time.Millisecond, 200*time.Millisecond
+	})
+	waitReady(t, a)
+	waitFor(t, 10*time.Second, "bank-a on relay-1 with relay-2 healthy", func() bool {
+		s := a.Status()
+		return s[0].Active && s[1].Healthy
+	})
+	r1.stop()
+	waitFor(t, 5*time.Second, "bank-a on relay-2", func() bool { return a.Status()[1].Active })
+	n.startRelay("relay-1", nil)
+	var up time.Time
+	waitFor(t, 10*time.Second, "bank-a reconnected to relay-1", func() bool {
+		s := a.Status()[0]
+		up = s.Since
+		return s.State == "up" && s.Healthy
+	})
+	if s := a.Status(); time.Since(up) < failBack && s[0].Active {
+		t.Fatalf("relay-1 active %v after it reconnected, before FailBackAfter %v: %s", time.Since(up), failBack, fmtStatus(s))
+	}
+	waitFor(t, 10*time.Second, "bank-a back on relay-1", func() bool { return a.Status()[0].Active })
+	if back := time.Since(up); back < failBack {
+		t.Fatalf("back on relay-1 %v after it reconnected, want at least FailBackAfter %v", back, failBack)
+	}
+	t.Logf("back on relay-1 %v after it reconnected (FailBackAfter %v)", time.Since(up).Round(time.Millisecond), failBack)
+}
