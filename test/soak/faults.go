@@ -57,6 +57,9 @@ type faulter struct {
 	cfg *config
 	cl  *cluster
 	l   *loader
+	// lastTerm is the raft term seen at the end of the previous fault
+	// (0: none yet), to catch elections after the recovery steps.
+	lastTerm uint64
 }
 
 // run injects the faults in turn, every cfg.faultEvery, until ctx ends.
@@ -80,6 +83,10 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 		f.note = "skipped: " + err.Error()
 		fmt.Printf("   fault %s: %s\n", kind, f.note)
 		return f
+	}
+	if fr.lastTerm != 0 && term != fr.lastTerm {
+		f.note = fmt.Sprintf("raft term %d -> %d since the previous fault's recovery (leader changed); ", fr.lastTerm, term)
+		fmt.Printf("   fault %s: %s\n", kind, f.note)
 	}
 	var target *proc
 	switch kind {
@@ -193,11 +200,13 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 		f.add("restarted member caught up (height within 1 block of the leader's, from restart)", d, ok)
 	}
 	if _, term2, err := fr.leader(ctx); err == nil {
-		f.note = fmt.Sprintf("raft term %d -> %d", term, term2)
+		note := fmt.Sprintf("raft term %d -> %d", term, term2)
 		if term2 != term {
-			f.note += " (leader changed)"
+			note += " (leader changed)"
 		}
-		fmt.Printf("   fault %s %s: %s\n", f.kind, f.target, f.note)
+		f.note += note
+		fr.lastTerm = term2
+		fmt.Printf("   fault %s %s: %s\n", f.kind, f.target, note)
 	}
 	return f
 }
