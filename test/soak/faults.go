@@ -113,9 +113,14 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 	// The same measure with no fault, just before it: what a busy host
 	// makes of the pauses anyway.
 	calm := time.Now().Add(3 * time.Second)
-	if p, ok := fr.watchPause(func() bool { return time.Now().After(calm) })(); ok {
-		f.add("longest pause between acks in the 3s before the kill (no fault yet: the noise)", p, true)
+	noise, _ := fr.watchPause(func() bool { return time.Now().After(calm) || ctx.Err() != nil })()
+	if ctx.Err() != nil {
+		// The load ended meanwhile: no traffic to measure a gap in.
+		f.note = "skipped: the load ended"
+		fmt.Printf("   fault %s: %s\n", kind, f.note)
+		return f
 	}
+	f.add("longest pause between acks in the 3s before the kill (no fault yet: the noise)", noise, true)
 	acked0 := fr.l.st.acked.Load()
 	how, sig := "kill -9", syscall.SIGKILL
 	if kind == faultTerm {
