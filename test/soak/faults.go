@@ -168,8 +168,10 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 	if target.name != fr.cl.entry {
 		d, ok := fr.until(ctx, t0, func(context.Context) bool { return trafficBack() })
 		f.add(fmt.Sprintf("traffic back (%d more acked than in flight)", inFlight), d, ok)
-		if p, ok := pause(); ok {
-			f.add("longest pause between acks, kill to traffic back (the traffic gap)", p, true)
+		if ok {
+			if p, ok := pause(); ok {
+				f.add("longest pause between acks, kill to traffic back (the traffic gap)", p, true)
+			}
 		}
 	}
 
@@ -220,7 +222,7 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 // (or recoveryTimeout), and measures the longest time it did not move: the
 // gap the fault made in the traffic, as the client saw it. The returned
 // func waits for the watch to end and reports that pause (false: done
-// never held).
+// never held); call it only once done held, or it waits recoveryTimeout.
 func (fr *faulter) watchPause(done func() bool) func() (time.Duration, bool) {
 	type result struct {
 		pause time.Duration
