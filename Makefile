@@ -14,7 +14,7 @@ BENCHTIME  ?= 2s
 # Fuzzing time per target in `make fuzz`.
 FUZZTIME   ?= 30s
 
-.PHONY: all build test deps vet unit race bench lint fuzz demo soak package image clean
+.PHONY: all build test deps vet unit race bench lint fuzz demo soak package image boot-test clean
 
 all: build
 
@@ -69,6 +69,13 @@ $(NFPM):
 	mv bin/tools/nfpm $@
 package: build $(NFPM)
 	@bash packaging/build.sh $(NFPM) $(BIN) $(VERSION)
+
+# Boot test (root, Docker Engine, debootstrap): the .deb under systemd as
+# PID 1 in three Debian 12 containers (packaging/boot-test/run.sh). About a
+# minute, plus 2-4 for the first debootstrap (the root filesystem is cached
+# in ~/.cache/memberd-boottest). Not in `make test`; .ci/run runs it.
+boot-test: package
+	@bash packaging/boot-test/run.sh
 
 # Container image tarball in bin/dist/ (docker load / podman load), built
 # without a Docker daemon (packaging/oci, its own go.mod).

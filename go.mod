@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	filippo.io/nistec v0.0.4
+	github.com/coreos/go-systemd/v22 v22.7.0
 	github.com/fsnotify/fsnotify v1.10.1
 	github.com/hyperledger/fabric-protos-go-apiv2 v0.3.7
 	github.com/miekg/pkcs11 v1.1.2

@@ -10,8 +10,6 @@
 //     fresh login.
 //   - GenerateKey, ListKeys, CreateCSR and SelfTest back `memberd hsm`;
 //     NewCACertificate and SignCSR back `memberd ca`.
-//   - IdentityProvider watches an identity folder and switches the identity
-//     (certificate + HSM key) live when a new certificate appears.
 //   - OpenSoftSigner is a key in a PEM file, for the demo and development
 //     only: refused unless explicitly allowed, and it warns on every use.
 //

@@ -32,10 +32,8 @@ var (
 	ErrInsecureRefused = errors.New("software key refused outside development mode")
 	// ErrNoCgo: this binary was built without cgo, so PKCS#11 is unavailable.
 	ErrNoCgo = errors.New("PKCS#11 support not compiled in (build with CGO_ENABLED=1)")
-	// ErrClosed: the signer or provider was closed.
+	// ErrClosed: the signer was closed.
 	ErrClosed = errors.New("closed")
 	// ErrSign: the HSM failed to sign.
 	ErrSign = errors.New("HSM signing failed")
-	// ErrNoIdentity: an identity folder holds no certificate matching a key.
-	ErrNoIdentity = errors.New("no usable identity")
 )

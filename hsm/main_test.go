@@ -6,6 +6,6 @@ import (
 	"go.uber.org/goleak"
 )
 
-// TestMain fails the package if any test leaves a goroutine behind (the
-// identity watcher, signers in flight).
+// TestMain fails the package if any test leaves a goroutine behind
+// (signers in flight).
 func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }

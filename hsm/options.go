@@ -133,7 +133,9 @@ func readPIN(u *URI, opts *Options) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("%w: pin-source %s: %v: create the file with the PIN (mode 0600)", ErrPINSource, path, err)
 	}
-	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 {
+	// systemd hands credentials over 0440 in a folder only the service can
+	// enter: warn about modes of PIN files only.
+	if fi, err := os.Stat(path); err == nil && fi.Mode().Perm()&0o077 != 0 && !strings.HasPrefix(src, "cred:") {
 		opts.logger().Warn("HSM PIN file is readable by group or others; chmod 600 it", "path", path, "mode", fi.Mode().Perm().String())
 	}
 	pin := strings.TrimRight(string(b), "\r\n")

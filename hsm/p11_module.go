@@ -10,6 +10,20 @@ package hsm
 // other. The last user to release a module calls C_Finalize and unloads it;
 // the next user initialises it afresh (SoftHSM2 reads SOFTHSM2_CONF at
 // C_Initialize, which is how tests get a fresh token directory each).
+//
+// Several processes on one token. SoftHSM2 2.6.1 (Debian 12's) rewrites the
+// token's token.object on every successful C_Login (Token::loginUser ->
+// setTokenFlags) and releases its fcntl lock before the stdio buffer is
+// flushed (fixed upstream after 2.6.1, commit 90aa89c "Flush files before
+// unlocking", in no release yet). A process whose C_Initialize reads the
+// file in that window loads the token broken: it is missing from the slot
+// list ("token not found ... tokens present: <the others>") or has no user
+// PIN (CKR_USER_PIN_NOT_INITIALIZED). Measured: 8 parallel 'memberd hsm
+// selftest' on one token, 18 of 40 failed. Such a process cannot recover
+// without initialising the module again, so openToken retries the whole
+// open (module, slot, login) with backoff while the error is one of those,
+// and keeps one logged-in session per token (anchor) so that later sessions
+// do not log in (and rewrite the token) again.
 
 import (
 	"crypto/sha256"
@@ -17,9 +31,11 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"os"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -133,8 +149,34 @@ type token struct {
 	pin   string
 	log   *slog.Logger
 
+	// anchor is a session kept open, logged in, from open to close
+	// (immutable; valid if anchored): login state lasts while one session of
+	// the application is open, so pool sessions find it and do not log in.
+	anchor   pkcs11.SessionHandle
+	anchored bool
+
 	mu   sync.Mutex
-	slot uint
+	slot uint // guarded by mu
+}
+
+// Retries of openToken on a transiently broken token view (see the file
+// comment): tokenOpenAttempts tries, waiting tokenRetryBase, then twice as
+// long each time (plus up to as much jitter): at most ~1.3 s in all.
+const tokenOpenAttempts = 7
+
+var tokenRetryBase = 10 * time.Millisecond
+
+// transientTokenError reports errors that SoftHSM2 gives a process that
+// initialised the module while another process was rewriting the token.
+func transientTokenError(err error) bool {
+	if errors.Is(err, ErrTokenNotFound) {
+		return true
+	}
+	switch rvOf(err) {
+	case pkcs11.CKR_USER_PIN_NOT_INITIALIZED, pkcs11.CKR_GENERAL_ERROR, pkcs11.CKR_TOKEN_NOT_RECOGNIZED:
+		return true
+	}
+	return false
 }
 
 // openToken finds the token labelled u.Token in the URI's module.
@@ -153,19 +195,51 @@ func openToken(u *URI, opts *Options) (*token, error) {
 	if path == "" && opts != nil {
 		path = opts.ModulePath
 	}
+	log := opts.logger()
+	for attempt := 1; ; attempt++ {
+		t, err := tryOpenToken(u.Token, path, pin, log)
+		if err == nil || attempt == tokenOpenAttempts || !transientTokenError(err) {
+			return t, err
+		}
+		d := tokenRetryBase << (attempt - 1)
+		d += rand.N(d)
+		log.Debug("HSM token not usable yet (another process writing it?); opening the module again",
+			"token", u.Token, "module", path, "attempt", attempt, "retry_in", d, "err", err)
+		time.Sleep(d)
+	}
+}
+
+// tryOpenToken loads the module, finds the token and (with a PIN) opens
+// its anchor session, logged in. On error it releases the module, which
+// finalises it if this was its only user, so the next try reads the token
+// afresh.
+func tryOpenToken(label, path, pin string, log *slog.Logger) (*token, error) {
 	m, err := acquireModule(path)
 	if err != nil {
 		return nil, err
 	}
-	t := &token{mod: m, label: u.Token, pin: pin, log: opts.logger()}
+	t := &token{mod: m, label: label, pin: pin, log: log}
 	if _, err := t.findSlot(); err != nil {
 		m.release()
 		return nil, err
 	}
+	if pin != "" {
+		sh, err := t.openSession(false)
+		if err != nil {
+			m.release()
+			return nil, err
+		}
+		t.anchor, t.anchored = sh, true
+	}
 	return t, nil
 }
 
-func (t *token) close() { t.mod.release() }
+func (t *token) close() {
+	if t.anchored {
+		_ = t.mod.ctx.CloseSession(t.anchor) // may be gone already (token removed, sessions closed)
+	}
+	t.mod.release()
+}
 
 // findSlot looks the token up by label among the slots with a token present.
 func (t *token) findSlot() (uint, error) {

@@ -363,3 +363,6 @@ func asciiLower(s string) string {
 	}
 	return string(b)
 }
+
+// RedactURI hides a pin-value in a raw key URI, for logs and errors.
+func RedactURI(s string) string { return redact(s) }

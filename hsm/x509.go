@@ -20,7 +20,9 @@ import (
 
 // CSRRequest is what goes into a certificate signing request.
 type CSRRequest struct {
-	Subject  pkix.Name // CommonName required
+	// Subject: CommonName required. OrganizationalUnit carries the Fabric
+	// role (orderer, peer, admin, client) that a NodeOUs MSP reads.
+	Subject  pkix.Name
 	DNSNames []string
 	IPs      []net.IP
 }
@@ -95,7 +97,8 @@ type LeafConfig struct {
 }
 
 // SignCSR verifies a DER CSR and issues a leaf certificate for its key and
-// subject, signed by the CA (caCert, caKey), with the usages memberd needs:
+// subject (its organizational units included) and SANs (DNS names and IP
+// addresses), signed by the CA (caCert, caKey), with the usages memberd needs:
 // digital signature, TLS server and TLS client authentication.
 func SignCSR(caCert *x509.Certificate, caKey crypto.Signer, csrDER []byte, cfg LeafConfig) (*x509.Certificate, error) {
 	if cfg.Now.IsZero() {
@@ -114,7 +117,7 @@ func SignCSR(caCert *x509.Certificate, caKey crypto.Signer, csrDER []byte, cfg L
 	if !caCert.IsCA {
 		return nil, fmt.Errorf("CA sign: certificate %q is not a CA", caCert.Subject.CommonName)
 	}
-	if !publicKeysEqual(caCert.PublicKey, caKey.Public()) {
+	if !PublicKeysEqual(caCert.PublicKey, caKey.Public()) {
 		return nil, errors.New("CA sign: the CA key does not match the CA certificate")
 	}
 	if cfg.Validity <= 0 {
@@ -161,7 +164,9 @@ func subjectKeyID(pub crypto.PublicKey) ([]byte, error) {
 	return h[:], nil
 }
 
-func publicKeysEqual(a, b crypto.PublicKey) bool {
+// PublicKeysEqual reports whether a and b are the same public key (false
+// when a cannot compare itself).
+func PublicKeysEqual(a, b crypto.PublicKey) bool {
 	ae, ok := a.(interface{ Equal(crypto.PublicKey) bool })
 	return ok && ae.Equal(b)
 }

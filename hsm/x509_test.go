@@ -4,6 +4,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -49,7 +50,8 @@ func TestCAInitAndSign(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, err := hsm.CreateCSR(leafKey, hsm.CSRRequest{Subject: pkix.Name{CommonName: "node1"}, DNSNames: []string{"node1.member-a"}})
+	csr, err := hsm.CreateCSR(leafKey, hsm.CSRRequest{Subject: pkix.Name{CommonName: "node1", OrganizationalUnit: []string{"orderer"}},
+		DNSNames: []string{"node1.member-a"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.ParseIP("100.64.0.1")}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,6 +64,15 @@ func TestCAInitAndSign(t *testing.T) {
 	for _, u := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
 		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{u}, DNSName: "node1.member-a"}); err != nil {
 			t.Fatalf("leaf does not verify for %v: %v", u, err)
+		}
+	}
+	// The subject's OU (the Fabric NodeOU role) and every SAN survive signing.
+	if ou := leaf.Subject.OrganizationalUnit; len(ou) != 1 || ou[0] != "orderer" {
+		t.Fatalf("leaf OUs %q, want [orderer]", ou)
+	}
+	for _, ip := range []string{"127.0.0.1", "100.64.0.1"} {
+		if err := leaf.VerifyHostname(ip); err != nil {
+			t.Fatalf("leaf lost IP SAN %s: %v", ip, err)
 		}
 	}
 	if leaf.KeyUsage&x509.KeyUsageDigitalSignature == 0 || leaf.IsCA {

@@ -74,6 +74,7 @@ req_common=(
 	'RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK'
 	'SystemCallFilter=@system-service' 'Restart=on-failure'
 	'ExecReload=/bin/kill -HUP $MAINPID'
+	'Type=notify' 'NotifyAccess=main' 'WatchdogSec=30s' 'ConfigurationDirectoryMode=0750'
 )
 for u in memberd memberd-relay; do
 	for l in "${req_common[@]}"; do

@@ -164,6 +164,9 @@ func memberFields(o, n *Member) []string {
 	if !certsEqual(o.TLSCA, n.TLSCA) {
 		f = append(f, "tls_ca_certs")
 	}
+	if !slices.Equal(o.LedgerEndpoints, n.LedgerEndpoints) {
+		f = append(f, "ledger_endpoints")
+	}
 	return f
 }
 

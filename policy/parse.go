@@ -18,6 +18,7 @@ import (
 	"net"
 	"net/netip"
 	"regexp"
+	"strconv"
 	"strings"
 	"time"
 	"unicode/utf8"
@@ -210,6 +211,9 @@ func (d *Document) validateMembers() error {
 		}
 		if m.TLSCA, err = parseCACerts(m.TLSCACerts, false); err != nil {
 			return fmt.Errorf("%s.tls_ca_certs: %v", at, err)
+		}
+		if err := checkEndpoints(m.LedgerEndpoints); err != nil {
+			return fmt.Errorf("%s.ledger_endpoints: %v", at, err)
 		}
 		m.pool = x509.NewCertPool()
 		for _, c := range m.CA {
@@ -584,4 +588,29 @@ func MarshalDocument(d *Document) ([]byte, error) {
 		return nil, err
 	}
 	return b.Bytes(), nil
+}
+
+// maxLedgerEndpoints bounds members[].ledger_endpoints.
+const maxLedgerEndpoints = 8
+
+// checkEndpoints validates a list of client-facing "host:port" addresses.
+func checkEndpoints(eps []string) error {
+	if len(eps) > maxLedgerEndpoints {
+		return fmt.Errorf("%d endpoints, at most %d", len(eps), maxLedgerEndpoints)
+	}
+	seen := map[string]bool{}
+	for _, ep := range eps {
+		h, ps, err := net.SplitHostPort(ep)
+		if err != nil || h == "" || strings.ContainsAny(h, " /") {
+			return fmt.Errorf("%q is not host:port (e.g. 192.0.2.10:7050 or ledger.example.com:7050)", ep)
+		}
+		if p, err := strconv.ParseUint(ps, 10, 16); err != nil || p == 0 {
+			return fmt.Errorf("%q: port %q is not 1..65535", ep, ps)
+		}
+		if seen[ep] {
+			return fmt.Errorf("%q listed twice", ep)
+		}
+		seen[ep] = true
+	}
+	return nil
 }

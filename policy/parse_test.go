@@ -187,6 +187,9 @@ func TestParseRejects(t *testing.T) {
 		{"CA is not PEM", edit(func(d *policy.Document) { d.Members[0].CACerts = "garbage" }), "ca_certs"},
 		{"CA is a leaf", edit(func(d *policy.Document) { d.Members[0].CACerts = pemOf(notCA) }), "not a CA certificate"},
 		{"shared CA", edit(func(d *policy.Document) { d.Members[1].CACerts = d.Members[0].CACerts }), "each member needs its own CA"},
+		{"ledger endpoint without port", edit(func(d *policy.Document) { d.Members[0].LedgerEndpoints = []string{"10.0.0.5"} }), "ledger_endpoints: \"10.0.0.5\" is not host:port"},
+		{"ledger endpoint port 0", edit(func(d *policy.Document) { d.Members[0].LedgerEndpoints = []string{"10.0.0.5:0"} }), "not 1..65535"},
+		{"ledger endpoint twice", edit(func(d *policy.Document) { d.Members[0].LedgerEndpoints = []string{"a:1", "a:1"} }), "listed twice"},
 		{"no admins", edit(func(d *policy.Document) { d.Members[0].Admins = nil }), "at least one admin"},
 		{"admin without key", edit(func(d *policy.Document) { d.Members[0].Admins[0].PublicKey = "" }), "exactly one of public_key and certificate"},
 		{"admin bad not_after", edit(func(d *policy.Document) { d.Members[0].Admins[0].NotAfter = "tomorrow" }), "RFC 3339"},
@@ -284,6 +287,7 @@ func TestDiff(t *testing.T) {
 		d.Members = append(d.Members[:2], c.NewMember(t, "m4"))
 		d.Ledger.Consenters = []string{"m1", "m2"}
 		d.Members[0].Name = "Renamed"
+		d.Members[1].LedgerEndpoints = []string{"ledger.m2.example:7050"}
 		d.Members[1].Admins = append(d.Members[1].Admins, c.NewAdmin(t, "m2", "a2"))
 		d.Relays[1].Address = "relay2.example.test:8443"
 		d.Ledger.BatchTimeout = "1s"
@@ -302,7 +306,7 @@ func TestDiff(t *testing.T) {
 		}
 	}
 	s := df.String()
-	for _, w := range []string{"+ member m4", "- member m3", "~ member m1: name", "~ admins of m2: +a2", "~ relay r2", "~ ledger batch_timeout", "- consenter m3", "~ amendment rules", "~ description"} {
+	for _, w := range []string{"+ member m4", "- member m3", "~ member m1: name", "~ member m2: ledger_endpoints", "~ admins of m2: +a2", "~ relay r2", "~ ledger batch_timeout", "- consenter m3", "~ amendment rules", "~ description"} {
 		if !strings.Contains(s, w) {
 			t.Errorf("diff text lacks %q:\n%s", w, s)
 		}

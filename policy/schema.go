@@ -87,6 +87,16 @@ type Member struct {
 	CACerts string `yaml:"ca_certs"`
 	// TLSCACerts is optional PEM for a separate TLS CA.
 	TLSCACerts string `yaml:"tls_ca_certs,omitempty"`
+	// LedgerEndpoints are the client-facing addresses ("host:port", at most
+	// 8) of the member's ledger node: what Fabric peers and SDKs dial for
+	// Broadcast and Deliver, usually the appliance's LAN address
+	// (memberd.yaml ledger.listen). A channel config built from the policy
+	// names them as the member's orderer org Endpoints. Optional: when
+	// empty, the channel config falls back to the member's consenter
+	// (overlay) address, which peers on the member's LAN cannot reach
+	// without peer.deliveryclient.addressOverrides. They are not the raft
+	// addresses: consenters always talk over the tunnel.
+	LedgerEndpoints []string `yaml:"ledger_endpoints,omitempty"`
 	// Admins may sign policy amendments for this member (at least one).
 	Admins []*Admin `yaml:"admins"`
 

@@ -9,17 +9,16 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/signal"
 	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
-	"github.com/fsnotify/fsnotify"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/memberd/memberd/internal/dirwatch"
 )
 
 // Options configure a Watcher. Zero values of the optional fields are the
@@ -47,8 +46,8 @@ type Options struct {
 	// Settle is how long a file that does not parse is given to finish being
 	// written (by its modification time) before it is rejected (default 1s).
 	Settle time.Duration
-	// Resync re-reads the folder periodically even without events, and
-	// re-arms the watch if the folder was removed (default 30s).
+	// Resync re-reads the folder periodically even without events (default
+	// 30s). A removed folder is looked for every min(Resync, 1s).
 	Resync time.Duration
 	// ReloadOnSIGHUP makes Run re-read the folder on SIGHUP.
 	ReloadOnSIGHUP bool
@@ -124,7 +123,7 @@ type Watcher struct {
 	subs []*subscription
 	seq  int
 
-	reload  chan struct{}
+	dw      atomic.Pointer[dirwatch.Watcher] // set by Run, for Reload
 	running atomic.Bool
 	armed   chan struct{} // closed once Run watches the folder and has read it
 
@@ -159,7 +158,7 @@ func NewWatcher(opts Options) (*Watcher, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	w := &Watcher{o: opts.withDefaults(), reload: make(chan struct{}, 1), armed: make(chan struct{}), seen: map[string][32]byte{}, parsed: map[string]parsedFile{}}
+	w := &Watcher{o: opts.withDefaults(), armed: make(chan struct{}), seen: map[string][32]byte{}, parsed: map[string]parsedFile{}}
 	w.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "policy_rejected_total",
 		Help: "Policy bundles rejected by the watcher, by reason; the last good policy stays applied."}, []string{"reason"})
 	w.applied = prometheus.NewCounter(prometheus.CounterOpts{Name: "policy_applied_total", Help: "Policy versions applied."})
@@ -220,90 +219,40 @@ func (w *Watcher) Subscribe(fn Subscriber) (current *Policy, cancel func()) {
 // Reload asks Run to re-read the policy folder now (as SIGHUP does). It
 // never blocks.
 func (w *Watcher) Reload() {
-	select {
-	case w.reload <- struct{}{}:
-	default:
+	if dw := w.dw.Load(); dw != nil {
+		dw.Trigger()
 	}
 }
 
-// Run watches the folder until ctx is done. It may be called once.
+// Run watches the folder until ctx is done (then it returns nil). It may
+// be called once. The folder is read when Run has armed the watch (to catch
+// changes made since NewWatcher), after file events (debounced, at most
+// max(10×Debounce, 200ms) after the first event of a burst), every Resync,
+// on Reload and on SIGHUP when ReloadOnSIGHUP is set.
 func (w *Watcher) Run(ctx context.Context) error {
 	if !w.running.CompareAndSwap(false, true) {
 		return errors.New("policy watcher: Run called twice")
 	}
-	fw, err := fsnotify.NewWatcher()
+	dw, err := dirwatch.New(dirwatch.Config{Dir: w.o.Dir, Name: "policy folder", Debounce: w.o.Debounce,
+		Resync: w.o.Resync, ReloadOnSIGHUP: w.o.ReloadOnSIGHUP, Logger: w.o.Logger}, w.read)
 	if err != nil {
 		return fmt.Errorf("policy watcher: %w", err)
 	}
-	defer fw.Close()
-	watching := fw.Add(w.o.Dir) == nil
+	w.dw.Store(dw) // a Reload before this is covered by the Start read
+	if err := dw.Run(ctx); err != nil && ctx.Err() == nil {
+		return fmt.Errorf("policy watcher: %w", err)
+	}
+	return nil
+}
 
-	var hup chan os.Signal
-	if w.o.ReloadOnSIGHUP {
-		hup = make(chan os.Signal, 1)
-		signal.Notify(hup, syscall.SIGHUP)
-		defer signal.Stop(hup)
+// read is the dirwatch.ReadFunc: it scans and asks to be called again when
+// a file still being written has had its Settle time.
+func (w *Watcher) read(why dirwatch.Reason) time.Time {
+	w.scan()
+	if why == dirwatch.Start {
+		close(w.armed)
 	}
-	debounce := time.NewTimer(time.Hour)
-	debounce.Stop()
-	resync := time.NewTicker(w.o.Resync)
-	defer resync.Stop()
-	retry := time.NewTimer(time.Hour)
-	retry.Stop()
-	scan := func() {
-		w.scan()
-		if !w.retryAt.IsZero() {
-			retry.Reset(time.Until(w.retryAt))
-		}
-	}
-	// Catch changes made between NewWatcher and the watch being armed.
-	scan()
-	close(w.armed)
-	// Events keep pushing the debounce back, but a folder that never goes
-	// quiet is still read at least every maxDelay.
-	maxDelay := max(10*w.o.Debounce, 200*time.Millisecond)
-	var firstEvent time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case ev, ok := <-fw.Events:
-			if !ok {
-				return nil
-			}
-			if ev.Name == filepath.Clean(w.o.Dir) && ev.Has(fsnotify.Remove|fsnotify.Rename) {
-				watching = false
-				w.o.Logger.Warn("policy folder removed; keeping the applied policy and waiting for it to come back", "dir", w.o.Dir)
-			}
-			now := time.Now()
-			if firstEvent.IsZero() {
-				firstEvent = now
-			}
-			debounce.Reset(min(w.o.Debounce, max(0, firstEvent.Add(maxDelay).Sub(now))))
-		case err, ok := <-fw.Errors:
-			if !ok {
-				return nil
-			}
-			// Overflow or similar: events were lost, re-read everything.
-			w.o.Logger.Warn("policy folder watch error; re-reading the folder", "dir", w.o.Dir, "err", err)
-			debounce.Reset(w.o.Debounce)
-		case <-debounce.C:
-			firstEvent = time.Time{}
-			scan()
-		case <-retry.C:
-			scan()
-		case <-w.reload:
-			scan()
-		case <-hup:
-			w.o.Logger.Info("SIGHUP: re-reading the policy folder", "dir", w.o.Dir)
-			scan()
-		case <-resync.C:
-			if !watching {
-				watching = fw.Add(w.o.Dir) == nil
-			}
-			scan()
-		}
-	}
+	return w.retryAt
 }
 
 type fileBundle struct {

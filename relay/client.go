@@ -29,7 +29,7 @@ type ClientConfig struct {
 	// GetClientCertificate, when set, is asked for the client certificate
 	// at every (re)connection instead of Identity (which may then be
 	// empty), so that a rotated identity is used from the next connection
-	// on (e.g. hsm.IdentityProvider.GetClientCertificate).
+	// on (e.g. identity.Provider.GetClientCertificate).
 	GetClientCertificate func(*tls.CertificateRequestInfo) (*tls.Certificate, error)
 	// Relays to connect to, all at once. Required (at least one).
 	Relays []RelayInfo
@@ -278,7 +278,14 @@ func (c *Client) SetRelays(relays []RelayInfo) error {
 		next = append(next, rc)
 		rd := *c.dialer
 		rd.drop = func(reason string) { rc.drops.Add(1); c.m.drop(reason) }
-		c.g.Go(func() error { c.runRelay(rctx, rc, &rd); return nil })
+		c.g.Go(func() error {
+			// runRelay returns when rctx ends, or after a panic: then again.
+			for rctx.Err() == nil {
+				err := guarded(func() error { c.runRelay(rctx, rc, &rd); return nil })
+				c.m.survived(rctx, c.log, err, "relay", r.ID)
+			}
+			return nil
+		})
 	}
 	c.relays.Store(&next)
 	for _, rc := range old {
@@ -406,6 +413,7 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 		}
 	}
 	g.Wait()
+	c.m.survived(ctx, c.log, err, "relay", rc.info.ID)
 	c.m.conns.Dec()
 	rc.cur.CompareAndSwap(l, nil)
 	rc.mu.Lock()

@@ -306,35 +306,37 @@ func (l *link) readLoop(ctx context.Context, handle frameHandler) error {
 	if l.qconn != nil {
 		n = 2
 		go func() {
-			for {
-				b, err := l.qconn.ReceiveDatagram(ctx)
-				if err != nil {
-					errc <- err
-					return
+			errc <- guarded(func() error {
+				for {
+					b, err := l.qconn.ReceiveDatagram(ctx)
+					if err != nil {
+						return err
+					}
+					l.bytesIn.Add(uint64(len(b)))
+					l.lastRecv.Store(time.Now().UnixNano())
+					f, err := wire.ParseDatagram(b)
+					if err != nil {
+						l.drop(DropMalformed)
+						continue
+					}
+					handle(f, true)
 				}
-				l.bytesIn.Add(uint64(len(b)))
-				l.lastRecv.Store(time.Now().UnixNano())
-				f, err := wire.ParseDatagram(b)
-				if err != nil {
-					l.drop(DropMalformed)
-					continue
-				}
-				handle(f, true)
-			}
+			})
 		}()
 	}
 	go func() {
-		r := wire.NewReader(l.stream, l.maxBody)
-		for {
-			f, err := r.Next()
-			if err != nil {
-				errc <- err
-				return
+		errc <- guarded(func() error {
+			r := wire.NewReader(l.stream, l.maxBody)
+			for {
+				f, err := r.Next()
+				if err != nil {
+					return err
+				}
+				l.bytesIn.Add(uint64(wire.HeaderLen + len(f.Body)))
+				l.lastRecv.Store(time.Now().UnixNano())
+				handle(f, false)
 			}
-			l.bytesIn.Add(uint64(wire.HeaderLen + len(f.Body)))
-			l.lastRecv.Store(time.Now().UnixNano())
-			handle(f, false)
-		}
+		})
 	}()
 	err := <-errc
 	l.close(codeProtocol, "read failed")
@@ -351,7 +353,7 @@ func (l *link) run(ctx context.Context, handle frameHandler) error {
 	defer cancel()
 	werr := make(chan error, 1)
 	go func() {
-		err := l.writeLoop()
+		err := guarded(l.writeLoop)
 		l.close(codeProtocol, "write failed")
 		werr <- err
 	}()

@@ -61,7 +61,14 @@ func (s *Server) RunMesh(ctx context.Context) error {
 			}
 			rctx, rcancel := context.WithCancel(ctx)
 			dialing[id] = running{info: r, cancel: rcancel}
-			g.Go(func() error { s.meshLoop(rctx, d, r, mc); return nil })
+			g.Go(func() error {
+				// meshLoop returns when rctx ends, or after a panic: then again.
+				for rctx.Err() == nil {
+					err := guarded(func() error { s.meshLoop(rctx, d, r, mc); return nil })
+					s.m.survived(rctx, s.log, err, "peer_relay", r.ID)
+				}
+				return nil
+			})
 		}
 		select {
 		case <-ctx.Done():
@@ -93,7 +100,9 @@ func (s *Server) meshLoop(ctx context.Context, d *dialer, r RelayInfo, mc Client
 		err = s.runPeer(lctx, l, r.ID, true, remoteOf(l))
 		cancel()
 		g.Wait()
-		s.log.Info("mesh: link to relay ended", "peer_relay", r.ID, "err", err)
+		if !s.m.survived(ctx, s.log, err, "peer_relay", r.ID) {
+			s.log.Info("mesh: link to relay ended", "peer_relay", r.ID, "err", err)
+		}
 	}
 }
 

@@ -17,6 +17,7 @@ type metrics struct {
 	forwarded prometheus.Counter
 	fwdBytes  prometheus.Counter
 	conns     prometheus.Gauge
+	panics    prometheus.Counter // connections closed because serving them panicked
 	copied    prometheus.Counter // client only: packets also sent on a backup relay
 }
 
@@ -79,6 +80,10 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 			Name: prefix + "_connections",
 			Help: "Connections of the " + what + " that are up.",
 		}),
+		panics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: prefix + "_panics_total",
+			Help: "Connections of the " + what + " closed because serving them panicked (a bug: the log has the stack).",
+		}),
 		copied: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: prefix + "_backup_copies_total",
 			Help: "Packets the " + what + " also sent through a second relay because the one in use had gone quiet.",
@@ -92,6 +97,7 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 		m.forwarded = register(reg, m.forwarded)
 		m.fwdBytes = register(reg, m.fwdBytes)
 		m.conns = register(reg, m.conns)
+		m.panics = register(reg, m.panics)
 		if what == "relay" {
 			m.offers.vec = register(reg, m.offers.vec)
 		} else {

@@ -2,6 +2,7 @@ package relay
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"sync"
@@ -203,4 +204,36 @@ func TestOfferPolicyArguments(t *testing.T) {
 	if l, _ := a.policies(); len(l) != MaxOfferedPolicies || l[0].version != 10-MaxOfferedPolicies+1 {
 		t.Fatalf("kept %d bundles from version %d", len(l), l[0].version)
 	}
+}
+
+// FuzzPolicyAssembler: POLICY bodies a member sends, in any order, never
+// make the assembler panic or hand out a bundle larger than its limit or
+// whose sum differs from what it announced.
+func FuzzPolicyAssembler(f *testing.F) {
+	for _, n := range []int{100, wire.PolicyChunk + 10} {
+		frames, _ := wire.PolicyFrames(7, bytes.Repeat([]byte("x"), n))
+		f.Add(bytes.Join(frames, nil))
+		f.Add(bytes.Join(append(frames[1:], frames[0]), nil)) // out of order
+	}
+	f.Fuzz(func(t *testing.T, stream []byte) {
+		const max = 8 << 10
+		a := newPolicyAssembler(max, time.Millisecond, time.Unix(0, 0))
+		r := wire.NewReader(bytes.NewReader(stream), wire.PolicyHeaderLen+wire.PolicyChunk)
+		now := time.Unix(0, 0)
+		for range 64 {
+			fr, err := r.Next()
+			if err != nil {
+				return
+			}
+			part, err := wire.ParsePolicy(fr.Body)
+			if err != nil {
+				continue
+			}
+			now = now.Add(time.Second)
+			bundle, _, _ := a.add(part, func(uint64, [32]byte) bool { return true }, now)
+			if bundle != nil && (len(bundle) > max || sha256.Sum256(bundle) != part.Sum) {
+				t.Fatalf("bundle of %d bytes handed out (limit %d) or with a wrong sum", len(bundle), max)
+			}
+		}
+	})
 }

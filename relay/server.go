@@ -342,8 +342,18 @@ func (s *Server) ServeTCP(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// ServeQUICConn serves one accepted QUIC connection until it ends.
+// ServeQUICConn serves one accepted QUIC connection until it ends. A panic
+// while serving it (a bug) is logged, counted and closes c only.
 func (s *Server) ServeQUICConn(ctx context.Context, c *quic.Conn) error {
+	remote := c.RemoteAddr()
+	err := guarded(func() error { return s.serveQUICConn(ctx, c, remote) })
+	if s.m.survived(ctx, s.log, err, "remote", addrString(remote)) {
+		_ = c.CloseWithError(codeProtocol, "internal error")
+	}
+	return err
+}
+
+func (s *Server) serveQUICConn(ctx context.Context, c *quic.Conn, remote net.Addr) error {
 	ctx, cancel := s.serveCtx(ctx)
 	defer cancel()
 	hctx, hcancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
@@ -351,16 +361,26 @@ func (s *Server) ServeQUICConn(ctx context.Context, c *quic.Conn) error {
 	st, err := c.AcceptStream(hctx)
 	if err != nil {
 		_ = c.CloseWithError(codeProtocol, "no control stream")
-		return fmt.Errorf("relay %s: QUIC peer %s opened no control stream: %w", s.cfg.ID, c.RemoteAddr(), err)
+		return fmt.Errorf("relay %s: QUIC peer %s opened no control stream: %w", s.cfg.ID, addrString(remote), err)
 	}
 	_ = st.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	l := quicLink(c, st, s.cfg.QueueLen, s.m.drop)
-	return s.servePeer(ctx, l, c.RemoteAddr(), func() { _ = st.SetDeadline(time.Time{}) })
+	return s.servePeer(ctx, l, remote, func() { _ = st.SetDeadline(time.Time{}) })
 }
 
 // ServeConn serves one TCP connection: TLS handshake, HELLO, then frames
-// until it ends. It closes c.
+// until it ends. It closes c. A panic while serving it (a bug) is logged,
+// counted and closes c only.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
+	remote := c.RemoteAddr()
+	err := guarded(func() error { return s.serveConn(ctx, c, remote) })
+	if s.m.survived(ctx, s.log, err, "remote", addrString(remote)) {
+		c.Close()
+	}
+	return err
+}
+
+func (s *Server) serveConn(ctx context.Context, c net.Conn, remote net.Addr) error {
 	ctx, cancel := s.serveCtx(ctx)
 	defer cancel()
 	tc := tls.Server(c, s.tls)
@@ -370,11 +390,11 @@ func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
 	hcancel()
 	if err != nil {
 		c.Close()
-		s.log.Debug("TLS handshake failed", "remote", c.RemoteAddr().String(), "err", err)
-		return fmt.Errorf("relay %s: TLS handshake with %s: %w", s.cfg.ID, c.RemoteAddr(), err)
+		s.log.Debug("TLS handshake failed", "remote", addrString(remote), "err", err)
+		return fmt.Errorf("relay %s: TLS handshake with %s: %w", s.cfg.ID, addrString(remote), err)
 	}
 	l := streamLink(PathTCP, tc, s.cfg.QueueLen, s.m.drop)
-	return s.servePeer(ctx, l, c.RemoteAddr(), func() { _ = c.SetDeadline(time.Time{}) })
+	return s.servePeer(ctx, l, remote, func() { _ = c.SetDeadline(time.Time{}) })
 }
 
 // servePeer runs the HELLO exchange and then the link. clearDeadline is
@@ -402,7 +422,7 @@ func (s *Server) servePeer(ctx context.Context, l *link, remote net.Addr, clearD
 	}
 	if err != nil {
 		l.close(codeProtocol, "bad HELLO")
-		return fmt.Errorf("relay %s: HELLO from %q at %s: %w", s.cfg.ID, id, remote, err)
+		return fmt.Errorf("relay %s: HELLO from %q at %s: %w", s.cfg.ID, id, addrString(remote), err)
 	}
 	clearDeadline()
 	return s.runPeer(ctx, l, id, isRelay, remote)
@@ -429,7 +449,7 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 		s.log.Info("closing the oldest connection of a member over its connection limit", "peer", id)
 		evicted.link.close(codeShutdown, "too many connections for this member")
 	}
-	s.log.Info("peer connected", "peer", id, "relay_peer", isRelay, "path", string(l.path), "remote", remote.String())
+	s.log.Info("peer connected", "peer", id, "relay_peer", isRelay, "path", string(l.path), "remote", addrString(remote))
 	defer func() {
 		s.mu.Lock()
 		s.unregisterLocked(p)

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"net"
 	"reflect"
 	"unsafe"
 
@@ -67,4 +68,18 @@ func (d *Device) TCPRecovery() int {
 		panic(err)
 	}
 	return int(opt)
+}
+
+// ListenerOn makes a Listener that accepts from ln for overlay port, so a
+// test can hand it connections in states a peer cannot be made to produce
+// on cue (e.g. reset before Accept).
+func (d *Device) ListenerOn(ln net.Listener, port uint16) *Listener {
+	return &Listener{ln: ln, d: d, port: port}
+}
+
+// Survive runs fn as a goroutine serving one connection does, under
+// survive, so a test can check what a panic there leads to.
+func (d *Device) Survive(fn, closeConn func()) {
+	defer d.survive("test connection", closeConn)
+	fn()
 }

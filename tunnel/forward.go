@@ -52,15 +52,16 @@ func (d *Device) ForwardAddrs() []net.Addr { return append([]net.Addr(nil), d.fw
 func (d *Device) ServeForward(ctx context.Context, ln net.Listener, member string, port uint16) error {
 	return d.serve(ctx, ln, func(c net.Conn) {
 		defer c.Close()
+		local := addrString(c.RemoteAddr()) // before the wait: it may be gone after
 		dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		tc, err := d.Dial(dctx, member, port)
 		if err != nil {
-			d.log.Warn("forward refused", "local", c.RemoteAddr().String(), "peer", member, "port", port, "err", err)
+			d.log.Warn("forward refused", "local", local, "peer", member, "port", port, "err", err)
 			cancel()
 			return
 		}
 		cancel()
-		splice(ctx, c, tc)
+		d.splice(ctx, c, tc)
 	})
 }
 
@@ -75,10 +76,14 @@ func (d *Device) ServeService(ctx context.Context, ln *Listener, target string) 
 		lc, err := nd.DialContext(dctx, "tcp", target)
 		cancel()
 		if err != nil {
-			d.log.Warn("service target unreachable", "target", target, "peer", c.(*Conn).Member(), "err", err)
+			peer := ""
+			if tc, ok := c.(*Conn); ok {
+				peer = tc.Member()
+			}
+			d.log.Warn("service target unreachable", "target", target, "peer", peer, "err", err)
 			return
 		}
-		splice(ctx, c, lc)
+		d.splice(ctx, c, lc)
 	})
 }
 
@@ -100,17 +105,18 @@ func (d *Device) serve(ctx context.Context, ln net.Listener, handle func(net.Con
 			if ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
 				return nil
 			}
-			return fmt.Errorf("accept on %s: %w", ln.Addr(), err)
+			return fmt.Errorf("accept on %s: %w", addrString(ln.Addr()), err)
 		}
 		select {
 		case active <- struct{}{}:
 		default:
-			d.log.Warn("too many forwarded connections; refusing", "listen", ln.Addr().String())
+			d.log.Warn("too many forwarded connections; refusing", "listen", addrString(ln.Addr()))
 			c.Close()
 			continue
 		}
 		go func() {
 			defer func() { <-active }()
+			defer d.survive("accepted on "+addrString(ln.Addr()), func() { c.Close() })
 			handle(c)
 		}()
 	}
@@ -118,11 +124,12 @@ func (d *Device) serve(ctx context.Context, ln net.Listener, handle func(net.Con
 
 // splice copies both ways until both directions finish, half-closing as
 // each side ends, then closes both; ctx ending closes both at once.
-func splice(ctx context.Context, a, b net.Conn) {
+func (d *Device) splice(ctx context.Context, a, b net.Conn) {
 	stop := context.AfterFunc(ctx, func() { a.Close(); b.Close() })
 	defer stop()
 	done := make(chan struct{}, 2)
 	cp := func(dst, src net.Conn) {
+		defer d.survive("forwarded copy", func() { a.Close(); b.Close(); done <- struct{}{} })
 		io.Copy(dst, src)
 		if cw, ok := dst.(interface{ CloseWrite() error }); ok {
 			cw.CloseWrite()

@@ -21,6 +21,7 @@ import (
 //	memberd_tunnel_peer_key_switches_total                   peers moved to their new WireGuard key on its session's first packet
 //	memberd_tunnel_peer_key_switch_timeouts_total            first packets of a new session released unswitched after the wait bound
 //	memberd_tunnel_switch_pause_timeouts_total               own key switches some peer did not answer within the pause
+//	memberd_tunnel_panics_total                              forwarded connections closed because serving them panicked
 
 // Control drop reasons.
 const (
@@ -39,6 +40,7 @@ var refusedReasons = []string{"malformed", "signature", "expired", "identity", "
 type metrics struct {
 	ctlDrops [numDropReasons]atomic.Uint64
 	refused  [7]atomic.Uint64 // by index in refusedReasons
+	panics   atomic.Uint64    // connections closed by survive
 }
 
 func (d *Device) dropControl(reason int) {
@@ -73,6 +75,8 @@ var (
 		"First packets of a peer's new session released before the peer was moved to the new key (wait bound reached).", nil, nil)
 	descPauseTO = prometheus.NewDesc("memberd_tunnel_switch_pause_timeouts_total",
 		"Own WireGuard key switches after which some peer did not complete the new handshake within the send pause.", nil, nil)
+	descPanics = prometheus.NewDesc("memberd_tunnel_panics_total",
+		"Forwarded connections closed because serving them panicked (a bug: the log has the stack).", nil, nil)
 )
 
 // collector exports a Device's counters.
@@ -81,7 +85,7 @@ type collector struct{ d *Device }
 var _ prometheus.Collector = collector{}
 
 func (c collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descPackets, descBytes, descCtlDropped, descAccepted, descRefused, descRotations, descIDChanges, descACLDenied, descPeers, descSwitches, descSwitchTO, descPauseTO} {
+	for _, d := range []*prometheus.Desc{descPackets, descBytes, descCtlDropped, descAccepted, descRefused, descRotations, descIDChanges, descACLDenied, descPeers, descSwitches, descSwitchTO, descPauseTO, descPanics} {
 		ch <- d
 	}
 }
@@ -109,6 +113,7 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descSwitches, d.switchesOnFirstPacket.Load())
 	counter(descSwitchTO, d.switchMissed.Load())
 	counter(descPauseTO, d.switchPauseTimeouts.Load())
+	counter(descPanics, d.m.panics.Load())
 	d.mu.Lock()
 	n := 0
 	for _, p := range d.peers {

@@ -12,9 +12,28 @@ import (
 // It is closed by the Device when that member is removed from the policy.
 type Conn struct {
 	net.Conn
-	member string
-	d      *Device
-	once   sync.Once
+	member        string
+	d             *Device
+	once          sync.Once
+	local, remote net.Addr // as when the connection was set up
+}
+
+// RemoteAddr is the peer's overlay address and port. Unlike the netstack
+// connection's, it stays set after the peer reset or closed the
+// connection, so no caller logging it finds nil.
+func (c *Conn) RemoteAddr() net.Addr {
+	if c.remote != nil {
+		return c.remote
+	}
+	return c.Conn.RemoteAddr()
+}
+
+// LocalAddr is this member's overlay address and port, kept as RemoteAddr.
+func (c *Conn) LocalAddr() net.Addr {
+	if c.local != nil {
+		return c.local
+	}
+	return c.Conn.LocalAddr()
 }
 
 // Member is the member at the other end, authenticated by WireGuard
@@ -47,7 +66,7 @@ func (c *Conn) Close() error {
 // track registers a connection, or refuses it if the device is closed or
 // member was removed meanwhile.
 func (d *Device) track(nc net.Conn, member string) (*Conn, error) {
-	c := &Conn{Conn: nc, member: member, d: d}
+	c := &Conn{Conn: nc, member: member, d: d, local: nc.LocalAddr(), remote: nc.RemoteAddr()}
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.closed {
@@ -137,10 +156,13 @@ func (l *Listener) AcceptConn() (*Conn, error) {
 		if err != nil {
 			return nil, err
 		}
-		from := remoteMember(l.d, nc.RemoteAddr())
+		// Once: a netstack connection's RemoteAddr turns nil when the
+		// peer resets it, which a refused member may do on purpose.
+		ra := nc.RemoteAddr()
+		from := remoteMember(l.d, ra)
 		if from == "" || !l.d.allowed(from, l.port) {
 			l.d.aclDenied.Add(1)
-			l.d.log.Warn("refused tunnel connection: not allowed by the policy ACL", "from_addr", nc.RemoteAddr().String(), "from", from, "port", l.port)
+			l.d.log.Warn("refused tunnel connection: not allowed by the policy ACL", "from_addr", addrString(ra), "from", from, "port", l.port)
 			nc.Close()
 			continue
 		}
@@ -161,7 +183,7 @@ func (d *Device) allowed(from string, port uint16) bool {
 
 func remoteMember(d *Device, a net.Addr) string {
 	ta, ok := a.(*net.TCPAddr)
-	if !ok {
+	if !ok || ta == nil {
 		return ""
 	}
 	ip, ok := netip.AddrFromSlice(ta.IP)

@@ -5,6 +5,8 @@
 //	GET /healthz  200 "ok" while the process serves requests
 //	GET /readyz   200 when every readiness check passes, else 503 naming each failing check
 //	GET /status   the JSON document returned by Config.Status
+//	/debug/pprof/ Go's net/http/pprof handlers, only with Config.Pprof, which
+//	              the configs allow only on a loopback address (CheckPprof)
 //
 // The handler owns no socket: cmd listens (default 127.0.0.1:9464) and serves it.
 package admin
@@ -13,7 +15,9 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"net"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"strings"
 
@@ -37,6 +41,32 @@ type Config struct {
 	Ready map[string]Check
 	// Status returns the document served at /status; nil serves {}.
 	Status func(ctx context.Context) any
+	// Pprof serves Go's profiling handlers under /debug/pprof/ (heap,
+	// goroutine, profile, trace, ...). Default false: 404. They show the
+	// process's memory and command line and can make it busy for the
+	// length of a profile: serve them only on a loopback address.
+	Pprof bool
+}
+
+// CheckPprof returns an error if pprof is enabled while addr (the admin
+// endpoint's host:port) is not a loopback address. key names the config
+// key that enables pprof, for the message.
+func CheckPprof(key string, pprof bool, addr string) error {
+	if !pprof {
+		return nil
+	}
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return fmt.Errorf("key %s: the admin address %q is not host:port", key, addr)
+	}
+	if host == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("key %s: pprof is served only on a loopback admin address, not %q: "+
+		"set admin to 127.0.0.1:PORT (reach it remotely through ssh -L) or set %s: false", key, addr, key)
 }
 
 // Handler returns the admin HTTP handler for cfg.
@@ -76,6 +106,14 @@ func Handler(cfg Config) http.Handler {
 	})
 	if cfg.Gatherer != nil {
 		mux.Handle("GET /metrics", promhttp.HandlerFor(cfg.Gatherer, promhttp.HandlerOpts{}))
+	}
+	if cfg.Pprof {
+		// Index also serves the named profiles: /debug/pprof/heap, ...
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	}
 	return mux
 }

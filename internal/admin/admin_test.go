@@ -68,3 +68,51 @@ func TestZeroConfig(t *testing.T) {
 		t.Errorf("/readyz zero = %d", code)
 	}
 }
+
+// TestPprof: the profiling handlers exist only when enabled.
+func TestPprof(t *testing.T) {
+	if code, _ := get(t, Handler(Config{}), "/debug/pprof/"); code != 404 {
+		t.Errorf("pprof off: GET /debug/pprof/ = %d, want 404", code)
+	}
+	h := Handler(Config{Pprof: true})
+	for _, tc := range []struct{ path, want string }{
+		{"/debug/pprof/", "goroutine"},
+		{"/debug/pprof/heap?debug=1", "heap profile:"},
+		{"/debug/pprof/goroutine?debug=1", "goroutine profile:"},
+		{"/debug/pprof/cmdline", ""},
+	} {
+		if code, body := get(t, h, tc.path); code != 200 || !strings.Contains(body, tc.want) {
+			t.Errorf("GET %s = %d, want 200 containing %q; body starts %.80q", tc.path, code, tc.want, body)
+		}
+	}
+	if code, _ := get(t, h, "/healthz"); code != 200 {
+		t.Errorf("/healthz with pprof on = %d", code)
+	}
+}
+
+func TestCheckPprof(t *testing.T) {
+	for _, tc := range []struct {
+		pprof bool
+		addr  string
+		ok    bool
+	}{
+		{false, "0.0.0.0:9464", true},
+		{true, "127.0.0.1:9464", true},
+		{true, "127.0.0.2:9464", true},
+		{true, "[::1]:9464", true},
+		{true, "localhost:9464", true},
+		{true, ":9464", false},
+		{true, "0.0.0.0:9464", false},
+		{true, "10.1.2.3:9464", false},
+		{true, "admin.example.net:9464", false},
+		{true, "nonsense", false},
+	} {
+		err := CheckPprof("admin_pprof", tc.pprof, tc.addr)
+		if (err == nil) != tc.ok {
+			t.Errorf("CheckPprof(%v, %q) = %v, want ok=%v", tc.pprof, tc.addr, err, tc.ok)
+		}
+		if err != nil && !strings.Contains(err.Error(), "key admin_pprof") {
+			t.Errorf("error does not name the key: %v", err)
+		}
+	}
+}

@@ -334,6 +334,15 @@ func newGroup() *common.ConfigGroup {
 	}
 }
 
+// The NodeOU identifiers every MSP of a memberd channel config enables: a
+// certificate's subject OU names its role (memberd hsm csr --ou ...).
+const (
+	ClientOU  = "client"
+	PeerOU    = "peer"
+	AdminOU   = "admin"
+	OrdererOU = "orderer"
+)
+
 func orgGroup(o Org) *common.ConfigGroup {
 	g := newGroup()
 	ou := func(name string) *msp.FabricOUIdentifier {
@@ -347,10 +356,10 @@ func orgGroup(o Org) *common.ConfigGroup {
 		TlsRootCerts:      o.TLSRootCerts,
 		FabricNodeOus: &msp.FabricNodeOUs{
 			Enable:              true,
-			ClientOuIdentifier:  ou("client"),
-			PeerOuIdentifier:    ou("peer"),
-			AdminOuIdentifier:   ou("admin"),
-			OrdererOuIdentifier: ou("orderer"),
+			ClientOuIdentifier:  ou(ClientOU),
+			PeerOuIdentifier:    ou(PeerOU),
+			AdminOuIdentifier:   ou(AdminOU),
+			OrdererOuIdentifier: ou(OrdererOU),
 		},
 	}
 	g.Values["MSP"] = value(&msp.MSPConfig{Type: 0, Config: mustMarshal(fc)})

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"math/big"
 	"os"
-	"sort"
 	"testing"
 	"time"
 
@@ -92,15 +91,6 @@ func configFrom(t *testing.T, channelID string, root *common.ConfigGroup) Config
 	}
 	c.Raft = RaftOptions{TickInterval: tick, ElectionTick: md.Options.ElectionTick, HeartbeatTick: md.Options.HeartbeatTick, MaxInflightBlocks: md.Options.MaxInflightBlocks, SnapshotIntervalSize: md.Options.SnapshotIntervalSize}
 	return c
-}
-
-func sortedKeys[V any](m map[string]V) []string {
-	var ks []string
-	for k := range m {
-		ks = append(ks, k)
-	}
-	sort.Strings(ks)
-	return ks
 }
 
 // compareGroups reports every difference in keys, versions, mod policies,

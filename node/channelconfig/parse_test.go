@@ -2,6 +2,8 @@ package channelconfig
 
 import (
 	"crypto/rand"
+	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"os"
 	"reflect"
@@ -199,8 +201,27 @@ func FuzzParse(f *testing.F) {
 		if _, err := ChannelGroup(ch.Config); err != nil {
 			t.Fatalf("parsed config does not rebuild: %v", err)
 		}
+		// Evaluating identities against any accepted config never panics.
+		for _, o := range ch.Config.OrdererOrgs {
+			ch.CheckBlockSigner(o.MSPID, fuzzSigner, time.Now())
+			ch.Role(o.MSPID, fuzzSigner)
+		}
 	})
 }
+
+// fuzzSigner is the stock orderer's signing certificate of the vectors.
+var fuzzSigner = func() *x509.Certificate {
+	raw, err := os.ReadFile("../testdata/fabric-2.5.16/orderer-signcert.pem")
+	if err != nil {
+		panic(err)
+	}
+	b, _ := pem.Decode(raw)
+	c, err := x509.ParseCertificate(b.Bytes)
+	if err != nil {
+		panic(err)
+	}
+	return c
+}()
 
 func zeroVersions(g *common.ConfigGroup) {
 	g.Version = 0

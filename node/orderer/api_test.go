@@ -301,7 +301,7 @@ func equalNums(a, b []uint64) bool {
 
 func TestConfigValidate(t *testing.T) {
 	c := newConsortium(t, 1, block.CutterConfig{})
-	id := c.identity(t, "m1", "n1")
+	id := c.nodeIdentity(t, "m1", "n1")
 	good := func() Config {
 		return Config{BlockDir: "/x", Signer: id.Signer, Identity: id.Serialized(), Policy: c.policy}
 	}

@@ -342,9 +342,9 @@ func startBenchCluster(b *testing.B, timeout time.Duration) *benchCluster {
 	gen, _ := block.Marshal(c.genesis)
 	os.WriteFile(filepath.Join(dir, "genesis.block"), gen, 0o600)
 	os.WriteFile(filepath.Join(dir, "policy.yaml"), c.pol.Marshal(), 0o600)
-	n1 := c.identity(b, "m1", "n1")
+	n1 := c.nodeIdentity(b, "m1", "n1")
 	for i, name := range []string{"n2", "n3"} {
-		if err := writeIdentity(filepath.Join(dir, name+".id"), c.identity(b, fmt.Sprintf("m%d", i+2), name)); err != nil {
+		if err := writeIdentity(filepath.Join(dir, name+".id"), c.nodeIdentity(b, fmt.Sprintf("m%d", i+2), name)); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 
 	"github.com/memberd/memberd/node/block"
@@ -23,6 +24,13 @@ const DefaultPort = 7050
 // consenters gives, per member id, the consenter's endpoint and TLS
 // certificates (the policy pins CAs, not node certificates); Host and Port
 // default to the member's overlay address and DefaultPort.
+//
+// The consenter address is where the other consenters reach the node (raft
+// and gRPC between consenters, over the tunnel). The client-facing address,
+// where Fabric peers and SDKs dial Broadcast and Deliver, is the member's
+// orderer org Endpoints value: the policy's members[].ledger_endpoints, or
+// the consenter address when the member gives none (see
+// MissingLedgerEndpoints).
 func ChannelConfig(p *policy.Policy, consenters map[string]channelconfig.Consenter) (channelconfig.Config, error) {
 	l := p.Ledger()
 	c := channelconfig.Config{
@@ -55,11 +63,28 @@ func ChannelConfig(p *policy.Policy, consenters map[string]channelconfig.Consent
 		if cs.Port == 0 {
 			cs.Port = DefaultPort
 		}
-		org.OrdererEndpoints = []string{net.JoinHostPort(cs.Host, strconv.Itoa(int(cs.Port)))}
+		org.OrdererEndpoints = slices.Clone(m.LedgerEndpoints)
+		if len(org.OrdererEndpoints) == 0 {
+			org.OrdererEndpoints = []string{net.JoinHostPort(cs.Host, strconv.Itoa(int(cs.Port)))}
+		}
 		c.OrdererOrgs = append(c.OrdererOrgs, org)
 		c.Consenters = append(c.Consenters, cs)
 	}
 	return c, c.Validate()
+}
+
+// MissingLedgerEndpoints lists the consenter members of p without
+// members[].ledger_endpoints: ChannelConfig names their overlay consenter
+// address as their orderer endpoint, which Fabric peers outside the tunnel
+// cannot reach.
+func MissingLedgerEndpoints(p *policy.Policy) []string {
+	var ids []string
+	for _, m := range p.Consenters() {
+		if len(m.LedgerEndpoints) == 0 {
+			ids = append(ids, m.ID)
+		}
+	}
+	return ids
 }
 
 func pemCerts(s string) [][]byte {

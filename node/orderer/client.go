@@ -50,6 +50,12 @@ func (id Identity) Sign(msg []byte) ([]byte, error) {
 // NewEnvelope builds and signs an envelope of type typ on channel carrying
 // data, with a fresh nonce and the matching tx id.
 func NewEnvelope(id Identity, typ common.HeaderType, channel string, data []byte, now time.Time) (*common.Envelope, string, error) {
+	return newEnvelope(id, typ, channel, now, func(_, _ []byte) ([]byte, error) { return data, nil })
+}
+
+// newEnvelope is NewEnvelope with the payload data built by data from the
+// marshalled channel and signature headers.
+func newEnvelope(id Identity, typ common.HeaderType, channel string, now time.Time, data func(ch, sh []byte) ([]byte, error)) (*common.Envelope, string, error) {
 	nonce := make([]byte, block.NonceSize)
 	if _, err := io.ReadFull(rand.Reader, nonce); err != nil {
 		return nil, "", err
@@ -65,7 +71,11 @@ func NewEnvelope(id Identity, typ common.HeaderType, channel string, data []byte
 	if err != nil {
 		return nil, "", err
 	}
-	payload, err := proto.Marshal(&common.Payload{Header: &common.Header{ChannelHeader: ch, SignatureHeader: sh}, Data: data})
+	d, err := data(ch, sh)
+	if err != nil {
+		return nil, "", err
+	}
+	payload, err := proto.Marshal(&common.Payload{Header: &common.Header{ChannelHeader: ch, SignatureHeader: sh}, Data: d})
 	if err != nil {
 		return nil, "", err
 	}
@@ -76,7 +86,10 @@ func NewEnvelope(id Identity, typ common.HeaderType, channel string, data []byte
 	return &common.Envelope{Payload: payload, Signature: sig}, txid, nil
 }
 
-// NewTransaction is NewEnvelope for an ENDORSER_TRANSACTION.
+// NewTransaction is NewEnvelope for an ENDORSER_TRANSACTION whose payload
+// data is data as is: raw bytes, not the peer.Transaction Fabric peers and
+// tools expect (configtxlator cannot decode such a block, and peers flag
+// the transaction invalid). NewEndorserTransaction writes the Fabric form.
 func NewTransaction(id Identity, channel string, data []byte, now time.Time) (*common.Envelope, string, error) {
 	return NewEnvelope(id, common.HeaderType_ENDORSER_TRANSACTION, channel, data, now)
 }

@@ -3,6 +3,7 @@ package orderer
 import (
 	"context"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -147,13 +148,32 @@ func TestLeaderKilledMidLoad(t *testing.T) {
 	}
 }
 
-// TestRestartedNodeCatchesUpThroughSnapshot: a node stopped while the log
-// is compacted past it gets a raft snapshot on restart and pulls the
-// missing blocks from its peers over Deliver.
+// TestRestartedNodeCatchesUpThroughSnapshot: a follower stopped while the
+// log is compacted past it (snapshots by entry count, and by bytes as in
+// production) gets a raft snapshot on restart and pulls the missing blocks
+// from its peers over Deliver.
 func TestRestartedNodeCatchesUpThroughSnapshot(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		tune func(*Config)
+	}{
+		{"count", func(c *Config) {
+			c.Raft.SnapshotEvery = 5
+			c.Raft.CatchUpEntries = 2
+		}},
+		// Blocks of 10 envelopes are about 9 KiB: a snapshot every few
+		// blocks, and at most 32 KiB of them kept below it.
+		{"bytes", func(c *Config) { c.Raft.SnapshotBytes = 32 << 10 }},
+	} {
+		t.Run(tc.name, func(t *testing.T) { testCatchUpThroughSnapshot(t, tc.tune) })
+	}
+}
+
+func testCatchUpThroughSnapshot(t *testing.T, tune func(*Config)) {
+	var fetched atomic.Int64 // blocks pulled over Deliver, by any node
 	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) {
-		c.Raft.SnapshotEvery = 5
-		c.Raft.CatchUpEntries = 2
+		tune(c)
+		c.Fetcher = countingFetcher{c.Fetcher, &fetched}
 	})
 	l := cl.leader(10 * time.Second)
 	lag := l%3 + 1
@@ -164,11 +184,15 @@ func TestRestartedNodeCatchesUpThroughSnapshot(t *testing.T) {
 		t.Fatalf("%d SUCCESS of 400: %v", len(res.success), res.other)
 	}
 	h := cl.node(cl.leader(time.Second)).Height()
+	if n := fetched.Load(); n != 0 {
+		t.Fatalf("%d blocks fetched before the lagging node restarted", n)
+	}
 	cl.start(lag)
 	cl.waitHeight(h, 20*time.Second)
-	if s := cl.node(lag).Raft().Status(); s.SnapshotIndex == 0 {
-		t.Fatalf("node %d caught up without a snapshot (status %+v): the test no longer covers the Deliver pull", lag, s)
+	if fetched.Load() == 0 {
+		t.Fatalf("node %d caught up without pulling blocks over Deliver (status %+v): the test no longer covers a snapshot", lag, cl.node(lag).Raft().Status())
 	}
+	t.Logf("node %d pulled %d of %d blocks over Deliver", lag, fetched.Load(), h)
 	cl.checkIdentical()
 	// It orders again afterwards.
 	res2 := newLoadResult()
@@ -184,28 +208,7 @@ func TestRestartedNodeCatchesUpThroughSnapshot(t *testing.T) {
 // follower is admitted there, ordered by the leader and answered SUCCESS
 // only once committed; the chain is identical on every node.
 func TestFollowerForwardsToLeader(t *testing.T) {
-	var cl *cluster
-	var fwds []*BroadcastForwarder
-	cl = newCluster(t, 3, testBatch(), func(c *Config) {
-		f := &BroadcastForwarder{Peers: map[uint64]ab.AtomicBroadcastClient{}}
-		if cl != nil { // a restart
-			for _, tn := range cl.nodes {
-				f.Peers[tn.id] = tn.client
-			}
-		}
-		fwds = append(fwds, f)
-		c.Forwarder = f
-	})
-	for _, f := range fwds {
-		for _, tn := range cl.nodes {
-			f.Peers[tn.id] = tn.client
-		}
-	}
-	t.Cleanup(func() {
-		for _, f := range fwds {
-			f.Close()
-		}
-	})
+	cl := newForwardingCluster(t, 3, testBatch(), nil)
 	l := cl.leader(10 * time.Second)
 	f := l%3 + 1
 	total := 2000
@@ -231,4 +234,53 @@ func TestFollowerForwardsToLeader(t *testing.T) {
 			t.Fatalf("tx %s in the chain %d times", id, txids[id])
 		}
 	}
+}
+
+// newForwardingCluster is newCluster with a BroadcastForwarder on every
+// node, so that Broadcast on a follower is ordered by the leader.
+func newForwardingCluster(t *testing.T, size int, batch block.CutterConfig, tune func(*Config)) *cluster {
+	var cl *cluster
+	var mu sync.Mutex
+	var fwds []*BroadcastForwarder
+	cl = newCluster(t, size, batch, func(c *Config) {
+		f := &BroadcastForwarder{Peers: map[uint64]ab.AtomicBroadcastClient{}}
+		if cl != nil { // a restart
+			for _, tn := range cl.nodes {
+				f.Peers[tn.id] = tn.client
+			}
+		}
+		mu.Lock()
+		fwds = append(fwds, f)
+		mu.Unlock()
+		c.Forwarder = f
+		if tune != nil {
+			tune(c)
+		}
+	})
+	for _, f := range fwds {
+		for _, tn := range cl.nodes {
+			f.Peers[tn.id] = tn.client
+		}
+	}
+	t.Cleanup(func() {
+		mu.Lock()
+		defer mu.Unlock()
+		for _, f := range fwds {
+			f.Close()
+		}
+	})
+	return cl
+}
+
+// countingFetcher counts the blocks a BlockFetcher hands out.
+type countingFetcher struct {
+	BlockFetcher
+	n *atomic.Int64
+}
+
+func (f countingFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn func(raw []byte) error) error {
+	return f.BlockFetcher.FetchBlocks(ctx, from, to, func(raw []byte) error {
+		f.n.Add(1)
+		return fn(raw)
+	})
 }

@@ -48,7 +48,7 @@
 //	srv, _ := orderer.NewServer(orderer.ServerConfig{Lookup: reg.Lookup})
 //	gs := grpc.NewServer(append(orderer.ServerOptions(), grpc.Creds(...ServerTLS...))...)
 //	srv.Register(gs)                                             // cmd owns the listener
-//	admin.Handle(participation.URLBase+"/", participation.New(...{Registry: reg}))
+//	admin.Handle(participation.URLBaseV1, participation.New(...{Registry: reg})) // HTTPS, client certs required
 //
 // # Catch-up
 //

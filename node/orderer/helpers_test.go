@@ -82,6 +82,13 @@ func (c *consortium) identity(t testing.TB, member, cn string) Identity {
 	return Identity{MSPID: c.policy().Member(member).MSPID, Cert: cert, Signer: key}
 }
 
+// nodeIdentity issues a node's block-signing certificate from member's CA:
+// OU=orderer, as the channel config's NodeOUs require (CheckSigner).
+func (c *consortium) nodeIdentity(t testing.TB, member, cn string) Identity {
+	cert, key := c.cons.CAs[member].IssueOU(t, cn, channelconfig.OrdererOU)
+	return Identity{MSPID: c.policy().Member(member).MSPID, Cert: cert, Signer: key}
+}
+
 func (c *consortium) policy() *policy.Policy {
 	if p := c.cur.Load(); p != nil {
 		return p
@@ -137,7 +144,7 @@ func (cl *cluster) addSlot() *tnode {
 	t := cl.t
 	i := len(cl.nodes) + 1
 	tn := &tnode{id: uint64(i), name: fmt.Sprintf("n%d", i), dir: t.TempDir()}
-	tn.ident = cl.c.identity(t, fmt.Sprintf("m%d", i), tn.name)
+	tn.ident = cl.c.nodeIdentity(t, fmt.Sprintf("m%d", i), tn.name)
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -383,6 +390,21 @@ func newLoadResult() *loadResult {
 // It returns the index of the first envelope not answered (len(envs) when
 // all were).
 func broadcast(ctx context.Context, client ab.AtomicBroadcastClient, envs []*common.Envelope, ids []string, res *loadResult) (int, error) {
+	return broadcastEach(ctx, client, envs, func(i int, st common.Status) {
+		res.mu.Lock()
+		if st == common.Status_SUCCESS {
+			res.success[ids[i]] = true
+		} else {
+			res.other[st]++
+		}
+		res.mu.Unlock()
+	})
+}
+
+// broadcastEach sends envs on one stream to client and calls answer with
+// the index and status of each answer, in order. It returns the index of
+// the first envelope not answered (len(envs) when all were).
+func broadcastEach(ctx context.Context, client ab.AtomicBroadcastClient, envs []*common.Envelope, answer func(i int, st common.Status)) (int, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := client.Broadcast(ctx)
@@ -406,13 +428,7 @@ func broadcast(ctx context.Context, client ab.AtomicBroadcastClient, envs []*com
 			<-sendErr
 			return i, err
 		}
-		res.mu.Lock()
-		if resp.Status == common.Status_SUCCESS {
-			res.success[ids[i]] = true
-		} else {
-			res.other[resp.Status]++
-		}
-		res.mu.Unlock()
+		answer(i, resp.Status)
 	}
 	return len(envs), <-sendErr
 }

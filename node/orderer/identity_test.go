@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -41,7 +43,29 @@ func TestSetIdentitySignsNextBlocks(t *testing.T) {
 		t.Fatalf("SetIdentity(nil) = %v, want ErrInvalidConfig", err)
 	}
 	oldID := cl.nodes[1].ident.Serialized()
-	rotated := cl.c.identity(t, "m2", "n2-rotated")
+	// An identity the channel config rejects is refused and changes nothing:
+	// no OU (NodeOUs are on), another member's CA, a key that is not the
+	// certificate's.
+	noOU := cl.c.identity(t, "m2", "n2-no-ou")
+	otherCA := cl.c.nodeIdentity(t, "m3", "n2-wrong-ca")
+	otherCA.MSPID = noOU.MSPID
+	for name, tc := range map[string]struct {
+		id   Identity
+		says string
+	}{
+		"no OU":       {noOU, "has no OU that resolves to client, peer, admin or orderer"},
+		"other CA":    {otherCA, "does not chain to a CA of MSP m2MSP"},
+		"foreign key": {Identity{MSPID: noOU.MSPID, Cert: cl.nodes[1].ident.Cert, Signer: noOU.Signer}, "not the key of certificate"},
+	} {
+		err := n2.SetIdentity(tc.id.Signer, tc.id.Serialized())
+		if !errors.Is(err, ErrSigner) || !strings.Contains(err.Error(), tc.says) {
+			t.Fatalf("SetIdentity(%s) = %v, want ErrSigner saying %q", name, err, tc.says)
+		}
+	}
+	if !strings.Contains(fmt.Sprint(n2.SetIdentity(noOU.Signer, noOU.Serialized())), "memberd hsm csr") {
+		t.Fatal("the refusal does not name the fix")
+	}
+	rotated := cl.c.nodeIdentity(t, "m2", "n2-rotated")
 	if err := n2.SetIdentity(rotated.Signer, rotated.Serialized()); err != nil {
 		t.Fatal(err)
 	}
@@ -73,4 +97,25 @@ func TestSetIdentitySignsNextBlocks(t *testing.T) {
 		}
 	}
 	cl.checkIdentical()
+}
+
+// TestNewRefusesRejectedSigner: a node does not start with a signing
+// certificate its own channel config rejects (here: no OU=orderer while
+// the config enables NodeOUs), and says how to fix it.
+func TestNewRefusesRejectedSigner(t *testing.T) {
+	c := newConsortium(t, 1, block.CutterConfig{MaxMessageCount: 1, BatchTimeout: 50 * time.Millisecond})
+	id := c.identity(t, "m1", "n1-no-ou")
+	dir := t.TempDir()
+	_, err := New(Config{Raft: raftLocal(t, dir), BlockDir: dir + "/blocks", Genesis: c.genesis,
+		Signer: id.Signer, Identity: id.Serialized(), Policy: c.policy})
+	if !errors.Is(err, ErrSigner) || !strings.Contains(err.Error(), "--ou orderer") {
+		t.Fatalf("New = %v, want ErrSigner naming --ou orderer", err)
+	}
+	good := c.nodeIdentity(t, "m1", "n1")
+	n, err := New(Config{Raft: raftLocal(t, dir), BlockDir: dir + "/blocks", Genesis: c.genesis,
+		Signer: good.Signer, Identity: good.Serialized(), Policy: c.policy})
+	if err != nil {
+		t.Fatal(err)
+	}
+	n.Close()
 }

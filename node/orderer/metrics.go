@@ -20,6 +20,7 @@ import (
 //	memberd_ledger_deliver_blocks_total            blocks sent by Deliver
 //	memberd_ledger_deliver_streams                 open Deliver streams
 //	memberd_ledger_block_append_seconds            block store append + fsync per batch
+//	memberd_ledger_panics_total                    gRPC calls failed because serving them panicked (RecoveryOptions)
 //
 // NewRegistryCollector adds the per-channel gauges (height, committed
 // transactions, transactions waiting for their block).
@@ -30,6 +31,7 @@ type Metrics struct {
 	deliverBlocks  prometheus.Counter
 	deliverStreams prometheus.Gauge
 	appendLatency  prometheus.Histogram
+	panics         prometheus.Counter
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: not
@@ -50,9 +52,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		appendLatency: prometheus.NewHistogram(prometheus.HistogramOpts{Name: "memberd_ledger_block_append_seconds",
 			Help:    "Time to append a batch of committed blocks to the block store, fsync included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}), // 0.5ms .. 4s
+		panics: prometheus.NewCounter(prometheus.CounterOpts{Name: "memberd_ledger_panics_total",
+			Help: "gRPC calls failed because serving them panicked (a bug: the log has the stack)."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.broadcast, m.commitLatency, m.deliver, m.deliverBlocks, m.deliverStreams, m.appendLatency)
+		reg.MustRegister(m.broadcast, m.commitLatency, m.deliver, m.deliverBlocks, m.deliverStreams, m.appendLatency, m.panics)
 	}
 	return m
 }
@@ -70,6 +74,12 @@ func (m *Metrics) broadcastDone(err error, admitted time.Time, now time.Time) {
 func (m *Metrics) deliverDone(st common.Status) {
 	if m != nil && st != common.Status_UNKNOWN {
 		m.deliver.WithLabelValues(st.String()).Inc()
+	}
+}
+
+func (m *Metrics) panicked() {
+	if m != nil {
+		m.panics.Inc()
 	}
 }
 

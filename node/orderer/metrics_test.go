@@ -54,7 +54,7 @@ func TestReasonOf(t *testing.T) {
 func TestMetrics(t *testing.T) {
 	c := newConsortium(t, 1, block.CutterConfig{MaxMessageCount: 5, BatchTimeout: 50 * time.Millisecond})
 	dir := t.TempDir()
-	nodeID := c.identity(t, "m1", "n1")
+	nodeID := c.nodeIdentity(t, "m1", "n1")
 	preg := prometheus.NewRegistry()
 	m := NewMetrics(preg)
 	reg := &Registry{Open: func(ch string, b *common.Block) (*Node, error) {

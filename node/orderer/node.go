@@ -64,6 +64,9 @@ type Node struct {
 	// signing is the identity that signs the blocks this node writes:
 	// Config.Signer/Identity until SetIdentity swaps it.
 	signing atomic.Pointer[signingIdentity]
+	// chcfg is the channel config in force (the last config block's),
+	// against which signing identities are checked. Immutable.
+	chcfg *channelconfig.Channel
 }
 
 // signingIdentity is a block signer and its msp.SerializedIdentity.
@@ -150,13 +153,19 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		waiters:  make(map[txKey]*waiter),
 		recent:   newRecentSet(cfg.RecentTxIDs),
 	}
+	if lc, err := block.LastConfigIndex(last); err == nil {
+		n.lastConfig = lc
+	}
+	if n.chcfg, err = n.channelConfig(ch); err != nil {
+		return nil, err
+	}
+	if err := n.checkSigner(cfg.Signer, cfg.Identity); err != nil {
+		return nil, err
+	}
 	n.signing.Store(&signingIdentity{signer: cfg.Signer, identity: cfg.Identity})
 	lg := make(chan struct{})
 	n.leaderGen.Store(&lg)
 	n.adm = newAdmitter(n.channel, n.cutCfg.AbsoluteMaxBytes, cfg.Policy, cfg.Now)
-	if lc, err := block.LastConfigIndex(last); err == nil {
-		n.lastConfig = lc
-	}
 	n.loadRecent()
 
 	rc := cfg.Raft
@@ -174,6 +183,35 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		return nil, err
 	}
 	return n, nil
+}
+
+func (n *Node) checkSigner(signer crypto.Signer, identity []byte) error {
+	if n.cfg.skipSignerCheck {
+		return nil
+	}
+	err := CheckSigner(n.chcfg, signer, identity, n.cfg.Now())
+	if errors.Is(err, ErrSignerOrgMissing) {
+		n.log.Warn("signing blocks that stock Fabric peers will refuse", "err", err)
+		return nil
+	}
+	return err
+}
+
+// channelConfig returns the channel config in force: the genesis config
+// gen, or that of the last config block when a later one exists.
+func (n *Node) channelConfig(gen *channelconfig.Channel) (*channelconfig.Channel, error) {
+	if n.lastConfig == 0 {
+		return gen, nil
+	}
+	b, err := n.store.Get(n.lastConfig)
+	if err != nil {
+		return nil, fmt.Errorf("last config block %d: %w", n.lastConfig, err)
+	}
+	ch, err := channelconfig.Parse(b)
+	if err != nil {
+		return nil, fmt.Errorf("last config block %d: %w", n.lastConfig, err)
+	}
+	return ch, nil
 }
 
 // loadRecent fills the duplicate set from the newest blocks of the store.
@@ -212,13 +250,24 @@ func raftIndex(b *common.Block) uint64 {
 // msp.SerializedIdentity of its certificate), sign the blocks this node
 // writes from the next committed block on: an HSM identity rotation needs
 // no restart. Blocks already written keep their signatures.
+//
+// An identity that the channel config rejects (see CheckSigner) is refused
+// with an error wrapping ErrSigner, and the node keeps signing with the
+// identity it has.
 func (n *Node) SetIdentity(signer crypto.Signer, identity []byte) error {
 	if signer == nil || len(identity) == 0 {
 		return fmt.Errorf("%w: SetIdentity needs a signer and its serialized identity", ErrInvalidConfig)
 	}
+	if err := n.checkSigner(signer, identity); err != nil {
+		return err
+	}
 	n.signing.Store(&signingIdentity{signer: signer, identity: identity})
 	return nil
 }
+
+// ChannelConfig returns the channel config in force (the last config
+// block's), against which signing identities are checked.
+func (n *Node) ChannelConfig() *channelconfig.Channel { return n.chcfg }
 
 // ChannelID returns the channel this node orders.
 func (n *Node) ChannelID() string { return n.channel }

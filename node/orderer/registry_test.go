@@ -20,7 +20,7 @@ import (
 func TestRegistryJoinsThroughParticipationAPI(t *testing.T) {
 	c := newConsortium(t, 1, block.CutterConfig{MaxMessageCount: 1, BatchTimeout: 50 * time.Millisecond})
 	dir := t.TempDir()
-	nodeID := c.identity(t, "m1", "n1")
+	nodeID := c.nodeIdentity(t, "m1", "n1")
 	reg := &Registry{Open: func(ch string, b *common.Block) (*Node, error) {
 		return New(Config{Raft: raftLocal(t, filepath.Join(dir, ch)), BlockDir: filepath.Join(dir, ch, "blocks"), Genesis: b,
 			Signer: nodeID.Signer, Identity: nodeID.Serialized(), Policy: c.policy})

@@ -13,6 +13,7 @@ import (
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/memberd/memberd/node/block"
@@ -65,6 +66,7 @@ type Server struct {
 	ab.UnimplementedAtomicBroadcastServer
 	cfg ServerConfig
 	log *slog.Logger
+	rec recoverer // for the goroutines of a Broadcast stream
 }
 
 var _ ab.AtomicBroadcastServer = (*Server)(nil)
@@ -86,7 +88,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, log: cfg.Logger}, nil
+	return &Server{cfg: cfg, log: cfg.Logger, rec: recoverer{log: cfg.Logger, m: cfg.Metrics}}, nil
 }
 
 // Register registers the AtomicBroadcast service on r.
@@ -104,10 +106,11 @@ func (s *Server) Broadcast(stream grpc.BidiStreamingServer[common.Envelope, ab.B
 		err error
 		at  time.Time // admitted
 	}
-	results := make(chan result, s.cfg.MaxPendingPerStream)
+	results := newFIFO[result](s.cfg.MaxPendingPerStream) // memory as the backlog, not the bound
 	g, ctx := errgroup.WithContext(stream.Context())
-	g.Go(func() error {
-		defer close(results)
+	const method = "/orderer.AtomicBroadcast/Broadcast"
+	g.Go(s.rec.guard(method, func() error {
+		defer results.close()
 		for {
 			msg, err := stream.Recv()
 			if err == io.EOF {
@@ -119,15 +122,17 @@ func (s *Server) Broadcast(stream grpc.BidiStreamingServer[common.Envelope, ab.B
 			var r result
 			r.p, r.err = s.order(ctx, msg)
 			r.at = s.cfg.Now()
-			select {
-			case results <- r:
-			case <-ctx.Done():
+			if !results.push(ctx, r) {
 				return ctx.Err()
 			}
 		}
-	})
-	g.Go(func() error {
-		for r := range results {
+	}))
+	g.Go(s.rec.guard(method, func() error {
+		for {
+			r, ok := results.pop()
+			if !ok {
+				return nil
+			}
 			err := r.err
 			if err == nil {
 				err = r.p.Wait(ctx)
@@ -141,8 +146,7 @@ func (s *Server) Broadcast(stream grpc.BidiStreamingServer[common.Envelope, ab.B
 				return err
 			}
 		}
-		return nil
-	})
+	}))
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
 		return nil
@@ -340,11 +344,21 @@ const MaxBlock = math.MaxUint64
 // block's metadata, as Fabric's own 100 MiB default.
 const MaxMessageBytes = 128 << 20
 
+// KeepaliveMinInterval is the shortest client ping interval the server
+// accepts. A Fabric peer's deliver client pings every 60s
+// (peer.keepalive.deliveryClient.interval) on a stream that may be idle
+// for long; gRPC's default (5 min, no pings without a stream) answers that
+// with GOAWAY "too_many_pings" after a few minutes and the peer reconnects.
+// Fabric's orderer accepts 60s; 10s also lets tests ping faster.
+const KeepaliveMinInterval = 10 * time.Second
+
 // ServerOptions are the grpc.ServerOptions the caller's grpc.Server needs
 // for this service (gRPC's 4 MiB default would refuse large envelopes and
-// blocks). Add the TLS credentials (ServerTLS) beside them.
+// blocks; its keepalive enforcement would cut idle Fabric peers off). Add
+// the TLS credentials (ServerTLS) beside them.
 func ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes)}
+	return []grpc.ServerOption{grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: KeepaliveMinInterval, PermitWithoutStream: true})}
 }
 
 // ClientOptions are the matching grpc.DialOptions for clients.

@@ -14,6 +14,7 @@ import (
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/hsm/hsmtest"
 	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/node/raftlog"
 	"github.com/memberd/memberd/policy/policytest"
 )
@@ -25,7 +26,7 @@ func TestMutualTLSWithHSMKey(t *testing.T) {
 	c := newConsortium(t, 1, block.CutterConfig{MaxMessageCount: 1, BatchTimeout: 50 * time.Millisecond})
 	tok := hsmtest.NewToken(t, "orderer")
 	signer := tok.NewKey(t, "node")
-	csr, err := hsm.CreateCSR(signer, hsm.CSRRequest{Subject: pkix.Name{CommonName: "node1"}})
+	csr, err := hsm.CreateCSR(signer, hsm.CSRRequest{Subject: pkix.Name{CommonName: "node1", OrganizationalUnit: []string{channelconfig.OrdererOU}}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -1,20 +1,33 @@
 // Package participation serves Fabric's channel participation REST API
 // (/participation/v1/channels), the API `osnadmin channel list|info|join|remove`
 // talks to, as an http.Handler over a Registry of channels. The handler owns
-// no socket: the caller mounts it on its admin server (with mutual TLS, as
-// Fabric's orderer admin endpoint).
+// no socket: the caller serves it behind TLS with client certificates
+// required, as Fabric's orderer admin endpoint (cmd/memberd/app
+// run_ledger_admin.go).
 //
-// Routes (JSON bodies as Fabric 2.5's orderer writes them):
+// Routes, status codes and JSON bodies are those of Fabric 2.5's
+// orderer/common/channelparticipation/restapi.go (v2.5.16), so that scripts
+// written against a stock orderer behave the same:
 //
+//	GET    /participation/v1/                 302 to /participation/v1/channels
 //	GET    /participation/v1/channels         200 {"systemChannel":null,"channels":[{"name","url"}]}
+//	                                          ("channels":null when there are none)
 //	GET    /participation/v1/channels/NAME    200 {"name","url","consensusRelation","status","height"}
-//	POST   /participation/v1/channels         multipart/form-data, field "config-block": a marshalled
-//	                                          common.Block (the channel's config block) → 201 + Location
-//	DELETE /participation/v1/channels/NAME    204
+//	                                          404 "channel does not exist"
+//	POST   /participation/v1/channels         multipart/form-data, one file field "config-block": a
+//	                                          marshalled common.Block → 201 + Location;
+//	                                          405 "cannot join: channel already exists" (Allow: GET, DELETE);
+//	                                          400 for a bad form, block or join ("cannot join: ...")
+//	DELETE /participation/v1/channels/NAME    204; 404 "cannot remove: channel does not exist";
+//	                                          400 "cannot remove: ..." for any other failure
 //
-// Errors are {"error": "..."} with 400 (bad request), 404 (no such channel),
-// 405 (method, with Allow), 409 (channel exists), 413 (body too large),
-// 415 (not multipart/form-data), 500 (the registry failed).
+// Any other method on those paths is 405 with Allow; a POST that is not
+// multipart/form-data is 400 "unsupported Content-Type: [...]"; an Accept
+// header without application/json is 406; an invalid channel name is 400;
+// any other path is 404 (text, as gorilla/mux's default). Errors are
+// {"error": "..."}. One deliberate difference: a body larger than
+// MaxRequestBytes is refused like Fabric (400) but the limit defaults to
+// 100 MB, not Fabric's 1 MB.
 package participation
 
 import (
@@ -25,6 +38,7 @@ import (
 	"io"
 	"log/slog"
 	"mime"
+	"mime/multipart"
 	"net/http"
 	"regexp"
 	"strings"
@@ -37,14 +51,19 @@ import (
 // URLBase is the API's path prefix.
 const URLBase = "/participation/v1/channels"
 
+// URLBaseV1 is the prefix the handler answers under; mount it there.
+const URLBaseV1 = "/participation/v1/"
+
 // DefaultMaxRequestBytes bounds a join request body.
 const DefaultMaxRequestBytes = 100 << 20
 
 // Sentinel errors a Registry returns (wrapped) to choose the HTTP status.
+// Their texts are Fabric's (orderer/common/types/errors.go), which the
+// handler writes as they are.
 var (
-	ErrNotFound = errors.New("channel not found")
+	ErrNotFound = errors.New("channel does not exist")
 	ErrExists   = errors.New("channel already exists")
-	ErrBadBlock = errors.New("invalid config block")
+	ErrBadBlock = errors.New("invalid join block")
 )
 
 // ChannelInfo describes one channel, as osnadmin prints it.
@@ -58,7 +77,8 @@ type ChannelInfo struct {
 
 // Registry is the set of channels this node serves; the handler's only seam.
 // Join is given the parsed config block; it returns ErrExists if the channel
-// is already served and ErrBadBlock for a block it cannot join from.
+// is already served and ErrBadBlock for a block it cannot join from. Remove
+// returns ErrNotFound for a channel it does not serve.
 type Registry interface {
 	List() []ChannelInfo
 	Get(name string) (ChannelInfo, error)
@@ -95,49 +115,81 @@ func New(cfg Config) (*Handler, error) {
 	return &Handler{cfg: cfg, log: cfg.Logger}, nil
 }
 
+// nameRe is Fabric's configtx.ChannelAllowedChars with its 249-byte limit.
 var nameRe = regexp.MustCompile(`^[a-z][a-z0-9.-]{0,248}$`)
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	path := strings.TrimSuffix(r.URL.Path, "/")
+	path := r.URL.Path
 	switch {
+	case path == URLBaseV1 && r.Method == http.MethodGet:
+		http.Redirect(w, r, URLBase, http.StatusFound)
 	case path == URLBase:
 		switch r.Method {
 		case http.MethodGet:
-			h.list(w)
+			if acceptsJSON(w, r) {
+				h.list(w)
+			}
 		case http.MethodPost:
-			h.join(w, r)
+			if !strings.Contains(r.Header.Get("Content-Type"), "multipart/form-data") {
+				writeError(w, http.StatusBadRequest, fmt.Errorf("unsupported Content-Type: %v", r.Header.Values("Content-Type")))
+				return
+			}
+			if acceptsJSON(w, r) {
+				h.join(w, r)
+			}
 		default:
-			w.Header().Set("Allow", "GET, POST")
-			writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed on %s", r.Method, URLBase))
+			notAllowed(w, fmt.Errorf("invalid request method: %s", r.Method), http.MethodGet, http.MethodPost)
 		}
-	case strings.HasPrefix(path, URLBase+"/"):
-		name := strings.TrimPrefix(path, URLBase+"/")
-		if !nameRe.MatchString(name) {
-			writeError(w, http.StatusBadRequest, fmt.Errorf("invalid channel name %q", name))
+	case strings.HasPrefix(path, URLBase+"/") && !strings.Contains(path[len(URLBase)+1:], "/") && len(path) > len(URLBase)+1:
+		name := path[len(URLBase)+1:]
+		switch r.Method {
+		case http.MethodGet, http.MethodDelete:
+		default:
+			notAllowed(w, fmt.Errorf("invalid request method: %s", r.Method), http.MethodGet, http.MethodDelete)
 			return
 		}
-		switch r.Method {
-		case http.MethodGet:
-			info, err := h.cfg.Registry.Get(name)
-			if err != nil {
-				writeError(w, statusOf(err), err)
-				return
-			}
-			writeJSON(w, http.StatusOK, info)
-		case http.MethodDelete:
-			if err := h.cfg.Registry.Remove(r.Context(), name); err != nil {
-				writeError(w, statusOf(err), err)
-				return
-			}
-			w.WriteHeader(http.StatusNoContent)
-		default:
-			w.Header().Set("Allow", "GET, DELETE")
-			writeError(w, http.StatusMethodNotAllowed, fmt.Errorf("method %s not allowed on a channel", r.Method))
+		if !acceptsJSON(w, r) {
+			return
+		}
+		if err := validName(name); err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Errorf("invalid channel ID: %w", err))
+			return
+		}
+		if r.Method == http.MethodGet {
+			h.get(w, name)
+		} else {
+			h.remove(w, r, name)
 		}
 	default:
-		writeError(w, http.StatusNotFound, fmt.Errorf("no such path %s", r.URL.Path))
+		http.NotFound(w, r)
 	}
+}
+
+// validName is Fabric's configtx.ValidateChannelID, with its messages.
+func validName(name string) error {
+	if len(name) > 249 {
+		return errors.New("channel ID illegal, cannot be longer than 249")
+	}
+	if !nameRe.MatchString(name) {
+		return fmt.Errorf("'%s' contains illegal characters", name)
+	}
+	return nil
+}
+
+// acceptsJSON answers 406 unless the client accepts application/json.
+func acceptsJSON(w http.ResponseWriter, r *http.Request) bool {
+	acc := r.Header.Get("Accept")
+	if acc == "" {
+		return true
+	}
+	for opt := range strings.SplitSeq(acc, ",") {
+		if strings.Contains(opt, "application/json") || strings.Contains(opt, "application/*") || strings.Contains(opt, "*/*") {
+			return true
+		}
+	}
+	writeError(w, http.StatusNotAcceptable, errors.New("response Content-Type is application/json only"))
+	return false
 }
 
 type listEntry struct {
@@ -148,59 +200,71 @@ type listEntry struct {
 func (h *Handler) list(w http.ResponseWriter) {
 	out := struct {
 		SystemChannel *listEntry  `json:"systemChannel"`
-		Channels      []listEntry `json:"channels"`
-	}{Channels: []listEntry{}}
+		Channels      []listEntry `json:"channels"` // null when empty, as Fabric
+	}{}
 	for _, c := range h.cfg.Registry.List() {
 		out.Channels = append(out.Channels, listEntry{Name: c.Name, URL: URLBase + "/" + c.Name})
 	}
+	w.Header().Set("Cache-Control", "no-store")
 	writeJSON(w, http.StatusOK, out)
 }
 
-func (h *Handler) join(w http.ResponseWriter, r *http.Request) {
-	mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-	if err != nil || mt != "multipart/form-data" {
-		writeError(w, http.StatusUnsupportedMediaType, errors.New("send the config block as multipart/form-data field \"config-block\""))
-		return
-	}
-	if r.ContentLength > h.cfg.MaxRequestBytes {
-		writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request of %d bytes is larger than %d", r.ContentLength, h.cfg.MaxRequestBytes))
-		return
-	}
-	r.Body = http.MaxBytesReader(w, r.Body, h.cfg.MaxRequestBytes)
-	if err := r.ParseMultipartForm(h.cfg.MaxRequestBytes); err != nil {
-		var mbe *http.MaxBytesError
-		if errors.As(err, &mbe) {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Errorf("request larger than %d bytes", h.cfg.MaxRequestBytes))
-			return
-		}
-		writeError(w, http.StatusBadRequest, fmt.Errorf("reading multipart form: %w", err))
-		return
-	}
-	defer r.MultipartForm.RemoveAll()
-	files := r.MultipartForm.File["config-block"]
-	if len(files) != 1 {
-		writeError(w, http.StatusBadRequest, errors.New("form must hold exactly one \"config-block\" file"))
-		return
-	}
-	f, err := files[0].Open()
+func (h *Handler) get(w http.ResponseWriter, name string) {
+	info, err := h.cfg.Registry.Get(name)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, err)
+		if errors.Is(err, ErrNotFound) {
+			err = ErrNotFound
+		}
+		writeError(w, http.StatusNotFound, err)
 		return
 	}
-	raw, err := io.ReadAll(f)
-	f.Close()
+	info.URL = URLBase + "/" + info.Name
+	w.Header().Set("Cache-Control", "no-store")
+	writeJSON(w, http.StatusOK, info)
+}
+
+func (h *Handler) remove(w http.ResponseWriter, r *http.Request, name string) {
+	err := h.cfg.Registry.Remove(r.Context(), name)
+	switch {
+	case err == nil:
+		w.WriteHeader(http.StatusNoContent)
+		h.log.Info("removed channel", "channel", name)
+	case errors.Is(err, ErrNotFound):
+		writeError(w, http.StatusNotFound, fmt.Errorf("cannot remove: %w", ErrNotFound))
+	default:
+		h.log.Warn("removing a channel failed", "channel", name, "err", err)
+		writeError(w, http.StatusBadRequest, fmt.Errorf("cannot remove: %w", err))
+	}
+}
+
+func (h *Handler) join(w http.ResponseWriter, r *http.Request) {
+	_, params, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+	if err != nil {
+		writeError(w, http.StatusBadRequest, fmt.Errorf("cannot parse Mime media type: %w", err))
+		return
+	}
+	raw, err := h.readConfigBlock(w, r, params["boundary"])
 	if err != nil {
 		writeError(w, http.StatusBadRequest, err)
 		return
 	}
 	b, err := block.Unmarshal(raw)
 	if err != nil {
-		writeError(w, http.StatusBadRequest, fmt.Errorf("%w: %w", ErrBadBlock, err))
+		writeError(w, http.StatusBadRequest, fmt.Errorf("cannot unmarshal file part config-block into a block: %w", err))
 		return
 	}
 	info, err := h.cfg.Registry.Join(r.Context(), b)
-	if err != nil {
-		writeError(w, statusOf(err), err)
+	switch {
+	case err == nil:
+	case errors.Is(err, ErrExists):
+		notAllowed(w, fmt.Errorf("cannot join: %w", ErrExists), http.MethodGet, http.MethodDelete)
+		return
+	case errors.Is(err, ErrBadBlock):
+		writeError(w, http.StatusBadRequest, err)
+		return
+	default:
+		h.log.Warn("joining a channel failed", "err", err)
+		writeError(w, http.StatusBadRequest, fmt.Errorf("cannot join: %w", err))
 		return
 	}
 	info.URL = URLBase + "/" + info.Name
@@ -209,17 +273,36 @@ func (h *Handler) join(w http.ResponseWriter, r *http.Request) {
 	h.log.Info("joined channel", "channel", info.Name, "height", info.Height)
 }
 
-func statusOf(err error) int {
-	switch {
-	case errors.Is(err, ErrNotFound):
-		return http.StatusNotFound
-	case errors.Is(err, ErrExists):
-		return http.StatusConflict
-	case errors.Is(err, ErrBadBlock):
-		return http.StatusBadRequest
-	default:
-		return http.StatusInternalServerError
+// readConfigBlock reads the one "config-block" file of the form, bounded by
+// MaxRequestBytes; errors carry Fabric's texts.
+func (h *Handler) readConfigBlock(w http.ResponseWriter, r *http.Request, boundary string) ([]byte, error) {
+	rd := multipart.NewReader(http.MaxBytesReader(w, r.Body, h.cfg.MaxRequestBytes), boundary)
+	form, err := rd.ReadForm(2 * h.cfg.MaxRequestBytes)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read form from request body: %w", err)
 	}
+	defer form.RemoveAll()
+	if _, ok := form.File["config-block"]; !ok {
+		return nil, errors.New("form does not contains part key: config-block")
+	}
+	if len(form.File) != 1 || len(form.Value) != 0 || len(form.File["config-block"]) != 1 {
+		return nil, errors.New("form contains too many parts")
+	}
+	f, err := form.File["config-block"][0].Open()
+	if err != nil {
+		return nil, fmt.Errorf("cannot open file part config-block from request body: %w", err)
+	}
+	defer f.Close()
+	raw, err := io.ReadAll(f)
+	if err != nil {
+		return nil, fmt.Errorf("cannot read file part config-block from request body: %w", err)
+	}
+	return raw, nil
+}
+
+func notAllowed(w http.ResponseWriter, err error, allow ...string) {
+	w.Header().Set("Allow", strings.Join(allow, ", "))
+	writeError(w, http.StatusMethodNotAllowed, err)
 }
 
 func writeJSON(w http.ResponseWriter, code int, v any) {

@@ -11,7 +11,8 @@ import (
 type collector struct {
 	n                                                 *Node
 	leader, isLeader, term, commit, applied, snapshot *prometheus.Desc
-	sent, received, dropped                           *prometheus.Desc
+	logBytes                                          *prometheus.Desc
+	sent, received, dropped, panics                   *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*collector)(nil)
@@ -29,14 +30,16 @@ func newCollector(n *Node) *collector {
 		commit:   d("commit_index", "Highest log index known committed."),
 		applied:  d("applied_index", "Highest log index applied."),
 		snapshot: d("snapshot_index", "Index of the newest snapshot."),
+		logBytes: d("log_bytes", "Bytes of entry data in raft's in-memory log (bounded by about 2 x SnapshotBytes plus the entries not yet applied)."),
 		sent:     d("messages_sent_total", "Raft messages written to peers."),
 		received: d("messages_received_total", "Raft messages received from peers."),
 		dropped:  d("messages_dropped_total", "Raft messages dropped, by reason (raft retransmits).", "reason"),
+		panics:   d("connection_panics_total", "Raft connections closed because serving them panicked (a bug: the log has the stack)."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.leader, c.isLeader, c.term, c.commit, c.applied, c.snapshot, c.sent, c.received, c.dropped} {
+	for _, d := range []*prometheus.Desc{c.leader, c.isLeader, c.term, c.commit, c.applied, c.snapshot, c.logBytes, c.sent, c.received, c.dropped, c.panics} {
 		ch <- d
 	}
 }
@@ -56,8 +59,10 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	g(c.commit, st.Commit)
 	g(c.applied, st.Applied)
 	g(c.snapshot, st.SnapshotIndex)
+	g(c.logBytes, st.LogBytes)
 	ch <- prometheus.MustNewConstMetric(c.sent, prometheus.CounterValue, float64(st.Transport.Sent))
 	ch <- prometheus.MustNewConstMetric(c.received, prometheus.CounterValue, float64(st.Transport.Received))
+	ch <- prometheus.MustNewConstMetric(c.panics, prometheus.CounterValue, float64(st.Transport.Panics))
 	for _, r := range []string{DropQueueFull, DropUnreachable, DropUnknownPeer, DropBadSender, DropUnknownType, DropStepFailed} {
 		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.Transport.Dropped[r]), r)
 	}

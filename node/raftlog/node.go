@@ -94,6 +94,9 @@ type Node struct {
 	state                                  atomic.Int32
 
 	forceSnap bool // Run goroutine only: snapshot after this Ready (membership grew)
+	// sinceSnap (Run goroutine only) and logBytes: memlog.go.
+	sinceSnap uint64
+	logBytes  atomic.Uint64
 
 	// propc feeds the batcher: proposals from many callers go to raft as one
 	// MsgProp, so the leader appends and replicates them as one batch.
@@ -134,16 +137,17 @@ func New(cfg Config) (*Node, error) {
 		w.close()
 		return nil, err
 	}
-	if err := st.Append(rec.ents); err != nil {
-		w.close()
-		return nil, err
-	}
 	n := &Node{
 		cfg: c, wal: w, storage: st, rec: rec,
 		started: make(chan struct{}), closing: make(chan struct{}), done: make(chan struct{}),
 		members: map[uint64]Peer{}, waits: map[uint64]*waiter{}, propc: make(chan []byte, 1024),
 		confState: rec.snap.Metadata.ConfState,
 	}
+	if err := n.appendLog(rec.ents); err != nil {
+		w.close()
+		return nil, err
+	}
+	rec.ents = nil // storage has them
 	for _, p := range c.Peers {
 		n.members[p.ID] = p
 	}
@@ -210,7 +214,7 @@ func (n *Node) Run(ctx context.Context) error {
 	rc := &raft.Config{
 		ID: c.ID, ElectionTick: c.ElectionTicks, HeartbeatTick: c.HeartbeatTicks,
 		Storage: n.storage, Applied: applied,
-		MaxSizePerMsg: c.MaxSizePerMsg, MaxInflightMsgs: c.MaxInflightMsgs,
+		MaxSizePerMsg: c.MaxSizePerMsg, MaxInflightMsgs: c.MaxInflightMsgs, MaxInflightBytes: c.MaxInflightBytes,
 		MaxUncommittedEntriesSize: 1 << 30,
 		CheckQuorum:               true, PreVote: true,
 		StepDownOnRemoval: true,
@@ -336,7 +340,7 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 	}
 	// 2. The in-memory view raft reads.
 	if hasSnap {
-		if err := n.storage.ApplySnapshot(rd.Snapshot); err != nil && !errors.Is(err, raft.ErrSnapOutOfDate) {
+		if err := n.applySnapshotLog(rd.Snapshot); err != nil {
 			return err
 		}
 		// Before answering: a joining node learns its peers' addresses here.
@@ -351,7 +355,7 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 		n.term.Store(rd.HardState.Term)
 		n.commit.Store(rd.HardState.Commit)
 	}
-	if err := n.storage.Append(rd.Entries); err != nil {
+	if err := n.appendLog(rd.Entries); err != nil {
 		return err
 	}
 	// 3. Only now may other nodes learn about it.
@@ -421,6 +425,7 @@ func (n *Node) apply(ctx context.Context, ents []raftpb.Entry) error {
 		if e.Index <= applied {
 			continue
 		}
+		n.sinceSnap += uint64(len(e.Data))
 		switch e.Type {
 		case raftpb.EntryNormal:
 			if len(e.Data) == 0 || e.Index <= n.cfg.Applied {
@@ -462,10 +467,10 @@ func (n *Node) apply(ctx context.Context, ents []raftpb.Entry) error {
 
 func (n *Node) maybeSnapshot() error {
 	applied := n.applied.Load()
-	if applied <= n.snapIndex.Load() || applied < n.cfg.Applied || (applied-n.snapIndex.Load() < n.cfg.SnapshotEvery && !n.forceSnap) {
+	if applied <= n.snapIndex.Load() || applied < n.cfg.Applied || (!n.snapshotDue(applied) && !n.forceSnap) {
 		return nil
 	}
-	n.forceSnap = false
+	n.forceSnap, n.sinceSnap = false, 0
 	var data []byte
 	if n.cfg.SnapshotData != nil {
 		var err error
@@ -484,16 +489,11 @@ func (n *Node) maybeSnapshot() error {
 	if err := n.wal.saveSnapshot(snap); err != nil {
 		return err
 	}
-	if applied > n.cfg.CatchUpEntries {
-		first, _ := n.storage.FirstIndex()
-		if ci := applied - n.cfg.CatchUpEntries; ci > first {
-			if err := n.storage.Compact(ci); err != nil && !errors.Is(err, raft.ErrCompacted) {
-				return err
-			}
-		}
+	if err := n.compactLog(applied); err != nil {
+		return err
 	}
 	n.snapIndex.Store(applied)
-	n.cfg.Logger.Debug("raft snapshot made", "node", n.cfg.ID, "index", applied)
+	n.cfg.Logger.Debug("raft snapshot made", "node", n.cfg.ID, "index", applied, "log_bytes", n.logBytes.Load())
 	return n.wal.release(applied)
 }
 
@@ -674,6 +674,9 @@ type Status struct {
 	State            string // "StateLeader", "StateFollower", ...
 	Commit, Applied  uint64
 	SnapshotIndex    uint64
+	// LogBytes: bytes of entry data raft holds in memory (the entries not
+	// yet compacted away by a snapshot; memlog.go).
+	LogBytes         uint64
 	Voters, Learners []uint64
 	// Members: the voters with the name and address the log recorded.
 	Members []Peer
@@ -692,7 +695,7 @@ func (n *Node) Status() Status {
 	return Status{
 		ID: n.cfg.ID, Leader: n.lead.Load(), Term: n.term.Load(),
 		State:  raft.StateType(n.state.Load()).String(),
-		Commit: n.commit.Load(), Applied: n.applied.Load(), SnapshotIndex: n.snapIndex.Load(),
+		Commit: n.commit.Load(), Applied: n.applied.Load(), SnapshotIndex: n.snapIndex.Load(), LogBytes: n.logBytes.Load(),
 		Voters: append([]uint64(nil), cs.Voters...), Learners: append([]uint64(nil), cs.Learners...),
 		Members: members, Removed: n.removed.Load(),
 		Transport: n.tr.stats(),

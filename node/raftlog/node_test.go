@@ -206,7 +206,7 @@ func TestProposeErrors(t *testing.T) {
 			series[mf.GetName()] += m.GetGauge().GetValue() + m.GetCounter().GetValue()
 		}
 	}
-	if series["raft_is_leader"] != 1 || series["raft_term"] == 0 || len(series) != 9 {
+	if series["raft_is_leader"] != 1 || series["raft_term"] == 0 || len(series) != 11 {
 		t.Errorf("metrics: %v", series)
 	}
 	if err := n.Propose(context.Background(), make([]byte, 1001)); !errors.Is(err, ErrTooLarge) {
@@ -243,6 +243,7 @@ func TestConfigValidate(t *testing.T) {
 		"no addr":       func(c *Config) { c.Peers[1].Addr = "" },
 		"election<=hb":  func(c *Config) { c.ElectionTicks, c.HeartbeatTicks = 2, 2 },
 		"negative size": func(c *Config) { c.SendQueue = -1 },
+		"inflight<msg":  func(c *Config) { c.MaxSizePerMsg, c.MaxInflightBytes = 1<<20, 1<<19 },
 	} {
 		c := ok
 		c.Peers = append([]Peer(nil), ok.Peers...)

@@ -48,6 +48,9 @@ const (
 type TransportStats struct {
 	Sent, Received uint64
 	Dropped        map[string]uint64
+	// Panics: connections closed because serving them panicked (a bug;
+	// the log has the stack).
+	Panics uint64
 }
 
 type transport struct {
@@ -81,6 +84,7 @@ type transport struct {
 	stopped bool
 
 	sent, received atomic.Uint64
+	panics         atomic.Uint64
 	dropMu         sync.Mutex
 	dropped        map[string]uint64
 }
@@ -102,7 +106,7 @@ func (t *transport) drop(reason string, n int) {
 }
 
 func (t *transport) stats() TransportStats {
-	s := TransportStats{Sent: t.sent.Load(), Received: t.received.Load(), Dropped: map[string]uint64{}}
+	s := TransportStats{Sent: t.sent.Load(), Received: t.received.Load(), Dropped: map[string]uint64{}, Panics: t.panics.Load()}
 	t.dropMu.Lock()
 	for k, v := range t.dropped {
 		s.Dropped[k] = v
@@ -156,7 +160,16 @@ func (t *transport) addPeer(p Peer) {
 	ctx, cancel := context.WithCancel(t.ctx)
 	pr := &peer{id: p.ID, addr: p.Addr, q: make(chan raftpb.Message, t.queueLen), cancel: cancel}
 	t.peers[p.ID] = pr
-	t.g.Go(func() error { t.runPeer(ctx, pr); return nil })
+	t.g.Go(func() error {
+		for !t.runPeerSurviving(ctx, pr) {
+			select { // after a panic (logged): again, after a pause
+			case <-ctx.Done():
+				return nil
+			case <-time.After(time.Second):
+			}
+		}
+		return nil
+	})
 }
 
 func (t *transport) removePeer(id uint64) {
@@ -219,6 +232,15 @@ func (t *transport) failed(m raftpb.Message) {
 	if m.Type == raftpb.MsgSnap {
 		t.report.reportSnapshot(m.To, raft.SnapshotFailure)
 	}
+}
+
+// runPeerSurviving runs runPeer, which returns when ctx ends; after a
+// panic (logged and counted) it returns false so that the caller starts
+// sending to p again.
+func (t *transport) runPeerSurviving(ctx context.Context, p *peer) (ok bool) {
+	defer t.survive(fmt.Sprintf("to peer %d", p.id), func() { t.report.reportUnreachable(p.id) })
+	t.runPeer(ctx, p)
+	return true
 }
 
 func (t *transport) runPeer(ctx context.Context, p *peer) {
@@ -434,11 +456,15 @@ func (t *transport) acceptLoop(ctx context.Context) error {
 		g := t.g
 		t.mu.Unlock()
 		g.Go(func() error {
+			// Read the address while the connection is open: a netstack
+			// connection has none once its peer is gone.
+			remote := addrString(c.RemoteAddr())
+			defer t.survive("from "+remote, func() { c.Close(); t.untrack(c) })
 			err := t.serve(ctx, c)
 			c.Close()
 			t.untrack(c)
 			if err != nil && ctx.Err() == nil && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
-				t.log.Debug("raft inbound connection closed", "remote", c.RemoteAddr().String(), "err", err)
+				t.log.Debug("raft inbound connection closed", "remote", remote, "err", err)
 			}
 			return nil
 		})
@@ -481,7 +507,7 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 	}
 	if reason != "" {
 		c.Write(appendFrame(nil, frameReject, []byte(reason)))
-		return fmt.Errorf("%w: from %s: %s", ErrHandshake, c.RemoteAddr(), reason)
+		return fmt.Errorf("%w: from %s: %s", ErrHandshake, addrString(c.RemoteAddr()), reason)
 	}
 	reply := hello{From: t.id, To: h.From, Cluster: t.cluster}
 	if _, err := c.Write(appendFrame(nil, frameHello, reply.marshal())); err != nil {

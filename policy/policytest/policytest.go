@@ -228,11 +228,18 @@ func NewCA(tb testing.TB, cn string) *CA {
 // Issue makes a leaf certificate for cn signed by the CA.
 func (ca *CA) Issue(tb testing.TB, cn string) (*x509.Certificate, *ecdsa.PrivateKey) {
 	tb.Helper()
+	return ca.IssueOU(tb, cn)
+}
+
+// IssueOU is Issue with subject organizational units: the Fabric NodeOU
+// role ("orderer" for a node that signs blocks, "peer", "admin", "client").
+func (ca *CA) IssueOU(tb testing.TB, cn string, ous ...string) (*x509.Certificate, *ecdsa.PrivateKey) {
+	tb.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: cn},
+	tmpl := &x509.Certificate{SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: cn, OrganizationalUnit: ous},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, k.Public(), ca.Key)

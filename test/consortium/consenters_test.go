@@ -15,10 +15,11 @@ import (
 )
 
 type ledgerStatus struct {
-	Leader     string `json:"leader"`
-	State      string `json:"state"`
-	Height     uint64 `json:"height"`
-	Consenters []struct {
+	Leader            string `json:"leader"`
+	CertificateSerial string `json:"certificate_serial"`
+	State             string `json:"state"`
+	Height            uint64 `json:"height"`
+	Consenters        []struct {
 		RaftID uint64 `json:"raft_id"`
 		Member string `json:"member"`
 	} `json:"consenters"`

@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -19,6 +20,7 @@ import (
 
 	"github.com/memberd/memberd/cmd/memberd/app"
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/policy"
@@ -38,53 +40,64 @@ func TestIdentityRotationThenRevocation(t *testing.T) {
 	mdir := filepath.Join(L.Dir, "members", a)
 	oldSerial := d.IdentitySerial(a)
 
-	// A new key in A's token, a CSR, the member CA signs it.
-	time.Sleep(1100 * time.Millisecond) // a later NotBefore (second resolution) makes the new one win
-	uri := fmt.Sprintf("pkcs11:token=%s;object=identity-2?module-path=%s&pin-source=file:%s", a, module, filepath.Join(mdir, "pin"))
-	ki, err := hsm.GenerateKey(uri, nil)
-	if err != nil {
-		t.Fatal(err)
+	// rotate makes a new key in A's token, a CSR with the Fabric role ous
+	// (as 'memberd hsm csr --ou ... --ip ... --dns localhost'), has the
+	// member CA sign it and drops both into A's identity folder.
+	rotate := func(object string, ous ...string) *x509.Certificate {
+		t.Helper()
+		time.Sleep(1100 * time.Millisecond) // a later NotBefore (second resolution) makes the new one win
+		uri := fmt.Sprintf("pkcs11:token=%s;object=%s?module-path=%s&pin-source=file:%s", a, object, module, filepath.Join(mdir, "pin"))
+		ki, err := hsm.GenerateKey(uri, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		key, err := hsm.OpenKey(ki.URI, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		csr, err := hsm.CreateCSR(key, hsm.CSRRequest{Subject: pkix.Name{CommonName: a + "-" + object, OrganizationalUnit: ous},
+			DNSNames: []string{"localhost"}, IPs: []net.IP{net.IPv4(127, 0, 0, 1), net.ParseIP(L.Genesis.Member(a).OverlayIP)}})
+		key.Close()
+		if err != nil {
+			t.Fatal(err)
+		}
+		leaf, err := L.SignCSR(a, csr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		idf := filepath.Join(mdir, "identity", identity.File)
+		var keys struct {
+			Keys []string `yaml:"keys"`
+		}
+		b0, _ := os.ReadFile(idf)
+		if err := yaml.Unmarshal(b0, &keys); err != nil {
+			t.Fatal(err)
+		}
+		keys.Keys = append(keys.Keys, ki.URI)
+		b1, _ := yaml.Marshal(keys)
+		if err := os.WriteFile(filepath.Join(mdir, "identity", object+".pem"), hsm.EncodePEM("CERTIFICATE", leaf.Raw), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(idf, b1, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		return leaf
 	}
-	key, err := hsm.OpenKey(ki.URI, nil)
-	if err != nil {
-		t.Fatal(err)
+
+	// A certificate without OU=orderer: the identity folder switches (the
+	// tunnel and relays take it), but the ledger refuses to sign blocks with
+	// it, which stock peers would refuse for good, and keeps the old one.
+	bad := rotate("identity-no-ou")
+	waitFor(t, 10*time.Second, "A to switch to the certificate without OU", func() bool { return d.IdentitySerial(a) == bad.SerialNumber.String() })
+	if got := ledgerSerial(t, d, a); got != oldSerial {
+		t.Fatalf("A's ledger switched to certificate %s without OU=orderer (want it to keep %s)", got, oldSerial)
 	}
-	csr, err := hsm.CreateCSR(key, hsm.CSRRequest{Subject: pkix.Name{CommonName: a + "-appliance-2"}})
-	key.Close()
-	if err != nil {
-		t.Fatal(err)
-	}
-	caKey, err := hsm.OpenSoftSigner(filepath.Join(mdir, "ca-key.pem"), &hsm.SoftOptions{AllowInsecure: true, Warnings: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer caKey.Close()
-	caPEM, _ := os.ReadFile(filepath.Join(mdir, "ca.pem"))
-	cas, err := hsm.ParseCertificatesPEM(caPEM)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, err := hsm.SignCSR(cas[0], caKey, csr, hsm.LeafConfig{Now: time.Now()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	idf := filepath.Join(mdir, "identity", hsm.IdentityFile)
-	var keys struct {
-		Keys []string `yaml:"keys"`
-	}
-	b0, _ := os.ReadFile(idf)
-	if err := yaml.Unmarshal(b0, &keys); err != nil {
-		t.Fatal(err)
-	}
-	keys.Keys = append(keys.Keys, ki.URI)
-	b1, _ := yaml.Marshal(keys)
-	if err := os.WriteFile(filepath.Join(mdir, "identity", "cert-2.pem"), hsm.EncodePEM("CERTIFICATE", leaf.Raw), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(idf, b1, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	waitFor(t, 10*time.Second, "A to switch to the new certificate", func() bool { return d.IdentitySerial(a) == leaf.SerialNumber.String() })
+
+	// A good one: OU=orderer and the SANs of the demo.
+	leaf := rotate("identity-2", "orderer")
+	waitFor(t, 10*time.Second, "A to switch to the new certificate", func() bool {
+		return d.IdentitySerial(a) == leaf.SerialNumber.String() && ledgerSerial(t, d, a) == leaf.SerialNumber.String()
+	})
 	t.Logf("%s switched identity: serial %s → %s", a, oldSerial, leaf.SerialNumber)
 	newSerial := leaf.SerialNumber.String()
 	devA, devB := d.Device(a), d.Device(b)
@@ -181,10 +194,11 @@ func TestIdentityRotationThenRevocation(t *testing.T) {
 	if !found {
 		t.Fatalf("/status of B lists no peer %s: %+v", a, st.Tunnel.Peers)
 	}
-	// memberd run registers the tunnel collectors: A counts one identity
-	// change and one rotation, and packets both ways.
+	// memberd run registers the tunnel collectors: A counts two identity
+	// changes (the tunnel took the certificate without OU too, which only
+	// the ledger refuses) and one rotation, and packets both ways.
 	m := adminMetrics(t, d.AdminAddr(a))
-	for _, want := range []string{"memberd_tunnel_identity_changes_total 1", "memberd_tunnel_rotations_total 1",
+	for _, want := range []string{"memberd_tunnel_identity_changes_total 2", "memberd_tunnel_rotations_total 1",
 		`memberd_tunnel_attestations_refused_total{reason="identity"}`, "memberd_tunnel_peers 1"} {
 		if !strings.Contains(m, want) {
 			t.Errorf("/metrics of A lacks %q", want)
@@ -293,4 +307,11 @@ func adminStatus(t *testing.T, addr string) statusDoc {
 		t.Fatalf("/status: %v", err)
 	}
 	return st
+}
+
+// ledgerSerial is the serial of the certificate member's ledger signs with
+// (/status ledger.certificate_serial).
+func ledgerSerial(t *testing.T, d *app.DemoConsortium, member string) string {
+	t.Helper()
+	return statusOf(t, d, member).CertificateSerial
 }

@@ -6,7 +6,9 @@ package app
 //	genesis.yaml, genesis.hash        signed policy version 1 and its pin
 //	softhsm2.conf, tokens/            SoftHSM2 tokens (--hsm softhsm)
 //	members/<id>/memberd.yaml         appliance config (memberd run --config ...)
-//	members/<id>/identity/            identity.yaml + certificate (+ key.pem with --hsm soft)
+//	members/<id>/identity/            identity.yaml + certificate (+ key.pem with --hsm soft):
+//	                                  OU=orderer, SANs 127.0.0.1, localhost and the overlay IP
+//	members/<id>/admin/msp/, client/msp/  Fabric MSP folders, OU=admin and OU=client (demo_msp.go)
 //	members/<id>/ca.pem, ca-key.pem   the member CA (its key is a file: demo only)
 //	members/<id>/admin-key.pem        the member's policy admin key (file: demo only)
 //	members/<id>/pin                  the token PIN (mode 0600, --hsm softhsm)
@@ -41,6 +43,8 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/identity"
+	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/policy"
 )
 
@@ -205,6 +209,7 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 	// Members.
 	admins := map[string]crypto.Signer{}
 	leafs := map[string]*x509.Certificate{} // consenter TLS certificates of the ledger
+	ledgerAddrs := map[string]string{}      // member id -> ledger.listen
 	ip := netip.MustParseAddr("100.64.0.1")
 	for i := 1; i <= o.members(); i++ {
 		id := fmt.Sprintf("member-%c", 'a'+rune(i-1)%26)
@@ -272,15 +277,27 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 			}
 			keyRef = "file:" + kp
 		}
-		csr, err := hsm.CreateCSR(idKey, hsm.CSRRequest{Subject: pkix.Name{CommonName: id + "-appliance", Organization: []string{id}}})
+		csr, err := hsm.CreateCSR(idKey, demoCSR(id, ip.String()))
 		idKey.Close()
 		if err != nil {
 			caKey.Close()
 			return nil, err
 		}
 		leaf, err := hsm.SignCSR(ca, caKey, csr, hsm.LeafConfig{Now: now})
+		if err == nil {
+			err = writeDemoMSP(filepath.Join(mdir, "admin"), id, channelconfig.AdminOU, ca, caKey, now)
+		}
+		if err == nil {
+			err = writeDemoMSP(filepath.Join(mdir, "client"), id, channelconfig.ClientOU, ca, caKey, now)
+		}
 		caKey.Close()
 		if err != nil {
+			return nil, err
+		}
+		// The ledger's LAN address, in the policy as the member's
+		// client-facing ledger endpoint (the genesis block, which every
+		// member shares, names it).
+		if ledgerAddrs[id], err = free(); err != nil {
 			return nil, err
 		}
 		if err := os.WriteFile(filepath.Join(mdir, "identity", "cert.pem"), hsm.EncodePEM("CERTIFICATE", leaf.Raw), 0o644); err != nil {
@@ -288,7 +305,7 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		}
 		leafs[id] = leaf
 		idy, _ := yaml.Marshal(map[string]any{"keys": []string{keyRef}})
-		if err := os.WriteFile(filepath.Join(mdir, "identity", hsm.IdentityFile), idy, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(mdir, "identity", identity.File), idy, 0o644); err != nil {
 			return nil, err
 		}
 		pubDER, err := x509.MarshalPKIXPublicKey(adminKey.Public())
@@ -297,7 +314,8 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		}
 		doc.Members = append(doc.Members, &policy.Member{ID: id, Name: "Demo member " + id, MSPID: id + "MSP",
 			OverlayIP: ip.String(), Roles: []policy.Role{policy.RoleConsenter, policy.RoleWriter}, CACerts: string(caPEM),
-			Admins: []*policy.Admin{{KeyID: "a1", PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}))}}})
+			LedgerEndpoints: []string{ledgerAddrs[id]},
+			Admins:          []*policy.Admin{{KeyID: "a1", PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}))}}})
 		doc.Ledger.Consenters = append(doc.Ledger.Consenters, id)
 		ip = ip.Next()
 		L.Members = append(L.Members, id)
@@ -358,7 +376,8 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		if err := os.WriteFile(filepath.Join(mdir, demoLedgerGenesisFile), ledgerGenesis, 0o644); err != nil {
 			return nil, err
 		}
-		ledgerAddr, err := free()
+		ledgerAddr := ledgerAddrs[id]
+		participationAddr, err := free() // osnadmin
 		if err != nil {
 			return nil, err
 		}
@@ -367,7 +386,7 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 			"policy": map[string]any{"dir": "policy", "state_dir": "state", "genesis": hash},
 			"relay":  map[string]any{"no_env_proxy": true, "quic_timeout": "1s"},
 			"admin":  adminAddr,
-			"ledger": demoLedgerConfig(ledgerAddr)}
+			"ledger": demoLedgerConfig(ledgerAddr, participationAddr)}
 		head := "# memberd appliance for the demo consortium\n"
 		if mode == "softhsm" {
 			head += "# its identity key is in SoftHSM2: export SOFTHSM2_CONF=" + L.SoftHSMConf + "\n"

@@ -59,9 +59,22 @@ func demoLedgerGenesis(gen *policy.Policy, certs map[string]*x509.Certificate, n
 }
 
 // demoLedgerConfig is the ledger section demo init writes for a member.
-func demoLedgerConfig(listen string) map[string]any {
+func demoLedgerConfig(listen, admin string) map[string]any {
 	return map[string]any{"listen": listen, "data_dir": "ledger", "genesis_block": demoLedgerGenesisFile,
-		"raft_port": demoLedgerRaftPort, "peer_port": demoLedgerPeerPort}
+		"raft_port": demoLedgerRaftPort, "peer_port": demoLedgerPeerPort,
+		// osnadmin with a client certificate of the member CA carrying OU=admin
+		"admin": map[string]any{"listen": admin, "client_ca": "ca.pem", "client_ou": DefaultLedgerAdminClientOU}}
+}
+
+// ParticipationAddr is the address of member's channel participation API
+// (osnadmin; "" if none).
+func (d *DemoConsortium) ParticipationAddr(member string) string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if a := d.appliances[member]; a != nil && a.ledger != nil {
+		return a.ledger.AdminAddr()
+	}
+	return ""
 }
 
 // LedgerAddr is the LAN gRPC address of member's ledger node ("" if none).
@@ -140,7 +153,7 @@ func (d *DemoConsortium) LedgerSubmit(ctx context.Context, member string, n int)
 	}
 	var txids []string
 	for i := 0; i < n; i++ {
-		env, txid, err := orderer.NewTransaction(ident, channel, []byte(fmt.Sprintf("demo tx %d from %s", i, member)), time.Now())
+		env, txid, err := orderer.NewEndorserTransaction(ident, channel, []byte(fmt.Sprintf("demo tx %d from %s", i, member)), time.Now())
 		if err != nil {
 			return nil, err
 		}
@@ -234,7 +247,11 @@ func (d *DemoConsortium) LedgerBlock(ctx context.Context, member string, num uin
 		return nil, nil, err
 	}
 	defer conn.Close()
-	return out, conn.(*tls.Conn).ConnectionState().PeerCertificates[0], nil
+	tc, ok := conn.(*tls.Conn)
+	if !ok || len(tc.ConnectionState().PeerCertificates) == 0 {
+		return nil, nil, fmt.Errorf("ledger of %s at %s presented no TLS certificate", member, d.LedgerAddr(member))
+	}
+	return out, tc.ConnectionState().PeerCertificates[0], nil
 }
 
 // CheckLedger submits n envelopes to member from and then fetches and

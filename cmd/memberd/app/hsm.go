@@ -161,13 +161,23 @@ func newHSMCSRCmd(e *env) *cobra.Command {
 		f        keyFlags
 		cn, out  string
 		orgs     []string
+		ous      []string
 		dnsNames []string
 		ips      []string
 	)
 	c := &cobra.Command{
-		Use:   "csr --key URI --cn NAME [--org ORG] [--dns NAME]... [--ip ADDR]... [--out csr.pem]",
+		Use:   "csr --key URI --cn NAME [--org ORG] [--ou UNIT]... [--dns NAME]... [--ip ADDR]... [--out csr.pem]",
 		Short: "Make a certificate signing request (PKCS #10, PEM) signed by the HSM key",
-		Args:  cobra.NoArgs,
+		Long: `Make a PKCS #10 certificate signing request signed by the HSM key, for the
+member CA ('memberd ca sign' keeps the subject, its OUs and the SANs).
+
+Fabric roles come from the subject's organizational unit when the channel's
+MSPs enable NodeOUs (memberd's channels do): a ledger node that signs blocks
+needs --ou orderer, a Fabric peer --ou peer, an admin --ou admin and an
+application client --ou client. A TLS server certificate needs a SAN for
+every address it is dialled on (--ip 127.0.0.1 --ip 192.0.2.10 --dns
+ledger.example.com): Fabric peers check the host name and ignore the CN.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := f.check(cmd); err != nil {
 				return err
@@ -175,7 +185,7 @@ func newHSMCSRCmd(e *env) *cobra.Command {
 			if cn == "" {
 				return usagef("%s: --cn is required (the certificate's common name, e.g. node1.member-a)", cmd.CommandPath())
 			}
-			req := hsm.CSRRequest{Subject: pkix.Name{CommonName: cn, Organization: orgs}, DNSNames: dnsNames}
+			req := hsm.CSRRequest{Subject: pkix.Name{CommonName: cn, Organization: orgs, OrganizationalUnit: ous}, DNSNames: dnsNames}
 			for _, s := range ips {
 				ip := net.ParseIP(s)
 				if ip == nil {
@@ -198,6 +208,7 @@ func newHSMCSRCmd(e *env) *cobra.Command {
 	f.register(c, "the key to certify", true)
 	c.Flags().StringVar(&cn, "cn", "", "subject common name (required)")
 	c.Flags().StringSliceVar(&orgs, "org", nil, "subject organization (repeatable)")
+	c.Flags().StringSliceVar(&ous, "ou", nil, "subject organizational unit (repeatable): the Fabric role, orderer, peer, admin or client")
 	c.Flags().StringSliceVar(&dnsNames, "dns", nil, "DNS subject alternative name (repeatable)")
 	c.Flags().StringSliceVar(&ips, "ip", nil, "IP subject alternative name (repeatable)")
 	c.Flags().StringVar(&out, "out", "-", "output file ('-' = stdout)")

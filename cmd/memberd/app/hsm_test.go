@@ -43,7 +43,8 @@ func TestHSMAndCAEndToEnd(t *testing.T) {
 			t.Fatalf("list output lacks %q: %s", want, out)
 		}
 	}
-	mustRun(t, "hsm", "csr", "--key", tok.KeyURI("tls"), "--cn", "node1.member-a", "--dns", "node1.member-a", "--out", csr)
+	mustRun(t, "hsm", "csr", "--key", tok.KeyURI("tls"), "--cn", "node1.member-a", "--dns", "node1.member-a",
+		"--ip", "127.0.0.1", "--ou", "orderer", "--out", csr)
 	if openssl, err := exec.LookPath("openssl"); err == nil {
 		if b, err := exec.Command(openssl, "req", "-verify", "-noout", "-in", csr).CombinedOutput(); err != nil {
 			t.Fatalf("openssl req -verify: %v %s", err, b)
@@ -68,6 +69,13 @@ func TestHSMAndCAEndToEnd(t *testing.T) {
 	roots.AddCert(certs[1])
 	if _, err := certs[0].Verify(x509.VerifyOptions{Roots: roots, DNSName: "node1.member-a", KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
 		t.Fatal(err)
+	}
+	// ca sign keeps the OU (the Fabric role) and every SAN of the CSR.
+	if ou := certs[0].Subject.OrganizationalUnit; len(ou) != 1 || ou[0] != "orderer" {
+		t.Fatalf("issued certificate OUs %q, want [orderer]", ou)
+	}
+	if err := certs[0].VerifyHostname("127.0.0.1"); err != nil {
+		t.Fatalf("issued certificate lost the IP SAN: %v", err)
 	}
 	s := tok.OpenKey(t, "tls", nil)
 	a, _ := x509.MarshalPKIXPublicKey(certs[0].PublicKey)

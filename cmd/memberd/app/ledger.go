@@ -43,9 +43,12 @@ member with its CA certificates, Readers/Writers/Admins policies, the orderer
 section with one etcdraft consenter per consenter member, BatchSize and
 BatchTimeout from the policy's ledger section, capabilities V2_0/V2_5. Every
 consenter member needs --consenter with its node's TLS certificate (the policy
-pins CAs, not node certificates); the endpoint defaults to the member's
-overlay address and port 7050. Every node of the channel starts from this
-block, and Fabric peers can join the channel with it.`,
+pins CAs, not node certificates); the consenter (raft) endpoint defaults to
+the member's overlay address and port 7050. The client-facing orderer
+endpoints that Fabric peers dial are the policy's members[].ledger_endpoints
+(the consenter address when a member gives none). Every node of the channel
+starts from this block, byte for byte, and Fabric peers join the channel
+with it: build it once and copy it to every member.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if polFile == "" || out == "" {
@@ -100,6 +103,10 @@ block, and Fabric peers can join the channel with it.`,
 			}
 			fmt.Fprintf(e.stderr, "channel %q: genesis block with %d member orgs and %d consenters written to %s\n",
 				cc.ChannelID, len(cc.ApplicationOrgs), len(cc.Consenters), out)
+			if ids := orderer.MissingLedgerEndpoints(pol); len(ids) > 0 {
+				fmt.Fprintf(e.stderr, "warning: members %s have no ledger_endpoints in the policy: their orderer endpoint is their overlay consenter address, which Fabric peers reach only with peer.deliveryclient.addressOverrides (docs/fabric-peers.md)\n",
+					strings.Join(ids, ", "))
+			}
 			return nil
 		},
 	}
@@ -121,13 +128,22 @@ func consenterIDs(p *policy.Policy) string {
 func newLedgerSubmitCmd(e *env) *cobra.Command {
 	var f ledgerFlags
 	var data, dataFile string
+	var raw bool
 	c := &cobra.Command{
-		Use:   "submit --orderer HOST:PORT --channel NAME --key URI --cert cert.pem --msp-id ID (--data TEXT | --data-file FILE)",
+		Use:   "submit --orderer HOST:PORT --channel NAME --key URI --cert cert.pem --msp-id ID (--data TEXT | --data-file FILE) [--raw]",
 		Short: "Sign an ENDORSER_TRANSACTION envelope and broadcast it; prints the status",
 		Long: `Build an ENDORSER_TRANSACTION envelope carrying the data, sign it with the
 identity, send it with Broadcast and print the answer. SUCCESS means the
 envelope is in a block committed by the ordering service (durable on a
-quorum of consenters). Exit 1 on any other status.`,
+quorum of consenters). Exit 1 on any other status.
+
+The envelope is what Fabric expects: a Payload with a channel header (type,
+channel, tx id, timestamp), a signature header (creator, nonce) and a
+marshalled peer.Transaction whose one action invokes chaincode
+"memberd-data" with the data as its argument. No peer runs that chaincode:
+Fabric peers commit the transaction flagged invalid (no endorsement), as
+any unendorsed transaction, and configtxlator decodes the block. --raw puts
+the data bytes themselves in the Payload instead (not a Fabric transaction).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if (data == "") == (dataFile == "") {
@@ -145,7 +161,11 @@ quorum of consenters). Exit 1 on any other status.`,
 				return err
 			}
 			defer s.close()
-			env, txid, err := orderer.NewTransaction(s.id, f.channel, payload, time.Now())
+			build := orderer.NewEndorserTransaction
+			if raw {
+				build = orderer.NewTransaction
+			}
+			env, txid, err := build(s.id, f.channel, payload, time.Now())
 			if err != nil {
 				return fmt.Errorf("%s: signing: %w", cmd.CommandPath(), err)
 			}
@@ -173,6 +193,7 @@ quorum of consenters). Exit 1 on any other status.`,
 	f.register(c)
 	c.Flags().StringVar(&data, "data", "", "transaction data (text)")
 	c.Flags().StringVar(&dataFile, "data-file", "", "transaction data from a file ('-' = stdin)")
+	c.Flags().BoolVar(&raw, "raw", false, "put the data bytes themselves in the Payload, not a peer.Transaction (Fabric peers and configtxlator cannot read it)")
 	return c
 }
 

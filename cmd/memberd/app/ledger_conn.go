@@ -128,29 +128,28 @@ func (f *ledgerFlags) open(cmd *cobra.Command, e *env) (*ledgerSession, error) {
 			s.close()
 			return nil, usagef("%s: --tls-ca %s holds no PEM certificate", p, f.tlsCA)
 		}
-		var tc *tls.Certificate
-		if f.tlsCert != "" || f.tlsKey != "" {
-			c := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: signer, Leaf: cert}
-			if f.tlsCert != "" {
-				tcert, err := readCert(f.tlsCert)
-				if err != nil {
-					s.close()
-					return nil, usagef("%s: --tls-cert: %v", p, err)
-				}
-				c.Certificate, c.Leaf = [][]byte{tcert.Raw}, tcert
+		// The client certificate, sent only if the node asks for one
+		// (ledger.mutual_tls): the identity (--cert, --key) unless
+		// --tls-cert / --tls-key name another.
+		c := tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: signer, Leaf: cert}
+		if f.tlsCert != "" {
+			tcert, err := readCert(f.tlsCert)
+			if err != nil {
+				s.close()
+				return nil, usagef("%s: --tls-cert: %v", p, err)
 			}
-			if f.tlsKey != "" {
-				k, err := hsm.OpenKey(f.tlsKey, f.key.options(e))
-				if err != nil {
-					s.close()
-					return nil, hsmError(cmd, err)
-				}
-				s.closers = append(s.closers, k.Close)
-				c.PrivateKey = k
-			}
-			tc = &c
+			c.Certificate, c.Leaf = [][]byte{tcert.Raw}, tcert
 		}
-		creds = credentials.NewTLS(orderer.ClientTLS(tc, roots))
+		if f.tlsKey != "" {
+			k, err := hsm.OpenKey(f.tlsKey, f.key.options(e))
+			if err != nil {
+				s.close()
+				return nil, hsmError(cmd, err)
+			}
+			s.closers = append(s.closers, k.Close)
+			c.PrivateKey = k
+		}
+		creds = credentials.NewTLS(orderer.ClientTLS(&c, roots))
 	}
 	if s.conn, err = grpc.NewClient(f.addr, append(orderer.ClientOptions(), grpc.WithTransportCredentials(creds))...); err != nil {
 		s.close()

@@ -51,7 +51,7 @@ func TestLedgerCommands(t *testing.T) {
 	polFile := filepath.Join(dir, "policy.yaml")
 	os.WriteFile(polFile, pol.Marshal(), 0o644)
 	ca := cons.CAs["m1"]
-	nodeCert, nodeKey := ca.Issue(t, "node1")
+	nodeCert, nodeKey := ca.IssueOU(t, "node1", "orderer")
 	writeCert(t, filepath.Join(dir, "node.pem"), nodeCert)
 	writeCert(t, filepath.Join(dir, "ca.pem"), ca.Cert)
 	clientCert, clientKey := ca.Issue(t, "client1")
@@ -63,8 +63,8 @@ func TestLedgerCommands(t *testing.T) {
 		t.Fatalf("create without --consenter: exit %d %s", code, errs)
 	}
 	if code, _, errs := run(t, "ledger", "channel", "create", "--policy", polFile,
-		"--consenter", "m1="+filepath.Join(dir, "node.pem")+"@127.0.0.1:7050", "--out", gen); code != ExitOK {
-		t.Fatalf("channel create: exit %d %s", code, errs)
+		"--consenter", "m1="+filepath.Join(dir, "node.pem")+"@127.0.0.1:7050", "--out", gen); code != ExitOK || !strings.Contains(errs, "members m1 have no ledger_endpoints") {
+		t.Fatalf("channel create (policy without ledger_endpoints: a warning): exit %d %s", code, errs)
 	}
 	raw, _ := os.ReadFile(gen)
 	genesis, err := block.Unmarshal(raw)
@@ -122,6 +122,25 @@ func TestLedgerCommands(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// The node requires mutual TLS: without --tls-cert/--tls-key the CLI
+	// presents the identity (--cert, --key).
+	identityOnly := common[:len(common)-4]
+	if code, out, errs := run(t, append([]string{"ledger", "height"}, identityOnly...)...); code != ExitOK || strings.TrimSpace(out) != "4" {
+		t.Fatalf("height with mutual TLS from --cert/--key: exit %d out %q err %q", code, out, errs)
+	}
+	// submit writes a Fabric transaction whose data reads back.
+	raw1, _ := os.ReadFile(filepath.Join(outDir, "1.block"))
+	b1, err := block.Unmarshal(raw1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	env1, err := block.ParseEnvelope(b1.Data.Data[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if data, err := orderer.TransactionData(env1.Data); err != nil || string(data) != "hello a" {
+		t.Fatalf("block 1 transaction data %q, %v", data, err)
+	}
 	// The same with the identity's key in an HSM (SoftHSM2), as in production.
 	tok := hsmtest.NewToken(t, "ledger-client")
 	key := tok.NewKey(t, "client")
@@ -139,6 +158,9 @@ func TestLedgerCommands(t *testing.T) {
 		"--msp-id", "m1MSP", "--tls-ca", filepath.Join(dir, "ca.pem")}
 	if code, out, errs := run(t, append(hsmArgs, "--tls-key", tok.KeyURI("client"))...); code != ExitOK || !strings.HasPrefix(out, "SUCCESS ") {
 		t.Fatalf("submit with an HSM key: exit %d out %q err %q", code, out, errs)
+	}
+	if code, out, errs := run(t, hsmArgs...); code != ExitOK || !strings.HasPrefix(out, "SUCCESS ") {
+		t.Fatalf("submit with an HSM key, mutual TLS from --cert/--key: exit %d out %q err %q", code, out, errs)
 	}
 
 	// Usage errors exit 2.

@@ -30,6 +30,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"time"
@@ -134,6 +135,12 @@ func servePush(ctx context.Context, ln *tunnel.Listener, dir string, log *slog.L
 		go func() {
 			defer wg.Done()
 			defer c.Close()
+			defer func() { // a bug a member's push reaches ends that push only
+				if v := recover(); v != nil {
+					log.Error("panic serving a policy push; closed that connection only", "from", c.Member(),
+						"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+				}
+			}()
 			_ = c.SetDeadline(time.Now().Add(pushTimeout))
 			b, err := readPush(bufio.NewReader(c))
 			var name string

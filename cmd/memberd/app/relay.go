@@ -137,23 +137,25 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 	if err != nil {
 		return fmt.Errorf("relay: admin endpoint on %s (key admin in %s): %w", cfg.Admin, configPath, err)
 	}
+	status := func(context.Context) any {
+		st := map[string]any{"role": "relay", "id": cfg.ID, "listen": tcpLn.Addr().String(),
+			"members": srv.Members(), "drops": srv.Drops(), "policy_offers": srv.PolicyOffers()}
+		if watcher != nil {
+			st["policy_version"] = watcher.Current().Version()
+		}
+		return st
+	}
 	hs := &http.Server{
 		Handler: admin.Handler(admin.Config{
 			Gatherer: reg,
+			Pprof:    cfg.AdminPprof,
 			Ready: map[string]admin.Check{"listening": func(context.Context) error {
 				if ctx.Err() != nil {
 					return errors.New("stopping")
 				}
 				return nil
 			}},
-			Status: func(context.Context) any {
-				st := map[string]any{"role": "relay", "id": cfg.ID, "listen": tcpLn.Addr().String(),
-					"members": srv.Members(), "drops": srv.Drops(), "policy_offers": srv.PolicyOffers()}
-				if watcher != nil {
-					st["policy_version"] = watcher.Current().Version()
-				}
-				return st
-			},
+			Status: status,
 		}),
 		ReadHeaderTimeout: 5 * time.Second,
 	}
@@ -197,6 +199,8 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 	})
 	g.Go(func() error { return srv.ServeTCP(gctx, tcpLn) })
 	g.Go(func() error { return srv.RunMesh(gctx) })
+	// Listeners are up: READY=1 at once; WATCHDOG=1 after each /status walk.
+	g.Go(func() error { return notifySystemd(gctx, log, sdProbe{alive: func() { status(gctx) }}) })
 	g.Go(func() error {
 		if err := hs.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("relay: admin endpoint: %w", err)

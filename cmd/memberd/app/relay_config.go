@@ -27,6 +27,7 @@ import (
 //	                                 # together with insecure_dev_key: true (development only)
 //	insecure_dev_key: false          # default false
 //	admin: 127.0.0.1:9464            # default: /metrics /healthz /readyz /status
+//	admin_pprof: false               # also Go's pprof under /debug/pprof/; only with a loopback admin
 //	limits:                          # per member; defaults as in relay.ServerConfig
 //	  rate_bytes_per_sec: 12500000   # -1 = unlimited
 //	  rate_burst_bytes: 1048576
@@ -51,6 +52,7 @@ type relayConfig struct {
 	Key            string            `yaml:"key"`
 	InsecureDevKey bool              `yaml:"insecure_dev_key"`
 	Admin          string            `yaml:"admin"`
+	AdminPprof     bool              `yaml:"admin_pprof"` // Go's pprof on the admin endpoint
 	Limits         relayLimits       `yaml:"limits"`
 	Policy         relayStaticPolicy `yaml:"policy"`
 	PolicyDir      string            `yaml:"policy_dir"`
@@ -136,6 +138,9 @@ func (c *relayConfig) validate() error {
 		if _, port, err := net.SplitHostPort(addr); err != nil || port == "" {
 			return fmt.Errorf("key %s: %q is not host:port (for all interfaces use \":443\")", key, addr)
 		}
+	}
+	if err := admin.CheckPprof("admin_pprof", c.AdminPprof, c.Admin); err != nil {
+		return err
 	}
 	if c.Certificate == "" {
 		return errors.New("key certificate: required (PEM file with the relay's certificate)")

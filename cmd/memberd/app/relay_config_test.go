@@ -27,6 +27,13 @@ func TestRelayConfigDefaults(t *testing.T) {
 	if c.Listen != ":443" || c.Admin != "127.0.0.1:9464" {
 		t.Fatalf("defaults: listen %q admin %q", c.Listen, c.Admin)
 	}
+	if _, err := parseRelayConfig([]byte(sampleRelayConfig + "admin_pprof: true\n")); err != nil {
+		t.Fatalf("pprof on the default loopback admin address: %v", err)
+	}
+	if _, err := parseRelayConfig([]byte(sampleRelayConfig + "admin: 10.0.0.5:9464\nadmin_pprof: true\n")); err == nil ||
+		!strings.Contains(err.Error(), "key admin_pprof") {
+		t.Fatalf("pprof on a LAN admin address: %v, want an error naming admin_pprof", err)
+	}
 	if _, err := parseRelayConfig(nil); err == nil || !strings.Contains(err.Error(), "empty") {
 		t.Fatalf("empty config: %v", err)
 	}

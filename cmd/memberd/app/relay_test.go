@@ -114,11 +114,12 @@ func TestRelayConfigErrors(t *testing.T) {
 	}
 }
 
-// memberd relay from a config file: admin endpoints answer, two members
-// exchange packets through it, and a reload that removes a member cuts it off.
+// memberd relay from a config file: admin endpoints answer (pprof too, as
+// admin_pprof is on), two members exchange packets through it, and a
+// reload that removes a member cuts it off.
 func TestRelayCommandRuns(t *testing.T) {
 	f := newRelayFixture(t)
-	cfgPath := writeFile(t, f.dir, "relay.yaml", []byte(f.config))
+	cfgPath := writeFile(t, f.dir, "relay.yaml", []byte(f.config+"admin_pprof: true\n"))
 	cfg, err := loadRelayConfig(cfgPath)
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +149,8 @@ func TestRelayCommandRuns(t *testing.T) {
 		}
 	}()
 
-	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "", "/metrics": "memberd_relay_dropped_packets_total"} {
+	for path, want := range map[string]string{"/healthz": "ok", "/readyz": "", "/metrics": "memberd_relay_panics_total",
+		"/debug/pprof/heap?debug=1": "heap profile:", "/debug/pprof/goroutine?debug=1": "goroutine profile:"} {
 		resp, err := http.Get("http://" + addrs.admin + path)
 		if err != nil {
 			t.Fatal(err)

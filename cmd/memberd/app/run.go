@@ -21,6 +21,7 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/internal/admin"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/relay"
@@ -91,7 +92,7 @@ type appliance struct {
 	dev      *tunnel.Device
 	client   *relay.Client
 	policy   func() *policy.Policy
-	identity func() *hsm.Identity
+	identity func() *identity.Identity
 	ledger   *ledgerRun // nil without a ledger section
 }
 
@@ -104,7 +105,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	if cfg.HSM.InsecureSoftKeys {
 		log.Warn("INSECURE: hsm.insecure_soft_keys allows identity keys in files, for the demo and development only")
 	}
-	idp, err := hsm.NewIdentityProvider(cfg.path(cfg.Identity), &hsm.IdentityOptions{
+	idp, err := identity.NewProvider(cfg.path(cfg.Identity), &identity.Options{
 		Keys: &hsm.Options{ModulePath: cfg.HSM.ModulePath, PoolSize: cfg.HSM.PoolSize,
 			AllowSoftKeys: cfg.HSM.InsecureSoftKeys, SoftWarnings: io.Discard, Logger: log},
 		Logger: log})
@@ -197,7 +198,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	// current identity: on every identity switch, and again on every policy
 	// change (a new certificate the old policy refused may be accepted now;
 	// the same identity is a no-op).
-	setTunnelIdentity := func(id *hsm.Identity) {
+	setTunnelIdentity := func(id *identity.Identity) {
 		if err := dev.SetIdentity(id.Signer, append([]*x509.Certificate{id.Certificate}, id.Chain...)); err != nil {
 			log.Error("WireGuard key attestations keep the previous identity", "certificate", id.File, "err", err)
 		}
@@ -217,25 +218,13 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	}
 	// The ledger (started below) signs its next blocks and presents on new
 	// TLS handshakes the identity folder's current identity.
-	setLedgerIdentity := func(id *hsm.Identity) {
+	setLedgerIdentity := func(id *identity.Identity) {
 		if l := ledgerRef.Load(); l != nil {
 			if err := l.setIdentity(id); err != nil {
 				log.Error("the ledger keeps the previous identity", "certificate", id.File, "err", err)
 			}
 		}
 	}
-	cancelID := idp.Subscribe(func(old, new *hsm.Identity) {
-		// New relay connections use it (GetClientCertificate); the tunnel
-		// re-signs and re-announces its WireGuard key attestations.
-		log.Info("identity rotated: new relay connections, WireGuard key attestations and ledger blocks and TLS use the new certificate",
-			"certificate", new.File, "serial", new.Certificate.SerialNumber.String(), "not_after", new.Certificate.NotAfter)
-		setTunnelIdentity(new)
-		setLedgerIdentity(new)
-	})
-	if id2 := idp.Current(); id2 != id { // switched between startup and Subscribe
-		setTunnelIdentity(id2)
-	}
-	defer cancelID()
 
 	pushLn, err := dev.Listen(cfg.Tunnel.PushPort)
 	if err != nil {
@@ -251,9 +240,21 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		}
 		defer led.Close()
 		ledgerRef.Store(led)
-		if id2 := idp.Current(); id2 != id { // switched while the ledger started
-			setLedgerIdentity(id2)
-		}
+	}
+	// Identity → tunnel and ledger, live, from the identity they started
+	// with: Subscribe hands back the one in force now.
+	onIdentity := func(old, new *identity.Identity) {
+		// New relay connections use it (GetClientCertificate); the tunnel
+		// re-signs and re-announces its WireGuard key attestations.
+		log.Info("identity rotated: new relay connections, WireGuard key attestations and ledger blocks and TLS use the new certificate",
+			"certificate", new.File, "serial", new.Certificate.SerialNumber.String(), "not_after", new.Certificate.NotAfter)
+		setTunnelIdentity(new)
+		setLedgerIdentity(new)
+	}
+	idNow, cancelID := idp.Subscribe(onIdentity)
+	defer cancelID()
+	if idNow != id {
+		onIdentity(id, idNow)
 	}
 
 	adminLn, err := net.Listen("tcp", cfg.Admin)
@@ -280,13 +281,13 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		},
 	}
 	if led != nil {
-		led.mount(mux) // the channel participation API under /participation/v1/
 		ready["ledger"] = led.ready
 	}
 	mux.Handle("/", admin.Handler(admin.Config{
 		Gatherer: reg,
 		Ready:    ready,
 		Status:   func(context.Context) any { return applianceStatus(a) },
+		Pprof:    cfg.AdminPprof,
 	}))
 	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 
@@ -298,7 +299,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
-		if err := idp.Run(gctx); err != nil && gctx.Err() == nil && !errors.Is(err, hsm.ErrClosed) {
+		if err := idp.Run(gctx); err != nil && gctx.Err() == nil && !errors.Is(err, identity.ErrClosed) {
 			return fmt.Errorf("identity folder: %w", err)
 		}
 		return nil
@@ -310,6 +311,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		return nil
 	})
 	g.Go(func() error { servePush(gctx, pushLn, policyDir, log); return nil })
+	g.Go(func() error { return notifySystemd(gctx, log, applianceProbe(a, ready)) })
 	if led != nil {
 		g.Go(func() error { return led.serve(gctx) })
 	}

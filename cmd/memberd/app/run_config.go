@@ -45,6 +45,7 @@ import (
 //	  services:                    # overlay port -> LAN host:port
 //	    - {port: 7051, target: "10.1.2.3:7051"}
 //	admin: 127.0.0.1:9464          # /metrics /healthz /readyz /status /push
+//	admin_pprof: false             # also Go's pprof under /debug/pprof/; only with a loopback admin
 //	ledger:                        # optional: run the ordering node (consenters only; run_ledger.go)
 //	  listen: ":7050"              # LAN gRPC (Fabric AtomicBroadcast), TLS with the HSM identity
 //	  data_dir: ledger             # raft log and block store
@@ -52,6 +53,12 @@ import (
 //	  raft_port: 7052              # overlay port of raft between consenters
 //	  peer_port: 7050              # overlay port of gRPC between consenters (forwarding, catch-up)
 //	  mutual_tls: false            # LAN clients must present a member certificate
+//	  admin:                       # optional: channel participation API (osnadmin; run_ledger_admin.go)
+//	    listen: 127.0.0.1:9443     # HTTPS with the HSM identity, client certificates required
+//	    client_ca: ca.pem          # required: CA certificate(s) of the admins' client certificates
+//	    client_ou: admin           # the OU a client certificate must carry
+//	    insecure_plain_http: false # development only: no TLS; listen must be loopback
+//	  snapshot_bytes: 4194304      # raft snapshot size; bounds the in-memory log (about twice this)
 type runConfig struct {
 	Member   string         `yaml:"member"`
 	Identity string         `yaml:"identity"`
@@ -60,7 +67,9 @@ type runConfig struct {
 	Relay    runRelayClient `yaml:"relay"`
 	Tunnel   runTunnel      `yaml:"tunnel"`
 	Admin    string         `yaml:"admin"`
-	Ledger   *runLedger     `yaml:"ledger"`
+	// AdminPprof serves Go's pprof handlers on the admin endpoint.
+	AdminPprof bool       `yaml:"admin_pprof"`
+	Ledger     *runLedger `yaml:"ledger"`
 
 	dir     string      // directory of the config file
 	genesis policy.Hash // parsed Policy.Genesis
@@ -207,6 +216,9 @@ func (c *runConfig) Validate() error {
 	}
 	if _, port, err := net.SplitHostPort(c.Admin); err != nil || port == "" {
 		return fmt.Errorf("key admin: %q is not host:port", c.Admin)
+	}
+	if err := admin.CheckPprof("admin_pprof", c.AdminPprof, c.Admin); err != nil {
+		return err
 	}
 	if c.Ledger != nil {
 		if err := c.Ledger.validate(c.Tunnel.PushPort, c.Tunnel.Services); err != nil {

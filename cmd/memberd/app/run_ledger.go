@@ -17,8 +17,10 @@ package app
 //	            7050), always mutual TLS. Followers forward Broadcast to the
 //	            leader (orderer.BroadcastForwarder) and a node behind a raft
 //	            snapshot pulls blocks (orderer.DeliverFetcher) through it.
-//	admin       the channel participation API under /participation/v1/, the
-//	            "ledger" readiness check and the ledger part of /status.
+//	osnadmin    the channel participation API on ledger.admin.listen, HTTPS
+//	            with client certificates required (run_ledger_admin.go).
+//	admin       the "ledger" readiness check and the ledger part of /status
+//	            on the appliance's admin address.
 //
 // The channel's genesis (config) block is a file (ledger.genesis_block) that
 // every consenter must share byte for byte: 'memberd ledger channel create'
@@ -33,11 +35,9 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -47,7 +47,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
-	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/node/orderer"
@@ -73,7 +73,17 @@ type runLedger struct {
 	RaftPort     uint16 `yaml:"raft_port"`     // overlay port of raft; 0 = 7052
 	PeerPort     uint16 `yaml:"peer_port"`     // overlay port of gRPC between consenters; 0 = 7050
 	MutualTLS    bool   `yaml:"mutual_tls"`    // LAN clients must present a member certificate
+	// Admin serves the channel participation API (osnadmin); nil = not served
+	// (run_ledger_admin.go).
+	Admin *runLedgerAdmin `yaml:"admin"`
+	// SnapshotBytes bounds raft's in-memory log: a snapshot once the blocks
+	// ordered since the last one hold this many bytes (Fabric etcdraft's
+	// SnapshotIntervalSize); memory holds about twice this. 0 = 4 MiB.
+	SnapshotBytes uint64 `yaml:"snapshot_bytes"`
 }
+
+// minSnapshotBytes is the smallest ledger.snapshot_bytes accepted.
+const minSnapshotBytes = 1 << 20
 
 // validate applies the defaults and checks the section; pushPort and
 // services are the other overlay ports in use.
@@ -92,6 +102,17 @@ func (l *runLedger) validate(pushPort uint16, services []runService) error {
 	}
 	if _, _, err := net.SplitHostPort(l.Listen); err != nil {
 		return fmt.Errorf("key ledger.listen: %q is not host:port", l.Listen)
+	}
+	if l.Admin != nil {
+		if err := l.Admin.validate(); err != nil {
+			return err
+		}
+	}
+	if l.SnapshotBytes == 0 {
+		l.SnapshotBytes = raftlog.DefaultSnapshotBytes
+	}
+	if l.SnapshotBytes < minSnapshotBytes {
+		return fmt.Errorf("key ledger.snapshot_bytes: %d is below %d (1 MiB); leave it out for the default %d (4 MiB)", l.SnapshotBytes, minSnapshotBytes, raftlog.DefaultSnapshotBytes)
 	}
 	if l.RaftPort == l.PeerPort {
 		return fmt.Errorf("keys ledger.raft_port and ledger.peer_port: both %d; they must differ", l.RaftPort)
@@ -180,9 +201,10 @@ type ledgerRun struct {
 	overlay *grpc.Server
 	lanLn   net.Listener
 	ovLn    net.Listener
+	raftLn  *portListener // the raft port, bound for the ledger's life
 	fwd     *orderer.BroadcastForwarder
 	clients *ledgerClients
-	part    http.Handler
+	admin   *ledgerAdmin // the participation API; nil without ledger.admin
 	log     *slog.Logger
 	dev     ledgerDevice
 	watch   *peerWatch
@@ -192,7 +214,7 @@ type ledgerRun struct {
 
 // startLedger opens the channel of the policy's ledger section and starts its
 // ordering node (raft over dev). It does not serve gRPC yet: serve does.
-func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() *policy.Policy,
+func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol func() *policy.Policy,
 	reg prometheus.Registerer, log *slog.Logger) (_ *ledgerRun, err error) {
 	lc := *cfg.Ledger
 	log = log.With("component", "ledger")
@@ -279,19 +301,22 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 
 	dataDir := cfg.path(lc.DataDir)
 	metrics := orderer.NewMetrics(reg)
-	var raftLn *tunnel.Listener
+	rawRaftLn, err := dev.Listen(lc.RaftPort)
+	if err != nil {
+		return nil, fmt.Errorf("%w: raft on overlay port %d (key ledger.raft_port): %w", ErrLedger, lc.RaftPort, err)
+	}
+	l.raftLn = newPortListener(rawRaftLn) // bound once: see run_ledger_listener.go
 	l.reg = &orderer.Registry{Logger: log, Open: func(channel string, b *common.Block) (*orderer.Node, error) {
 		if channel != l.channel {
 			return nil, fmt.Errorf("%w: this appliance orders only the policy's channel %q, not %q", orderer.ErrInvalidConfig, l.channel, channel)
 		}
-		ln, err := dev.Listen(lc.RaftPort)
+		ln, err := l.raftLn.view()
 		if err != nil {
 			return nil, fmt.Errorf("raft on overlay port %d (key ledger.raft_port): %w", lc.RaftPort, err)
 		}
-		raftLn = ln
 		n, err := orderer.New(orderer.Config{
 			Raft: raftlog.Config{ID: myID, Peers: peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
-				Dialer: dialer, Listener: ln, Registerer: reg, Logger: log.With("component", "raft")},
+				Dialer: dialer, Listener: ln, SnapshotBytes: lc.SnapshotBytes, Registerer: reg, Logger: log.With("component", "raft")},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol,
 			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,
@@ -305,11 +330,15 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	}}
 	n, err := l.reg.Open(l.channel, genesis)
 	if err != nil {
-		if raftLn != nil {
-			raftLn.Close()
+		if errors.Is(err, orderer.ErrSigner) {
+			return nil, fmt.Errorf("%w: identity folder %s: %w", ErrLedger, id.File, err)
 		}
 		return nil, fmt.Errorf("%w: channel %q in %s: %w (on first start, key ledger.genesis_block must name the channel's genesis block)",
 			ErrLedger, l.channel, dataDir, err)
+	}
+	if err := checkServedNames(ident.Cert, lc.served(), n.ChannelConfig(), l.mspID); err != nil {
+		n.Close()
+		return nil, fmt.Errorf("%w: identity folder %s: %w", ErrLedger, id.File, err)
 	}
 	if err := l.reg.Start(n); err != nil {
 		n.Close()
@@ -326,11 +355,18 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
 	}
-	l.part = ph
-	l.lan = grpc.NewServer(append(orderer.ServerOptions(),
+	if lc.Admin != nil {
+		if l.admin, err = openLedgerAdmin(cfg, *lc.Admin, ph, l.cert.Load, log); err != nil {
+			return nil, err
+		}
+	} else {
+		log.Info("channel participation API (osnadmin) not served: no ledger.admin section")
+	}
+	opts := append(orderer.ServerOptions(), orderer.RecoveryOptions(log, metrics)...)
+	l.lan = grpc.NewServer(append(opts,
 		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, lc.MutualTLS))))...)
 	srv.Register(l.lan)
-	l.overlay = grpc.NewServer(append(orderer.ServerOptions(),
+	l.overlay = grpc.NewServer(append(opts[:len(opts):len(opts)],
 		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, true))))...)
 	srv.Register(l.overlay)
 	if l.lanLn, err = net.Listen("tcp", lc.Listen); err != nil {
@@ -346,7 +382,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *hsm.Identity, pol func() 
 
 // storeIdentity makes id the identity of the TLS handshakes and Deliver
 // requests from now on.
-func (l *ledgerRun) storeIdentity(id *hsm.Identity) {
+func (l *ledgerRun) storeIdentity(id *identity.Identity) {
 	oid := orderer.Identity{MSPID: l.mspID, Cert: id.Certificate, Signer: id.Signer}
 	cert := orderer.TLSCertificate(oid, id.Chain...)
 	l.ident.Store(&oid)
@@ -356,13 +392,19 @@ func (l *ledgerRun) storeIdentity(id *hsm.Identity) {
 // setIdentity follows an HSM identity rotation without a restart: the node
 // signs the next blocks with the new key, and new TLS handshakes (LAN and
 // overlay servers, peer clients) present the new certificate. Connections
-// already open keep theirs.
-func (l *ledgerRun) setIdentity(id *hsm.Identity) error {
+// already open keep theirs. A certificate that the channel config would
+// reject as block signer (orderer.CheckSigner) or without a SAN for an
+// address the ledger serves (checkServedNames) is refused: the ledger keeps
+// the identity it has.
+func (l *ledgerRun) setIdentity(id *identity.Identity) error {
 	n := l.reg.Lookup(l.channel)
 	if n == nil {
 		return fmt.Errorf("%w: channel %q is not open", ErrLedger, l.channel)
 	}
 	oid := orderer.Identity{MSPID: l.mspID, Cert: id.Certificate, Signer: id.Signer}
+	if err := checkServedNames(id.Certificate, l.cfg.served(), n.ChannelConfig(), l.mspID); err != nil {
+		return fmt.Errorf("%w: %w", ErrLedger, err)
+	}
 	if err := n.SetIdentity(oid.Signer, oid.Serialized()); err != nil {
 		return fmt.Errorf("%w: %w", ErrLedger, err)
 	}
@@ -388,9 +430,20 @@ func (l *ledgerRun) clientTLS(roots *x509.CertPool) *tls.Config {
 // serve serves gRPC on the LAN and overlay listeners until ctx ends, then
 // closes the ledger.
 func (l *ledgerRun) serve(ctx context.Context) error {
-	errc := make(chan error, 2)
+	servers := 2
+	errc := make(chan error, 3)
 	go func() { errc <- l.lan.Serve(l.lanLn) }()
 	go func() { errc <- l.overlay.Serve(l.ovLn) }()
+	if l.admin != nil {
+		servers++
+		go func() {
+			if err := l.admin.serve(); err != nil {
+				errc <- err
+				return
+			}
+			errc <- errors.New("channel participation API stopped")
+		}()
+	}
 	wctx, wcancel := context.WithCancel(ctx)
 	wdone := make(chan struct{})
 	go func() { defer close(wdone); l.watch.run(wctx, l.dev, peerWatchEvery, l.log) }()
@@ -398,13 +451,13 @@ func (l *ledgerRun) serve(ctx context.Context) error {
 	select {
 	case <-ctx.Done():
 	case err = <-errc:
-		err = fmt.Errorf("%w: gRPC server: %w", ErrLedger, err)
+		err = fmt.Errorf("%w: server stopped: %w", ErrLedger, err)
+		servers--
 	}
 	wcancel()
 	<-wdone
 	l.Close()
-	<-errc
-	if err == nil {
+	for ; servers > 0; servers-- {
 		<-errc
 	}
 	return err
@@ -426,6 +479,9 @@ func (l *ledgerRun) Close() error {
 		if l.lanLn != nil {
 			l.lanLn.Close()
 		}
+		if l.admin != nil {
+			l.admin.Close()
+		}
 		if l.ovLn != nil {
 			l.ovLn.Close()
 		}
@@ -435,6 +491,9 @@ func (l *ledgerRun) Close() error {
 		if l.reg != nil {
 			err = l.reg.Close()
 		}
+		if l.raftLn != nil {
+			l.raftLn.Close()
+		}
 		if l.clients != nil {
 			l.clients.close()
 		}
@@ -442,9 +501,13 @@ func (l *ledgerRun) Close() error {
 	return err
 }
 
-// mount adds the channel participation API to the admin mux.
-func (l *ledgerRun) mount(mux *http.ServeMux) {
-	mux.Handle(strings.TrimSuffix(participation.URLBase, "channels"), l.part)
+// AdminAddr is the bound address of the channel participation API ("" if
+// not served).
+func (l *ledgerRun) AdminAddr() string {
+	if l.admin == nil {
+		return ""
+	}
+	return l.admin.Addr()
 }
 
 // ready is the "ledger" readiness check: the node runs and knows a leader.
@@ -462,6 +525,7 @@ func (l *ledgerRun) status() any {
 		return "not configured (no ledger section)"
 	}
 	st := map[string]any{"channel": l.channel, "listen": l.Addr(), "raft_port": l.cfg.RaftPort, "peer_port": l.cfg.PeerPort}
+	st["participation_listen"] = l.AdminAddr()                           // "" = not served (no ledger.admin)
 	st["certificate_serial"] = l.ident.Load().Cert.SerialNumber.String() // signs blocks, presented on TLS
 	n := l.reg.Lookup(l.channel)
 	if n == nil {

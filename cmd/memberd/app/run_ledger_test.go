@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/node/raftlog"
 	"github.com/memberd/memberd/tunnel"
 )
 
@@ -23,12 +24,20 @@ func TestLedgerConfig(t *testing.T) {
 		name, yaml, err string
 	}{
 		{"defaults", "ledger: {}\n", ""},
-		{"explicit", "ledger: {listen: '127.0.0.1:7050', data_dir: /var/lib/memberd/ledger, genesis_block: g.block, raft_port: 7060, peer_port: 7061, mutual_tls: true}\n", ""},
+		{"explicit", "ledger: {listen: '127.0.0.1:7050', data_dir: /var/lib/memberd/ledger, genesis_block: g.block, raft_port: 7060, peer_port: 7061, mutual_tls: true, snapshot_bytes: 4194304}\n", ""},
+		{"small snapshot", "ledger: {snapshot_bytes: 1000}\n", "ledger.snapshot_bytes"},
 		{"bad listen", "ledger: {listen: nope}\n", "ledger.listen"},
 		{"same ports", "ledger: {raft_port: 7055, peer_port: 7055}\n", "must differ"},
 		{"push port", "ledger: {raft_port: 7099}\n", "tunnel.push_port"},
 		{"service port", "tunnel: {services: [{port: 7052, target: '10.0.0.1:1'}]}\nledger: {}\n", "tunnel.services[0]"},
 		{"unknown key", "ledger: {raft: 1}\n", "raft"},
+		{"admin defaults", "ledger: {admin: {client_ca: ca.pem}}\n", ""},
+		{"admin without client_ca", "ledger: {admin: {listen: '127.0.0.1:9443'}}\n", "ledger.admin.client_ca"},
+		{"admin bad listen", "ledger: {admin: {listen: x, client_ca: ca.pem}}\n", "ledger.admin.listen"},
+		{"admin plain HTTP on loopback", "ledger: {admin: {listen: '127.0.0.1:9443', insecure_plain_http: true}}\n", ""},
+		{"admin plain HTTP on every address", "ledger: {admin: {listen: ':9443', insecure_plain_http: true}}\n", "loopback"},
+		{"admin plain HTTP on a LAN address", "ledger: {admin: {listen: '10.0.0.1:9443', insecure_plain_http: true}}\n", "loopback"},
+		{"admin unknown key", "ledger: {admin: {client_ca: ca.pem, ou: x}}\n", "ou"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := parseRunConfig([]byte(base+tc.yaml), "/etc/memberd")
@@ -41,10 +50,19 @@ func TestLedgerConfig(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
+			if tc.name == "admin defaults" {
+				a := c.Ledger.Admin
+				if a.Listen != DefaultLedgerAdminListen || a.ClientOU != DefaultLedgerAdminClientOU || a.InsecurePlainHTTP {
+					t.Fatalf("admin defaults not applied: %+v", *a)
+				}
+			}
+			if tc.name == "defaults" && c.Ledger.Admin != nil {
+				t.Fatal("a ledger.admin section appeared from nowhere: the participation API must be asked for")
+			}
 			if tc.name == "defaults" {
 				l := c.Ledger
 				if l.Listen != DefaultLedgerListen || l.DataDir != DefaultLedgerDataDir || l.RaftPort != DefaultLedgerRaftPort ||
-					l.PeerPort != DefaultLedgerPeerPort || l.MutualTLS || l.GenesisBlock != "" {
+					l.PeerPort != DefaultLedgerPeerPort || l.MutualTLS || l.GenesisBlock != "" || l.SnapshotBytes != raftlog.DefaultSnapshotBytes {
 					t.Fatalf("defaults not applied: %+v", *l)
 				}
 				if got := c.path(l.DataDir); got != "/etc/memberd/ledger" {
@@ -141,15 +159,15 @@ func TestLedgerInAppliance(t *testing.T) {
 		if resp.StatusCode != http.StatusOK {
 			t.Fatalf("%s /readyz: %d %s", m, resp.StatusCode, body)
 		}
-		var chans struct {
-			Channels []struct {
-				Name   string `json:"name"`
-				Height uint64 `json:"height"`
-			} `json:"channels"`
+		// The participation API is no longer on the plain-HTTP admin port
+		// (osnadmin_test.go covers it, with client certificates).
+		resp, err = http.Get("http://" + d.AdminAddr(m) + "/participation/v1/channels")
+		if err != nil {
+			t.Fatal(err)
 		}
-		getJSON(t, "http://"+d.AdminAddr(m)+"/participation/v1/channels", &chans)
-		if len(chans.Channels) != 1 || chans.Channels[0].Name != "demo" {
-			t.Fatalf("%s participation API: %+v", m, chans)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusNotFound || d.ParticipationAddr(m) == "" {
+			t.Fatalf("%s: participation API on the plain admin port: %d (want 404), on %q", m, resp.StatusCode, d.ParticipationAddr(m))
 		}
 	}
 	if follower == "" {

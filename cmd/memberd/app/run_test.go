@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -42,6 +43,7 @@ func TestRunConfig(t *testing.T) {
 		{"forward without member", "tunnel: {forwards: [{listen: '127.0.0.1:1', port: 7}]}\n", "tunnel.forwards[0]"},
 		{"service on push port", "tunnel: {services: [{port: 7099, target: 'a:1'}]}\n", "tunnel.services[0].port"},
 		{"admin not host:port", "admin: nope\n", "key admin"},
+		{"pprof off loopback", "admin: 0.0.0.0:9464\nadmin_pprof: true\n", "key admin_pprof"},
 		{"pool size", "hsm: {pool_size: 1000}\n", "hsm.pool_size"},
 		{"relative module", "hsm: {module_path: lib.so}\n", "hsm.module_path"},
 		{"ledger listen", "ledger: {listen: bad}\n", "ledger.listen"},
@@ -82,6 +84,11 @@ func TestRunExitCodes(t *testing.T) {
 	code, _, errb = run(t, "run", "--config", bad)
 	if code != ExitUsage || !strings.Contains(errb, "policy.dir") || !strings.Contains(errb, bad) {
 		t.Fatalf("bad config: exit %d, %q", code, errb)
+	}
+	pprof := writeFile(t, dir, "pprof.yaml", []byte(validRunConfig+"admin: ':9464'\nadmin_pprof: true\n"))
+	code, _, errb = run(t, "run", "--config", pprof)
+	if code != ExitUsage || !strings.Contains(errb, "key admin_pprof") || !strings.Contains(errb, pprof) {
+		t.Fatalf("pprof on a non-loopback admin address: exit %d, %q", code, errb)
 	}
 	code, _, errb = run(t, "run", "--config", bad, "--log-format", "xml")
 	if code != ExitUsage || !strings.Contains(errb, "--log-format") {
@@ -250,4 +257,27 @@ func TestDemoInitAndRun(t *testing.T) {
 		t.Fatalf("memberd policy push: exit %d\n%s%s", code, out, errb)
 	}
 	t.Logf("memberd policy push:\n%s", out)
+}
+
+// FuzzRunConfig: the appliance's strict YAML config parser never panics,
+// and what it accepts names a member, an identity and a policy folder, and
+// serves pprof only on a loopback admin address.
+func FuzzRunConfig(f *testing.F) {
+	f.Add([]byte(validRunConfig))
+	f.Add([]byte(validRunConfig + "admin_pprof: true\n"))
+	f.Add([]byte(validRunConfig + "ledger: {listen: ':7050', data_dir: l}\ntunnel: {forwards: [{listen: 'x', member: m, port: 1}]}\n"))
+	f.Add([]byte("member: [1, 2]\n"))
+	f.Add([]byte("{{{"))
+	f.Fuzz(func(t *testing.T, b []byte) {
+		c, err := parseRunConfig(b, "/x")
+		if err != nil {
+			return
+		}
+		if c.Member == "" || c.Identity == "" || c.Policy.Dir == "" || c.Admin == "" {
+			t.Fatalf("accepted an incomplete config: %+v", c)
+		}
+		if host, _, _ := net.SplitHostPort(c.Admin); c.AdminPprof && host != "localhost" && !net.ParseIP(host).IsLoopback() {
+			t.Fatalf("accepted pprof on admin %q", c.Admin)
+		}
+	})
 }

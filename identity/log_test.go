@@ -1,10 +1,16 @@
-package hsm_test
+package identity_test
 
 import (
 	"log/slog"
 	"strings"
 	"testing"
+
+	"go.uber.org/goleak"
 )
+
+// TestMain fails the package if any test leaves a goroutine behind (the
+// folder watcher).
+func TestMain(m *testing.M) { goleak.VerifyTestMain(m) }
 
 type tWriter struct{ t testing.TB }
 

@@ -1,4 +1,4 @@
-package hsm_test
+package identity_test
 
 import (
 	"context"
@@ -19,6 +19,7 @@ import (
 
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/hsm/hsmtest"
+	"github.com/memberd/memberd/identity"
 )
 
 type testCA struct {
@@ -50,7 +51,7 @@ func writeFile(t *testing.T, path string, data []byte) {
 	}
 }
 
-func tlsHandshake(t *testing.T, id *hsm.Identity, roots *x509.CertPool) error {
+func tlsHandshake(t *testing.T, id *identity.Identity, roots *x509.CertPool) error {
 	t.Helper()
 	c1, c2 := net.Pipe()
 	defer c1.Close()
@@ -63,22 +64,28 @@ func tlsHandshake(t *testing.T, id *hsm.Identity, roots *x509.CertPool) error {
 	return g.Wait()
 }
 
-func TestIdentityLiveSwitch(t *testing.T) {
-	tok := hsmtest.NewToken(t, "member-a")
+// newToken makes a SoftHSM token with two TLS keys and a CA key.
+func newToken(t *testing.T) (tok *hsmtest.Token, ca *testCA, k1, k2 *hsm.KeyInfo, now time.Time) {
+	t.Helper()
+	tok = hsmtest.NewToken(t, "member-a")
 	caKey := tok.NewKey(t, "ca")
-	k1 := tok.GenerateKey(t, "tls-1")
-	k2 := tok.GenerateKey(t, "tls-2")
-	now := time.Now()
+	k1 = tok.GenerateKey(t, "tls-1")
+	k2 = tok.GenerateKey(t, "tls-2")
+	now = time.Now()
 	caCert, err := hsm.NewCACertificate(caKey, hsm.CAConfig{Subject: pkix.Name{CommonName: "Member A CA"}, Now: now})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ca := &testCA{cert: caCert, key: caKey}
+	return tok, &testCA{cert: caCert, key: caKey}, k1, k2, now
+}
+
+func TestIdentityLiveSwitch(t *testing.T) {
+	tok, ca, k1, k2, now := newToken(t)
 	roots := x509.NewCertPool()
-	roots.AddCert(caCert)
+	roots.AddCert(ca.cert)
 
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, hsm.IdentityFile), fmt.Appendf(nil, "keys:\n  - %q\n  - %q\n", k1.URI, k2.URI))
+	writeFile(t, filepath.Join(dir, identity.File), fmt.Appendf(nil, "keys:\n  - %q\n  - %q\n", k1.URI, k2.URI))
 	s1, err := hsm.OpenSigner(k1.URI, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -86,7 +93,7 @@ func TestIdentityLiveSwitch(t *testing.T) {
 	writeFile(t, filepath.Join(dir, "cert-1.pem"), ca.issue(t, s1, "node1.member-a", now))
 	s1.Close()
 
-	p, err := hsm.NewIdentityProvider(dir, &hsm.IdentityOptions{Debounce: 20 * time.Millisecond, Logger: testLogger(t)})
+	p, err := identity.NewProvider(dir, &identity.Options{Debounce: 20 * time.Millisecond, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -99,8 +106,8 @@ func TestIdentityLiveSwitch(t *testing.T) {
 		t.Fatalf("TLS with the first identity: %v", err)
 	}
 
-	switched := make(chan [2]*hsm.Identity, 4)
-	cancelSub := p.Subscribe(func(old, new *hsm.Identity) { switched <- [2]*hsm.Identity{old, new} })
+	switched := make(chan [2]*identity.Identity, 4)
+	_, cancelSub := p.Subscribe(func(old, new *identity.Identity) { switched <- [2]*identity.Identity{old, new} })
 	defer cancelSub()
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -120,15 +127,15 @@ func TestIdentityLiveSwitch(t *testing.T) {
 	if err := p.Reload(); err != nil {
 		t.Fatalf("reload with a junk certificate file: %v", err)
 	}
-	good, _ := os.ReadFile(filepath.Join(dir, hsm.IdentityFile))
-	writeFile(t, filepath.Join(dir, hsm.IdentityFile), []byte("keys: [unclosed\n"))
-	if err := p.Reload(); !errors.Is(err, hsm.ErrNoIdentity) {
+	good, _ := os.ReadFile(filepath.Join(dir, identity.File))
+	writeFile(t, filepath.Join(dir, identity.File), []byte("keys: [unclosed\n"))
+	if err := p.Reload(); !errors.Is(err, identity.ErrNoIdentity) {
 		t.Fatalf("reload with broken identity.yaml: %v", err)
 	}
 	if p.Current() != first {
 		t.Fatal("identity changed on bad input")
 	}
-	writeFile(t, filepath.Join(dir, hsm.IdentityFile), good)
+	writeFile(t, filepath.Join(dir, identity.File), good)
 
 	// A certificate for a key that is not listed is ignored.
 	other := tok.NewKey(t, "unlisted")
@@ -188,12 +195,101 @@ func TestIdentityNoMatch(t *testing.T) {
 	tok := hsmtest.NewToken(t, "member-a")
 	k := tok.GenerateKey(t, "tls")
 	dir := t.TempDir()
-	writeFile(t, filepath.Join(dir, hsm.IdentityFile), fmt.Appendf(nil, "key: %q\n", k.URI))
-	if _, err := hsm.NewIdentityProvider(dir, nil); !errors.Is(err, hsm.ErrNoIdentity) {
+	writeFile(t, filepath.Join(dir, identity.File), fmt.Appendf(nil, "key: %q\n", k.URI))
+	if _, err := identity.NewProvider(dir, nil); !errors.Is(err, identity.ErrNoIdentity) {
 		t.Fatalf("no certificate: %v, want ErrNoIdentity", err)
 	}
-	writeFile(t, filepath.Join(dir, hsm.IdentityFile), []byte("keyz: x\n"))
-	if _, err := hsm.NewIdentityProvider(dir, nil); !errors.Is(err, hsm.ErrNoIdentity) {
+	writeFile(t, filepath.Join(dir, identity.File), []byte("keyz: x\n"))
+	if _, err := identity.NewProvider(dir, nil); !errors.Is(err, identity.ErrNoIdentity) {
 		t.Fatalf("unknown field: %v, want ErrNoIdentity", err)
+	}
+}
+
+// TestIdentitySymlinkSwapAndSubscribe: the folder is a Kubernetes Secret
+// volume (files are symlinks through "..data", swapped atomically).
+// Subscribe hands back the identity in force, so a caller that subscribes
+// after a switch neither misses it nor needs to look again; Close ends Run
+// with ErrClosed.
+func TestIdentitySymlinkSwapAndSubscribe(t *testing.T) {
+	_, ca, k1, k2, now := newToken(t)
+	dir := t.TempDir()
+	version := func(name string, k *hsm.KeyInfo, notBefore time.Time) {
+		t.Helper()
+		if err := os.Mkdir(filepath.Join(dir, name), 0o755); err != nil {
+			t.Fatal(err)
+		}
+		s, err := hsm.OpenSigner(k.URI, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		writeFile(t, filepath.Join(dir, name, "cert.pem"), ca.issue(t, s, "node1.member-a", notBefore))
+		writeFile(t, filepath.Join(dir, name, identity.File), fmt.Appendf(nil, "key: %q\n", k.URI))
+	}
+	symlink := func(old, new string) {
+		t.Helper()
+		if err := os.Symlink(old, filepath.Join(dir, new)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	version("..v1", k1, now)
+	symlink("..v1", "..data")
+	symlink("..data/cert.pem", "cert.pem")
+	symlink("..data/"+identity.File, identity.File)
+
+	p, err := identity.NewProvider(dir, &identity.Options{Debounce: 20 * time.Millisecond, Logger: testLogger(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	first := p.Current()
+	if first.KeyURI != k1.URI {
+		t.Fatalf("first identity uses %s, want %s", first.KeyURI, k1.URI)
+	}
+	switched := make(chan *identity.Identity, 4)
+	cur, cancelSub := p.Subscribe(func(_, new *identity.Identity) { switched <- new })
+	defer cancelSub()
+	if cur != first {
+		t.Fatal("Subscribe did not hand back the identity in force")
+	}
+	done := make(chan error, 1)
+	go func() { done <- p.Run(context.Background()) }()
+
+	version("..v2", k2, now.Add(time.Second))
+	symlink("..v2", "..data_tmp")
+	if err := os.Rename(filepath.Join(dir, "..data_tmp"), filepath.Join(dir, "..data")); err != nil {
+		t.Fatal(err)
+	}
+	var second *identity.Identity
+	select {
+	case second = <-switched:
+	case <-time.After(10 * time.Second):
+		t.Fatalf("no switch after the ..data swap; current %s", p.Current().KeyURI)
+	}
+	if second.KeyURI != k2.URI {
+		t.Fatalf("switched to %s, want %s", second.KeyURI, k2.URI)
+	}
+	cur2, cancel2 := p.Subscribe(func(_, _ *identity.Identity) {})
+	cancel2()
+	if cur2 != second {
+		t.Fatal("a late Subscribe did not hand back the switched identity")
+	}
+
+	if err := p.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	select {
+	case err := <-done:
+		if !errors.Is(err, identity.ErrClosed) {
+			t.Fatalf("Run after Close: %v, want ErrClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close did not end Run")
+	}
+	if _, err := p.GetCertificate(nil); !errors.Is(err, identity.ErrNoIdentity) {
+		t.Fatalf("GetCertificate after Close: %v", err)
 	}
 }

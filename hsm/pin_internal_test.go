@@ -1,52 +1,14 @@
 package hsm
 
 import (
+	"bytes"
 	"errors"
+	"log/slog"
 	"os"
 	"path/filepath"
-	"reflect"
+	"strings"
 	"testing"
 )
-
-func TestParseIdentityFile(t *testing.T) {
-	for _, tc := range []struct {
-		name, in string
-		want     []string
-	}{
-		{"key", "key: pkcs11:token=a;object=b\n", []string{"pkcs11:token=a;object=b"}},
-		{"keys", "keys:\n  - pkcs11:object=a\n  - pkcs11:object=b\n", []string{"pkcs11:object=a", "pkcs11:object=b"}},
-		{"both", "key: k0\nkeys: [k1]\n", []string{"k0", "k1"}},
-		{"empty", "", nil},
-		{"unknown field", "keyz: x\n", nil},
-		{"empty entry", "keys: ['']\n", nil},
-		{"not yaml", "keys: [\n", nil},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := parseIdentityFile([]byte(tc.in))
-			if tc.want == nil {
-				if err == nil {
-					t.Fatalf("accepted: %v", got)
-				}
-				return
-			}
-			if err != nil || !reflect.DeepEqual(got, tc.want) {
-				t.Fatalf("got %v, %v; want %v", got, err, tc.want)
-			}
-		})
-	}
-}
-
-func FuzzParseIdentityFile(f *testing.F) {
-	f.Add([]byte("key: pkcs11:token=a;object=b\n"))
-	f.Add([]byte("keys:\n  - pkcs11:object=a\n  - file:/k.pem\n"))
-	f.Add([]byte("keys: &a [*a]\n"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		uris, err := parseIdentityFile(b)
-		if err == nil && len(uris) == 0 {
-			t.Fatal("no error and no keys")
-		}
-	})
-}
 
 func TestReadPIN(t *testing.T) {
 	dir := t.TempDir()
@@ -98,5 +60,30 @@ func TestReadPIN(t *testing.T) {
 	t.Setenv("CREDENTIALS_DIRECTORY", "")
 	if _, err := readPIN(&URI{PINSource: "cred:hsm-pin"}, nil); !errors.Is(err, ErrPINSource) {
 		t.Fatalf("credential without CREDENTIALS_DIRECTORY: %v", err)
+	}
+}
+
+// A group-readable PIN file is warned about; a systemd credential (0440 in
+// the service's private credentials folder, as systemd makes it) is not.
+func TestReadPINModeWarning(t *testing.T) {
+	dir := t.TempDir()
+	for _, n := range []string{"pin", "hsm-pin"} {
+		if err := os.WriteFile(filepath.Join(dir, n), []byte("1234"), 0o440); err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Setenv("CREDENTIALS_DIRECTORY", dir)
+	for _, tc := range []struct {
+		src  string
+		warn bool
+	}{{"file:" + filepath.Join(dir, "pin"), true}, {"cred:hsm-pin", false}} {
+		var logs bytes.Buffer
+		opts := &Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))}
+		if _, err := readPIN(&URI{PINSource: tc.src}, opts); err != nil {
+			t.Fatal(err)
+		}
+		if got := strings.Contains(logs.String(), "readable by group or others"); got != tc.warn {
+			t.Errorf("pin-source=%s: warned %v, want %v (log: %q)", tc.src, got, tc.warn, logs.String())
+		}
 	}
 }
