@@ -206,7 +206,10 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 		d, ok = fr.until(ctx, t1, func(c context.Context) bool { return fr.caughtUp(c, target) })
 		f.add("restarted member caught up (height within 1 block of the leader's, from restart)", d, ok)
 	}
-	if _, term2, err := fr.leader(ctx); err == nil {
+	// The run may be ending (ctx done): still read the term after the fault.
+	tctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, term2, err := fr.leader(tctx); err == nil {
 		note := fmt.Sprintf("raft term %d -> %d", term, term2)
 		if term2 != term {
 			note += " (leader changed)"
