@@ -49,11 +49,26 @@ type ClientConfig struct {
 	// common middlebox idle timeouts. Default 15s.
 	KeepAlive time.Duration
 	// PingInterval is how often each relay is pinged to measure RTT and
-	// liveness. Default 400ms.
+	// liveness. Default 50ms (an 8-byte frame each way).
 	PingInterval time.Duration
+	// SuspectAfter: while the relay packets go to has been quiet for this
+	// long plus twice its RTT, every packet is also sent through the
+	// freshest other relay, so a relay that dies without a word (kill -9 or
+	// a power cut: QUIC over UDP sees no error) costs about this much
+	// traffic, well under raft's election timeout (1s by default); the
+	// last packets sent through the quiet relay are sent again through
+	// the other one then. If the quiet relay was only slow, the receiver
+	// gets both copies and WireGuard's replay window drops the second.
+	// Must exceed PingInterval. Default 150ms.
+	SuspectAfter time.Duration
+	// FailBackAfter: a relay connection that came up again (a relay back
+	// from a restart) carries traffic only after this long, unless no
+	// other relay is healthy; the first connection to each relay is used
+	// at once. Default 2s.
+	FailBackAfter time.Duration
 	// DeadAfter: a relay from which nothing arrived for this long is not
-	// used for sending; after 4× this the connection is dropped and
-	// redialled. Default 1.2s (traffic moves within 2s of a relay dying).
+	// used for sending at all; after 4× this the connection is dropped and
+	// redialled. Must exceed SuspectAfter. Default 1.2s.
 	DeadAfter time.Duration
 	// ReprobeInterval is how often a relay reached over TCP is re-probed
 	// over QUIC; on success the client moves back up. Default 30s.
@@ -93,6 +108,11 @@ func (c *ClientConfig) Validate() error {
 	if c.BackoffMax != 0 && c.BackoffMax < c.BackoffMin {
 		return fmt.Errorf("%w: backoff max %v below min %v", ErrConfig, c.BackoffMax, c.BackoffMin)
 	}
+	d := c.withDefaults()
+	if d.SuspectAfter <= d.PingInterval || d.DeadAfter <= d.SuspectAfter {
+		return fmt.Errorf("%w: relay liveness timers must grow: ping interval %v < suspect after %v < dead after %v",
+			ErrConfig, d.PingInterval, d.SuspectAfter, d.DeadAfter)
+	}
 	return nil
 }
 
@@ -105,7 +125,9 @@ func (c ClientConfig) withDefaults() ClientConfig {
 	def(&c.QUICTimeout, time.Second)
 	def(&c.TCPTimeout, 10*time.Second)
 	def(&c.KeepAlive, 15*time.Second)
-	def(&c.PingInterval, 400*time.Millisecond)
+	def(&c.PingInterval, 50*time.Millisecond)
+	def(&c.SuspectAfter, 150*time.Millisecond)
+	def(&c.FailBackAfter, 2*time.Second)
 	def(&c.DeadAfter, 1200*time.Millisecond)
 	def(&c.ReprobeInterval, 30*time.Second)
 	def(&c.BackoffMin, 250*time.Millisecond)
@@ -138,7 +160,7 @@ const (
 )
 
 // Client keeps connections to every relay and sends each packet on one
-// healthy relay. It implements the tunnel's PacketTransport: packets are
+// healthy relay (on two while that one is quiet: see route). It implements the tunnel's PacketTransport: packets are
 // addressed by member id; the relay names the sender from its certificate.
 type Client struct {
 	cfg    ClientConfig
@@ -149,6 +171,8 @@ type Client struct {
 	ctx    context.Context // cancelled by Close
 	setMu  sync.Mutex      // serialises SetRelays and Close
 	recv   chan inPacket
+	copies atomic.Uint64 // packets also sent on a backup relay (see route)
+	recent recentSent    // the last packets sent, for resending on a backup
 
 	cancel    context.CancelFunc
 	g         errgroup.Group
@@ -170,13 +194,15 @@ type relayConn struct {
 	info   RelayInfo
 	cur    atomic.Pointer[link]
 	cancel context.CancelFunc
+	everUp bool // a connection was established once; runRelay's goroutine only
+
+	rtt atomic.Int64 // nanoseconds, from the last pong
 
 	mu        sync.Mutex
 	state     string
 	lastErr   string
 	lastClose string
 	since     time.Time
-	rtt       time.Duration
 	bytesIn   uint64 // of links already closed
 	bytesOut  uint64
 	drops     atomic.Uint64
@@ -326,6 +352,12 @@ func (c *Client) runRelay(ctx context.Context, rc *relayConn, d *dialer) {
 			c.log.Info("relay reached over TCP after QUIC failed", "relay", rc.info.ID, "path", string(l.path), "quic_err", qerr.Error())
 		}
 		backoff = c.cfg.BackoffMin
+		if !rc.everUp {
+			// The first connection to a relay is usable at once (the
+			// policy order holds from the start); reconnections wait
+			// FailBackAfter (see route).
+			l.upAt, rc.everUp = 0, true
+		}
 		for l != nil {
 			l = c.serve(ctx, rc, d, l)
 		}
@@ -363,7 +395,9 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 				}
 				c.log.Info("relay reachable over QUIC again: moving up", "relay", rc.info.ID, "from", string(l.path))
 				next.Store(nl)
-				// Switch sending first, then retire the TCP link.
+				// Same relay, proven: no fail-back wait. Switch sending
+				// first, then retire the TCP link.
+				nl.upAt = l.upAt
 				rc.cur.Store(nl)
 				l.close(codeShutdown, "moved to QUIC")
 				return nil
@@ -372,6 +406,12 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 	}
 	err := l.run(lctx, func(f wire.Frame, owned bool) { c.frame(rc, l, f, owned) })
 	cancel()
+	if ctx.Err() == nil && next.Load() == nil {
+		// Lost (e.g. a TCP reset): what l took lately may be lost too.
+		if p := c.pick(); p != nil {
+			c.resend(l, p)
+		}
+	}
 	g.Wait()
 	c.m.survived(ctx, c.log, err, "relay", rc.info.ID)
 	c.m.conns.Dec()
@@ -447,10 +487,7 @@ func (c *Client) frame(rc *relayConn, l *link, f wire.Frame, owned bool) {
 	case wire.TypePong:
 		if len(f.Body) == 8 {
 			sent := int64(binary.BigEndian.Uint64(f.Body))
-			rtt := time.Duration(time.Now().UnixNano() - sent)
-			rc.mu.Lock()
-			rc.rtt = rtt
-			rc.mu.Unlock()
+			rc.rtt.Store(time.Now().UnixNano() - sent)
 		}
 	case wire.TypeGoAway:
 		code, reason, err := wire.ParseGoAway(f.Body)
@@ -475,28 +512,80 @@ func (rc *relayConn) setState(state string, err error) {
 	}
 }
 
-// healthy returns the link to send on, if the relay answered recently.
-func (c *Client) healthy(rc *relayConn, now time.Time) *link {
+// healthy returns rc's link if it is open and the relay answered within
+// DeadAfter, with how long ago that was.
+func (c *Client) healthy(rc *relayConn, now time.Time) (*link, time.Duration) {
 	l := rc.cur.Load()
 	if l == nil || l.closed() {
-		return nil
+		return nil, 0
 	}
-	if now.Sub(time.Unix(0, l.lastRecv.Load())) > c.cfg.DeadAfter {
-		return nil
+	quiet := now.Sub(time.Unix(0, l.lastRecv.Load()))
+	if quiet > c.cfg.DeadAfter {
+		return nil, 0
 	}
-	return l
+	return l, quiet
 }
 
-// pick returns the link of the first healthy relay in configuration order,
-// so all packets of a flow use one relay while it lives.
-func (c *Client) pick() *link {
-	now := time.Now()
-	for _, rc := range *c.relays.Load() {
-		if l := c.healthy(rc, now); l != nil {
-			return l
+// route returns where a packet goes: primary, the link of the first
+// healthy relay in configuration order, so all packets of a flow use one
+// relay while it lives (a link that connected less than FailBackAfter ago
+// only when no older one is healthy, and then the oldest: traffic moves
+// back to a restarted relay once it has proven itself, not the moment it
+// answers); and backup, while primary has been quiet for more
+// than SuspectAfter plus twice its RTT, the link of the other healthy
+// relay heard from most recently (nil otherwise). Packets go to both, and
+// WritePacket resends there what primary may have swallowed (resend).
+//
+// Why: a relay that dies abruptly gives no error on QUIC (no CONNECTION_CLOSE,
+// and ICMP does not reach quic-go's unconnected socket), so only silence
+// tells; waiting for DeadAfter of it cost raft its leader. Copying
+// instead of switching makes a wrong suspicion (a slow relay, a busy host)
+// cost duplicates, which WireGuard drops, never packets; a closed
+// connection (TCP reset, QUIC close) is skipped at once.
+func (c *Client) route(now time.Time) (primary, backup *link) {
+	relays := *c.relays.Load()
+	var quiet time.Duration
+	var on *relayConn
+	var young *link // the oldest healthy link still in its FailBackAfter
+	var youngQuiet time.Duration
+	var youngOn *relayConn
+	for _, rc := range relays {
+		l, q := c.healthy(rc, now)
+		if l == nil {
+			continue
+		}
+		if now.UnixNano()-l.upAt < int64(c.cfg.FailBackAfter) {
+			if young == nil || l.upAt < young.upAt {
+				young, youngQuiet, youngOn = l, q, rc
+			}
+			continue
+		}
+		primary, quiet, on = l, q, rc
+		break
+	}
+	if primary == nil {
+		primary, quiet, on = young, youngQuiet, youngOn
+	}
+	if primary == nil || quiet <= c.cfg.SuspectAfter+2*time.Duration(on.rtt.Load()) {
+		return primary, nil
+	}
+	var backupQuiet time.Duration
+	for _, rc := range relays {
+		l, q := c.healthy(rc, now)
+		if l == nil || l == primary {
+			continue
+		}
+		if backup == nil || q < backupQuiet {
+			backup, backupQuiet = l, q
 		}
 	}
-	return nil
+	return primary, backup
+}
+
+// pick returns the primary link (see route).
+func (c *Client) pick() *link {
+	l, _ := c.route(time.Now())
+	return l
 }
 
 // WritePacket sends pkt to member through one healthy relay. It never
@@ -515,13 +604,45 @@ func (c *Client) WritePacket(pkt []byte, member string) error {
 		c.m.drop(DropTooLarge)
 		return fmt.Errorf("%w: %d bytes", ErrPacketSize, len(pkt))
 	}
-	l := c.pick()
+	now := time.Now()
+	l, backup := c.route(now)
 	if l == nil {
 		c.m.drop(DropNoRoute)
 		return fmt.Errorf("%w: all relays down (%s)", ErrNoRelay, c.errSummary())
 	}
-	l.sendData(wire.AppendPacket(newFrame(wire.PacketOverhead+len(pkt)), member, pkt))
+	f := wire.AppendPacket(newFrame(wire.PacketOverhead+len(pkt)), member, pkt)
+	if backup != nil {
+		c.resend(l, backup)
+		c.copy(backup, append(newFrame(len(f)), f...))
+	}
+	if len(*c.relays.Load()) > 1 {
+		c.recent.add(l, f, now)
+	}
+	l.sendData(f)
 	return nil
+}
+
+// resend sends through backup, once per quiet spell of l, the recent
+// packets l may have swallowed: those sent on it since DeadAfter before
+// the last thing l received (bounded by recentLen). What reached the
+// receiver the other way is dropped there as a replay; a busy host that
+// read l's last frames late does not shrink the window.
+func (c *Client) resend(l, backup *link) {
+	heard := l.lastRecv.Load()
+	done := l.resentFor.Load()
+	if done == heard || !l.resentFor.CompareAndSwap(done, heard) {
+		return
+	}
+	for _, f := range c.recent.since(l, time.Unix(0, heard).Add(-c.cfg.DeadAfter)) {
+		c.copy(backup, f)
+	}
+}
+
+// copy sends frame, a copy of a packet sent on another link, on backup.
+func (c *Client) copy(backup *link, frame []byte) {
+	backup.sendData(frame)
+	c.copies.Add(1)
+	c.m.copied.Inc()
 }
 
 // ReadPacket blocks until a packet arrives, copies it into buf and returns
@@ -575,6 +696,7 @@ type RelayStatus struct {
 	Path      Path          `json:"path,omitempty"` // quic, tcp, proxy; empty unless up
 	Healthy   bool          `json:"healthy"`        // answered within DeadAfter: eligible for sending
 	Active    bool          `json:"active"`         // the relay packets are being sent on
+	Backup    bool          `json:"backup"`         // packets are copied to it too: the active relay is quiet
 	RTT       time.Duration `json:"rtt_ns"`
 	BytesIn   uint64        `json:"bytes_in"`
 	BytesOut  uint64        `json:"bytes_out"`
@@ -588,13 +710,13 @@ type RelayStatus struct {
 // Status reports every relay.
 func (c *Client) Status() []RelayStatus {
 	now := time.Now()
-	active := c.pick()
+	active, backup := c.route(now)
 	relays := *c.relays.Load()
 	out := make([]RelayStatus, 0, len(relays))
 	for _, rc := range relays {
 		rc.mu.Lock()
 		st := RelayStatus{
-			ID: rc.info.ID, Addr: rc.info.Addr, State: rc.state, RTT: rc.rtt,
+			ID: rc.info.ID, Addr: rc.info.Addr, State: rc.state, RTT: time.Duration(rc.rtt.Load()),
 			BytesIn: rc.bytesIn, BytesOut: rc.bytesOut, Drops: rc.drops.Load(),
 			Upgrades: rc.upgrades, Since: rc.since, LastError: rc.lastErr, LastClose: rc.lastClose,
 		}
@@ -603,8 +725,10 @@ func (c *Client) Status() []RelayStatus {
 			st.Path = l.path
 			st.BytesIn += l.bytesIn.Load()
 			st.BytesOut += l.bytesOut.Load()
-			st.Healthy = c.healthy(rc, now) != nil
+			hl, _ := c.healthy(rc, now)
+			st.Healthy = hl != nil
 			st.Active = l == active
+			st.Backup = backup != nil && l == backup
 		}
 		out = append(out, st)
 	}

@@ -114,10 +114,27 @@ type testRelay struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
-	mu  sync.Mutex
-	udp net.PacketConn
-	ql  *quic.Listener
-	tl  net.Listener
+	mu    sync.Mutex
+	udp   net.PacketConn
+	ql    *quic.Listener
+	tl    net.Listener
+	conns []net.Conn // accepted TCP connections, closed raw by crash
+}
+
+// trackingListener records the connections it accepts.
+type trackingListener struct {
+	net.Listener
+	r *testRelay
+}
+
+func (l trackingListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err == nil {
+		l.r.mu.Lock()
+		l.r.conns = append(l.r.conns, c)
+		l.r.mu.Unlock()
+	}
+	return c, err
 }
 
 func (n *testNet) startRelay(id string, tweak func(*ServerConfig)) *testRelay {
@@ -159,7 +176,7 @@ func (r *testRelay) startTCP() {
 	r.tl = tl
 	r.mu.Unlock()
 	r.wg.Add(1)
-	go func() { defer r.wg.Done(); r.srv.ServeTCP(r.ctx, tl) }()
+	go func() { defer r.wg.Done(); r.srv.ServeTCP(r.ctx, trackingListener{tl, r}) }()
 }
 
 func (r *testRelay) startQUIC() {
@@ -190,14 +207,19 @@ func (r *testRelay) stopQUIC() {
 	}
 }
 
-// crash makes the relay vanish without telling anyone: sockets closed, no
-// QUIC CONNECTION_CLOSE sent (the UDP socket is gone first).
+// crash makes the relay vanish without telling anyone, as kill -9 does:
+// sockets closed, no QUIC CONNECTION_CLOSE sent (the UDP socket is gone
+// first), TCP connections closed by the kernel without a GOAWAY.
 func (r *testRelay) crash() {
 	r.stopQUIC()
 	r.mu.Lock()
 	if r.tl != nil {
 		r.tl.Close()
 	}
+	for _, c := range r.conns {
+		c.Close()
+	}
+	r.conns = nil
 	r.mu.Unlock()
 	r.srv.Close()
 }
@@ -334,14 +356,3 @@ type tlsCert = tls.Certificate
 type x509Cert = x509.Certificate
 
 func itoa(i int) string { return strconv.Itoa(i) }
-
-// firstAfter returns how long after t0 the (idx+1)th packet from bank-a
-// arrived, approximated by polling the reader's arrival log.
-func firstAfter(r *reader, idx int, t0 time.Time) time.Duration {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if len(r.at) > idx {
-		return r.at[idx].Sub(t0)
-	}
-	return time.Hour
-}

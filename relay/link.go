@@ -68,6 +68,8 @@ type link struct {
 	bytesIn, bytesOut atomic.Uint64
 	lastRecv          atomic.Int64           // unix nanos
 	goAway            atomic.Pointer[string] // reason from the peer's GOAWAY
+	resentFor         atomic.Int64           // client: lastRecv when its recent packets were last resent elsewhere
+	upAt              int64                  // unix nanos when established; set before the link is shared
 	drop              func(reason string)
 }
 
@@ -85,7 +87,8 @@ func newLink(path Path, qc *quic.Conn, stream io.ReadWriter, cs tls.ConnectionSt
 	if path != PathQUIC {
 		close(l.settled)
 	}
-	l.lastRecv.Store(time.Now().UnixNano())
+	l.upAt = time.Now().UnixNano()
+	l.lastRecv.Store(l.upAt)
 	return l
 }
 

@@ -18,6 +18,7 @@ type metrics struct {
 	fwdBytes  prometheus.Counter
 	conns     prometheus.Gauge
 	panics    prometheus.Counter // connections closed because serving them panicked
+	copied    prometheus.Counter // client only: packets also sent on a backup relay
 }
 
 // reasonCounter is a counter by label value, exported to prometheus and
@@ -83,6 +84,10 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 			Name: prefix + "_panics_total",
 			Help: "Connections of the " + what + " closed because serving them panicked (a bug: the log has the stack).",
 		}),
+		copied: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: prefix + "_backup_copies_total",
+			Help: "Packets the " + what + " also sent through a second relay because the one in use had gone quiet.",
+		}),
 		offers: newReasonCounter(prefix+"_policy_offers_total", "Signed policy bundles members offered, by result.", "result", offerResults),
 	}
 	if reg != nil {
@@ -95,6 +100,8 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 		m.panics = register(reg, m.panics)
 		if what == "relay" {
 			m.offers.vec = register(reg, m.offers.vec)
+		} else {
+			m.copied = register(reg, m.copied)
 		}
 	}
 	return m

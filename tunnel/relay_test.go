@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"context"
 	"crypto"
+	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
 	"net"
 	"net/netip"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -44,13 +46,72 @@ func freeRelayAddr(t testing.TB) string {
 	return ""
 }
 
-// TestOverRealRelay runs the tunnel over one real relay (QUIC on loopback):
-// two members with relay.Client transports, a byte-exact transfer, and the
-// relay's forward hook never sees the plaintext marker.
+// tunnelRelay is one in-process relay of relayClusterN with its sockets.
+type tunnelRelay struct {
+	info relay.RelayInfo
+	cfg  relay.ServerConfig
+	ctx  context.Context
+	wg   *sync.WaitGroup
+
+	srv *relay.Server
+	udp net.PacketConn
+	ql  *quic.Listener
+	tl  net.Listener
+}
+
+// start runs a new server on the relay's address (again after a crash,
+// as a restarted process).
+func (r *tunnelRelay) start(t testing.TB) {
+	t.Helper()
+	srv, err := relay.NewServer(r.cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tl, err := net.Listen("tcp", r.info.Addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	udp, err := net.ListenPacket("udp", r.info.Addr)
+	if err != nil {
+		tl.Close()
+		t.Fatal(err)
+	}
+	ql, err := quic.Listen(udp, srv.TLSConfig(), srv.QUICConfig())
+	if err != nil {
+		tl.Close()
+		udp.Close()
+		t.Fatal(err)
+	}
+	r.srv, r.udp, r.ql, r.tl = srv, udp, ql, tl
+	r.wg.Add(2)
+	go func() { defer r.wg.Done(); srv.ServeTCP(r.ctx, tl) }()
+	go func() { defer r.wg.Done(); srv.ServeQUIC(r.ctx, ql) }()
+}
+
+// crash makes the relay vanish as kill -9 does: the UDP socket goes first,
+// so no QUIC CONNECTION_CLOSE reaches its members, only silence.
+func (r *tunnelRelay) crash() {
+	if r.srv == nil {
+		return
+	}
+	r.ql.Close()
+	r.udp.Close()
+	r.tl.Close()
+	r.srv.Close()
+}
+
 // relayCluster starts one relay on loopback (QUIC and TCP on one port) and
 // two tunnel devices (bank-a, bank-b) whose transports are relay.Clients.
 // Everything is closed at cleanup.
 func relayCluster(t testing.TB, hook func(from, to string, p []byte)) (map[string]*tunnel.Device, *relay.Server) {
+	devs, relays, _ := relayClusterN(t, 1, hook)
+	return devs, relays[0].srv
+}
+
+// relayClusterN is relayCluster with n relays (relay-1 ... relay-n), each
+// member connected to all of them; it also returns the members' relay
+// clients.
+func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byte)) (map[string]*tunnel.Device, []*tunnelRelay, map[string]*relay.Client) {
 	t.Helper()
 
 	members := []string{"bank-a", "bank-b"}
@@ -62,43 +123,35 @@ func relayCluster(t testing.TB, hook func(from, to string, p []byte)) (map[strin
 		cas[m] = []*tunneltest.CA{{Member: m, Cert: rcas[m].Cert, Key: rcas[m].Key}}
 		relayCAs[m] = []*x509.Certificate{rcas[m].Cert}
 	}
-	relayCert := relaytest.SelfSigned(t, "relay-1")
-	info := relay.RelayInfo{ID: "relay-1", Addr: freeRelayAddr(t), Pin: relay.PinOf(relayCert.Leaf)}
-	rauth, err := relay.NewStaticAuthority(relay.StaticPolicy{MemberCAs: relayCAs, AllowAll: true, Relays: []relay.RelayInfo{info}})
-	if err != nil {
-		t.Fatal(err)
+	var infos []relay.RelayInfo
+	var certs []tls.Certificate
+	for i := range nRelays {
+		id := "relay-" + strconv.Itoa(i+1)
+		cert := relaytest.SelfSigned(t, id)
+		certs = append(certs, cert)
+		infos = append(infos, relay.RelayInfo{ID: id, Addr: freeRelayAddr(t), Pin: relay.PinOf(cert.Leaf)})
 	}
-	srv, err := relay.NewServer(relay.ServerConfig{ID: "relay-1", Identity: relayCert, Authority: rauth,
-		RateBytesPerSec: -1,
-		ForwardHook:     hook})
+	rauth, err := relay.NewStaticAuthority(relay.StaticPolicy{MemberCAs: relayCAs, AllowAll: true, Relays: infos})
 	if err != nil {
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	tl, err := net.Listen("tcp", info.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, err := net.ListenPacket("udp", info.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	ql, err := quic.Listen(udp, srv.TLSConfig(), srv.QUICConfig())
-	if err != nil {
-		t.Fatal(err)
-	}
-	wg.Add(2)
-	go func() { defer wg.Done(); srv.ServeTCP(ctx, tl) }()
-	go func() { defer wg.Done(); srv.ServeQUIC(ctx, ql) }()
+	var relays []*tunnelRelay
 	t.Cleanup(func() {
-		ql.Close()
-		udp.Close()
-		tl.Close()
-		srv.Close()
+		for _, r := range relays {
+			r.crash()
+		}
 		cancel()
 		wg.Wait()
 	})
+	for i, info := range infos {
+		r := &tunnelRelay{info: info, ctx: ctx, wg: &wg, cfg: relay.ServerConfig{ID: info.ID, Identity: certs[i], Authority: rauth,
+			RateBytesPerSec: -1,
+			ForwardHook:     hook}}
+		relays = append(relays, r)
+		r.start(t)
+	}
 
 	var specs []tunneltest.MemberSpec
 	for i, m := range members {
@@ -106,9 +159,10 @@ func relayCluster(t testing.TB, hook func(from, to string, p []byte)) (map[strin
 	}
 	tauth := tunneltest.NewAuthority(specs, nil)
 	devs := map[string]*tunnel.Device{}
+	clients := map[string]*relay.Client{}
 	for _, m := range members {
 		id := rcas[m].Issue(t, m+"-appliance")
-		cl, err := relay.NewClient(relay.ClientConfig{Identity: id, Relays: []relay.RelayInfo{info}, NoEnvProxy: true,
+		cl, err := relay.NewClient(relay.ClientConfig{Identity: id, Relays: infos, NoEnvProxy: true,
 			QUICTimeout: time.Second, BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
@@ -126,14 +180,17 @@ func relayCluster(t testing.TB, hook func(from, to string, p []byte)) (map[strin
 			cl.Close()
 			t.Fatal(err)
 		}
-		t.Cleanup(func() { d.Close() }) // closes the relay client (registered after the relay's: runs first)
+		t.Cleanup(func() { d.Close() }) // closes the relay client (registered after the relays': runs first)
 		devs[m] = d
+		clients[m] = cl
 		t.Logf("%s: relay path %v, max packet %d, tunnel MTU %d", m, cl.Status(), cl.MaxPacketSize(), d.MTU())
 	}
-
-	return devs, srv
+	return devs, relays, clients
 }
 
+// TestOverRealRelay runs the tunnel over one real relay (QUIC on loopback):
+// two members with relay.Client transports, a byte-exact transfer, and the
+// relay's forward hook never sees the plaintext marker.
 func TestOverRealRelay(t *testing.T) {
 	marker := []byte("RELAY-PLAINTEXT-MARKER-51d2")
 	var seen, forwarded atomic.Int64

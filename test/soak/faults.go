@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 )
@@ -56,6 +57,9 @@ type faulter struct {
 	cfg *config
 	cl  *cluster
 	l   *loader
+	// lastTerm is the raft term seen at the end of the previous fault
+	// (0: none yet), to catch elections after the recovery steps.
+	lastTerm uint64
 }
 
 // run injects the faults in turn, every cfg.faultEvery, until ctx ends.
@@ -80,6 +84,10 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 		fmt.Printf("   fault %s: %s\n", kind, f.note)
 		return f
 	}
+	if fr.lastTerm != 0 && term != fr.lastTerm {
+		f.note = fmt.Sprintf("raft term %d -> %d since the previous fault's recovery (leader changed); ", fr.lastTerm, term)
+		fmt.Printf("   fault %s: %s\n", kind, f.note)
+	}
 	var target *proc
 	switch kind {
 	case faultLeader:
@@ -102,15 +110,23 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 		return f
 	}
 	f.target = target.name
+	// The same measure with no fault, just before it: what a busy host
+	// makes of the pauses anyway.
+	calm := time.Now().Add(3 * time.Second)
+	noise, _ := fr.watchPause(func() bool { return time.Now().After(calm) || ctx.Err() != nil })()
+	if ctx.Err() != nil {
+		// The load ended meanwhile: no traffic to measure a gap in.
+		f.note = "skipped: the load ended"
+		fmt.Printf("   fault %s: %s\n", kind, f.note)
+		return f
+	}
+	f.add("longest pause between acks in the 3s before the kill (no fault yet: the noise)", noise, true)
 	acked0 := fr.l.st.acked.Load()
 	how, sig := "kill -9", syscall.SIGKILL
 	if kind == faultTerm {
 		how, sig = "SIGTERM", syscall.SIGTERM
 	}
 	fmt.Printf("== fault %s: %s %s (pid %d; leader %s, term %d, acked %d)\n", kind, how, target.name, pidOf(target), leader.name, term, acked0)
-	t0 := time.Now()
-	fr.cl.signal(target, sig, true)
-
 	// Traffic back: more acked than everything in flight at the kill, or,
 	// for a fault near the end of the run, every envelope resolved (fewer
 	// than that many were left to send).
@@ -118,6 +134,10 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 	trafficBack := func() bool {
 		return fr.l.st.acked.Load() > acked0+inFlight || fr.l.st.resolved.Load() >= int64(fr.cfg.tx)
 	}
+	pause := fr.watchPause(trafficBack)
+
+	t0 := time.Now()
+	fr.cl.signal(target, sig, true)
 
 	switch {
 	case target == leader:
@@ -138,20 +158,25 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 			for _, p := range fr.cl.members() {
 				st, err := fr.cl.status(c, p)
 				if err != nil || !slices.ContainsFunc(st.Relays, func(r relayStatus) bool {
-					return r.ID != target.name && r.Active && r.Healthy
+					return r.ID != target.name && (r.Active || r.Backup) && r.Healthy
 				}) {
 					return false
 				}
 			}
 			return true
 		})
-		f.add("every member active on the other relay", d, ok)
+		f.add("every member sending on the other relay (active, or backup while the dead one is quiet)", d, ok)
 	}
 	// The load reaches the entry member only: with it down, traffic comes
 	// back after its restart.
 	if target.name != fr.cl.entry {
 		d, ok := fr.until(ctx, t0, func(context.Context) bool { return trafficBack() })
 		f.add(fmt.Sprintf("traffic back (%d more acked than in flight)", inFlight), d, ok)
+		if ok {
+			if p, ok := pause(); ok {
+				f.add("longest pause between acks, kill to traffic back (the traffic gap)", p, true)
+			}
+		}
 	}
 
 	sleepCtx(context.Background(), max(0, fr.cfg.faultDown-time.Since(t0)))
@@ -185,11 +210,56 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 		d, ok = fr.until(ctx, t1, func(c context.Context) bool { return fr.caughtUp(c, target) })
 		f.add("restarted member caught up (height within 1 block of the leader's, from restart)", d, ok)
 	}
-	if _, term2, err := fr.leader(ctx); err == nil && term2 != term {
-		f.note = fmt.Sprintf("raft term %d -> %d", term, term2)
-		fmt.Printf("   fault %s %s: %s\n", f.kind, f.target, f.note)
+	// The run may be ending (ctx done): still read the term after the fault.
+	tctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, term2, err := fr.leader(tctx); err == nil {
+		note := fmt.Sprintf("raft term %d -> %d", term, term2)
+		if term2 != term {
+			note += " (leader changed)"
+		}
+		f.note += note
+		fr.lastTerm = term2
+		fmt.Printf("   fault %s %s: %s\n", f.kind, f.target, note)
 	}
 	return f
+}
+
+// watchPause polls the acked count every 2 ms, from now until done holds
+// (or recoveryTimeout), and measures the longest time it did not move: the
+// gap the fault made in the traffic, as the client saw it. The returned
+// func waits for the watch to end and reports that pause (false: done
+// never held); call it only once done held, or it waits recoveryTimeout.
+func (fr *faulter) watchPause(done func() bool) func() (time.Duration, bool) {
+	type result struct {
+		pause time.Duration
+		ok    bool
+	}
+	res := make(chan result, 1)
+	go func() {
+		deadline := time.Now().Add(recoveryTimeout)
+		last, lastAt := fr.l.st.acked.Load(), time.Now()
+		var longest time.Duration
+		for time.Now().Before(deadline) {
+			time.Sleep(2 * time.Millisecond)
+			now := time.Now()
+			if n := fr.l.st.acked.Load(); n != last {
+				longest = max(longest, now.Sub(lastAt))
+				last, lastAt = n, now
+			}
+			if done() {
+				res <- result{longest, true}
+				return
+			}
+		}
+		res <- result{longest, false}
+	}()
+	var once sync.Once
+	var r result
+	return func() (time.Duration, bool) {
+		once.Do(func() { r = <-res })
+		return r.pause, r.ok
+	}
 }
 
 // until polls cond every 100 ms up to recoveryTimeout and returns the time

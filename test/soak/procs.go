@@ -354,6 +354,8 @@ type relayStatus struct {
 	Path    string `json:"path"`
 	Healthy bool   `json:"healthy"`
 	Active  bool   `json:"active"`
+	// Backup: packets are copied to it while the active relay is quiet.
+	Backup bool `json:"backup"`
 	// Since is when the connection reached its state.
 	Since time.Time `json:"since"`
 }
