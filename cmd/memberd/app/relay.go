@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -83,9 +84,11 @@ type relayAddrs struct{ relay, admin string }
 // re-reads configPath and applies its policy; a bad file keeps the old
 // policy. started, if set, receives the bound addresses.
 func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, reload <-chan struct{}, started chan<- relayAddrs) error {
+	// The relay names itself once: relay.Server and the policy watcher add
+	// no keys of their own.
 	log := e.log.With("component", "relay", "relay", cfg.ID)
 	warnSmallUDPBuffers(log, "/proc/sys")
-	identity, closeKey, err := relayIdentity(cfg, e)
+	identity, closeKey, err := relayIdentity(cfg, log, e.stderr)
 	if err != nil {
 		return err
 	}
@@ -268,7 +271,7 @@ func listenSamePort(addr string) (net.Listener, net.PacketConn, error) {
 
 // relayIdentity loads the certificate and opens its key (PKCS#11, or a dev
 // PEM file when insecure_dev_key is set) and checks they belong together.
-func relayIdentity(cfg *relayConfig, e *env) (tls.Certificate, func(), error) {
+func relayIdentity(cfg *relayConfig, log *slog.Logger, stderr io.Writer) (tls.Certificate, func(), error) {
 	b, err := os.ReadFile(cfg.path(cfg.Certificate))
 	if err != nil {
 		return tls.Certificate{}, nil, usagef("key certificate: %v", err)
@@ -279,10 +282,10 @@ func relayIdentity(cfg *relayConfig, e *env) (tls.Certificate, func(), error) {
 	}
 	var signer hsm.Signer
 	if cfg.InsecureDevKey {
-		e.log.Warn("INSECURE: the relay's TLS key is a file, for development only", "file", cfg.path(cfg.Key))
-		signer, err = hsm.OpenSoftSigner(cfg.path(cfg.Key), &hsm.SoftOptions{AllowInsecure: true, Warnings: e.stderr})
+		log.Warn("INSECURE: the relay's TLS key is a file, for development only", "file", cfg.path(cfg.Key))
+		signer, err = hsm.OpenSoftSigner(cfg.path(cfg.Key), &hsm.SoftOptions{AllowInsecure: true, Warnings: stderr})
 	} else {
-		signer, err = hsm.OpenSigner(cfg.Key, &hsm.Options{Logger: e.log})
+		signer, err = hsm.OpenSigner(cfg.Key, &hsm.Options{Logger: log})
 	}
 	if err != nil {
 		return tls.Certificate{}, nil, usagef("key key: %v", err)
