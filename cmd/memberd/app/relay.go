@@ -141,7 +141,12 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 		return fmt.Errorf("relay: admin endpoint on %s (key admin in %s): %w", cfg.Admin, configPath, err)
 	}
 	status := func(context.Context) any {
-		st := map[string]any{"role": "relay", "id": cfg.ID, "listen": tcpLn.Addr().String(),
+		warnings := udpBufferWarnings("/proc/sys")
+		if w := certificateWarning("relay certificate "+cfg.path(cfg.Certificate), identity.Leaf, time.Now(),
+			"have a new certificate issued for the same key (the policy pins the key), put it in place of key certificate and restart the relay"); w != "" {
+			warnings = append(warnings, w)
+		}
+		st := map[string]any{"role": "relay", "id": cfg.ID, "listen": tcpLn.Addr().String(), "warnings": append([]string{}, warnings...),
 			"members": srv.Members(), "drops": srv.Drops(), "policy_offers": srv.PolicyOffers()}
 		if watcher != nil {
 			st["policy_version"] = watcher.Current().Version()

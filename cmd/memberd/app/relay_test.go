@@ -204,6 +204,13 @@ func TestRelayCommandRuns(t *testing.T) {
 		}
 	}
 
+	// 'memberd status' on the relay's real /status.
+	code, out, errb := run(t, "status", "--admin", addrs.admin)
+	if code != ExitOK || !strings.HasPrefix(out, "relay-1 (relay), listening on "+addrs.relay+", policy version ") ||
+		!strings.Contains(out, "\nmembers connected (2): bank-a bank-b\n") {
+		t.Errorf("memberd status: exit %d %s\n%s", code, errb, out)
+	}
+
 	// Reload without bank-a: it is cut off.
 	cfgNoA := strings.Replace(f.config, "    bank-a: {ca: [bank-a.pem]}\n", "", 1)
 	writeFile(t, f.dir, "relay.yaml", []byte(cfgNoA))

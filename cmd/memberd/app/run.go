@@ -95,6 +95,7 @@ type appliance struct {
 	policy   func() *policy.Policy
 	identity func() *identity.Identity
 	ledger   *ledgerRun // nil without a ledger section
+	procSys  string     // where /status reads the UDP buffer limits: /proc/sys
 }
 
 // runAppliance runs one appliance until ctx ends. started, if set, receives
@@ -266,7 +267,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	if err != nil {
 		return fmt.Errorf("admin endpoint on %s (key admin): %w", cfg.Admin, err)
 	}
-	a := &appliance{member: cfg.Member, admin: adminLn.Addr().String(), dev: dev, client: cl, policy: current.Load, identity: idp.Current, ledger: led}
+	a := &appliance{member: cfg.Member, admin: adminLn.Addr().String(), dev: dev, client: cl, policy: current.Load, identity: idp.Current, ledger: led, procSys: "/proc/sys"}
 	mux := http.NewServeMux()
 	mux.Handle("/push", pushHandler(a, policyDir, cfg.Tunnel.PushPort, log))
 	ready := map[string]admin.Check{
@@ -358,11 +359,23 @@ func applianceStatus(a *appliance) map[string]any {
 	}
 	st := a.dev.Stats()
 	id := a.identity()
+	relays := a.client.Status()
+	led := a.ledger.status()
+	warnings := udpBufferWarnings(a.procSys)
+	if w := certificateWarning("identity certificate "+id.File, id.Certificate, time.Now(), renewIdentity); w != "" {
+		warnings = append(warnings, w)
+	}
+	if p.Member(a.member) == nil {
+		warnings = append(warnings, fmt.Sprintf("member %q is not in the applied policy version %d: the tunnel carries nothing until a policy re-admits it", a.member, p.Version()))
+	}
+	warnings = append(warnings, relayWarnings(relays)...)
+	warnings = append(warnings, ledgerWarnings(led)...)
 	return map[string]any{
-		"role":   "appliance",
-		"member": a.member,
-		"policy": map[string]any{"version": p.Version(), "hash": p.Hash().String(), "consortium": p.Consortium()},
-		"relays": a.client.Status(),
+		"role":     "appliance",
+		"member":   a.member,
+		"warnings": append([]string{}, warnings...), // [] rather than null
+		"policy":   map[string]any{"version": p.Version(), "hash": p.Hash().String(), "consortium": p.Consortium()},
+		"relays":   relays,
 		"identity": map[string]any{"file": id.File, "subject": id.Certificate.Subject.String(),
 			"serial": id.Certificate.SerialNumber.String(), "not_after": id.Certificate.NotAfter},
 		"tunnel": map[string]any{"addr": a.dev.Addr().String(), "mtu": a.dev.MTU(), "peers": peers,
@@ -371,7 +384,7 @@ func applianceStatus(a *appliance) map[string]any {
 			"certificate_serial": certSerial(a.dev.Identity()),
 			"packets_in":         st.PacketsIn, "packets_out": st.PacketsOut, "bytes_in": st.BytesIn, "bytes_out": st.BytesOut},
 		"relay_drops": a.client.Drops(),
-		"ledger":      a.ledger.status(),
+		"ledger":      led,
 	}
 }
 
