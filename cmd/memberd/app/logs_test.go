@@ -2,142 +2,18 @@ package app
 
 import (
 	"bufio"
-	"bytes"
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"path/filepath"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/memberd/memberd/internal/logtest"
 )
-
-// uniqueKeys decodes one JSON value from line, walking its tokens, and
-// fails on any object that holds a key twice (encoding/json's Unmarshal
-// keeps the last one silently, as jq and most log shippers do). It returns
-// the top-level object's keys and values (strings as strings, other values
-// as their JSON text).
-func uniqueKeys(line []byte) (map[string]string, error) {
-	dec := json.NewDecoder(bytes.NewReader(line))
-	dec.UseNumber()
-	top := map[string]string{}
-	if err := uniqueValue(dec, "", top); err != nil {
-		return nil, err
-	}
-	if _, err := dec.Token(); !errors.Is(err, io.EOF) {
-		return nil, fmt.Errorf("more than one JSON value on the line")
-	}
-	return top, nil
-}
-
-// uniqueValue reads one value at path; top, when set, collects the keys of
-// the object read.
-func uniqueValue(dec *json.Decoder, path string, top map[string]string) error {
-	tok, err := dec.Token()
-	if err != nil {
-		return err
-	}
-	switch tok {
-	case json.Delim('{'):
-		seen := map[string]bool{}
-		for dec.More() {
-			k, err := dec.Token()
-			if err != nil {
-				return err
-			}
-			key, _ := k.(string)
-			if seen[key] {
-				return fmt.Errorf("key %q appears twice in %s", key, cmp(path, "the line"))
-			}
-			seen[key] = true
-			if top == nil {
-				if err := uniqueValue(dec, path+"."+key, nil); err != nil {
-					return err
-				}
-				continue
-			}
-			var raw json.RawMessage
-			if err := dec.Decode(&raw); err != nil {
-				return err
-			}
-			if err := uniqueValue(json.NewDecoder(bytes.NewReader(raw)), path+"."+key, nil); err != nil {
-				return err
-			}
-			var s string
-			if json.Unmarshal(raw, &s) == nil {
-				top[key] = s
-			} else {
-				top[key] = string(raw)
-			}
-		}
-		_, err = dec.Token() // '}'
-		return err
-	case json.Delim('['):
-		for i := 0; dec.More(); i++ {
-			if err := uniqueValue(dec, fmt.Sprintf("%s[%d]", path, i), nil); err != nil {
-				return err
-			}
-		}
-		_, err = dec.Token() // ']'
-		return err
-	}
-	return nil // a scalar
-}
-
-func cmp(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
-}
-
-func TestUniqueKeys(t *testing.T) {
-	for _, tc := range []struct {
-		name, line, err string
-	}{
-		{"flat", `{"time":"t","level":"INFO","msg":"m","component":"tunnel","member":"m1"}`, ""},
-		{"nested", `{"a":{"b":1,"c":[{"d":1},{"d":2}]},"b":2}`, ""},
-		{"top-level duplicate", `{"component":"appliance","member":"m1","component":"tunnel"}`, `key "component" appears twice in the line`},
-		{"nested duplicate", `{"err":{"x":1,"x":2}}`, `key "x" appears twice in .err`},
-		{"duplicate in array", `{"relays":[{"id":"r1","id":"r2"}]}`, `key "id" appears twice in .relays[0]`},
-		{"not JSON", `time=x level=INFO`, "invalid character"},
-		{"two values", `{"a":1}{"b":2}`, "more than one JSON value"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			_, err := uniqueKeys([]byte(tc.line))
-			if tc.err == "" && err != nil || tc.err != "" && (err == nil || !strings.Contains(err.Error(), tc.err)) {
-				t.Fatalf("uniqueKeys(%s) = %v, want %q", tc.line, err, tc.err)
-			}
-		})
-	}
-	got, err := uniqueKeys([]byte(`{"msg":"m","n":3,"o":{"p":true}}`))
-	if err != nil || got["msg"] != "m" || got["n"] != "3" || got["o"] != `{"p":true}` {
-		t.Fatalf("top-level keys: %v %v", got, err)
-	}
-}
-
-// lockedBuffer is an io.Writer safe for the goroutines of a whole demo.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) Bytes() []byte {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return bytes.Clone(b.buf.Bytes())
-}
 
 // TestDemoLogsOneKeyPerLine runs the demo consortium (3 members with their
 // ledger, 2 relays) with a JSON logger at debug level, as 'memberd run
@@ -153,7 +29,7 @@ func TestDemoLogsOneKeyPerLine(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	var logs lockedBuffer
+	var logs logtest.Buffer
 	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -196,13 +72,13 @@ func TestDemoLogsOneKeyPerLine(t *testing.T) {
 		members[m] = true
 	}
 	perComponent := map[string]int{}
-	sc := bufio.NewScanner(bytes.NewReader(logs.Bytes()))
+	sc := bufio.NewScanner(strings.NewReader(logs.String()))
 	sc.Buffer(nil, 1<<20)
 	n, bad := 0, 0
 	for sc.Scan() {
 		n++
 		line := sc.Bytes()
-		kv, err := uniqueKeys(line)
+		kv, err := logtest.JSONLine(line)
 		if err == nil && kv["component"] == "" {
 			err = errors.New("no component key")
 		}
