@@ -29,7 +29,7 @@ import (
 )
 
 func newRelayCmd(e *env) *cobra.Command {
-	var configPath string
+	var configPath, logFormat string
 	c := &cobra.Command{
 		Use:   "relay",
 		Short: "Run a relay: members dial out to it on one port (UDP QUIC + TCP TLS) and it forwards their encrypted packets",
@@ -47,6 +47,10 @@ SIGINT/SIGTERM stop it; SIGHUP re-reads the policy folder (or the static
 policy section of the config) and applies it live.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := newLogger(e.stderr, logFormat)
+			if err != nil {
+				return err
+			}
 			cfg, err := loadRelayConfig(configPath)
 			if err != nil {
 				return err
@@ -70,10 +74,13 @@ policy section of the config) and applies it live.`,
 					}
 				}
 			}()
-			return runRelay(ctx, e, configPath, cfg, reload, nil)
+			ee := *e
+			ee.log = log
+			return runRelay(ctx, &ee, configPath, cfg, reload, nil)
 		},
 	}
 	c.Flags().StringVar(&configPath, "config", "/etc/memberd/relay.yaml", "relay configuration file (YAML)")
+	c.Flags().StringVar(&logFormat, "log-format", "auto", "log format: json, text, or auto (JSON unless stderr is a terminal)")
 	return c
 }
 
@@ -88,7 +95,7 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 	// no keys of their own.
 	log := e.log.With("component", "relay", "relay", cfg.ID)
 	warnSmallUDPBuffers(log, "/proc/sys")
-	identity, closeKey, err := relayIdentity(cfg, log, e.stderr)
+	identity, closeKey, err := relayIdentity(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -276,7 +283,7 @@ func listenSamePort(addr string) (net.Listener, net.PacketConn, error) {
 
 // relayIdentity loads the certificate and opens its key (PKCS#11, or a dev
 // PEM file when insecure_dev_key is set) and checks they belong together.
-func relayIdentity(cfg *relayConfig, log *slog.Logger, stderr io.Writer) (tls.Certificate, func(), error) {
+func relayIdentity(cfg *relayConfig, log *slog.Logger) (tls.Certificate, func(), error) {
 	b, err := os.ReadFile(cfg.path(cfg.Certificate))
 	if err != nil {
 		return tls.Certificate{}, nil, usagef("key certificate: %v", err)
@@ -288,7 +295,9 @@ func relayIdentity(cfg *relayConfig, log *slog.Logger, stderr io.Writer) (tls.Ce
 	var signer hsm.Signer
 	if cfg.InsecureDevKey {
 		log.Warn("INSECURE: the relay's TLS key is a file, for development only", "file", cfg.path(cfg.Key))
-		signer, err = hsm.OpenSoftSigner(cfg.path(cfg.Key), &hsm.SoftOptions{AllowInsecure: true, Warnings: stderr})
+		// Each use of the key warns through the logger (a plain line on
+		// stderr would break the JSON log stream).
+		signer, err = hsm.OpenSoftSigner(cfg.path(cfg.Key), &hsm.SoftOptions{AllowInsecure: true, Warnings: io.Discard, Logger: log})
 	} else {
 		signer, err = hsm.OpenSigner(cfg.Key, &hsm.Options{Logger: log})
 	}
