@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -199,9 +200,9 @@ func TestIdentityNoMatch(t *testing.T) {
 	if _, err := identity.NewProvider(dir, nil); !errors.Is(err, identity.ErrNoIdentity) {
 		t.Fatalf("no certificate: %v, want ErrNoIdentity", err)
 	}
-	writeFile(t, filepath.Join(dir, identity.File), []byte("keyz: x\n"))
-	if _, err := identity.NewProvider(dir, nil); !errors.Is(err, identity.ErrNoIdentity) {
-		t.Fatalf("unknown field: %v, want ErrNoIdentity", err)
+	writeFile(t, filepath.Join(dir, identity.File), fmt.Appendf(nil, "key: %q\nkeyz: x\n", k.URI))
+	if _, err := identity.NewProvider(dir, nil); !errors.Is(err, identity.ErrNoIdentity) || !strings.Contains(err.Error(), "line 2: field keyz not found") {
+		t.Fatalf("unknown field: %v, want ErrNoIdentity naming line 2 and keyz", err)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"net/netip"
 	"os"
 	"strings"
@@ -166,9 +167,10 @@ func TestParseRejects(t *testing.T) {
 		in   []byte
 		want string
 	}{
-		{"unknown top-level key", append(append([]byte{}, good...), "colour: blue\n"...), "field colour not found"},
-		{"unknown nested key", text("      msp_id: m1MSP\n", "      msp_id: m1MSP\n      mps_id: typo\n"), "field mps_id not found"},
-		{"duplicate key", text("consortium: test\n", "consortium: test\nconsortium: again\n"), "already defined"},
+		// The decoder's messages name the line of the offending key.
+		{"unknown top-level key", append(append([]byte{}, good...), "colour: blue\n"...), fmt.Sprintf("line %d: field colour not found", bytes.Count(good, []byte("\n"))+1)},
+		{"unknown nested key", text("      msp_id: m1MSP\n", "      msp_id: m1MSP\n      mps_id: typo\n"), fmt.Sprintf("line %d: field mps_id not found", lineOf(good, "      msp_id: m1MSP\n")+1)},
+		{"duplicate key", text("consortium: test\n", "consortium: test\nconsortium: again\n"), fmt.Sprintf("line %d: mapping key \"consortium\" already defined at line %d", lineOf(good, "consortium: test\n")+1, lineOf(good, "consortium: test\n"))},
 		{"two documents", append(append([]byte{}, good...), "---\nformat: x\n"...), "exactly one YAML document"},
 		{"anchor", text("description: test consortium\n", "description: &d test consortium\n"), "anchors and aliases"},
 		{"wrong format", edit(func(d *policy.Document) { d.Format = "v0" }), "format"},
@@ -341,4 +343,13 @@ func TestDocsExample(t *testing.T) {
 	if r := policy.Compare(nil, p); len(r.MembersAdded) != 3 {
 		t.Fatal("compare from nothing")
 	}
+}
+
+// lineOf is the 1-based line on which sub first starts in b (0 if absent).
+func lineOf(b []byte, sub string) int {
+	i := bytes.Index(b, []byte(sub))
+	if i < 0 {
+		return 0
+	}
+	return bytes.Count(b[:i], []byte("\n")) + 1
 }

@@ -145,7 +145,7 @@ func (n *testNet) startRelay(id string, tweak func(*ServerConfig)) *testRelay {
 			info = r
 		}
 	}
-	cfg := ServerConfig{ID: id, Identity: n.relayID[id], Authority: n.authority(), Logger: testLogger(t),
+	cfg := ServerConfig{ID: id, Identity: n.relayID[id], Authority: n.authority(), Logger: testLogger(t).With("relay", id),
 		Mesh: ClientConfig{QUICTimeout: 500 * time.Millisecond, BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond}}
 	if tweak != nil {
 		tweak(&cfg)

@@ -32,7 +32,9 @@ type ServerConfig struct {
 	// Authority is the initial policy snapshot (required); replace it with
 	// UpdateAuthority.
 	Authority Authority
-	// Logger receives operational logs; nil discards them.
+	// Logger receives operational logs; nil discards them. The server adds
+	// no key naming itself: the caller names the relay (cmd: component and
+	// relay), so that each key appears once per line.
 	Logger *slog.Logger
 	// Registerer receives the relay's metrics; nil registers none.
 	Registerer prometheus.Registerer
@@ -170,7 +172,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	cfg = cfg.withDefaults()
 	s := &Server{
-		cfg: cfg, log: cfg.Logger.With("relay", cfg.ID),
+		cfg: cfg, log: cfg.Logger, // the caller names the relay (key relay), once
 		m:        newMetrics(cfg.Registerer, "memberd_relay", "relay"),
 		meshKick: make(chan struct{}, 1),
 		members:  map[string]*memberState{},

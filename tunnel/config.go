@@ -55,7 +55,9 @@ type Config struct {
 	// Authority is the initial policy snapshot (required); later snapshots
 	// come through Device.SetAuthority. It must list Member with an address.
 	Authority Authority
-	// Logger receives logs; nil discards.
+	// Logger receives logs; nil discards. The device adds no member or
+	// component key (the caller names them); WireGuard's own lines carry
+	// sub=wireguard.
 	Logger *slog.Logger
 	// Registerer, if set, gets the tunnel's Prometheus collectors
 	// (memberd_tunnel_*, see metrics.go); Close unregisters them. nil = none.

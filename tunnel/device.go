@@ -157,7 +157,7 @@ func New(cfg Config) (*Device, error) {
 		}
 	}
 	d := &Device{
-		cfg: cfg, log: cfg.Logger.With("member", cfg.Member), now: cfg.Now, tr: cfg.Transport,
+		cfg: cfg, log: cfg.Logger, now: cfg.Now, tr: cfg.Transport, // the caller names the member, once
 		addr: addr, mtu: mtu, auth: auth,
 		ctlCh: make(chan ctlPacket, 256), ackCh: make(chan struct{}, 1), promoteCh: make(chan struct{}, 1),
 		switchCh: make(chan switchReq),
@@ -216,7 +216,7 @@ func New(cfg Config) (*Device, error) {
 }
 
 func wgLogger(l *slog.Logger) *device.Logger {
-	l = l.With("component", "wireguard")
+	l = l.With("sub", "wireguard") // the caller named the component
 	return &device.Logger{
 		Verbosef: func(f string, a ...any) {
 			if l.Enabled(context.Background(), slog.LevelDebug) {

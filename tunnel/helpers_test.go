@@ -53,7 +53,7 @@ func newCluster(t testing.TB, n int, o clusterOpts) *cluster {
 			Transport: c.net.Transport(s.ID), Authority: c.auth,
 		}
 		if !o.quiet {
-			cfg.Logger = testLogger(t)
+			cfg.Logger = testLogger(t).With("member", s.ID) // as cmd names it
 		}
 		if o.config != nil {
 			o.config(&cfg)

@@ -8,13 +8,14 @@ import (
 	"go.etcd.io/raft/v3"
 )
 
-// raftLogger adapts *slog.Logger to raft.Logger.
+// raftLogger adapts *slog.Logger to raft.Logger. It adds no key: the
+// caller's logger names the component, and node.go adds the node id.
 type raftLogger struct{ l *slog.Logger }
 
 var _ raft.Logger = raftLogger{}
 
 func (r raftLogger) log(level slog.Level, msg string) {
-	r.l.Log(context.Background(), level, msg, "component", "raft")
+	r.l.Log(context.Background(), level, msg)
 }
 
 func (r raftLogger) Debug(v ...any)              { r.log(slog.LevelDebug, fmt.Sprint(v...)) }

@@ -243,7 +243,7 @@ func (n *Node) applyConfChange(e *raftpb.Entry) error {
 			"node", n.cfg.ID, "index", e.Index)
 	}
 	n.cfg.Logger.Info("raft membership changed", "node", n.cfg.ID, "index", e.Index,
-		"change", cc.Type.String(), "member", cc.NodeID, "name", p.Name, "voters", cs.Voters)
+		"change", cc.Type.String(), "changed_node", cc.NodeID, "name", p.Name, "voters", cs.Voters)
 	if ok && proposer == n.cfg.ID {
 		n.wmu.Lock()
 		if w := n.waits[seq]; w != nil {

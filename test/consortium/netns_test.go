@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/cmd/memberd/app"
+	"github.com/memberd/memberd/internal/logtest"
 	"github.com/memberd/memberd/internal/testenv"
 )
 
@@ -120,6 +121,12 @@ func TestNetnsUDPBlocked(t *testing.T) {
 			case <-time.After(5 * time.Second):
 				cmd.Process.Kill()
 				<-done
+			}
+			// Logs are JSON (stderr is not a terminal), each key once per line.
+			for i, l := range strings.Split(strings.TrimSpace(out.String()), "\n") {
+				if _, err := logtest.JSONLine([]byte(l)); err != nil {
+					t.Errorf("%s: log line %d: %v\n%s", name, i+1, err, l)
+				}
 			}
 			if t.Failed() {
 				t.Logf("%s output:\n%s", name, out.String())

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/memberd/memberd/cmd/memberd/app"
 	"github.com/memberd/memberd/hsm"

@@ -21,7 +21,7 @@ import (
 	"syscall"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 )
 
 // proc is one memberd process (relay or appliance) and its restarts.

@@ -52,6 +52,7 @@ func TestUsageErrorsExit2(t *testing.T) {
 		{"group without subcommand", []string{"hsm"}, "a subcommand is required"},
 		{"unknown nested subcommand", []string{"policy", "frob"}, `unknown subcommand "frob"`},
 		{"extra argument", []string{"version", "extra"}, "unknown command"},
+		{"relay log format", []string{"relay", "--log-format", "xml"}, `--log-format: "xml" is not json, text or auto`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			code, _, stderr := run(t, tc.args...)

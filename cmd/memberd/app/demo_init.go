@@ -40,7 +40,7 @@ import (
 	"path/filepath"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/identity"

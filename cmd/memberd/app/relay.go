@@ -7,6 +7,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -28,7 +29,7 @@ import (
 )
 
 func newRelayCmd(e *env) *cobra.Command {
-	var configPath string
+	var configPath, logFormat string
 	c := &cobra.Command{
 		Use:   "relay",
 		Short: "Run a relay: members dial out to it on one port (UDP QUIC + TCP TLS) and it forwards their encrypted packets",
@@ -46,6 +47,10 @@ SIGINT/SIGTERM stop it; SIGHUP re-reads the policy folder (or the static
 policy section of the config) and applies it live.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			log, err := newLogger(e.stderr, logFormat)
+			if err != nil {
+				return err
+			}
 			cfg, err := loadRelayConfig(configPath)
 			if err != nil {
 				return err
@@ -69,10 +74,13 @@ policy section of the config) and applies it live.`,
 					}
 				}
 			}()
-			return runRelay(ctx, e, configPath, cfg, reload, nil)
+			ee := *e
+			ee.log = log
+			return runRelay(ctx, &ee, configPath, cfg, reload, nil)
 		},
 	}
 	c.Flags().StringVar(&configPath, "config", "/etc/memberd/relay.yaml", "relay configuration file (YAML)")
+	c.Flags().StringVar(&logFormat, "log-format", "auto", "log format: json, text, or auto (JSON unless stderr is a terminal)")
 	return c
 }
 
@@ -83,9 +91,11 @@ type relayAddrs struct{ relay, admin string }
 // re-reads configPath and applies its policy; a bad file keeps the old
 // policy. started, if set, receives the bound addresses.
 func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, reload <-chan struct{}, started chan<- relayAddrs) error {
+	// The relay names itself once: relay.Server and the policy watcher add
+	// no keys of their own.
 	log := e.log.With("component", "relay", "relay", cfg.ID)
 	warnSmallUDPBuffers(log, "/proc/sys")
-	identity, closeKey, err := relayIdentity(cfg, e)
+	identity, closeKey, err := relayIdentity(cfg, log)
 	if err != nil {
 		return err
 	}
@@ -138,7 +148,12 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 		return fmt.Errorf("relay: admin endpoint on %s (key admin in %s): %w", cfg.Admin, configPath, err)
 	}
 	status := func(context.Context) any {
-		st := map[string]any{"role": "relay", "id": cfg.ID, "listen": tcpLn.Addr().String(),
+		warnings := udpBufferWarnings("/proc/sys")
+		if w := certificateWarning("relay certificate "+cfg.path(cfg.Certificate), identity.Leaf, time.Now(),
+			"have a new certificate issued for the same key (the policy pins the key), put it in place of key certificate and restart the relay"); w != "" {
+			warnings = append(warnings, w)
+		}
+		st := map[string]any{"role": "relay", "id": cfg.ID, "listen": tcpLn.Addr().String(), "warnings": append([]string{}, warnings...),
 			"members": srv.Members(), "drops": srv.Drops(), "policy_offers": srv.PolicyOffers()}
 		if watcher != nil {
 			st["policy_version"] = watcher.Current().Version()
@@ -268,7 +283,7 @@ func listenSamePort(addr string) (net.Listener, net.PacketConn, error) {
 
 // relayIdentity loads the certificate and opens its key (PKCS#11, or a dev
 // PEM file when insecure_dev_key is set) and checks they belong together.
-func relayIdentity(cfg *relayConfig, e *env) (tls.Certificate, func(), error) {
+func relayIdentity(cfg *relayConfig, log *slog.Logger) (tls.Certificate, func(), error) {
 	b, err := os.ReadFile(cfg.path(cfg.Certificate))
 	if err != nil {
 		return tls.Certificate{}, nil, usagef("key certificate: %v", err)
@@ -279,10 +294,12 @@ func relayIdentity(cfg *relayConfig, e *env) (tls.Certificate, func(), error) {
 	}
 	var signer hsm.Signer
 	if cfg.InsecureDevKey {
-		e.log.Warn("INSECURE: the relay's TLS key is a file, for development only", "file", cfg.path(cfg.Key))
-		signer, err = hsm.OpenSoftSigner(cfg.path(cfg.Key), &hsm.SoftOptions{AllowInsecure: true, Warnings: e.stderr})
+		log.Warn("INSECURE: the relay's TLS key is a file, for development only", "file", cfg.path(cfg.Key))
+		// Each use of the key warns through the logger (a plain line on
+		// stderr would break the JSON log stream).
+		signer, err = hsm.OpenSoftSigner(cfg.path(cfg.Key), &hsm.SoftOptions{AllowInsecure: true, Warnings: io.Discard, Logger: log})
 	} else {
-		signer, err = hsm.OpenSigner(cfg.Key, &hsm.Options{Logger: e.log})
+		signer, err = hsm.OpenSigner(cfg.Key, &hsm.Options{Logger: log})
 	}
 	if err != nil {
 		return tls.Certificate{}, nil, usagef("key key: %v", err)

@@ -6,6 +6,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
@@ -82,7 +83,7 @@ func TestRelayConfigErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name, from, to, want string
 	}{
-		{"unknown key", "insecure_dev_key: true\n", "insecure_dev_key: true\nbogus: 1\n", "field bogus not found"},
+		{"unknown key", "insecure_dev_key: true\n", "insecure_dev_key: true\nbogus: 1\n", fmt.Sprintf("line %d: field bogus not found", lineOf(f.config, "insecure_dev_key: true")+1)},
 		{"dev key without opt-in", "insecure_dev_key: true\n", "", "key key: \"relay.key\" is not a PKCS#11 URI"},
 		{"no id", "id: relay-1\n", "", "key id:"},
 		{"bad listen", `listen: "127.0.0.1:0"`, `listen: "443"`, "key listen:"},
@@ -203,6 +204,13 @@ func TestRelayCommandRuns(t *testing.T) {
 		}
 	}
 
+	// 'memberd status' on the relay's real /status.
+	code, out, errb := run(t, "status", "--admin", addrs.admin)
+	if code != ExitOK || !strings.HasPrefix(out, "relay-1 (relay), listening on "+addrs.relay+", policy version ") ||
+		!strings.Contains(out, "\nmembers connected (2): bank-a bank-b\n") {
+		t.Errorf("memberd status: exit %d %s\n%s", code, errb, out)
+	}
+
 	// Reload without bank-a: it is cut off.
 	cfgNoA := strings.Replace(f.config, "    bank-a: {ca: [bank-a.pem]}\n", "", 1)
 	writeFile(t, f.dir, "relay.yaml", []byte(cfgNoA))
@@ -271,4 +279,13 @@ func TestRelayCommandHSMKey(t *testing.T) {
 	if s := c.Status()[0]; s.Path != relay.PathQUIC {
 		t.Fatalf("path %q, want quic", s.Path)
 	}
+}
+
+// lineOf is the 1-based line on which sub first starts in s (0 if absent).
+func lineOf(s, sub string) int {
+	i := strings.Index(s, sub)
+	if i < 0 {
+		return 0
+	}
+	return strings.Count(s[:i], "\n") + 1
 }

@@ -95,21 +95,26 @@ type appliance struct {
 	policy   func() *policy.Policy
 	identity func() *identity.Identity
 	ledger   *ledgerRun // nil without a ledger section
+	procSys  string     // where /status reads the UDP buffer limits: /proc/sys
 }
 
 // runAppliance runs one appliance until ctx ends. started, if set, receives
 // the running appliance once everything is up (the relays may still be
 // connecting).
 func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *appliance) (err error) {
-	log := e.log.With("component", "appliance", "member", cfg.Member)
+	// Each key once per line: the member is named here, and each subsystem
+	// gets its component from base (slog's With appends, it never replaces);
+	// the packages add no member or component key of their own.
+	base := e.log.With("member", cfg.Member)
+	log := base.With("component", "appliance")
 	warnSmallUDPBuffers(log, "/proc/sys")
 	if cfg.HSM.InsecureSoftKeys {
 		log.Warn("INSECURE: hsm.insecure_soft_keys allows identity keys in files, for the demo and development only")
 	}
 	idp, err := identity.NewProvider(cfg.path(cfg.Identity), &identity.Options{
 		Keys: &hsm.Options{ModulePath: cfg.HSM.ModulePath, PoolSize: cfg.HSM.PoolSize,
-			AllowSoftKeys: cfg.HSM.InsecureSoftKeys, SoftWarnings: io.Discard, Logger: log},
-		Logger: log})
+			AllowSoftKeys: cfg.HSM.InsecureSoftKeys, SoftWarnings: io.Discard, Logger: base.With("component", "hsm")},
+		Logger: base.With("component", "identity")})
 	if err != nil {
 		return fmt.Errorf("identity folder %s (key identity): %w", cfg.path(cfg.Identity), err)
 	}
@@ -118,7 +123,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	w, err := policy.NewWatcher(policy.Options{Dir: cfg.path(cfg.Policy.Dir), StateDir: cfg.path(cfg.Policy.StateDir),
-		Genesis: cfg.genesis, Logger: log, Registerer: reg, ReloadOnSIGHUP: true})
+		Genesis: cfg.genesis, Logger: base.With("component", "policy"), Registerer: reg, ReloadOnSIGHUP: true})
 	if err != nil {
 		return fmt.Errorf("policy (keys policy.dir, policy.state_dir, policy.genesis): %w", err)
 	}
@@ -136,7 +141,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	// a rotated certificate is used from the next connection on.
 	cl, err := relay.NewClient(relay.ClientConfig{GetClientCertificate: idp.GetClientCertificate, Relays: relays,
 		QUICTimeout: cfg.Relay.QUICTimeout, ReprobeInterval: cfg.Relay.Reprobe, Proxy: cfg.proxy, NoEnvProxy: cfg.Relay.NoEnvProxy,
-		Logger: log.With("component", "relay_client"), Registerer: reg})
+		Logger: base.With("component", "relay_client"), Registerer: reg})
 	if err != nil {
 		return fmt.Errorf("relay client: %w", err)
 	}
@@ -164,7 +169,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	wcancel()
 	tcfg := tunnel.Config{Member: cfg.Member, Signer: id.Signer,
 		Chain:     append([]*x509.Certificate{id.Certificate}, id.Chain...),
-		Transport: cl, Authority: PolicyTunnelAuthority(cur), Logger: log.With("component", "tunnel"),
+		Transport: cl, Authority: PolicyTunnelAuthority(cur), Logger: base.With("component", "tunnel"),
 		RotateEvery: cfg.Tunnel.RotateEvery, Registerer: reg}
 	for _, f := range cfg.Tunnel.Forwards {
 		tcfg.Forwards = append(tcfg.Forwards, tunnel.Forward{Listen: f.Listen, Member: f.Member, Port: f.Port})
@@ -235,7 +240,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 
 	var led *ledgerRun
 	if cfg.Ledger != nil {
-		if led, err = startLedger(cfg, dev, id, current.Load, reg, log); err != nil {
+		if led, err = startLedger(cfg, dev, id, current.Load, reg, base); err != nil {
 			pushLn.Close()
 			return err
 		}
@@ -262,7 +267,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	if err != nil {
 		return fmt.Errorf("admin endpoint on %s (key admin): %w", cfg.Admin, err)
 	}
-	a := &appliance{member: cfg.Member, admin: adminLn.Addr().String(), dev: dev, client: cl, policy: current.Load, identity: idp.Current, ledger: led}
+	a := &appliance{member: cfg.Member, admin: adminLn.Addr().String(), dev: dev, client: cl, policy: current.Load, identity: idp.Current, ledger: led, procSys: "/proc/sys"}
 	mux := http.NewServeMux()
 	mux.Handle("/push", pushHandler(a, policyDir, cfg.Tunnel.PushPort, log))
 	ready := map[string]admin.Check{
@@ -354,11 +359,23 @@ func applianceStatus(a *appliance) map[string]any {
 	}
 	st := a.dev.Stats()
 	id := a.identity()
+	relays := a.client.Status()
+	led := a.ledger.status()
+	warnings := udpBufferWarnings(a.procSys)
+	if w := certificateWarning("identity certificate "+id.File, id.Certificate, time.Now(), renewIdentity); w != "" {
+		warnings = append(warnings, w)
+	}
+	if p.Member(a.member) == nil {
+		warnings = append(warnings, fmt.Sprintf("member %q is not in the applied policy version %d: the tunnel carries nothing until a policy re-admits it", a.member, p.Version()))
+	}
+	warnings = append(warnings, relayWarnings(relays)...)
+	warnings = append(warnings, ledgerWarnings(led)...)
 	return map[string]any{
-		"role":   "appliance",
-		"member": a.member,
-		"policy": map[string]any{"version": p.Version(), "hash": p.Hash().String(), "consortium": p.Consortium()},
-		"relays": a.client.Status(),
+		"role":     "appliance",
+		"member":   a.member,
+		"warnings": append([]string{}, warnings...), // [] rather than null
+		"policy":   map[string]any{"version": p.Version(), "hash": p.Hash().String(), "consortium": p.Consortium()},
+		"relays":   relays,
 		"identity": map[string]any{"file": id.File, "subject": id.Certificate.Subject.String(),
 			"serial": id.Certificate.SerialNumber.String(), "not_after": id.Certificate.NotAfter},
 		"tunnel": map[string]any{"addr": a.dev.Addr().String(), "mtu": a.dev.MTU(), "peers": peers,
@@ -367,7 +384,7 @@ func applianceStatus(a *appliance) map[string]any {
 			"certificate_serial": certSerial(a.dev.Identity()),
 			"packets_in":         st.PacketsIn, "packets_out": st.PacketsOut, "bytes_in": st.BytesIn, "bytes_out": st.BytesOut},
 		"relay_drops": a.client.Drops(),
-		"ledger":      a.ledger.status(),
+		"ledger":      led,
 	}
 }
 

@@ -316,7 +316,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol fu
 		}
 		n, err := orderer.New(orderer.Config{
 			Raft: raftlog.Config{ID: myID, Peers: peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
-				Dialer: dialer, Listener: ln, SnapshotBytes: lc.SnapshotBytes, Registerer: reg, Logger: log.With("component", "raft")},
+				Dialer: dialer, Listener: ln, SnapshotBytes: lc.SnapshotBytes, Registerer: reg, Logger: log.With("sub", "raft", "channel", channel)},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol,
 			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,

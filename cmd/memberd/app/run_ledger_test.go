@@ -178,6 +178,7 @@ func TestLedgerInAppliance(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("20 envelopes through follower %s: height %d on every member", follower, h)
+	checkStatusTable(t, d, follower) // 'memberd status' on a real /status
 	// /metrics: the follower answered 20 SUCCESS (forwarded to the leader),
 	// served the verifying fetch, and every member committed the 20.
 	resp, err := http.Get("http://" + d.AdminAddr(follower) + "/metrics")

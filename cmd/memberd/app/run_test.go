@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"fmt"
 	"net"
 	"net/http"
 	"os"
@@ -35,7 +36,8 @@ func TestRunConfig(t *testing.T) {
 		t.Fatalf("identity path %q, genesis %v", c.path(c.Identity), c.genesis)
 	}
 	for _, tc := range []struct{ name, extra, want string }{
-		{"unknown key", "surprise: 1\n", "field surprise not found"},
+		// The decoder names the line: the key is appended after the config.
+		{"unknown key", "surprise: 1\n", fmt.Sprintf("line %d: field surprise not found", strings.Count(validRunConfig, "\n")+1)},
 		{"bad genesis", "", "policy.genesis"},
 		{"proxy scheme", "relay: {proxy: 'socks5://x:1'}\n", "relay.proxy"},
 		{"negative quic timeout", "relay: {quic_timeout: -1s}\n", "relay.quic_timeout"},

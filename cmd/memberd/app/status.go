@@ -25,8 +25,13 @@ func newStatusCmd(e *env) *cobra.Command {
 		Use:   "status",
 		Short: "Show the status of a running appliance or relay (from its admin endpoint)",
 		Long: `status asks the admin endpoint of a running memberd (run or relay) for its
-/status document and prints it: path (quic/tcp/proxy) and RTT per relay, peer
-handshakes, raft leader and height, policy version.`,
+/status document and prints it as tables: for an appliance, its policy
+version and identity expiry, each relay with its state, path (quic/tcp/proxy),
+whether it is the one in use and its RTT, each peer with the age of its last
+WireGuard handshake, the ledger's raft role, height and leader; for a relay,
+the members connected. Warnings follow (UDP buffers too small for QUIC, a
+certificate expiring within 30 days, no relay connected, ...), each saying
+what to do. --json prints the document as served.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
@@ -39,14 +44,10 @@ handshakes, raft leader and height, policy version.`,
 				_, err = e.stdout.Write(doc)
 				return err
 			}
-			var v any
-			if err := json.Unmarshal(doc, &v); err != nil {
+			if err := renderStatus(e.stdout, doc, time.Now()); err != nil {
 				return fmt.Errorf("status from %s is not JSON: %w", addr, err)
 			}
-			var lines []string
-			flatten("", v, &lines)
-			_, err = io.WriteString(e.stdout, strings.Join(lines, "\n")+"\n")
-			return err
+			return nil
 		},
 	}
 	c.Flags().StringVar(&addr, "admin", admin.DefaultAddr, "admin address (host:port) of the running memberd")

@@ -26,8 +26,7 @@ func warnSmallUDPBuffers(log *slog.Logger, procSys string) {
 	udpBufferWarning.Do(func() {
 		for _, low := range smallUDPBuffers(procSys) {
 			log.Warn("UDP buffer limit below what QUIC needs: throughput on the QUIC path will suffer",
-				"sysctl", low.name, "value", low.value, "want", quicUDPBuffer,
-				"fix", "install the memberd package (it ships /usr/lib/sysctl.d/60-memberd.conf) or run: sysctl -w "+low.name+"="+strconv.Itoa(quicUDPBuffer))
+				"sysctl", low.name, "value", low.value, "want", quicUDPBuffer, "fix", low.fix())
 		}
 	})
 }
@@ -35,6 +34,11 @@ func warnSmallUDPBuffers(log *slog.Logger, procSys string) {
 type sysctlValue struct {
 	name  string
 	value int
+}
+
+// fix says how to raise a UDP buffer limit.
+func (v sysctlValue) fix() string {
+	return "install the memberd package (it ships /usr/lib/sysctl.d/60-memberd.conf) or run: sysctl -w " + v.name + "=" + strconv.Itoa(quicUDPBuffer)
 }
 
 // smallUDPBuffers returns the UDP buffer sysctls under procSys that are
