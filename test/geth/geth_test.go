@@ -197,7 +197,7 @@ func TestGethPeersThroughTunnel(t *testing.T) {
 	// The outbound side of the one devp2p connection dialled its forward.
 	dialled := false
 	for i, p := range peers {
-		t.Logf("%s sees %.12s…: local %s remote %s inbound=%v static=%v protocols=%v", nodes[i].name, p.ID,
+		t.Logf("%s sees %.16s…: local %s remote %s inbound=%v static=%v protocols=%v", nodes[i].name, p.Enode,
 			p.Network.LocalAddress, p.Network.RemoteAddress, p.Network.Inbound, p.Network.Static, keys(p.Protocols))
 		if !p.Network.Inbound {
 			if p.Network.RemoteAddress != apps[i].forward {

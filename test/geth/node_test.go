@@ -204,7 +204,8 @@ func (n *gethNode) markSynced(ctx context.Context) error {
 
 // peer is the part of admin_peers the test reads.
 type peer struct {
-	ID      string `json:"id"`
+	Enode   string `json:"enode"` // enode://<public key>@host:port
+	ID      string `json:"id"`    // keccak256 of the public key
 	Network struct {
 		LocalAddress  string `json:"localAddress"`
 		RemoteAddress string `json:"remoteAddress"`
@@ -214,21 +215,22 @@ type peer struct {
 	Protocols map[string]json.RawMessage `json:"protocols"`
 }
 
-// ethPeer returns the peer with node id id if it speaks eth.
-func (n *gethNode) ethPeer(ctx context.Context, id string) (*peer, error) {
+// ethPeer returns the peer with public key nodeID (hex, as in enode URLs)
+// if it speaks eth.
+func (n *gethNode) ethPeer(ctx context.Context, nodeID string) (*peer, error) {
 	var peers []peer
 	if err := n.call(ctx, false, &peers, "admin_peers"); err != nil {
 		return nil, err
 	}
 	for i := range peers {
-		if peers[i].ID == id {
+		if strings.HasPrefix(peers[i].Enode, "enode://"+nodeID+"@") {
 			if _, ok := peers[i].Protocols["eth"]; !ok {
-				return nil, fmt.Errorf("%s: peer %.12s… without eth (protocols %v)", n.name, id, keys(peers[i].Protocols))
+				return nil, fmt.Errorf("%s: peer %.12s… without eth (protocols %v)", n.name, nodeID, keys(peers[i].Protocols))
 			}
 			return &peers[i], nil
 		}
 	}
-	return nil, fmt.Errorf("%s: peer %.12s… not among its %d peers", n.name, id, len(peers))
+	return nil, fmt.Errorf("%s: peer %.12s… not among its %d peers", n.name, nodeID, len(peers))
 }
 
 func keys(m map[string]json.RawMessage) []string {
