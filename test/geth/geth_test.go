@@ -93,62 +93,78 @@ func (a *appliance) activeRelay(ctx context.Context) (id, path string, err error
 	return "", "", fmt.Errorf("%s: no active relay in /status (%+v)", a.member, st.Relays)
 }
 
-// TestGethPeersThroughTunnel: members A and B each run geth next to their
-// appliance; each appliance exposes its node as tunnel service devp2pPort
-// and forwards a local port to the other member's node. The nodes (no
-// discovery, static peers = the local forwards) must peer with eth, gossip a
-// signed transaction from A's pool to B's, and hold while the relay in use
-// is killed.
-func TestGethPeersThroughTunnel(t *testing.T) {
+// layout says where the scenario's processes run.
+type layout struct {
+	relayAddrs []string // --relay-addr for demo init; nil = loopback
+	wrap       []string // command prefix for appliances and geth nodes (e.g. ip netns exec NS)
+	host       string   // where the test reaches their admin and RPC endpoints
+}
+
+// scenario is two members (appliance + geth each) and two relays, peered.
+type scenario struct {
+	t      *testing.T
+	ctx    context.Context
+	L      demoLayout
+	apps   [2]*appliance
+	nodes  [2]*gethNode
+	relays map[string]*process
+	peers  [2]*peer // as each node saw the other after peering
+	wallet *key     // funded in the genesis
+	nonce  uint64
+}
+
+// setup starts the consortium from `memberd demo init`, the two geth nodes
+// wired through service forwards, and waits until they peer with eth.
+func setup(ctx context.Context, t *testing.T, lay layout) *scenario {
 	geth := gethBinary(t)
 	testenv.SoftHSMModule(t)
-	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
-	defer cancel()
 	dir := t.TempDir()
 	bin := memberdBinary(t, dir)
+	s := &scenario{t: t, ctx: ctx, relays: map[string]*process{}}
+	if lay.host == "" {
+		lay.host = "127.0.0.1"
+	}
 
 	demo := filepath.Join(dir, "consortium")
-	if out, err := exec.CommandContext(ctx, bin, "demo", "init", "--members", "2", "--relays", "2", "--dir", demo).CombinedOutput(); err != nil {
+	args := []string{"demo", "init", "--members", "2", "--relays", "2", "--dir", demo}
+	for _, a := range lay.relayAddrs {
+		args = append(args, "--relay-addr", a)
+	}
+	if out, err := exec.CommandContext(ctx, bin, args...).CombinedOutput(); err != nil {
 		t.Fatalf("memberd demo init: %v\n%s", err, out)
 	}
 	raw, err := os.ReadFile(filepath.Join(demo, "demo.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	var L demoLayout
-	if err := yaml.Unmarshal(raw, &L); err != nil || len(L.Members) != 2 || len(L.Relays) != 2 {
-		t.Fatalf("demo.yaml: %v (members %v, relays %v)", err, L.Members, L.Relays)
+	if err := yaml.Unmarshal(raw, &s.L); err != nil || len(s.L.Members) != 2 || len(s.L.Relays) != 2 {
+		t.Fatalf("demo.yaml: %v (members %v, relays %v)", err, s.L.Members, s.L.Relays)
 	}
-	env := append(os.Environ(), "SOFTHSM2_CONF="+L.SoftHSMConf)
+	env := append(os.Environ(), "SOFTHSM2_CONF="+s.L.SoftHSMConf)
 
-	// The wallet's account is funded in the shared genesis.
-	wallet, err := newKey()
-	if err != nil {
+	if s.wallet, err = newKey(); err != nil {
 		t.Fatal(err)
 	}
-	genesis := genesisJSON(wallet.address())
-	nodes := []*gethNode{newGethNode(t, geth, dir, "geth-a", genesis), newGethNode(t, geth, dir, "geth-b", genesis)}
+	genesis := genesisJSON(s.wallet.address())
+	s.nodes = [2]*gethNode{newGethNode(t, geth, dir, "geth-a", genesis, lay.host), newGethNode(t, geth, dir, "geth-b", genesis, lay.host)}
 
-	apps := make([]*appliance, 2)
-	for i, m := range L.Members {
-		a := &appliance{member: m, config: L.MemberConfig[m], forward: fmt.Sprintf("127.0.0.1:%d", loopbackPort(t))}
-		other := L.Members[1-i]
+	for i, m := range s.L.Members {
+		a := &appliance{member: m, config: s.L.MemberConfig[m], forward: fmt.Sprintf("127.0.0.1:%d", loopbackPort(t))}
 		section := fmt.Sprintf("tunnel:\n  services:\n    - {port: %d, target: \"127.0.0.1:%d\"}\n  forwards:\n    - {listen: %q, member: %s, port: %d}\n",
-			devp2pPort, nodes[i].p2pPort, a.forward, other, devp2pPort)
-		var err error
-		if a.admin, err = addTunnelSection(a.config, section); err != nil {
+			devp2pPort, s.nodes[i].p2pPort, a.forward, s.L.Members[1-i], devp2pPort)
+		if a.admin, err = addTunnelSection(a.config, section, lay.host); err != nil {
 			t.Fatal(err)
 		}
-		apps[i] = a
+		s.apps[i] = a
 	}
-	relays := map[string]*process{}
-	for _, id := range L.Relays {
-		relays[id] = startProcess(t, dir, id, env, bin, "relay", "--config", L.RelayConfig[id])
+	for _, id := range s.L.Relays {
+		s.relays[id] = startProcess(t, dir, id, env, bin, "relay", "--config", s.L.RelayConfig[id])
 	}
-	for _, a := range apps {
-		a.proc = startProcess(t, dir, a.member, env, bin, "run", "--config", a.config)
+	for _, a := range s.apps {
+		cmd := append(append([]string(nil), lay.wrap...), bin, "run", "--config", a.config)
+		a.proc = startProcess(t, dir, a.member, env, cmd[0], cmd[1:]...)
 	}
-	for _, a := range apps {
+	for _, a := range s.apps {
 		err := eventually(ctx, 90*time.Second, 200*time.Millisecond, func() error {
 			if !a.proc.running() {
 				t.Fatalf("%s exited: %v\n%s", a.member, a.proc.err, a.proc.tail())
@@ -163,13 +179,13 @@ func TestGethPeersThroughTunnel(t *testing.T) {
 			t.Fatalf("%s not ready: %v\n%s", a.member, err, a.proc.tail())
 		}
 	}
-	t.Logf("consortium up: relays %v, appliances %s (forward %s) and %s (forward %s)", L.Relays, apps[0].member, apps[0].forward, apps[1].member, apps[1].forward)
+	t.Logf("consortium up: relays %v, appliances %s (forward %s) and %s (forward %s)", s.L.Relays, s.apps[0].member, s.apps[0].forward, s.apps[1].member, s.apps[1].forward)
 
 	// Each node's only peer is the other node, dialled at its own local forward.
 	started := time.Now()
-	nodes[0].start(t, geth, dir, nodes[1].enode(apps[0].forward))
-	nodes[1].start(t, geth, dir, nodes[0].enode(apps[1].forward))
-	for _, n := range nodes {
+	s.nodes[0].start(t, geth, dir, lay.wrap, s.nodes[1].enode(s.apps[0].forward))
+	s.nodes[1].start(t, geth, dir, lay.wrap, s.nodes[0].enode(s.apps[1].forward))
+	for _, n := range s.nodes {
 		if err := eventually(ctx, 60*time.Second, 200*time.Millisecond, func() error {
 			if !n.proc.running() {
 				t.Fatalf("%s exited: %v\n%s", n.name, n.proc.err, n.proc.tail())
@@ -179,29 +195,28 @@ func TestGethPeersThroughTunnel(t *testing.T) {
 			t.Fatalf("%v\n%s", err, n.proc.tail())
 		}
 	}
-	var peers [2]*peer
 	err = eventually(ctx, 60*time.Second, 200*time.Millisecond, func() error {
-		for i, n := range nodes {
-			p, err := n.ethPeer(ctx, nodes[1-i].key.nodeID())
+		for i, n := range s.nodes {
+			p, err := n.ethPeer(ctx, s.nodes[1-i].key.nodeID())
 			if err != nil {
 				return err
 			}
-			peers[i] = p
+			s.peers[i] = p
 		}
 		return nil
 	})
 	if err != nil {
-		t.Fatalf("nodes did not peer: %v\n%s\n%s\n%s\n%s", err, nodes[0].proc.tail(), nodes[1].proc.tail(), apps[0].proc.tail(), apps[1].proc.tail())
+		t.Fatalf("nodes did not peer: %v\n%s\n%s\n%s\n%s", err, s.nodes[0].proc.tail(), s.nodes[1].proc.tail(), s.apps[0].proc.tail(), s.apps[1].proc.tail())
 	}
 	t.Logf("peered with eth in %v (from geth start)", time.Since(started).Round(time.Millisecond))
 	// The outbound side of the one devp2p connection dialled its forward.
 	dialled := false
-	for i, p := range peers {
-		t.Logf("%s sees %.16s…: local %s remote %s inbound=%v static=%v protocols=%v", nodes[i].name, p.Enode,
+	for i, p := range s.peers {
+		t.Logf("%s sees %.16s…: local %s remote %s inbound=%v static=%v protocols=%v", s.nodes[i].name, p.Enode,
 			p.Network.LocalAddress, p.Network.RemoteAddress, p.Network.Inbound, p.Network.Static, keys(p.Protocols))
 		if !p.Network.Inbound {
-			if p.Network.RemoteAddress != apps[i].forward {
-				t.Fatalf("%s dialled %s, not its forward %s", nodes[i].name, p.Network.RemoteAddress, apps[i].forward)
+			if p.Network.RemoteAddress != s.apps[i].forward {
+				t.Fatalf("%s dialled %s, not its forward %s", s.nodes[i].name, p.Network.RemoteAddress, s.apps[i].forward)
 			}
 			dialled = true
 		}
@@ -209,57 +224,57 @@ func TestGethPeersThroughTunnel(t *testing.T) {
 	if !dialled {
 		t.Fatal("neither node shows an outbound connection")
 	}
+	return s
+}
 
-	// A signed transaction sent to A's node reaches B's pool.
-	nonce := uint64(0)
-	sendAndSeeAtB := func(label string) time.Duration {
-		t.Helper()
-		to := make([]byte, 20)
-		to[19] = byte(nonce + 1)
-		rawTx, hash, err := signTx(wallet, legacyTx{Nonce: nonce, GasPrice: big.NewInt(10e9), Gas: 21000, To: to, Value: big.NewInt(1e15)}, chainID)
-		if err != nil {
-			t.Fatal(err)
-		}
-		nonce++
-		want := "0x" + hex.EncodeToString(hash)
-		var got string
-		sent := time.Now()
-		if err := nodes[0].call(ctx, false, &got, "eth_sendRawTransaction", "0x"+hex.EncodeToString(rawTx)); err != nil {
-			t.Fatalf("%s: %v", label, err)
-		}
-		if got != want {
-			t.Fatalf("%s: geth-a returned hash %s, the wallet computed %s", label, got, want)
-		}
-		err = eventually(ctx, 30*time.Second, 50*time.Millisecond, func() error {
-			ok, err := nodes[1].pooled(ctx, wallet.address(), want)
-			if err == nil && !ok {
-				err = fmt.Errorf("tx %s from %s not in geth-b's txpool", want, wallet.address())
-			}
-			return err
-		})
-		if err != nil {
-			t.Fatalf("%s: %v\n%s", label, err, nodes[1].proc.tail())
-		}
-		d := time.Since(sent)
-		t.Logf("%s: tx %.14s… sent to geth-a, in geth-b's txpool after %v", label, want, d.Round(time.Millisecond))
-		return d
-	}
-	sendAndSeeAtB("first transaction")
-
-	// Kill -9 the relay member A sends on; watch the devp2p session.
-	relayID, path, err := apps[0].activeRelay(ctx)
+// sendAndSeeAtB signs a transaction, sends it to A's node and waits until
+// it is in B's txpool; it returns how long that took.
+func (s *scenario) sendAndSeeAtB(label string) time.Duration {
+	t := s.t
+	t.Helper()
+	to := make([]byte, 20)
+	to[19] = byte(s.nonce + 1)
+	rawTx, hash, err := signTx(s.wallet, legacyTx{Nonce: s.nonce, GasPrice: big.NewInt(10e9), Gas: 21000, To: to, Value: big.NewInt(1e15)}, chainID)
 	if err != nil {
 		t.Fatal(err)
 	}
-	before := peers[0].Network
-	t.Logf("killing %s (pid %d), %s's active relay (path %s)", relayID, relays[relayID].cmd.Process.Pid, apps[0].member, path)
-	killed := time.Now()
-	relays[relayID].cmd.Process.Signal(syscall.SIGKILL)
-	<-relays[relayID].done
+	s.nonce++
+	want := "0x" + hex.EncodeToString(hash)
+	var got string
+	sent := time.Now()
+	if err := s.nodes[0].call(s.ctx, false, &got, "eth_sendRawTransaction", "0x"+hex.EncodeToString(rawTx)); err != nil {
+		t.Fatalf("%s: %v", label, err)
+	}
+	if got != want {
+		t.Fatalf("%s: geth-a returned hash %s, the wallet computed %s", label, got, want)
+	}
+	err = eventually(s.ctx, 30*time.Second, 50*time.Millisecond, func() error {
+		ok, err := s.nodes[1].pooled(s.ctx, s.wallet.address(), want)
+		if err == nil && !ok {
+			err = fmt.Errorf("tx %s from %s not in geth-b's txpool", want, s.wallet.address())
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("%s: %v\n%s", label, err, s.nodes[1].proc.tail())
+	}
+	d := time.Since(sent)
+	t.Logf("%s: tx %.14s… sent to geth-a, in geth-b's txpool after %v", label, want, d.Round(time.Millisecond))
+	return d
+}
+
+// watchSession polls A's view of B every 100 ms for d after the event at
+// since, and says whether the devp2p session survived (same TCP
+// connection, never absent) or was replaced (and how long it was gone).
+// A peer still absent at the end fails the test.
+func (s *scenario) watchSession(event string, since time.Time, d time.Duration) {
+	t := s.t
+	t.Helper()
+	before := s.peers[0].Network
 	var absentFrom, absentTo time.Time
 	sameConn := true
-	for time.Since(killed) < 15*time.Second {
-		p, err := nodes[0].ethPeer(ctx, nodes[1].key.nodeID())
+	for time.Since(since) < d {
+		p, err := s.nodes[0].ethPeer(s.ctx, s.nodes[1].key.nodeID())
 		now := time.Now()
 		switch {
 		case err != nil && absentFrom.IsZero():
@@ -274,22 +289,49 @@ func TestGethPeersThroughTunnel(t *testing.T) {
 	}
 	switch {
 	case absentFrom.IsZero() && sameConn:
-		t.Logf("relay kill: the devp2p session survived (same connection %s↔%s, peer never absent during 15 s of 100 ms polls)", before.LocalAddress, before.RemoteAddress)
+		t.Logf("%s: the devp2p session survived (same connection %s↔%s, peer never absent in %v of 100 ms polls)", event, before.LocalAddress, before.RemoteAddress, d)
 	case !absentFrom.IsZero() && absentTo.IsZero():
-		t.Fatalf("relay kill: geth-a lost its peer %v after the kill and had not reconnected after 15 s\n%s\n%s", absentFrom.Sub(killed), nodes[0].proc.tail(), apps[0].proc.tail())
+		t.Fatalf("%s: geth-a lost its peer %v after and had not reconnected after %v\n%s\n%s", event, absentFrom.Sub(since).Round(time.Millisecond), d, s.nodes[0].proc.tail(), s.apps[0].proc.tail())
 	default:
-		t.Logf("relay kill: the devp2p session was replaced (peer absent from %v to %v after the kill, same connection %v)", absentFrom.Sub(killed), absentTo.Sub(killed), sameConn)
+		t.Logf("%s: the devp2p session was replaced (peer absent from %v to %v after, same connection %v)", event, absentFrom.Sub(since).Round(time.Millisecond), absentTo.Sub(since).Round(time.Millisecond), sameConn)
 	}
-	newRelay, newPath, err := apps[0].activeRelay(ctx)
+}
+
+func (s *scenario) checkAppliancesRunning() {
+	for _, a := range s.apps {
+		if !a.proc.running() {
+			s.t.Fatalf("%s exited: %v\n%s", a.member, a.proc.err, a.proc.tail())
+		}
+	}
+}
+
+// TestGethPeersThroughTunnel: members A and B each run geth next to their
+// appliance; each appliance exposes its node as tunnel service devp2pPort
+// and forwards a local port to the other member's node. The nodes (no
+// discovery, static peers = the local forwards) must peer with eth, gossip a
+// signed transaction from A's pool to B's, and hold while the relay in use
+// is killed.
+func TestGethPeersThroughTunnel(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
+	defer cancel()
+	s := setup(ctx, t, layout{})
+	s.sendAndSeeAtB("first transaction")
+
+	// Kill -9 the relay member A sends on; watch the devp2p session.
+	relayID, path, err := s.apps[0].activeRelay(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("%s now sends on %s (path %s)", apps[0].member, newRelay, newPath)
-	sendAndSeeAtB("transaction after the relay kill")
-
-	for _, a := range apps {
-		if !a.proc.running() {
-			t.Fatalf("%s exited: %v\n%s", a.member, a.proc.err, a.proc.tail())
-		}
+	t.Logf("killing %s (pid %d), %s's active relay (path %s)", relayID, s.relays[relayID].cmd.Process.Pid, s.apps[0].member, path)
+	killed := time.Now()
+	s.relays[relayID].cmd.Process.Signal(syscall.SIGKILL)
+	<-s.relays[relayID].done
+	s.watchSession("relay kill", killed, 15*time.Second)
+	newRelay, newPath, err := s.apps[0].activeRelay(ctx)
+	if err != nil {
+		t.Fatal(err)
 	}
+	t.Logf("%s now sends on %s (path %s)", s.apps[0].member, newRelay, newPath)
+	s.sendAndSeeAtB("transaction after the relay kill")
+	s.checkAppliancesRunning()
 }

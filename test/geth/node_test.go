@@ -16,6 +16,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -62,15 +63,16 @@ type gethNode struct {
 // peer dials to reach it (its local forward).
 func (n *gethNode) enode(addr string) string { return "enode://" + n.key.nodeID() + "@" + addr }
 
-// newGethNode initialises a data dir under dir with genesis and a fresh key.
-func newGethNode(t *testing.T, geth, dir, name string, genesis []byte) *gethNode {
+// newGethNode initialises a data dir under dir with genesis and a fresh key;
+// its JSON-RPC endpoints will listen on rpcHost.
+func newGethNode(t *testing.T, geth, dir, name string, genesis []byte, rpcHost string) *gethNode {
 	t.Helper()
 	k, err := newKey()
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := &gethNode{name: name, key: k, p2pPort: loopbackPort(t), jwt: make([]byte, 32),
-		rpc: fmt.Sprintf("http://127.0.0.1:%d", loopbackPort(t)), engine: fmt.Sprintf("http://127.0.0.1:%d", loopbackPort(t))}
+		rpc: fmt.Sprintf("http://%s:%d", rpcHost, loopbackPort(t)), engine: fmt.Sprintf("http://%s:%d", rpcHost, loopbackPort(t))}
 	if _, err := rand.Read(n.jwt); err != nil {
 		t.Fatal(err)
 	}
@@ -92,9 +94,10 @@ func newGethNode(t *testing.T, geth, dir, name string, genesis []byte) *gethNode
 	return n
 }
 
-// start runs geth with staticPeers (enode URLs) in config.toml: the way an
-// operator lists peers when discovery is off.
-func (n *gethNode) start(t *testing.T, geth, dir string, staticPeers ...string) {
+// start runs geth (behind the command prefix wrap, if any) with staticPeers
+// (enode URLs) in config.toml: the way an operator lists peers when
+// discovery is off.
+func (n *gethNode) start(t *testing.T, geth, dir string, wrap []string, staticPeers ...string) {
 	t.Helper()
 	data := filepath.Join(dir, n.name)
 	quoted := make([]string, len(staticPeers))
@@ -106,14 +109,20 @@ func (n *gethNode) start(t *testing.T, geth, dir string, staticPeers ...string) 
 	if err := os.WriteFile(filepath.Join(data, "config.toml"), []byte(toml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	port := func(u string) string { return u[strings.LastIndex(u, ":")+1:] }
-	n.proc = startProcess(t, dir, n.name, os.Environ(), geth,
+	hostPort := func(u string) (string, string) {
+		h, p, _ := net.SplitHostPort(strings.TrimPrefix(u, "http://"))
+		return h, p
+	}
+	rpcHost, rpcPort := hostPort(n.rpc)
+	engineHost, enginePort := hostPort(n.engine)
+	args := append(append([]string(nil), wrap...), geth,
 		"--datadir", data, "--config", filepath.Join(data, "config.toml"),
 		"--networkid", fmt.Sprint(chainID), "--nodekey", filepath.Join(data, "nodekey"),
 		"--nodiscover", "--nat", "extip:127.0.0.1", "--syncmode", "full", "--cache", "64",
-		"--http", "--http.addr", "127.0.0.1", "--http.port", port(n.rpc), "--http.api", "eth,net,admin,txpool",
-		"--authrpc.addr", "127.0.0.1", "--authrpc.port", port(n.engine), "--authrpc.jwtsecret", filepath.Join(data, "jwt.hex"),
+		"--http", "--http.addr", rpcHost, "--http.port", rpcPort, "--http.api", "eth,net,admin,txpool",
+		"--authrpc.addr", engineHost, "--authrpc.port", enginePort, "--authrpc.jwtsecret", filepath.Join(data, "jwt.hex"),
 		"--ipcdisable", "--verbosity", "3")
+	n.proc = startProcess(t, dir, n.name, os.Environ(), args[0], args[1:]...)
 }
 
 // call makes a JSON-RPC call on the node's HTTP endpoint (engine: on the

@@ -104,8 +104,9 @@ type demoLayout struct {
 }
 
 // addTunnelSection appends a tunnel section to the appliance config at
-// path (as an operator would) and returns the config's admin address.
-func addTunnelSection(path, section string) (admin string, err error) {
+// path (as an operator would), moves its admin endpoint to adminHost (same
+// port) and returns the admin address.
+func addTunnelSection(path, section, adminHost string) (admin string, err error) {
 	raw, err := os.ReadFile(path)
 	if err != nil {
 		return "", err
@@ -120,8 +121,18 @@ func addTunnelSection(path, section string) (admin string, err error) {
 	if doc.Tunnel != nil || doc.Admin == "" {
 		return "", fmt.Errorf("%s: want no tunnel section and an admin address (demo init changed?)", path)
 	}
+	_, port, err := net.SplitHostPort(doc.Admin)
+	if err != nil {
+		return "", fmt.Errorf("%s: admin: %w", path, err)
+	}
+	admin = net.JoinHostPort(adminHost, port)
+	line := []byte("\nadmin: " + doc.Admin + "\n")
+	if !bytes.Contains(raw, line) {
+		return "", fmt.Errorf("%s: no top-level line %q (demo init changed?)", path, bytes.TrimSpace(line))
+	}
+	raw = bytes.Replace(raw, line, []byte("\nadmin: "+admin+"\n"), 1)
 	raw = append(bytes.TrimRight(raw, "\n"), "\n"+section...)
-	return doc.Admin, os.WriteFile(path, raw, 0o644)
+	return admin, os.WriteFile(path, raw, 0o644)
 }
 
 // loopbackPort returns a free TCP port on 127.0.0.1.
