@@ -71,12 +71,25 @@ type appliance struct {
 }
 
 type applianceStatus struct {
+	Ledger struct {
+		Leader string `json:"leader"`
+		Term   uint64 `json:"term"`
+	} `json:"ledger"`
 	Relays []struct {
 		ID     string `json:"id"`
 		State  string `json:"state"`
 		Path   string `json:"path"`
 		Active bool   `json:"active"`
 	} `json:"relays"`
+}
+
+// raft is the appliance's view of the ledger's raft leader and term.
+func (a *appliance) raft(ctx context.Context) (string, error) {
+	var st applianceStatus
+	if err := httpJSON(ctx, "http://"+a.admin+"/status", &st); err != nil {
+		return "", err
+	}
+	return fmt.Sprintf("leader %s term %d", st.Ledger.Leader, st.Ledger.Term), nil
 }
 
 // activeRelay is the relay the appliance sends on, with its path.
@@ -297,12 +310,28 @@ func (s *scenario) watchSession(event string, since time.Time, d time.Duration) 
 	}
 }
 
-func (s *scenario) checkAppliancesRunning() {
+// raftViews is each appliance's view of the raft leader and term.
+func (s *scenario) raftViews() [2]string {
+	var v [2]string
+	for i, a := range s.apps {
+		var err error
+		if v[i], err = a.raft(s.ctx); err != nil {
+			s.t.Fatal(err)
+		}
+	}
+	return v
+}
+
+// checkAppliancesRunning fails the test if an appliance died, and logs
+// whether the ledger's raft kept its leader and term since before.
+func (s *scenario) checkAppliancesRunning(before [2]string) {
 	for _, a := range s.apps {
 		if !a.proc.running() {
 			s.t.Fatalf("%s exited: %v\n%s", a.member, a.proc.err, a.proc.tail())
 		}
 	}
+	after := s.raftViews()
+	s.t.Logf("ledger raft before: %v; after: %v; unchanged: %v", before, after, before == after)
 }
 
 // TestGethPeersThroughTunnel: members A and B each run geth next to their
@@ -315,6 +344,7 @@ func TestGethPeersThroughTunnel(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 	s := setup(ctx, t, layout{})
+	raft := s.raftViews()
 	s.sendAndSeeAtB("first transaction")
 
 	// Kill -9 the relay member A sends on; watch the devp2p session.
@@ -333,5 +363,5 @@ func TestGethPeersThroughTunnel(t *testing.T) {
 	}
 	t.Logf("%s now sends on %s (path %s)", s.apps[0].member, newRelay, newPath)
 	s.sendAndSeeAtB("transaction after the relay kill")
-	s.checkAppliancesRunning()
+	s.checkAppliancesRunning(raft)
 }

@@ -67,6 +67,7 @@ func TestGethQUICToTCP(t *testing.T) {
 			t.Fatalf("%s: active relay path %q (%v), want quic before UDP is blocked", a.member, path, err)
 		}
 	}
+	raft := s.raftViews()
 	s.sendAndSeeAtB("first transaction (QUIC)")
 
 	var rules strings.Builder
@@ -101,5 +102,5 @@ func TestGethQUICToTCP(t *testing.T) {
 	}
 	s.watchSession("QUIC to TCP", blocked, 20*time.Second)
 	s.sendAndSeeAtB("transaction over TCP")
-	s.checkAppliancesRunning()
+	s.checkAppliancesRunning(raft)
 }
