@@ -50,9 +50,21 @@ type ServerConfig struct {
 	// MaxConnsPerMember bounds connections per member; a new one beyond the
 	// limit closes the oldest. Default 4.
 	MaxConnsPerMember int
-	// HandshakeTimeout bounds the TLS handshake and HELLO exchange.
-	// Default 10s.
+	// HandshakeTimeout bounds a connection from accept to the end of the
+	// HELLO exchange (TLS handshake included); on QUIC, quic-go's own
+	// handshake timeout is set to it too. Default DefaultHandshakeTimeout
+	// (3s).
 	HandshakeTimeout time.Duration
+	// MaxHandshakes bounds connections in their handshake (accepted, HELLO
+	// not yet exchanged) over all sources; beyond it new ones are closed
+	// at once (TCP) or refused (QUIC CONNECTION_REFUSED), counted as
+	// over_limit_total. Past half of it, QUIC clients must prove their
+	// address with a Retry first. Default DefaultMaxHandshakes (256).
+	MaxHandshakes int
+	// MaxHandshakesPerSource bounds connections in their handshake from
+	// one IPv4 address or IPv6 /64 (over_limit_source). Default
+	// DefaultMaxHandshakesPerSource (16); at most MaxHandshakes.
+	MaxHandshakesPerSource int
 	// ForwardHook, when set, sees every payload the relay forwards (from,
 	// to, payload) before it is queued. It must not retain or modify
 	// payload. For tests and packet capture.
@@ -89,6 +101,12 @@ func (c *ServerConfig) Validate() error {
 	if c.QueueLen < 0 || c.MaxConnsPerMember < 0 {
 		return fmt.Errorf("%w: negative queue_len or max_conns_per_member", ErrConfig)
 	}
+	if c.HandshakeTimeout < 0 || c.MaxHandshakes < 0 || c.MaxHandshakesPerSource < 0 {
+		return fmt.Errorf("%w: negative handshake_timeout, max_handshakes or max_handshakes_per_source", ErrConfig)
+	}
+	if d := c.withDefaults(); d.MaxHandshakesPerSource > d.MaxHandshakes {
+		return fmt.Errorf("%w: max_handshakes_per_source %d is above max_handshakes %d", ErrConfig, d.MaxHandshakesPerSource, d.MaxHandshakes)
+	}
 	if c.MaxPolicyBytes < 0 || c.MaxPolicyBytes > wire.MaxPolicySize || c.PolicyOfferEvery < 0 {
 		return fmt.Errorf("%w: max_policy_bytes must be 0..%d and policy_offer_every not negative", ErrConfig, wire.MaxPolicySize)
 	}
@@ -118,7 +136,13 @@ func (c ServerConfig) withDefaults() ServerConfig {
 		c.PolicyOfferEvery = DefaultPolicyOfferEvery
 	}
 	if c.HandshakeTimeout == 0 {
-		c.HandshakeTimeout = 10 * time.Second
+		c.HandshakeTimeout = DefaultHandshakeTimeout
+	}
+	if c.MaxHandshakes == 0 {
+		c.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if c.MaxHandshakesPerSource == 0 {
+		c.MaxHandshakesPerSource = DefaultMaxHandshakesPerSource
 	}
 	if c.Now == nil {
 		c.Now = time.Now
@@ -139,6 +163,8 @@ type Server struct {
 	ctx      context.Context // cancelled by Close
 	cancel   context.CancelFunc
 	meshKick chan struct{}
+	gate     *handshakeGate // handshakes in progress
+	hlog     *handshakeLog  // handshake failures: counted, logged rate-limited
 
 	mu      sync.RWMutex
 	members map[string]*memberState
@@ -179,20 +205,27 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		relays:   map[*peer]struct{}{},
 		routes:   map[string]map[*peer]struct{}{},
 		peers:    map[*peer]struct{}{},
+		gate:     newHandshakeGate(cfg.MaxHandshakesPerSource, cfg.MaxHandshakes),
 	}
+	s.hlog = newHandshakeLog(s.log, cfg.Registerer)
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.auth.Store(&authBox{cfg.Authority})
 	s.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS13,
 		Certificates: []tls.Certificate{cfg.Identity},
-		ClientAuth:   tls.RequireAnyClientCert,
-		NextProtos:   []string{wire.ALPN},
+		// Request, not require: VerifyConnection refuses a missing
+		// certificate too, and so can count it (no_certificate).
+		ClientAuth: tls.RequestClientCert,
+		NextProtos: []string{wire.ALPN},
 		VerifyConnection: func(cs tls.ConnectionState) error {
 			if cs.NegotiatedProtocol != wire.ALPN {
 				return fmt.Errorf("client did not offer ALPN %q", wire.ALPN)
 			}
 			_, _, err := s.identify(cs.PeerCertificates)
-			return err
+			if err != nil {
+				return &refusedError{reason: refusalReason(cs.PeerCertificates, err, s.cfg.Now()), err: err}
+			}
+			return nil
 		},
 	}
 	return s, nil
@@ -225,8 +258,14 @@ func (s *Server) identify(chain []*x509.Certificate) (id string, isRelay bool, e
 // ServeConn uses for TLS over TCP). Do not modify it.
 func (s *Server) TLSConfig() *tls.Config { return s.tls }
 
-// QUICConfig returns the QUIC configuration to give quic.Listen.
-func (s *Server) QUICConfig() *quic.Config { return quicConfig(15 * time.Second) }
+// QUICConfig returns the QUIC configuration to give Transport.Listen.
+// quic-go closes a connection whose handshake took 2×HandshakeIdleTimeout,
+// so that is set to half of HandshakeTimeout.
+func (s *Server) QUICConfig() *quic.Config {
+	c := quicConfig(15 * time.Second)
+	c.HandshakeIdleTimeout = s.cfg.HandshakeTimeout / 2
+	return c
+}
 
 func quicConfig(keepAlive time.Duration) *quic.Config {
 	return &quic.Config{
@@ -305,7 +344,8 @@ func (s *Server) serveCtx(ctx context.Context) (context.Context, context.CancelF
 
 // ServeQUIC accepts connections from ln until ctx ends, ln is closed or the
 // server is closed, and serves each. It returns after all of them ended.
-// Create ln with quic.Listen(pc, s.TLSConfig(), s.QUICConfig()).
+// Create ln with s.QUICTransport(pc).Listen(s.TLSConfig(), s.QUICConfig()),
+// which bounds and counts handshakes (quic.Listen works but does not).
 func (s *Server) ServeQUIC(ctx context.Context, ln *quic.Listener) error {
 	ctx, cancel := s.serveCtx(ctx)
 	defer cancel()
@@ -324,7 +364,10 @@ func (s *Server) ServeQUIC(ctx context.Context, ln *quic.Listener) error {
 }
 
 // ServeTCP accepts TCP connections from ln until ctx ends, ln is closed or
-// the server is closed, and serves each with ServeConn.
+// the server is closed, and serves each with ServeConn. A connection over
+// the handshake limits (MaxHandshakesPerSource, MaxHandshakes) is closed at
+// once, in this loop, so that a flood of idle connections holds no more
+// than MaxHandshakes file descriptors.
 func (s *Server) ServeTCP(ctx context.Context, ln net.Listener) error {
 	ctx, cancel := s.serveCtx(ctx)
 	defer cancel()
@@ -340,22 +383,48 @@ func (s *Server) ServeTCP(ctx context.Context, ln net.Listener) error {
 			}
 			return fmt.Errorf("relay %s: accepting TCP: %w", s.cfg.ID, err)
 		}
-		g.Go(func() error { s.ServeConn(ctx, c); return nil })
+		release, ok := s.admit(c.RemoteAddr())
+		if !ok {
+			c.Close()
+			continue
+		}
+		g.Go(func() error { s.serveConnSlot(ctx, c, release); return nil })
 	}
+}
+
+// admit takes a handshake slot for a connection from remote, or counts
+// and logs why not.
+func (s *Server) admit(remote net.Addr) (release func(), ok bool) {
+	release, refused := s.gate.acquire(remote)
+	if refused != "" {
+		s.hlog.fail(refused, remote, nil, s.cfg.Now())
+		return nil, false
+	}
+	return release, true
+}
+
+// handshakeFailed counts and logs a failed handshake or HELLO exchange.
+func (s *Server) handshakeFailed(remote net.Addr, err error) {
+	s.hlog.fail(handshakeReason(err), remote, err, s.cfg.Now())
 }
 
 // ServeQUICConn serves one accepted QUIC connection until it ends. A panic
 // while serving it (a bug) is logged, counted and closes c only.
 func (s *Server) ServeQUICConn(ctx context.Context, c *quic.Conn) error {
 	remote := c.RemoteAddr()
-	err := guarded(func() error { return s.serveQUICConn(ctx, c, remote) })
+	release := func() {}
+	if slot, ok := c.Context().Value(quicSlotKey{}).(*quicSlot); ok && slot.handOver() {
+		release = slot.release // taken in QUICTransport's ConnContext
+	}
+	defer release()
+	err := guarded(func() error { return s.serveQUICConn(ctx, c, remote, release) })
 	if s.m.survived(ctx, s.log, err, "remote", addrString(remote)) {
 		_ = c.CloseWithError(codeProtocol, "internal error")
 	}
 	return err
 }
 
-func (s *Server) serveQUICConn(ctx context.Context, c *quic.Conn, remote net.Addr) error {
+func (s *Server) serveQUICConn(ctx context.Context, c *quic.Conn, remote net.Addr, release func()) error {
 	ctx, cancel := s.serveCtx(ctx)
 	defer cancel()
 	hctx, hcancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
@@ -363,26 +432,42 @@ func (s *Server) serveQUICConn(ctx context.Context, c *quic.Conn, remote net.Add
 	st, err := c.AcceptStream(hctx)
 	if err != nil {
 		_ = c.CloseWithError(codeProtocol, "no control stream")
+		if ctx.Err() == nil {
+			s.handshakeFailed(remote, err)
+		}
 		return fmt.Errorf("relay %s: QUIC peer %s opened no control stream: %w", s.cfg.ID, addrString(remote), err)
 	}
 	_ = st.SetDeadline(time.Now().Add(s.cfg.HandshakeTimeout))
 	l := quicLink(c, st, s.cfg.QueueLen, s.m.drop)
-	return s.servePeer(ctx, l, remote, func() { _ = st.SetDeadline(time.Time{}) })
+	return s.servePeer(ctx, l, remote, func() { _ = st.SetDeadline(time.Time{}); release() })
 }
 
 // ServeConn serves one TCP connection: TLS handshake, HELLO, then frames
-// until it ends. It closes c. A panic while serving it (a bug) is logged,
-// counted and closes c only.
+// until it ends. It closes c. Over the handshake limits it closes c at
+// once. A panic while serving it (a bug) is logged, counted and closes c
+// only.
 func (s *Server) ServeConn(ctx context.Context, c net.Conn) error {
+	release, ok := s.admit(c.RemoteAddr())
+	if !ok {
+		c.Close()
+		return fmt.Errorf("relay %s: %w: connection from %s", s.cfg.ID, ErrHandshakeLimit, addrString(c.RemoteAddr()))
+	}
+	return s.serveConnSlot(ctx, c, release)
+}
+
+// serveConnSlot is ServeConn with a handshake slot taken; it gives it back
+// when the HELLO exchange ends.
+func (s *Server) serveConnSlot(ctx context.Context, c net.Conn, release func()) error {
+	defer release()
 	remote := c.RemoteAddr()
-	err := guarded(func() error { return s.serveConn(ctx, c, remote) })
+	err := guarded(func() error { return s.serveConn(ctx, c, remote, release) })
 	if s.m.survived(ctx, s.log, err, "remote", addrString(remote)) {
 		c.Close()
 	}
 	return err
 }
 
-func (s *Server) serveConn(ctx context.Context, c net.Conn, remote net.Addr) error {
+func (s *Server) serveConn(ctx context.Context, c net.Conn, remote net.Addr, release func()) error {
 	ctx, cancel := s.serveCtx(ctx)
 	defer cancel()
 	tc := tls.Server(c, s.tls)
@@ -392,19 +477,23 @@ func (s *Server) serveConn(ctx context.Context, c net.Conn, remote net.Addr) err
 	hcancel()
 	if err != nil {
 		c.Close()
-		s.log.Debug("TLS handshake failed", "remote", addrString(remote), "err", err)
+		if ctx.Err() == nil {
+			s.handshakeFailed(remote, err)
+		}
 		return fmt.Errorf("relay %s: TLS handshake with %s: %w", s.cfg.ID, addrString(remote), err)
 	}
 	l := streamLink(PathTCP, tc, s.cfg.QueueLen, s.m.drop)
-	return s.servePeer(ctx, l, remote, func() { _ = c.SetDeadline(time.Time{}) })
+	return s.servePeer(ctx, l, remote, func() { _ = c.SetDeadline(time.Time{}); release() })
 }
 
-// servePeer runs the HELLO exchange and then the link. clearDeadline is
-// called after the HELLO exchange.
-func (s *Server) servePeer(ctx context.Context, l *link, remote net.Addr, clearDeadline func()) error {
+// servePeer runs the HELLO exchange and then the link. admitted is
+// called after the HELLO exchange (it clears the handshake deadline and
+// gives the handshake slot back).
+func (s *Server) servePeer(ctx context.Context, l *link, remote net.Addr, admitted func()) error {
 	id, isRelay, err := s.identify(l.tls.PeerCertificates)
 	if err != nil {
 		l.close(codeNotAllowed, "not admitted by the consortium policy")
+		s.handshakeFailed(remote, &refusedError{reason: refusalReason(l.tls.PeerCertificates, err, s.cfg.Now()), err: err})
 		return err
 	}
 	f, err := wire.NewReader(l.stream, 64).Next()
@@ -424,9 +513,12 @@ func (s *Server) servePeer(ctx context.Context, l *link, remote net.Addr, clearD
 	}
 	if err != nil {
 		l.close(codeProtocol, "bad HELLO")
+		if ctx.Err() == nil {
+			s.handshakeFailed(remote, err)
+		}
 		return fmt.Errorf("relay %s: HELLO from %q at %s: %w", s.cfg.ID, id, addrString(remote), err)
 	}
-	clearDeadline()
+	admitted()
 	return s.runPeer(ctx, l, id, isRelay, remote)
 }
 
@@ -459,12 +551,16 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 		s.log.Info("peer disconnected", "peer", id, "relay_peer", isRelay)
 	}()
 	if !isRelay {
-		return l.run(ctx, func(f wire.Frame, owned bool) { s.memberFrame(p, f, owned) })
+		err = l.run(ctx, func(f wire.Frame, owned bool) { s.memberFrame(p, f, owned) })
+	} else {
+		var g errgroup.Group
+		g.Go(func() error { s.announce(ctx, p); return nil })
+		err = l.run(ctx, func(f wire.Frame, _ bool) { s.relayFrame(p, f) })
+		g.Wait()
 	}
-	var g errgroup.Group
-	g.Go(func() error { s.announce(ctx, p); return nil })
-	err = l.run(ctx, func(f wire.Frame, _ bool) { s.relayFrame(p, f) })
-	g.Wait()
+	if errors.Is(err, wire.ErrMalformed) {
+		s.hlog.fail(HandshakeFailBadFrame, remote, fmt.Errorf("peer %q: %w", id, err), s.cfg.Now())
+	}
 	return err
 }
 
