@@ -117,7 +117,9 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 		ID: cfg.ID, Identity: identity, Authority: auth, Logger: log, Registerer: reg,
 		RateBytesPerSec: cfg.Limits.RateBytesPerSec, RateBurstBytes: cfg.Limits.RateBurstBytes,
 		QueueLen: cfg.Limits.QueueLen, MaxConnsPerMember: cfg.Limits.MaxConnsPerMember,
-		ForwardHook: cfg.forwardHook,
+		HandshakeTimeout: cfg.Limits.HandshakeTimeout, MaxHandshakes: cfg.Limits.MaxHandshakes,
+		MaxHandshakesPerSource: cfg.Limits.MaxHandshakesPerSource,
+		ForwardHook:            cfg.forwardHook,
 	}
 	if watcher != nil {
 		// Members offer the signed versions they apply; verified ones go
@@ -136,9 +138,13 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 	}
 	defer tcpLn.Close()
 	defer udp.Close()
+	// One transport on the UDP socket: it bounds QUIC handshakes like
+	// ServeTCP bounds TCP ones (limits.max_handshakes*).
+	qtr := srv.QUICTransport(udp)
+	defer qtr.Close()
 	var qln *quic.Listener
 	if cfg.quicGate == nil {
-		if qln, err = quic.Listen(udp, srv.TLSConfig(), srv.QUICConfig()); err != nil {
+		if qln, err = qtr.Listen(srv.TLSConfig(), srv.QUICConfig()); err != nil {
 			return fmt.Errorf("relay: QUIC on %s: %w", udp.LocalAddr(), err)
 		}
 		defer qln.Close()
@@ -154,7 +160,8 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 			warnings = append(warnings, w)
 		}
 		st := map[string]any{"role": "relay", "id": cfg.ID, "listen": tcpLn.Addr().String(), "warnings": append([]string{}, warnings...),
-			"members": srv.Members(), "drops": srv.Drops(), "policy_offers": srv.PolicyOffers()}
+			"members": srv.Members(), "drops": srv.Drops(), "policy_offers": srv.PolicyOffers(),
+			"handshake_failures": srv.HandshakeFailures(), "handshakes_in_progress": srv.HandshakesInProgress()}
 		if watcher != nil {
 			st["policy_version"] = watcher.Current().Version()
 		}
@@ -202,7 +209,7 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 			case <-gctx.Done():
 				return nil
 			}
-			ql, err := quic.Listen(udp, srv.TLSConfig(), srv.QUICConfig())
+			ql, err := qtr.Listen(srv.TLSConfig(), srv.QUICConfig())
 			if err != nil {
 				return fmt.Errorf("relay: QUIC on %s: %w", udp.LocalAddr(), err)
 			}

@@ -2,6 +2,7 @@ package app
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"io"
@@ -9,11 +10,13 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"go.yaml.in/yaml/v3"
 
 	"github.com/memberd/memberd/internal/admin"
 	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/relay"
 )
 
 // relayConfig is relay.yaml. Unknown keys are an error. Relative paths are
@@ -28,11 +31,14 @@ import (
 //	insecure_dev_key: false          # default false
 //	admin: 127.0.0.1:9464            # default: /metrics /healthz /readyz /status
 //	admin_pprof: false               # also Go's pprof under /debug/pprof/; only with a loopback admin
-//	limits:                          # per member; defaults as in relay.ServerConfig
-//	  rate_bytes_per_sec: 12500000   # -1 = unlimited
-//	  rate_burst_bytes: 1048576
-//	  queue_len: 512
+//	limits:                          # defaults as in relay.ServerConfig
+//	  rate_bytes_per_sec: 12500000   # per member; -1 = unlimited
+//	  rate_burst_bytes: 1048576      # per member
+//	  queue_len: 512                 # per connection
 //	  max_conns_per_member: 4
+//	  handshake_timeout: 3s          # accept to HELLO exchanged (TLS included); 100ms..1m
+//	  max_handshakes: 256            # connections in their handshake, all sources
+//	  max_handshakes_per_source: 16  # ... from one IPv4 address or IPv6 /64; <= max_handshakes
 //	policy_dir: policy               # signed policy bundles (watched, applied live; members'
 //	                                 # offers are verified and stored here too); then
 //	state_dir: state                 # the applied policy is kept here, and
@@ -69,10 +75,42 @@ type relayConfig struct {
 }
 
 type relayLimits struct {
-	RateBytesPerSec   float64 `yaml:"rate_bytes_per_sec"`
-	RateBurstBytes    float64 `yaml:"rate_burst_bytes"`
-	QueueLen          int     `yaml:"queue_len"`
-	MaxConnsPerMember int     `yaml:"max_conns_per_member"`
+	RateBytesPerSec        float64       `yaml:"rate_bytes_per_sec"`
+	RateBurstBytes         float64       `yaml:"rate_burst_bytes"`
+	QueueLen               int           `yaml:"queue_len"`
+	MaxConnsPerMember      int           `yaml:"max_conns_per_member"`
+	HandshakeTimeout       time.Duration `yaml:"handshake_timeout"`
+	MaxHandshakes          int           `yaml:"max_handshakes"`
+	MaxHandshakesPerSource int           `yaml:"max_handshakes_per_source"`
+}
+
+// Bounds of limits.handshake_timeout: under 100ms a TLS handshake over a
+// proxy or with an HSM cannot finish; over a minute a flood of idle
+// connections holds its slots for too long.
+const (
+	minHandshakeTimeout = 100 * time.Millisecond
+	maxHandshakeTimeout = time.Minute
+)
+
+func (l relayLimits) validate() error {
+	if l.QueueLen < 0 || l.MaxConnsPerMember < 0 || l.RateBurstBytes < 0 {
+		return errors.New("key limits: queue_len, max_conns_per_member and rate_burst_bytes must not be negative")
+	}
+	if t := l.HandshakeTimeout; t != 0 && (t < minHandshakeTimeout || t > maxHandshakeTimeout) {
+		return fmt.Errorf("key limits.handshake_timeout: %v must be %v..%v (default %v; e.g. \"3s\")",
+			t, minHandshakeTimeout, maxHandshakeTimeout, relay.DefaultHandshakeTimeout)
+	}
+	if l.MaxHandshakes < 0 {
+		return fmt.Errorf("key limits.max_handshakes: %d must be positive (default %d)", l.MaxHandshakes, relay.DefaultMaxHandshakes)
+	}
+	if l.MaxHandshakesPerSource < 0 {
+		return fmt.Errorf("key limits.max_handshakes_per_source: %d must be positive (default %d)", l.MaxHandshakesPerSource, relay.DefaultMaxHandshakesPerSource)
+	}
+	total, per := cmp.Or(l.MaxHandshakes, relay.DefaultMaxHandshakes), cmp.Or(l.MaxHandshakesPerSource, relay.DefaultMaxHandshakesPerSource)
+	if per > total {
+		return fmt.Errorf("key limits.max_handshakes_per_source: %d is above limits.max_handshakes %d: lower it or raise max_handshakes", per, total)
+	}
+	return nil
 }
 
 type relayStaticPolicy struct {
@@ -155,9 +193,8 @@ func (c *relayConfig) validate() error {
 	case !c.InsecureDevKey:
 		return fmt.Errorf("key key: %q is not a PKCS#11 URI; a PEM key file is for development only and needs insecure_dev_key: true", c.Key)
 	}
-	l := c.Limits
-	if l.QueueLen < 0 || l.MaxConnsPerMember < 0 || l.RateBurstBytes < 0 {
-		return errors.New("key limits: queue_len, max_conns_per_member and rate_burst_bytes must not be negative")
+	if err := c.Limits.validate(); err != nil {
+		return err
 	}
 	p := c.Policy
 	if c.PolicyDir != "" {

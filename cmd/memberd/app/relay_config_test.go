@@ -59,3 +59,39 @@ func FuzzRelayConfig(f *testing.F) {
 		}
 	})
 }
+
+func TestRelayConfigHandshakeLimits(t *testing.T) {
+	with := func(limits string) string {
+		return strings.Replace(sampleRelayConfig, "limits: {queue_len: 100}", "limits: {"+limits+"}", 1)
+	}
+	for _, tc := range []struct {
+		name, limits, wantErr string
+	}{
+		{"defaults", "", ""},
+		{"all set", "handshake_timeout: 2s, max_handshakes: 64, max_handshakes_per_source: 8", ""},
+		{"per source equal to total", "max_handshakes: 16, max_handshakes_per_source: 16", ""},
+		{"timeout too short", "handshake_timeout: 10ms", "key limits.handshake_timeout"},
+		{"timeout too long", "handshake_timeout: 2h", "key limits.handshake_timeout"},
+		{"timeout not a duration", "handshake_timeout: soon", "line 5: cannot unmarshal !!str `soon` into time.Duration"},
+		{"negative total", "max_handshakes: -1", "key limits.max_handshakes"},
+		{"negative per source", "max_handshakes_per_source: -1", "key limits.max_handshakes_per_source"},
+		{"per source above total", "max_handshakes: 8", "key limits.max_handshakes_per_source: 16 is above limits.max_handshakes 8"},
+		{"unknown key", "max_handshake: 8", "max_handshake"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseRelayConfig([]byte(with(tc.limits)))
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if tc.limits != "" && (c.Limits.HandshakeTimeout == 0 && c.Limits.MaxHandshakes == 0) {
+					t.Fatalf("limits not read: %+v", c.Limits)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
