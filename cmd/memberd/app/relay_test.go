@@ -78,6 +78,66 @@ policy:
 	return f
 }
 
+// members connects an appliance of bank-a and one of bank-b to the
+// fixture's relay at addr and waits until both are ready.
+func (f *relayFixture) members(t *testing.T, addr string) map[string]*relay.Client {
+	t.Helper()
+	infos := []relay.RelayInfo{{ID: "relay-1", Addr: addr, Pin: f.pin}}
+	clients := map[string]*relay.Client{}
+	for _, m := range []string{"bank-a", "bank-b"} {
+		c, err := relay.NewClient(relay.ClientConfig{Identity: f.cas[m].Issue(t, m), Relays: infos, NoEnvProxy: true,
+			BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		clients[m] = c
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err = c.WaitReady(ctx)
+		cancel()
+		if err != nil {
+			t.Fatalf("member %s: %v", m, err)
+		}
+	}
+	return clients
+}
+
+// sendUntilReceived sends payload from one client to another every 50ms
+// until it arrives, or fails the test after timeout.
+func sendUntilReceived(t *testing.T, from, to *relay.Client, fromID, toID, payload string, timeout time.Duration) {
+	t.Helper()
+	got := make(chan string, 100)
+	go func() {
+		buf := make([]byte, 2000)
+		for {
+			n, src, err := to.ReadPacket(buf)
+			if err != nil {
+				return
+			}
+			select {
+			case got <- src + ":" + string(buf[:n]):
+			default:
+			}
+			if src == fromID && string(buf[:n]) == payload {
+				return
+			}
+		}
+	}()
+	deadline := time.After(timeout)
+	for {
+		_ = from.WritePacket([]byte(payload), toID)
+		select {
+		case g := <-got:
+			if g == fromID+":"+payload {
+				return
+			}
+		case <-time.After(50 * time.Millisecond):
+		case <-deadline:
+			t.Fatalf("%q from %s did not reach %s within %v", payload, fromID, toID, timeout)
+		}
+	}
+}
+
 func TestRelayConfigErrors(t *testing.T) {
 	f := newRelayFixture(t)
 	for _, tc := range []struct {
@@ -163,46 +223,8 @@ func TestRelayCommandRuns(t *testing.T) {
 		}
 	}
 
-	infos := []relay.RelayInfo{{ID: "relay-1", Addr: addrs.relay, Pin: f.pin}}
-	clients := map[string]*relay.Client{}
-	for _, m := range []string{"bank-a", "bank-b"} {
-		c, err := relay.NewClient(relay.ClientConfig{Identity: f.cas[m].Issue(t, m), Relays: infos, NoEnvProxy: true,
-			BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer c.Close()
-		clients[m] = c
-		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
-		err = c.WaitReady(wctx)
-		wcancel()
-		if err != nil {
-			t.Fatal(err)
-		}
-	}
-	got := make(chan string, 100)
-	go func() {
-		buf := make([]byte, 2000)
-		for {
-			n, from, err := clients["bank-b"].ReadPacket(buf)
-			if err != nil {
-				close(got)
-				return
-			}
-			got <- from + ":" + string(buf[:n])
-		}
-	}()
-	deadline := time.After(5 * time.Second)
-	for ok := false; !ok; {
-		_ = clients["bank-a"].WritePacket([]byte("ping"), "bank-b")
-		select {
-		case g := <-got:
-			ok = g == "bank-a:ping"
-		case <-time.After(50 * time.Millisecond):
-		case <-deadline:
-			t.Fatal("no packet through memberd relay")
-		}
-	}
+	clients := f.members(t, addrs.relay)
+	sendUntilReceived(t, clients["bank-a"], clients["bank-b"], "bank-a", "bank-b", "ping", 5*time.Second)
 
 	// 'memberd status' on the relay's real /status.
 	code, out, errb := run(t, "status", "--admin", addrs.admin)
