@@ -732,7 +732,28 @@ func (c *Client) Status() []RelayStatus {
 		}
 		out = append(out, st)
 	}
+	for i := range out {
+		reportSilence(&out[i], relays[i].cur.Load(), c.cfg.DeadAfter)
+	}
 	return out
+}
+
+// reportSilence makes a relay that is no longer used for sending (silent
+// for DeadAfter, or its connection gone) read "down" at once, instead of
+// "up" until the pinger gives the connection up (4×DeadAfter): status
+// follows the signal that moves the traffic.
+func reportSilence(st *RelayStatus, l *link, deadAfter time.Duration) {
+	if st.State != "up" || st.Healthy {
+		return
+	}
+	st.State = "down"
+	if l == nil {
+		return
+	}
+	heard := time.Unix(0, l.lastRecv.Load())
+	st.Since = heard.Add(deadAfter)
+	st.LastError = fmt.Sprintf("no answer from the relay for %v (traffic moves after %v of silence); reconnecting after %v",
+		time.Since(heard).Round(time.Millisecond), deadAfter, 4*deadAfter)
 }
 
 // Drops returns the packets the client dropped so far, by reason.
