@@ -47,7 +47,7 @@ const (
 	HandshakeFailRevoked         = "revoked"           // the certificate is revoked by the policy
 	HandshakeFailOverLimitSource = "over_limit_source" // MaxHandshakesPerSource in progress from this source
 	HandshakeFailOverLimitTotal  = "over_limit_total"  // MaxHandshakes in progress
-	HandshakeFailBadFrame        = "bad_frame"         // first frame not a valid HELLO, or an unparsable frame later
+	HandshakeFailBadFrame        = "bad_frame"         // the first frame is not a valid HELLO
 )
 
 var handshakeReasons = []string{HandshakeFailTimeout, HandshakeFailTLSError, HandshakeFailNoCertificate, HandshakeFailUnknownCA,
@@ -188,7 +188,7 @@ const handshakeLogEvery = 10 * time.Second
 
 func newHandshakeLog(log *slog.Logger, reg prometheus.Registerer) *handshakeLog {
 	c := newReasonCounter("memberd_relay_handshake_failures_total",
-		"Connections to the relay refused or failed before the HELLO exchange completed, and connections closed for bad frames, by reason.",
+		"Connections to the relay refused or failed before the HELLO exchange completed, by reason.",
 		"reason", handshakeReasons)
 	if reg != nil {
 		c.vec = register(reg, c.vec)
@@ -287,7 +287,7 @@ func (s *Server) QUICTransport(pc net.PacketConn) *quic.Transport {
 }
 
 // HandshakeFailures returns the connections refused or failed before
-// admission (and closed for bad frames) so far, by reason.
+// admission so far, by reason.
 func (s *Server) HandshakeFailures() map[string]uint64 { return s.hlog.counter.snapshot() }
 
 // HandshakesInProgress returns the connections now in their handshake.

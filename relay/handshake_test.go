@@ -2,10 +2,16 @@ package relay
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"log/slog"
+	"math/big"
 	"net"
 	"os"
 	"sync"
@@ -164,6 +170,14 @@ func TestHandshakeFailureReasons(t *testing.T) {
 	r := n.startRelay("relay-1", func(c *ServerConfig) { c.HandshakeTimeout = 500 * time.Millisecond })
 	startQUICTransport(t, r)
 	stranger := relaytest.NewCA(t, "stranger-ca").Issue(t, "stranger")
+	revoked := n.cas["bank-a"].Issue(t, "stolen")
+	expired := expiredCert(t, n.cas["bank-a"])
+	auth, err := NewStaticAuthority(StaticPolicy{MemberCAs: map[string][]*x509.Certificate{"bank-a": {n.cas["bank-a"].Cert}},
+		AllowAll: true, Relays: n.infos, Revoked: []*x509.Certificate{revoked.Leaf}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	r.srv.UpdateAuthority(auth)
 	tlsCfg := func(certs ...tls.Certificate) *tls.Config {
 		return &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"memberd/1"}, Certificates: certs, MinVersion: tls.VersionTLS13}
 	}
@@ -191,6 +205,22 @@ func TestHandshakeFailureReasons(t *testing.T) {
 		}},
 		{"tcp unknown CA", HandshakeFailUnknownCA, func() error {
 			c, err := tls.Dial("tcp", r.info.Addr, tlsCfg(stranger))
+			if err == nil {
+				_, err = c.Read(make([]byte, 1))
+				c.Close()
+			}
+			return err
+		}},
+		{"tcp revoked", HandshakeFailRevoked, func() error {
+			c, err := tls.Dial("tcp", r.info.Addr, tlsCfg(revoked))
+			if err == nil {
+				_, err = c.Read(make([]byte, 1))
+				c.Close()
+			}
+			return err
+		}},
+		{"tcp expired", HandshakeFailExpired, func() error {
+			c, err := tls.Dial("tcp", r.info.Addr, tlsCfg(expired))
 			if err == nil {
 				_, err = c.Read(make([]byte, 1))
 				c.Close()
@@ -254,6 +284,28 @@ func TestHandshakeFailureReasons(t *testing.T) {
 	if sum != uint64(len(cases)) {
 		t.Errorf("failures %v: %d in all, want %d (one per case)", r.srv.HandshakeFailures(), sum, len(cases))
 	}
+}
+
+// expiredCert issues a client certificate from ca that expired an hour ago.
+func expiredCert(t testing.TB, ca *relaytest.CA) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(time.Now().UnixNano()),
+		Subject:      pkix.Name{CommonName: "expired"},
+		NotBefore:    time.Now().Add(-48 * time.Hour),
+		NotAfter:     time.Now().Add(-time.Hour),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 // muteConn lets the first datagram out and nothing after: a QUIC client

@@ -551,16 +551,12 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 		s.log.Info("peer disconnected", "peer", id, "relay_peer", isRelay)
 	}()
 	if !isRelay {
-		err = l.run(ctx, func(f wire.Frame, owned bool) { s.memberFrame(p, f, owned) })
-	} else {
-		var g errgroup.Group
-		g.Go(func() error { s.announce(ctx, p); return nil })
-		err = l.run(ctx, func(f wire.Frame, _ bool) { s.relayFrame(p, f) })
-		g.Wait()
+		return l.run(ctx, func(f wire.Frame, owned bool) { s.memberFrame(p, f, owned) })
 	}
-	if errors.Is(err, wire.ErrMalformed) {
-		s.hlog.fail(HandshakeFailBadFrame, remote, fmt.Errorf("peer %q: %w", id, err), s.cfg.Now())
-	}
+	var g errgroup.Group
+	g.Go(func() error { s.announce(ctx, p); return nil })
+	err = l.run(ctx, func(f wire.Frame, _ bool) { s.relayFrame(p, f) })
+	g.Wait()
 	return err
 }
 
