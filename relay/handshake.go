@@ -222,6 +222,22 @@ func (h *handshakeLog) fail(reason string, remote net.Addr, err error, now time.
 	h.log.Warn("relay connection refused or failed before admission", attrs...)
 }
 
+// admit takes a handshake slot for a connection from remote, or counts
+// and logs why not.
+func (s *Server) admit(remote net.Addr) (release func(), ok bool) {
+	release, refused := s.gate.acquire(remote)
+	if refused != "" {
+		s.hlog.fail(refused, remote, nil, s.cfg.Now())
+		return nil, false
+	}
+	return release, true
+}
+
+// handshakeFailed counts and logs a failed handshake or HELLO exchange.
+func (s *Server) handshakeFailed(remote net.Addr, err error) {
+	s.hlog.fail(handshakeReason(err), remote, err, s.cfg.Now())
+}
+
 // ErrHandshakeLimit: a connection was refused because too many handshakes
 // were in progress (MaxHandshakesPerSource or MaxHandshakes).
 var ErrHandshakeLimit = errors.New("too many relay handshakes in progress")

@@ -392,22 +392,6 @@ func (s *Server) ServeTCP(ctx context.Context, ln net.Listener) error {
 	}
 }
 
-// admit takes a handshake slot for a connection from remote, or counts
-// and logs why not.
-func (s *Server) admit(remote net.Addr) (release func(), ok bool) {
-	release, refused := s.gate.acquire(remote)
-	if refused != "" {
-		s.hlog.fail(refused, remote, nil, s.cfg.Now())
-		return nil, false
-	}
-	return release, true
-}
-
-// handshakeFailed counts and logs a failed handshake or HELLO exchange.
-func (s *Server) handshakeFailed(remote net.Addr, err error) {
-	s.hlog.fail(handshakeReason(err), remote, err, s.cfg.Now())
-}
-
 // ServeQUICConn serves one accepted QUIC connection until it ends. A panic
 // while serving it (a bug) is logged, counted and closes c only.
 func (s *Server) ServeQUICConn(ctx context.Context, c *quic.Conn) error {
