@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/logtest"
 	"github.com/memberd/memberd/relay/relaytest"
 )
 
@@ -146,9 +147,15 @@ func TestRelayBinaryHalfOpenFlood(t *testing.T) {
 	// Members from 127.0.0.1 get in during the flood.
 	clients := f.members(t, addr)
 	sendUntilReceived(t, clients["bank-a"], clients["bank-b"], "bank-a", "bank-b", "during-flood", 10*time.Second)
+	// stderr is not a terminal: JSON lines, as under systemd.
 	var warnLines []string
-	for _, l := range strings.Split(stderr.String(), "\n") {
-		if strings.Contains(l, "level=WARN") && strings.Contains(l, "before admission") {
+	for _, l := range strings.Split(strings.TrimSpace(stderr.String()), "\n") {
+		kv, err := logtest.JSONLine([]byte(l))
+		if err != nil {
+			t.Errorf("log line %q: %v", l, err)
+			continue
+		}
+		if kv["level"] == "WARN" && kv["msg"] == "relay connection refused or failed before admission" {
 			warnLines = append(warnLines, l)
 		}
 	}
