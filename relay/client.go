@@ -692,7 +692,7 @@ func (c *Client) Close() error {
 type RelayStatus struct {
 	ID        string        `json:"id"`
 	Addr      string        `json:"addr"`
-	State     string        `json:"state"`          // connecting, up, quiet (active but silent: packets also go to the backup), down
+	State     string        `json:"state"`          // connecting, up, down (also at once when no longer used for sending)
 	Path      Path          `json:"path,omitempty"` // quic, tcp, proxy; empty unless up
 	Healthy   bool          `json:"healthy"`        // answered within DeadAfter: eligible for sending
 	Active    bool          `json:"active"`         // the relay packets are being sent on
@@ -732,46 +732,30 @@ func (c *Client) Status() []RelayStatus {
 		}
 		out = append(out, st)
 	}
-	backupID := ""
-	for _, st := range out {
-		if st.Backup {
-			backupID = st.ID
-		}
-	}
 	for i := range out {
-		c.reportSilence(&out[i], relays[i].cur.Load(), backupID, now)
+		c.reportSilence(&out[i], relays[i].cur.Load(), now)
 	}
 	return out
 }
 
-// reportSilence makes the state follow what routes the traffic (route),
-// at once rather than when the pinger gives a silent connection up
-// (4×DeadAfter): a relay that is up but no longer used for sending
-// (silent for DeadAfter, or its connection gone) reads "down"; the active
-// relay while packets are also copied to a backup (silent past
-// SuspectAfter) reads "quiet".
-func (c *Client) reportSilence(st *RelayStatus, l *link, backupID string, now time.Time) {
-	if st.State != "up" {
+// reportSilence makes the state follow what routes the traffic (route) at
+// once, not when the pinger gives a silent connection up (4×DeadAfter): a
+// relay that is up but no longer used for sending (silent for DeadAfter,
+// or its connection gone) reads "down". While the active relay is only
+// quiet (past SuspectAfter), it stays "up" and the relay the packets are
+// copied to reads backup: it is still connected, and may be just slow.
+func (c *Client) reportSilence(st *RelayStatus, l *link, now time.Time) {
+	if st.State != "up" || st.Healthy {
 		return
 	}
-	var heard time.Time
-	if l != nil {
-		heard = time.Unix(0, l.lastRecv.Load())
+	st.State = "down"
+	if l == nil {
+		return
 	}
-	switch {
-	case !st.Healthy:
-		st.State = "down"
-		if l != nil {
-			st.Since = heard.Add(c.cfg.DeadAfter)
-			st.LastError = fmt.Sprintf("no answer from the relay for %v (unused after %v of silence); reconnecting after %v",
-				now.Sub(heard).Round(time.Millisecond), c.cfg.DeadAfter, 4*c.cfg.DeadAfter)
-		}
-	case st.Active && backupID != "":
-		st.State = "quiet"
-		st.Since = heard.Add(c.cfg.SuspectAfter)
-		st.LastError = fmt.Sprintf("no answer from the relay for %v: packets are also sent through %s",
-			now.Sub(heard).Round(time.Millisecond), backupID)
-	}
+	heard := time.Unix(0, l.lastRecv.Load())
+	st.Since = heard.Add(c.cfg.DeadAfter)
+	st.LastError = fmt.Sprintf("no answer from the relay for %v (unused after %v of silence); reconnecting after %v",
+		now.Sub(heard).Round(time.Millisecond), c.cfg.DeadAfter, 4*c.cfg.DeadAfter)
 }
 
 // Drops returns the packets the client dropped so far, by reason.

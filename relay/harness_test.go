@@ -46,24 +46,7 @@ func newTestNet(t testing.TB, members []string, relays []string) *testNet {
 }
 
 // freePort returns 127.0.0.1:P where P is free on both TCP and UDP.
-func freePort(t testing.TB) string {
-	t.Helper()
-	for range 50 {
-		tl, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := tl.Addr().String()
-		ul, err := net.ListenPacket("udp", addr)
-		tl.Close()
-		if err == nil {
-			ul.Close()
-			return addr
-		}
-	}
-	t.Fatal("no port free on both TCP and UDP")
-	return ""
-}
+func freePort(t testing.TB) string { return relaytest.FreePort(t) }
 
 func (n *testNet) authority(drop ...string) *StaticAuthority {
 	cas := map[string][]*x509.Certificate{}
