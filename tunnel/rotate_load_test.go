@@ -21,10 +21,15 @@ import (
 // 10-40 s, i.e. about 6 KB/s; the streams normally move tens of MB/s here,
 // and several MB/s under -race. And every switch must have been promoted
 // on the first packet of the new session (promote.go).
+//
+// The bound tells the bug from a slow machine, not a fast one from a slow
+// one: the crawl moves at most ~90 KB in progressWait, while a stream on
+// a 2-core machine at load 20 under -race still moved 570 KB in 5 s. A
+// throughput figure belongs in a benchmark (BenchmarkThroughput), not here.
 func TestKeyRotationUnderLoadKeepsThroughput(t *testing.T) {
 	const (
-		progressBytes = 1 << 20
-		progressWait  = 5 * time.Second
+		progressBytes = 256 << 10
+		progressWait  = 15 * time.Second
 	)
 	wire := wireCount{data: map[string]*atomic.Uint64{"bank-a": {}, "bank-b": {}}}
 	c := newCluster(t, 2, clusterOpts{
