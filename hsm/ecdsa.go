@@ -125,9 +125,12 @@ func parseECPoint(params, point []byte) (*ecdsa.PublicKey, error) {
 	if !oid.Equal(oidP256) {
 		return nil, fmt.Errorf("%w: curve %v, only P-256 (1.2.840.10045.3.1.7) is supported", ErrWrongKeyType, oid)
 	}
+	// A bare point 04||X||Y whose X starts with 0x3f also parses as a DER
+	// OCTET STRING (tag 04, length 63): only an unwrapped 65-byte
+	// uncompressed point counts as the wrapped form.
 	raw := point
 	var inner []byte
-	if rest, err := asn1.Unmarshal(point, &inner); err == nil && len(rest) == 0 {
+	if rest, err := asn1.Unmarshal(point, &inner); err == nil && len(rest) == 0 && len(inner) == 65 {
 		raw = inner
 	}
 	k, err := ecdh.P256().NewPublicKey(raw)
