@@ -10,6 +10,11 @@ import (
 
 // drive is the ordering loop: on the leader, it cuts blocks (time from a
 // timer) and proposes them.
+//
+// Unless Config.FixedBatches, it cuts adaptively (block.Cutter.Due): when
+// no block it proposed is still waiting to be applied, the pending
+// envelopes are cut at once; while one is, they keep filling the next
+// block up to Fabric's limits. n.applied wakes it when a block is stored.
 func (n *Node) drive(ctx context.Context) error {
 	var (
 		leading    bool
@@ -61,6 +66,13 @@ func (n *Node) drive(ctx context.Context) error {
 		n.log.Info("cutting blocks as leader", "next_block", tipNum+1)
 		return true
 	}
+	// inFlight: blocks proposed by this leader and not yet stored.
+	inFlight := func() int {
+		if h := n.store.Height(); tipNum >= h {
+			return int(min(tipNum-h+1, 1<<20))
+		}
+		return 0
+	}
 	propose := func(batch [][]byte) {
 		if len(batch) == 0 || !leading {
 			return
@@ -82,6 +94,25 @@ func (n *Node) drive(ctx context.Context) error {
 			return
 		}
 		tipNum, tipHash = b.Header.Number, block.HeaderHash(b.Header)
+	}
+	// cutDue proposes the pending batch if it is due (timeout, or idle
+	// when adaptive).
+	cutDue := func() {
+		if cut == nil {
+			return
+		}
+		if n.cfg.FixedBatches {
+			propose(cut.Tick(n.cfg.Now()))
+		} else {
+			propose(cut.Due(n.cfg.Now(), inFlight()))
+		}
+	}
+	add := func(sub submission) {
+		keys = append(keys, sub.key)
+		batches, _ := cut.Ordered(sub.raw, n.cfg.Now())
+		for _, b := range batches {
+			propose(b)
+		}
 	}
 	arm := func() {
 		timer.Stop()
@@ -107,17 +138,30 @@ func (n *Node) drive(ctx context.Context) error {
 				n.failAll(fmt.Errorf("%w: not the leader (raft leader is %d)", ErrUnavailable, n.raft.Leader()))
 				continue
 			}
-			keys = append(keys, sub.key)
-			batches, _ := cut.Ordered(sub.raw, n.cfg.Now())
-			for _, b := range batches {
-				propose(b)
+			add(sub)
+			// Take what else is queued before deciding, so that a block cut
+			// at idle carries every envelope already admitted.
+		drain:
+			for range cap(n.submitCh) {
+				select {
+				case sub := <-n.submitCh:
+					if !leading {
+						n.failAll(fmt.Errorf("%w: stopped leading; resubmit", ErrUnavailable))
+						break drain
+					}
+					add(sub)
+				default:
+					break drain
+				}
 			}
+			cutDue()
+			arm()
+		case <-n.applied:
+			cutDue()
 			arm()
 		case <-timer.C:
-			if cut != nil {
-				propose(cut.Tick(n.cfg.Now()))
-				arm()
-			}
+			cutDue()
+			arm()
 		case <-stall.C:
 			now := n.cfg.Now()
 			if h := n.store.Height(); h != lastHeight || !leading || h > tipNum {

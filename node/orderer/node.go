@@ -41,6 +41,8 @@ type Node struct {
 
 	submitCh chan submission
 	leaderCh chan struct{}
+	// applied wakes the driver when blocks are stored (adaptive cutting).
+	applied chan struct{}
 	// leaderGen is closed and replaced at every leader change, so that
 	// forwarded submissions can stop waiting for a deposed leader.
 	leaderGen atomic.Pointer[chan struct{}]
@@ -149,6 +151,7 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		submitCh: make(chan submission, cfg.SubmitQueue),
 		proposed: make(map[uint64]proposedBlock),
 		leaderCh: make(chan struct{}, 1),
+		applied:  make(chan struct{}, 1),
 		closed:   make(chan struct{}),
 		waiters:  make(map[txKey]*waiter),
 		recent:   newRecentSet(cfg.RecentTxIDs),
@@ -624,6 +627,10 @@ func (n *Node) committed(blocks []*common.Block) {
 	}
 	n.mu.Unlock()
 	n.ordered.Add(uint64(len(keys)))
+	select {
+	case n.applied <- struct{}{}:
+	default:
+	}
 }
 
 // catchUp brings the store to the height a raft snapshot stands for, pulling
