@@ -24,6 +24,7 @@ import (
 	"encoding/pem"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"os"
 	"os/exec"
@@ -420,8 +421,14 @@ func startBenchCluster(b *testing.B, timeout time.Duration, fixed bool) *benchCl
 	}
 	var err error
 	tln, td := benchTLS(n1, c.pol, rln, d)
-	bc.n, err = New(Config{Raft: benchRaft(1, filepath.Join(dir, "n1", "raft"), td, tln), BlockDir: filepath.Join(dir, "n1", "blocks"),
-		Genesis: c.genesis, Signer: n1.Signer, Identity: n1.Serialized(), Policy: c.policy, FixedBatches: fixed})
+	rc := benchRaft(1, filepath.Join(dir, "n1", "raft"), td, tln)
+	// 2 s, not 200 ms: on a shared machine at load 20 the followers (in the
+	// child) went unheard for 200 ms and the leader stepped down (raft's
+	// CheckQuorum), failing a run for a reason the benchmark does not measure.
+	rc.ElectionTicks = 100
+	bc.n, err = New(Config{Raft: rc, BlockDir: filepath.Join(dir, "n1", "blocks"),
+		Genesis: c.genesis, Signer: n1.Signer, Identity: n1.Serialized(), Policy: c.policy, FixedBatches: fixed,
+		Logger: slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelWarn}))})
 	if err != nil {
 		b.Fatal(err)
 	}
