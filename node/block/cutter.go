@@ -91,6 +91,10 @@ func CutterConfigFromFabric(bs *orderer.BatchSize, bt *orderer.BatchTimeout) (Cu
 //  3. A batch is cut when it reaches MaxMessageCount envelopes.
 //  4. A pending batch is cut BatchTimeout after its first envelope (Tick).
 //
+// A driver may also cut adaptively (Due): a pending batch is cut at once
+// when no earlier batch is still in flight, which keeps latency low under
+// light load without changing the limits above.
+//
 // Sizes are Fabric's: len(Payload)+len(Signature) of each envelope
 // (MessageSize); bytes that are not an envelope count their full length.
 // Time is an input: the cutter reads no clock and starts no timer; the
@@ -178,6 +182,30 @@ func (c *Cutter) Tick(now time.Time) [][]byte {
 		return c.Cut()
 	}
 	return nil
+}
+
+// Due returns the pending batch if it is due at now, nil otherwise; it is
+// the adaptive form of Tick. inFlight is the number of batches the driver
+// cut earlier that are not yet committed and applied. The pending batch is
+// due when:
+//
+//   - its BatchTimeout has passed (as Tick), whatever inFlight; or
+//   - inFlight is 0, however few envelopes it holds: nothing is being
+//     committed, so waiting for more envelopes adds latency and saves
+//     nothing. While a batch is in flight the pending one keeps filling up
+//     to Fabric's limits, so under load blocks stay as large as they are
+//     without this rule.
+//
+// Due cuts only what Ordered kept pending, so no batch it returns breaks
+// MaxMessageCount or PreferredMaxBytes. Nothing pending: nil.
+func (c *Cutter) Due(now time.Time, inFlight int) [][]byte {
+	if len(c.pending) == 0 {
+		return nil
+	}
+	if inFlight <= 0 {
+		return c.Cut()
+	}
+	return c.Tick(now)
 }
 
 // Pending returns the number of pending envelopes and their total size.

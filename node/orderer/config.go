@@ -71,6 +71,13 @@ type Config struct {
 	// Membership, if set, makes the raft leader apply changes of the
 	// policy's ledger.consenters to the running cluster (membership.go).
 	Membership *Membership
+	// FixedBatches turns adaptive cutting off: a block is cut only at
+	// BatchSize's limits or BatchTimeout, as by a stock Fabric orderer.
+	// Default false: the leader also cuts the pending envelopes at once when
+	// none of its blocks is waiting to be committed and stored, which under
+	// light load saves up to BatchTimeout per envelope and under load
+	// changes nothing (blocks fill while one is in flight). For comparisons.
+	FixedBatches bool
 	// SubmitTimeout bounds how long a submission waits to be committed.
 	// Default 30s.
 	SubmitTimeout time.Duration

@@ -7,7 +7,10 @@
 //
 // The raft LEADER runs the block cutter (block.Cutter, time from a timer in the
 // driver loop) and proposes each cut block, unsigned, as one raft entry (wire
-// format in entry.go). EVERY node applies committed entries in log order: a
+// format in entry.go). It cuts adaptively (block.Cutter.Due): pending
+// envelopes are cut at once when none of its proposed blocks awaits storing,
+// else at BatchSize's limits or BatchTimeout as Fabric's orderer
+// (Config.FixedBatches keeps only Fabric's rule). EVERY node applies committed entries in log order: a
 // block entry is appended when it is the next block of the store (number and
 // previous hash), and skipped otherwise (a stale proposal of a deposed
 // leader); the decision depends only on the log. As Fabric's etcdraft, each

@@ -64,7 +64,10 @@ func TestFabricCompatibility(t *testing.T) {
 	// start with a certificate from another CA, as peers would refuse its
 	// blocks. The rest of the test replays the channel without that check.
 	dir := t.TempDir()
-	cfg := Config{Raft: raftLocal(t, dir), BlockDir: dir + "/blocks", Genesis: gen,
+	// FixedBatches: cut as Fabric did (10 envelopes, MaxMessageCount), so
+	// that block 1 holds the same envelopes as Fabric's; adaptive cutting
+	// would cut the first envelope alone at once.
+	cfg := Config{Raft: raftLocal(t, dir), BlockDir: dir + "/blocks", Genesis: gen, FixedBatches: true,
 		Signer: key, Identity: id.Serialized(), Policy: func() *policy.Policy { return pol }}
 	if _, err := New(cfg); !errors.Is(err, ErrSigner) || !strings.Contains(err.Error(), `no organisation with MSP id "Org1MSP"`) &&
 		!strings.Contains(err.Error(), "does not chain to a CA of MSP Org1MSP") {

@@ -41,6 +41,8 @@ type Node struct {
 
 	submitCh chan submission
 	leaderCh chan struct{}
+	// applied wakes the driver when blocks are stored (adaptive cutting).
+	applied chan struct{}
 	// leaderGen is closed and replaced at every leader change, so that
 	// forwarded submissions can stop waiting for a deposed leader.
 	leaderGen atomic.Pointer[chan struct{}]
@@ -149,6 +151,7 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		submitCh: make(chan submission, cfg.SubmitQueue),
 		proposed: make(map[uint64]proposedBlock),
 		leaderCh: make(chan struct{}, 1),
+		applied:  make(chan struct{}, 1),
 		closed:   make(chan struct{}),
 		waiters:  make(map[txKey]*waiter),
 		recent:   newRecentSet(cfg.RecentTxIDs),
@@ -624,6 +627,10 @@ func (n *Node) committed(blocks []*common.Block) {
 	}
 	n.mu.Unlock()
 	n.ordered.Add(uint64(len(keys)))
+	select {
+	case n.applied <- struct{}{}:
+	default:
+	}
 }
 
 // catchUp brings the store to the height a raft snapshot stands for, pulling
@@ -657,126 +664,4 @@ func (n *Node) catchUp(ctx context.Context, data []byte) error {
 	}
 	n.loadRecent()
 	return nil
-}
-
-// drive is the ordering loop: on the leader, it cuts blocks (time from a
-// timer) and proposes them.
-func (n *Node) drive(ctx context.Context) error {
-	var (
-		leading    bool
-		cut        *block.Cutter
-		tipNum     uint64
-		tipHash    []byte
-		lastHeight = n.store.Height()
-		progressAt = n.cfg.Now()
-		// keys of the envelopes in the cutter, in order: the cutter keeps
-		// order and cuts consecutive runs, so each batch pops its keys.
-		keys []txKey
-	)
-	timer := time.NewTimer(time.Hour)
-	timer.Stop()
-	stall := time.NewTicker(n.cfg.StallTimeout / 4)
-	defer stall.Stop()
-
-	stepDown := func(why string) {
-		if leading {
-			n.log.Info("stopped cutting blocks", "reason", why)
-		}
-		leading, cut, keys = false, nil, nil
-		timer.Stop()
-		n.mu.Lock()
-		clear(n.proposed)
-		n.mu.Unlock()
-		n.failAll(fmt.Errorf("%w: %s; resubmit", ErrUnavailable, why))
-	}
-	lead := func() bool {
-		if leading {
-			return true
-		}
-		if n.raft.Leader() != n.raft.ID() {
-			return false
-		}
-		// A barrier: once our no-op is applied, every entry before it is too.
-		pctx, cancel := context.WithTimeout(ctx, n.cfg.StallTimeout)
-		_, err := n.raft.ProposeWait(pctx, noopEntry)
-		cancel()
-		if err != nil {
-			n.log.Warn("leader barrier failed", "err", err)
-			return false
-		}
-		h := n.store.LastHeader()
-		tipNum, tipHash = h.Number, block.HeaderHash(h)
-		cut, _ = block.NewCutter(n.cutCfg)
-		leading = true
-		lastHeight, progressAt = n.store.Height(), n.cfg.Now()
-		n.log.Info("cutting blocks as leader", "next_block", tipNum+1)
-		return true
-	}
-	propose := func(batch [][]byte) {
-		if len(batch) == 0 || !leading {
-			return
-		}
-		b := block.New(tipNum+1, tipHash, batch)
-		data, err := encodeBlockEntry(b)
-		if err == nil && len(keys) >= len(batch) {
-			n.mu.Lock()
-			n.proposed[b.Header.Number] = proposedBlock{dataHash: b.Header.DataHash, keys: keys[:len(batch):len(batch)],
-				entry: data, blk: b}
-			n.mu.Unlock()
-			keys = keys[len(batch):]
-		}
-		if err == nil {
-			err = n.raft.Propose(ctx, data)
-		}
-		if err != nil {
-			stepDown(fmt.Sprintf("proposing block %d failed: %v", tipNum+1, err))
-			return
-		}
-		tipNum, tipHash = b.Header.Number, block.HeaderHash(b.Header)
-	}
-	arm := func() {
-		timer.Stop()
-		if cut == nil {
-			return
-		}
-		if d, ok := cut.Deadline(); ok {
-			timer.Reset(max(d.Sub(n.cfg.Now()), 0))
-		}
-	}
-	for {
-		select {
-		case <-ctx.Done():
-			return nil
-		case <-n.leaderCh:
-			if n.raft.Leader() != n.raft.ID() {
-				stepDown("lost raft leadership")
-			} else {
-				lead()
-			}
-		case sub := <-n.submitCh:
-			if !lead() {
-				n.failAll(fmt.Errorf("%w: not the leader (raft leader is %d)", ErrUnavailable, n.raft.Leader()))
-				continue
-			}
-			keys = append(keys, sub.key)
-			batches, _ := cut.Ordered(sub.raw, n.cfg.Now())
-			for _, b := range batches {
-				propose(b)
-			}
-			arm()
-		case <-timer.C:
-			if cut != nil {
-				propose(cut.Tick(n.cfg.Now()))
-				arm()
-			}
-		case <-stall.C:
-			now := n.cfg.Now()
-			if h := n.store.Height(); h != lastHeight || !leading || h > tipNum {
-				lastHeight, progressAt = h, now
-			} else if now.Sub(progressAt) > n.cfg.StallTimeout {
-				stepDown(fmt.Sprintf("proposed block %d not committed within %v", h, n.cfg.StallTimeout))
-				lastHeight, progressAt = h, now
-			}
-		}
-	}
 }

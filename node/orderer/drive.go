@@ -1,0 +1,175 @@
+package orderer
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/memberd/memberd/node/block"
+)
+
+// drive is the ordering loop: on the leader, it cuts blocks (time from a
+// timer) and proposes them.
+//
+// Unless Config.FixedBatches, it cuts adaptively (block.Cutter.Due): when
+// no block it proposed is still waiting to be applied, the pending
+// envelopes are cut at once; while one is, they keep filling the next
+// block up to Fabric's limits. n.applied wakes it when a block is stored.
+func (n *Node) drive(ctx context.Context) error {
+	var (
+		leading    bool
+		cut        *block.Cutter
+		tipNum     uint64
+		tipHash    []byte
+		lastHeight = n.store.Height()
+		progressAt = n.cfg.Now()
+		// keys of the envelopes in the cutter, in order: the cutter keeps
+		// order and cuts consecutive runs, so each batch pops its keys.
+		keys []txKey
+	)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	stall := time.NewTicker(n.cfg.StallTimeout / 4)
+	defer stall.Stop()
+
+	stepDown := func(why string) {
+		if leading {
+			n.log.Info("stopped cutting blocks", "reason", why)
+		}
+		leading, cut, keys = false, nil, nil
+		timer.Stop()
+		n.mu.Lock()
+		clear(n.proposed)
+		n.mu.Unlock()
+		n.failAll(fmt.Errorf("%w: %s; resubmit", ErrUnavailable, why))
+	}
+	lead := func() bool {
+		if leading {
+			return true
+		}
+		if n.raft.Leader() != n.raft.ID() {
+			return false
+		}
+		// A barrier: once our no-op is applied, every entry before it is too.
+		pctx, cancel := context.WithTimeout(ctx, n.cfg.StallTimeout)
+		_, err := n.raft.ProposeWait(pctx, noopEntry)
+		cancel()
+		if err != nil {
+			n.log.Warn("leader barrier failed", "err", err)
+			return false
+		}
+		h := n.store.LastHeader()
+		tipNum, tipHash = h.Number, block.HeaderHash(h)
+		cut, _ = block.NewCutter(n.cutCfg)
+		leading = true
+		lastHeight, progressAt = n.store.Height(), n.cfg.Now()
+		n.log.Info("cutting blocks as leader", "next_block", tipNum+1)
+		return true
+	}
+	// inFlight: blocks proposed by this leader and not yet stored.
+	inFlight := func() int {
+		if h := n.store.Height(); tipNum >= h {
+			return int(min(tipNum-h+1, 1<<20))
+		}
+		return 0
+	}
+	propose := func(batch [][]byte) {
+		if len(batch) == 0 || !leading {
+			return
+		}
+		b := block.New(tipNum+1, tipHash, batch)
+		data, err := encodeBlockEntry(b)
+		if err == nil && len(keys) >= len(batch) {
+			n.mu.Lock()
+			n.proposed[b.Header.Number] = proposedBlock{dataHash: b.Header.DataHash, keys: keys[:len(batch):len(batch)],
+				entry: data, blk: b}
+			n.mu.Unlock()
+			keys = keys[len(batch):]
+		}
+		if err == nil {
+			err = n.raft.Propose(ctx, data)
+		}
+		if err != nil {
+			stepDown(fmt.Sprintf("proposing block %d failed: %v", tipNum+1, err))
+			return
+		}
+		tipNum, tipHash = b.Header.Number, block.HeaderHash(b.Header)
+	}
+	// cutDue proposes the pending batch if it is due (timeout, or idle
+	// when adaptive).
+	cutDue := func() {
+		if cut == nil {
+			return
+		}
+		if n.cfg.FixedBatches {
+			propose(cut.Tick(n.cfg.Now()))
+		} else {
+			propose(cut.Due(n.cfg.Now(), inFlight()))
+		}
+	}
+	add := func(sub submission) {
+		keys = append(keys, sub.key)
+		batches, _ := cut.Ordered(sub.raw, n.cfg.Now())
+		for _, b := range batches {
+			propose(b)
+		}
+	}
+	arm := func() {
+		timer.Stop()
+		if cut == nil {
+			return
+		}
+		if d, ok := cut.Deadline(); ok {
+			timer.Reset(max(d.Sub(n.cfg.Now()), 0))
+		}
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-n.leaderCh:
+			if n.raft.Leader() != n.raft.ID() {
+				stepDown("lost raft leadership")
+			} else {
+				lead()
+			}
+		case sub := <-n.submitCh:
+			if !lead() {
+				n.failAll(fmt.Errorf("%w: not the leader (raft leader is %d)", ErrUnavailable, n.raft.Leader()))
+				continue
+			}
+			add(sub)
+			// Take what else is queued before deciding, so that a block cut
+			// at idle carries every envelope already admitted.
+		drain:
+			for range cap(n.submitCh) {
+				select {
+				case sub := <-n.submitCh:
+					if !leading {
+						n.failAll(fmt.Errorf("%w: stopped leading; resubmit", ErrUnavailable))
+						break drain
+					}
+					add(sub)
+				default:
+					break drain
+				}
+			}
+			cutDue()
+			arm()
+		case <-n.applied:
+			cutDue()
+			arm()
+		case <-timer.C:
+			cutDue()
+			arm()
+		case <-stall.C:
+			now := n.cfg.Now()
+			if h := n.store.Height(); h != lastHeight || !leading || h > tipNum {
+				lastHeight, progressAt = h, now
+			} else if now.Sub(progressAt) > n.cfg.StallTimeout {
+				stepDown(fmt.Sprintf("proposed block %d not committed within %v", h, n.cfg.StallTimeout))
+				lastHeight, progressAt = h, now
+			}
+		}
+	}
+}
