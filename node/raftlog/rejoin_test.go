@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/netip"
 	"path/filepath"
 	"strconv"
 	"sync/atomic"
@@ -12,7 +11,6 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/tunnel"
-	"github.com/memberd/memberd/tunnel/tunneltest"
 )
 
 // devDialer dials "member:port" through a tunnel device, as the appliance
@@ -48,23 +46,8 @@ func TestFollowerRejoinsAfterBlackholePartition(t *testing.T) {
 	if testing.Short() {
 		t.Skip("holds a partition for seconds")
 	}
-	nw := tunneltest.NewNetwork(tunneltest.Options{})
 	names := []string{"m1", "m2", "m3"}
-	var specs []tunneltest.MemberSpec
-	for i, id := range names {
-		specs = append(specs, tunneltest.MemberSpec{ID: id, Addr: netip.AddrFrom4([4]byte{10, 97, 0, byte(i + 1)}), CA: tunneltest.NewCA(t, id)})
-	}
-	auth := tunneltest.NewAuthority(specs, nil)
-	devs := map[string]*tunnel.Device{}
-	for _, s := range specs {
-		signer, chain := s.CA.NewIdentity(t)
-		d, err := tunnel.New(tunnel.Config{Member: s.ID, Signer: signer, Chain: chain, Transport: nw.Transport(s.ID), Authority: auth})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { d.Close() })
-		devs[s.ID] = d
-	}
+	nw, devs := newTunnels(t, 97, names...)
 	var peers []Peer
 	for i, id := range names {
 		peers = append(peers, Peer{ID: uint64(i + 1), Addr: id + ":7050", Name: id})
