@@ -94,7 +94,11 @@ type transport struct {
 	// selfAddr, if set, returns this node's own address, sent in an addr
 	// frame after each handshake ("" = none known).
 	selfAddr func() string
-	step     func(ctx context.Context, m raftpb.Message) error
+	// idle, if set and true, says this node takes no part in consensus
+	// (retired or removed): an unreachable peer is redialed only every
+	// idleBackoff.
+	idle func() bool
+	step func(ctx context.Context, m raftpb.Message) error
 
 	mu      sync.Mutex
 	peers   map[uint64]*peer
@@ -283,11 +287,37 @@ func (t *transport) maxBackoff() time.Duration {
 	return min(max(t.stallAfter/4, backoffMin), 2*time.Second)
 }
 
+// idleBackoff is the redial interval of an idle node (transport.idle).
+const idleBackoff = 10 * time.Second
+
+// slowPathRate (bytes/s): a peer on a slow path answers a big append
+// only once it has all of it, so the silence allowed grows by the time
+// the bytes written take at this rate (1 MiB: 8 s more), so that a slow
+// link is not taken for a silent one and a big message still gets through.
+const slowPathRate = 128 << 10
+
+// silence judges a connection at time now (unix ns): this node first wrote
+// at waiting (0: nothing unanswered) and written bytes since; the peer
+// last said something at heard. answered: the peer spoke since waiting;
+// silent: it did not for stallAfter plus the time written takes at
+// slowPathRate. Pure.
+func silence(now, waiting, heard int64, written int, stallAfter time.Duration) (answered, silent bool) {
+	switch {
+	case waiting == 0:
+		return false, false
+	case heard >= waiting:
+		return true, false
+	}
+	allowed := stallAfter + time.Duration(written)*time.Second/slowPathRate
+	return false, time.Duration(now-waiting) > allowed
+}
+
 // errStalled: the peer said nothing for stallAfter after this node wrote.
 var errStalled = errors.New("raft peer silent")
 
 func (t *transport) runPeer(ctx context.Context, p *peer) {
 	backoff := backoffMin
+	lastReject := "" // the last handshake rejection logged as a warning
 	for ctx.Err() == nil {
 		conn, err := t.connect(ctx, p)
 		if err != nil {
@@ -299,8 +329,10 @@ func (t *transport) runPeer(ctx context.Context, p *peer) {
 				continue // the peer reached this node: dial again at once
 			}
 			t.log.Debug("raft peer dial failed", "peer", p.id, "addr", p.addr, "err", err)
-			if errors.Is(err, ErrHandshake) {
+			if errors.Is(err, ErrHandshake) && err.Error() != lastReject {
+				// Once per reason: a removed node is rejected on every dial.
 				t.log.Warn("raft peer rejected the handshake", "peer", p.id, "addr", p.addr, "err", err)
+				lastReject = err.Error()
 			}
 			t.discard(p)
 			t.report.reportUnreachable(p.id)
@@ -313,9 +345,16 @@ func (t *transport) runPeer(ctx context.Context, p *peer) {
 			case <-time.After(backoff):
 			}
 			backoff = min(backoff*2, t.maxBackoff())
+			if t.idle != nil && t.idle() {
+				backoff = idleBackoff
+			}
 			continue
 		}
-		backoff = backoffMin
+		backoff, lastReject = backoffMin, ""
+		select { // a kick from before this connection is stale
+		case <-p.kick:
+		default:
+		}
 		t.log.Debug("raft peer connected", "peer", p.id, "addr", p.addr)
 		err = t.pump(ctx, p, conn)
 		conn.Close()
@@ -504,18 +543,19 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
 	}
 	heard := t.heardClock(p.id)
 	var waiting int64 // unix ns of the first write not yet followed by a message from the peer; 0: none
+	var written int   // bytes written since waiting
 	for {
 		var m raftpb.Message
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
 		case now := <-check:
-			switch {
-			case waiting == 0:
-			case heard.Load() >= waiting:
-				waiting = 0
-			case now.UnixNano()-waiting > int64(t.stallAfter):
+			answered, silent := silence(now.UnixNano(), waiting, heard.Load(), written, t.stallAfter)
+			if silent {
 				return errStalled
+			}
+			if answered {
+				waiting, written = 0, 0
 			}
 			continue
 		case m = <-p.q:
@@ -535,6 +575,7 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
 			if m.Type == raftpb.MsgSnap {
 				snaps = append(snaps, m)
 			}
+			written += len(buf)
 			n++
 			if cap(buf) > 1<<20 {
 				buf = nil
