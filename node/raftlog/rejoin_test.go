@@ -181,3 +181,37 @@ func TestFollowerRejoinsAfterBlackholePartition(t *testing.T) {
 		t.Errorf("ledger back %v after heal, tunnel %v: more than 2s behind the tunnel", ledgerBack, tb)
 	}
 }
+
+// TestBusyFollowerNotCutOff: a follower whose Apply blocks for ten
+// election timeouts answers nothing meanwhile, as a follower behind a
+// silent path would. The leader's sender drops its connection as silent
+// (and again on each new one while the follower stays busy), which must
+// cost nothing: the follower catches up once it is free, the leader stays.
+func TestBusyFollowerNotCutOff(t *testing.T) {
+	var busy atomic.Uint64 // the node whose next Apply blocks
+	const hold = 2 * time.Second
+	c := newCluster(t, 3, func(cfg *Config) {
+		apply, id := cfg.Apply, cfg.ID
+		cfg.Apply = func(ctx context.Context, cm Commit) error {
+			if busy.CompareAndSwap(id, 0) {
+				time.Sleep(hold)
+			}
+			return apply(ctx, cm)
+		}
+	})
+	lead := c.leader(10 * time.Second)
+	f := lead%3 + 1
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	c.propose(ctx, "a", 2, 20, nil)
+	silent0 := c.nodes[lead].node().Status().Transport.Silent
+	busy.Store(f)
+	c.propose(ctx, "b", 2, 100, nil)
+	c.waitApplied(120, 20*time.Second)
+	c.checkIdentical()
+	st := c.nodes[lead].node().Status()
+	t.Logf("follower %d busy %v: the leader dropped %d silent connections", f, hold, st.Transport.Silent-silent0)
+	if st.Leader != lead {
+		t.Errorf("leader changed from %d to %d", lead, st.Leader)
+	}
+}

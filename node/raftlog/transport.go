@@ -317,7 +317,8 @@ var errStalled = errors.New("raft peer silent")
 
 func (t *transport) runPeer(ctx context.Context, p *peer) {
 	backoff := backoffMin
-	lastReject := "" // the last handshake rejection logged as a warning
+	lastReject := ""   // the last handshake rejection logged as a warning
+	wasSilent := false // the last connection ended because the peer fell silent
 	for ctx.Err() == nil {
 		conn, err := t.connect(ctx, p)
 		if err != nil {
@@ -356,18 +357,28 @@ func (t *transport) runPeer(ctx context.Context, p *peer) {
 		default:
 		}
 		t.log.Debug("raft peer connected", "peer", p.id, "addr", p.addr)
+		start := time.Now().UnixNano()
 		err = t.pump(ctx, p, conn)
 		conn.Close()
 		t.untrack(conn)
 		if ctx.Err() != nil {
 			return
 		}
-		if errors.Is(err, errStalled) {
+		stalled := errors.Is(err, errStalled)
+		if stalled {
 			t.silent.Add(1)
-			t.log.Info("raft peer silent: dropped the connection to it and its queued messages, dialing again",
+			// Once in a row: a peer busy for long (e.g. applying a
+			// snapshot), silent on every new connection, is not news
+			// every second.
+			lvl := slog.LevelInfo
+			if wasSilent && t.heardClock(p.id).Load() < start {
+				lvl = slog.LevelDebug
+			}
+			t.log.Log(ctx, lvl, "raft peer silent: dropped the connection to it and its queued messages, dialing again",
 				"peer", p.id, "addr", p.addr, "silent_for", t.stallAfter)
 			t.discard(p)
 		}
+		wasSilent = stalled
 		t.log.Debug("raft peer connection lost", "peer", p.id, "err", err)
 		t.report.reportUnreachable(p.id)
 	}
