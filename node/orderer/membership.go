@@ -11,6 +11,7 @@ package orderer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -44,7 +45,7 @@ type Membership struct {
 // ErrRemoved: this node's raft ID was removed from the cluster (the policy
 // no longer lists its member as a consenter). It answers like an
 // unavailable service; its blocks stay readable.
-var ErrRemoved = fmt.Errorf("%w: this node was removed from the channel's consenters (the policy's ledger.consenters no longer lists it); "+
+var ErrRemoved = fmt.Errorf("%w: removed from ledger.consenters: this node was removed from the channel's consenters (the policy's ledger.consenters no longer lists it); "+
 	"it no longer orders: re-add the member to ledger.consenters to take part again, or remove the ledger section", ErrUnavailable)
 
 // membershipErr says why this node takes no part in ordering: removed, or
@@ -77,6 +78,22 @@ func (n *Node) droppedByPolicy() bool {
 		return false // a log without member ids: raft decides
 	}
 	return !slices.Contains(n.consenters(), name)
+}
+
+// retire keeps raft's Retire in step with membershipErr: a node that the
+// policy dropped (or raft removed) stops campaigning and hammering its
+// peers, and says so once.
+func (n *Node) retire() {
+	removed := errors.Is(n.membershipErr(), ErrRemoved)
+	if !n.raft.Retire(removed) {
+		return
+	}
+	if removed {
+		n.log.Warn("this node was removed from ledger.consenters: it no longer orders or campaigns; its blocks stay readable; "+
+			"re-add its member to ledger.consenters to take part again", "raft_id", n.raft.ID())
+	} else {
+		n.log.Info("this node is among ledger.consenters again", "raft_id", n.raft.ID())
+	}
 }
 
 // consenters returns Membership.Consenters, by default the current
@@ -149,6 +166,7 @@ func (n *Node) reconcile(ctx context.Context) {
 		case <-tick.C:
 		case <-n.reconcileCh():
 		}
+		n.retire()
 		again, msg := n.reconcileStep(ctx, m, genesis)
 		if msg != "" && msg != said {
 			n.log.Info(msg)

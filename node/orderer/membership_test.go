@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -227,5 +228,61 @@ func TestConsentersRemoveFollower(t *testing.T) {
 		if txids[id] != 1 {
 			t.Fatalf("tx %s in the chain %d times", id, txids[id])
 		}
+	}
+}
+
+// TestRemovedNodeSettles is issue #11 item 4: a follower cut off while the
+// policy drops it never learns from raft that its removal committed (the
+// others stop sending to it), so raft alone would keep it running a
+// pre-vote election every election timeout for ever, and redialing peers
+// that reject it. Once the path is back it must answer ErrRemoved, retire
+// (no campaign, no message, a dial at most every 10 s) and stay so.
+func TestRemovedNodeSettles(t *testing.T) {
+	cl := newCluster(t, 3, testBatch(), liveMembership)
+	l := cl.leader(10 * time.Second)
+	f := l%3 + 1
+	fname := cl.nodes[f-1].name
+	cl.net.Partition(fname)
+	keep, keepIDs := consentersWithout(3, f)
+	cl.setConsenters(t, keep...)
+	cl.waitVoters(l, keepIDs, 20*time.Second)
+	cl.net.Heal(fname)
+	deadline := time.Now().Add(10 * time.Second)
+	for !errors.Is(cl.node(f).Healthy(), ErrRemoved) || !cl.node(f).Raft().Status().Retired {
+		if time.Now().After(deadline) {
+			t.Fatalf("follower %d: Healthy %v, raft %+v", f, cl.node(f).Healthy(), cl.node(f).Raft().Status())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if cl.node(f).Raft().Removed() {
+		t.Log("raft told the follower of its removal after all (the partition did not hold it back)")
+	}
+	messages := func() uint64 {
+		st := cl.node(f).Raft().Status().Transport
+		n := st.Sent
+		for _, d := range st.Dropped {
+			n += d
+		}
+		return n
+	}
+	time.Sleep(time.Second) // a campaign under way when it retired ends
+	m0, d0 := messages(), cl.net.Dials(fname)
+	const watch = 3 * time.Second // 15 election timeouts of the test cluster
+	time.Sleep(watch)
+	m1, d1 := messages(), cl.net.Dials(fname)
+	st := cl.node(f).Raft().Status()
+	t.Logf("removed follower %d over %v: %d raft messages, %d dials; state %s, leader %d", f, watch, m1-m0, d1-d0, st.State, st.Leader)
+	if m1-m0 > 2 {
+		t.Errorf("removed follower sent or dropped %d raft messages in %v: still campaigning", m1-m0, watch)
+	}
+	if d1-d0 > 2 { // 2 peers, one redial each per 10 s at most
+		t.Errorf("removed follower dialed %d times in %v", d1-d0, watch)
+	}
+	if err := cl.node(f).Healthy(); !errors.Is(err, ErrRemoved) || !strings.Contains(err.Error(), "removed from ledger.consenters") {
+		t.Errorf("Healthy %v, want ErrRemoved naming ledger.consenters", err)
+	}
+	// The others order on; the removed node does not disturb them.
+	if lead := cl.leader(10 * time.Second); lead != l {
+		t.Errorf("leader changed from %d to %d", l, lead)
 	}
 }

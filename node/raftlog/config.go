@@ -123,7 +123,12 @@ type Config struct {
 	// SegmentBytes: start a new log segment at the next snapshot once the
 	// current one is this big. Default 64 MiB.
 	SegmentBytes int64
-	// DialTimeout bounds dial plus handshake. Default 5s.
+	// DialTimeout bounds dial plus handshake. Default 5s. The TCP connect
+	// of one attempt waits at most half an election timeout
+	// (ElectionTicks × TickInterval), and a connection to a peer that says
+	// nothing for an election timeout after this node wrote is dropped and
+	// dialed again (transport.go), so a healed path is found within about
+	// an election timeout.
 	DialTimeout time.Duration
 	// WriteTimeout bounds one flush to a peer. Default 5s.
 	WriteTimeout time.Duration

@@ -379,6 +379,35 @@ func (n *Node) selfAddr() string {
 // configuration: it no longer takes part in consensus.
 func (n *Node) Removed() bool { return n.removed.Load() }
 
+// Retire(true) tells the node that the application no longer counts it
+// among the consenters (e.g. the policy dropped its member) although raft
+// may never say so: the leader stops sending to a node as soon as it
+// applies its removal, possibly before that node learnt the removal
+// committed, and such a node would then run a pre-vote election every
+// election timeout for ever. While retired and knowing no leader, the
+// node stops its election timer: it does not campaign, still answers
+// other nodes' votes (knowing no leader, it grants them as raft allows),
+// follows a leader that contacts it, and its transport redials an
+// unreachable peer at most every idleBackoff. A retired node that follows
+// a leader ticks as usual, so it campaigns at most once after losing it.
+// Retire(false) undoes it. It reports whether the state changed.
+func (n *Node) Retire(on bool) bool {
+	if n.retired.Swap(on) == on {
+		return false
+	}
+	if on {
+		n.cfg.Logger.Info("raft node retired: it no longer campaigns and redials its peers only every "+idleBackoff.String(),
+			"node", n.cfg.ID, "leader", n.lead.Load())
+	} else {
+		n.cfg.Logger.Info("raft node no longer retired: it campaigns again when it loses its leader", "node", n.cfg.ID)
+	}
+	return true
+}
+
+// idle: the transport need not keep dialing peers eagerly (retired or
+// removed).
+func (n *Node) idle() bool { return n.retired.Load() || n.removed.Load() }
+
 // Members returns the current voters with the name and address the log
 // recorded for each (empty when unknown), in ID order.
 func (n *Node) Members() []Peer {

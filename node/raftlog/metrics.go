@@ -13,6 +13,7 @@ type collector struct {
 	leader, isLeader, term, commit, applied, snapshot *prometheus.Desc
 	logBytes                                          *prometheus.Desc
 	sent, received, dropped, panics                   *prometheus.Desc
+	silent, retired                                   *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*collector)(nil)
@@ -35,11 +36,13 @@ func newCollector(n *Node) *collector {
 		received: d("messages_received_total", "Raft messages received from peers."),
 		dropped:  d("messages_dropped_total", "Raft messages dropped, by reason (raft retransmits).", "reason"),
 		panics:   d("connection_panics_total", "Raft connections closed because serving them panicked (a bug: the log has the stack)."),
+		silent:   d("connections_silent_total", "Raft connections to a peer dropped and redialed because the peer said nothing for an election timeout after this node wrote (a silent path)."),
+		retired:  d("retired", "1 if the node is retired (dropped from the consenters): it does not campaign."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.leader, c.isLeader, c.term, c.commit, c.applied, c.snapshot, c.logBytes, c.sent, c.received, c.dropped, c.panics} {
+	for _, d := range []*prometheus.Desc{c.leader, c.isLeader, c.term, c.commit, c.applied, c.snapshot, c.logBytes, c.sent, c.received, c.dropped, c.panics, c.silent, c.retired} {
 		ch <- d
 	}
 }
@@ -60,6 +63,12 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	g(c.applied, st.Applied)
 	g(c.snapshot, st.SnapshotIndex)
 	g(c.logBytes, st.LogBytes)
+	retired := uint64(0)
+	if st.Retired {
+		retired = 1
+	}
+	g(c.retired, retired)
+	ch <- prometheus.MustNewConstMetric(c.silent, prometheus.CounterValue, float64(st.Transport.Silent))
 	ch <- prometheus.MustNewConstMetric(c.sent, prometheus.CounterValue, float64(st.Transport.Sent))
 	ch <- prometheus.MustNewConstMetric(c.received, prometheus.CounterValue, float64(st.Transport.Received))
 	ch <- prometheus.MustNewConstMetric(c.panics, prometheus.CounterValue, float64(st.Transport.Panics))

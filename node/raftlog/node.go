@@ -88,6 +88,7 @@ type Node struct {
 	members   map[uint64]Peer // from the log (membership.go), else Config.Peers
 
 	removed   atomic.Bool // this node's ID left the configuration
+	retired   atomic.Bool // Retire: the application says this node no longer belongs
 	bootstrap atomic.Bool // started a new cluster from Config.Peers
 
 	lead, term, commit, applied, snapIndex atomic.Uint64
@@ -170,8 +171,10 @@ func New(cfg Config) (*Node, error) {
 		id: c.ID, cluster: c.Cluster, dialer: c.Dialer, ln: c.Listener,
 		clientTLS: c.ClientTLS, serverTLS: c.ServerTLS, queueLen: c.SendQueue,
 		maxFrame: maxBody + int(c.MaxSizePerMsg) + 1<<16, dialTO: c.DialTimeout, writeTO: c.WriteTimeout,
-		log: c.Logger, report: n,
+		stallAfter: time.Duration(c.ElectionTicks) * c.TickInterval,
+		log:        c.Logger, report: n,
 		acceptUnknown: n.Joining,
+		idle:          n.idle,
 		selfAddr:      n.selfAddr,
 		step:          func(ctx context.Context, m raftpb.Message) error { return n.rn.Step(ctx, m) },
 	}
@@ -291,6 +294,9 @@ func (n *Node) loop(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-tick.C:
+			if n.retired.Load() && n.lead.Load() == 0 {
+				continue // Retire: no election timer, so no campaign
+			}
 			n.rn.Tick()
 		case rd := <-n.rn.Ready():
 			if err := n.handleReady(ctx, rd); err != nil {
@@ -682,7 +688,9 @@ type Status struct {
 	Members []Peer
 	// Removed: this node's ID was removed from the configuration; it no
 	// longer takes part in consensus.
-	Removed   bool
+	Removed bool
+	// Retired: the application retired this node (Retire).
+	Retired   bool
 	Transport TransportStats
 }
 
@@ -697,7 +705,7 @@ func (n *Node) Status() Status {
 		State:  raft.StateType(n.state.Load()).String(),
 		Commit: n.commit.Load(), Applied: n.applied.Load(), SnapshotIndex: n.snapIndex.Load(), LogBytes: n.logBytes.Load(),
 		Voters: append([]uint64(nil), cs.Voters...), Learners: append([]uint64(nil), cs.Learners...),
-		Members: members, Removed: n.removed.Load(),
+		Members: members, Removed: n.removed.Load(), Retired: n.retired.Load(),
 		Transport: n.tr.stats(),
 	}
 }

@@ -8,6 +8,20 @@ package raftlog
 // connection drops messages (raft retransmits), counts the reason and tells
 // raft the peer is unreachable. A dropped or failed snapshot message is
 // reported as SnapshotFailure, a delivered one as SnapshotFinish.
+//
+// A silent path (a firewall dropping packets, a relay gone) closes no TCP
+// connection: writes sit in the socket while TCP backs its retransmissions
+// off to many seconds, so after the path heals the peer would hear nothing
+// new until the next retransmission, then a burst of stale messages
+// (issue #11: a follower back 7 s after its tunnel). So a sender that has
+// written to a peer and heard nothing from it for an election timeout
+// (stallAfter) drops the connection and dials afresh; each dial attempt
+// waits at most half an election timeout for TCP's connect, with a short
+// backoff, so that a healed path is found within about one; and a
+// connection the peer opens to this node (proof that the path is back)
+// cuts a pending backoff or dial short. Raft traffic runs both ways
+// between a leader and each follower (heartbeats and their answers), so
+// silence means the path is gone.
 
 import (
 	"bufio"
@@ -48,6 +62,9 @@ const (
 type TransportStats struct {
 	Sent, Received uint64
 	Dropped        map[string]uint64
+	// Silent: connections dropped because the peer said nothing for an
+	// election timeout after this node wrote to it (a silent path).
+	Silent uint64
 	// Panics: connections closed because serving them panicked (a bug;
 	// the log has the stack).
 	Panics uint64
@@ -64,8 +81,12 @@ type transport struct {
 	maxFrame  int
 	dialTO    time.Duration
 	writeTO   time.Duration
-	log       *slog.Logger
-	report    reporter
+	// stallAfter: a connection on which this node wrote and then heard
+	// nothing from the peer for this long is dropped and dialed again; it
+	// also bounds the TCP connect of one dial attempt. 0: never.
+	stallAfter time.Duration
+	log        *slog.Logger
+	report     reporter
 	// acceptUnknown, if set and true, lets the handshake accept a node of
 	// the cluster that is not (yet) a known peer (a joining node), and an
 	// addr frame from it makes it a peer, so that this node can answer.
@@ -73,18 +94,24 @@ type transport struct {
 	// selfAddr, if set, returns this node's own address, sent in an addr
 	// frame after each handshake ("" = none known).
 	selfAddr func() string
-	step     func(ctx context.Context, m raftpb.Message) error
+	// idle, if set and true, says this node takes no part in consensus
+	// (retired or removed): an unreachable peer is redialed only every
+	// idleBackoff.
+	idle func() bool
+	step func(ctx context.Context, m raftpb.Message) error
 
 	mu      sync.Mutex
 	peers   map[uint64]*peer
 	conns   map[net.Conn]struct{}
-	inbound map[uint64]net.Conn // the one live inbound connection per peer
+	inbound map[uint64]net.Conn      // the one live inbound connection per peer
+	heard   map[uint64]*atomic.Int64 // per peer ID: when a message last came (unix ns); entries never removed
 	g       *errgroup.Group
 	ctx     context.Context
 	stopped bool
 
 	sent, received atomic.Uint64
 	panics         atomic.Uint64
+	silent         atomic.Uint64
 	dropMu         sync.Mutex
 	dropped        map[string]uint64
 }
@@ -94,6 +121,9 @@ type peer struct {
 	addr   string
 	q      chan raftpb.Message
 	cancel context.CancelFunc
+	// kick: the peer just connected to this node, so the path is back:
+	// cut a backoff or a pending dial short.
+	kick chan struct{}
 }
 
 func (t *transport) drop(reason string, n int) {
@@ -106,7 +136,7 @@ func (t *transport) drop(reason string, n int) {
 }
 
 func (t *transport) stats() TransportStats {
-	s := TransportStats{Sent: t.sent.Load(), Received: t.received.Load(), Dropped: map[string]uint64{}, Panics: t.panics.Load()}
+	s := TransportStats{Sent: t.sent.Load(), Received: t.received.Load(), Dropped: map[string]uint64{}, Panics: t.panics.Load(), Silent: t.silent.Load()}
 	t.dropMu.Lock()
 	for k, v := range t.dropped {
 		s.Dropped[k] = v
@@ -122,6 +152,7 @@ func (t *transport) start(ctx context.Context, g *errgroup.Group, peers []Peer) 
 	t.peers = map[uint64]*peer{}
 	t.conns = map[net.Conn]struct{}{}
 	t.inbound = map[uint64]net.Conn{}
+	t.heard = map[uint64]*atomic.Int64{}
 	t.mu.Unlock()
 	for _, p := range peers {
 		t.addPeer(p)
@@ -158,7 +189,7 @@ func (t *transport) addPeer(p Peer) {
 		old.cancel()
 	}
 	ctx, cancel := context.WithCancel(t.ctx)
-	pr := &peer{id: p.ID, addr: p.Addr, q: make(chan raftpb.Message, t.queueLen), cancel: cancel}
+	pr := &peer{id: p.ID, addr: p.Addr, q: make(chan raftpb.Message, t.queueLen), cancel: cancel, kick: make(chan struct{}, 1)}
 	t.peers[p.ID] = pr
 	t.g.Go(func() error {
 		for !t.runPeerSurviving(ctx, pr) {
@@ -243,39 +274,145 @@ func (t *transport) runPeerSurviving(ctx context.Context, p *peer) (ok bool) {
 	return true
 }
 
+// Dial backoff: from backoffMin, doubling, up to maxBackoff.
+const backoffMin = 50 * time.Millisecond
+
+// maxBackoff is a quarter of an election timeout (at most 2s): with the
+// connect bounded by half an election timeout, a dial goes out at least
+// every 0.75 election timeouts while a peer is unreachable.
+func (t *transport) maxBackoff() time.Duration {
+	if t.stallAfter <= 0 {
+		return 2 * time.Second
+	}
+	return min(max(t.stallAfter/4, backoffMin), 2*time.Second)
+}
+
+// idleBackoff is the redial interval of an idle node (transport.idle).
+const idleBackoff = 10 * time.Second
+
+// slowPathRate (bytes/s): a peer on a slow path answers a big append
+// only once it has all of it, so the silence allowed grows by the time
+// the bytes written take at this rate (1 MiB: 8 s more), so that a slow
+// link is not taken for a silent one and a big message still gets through.
+const slowPathRate = 128 << 10
+
+// silence judges a connection at time now (unix ns): this node first wrote
+// at waiting (0: nothing unanswered) and written bytes since; the peer
+// last said something at heard. answered: the peer spoke since waiting;
+// silent: it did not for stallAfter plus the time written takes at
+// slowPathRate. Pure.
+func silence(now, waiting, heard int64, written int, stallAfter time.Duration) (answered, silent bool) {
+	switch {
+	case waiting == 0:
+		return false, false
+	case heard >= waiting:
+		return true, false
+	}
+	allowed := stallAfter + time.Duration(written)*time.Second/slowPathRate
+	return false, time.Duration(now-waiting) > allowed
+}
+
+// errStalled: the peer said nothing for stallAfter after this node wrote.
+var errStalled = errors.New("raft peer silent")
+
 func (t *transport) runPeer(ctx context.Context, p *peer) {
-	backoff := 50 * time.Millisecond
+	backoff := backoffMin
+	lastReject := ""   // the last handshake rejection logged as a warning
+	wasSilent := false // the last connection ended because the peer fell silent
 	for ctx.Err() == nil {
 		conn, err := t.connect(ctx, p)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
+			if errors.Is(err, errKicked) {
+				backoff = backoffMin
+				continue // the peer reached this node: dial again at once
+			}
 			t.log.Debug("raft peer dial failed", "peer", p.id, "addr", p.addr, "err", err)
-			if errors.Is(err, ErrHandshake) {
+			if errors.Is(err, ErrHandshake) && err.Error() != lastReject {
+				// Once per reason: a removed node is rejected on every dial.
 				t.log.Warn("raft peer rejected the handshake", "peer", p.id, "addr", p.addr, "err", err)
+				lastReject = err.Error()
 			}
 			t.discard(p)
 			t.report.reportUnreachable(p.id)
 			select {
 			case <-ctx.Done():
 				return
+			case <-p.kick:
+				backoff = backoffMin
+				continue
 			case <-time.After(backoff):
 			}
-			backoff = min(backoff*2, 2*time.Second)
+			backoff = min(backoff*2, t.maxBackoff())
+			if t.idle != nil && t.idle() {
+				backoff = idleBackoff
+			}
 			continue
 		}
-		backoff = 50 * time.Millisecond
+		backoff, lastReject = backoffMin, ""
+		select { // a kick from before this connection is stale
+		case <-p.kick:
+		default:
+		}
 		t.log.Debug("raft peer connected", "peer", p.id, "addr", p.addr)
+		start := time.Now().UnixNano()
 		err = t.pump(ctx, p, conn)
 		conn.Close()
 		t.untrack(conn)
 		if ctx.Err() != nil {
 			return
 		}
+		stalled := errors.Is(err, errStalled)
+		if stalled {
+			t.silent.Add(1)
+			// Once in a row: a peer busy for long (e.g. applying a
+			// snapshot), silent on every new connection, is not news
+			// every second.
+			lvl := slog.LevelInfo
+			if wasSilent && t.heardClock(p.id).Load() < start {
+				lvl = slog.LevelDebug
+			}
+			t.log.Log(ctx, lvl, "raft peer silent: dropped the connection to it and its queued messages, dialing again",
+				"peer", p.id, "addr", p.addr, "silent_for", t.stallAfter)
+			t.discard(p)
+		}
+		wasSilent = stalled
 		t.log.Debug("raft peer connection lost", "peer", p.id, "err", err)
 		t.report.reportUnreachable(p.id)
 	}
+}
+
+// errKicked: a dial given up because the peer just connected to this node.
+var errKicked = errors.New("raft peer connected to this node: dialing again")
+
+// kickPeer tells id's sender that id just reached this node.
+func (t *transport) kickPeer(id uint64) {
+	t.mu.Lock()
+	p := t.peers[id]
+	t.mu.Unlock()
+	if p != nil {
+		select {
+		case p.kick <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// heardClock returns when a message from peer id last arrived (unix ns).
+func (t *transport) heardClock(id uint64) *atomic.Int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	h := t.heard[id]
+	if h == nil {
+		if t.heard == nil {
+			t.heard = map[uint64]*atomic.Int64{}
+		}
+		h = new(atomic.Int64)
+		t.heard[id] = h
+	}
+	return h
 }
 
 // discard drops whatever is queued for an unreachable peer.
@@ -310,7 +447,7 @@ func (t *transport) untrack(c net.Conn) {
 func (t *transport) connect(ctx context.Context, p *peer) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.dialTO)
 	defer cancel()
-	c, err := t.dialer.DialContext(ctx, "tcp", p.addr)
+	c, err := t.dial(ctx, p)
 	if err != nil {
 		return nil, err
 	}
@@ -372,16 +509,66 @@ func (t *transport) connect(ctx context.Context, p *peer) (net.Conn, error) {
 	return c, nil
 }
 
-// pump writes queued messages to c until an error or ctx ends.
+// dial opens the connection to p: TCP's connect waits at most half of
+// stallAfter (a SYN lost to a partition is retried by a new attempt, not by TCP's
+// backed-off timer), and a kick (p connected to this node) gives it up
+// with errKicked so that the caller dials again at once.
+func (t *transport) dial(ctx context.Context, p *peer) (net.Conn, error) {
+	timeout := t.dialTO
+	if t.stallAfter > 0 {
+		timeout = min(timeout, max(t.stallAfter/2, 100*time.Millisecond))
+	}
+	dctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	var kicked atomic.Bool
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-p.kick:
+			kicked.Store(true)
+			cancel()
+		case <-stop:
+		case <-dctx.Done():
+		}
+	}()
+	c, err := t.dialer.DialContext(dctx, "tcp", p.addr)
+	if err != nil && kicked.Load() && ctx.Err() == nil {
+		return nil, errKicked
+	}
+	return c, err
+}
+
+// pump writes queued messages to c until an error or ctx ends. It returns
+// errStalled once it has written and then heard nothing from the peer (on
+// the peer's own connection to this node) for stallAfter.
 func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
 	bw := bufio.NewWriterSize(c, 64<<10)
 	var buf []byte
 	var snaps []raftpb.Message
+	var check <-chan time.Time
+	if t.stallAfter > 0 {
+		tk := time.NewTicker(t.stallAfter / 4)
+		defer tk.Stop()
+		check = tk.C
+	}
+	heard := t.heardClock(p.id)
+	var waiting int64 // unix ns of the first write not yet followed by a message from the peer; 0: none
+	var written int   // bytes written since waiting
 	for {
 		var m raftpb.Message
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case now := <-check:
+			answered, silent := silence(now.UnixNano(), waiting, heard.Load(), written, t.stallAfter)
+			if silent {
+				return errStalled
+			}
+			if answered {
+				waiting, written = 0, 0
+			}
+			continue
 		case m = <-p.q:
 		}
 		n := 0
@@ -399,6 +586,7 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
 			if m.Type == raftpb.MsgSnap {
 				snaps = append(snaps, m)
 			}
+			written += len(buf)
 			n++
 			if cap(buf) > 1<<20 {
 				buf = nil
@@ -419,6 +607,9 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
 			return err
 		}
 		t.sent.Add(uint64(n))
+		if waiting == 0 {
+			waiting = time.Now().UnixNano()
+		}
 		for _, s := range snaps {
 			t.report.reportSnapshot(s.To, raft.SnapshotFinish)
 		}
@@ -521,6 +712,8 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 	}
 	t.inbound[h.From] = c
 	t.mu.Unlock()
+	t.kickPeer(h.From)
+	heard := t.heardClock(h.From)
 	defer func() {
 		t.mu.Lock()
 		if t.inbound[h.From] == c {
@@ -552,6 +745,7 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 			continue
 		}
 		t.received.Add(1)
+		heard.Store(time.Now().UnixNano())
 		if err := t.step(ctx, m); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

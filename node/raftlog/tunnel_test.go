@@ -20,22 +20,7 @@ import (
 // test guards the deployed path, and TestInboundNetstackConnResetByPeer
 // the transport on a bare netstack connection.
 func TestInboundTunnelConnResetByPeer(t *testing.T) {
-	nw := tunneltest.NewNetwork(tunneltest.Options{})
-	var specs []tunneltest.MemberSpec
-	for i, id := range []string{"bank-a", "bank-b"} {
-		specs = append(specs, tunneltest.MemberSpec{ID: id, Addr: netip.AddrFrom4([4]byte{10, 98, 0, byte(i + 1)}), CA: tunneltest.NewCA(t, id)})
-	}
-	auth := tunneltest.NewAuthority(specs, nil)
-	devs := map[string]*tunnel.Device{}
-	for _, s := range specs {
-		signer, chain := s.CA.NewIdentity(t)
-		d, err := tunnel.New(tunnel.Config{Member: s.ID, Signer: signer, Chain: chain, Transport: nw.Transport(s.ID), Authority: auth})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { d.Close() })
-		devs[s.ID] = d
-	}
+	_, devs := newTunnels(t, 98, "bank-a", "bank-b")
 	ln, err := devs["bank-b"].Listen(7052)
 	if err != nil {
 		t.Fatal(err)
@@ -56,4 +41,26 @@ func TestInboundTunnelConnResetByPeer(t *testing.T) {
 	if n := tr.stats().Panics; n != 0 {
 		t.Errorf("panics = %d, want 0", n)
 	}
+}
+
+// newTunnels starts one tunnel device per member on an in-memory packet
+// network, member i at overlay address 10.net.0.i+1; closed with the test.
+func newTunnels(t *testing.T, net byte, members ...string) (*tunneltest.Network, map[string]*tunnel.Device) {
+	nw := tunneltest.NewNetwork(tunneltest.Options{})
+	var specs []tunneltest.MemberSpec
+	for i, id := range members {
+		specs = append(specs, tunneltest.MemberSpec{ID: id, Addr: netip.AddrFrom4([4]byte{10, net, 0, byte(i + 1)}), CA: tunneltest.NewCA(t, id)})
+	}
+	auth := tunneltest.NewAuthority(specs, nil)
+	devs := map[string]*tunnel.Device{}
+	for _, s := range specs {
+		signer, chain := s.CA.NewIdentity(t)
+		d, err := tunnel.New(tunnel.Config{Member: s.ID, Signer: signer, Chain: chain, Transport: nw.Transport(s.ID), Authority: auth})
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { d.Close() })
+		devs[s.ID] = d
+	}
+	return nw, devs
 }

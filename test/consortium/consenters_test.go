@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"io"
 	"net/http"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,6 +18,8 @@ import (
 
 type ledgerStatus struct {
 	Leader            string `json:"leader"`
+	Removed           bool   `json:"removed"`
+	RaftRetired       bool   `json:"raft_retired"`
 	CertificateSerial string `json:"certificate_serial"`
 	State             string `json:"state"`
 	Height            uint64 `json:"height"`
@@ -108,6 +112,7 @@ func TestLedgerConsentersOverTunnel(t *testing.T) {
 		return l != "" && l != gone && len(statusOf(t, d, rest[0]).Consenters) == 3
 	})
 	t.Logf("v2 removed the leader %s: new leader %s; %s: %s", gone, statusOf(t, d, rest[0]).Leader, gone, statusOf(t, d, gone).State)
+	checkRemovedSettles(t, d, gone)
 	if _, err := d.LedgerSubmit(ctx, gone, 1); err == nil || !strings.Contains(err.Error(), "SERVICE_UNAVAILABLE") {
 		t.Fatalf("submit to the removed %s: %v", gone, err)
 	}
@@ -155,7 +160,8 @@ func TestLedgerConsentersOverTunnel(t *testing.T) {
 	t.Logf("three consenters ordered on: height %d", h)
 
 	// Added back: its genesis raft ID again; it catches up and orders.
-	push(setConsenters(t, L, v2, L.Members...))
+	v3 := setConsenters(t, L, v2, L.Members...)
+	push(v3)
 	waitFor(t, 60*time.Second, gone+" active again", func() bool {
 		st := statusOf(t, d, gone)
 		return st.State == "active" && len(st.Consenters) == 4 && st.Height >= h
@@ -164,4 +170,72 @@ func TestLedgerConsentersOverTunnel(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%s re-added and caught up: %+v", gone, statusOf(t, d, gone))
+
+	// A follower removed: the leader stops sending to it once it applies
+	// the removal, usually before the follower learns that it committed,
+	// so raft never tells it (issue #11 item 4: it ran a pre-vote election
+	// every second for ever). It must settle all the same.
+	lead := statusOf(t, d, gone).Leader
+	var follower string
+	var keep []string
+	for _, m := range L.Members {
+		if m != lead && follower == "" {
+			follower = m
+			continue
+		}
+		keep = append(keep, m)
+	}
+	push(setConsenters(t, L, v3, keep...))
+	waitFor(t, 30*time.Second, "follower "+follower+" removed", func() bool {
+		return strings.Contains(statusOf(t, d, follower).State, "removed")
+	})
+	checkRemovedSettles(t, d, follower)
+	if _, err := d.LedgerSubmit(ctx, lead, 5); err != nil {
+		t.Fatalf("submit to %s after %s was removed: %v", lead, follower, err)
+	}
+}
+
+// checkRemovedSettles is issue #11 item 4 on the real binary: the member
+// dropped from ledger.consenters says so in /status and /readyz, retires
+// its raft node, and then sends no raft message (no pre-vote every
+// election timeout for ever) while it stays removed.
+func checkRemovedSettles(t *testing.T, d *app.DemoConsortium, gone string) {
+	t.Helper()
+	waitFor(t, 15*time.Second, gone+" retired", func() bool {
+		st := statusOf(t, d, gone)
+		return st.Removed && st.RaftRetired
+	})
+	resp, err := http.Get("http://" + d.AdminAddr(gone) + "/readyz?verbose=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "removed from ledger.consenters") {
+		t.Errorf("%s /readyz: %d %s; want 503 naming ledger.consenters", gone, resp.StatusCode, body)
+	}
+	// Messages raft handed to the transport: sent, or dropped (a peer that
+	// rejects this node's connections drops them as unreachable).
+	messages := func() float64 {
+		var n float64
+		for _, l := range strings.Split(adminMetrics(t, d.AdminAddr(gone)), "\n") {
+			if strings.HasPrefix(l, "raft_messages_sent_total") || strings.HasPrefix(l, "raft_messages_dropped_total") {
+				f := strings.Fields(l)
+				v, err := strconv.ParseFloat(f[len(f)-1], 64)
+				if err != nil {
+					t.Fatalf("%s /metrics: %q: %v", gone, l, err)
+				}
+				n += v
+			}
+		}
+		return n
+	}
+	time.Sleep(2 * time.Second) // a campaign under way when it retired ends
+	before := messages()
+	time.Sleep(3 * time.Second) // 3 election timeouts of the appliance
+	after := messages()
+	t.Logf("%s removed: %v raft messages in 3s", gone, after-before)
+	if after != before {
+		t.Errorf("%s sends raft messages while removed: %v in 3s", gone, after-before)
+	}
 }

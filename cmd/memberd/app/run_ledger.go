@@ -540,7 +540,12 @@ func (l *ledgerRun) status() any {
 	st["leader"] = l.memberOf(rs.Leader) // "" = none known
 	st["consenters"] = consenterStatus(n)
 	st["leader_raft_id"] = rs.Leader
-	if err := n.Healthy(); err != nil {
+	err := n.Healthy()
+	// removed: dropped from ledger.consenters; raft_retired: it has
+	// settled (no campaign, peers redialed only every few seconds).
+	st["removed"] = errors.Is(err, orderer.ErrRemoved)
+	st["raft_retired"] = rs.Retired
+	if err != nil {
 		st["state"] = err.Error()
 	} else {
 		st["state"] = "active"

@@ -18,11 +18,12 @@ type Network struct {
 	addrs map[string]string
 	down  map[string]bool
 	conns map[*trackedConn]struct{}
+	dials map[string]int // attempts by dialer name
 }
 
 // NewNetwork returns an empty network.
 func NewNetwork() *Network {
-	return &Network{addrs: map[string]string{}, down: map[string]bool{}, conns: map[*trackedConn]struct{}{}}
+	return &Network{addrs: map[string]string{}, down: map[string]bool{}, conns: map[*trackedConn]struct{}{}, dials: map[string]int{}}
 }
 
 type trackedConn struct {
@@ -97,6 +98,7 @@ type Dialer struct {
 // DialContext connects to the node named addr.
 func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
 	d.nw.mu.Lock()
+	d.nw.dials[d.from]++
 	real, ok := d.nw.addrs[addr]
 	down := d.nw.down[addr] || d.nw.down[d.from]
 	d.nw.mu.Unlock()
@@ -109,6 +111,13 @@ func (d *Dialer) DialContext(ctx context.Context, network, addr string) (net.Con
 		return nil, err
 	}
 	return d.nw.track(c, d.from, addr), nil
+}
+
+// Dials returns how many connections node from has tried to open.
+func (nw *Network) Dials(from string) int {
+	nw.mu.Lock()
+	defer nw.mu.Unlock()
+	return nw.dials[from]
 }
 
 // Partition cuts name off: its connections close and dials to or from it
