@@ -61,6 +61,8 @@ func TestE2E(t *testing.T) {
 	t.Run("proxy_only", s.proxyOnly)
 	t.Run("relay_kill", s.relayKill)
 	t.Run("leader_kill", s.leaderKill)
+	t.Run("partition", s.partition(30*time.Second))
+	t.Run("torn_tail", s.tornTail)
 	t.Run("bad_policy_files", s.badPolicyFiles)
 	t.Run("config_typos", s.configTypos)
 
