@@ -124,52 +124,57 @@ func (h *Host) NftOut(nftBin string, args ...string) (string, error) {
 	return string(out), err
 }
 
-// DialContext opens a connection from inside h's namespace (e.g. to a
-// 127.0.0.1 port that only exists there). The socket is made on an OS
-// thread switched into the namespace and switched back before the thread
-// is released, so the caller's namespace is unchanged; the connection then
-// works from any goroutine.
-func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	ch := make(chan result, 1)
+// Do runs fn on an OS thread switched into h's namespace: sockets fn makes
+// belong to that namespace and keep working from any goroutine afterwards.
+// The thread is switched back before it is released, so the caller's
+// namespace is unchanged; if switching back fails, the thread stays locked
+// and the runtime ends it with the goroutine.
+func (h *Host) Do(fn func() error) error {
+	ch := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
 		orig, err := os.Open(fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid()))
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
 		defer orig.Close()
 		target, err := os.Open("/var/run/netns/" + h.NS)
 		if err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, err}
+			ch <- err
 			return
 		}
 		defer target.Close()
 		if err := unix.Setns(int(target.Fd()), unix.CLONE_NEWNET); err != nil {
 			runtime.UnlockOSThread()
-			ch <- result{nil, fmt.Errorf("setns %s: %w", h.NS, err)}
+			ch <- fmt.Errorf("setns %s: %w", h.NS, err)
 			return
 		}
-		var d net.Dialer
-		c, derr := d.DialContext(ctx, network, addr)
+		ferr := fn()
 		if err := unix.Setns(int(orig.Fd()), unix.CLONE_NEWNET); err != nil {
-			// The thread stays in the wrong namespace: keep it locked so
-			// that the runtime ends it with this goroutine.
-			if c != nil {
-				c.Close()
-			}
-			ch <- result{nil, fmt.Errorf("setns back from %s: %w", h.NS, err)}
+			ch <- fmt.Errorf("setns back from %s: %w", h.NS, err)
 			return
 		}
 		runtime.UnlockOSThread()
-		ch <- result{c, derr}
+		ch <- ferr
 	}()
-	r := <-ch
-	return r.c, r.err
+	return <-ch
+}
+
+// DialContext opens a connection from inside h's namespace (e.g. to a
+// 127.0.0.1 port that only exists there).
+func (h *Host) DialContext(ctx context.Context, network, addr string) (net.Conn, error) {
+	var c net.Conn
+	err := h.Do(func() (err error) {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, network, addr)
+		return err
+	})
+	if err != nil && c != nil {
+		c.Close()
+		c = nil
+	}
+	return c, err
 }

@@ -57,6 +57,7 @@ func TestE2E(t *testing.T) {
 	wg.Add(1)
 	go func() { defer wg.Done(); s.load.run(ctx, 64) }()
 	defer func() { stop(); wg.Wait() }()
+	t.Run("relays_blind", s.relaysBlind)
 	t.Run("udp_blocked", s.udpBlocked)
 	t.Run("proxy_only", s.proxyOnly)
 	t.Run("relay_kill", s.relayKill)

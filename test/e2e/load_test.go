@@ -51,6 +51,13 @@ type loader struct {
 	answers  map[string]int
 	seq      int
 	pause    time.Time // send nothing before (after a refusal)
+	marker   string    // put in every new envelope's payload
+}
+
+func (l *loader) setMarker(m string) {
+	l.mu.Lock()
+	l.marker = m
+	l.mu.Unlock()
 }
 
 // newLoader makes the client identity of member-a's application.
@@ -205,9 +212,9 @@ func (l *loader) run(ctx context.Context, window int) {
 func (l *loader) newEnvelope() (*common.Envelope, error) {
 	l.mu.Lock()
 	l.seq++
-	n := l.seq
+	n, marker := l.seq, l.marker
 	l.mu.Unlock()
-	env, _, err := orderer.NewTransaction(l.id, l.channel, []byte(fmt.Sprintf("e2e tx %d %s", n, bytes.Repeat([]byte("x"), 200))), time.Now())
+	env, _, err := orderer.NewTransaction(l.id, l.channel, []byte(fmt.Sprintf("e2e tx %d %s %s", n, marker, bytes.Repeat([]byte("x"), 200))), time.Now())
 	return env, err
 }
 
