@@ -64,6 +64,7 @@ func TestE2E(t *testing.T) {
 	t.Run("leader_kill", s.leaderKill)
 	t.Run("partition", s.partition(30*time.Second))
 	t.Run("torn_tail", s.tornTail)
+	t.Run("bad_input", s.badInput)
 	t.Run("bad_policy_files", s.badPolicyFiles)
 	t.Run("config_typos", s.configTypos)
 
