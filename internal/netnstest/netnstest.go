@@ -51,6 +51,7 @@ func New(t testing.TB, ipBin string, prefixLen int) *Net {
 	t.Helper()
 	n := &Net{t: t, ip: ipBin, prefix: fmt.Sprintf("mde%d", os.Getpid()), plen: prefixLen}
 	n.bridge = n.prefix + "-br"
+	n.removeStale()
 	n.run("netns", "add", n.bridge)
 	t.Cleanup(n.remove)
 	n.run("-n", n.bridge, "link", "add", "br0", "type", "bridge")
@@ -83,6 +84,31 @@ func (n *Net) run(args ...string) {
 	n.t.Helper()
 	if out, err := exec.Command(n.ip, args...).CombinedOutput(); err != nil {
 		n.t.Fatalf("ip %s: %v\n%s", strings.Join(args, " "), err, out)
+	}
+}
+
+// removeStale deletes the namespaces a Net of a test process that no
+// longer exists left behind (killed before its cleanup ran): names are
+// mde<pid>-<host>.
+func (n *Net) removeStale() {
+	out, err := exec.Command(n.ip, "netns", "list").Output()
+	if err != nil {
+		return
+	}
+	for _, l := range strings.Split(string(out), "\n") {
+		f := strings.Fields(l)
+		if len(f) == 0 {
+			continue
+		}
+		var pid int
+		var rest string
+		if k, _ := fmt.Sscanf(f[0], "mde%d-%s", &pid, &rest); k != 2 || pid == os.Getpid() {
+			continue
+		}
+		if err := unix.Kill(pid, 0); err == nil || err == unix.EPERM {
+			continue // its test is still running
+		}
+		exec.Command(n.ip, "netns", "del", f[0]).Run()
 	}
 }
 
