@@ -48,6 +48,8 @@ type proc struct {
 	admin  string   // admin host:port inside its namespace
 	ledger string   // LAN gRPC address of an appliance, inside its namespace
 	argv   []string // set for a process that is not memberd (the proxy)
+	// removed: a member the policy no longer lists (not in members()).
+	removed bool
 
 	mu      sync.Mutex // guards the fields below
 	cmd     *exec.Cmd
@@ -176,7 +178,7 @@ func (cl *cluster) member(id string) *proc {
 
 func (cl *cluster) members() (out []*proc) {
 	for _, p := range cl.procs {
-		if !p.relay && p.argv == nil {
+		if !p.relay && p.argv == nil && !p.removed {
 			out = append(out, p)
 		}
 	}

@@ -67,6 +67,7 @@ func TestE2E(t *testing.T) {
 	t.Run("bad_input", s.badInput)
 	t.Run("bad_policy_files", s.badPolicyFiles)
 	t.Run("config_typos", s.configTypos)
+	t.Run("removal", s.removal)
 
 	stop()
 	wg.Wait()
