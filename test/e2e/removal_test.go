@@ -95,8 +95,8 @@ func (s *suite) removal(t *testing.T) {
 		t.Errorf("no envelope acked by the remaining members 30 s after the removal")
 	}
 	cl.checkAlive()
-	s.record(t, "member removed by a pushed policy", fmt.Sprintf("push took %.2f s; %s cut off by the relays %.2f s after the push began (push + wait), still cut 3 s later (%s); acks went on %.2f s later; %s",
-		pushed.Seconds(), gone.name, (pushed + cut).Seconds(), still, resumed.Seconds(), s.checkLedger(t)))
+	s.record(t, "member removed by a pushed policy", fmt.Sprintf("push took %.2f s; %s cut off by the relays %.2f s after the push began, still cut 3 s later (%s); acks went on %.2f s later; %s",
+		pushed.Seconds(), gone.name, (pushed+cut).Seconds(), still, resumed.Seconds(), s.checkLedger(t)))
 }
 
 // memberd runs the binary (in p's namespace when p is not nil) and returns
