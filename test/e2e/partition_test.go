@@ -37,17 +37,26 @@ func (s *suite) follower(t *testing.T) *proc {
 }
 
 // caughtUp: p is ready and its height is within one block of the leader's.
-func (s *suite) caughtUp(p *proc) bool {
-	if s.cl.ready(p) != nil {
-		return false
+func (s *suite) caughtUp(p *proc) bool { return s.lagging(p) == "" }
+
+// lagging says why p is not caught up ("" when it is).
+func (s *suite) lagging(p *proc) string {
+	if err := s.cl.ready(p); err != nil {
+		return "not ready: " + trunc(err.Error(), 100)
 	}
 	ld, _ := s.cl.leader()
 	if ld == nil {
-		return false
+		return "no leader known"
 	}
 	lst, err1 := s.cl.status(ld)
 	pst, err2 := s.cl.status(p)
-	return err1 == nil && err2 == nil && pst.Ledger.Height+1 >= lst.Ledger.Height
+	if err1 != nil || err2 != nil {
+		return fmt.Sprintf("status: %v %v", err1, err2)
+	}
+	if pst.Ledger.Height+1 < lst.Ledger.Height {
+		return fmt.Sprintf("height %d, leader %s at %d", pst.Ledger.Height, ld.name, lst.Ledger.Height)
+	}
+	return ""
 }
 
 // relaysUp: every relay connection of p is up.
@@ -92,12 +101,22 @@ func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 		if !okTunnel {
 			t.Errorf("%s's relays not up 60 s after the partition healed: %s", p.name, s.pathsNow())
 		}
-		ledger, okLedger := waitFor(60*time.Second, func() bool { return s.caughtUp(p) })
+		// What held the ledger back, and until when after the heal.
+		var why string
+		var whyUntil time.Duration
+		healedAt := time.Now().Add(-tunnel)
+		ledger, okLedger := waitFor(60*time.Second, func() bool {
+			if w := s.lagging(p); w != "" {
+				why, whyUntil = w, time.Since(healedAt)
+				return false
+			}
+			return true
+		})
 		if !okLedger {
 			t.Errorf("%s not caught up 60 s after the partition healed", p.name)
 		}
-		s.record(t, fmt.Sprintf("follower partitioned %v", cutFor), fmt.Sprintf("%s cut off (its relays seen down after %s); after healing: tunnel up in %.2f s, ledger caught up in %.2f s; %s",
-			p.name, secsOr(down, okDown, "never"), tunnel.Seconds(), (tunnel+ledger).Seconds(), s.checkLedger(t)))
+		s.record(t, fmt.Sprintf("follower partitioned %v", cutFor), fmt.Sprintf("%s cut off (its relays seen down after %s); after healing: tunnel up in %.2f s, ledger caught up in %.2f s (last seen lagging at %.2f s: %s); %s",
+			p.name, secsOr(down, okDown, "never"), tunnel.Seconds(), (tunnel+ledger).Seconds(), whyUntil.Seconds(), why, s.checkLedger(t)))
 	}
 }
 
