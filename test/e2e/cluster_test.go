@@ -172,8 +172,8 @@ func (cl *cluster) member(id string) *proc {
 			return p
 		}
 	}
-	cl.t.Fatalf("no process %s", id)
-	return nil
+	panic("e2e: no process " + id) // ids come from demo.yaml
+
 }
 
 func (cl *cluster) members() (out []*proc) {
@@ -185,9 +185,10 @@ func (cl *cluster) members() (out []*proc) {
 	return out
 }
 
-// start runs p on its host, with extra environment variables.
-func (cl *cluster) start(p *proc, env ...string) {
-	cl.t.Helper()
+// start runs p on its host, with extra environment variables; t is the
+// (sub)test that fails if it cannot.
+func (cl *cluster) start(t testing.TB, p *proc, env ...string) {
+	t.Helper()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	sub := []string{"run", "--log-format", "json", "--config", p.config}
@@ -206,7 +207,7 @@ func (cl *cluster) start(p *proc, env ...string) {
 	cmd.Stdout, cmd.Stderr = syncWriter{&p.mu, p.log}, syncWriter{&p.mu, p.log}
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := cmd.Start(); err != nil {
-		cl.t.Fatalf("starting %s: %v", p.name, err)
+		t.Fatalf("starting %s: %v", p.name, err)
 	}
 	p.cmd, p.killed, p.exited = cmd, false, make(chan struct{})
 	p.starts++
@@ -277,15 +278,15 @@ func (cl *cluster) stopAll() {
 	}
 }
 
-// checkAlive fails the test for every process that ended by itself.
-func (cl *cluster) checkAlive() {
-	cl.t.Helper()
+// checkAlive fails t for every process that ended by itself.
+func (cl *cluster) checkAlive(t testing.TB) {
+	t.Helper()
 	for _, p := range cl.procs {
 		p.mu.Lock()
 		err := p.diedErr
 		p.mu.Unlock()
 		if err != nil {
-			cl.t.Errorf("%v; last lines:\n%s", err, tail(p.output(), 40))
+			t.Errorf("%v; last lines:\n%s", err, tail(p.output(), 40))
 		}
 	}
 }

@@ -81,7 +81,7 @@ func TestE2E(t *testing.T) {
 	s.rows = append(s.rows, row{"whole run", map[bool]string{true: "FAIL", false: "ok"}[t.Failed()],
 		fmt.Sprintf("%d acked, %d lost, chains identical to height %d; non-SUCCESS answers: %s",
 			s.load.ackedCount(), lost, height, s.load.answerSummary())})
-	cl.checkAlive()
+	cl.checkAlive(t)
 }
 
 func (s *suite) table() string {
@@ -112,7 +112,7 @@ func (s *suite) checkLedger(t *testing.T) string {
 func (s *suite) formed(t *testing.T) {
 	cl := s.cl
 	for _, p := range cl.procs {
-		cl.start(p)
+		cl.start(t, p)
 	}
 	var last error
 	took, ok := waitFor(120*time.Second, func() bool {
@@ -134,7 +134,7 @@ func (s *suite) formed(t *testing.T) {
 		}
 		paths = append(paths, p.name+": "+relayPaths(st))
 	}
-	s.load = newLoader(cl)
+	s.load = newLoader(t, cl)
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Second)
 	s.load.run(ctx, 64)
 	cancel()
@@ -288,7 +288,7 @@ func (s *suite) relayKill(t *testing.T) {
 	time.Sleep(2 * time.Second)
 	gap, _ := s.load.gaps(t0, time.Now())
 	_, term1 := cl.leader()
-	cl.start(victim)
+	cl.start(t, victim)
 	rejoined, okRe := waitFor(60*time.Second, func() bool {
 		if cl.ready(victim) != nil {
 			return false
@@ -338,7 +338,7 @@ func (s *suite) leaderKill(t *testing.T) {
 		t.Errorf("no new leader 30 s after %s (leader, term %d) was killed", old.name, term0)
 	}
 	time.Sleep(time.Second)
-	cl.start(old)
+	cl.start(t, old)
 	caught, okUp := waitFor(90*time.Second, func() bool {
 		if cl.ready(old) != nil {
 			return false

@@ -134,7 +134,7 @@ func (s *suite) badInput(t *testing.T) {
 	if _, ok := waitFor(10*time.Second, func() bool { return cl.ready(relay) == nil }); !ok {
 		t.Errorf("%s not healthy after the attack", relay.name)
 	}
-	cl.checkAlive()
+	cl.checkAlive(t)
 	s.record(t, "bad input to a relay (6 s)", fmt.Sprintf("%d random-TCP conns, %d TLS without cert (%d refused), %d random UDP datagrams, %d half-open conns (%d still open after 6 s; relay fds %d -> peak %d); member throughput %.1f/s before, %.1f/s during; %s",
 		tcpConns.Load(), tlsTries.Load(), tlsRefused.Load(), udpSent.Load(), halfOpen.Load(), stillOpen, fds0, peakFDs, before, during, s.checkLedger(t)))
 }

@@ -81,7 +81,7 @@ LogLevel Info
 	}
 	p := &proc{name: name, host: s.cl.proxy, argv: args}
 	s.cl.procs = append(s.cl.procs, p)
-	s.cl.start(p)
+	s.cl.start(t, p)
 	if _, ok := waitFor(20*time.Second, func() bool {
 		c, err := s.cl.proxy.DialContext(context.Background(), "tcp", proxyIP+":8888")
 		if err == nil {
@@ -126,7 +126,7 @@ func (s *suite) proxyOnly(t *testing.T) {
 	}
 
 	setProxy(wrongPass)
-	cl.start(p)
+	cl.start(t, p)
 	var line string
 	took407, ok := waitFor(30*time.Second, func() bool {
 		line = firstMatch(p.output(), proxyWrong)
@@ -148,7 +148,7 @@ func (s *suite) proxyOnly(t *testing.T) {
 	}
 
 	setProxy(proxyPass)
-	cl.start(p)
+	cl.start(t, p)
 	ready, okReady := waitFor(60*time.Second, func() bool {
 		if cl.ready(p) != nil {
 			return false

@@ -24,6 +24,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"testing"
 	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
@@ -61,8 +62,7 @@ func (l *loader) setMarker(m string) {
 }
 
 // newLoader makes the client identity of member-a's application.
-func newLoader(cl *cluster) *loader {
-	t := cl.t
+func newLoader(t *testing.T, cl *cluster) *loader {
 	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(cl.layout.Dir, "genesis.yaml"))
 	if err != nil {

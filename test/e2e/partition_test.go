@@ -147,7 +147,7 @@ func (s *suite) tornTail(t *testing.T) {
 	if err := os.Truncate(store, st.Size()-cut); err != nil {
 		t.Fatal(err)
 	}
-	s.cl.start(p)
+	s.cl.start(t, p)
 	took, ok := waitFor(90*time.Second, func() bool { return s.caughtUp(p) })
 	if !ok {
 		t.Errorf("%s not caught up 90 s after restarting with a torn block store tail:\n%s", p.name, tail(p.output(), 30))

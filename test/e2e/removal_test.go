@@ -94,7 +94,7 @@ func (s *suite) removal(t *testing.T) {
 	if !okAck {
 		t.Errorf("no envelope acked by the remaining members 30 s after the removal")
 	}
-	cl.checkAlive()
+	cl.checkAlive(t)
 	s.record(t, "member removed by a pushed policy", fmt.Sprintf("push took %.2f s; %s cut off by the relays %.2f s after the push began, still cut 3 s later (%s); acks went on %.2f s later; %s",
 		pushed.Seconds(), gone.name, (pushed+cut).Seconds(), still, resumed.Seconds(), s.checkLedger(t)))
 }
