@@ -25,7 +25,7 @@ import (
 	"testing"
 	"time"
 
-	"gopkg.in/yaml.v3"
+	"go.yaml.in/yaml/v3"
 
 	"github.com/memberd/memberd/internal/netnstest"
 	"github.com/memberd/memberd/internal/testenv"
