@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/internal/testenv"
+	"github.com/memberd/memberd/policy"
 )
 
 const (
@@ -237,7 +238,13 @@ func (s *suite) badPolicyFiles(t *testing.T) {
 	}
 	garbage := make([]byte, 4096)
 	rand.Read(garbage)
-	v2 := bytes.Replace(good, []byte("\nversion: 1\n"), []byte("\nversion: 2\n"), 1)
+	// A well-formed next version (version 2, previous = v1's hash) whose
+	// signatures are v1's: they do not sign these bytes.
+	v1, err := policy.Parse(good)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := bytes.Replace(good, []byte("\nversion: 1\n"), []byte("\nversion: 2\nprevious: "+v1.Hash().String()+"\n"), 1)
 	unsigned := v2
 	if i := bytes.Index(v2, []byte("#--- memberd signatures")); i > 0 {
 		unsigned = v2[:i]
@@ -262,6 +269,11 @@ func (s *suite) badPolicyFiles(t *testing.T) {
 	})
 	if !ok {
 		t.Errorf("%d bad policy files counted %v times in policy_rejected_total after 20 s (want >= %d): %s", len(files), after-before, len(files), detail)
+	}
+	// The forged and unsigned files are well formed: they must fail on
+	// their signatures, not on parsing.
+	if !strings.Contains(detail, `reason="quorum"`) {
+		t.Errorf("no rejection for missing signatures (reason quorum): %s", detail)
 	}
 	version, _, err := s.metric(p, "policy_version")
 	if err != nil || version != 1 {
