@@ -60,6 +60,11 @@ func New(t testing.TB, ipBin string, prefixLen int) *Net {
 	return n
 }
 
+// Bridge returns the bridge namespace as a Host (no address), e.g. to load
+// nftables rules of family bridge there: an on-path firewall that drops
+// silently, where a host's own output rules fail its sends at once.
+func (n *Net) Bridge() *Host { return &Host{Name: "bridge", NS: n.bridge, n: n} }
+
 // AddHost makes a namespace with loopback up and eth0 at addr on the bridge.
 func (n *Net) AddHost(name, addr string) *Host {
 	n.t.Helper()

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/memberd/memberd/internal/netnstest"
 )
 
 // row is one line of the summary table printed at the end.
@@ -58,7 +60,8 @@ func TestE2E(t *testing.T) {
 	go func() { defer wg.Done(); s.load.run(ctx, 64) }()
 	defer func() { stop(); wg.Wait() }()
 	t.Run("relays_blind", s.relaysBlind)
-	t.Run("udp_blocked", s.udpBlocked)
+	t.Run("udp_blocked", s.udpBlocked(false))
+	t.Run("udp_blocked_on_path", s.udpBlocked(true))
 	t.Run("proxy_only", s.proxyOnly)
 	t.Run("relay_kill", s.relayKill)
 	t.Run("leader_kill", s.leaderKill)
@@ -148,7 +151,15 @@ func (s *suite) formed(t *testing.T) {
 // udpBlocked: UDP to and from the relays is dropped on every member host,
 // also for established flows; the members must move to TCP, with no acked
 // envelope lost; then UDP is allowed again.
-func (s *suite) udpBlocked(t *testing.T) {
+//
+// With onPath the drop happens on the way (the bridge, like a perimeter
+// firewall: silent, the member only notices that nothing comes back);
+// without, in each member host's own ruleset (its sends fail at once).
+func (s *suite) udpBlocked(onPath bool) func(*testing.T) {
+	return func(t *testing.T) { s.udpBlock(t, onPath) }
+}
+
+func (s *suite) udpBlock(t *testing.T, onPath bool) {
 	cl := s.cl
 	allPaths := func(want string) bool {
 		for _, p := range cl.members() {
@@ -168,32 +179,55 @@ func (s *suite) udpBlocked(t *testing.T) {
 		t.Fatalf("members not on QUIC to both relays before the fault: %s", s.pathsNow())
 	}
 	t0 := time.Now()
+	bridge := cl.net.Bridge()
+	if onPath {
+		if err := bridge.Nft(cl.nft, "table bridge perimeter {\n chain through { type filter hook forward priority 0; policy accept; meta l4proto udp counter drop; }\n}\n"); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, p := range cl.members() {
+		if onPath {
+			break
+		}
 		for _, r := range []string{"insert rule inet corp out meta l4proto udp counter drop", "insert rule inet corp in meta l4proto udp counter drop"} {
 			if out, err := p.host.NftOut(cl.nft, strings.Fields(r)...); err != nil {
 				t.Fatalf("%s: nft %s: %v: %s", p.name, r, err, out)
 			}
 		}
 	}
-	took, ok := waitFor(30*time.Second, func() bool { return allPaths("tcp") })
+	_, ok := waitFor(30*time.Second, func() bool { return allPaths("tcp") })
+	took := time.Since(t0) // from the first host's rule (the hosts get theirs in turn)
 	if !ok {
 		t.Errorf("members not on TCP to both relays 30 s after UDP was blocked: %s", s.pathsNow())
 	}
-	time.Sleep(3 * time.Second)
-	gap, first := s.load.gaps(t0, time.Now())
-	if first.IsZero() {
-		t.Errorf("no envelope acked after UDP was blocked; answers: %s", s.load.answerSummary())
+	// The ledger must go on over TCP (after a new raft election if the
+	// switch took longer than the election timeout).
+	acked0 := s.load.ackedCount()
+	_, okAck := waitFor(30*time.Second, func() bool { return s.load.ackedCount() > acked0 })
+	resumed := time.Since(t0)
+	if !okAck {
+		t.Errorf("no envelope acked within 30 s of the switch to TCP; answers: %s", s.load.answerSummary())
 	}
+	time.Sleep(2 * time.Second)
+	gap, _ := s.load.gaps(t0, time.Now())
 	dropped := 0
+	if onPath {
+		dropped = s.udpDropped(bridge, "table", "bridge", "perimeter")
+		if out, err := bridge.NftOut(cl.nft, "delete", "table", "bridge", "perimeter"); err != nil {
+			t.Fatalf("unblocking: %v: %s", err, out)
+		}
+	}
 	for _, p := range cl.members() {
-		dropped += s.udpDropped(p)
+		if !onPath {
+			dropped += s.udpDropped(p.host, "table", "inet", "corp")
+		}
 	}
 	if dropped == 0 {
 		t.Errorf("the UDP drop rules dropped no packet: the block did not happen")
 	}
 	// UDP allowed again: the members go back to QUIC at their re-probe.
 	for _, p := range cl.members() {
-		if err := p.host.Nft(cl.nft, corporateRules(false)); err != nil {
+		if err := p.host.Nft(cl.nft, corporateRules(false)); err != nil && !onPath {
 			t.Fatal(err)
 		}
 	}
@@ -201,15 +235,20 @@ func (s *suite) udpBlocked(t *testing.T) {
 	if !okBack {
 		t.Logf("not back on QUIC 90 s after UDP was allowed: %s", s.pathsNow())
 	}
-	s.record(t, "UDP blocked (established flows too)", fmt.Sprintf("all members on TCP %.2f s after the block (%d UDP packets dropped); longest ack gap %.2f s; back to QUIC %s after unblocking; %s",
-		took.Seconds(), dropped, gap.Seconds(), secsOr(back, okBack, "not within 90 s"), s.checkLedger(t)))
+	where := "in each member host's rules"
+	if onPath {
+		where = "on the path, silently"
+	}
+	s.record(t, "UDP blocked "+where+" (established flows too)", fmt.Sprintf("all members on TCP %.2f s after the block began (%d UDP packets dropped); acks after %.2f s, longest ack gap %.2f s; back to QUIC %s after unblocking; %s",
+		took.Seconds(), dropped, resumed.Seconds(), gap.Seconds(), secsOr(back, okBack, "not within 90 s"), s.checkLedger(t)))
 }
 
-// udpDropped sums the packet counters of p's UDP drop rules.
-func (s *suite) udpDropped(p *proc) int {
-	out, err := p.host.NftOut(s.cl.nft, "list", "table", "inet", "corp")
+// udpDropped sums the packet counters of the UDP drop rules of a table
+// ("table", family, name) on h.
+func (s *suite) udpDropped(h *netnstest.Host, table ...string) int {
+	out, err := h.NftOut(s.cl.nft, append([]string{"list"}, table...)...)
 	if err != nil {
-		s.cl.t.Logf("%s: nft list: %v: %s", p.name, err, out)
+		s.cl.t.Logf("%s: nft list: %v: %s", h.Name, err, out)
 		return 0
 	}
 	n := 0

@@ -82,6 +82,7 @@ func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 		cut := "table inet partition {\n" +
 			" chain in { type filter hook input priority -10; policy drop; iif lo accept; }\n" +
 			" chain out { type filter hook output priority -10; policy drop; oif lo accept; }\n}\n"
+		t0 := time.Now()
 		if err := p.host.Nft(s.cl.nft, cut); err != nil {
 			t.Fatal(err)
 		}
@@ -91,7 +92,8 @@ func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 				p.host.NftOut(s.cl.nft, "delete", "table", "inet", "partition")
 			}
 		}()
-		down, okDown := waitFor(cutFor, func() bool { return !s.relaysUp(p) })
+		_, okDown := waitFor(cutFor, func() bool { return !s.relaysUp(p) })
+		down := time.Since(t0)
 		time.Sleep(cutFor - down)
 		if out, err := p.host.NftOut(s.cl.nft, "delete", "table", "inet", "partition"); err != nil {
 			t.Fatalf("healing: %v: %s", err, out)
