@@ -1,0 +1,26 @@
+// Package e2e is the end-to-end suite of issue #11: the real memberd binary,
+// as separate processes, on hosts made of network namespaces
+// (internal/netnstest), the way a consortium is deployed in DMZs.
+//
+//	make e2e        # builds bin/memberd, vets and runs this package (-tags e2e)
+//
+// The files carry the build tag e2e, so `make test` (go test ./...) does not
+// run them; .ci/run calls `make e2e` after `make test`. It needs root,
+// iproute2, nftables and SoftHSM2 (testenv: skipped on a laptop without
+// them, FAILS under CI=true), and squid (else tinyproxy) for the proxy.
+//
+// Hosts, on a bridge in a namespace of its own, 10.77.0.0/24, not connected
+// to the root namespace: relay1 .11 and relay2 .12 (memberd relay on :443),
+// proxy .30 (squid with basic auth on :8888; also the "Internet" attacker),
+// members a .21, b .22, c .23 (memberd run, files from `memberd demo init
+// --relay-addr`), each behind a corporate nftables ruleset: inbound only
+// loopback and established flows, outbound only the relays' UDP/TCP 443 (or
+// only the proxy). The test reaches a member's loopback admin and ledger
+// ports by making its sockets inside that namespace.
+//
+// Ledger load (Broadcast from an application of member-a) runs through
+// every scenario; each one checks that every SUCCESS-acked envelope is in
+// every member's chain and that the block headers are identical, prints its
+// figures, and a summary table ends the run. Timing assertions are generous
+// bounds that fail only when a mechanism does not work at all.
+package e2e

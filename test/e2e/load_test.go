@@ -1,0 +1,371 @@
+//go:build e2e
+
+package e2e_test
+
+// The load: an application of member-a (a client identity issued by its
+// member CA) sends signed ENDORSER_TRANSACTION envelopes with Fabric
+// Broadcast to member-a's LAN ledger address, pipelined on one stream.
+// SUCCESS acks an envelope; any other answer, or a broken stream, sends it
+// again. verify then fetches every member's chain with Deliver and checks
+// that every acked envelope is in it and the block headers are identical.
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509/pkix"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/orderer"
+	"github.com/memberd/memberd/policy"
+)
+
+type loader struct {
+	cl      *cluster
+	id      orderer.Identity
+	channel string
+	creds   credentials.TransportCredentials
+
+	mu       sync.Mutex // guards the fields below
+	acked    map[string]time.Time
+	ackTimes []time.Time
+	unacked  int // refused as duplicate or never answered when stopped
+	answers  map[string]int
+	seq      int
+	pause    time.Time // send nothing before (after a refusal)
+	marker   string    // put in every new envelope's payload
+}
+
+func (l *loader) setMarker(m string) {
+	l.mu.Lock()
+	l.marker = m
+	l.mu.Unlock()
+}
+
+// newLoader makes the client identity of member-a's application.
+func newLoader(t *testing.T, cl *cluster) *loader {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(cl.layout.Dir, "genesis.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse(raw)
+	if err != nil {
+		t.Fatalf("genesis.yaml: %v", err)
+	}
+	entry := cl.layout.Members[0]
+	m := pol.Member(entry)
+	mdir := filepath.Dir(cl.layout.MemberConfig[entry])
+	caPEM, err := os.ReadFile(filepath.Join(mdir, "ca.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cas, err := hsm.ParseCertificatesPEM(caPEM)
+	if err != nil || len(cas) == 0 {
+		t.Fatalf("%s: %v", filepath.Join(mdir, "ca.pem"), err)
+	}
+	caKey, err := hsm.OpenSoftSigner(filepath.Join(mdir, "ca-key.pem"), &hsm.SoftOptions{AllowInsecure: true, Warnings: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer caKey.Close()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := hsm.CreateCSR(key, hsm.CSRRequest{Subject: pkix.Name{CommonName: "e2e-client." + entry, Organization: []string{entry}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := hsm.SignCSR(cas[0], caKey, csr, hsm.LeafConfig{Now: time.Now()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	l := &loader{cl: cl, id: orderer.Identity{MSPID: m.MSPID, Cert: cert, Signer: key}, channel: pol.Ledger().Channel,
+		acked: map[string]time.Time{}, answers: map[string]int{}}
+	tc := orderer.TLSCertificate(l.id)
+	l.creds = credentials.NewTLS(orderer.ClientTLS(&tc, pol.CAPool()))
+	return l
+}
+
+// conn dials p's ledger API inside p's namespace.
+func (l *loader) conn(p *proc) (*grpc.ClientConn, error) {
+	dial := func(ctx context.Context, addr string) (net.Conn, error) { return p.host.DialContext(ctx, "tcp", addr) }
+	return grpc.NewClient("passthrough:///"+p.ledger, append(orderer.ClientOptions(),
+		grpc.WithTransportCredentials(l.creds), grpc.WithContextDialer(dial))...)
+}
+
+// run submits envelopes to member-a until ctx ends, window in flight.
+func (l *loader) run(ctx context.Context, window int) {
+	entry := l.cl.member(l.cl.layout.Members[0])
+	cc, err := l.conn(entry)
+	if err != nil {
+		l.cl.t.Errorf("load: %v", err)
+		return
+	}
+	defer cc.Close()
+	var retry []*common.Envelope
+	for ctx.Err() == nil {
+		sctx, cancel := context.WithCancel(ctx)
+		bs, err := ab.NewAtomicBroadcastClient(cc).Broadcast(sctx)
+		if err != nil {
+			cancel()
+			l.note("stream failed")
+			sleepCtx(ctx, 200*time.Millisecond)
+			continue
+		}
+		inflight := make(chan *common.Envelope, window)
+		recvDone := make(chan struct{})
+		var again []*common.Envelope
+		go func() {
+			defer close(recvDone)
+			for {
+				resp, err := bs.Recv()
+				if err != nil {
+					return
+				}
+				env := <-inflight
+				switch {
+				case resp.Status == common.Status_SUCCESS:
+					l.ack(env)
+				case strings.Contains(resp.Info, orderer.ErrDuplicate.Error()):
+					l.note("duplicate")
+					l.mu.Lock()
+					l.unacked++
+					l.mu.Unlock()
+				default:
+					l.note(resp.Status.String() + " (" + trunc(resp.Info, 120) + ")")
+					l.mu.Lock()
+					again = append(again, env)
+					l.pause = time.Now().Add(250 * time.Millisecond) // no tight loop while refused
+					l.mu.Unlock()
+				}
+			}
+		}()
+	send:
+		for ctx.Err() == nil {
+			var env *common.Envelope
+			l.mu.Lock()
+			retry = append(retry, again...)
+			again = nil
+			wait := time.Until(l.pause)
+			l.mu.Unlock()
+			if wait > 0 {
+				sleepCtx(ctx, wait)
+				continue
+			}
+			if len(retry) > 0 {
+				env, retry = retry[0], retry[1:]
+			} else if env, err = l.newEnvelope(); err != nil {
+				l.cl.t.Errorf("load: %v", err)
+				break
+			}
+			select {
+			case inflight <- env:
+			case <-recvDone:
+				retry = append(retry, env)
+				break send
+			case <-ctx.Done():
+				break send
+			}
+			if bs.Send(env) != nil {
+				break
+			}
+		}
+		cancel()
+		<-recvDone
+		l.mu.Lock()
+		retry = append(retry, again...)
+		l.mu.Unlock()
+		for len(inflight) > 0 {
+			retry = append(retry, <-inflight)
+		}
+		if ctx.Err() == nil {
+			l.note("stream broke")
+			sleepCtx(ctx, 200*time.Millisecond)
+		}
+	}
+	l.mu.Lock()
+	l.unacked += len(retry)
+	l.mu.Unlock()
+}
+
+func (l *loader) newEnvelope() (*common.Envelope, error) {
+	l.mu.Lock()
+	l.seq++
+	n, marker := l.seq, l.marker
+	l.mu.Unlock()
+	env, _, err := orderer.NewTransaction(l.id, l.channel, []byte(fmt.Sprintf("e2e tx %d %s %s", n, marker, bytes.Repeat([]byte("x"), 200))), time.Now())
+	return env, err
+}
+
+func (l *loader) ack(env *common.Envelope) {
+	e, err := block.ParseEnvelope(mustMarshal(env))
+	if err != nil {
+		return
+	}
+	now := time.Now()
+	l.mu.Lock()
+	l.acked[e.TxID()] = now
+	l.ackTimes = append(l.ackTimes, now)
+	l.mu.Unlock()
+}
+
+func (l *loader) note(what string) {
+	l.mu.Lock()
+	l.answers[what]++
+	l.mu.Unlock()
+}
+
+func trunc(s string, n int) string {
+	if len(s) > n {
+		return s[:n] + "..."
+	}
+	return s
+}
+
+func mustMarshal(m proto.Message) []byte {
+	b, _ := proto.Marshal(m)
+	return b
+}
+
+// ackedCount returns how many envelopes were acked so far.
+func (l *loader) ackedCount() int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return len(l.acked)
+}
+
+// gaps returns the longest time without an ack between from and to, and
+// the first ack at or after from.
+func (l *loader) gaps(from, to time.Time) (longest time.Duration, first time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	prev := from
+	for _, at := range l.ackTimes {
+		if at.Before(from) || at.After(to) {
+			continue
+		}
+		if first.IsZero() {
+			first = at
+		}
+		longest = max(longest, at.Sub(prev))
+		prev = at
+	}
+	return max(longest, to.Sub(prev)), first
+}
+
+func (l *loader) answerSummary() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if len(l.answers) == 0 {
+		return "none"
+	}
+	var s []string
+	for k, v := range l.answers {
+		s = append(s, fmt.Sprintf("%s=%d", k, v))
+	}
+	return strings.Join(s, " ")
+}
+
+// verify fetches the chain of every member up to the height every member
+// has reached at least the acked envelopes, and checks: every acked
+// envelope is in every chain, and the block headers are identical. It
+// returns the number of acked envelopes missing (over all members) and the
+// common height.
+func (l *loader) verify(ctx context.Context) (lost int, height uint64, err error) {
+	l.mu.Lock()
+	want := make(map[string]bool, len(l.acked))
+	for k := range l.acked {
+		want[k] = true
+	}
+	l.mu.Unlock()
+	type chain struct {
+		headers [][]byte
+		txs     map[string]bool
+	}
+	var chains []chain
+	for _, p := range l.cl.members() {
+		cc, err := l.conn(p)
+		if err != nil {
+			return 0, 0, err
+		}
+		c := chain{txs: map[string]bool{}}
+		// Wait until every acked envelope is in this member's chain (it may
+		// still be catching up), at most 60 s.
+		fctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+		missing := len(want)
+		next := uint64(0)
+		ferr := orderer.Fetch(fctx, ab.NewAtomicBroadcastClient(cc), l.id, l.channel,
+			orderer.SeekRange(0, orderer.MaxBlock, ab.SeekInfo_BLOCK_UNTIL_READY), func(b *common.Block) error {
+				if b.GetHeader().GetNumber() != next {
+					return fmt.Errorf("%s sent block %d, want %d", p.name, b.GetHeader().GetNumber(), next)
+				}
+				next++
+				h, _ := proto.MarshalOptions{Deterministic: true}.Marshal(b.GetHeader())
+				c.headers = append(c.headers, h)
+				for _, raw := range b.GetData().GetData() {
+					if env, err := block.ParseEnvelope(raw); err == nil {
+						id := env.TxID()
+						if want[id] && !c.txs[id] {
+							missing--
+						}
+						c.txs[id] = true
+					}
+				}
+				if missing == 0 {
+					return errStop
+				}
+				return nil
+			})
+		cancel()
+		cc.Close()
+		if ferr != nil && !errors.Is(ferr, errStop) && missing != 0 {
+			l.cl.t.Logf("fetching %s's chain: %v (%d acked envelopes not seen)", p.name, ferr, missing)
+		}
+		lost += missing
+		chains = append(chains, c)
+	}
+	height = uint64(len(chains[0].headers))
+	for _, c := range chains[1:] {
+		height = min(height, uint64(len(c.headers)))
+	}
+	for i := range height {
+		for j, c := range chains[1:] {
+			if !bytes.Equal(c.headers[i], chains[0].headers[i]) {
+				return lost, height, fmt.Errorf("block %d differs between %s and %s", i, l.cl.members()[0].name, l.cl.members()[j+1].name)
+			}
+		}
+	}
+	return lost, height, nil
+}
+
+var errStop = errors.New("all acked envelopes seen")
+
+func sleepCtx(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+	case <-t.C:
+	}
+}

@@ -1,0 +1,113 @@
+//go:build e2e
+
+package e2e_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/memberd/memberd/policy"
+)
+
+// removal: the admins sign policy v2 without member-c (also out of the
+// consenters) with `memberd policy sign`, member-a's admin pushes it with
+// `memberd policy push` through the tunnel. member-c must be cut off by the
+// relays, stay cut off, and the other two must go on ordering. It runs
+// last: the consortium has two members afterwards.
+func (s *suite) removal(t *testing.T) {
+	cl := s.cl
+	gone := cl.member(cl.layout.Members[2])
+	raw, err := os.ReadFile(filepath.Join(cl.layout.Dir, "genesis.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, err := policy.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d policy.Document
+	if err := yaml.Unmarshal(v1.DocumentBytes(), &d); err != nil {
+		t.Fatal(err)
+	}
+	d.Version, d.Previous = 2, v1.Hash().String()
+	d.Members = slices.DeleteFunc(d.Members, func(m *policy.Member) bool { return m.ID == gone.name })
+	d.Ledger.Consenters = slices.DeleteFunc(d.Ledger.Consenters, func(id string) bool { return id == gone.name })
+	doc, err := policy.MarshalDocument(&d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2 := filepath.Join(cl.dir, "v2.yaml")
+	if err := os.WriteFile(v2, doc, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	current := filepath.Join(cl.layout.Dir, "genesis.yaml")
+	for _, m := range cl.layout.Members {
+		out, err := s.memberd(nil, "policy", "sign", "--insecure-file-key", "--key", "file:"+cl.layout.AdminKey[m], "--current", current, v2)
+		if err != nil {
+			t.Fatalf("memberd policy sign (%s): %v\n%s", m, err, out)
+		}
+	}
+	entry := cl.member(cl.layout.Members[0])
+	t0 := time.Now()
+	out, err := s.memberd(entry, "policy", "push", "--admin", entry.admin, v2)
+	pushed := time.Since(t0)
+	if err != nil {
+		t.Errorf("memberd policy push: %v\n%s", err, out)
+	}
+	cut, okCut := waitFor(30*time.Second, func() bool {
+		st, err := cl.status(gone)
+		if err != nil {
+			return false
+		}
+		for _, r := range st.Relays {
+			if r.State == "up" {
+				return false
+			}
+		}
+		return true
+	})
+	if !okCut {
+		t.Errorf("%s still connected to a relay 30 s after its removal was pushed: %s", gone.name, s.pathsNow())
+	}
+	gone.removed = true
+	time.Sleep(3 * time.Second)
+	st, _ := cl.status(gone)
+	var still string
+	if st != nil {
+		still = relayPaths(st)
+		for _, r := range st.Relays {
+			if r.State == "up" {
+				t.Errorf("%s reconnected to %s after its removal", gone.name, r.ID)
+			}
+		}
+	}
+	acked := s.load.ackedCount()
+	resumed, okAck := waitFor(30*time.Second, func() bool { return s.load.ackedCount() > acked })
+	if !okAck {
+		t.Errorf("no envelope acked by the remaining members 30 s after the removal")
+	}
+	cl.checkAlive(t)
+	s.record(t, "member removed by a pushed policy", fmt.Sprintf("push took %.2f s; %s cut off by the relays %.2f s after the push began, still cut 3 s later (%s); acks went on %.2f s later; %s",
+		pushed.Seconds(), gone.name, (pushed+cut).Seconds(), still, resumed.Seconds(), s.checkLedger(t)))
+}
+
+// memberd runs the binary (in p's namespace when p is not nil) and returns
+// its output.
+func (s *suite) memberd(p *proc, args ...string) ([]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, s.cl.bin, args...)
+	if p != nil {
+		cmd = p.host.Command(ctx, s.cl.bin, args...)
+	}
+	cmd.Env = s.cl.env
+	return cmd.CombinedOutput()
+}
