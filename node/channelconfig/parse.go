@@ -58,13 +58,20 @@ func Parse(b *common.Block) (*Channel, error) {
 	if err := proto.Unmarshal(e.Data, ce); err != nil {
 		return nil, fmt.Errorf("%w: config envelope: %v", ErrConfig, err)
 	}
-	root := ce.GetConfig().GetChannelGroup()
+	return ParseConfig(e.ChannelID(), ce.GetConfig())
+}
+
+// ParseConfig decodes the config of channel channelID, as carried by a
+// config block's ConfigEnvelope, like Parse.
+func ParseConfig(channelID string, cfg *common.Config) (*Channel, error) {
+	root := cfg.GetChannelGroup()
 	if root == nil {
 		return nil, fmt.Errorf("%w: config has no channel group", ErrConfig)
 	}
-	ch := &Channel{Sequence: ce.Config.Sequence, Group: root, Capabilities: map[string][]string{}}
+	ch := &Channel{Sequence: cfg.GetSequence(), Group: root, Capabilities: map[string][]string{}}
 	c := &ch.Config
-	c.ChannelID = e.ChannelID()
+	c.ChannelID = channelID
+	var err error
 
 	caps := func(level string, g *common.ConfigGroup) error {
 		v, ok := g.GetValues()["Capabilities"]
