@@ -1,6 +1,7 @@
 package channelconfig
 
 import (
+	"crypto/rand"
 	"encoding/pem"
 	"errors"
 	"os"
@@ -8,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"testing"
+	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"google.golang.org/protobuf/proto"
@@ -45,11 +47,17 @@ func newUpdateFixture(t *testing.T) *updateFixture {
 	if err != nil {
 		t.Fatal(err)
 	}
-	root, err := ChannelGroup(cc)
+	cc.Raft = RaftOptions{ElectionTick: 20, TickInterval: 100 * time.Millisecond}
+	// The config in force comes from a genesis block, as a node has it.
+	b, err := GenesisBlock(cc, time.Unix(1700000000, 0), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
-	f.inForce = &common.Config{ChannelGroup: root}
+	id, cfg, err := BlockConfig(b)
+	if err != nil || id != "trade" {
+		t.Fatalf("genesis block config: channel %q, %v", id, err)
+	}
+	f.inForce = cfg
 	return f
 }
 
@@ -219,6 +227,13 @@ func TestNextFromPolicyChain(t *testing.T) {
 		}
 		checkWriteSetVersions(t, "Channel", want.WriteSet, u.Config.ChannelGroup)
 		cfg, pol = u.Config, p
+	}
+	ch, err := ParseConfig("trade", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ch.Config.Raft.ElectionTick != 20 || ch.Config.Raft.TickInterval != 100*time.Millisecond {
+		t.Fatalf("raft options in force not kept: %+v", ch.Config.Raft)
 	}
 	if cfg.Sequence != 3 {
 		t.Fatalf("sequence %d after three updates", cfg.Sequence)
