@@ -202,6 +202,9 @@ func TestNextFromPolicy(t *testing.T) {
 				t.Fatal("delta equal but not byte-equal under deterministic marshal")
 			}
 			checkWriteSetVersions(t, "Channel", want.WriteSet, u.Config.ChannelGroup)
+			if got := applyDelta(t, "Channel", f.inForce.ChannelGroup, want.ReadSet, want.WriteSet); !proto.Equal(got, u.Config.ChannelGroup) {
+				t.Fatal("the config in force with configtxlator's delta applied differs from the next config")
+			}
 		})
 	}
 }
@@ -226,6 +229,9 @@ func TestNextFromPolicyChain(t *testing.T) {
 			t.Fatalf("update %d: delta differs from configtxlator:\nmemberd:      %v\nconfigtxlator: %v", i+1, u.ConfigUpdate, want)
 		}
 		checkWriteSetVersions(t, "Channel", want.WriteSet, u.Config.ChannelGroup)
+		if got := applyDelta(t, "Channel", cfg.ChannelGroup, want.ReadSet, want.WriteSet); !proto.Equal(got, u.Config.ChannelGroup) {
+			t.Fatalf("update %d: the config in force with configtxlator's delta applied differs from the next config", i+1)
+		}
 		cfg, pol = u.Config, p
 	}
 	ch, err := ParseConfig("trade", cfg)
@@ -313,4 +319,54 @@ func checkWriteSetVersions(t *testing.T, path string, w, got *common.ConfigGroup
 	for k, g := range w.Groups {
 		checkWriteSetVersions(t, path+"/"+k, g, got.Groups[k])
 	}
+}
+
+// applyDelta applies a ConfigUpdate to the config in force the way a Fabric
+// orderer and peer do (configtx: an element of the write set is written when
+// its version differs from the read set's, or it is not in the read set; a
+// written element must be new at version 0 or at its version in force + 1;
+// a written group takes the key set of its write-set entry) and returns the
+// resulting channel group, which must equal the next config's exactly.
+func applyDelta(t *testing.T, path string, old, read, write *common.ConfigGroup) *common.ConfigGroup {
+	t.Helper()
+	checkVersion := func(what string, inForce interface{ GetVersion() uint64 }, exists bool, v uint64) {
+		if exists && v != inForce.GetVersion()+1 || !exists && v != 0 {
+			t.Errorf("%s: written at version %d, in force %d (exists %v)", what, v, inForce.GetVersion(), exists)
+		}
+	}
+	out := &common.ConfigGroup{Values: map[string]*common.ConfigValue{}, Policies: map[string]*common.ConfigPolicy{}, Groups: map[string]*common.ConfigGroup{}}
+	keys := old
+	if read == nil || read.Version != write.Version {
+		checkVersion(path, old, old != nil, write.Version)
+		keys = write
+	}
+	out.Version, out.ModPolicy = keys.GetVersion(), keys.GetModPolicy()
+	for k := range keys.GetValues() {
+		w, r := write.GetValues()[k], read.GetValues()[k]
+		if w != nil && (r == nil || r.Version != w.Version) {
+			o, ok := old.GetValues()[k]
+			checkVersion(path+"/"+k, o, ok, w.Version)
+			out.Values[k] = w
+		} else {
+			out.Values[k] = old.GetValues()[k]
+		}
+	}
+	for k := range keys.GetPolicies() {
+		w, r := write.GetPolicies()[k], read.GetPolicies()[k]
+		if w != nil && (r == nil || r.Version != w.Version) {
+			o, ok := old.GetPolicies()[k]
+			checkVersion(path+"/"+k, o, ok, w.Version)
+			out.Policies[k] = w
+		} else {
+			out.Policies[k] = old.GetPolicies()[k]
+		}
+	}
+	for k := range keys.GetGroups() {
+		if w := write.GetGroups()[k]; w != nil {
+			out.Groups[k] = applyDelta(t, path+"/"+k, old.GetGroups()[k], read.GetGroups()[k], w)
+		} else {
+			out.Groups[k] = old.GetGroups()[k]
+		}
+	}
+	return out
 }
