@@ -28,13 +28,13 @@ type updateFixture struct {
 	inForce *common.Config
 }
 
-func (f *updateFixture) consenter(t *testing.T, id string) Consenter {
+func (f *updateFixture) consenter(t testing.TB, id string) Consenter {
 	cert, _ := f.c.CAs[id].Issue(t, id+" tls")
 	p := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 	return Consenter{ClientTLSCert: p, ServerTLSCert: p}
 }
 
-func newUpdateFixture(t *testing.T) *updateFixture {
+func newUpdateFixture(t testing.TB) *updateFixture {
 	f := &updateFixture{c: policytest.New(t, 3), tls: map[string]Consenter{}}
 	for _, l := range f.c.Template.Members {
 		l.LedgerEndpoints = []string{l.ID + ".example.test:7050"}
@@ -369,4 +369,25 @@ func applyDelta(t *testing.T, path string, old, read, write *common.ConfigGroup)
 		}
 	}
 	return out
+}
+
+// FuzzNextFromPolicy feeds arbitrary bytes as the config in force (it comes
+// from a block on disk or from a peer): NextFromPolicy must return an error
+// or a config one sequence higher, never panic.
+func FuzzNextFromPolicy(f *testing.F) {
+	fx := newUpdateFixture(f)
+	p := policytest.MustParse(f, fx.c.NextDocument(f, fx.genesis, func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 7 }))
+	f.Add(mustMarshal(fx.inForce))
+	f.Add(mustMarshal(&common.Config{Sequence: 1, ChannelGroup: &common.ConfigGroup{Groups: map[string]*common.ConfigGroup{"Orderer": {}}}}))
+	f.Add([]byte{})
+	f.Fuzz(func(t *testing.T, raw []byte) {
+		cfg := new(common.Config)
+		if proto.Unmarshal(raw, cfg) != nil {
+			return
+		}
+		u, err := NextFromPolicy(cfg, "trade", p, nil)
+		if err == nil && u.Config.Sequence != cfg.Sequence+1 {
+			t.Fatalf("sequence %d after %d", u.Config.Sequence, cfg.Sequence)
+		}
+	})
 }
