@@ -88,9 +88,12 @@ func NextFromPolicy(inForce *common.Config, channelID string, p *policy.Policy, 
 		if _, ok := css[m.ID]; ok {
 			continue
 		}
-		if cs, ok := consenterOf(cur.Config.Consenters, m); ok {
-			css[m.ID] = cs
+		cs, ok := consenterOf(cur.Config.Consenters, m)
+		if !ok {
+			return nil, fmt.Errorf("%w: policy version %d: consenter member %q is not a consenter of channel %q in force, and no TLS certificate was given for it (the policy carries none): pass its consenter TLS certificate",
+				ErrConfig, p.Version(), m.ID, channelID)
 		}
+		css[m.ID] = cs
 	}
 	next, err := FromPolicy(p, css)
 	if err != nil {
