@@ -44,27 +44,47 @@ func IsConfigBlock(b *common.Block) bool {
 // package, or a later config block) into the channel's configuration, so a
 // node can join a channel from it. Only etcdraft channels are supported.
 func Parse(b *common.Block) (*Channel, error) {
+	channelID, cfg, err := BlockConfig(b)
+	if err != nil {
+		return nil, err
+	}
+	return ParseConfig(channelID, cfg)
+}
+
+// BlockConfig returns the channel id and the raw Config of a config block:
+// what NextFromPolicy takes as the config in force.
+func BlockConfig(b *common.Block) (channelID string, cfg *common.Config, err error) {
 	if len(b.GetData().GetData()) != 1 {
-		return nil, fmt.Errorf("%w: a config block holds exactly one envelope, this one %d", ErrConfig, len(b.GetData().GetData()))
+		return "", nil, fmt.Errorf("%w: a config block holds exactly one envelope, this one %d", ErrConfig, len(b.GetData().GetData()))
 	}
 	e, err := block.ParseEnvelope(b.Data.Data[0])
 	if err != nil {
-		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+		return "", nil, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	if e.Type() != common.HeaderType_CONFIG {
-		return nil, fmt.Errorf("%w: block %d is not a config block (envelope type %s)", ErrConfig, b.GetHeader().GetNumber(), e.Type())
+		return "", nil, fmt.Errorf("%w: block %d is not a config block (envelope type %s)", ErrConfig, b.GetHeader().GetNumber(), e.Type())
 	}
 	ce := new(common.ConfigEnvelope)
 	if err := proto.Unmarshal(e.Data, ce); err != nil {
-		return nil, fmt.Errorf("%w: config envelope: %v", ErrConfig, err)
+		return "", nil, fmt.Errorf("%w: config envelope: %v", ErrConfig, err)
 	}
-	root := ce.GetConfig().GetChannelGroup()
+	if ce.GetConfig().GetChannelGroup() == nil {
+		return "", nil, fmt.Errorf("%w: block %d: config has no channel group", ErrConfig, b.GetHeader().GetNumber())
+	}
+	return e.ChannelID(), ce.Config, nil
+}
+
+// ParseConfig decodes the config of channel channelID, as carried by a
+// config block's ConfigEnvelope, like Parse.
+func ParseConfig(channelID string, cfg *common.Config) (*Channel, error) {
+	root := cfg.GetChannelGroup()
 	if root == nil {
 		return nil, fmt.Errorf("%w: config has no channel group", ErrConfig)
 	}
-	ch := &Channel{Sequence: ce.Config.Sequence, Group: root, Capabilities: map[string][]string{}}
+	ch := &Channel{Sequence: cfg.GetSequence(), Group: root, Capabilities: map[string][]string{}}
 	c := &ch.Config
-	c.ChannelID = e.ChannelID()
+	c.ChannelID = channelID
+	var err error
 
 	caps := func(level string, g *common.ConfigGroup) error {
 		v, ok := g.GetValues()["Capabilities"]
