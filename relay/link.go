@@ -63,7 +63,6 @@ type link struct {
 
 	done      chan struct{}
 	closeOnce sync.Once
-	closeErr  atomic.Pointer[error]
 
 	bytesIn, bytesOut atomic.Uint64
 	lastRecv          atomic.Int64           // unix nanos
