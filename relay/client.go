@@ -441,27 +441,14 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 	return nil
 }
 
-// pinger measures RTT and drops the link when the relay went silent.
+// pinger measures RTT (the pongs) and drops the link when the relay was
+// silent for 4×DeadAfter. At 1×DeadAfter the relay already stopped being
+// used for sending (healthy, failover to the others); the connection itself
+// is kept longer so that a relay that is only slow is not redialled.
 func (c *Client) pinger(ctx context.Context, rc *relayConn, l *link) {
-	t := time.NewTicker(c.cfg.PingInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-l.done:
-			return
-		case now := <-t.C:
-			if now.Sub(time.Unix(0, l.lastRecv.Load())) > 4*c.cfg.DeadAfter {
-				c.log.Warn("relay silent: reconnecting", "relay", rc.info.ID, "silent_for", now.Sub(time.Unix(0, l.lastRecv.Load())).String())
-				l.close(codeProtocol, "no answer to pings")
-				return
-			}
-			var b [8]byte
-			binary.BigEndian.PutUint64(b[:], uint64(now.UnixNano()))
-			l.sendData(wire.AppendFrame(nil, wire.TypePing, b[:]))
-		}
-	}
+	l.keepalive(ctx, c.cfg.PingInterval, 4*c.cfg.DeadAfter, func(silent time.Duration) {
+		c.log.Warn("relay silent: reconnecting", "relay", rc.info.ID, "silent_for", silent.String())
+	})
 }
 
 // frame handles a frame from a relay; owned says whether the body may be
