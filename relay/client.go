@@ -168,15 +168,13 @@ type Client struct {
 	m      *metrics
 	relays atomic.Pointer[[]*relayConn] // replaced by SetRelays, never mutated
 	dialer *dialer
-	ctx    context.Context // cancelled by Close
-	setMu  sync.Mutex      // serialises SetRelays and Close
+	setMu  sync.Mutex // serialises SetRelays and Close
 	recv   chan inPacket
 	copies atomic.Uint64 // packets also sent on a backup relay (see route)
 	recent recentSent    // the last packets sent, for resending on a backup
 
-	cancel    context.CancelFunc
 	g         errgroup.Group
-	done      chan struct{}
+	done      chan struct{} // closed by Close
 	closeOnce sync.Once
 
 	polMu      sync.Mutex
@@ -238,7 +236,6 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		proxy: proxyFor(cfg.Proxy, env), queueLen: cfg.QueueLen,
 	}
 	c.dialer = d
-	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.relays.Store(&[]*relayConn{})
 	if err := c.SetRelays(cfg.Relays); err != nil {
 		c.Close()
@@ -259,8 +256,10 @@ func (c *Client) SetRelays(relays []RelayInfo) error {
 	}
 	c.setMu.Lock()
 	defer c.setMu.Unlock()
-	if c.ctx.Err() != nil {
+	select {
+	case <-c.done:
 		return net.ErrClosed
+	default:
 	}
 	old := map[RelayInfo]*relayConn{}
 	for _, rc := range *c.relays.Load() {
@@ -273,7 +272,8 @@ func (c *Client) SetRelays(relays []RelayInfo) error {
 			delete(old, r)
 			continue
 		}
-		rctx, rcancel := context.WithCancel(c.ctx)
+		// Until it is removed (here) or the client closed (Close).
+		rctx, rcancel := context.WithCancel(context.Background())
 		rc := &relayConn{info: r, state: "connecting", since: time.Now(), cancel: rcancel}
 		next = append(next, rc)
 		rd := *c.dialer
@@ -668,7 +668,9 @@ func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.done)
 		c.setMu.Lock()
-		c.cancel()
+		for _, rc := range *c.relays.Load() {
+			rc.cancel()
+		}
 		c.setMu.Unlock()
 		_ = c.g.Wait()
 	})
