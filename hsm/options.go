@@ -29,6 +29,13 @@ type Options struct {
 	// ModulePath is used when the URI has no module-path. Default "" (the
 	// URI must then name the module).
 	ModulePath string
+	// ModuleEnv are NAME=value pairs in force while the module is
+	// initialised, for modules that read their configuration only from the
+	// environment (SoftHSM2: SOFTHSM2_CONF=/path/softhsm2.conf). They are
+	// set around C_Initialize and then restored, so the caller need not
+	// change the process environment. A module is initialised once per
+	// process: asking for one already in use with other ModuleEnv fails.
+	ModuleEnv []string
 	// AllowSoftKeys lets OpenKey open "file:" software keys (dev only).
 	// Default false (refused with ErrInsecureRefused).
 	AllowSoftKeys bool
@@ -47,7 +54,19 @@ func (o *Options) Validate() error {
 	if o.PoolSize < 0 || o.PoolSize > MaxPoolSize {
 		return fmt.Errorf("hsm options: PoolSize %d out of range 0..%d", o.PoolSize, MaxPoolSize)
 	}
+	for _, kv := range o.ModuleEnv {
+		if k, _, ok := strings.Cut(kv, "="); !ok || k == "" {
+			return fmt.Errorf("hsm options: ModuleEnv entry %q is not NAME=value", kv)
+		}
+	}
 	return nil
+}
+
+func (o *Options) moduleEnv() []string {
+	if o == nil {
+		return nil
+	}
+	return o.ModuleEnv
 }
 
 func (o *Options) poolSize() int {

@@ -33,6 +33,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -43,7 +44,8 @@ import (
 type module struct {
 	path string
 	ctx  *pkcs11.Ctx
-	refs int // guarded by modulesMu
+	refs int      // guarded by modulesMu
+	env  []string // the environment (NAME=value) in force at C_Initialize
 	// finalize is false when someone else in the process had already
 	// initialised the library: then we must not finalise it.
 	finalize bool
@@ -60,15 +62,21 @@ var (
 	modules   = map[string]*module{}
 )
 
-// acquireModule loads and initialises the module at path, or returns the
-// context already loaded, with one more reference.
-func acquireModule(path string) (*module, error) {
+// acquireModule loads and initialises the module at path, with env (NAME=value)
+// set in the environment during C_Initialize, or returns the context already
+// loaded, with one more reference.
+func acquireModule(path string, env []string) (*module, error) {
 	if path == "" {
 		return nil, fmt.Errorf("%w: no module path: add module-path=/path/to/module.so to the key URI (SoftHSM2 on Debian: /usr/lib/softhsm/libsofthsm2.so)", ErrModuleNotFound)
 	}
 	modulesMu.Lock()
 	defer modulesMu.Unlock()
 	if m := modules[path]; m != nil {
+		for _, kv := range env {
+			if !slices.Contains(m.env, kv) {
+				return nil, fmt.Errorf("%w: %s is already initialised in this process without %s: one process uses one configuration of a module (close its other keys first)", ErrModuleNotFound, path, kv)
+			}
+		}
 		m.refs++
 		return m, nil
 	}
@@ -80,7 +88,11 @@ func acquireModule(path string) (*module, error) {
 		return nil, fmt.Errorf("%w: %s could not be loaded as a PKCS#11 library (dlopen or C_GetFunctionList failed): check it is the right library for this architecture", ErrModuleNotFound, path)
 	}
 	m := &module{path: path, ctx: ctx, refs: 1, finalize: true, logins: map[string][32]byte{}}
-	if err := ctx.Initialize(); err != nil {
+	restore := setEnv(env)
+	m.env = os.Environ()
+	err := ctx.Initialize()
+	restore()
+	if err != nil {
 		if !isRV(err, pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
 			ctx.Destroy()
 			return nil, fmt.Errorf("%w: %s: C_Initialize: %v: check the module's configuration (for SoftHSM2: SOFTHSM2_CONF and its tokendir)", ErrModuleNotFound, path, err)
@@ -89,6 +101,31 @@ func acquireModule(path string) (*module, error) {
 	}
 	modules[path] = m
 	return m, nil
+}
+
+// setEnv sets the NAME=value pairs in env and returns what puts the
+// previous values back.
+func setEnv(env []string) (restore func()) {
+	type prev struct {
+		name, value string
+		had         bool
+	}
+	var old []prev
+	for _, kv := range env {
+		k, v, _ := strings.Cut(kv, "=")
+		was, had := os.LookupEnv(k)
+		old = append(old, prev{k, was, had})
+		os.Setenv(k, v)
+	}
+	return func() {
+		for i := len(old) - 1; i >= 0; i-- {
+			if old[i].had {
+				os.Setenv(old[i].name, old[i].value)
+			} else {
+				os.Unsetenv(old[i].name)
+			}
+		}
+	}
 }
 
 // release drops one reference; the last one finalises and unloads.
@@ -197,7 +234,7 @@ func openToken(u *URI, opts *Options) (*token, error) {
 	}
 	log := opts.logger()
 	for attempt := 1; ; attempt++ {
-		t, err := tryOpenToken(u.Token, path, pin, log)
+		t, err := tryOpenToken(u.Token, path, pin, opts.moduleEnv(), log)
 		if err == nil || attempt == tokenOpenAttempts || !transientTokenError(err) {
 			return t, err
 		}
@@ -213,8 +250,8 @@ func openToken(u *URI, opts *Options) (*token, error) {
 // its anchor session, logged in. On error it releases the module, which
 // finalises it if this was its only user, so the next try reads the token
 // afresh.
-func tryOpenToken(label, path, pin string, log *slog.Logger) (*token, error) {
-	m, err := acquireModule(path)
+func tryOpenToken(label, path, pin string, env []string, log *slog.Logger) (*token, error) {
+	m, err := acquireModule(path, env)
 	if err != nil {
 		return nil, err
 	}

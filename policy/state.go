@@ -9,6 +9,8 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+
+	"github.com/memberd/memberd/internal/fsync"
 )
 
 // StateFile is the name of the file in the state folder that holds the last
@@ -75,12 +77,7 @@ func writeFileAtomic(dir, name string, data []byte) (err error) {
 	if err != nil {
 		return fmt.Errorf("writing %s in %s: %w", name, dir, err)
 	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("syncing folder %s: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
+	if err := fsync.Dir(dir); err != nil {
 		return fmt.Errorf("syncing folder %s: %w", dir, err)
 	}
 	return nil

@@ -168,15 +168,13 @@ type Client struct {
 	m      *metrics
 	relays atomic.Pointer[[]*relayConn] // replaced by SetRelays, never mutated
 	dialer *dialer
-	ctx    context.Context // cancelled by Close
-	setMu  sync.Mutex      // serialises SetRelays and Close
+	setMu  sync.Mutex // serialises SetRelays and Close
 	recv   chan inPacket
 	copies atomic.Uint64 // packets also sent on a backup relay (see route)
 	recent recentSent    // the last packets sent, for resending on a backup
 
-	cancel    context.CancelFunc
 	g         errgroup.Group
-	done      chan struct{}
+	done      chan struct{} // closed by Close
 	closeOnce sync.Once
 
 	polMu      sync.Mutex
@@ -238,7 +236,6 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		proxy: proxyFor(cfg.Proxy, env), queueLen: cfg.QueueLen,
 	}
 	c.dialer = d
-	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.relays.Store(&[]*relayConn{})
 	if err := c.SetRelays(cfg.Relays); err != nil {
 		c.Close()
@@ -259,8 +256,10 @@ func (c *Client) SetRelays(relays []RelayInfo) error {
 	}
 	c.setMu.Lock()
 	defer c.setMu.Unlock()
-	if c.ctx.Err() != nil {
+	select {
+	case <-c.done:
 		return net.ErrClosed
+	default:
 	}
 	old := map[RelayInfo]*relayConn{}
 	for _, rc := range *c.relays.Load() {
@@ -273,7 +272,8 @@ func (c *Client) SetRelays(relays []RelayInfo) error {
 			delete(old, r)
 			continue
 		}
-		rctx, rcancel := context.WithCancel(c.ctx)
+		// Until it is removed (here) or the client closed (Close).
+		rctx, rcancel := context.WithCancel(context.Background())
 		rc := &relayConn{info: r, state: "connecting", since: time.Now(), cancel: rcancel}
 		next = append(next, rc)
 		rd := *c.dialer
@@ -441,27 +441,14 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 	return nil
 }
 
-// pinger measures RTT and drops the link when the relay went silent.
+// pinger measures RTT (the pongs) and drops the link when the relay was
+// silent for 4×DeadAfter. At 1×DeadAfter the relay already stopped being
+// used for sending (healthy, failover to the others); the connection itself
+// is kept longer so that a relay that is only slow is not redialled.
 func (c *Client) pinger(ctx context.Context, rc *relayConn, l *link) {
-	t := time.NewTicker(c.cfg.PingInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-l.done:
-			return
-		case now := <-t.C:
-			if now.Sub(time.Unix(0, l.lastRecv.Load())) > 4*c.cfg.DeadAfter {
-				c.log.Warn("relay silent: reconnecting", "relay", rc.info.ID, "silent_for", now.Sub(time.Unix(0, l.lastRecv.Load())).String())
-				l.close(codeProtocol, "no answer to pings")
-				return
-			}
-			var b [8]byte
-			binary.BigEndian.PutUint64(b[:], uint64(now.UnixNano()))
-			l.sendData(wire.AppendFrame(nil, wire.TypePing, b[:]))
-		}
-	}
+	l.keepalive(ctx, c.cfg.PingInterval, 4*c.cfg.DeadAfter, func(silent time.Duration) {
+		c.log.Warn("relay silent: reconnecting", "relay", rc.info.ID, "silent_for", silent.String())
+	})
 }
 
 // frame handles a frame from a relay; owned says whether the body may be
@@ -681,7 +668,9 @@ func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		close(c.done)
 		c.setMu.Lock()
-		c.cancel()
+		for _, rc := range *c.relays.Load() {
+			rc.cancel()
+		}
 		c.setMu.Unlock()
 		_ = c.g.Wait()
 	})

@@ -291,7 +291,7 @@ func (s *Server) QUICTransport(pc net.PacketConn) *quic.Transport {
 			context.AfterFunc(ctx, func() {
 				if slot.handOver() { // ended before ServeQUICConn took it
 					release()
-					if s.ctx.Err() == nil {
+					if !s.isClosed() {
 						s.handshakeFailed(remote, context.Cause(ctx))
 					}
 				}

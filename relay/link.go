@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -63,7 +64,6 @@ type link struct {
 
 	done      chan struct{}
 	closeOnce sync.Once
-	closeErr  atomic.Pointer[error]
 
 	bytesIn, bytesOut atomic.Uint64
 	lastRecv          atomic.Int64           // unix nanos
@@ -376,4 +376,32 @@ func (l *link) run(ctx context.Context, handle frameHandler) error {
 		return rerr
 	}
 	return err
+}
+
+// keepalive pings l every interval, each ping carrying its send time (the
+// peer echoes it in a pong, from which a client measures RTT), until ctx
+// ends or l closes. Once nothing arrived on l for giveUp it calls onGiveUp
+// (if not nil) with how long l was silent and closes l.
+func (l *link) keepalive(ctx context.Context, interval, giveUp time.Duration, onGiveUp func(silent time.Duration)) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-l.done:
+			return
+		case now := <-t.C:
+			if silent := now.Sub(time.Unix(0, l.lastRecv.Load())); silent > giveUp {
+				if onGiveUp != nil {
+					onGiveUp(silent)
+				}
+				l.close(codeProtocol, "no answer to pings")
+				return
+			}
+			var b [8]byte
+			binary.BigEndian.PutUint64(b[:], uint64(now.UnixNano()))
+			l.sendData(wire.AppendFrame(nil, wire.TypePing, b[:]))
+		}
+	}
 }

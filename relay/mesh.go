@@ -107,24 +107,12 @@ func (s *Server) meshLoop(ctx context.Context, d *dialer, r RelayInfo, mc Client
 }
 
 // meshPinger keeps a dialled mesh link alive and drops it when the peer
-// relay went silent, so meshLoop redials.
+// relay was silent for 2×DeadAfter, so meshLoop redials. Sooner than a
+// client's 4×: a mesh link is the only path to that relay (no other link
+// carries its traffic meanwhile, as a client's other relays do), so a dead
+// one costs until it is redialled.
 func (s *Server) meshPinger(ctx context.Context, l *link, mc ClientConfig) {
-	t := time.NewTicker(mc.PingInterval)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-l.done:
-			return
-		case now := <-t.C:
-			if now.Sub(time.Unix(0, l.lastRecv.Load())) > 2*mc.DeadAfter {
-				l.close(codeProtocol, "no answer to pings")
-				return
-			}
-			l.sendData(wire.AppendFrame(nil, wire.TypePing, make([]byte, 8)))
-		}
-	}
+	l.keepalive(ctx, mc.PingInterval, 2*mc.DeadAfter, nil)
 }
 
 func remoteOf(l *link) net.Addr {

@@ -160,11 +160,11 @@ type Server struct {
 	auth atomic.Pointer[authBox]
 	tls  *tls.Config
 
-	ctx      context.Context // cancelled by Close
-	cancel   context.CancelFunc
-	meshKick chan struct{}
-	gate     *handshakeGate // handshakes in progress
-	hlog     *handshakeLog  // handshake failures: counted, logged rate-limited
+	closed    chan struct{} // closed by Close
+	closeOnce sync.Once
+	meshKick  chan struct{}
+	gate      *handshakeGate // handshakes in progress
+	hlog      *handshakeLog  // handshake failures: counted, logged rate-limited
 
 	mu      sync.RWMutex
 	members map[string]*memberState
@@ -208,7 +208,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		gate:     newHandshakeGate(cfg.MaxHandshakesPerSource, cfg.MaxHandshakes),
 	}
 	s.hlog = newHandshakeLog(s.log, cfg.Registerer)
-	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.closed = make(chan struct{})
 	s.auth.Store(&authBox{cfg.Authority})
 	s.tls = &tls.Config{
 		MinVersion:   tls.VersionTLS13,
@@ -322,7 +322,7 @@ func (s *Server) Members() []string {
 // Close closes every connection and makes the Serve methods return. It is
 // idempotent.
 func (s *Server) Close() error {
-	s.cancel()
+	s.closeOnce.Do(func() { close(s.closed) })
 	s.mu.Lock()
 	var all []*peer
 	for p := range s.peers {
@@ -335,11 +335,28 @@ func (s *Server) Close() error {
 	return nil
 }
 
-// serveCtx is ctx, also cancelled by Close.
+// serveCtx is ctx, also cancelled by Close. The caller must call the
+// CancelFunc when done (it also ends the goroutine that watches Close).
 func (s *Server) serveCtx(ctx context.Context) (context.Context, context.CancelFunc) {
 	ctx, cancel := context.WithCancel(ctx)
-	stop := context.AfterFunc(s.ctx, cancel)
-	return ctx, func() { stop(); cancel() }
+	go func() {
+		select {
+		case <-s.closed:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	return ctx, cancel
+}
+
+// isClosed reports whether Close was called.
+func (s *Server) isClosed() bool {
+	select {
+	case <-s.closed:
+		return true
+	default:
+		return false
+	}
 }
 
 // ServeQUIC accepts connections from ln until ctx ends, ln is closed or the
@@ -551,7 +568,7 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 func (s *Server) register(p *peer) (evicted *peer, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.ctx.Err() != nil {
+	if s.isClosed() {
 		return nil, ErrClosed
 	}
 	// Check again under the lock: an UpdateAuthority since the handshake

@@ -335,14 +335,6 @@ func (r *reader) u16() uint16 {
 	return binary.BigEndian.Uint16(v)
 }
 
-func (r *reader) u32() uint32 {
-	v := r.bytes(4)
-	if v == nil {
-		return 0
-	}
-	return binary.BigEndian.Uint32(v)
-}
-
 func (r *reader) u64() uint64 {
 	v := r.bytes(8)
 	if v == nil {

@@ -124,13 +124,6 @@ func (t *pausableTUN) endPause() {
 	t.openLocked()
 }
 
-// paused reports whether reads are held.
-func (t *pausableTUN) paused() bool {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return t.waitFor != nil
-}
-
 func (t *pausableTUN) openLocked() {
 	if t.waitFor == nil {
 		return

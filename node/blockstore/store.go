@@ -26,6 +26,7 @@ import (
 	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/memberd/memberd/internal/fsync"
 	"github.com/memberd/memberd/node/block"
 )
 
@@ -174,21 +175,12 @@ func createFile(dir, path string) error {
 		err = os.Rename(tmp, path)
 	}
 	if err == nil {
-		err = syncDir(dir)
+		err = fsync.Dir(dir)
 	}
 	if err != nil {
 		return fmt.Errorf("creating block store %s: %w", path, err)
 	}
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 func (s *Store) load(f *os.File) error {

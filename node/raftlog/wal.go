@@ -31,6 +31,8 @@ import (
 
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/memberd/memberd/internal/fsync"
 )
 
 type segment struct {
@@ -349,7 +351,7 @@ func (w *wal) cutSeq(seq uint64) error {
 		f.Close()
 		return err
 	}
-	if err := syncDir(w.dir); err != nil {
+	if err := fsync.Dir(w.dir); err != nil {
 		f.Close()
 		return err
 	}
@@ -362,15 +364,6 @@ func (w *wal) cutSeq(seq uint64) error {
 	w.f, w.size = f, int64(len(b))
 	w.segs = append(w.segs, segment{seq: seq, path: path})
 	return nil
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }
 
 // saveSnapshot writes snap to its own file durably (temp, fsync, rename,
@@ -397,7 +390,7 @@ func (w *wal) saveSnapshot(snap raftpb.Snapshot) error {
 	if err := os.Rename(tmp, name); err != nil {
 		return err
 	}
-	return syncDir(w.dir)
+	return fsync.Dir(w.dir)
 }
 
 func (w *wal) loadNewestSnapshot() (raftpb.Snapshot, error) {
@@ -454,7 +447,7 @@ func (w *wal) release(snapIndex uint64) error {
 		}
 	}
 	if n > 0 {
-		return syncDir(w.dir)
+		return fsync.Dir(w.dir)
 	}
 	return nil
 }

@@ -43,6 +43,9 @@ func initConsortium(t testing.TB, members, relays int) *app.DemoLayout {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The members run in this process, and their PKCS#11 module reads
+	// its token folder from the environment (DemoInit does not set it).
+	t.Setenv("SOFTHSM2_CONF", L.SoftHSMConf)
 	return L
 }
 

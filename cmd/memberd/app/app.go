@@ -34,14 +34,6 @@ func usagef(format string, args ...any) error {
 	return &UsageError{Err: fmt.Errorf(format, args...)}
 }
 
-// ErrNotBuilt is returned by subcommands whose work belongs to an issue that
-// has not landed yet. They say so plainly and exit 1; none pretends.
-var ErrNotBuilt = errors.New("not built yet")
-
-func notBuilt(what, issue string) error {
-	return fmt.Errorf("%s: %w (tracked in issue %s)", what, ErrNotBuilt, issue)
-}
-
 // env is what every subcommand gets from Main: its streams and a logger.
 type env struct {
 	stdin  io.Reader

@@ -120,6 +120,12 @@ func runDemo(ctx context.Context, e *env, log *slog.Logger, o DemoOptions, check
 	if err != nil {
 		return err
 	}
+	if L.SoftHSMConf != "" {
+		// The command owns this process, whose members' PKCS#11 module
+		// reads its token folder from the environment (not DemoInit's
+		// nor LoadDemoLayout's business, being library functions).
+		os.Setenv("SOFTHSM2_CONF", L.SoftHSMConf)
+	}
 	printLayout(e, L)
 	if duration > 0 {
 		var cancel context.CancelFunc

@@ -145,9 +145,11 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		if err := os.WriteFile(L.SoftHSMConf, []byte(conf), 0o600); err != nil {
 			return nil, err
 		}
-		// The PKCS#11 module reads it when first loaded in this process.
-		os.Setenv("SOFTHSM2_CONF", L.SoftHSMConf)
 	}
+	// SoftHSM2 reads its configuration only from SOFTHSM2_CONF: it is
+	// given to softhsm2-util's environment and to the module through
+	// hsm.Options, never set in this process's environment.
+	hsmOpts := &hsm.Options{ModuleEnv: []string{"SOFTHSM2_CONF=" + L.SoftHSMConf}}
 
 	doc := &policy.Document{Format: policy.FormatV1, Consortium: "demo", Version: 1,
 		Description: "memberd demo consortium (insecure keys: never use in production)", OverlayPrefix: "100.64.0.0/16",
@@ -253,18 +255,20 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 			if err := os.WriteFile(pin, []byte("1234\n"), 0o600); err != nil {
 				return nil, err
 			}
-			out, err := exec.Command("softhsm2-util", "--init-token", "--free", "--label", id, "--pin", "1234", "--so-pin", "5678").CombinedOutput()
+			initToken := exec.Command("softhsm2-util", "--init-token", "--free", "--label", id, "--pin", "1234", "--so-pin", "5678")
+			initToken.Env = append(os.Environ(), hsmOpts.ModuleEnv...)
+			out, err := initToken.CombinedOutput()
 			if err != nil {
 				caKey.Close()
 				return nil, fmt.Errorf("softhsm2-util --init-token %s: %v: %s (install softhsm2, or use --hsm soft)", id, err, out)
 			}
-			ki, err := hsm.GenerateKey(fmt.Sprintf("pkcs11:token=%s;object=identity?module-path=%s&pin-source=file:%s", id, module, pin), nil)
+			ki, err := hsm.GenerateKey(fmt.Sprintf("pkcs11:token=%s;object=identity?module-path=%s&pin-source=file:%s", id, module, pin), hsmOpts)
 			if err != nil {
 				caKey.Close()
 				return nil, err
 			}
 			keyRef = ki.URI
-			idKey, err = hsm.OpenKey(keyRef, nil)
+			idKey, err = hsm.OpenKey(keyRef, hsmOpts)
 			if err != nil {
 				caKey.Close()
 				return nil, err
@@ -421,9 +425,6 @@ func LoadDemoLayout(dir string) (*DemoLayout, error) {
 	}
 	if L.Genesis, err = policy.Parse(g); err != nil {
 		return nil, err
-	}
-	if L.SoftHSMConf != "" {
-		os.Setenv("SOFTHSM2_CONF", L.SoftHSMConf)
 	}
 	return &L, nil
 }

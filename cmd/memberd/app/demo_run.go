@@ -240,16 +240,6 @@ func (d *DemoConsortium) AdminAddr(member string) string {
 	return ""
 }
 
-// RelayAddr is the listen address of a running relay.
-func (d *DemoConsortium) RelayAddr(id string) string {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if p := d.relays[id]; p != nil {
-		return p.addr
-	}
-	return ""
-}
-
 // PolicyVersion is the policy version a running member applied (0 if not
 // running).
 func (d *DemoConsortium) PolicyVersion(member string) uint64 {
