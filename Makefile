@@ -14,7 +14,7 @@ BENCHTIME  ?= 2s
 # Fuzzing time per target in `make fuzz`.
 FUZZTIME   ?= 30s
 
-.PHONY: all build test deps vet unit race bench lint fuzz demo soak e2e package image boot-test e2e-geth clean
+.PHONY: all build test deps vet unit race bench lint fuzz demo soak e2e bench-appliance package image boot-test e2e-geth clean
 
 all: build
 
@@ -69,6 +69,19 @@ E2E_TIMEOUT ?= 15m
 e2e: deps build
 	$(GO) vet -tags e2e ./test/e2e/
 	MEMBERD_E2E_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) ./test/e2e/
+
+# Ordering through the appliances vs the node alone (issue #15), NOT part of
+# `make test`: alternates node/orderer's BenchmarkOrdering cluster (3
+# consenters, raft direct on loopback) with the real binary (2 relays + 3
+# appliances from `memberd demo init`), same load (20,000 x 1 KB, 4 streams,
+# TLS), and prints tx/s, p50/p99, leader CPU per tx and the ratio.
+#   make bench-appliance BENCH_ROUNDS=3 BENCH_PROFILE=/tmp/leader.pprof
+BENCH_ROUNDS  ?= 2
+BENCH_PROFILE ?=
+bench-appliance: deps build
+	$(GO) build -o bin/soak ./test/soak
+	$(GO) test -c -o bin/orderer.test ./node/orderer
+	bin/soak bench -soak_bin $(BIN) -orderer_test bin/orderer.test -rounds $(BENCH_ROUNDS) -profile "$(BENCH_PROFILE)"
 
 # .deb and .rpm in bin/dist/ (packaging/README.md). nfpm is a build tool, not
 # a dependency of memberd: installed into bin/tools, kept out of go.mod.

@@ -29,7 +29,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -42,6 +41,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 
+	"github.com/memberd/memberd/internal/benchload"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/raftlog"
 	"github.com/memberd/memberd/policy"
@@ -242,15 +242,9 @@ func benchChild() {
 			if len(f) > 1 {
 				rate, _ = strconv.Atoi(f[1])
 			}
-			ok, elapsed, lat := runLoad(abc, envs, streams, rate)
-			slices.Sort(lat)
-			p := func(q float64) int64 {
-				if len(lat) == 0 {
-					return 0
-				}
-				return int64(lat[min(len(lat)-1, int(q*float64(len(lat))))])
-			}
-			fmt.Println("done", ok, int64(elapsed), p(0.50), p(0.99))
+			window, _ := strconv.Atoi(os.Getenv("ORDERER_BENCH_WINDOW")) // 0 (unset): unbounded
+			r := benchload.Run(abc, envs, streams, rate, window)
+			fmt.Println("done", r.OK, int64(r.Elapsed), int64(benchload.Percentile(r.Lat, 0.50)), int64(benchload.Percentile(r.Lat, 0.99)))
 		}
 	}
 	conn.Close()
@@ -260,65 +254,6 @@ func benchChild() {
 		n.Close()
 	}
 	os.Exit(0)
-}
-
-// runLoad sends envs over streams Broadcast streams and returns the SUCCESS
-// count, the time from the first send to the last answer, and latencies
-// (from each envelope's send). rate > 0 paces the sends: envelope i of
-// stream s is due at start + (i*streams+s)/rate, an open loop (a late
-// sender catches up without waiting for answers); 0 sends flat out.
-func runLoad(c ab.AtomicBroadcastClient, envs []*common.Envelope, streams, rate int) (int, time.Duration, []time.Duration) {
-	var mu sync.Mutex
-	var lat []time.Duration
-	ok := 0
-	var wg sync.WaitGroup
-	start := time.Now()
-	per := (len(envs) + streams - 1) / streams
-	for s := range streams {
-		part := envs[min(s*per, len(envs)):min((s+1)*per, len(envs))]
-		if len(part) == 0 {
-			continue
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			st, err := c.Broadcast(context.Background())
-			if err != nil {
-				return
-			}
-			sent := make([]time.Time, len(part))
-			go func() {
-				for i, e := range part {
-					if rate > 0 {
-						due := start.Add(time.Duration(i*streams+s) * time.Second / time.Duration(rate))
-						time.Sleep(time.Until(due))
-					}
-					sent[i] = time.Now()
-					if st.Send(e) != nil {
-						return
-					}
-				}
-			}()
-			var local []time.Duration
-			good := 0
-			for i := range part {
-				r, err := st.Recv()
-				if err != nil {
-					break
-				}
-				local = append(local, time.Since(sent[i]))
-				if r.Status == common.Status_SUCCESS {
-					good++
-				}
-			}
-			st.CloseSend()
-			mu.Lock()
-			lat, ok = append(lat, local...), ok+good
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	return ok, time.Since(start), lat
 }
 
 func BenchmarkOrdering(b *testing.B) {

@@ -78,6 +78,8 @@ type cluster struct {
 	procs []*proc // relays first, then members
 	entry string  // the member the load goes to
 	http  *http.Client
+	// editMember, if set, edits each appliance's config before its first start.
+	editMember func(map[string]any)
 
 	mu     sync.Mutex // guards deaths
 	deaths []death
@@ -176,6 +178,9 @@ func (cl *cluster) setup(ctx context.Context) error {
 			p.admin, _ = m["admin"].(string)
 			if l, ok := m["ledger"].(map[string]any); ok {
 				p.ledgerAddr, _ = l["listen"].(string)
+			}
+			if cl.editMember != nil {
+				cl.editMember(m)
 			}
 		}); err != nil {
 			return err
