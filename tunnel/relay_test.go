@@ -26,26 +26,6 @@ import (
 // relay.Client is the production PacketTransport.
 var _ tunnel.PacketTransport = (*relay.Client)(nil)
 
-// freeRelayAddr is 127.0.0.1:P with P free on both TCP and UDP.
-func freeRelayAddr(t testing.TB) string {
-	t.Helper()
-	for range 50 {
-		tl, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := tl.Addr().String()
-		ul, err := net.ListenPacket("udp", addr)
-		tl.Close()
-		if err == nil {
-			ul.Close()
-			return addr
-		}
-	}
-	t.Fatal("no loopback port free on both TCP and UDP")
-	return ""
-}
-
 // tunnelRelay is one in-process relay of relayClusterN with its sockets.
 type tunnelRelay struct {
 	info relay.RelayInfo
@@ -129,7 +109,7 @@ func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byt
 		id := "relay-" + strconv.Itoa(i+1)
 		cert := relaytest.SelfSigned(t, id)
 		certs = append(certs, cert)
-		infos = append(infos, relay.RelayInfo{ID: id, Addr: freeRelayAddr(t), Pin: relay.PinOf(cert.Leaf)})
+		infos = append(infos, relay.RelayInfo{ID: id, Addr: relaytest.FreePort(t), Pin: relay.PinOf(cert.Leaf)})
 	}
 	rauth, err := relay.NewStaticAuthority(relay.StaticPolicy{MemberCAs: relayCAs, AllowAll: true, Relays: infos})
 	if err != nil {

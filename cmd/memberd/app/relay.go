@@ -182,7 +182,7 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 		ReadHeaderTimeout: 5 * time.Second,
 	}
 
-	log.Info("relay listening", "udp_quic", udp.LocalAddr().String(), "tcp_tls", tcpLn.Addr().String(),
+	log.Info("relay listening", "udp_quic", fmt.Sprint(udp.LocalAddr()), "tcp_tls", fmt.Sprint(tcpLn.Addr()),
 		"admin", adminLn.Addr().String(), "pin", relay.PinOf(identity.Leaf))
 	if started != nil {
 		started <- relayAddrs{relay: tcpLn.Addr().String(), admin: adminLn.Addr().String()}
@@ -214,7 +214,7 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 				return fmt.Errorf("relay: QUIC on %s: %w", udp.LocalAddr(), err)
 			}
 			defer ql.Close()
-			log.Info("QUIC listener on", "udp_quic", udp.LocalAddr().String())
+			log.Info("QUIC listener on", "udp_quic", fmt.Sprint(udp.LocalAddr()))
 			return srv.ServeQUIC(gctx, ql)
 		}
 		return srv.ServeQUIC(gctx, qln)
