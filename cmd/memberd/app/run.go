@@ -40,7 +40,7 @@ folder (live, on every new valid version), connects to every relay of the
 policy (QUIC, else TLS over TCP, optionally through an HTTP CONNECT proxy),
 brings up the WireGuard tunnel over them, serves policy pushes from other
 members on the overlay push port, and the admin endpoint
-(/metrics /healthz /readyz /status, POST /push).
+(/metrics /healthz /readyz /status, POST /push, GET /ping).
 
 SIGINT/SIGTERM stop it gracefully; SIGHUP re-reads the policy folder.`,
 		Args: cobra.NoArgs,
@@ -270,6 +270,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	a := &appliance{member: cfg.Member, admin: adminLn.Addr().String(), dev: dev, client: cl, policy: current.Load, identity: idp.Current, ledger: led, procSys: "/proc/sys"}
 	mux := http.NewServeMux()
 	mux.Handle("/push", pushHandler(a, policyDir, cfg.Tunnel.PushPort, log))
+	mux.Handle("/ping", pingHandler(dev))
 	ready := map[string]admin.Check{
 		"relay": func(context.Context) error {
 			for _, s := range cl.Status() {
