@@ -108,6 +108,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	base := e.log.With("member", cfg.Member)
 	log := base.With("component", "appliance")
 	warnSmallUDPBuffers(log, "/proc/sys")
+	warnIgnoredEnvProxy(log, cfg, os.Getenv)
 	if cfg.HSM.InsecureSoftKeys {
 		log.Warn("INSECURE: hsm.insecure_soft_keys allows identity keys in files, for the demo and development only")
 	}
