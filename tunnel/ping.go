@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"encoding/binary"
@@ -8,6 +9,12 @@ import (
 	"fmt"
 	"net/netip"
 	"time"
+
+	"gvisor.dev/gvisor/pkg/tcpip"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv4"
+	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/icmp"
+	"gvisor.dev/gvisor/pkg/waiter"
 )
 
 // ErrPingReply: what came back to an echo request was not its reply.
@@ -33,42 +40,68 @@ func (d *Device) Ping(ctx context.Context, member string) (time.Duration, error)
 	if err != nil {
 		return 0, err
 	}
-	pc, err := d.tnet.DialPingAddr(netip.Addr{}, addr)
+	rtt, err := d.echo(ctx, addr)
 	if err != nil {
 		return 0, fmt.Errorf("ping %s (%s): %w", member, addr, err)
 	}
-	defer pc.Close()
-	if dl, ok := ctx.Deadline(); ok {
-		_ = pc.SetReadDeadline(dl)
+	return rtt, nil
+}
+
+// echo sends one echo request to addr from a gVisor ICMP endpoint of the
+// tunnel's stack and waits for its reply. The endpoint is used directly,
+// not through wireguard-go's PingConn: that one starts waiting for
+// readability after the reply may have arrived, and then misses it.
+func (d *Device) echo(ctx context.Context, addr netip.Addr) (time.Duration, error) {
+	s, err := netstackOf(d.tnet)
+	if err != nil {
+		return 0, err
 	}
-	stop := context.AfterFunc(ctx, func() { _ = pc.SetReadDeadline(time.Now()) })
-	defer stop()
+	tn, pn, reqType := icmp.ProtocolNumber4, ipv4.ProtocolNumber, byte(8) // ICMPv4 echo request
+	if addr.Is6() {
+		tn, pn, reqType = icmp.ProtocolNumber6, ipv6.ProtocolNumber, 128
+	}
+	var wq waiter.Queue
+	ep, terr := s.NewEndpoint(tn, pn, &wq)
+	if terr != nil {
+		return 0, fmt.Errorf("ICMP endpoint: %s", terr)
+	}
+	defer ep.Close()
+	// Registered before the request leaves, so that no reply goes unseen.
+	we, readable := waiter.NewChannelEntry(waiter.ReadableEvents)
+	wq.EventRegister(&we)
+	defer wq.EventUnregister(&we)
+	if terr := ep.Connect(tcpip.FullAddress{NIC: 1, Addr: tcpip.AddrFromSlice(addr.AsSlice())}); terr != nil {
+		return 0, fmt.Errorf("ICMP connect: %s", terr)
+	}
 
 	req := make([]byte, 8+pingPayload)
-	req[0] = 8 // ICMPv4 echo request
-	if addr.Is6() {
-		req[0] = 128 // ICMPv6 echo request
-	}
-	var seq [2]byte
-	_, _ = rand.Read(seq[:])
-	copy(req[6:8], seq[:])
+	req[0] = reqType
+	_, _ = rand.Read(req[6:8]) // sequence; the endpoint sets the identifier
 	_, _ = rand.Read(req[8:])
 	start := time.Now()
-	if _, err := pc.Write(req); err != nil {
-		return 0, fmt.Errorf("ping %s (%s): %w", member, addr, err)
+	if _, terr := ep.Write(bytes.NewReader(req), tcpip.WriteOptions{}); terr != nil {
+		return 0, fmt.Errorf("ICMP write: %s", terr)
 	}
 	buf := make([]byte, 1500)
 	for {
-		n, err := pc.Read(buf)
-		if err != nil {
-			if ctx.Err() != nil {
-				return 0, fmt.Errorf("ping %s (%s): no reply: %w", member, addr, ctx.Err())
+		w := tcpip.SliceWriter(buf)
+		res, terr := ep.Read(&w, tcpip.ReadOptions{})
+		if _, ok := terr.(*tcpip.ErrWouldBlock); ok {
+			select {
+			case <-readable:
+				continue
+			case <-ctx.Done():
+				return 0, fmt.Errorf("no reply: %w", ctx.Err())
+			case <-d.ctx.Done():
+				return 0, ErrClosed
 			}
-			return 0, fmt.Errorf("ping %s (%s): %w", member, addr, err)
+		}
+		if terr != nil {
+			return 0, fmt.Errorf("ICMP read: %s", terr)
 		}
 		rtt := time.Since(start)
-		if ok, err := isEchoReply(buf[:n], req, addr.Is6()); err != nil {
-			return 0, fmt.Errorf("ping %s (%s): %w", member, addr, err)
+		if ok, err := isEchoReply(buf[:res.Count], req, addr.Is6()); err != nil {
+			return 0, err
 		} else if ok {
 			return rtt, nil
 		}
