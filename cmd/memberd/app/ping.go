@@ -129,6 +129,8 @@ func runPing(ctx context.Context, out io.Writer, addr, member string, count int,
 			fmt.Fprintf(out, "reply from %s: seq=%d rtt=%v\n", member, i+1, roundRTT(a.RTT))
 		case code == http.StatusNotFound:
 			return usagef("MEMBER %q: %s", member, a.Error)
+		case code == http.StatusServiceUnavailable:
+			return fmt.Errorf("admin endpoint %s: %s", addr, a.Error)
 		case code == http.StatusGatewayTimeout || code == http.StatusBadGateway:
 			fmt.Fprintf(out, "no reply from %s: seq=%d: %s\n", member, i+1, a.Error)
 		default:
