@@ -82,7 +82,7 @@ type Device struct {
 	tun  *pausableTUN // netstack's interface, as WireGuard reads it
 	tnet *netstack.Net
 	addr netip.Addr
-	mtu  int
+	mtu  atomic.Int64 // follows the transport's path unless Config.MTU is set (mtu.go)
 
 	fwdAddrs []net.Addr // set in New, then read-only
 
@@ -158,7 +158,7 @@ func New(cfg Config) (*Device, error) {
 	}
 	d := &Device{
 		cfg: cfg, log: cfg.Logger, now: cfg.Now, tr: cfg.Transport, // the caller names the member, once
-		addr: addr, mtu: mtu, auth: auth,
+		addr: addr, auth: auth,
 		ctlCh: make(chan ctlPacket, 256), ackCh: make(chan struct{}, 1), promoteCh: make(chan struct{}, 1),
 		switchCh: make(chan switchReq),
 		peers:    map[string]*peerState{}, changed: make(chan struct{}), kaDue: map[Key]time.Time{},
@@ -174,6 +174,7 @@ func New(cfg Config) (*Device, error) {
 		return nil, err
 	}
 	d.self = *ks
+	d.mtu.Store(int64(mtu))
 	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{addr}, nil, mtu)
 	if err != nil {
 		return nil, fmt.Errorf("create netstack interface %s mtu %d: %w", addr, mtu, err)
@@ -206,6 +207,7 @@ func New(cfg Config) (*Device, error) {
 	d.eg.Go(d.timerLoop)
 	d.eg.Go(d.rotateLoop)
 	d.eg.Go(d.promoteLoop)
+	d.eg.Go(d.mtuLoop)
 	if err := d.startForwards(); err != nil {
 		d.Close()
 		return nil, err
@@ -240,8 +242,8 @@ func (d *Device) newKeyLocked() (*keyState, error) {
 // Addr is this member's overlay address.
 func (d *Device) Addr() netip.Addr { return d.addr }
 
-// MTU is the tunnel MTU in use.
-func (d *Device) MTU() int { return d.mtu }
+// MTU is the tunnel MTU in use (new connections; see mtu.go).
+func (d *Device) MTU() int { return int(d.mtu.Load()) }
 
 // PublicKey is the active WireGuard public key.
 func (d *Device) PublicKey() Key {

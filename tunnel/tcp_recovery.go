@@ -32,18 +32,28 @@ var errNoStack = errors.New("gVisor stack not found in wireguard-go's netstack (
 // reached by reflection; if that fails (a newer wireguard-go), the caller
 // logs it and the tunnel keeps gVisor's default.
 func useSACKRecovery(tnet *netstack.Net) error {
-	v := reflect.ValueOf(tnet).Elem()
-	f := v.FieldByName("stack")
-	if !f.IsValid() || f.Type() != reflect.TypeOf((*stack.Stack)(nil)) {
-		return errNoStack
-	}
-	s := *(**stack.Stack)(unsafe.Pointer(f.UnsafeAddr()))
-	if s == nil {
-		return errNoStack
+	s, err := netstackOf(tnet)
+	if err != nil {
+		return err
 	}
 	opt := tcpip.TCPRecovery(0)
 	if err := s.SetTransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
 		return fmt.Errorf("set gVisor TCP recovery: %s", err)
 	}
 	return nil
+}
+
+// netstackOf is the gVisor stack inside wireguard-go's netstack, which does
+// not export it: reached by reflection, errNoStack if its layout changed.
+func netstackOf(tnet *netstack.Net) (*stack.Stack, error) {
+	v := reflect.ValueOf(tnet).Elem()
+	f := v.FieldByName("stack")
+	if !f.IsValid() || f.Type() != reflect.TypeOf((*stack.Stack)(nil)) {
+		return nil, errNoStack
+	}
+	s := *(**stack.Stack)(unsafe.Pointer(f.UnsafeAddr()))
+	if s == nil {
+		return nil, errNoStack
+	}
+	return s, nil
 }

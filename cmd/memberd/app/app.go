@@ -82,6 +82,7 @@ func newRootCmd(e *env) *cobra.Command {
 		newRelayCmd(e),
 		newDemoCmd(e),
 		newStatusCmd(e),
+		newPingCmd(e),
 		newHSMCmd(e),
 		newCACmd(e),
 		newPolicyCmd(e),

@@ -98,6 +98,38 @@ func printLayout(e *env, L *DemoLayout) {
 	for _, m := range L.Members {
 		fmt.Fprintf(e.stdout, "  memberd run   --config %s\n", L.MemberConfig[m])
 	}
+	if lines := demoTryLines(L); len(lines) > 0 {
+		fmt.Fprintf(e.stdout, "once they run, from %s:\n", L.Members[0])
+		for _, l := range lines {
+			fmt.Fprintf(e.stdout, "  %s\n", l)
+		}
+	}
+}
+
+// demoTryLines are ready-to-run commands against the first member of the
+// demo: a ping through the tunnel to the second member, and a ledger
+// submit signed by the first member's client identity (key in a file).
+// Nil when the member config cannot be read (it was just written).
+func demoTryLines(L *DemoLayout) []string {
+	if len(L.Members) == 0 || L.Genesis == nil {
+		return nil
+	}
+	a := L.Members[0]
+	cfg, err := loadRunConfig(L.MemberConfig[a])
+	if err != nil {
+		return nil
+	}
+	var lines []string
+	if len(L.Members) > 1 {
+		lines = append(lines, fmt.Sprintf("memberd ping --admin %s %s", cfg.Admin, L.Members[1]))
+	}
+	if m := L.Genesis.Member(a); cfg.Ledger != nil && m != nil {
+		client := cfg.path(filepath.Join("client", "msp"))
+		lines = append(lines, fmt.Sprintf("memberd ledger submit --orderer %s --channel %s --msp-id %s --cert %s --key file:%s --insecure-file-key --tls-ca %s --data 'hello'",
+			cfg.Ledger.Listen, L.Genesis.Ledger().Channel, m.MSPID,
+			filepath.Join(client, "signcerts", "cert.pem"), filepath.Join(client, "keystore", "key.pem"), cfg.path("ca.pem")))
+	}
+	return lines
 }
 
 func runDemo(ctx context.Context, e *env, log *slog.Logger, o DemoOptions, check bool, duration time.Duration) error {

@@ -23,6 +23,7 @@ type keyFlags struct {
 	module        string
 	allowPINValue bool
 	insecureFile  bool
+	fileAllowed   bool // the command takes file: keys with --insecure-file-key
 }
 
 const keyHelp = `PKCS#11 URI (RFC 7512) of the key, e.g.
@@ -31,6 +32,7 @@ const keyHelp = `PKCS#11 URI (RFC 7512) of the key, e.g.
 
 func (f *keyFlags) register(c *cobra.Command, what string, allowFile bool) {
 	help := keyHelp
+	f.fileAllowed = allowFile
 	if allowFile {
 		help += "; or file:/path/key.pem with --insecure-file-key (development only)"
 	}
@@ -59,9 +61,21 @@ func (f *keyFlags) check(cmd *cobra.Command) error {
 		return nil
 	}
 	if _, err := hsm.ParseURI(f.key); err != nil {
-		return &UsageError{Err: fmt.Errorf("%s: --key: %w", cmd.CommandPath(), err)}
+		return &UsageError{Err: fmt.Errorf("%s: --key: %w%s", cmd.CommandPath(), err, f.fileHint())}
 	}
 	return nil
+}
+
+// fileHint completes the error for a --key that is neither a PKCS#11 URI
+// nor a file: key: most often a bare PEM path, as the demo writes them.
+func (f *keyFlags) fileHint() string {
+	if len(f.key) >= 7 && strings.EqualFold(f.key[:7], "pkcs11:") {
+		return ""
+	}
+	if !f.fileAllowed {
+		return "; this command takes HSM keys only (pkcs11:...)"
+	}
+	return fmt.Sprintf("; a key in a PEM file (the demo's and development keys) is given as --key file:%s --insecure-file-key", f.key)
 }
 
 // hsmError turns configuration mistakes found while opening a key into

@@ -143,3 +143,30 @@ func TestCAWithInsecureFileKey(t *testing.T) {
 		t.Fatalf("ca sign with file key: exit %d\n%s\n%s", code, out, errb)
 	}
 }
+
+// TestKeyFlagHints: a bare PEM path given as --key (as the demo's files
+// invite) exits 2 with the file: form where the command takes file keys,
+// and says HSM keys only where it does not.
+func TestKeyFlagHints(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		args []string
+		says string
+	}{
+		{"ledger height", []string{"ledger", "height", "--orderer", "127.0.0.1:1", "--channel", "c", "--key", "admin-key.pem", "--cert", "admin.pem", "--msp-id", "M"},
+			"--key file:admin-key.pem --insecure-file-key"},
+		{"hsm selftest", []string{"hsm", "selftest", "--key", "key.pem"}, "--key file:key.pem --insecure-file-key"},
+		{"hsm keygen", []string{"hsm", "keygen", "--key", "key.pem"}, "HSM keys only (pkcs11:...)"},
+		{"bad uri, no hint", []string{"hsm", "selftest", "--key", "pkcs11:token=a;bogus=1"}, "unknown path attribute"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, _, errb := run(t, tc.args...)
+			if code != ExitUsage || !strings.Contains(errb, tc.says) {
+				t.Fatalf("exit %d, want %d saying %q: %s", code, ExitUsage, tc.says, errb)
+			}
+			if strings.HasPrefix(tc.name, "bad uri") && strings.Contains(errb, "--insecure-file-key") {
+				t.Fatalf("hint on a pkcs11 URI: %s", errb)
+			}
+		})
+	}
+}

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -40,7 +39,7 @@ folder (live, on every new valid version), connects to every relay of the
 policy (QUIC, else TLS over TCP, optionally through an HTTP CONNECT proxy),
 brings up the WireGuard tunnel over them, serves policy pushes from other
 members on the overlay push port, and the admin endpoint
-(/metrics /healthz /readyz /status, POST /push).
+(/metrics /healthz /readyz /status, POST /push, GET /ping).
 
 SIGINT/SIGTERM stop it gracefully; SIGHUP re-reads the policy folder.`,
 		Args: cobra.NoArgs,
@@ -108,6 +107,17 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	base := e.log.With("member", cfg.Member)
 	log := base.With("component", "appliance")
 	warnSmallUDPBuffers(log, "/proc/sys")
+	warnIgnoredEnvProxy(log, cfg, os.Getenv)
+	// The admin endpoint comes first: /healthz, /readyz (not ready, with the
+	// step) and /status answer while the identity, the policy and the relays
+	// come up; the full handler replaces the start-up one below.
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	adm, err := listenEarlyAdmin(cfg.Admin, cfg.Member, reg)
+	if err != nil {
+		return err
+	}
+	defer adm.Close()
 	if cfg.HSM.InsecureSoftKeys {
 		log.Warn("INSECURE: hsm.insecure_soft_keys allows identity keys in files, for the demo and development only")
 	}
@@ -120,8 +130,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	}
 	defer idp.Close()
 
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	adm.setStep("loading the policy")
 	w, err := policy.NewWatcher(policy.Options{Dir: cfg.path(cfg.Policy.Dir), StateDir: cfg.path(cfg.Policy.StateDir),
 		Genesis: cfg.genesis, Logger: base.With("component", "policy"), Registerer: reg, ReloadOnSIGHUP: true})
 	if err != nil {
@@ -145,6 +154,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	if err != nil {
 		return fmt.Errorf("relay client: %w", err)
 	}
+	adm.client.Store(cl)
 	// Relays learn policy versions from their members: offer the applied
 	// bundles (a few recent ones, for a relay that missed some) on every
 	// connection, and each new one as it is applied.
@@ -162,6 +172,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	// Key attestations are announced when the tunnel starts: give the relays
 	// a moment first so that the first announcement is not lost (it repeats
 	// every 30s anyway).
+	adm.setStep(fmt.Sprintf("waiting for a first relay (at most %v; see relays)", relayWaitAtStart))
 	wctx, wcancel := context.WithTimeout(ctx, relayWaitAtStart)
 	if err := cl.WaitReady(wctx); err != nil {
 		log.Warn("no relay connected yet: the tunnel starts anyway and reaches members once a relay answers", "relays", cl.Status())
@@ -177,6 +188,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	for _, s := range cfg.Tunnel.Services {
 		tcfg.Services = append(tcfg.Services, tunnel.Service{Port: s.Port, Target: s.Target})
 	}
+	adm.setStep("starting the tunnel and the ledger")
 	dev, err := tunnel.New(tcfg)
 	if err != nil {
 		cl.Close()
@@ -263,13 +275,10 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		onIdentity(id, idNow)
 	}
 
-	adminLn, err := net.Listen("tcp", cfg.Admin)
-	if err != nil {
-		return fmt.Errorf("admin endpoint on %s (key admin): %w", cfg.Admin, err)
-	}
-	a := &appliance{member: cfg.Member, admin: adminLn.Addr().String(), dev: dev, client: cl, policy: current.Load, identity: idp.Current, ledger: led, procSys: "/proc/sys"}
+	a := &appliance{member: cfg.Member, admin: adm.Addr(), dev: dev, client: cl, policy: current.Load, identity: idp.Current, ledger: led, procSys: "/proc/sys"}
 	mux := http.NewServeMux()
 	mux.Handle("/push", pushHandler(a, policyDir, cfg.Tunnel.PushPort, log))
+	mux.Handle("/ping", pingHandler(dev))
 	ready := map[string]admin.Check{
 		"relay": func(context.Context) error {
 			for _, s := range cl.Status() {
@@ -295,7 +304,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		Status:   func(context.Context) any { return applianceStatus(a) },
 		Pprof:    cfg.AdminPprof,
 	}))
-	hs := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	adm.ready(mux)
 
 	log.Info("appliance running", "overlay_addr", dev.Addr().String(), "tunnel_mtu", dev.MTU(),
 		"policy_version", cur.Version(), "policy_hash", cur.Hash().String(), "admin", a.admin,
@@ -321,17 +330,10 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	if led != nil {
 		g.Go(func() error { return led.serve(gctx) })
 	}
-	g.Go(func() error {
-		if err := hs.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("admin endpoint: %w", err)
-		}
-		return nil
-	})
+	g.Go(func() error { return adm.wait(gctx) })
 	g.Go(func() error {
 		<-gctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
-		defer cancel()
-		_ = hs.Shutdown(sctx)
+		adm.Close()
 		pushLn.Close()
 		return nil
 	})

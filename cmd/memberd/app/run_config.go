@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/url"
 	"os"
@@ -240,4 +241,28 @@ func (c *runConfig) path(p string) string {
 		return p
 	}
 	return filepath.Join(c.dir, p)
+}
+
+// warnIgnoredEnvProxy says when relay.no_env_proxy makes the appliance
+// ignore a proxy set in its environment (HTTPS_PROXY, https_proxy): without
+// a word, a host that can leave only through that proxy sees nothing but
+// dial timeouts. An explicit relay.proxy is used either way: no warning.
+func warnIgnoredEnvProxy(log *slog.Logger, c *runConfig, getenv func(string) string) {
+	if !c.Relay.NoEnvProxy || c.proxy != nil {
+		return
+	}
+	for _, name := range []string{"HTTPS_PROXY", "https_proxy"} {
+		v := getenv(name)
+		if v == "" {
+			continue
+		}
+		shown := "(unparsable)"
+		if u, err := url.Parse(v); err == nil {
+			shown = u.Redacted()
+		}
+		log.Warn("the proxy in the environment is ignored because relay.no_env_proxy is true: relays are dialled directly; "+
+			"set relay.no_env_proxy: false (or relay.proxy) in the config file if this host reaches the relays only through it",
+			"env", name, "proxy", shown, "config_dir", c.dir)
+		return
+	}
 }

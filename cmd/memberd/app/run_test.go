@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -282,4 +283,41 @@ func FuzzRunConfig(f *testing.F) {
 			t.Fatalf("accepted pprof on admin %q", c.Admin)
 		}
 	})
+}
+
+// TestWarnIgnoredEnvProxy: relay.no_env_proxy with HTTPS_PROXY set says
+// so once, naming the key and masking the password; nothing is said when
+// the environment proxy is used, absent, or overridden by relay.proxy.
+func TestWarnIgnoredEnvProxy(t *testing.T) {
+	env := map[string]string{"HTTPS_PROXY": "http://alice:s3cret@proxy.corp:3128"}
+	for _, tc := range []struct {
+		name, relay string
+		env         map[string]string
+		warn        bool
+	}{
+		{"ignored", "relay: {no_env_proxy: true}\n", env, true},
+		{"lower case", "relay: {no_env_proxy: true}\n", map[string]string{"https_proxy": "http://p:1"}, true},
+		{"used", "", env, false},
+		{"no proxy in env", "relay: {no_env_proxy: true}\n", nil, false},
+		{"explicit proxy", "relay: {no_env_proxy: true, proxy: 'http://other:3128'}\n", env, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := parseRunConfig([]byte(validRunConfig+tc.relay), "/etc/memberd")
+			if err != nil {
+				t.Fatal(err)
+			}
+			var buf bytes.Buffer
+			warnIgnoredEnvProxy(slog.New(slog.NewTextHandler(&buf, nil)), c, func(k string) string { return tc.env[k] })
+			out := buf.String()
+			if got := strings.Contains(out, "relay.no_env_proxy is true"); got != tc.warn {
+				t.Fatalf("warned %v, want %v: %q", got, tc.warn, out)
+			}
+			if strings.Contains(out, "s3cret") {
+				t.Fatalf("the proxy password is logged: %q", out)
+			}
+			if tc.warn {
+				t.Log(out)
+			}
+		})
+	}
 }
