@@ -335,7 +335,9 @@ func (d *Device) Close() error {
 
 // retryFirst is how soon announcements are resent to members whose peer is
 // not ready yet; the interval doubles up to AnnounceEvery while some stay
-// missing, and starts over once none is.
+// missing although the transport took the announcements, and starts over
+// once none is missing or none could be sent (no relay connected yet: the
+// first announcements once one is must not wait a doubled interval).
 const retryFirst = time.Second
 
 // timerLoop announces periodically and expires attestations. Besides the
@@ -362,7 +364,7 @@ func (d *Device) timerLoop() error {
 			d.expire()
 			d.announceAll(false)
 		case <-retry.C:
-			if d.announceMissing() > 0 {
+			if missing, sent := d.announceMissing(); missing > 0 && sent > 0 {
 				retryEvery = min(2*retryEvery, d.cfg.AnnounceEvery)
 			} else {
 				retryEvery = retryFirst

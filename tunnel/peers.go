@@ -95,18 +95,22 @@ func (d *Device) controlLoop() error {
 }
 
 // sendControl fragments and sends one control message.
-func (d *Device) sendControl(to string, kind controlKind, flags uint8, payload []byte) {
+//
+// It reports whether the transport took every packet (false, e.g., while no
+// relay is connected).
+func (d *Device) sendControl(to string, kind controlKind, flags uint8, payload []byte) bool {
 	pkts, err := encodeControl(kind, flags, d.msgID.Add(1), payload, d.tr.MaxPacketSize())
 	if err != nil {
 		d.log.Warn("cannot encode control message", "to", to, "err", err)
-		return
+		return false
 	}
 	for _, p := range pkts {
 		if err := d.tr.WritePacket(p, to); err != nil {
 			d.log.Debug("control send failed", "to", to, "err", err)
-			return
+			return false
 		}
 	}
+	return true
 }
 
 // announceAll sends the active attestation to every other member; request
@@ -115,12 +119,13 @@ func (d *Device) announceAll(request bool) { d.announce(request, false) }
 
 // announceMissing sends the active attestation to every other member whose
 // peer is not ready (unknown, or not known to hold our key) and returns how
-// many there were.
-func (d *Device) announceMissing() int { return d.announce(false, true) }
+// many there were and to how many the transport took it.
+func (d *Device) announceMissing() (missing, sent int) { return d.announce(false, true) }
 
 // announce sends the active attestation to the other members (only those
-// whose peer is not ready, with onlyMissing) and returns how many it sent to.
-func (d *Device) announce(request, onlyMissing bool) int {
+// whose peer is not ready, with onlyMissing) and returns how many it tried
+// and how many the transport took.
+func (d *Device) announce(request, onlyMissing bool) (tried, sent int) {
 	d.mu.Lock()
 	raw := d.self.raw
 	var targets []string
@@ -137,9 +142,11 @@ func (d *Device) announce(request, onlyMissing bool) int {
 	}
 	d.mu.Unlock()
 	for i, to := range targets {
-		d.sendControl(to, kindAnnounce, flags[i], raw)
+		if d.sendControl(to, kindAnnounce, flags[i], raw) {
+			sent++
+		}
 	}
-	return len(targets)
+	return len(targets), sent
 }
 
 // handleAnnounce verifies an attestation from sender and configures the peer.
