@@ -118,8 +118,9 @@ const pmtudWait = 300 * time.Millisecond
 // settleDatagramSize lets quic-go's path MTU discovery raise the datagram
 // limit above what the 1280-byte initial packets allow, for up to limit
 // (or until ctx ends), storing each larger limit in l.maxDatagram, and
-// closes l.settled at the end. The tunnel takes its MTU once from the
-// first link (WaitReady waits for settled), so this means ~1300-byte
+// closes l.settled at the end. The tunnel sizes its MTU from the link
+// (WaitReady waits for settled; tunnel/mtu.go follows later path changes
+// for new connections), so this means ~1300-byte
 // instead of ~1140-byte tunnel packets where the path allows them: fewer
 // packets for the same bytes, and the QUIC path is per-packet CPU bound.
 // quic-go probes only while it sends, so a PING goes out at every poll;
