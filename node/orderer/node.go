@@ -218,21 +218,27 @@ func (n *Node) channelConfig(gen *channelconfig.Channel) (*channelconfig.Channel
 }
 
 // loadRecent fills the duplicate set from the newest blocks of the store.
+// It reads the store first and takes n.mu only to add: after a snapshot it
+// runs while Broadcast streams check the set (order, under n.mu).
 func (n *Node) loadRecent() {
 	h := n.store.Height()
-	count := 0
-	for i := h; i > 1 && count < n.cfg.RecentTxIDs; i-- {
+	var keys []txKey
+	for i := h; i > 1 && len(keys) < n.cfg.RecentTxIDs; i-- {
 		b, err := n.store.Get(i - 1)
 		if err != nil {
-			return
+			break
 		}
 		for _, raw := range b.Data.Data {
 			if e, err := block.ParseEnvelope(raw); err == nil {
-				n.recent.add(keyOf(e.TxID()))
-				count++
+				keys = append(keys, keyOf(e.TxID()))
 			}
 		}
 	}
+	n.mu.Lock()
+	for _, k := range keys {
+		n.recent.add(k)
+	}
+	n.mu.Unlock()
 }
 
 // raftIndex returns the raft index recorded in b's consenter metadata (0 for
