@@ -188,6 +188,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	for _, s := range cfg.Tunnel.Services {
 		tcfg.Services = append(tcfg.Services, tunnel.Service{Port: s.Port, Target: s.Target})
 	}
+	tcfg.MemberAddrs, _ = cfg.Tunnel.MemberAddrs.tunnel() // checked in loadRunConfig
 	adm.setStep("starting the tunnel and the ledger")
 	dev, err := tunnel.New(tcfg)
 	if err != nil {

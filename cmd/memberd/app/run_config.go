@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/memberd/memberd/internal/admin"
 	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/tunnel"
 )
 
 // runConfig is memberd.yaml, the appliance configuration (docs/appliance.md).
@@ -104,6 +106,29 @@ type runTunnel struct {
 	PushPort    uint16        `yaml:"push_port"`
 	Forwards    []runForward  `yaml:"forwards"`
 	Services    []runService  `yaml:"services"`
+	// MemberAddrs: one local address per remote member (tunnel.MemberAddrs).
+	MemberAddrs *runMemberAddrs `yaml:"member_addresses"`
+}
+
+type runMemberAddrs struct {
+	Prefix string   `yaml:"prefix"`
+	Ports  []uint16 `yaml:"ports"`
+}
+
+// tunnel is the tunnel.MemberAddrs it asks for (nil: none).
+func (m *runMemberAddrs) tunnel() (*tunnel.MemberAddrs, error) {
+	if m == nil {
+		return nil, nil
+	}
+	pfx, err := netip.ParsePrefix(m.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("key tunnel.member_addresses.prefix: %q is not an address prefix such as 127.77.0.0/16", m.Prefix)
+	}
+	t := &tunnel.MemberAddrs{Prefix: pfx, Ports: m.Ports}
+	if err := t.Validate(); err != nil {
+		return nil, fmt.Errorf("key tunnel.%s", strings.TrimPrefix(err.Error(), tunnel.ErrConfig.Error()+": "))
+	}
+	return t, nil
 }
 
 type runForward struct {
@@ -220,6 +245,9 @@ func (c *runConfig) Validate() error {
 		if _, _, err := net.SplitHostPort(s.Target); err != nil {
 			return fmt.Errorf("key tunnel.services[%d].target: %q is not host:port", i, s.Target)
 		}
+	}
+	if _, err := c.Tunnel.MemberAddrs.tunnel(); err != nil {
+		return err
 	}
 	if _, port, err := net.SplitHostPort(c.Admin); err != nil || port == "" {
 		return fmt.Errorf("key admin: %q is not host:port", c.Admin)
