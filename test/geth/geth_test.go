@@ -136,6 +136,7 @@ type scenario struct {
 	t      *testing.T
 	ctx    context.Context
 	L      demoLayout
+	demo   string // the demo consortium's folder
 	apps   [2]*appliance
 	nodes  [2]*gethNode
 	relays map[string]*process
@@ -144,9 +145,8 @@ type scenario struct {
 	nonce  uint64
 }
 
-// memberAddr is member's address under prefix (tunnel.member_addresses),
-// from its overlay address in the demo consortium's genesis policy.
-func memberAddr(t *testing.T, demo string, prefix netip.Prefix, member string) netip.Addr {
+// demoPolicy is the demo consortium's genesis policy.
+func demoPolicy(t *testing.T, demo string) *policy.Policy {
 	t.Helper()
 	raw, err := os.ReadFile(filepath.Join(demo, "genesis.yaml"))
 	if err != nil {
@@ -156,7 +156,14 @@ func memberAddr(t *testing.T, demo string, prefix netip.Prefix, member string) n
 	if err != nil {
 		t.Fatal(err)
 	}
-	m := p.Member(member)
+	return p
+}
+
+// memberAddr is member's address under prefix (tunnel.member_addresses),
+// from its overlay address in the demo consortium's genesis policy.
+func memberAddr(t *testing.T, demo string, prefix netip.Prefix, member string) netip.Addr {
+	t.Helper()
+	m := demoPolicy(t, demo).Member(member)
 	if m == nil {
 		t.Fatalf("genesis.yaml has no member %s", member)
 	}
@@ -186,6 +193,7 @@ func setup(ctx context.Context, t *testing.T, lay layout) *scenario {
 	}
 
 	demo := filepath.Join(dir, "consortium")
+	s.demo = demo
 	args := []string{"demo", "init", "--members", "2", "--relays", "2", "--dir", demo}
 	for _, a := range lay.relayAddrs {
 		args = append(args, "--relay-addr", a)
