@@ -106,9 +106,11 @@ image: build
 	@bash packaging/image.sh $(BIN) $(VERSION)
 
 # go-ethereum end to end (issue #16, docs/quorum.md): two members' geth nodes
-# peer (eth) and gossip a signed transaction only through memberd's tunnel
-# service forwards, with real `memberd relay`/`memberd run` processes; a relay
-# is killed on the way. geth comes from the Go module proxy, built once (a few
+# peer (eth) and gossip signed transactions only through memberd's tunnel
+# (forwards or member_addresses), with real `memberd relay`/`memberd run`
+# processes: a relay is killed, QUIC blocked, the member hosts firewalled down
+# to the relays (root: netns, nftables), and the ledger keeps its raft leader
+# under a Broadcast load meanwhile. geth comes from the Go module proxy, built once (a few
 # minutes on 2 cores) and cached in GETH_DIR. Not in `make test`; .ci/run runs it.
 GETH_VERSION ?= v1.14.12
 GETH_DIR     ?= $(HOME)/.cache/memberd-geth/$(GETH_VERSION)
