@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/big"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -80,6 +81,12 @@ type applianceStatus struct {
 		Leader string `json:"leader"`
 		Term   uint64 `json:"term"`
 	} `json:"ledger"`
+	Tunnel struct {
+		Peers []struct {
+			Member     string `json:"member"`
+			MemberAddr string `json:"member_addr"`
+		} `json:"peers"`
+	} `json:"tunnel"`
 	Relays []struct {
 		ID     string `json:"id"`
 		State  string `json:"state"`
@@ -264,6 +271,27 @@ func setup(ctx context.Context, t *testing.T, lay layout) *scenario {
 		})
 		if err != nil {
 			t.Fatalf("%s not ready: %v\n%s", a.member, err, a.proc.tail())
+		}
+	}
+	if lay.memberAddrs.IsValid() {
+		// /status names the member address the test derived.
+		for i, a := range s.apps {
+			want, _, _ := net.SplitHostPort(a.forward)
+			err := eventually(ctx, 30*time.Second, 200*time.Millisecond, func() error {
+				var st applianceStatus
+				if err := httpJSON(ctx, a.client, "http://"+a.admin+"/status", &st); err != nil {
+					return err
+				}
+				for _, p := range st.Tunnel.Peers {
+					if p.Member == s.L.Members[1-i] && p.MemberAddr == want {
+						return nil
+					}
+				}
+				return fmt.Errorf("%s /status tunnel.peers %+v: no %s with member_addr %s", a.member, st.Tunnel.Peers, s.L.Members[1-i], want)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
 		}
 	}
 	t.Logf("consortium up: relays %v, appliances %s (forward %s) and %s (forward %s)", s.L.Relays, s.apps[0].member, s.apps[0].forward, s.apps[1].member, s.apps[1].forward)

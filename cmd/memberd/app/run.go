@@ -355,10 +355,15 @@ func relayInfos(p *policy.Policy) []relay.RelayInfo {
 func applianceStatus(a *appliance) map[string]any {
 	p := a.policy()
 	peers := []map[string]any{}
+	maddrs := a.dev.MemberAddrs() // tunnel.member_addresses; empty without
 	for _, ps := range a.dev.Peers() {
-		peers = append(peers, map[string]any{"member": ps.Member, "addr": ps.Addr.String(),
+		peer := map[string]any{"member": ps.Member, "addr": ps.Addr.String(),
 			"key": ps.PublicKey.String(), "attestation_expiry": ps.Expiry, "rotating": !ps.PendingKey.IsZero(),
-			"last_handshake": lastHandshake(ps.LastHandshake), "certificate_serial": certSerial(ps.Certificate)})
+			"last_handshake": lastHandshake(ps.LastHandshake), "certificate_serial": certSerial(ps.Certificate)}
+		if ma, ok := maddrs[ps.Member]; ok {
+			peer["member_addr"] = ma.String()
+		}
+		peers = append(peers, peer)
 	}
 	st := a.dev.Stats()
 	id := a.identity()
