@@ -78,11 +78,21 @@ type memberAddrs struct {
 	running map[string]*memberListeners
 }
 
-// memberListeners are one member's listeners; cancel stops them and the
+// memberListeners are one member's listeners; cancel stops the
 // connections they forwarded.
 type memberListeners struct {
 	addr   netip.Addr
 	cancel context.CancelFunc
+	lns    []net.Listener
+}
+
+// stop closes the listeners at once (so that their address can be taken
+// again in the same sync) and ends their connections.
+func (l *memberListeners) stop() {
+	l.cancel()
+	for _, ln := range l.lns {
+		ln.Close()
+	}
 }
 
 // MemberAddrs lists the local address of every member that has one now.
@@ -134,7 +144,7 @@ func (d *Device) syncMemberAddrs(members []Member, strict bool) error {
 	}
 	for m, l := range ma.running {
 		if want[m] != l.addr {
-			l.cancel()
+			l.stop()
 			delete(ma.running, m)
 			d.log.Info("member address closed", "peer", m, "addr", l.addr)
 		}
@@ -194,5 +204,5 @@ func (d *Device) startMemberListeners(member string, a netip.Addr, ports []uint1
 			return nil
 		})
 	}
-	return &memberListeners{addr: a, cancel: cancel}, nil
+	return &memberListeners{addr: a, cancel: cancel, lns: lns}, nil
 }

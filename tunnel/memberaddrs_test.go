@@ -143,6 +143,25 @@ func TestMemberAddrs(t *testing.T) {
 		t.Fatalf("bank-c back in the policy: %s gave %q, %v", at("bank-c"), name, err)
 	}
 
+	// bank-b and bank-c swap overlay addresses: in the same policy change
+	// each address is closed and reopened for the other member. (Only the
+	// listeners are checked: a member's own new overlay address needs its
+	// restart, so traffic would not follow.)
+	swapped := append([]tunneltest.MemberSpec(nil), c.specs...)
+	swapped[1].Addr, swapped[2].Addr = c.specs[2].Addr, c.specs[1].Addr
+	a.SetAuthority(tunneltest.NewAuthority(swapped, nil))
+	if got := a.MemberAddrs(); len(got) != 2 || got["bank-b"] != want["bank-c"] || got["bank-c"] != want["bank-b"] {
+		t.Fatalf("after the swap: MemberAddrs() = %v, want bank-b at %s and bank-c at %s", got, want["bank-c"], want["bank-b"])
+	}
+	for _, m := range []string{"bank-b", "bank-c"} {
+		conn, err := net.DialTimeout("tcp", at(m), 5*time.Second)
+		if err != nil {
+			t.Fatalf("%s after the swap: %v", at(m), err)
+		}
+		conn.Close()
+	}
+	a.SetAuthority(c.auth)
+
 	// Close stops every member address.
 	a.Close()
 	if _, err := net.DialTimeout("tcp", at("bank-b"), 5*time.Second); err == nil {
