@@ -363,11 +363,13 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol fu
 		log.Info("channel participation API (osnadmin) not served: no ledger.admin section")
 	}
 	opts := append(orderer.ServerOptions(), orderer.RecoveryOptions(log, metrics)...)
-	l.lan = grpc.NewServer(append(opts,
-		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, lc.MutualTLS))))...)
+	opts = append(opts, grpc.ConnectionTimeout(ledgerHandshakeTimeout))
+	tlsFailures := newLedgerTLSFailures(reg)
+	l.lan = grpc.NewServer(append(opts[:len(opts):len(opts)],
+		grpc.Creds(countTLSFailures(credentials.NewTLS(l.serverTLS(pol, lc.MutualTLS)), "lan", tlsFailures, log)))...)
 	srv.Register(l.lan)
 	l.overlay = grpc.NewServer(append(opts[:len(opts):len(opts)],
-		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, true))))...)
+		grpc.Creds(countTLSFailures(credentials.NewTLS(l.serverTLS(pol, true)), "overlay", tlsFailures, log)))...)
 	srv.Register(l.overlay)
 	if l.lanLn, err = net.Listen("tcp", lc.Listen); err != nil {
 		return nil, fmt.Errorf("%w: gRPC on %s (key ledger.listen): %w", ErrLedger, lc.Listen, err)
