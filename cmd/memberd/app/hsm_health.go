@@ -70,7 +70,7 @@ func (h *hsmHealth) check(ctx context.Context) {
 	}
 	now := time.Now()
 	h.mu.Lock()
-	was := h.err
+	was, before := h.err, h.since
 	h.err, h.checked = err, now
 	if (was == nil) != (err == nil) {
 		h.since = now
@@ -86,7 +86,7 @@ func (h *hsmHealth) check(ctx context.Context) {
 		}
 	case was != nil:
 		h.up.Set(1)
-		h.log.Info("the identity key in the HSM signs again", "failed_for", now.Sub(h.since).Round(time.Millisecond))
+		h.log.Info("the identity key in the HSM signs again", "failed_for", now.Sub(before).Round(time.Millisecond))
 	}
 }
 
