@@ -447,14 +447,19 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 // the link used to be given up only by the pinger (4×DeadAfter) and then
 // redialled QUIC first (QUICTimeout), about 6 s in all, long enough to
 // cost raft its leader. Instead, once the link has been silent for
-// DeadAfter/2, TLS over TCP (or the proxy) to the same relay is dialled
-// beside it; if the QUIC link is still silent at 3/4 DeadAfter with the
-// TCP link up, traffic moves to TCP at once (what the QUIC link may have
-// swallowed is sent again there) and the QUIC link is closed. The TCP
-// link is re-probed over QUIC every ReprobeInterval as usual. If the QUIC
-// link answers again first, the TCP link is closed unused.
+// 2×SuspectAfter (300 ms), TLS over TCP (or the proxy) to the same relay is
+// dialled beside it; if the QUIC link is still silent at DeadAfter/2
+// (600 ms) with the TCP link up, traffic moves to TCP at once (what the
+// QUIC link may have swallowed is sent again there) and the QUIC link is
+// closed: under raft's 1 s election timeout. The TCP link is re-probed
+// over QUIC every ReprobeInterval as usual, so a wrong suspicion (a QUIC
+// link only slow for 600 ms) costs at most that long on TCP. If the QUIC
+// link answers again before the switch, the TCP link is closed unused.
 func (c *Client) hedgeTCP(ctx context.Context, rc *relayConn, d *dialer, l *link, next *atomic.Pointer[link]) {
-	dialAfter, switchAfter := c.cfg.DeadAfter/2, c.cfg.DeadAfter*3/4
+	dialAfter, switchAfter := 2*c.cfg.SuspectAfter, c.cfg.DeadAfter/2
+	if dialAfter >= switchAfter {
+		dialAfter = switchAfter / 2
+	}
 	quiet := func() time.Duration { return time.Since(time.Unix(0, l.lastRecv.Load())) }
 	tick := time.NewTicker(c.cfg.PingInterval)
 	defer tick.Stop()

@@ -290,7 +290,7 @@ func TestFailBackWaitsForTheRestartedRelay(t *testing.T) {
 // TestSilentUDPDropMovesToTCPFast: a firewall starts dropping UDP without a
 // word, established QUIC flows too (the relay's UDP socket goes away: on
 // loopback quic-go sees no error). The clients must move to TLS over TCP
-// on the same relay after about 3/4 DeadAfter (TCP dialled beside the
+// on the same relay after about DeadAfter/2 (TCP dialled beside the
 // silent QUIC link), not after the pinger gives up (4×DeadAfter) and a
 // redial tries QUIC first: ~6 s before. Packets flow again over TCP.
 func TestSilentUDPDropMovesToTCPFast(t *testing.T) {
