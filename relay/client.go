@@ -422,9 +422,11 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 	rc.bytesOut += l.bytesOut.Load()
 	rc.mu.Unlock()
 	if nl := next.Load(); nl != nil {
-		rc.mu.Lock()
-		rc.upgrades++
-		rc.mu.Unlock()
+		if nl.path == PathQUIC { // not the move of a silent QUIC link to TCP (hedgeTCP)
+			rc.mu.Lock()
+			rc.upgrades++
+			rc.mu.Unlock()
+		}
 		return nl
 	}
 	if r := l.goAway.Load(); r != nil {

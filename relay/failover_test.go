@@ -314,6 +314,9 @@ func TestSilentUDPDropMovesToTCPFast(t *testing.T) {
 		took = append(took, time.Since(t0))
 	}
 	deliver(t, a, "bank-b", rb, "bank-a", "over-tcp", 5*time.Second)
+	if u := a.Status()[0].Upgrades; u != 0 {
+		t.Errorf("the move down to TCP counted as %d upgrade(s) (moves back to QUIC)", u)
+	}
 	t.Logf("on TCP %v and %v after UDP went silent (DeadAfter %v; the pinger gives up at %v)", took[0].Round(time.Millisecond), took[1].Round(time.Millisecond),
 		1200*time.Millisecond, 4*1200*time.Millisecond)
 	// Generous for a loaded machine, yet below what giving up and
