@@ -199,7 +199,9 @@ func (s *suite) hostileTLS(t *testing.T) {
 	}
 	// More silent connections from one address than the relay's
 	// per-source limit (16 in progress): the excess is refused at once,
-	// the rest closed at the handshake deadline (3 s).
+	// the rest closed at the handshake deadline (3 s). After the kinds
+	// above, which the flood would otherwise refuse as over the limit.
+	wg.Wait()
 	var silentClosed atomic.Int64
 	const silent = 40
 	for range silent {
