@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -95,6 +96,7 @@ type appliance struct {
 	identity func() *identity.Identity
 	ledger   *ledgerRun // nil without a ledger section
 	procSys  string     // where /status reads the UDP buffer limits: /proc/sys
+	hsm      *hsmHealth // nil in tests that build an appliance by hand
 }
 
 // runAppliance runs one appliance until ctx ends. started, if set, receives
@@ -276,7 +278,8 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		onIdentity(id, idNow)
 	}
 
-	a := &appliance{member: cfg.Member, admin: adm.Addr(), dev: dev, client: cl, policy: current.Load, identity: idp.Current, ledger: led, procSys: "/proc/sys"}
+	hh := newHSMHealth(func() crypto.Signer { return idp.Current().Signer }, reg, base.With("component", "hsm"))
+	a := &appliance{member: cfg.Member, admin: adm.Addr(), dev: dev, client: cl, policy: current.Load, identity: idp.Current, ledger: led, procSys: "/proc/sys", hsm: hh}
 	mux := http.NewServeMux()
 	mux.Handle("/push", pushHandler(a, policyDir, cfg.Tunnel.PushPort, log))
 	mux.Handle("/ping", pingHandler(dev))
@@ -299,6 +302,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	if led != nil {
 		ready["ledger"] = led.ready
 	}
+	ready["hsm"] = hh.ready
 	mux.Handle("/", admin.Handler(admin.Config{
 		Gatherer: reg,
 		Ready:    ready,
@@ -327,6 +331,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		return nil
 	})
 	g.Go(func() error { servePush(gctx, pushLn, policyDir, log); return nil })
+	g.Go(func() error { hh.run(gctx); return nil })
 	g.Go(func() error { return notifySystemd(gctx, log, applianceProbe(a, ready)) })
 	if led != nil {
 		g.Go(func() error { return led.serve(gctx) })
@@ -378,7 +383,15 @@ func applianceStatus(a *appliance) map[string]any {
 	}
 	warnings = append(warnings, relayWarnings(relays)...)
 	warnings = append(warnings, ledgerWarnings(led)...)
+	var hsmDoc map[string]any
+	if a.hsm != nil {
+		hsmDoc = a.hsm.status()
+		if e, ok := hsmDoc["error"].(string); ok {
+			warnings = append(warnings, "the identity key in the HSM cannot sign: "+e)
+		}
+	}
 	return map[string]any{
+		"hsm":      hsmDoc,
 		"role":     "appliance",
 		"member":   a.member,
 		"warnings": append([]string{}, warnings...), // [] rather than null

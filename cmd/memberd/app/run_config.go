@@ -1,7 +1,6 @@
 package app
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -13,8 +12,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	"go.yaml.in/yaml/v3"
 
 	"github.com/memberd/memberd/internal/admin"
 	"github.com/memberd/memberd/policy"
@@ -62,7 +59,7 @@ import (
 //	    client_ca: ca.pem          # required: CA certificate(s) of the admins' client certificates
 //	    client_ou: admin           # the OU a client certificate must carry
 //	    insecure_plain_http: false # development only: no TLS; listen must be loopback
-//	  snapshot_bytes: 4194304      # raft snapshot size; bounds the in-memory log (about twice this)
+//	  snapshot_bytes: 4MiB         # raft snapshot size (bytes, or 4MiB, 512KiB); bounds the in-memory log (about twice this)
 type runConfig struct {
 	Member   string         `yaml:"member"`
 	Identity string         `yaml:"identity"`
@@ -163,9 +160,7 @@ func loadRunConfig(path string) (*runConfig, error) {
 // relative paths.
 func parseRunConfig(b []byte, dir string) (*runConfig, error) {
 	var c runConfig
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
+	if err := decodeConfig(b, &c); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("file is empty: member, identity and policy are required")
 		}

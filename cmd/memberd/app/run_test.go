@@ -38,7 +38,7 @@ func TestRunConfig(t *testing.T) {
 	}
 	for _, tc := range []struct{ name, extra, want string }{
 		// The decoder names the line: the key is appended after the config.
-		{"unknown key", "surprise: 1\n", fmt.Sprintf("line %d: field surprise not found", strings.Count(validRunConfig, "\n")+1)},
+		{"unknown key", "surprise: 1\n", fmt.Sprintf("surprise: line %d: unknown key", strings.Count(validRunConfig, "\n")+1)},
 		{"bad genesis", "", "policy.genesis"},
 		{"proxy scheme", "relay: {proxy: 'socks5://x:1'}\n", "relay.proxy"},
 		{"negative quic timeout", "relay: {quic_timeout: -1s}\n", "relay.quic_timeout"},
