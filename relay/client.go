@@ -648,6 +648,39 @@ func (c *Client) ReadPacket(buf []byte) (int, string, error) {
 	}
 }
 
+// ReadPackets is ReadPacket for a batch: it blocks until a packet arrives,
+// then also takes the packets already waiting, up to len(bufs), without
+// waiting for more. It copies packet i into bufs[i], its length into
+// sizes[i] and its sender into from[i] and returns how many it took. A
+// waiting packet longer than its buffer is dropped (counted); one that
+// arrives first fails the call as in ReadPacket.
+//
+// Why: the tunnel's WireGuard hands each batch to its decryption workers
+// in one go; one packet per call cost a goroutine hand-off per packet.
+func (c *Client) ReadPackets(bufs [][]byte, sizes []int, from []string) (int, error) {
+	n, member, err := c.ReadPacket(bufs[0])
+	if err != nil {
+		return 0, err
+	}
+	sizes[0], from[0] = n, member
+	k := 1
+	for k < len(bufs) && k < len(sizes) && k < len(from) {
+		select {
+		case p := <-c.recv:
+			if len(p.data) > len(bufs[k]) {
+				c.m.drop(DropTooLarge)
+				continue
+			}
+			sizes[k], from[k] = copy(bufs[k], p.data), p.from
+			k++
+			continue
+		default:
+		}
+		break
+	}
+	return k, nil
+}
+
 // MaxPacketSize is the largest packet the current path carries without
 // falling back from datagrams to a stream.
 func (c *Client) MaxPacketSize() int {
