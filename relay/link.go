@@ -261,32 +261,63 @@ func (l *link) next(wait bool) (f []byte, ctrl, ok bool) {
 }
 
 // writeLoop sends queued frames until the link closes.
+//
+// On QUIC, small data frames (up to urgentFrame: heartbeats, TCP
+// acknowledgements, pings) travel as DATAGRAMs, everything else on the
+// control stream, frames queued meanwhile together in one write (up to
+// streamBatch), as on TLS. Why (issue #15): bulk packets as DATAGRAMs cost
+// one sendmsg and one QUIC packet each (quic-go batches with GSO only
+// full-size packets, which a DATAGRAM packet never is) and were lost in
+// quic-go's 128-entry DATAGRAM receive queue whenever the reading
+// goroutine was not scheduled for a millisecond (relay/README.md), which
+// put the tunnel's TCP into loss recovery. On the stream they fill
+// full-size packets, are batched and are never dropped by quic-go. Every
+// receiver, old ones included, already reads data frames from the stream
+// (a packet too large for a datagram went there before).
 func (l *link) writeLoop() error {
 	if l.qconn == nil {
 		return l.streamWriteLoop()
 	}
+	buf := make([]byte, 0, streamBatch+pooledFrame)
 	for {
 		f, ctrl, ok := l.next(true)
 		if !ok {
 			return nil
 		}
-		if !ctrl {
-			err := l.qconn.SendDatagram(f)
-			var tooLarge *quic.DatagramTooLargeError
-			if err == nil {
-				l.bytesOut.Add(uint64(len(f)))
-				recycleFrame(f)
-				continue
-			} else if !errors.As(err, &tooLarge) {
-				return err
+		buf = buf[:0]
+		for {
+			if !ctrl && len(f) <= urgentFrame {
+				err := l.qconn.SendDatagram(f)
+				var tooLarge *quic.DatagramTooLargeError
+				switch {
+				case err == nil:
+					l.bytesOut.Add(uint64(len(f)))
+				case errors.As(err, &tooLarge): // a tiny path: the stream
+					buf = append(buf, f...)
+				default:
+					return err
+				}
+			} else {
+				buf = append(buf, f...)
 			}
-			// Larger than a datagram: carry it on the stream.
+			recycleFrame(f)
+			if len(buf) >= streamBatch {
+				break
+			}
+			if f, ctrl, ok = l.next(false); !ok {
+				break
+			}
 		}
-		if _, err := l.stream.Write(f); err != nil {
+		if len(buf) == 0 {
+			continue
+		}
+		if _, err := l.stream.Write(buf); err != nil {
 			return err
 		}
-		l.bytesOut.Add(uint64(len(f)))
-		recycleFrame(f)
+		l.bytesOut.Add(uint64(len(buf)))
+		if cap(buf) > 4*streamBatch { // a rare oversized control frame
+			buf = make([]byte, 0, streamBatch+pooledFrame)
+		}
 	}
 }
 
