@@ -147,9 +147,9 @@ func (l *link) closed() bool {
 // the largest item of the relay's own data-path CPU profile.
 var framePool = sync.Pool{New: func() any { return new([pooledFrame]byte) }}
 
-// pooledFrame is the size of recycled frame buffers: a QUIC datagram or
-// a TCP-path packet frame fits.
-const pooledFrame = 2048
+// pooledFrame is the size of recycled frame buffers: a packet frame of
+// MaxPacketSizeTCP (the tunnel's largest) fits.
+const pooledFrame = 4096 + wire.ForwardOverhead
 
 // newFrame returns an empty buffer with room for n bytes, recycled when
 // possible. Pass it to sendData, which takes ownership.
