@@ -19,9 +19,13 @@ import (
 // loopback listener, peered with peers (ID -> address), handing received
 // messages to step. It stops with the test.
 func laneTransport(t *testing.T, id uint64, ln net.Listener, peers map[uint64]string, step func(context.Context, raftpb.Message) error) *transport {
+	return laneTransportStall(t, id, ln, peers, step, 0)
+}
+
+func laneTransportStall(t *testing.T, id uint64, ln net.Listener, peers map[uint64]string, step func(context.Context, raftpb.Message) error, stallAfter time.Duration) *transport {
 	t.Helper()
 	tr := &transport{id: id, cluster: "lanes", dialer: &net.Dialer{}, ln: ln, queueLen: 64, maxFrame: 4 << 20,
-		dialTO: 5 * time.Second, writeTO: 5 * time.Second,
+		dialTO: 5 * time.Second, writeTO: 5 * time.Second, stallAfter: stallAfter,
 		log:    slog.New(slog.DiscardHandler),
 		report: &fakeReporter{snaps: map[uint64]raft.SnapshotStatus{}},
 		step:   step}
@@ -175,5 +179,56 @@ func TestNoPriorityLaneToOldPeer(t *testing.T) {
 	}
 	if got[raftpb.MsgApp] != 50 || got[raftpb.MsgHeartbeat] != 50 {
 		t.Errorf("the old peer received %v, want 50 appends and 50 heartbeats", got)
+	}
+}
+
+// TestBulkLaneSilentWithoutAppendAnswers: with heartbeats on their own
+// lane, their answers say nothing of the bulk connection. A follower that
+// answers heartbeats but no appends (its bulk connection stuck) makes the
+// leader drop and redial the bulk connection after the stall timeout, as
+// any silent connection was before the lanes; one that answers appends
+// does not.
+func TestBulkLaneSilentWithoutAppendAnswers(t *testing.T) {
+	for _, tc := range []struct {
+		name        string
+		answerApps  bool
+		wantStalled bool
+	}{
+		{"appends unanswered", false, true},
+		{"appends answered", true, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			lnA, lnB := listenLoopback(t), listenLoopback(t)
+			const stall = 500 * time.Millisecond
+			nop := func(context.Context, raftpb.Message) error { return nil }
+			a := laneTransportStall(t, 1, lnA, map[uint64]string{2: lnB.Addr().String()}, nop, stall)
+			b := laneTransportStall(t, 2, lnB, map[uint64]string{1: lnA.Addr().String()}, nop, stall)
+			a.mu.Lock()
+			pa := a.peers[2]
+			a.mu.Unlock()
+			// Until the priority lane is up, the bulk lane is judged by any answer.
+			deadline := time.Now().Add(10 * time.Second)
+			for !pa.prioUp.Load() {
+				if time.Now().After(deadline) {
+					t.Fatal("the priority lane to node 2 never came up")
+				}
+				a.send([]raftpb.Message{{Type: raftpb.MsgHeartbeat, From: 1, To: 2}})
+				b.send([]raftpb.Message{{Type: raftpb.MsgHeartbeatResp, From: 2, To: 1}})
+				time.Sleep(20 * time.Millisecond)
+			}
+			end := time.Now().Add(6 * stall)
+			for time.Now().Before(end) {
+				a.send([]raftpb.Message{{Type: raftpb.MsgApp, From: 1, To: 2}, {Type: raftpb.MsgHeartbeat, From: 1, To: 2}})
+				answers := []raftpb.Message{{Type: raftpb.MsgHeartbeatResp, From: 2, To: 1}}
+				if tc.answerApps {
+					answers = append(answers, raftpb.Message{Type: raftpb.MsgAppResp, From: 2, To: 1})
+				}
+				b.send(answers)
+				time.Sleep(20 * time.Millisecond)
+			}
+			if got := a.stats().Silent; (got > 0) != tc.wantStalled {
+				t.Errorf("bulk connections dropped as silent: %d, want stalled=%v", got, tc.wantStalled)
+			}
+		})
 	}
 }

@@ -117,6 +117,9 @@ type transport struct {
 	conns   map[net.Conn]struct{}
 	inbound map[inboundKey]net.Conn  // the one live inbound connection per peer and lane
 	heard   map[uint64]*atomic.Int64 // per peer ID: when a message last came (unix ns); entries never removed
+	// heardApp: per peer ID, when an append answer (MsgAppResp) last came;
+	// entries never removed. The bulk lane's silence is judged by it.
+	heardApp map[uint64]*atomic.Int64
 	// lanes: peers (by ID) that sent a lane frame, so speak lanes; entries
 	// never removed. laneKnown is closed and replaced when one is added.
 	lanes     map[uint64]bool
@@ -509,13 +512,26 @@ func (t *transport) kickPeer(id uint64) {
 func (t *transport) heardClock(id uint64) *atomic.Int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	h := t.heard[id]
+	return clockOf(&t.heard, id)
+}
+
+// heardAppClock returns when an append answer from peer id last arrived
+// (unix ns).
+func (t *transport) heardAppClock(id uint64) *atomic.Int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return clockOf(&t.heardApp, id)
+}
+
+// clockOf returns (*m)[id], created if missing. Call with t.mu held.
+func clockOf(m *map[uint64]*atomic.Int64, id uint64) *atomic.Int64 {
+	h := (*m)[id]
 	if h == nil {
-		if t.heard == nil {
-			t.heard = map[uint64]*atomic.Int64{}
+		if *m == nil {
+			*m = map[uint64]*atomic.Int64{}
 		}
 		h = new(atomic.Int64)
-		t.heard[id] = h
+		(*m)[id] = h
 	}
 	return h
 }
@@ -702,7 +718,13 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn, lane byte) er
 		defer tk.Stop()
 		check = tk.C
 	}
-	heard := t.heardClock(p.id)
+	// The peer answers appends with MsgAppResp, on its priority lane once
+	// it has one; its heartbeat answers there say nothing of this
+	// connection. So while the priority lane is up, the bulk lane is
+	// silent when no append answer came: a bulk connection stuck (e.g. in
+	// TCP's backed-off retransmissions) is dropped and dialed again, as
+	// before the lanes, although heartbeats still flow.
+	heard, heardApp := t.heardClock(p.id), t.heardAppClock(p.id)
 	var waiting int64 // unix ns of the first write not yet followed by a message from the peer; 0: none
 	var written int   // bytes written since waiting
 	// A lane switch (the priority lane connecting or failing) changes what
@@ -719,7 +741,11 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn, lane byte) er
 		case <-recheck.C:
 			continue
 		case now := <-check:
-			answered, silent := silence(now.UnixNano(), waiting, heard.Load(), written, t.stallAfter)
+			h := heard
+			if lane == laneBulk && p.prioUp.Load() {
+				h = heardApp
+			}
+			answered, silent := silence(now.UnixNano(), waiting, h.Load(), written, t.stallAfter)
 			if silent {
 				return errStalled
 			}
@@ -731,7 +757,9 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn, lane byte) er
 		case m = <-second:
 		}
 		n := 0
+		appends := false // the batch holds an append or a snapshot
 		for {
+			appends = appends || !priority(m)
 			sz := m.Size()
 			buf = appendFrameHeader(buf[:0], frameMsg, sz)
 			buf = append(buf, make([]byte, sz)...)
@@ -764,7 +792,9 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn, lane byte) er
 			return err
 		}
 		t.sent.Add(uint64(n))
-		if waiting == 0 {
+		// A bulk lane judged by append answers waits only for answers to
+		// appends.
+		if waiting == 0 && (appends || lane == lanePriority || !p.prioUp.Load()) {
 			waiting = time.Now().UnixNano()
 		}
 		for _, s := range snaps {
@@ -888,7 +918,7 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 	t.inbound[key] = c
 	t.mu.Unlock()
 	t.kickPeer(h.From)
-	heard := t.heardClock(h.From)
+	heard, heardApp := t.heardClock(h.From), t.heardAppClock(h.From)
 	defer func() {
 		t.mu.Lock()
 		if t.inbound[key] == c {
@@ -924,7 +954,11 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 			continue
 		}
 		t.received.Add(1)
-		heard.Store(time.Now().UnixNano())
+		now := time.Now().UnixNano()
+		heard.Store(now)
+		if m.Type == raftpb.MsgAppResp {
+			heardApp.Store(now)
+		}
 		if err := t.step(ctx, m); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
