@@ -45,9 +45,10 @@ const (
 )
 
 // link is one established relay protocol connection, either side, either
-// transport. Frames to send go through two bounded queues served by one
-// writer goroutine: ctrl (never dropped while open) and data (dropped when
-// full, UDP-like). On QUIC, data frames travel as DATAGRAMs; one larger than
+// transport. Frames to send go through bounded queues served by one writer
+// goroutine: ctrl (never dropped while open), then urgent and data (both
+// dropped when full, UDP-like): urgent holds the small data frames (see
+// urgentFrame), data the others. On QUIC, data frames travel as DATAGRAMs; one larger than
 // the datagram limit falls back to the control stream.
 type link struct {
 	path        Path
@@ -59,8 +60,9 @@ type link struct {
 	maxDatagram atomic.Int64  // QUIC: largest datagram payload (grows while settling)
 	settled     chan struct{} // closed once maxDatagram is final
 
-	ctrl chan []byte
-	data chan []byte
+	ctrl   chan []byte
+	urgent chan []byte
+	data   chan []byte
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -79,6 +81,7 @@ func newLink(path Path, qc *quic.Conn, stream io.ReadWriter, cs tls.ConnectionSt
 		path: path, qconn: qc, stream: stream, closer: closer, tls: cs,
 		maxBody: wire.MaxBody,
 		ctrl:    make(chan []byte, 64),
+		urgent:  make(chan []byte, urgentQueueLen),
 		data:    make(chan []byte, queueLen),
 		done:    make(chan struct{}),
 		settled: make(chan struct{}),
@@ -144,9 +147,9 @@ func (l *link) closed() bool {
 // the largest item of the relay's own data-path CPU profile.
 var framePool = sync.Pool{New: func() any { return new([pooledFrame]byte) }}
 
-// pooledFrame is the size of recycled frame buffers: a QUIC datagram or
-// a TCP-path packet frame fits.
-const pooledFrame = 2048
+// pooledFrame is the size of recycled frame buffers: a packet frame of
+// MaxPacketSizeTCP (the tunnel's largest) fits.
+const pooledFrame = 4096 + wire.ForwardOverhead
 
 // newFrame returns an empty buffer with room for n bytes, recycled when
 // possible. Pass it to sendData, which takes ownership.
@@ -166,6 +169,23 @@ func recycleFrame(b []byte) {
 	framePool.Put((*[pooledFrame]byte)(b[:pooledFrame]))
 }
 
+// urgentFrame: a data frame up to this size goes out before the larger
+// ones queued (link.urgent). Consensus first (issue #15): a raft
+// heartbeat, vote or append answer, a TCP acknowledgement, a ping or a
+// key-switch handshake through the tunnel is a frame of 100-200 bytes,
+// bulk transfer (block replication, catch-up, service forwards) comes in
+// full-size packets; without this a heartbeat waited behind up to
+// QueueLen of them (tens of ms per hop when the path is saturated) and was
+// dropped with them when the queue filled. Reordering small packets ahead
+// of large ones is harmless: WireGuard's replay window accepts packets out
+// of order, and within one TCP connection only a short tail segment can
+// overtake its predecessors, too few duplicate acknowledgements to trigger
+// a retransmission.
+const urgentFrame = 256
+
+// urgentQueueLen bounds the urgent queue (in frames, then dropped).
+const urgentQueueLen = 256
+
 // sendData queues a data frame; it never blocks and reports false (after
 // counting the drop) when the queue is full or the link closed. The link
 // owns frame from then on: the caller must not use it again.
@@ -174,8 +194,12 @@ func (l *link) sendData(frame []byte) bool {
 		l.drop(DropClosed)
 		return false
 	}
+	q := l.data
+	if len(frame) <= urgentFrame {
+		q = l.urgent
+	}
 	select {
-	case l.data <- frame:
+	case q <- frame:
 		return true
 	default:
 		l.drop(DropQueueFull)
@@ -197,38 +221,103 @@ func (l *link) sendCtrl(ctx context.Context, frame []byte) error {
 	}
 }
 
+// next returns the next frame to send: a control frame first, then an
+// urgent one, then a data frame. ctrl says which queue it came from. With
+// wait it blocks until a frame is queued or the link closes (ok false);
+// without, it returns ok false at once when all queues are empty.
+func (l *link) next(wait bool) (f []byte, ctrl, ok bool) {
+	select {
+	case f = <-l.ctrl:
+		return f, true, true
+	default:
+	}
+	select {
+	case f = <-l.urgent:
+		return f, false, true
+	default:
+	}
+	select {
+	case f = <-l.ctrl:
+		return f, true, true
+	case f = <-l.urgent:
+		return f, false, true
+	case f = <-l.data:
+		return f, false, true
+	default:
+		if !wait {
+			return nil, false, false
+		}
+	}
+	select {
+	case f = <-l.ctrl:
+		return f, true, true
+	case f = <-l.urgent:
+		return f, false, true
+	case f = <-l.data:
+		return f, false, true
+	case <-l.done:
+		return nil, false, false
+	}
+}
+
 // writeLoop sends queued frames until the link closes.
+//
+// On QUIC, small data frames (up to urgentFrame: heartbeats, TCP
+// acknowledgements, pings) travel as DATAGRAMs, everything else on the
+// control stream, frames queued meanwhile together in one write (up to
+// streamBatch), as on TLS. Why (issue #15): bulk packets as DATAGRAMs cost
+// one sendmsg and one QUIC packet each (quic-go batches with GSO only
+// full-size packets, which a DATAGRAM packet never is) and were lost in
+// quic-go's 128-entry DATAGRAM receive queue whenever the reading
+// goroutine was not scheduled for a millisecond (relay/README.md), which
+// put the tunnel's TCP into loss recovery. On the stream they fill
+// full-size packets, are batched and are never dropped by quic-go. Every
+// receiver, old ones included, already reads data frames from the stream
+// (a packet too large for a datagram went there before).
 func (l *link) writeLoop() error {
 	if l.qconn == nil {
 		return l.streamWriteLoop()
 	}
+	buf := make([]byte, 0, streamBatch+pooledFrame)
 	for {
-		var f []byte
-		select {
-		case f = <-l.ctrl:
-		default:
-			select {
-			case f = <-l.ctrl:
-			case f = <-l.data:
+		f, ctrl, ok := l.next(true)
+		if !ok {
+			return nil
+		}
+		buf = buf[:0]
+		for {
+			if !ctrl && len(f) <= urgentFrame {
 				err := l.qconn.SendDatagram(f)
 				var tooLarge *quic.DatagramTooLargeError
-				if err == nil {
+				switch {
+				case err == nil:
 					l.bytesOut.Add(uint64(len(f)))
-					recycleFrame(f)
-					continue
-				} else if !errors.As(err, &tooLarge) {
+				case errors.As(err, &tooLarge): // a tiny path: the stream
+					buf = append(buf, f...)
+				default:
 					return err
 				}
-				// Larger than a datagram: carry it on the stream.
-			case <-l.done:
-				return nil
+			} else {
+				buf = append(buf, f...)
+			}
+			recycleFrame(f)
+			if len(buf) >= streamBatch {
+				break
+			}
+			if f, ctrl, ok = l.next(false); !ok {
+				break
 			}
 		}
-		if _, err := l.stream.Write(f); err != nil {
+		if len(buf) == 0 {
+			continue
+		}
+		if _, err := l.stream.Write(buf); err != nil {
 			return err
 		}
-		l.bytesOut.Add(uint64(len(f)))
-		recycleFrame(f)
+		l.bytesOut.Add(uint64(len(buf)))
+		if cap(buf) > 4*streamBatch { // a rare oversized control frame
+			buf = make([]byte, 0, streamBatch+pooledFrame)
+		}
 	}
 }
 
@@ -238,44 +327,19 @@ const streamBatch = 16 << 10
 
 // streamWriteLoop is writeLoop for TLS links: frames queued while the
 // previous write ran go out together, in one TLS record and one write
-// system call instead of one per packet (control frames first, as in
-// writeLoop). It never waits for more frames: a lone packet leaves at once.
+// system call instead of one per packet (in next's order: control, urgent,
+// data). It never waits for more frames: a lone packet leaves at once.
 func (l *link) streamWriteLoop() error {
 	buf := make([]byte, 0, streamBatch+pooledFrame)
-	next := func(wait bool) ([]byte, bool) {
-		select {
-		case f := <-l.ctrl:
-			return f, true
-		default:
-		}
-		if !wait {
-			select {
-			case f := <-l.ctrl:
-				return f, true
-			case f := <-l.data:
-				return f, true
-			default:
-				return nil, false
-			}
-		}
-		select {
-		case f := <-l.ctrl:
-			return f, true
-		case f := <-l.data:
-			return f, true
-		case <-l.done:
-			return nil, false
-		}
-	}
 	for {
-		f, ok := next(true)
+		f, _, ok := l.next(true)
 		if !ok {
 			return nil
 		}
 		buf = append(buf[:0], f...)
 		recycleFrame(f)
 		for len(buf) < streamBatch {
-			if f, ok = next(false); !ok {
+			if f, _, ok = l.next(false); !ok {
 				break
 			}
 			buf = append(buf, f...)
@@ -365,6 +429,10 @@ func (l *link) run(ctx context.Context, handle frameHandler) error {
 	for {
 		select {
 		case f := <-l.data:
+			l.drop(DropClosed)
+			recycleFrame(f)
+			continue
+		case f := <-l.urgent:
 			l.drop(DropClosed)
 			recycleFrame(f)
 			continue

@@ -86,11 +86,30 @@ func (b *Bind) Open(port uint16) ([]conn.ReceiveFunc, uint16, error) {
 	return []conn.ReceiveFunc{b.receive}, port, nil
 }
 
+// batchReader is a PacketTransport that can hand over the packets already
+// waiting in one call (relay.Client does): ReadPackets blocks for the
+// first packet like ReadPacket, then takes what is queued, up to len(bufs).
+type batchReader interface {
+	ReadPackets(bufs [][]byte, sizes []int, from []string) (int, error)
+}
+
+// bindBatch is the Bind's batch size over a batchReader: how many packets
+// one receive call hands WireGuard (which decrypts a batch in one go, and
+// keeps this many message buffers per receive goroutine).
+const bindBatch = 32
+
 func (b *Bind) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, error) {
-	var lastMember string
-	var lastEP conn.Endpoint
+	var from [bindBatch]string
+	br, batched := b.tr.(batchReader)
 	for {
-		n, member, err := b.tr.ReadPacket(bufs[0])
+		var k int
+		var err error
+		if batched {
+			k, err = br.ReadPackets(bufs[:min(len(bufs), bindBatch)], sizes, from[:])
+		} else {
+			sizes[0], from[0], err = b.tr.ReadPacket(bufs[0])
+			k = 1
+		}
 		if err != nil {
 			if b.closed.Load() || errors.Is(err, net.ErrClosed) {
 				return 0, net.ErrClosed
@@ -104,24 +123,36 @@ func (b *Bind) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, er
 			time.Sleep(10 * time.Millisecond)
 			continue
 		}
-		pkt := bufs[0][:n]
-		if isControl(pkt) {
-			if b.control != nil {
-				b.control(member, pkt)
+		// Control packets go to the control function and are left out of
+		// the batch with size 0, which WireGuard skips (wireguard-go reads
+		// packet i from its own buffer i, so the batch is not compacted).
+		data := 0
+		for i := 0; i < k; i++ {
+			pkt := bufs[i][:sizes[i]]
+			member := from[i]
+			if isControl(pkt) {
+				if b.control != nil {
+					b.control(member, pkt)
+				}
+				sizes[i] = 0
+				eps[i] = nil
+				continue
 			}
-			continue
+			if b.watch != nil && len(pkt) > 0 && pkt[0] == wgTransportType {
+				b.watch.receivingData(member, pkt)
+			}
+			if i > 0 && member == from[i-1] && eps[i-1] != nil {
+				eps[i] = eps[i-1]
+			} else {
+				eps[i] = Endpoint(member)
+			}
+			b.pktIn.Add(1)
+			b.bytesIn.Add(uint64(len(pkt)))
+			data++
 		}
-		if b.watch != nil && n > 0 && pkt[0] == wgTransportType {
-			b.watch.receivingData(member, pkt)
+		if data > 0 {
+			return k, nil
 		}
-		sizes[0] = n
-		b.pktIn.Add(1)
-		b.bytesIn.Add(uint64(n))
-		if member != lastMember || lastEP == nil {
-			lastMember, lastEP = member, Endpoint(member)
-		}
-		eps[0] = lastEP
-		return 1, nil
 	}
 }
 
@@ -165,8 +196,14 @@ func (b *Bind) ParseEndpoint(s string) (conn.Endpoint, error) {
 	return Endpoint(s), nil
 }
 
-// BatchSize is 1: the transport reads one packet per call.
-func (b *Bind) BatchSize() int { return 1 }
+// BatchSize is bindBatch when the transport hands over packets in
+// batches (batchReader), else 1.
+func (b *Bind) BatchSize() int {
+	if _, ok := b.tr.(batchReader); ok {
+		return bindBatch
+	}
+	return 1
+}
 
 func validMemberID(s string) error {
 	if s == "" || len(s) > maxMemberIDLen {

@@ -25,6 +25,12 @@ package raftlog
 //	          raft connections, sent right after the handshake: a joining
 //	          node that does not know the dialer yet can then answer it.
 //	          Older listeners skip it.
+//	5 lane    one byte: 0 bulk (appends, snapshots), 1 priority (all other
+//	          messages). Sent by the dialer first after the handshake; the
+//	          listener keeps one connection per peer and lane, and learns
+//	          that the peer speaks lanes. Without it a connection is bulk.
+//	          Older listeners skip it (transport.go: a node dials the
+//	          priority lane only to peers that sent one).
 //
 // Unknown types are skipped (read and discarded), so later versions can add
 // frame types without breaking old peers.
@@ -45,6 +51,7 @@ const (
 	frameReject byte = 2
 	frameMsg    byte = 3
 	frameAddr   byte = 4
+	frameLane   byte = 5
 )
 
 func appendFrameHeader(dst []byte, typ byte, n int) []byte {

@@ -22,6 +22,18 @@ package raftlog
 // cuts a pending backoff or dial short. Raft traffic runs both ways
 // between a leader and each follower (heartbeats and their answers), so
 // silence means the path is gone.
+//
+// Consensus first (issue #15): appends and snapshots (bulk) travel on one
+// connection per peer, every other message (heartbeats, votes, append
+// answers) on a second one, the priority lane, so that a heartbeat never
+// waits behind megabytes of block replication in a queue, a buffer or a
+// TCP send window (etcd's rafthttp separates MsgApp the same way). A
+// dialer names the lane of each connection in a lane frame (frame.go);
+// the priority lane to a peer is dialed only once that peer has shown it
+// speaks lanes (a lane frame on its connections to this node): an older
+// node takes any new connection from a peer as a replacement of the
+// previous one, so until then everything goes on the bulk connection,
+// priority messages first.
 
 import (
 	"bufio"
@@ -103,11 +115,18 @@ type transport struct {
 	mu      sync.Mutex
 	peers   map[uint64]*peer
 	conns   map[net.Conn]struct{}
-	inbound map[uint64]net.Conn      // the one live inbound connection per peer
+	inbound map[inboundKey]net.Conn  // the one live inbound connection per peer and lane
 	heard   map[uint64]*atomic.Int64 // per peer ID: when a message last came (unix ns); entries never removed
-	g       *errgroup.Group
-	ctx     context.Context
-	stopped bool
+	// heardApp: per peer ID, when an append answer (MsgAppResp) last came;
+	// entries never removed. The bulk lane's silence is judged by it.
+	heardApp map[uint64]*atomic.Int64
+	// lanes: peers (by ID) that sent a lane frame, so speak lanes; entries
+	// never removed. laneKnown is closed and replaced when one is added.
+	lanes     map[uint64]bool
+	laneKnown chan struct{}
+	g         *errgroup.Group
+	ctx       context.Context
+	stopped   bool
 
 	sent, received atomic.Uint64
 	panics         atomic.Uint64
@@ -116,14 +135,36 @@ type transport struct {
 	dropped        map[string]uint64
 }
 
+// Lanes: which messages a connection carries.
+const (
+	laneBulk     byte = 0 // MsgApp, MsgSnap; and all messages to a peer that does not speak lanes
+	lanePriority byte = 1 // every other message
+)
+
+// inboundKey names an inbound connection: the peer and the lane.
+type inboundKey struct {
+	from uint64
+	lane byte
+}
+
+// priority reports whether m travels on the priority lane.
+func priority(m raftpb.Message) bool {
+	return m.Type != raftpb.MsgApp && m.Type != raftpb.MsgSnap
+}
+
 type peer struct {
 	id     uint64
 	addr   string
-	q      chan raftpb.Message
+	q      chan raftpb.Message // bulk lane
+	hq     chan raftpb.Message // priority lane
 	cancel context.CancelFunc
-	// kick: the peer just connected to this node, so the path is back:
-	// cut a backoff or a pending dial short.
-	kick chan struct{}
+	// kick (bulk lane) and hkick (priority lane): the peer just connected
+	// to this node, so the path is back: cut a backoff or a pending dial
+	// short.
+	kick, hkick chan struct{}
+	// prioUp: the priority lane is connected and drains hq; while false,
+	// the bulk lane does.
+	prioUp atomic.Bool
 }
 
 func (t *transport) drop(reason string, n int) {
@@ -151,8 +192,12 @@ func (t *transport) start(ctx context.Context, g *errgroup.Group, peers []Peer) 
 	t.g, t.ctx = g, ctx
 	t.peers = map[uint64]*peer{}
 	t.conns = map[net.Conn]struct{}{}
-	t.inbound = map[uint64]net.Conn{}
+	t.inbound = map[inboundKey]net.Conn{}
 	t.heard = map[uint64]*atomic.Int64{}
+	if t.lanes == nil {
+		t.lanes = map[uint64]bool{}
+		t.laneKnown = make(chan struct{})
+	}
 	t.mu.Unlock()
 	for _, p := range peers {
 		t.addPeer(p)
@@ -189,18 +234,44 @@ func (t *transport) addPeer(p Peer) {
 		old.cancel()
 	}
 	ctx, cancel := context.WithCancel(t.ctx)
-	pr := &peer{id: p.ID, addr: p.Addr, q: make(chan raftpb.Message, t.queueLen), cancel: cancel, kick: make(chan struct{}, 1)}
+	pr := &peer{id: p.ID, addr: p.Addr, q: make(chan raftpb.Message, t.queueLen), hq: make(chan raftpb.Message, t.queueLen),
+		cancel: cancel, kick: make(chan struct{}, 1), hkick: make(chan struct{}, 1)}
 	t.peers[p.ID] = pr
-	t.g.Go(func() error {
-		for !t.runPeerSurviving(ctx, pr) {
-			select { // after a panic (logged): again, after a pause
-			case <-ctx.Done():
-				return nil
-			case <-time.After(time.Second):
+	for _, lane := range []byte{laneBulk, lanePriority} {
+		t.g.Go(func() error {
+			for !t.runPeerSurviving(ctx, pr, lane) {
+				select { // after a panic (logged): again, after a pause
+				case <-ctx.Done():
+					return nil
+				case <-time.After(time.Second):
+				}
 			}
-		}
-		return nil
-	})
+			return nil
+		})
+	}
+}
+
+// speaksLanes reports whether peer id sent a lane frame, and a channel
+// closed when the next peer is found to.
+func (t *transport) speaksLanes(id uint64) (bool, <-chan struct{}) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.lanes[id], t.laneKnown
+}
+
+// learnLanes records that peer id speaks lanes.
+func (t *transport) learnLanes(id uint64) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.lanes == nil {
+		t.lanes = map[uint64]bool{}
+		t.laneKnown = make(chan struct{})
+	}
+	if !t.lanes[id] {
+		t.lanes[id] = true
+		close(t.laneKnown)
+		t.laneKnown = make(chan struct{})
+	}
 }
 
 func (t *transport) removePeer(id uint64) {
@@ -241,8 +312,12 @@ func (t *transport) send(msgs []raftpb.Message) {
 			t.failed(m)
 			continue
 		}
+		q := p.q
+		if priority(m) {
+			q = p.hq
+		}
 		select {
-		case p.q <- m:
+		case q <- m:
 		default:
 			t.drop(DropQueueFull, 1)
 			t.failed(m)
@@ -268,10 +343,31 @@ func (t *transport) failed(m raftpb.Message) {
 // runPeerSurviving runs runPeer, which returns when ctx ends; after a
 // panic (logged and counted) it returns false so that the caller starts
 // sending to p again.
-func (t *transport) runPeerSurviving(ctx context.Context, p *peer) (ok bool) {
+func (t *transport) runPeerSurviving(ctx context.Context, p *peer, lane byte) (ok bool) {
 	defer t.survive(fmt.Sprintf("to peer %d", p.id), func() { t.report.reportUnreachable(p.id) })
-	t.runPeer(ctx, p)
+	if lane == lanePriority {
+		t.runPriority(ctx, p)
+	} else {
+		t.runPeer(ctx, p, laneBulk)
+	}
 	return true
+}
+
+// runPriority runs the priority lane to p once p speaks lanes (until then
+// the bulk lane carries p's priority messages).
+func (t *transport) runPriority(ctx context.Context, p *peer) {
+	for {
+		ok, known := t.speaksLanes(p.id)
+		if ok {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-known:
+		}
+	}
+	t.runPeer(ctx, p, lanePriority)
 }
 
 // Dial backoff: from backoffMin, doubling, up to maxBackoff.
@@ -315,12 +411,16 @@ func silence(now, waiting, heard int64, written int, stallAfter time.Duration) (
 // errStalled: the peer said nothing for stallAfter after this node wrote.
 var errStalled = errors.New("raft peer silent")
 
-func (t *transport) runPeer(ctx context.Context, p *peer) {
+func (t *transport) runPeer(ctx context.Context, p *peer, lane byte) {
 	backoff := backoffMin
 	lastReject := ""   // the last handshake rejection logged as a warning
 	wasSilent := false // the last connection ended because the peer fell silent
+	kick := p.kick
+	if lane == lanePriority {
+		kick = p.hkick
+	}
 	for ctx.Err() == nil {
-		conn, err := t.connect(ctx, p)
+		conn, err := t.connect(ctx, p, lane)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
@@ -335,12 +435,12 @@ func (t *transport) runPeer(ctx context.Context, p *peer) {
 				t.log.Warn("raft peer rejected the handshake", "peer", p.id, "addr", p.addr, "err", err)
 				lastReject = err.Error()
 			}
-			t.discard(p)
+			t.discard(p, lane)
 			t.report.reportUnreachable(p.id)
 			select {
 			case <-ctx.Done():
 				return
-			case <-p.kick:
+			case <-kick:
 				backoff = backoffMin
 				continue
 			case <-time.After(backoff):
@@ -353,12 +453,18 @@ func (t *transport) runPeer(ctx context.Context, p *peer) {
 		}
 		backoff, lastReject = backoffMin, ""
 		select { // a kick from before this connection is stale
-		case <-p.kick:
+		case <-kick:
 		default:
 		}
-		t.log.Debug("raft peer connected", "peer", p.id, "addr", p.addr)
+		t.log.Debug("raft peer connected", "peer", p.id, "addr", p.addr, "lane", lane)
 		start := time.Now().UnixNano()
-		err = t.pump(ctx, p, conn)
+		if lane == lanePriority {
+			p.prioUp.Store(true)
+		}
+		err = t.pump(ctx, p, conn, lane)
+		if lane == lanePriority {
+			p.prioUp.Store(false)
+		}
 		conn.Close()
 		t.untrack(conn)
 		if ctx.Err() != nil {
@@ -375,8 +481,8 @@ func (t *transport) runPeer(ctx context.Context, p *peer) {
 				lvl = slog.LevelDebug
 			}
 			t.log.Log(ctx, lvl, "raft peer silent: dropped the connection to it and its queued messages, dialing again",
-				"peer", p.id, "addr", p.addr, "silent_for", t.stallAfter)
-			t.discard(p)
+				"peer", p.id, "addr", p.addr, "lane", lane, "silent_for", t.stallAfter)
+			t.discard(p, lane)
 		}
 		wasSilent = stalled
 		t.log.Debug("raft peer connection lost", "peer", p.id, "err", err)
@@ -387,15 +493,17 @@ func (t *transport) runPeer(ctx context.Context, p *peer) {
 // errKicked: a dial given up because the peer just connected to this node.
 var errKicked = errors.New("raft peer connected to this node: dialing again")
 
-// kickPeer tells id's sender that id just reached this node.
+// kickPeer tells id's senders that id just reached this node.
 func (t *transport) kickPeer(id uint64) {
 	t.mu.Lock()
 	p := t.peers[id]
 	t.mu.Unlock()
 	if p != nil {
-		select {
-		case p.kick <- struct{}{}:
-		default:
+		for _, k := range []chan struct{}{p.kick, p.hkick} {
+			select {
+			case k <- struct{}{}:
+			default:
+			}
 		}
 	}
 }
@@ -404,22 +512,45 @@ func (t *transport) kickPeer(id uint64) {
 func (t *transport) heardClock(id uint64) *atomic.Int64 {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	h := t.heard[id]
+	return clockOf(&t.heard, id)
+}
+
+// heardAppClock returns when an append answer from peer id last arrived
+// (unix ns).
+func (t *transport) heardAppClock(id uint64) *atomic.Int64 {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return clockOf(&t.heardApp, id)
+}
+
+// clockOf returns (*m)[id], created if missing. Call with t.mu held.
+func clockOf(m *map[uint64]*atomic.Int64, id uint64) *atomic.Int64 {
+	h := (*m)[id]
 	if h == nil {
-		if t.heard == nil {
-			t.heard = map[uint64]*atomic.Int64{}
+		if *m == nil {
+			*m = map[uint64]*atomic.Int64{}
 		}
 		h = new(atomic.Int64)
-		t.heard[id] = h
+		(*m)[id] = h
 	}
 	return h
 }
 
-// discard drops whatever is queued for an unreachable peer.
-func (t *transport) discard(p *peer) {
+// discard drops whatever is queued for an unreachable peer on lane (the
+// bulk lane also drops the priority queue while it is the one draining it).
+func (t *transport) discard(p *peer, lane byte) {
+	q, also := p.q, p.hq
+	if lane == lanePriority {
+		q, also = p.hq, nil
+	} else if p.prioUp.Load() {
+		also = nil
+	}
 	for {
 		select {
-		case m := <-p.q:
+		case m := <-q:
+			t.drop(DropUnreachable, 1)
+			t.failed(m)
+		case m := <-also:
 			t.drop(DropUnreachable, 1)
 			t.failed(m)
 		default:
@@ -444,10 +575,10 @@ func (t *transport) untrack(c net.Conn) {
 	t.mu.Unlock()
 }
 
-func (t *transport) connect(ctx context.Context, p *peer) (net.Conn, error) {
+func (t *transport) connect(ctx context.Context, p *peer, lane byte) (net.Conn, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.dialTO)
 	defer cancel()
-	c, err := t.dial(ctx, p)
+	c, err := t.dial(ctx, p, lane)
 	if err != nil {
 		return nil, err
 	}
@@ -497,6 +628,10 @@ func (t *transport) connect(ctx context.Context, p *peer) (net.Conn, error) {
 	default:
 		return nil, fmt.Errorf("%w: unexpected frame type %d in handshake", ErrProtocol, typ)
 	}
+	// The lane first: the listener files the connection by it.
+	if _, err := c.Write(appendFrame(nil, frameLane, []byte{lane})); err != nil {
+		return nil, err
+	}
 	if t.selfAddr != nil {
 		if a := t.selfAddr(); a != "" && len(a) <= maxAddrLen {
 			if _, err := c.Write(appendFrame(nil, frameAddr, []byte(a))); err != nil {
@@ -513,7 +648,11 @@ func (t *transport) connect(ctx context.Context, p *peer) (net.Conn, error) {
 // stallAfter (a SYN lost to a partition is retried by a new attempt, not by TCP's
 // backed-off timer), and a kick (p connected to this node) gives it up
 // with errKicked so that the caller dials again at once.
-func (t *transport) dial(ctx context.Context, p *peer) (net.Conn, error) {
+func (t *transport) dial(ctx context.Context, p *peer, lane byte) (net.Conn, error) {
+	kick := p.kick
+	if lane == lanePriority {
+		kick = p.hkick
+	}
 	timeout := t.dialTO
 	if t.stallAfter > 0 {
 		timeout = min(timeout, max(t.stallAfter/2, 100*time.Millisecond))
@@ -525,7 +664,7 @@ func (t *transport) dial(ctx context.Context, p *peer) (net.Conn, error) {
 	defer close(stop)
 	go func() {
 		select {
-		case <-p.kick:
+		case <-kick:
 			kicked.Store(true)
 			cancel()
 		case <-stop:
@@ -539,10 +678,37 @@ func (t *transport) dial(ctx context.Context, p *peer) (net.Conn, error) {
 	return c, err
 }
 
-// pump writes queued messages to c until an error or ctx ends. It returns
-// errStalled once it has written and then heard nothing from the peer (on
-// the peer's own connection to this node) for stallAfter.
-func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
+// pump writes messages queued for lane to c until an error or ctx ends
+// (the bulk lane also those of the priority lane, first, while that is not
+// connected). It returns errStalled once it has written and then heard
+// nothing from the peer (on the peer's own connections to this node) for
+// stallAfter.
+func (t *transport) pump(ctx context.Context, p *peer, c net.Conn, lane byte) error {
+	// queues returns the queues to drain now: first (priority) before second.
+	queues := func() (first, second chan raftpb.Message) {
+		if lane == lanePriority {
+			return p.hq, nil
+		}
+		if p.prioUp.Load() {
+			return nil, p.q
+		}
+		return p.hq, p.q
+	}
+	// ready returns a queued message without waiting.
+	ready := func() (raftpb.Message, bool) {
+		first, second := queues()
+		select {
+		case m := <-first:
+			return m, true
+		default:
+		}
+		select {
+		case m := <-second:
+			return m, true
+		default:
+		}
+		return raftpb.Message{}, false
+	}
 	bw := bufio.NewWriterSize(c, 64<<10)
 	var buf []byte
 	var snaps []raftpb.Message
@@ -552,16 +718,34 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
 		defer tk.Stop()
 		check = tk.C
 	}
-	heard := t.heardClock(p.id)
+	// The peer answers appends with MsgAppResp, on its priority lane once
+	// it has one; its heartbeat answers there say nothing of this
+	// connection. So while the priority lane is up, the bulk lane is
+	// silent when no append answer came: a bulk connection stuck (e.g. in
+	// TCP's backed-off retransmissions) is dropped and dialed again, as
+	// before the lanes, although heartbeats still flow.
+	heard, heardApp := t.heardClock(p.id), t.heardAppClock(p.id)
 	var waiting int64 // unix ns of the first write not yet followed by a message from the peer; 0: none
 	var written int   // bytes written since waiting
+	// A lane switch (the priority lane connecting or failing) changes what
+	// this lane drains: look again at least this often.
+	recheck := time.NewTicker(100 * time.Millisecond)
+	defer recheck.Stop()
 	for {
 		var m raftpb.Message
+		var ok bool
+		first, second := queues()
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
+		case <-recheck.C:
+			continue
 		case now := <-check:
-			answered, silent := silence(now.UnixNano(), waiting, heard.Load(), written, t.stallAfter)
+			h := heard
+			if lane == laneBulk && p.prioUp.Load() {
+				h = heardApp
+			}
+			answered, silent := silence(now.UnixNano(), waiting, h.Load(), written, t.stallAfter)
 			if silent {
 				return errStalled
 			}
@@ -569,10 +753,13 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
 				waiting, written = 0, 0
 			}
 			continue
-		case m = <-p.q:
+		case m = <-first:
+		case m = <-second:
 		}
 		n := 0
+		appends := false // the batch holds an append or a snapshot
 		for {
+			appends = appends || !priority(m)
 			sz := m.Size()
 			buf = appendFrameHeader(buf[:0], frameMsg, sz)
 			buf = append(buf, make([]byte, sz)...)
@@ -594,10 +781,8 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
 			if n >= 256 {
 				break
 			}
-			select {
-			case m = <-p.q:
+			if m, ok = ready(); ok {
 				continue
-			default:
 			}
 			break
 		}
@@ -607,7 +792,9 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn) error {
 			return err
 		}
 		t.sent.Add(uint64(n))
-		if waiting == 0 {
+		// A bulk lane judged by append answers waits only for answers to
+		// appends.
+		if waiting == 0 && (appends || lane == lanePriority || !p.prioUp.Load()) {
 			waiting = time.Now().UnixNano()
 		}
 		for _, s := range snaps {
@@ -704,29 +891,51 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 	if _, err := c.Write(appendFrame(nil, frameHello, reply.marshal())); err != nil {
 		return err
 	}
-	// A peer sends on one connection at a time: a new one replaces the old
-	// (e.g. after the peer restarted), so connections per member stay bounded.
+	c.SetDeadline(time.Time{})
+	fr.max = t.maxFrame
+	// The first frame says the lane (a lane frame), else this is a bulk
+	// connection from a node that does not speak lanes.
+	typ, b, err = fr.next()
+	if err != nil {
+		return err
+	}
+	key := inboundKey{from: h.From, lane: laneBulk}
+	pending := true // b is the first frame, still to handle
+	if typ == frameLane {
+		pending = false
+		if len(b) == 1 && b[0] == lanePriority {
+			key.lane = lanePriority
+		}
+		t.learnLanes(h.From)
+	}
+	// A peer sends on one connection per lane at a time: a new one replaces
+	// the old (e.g. after the peer restarted), so connections per member
+	// stay bounded.
 	t.mu.Lock()
-	if old := t.inbound[h.From]; old != nil {
+	if old := t.inbound[key]; old != nil {
 		old.Close()
 	}
-	t.inbound[h.From] = c
+	t.inbound[key] = c
 	t.mu.Unlock()
 	t.kickPeer(h.From)
-	heard := t.heardClock(h.From)
+	heard, heardApp := t.heardClock(h.From), t.heardAppClock(h.From)
 	defer func() {
 		t.mu.Lock()
-		if t.inbound[h.From] == c {
-			delete(t.inbound, h.From)
+		if t.inbound[key] == c {
+			delete(t.inbound, key)
 		}
 		t.mu.Unlock()
 	}()
-	c.SetDeadline(time.Time{})
-	fr.max = t.maxFrame
 	for {
-		typ, b, err := fr.next()
-		if err != nil {
-			return err
+		if !pending {
+			typ, b, err = fr.next()
+			if err != nil {
+				return err
+			}
+		}
+		pending = false
+		if typ == frameLane {
+			continue
 		}
 		if typ == frameAddr {
 			t.learnAddr(h.From, b)
@@ -745,7 +954,11 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 			continue
 		}
 		t.received.Add(1)
-		heard.Store(time.Now().UnixNano())
+		now := time.Now().UnixNano()
+		heard.Store(now)
+		if m.Type == raftpb.MsgAppResp {
+			heardApp.Store(now)
+		}
 		if err := t.step(ctx, m); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

@@ -56,7 +56,7 @@ func TestSendQueueBound(t *testing.T) {
 		t.Errorf("queue holds %d, want 2", len(tr.peers[2].q))
 	}
 	// A peer that cannot be dialed drains its queue as unreachable.
-	tr.discard(tr.peers[2])
+	tr.discard(tr.peers[2], laneBulk)
 	if st := tr.stats(); st.Dropped[DropUnreachable] != 2 {
 		t.Errorf("after discard: %v", st.Dropped)
 	}

@@ -251,6 +251,7 @@ func benchAppliances(ctx context.Context, c *benchConfig, profile bool) (benchRu
 		return benchRun{}, err
 	}
 	others0 := othersCPU(cl, leader)
+	stopWatch := watchLeadership(ctx, cl, leader)
 	res := benchload.Run(ab.NewAtomicBroadcastClient(conn), envs, c.streams, 0, c.window)
 	ok, elapsed, lat := res.OK, res.Elapsed, res.Lat
 	cpu1, err := procCPU(pid)
@@ -258,20 +259,22 @@ func benchAppliances(ctx context.Context, c *benchConfig, profile bool) (benchRu
 		return benchRun{}, err
 	}
 	others1 := othersCPU(cl, leader)
-	if ok != c.tx {
-		return benchRun{}, fmt.Errorf("%d SUCCESS of %d; other answers: %v (logs in %s with -soak_keep 1)", ok, c.tx, res.Other, cl.dir)
-	}
-	r := benchRun{txs: float64(ok) / elapsed.Seconds(), p50: ms(benchload.Percentile(lat, 0.5)),
-		p99: ms(benchload.Percentile(lat, 0.99)), cpuUs: float64((cpu1 - cpu0).Microseconds()) / float64(ok)}
-	r.load1, _ = strconv.ParseFloat(strings.Fields(loadAvg())[0], 64)
+	lw := stopWatch()
 	st1, err := cl.status(ctx, leader)
 	if err != nil {
 		return benchRun{}, err
 	}
+	elections := fmt.Sprintf("leader changes during the load: %d, highest term %d (was %d)", lw.changes, max(lw.maxTerm, st1.Ledger.Term), term)
+	if ok != c.tx {
+		return benchRun{}, fmt.Errorf("%d SUCCESS of %d; other answers: %v; %s (logs in %s with -soak_keep 1)", ok, c.tx, res.Other, elections, cl.dir)
+	}
+	r := benchRun{txs: float64(ok) / elapsed.Seconds(), p50: ms(benchload.Percentile(lat, 0.5)),
+		p99: ms(benchload.Percentile(lat, 0.99)), cpuUs: float64((cpu1 - cpu0).Microseconds()) / float64(ok)}
+	r.load1, _ = strconv.ParseFloat(strings.Fields(loadAvg())[0], 64)
 	if st1.Ledger.Term != term || st1.Ledger.Leader != leader.name {
 		r.note = fmt.Sprintf("(leader changed during the run: %s term %d -> %s term %d)", leader.name, term, st1.Ledger.Leader, st1.Ledger.Term)
 	}
-	r.note += fmt.Sprintf("[leader %s; CPU µs/tx of the others:", leader.name)
+	r.note += fmt.Sprintf("[%s; leader %s; CPU µs/tx of the others:", elections, leader.name)
 	for _, p := range cl.procs {
 		if d, found := others1[p.name]; found && p != leader {
 			r.note += fmt.Sprintf(" %s %.0f", p.name, float64((d-others0[p.name]).Microseconds())/float64(ok))
@@ -369,4 +372,53 @@ func (cl *cluster) saveProfile(ctx context.Context, p *proc, path string, secs i
 		return err
 	}
 	return f.Close()
+}
+
+// leadership is what watchLeadership saw.
+type leadership struct {
+	changes int    // times the watched leader was seen not leading (stepped down, or another leader)
+	maxTerm uint64 // the highest raft term any appliance reported
+}
+
+// watchLeadership polls every appliance's /status every 100 ms until the
+// returned function is called, which returns what it saw. Consensus first
+// (issue #15): under flat-out load the leader must keep leading; a leader
+// that steps down for want of heartbeat answers (CheckQuorum) may do so
+// without any term change, so the term alone does not show it.
+func watchLeadership(ctx context.Context, cl *cluster, leader *proc) func() leadership {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan leadership, 1)
+	go func() {
+		var lw leadership
+		leading := true
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				done <- lw
+				return
+			case <-t.C:
+			}
+			for _, p := range cl.members() {
+				st, err := cl.status(ctx, p)
+				if err != nil {
+					continue
+				}
+				lw.maxTerm = max(lw.maxTerm, st.Ledger.Term)
+				if p != leader {
+					continue
+				}
+				now := st.Ledger.RaftState == "StateLeader" && st.Ledger.Leader == leader.name
+				if leading && !now {
+					lw.changes++
+				}
+				leading = now
+			}
+		}
+	}()
+	return func() leadership {
+		cancel()
+		return <-done
+	}
 }
