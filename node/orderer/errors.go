@@ -2,6 +2,7 @@ package orderer
 
 import (
 	"errors"
+	"fmt"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 
@@ -22,9 +23,12 @@ var (
 	// ErrForbidden: the creator is not a member of the current policy with
 	// the role the request needs.
 	ErrForbidden = errors.New("creator not authorised")
-	// ErrNotImplemented: a request this node does not support yet
-	// (CONFIG_UPDATE: channel config updates).
+	// ErrNotImplemented: a request this node does not support.
 	ErrNotImplemented = errors.New("not implemented")
+	// ErrConfigUpdate: a CONFIG_UPDATE envelope (peer channel update,
+	// configtxlator flows) was refused: the channel config changes only
+	// through a signed policy version (answered FORBIDDEN).
+	ErrConfigUpdate = fmt.Errorf("%w: CONFIG_UPDATE refused", ErrForbidden)
 	// ErrClosed: the node is closed.
 	ErrClosed = errors.New("ordering node closed")
 	// ErrCatchUp: the node lacks blocks that its log no longer holds and

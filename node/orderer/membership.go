@@ -123,10 +123,12 @@ func (n *Node) selfName() string {
 	return ""
 }
 
-// Reconcile asks the membership driver to check the consenters now (e.g.
-// after a policy change). It does not block; a no-op without
-// Config.Membership.
+// Reconcile asks the node to follow a policy change now: the membership
+// driver checks the consenters (with Config.Membership), and the raft
+// leader checks whether the channel config is due a CONFIG block
+// (configtx.go). It does not block.
 func (n *Node) Reconcile() {
+	n.pokeConfig()
 	select {
 	case n.reconcileCh() <- struct{}{}:
 	default:

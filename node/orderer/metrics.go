@@ -110,6 +110,7 @@ var reasons = []struct {
 	{ErrDuplicate, "duplicate"},
 	{block.ErrTooLarge, "too_large"},
 	{ErrNotImplemented, "not_implemented"},
+	{ErrConfigUpdate, "config_update"},
 	{block.ErrWrongChannel, "wrong_channel"},
 	{ErrNotFound, "not_found"},
 	{block.ErrBadSignature, "bad_signature"},

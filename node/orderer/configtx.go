@@ -1,0 +1,202 @@
+package orderer
+
+// CONFIG blocks: a policy version that changes what the channel config
+// mirrors (member orgs and their CAs, consenters and their TLS
+// certificates, orderer endpoints, batch parameters) becomes a Fabric
+// CONFIG transaction, ordered as a block of its own, as a stock Fabric
+// orderer does after a channel update (etcdraft chain.go: a config message
+// first cuts the pending batch, then goes alone into the next block, and no
+// other block is proposed while it is in flight; blockwriter.go: a config
+// block's LAST_CONFIG points to itself and every later block's to it).
+//
+// The raft leader derives the transaction (channelconfig.NextFromPolicy:
+// from the config in force and the current policy version) and proposes it
+// as a config entry that names the policy version and hash it came from
+// (entry.go). Every node, the leader included, derives the transaction
+// again from the same config in force and the same policy version before
+// storing the block, and refuses a block whose Config or ConfigUpdate
+// differs in any byte: it is not stored, on any node that holds that
+// policy version, so the chain stays the same everywhere. A node whose
+// policy is behind the version named waits for it (the policy folder);
+// one that never saw that version cannot check the block and stops with
+// an error rather than guess.
+//
+// The new config takes effect with the block after the config block: its
+// batch parameters set the cutter, its AbsoluteMaxBytes admission, its
+// MSPs the check of this node's signing identity.
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+
+	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/channelconfig"
+	"github.com/memberd/memberd/policy"
+)
+
+// ErrConfigUnverifiable: a committed config block names a policy version
+// this node never held, so it cannot check the block.
+var ErrConfigUnverifiable = errors.New("config block cannot be checked")
+
+// policyHistory bounds the policy versions a node remembers for checking
+// config blocks that were derived from a version it has since replaced.
+const policyHistory = 16
+
+// configState is the policy versions seen, for checking config entries.
+type configState struct {
+	poke chan struct{} // wakes the driver to check the policy; immutable
+
+	mu    sync.Mutex // guards seen and order
+	seen  map[policy.Hash]*policy.Policy
+	order []policy.Hash // oldest first
+}
+
+func newConfigState() configState {
+	return configState{poke: make(chan struct{}, 1), seen: map[policy.Hash]*policy.Policy{}}
+}
+
+// observePolicy returns the current policy and remembers it.
+func (n *Node) observePolicy() *policy.Policy {
+	p := n.cfg.Policy()
+	if p == nil {
+		return nil
+	}
+	s := &n.cfgtx
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if _, ok := s.seen[p.Hash()]; !ok {
+		s.seen[p.Hash()] = p
+		s.order = append(s.order, p.Hash())
+		if len(s.order) > policyHistory {
+			delete(s.seen, s.order[0])
+			s.order = s.order[1:]
+		}
+	}
+	return p
+}
+
+func (n *Node) seenPolicy(h policy.Hash) *policy.Policy {
+	n.cfgtx.mu.Lock()
+	defer n.cfgtx.mu.Unlock()
+	return n.cfgtx.seen[h]
+}
+
+// policyFor returns the policy version src names, waiting while this node's
+// policy is older.
+func (n *Node) policyFor(ctx context.Context, src configSource, number uint64) (*policy.Policy, error) {
+	warned := time.Now()
+	for {
+		cur := n.observePolicy()
+		if p := n.seenPolicy(src.hash); p != nil {
+			return p, nil
+		}
+		if cur != nil && cur.Version() >= src.version {
+			return nil, fmt.Errorf("%w: config block %d was derived from policy version %d (%s), which this node never held (its policy is version %d %s): "+
+				"this node cannot check it; copy the signed bundle of version %d into the policy folder and restart, or rejoin the channel from a peer's blocks",
+				ErrConfigUnverifiable, number, src.version, src.hash, cur.Version(), cur.Hash(), src.version)
+		}
+		if time.Since(warned) > 10*time.Second {
+			n.log.Warn("waiting for the policy version a config block was derived from: install its signed bundle in the policy folder",
+				"number", number, "policy_version", src.version, "policy_hash", src.hash.String())
+			warned = time.Now()
+		}
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-n.closed:
+			return nil, ErrClosed
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+}
+
+// nextConfig derives the config transaction for policy version p from the
+// config in force.
+func (n *Node) nextConfig(p *policy.Policy) (*channelconfig.Update, error) {
+	in := n.inForce.Load().ch
+	return channelconfig.NextFromPolicy(&common.Config{Sequence: in.Sequence, ChannelGroup: in.Group}, n.channel, p, nil)
+}
+
+// checkConfigEntry checks config entry data (whose block is b, already
+// found to chain to the store) and returns the config it puts in force.
+// Errors wrapping channelconfig.ErrConfigMismatch or ErrConfig refuse the
+// block; others stop apply.
+func (n *Node) checkConfigEntry(ctx context.Context, data []byte, b *common.Block) (*configInForce, error) {
+	src, _, err := decodeConfigEntry(data)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", channelconfig.ErrConfig, err)
+	}
+	p, err := n.policyFor(ctx, src, b.Header.Number)
+	if err != nil {
+		return nil, err
+	}
+	u, err := n.nextConfig(p)
+	if err != nil {
+		return nil, fmt.Errorf("%w: block %d: policy version %d derives no config transaction here: %w",
+			channelconfig.ErrConfigMismatch, b.Header.Number, src.version, err)
+	}
+	if err := channelconfig.CheckConfigBlock(b, u); err != nil {
+		return nil, err
+	}
+	next, err := configOfBlock(b)
+	if err != nil {
+		return nil, err
+	}
+	n.log.Info("config block stored", "number", b.Header.Number, "sequence", u.Config.Sequence,
+		"policy_version", src.version, "batch", fmt.Sprintf("%+v", next.cut))
+	return next, nil
+}
+
+// putInForce makes c the config in force.
+func (n *Node) putInForce(c *configInForce) {
+	n.inForce.Store(c)
+	n.adm.maxBytes.Store(c.cut.AbsoluteMaxBytes)
+}
+
+// reloadInForce puts the config of the store's last config block in force
+// (after blocks were appended from peers).
+func (n *Node) reloadInForce() error {
+	last, err := n.store.Get(n.store.Height() - 1)
+	if err != nil {
+		return err
+	}
+	lc, err := block.LastConfigIndex(last)
+	if err != nil || lc == n.LastConfig() {
+		return nil
+	}
+	b, err := n.store.Get(lc)
+	if err != nil {
+		return fmt.Errorf("last config block %d: %w", lc, err)
+	}
+	c, err := configOfBlock(b)
+	if err != nil {
+		return err
+	}
+	n.putInForce(c)
+	return nil
+}
+
+// configBlock returns the unsigned config block number num (after
+// prevHash) holding the CONFIG transaction u, signed by this node.
+func (n *Node) configBlock(u *channelconfig.Update, num uint64, prevHash []byte) (*common.Block, error) {
+	id := n.signing.Load()
+	env, err := channelconfig.ConfigTransaction(u, nil, channelconfig.Signer{Key: id.signer, Identity: id.identity}, n.cfg.Now(), rand.Reader)
+	if err != nil {
+		return nil, err
+	}
+	return block.New(num, prevHash, [][]byte{env}), nil
+}
+
+// pokeConfig wakes the driver to compare the policy with the config in force.
+func (n *Node) pokeConfig() {
+	select {
+	case n.cfgtx.poke <- struct{}{}:
+	default:
+	}
+}

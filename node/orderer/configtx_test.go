@@ -1,0 +1,294 @@
+package orderer
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/memberd/memberd/internal/testenv"
+	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/channelconfig"
+	"github.com/memberd/memberd/policy"
+)
+
+// waitLastConfig waits until every running node's config in force is that
+// of a block after 0, and returns its number.
+func (cl *cluster) waitLastConfig(timeout time.Duration) uint64 {
+	cl.t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		var num uint64
+		all := true
+		for _, tn := range cl.nodes {
+			if n := tn.np.Load(); n != nil {
+				if lc := n.LastConfig(); lc == 0 || (num != 0 && lc != num) {
+					all = false
+				} else {
+					num = lc
+				}
+			}
+		}
+		if all && num != 0 {
+			return num
+		}
+		if time.Now().After(deadline) {
+			cl.t.Fatalf("no config block on every node within %v", timeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (cl *cluster) reconcileAll() {
+	for _, tn := range cl.nodes {
+		if n := tn.np.Load(); n != nil {
+			n.Reconcile()
+		}
+	}
+}
+
+// TestConfigBlockFromPolicy: a policy version that adds a member and lowers
+// the batch size becomes a CONFIG block of its own on a running cluster:
+// Sequence 1, LastUpdate equal to what the stock configtxlator
+// compute_update gives between the two configs, LAST_CONFIG of every later
+// block pointing to it, the new member's MSP in force and the new batch
+// size cutting from the block after it, also after a restart.
+func TestConfigBlockFromPolicy(t *testing.T) {
+	fab := testenv.Fabric(t, "configtxlator")
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 300 * time.Millisecond},
+		func(c *Config) { c.FixedBatches = true })
+	l := cl.leader(10 * time.Second)
+	w := cl.c.identity(t, "m1", "writer")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+
+	send := func(from, count int) {
+		t.Helper()
+		envs, ids := envelopes(t, w, from+count, 64)
+		res := newLoadResult()
+		if _, err := broadcast(ctx, cl.nodes[l-1].client, envs[from:], ids[from:], res); err != nil {
+			t.Fatal(err)
+		}
+		if len(res.success) != count {
+			t.Fatalf("%d of %d envelopes ordered: %v", len(res.success), count, res.other)
+		}
+	}
+	send(0, 5) // one block of 5 (MaxMessageCount 10, cut at the timeout)
+	before := cl.node(l).Height()
+
+	next := cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) {
+		d.Members = append(d.Members, cl.c.cons.NewMember(t, "m4"))
+		d.Ledger.BatchSize.MaxMessageCount = 2
+	})
+	cl.c.cur.Store(next)
+	cl.reconcileAll()
+	num := cl.waitLastConfig(15 * time.Second)
+	if num != before {
+		t.Fatalf("config block is block %d, want the next block %d", num, before)
+	}
+	cl.waitHeight(num+1, 10*time.Second)
+
+	cfgBlock, err := cl.node(l).Store().Get(num)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(cfgBlock.Data.Data) != 1 {
+		t.Fatalf("config block holds %d envelopes, want 1 (a block of its own)", len(cfgBlock.Data.Data))
+	}
+	ce, cue, err := channelconfig.ConfigTransactionOf(cfgBlock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ce.Config.Sequence != 1 {
+		t.Fatalf("config sequence %d, want 1", ce.Config.Sequence)
+	}
+	for _, tn := range cl.nodes {
+		n := tn.np.Load()
+		ch := n.ChannelConfig()
+		if ch.Sequence != 1 || n.BatchConfig().MaxMessageCount != 2 {
+			t.Fatalf("node %d: sequence %d batch %+v in force, want 1 and MaxMessageCount 2", tn.id, ch.Sequence, n.BatchConfig())
+		}
+		if _, ok := ch.Group.Groups["Application"].Groups["m4MSP"]; !ok {
+			t.Fatalf("node %d: the new member's MSP m4MSP is not in the Application group in force", tn.id)
+		}
+	}
+
+	// The delta is what the stock configtxlator computes between the two.
+	gen, err := cl.node(l).Store().Get(0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, oldCfg, err := channelconfig.BlockConfig(gen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	bin := filepath.Join(fab, "bin", "configtxlator")
+	dir := t.TempDir()
+	write := func(name string, m proto.Message) string {
+		raw, err := proto.Marshal(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := filepath.Join(dir, name)
+		if err := os.WriteFile(p, raw, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	oldPB, newPB, delta := write("old.pb", oldCfg), write("new.pb", ce.Config), filepath.Join(dir, "delta.pb")
+	if out, err := exec.Command(bin, "compute_update", "--channel_id", "trade", "--original", oldPB, "--updated", newPB, "--output", delta).CombinedOutput(); err != nil {
+		t.Fatalf("configtxlator compute_update: %v\n%s", err, out)
+	}
+	raw, err := os.ReadFile(delta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, got := new(common.ConfigUpdate), new(common.ConfigUpdate)
+	if err := proto.Unmarshal(raw, want); err != nil {
+		t.Fatal(err)
+	}
+	if err := proto.Unmarshal(cue.ConfigUpdate, got); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(want, got) {
+		t.Fatalf("LastUpdate differs from configtxlator compute_update:\nmemberd:       %v\nconfigtxlator: %v", got, want)
+	}
+	// The stock tool reads the block as a Fabric block.
+	blockPB := write("config.block", cfgBlock)
+	js, err := exec.Command(bin, "proto_decode", "--type", "common.Block", "--input", blockPB).Output()
+	if err != nil {
+		t.Fatalf("configtxlator proto_decode: %v", err)
+	}
+	var decoded struct {
+		Data struct {
+			Data []struct {
+				Payload struct {
+					Header struct {
+						ChannelHeader struct {
+							Type int `json:"type"`
+						} `json:"channel_header"`
+					} `json:"header"`
+					Data struct {
+						Config struct {
+							Sequence string `json:"sequence"`
+						} `json:"config"`
+					} `json:"data"`
+				} `json:"payload"`
+			} `json:"data"`
+		} `json:"data"`
+	}
+	if err := json.Unmarshal(js, &decoded); err != nil {
+		t.Fatal(err)
+	}
+	if d := decoded.Data.Data; len(d) != 1 || d[0].Payload.Header.ChannelHeader.Type != int(common.HeaderType_CONFIG) || d[0].Payload.Data.Config.Sequence != "1" {
+		t.Fatalf("configtxlator proto_decode of the config block: %+v", decoded)
+	}
+	if !strings.Contains(string(js), "m4MSP") {
+		t.Fatal("configtxlator proto_decode of the config block does not show the new member's MSP")
+	}
+
+	// The new batch size cuts from the block after the config block.
+	send(5, 5)
+	cl.waitHeight(num+4, 10*time.Second)
+	cl.checkIdentical()
+	n := cl.node(l)
+	for i := uint64(1); i < n.Height(); i++ {
+		b, err := n.Store().Get(i)
+		if err != nil {
+			t.Fatal(err)
+		}
+		lc, err := block.LastConfigIndex(b)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantLC, maxTx := uint64(0), 10
+		if i >= num {
+			wantLC, maxTx = num, 2
+		}
+		if i == num {
+			maxTx = 1
+		}
+		if lc != wantLC || len(b.Data.Data) > maxTx {
+			t.Fatalf("block %d: LAST_CONFIG %d with %d envelopes, want %d and at most %d", i, lc, len(b.Data.Data), wantLC, maxTx)
+		}
+		if i == num+1 && len(b.Data.Data) != 2 {
+			t.Fatalf("block %d after the config block holds %d envelopes, want 2 (MaxMessageCount 2)", i, len(b.Data.Data))
+		}
+	}
+
+	// A restarted node reads the config in force from its store.
+	f := l%3 + 1
+	cl.stop(f)
+	cl.start(f)
+	if nf := cl.node(f); nf.LastConfig() != num || nf.BatchConfig().MaxMessageCount != 2 {
+		t.Fatalf("restarted node %d: last config %d batch %+v", f, nf.LastConfig(), nf.BatchConfig())
+	}
+	// And the same policy version orders no second config block.
+	cl.reconcileAll()
+	time.Sleep(time.Second)
+	for _, tn := range cl.nodes {
+		if lc := tn.np.Load().LastConfig(); lc != num {
+			t.Fatalf("node %d: last config %d after a second look at the same policy, want %d", tn.id, lc, num)
+		}
+	}
+}
+
+// TestConfigBlockMismatchRefused: a config entry whose transaction is not
+// the one every node derives from the policy version it names is stored by
+// no node, and ordering goes on after it.
+func TestConfigBlockMismatchRefused(t *testing.T) {
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, nil)
+	l := cl.leader(10 * time.Second)
+	n := cl.node(l)
+	cur := cl.c.policy()
+	// A transaction derived from a version the nodes do not hold, in an
+	// entry naming the version they do hold (which derives no change).
+	other := cl.c.cons.Next(t, cur, func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 })
+	u, err := n.nextConfig(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := n.Store().LastHeader()
+	b, err := n.configBlock(u, h.Number+1, block.HeaderHash(h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := encodeConfigEntry(b, cur.Version(), cur.Hash())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := n.raft.ProposeWait(ctx, data); err != nil {
+		t.Fatal(err)
+	}
+	// An ordinary transaction takes the number the config block claimed.
+	w := cl.c.identity(t, "m1", "writer")
+	envs, ids := envelopes(t, w, 1, 16)
+	res := newLoadResult()
+	if _, err := broadcast(ctx, cl.nodes[l-1].client, envs, ids, res); err != nil || len(res.success) != 1 {
+		t.Fatalf("broadcast after the refused config block: %v %v", err, res.other)
+	}
+	cl.waitHeight(h.Number+2, 10*time.Second)
+	cl.checkIdentical()
+	for _, tn := range cl.nodes {
+		nn := tn.np.Load()
+		if nn.LastConfig() != 0 || nn.ChannelConfig().Sequence != 0 {
+			t.Fatalf("node %d put the refused config in force", tn.id)
+		}
+		got, err := nn.Store().Get(h.Number + 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := channelconfig.BlockConfig(got); err == nil {
+			t.Fatalf("node %d stored the refused config block", tn.id)
+		}
+	}
+}
