@@ -117,10 +117,23 @@ func (n *Node) policyFor(ctx context.Context, src configSource, number uint64) (
 }
 
 // nextConfig derives the config transaction for policy version p from the
-// config in force.
+// config in force. A consenter member that is not a consenter of the
+// config in force but was one in the genesis block (removed, then added
+// back) gets its genesis consenter again; the policy carries no TLS
+// certificates, so a consenter that is new to the channel has none, and
+// the derivation fails naming it.
 func (n *Node) nextConfig(p *policy.Policy) (*channelconfig.Update, error) {
 	in := n.inForce.Load().ch
-	return channelconfig.NextFromPolicy(&common.Config{Sequence: in.Sequence, ChannelGroup: in.Group}, n.channel, p, nil)
+	css := map[string]channelconfig.Consenter{}
+	for _, m := range p.Consenters() {
+		if _, ok := channelconfig.ConsenterOf(in.Config.Consenters, m); ok {
+			continue
+		}
+		if cs, ok := channelconfig.ConsenterOf(n.genesisConsenters, m); ok {
+			css[m.ID] = cs
+		}
+	}
+	return channelconfig.NextFromPolicy(&common.Config{Sequence: in.Sequence, ChannelGroup: in.Group}, n.channel, p, css)
 }
 
 // checkConfigEntry checks config entry data (whose block is b, already

@@ -292,3 +292,35 @@ func TestConfigBlockMismatchRefused(t *testing.T) {
 		}
 	}
 }
+
+// TestConfigBlockConsenterBack: a consenter removed from ledger.consenters
+// leaves the Orderer group in a CONFIG block; added back, it returns with
+// its genesis consenter (TLS certificates) in a second one.
+func TestConfigBlockConsenterBack(t *testing.T) {
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, nil)
+	cl.leader(10 * time.Second)
+	orderers := func() (orgs, consenters int) {
+		ch := cl.node(1).ChannelConfig()
+		return len(ch.Group.Groups["Orderer"].Groups), len(ch.Config.Consenters)
+	}
+	cl.setConsenters(t, "m1", "m2")
+	first := cl.waitLastConfig(15 * time.Second)
+	if o, c := orderers(); o != 2 || c != 2 {
+		t.Fatalf("after removing m3: %d orderer orgs, %d consenters in force, want 2 and 2", o, c)
+	}
+	cl.setConsenters(t, "m1", "m2", "m3")
+	deadline := time.Now().Add(15 * time.Second)
+	for cl.node(1).LastConfig() == first || cl.node(2).LastConfig() == first || cl.node(3).LastConfig() == first {
+		if time.Now().After(deadline) {
+			t.Fatal("no second config block after adding m3 back")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if o, c := orderers(); o != 3 || c != 3 {
+		t.Fatalf("after adding m3 back: %d orderer orgs, %d consenters in force, want 3 and 3", o, c)
+	}
+	if seq := cl.node(1).ChannelConfig().Sequence; seq != 2 {
+		t.Fatalf("sequence %d, want 2", seq)
+	}
+	cl.checkIdentical()
+}

@@ -68,8 +68,10 @@ type Node struct {
 	// block), against which signing identities are checked and which sets
 	// the cutter. apply replaces it when it stores a config block.
 	inForce atomic.Pointer[configInForce]
-	// cfgtx is the leader's CONFIG transaction state (configtx.go).
+	// cfgtx is the policy versions seen, for CONFIG blocks (configtx.go).
 	cfgtx configState
+	// genesisConsenters are the consenters of the genesis block. Immutable.
+	genesisConsenters []channelconfig.Consenter
 }
 
 // configInForce is a channel config in force. Immutable.
@@ -157,6 +159,8 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		waiters:  make(map[txKey]*waiter),
 		recent:   newRecentSet(cfg.RecentTxIDs),
 		cfgtx:    newConfigState(),
+
+		genesisConsenters: ch.Config.Consenters,
 	}
 	var lastConfig uint64
 	if lc, err := block.LastConfigIndex(last); err == nil {
