@@ -71,6 +71,15 @@ type Config struct {
 	// Membership, if set, makes the raft leader apply changes of the
 	// policy's ledger.consenters to the running cluster (membership.go).
 	Membership *Membership
+	// ConfigBlocks makes this node, while it leads, order a Fabric CONFIG
+	// block for every policy version that changes what the channel config
+	// mirrors (configtx.go). Default false: the channel config stays as in
+	// the genesis block. Off by default because the ConfigUpdate carries
+	// no member admin signatures yet, so a stock Fabric peer refuses the
+	// CONFIG block's mod_policy check and stops (issue #14); turn it on
+	// where no stock peer reads the channel. Every node checks the config
+	// blocks it is given whatever this says.
+	ConfigBlocks bool
 	// FixedBatches turns adaptive cutting off: a block is cut only at
 	// BatchSize's limits or BatchTimeout, as by a stock Fabric orderer.
 	// Default false: the leader also cuts the pending envelopes at once when

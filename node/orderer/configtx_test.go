@@ -63,7 +63,7 @@ func (cl *cluster) reconcileAll() {
 func TestConfigBlockFromPolicy(t *testing.T) {
 	fab := testenv.Fabric(t, "configtxlator")
 	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 300 * time.Millisecond},
-		func(c *Config) { c.FixedBatches = true })
+		func(c *Config) { c.FixedBatches, c.ConfigBlocks = true, true })
 	l := cl.leader(10 * time.Second)
 	w := cl.c.identity(t, "m1", "writer")
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -297,7 +297,7 @@ func TestConfigBlockMismatchRefused(t *testing.T) {
 // leaves the Orderer group in a CONFIG block; added back, it returns with
 // its genesis consenter (TLS certificates) in a second one.
 func TestConfigBlockConsenterBack(t *testing.T) {
-	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, nil)
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) { c.ConfigBlocks = true })
 	cl.leader(10 * time.Second)
 	orderers := func() (orgs, consenters int) {
 		ch := cl.node(1).ChannelConfig()

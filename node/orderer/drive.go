@@ -128,7 +128,7 @@ func (n *Node) drive(ctx context.Context) error {
 	// changes the channel config (configtx.go): the pending envelopes are
 	// cut first, then the config block goes alone.
 	proposeConfig := func() {
-		if !leading || cfgInFlight != 0 {
+		if !n.cfg.ConfigBlocks || !leading || cfgInFlight != 0 {
 			return
 		}
 		p := n.observePolicy()

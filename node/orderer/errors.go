@@ -2,7 +2,6 @@ package orderer
 
 import (
 	"errors"
-	"fmt"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 
@@ -28,7 +27,7 @@ var (
 	// ErrConfigUpdate: a CONFIG_UPDATE envelope (peer channel update,
 	// configtxlator flows) was refused: the channel config changes only
 	// through a signed policy version (answered FORBIDDEN).
-	ErrConfigUpdate = fmt.Errorf("%w: CONFIG_UPDATE refused", ErrForbidden)
+	ErrConfigUpdate = errors.New("CONFIG_UPDATE refused")
 	// ErrClosed: the node is closed.
 	ErrClosed = errors.New("ordering node closed")
 	// ErrCatchUp: the node lacks blocks that its log no longer holds and
@@ -52,7 +51,7 @@ func StatusOf(err error) common.Status {
 		return common.Status_NOT_IMPLEMENTED
 	case errors.Is(err, block.ErrWrongChannel), errors.Is(err, ErrNotFound):
 		return common.Status_NOT_FOUND
-	case errors.Is(err, ErrForbidden), errors.Is(err, block.ErrBadSignature), errors.Is(err, block.ErrHighS),
+	case errors.Is(err, ErrForbidden), errors.Is(err, ErrConfigUpdate), errors.Is(err, block.ErrBadSignature), errors.Is(err, block.ErrHighS),
 		errors.Is(err, block.ErrUnsupportedKey):
 		return common.Status_FORBIDDEN
 	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrUnavailable), errors.Is(err, ErrClosed), errors.Is(err, ErrCatchUp):
