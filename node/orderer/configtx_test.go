@@ -3,7 +3,6 @@ package orderer
 import (
 	"context"
 	"encoding/json"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -16,6 +15,7 @@ import (
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
+	"github.com/memberd/memberd/node/channelconfig/channelconfigtest"
 	"github.com/memberd/memberd/policy"
 )
 
@@ -129,31 +129,7 @@ func TestConfigBlockFromPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bin := filepath.Join(fab, "bin", "configtxlator")
-	dir := t.TempDir()
-	write := func(name string, m proto.Message) string {
-		raw, err := proto.Marshal(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		p := filepath.Join(dir, name)
-		if err := os.WriteFile(p, raw, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return p
-	}
-	oldPB, newPB, delta := write("old.pb", oldCfg), write("new.pb", ce.Config), filepath.Join(dir, "delta.pb")
-	if out, err := exec.Command(bin, "compute_update", "--channel_id", "trade", "--original", oldPB, "--updated", newPB, "--output", delta).CombinedOutput(); err != nil {
-		t.Fatalf("configtxlator compute_update: %v\n%s", err, out)
-	}
-	raw, err := os.ReadFile(delta)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, got := new(common.ConfigUpdate), new(common.ConfigUpdate)
-	if err := proto.Unmarshal(raw, want); err != nil {
-		t.Fatal(err)
-	}
+	want, got := channelconfigtest.ComputeUpdate(t, "trade", oldCfg, ce.Config), new(common.ConfigUpdate)
 	if err := proto.Unmarshal(cue.ConfigUpdate, got); err != nil {
 		t.Fatal(err)
 	}
@@ -161,7 +137,8 @@ func TestConfigBlockFromPolicy(t *testing.T) {
 		t.Fatalf("LastUpdate differs from configtxlator compute_update:\nmemberd:       %v\nconfigtxlator: %v", got, want)
 	}
 	// The stock tool reads the block as a Fabric block.
-	blockPB := write("config.block", cfgBlock)
+	bin := filepath.Join(fab, "bin", "configtxlator")
+	blockPB := channelconfigtest.WriteProto(t, t.TempDir(), "config.block", cfgBlock)
 	js, err := exec.Command(bin, "proto_decode", "--type", "common.Block", "--input", blockPB).Output()
 	if err != nil {
 		t.Fatalf("configtxlator proto_decode: %v", err)

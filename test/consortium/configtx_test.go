@@ -20,6 +20,7 @@ import (
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
+	"github.com/memberd/memberd/node/channelconfig/channelconfigtest"
 	"github.com/memberd/memberd/policy"
 )
 
@@ -160,31 +161,7 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	write := func(name string, m proto.Message) string {
-		b, err := proto.Marshal(m)
-		if err != nil {
-			t.Fatal(err)
-		}
-		path := filepath.Join(dir, name)
-		if err := os.WriteFile(path, b, 0o600); err != nil {
-			t.Fatal(err)
-		}
-		return path
-	}
-	delta := filepath.Join(dir, "delta.pb")
-	if out, err := exec.CommandContext(ctx, lator, "compute_update", "--channel_id", "demo", "--original", write("old.pb", oldCfg),
-		"--updated", write("new.pb", ce.Config), "--output", delta).CombinedOutput(); err != nil {
-		t.Fatalf("configtxlator compute_update: %v\n%s", err, out)
-	}
-	draw, err := os.ReadFile(delta)
-	if err != nil {
-		t.Fatal(err)
-	}
-	want, mine := new(common.ConfigUpdate), new(common.ConfigUpdate)
-	if err := proto.Unmarshal(draw, want); err != nil {
-		t.Fatal(err)
-	}
+	want, mine := channelconfigtest.ComputeUpdate(t, "demo", oldCfg, ce.Config), new(common.ConfigUpdate)
 	if err := proto.Unmarshal(cue.ConfigUpdate, mine); err != nil {
 		t.Fatal(err)
 	}
@@ -198,6 +175,10 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	draw, err := proto.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
 	cuEnv, err := proto.Marshal(&common.ConfigUpdateEnvelope{ConfigUpdate: draw})
 	if err != nil {
 		t.Fatal(err)
@@ -206,7 +187,7 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := p.try(ctx, p.clientEnv(), "channel", "update", "-f", write("update.tx", &common.Envelope{Payload: payload}), "-c", "demo",
+	out, err := p.try(ctx, p.clientEnv(), "channel", "update", "-f", channelconfigtest.WriteProto(t, t.TempDir(), "update.tx", &common.Envelope{Payload: payload}), "-c", "demo",
 		"-o", d.LedgerAddr(a), "--tls", "--cafile", filepath.Join(L.Dir, "members", a, "ca.pem"))
 	if err == nil || !strings.Contains(out, "FORBIDDEN") || !strings.Contains(out, "memberd policy sign") {
 		t.Fatalf("peer channel update: %v, want FORBIDDEN naming memberd policy sign:\n%s", err, lastLines(out, 5))
