@@ -97,9 +97,10 @@ func (n *Node) policyFor(ctx context.Context, src configSource, number uint64) (
 			return p, nil
 		}
 		if cur != nil && cur.Version() >= src.version {
-			return nil, fmt.Errorf("%w: config block %d was derived from policy version %d (%s), which this node never held (its policy is version %d %s): "+
-				"this node cannot check it; copy the signed bundle of version %d into the policy folder and restart, or rejoin the channel from a peer's blocks",
-				ErrConfigUnverifiable, number, src.version, src.hash, cur.Version(), cur.Hash(), src.version)
+			return nil, fmt.Errorf("%w: config block %d was derived from policy version %d (%s), which this node never held (its policy is version %d %s, it moved on while this node was down or behind): "+
+				"this node stops ordering channel %q rather than guess; the other consenters go on. Nodes keep no policy history yet (issue #14): "+
+				"keep every consenter's policy in step, applying one version at a time",
+				ErrConfigUnverifiable, number, src.version, src.hash, cur.Version(), cur.Hash(), n.channel)
 		}
 		if time.Since(warned) > 10*time.Second {
 			n.log.Warn("waiting for the policy version a config block was derived from: install its signed bundle in the policy folder",

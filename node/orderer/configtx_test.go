@@ -3,9 +3,11 @@ package orderer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -300,4 +302,107 @@ func TestConfigBlockConsenterBack(t *testing.T) {
 		t.Fatalf("sequence %d, want 2", seq)
 	}
 	cl.checkIdentical()
+}
+
+// TestConfigBlockFollowerWaitsForPolicy: a follower whose policy is still
+// the version before the one a committed config entry names does not store
+// the config block (nor anything after it) until its policy catches up,
+// then stores it as the others did.
+func TestConfigBlockFollowerWaitsForPolicy(t *testing.T) {
+	var lagging atomic.Bool
+	lagging.Store(true)
+	var clp atomic.Pointer[cluster] // set once newCluster returns (New reads the policy)
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) {
+		c.ConfigBlocks = true
+		if c.Raft.ID == 3 {
+			c.Policy = func() *policy.Policy {
+				cl := clp.Load()
+				switch {
+				case cl == nil:
+					return nil
+				case lagging.Load():
+					return cl.c.pol // the genesis version
+				}
+				return cl.c.policy()
+			}
+		}
+	})
+	clp.Store(cl)
+	// Node 3 must not lead: it could not order the new version.
+	if l := cl.leader(10 * time.Second); l == 3 {
+		cl.stop(3)
+		cl.leader(10 * time.Second)
+		cl.start(3)
+	}
+	before := cl.node(1).Height()
+	cl.c.cur.Store(cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 }))
+	cl.reconcileAll()
+	deadline := time.Now().Add(15 * time.Second)
+	for cl.node(1).LastConfig() == 0 || cl.node(2).LastConfig() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("nodes 1 and 2 stored no config block")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	time.Sleep(500 * time.Millisecond)
+	if h, lc := cl.node(3).Height(), cl.node(3).LastConfig(); h != before || lc != 0 {
+		t.Fatalf("node 3, with the older policy, has height %d (want %d) and last config %d (want 0)", h, before, lc)
+	}
+	lagging.Store(false)
+	cl.waitHeight(before+1, 15*time.Second)
+	if lc := cl.node(3).LastConfig(); lc != before {
+		t.Fatalf("node 3: last config %d, want %d", lc, before)
+	}
+	cl.checkIdentical()
+}
+
+// TestConfigBlockUnverifiable: a follower that never held the policy
+// version a committed config entry names (its policy went past it) cannot
+// check the config block: it stops with ErrConfigUnverifiable instead of
+// storing it or skipping it, and the others go on.
+func TestConfigBlockUnverifiable(t *testing.T) {
+	var skip atomic.Pointer[policy.Policy]
+	var clp atomic.Pointer[cluster] // set once newCluster returns (New reads the policy)
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) {
+		c.ConfigBlocks = true
+		if c.Raft.ID == 3 {
+			c.Policy = func() *policy.Policy {
+				if p := skip.Load(); p != nil {
+					return p
+				}
+				if cl := clp.Load(); cl != nil {
+					return cl.c.pol
+				}
+				return nil
+			}
+		}
+	})
+	clp.Store(cl)
+	if l := cl.leader(10 * time.Second); l == 3 {
+		cl.stop(3)
+		cl.leader(10 * time.Second)
+		cl.start(3)
+	}
+	v2 := cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 })
+	v3 := cl.c.cons.Next(t, v2, func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 4 })
+	skip.Store(v3)
+	cl.c.cur.Store(v2)
+	cl.reconcileAll()
+	tn := cl.nodes[2]
+	select {
+	case err := <-tn.runErr:
+		if !errors.Is(err, ErrConfigUnverifiable) {
+			t.Fatalf("node 3 Run: %v, want ErrConfigUnverifiable", err)
+		}
+		t.Log(err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("node 3 did not stop")
+	}
+	if lc := tn.np.Load().LastConfig(); lc != 0 {
+		t.Fatalf("node 3 put config block %d in force", lc)
+	}
+	tn.srv.Stop()
+	tn.np.Load().Close()
+	tn.np.Store(nil)
+	cl.waitLastConfig(10 * time.Second) // nodes 1 and 2
 }

@@ -241,6 +241,7 @@ func (n *Node) drive(ctx context.Context) error {
 			cutDue()
 			arm()
 		case <-stall.C:
+			n.observePolicy()
 			configStored()
 			proposeConfig()
 			now := n.cfg.Now()

@@ -126,8 +126,11 @@ func (n *Node) selfName() string {
 // Reconcile asks the node to follow a policy change now: the membership
 // driver checks the consenters (with Config.Membership), and the raft
 // leader checks whether the channel config is due a CONFIG block
-// (configtx.go). It does not block.
+// (configtx.go). It does not block. Calling it on every applied policy
+// version also lets the node remember each version, to check config
+// blocks derived from one it has since replaced.
 func (n *Node) Reconcile() {
+	n.observePolicy()
 	n.pokeConfig()
 	select {
 	case n.reconcileCh() <- struct{}{}:

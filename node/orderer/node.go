@@ -175,6 +175,7 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		return nil, err
 	}
 	n.signing.Store(&signingIdentity{signer: cfg.Signer, identity: cfg.Identity})
+	n.observePolicy()
 	lg := make(chan struct{})
 	n.leaderGen.Store(&lg)
 	n.adm = newAdmitter(n.channel, inForce.cut.AbsoluteMaxBytes, cfg.Policy, cfg.Now)
