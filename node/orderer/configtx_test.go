@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/memberd/memberd/internal/testenv"
@@ -223,7 +224,8 @@ func TestConfigBlockFromPolicy(t *testing.T) {
 // the one every node derives from the policy version it names is stored by
 // no node, and ordering goes on after it.
 func TestConfigBlockMismatchRefused(t *testing.T) {
-	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, nil)
+	m := NewMetrics(nil) // shared by the three nodes
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) { c.Metrics = m })
 	l := cl.leader(10 * time.Second)
 	n := cl.node(l)
 	cur := cl.c.policy()
@@ -269,6 +271,16 @@ func TestConfigBlockMismatchRefused(t *testing.T) {
 		if _, _, err := channelconfig.BlockConfig(got); err == nil {
 			t.Fatalf("node %d stored the refused config block", tn.id)
 		}
+	}
+	count := func(result string) float64 {
+		var d dto.Metric
+		if err := m.configBlocks.WithLabelValues(result).Write(&d); err != nil {
+			t.Fatal(err)
+		}
+		return d.GetCounter().GetValue()
+	}
+	if r, s := count("refused"), count("stored"); r != 3 || s != 0 {
+		t.Fatalf("memberd_ledger_config_blocks_total refused %v stored %v, want 3 and 0 (one per node)", r, s)
 	}
 }
 

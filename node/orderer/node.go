@@ -623,6 +623,7 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 				if errors.Is(err, channelconfig.ErrConfigMismatch) || errors.Is(err, channelconfig.ErrConfig) {
 					// Every node that holds the policy version decides the same.
 					n.log.Error("refusing config block: not applied", "raft_index", e.Index, "number", b.Header.Number, "err", err)
+					n.cfg.Metrics.configBlock("refused")
 					continue
 				}
 				return err
@@ -646,6 +647,7 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 				return err
 			}
 			n.putInForce(next)
+			n.cfg.Metrics.configBlock("stored")
 		}
 	}
 	return flush()
