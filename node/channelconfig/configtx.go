@@ -80,15 +80,25 @@ func (s Signer) envelope(typ common.HeaderType, channelID string, data []byte, w
 	return marshal(&common.Envelope{Payload: payload, Signature: sig})
 }
 
+// ConfigUpdateBytes returns u.ConfigUpdate as ConfigTransaction writes it
+// into the ConfigUpdateEnvelope: what admins sign (SignConfigUpdate).
+func (u *Update) ConfigUpdateBytes() ([]byte, error) {
+	b, err := deterministic.Marshal(u.ConfigUpdate)
+	if err != nil {
+		return nil, fmt.Errorf("%w: config update: %v", ErrConfig, err)
+	}
+	return b, nil
+}
+
 // ConfigTransaction returns the CONFIG envelope that carries u: the
 // ConfigEnvelope{Config: u.Config, LastUpdate} of a stock orderer, where
 // LastUpdate is a CONFIG_UPDATE envelope holding u.ConfigUpdate with the
 // admin signatures sigs (none: the ConfigUpdate is unsigned). Both
 // envelopes are signed by s at time now.
 func ConfigTransaction(u *Update, sigs []*common.ConfigSignature, s Signer, now time.Time, rand io.Reader) ([]byte, error) {
-	cu, err := deterministic.Marshal(u.ConfigUpdate)
+	cu, err := u.ConfigUpdateBytes()
 	if err != nil {
-		return nil, fmt.Errorf("%w: config update: %v", ErrConfig, err)
+		return nil, err
 	}
 	cue, err := deterministic.Marshal(&common.ConfigUpdateEnvelope{ConfigUpdate: cu, Signatures: sigs})
 	if err != nil {
@@ -147,8 +157,12 @@ func ConfigTransactionOf(b *common.Block) (*common.ConfigEnvelope, *common.Confi
 // CheckConfigBlock checks that config block b carries exactly the
 // transaction of want (what this node derives with Next from the same
 // config in force and policy version): the same Config and the same
-// ConfigUpdate, byte for byte in deterministic encoding. The envelope
-// signatures and timestamps are the proposer's and are not compared.
+// ConfigUpdate, byte for byte in deterministic encoding, and that every
+// admin signature on it is a valid signature on that ConfigUpdate. The
+// envelope signatures and timestamps are the proposer's and are not
+// compared, nor is the set of admin signatures (the bundles of one
+// version may carry different sets; stock peers judge whether they meet
+// the channel's mod_policy).
 func CheckConfigBlock(b *common.Block, want *Update) error {
 	ce, cue, err := ConfigTransactionOf(b)
 	if err != nil {
@@ -178,6 +192,73 @@ func CheckConfigBlock(b *common.Block, want *Update) error {
 	}
 	if !bytes.Equal(cue.ConfigUpdate, wantCU) {
 		return fmt.Errorf("%w: block %d: LastUpdate's ConfigUpdate is not the delta derived from the policy", ErrConfigMismatch, num)
+	}
+	for i, cs := range cue.Signatures {
+		if err := checkConfigSignature(cue.ConfigUpdate, cs); err != nil {
+			return fmt.Errorf("block %d: admin signature %d: %w", num, i, err)
+		}
+	}
+	return nil
+}
+
+// SignConfigUpdate returns s's signature on u's ConfigUpdate as Fabric's
+// 'peer channel signconfigtx' makes it: a marshalled common.ConfigSignature
+// whose signature covers its SignatureHeader{Creator: s.Identity, Nonce}
+// followed by u.ConfigUpdateBytes. For a stock peer to count it, s.Identity
+// must be an admin of its org's MSP (a certificate with OU=admin issued by
+// the member CA).
+func SignConfigUpdate(u *Update, s Signer, rand io.Reader) ([]byte, error) {
+	pub, ok := s.Key.Public().(*ecdsa.PublicKey)
+	if !ok {
+		return nil, fmt.Errorf("%w: config update signer has a %T key; use an ECDSA key", block.ErrUnsupportedKey, s.Key.Public())
+	}
+	cub, err := u.ConfigUpdateBytes()
+	if err != nil {
+		return nil, err
+	}
+	nonce := make([]byte, block.NonceSize)
+	if _, err := io.ReadFull(rand, nonce); err != nil {
+		return nil, fmt.Errorf("config signature nonce: %w", err)
+	}
+	sh, err := marshal(&common.SignatureHeader{Creator: s.Identity, Nonce: nonce})
+	if err != nil {
+		return nil, err
+	}
+	sig, err := block.SignECDSA(s.Key, pub, append(bytes.Clone(sh), cub...), rand)
+	if err != nil {
+		return nil, err
+	}
+	return deterministic.Marshal(&common.ConfigSignature{SignatureHeader: sh, Signature: sig})
+}
+
+// ConfigSignatures returns those of raws (marshalled ConfigSignatures) that
+// are valid signatures on configUpdate (the bytes a ConfigUpdateEnvelope
+// carries), in order, and why each other one is not. Whether the signer
+// is an admin of its org is left to the channel's policies.
+func ConfigSignatures(configUpdate []byte, raws [][]byte) (valid []*common.ConfigSignature, invalid []error) {
+	for i, raw := range raws {
+		cs := new(common.ConfigSignature)
+		if err := proto.Unmarshal(raw, cs); err != nil {
+			invalid = append(invalid, fmt.Errorf("config signature %d: %w: %v", i, ErrConfig, err))
+			continue
+		}
+		if err := checkConfigSignature(configUpdate, cs); err != nil {
+			invalid = append(invalid, fmt.Errorf("config signature %d: %w", i, err))
+			continue
+		}
+		valid = append(valid, cs)
+	}
+	return valid, invalid
+}
+
+func checkConfigSignature(configUpdate []byte, cs *common.ConfigSignature) error {
+	sh := new(common.SignatureHeader)
+	if err := proto.Unmarshal(cs.GetSignatureHeader(), sh); err != nil {
+		return fmt.Errorf("%w: signature header: %v", ErrConfig, err)
+	}
+	data := append(bytes.Clone(cs.GetSignatureHeader()), configUpdate...)
+	if err := block.VerifyCreatorSignature(sh.GetCreator(), data, cs.GetSignature()); err != nil {
+		return fmt.Errorf("%w: not a signature on this config update: %w", ErrConfigMismatch, err)
 	}
 	return nil
 }

@@ -4,7 +4,11 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
 	"errors"
+	"math/big"
 	"testing"
 	"time"
 
@@ -30,13 +34,28 @@ func TestCheckConfigBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	creator, err := proto.Marshal(&msp.SerializedIdentity{Mspid: "m1MSP", IdBytes: []byte("a certificate")})
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "admin"},
+		NotBefore: time.Unix(1600000000, 0), NotAfter: time.Unix(2000000000, 0)}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	creator, err := proto.Marshal(&msp.SerializedIdentity{Mspid: "m1MSP", IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})})
 	if err != nil {
 		t.Fatal(err)
 	}
 	s := Signer{Key: key, Identity: creator}
-	build := func(u *Update) *common.Block {
-		env, err := ConfigTransaction(u, nil, s, time.Unix(1700000000, 0), rand.Reader)
+	// build makes a config block of u with the admin signatures sigs.
+	build := func(u *Update, sigs ...[]byte) *common.Block {
+		var css []*common.ConfigSignature
+		for _, raw := range sigs {
+			cs := new(common.ConfigSignature)
+			if err := proto.Unmarshal(raw, cs); err != nil {
+				t.Fatal(err)
+			}
+			css = append(css, cs)
+		}
+		env, err := ConfigTransaction(u, css, s, time.Unix(1700000000, 0), rand.Reader)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -82,5 +101,30 @@ func TestCheckConfigBlock(t *testing.T) {
 	}
 	if err := CheckConfigBlock(block.New(1, nil, [][]byte{[]byte("junk")}), u); !errors.Is(err, ErrConfig) {
 		t.Fatalf("not a config block: %v", err)
+	}
+
+	// Admin signatures: valid on their own update only; a block carrying
+	// one that does not verify is refused.
+	own, err := SignConfigUpdate(u, s, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	foreign, err := SignConfigUpdate(uo, s, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cub, err := u.ConfigUpdateBytes()
+	if err != nil {
+		t.Fatal(err)
+	}
+	valid, invalid := ConfigSignatures(cub, [][]byte{own, foreign, []byte("junk")})
+	if len(valid) != 1 || len(invalid) != 2 {
+		t.Fatalf("%d valid, %d invalid config signatures, want 1 and 2: %v", len(valid), len(invalid), invalid)
+	}
+	if err := CheckConfigBlock(build(u, own), u); err != nil {
+		t.Fatalf("block with a valid admin signature: %v", err)
+	}
+	if err := CheckConfigBlock(build(u, own, foreign), u); !errors.Is(err, ErrConfigMismatch) {
+		t.Fatalf("block with an admin signature on another update: %v, want ErrConfigMismatch", err)
 	}
 }

@@ -197,10 +197,28 @@ func (n *Node) reloadInForce() error {
 }
 
 // configBlock returns the unsigned config block number num (after
-// prevHash) holding the CONFIG transaction u, signed by this node.
-func (n *Node) configBlock(u *channelconfig.Update, num uint64, prevHash []byte) (*common.Block, error) {
+// prevHash) holding the CONFIG transaction u, signed by this node, with
+// the admin signatures of policy version p (#cfgsig) that are valid
+// signatures on u's ConfigUpdate.
+func (n *Node) configBlock(u *channelconfig.Update, p *policy.Policy, num uint64, prevHash []byte) (*common.Block, error) {
+	cu, err := u.ConfigUpdateBytes()
+	if err != nil {
+		return nil, err
+	}
+	var raws [][]byte
+	for _, s := range p.ConfigSignatures() {
+		raws = append(raws, s.Raw)
+	}
+	sigs, invalid := channelconfig.ConfigSignatures(cu, raws)
+	for _, err := range invalid {
+		n.log.Warn("admin signature of the policy bundle left out of the CONFIG block", "policy_version", p.Version(), "err", err)
+	}
+	if len(sigs) == 0 {
+		n.log.Warn("CONFIG block without admin signatures: stock Fabric peers will refuse it (sign the ConfigUpdate with 'memberd policy sign')",
+			"policy_version", p.Version())
+	}
 	id := n.signing.Load()
-	env, err := channelconfig.ConfigTransaction(u, nil, channelconfig.Signer{Key: id.signer, Identity: id.identity}, n.cfg.Now(), rand.Reader)
+	env, err := channelconfig.ConfigTransaction(u, sigs, channelconfig.Signer{Key: id.signer, Identity: id.identity}, n.cfg.Now(), rand.Reader)
 	if err != nil {
 		return nil, err
 	}

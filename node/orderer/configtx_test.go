@@ -237,7 +237,7 @@ func TestConfigBlockMismatchRefused(t *testing.T) {
 		t.Fatal(err)
 	}
 	h := n.Store().LastHeader()
-	b, err := n.configBlock(u, h.Number+1, block.HeaderHash(h))
+	b, err := n.configBlock(u, cur, h.Number+1, block.HeaderHash(h))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -148,7 +148,7 @@ func (n *Node) drive(ctx context.Context) error {
 		if !leading {
 			return
 		}
-		b, err := n.configBlock(u, tipNum+1, tipHash)
+		b, err := n.configBlock(u, p, tipNum+1, tipHash)
 		var data []byte
 		if err == nil {
 			data, err = encodeConfigEntry(b, p.Version(), p.Hash())

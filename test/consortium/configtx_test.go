@@ -7,16 +7,22 @@ package consortium_test
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	"github.com/hyperledger/fabric-protos-go-apiv2/msp"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/memberd/memberd/cmd/memberd/app"
+	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
@@ -48,6 +54,10 @@ func TestPolicyConfigBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	a := L.Members[0]
+	// A stock peer of a follows the channel from the start.
+	p := newStockPeer(t, fab, L, d, a, "peer0", a, false)
+	p.start(t)
+	p.join(t, ctx)
 	if _, err := d.LedgerSubmit(ctx, a, 6); err != nil {
 		t.Fatal(err)
 	}
@@ -57,6 +67,28 @@ func TestPolicyConfigBlock(t *testing.T) {
 	}
 
 	v2 := nextPolicy(t, L, L.Genesis, func(doc *policy.Document) { doc.Ledger.BatchSize.MaxMessageCount = 2 }, L.Members...)
+	// Every member's admin also signs the ConfigUpdate that v2 derives
+	// from the config in force (the genesis block's), with its Fabric
+	// admin identity (OU=admin, issued by the member CA).
+	genRaw, err := os.ReadFile(filepath.Join(L.Dir, "members", a, "genesis.block"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	genBlock, err := block.Unmarshal(genRaw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, genCfg, err := channelconfig.BlockConfig(genBlock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u, err := channelconfig.NextFromPolicy(genCfg, "demo", v2, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range L.Members {
+		v2 = v2.WithConfigSignature(policy.ConfigSignature{Member: m, KeyID: "a1", Raw: adminConfigSignature(t, L, m, u)})
+	}
 	res, err := d.PushPolicy(ctx, a, v2.Marshal())
 	if err != nil {
 		t.Fatal(err)
@@ -127,8 +159,21 @@ func TestPolicyConfigBlock(t *testing.T) {
 	}
 	t.Logf("config block %d; blocks after it hold %v envelopes", cfgNum, sizes)
 
+	// The stock peer validates the CONFIG block (the admins' signatures
+	// meet its mod_policy) and commits it and every block after it.
+	p.waitHeight(t, ctx, height)
+	log := p.log(t)
+	for _, bad := range append(peerRefusals, "error validating", "policy for [") {
+		if strings.Contains(log, bad) {
+			t.Fatalf("stock peer logged %q:\n%s", bad, grepLines(log, bad))
+		}
+	}
+	if committed := len(regexp.MustCompile(`Committed block \[\d+\]`).FindAllString(log, -1)); committed != int(height) {
+		t.Fatalf("stock peer committed %d blocks, want %d", committed, height)
+	}
+	t.Logf("stock peer committed all %d blocks, the CONFIG block %d among them", height, cfgNum)
+
 	// The stock peer CLI fetches the config block through LAST_CONFIG.
-	p := newStockPeer(t, fab, L, d, a, "peer0", a, false)
 	fetched := filepath.Join(p.dir, "config.block")
 	p.cli(t, ctx, p.clientEnv(), "channel", "fetch", "config", fetched, "-c", "demo", "-o", d.LedgerAddr(a),
 		"--tls", "--cafile", filepath.Join(L.Dir, "members", a, "ca.pem"))
@@ -196,4 +241,29 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if h, err := d.LedgerHeight(a); err != nil || h != height {
 		t.Fatalf("height %d after the refused update (%v), want %d", h, err, height)
 	}
+}
+
+// adminConfigSignature is member m's admin signature on u's ConfigUpdate,
+// made with the demo's Fabric admin identity (members/<m>/admin/msp).
+func adminConfigSignature(t *testing.T, L *app.DemoLayout, m string, u *channelconfig.Update) []byte {
+	t.Helper()
+	dir := filepath.Join(L.Dir, "members", m, "admin", "msp")
+	key, err := hsm.OpenSoftSigner(filepath.Join(dir, "keystore", "key.pem"), &hsm.SoftOptions{AllowInsecure: true, Warnings: io.Discard})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer key.Close()
+	cert, err := os.ReadFile(filepath.Join(dir, "signcerts", "cert.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	id, err := proto.Marshal(&msp.SerializedIdentity{Mspid: m + "MSP", IdBytes: cert})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := channelconfig.SignConfigUpdate(u, channelconfig.Signer{Key: key, Identity: id}, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return raw
 }
