@@ -27,10 +27,12 @@ import (
 	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	"github.com/hyperledger/fabric-protos-go-apiv2/msp"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/policy"
 )
 
 // ErrConfigMismatch: a CONFIG transaction differs from the one this node
@@ -261,4 +263,36 @@ func checkConfigSignature(configUpdate []byte, cs *common.ConfigSignature) error
 		return fmt.Errorf("%w: not a signature on this config update: %w", ErrConfigMismatch, err)
 	}
 	return nil
+}
+
+// SignPolicyVersion is an admin's Fabric signature for policy version p:
+// on the ConfigUpdate that p derives from the config in force (the Config
+// of configBlock, the channel's last config block, e.g. from 'peer channel
+// fetch config'), made with key and adminCertPEM, the admin's certificate
+// (OU=admin, issued by the member CA of MSP mspID) for that key. It
+// returns the marshalled ConfigSignature for the bundle's #cfgsig line, or
+// an error wrapping ErrNoChange when p changes nothing in the channel.
+func SignPolicyVersion(configBlock *common.Block, p *policy.Policy, key crypto.Signer, mspID string, adminCertPEM []byte, rand io.Reader) ([]byte, error) {
+	channelID, cfg, err := BlockConfig(configBlock)
+	if err != nil {
+		return nil, err
+	}
+	u, err := NextFromPolicy(cfg, channelID, p, nil)
+	if err != nil {
+		return nil, err
+	}
+	cert, err := parsePEMCert(adminCertPEM)
+	if err != nil {
+		return nil, fmt.Errorf("%w: admin certificate: %v", ErrConfig, err)
+	}
+	pub, ok := cert.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
+	if !ok || !pub.Equal(key.Public()) {
+		return nil, fmt.Errorf("%w: the admin certificate (CN %q) is not for this key: give the certificate the member CA issued for this key with OU=admin",
+			ErrConfig, cert.Subject.CommonName)
+	}
+	id, err := marshal(&msp.SerializedIdentity{Mspid: mspID, IdBytes: adminCertPEM})
+	if err != nil {
+		return nil, err
+	}
+	return SignConfigUpdate(u, Signer{Key: key, Identity: id}, rand)
 }

@@ -72,7 +72,8 @@ func (a *admitter) checkBroadcast(env *block.Envelope) error {
 	case common.HeaderType_CONFIG_UPDATE:
 		return fmt.Errorf("%w: channel %q follows the consortium policy, and nothing else may change it. "+
 			"To change the channel (member orgs and CAs, consenters, orderer endpoints, batch size), edit the policy document, "+
-			"have the member admins sign it with `memberd policy sign`, check it with `memberd policy verify` and distribute it with `memberd policy push`: "+
+			"have the member admins sign it with `memberd policy sign` (with --config-block and --admin-cert, so that stock peers accept the CONFIG block), "+
+			"check it with `memberd policy verify` and distribute it with `memberd policy push`: "+
 			"the ordering service then writes the CONFIG block itself", ErrConfigUpdate, a.channel)
 	default:
 		return fmt.Errorf("%w: %s (only ENDORSER_TRANSACTION is ordered)", block.ErrHeaderType, env.Type())

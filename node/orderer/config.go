@@ -73,11 +73,12 @@ type Config struct {
 	Membership *Membership
 	// ConfigBlocks makes this node, while it leads, order a Fabric CONFIG
 	// block for every policy version that changes what the channel config
-	// mirrors (configtx.go). Default false: the channel config stays as in
-	// the genesis block. Off by default because the ConfigUpdate carries
-	// no member admin signatures yet, so a stock Fabric peer refuses the
-	// CONFIG block's mod_policy check and stops (issue #14); turn it on
-	// where no stock peer reads the channel. Every node checks the config
+	// mirrors (configtx.go), with the admin signatures the policy bundle
+	// carries for its ConfigUpdate (#cfgsig). Default false: the channel
+	// config stays as in the genesis block. Off by default because a stock
+	// Fabric peer refuses (and stops at) a CONFIG block whose signatures do
+	// not meet the channel's Admins policies, and memberd does not check
+	// that before ordering yet (issue #14). Every node checks the config
 	// blocks it is given whatever this says.
 	ConfigBlocks bool
 	// FixedBatches turns adaptive cutting off: a block is cut only at

@@ -7,8 +7,6 @@ package consortium_test
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"io"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -18,11 +16,8 @@ import (
 	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
-	"github.com/hyperledger/fabric-protos-go-apiv2/msp"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/memberd/memberd/cmd/memberd/app"
-	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
@@ -66,28 +61,36 @@ func TestPolicyConfigBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	v2 := nextPolicy(t, L, L.Genesis, func(doc *policy.Document) { doc.Ledger.BatchSize.MaxMessageCount = 2 }, L.Members...)
-	// Every member's admin also signs the ConfigUpdate that v2 derives
-	// from the config in force (the genesis block's), with its Fabric
-	// admin identity (OU=admin, issued by the member CA).
-	genRaw, err := os.ReadFile(filepath.Join(L.Dir, "members", a, "genesis.block"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	genBlock, err := block.Unmarshal(genRaw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, genCfg, err := channelconfig.BlockConfig(genBlock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	u, err := channelconfig.NextFromPolicy(genCfg, "demo", v2, nil)
-	if err != nil {
+	// Every member's admin signs v2 with 'memberd policy sign', also
+	// signing the ConfigUpdate that v2 derives from the config in force
+	// (--config-block, here the genesis block) with a Fabric admin
+	// certificate for the same key (OU=admin, made with 'memberd hsm csr'
+	// and 'memberd ca sign').
+	unsigned := nextPolicy(t, L, L.Genesis, func(doc *policy.Document) { doc.Ledger.BatchSize.MaxMessageCount = 2 })
+	bundle := filepath.Join(t.TempDir(), "v2.yaml")
+	if err := os.WriteFile(bundle, unsigned.Marshal(), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range L.Members {
-		v2 = v2.WithConfigSignature(policy.ConfigSignature{Member: m, KeyID: "a1", Raw: adminConfigSignature(t, L, m, u)})
+		mdir := filepath.Join(L.Dir, "members", m)
+		certDir := t.TempDir()
+		memberd(t, "hsm", "csr", "--key", "file:"+L.AdminKey[m], "--insecure-file-key", "--cn", "admin."+m, "--org", m,
+			"--ou", "admin", "--out", filepath.Join(certDir, "admin.csr"))
+		memberd(t, "ca", "sign", "--key", "file:"+filepath.Join(mdir, "ca-key.pem"), "--insecure-file-key",
+			"--ca-cert", filepath.Join(mdir, "ca.pem"), "--csr", filepath.Join(certDir, "admin.csr"), "--out", filepath.Join(certDir, "admin.pem"))
+		memberd(t, "policy", "sign", "--key", "file:"+L.AdminKey[m], "--insecure-file-key", "--member", m, "--key-id", "a1",
+			"--config-block", filepath.Join(mdir, "genesis.block"), "--admin-cert", filepath.Join(certDir, "admin.pem"), bundle)
+	}
+	raw, err := os.ReadFile(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2, err := policy.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(v2.ConfigSignatures()); n != len(L.Members) {
+		t.Fatalf("%d config signatures in the bundle, want %d", n, len(L.Members))
 	}
 	res, err := d.PushPolicy(ctx, a, v2.Marshal())
 	if err != nil {
@@ -101,9 +104,25 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if err := d.DropRelayPolicy(v2.Marshal()); err != nil {
 		t.Fatal(err)
 	}
-	// The config block is the next block on every member.
-	cfgNum := before
-	var cfgBlock *common.Block
+	// The config block follows the blocks submitted before, on every member.
+	// (a's store may still lag the blocks its SUCCESS answers came from:
+	// they were forwarded to the leader.)
+	var cfgNum uint64
+	next := before
+	waitFor(t, 30*time.Second, "the CONFIG block", func() bool {
+		h, err := d.LedgerHeight(a)
+		for ; err == nil && next < h; next++ {
+			b, _, err := d.LedgerBlock(ctx, a, next)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := channelconfig.BlockConfig(b); err == nil {
+				cfgNum = next
+				return true
+			}
+		}
+		return false
+	})
 	waitFor(t, 30*time.Second, "the CONFIG block on every member", func() bool {
 		for _, m := range L.Members {
 			if h, err := d.LedgerHeight(m); err != nil || h <= cfgNum {
@@ -112,6 +131,7 @@ func TestPolicyConfigBlock(t *testing.T) {
 		}
 		return true
 	})
+	var cfgBlock *common.Block
 	for _, m := range L.Members {
 		b, _, err := d.LedgerBlock(ctx, m, cfgNum)
 		if err != nil {
@@ -177,7 +197,7 @@ func TestPolicyConfigBlock(t *testing.T) {
 	fetched := filepath.Join(p.dir, "config.block")
 	p.cli(t, ctx, p.clientEnv(), "channel", "fetch", "config", fetched, "-c", "demo", "-o", d.LedgerAddr(a),
 		"--tls", "--cafile", filepath.Join(L.Dir, "members", a, "ca.pem"))
-	raw, err := os.ReadFile(fetched)
+	raw, err = os.ReadFile(fetched)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,29 +261,4 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if h, err := d.LedgerHeight(a); err != nil || h != height {
 		t.Fatalf("height %d after the refused update (%v), want %d", h, err, height)
 	}
-}
-
-// adminConfigSignature is member m's admin signature on u's ConfigUpdate,
-// made with the demo's Fabric admin identity (members/<m>/admin/msp).
-func adminConfigSignature(t *testing.T, L *app.DemoLayout, m string, u *channelconfig.Update) []byte {
-	t.Helper()
-	dir := filepath.Join(L.Dir, "members", m, "admin", "msp")
-	key, err := hsm.OpenSoftSigner(filepath.Join(dir, "keystore", "key.pem"), &hsm.SoftOptions{AllowInsecure: true, Warnings: io.Discard})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer key.Close()
-	cert, err := os.ReadFile(filepath.Join(dir, "signcerts", "cert.pem"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	id, err := proto.Marshal(&msp.SerializedIdentity{Mspid: m + "MSP", IdBytes: cert})
-	if err != nil {
-		t.Fatal(err)
-	}
-	raw, err := channelconfig.SignConfigUpdate(u, channelconfig.Signer{Key: key, Identity: id}, rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return raw
 }

@@ -1,6 +1,8 @@
 package app
 
 import (
+	"crypto"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/policy"
 )
 
@@ -277,13 +281,19 @@ func newPolicyDiffCmd(e *env) *cobra.Command {
 
 func newPolicySignCmd(e *env) *cobra.Command {
 	var kf keyFlags
-	var member, keyID, current, out string
-	c := &cobra.Command{Use: "sign --key URI [--member ID --key-id KID] [--current FILE] FILE",
+	var member, keyID, current, out, configBlock, adminCert string
+	c := &cobra.Command{Use: "sign --key URI [--member ID --key-id KID] [--current FILE] [--config-block FILE --admin-cert FILE] FILE",
 		Short: "Add your admin signature to a bundle file (in place, atomically; --out to write elsewhere)",
 		Long: `Sign the exact document bytes of FILE with an admin key held in an HSM and append the
 signature line. The admin (member id and key id) is found by matching the key's public
 key against the admins of --current (the policy in force, whose admins are the ones
-that count) or else of FILE itself; --member and --key-id name it explicitly.`,
+that count) or else of FILE itself; --member and --key-id name it explicitly.
+
+With --config-block (the channel's last config block, e.g. from 'peer channel fetch
+config') and --admin-cert (your Fabric admin certificate for the same key: OU=admin,
+issued by your member CA), also sign the channel ConfigUpdate that this version derives
+from that config (a #cfgsig line): the CONFIG block the ledger orders for the version
+carries it, so that stock Fabric peers accept the block (ledger.config_blocks).`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := kf.check(cmd); err != nil {
@@ -330,6 +340,9 @@ that count) or else of FILE itself; --member and --key-id name it explicitly.`,
 			if err != nil {
 				return fmt.Errorf("%s: %w", cmd.CommandPath(), err)
 			}
+			if signed, err = signConfigUpdate(cmd, signed, s, ref, configBlock, adminCert); err != nil {
+				return err
+			}
 			dst := path
 			if out != "" {
 				dst = out
@@ -357,7 +370,41 @@ that count) or else of FILE itself; --member and --key-id name it explicitly.`,
 	c.Flags().StringVar(&keyID, "key-id", "", "key id of the signing admin (default: found by public key)")
 	c.Flags().StringVar(&current, "current", "", "bundle file of the policy in force (to find the admin and show the votes so far)")
 	c.Flags().StringVar(&out, "out", "", "write the signed bundle here instead of in place ('-' = stdout)")
+	c.Flags().StringVar(&configBlock, "config-block", "", "the channel's last config block: also sign the ConfigUpdate this version derives from it")
+	c.Flags().StringVar(&adminCert, "admin-cert", "", "PEM Fabric admin certificate (OU=admin) of the signing key, for --config-block")
 	return c
+}
+
+// signConfigUpdate adds ref's #cfgsig line for configBlock (none when
+// configBlock is "").
+func signConfigUpdate(cmd *cobra.Command, p *policy.Policy, s crypto.Signer, ref policy.AdminRef, configBlock, adminCert string) (*policy.Policy, error) {
+	if (configBlock == "") != (adminCert == "") {
+		return nil, usagef("%s: give both --config-block and --admin-cert, or neither", cmd.CommandPath())
+	}
+	if configBlock == "" {
+		return p, nil
+	}
+	raw, err := os.ReadFile(configBlock)
+	if err != nil {
+		return nil, usagef("%s: --config-block: %v", cmd.CommandPath(), err)
+	}
+	b, err := block.Unmarshal(raw)
+	if err != nil {
+		return nil, usagef("%s: --config-block %s: %v", cmd.CommandPath(), configBlock, err)
+	}
+	certPEM, err := os.ReadFile(adminCert)
+	if err != nil {
+		return nil, usagef("%s: --admin-cert: %v", cmd.CommandPath(), err)
+	}
+	m := p.Member(ref.Member)
+	if m == nil {
+		return nil, usagef("%s: member %s is not in version %d of the bundle", cmd.CommandPath(), ref.Member, p.Version())
+	}
+	sig, err := channelconfig.SignPolicyVersion(b, p, s, m.MSPID, certPEM, rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("%s: signing the channel ConfigUpdate of version %d against %s: %w", cmd.CommandPath(), p.Version(), configBlock, err)
+	}
+	return p.WithConfigSignature(policy.ConfigSignature{Member: ref.Member, KeyID: ref.KeyID, Raw: sig}), nil
 }
 
 func nonEmpty(xs ...string) []string {
