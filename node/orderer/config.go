@@ -74,12 +74,11 @@ type Config struct {
 	// ConfigBlocks makes this node, while it leads, order a Fabric CONFIG
 	// block for every policy version that changes what the channel config
 	// mirrors (configtx.go), with the admin signatures the policy bundle
-	// carries for its ConfigUpdate (#cfgsig). Default false: the channel
-	// config stays as in the genesis block. Off by default because a stock
-	// Fabric peer refuses (and stops at) a CONFIG block whose signatures do
-	// not meet the channel's Admins policies, and memberd does not check
-	// that before ordering yet (issue #14). Every node checks the config
-	// blocks it is given whatever this says.
+	// carries for its ConfigUpdate (#cfgsig), when they meet the channel's
+	// mod_policies as a stock Fabric peer checks them. Default false: the
+	// channel config stays as in the genesis block, as before CONFIG
+	// blocks existed; turn it on once admins sign with --config-block.
+	// Every node checks the config blocks it is given whatever this says.
 	ConfigBlocks bool
 	// FixedBatches turns adaptive cutting off: a block is cut only at
 	// BatchSize's limits or BatchTimeout, as by a stock Fabric orderer.

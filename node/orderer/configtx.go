@@ -158,6 +158,13 @@ func (n *Node) checkConfigEntry(ctx context.Context, data []byte, b *common.Bloc
 	if err := channelconfig.CheckConfigBlock(b, u); err != nil {
 		return nil, err
 	}
+	_, cue, err := channelconfig.ConfigTransactionOf(b)
+	if err != nil {
+		return nil, err
+	}
+	if err := n.ChannelConfig().CheckUpdateSigned(u, cue.Signatures); err != nil {
+		return nil, fmt.Errorf("%w: block %d: %w", channelconfig.ErrConfigMismatch, b.Header.Number, err)
+	}
 	next, err := configOfBlock(b)
 	if err != nil {
 		return nil, err
@@ -199,7 +206,9 @@ func (n *Node) reloadInForce() error {
 // configBlock returns the unsigned config block number num (after
 // prevHash) holding the CONFIG transaction u, signed by this node, with
 // the admin signatures of policy version p (#cfgsig) that are valid
-// signatures on u's ConfigUpdate.
+// signatures on u's ConfigUpdate. It fails with ErrUnderSigned when they
+// do not authorise u as a stock peer would check it (that peer would stop
+// at the block).
 func (n *Node) configBlock(u *channelconfig.Update, p *policy.Policy, num uint64, prevHash []byte) (*common.Block, error) {
 	cu, err := u.ConfigUpdateBytes()
 	if err != nil {
@@ -213,9 +222,8 @@ func (n *Node) configBlock(u *channelconfig.Update, p *policy.Policy, num uint64
 	for _, err := range invalid {
 		n.log.Warn("admin signature of the policy bundle left out of the CONFIG block", "policy_version", p.Version(), "err", err)
 	}
-	if len(sigs) == 0 {
-		n.log.Warn("CONFIG block without admin signatures: stock Fabric peers will refuse it (sign the ConfigUpdate with 'memberd policy sign')",
-			"policy_version", p.Version())
+	if err := n.ChannelConfig().CheckUpdateSigned(u, sigs); err != nil {
+		return nil, err
 	}
 	id := n.signing.Load()
 	env, err := channelconfig.ConfigTransaction(u, sigs, channelconfig.Signer{Key: id.signer, Identity: id.identity}, n.cfg.Now(), rand.Reader)

@@ -2,6 +2,7 @@ package orderer
 
 import (
 	"context"
+	"crypto/rand"
 	"encoding/json"
 	"errors"
 	"os/exec"
@@ -49,6 +50,67 @@ func (cl *cluster) waitLastConfig(timeout time.Duration) uint64 {
 	}
 }
 
+// withConfigSignatures returns p with every member admin's signature
+// (an OU=admin certificate from its CA) on the ConfigUpdate that p derives
+// from the config in force on the running node id.
+func (cl *cluster) withConfigSignatures(t *testing.T, id uint64, p *policy.Policy) *policy.Policy {
+	t.Helper()
+	u, err := cl.node(id).nextConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range p.Members() {
+		ca := cl.c.cons.CAs[m.ID]
+		if ca == nil {
+			continue
+		}
+		cert, key := ca.IssueOU(t, m.ID+" admin", channelconfig.AdminOU)
+		id := Identity{MSPID: m.MSPID, Cert: cert, Signer: key}
+		raw, err := channelconfig.SignConfigUpdate(u, channelconfig.Signer{Key: key, Identity: id.Serialized()}, rand.Reader)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p = p.WithConfigSignature(policy.ConfigSignature{Member: m.ID, KeyID: "a1", Raw: raw})
+	}
+	return p
+}
+
+// proposeRefused proposes config entry data through node l's raft (as a
+// faulty leader would) for the block after the store's tip, and checks
+// that every node refuses it: an ordinary transaction then takes the
+// block number, the chains stay equal and no node's config changes.
+func (cl *cluster) proposeRefused(t *testing.T, l uint64, data []byte) {
+	t.Helper()
+	n := cl.node(l)
+	h := n.Store().LastHeader()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := n.raft.ProposeWait(ctx, data); err != nil {
+		t.Fatal(err)
+	}
+	w := cl.c.identity(t, "m1", "writer")
+	envs, ids := envelopes(t, w, 1, 16)
+	res := newLoadResult()
+	if _, err := broadcast(ctx, cl.nodes[l-1].client, envs, ids, res); err != nil || len(res.success) != 1 {
+		t.Fatalf("broadcast after the refused config block: %v %v", err, res.other)
+	}
+	cl.waitHeight(h.Number+2, 10*time.Second)
+	cl.checkIdentical()
+	for _, tn := range cl.nodes {
+		nn := tn.np.Load()
+		if nn.LastConfig() != 0 || nn.ChannelConfig().Sequence != 0 {
+			t.Fatalf("node %d put the refused config in force", tn.id)
+		}
+		got, err := nn.Store().Get(h.Number + 1)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := channelconfig.BlockConfig(got); err == nil {
+			t.Fatalf("node %d stored the refused config block", tn.id)
+		}
+	}
+}
+
 func (cl *cluster) reconcileAll() {
 	for _, tn := range cl.nodes {
 		if n := tn.np.Load(); n != nil {
@@ -90,7 +152,16 @@ func TestConfigBlockFromPolicy(t *testing.T) {
 		d.Members = append(d.Members, cl.c.cons.NewMember(t, "m4"))
 		d.Ledger.BatchSize.MaxMessageCount = 2
 	})
+	// Without admin signatures on its ConfigUpdate, the version orders no
+	// CONFIG block (stock peers would stop at it)...
 	cl.c.cur.Store(next)
+	cl.reconcileAll()
+	time.Sleep(time.Second)
+	if lc := cl.node(l).LastConfig(); lc != 0 {
+		t.Fatalf("config block %d ordered for a version whose ConfigUpdate no admin signed", lc)
+	}
+	// ...with the members' admins' signatures it does.
+	cl.c.cur.Store(cl.withConfigSignatures(t, l, next))
 	cl.reconcileAll()
 	num := cl.waitLastConfig(15 * time.Second)
 	if num != before {
@@ -109,8 +180,8 @@ func TestConfigBlockFromPolicy(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if ce.Config.Sequence != 1 {
-		t.Fatalf("config sequence %d, want 1", ce.Config.Sequence)
+	if ce.Config.Sequence != 1 || len(cue.Signatures) != 4 {
+		t.Fatalf("config sequence %d with %d admin signatures, want 1 and 4 (every valid one is carried)", ce.Config.Sequence, len(cue.Signatures))
 	}
 	for _, tn := range cl.nodes {
 		n := tn.np.Load()
@@ -231,13 +302,13 @@ func TestConfigBlockMismatchRefused(t *testing.T) {
 	cur := cl.c.policy()
 	// A transaction derived from a version the nodes do not hold, in an
 	// entry naming the version they do hold (which derives no change).
-	other := cl.c.cons.Next(t, cur, func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 })
+	other := cl.withConfigSignatures(t, l, cl.c.cons.Next(t, cur, func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 }))
 	u, err := n.nextConfig(other)
 	if err != nil {
 		t.Fatal(err)
 	}
 	h := n.Store().LastHeader()
-	b, err := n.configBlock(u, cur, h.Number+1, block.HeaderHash(h))
+	b, err := n.configBlock(u, other, h.Number+1, block.HeaderHash(h))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -245,33 +316,7 @@ func TestConfigBlockMismatchRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	if _, err := n.raft.ProposeWait(ctx, data); err != nil {
-		t.Fatal(err)
-	}
-	// An ordinary transaction takes the number the config block claimed.
-	w := cl.c.identity(t, "m1", "writer")
-	envs, ids := envelopes(t, w, 1, 16)
-	res := newLoadResult()
-	if _, err := broadcast(ctx, cl.nodes[l-1].client, envs, ids, res); err != nil || len(res.success) != 1 {
-		t.Fatalf("broadcast after the refused config block: %v %v", err, res.other)
-	}
-	cl.waitHeight(h.Number+2, 10*time.Second)
-	cl.checkIdentical()
-	for _, tn := range cl.nodes {
-		nn := tn.np.Load()
-		if nn.LastConfig() != 0 || nn.ChannelConfig().Sequence != 0 {
-			t.Fatalf("node %d put the refused config in force", tn.id)
-		}
-		got, err := nn.Store().Get(h.Number + 1)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, _, err := channelconfig.BlockConfig(got); err == nil {
-			t.Fatalf("node %d stored the refused config block", tn.id)
-		}
-	}
+	cl.proposeRefused(t, l, data)
 	count := func(result string) float64 {
 		var d dto.Metric
 		if err := m.configBlocks.WithLabelValues(result).Write(&d); err != nil {
@@ -295,11 +340,15 @@ func TestConfigBlockConsenterBack(t *testing.T) {
 		return len(ch.Group.Groups["Orderer"].Groups), len(ch.Config.Consenters)
 	}
 	cl.setConsenters(t, "m1", "m2")
+	cl.c.cur.Store(cl.withConfigSignatures(t, 1, cl.c.policy()))
+	cl.reconcileAll()
 	first := cl.waitLastConfig(15 * time.Second)
 	if o, c := orderers(); o != 2 || c != 2 {
 		t.Fatalf("after removing m3: %d orderer orgs, %d consenters in force, want 2 and 2", o, c)
 	}
 	cl.setConsenters(t, "m1", "m2", "m3")
+	cl.c.cur.Store(cl.withConfigSignatures(t, 1, cl.c.policy()))
+	cl.reconcileAll()
 	deadline := time.Now().Add(15 * time.Second)
 	for cl.node(1).LastConfig() == first || cl.node(2).LastConfig() == first || cl.node(3).LastConfig() == first {
 		if time.Now().After(deadline) {
@@ -347,7 +396,8 @@ func TestConfigBlockFollowerWaitsForPolicy(t *testing.T) {
 		cl.start(3)
 	}
 	before := cl.node(1).Height()
-	cl.c.cur.Store(cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 }))
+	next := cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 })
+	cl.c.cur.Store(cl.withConfigSignatures(t, 1, next))
 	cl.reconcileAll()
 	deadline := time.Now().Add(15 * time.Second)
 	for cl.node(1).LastConfig() == 0 || cl.node(2).LastConfig() == 0 {
@@ -398,7 +448,7 @@ func TestConfigBlockUnverifiable(t *testing.T) {
 	v2 := cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 })
 	v3 := cl.c.cons.Next(t, v2, func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 4 })
 	skip.Store(v3)
-	cl.c.cur.Store(v2)
+	cl.c.cur.Store(cl.withConfigSignatures(t, 1, v2))
 	cl.reconcileAll()
 	tn := cl.nodes[2]
 	select {
@@ -417,4 +467,37 @@ func TestConfigBlockUnverifiable(t *testing.T) {
 	tn.np.Load().Close()
 	tn.np.Store(nil)
 	cl.waitLastConfig(10 * time.Second) // nodes 1 and 2
+}
+
+// TestConfigBlockUnderSigned: a policy version whose ConfigUpdate too few
+// admins signed is not ordered by the leader, and a config entry carrying
+// it anyway (a faulty leader) is refused by every node.
+func TestConfigBlockUnderSigned(t *testing.T) {
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) { c.ConfigBlocks = true })
+	l := cl.leader(10 * time.Second)
+	n := cl.node(l)
+	v2 := cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 })
+	signed := cl.withConfigSignatures(t, l, v2).ConfigSignatures()
+	v2 = v2.WithConfigSignature(signed[0]) // one admin of three
+	cl.c.cur.Store(v2)
+	cl.reconcileAll()
+	time.Sleep(time.Second)
+	if lc := n.LastConfig(); lc != 0 {
+		t.Fatalf("the leader ordered config block %d for an under-signed version", lc)
+	}
+	u, err := n.nextConfig(v2)
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := n.signing.Load()
+	env, err := channelconfig.ConfigTransaction(u, nil, channelconfig.Signer{Key: id.signer, Identity: id.identity}, time.Now(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := n.Store().LastHeader()
+	data, err := encodeConfigEntry(block.New(h.Number+1, block.HeaderHash(h), [][]byte{env}), v2.Version(), v2.Hash())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cl.proposeRefused(t, l, data)
 }

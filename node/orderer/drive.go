@@ -8,7 +8,6 @@ import (
 
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
-	"github.com/memberd/memberd/policy"
 )
 
 // drive is the ordering loop: on the leader, it cuts blocks (time from a
@@ -31,10 +30,12 @@ func (n *Node) drive(ctx context.Context) error {
 		keys []txKey
 		// cfgInFlight: the number of the config block this leader proposed
 		// and that is not stored yet (0: none); no other block is proposed
-		// meanwhile. cfgSettled: the policy version whose channel config
-		// this leader has dealt with (nothing due, proposed, or failed).
+		// meanwhile. cfgSettled: the policy version (and its number of
+		// admin config signatures, which a bundle may gain without a new
+		// version) whose channel config this leader has dealt with
+		// (nothing due, proposed, or failed).
 		cfgInFlight uint64
-		cfgSettled  policy.Hash
+		cfgSettled  string
 	)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -46,7 +47,7 @@ func (n *Node) drive(ctx context.Context) error {
 			n.log.Info("stopped cutting blocks", "reason", why)
 		}
 		leading, cut, keys = false, nil, nil
-		cfgInFlight, cfgSettled = 0, policy.Hash{}
+		cfgInFlight, cfgSettled = 0, ""
 		timer.Stop()
 		n.mu.Lock()
 		clear(n.proposed)
@@ -132,10 +133,14 @@ func (n *Node) drive(ctx context.Context) error {
 			return
 		}
 		p := n.observePolicy()
-		if p == nil || p.Hash() == cfgSettled {
+		if p == nil {
 			return
 		}
-		cfgSettled = p.Hash()
+		settled := fmt.Sprintf("%s+%d", p.Hash(), len(p.ConfigSignatures()))
+		if settled == cfgSettled {
+			return
+		}
+		cfgSettled = settled
 		u, err := n.nextConfig(p)
 		if errors.Is(err, channelconfig.ErrNoChange) {
 			return
@@ -154,7 +159,7 @@ func (n *Node) drive(ctx context.Context) error {
 			data, err = encodeConfigEntry(b, p.Version(), p.Hash())
 		}
 		if err != nil {
-			n.log.Error("building the CONFIG block failed", "policy_version", p.Version(), "err", err)
+			n.log.Error("policy version not ordered as a CONFIG block: the channel config stays as it is", "policy_version", p.Version(), "err", err)
 			return
 		}
 		if err := n.raft.Propose(ctx, data); err != nil {
