@@ -17,6 +17,8 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"github.com/hyperledger/fabric-protos-go-apiv2/msp"
 	"google.golang.org/protobuf/proto"
+
+	"github.com/memberd/memberd/policy"
 )
 
 // ErrUnderSigned: the admin signatures on a config update do not meet the
@@ -29,6 +31,11 @@ var ErrUnderSigned = errors.New("config update not signed by the admins its chan
 // force, with an error naming the first element whose mod_policy they do
 // not meet.
 func (c *Channel) CheckUpdateSigned(u *Update, sigs []*common.ConfigSignature) error {
+	return c.authorize(c.Group, u.ConfigUpdate.GetWriteSet(), "/Channel", c.signersOf(sigs))
+}
+
+// signersOf returns the identities that made sigs (those it can read).
+func (c *Channel) signersOf(sigs []*common.ConfigSignature) []signer {
 	var signers []signer
 	for _, cs := range sigs {
 		sh := new(common.SignatureHeader)
@@ -42,7 +49,7 @@ func (c *Channel) CheckUpdateSigned(u *Update, sigs []*common.ConfigSignature) e
 		}
 		signers = append(signers, signer{mspID: si.GetMspid(), cert: cert})
 	}
-	return c.authorize(c.Group, u.ConfigUpdate.GetWriteSet(), "/Channel", signers)
+	return signers
 }
 
 func (c *Channel) authorize(cur, write *common.ConfigGroup, path string, signers []signer) error {
@@ -99,4 +106,56 @@ func signerNames(signers []signer) string {
 		names = append(names, fmt.Sprintf("%s %q", s.mspID, s.cert.Subject.CommonName))
 	}
 	return "[" + strings.Join(names, ", ") + "]"
+}
+
+// VersionCheck is what policy version p does to the channel whose config
+// in force is a config block's (CheckPolicyVersion).
+type VersionCheck struct {
+	// Update is the channel update p derives; nil when p changes nothing
+	// in the channel config.
+	Update *Update
+	// Signers names the identities of the valid admin signatures (MSP id
+	// and certificate CN); Invalid says why each other #cfgsig is not one.
+	Signers []string
+	Invalid []error
+	// Err wraps ErrUnderSigned when the valid signatures do not authorise
+	// Update as a stock peer checks it.
+	Err error
+}
+
+// CheckPolicyVersion derives the update that p makes to the config of
+// configBlock (the channel's last config block) and checks the admin
+// signatures p's bundle carries for it (#cfgsig lines). The error is for
+// inputs that cannot be checked at all (not a config block, p not
+// deriving a config).
+func CheckPolicyVersion(configBlock *common.Block, p *policy.Policy) (*VersionCheck, error) {
+	channelID, cfg, err := BlockConfig(configBlock)
+	if err != nil {
+		return nil, err
+	}
+	in, err := ParseConfig(channelID, cfg)
+	if err != nil {
+		return nil, err
+	}
+	u, err := NextFromPolicy(cfg, channelID, p, nil)
+	if errors.Is(err, ErrNoChange) {
+		return &VersionCheck{}, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	cub, err := u.ConfigUpdateBytes()
+	if err != nil {
+		return nil, err
+	}
+	var raws [][]byte
+	for _, s := range p.ConfigSignatures() {
+		raws = append(raws, s.Raw)
+	}
+	valid, invalid := ConfigSignatures(cub, raws)
+	vc := &VersionCheck{Update: u, Invalid: invalid, Err: in.CheckUpdateSigned(u, valid)}
+	for _, s := range in.signersOf(valid) {
+		vc.Signers = append(vc.Signers, fmt.Sprintf("%s %q", s.mspID, s.cert.Subject.CommonName))
+	}
+	return vc, nil
 }

@@ -18,6 +18,7 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/memberd/memberd/cmd/memberd/app"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
@@ -80,6 +81,20 @@ func TestPolicyConfigBlock(t *testing.T) {
 			"--ca-cert", filepath.Join(mdir, "ca.pem"), "--csr", filepath.Join(certDir, "admin.csr"), "--out", filepath.Join(certDir, "admin.pem"))
 		memberd(t, "policy", "sign", "--key", "file:"+L.AdminKey[m], "--insecure-file-key", "--member", m, "--key-id", "a1",
 			"--config-block", filepath.Join(mdir, "genesis.block"), "--admin-cert", filepath.Join(certDir, "admin.pem"), bundle)
+		// 'policy verify --config-block' checks both halves: one admin of
+		// three is not enough for the channel (nor for the policy).
+		var out, errb bytes.Buffer
+		code := app.Main([]string{"policy", "verify", "--current", filepath.Join(L.Dir, "genesis.yaml"),
+			"--config-block", filepath.Join(mdir, "genesis.block"), bundle}, nil, &out, &errb)
+		if m == L.Members[0] && (code != app.ExitRuntime || !strings.Contains(out.String(), "update to config sequence 1 REFUSED")) {
+			t.Fatalf("policy verify after one signature: exit %d:\n%s%s", code, out.String(), errb.String())
+		}
+		if m == L.Members[len(L.Members)-1] {
+			if code != app.ExitOK || !strings.Contains(out.String(), "update to config sequence 1 OK") || !strings.Contains(out.String(), "admin signatures: 3") {
+				t.Fatalf("policy verify after every signature: exit %d:\n%s%s", code, out.String(), errb.String())
+			}
+			t.Logf("policy verify --config-block:\n%s", out.String())
+		}
 	}
 	raw, err := os.ReadFile(bundle)
 	if err != nil {
