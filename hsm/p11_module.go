@@ -46,6 +46,12 @@ type module struct {
 	ctx  *pkcs11.Ctx
 	refs int      // guarded by modulesMu
 	env  []string // the environment (NAME=value) in force at C_Initialize
+	// initEnv are the ModuleEnv pairs set around C_Initialize (again in
+	// reinitialize).
+	initEnv []string
+	// finalized: reinitialize finalised the module and C_Initialize has
+	// failed since (guarded by modulesMu).
+	finalized bool
 	// finalize is false when someone else in the process had already
 	// initialised the library: then we must not finalise it.
 	finalize bool
@@ -87,7 +93,7 @@ func acquireModule(path string, env []string) (*module, error) {
 	if ctx == nil {
 		return nil, fmt.Errorf("%w: %s could not be loaded as a PKCS#11 library (dlopen or C_GetFunctionList failed): check it is the right library for this architecture", ErrModuleNotFound, path)
 	}
-	m := &module{path: path, ctx: ctx, refs: 1, finalize: true, logins: map[string][32]byte{}}
+	m := &module{path: path, ctx: ctx, refs: 1, finalize: true, logins: map[string][32]byte{}, initEnv: env}
 	restore := setEnv(env)
 	m.env = os.Environ()
 	err := ctx.Initialize()
@@ -128,6 +134,36 @@ func setEnv(env []string) (restore func()) {
 	}
 }
 
+// reinitialize finalises and initialises the module again (with its
+// environment), so that it reads its tokens afresh; every session and login
+// of the process ends. It does so only when the caller holds the only
+// reference and this process initialised the module (else
+// errReopenSkipped). When C_Initialize fails (SoftHSM2 refuses while its
+// token folder is missing) the module stays finalised and the next call
+// tries C_Initialize again.
+func (m *module) reinitialize() error {
+	modulesMu.Lock()
+	defer modulesMu.Unlock()
+	if m.refs != 1 || !m.finalize {
+		return errReopenSkipped
+	}
+	if !m.finalized {
+		_ = m.ctx.Finalize()
+		m.finalized = true
+	}
+	m.loginMu.Lock()
+	clear(m.logins)
+	m.loginMu.Unlock()
+	restore := setEnv(m.initEnv)
+	err := m.ctx.Initialize()
+	restore()
+	if err != nil && !isRV(err, pkcs11.CKR_CRYPTOKI_ALREADY_INITIALIZED) {
+		return fmt.Errorf("%s: C_Initialize: %w", m.path, err)
+	}
+	m.finalized = false
+	return nil
+}
+
 // release drops one reference; the last one finalises and unloads.
 func (m *module) release() {
 	modulesMu.Lock()
@@ -137,7 +173,7 @@ func (m *module) release() {
 		return
 	}
 	delete(modules, m.path)
-	if m.finalize {
+	if m.finalize && !m.finalized {
 		_ = m.ctx.Finalize()
 	}
 	m.ctx.Destroy()

@@ -5,9 +5,11 @@ package hsm
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"errors"
 	"fmt"
 	"io"
 	"sync"
+	"time"
 
 	"github.com/miekg/pkcs11"
 )
@@ -79,7 +81,15 @@ type p11Signer struct {
 
 	keyMu sync.Mutex
 	key   pkcs11.ObjectHandle
+
+	// reopenedAt is when Sign last re-initialised the module to find a
+	// token that had gone (guarded by mu held exclusively).
+	reopenedAt time.Time
 }
+
+// reopenEvery bounds how often Sign re-initialises the module while the
+// token stays gone: signatures fail fast in between.
+var reopenEvery = time.Second
 
 var _ Signer = (*p11Signer)(nil)
 
@@ -225,10 +235,82 @@ const maxSignAttempts = 3
 // Sign signs digest with CKM_ECDSA and returns an ASN.1 DER signature with
 // low S. rand is ignored (the HSM has its own). Sessions that the module
 // reports closed or invalid are dropped and re-opened with a new login.
+//
+// A token that went away (SoftHSM2's token folder removed or unreadable, a
+// USB HSM unplugged) is not seen again by an initialised module, even once
+// it is back: then Sign re-initialises the module (at most every
+// reopenEvery, and only when this signer is its only user in the process),
+// finds the token and the same key again, and signs.
 func (s *p11Signer) Sign(_ io.Reader, digest []byte, opts crypto.SignerOpts) ([]byte, error) {
 	if err := checkDigest(digest, opts); err != nil {
 		return nil, err
 	}
+	sig, err := s.sign(digest)
+	if err == nil || !(errors.Is(err, ErrKeyNotFound) || errors.Is(err, ErrTokenNotFound) || tokenLost(err) ||
+		isRV(err, pkcs11.CKR_CRYPTOKI_NOT_INITIALIZED)) {
+		return sig, err
+	}
+	if rerr := s.reopen(); rerr != nil {
+		if errors.Is(rerr, errReopenSkipped) {
+			return nil, err
+		}
+		return nil, fmt.Errorf("%w (reopening the module: %w)", err, rerr)
+	}
+	return s.sign(digest)
+}
+
+// errReopenSkipped: reopen did nothing (too soon, or the module is shared).
+var errReopenSkipped = errors.New("module not re-initialised")
+
+// reopen re-initialises the module and finds the token and the key again.
+// It waits for signatures in flight (mu held exclusively).
+func (s *p11Signer) reopen() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return fmt.Errorf("HSM key %s: %w", s.uri.Redacted(), ErrClosed)
+	}
+	now := time.Now()
+	if !s.reopenedAt.IsZero() && now.Sub(s.reopenedAt) < reopenEvery {
+		return errReopenSkipped
+	}
+	s.reopenedAt = now
+	s.pool.closeIdle() // every session is idle: mu is held exclusively
+	if err := s.tok.mod.reinitialize(); err != nil {
+		return err
+	}
+	s.tok.anchored = false // C_Finalize closed it
+	if _, err := s.tok.findSlot(); err != nil {
+		return err
+	}
+	if s.tok.pin != "" {
+		sh, err := s.tok.openSession(false)
+		if err != nil {
+			return err
+		}
+		s.tok.anchor, s.tok.anchored = sh, true
+	}
+	sh, err := s.pool.get()
+	if err != nil {
+		return err
+	}
+	key, pub, err := findKeyPair(s.tok, sh, s.uri)
+	if err != nil {
+		s.pool.drop(sh)
+		return err
+	}
+	s.pool.put(sh)
+	if !pub.Equal(s.pub) {
+		return fmt.Errorf("%w: key %s on token %q was replaced by another key: reopen it (restart or rotate the identity)", ErrKeyNotFound, keyName(s.uri), s.tok.label)
+	}
+	s.keyMu.Lock()
+	s.key = key
+	s.keyMu.Unlock()
+	s.tok.log.Info("HSM token found again after the module was re-initialised", "token", s.tok.label, "module", s.tok.mod.path)
+	return nil
+}
+
+func (s *p11Signer) sign(digest []byte) ([]byte, error) {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
 	if s.closed {

@@ -410,3 +410,50 @@ func TestSelfTest(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// TestTokenGoneAndBack: SoftHSM2's token folder is moved away while a
+// signer is open (the token is unavailable), then put back. Signing fails
+// with an error naming the token while it is gone, the process does not
+// crash, and signing works again once it is back (SoftHSM2 does not see a
+// token again without a new C_Initialize: Sign re-initialises the module).
+func TestTokenGoneAndBack(t *testing.T) {
+	tok := hsmtest.NewToken(t, "member-a")
+	tok.GenerateKey(t, "tls")
+	var logs syncBuffer
+	s := tok.OpenKey(t, "tls", &hsm.Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	mustSignVerify(t, s, "before")
+	tokens := filepath.Join(tok.Dir, "tokens")
+	if err := os.Rename(tokens, tokens+".gone"); err != nil {
+		t.Fatal(err)
+	}
+	back := false
+	defer func() {
+		if !back {
+			os.Rename(tokens+".gone", tokens)
+		}
+	}()
+	for i := range 3 {
+		err := signVerify(s, fmt.Sprintf("gone %d", i))
+		if err == nil {
+			t.Fatalf("signing %d succeeded with the token folder gone", i)
+		}
+		if !strings.Contains(err.Error(), `"member-a"`) {
+			t.Errorf("the error does not name the token: %v", err)
+		}
+	}
+	if err := os.Rename(tokens+".gone", tokens); err != nil {
+		t.Fatal(err)
+	}
+	back = true
+	start := time.Now()
+	for signVerify(s, "back") != nil {
+		if time.Since(start) > 10*time.Second {
+			t.Fatalf("signing still fails 10 s after the token folder is back: %v", signVerify(s, "back"))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	t.Logf("signing again %v after the token folder is back", time.Since(start).Round(time.Millisecond))
+	if !strings.Contains(logs.String(), "HSM token found again") {
+		t.Errorf("no log line saying the token is back:\n%s", logs.String())
+	}
+}

@@ -131,6 +131,8 @@ type Watcher struct {
 	seen        map[string][32]byte   // file -> content hash last rejected
 	parsed      map[string]parsedFile // file -> last parse, reused while the content is the same
 	rollbackLog Hash
+	scans       int             // scans done
+	appliedFrom map[string]Hash // file -> hash of the version applied from it (this run)
 	folderErr   bool
 	tooMany     bool
 	retryAt     time.Time
@@ -158,7 +160,8 @@ func NewWatcher(opts Options) (*Watcher, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
-	w := &Watcher{o: opts.withDefaults(), armed: make(chan struct{}), seen: map[string][32]byte{}, parsed: map[string]parsedFile{}}
+	w := &Watcher{o: opts.withDefaults(), armed: make(chan struct{}), seen: map[string][32]byte{}, parsed: map[string]parsedFile{},
+		appliedFrom: map[string]Hash{}}
 	w.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "policy_rejected_total",
 		Help: "Policy bundles rejected by the watcher, by reason; the last good policy stays applied."}, []string{"reason"})
 	w.applied = prometheus.NewCounter(prometheus.CounterOpts{Name: "policy_applied_total", Help: "Policy versions applied."})
@@ -258,11 +261,15 @@ func (w *Watcher) read(why dirwatch.Reason) time.Time {
 type fileBundle struct {
 	path string
 	p    *Policy
+	// fresh: the file appeared or changed since the previous scan (never
+	// on the first scan, which sees what was there at start).
+	fresh bool
 }
 
 // scan reads the folder and applies every version that follows the current
 // one, link by link. It runs on one goroutine at a time (NewWatcher, then Run).
 func (w *Watcher) scan() {
+	defer func() { w.scans++ }()
 	w.retryAt = time.Time{}
 	files, present := w.readFolder()
 	for path := range w.seen {
@@ -273,6 +280,11 @@ func (w *Watcher) scan() {
 	for path := range w.parsed {
 		if !present[path] {
 			delete(w.parsed, path)
+		}
+	}
+	for path := range w.appliedFrom {
+		if !present[path] {
+			delete(w.appliedFrom, path)
 		}
 	}
 	if w.cur.Load() == nil {
@@ -312,11 +324,18 @@ func (w *Watcher) scan() {
 	// Report what is left over and cannot apply.
 	cur := w.cur.Load()
 	var newest *Policy
+	freshOld := map[Hash]bool{}
 	for _, f := range files {
 		if newest == nil || f.p.Version() > newest.Version() {
 			newest = f.p
 		}
 		switch {
+		case f.fresh && f.p.Version() < cur.Version() && w.appliedFrom[f.path] != f.p.Hash():
+			// An older version dropped in (beside the newer ones or
+			// not): it never applies; say so.
+			freshOld[f.p.Hash()] = true
+			w.reject(f.path, f.p.Marshal(), ReasonRollback, fmt.Errorf("%w: version %d is older than the applied version %d; a policy never goes back, the file is ignored",
+				ErrVersion, f.p.Version(), cur.Version()))
 		case f.p.Version() > cur.Version() && f.p.Previous() != cur.Hash():
 			w.reject(f.path, f.p.Marshal(), ReasonChain, fmt.Errorf("%w: version %d names previous %s, but the applied version %d has hash %s (a missing intermediate version, or a fork)",
 				ErrChain, f.p.Version(), f.p.Previous(), cur.Version(), cur.Hash()))
@@ -327,7 +346,9 @@ func (w *Watcher) scan() {
 	}
 	if newest != nil && newest.Version() < cur.Version() && w.rollbackLog != newest.Hash() {
 		w.rollbackLog = newest.Hash()
-		w.count(ReasonRollback)
+		if !freshOld[newest.Hash()] { // else counted above
+			w.count(ReasonRollback)
+		}
 		w.o.Logger.Warn("policy folder holds only older versions; rollback refused, keeping the applied policy",
 			"dir", w.o.Dir, "newest_in_folder", newest.Version(), "version", cur.Version(), "reason", ReasonRollback)
 	}
@@ -372,11 +393,13 @@ func (w *Watcher) readFolder() ([]fileBundle, map[string]bool) {
 		}
 		sum := sha256.Sum256(data)
 		var p *Policy
+		fresh := false
 		if c, ok := w.parsed[path]; ok && c.sum == sum {
 			p, err = c.p, c.err
 		} else {
 			p, err = Parse(data)
 			w.parsed[path] = parsedFile{sum: sum, p: p, err: err}
+			fresh = w.scans > 0
 		}
 		if err != nil {
 			if st, serr := os.Stat(path); serr == nil && !errors.Is(err, ErrTooLarge) {
@@ -390,7 +413,7 @@ func (w *Watcher) readFolder() ([]fileBundle, map[string]bool) {
 			w.reject(path, data, reasonOf(err), err)
 			continue
 		}
-		out = append(out, fileBundle{path: path, p: p})
+		out = append(out, fileBundle{path: path, p: p, fresh: fresh})
 	}
 	// Lowest version first; among equal versions, the most signatures first.
 	slices.SortStableFunc(out, func(a, b fileBundle) int {
@@ -459,6 +482,7 @@ func (w *Watcher) apply(path string, p *Policy) bool {
 	subs := slices.Clone(w.subs)
 	w.mu.Unlock()
 	delete(w.seen, path)
+	w.appliedFrom[path] = p.Hash()
 	w.applied.Inc()
 	w.version.Set(float64(p.Version()))
 	d := Compare(old, p)

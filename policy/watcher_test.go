@@ -562,3 +562,36 @@ func TestWatcherFIFOAndDirectory(t *testing.T) {
 	e.rename("v2.yaml", vs[2].Marshal())
 	e.waitVersion(2)
 }
+
+// TestWatcherOlderFileDroppedBesideNewer: an older version dropped into the
+// folder while the newer ones are still there (a replayed old bundle) is
+// refused and counted as a rollback once, and the applied version stays;
+// the files that were there at start (the history) are not counted.
+func TestWatcherOlderFileDroppedBesideNewer(t *testing.T) {
+	e := newEnv(t, 3)
+	e.start(e.opts())
+	vs := e.chain(3)
+	e.rename("v2.yaml", vs[2].Marshal())
+	e.rename("v3.yaml", vs[3].Marshal())
+	e.waitVersion(3)
+	if n := e.rejected(policy.ReasonRollback); n != 0 {
+		t.Fatalf("the applied history counted as %v rollbacks", n)
+	}
+	e.rename("replayed-v2.yaml", vs[2].Marshal())
+	e.waitRejected(policy.ReasonRollback, 1)
+	e.stays(3)
+	e.w.Reload()
+	e.stays(3)
+	if n := e.rejected(policy.ReasonRollback); n != 1 {
+		t.Fatalf("one replayed file counted %v times", n)
+	}
+	// Restarted with the same folder: what is there at start is history.
+	e.stop()
+	e.start(e.opts())
+	if v := e.w.Current().Version(); v != 3 {
+		t.Fatalf("restart applied version %d", v)
+	}
+	if n := e.rejected(policy.ReasonRollback); n != 0 {
+		t.Fatalf("after a restart the folder's older files counted %v times", n)
+	}
+}

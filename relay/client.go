@@ -378,6 +378,7 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 	g.Go(func() error { c.offerPolicies(lctx, l); return nil })
 	if l.path == PathQUIC {
 		g.Go(func() error { l.settleDatagramSize(lctx, pmtudWait); return nil })
+		g.Go(func() error { c.hedgeTCP(lctx, rc, d, l, &next); return nil })
 	}
 	if l.path != PathQUIC {
 		g.Go(func() error {
@@ -421,9 +422,11 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 	rc.bytesOut += l.bytesOut.Load()
 	rc.mu.Unlock()
 	if nl := next.Load(); nl != nil {
-		rc.mu.Lock()
-		rc.upgrades++
-		rc.mu.Unlock()
+		if nl.path == PathQUIC { // not the move of a silent QUIC link to TCP (hedgeTCP)
+			rc.mu.Lock()
+			rc.upgrades++
+			rc.mu.Unlock()
+		}
 		return nl
 	}
 	if r := l.goAway.Load(); r != nil {
@@ -439,6 +442,77 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 		c.log.Warn("relay connection lost", "relay", rc.info.ID, "path", string(l.path), "err", err)
 	}
 	return nil
+}
+
+// hedgeTCP watches a QUIC link for silence. A firewall that starts
+// dropping UDP without a word, established flows too, gives QUIC no error:
+// the link used to be given up only by the pinger (4×DeadAfter) and then
+// redialled QUIC first (QUICTimeout), about 6 s in all, long enough to
+// cost raft its leader. Instead, once the link has been silent for
+// 2×SuspectAfter (300 ms), TLS over TCP (or the proxy) to the same relay is
+// dialled beside it; if the QUIC link is still silent at DeadAfter/2
+// (600 ms) with the TCP link up, traffic moves to TCP at once (what the
+// QUIC link may have swallowed is sent again there) and the QUIC link is
+// closed: under raft's 1 s election timeout. The TCP link is re-probed
+// over QUIC every ReprobeInterval as usual, so a wrong suspicion (a QUIC
+// link only slow for 600 ms) costs at most that long on TCP. If the QUIC
+// link answers again before the switch, the TCP link is closed unused.
+func (c *Client) hedgeTCP(ctx context.Context, rc *relayConn, d *dialer, l *link, next *atomic.Pointer[link]) {
+	dialAfter, switchAfter := 2*c.cfg.SuspectAfter, c.cfg.DeadAfter/2
+	if dialAfter >= switchAfter {
+		dialAfter = switchAfter / 2
+	}
+	quiet := func() time.Duration { return time.Since(time.Unix(0, l.lastRecv.Load())) }
+	tick := time.NewTicker(c.cfg.PingInterval)
+	defer tick.Stop()
+	wait := func() bool {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-l.done:
+			return false
+		case <-tick.C:
+			return true
+		}
+	}
+	for wait() {
+		if quiet() < dialAfter {
+			continue
+		}
+		silentFor := quiet()
+		proxy, err := d.proxy(rc.info.Addr)
+		if err != nil {
+			continue
+		}
+		tl, err := d.dialTCP(ctx, rc.info, proxy)
+		if err != nil {
+			c.log.Debug("relay quiet over QUIC; TCP beside it failed too", "relay", rc.info.ID, "silent_for", silentFor.String(), "err", err)
+			for quiet() >= dialAfter && wait() { // try again once QUIC has answered and gone quiet again
+			}
+			continue
+		}
+		for {
+			q := quiet()
+			if q < dialAfter {
+				tl.close(codeShutdown, "QUIC answered again")
+				break
+			}
+			if q >= switchAfter {
+				c.log.Warn("relay silent over QUIC (UDP dropped on the way?): moved to TCP", "relay", rc.info.ID,
+					"path", string(tl.path), "silent_for", q.Round(time.Millisecond).String())
+				tl.upAt = l.upAt // same relay, proven: no fail-back wait
+				next.Store(tl)
+				rc.cur.Store(tl)
+				c.resend(l, tl)
+				l.close(codeShutdown, "QUIC silent: moved to TCP")
+				return
+			}
+			if !wait() {
+				tl.close(codeShutdown, "shutting down")
+				return
+			}
+		}
+	}
 }
 
 // pinger measures RTT (the pongs) and drops the link when the relay was

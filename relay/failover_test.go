@@ -286,3 +286,42 @@ func TestFailBackWaitsForTheRestartedRelay(t *testing.T) {
 	}
 	t.Logf("back on relay-1 %v after it reconnected (FailBackAfter %v)", time.Since(up).Round(time.Millisecond), failBack)
 }
+
+// TestSilentUDPDropMovesToTCPFast: a firewall starts dropping UDP without a
+// word, established QUIC flows too (the relay's UDP socket goes away: on
+// loopback quic-go sees no error). The clients must move to TLS over TCP
+// on the same relay after about DeadAfter/2 (TCP dialled beside the
+// silent QUIC link), not after the pinger gives up (4×DeadAfter) and a
+// redial tries QUIC first: ~6 s before. Packets flow again over TCP.
+func TestSilentUDPDropMovesToTCPFast(t *testing.T) {
+	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1"})
+	r := n.startRelay("relay-1", nil)
+	a, b := n.member("bank-a", nil), n.member("bank-b", nil)
+	_, rb := readAll(a), readAll(b)
+	waitReady(t, a, b)
+	for _, c := range []*Client{a, b} {
+		waitFor(t, 5*time.Second, "QUIC first", func() bool { return c.Status()[0].Path == PathQUIC })
+	}
+	deliver(t, a, "bank-b", rb, "bank-a", "over-quic", 5*time.Second)
+	t0 := time.Now()
+	r.stopQUIC()
+	var took []time.Duration
+	for _, c := range []*Client{a, b} {
+		waitFor(t, 10*time.Second, "the move to TCP", func() bool {
+			s := c.Status()[0]
+			return s.Path == PathTCP && s.State == "up"
+		})
+		took = append(took, time.Since(t0))
+	}
+	deliver(t, a, "bank-b", rb, "bank-a", "over-tcp", 5*time.Second)
+	if u := a.Status()[0].Upgrades; u != 0 {
+		t.Errorf("the move down to TCP counted as %d upgrade(s) (moves back to QUIC)", u)
+	}
+	t.Logf("on TCP %v and %v after UDP went silent (DeadAfter %v; the pinger gives up at %v)", took[0].Round(time.Millisecond), took[1].Round(time.Millisecond),
+		1200*time.Millisecond, 4*1200*time.Millisecond)
+	// Generous for a loaded machine, yet below what giving up and
+	// redialling took (4×DeadAfter + QUICTimeout).
+	if limit := 4 * time.Second; took[1] > limit {
+		t.Errorf("the clients moved to TCP %v after UDP went silent, want under %v", took[1], limit)
+	}
+}

@@ -93,6 +93,9 @@ type Config struct {
 	Forwards []Forward
 	// Services expose LAN services on overlay ports to other members.
 	Services []Service
+	// MemberAddrs, if set, gives every other member a local address with
+	// the same ports forwarding to it, following the policy (memberaddrs.go).
+	MemberAddrs *MemberAddrs
 
 	// Now returns the current time; nil = time.Now. For tests.
 	Now func() time.Time
@@ -155,6 +158,11 @@ func (c *Config) Validate() error {
 			return fmt.Errorf("%w: forwards[%d].port must be 1..65535", ErrConfig, i)
 		}
 	}
+	if c.MemberAddrs != nil {
+		if err := c.MemberAddrs.Validate(); err != nil {
+			return err
+		}
+	}
 	seen := map[uint16]bool{}
 	for i, s := range c.Services {
 		if s.Port == 0 || seen[s.Port] {
@@ -204,6 +212,11 @@ func (c Config) withDefaults() Config {
 	c.Chain = append([]*x509.Certificate(nil), c.Chain...)
 	c.Forwards = append([]Forward(nil), c.Forwards...)
 	c.Services = append([]Service(nil), c.Services...)
+	if c.MemberAddrs != nil {
+		m := *c.MemberAddrs
+		m.Ports = append([]uint16(nil), m.Ports...)
+		c.MemberAddrs = &m
+	}
 	return c
 }
 

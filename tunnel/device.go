@@ -85,6 +85,7 @@ type Device struct {
 	mtu  atomic.Int64 // follows the transport's path unless Config.MTU is set (mtu.go)
 
 	fwdAddrs []net.Addr // set in New, then read-only
+	maddrs   memberAddrs
 
 	ctx    context.Context
 	cancel context.CancelFunc

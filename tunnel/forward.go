@@ -39,7 +39,7 @@ func (d *Device) startForwards() error {
 			return err
 		})
 	}
-	return nil
+	return d.syncMemberAddrs(d.cfg.Authority.Members(), true)
 }
 
 // ForwardAddrs are the local addresses of the configured Forwards, in

@@ -13,6 +13,12 @@ import (
 // lanEcho is a TCP echo server on loopback standing in for a LAN service
 // (e.g. a Fabric peer behind member b's appliance).
 func lanEcho(t *testing.T) string {
+	return lanServer(t, func(c net.Conn) { io.Copy(c, c) })
+}
+
+// lanServer serves every connection on a loopback port with handle (which
+// must not close it), and returns the address.
+func lanServer(t *testing.T, handle func(net.Conn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -25,7 +31,7 @@ func lanEcho(t *testing.T) string {
 			if err != nil {
 				return
 			}
-			go func() { io.Copy(c, c); c.Close() }()
+			go func() { handle(c); c.Close() }()
 		}
 	}()
 	return ln.Addr().String()

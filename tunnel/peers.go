@@ -555,6 +555,7 @@ func (d *Device) SetAuthority(a Authority) {
 	for _, c := range conns {
 		c.Close()
 	}
+	d.syncMemberAddrs(a.Members(), false)
 	d.announceAll(false)
 }
 

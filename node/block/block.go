@@ -52,6 +52,9 @@ var (
 	ErrHighS = errors.New("ECDSA signature is not low-S")
 	// ErrUnsupportedKey: a key type Fabric MSPs do not use (only ECDSA is supported).
 	ErrUnsupportedKey = errors.New("unsupported key type")
+	// ErrSigner: the signer (the HSM) failed to sign; trying again later
+	// may work (a token that went away and came back).
+	ErrSigner = errors.New("signing with the node key")
 )
 
 // NumMetadataSlots is the number of metadata entries every block carries

@@ -97,7 +97,7 @@ func SignECDSA(signer crypto.Signer, pub *ecdsa.PublicKey, msg []byte, rand io.R
 	digest := sha256.Sum256(msg)
 	sig, err := signer.Sign(rand, digest[:], crypto.SHA256)
 	if err != nil {
-		return nil, fmt.Errorf("signing with the node key: %w", err)
+		return nil, fmt.Errorf("%w: %w", ErrSigner, err)
 	}
 	return ToLowS(pub, sig)
 }

@@ -3,13 +3,21 @@ package orderer
 import (
 	"bytes"
 	"context"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"errors"
 	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/hsm/hsmtest"
 	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/channelconfig"
 )
 
 // TestSetIdentitySignsNextBlocks: after SetIdentity (an HSM identity
@@ -118,4 +126,91 @@ func TestNewRefusesRejectedSigner(t *testing.T) {
 		t.Fatal(err)
 	}
 	n.Close()
+}
+
+// TestSignerOutageWaits: a follower's block-signing key is in a real
+// SoftHSM2 token; the token folder goes away while blocks are ordered (the
+// HSM unplugged) and comes back. The follower must wait for its key (not
+// stop its node, as it did), then write the missed blocks, identical to
+// the others.
+func TestSignerOutageWaits(t *testing.T) {
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, nil)
+	leader := cl.leader(10 * time.Second)
+	client := cl.c.identity(t, "m1", "client1")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	submit := func(n int) uint64 {
+		t.Helper()
+		envs, ids := envelopes(t, client, n, 100)
+		res := newLoadResult()
+		if _, err := broadcast(ctx, cl.nodes[cl.leader(time.Second)-1].client, envs, ids, res); err != nil {
+			t.Fatal(err)
+		}
+		if len(res.success) != n {
+			t.Fatalf("%d SUCCESS of %d: %v", len(res.success), n, res.other)
+		}
+		return cl.node(cl.leader(time.Second)).Height()
+	}
+	f := uint64(1)
+	if f == leader {
+		f = 2
+	}
+	member := fmt.Sprintf("m%d", f)
+	tok := hsmtest.NewToken(t, "node")
+	signer := tok.NewKey(t, "sign")
+	ca := cl.c.cons.CAs[member]
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "hsm-node", OrganizationalUnit: []string{channelconfig.OrdererOU}},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
+		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, signer.Public(), ca.Key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, _ := x509.ParseCertificate(der)
+	id := Identity{MSPID: cl.c.policy().Member(member).MSPID, Cert: cert, Signer: signer}
+	n := cl.node(f)
+	if err := n.SetIdentity(signer, id.Serialized()); err != nil {
+		t.Fatal(err)
+	}
+	h1 := submit(20)
+	cl.waitHeight(h1, 10*time.Second)
+
+	tokens := filepath.Join(tok.Dir, "tokens")
+	if err := os.Rename(tokens, tokens+".gone"); err != nil {
+		t.Fatal(err)
+	}
+	back := false
+	defer func() {
+		if !back {
+			os.Rename(tokens+".gone", tokens)
+		}
+	}()
+	h2 := submit(20) // the other two order and write them
+	time.Sleep(500 * time.Millisecond)
+	if got := n.Height(); got >= h2 {
+		t.Fatalf("node %d wrote height %d without its signing key", f, got)
+	}
+	select {
+	case err := <-cl.nodes[f-1].runErr:
+		t.Fatalf("node %d stopped while its key was gone: %v", f, err)
+	default:
+	}
+	if err := os.Rename(tokens+".gone", tokens); err != nil {
+		t.Fatal(err)
+	}
+	back = true
+	t0 := time.Now()
+	cl.waitHeight(h2, 20*time.Second)
+	t.Logf("node %d at height %d %v after its token came back (it had %d of %d)", f, n.Height(), time.Since(t0).Round(time.Millisecond), h1, h2)
+	h3 := submit(10)
+	cl.waitHeight(h3, 10*time.Second)
+	cl.checkIdentical()
+	b, err := n.Store().Get(h2 - 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sds, _ := block.Signatures(b)
+	if len(sds) == 0 || !bytes.Equal(sds[0].Identity, id.Serialized()) {
+		t.Fatalf("block %d of node %d is not signed by its HSM identity", h2-1, f)
+	}
 }

@@ -584,7 +584,6 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 	}
 	var blocks []*common.Block
 	prev := n.store.LastHeader()
-	id := n.signing.Load()
 	// flush stores the blocks so far: a config block must be in force
 	// before the entries after it are applied.
 	flush := func() error {
@@ -637,7 +636,7 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 		if err != nil {
 			return err
 		}
-		if err := block.Sign(b, id.signer, id.identity, lastConfig, md, rand.Reader); err != nil {
+		if err := n.signBlock(ctx, b, lastConfig, md); err != nil {
 			return fmt.Errorf("signing block %d: %w", b.Header.Number, err)
 		}
 		blocks = append(blocks, b)
@@ -651,6 +650,38 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 		}
 	}
 	return flush()
+}
+
+// signBlock signs b with the node's current identity. While the signer
+// fails (block.ErrSigner: an HSM token that went away), it waits and tries
+// again, 100 ms doubling to 2 s, until it signs or ctx ends: without its key
+// the node cannot write blocks, but it must not stop for good (it did, and
+// stayed stopped after the token was back until a restart).
+func (n *Node) signBlock(ctx context.Context, b *common.Block, lastConfig uint64, md []byte) error {
+	wait := 100 * time.Millisecond
+	var since time.Time
+	for {
+		id := n.signing.Load()
+		err := block.Sign(b, id.signer, id.identity, lastConfig, md, rand.Reader)
+		if err == nil || !errors.Is(err, block.ErrSigner) {
+			if err == nil && !since.IsZero() {
+				n.log.Info("signing blocks again", "block", b.Header.Number, "waited", time.Since(since).Round(time.Millisecond))
+			}
+			return err
+		}
+		if since.IsZero() {
+			since = time.Now()
+			n.log.Error("cannot sign the next block: waiting for the signing key (is the HSM present?)", "block", b.Header.Number, "err", err)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("%w (gave up: %w)", err, ctx.Err())
+		case <-t.C:
+		}
+		wait = min(2*wait, 2*time.Second)
+	}
 }
 
 // cachedEntry returns the block of an entry this leader proposed itself

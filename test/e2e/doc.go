@@ -23,4 +23,16 @@
 // every member's chain and that the block headers are identical, prints its
 // figures, and a summary table ends the run. Timing assertions are generous
 // bounds that fail only when a mechanism does not work at all.
+//
+// Besides the faults (UDP blocked, proxy only, relay and leader kill -9,
+// partition, torn tail, removal), hostile input is refused and counted by
+// reason: TLS without, with a self-signed or an expired certificate, a
+// garbage first frame and a per-source flood against a relay
+// (memberd_relay_handshake_failures_total), garbage, HTTP, TLS 1.2 and
+// silent connections against a ledger listener
+// (memberd_ledger_tls_handshake_failures_total), bad Broadcast envelopes
+// (answered, none ordered), broken and rolled-back policy files
+// (policy_rejected_total). A follower's SoftHSM2 token is taken away and
+// put back (/readyz check hsm, memberd_hsm_up); the HSM keys must be
+// non-extractable and no private key may appear in any state folder.
 package e2e

@@ -15,6 +15,7 @@ import (
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/x509"
 	"crypto/x509/pkix"
 	"errors"
 	"fmt"
@@ -74,6 +75,20 @@ func newLoader(t *testing.T, cl *cluster) *loader {
 	}
 	entry := cl.layout.Members[0]
 	m := pol.Member(entry)
+	cert, key := issueClientCert(t, cl, "e2e-client."+entry, time.Now(), 0)
+	l := &loader{cl: cl, id: orderer.Identity{MSPID: m.MSPID, Cert: cert, Signer: key}, channel: pol.Ledger().Channel,
+		acked: map[string]time.Time{}, answers: map[string]int{}}
+	tc := orderer.TLSCertificate(l.id)
+	l.creds = credentials.NewTLS(orderer.ClientTLS(&tc, pol.CAPool()))
+	return l
+}
+
+// issueClientCert issues a certificate for a new key from member-a's CA
+// (the demo's ca-key.pem), valid from now for validity (0: a year; a past
+// now makes an expired one).
+func issueClientCert(t *testing.T, cl *cluster, cn string, now time.Time, validity time.Duration) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
+	entry := cl.layout.Members[0]
 	mdir := filepath.Dir(cl.layout.MemberConfig[entry])
 	caPEM, err := os.ReadFile(filepath.Join(mdir, "ca.pem"))
 	if err != nil {
@@ -92,19 +107,15 @@ func newLoader(t *testing.T, cl *cluster) *loader {
 	if err != nil {
 		t.Fatal(err)
 	}
-	csr, err := hsm.CreateCSR(key, hsm.CSRRequest{Subject: pkix.Name{CommonName: "e2e-client." + entry, Organization: []string{entry}}})
+	csr, err := hsm.CreateCSR(key, hsm.CSRRequest{Subject: pkix.Name{CommonName: cn, Organization: []string{entry}}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	cert, err := hsm.SignCSR(cas[0], caKey, csr, hsm.LeafConfig{Now: time.Now()})
+	cert, err := hsm.SignCSR(cas[0], caKey, csr, hsm.LeafConfig{Now: now, Validity: validity})
 	if err != nil {
 		t.Fatal(err)
 	}
-	l := &loader{cl: cl, id: orderer.Identity{MSPID: m.MSPID, Cert: cert, Signer: key}, channel: pol.Ledger().Channel,
-		acked: map[string]time.Time{}, answers: map[string]int{}}
-	tc := orderer.TLSCertificate(l.id)
-	l.creds = credentials.NewTLS(orderer.ClientTLS(&tc, pol.CAPool()))
-	return l
+	return cert, key
 }
 
 // conn dials p's ledger API inside p's namespace.

@@ -9,6 +9,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -110,4 +111,113 @@ func (s *suite) memberd(p *proc, args ...string) ([]byte, error) {
 	}
 	cmd.Env = s.cl.env
 	return cmd.CombinedOutput()
+}
+
+// rollback runs after removal: on member-b, whose policy is version 2, the
+// old version 1 (which still lists the removed member) is dropped into the
+// policy folder, first beside version 2 (a replayed bundle), then by an
+// attacker with write access who also takes the newer bundles away. The rollback must be refused and counted (policy_rejected_total
+// {reason="rollback"}), the member must stay at version 2 and the removed
+// member stay cut off.
+func (s *suite) rollback(t *testing.T) {
+	cl := s.cl
+	p := cl.member(cl.layout.Members[1])
+	dir := filepath.Join(filepath.Dir(p.config), "policy")
+	if v, _, err := s.metric(p, "policy_version"); err != nil || v != 2 {
+		t.Fatalf("%s at policy version %v (%v) before the rollback, want 2 (the removal runs first)", p.name, v, err)
+	}
+	old := readFile(t, filepath.Join(cl.layout.Dir, "genesis.yaml"))
+	rollbacks := func() (float64, string) {
+		m, err := s.labelled(p, "policy_rejected_total")
+		if err != nil {
+			return -1, err.Error()
+		}
+		var all []string
+		for k, v := range m {
+			all = append(all, fmt.Sprintf("%s=%v", k, v))
+		}
+		return m[`{reason="rollback"}`], strings.Join(all, " ")
+	}
+	// First beside the newer bundles: a replayed old bundle.
+	r0, _ := rollbacks()
+	if err := os.WriteFile(filepath.Join(dir, "replayed.yaml"), old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var beside string
+	tookBeside, okBeside := waitFor(20*time.Second, func() bool {
+		r, d := rollbacks()
+		beside = d
+		return r >= r0+1
+	})
+	os.Remove(filepath.Join(dir, "replayed.yaml"))
+	if !okBeside {
+		t.Errorf("version 1 dropped beside version 2 was not counted as a rollback within 20 s: %s", beside)
+	}
+	if v, _, err := s.metric(p, "policy_version"); err != nil || v != 2 {
+		t.Errorf("%s policy_version %v after the replayed file (err %v), want 2", p.name, v, err)
+	}
+	// Then with the newer bundles taken away.
+	before, err := s.labelled(p, "policy_rejected_total")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ents, err := os.ReadDir(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	aside := t.TempDir()
+	var moved []string
+	for _, e := range ents {
+		raw, err := os.ReadFile(filepath.Join(dir, e.Name()))
+		if err != nil {
+			continue
+		}
+		if pol, err := policy.Parse(raw); err == nil && pol.Version() > 1 {
+			if err := os.Rename(filepath.Join(dir, e.Name()), filepath.Join(aside, e.Name())); err != nil {
+				t.Fatal(err)
+			}
+			moved = append(moved, e.Name())
+		}
+	}
+	defer func() {
+		for _, n := range moved {
+			os.Rename(filepath.Join(aside, n), filepath.Join(dir, n))
+		}
+	}()
+	if len(moved) == 0 {
+		t.Fatalf("no bundle of version 2 or later in %s", dir)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "rollback.yaml"), old, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(filepath.Join(dir, "rollback.yaml"))
+	var desc string
+	took, ok := waitFor(20*time.Second, func() bool {
+		after, err := s.labelled(p, "policy_rejected_total")
+		if err != nil {
+			return false
+		}
+		var d map[string]float64
+		d, desc = deltas(before, after)
+		return d[`{reason="rollback"}`] >= 1
+	})
+	if !ok {
+		t.Errorf("the rollback to version 1 was not counted as reason rollback within 20 s: %s", desc)
+	}
+	v, _, err := s.metric(p, "policy_version")
+	if err != nil || v != 2 {
+		t.Errorf("%s policy_version %v after the rollback file (err %v), want 2", p.name, v, err)
+	}
+	gone := cl.member(cl.layout.Members[2])
+	st, _ := cl.status(gone)
+	if st != nil {
+		for _, r := range st.Relays {
+			if r.State == "up" {
+				t.Errorf("the removed %s is connected to %s after the rollback file", gone.name, r.ID)
+			}
+		}
+	}
+	cl.checkAlive(t)
+	s.record(t, "rolled-back policy file", fmt.Sprintf("%s at version 2: version 1 dropped beside it refused and counted (reason rollback) in %.2f s; version 2 bundles taken away and version 1 dropped in: refused and counted in %.2f s (%s); policy_version stays %v; %s still cut off",
+		p.name, tookBeside.Seconds(), took.Seconds(), desc, v, gone.name))
 }

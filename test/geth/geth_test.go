@@ -5,6 +5,9 @@ import (
 	"encoding/hex"
 	"fmt"
 	"math/big"
+	"net"
+	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +19,8 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/memberd/memberd/internal/testenv"
+	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/tunnel"
 )
 
 // devp2pPort is the overlay port each appliance exposes its geth node on.
@@ -66,7 +71,8 @@ type appliance struct {
 	member  string
 	config  string
 	admin   string
-	forward string // 127.0.0.1:port forwarded to the other member's geth
+	client  *http.Client // reaches admin; nil = http.DefaultClient
+	forward string       // where this member's geth dials the other's: its forward or member address
 	proc    *process
 }
 
@@ -75,6 +81,12 @@ type applianceStatus struct {
 		Leader string `json:"leader"`
 		Term   uint64 `json:"term"`
 	} `json:"ledger"`
+	Tunnel struct {
+		Peers []struct {
+			Member     string `json:"member"`
+			MemberAddr string `json:"member_addr"`
+		} `json:"peers"`
+	} `json:"tunnel"`
 	Relays []struct {
 		ID     string `json:"id"`
 		State  string `json:"state"`
@@ -86,7 +98,7 @@ type applianceStatus struct {
 // raft is the appliance's view of the ledger's raft leader and term.
 func (a *appliance) raft(ctx context.Context) (string, error) {
 	var st applianceStatus
-	if err := httpJSON(ctx, "http://"+a.admin+"/status", &st); err != nil {
+	if err := httpJSON(ctx, a.client, "http://"+a.admin+"/status", &st); err != nil {
 		return "", err
 	}
 	return fmt.Sprintf("leader %s term %d", st.Ledger.Leader, st.Ledger.Term), nil
@@ -95,7 +107,7 @@ func (a *appliance) raft(ctx context.Context) (string, error) {
 // activeRelay is the relay the appliance sends on, with its path.
 func (a *appliance) activeRelay(ctx context.Context) (id, path string, err error) {
 	var st applianceStatus
-	if err := httpJSON(ctx, "http://"+a.admin+"/status", &st); err != nil {
+	if err := httpJSON(ctx, a.client, "http://"+a.admin+"/status", &st); err != nil {
 		return "", "", err
 	}
 	for _, r := range st.Relays {
@@ -106,11 +118,24 @@ func (a *appliance) activeRelay(ctx context.Context) (id, path string, err error
 	return "", "", fmt.Errorf("%s: no active relay in /status (%+v)", a.member, st.Relays)
 }
 
+// place is where one process runs and how the test reaches it.
+type place struct {
+	wrap   []string     // command prefix (e.g. ip netns exec NS); nil = this namespace
+	host   string       // address its admin and RPC endpoints listen on; "" = 127.0.0.1
+	client *http.Client // reaches host (e.g. dialling inside a namespace); nil = http.DefaultClient
+}
+
 // layout says where the scenario's processes run.
 type layout struct {
-	relayAddrs []string // --relay-addr for demo init; nil = loopback
-	wrap       []string // command prefix for appliances and geth nodes (e.g. ip netns exec NS)
-	host       string   // where the test reaches their admin and RPC endpoints
+	relayAddrs []string  // --relay-addr for demo init; nil = loopback
+	relays     [2]place  // the relays, in demo.yaml's order
+	members    [2]place  // appliance and geth node of each member
+	p2pHosts   [2]string // each geth's devp2p listen host; "" = 127.0.0.1
+	// memberAddrs, if valid, is the tunnel.member_addresses prefix: the
+	// appliances give each other member a local address there, every geth
+	// listens on devp2pPort and dials its peer at <member address>:devp2pPort.
+	// Else each appliance has one forward on a free loopback port.
+	memberAddrs netip.Prefix
 }
 
 // scenario is two members (appliance + geth each) and two relays, peered.
@@ -118,12 +143,46 @@ type scenario struct {
 	t      *testing.T
 	ctx    context.Context
 	L      demoLayout
+	demo   string // the demo consortium's folder
 	apps   [2]*appliance
 	nodes  [2]*gethNode
 	relays map[string]*process
 	peers  [2]*peer // as each node saw the other after peering
 	wallet *key     // funded in the genesis
 	nonce  uint64
+}
+
+// demoPolicy is the demo consortium's genesis policy.
+func demoPolicy(t *testing.T, demo string) *policy.Policy {
+	t.Helper()
+	raw, err := os.ReadFile(filepath.Join(demo, "genesis.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	p, err := policy.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// memberAddr is member's address under prefix (tunnel.member_addresses),
+// from its overlay address in the demo consortium's genesis policy.
+func memberAddr(t *testing.T, demo string, prefix netip.Prefix, member string) netip.Addr {
+	t.Helper()
+	m := demoPolicy(t, demo).Member(member)
+	if m == nil {
+		t.Fatalf("genesis.yaml has no member %s", member)
+	}
+	overlay, err := netip.ParseAddr(m.OverlayIP)
+	if err != nil {
+		t.Fatalf("%s's overlay_ip: %v", member, err)
+	}
+	addr, ok := tunnel.MemberAddr(prefix, overlay)
+	if !ok {
+		t.Fatalf("%s's overlay address %s has no address under %s", member, overlay, prefix)
+	}
+	return addr
 }
 
 // setup starts the consortium from `memberd demo init`, the two geth nodes
@@ -134,11 +193,14 @@ func setup(ctx context.Context, t *testing.T, lay layout) *scenario {
 	dir := t.TempDir()
 	bin := memberdBinary(t, dir)
 	s := &scenario{t: t, ctx: ctx, relays: map[string]*process{}}
-	if lay.host == "" {
-		lay.host = "127.0.0.1"
+	for i := range lay.members {
+		if lay.members[i].host == "" {
+			lay.members[i].host = "127.0.0.1"
+		}
 	}
 
 	demo := filepath.Join(dir, "consortium")
+	s.demo = demo
 	args := []string{"demo", "init", "--members", "2", "--relays", "2", "--dir", demo}
 	for _, a := range lay.relayAddrs {
 		args = append(args, "--relay-addr", a)
@@ -159,22 +221,41 @@ func setup(ctx context.Context, t *testing.T, lay layout) *scenario {
 		t.Fatal(err)
 	}
 	genesis := genesisJSON(s.wallet.address())
-	s.nodes = [2]*gethNode{newGethNode(t, geth, dir, "geth-a", genesis, lay.host), newGethNode(t, geth, dir, "geth-b", genesis, lay.host)}
+	for i, name := range []string{"geth-a", "geth-b"} {
+		pl := lay.members[i]
+		s.nodes[i] = newGethNode(t, geth, dir, name, genesis, pl.host)
+		s.nodes[i].client = pl.client
+		if lay.p2pHosts[i] != "" {
+			s.nodes[i].p2pHost = lay.p2pHosts[i]
+		}
+		if lay.memberAddrs.IsValid() {
+			s.nodes[i].p2pPort = devp2pPort
+		}
+	}
 
 	for i, m := range s.L.Members {
-		a := &appliance{member: m, config: s.L.MemberConfig[m], forward: fmt.Sprintf("127.0.0.1:%d", loopbackPort(t))}
-		section := fmt.Sprintf("tunnel:\n  services:\n    - {port: %d, target: \"127.0.0.1:%d\"}\n  forwards:\n    - {listen: %q, member: %s, port: %d}\n",
-			devp2pPort, s.nodes[i].p2pPort, a.forward, s.L.Members[1-i], devp2pPort)
-		if a.admin, err = addTunnelSection(a.config, section, lay.host); err != nil {
+		pl := lay.members[i]
+		a := &appliance{member: m, config: s.L.MemberConfig[m], client: pl.client}
+		section := fmt.Sprintf("tunnel:\n  services:\n    - {port: %d, target: %q}\n", devp2pPort, s.nodes[i].p2pAddr())
+		if lay.memberAddrs.IsValid() {
+			other := memberAddr(t, demo, lay.memberAddrs, s.L.Members[1-i])
+			a.forward = netip.AddrPortFrom(other, devp2pPort).String()
+			section += fmt.Sprintf("  member_addresses:\n    prefix: %s\n    ports: [%d]\n", lay.memberAddrs, devp2pPort)
+		} else {
+			a.forward = fmt.Sprintf("127.0.0.1:%d", loopbackPort(t))
+			section += fmt.Sprintf("  forwards:\n    - {listen: %q, member: %s, port: %d}\n", a.forward, s.L.Members[1-i], devp2pPort)
+		}
+		if a.admin, err = addTunnelSection(a.config, section, pl.host); err != nil {
 			t.Fatal(err)
 		}
 		s.apps[i] = a
 	}
-	for _, id := range s.L.Relays {
-		s.relays[id] = startProcess(t, dir, id, env, bin, "relay", "--config", s.L.RelayConfig[id])
+	for i, id := range s.L.Relays {
+		cmd := append(append([]string(nil), lay.relays[i].wrap...), bin, "relay", "--config", s.L.RelayConfig[id])
+		s.relays[id] = startProcess(t, dir, id, env, cmd[0], cmd[1:]...)
 	}
-	for _, a := range s.apps {
-		cmd := append(append([]string(nil), lay.wrap...), bin, "run", "--config", a.config)
+	for i, a := range s.apps {
+		cmd := append(append([]string(nil), lay.members[i].wrap...), bin, "run", "--config", a.config)
 		a.proc = startProcess(t, dir, a.member, env, cmd[0], cmd[1:]...)
 	}
 	for _, a := range s.apps {
@@ -182,7 +263,7 @@ func setup(ctx context.Context, t *testing.T, lay layout) *scenario {
 			if !a.proc.running() {
 				t.Fatalf("%s exited: %v\n%s", a.member, a.proc.err, a.proc.tail())
 			}
-			if err := httpJSON(ctx, "http://"+a.admin+"/readyz", nil); err != nil {
+			if err := httpJSON(ctx, a.client, "http://"+a.admin+"/readyz", nil); err != nil {
 				return err
 			}
 			_, _, err := a.activeRelay(ctx)
@@ -192,12 +273,40 @@ func setup(ctx context.Context, t *testing.T, lay layout) *scenario {
 			t.Fatalf("%s not ready: %v\n%s", a.member, err, a.proc.tail())
 		}
 	}
+	if lay.memberAddrs.IsValid() {
+		// /status names the member address the test derived.
+		for i, a := range s.apps {
+			want, _, _ := net.SplitHostPort(a.forward)
+			err := eventually(ctx, 30*time.Second, 200*time.Millisecond, func() error {
+				var st applianceStatus
+				if err := httpJSON(ctx, a.client, "http://"+a.admin+"/status", &st); err != nil {
+					return err
+				}
+				for _, p := range st.Tunnel.Peers {
+					if p.Member == s.L.Members[1-i] && p.MemberAddr == want {
+						return nil
+					}
+				}
+				return fmt.Errorf("%s /status tunnel.peers %+v: no %s with member_addr %s", a.member, st.Tunnel.Peers, s.L.Members[1-i], want)
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
 	t.Logf("consortium up: relays %v, appliances %s (forward %s) and %s (forward %s)", s.L.Relays, s.apps[0].member, s.apps[0].forward, s.apps[1].member, s.apps[1].forward)
 
 	// Each node's only peer is the other node, dialled at its own local forward.
 	started := time.Now()
-	s.nodes[0].start(t, geth, dir, lay.wrap, s.nodes[1].enode(s.apps[0].forward))
-	s.nodes[1].start(t, geth, dir, lay.wrap, s.nodes[0].enode(s.apps[1].forward))
+	// With member addresses both nodes get the same list, each node's own
+	// entry included (geth skips its own id), as an operator would ship it.
+	statics := [2][]string{{s.nodes[1].enode(s.apps[0].forward)}, {s.nodes[0].enode(s.apps[1].forward)}}
+	if lay.memberAddrs.IsValid() {
+		same := []string{s.nodes[0].enode(s.apps[1].forward), s.nodes[1].enode(s.apps[0].forward)}
+		statics = [2][]string{same, same}
+	}
+	s.nodes[0].start(t, geth, dir, lay.members[0].wrap, statics[0]...)
+	s.nodes[1].start(t, geth, dir, lay.members[1].wrap, statics[1]...)
 	for _, n := range s.nodes {
 		if err := eventually(ctx, 60*time.Second, 200*time.Millisecond, func() error {
 			if !n.proc.running() {
@@ -334,6 +443,28 @@ func (s *scenario) checkAppliancesRunning(before [2]string) {
 	s.t.Logf("ledger raft before: %v; after: %v; unchanged: %v", before, after, before == after)
 }
 
+// killActiveRelay kill -9s the relay member A sends on, watches the devp2p
+// session for 15 s and checks that a transaction still reaches B's pool.
+func (s *scenario) killActiveRelay() {
+	t := s.t
+	t.Helper()
+	relayID, path, err := s.apps[0].activeRelay(s.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("killing %s (pid %d), %s's active relay (path %s)", relayID, s.relays[relayID].cmd.Process.Pid, s.apps[0].member, path)
+	killed := time.Now()
+	s.relays[relayID].cmd.Process.Signal(syscall.SIGKILL)
+	<-s.relays[relayID].done
+	s.watchSession("relay kill", killed, 15*time.Second)
+	newRelay, newPath, err := s.apps[0].activeRelay(s.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%s now sends on %s (path %s)", s.apps[0].member, newRelay, newPath)
+	s.sendAndSeeAtB("transaction after the relay kill")
+}
+
 // TestGethPeersThroughTunnel: members A and B each run geth next to their
 // appliance; each appliance exposes its node as tunnel service devp2pPort
 // and forwards a local port to the other member's node. The nodes (no
@@ -347,21 +478,6 @@ func TestGethPeersThroughTunnel(t *testing.T) {
 	raft := s.raftViews()
 	s.sendAndSeeAtB("first transaction")
 
-	// Kill -9 the relay member A sends on; watch the devp2p session.
-	relayID, path, err := s.apps[0].activeRelay(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("killing %s (pid %d), %s's active relay (path %s)", relayID, s.relays[relayID].cmd.Process.Pid, s.apps[0].member, path)
-	killed := time.Now()
-	s.relays[relayID].cmd.Process.Signal(syscall.SIGKILL)
-	<-s.relays[relayID].done
-	s.watchSession("relay kill", killed, 15*time.Second)
-	newRelay, newPath, err := s.apps[0].activeRelay(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Logf("%s now sends on %s (path %s)", s.apps[0].member, newRelay, newPath)
-	s.sendAndSeeAtB("transaction after the relay kill")
+	s.killActiveRelay()
 	s.checkAppliancesRunning(raft)
 }

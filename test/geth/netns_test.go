@@ -13,18 +13,23 @@ import (
 	"github.com/memberd/memberd/internal/testenv"
 )
 
+// netnsTools skips without geth (as every test here), then checks for
+// root, ip and nft (failing under CI without them) and returns ip and nft.
+func netnsTools(t *testing.T) (ipBin, nftBin string) {
+	if os.Getenv("MEMBERD_GETH") == "" {
+		gethBinary(t) // skips with the reason
+	}
+	testenv.Root(t)
+	return testenv.Command(t, "ip", "iproute2"), testenv.Command(t, "nft", "nftables")
+}
+
 // TestGethQUICToTCP: both members (appliances and geth nodes) run in a
 // network namespace, the relays outside it on a veth address. Once the
 // nodes peer and gossip over QUIC, an nftables rule in the namespace drops
 // the relays' UDP silently: the appliances must move to TCP, and the devp2p
 // session must survive or come back, with gossip still flowing.
 func TestGethQUICToTCP(t *testing.T) {
-	if os.Getenv("MEMBERD_GETH") == "" {
-		gethBinary(t) // skips with the reason
-	}
-	testenv.Root(t)
-	ipBin := testenv.Command(t, "ip", "iproute2")
-	nftBin := testenv.Command(t, "nft", "nftables")
+	ipBin, nftBin := netnsTools(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 6*time.Minute)
 	defer cancel()
 
@@ -61,7 +66,8 @@ func TestGethQUICToTCP(t *testing.T) {
 		relayAddrs = append(relayAddrs, l.Addr().String())
 		l.Close()
 	}
-	s := setup(ctx, t, layout{relayAddrs: relayAddrs, wrap: []string{ipBin, "netns", "exec", ns}, host: nsIP})
+	member := place{wrap: []string{ipBin, "netns", "exec", ns}, host: nsIP}
+	s := setup(ctx, t, layout{relayAddrs: relayAddrs, members: [2]place{member, member}})
 	for _, a := range s.apps {
 		if _, path, err := a.activeRelay(ctx); err != nil || path != "quic" {
 			t.Fatalf("%s: active relay path %q (%v), want quic before UDP is blocked", a.member, path, err)

@@ -52,12 +52,17 @@ func genesisJSON(funded string) []byte {
 type gethNode struct {
 	name    string
 	key     *key   // node key (devp2p identity)
-	p2pPort int    // devp2p listen port on 127.0.0.1
+	p2pHost string // devp2p listen host (default 127.0.0.1)
+	p2pPort int    // devp2p listen port
 	rpc     string // http://127.0.0.1:port
 	engine  string // http://127.0.0.1:port (JWT)
 	jwt     []byte
+	client  *http.Client // reaches rpc and engine; nil = http.DefaultClient
 	proc    *process
 }
+
+// p2pAddr is where the node listens for devp2p.
+func (n *gethNode) p2pAddr() string { return net.JoinHostPort(n.p2pHost, fmt.Sprint(n.p2pPort)) }
 
 // enode is the node's URL with host:port replaced by addr, the address a
 // peer dials to reach it (its local forward).
@@ -71,7 +76,7 @@ func newGethNode(t *testing.T, geth, dir, name string, genesis []byte, rpcHost s
 	if err != nil {
 		t.Fatal(err)
 	}
-	n := &gethNode{name: name, key: k, p2pPort: loopbackPort(t), jwt: make([]byte, 32),
+	n := &gethNode{name: name, key: k, p2pHost: "127.0.0.1", p2pPort: loopbackPort(t), jwt: make([]byte, 32),
 		rpc: fmt.Sprintf("http://%s:%d", rpcHost, loopbackPort(t)), engine: fmt.Sprintf("http://%s:%d", rpcHost, loopbackPort(t))}
 	if _, err := rand.Read(n.jwt); err != nil {
 		t.Fatal(err)
@@ -104,8 +109,8 @@ func (n *gethNode) start(t *testing.T, geth, dir string, wrap []string, staticPe
 	for i, p := range staticPeers {
 		quoted[i] = fmt.Sprintf("%q", p)
 	}
-	toml := fmt.Sprintf("[Node.P2P]\nListenAddr = \"127.0.0.1:%d\"\nNoDiscovery = true\nMaxPeers = 8\nStaticNodes = [%s]\n",
-		n.p2pPort, strings.Join(quoted, ", "))
+	toml := fmt.Sprintf("[Node.P2P]\nListenAddr = %q\nNoDiscovery = true\nMaxPeers = 8\nStaticNodes = [%s]\n",
+		n.p2pAddr(), strings.Join(quoted, ", "))
 	if err := os.WriteFile(filepath.Join(data, "config.toml"), []byte(toml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -146,7 +151,11 @@ func (n *gethNode) call(ctx context.Context, engine bool, v any, method string, 
 	if engine {
 		req.Header.Set("Authorization", "Bearer "+n.engineToken())
 	}
-	resp, err := http.DefaultClient.Do(req)
+	client := n.client
+	if client == nil {
+		client = http.DefaultClient
+	}
+	resp, err := client.Do(req)
 	if err != nil {
 		return fmt.Errorf("%s %s: %w", n.name, method, err)
 	}

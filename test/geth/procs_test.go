@@ -146,13 +146,17 @@ func loopbackPort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-// httpJSON GETs url into v (nil: only the status matters).
-func httpJSON(ctx context.Context, url string, v any) error {
+// httpJSON GETs url with client (nil: http.DefaultClient) into v (nil:
+// only the status matters).
+func httpJSON(ctx context.Context, client *http.Client, url string, v any) error {
+	if client == nil {
+		client = http.DefaultClient
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return err
 	}
-	resp, err := http.DefaultClient.Do(req)
+	resp, err := client.Do(req)
 	if err != nil {
 		return err
 	}

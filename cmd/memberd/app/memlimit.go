@@ -43,7 +43,7 @@ func (c *runConfig) memoryLimit() (limit int64, source string) {
 	}
 	var snap uint64
 	if c.Ledger != nil {
-		snap = c.Ledger.SnapshotBytes
+		snap = uint64(c.Ledger.SnapshotBytes)
 	}
 	return defaultMemoryLimit(snap), "default"
 }

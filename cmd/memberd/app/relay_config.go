@@ -1,7 +1,6 @@
 package app
 
 import (
-	"bytes"
 	"cmp"
 	"errors"
 	"fmt"
@@ -11,8 +10,6 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
-
-	"go.yaml.in/yaml/v3"
 
 	"github.com/memberd/memberd/internal/admin"
 	"github.com/memberd/memberd/policy"
@@ -151,9 +148,7 @@ func loadRelayConfig(path string) (*relayConfig, error) {
 // parseRelayConfig decodes and validates; errors name the key at fault.
 func parseRelayConfig(b []byte) (*relayConfig, error) {
 	var c relayConfig
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
+	if err := decodeConfig(b, &c); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("file is empty: at least id, certificate, key and policy are required")
 		}

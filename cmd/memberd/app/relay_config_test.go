@@ -72,7 +72,7 @@ func TestRelayConfigHandshakeLimits(t *testing.T) {
 		{"per source equal to total", "max_handshakes: 16, max_handshakes_per_source: 16", ""},
 		{"timeout too short", "handshake_timeout: 10ms", "key limits.handshake_timeout"},
 		{"timeout too long", "handshake_timeout: 2h", "key limits.handshake_timeout"},
-		{"timeout not a duration", "handshake_timeout: soon", "line 5: cannot unmarshal !!str `soon` into time.Duration"},
+		{"timeout not a duration", "handshake_timeout: soon", `limits.handshake_timeout: line 5: want a duration like 500ms, 1s or 2m, got "soon"`},
 		{"negative total", "max_handshakes: -1", "key limits.max_handshakes"},
 		{"negative per source", "max_handshakes_per_source: -1", "key limits.max_handshakes_per_source"},
 		{"per source above total", "max_handshakes: 8", "key limits.max_handshakes_per_source: 16 is above limits.max_handshakes 8"},

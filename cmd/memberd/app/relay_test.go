@@ -143,7 +143,7 @@ func TestRelayConfigErrors(t *testing.T) {
 	for _, tc := range []struct {
 		name, from, to, want string
 	}{
-		{"unknown key", "insecure_dev_key: true\n", "insecure_dev_key: true\nbogus: 1\n", fmt.Sprintf("line %d: field bogus not found", lineOf(f.config, "insecure_dev_key: true")+1)},
+		{"unknown key", "insecure_dev_key: true\n", "insecure_dev_key: true\nbogus: 1\n", fmt.Sprintf("bogus: line %d: unknown key", lineOf(f.config, "insecure_dev_key: true")+1)},
 		{"dev key without opt-in", "insecure_dev_key: true\n", "", "key key: \"relay.key\" is not a PKCS#11 URI"},
 		{"no id", "id: relay-1\n", "", "key id:"},
 		{"bad listen", `listen: "127.0.0.1:0"`, `listen: "443"`, "key listen:"},

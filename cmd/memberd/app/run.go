@@ -2,6 +2,7 @@ package app
 
 import (
 	"context"
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -95,6 +96,7 @@ type appliance struct {
 	identity func() *identity.Identity
 	ledger   *ledgerRun // nil without a ledger section
 	procSys  string     // where /status reads the UDP buffer limits: /proc/sys
+	hsm      *hsmHealth // nil in tests that build an appliance by hand
 }
 
 // runAppliance runs one appliance until ctx ends. started, if set, receives
@@ -188,6 +190,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	for _, s := range cfg.Tunnel.Services {
 		tcfg.Services = append(tcfg.Services, tunnel.Service{Port: s.Port, Target: s.Target})
 	}
+	tcfg.MemberAddrs, _ = cfg.Tunnel.MemberAddrs.tunnel() // checked in loadRunConfig
 	adm.setStep("starting the tunnel and the ledger")
 	dev, err := tunnel.New(tcfg)
 	if err != nil {
@@ -275,7 +278,8 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		onIdentity(id, idNow)
 	}
 
-	a := &appliance{member: cfg.Member, admin: adm.Addr(), dev: dev, client: cl, policy: current.Load, identity: idp.Current, ledger: led, procSys: "/proc/sys"}
+	hh := newHSMHealth(func() crypto.Signer { return idp.Current().Signer }, reg, base.With("component", "hsm"))
+	a := &appliance{member: cfg.Member, admin: adm.Addr(), dev: dev, client: cl, policy: current.Load, identity: idp.Current, ledger: led, procSys: "/proc/sys", hsm: hh}
 	mux := http.NewServeMux()
 	mux.Handle("/push", pushHandler(a, policyDir, cfg.Tunnel.PushPort, log))
 	mux.Handle("/ping", pingHandler(dev))
@@ -298,6 +302,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	if led != nil {
 		ready["ledger"] = led.ready
 	}
+	ready["hsm"] = hh.ready
 	mux.Handle("/", admin.Handler(admin.Config{
 		Gatherer: reg,
 		Ready:    ready,
@@ -326,6 +331,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		return nil
 	})
 	g.Go(func() error { servePush(gctx, pushLn, policyDir, log); return nil })
+	g.Go(func() error { hh.run(gctx); return nil })
 	g.Go(func() error { return notifySystemd(gctx, log, applianceProbe(a, ready)) })
 	if led != nil {
 		g.Go(func() error { return led.serve(gctx) })
@@ -354,10 +360,15 @@ func relayInfos(p *policy.Policy) []relay.RelayInfo {
 func applianceStatus(a *appliance) map[string]any {
 	p := a.policy()
 	peers := []map[string]any{}
+	maddrs := a.dev.MemberAddrs() // tunnel.member_addresses; empty without
 	for _, ps := range a.dev.Peers() {
-		peers = append(peers, map[string]any{"member": ps.Member, "addr": ps.Addr.String(),
+		peer := map[string]any{"member": ps.Member, "addr": ps.Addr.String(),
 			"key": ps.PublicKey.String(), "attestation_expiry": ps.Expiry, "rotating": !ps.PendingKey.IsZero(),
-			"last_handshake": lastHandshake(ps.LastHandshake), "certificate_serial": certSerial(ps.Certificate)})
+			"last_handshake": lastHandshake(ps.LastHandshake), "certificate_serial": certSerial(ps.Certificate)}
+		if ma, ok := maddrs[ps.Member]; ok {
+			peer["member_addr"] = ma.String()
+		}
+		peers = append(peers, peer)
 	}
 	st := a.dev.Stats()
 	id := a.identity()
@@ -372,7 +383,15 @@ func applianceStatus(a *appliance) map[string]any {
 	}
 	warnings = append(warnings, relayWarnings(relays)...)
 	warnings = append(warnings, ledgerWarnings(led)...)
+	var hsmDoc map[string]any
+	if a.hsm != nil {
+		hsmDoc = a.hsm.status()
+		if e, ok := hsmDoc["error"].(string); ok {
+			warnings = append(warnings, "the identity key in the HSM cannot sign: "+e)
+		}
+	}
 	return map[string]any{
+		"hsm":      hsmDoc,
 		"role":     "appliance",
 		"member":   a.member,
 		"warnings": append([]string{}, warnings...), // [] rather than null

@@ -1,22 +1,21 @@
 package app
 
 import (
-	"bytes"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
 	"strings"
 	"time"
 
-	"go.yaml.in/yaml/v3"
-
 	"github.com/memberd/memberd/internal/admin"
 	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/tunnel"
 )
 
 // runConfig is memberd.yaml, the appliance configuration (docs/appliance.md).
@@ -60,7 +59,7 @@ import (
 //	    client_ca: ca.pem          # required: CA certificate(s) of the admins' client certificates
 //	    client_ou: admin           # the OU a client certificate must carry
 //	    insecure_plain_http: false # development only: no TLS; listen must be loopback
-//	  snapshot_bytes: 4194304      # raft snapshot size; bounds the in-memory log (about twice this)
+//	  snapshot_bytes: 4MiB         # raft snapshot size (bytes, or 4MiB, 512KiB); bounds the in-memory log (about twice this)
 type runConfig struct {
 	Member   string         `yaml:"member"`
 	Identity string         `yaml:"identity"`
@@ -104,6 +103,29 @@ type runTunnel struct {
 	PushPort    uint16        `yaml:"push_port"`
 	Forwards    []runForward  `yaml:"forwards"`
 	Services    []runService  `yaml:"services"`
+	// MemberAddrs: one local address per remote member (tunnel.MemberAddrs).
+	MemberAddrs *runMemberAddrs `yaml:"member_addresses"`
+}
+
+type runMemberAddrs struct {
+	Prefix string   `yaml:"prefix"`
+	Ports  []uint16 `yaml:"ports"`
+}
+
+// tunnel is the tunnel.MemberAddrs it asks for (nil: none).
+func (m *runMemberAddrs) tunnel() (*tunnel.MemberAddrs, error) {
+	if m == nil {
+		return nil, nil
+	}
+	pfx, err := netip.ParsePrefix(m.Prefix)
+	if err != nil {
+		return nil, fmt.Errorf("key tunnel.member_addresses.prefix: %q is not an address prefix such as 127.77.0.0/16", m.Prefix)
+	}
+	t := &tunnel.MemberAddrs{Prefix: pfx, Ports: m.Ports}
+	if err := t.Validate(); err != nil {
+		return nil, fmt.Errorf("key tunnel.%s", strings.TrimPrefix(err.Error(), tunnel.ErrConfig.Error()+": "))
+	}
+	return t, nil
 }
 
 type runForward struct {
@@ -138,9 +160,7 @@ func loadRunConfig(path string) (*runConfig, error) {
 // relative paths.
 func parseRunConfig(b []byte, dir string) (*runConfig, error) {
 	var c runConfig
-	dec := yaml.NewDecoder(bytes.NewReader(b))
-	dec.KnownFields(true)
-	if err := dec.Decode(&c); err != nil {
+	if err := decodeConfig(b, &c); err != nil {
 		if errors.Is(err, io.EOF) {
 			return nil, errors.New("file is empty: member, identity and policy are required")
 		}
@@ -220,6 +240,9 @@ func (c *runConfig) Validate() error {
 		if _, _, err := net.SplitHostPort(s.Target); err != nil {
 			return fmt.Errorf("key tunnel.services[%d].target: %q is not host:port", i, s.Target)
 		}
+	}
+	if _, err := c.Tunnel.MemberAddrs.tunnel(); err != nil {
+		return err
 	}
 	if _, port, err := net.SplitHostPort(c.Admin); err != nil || port == "" {
 		return fmt.Errorf("key admin: %q is not host:port", c.Admin)

@@ -81,7 +81,8 @@ type runLedger struct {
 	// SnapshotBytes bounds raft's in-memory log: a snapshot once the blocks
 	// ordered since the last one hold this many bytes (Fabric etcdraft's
 	// SnapshotIntervalSize); memory holds about twice this. 0 = 4 MiB.
-	SnapshotBytes uint64 `yaml:"snapshot_bytes"`
+	// A number of bytes or a size like 4MiB.
+	SnapshotBytes byteSize `yaml:"snapshot_bytes"`
 }
 
 // minSnapshotBytes is the smallest ledger.snapshot_bytes accepted.
@@ -318,7 +319,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol fu
 		}
 		n, err := orderer.New(orderer.Config{
 			Raft: raftlog.Config{ID: myID, Peers: peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
-				Dialer: dialer, Listener: ln, SnapshotBytes: lc.SnapshotBytes, Registerer: reg, Logger: log.With("sub", "raft", "channel", channel)},
+				Dialer: dialer, Listener: ln, SnapshotBytes: uint64(lc.SnapshotBytes), Registerer: reg, Logger: log.With("sub", "raft", "channel", channel)},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol,
 			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,
@@ -365,11 +366,13 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol fu
 		log.Info("channel participation API (osnadmin) not served: no ledger.admin section")
 	}
 	opts := append(orderer.ServerOptions(), orderer.RecoveryOptions(log, metrics)...)
-	l.lan = grpc.NewServer(append(opts,
-		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, lc.MutualTLS))))...)
+	opts = append(opts, grpc.ConnectionTimeout(ledgerHandshakeTimeout))
+	tlsFailures := newLedgerTLSFailures(reg)
+	l.lan = grpc.NewServer(append(opts[:len(opts):len(opts)],
+		grpc.Creds(countTLSFailures(credentials.NewTLS(l.serverTLS(pol, lc.MutualTLS)), "lan", tlsFailures, log)))...)
 	srv.Register(l.lan)
 	l.overlay = grpc.NewServer(append(opts[:len(opts):len(opts)],
-		grpc.Creds(credentials.NewTLS(l.serverTLS(pol, true))))...)
+		grpc.Creds(countTLSFailures(credentials.NewTLS(l.serverTLS(pol, true)), "overlay", tlsFailures, log)))...)
 	srv.Register(l.overlay)
 	if l.lanLn, err = net.Listen("tcp", lc.Listen); err != nil {
 		return nil, fmt.Errorf("%w: gRPC on %s (key ledger.listen): %w", ErrLedger, lc.Listen, err)

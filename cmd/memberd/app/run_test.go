@@ -38,13 +38,15 @@ func TestRunConfig(t *testing.T) {
 	}
 	for _, tc := range []struct{ name, extra, want string }{
 		// The decoder names the line: the key is appended after the config.
-		{"unknown key", "surprise: 1\n", fmt.Sprintf("line %d: field surprise not found", strings.Count(validRunConfig, "\n")+1)},
+		{"unknown key", "surprise: 1\n", fmt.Sprintf("surprise: line %d: unknown key", strings.Count(validRunConfig, "\n")+1)},
 		{"bad genesis", "", "policy.genesis"},
 		{"proxy scheme", "relay: {proxy: 'socks5://x:1'}\n", "relay.proxy"},
 		{"negative quic timeout", "relay: {quic_timeout: -1s}\n", "relay.quic_timeout"},
 		{"rotation too short", "tunnel: {rotate_every: 10s}\n", "tunnel.rotate_every"},
 		{"forward without member", "tunnel: {forwards: [{listen: '127.0.0.1:1', port: 7}]}\n", "tunnel.forwards[0]"},
 		{"service on push port", "tunnel: {services: [{port: 7099, target: 'a:1'}]}\n", "tunnel.services[0].port"},
+		{"member addresses prefix", "tunnel: {member_addresses: {prefix: 127.77.0.0, ports: [30303]}}\n", "tunnel.member_addresses.prefix"},
+		{"member addresses ports", "tunnel: {member_addresses: {prefix: 127.77.0.0/16}}\n", "tunnel.member_addresses.ports"},
 		{"admin not host:port", "admin: nope\n", "key admin"},
 		{"pprof off loopback", "admin: 0.0.0.0:9464\nadmin_pprof: true\n", "key admin_pprof"},
 		{"pool size", "hsm: {pool_size: 1000}\n", "hsm.pool_size"},

@@ -1,0 +1,85 @@
+package app
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"io"
+	"log/slog"
+	"math/big"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/credentials"
+)
+
+func selfSigned(t *testing.T, notAfter time.Time) tls.Certificate {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "stranger"},
+		NotBefore: notAfter.Add(-time.Hour), NotAfter: notAfter}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+// TestLedgerTLSFailuresCounted: failed handshakes on a ledger listener are
+// counted by reason and the connection is not served: garbage bytes, a
+// client that hangs up, no client certificate, a refused certificate, and a
+// client that says nothing until the deadline.
+func TestLedgerTLSFailuresCounted(t *testing.T) {
+	srvCert := selfSigned(t, time.Now().Add(time.Hour))
+	cfg := &tls.Config{Certificates: []tls.Certificate{srvCert}, MinVersion: tls.VersionTLS13, ClientAuth: tls.RequireAnyClientCert,
+		VerifyPeerCertificate: func([][]byte, [][]*x509.Certificate) error {
+			return x509.UnknownAuthorityError{}
+		}}
+	vec := newLedgerTLSFailures(prometheus.NewRegistry())
+	creds := countTLSFailures(credentials.NewTLS(cfg), "lan", vec, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	client := func(cert *tls.Certificate) func(net.Conn) {
+		return func(c net.Conn) {
+			cc := &tls.Config{InsecureSkipVerify: true, MinVersion: tls.VersionTLS13, NextProtos: []string{"h2"}}
+			if cert != nil {
+				cc.Certificates = []tls.Certificate{*cert}
+			}
+			tc := tls.Client(c, cc)
+			tc.Handshake()
+			tc.Read(make([]byte, 1)) // TLS 1.3: the server's verdict on the client's certificate
+			tc.Close()
+		}
+	}
+	stranger := selfSigned(t, time.Now().Add(time.Hour))
+	cases := []struct {
+		reason string
+		client func(net.Conn)
+	}{
+		{ledgerTLSError, func(c net.Conn) { c.Write([]byte("GET / HTTP/1.1\r\nHost: x\r\n\r\n")); io.Copy(io.Discard, c) }},
+		{ledgerTLSClosed, func(c net.Conn) { c.Close() }},
+		{ledgerTLSNoCertificate, client(nil)},
+		{ledgerTLSCertificate, client(&stranger)},
+		{ledgerTLSTimeout, func(c net.Conn) { io.Copy(io.Discard, c) }},
+	}
+	for _, c := range cases {
+		srv, cl := net.Pipe()
+		srv.SetDeadline(time.Now().Add(2 * time.Second)) // as grpc.ConnectionTimeout does
+		go func() { c.client(cl); cl.Close() }()
+		_, _, err := creds.ServerHandshake(srv)
+		srv.Close()
+		if err == nil {
+			t.Errorf("%s: handshake succeeded", c.reason)
+			continue
+		}
+		if got := metricValue(vec.WithLabelValues("lan", c.reason)); got != 1 {
+			t.Errorf("%s: counted %v times (err %v), want 1", c.reason, got, err)
+		}
+	}
+}
