@@ -176,10 +176,20 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if _, err := d.LedgerSubmit(ctx, a, 9); err != nil {
 		t.Fatal(err)
 	}
-	height, err := d.LedgerHeight(a)
-	if err != nil {
-		t.Fatal(err)
-	}
+	// The SUCCESS answers come from the leader; wait until every member
+	// stores the same height.
+	var height uint64
+	waitFor(t, 20*time.Second, "every member at the same height", func() bool {
+		hs := map[uint64]bool{}
+		for _, m := range L.Members {
+			h, err := d.LedgerHeight(m)
+			if err != nil {
+				return false
+			}
+			hs[h], height = true, h
+		}
+		return len(hs) == 1
+	})
 	sizes := []int{}
 	for n := cfgNum + 1; n < height; n++ {
 		b, _, err := d.LedgerBlock(ctx, a, n)
