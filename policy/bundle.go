@@ -5,10 +5,15 @@ package policy
 //	<document bytes: UTF-8 YAML, ending in "\n", never containing the marker line>
 //	#--- memberd signatures v1 ---\n          (optional when there is no signature)
 //	#sig <member-id> <key-id> <base64 std signature>\n   (0..MaxSignatures lines)
+//	#cfgsig <member-id> <key-id> <base64 std bytes>\n     (0..MaxSignatures lines)
 //
 // Everything after the marker must be signature lines; the whole file is at
 // most MaxBundleSize bytes. The trailer is made of YAML comments, so the
-// bundle is the same YAML document as the bytes it signs.
+// bundle is the same YAML document as the bytes it signs. A #cfgsig line
+// carries an admin's Fabric signature (a marshalled common.ConfigSignature)
+// on the channel ConfigUpdate this version derives from the config in
+// force; the policy package keeps it opaque (ConfigSignature) and it is
+// not part of the version's hash. Parsers older than #cfgsig refuse it.
 
 import (
 	"bytes"
@@ -31,8 +36,10 @@ const (
 	MaxBundleSize   = 4 << 20
 	MaxSignatures   = 1024
 	maxSigB64       = 2048
+	maxCfgSigB64    = 16 << 10
 	signatureMarker = "#--- memberd signatures v1 ---"
 	sigPrefix       = "#sig "
+	cfgSigPrefix    = "#cfgsig "
 	digestDomain    = "memberd policy signature v1\x00"
 )
 
@@ -80,77 +87,110 @@ type Signature struct {
 // Admin names the signing admin.
 func (s Signature) Admin() AdminRef { return AdminRef{Member: s.Member, KeyID: s.KeyID} }
 
+// ConfigSignature is one admin's Fabric signature on the channel
+// ConfigUpdate the version derives: Raw is a marshalled
+// common.ConfigSignature, opaque to this package (node/channelconfig makes
+// and checks it).
+type ConfigSignature struct {
+	Member string
+	KeyID  string
+	Raw    []byte
+}
+
+// Admin names the signing admin.
+func (s ConfigSignature) Admin() AdminRef { return AdminRef{Member: s.Member, KeyID: s.KeyID} }
+
 // splitBundle separates document bytes from signature lines.
-func splitBundle(data []byte) (doc []byte, sigs []Signature, err error) {
+func splitBundle(data []byte) (doc []byte, sigs []Signature, cfgSigs []ConfigSignature, err error) {
 	if len(data) > MaxBundleSize {
-		return nil, nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(data), MaxBundleSize)
+		return nil, nil, nil, fmt.Errorf("%w: %d bytes, the limit is %d", ErrTooLarge, len(data), MaxBundleSize)
 	}
 	marker := []byte(signatureMarker + "\n")
 	var trailer []byte
 	switch {
 	case bytes.HasPrefix(data, marker):
-		return nil, nil, fmt.Errorf("%w: the bundle has signatures but no document", ErrMalformed)
+		return nil, nil, nil, fmt.Errorf("%w: the bundle has signatures but no document", ErrMalformed)
 	default:
 		if i := bytes.Index(data, append([]byte{'\n'}, marker...)); i >= 0 {
 			doc, trailer = data[:i+1], data[i+1+len(marker):]
 		} else {
 			doc = data
 			if bytes.Contains(data, []byte(signatureMarker)) {
-				return nil, nil, fmt.Errorf("%w: signature marker %q must be a line of its own after the document", ErrMalformed, signatureMarker)
+				return nil, nil, nil, fmt.Errorf("%w: signature marker %q must be a line of its own after the document", ErrMalformed, signatureMarker)
 			}
 		}
 	}
 	if len(doc) == 0 || doc[len(doc)-1] != '\n' {
-		return nil, nil, fmt.Errorf("%w: the document must end with a newline", ErrMalformed)
+		return nil, nil, nil, fmt.Errorf("%w: the document must end with a newline", ErrMalformed)
 	}
 	for lineNo := 1; len(trailer) > 0; lineNo++ {
 		line, rest, ok := bytes.Cut(trailer, []byte{'\n'})
 		if !ok {
-			return nil, nil, fmt.Errorf("%w: signature line %d does not end with a newline (truncated file?)", ErrMalformed, lineNo)
+			return nil, nil, nil, fmt.Errorf("%w: signature line %d does not end with a newline (truncated file?)", ErrMalformed, lineNo)
 		}
 		trailer = rest
-		if len(sigs) == MaxSignatures {
-			return nil, nil, fmt.Errorf("%w: more than %d signatures", ErrMalformed, MaxSignatures)
+		if len(sigs) == MaxSignatures || len(cfgSigs) == MaxSignatures {
+			return nil, nil, nil, fmt.Errorf("%w: more than %d signatures", ErrMalformed, MaxSignatures)
+		}
+		if bytes.HasPrefix(line, []byte(cfgSigPrefix)) {
+			m, k, raw, err := parseLine(string(line), cfgSigPrefix, maxCfgSigB64)
+			if err != nil {
+				return nil, nil, nil, fmt.Errorf("%w: signature line %d: %v", ErrMalformed, lineNo, err)
+			}
+			cfgSigs = append(cfgSigs, ConfigSignature{Member: m, KeyID: k, Raw: raw})
+			continue
 		}
 		s, err := parseSigLine(string(line))
 		if err != nil {
-			return nil, nil, fmt.Errorf("%w: signature line %d: %v", ErrMalformed, lineNo, err)
+			return nil, nil, nil, fmt.Errorf("%w: signature line %d: %v", ErrMalformed, lineNo, err)
 		}
 		sigs = append(sigs, s)
 	}
-	return doc, sigs, nil
+	return doc, sigs, cfgSigs, nil
 }
 
 func parseSigLine(line string) (Signature, error) {
-	rest, ok := strings.CutPrefix(line, sigPrefix)
+	m, k, sig, err := parseLine(line, sigPrefix, maxSigB64)
+	if err != nil {
+		return Signature{}, err
+	}
+	return Signature{Member: m, KeyID: k, Sig: sig}, nil
+}
+
+// parseLine parses "<prefix><member> <key-id> <base64>".
+func parseLine(line, prefix string, maxB64 int) (member, keyID string, raw []byte, err error) {
+	rest, ok := strings.CutPrefix(line, prefix)
 	if !ok {
-		return Signature{}, fmt.Errorf("want %q<member> <key-id> <base64>, got %.40q", sigPrefix, line)
+		return "", "", nil, fmt.Errorf("want %q<member> <key-id> <base64>, got %.40q", prefix, line)
 	}
 	f := strings.Split(rest, " ")
 	if len(f) != 3 {
-		return Signature{}, fmt.Errorf("want 3 space-separated fields after %q, got %d", sigPrefix, len(f))
+		return "", "", nil, fmt.Errorf("want 3 space-separated fields after %q, got %d", prefix, len(f))
 	}
 	if !validID(f[0]) || !validID(f[1]) {
-		return Signature{}, fmt.Errorf("bad member or key id %q/%q", f[0], f[1])
+		return "", "", nil, fmt.Errorf("bad member or key id %q/%q", f[0], f[1])
 	}
-	if len(f[2]) > maxSigB64 {
-		return Signature{}, fmt.Errorf("signature longer than %d base64 characters", maxSigB64)
+	if len(f[2]) > maxB64 {
+		return "", "", nil, fmt.Errorf("signature longer than %d base64 characters", maxB64)
 	}
-	sig, err := base64.StdEncoding.DecodeString(f[2])
-	if err != nil || len(sig) == 0 {
-		return Signature{}, fmt.Errorf("signature is not base64: %v", err)
+	raw, err = base64.StdEncoding.DecodeString(f[2])
+	if err != nil || len(raw) == 0 {
+		return "", "", nil, fmt.Errorf("signature is not base64: %v", err)
 	}
-	return Signature{Member: f[0], KeyID: f[1], Sig: sig}, nil
+	return f[0], f[1], raw, nil
 }
 
 // marshalBundle renders document bytes and signatures as a bundle file.
-func marshalBundle(doc []byte, sigs []Signature) []byte {
+func marshalBundle(doc []byte, sigs []Signature, cfgSigs []ConfigSignature) []byte {
 	var b bytes.Buffer
 	b.Write(doc)
-	if len(sigs) > 0 {
+	if len(sigs)+len(cfgSigs) > 0 {
 		b.WriteString(signatureMarker + "\n")
 		for _, s := range sigs {
 			fmt.Fprintf(&b, "%s%s %s %s\n", sigPrefix, s.Member, s.KeyID, base64.StdEncoding.EncodeToString(s.Sig))
+		}
+		for _, s := range cfgSigs {
+			fmt.Fprintf(&b, "%s%s %s %s\n", cfgSigPrefix, s.Member, s.KeyID, base64.StdEncoding.EncodeToString(s.Raw))
 		}
 	}
 	return b.Bytes()

@@ -22,6 +22,8 @@ func FuzzParse(f *testing.F) {
 	f.Add([]byte("a: &x [1]\nb: *x\n"))
 	f.Add([]byte("#--- memberd signatures v1 ---\n#sig m1 a1 AAAA\n"))
 	f.Add([]byte("x: 1\n#--- memberd signatures v1 ---\n#sig m1 a1 AAAA\n"))
+	f.Add([]byte("x: 1\n#--- memberd signatures v1 ---\n#cfgsig m1 a1 AAAA\n#sig m1 a1 AAAA\n"))
+	f.Add(c.Sign(f, g, "m1").WithConfigSignature(policy.ConfigSignature{Member: "m1", KeyID: "a1", Raw: []byte{1, 2}}).Marshal())
 	f.Fuzz(func(t *testing.T, data []byte) {
 		p, err := policy.Parse(data)
 		if err != nil {

@@ -45,7 +45,7 @@ func validID(s string) bool { return idRE.MatchString(s) }
 // strictly and validates every field. It does not check signatures or the
 // version chain: that is Verify's job.
 func Parse(data []byte) (*Policy, error) {
-	doc, sigs, err := splitBundle(data)
+	doc, sigs, cfgSigs, err := splitBundle(data)
 	if err != nil {
 		return nil, err
 	}
@@ -53,7 +53,9 @@ func Parse(data []byte) (*Policy, error) {
 	if err != nil {
 		return nil, err
 	}
-	return newPolicy(doc, d, sigs), nil
+	p := newPolicy(doc, d, sigs)
+	p.cfgSigs = cfgSigs
+	return p, nil
 }
 
 func parseDocument(doc []byte) (*Document, error) {

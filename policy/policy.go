@@ -17,11 +17,12 @@ import (
 // signatures of its bundle. It is immutable: share it freely between
 // goroutines, and never modify what its accessors return.
 type Policy struct {
-	doc  []byte
-	sigs []Signature
-	d    *Document
-	hash Hash
-	prev Hash
+	doc     []byte
+	sigs    []Signature
+	cfgSigs []ConfigSignature
+	d       *Document
+	hash    Hash
+	prev    Hash
 
 	members   map[string]*Member
 	byMSP     map[string]*Member
@@ -130,7 +131,21 @@ func (p *Policy) DocumentBytes() []byte { return bytes.Clone(p.doc) }
 func (p *Policy) Signatures() []Signature { return slices.Clone(p.sigs) }
 
 // Marshal returns the bundle file: document bytes and signature trailer.
-func (p *Policy) Marshal() []byte { return marshalBundle(p.doc, p.sigs) }
+func (p *Policy) Marshal() []byte { return marshalBundle(p.doc, p.sigs, p.cfgSigs) }
+
+// ConfigSignatures returns the admins' Fabric signatures on the channel
+// ConfigUpdate (bundle lines #cfgsig), unchecked: node/channelconfig
+// checks them against the update it derives.
+func (p *Policy) ConfigSignatures() []ConfigSignature { return slices.Clone(p.cfgSigs) }
+
+// WithConfigSignature returns a copy of p with sig appended (one by the
+// same admin replaces the old one). It does not check the signature.
+func (p *Policy) WithConfigSignature(sig ConfigSignature) *Policy {
+	q := *p
+	q.cfgSigs = slices.DeleteFunc(slices.Clone(p.cfgSigs), func(s ConfigSignature) bool { return s.Admin() == sig.Admin() })
+	q.cfgSigs = append(q.cfgSigs, sig)
+	return &q
+}
 
 // Members returns the members in document order (read-only).
 func (p *Policy) Members() []*Member { return slices.Clone(p.d.Members) }

@@ -22,6 +22,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"time"
@@ -197,7 +198,7 @@ func (c *Channel) CheckBlockSigner(mspID string, cert *x509.Certificate, now tim
 		return fmt.Errorf("%w: %w: MSP %s is not in the Orderer group of channel %q, so /Channel/Orderer/BlockValidation cannot accept blocks signed by certificate %q",
 			ErrIdentity, ErrNotOrdererOrg, mspID, c.Config.ChannelID, cert.Subject)
 	}
-	ok, err := c.evaluate(ord, "BlockValidation", mspID, cert, 0)
+	ok, err := c.evaluate(ord, "BlockValidation", []signer{{mspID, cert}}, 0)
 	if err != nil {
 		return err
 	}
@@ -211,9 +212,15 @@ func (c *Channel) CheckBlockSigner(mspID string, cert *x509.Certificate, now tim
 // maxPolicyDepth bounds the nesting of policies evaluated.
 const maxPolicyDepth = 8
 
-// evaluate reports whether one signature by (mspID, cert) satisfies policy
-// name of group g.
-func (c *Channel) evaluate(g *common.ConfigGroup, name, mspID string, cert *x509.Certificate, depth int) (bool, error) {
+// signer is the identity behind one valid signature.
+type signer struct {
+	mspID string
+	cert  *x509.Certificate
+}
+
+// evaluate reports whether the signatures of signers (each valid, each
+// counted once) satisfy policy name of group g.
+func (c *Channel) evaluate(g *common.ConfigGroup, name string, signers []signer, depth int) (bool, error) {
 	if depth > maxPolicyDepth {
 		return false, fmt.Errorf("%w: policies nested deeper than %d", ErrConfig, maxPolicyDepth)
 	}
@@ -230,7 +237,7 @@ func (c *Channel) evaluate(g *common.ConfigGroup, name, mspID string, cert *x509
 		subs := sortedKeys(g.GetGroups())
 		n := 0
 		for _, s := range subs {
-			ok, err := c.evaluate(g.Groups[s], im.SubPolicy, mspID, cert, depth+1)
+			ok, err := c.evaluate(g.Groups[s], im.SubPolicy, signers, depth+1)
 			if err != nil {
 				return false, err
 			}
@@ -251,15 +258,18 @@ func (c *Channel) evaluate(g *common.ConfigGroup, name, mspID string, cert *x509
 		if err := proto.Unmarshal(cp.Policy.Value, spe); err != nil {
 			return false, fmt.Errorf("%w: policy %s: %v", ErrConfig, name, err)
 		}
-		return c.signedBy(spe.Rule, spe.Identities, mspID, cert, depth)
+		return c.signedBy(spe.Rule, spe.Identities, signers, depth)
 	default:
 		return false, fmt.Errorf("%w: policy %s has type %d, which this node cannot evaluate", ErrUnsupported, name, cp.Policy.Type)
 	}
 }
 
-// signedBy evaluates a signature policy rule for one signature: it needs
-// at most one principal satisfied (Fabric uses each signature once).
-func (c *Channel) signedBy(r *common.SignaturePolicy, ids []*msp.MSPPrincipal, mspID string, cert *x509.Certificate, depth int) (bool, error) {
+// signedBy evaluates a signature policy rule for signers. An N-out-of
+// rule needs N of its sub-rules met by distinct signers (Fabric uses each
+// signature once); sub-rules are matched greedily, exact for the rules
+// memberd writes (N = 1) and for any rule whose sub-rules name distinct
+// organisations.
+func (c *Channel) signedBy(r *common.SignaturePolicy, ids []*msp.MSPPrincipal, signers []signer, depth int) (bool, error) {
 	if depth > maxPolicyDepth {
 		return false, fmt.Errorf("%w: signature policy nested deeper than %d", ErrConfig, maxPolicyDepth)
 	}
@@ -268,19 +278,32 @@ func (c *Channel) signedBy(r *common.SignaturePolicy, ids []*msp.MSPPrincipal, m
 		if t.SignedBy < 0 || int(t.SignedBy) >= len(ids) {
 			return false, fmt.Errorf("%w: signature policy names identity %d of %d", ErrConfig, t.SignedBy, len(ids))
 		}
-		return c.principal(ids[t.SignedBy], mspID, cert)
+		for _, s := range signers {
+			ok, err := c.principal(ids[t.SignedBy], s.mspID, s.cert)
+			if err != nil || ok {
+				return ok, err
+			}
+		}
+		return false, nil
 	case *common.SignaturePolicy_NOutOf_:
 		need := int(t.NOutOf.GetN())
 		if need <= 0 {
 			return true, nil
 		}
-		if need > 1 {
-			return false, nil // one signature satisfies one principal only
-		}
+		free := slices.Clone(signers)
 		for _, sub := range t.NOutOf.GetRules() {
-			ok, err := c.signedBy(sub, ids, mspID, cert, depth+1)
-			if err != nil || ok {
-				return ok, err
+			for i, s := range free {
+				ok, err := c.signedBy(sub, ids, []signer{s}, depth+1)
+				if err != nil {
+					return false, err
+				}
+				if ok {
+					free = slices.Delete(free, i, i+1)
+					if need--; need == 0 {
+						return true, nil
+					}
+					break
+				}
 			}
 		}
 		return false, nil

@@ -88,7 +88,7 @@ func NextFromPolicy(inForce *common.Config, channelID string, p *policy.Policy, 
 		if _, ok := css[m.ID]; ok {
 			continue
 		}
-		cs, ok := consenterOf(cur.Config.Consenters, m)
+		cs, ok := ConsenterOf(cur.Config.Consenters, m)
 		if !ok {
 			return nil, fmt.Errorf("%w: policy version %d: consenter member %q is not a consenter of channel %q in force, and no TLS certificate was given for it (the policy carries none): pass its consenter TLS certificate",
 				ErrConfig, p.Version(), m.ID, channelID)
@@ -103,8 +103,9 @@ func NextFromPolicy(inForce *common.Config, channelID string, p *policy.Policy, 
 	return Next(inForce, next)
 }
 
-// consenterOf finds m's consenter among those in force.
-func consenterOf(inForce []Consenter, m *policy.Member) (Consenter, bool) {
+// ConsenterOf finds m's consenter among consenters: the one whose client
+// TLS certificate chains to m's TLS CA (or CA, when m names no TLS CA).
+func ConsenterOf(consenters []Consenter, m *policy.Member) (Consenter, bool) {
 	pool := x509.NewCertPool()
 	cas := m.TLSCA
 	if len(cas) == 0 {
@@ -113,7 +114,7 @@ func consenterOf(inForce []Consenter, m *policy.Member) (Consenter, bool) {
 	for _, c := range cas {
 		pool.AddCert(c)
 	}
-	for _, cs := range inForce {
+	for _, cs := range consenters {
 		cert, err := parsePEMCert(cs.ClientTLSCert)
 		if err != nil {
 			continue

@@ -4,9 +4,6 @@ import (
 	"crypto/rand"
 	"encoding/pem"
 	"errors"
-	"os"
-	"os/exec"
-	"path/filepath"
 	"slices"
 	"testing"
 	"time"
@@ -14,7 +11,7 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/memberd/memberd/internal/testenv"
+	"github.com/memberd/memberd/node/channelconfig/channelconfigtest"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
 )
@@ -87,24 +84,7 @@ func next(t *testing.T, inForce *common.Config, p *policy.Policy, consenters map
 
 // computeUpdate runs the stock configtxlator compute_update on two configs.
 func computeUpdate(t *testing.T, old, cur *common.Config) *common.ConfigUpdate {
-	t.Helper()
-	bin := filepath.Join(testenv.Fabric(t, "configtxlator"), "bin", "configtxlator")
-	dir := t.TempDir()
-	oldPB, newPB, out := filepath.Join(dir, "old.pb"), filepath.Join(dir, "new.pb"), filepath.Join(dir, "delta.pb")
-	for file, m := range map[string]proto.Message{oldPB: old, newPB: cur} {
-		if err := os.WriteFile(file, mustMarshal(m), 0o600); err != nil {
-			t.Fatal(err)
-		}
-	}
-	cmd := exec.Command(bin, "compute_update", "--channel_id", "trade", "--original", oldPB, "--updated", newPB, "--output", out)
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("configtxlator compute_update: %v\n%s", err, b)
-	}
-	raw, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return unmarshal(t, raw, new(common.ConfigUpdate))
+	return channelconfigtest.ComputeUpdate(t, "trade", old, cur)
 }
 
 func TestNextFromPolicy(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
@@ -22,7 +23,7 @@ const memberCacheMax = 4096
 // admitter runs the admission checks. Safe for concurrent use.
 type admitter struct {
 	channel  string
-	maxBytes uint32
+	maxBytes atomic.Uint32 // the config in force's AbsoluteMaxBytes
 	sigs     *block.CreatorCache
 	policy   func() *policy.Policy
 	now      func() time.Time
@@ -39,15 +40,17 @@ type memberVerdict struct {
 }
 
 func newAdmitter(channel string, maxBytes uint32, pol func() *policy.Policy, now func() time.Time) *admitter {
-	return &admitter{channel: channel, maxBytes: maxBytes, sigs: block.NewCreatorCache(0),
+	a := &admitter{channel: channel, sigs: block.NewCreatorCache(0),
 		policy: pol, now: now, members: make(map[string]memberVerdict)}
+	a.maxBytes.Store(maxBytes)
+	return a
 }
 
 // admitBroadcast checks an envelope for ordering: everything but duplicates.
 func (a *admitter) admitBroadcast(raw []byte) (*block.Envelope, error) {
-	if a.maxBytes != 0 && uint32(len(raw)) > a.maxBytes+1024 {
+	if mb := a.maxBytes.Load(); mb != 0 && uint64(len(raw)) > uint64(mb)+1024 {
 		// Cheap early bound before decoding (Size() is checked exactly below).
-		return nil, fmt.Errorf("%w: %d bytes, channel %q allows %d", block.ErrTooLarge, len(raw), a.channel, a.maxBytes)
+		return nil, fmt.Errorf("%w: %d bytes, channel %q allows %d", block.ErrTooLarge, len(raw), a.channel, mb)
 	}
 	env, err := block.ParseEnvelope(raw)
 	if err != nil {
@@ -58,8 +61,8 @@ func (a *admitter) admitBroadcast(raw []byte) (*block.Envelope, error) {
 
 // checkBroadcast is admitBroadcast on a parsed envelope.
 func (a *admitter) checkBroadcast(env *block.Envelope) error {
-	if a.maxBytes != 0 && env.Size() > a.maxBytes {
-		return fmt.Errorf("%w: %d bytes, channel %q allows %d (BatchSize.AbsoluteMaxBytes)", block.ErrTooLarge, env.Size(), a.channel, a.maxBytes)
+	if mb := a.maxBytes.Load(); mb != 0 && env.Size() > mb {
+		return fmt.Errorf("%w: %d bytes, channel %q allows %d (BatchSize.AbsoluteMaxBytes)", block.ErrTooLarge, env.Size(), a.channel, mb)
 	}
 	if env.ChannelID() != a.channel {
 		return fmt.Errorf("%w: %q (this node orders %q)", block.ErrWrongChannel, env.ChannelID(), a.channel)
@@ -67,7 +70,11 @@ func (a *admitter) checkBroadcast(env *block.Envelope) error {
 	switch env.Type() {
 	case common.HeaderType_ENDORSER_TRANSACTION:
 	case common.HeaderType_CONFIG_UPDATE:
-		return fmt.Errorf("%w: channel config updates (CONFIG_UPDATE) are not supported yet; change the consortium policy instead", ErrNotImplemented)
+		return fmt.Errorf("%w: channel %q follows the consortium policy, and nothing else may change it. "+
+			"To change the channel (member orgs and CAs, consenters, orderer endpoints, batch size), edit the policy document, "+
+			"have the member admins sign it with `memberd policy sign` (with --config-block and --admin-cert, so that stock peers accept the CONFIG block), "+
+			"check it with `memberd policy verify` and distribute it with `memberd policy push`: "+
+			"the ordering service then writes the CONFIG block itself", ErrConfigUpdate, a.channel)
 	default:
 		return fmt.Errorf("%w: %s (only ENDORSER_TRANSACTION is ordered)", block.ErrHeaderType, env.Type())
 	}

@@ -7,6 +7,7 @@ import (
 	"encoding/asn1"
 	"errors"
 	"math/big"
+	"strings"
 	"testing"
 	"time"
 
@@ -124,7 +125,7 @@ func TestBroadcastAdmission(t *testing.T) {
 		{"empty envelope", &common.Envelope{}, common.Status_BAD_REQUEST},
 		{"too large", envSpec{id: w, typ: tx, data: make([]byte, 9000)}.build(t), common.Status_REQUEST_ENTITY_TOO_LARGE},
 		{"other channel", envSpec{id: w, typ: tx, channel: "other", data: []byte("x")}.build(t), common.Status_NOT_FOUND},
-		{"config update", envSpec{id: w, typ: common.HeaderType_CONFIG_UPDATE, data: []byte("x")}.build(t), common.Status_NOT_IMPLEMENTED},
+		{"config update", envSpec{id: w, typ: common.HeaderType_CONFIG_UPDATE, data: []byte("x")}.build(t), common.Status_FORBIDDEN},
 		{"header type MESSAGE", envSpec{id: w, typ: common.HeaderType_MESSAGE, data: []byte("x")}.build(t), common.Status_BAD_REQUEST},
 		{"no creator", envSpec{id: w, typ: tx, data: []byte("x"), noCreator: true}.build(t), common.Status_BAD_REQUEST},
 		{"tx id not bound to nonce and creator", envSpec{id: w, typ: tx, data: []byte("x"), badTxID: true}.build(t), common.Status_BAD_REQUEST},
@@ -147,6 +148,13 @@ func TestBroadcastAdmission(t *testing.T) {
 			}
 			t.Logf("%s: %s", got, info)
 		})
+	}
+	// CONFIG_UPDATE (peer channel update) says how to change the channel.
+	_, cuInfo := broadcastOne(t, leader, envSpec{id: w, typ: common.HeaderType_CONFIG_UPDATE, data: []byte("y")}.build(t))
+	for _, want := range []string{"memberd policy sign", "memberd policy push", "CONFIG block"} {
+		if !strings.Contains(cuInfo, want) {
+			t.Errorf("CONFIG_UPDATE refusal %q does not say %q", cuInfo, want)
+		}
 	}
 	// A follower without a Forwarder redirects to the leader.
 	f := l%3 + 1

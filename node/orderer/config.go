@@ -71,6 +71,15 @@ type Config struct {
 	// Membership, if set, makes the raft leader apply changes of the
 	// policy's ledger.consenters to the running cluster (membership.go).
 	Membership *Membership
+	// ConfigBlocks makes this node, while it leads, order a Fabric CONFIG
+	// block for every policy version that changes what the channel config
+	// mirrors (configtx.go), with the admin signatures the policy bundle
+	// carries for its ConfigUpdate (#cfgsig), when they meet the channel's
+	// mod_policies as a stock Fabric peer checks them. Default false: the
+	// channel config stays as in the genesis block, as before CONFIG
+	// blocks existed; turn it on once admins sign with --config-block.
+	// Every node checks the config blocks it is given whatever this says.
+	ConfigBlocks bool
 	// FixedBatches turns adaptive cutting off: a block is cut only at
 	// BatchSize's limits or BatchTimeout, as by a stock Fabric orderer.
 	// Default false: the leader also cuts the pending envelopes at once when

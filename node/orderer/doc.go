@@ -37,7 +37,8 @@
 //
 // Before an envelope reaches the cutter: well formed, size within the
 // channel's AbsoluteMaxBytes, this channel, ENDORSER_TRANSACTION (CONFIG_UPDATE
-// is answered NOT_IMPLEMENTED), TxId bound to nonce and creator, signature
+// is answered FORBIDDEN with how to change the channel through the policy:
+// the channel config follows the policy only, see configtx.go), TxId bound to nonce and creator, signature
 // valid and low-S, creator a certificate issued by the CA of a member of the
 // current policy whose MSP id matches and who has the writer role, and a tx id
 // not seen among the recently committed or in-flight ones (bounded set).

@@ -2,10 +2,12 @@ package orderer
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/channelconfig"
 )
 
 // drive is the ordering loop: on the leader, it cuts blocks (time from a
@@ -26,6 +28,14 @@ func (n *Node) drive(ctx context.Context) error {
 		// keys of the envelopes in the cutter, in order: the cutter keeps
 		// order and cuts consecutive runs, so each batch pops its keys.
 		keys []txKey
+		// cfgInFlight: the number of the config block this leader proposed
+		// and that is not stored yet (0: none); no other block is proposed
+		// meanwhile. cfgSettled: the policy version (and its number of
+		// admin config signatures, which a bundle may gain without a new
+		// version) whose channel config this leader has dealt with
+		// (nothing due, proposed, or failed).
+		cfgInFlight uint64
+		cfgSettled  string
 	)
 	timer := time.NewTimer(time.Hour)
 	timer.Stop()
@@ -37,6 +47,7 @@ func (n *Node) drive(ctx context.Context) error {
 			n.log.Info("stopped cutting blocks", "reason", why)
 		}
 		leading, cut, keys = false, nil, nil
+		cfgInFlight, cfgSettled = 0, ""
 		timer.Stop()
 		n.mu.Lock()
 		clear(n.proposed)
@@ -60,7 +71,7 @@ func (n *Node) drive(ctx context.Context) error {
 		}
 		h := n.store.LastHeader()
 		tipNum, tipHash = h.Number, block.HeaderHash(h)
-		cut, _ = block.NewCutter(n.cutCfg)
+		cut, _ = block.NewCutter(n.BatchConfig())
 		leading = true
 		lastHeight, progressAt = n.store.Height(), n.cfg.Now()
 		n.log.Info("cutting blocks as leader", "next_block", tipNum+1)
@@ -114,6 +125,67 @@ func (n *Node) drive(ctx context.Context) error {
 			propose(b)
 		}
 	}
+	// proposeConfig orders a CONFIG block when the current policy version
+	// changes the channel config (configtx.go): the pending envelopes are
+	// cut first, then the config block goes alone.
+	proposeConfig := func() {
+		if !n.cfg.ConfigBlocks || !leading || cfgInFlight != 0 {
+			return
+		}
+		p := n.observePolicy()
+		if p == nil {
+			return
+		}
+		settled := fmt.Sprintf("%s+%d", p.Hash(), len(p.ConfigSignatures()))
+		if settled == cfgSettled {
+			return
+		}
+		cfgSettled = settled
+		u, err := n.nextConfig(p)
+		if errors.Is(err, channelconfig.ErrNoChange) {
+			return
+		}
+		if err != nil {
+			n.log.Error("policy version not ordered as a CONFIG block: the channel config stays as it is", "policy_version", p.Version(), "err", err)
+			return
+		}
+		propose(cut.Cut())
+		if !leading {
+			return
+		}
+		b, err := n.configBlock(u, p, tipNum+1, tipHash)
+		var data []byte
+		if err == nil {
+			data, err = encodeConfigEntry(b, p.Version(), p.Hash())
+		}
+		if err != nil {
+			n.log.Error("policy version not ordered as a CONFIG block: the channel config stays as it is", "policy_version", p.Version(), "err", err)
+			return
+		}
+		if err := n.raft.Propose(ctx, data); err != nil {
+			stepDown(fmt.Sprintf("proposing config block %d failed: %v", tipNum+1, err))
+			return
+		}
+		tipNum, tipHash = b.Header.Number, block.HeaderHash(b.Header)
+		cfgInFlight = tipNum
+		n.log.Info("CONFIG block proposed", "number", tipNum, "sequence", u.Config.Sequence, "policy_version", p.Version())
+	}
+	// configStored ends a config block's flight once the store holds it:
+	// the blocks after it are cut with the config it put in force.
+	configStored := func() {
+		if cfgInFlight == 0 || n.store.Height() <= cfgInFlight {
+			return
+		}
+		if lc := n.LastConfig(); lc != cfgInFlight {
+			n.log.Error("the CONFIG block this leader proposed was not stored", "number", cfgInFlight, "last_config", lc)
+		}
+		cfgInFlight = 0
+		if cut != nil {
+			if err := cut.SetConfig(n.BatchConfig()); err != nil {
+				n.log.Error("batch parameters of the config in force not applied", "err", err)
+			}
+		}
+	}
 	arm := func() {
 		timer.Stop()
 		if cut == nil {
@@ -124,16 +196,25 @@ func (n *Node) drive(ctx context.Context) error {
 		}
 	}
 	for {
+		submitCh := n.submitCh
+		if cfgInFlight != 0 {
+			submitCh = nil // as Fabric: nothing is ordered while a config block is in flight
+		}
 		select {
 		case <-ctx.Done():
 			return nil
 		case <-n.leaderCh:
 			if n.raft.Leader() != n.raft.ID() {
 				stepDown("lost raft leadership")
-			} else {
-				lead()
+			} else if lead() {
+				proposeConfig()
 			}
-		case sub := <-n.submitCh:
+		case <-n.cfgtx.poke:
+			if lead() {
+				proposeConfig()
+			}
+			arm()
+		case sub := <-submitCh:
 			if !lead() {
 				n.failAll(fmt.Errorf("%w: not the leader (raft leader is %d)", ErrUnavailable, n.raft.Leader()))
 				continue
@@ -157,12 +238,17 @@ func (n *Node) drive(ctx context.Context) error {
 			cutDue()
 			arm()
 		case <-n.applied:
+			configStored()
+			proposeConfig()
 			cutDue()
 			arm()
 		case <-timer.C:
 			cutDue()
 			arm()
 		case <-stall.C:
+			n.observePolicy()
+			configStored()
+			proposeConfig()
 			now := n.cfg.Now()
 			if h := n.store.Height(); h != lastHeight || !leading || h > tipNum {
 				lastHeight, progressAt = h, now

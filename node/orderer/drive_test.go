@@ -42,12 +42,12 @@ func blockSizes(t *testing.T, n *Node) []int {
 	return sizes
 }
 
-// TestDriverCutsAdaptively: with a BatchTimeout of an hour, a lone envelope
+// TestDriverCutsAdaptively: with a BatchTimeout of ten minutes (the longest a policy allows), a lone envelope
 // is still committed (cut at once, nothing being in flight), and a burst
 // is cut into blocks within MaxMessageCount. With FixedBatches the node
 // cuts as stock Fabric: only a full batch.
 func TestDriverCutsAdaptively(t *testing.T) {
-	batch := block.CutterConfig{MaxMessageCount: 10, BatchTimeout: time.Hour}
+	batch := block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 10 * time.Minute}
 	tests := []struct {
 		name  string
 		fixed bool
@@ -59,7 +59,7 @@ func TestDriverCutsAdaptively(t *testing.T) {
 			if !tc.fixed {
 				p := orderAll(t, cl, n, 1)[0]
 				if err := p.Wait(t.Context()); err != nil {
-					t.Fatalf("lone envelope with BatchTimeout 1h: %v", err)
+					t.Fatalf("lone envelope with BatchTimeout 10m: %v", err)
 				}
 				if got := blockSizes(t, n); len(got) != 1 || got[0] != 1 {
 					t.Fatalf("blocks %v, want one block of the lone envelope", got)

@@ -3,14 +3,23 @@ package orderer
 // Raft entry wire format (version 1). Every entry this package proposes:
 //
 //	byte 0   version (1)
-//	byte 1   type: 0 = no-op (a new leader's barrier), 1 = block
+//	byte 1   type: 0 = no-op (a new leader's barrier), 1 = block,
+//	         2 = config block
 //	rest     type 1: a marshalled common.Block, unsigned (5 empty metadata
 //	         slots); each node signs its own copy when it applies the entry
+//	         type 2: 8 bytes policy version (big endian), 32 bytes policy
+//	         hash (SHA-256 of the policy document), then a block as in type
+//	         1 whose one envelope is the CONFIG transaction derived from the
+//	         config in force and that policy version (configtx.go)
 //
 // Unknown versions and types decode to entryUnknown and are skipped by apply,
-// so that a newer node's entries never stop an older one.
+// so that a newer node's entries never stop an older one. (A node older than
+// type 2 skips a config block, and with it every later block, which no
+// longer chains to its store: upgrade every consenter before applying a
+// policy version that changes the channel config.)
 
 import (
+	"encoding/binary"
 	"fmt"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
@@ -18,6 +27,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/policy"
 )
 
 const entryVersion = 1
@@ -27,6 +37,7 @@ type entryType byte
 const (
 	entryNoop    entryType = 0
 	entryBlock   entryType = 1
+	entryConfig  entryType = 2
 	entryUnknown entryType = 255
 )
 
@@ -49,6 +60,47 @@ func encodeBlockEntry(b *common.Block) ([]byte, error) {
 	return out, nil
 }
 
+// configHeaderSize is the policy version and hash before a config block.
+const configHeaderSize = 8 + len(policy.Hash{})
+
+// encodeConfigEntry is encodeBlockEntry for a config block derived from
+// policy version ver with hash h.
+func encodeConfigEntry(b *common.Block, ver uint64, h policy.Hash) ([]byte, error) {
+	if b.GetHeader() == nil || b.GetData() == nil || b.GetMetadata() == nil {
+		return nil, fmt.Errorf("%w: config entry needs header, data and metadata", block.ErrMalformed)
+	}
+	buf := make([]byte, 2+configHeaderSize, 2+configHeaderSize+entryMarshal.Size(b))
+	buf[0], buf[1] = entryVersion, byte(entryConfig)
+	binary.BigEndian.PutUint64(buf[2:], ver)
+	copy(buf[10:], h[:])
+	out, err := entryMarshal.MarshalAppend(buf, b)
+	if err != nil {
+		return nil, fmt.Errorf("%w: marshal config block: %v", block.ErrMalformed, err)
+	}
+	return out, nil
+}
+
+// configSource is the policy version a config entry names.
+type configSource struct {
+	version uint64
+	hash    policy.Hash
+}
+
+// decodeConfigEntry returns the policy version and the block of a config entry.
+func decodeConfigEntry(data []byte) (configSource, *common.Block, error) {
+	var src configSource
+	if len(data) < 2+configHeaderSize || data[0] != entryVersion || entryType(data[1]) != entryConfig {
+		return src, nil, fmt.Errorf("%w: config entry too short", block.ErrMalformed)
+	}
+	src.version = binary.BigEndian.Uint64(data[2:])
+	copy(src.hash[:], data[10:2+configHeaderSize])
+	b, err := block.Unmarshal(data[2+configHeaderSize:])
+	if err != nil {
+		return src, nil, fmt.Errorf("config entry: %w", err)
+	}
+	return src, b, nil
+}
+
 // decodeEntry returns the entry's type and, for a block, the block.
 func decodeEntry(data []byte) (entryType, *common.Block, error) {
 	if len(data) < 2 || data[0] != entryVersion {
@@ -63,6 +115,9 @@ func decodeEntry(data []byte) (entryType, *common.Block, error) {
 			return entryBlock, nil, fmt.Errorf("block entry: %w", err)
 		}
 		return entryBlock, b, nil
+	case entryConfig:
+		_, b, err := decodeConfigEntry(data)
+		return entryConfig, b, err
 	default:
 		return entryUnknown, nil, nil
 	}

@@ -22,9 +22,12 @@ var (
 	// ErrForbidden: the creator is not a member of the current policy with
 	// the role the request needs.
 	ErrForbidden = errors.New("creator not authorised")
-	// ErrNotImplemented: a request this node does not support yet
-	// (CONFIG_UPDATE: channel config updates).
+	// ErrNotImplemented: a request this node does not support.
 	ErrNotImplemented = errors.New("not implemented")
+	// ErrConfigUpdate: a CONFIG_UPDATE envelope (peer channel update,
+	// configtxlator flows) was refused: the channel config changes only
+	// through a signed policy version (answered FORBIDDEN).
+	ErrConfigUpdate = errors.New("CONFIG_UPDATE refused")
 	// ErrClosed: the node is closed.
 	ErrClosed = errors.New("ordering node closed")
 	// ErrCatchUp: the node lacks blocks that its log no longer holds and
@@ -48,7 +51,7 @@ func StatusOf(err error) common.Status {
 		return common.Status_NOT_IMPLEMENTED
 	case errors.Is(err, block.ErrWrongChannel), errors.Is(err, ErrNotFound):
 		return common.Status_NOT_FOUND
-	case errors.Is(err, ErrForbidden), errors.Is(err, block.ErrBadSignature), errors.Is(err, block.ErrHighS),
+	case errors.Is(err, ErrForbidden), errors.Is(err, ErrConfigUpdate), errors.Is(err, block.ErrBadSignature), errors.Is(err, block.ErrHighS),
 		errors.Is(err, block.ErrUnsupportedKey):
 		return common.Status_FORBIDDEN
 	case errors.Is(err, ErrNotLeader), errors.Is(err, ErrUnavailable), errors.Is(err, ErrClosed), errors.Is(err, ErrCatchUp):

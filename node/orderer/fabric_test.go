@@ -79,8 +79,8 @@ func TestFabricCompatibility(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n.ChannelID() != "vectors" || n.cutCfg.MaxMessageCount != 10 || n.cutCfg.BatchTimeout != 2*time.Second {
-		t.Fatalf("channel %q batch %+v: not read from the Fabric genesis block", n.ChannelID(), n.cutCfg)
+	if n.ChannelID() != "vectors" || n.BatchConfig().MaxMessageCount != 10 || n.BatchConfig().BatchTimeout != 2*time.Second {
+		t.Fatalf("channel %q batch %+v: not read from the Fabric genesis block", n.ChannelID(), n.BatchConfig())
 	}
 	done := make(chan error, 1)
 	go func() { done <- n.Run(t.Context()) }()

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/policy"
 )
 
 // FuzzAdmission feeds arbitrary bytes to the Broadcast admission path: it
@@ -52,11 +53,24 @@ func FuzzDecodeEntry(f *testing.F) {
 	b := block.New(1, []byte("prev"), [][]byte{[]byte("a"), []byte("b")})
 	e, _ := encodeBlockEntry(b)
 	f.Add(e)
+	ce, _ := encodeConfigEntry(b, 3, policy.Hash{1, 2, 3})
+	f.Add(ce)
 	f.Add(noopEntry)
 	f.Add([]byte{entryVersion, 7})
 	f.Add([]byte{9, 1, 2})
 	f.Fuzz(func(t *testing.T, data []byte) {
 		typ, b, err := decodeEntry(data)
+		if typ == entryConfig && err == nil {
+			src, _, _ := decodeConfigEntry(data)
+			again, err := encodeConfigEntry(b, src.version, src.hash)
+			if err != nil {
+				t.Fatal(err)
+			}
+			src2, b2, err := decodeConfigEntry(again)
+			if err != nil || src2 != src || string(block.HeaderHash(b2.Header)) != string(block.HeaderHash(b.Header)) {
+				t.Fatalf("config entry round trip: %v", err)
+			}
+		}
 		if typ != entryBlock || err != nil {
 			return
 		}

@@ -53,6 +53,18 @@ type editDocument func(d *policy.Document)
 
 func newConsortium(t testing.TB, members int, batch block.CutterConfig, edit ...editDocument) *consortium {
 	c := &consortium{cons: policytest.New(t, members)}
+	if batch != (block.CutterConfig{}) {
+		// The policy says what the genesis block says: otherwise the leader
+		// would order a CONFIG block at once to make the channel follow it.
+		cut, err := block.NewCutter(batch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b := cut.Config()
+		l := &c.cons.Template.Ledger
+		l.BatchSize = policy.BatchSize{MaxMessageCount: b.MaxMessageCount, AbsoluteMaxBytes: b.AbsoluteMaxBytes, PreferredMaxBytes: b.PreferredMaxBytes}
+		l.BatchTimeout = b.BatchTimeout.String()
+	}
 	for _, e := range edit {
 		e(c.cons.Template)
 	}
@@ -66,9 +78,6 @@ func newConsortium(t testing.TB, members int, batch block.CutterConfig, edit ...
 	cc, err := ChannelConfig(c.pol, css)
 	if err != nil {
 		t.Fatal(err)
-	}
-	if batch != (block.CutterConfig{}) {
-		cc.Batch = batch
 	}
 	if c.genesis, err = channelconfig.GenesisBlock(cc, time.Now(), rand.Reader); err != nil {
 		t.Fatal(err)

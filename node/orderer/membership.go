@@ -123,10 +123,15 @@ func (n *Node) selfName() string {
 	return ""
 }
 
-// Reconcile asks the membership driver to check the consenters now (e.g.
-// after a policy change). It does not block; a no-op without
-// Config.Membership.
+// Reconcile asks the node to follow a policy change now: the membership
+// driver checks the consenters (with Config.Membership), and the raft
+// leader checks whether the channel config is due a CONFIG block
+// (configtx.go). It does not block. Calling it on every applied policy
+// version also lets the node remember each version, to check config
+// blocks derived from one it has since replaced.
 func (n *Node) Reconcile() {
+	n.observePolicy()
+	n.pokeConfig()
 	select {
 	case n.reconcileCh() <- struct{}{}:
 	default:

@@ -21,6 +21,7 @@ import (
 //	memberd_ledger_deliver_streams                 open Deliver streams
 //	memberd_ledger_block_append_seconds            block store append + fsync per batch
 //	memberd_ledger_panics_total                    gRPC calls failed because serving them panicked (RecoveryOptions)
+//	memberd_ledger_config_blocks_total{result}     config entries applied: stored, or refused (differs from the policy)
 //
 // NewRegistryCollector adds the per-channel gauges (height, committed
 // transactions, transactions waiting for their block).
@@ -32,6 +33,7 @@ type Metrics struct {
 	deliverStreams prometheus.Gauge
 	appendLatency  prometheus.Histogram
 	panics         prometheus.Counter
+	configBlocks   *prometheus.CounterVec
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: not
@@ -54,9 +56,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}), // 0.5ms .. 4s
 		panics: prometheus.NewCounter(prometheus.CounterOpts{Name: "memberd_ledger_panics_total",
 			Help: "gRPC calls failed because serving them panicked (a bug: the log has the stack)."}),
+		configBlocks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "memberd_ledger_config_blocks_total",
+			Help: "Committed config entries: stored (a CONFIG block put in force), or refused (not the transaction derived from the policy version it names)."}, []string{"result"}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.broadcast, m.commitLatency, m.deliver, m.deliverBlocks, m.deliverStreams, m.appendLatency, m.panics)
+		reg.MustRegister(m.broadcast, m.commitLatency, m.deliver, m.deliverBlocks, m.deliverStreams, m.appendLatency, m.panics, m.configBlocks)
 	}
 	return m
 }
@@ -74,6 +78,13 @@ func (m *Metrics) broadcastDone(err error, admitted time.Time, now time.Time) {
 func (m *Metrics) deliverDone(st common.Status) {
 	if m != nil && st != common.Status_UNKNOWN {
 		m.deliver.WithLabelValues(st.String()).Inc()
+	}
+}
+
+// configBlock counts a committed config entry: "stored" or "refused".
+func (m *Metrics) configBlock(result string) {
+	if m != nil {
+		m.configBlocks.WithLabelValues(result).Inc()
 	}
 }
 
@@ -110,6 +121,7 @@ var reasons = []struct {
 	{ErrDuplicate, "duplicate"},
 	{block.ErrTooLarge, "too_large"},
 	{ErrNotImplemented, "not_implemented"},
+	{ErrConfigUpdate, "config_update"},
 	{block.ErrWrongChannel, "wrong_channel"},
 	{ErrNotFound, "not_found"},
 	{block.ErrBadSignature, "bad_signature"},

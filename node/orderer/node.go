@@ -33,7 +33,6 @@ import (
 type Node struct {
 	cfg     Config
 	channel string
-	cutCfg  block.CutterConfig
 	log     *slog.Logger
 	raft    *raftlog.Node
 	store   *blockstore.Store
@@ -50,10 +49,9 @@ type Node struct {
 	once      sync.Once
 	running   atomic.Bool
 
-	mu         sync.Mutex
-	waiters    map[txKey]*waiter
-	recent     *recentSet
-	lastConfig uint64 // Run goroutine only
+	mu      sync.Mutex
+	waiters map[txKey]*waiter
+	recent  *recentSet
 	// proposed: the tx ids of blocks this leader proposed, so that its
 	// apply need not parse every envelope again (guarded by mu).
 	proposed map[uint64]proposedBlock
@@ -66,9 +64,21 @@ type Node struct {
 	// signing is the identity that signs the blocks this node writes:
 	// Config.Signer/Identity until SetIdentity swaps it.
 	signing atomic.Pointer[signingIdentity]
-	// chcfg is the channel config in force (the last config block's),
-	// against which signing identities are checked. Immutable.
-	chcfg *channelconfig.Channel
+	// inForce is the channel config in force (that of the last config
+	// block), against which signing identities are checked and which sets
+	// the cutter. apply replaces it when it stores a config block.
+	inForce atomic.Pointer[configInForce]
+	// cfgtx is the policy versions seen, for CONFIG blocks (configtx.go).
+	cfgtx configState
+	// genesisConsenters are the consenters of the genesis block. Immutable.
+	genesisConsenters []channelconfig.Consenter
+}
+
+// configInForce is a channel config in force. Immutable.
+type configInForce struct {
+	ch     *channelconfig.Channel
+	cut    block.CutterConfig
+	number uint64 // of its config block
 }
 
 // signingIdentity is a block signer and its msp.SerializedIdentity.
@@ -133,19 +143,12 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("genesis block in %s: %w", cfg.BlockDir, err)
 	}
-	cut := ch.Config.Batch
-	if cfg.Batch != (block.CutterConfig{}) {
-		cut = cfg.Batch
-	}
-	if _, err := block.NewCutter(cut); err != nil {
-		return nil, err
-	}
 	last, err := store.Get(store.Height() - 1)
 	if err != nil {
 		return nil, err
 	}
 	n := &Node{
-		cfg: cfg, channel: ch.Config.ChannelID, cutCfg: cut,
+		cfg: cfg, channel: ch.Config.ChannelID,
 		log:      cfg.Logger.With("channel", ch.Config.ChannelID),
 		store:    store,
 		submitCh: make(chan submission, cfg.SubmitQueue),
@@ -155,20 +158,27 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		closed:   make(chan struct{}),
 		waiters:  make(map[txKey]*waiter),
 		recent:   newRecentSet(cfg.RecentTxIDs),
+		cfgtx:    newConfigState(),
+
+		genesisConsenters: ch.Config.Consenters,
 	}
+	var lastConfig uint64
 	if lc, err := block.LastConfigIndex(last); err == nil {
-		n.lastConfig = lc
+		lastConfig = lc
 	}
-	if n.chcfg, err = n.channelConfig(ch); err != nil {
+	inForce, err := n.channelConfig(ch, lastConfig)
+	if err != nil {
 		return nil, err
 	}
+	n.inForce.Store(inForce)
 	if err := n.checkSigner(cfg.Signer, cfg.Identity); err != nil {
 		return nil, err
 	}
 	n.signing.Store(&signingIdentity{signer: cfg.Signer, identity: cfg.Identity})
+	n.observePolicy()
 	lg := make(chan struct{})
 	n.leaderGen.Store(&lg)
-	n.adm = newAdmitter(n.channel, n.cutCfg.AbsoluteMaxBytes, cfg.Policy, cfg.Now)
+	n.adm = newAdmitter(n.channel, inForce.cut.AbsoluteMaxBytes, cfg.Policy, cfg.Now)
 	n.loadRecent()
 
 	rc := cfg.Raft
@@ -192,7 +202,7 @@ func (n *Node) checkSigner(signer crypto.Signer, identity []byte) error {
 	if n.cfg.skipSignerCheck {
 		return nil
 	}
-	err := CheckSigner(n.chcfg, signer, identity, n.cfg.Now())
+	err := CheckSigner(n.ChannelConfig(), signer, identity, n.cfg.Now())
 	if errors.Is(err, ErrSignerOrgMissing) {
 		n.log.Warn("signing blocks that stock Fabric peers will refuse", "err", err)
 		return nil
@@ -201,20 +211,38 @@ func (n *Node) checkSigner(signer crypto.Signer, identity []byte) error {
 }
 
 // channelConfig returns the channel config in force: the genesis config
-// gen, or that of the last config block when a later one exists.
-func (n *Node) channelConfig(gen *channelconfig.Channel) (*channelconfig.Channel, error) {
-	if n.lastConfig == 0 {
-		return gen, nil
+// gen, or that of config block lastConfig when it is a later one.
+// Config.Batch, when set, overrides the genesis config's batch parameters
+// (not those of a later config block).
+func (n *Node) channelConfig(gen *channelconfig.Channel, lastConfig uint64) (*configInForce, error) {
+	if lastConfig == 0 {
+		cut := gen.Config.Batch
+		if n.cfg.Batch != (block.CutterConfig{}) {
+			cut = n.cfg.Batch
+		}
+		if _, err := block.NewCutter(cut); err != nil {
+			return nil, err
+		}
+		return &configInForce{ch: gen, cut: cut}, nil
 	}
-	b, err := n.store.Get(n.lastConfig)
+	b, err := n.store.Get(lastConfig)
 	if err != nil {
-		return nil, fmt.Errorf("last config block %d: %w", n.lastConfig, err)
+		return nil, fmt.Errorf("last config block %d: %w", lastConfig, err)
 	}
+	return configOfBlock(b)
+}
+
+// configOfBlock returns the config that config block b puts in force.
+func configOfBlock(b *common.Block) (*configInForce, error) {
+	num := b.GetHeader().GetNumber()
 	ch, err := channelconfig.Parse(b)
 	if err != nil {
-		return nil, fmt.Errorf("last config block %d: %w", n.lastConfig, err)
+		return nil, fmt.Errorf("config block %d: %w", num, err)
 	}
-	return ch, nil
+	if _, err := block.NewCutter(ch.Config.Batch); err != nil {
+		return nil, fmt.Errorf("config block %d: %w", num, err)
+	}
+	return &configInForce{ch: ch, cut: ch.Config.Batch, number: num}, nil
 }
 
 // loadRecent fills the duplicate set from the newest blocks of the store.
@@ -276,7 +304,13 @@ func (n *Node) SetIdentity(signer crypto.Signer, identity []byte) error {
 
 // ChannelConfig returns the channel config in force (the last config
 // block's), against which signing identities are checked.
-func (n *Node) ChannelConfig() *channelconfig.Channel { return n.chcfg }
+func (n *Node) ChannelConfig() *channelconfig.Channel { return n.inForce.Load().ch }
+
+// LastConfig returns the number of the last config block (0: genesis).
+func (n *Node) LastConfig() uint64 { return n.inForce.Load().number }
+
+// BatchConfig returns the batch parameters in force.
+func (n *Node) BatchConfig() block.CutterConfig { return n.inForce.Load().cut }
 
 // ChannelID returns the channel this node orders.
 func (n *Node) ChannelID() string { return n.channel }
@@ -540,7 +574,8 @@ func (n *Node) snapshotData(uint64) ([]byte, error) {
 }
 
 // apply writes the blocks of committed entries. It depends only on the log
-// and the store (itself a product of the log).
+// and the store (itself a product of the log), and for a config block on
+// the policy version the entry names.
 func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 	if c.Snapshot != nil {
 		if err := n.catchUp(ctx, c.Snapshot.Data); err != nil {
@@ -549,12 +584,27 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 	}
 	var blocks []*common.Block
 	prev := n.store.LastHeader()
+	// flush stores the blocks so far: a config block must be in force
+	// before the entries after it are applied.
+	flush := func() error {
+		if len(blocks) == 0 {
+			return nil
+		}
+		t0 := time.Now()
+		if err := n.store.AppendBatch(blocks); err != nil {
+			return fmt.Errorf("appending blocks %d..%d: %w", blocks[0].Header.Number, prev.Number, err)
+		}
+		n.cfg.Metrics.appended(time.Since(t0))
+		n.committed(blocks)
+		blocks = nil
+		return nil
+	}
 	for _, e := range c.Entries {
 		typ, b, err := n.cachedEntry(e.Data)
 		if b == nil {
 			typ, b, err = decodeEntry(e.Data)
 		}
-		if typ != entryBlock {
+		if typ != entryBlock && typ != entryConfig {
 			continue
 		}
 		if err != nil {
@@ -566,26 +616,40 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 			n.log.Debug("skipping stale block entry", "raft_index", e.Index, "number", b.Header.Number)
 			continue
 		}
+		var next *configInForce
+		if typ == entryConfig {
+			if next, err = n.checkConfigEntry(ctx, e.Data, b); err != nil {
+				if errors.Is(err, channelconfig.ErrConfigMismatch) || errors.Is(err, channelconfig.ErrConfig) {
+					// Every node that holds the policy version decides the same.
+					n.log.Error("refusing config block: not applied", "raft_index", e.Index, "number", b.Header.Number, "err", err)
+					n.cfg.Metrics.configBlock("refused")
+					continue
+				}
+				return err
+			}
+		}
+		lastConfig := n.LastConfig()
+		if next != nil {
+			lastConfig = b.Header.Number // a config block points to itself
+		}
 		md, err := proto.Marshal(&etcdraft.BlockMetadata{ConsenterIds: n.raft.Status().Voters, RaftIndex: e.Index})
 		if err != nil {
 			return err
 		}
-		if err := n.signBlock(ctx, b, md); err != nil {
+		if err := n.signBlock(ctx, b, lastConfig, md); err != nil {
 			return fmt.Errorf("signing block %d: %w", b.Header.Number, err)
 		}
 		blocks = append(blocks, b)
 		prev = b.Header
+		if next != nil {
+			if err := flush(); err != nil {
+				return err
+			}
+			n.putInForce(next)
+			n.cfg.Metrics.configBlock("stored")
+		}
 	}
-	if len(blocks) == 0 {
-		return nil
-	}
-	t0 := time.Now()
-	if err := n.store.AppendBatch(blocks); err != nil {
-		return fmt.Errorf("appending blocks %d..%d: %w", blocks[0].Header.Number, prev.Number, err)
-	}
-	n.cfg.Metrics.appended(time.Since(t0))
-	n.committed(blocks)
-	return nil
+	return flush()
 }
 
 // signBlock signs b with the node's current identity. While the signer
@@ -593,12 +657,12 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 // again, 100 ms doubling to 2 s, until it signs or ctx ends: without its key
 // the node cannot write blocks, but it must not stop for good (it did, and
 // stayed stopped after the token was back until a restart).
-func (n *Node) signBlock(ctx context.Context, b *common.Block, md []byte) error {
+func (n *Node) signBlock(ctx context.Context, b *common.Block, lastConfig uint64, md []byte) error {
 	wait := 100 * time.Millisecond
 	var since time.Time
 	for {
 		id := n.signing.Load()
-		err := block.Sign(b, id.signer, id.identity, n.lastConfig, md, rand.Reader)
+		err := block.Sign(b, id.signer, id.identity, lastConfig, md, rand.Reader)
 		if err == nil || !errors.Is(err, block.ErrSigner) {
 			if err == nil && !since.IsZero() {
 				n.log.Info("signing blocks again", "block", b.Header.Number, "waited", time.Since(since).Round(time.Millisecond))
@@ -698,6 +762,9 @@ func (n *Node) catchUp(ctx context.Context, data []byte) error {
 	}
 	if h := block.HeaderHash(n.store.LastHeader()); n.store.Height() == height && !bytes.Equal(h, hash) {
 		return fmt.Errorf("%w: block %d fetched from peers does not match the raft snapshot's hash", ErrCatchUp, height-1)
+	}
+	if err := n.reloadInForce(); err != nil {
+		return err
 	}
 	n.loadRecent()
 	return nil

@@ -1,6 +1,8 @@
 package app
 
 import (
+	"crypto"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -9,9 +11,12 @@ import (
 	"strings"
 	"time"
 
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"github.com/spf13/cobra"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/policy"
 )
 
@@ -140,14 +145,17 @@ func showPolicy(w io.Writer, p *policy.Policy) {
 }
 
 func newPolicyVerifyCmd(e *env) *cobra.Command {
-	var current, genesis, stateDir string
-	c := &cobra.Command{Use: "verify [--current FILE | --state DIR | --genesis HASH] FILE...",
+	var current, genesis, stateDir, configBlock string
+	c := &cobra.Command{Use: "verify [--current FILE | --state DIR | --genesis HASH] [--config-block FILE] FILE...",
 		Short: "Verify bundles: each must follow the one before it (votes, missing votes, change kinds)",
 		Long: `Verify one or more bundles in order. The first is checked against the current
 policy given by --current (a bundle file), --state (an appliance's state folder) or
 --genesis (the pinned hash, when the first FILE is version 1); each next FILE is
 checked against the one before it (catch-up chain). Without any of these flags, the
-files are only parsed and validated. Exit 1 when a bundle is refused.`,
+files are only parsed and validated. With --config-block (the channel's last config
+block), the first FILE's Fabric half is checked too: the ConfigUpdate it derives from
+that config and whether its admins' signatures (#cfgsig) meet the channel's policies,
+as a stock peer checks them. Exit 1 when a bundle is refused.`,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if len(args) == 0 {
 				return usagef("%s: at least one policy FILE is required", cmd.CommandPath())
@@ -187,6 +195,11 @@ files are only parsed and validated. Exit 1 when a bundle is refused.`,
 				if err != nil {
 					return err
 				}
+				if i == 0 && configBlock != "" {
+					if err := verifyConfigUpdate(cmd, e.stdout, path, p, configBlock); err != nil {
+						return err
+					}
+				}
 				switch {
 				case cur == nil && genesis != "" && i == 0:
 					if _, err := policy.VerifyGenesis(p, pin); err != nil {
@@ -210,7 +223,52 @@ files are only parsed and validated. Exit 1 when a bundle is refused.`,
 	c.Flags().StringVar(&current, "current", "", "bundle file of the policy in force (the first FILE must follow it)")
 	c.Flags().StringVar(&stateDir, "state", "", "state folder of an appliance; its applied policy is the one in force")
 	c.Flags().StringVar(&genesis, "genesis", "", "pinned genesis hash (sha256:...) when the first FILE is version 1")
+	c.Flags().StringVar(&configBlock, "config-block", "", "the channel's last config block: also check the first FILE's channel update and its admin signatures")
 	return c
+}
+
+// verifyConfigUpdate prints what p does to the channel of configBlock and
+// fails when its admin signatures would not let a stock peer accept it.
+func verifyConfigUpdate(cmd *cobra.Command, w io.Writer, path string, p *policy.Policy, configBlock string) error {
+	b, err := loadBlockFile(cmd, "--config-block", configBlock)
+	if err != nil {
+		return err
+	}
+	vc, err := channelconfig.CheckPolicyVersion(b, p)
+	if err != nil {
+		return fmt.Errorf("%s: %s against --config-block %s: %w", cmd.CommandPath(), path, configBlock, err)
+	}
+	if vc.Update == nil {
+		fmt.Fprintf(w, "%s: channel: no change to the channel config\n", path)
+		return nil
+	}
+	status := "OK"
+	if vc.Err != nil {
+		status = "REFUSED"
+	}
+	fmt.Fprintf(w, "%s: channel %s: update to config sequence %d %s\n", path, vc.Update.ConfigUpdate.GetChannelId(), vc.Update.Config.GetSequence(), status)
+	fmt.Fprintf(w, "  admin signatures: %d [%s]\n", len(vc.Signers), strings.Join(vc.Signers, ", "))
+	for _, x := range vc.Invalid {
+		fmt.Fprintf(w, "  rejected: %v\n", x)
+	}
+	if vc.Err != nil {
+		fmt.Fprintf(w, "  error:    %v\n", vc.Err)
+		return fmt.Errorf("%s: %s: its channel update would not validate", cmd.CommandPath(), path)
+	}
+	return nil
+}
+
+// loadBlockFile reads a marshalled common.Block named by flag.
+func loadBlockFile(cmd *cobra.Command, flag, path string) (*common.Block, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, usagef("%s: %s: %v", cmd.CommandPath(), flag, err)
+	}
+	b, err := block.Unmarshal(raw)
+	if err != nil {
+		return nil, usagef("%s: %s %s: %v", cmd.CommandPath(), flag, path, err)
+	}
+	return b, nil
 }
 
 func printReport(w io.Writer, path string, r *policy.Report) {
@@ -277,13 +335,19 @@ func newPolicyDiffCmd(e *env) *cobra.Command {
 
 func newPolicySignCmd(e *env) *cobra.Command {
 	var kf keyFlags
-	var member, keyID, current, out string
-	c := &cobra.Command{Use: "sign --key URI [--member ID --key-id KID] [--current FILE] FILE",
+	var member, keyID, current, out, configBlock, adminCert string
+	c := &cobra.Command{Use: "sign --key URI [--member ID --key-id KID] [--current FILE] [--config-block FILE --admin-cert FILE] FILE",
 		Short: "Add your admin signature to a bundle file (in place, atomically; --out to write elsewhere)",
 		Long: `Sign the exact document bytes of FILE with an admin key held in an HSM and append the
 signature line. The admin (member id and key id) is found by matching the key's public
 key against the admins of --current (the policy in force, whose admins are the ones
-that count) or else of FILE itself; --member and --key-id name it explicitly.`,
+that count) or else of FILE itself; --member and --key-id name it explicitly.
+
+With --config-block (the channel's last config block, e.g. from 'peer channel fetch
+config') and --admin-cert (your Fabric admin certificate for the same key: OU=admin,
+issued by your member CA), also sign the channel ConfigUpdate that this version derives
+from that config (a #cfgsig line): the CONFIG block the ledger orders for the version
+carries it, so that stock Fabric peers accept the block (ledger.config_blocks).`,
 		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if err := kf.check(cmd); err != nil {
@@ -330,6 +394,9 @@ that count) or else of FILE itself; --member and --key-id name it explicitly.`,
 			if err != nil {
 				return fmt.Errorf("%s: %w", cmd.CommandPath(), err)
 			}
+			if signed, err = signConfigUpdate(cmd, signed, s, ref, configBlock, adminCert); err != nil {
+				return err
+			}
 			dst := path
 			if out != "" {
 				dst = out
@@ -357,7 +424,37 @@ that count) or else of FILE itself; --member and --key-id name it explicitly.`,
 	c.Flags().StringVar(&keyID, "key-id", "", "key id of the signing admin (default: found by public key)")
 	c.Flags().StringVar(&current, "current", "", "bundle file of the policy in force (to find the admin and show the votes so far)")
 	c.Flags().StringVar(&out, "out", "", "write the signed bundle here instead of in place ('-' = stdout)")
+	c.Flags().StringVar(&configBlock, "config-block", "", "the channel's last config block: also sign the ConfigUpdate this version derives from it")
+	c.Flags().StringVar(&adminCert, "admin-cert", "", "PEM Fabric admin certificate (OU=admin) of the signing key, for --config-block")
 	return c
+}
+
+// signConfigUpdate adds ref's #cfgsig line for configBlock (none when
+// configBlock is "").
+func signConfigUpdate(cmd *cobra.Command, p *policy.Policy, s crypto.Signer, ref policy.AdminRef, configBlock, adminCert string) (*policy.Policy, error) {
+	if (configBlock == "") != (adminCert == "") {
+		return nil, usagef("%s: give both --config-block and --admin-cert, or neither", cmd.CommandPath())
+	}
+	if configBlock == "" {
+		return p, nil
+	}
+	b, err := loadBlockFile(cmd, "--config-block", configBlock)
+	if err != nil {
+		return nil, err
+	}
+	certPEM, err := os.ReadFile(adminCert)
+	if err != nil {
+		return nil, usagef("%s: --admin-cert: %v", cmd.CommandPath(), err)
+	}
+	m := p.Member(ref.Member)
+	if m == nil {
+		return nil, usagef("%s: member %s is not in version %d of the bundle", cmd.CommandPath(), ref.Member, p.Version())
+	}
+	sig, err := channelconfig.SignPolicyVersion(b, p, s, m.MSPID, certPEM, rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("%s: signing the channel ConfigUpdate of version %d against %s: %w", cmd.CommandPath(), p.Version(), configBlock, err)
+	}
+	return p.WithConfigSignature(policy.ConfigSignature{Member: ref.Member, KeyID: ref.KeyID, Raw: sig}), nil
 }
 
 func nonEmpty(xs ...string) []string {

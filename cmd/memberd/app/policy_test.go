@@ -10,8 +10,11 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/memberd/memberd/hsm/hsmtest"
+	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
 )
@@ -112,6 +115,36 @@ func TestPolicyCLIWorkflow(t *testing.T) {
 	stranger := policySoftAdmin(t, policytest.New(t, 1), dir, "zz")
 	code, out, errb = run(t, "policy", "sign", "--key", stranger, "--insecure-file-key", v2)
 	policyExpect(t, code, out+errb, ExitUsage, "not an admin key")
+	// --config-block: with --admin-cert only, and that certificate must be
+	// for the signing key (tested end to end with a stock peer in
+	// test/consortium TestPolicyConfigBlock).
+	code, out, errb = run(t, "policy", "sign", "--key", keys["m3"], "--insecure-file-key", "--config-block", v1, v2)
+	policyExpect(t, code, out+errb, ExitUsage, "give both --config-block and --admin-cert")
+	css := map[string]channelconfig.Consenter{}
+	for _, m := range g.Consenters() {
+		cert, _ := c.CAs[m.ID].Issue(t, m.ID+"-tls")
+		pemTLS := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+		css[m.ID] = channelconfig.Consenter{ClientTLSCert: pemTLS, ServerTLSCert: pemTLS}
+	}
+	cc, err := channelconfig.FromPolicy(g, css)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gb, err := channelconfig.GenesisBlock(cc, time.Now(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	gbRaw, err := block.Marshal(gb)
+	if err != nil {
+		t.Fatal(err)
+	}
+	genesisBlock, otherAdmin := filepath.Join(dir, "genesis.block"), filepath.Join(dir, "other-admin.pem")
+	policyWriteFile(t, genesisBlock, gbRaw)
+	oc, _ := c.CAs["m3"].IssueOU(t, "admin3", channelconfig.AdminOU)
+	policyWriteFile(t, otherAdmin, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: oc.Raw}))
+	code, out, errb = run(t, "policy", "sign", "--key", keys["m3"], "--insecure-file-key", "--config-block", genesisBlock, "--admin-cert", otherAdmin, v2)
+	policyExpect(t, code, out+errb, ExitRuntime, "is not for this key")
+
 	bad := filepath.Join(dir, "bad.yaml")
 	policyWriteFile(t, bad, []byte("format: memberd-policy/v1\nsurprise: 1\n"))
 	code, out, errb = run(t, "policy", "show", bad)

@@ -73,6 +73,8 @@ type runLedger struct {
 	RaftPort     uint16 `yaml:"raft_port"`     // overlay port of raft; 0 = 7052
 	PeerPort     uint16 `yaml:"peer_port"`     // overlay port of gRPC between consenters; 0 = 7050
 	MutualTLS    bool   `yaml:"mutual_tls"`    // LAN clients must present a member certificate
+	// ConfigBlocks: order CONFIG blocks for policy versions (orderer.Config.ConfigBlocks).
+	ConfigBlocks bool `yaml:"config_blocks"`
 	// Admin serves the channel participation API (osnadmin); nil = not served
 	// (run_ledger_admin.go).
 	Admin *runLedgerAdmin `yaml:"admin"`
@@ -322,7 +324,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol fu
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol,
 			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,
 				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() }},
-			Forwarder: l.fwd, Membership: l.membership(), Metrics: metrics, Logger: log})
+			Forwarder: l.fwd, Membership: l.membership(), ConfigBlocks: lc.ConfigBlocks, Metrics: metrics, Logger: log})
 		if err != nil {
 			ln.Close()
 			return nil, err

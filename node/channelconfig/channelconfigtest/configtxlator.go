@@ -1,0 +1,51 @@
+// Package channelconfigtest runs the stock Fabric configtxlator for tests
+// of channel configs (the binaries are found by internal/testenv.Fabric).
+package channelconfigtest
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/memberd/memberd/internal/testenv"
+)
+
+// ComputeUpdate runs the stock 'configtxlator compute_update' from old to
+// cur for channel and returns the ConfigUpdate it writes.
+func ComputeUpdate(t testing.TB, channel string, old, cur *common.Config) *common.ConfigUpdate {
+	t.Helper()
+	bin := filepath.Join(testenv.Fabric(t, "configtxlator"), "bin", "configtxlator")
+	dir := t.TempDir()
+	oldPB, newPB, out := WriteProto(t, dir, "old.pb", old), WriteProto(t, dir, "new.pb", cur), filepath.Join(dir, "delta.pb")
+	cmd := exec.Command(bin, "compute_update", "--channel_id", channel, "--original", oldPB, "--updated", newPB, "--output", out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("configtxlator compute_update: %v\n%s", err, b)
+	}
+	raw, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cu := new(common.ConfigUpdate)
+	if err := proto.Unmarshal(raw, cu); err != nil {
+		t.Fatalf("configtxlator compute_update output: %v", err)
+	}
+	return cu
+}
+
+// WriteProto writes m, marshalled, to dir/name and returns the path.
+func WriteProto(t testing.TB, dir, name string, m proto.Message) string {
+	t.Helper()
+	raw, err := proto.Marshal(m)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(dir, name)
+	if err := os.WriteFile(p, raw, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}

@@ -1,0 +1,289 @@
+package consortium_test
+
+// A signed policy version reaches the Fabric channel: the appliances order
+// a CONFIG block that the stock Fabric tools read as they read a stock
+// orderer's.
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/memberd/memberd/cmd/memberd/app"
+	"github.com/memberd/memberd/internal/testenv"
+	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/channelconfig"
+	"github.com/memberd/memberd/node/channelconfig/channelconfigtest"
+	"github.com/memberd/memberd/policy"
+)
+
+// TestPolicyConfigBlock: on a running 3-member consortium with
+// ledger.config_blocks, a pushed policy
+// version that lowers ledger.batch_size.max_message_count to 2 becomes a
+// CONFIG block of its own (sequence 1) on every member; 'peer channel fetch
+// config' (which follows the newest block's LAST_CONFIG) returns exactly
+// that block, configtxlator decodes it, configtxlator compute_update
+// between the genesis config and the new one gives the LastUpdate memberd
+// wrote, and every block after it holds at most 2 transactions.
+func TestPolicyConfigBlock(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a 3-member consortium and the stock peer CLI")
+	}
+	fab := testenv.Fabric(t, "peer", "configtxlator")
+	L := initConsortium(t, 3, 1)
+	for _, m := range L.Members {
+		editMemberConfig(t, L, m, func(c map[string]any) { c["ledger"].(map[string]any)["config_blocks"] = true })
+	}
+	d := start(t, L, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	if err := d.WaitLedger(ctx); err != nil {
+		t.Fatal(err)
+	}
+	a := L.Members[0]
+	// A stock peer of a follows the channel from the start.
+	p := newStockPeer(t, fab, L, d, a, "peer0", a, false)
+	p.start(t)
+	p.join(t, ctx)
+	if _, err := d.LedgerSubmit(ctx, a, 6); err != nil {
+		t.Fatal(err)
+	}
+	before, err := d.LedgerHeight(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Every member's admin signs v2 with 'memberd policy sign', also
+	// signing the ConfigUpdate that v2 derives from the config in force
+	// (--config-block, here the genesis block) with a Fabric admin
+	// certificate for the same key (OU=admin, made with 'memberd hsm csr'
+	// and 'memberd ca sign').
+	unsigned := nextPolicy(t, L, L.Genesis, func(doc *policy.Document) { doc.Ledger.BatchSize.MaxMessageCount = 2 })
+	bundle := filepath.Join(t.TempDir(), "v2.yaml")
+	if err := os.WriteFile(bundle, unsigned.Marshal(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range L.Members {
+		mdir := filepath.Join(L.Dir, "members", m)
+		certDir := t.TempDir()
+		memberd(t, "hsm", "csr", "--key", "file:"+L.AdminKey[m], "--insecure-file-key", "--cn", "admin."+m, "--org", m,
+			"--ou", "admin", "--out", filepath.Join(certDir, "admin.csr"))
+		memberd(t, "ca", "sign", "--key", "file:"+filepath.Join(mdir, "ca-key.pem"), "--insecure-file-key",
+			"--ca-cert", filepath.Join(mdir, "ca.pem"), "--csr", filepath.Join(certDir, "admin.csr"), "--out", filepath.Join(certDir, "admin.pem"))
+		memberd(t, "policy", "sign", "--key", "file:"+L.AdminKey[m], "--insecure-file-key", "--member", m, "--key-id", "a1",
+			"--config-block", filepath.Join(mdir, "genesis.block"), "--admin-cert", filepath.Join(certDir, "admin.pem"), bundle)
+		// 'policy verify --config-block' checks both halves: one admin of
+		// three is not enough for the channel (nor for the policy).
+		var out, errb bytes.Buffer
+		code := app.Main([]string{"policy", "verify", "--current", filepath.Join(L.Dir, "genesis.yaml"),
+			"--config-block", filepath.Join(mdir, "genesis.block"), bundle}, nil, &out, &errb)
+		if m == L.Members[0] && (code != app.ExitRuntime || !strings.Contains(out.String(), "update to config sequence 1 REFUSED")) {
+			t.Fatalf("policy verify after one signature: exit %d:\n%s%s", code, out.String(), errb.String())
+		}
+		if m == L.Members[len(L.Members)-1] {
+			if code != app.ExitOK || !strings.Contains(out.String(), "update to config sequence 1 OK") || !strings.Contains(out.String(), "admin signatures: 3") {
+				t.Fatalf("policy verify after every signature: exit %d:\n%s%s", code, out.String(), errb.String())
+			}
+			t.Logf("policy verify --config-block:\n%s", out.String())
+		}
+	}
+	raw, err := os.ReadFile(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v2, err := policy.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := len(v2.ConfigSignatures()); n != len(L.Members) {
+		t.Fatalf("%d config signatures in the bundle, want %d", n, len(L.Members))
+	}
+	res, err := d.PushPolicy(ctx, a, v2.Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if !r.OK {
+			t.Fatalf("push of v2 to %s: %s", r.Member, r.Detail)
+		}
+	}
+	if err := d.DropRelayPolicy(v2.Marshal()); err != nil {
+		t.Fatal(err)
+	}
+	// The config block follows the blocks submitted before, on every member.
+	// (a's store may still lag the blocks its SUCCESS answers came from:
+	// they were forwarded to the leader.)
+	var cfgNum uint64
+	next := before
+	waitFor(t, 30*time.Second, "the CONFIG block", func() bool {
+		h, err := d.LedgerHeight(a)
+		for ; err == nil && next < h; next++ {
+			b, _, err := d.LedgerBlock(ctx, a, next)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := channelconfig.BlockConfig(b); err == nil {
+				cfgNum = next
+				return true
+			}
+		}
+		return false
+	})
+	waitFor(t, 30*time.Second, "the CONFIG block on every member", func() bool {
+		for _, m := range L.Members {
+			if h, err := d.LedgerHeight(m); err != nil || h <= cfgNum {
+				return false
+			}
+		}
+		return true
+	})
+	var cfgBlock *common.Block
+	for _, m := range L.Members {
+		b, _, err := d.LedgerBlock(ctx, m, cfgNum)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, _, err := channelconfig.BlockConfig(b); err != nil {
+			t.Fatalf("%s: block %d is not the CONFIG block: %v", m, cfgNum, err)
+		}
+		if lc, err := block.LastConfigIndex(b); err != nil || lc != cfgNum {
+			t.Fatalf("%s: config block %d: LAST_CONFIG %d (%v), want itself", m, cfgNum, lc, err)
+		}
+		if cfgBlock == nil {
+			cfgBlock = b
+		} else if !bytes.Equal(block.HeaderHash(b.Header), block.HeaderHash(cfgBlock.Header)) {
+			t.Fatalf("%s: config block differs from %s's", m, a)
+		}
+	}
+	ce, cue, err := channelconfig.ConfigTransactionOf(cfgBlock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ce.Config.Sequence != 1 {
+		t.Fatalf("config sequence %d, want 1", ce.Config.Sequence)
+	}
+
+	// The new batch size cuts every block after it.
+	if _, err := d.LedgerSubmit(ctx, a, 9); err != nil {
+		t.Fatal(err)
+	}
+	// The SUCCESS answers come from the leader; wait until every member
+	// stores the same height.
+	var height uint64
+	waitFor(t, 20*time.Second, "every member at the same height", func() bool {
+		hs := map[uint64]bool{}
+		for _, m := range L.Members {
+			h, err := d.LedgerHeight(m)
+			if err != nil {
+				return false
+			}
+			hs[h], height = true, h
+		}
+		return len(hs) == 1
+	})
+	sizes := []int{}
+	for n := cfgNum + 1; n < height; n++ {
+		b, _, err := d.LedgerBlock(ctx, a, n)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sizes = append(sizes, len(b.Data.Data))
+		lc, err := block.LastConfigIndex(b)
+		if err != nil || lc != cfgNum || len(b.Data.Data) > 2 {
+			t.Fatalf("block %d: %d envelopes, LAST_CONFIG %d (%v); want at most 2 and %d", n, len(b.Data.Data), lc, err, cfgNum)
+		}
+	}
+	t.Logf("config block %d; blocks after it hold %v envelopes", cfgNum, sizes)
+
+	// The stock peer validates the CONFIG block (the admins' signatures
+	// meet its mod_policy) and commits it and every block after it.
+	p.waitHeight(t, ctx, height)
+	log := p.log(t)
+	for _, bad := range append(peerRefusals, "error validating", "policy for [") {
+		if strings.Contains(log, bad) {
+			t.Fatalf("stock peer logged %q:\n%s", bad, grepLines(log, bad))
+		}
+	}
+	if committed := len(regexp.MustCompile(`Committed block \[\d+\]`).FindAllString(log, -1)); committed != int(height) {
+		t.Fatalf("stock peer committed %d blocks, want %d", committed, height)
+	}
+	t.Logf("stock peer committed all %d blocks, the CONFIG block %d among them", height, cfgNum)
+
+	// The stock peer CLI fetches the config block through LAST_CONFIG.
+	fetched := filepath.Join(p.dir, "config.block")
+	p.cli(t, ctx, p.clientEnv(), "channel", "fetch", "config", fetched, "-c", "demo", "-o", d.LedgerAddr(a),
+		"--tls", "--cafile", filepath.Join(L.Dir, "members", a, "ca.pem"))
+	raw, err = os.ReadFile(fetched)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := block.Unmarshal(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Header.Number != cfgNum || !bytes.Equal(block.HeaderHash(got.Header), block.HeaderHash(cfgBlock.Header)) {
+		t.Fatalf("peer channel fetch config returned block %d, want the config block %d", got.Header.Number, cfgNum)
+	}
+	lator := filepath.Join(fab, "bin", "configtxlator")
+	js, err := exec.CommandContext(ctx, lator, "proto_decode", "--type", "common.Block", "--input", fetched).Output()
+	if err != nil {
+		t.Fatalf("configtxlator proto_decode: %v", err)
+	}
+	if !strings.Contains(string(js), `"max_message_count": 2`) {
+		t.Fatalf("configtxlator proto_decode of the config block shows no max_message_count 2:\n%s", lastLines(string(js), 20))
+	}
+
+	// compute_update between the two configs is memberd's LastUpdate.
+	gen, _, err := d.LedgerBlock(ctx, a, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, oldCfg, err := channelconfig.BlockConfig(gen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want, mine := channelconfigtest.ComputeUpdate(t, "demo", oldCfg, ce.Config), new(common.ConfigUpdate)
+	if err := proto.Unmarshal(cue.ConfigUpdate, mine); err != nil {
+		t.Fatal(err)
+	}
+	if !proto.Equal(want, mine) {
+		t.Fatalf("LastUpdate differs from configtxlator compute_update:\nmemberd:       %v\nconfigtxlator: %v", mine, want)
+	}
+
+	// peer channel update (the same delta, signed by a's admin) is refused
+	// with the way to change the channel.
+	chdr, err := proto.Marshal(&common.ChannelHeader{Type: int32(common.HeaderType_CONFIG_UPDATE), ChannelId: "demo"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	draw, err := proto.Marshal(want)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cuEnv, err := proto.Marshal(&common.ConfigUpdateEnvelope{ConfigUpdate: draw})
+	if err != nil {
+		t.Fatal(err)
+	}
+	payload, err := proto.Marshal(&common.Payload{Header: &common.Header{ChannelHeader: chdr}, Data: cuEnv})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := p.try(ctx, p.clientEnv(), "channel", "update", "-f", channelconfigtest.WriteProto(t, t.TempDir(), "update.tx", &common.Envelope{Payload: payload}), "-c", "demo",
+		"-o", d.LedgerAddr(a), "--tls", "--cafile", filepath.Join(L.Dir, "members", a, "ca.pem"))
+	if err == nil || !strings.Contains(out, "FORBIDDEN") || !strings.Contains(out, "memberd policy sign") {
+		t.Fatalf("peer channel update: %v, want FORBIDDEN naming memberd policy sign:\n%s", err, lastLines(out, 5))
+	}
+	t.Logf("peer channel update refused: %s", lastLines(out, 1))
+	if h, err := d.LedgerHeight(a); err != nil || h != height {
+		t.Fatalf("height %d after the refused update (%v), want %d", h, err, height)
+	}
+}
