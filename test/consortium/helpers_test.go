@@ -14,6 +14,7 @@ import (
 
 	"github.com/memberd/memberd/cmd/memberd/app"
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/internal/loopport"
 	"github.com/memberd/memberd/internal/streamtest"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/policy"
@@ -203,16 +204,16 @@ func ioReadFull(r io.Reader, b []byte) (int, error) { return io.ReadFull(r, b) }
 
 func asErr(err error, target any) bool { return errors.As(err, target) }
 
-// freePort returns a loopback TCP address free now, and its port.
+// freePort returns a loopback address free now, below the ephemeral port
+// range (the stock peer binds it later), and its port.
 func freePort(t *testing.T) (string, string) {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := loopport.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	_, p, _ := net.SplitHostPort(l.Addr().String())
-	return l.Addr().String(), p
+	_, p, _ := net.SplitHostPort(a)
+	return a, p
 }
 
 func dialTCP(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr, time.Second) }

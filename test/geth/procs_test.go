@@ -15,12 +15,15 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/memberd/memberd/internal/loopport"
 )
 
 // process is one child the test started.
@@ -135,15 +138,16 @@ func addTunnelSection(path, section, adminHost string) (admin string, err error)
 	return admin, os.WriteFile(path, raw, 0o644)
 }
 
-// loopbackPort returns a free TCP port on 127.0.0.1.
+// loopbackPort returns a free port on 127.0.0.1, below the ephemeral range
+// (geth binds it later).
 func loopbackPort(t *testing.T) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	a, err := loopport.Free()
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	p, _ := strconv.Atoi(a[strings.LastIndex(a, ":")+1:])
+	return p
 }
 
 // httpJSON GETs url with client (nil: http.DefaultClient) into v (nil:

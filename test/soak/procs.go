@@ -11,7 +11,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -22,6 +21,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/memberd/memberd/internal/loopport"
 )
 
 // proc is one memberd process (relay or appliance) and its restarts.
@@ -421,14 +422,7 @@ func editYAML(path string, fn func(map[string]any)) error {
 	return os.WriteFile(path, out, 0o644)
 }
 
-func freePort() (string, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	defer l.Close()
-	return l.Addr().String(), nil
-}
+func freePort() (string, error) { return loopport.Free() }
 
 // logTail returns the last n lines of a log file; a Go panic's trace, if
 // any, is returned from its first line instead.

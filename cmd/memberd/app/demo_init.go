@@ -44,6 +44,7 @@ import (
 
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/identity"
+	"github.com/memberd/memberd/internal/loopport"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/policy"
 )
@@ -446,17 +447,9 @@ func mkdirs(base string, subs ...string) error {
 	return nil
 }
 
-// freeSamePort returns 127.0.0.1:P with P free for both TCP and UDP now.
-func freeSamePort() (string, error) {
-	tl, udp, err := listenSamePort("127.0.0.1:0")
-	if err != nil {
-		return "", err
-	}
-	a := tl.Addr().String()
-	tl.Close()
-	udp.Close()
-	return a, nil
-}
+// freeSamePort returns 127.0.0.1:P with P free for both TCP and UDP now,
+// below the ephemeral range: the address is bound later, by another process.
+func freeSamePort() (string, error) { return loopport.Free() }
 
 // selfSignedRelay makes the relay's self-signed TLS certificate (members
 // pin its key in the policy).
