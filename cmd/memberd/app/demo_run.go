@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/policy/push"
 	"github.com/memberd/memberd/relay"
 	"github.com/memberd/memberd/tunnel"
 )
@@ -390,7 +391,7 @@ func (d *DemoConsortium) ServeEcho(ctx context.Context, port uint16) error {
 }
 
 // PushResult is one member's outcome of a policy push.
-type PushResult = pushResult
+type PushResult = push.Result
 
 // PushPolicy pushes bundle as 'memberd policy push --admin' to the
 // appliance of member does: into its folder, then to every other member
@@ -411,7 +412,7 @@ func (d *DemoConsortium) DropRelayPolicy(bundle []byte) error {
 		if err != nil {
 			return err
 		}
-		if _, err := storeBundle(cfg.path(cfg.PolicyDir), bundle); err != nil {
+		if _, err := push.Store(cfg.path(cfg.PolicyDir), bundle); err != nil {
 			return fmt.Errorf("demo relay %s: %w", id, err)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/memberd/memberd/internal/admin"
+	"github.com/memberd/memberd/policy/push"
 )
 
 func newPolicyPushCmd(e *env) *cobra.Command {
@@ -64,7 +65,7 @@ Exit 0 when every member stored the bundle, 1 when any did not.`,
 
 // pushViaAdmin posts bundle to the appliance's POST /push and returns the
 // per-member results.
-func pushViaAdmin(ctx context.Context, addr string, bundle []byte) ([]pushResult, error) {
+func pushViaAdmin(ctx context.Context, addr string, bundle []byte) ([]push.Result, error) {
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/push", bytes.NewReader(bundle))
 	if err != nil {
 		return nil, usagef("--admin %q: %v", addr, err)
@@ -76,7 +77,7 @@ func pushViaAdmin(ctx context.Context, addr string, bundle []byte) ([]pushResult
 	defer resp.Body.Close()
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 	var out struct {
-		Results []pushResult `json:"results"`
+		Results []push.Result `json:"results"`
 	}
 	if err := json.Unmarshal(body, &out); err != nil || len(out.Results) == 0 {
 		return nil, fmt.Errorf("policy push: the appliance on %s answered %s: %s", addr, resp.Status, bytes.TrimSpace(body))

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/policy/push"
 	"github.com/memberd/memberd/relay"
 )
 
@@ -83,7 +84,7 @@ func (s *relayPolicyStore) Offer(version uint64, bundle []byte) error {
 		}
 		return fmt.Errorf("%w: %w", relay.ErrPolicyRejected, err)
 	}
-	if _, err := storeBundle(s.dir, bundle); err != nil {
+	if _, err := push.Store(s.dir, bundle); err != nil {
 		return err
 	}
 	sum := sha256.Sum256(bundle)

@@ -15,6 +15,7 @@ import (
 
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
+	"github.com/memberd/memberd/policy/push"
 	"github.com/memberd/memberd/relay"
 	"github.com/memberd/memberd/relay/relaytest"
 )
@@ -40,7 +41,7 @@ func TestRelayLearnsPolicyFromMembers(t *testing.T) {
 	c.Template.Relays[0].SPKISHA256 = hex.EncodeToString(spki[:])
 	v1 := c.Genesis(t)
 	dir, state := t.TempDir(), t.TempDir()
-	if _, err := storeBundle(dir, v1.Marshal()); err != nil {
+	if _, err := push.Store(dir, v1.Marshal()); err != nil {
 		t.Fatal(err)
 	}
 	w, err := policy.NewWatcher(policy.Options{Dir: dir, StateDir: state, Genesis: v1.Hash(), Logger: log})
@@ -145,7 +146,7 @@ func TestRelayPolicyStore(t *testing.T) {
 	c := policytest.New(t, 3)
 	v1 := c.Genesis(t)
 	dir, state := t.TempDir(), t.TempDir()
-	if _, err := storeBundle(dir, v1.Marshal()); err != nil {
+	if _, err := push.Store(dir, v1.Marshal()); err != nil {
 		t.Fatal(err)
 	}
 	w, err := policy.NewWatcher(policy.Options{Dir: dir, StateDir: state, Genesis: v1.Hash()})

@@ -24,6 +24,7 @@ import (
 	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/internal/admin"
 	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/policy/push"
 	"github.com/memberd/memberd/relay"
 	"github.com/memberd/memberd/tunnel"
 )
@@ -330,7 +331,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 		}
 		return nil
 	})
-	g.Go(func() error { servePush(gctx, pushLn, policyDir, log); return nil })
+	g.Go(func() error { push.Serve(gctx, pushLn, policyDir, log); return nil })
 	g.Go(func() error { hh.run(gctx); return nil })
 	g.Go(func() error { return notifySystemd(gctx, log, applianceProbe(a, ready)) })
 	if led != nil {

@@ -15,6 +15,7 @@ import (
 
 	"github.com/memberd/memberd/internal/admin"
 	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/policy/push"
 	"github.com/memberd/memberd/tunnel"
 )
 
@@ -140,7 +141,7 @@ type runService struct {
 }
 
 // DefaultPushPort is the overlay port of the policy push service.
-const DefaultPushPort = 7099
+const DefaultPushPort = push.DefaultPort
 
 // loadRunConfig reads and validates memberd.yaml. Every error is a
 // UsageError naming the file and the key at fault.

@@ -8,14 +8,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/memberd/memberd/policy"
-	"github.com/memberd/memberd/policy/policytest"
 )
 
 const validRunConfig = `
@@ -98,88 +94,6 @@ func TestRunExitCodes(t *testing.T) {
 	code, _, errb = run(t, "run", "--config", bad, "--log-format", "xml")
 	if code != ExitUsage || !strings.Contains(errb, "--log-format") {
 		t.Fatalf("bad log format: exit %d, %q", code, errb)
-	}
-}
-
-// TestPushWire: a push round-trips; bad magic, zero and oversized lengths
-// and short bodies are refused before allocating.
-func TestPushWire(t *testing.T) {
-	var buf bytes.Buffer
-	if err := writePush(&buf, []byte("bundle")); err != nil {
-		t.Fatal(err)
-	}
-	got, err := readPush(&buf)
-	if err != nil || string(got) != "bundle" {
-		t.Fatalf("round trip: %q, %v", got, err)
-	}
-	for name, in := range map[string]string{
-		"magic":     "NOTPUSH\n\x00\x00\x00\x01x",
-		"zero":      pushMagic + "\x00\x00\x00\x00",
-		"oversized": pushMagic + "\xff\xff\xff\xff",
-		"short":     pushMagic + "\x00\x00\x00\x05abc",
-		"truncated": pushMagic[:3],
-	} {
-		if _, err := readPush(strings.NewReader(in)); err == nil {
-			t.Errorf("%s: accepted", name)
-		}
-	}
-	if err := writePush(&buf, nil); err == nil {
-		t.Error("empty bundle written")
-	}
-}
-
-func FuzzReadPush(f *testing.F) {
-	var ok bytes.Buffer
-	writePush(&ok, []byte("format: memberd-policy/v1\n"))
-	f.Add(ok.Bytes())
-	f.Add([]byte(pushMagic + "\x00\x00\x00\x00"))
-	f.Add([]byte(pushMagic + "\x00\x40\x00\x01"))
-	f.Add([]byte("garbage"))
-	f.Fuzz(func(t *testing.T, b []byte) {
-		got, err := readPush(bytes.NewReader(b))
-		if err != nil {
-			return
-		}
-		var re bytes.Buffer
-		if err := writePush(&re, got); err != nil {
-			t.Fatalf("accepted a bundle it cannot write back: %v", err)
-		}
-		if !bytes.HasPrefix(b, re.Bytes()) {
-			t.Fatal("re-encoding differs from the input")
-		}
-	})
-}
-
-// TestStoreBundle: a pushed bundle lands atomically under a name carrying
-// its version; storing it again is a no-op; garbage is refused and leaves
-// nothing behind (not even a temp file).
-func TestStoreBundle(t *testing.T) {
-	dir := t.TempDir()
-	c := policytest.New(t, 2)
-	g := c.Genesis(t)
-	name, err := storeBundle(dir, g.Marshal())
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !strings.HasPrefix(name, "pushed-v000001-") || !strings.HasSuffix(name, ".yaml") || strings.Contains(name, ":") {
-		t.Fatalf("name %q", name)
-	}
-	b, err := os.ReadFile(filepath.Join(dir, name))
-	if err != nil || !bytes.Equal(b, g.Marshal()) {
-		t.Fatalf("stored %d bytes, %v", len(b), err)
-	}
-	if again, err := storeBundle(dir, g.Marshal()); err != nil || again != name {
-		t.Fatalf("again: %q %v", again, err)
-	}
-	if _, err := storeBundle(dir, []byte("not: a: policy")); err == nil {
-		t.Fatal("garbage stored")
-	}
-	ents, _ := os.ReadDir(dir)
-	if len(ents) != 1 {
-		t.Fatalf("folder holds %d entries, want 1", len(ents))
-	}
-	if _, err := policy.Parse(b); err != nil {
-		t.Fatal(err)
 	}
 }
 
