@@ -13,6 +13,8 @@ import (
 	"log/slog"
 
 	"github.com/spf13/cobra"
+
+	"github.com/memberd/memberd/internal/usage"
 )
 
 // Exit codes.
@@ -23,16 +25,12 @@ const (
 )
 
 // UsageError marks an error caused by the command line or a config file; it
-// makes memberd exit with code 2.
-type UsageError struct{ Err error }
-
-func (e *UsageError) Error() string { return e.Err.Error() }
-func (e *UsageError) Unwrap() error { return e.Err }
+// makes memberd exit with code 2. The appliance and relay packages return it
+// too (internal/usage).
+type UsageError = usage.Error
 
 // usagef returns a UsageError with a formatted message.
-func usagef(format string, args ...any) error {
-	return &UsageError{Err: fmt.Errorf(format, args...)}
-}
+func usagef(format string, args ...any) error { return usage.Errorf(format, args...) }
 
 // env is what every subcommand gets from Main: its streams and a logger.
 type env struct {

@@ -24,6 +24,8 @@ import (
 
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/internal/admin"
+	"github.com/memberd/memberd/internal/authority"
+	"github.com/memberd/memberd/internal/daemon"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/relay"
 )
@@ -94,7 +96,7 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 	// The relay names itself once: relay.Server and the policy watcher add
 	// no keys of their own.
 	log := e.log.With("component", "relay", "relay", cfg.ID)
-	warnSmallUDPBuffers(log, "/proc/sys")
+	daemon.WarnSmallUDPBuffers(log, "/proc/sys")
 	identity, closeKey, err := relayIdentity(cfg, log)
 	if err != nil {
 		return err
@@ -109,7 +111,7 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 		if err != nil {
 			return err
 		}
-		auth = PolicyRelayAuthority(watcher.Current())
+		auth = authority.Relay(watcher.Current())
 	} else if auth, err = relayAuthority(cfg); err != nil {
 		return err
 	}
@@ -154,8 +156,8 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 		return fmt.Errorf("relay: admin endpoint on %s (key admin in %s): %w", cfg.Admin, configPath, err)
 	}
 	status := func(context.Context) any {
-		warnings := udpBufferWarnings("/proc/sys")
-		if w := certificateWarning("relay certificate "+cfg.path(cfg.Certificate), identity.Leaf, time.Now(),
+		warnings := daemon.UDPBufferWarnings("/proc/sys")
+		if w := daemon.CertificateWarning("relay certificate "+cfg.path(cfg.Certificate), identity.Leaf, time.Now(),
 			"have a new certificate issued for the same key (the policy pins the key), put it in place of key certificate and restart the relay"); w != "" {
 			warnings = append(warnings, w)
 		}
@@ -190,11 +192,11 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 	g, gctx := errgroup.WithContext(ctx)
 	if watcher != nil {
 		now, cancelSub := watcher.Subscribe(func(_, p *policy.Policy, _ *policy.Diff) {
-			srv.UpdateAuthority(PolicyRelayAuthority(p))
+			srv.UpdateAuthority(authority.Relay(p))
 			log.Info("policy applied", "policy_version", p.Version(), "policy_hash", p.Hash().String())
 		})
 		defer cancelSub()
-		srv.UpdateAuthority(PolicyRelayAuthority(now))
+		srv.UpdateAuthority(authority.Relay(now))
 		g.Go(func() error {
 			if err := watcher.Run(gctx); err != nil && gctx.Err() == nil {
 				return fmt.Errorf("relay: policy watcher: %w", err)
@@ -222,7 +224,7 @@ func runRelay(ctx context.Context, e *env, configPath string, cfg *relayConfig, 
 	g.Go(func() error { return srv.ServeTCP(gctx, tcpLn) })
 	g.Go(func() error { return srv.RunMesh(gctx) })
 	// Listeners are up: READY=1 at once; WATCHDOG=1 after each /status walk.
-	g.Go(func() error { return notifySystemd(gctx, log, sdProbe{alive: func() { status(gctx) }}) })
+	g.Go(func() error { return daemon.NotifySystemd(gctx, log, daemon.Probe{Alive: func() { status(gctx) }}) })
 	g.Go(func() error {
 		if err := hs.Serve(adminLn); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("relay: admin endpoint: %w", err)

@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/authority"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
 	"github.com/memberd/memberd/policy/push"
@@ -48,12 +49,12 @@ func TestRelayLearnsPolicyFromMembers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	srv, err := relay.NewServer(relay.ServerConfig{ID: "r1", Identity: relayID, Authority: PolicyRelayAuthority(w.Current()),
+	srv, err := relay.NewServer(relay.ServerConfig{ID: "r1", Identity: relayID, Authority: authority.Relay(w.Current()),
 		Policy: newRelayPolicyStore(w, dir), MaxPolicyBytes: 64 << 10, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, cancelSub := w.Subscribe(func(_, p *policy.Policy, _ *policy.Diff) { srv.UpdateAuthority(PolicyRelayAuthority(p)) })
+	_, cancelSub := w.Subscribe(func(_, p *policy.Policy, _ *policy.Diff) { srv.UpdateAuthority(authority.Relay(p)) })
 	defer cancelSub()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -23,6 +23,8 @@ import (
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/internal/admin"
+	"github.com/memberd/memberd/internal/authority"
+	"github.com/memberd/memberd/internal/daemon"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/push"
 	"github.com/memberd/memberd/relay"
@@ -109,7 +111,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	// the packages add no member or component key of their own.
 	base := e.log.With("member", cfg.Member)
 	log := base.With("component", "appliance")
-	warnSmallUDPBuffers(log, "/proc/sys")
+	daemon.WarnSmallUDPBuffers(log, "/proc/sys")
 	warnIgnoredEnvProxy(log, cfg, os.Getenv)
 	// The admin endpoint comes first: /healthz, /readyz (not ready, with the
 	// step) and /status answer while the identity, the policy and the relays
@@ -183,7 +185,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	wcancel()
 	tcfg := tunnel.Config{Member: cfg.Member, Signer: id.Signer,
 		Chain:     append([]*x509.Certificate{id.Certificate}, id.Chain...),
-		Transport: cl, Authority: PolicyTunnelAuthority(cur), Logger: base.With("component", "tunnel"),
+		Transport: cl, Authority: authority.Tunnel(cur), Logger: base.With("component", "tunnel"),
 		RotateEvery: cfg.Tunnel.RotateEvery, Registerer: reg}
 	for _, f := range cfg.Tunnel.Forwards {
 		tcfg.Forwards = append(tcfg.Forwards, tunnel.Forward{Listen: f.Listen, Member: f.Member, Port: f.Port})
@@ -205,7 +207,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	apply := func(p *policy.Policy) {
 		current.Store(p)
 		offerPolicy(p)
-		dev.SetAuthority(PolicyTunnelAuthority(p))
+		dev.SetAuthority(authority.Tunnel(p))
 		if ri := relayInfos(p); len(ri) > 0 {
 			if err := cl.SetRelays(ri); err != nil {
 				log.Error("policy relay list refused by the relay client: keeping the old relays", "policy_version", p.Version(), "err", err)
@@ -333,7 +335,7 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	})
 	g.Go(func() error { push.Serve(gctx, pushLn, policyDir, log); return nil })
 	g.Go(func() error { hh.run(gctx); return nil })
-	g.Go(func() error { return notifySystemd(gctx, log, applianceProbe(a, ready)) })
+	g.Go(func() error { return daemon.NotifySystemd(gctx, log, applianceProbe(a, ready)) })
 	if led != nil {
 		g.Go(func() error { return led.serve(gctx) })
 	}
@@ -354,7 +356,7 @@ const relayWaitAtStart = 10 * time.Second
 
 // relayInfos lists the relays of a policy the client can dial (with a pin).
 func relayInfos(p *policy.Policy) []relay.RelayInfo {
-	return policyRelayAuthority{p: p}.Relays()
+	return authority.Relays(p)
 }
 
 // applianceStatus is the /status document.
@@ -375,8 +377,8 @@ func applianceStatus(a *appliance) map[string]any {
 	id := a.identity()
 	relays := a.client.Status()
 	led := a.ledger.status()
-	warnings := udpBufferWarnings(a.procSys)
-	if w := certificateWarning("identity certificate "+id.File, id.Certificate, time.Now(), renewIdentity); w != "" {
+	warnings := daemon.UDPBufferWarnings(a.procSys)
+	if w := daemon.CertificateWarning("identity certificate "+id.File, id.Certificate, time.Now(), renewIdentity); w != "" {
 		warnings = append(warnings, w)
 	}
 	if p.Member(a.member) == nil {

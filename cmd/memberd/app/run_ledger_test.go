@@ -14,6 +14,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/authority"
 	"github.com/memberd/memberd/node/raftlog"
 	"github.com/memberd/memberd/tunnel"
 )
@@ -309,7 +310,7 @@ func TestDemoLedgerACL(t *testing.T) {
 	if !rule {
 		t.Fatal("no ledger ACL rule in the demo policy")
 	}
-	ta := PolicyTunnelAuthority(L.Genesis)
+	ta := authority.Tunnel(L.Genesis)
 	for _, a := range L.Members {
 		for _, b := range L.Members {
 			if a == b {

@@ -9,6 +9,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/memberd/memberd/internal/daemon"
 	"github.com/memberd/memberd/relay"
 )
 
@@ -107,7 +108,7 @@ func renderAppliance(b *strings.Builder, st *statusDoc, now time.Time) {
 	for _, r := range st.Relays {
 		rtt := "-"
 		if r.State == "up" && r.RTT > 0 {
-			rtt = humanDuration(r.RTT)
+			rtt = daemon.HumanDuration(r.RTT)
 		}
 		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Addr, r.State, dash(string(r.Path)), yes(r.Active), rtt, ago(r.Since, now))
 	}
@@ -172,9 +173,9 @@ func ago(t, now time.Time) string {
 		return "never"
 	}
 	if d := now.Sub(t); d >= 0 {
-		return humanDuration(d) + " ago"
+		return daemon.HumanDuration(d) + " ago"
 	}
-	return "in " + humanDuration(t.Sub(now)) // clocks apart
+	return "in " + daemon.HumanDuration(t.Sub(now)) // clocks apart
 }
 
 // until renders how long after now t is: "in 364d23h", "5d ago" when past.
@@ -183,9 +184,9 @@ func until(t, now time.Time) string {
 		return "-"
 	}
 	if d := t.Sub(now); d > 0 {
-		return "in " + humanDuration(d)
+		return "in " + daemon.HumanDuration(d)
 	}
-	return "EXPIRED " + humanDuration(now.Sub(t)) + " ago"
+	return "EXPIRED " + daemon.HumanDuration(now.Sub(t)) + " ago"
 }
 
 // short cuts s to n characters, marking the cut.

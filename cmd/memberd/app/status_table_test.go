@@ -2,16 +2,13 @@ package app
 
 import (
 	"bytes"
-	"crypto/x509"
 	"fmt"
-	"math/big"
-	"os"
-	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/daemon"
 	"github.com/memberd/memberd/relay"
 )
 
@@ -94,49 +91,6 @@ func TestStatusTable(t *testing.T) {
 }
 
 func TestStatusWarnings(t *testing.T) {
-	t.Run("udp buffers", func(t *testing.T) {
-		dir := t.TempDir()
-		if err := os.MkdirAll(filepath.Join(dir, "net/core"), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if w := udpBufferWarnings(dir); len(w) != 0 {
-			t.Fatalf("unreadable limits: %q", w)
-		}
-		for name, v := range map[string]string{"rmem_max": "212992\n", "wmem_max": "8388608\n"} {
-			if err := os.WriteFile(filepath.Join(dir, "net/core", name), []byte(v), 0o644); err != nil {
-				t.Fatal(err)
-			}
-		}
-		w := udpBufferWarnings(dir)
-		if len(w) != 1 || !strings.Contains(w[0], "net.core.rmem_max is 212992 bytes, below the 7500000") ||
-			!strings.Contains(w[0], "sysctl -w net.core.rmem_max=7500000") {
-			t.Fatalf("warnings %q, want one naming net.core.rmem_max and the fix", w)
-		}
-	})
-	t.Run("certificate", func(t *testing.T) {
-		cert := func(left time.Duration) *x509.Certificate {
-			return &x509.Certificate{SerialNumber: big.NewInt(99), NotAfter: statusNow.Add(left)}
-		}
-		for _, tc := range []struct {
-			name string
-			c    *x509.Certificate
-			want string
-		}{
-			{"none", nil, ""},
-			{"a year", cert(365 * 24 * time.Hour), ""},
-			{"31 days", cert(31 * 24 * time.Hour), ""},
-			{"29 days", cert(29*24*time.Hour + 3*time.Hour), "identity certificate c.pem (serial 99) expires in 29d3h, on 2027-01-05T15:00:00Z: renew"},
-			{"an hour", cert(time.Hour), "expires in 1h0m"},
-			{"expired", cert(-time.Minute), "identity certificate c.pem (serial 99) EXPIRED on 2026-12-07T11:59:00Z: peers and relays refuse it; renew"},
-		} {
-			t.Run(tc.name, func(t *testing.T) {
-				got := certificateWarning("identity certificate c.pem", tc.c, statusNow, "renew")
-				if tc.want == "" && got != "" || !strings.Contains(got, tc.want) {
-					t.Fatalf("got %q, want %q", got, tc.want)
-				}
-			})
-		}
-	})
 	t.Run("relays", func(t *testing.T) {
 		up := relay.RelayStatus{ID: "r1", Addr: "a:443", State: "up"}
 		down := relay.RelayStatus{ID: "r2", Addr: "b:443", State: "down", LastError: "dial tcp b:443: i/o timeout"}
@@ -202,7 +156,7 @@ func checkStatusTable(t *testing.T, d *DemoConsortium, member string) {
 		`demo +follower +\d+ +member-[a-z] +\d+ +active`, ``)
 	// The demo's certificates are fresh and every relay is up: only this
 	// host's UDP buffer limits can warn.
-	if udp := udpBufferWarnings("/proc/sys"); len(udp) > 0 {
+	if udp := daemon.UDPBufferWarnings("/proc/sys"); len(udp) > 0 {
 		want = append(want, q(fmt.Sprintf("WARNINGS (%d)", len(udp))))
 		for _, w := range udp {
 			want = append(want, q("  ! "+w))

@@ -1,10 +1,7 @@
 package app
 
 import (
-	"crypto/x509"
 	"fmt"
-	"strings"
-	"time"
 
 	"github.com/memberd/memberd/relay"
 )
@@ -12,40 +9,6 @@ import (
 // The "warnings" of /status: what an operator should fix, each naming the
 // thing at fault and what to do. 'memberd status' prints them under its
 // table; monitoring can read them from 'memberd status --json'.
-
-// certExpiryWarning is how long before a certificate's not_after /status
-// starts warning.
-const certExpiryWarning = 30 * 24 * time.Hour
-
-// udpBufferWarnings names each UDP buffer limit under procSys (normally
-// /proc/sys) below what QUIC needs.
-func udpBufferWarnings(procSys string) []string {
-	var out []string
-	for _, low := range smallUDPBuffers(procSys) {
-		out = append(out, fmt.Sprintf("UDP buffer limit %s is %d bytes, below the %d QUIC needs (the QUIC path will be slow under load): %s",
-			low.name, low.value, quicUDPBuffer, low.fix()))
-	}
-	return out
-}
-
-// certificateWarning warns when c (what names it, e.g. "identity
-// certificate /etc/memberd/identity/cert.pem") has expired or expires
-// within certExpiryWarning of now; renew says how to replace it. "" = fine.
-func certificateWarning(what string, c *x509.Certificate, now time.Time, renew string) string {
-	if c == nil {
-		return ""
-	}
-	left := c.NotAfter.Sub(now)
-	switch {
-	case left <= 0:
-		return fmt.Sprintf("%s (serial %s) EXPIRED on %s: peers and relays refuse it; %s",
-			what, c.SerialNumber, c.NotAfter.UTC().Format(time.RFC3339), renew)
-	case left < certExpiryWarning:
-		return fmt.Sprintf("%s (serial %s) expires in %s, on %s: %s",
-			what, c.SerialNumber, humanDuration(left), c.NotAfter.UTC().Format(time.RFC3339), renew)
-	}
-	return ""
-}
 
 // renewIdentity is how an appliance's identity certificate is replaced,
 // without a restart.
@@ -85,23 +48,4 @@ func ledgerWarnings(st any) []string {
 		out = append(out, "ledger: no raft leader known (an election is under way, or the consenters cannot reach each other through the tunnel)")
 	}
 	return out
-}
-
-// humanDuration renders d for people: "3d4h", "5h2m", "42s".
-func humanDuration(d time.Duration) string {
-	if d < 0 {
-		d = -d
-	}
-	switch {
-	case d >= 24*time.Hour:
-		days := d / (24 * time.Hour)
-		return fmt.Sprintf("%dd%dh", days, (d-days*24*time.Hour)/time.Hour)
-	case d >= time.Hour:
-		return strings.TrimSuffix(d.Truncate(time.Minute).String(), "0s")
-	case d >= time.Minute:
-		return d.Truncate(time.Second).String()
-	case d >= time.Second:
-		return d.Truncate(100 * time.Millisecond).String()
-	}
-	return d.Round(time.Microsecond).String()
 }

@@ -1,32 +1,33 @@
-package app
+// Package daemon holds what the two long-running memberd processes (the
+// appliance and the relay) share with their host: systemd's notify
+// protocol, the UDP buffer limits QUIC needs, and certificate expiry
+// warnings for /status.
+package daemon
 
 import (
 	"context"
 	"fmt"
 	"log/slog"
 	"os"
-	"slices"
 	"strings"
 	"time"
 
 	"github.com/coreos/go-systemd/v22/daemon"
-
-	"github.com/memberd/memberd/internal/admin"
 )
 
 // systemd's notify protocol for the Type=notify units (packaging/*.service),
 // spoken through go-systemd's daemon package. Without NOTIFY_SOCKET (not
-// started by systemd) notifySystemd returns at once and sends nothing.
+// started by systemd) NotifySystemd returns at once and sends nothing.
 
-// sdProbe is what notifySystemd asks the process.
-type sdProbe struct {
-	// ready says what the service still waits for (nil: ready). A nil
-	// ready means ready at once.
-	ready func(context.Context) error
-	// alive walks the process's state under the locks of its parts (the
+// Probe is what NotifySystemd asks the process.
+type Probe struct {
+	// Ready says what the service still waits for (nil: ready). A nil
+	// Ready means ready at once.
+	Ready func(context.Context) error
+	// Alive walks the process's state under the locks of its parts (the
 	// /status document). It blocks when a part is wedged: then no WATCHDOG=1
 	// is sent and systemd restarts the service after WatchdogSec.
-	alive func()
+	Alive func()
 }
 
 const (
@@ -39,10 +40,10 @@ const (
 	sdStartExtend = 30 * time.Second
 )
 
-// notifySystemd runs until ctx ends: READY=1 once p.ready passes (STATUS=
+// NotifySystemd runs until ctx ends: READY=1 once p.Ready passes (STATUS=
 // says what it waits for until then), WATCHDOG=1 every half WatchdogSec after
-// p.alive returned, STOPPING=1 when ctx ends.
-func notifySystemd(ctx context.Context, log *slog.Logger, p sdProbe) error {
+// p.Alive returned, STOPPING=1 when ctx ends.
+func NotifySystemd(ctx context.Context, log *slog.Logger, p Probe) error {
 	if os.Getenv("NOTIFY_SOCKET") == "" {
 		return nil
 	}
@@ -60,14 +61,14 @@ func notifySystemd(ctx context.Context, log *slog.Logger, p sdProbe) error {
 	defer t.Stop()
 	for {
 		var msg []string
-		p.alive() // blocks if wedged: no message below
+		p.Alive() // blocks if wedged: no message below
 		if wd > 0 {
 			msg = append(msg, daemon.SdNotifyWatchdog)
 		}
 		if !ready {
 			var err error
-			if p.ready != nil {
-				err = p.ready(ctx)
+			if p.Ready != nil {
+				err = p.Ready(ctx)
 			}
 			switch {
 			case err == nil:
@@ -98,45 +99,4 @@ func notifySystemd(ctx context.Context, log *slog.Logger, p sdProbe) error {
 		case <-t.C:
 		}
 	}
-}
-
-// applianceProbe: ready when the admin endpoint's readiness checks pass (a
-// relay connected, this member in the policy, a raft leader known) and the
-// ledger has applied every raft entry known to be committed.
-func applianceProbe(a *appliance, checks map[string]admin.Check) sdProbe {
-	names := make([]string, 0, len(checks))
-	for n := range checks {
-		names = append(names, n)
-	}
-	slices.Sort(names)
-	return sdProbe{
-		ready: func(ctx context.Context) error {
-			for _, n := range names {
-				if err := checks[n](ctx); err != nil {
-					return fmt.Errorf("%s: %w", n, err)
-				}
-			}
-			if a.ledger != nil {
-				return a.ledger.caughtUp()
-			}
-			return nil
-		},
-		alive: func() { applianceStatus(a) },
-	}
-}
-
-// caughtUp: a raft leader is known and this node has applied every entry it
-// knows to be committed.
-func (l *ledgerRun) caughtUp() error {
-	n := l.reg.Lookup(l.channel)
-	if n == nil {
-		return fmt.Errorf("ledger: channel %q is not open", l.channel)
-	}
-	if err := n.Healthy(); err != nil {
-		return fmt.Errorf("ledger: %w", err)
-	}
-	if rs := n.Raft().Status(); rs.Applied < rs.Commit {
-		return fmt.Errorf("ledger catching up: raft entry %d of %d applied", rs.Applied, rs.Commit)
-	}
-	return nil
 }

@@ -1,4 +1,4 @@
-package app
+package authority_test
 
 import (
 	"crypto/x509"
@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/authority"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
 	"github.com/memberd/memberd/relay"
@@ -23,7 +24,7 @@ func TestPolicyAuthorityAdapters(t *testing.T) {
 	c.Template.Relays[1].CACerts = c.CAs["m1"].PEM
 	p := c.Genesis(t)
 
-	ra := PolicyRelayAuthority(p)
+	ra := authority.Relay(p)
 	if m, err := ra.MemberForCert([]*x509.Certificate{leaf1}, time.Now()); err != nil || m != "m1" {
 		t.Fatalf("MemberForCert: %q %v", m, err)
 	}
@@ -42,7 +43,7 @@ func TestPolicyAuthorityAdapters(t *testing.T) {
 		t.Fatalf("relays %+v", rs)
 	}
 
-	ta := PolicyTunnelAuthority(p)
+	ta := authority.Tunnel(p)
 	if ms := ta.Members(); len(ms) != 3 || ms[1].ID != "m2" || ms[1].Addr != p.Member("m2").Addr {
 		t.Fatalf("members %+v", ms)
 	}

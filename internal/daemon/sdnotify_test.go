@@ -1,4 +1,4 @@
-package app
+package daemon
 
 import (
 	"context"
@@ -48,8 +48,8 @@ func TestNotifySystemdWithoutSocketDoesNothing(t *testing.T) {
 	var calls atomic.Int32
 	done := make(chan error, 1)
 	go func() {
-		done <- notifySystemd(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)),
-			sdProbe{alive: func() { calls.Add(1) }})
+		done <- NotifySystemd(context.Background(), slog.New(slog.NewTextHandler(io.Discard, nil)),
+			Probe{Alive: func() { calls.Add(1) }})
 	}()
 	select {
 	case err := <-done:
@@ -72,14 +72,14 @@ func TestNotifySystemdReadyWatchdogStopping(t *testing.T) {
 	notReady.Store(2)
 	wedge := make(chan struct{})
 	var wedged atomic.Bool
-	p := sdProbe{
-		ready: func(context.Context) error {
+	p := Probe{
+		Ready: func(context.Context) error {
 			if notReady.Add(-1) >= 0 {
 				return errors.New("relay: no relay connected")
 			}
 			return nil
 		},
-		alive: func() {
+		Alive: func() {
 			if wedged.Load() {
 				<-wedge
 			}
@@ -87,7 +87,7 @@ func TestNotifySystemdReadyWatchdogStopping(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
-	go func() { done <- notifySystemd(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), p) }()
+	go func() { done <- NotifySystemd(ctx, slog.New(slog.NewTextHandler(io.Discard, nil)), p) }()
 
 	m := sdRead(t, sock, 5*time.Second)
 	if !strings.Contains(m, "STATUS=waiting: relay: no relay connected") || !strings.Contains(m, "EXTEND_TIMEOUT_USEC=30000000") || strings.Contains(m, "READY=1") {

@@ -1,4 +1,4 @@
-package app
+package daemon
 
 import (
 	"log/slog"
@@ -19,10 +19,10 @@ var udpBufferSysctls = []string{"net/core/rmem_max", "net/core/wmem_max"}
 
 var udpBufferWarning sync.Once
 
-// warnSmallUDPBuffers logs once per process, naming each sysctl below what
+// WarnSmallUDPBuffers logs once per process, naming each sysctl below what
 // QUIC needs and how to raise it. procSys is normally "/proc/sys"; a limit
 // that cannot be read is skipped (not a Linux host, or a restricted /proc).
-func warnSmallUDPBuffers(log *slog.Logger, procSys string) {
+func WarnSmallUDPBuffers(log *slog.Logger, procSys string) {
 	udpBufferWarning.Do(func() {
 		for _, low := range smallUDPBuffers(procSys) {
 			log.Warn("UDP buffer limit below what QUIC needs: throughput on the QUIC path will suffer",
