@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/memberd/memberd/internal/relayd"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/push"
 	"github.com/memberd/memberd/relay"
@@ -83,15 +84,18 @@ func (d *DemoConsortium) StartRelay(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	cfg.quicGate = d.gate
+	cfg.QUICGate = d.gate
 	if h := d.hook; h != nil {
-		cfg.forwardHook = func(from, to string, p []byte) { h(id, from, to, p) }
+		cfg.ForwardHook = func(from, to string, p []byte) { h(id, from, to, p) }
 	}
-	e := &env{stdout: io.Discard, stderr: d.stderr, log: d.log}
-	started := make(chan relayAddrs, 1)
-	p, _, err := startProc(ctx, func(ctx context.Context) error {
-		return runRelay(ctx, e, d.Layout.RelayConfig[id], cfg, nil, started)
-	}, started, func(a relayAddrs) string { return a.relay })
+	r, err := relayd.New(*cfg, relayd.Deps{Logger: d.log, Source: d.Layout.RelayConfig[id]})
+	if err != nil {
+		return fmt.Errorf("demo relay %s: %w", id, err)
+	}
+	p, err := startProc(ctx, r.Run, r.Ready())
+	if p != nil {
+		p.addr = r.Addr()
+	}
 	if err != nil {
 		return fmt.Errorf("demo relay %s: %w", id, err)
 	}
@@ -109,9 +113,21 @@ func (d *DemoConsortium) StartMember(ctx context.Context, id string) error {
 	}
 	e := &env{stdout: io.Discard, stderr: d.stderr, log: d.log}
 	started := make(chan *appliance, 1)
-	p, a, err := startProc(ctx, func(ctx context.Context) error {
+	up := make(chan struct{})
+	var a *appliance
+	p, err := startProc(ctx, func(ctx context.Context) error {
+		go func() {
+			select {
+			case a = <-started:
+				close(up)
+			case <-ctx.Done():
+			}
+		}()
 		return runAppliance(ctx, e, cfg, started)
-	}, started, func(a *appliance) string { return a.admin })
+	}, up)
+	if p != nil {
+		p.addr = a.admin
+	}
 	if err != nil {
 		return fmt.Errorf("demo member %s: %w", id, err)
 	}
@@ -122,23 +138,21 @@ func (d *DemoConsortium) StartMember(ctx context.Context, id string) error {
 	return nil
 }
 
-// startProc runs fn until its context ends and waits until it sends on
-// started (up) or returns (failed).
-func startProc[T any](ctx context.Context, fn func(context.Context) error, started chan T, addr func(T) string) (*demoProc, T, error) {
+// startProc runs run until its context ends and waits until ready is
+// closed (up) or run returns (failed).
+func startProc(ctx context.Context, run func(context.Context) error, ready <-chan struct{}) (*demoProc, error) {
 	ctx, cancel := context.WithCancel(ctx)
 	p := &demoProc{cancel: cancel, done: make(chan error, 1)}
-	go func() { p.done <- fn(ctx) }()
-	var zero T
+	go func() { p.done <- run(ctx) }()
 	select {
-	case v := <-started:
-		p.addr = addr(v)
-		return p, v, nil
+	case <-ready:
+		return p, nil
 	case err := <-p.done:
 		cancel()
 		if err == nil {
 			err = errors.New("stopped before it was up")
 		}
-		return nil, zero, err
+		return nil, err
 	}
 }
 
@@ -260,7 +274,7 @@ func (d *DemoConsortium) RelayPolicyVersion(id string) uint64 {
 	if err != nil || cfg.StateDir == "" {
 		return 0
 	}
-	p, err := policy.LoadState(cfg.path(cfg.StateDir))
+	p, err := policy.LoadState(cfg.Path(cfg.StateDir))
 	if err != nil || p == nil {
 		return 0
 	}
@@ -412,7 +426,7 @@ func (d *DemoConsortium) DropRelayPolicy(bundle []byte) error {
 		if err != nil {
 			return err
 		}
-		if _, err := push.Store(cfg.path(cfg.PolicyDir), bundle); err != nil {
+		if _, err := push.Store(cfg.Path(cfg.PolicyDir), bundle); err != nil {
 			return fmt.Errorf("demo relay %s: %w", id, err)
 		}
 	}

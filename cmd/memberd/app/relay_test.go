@@ -188,13 +188,16 @@ func TestRelayCommandRuns(t *testing.T) {
 	var logs bytes.Buffer
 	e := &env{stdout: io.Discard, stderr: io.Discard, log: slog.New(slog.NewTextHandler(&logs, nil))}
 	ctx, cancel := context.WithCancel(context.Background())
-	reload := make(chan struct{})
-	started := make(chan relayAddrs, 1)
+	r, err := newRelay(e.log, cfgPath, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
-	go func() { done <- runRelay(ctx, e, cfgPath, cfg, reload, started) }()
-	var addrs relayAddrs
+	go func() { done <- r.Run(ctx) }()
+	var addrs struct{ relay, admin string }
 	select {
-	case addrs = <-started:
+	case <-r.Ready():
+		addrs.relay, addrs.admin = r.Addr(), r.AdminAddr()
 	case err := <-done:
 		t.Fatalf("relay exited: %v", err)
 	case <-time.After(10 * time.Second):
@@ -236,7 +239,7 @@ func TestRelayCommandRuns(t *testing.T) {
 	// Reload without bank-a: it is cut off.
 	cfgNoA := strings.Replace(f.config, "    bank-a: {ca: [bank-a.pem]}\n", "", 1)
 	writeFile(t, f.dir, "relay.yaml", []byte(cfgNoA))
-	reload <- struct{}{}
+	r.Reload()
 	waitUntil(t, 5*time.Second, func() bool { return clients["bank-a"].Status()[0].State != "up" })
 }
 
@@ -272,18 +275,22 @@ func TestRelayCommandHSMKey(t *testing.T) {
 	}
 	e := &env{stdout: io.Discard, stderr: io.Discard, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	ctx, cancel := context.WithCancel(context.Background())
-	started := make(chan relayAddrs, 1)
+	r, err := newRelay(e.log, cfgPath, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
-	go func() { done <- runRelay(ctx, e, cfgPath, cfg, nil, started) }()
+	go func() { done <- r.Run(ctx) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
 			t.Errorf("relay returned %v", err)
 		}
 	}()
-	var addrs relayAddrs
+	var addrs struct{ relay, admin string }
 	select {
-	case addrs = <-started:
+	case <-r.Ready():
+		addrs.relay, addrs.admin = r.Addr(), r.AdminAddr()
 	case err := <-done:
 		t.Fatalf("relay exited: %v", err)
 	}

@@ -1,6 +1,7 @@
 package app
 
 import (
+	"bytes"
 	"context"
 	"io"
 	"log/slog"
@@ -100,4 +101,11 @@ func TestAdminBeforeRelays(t *testing.T) {
 	if full.Role != "appliance" || code != http.StatusServiceUnavailable || !strings.Contains(body, "no relay connected") {
 		t.Fatalf("after start-up: /status role %q, /readyz %d %q", full.Role, code, body)
 	}
+}
+
+type tLogWriter struct{ t *testing.T }
+
+func (w tLogWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(bytes.TrimSpace(p)))
+	return len(p), nil
 }

@@ -1,4 +1,4 @@
-package app
+package relayd
 
 import (
 	"bytes"
@@ -50,7 +50,7 @@ func TestRelayLearnsPolicyFromMembers(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv, err := relay.NewServer(relay.ServerConfig{ID: "r1", Identity: relayID, Authority: authority.Relay(w.Current()),
-		Policy: newRelayPolicyStore(w, dir), MaxPolicyBytes: 64 << 10, Logger: log})
+		Policy: newPolicyStore(w, dir), MaxPolicyBytes: 64 << 10, Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +154,7 @@ func TestRelayPolicyStore(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := newRelayPolicyStore(w, dir)
+	s := newPolicyStore(w, dir)
 	v2 := c.Next(t, v1, func(d *policy.Document) { d.Description = "v2" }, "m1", "m2")
 	v3 := c.Next(t, v2, func(d *policy.Document) { d.Description = "v3" }, "m1", "m2")
 	v4 := c.Next(t, v3, func(d *policy.Document) { d.Description = "v4" }, "m1", "m2")
@@ -190,4 +190,15 @@ func TestRelayPolicyStore(t *testing.T) {
 	go func() { w.Run(ctx); close(done) }()
 	defer func() { cancel(); <-done }()
 	waitUntil(t, 10*time.Second, func() bool { return w.Current().Version() == 4 })
+}
+
+func waitUntil(t *testing.T, d time.Duration, cond func() bool) {
+	t.Helper()
+	end := time.Now().Add(d)
+	for !cond() {
+		if time.Now().After(end) {
+			t.Fatal("condition not met in time")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }

@@ -1,4 +1,4 @@
-package app
+package relayd
 
 import (
 	"crypto/sha256"
@@ -13,7 +13,7 @@ import (
 	"github.com/memberd/memberd/relay"
 )
 
-// relayPolicyStore is the relay's relay.PolicyStore: the signed bundles
+// policyStore is the relay's relay.PolicyStore: the signed bundles
 // members offer are verified against the relay's own policy with the policy
 // package (quorum of the current admins, version chain, no rollback; the
 // sending member is trusted for nothing), and valid ones are written
@@ -23,7 +23,7 @@ import (
 // head is the newest version verified here: the watcher's current policy,
 // or a version stored but not applied yet, so that versions offered back to
 // back (v2 then v3) verify link by link without waiting for the watcher.
-type relayPolicyStore struct {
+type policyStore struct {
 	w   *policy.Watcher
 	dir string
 	now func() time.Time
@@ -38,14 +38,14 @@ type relayPolicyStore struct {
 	storedSum     atomic.Pointer[[32]byte]
 }
 
-var _ relay.PolicyStore = (*relayPolicyStore)(nil)
+var _ relay.PolicyStore = (*policyStore)(nil)
 
-func newRelayPolicyStore(w *policy.Watcher, dir string) *relayPolicyStore {
-	return &relayPolicyStore{w: w, dir: dir, now: time.Now}
+func newPolicyStore(w *policy.Watcher, dir string) *policyStore {
+	return &policyStore{w: w, dir: dir, now: time.Now}
 }
 
 // headLocked is the newest trusted policy: applied, or stored and verified.
-func (s *relayPolicyStore) headLocked() *policy.Policy {
+func (s *policyStore) headLocked() *policy.Policy {
 	cur := s.w.Current()
 	if s.stored != nil && s.stored.Version() > cur.Version() {
 		return s.stored
@@ -55,7 +55,7 @@ func (s *relayPolicyStore) headLocked() *policy.Policy {
 
 // Wants implements relay.PolicyStore: a version newer than the head, not
 // the bundle stored last. It takes no lock.
-func (s *relayPolicyStore) Wants(version uint64, sum [32]byte) bool {
+func (s *policyStore) Wants(version uint64, sum [32]byte) bool {
 	if last := s.storedSum.Load(); last != nil && *last == sum {
 		return false
 	}
@@ -63,7 +63,7 @@ func (s *relayPolicyStore) Wants(version uint64, sum [32]byte) bool {
 }
 
 // Offer implements relay.PolicyStore.
-func (s *relayPolicyStore) Offer(version uint64, bundle []byte) error {
+func (s *policyStore) Offer(version uint64, bundle []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	head := s.headLocked()
