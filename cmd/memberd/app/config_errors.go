@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/memberd/memberd/internal/appliance"
 )
 
 // decodeConfig decodes a YAML config file into out (a pointer to a config
@@ -234,8 +236,8 @@ func wantFor(t reflect.Type) string {
 	switch {
 	case t == reflect.TypeOf(time.Duration(0)):
 		return "a duration like 500ms, 1s or 2m"
-	case t == reflect.TypeOf(byteSize(0)):
-		return "a size like 4MiB, 512KiB or 4194304 (bytes)"
+	case t == reflect.TypeOf(appliance.ByteSize(0)):
+		return appliance.ByteSizeWant
 	}
 	switch t.Kind() {
 	case reflect.Bool:
@@ -277,40 +279,4 @@ func editDistance(a, b string) int {
 		prev, cur = cur, prev
 	}
 	return prev[len(b)]
-}
-
-// byteSize is a size in bytes in a config file: a whole number of bytes,
-// or with a unit: 4MiB, 512KiB, 1GiB (powers of 1024) or 4MB, 1GB (powers
-// of 1000); spaces and case do not matter ("4 mib").
-type byteSize uint64
-
-var sizeUnits = map[string]uint64{"": 1, "b": 1, "k": 1 << 10, "kb": 1000, "kib": 1 << 10, "m": 1 << 20, "mb": 1000 * 1000, "mib": 1 << 20,
-	"g": 1 << 30, "gb": 1000 * 1000 * 1000, "gib": 1 << 30}
-
-var sizeRE = regexp.MustCompile(`^\s*(\d+)\s*([a-zA-Z]*)\s*$`)
-
-func parseByteSize(s string) (byteSize, error) {
-	m := sizeRE.FindStringSubmatch(s)
-	if m == nil {
-		return 0, errors.New("not a size")
-	}
-	mult, ok := sizeUnits[strings.ToLower(m[2])]
-	if !ok {
-		return 0, fmt.Errorf("unknown unit %q", m[2])
-	}
-	n, err := strconv.ParseUint(m[1], 10, 64)
-	if err != nil || n > (1<<63)/mult {
-		return 0, errors.New("too large")
-	}
-	return byteSize(n * mult), nil
-}
-
-// UnmarshalYAML accepts a whole number or a size with a unit.
-func (b *byteSize) UnmarshalYAML(n *yaml.Node) error {
-	v, err := parseByteSize(n.Value)
-	if n.Kind != yaml.ScalarNode || err != nil {
-		return fmt.Errorf("line %d: want %s, got %q", n.Line, wantFor(reflect.TypeOf(byteSize(0))), n.Value)
-	}
-	*b = v
-	return nil
 }

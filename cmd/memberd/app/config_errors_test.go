@@ -5,6 +5,8 @@ import (
 	"io"
 	"strings"
 	"testing"
+
+	"github.com/memberd/memberd/internal/appliance"
 )
 
 // TestConfigErrorsNameKeyPaths: typos in memberd.yaml and relay.yaml are
@@ -58,21 +60,7 @@ tunnel:
 	if _, err := parseRunConfig([]byte("member: [\n"), "/x"); err == nil || !strings.Contains(err.Error(), "line ") {
 		t.Errorf("a YAML syntax error does not name its line: %v", err)
 	}
-	if err := decodeConfig([]byte(""), &runConfig{}); !errors.Is(err, io.EOF) {
+	if err := decodeConfig([]byte(""), &appliance.Config{}); !errors.Is(err, io.EOF) {
 		t.Errorf("empty file: %v, want io.EOF", err)
-	}
-}
-
-func TestParseByteSize(t *testing.T) {
-	for in, want := range map[string]byteSize{"4194304": 4 << 20, "4MiB": 4 << 20, "4 mib": 4 << 20, "512KiB": 512 << 10,
-		"1GiB": 1 << 30, "4MB": 4000000, "2k": 2048, "0": 0} {
-		if got, err := parseByteSize(in); err != nil || got != want {
-			t.Errorf("parseByteSize(%q) = %d, %v; want %d", in, got, err, want)
-		}
-	}
-	for _, in := range []string{"", "4 megs", "-1", "1.5MiB", "MiB", "99999999999999999999", "20000000000GiB"} {
-		if got, err := parseByteSize(in); err == nil {
-			t.Errorf("parseByteSize(%q) = %d, want an error", in, got)
-		}
 	}
 }

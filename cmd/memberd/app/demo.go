@@ -124,10 +124,10 @@ func demoTryLines(L *DemoLayout) []string {
 		lines = append(lines, fmt.Sprintf("memberd ping --admin %s %s", cfg.Admin, L.Members[1]))
 	}
 	if m := L.Genesis.Member(a); cfg.Ledger != nil && m != nil {
-		client := cfg.path(filepath.Join("client", "msp"))
+		client := cfg.Path(filepath.Join("client", "msp"))
 		lines = append(lines, fmt.Sprintf("memberd ledger submit --orderer %s --channel %s --msp-id %s --cert %s --key file:%s --insecure-file-key --tls-ca %s --data 'hello'",
 			cfg.Ledger.Listen, L.Genesis.Ledger().Channel, m.MSPID,
-			filepath.Join(client, "signcerts", "cert.pem"), filepath.Join(client, "keystore", "key.pem"), cfg.path("ca.pem")))
+			filepath.Join(client, "signcerts", "cert.pem"), filepath.Join(client, "keystore", "key.pem"), cfg.Path("ca.pem")))
 	}
 	return lines
 }

@@ -44,6 +44,7 @@ import (
 
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/identity"
+	"github.com/memberd/memberd/internal/appliance"
 	"github.com/memberd/memberd/internal/loopport"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/policy"
@@ -156,7 +157,7 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		Description: "memberd demo consortium (insecure keys: never use in production)", OverlayPrefix: "100.64.0.0/16",
 		Ledger: policy.Ledger{Channel: "demo", BatchTimeout: "2s",
 			BatchSize: policy.BatchSize{MaxMessageCount: 500, AbsoluteMaxBytes: 10 << 20, PreferredMaxBytes: 2 << 20}}}
-	ports := []policy.PortRange{{Lo: 7050, Hi: 7059}, {Lo: DefaultPushPort, Hi: DefaultPushPort}}
+	ports := []policy.PortRange{{Lo: 7050, Hi: 7059}, {Lo: appliance.DefaultPushPort, Hi: appliance.DefaultPushPort}}
 	for _, p := range o.ExtraPorts {
 		ports = append(ports, policy.PortRange{Lo: p, Hi: p})
 	}

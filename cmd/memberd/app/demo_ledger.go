@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/internal/appliance"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/node/orderer"
@@ -63,7 +64,7 @@ func demoLedgerConfig(listen, admin string) map[string]any {
 	return map[string]any{"listen": listen, "data_dir": "ledger", "genesis_block": demoLedgerGenesisFile,
 		"raft_port": demoLedgerRaftPort, "peer_port": demoLedgerPeerPort,
 		// osnadmin with a client certificate of the member CA carrying OU=admin
-		"admin": map[string]any{"listen": admin, "client_ca": "ca.pem", "client_ou": DefaultLedgerAdminClientOU}}
+		"admin": map[string]any{"listen": admin, "client_ca": "ca.pem", "client_ou": appliance.DefaultLedgerAdminClientOU}}
 }
 
 // ParticipationAddr is the address of member's channel participation API
@@ -71,8 +72,8 @@ func demoLedgerConfig(listen, admin string) map[string]any {
 func (d *DemoConsortium) ParticipationAddr(member string) string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if a := d.appliances[member]; a != nil && a.ledger != nil {
-		return a.ledger.AdminAddr()
+	if a := d.appliances[member]; a != nil && a.HasLedger() {
+		return a.LedgerAdminAddr()
 	}
 	return ""
 }
@@ -81,8 +82,8 @@ func (d *DemoConsortium) ParticipationAddr(member string) string {
 func (d *DemoConsortium) LedgerAddr(member string) string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if a := d.appliances[member]; a != nil && a.ledger != nil {
-		return a.ledger.Addr()
+	if a := d.appliances[member]; a != nil && a.HasLedger() {
+		return a.LedgerAddr()
 	}
 	return ""
 }
@@ -93,15 +94,15 @@ func (d *DemoConsortium) ledgerClient(member string) (ab.AtomicBroadcastClient, 
 	d.mu.Lock()
 	a := d.appliances[member]
 	d.mu.Unlock()
-	if a == nil || a.ledger == nil {
+	if a == nil || !a.HasLedger() {
 		return nil, orderer.Identity{}, nil, fmt.Errorf("demo: member %s runs no ledger", member)
 	}
-	p := a.policy()
+	p := a.Policy()
 	roots := p.CAPool()
-	id := a.identity()
+	id := a.Identity()
 	ident := orderer.Identity{MSPID: p.Member(member).MSPID, Cert: id.Certificate, Signer: id.Signer}
 	cert := orderer.TLSCertificate(ident, id.Chain...)
-	conn, err := grpc.NewClient(a.ledger.Addr(), append(orderer.ClientOptions(),
+	conn, err := grpc.NewClient(a.LedgerAddr(), append(orderer.ClientOptions(),
 		grpc.WithTransportCredentials(credentials.NewTLS(orderer.ClientTLS(&cert, roots))))...)
 	if err != nil {
 		return nil, ident, nil, err
@@ -116,11 +117,11 @@ func (d *DemoConsortium) WaitLedger(ctx context.Context) error {
 		var notReady error
 		d.mu.Lock()
 		for id, a := range d.appliances {
-			if a.ledger == nil {
+			if !a.HasLedger() {
 				notReady = fmt.Errorf("member %s runs no ledger", id)
 				break
 			}
-			if err := a.ledger.ready(ctx); err != nil {
+			if err := a.LedgerReady(ctx); err != nil {
 				notReady = fmt.Errorf("member %s: %w", id, err)
 			}
 		}
@@ -212,12 +213,12 @@ func (d *DemoConsortium) LedgerHeight(member string) (uint64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	a := d.appliances[member]
-	if a == nil || a.ledger == nil {
+	if a == nil || !a.HasLedger() {
 		return 0, fmt.Errorf("demo: member %s runs no ledger", member)
 	}
-	n := a.ledger.reg.Lookup(a.ledger.channel)
+	n := a.LedgerNode()
 	if n == nil {
-		return 0, fmt.Errorf("demo: member %s: channel %q is not open", member, a.ledger.channel)
+		return 0, fmt.Errorf("demo: member %s: channel %q is not open", member, a.LedgerChannel())
 	}
 	return n.Height(), nil
 }
@@ -272,10 +273,10 @@ func (d *DemoConsortium) CheckLedger(ctx context.Context, from string, n int) (u
 	d.mu.Lock()
 	var height uint64
 	for _, a := range d.appliances {
-		if a.ledger == nil {
+		if !a.HasLedger() {
 			continue
 		}
-		if node := a.ledger.reg.Lookup(a.ledger.channel); node != nil {
+		if node := a.LedgerNode(); node != nil {
 			height = max(height, node.Height())
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/memberd/memberd/internal/appliance"
 	"github.com/memberd/memberd/internal/relayd"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/push"
@@ -24,7 +25,7 @@ type DemoConsortium struct {
 	Layout *DemoLayout
 
 	mu         sync.Mutex
-	appliances map[string]*appliance
+	appliances map[string]*appliance.Appliance
 	relays     map[string]*demoProc
 	members    map[string]*demoProc
 	log        *slog.Logger
@@ -61,7 +62,7 @@ func StartDemo(ctx context.Context, L *DemoLayout, o *DemoRunOptions) (*DemoCons
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &DemoConsortium{Layout: L, appliances: map[string]*appliance{}, relays: map[string]*demoProc{},
+	d := &DemoConsortium{Layout: L, appliances: map[string]*appliance.Appliance{}, relays: map[string]*demoProc{},
 		members: map[string]*demoProc{}, log: log, stderr: io.Discard, hook: o.ForwardHook, gate: o.QUICGate}
 	for _, id := range L.Relays {
 		if err := d.StartRelay(ctx, id); err != nil {
@@ -111,22 +112,13 @@ func (d *DemoConsortium) StartMember(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	e := &env{stdout: io.Discard, stderr: d.stderr, log: d.log}
-	started := make(chan *appliance, 1)
-	up := make(chan struct{})
-	var a *appliance
-	p, err := startProc(ctx, func(ctx context.Context) error {
-		go func() {
-			select {
-			case a = <-started:
-				close(up)
-			case <-ctx.Done():
-			}
-		}()
-		return runAppliance(ctx, e, cfg, started)
-	}, up)
+	a, err := appliance.New(*cfg, appliance.Deps{Logger: d.log})
+	if err != nil {
+		return fmt.Errorf("demo member %s: %w", id, err)
+	}
+	p, err := startProc(ctx, a.Run, a.Ready())
 	if p != nil {
-		p.addr = a.admin
+		p.addr = a.AdminAddr()
 	}
 	if err != nil {
 		return fmt.Errorf("demo member %s: %w", id, err)
@@ -217,7 +209,7 @@ func (d *DemoConsortium) Device(member string) *tunnel.Device {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if a := d.appliances[member]; a != nil {
-		return a.dev
+		return a.Device()
 	}
 	return nil
 }
@@ -230,7 +222,7 @@ func (d *DemoConsortium) RelayStatus(member string) []relay.RelayStatus {
 	if a == nil {
 		return nil
 	}
-	return a.client.Status()
+	return a.RelayClient().Status()
 }
 
 // IdentitySerial is the serial number of the identity certificate a
@@ -242,7 +234,7 @@ func (d *DemoConsortium) IdentitySerial(member string) string {
 	if a == nil {
 		return ""
 	}
-	return a.identity().Certificate.SerialNumber.String()
+	return a.Identity().Certificate.SerialNumber.String()
 }
 
 // AdminAddr is the admin endpoint of a running member.
@@ -264,7 +256,7 @@ func (d *DemoConsortium) PolicyVersion(member string) uint64 {
 	if a == nil {
 		return 0
 	}
-	return a.policy().Version()
+	return a.Policy().Version()
 }
 
 // RelayPolicyVersion is the policy version relay id applied last, from its
@@ -289,7 +281,7 @@ func (d *DemoConsortium) WaitConnected(ctx context.Context) error {
 		d.mu.Lock()
 		for _, m := range keys(d.appliances) {
 			up := map[string]bool{}
-			for _, s := range d.appliances[m].client.Status() {
+			for _, s := range d.appliances[m].RelayClient().Status() {
 				up[s.ID] = s.State == "up"
 			}
 			for _, r := range keys(d.relays) {

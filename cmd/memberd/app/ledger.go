@@ -15,6 +15,7 @@ import (
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
 	"github.com/spf13/cobra"
 
+	"github.com/memberd/memberd/internal/appliance"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/node/orderer"
@@ -88,7 +89,7 @@ with it: build it once and copy it to every member.`,
 			}
 			cc, err := orderer.ChannelConfig(pol, css)
 			if err != nil {
-				return usagef("%s: %v (pass --consenter for every consenter member: %s)", cmd.CommandPath(), err, consenterIDs(pol))
+				return usagef("%s: %v (pass --consenter for every consenter member: %s)", cmd.CommandPath(), err, appliance.ConsenterIDs(pol))
 			}
 			b, err := channelconfig.GenesisBlock(cc, time.Now(), rand.Reader)
 			if err != nil {
@@ -115,14 +116,6 @@ with it: build it once and copy it to every member.`,
 	create.Flags().StringVar(&out, "out", "", "where to write the genesis block ('-' = stdout)")
 	c.AddCommand(create)
 	return c
-}
-
-func consenterIDs(p *policy.Policy) string {
-	var ids []string
-	for _, m := range p.Consenters() {
-		ids = append(ids, m.ID)
-	}
-	return strings.Join(ids, ", ")
 }
 
 func newLedgerSubmitCmd(e *env) *cobra.Command {

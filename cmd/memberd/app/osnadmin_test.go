@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/hsm/hsmtest"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/participation"
 )
@@ -158,7 +159,7 @@ func TestOsnadminParticipation(t *testing.T) {
 func issueClient(t *testing.T, memberDir, cn, ou string) [2]string {
 	t.Helper()
 	ca, caKey := memberCA(t, memberDir)
-	cert, key := issueLeaf(t, ca, caKey, cn, ou)
+	cert, key := hsmtest.IssueLeaf(t, ca, caKey, cn, ou)
 	d := t.TempDir()
 	certPath, keyPath := filepath.Join(d, cn+".pem"), filepath.Join(d, cn+"-key.pem")
 	writeCert(t, certPath, cert)

@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,59 +13,8 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/memberd/memberd/internal/admin"
-	"github.com/memberd/memberd/tunnel"
+	"github.com/memberd/memberd/internal/appliance"
 )
-
-// pingAnswer is the admin endpoint's answer to GET /ping.
-type pingAnswer struct {
-	Member string        `json:"member"`
-	RTT    time.Duration `json:"rtt_ns,omitempty"`
-	Error  string        `json:"error,omitempty"`
-}
-
-// maxPingTimeout bounds what a /ping request may ask for.
-const maxPingTimeout = 30 * time.Second
-
-// pingHandler serves GET /ping?member=ID&timeout=DURATION: one ICMP echo
-// through the tunnel (tunnel.Device.Ping). 200 with rtt_ns when the reply
-// came; 404 when the member is not in the policy; 400 for a bad request;
-// 504 when no reply came in time; 502 for other tunnel errors.
-func pingHandler(dev *tunnel.Device) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		answer := func(code int, a pingAnswer) {
-			w.Header().Set("Content-Type", "application/json")
-			w.WriteHeader(code)
-			_ = json.NewEncoder(w).Encode(a)
-		}
-		member := r.URL.Query().Get("member")
-		if r.Method != http.MethodGet || member == "" {
-			answer(http.StatusBadRequest, pingAnswer{Error: "use GET /ping?member=ID[&timeout=2s]"})
-			return
-		}
-		timeout := 2 * time.Second
-		if s := r.URL.Query().Get("timeout"); s != "" {
-			d, err := time.ParseDuration(s)
-			if err != nil || d <= 0 || d > maxPingTimeout {
-				answer(http.StatusBadRequest, pingAnswer{Member: member, Error: fmt.Sprintf("timeout %q: want a duration in (0, %v]", s, maxPingTimeout)})
-				return
-			}
-			timeout = d
-		}
-		ctx, cancel := context.WithTimeout(r.Context(), timeout)
-		defer cancel()
-		rtt, err := dev.Ping(ctx, member)
-		switch {
-		case err == nil:
-			answer(http.StatusOK, pingAnswer{Member: member, RTT: rtt})
-		case errors.Is(err, tunnel.ErrNotMember), errors.Is(err, tunnel.ErrDenied):
-			answer(http.StatusNotFound, pingAnswer{Member: member, Error: err.Error()})
-		case errors.Is(err, context.DeadlineExceeded):
-			answer(http.StatusGatewayTimeout, pingAnswer{Member: member, Error: err.Error()})
-		default:
-			answer(http.StatusBadGateway, pingAnswer{Member: member, Error: err.Error()})
-		}
-	})
-}
 
 func newPingCmd(e *env) *cobra.Command {
 	var (
@@ -92,8 +40,8 @@ error (including a MEMBER the policy does not know).`,
 			if count < 1 {
 				return usagef("--count %d: want at least 1", count)
 			}
-			if timeout <= 0 || timeout > maxPingTimeout {
-				return usagef("--timeout %v: want a duration in (0, %v]", timeout, maxPingTimeout)
+			if timeout <= 0 || timeout > appliance.MaxPingTimeout {
+				return usagef("--timeout %v: want a duration in (0, %v]", timeout, appliance.MaxPingTimeout)
 			}
 			if interval < 0 {
 				return usagef("--interval %v: want a duration ≥ 0", interval)
@@ -155,24 +103,24 @@ func runPing(ctx context.Context, out io.Writer, addr, member string, count int,
 func roundRTT(d time.Duration) time.Duration { return d.Round(time.Microsecond) }
 
 // askPing does one GET /ping; err is set only when no answer came.
-func askPing(ctx context.Context, addr, member string, timeout time.Duration) (pingAnswer, int, error) {
+func askPing(ctx context.Context, addr, member string, timeout time.Duration) (appliance.PingAnswer, int, error) {
 	u := "http://" + addr + "/ping?member=" + url.QueryEscape(member) + "&timeout=" + timeout.String()
 	rctx, cancel := context.WithTimeout(ctx, timeout+5*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(rctx, http.MethodGet, u, nil)
 	if err != nil {
-		return pingAnswer{}, 0, usagef("--admin %q: %v", addr, err)
+		return appliance.PingAnswer{}, 0, usagef("--admin %q: %v", addr, err)
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return pingAnswer{}, 0, fmt.Errorf("cannot reach memberd admin endpoint %s: %w (is memberd running, and is --admin its admin address?)", addr, err)
+		return appliance.PingAnswer{}, 0, fmt.Errorf("cannot reach memberd admin endpoint %s: %w (is memberd running, and is --admin its admin address?)", addr, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if err != nil {
-		return pingAnswer{}, 0, fmt.Errorf("reading %s: %w", u, err)
+		return appliance.PingAnswer{}, 0, fmt.Errorf("reading %s: %w", u, err)
 	}
-	var a pingAnswer
+	var a appliance.PingAnswer
 	if err := json.Unmarshal(body, &a); err != nil {
 		a.Error = strings.TrimSpace(string(body))
 	}

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/memberd/memberd/internal/appliance"
 )
 
 // TestAdminBeforeRelays starts a demo appliance whose only relay is not
@@ -30,12 +32,13 @@ func TestAdminBeforeRelays(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	started := make(chan *appliance, 1)
+	a, err := appliance.New(*cfg, appliance.Deps{Logger: slog.New(slog.NewTextHandler(tLogWriter{t}, nil))})
+	if err != nil {
+		t.Fatal(err)
+	}
 	done := make(chan error, 1)
 	start := time.Now()
-	go func() {
-		done <- runAppliance(ctx, &env{stdout: io.Discard, stderr: io.Discard, log: slog.New(slog.NewTextHandler(tLogWriter{t}, nil))}, cfg, started)
-	}()
+	go func() { done <- a.Run(ctx) }()
 	defer func() {
 		cancel()
 		if err := <-done; err != nil {
@@ -90,7 +93,7 @@ func TestAdminBeforeRelays(t *testing.T) {
 		return
 	}
 	select {
-	case <-started:
+	case <-a.Ready():
 	case err := <-done:
 		t.Fatalf("runAppliance: %v", err)
 	}

@@ -1,17 +1,17 @@
 package app
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"log/slog"
 	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/memberd/memberd/internal/appliance"
 )
 
 const validRunConfig = `
@@ -26,11 +26,11 @@ func TestRunConfig(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.Admin != "127.0.0.1:9464" || c.Tunnel.PushPort != DefaultPushPort || c.Relay.QUICTimeout != time.Second {
+	if c.Admin != "127.0.0.1:9464" || c.Tunnel.PushPort != appliance.DefaultPushPort || c.Relay.QUICTimeout != time.Second {
 		t.Fatalf("defaults: admin %q push_port %d quic_timeout %v", c.Admin, c.Tunnel.PushPort, c.Relay.QUICTimeout)
 	}
-	if c.path(c.Identity) != "/etc/memberd/identity" || c.genesis.IsZero() {
-		t.Fatalf("identity path %q, genesis %v", c.path(c.Identity), c.genesis)
+	if c.Path(c.Identity) != "/etc/memberd/identity" || c.GenesisHash().IsZero() {
+		t.Fatalf("identity path %q, genesis %v", c.Path(c.Identity), c.GenesisHash())
 	}
 	for _, tc := range []struct{ name, extra, want string }{
 		// The decoder names the line: the key is appended after the config.
@@ -199,41 +199,4 @@ func FuzzRunConfig(f *testing.F) {
 			t.Fatalf("accepted pprof on admin %q", c.Admin)
 		}
 	})
-}
-
-// TestWarnIgnoredEnvProxy: relay.no_env_proxy with HTTPS_PROXY set says
-// so once, naming the key and masking the password; nothing is said when
-// the environment proxy is used, absent, or overridden by relay.proxy.
-func TestWarnIgnoredEnvProxy(t *testing.T) {
-	env := map[string]string{"HTTPS_PROXY": "http://alice:s3cret@proxy.corp:3128"}
-	for _, tc := range []struct {
-		name, relay string
-		env         map[string]string
-		warn        bool
-	}{
-		{"ignored", "relay: {no_env_proxy: true}\n", env, true},
-		{"lower case", "relay: {no_env_proxy: true}\n", map[string]string{"https_proxy": "http://p:1"}, true},
-		{"used", "", env, false},
-		{"no proxy in env", "relay: {no_env_proxy: true}\n", nil, false},
-		{"explicit proxy", "relay: {no_env_proxy: true, proxy: 'http://other:3128'}\n", env, false},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			c, err := parseRunConfig([]byte(validRunConfig+tc.relay), "/etc/memberd")
-			if err != nil {
-				t.Fatal(err)
-			}
-			var buf bytes.Buffer
-			warnIgnoredEnvProxy(slog.New(slog.NewTextHandler(&buf, nil)), c, func(k string) string { return tc.env[k] })
-			out := buf.String()
-			if got := strings.Contains(out, "relay.no_env_proxy is true"); got != tc.warn {
-				t.Fatalf("warned %v, want %v: %q", got, tc.warn, out)
-			}
-			if strings.Contains(out, "s3cret") {
-				t.Fatalf("the proxy password is logged: %q", out)
-			}
-			if tc.warn {
-				t.Log(out)
-			}
-		})
-	}
 }

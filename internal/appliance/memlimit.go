@@ -1,4 +1,4 @@
-package app
+package appliance
 
 import (
 	"fmt"
@@ -34,7 +34,7 @@ func defaultMemoryLimit(snapshotBytes uint64) int64 {
 // memoryLimit is the limit `memberd run` sets: GOMEMLIMIT from the
 // environment wins (the runtime has applied it already); then memory_limit;
 // then the default. -1 means "none": memory_limit: -1 turns it off.
-func (c *runConfig) memoryLimit() (limit int64, source string) {
+func (c *Config) memoryLimit() (limit int64, source string) {
 	if os.Getenv("GOMEMLIMIT") != "" {
 		return debug.SetMemoryLimit(-1), "GOMEMLIMIT"
 	}
@@ -48,16 +48,16 @@ func (c *runConfig) memoryLimit() (limit int64, source string) {
 	return defaultMemoryLimit(snap), "default"
 }
 
-func (c *runConfig) validateMemoryLimit() error {
+func (c *Config) validateMemoryLimit() error {
 	if c.MemoryLimit != 0 && c.MemoryLimit != -1 && c.MemoryLimit < minMemoryLimitBytes {
 		return fmt.Errorf("key memory_limit: %d bytes is below %d (64 MiB); leave it out for the default (96 MiB + 4 x ledger.snapshot_bytes) or set -1 for none", c.MemoryLimit, minMemoryLimitBytes)
 	}
 	return nil
 }
 
-// applyMemoryLimit sets Go's soft memory limit for this process and says so.
+// ApplyMemoryLimit sets Go's soft memory limit for this process and says so.
 // Only `memberd run` calls it: the demo runs several appliances in one process.
-func applyMemoryLimit(log *slog.Logger, c *runConfig) {
+func ApplyMemoryLimit(log *slog.Logger, c *Config) {
 	limit, source := c.memoryLimit()
 	if source == "GOMEMLIMIT" {
 		log.Info("memory limit from GOMEMLIMIT", "limit_bytes", limit)

@@ -1,7 +1,6 @@
-package app
+package appliance
 
 import (
-	"crypto"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
@@ -19,6 +18,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/hsm/hsmtest"
 )
 
 // TestLedgerAdminEndpoint serves a handler as ledger.admin does, without a
@@ -37,7 +37,7 @@ func TestLedgerAdminEndpoint(t *testing.T) {
 		return c, k
 	}
 	issue := func(ca *x509.Certificate, caKey *ecdsa.PrivateKey, cn, ou string, ips ...net.IP) tls.Certificate {
-		c, k := issueLeaf(t, ca, caKey, cn, ou, ips...)
+		c, k := hsmtest.IssueLeaf(t, ca, caKey, cn, ou, ips...)
 		return tls.Certificate{Certificate: [][]byte{c.Raw}, PrivateKey: k, Leaf: c}
 	}
 	ca, caKey := newCA("member CA")
@@ -47,10 +47,10 @@ func TestLedgerAdminEndpoint(t *testing.T) {
 	roots := x509.NewCertPool()
 	roots.AddCert(ca)
 	hello := http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, "hello") })
-	cfg := &runConfig{dir: dir}
+	cfg := &Config{Dir: dir}
 	log := slog.New(slog.NewTextHandler(io.Discard, nil))
 
-	a := runLedgerAdmin{Listen: "127.0.0.1:0", ClientCA: "ca.pem"}
+	a := LedgerAdminConfig{Listen: "127.0.0.1:0", ClientCA: "ca.pem"}
 	if err := a.validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -95,7 +95,7 @@ func TestLedgerAdminEndpoint(t *testing.T) {
 	}
 
 	// A missing client_ca is an error naming the key.
-	bad := runLedgerAdmin{Listen: "127.0.0.1:0", ClientCA: "nope.pem"}
+	bad := LedgerAdminConfig{Listen: "127.0.0.1:0", ClientCA: "nope.pem"}
 	if _, err := openLedgerAdmin(cfg, bad, hello, func() *tls.Certificate { return &server }, log); err == nil || !strings.Contains(err.Error(), "ledger.admin.client_ca") {
 		t.Fatalf("missing client_ca file: %v", err)
 	}
@@ -106,7 +106,7 @@ func TestLedgerAdminEndpoint(t *testing.T) {
 	}
 
 	// Development: plain HTTP on loopback, asked for by name.
-	plain := runLedgerAdmin{Listen: "127.0.0.1:0", InsecurePlainHTTP: true}
+	plain := LedgerAdminConfig{Listen: "127.0.0.1:0", InsecurePlainHTTP: true}
 	if err := plain.validate(); err != nil {
 		t.Fatal(err)
 	}
@@ -131,21 +131,8 @@ func TestLedgerAdminEndpoint(t *testing.T) {
 	}
 }
 
-// issueLeaf issues a certificate with OU ou (and IP SANs) for a new P-256
-// key, signed by the CA, through the same CSR path as 'hsm csr' and 'ca sign'.
-func issueLeaf(t *testing.T, ca *x509.Certificate, caKey crypto.Signer, cn, ou string, ips ...net.IP) (*x509.Certificate, *ecdsa.PrivateKey) {
-	t.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
+func writeCert(t *testing.T, path string, c *x509.Certificate) {
+	if err := os.WriteFile(path, hsm.EncodePEM("CERTIFICATE", c.Raw), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	csr, err := hsm.CreateCSR(k, hsm.CSRRequest{Subject: pkix.Name{CommonName: cn, OrganizationalUnit: []string{ou}}, IPs: ips})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := hsm.SignCSR(ca, caKey, csr, hsm.LeafConfig{Now: time.Now()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return c, k
 }

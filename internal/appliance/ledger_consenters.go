@@ -1,4 +1,4 @@
-package app
+package appliance
 
 // Live consenter changes in the appliance: which raft ID this appliance
 // has, and gRPC clients to consenters that may change while it runs.
@@ -24,6 +24,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
@@ -66,7 +67,7 @@ func planLedgerRaft(member, channel string, stored uint64, p *policy.Policy, gen
 	}
 	if !slices.ContainsFunc(p.Consenters(), func(m *policy.Member) bool { return m.ID == member }) {
 		return r, fmt.Errorf("%w: member %q is not in the policy's ledger.consenters (%s): only consenters run the ledger node; remove the ledger section",
-			ErrLedger, member, consenterIDs(p))
+			ErrLedger, member, ConsenterIDs(p))
 	}
 	if genesis == nil {
 		// No genesis block at hand (the block store exists): positions.
@@ -179,4 +180,13 @@ func consenterStatus(n *orderer.Node) []map[string]any {
 		out = append(out, map[string]any{"raft_id": p.ID, "member": p.Name})
 	}
 	return out
+}
+
+// ConsenterIDs lists the consenter members of p, for messages.
+func ConsenterIDs(p *policy.Policy) string {
+	var ids []string
+	for _, m := range p.Consenters() {
+		ids = append(ids, m.ID)
+	}
+	return strings.Join(ids, ", ")
 }

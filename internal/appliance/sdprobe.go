@@ -1,4 +1,4 @@
-package app
+package appliance
 
 import (
 	"context"
@@ -12,7 +12,7 @@ import (
 // applianceProbe: ready when the admin endpoint's readiness checks pass (a
 // relay connected, this member in the policy, a raft leader known) and the
 // ledger has applied every raft entry known to be committed.
-func applianceProbe(a *appliance, checks map[string]admin.Check) daemon.Probe {
+func applianceProbe(a *Appliance, checks map[string]admin.Check) daemon.Probe {
 	names := make([]string, 0, len(checks))
 	for n := range checks {
 		names = append(names, n)

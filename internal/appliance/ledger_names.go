@@ -1,4 +1,4 @@
-package app
+package appliance
 
 // The ledger's TLS certificate against the addresses it serves.
 
@@ -21,7 +21,7 @@ type servedAddr struct{ key, addr string }
 
 // served lists the addresses of l served with the node's TLS certificate:
 // ledger.listen, and ledger.admin.listen unless it is plain HTTP.
-func (l runLedger) served() []servedAddr {
+func (l LedgerConfig) served() []servedAddr {
 	out := []servedAddr{{"ledger.listen", l.Listen}}
 	if l.Admin != nil && !l.Admin.InsecurePlainHTTP {
 		out = append(out, servedAddr{"ledger.admin.listen", l.Admin.Listen})

@@ -1,4 +1,4 @@
-package app
+package appliance
 
 // The appliance's side of a policy push (POST /push on the admin endpoint);
 // the protocol is in policy/push.
@@ -34,7 +34,7 @@ func pushTo(ctx context.Context, dev *tunnel.Device, member string, port uint16,
 
 // pushHandler serves POST /push on the admin endpoint: store the bundle
 // locally, then push it to every other member of the current policy.
-func pushHandler(a *appliance, dir string, port uint16, log *slog.Logger) http.Handler {
+func pushHandler(a *Appliance, dir string, port uint16, log *slog.Logger) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.Method != http.MethodPost {
 			http.Error(w, "POST a signed policy bundle", http.StatusMethodNotAllowed)
@@ -55,8 +55,8 @@ func pushHandler(a *appliance, dir string, port uint16, log *slog.Logger) http.H
 		var results []push.Result
 		var mu sync.Mutex
 		var wg sync.WaitGroup
-		for _, m := range a.policy().Members() {
-			if m.ID == a.member {
+		for _, m := range a.current.Load().Members() {
+			if m.ID == a.cfg.Member {
 				continue
 			}
 			wg.Add(1)
@@ -74,7 +74,7 @@ func pushHandler(a *appliance, dir string, port uint16, log *slog.Logger) http.H
 		}
 		wg.Wait()
 		name, err := push.Store(dir, b)
-		local := push.Result{Member: a.member, OK: err == nil, Detail: "local policy folder: " + name}
+		local := push.Result{Member: a.cfg.Member, OK: err == nil, Detail: "local policy folder: " + name}
 		if err != nil {
 			local.Detail = err.Error()
 		}

@@ -1,4 +1,4 @@
-package app
+package appliance
 
 // The ledger node inside 'memberd run' (ledger: section of memberd.yaml).
 //
@@ -9,7 +9,7 @@ package app
 //	            raft connections come from Device.Listen(raft_port). The
 //	            tunnel authenticates members, so raft runs without its own TLS.
 //	raft IDs    genesis consenters 1..N, added ones derived from the member
-//	            id; consenter changes are applied live (run_ledger_consenters.go).
+//	            id; consenter changes are applied live (ledger_consenters.go).
 //	gRPC LAN    Fabric AtomicBroadcast on ledger.listen (default :7050), TLS
 //	            with the HSM identity; client certificates required with
 //	            ledger.mutual_tls.
@@ -18,7 +18,7 @@ package app
 //	            leader (orderer.BroadcastForwarder) and a node behind a raft
 //	            snapshot pulls blocks (orderer.DeliverFetcher) through it.
 //	osnadmin    the channel participation API on ledger.admin.listen, HTTPS
-//	            with client certificates required (run_ledger_admin.go).
+//	            with client certificates required (ledger_admin.go).
 //	admin       the "ledger" readiness check and the ledger part of /status
 //	            on the appliance's admin address.
 //
@@ -65,8 +65,8 @@ const (
 	DefaultLedgerPeerPort = orderer.DefaultPort
 )
 
-// runLedger is the ledger: section of memberd.yaml.
-type runLedger struct {
+// LedgerConfig is the ledger: section of memberd.yaml.
+type LedgerConfig struct {
 	Listen       string `yaml:"listen"`        // LAN gRPC address; "" = :7050
 	DataDir      string `yaml:"data_dir"`      // raft log and block store; "" = ledger
 	GenesisBlock string `yaml:"genesis_block"` // channel config block; required while the store is empty
@@ -76,13 +76,13 @@ type runLedger struct {
 	// ConfigBlocks: order CONFIG blocks for policy versions (orderer.Config.ConfigBlocks).
 	ConfigBlocks bool `yaml:"config_blocks"`
 	// Admin serves the channel participation API (osnadmin); nil = not served
-	// (run_ledger_admin.go).
-	Admin *runLedgerAdmin `yaml:"admin"`
+	// (ledger_admin.go).
+	Admin *LedgerAdminConfig `yaml:"admin"`
 	// SnapshotBytes bounds raft's in-memory log: a snapshot once the blocks
 	// ordered since the last one hold this many bytes (Fabric etcdraft's
 	// SnapshotIntervalSize); memory holds about twice this. 0 = 4 MiB.
 	// A number of bytes or a size like 4MiB.
-	SnapshotBytes byteSize `yaml:"snapshot_bytes"`
+	SnapshotBytes ByteSize `yaml:"snapshot_bytes"`
 }
 
 // minSnapshotBytes is the smallest ledger.snapshot_bytes accepted.
@@ -90,7 +90,7 @@ const minSnapshotBytes = 1 << 20
 
 // validate applies the defaults and checks the section; pushPort and
 // services are the other overlay ports in use.
-func (l *runLedger) validate(pushPort uint16, services []runService) error {
+func (l *LedgerConfig) validate(pushPort uint16, services []Service) error {
 	if l.Listen == "" {
 		l.Listen = DefaultLedgerListen
 	}
@@ -189,7 +189,7 @@ func splitMemberPort(addr string) (string, uint16, error) {
 
 // ledgerRun is the running ledger of an appliance.
 type ledgerRun struct {
-	cfg     runLedger
+	cfg     LedgerConfig
 	member  string
 	channel string
 	mspID   string
@@ -217,7 +217,7 @@ type ledgerRun struct {
 
 // startLedger opens the channel of the policy's ledger section and starts its
 // ordering node (raft over dev). It does not serve gRPC yet: serve does.
-func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol func() *policy.Policy,
+func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func() *policy.Policy,
 	reg prometheus.Registerer, log *slog.Logger) (_ *ledgerRun, err error) {
 	lc := *cfg.Ledger
 	log = log.With("component", "ledger")
@@ -237,22 +237,22 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol fu
 	}()
 	var genesis *common.Block
 	if lc.GenesisBlock != "" {
-		raw, err := os.ReadFile(cfg.path(lc.GenesisBlock))
+		raw, err := os.ReadFile(cfg.Path(lc.GenesisBlock))
 		if err != nil {
 			return nil, fmt.Errorf("%w: key ledger.genesis_block: %w", ErrLedger, err)
 		}
 		if genesis, err = block.Unmarshal(raw); err != nil {
-			return nil, fmt.Errorf("%w: key ledger.genesis_block %s: %w", ErrLedger, cfg.path(lc.GenesisBlock), err)
+			return nil, fmt.Errorf("%w: key ledger.genesis_block %s: %w", ErrLedger, cfg.Path(lc.GenesisBlock), err)
 		}
 		ch, err := channelconfig.Parse(genesis)
 		if err != nil {
-			return nil, fmt.Errorf("%w: key ledger.genesis_block %s is not a channel config block: %w", ErrLedger, cfg.path(lc.GenesisBlock), err)
+			return nil, fmt.Errorf("%w: key ledger.genesis_block %s is not a channel config block: %w", ErrLedger, cfg.Path(lc.GenesisBlock), err)
 		}
 		if ch.Config.ChannelID != l.channel {
 			return nil, fmt.Errorf("%w: key ledger.genesis_block: channel %q, but the policy's ledger.channel is %q", ErrLedger, ch.Config.ChannelID, l.channel)
 		}
 	}
-	raftDir := filepath.Join(cfg.path(lc.DataDir), l.channel, "raft")
+	raftDir := filepath.Join(cfg.Path(lc.DataDir), l.channel, "raft")
 	stored, _, err := raftlog.StoredID(raftDir)
 	if err != nil {
 		return nil, fmt.Errorf("%w: raft log in %s: %w", ErrLedger, raftDir, err)
@@ -260,7 +260,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol fu
 	var genesisConsenters []string
 	if genesis != nil {
 		if genesisConsenters, err = orderer.GenesisConsenters(p, genesis); err != nil {
-			return nil, fmt.Errorf("%w: key ledger.genesis_block %s: %w", ErrLedger, cfg.path(lc.GenesisBlock), err)
+			return nil, fmt.Errorf("%w: key ledger.genesis_block %s: %w", ErrLedger, cfg.Path(lc.GenesisBlock), err)
 		}
 	}
 	rs, err := planLedgerRaft(cfg.Member, l.channel, stored, p, genesisConsenters, lc.RaftPort)
@@ -302,7 +302,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol fu
 		fetchFrom = append(fetchFrom, c)
 	}
 
-	dataDir := cfg.path(lc.DataDir)
+	dataDir := cfg.Path(lc.DataDir)
 	metrics := orderer.NewMetrics(reg)
 	rawRaftLn, err := dev.Listen(lc.RaftPort)
 	if err != nil {

@@ -1,4 +1,4 @@
-package app
+package appliance
 
 // The raft port of the ledger, bound once for the appliance's life.
 //

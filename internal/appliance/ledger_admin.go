@@ -1,4 +1,4 @@
-package app
+package appliance
 
 // The channel participation API (osnadmin) of the ledger: ledger.admin in
 // memberd.yaml. It is served as Fabric serves its orderer admin endpoint:
@@ -35,8 +35,8 @@ const (
 	DefaultLedgerAdminClientOU = "admin"
 )
 
-// runLedgerAdmin is the ledger.admin section of memberd.yaml.
-type runLedgerAdmin struct {
+// LedgerAdminConfig is the ledger.admin section of memberd.yaml.
+type LedgerAdminConfig struct {
 	Listen            string `yaml:"listen"`              // HTTPS address; "" = 127.0.0.1:9443
 	ClientCA          string `yaml:"client_ca"`           // PEM CA certificate(s) of the admins; required
 	ClientOU          string `yaml:"client_ou"`           // OU a client certificate must carry; "" = admin
@@ -44,7 +44,7 @@ type runLedgerAdmin struct {
 }
 
 // validate applies the defaults and checks the section.
-func (a *runLedgerAdmin) validate() error {
+func (a *LedgerAdminConfig) validate() error {
 	if a.Listen == "" {
 		a.Listen = DefaultLedgerAdminListen
 	}
@@ -78,10 +78,10 @@ type ledgerAdmin struct {
 // openLedgerAdmin binds ledger.admin.listen and builds the server of
 // handler; cert gives the current server certificate. Nothing is served
 // until serve.
-func openLedgerAdmin(cfg *runConfig, a runLedgerAdmin, handler http.Handler, cert func() *tls.Certificate, log *slog.Logger) (*ledgerAdmin, error) {
+func openLedgerAdmin(cfg *Config, a LedgerAdminConfig, handler http.Handler, cert func() *tls.Certificate, log *slog.Logger) (*ledgerAdmin, error) {
 	var tc *tls.Config
 	if !a.InsecurePlainHTTP {
-		pool, err := loadClientCAs(cfg.path(a.ClientCA))
+		pool, err := loadClientCAs(cfg.Path(a.ClientCA))
 		if err != nil {
 			return nil, fmt.Errorf("%w: key ledger.admin.client_ca: %w", ErrLedger, err)
 		}
