@@ -63,29 +63,9 @@ with it: build it once and copy it to every member.`,
 			if err != nil {
 				return usagef("%s: --policy %s: %v", cmd.CommandPath(), polFile, err)
 			}
-			css := map[string]channelconfig.Consenter{}
-			for _, spec := range consenters {
-				id, rest, ok := strings.Cut(spec, "=")
-				if !ok || id == "" || rest == "" {
-					return usagef("%s: --consenter %q: want MEMBER=TLSCERT.pem[@HOST:PORT]", cmd.CommandPath(), spec)
-				}
-				certFile, endpoint, _ := strings.Cut(rest, "@")
-				pemBytes, err := os.ReadFile(certFile)
-				if err != nil {
-					return usagef("%s: --consenter %s: %v", cmd.CommandPath(), id, err)
-				}
-				cs := channelconfig.Consenter{ClientTLSCert: pemBytes, ServerTLSCert: pemBytes}
-				if endpoint != "" {
-					host, port, err := splitPort(endpoint)
-					if err != nil {
-						return usagef("%s: --consenter %s endpoint %q: %v", cmd.CommandPath(), id, endpoint, err)
-					}
-					cs.Host, cs.Port = host, port
-				}
-				if pol.Member(id) == nil {
-					return usagef("%s: --consenter %s: no such member in policy %s", cmd.CommandPath(), id, polFile)
-				}
-				css[id] = cs
+			css, err := parseConsenters(cmd, consenters, pol, polFile)
+			if err != nil {
+				return err
 			}
 			cc, err := orderer.ChannelConfig(pol, css)
 			if err != nil {
@@ -116,6 +96,37 @@ with it: build it once and copy it to every member.`,
 	create.Flags().StringVar(&out, "out", "", "where to write the genesis block ('-' = stdout)")
 	c.AddCommand(create)
 	return c
+}
+
+// parseConsenters reads the --consenter MEMBER=TLSCERT.pem[@HOST:PORT]
+// flags of 'ledger channel create'; every member must be in pol (from
+// polFile).
+func parseConsenters(cmd *cobra.Command, specs []string, pol *policy.Policy, polFile string) (map[string]channelconfig.Consenter, error) {
+	css := map[string]channelconfig.Consenter{}
+	for _, spec := range specs {
+		id, rest, ok := strings.Cut(spec, "=")
+		if !ok || id == "" || rest == "" {
+			return nil, usagef("%s: --consenter %q: want MEMBER=TLSCERT.pem[@HOST:PORT]", cmd.CommandPath(), spec)
+		}
+		certFile, endpoint, _ := strings.Cut(rest, "@")
+		pemBytes, err := os.ReadFile(certFile)
+		if err != nil {
+			return nil, usagef("%s: --consenter %s: %v", cmd.CommandPath(), id, err)
+		}
+		cs := channelconfig.Consenter{ClientTLSCert: pemBytes, ServerTLSCert: pemBytes}
+		if endpoint != "" {
+			host, port, err := splitPort(endpoint)
+			if err != nil {
+				return nil, usagef("%s: --consenter %s endpoint %q: %v", cmd.CommandPath(), id, endpoint, err)
+			}
+			cs.Host, cs.Port = host, port
+		}
+		if pol.Member(id) == nil {
+			return nil, usagef("%s: --consenter %s: no such member in policy %s", cmd.CommandPath(), id, polFile)
+		}
+		css[id] = cs
+	}
+	return css, nil
 }
 
 func newLedgerSubmitCmd(e *env) *cobra.Command {
@@ -239,25 +250,7 @@ with --policy also that the signer is a consenter member of the policy).
 			}
 			ctx, cancel := context.WithTimeout(cmdContext(cmd), f.timeout)
 			defer cancel()
-			var prev *common.Block
-			count := 0
-			err = orderer.Fetch(ctx, s.client, s.id, f.channel, orderer.SeekRange(uint64(from), stop, ab.SeekInfo_BLOCK_UNTIL_READY),
-				func(b *common.Block) error {
-					if err := verifyFetched(b, prev, uint64(from)+uint64(count), pol); err != nil {
-						return err
-					}
-					raw, err := block.Marshal(b)
-					if err != nil {
-						return err
-					}
-					path := filepath.Join(out, fmt.Sprintf("%d.block", b.Header.Number))
-					if err := os.WriteFile(path, raw, 0o644); err != nil {
-						return err
-					}
-					prev = b
-					count++
-					return nil
-				})
+			count, err := fetchInto(ctx, s, f.channel, uint64(from), stop, out, pol)
 			if err != nil {
 				return s.connErr(cmd, err)
 			}
@@ -271,6 +264,32 @@ with --policy also that the signer is a consenter member of the policy).
 	c.Flags().StringVar(&out, "out", "", "directory for the blocks")
 	c.Flags().StringVar(&polFile, "policy", "", "optional policy: also check each block's signer is a consenter member")
 	return c
+}
+
+// fetchInto pulls blocks from..stop of channel with Deliver, verifies each
+// (verifyFetched) and writes it as out/<number>.block; it returns how many
+// it wrote.
+func fetchInto(ctx context.Context, s *ledgerSession, channel string, from, stop uint64, out string, pol *policy.Policy) (int, error) {
+	var prev *common.Block
+	count := 0
+	err := orderer.Fetch(ctx, s.client, s.id, channel, orderer.SeekRange(from, stop, ab.SeekInfo_BLOCK_UNTIL_READY),
+		func(b *common.Block) error {
+			if err := verifyFetched(b, prev, from+uint64(count), pol); err != nil {
+				return err
+			}
+			raw, err := block.Marshal(b)
+			if err != nil {
+				return err
+			}
+			path := filepath.Join(out, fmt.Sprintf("%d.block", b.Header.Number))
+			if err := os.WriteFile(path, raw, 0o644); err != nil {
+				return err
+			}
+			prev = b
+			count++
+			return nil
+		})
+	return count, err
 }
 
 // errVerify: a fetched block failed verification.

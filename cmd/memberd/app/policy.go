@@ -160,35 +160,9 @@ as a stock peer checks them. Exit 1 when a bundle is refused.`,
 			if len(args) == 0 {
 				return usagef("%s: at least one policy FILE is required", cmd.CommandPath())
 			}
-			set := 0
-			for _, s := range []string{current, genesis, stateDir} {
-				if s != "" {
-					set++
-				}
-			}
-			if set > 1 {
-				return usagef("%s: give only one of --current, --state and --genesis", cmd.CommandPath())
-			}
-			var cur *policy.Policy
-			var err error
-			switch {
-			case current != "":
-				if cur, err = loadPolicyFile(cmd, current); err != nil {
-					return err
-				}
-			case stateDir != "":
-				if cur, err = policy.LoadState(stateDir); err != nil {
-					return fmt.Errorf("%s: %w", cmd.CommandPath(), err)
-				}
-				if cur == nil {
-					return usagef("%s: --state %s holds no applied policy", cmd.CommandPath(), stateDir)
-				}
-			}
-			var pin policy.Hash
-			if genesis != "" {
-				if pin, err = policy.ParseHash(genesis); err != nil {
-					return usagef("%s: --genesis: %v", cmd.CommandPath(), err)
-				}
+			cur, pin, err := verifyStart(cmd, current, stateDir, genesis)
+			if err != nil {
+				return err
 			}
 			for i, path := range args {
 				p, err := loadPolicyFile(cmd, path)
@@ -225,6 +199,40 @@ as a stock peer checks them. Exit 1 when a bundle is refused.`,
 	c.Flags().StringVar(&genesis, "genesis", "", "pinned genesis hash (sha256:...) when the first FILE is version 1")
 	c.Flags().StringVar(&configBlock, "config-block", "", "the channel's last config block: also check the first FILE's channel update and its admin signatures")
 	return c
+}
+
+// verifyStart is what 'policy verify' checks its first FILE against: the
+// policy of --current or --state, or the pinned hash of --genesis (at most
+// one of them; none: the files are only parsed).
+func verifyStart(cmd *cobra.Command, current, stateDir, genesis string) (cur *policy.Policy, pin policy.Hash, err error) {
+	set := 0
+	for _, s := range []string{current, genesis, stateDir} {
+		if s != "" {
+			set++
+		}
+	}
+	if set > 1 {
+		return nil, pin, usagef("%s: give only one of --current, --state and --genesis", cmd.CommandPath())
+	}
+	switch {
+	case current != "":
+		if cur, err = loadPolicyFile(cmd, current); err != nil {
+			return nil, pin, err
+		}
+	case stateDir != "":
+		if cur, err = policy.LoadState(stateDir); err != nil {
+			return nil, pin, fmt.Errorf("%s: %w", cmd.CommandPath(), err)
+		}
+		if cur == nil {
+			return nil, pin, usagef("%s: --state %s holds no applied policy", cmd.CommandPath(), stateDir)
+		}
+	}
+	if genesis != "" {
+		if pin, err = policy.ParseHash(genesis); err != nil {
+			return nil, pin, usagef("%s: --genesis: %v", cmd.CommandPath(), err)
+		}
+	}
+	return cur, pin, nil
 }
 
 // verifyConfigUpdate prints what p does to the channel of configBlock and
@@ -372,23 +380,9 @@ carries it, so that stock Fabric peers accept the block (ledger.config_blocks).`
 				return hsmError(cmd, err)
 			}
 			defer s.Close()
-			ref := policy.AdminRef{Member: member, KeyID: keyID}
-			if member == "" {
-				var ok bool
-				if cur != nil {
-					ref, ok = cur.AdminFor(s.Public())
-				}
-				if !ok {
-					ref, ok = p.AdminFor(s.Public())
-				}
-				if !ok {
-					return usagef("%s: the key %s is not an admin key listed in %s; name the admin with --member and --key-id", cmd.CommandPath(), kf.key, strings.Join(nonEmpty(current, path), " or "))
-				}
-			}
-			if cur != nil {
-				if a := cur.Admin(ref); a == nil {
-					return usagef("%s: %s is not an admin of the policy in force (%s): the signature would not count", cmd.CommandPath(), ref, current)
-				}
+			ref, err := signingAdmin(cmd, s.Public(), policy.AdminRef{Member: member, KeyID: keyID}, kf.key, p, path, cur, current)
+			if err != nil {
+				return err
 			}
 			signed, err := p.Sign(s, ref)
 			if err != nil {
@@ -410,12 +404,7 @@ carries it, so that stock Fabric peers accept the block (ledger.config_blocks).`
 			}
 			fmt.Fprintf(e.stdout, "signed version %d (%s) as %s; %d signature(s) in %s\n", p.Version(), p.Hash(), ref, len(signed.Signatures()), dst)
 			if cur != nil {
-				r := policy.Check(cur, signed, time.Now())
-				if r.Diff != nil {
-					fmt.Fprintf(e.stdout, "votes so far: %d of %d needed (rule %s); missing: %s\n", len(r.Votes), r.Needed, r.RuleString(), strings.Join(r.Missing, ", "))
-				} else {
-					fmt.Fprintf(e.stdout, "warning: this bundle cannot follow %s: %v\n", current, r.Err)
-				}
+				printVotes(e.stdout, cur, signed, current)
 			}
 			return nil
 		}}
@@ -427,6 +416,41 @@ carries it, so that stock Fabric peers accept the block (ledger.config_blocks).`
 	c.Flags().StringVar(&configBlock, "config-block", "", "the channel's last config block: also sign the ConfigUpdate this version derives from it")
 	c.Flags().StringVar(&adminCert, "admin-cert", "", "PEM Fabric admin certificate (OU=admin) of the signing key, for --config-block")
 	return c
+}
+
+// signingAdmin is the admin a signature with pub counts for: ref when
+// --member and --key-id name it, else the admin of cur (the policy in force,
+// from currentFile) or of p (from path) with that public key. With cur it
+// must be an admin of cur, or the signature would not count.
+func signingAdmin(cmd *cobra.Command, pub crypto.PublicKey, ref policy.AdminRef, key string, p *policy.Policy, path string, cur *policy.Policy, currentFile string) (policy.AdminRef, error) {
+	if ref.Member == "" {
+		var ok bool
+		if cur != nil {
+			ref, ok = cur.AdminFor(pub)
+		}
+		if !ok {
+			ref, ok = p.AdminFor(pub)
+		}
+		if !ok {
+			return ref, usagef("%s: the key %s is not an admin key listed in %s; name the admin with --member and --key-id", cmd.CommandPath(), key, strings.Join(nonEmpty(currentFile, path), " or "))
+		}
+	}
+	if cur != nil {
+		if a := cur.Admin(ref); a == nil {
+			return ref, usagef("%s: %s is not an admin of the policy in force (%s): the signature would not count", cmd.CommandPath(), ref, currentFile)
+		}
+	}
+	return ref, nil
+}
+
+// printVotes says how far signed is from following cur (from currentFile).
+func printVotes(w io.Writer, cur, signed *policy.Policy, currentFile string) {
+	r := policy.Check(cur, signed, time.Now())
+	if r.Diff != nil {
+		fmt.Fprintf(w, "votes so far: %d of %d needed (rule %s); missing: %s\n", len(r.Votes), r.Needed, r.RuleString(), strings.Join(r.Missing, ", "))
+	} else {
+		fmt.Fprintf(w, "warning: this bundle cannot follow %s: %v\n", currentFile, r.Err)
+	}
 }
 
 // signConfigUpdate adds ref's #cfgsig line for configBlock (none when
