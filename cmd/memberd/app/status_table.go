@@ -37,7 +37,7 @@ type statusDoc struct {
 		Peers []struct {
 			Member            string    `json:"member"`
 			Addr              string    `json:"addr"`
-			MemberAddr        string    `json:"member_addr"` // tunnel.member_addresses; "" without
+			MemberAddr        string    `json:"member_addr"`    // tunnel.member_addresses; "" without
 			LastHandshake     string    `json:"last_handshake"` // RFC 3339, "" = none yet
 			AttestationExpiry time.Time `json:"attestation_expiry"`
 			Rotating          bool      `json:"rotating"`
