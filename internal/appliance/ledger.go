@@ -229,28 +229,14 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 	l := &ledgerRun{cfg: lc, member: cfg.Member, channel: p.Ledger().Channel, ids: map[uint64]string{}, log: log,
 		mspID: me.MSPID}
 	l.storeIdentity(id)
-	ident := *l.ident.Load()
 	defer func() {
 		if err != nil {
 			l.Close()
 		}
 	}()
-	var genesis *common.Block
-	if lc.GenesisBlock != "" {
-		raw, err := os.ReadFile(cfg.Path(lc.GenesisBlock))
-		if err != nil {
-			return nil, fmt.Errorf("%w: key ledger.genesis_block: %w", ErrLedger, err)
-		}
-		if genesis, err = block.Unmarshal(raw); err != nil {
-			return nil, fmt.Errorf("%w: key ledger.genesis_block %s: %w", ErrLedger, cfg.Path(lc.GenesisBlock), err)
-		}
-		ch, err := channelconfig.Parse(genesis)
-		if err != nil {
-			return nil, fmt.Errorf("%w: key ledger.genesis_block %s is not a channel config block: %w", ErrLedger, cfg.Path(lc.GenesisBlock), err)
-		}
-		if ch.Config.ChannelID != l.channel {
-			return nil, fmt.Errorf("%w: key ledger.genesis_block: channel %q, but the policy's ledger.channel is %q", ErrLedger, ch.Config.ChannelID, l.channel)
-		}
+	genesis, err := loadGenesisBlock(cfg, l.channel)
+	if err != nil {
+		return nil, err
 	}
 	raftDir := filepath.Join(cfg.Path(lc.DataDir), l.channel, "raft")
 	stored, _, err := raftlog.StoredID(raftDir)
@@ -267,32 +253,76 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 	if err != nil {
 		return nil, err
 	}
-	myID, peers := rs.id, rs.peers
-	for _, pr := range peers {
+	for _, pr := range rs.peers {
 		l.ids[pr.ID] = pr.Name
 	}
+	fetchFrom, err := l.connectPeers(dev, p, pol)
+	if err != nil {
+		return nil, err
+	}
+	metrics := orderer.NewMetrics(reg)
+	n, err := l.openChannel(cfg, rs, genesis, fetchFrom, pol, reg, metrics, id)
+	if err != nil {
+		return nil, err
+	}
+	if err := l.startServers(cfg, pol, reg, metrics); err != nil {
+		return nil, err
+	}
+	log.Info("ledger node started", "channel", l.channel, "raft_id", rs.id, "joining", rs.join, "listen", l.lanLn.Addr().String(),
+		"raft_port", lc.RaftPort, "peer_port", lc.PeerPort, "consenters", len(rs.peers), "height", n.Height())
+	return l, nil
+}
 
-	// Peer clients through the tunnel, mutual TLS with member CAs as roots.
+// loadGenesisBlock reads ledger.genesis_block (nil when unset) and checks it
+// is a config block of channel.
+func loadGenesisBlock(cfg *Config, channel string) (*common.Block, error) {
+	lc := cfg.Ledger
+	if lc.GenesisBlock == "" {
+		return nil, nil
+	}
+	raw, err := os.ReadFile(cfg.Path(lc.GenesisBlock))
+	if err != nil {
+		return nil, fmt.Errorf("%w: key ledger.genesis_block: %w", ErrLedger, err)
+	}
+	genesis, err := block.Unmarshal(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%w: key ledger.genesis_block %s: %w", ErrLedger, cfg.Path(lc.GenesisBlock), err)
+	}
+	ch, err := channelconfig.Parse(genesis)
+	if err != nil {
+		return nil, fmt.Errorf("%w: key ledger.genesis_block %s is not a channel config block: %w", ErrLedger, cfg.Path(lc.GenesisBlock), err)
+	}
+	if ch.Config.ChannelID != channel {
+		return nil, fmt.Errorf("%w: key ledger.genesis_block: channel %q, but the policy's ledger.channel is %q", ErrLedger, ch.Config.ChannelID, channel)
+	}
+	return genesis, nil
+}
+
+// connectPeers sets up the gRPC clients to the other consenters through the
+// tunnel (mutual TLS with the member CAs as roots) and the forwarder to the
+// raft leader; it returns the clients a node behind a snapshot fetches
+// blocks from.
+func (l *ledgerRun) connectPeers(dev ledgerDevice, p *policy.Policy, pol func() *policy.Policy) ([]ab.AtomicBroadcastClient, error) {
 	l.dev, l.watch = dev, &peerWatch{}
 	dialer := tunnelDialer{dev: dev, watch: l.watch}
-	l.clients = &ledgerClients{port: lc.PeerPort,
+	l.clients = &ledgerClients{port: l.cfg.PeerPort,
 		dial: func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) },
 		tls:  func() *tls.Config { return l.clientTLS(pol().CAPool()) }}
 	l.fwd = &orderer.BroadcastForwarder{Lookup: func(rid uint64) ab.AtomicBroadcastClient {
 		m := l.memberOf(rid)
-		if m == "" || m == cfg.Member {
+		if m == "" || m == l.member {
 			return nil
 		}
 		c, err := l.clients.client(m)
 		if err != nil {
-			log.Warn("no gRPC client for the raft leader", "leader", m, "err", err)
+			l.log.Warn("no gRPC client for the raft leader", "leader", m, "err", err)
 			return nil
 		}
 		return c
 	}}
 	var fetchFrom []ab.AtomicBroadcastClient
 	for _, m := range p.Consenters() {
-		if m.ID == cfg.Member {
+		if m.ID == l.member {
 			continue
 		}
 		c, err := l.clients.client(m.ID)
@@ -301,14 +331,22 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 		}
 		fetchFrom = append(fetchFrom, c)
 	}
+	return fetchFrom, nil
+}
 
+// openChannel binds the raft port, opens the channel's ordering node
+// (raft over the tunnel) and starts it.
+func (l *ledgerRun) openChannel(cfg *Config, rs ledgerRaft, genesis *common.Block, fetchFrom []ab.AtomicBroadcastClient,
+	pol func() *policy.Policy, reg prometheus.Registerer, metrics *orderer.Metrics, id *identity.Identity) (*orderer.Node, error) {
+	lc, log := &l.cfg, l.log
+	ident := *l.ident.Load()
+	dialer := tunnelDialer{dev: l.dev, watch: l.watch}
 	dataDir := cfg.Path(lc.DataDir)
-	metrics := orderer.NewMetrics(reg)
-	rawRaftLn, err := dev.Listen(lc.RaftPort)
+	rawRaftLn, err := l.dev.Listen(lc.RaftPort)
 	if err != nil {
 		return nil, fmt.Errorf("%w: raft on overlay port %d (key ledger.raft_port): %w", ErrLedger, lc.RaftPort, err)
 	}
-	l.raftLn = newPortListener(rawRaftLn) // bound once: see run_ledger_listener.go
+	l.raftLn = newPortListener(rawRaftLn) // bound once: see ledger_listener.go
 	l.reg = &orderer.Registry{Logger: log, Open: func(channel string, b *common.Block) (*orderer.Node, error) {
 		if channel != l.channel {
 			return nil, fmt.Errorf("%w: this appliance orders only the policy's channel %q, not %q", orderer.ErrInvalidConfig, l.channel, channel)
@@ -318,7 +356,7 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 			return nil, fmt.Errorf("raft on overlay port %d (key ledger.raft_port): %w", lc.RaftPort, err)
 		}
 		n, err := orderer.New(orderer.Config{
-			Raft: raftlog.Config{ID: myID, Peers: peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
+			Raft: raftlog.Config{ID: rs.id, Peers: rs.peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
 				Dialer: dialer, Listener: ln, SnapshotBytes: uint64(lc.SnapshotBytes), Registerer: reg, Logger: log.With("sub", "raft", "channel", channel)},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol,
@@ -350,17 +388,24 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 	if reg != nil {
 		reg.MustRegister(orderer.NewRegistryCollector(l.reg))
 	}
+	return n, nil
+}
+
+// startServers builds the gRPC servers (LAN and overlay) and the channel
+// participation API, and binds their ports; serve serves them.
+func (l *ledgerRun) startServers(cfg *Config, pol func() *policy.Policy, reg prometheus.Registerer, metrics *orderer.Metrics) error {
+	lc, log := &l.cfg, l.log
 	srv, err := orderer.NewServer(orderer.ServerConfig{Lookup: l.reg.Lookup, Metrics: metrics, Logger: log})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
+		return fmt.Errorf("%w: %w", ErrLedger, err)
 	}
 	ph, err := participation.New(participation.Config{Registry: l.reg, Logger: log})
 	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
+		return fmt.Errorf("%w: %w", ErrLedger, err)
 	}
 	if lc.Admin != nil {
 		if l.admin, err = openLedgerAdmin(cfg, *lc.Admin, ph, l.cert.Load, log); err != nil {
-			return nil, err
+			return err
 		}
 	} else {
 		log.Info("channel participation API (osnadmin) not served: no ledger.admin section")
@@ -375,14 +420,12 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 		grpc.Creds(countTLSFailures(credentials.NewTLS(l.serverTLS(pol, true)), "overlay", tlsFailures, log)))...)
 	srv.Register(l.overlay)
 	if l.lanLn, err = net.Listen("tcp", lc.Listen); err != nil {
-		return nil, fmt.Errorf("%w: gRPC on %s (key ledger.listen): %w", ErrLedger, lc.Listen, err)
+		return fmt.Errorf("%w: gRPC on %s (key ledger.listen): %w", ErrLedger, lc.Listen, err)
 	}
-	if l.ovLn, err = dev.Listen(lc.PeerPort); err != nil {
-		return nil, fmt.Errorf("%w: gRPC on overlay port %d (key ledger.peer_port): %w", ErrLedger, lc.PeerPort, err)
+	if l.ovLn, err = l.dev.Listen(lc.PeerPort); err != nil {
+		return fmt.Errorf("%w: gRPC on overlay port %d (key ledger.peer_port): %w", ErrLedger, lc.PeerPort, err)
 	}
-	log.Info("ledger node started", "channel", l.channel, "raft_id", myID, "joining", rs.join, "listen", l.lanLn.Addr().String(),
-		"raft_port", lc.RaftPort, "peer_port", lc.PeerPort, "consenters", len(peers), "height", n.Height())
-	return l, nil
+	return nil
 }
 
 // storeIdentity makes id the identity of the TLS handshakes and Deliver
