@@ -48,6 +48,7 @@ import (
 	"google.golang.org/grpc/credentials"
 
 	"github.com/memberd/memberd/identity"
+	"github.com/memberd/memberd/internal/confyaml"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/node/orderer"
@@ -82,7 +83,7 @@ type LedgerConfig struct {
 	// ordered since the last one hold this many bytes (Fabric etcdraft's
 	// SnapshotIntervalSize); memory holds about twice this. 0 = 4 MiB.
 	// A number of bytes or a size like 4MiB.
-	SnapshotBytes ByteSize `yaml:"snapshot_bytes"`
+	SnapshotBytes confyaml.ByteSize `yaml:"snapshot_bytes"`
 }
 
 // minSnapshotBytes is the smallest ledger.snapshot_bytes accepted.

@@ -1,4 +1,4 @@
-package appliance
+package confyaml
 
 import (
 	"errors"
@@ -10,8 +10,8 @@ import (
 	"go.yaml.in/yaml/v3"
 )
 
-// ByteSizeWant says what a ByteSize accepts, for a user.
-const ByteSizeWant = "a size like 4MiB, 512KiB or 4194304 (bytes)"
+// byteSizeWant says what a ByteSize accepts, for a user.
+const byteSizeWant = "a size like 4MiB, 512KiB or 4194304 (bytes)"
 
 // ByteSize is a size in bytes in a config file: a whole number of bytes,
 // or with a unit: 4MiB, 512KiB, 1GiB (powers of 1024) or 4MB, 1GB (powers
@@ -44,7 +44,7 @@ func ParseByteSize(s string) (ByteSize, error) {
 func (b *ByteSize) UnmarshalYAML(n *yaml.Node) error {
 	v, err := ParseByteSize(n.Value)
 	if n.Kind != yaml.ScalarNode || err != nil {
-		return fmt.Errorf("line %d: want %s, got %q", n.Line, ByteSizeWant, n.Value)
+		return fmt.Errorf("line %d: want %s, got %q", n.Line, byteSizeWant, n.Value)
 	}
 	*b = v
 	return nil

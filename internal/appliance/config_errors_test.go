@@ -1,4 +1,4 @@
-package app
+package appliance
 
 import (
 	"errors"
@@ -6,7 +6,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/memberd/memberd/internal/appliance"
+	"github.com/memberd/memberd/internal/confyaml"
 )
 
 // TestConfigErrorsNameKeyPaths: typos in memberd.yaml and relay.yaml are
@@ -39,28 +39,28 @@ tunnel:
 			if !strings.Contains(run, tc.from) {
 				t.Fatalf("%q not in the config", tc.from)
 			}
-			_, err := parseRunConfig([]byte(strings.Replace(run, tc.from, tc.to, 1)), "/x")
+			_, err := ParseConfig([]byte(strings.Replace(run, tc.from, tc.to, 1)), "/x")
 			if err == nil || !strings.Contains(err.Error(), tc.want) {
 				t.Fatalf("error:\n  %v\nwant it to contain:\n  %s", err, tc.want)
 			}
-			for _, goType := range []string{"!!str", "time.Duration", "uint16", "app.run", "not found in type"} {
+			for _, goType := range []string{"!!str", "time.Duration", "uint16", "app.run", "appliance.", "not found in type"} {
 				if strings.Contains(err.Error(), goType) {
 					t.Errorf("the error names a Go/YAML type (%s): %v", goType, err)
 				}
 			}
 		})
 	}
-	c, err := parseRunConfig([]byte(run), "/x")
+	c, err := ParseConfig([]byte(run), "/x")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Ledger.SnapshotBytes != 4<<20 {
 		t.Errorf("snapshot_bytes: 4MiB read as %d", c.Ledger.SnapshotBytes)
 	}
-	if _, err := parseRunConfig([]byte("member: [\n"), "/x"); err == nil || !strings.Contains(err.Error(), "line ") {
+	if _, err := ParseConfig([]byte("member: [\n"), "/x"); err == nil || !strings.Contains(err.Error(), "line ") {
 		t.Errorf("a YAML syntax error does not name its line: %v", err)
 	}
-	if err := decodeConfig([]byte(""), &appliance.Config{}); !errors.Is(err, io.EOF) {
+	if err := confyaml.Decode([]byte(""), &Config{}); !errors.Is(err, io.EOF) {
 		t.Errorf("empty file: %v, want io.EOF", err)
 	}
 }

@@ -1,4 +1,7 @@
-package app
+// Package confyaml decodes memberd's YAML configuration files (memberd.yaml,
+// relay.yaml) strictly: unknown keys are errors, and every error names the
+// key path, the line and what the value should look like, never Go types.
+package confyaml
 
 import (
 	"bytes"
@@ -12,11 +15,9 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
-
-	"github.com/memberd/memberd/internal/appliance"
 )
 
-// decodeConfig decodes a YAML config file into out (a pointer to a config
+// Decode decodes a YAML config file into out (a pointer to a config
 // struct), refusing unknown keys. Its errors name the key path, the line
 // and what the value should look like, not Go types:
 //
@@ -24,7 +25,7 @@ import (
 //	ledger.snapshot_bytes: line 12: want a size like 4MiB or 4194304, got "4 megs"
 //
 // An empty file is io.EOF, as from yaml.Decoder.
-func decodeConfig(b []byte, out any) error {
+func Decode(b []byte, out any) error {
 	var root yaml.Node
 	if err := yaml.Unmarshal(b, &root); err != nil {
 		return err // syntax: yaml's own "yaml: line N: ..." names the line
@@ -236,8 +237,8 @@ func wantFor(t reflect.Type) string {
 	switch {
 	case t == reflect.TypeOf(time.Duration(0)):
 		return "a duration like 500ms, 1s or 2m"
-	case t == reflect.TypeOf(appliance.ByteSize(0)):
-		return appliance.ByteSizeWant
+	case t == reflect.TypeOf(ByteSize(0)):
+		return byteSizeWant
 	}
 	switch t.Kind() {
 	case reflect.Bool:

@@ -1,4 +1,4 @@
-package app
+package relayd
 
 import (
 	"strings"
@@ -20,21 +20,21 @@ policy:
 `
 
 func TestRelayConfigDefaults(t *testing.T) {
-	c, err := parseRelayConfig([]byte(strings.Replace(sampleRelayConfig, "listen: \":443\"\n", "", 1)))
+	c, err := ParseConfig([]byte(strings.Replace(sampleRelayConfig, "listen: \":443\"\n", "", 1)))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if c.Listen != ":443" || c.Admin != "127.0.0.1:9464" {
 		t.Fatalf("defaults: listen %q admin %q", c.Listen, c.Admin)
 	}
-	if _, err := parseRelayConfig([]byte(sampleRelayConfig + "admin_pprof: true\n")); err != nil {
+	if _, err := ParseConfig([]byte(sampleRelayConfig + "admin_pprof: true\n")); err != nil {
 		t.Fatalf("pprof on the default loopback admin address: %v", err)
 	}
-	if _, err := parseRelayConfig([]byte(sampleRelayConfig + "admin: 10.0.0.5:9464\nadmin_pprof: true\n")); err == nil ||
+	if _, err := ParseConfig([]byte(sampleRelayConfig + "admin: 10.0.0.5:9464\nadmin_pprof: true\n")); err == nil ||
 		!strings.Contains(err.Error(), "key admin_pprof") {
 		t.Fatalf("pprof on a LAN admin address: %v, want an error naming admin_pprof", err)
 	}
-	if _, err := parseRelayConfig(nil); err == nil || !strings.Contains(err.Error(), "empty") {
+	if _, err := ParseConfig(nil); err == nil || !strings.Contains(err.Error(), "empty") {
 		t.Fatalf("empty config: %v", err)
 	}
 }
@@ -47,7 +47,7 @@ func FuzzRelayConfig(f *testing.F) {
 	f.Add([]byte("policy: {members: {a: {ca: []}}}"))
 	f.Add([]byte("{{{"))
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c, err := parseRelayConfig(b)
+		c, err := ParseConfig(b)
 		if err != nil {
 			return
 		}
@@ -79,7 +79,7 @@ func TestRelayConfigHandshakeLimits(t *testing.T) {
 		{"unknown key", "max_handshake: 8", "max_handshake"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			c, err := parseRelayConfig([]byte(with(tc.limits)))
+			c, err := ParseConfig([]byte(with(tc.limits)))
 			if tc.wantErr == "" {
 				if err != nil {
 					t.Fatal(err)
