@@ -4,6 +4,7 @@ package appliance
 // the protocol is in policy/push.
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -12,6 +13,7 @@ import (
 	"net/http"
 	"sync"
 
+	"github.com/memberd/memberd/internal/usage"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/push"
 	"github.com/memberd/memberd/tunnel"
@@ -90,4 +92,26 @@ func pushHandler(a *Appliance, dir string, port uint16, log *slog.Logger) http.H
 		w.WriteHeader(status)
 		_ = json.NewEncoder(w).Encode(map[string]any{"results": results})
 	})
+}
+
+// PushViaAdmin posts bundle to the appliance's POST /push and returns the
+// per-member results (the client of pushHandler).
+func PushViaAdmin(ctx context.Context, addr string, bundle []byte) ([]push.Result, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/push", bytes.NewReader(bundle))
+	if err != nil {
+		return nil, usage.Errorf("--admin %q: %v", addr, err)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, fmt.Errorf("policy push: no appliance answers on %s (is 'memberd run' running? see --admin): %w", addr, err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
+	var out struct {
+		Results []push.Result `json:"results"`
+	}
+	if err := json.Unmarshal(body, &out); err != nil || len(out.Results) == 0 {
+		return nil, fmt.Errorf("policy push: the appliance on %s answered %s: %s", addr, resp.Status, bytes.TrimSpace(body))
+	}
+	return out.Results, nil
 }

@@ -189,7 +189,7 @@ func (d *DemoConsortium) LedgerFetch(ctx context.Context, member string, height 
 	var prev *common.Block
 	err = orderer.Fetch(ctx, c, ident, d.Layout.Genesis.Ledger().Channel,
 		orderer.SeekRange(0, height-1, ab.SeekInfo_BLOCK_UNTIL_READY), func(b *common.Block) error {
-			if err := verifyFetched(b, prev, uint64(len(hashes)), d.Layout.Genesis); err != nil {
+			if err := orderer.VerifyFetched(b, prev, uint64(len(hashes)), d.Layout.Genesis); err != nil {
 				return err
 			}
 			hashes = append(hashes, block.HeaderHash(b.Header))

@@ -407,7 +407,7 @@ func (d *DemoConsortium) PushPolicy(ctx context.Context, member string, bundle [
 	if addr == "" {
 		return nil, fmt.Errorf("demo: member %s is not running", member)
 	}
-	return pushViaAdmin(ctx, addr, bundle)
+	return appliance.PushViaAdmin(ctx, addr, bundle)
 }
 
 // DropRelayPolicy writes bundle into every relay's policy folder, as a

@@ -3,7 +3,6 @@ package app
 import (
 	"context"
 	"crypto/rand"
-	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -267,14 +266,14 @@ with --policy also that the signer is a consenter member of the policy).
 }
 
 // fetchInto pulls blocks from..stop of channel with Deliver, verifies each
-// (verifyFetched) and writes it as out/<number>.block; it returns how many
+// (orderer.VerifyFetched) and writes it as out/<number>.block; it returns how many
 // it wrote.
 func fetchInto(ctx context.Context, s *ledgerSession, channel string, from, stop uint64, out string, pol *policy.Policy) (int, error) {
 	var prev *common.Block
 	count := 0
 	err := orderer.Fetch(ctx, s.client, s.id, channel, orderer.SeekRange(from, stop, ab.SeekInfo_BLOCK_UNTIL_READY),
 		func(b *common.Block) error {
-			if err := verifyFetched(b, prev, from+uint64(count), pol); err != nil {
+			if err := orderer.VerifyFetched(b, prev, from+uint64(count), pol); err != nil {
 				return err
 			}
 			raw, err := block.Marshal(b)
@@ -290,45 +289,6 @@ func fetchInto(ctx context.Context, s *ledgerSession, channel string, from, stop
 			return nil
 		})
 	return count, err
-}
-
-// errVerify: a fetched block failed verification.
-var errVerify = errors.New("block verification failed")
-
-func verifyFetched(b, prev *common.Block, want uint64, pol *policy.Policy) error {
-	if b.GetHeader().GetNumber() != want {
-		return fmt.Errorf("%w: got block %d, want %d", errVerify, b.GetHeader().GetNumber(), want)
-	}
-	if err := block.Verify(b, prev); err != nil {
-		return fmt.Errorf("%w: block %d: %w", errVerify, want, err)
-	}
-	if want == 0 && prev == nil {
-		return nil // the genesis block is unsigned, as Fabric's
-	}
-	err := block.VerifySignatures(b, func(creator, data, sig []byte) error {
-		if err := block.VerifyCreatorSignature(creator, data, sig); err != nil {
-			return err
-		}
-		if pol == nil {
-			return nil
-		}
-		_, cert, err := block.CreatorCertificate(creator)
-		if err != nil {
-			return err
-		}
-		m, err := pol.MemberForCertificateAt([][]*x509Cert{{cert}}, cert.NotBefore)
-		if err != nil {
-			return err
-		}
-		if !m.HasRole(policy.RoleConsenter) {
-			return fmt.Errorf("signer %q belongs to member %q, which is not a consenter", cert.Subject.CommonName, m.ID)
-		}
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("%w: block %d: %w", errVerify, want, err)
-	}
-	return nil
 }
 
 func newLedgerHeightCmd(e *env) *cobra.Command {

@@ -19,8 +19,6 @@ import (
 	"github.com/memberd/memberd/node/orderer"
 )
 
-type x509Cert = x509.Certificate
-
 // ledgerFlags: the identity that signs requests and the connection to a node.
 type ledgerFlags struct {
 	key      keyFlags

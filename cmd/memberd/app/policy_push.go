@@ -1,18 +1,14 @@
 package app
 
 import (
-	"bytes"
 	"context"
-	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"time"
 
 	"github.com/spf13/cobra"
 
 	"github.com/memberd/memberd/internal/admin"
-	"github.com/memberd/memberd/policy/push"
+	"github.com/memberd/memberd/internal/appliance"
 )
 
 func newPolicyPushCmd(e *env) *cobra.Command {
@@ -38,7 +34,7 @@ Exit 0 when every member stored the bundle, 1 when any did not.`,
 			}
 			ctx, cancel := context.WithTimeout(cmd.Context(), timeout)
 			defer cancel()
-			results, err := pushViaAdmin(ctx, adminAddr, p.Marshal())
+			results, err := appliance.PushViaAdmin(ctx, adminAddr, p.Marshal())
 			if err != nil {
 				return err
 			}
@@ -61,26 +57,4 @@ Exit 0 when every member stored the bundle, 1 when any did not.`,
 	c.Flags().StringVar(&adminAddr, "admin", admin.DefaultAddr, "admin endpoint of the local appliance (memberd run)")
 	c.Flags().DurationVar(&timeout, "timeout", time.Minute, "give up after this long")
 	return c
-}
-
-// pushViaAdmin posts bundle to the appliance's POST /push and returns the
-// per-member results.
-func pushViaAdmin(ctx context.Context, addr string, bundle []byte) ([]push.Result, error) {
-	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+"/push", bytes.NewReader(bundle))
-	if err != nil {
-		return nil, usagef("--admin %q: %v", addr, err)
-	}
-	resp, err := http.DefaultClient.Do(req)
-	if err != nil {
-		return nil, fmt.Errorf("policy push: no appliance answers on %s (is 'memberd run' running? see --admin): %w", addr, err)
-	}
-	defer resp.Body.Close()
-	body, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
-	var out struct {
-		Results []push.Result `json:"results"`
-	}
-	if err := json.Unmarshal(body, &out); err != nil || len(out.Results) == 0 {
-		return nil, fmt.Errorf("policy push: the appliance on %s answered %s: %s", addr, resp.Status, bytes.TrimSpace(body))
-	}
-	return out.Results, nil
 }
