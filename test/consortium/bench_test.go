@@ -14,7 +14,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/netstack"
 
-	"github.com/memberd/memberd/cmd/memberd/app"
+	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/streamtest"
 	"github.com/memberd/memberd/tunnel"
 )
@@ -67,7 +67,7 @@ func loopbackPair(b *testing.B) (net.Conn, net.Conn) {
 func appliancePair(quic bool) func(b *testing.B) (net.Conn, net.Conn) {
 	return func(b *testing.B) (net.Conn, net.Conn) {
 		L := initConsortium(b, 2, 2)
-		o := &app.DemoRunOptions{}
+		o := &demo.RunOptions{}
 		if !quic {
 			for _, m := range L.Members {
 				editMemberConfig(b, L, m, func(c map[string]any) { c["relay"].(map[string]any)["quic_timeout"] = "300ms" })

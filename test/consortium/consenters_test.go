@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/memberd/memberd/cmd/memberd/app"
+	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/policy"
 )
 
@@ -29,7 +29,7 @@ type ledgerStatus struct {
 	} `json:"consenters"`
 }
 
-func statusOf(t *testing.T, d *app.DemoConsortium, m string) ledgerStatus {
+func statusOf(t *testing.T, d *demo.Consortium, m string) ledgerStatus {
 	t.Helper()
 	var st struct {
 		Ledger ledgerStatus `json:"ledger"`
@@ -47,7 +47,7 @@ func statusOf(t *testing.T, d *app.DemoConsortium, m string) ledgerStatus {
 
 // setConsenters is the policy after prev with ledger.consenters = ids (and
 // the consenter role on exactly those members), signed by every member.
-func setConsenters(t *testing.T, L *app.DemoLayout, prev *policy.Policy, ids ...string) *policy.Policy {
+func setConsenters(t *testing.T, L *demo.Layout, prev *policy.Policy, ids ...string) *policy.Policy {
 	return nextPolicy(t, L, prev, func(d *policy.Document) {
 		d.Ledger.Consenters = ids
 		for _, m := range d.Members {
@@ -199,7 +199,7 @@ func TestLedgerConsentersOverTunnel(t *testing.T) {
 // dropped from ledger.consenters says so in /status and /readyz, retires
 // its raft node, and then sends no raft message (no pre-vote every
 // election timeout for ever) while it stays removed.
-func checkRemovedSettles(t *testing.T, d *app.DemoConsortium, gone string) {
+func checkRemovedSettles(t *testing.T, d *demo.Consortium, gone string) {
 	t.Helper()
 	waitFor(t, 15*time.Second, gone+" retired", func() bool {
 		st := statusOf(t, d, gone)

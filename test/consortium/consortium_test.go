@@ -1,7 +1,7 @@
 // Package consortium_test runs whole consortia on loopback: real relays and
 // real appliances (SoftHSM2 identities, signed policy, WireGuard tunnel over
 // relay clients), exactly as 'memberd relay' and 'memberd run' wire them,
-// in one process through app.StartDemo.
+// in one process through demo.Start.
 package consortium_test
 
 import (
@@ -24,7 +24,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/memberd/memberd/cmd/memberd/app"
+	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/relay"
@@ -40,7 +40,7 @@ func TestConsortium(t *testing.T) {
 	L := initConsortium(t, 3, 2)
 	marker := []byte("PLAINTEXT-MARKER-inside-the-tunnel-7f3a")
 	var forwarded, seen atomic.Int64
-	d := start(t, L, &app.DemoRunOptions{ForwardHook: func(_, _, _ string, p []byte) {
+	d := start(t, L, &demo.RunOptions{ForwardHook: func(_, _, _ string, p []byte) {
 		forwarded.Add(1)
 		if bytes.Contains(p, marker) {
 			seen.Add(1)
@@ -151,7 +151,7 @@ func TestUDPBlockedThenBack(t *testing.T) {
 		})
 	}
 	gate := make(chan struct{})
-	d := start(t, L, &app.DemoRunOptions{QUICGate: gate})
+	d := start(t, L, &demo.RunOptions{QUICGate: gate})
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	if err := d.ServeEcho(ctx, echoPort); err != nil {
@@ -198,7 +198,7 @@ func TestThroughTinyproxy(t *testing.T) {
 		})
 	}
 	gate := make(chan struct{}) // never opened: UDP stays blocked
-	d := start(t, L, &app.DemoRunOptions{QUICGate: gate})
+	d := start(t, L, &demo.RunOptions{QUICGate: gate})
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	for _, m := range L.Members {
@@ -221,7 +221,7 @@ func TestThroughTinyproxy(t *testing.T) {
 
 // startTinyproxy runs tinyproxy on a free loopback port, allowing CONNECT
 // to the relays' ports only; it is killed (by its PID) at cleanup.
-func startTinyproxy(t *testing.T, bin string, L *app.DemoLayout) string {
+func startTinyproxy(t *testing.T, bin string, L *demo.Layout) string {
 	t.Helper()
 	addr, port := freePort(t)
 	var conf strings.Builder

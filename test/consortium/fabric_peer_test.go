@@ -19,6 +19,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/cmd/memberd/app"
+	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/testenv"
 )
 
@@ -168,7 +169,7 @@ func testStockPeer(t *testing.T, mutual bool) {
 // every other orderer endpoint of the channel to target's).
 type stockPeer struct {
 	fab, dir, member, target string
-	L                        *app.DemoLayout
+	L                        *demo.Layout
 	addr                     string
 	tlsCert, tlsKey, ca      string
 	env                      []string
@@ -177,7 +178,7 @@ type stockPeer struct {
 	logFile                  string
 }
 
-func newStockPeer(t *testing.T, fab string, L *app.DemoLayout, d *app.DemoConsortium, member, name, target string, mutual bool) *stockPeer {
+func newStockPeer(t *testing.T, fab string, L *demo.Layout, d *demo.Consortium, member, name, target string, mutual bool) *stockPeer {
 	t.Helper()
 	dir := t.TempDir()
 	p := &stockPeer{fab: fab, dir: dir, member: member, target: target, L: L, mutual: mutual, logFile: filepath.Join(dir, "peer.log")}

@@ -12,8 +12,8 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
-	"github.com/memberd/memberd/cmd/memberd/app"
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/loopport"
 	"github.com/memberd/memberd/internal/streamtest"
 	"github.com/memberd/memberd/internal/testenv"
@@ -37,10 +37,10 @@ func (w tWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p
 
 // initConsortium writes a demo consortium (SoftHSM2 identities) into a
 // temporary folder; edit may change member configs before anything runs.
-func initConsortium(t testing.TB, members, relays int) *app.DemoLayout {
+func initConsortium(t testing.TB, members, relays int) *demo.Layout {
 	t.Helper()
 	testenv.SoftHSMModule(t)
-	L, err := app.DemoInit(app.DemoOptions{Dir: t.TempDir(), Members: members, Relays: relays, HSM: "softhsm"})
+	L, err := demo.Init(demo.Options{Dir: t.TempDir(), Members: members, Relays: relays, HSM: "softhsm"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,16 +52,16 @@ func initConsortium(t testing.TB, members, relays int) *app.DemoLayout {
 
 // start runs the consortium until the test ends and waits for every member
 // to be connected to every relay.
-func start(t testing.TB, L *app.DemoLayout, o *app.DemoRunOptions) *app.DemoConsortium {
+func start(t testing.TB, L *demo.Layout, o *demo.RunOptions) *demo.Consortium {
 	t.Helper()
 	if o == nil {
-		o = &app.DemoRunOptions{}
+		o = &demo.RunOptions{}
 	}
 	if o.Logger == nil {
 		o.Logger = testLogger(t)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := app.StartDemo(ctx, L, o)
+	d, err := demo.Start(ctx, L, o)
 	if err != nil {
 		cancel()
 		t.Fatal(err)
@@ -80,7 +80,7 @@ func start(t testing.TB, L *app.DemoLayout, o *app.DemoRunOptions) *app.DemoCons
 
 // startEchoing starts a consortium of members and relays whose members all
 // echo on echoPort, for a test that must end within timeout (ctx).
-func startEchoing(t *testing.T, members, relays int, timeout time.Duration) (*app.DemoLayout, *app.DemoConsortium, context.Context) {
+func startEchoing(t *testing.T, members, relays int, timeout time.Duration) (*demo.Layout, *demo.Consortium, context.Context) {
 	t.Helper()
 	L := initConsortium(t, members, relays)
 	d := start(t, L, nil)
@@ -93,7 +93,7 @@ func startEchoing(t *testing.T, members, relays int, timeout time.Duration) (*ap
 }
 
 // editMemberConfig rewrites a member's memberd.yaml through edit.
-func editMemberConfig(t testing.TB, L *app.DemoLayout, member string, edit func(m map[string]any)) {
+func editMemberConfig(t testing.TB, L *demo.Layout, member string, edit func(m map[string]any)) {
 	t.Helper()
 	p := L.MemberConfig[member]
 	b, err := os.ReadFile(p)
@@ -115,7 +115,7 @@ func editMemberConfig(t testing.TB, L *app.DemoLayout, member string, edit func(
 
 // nextPolicy makes the version after prev, edited by edit and signed by the
 // admin of every member in signers.
-func nextPolicy(t *testing.T, L *app.DemoLayout, prev *policy.Policy, edit func(d *policy.Document), signers ...string) *policy.Policy {
+func nextPolicy(t *testing.T, L *demo.Layout, prev *policy.Policy, edit func(d *policy.Document), signers ...string) *policy.Policy {
 	t.Helper()
 	var d policy.Document
 	if err := yaml.Unmarshal(prev.DocumentBytes(), &d); err != nil {
@@ -220,7 +220,7 @@ func dialTCP(addr string) (net.Conn, error) { return net.DialTimeout("tcp", addr
 
 // openConn opens a connection inside the tunnel from member from to member
 // to (port) and checks that bytes pass; it returns from's end.
-func openConn(t *testing.T, ctx context.Context, d *app.DemoConsortium, from, to string, port uint16) net.Conn {
+func openConn(t *testing.T, ctx context.Context, d *demo.Consortium, from, to string, port uint16) net.Conn {
 	t.Helper()
 	x, y := pair(t, ctx, d.Device(from), d.Device(to), to, port)
 	if _, err := x.Write([]byte("hello")); err != nil {
@@ -244,7 +244,7 @@ func expectClosed(t *testing.T, c net.Conn, what string) {
 
 // expectCutOff checks that removed member can no longer reach other while
 // survivor still can (both on echoPort).
-func expectCutOff(t *testing.T, ctx context.Context, d *app.DemoConsortium, removed, other, survivor string) {
+func expectCutOff(t *testing.T, ctx context.Context, d *demo.Consortium, removed, other, survivor string) {
 	t.Helper()
 	dctx, dcancel := context.WithTimeout(ctx, 3*time.Second)
 	defer dcancel()

@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/memberd/memberd/cmd/memberd/app"
+	"github.com/memberd/memberd/internal/demo"
 )
 
 // TestLedgerOverTunnel: 2 relays, 3 members (SoftHSM2 identities), each
@@ -20,7 +20,7 @@ import (
 func TestLedgerOverTunnel(t *testing.T) {
 	L := initConsortium(t, 3, 2)
 	var forwarded atomic.Int64
-	d := start(t, L, &app.DemoRunOptions{ForwardHook: func(_, _, _ string, _ []byte) { forwarded.Add(1) }})
+	d := start(t, L, &demo.RunOptions{ForwardHook: func(_, _, _ string, _ []byte) { forwarded.Add(1) }})
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
 	defer cancel()
 	n := 200

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/memberd/memberd/cmd/memberd/app"
+	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/logtest"
 	"github.com/memberd/memberd/internal/testenv"
 )
@@ -79,7 +79,7 @@ func TestNetnsUDPBlocked(t *testing.T) {
 		tl.Close()
 		relayAddrs = append(relayAddrs, a)
 	}
-	L, err := app.DemoInit(app.DemoOptions{Dir: t.TempDir(), Members: 2, Relays: 2, HSM: "softhsm", Relay: relayAddrs})
+	L, err := demo.Init(demo.Options{Dir: t.TempDir(), Members: 2, Relays: 2, HSM: "softhsm", Relay: relayAddrs})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,9 +18,9 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"go.yaml.in/yaml/v3"
 
-	"github.com/memberd/memberd/cmd/memberd/app"
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/identity"
+	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/policy"
@@ -220,7 +220,7 @@ func TestIdentityRotationThenRevocation(t *testing.T) {
 // checkLedgerIdentity submits envelopes to member's ledger and checks that
 // the newest block as member stores it is signed by, and member's gRPC
 // endpoint presents, the certificate with serial.
-func checkLedgerIdentity(t *testing.T, ctx context.Context, d *app.DemoConsortium, member, serial string) {
+func checkLedgerIdentity(t *testing.T, ctx context.Context, d *demo.Consortium, member, serial string) {
 	t.Helper()
 	if err := d.WaitLedger(ctx); err != nil {
 		t.Fatal(err)
@@ -311,7 +311,7 @@ func adminStatus(t *testing.T, addr string) statusDoc {
 
 // ledgerSerial is the serial of the certificate member's ledger signs with
 // (/status ledger.certificate_serial).
-func ledgerSerial(t *testing.T, d *app.DemoConsortium, member string) string {
+func ledgerSerial(t *testing.T, d *demo.Consortium, member string) string {
 	t.Helper()
 	return statusOf(t, d, member).CertificateSerial
 }

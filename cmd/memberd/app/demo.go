@@ -11,14 +11,13 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+
+	"github.com/memberd/memberd/internal/appliance"
+	"github.com/memberd/memberd/internal/demo"
 )
 
-// demoEchoPort is the overlay port the demo's echo service listens on
-// (inside the 7050-7059 range the demo policy allows).
-const demoEchoPort = 7059
-
 func newDemoCmd(e *env) *cobra.Command {
-	var o DemoOptions
+	var o demo.Options
 	var check bool
 	var duration time.Duration
 	var logFormat string
@@ -61,13 +60,13 @@ and so are the identity keys with --hsm soft.`,
 }
 
 func newDemoInitCmd(e *env) *cobra.Command {
-	var o DemoOptions
+	var o demo.Options
 	c := &cobra.Command{
 		Use:   "init --members N --relays M --dir DIR [--relay-addr HOST:PORT ...] [--hsm softhsm|soft]",
 		Short: "Write a demo consortium (tokens, CAs, identities, relay and member configs, signed policy v1); start nothing",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
-			L, err := DemoInit(o)
+			L, err := demo.Init(o)
 			if err != nil {
 				return err
 			}
@@ -84,7 +83,7 @@ func newDemoInitCmd(e *env) *cobra.Command {
 	return c
 }
 
-func printLayout(e *env, L *DemoLayout) {
+func printLayout(e *env, L *demo.Layout) {
 	fmt.Fprintf(e.stdout, "demo consortium written to %s\n", L.Dir)
 	fmt.Fprintf(e.stdout, "  policy v1 %s (signed by every member admin)\n", L.Genesis.Hash())
 	if L.SoftHSMConf != "" {
@@ -110,12 +109,12 @@ func printLayout(e *env, L *DemoLayout) {
 // demo: a ping through the tunnel to the second member, and a ledger
 // submit signed by the first member's client identity (key in a file).
 // Nil when the member config cannot be read (it was just written).
-func demoTryLines(L *DemoLayout) []string {
+func demoTryLines(L *demo.Layout) []string {
 	if len(L.Members) == 0 || L.Genesis == nil {
 		return nil
 	}
 	a := L.Members[0]
-	cfg, err := loadRunConfig(L.MemberConfig[a])
+	cfg, err := appliance.LoadConfig(L.MemberConfig[a])
 	if err != nil {
 		return nil
 	}
@@ -132,8 +131,8 @@ func demoTryLines(L *DemoLayout) []string {
 	return lines
 }
 
-func runDemo(ctx context.Context, e *env, log *slog.Logger, o DemoOptions, check bool, duration time.Duration) error {
-	var L *DemoLayout
+func runDemo(ctx context.Context, e *env, log *slog.Logger, o demo.Options, check bool, duration time.Duration) error {
+	var L *demo.Layout
 	var err error
 	switch {
 	case o.Dir == "":
@@ -141,12 +140,12 @@ func runDemo(ctx context.Context, e *env, log *slog.Logger, o DemoOptions, check
 			return err
 		}
 		defer os.RemoveAll(o.Dir) // a temporary demo leaves nothing behind; use --dir to keep it
-		L, err = DemoInit(o)
+		L, err = demo.Init(o)
 	default:
-		if _, serr := os.Stat(filepath.Join(o.Dir, demoLayoutFile)); serr == nil {
-			L, err = LoadDemoLayout(o.Dir)
+		if _, serr := os.Stat(filepath.Join(o.Dir, demo.LayoutFile)); serr == nil {
+			L, err = demo.LoadLayout(o.Dir)
 		} else {
-			L, err = DemoInit(o)
+			L, err = demo.Init(o)
 		}
 	}
 	if err != nil {
@@ -154,8 +153,8 @@ func runDemo(ctx context.Context, e *env, log *slog.Logger, o DemoOptions, check
 	}
 	if L.SoftHSMConf != "" {
 		// The command owns this process, whose members' PKCS#11 module
-		// reads its token folder from the environment (not DemoInit's
-		// nor LoadDemoLayout's business, being library functions).
+		// reads its token folder from the environment (not demo.Init's
+		// nor demo.LoadLayout's business, being library functions).
 		os.Setenv("SOFTHSM2_CONF", L.SoftHSMConf)
 	}
 	printLayout(e, L)
@@ -164,7 +163,7 @@ func runDemo(ctx context.Context, e *env, log *slog.Logger, o DemoOptions, check
 		ctx, cancel = context.WithTimeout(ctx, duration)
 		defer cancel()
 	}
-	d, err := StartDemo(ctx, L, &DemoRunOptions{Logger: log})
+	d, err := demo.Start(ctx, L, &demo.RunOptions{Logger: log})
 	if err != nil {
 		return err
 	}
@@ -175,12 +174,12 @@ func runDemo(ctx context.Context, e *env, log *slog.Logger, o DemoOptions, check
 	if err != nil {
 		return err
 	}
-	if err := d.ServeEcho(ctx, demoEchoPort); err != nil {
+	if err := d.ServeEcho(ctx, demo.EchoPort); err != nil {
 		return err
 	}
 	fmt.Fprintf(e.stdout, "\n%d relays and %d members up; echo through the tunnel, member to member:\n", len(L.Relays), len(L.Members))
 	failed := 0
-	for _, c := range d.CheckAll(ctx, demoEchoPort) {
+	for _, c := range d.CheckAll(ctx, demo.EchoPort) {
 		if c.Err != nil {
 			failed++
 			fmt.Fprintf(e.stdout, "  %-10s → %-10s FAILED: %v\n", c.From, c.To, c.Err)
@@ -206,3 +205,21 @@ func runDemo(ctx context.Context, e *env, log *slog.Logger, o DemoOptions, check
 	<-ctx.Done()
 	return nil
 }
+
+// demoLedgerCheck is the ledger part of 'memberd demo': submit to the first
+// member, fetch and verify from every member, print the height.
+func demoLedgerCheck(ctx context.Context, e *env, d *demo.Consortium) error {
+	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	from := d.Layout.Members[0]
+	h, err := d.CheckLedger(ctx, from, demoLedgerTxs)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "  ledger: %d envelopes submitted to %s; blocks 0..%d fetched, verified and identical on all %d members (height %d)\n",
+		demoLedgerTxs, from, h-1, len(d.Layout.Members), h)
+	return nil
+}
+
+// demoLedgerTxs is how many envelopes 'memberd demo' submits.
+const demoLedgerTxs = 5

@@ -18,6 +18,7 @@ import (
 
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/hsm/hsmtest"
+	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/participation"
 )
@@ -35,7 +36,7 @@ func TestOsnadminParticipation(t *testing.T) {
 		t.Skip("runs a consortium")
 	}
 	dir := filepath.Join(t.TempDir(), "demo")
-	L, err := DemoInit(DemoOptions{Dir: dir, Members: 3, Relays: 2, HSM: "soft"})
+	L, err := demo.Init(demo.Options{Dir: dir, Members: 3, Relays: 2, HSM: "soft"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -117,7 +118,7 @@ func TestOsnadminParticipation(t *testing.T) {
 		t.Fatalf("TLS without a client certificate: %v, want 'certificate required'", err)
 	}
 
-	genesis := filepath.Join(md, demoLedgerGenesisFile)
+	genesis := filepath.Join(md, demo.LedgerGenesisFile)
 	want("405", func(v map[string]any) bool { return v["error"] == "cannot join: channel already exists" },
 		"join", "--channelID", "demo", "--config-block", genesis)
 	want("204", nil, "remove", "--channelID", "demo")

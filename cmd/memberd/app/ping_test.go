@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/memberd/memberd/internal/demo"
 )
 
 // TestPingCommand writes a two-member demo consortium with 'memberd demo
@@ -20,7 +22,7 @@ func TestPingCommand(t *testing.T) {
 		t.Fatalf("demo init: exit %d\n%s%s", code, out, errb)
 	}
 	pingLine, submitLine := printedLine(t, out, "memberd ping "), printedLine(t, out, "memberd ledger submit ")
-	L, err := LoadDemoLayout(dir)
+	L, err := demo.LoadLayout(dir)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -34,7 +34,7 @@ policy section of the config) and applies it live.`,
 			if err != nil {
 				return err
 			}
-			cfg, err := loadRelayConfig(configPath)
+			cfg, err := relayd.LoadConfig(configPath)
 			if err != nil {
 				return err
 			}
@@ -69,5 +69,5 @@ policy section of the config) and applies it live.`,
 // re-reads on Reload for a static policy).
 func newRelay(log *slog.Logger, configPath string, cfg *relayd.Config) (*relayd.Relay, error) {
 	return relayd.New(*cfg, relayd.Deps{Logger: log, Source: configPath,
-		LoadConfig: func() (*relayd.Config, error) { return loadRelayConfig(configPath) }})
+		LoadConfig: func() (*relayd.Config, error) { return relayd.LoadConfig(configPath) }})
 }

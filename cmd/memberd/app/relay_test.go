@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/hsm/hsmtest"
+	"github.com/memberd/memberd/internal/relayd"
 	"github.com/memberd/memberd/relay"
 	"github.com/memberd/memberd/relay/relaytest"
 )
@@ -181,7 +182,7 @@ func TestRelayConfigErrors(t *testing.T) {
 func TestRelayCommandRuns(t *testing.T) {
 	f := newRelayFixture(t)
 	cfgPath := writeFile(t, f.dir, "relay.yaml", []byte(f.config+"admin_pprof: true\n"))
-	cfg, err := loadRelayConfig(cfgPath)
+	cfg, err := relayd.LoadConfig(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -269,7 +270,7 @@ func TestRelayCommandHSMKey(t *testing.T) {
 		f.pin, pin,
 	).Replace(f.config)
 	cfgPath := writeFile(t, f.dir, "relay.yaml", []byte(cfgText))
-	cfg, err := loadRelayConfig(cfgPath)
+	cfg, err := relayd.LoadConfig(cfgPath)
 	if err != nil {
 		t.Fatal(err)
 	}

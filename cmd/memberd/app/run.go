@@ -33,7 +33,7 @@ SIGINT/SIGTERM stop it gracefully; SIGHUP re-reads the policy folder.`,
 			if err != nil {
 				return err
 			}
-			cfg, err := loadRunConfig(configPath)
+			cfg, err := appliance.LoadConfig(configPath)
 			if err != nil {
 				return err
 			}

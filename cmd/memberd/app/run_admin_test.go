@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/internal/appliance"
+	"github.com/memberd/memberd/internal/demo"
 )
 
 // TestAdminBeforeRelays starts a demo appliance whose only relay is not
@@ -21,12 +22,12 @@ import (
 // waits for the start-up to finish and sees the full /status.
 func TestAdminBeforeRelays(t *testing.T) {
 	dir := filepath.Join(t.TempDir(), "demo")
-	L, err := DemoInit(DemoOptions{Dir: dir, Members: 2, Relays: 1, HSM: "soft"})
+	L, err := demo.Init(demo.Options{Dir: dir, Members: 2, Relays: 1, HSM: "soft"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	m := L.Members[0]
-	cfg, err := loadRunConfig(L.MemberConfig[m])
+	cfg, err := appliance.LoadConfig(L.MemberConfig[m])
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -11,6 +11,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/node/orderer"
 	"github.com/memberd/memberd/policy"
 )
@@ -25,7 +26,7 @@ func TestLedgerJoinInAppliance(t *testing.T) {
 		t.Skip("runs a consortium")
 	}
 	dir := filepath.Join(t.TempDir(), "demo")
-	L, err := DemoInit(DemoOptions{Dir: dir, Members: 4, Relays: 1, HSM: "soft"})
+	L, err := demo.Init(demo.Options{Dir: dir, Members: 4, Relays: 1, HSM: "soft"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -59,12 +60,12 @@ func TestLedgerJoinInAppliance(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	genesis, err := demoLedgerGenesis(created, leafs, time.Now())
+	genesis, err := demo.LedgerGenesis(created, leafs, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range L.Members {
-		if err := os.WriteFile(filepath.Join(dir, "members", m, demoLedgerGenesisFile), genesis, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(dir, "members", m, demo.LedgerGenesisFile), genesis, 0o644); err != nil {
 			t.Fatal(err)
 		}
 	}

@@ -12,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/appliance"
 	"github.com/memberd/memberd/internal/authority"
+	"github.com/memberd/memberd/internal/demo"
 )
 
 // TestLedgerInAppliance runs the demo consortium (insecure file keys, real
@@ -26,7 +28,7 @@ func TestLedgerInAppliance(t *testing.T) {
 		t.Skip("runs a consortium (test/consortium covers the ledger under -short)")
 	}
 	dir := filepath.Join(t.TempDir(), "demo")
-	L, err := DemoInit(DemoOptions{Dir: dir, Members: 3, Relays: 2, HSM: "soft"})
+	L, err := demo.Init(demo.Options{Dir: dir, Members: 3, Relays: 2, HSM: "soft"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -49,7 +51,7 @@ func TestLedgerInAppliance(t *testing.T) {
 		}
 		getJSON(t, "http://"+d.AdminAddr(m)+"/status", &st)
 		l := st.Ledger
-		if l.Channel != "demo" || l.Leader == "" || l.Height < 1 || l.State != "active" || l.Listen != d.LedgerAddr(m) || l.RaftPort != demoLedgerRaftPort {
+		if l.Channel != "demo" || l.Leader == "" || l.Height < 1 || l.State != "active" || l.Listen != d.LedgerAddr(m) || l.RaftPort != demo.LedgerRaftPort {
 			t.Fatalf("%s /status ledger: %+v", m, l)
 		}
 		if l.Leader != m && follower == "" {
@@ -131,11 +133,11 @@ func TestLedgerInAppliance(t *testing.T) {
 // startDemo runs the demo consortium L until the test ends (or timeout,
 // which also bounds the returned context) and waits until every member is
 // connected to every relay.
-func startDemo(t *testing.T, L *DemoLayout, timeout time.Duration) (*DemoConsortium, context.Context) {
+func startDemo(t *testing.T, L *demo.Layout, timeout time.Duration) (*demo.Consortium, context.Context) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	t.Cleanup(cancel)
-	d, err := StartDemo(ctx, L, nil)
+	d, err := demo.Start(ctx, L, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -165,7 +167,7 @@ func getJSON(t *testing.T, url string, v any) {
 // TestDemoLedgerACL: the demo policy lets every consenter reach every other
 // on the ledger's raft and gRPC ports, and nothing else through that rule.
 func TestDemoLedgerACL(t *testing.T) {
-	L, err := DemoInit(DemoOptions{Dir: filepath.Join(t.TempDir(), "demo"), Members: 3, Relays: 1, HSM: "soft"})
+	L, err := demo.Init(demo.Options{Dir: filepath.Join(t.TempDir(), "demo"), Members: 3, Relays: 1, HSM: "soft"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -184,7 +186,7 @@ func TestDemoLedgerACL(t *testing.T) {
 			if a == b {
 				continue
 			}
-			for _, port := range []uint16{demoLedgerRaftPort, demoLedgerPeerPort} {
+			for _, port := range []uint16{demo.LedgerRaftPort, demo.LedgerPeerPort} {
 				if !ta.Allowed(a, b, port) {
 					t.Errorf("%s -> %s port %d refused", a, b, port)
 				}
@@ -192,11 +194,11 @@ func TestDemoLedgerACL(t *testing.T) {
 		}
 	}
 	for _, m := range L.Members {
-		cfg, err := loadRunConfig(L.MemberConfig[m])
+		cfg, err := appliance.LoadConfig(L.MemberConfig[m])
 		if err != nil {
 			t.Fatal(err)
 		}
-		if cfg.Ledger == nil || cfg.Ledger.RaftPort != demoLedgerRaftPort || cfg.Ledger.PeerPort != demoLedgerPeerPort || cfg.Ledger.GenesisBlock == "" {
+		if cfg.Ledger == nil || cfg.Ledger.RaftPort != demo.LedgerRaftPort || cfg.Ledger.PeerPort != demo.LedgerPeerPort || cfg.Ledger.GenesisBlock == "" {
 			t.Fatalf("%s ledger config: %+v", m, cfg.Ledger)
 		}
 	}

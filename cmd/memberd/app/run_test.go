@@ -8,6 +8,9 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/memberd/memberd/internal/appliance"
+	"github.com/memberd/memberd/internal/demo"
 )
 
 const validRunConfig = `
@@ -54,12 +57,12 @@ func TestDemoInitAndRun(t *testing.T) {
 	if code != ExitOK {
 		t.Fatalf("demo init: exit %d\n%s%s", code, out, errb)
 	}
-	L, err := LoadDemoLayout(dir)
+	L, err := demo.LoadLayout(dir)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, m := range L.Members {
-		if _, err := loadRunConfig(L.MemberConfig[m]); err != nil {
+		if _, err := appliance.LoadConfig(L.MemberConfig[m]); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -70,7 +73,7 @@ func TestDemoInitAndRun(t *testing.T) {
 
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	d, err := StartDemo(ctx, L, nil)
+	d, err := demo.Start(ctx, L, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -96,10 +99,10 @@ func TestDemoInitAndRun(t *testing.T) {
 	if err != nil || st.Member != L.Members[0] || st.Policy.Version != 1 || len(st.Relays) != 2 || st.Relays[0].State != "up" {
 		t.Fatalf("/status: %+v, %v", st, err)
 	}
-	if err := d.ServeEcho(ctx, demoEchoPort); err != nil {
+	if err := d.ServeEcho(ctx, demo.EchoPort); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range d.CheckAll(ctx, demoEchoPort) {
+	for _, c := range d.CheckAll(ctx, demo.EchoPort) {
 		if c.Err != nil {
 			t.Fatalf("%s → %s: %v", c.From, c.To, c.Err)
 		}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/internal/daemon"
+	"github.com/memberd/memberd/internal/demo"
 )
 
 // statusNow is the "now" of the canned documents below.
@@ -98,7 +99,7 @@ func TestStatusTable(t *testing.T) {
 // appliance in d (a ledger follower, after traffic) and matches its output
 // line by line: the golden layout of wantApplianceTable with the values
 // that vary from run to run as patterns.
-func checkStatusTable(t *testing.T, d *DemoConsortium, member string) {
+func checkStatusTable(t *testing.T, d *demo.Consortium, member string) {
 	t.Helper()
 	code, out, errb := run(t, "status", "--admin", d.AdminAddr(member))
 	if code != ExitOK {

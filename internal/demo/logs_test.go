@@ -1,4 +1,4 @@
-package app
+package demo
 
 import (
 	"bufio"
@@ -25,7 +25,7 @@ func TestDemoLogsOneKeyPerLine(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a consortium")
 	}
-	L, err := DemoInit(DemoOptions{Dir: filepath.Join(t.TempDir(), "demo"), Members: 3, Relays: 2, HSM: "soft"})
+	L, err := Init(Options{Dir: filepath.Join(t.TempDir(), "demo"), Members: 3, Relays: 2, HSM: "soft"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -33,7 +33,7 @@ func TestDemoLogsOneKeyPerLine(t *testing.T) {
 	log := slog.New(slog.NewJSONHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	d, err := StartDemo(ctx, L, &DemoRunOptions{Logger: log})
+	d, err := Start(ctx, L, &RunOptions{Logger: log})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -41,10 +41,10 @@ func TestDemoLogsOneKeyPerLine(t *testing.T) {
 	if err := d.WaitConnected(ctx); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.ServeEcho(ctx, demoEchoPort); err != nil {
+	if err := d.ServeEcho(ctx, EchoPort); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range d.CheckAll(ctx, demoEchoPort) {
+	for _, c := range d.CheckAll(ctx, EchoPort) {
 		if c.Err != nil {
 			t.Fatalf("%s → %s: %v", c.From, c.To, c.Err)
 		}
@@ -58,7 +58,7 @@ func TestDemoLogsOneKeyPerLine(t *testing.T) {
 	if err := d.StopRelay(L.Relays[0]); err != nil {
 		t.Fatal(err)
 	}
-	for _, c := range d.CheckAll(ctx, demoEchoPort) { // over the other relay
+	for _, c := range d.CheckAll(ctx, EchoPort) { // over the other relay
 		if c.Err != nil {
 			t.Fatalf("after relay %s stopped: %s → %s: %v", L.Relays[0], c.From, c.To, c.Err)
 		}

@@ -1,4 +1,4 @@
-package app
+package demo
 
 import (
 	"context"
@@ -37,7 +37,7 @@ func TestLedgerRefusesBadNodeCertificate(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := filepath.Join(t.TempDir(), "demo")
-			L, err := DemoInit(DemoOptions{Dir: dir, Members: 1, Relays: 1, HSM: "soft"})
+			L, err := Init(Options{Dir: dir, Members: 1, Relays: 1, HSM: "soft"})
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -61,7 +61,7 @@ func TestLedgerRefusesBadNodeCertificate(t *testing.T) {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			d, err := StartDemo(ctx, L, nil)
+			d, err := Start(ctx, L, nil)
 			if err == nil {
 				d.Stop()
 				t.Fatal("the appliance started with a bad node certificate")

@@ -1,4 +1,4 @@
-package app
+package demo
 
 // The demo's ledger: demo init writes the channel's genesis block (every
 // member a consenter, each consenter's TLS certificate its appliance
@@ -29,24 +29,24 @@ import (
 	"github.com/memberd/memberd/policy"
 )
 
-// demoLedgerGenesisFile is the genesis block in each member's folder.
-const demoLedgerGenesisFile = "genesis.block"
+// LedgerGenesisFile is the genesis block in each member's folder.
+const LedgerGenesisFile = "genesis.block"
 
 // The demo's overlay ports of raft and of gRPC between consenters (inside
 // the demo ACL's 7050-7059; 7050 and 7051 stay free for tests and services).
 const (
-	demoLedgerRaftPort = 7052
-	demoLedgerPeerPort = 7053
+	LedgerRaftPort = 7052
+	LedgerPeerPort = 7053
 )
 
-// demoLedgerGenesis builds the demo channel's genesis block from the policy
+// LedgerGenesis builds the demo channel's genesis block from the policy
 // (orderer.ChannelConfig): certs gives each consenter member's appliance
 // certificate, used as its consenter TLS certificate.
-func demoLedgerGenesis(gen *policy.Policy, certs map[string]*x509.Certificate, now time.Time) ([]byte, error) {
+func LedgerGenesis(gen *policy.Policy, certs map[string]*x509.Certificate, now time.Time) ([]byte, error) {
 	css := map[string]channelconfig.Consenter{}
 	for id, c := range certs {
 		pemBytes := hsm.EncodePEM("CERTIFICATE", c.Raw)
-		css[id] = channelconfig.Consenter{ClientTLSCert: pemBytes, ServerTLSCert: pemBytes, Port: demoLedgerPeerPort}
+		css[id] = channelconfig.Consenter{ClientTLSCert: pemBytes, ServerTLSCert: pemBytes, Port: LedgerPeerPort}
 	}
 	cc, err := orderer.ChannelConfig(gen, css)
 	if err != nil {
@@ -61,15 +61,15 @@ func demoLedgerGenesis(gen *policy.Policy, certs map[string]*x509.Certificate, n
 
 // demoLedgerConfig is the ledger section demo init writes for a member.
 func demoLedgerConfig(listen, admin string) map[string]any {
-	return map[string]any{"listen": listen, "data_dir": "ledger", "genesis_block": demoLedgerGenesisFile,
-		"raft_port": demoLedgerRaftPort, "peer_port": demoLedgerPeerPort,
+	return map[string]any{"listen": listen, "data_dir": "ledger", "genesis_block": LedgerGenesisFile,
+		"raft_port": LedgerRaftPort, "peer_port": LedgerPeerPort,
 		// osnadmin with a client certificate of the member CA carrying OU=admin
 		"admin": map[string]any{"listen": admin, "client_ca": "ca.pem", "client_ou": appliance.DefaultLedgerAdminClientOU}}
 }
 
 // ParticipationAddr is the address of member's channel participation API
 // (osnadmin; "" if none).
-func (d *DemoConsortium) ParticipationAddr(member string) string {
+func (d *Consortium) ParticipationAddr(member string) string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if a := d.appliances[member]; a != nil && a.HasLedger() {
@@ -79,7 +79,7 @@ func (d *DemoConsortium) ParticipationAddr(member string) string {
 }
 
 // LedgerAddr is the LAN gRPC address of member's ledger node ("" if none).
-func (d *DemoConsortium) LedgerAddr(member string) string {
+func (d *Consortium) LedgerAddr(member string) string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if a := d.appliances[member]; a != nil && a.HasLedger() {
@@ -90,7 +90,7 @@ func (d *DemoConsortium) LedgerAddr(member string) string {
 
 // ledgerClient connects to member's ledger gRPC as that member's appliance
 // identity (TLS server checked against the member CAs of the policy).
-func (d *DemoConsortium) ledgerClient(member string) (ab.AtomicBroadcastClient, orderer.Identity, func(), error) {
+func (d *Consortium) ledgerClient(member string) (ab.AtomicBroadcastClient, orderer.Identity, func(), error) {
 	d.mu.Lock()
 	a := d.appliances[member]
 	d.mu.Unlock()
@@ -112,7 +112,7 @@ func (d *DemoConsortium) ledgerClient(member string) (ab.AtomicBroadcastClient, 
 
 // WaitLedger waits until every running member's ledger node knows a raft
 // leader.
-func (d *DemoConsortium) WaitLedger(ctx context.Context) error {
+func (d *Consortium) WaitLedger(ctx context.Context) error {
 	for {
 		var notReady error
 		d.mu.Lock()
@@ -141,7 +141,7 @@ func (d *DemoConsortium) WaitLedger(ctx context.Context) error {
 // identity and broadcasts them on one stream to member's ledger gRPC (as
 // 'memberd ledger submit' does); every answer must be SUCCESS. It returns
 // the tx ids.
-func (d *DemoConsortium) LedgerSubmit(ctx context.Context, member string, n int) ([]string, error) {
+func (d *Consortium) LedgerSubmit(ctx context.Context, member string, n int) ([]string, error) {
 	c, ident, closeFn, err := d.ledgerClient(member)
 	if err != nil {
 		return nil, err
@@ -179,7 +179,7 @@ func (d *DemoConsortium) LedgerSubmit(ctx context.Context, member string, n int)
 // 'memberd ledger fetch' does, verifying chain, data hash and that each
 // block is signed by a consenter member of the policy) and returns the
 // header hashes and the tx ids of the envelopes in blocks 1 and later.
-func (d *DemoConsortium) LedgerFetch(ctx context.Context, member string, height uint64) (hashes [][]byte, txs map[string]bool, err error) {
+func (d *Consortium) LedgerFetch(ctx context.Context, member string, height uint64) (hashes [][]byte, txs map[string]bool, err error) {
 	c, ident, closeFn, err := d.ledgerClient(member)
 	if err != nil {
 		return nil, nil, err
@@ -209,7 +209,7 @@ func (d *DemoConsortium) LedgerFetch(ctx context.Context, member string, height 
 }
 
 // LedgerHeight is the number of blocks member's ledger node stores.
-func (d *DemoConsortium) LedgerHeight(member string) (uint64, error) {
+func (d *Consortium) LedgerHeight(member string) (uint64, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	a := d.appliances[member]
@@ -227,7 +227,7 @@ func (d *DemoConsortium) LedgerHeight(member string) (uint64, error) {
 // that node's own signature), read with Deliver as member's appliance
 // identity, and the certificate member's gRPC endpoint presents on a new
 // TLS handshake.
-func (d *DemoConsortium) LedgerBlock(ctx context.Context, member string, num uint64) (*common.Block, *x509.Certificate, error) {
+func (d *Consortium) LedgerBlock(ctx context.Context, member string, num uint64) (*common.Block, *x509.Certificate, error) {
 	c, ident, closeFn, err := d.ledgerClient(member)
 	if err != nil {
 		return nil, nil, err
@@ -258,7 +258,7 @@ func (d *DemoConsortium) LedgerBlock(ctx context.Context, member string, num uin
 // CheckLedger submits n envelopes to member from and then fetches and
 // verifies every block from every member: all must hold the same blocks,
 // with all n envelopes. It returns the height.
-func (d *DemoConsortium) CheckLedger(ctx context.Context, from string, n int) (uint64, error) {
+func (d *Consortium) CheckLedger(ctx context.Context, from string, n int) (uint64, error) {
 	if err := d.WaitLedger(ctx); err != nil {
 		return 0, err
 	}
@@ -311,29 +311,11 @@ func (d *DemoConsortium) CheckLedger(ctx context.Context, from string, n int) (u
 	return height, nil
 }
 
-// demoLedgerTxs is how many envelopes 'memberd demo' submits.
-const demoLedgerTxs = 5
-
-// demoLedgerCheck is the ledger part of 'memberd demo': submit to the first
-// member, fetch and verify from every member, print the height.
-func demoLedgerCheck(ctx context.Context, e *env, d *DemoConsortium) error {
-	ctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-	defer cancel()
-	from := d.Layout.Members[0]
-	h, err := d.CheckLedger(ctx, from, demoLedgerTxs)
-	if err != nil {
-		return err
-	}
-	fmt.Fprintf(e.stdout, "  ledger: %d envelopes submitted to %s; blocks 0..%d fetched, verified and identical on all %d members (height %d)\n",
-		demoLedgerTxs, from, h-1, len(d.Layout.Members), h)
-	return nil
-}
-
 // demoLedgerACL is the policy ACL rule the ledger needs: raft and gRPC
 // between consenters (the demo's catch-all 7050-7059 rule covers them too;
 // this one says why they are open and stays right if that rule narrows).
 func demoLedgerACL() *policy.ACLRule {
 	return &policy.ACLRule{From: []string{"role:consenter"}, To: []string{"role:consenter"},
-		Ports:   []policy.PortRange{{Lo: demoLedgerRaftPort, Hi: demoLedgerPeerPort}},
+		Ports:   []policy.PortRange{{Lo: LedgerRaftPort, Hi: LedgerPeerPort}},
 		Comment: "ledger: raft (7052) and gRPC forwarding/catch-up (7053) between consenters"}
 }

@@ -1,4 +1,4 @@
-package app
+package demo
 
 import (
 	"context"
@@ -18,11 +18,15 @@ import (
 	"github.com/memberd/memberd/tunnel"
 )
 
-// DemoConsortium is a demo consortium running in this process: the relays
-// and appliances of a DemoLayout, each exactly as 'memberd relay' and
+// EchoPort is the overlay port the demo's echo service listens on
+// (inside the 7050-7059 range the demo policy allows).
+const EchoPort = 7059
+
+// Consortium is a demo consortium running in this process: the relays
+// and appliances of a Layout, each exactly as 'memberd relay' and
 // 'memberd run' run them. Whole-consortium tests drive it too.
-type DemoConsortium struct {
-	Layout *DemoLayout
+type Consortium struct {
+	Layout *Layout
 
 	mu         sync.Mutex
 	appliances map[string]*appliance.Appliance
@@ -34,8 +38,8 @@ type DemoConsortium struct {
 	gate       <-chan struct{}
 }
 
-// DemoRunOptions tune StartDemo. The zero value is what 'memberd demo' uses.
-type DemoRunOptions struct {
+// RunOptions tune Start. The zero value is what 'memberd demo' uses.
+type RunOptions struct {
 	// Logger receives every component's logs; nil discards.
 	Logger *slog.Logger
 	// ForwardHook, when set, sees every payload each relay forwards (for
@@ -52,17 +56,17 @@ type demoProc struct {
 	addr   string // relay listen address or appliance admin address
 }
 
-// StartDemo starts every relay and appliance of L. log nil discards. Stop
+// Start starts every relay and appliance of L. log nil discards. Stop
 // ends them.
-func StartDemo(ctx context.Context, L *DemoLayout, o *DemoRunOptions) (*DemoConsortium, error) {
+func Start(ctx context.Context, L *Layout, o *RunOptions) (*Consortium, error) {
 	if o == nil {
-		o = &DemoRunOptions{}
+		o = &RunOptions{}
 	}
 	log := o.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	d := &DemoConsortium{Layout: L, appliances: map[string]*appliance.Appliance{}, relays: map[string]*demoProc{},
+	d := &Consortium{Layout: L, appliances: map[string]*appliance.Appliance{}, relays: map[string]*demoProc{},
 		members: map[string]*demoProc{}, log: log, stderr: io.Discard, hook: o.ForwardHook, gate: o.QUICGate}
 	for _, id := range L.Relays {
 		if err := d.StartRelay(ctx, id); err != nil {
@@ -80,8 +84,8 @@ func StartDemo(ctx context.Context, L *DemoLayout, o *DemoRunOptions) (*DemoCons
 }
 
 // StartRelay starts (or restarts) relay id.
-func (d *DemoConsortium) StartRelay(ctx context.Context, id string) error {
-	cfg, err := loadRelayConfig(d.Layout.RelayConfig[id])
+func (d *Consortium) StartRelay(ctx context.Context, id string) error {
+	cfg, err := relayd.LoadConfig(d.Layout.RelayConfig[id])
 	if err != nil {
 		return err
 	}
@@ -107,8 +111,8 @@ func (d *DemoConsortium) StartRelay(ctx context.Context, id string) error {
 }
 
 // StartMember starts (or restarts) the appliance of member id.
-func (d *DemoConsortium) StartMember(ctx context.Context, id string) error {
-	cfg, err := loadRunConfig(d.Layout.MemberConfig[id])
+func (d *Consortium) StartMember(ctx context.Context, id string) error {
+	cfg, err := appliance.LoadConfig(d.Layout.MemberConfig[id])
 	if err != nil {
 		return err
 	}
@@ -149,7 +153,7 @@ func startProc(ctx context.Context, run func(context.Context) error, ready <-cha
 }
 
 // StopRelay stops relay id (as if its host died) and waits for it.
-func (d *DemoConsortium) StopRelay(id string) error {
+func (d *Consortium) StopRelay(id string) error {
 	d.mu.Lock()
 	p := d.relays[id]
 	delete(d.relays, id)
@@ -162,7 +166,7 @@ func (d *DemoConsortium) StopRelay(id string) error {
 }
 
 // StopMember stops the appliance of member id and waits for it.
-func (d *DemoConsortium) StopMember(id string) error {
+func (d *Consortium) StopMember(id string) error {
 	d.mu.Lock()
 	p := d.members[id]
 	delete(d.members, id)
@@ -176,7 +180,7 @@ func (d *DemoConsortium) StopMember(id string) error {
 }
 
 // Stop stops everything (appliances first) and returns the first error.
-func (d *DemoConsortium) Stop() error {
+func (d *Consortium) Stop() error {
 	var first error
 	d.mu.Lock()
 	ms := keys(d.members)
@@ -205,7 +209,7 @@ func keys[V any](m map[string]V) []string {
 }
 
 // Device is the tunnel of a running member (nil if not running).
-func (d *DemoConsortium) Device(member string) *tunnel.Device {
+func (d *Consortium) Device(member string) *tunnel.Device {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if a := d.appliances[member]; a != nil {
@@ -215,7 +219,7 @@ func (d *DemoConsortium) Device(member string) *tunnel.Device {
 }
 
 // RelayStatus is the relay client's view of a running member.
-func (d *DemoConsortium) RelayStatus(member string) []relay.RelayStatus {
+func (d *Consortium) RelayStatus(member string) []relay.RelayStatus {
 	d.mu.Lock()
 	a := d.appliances[member]
 	d.mu.Unlock()
@@ -227,7 +231,7 @@ func (d *DemoConsortium) RelayStatus(member string) []relay.RelayStatus {
 
 // IdentitySerial is the serial number of the identity certificate a
 // running member uses now ("" if not running).
-func (d *DemoConsortium) IdentitySerial(member string) string {
+func (d *Consortium) IdentitySerial(member string) string {
 	d.mu.Lock()
 	a := d.appliances[member]
 	d.mu.Unlock()
@@ -238,7 +242,7 @@ func (d *DemoConsortium) IdentitySerial(member string) string {
 }
 
 // AdminAddr is the admin endpoint of a running member.
-func (d *DemoConsortium) AdminAddr(member string) string {
+func (d *Consortium) AdminAddr(member string) string {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if p := d.members[member]; p != nil {
@@ -249,7 +253,7 @@ func (d *DemoConsortium) AdminAddr(member string) string {
 
 // PolicyVersion is the policy version a running member applied (0 if not
 // running).
-func (d *DemoConsortium) PolicyVersion(member string) uint64 {
+func (d *Consortium) PolicyVersion(member string) uint64 {
 	d.mu.Lock()
 	a := d.appliances[member]
 	d.mu.Unlock()
@@ -261,8 +265,8 @@ func (d *DemoConsortium) PolicyVersion(member string) uint64 {
 
 // RelayPolicyVersion is the policy version relay id applied last, from its
 // state folder (0 if none or unreadable; the relay need not be running).
-func (d *DemoConsortium) RelayPolicyVersion(id string) uint64 {
-	cfg, err := loadRelayConfig(d.Layout.RelayConfig[id])
+func (d *Consortium) RelayPolicyVersion(id string) uint64 {
+	cfg, err := relayd.LoadConfig(d.Layout.RelayConfig[id])
 	if err != nil || cfg.StateDir == "" {
 		return 0
 	}
@@ -275,7 +279,7 @@ func (d *DemoConsortium) RelayPolicyVersion(id string) uint64 {
 
 // WaitConnected waits until every running member has a connection up to
 // every running relay.
-func (d *DemoConsortium) WaitConnected(ctx context.Context) error {
+func (d *Consortium) WaitConnected(ctx context.Context) error {
 	for {
 		missing := ""
 		d.mu.Lock()
@@ -313,7 +317,7 @@ type Check struct {
 
 // CheckAll makes every member echo through every other member's echo
 // service on port (each member must serve it: ServeEcho).
-func (d *DemoConsortium) CheckAll(ctx context.Context, port uint16) []Check {
+func (d *Consortium) CheckAll(ctx context.Context, port uint16) []Check {
 	var out []Check
 	for _, from := range d.Layout.Members {
 		for _, to := range d.Layout.Members {
@@ -372,7 +376,7 @@ func echoOnce(ctx context.Context, dev *tunnel.Device, to string, port uint16) (
 
 // ServeEcho makes every running member echo TCP connections on overlay
 // port until ctx ends.
-func (d *DemoConsortium) ServeEcho(ctx context.Context, port uint16) error {
+func (d *Consortium) ServeEcho(ctx context.Context, port uint16) error {
 	for _, m := range d.Layout.Members {
 		dev := d.Device(m)
 		if dev == nil {
@@ -402,7 +406,7 @@ type PushResult = push.Result
 // PushPolicy pushes bundle as 'memberd policy push --admin' to the
 // appliance of member does: into its folder, then to every other member
 // through the tunnel.
-func (d *DemoConsortium) PushPolicy(ctx context.Context, member string, bundle []byte) ([]PushResult, error) {
+func (d *Consortium) PushPolicy(ctx context.Context, member string, bundle []byte) ([]PushResult, error) {
 	addr := d.AdminAddr(member)
 	if addr == "" {
 		return nil, fmt.Errorf("demo: member %s is not running", member)
@@ -412,9 +416,9 @@ func (d *DemoConsortium) PushPolicy(ctx context.Context, member string, bundle [
 
 // DropRelayPolicy writes bundle into every relay's policy folder, as a
 // relay operator does.
-func (d *DemoConsortium) DropRelayPolicy(bundle []byte) error {
+func (d *Consortium) DropRelayPolicy(bundle []byte) error {
 	for _, id := range d.Layout.Relays {
-		cfg, err := loadRelayConfig(d.Layout.RelayConfig[id])
+		cfg, err := relayd.LoadConfig(d.Layout.RelayConfig[id])
 		if err != nil {
 			return err
 		}

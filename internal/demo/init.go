@@ -1,4 +1,4 @@
-package app
+package demo
 
 // memberd demo init: everything a consortium on loopback needs, written to
 // a folder. Layout of DIR:
@@ -46,12 +46,13 @@ import (
 	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/internal/appliance"
 	"github.com/memberd/memberd/internal/loopport"
+	"github.com/memberd/memberd/internal/usage"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/policy"
 )
 
-// DemoOptions say what 'memberd demo init' writes.
-type DemoOptions struct {
+// Options say what 'memberd demo init' writes.
+type Options struct {
 	Dir     string   // required; created, must be empty or missing
 	Members int      // 1..50; 0 = 3
 	Relays  int      // 1..10; 0 = 2
@@ -63,7 +64,7 @@ type DemoOptions struct {
 }
 
 // Validate checks the options.
-func (o *DemoOptions) Validate() error {
+func (o *Options) Validate() error {
 	switch {
 	case o.Dir == "":
 		return errors.New("--dir: required")
@@ -84,22 +85,22 @@ func (o *DemoOptions) Validate() error {
 	return nil
 }
 
-func (o *DemoOptions) members() int {
+func (o *Options) members() int {
 	if o.Members == 0 {
 		return 3
 	}
 	return o.Members
 }
 
-func (o *DemoOptions) relays() int {
+func (o *Options) relays() int {
 	if o.Relays == 0 {
 		return 2
 	}
 	return o.Relays
 }
 
-// DemoLayout is what demo init wrote.
-type DemoLayout struct {
+// Layout is what demo init wrote.
+type Layout struct {
 	Dir          string
 	Members      []string          // member ids, in order
 	Relays       []string          // relay ids
@@ -110,20 +111,20 @@ type DemoLayout struct {
 	SoftHSMConf  string            // "" with --hsm soft
 }
 
-// demoLayoutFile records the layout in DIR for 'memberd demo --dir DIR'.
-const demoLayoutFile = "demo.yaml"
+// LayoutFile records the layout in DIR for 'memberd demo --dir DIR'.
+const LayoutFile = "demo.yaml"
 
-// DemoInit writes a whole demo consortium into o.Dir and starts nothing.
-func DemoInit(o DemoOptions) (*DemoLayout, error) {
+// Init writes a whole demo consortium into o.Dir and starts nothing.
+func Init(o Options) (*Layout, error) {
 	if err := o.Validate(); err != nil {
-		return nil, &UsageError{Err: err}
+		return nil, &usage.Error{Err: err}
 	}
 	dir, err := filepath.Abs(o.Dir)
 	if err != nil {
 		return nil, err
 	}
 	if ents, err := os.ReadDir(dir); err == nil && len(ents) > 0 {
-		return nil, usagef("--dir: %s is not empty: choose a new folder", dir)
+		return nil, usage.Errorf("--dir: %s is not empty: choose a new folder", dir)
 	}
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -132,7 +133,7 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 	if mode == "" {
 		mode = "softhsm"
 	}
-	L := &DemoLayout{Dir: dir, MemberConfig: map[string]string{}, RelayConfig: map[string]string{}, AdminKey: map[string]string{}}
+	L := &Layout{Dir: dir, MemberConfig: map[string]string{}, RelayConfig: map[string]string{}, AdminKey: map[string]string{}}
 	now := time.Now()
 	var module string
 	if mode == "softhsm" {
@@ -351,7 +352,7 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		return nil, err
 	}
 
-	ledgerGenesis, err := demoLedgerGenesis(gen, leafs, now)
+	ledgerGenesis, err := LedgerGenesis(gen, leafs, now)
 	if err != nil {
 		return nil, err
 	}
@@ -379,7 +380,7 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		if err != nil {
 			return nil, err
 		}
-		if err := os.WriteFile(filepath.Join(mdir, demoLedgerGenesisFile), ledgerGenesis, 0o644); err != nil {
+		if err := os.WriteFile(filepath.Join(mdir, LedgerGenesisFile), ledgerGenesis, 0o644); err != nil {
 			return nil, err
 		}
 		ledgerAddr := ledgerAddrs[id]
@@ -405,21 +406,21 @@ func DemoInit(o DemoOptions) (*DemoLayout, error) {
 		}
 		L.MemberConfig[id] = p
 	}
-	if err := writeYAML(filepath.Join(dir, demoLayoutFile), "# written by memberd demo init\n", L); err != nil {
+	if err := writeYAML(filepath.Join(dir, LayoutFile), "# written by memberd demo init\n", L); err != nil {
 		return nil, err
 	}
 	return L, nil
 }
 
-// LoadDemoLayout reads the layout demo init wrote into dir.
-func LoadDemoLayout(dir string) (*DemoLayout, error) {
-	b, err := os.ReadFile(filepath.Join(dir, demoLayoutFile))
+// LoadLayout reads the layout demo init wrote into dir.
+func LoadLayout(dir string) (*Layout, error) {
+	b, err := os.ReadFile(filepath.Join(dir, LayoutFile))
 	if err != nil {
-		return nil, usagef("--dir %s: %v (run 'memberd demo init' first, or give an empty folder)", dir, err)
+		return nil, usage.Errorf("--dir %s: %v (run 'memberd demo init' first, or give an empty folder)", dir, err)
 	}
-	var L DemoLayout
+	var L Layout
 	if err := yaml.Unmarshal(b, &L); err != nil {
-		return nil, usagef("%s: %v", filepath.Join(dir, demoLayoutFile), err)
+		return nil, usage.Errorf("%s: %v", filepath.Join(dir, LayoutFile), err)
 	}
 	g, err := os.ReadFile(filepath.Join(dir, "genesis.yaml"))
 	if err != nil {
@@ -479,7 +480,7 @@ func softHSMModule() (string, error) {
 			return m, nil
 		}
 	}
-	return "", usagef("--hsm softhsm: libsofthsm2.so not found (apt-get install softhsm2), or use --hsm soft (insecure key files)")
+	return "", usage.Errorf("--hsm softhsm: libsofthsm2.so not found (apt-get install softhsm2), or use --hsm soft (insecure key files)")
 }
 
 type discardW struct{}

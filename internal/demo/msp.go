@@ -1,4 +1,4 @@
-package app
+package demo
 
 // Fabric identities of the demo: demo init issues, from each member's CA,
 // the appliance (ledger node) certificate with OU=orderer and a SAN for
@@ -90,7 +90,7 @@ func writeDemoMSP(dir, id, ou string, ca *x509.Certificate, caKey hsm.Signer, no
 // SignCSR has member's demo CA (members/<id>/ca.pem and its key file,
 // INSECURE: demo only) issue a certificate for a DER CSR, as
 // 'memberd ca sign' does.
-func (L *DemoLayout) SignCSR(member string, csr []byte) (*x509.Certificate, error) {
+func (L *Layout) SignCSR(member string, csr []byte) (*x509.Certificate, error) {
 	mdir := filepath.Join(L.Dir, "members", member)
 	caPEM, err := os.ReadFile(filepath.Join(mdir, "ca.pem"))
 	if err != nil {
