@@ -1,0 +1,21 @@
+package app
+
+import (
+	"context"
+	"fmt"
+	"os"
+
+	"github.com/memberd/memberd/internal/demostory"
+)
+
+// runDemoStory is 'memberd demo --ci': the whole story (internal/demostory)
+// with real processes of this very binary, every step verified; an error
+// when any step failed.
+func runDemoStory(ctx context.Context, e *env, dir string) error {
+	bin, err := os.Executable()
+	if err != nil {
+		return fmt.Errorf("demo --ci: finding the memberd binary to run: %w", err)
+	}
+	_, err = demostory.Run(ctx, demostory.Options{Bin: bin, Dir: dir, Out: e.stdout})
+	return err
+}

@@ -1,0 +1,425 @@
+package demostory
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"math/big"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"go.yaml.in/yaml/v3"
+
+	"github.com/memberd/memberd/policy"
+)
+
+// stepGovernance: policy v2 (the echo port closed) signed by 2 of 3 admins,
+// verified, pushed, applied live everywhere; the echo that worked is refused.
+func (s *story) stepGovernance(ctx context.Context) (string, error) {
+	a, b := s.members[0], s.members[1]
+	if err := s.waitFor(ctx, fmt.Sprintf("echo %s → %s:%d through the tunnel before the change (logs %s, %s)", a.name, b.name, echoPort, a.logFile, b.logFile),
+		60*time.Second, func(ctx context.Context) (bool, error) { err := echoVia(ctx, s.fwdAddr); return err == nil, err }); err != nil {
+		return "", err
+	}
+	s.detail("before: TCP echo %s → %s overlay port %d through the tunnel works", a.name, b.name, echoPort)
+	v2path := filepath.Join(s.dir, "governance", "policy-v2.yaml")
+	v2, err := policyV2(s.genesis, v2path)
+	if err != nil {
+		return "", err
+	}
+	votes := ""
+	for _, signer := range s.L.Members[:2] {
+		out, err := s.memberd(ctx, "policy", "sign", "--current", s.genesis, "--key", "file:"+s.L.AdminKey[signer], "--insecure-file-key", v2path)
+		if err != nil {
+			return "", err
+		}
+		votes = lineWith(out, "votes so far")
+	}
+	s.detail("policy v2 %s (ACL: port %d removed) signed by the admins of %s; %s", v2.Hash(), echoPort, strings.Join(s.L.Members[:2], " and "), votes)
+	if _, err := s.memberd(ctx, "policy", "verify", "--current", s.genesis, v2path); err != nil {
+		return "", fmt.Errorf("v2 does not verify against v1: %w", err)
+	}
+	pushed := time.Now()
+	if _, err := s.memberd(ctx, "policy", "push", "--admin", a.admin, v2path); err != nil {
+		return "", err
+	}
+	all := append(append([]*proc{}, s.members...), s.relays...)
+	if err := s.waitFor(ctx, "policy v2 applied on every member and relay", 90*time.Second, func(ctx context.Context) (bool, error) {
+		var behind []string
+		for _, p := range all {
+			st, err := p.status(ctx)
+			if err != nil {
+				return false, err
+			}
+			if v := max(st.Policy.Version, st.PolicyVersion); v != v2.Version() {
+				behind = append(behind, fmt.Sprintf("%s at v%d (log %s)", p.name, v, p.logFile))
+			}
+		}
+		if len(behind) > 0 {
+			return false, errors.New(strings.Join(behind, ", "))
+		}
+		return true, nil
+	}); err != nil {
+		return "", err
+	}
+	applied := time.Since(pushed)
+	s.detail("pushed with memberd policy push; v%d on %d members and %d relays (/status) %v after the push", v2.Version(), len(s.members), len(s.relays), applied.Round(10*time.Millisecond))
+	deniedBefore := s.aclDenied(ctx, a, b)
+	if err := s.waitFor(ctx, fmt.Sprintf("echo %s → %s:%d refused under v2", a.name, b.name, echoPort), 60*time.Second, func(ctx context.Context) (bool, error) {
+		if err := echoVia(ctx, s.fwdAddr); err != nil {
+			return true, nil
+		}
+		return false, errors.New("the echo still works")
+	}); err != nil {
+		return "", err
+	}
+	// And stays refused while the rest of the tunnel works.
+	if err := echoVia(ctx, s.fwdAddr); err == nil {
+		return "", errors.New("the echo through the closed port worked again under v2")
+	}
+	if _, err := ping(ctx, a, b.name); err != nil {
+		return "", fmt.Errorf("after v2, ping %s → %s fails too (the tunnel, not only the port): %w", a.name, b.name, err)
+	}
+	denied := s.aclDenied(ctx, a, b) - deniedBefore
+	s.detail("after: the same echo is refused (tunnel ACL denials +%d on %s/%s), ping %s → %s still answers", denied, a.name, b.name, a.name, b.name)
+	return fmt.Sprintf("v2 signed 2/3, applied on %d+%d in %v; port %d refused", len(s.members), len(s.relays), applied.Round(10*time.Millisecond), echoPort), nil
+}
+
+func (s *story) aclDenied(ctx context.Context, ps ...*proc) uint64 {
+	var n uint64
+	for _, p := range ps {
+		if st, err := p.status(ctx); err == nil {
+			n += st.Tunnel.ACLDenied
+		}
+	}
+	return n
+}
+
+func lineWith(out, prefix string) string {
+	for _, l := range strings.Split(out, "\n") {
+		if strings.HasPrefix(strings.TrimSpace(l), prefix) {
+			return strings.TrimSpace(l)
+		}
+	}
+	return ""
+}
+
+// pingStream pings member from p through the tunnel back to back and keeps
+// the time of every reply.
+type pingStream struct {
+	from   *proc
+	member string
+
+	mu      sync.Mutex // guards the fields below
+	replies []time.Time
+	lost    int
+}
+
+func (ps *pingStream) run(ctx context.Context) {
+	for ctx.Err() == nil {
+		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		_, err := ping(pctx, ps.from, ps.member)
+		cancel()
+		now := time.Now()
+		ps.mu.Lock()
+		if err == nil {
+			ps.replies = append(ps.replies, now)
+		} else if ctx.Err() == nil {
+			ps.lost++
+		}
+		ps.mu.Unlock()
+		select {
+		case <-ctx.Done():
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+}
+
+// after counts replies after t; gap is the longest pause between two
+// replies (or from the last reply to now) around t.
+func (ps *pingStream) around(t time.Time) (after int, gap time.Duration, lost int) {
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	var prev time.Time
+	for _, r := range ps.replies {
+		if r.After(t) {
+			after++
+		}
+		if !prev.IsZero() && r.Sub(prev) > gap && r.After(t.Add(-time.Second)) {
+			gap = r.Sub(prev)
+		}
+		prev = r
+	}
+	if after == 0 && !prev.IsZero() {
+		gap = time.Since(prev)
+	}
+	return after, gap, ps.lost
+}
+
+// stepFailover: the relay member-a sends on is killed (kill -9) while pings
+// flow from member-a to the others; the traffic moves to the other relay.
+func (s *story) stepFailover(ctx context.Context) (string, error) {
+	a := s.members[0]
+	st, err := a.status(ctx)
+	if err != nil {
+		return "", err
+	}
+	inUse, _ := st.activeRelay()
+	victim := s.byName[inUse]
+	if victim == nil {
+		return "", fmt.Errorf("%s /status names no relay in use", a.name)
+	}
+	var streams []*pingStream
+	for _, m := range s.members[1:] {
+		streams = append(streams, &pingStream{from: a, member: m.name})
+	}
+	tctx, stopTraffic := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	for _, ps := range streams {
+		wg.Add(1)
+		go func() { defer wg.Done(); ps.run(tctx) }()
+	}
+	defer func() { stopTraffic(); wg.Wait() }()
+	// Traffic flows first.
+	if err := s.waitFor(ctx, "pings flowing before the kill", 30*time.Second, func(context.Context) (bool, error) {
+		for _, ps := range streams {
+			if n, _, _ := ps.around(time.Time{}); n < 20 {
+				return false, fmt.Errorf("%d replies from %s so far", n, ps.member)
+			}
+		}
+		return true, nil
+	}); err != nil {
+		return "", err
+	}
+	term0 := ""
+	if l := st.ledger(); l.Leader != "" {
+		term0 = l.Leader
+	}
+	killedAt := time.Now()
+	pid := victim.signal(syscall.SIGKILL, 10*time.Second)
+	s.detail("%s sends on %s: kill -9 %d (%s) while pinging %d members", a.name, victim.name, pid, victim.name, len(streams))
+	// The traffic continues on the other relay.
+	var other string
+	if err := s.waitFor(ctx, fmt.Sprintf("traffic from %s moved off %s (log %s)", a.name, victim.name, a.logFile), 60*time.Second, func(ctx context.Context) (bool, error) {
+		for _, ps := range streams {
+			if n, _, _ := ps.around(killedAt); n < 20 {
+				return false, fmt.Errorf("%d replies from %s since the kill", n, ps.member)
+			}
+		}
+		st, err := a.status(ctx)
+		if err != nil {
+			return false, err
+		}
+		id, path := st.activeRelay()
+		if id == "" || id == victim.name {
+			return false, fmt.Errorf("%s /status: relay in use %q", a.name, id)
+		}
+		other = id + " (" + path + ")"
+		return true, nil
+	}); err != nil {
+		return "", err
+	}
+	stopTraffic()
+	wg.Wait()
+	var worst time.Duration
+	var lostAll int
+	for _, ps := range streams {
+		after, gap, lost := ps.around(killedAt)
+		worst = max(worst, gap)
+		lostAll += lost
+		s.detail("%s → %s: %d replies after the kill; longest pause between replies %v; %d pings unanswered (1 s timeout)",
+			a.name, ps.member, after, gap.Round(time.Millisecond), lost)
+	}
+	st, err = a.status(ctx)
+	if err == nil && term0 != "" {
+		s.detail("traffic on %s now; raft leader %s before, %s after", other, term0, st.ledger().Leader)
+	}
+	return fmt.Sprintf("%s killed; traffic on %s, longest gap %v", victim.name, other, worst.Round(time.Millisecond)), nil
+}
+
+// stepRotate: member-c's identity key rotated with HSM tooling, no restart.
+func (s *story) stepRotate(ctx context.Context) (string, error) {
+	c := s.members[2]
+	mdir := filepath.Join(s.cons, "members", c.name)
+	st, err := c.status(ctx)
+	if err != nil {
+		return "", err
+	}
+	oldSerial, oldExpiry := st.Identity.Serial, st.Identity.NotAfter
+	c.mu.Lock()
+	pid := c.cmd.Process.Pid
+	c.mu.Unlock()
+	pinRaw, err := os.ReadFile(filepath.Join(mdir, "pin"))
+	if err != nil {
+		return "", err
+	}
+	pin := strings.TrimSpace(string(pinRaw))
+	label := "identity-2"
+	// 1. A new key pair in the member's token, with the HSM's own tool.
+	if _, err := s.command(ctx, "pkcs11-tool", "--module", s.module, "--token-label", c.name, "--login", "--pin", pin,
+		"--keypairgen", "--key-type", "EC:prime256v1", "--label", label, "--id", "5302"); err != nil {
+		return "", err
+	}
+	uri := fmt.Sprintf("pkcs11:token=%s;object=%s?module-path=%s&pin-source=file:%s", c.name, label, s.module, filepath.Join(mdir, "pin"))
+	// 2. A CSR signed by that key, 3. the member CA signs it.
+	rot := filepath.Join(s.dir, "rotation")
+	if err := os.MkdirAll(rot, 0o755); err != nil {
+		return "", err
+	}
+	overlay, err := s.overlayIP(c.name)
+	if err != nil {
+		return "", err
+	}
+	csr, certOut := filepath.Join(rot, c.name+"-2.csr"), filepath.Join(rot, c.name+"-2.pem")
+	if _, err := s.memberd(ctx, "hsm", "csr", "--key", uri, "--cn", c.name+"-appliance-2", "--org", c.name, "--ou", "orderer",
+		"--ip", "127.0.0.1", "--ip", overlay, "--dns", "localhost", "--out", csr); err != nil {
+		return "", err
+	}
+	if _, err := s.memberd(ctx, "ca", "sign", "--key", "file:"+filepath.Join(mdir, "ca-key.pem"), "--insecure-file-key",
+		"--ca-cert", filepath.Join(mdir, "ca.pem"), "--csr", csr, "--out", certOut); err != nil {
+		return "", err
+	}
+	newCert, err := firstCert(certOut)
+	if err != nil {
+		return "", err
+	}
+	newSerial := newCert.SerialNumber.String()
+	// 4. The key URI into identity.yaml, the certificate into the folder
+	// (each written beside and renamed in: the watcher never sees half a file).
+	idDir := filepath.Join(mdir, "identity")
+	if err := addIdentityKey(filepath.Join(idDir, "identity.yaml"), uri); err != nil {
+		return "", err
+	}
+	certPEM, err := os.ReadFile(certOut)
+	if err != nil {
+		return "", err
+	}
+	if err := writeRename(filepath.Join(idDir, "cert-2.pem"), certPEM); err != nil {
+		return "", err
+	}
+	dropped := time.Now()
+	a := s.members[0]
+	if err := s.waitFor(ctx, fmt.Sprintf("%s using the new certificate (serial %s) for identity, tunnel and ledger (log %s)", c.name, shortSerial(newSerial), c.logFile),
+		90*time.Second, func(ctx context.Context) (bool, error) {
+			st, err := c.status(ctx)
+			if err != nil {
+				return false, err
+			}
+			if st.Identity.Serial != newSerial || st.Tunnel.CertificateSerial != newSerial {
+				return false, fmt.Errorf("identity serial %s, tunnel %s", shortSerial(st.Identity.Serial), shortSerial(st.Tunnel.CertificateSerial))
+			}
+			if l := st.ledger(); l.CertificateSerial != "" && l.CertificateSerial != newSerial {
+				return false, fmt.Errorf("ledger signs with %s", shortSerial(l.CertificateSerial))
+			}
+			sa, err := a.status(ctx)
+			if err != nil {
+				return false, err
+			}
+			for _, p := range sa.Tunnel.Peers {
+				if p.Member == c.name && p.CertificateSerial != newSerial {
+					return false, fmt.Errorf("%s sees %s attested by %s", a.name, c.name, shortSerial(p.CertificateSerial))
+				}
+			}
+			return true, nil
+		}); err != nil {
+		return "", err
+	}
+	took := time.Since(dropped)
+	c.mu.Lock()
+	samePID := c.cmd.Process.Pid == pid
+	c.mu.Unlock()
+	if !samePID || !c.running() {
+		return "", fmt.Errorf("%s restarted or stopped during the rotation (log %s)", c.name, c.logFile)
+	}
+	st, _ = c.status(ctx)
+	s.detail("pkcs11-tool --keypairgen (%s in token %s), memberd hsm csr, memberd ca sign, cert-2.pem dropped into %s", label, c.name, idDir)
+	s.detail("%s: serial %s → %s, expiry %s → %s, in use by identity, tunnel attestation and ledger %v after the drop; pid %d unchanged",
+		c.name, shortSerial(oldSerial), shortSerial(newSerial), oldExpiry.UTC().Format(time.DateOnly), st.Identity.NotAfter.UTC().Format(time.DateOnly), took.Round(10*time.Millisecond), pid)
+	if err := s.waitFor(ctx, fmt.Sprintf("ping %s → %s after the rotation", a.name, c.name), 30*time.Second,
+		func(ctx context.Context) (bool, error) { _, err := ping(ctx, a, c.name); return err == nil, err }); err != nil {
+		return "", err
+	}
+	fig, err := s.order(ctx, c, 3, "after-rotation")
+	if err != nil {
+		return "", fmt.Errorf("ledger after the rotation: %w", err)
+	}
+	return fmt.Sprintf("%s serial %s → %s, no restart; tunnel ok; %s", c.name, shortSerial(oldSerial), shortSerial(newSerial), fig), nil
+}
+
+func (s *story) overlayIP(member string) (string, error) {
+	raw, err := os.ReadFile(s.genesis)
+	if err != nil {
+		return "", err
+	}
+	p, err := policy.Parse(raw)
+	if err != nil {
+		return "", err
+	}
+	m := p.Member(member)
+	if m == nil {
+		return "", fmt.Errorf("%s: no member %s", s.genesis, member)
+	}
+	return m.OverlayIP, nil
+}
+
+func firstCert(path string) (*x509.Certificate, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	b, _ := pem.Decode(raw)
+	if b == nil {
+		return nil, fmt.Errorf("%s: no PEM certificate", path)
+	}
+	return x509.ParseCertificate(b.Bytes)
+}
+
+// addIdentityKey appends uri to the keys of identity.yaml.
+func addIdentityKey(path, uri string) error {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return err
+	}
+	var f struct {
+		Key  string   `yaml:"key,omitempty"`
+		Keys []string `yaml:"keys"`
+	}
+	if err := yaml.Unmarshal(raw, &f); err != nil {
+		return fmt.Errorf("%s: %w", path, err)
+	}
+	f.Keys = append(f.Keys, uri)
+	out, err := yaml.Marshal(&f)
+	if err != nil {
+		return err
+	}
+	return writeRename(path, out)
+}
+
+// writeRename writes path through a temporary file in the same folder
+// (a dot file the identity watcher ignores) and a rename.
+func writeRename(path string, b []byte) error {
+	tmp := filepath.Join(filepath.Dir(path), "."+filepath.Base(path)+".tmp")
+	if err := os.WriteFile(tmp, b, 0o644); err != nil {
+		return err
+	}
+	return os.Rename(tmp, path)
+}
+
+// shortSerial shows a decimal serial as its first hex digits.
+func shortSerial(dec string) string {
+	n, ok := new(big.Int).SetString(dec, 10)
+	if !ok {
+		return dec
+	}
+	h := n.Text(16)
+	if len(h) > 8 {
+		h = h[:8] + "…"
+	}
+	return h
+}
