@@ -87,6 +87,9 @@ func (s *story) stepGovernance(ctx context.Context) (string, error) {
 		return "", fmt.Errorf("after v2, ping %s → %s fails too (the tunnel, not only the port): %w", a.name, b.name, err)
 	}
 	denied := s.aclDenied(ctx, a, b) - deniedBefore
+	if denied == 0 {
+		return "", fmt.Errorf("the echo failed, but neither %s nor %s counted an ACL denial (/status tunnel.acl_denied): not the policy's doing? (logs %s, %s)", a.name, b.name, a.logFile, b.logFile)
+	}
 	s.detail("after: the same echo is refused (tunnel ACL denials +%d on %s/%s), ping %s → %s still answers", denied, a.name, b.name, a.name, b.name)
 	return fmt.Sprintf("v2 signed 2/3, applied on %d+%d in %v; port %d refused", len(s.members), len(s.relays), applied.Round(10*time.Millisecond), echoPort), nil
 }
@@ -282,7 +285,7 @@ func (s *story) stepRotate(ctx context.Context) (string, error) {
 		return "", err
 	}
 	if _, err := s.memberd(ctx, "ca", "sign", "--key", "file:"+filepath.Join(mdir, "ca-key.pem"), "--insecure-file-key",
-		"--ca-cert", filepath.Join(mdir, "ca.pem"), "--csr", csr, "--out", certOut); err != nil {
+		"--ca-cert", filepath.Join(mdir, "ca.pem"), "--csr", csr, "--days", "730", "--out", certOut); err != nil {
 		return "", err
 	}
 	newCert, err := firstCert(certOut)

@@ -101,6 +101,9 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 		return nil, fmt.Errorf("memberd binary %s: not an executable", o.Bin)
 	}
 	o.Bin = bin
+	if err := preflight(); err != nil {
+		return nil, err
+	}
 	temp := o.Dir == ""
 	if temp {
 		if o.Dir, err = os.MkdirTemp("", "memberd-story-"); err != nil {
@@ -430,6 +433,17 @@ func (s *story) printSummary(results []Result) {
 
 func indent(s string) string {
 	return "        " + strings.ReplaceAll(strings.TrimRight(s, "\n"), "\n", "\n        ")
+}
+
+// preflight checks the tools the story runs besides memberd.
+func preflight() error {
+	for _, t := range []struct{ name, pkg string }{{"softhsm2-util", "softhsm2"}, {"pkcs11-tool", "opensc"}} {
+		if _, err := exec.LookPath(t.name); err != nil {
+			return fmt.Errorf("demo --ci needs %s: apt-get install %s (or 'make deps')", t.name, t.pkg)
+		}
+	}
+	_, err := softHSMModule()
+	return err
 }
 
 // softHSMModule finds libsofthsm2.so (pkcs11-tool needs it by path).
