@@ -113,21 +113,22 @@ func lineWith(out, prefix string) string {
 	return ""
 }
 
-// pingStream pings member from p through the tunnel back to back and keeps
-// the time of every reply.
-type pingStream struct {
-	from   *proc
-	member string
+// stream is traffic the story keeps up during the relay kill: try is
+// called back to back (20 ms apart) and the time of every success kept.
+type stream struct {
+	what string                          // "ping member-a → member-b"
+	need int                             // successes wanted before and after the kill
+	try  func(ctx context.Context) error // one ping, one transaction
 
 	mu      sync.Mutex // guards the fields below
 	replies []time.Time
 	lost    int
 }
 
-func (ps *pingStream) run(ctx context.Context) {
+func (ps *stream) run(ctx context.Context) {
 	for ctx.Err() == nil {
-		pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
-		_, err := ping(pctx, ps.from, ps.member)
+		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := ps.try(pctx)
 		cancel()
 		now := time.Now()
 		ps.mu.Lock()
@@ -144,9 +145,10 @@ func (ps *pingStream) run(ctx context.Context) {
 	}
 }
 
-// after counts replies after t; gap is the longest pause between two
-// replies (or from the last reply to now) around t.
-func (ps *pingStream) around(t time.Time) (after int, gap time.Duration, lost int) {
+// around counts the successes after t; gap is the longest pause between two
+// successes from a second before t on (or from the last success to now when
+// none came after t).
+func (ps *stream) around(t time.Time) (after int, gap time.Duration, lost int) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
 	var prev time.Time
@@ -166,7 +168,9 @@ func (ps *pingStream) around(t time.Time) (after int, gap time.Duration, lost in
 }
 
 // stepFailover: the relay member-a sends on is killed (kill -9) while pings
-// flow from member-a to the others; the traffic moves to the other relay.
+// flow from member-a to the others and transactions go to member-a's
+// ledger; the traffic moves to the other relay. The relay is then started
+// again and the members reconnect to it.
 func (s *story) stepFailover(ctx context.Context) (string, error) {
 	a := s.members[0]
 	st, err := a.status(ctx)
@@ -175,13 +179,24 @@ func (s *story) stepFailover(ctx context.Context) (string, error) {
 	}
 	inUse, _ := st.activeRelay()
 	victim := s.byName[inUse]
-	if victim == nil {
+	if victim == nil || !victim.relay {
 		return "", fmt.Errorf("%s /status names no relay in use", a.name)
 	}
-	var streams []*pingStream
+	var streams []*stream
 	for _, m := range s.members[1:] {
-		streams = append(streams, &pingStream{from: a, member: m.name})
+		streams = append(streams, &stream{what: fmt.Sprintf("ping %s → %s", a.name, m.name), need: 20,
+			try: func(ctx context.Context) error { _, err := ping(ctx, a, m.name); return err }})
 	}
+	tx := 0
+	streams = append(streams, &stream{what: "ledger submit to " + a.name + " (one process per transaction)", need: 3, try: func(ctx context.Context) error {
+		tx++
+		args := append([]string{"ledger", "submit"}, s.ledgerFlags(a)...)
+		out, err := s.memberd(ctx, append(args, "--data", fmt.Sprintf("failover transaction %d", tx))...)
+		if err == nil && !strings.HasPrefix(strings.TrimSpace(out), "SUCCESS") {
+			err = fmt.Errorf("answered %q", strings.TrimSpace(out))
+		}
+		return err
+	}})
 	tctx, stopTraffic := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	for _, ps := range streams {
@@ -189,31 +204,30 @@ func (s *story) stepFailover(ctx context.Context) (string, error) {
 		go func() { defer wg.Done(); ps.run(tctx) }()
 	}
 	defer func() { stopTraffic(); wg.Wait() }()
-	// Traffic flows first.
-	if err := s.waitFor(ctx, "pings flowing before the kill", 30*time.Second, func(context.Context) (bool, error) {
+	enough := func(since time.Time) error {
 		for _, ps := range streams {
-			if n, _, _ := ps.around(time.Time{}); n < 20 {
-				return false, fmt.Errorf("%d replies from %s so far", n, ps.member)
+			if n, _, _ := ps.around(since); n < ps.need {
+				return fmt.Errorf("%s: %d of %d answers so far", ps.what, n, ps.need)
 			}
 		}
-		return true, nil
+		return nil
+	}
+	// Traffic flows first.
+	if err := s.waitFor(ctx, "traffic flowing before the kill", 60*time.Second, func(context.Context) (bool, error) {
+		err := enough(time.Time{})
+		return err == nil, err
 	}); err != nil {
 		return "", err
 	}
-	term0 := ""
-	if l := st.ledger(); l.Leader != "" {
-		term0 = l.Leader
-	}
+	leader := st.ledger().Leader
 	killedAt := time.Now()
 	pid := victim.signal(syscall.SIGKILL, 10*time.Second)
-	s.detail("%s sends on %s: kill -9 %d (%s) while pinging %d members", a.name, victim.name, pid, victim.name, len(streams))
+	s.detail("%s sends on %s: kill -9 %d while pinging %d members and submitting transactions", a.name, victim.name, pid, len(s.members)-1)
 	// The traffic continues on the other relay.
 	var other string
-	if err := s.waitFor(ctx, fmt.Sprintf("traffic from %s moved off %s (log %s)", a.name, victim.name, a.logFile), 60*time.Second, func(ctx context.Context) (bool, error) {
-		for _, ps := range streams {
-			if n, _, _ := ps.around(killedAt); n < 20 {
-				return false, fmt.Errorf("%d replies from %s since the kill", n, ps.member)
-			}
+	if err := s.waitFor(ctx, fmt.Sprintf("traffic from %s moved off %s (log %s)", a.name, victim.name, a.logFile), 90*time.Second, func(ctx context.Context) (bool, error) {
+		if err := enough(killedAt); err != nil {
+			return false, err
 		}
 		st, err := a.status(ctx)
 		if err != nil {
@@ -230,20 +244,42 @@ func (s *story) stepFailover(ctx context.Context) (string, error) {
 	}
 	stopTraffic()
 	wg.Wait()
-	var worst time.Duration
-	var lostAll int
+	var pingGap, txGap time.Duration
 	for _, ps := range streams {
 		after, gap, lost := ps.around(killedAt)
-		worst = max(worst, gap)
-		lostAll += lost
-		s.detail("%s → %s: %d replies after the kill; longest pause between replies %v; %d pings unanswered (1 s timeout)",
-			a.name, ps.member, after, gap.Round(time.Millisecond), lost)
+		if strings.HasPrefix(ps.what, "ping") {
+			pingGap = max(pingGap, gap)
+		} else {
+			txGap = gap
+		}
+		s.detail("%s: %d answers after the kill; longest pause between answers %v; %d failed", ps.what, after, gap.Round(time.Millisecond), lost)
 	}
-	st, err = a.status(ctx)
-	if err == nil && term0 != "" {
-		s.detail("traffic on %s now; raft leader %s before, %s after", other, term0, st.ledger().Leader)
+	if st, err = a.status(ctx); err == nil {
+		s.detail("traffic on %s now; raft leader %s before the kill, %s after", other, leader, st.ledger().Leader)
 	}
-	return fmt.Sprintf("%s killed; traffic on %s, longest gap %v", victim.name, other, worst.Round(time.Millisecond)), nil
+	// The relay comes back; the members reconnect to it.
+	restarted := time.Now()
+	if err := victim.start(s.o.Bin, s.env); err != nil {
+		return "", err
+	}
+	if err := s.waitFor(ctx, fmt.Sprintf("every member connected to %s again (log %s)", victim.name, victim.logFile), 90*time.Second, func(ctx context.Context) (bool, error) {
+		for _, m := range s.members {
+			st, err := m.status(ctx)
+			if err != nil {
+				return false, err
+			}
+			for _, r := range st.Relays {
+				if r.ID == victim.name && r.State != "up" {
+					return false, fmt.Errorf("%s sees %s %s", m.name, victim.name, r.State)
+				}
+			}
+		}
+		return true, nil
+	}); err != nil {
+		return "", err
+	}
+	s.detail("%s started again: every member connected to it %v later", victim.name, time.Since(restarted).Round(100*time.Millisecond))
+	return fmt.Sprintf("%s killed; traffic on %s; longest gap: ping %v, tx ack %v", victim.name, other, pingGap.Round(time.Millisecond), txGap.Round(time.Millisecond)), nil
 }
 
 // stepRotate: member-c's identity key rotated with HSM tooling, no restart.
