@@ -146,8 +146,8 @@ func (ps *stream) run(ctx context.Context) {
 }
 
 // around counts the successes after t; gap is the longest pause between two
-// successes from a second before t on (or from the last success to now when
-// none came after t).
+// successes that ends after t, the one spanning t included (or the silence
+// from the last success to now when none came after t).
 func (ps *stream) around(t time.Time) (after int, gap time.Duration, lost int) {
 	ps.mu.Lock()
 	defer ps.mu.Unlock()
@@ -156,7 +156,7 @@ func (ps *stream) around(t time.Time) (after int, gap time.Duration, lost int) {
 		if r.After(t) {
 			after++
 		}
-		if !prev.IsZero() && r.Sub(prev) > gap && r.After(t.Add(-time.Second)) {
+		if !prev.IsZero() && r.Sub(prev) > gap && r.After(t) {
 			gap = r.Sub(prev)
 		}
 		prev = r

@@ -232,6 +232,7 @@ func (s *story) patience(d time.Duration) time.Duration {
 // (scaled by Patience) is over: then the last error names what was awaited.
 func (s *story) waitFor(ctx context.Context, what string, d time.Duration, cond func(context.Context) (ok bool, err error)) error {
 	d = s.patience(d)
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	start := time.Now()
@@ -260,6 +261,9 @@ func (s *story) waitFor(ctx context.Context, what string, d time.Duration, cond 
 		}
 		select {
 		case <-ctx.Done():
+			if parent.Err() != nil {
+				return fmt.Errorf("%s: interrupted (%v)", what, context.Cause(parent))
+			}
 			if last == nil {
 				last = errors.New("condition not met")
 			}

@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -25,7 +26,7 @@ func TestDemoCI(t *testing.T) {
 	testenv.Command(t, "pkcs11-tool", "opensc")
 	dir := t.TempDir()
 	bin := filepath.Join(dir, "memberd")
-	build := exec.Command("go", "build", "-o", bin, "github.com/memberd/memberd/cmd/memberd")
+	build := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", bin, "github.com/memberd/memberd/cmd/memberd")
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
