@@ -9,6 +9,7 @@ import (
 	"math/big"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -113,35 +114,71 @@ func lineWith(out, prefix string) string {
 	return ""
 }
 
-// stream is traffic the story keeps up during the relay kill: try is
-// called back to back (20 ms apart) and the time of every success kept.
+// stream is traffic the story keeps up during the relay kill; the time of
+// every success is kept. A serial stream calls try back to back (20 ms
+// apart); a paced one starts a try every 20 ms whatever the earlier ones do
+// (at most 64 in flight), so that a lost ping does not hide the pause
+// behind its timeout: the longest pause between answers is then the outage.
 type stream struct {
-	what string                          // "ping member-a → member-b"
-	need int                             // successes wanted before and after the kill
-	try  func(ctx context.Context) error // one ping, one transaction
+	what  string                          // "ping member-a → member-b"
+	need  int                             // successes wanted before and after the kill
+	paced bool                            // a try every 20 ms, not one after the other
+	try   func(ctx context.Context) error // one ping, one transaction
 
 	mu      sync.Mutex // guards the fields below
 	replies []time.Time
 	lost    int
+	lastErr string // the last failure, for the story's detail line
 }
 
 func (ps *stream) run(ctx context.Context) {
-	for ctx.Err() == nil {
-		pctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-		err := ps.try(pctx)
-		cancel()
-		now := time.Now()
-		ps.mu.Lock()
-		if err == nil {
-			ps.replies = append(ps.replies, now)
-		} else if ctx.Err() == nil {
-			ps.lost++
+	if !ps.paced {
+		for ctx.Err() == nil {
+			ps.once(ctx)
+			select {
+			case <-ctx.Done():
+			case <-time.After(20 * time.Millisecond):
+			}
 		}
-		ps.mu.Unlock()
+		return
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	inflight := make(chan struct{}, 64)
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	for {
 		select {
 		case <-ctx.Done():
-		case <-time.After(20 * time.Millisecond):
+			return
+		case <-tick.C:
 		}
+		select {
+		case inflight <- struct{}{}:
+		default:
+			continue // 64 unanswered: the pause shows in the answers anyway
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-inflight }()
+			ps.once(ctx)
+		}()
+	}
+}
+
+func (ps *stream) once(ctx context.Context) {
+	tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	err := ps.try(tctx)
+	cancel()
+	now := time.Now()
+	ps.mu.Lock()
+	defer ps.mu.Unlock()
+	if err == nil {
+		ps.replies = append(ps.replies, now)
+	} else if ctx.Err() == nil {
+		ps.lost++
+		ps.lastErr = err.Error()
 	}
 }
 
@@ -150,9 +187,12 @@ func (ps *stream) run(ctx context.Context) {
 // from the last success to now when none came after t).
 func (ps *stream) around(t time.Time) (after int, gap time.Duration, lost int) {
 	ps.mu.Lock()
-	defer ps.mu.Unlock()
+	replies := slices.Clone(ps.replies)
+	lost = ps.lost
+	ps.mu.Unlock()
+	slices.SortFunc(replies, time.Time.Compare) // paced answers come in any order
 	var prev time.Time
-	for _, r := range ps.replies {
+	for _, r := range replies {
 		if r.After(t) {
 			after++
 		}
@@ -164,7 +204,7 @@ func (ps *stream) around(t time.Time) (after int, gap time.Duration, lost int) {
 	if after == 0 && !prev.IsZero() {
 		gap = time.Since(prev)
 	}
-	return after, gap, ps.lost
+	return after, gap, lost
 }
 
 // stepFailover: the relay member-a sends on is killed (kill -9) while pings
@@ -184,7 +224,7 @@ func (s *story) stepFailover(ctx context.Context) (string, error) {
 	}
 	var streams []*stream
 	for _, m := range s.members[1:] {
-		streams = append(streams, &stream{what: fmt.Sprintf("ping %s → %s", a.name, m.name), need: 20,
+		streams = append(streams, &stream{what: fmt.Sprintf("ping %s → %s (one every 20 ms)", a.name, m.name), need: 20, paced: true,
 			try: func(ctx context.Context) error { _, err := ping(ctx, a, m.name); return err }})
 	}
 	tx := 0
@@ -252,7 +292,13 @@ func (s *story) stepFailover(ctx context.Context) (string, error) {
 		} else {
 			txGap = gap
 		}
-		s.detail("%s: %d answers after the kill; longest pause between answers %v; %d failed", ps.what, after, gap.Round(time.Millisecond), lost)
+		why := ""
+		if lost > 0 {
+			ps.mu.Lock()
+			why = " (last: " + firstLine(ps.lastErr) + ")"
+			ps.mu.Unlock()
+		}
+		s.detail("%s: %d answers after the kill; longest pause between answers %v; %d failed%s", ps.what, after, gap.Round(time.Millisecond), lost, why)
 	}
 	if st, err = a.status(ctx); err == nil {
 		s.detail("traffic on %s now; raft leader %s before the kill, %s after", other, leader, st.ledger().Leader)
