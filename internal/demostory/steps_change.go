@@ -285,10 +285,12 @@ func (s *story) stepFailover(ctx context.Context) (string, error) {
 	stopTraffic()
 	wg.Wait()
 	var pingGap, txGap time.Duration
+	pingsLost := 0
 	for _, ps := range streams {
 		after, gap, lost := ps.around(killedAt)
-		if strings.HasPrefix(ps.what, "ping") {
+		if ps.paced {
 			pingGap = max(pingGap, gap)
+			pingsLost += lost
 		} else {
 			txGap = gap
 		}
@@ -325,7 +327,7 @@ func (s *story) stepFailover(ctx context.Context) (string, error) {
 		return "", err
 	}
 	s.detail("%s started again: every member connected to it %v later", victim.name, time.Since(restarted).Round(100*time.Millisecond))
-	return fmt.Sprintf("%s killed; traffic on %s; longest gap: ping %v, tx ack %v", victim.name, other, pingGap.Round(time.Millisecond), txGap.Round(time.Millisecond)), nil
+	return fmt.Sprintf("%s killed; traffic on %s; longest gap: ping %v (%d lost), tx ack %v", victim.name, other, pingGap.Round(time.Millisecond), pingsLost, txGap.Round(time.Millisecond)), nil
 }
 
 // stepRotate: member-c's identity key rotated with HSM tooling, no restart.
