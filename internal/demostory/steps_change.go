@@ -2,6 +2,7 @@ package demostory
 
 import (
 	"context"
+	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
@@ -17,6 +18,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/policy"
 )
 
@@ -436,6 +438,24 @@ func (s *story) stepRotate(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("ledger after the rotation: %w", err)
 	}
+	// The newest block member-c stores is signed with the new key, and its
+	// ledger endpoint presents the new certificate.
+	h := s.heights["after-rotation"]
+	signer, err := blockSigner(filepath.Join(s.dir, "blocks", fmt.Sprintf("after-rotation-%d", h), c.name, fmt.Sprintf("%d.block", h-1)))
+	if err != nil {
+		return "", err
+	}
+	if signer.SerialNumber.String() != newSerial {
+		return "", fmt.Errorf("block %d on %s is signed by %q serial %s, not the new certificate %s (log %s)", h-1, c.name, signer.Subject, shortSerial(signer.SerialNumber.String()), shortSerial(newSerial), c.logFile)
+	}
+	tlsCert, err := presentedCert(ctx, c.ledgerAddr)
+	if err != nil {
+		return "", err
+	}
+	if tlsCert.SerialNumber.String() != newSerial {
+		return "", fmt.Errorf("%s's ledger endpoint %s presents serial %s, not the new certificate %s (log %s)", c.name, c.ledgerAddr, shortSerial(tlsCert.SerialNumber.String()), shortSerial(newSerial), c.logFile)
+	}
+	s.detail("block %d as %s stores it is signed by %s (serial %s); its ledger TLS presents the same certificate", h-1, c.name, signer.Subject, shortSerial(newSerial))
 	return fmt.Sprintf("%s serial %s → %s, no restart; tunnel ok; %s", c.name, shortSerial(oldSerial), shortSerial(newSerial), fig), nil
 }
 
@@ -509,4 +529,42 @@ func shortSerial(dec string) string {
 		h = h[:8] + "…"
 	}
 	return h
+}
+
+// blockSigner returns the certificate of the (first) orderer signature of
+// a block file.
+func blockSigner(path string) (*x509.Certificate, error) {
+	raw, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	b, err := block.Unmarshal(raw)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	sigs, err := block.Signatures(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	_, cert, err := block.CreatorCertificate(sigs[0].Identity)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return cert, nil
+}
+
+// presentedCert returns the certificate a TLS server presents (not
+// verified: only read, to see which one is in use).
+func presentedCert(ctx context.Context, addr string) (*x509.Certificate, error) {
+	d := tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}, MinVersion: tls.VersionTLS12}}
+	conn, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("TLS to the ledger at %s: %w", addr, err)
+	}
+	defer conn.Close()
+	tc, ok := conn.(*tls.Conn)
+	if !ok || len(tc.ConnectionState().PeerCertificates) == 0 {
+		return nil, fmt.Errorf("the ledger at %s presented no certificate", addr)
+	}
+	return tc.ConnectionState().PeerCertificates[0], nil
 }
