@@ -213,13 +213,19 @@ func (s *story) closeLine(end string) {
 	fmt.Fprintln(s.o.Out, end)
 }
 
-// progress puts a dot on the open step line.
-func (s *story) progress() {
+// progress puts a dot on the open step line, and every ten seconds how
+// long the wait has lasted.
+func (s *story) progress(waited time.Duration) {
 	s.outMu.Lock()
 	defer s.outMu.Unlock()
-	if s.stepOpen {
-		fmt.Fprint(s.o.Out, ".")
+	if !s.stepOpen {
+		return
 	}
+	if sec := int(waited.Seconds()); sec >= 10 && sec%10 < 2 {
+		fmt.Fprintf(s.o.Out, "%ds", sec/10*10)
+		return
+	}
+	fmt.Fprint(s.o.Out, ".")
 }
 
 // patience scales a wait by Options.Patience.
@@ -256,7 +262,7 @@ func (s *story) waitFor(ctx context.Context, what string, d time.Duration, cond 
 			return fmt.Errorf("waiting for %s: %s", what, d)
 		}
 		if time.Since(lastDot) >= 2*time.Second {
-			s.progress()
+			s.progress(time.Since(start))
 			lastDot = time.Now()
 		}
 		select {

@@ -53,7 +53,7 @@ and so are the identity keys with --hsm soft.`,
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
 			if ci {
-				return runDemoStory(ctx, e, o.Dir)
+				return runDemoStory(ctx, e, cmd, o.Dir)
 			}
 			return runDemo(ctx, e, log, o, check, duration)
 		},
