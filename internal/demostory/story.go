@@ -65,14 +65,13 @@ type story struct {
 	byName  map[string]*proc
 
 	echo     *echoServer
-	fwdAddr  string // member-a's forward to member-b's echo service
-	module   string // libsofthsm2.so
-	genesis  string // consortium/genesis.yaml
-	heights  map[string]uint64
-	figures  map[string]string
-	outMu    sync.Mutex // guards writes to o.Out and the two fields below
-	stepOpen bool       // a step line is open (progress dots go on it)
-	details  []string   // lines printed under the step line once it closes
+	fwdAddr  string            // member-a's forward to member-b's echo service
+	module   string            // libsofthsm2.so
+	genesis  string            // consortium/genesis.yaml
+	heights  map[string]uint64 // ledger height after each order() call, by tag
+	outMu    sync.Mutex        // guards writes to o.Out and the two fields below
+	stepOpen bool              // a step line is open (progress dots go on it)
+	details  []string          // lines printed under the step line once it closes
 }
 
 // steps, in order, with their titles.
@@ -112,7 +111,7 @@ func Run(ctx context.Context, o Options) ([]Result, error) {
 	} else if ents, err := os.ReadDir(o.Dir); err == nil && len(ents) > 0 {
 		return nil, fmt.Errorf("--dir %s is not empty: the story writes a new consortium; choose a new folder", o.Dir)
 	}
-	s := &story{o: o, byName: map[string]*proc{}, heights: map[string]uint64{}, figures: map[string]string{}}
+	s := &story{o: o, byName: map[string]*proc{}, heights: map[string]uint64{}}
 	if s.dir, err = filepath.Abs(o.Dir); err != nil {
 		return nil, err
 	}
