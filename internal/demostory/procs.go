@@ -191,6 +191,14 @@ func (s *status) activeRelay() (id, path string) {
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}
 
+// httpError is an admin endpoint's answer other than 200.
+type httpError struct {
+	code int
+	msg  string
+}
+
+func (e *httpError) Error() string { return e.msg }
+
 // get fetches path from an admin endpoint; a non-200 answer is an error;
 // into (if not nil) gets the JSON body.
 func get(ctx context.Context, admin, path string, into any) error {
@@ -208,7 +216,7 @@ func get(ctx context.Context, admin, path string, into any) error {
 		return err
 	}
 	if resp.StatusCode != http.StatusOK {
-		return fmt.Errorf("%s%s: %s: %s", admin, path, resp.Status, bytes.TrimSpace(body))
+		return &httpError{code: resp.StatusCode, msg: fmt.Sprintf("%s%s: %s: %s", admin, path, resp.Status, bytes.TrimSpace(body))}
 	}
 	if into == nil {
 		return nil

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"sort"
@@ -246,6 +247,10 @@ func ping(ctx context.Context, from *proc, member string) (time.Duration, error)
 		Error string        `json:"error"`
 	}
 	if err := get(ctx, from.admin, "/ping?member="+member+"&timeout=1s", &a); err != nil {
+		var he *httpError
+		if errors.As(err, &he) && he.code == http.StatusGatewayTimeout {
+			return 0, fmt.Errorf("ping %s → %s: no reply within 1 s", from.name, member)
+		}
 		return 0, err
 	}
 	return a.RTT, nil
