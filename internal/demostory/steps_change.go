@@ -7,7 +7,9 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"math/big"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
@@ -307,6 +309,11 @@ func (s *story) stepFailover(ctx context.Context) (string, error) {
 	if st, err = a.status(ctx); err == nil {
 		s.detail("traffic on %s now; raft leader %s before the kill, %s after", other, leader, st.ledger().Leader)
 	}
+	var copies []string
+	for _, m := range s.members {
+		copies = append(copies, fmt.Sprintf("%s %s", m.name, s.metric(ctx, m, "memberd_relay_client_backup_copies_total")))
+	}
+	s.detail("packets copied to the backup relay while %s was quiet: %s", victim.name, strings.Join(copies, ", "))
 	// The relay comes back; the members reconnect to it.
 	restarted := time.Now()
 	if err := victim.start(s.o.Bin, s.env); err != nil {
@@ -567,4 +574,28 @@ func presentedCert(ctx context.Context, addr string) (*x509.Certificate, error) 
 		return nil, fmt.Errorf("the ledger at %s presented no certificate", addr)
 	}
 	return tc.ConnectionState().PeerCertificates[0], nil
+}
+
+// metric returns the value of a metric without labels from p's /metrics
+// ("?" when it cannot be read).
+func (s *story) metric(ctx context.Context, p *proc, name string) string {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+p.admin+"/metrics", nil)
+	if err != nil {
+		return "?"
+	}
+	resp, err := httpClient.Do(req)
+	if err != nil {
+		return "?"
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return "?"
+	}
+	for _, l := range strings.Split(string(body), "\n") {
+		if v, ok := strings.CutPrefix(l, name+" "); ok {
+			return strings.TrimSpace(v)
+		}
+	}
+	return "?"
 }
