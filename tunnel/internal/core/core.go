@@ -155,12 +155,15 @@ type Output struct {
 	PauseMax time.Duration
 	Changed  bool // the peer set or a peer's readiness changed
 
-	Accepted    []Accepted
-	ReAttested  []Accepted // same key, new identity certificate
-	Promoted    []Promotion
-	Expired     []string // members whose active key expired (removed)
-	Removed     []string // members cut off by a policy change: close their connections
-	Replaced    []string // members whose active key changed outside a rotation: restarted
+	Accepted   []Accepted
+	ReAttested []Accepted // same key, new identity certificate
+	Promoted   []Promotion
+	Expired    []string // members whose active key expired (removed)
+	Removed    []string // members cut off by a policy change: close their connections
+	// Replaced are members whose active key changed other than to their
+	// announced next key: they restarted (or a rotation's next-key
+	// announcement was lost), and connections to the old endpoint are dead.
+	Replaced    []string
 	Unanswered  []string // attestation requests not answered (rate limit)
 	Switched    *Switch
 	AckMissing  []string // a rotation switched without these members' acks
@@ -225,6 +228,10 @@ type Core struct {
 	peers    map[string]*peer
 	kaDue    map[Key]time.Time // peers whose keepalive is switched on then
 	retiring map[Key]time.Time // old keys' peers to remove then
+	// gone are the last active keys of members whose peer was removed
+	// (expired, or its configuration failed): one that comes back with
+	// another key restarted meanwhile.
+	gone     map[string]Key
 	requests requestLimiter
 }
 
@@ -232,7 +239,7 @@ type Core struct {
 func New(cfg Config, self Own, members map[string]netip.Addr) *Core {
 	return &Core{
 		cfg: cfg, self: self, members: members,
-		peers: map[string]*peer{}, kaDue: map[Key]time.Time{}, retiring: map[Key]time.Time{},
+		peers: map[string]*peer{}, kaDue: map[Key]time.Time{}, retiring: map[Key]time.Time{}, gone: map[string]Key{},
 		requests: requestLimiter{every: cfg.RequestInterval},
 	}
 }

@@ -89,8 +89,12 @@ func (c *Core) received(out *Output, e Received, now time.Time) error {
 	if p == nil {
 		p = &peer{addr: c.members[e.From]}
 		c.peers[e.From] = p
+		if k, ok := c.gone[e.From]; ok && k != att.Key {
+			out.Replaced = append(out.Replaced, e.From)
+		}
+		delete(c.gone, e.From)
 	}
-	wasReady := p.ready()
+	wasReady, wasActive := p.ready(), p.active != nil
 	active := e.Flags&FlagActive != 0
 	keyChanged := false
 	switch {
@@ -105,6 +109,9 @@ func (c *Core) received(out *Output, e Received, now time.Time) error {
 	case active || p.active == nil:
 		keyChanged = true
 		c.replaceActive(out, e.From, p, att, now)
+		if wasActive && e.Flags&FlagHaveYours == 0 {
+			out.Replaced = append(out.Replaced, e.From)
+		}
 	default:
 		c.setPending(out, e.From, p, att, e.Flags)
 	}
@@ -157,7 +164,6 @@ func (c *Core) replaceActive(out *Output, member string, p *peer, att *Att, now 
 	if p.active != nil {
 		out.Config = append(out.Config, PeerOp{Op: OpRemove, Key: p.active.Key})
 		delete(c.kaDue, p.active.Key)
-		out.Replaced = append(out.Replaced, member)
 	}
 	if p.pending != nil && p.pending.Key != att.Key {
 		out.Config = append(out.Config, PeerOp{Op: OpRemove, Key: p.pending.Key})
@@ -256,6 +262,7 @@ func (c *Core) expire(out *Output, now time.Time) {
 		}
 		if p.active != nil && !now.Before(p.active.Expiry) {
 			delete(c.kaDue, p.active.Key)
+			c.gone[m] = p.active.Key
 			out.Config = append(out.Config, PeerOp{Op: OpRemove, Key: p.active.Key})
 			out.Expired = append(out.Expired, m)
 			p.active = nil
@@ -285,6 +292,11 @@ func removeOps(out *Output, p *peer) {
 func (c *Core) policy(out *Output, e Policy) {
 	c.members = e.Members
 	c.requests.forget(func(m string) bool { _, ok := e.Members[m]; return ok })
+	for m := range c.gone {
+		if _, ok := e.Members[m]; !ok {
+			delete(c.gone, m)
+		}
+	}
 	for _, m := range c.sortedPeers() {
 		p := c.peers[m]
 		addr, ok := e.Members[m]
@@ -316,6 +328,9 @@ func (c *Core) keepaliveOrOff() int {
 
 func (c *Core) configFailed(out *Output, e ConfigFailed) {
 	if p := c.peers[e.Member]; p != nil {
+		if p.active != nil {
+			c.gone[e.Member] = p.active.Key
+		}
 		delete(c.peers, e.Member)
 		removeOps(out, p)
 		out.Changed = true
