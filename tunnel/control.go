@@ -17,7 +17,7 @@ package tunnel
 //	                       bit1 = request (please announce yours to me),
 //	                       bit2 = have-yours (the sender holds your active key)
 //	       announce (next key) and ack bit3 = defer (the sender switches
-//	                       keys only after you did; see rotatingBefore)
+//	                       keys only after you did; see core.rotatingBefore)
 //	4     message id, big-endian (fragments of one message share it)
 //	1     fragment index (0-based)
 //	1     fragment count (1..16)
@@ -61,7 +61,7 @@ const (
 	flagHaveYours = core.FlagHaveYours
 	// flagDefer, on an ack or a next-key announcement: the sender is
 	// rotating too, has not switched, and will switch only after the
-	// receiver (a smaller member id) did (see rotatingBefore).
+	// receiver (a smaller member id) did (see core.rotatingBefore).
 	flagDefer = core.FlagDefer
 )
 

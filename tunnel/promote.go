@@ -34,7 +34,7 @@ import (
 // to that index is the first on the new session, and the Bind holds it
 // until the address has moved (fire). Until then we keep sending on the
 // old session, which the member still decrypts. Polling for the handshake
-// (promotePending) stays as the fallback.
+// (core.Handshakes, polled by promoteLoop) stays as the fallback.
 
 // switchWait bounds how long a handshake response or the first packet of
 // a new session waits for promoteLoop; it goes on after that (the polled
@@ -131,7 +131,7 @@ func (d *Device) handleSwitch(r switchReq) {
 // promoteLoop handles switch requests from the Bind (switchReq) and, while
 // some member has switched to a key not yet promoted here or reads from
 // netstack are paused (pause.go), polls WireGuard's handshakes every
-// millisecond to promote (promotePending) and to end the pause.
+// millisecond to promote (core.Handshakes) and to end the pause.
 func (d *Device) promoteLoop() error {
 	var tick <-chan time.Time
 	var t *time.Ticker

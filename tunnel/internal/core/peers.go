@@ -126,8 +126,15 @@ func (c *Core) received(out *Output, e Received, now time.Time) error {
 	if p.ready() != wasReady || keyChanged {
 		out.Changed = true
 	}
-	if !active {
-		out.send(e.From, KindAck, c.deferFlag(e.From), att.Key[:])
+	c.answer(out, e, now)
+	return nil
+}
+
+// answer acks a next-key announcement and answers a request for our
+// attestation (rate limited per member).
+func (c *Core) answer(out *Output, e Received, now time.Time) {
+	if e.Flags&FlagActive == 0 {
+		out.send(e.From, KindAck, c.deferFlag(e.From), e.Att.Key[:])
 	}
 	if e.Flags&FlagRequest != 0 {
 		if c.requests.allow(e.From, now) {
@@ -136,7 +143,6 @@ func (c *Core) received(out *Output, e Received, now time.Time) error {
 			out.Unanswered = append(out.Unanswered, e.From)
 		}
 	}
-	return nil
 }
 
 // refresh takes a refreshed attestation of the active key: a later expiry,
