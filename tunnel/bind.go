@@ -46,6 +46,7 @@ type Bind struct {
 	// switches receives a handshake response about to be sent (arm) and
 	// the first packet of an armed session (fire); nil: not watched.
 	switches chan<- switchReq
+	wait     time.Duration // bound of a switch report: switchWait
 	armed    armedSessions
 	// switchMissed counts switch reports not handled within switchWait.
 	switchMissed atomic.Uint64
@@ -71,7 +72,7 @@ func newBind(tr PacketTransport, control func(sender string, pkt []byte), log *s
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Bind{tr: tr, control: control, log: log, switches: switches}
+	return &Bind{tr: tr, control: control, log: log, switches: switches, wait: switchWait}
 }
 
 // Open starts receiving. port is meaningless for a member-addressed
@@ -198,7 +199,7 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 // switchWait (then the packet goes on; the polled promotion applies).
 func (b *Bind) reportSwitch(r switchReq) {
 	r.done = make(chan struct{})
-	t := time.NewTimer(switchWait)
+	t := time.NewTimer(b.wait)
 	defer t.Stop()
 	select {
 	case b.switches <- r:
