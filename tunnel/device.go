@@ -86,7 +86,7 @@ type Device struct {
 	now  func() time.Time
 	addr netip.Addr
 	mtu  atomic.Int64                // follows the transport's path unless Config.MTU is set (mtu.go)
-	auth atomic.Pointer[memberIndex] // the current policy; stored under conns.mu (see track)
+	auth atomic.Pointer[memberIndex] // the current policy; stored under conns.mu (see SetAuthority)
 
 	io    deviceIO  // set in New, then read-only
 	run   lifecycle // background goroutines and Close

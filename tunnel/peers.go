@@ -279,9 +279,12 @@ func (d *Device) handleAnnounce(sender string, flags uint8, msg []byte) {
 	}
 	if err == nil {
 		_, err = d.do(core.Received{From: sender, Flags: flags, Att: coreAtt(att)})
-		if errors.Is(err, core.ErrRefused) {
+		switch {
+		case errors.Is(err, core.ErrRefused):
 			err = fmt.Errorf("%w: %w", ErrAttestationSender, err)
-		} else {
+		case errors.Is(err, core.ErrNotMember):
+			err = fmt.Errorf("%w: %s", ErrNotMember, sender) // the policy changed meanwhile
+		default:
 			err = nil // errApply is logged by step
 		}
 	}
@@ -408,20 +411,15 @@ func (d *Device) SetAuthority(a Authority) {
 		}
 		return err == nil
 	}
-	out, _ := d.step(core.Policy{Members: mi.byID, Accepts: accepts})
-	// The new policy is stored under conns.mu, with the connections of
-	// removed members taken: track, under the same lock, refuses them after.
-	var conns []*Conn
+	// The new policy is stored under conns.mu: track, under the same lock,
+	// refuses connections to members it no longer lists from then on; the
+	// ones it tracked before are closed below.
 	d.conns.mu.Lock()
 	d.auth.Store(mi)
-	for _, m := range out.Removed {
-		for c := range d.conns.byMember[m] {
-			conns = append(conns, c)
-		}
-	}
 	d.conns.mu.Unlock()
-	for _, c := range conns {
-		c.Close()
+	out, _ := d.step(core.Policy{Members: mi.byID, Accepts: accepts})
+	for _, m := range out.Removed {
+		d.closeMember(m)
 	}
 	d.syncMemberAddrs(a.Members(), false)
 	d.announceAll(false)

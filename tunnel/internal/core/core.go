@@ -83,6 +83,9 @@ var (
 	// ErrRefused: an announcement is not acceptable (it names our own or
 	// another member's key). The driver counts it with reason "sender".
 	ErrRefused = errors.New("attestation refused")
+	// ErrNotMember: an announcement from a member the current policy
+	// (the last Policy event) does not list.
+	ErrNotMember = errors.New("not a member in the current policy")
 	// ErrRotating: a rotation is already in progress.
 	ErrRotating = errors.New("a WireGuard key rotation is already in progress")
 )

@@ -64,6 +64,9 @@ func (c *Core) acceptable(att *Att) error {
 	if att.Member == c.cfg.Member {
 		return fmt.Errorf("%w: attestation names this appliance's own member %s", ErrRefused, att.Member)
 	}
+	if _, ok := c.members[att.Member]; !ok {
+		return fmt.Errorf("%w: %s", ErrNotMember, att.Member)
+	}
 	if att.Key == c.self.Public || (c.rot != nil && att.Key == c.rot.next.Public) {
 		return fmt.Errorf("%w: %s announced this appliance's own WireGuard key", ErrRefused, att.Member)
 	}
