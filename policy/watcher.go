@@ -53,6 +53,19 @@ type Options struct {
 	ReloadOnSIGHUP bool
 	// Now is the clock for admin key expiry (default time.Now).
 	Now func() time.Time
+	// Check, when set, is a further condition a version must meet before
+	// anything of it is persisted or applied: it is called on the
+	// watcher's goroutine with the applied version and a candidate whose
+	// admin quorum is already verified (never for the pinned version 1).
+	// An error wrapping ErrHeld keeps the candidate unapplied and the
+	// folder is read again after HoldRetry; any other error rejects it
+	// (reason config_update). The appliance checks there the channel
+	// config half of a version, so that one signed change reaches both
+	// layers or neither.
+	Check func(cur, next *Policy) error
+	// HoldRetry is how soon a version held by Check is looked at again
+	// (default 500ms).
+	HoldRetry time.Duration
 }
 
 // Validate checks the options.
@@ -63,8 +76,8 @@ func (o *Options) Validate() error {
 	if o.StateDir == "" {
 		return errors.New("policy watcher: StateDir (for the anti-rollback record) is required")
 	}
-	if o.Debounce < 0 || o.Settle < 0 || o.Resync < 0 {
-		return errors.New("policy watcher: Debounce, Settle and Resync must not be negative")
+	if o.Debounce < 0 || o.Settle < 0 || o.Resync < 0 || o.HoldRetry < 0 {
+		return errors.New("policy watcher: Debounce, Settle, Resync and HoldRetry must not be negative")
 	}
 	return nil
 }
@@ -84,6 +97,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.HoldRetry == 0 {
+		o.HoldRetry = 500 * time.Millisecond
 	}
 	return o
 }
@@ -110,6 +126,10 @@ const (
 	ReasonState      = "state"
 	ReasonIO         = "io"
 	ReasonSubscriber = "subscriber_panic"
+	// ReasonConfigUpdate: Options.Check refused the version's channel
+	// config half (under-signed for the channel's mod_policies, or no
+	// config the channel can take).
+	ReasonConfigUpdate = "config_update"
 )
 
 // Watcher keeps the current policy of one appliance: it reads the policy
@@ -133,6 +153,7 @@ type Watcher struct {
 	rollbackLog Hash
 	scans       int             // scans done
 	appliedFrom map[string]Hash // file -> hash of the version applied from it (this run)
+	held        map[string]Hash // file -> version Check holds (logged once)
 	folderErr   bool
 	tooMany     bool
 	retryAt     time.Time
@@ -161,7 +182,7 @@ func NewWatcher(opts Options) (*Watcher, error) {
 		return nil, err
 	}
 	w := &Watcher{o: opts.withDefaults(), armed: make(chan struct{}), seen: map[string][32]byte{}, parsed: map[string]parsedFile{},
-		appliedFrom: map[string]Hash{}}
+		appliedFrom: map[string]Hash{}, held: map[string]Hash{}}
 	w.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "policy_rejected_total",
 		Help: "Policy bundles rejected by the watcher, by reason; the last good policy stays applied."}, []string{"reason"})
 	w.applied = prometheus.NewCounter(prometheus.CounterOpts{Name: "policy_applied_total", Help: "Policy versions applied."})
@@ -287,6 +308,11 @@ func (w *Watcher) scan() {
 			delete(w.appliedFrom, path)
 		}
 	}
+	for path := range w.held {
+		if !present[path] {
+			delete(w.held, path)
+		}
+	}
 	if w.cur.Load() == nil {
 		for _, f := range files {
 			if f.p.Version() != 1 {
@@ -313,6 +339,9 @@ func (w *Watcher) scan() {
 			}
 			if _, err := VerifyAt(cur, f.p, now); err != nil {
 				w.reject(f.path, f.p.Marshal(), reasonOf(err), err)
+				continue
+			}
+			if !w.check(f.path, cur, f.p) {
 				continue
 			}
 			if w.apply(f.path, f.p) {
@@ -446,6 +475,8 @@ func reasonOf(err error) string {
 		return ReasonVersion
 	case errors.Is(err, ErrQuorum):
 		return ReasonQuorum
+	case errors.Is(err, ErrChannelConfig):
+		return ReasonConfigUpdate
 	default:
 		return ReasonIO
 	}
@@ -467,6 +498,37 @@ func (w *Watcher) reject(path string, content []byte, reason string, err error) 
 		v = cur.Version()
 	}
 	w.o.Logger.Warn("policy rejected; keeping the applied policy", "file", path, "reason", reason, "version", v, "err", err)
+}
+
+// check runs Options.Check on a verified candidate: it reports whether p
+// may be applied; a refusal is rejected (counted, logged), a hold asks for
+// another read after HoldRetry.
+func (w *Watcher) check(path string, cur, p *Policy) bool {
+	if w.o.Check == nil {
+		return true
+	}
+	err := w.o.Check(cur, p)
+	switch {
+	case err == nil:
+		delete(w.held, path)
+		return true
+	case errors.Is(err, ErrHeld):
+		if at := time.Now().Add(w.o.HoldRetry); w.retryAt.IsZero() || at.Before(w.retryAt) {
+			w.retryAt = at
+		}
+		if w.held[path] != p.Hash() {
+			w.held[path] = p.Hash()
+			w.o.Logger.Info("policy version held; applied once it can be checked", "file", path,
+				"version", cur.Version(), "held_version", p.Version(), "reason", err.Error())
+		}
+		return false
+	default:
+		if !errors.Is(err, ErrChannelConfig) {
+			err = fmt.Errorf("%w: %w", ErrChannelConfig, err)
+		}
+		w.reject(path, p.Marshal(), ReasonConfigUpdate, fmt.Errorf("version %d is applied to neither the network nor the channel: %w", p.Version(), err))
+		return false
+	}
 }
 
 // apply persists p, swaps it in and notifies subscribers. It reports

@@ -595,3 +595,55 @@ func TestWatcherOlderFileDroppedBesideNewer(t *testing.T) {
 		t.Fatalf("after a restart the folder's older files counted %v times", n)
 	}
 }
+
+// TestWatcherCheck: Options.Check decides before anything is applied: a
+// refused version is counted (config_update), never persisted nor
+// notified, and the same version with what Check wants (here a second
+// file of it) applies; a held one applies once Check lets it, without a
+// new file event.
+func TestWatcherCheck(t *testing.T) {
+	e := newEnv(t, 3)
+	vs := e.chain(3)
+	var mu sync.Mutex
+	refuse := map[string]error{vs[2].Hash().String(): errors.New("the channel admins did not sign")}
+	o := e.opts()
+	o.HoldRetry = 20 * time.Millisecond
+	var checked []string
+	o.Check = func(cur, next *policy.Policy) error {
+		mu.Lock()
+		defer mu.Unlock()
+		checked = append(checked, fmt.Sprintf("%d->%d", cur.Version(), next.Version()))
+		return refuse[next.Hash().String()]
+	}
+	e.start(o)
+	e.rename("v2.yaml", vs[2].Marshal())
+	e.waitRejected(policy.ReasonConfigUpdate, 1)
+	e.stays(1)
+	if st, err := policy.LoadState(e.state); err != nil || st.Version() != 1 {
+		t.Fatalf("state after a refused version: %v %v", st.Version(), err)
+	}
+	if got := e.eventLog(); got != "" {
+		t.Fatalf("subscribers saw %q for a refused version", got)
+	}
+	// Check now holds v2 (its ledger is not ready): nothing applies, and
+	// nothing is counted, until the hold is lifted.
+	mu.Lock()
+	refuse[vs[2].Hash().String()] = fmt.Errorf("%w: the channel is not open yet", policy.ErrHeld)
+	mu.Unlock()
+	e.rename("v2b.yaml", append(vs[2].Marshal(), '\n')) // same version, a new file
+	e.stays(1)
+	if n := e.rejected(policy.ReasonConfigUpdate); n != 1 {
+		t.Fatalf("%v config_update rejections, want 1 (a hold is not a rejection)", n)
+	}
+	mu.Lock()
+	delete(refuse, vs[2].Hash().String())
+	mu.Unlock()
+	e.waitVersion(2) // HoldRetry reads the folder again, no file event needed
+	e.write("v3.yaml", vs[3].Marshal())
+	e.waitVersion(3)
+	mu.Lock()
+	defer mu.Unlock()
+	if checked[len(checked)-1] != "2->3" {
+		t.Fatalf("checks %v, want the last one 2->3", checked)
+	}
+}

@@ -124,7 +124,11 @@ func (n *Node) policyFor(ctx context.Context, src configSource, number uint64) (
 // certificates, so a consenter that is new to the channel has none, and
 // the derivation fails naming it.
 func (n *Node) nextConfig(p *policy.Policy) (*channelconfig.Update, error) {
-	in := n.inForce.Load().ch
+	return n.nextConfigFrom(n.inForce.Load().ch, p)
+}
+
+// nextConfigFrom is nextConfig from the config of in.
+func (n *Node) nextConfigFrom(in *channelconfig.Channel, p *policy.Policy) (*channelconfig.Update, error) {
 	css := map[string]channelconfig.Consenter{}
 	for _, m := range p.Consenters() {
 		if _, ok := channelconfig.ConsenterOf(in.Config.Consenters, m); ok {
@@ -210,15 +214,10 @@ func (n *Node) reloadInForce() error {
 // do not authorise u as a stock peer would check it (that peer would stop
 // at the block).
 func (n *Node) configBlock(u *channelconfig.Update, p *policy.Policy, num uint64, prevHash []byte) (*common.Block, error) {
-	cu, err := u.ConfigUpdateBytes()
+	sigs, invalid, err := adminSignatures(u, p)
 	if err != nil {
 		return nil, err
 	}
-	var raws [][]byte
-	for _, s := range p.ConfigSignatures() {
-		raws = append(raws, s.Raw)
-	}
-	sigs, invalid := channelconfig.ConfigSignatures(cu, raws)
 	for _, err := range invalid {
 		n.log.Warn("admin signature of the policy bundle left out of the CONFIG block", "policy_version", p.Version(), "err", err)
 	}

@@ -1,0 +1,33 @@
+package app
+
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/memberd/memberd/policy"
+)
+
+// ledgerPolicyCheck is the watcher's policy.Options.Check of an appliance
+// whose ledger orders CONFIG blocks (ledger.config_blocks): a version is
+// applied to the network (tunnel, relays, raft membership) only when its
+// channel half would be ordered and validated too (orderer.Node.
+// CheckPolicyVersion); nil (no check) otherwise. Until the ledger runs,
+// versions are held; a member whose channel is not open (to be joined
+// through the participation API) has no channel config to keep in step and
+// accepts on the network quorum alone, as relays do.
+func ledgerPolicyCheck(cfg *runConfig, ledger *atomic.Pointer[ledgerRun]) func(cur, next *policy.Policy) error {
+	if cfg.Ledger == nil || !cfg.Ledger.ConfigBlocks {
+		return nil
+	}
+	return func(cur, next *policy.Policy) error {
+		l := ledger.Load()
+		if l == nil {
+			return fmt.Errorf("%w: the ledger is not running yet", policy.ErrHeld)
+		}
+		n := l.reg.Lookup(l.channel)
+		if n == nil {
+			return nil
+		}
+		return n.CheckPolicyVersion(cur, next)
+	}
+}
