@@ -207,6 +207,7 @@ func NewWatcher(opts Options) (*Watcher, error) {
 		}
 		w.cur.Store(st)
 		w.version.Set(float64(st.Version()))
+		w.saveHistory(st) // a crash may have come between the state and its history
 	}
 	if _, err := os.Stat(w.o.Dir); err != nil {
 		return nil, fmt.Errorf("policy folder: %w", err)
@@ -500,6 +501,15 @@ func (w *Watcher) reject(path string, content []byte, reason string, err error) 
 	w.o.Logger.Warn("policy rejected; keeping the applied policy", "file", path, "reason", reason, "version", v, "err", err)
 }
 
+// saveHistory adds p to the state folder's history (an audit record: a
+// failure is logged, the version stays applied).
+func (w *Watcher) saveHistory(p *Policy) {
+	if err := SaveHistory(w.o.StateDir, p); err != nil {
+		w.o.Logger.Warn("policy version applied but not added to the history of the state folder ('memberd policy log' will miss it)",
+			"version", p.Version(), "err", err)
+	}
+}
+
 // check runs Options.Check on a verified candidate: it reports whether p
 // may be applied; a refusal is rejected (counted, logged), a hold asks for
 // another read after HoldRetry.
@@ -538,6 +548,7 @@ func (w *Watcher) apply(path string, p *Policy) bool {
 		w.reject(path, p.Marshal(), ReasonState, err)
 		return false
 	}
+	w.saveHistory(p)
 	w.mu.Lock()
 	old := w.cur.Load()
 	w.cur.Store(p)

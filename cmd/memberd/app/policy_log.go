@@ -1,0 +1,106 @@
+package app
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/memberd/memberd/policy"
+)
+
+func newPolicyLogCmd(e *env) *cobra.Command {
+	var stateDir string
+	c := &cobra.Command{Use: "log --state DIR",
+		Short: "List the policy versions an appliance applied, with who signed each",
+		Long: `List the policy versions applied by the appliance whose state folder is DIR
+(memberd.yaml policy.state_dir), oldest first: version, hash, when it was applied
+here, what changed from the version before, the admins whose votes the bundle
+carries (#sig) and the admins who signed its channel config update (#cfgsig,
+ledger.config_blocks). The state folder keeps every applied version under
+history/ (at most 1000) since the appliance that writes it started.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if stateDir == "" {
+				return usagef("%s: --state (the appliance's policy.state_dir) is required", cmd.CommandPath())
+			}
+			hist, bad, err := policy.LoadHistory(stateDir)
+			if err != nil {
+				return fmt.Errorf("%s: %w", cmd.CommandPath(), err)
+			}
+			cur, err := policy.LoadState(stateDir)
+			if err != nil {
+				return fmt.Errorf("%s: %w", cmd.CommandPath(), err)
+			}
+			if cur == nil {
+				return usagef("%s: --state %s holds no applied policy", cmd.CommandPath(), stateDir)
+			}
+			if len(hist) == 0 || hist[len(hist)-1].Policy.Hash() != cur.Hash() {
+				// A state folder from before the history: the version in
+				// force at least.
+				hist = append(hist, policy.Applied{Policy: cur})
+			}
+			printPolicyLog(e.stdout, hist, cur)
+			for _, err := range bad {
+				fmt.Fprintf(e.stderr, "skipped: %v\n", err)
+			}
+			return nil
+		}}
+	c.Flags().StringVar(&stateDir, "state", "", "state folder of an appliance (policy.state_dir)")
+	return c
+}
+
+// printPolicyLog writes one row per version, marking the one in force.
+func printPolicyLog(w io.Writer, hist []policy.Applied, cur *policy.Policy) {
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "VERSION\tHASH\tAPPLIED\tCHANGES\tSIGNED (POLICY)\tSIGNED (CHANNEL)")
+	var prev *policy.Policy
+	for _, a := range hist {
+		p := a.Policy
+		v := fmt.Sprint(p.Version())
+		if p.Hash() == cur.Hash() {
+			v += " *"
+		}
+		at := "-"
+		if !a.At.IsZero() {
+			at = a.At.UTC().Format(time.RFC3339)
+		}
+		changes := "genesis"
+		if prev != nil && prev.Version()+1 == p.Version() {
+			changes = changeKinds(policy.Compare(prev, p))
+		} else if prev != nil || p.Version() != 1 {
+			changes = "?" // the version before is not in the history
+		}
+		var sigs, cfg []string
+		for _, s := range p.Signatures() {
+			sigs = append(sigs, s.Member+"/"+s.KeyID)
+		}
+		for _, s := range p.ConfigSignatures() {
+			cfg = append(cfg, s.Member+"/"+s.KeyID)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", v, p.Hash().String()[:len("sha256:")+16], at, changes, orDash(sigs), orDash(cfg))
+		prev = p
+	}
+	tw.Flush()
+}
+
+func changeKinds(d *policy.Diff) string {
+	if len(d.Kinds) == 0 {
+		return "none"
+	}
+	ks := make([]string, len(d.Kinds))
+	for i, k := range d.Kinds {
+		ks[i] = string(k)
+	}
+	return strings.Join(ks, ",")
+}
+
+func orDash(s []string) string {
+	if len(s) == 0 {
+		return "-"
+	}
+	return strings.Join(s, ",")
+}
