@@ -232,6 +232,23 @@ func TestPolicyConfigBlock(t *testing.T) {
 			t.Fatalf("%s: config block differs from %s's", m, a)
 		}
 	}
+	// 'memberd policy log' on every member: v2 in force, with the three
+	// votes and the two channel admins who signed.
+	for _, m := range L.Members {
+		var out, errb bytes.Buffer
+		state := filepath.Join(L.Dir, "members", m, "state")
+		if code := app.Main([]string{"policy", "log", "--state", state}, nil, &out, &errb); code != app.ExitOK {
+			t.Fatalf("%s: policy log: exit %d: %s", m, code, errb.String())
+		}
+		sigs := strings.Join([]string{L.Members[0] + "/a1", L.Members[1] + "/a1", L.Members[2] + "/a1"}, ",")
+		cfgs := L.Members[0] + "/a1," + L.Members[2] + "/a1"
+		if !regexp.MustCompile(`(?m)^2 \*\s.*ledger_changed\s+` + regexp.QuoteMeta(sigs) + `\s+` + regexp.QuoteMeta(cfgs) + `\s*$`).MatchString(out.String()) {
+			t.Fatalf("%s: policy log lacks v2 in force with votes %s and channel signatures %s:\n%s", m, sigs, cfgs, out.String())
+		}
+		if m == a {
+			t.Logf("memberd policy log --state %s:\n%s", state, out.String())
+		}
+	}
 	ce, cue, err := channelconfig.ConfigTransactionOf(cfgBlock)
 	if err != nil {
 		t.Fatal(err)
