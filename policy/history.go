@@ -110,3 +110,34 @@ func LoadHistory(dir string) (out []Applied, bad []error, err error) {
 	slices.SortStableFunc(out, func(a, b Applied) int { return cmp.Compare(a.Policy.Version(), b.Policy.Version()) })
 	return out, bad, nil
 }
+
+// FindHistory returns the version with hash h from the history of state
+// folder dir, or nil when the history does not hold it.
+func FindHistory(dir string, h Hash) (*Policy, error) {
+	hdir := filepath.Join(dir, HistoryDir)
+	names, err := historyNames(hdir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	suffix := "-" + strings.TrimPrefix(h.String(), "sha256:")[:16] + ".policy"
+	for _, n := range names {
+		if !strings.HasSuffix(n, suffix) {
+			continue
+		}
+		data, err := readFileLimited(filepath.Join(hdir, n))
+		if err != nil {
+			return nil, fmt.Errorf("policy history: %w", err)
+		}
+		p, err := Parse(data)
+		if err != nil {
+			return nil, fmt.Errorf("policy history %s: %w", n, err)
+		}
+		if p.Hash() == h {
+			return p, nil
+		}
+	}
+	return nil, nil
+}

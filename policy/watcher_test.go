@@ -647,3 +647,34 @@ func TestWatcherCheck(t *testing.T) {
 		t.Fatalf("checks %v, want the last one 2->3", checked)
 	}
 }
+
+// TestHistory: every applied version is kept in the state folder's
+// history, with its signatures, found by hash, and kept across restarts.
+func TestHistory(t *testing.T) {
+	e := newEnv(t, 3)
+	vs := e.chain(3)
+	e.start(e.opts())
+	e.rename("v2.yaml", vs[2].Marshal())
+	e.rename("v3.yaml", vs[3].Marshal())
+	e.waitVersion(3)
+	e.stop()
+	if _, err := policy.NewWatcher(e.opts()); err != nil { // a restart
+		t.Fatal(err)
+	}
+	hist, bad, err := policy.LoadHistory(e.state)
+	if err != nil || len(bad) != 0 || len(hist) != 3 {
+		t.Fatalf("history: %d versions, %v, %v; want 3", len(hist), bad, err)
+	}
+	for i, a := range hist {
+		if want := vs[i+1]; a.Policy.Hash() != want.Hash() || len(a.Policy.Signatures()) != len(want.Signatures()) || a.At.IsZero() {
+			t.Fatalf("history[%d]: version %d with %d signatures, want %d with %d", i, a.Policy.Version(), len(a.Policy.Signatures()), want.Version(), len(want.Signatures()))
+		}
+	}
+	p, err := policy.FindHistory(e.state, vs[2].Hash())
+	if err != nil || p == nil || p.Hash() != vs[2].Hash() {
+		t.Fatalf("FindHistory(v2): %v %v", p, err)
+	}
+	if p, err := policy.FindHistory(e.state, policy.HashDocument([]byte("other"))); p != nil || err != nil {
+		t.Fatalf("FindHistory(unknown): %v %v", p, err)
+	}
+}

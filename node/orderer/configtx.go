@@ -96,10 +96,15 @@ func (n *Node) policyFor(ctx context.Context, src configSource, number uint64) (
 		if p := n.seenPolicy(src.hash); p != nil {
 			return p, nil
 		}
+		if n.cfg.PolicyHistory != nil {
+			if p := n.cfg.PolicyHistory(src.hash); p != nil && p.Version() == src.version && p.Hash() == src.hash {
+				return p, nil
+			}
+		}
 		if cur != nil && cur.Version() >= src.version {
-			return nil, fmt.Errorf("%w: config block %d was derived from policy version %d (%s), which this node never held (its policy is version %d %s, it moved on while this node was down or behind): "+
-				"this node stops ordering channel %q rather than guess; the other consenters go on. Nodes keep no policy history yet (issue #14): "+
-				"keep every consenter's policy in step, applying one version at a time",
+			return nil, fmt.Errorf("%w: config block %d was derived from policy version %d (%s), which this node never held and its policy history does not hold (its policy is version %d %s, it moved on while this node was down or behind): "+
+				"this node stops ordering channel %q rather than guess; the other consenters go on. Put that version's bundle in the policy history "+
+				"(history/ of the state folder, as 'memberd policy log' lists it) from another member's state folder and restart",
 				ErrConfigUnverifiable, number, src.version, src.hash, cur.Version(), cur.Hash(), n.channel)
 		}
 		if time.Since(warned) > 10*time.Second {

@@ -2,6 +2,7 @@ package orderer
 
 import (
 	"errors"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -52,5 +53,56 @@ func TestCheckPolicyVersion(t *testing.T) {
 	v3 = cl.withConfigSignatures(t, l, v3) // on the update from the config v2 put in force
 	if err := n.CheckPolicyVersion(full, v3); err != nil {
 		t.Fatalf("v3 after v2's CONFIG block: %v", err)
+	}
+}
+
+// TestConfigBlockPolicyHistory: a node whose policy moved past the version
+// a config block was derived from (as after a restart) checks and stores
+// the block with the version its policy history holds, where without it
+// it stops (TestConfigBlockUnverifiable).
+func TestConfigBlockPolicyHistory(t *testing.T) {
+	var skip, v2p atomic.Pointer[policy.Policy]
+	var clp atomic.Pointer[cluster] // set once newCluster returns (New reads the policy)
+	var asked atomic.Int32
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) {
+		c.ConfigBlocks = true
+		if c.Raft.ID == 3 {
+			c.Policy = func() *policy.Policy {
+				if p := skip.Load(); p != nil {
+					return p
+				}
+				if cl := clp.Load(); cl != nil {
+					return cl.c.pol
+				}
+				return nil
+			}
+			c.PolicyHistory = func(h policy.Hash) *policy.Policy {
+				asked.Add(1)
+				if p := v2p.Load(); p != nil && p.Hash() == h {
+					return p
+				}
+				return nil
+			}
+		}
+	})
+	clp.Store(cl)
+	if l := cl.leader(10 * time.Second); l == 3 {
+		cl.stop(3)
+		cl.leader(10 * time.Second)
+		cl.start(3)
+	}
+	v2 := cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 })
+	v3 := cl.c.cons.Next(t, v2, func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 4 })
+	skip.Store(v3)
+	signed := cl.withConfigSignatures(t, 1, v2)
+	v2p.Store(signed)
+	cl.c.cur.Store(signed)
+	cl.reconcileAll()
+	num := cl.waitLastConfig(15 * time.Second) // node 3 included
+	if asked.Load() == 0 {
+		t.Fatal("node 3 stored the config block without asking its policy history")
+	}
+	if got := cl.node(3).LastConfig(); got != num {
+		t.Fatalf("node 3 last config %d, want %d", got, num)
 	}
 }

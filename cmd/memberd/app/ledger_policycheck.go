@@ -2,6 +2,7 @@ package app
 
 import (
 	"fmt"
+	"log/slog"
 	"sync/atomic"
 
 	"github.com/memberd/memberd/policy"
@@ -29,5 +30,17 @@ func ledgerPolicyCheck(cfg *runConfig, ledger *atomic.Pointer[ledgerRun]) func(c
 			return nil
 		}
 		return n.CheckPolicyVersion(cur, next)
+	}
+}
+
+// policyHistory finds an applied policy version in the state folder's
+// history (orderer.Config.PolicyHistory).
+func policyHistory(stateDir string, log *slog.Logger) func(policy.Hash) *policy.Policy {
+	return func(h policy.Hash) *policy.Policy {
+		p, err := policy.FindHistory(stateDir, h)
+		if err != nil {
+			log.Warn("policy history unreadable", "state_dir", stateDir, "policy_hash", h.String(), "err", err)
+		}
+		return p
 	}
 }
