@@ -61,36 +61,15 @@ func TestCheckPolicyVersion(t *testing.T) {
 // the block with the version its policy history holds, where without it
 // it stops (TestConfigBlockUnverifiable).
 func TestConfigBlockPolicyHistory(t *testing.T) {
-	var skip, v2p atomic.Pointer[policy.Policy]
-	var clp atomic.Pointer[cluster] // set once newCluster returns (New reads the policy)
+	var v2p atomic.Pointer[policy.Policy]
 	var asked atomic.Int32
-	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) {
-		c.ConfigBlocks = true
-		if c.Raft.ID == 3 {
-			c.Policy = func() *policy.Policy {
-				if p := skip.Load(); p != nil {
-					return p
-				}
-				if cl := clp.Load(); cl != nil {
-					return cl.c.pol
-				}
-				return nil
-			}
-			c.PolicyHistory = func(h policy.Hash) *policy.Policy {
-				asked.Add(1)
-				if p := v2p.Load(); p != nil && p.Hash() == h {
-					return p
-				}
-				return nil
-			}
+	cl, skip := newSkippingCluster(t, func(h policy.Hash) *policy.Policy {
+		asked.Add(1)
+		if p := v2p.Load(); p != nil && p.Hash() == h {
+			return p
 		}
+		return nil
 	})
-	clp.Store(cl)
-	if l := cl.leader(10 * time.Second); l == 3 {
-		cl.stop(3)
-		cl.leader(10 * time.Second)
-		cl.start(3)
-	}
 	v2 := cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 })
 	v3 := cl.c.cons.Next(t, v2, func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 4 })
 	skip.Store(v3)
@@ -105,4 +84,34 @@ func TestConfigBlockPolicyHistory(t *testing.T) {
 	if got := cl.node(3).LastConfig(); got != num {
 		t.Fatalf("node 3 last config %d, want %d", got, num)
 	}
+}
+
+// newSkippingCluster starts 3 nodes with ConfigBlocks, node 3 a follower
+// whose policy is *skip once set (a version past the cluster's), with
+// history as its PolicyHistory.
+func newSkippingCluster(t *testing.T, history func(policy.Hash) *policy.Policy) (*cluster, *atomic.Pointer[policy.Policy]) {
+	var skip atomic.Pointer[policy.Policy]
+	var clp atomic.Pointer[cluster] // set once newCluster returns (New reads the policy)
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) {
+		c.ConfigBlocks = true
+		if c.Raft.ID == 3 {
+			c.Policy = func() *policy.Policy {
+				if p := skip.Load(); p != nil {
+					return p
+				}
+				if cl := clp.Load(); cl != nil {
+					return cl.c.pol
+				}
+				return nil
+			}
+			c.PolicyHistory = history
+		}
+	})
+	clp.Store(cl)
+	if l := cl.leader(10 * time.Second); l == 3 {
+		cl.stop(3)
+		cl.leader(10 * time.Second)
+		cl.start(3)
+	}
+	return cl, &skip
 }
