@@ -3,6 +3,7 @@ package app
 import (
 	"fmt"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 
 	"github.com/memberd/memberd/policy"
@@ -14,8 +15,11 @@ import (
 // channel half would be ordered and validated too (orderer.Node.
 // CheckPolicyVersion); nil (no check) otherwise. Until the ledger runs,
 // versions are held; a member whose channel is not open (to be joined
-// through the participation API) has no channel config to keep in step and
-// accepts on the network quorum alone, as relays do.
+// through the participation API), or that is not a consenter of the
+// version in force (its node no longer receives the channel's blocks, so
+// its config in force would hold every later version back), has no
+// channel config to keep in step and accepts on the votes alone, as relays
+// do; the consenters check for the consortium.
 func ledgerPolicyCheck(cfg *runConfig, ledger *atomic.Pointer[ledgerRun]) func(cur, next *policy.Policy) error {
 	if cfg.Ledger == nil || !cfg.Ledger.ConfigBlocks {
 		return nil
@@ -26,7 +30,7 @@ func ledgerPolicyCheck(cfg *runConfig, ledger *atomic.Pointer[ledgerRun]) func(c
 			return fmt.Errorf("%w: the ledger is not running yet", policy.ErrHeld)
 		}
 		n := l.reg.Lookup(l.channel)
-		if n == nil {
+		if n == nil || !slices.ContainsFunc(cur.Consenters(), func(m *policy.Member) bool { return m.ID == cfg.Member }) {
 			return nil
 		}
 		return n.CheckPolicyVersion(cur, next)
