@@ -310,7 +310,7 @@ func TestPolicyConfigBlock(t *testing.T) {
 	// 'memberd policy log --config-block' names the block of v2.
 	var lout, lerr bytes.Buffer
 	if code := app.Main([]string{"policy", "log", "--state", filepath.Join(L.Dir, "members", a, "state"), "--config-block", fetched}, nil, &lout, &lerr); code != app.ExitOK ||
-		!regexp.MustCompile(`(?m)^2 \*\s.*\s` + strconv.FormatUint(cfgNum, 10) + `\s*$`).MatchString(lout.String()) {
+		!regexp.MustCompile(`(?m)^2 \*\s.*\s`+strconv.FormatUint(cfgNum, 10)+`\s*$`).MatchString(lout.String()) {
 		t.Fatalf("policy log --config-block: exit %d, want v2 with config block %d:\n%s%s", code, cfgNum, lout.String(), lerr.String())
 	}
 	t.Logf("memberd policy log --config-block (from peer channel fetch config):\n%s", lout.String())
