@@ -79,18 +79,13 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if err := os.WriteFile(bundle, unsigned.Marshal(), 0o644); err != nil {
 		t.Fatal(err)
 	}
+	genesisBlock := filepath.Join(L.Dir, "members", a, "genesis.block")
 	sign := func(m string, configBlock bool) {
-		args := []string{"policy", "sign", "--key", "file:" + L.AdminKey[m], "--insecure-file-key", "--member", m, "--key-id", "a1"}
 		if configBlock {
-			mdir := filepath.Join(L.Dir, "members", m)
-			certDir := t.TempDir()
-			memberd(t, "hsm", "csr", "--key", "file:"+L.AdminKey[m], "--insecure-file-key", "--cn", "admin."+m, "--org", m,
-				"--ou", "admin", "--out", filepath.Join(certDir, "admin.csr"))
-			memberd(t, "ca", "sign", "--key", "file:"+filepath.Join(mdir, "ca-key.pem"), "--insecure-file-key",
-				"--ca-cert", filepath.Join(mdir, "ca.pem"), "--csr", filepath.Join(certDir, "admin.csr"), "--out", filepath.Join(certDir, "admin.pem"))
-			args = append(args, "--config-block", filepath.Join(mdir, "genesis.block"), "--admin-cert", filepath.Join(certDir, "admin.pem"))
+			signBoth(t, L, bundle, m, genesisBlock)
+		} else {
+			signBoth(t, L, bundle, m, "")
 		}
-		memberd(t, append(args, bundle)...)
 	}
 	// 'policy verify --config-block' checks both halves.
 	verify := func() (int, string) {
@@ -263,18 +258,7 @@ func TestPolicyConfigBlock(t *testing.T) {
 	}
 	// The SUCCESS answers come from the leader; wait until every member
 	// stores the same height.
-	var height uint64
-	waitFor(t, 20*time.Second, "every member at the same height", func() bool {
-		hs := map[uint64]bool{}
-		for _, m := range L.Members {
-			h, err := d.LedgerHeight(m)
-			if err != nil {
-				return false
-			}
-			hs[h], height = true, h
-		}
-		return len(hs) == 1
-	})
+	height := sameHeight(t, d, L.Members, 20*time.Second)
 	sizes := []int{}
 	for n := cfgNum + 1; n < height; n++ {
 		b, _, err := d.LedgerBlock(ctx, a, n)
@@ -291,16 +275,7 @@ func TestPolicyConfigBlock(t *testing.T) {
 
 	// The stock peer validates the CONFIG block (the admins' signatures
 	// meet its mod_policy) and commits it and every block after it.
-	p.waitHeight(t, ctx, height)
-	log := p.log(t)
-	for _, bad := range append(peerRefusals, "error validating", "policy for [") {
-		if strings.Contains(log, bad) {
-			t.Fatalf("stock peer logged %q:\n%s", bad, grepLines(log, bad))
-		}
-	}
-	if committed := len(regexp.MustCompile(`Committed block \[\d+\]`).FindAllString(log, -1)); committed != int(height) {
-		t.Fatalf("stock peer committed %d blocks, want %d", committed, height)
-	}
+	p.committedAll(t, ctx, height)
 	t.Logf("stock peer committed all %d blocks, the CONFIG block %d among them", height, cfgNum)
 
 	// The stock peer CLI fetches the config block through LAST_CONFIG.
