@@ -153,7 +153,7 @@ type Watcher struct {
 	rollbackLog Hash
 	scans       int             // scans done
 	appliedFrom map[string]Hash // file -> hash of the version applied from it (this run)
-	held        map[string]Hash // file -> version Check holds (logged once)
+	held        map[string]heldFile // file -> version Check holds (logged once, and once more when long)
 	folderErr   bool
 	tooMany     bool
 	retryAt     time.Time
@@ -162,6 +162,16 @@ type Watcher struct {
 	applied  prometheus.Counter
 	version  prometheus.Gauge
 }
+
+// heldFile is a version Options.Check holds.
+type heldFile struct {
+	hash   Hash
+	since  time.Time
+	warned bool
+}
+
+// longHold is how long a version is held before the watcher warns.
+const longHold = time.Minute
 
 type parsedFile struct {
 	sum [32]byte
@@ -182,7 +192,7 @@ func NewWatcher(opts Options) (*Watcher, error) {
 		return nil, err
 	}
 	w := &Watcher{o: opts.withDefaults(), armed: make(chan struct{}), seen: map[string][32]byte{}, parsed: map[string]parsedFile{},
-		appliedFrom: map[string]Hash{}, held: map[string]Hash{}}
+		appliedFrom: map[string]Hash{}, held: map[string]heldFile{}}
 	w.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "policy_rejected_total",
 		Help: "Policy bundles rejected by the watcher, by reason; the last good policy stays applied."}, []string{"reason"})
 	w.applied = prometheus.NewCounter(prometheus.CounterOpts{Name: "policy_applied_total", Help: "Policy versions applied."})
@@ -526,10 +536,17 @@ func (w *Watcher) check(path string, cur, p *Policy) bool {
 		if at := time.Now().Add(w.o.HoldRetry); w.retryAt.IsZero() || at.Before(w.retryAt) {
 			w.retryAt = at
 		}
-		if w.held[path] != p.Hash() {
-			w.held[path] = p.Hash()
+		h, ok := w.held[path]
+		switch {
+		case !ok || h.hash != p.Hash():
+			w.held[path] = heldFile{hash: p.Hash(), since: time.Now()}
 			w.o.Logger.Info("policy version held; applied once it can be checked", "file", path,
 				"version", cur.Version(), "held_version", p.Version(), "reason", err.Error())
+		case !h.warned && time.Since(h.since) > longHold:
+			h.warned = true
+			w.held[path] = h
+			w.o.Logger.Warn("policy version held for long: neither the network nor the channel changes until it can be checked; see the ledger's status", "file", path,
+				"version", cur.Version(), "held_version", p.Version(), "held_for", time.Since(h.since).Round(time.Second).String(), "reason", err.Error())
 		}
 		return false
 	default:
