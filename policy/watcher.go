@@ -151,8 +151,8 @@ type Watcher struct {
 	seen        map[string][32]byte   // file -> content hash last rejected
 	parsed      map[string]parsedFile // file -> last parse, reused while the content is the same
 	rollbackLog Hash
-	scans       int             // scans done
-	appliedFrom map[string]Hash // file -> hash of the version applied from it (this run)
+	scans       int                 // scans done
+	appliedFrom map[string]Hash     // file -> hash of the version applied from it (this run)
 	held        map[string]heldFile // file -> version Check holds (logged once, and once more when long)
 	folderErr   bool
 	tooMany     bool
