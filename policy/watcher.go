@@ -153,7 +153,7 @@ type Watcher struct {
 	rollbackLog Hash
 	scans       int                 // scans done
 	appliedFrom map[string]Hash     // file -> hash of the version applied from it (this run)
-	held        map[string]heldFile // file -> version Check holds (logged once, and once more when long)
+	holds       map[string]heldFile // file -> version Check holds (logged once, and once more when long)
 	folderErr   bool
 	tooMany     bool
 	retryAt     time.Time
@@ -161,13 +161,15 @@ type Watcher struct {
 	rejected *prometheus.CounterVec
 	applied  prometheus.Counter
 	version  prometheus.Gauge
+	held     prometheus.Gauge
 }
 
 // heldFile is a version Options.Check holds.
 type heldFile struct {
-	hash   Hash
-	since  time.Time
-	warned bool
+	hash    Hash
+	version uint64
+	since   time.Time
+	warned  bool
 }
 
 // longHold is how long a version is held before the watcher warns.
@@ -192,13 +194,15 @@ func NewWatcher(opts Options) (*Watcher, error) {
 		return nil, err
 	}
 	w := &Watcher{o: opts.withDefaults(), armed: make(chan struct{}), seen: map[string][32]byte{}, parsed: map[string]parsedFile{},
-		appliedFrom: map[string]Hash{}, held: map[string]heldFile{}}
+		appliedFrom: map[string]Hash{}, holds: map[string]heldFile{}}
 	w.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "policy_rejected_total",
 		Help: "Policy bundles rejected by the watcher, by reason; the last good policy stays applied."}, []string{"reason"})
 	w.applied = prometheus.NewCounter(prometheus.CounterOpts{Name: "policy_applied_total", Help: "Policy versions applied."})
 	w.version = prometheus.NewGauge(prometheus.GaugeOpts{Name: "policy_version", Help: "Version of the applied policy."})
+	w.held = prometheus.NewGauge(prometheus.GaugeOpts{Name: "policy_held_version",
+		Help: "Newest policy version held until its channel config half can be checked (0: none)."})
 	if r := w.o.Registerer; r != nil {
-		for _, c := range []prometheus.Collector{w.rejected, w.applied, w.version} {
+		for _, c := range []prometheus.Collector{w.rejected, w.applied, w.version, w.held} {
 			if err := r.Register(c); err != nil {
 				return nil, fmt.Errorf("policy watcher: registering metrics: %w", err)
 			}
@@ -319,11 +323,12 @@ func (w *Watcher) scan() {
 			delete(w.appliedFrom, path)
 		}
 	}
-	for path := range w.held {
+	for path := range w.holds {
 		if !present[path] {
-			delete(w.held, path)
+			delete(w.holds, path)
 		}
 	}
+	defer w.setHeld()
 	if w.cur.Load() == nil {
 		for _, f := range files {
 			if f.p.Version() != 1 {
@@ -511,6 +516,22 @@ func (w *Watcher) reject(path string, content []byte, reason string, err error) 
 	w.o.Logger.Warn("policy rejected; keeping the applied policy", "file", path, "reason", reason, "version", v, "err", err)
 }
 
+// setHeld sets policy_held_version from the holds still ahead of the
+// applied version.
+func (w *Watcher) setHeld() {
+	var v uint64
+	if cur := w.cur.Load(); cur != nil {
+		for path, h := range w.holds {
+			if h.version <= cur.Version() {
+				delete(w.holds, path)
+				continue
+			}
+			v = max(v, h.version)
+		}
+	}
+	w.held.Set(float64(v))
+}
+
 // saveHistory adds p to the state folder's history (an audit record: a
 // failure is logged, the version stays applied).
 func (w *Watcher) saveHistory(p *Policy) {
@@ -530,21 +551,21 @@ func (w *Watcher) check(path string, cur, p *Policy) bool {
 	err := w.o.Check(cur, p)
 	switch {
 	case err == nil:
-		delete(w.held, path)
+		delete(w.holds, path)
 		return true
 	case errors.Is(err, ErrHeld):
 		if at := time.Now().Add(w.o.HoldRetry); w.retryAt.IsZero() || at.Before(w.retryAt) {
 			w.retryAt = at
 		}
-		h, ok := w.held[path]
+		h, ok := w.holds[path]
 		switch {
 		case !ok || h.hash != p.Hash():
-			w.held[path] = heldFile{hash: p.Hash(), since: time.Now()}
+			w.holds[path] = heldFile{hash: p.Hash(), version: p.Version(), since: time.Now()}
 			w.o.Logger.Info("policy version held; applied once it can be checked", "file", path,
 				"version", cur.Version(), "held_version", p.Version(), "reason", err.Error())
 		case !h.warned && time.Since(h.since) > longHold:
 			h.warned = true
-			w.held[path] = h
+			w.holds[path] = h
 			w.o.Logger.Warn("policy version held for long: neither the network nor the channel changes until it can be checked; see the ledger's status", "file", path,
 				"version", cur.Version(), "held_version", p.Version(), "held_for", time.Since(h.since).Round(time.Second).String(), "reason", err.Error())
 		}

@@ -157,6 +157,21 @@ func (e *env) rejected(reason string) float64 {
 	return 0
 }
 
+func (e *env) gauge(name string) float64 {
+	e.t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	e.t.Fatalf("no gauge %s", name)
+	return 0
+}
+
 func (e *env) waitRejected(reason string, n float64) {
 	e.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -635,10 +650,16 @@ func TestWatcherCheck(t *testing.T) {
 	if n := e.rejected(policy.ReasonConfigUpdate); n != 1 {
 		t.Fatalf("%v config_update rejections, want 1 (a hold is not a rejection)", n)
 	}
+	if v := e.gauge("policy_held_version"); v != 2 {
+		t.Fatalf("policy_held_version %v, want 2", v)
+	}
 	mu.Lock()
 	delete(refuse, vs[2].Hash().String())
 	mu.Unlock()
 	e.waitVersion(2) // HoldRetry reads the folder again, no file event needed
+	if v := e.gauge("policy_held_version"); v != 0 {
+		t.Fatalf("policy_held_version %v once applied, want 0", v)
+	}
 	e.write("v3.yaml", vs[3].Marshal())
 	e.waitVersion(3)
 	mu.Lock()
