@@ -25,12 +25,15 @@ func ledgerPolicyCheck(cfg *runConfig, ledger *atomic.Pointer[ledgerRun]) func(c
 		return nil
 	}
 	return func(cur, next *policy.Policy) error {
+		if !slices.ContainsFunc(cur.Consenters(), func(m *policy.Member) bool { return m.ID == cfg.Member }) {
+			return nil // also a member that a later version adds, at its first start
+		}
 		l := ledger.Load()
 		if l == nil {
 			return fmt.Errorf("%w: the ledger is not running yet", policy.ErrHeld)
 		}
 		n := l.reg.Lookup(l.channel)
-		if n == nil || !slices.ContainsFunc(cur.Consenters(), func(m *policy.Member) bool { return m.ID == cfg.Member }) {
+		if n == nil {
 			return nil
 		}
 		return n.CheckPolicyVersion(cur, next)
