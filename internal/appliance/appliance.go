@@ -229,7 +229,8 @@ func (a *Appliance) openIdentity() error {
 func (a *Appliance) openPolicy() (*policy.Policy, error) {
 	cfg := &a.cfg
 	w, err := policy.NewWatcher(policy.Options{Dir: cfg.Path(cfg.Policy.Dir), StateDir: cfg.Path(cfg.Policy.StateDir),
-		Genesis: cfg.genesis, Logger: a.base.With("component", "policy"), Registerer: a.reg, ReloadOnSIGHUP: true})
+		Genesis: cfg.genesis, Logger: a.base.With("component", "policy"), Registerer: a.reg, ReloadOnSIGHUP: true,
+		Check: ledgerPolicyCheck(cfg, &a.ledgerRef)})
 	if err != nil {
 		return nil, fmt.Errorf("policy (keys policy.dir, policy.state_dir, policy.genesis): %w", err)
 	}

@@ -360,7 +360,7 @@ func (l *ledgerRun) openChannel(cfg *Config, rs ledgerRaft, genesis *common.Bloc
 			Raft: raftlog.Config{ID: rs.id, Peers: rs.peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
 				Dialer: dialer, Listener: ln, SnapshotBytes: uint64(lc.SnapshotBytes), Registerer: reg, Logger: log.With("sub", "raft", "channel", channel)},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
-			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol,
+			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol, PolicyHistory: policyHistory(cfg.Path(cfg.Policy.StateDir), log),
 			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,
 				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() }},
 			Forwarder: l.fwd, Membership: l.membership(), ConfigBlocks: lc.ConfigBlocks, Metrics: metrics, Logger: log})
