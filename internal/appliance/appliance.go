@@ -74,7 +74,7 @@ type Appliance struct {
 	dev     *tunnel.Device
 	pushLn  *tunnel.Listener
 	ledger  *ledgerRun // nil without a ledger section
-	hsm     *hsmHealth // nil in tests that build an appliance by hand
+	hsm     *hsmHealth
 	checks  map[string]admin.Check
 
 	current   atomic.Pointer[policy.Policy] // the policy in force
@@ -239,7 +239,7 @@ func (a *Appliance) openPolicy() (*policy.Policy, error) {
 	if cur.Member(cfg.Member) == nil {
 		return nil, usage.Errorf("key member: %q is not a member of policy version %d (%s): check the member id", cfg.Member, cur.Version(), cur.Hash())
 	}
-	if len(relayInfos(cur)) == 0 {
+	if len(authority.Relays(cur)) == 0 {
 		return nil, fmt.Errorf("policy version %d lists no relay with a key pin: nothing to connect to", cur.Version())
 	}
 	return cur, nil
@@ -251,7 +251,7 @@ func (a *Appliance) connectRelays(ctx context.Context, cur *policy.Policy) error
 	cfg := &a.cfg
 	// The relay client asks the identity folder at every (re)connection, so
 	// a rotated certificate is used from the next connection on.
-	cl, err := relay.NewClient(relay.ClientConfig{GetClientCertificate: a.idp.GetClientCertificate, Relays: relayInfos(cur),
+	cl, err := relay.NewClient(relay.ClientConfig{GetClientCertificate: a.idp.GetClientCertificate, Relays: authority.Relays(cur),
 		QUICTimeout: cfg.Relay.QUICTimeout, ReprobeInterval: cfg.Relay.Reprobe, Proxy: cfg.proxy, NoEnvProxy: cfg.Relay.NoEnvProxy,
 		Logger: a.base.With("component", "relay_client"), Registerer: a.reg})
 	if err != nil {
@@ -334,7 +334,7 @@ func (a *Appliance) applyPolicy(p *policy.Policy) {
 	a.current.Store(p)
 	a.offerPolicy(p)
 	a.dev.SetAuthority(authority.Tunnel(p))
-	if ri := relayInfos(p); len(ri) > 0 {
+	if ri := authority.Relays(p); len(ri) > 0 {
 		if err := a.client.SetRelays(ri); err != nil {
 			a.log.Error("policy relay list refused by the relay client: keeping the old relays", "policy_version", p.Version(), "err", err)
 		}
@@ -453,8 +453,3 @@ func (a *Appliance) serve(ctx context.Context) error {
 
 // relayWaitAtStart bounds how long startup waits for a first relay.
 const relayWaitAtStart = 10 * time.Second
-
-// relayInfos lists the relays of a policy the client can dial (with a pin).
-func relayInfos(p *policy.Policy) []relay.RelayInfo {
-	return authority.Relays(p)
-}
