@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/relay"
 	"github.com/memberd/memberd/tunnel"
 )
 
@@ -69,6 +70,22 @@ func (p *pinger) unanswered(from, to time.Time) (lost, sent int) {
 	return lost, sent
 }
 
+// crashRelayInUse checks that both members send on relay-1 with relay-2
+// healthy, lets the traffic run a second more (the packets kept for
+// resending: full) and crashes relay-1; it returns when.
+func crashRelayInUse(t *testing.T, relays []*tunnelRelay, clients map[string]*relay.Client) time.Time {
+	t.Helper()
+	for _, m := range []string{"bank-a", "bank-b"} {
+		if st := clients[m].Status(); !st[0].Active || !st[1].Healthy {
+			t.Fatalf("%s should send on relay-1 with relay-2 healthy: %+v", m, st)
+		}
+	}
+	time.Sleep(time.Second)
+	t0 := time.Now()
+	relays[0].crash()
+	return t0
+}
+
 func (p *pinger) answered() int {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -111,14 +128,7 @@ func TestRelayCrashLosesNoTunnelPing(t *testing.T) {
 	waitUntil(t, 10*time.Second, "pings and heartbeats flowing", func() bool {
 		return pab.answered() > 20 && pba.answered() > 20 && hxy.count() > 100
 	})
-	for _, m := range []string{"bank-a", "bank-b"} {
-		if st := clients[m].Status(); !st[0].Active || !st[1].Healthy {
-			t.Fatalf("%s should send on relay-1 with relay-2 healthy: %+v", m, st)
-		}
-	}
-	time.Sleep(time.Second)
-	t0 := time.Now()
-	relays[0].crash()
+	t0 := crashRelayInUse(t, relays, clients)
 	n0 := pab.answered()
 	waitUntil(t, 10*time.Second, "pings answered after the crash", func() bool { return pab.answered() > n0+100 })
 	t1 := time.Now().Add(-time.Second) // later pings may still be waiting for their answer
