@@ -687,7 +687,8 @@ func (c *Client) WritePacket(pkt []byte, member string) error {
 // packets l may have swallowed: those sent on it since DeadAfter before
 // the last thing l received (bounded by recentLen). What reached the
 // receiver the other way is dropped there as a replay; a busy host that
-// read l's last frames late does not shrink the window.
+// read l's last frames late does not shrink the window. They go on
+// backup's stream (copy), which the relay keeps for the next hop.
 func (c *Client) resend(l, backup *link) {
 	heard := l.lastRecv.Load()
 	done := l.resentFor.Load()

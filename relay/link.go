@@ -48,8 +48,10 @@ const (
 // transport. Frames to send go through bounded queues served by one writer
 // goroutine: ctrl (never dropped while open), then urgent and data (both
 // dropped when full, UDP-like): urgent holds the small data frames (see
-// urgentFrame), data the others. On QUIC, data frames travel as DATAGRAMs; one larger than
-// the datagram limit falls back to the control stream.
+// urgentFrame), data the others and those queued by sendStream. On QUIC,
+// the urgent frames travel as DATAGRAMs (one larger than the datagram
+// limit falls back to the control stream), the others on the control
+// stream (see writeLoop).
 type link struct {
 	path        Path
 	qconn       *quic.Conn    // nil on TCP
