@@ -674,7 +674,7 @@ func (c *Client) WritePacket(pkt []byte, member string) error {
 	f := wire.AppendPacket(newFrame(wire.PacketOverhead+len(pkt)), member, pkt)
 	if backup != nil {
 		c.resend(l, backup)
-		c.copy(backup, append(newFrame(len(f)), f...))
+		c.copy(backup, append(newFrame(len(f)), f...), false)
 	}
 	if len(*c.relays.Load()) > 1 {
 		c.recent.add(l, f, now)
@@ -687,7 +687,8 @@ func (c *Client) WritePacket(pkt []byte, member string) error {
 // packets l may have swallowed: those sent on it since DeadAfter before
 // the last thing l received (bounded by recentLen). What reached the
 // receiver the other way is dropped there as a replay; a busy host that
-// read l's last frames late does not shrink the window.
+// read l's last frames late does not shrink the window. They go on
+// backup's stream (copy), which the relay keeps for the next hop.
 func (c *Client) resend(l, backup *link) {
 	heard := l.lastRecv.Load()
 	done := l.resentFor.Load()
@@ -695,13 +696,17 @@ func (c *Client) resend(l, backup *link) {
 		return
 	}
 	for _, f := range c.recent.since(l, time.Unix(0, heard).Add(-c.cfg.DeadAfter)) {
-		c.copy(backup, f)
+		c.copy(backup, f, true)
 	}
 }
 
-// copy sends frame, a copy of a packet sent on another link, on backup.
-func (c *Client) copy(backup *link, frame []byte) {
-	backup.sendData(frame)
+// copy sends frame, a copy of a packet sent on another link, on backup:
+// on its stream when burst is set (a resend: up to recentLen frames at
+// once, which as QUIC DATAGRAMs overflowed quic-go's DATAGRAM receive
+// queue at the relay and at the receiver, see link.sendStream), else as
+// the packet itself would travel.
+func (c *Client) copy(backup *link, frame []byte, burst bool) {
+	backup.send(frame, burst)
 	c.copies.Add(1)
 	c.m.copied.Inc()
 }

@@ -33,17 +33,10 @@ func startFlow(t *testing.T, from, to *Client, toID string) *flow {
 	f.wg.Add(2)
 	go func() {
 		defer f.wg.Done()
-		tk := time.NewTicker(2 * time.Millisecond)
-		defer tk.Stop()
-		for i := 0; ; i++ {
-			select {
-			case <-f.stop:
-				return
-			case <-tk.C:
-			}
+		tickUntil(f.stop, 2*time.Millisecond, func(i int) {
 			_ = from.WritePacket([]byte("seq-"+strconv.Itoa(i)), toID)
 			f.sent.Store(int64(i + 1))
-		}
+		})
 	}()
 	go func() {
 		defer f.wg.Done()

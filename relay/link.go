@@ -48,8 +48,10 @@ const (
 // transport. Frames to send go through bounded queues served by one writer
 // goroutine: ctrl (never dropped while open), then urgent and data (both
 // dropped when full, UDP-like): urgent holds the small data frames (see
-// urgentFrame), data the others. On QUIC, data frames travel as DATAGRAMs; one larger than
-// the datagram limit falls back to the control stream.
+// urgentFrame), data the others and those queued by sendStream. On QUIC,
+// the urgent frames travel as DATAGRAMs (one larger than the datagram
+// limit falls back to the control stream), the others on the control
+// stream (see writeLoop).
 type link struct {
 	path        Path
 	qconn       *quic.Conn    // nil on TCP
@@ -208,6 +210,37 @@ func (l *link) sendData(frame []byte) bool {
 	}
 }
 
+// sendStream queues a data frame like sendData, but one that travels on
+// the control stream on QUIC, never in a DATAGRAM, whatever its size: a
+// burst of frames (the packets resent through a backup relay, see
+// Client.resend), which as DATAGRAMs overflowed quic-go's 128-entry
+// DATAGRAM receive queue at the relay and at the receiving member, where
+// they were discarded without a trace. On the stream they are batched into
+// full-size QUIC packets and never dropped by quic-go. On TLS it is
+// sendData.
+func (l *link) sendStream(frame []byte) bool {
+	if l.closed() {
+		l.drop(DropClosed)
+		return false
+	}
+	select {
+	case l.data <- frame:
+		return true
+	default:
+		l.drop(DropQueueFull)
+		recycleFrame(frame)
+		return false
+	}
+}
+
+// send is sendStream when stream is set, else sendData.
+func (l *link) send(frame []byte, stream bool) bool {
+	if stream {
+		return l.sendStream(frame)
+	}
+	return l.sendData(frame)
+}
+
 // sendCtrl queues a control frame, waiting for room up to ctx. Like
 // sendData, it takes ownership of frame.
 func (l *link) sendCtrl(ctx context.Context, frame []byte) error {
@@ -222,25 +255,26 @@ func (l *link) sendCtrl(ctx context.Context, frame []byte) error {
 }
 
 // next returns the next frame to send: a control frame first, then an
-// urgent one, then a data frame. ctrl says which queue it came from. With
-// wait it blocks until a frame is queued or the link closes (ok false);
-// without, it returns ok false at once when all queues are empty.
-func (l *link) next(wait bool) (f []byte, ctrl, ok bool) {
+// urgent one, then a data frame. urgent says it came from the urgent queue
+// (on QUIC: a DATAGRAM). With wait it blocks until a frame is queued or
+// the link closes (ok false); without, it returns ok false at once when
+// all queues are empty.
+func (l *link) next(wait bool) (f []byte, urgent, ok bool) {
 	select {
 	case f = <-l.ctrl:
-		return f, true, true
-	default:
-	}
-	select {
-	case f = <-l.urgent:
 		return f, false, true
 	default:
 	}
 	select {
-	case f = <-l.ctrl:
-		return f, true, true
 	case f = <-l.urgent:
+		return f, true, true
+	default:
+	}
+	select {
+	case f = <-l.ctrl:
 		return f, false, true
+	case f = <-l.urgent:
+		return f, true, true
 	case f = <-l.data:
 		return f, false, true
 	default:
@@ -250,9 +284,9 @@ func (l *link) next(wait bool) (f []byte, ctrl, ok bool) {
 	}
 	select {
 	case f = <-l.ctrl:
-		return f, true, true
-	case f = <-l.urgent:
 		return f, false, true
+	case f = <-l.urgent:
+		return f, true, true
 	case f = <-l.data:
 		return f, false, true
 	case <-l.done:
@@ -263,7 +297,8 @@ func (l *link) next(wait bool) (f []byte, ctrl, ok bool) {
 // writeLoop sends queued frames until the link closes.
 //
 // On QUIC, small data frames (up to urgentFrame: heartbeats, TCP
-// acknowledgements, pings) travel as DATAGRAMs, everything else on the
+// acknowledgements, pings; not those queued by sendStream) travel as
+// DATAGRAMs, everything else on the
 // control stream, frames queued meanwhile together in one write (up to
 // streamBatch), as on TLS. Why (issue #15): bulk packets as DATAGRAMs cost
 // one sendmsg and one QUIC packet each (quic-go batches with GSO only
@@ -280,13 +315,13 @@ func (l *link) writeLoop() error {
 	}
 	buf := make([]byte, 0, streamBatch+pooledFrame)
 	for {
-		f, ctrl, ok := l.next(true)
+		f, urgent, ok := l.next(true)
 		if !ok {
 			return nil
 		}
 		buf = buf[:0]
 		for {
-			if !ctrl && len(f) <= urgentFrame {
+			if urgent { // small data frames (sendData): DATAGRAMs
 				err := l.qconn.SendDatagram(f)
 				var tooLarge *quic.DatagramTooLargeError
 				switch {
@@ -304,7 +339,7 @@ func (l *link) writeLoop() error {
 			if len(buf) >= streamBatch {
 				break
 			}
-			if f, ctrl, ok = l.next(false); !ok {
+			if f, urgent, ok = l.next(false); !ok {
 				break
 			}
 		}

@@ -556,7 +556,7 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 	}
 	var g errgroup.Group
 	g.Go(func() error { s.announce(ctx, p); return nil })
-	err = l.run(ctx, func(f wire.Frame, _ bool) { s.relayFrame(p, f) })
+	err = l.run(ctx, func(f wire.Frame, owned bool) { s.relayFrame(p, f, owned) })
 	g.Wait()
 	return err
 }
@@ -692,7 +692,7 @@ func (s *Server) memberFrame(p *peer, f wire.Frame, owned bool) {
 			s.m.drop(DropMalformed)
 			return
 		}
-		s.forward(p, string(dst), payload)
+		s.forward(p, string(dst), payload, onStream(p.link, owned))
 	case wire.TypePing:
 		p.link.sendData(wire.AppendFrame(nil, wire.TypePong, f.Body))
 	case wire.TypePolicy:
@@ -700,9 +700,20 @@ func (s *Server) memberFrame(p *peer, f wire.Frame, owned bool) {
 	}
 }
 
+// onStream says whether a frame l received, owned as the frame handler was
+// told (see frameHandler), came on a QUIC connection's stream rather than
+// in a DATAGRAM. Such a packet goes on on the stream of the next hop too
+// (link.sendStream): a small packet travels on the stream only when its
+// sender wants it there, for a burst (the packets a member resends through
+// a backup relay, Client.resend), and as DATAGRAMs the burst overflowed the
+// receiver's DATAGRAM queue. Over TLS everything comes on the stream; the
+// next hop then picks by size, as before.
+func onStream(l *link, owned bool) bool { return l.qconn != nil && !owned }
+
 // forward sends a member's packet on: to a local connection of dst, else one
-// hop to the relay dst is attached to.
-func (s *Server) forward(p *peer, dst string, payload []byte) {
+// hop to the relay dst is attached to; on the stream of that connection when
+// stream is set (see onStream).
+func (s *Server) forward(p *peer, dst string, payload []byte, stream bool) {
 	s.mu.RLock()
 	ms := s.members[p.id]
 	s.mu.RUnlock()
@@ -721,7 +732,7 @@ func (s *Server) forward(p *peer, dst string, payload []byte) {
 		s.m.drop(DropACL)
 		return
 	}
-	if s.deliverLocal(p.id, dst, payload) {
+	if s.deliverLocal(p.id, dst, payload, stream) {
 		return
 	}
 	s.mu.RLock()
@@ -738,14 +749,14 @@ func (s *Server) forward(p *peer, dst string, payload []byte) {
 	if h := s.cfg.ForwardHook; h != nil {
 		h(p.id, dst, payload)
 	}
-	if via.link.sendData(wire.AppendForward(newFrame(wire.ForwardOverhead+len(payload)), p.id, dst, payload)) {
+	if via.link.send(wire.AppendForward(newFrame(wire.ForwardOverhead+len(payload)), p.id, dst, payload), stream) {
 		s.m.forward(len(payload))
 	}
 }
 
-// deliverLocal queues a packet for a member connected here; false if dst
-// is not connected here.
-func (s *Server) deliverLocal(from, dst string, payload []byte) bool {
+// deliverLocal queues a packet for a member connected here (on the stream
+// when stream is set, see onStream); false if dst is not connected here.
+func (s *Server) deliverLocal(from, dst string, payload []byte, stream bool) bool {
 	s.mu.RLock()
 	ms := s.members[dst]
 	s.mu.RUnlock()
@@ -764,14 +775,14 @@ func (s *Server) deliverLocal(from, dst string, payload []byte) bool {
 	if h := s.cfg.ForwardHook; h != nil {
 		h(from, dst, payload)
 	}
-	if to.link.sendData(wire.AppendPacket(newFrame(wire.PacketOverhead+len(payload)), from, payload)) {
+	if to.link.send(wire.AppendPacket(newFrame(wire.PacketOverhead+len(payload)), from, payload), stream) {
 		s.m.forward(len(payload))
 	}
 	return true
 }
 
-// relayFrame handles a frame from another relay.
-func (s *Server) relayFrame(p *peer, f wire.Frame) {
+// relayFrame handles a frame from another relay; owned as for memberFrame.
+func (s *Server) relayFrame(p *peer, f wire.Frame, owned bool) {
 	switch f.Type {
 	case wire.TypeForward:
 		src, dst, payload, err := wire.ParseForward(f.Body)
@@ -785,7 +796,7 @@ func (s *Server) relayFrame(p *peer, f wire.Frame) {
 			s.m.drop(DropACL)
 			return
 		}
-		if !s.deliverLocal(string(src), string(dst), payload) {
+		if !s.deliverLocal(string(src), string(dst), payload, onStream(p.link, owned)) {
 			s.m.drop(DropNoRoute)
 		}
 	case wire.TypeRouteAdd, wire.TypeRouteDel:
