@@ -131,3 +131,88 @@ func TestFetchSurvivesPeerVanishingMidStream(t *testing.T) {
 		t.Fatalf("fn error: got %v after asking the other peer %d times; want the fn error, other peer not asked", err, dead.calls.Load())
 	}
 }
+
+// deafLeader is a leader's Broadcast service that reads nothing: every
+// Send blocks until the stream ends, as gRPC's does once a dead peer's
+// flow-control window is full.
+type deafLeader struct {
+	ab.AtomicBroadcastClient
+	sending chan struct{}
+}
+
+func (d *deafLeader) Broadcast(ctx context.Context, _ ...grpc.CallOption) (ab.AtomicBroadcast_BroadcastClient, error) {
+	return &deafStream{ctx: ctx, d: d}, nil
+}
+
+type deafStream struct {
+	grpc.ClientStream
+	ctx context.Context
+	d   *deafLeader
+}
+
+func (s *deafStream) Send(*common.Envelope) error {
+	select {
+	case s.d.sending <- struct{}{}:
+	default:
+	}
+	<-s.ctx.Done()
+	return s.ctx.Err()
+}
+
+func (s *deafStream) Recv() (*ab.BroadcastResponse, error) {
+	<-s.ctx.Done()
+	return nil, s.ctx.Err()
+}
+
+// TestForwardToDeafLeaderEndsWithCtx: forwarding to a leader killed
+// mid-stream blocked in Send for good, and every other submission queued
+// behind it on the stream's lock, so the entry member's Broadcast streams
+// stopped reading and the load stalled after a leader fault (soak, issue
+// #9) although a new leader was elected at once. Once the caller's ctx
+// ends (the node cancels it when the leader changes), Forward and the
+// calls queued behind it return ErrUnavailable, and the next Forward opens
+// a new stream.
+func TestForwardToDeafLeaderEndsWithCtx(t *testing.T) {
+	c := newConsortium(t, 3, block.CutterConfig{})
+	envs, _ := envelopes(t, c.identity(t, "m1", "client"), 2, 3)
+	deaf := &deafLeader{sending: make(chan struct{}, 1)}
+	f := &BroadcastForwarder{Peers: map[uint64]ab.AtomicBroadcastClient{3: deaf}}
+	defer f.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 2)
+	forward := func(env *common.Envelope) {
+		raw, err := proto.Marshal(env)
+		if err == nil {
+			_, err = f.Forward(ctx, 3, raw)
+		}
+		errs <- err
+	}
+	go forward(envs[0])
+	<-deaf.sending // the first is stuck in Send, holding the stream
+	go forward(envs[1])
+	select {
+	case err := <-errs:
+		t.Fatalf("a Forward returned before its ctx ended: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	cancel()
+	for range 2 {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, ErrUnavailable) {
+				t.Fatalf("Forward after ctx ended: %v, want ErrUnavailable", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Forward still blocked after its ctx ended")
+		}
+	}
+	if _, err := f.stream(3); err != nil {
+		t.Fatalf("no new stream after the deaf one ended: %v", err)
+	}
+	f.mu.Lock()
+	n := len(f.streams)
+	f.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d streams, want the one new stream", n)
+	}
+}

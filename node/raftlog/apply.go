@@ -72,7 +72,7 @@ func (n *Node) snapshotApplied(ctx context.Context, err error) error {
 	return n.applyPending(ctx)
 }
 
-// finishSnapshot waits until every queued job is applied (ctx ends it).
+// finishSnapshot waits until every queued job is applied, or ctx ends.
 // Run goroutine only.
 func (n *Node) finishSnapshot(ctx context.Context) error {
 	for n.snapRun != nil {
@@ -82,7 +82,7 @@ func (n *Node) finishSnapshot(ctx context.Context) error {
 				return err
 			}
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil // stopping: the loop sees ctx too
 		}
 	}
 	return nil
