@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -252,7 +253,17 @@ func newLab(t *testing.T) *lab {
 	testenv.Command(t, "yq", "yq")
 	testenv.Command(t, "jq", "jq")
 	testenv.Command(t, "curl", "curl")
-	dir := t.TempDir()
+	dir, err := os.MkdirTemp("", "memberd-runbooks-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() && os.Getenv("RUNBOOKS_KEEP") != "0" {
+			t.Logf("kept %s (process logs: */*/memberd*.log)", dir)
+			return
+		}
+		os.RemoveAll(dir)
+	})
 	l := &lab{t: t, dir: dir, demo: filepath.Join(dir, "demo"), bin: filepath.Join(dir, "bin"),
 		gov: filepath.Join(dir, "gov"), hsm: hsm, extra: map[string]map[string]string{}}
 	for _, d := range []string{l.bin, l.gov} {
@@ -300,8 +311,24 @@ cp "$ETC/client/msp/signcerts/cert.pem" "$ETC/client.pem"
 	for _, r := range []string{"relay-1", "relay-2"} {
 		l.must(r, `systemctl start memberd-relay`)
 	}
+	// The members together: none is ready before the ledger has a quorum.
+	var wg sync.WaitGroup
+	errs := make(chan string, 3)
 	for _, m := range []string{"member-a", "member-b", "member-c"} {
-		l.must(m, `systemctl start memberd`)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			if out, err := l.sh(ctx, m, `systemctl start memberd`); err != nil {
+				errs <- fmt.Sprintf("%s: %v: %s", m, err, out)
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for e := range errs {
+		t.Fatalf("start %s", e)
 	}
 	// Some transactions, so that the chains the recovery compares hold data.
 	l.must("member-a", `for i in 1 2 3 4 5; do
