@@ -5,7 +5,6 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
-	"time"
 
 	"github.com/memberd/memberd/internal/loopport"
 )
@@ -128,5 +127,3 @@ func tokenDir(t *testing.T, l *lab, label string) string {
 	t.Fatalf("no SoftHSM2 token %q under %s/tokens", label, l.demo)
 	return ""
 }
-
-var _ = time.Second

@@ -368,4 +368,3 @@ func contains(t *testing.T, out string, wants ...string) {
 		}
 	}
 }
-
