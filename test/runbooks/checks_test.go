@@ -1,3 +1,5 @@
+//go:build runbooks
+
 package runbooks
 
 import (
