@@ -37,6 +37,7 @@ func (l *lab) hostEnv(h string) []string {
 		"HSM_MODULE="+l.hsm,
 		"GOV="+l.gov,
 		"DEMO="+l.demo,
+		"TMPDIR="+filepath.Join(l.dir, "tmp"), // the blocks' mktemp
 	)
 	switch {
 	case strings.HasPrefix(h, "relay-"):
@@ -163,7 +164,7 @@ func newLab(t *testing.T) *lab {
 	})
 	l := &lab{t: t, dir: dir, demo: filepath.Join(dir, "demo"), bin: filepath.Join(dir, "bin"),
 		gov: filepath.Join(dir, "gov"), hsm: hsm, extra: map[string]map[string]string{}}
-	for _, d := range []string{l.bin, l.gov} {
+	for _, d := range []string{l.bin, l.gov, filepath.Join(dir, "tmp")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
 		}
