@@ -111,3 +111,17 @@ func docBlocks(t *testing.T) []block {
 	}
 	return bs
 }
+
+// TestDocNegationsAreLast: under bash -e, a failing "! cmd" does not stop the
+// script (bash ignores errexit for negated pipelines), so "! cmd" checks
+// only as the block's last command, whose status is the block's.
+func TestDocNegationsAreLast(t *testing.T) {
+	for _, b := range docBlocks(t) {
+		lines := strings.Split(strings.TrimRight(b.script, "\n"), "\n")
+		for i, l := range lines {
+			if strings.HasPrefix(strings.TrimSpace(l), "! ") && i != len(lines)-1 {
+				t.Errorf("docs/runbooks.md:%d: %q is not the last line of its block: bash -e would not stop on it", b.line+1+i, l)
+			}
+		}
+	}
+}
