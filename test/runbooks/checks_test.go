@@ -59,11 +59,15 @@ sleep 3; memberd status --admin "$ADMIN"`)
 	}
 
 	checks["rotate-key"] = func(t *testing.T, l *lab, bs []block) {
-		before := l.must("member-b", `memberd status --admin "$ADMIN" --json | jq -r .identity.serial`)
+		state := `echo "$(memberd status --admin "$ADMIN" --json | jq -r .identity.serial) pid $(cat "$ETC/.memberd.pid")"`
+		before := strings.Fields(l.must("member-b", state))
 		l.runbook(t, bs, "rotate-key")
-		after := l.must("member-b", `memberd status --admin "$ADMIN" --json | jq -r .identity.serial`)
-		if strings.TrimSpace(before) == strings.TrimSpace(after) {
-			t.Fatalf("identity serial unchanged: %s", before)
+		after := strings.Fields(l.must("member-b", state))
+		if before[0] == after[0] {
+			t.Fatalf("identity serial unchanged: %s", before[0])
+		}
+		if before[2] != after[2] {
+			t.Fatalf("the appliance restarted: pid %s, then %s", before[2], after[2])
 		}
 		// Still one process (no restart) and still reaching the others.
 		l.must("member-b", `memberd ping --admin "$ADMIN" -c 1 member-a`)
