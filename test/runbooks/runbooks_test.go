@@ -112,15 +112,21 @@ func docBlocks(t *testing.T) []block {
 	return bs
 }
 
-// TestDocNegationsAreLast: under bash -e, a failing "! cmd" does not stop the
-// script (bash ignores errexit for negated pipelines), so "! cmd" checks
-// only as the block's last command, whose status is the block's.
-func TestDocNegationsAreLast(t *testing.T) {
+// TestDocChecksStop: under bash -e, a failing "! cmd", or a failing command
+// before "&&", does not stop the script (bash ignores errexit there), so such
+// a check counts only as the block's last command, whose status is the
+// block's. Elsewhere it must be written as separate commands.
+func TestDocChecksStop(t *testing.T) {
+	quoted := regexp.MustCompile(`'[^']*'`)
 	for _, b := range docBlocks(t) {
 		lines := strings.Split(strings.TrimRight(b.script, "\n"), "\n")
 		for i, l := range lines {
-			if strings.HasPrefix(strings.TrimSpace(l), "! ") && i != len(lines)-1 {
-				t.Errorf("docs/runbooks.md:%d: %q is not the last line of its block: bash -e would not stop on it", b.line+1+i, l)
+			if i == len(lines)-1 {
+				continue
+			}
+			bare := quoted.ReplaceAllString(l, "''")
+			if strings.HasPrefix(strings.TrimSpace(l), "! ") || strings.Contains(bare, "&&") {
+				t.Errorf("docs/runbooks.md:%d: %q: bash -e would not stop when this check fails (only the last line of a block may negate or use &&)", b.line+1+i, l)
 			}
 		}
 	}
