@@ -86,13 +86,16 @@ memberd ping --admin "$ADMIN" -c 1 member-a`)
 
 	checks["onboard"] = func(t *testing.T, l *lab, bs []block) {
 		l.setExtra("member-d", "ADMIN", freePort(t))
+		led := freePort(t)
+		l.setExtra("member-d", "LEDGER_ADDR", led)
+		l.setExtra("member-a", "LEDGER_ADDR", led)
+		l.setExtra("member-d", "ADMIN_A", l.admin("member-a"))
 		l.runbook(t, bs, "onboard")
 		l.must("member-c", `memberd ping --admin "$ADMIN" -c 1 member-d`)
 	}
 
 	checks["recover"] = func(t *testing.T, l *lab, bs []block) {
-		a := l.must("member-a", `echo "$ADMIN"`)
-		l.setExtra("member-b", "ADMIN_A", strings.TrimSpace(a))
+		l.setExtra("member-b", "ADMIN_A", l.admin("member-a"))
 		// The disk is lost: the process dies, its data is gone.
 		l.must("member-b", `systemctl stop memberd; rm -rf "$DATA/ledger" "$DATA/state" "$DATA/policy"`)
 		l.runbook(t, bs, "recover")
@@ -132,4 +135,9 @@ func tokenDir(t *testing.T, l *lab, label string) string {
 	}
 	t.Fatalf("no SoftHSM2 token %q under %s/tokens", label, l.demo)
 	return ""
+}
+
+// admin is the admin address of a member of the demo.
+func (l *lab) admin(m string) string {
+	return strings.TrimSpace(l.must(m, `echo "$ADMIN"`))
 }

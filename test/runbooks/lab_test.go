@@ -205,7 +205,9 @@ imp "$ETC/ca-key.pem" ca ca
 cp "$ETC/client/msp/signcerts/cert.pem" "$ETC/client.pem"
 `)
 	}
-	l.must("member-a", `cp "$DEMO/genesis.yaml" "$GOV/current.yaml"; cp "$DEMO/genesis.yaml" "$GOV/v1.yaml"`)
+	l.must("member-a", `cp "$DEMO/genesis.yaml" "$GOV/current.yaml"; cp "$DEMO/genesis.yaml" "$GOV/v1.yaml"
+# The channel's genesis block, published with the channel.
+cp "$ETC/genesis.block" "$GOV/genesis.block"`)
 	for _, r := range []string{"relay-1", "relay-2"} {
 		l.must(r, `systemctl start memberd-relay`)
 	}
