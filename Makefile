@@ -14,7 +14,7 @@ BENCHTIME  ?= 2s
 # Fuzzing time per target in `make fuzz`.
 FUZZTIME   ?= 30s
 
-.PHONY: all build test deps vet unit race bench lint fuzz demo soak e2e bench-appliance package image boot-test e2e-geth clean
+.PHONY: all build test deps vet unit race bench lint fuzz demo soak e2e bench-appliance package image boot-test e2e-geth runbooks clean
 
 all: build
 
@@ -101,6 +101,15 @@ package: build $(NFPM)
 # in ~/.cache/memberd-boottest). Not in `make test`; .ci/run runs it.
 boot-test: package
 	@bash packaging/boot-test/run.sh
+
+# docs/runbooks.md run as written (test/runbooks, build tag runbooks): the
+# doc's runbooks one after the other on a demo consortium of real processes
+# (2 relays, 3 members, SoftHSM2), with a stand-in systemctl. Needs softhsm2,
+# opensc (pkcs11-tool), yq, jq, curl. About 2 minutes. Not in `make test`;
+# .ci/run runs it.
+runbooks: deps build
+	$(GO) vet -tags runbooks ./test/runbooks/
+	MEMBERD_BIN=$(CURDIR)/$(BIN) $(GO) test -tags runbooks -count=1 -v -timeout 15m ./test/runbooks/
 
 # Container image tarball in bin/dist/ (docker load / podman load), built
 # without a Docker daemon (packaging/oci, its own go.mod).
