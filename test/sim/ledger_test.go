@@ -62,6 +62,8 @@ type ledgerSim struct {
 	acked  map[string]bool
 	events []string
 	errs   map[string]int // client answers other than SUCCESS, by kind
+	// history: each tx id's answers other than SUCCESS
+	history map[string][]string
 }
 
 // simTune is what a seed chose.
@@ -70,6 +72,22 @@ type simTune struct {
 	snapshotEvery uint64
 	catchUp       uint64
 	maxMsgs       uint32
+}
+
+// randomFaults draws fault rates; scale 2 is the harsher mid-run change.
+// Dup and Reorder only with -sim.hostile (simnet.Faults: beyond TCP).
+func randomFaults(r *rand.Rand, scale float64) simnet.Faults {
+	f := simnet.Faults{
+		Drop:     r.Float64() * 0.01 * scale,
+		Spike:    r.Float64() * 0.02 * scale,
+		SpikeMax: time.Duration(200+r.IntN(2000)) * time.Millisecond,
+		MinDelay: time.Duration(r.IntN(5)) * time.Millisecond,
+	}
+	f.MaxDelay = f.MinDelay + time.Duration(r.IntN(int(30*scale)))*time.Millisecond
+	if *flagHostile {
+		f.Dup, f.Reorder = r.Float64()*0.05*scale, r.Float64()*0.05*scale
+	}
+	return f
 }
 
 type simNode struct {
@@ -99,18 +117,14 @@ var simEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func newLedgerSim(t *testing.T, seed uint64) *ledgerSim {
 	s := &ledgerSim{t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, 0x1ed9e7)),
-		acked: map[string]bool{}, errs: map[string]int{}}
+		acked: map[string]bool{}, errs: map[string]int{}, history: map[string][]string{}}
 	r := s.rng
 	s.tune = simTune{
-		faults: simnet.Faults{
-			Drop: r.Float64() * 0.05, Dup: r.Float64() * 0.05, Reorder: r.Float64() * 0.05,
-			MinDelay: time.Duration(r.IntN(5)) * time.Millisecond,
-		},
+		faults:        randomFaults(r, 1),
 		snapshotEvery: []uint64{0, 5, 20}[r.IntN(3)],
 		catchUp:       []uint64{0, 2, 10}[r.IntN(3)],
 		maxMsgs:       []uint32{1, 10, 100}[r.IntN(3)],
 	}
-	s.tune.faults.MaxDelay = s.tune.faults.MinDelay + time.Duration(r.IntN(30))*time.Millisecond
 	s.nw = simnet.New(simnet.Config{Seed: seed, Faults: s.tune.faults, Split: raftSplit})
 
 	s.cons = policytest.New(t, 3)

@@ -20,11 +20,13 @@ import (
 )
 
 var (
-	flagSeeds = flag.Int("sim.seeds", 0, "how many seeds to run (default 3, 1 with -short)")
-	flagSeed  = flag.Uint64("sim.seed", 1, "the first seed")
-	flagTx    = flag.Int("sim.tx", 150, "envelopes per client (3 clients)")
-	flagFault = flag.Duration("sim.faults", 30*time.Second, "virtual time during which faults are injected")
-	flagLogs  = flag.Bool("sim.logs", false, "with -v: the nodes' logs too")
+	flagSeeds   = flag.Int("sim.seeds", 0, "how many seeds to run (default 3, 1 with -short)")
+	flagSeed    = flag.Uint64("sim.seed", 1, "the first seed")
+	flagTx      = flag.Int("sim.tx", 150, "envelopes per client (3 clients)")
+	flagFault   = flag.Duration("sim.faults", 30*time.Second, "virtual time during which faults are injected")
+	flagLogs    = flag.Bool("sim.logs", false, "with -v: the nodes' logs too")
+	flagRetry   = flag.Bool("sim.resubmit", true, "clients resubmit an envelope whose answer was not SUCCESS")
+	flagHostile = flag.Bool("sim.hostile", false, "the network also duplicates and reorders raft messages within a connection (beyond TCP)")
 )
 
 // TestLedgerSim runs the ledger simulation for each seed: see runLedger.
@@ -146,7 +148,14 @@ func (s *ledgerSim) submit(ctx context.Context, n *simNode, txid string, raw []b
 			time.Sleep(200 * time.Millisecond)
 			continue
 		}
-		err := on.Submit(ctx, raw)
+		// An Order error means the envelope was not taken: send it again.
+		// A Wait error is ambiguous (it may still be ordered): send it
+		// again only with -sim.resubmit, as a client told "resubmit" does.
+		p, err := on.Order(ctx, raw)
+		ambiguous := false
+		if err == nil {
+			err, ambiguous = p.Wait(ctx), true
+		}
 		switch {
 		case err == nil:
 			s.mu.Lock()
@@ -157,7 +166,17 @@ func (s *ledgerSim) submit(ctx context.Context, n *simNode, txid string, raw []b
 			s.note("duplicate")
 			return
 		}
-		s.note(errKind(err))
+		s.mu.Lock()
+		s.history[txid] = append(s.history[txid], fmt.Sprintf("t=%v %s: %v", time.Since(simEpoch).Round(time.Millisecond), n.name, err))
+		s.mu.Unlock()
+		if ambiguous {
+			s.note("ambiguous_" + errKind(err))
+			if !*flagRetry {
+				return
+			}
+		} else {
+			s.note("refused_" + errKind(err))
+		}
 		time.Sleep(time.Duration(100+attempt*50) * time.Millisecond)
 	}
 }
@@ -242,9 +261,7 @@ func (s *ledgerSim) injectFaults(ctx context.Context, d time.Duration) {
 				}
 			}
 		default: // new fault rates
-			f := simnet.Faults{Drop: r.Float64() * 0.1, Dup: r.Float64() * 0.1, Reorder: r.Float64() * 0.1,
-				MinDelay: time.Duration(r.IntN(20)) * time.Millisecond}
-			f.MaxDelay = f.MinDelay + time.Duration(r.IntN(100))*time.Millisecond
+			f := randomFaults(r, 2)
 			s.logf("faults now %+v", f)
 			s.nw.SetFaults(f)
 		}
@@ -322,6 +339,7 @@ func (s *ledgerSim) checkPrefixes(done chan struct{}) {
 func (s *ledgerSim) checkChains(h uint64) {
 	t := s.t
 	count := map[string]int{}
+	where := map[string][]uint64{}
 	var prev *common.Block
 	for i := range h {
 		var first *common.Block
@@ -356,6 +374,7 @@ func (s *ledgerSim) checkChains(h uint64) {
 			}
 			if e.TxID() != "" {
 				count[e.TxID()]++
+				where[e.TxID()] = append(where[e.TxID()], i)
 			}
 		}
 	}
@@ -368,9 +387,12 @@ func (s *ledgerSim) checkChains(h uint64) {
 		}
 	}
 	twice := 0
-	for _, c := range count {
+	for id, c := range count {
 		if c > 1 {
 			twice++
+			if twice <= 3 {
+				t.Logf("seed %d: tx %s in blocks %v; client saw %q", s.seed, id, where[id], s.history[id])
+			}
 		}
 	}
 	if lost > 0 || twice > 0 {

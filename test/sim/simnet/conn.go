@@ -76,6 +76,7 @@ type segment struct{ b []byte }
 // and puts bytes into out, which the reader reads.
 type stream struct {
 	from, to string
+	peer     *stream // the other direction of the connection
 	in       chan segment
 	out      chan []byte
 	eof      chan struct{} // closed by the writer's Close: deliver the rest, then EOF

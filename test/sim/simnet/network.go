@@ -28,8 +28,19 @@ import (
 )
 
 // Faults are per-frame probabilities and the delay range.
+//
+// A stream network stands for TCP, which never loses, duplicates or
+// reorders bytes on a live connection: what TCP shows of a lossy path is
+// delay (retransmissions, Spike) and, when it gives up, a reset (Drop:
+// the frame is lost and the connection reset with it). Dup and Reorder
+// break that contract on purpose (a hostile or buggy transport): raft
+// itself tolerates them, but a sender that counts on TCP does not, so
+// they are off unless asked for.
 type Faults struct {
-	Drop, Dup, Reorder float64       // per faultable frame
+	Drop               float64       // per faultable frame: lose it and reset the connection
+	Dup, Reorder       float64       // per faultable frame, beyond TCP (see above)
+	Spike              float64       // per frame: a retransmission stall of up to SpikeMax
+	SpikeMax           time.Duration // default 1s
 	MinDelay, MaxDelay time.Duration // each frame's one-way delay
 }
 
@@ -45,7 +56,7 @@ type Config struct {
 
 // Stats count what the network did.
 type Stats struct {
-	Frames, Dropped, Duplicated, Reordered, Blackholed, Resets, Dials, Refused uint64
+	Frames, Dropped, Duplicated, Reordered, Spikes, Blackholed, Resets, Dials, Refused uint64
 }
 
 // Network is the simulated network. Its methods are safe for concurrent use.
@@ -154,6 +165,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		return nil, fmt.Errorf("%w: %s -> %s", ErrUnreachable, d.from, address)
 	}
 	up, down := newStream(d.from, address), newStream(address, d.from)
+	up.peer, down.peer = down, up
 	cc := &conn{local: d.from, remote: address, rd: down, wr: up, rdl: newDeadline(), wdl: newDeadline(), closed: make(chan struct{})}
 	sc := &conn{local: address, remote: d.from, rd: up, wr: down, rdl: newDeadline(), wdl: newDeadline(), closed: make(chan struct{})}
 	select {
@@ -250,6 +262,14 @@ func (nw *Network) decide(s *stream, faultable bool) decision {
 	} else {
 		d.delay = f.MinDelay
 	}
+	if f.Spike > 0 && nw.rng.Float64() < f.Spike {
+		spike := f.SpikeMax
+		if spike <= 0 {
+			spike = time.Second
+		}
+		d.delay += time.Duration(nw.rng.Int64N(int64(spike)))
+		nw.stats.Spikes++
+	}
 	if nw.cut[linkOf(s.from, s.to)] == Silent {
 		d.blackhole = true
 		nw.stats.Blackholed++
@@ -344,8 +364,12 @@ func (nw *Network) deliver(s *stream) {
 			}
 			last = at
 			switch {
-			case d.blackhole, d.drop:
+			case d.blackhole:
 				continue
+			case d.drop:
+				s.reset()
+				s.peer.reset()
+				return
 			case d.reorder && held == nil:
 				held = frame
 				continue
