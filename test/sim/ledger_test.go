@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -64,6 +65,12 @@ type ledgerSim struct {
 	errs   map[string]int // client answers other than SUCCESS, by kind
 	// history: each tx id's answers other than SUCCESS
 	history map[string][]string
+
+	pols        []*policy.Policy // versions 1..4 (policy_test.go)
+	removedID   uint64           // the node whose member version 3 drops from the consenters
+	removedName string
+	removedAt   time.Time      // when every other node had it out of raft (guarded by mu)
+	toRemoved   map[string]int // replication sent to it after that, by sender and type (guarded by mu)
 }
 
 // simTune is what a seed chose.
@@ -98,8 +105,13 @@ type simNode struct {
 	ident  orderer.Identity
 	np     atomic.Pointer[orderer.Node]
 	clock  atomic.Int64 // offset of this node's clock, ns (clock jumps)
-	cancel context.CancelFunc
-	runErr chan error
+
+	polDir, stateDir string
+	watcher          atomic.Pointer[policy.Watcher]
+	delivered        map[uint64]bool // policy versions written to polDir (guarded by s.mu)
+	polVersion       uint64          // the version its last watcher applied (guarded by s.mu)
+	cancel           context.CancelFunc
+	runErr           chan error
 }
 
 func (s *ledgerSim) logf(format string, args ...any) {
@@ -117,7 +129,7 @@ var simEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
 func newLedgerSim(t *testing.T, seed uint64) *ledgerSim {
 	s := &ledgerSim{t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, 0x1ed9e7)),
-		acked: map[string]bool{}, errs: map[string]int{}, history: map[string][]string{}}
+		acked: map[string]bool{}, errs: map[string]int{}, history: map[string][]string{}, toRemoved: map[string]int{}}
 	r := s.rng
 	s.tune = simTune{
 		faults:        randomFaults(r, 1),
@@ -125,13 +137,17 @@ func newLedgerSim(t *testing.T, seed uint64) *ledgerSim {
 		catchUp:       []uint64{0, 2, 10}[r.IntN(3)],
 		maxMsgs:       []uint32{1, 10, 100}[r.IntN(3)],
 	}
-	s.nw = simnet.New(simnet.Config{Seed: seed, Faults: s.tune.faults, Split: raftSplit})
+	s.removedID = uint64(1 + r.IntN(3))
+	s.removedName = fmt.Sprintf("n%d", s.removedID)
+	s.nw = simnet.New(simnet.Config{Seed: seed, Faults: s.tune.faults, Split: raftSplit, Observe: s.observe})
 
 	s.cons = policytest.New(t, 3)
 	l := &s.cons.Template.Ledger
 	l.BatchSize.MaxMessageCount = s.tune.maxMsgs
 	l.BatchTimeout = "200ms"
 	s.pol = s.cons.Genesis(t)
+	s.pols = []*policy.Policy{s.pol}
+	s.simPolicies(fmt.Sprintf("m%d", s.removedID))
 	css := map[string]channelconfig.Consenter{}
 	for _, m := range s.pol.Consenters() {
 		cert, _ := s.cons.CAs[m.ID].Issue(t, m.ID+"-tls")
@@ -150,7 +166,12 @@ func newLedgerSim(t *testing.T, seed uint64) *ledgerSim {
 		n := &simNode{id: uint64(i), name: fmt.Sprintf("n%d", i), member: member, dir: t.TempDir()}
 		cert, key := s.cons.CAs[member].IssueOU(t, n.name, channelconfig.OrdererOU)
 		n.ident = orderer.Identity{MSPID: s.pol.Member(member).MSPID, Cert: cert, Signer: key}
+		n.polDir, n.stateDir, n.delivered = n.dir+"/policy", n.dir+"/policy-state", map[uint64]bool{}
+		if err := os.Mkdir(n.polDir, 0o700); err != nil {
+			t.Fatal(err)
+		}
 		s.nodes = append(s.nodes, n)
+		s.deliver(n, false, 1)
 	}
 	return s
 }
@@ -175,7 +196,12 @@ func (s *ledgerSim) start(id uint64) {
 			SnapshotEvery: s.tune.snapshotEvery, CatchUpEntries: s.tune.catchUp,
 			Logger: log},
 		BlockDir: n.dir + "/blocks", Genesis: s.genesis,
-		Signer: n.ident.Signer, Identity: n.ident.Serialized(), Policy: func() *policy.Policy { return s.pol },
+		Signer: n.ident.Signer, Identity: n.ident.Serialized(), Policy: func() *policy.Policy { return n.watcher.Load().Current() },
+		Membership: &orderer.Membership{
+			Addr:     func(m string) string { return "n" + m[1:] },
+			ID:       func(m string) uint64 { var k uint64; fmt.Sscanf(m, "m%d", &k); return k },
+			Interval: 500 * time.Millisecond,
+		},
 		Fetcher:       &simFetcher{s: s, self: n},
 		Forwarder:     &simForwarder{s: s, self: n},
 		SubmitTimeout: 10 * time.Second,

@@ -20,12 +20,19 @@ import (
 )
 
 var (
-	flagSeeds   = flag.Int("sim.seeds", 0, "how many seeds to run (default 3, 1 with -short)")
-	flagSeed    = flag.Uint64("sim.seed", 1, "the first seed")
-	flagTx      = flag.Int("sim.tx", 150, "envelopes per client (3 clients)")
-	flagFault   = flag.Duration("sim.faults", 30*time.Second, "virtual time during which faults are injected")
-	flagLogs    = flag.Bool("sim.logs", false, "with -v: the nodes' logs too")
-	flagRetry   = flag.Bool("sim.resubmit", true, "clients resubmit an envelope whose answer was not SUCCESS")
+	flagSeeds = flag.Int("sim.seeds", 0, "how many seeds to run (default 3, 1 with -short)")
+	flagSeed  = flag.Uint64("sim.seed", 1, "the first seed")
+	flagTx    = flag.Int("sim.tx", 150, "envelopes per client (3 clients)")
+	flagFault = flag.Duration("sim.faults", 30*time.Second, "virtual time during which faults are injected")
+	flagLogs  = flag.Bool("sim.logs", false, "with -v: the nodes' logs too")
+	flagRetry = flag.Bool("sim.resubmit", true, "clients resubmit an envelope whose answer was not SUCCESS")
+	// flagSkew: policy versions reach the nodes at different times, as
+	// they do when each member's admins copy them into its policy folder.
+	// Off by default: a raft leader whose policy is older than the one
+	// that removed a consenter adds it back (an open bug found with it,
+	// seed 4: orderer.Membership follows the leader's own policy version);
+	// make sim SIMFLAGS=-sim.policyskew shows it.
+	flagSkew    = flag.Bool("sim.policyskew", false, "policy versions reach each node at its own time (finds the open consenter re-add bug)")
 	flagHostile = flag.Bool("sim.hostile", false, "the network also duplicates and reorders raft messages within a connection (beyond TCP)")
 )
 
@@ -46,7 +53,7 @@ func TestLedgerSim(t *testing.T) {
 			synctest.Test(t, func(t *testing.T) { sum = runLedger(t, seed) })
 			t.Logf("seed %d: %s; %.1fs real", seed, sum, time.Since(start).Seconds())
 			if t.Failed() {
-				t.Logf("seed %d FAILED; run it alone with:\n\tmake sim SEED=%d SEEDS=1\n\tgo test -count=1 -v -run 'TestLedgerSim' ./test/sim -sim.seed=%d -sim.seeds=1", seed, seed, seed)
+				t.Logf("seed %d FAILED; run it alone with (the fault schedule is the same every run, the goroutine interleaving is not: give it a few runs):\n\tmake sim SEED=%d SEEDS=1 RUNS=10\n\tgo test -count=10 -v -run 'TestLedgerSim' ./test/sim -sim.seed=%d -sim.seeds=1", seed, seed, seed)
 			}
 		})
 	}
@@ -75,6 +82,9 @@ func runLedger(t *testing.T, seed uint64) string {
 	var wg sync.WaitGroup
 	checkDone := make(chan struct{})
 	wg.Go(func() { s.checkPrefixes(checkDone) })
+	removalDone := make(chan struct{})
+	var removal sync.WaitGroup
+	removal.Go(func() { s.watchRemoval(removalDone) })
 	faultsDone := make(chan struct{})
 	go func() { defer close(faultsDone); s.injectFaults(ctx, *flagFault) }()
 	var load sync.WaitGroup
@@ -95,9 +105,23 @@ func runLedger(t *testing.T, seed uint64) string {
 			s.start(n.id)
 		}
 	}
-	s.logf("healed")
+	// Every node gets every policy version.
+	for _, n := range s.nodes {
+		s.deliver(n, false, 1, 2, 3, 4)
+	}
+	s.logf("healed; every node has policy v4")
 	h := s.converge(2 * time.Minute)
+	close(removalDone)
+	removal.Wait()
 	s.checkChains(h)
+	s.mu.Lock()
+	if s.removedAt.IsZero() {
+		s.t.Errorf("seed %d: %s still a raft member after healing", s.seed, s.removedName)
+	}
+	if len(s.toRemoved) > 0 {
+		s.t.Errorf("seed %d: replication sent to %s after its removal: %v", s.seed, s.removedName, s.toRemoved)
+	}
+	s.mu.Unlock()
 	st := s.nw.Stats()
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -139,6 +163,11 @@ func (s *ledgerSim) client(ctx context.Context, n *simNode) {
 
 func (s *ledgerSim) submit(ctx context.Context, n *simNode, txid string, raw []byte) {
 	for attempt := 0; ; attempt++ {
+		if attempt > 0 && n.id == s.removedID {
+			if on := n.np.Load(); on != nil && errors.Is(on.Healthy(), orderer.ErrRemoved) {
+				n = s.nodes[n.id%uint64(len(s.nodes))] // its member left the consenters: use another's node
+			}
+		}
 		if attempt == 60 {
 			s.note("gave up")
 			return
@@ -219,7 +248,10 @@ func (s *ledgerSim) injectFaults(ctx context.Context, d time.Duration) {
 		x := r.IntN(len(s.nodes))
 		hold := time.Duration(300+r.IntN(6000)) * time.Millisecond
 		switch k := r.IntN(100); {
-		case k < 25: // isolate a node
+		case k < 20: // a policy version (or a rollback attempt) to a node
+			s.policyEvent()
+			continue
+		case k < 35: // isolate a node
 			m := []simnet.Mode{simnet.Reset, simnet.Silent}[r.IntN(2)]
 			s.logf("partition %s from all (%v) for %v", name(x), m, hold)
 			for y := range s.nodes {
@@ -232,14 +264,14 @@ func (s *ledgerSim) injectFaults(ctx context.Context, d time.Duration) {
 				s.nw.Heal(name(x), name(y))
 			}
 			s.logf("healed %s", name(x))
-		case k < 35: // cut one link
+		case k < 43: // cut one link
 			y := (x + 1 + r.IntN(len(s.nodes)-1)) % len(s.nodes)
 			m := []simnet.Mode{simnet.Reset, simnet.Silent}[r.IntN(2)]
 			s.logf("cut %s-%s (%v) for %v", name(x), name(y), m, hold)
 			s.nw.Partition(name(x), name(y), m)
 			time.Sleep(hold)
 			s.nw.Heal(name(x), name(y))
-		case k < 60: // crash and restart
+		case k < 63: // crash and restart
 			s.logf("crash %s for %v", name(x), hold)
 			s.stop(uint64(x + 1))
 			time.Sleep(hold)
@@ -275,7 +307,7 @@ func (s *ledgerSim) converge(timeout time.Duration) uint64 {
 	for {
 		var hs []uint64
 		leaders := 0
-		for _, n := range s.nodes {
+		for _, n := range s.remaining() {
 			on := n.np.Load()
 			hs = append(hs, on.Height())
 			if on.IsLeader() {
@@ -286,7 +318,7 @@ func (s *ledgerSim) converge(timeout time.Duration) uint64 {
 			// Equal now; give a cut in flight the time to land everywhere.
 			time.Sleep(2 * time.Second)
 			same := true
-			for i, n := range s.nodes {
+			for i, n := range s.remaining() {
 				same = same && n.np.Load().Height() == hs[i]
 			}
 			if same {
@@ -300,6 +332,11 @@ func (s *ledgerSim) converge(timeout time.Duration) uint64 {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
+}
+
+// remaining are the nodes other than the removed one.
+func (s *ledgerSim) remaining() []*simNode {
+	return slices.DeleteFunc(slices.Clone(s.nodes), func(n *simNode) bool { return n.id == s.removedID })
 }
 
 // checkPrefixes, every 500ms until done, checks that the chains of the
@@ -333,7 +370,8 @@ func (s *ledgerSim) checkPrefixes(done chan struct{}) {
 	}
 }
 
-// checkChains checks every node's first h blocks: the same on every node,
+// checkChains checks the first h blocks of every node (the removed one:
+// those it has): the same on every node,
 // each verifying against its predecessor with valid signatures, every
 // acked envelope in them exactly once and no envelope twice.
 func (s *ledgerSim) checkChains(h uint64) {
@@ -344,7 +382,11 @@ func (s *ledgerSim) checkChains(h uint64) {
 	for i := range h {
 		var first *common.Block
 		for _, n := range s.nodes {
-			b, err := n.np.Load().Store().Get(i)
+			on := n.np.Load()
+			if n.id == s.removedID && i >= on.Height() {
+				continue // the removed node's chain must be a prefix
+			}
+			b, err := on.Store().Get(i)
 			if err != nil {
 				t.Fatalf("seed %d: node %s block %d: %v", s.seed, n.name, i, err)
 			}

@@ -69,7 +69,10 @@ func (*timeoutError) Unwrap() error   { return os.ErrDeadlineExceeded }
 var errReset = &net.OpError{Op: "read", Net: "sim", Err: syscall.ECONNRESET}
 
 // segment is one Write's bytes on its way.
-type segment struct{ b []byte }
+type segment struct {
+	b  []byte
+	at time.Time // when written
+}
 
 // stream is one direction of a connection: the writer puts segments into
 // in; the link's delivery goroutine (Network.deliver) applies the faults
@@ -156,7 +159,7 @@ func (c *conn) Write(p []byte) (int, error) {
 	default:
 	}
 	select {
-	case c.wr.in <- segment{b: append([]byte(nil), p...)}:
+	case c.wr.in <- segment{b: append([]byte(nil), p...), at: time.Now()}:
 		return len(p), nil
 	case <-c.closed:
 		return 0, net.ErrClosed

@@ -52,6 +52,10 @@ type Config struct {
 	// complete yet) and whether faults may hit it. nil: each Write is one
 	// frame, never faulted (delay only).
 	Split func(b []byte) (n int, faultable bool)
+	// Observe, if set, sees every frame delivered, from the dialer's or
+	// the listener's node to the other, with the time its last byte was
+	// written; it must not keep frame.
+	Observe func(from, to string, sent time.Time, frame []byte)
 }
 
 // Stats count what the network did.
@@ -311,6 +315,7 @@ func (nw *Network) deliver(s *stream) {
 	defer close(s.out)
 	defer nw.forget(s)
 	var pending, held []byte // held: a frame kept back to be reordered
+	var wrote time.Time      // when the last segment in pending was written
 	last := time.Now()       // delivery time of the previous frame (FIFO)
 	emit := func(b []byte) bool {
 		select {
@@ -341,6 +346,7 @@ func (nw *Network) deliver(s *stream) {
 			}
 		}
 		pending = append(pending, seg.b...)
+		wrote = seg.at
 		for len(pending) > 0 {
 			n, faultable := len(pending), false
 			if nw.cfg.Split != nil {
@@ -373,6 +379,9 @@ func (nw *Network) deliver(s *stream) {
 			case d.reorder && held == nil:
 				held = frame
 				continue
+			}
+			if nw.cfg.Observe != nil {
+				nw.cfg.Observe(s.from, s.to, wrote, frame)
 			}
 			if !emit(frame) {
 				return
