@@ -50,13 +50,38 @@ func TestLedgerSim(t *testing.T) {
 		t.Run(fmt.Sprintf("seed=%d", seed), func(t *testing.T) {
 			start := time.Now()
 			var sum string
+			passed := false
+			// synctest.Test ends this goroutine (FailNow) when the bubble
+			// failed: say how to rerun the seed before that.
+			defer func() {
+				if sum != "" {
+					t.Logf("seed %d: %s; %.1fs real", seed, sum, time.Since(start).Seconds())
+				}
+				if passed {
+					return
+				}
+				mk := ""
+				if f := flagsSet(); f != "" {
+					mk = fmt.Sprintf(" SIMFLAGS='%s'", f[1:])
+				}
+				t.Logf("seed %d FAILED; run it alone with (the fault schedule is the same every run, the goroutine interleaving is not: give it a few runs):\n\tmake sim SEED=%d SEEDS=1 RUNS=10%s\n\tgo test -count=10 -v -run 'TestLedgerSim' ./test/sim -sim.seed=%d -sim.seeds=1%s", seed, seed, mk, seed, flagsSet())
+			}()
 			synctest.Test(t, func(t *testing.T) { sum = runLedger(t, seed) })
-			t.Logf("seed %d: %s; %.1fs real", seed, sum, time.Since(start).Seconds())
-			if t.Failed() {
-				t.Logf("seed %d FAILED; run it alone with (the fault schedule is the same every run, the goroutine interleaving is not: give it a few runs):\n\tmake sim SEED=%d SEEDS=1 RUNS=10\n\tgo test -count=10 -v -run 'TestLedgerSim' ./test/sim -sim.seed=%d -sim.seeds=1", seed, seed, seed)
-			}
+			passed = true
 		})
 	}
+}
+
+// flagsSet returns the -sim.* flags given other than the seed ones, to
+// repeat in a rerun command.
+func flagsSet() string {
+	var out string
+	flag.Visit(func(f *flag.Flag) {
+		if strings.HasPrefix(f.Name, "sim.") && f.Name != "sim.seed" && f.Name != "sim.seeds" {
+			out += fmt.Sprintf(" -%s=%s", f.Name, f.Value)
+		}
+	})
+	return out
 }
 
 // runLedger runs one seed: the three nodes start, three clients (one per
@@ -119,6 +144,7 @@ func runLedger(t *testing.T, seed uint64) string {
 		s.t.Errorf("seed %d: %s still a raft member after healing", s.seed, s.removedName)
 	}
 	if len(s.toRemoved) > 0 {
+		s.dumpEventsLocked()
 		s.t.Errorf("seed %d: replication sent to %s after its removal: %v", s.seed, s.removedName, s.toRemoved)
 	}
 	s.mu.Unlock()
