@@ -167,6 +167,9 @@ func memberFields(o, n *Member) []string {
 	if !slices.Equal(o.LedgerEndpoints, n.LedgerEndpoints) {
 		f = append(f, "ledger_endpoints")
 	}
+	if !ledgerConsenterEqual(o.LedgerConsenter, n.LedgerConsenter) {
+		f = append(f, "ledger_consenter")
+	}
 	return f
 }
 
@@ -331,4 +334,11 @@ func sortedKeys(m map[string][]string) []string {
 	}
 	sort.Strings(k)
 	return k
+}
+
+func ledgerConsenterEqual(a, b *LedgerConsenter) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return a.Port == b.Port && bytes.Equal(a.Cert.Raw, b.Cert.Raw)
 }

@@ -27,4 +27,10 @@ var (
 	ErrNotMember = errors.New("certificate of no member")
 	// ErrRevoked: a certificate in the chain is revoked by the policy.
 	ErrRevoked = errors.New("certificate revoked")
+	// ErrChannelConfig: the version's other half, the channel config
+	// update it derives, would not be accepted (Options.Check).
+	ErrChannelConfig = errors.New("policy version refused by the channel config")
+	// ErrHeld: a version cannot be checked yet (Options.Check); the
+	// watcher keeps it unapplied and reads it again later.
+	ErrHeld = errors.New("policy version held")
 )

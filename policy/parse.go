@@ -217,6 +217,9 @@ func (d *Document) validateMembers() error {
 		if err := checkEndpoints(m.LedgerEndpoints); err != nil {
 			return fmt.Errorf("%s.ledger_endpoints: %v", at, err)
 		}
+		if err := m.parseLedgerConsenter(); err != nil {
+			return fmt.Errorf("%s.ledger_consenter: %v", at, err)
+		}
 		m.pool = x509.NewCertPool()
 		for _, c := range m.CA {
 			h := sha256.Sum256(c.Raw)
@@ -614,5 +617,40 @@ func checkEndpoints(eps []string) error {
 		}
 		seen[ep] = true
 	}
+	return nil
+}
+
+// parseLedgerConsenter checks the member's consenter entry: one
+// certificate, issued by its TLS CA (or CA). Validity dates are not
+// checked here (the channel config carries the certificate as it is).
+func (m *Member) parseLedgerConsenter() error {
+	lc := m.LedgerConsenter
+	if lc == nil {
+		return nil
+	}
+	if !m.HasRole(RoleConsenter) {
+		return errors.New("only a member with role consenter has a consenter entry")
+	}
+	blk, rest := pem.Decode([]byte(lc.TLSCert))
+	if blk == nil || blk.Type != "CERTIFICATE" || strings.TrimSpace(string(rest)) != "" {
+		return errors.New("tls_cert: want exactly one PEM \"CERTIFICATE\" block")
+	}
+	c, err := x509.ParseCertificate(blk.Bytes)
+	if err != nil {
+		return fmt.Errorf("tls_cert: %v", err)
+	}
+	cas, which := m.TLSCA, "tls_ca_certs"
+	if len(cas) == 0 {
+		cas, which = m.CA, "ca_certs"
+	}
+	roots := x509.NewCertPool()
+	for _, ca := range cas {
+		roots.AddCert(ca)
+	}
+	if _, err := c.Verify(x509.VerifyOptions{Roots: roots, CurrentTime: c.NotBefore.Add(time.Second),
+		KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+		return fmt.Errorf("tls_cert %q is not issued by the member's %s: %v", c.Subject.CommonName, which, err)
+	}
+	lc.Cert = c
 	return nil
 }

@@ -192,6 +192,15 @@ func TestParseRejects(t *testing.T) {
 		{"ledger endpoint without port", edit(func(d *policy.Document) { d.Members[0].LedgerEndpoints = []string{"10.0.0.5"} }), "ledger_endpoints: \"10.0.0.5\" is not host:port"},
 		{"ledger endpoint port 0", edit(func(d *policy.Document) { d.Members[0].LedgerEndpoints = []string{"10.0.0.5:0"} }), "not 1..65535"},
 		{"ledger endpoint twice", edit(func(d *policy.Document) { d.Members[0].LedgerEndpoints = []string{"a:1", "a:1"} }), "listed twice"},
+		{"consenter TLS cert of another CA", edit(func(d *policy.Document) {
+			d.Members[1].LedgerConsenter = &policy.LedgerConsenter{TLSCert: pemOf(notCA)}
+		}), "members[1] (m2).ledger_consenter: tls_cert \"leaf\" is not issued by the member's ca_certs"},
+		{"consenter TLS cert not PEM", edit(func(d *policy.Document) { d.Members[0].LedgerConsenter = &policy.LedgerConsenter{TLSCert: "x"} }), "want exactly one PEM \"CERTIFICATE\" block"},
+		{"consenter entry of a writer", edit(func(d *policy.Document) {
+			d.Members[0].Roles = []policy.Role{policy.RoleWriter}
+			d.Ledger.Consenters = d.Ledger.Consenters[1:]
+			d.Members[0].LedgerConsenter = &policy.LedgerConsenter{TLSCert: pemOf(notCA)}
+		}), "only a member with role consenter"},
 		{"no admins", edit(func(d *policy.Document) { d.Members[0].Admins = nil }), "at least one admin"},
 		{"admin without key", edit(func(d *policy.Document) { d.Members[0].Admins[0].PublicKey = "" }), "exactly one of public_key and certificate"},
 		{"admin bad not_after", edit(func(d *policy.Document) { d.Members[0].Admins[0].NotAfter = "tomorrow" }), "RFC 3339"},
@@ -290,6 +299,8 @@ func TestDiff(t *testing.T) {
 		d.Ledger.Consenters = []string{"m1", "m2"}
 		d.Members[0].Name = "Renamed"
 		d.Members[1].LedgerEndpoints = []string{"ledger.m2.example:7050"}
+		tlsCert, _ := c.CAs["m1"].Issue(t, "m1 tls")
+		d.Members[0].LedgerConsenter = &policy.LedgerConsenter{TLSCert: pemOf(tlsCert), Port: 7053}
 		d.Members[1].Admins = append(d.Members[1].Admins, c.NewAdmin(t, "m2", "a2"))
 		d.Relays[1].Address = "relay2.example.test:8443"
 		d.Ledger.BatchTimeout = "1s"
@@ -308,7 +319,7 @@ func TestDiff(t *testing.T) {
 		}
 	}
 	s := df.String()
-	for _, w := range []string{"+ member m4", "- member m3", "~ member m1: name", "~ member m2: ledger_endpoints", "~ admins of m2: +a2", "~ relay r2", "~ ledger batch_timeout", "- consenter m3", "~ amendment rules", "~ description"} {
+	for _, w := range []string{"+ member m4", "- member m3", "~ member m1: name, ledger_consenter", "~ member m2: ledger_endpoints", "~ admins of m2: +a2", "~ relay r2", "~ ledger batch_timeout", "- consenter m3", "~ amendment rules", "~ description"} {
 		if !strings.Contains(s, w) {
 			t.Errorf("diff text lacks %q:\n%s", w, s)
 		}

@@ -97,6 +97,13 @@ type Member struct {
 	// without peer.deliveryclient.addressOverrides. They are not the raft
 	// addresses: consenters always talk over the tunnel.
 	LedgerEndpoints []string `yaml:"ledger_endpoints,omitempty"`
+	// LedgerConsenter is, for a consenter member, its consenter entry in the
+	// channel config (the TLS certificate of its ledger node and the port
+	// other orderers dial at its overlay address). Optional: without it a
+	// channel config derived from the policy keeps the member's consenter
+	// of the config in force, which a consenter new to the channel has not;
+	// with it every member derives the same consenter entry, byte for byte.
+	LedgerConsenter *LedgerConsenter `yaml:"ledger_consenter,omitempty"`
 	// Admins may sign policy amendments for this member (at least one).
 	Admins []*Admin `yaml:"admins"`
 
@@ -107,6 +114,20 @@ type Member struct {
 	TLSCA []*x509.Certificate `yaml:"-"`
 
 	pool *x509.CertPool
+}
+
+// LedgerConsenter is a consenter member's entry in the channel config.
+type LedgerConsenter struct {
+	// TLSCert is PEM: exactly one certificate, the one the member's ledger
+	// node presents (client and server TLS); it must be issued by the
+	// member's TLS CA (or CA, when it names no TLS CA).
+	TLSCert string `yaml:"tls_cert"`
+	// Port is the ledger gRPC port at the member's overlay address that
+	// other orderers dial (0: the channel config's default, 7050).
+	Port uint16 `yaml:"port,omitempty"`
+
+	// Cert is TLSCert parsed.
+	Cert *x509.Certificate `yaml:"-"`
 }
 
 // HasRole reports whether the member has role r.

@@ -53,6 +53,19 @@ type Options struct {
 	ReloadOnSIGHUP bool
 	// Now is the clock for admin key expiry (default time.Now).
 	Now func() time.Time
+	// Check, when set, is a further condition a version must meet before
+	// anything of it is persisted or applied: it is called on the
+	// watcher's goroutine with the applied version and a candidate whose
+	// admin quorum is already verified (never for the pinned version 1).
+	// An error wrapping ErrHeld keeps the candidate unapplied and the
+	// folder is read again after HoldRetry; any other error rejects it
+	// (reason config_update). The appliance checks there the channel
+	// config half of a version, so that one signed change reaches both
+	// layers or neither.
+	Check func(cur, next *Policy) error
+	// HoldRetry is how soon a version held by Check is looked at again
+	// (default 500ms).
+	HoldRetry time.Duration
 }
 
 // Validate checks the options.
@@ -63,8 +76,8 @@ func (o *Options) Validate() error {
 	if o.StateDir == "" {
 		return errors.New("policy watcher: StateDir (for the anti-rollback record) is required")
 	}
-	if o.Debounce < 0 || o.Settle < 0 || o.Resync < 0 {
-		return errors.New("policy watcher: Debounce, Settle and Resync must not be negative")
+	if o.Debounce < 0 || o.Settle < 0 || o.Resync < 0 || o.HoldRetry < 0 {
+		return errors.New("policy watcher: Debounce, Settle, Resync and HoldRetry must not be negative")
 	}
 	return nil
 }
@@ -84,6 +97,9 @@ func (o Options) withDefaults() Options {
 	}
 	if o.Now == nil {
 		o.Now = time.Now
+	}
+	if o.HoldRetry == 0 {
+		o.HoldRetry = 500 * time.Millisecond
 	}
 	return o
 }
@@ -110,6 +126,10 @@ const (
 	ReasonState      = "state"
 	ReasonIO         = "io"
 	ReasonSubscriber = "subscriber_panic"
+	// ReasonConfigUpdate: Options.Check refused the version's channel
+	// config half (under-signed for the channel's mod_policies, or no
+	// config the channel can take).
+	ReasonConfigUpdate = "config_update"
 )
 
 // Watcher keeps the current policy of one appliance: it reads the policy
@@ -131,8 +151,9 @@ type Watcher struct {
 	seen        map[string][32]byte   // file -> content hash last rejected
 	parsed      map[string]parsedFile // file -> last parse, reused while the content is the same
 	rollbackLog Hash
-	scans       int             // scans done
-	appliedFrom map[string]Hash // file -> hash of the version applied from it (this run)
+	scans       int                 // scans done
+	appliedFrom map[string]Hash     // file -> hash of the version applied from it (this run)
+	holds       map[string]heldFile // file -> version Check holds (logged once, and once more when long)
 	folderErr   bool
 	tooMany     bool
 	retryAt     time.Time
@@ -140,7 +161,19 @@ type Watcher struct {
 	rejected *prometheus.CounterVec
 	applied  prometheus.Counter
 	version  prometheus.Gauge
+	held     prometheus.Gauge
 }
+
+// heldFile is a version Options.Check holds.
+type heldFile struct {
+	hash    Hash
+	version uint64
+	since   time.Time
+	warned  bool
+}
+
+// longHold is how long a version is held before the watcher warns.
+const longHold = time.Minute
 
 type parsedFile struct {
 	sum [32]byte
@@ -161,13 +194,15 @@ func NewWatcher(opts Options) (*Watcher, error) {
 		return nil, err
 	}
 	w := &Watcher{o: opts.withDefaults(), armed: make(chan struct{}), seen: map[string][32]byte{}, parsed: map[string]parsedFile{},
-		appliedFrom: map[string]Hash{}}
+		appliedFrom: map[string]Hash{}, holds: map[string]heldFile{}}
 	w.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "policy_rejected_total",
 		Help: "Policy bundles rejected by the watcher, by reason; the last good policy stays applied."}, []string{"reason"})
 	w.applied = prometheus.NewCounter(prometheus.CounterOpts{Name: "policy_applied_total", Help: "Policy versions applied."})
 	w.version = prometheus.NewGauge(prometheus.GaugeOpts{Name: "policy_version", Help: "Version of the applied policy."})
+	w.held = prometheus.NewGauge(prometheus.GaugeOpts{Name: "policy_held_version",
+		Help: "Newest policy version held until its channel config half can be checked (0: none)."})
 	if r := w.o.Registerer; r != nil {
-		for _, c := range []prometheus.Collector{w.rejected, w.applied, w.version} {
+		for _, c := range []prometheus.Collector{w.rejected, w.applied, w.version, w.held} {
 			if err := r.Register(c); err != nil {
 				return nil, fmt.Errorf("policy watcher: registering metrics: %w", err)
 			}
@@ -186,6 +221,7 @@ func NewWatcher(opts Options) (*Watcher, error) {
 		}
 		w.cur.Store(st)
 		w.version.Set(float64(st.Version()))
+		w.saveHistory(st) // a crash may have come between the state and its history
 	}
 	if _, err := os.Stat(w.o.Dir); err != nil {
 		return nil, fmt.Errorf("policy folder: %w", err)
@@ -287,6 +323,12 @@ func (w *Watcher) scan() {
 			delete(w.appliedFrom, path)
 		}
 	}
+	for path := range w.holds {
+		if !present[path] {
+			delete(w.holds, path)
+		}
+	}
+	defer w.setHeld()
 	if w.cur.Load() == nil {
 		for _, f := range files {
 			if f.p.Version() != 1 {
@@ -313,6 +355,9 @@ func (w *Watcher) scan() {
 			}
 			if _, err := VerifyAt(cur, f.p, now); err != nil {
 				w.reject(f.path, f.p.Marshal(), reasonOf(err), err)
+				continue
+			}
+			if !w.check(f.path, cur, f.p) {
 				continue
 			}
 			if w.apply(f.path, f.p) {
@@ -446,6 +491,8 @@ func reasonOf(err error) string {
 		return ReasonVersion
 	case errors.Is(err, ErrQuorum):
 		return ReasonQuorum
+	case errors.Is(err, ErrChannelConfig):
+		return ReasonConfigUpdate
 	default:
 		return ReasonIO
 	}
@@ -469,6 +516,69 @@ func (w *Watcher) reject(path string, content []byte, reason string, err error) 
 	w.o.Logger.Warn("policy rejected; keeping the applied policy", "file", path, "reason", reason, "version", v, "err", err)
 }
 
+// setHeld sets policy_held_version from the holds still ahead of the
+// applied version.
+func (w *Watcher) setHeld() {
+	var v uint64
+	if cur := w.cur.Load(); cur != nil {
+		for path, h := range w.holds {
+			if h.version <= cur.Version() {
+				delete(w.holds, path)
+				continue
+			}
+			v = max(v, h.version)
+		}
+	}
+	w.held.Set(float64(v))
+}
+
+// saveHistory adds p to the state folder's history (an audit record: a
+// failure is logged, the version stays applied).
+func (w *Watcher) saveHistory(p *Policy) {
+	if err := SaveHistory(w.o.StateDir, p); err != nil {
+		w.o.Logger.Warn("policy version applied but not added to the history of the state folder ('memberd policy log' will miss it)",
+			"version", p.Version(), "err", err)
+	}
+}
+
+// check runs Options.Check on a verified candidate: it reports whether p
+// may be applied; a refusal is rejected (counted, logged), a hold asks for
+// another read after HoldRetry.
+func (w *Watcher) check(path string, cur, p *Policy) bool {
+	if w.o.Check == nil {
+		return true
+	}
+	err := w.o.Check(cur, p)
+	switch {
+	case err == nil:
+		delete(w.holds, path)
+		return true
+	case errors.Is(err, ErrHeld):
+		if at := time.Now().Add(w.o.HoldRetry); w.retryAt.IsZero() || at.Before(w.retryAt) {
+			w.retryAt = at
+		}
+		h, ok := w.holds[path]
+		switch {
+		case !ok || h.hash != p.Hash():
+			w.holds[path] = heldFile{hash: p.Hash(), version: p.Version(), since: time.Now()}
+			w.o.Logger.Info("policy version held; applied once it can be checked", "file", path,
+				"version", cur.Version(), "held_version", p.Version(), "reason", err.Error())
+		case !h.warned && time.Since(h.since) > longHold:
+			h.warned = true
+			w.holds[path] = h
+			w.o.Logger.Warn("policy version held for long: neither the network nor the channel changes until it can be checked; see the ledger's status", "file", path,
+				"version", cur.Version(), "held_version", p.Version(), "held_for", time.Since(h.since).Round(time.Second).String(), "reason", err.Error())
+		}
+		return false
+	default:
+		if !errors.Is(err, ErrChannelConfig) {
+			err = fmt.Errorf("%w: %w", ErrChannelConfig, err)
+		}
+		w.reject(path, p.Marshal(), ReasonConfigUpdate, fmt.Errorf("version %d is applied to neither the network nor the channel: %w", p.Version(), err))
+		return false
+	}
+}
+
 // apply persists p, swaps it in and notifies subscribers. It reports
 // whether p was applied.
 func (w *Watcher) apply(path string, p *Policy) bool {
@@ -476,6 +586,7 @@ func (w *Watcher) apply(path string, p *Policy) bool {
 		w.reject(path, p.Marshal(), ReasonState, err)
 		return false
 	}
+	w.saveHistory(p)
 	w.mu.Lock()
 	old := w.cur.Load()
 	w.cur.Store(p)

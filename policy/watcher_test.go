@@ -157,6 +157,21 @@ func (e *env) rejected(reason string) float64 {
 	return 0
 }
 
+func (e *env) gauge(name string) float64 {
+	e.t.Helper()
+	mfs, err := e.reg.Gather()
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() == name && len(mf.GetMetric()) == 1 {
+			return mf.GetMetric()[0].GetGauge().GetValue()
+		}
+	}
+	e.t.Fatalf("no gauge %s", name)
+	return 0
+}
+
 func (e *env) waitRejected(reason string, n float64) {
 	e.t.Helper()
 	deadline := time.Now().Add(10 * time.Second)
@@ -593,5 +608,94 @@ func TestWatcherOlderFileDroppedBesideNewer(t *testing.T) {
 	}
 	if n := e.rejected(policy.ReasonRollback); n != 0 {
 		t.Fatalf("after a restart the folder's older files counted %v times", n)
+	}
+}
+
+// TestWatcherCheck: Options.Check decides before anything is applied: a
+// refused version is counted (config_update), never persisted nor
+// notified, and the same version with what Check wants (here a second
+// file of it) applies; a held one applies once Check lets it, without a
+// new file event.
+func TestWatcherCheck(t *testing.T) {
+	e := newEnv(t, 3)
+	vs := e.chain(3)
+	var mu sync.Mutex
+	refuse := map[string]error{vs[2].Hash().String(): errors.New("the channel admins did not sign")}
+	o := e.opts()
+	o.HoldRetry = 20 * time.Millisecond
+	var checked []string
+	o.Check = func(cur, next *policy.Policy) error {
+		mu.Lock()
+		defer mu.Unlock()
+		checked = append(checked, fmt.Sprintf("%d->%d", cur.Version(), next.Version()))
+		return refuse[next.Hash().String()]
+	}
+	e.start(o)
+	e.rename("v2.yaml", vs[2].Marshal())
+	e.waitRejected(policy.ReasonConfigUpdate, 1)
+	e.stays(1)
+	if st, err := policy.LoadState(e.state); err != nil || st.Version() != 1 {
+		t.Fatalf("state after a refused version: %v %v", st.Version(), err)
+	}
+	if got := e.eventLog(); got != "" {
+		t.Fatalf("subscribers saw %q for a refused version", got)
+	}
+	// Check now holds v2 (its ledger is not ready): nothing applies, and
+	// nothing is counted, until the hold is lifted.
+	mu.Lock()
+	refuse[vs[2].Hash().String()] = fmt.Errorf("%w: the channel is not open yet", policy.ErrHeld)
+	mu.Unlock()
+	e.rename("v2b.yaml", append(vs[2].Marshal(), '\n')) // same version, a new file
+	e.stays(1)
+	if n := e.rejected(policy.ReasonConfigUpdate); n != 1 {
+		t.Fatalf("%v config_update rejections, want 1 (a hold is not a rejection)", n)
+	}
+	if v := e.gauge("policy_held_version"); v != 2 {
+		t.Fatalf("policy_held_version %v, want 2", v)
+	}
+	mu.Lock()
+	delete(refuse, vs[2].Hash().String())
+	mu.Unlock()
+	e.waitVersion(2) // HoldRetry reads the folder again, no file event needed
+	if v := e.gauge("policy_held_version"); v != 0 {
+		t.Fatalf("policy_held_version %v once applied, want 0", v)
+	}
+	e.write("v3.yaml", vs[3].Marshal())
+	e.waitVersion(3)
+	mu.Lock()
+	defer mu.Unlock()
+	if checked[len(checked)-1] != "2->3" {
+		t.Fatalf("checks %v, want the last one 2->3", checked)
+	}
+}
+
+// TestHistory: every applied version is kept in the state folder's
+// history, with its signatures, found by hash, and kept across restarts.
+func TestHistory(t *testing.T) {
+	e := newEnv(t, 3)
+	vs := e.chain(3)
+	e.start(e.opts())
+	e.rename("v2.yaml", vs[2].Marshal())
+	e.rename("v3.yaml", vs[3].Marshal())
+	e.waitVersion(3)
+	e.stop()
+	if _, err := policy.NewWatcher(e.opts()); err != nil { // a restart
+		t.Fatal(err)
+	}
+	hist, bad, err := policy.LoadHistory(e.state)
+	if err != nil || len(bad) != 0 || len(hist) != 3 {
+		t.Fatalf("history: %d versions, %v, %v; want 3", len(hist), bad, err)
+	}
+	for i, a := range hist {
+		if want := vs[i+1]; a.Policy.Hash() != want.Hash() || len(a.Policy.Signatures()) != len(want.Signatures()) || a.At.IsZero() {
+			t.Fatalf("history[%d]: version %d with %d signatures, want %d with %d", i, a.Policy.Version(), len(a.Policy.Signatures()), want.Version(), len(want.Signatures()))
+		}
+	}
+	p, err := policy.FindHistory(e.state, vs[2].Hash())
+	if err != nil || p == nil || p.Hash() != vs[2].Hash() {
+		t.Fatalf("FindHistory(v2): %v %v", p, err)
+	}
+	if p, err := policy.FindHistory(e.state, policy.HashDocument([]byte("other"))); p != nil || err != nil {
+		t.Fatalf("FindHistory(unknown): %v %v", p, err)
 	}
 }

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
 # make demo: part 1 walks through an HSM identity by hand (SoftHSM2 token,
-# member CA, keygen, CSR, certificate, selftest); part 2 runs a whole demo
-# consortium on loopback with `memberd demo` (2 relays, 3 members, SoftHSM2
-# identities) and checks that every member reaches every other member
-# through the tunnel.
+# member CA, keygen, CSR, certificate, selftest); part 2 tells the whole
+# story of a consortium on loopback with `memberd demo --ci` (real relay and
+# member processes, SoftHSM2 identities; see README "Demo").
 #
 #   scripts/demo.sh [path/to/memberd]      (KEEP=1 keeps the demo directory)
 #   MEMBERS=5 RELAYS=3 FOREGROUND=1 scripts/demo.sh   (stay up until Ctrl-C)
@@ -21,11 +20,8 @@ done
 [ -n "$module" ] || { echo "demo: libsofthsm2.so not found: apt-get install softhsm2" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/memberd-demo.XXXXXX)
-if [ "${KEEP:-}" = 1 ]; then
-  trap 'echo "(demo files kept in $work)"' EXIT
-else
-  trap 'rm -rf "$work"' EXIT
-fi
+# Kept with KEEP=1 or when something failed (the logs say why).
+trap 'rc=$?; if [ "${KEEP:-}" = 1 ] || [ $rc -ne 0 ]; then echo "(demo files kept in $work)"; else rm -rf "$work"; fi' EXIT
 
 step() { echo; echo "== $*"; "$@"; }
 
@@ -61,9 +57,15 @@ step "$bin" hsm selftest --key "$node_key"
 echo
 echo "demo: HSM identity OK (token, member CA, keygen, list, CSR, certificate, selftest)."
 
-# Part 2: the whole consortium (relays + appliances, in one process).
-check=--check
-[ "${FOREGROUND:-}" = 1 ] && check=
-step "$bin" demo --members "${MEMBERS:-3}" --relays "${RELAYS:-2}" --dir "$work/consortium" --hsm softhsm $check
+# Part 2: the whole story with real processes (memberd demo --ci): 2 relays
+# and 3 members from `memberd demo init`, transactions, a governance change,
+# a relay killed under traffic, an identity key rotated; every step verified.
+# Logs go to files in the demo folder. FOREGROUND=1 runs instead the
+# in-process consortium and stays up until Ctrl-C.
+if [ "${FOREGROUND:-}" = 1 ]; then
+  step "$bin" demo --members "${MEMBERS:-3}" --relays "${RELAYS:-2}" --dir "$work/consortium" --hsm softhsm
+  exit 0
+fi
 echo
-echo "demo: consortium OK: tunnel between every pair of members, and the ledger (raft over the tunnel) ordered envelopes submitted to one member into blocks verified identical on every member (height printed above)."
+echo "== $bin demo --ci --dir $work/story"
+"$bin" demo --ci --dir "$work/story"

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +31,11 @@ func (e Endpoint) SrcIP() netip.Addr   { return netip.Addr{} }
 // member ids. Control packets (see control.go) are split off on receive and
 // handed to the control function; WireGuard never sees them.
 //
+// Besides, it watches for the WireGuard packets that mark a peer's key
+// switch (promote.go) and reports them on its switches channel, holding
+// the packet until the driver handled it (at most switchWait); the Bind
+// calls nothing of the Device.
+//
 // Lifecycle: Open may be called once; Close closes the transport if Open
 // was called (wireguard-go calls Close before the first Open), after which
 // the receive function returns net.ErrClosed. A Bind is not reopened.
@@ -37,7 +43,13 @@ type Bind struct {
 	tr      PacketTransport
 	control func(sender string, pkt []byte) // must not block or retain pkt
 	log     *slog.Logger
-	watch   sessionWatcher // nil: none
+	// switches receives a handshake response about to be sent (arm) and
+	// the first packet of an armed session (fire); nil: not watched.
+	switches chan<- switchReq
+	wait     time.Duration // bound of a switch report: switchWait
+	armed    armedSessions
+	// switchMissed counts switch reports not handled within switchWait.
+	switchMissed atomic.Uint64
 
 	mu      sync.Mutex
 	opened  bool
@@ -49,26 +61,18 @@ type Bind struct {
 
 var _ conn.Bind = (*Bind)(nil)
 
-// sessionWatcher sees the WireGuard packets that mark a peer's key switch
-// (promote.go). Both methods run on WireGuard's goroutines, may block
-// briefly, and must not retain pkt.
-type sessionWatcher interface {
-	// sendingResponse: a handshake response is about to be sent to member.
-	sendingResponse(member string, pkt []byte)
-	// receivingData: a transport-data packet from member is about to be
-	// handed to WireGuard.
-	receivingData(member string, pkt []byte)
-}
-
-var _ sessionWatcher = (*Device)(nil)
-
 // NewBind wraps tr. control receives every control packet (a copy is not
 // made: it must copy what it keeps); nil drops them.
 func NewBind(tr PacketTransport, control func(sender string, pkt []byte), log *slog.Logger) *Bind {
+	return newBind(tr, control, log, nil)
+}
+
+// newBind is NewBind that reports key-switch packets on switches.
+func newBind(tr PacketTransport, control func(sender string, pkt []byte), log *slog.Logger, switches chan<- switchReq) *Bind {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Bind{tr: tr, control: control, log: log}
+	return &Bind{tr: tr, control: control, log: log, switches: switches, wait: switchWait}
 }
 
 // Open starts receiving. port is meaningless for a member-addressed
@@ -138,8 +142,11 @@ func (b *Bind) receive(bufs [][]byte, sizes []int, eps []conn.Endpoint) (int, er
 				eps[i] = nil
 				continue
 			}
-			if b.watch != nil && len(pkt) > 0 && pkt[0] == wgTransportType {
-				b.watch.receivingData(member, pkt)
+			if b.switches != nil && len(pkt) >= transportHeaderSize && pkt[0] == wgTransportType &&
+				b.armed.match(member, binary.LittleEndian.Uint32(pkt[4:8])) {
+				// The first packet of an armed session: its promotion
+				// moves the member's address before WireGuard sees it.
+				b.reportSwitch(switchReq{member: member})
 			}
 			if i > 0 && member == from[i-1] && eps[i-1] != nil {
 				eps[i] = eps[i-1]
@@ -176,8 +183,8 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		return conn.ErrWrongEndpointType
 	}
 	for _, p := range bufs {
-		if b.watch != nil && len(p) > 0 && p[0] == wgResponseType {
-			b.watch.sendingResponse(string(e), p)
+		if b.switches != nil && len(p) == messageResponseSize && p[0] == wgResponseType {
+			b.reportSwitch(switchReq{member: string(e), resp: append([]byte(nil), p...)})
 		}
 		if err := b.tr.WritePacket(p, string(e)); err != nil {
 			return fmt.Errorf("send %d-byte WireGuard packet to %s: %w", len(p), e, err)
@@ -186,6 +193,25 @@ func (b *Bind) Send(bufs [][]byte, ep conn.Endpoint) error {
 		b.bytesOut.Add(uint64(len(p)))
 	}
 	return nil
+}
+
+// reportSwitch hands r to the driver and waits until it is done, at most
+// switchWait (then the packet goes on; the polled promotion applies).
+func (b *Bind) reportSwitch(r switchReq) {
+	r.done = make(chan struct{})
+	t := time.NewTimer(b.wait)
+	defer t.Stop()
+	select {
+	case b.switches <- r:
+	case <-t.C:
+		b.switchMissed.Add(1)
+		return
+	}
+	select {
+	case <-r.done:
+	case <-t.C:
+		b.switchMissed.Add(1)
+	}
 }
 
 // ParseEndpoint accepts a member id.

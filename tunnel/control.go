@@ -17,7 +17,7 @@ package tunnel
 //	                       bit1 = request (please announce yours to me),
 //	                       bit2 = have-yours (the sender holds your active key)
 //	       announce (next key) and ack bit3 = defer (the sender switches
-//	                       keys only after you did; see rotatingBefore)
+//	                       keys only after you did; see core.rotatingBefore)
 //	4     message id, big-endian (fragments of one message share it)
 //	1     fragment index (0-based)
 //	1     fragment count (1..16)
@@ -33,6 +33,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/memberd/memberd/tunnel/internal/core"
 )
 
 const (
@@ -49,18 +51,18 @@ var controlPrefix = [4]byte{0xFF, 'M', 'D', 0x01}
 type controlKind uint8
 
 const (
-	kindAnnounce controlKind = 1
-	kindAck      controlKind = 2
+	kindAnnounce controlKind = core.KindAnnounce
+	kindAck      controlKind = core.KindAck
 )
 
 const (
-	flagActive    = 1 << 0
-	flagRequest   = 1 << 1
-	flagHaveYours = 1 << 2
+	flagActive    = core.FlagActive
+	flagRequest   = core.FlagRequest
+	flagHaveYours = core.FlagHaveYours
 	// flagDefer, on an ack or a next-key announcement: the sender is
 	// rotating too, has not switched, and will switch only after the
-	// receiver (a smaller member id) did (see rotatingBefore).
-	flagDefer = 1 << 3
+	// receiver (a smaller member id) did (see core.rotatingBefore).
+	flagDefer = core.FlagDefer
 )
 
 var errBadControl = errors.New("malformed tunnel control packet")

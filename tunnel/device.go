@@ -24,6 +24,8 @@ import (
 	"golang.org/x/sync/errgroup"
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/memberd/memberd/tunnel/internal/core"
 )
 
 var (
@@ -71,58 +73,92 @@ type PeerStatus struct {
 	Certificate *x509.Certificate
 }
 
-// Device is one member's tunnel endpoint.
+// Device is one member's tunnel endpoint: the driver of the pure peer and
+// rotation core (internal/core). It feeds the core the control messages,
+// timers and handshakes it sees and applies what the core returns through
+// wireguard-go's IpcSet, the Bind and the pausable netstack interface.
+//
+// Its state is grouped by what guards it; locks are taken in the order
+// id.mu, peers.mu, conns.mu, and none is held while sending.
 type Device struct {
-	cfg  Config
+	cfg  Config // immutable after New (defaults applied)
 	log  *slog.Logger
 	now  func() time.Time
+	addr netip.Addr
+	mtu  atomic.Int64                // follows the transport's path unless Config.MTU is set (mtu.go)
+	auth atomic.Pointer[memberIndex] // the current policy; stored under conns.mu (see SetAuthority)
+
+	io    deviceIO  // set in New, then read-only
+	run   lifecycle // background goroutines and Close
+	ev    events    // wake-ups of the driver loops
+	peers peerTable // the core: keys, peers, rotation
+	conns connTable // connections and listeners inside the tunnel
+	id    signing   // the member identity that signs attestations
+	fwd   forwards  // set in New, then read-only
+	stats counters
+}
+
+// deviceIO are the driven parts, set in New and read-only after.
+type deviceIO struct {
 	tr   PacketTransport
 	bind *Bind
 	wg   *device.Device
 	tun  *pausableTUN // netstack's interface, as WireGuard reads it
 	tnet *netstack.Net
-	addr netip.Addr
-	mtu  atomic.Int64 // follows the transport's path unless Config.MTU is set (mtu.go)
+}
 
-	fwdAddrs []net.Addr // set in New, then read-only
-	maddrs   memberAddrs
-
-	ctx    context.Context
-	cancel context.CancelFunc
-	eg     *errgroup.Group
-
-	ctlCh chan ctlPacket
-	ackCh chan struct{}
-	// promoteCh wakes promoteLoop when a member switched keys.
-	promoteCh chan struct{}
-	// switchCh hands promoteLoop what the Bind sees of a peer's key
-	// switch (promote.go); armed are the sessions it waits for.
-	switchCh chan switchReq
-	armed    armedSessions
-	msgID    atomic.Uint32
-
-	mu        sync.Mutex
-	auth      *memberIndex
-	self      keyState // active key
-	next      *keyState
-	acks      map[string]bool
-	peers     map[string]*peerState
-	changed   chan struct{} // closed and replaced on every peer change
-	kaDue     map[Key]time.Time
-	retiring  map[Key]time.Time // old keys' peers to remove then (promote.go)
-	requests  requestLimiter    // answers to attestation requests, per member
-	conns     map[string]map[*Conn]struct{}
-	listeners map[*Listener]struct{}
-	closed    bool
-
+// lifecycle is the background work; ctx ends on Close.
+type lifecycle struct {
+	ctx       context.Context
+	cancel    context.CancelFunc
+	eg        *errgroup.Group
 	closeOnce sync.Once
 	closeErr  error
+}
 
-	idMu sync.Mutex // held across signing; taken before mu (identity.go)
-	id   identity
+// events wake the driver loops; the channels are made in New.
+type events struct {
+	ctl      chan ctlPacket // control packets from the Bind (controlLoop)
+	ack      chan struct{}  // an ack arrived (Rotate)
+	promote  chan struct{}  // a member switched keys (promoteLoop)
+	switches chan switchReq // what the Bind sees of a peer's key switch (promoteLoop)
+	msgID    atomic.Uint32  // control message ids
+}
 
+// peerTable is the peer and rotation core. mu guards core and changed and
+// is held while applying the core's output to WireGuard, so that
+// configuration changes reach WireGuard in the core's order.
+type peerTable struct {
+	mu      sync.Mutex
+	core    *core.Core
+	changed chan struct{} // closed and replaced on every peer change
+}
+
+// connTable tracks what Close and member removal close. mu guards all.
+type connTable struct {
+	mu        sync.Mutex
+	byMember  map[string]map[*Conn]struct{}
+	listeners map[*Listener]struct{}
+	closed    bool
+}
+
+// signing is the member identity. mu is held across signing (identity.go).
+type signing struct {
+	mu  sync.Mutex
+	cur identity
+}
+
+// forwards are the configured forwards' addresses and the member
+// addresses (memberaddrs.go).
+type forwards struct {
+	addrs  []net.Addr // set in New, then read-only
+	maddrs memberAddrs
+}
+
+// counters are the Stats and metrics, updated atomically.
+type counters struct {
 	attAccepted, attRefused, ctlDropped, aclDenied, rotations, identityChanges atomic.Uint64
-	switchesOnFirstPacket, switchMissed, switchPauseTimeouts                   atomic.Uint64
+	switchesOnFirstPacket, switchPauseTimeouts                                 atomic.Uint64
 	m                                                                          metrics
 }
 
@@ -130,6 +166,11 @@ type keyState struct {
 	priv Key
 	att  *Attestation
 	raw  []byte
+}
+
+// own is ks as the core holds it.
+func (ks *keyState) own() core.Own {
+	return core.Own{Private: core.Key(ks.priv), Public: core.Key(ks.att.PublicKey), Raw: ks.raw}
 }
 
 type ctlPacket struct {
@@ -157,64 +198,62 @@ func New(cfg Config) (*Device, error) {
 			return nil, fmt.Errorf("%w: transport packet limit %d leaves MTU %d < %d", ErrConfig, cfg.Transport.MaxPacketSize(), mtu, MinMTU)
 		}
 	}
-	d := &Device{
-		cfg: cfg, log: cfg.Logger, now: cfg.Now, tr: cfg.Transport, // the caller names the member, once
-		addr: addr, auth: auth,
-		ctlCh: make(chan ctlPacket, 256), ackCh: make(chan struct{}, 1), promoteCh: make(chan struct{}, 1),
-		switchCh: make(chan switchReq),
-		peers:    map[string]*peerState{}, changed: make(chan struct{}), kaDue: map[Key]time.Time{},
-		retiring: map[Key]time.Time{},
-		conns:    map[string]map[*Conn]struct{}{}, listeners: map[*Listener]struct{}{},
-		requests: requestLimiter{every: cfg.RequestInterval},
-		id:       identity{signer: cfg.Signer, chain: cfg.Chain},
-	}
-	d.idMu.Lock()
+	d := &Device{cfg: cfg, log: cfg.Logger, now: cfg.Now, addr: addr} // the caller names the member, once
+	d.auth.Store(auth)
+	d.io.tr = cfg.Transport
+	d.ev = events{ctl: make(chan ctlPacket, 256), ack: make(chan struct{}, 1), promote: make(chan struct{}, 1), switches: make(chan switchReq)}
+	d.conns.byMember, d.conns.listeners = map[string]map[*Conn]struct{}{}, map[*Listener]struct{}{}
+	d.id.cur = identity{signer: cfg.Signer, chain: cfg.Chain}
+	d.id.mu.Lock()
 	ks, err := d.newKeyLocked()
-	d.idMu.Unlock()
+	d.id.mu.Unlock()
 	if err != nil {
 		return nil, err
 	}
-	d.self = *ks
+	d.peers.changed = make(chan struct{})
+	d.peers.core = core.New(core.Config{
+		Member: cfg.Member, Keepalive: cfg.Keepalive,
+		RotationAckTimeout: cfg.RotationAckTimeout, RequestInterval: cfg.RequestInterval,
+	}, ks.own(), auth.byID)
 	d.mtu.Store(int64(mtu))
 	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{addr}, nil, mtu)
 	if err != nil {
 		return nil, fmt.Errorf("create netstack interface %s mtu %d: %w", addr, mtu, err)
 	}
-	d.tnet = tnet
+	d.io.tnet = tnet
 	if err := useSACKRecovery(tnet); err != nil {
 		d.log.Warn("cannot switch tunnel TCP to SACK loss recovery; keeping gVisor's RACK, which can crawl for seconds after a burst loss", "err", err)
 	}
-	d.bind = NewBind(cfg.Transport, d.onControl, d.log)
-	d.bind.watch = d
-	d.tun = newPausableTUN(tdev, func() { d.switchPauseTimeouts.Add(1) })
-	d.wg = device.NewDevice(d.tun, d.bind, wgLogger(d.log))
-	if err := d.wg.IpcSet("private_key=" + d.self.priv.String() + "\n"); err != nil {
-		d.wg.Close()
+	d.io.bind = newBind(cfg.Transport, queueControl(d.ev.ctl, &d.stats), d.log, d.ev.switches)
+	d.io.tun = newPausableTUN(tdev, func() { d.stats.switchPauseTimeouts.Add(1) })
+	d.io.wg = device.NewDevice(d.io.tun, d.io.bind, wgLogger(d.log))
+	if err := d.io.wg.IpcSet("private_key=" + ks.priv.String() + "\n"); err != nil {
+		d.io.wg.Close()
 		return nil, fmt.Errorf("configure WireGuard key: %w", err)
 	}
-	if err := d.wg.Up(); err != nil {
-		d.wg.Close()
+	if err := d.io.wg.Up(); err != nil {
+		d.io.wg.Close()
 		return nil, fmt.Errorf("bring up WireGuard device: %w", err)
 	}
-	d.ctx, d.cancel = context.WithCancel(context.Background())
-	d.eg, _ = errgroup.WithContext(d.ctx)
+	d.run.ctx, d.run.cancel = context.WithCancel(context.Background())
+	d.run.eg, _ = errgroup.WithContext(d.run.ctx)
 	if cfg.Registerer != nil {
 		if err := cfg.Registerer.Register(collector{d}); err != nil {
-			d.wg.Close()
+			d.io.wg.Close()
 			return nil, fmt.Errorf("register tunnel metrics: %w", err)
 		}
 	}
-	d.eg.Go(d.controlLoop)
-	d.eg.Go(d.timerLoop)
-	d.eg.Go(d.rotateLoop)
-	d.eg.Go(d.promoteLoop)
-	d.eg.Go(d.mtuLoop)
+	d.run.eg.Go(d.controlLoop)
+	d.run.eg.Go(d.timerLoop)
+	d.run.eg.Go(d.rotateLoop)
+	d.run.eg.Go(d.promoteLoop)
+	d.run.eg.Go(d.mtuLoop)
 	if err := d.startForwards(); err != nil {
 		d.Close()
 		return nil, err
 	}
 	d.announceAll(true)
-	d.log.Info("tunnel up", "overlay_addr", addr, "mtu", mtu, "public_key", d.self.att.PublicKey.String())
+	d.log.Info("tunnel up", "overlay_addr", addr, "mtu", mtu, "public_key", ks.att.PublicKey.String())
 	return d, nil
 }
 
@@ -231,7 +270,7 @@ func wgLogger(l *slog.Logger) *device.Logger {
 }
 
 // newKeyLocked makes a WireGuard key and its attestation signed by the
-// current identity. d.idMu held.
+// current identity. d.id.mu held.
 func (d *Device) newKeyLocked() (*keyState, error) {
 	priv, err := NewPrivateKey()
 	if err != nil {
@@ -248,71 +287,70 @@ func (d *Device) MTU() int { return int(d.mtu.Load()) }
 
 // PublicKey is the active WireGuard public key.
 func (d *Device) PublicKey() Key {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.self.att.PublicKey
+	d.peers.mu.Lock()
+	defer d.peers.mu.Unlock()
+	return Key(d.peers.core.Self().Public)
 }
 
 // Stats returns the counters.
 func (d *Device) Stats() Stats {
 	return Stats{
-		AttestationsAccepted: d.attAccepted.Load(),
-		AttestationsRefused:  d.attRefused.Load(),
-		ControlDropped:       d.ctlDropped.Load(),
-		ACLDenied:            d.aclDenied.Load(),
-		Rotations:            d.rotations.Load(),
-		IdentityChanges:      d.identityChanges.Load(),
-		PacketsIn:            d.bind.pktIn.Load(),
-		PacketsOut:           d.bind.pktOut.Load(),
-		BytesIn:              d.bind.bytesIn.Load(),
-		BytesOut:             d.bind.bytesOut.Load(),
+		AttestationsAccepted: d.stats.attAccepted.Load(),
+		AttestationsRefused:  d.stats.attRefused.Load(),
+		ControlDropped:       d.stats.ctlDropped.Load(),
+		ACLDenied:            d.stats.aclDenied.Load(),
+		Rotations:            d.stats.rotations.Load(),
+		IdentityChanges:      d.stats.identityChanges.Load(),
+		PacketsIn:            d.io.bind.pktIn.Load(),
+		PacketsOut:           d.io.bind.pktOut.Load(),
+		BytesIn:              d.io.bind.bytesIn.Load(),
+		BytesOut:             d.io.bind.bytesOut.Load(),
 
-		PeerSwitchesOnFirstPacket: d.switchesOnFirstPacket.Load(),
-		PeerSwitchWaits:           d.switchMissed.Load(),
-		SwitchPauseTimeouts:       d.switchPauseTimeouts.Load(),
+		PeerSwitchesOnFirstPacket: d.stats.switchesOnFirstPacket.Load(),
+		PeerSwitchWaits:           d.io.bind.switchMissed.Load(),
+		SwitchPauseTimeouts:       d.stats.switchPauseTimeouts.Load(),
 	}
 }
 
 // Peers lists the configured peers, sorted by member.
 func (d *Device) Peers() []PeerStatus {
-	hs, _ := d.handshakeTimes() // before mu: IpcGet takes WireGuard's locks
-	d.mu.Lock()
-	defer d.mu.Unlock()
+	hs, _ := d.handshakeTimes() // before peers.mu: IpcGet takes WireGuard's locks
+	d.peers.mu.Lock()
+	defer d.peers.mu.Unlock()
 	var out []PeerStatus
-	for m, p := range d.peers {
-		ps := PeerStatus{Member: m, Addr: p.addr}
-		if p.active != nil {
-			ps.PublicKey, ps.Expiry = p.active.PublicKey, p.active.Expiry()
-			ps.LastHandshake = hs[p.active.PublicKey]
-			ps.Certificate = p.active.Chain[0]
+	for _, p := range d.peers.core.Peers() {
+		ps := PeerStatus{Member: p.Member, Addr: p.Addr}
+		if a := attOf(p.Active); a != nil {
+			ps.PublicKey, ps.Expiry = a.PublicKey, a.Expiry()
+			ps.LastHandshake = hs[a.PublicKey]
+			ps.Certificate = a.Chain[0]
 		}
-		if p.pending != nil {
-			ps.PendingKey = p.pending.PublicKey
+		if a := attOf(p.Pending); a != nil {
+			ps.PendingKey = a.PublicKey
 		}
 		out = append(out, ps)
 	}
-	sortPeers(out)
 	return out
 }
 
 // Close stops everything: forwards, listeners and connections inside the
 // tunnel, the WireGuard device, and the transport. It is idempotent.
 func (d *Device) Close() error {
-	d.closeOnce.Do(func() {
-		d.mu.Lock()
-		d.closed = true
-		ls := make([]*Listener, 0, len(d.listeners))
-		for l := range d.listeners {
+	d.run.closeOnce.Do(func() {
+		d.conns.mu.Lock()
+		d.conns.closed = true
+		ls := make([]*Listener, 0, len(d.conns.listeners))
+		for l := range d.conns.listeners {
 			ls = append(ls, l)
 		}
 		var cs []*Conn
-		for _, m := range d.conns {
+		for _, m := range d.conns.byMember {
 			for c := range m {
 				cs = append(cs, c)
 			}
 		}
-		d.mu.Unlock()
-		d.cancel()
+		d.conns.mu.Unlock()
+		d.run.cancel()
 		if d.cfg.Registerer != nil {
 			d.cfg.Registerer.Unregister(collector{d})
 		}
@@ -322,16 +360,16 @@ func (d *Device) Close() error {
 		for _, c := range cs {
 			c.Close()
 		}
-		d.wg.Close() // closes the bind, which closes the transport
-		d.closeErr = d.bind.Close()
-		if err := d.tr.Close(); err != nil && d.closeErr == nil && !isClosedErr(err) {
-			d.closeErr = err
+		d.io.wg.Close() // closes the bind, which closes the transport
+		d.run.closeErr = d.io.bind.Close()
+		if err := d.io.tr.Close(); err != nil && d.run.closeErr == nil && !isClosedErr(err) {
+			d.run.closeErr = err
 		}
-		if err := d.eg.Wait(); err != nil && !errors.Is(err, context.Canceled) && d.closeErr == nil {
-			d.closeErr = err
+		if err := d.run.eg.Wait(); err != nil && !errors.Is(err, context.Canceled) && d.run.closeErr == nil {
+			d.run.closeErr = err
 		}
 	})
-	return d.closeErr
+	return d.run.closeErr
 }
 
 // retryFirst is how soon announcements are resent to members whose peer is
@@ -356,13 +394,12 @@ func (d *Device) timerLoop() error {
 	defer retry.Stop()
 	for {
 		select {
-		case <-d.ctx.Done():
+		case <-d.run.ctx.Done():
 			return nil
 		case <-fast.C:
-			d.enableDueKeepalives(d.now())
-			d.retireDue(time.Now())
+			d.step(core.Tick{})
 		case <-t.C:
-			d.expire()
+			d.step(core.Expire{})
 			d.announceAll(false)
 		case <-retry.C:
 			if missing, sent := d.announceMissing(); missing > 0 && sent > 0 {

@@ -26,7 +26,7 @@ func AnnouncePackets(att []byte, active bool, maxPacket int) [][]byte {
 
 // IpcGet dumps the WireGuard device state, for debugging tests.
 func (d *Device) IpcGet() string {
-	s, _ := d.wg.IpcGet()
+	s, _ := d.io.wg.IpcGet()
 	return s
 }
 
@@ -54,14 +54,14 @@ func IsAnnounceStart(pkt []byte) bool {
 // TCP retransmission timeouts it had. The gVisor stack is unexported in
 // wireguard-go's netstack, so it is reached by reflection (tests only).
 func (d *Device) NetCounters() (ipSent, ipReceived, rtoTimeouts uint64) {
-	f := reflect.ValueOf(d.tnet).Elem().FieldByName("stack")
+	f := reflect.ValueOf(d.io.tnet).Elem().FieldByName("stack")
 	s := (*(**stack.Stack)(unsafe.Pointer(f.UnsafeAddr()))).Stats()
 	return s.IP.PacketsSent.Value(), s.IP.PacketsReceived.Value(), s.TCP.Timeouts.Value()
 }
 
 // TCPRecovery reads netstack's TCP loss-recovery setting (0: SACK, no RACK).
 func (d *Device) TCPRecovery() int {
-	f := reflect.ValueOf(d.tnet).Elem().FieldByName("stack")
+	f := reflect.ValueOf(d.io.tnet).Elem().FieldByName("stack")
 	s := *(**stack.Stack)(unsafe.Pointer(f.UnsafeAddr()))
 	var opt tcpip.TCPRecovery
 	if err := s.TransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {

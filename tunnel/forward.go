@@ -13,14 +13,14 @@ import (
 func (d *Device) startForwards() error {
 	for i, f := range d.cfg.Forwards {
 		var lc net.ListenConfig
-		ln, err := lc.Listen(d.ctx, "tcp", f.Listen)
+		ln, err := lc.Listen(d.run.ctx, "tcp", f.Listen)
 		if err != nil {
 			return fmt.Errorf("forwards[%d]: listen on %s: %w: pick a free local address", i, f.Listen, err)
 		}
-		d.fwdAddrs = append(d.fwdAddrs, ln.Addr())
-		d.eg.Go(func() error {
-			err := d.ServeForward(d.ctx, ln, f.Member, f.Port)
-			if d.ctx.Err() != nil {
+		d.fwd.addrs = append(d.fwd.addrs, ln.Addr())
+		d.run.eg.Go(func() error {
+			err := d.ServeForward(d.run.ctx, ln, f.Member, f.Port)
+			if d.run.ctx.Err() != nil {
 				return nil
 			}
 			return err
@@ -31,9 +31,9 @@ func (d *Device) startForwards() error {
 		if err != nil {
 			return fmt.Errorf("services[%d]: %w", i, err)
 		}
-		d.eg.Go(func() error {
-			err := d.ServeService(d.ctx, ln, s.Target)
-			if d.ctx.Err() != nil {
+		d.run.eg.Go(func() error {
+			err := d.ServeService(d.run.ctx, ln, s.Target)
+			if d.run.ctx.Err() != nil {
 				return nil
 			}
 			return err
@@ -44,7 +44,7 @@ func (d *Device) startForwards() error {
 
 // ForwardAddrs are the local addresses of the configured Forwards, in
 // order (useful when a Listen address had port 0).
-func (d *Device) ForwardAddrs() []net.Addr { return append([]net.Addr(nil), d.fwdAddrs...) }
+func (d *Device) ForwardAddrs() []net.Addr { return append([]net.Addr(nil), d.fwd.addrs...) }
 
 // ServeForward accepts local connections on ln and forwards each to port on
 // member through the tunnel (Dial enforces the ACL). It closes ln and

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"fmt"
 	"time"
+
+	"github.com/memberd/memberd/tunnel/internal/core"
 )
 
 // ErrIdentity: SetIdentity was given a key and chain that do not fit
@@ -41,71 +43,54 @@ func (d *Device) SetIdentity(signer crypto.Signer, chain []*x509.Certificate) er
 	if !publicKeysEqual(signer.Public(), chain[0].PublicKey) {
 		return fmt.Errorf("%w: leaf certificate %q does not hold the identity key", ErrIdentity, chain[0].Subject)
 	}
-	d.idMu.Lock()
-	defer d.idMu.Unlock()
-	if bytes.Equal(d.id.chain[0].Raw, chain[0].Raw) {
+	d.id.mu.Lock()
+	defer d.id.mu.Unlock()
+	if bytes.Equal(d.id.cur.chain[0].Raw, chain[0].Raw) {
 		return nil
 	}
-	d.mu.Lock()
-	auth := d.auth.auth
-	selfPriv := d.self.priv
-	var nextPriv *Key
-	if d.next != nil {
-		k := d.next.priv
-		nextPriv = &k
-	}
-	d.mu.Unlock()
+	auth := d.auth.Load().auth
+	d.peers.mu.Lock()
+	selfPriv := Key(d.peers.core.Self().Private)
+	nextOwn, rotating := d.peers.core.Next()
+	d.peers.mu.Unlock()
 	if err := auth.VerifyMemberCert(d.cfg.Member, chain); err != nil {
 		return fmt.Errorf("%w: the current policy does not accept certificate %q (serial %s) for member %s: %v; keeping the previous identity",
 			ErrIdentity, chain[0].Subject, chain[0].SerialNumber, d.cfg.Member, err)
 	}
-	old := d.id
-	d.id = identity{signer: signer, chain: append([]*x509.Certificate(nil), chain...)}
+	old := d.id.cur
+	d.id.cur = identity{signer: signer, chain: append([]*x509.Certificate(nil), chain...)}
 	self, err := d.signLocked(selfPriv)
 	var next *keyState
-	if err == nil && nextPriv != nil {
-		next, err = d.signLocked(*nextPriv)
+	if err == nil && rotating {
+		next, err = d.signLocked(Key(nextOwn.Private))
 	}
 	if err != nil {
-		d.id = old
+		d.id.cur = old
 		return fmt.Errorf("%w: re-sign the WireGuard key: %w", ErrIdentity, err)
 	}
-	d.mu.Lock()
-	if d.self.priv == selfPriv {
-		d.self.att, d.self.raw = self.att, self.raw
+	ev := core.Resigned{Self: self.own()}
+	if next != nil {
+		o := next.own()
+		ev.Next = &o
 	}
-	nextRaw := []byte(nil)
-	if next != nil && d.next != nil && d.next.priv == next.priv {
-		d.next.att, d.next.raw = next.att, next.raw
-		nextRaw = next.raw
-	}
-	var others []string
-	for id := range d.auth.byID {
-		if id != d.cfg.Member {
-			others = append(others, id)
-		}
-	}
-	d.mu.Unlock()
-	d.identityChanges.Add(1)
+	// The core takes each re-signed key still in use and announces them:
+	// the active key to every member, the next key (not active) too.
+	out, _ := d.step(ev)
+	d.stats.identityChanges.Add(1)
 	d.log.Info("WireGuard key attestations re-signed with the new member identity",
 		"old_certificate_serial", old.chain[0].SerialNumber.String(), "certificate_serial", chain[0].SerialNumber.String(),
 		"certificate_not_after", chain[0].NotAfter)
-	d.announceAll(false)
-	if nextRaw != nil {
-		for _, m := range others {
-			d.sendControl(m, kindAnnounce, 0, nextRaw)
-		}
-	}
+	d.send(out.Send)
 	return nil
 }
 
 // signLocked makes the attestation of priv's public key with the current
-// identity. d.idMu held.
+// identity. d.id.mu held.
 func (d *Device) signLocked(priv Key) (*keyState, error) {
 	now := d.now()
 	// Back-date not_before a little so peers with a slightly slow clock
 	// accept it.
-	att, err := SignAttestation(d.id.signer, d.id.chain, d.cfg.Member, priv.PublicKey(), now.Add(-5*time.Minute), now.Add(d.cfg.AttestationTTL))
+	att, err := SignAttestation(d.id.cur.signer, d.id.cur.chain, d.cfg.Member, priv.PublicKey(), now.Add(-5*time.Minute), now.Add(d.cfg.AttestationTTL))
 	if err != nil {
 		return nil, err
 	}
@@ -115,7 +100,7 @@ func (d *Device) signLocked(priv Key) (*keyState, error) {
 // Identity returns the leaf certificate that signs this member's
 // attestations now.
 func (d *Device) Identity() *x509.Certificate {
-	d.idMu.Lock()
-	defer d.idMu.Unlock()
-	return d.id.chain[0]
+	d.id.mu.Lock()
+	defer d.id.mu.Unlock()
+	return d.id.cur.chain[0]
 }

@@ -97,10 +97,10 @@ func (l *memberListeners) stop() {
 
 // MemberAddrs lists the local address of every member that has one now.
 func (d *Device) MemberAddrs() map[string]netip.Addr {
-	d.maddrs.mu.Lock()
-	defer d.maddrs.mu.Unlock()
-	out := make(map[string]netip.Addr, len(d.maddrs.running))
-	for m, l := range d.maddrs.running {
+	d.fwd.maddrs.mu.Lock()
+	defer d.fwd.maddrs.mu.Unlock()
+	out := make(map[string]netip.Addr, len(d.fwd.maddrs.running))
+	for m, l := range d.fwd.maddrs.running {
 		out[m] = l.addr
 	}
 	return out
@@ -136,7 +136,7 @@ func (d *Device) syncMemberAddrs(members []Member, strict bool) error {
 		want[m.ID] = addr
 	}
 
-	ma := &d.maddrs
+	ma := &d.fwd.maddrs
 	ma.mu.Lock()
 	defer ma.mu.Unlock()
 	if ma.running == nil {
@@ -173,7 +173,7 @@ func (d *Device) syncMemberAddrs(members []Member, strict bool) error {
 // startMemberListeners listens on addr at every port, forwarding to member;
 // nil, nil if the device is closed.
 func (d *Device) startMemberListeners(member string, a netip.Addr, ports []uint16) (*memberListeners, error) {
-	ctx, cancel := context.WithCancel(d.ctx)
+	ctx, cancel := context.WithCancel(d.run.ctx)
 	var lns []net.Listener
 	for _, p := range ports {
 		var lc net.ListenConfig
@@ -187,9 +187,9 @@ func (d *Device) startMemberListeners(member string, a netip.Addr, ports []uint1
 		}
 		lns = append(lns, ln)
 	}
-	d.mu.Lock() // eg.Go only while open: Close waits for eg after setting closed
-	defer d.mu.Unlock()
-	if d.closed {
+	d.conns.mu.Lock() // eg.Go only while open: Close waits for eg after setting closed
+	defer d.conns.mu.Unlock()
+	if d.conns.closed {
 		cancel()
 		for _, l := range lns {
 			l.Close()
@@ -197,7 +197,7 @@ func (d *Device) startMemberListeners(member string, a netip.Addr, ports []uint1
 		return nil, nil
 	}
 	for i, ln := range lns {
-		d.eg.Go(func() error {
+		d.run.eg.Go(func() error {
 			if err := d.ServeForward(ctx, ln, member, ports[i]); err != nil && ctx.Err() == nil {
 				d.log.Error("member address stopped", "peer", member, "addr", addrString(ln.Addr()), "err", err)
 			}

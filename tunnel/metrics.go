@@ -43,20 +43,20 @@ type metrics struct {
 	panics   atomic.Uint64    // connections closed by survive
 }
 
-func (d *Device) dropControl(reason int) {
-	d.ctlDropped.Add(1)
-	d.m.ctlDrops[reason].Add(1)
+func (s *counters) dropControl(reason int) {
+	s.ctlDropped.Add(1)
+	s.m.ctlDrops[reason].Add(1)
 }
 
-func (d *Device) refuseAttestation(reason string) {
-	d.attRefused.Add(1)
+func (s *counters) refuseAttestation(reason string) {
+	s.attRefused.Add(1)
 	for i, r := range refusedReasons {
 		if r == reason {
-			d.m.refused[i].Add(1)
+			s.m.refused[i].Add(1)
 			return
 		}
 	}
-	d.m.refused[len(refusedReasons)-1].Add(1)
+	s.m.refused[len(refusedReasons)-1].Add(1)
 }
 
 var (
@@ -92,7 +92,7 @@ func (c collector) Describe(ch chan<- *prometheus.Desc) {
 
 func (c collector) Collect(ch chan<- prometheus.Metric) {
 	d := c.d
-	b := d.bind
+	b := d.io.bind
 	counter := func(desc *prometheus.Desc, v uint64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(desc, prometheus.CounterValue, float64(v), labels...)
 	}
@@ -101,26 +101,26 @@ func (c collector) Collect(ch chan<- prometheus.Metric) {
 	counter(descBytes, b.bytesIn.Load(), "in")
 	counter(descBytes, b.bytesOut.Load(), "out")
 	for i, r := range dropReasonNames {
-		counter(descCtlDropped, d.m.ctlDrops[i].Load(), r)
+		counter(descCtlDropped, d.stats.m.ctlDrops[i].Load(), r)
 	}
-	counter(descAccepted, d.attAccepted.Load())
+	counter(descAccepted, d.stats.attAccepted.Load())
 	for i, r := range refusedReasons {
-		counter(descRefused, d.m.refused[i].Load(), r)
+		counter(descRefused, d.stats.m.refused[i].Load(), r)
 	}
-	counter(descRotations, d.rotations.Load())
-	counter(descIDChanges, d.identityChanges.Load())
-	counter(descACLDenied, d.aclDenied.Load())
-	counter(descSwitches, d.switchesOnFirstPacket.Load())
-	counter(descSwitchTO, d.switchMissed.Load())
-	counter(descPauseTO, d.switchPauseTimeouts.Load())
-	counter(descPanics, d.m.panics.Load())
-	d.mu.Lock()
+	counter(descRotations, d.stats.rotations.Load())
+	counter(descIDChanges, d.stats.identityChanges.Load())
+	counter(descACLDenied, d.stats.aclDenied.Load())
+	counter(descSwitches, d.stats.switchesOnFirstPacket.Load())
+	counter(descSwitchTO, d.io.bind.switchMissed.Load())
+	counter(descPauseTO, d.stats.switchPauseTimeouts.Load())
+	counter(descPanics, d.stats.m.panics.Load())
+	d.peers.mu.Lock()
 	n := 0
-	for _, p := range d.peers {
-		if p.active != nil {
+	for _, p := range d.peers.core.Peers() {
+		if p.Active != nil {
 			n++
 		}
 	}
-	d.mu.Unlock()
+	d.peers.mu.Unlock()
 	ch <- prometheus.MustNewConstMetric(descPeers, prometheus.GaugeValue, float64(n))
 }

@@ -27,7 +27,7 @@ func (d *Device) mtuLoop() error {
 	defer t.Stop()
 	for {
 		select {
-		case <-d.ctx.Done():
+		case <-d.run.ctx.Done():
 			return nil
 		case <-t.C:
 			if err := d.followMTU(); err != nil {
@@ -41,12 +41,12 @@ func (d *Device) mtuLoop() error {
 // followMTU sets the netstack interface MTU to what the transport's path
 // carries now, if that differs and is at least MinMTU.
 func (d *Device) followMTU() error {
-	want := mtuFor(d.tr.MaxPacketSize())
+	want := mtuFor(d.io.tr.MaxPacketSize())
 	cur := d.MTU()
 	if want == cur || want < MinMTU {
 		return nil
 	}
-	s, err := netstackOf(d.tnet)
+	s, err := netstackOf(d.io.tnet)
 	if err != nil {
 		return err
 	}

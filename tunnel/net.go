@@ -53,12 +53,12 @@ func (c *Conn) Close() error {
 	var err error
 	c.once.Do(func() {
 		err = c.Conn.Close()
-		c.d.mu.Lock()
-		delete(c.d.conns[c.member], c)
-		if len(c.d.conns[c.member]) == 0 {
-			delete(c.d.conns, c.member)
+		c.d.conns.mu.Lock()
+		delete(c.d.conns.byMember[c.member], c)
+		if len(c.d.conns.byMember[c.member]) == 0 {
+			delete(c.d.conns.byMember, c.member)
 		}
-		c.d.mu.Unlock()
+		c.d.conns.mu.Unlock()
 	})
 	return err
 }
@@ -67,20 +67,20 @@ func (c *Conn) Close() error {
 // member was removed meanwhile.
 func (d *Device) track(nc net.Conn, member string) (*Conn, error) {
 	c := &Conn{Conn: nc, member: member, d: d, local: nc.LocalAddr(), remote: nc.RemoteAddr()}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
+	d.conns.mu.Lock()
+	defer d.conns.mu.Unlock()
+	if d.conns.closed {
 		nc.Close()
 		return nil, ErrClosed
 	}
-	if _, ok := d.auth.byID[member]; !ok {
+	if _, ok := d.auth.Load().byID[member]; !ok {
 		nc.Close()
 		return nil, fmt.Errorf("%w: %s", ErrNotMember, member)
 	}
-	if d.conns[member] == nil {
-		d.conns[member] = map[*Conn]struct{}{}
+	if d.conns.byMember[member] == nil {
+		d.conns.byMember[member] = map[*Conn]struct{}{}
 	}
-	d.conns[member][c] = struct{}{}
+	d.conns.byMember[member][c] = struct{}{}
 	return c, nil
 }
 
@@ -88,9 +88,7 @@ func (d *Device) track(nc net.Conn, member string) (*Conn, error) {
 // policy ACL must allow this member to reach member:port. If no attestation
 // from member has arrived yet, Dial waits for one until ctx ends.
 func (d *Device) Dial(ctx context.Context, member string, port uint16) (*Conn, error) {
-	d.mu.Lock()
-	auth := d.auth
-	d.mu.Unlock()
+	auth := d.auth.Load()
 	if member == d.cfg.Member {
 		return nil, fmt.Errorf("%w: %s is this appliance; connect locally", ErrDenied, member)
 	}
@@ -98,14 +96,14 @@ func (d *Device) Dial(ctx context.Context, member string, port uint16) (*Conn, e
 		return nil, fmt.Errorf("%w: %s", ErrNotMember, member)
 	}
 	if !auth.auth.Allowed(d.cfg.Member, member, port) {
-		d.aclDenied.Add(1)
+		d.stats.aclDenied.Add(1)
 		return nil, fmt.Errorf("%w: %s may not connect to %s port %d: change the policy ACL if this is needed", ErrDenied, d.cfg.Member, member, port)
 	}
 	addr, err := d.waitPeer(ctx, member)
 	if err != nil {
 		return nil, err
 	}
-	nc, err := d.tnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(addr, port))
+	nc, err := d.io.tnet.DialContextTCPAddrPort(ctx, netip.AddrPortFrom(addr, port))
 	if err != nil {
 		return nil, fmt.Errorf("dial %s port %d (%s) through the tunnel: %w", member, port, addr, err)
 	}
@@ -125,18 +123,18 @@ var _ net.Listener = (*Listener)(nil)
 
 // Listen listens on port of this member's overlay address.
 func (d *Device) Listen(port uint16) (*Listener, error) {
-	ln, err := d.tnet.ListenTCPAddrPort(netip.AddrPortFrom(d.addr, port))
+	ln, err := d.io.tnet.ListenTCPAddrPort(netip.AddrPortFrom(d.addr, port))
 	if err != nil {
 		return nil, fmt.Errorf("listen on overlay %s port %d: %w", d.addr, port, err)
 	}
 	l := &Listener{ln: ln, d: d, port: port}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	if d.closed {
+	d.conns.mu.Lock()
+	defer d.conns.mu.Unlock()
+	if d.conns.closed {
 		ln.Close()
 		return nil, ErrClosed
 	}
-	d.listeners[l] = struct{}{}
+	d.conns.listeners[l] = struct{}{}
 	return l, nil
 }
 
@@ -161,7 +159,7 @@ func (l *Listener) AcceptConn() (*Conn, error) {
 		ra := nc.RemoteAddr()
 		from := remoteMember(l.d, ra)
 		if from == "" || !l.d.allowed(from, l.port) {
-			l.d.aclDenied.Add(1)
+			l.d.stats.aclDenied.Add(1)
 			l.d.log.Warn("refused tunnel connection: not allowed by the policy ACL", "from_addr", addrString(ra), "from", from, "port", l.port)
 			nc.Close()
 			continue
@@ -175,9 +173,7 @@ func (l *Listener) AcceptConn() (*Conn, error) {
 }
 
 func (d *Device) allowed(from string, port uint16) bool {
-	d.mu.Lock()
-	auth := d.auth
-	d.mu.Unlock()
+	auth := d.auth.Load()
 	return auth.auth.Allowed(from, d.cfg.Member, port)
 }
 
@@ -190,9 +186,7 @@ func remoteMember(d *Device, a net.Addr) string {
 	if !ok {
 		return ""
 	}
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	return d.auth.byAddr[ip.Unmap()]
+	return d.auth.Load().byAddr[ip.Unmap()]
 }
 
 // Close stops listening; idempotent.
@@ -200,9 +194,9 @@ func (l *Listener) Close() error {
 	var err error
 	l.once.Do(func() {
 		err = l.ln.Close()
-		l.d.mu.Lock()
-		delete(l.d.listeners, l)
-		l.d.mu.Unlock()
+		l.d.conns.mu.Lock()
+		delete(l.d.conns.listeners, l)
+		l.d.conns.mu.Unlock()
 	})
 	return err
 }

@@ -52,7 +52,7 @@ func (d *Device) Ping(ctx context.Context, member string) (time.Duration, error)
 // not through wireguard-go's PingConn: that one starts waiting for
 // readability after the reply may have arrived, and then misses it.
 func (d *Device) echo(ctx context.Context, addr netip.Addr) (time.Duration, error) {
-	s, err := netstackOf(d.tnet)
+	s, err := netstackOf(d.io.tnet)
 	if err != nil {
 		return 0, err
 	}
@@ -92,7 +92,7 @@ func (d *Device) echo(ctx context.Context, addr netip.Addr) (time.Duration, erro
 				continue
 			case <-ctx.Done():
 				return 0, fmt.Errorf("no reply: %w", ctx.Err())
-			case <-d.ctx.Done():
+			case <-d.run.ctx.Done():
 				return 0, ErrClosed
 			}
 		}

@@ -26,7 +26,7 @@ func (d *Device) survive(what string, closeConn func()) {
 	if v == nil {
 		return
 	}
-	d.m.panics.Add(1)
+	d.stats.m.panics.Add(1)
 	d.log.Error("panic serving a tunnel connection; closed that connection only",
 		"conn", what, "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 	closeConn()

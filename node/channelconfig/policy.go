@@ -20,10 +20,11 @@ const DefaultPort = 7050
 // group holds the consenters, the application group every member), the
 // policy's BatchSize/BatchTimeout, and one etcdraft consenter per consenter
 // member (in ledger.consenters order, which fixes their raft IDs 1..N).
-// consenters gives, per member id, the consenter's endpoint and TLS
-// certificates (the policy pins CAs, not node certificates); Host and Port
-// default to the member's overlay address and DefaultPort. Raft options are
-// left zero (configtxgen's defaults).
+// A consenter member's entry is its members[].ledger_consenter in the
+// policy (PolicyConsenter) when it has one, else consenters[member id]
+// (endpoint and TLS certificates given from outside the policy); Host and
+// Port default to the member's overlay address and DefaultPort. Raft
+// options are left zero (configtxgen's defaults).
 //
 // The consenter address is where the other consenters reach the node (raft
 // and gRPC between consenters, over the tunnel). The client-facing address,
@@ -52,9 +53,12 @@ func FromPolicy(p *policy.Policy, consenters map[string]Consenter) (Config, erro
 	// are their positions.
 	for _, m := range p.Consenters() {
 		org := orgs[m.ID]
-		cs, ok := consenters[m.ID]
+		cs, ok := PolicyConsenter(m)
 		if !ok {
-			return c, fmt.Errorf("%w: consenter member %q has no consenter entry (TLS certificates)", ErrConfig, m.ID)
+			cs, ok = consenters[m.ID]
+		}
+		if !ok {
+			return c, fmt.Errorf("%w: consenter member %q has no consenter entry (TLS certificates): give it members[].ledger_consenter in the policy", ErrConfig, m.ID)
 		}
 		if cs.Host == "" {
 			cs.Host = m.OverlayIP
@@ -70,6 +74,18 @@ func FromPolicy(p *policy.Policy, consenters map[string]Consenter) (Config, erro
 		c.Consenters = append(c.Consenters, cs)
 	}
 	return c, c.Validate()
+}
+
+// PolicyConsenter returns the consenter entry m's policy gives it
+// (members[].ledger_consenter), if any: its TLS certificate as client and
+// server certificate, at m's overlay address and the given port.
+func PolicyConsenter(m *policy.Member) (Consenter, bool) {
+	lc := m.LedgerConsenter
+	if lc == nil || lc.Cert == nil {
+		return Consenter{}, false
+	}
+	pemBytes := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: lc.Cert.Raw})
+	return Consenter{Host: m.OverlayIP, Port: uint32(lc.Port), ClientTLSCert: pemBytes, ServerTLSCert: pemBytes}, true
 }
 
 // PEMCerts returns each CERTIFICATE block of the PEM text s, re-encoded on

@@ -67,10 +67,11 @@ func Next(inForce *common.Config, next Config) (*Update, error) {
 }
 
 // NextFromPolicy is Next for the channel config a policy version mirrors
-// (FromPolicy). The policy carries no node certificates: a consenter member
-// without an entry in consenters keeps its consenter of the config in force,
-// found by its client TLS certificate chaining to the member's TLS CA (or
-// CA, when the member names no TLS CA). Raft options stay as in force.
+// (FromPolicy). A consenter member's entry is its members[].ledger_consenter
+// when the policy gives one (so every member derives the same bytes); else
+// the one in consenters; else its consenter of the config in force, found
+// by its client TLS certificate chaining to the member's TLS CA (or CA,
+// when the member names no TLS CA). Raft options stay as in force.
 func NextFromPolicy(inForce *common.Config, channelID string, p *policy.Policy, consenters map[string]Consenter) (*Update, error) {
 	cur, err := ParseConfig(channelID, inForce)
 	if err != nil {
@@ -88,10 +89,13 @@ func NextFromPolicy(inForce *common.Config, channelID string, p *policy.Policy, 
 		if _, ok := css[m.ID]; ok {
 			continue
 		}
+		if _, ok := PolicyConsenter(m); ok {
+			continue // FromPolicy takes it from the policy
+		}
 		cs, ok := ConsenterOf(cur.Config.Consenters, m)
 		if !ok {
-			return nil, fmt.Errorf("%w: policy version %d: consenter member %q is not a consenter of channel %q in force, and no TLS certificate was given for it (the policy carries none): pass its consenter TLS certificate",
-				ErrConfig, p.Version(), m.ID, channelID)
+			return nil, fmt.Errorf("%w: policy version %d: consenter member %q is not a consenter of channel %q in force, and the policy gives no TLS certificate for it: add members[].ledger_consenter.tls_cert (the certificate its ledger node presents) for %q",
+				ErrConfig, p.Version(), m.ID, channelID, m.ID)
 		}
 		css[m.ID] = cs
 	}

@@ -92,6 +92,7 @@ func TestNextFromPolicy(t *testing.T) {
 	m4 := f.c.NewMember(t, "m4")
 	m4.LedgerEndpoints = []string{"m4.example.test:7050"}
 	m4tls := f.consenter(t, "m4")
+	m2tls := f.consenter(t, "m2")
 	tests := []struct {
 		name       string
 		edit       func(d *policy.Document)
@@ -119,6 +120,35 @@ func TestNextFromPolicy(t *testing.T) {
 					if string(c.Consenters[i].ClientTLSCert) != string(f.tls[id].ClientTLSCert) {
 						t.Errorf("consenter %s lost its TLS certificate in force", id)
 					}
+				}
+			}},
+		{name: "add consenter member with its TLS certificate in the policy",
+			edit: func(d *policy.Document) {
+				m := *m4
+				m.Roles = []policy.Role{policy.RoleConsenter, policy.RoleWriter}
+				m.LedgerConsenter = &policy.LedgerConsenter{TLSCert: string(m4tls.ClientTLSCert), Port: 7053}
+				d.Members = append(d.Members, &m)
+				d.Ledger.Consenters = append(d.Ledger.Consenters, "m4")
+			},
+			check: func(t *testing.T, c Config) {
+				if len(c.Consenters) != 4 {
+					t.Fatalf("%d consenters, want 4", len(c.Consenters))
+				}
+				cs := c.Consenters[3]
+				if string(cs.ClientTLSCert) != string(m4tls.ClientTLSCert) || string(cs.ServerTLSCert) != string(m4tls.ClientTLSCert) || cs.Port != 7053 || cs.Host != m4.OverlayIP {
+					t.Fatalf("m4's consenter %s:%d is not the policy's", cs.Host, cs.Port)
+				}
+			}},
+		{name: "consenter TLS certificate replaced in the policy",
+			edit: func(d *policy.Document) {
+				d.Members[1].LedgerConsenter = &policy.LedgerConsenter{TLSCert: string(m2tls.ClientTLSCert)}
+			},
+			check: func(t *testing.T, c Config) {
+				if cs := c.Consenters[1]; string(cs.ClientTLSCert) != string(m2tls.ClientTLSCert) || cs.Port != DefaultPort {
+					t.Fatalf("m2's consenter keeps its certificate in force, or port %d", cs.Port)
+				}
+				if string(c.Consenters[0].ClientTLSCert) != string(f.tls["m1"].ClientTLSCert) {
+					t.Fatal("m1's consenter changed")
 				}
 			}},
 		{name: "remove member", edit: func(d *policy.Document) {

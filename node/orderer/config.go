@@ -63,6 +63,12 @@ type Config struct {
 	// Policy returns the current governance policy (e.g. policy.Watcher's
 	// current). Required.
 	Policy func() *policy.Policy
+	// PolicyHistory, if set, finds a policy version this appliance applied
+	// before, by hash (policy.FindHistory on the state folder): a config
+	// block derived from a version this node no longer holds in memory
+	// (it restarted, or more than 16 versions passed) is checked with it.
+	// nil: only the versions seen since start.
+	PolicyHistory func(policy.Hash) *policy.Policy
 	// Fetcher pulls missing blocks after a snapshot. nil: a node that needs
 	// blocks it cannot get from its own log stops with ErrCatchUp.
 	Fetcher BlockFetcher

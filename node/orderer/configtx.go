@@ -96,10 +96,15 @@ func (n *Node) policyFor(ctx context.Context, src configSource, number uint64) (
 		if p := n.seenPolicy(src.hash); p != nil {
 			return p, nil
 		}
+		if n.cfg.PolicyHistory != nil {
+			if p := n.cfg.PolicyHistory(src.hash); p != nil && p.Version() == src.version && p.Hash() == src.hash {
+				return p, nil
+			}
+		}
 		if cur != nil && cur.Version() >= src.version {
-			return nil, fmt.Errorf("%w: config block %d was derived from policy version %d (%s), which this node never held (its policy is version %d %s, it moved on while this node was down or behind): "+
-				"this node stops ordering channel %q rather than guess; the other consenters go on. Nodes keep no policy history yet (issue #14): "+
-				"keep every consenter's policy in step, applying one version at a time",
+			return nil, fmt.Errorf("%w: config block %d was derived from policy version %d (%s), which this node never held and its policy history does not hold (its policy is version %d %s, it moved on while this node was down or behind): "+
+				"this node stops ordering channel %q rather than guess; the other consenters go on. Put that version's bundle in the policy history "+
+				"(history/ of the state folder, as 'memberd policy log' lists it) from another member's state folder and restart",
 				ErrConfigUnverifiable, number, src.version, src.hash, cur.Version(), cur.Hash(), n.channel)
 		}
 		if time.Since(warned) > 10*time.Second {
@@ -124,7 +129,11 @@ func (n *Node) policyFor(ctx context.Context, src configSource, number uint64) (
 // certificates, so a consenter that is new to the channel has none, and
 // the derivation fails naming it.
 func (n *Node) nextConfig(p *policy.Policy) (*channelconfig.Update, error) {
-	in := n.inForce.Load().ch
+	return n.nextConfigFrom(n.inForce.Load().ch, p)
+}
+
+// nextConfigFrom is nextConfig from the config of in.
+func (n *Node) nextConfigFrom(in *channelconfig.Channel, p *policy.Policy) (*channelconfig.Update, error) {
 	css := map[string]channelconfig.Consenter{}
 	for _, m := range p.Consenters() {
 		if _, ok := channelconfig.ConsenterOf(in.Config.Consenters, m); ok {
@@ -210,15 +219,10 @@ func (n *Node) reloadInForce() error {
 // do not authorise u as a stock peer would check it (that peer would stop
 // at the block).
 func (n *Node) configBlock(u *channelconfig.Update, p *policy.Policy, num uint64, prevHash []byte) (*common.Block, error) {
-	cu, err := u.ConfigUpdateBytes()
+	sigs, invalid, err := adminSignatures(u, p)
 	if err != nil {
 		return nil, err
 	}
-	var raws [][]byte
-	for _, s := range p.ConfigSignatures() {
-		raws = append(raws, s.Raw)
-	}
-	sigs, invalid := channelconfig.ConfigSignatures(cu, raws)
 	for _, err := range invalid {
 		n.log.Warn("admin signature of the policy bundle left out of the CONFIG block", "policy_version", p.Version(), "err", err)
 	}

@@ -423,28 +423,7 @@ func TestConfigBlockFollowerWaitsForPolicy(t *testing.T) {
 // check the config block: it stops with ErrConfigUnverifiable instead of
 // storing it or skipping it, and the others go on.
 func TestConfigBlockUnverifiable(t *testing.T) {
-	var skip atomic.Pointer[policy.Policy]
-	var clp atomic.Pointer[cluster] // set once newCluster returns (New reads the policy)
-	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) {
-		c.ConfigBlocks = true
-		if c.Raft.ID == 3 {
-			c.Policy = func() *policy.Policy {
-				if p := skip.Load(); p != nil {
-					return p
-				}
-				if cl := clp.Load(); cl != nil {
-					return cl.c.pol
-				}
-				return nil
-			}
-		}
-	})
-	clp.Store(cl)
-	if l := cl.leader(10 * time.Second); l == 3 {
-		cl.stop(3)
-		cl.leader(10 * time.Second)
-		cl.start(3)
-	}
+	cl, skip := newSkippingCluster(t, nil)
 	v2 := cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 })
 	v3 := cl.c.cons.Next(t, v2, func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 4 })
 	skip.Store(v3)

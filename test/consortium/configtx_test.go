@@ -7,10 +7,13 @@ package consortium_test
 import (
 	"bytes"
 	"context"
+	"io"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -33,7 +36,10 @@ import (
 // config' (which follows the newest block's LAST_CONFIG) returns exactly
 // that block, configtxlator decodes it, configtxlator compute_update
 // between the genesis config and the new one gives the LastUpdate memberd
-// wrote, and every block after it holds at most 2 transactions.
+// wrote, and every block after it holds at most 2 transactions. Before
+// that, the same version signed by the policy quorum but by one channel
+// admin of three changes neither layer on any member (issue #14: both
+// layers or neither).
 func TestPolicyConfigBlock(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-member consortium and the stock peer CLI")
@@ -62,52 +68,109 @@ func TestPolicyConfigBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	// Every member's admin signs v2 with 'memberd policy sign', also
-	// signing the ConfigUpdate that v2 derives from the config in force
-	// (--config-block, here the genesis block) with a Fabric admin
-	// certificate for the same key (OU=admin, made with 'memberd hsm csr'
-	// and 'memberd ca sign').
+	// The admins sign v2 with 'memberd policy sign'; with --config-block
+	// (here the genesis block) an admin also signs the ConfigUpdate that v2
+	// derives from the config in force, with a Fabric admin certificate for
+	// the same key (OU=admin, made with 'memberd hsm csr' and 'memberd ca
+	// sign'). First a signs both halves and b the policy only: the policy
+	// has its quorum (2 of 3), the channel update has 1 admin of 3.
 	unsigned := nextPolicy(t, L, L.Genesis, func(doc *policy.Document) { doc.Ledger.BatchSize.MaxMessageCount = 2 })
 	bundle := filepath.Join(t.TempDir(), "v2.yaml")
 	if err := os.WriteFile(bundle, unsigned.Marshal(), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	for _, m := range L.Members {
-		mdir := filepath.Join(L.Dir, "members", m)
-		certDir := t.TempDir()
-		memberd(t, "hsm", "csr", "--key", "file:"+L.AdminKey[m], "--insecure-file-key", "--cn", "admin."+m, "--org", m,
-			"--ou", "admin", "--out", filepath.Join(certDir, "admin.csr"))
-		memberd(t, "ca", "sign", "--key", "file:"+filepath.Join(mdir, "ca-key.pem"), "--insecure-file-key",
-			"--ca-cert", filepath.Join(mdir, "ca.pem"), "--csr", filepath.Join(certDir, "admin.csr"), "--out", filepath.Join(certDir, "admin.pem"))
-		memberd(t, "policy", "sign", "--key", "file:"+L.AdminKey[m], "--insecure-file-key", "--member", m, "--key-id", "a1",
-			"--config-block", filepath.Join(mdir, "genesis.block"), "--admin-cert", filepath.Join(certDir, "admin.pem"), bundle)
-		// 'policy verify --config-block' checks both halves: one admin of
-		// three is not enough for the channel (nor for the policy).
+	genesisBlock := filepath.Join(L.Dir, "members", a, "genesis.block")
+	sign := func(m string, configBlock bool) {
+		if configBlock {
+			signBoth(t, L, bundle, m, genesisBlock)
+		} else {
+			signBoth(t, L, bundle, m, "")
+		}
+	}
+	// 'policy verify --config-block' checks both halves.
+	verify := func() (int, string) {
 		var out, errb bytes.Buffer
 		code := app.Main([]string{"policy", "verify", "--current", filepath.Join(L.Dir, "genesis.yaml"),
-			"--config-block", filepath.Join(mdir, "genesis.block"), bundle}, nil, &out, &errb)
-		if m == L.Members[0] && (code != app.ExitRuntime || !strings.Contains(out.String(), "update to config sequence 1 REFUSED")) {
-			t.Fatalf("policy verify after one signature: exit %d:\n%s%s", code, out.String(), errb.String())
+			"--config-block", filepath.Join(L.Dir, "members", a, "genesis.block"), bundle}, nil, &out, &errb)
+		return code, out.String() + errb.String()
+	}
+	readBundle := func() *policy.Policy {
+		raw, err := os.ReadFile(bundle)
+		if err != nil {
+			t.Fatal(err)
 		}
-		if m == L.Members[len(L.Members)-1] {
-			if code != app.ExitOK || !strings.Contains(out.String(), "update to config sequence 1 OK") || !strings.Contains(out.String(), "admin signatures: 3") {
-				t.Fatalf("policy verify after every signature: exit %d:\n%s%s", code, out.String(), errb.String())
+		v, err := policy.Parse(raw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	sign(L.Members[0], true)
+	if code, out := verify(); code != app.ExitRuntime || !strings.Contains(out, "update to config sequence 1 REFUSED") {
+		t.Fatalf("policy verify after one signature: exit %d:\n%s", code, out)
+	}
+	sign(L.Members[1], false)
+	code, out := verify()
+	if code != app.ExitRuntime || !strings.Contains(out, "update to config sequence 1 REFUSED") {
+		t.Fatalf("policy verify --config-block with one channel admin: exit %d, want the channel REFUSED:\n%s", code, out)
+	}
+	t.Logf("policy verify --config-block of the under-signed v2:\n%s", out)
+	var pout, perr bytes.Buffer
+	if code := app.Main([]string{"policy", "verify", "--current", filepath.Join(L.Dir, "genesis.yaml"), bundle}, nil, &pout, &perr); code != app.ExitOK {
+		t.Fatalf("policy verify without --config-block: exit %d, want the policy half OK (2 of 3 admins):\n%s%s", code, pout.String(), perr.String())
+	}
+
+	// Pushed, the under-signed v2 changes neither layer on any member: the
+	// policy stays at version 1 (tunnel, ACL, relays) and no CONFIG block
+	// is cut; each member counts it as a config_update rejection. The
+	// relays learn versions from their members, so they stay at 1 too.
+	under := readBundle()
+	res, err := d.PushPolicy(ctx, a, under.Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if !r.OK {
+			t.Fatalf("push of the under-signed v2 to %s: %s", r.Member, r.Detail)
+		}
+	}
+	waitFor(t, 30*time.Second, "every member to reject the under-signed v2 with reason config_update", func() bool {
+		for _, m := range L.Members {
+			if policyRejected(t, d, m, policy.ReasonConfigUpdate) < 1 {
+				return false
 			}
-			t.Logf("policy verify --config-block:\n%s", out.String())
+		}
+		return true
+	})
+	for _, m := range L.Members {
+		if v := d.PolicyVersion(m); v != 1 {
+			t.Fatalf("%s applied policy version %d from an under-signed bundle, want 1", m, v)
 		}
 	}
-	raw, err := os.ReadFile(bundle)
-	if err != nil {
-		t.Fatal(err)
+	for _, r := range L.Relays {
+		if v := d.RelayPolicyVersion(r); v != 1 {
+			t.Fatalf("relay %s at policy version %d, want 1", r, v)
+		}
 	}
-	v2, err := policy.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
+	if h, err := d.LedgerHeight(a); err != nil || h > before {
+		for n := before; err == nil && n < h; n++ {
+			if b, _, err := d.LedgerBlock(ctx, a, n); err == nil && channelconfig.IsConfigBlock(b) {
+				t.Fatalf("block %d is a CONFIG block of the under-signed v2", n)
+			}
+		}
 	}
-	if n := len(v2.ConfigSignatures()); n != len(L.Members) {
-		t.Fatalf("%d config signatures in the bundle, want %d", n, len(L.Members))
+
+	// A third admin signs both halves: 2 of 3 channel admins, 3 of 3
+	// policy admins; applied to both layers.
+	sign(L.Members[2], true)
+	if code, out := verify(); code != app.ExitOK || !strings.Contains(out, "update to config sequence 1 OK") || !strings.Contains(out, "admin signatures: 2") {
+		t.Fatalf("policy verify after the third signature: exit %d:\n%s", code, out)
 	}
-	res, err := d.PushPolicy(ctx, a, v2.Marshal())
+	v2 := readBundle()
+	if n := len(v2.ConfigSignatures()); n != 2 || v2.Hash() != under.Hash() {
+		t.Fatalf("%d config signatures in the bundle, want 2, on the same version", n)
+	}
+	res, err = d.PushPolicy(ctx, a, v2.Marshal())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -164,6 +227,23 @@ func TestPolicyConfigBlock(t *testing.T) {
 			t.Fatalf("%s: config block differs from %s's", m, a)
 		}
 	}
+	// 'memberd policy log' on every member: v2 in force, with the three
+	// votes and the two channel admins who signed.
+	for _, m := range L.Members {
+		var out, errb bytes.Buffer
+		state := filepath.Join(L.Dir, "members", m, "state")
+		if code := app.Main([]string{"policy", "log", "--state", state}, nil, &out, &errb); code != app.ExitOK {
+			t.Fatalf("%s: policy log: exit %d: %s", m, code, errb.String())
+		}
+		sigs := strings.Join([]string{L.Members[0] + "/a1", L.Members[1] + "/a1", L.Members[2] + "/a1"}, ",")
+		cfgs := L.Members[0] + "/a1," + L.Members[2] + "/a1"
+		if !regexp.MustCompile(`(?m)^2 \*\s.*ledger_changed\s+` + regexp.QuoteMeta(sigs) + `\s+` + regexp.QuoteMeta(cfgs) + `\s+-\s*$`).MatchString(out.String()) {
+			t.Fatalf("%s: policy log lacks v2 in force with votes %s and channel signatures %s:\n%s", m, sigs, cfgs, out.String())
+		}
+		if m == a {
+			t.Logf("memberd policy log --state %s:\n%s", state, out.String())
+		}
+	}
 	ce, cue, err := channelconfig.ConfigTransactionOf(cfgBlock)
 	if err != nil {
 		t.Fatal(err)
@@ -178,18 +258,7 @@ func TestPolicyConfigBlock(t *testing.T) {
 	}
 	// The SUCCESS answers come from the leader; wait until every member
 	// stores the same height.
-	var height uint64
-	waitFor(t, 20*time.Second, "every member at the same height", func() bool {
-		hs := map[uint64]bool{}
-		for _, m := range L.Members {
-			h, err := d.LedgerHeight(m)
-			if err != nil {
-				return false
-			}
-			hs[h], height = true, h
-		}
-		return len(hs) == 1
-	})
+	height := sameHeight(t, d, L.Members, 20*time.Second)
 	sizes := []int{}
 	for n := cfgNum + 1; n < height; n++ {
 		b, _, err := d.LedgerBlock(ctx, a, n)
@@ -206,23 +275,21 @@ func TestPolicyConfigBlock(t *testing.T) {
 
 	// The stock peer validates the CONFIG block (the admins' signatures
 	// meet its mod_policy) and commits it and every block after it.
-	p.waitHeight(t, ctx, height)
-	log := p.log(t)
-	for _, bad := range append(peerRefusals, "error validating", "policy for [") {
-		if strings.Contains(log, bad) {
-			t.Fatalf("stock peer logged %q:\n%s", bad, grepLines(log, bad))
-		}
-	}
-	if committed := len(regexp.MustCompile(`Committed block \[\d+\]`).FindAllString(log, -1)); committed != int(height) {
-		t.Fatalf("stock peer committed %d blocks, want %d", committed, height)
-	}
+	p.committedAll(t, ctx, height)
 	t.Logf("stock peer committed all %d blocks, the CONFIG block %d among them", height, cfgNum)
 
 	// The stock peer CLI fetches the config block through LAST_CONFIG.
 	fetched := filepath.Join(p.dir, "config.block")
 	p.cli(t, ctx, p.clientEnv(), "channel", "fetch", "config", fetched, "-c", "demo", "-o", d.LedgerAddr(a),
 		"--tls", "--cafile", filepath.Join(L.Dir, "members", a, "ca.pem"))
-	raw, err = os.ReadFile(fetched)
+	// 'memberd policy log --config-block' names the block of v2.
+	var lout, lerr bytes.Buffer
+	if code := app.Main([]string{"policy", "log", "--state", filepath.Join(L.Dir, "members", a, "state"), "--config-block", fetched}, nil, &lout, &lerr); code != app.ExitOK ||
+		!regexp.MustCompile(`(?m)^2 \*\s.*\s`+strconv.FormatUint(cfgNum, 10)+`\s*$`).MatchString(lout.String()) {
+		t.Fatalf("policy log --config-block: exit %d, want v2 with config block %d:\n%s%s", code, cfgNum, lout.String(), lerr.String())
+	}
+	t.Logf("memberd policy log --config-block (from peer channel fetch config):\n%s", lout.String())
+	raw, err := os.ReadFile(fetched)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -277,7 +344,7 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	out, err := p.try(ctx, p.clientEnv(), "channel", "update", "-f", channelconfigtest.WriteProto(t, t.TempDir(), "update.tx", &common.Envelope{Payload: payload}), "-c", "demo",
+	out, err = p.try(ctx, p.clientEnv(), "channel", "update", "-f", channelconfigtest.WriteProto(t, t.TempDir(), "update.tx", &common.Envelope{Payload: payload}), "-c", "demo",
 		"-o", d.LedgerAddr(a), "--tls", "--cafile", filepath.Join(L.Dir, "members", a, "ca.pem"))
 	if err == nil || !strings.Contains(out, "FORBIDDEN") || !strings.Contains(out, "memberd policy sign") {
 		t.Fatalf("peer channel update: %v, want FORBIDDEN naming memberd policy sign:\n%s", err, lastLines(out, 5))
@@ -286,4 +353,29 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if h, err := d.LedgerHeight(a); err != nil || h != height {
 		t.Fatalf("height %d after the refused update (%v), want %d", h, err, height)
 	}
+}
+
+// policyRejected reads member m's policy_rejected_total{reason} from its
+// admin endpoint (0 when absent or unreadable).
+func policyRejected(t *testing.T, d *app.DemoConsortium, m, reason string) float64 {
+	t.Helper()
+	resp, err := http.Get("http://" + d.AdminAddr(m) + "/metrics")
+	if err != nil {
+		return 0
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<20))
+	if err != nil {
+		return 0
+	}
+	re := regexp.MustCompile(`(?m)^policy_rejected_total\{reason="` + regexp.QuoteMeta(reason) + `"\} (\S+)$`)
+	mm := re.FindSubmatch(body)
+	if mm == nil {
+		return 0
+	}
+	f, err := strconv.ParseFloat(string(mm[1]), 64)
+	if err != nil {
+		return 0
+	}
+	return f
 }

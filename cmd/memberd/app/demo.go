@@ -19,7 +19,7 @@ const demoEchoPort = 7059
 
 func newDemoCmd(e *env) *cobra.Command {
 	var o DemoOptions
-	var check bool
+	var check, ci bool
 	var duration time.Duration
 	var logFormat string
 	c := &cobra.Command{
@@ -36,6 +36,12 @@ exits 0 as soon as every check passed (1 if one failed); --duration stops it
 after that long. The admin endpoint of each member serves /status
 ('memberd status --admin ADDR').
 
+With --ci it tells the whole story instead, unattended, with real
+'memberd relay' and 'memberd run' processes (logs in the demo folder):
+the consortium up, transactions ordered, a governance change, a relay
+killed under traffic, an identity key rotated; exit 0 only if every step
+was verified.
+
 The keys of the demo are for the demo only: CA and admin keys are files,
 and so are the identity keys with --hsm soft.`,
 		Args: cobra.NoArgs,
@@ -46,6 +52,9 @@ and so are the identity keys with --hsm soft.`,
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), syscall.SIGINT, syscall.SIGTERM)
 			defer stop()
+			if ci {
+				return runDemoStory(ctx, e, cmd, o.Dir)
+			}
 			return runDemo(ctx, e, log, o, check, duration)
 		},
 	}
@@ -54,6 +63,7 @@ and so are the identity keys with --hsm soft.`,
 	c.Flags().StringVar(&o.Dir, "dir", "", "demo folder: reused if 'memberd demo init' wrote it, else created (default: a new temporary folder)")
 	c.Flags().StringVar(&o.HSM, "hsm", "softhsm", "identity keys: softhsm (SoftHSM2 tokens) or soft (INSECURE key files)")
 	c.Flags().BoolVar(&check, "check", false, "exit after the checks (0 if all passed)")
+	c.Flags().BoolVar(&ci, "ci", false, "tell the whole story unattended with real processes (relays, members, a policy change, a relay killed, a key rotated); exit 0 only if every step was verified")
 	c.Flags().DurationVar(&duration, "duration", 0, "stop after this long (0 = until Ctrl-C)")
 	c.Flags().StringVar(&logFormat, "log-format", "text", "log format: json, text, or auto")
 	c.AddCommand(newDemoInitCmd(e))

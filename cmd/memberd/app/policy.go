@@ -21,7 +21,7 @@ import (
 )
 
 func newPolicyCmd(e *env) *cobra.Command {
-	c := &cobra.Command{Use: "policy", Short: "Governance policy: show, verify, sign, diff, push",
+	c := &cobra.Command{Use: "policy", Short: "Governance policy: show, verify, sign, diff, push, log",
 		Long: `Governance policy bundles: a YAML document plus admin signatures (see docs/policy.md).
 
 Workflow: propose vN.yaml (version = current+1, previous = hash of the current
@@ -29,7 +29,7 @@ document: 'memberd policy show' prints it), each admin signs it with their HSM k
 ('memberd policy sign --key pkcs11:...'), anyone checks it ('memberd policy verify
 --current vN-1.yaml vN.yaml'), then drop it into every appliance's policy folder.`}
 	c.AddCommand(newPolicyShowCmd(e), newPolicyVerifyCmd(e), newPolicySignCmd(e), newPolicyDiffCmd(e))
-	c.AddCommand(newPolicyPushCmd(e))
+	c.AddCommand(newPolicyPushCmd(e), newPolicyLogCmd(e))
 	return c
 }
 

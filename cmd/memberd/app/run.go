@@ -133,8 +133,10 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 	defer idp.Close()
 
 	adm.setStep("loading the policy")
+	var ledgerRef atomic.Pointer[ledgerRun] // set once the ledger runs
 	w, err := policy.NewWatcher(policy.Options{Dir: cfg.path(cfg.Policy.Dir), StateDir: cfg.path(cfg.Policy.StateDir),
-		Genesis: cfg.genesis, Logger: base.With("component", "policy"), Registerer: reg, ReloadOnSIGHUP: true})
+		Genesis: cfg.genesis, Logger: base.With("component", "policy"), Registerer: reg, ReloadOnSIGHUP: true,
+		Check: ledgerPolicyCheck(cfg, &ledgerRef)})
 	if err != nil {
 		return fmt.Errorf("policy (keys policy.dir, policy.state_dir, policy.genesis): %w", err)
 	}
@@ -224,7 +226,6 @@ func runAppliance(ctx context.Context, e *env, cfg *runConfig, started chan<- *a
 			log.Error("WireGuard key attestations keep the previous identity", "certificate", id.File, "err", err)
 		}
 	}
-	var ledgerRef atomic.Pointer[ledgerRun] // set once the ledger runs
 	now, cancelSub := w.Subscribe(func(old, new *policy.Policy, d *policy.Diff) {
 		log.Info("policy applied", "policy_version", new.Version(), "policy_hash", new.Hash().String())
 		apply(new)

@@ -321,7 +321,7 @@ func startLedger(cfg *runConfig, dev ledgerDevice, id *identity.Identity, pol fu
 			Raft: raftlog.Config{ID: myID, Peers: peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
 				Dialer: dialer, Listener: ln, SnapshotBytes: uint64(lc.SnapshotBytes), Registerer: reg, Logger: log.With("sub", "raft", "channel", channel)},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
-			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol,
+			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol, PolicyHistory: policyHistory(cfg.path(cfg.Policy.StateDir), log),
 			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,
 				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() }},
 			Forwarder: l.fwd, Membership: l.membership(), ConfigBlocks: lc.ConfigBlocks, Metrics: metrics, Logger: log})

@@ -37,6 +37,7 @@ type statusDoc struct {
 		Peers []struct {
 			Member            string    `json:"member"`
 			Addr              string    `json:"addr"`
+			MemberAddr        string    `json:"member_addr"`    // tunnel.member_addresses; "" without
 			LastHandshake     string    `json:"last_handshake"` // RFC 3339, "" = none yet
 			AttestationExpiry time.Time `json:"attestation_expiry"`
 			Rotating          bool      `json:"rotating"`
@@ -118,14 +119,28 @@ func renderAppliance(b *strings.Builder, st *statusDoc, now time.Time) {
 
 	b.WriteString("\n")
 	tw = tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PEER\tOVERLAY\tHANDSHAKE\tKEY ATTESTATION")
+	// LOCAL ADDR (the member's address from tunnel.member_addresses, where
+	// local applications reach it) only when the appliance has any.
+	local := false
+	for _, p := range st.Tunnel.Peers {
+		local = local || p.MemberAddr != ""
+	}
+	if local {
+		fmt.Fprintln(tw, "PEER\tOVERLAY\tLOCAL ADDR\tHANDSHAKE\tKEY ATTESTATION")
+	} else {
+		fmt.Fprintln(tw, "PEER\tOVERLAY\tHANDSHAKE\tKEY ATTESTATION")
+	}
 	for _, p := range st.Tunnel.Peers {
 		att := "expires " + until(p.AttestationExpiry, now)
 		if p.Rotating {
 			att += ", rotating"
 		}
 		hs, _ := time.Parse(time.RFC3339Nano, p.LastHandshake) // "" → zero: never
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Member, p.Addr, ago(hs, now), att)
+		if local {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\n", p.Member, p.Addr, dash(p.MemberAddr), ago(hs, now), att)
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Member, p.Addr, ago(hs, now), att)
+		}
 	}
 	if len(st.Tunnel.Peers) == 0 {
 		fmt.Fprintln(tw, "(none)")

@@ -74,6 +74,11 @@ func TestStatusTable(t *testing.T) {
 		{"appliance", cannedApplianceStatus, wantApplianceTable},
 		{"relay", cannedRelayStatus, wantRelayTable},
 		{"appliance without ledger", strings.Replace(cannedRelayStatus, `"role": "relay"`, `"role": "appliance", "ledger": "not configured (no ledger section)"`, 1), ""},
+		{"appliance with member addresses", strings.Replace(cannedApplianceStatus, `"addr": "100.64.0.2",`, `"addr": "100.64.0.2", "member_addr": "127.77.0.2",`, 1),
+			strings.Replace(strings.Replace(strings.Replace(wantApplianceTable,
+				"PEER      OVERLAY     HANDSHAKE  KEY ATTESTATION\n", "PEER      OVERLAY     LOCAL ADDR  HANDSHAKE  KEY ATTESTATION\n", 1),
+				"member-b  100.64.0.2  12s ago ", "member-b  100.64.0.2  127.77.0.2  12s ago ", 1),
+				"member-c  100.64.0.3  never   ", "member-c  100.64.0.3  -           never   ", 1)},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var b bytes.Buffer

@@ -1,4 +1,4 @@
-package tunnel
+package core
 
 import (
 	"testing"

@@ -1,4 +1,4 @@
-package tunnel
+package core
 
 import "time"
 
@@ -12,10 +12,10 @@ const requestBurst = 3
 // one member's announcements (each answer sends our attestation, ~1 KB): a
 // burst of requestBurst, then one per interval. A member whose request is
 // not answered is not stuck: it resends to members that are not ready, with
-// backoff from 1 s (timerLoop).
+// backoff from 1 s (the driver's timer loop).
 //
 // It is a pure core (time passed in, generic cell rate algorithm: one time
-// per member) and not safe for concurrent use (d.mu held). Memory is bounded
+// per member) and not safe for concurrent use (Core is). Memory is bounded
 // by the members of the policy: only senders of accepted attestations reach
 // it, and forget drops members that left.
 type requestLimiter struct {

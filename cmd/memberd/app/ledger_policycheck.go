@@ -1,0 +1,53 @@
+package app
+
+import (
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync/atomic"
+
+	"github.com/memberd/memberd/policy"
+)
+
+// ledgerPolicyCheck is the watcher's policy.Options.Check of an appliance
+// whose ledger orders CONFIG blocks (ledger.config_blocks): a version is
+// applied to the network (tunnel, relays, raft membership) only when its
+// channel half would be ordered and validated too (orderer.Node.
+// CheckPolicyVersion); nil (no check) otherwise. Until the ledger runs,
+// versions are held; a member whose channel is not open (to be joined
+// through the participation API), or that is not a consenter of the
+// version in force (its node no longer receives the channel's blocks, so
+// its config in force would hold every later version back), has no
+// channel config to keep in step and accepts on the votes alone, as relays
+// do; the consenters check for the consortium.
+func ledgerPolicyCheck(cfg *runConfig, ledger *atomic.Pointer[ledgerRun]) func(cur, next *policy.Policy) error {
+	if cfg.Ledger == nil || !cfg.Ledger.ConfigBlocks {
+		return nil
+	}
+	return func(cur, next *policy.Policy) error {
+		if !slices.ContainsFunc(cur.Consenters(), func(m *policy.Member) bool { return m.ID == cfg.Member }) {
+			return nil // also a member that a later version adds, at its first start
+		}
+		l := ledger.Load()
+		if l == nil {
+			return fmt.Errorf("%w: the ledger is not running yet", policy.ErrHeld)
+		}
+		n := l.reg.Lookup(l.channel)
+		if n == nil {
+			return nil
+		}
+		return n.CheckPolicyVersion(cur, next)
+	}
+}
+
+// policyHistory finds an applied policy version in the state folder's
+// history (orderer.Config.PolicyHistory).
+func policyHistory(stateDir string, log *slog.Logger) func(policy.Hash) *policy.Policy {
+	return func(h policy.Hash) *policy.Policy {
+		p, err := policy.FindHistory(stateDir, h)
+		if err != nil {
+			log.Warn("policy history unreadable", "state_dir", stateDir, "policy_hash", h.String(), "err", err)
+		}
+		return p
+	}
+}
