@@ -260,6 +260,20 @@ func (s *Store) AppendRaw(raw []byte) error {
 	return s.append([][]byte{raw}, []*common.Block{b})
 }
 
+// AppendRawBatch is AppendBatch for marshalled blocks (e.g. a run
+// fetched from a peer): one write and one fsync; all or none.
+func (s *Store) AppendRawBatch(raws [][]byte) error {
+	blocks := make([]*common.Block, len(raws))
+	for i, raw := range raws {
+		b, err := block.Unmarshal(raw)
+		if err != nil {
+			return fmt.Errorf("%w: %v", ErrNotNext, err)
+		}
+		blocks[i] = b
+	}
+	return s.append(raws, blocks)
+}
+
 // AppendBatch appends several consecutive blocks with one write and one
 // fsync (group commit). Either all are durable on return, or none is added.
 func (s *Store) AppendBatch(blocks []*common.Block) error {

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync/atomic"
 	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
@@ -164,7 +165,7 @@ func Fetch(ctx context.Context, c ab.AtomicBroadcastClient, id Identity, channel
 
 // DeliverFetcher is a BlockFetcher that pulls blocks from peers' Deliver
 // service with the node's own identity (a member, hence a reader). Peers are
-// tried in order until one delivers.
+// tried in turn until one delivers, starting with the last one that did.
 type DeliverFetcher struct {
 	Peers    []ab.AtomicBroadcastClient
 	Identity Identity
@@ -172,20 +173,47 @@ type DeliverFetcher struct {
 	// instead of Identity (so an HSM identity rotation needs no restart).
 	CurrentIdentity func() Identity
 	Channel         string
+	// StallTimeout: a peer that sends no block for this long is given up
+	// (its stream cancelled) and the next one tried. A peer killed
+	// mid-stream leaves the stream open with nothing on it (through the
+	// tunnel no reset comes back): without this, catch-up waited for it
+	// for minutes. Default 10s (DefaultFetchStall).
+	StallTimeout time.Duration
+
+	first atomic.Uint32 // the peer to try first: the last one that delivered
 }
+
+// DefaultFetchStall is DeliverFetcher.StallTimeout's default.
+const DefaultFetchStall = 10 * time.Second
 
 var _ BlockFetcher = (*DeliverFetcher)(nil)
 
-// FetchBlocks implements BlockFetcher.
+// errStalled: the peer sent nothing for StallTimeout.
+var errStalled = errors.New("peer sent no block")
+
+// FetchBlocks implements BlockFetcher. An error of fn stops it at once
+// (the blocks are not the caller's next ones: another peer would not
+// help); a peer that fails or stalls passes the rest of the range on to
+// the next.
 func (f *DeliverFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn func(raw []byte) error) error {
 	var errs []error
 	id := f.Identity
 	if f.CurrentIdentity != nil {
 		id = f.CurrentIdentity()
 	}
-	for _, p := range f.Peers {
+	stall := f.StallTimeout
+	if stall <= 0 {
+		stall = DefaultFetchStall
+	}
+	start := int(f.first.Load())
+	for k := range f.Peers {
+		i := (start + k) % len(f.Peers)
 		next := from
-		err := Fetch(ctx, p, id, f.Channel, SeekRange(from, to, ab.SeekInfo_FAIL_IF_NOT_READY), func(b *common.Block) error {
+		var fnErr error
+		pctx, cancel := context.WithCancelCause(ctx)
+		timer := time.AfterFunc(stall, func() { cancel(fmt.Errorf("%w for %v", errStalled, stall)) })
+		err := Fetch(pctx, f.Peers[i], id, f.Channel, SeekRange(from, to, ab.SeekInfo_FAIL_IF_NOT_READY), func(b *common.Block) error {
+			timer.Reset(stall)
 			if b.GetHeader().GetNumber() != next {
 				return fmt.Errorf("%w: peer sent block %d, want %d", ErrCatchUp, b.GetHeader().GetNumber(), next)
 			}
@@ -194,14 +222,24 @@ func (f *DeliverFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn fu
 				return err
 			}
 			if err := fn(raw); err != nil {
+				fnErr = err
 				return err
 			}
 			next++
 			from = next
 			return nil
 		})
+		timer.Stop()
+		if cause := context.Cause(pctx); err != nil && errors.Is(cause, errStalled) {
+			err = fmt.Errorf("peer %d: %w (at block %d)", i, cause, next)
+		}
+		cancel(nil)
 		if err == nil {
+			f.first.Store(uint32(i))
 			return nil
+		}
+		if fnErr != nil {
+			return fnErr
 		}
 		errs = append(errs, err)
 		if ctx.Err() != nil {

@@ -50,6 +50,13 @@ func (f *BroadcastForwarder) Forward(ctx context.Context, leader uint64, env []b
 		return nil, err
 	}
 	reply := make(chan *ab.BroadcastResponse, 1)
+	// A leader that reads nothing (killed: through the tunnel its stream
+	// neither fails nor moves for minutes) fills the stream's window, and
+	// Send then blocks, with s.mu held, until the stream ends. When ctx
+	// ends first (the caller's, e.g. the leader changed), end the stream:
+	// that frees this call and every other one queued on it.
+	unhook := context.AfterFunc(ctx, func() { f.drop(leader, s) })
+	defer unhook()
 	s.mu.Lock()
 	select {
 	case s.waiting <- reply:

@@ -55,6 +55,11 @@ type Node struct {
 	// proposed: the tx ids of blocks this leader proposed, so that its
 	// apply need not parse every envelope again (guarded by mu).
 	proposed map[uint64]proposedBlock
+	// ordering: the tx ids this leader has taken into its cutter or
+	// proposed and not yet stored (guarded by mu). A resubmission of one
+	// is a duplicate even once its first waiter gave up (the client's
+	// context or SubmitTimeout): the envelope is still on its way.
+	ordering map[txKey]struct{}
 
 	ordered atomic.Uint64 // envelopes committed (metrics, tests)
 
@@ -90,6 +95,7 @@ type signingIdentity struct {
 type submission struct {
 	raw []byte
 	key txKey
+	w   *waiter // the waiter registered for it: stale once no longer n.waiters[key]
 }
 
 type proposedBlock struct {
@@ -153,6 +159,7 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		store:    store,
 		submitCh: make(chan submission, cfg.SubmitQueue),
 		proposed: make(map[uint64]proposedBlock),
+		ordering: make(map[txKey]struct{}),
 		leaderCh: make(chan struct{}, 1),
 		applied:  make(chan struct{}, 1),
 		closed:   make(chan struct{}),
@@ -265,6 +272,7 @@ func (n *Node) loadRecent() {
 	n.mu.Lock()
 	for _, k := range keys {
 		n.recent.add(k)
+		delete(n.ordering, k)
 	}
 	n.mu.Unlock()
 }
@@ -445,7 +453,11 @@ func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error)
 			return nil, fmt.Errorf("%w: %s", ErrDuplicate, env.TxID())
 		}
 		gen := *n.leaderGen.Load()
-		wait, err := n.cfg.Forwarder.Forward(ctx, l, raw)
+		// Handing it over may block too (a dead leader reads nothing, so
+		// the stream's window fills): not past a change of leader.
+		fctx, stop := n.whileLeader(ctx, l, gen)
+		wait, err := n.cfg.Forwarder.Forward(fctx, l, raw)
+		stop()
 		if err != nil {
 			return nil, err
 		}
@@ -453,7 +465,8 @@ func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error)
 	}
 	w := &waiter{done: make(chan struct{})}
 	n.mu.Lock()
-	if _, busy := n.waiters[k]; busy || n.recent.has(k) {
+	_, busy := n.waiters[k]
+	if _, ordering := n.ordering[k]; busy || ordering || n.recent.has(k) {
 		n.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s", ErrDuplicate, env.TxID())
 	}
@@ -461,7 +474,7 @@ func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error)
 	n.mu.Unlock()
 	p := &Pending{n: n, key: k, w: w, Envelope: env}
 	select {
-	case n.submitCh <- submission{raw: raw, key: k}:
+	case n.submitCh <- submission{raw: raw, key: k, w: w}:
 		return p, nil
 	case <-ctx.Done():
 		p.drop()
@@ -515,28 +528,34 @@ var errLeaderChanged = errors.New("leader changed")
 func (p *Pending) waitForwarded(ctx context.Context) error {
 	ctx, cancel := context.WithTimeout(ctx, p.n.cfg.SubmitTimeout)
 	defer cancel()
+	ctx, stop := p.n.whileLeader(ctx, p.leader, p.gen)
+	defer stop()
+	err := p.fwd(ctx)
+	if err != nil && errors.Is(context.Cause(ctx), errLeaderChanged) {
+		return fmt.Errorf("%w: raft leader %d was replaced while it held the forwarded envelope, which may or may not be ordered: resubmit", ErrUnavailable, p.leader)
+	}
+	return err
+}
+
+// whileLeader returns ctx, also cancelled (cause errLeaderChanged) once the
+// raft leader is no longer leader (gen: leaderGen when it was seen).
+func (n *Node) whileLeader(ctx context.Context, leader uint64, gen chan struct{}) (context.Context, context.CancelFunc) {
 	ctx, abort := context.WithCancelCause(ctx)
-	defer abort(nil)
 	go func() {
-		gen := p.gen
 		for {
 			select {
 			case <-gen:
 			case <-ctx.Done():
 				return
 			}
-			if l := p.n.raft.Leader(); l != p.leader {
+			if l := n.raft.Leader(); l != leader {
 				abort(errLeaderChanged)
 				return
 			}
-			gen = *p.n.leaderGen.Load() // re-elected: keep waiting
+			gen = *n.leaderGen.Load() // re-elected: keep waiting
 		}
 	}()
-	err := p.fwd(ctx)
-	if err != nil && errors.Is(context.Cause(ctx), errLeaderChanged) {
-		return fmt.Errorf("%w: raft leader %d was replaced while it held the forwarded envelope, which may or may not be ordered: resubmit", ErrUnavailable, p.leader)
-	}
-	return err
+	return ctx, func() { abort(nil) }
 }
 
 func (p *Pending) drop() {
@@ -721,6 +740,7 @@ func (n *Node) committed(blocks []*common.Block) {
 	n.mu.Lock()
 	for _, k := range keys {
 		n.recent.add(k)
+		delete(n.ordering, k)
 		if w, ok := n.waiters[k]; ok {
 			close(w.done)
 			delete(n.waiters, k)
@@ -733,6 +753,12 @@ func (n *Node) committed(blocks []*common.Block) {
 	default:
 	}
 }
+
+// A catch-up batch is stored once it holds this many bytes or blocks.
+const (
+	catchUpBatchBytes  = 4 << 20
+	catchUpBatchBlocks = 256
+)
 
 // catchUp brings the store to the height a raft snapshot stands for, pulling
 // blocks from peers; the last one must hash to the snapshot's hash.
@@ -747,9 +773,30 @@ func (n *Node) catchUp(ctx context.Context, data []byte) error {
 		}
 		from := n.store.Height()
 		n.log.Info("catching up from peers", "from", from, "to", height-1)
+		// Stored in batches, one write and one fsync each: per block, the
+		// fsyncs made catch-up slower than a loaded leader cuts blocks.
+		// A crash loses at most the batch not yet stored, fetched again
+		// on restart (the raft snapshot is durable, the store behind it).
+		var batch [][]byte
+		size := 0
+		flush := func() error {
+			if len(batch) == 0 {
+				return nil
+			}
+			err := n.store.AppendRawBatch(batch)
+			batch, size = nil, 0
+			return err
+		}
 		err := n.cfg.Fetcher.FetchBlocks(ctx, from, height-1, func(raw []byte) error {
-			return n.store.AppendRaw(raw)
+			batch = append(batch, raw)
+			if size += len(raw); size >= catchUpBatchBytes || len(batch) >= catchUpBatchBlocks {
+				return flush()
+			}
+			return nil
 		})
+		if ferr := flush(); ferr != nil {
+			err = errors.Join(err, ferr)
+		}
 		if n.store.Height() >= height {
 			break
 		}

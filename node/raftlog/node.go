@@ -95,6 +95,13 @@ type Node struct {
 	state                                  atomic.Int32
 
 	forceSnap bool // Run goroutine only: snapshot after this Ready (membership grew)
+	// Run goroutine only: applying a snapshot (Apply's catch-up, which may
+	// fetch from peers for long) runs in its own goroutine so that the raft
+	// loop keeps ticking, voting and persisting meanwhile (apply.go).
+	snapRun      chan error // non-nil while a snapshot is being applied
+	snapRelease  uint64     // WAL to release once snapRun succeeds (0: none)
+	pending      []applyJob // what comes after it, applied in order once it is done
+	pendingBytes uint64
 	// sinceSnap (Run goroutine only) and logBytes: memlog.go.
 	sinceSnap uint64
 	logBytes  atomic.Uint64
@@ -281,9 +288,13 @@ func (n *Node) Close() error {
 }
 
 func (n *Node) loop(ctx context.Context) error {
+	defer n.waitSnapshotApplied()
 	if s := n.rec.snap; !raft.IsEmptySnap(s) && n.cfg.Applied < s.Metadata.Index {
-		// The application is behind the local snapshot: let it catch up first.
-		if err := n.deliverSnapshot(ctx, s); err != nil {
+		// The application is behind the local snapshot: it catches up
+		// first (every entry after it waits), while the node takes part in
+		// elections.
+		n.pending = append(n.pending, applyJob{snap: &s})
+		if err := n.applyPending(ctx); err != nil {
 			return err
 		}
 	}
@@ -293,6 +304,10 @@ func (n *Node) loop(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return nil
+		case err := <-n.snapRun:
+			if err := n.snapshotApplied(ctx, err); err != nil {
+				return err
+			}
 		case <-tick.C:
 			if n.retired.Load() && n.lead.Load() == 0 {
 				continue // Retire: no election timer, so no campaign
@@ -373,20 +388,30 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 			n.cfg.OnLeaderChange(lead, n.term.Load())
 		}
 	}
-	// 4. Apply.
+	// 4. Apply (apply.go): in order, a snapshot in the background.
 	if hasSnap {
 		s := rd.Snapshot
-		if err := n.deliverSnapshot(ctx, s); err != nil {
-			return err
-		}
-		if err := n.wal.release(s.Metadata.Index); err != nil {
-			return err
+		n.pending = append(n.pending, applyJob{snap: &s, release: true})
+	}
+	if len(rd.CommittedEntries) > 0 {
+		n.pending = append(n.pending, applyJob{ents: rd.CommittedEntries})
+		for _, e := range rd.CommittedEntries {
+			n.pendingBytes += uint64(len(e.Data))
 		}
 	}
-	if err := n.apply(ctx, rd.CommittedEntries); err != nil {
+	if err := n.applyPending(ctx); err != nil {
 		return err
 	}
-	return n.maybeSnapshot()
+	if n.snapRun != nil && (hasConfChange(rd.CommittedEntries) || n.pendingBytes > n.maxPendingBytes()) {
+		// raft takes what it handed out as applied once Advance is called:
+		// a membership change must really be (raft campaigns with it, as
+		// etcd's server waits for it); and entries queued behind a long
+		// catch-up must not grow without bound.
+		if err := n.finishSnapshot(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (n *Node) deliverSnapshot(ctx context.Context, s raftpb.Snapshot) error {

@@ -139,20 +139,32 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 	t0 := time.Now()
 	fr.cl.signal(target, sig, true)
 
+	// A new leader: any member (the killed one too, once restarted: it may
+	// win the next election itself) reports a leader in a later term. The
+	// check runs beside the restart, which comes after SOAK_FAULT_DOWN
+	// whatever the survivors do.
+	var elected func()
+	if target == leader {
+		done := make(chan struct{})
+		var d time.Duration
+		var ok bool
+		go func() {
+			defer close(done)
+			d, ok = fr.until(ctx, t0, func(c context.Context) bool {
+				for _, p := range fr.cl.members() {
+					if st, err := fr.cl.status(c, p); err == nil && st.Ledger.Leader != "" && st.Ledger.Term > term {
+						return true
+					}
+				}
+				return false
+			})
+		}()
+		elected = func() {
+			<-done
+			f.add("new leader elected (any member reports a leader in a later term)", d, ok)
+		}
+	}
 	switch {
-	case target == leader:
-		d, ok := fr.until(ctx, t0, func(c context.Context) bool {
-			for _, p := range fr.cl.members() {
-				if p == target {
-					continue
-				}
-				if st, err := fr.cl.status(c, p); err == nil && st.Ledger.Leader != "" && st.Ledger.Leader != target.name {
-					return true
-				}
-			}
-			return false
-		})
-		f.add("new leader elected", d, ok)
 	case target.relay:
 		d, ok := fr.until(ctx, t0, func(c context.Context) bool {
 			for _, p := range fr.cl.members() {
@@ -183,9 +195,15 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 	if err := fr.cl.start(target); err != nil {
 		f.note = "restart failed: " + err.Error()
 		fmt.Printf("!! %s\n", f.note)
+		if elected != nil {
+			elected()
+		}
 		return f
 	}
 	t1 := time.Now()
+	if elected != nil {
+		elected()
+	}
 	if target.relay {
 		d, ok := fr.until(ctx, t1, func(c context.Context) bool {
 			for _, p := range fr.cl.members() {

@@ -39,12 +39,30 @@ func TestProcRSSSelf(t *testing.T) {
 	}
 }
 
+// series is one run of a process: a sample at its start, then the given
+// ones every 5 s from the end of flatWarmup (the only ones judged).
 func series(start int, rss ...float64) []sample {
+	t0 := time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC)
+	ss := []sample{{at: t0, start: start, rss: 40 << 20, gor: 50, fds: 20}}
+	return append(ss, every5s(start, t0.Add(flatWarmup), rss...)...)
+}
+
+// every5s is samples every 5 s from t0.
+func every5s(start int, t0 time.Time, rss ...float64) []sample {
 	var ss []sample
-	for _, r := range rss {
-		ss = append(ss, sample{start: start, rss: r * (1 << 20), gor: 50, fds: 20})
+	for i, r := range rss {
+		ss = append(ss, sample{at: t0.Add(time.Duration(i) * 5 * time.Second), start: start, rss: r * (1 << 20), gor: 50, fds: 20})
 	}
 	return ss
+}
+
+// ramp is n values from lo, step apart.
+func ramp(n int, lo, step float64) []float64 {
+	v := make([]float64, n)
+	for i := range v {
+		v[i] = lo + float64(i)*step
+	}
+	return v
 }
 
 func TestFlatness(t *testing.T) {
@@ -63,6 +81,11 @@ func TestFlatness(t *testing.T) {
 		// Only the samples since the last start count.
 		{"after restart", append(series(1, 40, 500, 900, 900, 900, 900), series(2, 40, 90, 100, 100, 100, 100)...), 6, true, true},
 		{"restart, too few", append(series(1, 40, 50, 60, 70, 80, 90), series(2, 40, 90)...), 2, false, false},
+		// A run sampled only during its warm-up is not judged, however it
+		// grows; after the warm-up it is.
+		{"warm-up only", every5s(1, time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC), ramp(24, 40, 10)...), 0, false, false},
+		{"grows after warm-up", every5s(1, time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC), ramp(24+12, 40, 10)...), 12, false, true},
+		{"flat after warm-up", every5s(1, time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC), append(ramp(24, 40, 10), ramp(12, 300, 0)...)...), 12, true, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			fl, n := flatness(tc.ss)

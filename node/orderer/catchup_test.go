@@ -1,0 +1,218 @@
+package orderer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/memberd/memberd/node/block"
+)
+
+// chainPeer serves blocks of chain over a fake Deliver stream; with
+// hangAfter >= 0 it sends that many blocks and then nothing, never ending
+// the stream (a peer killed mid-stream, seen through the tunnel).
+type chainPeer struct {
+	ab.AtomicBroadcastClient
+	chain     []*common.Block
+	hangAfter int
+	calls     atomic.Int32
+}
+
+func (p *chainPeer) Deliver(ctx context.Context, _ ...grpc.CallOption) (ab.AtomicBroadcast_DeliverClient, error) {
+	p.calls.Add(1)
+	return &chainStream{ctx: ctx, p: p}, nil
+}
+
+type chainStream struct {
+	grpc.ClientStream
+	ctx       context.Context
+	p         *chainPeer
+	next, end uint64
+	sent      int
+	done      bool
+}
+
+func (s *chainStream) Send(env *common.Envelope) error {
+	var pl common.Payload
+	if err := proto.Unmarshal(env.Payload, &pl); err != nil {
+		return err
+	}
+	var seek ab.SeekInfo
+	if err := proto.Unmarshal(pl.Data, &seek); err != nil {
+		return err
+	}
+	s.next, s.end = seek.Start.GetSpecified().GetNumber(), seek.Stop.GetSpecified().GetNumber()
+	return nil
+}
+
+func (s *chainStream) CloseSend() error { return nil }
+
+func (s *chainStream) Recv() (*ab.DeliverResponse, error) {
+	if s.p.hangAfter >= 0 && s.sent >= s.p.hangAfter {
+		<-s.ctx.Done()
+		return nil, s.ctx.Err()
+	}
+	if s.done {
+		return nil, errors.New("stream ended")
+	}
+	if s.next > s.end || s.next >= uint64(len(s.p.chain)) {
+		s.done = true
+		return &ab.DeliverResponse{Type: &ab.DeliverResponse_Status{Status: common.Status_SUCCESS}}, nil
+	}
+	b := s.p.chain[s.next]
+	s.next++
+	s.sent++
+	return &ab.DeliverResponse{Type: &ab.DeliverResponse_Block{Block: b}}, nil
+}
+
+// TestFetchSurvivesPeerVanishingMidStream: the first peer (the raft leader
+// the restarted follower fetches from) sends a few blocks and then goes
+// silent for good, its stream still open. The fetcher gives up on it after
+// StallTimeout and gets the rest from the other peer, in order; the next
+// fetch starts with the peer that delivered. Before, the fetch waited on
+// the silent stream without end, and the raft node applying the snapshot
+// with it.
+func TestFetchSurvivesPeerVanishingMidStream(t *testing.T) {
+	c := newConsortium(t, 3, block.CutterConfig{})
+	chain := []*common.Block{block.New(0, nil, [][]byte{[]byte("genesis")})}
+	for i := 1; i < 40; i++ {
+		chain = append(chain, block.New(uint64(i), block.HeaderHash(chain[i-1].Header), [][]byte{[]byte(fmt.Sprint("tx", i))}))
+	}
+	dead := &chainPeer{chain: chain, hangAfter: 7}
+	live := &chainPeer{chain: chain, hangAfter: -1}
+	f := &DeliverFetcher{Peers: []ab.AtomicBroadcastClient{dead, live}, Identity: c.identity(t, "m1", "node"),
+		Channel: "trade", StallTimeout: 300 * time.Millisecond}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	var got []uint64
+	err := f.FetchBlocks(ctx, 3, 30, func(raw []byte) error {
+		b, err := block.Unmarshal(raw)
+		if err != nil {
+			return err
+		}
+		got = append(got, b.Header.Number)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("FetchBlocks: %v", err)
+	}
+	if len(got) != 28 || got[0] != 3 || got[27] != 30 {
+		t.Fatalf("got blocks %v, want 3..30 in order", got)
+	}
+	for i := 1; i < len(got); i++ {
+		if got[i] != got[i-1]+1 {
+			t.Fatalf("blocks out of order: %v", got)
+		}
+	}
+	if ctx.Err() != nil {
+		t.Fatal("the fetch outlived its context")
+	}
+	// The next catch-up asks the peer that delivered first.
+	before := dead.calls.Load()
+	if err := f.FetchBlocks(ctx, 31, 35, func([]byte) error { return nil }); err != nil {
+		t.Fatalf("second FetchBlocks: %v", err)
+	}
+	if dead.calls.Load() != before {
+		t.Fatal("the second fetch asked the silent peer first again")
+	}
+	// An error of fn stops the fetch: another peer would not help.
+	stop := errors.New("store refused")
+	live.calls.Store(0)
+	dead.calls.Store(0)
+	if err := f.FetchBlocks(ctx, 0, 5, func([]byte) error { return stop }); !errors.Is(err, stop) || dead.calls.Load() != 0 {
+		t.Fatalf("fn error: got %v after asking the other peer %d times; want the fn error, other peer not asked", err, dead.calls.Load())
+	}
+}
+
+// deafLeader is a leader's Broadcast service that reads nothing: every
+// Send blocks until the stream ends, as gRPC's does once a dead peer's
+// flow-control window is full.
+type deafLeader struct {
+	ab.AtomicBroadcastClient
+	sending chan struct{}
+}
+
+func (d *deafLeader) Broadcast(ctx context.Context, _ ...grpc.CallOption) (ab.AtomicBroadcast_BroadcastClient, error) {
+	return &deafStream{ctx: ctx, d: d}, nil
+}
+
+type deafStream struct {
+	grpc.ClientStream
+	ctx context.Context
+	d   *deafLeader
+}
+
+func (s *deafStream) Send(*common.Envelope) error {
+	select {
+	case s.d.sending <- struct{}{}:
+	default:
+	}
+	<-s.ctx.Done()
+	return s.ctx.Err()
+}
+
+func (s *deafStream) Recv() (*ab.BroadcastResponse, error) {
+	<-s.ctx.Done()
+	return nil, s.ctx.Err()
+}
+
+// TestForwardToDeafLeaderEndsWithCtx: forwarding to a leader killed
+// mid-stream blocked in Send for good, and every other submission queued
+// behind it on the stream's lock, so the entry member's Broadcast streams
+// stopped reading and the load stalled after a leader fault (soak, issue
+// #9) although a new leader was elected at once. Once the caller's ctx
+// ends (the node cancels it when the leader changes), Forward and the
+// calls queued behind it return ErrUnavailable, and the next Forward opens
+// a new stream.
+func TestForwardToDeafLeaderEndsWithCtx(t *testing.T) {
+	c := newConsortium(t, 3, block.CutterConfig{})
+	envs, _ := envelopes(t, c.identity(t, "m1", "client"), 2, 3)
+	deaf := &deafLeader{sending: make(chan struct{}, 1)}
+	f := &BroadcastForwarder{Peers: map[uint64]ab.AtomicBroadcastClient{3: deaf}}
+	defer f.Close()
+	ctx, cancel := context.WithCancel(context.Background())
+	errs := make(chan error, 2)
+	forward := func(env *common.Envelope) {
+		raw, err := proto.Marshal(env)
+		if err == nil {
+			_, err = f.Forward(ctx, 3, raw)
+		}
+		errs <- err
+	}
+	go forward(envs[0])
+	<-deaf.sending // the first is stuck in Send, holding the stream
+	go forward(envs[1])
+	select {
+	case err := <-errs:
+		t.Fatalf("a Forward returned before its ctx ended: %v", err)
+	case <-time.After(200 * time.Millisecond):
+	}
+	cancel()
+	for range 2 {
+		select {
+		case err := <-errs:
+			if !errors.Is(err, ErrUnavailable) {
+				t.Fatalf("Forward after ctx ended: %v, want ErrUnavailable", err)
+			}
+		case <-time.After(30 * time.Second):
+			t.Fatal("Forward still blocked after its ctx ended")
+		}
+	}
+	if _, err := f.stream(3); err != nil {
+		t.Fatalf("no new stream after the deaf one ended: %v", err)
+	}
+	f.mu.Lock()
+	n := len(f.streams)
+	f.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d streams, want the one new stream", n)
+	}
+}

@@ -1,0 +1,75 @@
+package raftlog
+
+import (
+	"context"
+	"sync"
+	"testing"
+	"time"
+)
+
+// TestElectionWhileApplyingSnapshot is the soak's lost liveness (issue #9):
+// a follower that fell behind a snapshot hands it to the application,
+// which fetches the blocks it lacks from a peer (the ledger's catch-up
+// through Deliver), and that peer, the leader, is killed mid-fetch. The
+// two survivors must still elect a leader: the follower busy catching up
+// answers (pre-)votes and keeps its election timer, instead of stopping
+// its raft loop until the application returns (which, with the fetch
+// hanging on the dead leader, was never: the survivor asking for votes
+// got none for minutes). Once the fetch completes from the survivor, the
+// follower applies everything after the snapshot in order.
+func TestElectionWhileApplyingSnapshot(t *testing.T) {
+	c := newCluster(t, 3, func(cfg *Config) { cfg.SnapshotEvery = 50; cfg.CatchUpEntries = 10 })
+	lead := c.leader(10 * time.Second)
+	f := lead%3 + 1    // the follower that will catch up
+	other := f%3 + 1   // the other follower
+	if other == lead { // lead, f, other are the three nodes
+		other = other%3 + 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c.propose(ctx, "a", 4, 100, nil)
+	c.waitApplied(100, 30*time.Second)
+	c.stop(f)
+	c.propose(ctx, "b", 4, 400, nil) // the leader compacts past f's log
+
+	// f's application blocks in its catch-up fetch until released.
+	fetching := make(chan struct{})
+	release := make(chan struct{})
+	var once, rel sync.Once
+	unblock := func() { rel.Do(func() { close(release) }) }
+	defer unblock()
+	app := c.nodes[f].app
+	fetch := app.fetch
+	app.fetch = func(upTo int) [][]byte {
+		once.Do(func() { close(fetching) })
+		<-release
+		return fetch(upTo)
+	}
+	c.start(f)
+	select {
+	case <-fetching:
+	case <-ctx.Done():
+		t.Fatal("the restarted follower was never handed a snapshot")
+	}
+	c.stop(lead)
+
+	// Only f and other run; other needs f's vote.
+	deadline := time.Now().Add(30 * time.Second)
+	for c.nodes[other].node().Leader() == 0 || c.nodes[other].node().Leader() == lead {
+		if time.Now().After(deadline) {
+			t.Fatalf("no leader among the survivors %d and %d within 30s while %d applies a snapshot (status of %d: %+v)",
+				f, other, f, other, c.nodes[other].node().Status())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	newLead := c.nodes[other].node().Leader()
+
+	// The fetch completes (from the survivor); f applies the rest in order
+	// and the survivors go on committing.
+	unblock()
+	c.propose(ctx, "c", 2, 50, nil)
+	c.start(lead)
+	c.waitApplied(550, time.Minute)
+	c.checkIdentical()
+	t.Logf("leader %d stopped while %d applied a snapshot; %d elected", lead, f, newLead)
+}
