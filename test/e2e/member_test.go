@@ -62,6 +62,32 @@ func (s *suite) dialAs(t *testing.T, cert tls.Certificate, target string) (*tls.
 	return tc, &pongs
 }
 
+// cpuSecs is the CPU time (user + system) process pid has used; 0 if
+// unknown.
+func cpuSecs(pid int) float64 {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0
+	}
+	// Fields after the command name (which may hold spaces) in ")".
+	f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+	if len(f) < 13 {
+		return 0
+	}
+	u, _ := strconv.Atoi(f[11])
+	st, _ := strconv.Atoi(f[12])
+	return float64(u+st) / 100 // USER_HZ is 100 on Linux
+}
+
+func pidOf(p *proc) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.cmd == nil {
+		return 0
+	}
+	return p.cmd.Process.Pid
+}
+
 // rssKB is the resident memory of p's current process.
 func rssKB(p *proc) int {
 	p.mu.Lock()
@@ -153,15 +179,60 @@ func (s *suite) memberAbuse(t *testing.T) {
 	tc.Write(append([]byte{byte(wire.TypePacket), 0xff, 0xff}, garbage[:10]...))
 	tc.Close()
 
-	// The flood.
+	_, malDesc := deltas(d0, mustLabelled(t, s, relay, dropMetric))
+	if md, _ := deltas(d0, mustLabelled(t, s, relay, dropMetric)); md[`{reason="malformed"}`] == 0 {
+		t.Errorf("malformed PACKETs not counted in %s{reason=\"malformed\"}: %s", dropMetric, malDesc)
+	}
+	figs = append(figs, fmt.Sprintf("malformed counted %s", malDesc))
+
+	// The flood: first to an id no member has (the relay's own cost:
+	// read, decrypt, rate-limit, drop), then to the raft leader (its
+	// downstream link from the relay carries the flood too).
+	for _, dst := range []string{"member-nobody", leader.name} {
+		figs = append(figs, s.flood(t, relay, cert, leader, dst))
+	}
+	if _, ok := waitFor(10*time.Second, func() bool { return cl.ready(relay) == nil }); !ok {
+		t.Errorf("%s not healthy after the flood", relay.name)
+	}
+	cl.checkAlive(t)
+	s.record(t, "admitted member abuses the relay protocol", fmt.Sprintf("as %s (cert of its CA) to %s: %s; %s",
+		flooder.name, relay.name, strings.Join(figs, "; "), s.checkLedger(t)))
+}
+
+func mustLabelled(t *testing.T, s *suite, p *proc, name string) map[string]float64 {
+	t.Helper()
+	m, err := s.labelled(p, name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// flood sends, for 6 s on two connections admitted with cert, 64 KiB
+// PACKETs to dst as fast as TCP takes them, and returns the figures:
+// offered and forwarded rate, drops by reason, CPU of the relay, the leader
+// and this process, the relay's memory, member-a's throughput before and
+// during. It fails t if the limit does not hold or the load stops.
+func (s *suite) flood(t *testing.T, relay *proc, cert tls.Certificate, leader *proc, dst string) string {
 	const window = 6 * time.Second
+	const dropMetric = "memberd_relay_dropped_packets_total"
+	target := relay1IP + ":443"
 	a0 := s.load.ackedCount()
 	time.Sleep(window)
 	before := float64(s.load.ackedCount()-a0) / window.Seconds()
 	fwd0, _, _ := s.metric(relay, "relay_forwarded_bytes_total")
-	d1, _ := s.labelled(relay, dropMetric)
+	d1 := mustLabelled(t, s, relay, dropMetric)
 	rss0 := rssKB(relay)
-	frame := wire.AppendPacket(nil, leader.name, garbage[:wire.MaxBody-1-len(leader.name)])
+	// CPU used per second of the flood: the relay, the leader, and this
+	// test process (the attacker's TLS encryption, and the load's
+	// client), which share the machine's cores.
+	cpuOf := func() [3]float64 {
+		return [3]float64{cpuSecs(pidOf(relay)), cpuSecs(pidOf(leader)), cpuSecs(os.Getpid())}
+	}
+	c0 := cpuOf()
+	garbage := make([]byte, wire.MaxBody)
+	rand.Read(garbage)
+	frame := wire.AppendPacket(nil, dst, garbage[:wire.MaxBody-1-len(dst)])
 	ctx, stop := context.WithTimeout(context.Background(), window)
 	defer stop()
 	var sent atomic.Int64
@@ -193,43 +264,31 @@ func (s *suite) memberAbuse(t *testing.T) {
 	during := float64(s.load.ackedCount()-a1) / window.Seconds()
 	wg.Wait()
 	elapsed := time.Since(t1).Seconds()
+	c1 := cpuOf()
 	for _, c := range conns {
 		c.Close()
 	}
 	fwd1, _, _ := s.metric(relay, "relay_forwarded_bytes_total")
-	d2, err := s.labelled(relay, dropMetric)
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, malDesc := deltas(d0, d1)
-	fd, floodDesc := deltas(d1, d2)
-	if md, _ := deltas(d0, d1); md[`{reason="malformed"}`] == 0 {
-		t.Errorf("malformed PACKETs not counted in %s{reason=\"malformed\"}: %s", dropMetric, malDesc)
-	}
+	fd, floodDesc := deltas(d1, mustLabelled(t, s, relay, dropMetric))
 	offered := float64(sent.Load()) / elapsed
 	forwarded := (fwd1 - fwd0) / elapsed
 	if offered > 2*relayRate && fd[`{reason="rate_limit"}`] == 0 {
-		t.Errorf("%.1f MB/s offered by one member over a limit of %.1f MB/s, and no %s{reason=\"rate_limit\"}: %s",
-			offered/1e6, relayRate/1e6, dropMetric, floodDesc)
+		t.Errorf("to %s: %.1f MB/s offered by one member over a limit of %.1f MB/s, and no %s{reason=\"rate_limit\"}: %s",
+			dst, offered/1e6, relayRate/1e6, dropMetric, floodDesc)
 	}
 	if offered <= 2*relayRate {
-		t.Logf("the flood reached only %.1f MB/s (limit %.1f MB/s): the machine is too busy to test the limit", offered/1e6, relayRate/1e6)
+		t.Logf("to %s: the flood reached only %.1f MB/s (limit %.1f MB/s): the machine is too busy to test the limit", dst, offered/1e6, relayRate/1e6)
 	}
-	// Everything the relay forwarded in the window (all members, both
-	// directions of their tunnels) against the flooder's limit plus burst:
-	// generous, it fails only when the limit does not hold at all.
+	// Everything the relay forwarded in the window (all members) against
+	// the flooder's limit plus burst: generous, it fails only when the
+	// limit does not hold at all.
 	if limit := 2*relayRate + float64(1<<20)/elapsed + 5e6; forwarded > limit {
-		t.Errorf("relay forwarded %.1f MB/s during the flood, over its per-member limit of %.1f MB/s by far", forwarded/1e6, relayRate/1e6)
+		t.Errorf("to %s: relay forwarded %.1f MB/s during the flood, over its per-member limit of %.1f MB/s by far", dst, forwarded/1e6, relayRate/1e6)
 	}
 	if during == 0 {
-		t.Errorf("no envelope acked during the flood (%.1f/s before)", before)
+		t.Errorf("to %s: no envelope acked during the flood (%.1f/s before)", dst, before)
 	}
-	if _, ok := waitFor(10*time.Second, func() bool { return cl.ready(relay) == nil }); !ok {
-		t.Errorf("%s not healthy after the flood", relay.name)
-	}
-	cl.checkAlive(t)
-	figs = append(figs, fmt.Sprintf("malformed counted %s", malDesc))
-	s.record(t, "admitted member abuses the relay protocol", fmt.Sprintf("as %s (cert of its CA) to %s: %s; flood of 64 KiB PACKETs to the leader %s: %.1f MB/s offered for %.1f s, relay forwarded %.1f MB/s in all (limit %.1f MB/s per member), drops %s; relay RSS %d -> peak %d KiB; member-a throughput %.1f/s before, %.1f/s during; %s",
-		flooder.name, relay.name, strings.Join(figs, "; "), leader.name, offered/1e6, elapsed, forwarded/1e6, relayRate/1e6, floodDesc,
-		rss0, peakRSS, before, during, s.checkLedger(t)))
+	return fmt.Sprintf("flood to %s: %.1f MB/s offered for %.1f s, relay forwarded %.1f MB/s in all (limit %.1f MB/s per member), drops %s; CPU relay %.2f, leader %s %.2f, test process (attacker+load) %.2f cores; relay RSS %d -> peak %d KiB; member-a throughput %.1f/s before, %.1f/s during",
+		dst, offered/1e6, elapsed, forwarded/1e6, relayRate/1e6, floodDesc,
+		(c1[0]-c0[0])/elapsed, leader.name, (c1[1]-c0[1])/elapsed, (c1[2]-c0[2])/elapsed, rss0, peakRSS, before, during)
 }
