@@ -116,10 +116,12 @@ func rssKB(p *proc) int {
 // from a member, a frame announcing 65,535 bytes and cut short), each
 // followed by a PING that must still be answered; then for 6 s, on two
 // connections, maximum-size PACKETs (65,535 bytes) to the raft leader as
-// fast as TCP takes them, far over the member's rate limit. The relay must
-// count the drops (rate_limit, malformed), forward at most about the limit,
-// keep its memory bounded, and member-a's load must go on: its throughput
-// is measured during the flood against the 6 s before.
+// fast as TCP takes them, far over the member's rate limit, first to an id
+// no member has, then to the leader. The relay must count the malformed
+// frames, read the flooder's stream at about its limit (back-pressure, not
+// read-and-drop), forward at most about the limit, keep its memory bounded,
+// and member-a's load must go on: its throughput is measured during each
+// flood against the 6 s before.
 func (s *suite) memberAbuse(t *testing.T) {
 	cl := s.cl
 	relay := cl.procs[0]
@@ -269,15 +271,16 @@ func (s *suite) flood(t *testing.T, relay *proc, cert tls.Certificate, leader *p
 		c.Close()
 	}
 	fwd1, _, _ := s.metric(relay, "relay_forwarded_bytes_total")
-	fd, floodDesc := deltas(d1, mustLabelled(t, s, relay, dropMetric))
+	_, floodDesc := deltas(d1, mustLabelled(t, s, relay, dropMetric))
 	offered := float64(sent.Load()) / elapsed
 	forwarded := (fwd1 - fwd0) / elapsed
-	if offered > 2*relayRate && fd[`{reason="rate_limit"}`] == 0 {
-		t.Errorf("to %s: %.1f MB/s offered by one member over a limit of %.1f MB/s, and no %s{reason=\"rate_limit\"}: %s",
-			dst, offered/1e6, relayRate/1e6, dropMetric, floodDesc)
-	}
-	if offered <= 2*relayRate {
-		t.Logf("to %s: the flood reached only %.1f MB/s (limit %.1f MB/s): the machine is too busy to test the limit", dst, offered/1e6, relayRate/1e6)
+	// The relay reads a member's stream no faster than its rate (TCP
+	// back-pressure, relay.Server.forward): what TCP took from the
+	// attacker is the rate plus the socket buffers. Reading and dropping
+	// instead took 623-945 MB/s here, half a core of the relay.
+	if offered > 10*relayRate {
+		t.Errorf("to %s: the relay read %.1f MB/s from one member whose limit is %.1f MB/s: no back-pressure (drops %s)",
+			dst, offered/1e6, relayRate/1e6, floodDesc)
 	}
 	// Everything the relay forwarded in the window (all members) against
 	// the flooder's limit plus burst: generous, it fails only when the
@@ -288,7 +291,7 @@ func (s *suite) flood(t *testing.T, relay *proc, cert tls.Certificate, leader *p
 	if during == 0 {
 		t.Errorf("to %s: no envelope acked during the flood (%.1f/s before)", dst, before)
 	}
-	return fmt.Sprintf("flood to %s: %.1f MB/s offered for %.1f s, relay forwarded %.1f MB/s in all (limit %.1f MB/s per member), drops %s; CPU relay %.2f, leader %s %.2f, test process (attacker+load) %.2f cores; relay RSS %d -> peak %d KiB; member-a throughput %.1f/s before, %.1f/s during",
+	return fmt.Sprintf("flood to %s: %.1f MB/s taken by TCP for %.1f s, relay forwarded %.1f MB/s in all (limit %.1f MB/s per member), drops %s; CPU relay %.2f, leader %s %.2f, test process (attacker+load) %.2f cores; relay RSS %d -> peak %d KiB; member-a throughput %.1f/s before, %.1f/s during",
 		dst, offered/1e6, elapsed, forwarded/1e6, relayRate/1e6, floodDesc,
 		(c1[0]-c0[0])/elapsed, leader.name, (c1[1]-c0[1])/elapsed, (c1[2]-c0[2])/elapsed, rss0, peakRSS, before, during)
 }
