@@ -345,7 +345,7 @@ func bootTimeout() time.Duration {
 			return d
 		}
 	}
-	return 5 * time.Minute
+	return 8 * time.Minute
 }
 
 // TestBootWaitsForConfig boots the image as built (no seed): systemd-boot
@@ -366,7 +366,7 @@ func TestBootWaitsForConfig(t *testing.T) {
 		regexp.MustCompile(`login: `),
 	)
 	b, _ := os.ReadFile(m.log)
-	for _, bad := range []string{"Failed to start memberd", "memberd.service: Failed", "Please enter", "login timed out", "Kernel panic", "emergency mode"} {
+	for _, bad := range []string{"Failed to start", "memberd.service: Failed", "Please enter", "login timed out", "Kernel panic", "emergency mode"} {
 		if strings.Contains(string(b), bad) {
 			t.Errorf("console shows %q", bad)
 		}
@@ -412,9 +412,12 @@ func TestBootAppliesSeed(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Remove(filepath.Join(seedDir, "setup.sh"))
-	// memberd's own log on the console too, to see why if it does not start.
-	if err := os.WriteFile(filepath.Join(seedDir, "etc/systemd/system/memberd.service.d/console.conf"),
-		[]byte("[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n"), 0o644); err != nil {
+	// Test only: memberd's own log on the console too (to see why if it does
+	// not start), and a line once systemd has taken its READY=1
+	// (ExecStartPost= of a Type=notify unit runs only then).
+	dropin := "[Service]\nStandardOutput=journal+console\nStandardError=journal+console\n" +
+		"ExecStartPost=+/bin/sh -c 'echo \"memberd-test: memberd.service READY seen by systemd, memberd-relay.service $(systemctl is-active memberd-relay)\" >/dev/console'\n"
+	if err := os.WriteFile(filepath.Join(seedDir, "etc/systemd/system/memberd.service.d/test.conf"), []byte(dropin), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	seed := filepath.Join(dir, "seed.img")
@@ -430,16 +433,17 @@ func TestBootAppliesSeed(t *testing.T) {
 	m := boot(t, img, seed)
 	ctx, cancel := context.WithTimeout(context.Background(), bootTimeout())
 	defer cancel()
-	started := `Started .*(memberd\.service|consortium member appliance)`
+	started := `^memberd-test: memberd.service READY seen by systemd, memberd-relay.service active$`
 	seen := m.waitFor(ctx, t, start,
 		regexp.MustCompile(`memberd-seed: seed: /dev/vd[b-z] \(label MEMBERDSEED\)`),
 		regexp.MustCompile(`memberd-seed: copied etc/memberd/hsm.pin`),
 		regexp.MustCompile(`memberd-seed: copied etc/memberd/relay.pin`),
-		regexp.MustCompile(`Started .*memberd-relay`),
+		regexp.MustCompile(`"msg":"relay connected","member":"member-a"`),
+		regexp.MustCompile(`"msg":"ready: systemd notified"`),
 		regexp.MustCompile(started),
 	)
 	b, _ := os.ReadFile(m.log)
-	for _, bad := range []string{"Failed to start memberd", "memberd: waiting for its config", "Kernel panic", "emergency mode"} {
+	for _, bad := range []string{"Failed to start", "memberd: waiting for its config", "Kernel panic", "emergency mode"} {
 		if strings.Contains(string(b), bad) {
 			t.Errorf("console shows %q", bad)
 		}
