@@ -110,7 +110,7 @@ boot-test: package
 vm-image: package
 	@bash packaging/vm/build.sh $$(ls -t bin/dist/memberd_*.deb | head -1)
 vm-image-test: vm-image
-	MEMBERD_VM_IMAGE=$$(ls -t bin/dist/memberd-vm_*.raw | head -1) MEMBERD_VM_BIN=$(CURDIR)/$(BIN) \
+	MEMBERD_VM_IMAGE=$(CURDIR)/$$(ls -t bin/dist/memberd-vm_*.raw | head -1) MEMBERD_VM_BIN=$(CURDIR)/$(BIN) \
 		$(GO) test -tags vmimage -count=1 -v -timeout 20m ./test/vmimage/
 
 # Container image tarball in bin/dist/ (docker load / podman load), built
