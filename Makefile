@@ -14,7 +14,7 @@ BENCHTIME  ?= 2s
 # Fuzzing time per target in `make fuzz`.
 FUZZTIME   ?= 30s
 
-.PHONY: all build test deps vet unit race bench lint fuzz demo soak e2e bench-appliance package image boot-test vm-image vm-image-test e2e-geth clean
+.PHONY: all build test deps vet unit race bench lint fuzz demo soak e2e bench-appliance package image boot-test vm-image vm-image-test e2e-geth runbooks sim clean
 
 all: build
 
@@ -64,13 +64,26 @@ soak: deps build
 # the real binary as separate processes on network-namespace hosts (2 relays,
 # 3 members behind nftables egress rules, a squid or tinyproxy proxy host)
 # with ledger load and faults; prints a summary table. Needs root, iproute2,
-# nftables, SoftHSM2 (CI: .ci/run). About 8 minutes on the shared box
-# (7m54s for 18 scenarios, of which the hostile-input, HSM and rollback ones
-# take 2m21s).
+# nftables, SoftHSM2 (CI: .ci/run). 5 to 10 minutes on the shared box
+# (4m57s and 9m47s for 19 scenarios, member_abuse 37-74 s). E2E_RUN='TestE2E/(formed|member_abuse)' runs a few (formed
+# first: the others need the consortium).
 E2E_TIMEOUT ?= 15m
+# Seeded simulation (issue #11): the consortium's ledger in one process
+# over a simulated network on virtual time (testing/synctest), with drops,
+# duplicates, reordering, delay, partitions, crashes and clock jumps; SEEDS
+# seeds from SEED. A failing seed prints the command that runs it alone.
+# The fault schedule of a seed is exact; goroutine interleaving is not, so
+# a failing seed may need a few RUNS to fail again.
+SEEDS ?= 20
+SEED  ?= 1
+RUNS  ?= 1
+SIMFLAGS ?=
+sim:
+	$(GO) test -count=$(RUNS) -timeout 60m -run 'TestLedgerSim' ./test/sim -sim.seeds=$(SEEDS) -sim.seed=$(SEED) $(SIMFLAGS)
+
 e2e: deps build
 	$(GO) vet -tags e2e ./test/e2e/
-	MEMBERD_E2E_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) ./test/e2e/
+	MEMBERD_E2E_BIN=$(CURDIR)/$(BIN) $(GO) test -tags e2e -count=1 -v -timeout $(E2E_TIMEOUT) $(if $(E2E_RUN),-run '$(E2E_RUN)') ./test/e2e/
 
 # Ordering through the appliances vs the node alone (issue #15), NOT part of
 # `make test`: alternates node/orderer's BenchmarkOrdering cluster (3
@@ -112,6 +125,15 @@ vm-image: package
 vm-image-test: vm-image
 	MEMBERD_VM_IMAGE=$(CURDIR)/$$(ls -t bin/dist/memberd-vm_*.raw | head -1) MEMBERD_VM_BIN=$(CURDIR)/$(BIN) \
 		$(GO) test -tags vmimage -count=1 -v -timeout 20m ./test/vmimage/
+
+# docs/runbooks.md run as written (test/runbooks, build tag runbooks): the
+# doc's runbooks one after the other on a demo consortium of real processes
+# (2 relays, 3 members, SoftHSM2), with a stand-in systemctl. Needs softhsm2,
+# opensc (pkcs11-tool), yq, jq, curl. About 2 minutes. Not in `make test`;
+# .ci/run runs it.
+runbooks: deps build
+	$(GO) vet -tags runbooks ./test/runbooks/
+	MEMBERD_BIN=$(CURDIR)/$(BIN) $(GO) test -tags runbooks -count=1 -v -timeout 15m ./test/runbooks/
 
 # Container image tarball in bin/dist/ (docker load / podman load), built
 # without a Docker daemon (packaging/oci, its own go.mod).

@@ -20,6 +20,33 @@ func (b *bucket) allow(n int, now time.Time) bool {
 	if b.rate <= 0 {
 		return true
 	}
+	b.refill(now)
+	if b.tokens < float64(n) {
+		return false
+	}
+	b.tokens -= float64(n)
+	return true
+}
+
+// wait is how long after now the bucket will hold n bytes: 0 if it does
+// now (or is unlimited), -1 if it never will (n above the burst). It takes
+// nothing: the caller waits, then calls allow.
+func (b *bucket) wait(n int, now time.Time) time.Duration {
+	if b.rate <= 0 {
+		return 0
+	}
+	if float64(n) > b.burst {
+		return -1
+	}
+	b.refill(now)
+	if b.tokens >= float64(n) {
+		return 0
+	}
+	// Rounded up, so that allow at now+wait finds the bytes there.
+	return time.Duration((float64(n)-b.tokens)/b.rate*float64(time.Second)) + time.Microsecond
+}
+
+func (b *bucket) refill(now time.Time) {
 	if dt := now.Sub(b.last); dt > 0 {
 		b.tokens += dt.Seconds() * b.rate
 		if b.tokens > b.burst {
@@ -27,9 +54,4 @@ func (b *bucket) allow(n int, now time.Time) bool {
 		}
 		b.last = now
 	}
-	if b.tokens < float64(n) {
-		return false
-	}
-	b.tokens -= float64(n)
-	return true
 }

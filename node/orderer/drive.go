@@ -51,6 +51,7 @@ func (n *Node) drive(ctx context.Context) error {
 		timer.Stop()
 		n.mu.Lock()
 		clear(n.proposed)
+		clear(n.ordering) // a new leadership's barrier applies whatever of it was committed
 		n.mu.Unlock()
 		n.failAll(fmt.Errorf("%w: %s; resubmit", ErrUnavailable, why))
 	}
@@ -119,6 +120,26 @@ func (n *Node) drive(ctx context.Context) error {
 		}
 	}
 	add := func(sub submission) {
+		// Order only what a client still waits for, once. A submission
+		// whose waiter was answered meanwhile is stale: failed (failAll on
+		// a step-down or a failed barrier, while it sat in submitCh; its
+		// client was told to resubmit and may have, which queued a second
+		// copy), timed out, or committed (a resubmission admitted before
+		// this leader applied the block holding its original: committed()
+		// answered it SUCCESS). Ordering it would put the tx id in the
+		// chain twice (issue #11's simulation, seeds 2 and 6). n.ordering
+		// keeps the key taken until its block is stored or this leader
+		// steps down, whatever happens to the waiter.
+		n.mu.Lock()
+		_, ordering := n.ordering[sub.key]
+		live := n.waiters[sub.key] == sub.w && !ordering && !n.recent.has(sub.key)
+		if live {
+			n.ordering[sub.key] = struct{}{}
+		}
+		n.mu.Unlock()
+		if !live {
+			return
+		}
 		keys = append(keys, sub.key)
 		batches, _ := cut.Ordered(sub.raw, n.cfg.Now())
 		for _, b := range batches {

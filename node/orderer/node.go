@@ -55,6 +55,11 @@ type Node struct {
 	// proposed: the tx ids of blocks this leader proposed, so that its
 	// apply need not parse every envelope again (guarded by mu).
 	proposed map[uint64]proposedBlock
+	// ordering: the tx ids this leader has taken into its cutter or
+	// proposed and not yet stored (guarded by mu). A resubmission of one
+	// is a duplicate even once its first waiter gave up (the client's
+	// context or SubmitTimeout): the envelope is still on its way.
+	ordering map[txKey]struct{}
 
 	ordered atomic.Uint64 // envelopes committed (metrics, tests)
 
@@ -90,6 +95,7 @@ type signingIdentity struct {
 type submission struct {
 	raw []byte
 	key txKey
+	w   *waiter // the waiter registered for it: stale once no longer n.waiters[key]
 }
 
 type proposedBlock struct {
@@ -153,6 +159,7 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 		store:    store,
 		submitCh: make(chan submission, cfg.SubmitQueue),
 		proposed: make(map[uint64]proposedBlock),
+		ordering: make(map[txKey]struct{}),
 		leaderCh: make(chan struct{}, 1),
 		applied:  make(chan struct{}, 1),
 		closed:   make(chan struct{}),
@@ -265,6 +272,7 @@ func (n *Node) loadRecent() {
 	n.mu.Lock()
 	for _, k := range keys {
 		n.recent.add(k)
+		delete(n.ordering, k)
 	}
 	n.mu.Unlock()
 }
@@ -457,7 +465,8 @@ func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error)
 	}
 	w := &waiter{done: make(chan struct{})}
 	n.mu.Lock()
-	if _, busy := n.waiters[k]; busy || n.recent.has(k) {
+	_, busy := n.waiters[k]
+	if _, ordering := n.ordering[k]; busy || ordering || n.recent.has(k) {
 		n.mu.Unlock()
 		return nil, fmt.Errorf("%w: %s", ErrDuplicate, env.TxID())
 	}
@@ -465,7 +474,7 @@ func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error)
 	n.mu.Unlock()
 	p := &Pending{n: n, key: k, w: w, Envelope: env}
 	select {
-	case n.submitCh <- submission{raw: raw, key: k}:
+	case n.submitCh <- submission{raw: raw, key: k, w: w}:
 		return p, nil
 	case <-ctx.Done():
 		p.drop()
@@ -731,6 +740,7 @@ func (n *Node) committed(blocks []*common.Block) {
 	n.mu.Lock()
 	for _, k := range keys {
 		n.recent.add(k)
+		delete(n.ordering, k)
 		if w, ok := n.waiters[k]; ok {
 			close(w.done)
 			delete(n.waiters, k)

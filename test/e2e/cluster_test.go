@@ -37,6 +37,9 @@ const (
 	relay2IP = "10.77.0.12"
 	proxyIP  = "10.77.0.30"
 	memberIP = "10.77.0.2" // + index: 10.77.0.21, .22, .23
+	// relayRate is the relays' per-member ingress limit, bytes/s: the
+	// relay's default (relay.Config.RateBytesPerSec).
+	relayRate = 12_500_000
 )
 
 // proc is one memberd process (relay or appliance) on its host.
@@ -130,7 +133,17 @@ func newCluster(t *testing.T) *cluster {
 	cl.env = append(os.Environ(), "SOFTHSM2_CONF="+cl.layout.SoftHSMConf)
 	for i, id := range cl.layout.Relays {
 		p := &proc{name: id, relay: true, host: []*netnstest.Host{r1, r2}[i], config: cl.layout.RelayConfig[id], admin: "127.0.0.1:9464"}
-		editYAML(t, p.config, func(m map[string]any) { m["admin"] = p.admin })
+		editYAML(t, p.config, func(m map[string]any) {
+			m["admin"] = p.admin
+			// demo init turns the per-member rate limit off (benchmarks);
+			// a DMZ relay runs with the default, which member_abuse floods.
+			lim, _ := m["limits"].(map[string]any)
+			if lim == nil {
+				lim = map[string]any{}
+			}
+			lim["rate_bytes_per_sec"] = relayRate
+			m["limits"] = lim
+		})
 		cl.procs = append(cl.procs, p)
 	}
 	for i, id := range cl.layout.Members {

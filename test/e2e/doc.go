@@ -26,13 +26,16 @@
 //
 // Besides the faults (UDP blocked, proxy only, relay and leader kill -9,
 // partition, torn tail, removal), hostile input is refused and counted by
-// reason: TLS without, with a self-signed or an expired certificate, a
-// garbage first frame and a per-source flood against a relay
-// (memberd_relay_handshake_failures_total), garbage, HTTP, TLS 1.2 and
-// silent connections against a ledger listener
-// (memberd_ledger_tls_handshake_failures_total), bad Broadcast envelopes
-// (answered, none ordered), broken and rolled-back policy files
-// (policy_rejected_total). A follower's SoftHSM2 token is taken away and
+// reason: TLS without, with a self-signed, an expired or (after the
+// removal's policy) a revoked certificate, a garbage first frame and a
+// per-source flood against a relay (memberd_relay_handshake_failures_total),
+// garbage, HTTP, TLS 1.2 and silent connections against a ledger listener
+// (memberd_ledger_tls_handshake_failures_total), bad and replayed Broadcast
+// envelopes (answered, none ordered, the replay once), an admitted member
+// sending malformed frames and flooding over its rate limit (counted;
+// read at the rate; the others' throughput measured), broken, under-signed
+// and rolled-back policy files (policy_rejected_total). E2E_RUN (make)
+// selects scenarios: E2E_RUN='TestE2E/(formed|member_abuse)'. A follower's SoftHSM2 token is taken away and
 // put back (/readyz check hsm, memberd_hsm_up); the HSM keys must be
 // non-extractable and no private key may appear in any state folder.
 package e2e

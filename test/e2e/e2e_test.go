@@ -70,6 +70,7 @@ func TestE2E(t *testing.T) {
 	t.Run("bad_input", s.badInput)
 	t.Run("hostile_tls", s.hostileTLS)
 	t.Run("bad_envelopes", s.badEnvelopes)
+	t.Run("member_abuse", s.memberAbuse)
 	t.Run("hsm_token_loss", s.hsmTokenLoss)
 	t.Run("bad_policy_files", s.badPolicyFiles)
 	t.Run("config_typos", s.configTypos)

@@ -349,6 +349,19 @@ func (s *suite) badEnvelopes(t *testing.T) {
 		{"other channel", wrongChannel, []common.Status{common.Status_NOT_FOUND, common.Status_BAD_REQUEST}},
 		{"oversized (11 MiB; the channel allows 10)", oversized, []common.Status{common.Status_REQUEST_ENTITY_TOO_LARGE, common.Status_BAD_REQUEST}},
 	}
+	// Nothing sent from here on can be in a block below the lowest height
+	// now: the scan for them starts there (the chain is long by now).
+	from := uint64(0)
+	for i, m := range cl.members() {
+		st, err := cl.status(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h := st.Ledger.Height; i == 0 || h < from {
+			from = h
+		}
+	}
+	from = max(from, 1) - 1
 	cc, err := l.conn(p)
 	if err != nil {
 		t.Fatal(err)
@@ -387,7 +400,43 @@ func (s *suite) badEnvelopes(t *testing.T) {
 	if err != nil || resp.Status != common.Status_SUCCESS {
 		t.Errorf("a valid envelope after the bad ones: %v %v", resp.GetStatus(), err)
 	}
+	// Replayed: the same signed envelope again, on this stream and on a
+	// fresh one to another member. Refused as a duplicate, told clearly,
+	// ordered once.
+	var replays []string
+	for i, to := range []*proc{p, cl.member(cl.layout.Members[0])} {
+		var rs ab.AtomicBroadcast_BroadcastClient = bs
+		if i > 0 {
+			rc, err := l.conn(to)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer rc.Close()
+			if rs, err = ab.NewAtomicBroadcastClient(rc).Broadcast(ctx); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := rs.Send(good); err != nil {
+			t.Fatalf("replay to %s: send: %v", to.name, err)
+		}
+		resp, err := rs.Recv()
+		if err != nil {
+			t.Fatalf("replay to %s: no answer: %v", to.name, err)
+		}
+		if resp.Status != common.Status_BAD_REQUEST || !strings.Contains(resp.Info, "duplicate") {
+			t.Errorf("replayed envelope to %s answered %s %q, want BAD_REQUEST naming the duplicate", to.name, resp.Status, trunc(resp.Info, 160))
+		}
+		replays = append(replays, fmt.Sprintf("replay to %s %s %q", to.name, resp.Status, trunc(resp.Info, 80)))
+		if i > 0 {
+			rs.CloseSend()
+		}
+	}
+	figs = append(figs, replays...)
 	bs.CloseSend()
+	// The scans below read every member's chain up to its height a moment
+	// after the replays, so that a replay ordered after the original would
+	// be seen.
+	time.Sleep(2 * time.Second)
 	goodEnv, _ := block.ParseEnvelope(mustMarshal(good))
 	// Nothing bad ordered: scan every member's chain up to the good one.
 	var scanned []string
@@ -396,37 +445,41 @@ func (s *suite) badEnvelopes(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		found, bad, blocks := false, 0, 0
+		st, err := cl.status(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		found, bad, blocks := 0, 0, 0
 		fctx, fcancel := context.WithTimeout(context.Background(), 60*time.Second)
 		ferr := orderer.Fetch(fctx, ab.NewAtomicBroadcastClient(mc), l.id, l.channel,
-			orderer.SeekRange(0, orderer.MaxBlock, ab.SeekInfo_BLOCK_UNTIL_READY), func(b *common.Block) error {
+			orderer.SeekRange(from, st.Ledger.Height-1, ab.SeekInfo_BLOCK_UNTIL_READY), func(b *common.Block) error {
 				blocks++
 				for _, raw := range b.GetData().GetData() {
 					if !bytes.Contains(raw, []byte(marker)) {
 						continue
 					}
 					if e, err := block.ParseEnvelope(raw); err == nil && e.TxID() == goodEnv.TxID() {
-						found = true
+						found++
 					} else {
 						bad++
 					}
-				}
-				if found {
-					return errStop
 				}
 				return nil
 			})
 		fcancel()
 		mc.Close()
-		if !found {
-			t.Errorf("%s: the valid envelope sent after the bad ones is not in the chain (%v)", m.name, ferr)
+		if found == 0 {
+			t.Errorf("%s: the valid envelope sent after the bad ones is not in its %d blocks (%v)", m.name, blocks, ferr)
+		}
+		if found > 1 {
+			t.Errorf("%s: the replayed envelope was ordered %d times", m.name, found)
 		}
 		if bad > 0 {
 			t.Errorf("%s: %d refused envelopes were ordered", m.name, bad)
 		}
-		scanned = append(scanned, fmt.Sprintf("%s %d blocks, %d bad", m.name, blocks, bad))
+		scanned = append(scanned, fmt.Sprintf("%s blocks %d-%d, %d bad, valid one %d time(s)", m.name, from, from+uint64(blocks)-1, bad, found))
 	}
 	cl.checkAlive(t)
-	s.record(t, "bad Broadcast envelopes", fmt.Sprintf("%s; stream still usable (valid envelope SUCCESS); none ordered (%s); %s",
+	s.record(t, "bad and replayed Broadcast envelopes", fmt.Sprintf("%s; stream still usable (valid envelope SUCCESS); none ordered, the replayed one once (%s); %s",
 		strings.Join(figs, ", "), strings.Join(scanned, "; "), s.checkLedger(t)))
 }

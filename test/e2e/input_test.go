@@ -221,7 +221,7 @@ func (s *suite) metric(p *proc, name string) (float64, string, error) {
 	return sum, strings.Join(lines, " "), nil
 }
 
-// badPolicyFiles: garbage, truncated, forged and unsigned bundles dropped
+// badPolicyFiles: garbage, truncated, forged, unsigned and under-signed bundles dropped
 // into member-b's policy folder are rejected and counted; the member keeps
 // policy version 1 and keeps running.
 func (s *suite) badPolicyFiles(t *testing.T) {
@@ -249,11 +249,14 @@ func (s *suite) badPolicyFiles(t *testing.T) {
 	if i := bytes.Index(v2, []byte("#--- memberd signatures")); i > 0 {
 		unsigned = v2[:i]
 	}
+	// Version 2 signed by one admin of three: under the quorum.
+	under := s.nextPolicy(t, "undersigned.yaml", cl.layout.Members[:1], func(*policy.Document) {})
 	files := map[string][]byte{
-		"garbage.yaml":   garbage,
-		"truncated.yaml": good[:len(good)/2],
-		"forged.yaml":    v2, // version 2 with version 1's signatures
-		"unsigned.yaml":  unsigned,
+		"undersigned.yaml": readFile(t, under),
+		"garbage.yaml":     garbage,
+		"truncated.yaml":   good[:len(good)/2],
+		"forged.yaml":      v2, // version 2 with version 1's signatures
+		"unsigned.yaml":    unsigned,
 	}
 	for name, b := range files {
 		if err := os.WriteFile(filepath.Join(dir, name), b, 0o644); err != nil {
@@ -282,7 +285,7 @@ func (s *suite) badPolicyFiles(t *testing.T) {
 	if err := cl.ready(p); err != nil {
 		t.Errorf("%s not ready after bad policy files: %v", p.name, err)
 	}
-	s.record(t, "broken policy files", fmt.Sprintf("%d files (garbage, truncated, forged, unsigned) rejected and counted in %.2f s: %s; policy_version stays %v",
+	s.record(t, "broken policy files", fmt.Sprintf("%d files (garbage, truncated, forged, unsigned, signed by 1 admin of 3) rejected and counted in %.2f s: %s; policy_version stays %v",
 		len(files), took.Seconds(), detail, version))
 }
 

@@ -88,7 +88,12 @@ func newLoader(t *testing.T, cl *cluster) *loader {
 // now makes an expired one).
 func issueClientCert(t *testing.T, cl *cluster, cn string, now time.Time, validity time.Duration) (*x509.Certificate, *ecdsa.PrivateKey) {
 	t.Helper()
-	entry := cl.layout.Members[0]
+	return issueCertOf(t, cl, cl.layout.Members[0], cn, now, validity)
+}
+
+// issueCertOf is issueClientCert from member entry's CA.
+func issueCertOf(t *testing.T, cl *cluster, entry, cn string, now time.Time, validity time.Duration) (*x509.Certificate, *ecdsa.PrivateKey) {
+	t.Helper()
 	mdir := filepath.Dir(cl.layout.MemberConfig[entry])
 	caPEM, err := os.ReadFile(filepath.Join(mdir, "ca.pem"))
 	if err != nil {

@@ -4,6 +4,7 @@ package e2e_test
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"os"
 	"os/exec"
@@ -16,6 +17,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/memberd/memberd/policy"
+	"github.com/memberd/memberd/relay/wire"
 )
 
 // removal: the admins sign policy v2 without member-c (also out of the
@@ -26,35 +28,20 @@ import (
 func (s *suite) removal(t *testing.T) {
 	cl := s.cl
 	gone := cl.member(cl.layout.Members[2])
-	raw, err := os.ReadFile(filepath.Join(cl.layout.Dir, "genesis.yaml"))
+	// v2 also revokes a certificate of member-a's CA (by member and
+	// serial): after the push, the relays must refuse it as revoked.
+	revoked := s.memberCert(t, "e2e-revoked", time.Now(), time.Hour)
+	v2 := s.nextPolicy(t, "v2.yaml", cl.layout.Members, func(d *policy.Document) {
+		d.Members = slices.DeleteFunc(d.Members, func(m *policy.Member) bool { return m.ID == gone.name })
+		d.Ledger.Consenters = slices.DeleteFunc(d.Ledger.Consenters, func(id string) bool { return id == gone.name })
+		d.Revocations.Certificates = append(d.Revocations.Certificates, &policy.RevokedCert{
+			Member: cl.layout.Members[0], Serial: revoked.Leaf.SerialNumber.String(), Reason: "e2e: a leaked key"})
+	})
+	relay := cl.procs[0]
+	const relayMetric = "memberd_relay_handshake_failures_total"
+	r0, err := s.labelled(relay, relayMetric)
 	if err != nil {
 		t.Fatal(err)
-	}
-	v1, err := policy.Parse(raw)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var d policy.Document
-	if err := yaml.Unmarshal(v1.DocumentBytes(), &d); err != nil {
-		t.Fatal(err)
-	}
-	d.Version, d.Previous = 2, v1.Hash().String()
-	d.Members = slices.DeleteFunc(d.Members, func(m *policy.Member) bool { return m.ID == gone.name })
-	d.Ledger.Consenters = slices.DeleteFunc(d.Ledger.Consenters, func(id string) bool { return id == gone.name })
-	doc, err := policy.MarshalDocument(&d)
-	if err != nil {
-		t.Fatal(err)
-	}
-	v2 := filepath.Join(cl.dir, "v2.yaml")
-	if err := os.WriteFile(v2, doc, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	current := filepath.Join(cl.layout.Dir, "genesis.yaml")
-	for _, m := range cl.layout.Members {
-		out, err := s.memberd(nil, "policy", "sign", "--insecure-file-key", "--key", "file:"+cl.layout.AdminKey[m], "--current", current, v2)
-		if err != nil {
-			t.Fatalf("memberd policy sign (%s): %v\n%s", m, err, out)
-		}
 	}
 	entry := cl.member(cl.layout.Members[0])
 	t0 := time.Now()
@@ -95,9 +82,67 @@ func (s *suite) removal(t *testing.T) {
 	if !okAck {
 		t.Errorf("no envelope acked by the remaining members 30 s after the removal")
 	}
+	// The revoked certificate, presented to relay-1 from the attacker host.
+	refusedRev := 0
+	for range 3 {
+		c, err := cl.proxy.DialContext(context.Background(), "tcp", relay1IP+":443")
+		if err != nil {
+			t.Fatal(err)
+		}
+		tc := tls.Client(c, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{wire.ALPN}, MinVersion: tls.VersionTLS13,
+			Certificates: []tls.Certificate{revoked}})
+		tc.SetDeadline(time.Now().Add(5 * time.Second))
+		if tc.Handshake() != nil || closedBy(tc, 5*time.Second) {
+			refusedRev++
+		}
+		tc.Close()
+	}
+	r1, _ := s.labelled(relay, relayMetric)
+	rd, rdesc := deltas(r0, r1)
+	if refusedRev != 3 || rd[`{reason="revoked"}`] < 3 {
+		t.Errorf("certificate revoked by v2: %d of 3 connections refused, counted %s (want reason revoked)", refusedRev, rdesc)
+	}
 	cl.checkAlive(t)
-	s.record(t, "member removed by a pushed policy", fmt.Sprintf("push took %.2f s; %s cut off by the relays %.2f s after the push began, still cut 3 s later (%s); acks went on %.2f s later; %s",
-		pushed.Seconds(), gone.name, (pushed+cut).Seconds(), still, resumed.Seconds(), s.checkLedger(t)))
+	s.record(t, "member removed by a pushed policy", fmt.Sprintf("push took %.2f s; %s cut off by the relays %.2f s after the push began, still cut 3 s later (%s); acks went on %.2f s later; a certificate revoked by the same version: %d/3 refused by %s, counted %s; %s",
+		pushed.Seconds(), gone.name, (pushed+cut).Seconds(), still, resumed.Seconds(), refusedRev, relay.name, rdesc, s.checkLedger(t)))
+}
+
+// nextPolicy writes version 2 of the genesis policy, changed by edit, to
+// name in the test's folder, signed with the admin keys of the members in
+// signers, and returns its path.
+func (s *suite) nextPolicy(t *testing.T, name string, signers []string, edit func(*policy.Document)) string {
+	t.Helper()
+	cl := s.cl
+	current := filepath.Join(cl.layout.Dir, "genesis.yaml")
+	raw, err := os.ReadFile(current)
+	if err != nil {
+		t.Fatal(err)
+	}
+	v1, err := policy.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var d policy.Document
+	if err := yaml.Unmarshal(v1.DocumentBytes(), &d); err != nil {
+		t.Fatal(err)
+	}
+	d.Version, d.Previous = 2, v1.Hash().String()
+	edit(&d)
+	doc, err := policy.MarshalDocument(&d)
+	if err != nil {
+		t.Fatal(err)
+	}
+	path := filepath.Join(cl.dir, name)
+	if err := os.WriteFile(path, doc, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range signers {
+		out, err := s.memberd(nil, "policy", "sign", "--insecure-file-key", "--key", "file:"+cl.layout.AdminKey[m], "--current", current, path)
+		if err != nil {
+			t.Fatalf("memberd policy sign (%s): %v\n%s", m, err, out)
+		}
+	}
+	return path
 }
 
 // memberd runs the binary (in p's namespace when p is not nil) and returns

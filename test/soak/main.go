@@ -14,8 +14,8 @@
 //   - every appliance's RSS stayed at or below SOAK_MAX_RSS_MB;
 //   - RSS, goroutines and fds are flat: the mean of the last third of the
 //     samples is at most 10% above the mean of the middle third (per
-//     process, over the samples since its last start, after its first
-//     2 minutes).
+//     process, over its longest run between two starts, after that run's
+//     first 2 minutes).
 //
 // Settings (environment, or the flags of the same name in lower case):
 //

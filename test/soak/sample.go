@@ -10,6 +10,7 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -156,25 +157,32 @@ type flat struct {
 // that had run for longer was flat.
 const flatWarmup = 2 * time.Minute
 
-// flatness checks RSS, goroutines and fds of p's samples since its last
-// start, after flatWarmup: the last third's mean at most 10% above the
-// middle third's. fl == nil with n < 6 means too few samples to say.
+// flatness checks RSS, goroutines and fds of one process over its longest
+// run (between two starts), after that run's first flatWarmup: the last
+// third's mean at most 10% above the middle third's. With faults every
+// minute or so a process's last run is often all warm-up, while an earlier
+// one was long enough to judge. fl == nil with n < 6 means too few samples
+// to say.
 func flatness(ss []sample) (fl []flat, n int) {
-	if len(ss) == 0 {
-		return nil, 0
-	}
-	last := ss[len(ss)-1].start
-	var run []sample
-	var from time.Time
+	runs := map[int][]sample{}
+	from := map[int]time.Time{}
 	for _, x := range ss {
-		if x.start != last {
-			continue
+		if _, ok := from[x.start]; !ok {
+			from[x.start] = x.at.Add(flatWarmup)
 		}
-		if from.IsZero() {
-			from = x.at.Add(flatWarmup)
+		if !x.at.Before(from[x.start]) {
+			runs[x.start] = append(runs[x.start], x)
 		}
-		if !x.at.Before(from) {
-			run = append(run, x)
+	}
+	starts := make([]int, 0, len(runs))
+	for start := range runs {
+		starts = append(starts, start)
+	}
+	sort.Ints(starts)
+	var run []sample
+	for _, start := range starts { // ties: the later run
+		if len(runs[start]) >= len(run) {
+			run = runs[start]
 		}
 	}
 	n = len(run)

@@ -345,7 +345,7 @@ func (r *result) judge(c *config, cl *cluster, l *loader, smp *sampler) {
 	for _, p := range cl.procs {
 		fl, n := flatness(smp.all(p.name))
 		if fl == nil {
-			r.notes = append(r.notes, fmt.Sprintf("%s: %d samples since its last start (after its first %v), too few (< 6) to judge flatness", p.name, n, flatWarmup))
+			r.notes = append(r.notes, fmt.Sprintf("%s: %d samples in its longest run after that run's first %v, too few (< 6) to judge flatness", p.name, n, flatWarmup))
 		}
 		for _, q := range fl {
 			if !q.ok {

@@ -80,7 +80,10 @@ func TestFlatness(t *testing.T) {
 		{"too few", series(1, 40, 100, 200), 3, false, false},
 		// Only the samples since the last start count.
 		{"after restart", append(series(1, 40, 500, 900, 900, 900, 900), series(2, 40, 90, 100, 100, 100, 100)...), 6, true, true},
-		{"restart, too few", append(series(1, 40, 50, 60, 70, 80, 90), series(2, 40, 90)...), 2, false, false},
+		// The longest run counts: a last run too short to judge does not
+		// hide growth in the one before it.
+		{"restart, earlier run judged", append(series(1, 40, 50, 60, 70, 80, 90), series(2, 40, 90)...), 6, false, true},
+		{"restart, both too short", append(series(1, 40, 50, 60), series(2, 40, 90)...), 3, false, false},
 		// A run sampled only during its warm-up is not judged, however it
 		// grows; after the warm-up it is.
 		{"warm-up only", every5s(1, time.Date(2026, 12, 7, 10, 0, 0, 0, time.UTC), ramp(24, 40, 10)...), 0, false, false},
