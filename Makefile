@@ -14,7 +14,7 @@ BENCHTIME  ?= 2s
 # Fuzzing time per target in `make fuzz`.
 FUZZTIME   ?= 30s
 
-.PHONY: all build test deps vet unit race bench lint fuzz demo soak e2e bench-appliance package image boot-test e2e-geth runbooks sim clean
+.PHONY: all build test deps vet unit race bench lint fuzz demo soak e2e bench-appliance package image boot-test vm-image vm-image-test e2e-geth runbooks sim clean
 
 all: build
 
@@ -114,6 +114,17 @@ package: build $(NFPM)
 # in ~/.cache/memberd-boottest). Not in `make test`; .ci/run runs it.
 boot-test: package
 	@bash packaging/boot-test/run.sh
+
+# VM image (root, debootstrap, e2fsprogs, dosfstools, mtools, fdisk): a UEFI
+# disk with Debian 12, the .deb installed, memberd.service enabled and a
+# non-interactive first-boot seed (packaging/vm/README.md). The Debian base is
+# cached in ~/.cache/memberd-vm. vm-image-test checks the disk's files and
+# boots it in QEMU without KVM (test/vmimage). Neither is in `make test`.
+vm-image: package
+	@bash packaging/vm/build.sh $$(ls -t bin/dist/memberd_*.deb | head -1)
+vm-image-test: vm-image
+	MEMBERD_VM_IMAGE=$(CURDIR)/$$(ls -t bin/dist/memberd-vm_*.raw | head -1) MEMBERD_VM_BIN=$(CURDIR)/$(BIN) \
+		$(GO) test -tags vmimage -count=1 -v -timeout 20m ./test/vmimage/
 
 # docs/runbooks.md run as written (test/runbooks, build tag runbooks): the
 # doc's runbooks one after the other on a demo consortium of real processes

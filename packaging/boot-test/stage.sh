@@ -40,7 +40,7 @@ systemctl daemon-reload
 EOF
 }
 
-for m in member-a member-b; do
+for m in $(ls "$demo/members"); do # member-a member-b in the boot test
 	src=$demo/members/$m
 	dst=$stage/$m
 	mkdir -p "$dst/etc/memberd/identity" "$dst/var/lib/memberd/policy" "$dst/var/lib/memberd/state" \
