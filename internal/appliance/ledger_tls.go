@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/x509"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -77,10 +78,20 @@ func (c *countedCreds) ServerHandshake(raw net.Conn) (net.Conn, credentials.Auth
 		c.mu.Unlock()
 		if logIt {
 			c.log.Warn("ledger TLS handshake failed; connection closed (one line per reason every 10 s; see memberd_ledger_tls_handshake_failures_total)",
-				"listener", c.listener, "reason", reason, "remote", raw.RemoteAddr().String(), "err", err)
+				"listener", c.listener, "reason", reason, "remote", remoteString(raw), "err", err)
 		}
 	}
 	return conn, info, err
+}
+
+// remoteString names raw's peer for a log line: "unknown" when its address
+// is nil (a netstack connection's is, once the peer reset it: the ledger's
+// gRPC server also serves connections through the tunnel).
+func remoteString(raw net.Conn) string {
+	if a := raw.RemoteAddr(); a != nil {
+		return fmt.Sprint(a)
+	}
+	return "unknown"
 }
 
 func (c *countedCreds) Clone() credentials.TransportCredentials {

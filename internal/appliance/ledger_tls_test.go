@@ -82,4 +82,24 @@ func TestLedgerTLSFailuresCounted(t *testing.T) {
 			t.Errorf("%s: counted %v times (err %v), want 1", c.reason, got, err)
 		}
 	}
+
+	// A connection through the tunnel whose peer reset it has a nil
+	// RemoteAddr (gonet): the failure is logged and counted, no panic.
+	// New credentials, so the line is not held back by the rate limit of
+	// the failure of the same reason above.
+	creds2 := countTLSFailures(credentials.NewTLS(cfg), "lan", vec, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	srv, cl := net.Pipe()
+	cl.Close()
+	if _, _, err := creds2.ServerHandshake(nilAddrConn{srv}); err == nil {
+		t.Fatal("handshake on a closed connection succeeded")
+	}
+	if got := metricValue(vec.WithLabelValues("lan", ledgerTLSClosed)); got != 2 {
+		t.Errorf("closed, nil remote address: counted %v in all, want 2", got)
+	}
 }
+
+// nilAddrConn is a connection whose addresses are gone, as a netstack
+// connection's are once its peer reset it.
+type nilAddrConn struct{ net.Conn }
+
+func (nilAddrConn) RemoteAddr() net.Addr { return nil }
