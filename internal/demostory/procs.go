@@ -232,24 +232,6 @@ func (p *proc) status(ctx context.Context) (*status, error) {
 	return &st, nil
 }
 
-// editYAML rewrites a config file through fn, as a user editing it would.
-func editYAML(path string, fn func(map[string]any)) error {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	m := map[string]any{}
-	if err := yaml.Unmarshal(raw, &m); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	fn(m)
-	out, err := yaml.Marshal(m)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, out, 0o644)
-}
-
 // layout is the part of demo.yaml (written by memberd demo init) the story reads.
 type layout struct {
 	Members      []string          `yaml:"members"`

@@ -26,6 +26,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/memberd/memberd/internal/confyaml"
 	"github.com/memberd/memberd/internal/loopport"
 )
 
@@ -362,7 +363,7 @@ func (s *story) setup(ctx context.Context) error {
 		if p.admin, err = loopport.Free(); err != nil {
 			return err
 		}
-		if err := editYAML(p.config, func(m map[string]any) { m["admin"] = p.admin }); err != nil {
+		if err := confyaml.EditFile(p.config, func(m map[string]any) { m["admin"] = p.admin }); err != nil {
 			return err
 		}
 		s.relays = append(s.relays, p)
@@ -370,7 +371,7 @@ func (s *story) setup(ctx context.Context) error {
 	}
 	for _, id := range L.Members {
 		p := &proc{name: id, config: L.MemberConfig[id], logFile: filepath.Join(s.logs, id+".log")}
-		if err := editYAML(p.config, func(m map[string]any) {
+		if err := confyaml.EditFile(p.config, func(m map[string]any) {
 			p.admin, _ = m["admin"].(string)
 			if l, ok := m["ledger"].(map[string]any); ok {
 				p.ledgerAddr, _ = l["listen"].(string)

@@ -13,6 +13,7 @@ import (
 	"go.yaml.in/yaml/v3"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/internal/confyaml"
 	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/loopport"
 	"github.com/memberd/memberd/internal/streamtest"
@@ -95,20 +96,7 @@ func startEchoing(t *testing.T, members, relays int, timeout time.Duration) (*de
 // editMemberConfig rewrites a member's memberd.yaml through edit.
 func editMemberConfig(t testing.TB, L *demo.Layout, member string, edit func(m map[string]any)) {
 	t.Helper()
-	p := L.MemberConfig[member]
-	b, err := os.ReadFile(p)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var m map[string]any
-	if err := yaml.Unmarshal(b, &m); err != nil {
-		t.Fatal(err)
-	}
-	edit(m)
-	if b, err = yaml.Marshal(m); err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(p, b, 0o644); err != nil {
+	if err := confyaml.EditFile(L.MemberConfig[member], edit); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -27,6 +27,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/memberd/memberd/internal/confyaml"
 	"github.com/memberd/memberd/internal/netnstest"
 	"github.com/memberd/memberd/internal/testenv"
 )
@@ -405,20 +406,7 @@ func (cl *cluster) leader() (*proc, uint64) {
 
 func editYAML(t *testing.T, path string, fn func(map[string]any)) {
 	t.Helper()
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	m := map[string]any{}
-	if err := yaml.Unmarshal(raw, &m); err != nil {
-		t.Fatalf("%s: %v", path, err)
-	}
-	fn(m)
-	out, err := yaml.Marshal(m)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(path, out, 0o644); err != nil {
+	if err := confyaml.EditFile(path, fn); err != nil {
 		t.Fatal(err)
 	}
 }

@@ -22,6 +22,7 @@ import (
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/memberd/memberd/internal/confyaml"
 	"github.com/memberd/memberd/internal/loopport"
 )
 
@@ -168,14 +169,14 @@ func (cl *cluster) setup(ctx context.Context) error {
 		if p.admin, err = freePort(); err != nil {
 			return err
 		}
-		if err := editYAML(p.config, func(m map[string]any) { m["admin"] = p.admin }); err != nil {
+		if err := confyaml.EditFile(p.config, func(m map[string]any) { m["admin"] = p.admin }); err != nil {
 			return err
 		}
 		cl.procs = append(cl.procs, p)
 	}
 	for _, id := range L.Members {
 		p := &proc{name: id, config: L.MemberConfig[id]}
-		if err := editYAML(p.config, func(m map[string]any) {
+		if err := confyaml.EditFile(p.config, func(m map[string]any) {
 			p.admin, _ = m["admin"].(string)
 			if l, ok := m["ledger"].(map[string]any); ok {
 				p.ledgerAddr, _ = l["listen"].(string)
@@ -402,24 +403,6 @@ func (cl *cluster) status(ctx context.Context, p *proc) (*status, error) {
 		return nil, err
 	}
 	return &st, nil
-}
-
-// editYAML rewrites a config file through fn (a user editing it).
-func editYAML(path string, fn func(map[string]any)) error {
-	raw, err := os.ReadFile(path)
-	if err != nil {
-		return err
-	}
-	m := map[string]any{}
-	if err := yaml.Unmarshal(raw, &m); err != nil {
-		return fmt.Errorf("%s: %w", path, err)
-	}
-	fn(m)
-	out, err := yaml.Marshal(m)
-	if err != nil {
-		return err
-	}
-	return os.WriteFile(path, out, 0o644)
 }
 
 func freePort() (string, error) { return loopport.Free() }
