@@ -69,6 +69,7 @@ type config struct {
 	sample     time.Duration
 	stall      time.Duration
 	keep       bool
+	pprof      bool
 }
 
 func envStr(name, def string) string {
@@ -81,7 +82,7 @@ func envStr(name, def string) string {
 func parseConfig(args []string) (*config, error) {
 	fs := flag.NewFlagSet("soak", flag.ContinueOnError)
 	var c config
-	var faults, keep string
+	var faults, keep, pprof string
 	ints := []struct {
 		p   *int
 		env string
@@ -121,10 +122,12 @@ func parseConfig(args []string) (*config, error) {
 	fs.StringVar(&c.bin, "soak_bin", envStr("SOAK_BIN", "bin/memberd"), "the memberd binary under test")
 	fs.StringVar(&faults, "soak_faults", envStr("SOAK_FAULTS", ""), "comma-separated faults: follower, leader, relay, entry, term")
 	fs.StringVar(&keep, "soak_keep", envStr("SOAK_KEEP", "0"), "1 keeps the temporary folder")
+	fs.StringVar(&pprof, "soak_pprof", envStr("SOAK_PPROF", "0"), "1 turns admin_pprof on for every appliance (goroutine dumps at /debug/pprof/ on each admin address)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	c.keep = keep == "1" || keep == "true"
+	c.pprof = pprof == "1" || pprof == "true"
 	for _, f := range strings.Split(faults, ",") {
 		switch f = strings.TrimSpace(f); f {
 		case "":
