@@ -35,6 +35,8 @@
 //	SOAK_SAMPLE=5s         process sampling interval
 //	SOAK_STALL=3m          fail when no envelope is acked for this long
 //	SOAK_KEEP=0            1 keeps the temporary folder (logs, ledgers)
+//	SOAK_PPROF=0           1 turns admin_pprof on for the appliances: goroutine
+//	                       dumps at http://ADMIN/debug/pprof/goroutine?debug=1
 //	SOAK_BIN=bin/memberd   the binary under test
 //
 // Every process it starts is ended by PID, and its temporary folder
