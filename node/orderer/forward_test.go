@@ -2,6 +2,8 @@ package orderer
 
 import (
 	"context"
+	"errors"
+	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -65,4 +67,50 @@ func TestForwardedSubmitFailsOnLeaderChange(t *testing.T) {
 		t.Fatalf("answered while the follower still follows leader %d", l)
 	}
 	t.Logf("answered %s %v after the leader was cut off: %s", a.st, a.at.Sub(cut).Round(time.Millisecond), a.info)
+}
+
+// TestWhileLeaderStartsNoGoroutine: a follower forwards thousands of
+// envelopes a second, each watched by whileLeader (twice: the hand-over and
+// the wait for the leader's answer). One goroutine per watch made the
+// follower's goroutine count follow its envelopes in flight (a soak saw the
+// entry member's count jump from ~120 to 265 between two samples: a flatness
+// failure that was only load). The watches must still end on a leader
+// change, with errLeaderChanged.
+func TestWhileLeaderStartsNoGoroutine(t *testing.T) {
+	cl := newCluster(t, 3, testBatch(), nil)
+	l := cl.leader(10 * time.Second)
+	n := cl.node(l%3 + 1)
+	const watches = 500
+	before := runtime.NumGoroutine()
+	ctxs := make([]context.Context, watches)
+	stops := make([]context.CancelFunc, watches)
+	for i := range ctxs {
+		ctxs[i], stops[i] = n.whileLeader(context.Background(), l, n.leaderGen.Load())
+	}
+	defer func() {
+		for _, stop := range stops {
+			stop()
+		}
+	}()
+	if grew := runtime.NumGoroutine() - before; grew >= watches/2 {
+		t.Fatalf("%d watches of the leader started %d goroutines, want none of their own", watches, grew)
+	}
+	cl.net.Partition(cl.nodes[l-1].name)
+	defer cl.net.Heal(cl.nodes[l-1].name)
+	for i, ctx := range ctxs {
+		select {
+		case <-ctx.Done():
+		case <-time.After(15 * time.Second):
+			t.Fatalf("watch %d still open 15s after the leader was cut off (leader now %d)", i, n.Raft().Leader())
+		}
+		if cause := context.Cause(ctx); !errors.Is(cause, errLeaderChanged) {
+			t.Fatalf("watch %d ended with %v, want errLeaderChanged", i, cause)
+		}
+	}
+	// A watch stopped by its owner ends with plain cancellation.
+	ctx, stop := n.whileLeader(context.Background(), n.Raft().Leader(), n.leaderGen.Load())
+	stop()
+	if cause := context.Cause(ctx); !errors.Is(cause, context.Canceled) {
+		t.Fatalf("stopped watch ended with %v, want context.Canceled", cause)
+	}
 }

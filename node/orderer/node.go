@@ -42,9 +42,9 @@ type Node struct {
 	leaderCh chan struct{}
 	// applied wakes the driver when blocks are stored (adaptive cutting).
 	applied chan struct{}
-	// leaderGen is closed and replaced at every leader change, so that
+	// leaderGen is cancelled and replaced at every leader change, so that
 	// forwarded submissions can stop waiting for a deposed leader.
-	leaderGen atomic.Pointer[chan struct{}]
+	leaderGen atomic.Pointer[leaderEpoch]
 	closed    chan struct{}
 	once      sync.Once
 	running   atomic.Bool
@@ -183,8 +183,7 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 	}
 	n.signing.Store(&signingIdentity{signer: cfg.Signer, identity: cfg.Identity})
 	n.observePolicy()
-	lg := make(chan struct{})
-	n.leaderGen.Store(&lg)
+	n.leaderGen.Store(newLeaderEpoch())
 	n.adm = newAdmitter(n.channel, inForce.cut.AbsoluteMaxBytes, cfg.Policy, cfg.Now)
 	n.loadRecent()
 
@@ -409,7 +408,7 @@ type Pending struct {
 	w      *waiter
 	fwd    func(context.Context) error // set on a follower with a Forwarder
 	leader uint64                      // the leader fwd went to
-	gen    chan struct{}               // leaderGen when it was forwarded
+	gen    *leaderEpoch                // leaderGen when it was forwarded
 	// Envelope is the admitted envelope.
 	Envelope *block.Envelope
 }
@@ -452,7 +451,7 @@ func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error)
 		if dup {
 			return nil, fmt.Errorf("%w: %s", ErrDuplicate, env.TxID())
 		}
-		gen := *n.leaderGen.Load()
+		gen := n.leaderGen.Load()
 		// Handing it over may block too (a dead leader reads nothing, so
 		// the stream's window fills): not past a change of leader.
 		fctx, stop := n.whileLeader(ctx, l, gen)
@@ -537,25 +536,55 @@ func (p *Pending) waitForwarded(ctx context.Context) error {
 	return err
 }
 
+// leaderEpoch lasts from one leader change to the next: ctx is cancelled
+// when it ends. A context rather than a channel so that a forwarded
+// submission can watch it with context.AfterFunc, without a goroutine of
+// its own (a follower forwards thousands of envelopes a second).
+type leaderEpoch struct {
+	ctx context.Context
+	end context.CancelFunc
+}
+
+func newLeaderEpoch() *leaderEpoch {
+	ctx, end := context.WithCancel(context.Background())
+	return &leaderEpoch{ctx: ctx, end: end}
+}
+
 // whileLeader returns ctx, also cancelled (cause errLeaderChanged) once the
-// raft leader is no longer leader (gen: leaderGen when it was seen).
-func (n *Node) whileLeader(ctx context.Context, leader uint64, gen chan struct{}) (context.Context, context.CancelFunc) {
+// raft leader is no longer leader (gen: leaderGen when it was seen). It
+// starts no goroutine: the check runs at the end of each leader epoch
+// (context.AfterFunc), so that the goroutine count of a forwarding member
+// does not follow the number of envelopes in flight.
+func (n *Node) whileLeader(ctx context.Context, leader uint64, gen *leaderEpoch) (context.Context, context.CancelFunc) {
 	ctx, abort := context.WithCancelCause(ctx)
-	go func() {
-		for {
-			select {
-			case <-gen:
-			case <-ctx.Done():
-				return
-			}
-			if l := n.raft.Leader(); l != leader {
+	var (
+		mu      sync.Mutex
+		stopped bool
+		unwatch func() bool
+	)
+	var watch func(gen *leaderEpoch)
+	watch = func(gen *leaderEpoch) {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		unwatch = context.AfterFunc(gen.ctx, func() {
+			if n.raft.Leader() != leader {
 				abort(errLeaderChanged)
 				return
 			}
-			gen = *n.leaderGen.Load() // re-elected: keep waiting
-		}
-	}()
-	return ctx, func() { abort(nil) }
+			watch(n.leaderGen.Load()) // re-elected: keep waiting
+		})
+	}
+	watch(gen)
+	return ctx, func() {
+		mu.Lock()
+		stopped = true
+		unwatch()
+		mu.Unlock()
+		abort(nil)
+	}
 }
 
 func (p *Pending) drop() {
@@ -578,8 +607,7 @@ func (n *Node) failAll(err error) {
 
 func (n *Node) onLeaderChange(leader, term uint64) {
 	n.log.Info("raft leader changed", "leader", leader, "term", term, "self", n.raft.ID())
-	next := make(chan struct{})
-	close(*n.leaderGen.Swap(&next))
+	n.leaderGen.Swap(newLeaderEpoch()).end()
 	select {
 	case n.leaderCh <- struct{}{}:
 	default:

@@ -35,6 +35,8 @@
 //	SOAK_SAMPLE=5s         process sampling interval
 //	SOAK_STALL=3m          fail when no envelope is acked for this long
 //	SOAK_KEEP=0            1 keeps the temporary folder (logs, ledgers)
+//	SOAK_PPROF=0           1 turns admin_pprof on for the appliances: goroutine
+//	                       dumps at http://ADMIN/debug/pprof/goroutine?debug=1
 //	SOAK_BIN=bin/memberd   the binary under test
 //
 // Every process it starts is ended by PID, and its temporary folder
@@ -69,6 +71,7 @@ type config struct {
 	sample     time.Duration
 	stall      time.Duration
 	keep       bool
+	pprof      bool
 }
 
 func envStr(name, def string) string {
@@ -81,7 +84,7 @@ func envStr(name, def string) string {
 func parseConfig(args []string) (*config, error) {
 	fs := flag.NewFlagSet("soak", flag.ContinueOnError)
 	var c config
-	var faults, keep string
+	var faults, keep, pprof string
 	ints := []struct {
 		p   *int
 		env string
@@ -121,10 +124,12 @@ func parseConfig(args []string) (*config, error) {
 	fs.StringVar(&c.bin, "soak_bin", envStr("SOAK_BIN", "bin/memberd"), "the memberd binary under test")
 	fs.StringVar(&faults, "soak_faults", envStr("SOAK_FAULTS", ""), "comma-separated faults: follower, leader, relay, entry, term")
 	fs.StringVar(&keep, "soak_keep", envStr("SOAK_KEEP", "0"), "1 keeps the temporary folder")
+	fs.StringVar(&pprof, "soak_pprof", envStr("SOAK_PPROF", "0"), "1 turns admin_pprof on for every appliance (goroutine dumps at /debug/pprof/ on each admin address)")
 	if err := fs.Parse(args); err != nil {
 		return nil, err
 	}
 	c.keep = keep == "1" || keep == "true"
+	c.pprof = pprof == "1" || pprof == "true"
 	for _, f := range strings.Split(faults, ",") {
 		switch f = strings.TrimSpace(f); f {
 		case "":

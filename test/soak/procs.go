@@ -99,8 +99,12 @@ func newCluster(c *config) (*cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &cluster{cfg: c, bin: bin, dir: dir, demo: filepath.Join(dir, "consortium"),
-		http: &http.Client{Timeout: 3 * time.Second}}, nil
+	cl := &cluster{cfg: c, bin: bin, dir: dir, demo: filepath.Join(dir, "consortium"),
+		http: &http.Client{Timeout: 3 * time.Second}}
+	if c.pprof {
+		cl.editMember = func(m map[string]any) { m["admin_pprof"] = true }
+	}
+	return cl, nil
 }
 
 func (cl *cluster) member(id string) *proc {
