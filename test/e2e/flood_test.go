@@ -141,13 +141,11 @@ func (s *suite) badInput(t *testing.T) {
 
 // fdCount is the number of open files of p's current process.
 func fdCount(p *proc) int {
-	p.mu.Lock()
-	cmd := p.cmd
-	p.mu.Unlock()
-	if cmd == nil {
+	pid := pidOf(p)
+	if pid == 0 {
 		return 0
 	}
-	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", cmd.Process.Pid))
+	ents, err := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
 	if err != nil {
 		return 0
 	}
