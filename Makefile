@@ -67,7 +67,7 @@ soak: deps build
 # nftables, SoftHSM2 (CI: .ci/run). 5 to 10 minutes on the shared box
 # (4m57s and 9m47s for 19 scenarios, member_abuse 37-74 s). E2E_RUN='TestE2E/(formed|member_abuse)' runs a few (formed
 # first: the others need the consortium).
-E2E_TIMEOUT ?= 15m
+E2E_TIMEOUT ?= 30m
 # Seeded simulation (issue #11): the consortium's ledger in one process
 # over a simulated network on virtual time (testing/synctest), with drops,
 # duplicates, reordering, delay, partitions, crashes and clock jumps; SEEDS
