@@ -481,7 +481,7 @@ func (t *transport) runPeer(ctx context.Context, p *peer, lane byte) {
 				lvl = slog.LevelDebug
 			}
 			t.log.Log(ctx, lvl, "raft peer silent: dropped the connection to it and its queued messages, dialing again",
-				"peer", p.id, "addr", p.addr, "lane", lane, "silent_for", t.stallAfter)
+				"peer", p.id, "addr", p.addr, "lane", lane, "silent_for", t.stallAfter.String())
 			t.discard(p, lane)
 		}
 		wasSilent = stalled
