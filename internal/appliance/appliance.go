@@ -435,7 +435,7 @@ func (a *Appliance) serve(ctx context.Context) error {
 		return nil
 	})
 	policyDir := a.cfg.Path(a.cfg.Policy.Dir)
-	g.Go(func() error { push.Serve(gctx, a.pushLn, policyDir, a.log); return nil })
+	g.Go(func() error { push.Serve(gctx, a.pushLn, policyDir, a.watcher, a.log); return nil })
 	g.Go(func() error { a.hsm.run(gctx); return nil })
 	g.Go(func() error { return daemon.NotifySystemd(gctx, a.log, applianceProbe(a, a.checks)) })
 	if a.ledger != nil {

@@ -130,9 +130,10 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The pusher hears each member's refusal and its reason.
 	for _, r := range res {
-		if !r.OK {
-			t.Fatalf("push of the under-signed v2 to %s: %s", r.Member, r.Detail)
+		if r.OK || !strings.Contains(r.Detail, policy.ReasonConfigUpdate) {
+			t.Fatalf("push of the under-signed v2 to %s: ok=%v %s, want it refused for %s", r.Member, r.OK, r.Detail, policy.ReasonConfigUpdate)
 		}
 	}
 	waitFor(t, 30*time.Second, "every member to reject the under-signed v2 with reason config_update", func() bool {
@@ -176,8 +177,8 @@ func TestPolicyConfigBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range res {
-		if !r.OK {
-			t.Fatalf("push of v2 to %s: %s", r.Member, r.Detail)
+		if !r.OK || !strings.Contains(r.Detail, "applied: version 2") {
+			t.Fatalf("push of v2 to %s: ok=%v %s, want applied", r.Member, r.OK, r.Detail)
 		}
 	}
 	if err := d.DropRelayPolicy(v2.Marshal()); err != nil {
