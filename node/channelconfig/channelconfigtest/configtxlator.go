@@ -49,3 +49,22 @@ func WriteProto(t testing.TB, dir, name string, m proto.Message) string {
 	}
 	return p
 }
+
+// ProtoDecode runs the stock 'configtxlator proto_decode --type msgType' on
+// m and returns the JSON it writes; the test fails when configtxlator
+// cannot decode m (a stock peer or orderer could not either).
+func ProtoDecode(t testing.TB, msgType string, m proto.Message) []byte {
+	t.Helper()
+	bin := filepath.Join(testenv.Fabric(t, "configtxlator"), "bin", "configtxlator")
+	dir := t.TempDir()
+	in, out := WriteProto(t, dir, "in.pb", m), filepath.Join(dir, "out.json")
+	cmd := exec.Command(bin, "proto_decode", "--type", msgType, "--input", in, "--output", out)
+	if b, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("configtxlator proto_decode --type %s: %v\n%s", msgType, err, b)
+	}
+	js, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return js
+}
