@@ -2,7 +2,6 @@ package channelconfig
 
 import (
 	"encoding/hex"
-	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"strings"
@@ -74,61 +73,18 @@ func TestFromPolicyMirrorsCRLsAndWriters(t *testing.T) {
 
 	// The stock configtxlator decodes the config, and reads the CRL and
 	// the reject-all policy as Fabric means them.
-	var doc struct {
-		ChannelGroup struct {
-			Groups map[string]struct {
-				Groups map[string]struct {
-					Values struct {
-						MSP struct {
-							Value struct {
-								Config struct {
-									RevocationList []string `json:"revocation_list"`
-								} `json:"config"`
-							} `json:"value"`
-						} `json:"MSP"`
-					} `json:"values"`
-					Policies struct {
-						Writers struct {
-							Policy struct {
-								Value struct {
-									Rule struct {
-										NOutOf *struct {
-											N     int               `json:"n"`
-											Rules []json.RawMessage `json:"rules"`
-										} `json:"n_out_of"`
-									} `json:"rule"`
-									Identities []json.RawMessage `json:"identities"`
-								} `json:"value"`
-							} `json:"policy"`
-						} `json:"Writers"`
-					} `json:"policies"`
-				} `json:"groups"`
-			} `json:"groups"`
-		} `json:"channel_group"`
-	}
-	js := channelconfigtest.ProtoDecode(t, "common.Config", u.Config)
-	if err := json.Unmarshal(js, &doc); err != nil {
-		t.Fatalf("configtxlator JSON: %v", err)
-	}
+	orgs := channelconfigtest.DecodeOrgs(t, u.Config)
 	for _, section := range []string{"Orderer", "Application"} {
-		rl := doc.ChannelGroup.Groups[section].Groups["m2MSP"].Values.MSP.Value.Config.RevocationList
-		if len(rl) != 1 || !strings.Contains(pemOfBase64(t, rl[0]), "BEGIN X509 CRL") {
+		rl := orgs[section]["m2MSP"].Values.MSP.Value.Config.RevocationList
+		if len(rl) != 1 || !strings.Contains(string(rl[0]), "BEGIN X509 CRL") {
 			t.Fatalf("configtxlator reads %s/m2MSP revocation_list %q", section, rl)
 		}
 	}
-	w := doc.ChannelGroup.Groups["Application"].Groups["m3MSP"].Policies.Writers.Policy.Value
-	if w.Rule.NOutOf == nil || w.Rule.NOutOf.N != 1 || len(w.Rule.NOutOf.Rules) != 0 || len(w.Identities) != 0 {
-		t.Fatalf("configtxlator reads Application/m3MSP Writers as %+v, want n_out_of{n: 1, rules: []} over no identities", w)
+	for _, org := range []string{"m1MSP", "m2MSP", "m3MSP"} {
+		if w := orgs["Application"][org].Policies["Writers"].Policy.Value; w.RejectsAll() != (org == "m3MSP") {
+			t.Fatalf("configtxlator reads Application/%s Writers as %+v; want reject-all only for m3MSP", org, w)
+		}
 	}
-}
-
-func pemOfBase64(t *testing.T, s string) string {
-	t.Helper()
-	var b []byte
-	if err := json.Unmarshal([]byte(`"`+s+`"`), &b); err != nil {
-		t.Fatalf("revocation_list entry is not base64: %v", err)
-	}
-	return string(b)
 }
 
 func mspConfig(t *testing.T, g *common.ConfigGroup) *msp.FabricMSPConfig {
