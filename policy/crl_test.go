@@ -6,6 +6,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"math/big"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -121,4 +122,33 @@ func TestParseRejectsCRL(t *testing.T) {
 	if _, err := policy.Parse(policytest.Render(t, c.Template)); err != nil {
 		t.Fatalf("a good CRL: %v", err)
 	}
+}
+
+// TestOpenSSLCRLs: CRLs made by 'openssl ca -gencrl' as docs/policy.md
+// tells are accepted, and one made without the authority key identifier
+// extension is refused with the fix (testdata/crl/README.md).
+func TestOpenSSLCRLs(t *testing.T) {
+	read := func(name string) string {
+		b, err := os.ReadFile("testdata/crl/" + name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	c := policytest.New(t, 2)
+	c.Template.Members[0].CACerts = read("ca.pem")
+	c.Template.Members[0].CRLs = read("openssl-gencrl.pem")
+	p := c.Genesis(t)
+	crl := p.Member("m1").CRL
+	want, _ := new(big.Int).SetString("585967BC34D5971D1EE5DE155DFEFDAC", 16)
+	if len(crl) != 1 || len(crl[0].List.RevokedCertificateEntries) != 1 || crl[0].List.RevokedCertificateEntries[0].SerialNumber.Cmp(want) != 0 {
+		t.Fatalf("openssl CRL parsed as %+v", crl)
+	}
+	c.Template.Members[0].CRLs = read("openssl-no-akid.pem")
+	_, err := policy.Parse(policytest.Render(t, c.Template))
+	if !errors.Is(err, policy.ErrMalformed) || !strings.Contains(err.Error(), "members[0] (m1).crls[0] (issuer \"CN=member-a demo CA,O=member-a\"): no authority key identifier") ||
+		!strings.Contains(err.Error(), "authorityKeyIdentifier = keyid:always") {
+		t.Fatalf("CRL without authority key identifier: %v", err)
+	}
+	t.Log(err)
 }

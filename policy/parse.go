@@ -627,7 +627,7 @@ func checkEndpoints(eps []string) error {
 const maxCRLs = maxCerts
 
 // crlHint says how a member makes a CRL that memberd and Fabric accept.
-const crlHint = "make it with the member CA's key, e.g. openssl ca -gencrl with crl_extensions = authorityKeyIdentifier=keyid:always (docs/policy.md, \"Revoking with a CRL\")"
+const crlHint = "make it with the member CA's key, e.g. openssl ca -gencrl whose crl_extensions section holds authorityKeyIdentifier = keyid:always (docs/policy.md, \"Revoking with a CRL\")"
 
 // parseCRLs checks the member's CRLs: each parses, is signed by one of its
 // CA certificates (signature only, as a Fabric MSP checks it; key usage and
