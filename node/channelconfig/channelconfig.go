@@ -70,8 +70,8 @@ type Org struct {
 	CRLs [][]byte
 	// ReadOnly, for an Application org, gives it a Writers policy that no
 	// signature satisfies (Fabric's reject-all: 1 out of no rules), so
-	// stock peers refuse its clients' proposals (ACL peer/Propose is
-	// /Channel/Application/Writers) and transactions. The zero value keeps
+	// stock peers refuse its clients' proposals (the default ACL of
+	// peer/Propose is /Channel/Application/Writers). The zero value keeps
 	// Writers OR(admin, client). Not read for Orderer orgs.
 	ReadOnly bool
 }
