@@ -30,8 +30,9 @@ import (
 // before and after. After version 2, the stock peer of a (having committed
 // the CONFIG block) refuses the revoked client, and so does memberd's own
 // Deliver, while a's admin is served by both. After version 3, c's Fabric
-// Writers policy is the reject-all policy, and memberd refuses c's
-// Broadcast.
+// Writers policy is the reject-all policy: the stock peer refuses the
+// proposals of c's admin (ACL peer/Propose) and memberd refuses c's
+// Broadcast, while a's are let through.
 func TestPolicyConfigBlockCRLAndWriters(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-member consortium, the stock peer CLI and openssl")
@@ -108,6 +109,23 @@ func TestPolicyConfigBlockCRLAndWriters(t *testing.T) {
 	// transactions. Writers' mod_policy is c's own Admins (as in every
 	// Fabric org), so a and b alone cannot change it: every member refuses
 	// the version, naming the signature it lacks; with c's admin it applies.
+	// A proposal for a chaincode that does not exist tells, by its error,
+	// whether the stock peer's ACL check (peer/Propose ->
+	// /Channel/Application/Writers, made before the chaincode lookup) let
+	// the creator through.
+	cEnv := append(append([]string{}, p.env...), "CORE_PEER_LOCALMSPID="+c+"MSP",
+		"CORE_PEER_MSPCONFIGPATH="+filepath.Join(L.Dir, "members", c, "admin", "msp"))
+	propose := func(env []string) string {
+		out, err := p.try(ctx, env, "chaincode", "query", "-C", "demo", "-n", "nocc", "-c", `{"Args":["x"]}`)
+		if err == nil {
+			t.Fatal("a query of chaincode nocc, which is not defined, succeeded")
+		}
+		return out
+	}
+	const passedACL = "make sure the chaincode nocc has been successfully defined"
+	if out := propose(cEnv); !strings.Contains(out, passedACL) {
+		t.Fatalf("the stock peer refuses %s's admin before version 3:\n%s", c, lastLines(out, 5))
+	}
 	v3 := newConfigVersion(t, ctx, L, d, v2, func(doc *policy.Document) { doc.Members[2].Roles = []policy.Role{policy.RoleConsenter} }, a, L.Members[1])
 	if _, res := v3.push(t, ctx, L, d); len(res) == 0 || !allRefused(res, "/Channel/Application/"+c+"MSP/Admins") {
 		t.Fatalf("version 3 without %s's channel admin: %+v, want every member to refuse it for /Channel/Application/%sMSP/Admins", c, res, c)
@@ -127,6 +145,14 @@ func TestPolicyConfigBlockCRLAndWriters(t *testing.T) {
 		t.Fatalf("a writer after version 3: %v", err)
 	}
 	p.waitHeight(t, ctx, sameHeight(t, d, L.Members, 20*time.Second))
+	out := propose(cEnv)
+	if strings.Contains(out, passedACL) || !strings.Contains(out, "/Channel/Application/Writers") {
+		t.Fatalf("the stock peer lets %s's admin propose after version 3:\n%s", c, lastLines(out, 5))
+	}
+	t.Logf("stock peer, proposal of %s (no writer role): %s", c, lastLines(out, 1))
+	if out := propose(p.clientEnv()); !strings.Contains(out, passedACL) {
+		t.Fatalf("the stock peer refuses a's admin after version 3:\n%s", lastLines(out, 5))
+	}
 }
 
 // configVersion is a version being signed against the channel's last
