@@ -152,12 +152,14 @@ func (a *Appliance) undo() {
 	}
 }
 
-// background runs run(ctx) on a goroutine until Run returns, when stop
-// (the part's Close) ends it and Run waits for it. The channel gets run's
-// result.
+// background runs run on a goroutine until Run returns, when stop (the
+// part's Close) ends it, in undo's order, and Run waits for it. ctx's end
+// does not end it: the tunnel must outlive what uses it (the ledger's
+// overlay listeners are closed first). The channel gets run's result.
 func (a *Appliance) background(ctx context.Context, run func(context.Context) error, stop func() error) <-chan error {
 	errc := make(chan error, 1)
 	done := make(chan struct{})
+	ctx = context.WithoutCancel(ctx)
 	go func() {
 		defer close(done)
 		errc <- run(ctx)
@@ -329,6 +331,8 @@ func (a *Appliance) startTunnel(ctx context.Context, id *identity.Identity, cur 
 	select {
 	case <-dev.Ready():
 		return nil
+	case <-ctx.Done():
+		return ctx.Err() // undo closes the device
 	case err := <-runErr:
 		if err == nil {
 			err = tunnel.ErrClosed
