@@ -109,7 +109,7 @@ type deviceIO struct {
 }
 
 // lifecycle is Run and Close. mu guards started, closed, ctx, eg and
-// cancel; up and done are made in New.
+// cancel; the channels are made in New.
 type lifecycle struct {
 	mu      sync.Mutex
 	started bool               // Run was called
