@@ -18,7 +18,7 @@ func FuzzParse(f *testing.F) {
 	f.Add(c.Next(f, g, func(d *policy.Document) {
 		d.Amendment.Rules = map[policy.ChangeKind]policy.Threshold{policy.KindMemberAdded: policy.Fraction(2, 3)}
 	}, "m1").Marshal())
-	tlsCert, _ := c.CAs["m1"].Issue(f, "m1 tls")
+	tlsCert := c.CAs["m1"].Issue(f, "m1 tls").Cert
 	f.Add(c.Next(f, g, func(d *policy.Document) {
 		d.Members[0].LedgerConsenter = &policy.LedgerConsenter{TLSCert: pemOf(tlsCert), Port: 7053}
 	}, "m1", "m2").Marshal())

@@ -319,7 +319,8 @@ func TestAdminKeyTypes(t *testing.T) {
 	c.Template.Members[0].Admins = []*policy.Admin{c.AddAdminKey(t, "m1", "ed", edKey)}
 	c.Template.Members[1].Admins = []*policy.Admin{c.AddAdminKey(t, "m2", "rsa", rsaKey)}
 	// m3's admin is a certificate issued by its CA (valid 30 days).
-	cert, certKey := c.CAs["m3"].Issue(t, "admin.m3")
+	leaf := c.CAs["m3"].Issue(t, "admin.m3")
+	cert, certKey := leaf.Cert, leaf.Key
 	a := c.AddAdminKey(t, "m3", "cert", certKey)
 	a.PublicKey, a.Certificate = "", pemOf(cert)
 	c.Template.Members[2].Admins = []*policy.Admin{a}

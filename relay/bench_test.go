@@ -13,10 +13,10 @@ import (
 
 	"github.com/quic-go/quic-go"
 
-	"github.com/memberd/memberd/relay/relaytest"
+	"github.com/memberd/memberd/internal/testpki"
 )
 
-func relaytestSelfSigned(b *testing.B) tls.Certificate { return relaytest.SelfSigned(b, "bench") }
+func relaytestSelfSigned(b *testing.B) tls.Certificate { return testpki.SelfSigned(b, "bench").TLS() }
 
 // Forwarding benchmarks. Each runs an echo: member A sends to member B
 // through the relay, B sends every packet back, with at most `window`
@@ -197,7 +197,7 @@ func BenchmarkMemoryPerMember(b *testing.B) {
 		// Issue certificates before measuring.
 		certs := make(map[string]tlsCert, members)
 		for _, m := range ids {
-			certs[m] = n.cas[m].Issue(b, m)
+			certs[m] = n.cas[m].Issue(b, m).TLS()
 		}
 		var before, after runtime.MemStats
 		runtime.GC()

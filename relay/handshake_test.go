@@ -20,7 +20,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
-	"github.com/memberd/memberd/relay/relaytest"
+	"github.com/memberd/memberd/internal/testpki"
 )
 
 // fdCount is the number of open file descriptors of this process.
@@ -169,8 +169,8 @@ func TestHandshakeFailureReasons(t *testing.T) {
 	n.noQUIC = map[string]bool{"relay-1": true}
 	r := n.startRelay("relay-1", func(c *ServerConfig) { c.HandshakeTimeout = 500 * time.Millisecond })
 	startQUICTransport(t, r)
-	stranger := relaytest.NewCA(t, "stranger-ca").Issue(t, "stranger")
-	revoked := n.cas["bank-a"].Issue(t, "stolen")
+	stranger := testpki.NewCA(t, "stranger-ca").Issue(t, "stranger").TLS()
+	revoked := n.cas["bank-a"].Issue(t, "stolen").TLS()
 	expired := expiredCert(t, n.cas["bank-a"])
 	auth, err := NewStaticAuthority(StaticPolicy{MemberCAs: map[string][]*x509.Certificate{"bank-a": {n.cas["bank-a"].Cert}},
 		AllowAll: true, Relays: n.infos, Revoked: []*x509.Certificate{revoked.Leaf}})
@@ -228,7 +228,7 @@ func TestHandshakeFailureReasons(t *testing.T) {
 			return err
 		}},
 		{"tcp bad HELLO", HandshakeFailBadFrame, func() error {
-			c, err := tls.Dial("tcp", r.info.Addr, tlsCfg(n.cas["bank-a"].Issue(t, "a")))
+			c, err := tls.Dial("tcp", r.info.Addr, tlsCfg(n.cas["bank-a"].Issue(t, "a").TLS()))
 			if err != nil {
 				return err
 			}
@@ -238,7 +238,7 @@ func TestHandshakeFailureReasons(t *testing.T) {
 			return err
 		}},
 		{"tcp silent after TLS", HandshakeFailTimeout, func() error {
-			c, err := tls.Dial("tcp", r.info.Addr, tlsCfg(n.cas["bank-a"].Issue(t, "a")))
+			c, err := tls.Dial("tcp", r.info.Addr, tlsCfg(n.cas["bank-a"].Issue(t, "a").TLS()))
 			if err != nil {
 				return err
 			}
@@ -258,7 +258,7 @@ func TestHandshakeFailureReasons(t *testing.T) {
 		{"quic no control stream", HandshakeFailTimeout, func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			c, err := quic.DialAddr(ctx, r.info.Addr, tlsCfg(n.cas["bank-a"].Issue(t, "a")), &quic.Config{})
+			c, err := quic.DialAddr(ctx, r.info.Addr, tlsCfg(n.cas["bank-a"].Issue(t, "a").TLS()), &quic.Config{})
 			if err == nil {
 				_, err = c.AcceptStream(ctx)
 			}
@@ -287,7 +287,7 @@ func TestHandshakeFailureReasons(t *testing.T) {
 }
 
 // expiredCert issues a client certificate from ca that expired an hour ago.
-func expiredCert(t testing.TB, ca *relaytest.CA) tls.Certificate {
+func expiredCert(t testing.TB, ca *testpki.CA) tls.Certificate {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {

@@ -16,13 +16,14 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay/relaytest"
 )
 
 // testNet is a consortium on loopback: member CAs, relays, clients.
 type testNet struct {
 	t       testing.TB
-	cas     map[string]*relaytest.CA
+	cas     map[string]*testpki.CA
 	relayID map[string]tls.Certificate
 	infos   []RelayInfo
 	relays  map[string]*testRelay
@@ -32,13 +33,13 @@ type testNet struct {
 }
 
 func newTestNet(t testing.TB, members []string, relays []string) *testNet {
-	n := &testNet{t: t, cas: map[string]*relaytest.CA{}, relayID: map[string]tls.Certificate{},
+	n := &testNet{t: t, cas: map[string]*testpki.CA{}, relayID: map[string]tls.Certificate{},
 		relays: map[string]*testRelay{}, all: true}
 	for _, m := range members {
-		n.cas[m] = relaytest.NewCA(t, m+"-ca")
+		n.cas[m] = testpki.NewCA(t, m+"-ca")
 	}
 	for _, id := range relays {
-		cert := relaytest.SelfSigned(t, id)
+		cert := testpki.SelfSigned(t, id).TLS()
 		n.relayID[id] = cert
 		n.infos = append(n.infos, RelayInfo{ID: id, Addr: freePort(t), Pin: PinOf(cert.Leaf)})
 	}
@@ -215,7 +216,7 @@ func (r *testRelay) stop() {
 
 // member returns a client for member m with a certificate from its CA.
 func (n *testNet) member(m string, tweak func(*ClientConfig)) *Client {
-	return n.client(n.cas[m].Issue(n.t, m+"-appliance"), tweak)
+	return n.client(n.cas[m].Issue(n.t, m+"-appliance").TLS(), tweak)
 }
 
 func (n *testNet) client(id tls.Certificate, tweak func(*ClientConfig)) *Client {

@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
-	"github.com/memberd/memberd/relay/relaytest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay/wire"
 )
 
@@ -167,14 +167,14 @@ func TestTCPFallbackAndReprobe(t *testing.T) {
 func TestNonMemberRefused(t *testing.T) {
 	n := newTestNet(t, []string{"bank-a"}, []string{"relay-1"})
 	r := n.startRelay("relay-1", nil)
-	stranger := relaytest.NewCA(t, "stranger-ca").Issue(t, "mallory")
+	stranger := testpki.NewCA(t, "stranger-ca").Issue(t, "mallory").TLS()
 	tests := []struct {
 		name string
 		cert func() tlsCert
 		auth func(leaf tlsCert) *StaticAuthority
 	}{
 		{"unknown CA", func() tlsCert { return stranger }, nil},
-		{"revoked", func() tlsCert { return n.cas["bank-a"].Issue(t, "stolen") }, func(leaf tlsCert) *StaticAuthority {
+		{"revoked", func() tlsCert { return n.cas["bank-a"].Issue(t, "stolen").TLS() }, func(leaf tlsCert) *StaticAuthority {
 			a, err := NewStaticAuthority(StaticPolicy{
 				MemberCAs: map[string][]*x509Cert{"bank-a": {n.cas["bank-a"].Cert}},
 				Revoked:   []*x509Cert{leaf.Leaf}, AllowAll: true, Relays: n.infos})
@@ -387,7 +387,7 @@ func TestBucket(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	good := relaytest.SelfSigned(t, "x")
+	good := testpki.SelfSigned(t, "x").TLS()
 	tests := []struct {
 		name string
 		cfg  ClientConfig

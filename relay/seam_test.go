@@ -5,8 +5,8 @@ import (
 	"net"
 	"testing"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay"
-	"github.com/memberd/memberd/relay/relaytest"
 )
 
 // packetTransport is a copy of tunnel.PacketTransport (the consumer owns
@@ -41,4 +41,4 @@ func TestClosedClientReturnsErrClosed(t *testing.T) {
 	}
 }
 
-func selfSigned(t *testing.T) tls.Certificate { return relaytest.SelfSigned(t, "client") }
+func selfSigned(t *testing.T) tls.Certificate { return testpki.SelfSigned(t, "client").TLS() }

@@ -17,6 +17,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay"
 	"github.com/memberd/memberd/relay/relaytest"
 	"github.com/memberd/memberd/tunnel"
@@ -95,19 +96,17 @@ func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byt
 	t.Helper()
 
 	members := []string{"bank-a", "bank-b"}
-	rcas := map[string]*relaytest.CA{}
-	cas := map[string][]*tunneltest.CA{}
+	cas := map[string]*testpki.CA{}
 	relayCAs := map[string][]*x509.Certificate{}
 	for _, m := range members {
-		rcas[m] = relaytest.NewCA(t, m+"-ca")
-		cas[m] = []*tunneltest.CA{{Member: m, Cert: rcas[m].Cert, Key: rcas[m].Key}}
-		relayCAs[m] = []*x509.Certificate{rcas[m].Cert}
+		cas[m] = testpki.NewCA(t, m+"-ca")
+		relayCAs[m] = []*x509.Certificate{cas[m].Cert}
 	}
 	var infos []relay.RelayInfo
 	var certs []tls.Certificate
 	for i := range nRelays {
 		id := "relay-" + strconv.Itoa(i+1)
-		cert := relaytest.SelfSigned(t, id)
+		cert := testpki.SelfSigned(t, id).TLS()
 		certs = append(certs, cert)
 		infos = append(infos, relay.RelayInfo{ID: id, Addr: relaytest.FreePort(t), Pin: relay.PinOf(cert.Leaf)})
 	}
@@ -135,13 +134,13 @@ func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byt
 
 	var specs []tunneltest.MemberSpec
 	for i, m := range members {
-		specs = append(specs, tunneltest.MemberSpec{ID: m, Addr: netip.AddrFrom4([4]byte{10, 99, 0, byte(i + 1)}), CA: cas[m][0]})
+		specs = append(specs, tunneltest.MemberSpec{ID: m, Addr: netip.AddrFrom4([4]byte{10, 99, 0, byte(i + 1)}), CA: cas[m]})
 	}
 	tauth := tunneltest.NewAuthority(specs, nil)
 	devs := map[string]*tunnel.Device{}
 	clients := map[string]*relay.Client{}
 	for _, m := range members {
-		id := rcas[m].Issue(t, m+"-appliance")
+		id := cas[m].Issue(t, m+"-appliance").TLS()
 		cl, err := relay.NewClient(relay.ClientConfig{Identity: id, Relays: infos, NoEnvProxy: true,
 			QUICTimeout: time.Second, BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond})
 		if err != nil {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"log/slog"
@@ -14,11 +13,11 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/internal/authority"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
 	"github.com/memberd/memberd/policy/push"
 	"github.com/memberd/memberd/relay"
-	"github.com/memberd/memberd/relay/relaytest"
 )
 
 type tLogWriter struct{ t *testing.T }
@@ -37,7 +36,7 @@ func (w tLogWriter) Write(p []byte) (int, error) {
 func TestRelayLearnsPolicyFromMembers(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(tLogWriter{t}, nil))
 	c := policytest.New(t, 3)
-	relayID := relaytest.SelfSigned(t, "r1")
+	relayID := testpki.SelfSigned(t, "r1").TLS()
 	spki := sha256.Sum256(relayID.Leaf.RawSubjectPublicKeyInfo)
 	c.Template.Relays[0].SPKISHA256 = hex.EncodeToString(spki[:])
 	v1 := c.Genesis(t)
@@ -69,9 +68,8 @@ func TestRelayLearnsPolicyFromMembers(t *testing.T) {
 
 	clients := map[string]*relay.Client{}
 	for _, m := range []string{"m1", "m2", "m3"} {
-		leaf, key := c.CAs[m].Issue(t, m+"-appliance")
 		cl, err := relay.NewClient(relay.ClientConfig{
-			Identity:    tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf},
+			Identity:    c.CAs[m].Issue(t, m+"-appliance").TLS(),
 			Relays:      []relay.RelayInfo{{ID: "r1", Addr: ln.Addr().String(), Pin: relay.PinOf(relayID.Leaf)}},
 			QUICTimeout: 50 * time.Millisecond, NoEnvProxy: true, Logger: log.With("member", m)})
 		if err != nil {

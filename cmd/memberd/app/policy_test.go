@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/hsm/hsmtest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/policy"
@@ -122,7 +123,7 @@ func TestPolicyCLIWorkflow(t *testing.T) {
 	policyExpect(t, code, out+errb, ExitUsage, "give both --config-block and --admin-cert")
 	css := map[string]channelconfig.Consenter{}
 	for _, m := range g.Consenters() {
-		cert, _ := c.CAs[m.ID].Issue(t, m.ID+"-tls")
+		cert := c.CAs[m.ID].Issue(t, m.ID+"-tls").Cert
 		pemTLS := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 		css[m.ID] = channelconfig.Consenter{ClientTLSCert: pemTLS, ServerTLSCert: pemTLS}
 	}
@@ -140,7 +141,7 @@ func TestPolicyCLIWorkflow(t *testing.T) {
 	}
 	genesisBlock, otherAdmin := filepath.Join(dir, "genesis.block"), filepath.Join(dir, "other-admin.pem")
 	policyWriteFile(t, genesisBlock, gbRaw)
-	oc, _ := c.CAs["m3"].IssueOU(t, "admin3", channelconfig.AdminOU)
+	oc := c.CAs["m3"].Issue(t, "admin3", testpki.OU(channelconfig.AdminOU)).Cert
 	policyWriteFile(t, otherAdmin, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: oc.Raw}))
 	code, out, errb = run(t, "policy", "sign", "--key", keys["m3"], "--insecure-file-key", "--config-block", genesisBlock, "--admin-cert", otherAdmin, v2)
 	policyExpect(t, code, out+errb, ExitRuntime, "is not for this key")
