@@ -2,16 +2,11 @@ package relay
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"sync"
@@ -171,7 +166,7 @@ func TestHandshakeFailureReasons(t *testing.T) {
 	startQUICTransport(t, r)
 	stranger := testpki.NewCA(t, "stranger-ca").Issue(t, "stranger").TLS()
 	revoked := n.cas["bank-a"].Issue(t, "stolen").TLS()
-	expired := expiredCert(t, n.cas["bank-a"])
+	expired := n.cas["bank-a"].Issue(t, "expired", testpki.Valid(time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))).TLS()
 	auth, err := NewStaticAuthority(StaticPolicy{MemberCAs: map[string][]*x509.Certificate{"bank-a": {n.cas["bank-a"].Cert}},
 		AllowAll: true, Relays: n.infos, Revoked: []*x509.Certificate{revoked.Leaf}})
 	if err != nil {
@@ -284,28 +279,6 @@ func TestHandshakeFailureReasons(t *testing.T) {
 	if sum != uint64(len(cases)) {
 		t.Errorf("failures %v: %d in all, want %d (one per case)", r.srv.HandshakeFailures(), sum, len(cases))
 	}
-}
-
-// expiredCert issues a client certificate from ca that expired an hour ago.
-func expiredCert(t testing.TB, ca *testpki.CA) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: "expired"},
-		NotBefore:    time.Now().Add(-48 * time.Hour),
-		NotAfter:     time.Now().Add(-time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 // muteConn lets the first datagram out and nothing after: a QUIC client
