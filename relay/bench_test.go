@@ -128,7 +128,7 @@ func relayEcho(b *testing.B, quicOff bool) echoer {
 	n := newTestNet(b, []string{"bank-a", "bank-b"}, []string{"relay-1"})
 	r := n.startRelay("relay-1", func(c *ServerConfig) { c.RateBytesPerSec = -1; c.Logger = nil })
 	if quicOff {
-		r.stopQUIC()
+		r.StopQUIC()
 	}
 	quiet := func(c *ClientConfig) { c.Logger = nil; c.QUICTimeout = 200 * time.Millisecond }
 	a, bb := n.member("bank-a", quiet), n.member("bank-b", quiet)
@@ -152,7 +152,7 @@ func relayEcho(b *testing.B, quicOff bool) echoer {
 			b.Logf("MaxPacketSize=%d relay drops=%v a drops=%v b drops=%v", a.MaxPacketSize(), r.srv.Drops(), a.Drops(), bb.Drops())
 			a.Close()
 			bb.Close()
-			r.stop()
+			r.Stop()
 		},
 	}
 }
@@ -221,7 +221,7 @@ func BenchmarkMemoryPerMember(b *testing.B) {
 		for _, c := range cs {
 			c.Close()
 		}
-		r.stop()
+		r.Stop()
 	}
 }
 

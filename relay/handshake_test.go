@@ -71,7 +71,7 @@ func startQUICTransport(t testing.TB, r *testRelay) {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { defer close(done); r.srv.ServeQUIC(r.ctx, ln) }()
+	r.Go(func(ctx context.Context) { defer close(done); r.srv.ServeQUIC(ctx, ln) })
 	t.Cleanup(func() { ln.Close(); tr.Close(); udp.Close(); <-done })
 }
 

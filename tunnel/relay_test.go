@@ -7,15 +7,11 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
-	"net"
 	"net/netip"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
-
-	"github.com/quic-go/quic-go"
 
 	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay"
@@ -27,17 +23,14 @@ import (
 // relay.Client is the production PacketTransport.
 var _ tunnel.PacketTransport = (*relay.Client)(nil)
 
-// tunnelRelay is one in-process relay of relayClusterN with its sockets.
+// tunnelRelay is one in-process relay of relayClusterN; relaytest.Relay
+// owns its sockets.
 type tunnelRelay struct {
 	info relay.RelayInfo
 	cfg  relay.ServerConfig
-	ctx  context.Context
-	wg   *sync.WaitGroup
 
-	srv *relay.Server
-	udp net.PacketConn
-	ql  *quic.Listener
-	tl  net.Listener
+	srv   *relay.Server
+	relay *relaytest.Relay
 }
 
 // start runs a new server on the relay's address (again after a crash,
@@ -48,38 +41,12 @@ func (r *tunnelRelay) start(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tl, err := net.Listen("tcp", r.info.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, err := net.ListenPacket("udp", r.info.Addr)
-	if err != nil {
-		tl.Close()
-		t.Fatal(err)
-	}
-	ql, err := quic.Listen(udp, srv.TLSConfig(), srv.QUICConfig())
-	if err != nil {
-		tl.Close()
-		udp.Close()
-		t.Fatal(err)
-	}
-	r.srv, r.udp, r.ql, r.tl = srv, udp, ql, tl
-	r.wg.Add(2)
-	go func() { defer r.wg.Done(); srv.ServeTCP(r.ctx, tl) }()
-	go func() { defer r.wg.Done(); srv.ServeQUIC(r.ctx, ql) }()
+	r.srv, r.relay = srv, relaytest.Start(t, r.info.Addr, srv, relaytest.Options{})
 }
 
 // crash makes the relay vanish as kill -9 does: the UDP socket goes first,
 // so no QUIC CONNECTION_CLOSE reaches its members, only silence.
-func (r *tunnelRelay) crash() {
-	if r.srv == nil {
-		return
-	}
-	r.ql.Close()
-	r.udp.Close()
-	r.tl.Close()
-	r.srv.Close()
-}
+func (r *tunnelRelay) crash() { r.relay.Crash() }
 
 // relayCluster starts one relay on loopback (QUIC and TCP on one port) and
 // two tunnel devices (bank-a, bank-b) whose transports are relay.Clients.
@@ -115,17 +82,10 @@ func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byt
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
+	t.Cleanup(cancel)
 	var relays []*tunnelRelay
-	t.Cleanup(func() {
-		for _, r := range relays {
-			r.crash()
-		}
-		cancel()
-		wg.Wait()
-	})
 	for i, info := range infos {
-		r := &tunnelRelay{info: info, ctx: ctx, wg: &wg, cfg: relay.ServerConfig{ID: info.ID, Identity: certs[i], Authority: rauth,
+		r := &tunnelRelay{info: info, cfg: relay.ServerConfig{ID: info.ID, Identity: certs[i], Authority: rauth,
 			RateBytesPerSec: -1,
 			ForwardHook:     hook}}
 		relays = append(relays, r)

@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"log/slog"
-	"net"
 	"slices"
 	"testing"
 	"time"
@@ -18,6 +17,7 @@ import (
 	"github.com/memberd/memberd/policy/policytest"
 	"github.com/memberd/memberd/policy/push"
 	"github.com/memberd/memberd/relay"
+	"github.com/memberd/memberd/relay/relaytest"
 )
 
 type tLogWriter struct{ t *testing.T }
@@ -57,20 +57,16 @@ func TestRelayLearnsPolicyFromMembers(t *testing.T) {
 	defer cancelSub()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{}, 2)
-	go func() { w.Run(ctx); done <- struct{}{} }()
-	go func() { srv.ServeTCP(ctx, ln); done <- struct{}{} }()
-	defer func() { cancel(); srv.Close(); <-done; <-done }()
+	r := relaytest.Start(t, "127.0.0.1:0", srv, relaytest.Options{NoQUIC: true})
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); r.Stop(); <-done }()
 
 	clients := map[string]*relay.Client{}
 	for _, m := range []string{"m1", "m2", "m3"} {
 		cl, err := relay.NewClient(relay.ClientConfig{
 			Identity:    c.CAs[m].Issue(t, m+"-appliance").TLS(),
-			Relays:      []relay.RelayInfo{{ID: "r1", Addr: ln.Addr().String(), Pin: relay.PinOf(relayID.Leaf)}},
+			Relays:      []relay.RelayInfo{{ID: "r1", Addr: r.Addr, Pin: relay.PinOf(relayID.Leaf)}},
 			QUICTimeout: 50 * time.Millisecond, NoEnvProxy: true, Logger: log.With("member", m)})
 		if err != nil {
 			t.Fatal(err)
