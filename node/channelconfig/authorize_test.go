@@ -25,12 +25,11 @@ func TestCheckUpdateSigned(t *testing.T) {
 	}
 	sign := func(u *Update, member, ou string) *common.ConfigSignature {
 		leaf := f.c.CAs[member].Issue(t, member+" "+ou, testpki.OU(ou))
-		cert, key := leaf.Cert, leaf.Key
-		id, err := proto.Marshal(&msp.SerializedIdentity{Mspid: f.genesis.Member(member).MSPID, IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})})
+		id, err := proto.Marshal(&msp.SerializedIdentity{Mspid: f.genesis.Member(member).MSPID, IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Cert.Raw})})
 		if err != nil {
 			t.Fatal(err)
 		}
-		raw, err := SignConfigUpdate(u, Signer{Key: key, Identity: id}, rand.Reader)
+		raw, err := SignConfigUpdate(u, Signer{Key: leaf.Key, Identity: id}, rand.Reader)
 		if err != nil {
 			t.Fatal(err)
 		}

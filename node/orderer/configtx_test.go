@@ -65,10 +65,9 @@ func (cl *cluster) withConfigSignatures(t *testing.T, id uint64, p *policy.Polic
 		if ca == nil {
 			continue
 		}
-		leaf := ca.Issue(t, m.ID+" admin", testpki.OU(channelconfig.AdminOU))
-		cert, key := leaf.Cert, leaf.Key
-		id := Identity{MSPID: m.MSPID, Cert: cert, Signer: key}
-		raw, err := channelconfig.SignConfigUpdate(u, channelconfig.Signer{Key: key, Identity: id.Serialized()}, rand.Reader)
+		admin := ca.Issue(t, m.ID+" admin", testpki.OU(channelconfig.AdminOU))
+		id := Identity{MSPID: m.MSPID, Cert: admin.Cert, Signer: admin.Key}
+		raw, err := channelconfig.SignConfigUpdate(u, channelconfig.Signer{Key: admin.Key, Identity: id.Serialized()}, rand.Reader)
 		if err != nil {
 			t.Fatal(err)
 		}
