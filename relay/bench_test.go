@@ -16,8 +16,6 @@ import (
 	"github.com/memberd/memberd/internal/testpki"
 )
 
-func relaytestSelfSigned(b *testing.B) tls.Certificate { return testpki.SelfSigned(b, "bench").TLS() }
-
 // Forwarding benchmarks. Each runs an echo: member A sends to member B
 // through the relay, B sends every packet back, with at most `window`
 // packets in flight (a lost packet frees the window after a timeout and is
@@ -229,7 +227,7 @@ func BenchmarkMemoryPerMember(b *testing.B) {
 // endpoints (no relay, no framing), to separate quic-go's own limits from
 // the relay's.
 func quicRawEcho(b *testing.B) echoer {
-	srvCert := relaytestSelfSigned(b)
+	srvCert := testpki.SelfSigned(b, "bench").TLS()
 	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{srvCert}, NextProtos: []string{"bench"}},
 		&quic.Config{EnableDatagrams: true})
 	if err != nil {
