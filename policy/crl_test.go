@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"github.com/memberd/memberd/internal/testpki"
 	"math/big"
 	"os"
 	"strings"
@@ -21,9 +22,9 @@ import (
 func TestCRLRevokes(t *testing.T) {
 	c := policytest.New(t, 2)
 	ca1 := c.CAs["m1"]
-	good, _ := ca1.Issue(t, "good.m1")
-	bad, _ := ca1.Issue(t, "bad.m1")
-	other, _ := c.CAs["m2"].Issue(t, "node.m2")
+	good := ca1.Issue(t, "good.m1").Cert
+	bad := ca1.Issue(t, "bad.m1").Cert
+	other := c.CAs["m2"].Issue(t, "node.m2").Cert
 	g := c.Genesis(t)
 	if _, err := g.MemberForCertificate([][]*x509.Certificate{{bad}}); err != nil {
 		t.Fatalf("before the CRL: %v", err)
@@ -68,12 +69,12 @@ func TestCRLRevokes(t *testing.T) {
 	}
 }
 
-func issueSerial(t *testing.T, ca *policytest.CA, serial *big.Int) *x509.Certificate {
+func issueSerial(t *testing.T, ca *testpki.CA, serial *big.Int) *x509.Certificate {
 	t.Helper()
-	leaf, key := ca.Issue(t, "twin")
-	tmpl := *leaf
+	leaf := ca.Issue(t, "twin")
+	tmpl := *leaf.Cert
 	tmpl.SerialNumber = serial
-	der, err := x509.CreateCertificate(rand.Reader, &tmpl, ca.Cert, key.Public(), ca.Key)
+	der, err := x509.CreateCertificate(rand.Reader, &tmpl, ca.Cert, leaf.Key.Public(), ca.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -87,7 +88,7 @@ func issueSerial(t *testing.T, ca *policytest.CA, serial *big.Int) *x509.Certifi
 func TestParseRejectsCRL(t *testing.T) {
 	c := policytest.New(t, 2)
 	ca1 := c.CAs["m1"]
-	leaf, _ := ca1.Issue(t, "leaf")
+	leaf := ca1.Issue(t, "leaf").Cert
 	// A CRL signed with m1's CA key whose authority key identifier is not
 	// the CA's subject key identifier: Fabric would never match it.
 	fake := *ca1.Cert
@@ -102,7 +103,7 @@ func TestParseRejectsCRL(t *testing.T) {
 		name, crls, want string
 	}{
 		{"signed by another member's CA", c.CAs["m2"].CRL(t, 1, leaf), "members[0] (m1).crls[0] (issuer \"CN=m2 CA\"): not signed by any of the member's ca_certs"},
-		{"signed by an outsider", policytest.NewCA(t, "outsider CA").CRL(t, 1), "not signed by any of the member's ca_certs"},
+		{"signed by an outsider", testpki.NewCA(t, "outsider CA").CRL(t, 1), "not signed by any of the member's ca_certs"},
 		{"authority key identifier mismatch", wrongAKI, "members[0] (m1).crls[0] (issuer \"CN=m1 CA\"): authority key identifier 01020304 is not the subject key identifier"},
 		{"two CRLs of one CA", ca1.CRL(t, 1) + ca1.CRL(t, 2, leaf), "members[0] (m1).crls[1]: CA \"CN=m1 CA\" already has crls[0]; list only the newest CRL of each CA"},
 		{"a certificate, not a CRL", ca1.PEM, "members[0] (m1).crls[0]: a PEM \"CERTIFICATE\" block; want \"X509 CRL\""},

@@ -3,6 +3,7 @@ package relay_test
 import (
 	"context"
 	"errors"
+	"github.com/memberd/memberd/internal/testpki"
 	"net"
 	"testing"
 	"time"
@@ -45,7 +46,7 @@ func dialCounter(t *testing.T) (addr string, dialled <-chan struct{}) {
 // goroutine stopped and the client closed.
 func TestClientLifecycle(t *testing.T) {
 	cfg := func(addr string) relay.ClientConfig {
-		return relay.ClientConfig{Identity: selfSigned(t), NoEnvProxy: true,
+		return relay.ClientConfig{Identity: testpki.SelfSigned(t, "member").TLS(), NoEnvProxy: true,
 			Relays:      []relay.RelayInfo{{ID: "r", Addr: addr, Pin: "sha256/AAAA"}},
 			QUICTimeout: 50 * time.Millisecond, BackoffMin: 10 * time.Millisecond, BackoffMax: 50 * time.Millisecond}
 	}

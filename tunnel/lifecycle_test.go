@@ -3,6 +3,7 @@ package tunnel_test
 import (
 	"context"
 	"errors"
+	"github.com/memberd/memberd/internal/testpki"
 	"net"
 	"net/netip"
 	"testing"
@@ -18,10 +19,10 @@ import (
 func lifecycleConfig(t *testing.T) (tunnel.Config, string) {
 	t.Helper()
 	specs := []tunneltest.MemberSpec{
-		{ID: "bank-a", Addr: netip.MustParseAddr("10.99.0.1"), CA: tunneltest.NewCA(t, "bank-a")},
-		{ID: "bank-b", Addr: netip.MustParseAddr("10.99.0.2"), CA: tunneltest.NewCA(t, "bank-b")},
+		{ID: "bank-a", Addr: netip.MustParseAddr("10.99.0.1"), CA: testpki.NewCA(t, "bank-a")},
+		{ID: "bank-b", Addr: netip.MustParseAddr("10.99.0.2"), CA: testpki.NewCA(t, "bank-b")},
 	}
-	signer, chain := specs[0].CA.NewIdentity(t)
+	signer, chain := specs[0].CA.Issue(t, "appliance").Identity()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

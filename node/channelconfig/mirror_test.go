@@ -4,6 +4,7 @@ import (
 	"encoding/hex"
 	"encoding/pem"
 	"errors"
+	"github.com/memberd/memberd/internal/testpki"
 	"strings"
 	"testing"
 
@@ -26,7 +27,7 @@ const fabricRejectAll = "120412020801"
 // stock configtxlator decodes the result.
 func TestFromPolicyMirrorsCRLsAndWriters(t *testing.T) {
 	f := newUpdateFixture(t)
-	revoked, _ := f.c.CAs["m2"].IssueOU(t, "lost client", ClientOU)
+	revoked := f.c.CAs["m2"].Issue(t, "lost client", testpki.OU(ClientOU)).Cert
 	crl := f.c.CAs["m2"].CRL(t, 7, revoked)
 	p := policytest.MustParse(t, f.c.NextDocument(t, f.genesis, func(d *policy.Document) {
 		d.Members[1].CRLs = crl
@@ -119,8 +120,8 @@ func TestAllWritersUnchanged(t *testing.T) {
 func TestRoleHonoursCRL(t *testing.T) {
 	f := newUpdateFixture(t)
 	ca := f.c.CAs["m2"]
-	lost, _ := ca.IssueOU(t, "lost admin", AdminOU)
-	kept, _ := ca.IssueOU(t, "kept admin", AdminOU)
+	lost := ca.Issue(t, "lost admin", testpki.OU(AdminOU)).Cert
+	kept := ca.Issue(t, "kept admin", testpki.OU(AdminOU)).Cert
 	p := policytest.MustParse(t, f.c.NextDocument(t, f.genesis, func(d *policy.Document) { d.Members[1].CRLs = ca.CRL(t, 1, lost) }))
 	u, err := next(t, f.inForce, p, nil)
 	if err != nil {
@@ -144,7 +145,7 @@ func TestRoleHonoursCRL(t *testing.T) {
 		t.Fatalf("an unrevoked admin after the CRL: role %q, %v", r, err)
 	}
 	// m1's CA issues a certificate; m2's CRL does not touch it.
-	other, _ := f.c.CAs["m1"].IssueOU(t, "m1 admin", AdminOU)
+	other := f.c.CAs["m1"].Issue(t, "m1 admin", testpki.OU(AdminOU)).Cert
 	if _, err := after.Role("m1MSP", other); err != nil {
 		t.Fatalf("m1 admin: %v", err)
 	}

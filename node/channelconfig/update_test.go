@@ -11,6 +11,7 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/channelconfig/channelconfigtest"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
@@ -26,7 +27,7 @@ type updateFixture struct {
 }
 
 func (f *updateFixture) consenter(t testing.TB, id string) Consenter {
-	cert, _ := f.c.CAs[id].Issue(t, id+" tls")
+	cert := f.c.CAs[id].Issue(t, id+" tls").Cert
 	p := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 	return Consenter{ClientTLSCert: p, ServerTLSCert: p}
 }
@@ -182,7 +183,7 @@ func TestNextFromPolicy(t *testing.T) {
 				}
 			}},
 		{name: "member CRL", edit: func(d *policy.Document) {
-			revoked, _ := f.c.CAs["m2"].IssueOU(t, "lost client", ClientOU)
+			revoked := f.c.CAs["m2"].Issue(t, "lost client", testpki.OU(ClientOU)).Cert
 			d.Members[1].CRLs = f.c.CAs["m2"].CRL(t, 1, revoked)
 		},
 			check: func(t *testing.T, c Config) {
@@ -202,7 +203,7 @@ func TestNextFromPolicy(t *testing.T) {
 				}
 			}},
 		{name: "CA rotation", edit: func(d *policy.Document) {
-			ca := policytest.NewCA(t, "m2 CA 2")
+			ca := testpki.NewCA(t, "m2 CA 2")
 			d.Members[1].CACerts += ca.PEM
 		},
 			check: func(t *testing.T, c Config) {

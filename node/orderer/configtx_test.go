@@ -17,6 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/memberd/memberd/internal/testenv"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/node/channelconfig/channelconfigtest"
@@ -64,9 +65,9 @@ func (cl *cluster) withConfigSignatures(t *testing.T, id uint64, p *policy.Polic
 		if ca == nil {
 			continue
 		}
-		cert, key := ca.IssueOU(t, m.ID+" admin", channelconfig.AdminOU)
-		id := Identity{MSPID: m.MSPID, Cert: cert, Signer: key}
-		raw, err := channelconfig.SignConfigUpdate(u, channelconfig.Signer{Key: key, Identity: id.Serialized()}, rand.Reader)
+		admin := ca.Issue(t, m.ID+" admin", testpki.OU(channelconfig.AdminOU))
+		id := Identity{MSPID: m.MSPID, Cert: admin.Cert, Signer: admin.Key}
+		raw, err := channelconfig.SignConfigUpdate(u, channelconfig.Signer{Key: admin.Key, Identity: id.Serialized()}, rand.Reader)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -1,15 +1,12 @@
 package raftlog
 
 import (
+	"github.com/memberd/memberd/internal/testpki"
+
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"fmt"
-	"math/big"
 	"path/filepath"
 	"slices"
 	"testing"
@@ -194,24 +191,10 @@ func sorted(v []uint64) []uint64 {
 
 // TestClusterOverTLS: the optional TLS layer (for use without the tunnel).
 func TestClusterOverTLS(t *testing.T) {
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "consenter"},
-		DNSNames: []string{"consenter"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage:    x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
+	id := testpki.SelfSigned(t, "consenter", testpki.DNS("consenter"))
 	pool := x509.NewCertPool()
-	pool.AddCert(cert)
-	tc := tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+	pool.AddCert(id.Cert)
+	tc := id.TLS()
 	c := newCluster(t, 3, func(cfg *Config) {
 		cfg.ClientTLS = &tls.Config{Certificates: []tls.Certificate{tc}, RootCAs: pool, ServerName: "consenter", MinVersion: tls.VersionTLS13}
 		cfg.ServerTLS = &tls.Config{Certificates: []tls.Certificate{tc}, ClientCAs: pool, ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}

@@ -21,7 +21,6 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/memberd/memberd/cmd/memberd/app"
 	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/block"
@@ -83,10 +82,9 @@ func TestPolicyConfigBlock(t *testing.T) {
 	}
 	// 'policy verify --config-block' checks both halves.
 	verify := func() (int, string) {
-		var out, errb bytes.Buffer
-		code := app.Main([]string{"policy", "verify", "--current", filepath.Join(L.Dir, "genesis.yaml"),
-			"--config-block", filepath.Join(L.Dir, "members", a, "genesis.block"), bundle}, nil, &out, &errb)
-		return code, out.String() + errb.String()
+		code, out, errb := runMemberd(t, "policy", "verify", "--current", filepath.Join(L.Dir, "genesis.yaml"),
+			"--config-block", filepath.Join(L.Dir, "members", a, "genesis.block"), bundle)
+		return code, out + errb
 	}
 	readBundle := func() *policy.Policy {
 		raw, err := os.ReadFile(bundle)
@@ -100,18 +98,17 @@ func TestPolicyConfigBlock(t *testing.T) {
 		return v
 	}
 	sign(L.Members[0], true)
-	if code, out := verify(); code != app.ExitRuntime || !strings.Contains(out, "update to config sequence 1 REFUSED") {
+	if code, out := verify(); code != exitRuntime || !strings.Contains(out, "update to config sequence 1 REFUSED") {
 		t.Fatalf("policy verify after one signature: exit %d:\n%s", code, out)
 	}
 	sign(L.Members[1], false)
 	code, out := verify()
-	if code != app.ExitRuntime || !strings.Contains(out, "update to config sequence 1 REFUSED") {
+	if code != exitRuntime || !strings.Contains(out, "update to config sequence 1 REFUSED") {
 		t.Fatalf("policy verify --config-block with one channel admin: exit %d, want the channel REFUSED:\n%s", code, out)
 	}
 	t.Logf("policy verify --config-block of the under-signed v2:\n%s", out)
-	var pout, perr bytes.Buffer
-	if code := app.Main([]string{"policy", "verify", "--current", filepath.Join(L.Dir, "genesis.yaml"), bundle}, nil, &pout, &perr); code != app.ExitOK {
-		t.Fatalf("policy verify without --config-block: exit %d, want the policy half OK (2 of 3 admins):\n%s%s", code, pout.String(), perr.String())
+	if code, pout, perr := runMemberd(t, "policy", "verify", "--current", filepath.Join(L.Dir, "genesis.yaml"), bundle); code != 0 {
+		t.Fatalf("policy verify without --config-block: exit %d, want the policy half OK (2 of 3 admins):\n%s%s", code, pout, perr)
 	}
 
 	// Pushed, the under-signed v2 changes neither layer on any member: the
@@ -158,7 +155,7 @@ func TestPolicyConfigBlock(t *testing.T) {
 	// A third admin signs both halves: 2 of 3 channel admins, 3 of 3
 	// policy admins; applied to both layers.
 	sign(L.Members[2], true)
-	if code, out := verify(); code != app.ExitOK || !strings.Contains(out, "update to config sequence 1 OK") || !strings.Contains(out, "admin signatures: 2") {
+	if code, out := verify(); code != 0 || !strings.Contains(out, "update to config sequence 1 OK") || !strings.Contains(out, "admin signatures: 2") {
 		t.Fatalf("policy verify after the third signature: exit %d:\n%s", code, out)
 	}
 	v2 := readBundle()
@@ -200,18 +197,18 @@ func TestPolicyConfigBlock(t *testing.T) {
 	// 'memberd policy log' on every member: v2 in force, with the three
 	// votes and the two channel admins who signed.
 	for _, m := range L.Members {
-		var out, errb bytes.Buffer
 		state := filepath.Join(L.Dir, "members", m, "state")
-		if code := app.Main([]string{"policy", "log", "--state", state}, nil, &out, &errb); code != app.ExitOK {
-			t.Fatalf("%s: policy log: exit %d: %s", m, code, errb.String())
+		code, out, errb := runMemberd(t, "policy", "log", "--state", state)
+		if code != 0 {
+			t.Fatalf("%s: policy log: exit %d: %s", m, code, errb)
 		}
 		sigs := strings.Join([]string{L.Members[0] + "/a1", L.Members[1] + "/a1", L.Members[2] + "/a1"}, ",")
 		cfgs := L.Members[0] + "/a1," + L.Members[2] + "/a1"
-		if !regexp.MustCompile(`(?m)^2 \*\s.*ledger_changed\s+` + regexp.QuoteMeta(sigs) + `\s+` + regexp.QuoteMeta(cfgs) + `\s+-\s*$`).MatchString(out.String()) {
-			t.Fatalf("%s: policy log lacks v2 in force with votes %s and channel signatures %s:\n%s", m, sigs, cfgs, out.String())
+		if !regexp.MustCompile(`(?m)^2 \*\s.*ledger_changed\s+` + regexp.QuoteMeta(sigs) + `\s+` + regexp.QuoteMeta(cfgs) + `\s+-\s*$`).MatchString(out) {
+			t.Fatalf("%s: policy log lacks v2 in force with votes %s and channel signatures %s:\n%s", m, sigs, cfgs, out)
 		}
 		if m == a {
-			t.Logf("memberd policy log --state %s:\n%s", state, out.String())
+			t.Logf("memberd policy log --state %s:\n%s", state, out)
 		}
 	}
 	ce, cue, err := channelconfig.ConfigTransactionOf(cfgBlock)
@@ -253,12 +250,11 @@ func TestPolicyConfigBlock(t *testing.T) {
 	p.cli(t, ctx, p.clientEnv(), "channel", "fetch", "config", fetched, "-c", "demo", "-o", d.LedgerAddr(a),
 		"--tls", "--cafile", filepath.Join(L.Dir, "members", a, "ca.pem"))
 	// 'memberd policy log --config-block' names the block of v2.
-	var lout, lerr bytes.Buffer
-	if code := app.Main([]string{"policy", "log", "--state", filepath.Join(L.Dir, "members", a, "state"), "--config-block", fetched}, nil, &lout, &lerr); code != app.ExitOK ||
-		!regexp.MustCompile(`(?m)^2 \*\s.*\s`+strconv.FormatUint(cfgNum, 10)+`\s*$`).MatchString(lout.String()) {
-		t.Fatalf("policy log --config-block: exit %d, want v2 with config block %d:\n%s%s", code, cfgNum, lout.String(), lerr.String())
+	lcode, lout, lerr := runMemberd(t, "policy", "log", "--state", filepath.Join(L.Dir, "members", a, "state"), "--config-block", fetched)
+	if lcode != 0 || !regexp.MustCompile(`(?m)^2 \*\s.*\s`+strconv.FormatUint(cfgNum, 10)+`\s*$`).MatchString(lout) {
+		t.Fatalf("policy log --config-block: exit %d, want v2 with config block %d:\n%s%s", lcode, cfgNum, lout, lerr)
 	}
-	t.Logf("memberd policy log --config-block (from peer channel fetch config):\n%s", lout.String())
+	t.Logf("memberd policy log --config-block (from peer channel fetch config):\n%s", lout)
 	raw, err := os.ReadFile(fetched)
 	if err != nil {
 		t.Fatal(err)

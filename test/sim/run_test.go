@@ -259,8 +259,8 @@ func (s *ledgerSim) note(kind string) {
 }
 
 func (s *ledgerSim) identity(member, cn string) orderer.Identity {
-	cert, key := s.cons.CAs[member].Issue(s.t, cn)
-	return orderer.Identity{MSPID: s.pol.Member(member).MSPID, Cert: cert, Signer: key}
+	leaf := s.cons.CAs[member].Issue(s.t, cn)
+	return orderer.Identity{MSPID: s.pol.Member(member).MSPID, Cert: leaf.Cert, Signer: leaf.Key}
 }
 
 // injectFaults hits the network and the nodes for d of virtual time, one
