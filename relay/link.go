@@ -13,6 +13,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
+	"github.com/memberd/memberd/internal/diag"
 	"github.com/memberd/memberd/relay/wire"
 )
 
@@ -182,7 +183,8 @@ func recycleFrame(b []byte) {
 // of large ones is harmless: WireGuard's replay window accepts packets out
 // of order, and within one TCP connection only a short tail segment can
 // overtake its predecessors, too few duplicate acknowledgements to trigger
-// a retransmission.
+// a retransmission. diag.NoPriority (MEMBERD_DIAG_NO_PRIORITY=1,
+// benchmarks only) turns this off: small frames then queue with the others.
 const urgentFrame = 256
 
 // urgentQueueLen bounds the urgent queue (in frames, then dropped).
@@ -197,7 +199,7 @@ func (l *link) sendData(frame []byte) bool {
 		return false
 	}
 	q := l.data
-	if len(frame) <= urgentFrame {
+	if len(frame) <= urgentFrame && !diag.NoPriority {
 		q = l.urgent
 	}
 	select {

@@ -14,6 +14,7 @@ type collector struct {
 	logBytes                                          *prometheus.Desc
 	sent, received, dropped, panics                   *prometheus.Desc
 	silent, retired                                   *prometheus.Desc
+	hbRTT                                             *prometheus.Desc
 }
 
 var _ prometheus.Collector = (*collector)(nil)
@@ -38,11 +39,12 @@ func newCollector(n *Node) *collector {
 		panics:   d("connection_panics_total", "Raft connections closed because serving them panicked (a bug: the log has the stack)."),
 		silent:   d("connections_silent_total", "Raft connections to a peer dropped and redialed because the peer said nothing for an election timeout after this node wrote (a silent path)."),
 		retired:  d("retired", "1 if the node is retired (dropped from the consenters): it does not campaign."),
+		hbRTT:    d("heartbeat_rtt_seconds", "Round trips of this node's heartbeats while it leads, from queueing a heartbeat to a follower to receiving its answer (issue #15: p99 under 50 ms on loopback under bulk load)."),
 	}
 }
 
 func (c *collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.leader, c.isLeader, c.term, c.commit, c.applied, c.snapshot, c.logBytes, c.sent, c.received, c.dropped, c.panics, c.silent, c.retired} {
+	for _, d := range []*prometheus.Desc{c.leader, c.isLeader, c.term, c.commit, c.applied, c.snapshot, c.logBytes, c.sent, c.received, c.dropped, c.panics, c.silent, c.retired, c.hbRTT} {
 		ch <- d
 	}
 }
@@ -72,6 +74,8 @@ func (c *collector) Collect(ch chan<- prometheus.Metric) {
 	ch <- prometheus.MustNewConstMetric(c.sent, prometheus.CounterValue, float64(st.Transport.Sent))
 	ch <- prometheus.MustNewConstMetric(c.received, prometheus.CounterValue, float64(st.Transport.Received))
 	ch <- prometheus.MustNewConstMetric(c.panics, prometheus.CounterValue, float64(st.Transport.Panics))
+	n, sum, buckets := c.n.tr.hbRTT.cumulative()
+	ch <- prometheus.MustNewConstHistogram(c.hbRTT, n, sum, buckets)
 	for _, r := range []string{DropQueueFull, DropUnreachable, DropUnknownPeer, DropBadSender, DropUnknownType, DropStepFailed} {
 		ch <- prometheus.MustNewConstMetric(c.dropped, prometheus.CounterValue, float64(st.Transport.Dropped[r]), r)
 	}

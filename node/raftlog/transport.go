@@ -52,6 +52,8 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/memberd/memberd/internal/diag"
 )
 
 // reporter is what the transport tells raft; *Node implements it.
@@ -130,6 +132,7 @@ type transport struct {
 	stopped   bool
 
 	sent, received atomic.Uint64
+	hbRTT          rttHist // heartbeat round trips (hbrtt.go)
 	panics         atomic.Uint64
 	silent         atomic.Uint64
 	dropMu         sync.Mutex
@@ -313,8 +316,9 @@ func (t *transport) send(msgs []raftpb.Message) {
 			t.failed(m)
 			continue
 		}
+		stampHeartbeat(&m)
 		q := p.q
-		if priority(m) {
+		if priority(m) && !diag.NoPriority {
 			q = p.hq
 		}
 		select {
@@ -357,6 +361,10 @@ func (t *transport) runPeerSurviving(ctx context.Context, p *peer, lane byte) (o
 // runPriority runs the priority lane to p once p speaks lanes (until then
 // the bulk lane carries p's priority messages).
 func (t *transport) runPriority(ctx context.Context, p *peer) {
+	if diag.NoPriority { // benchmark only: everything on the bulk lane
+		<-ctx.Done()
+		return
+	}
 	for {
 		ok, known := t.speaksLanes(p.id)
 		if ok {
@@ -960,6 +968,7 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 		if m.Type == raftpb.MsgAppResp {
 			heardApp.Store(now)
 		}
+		t.answeredHeartbeat(&m)
 		if err := t.step(ctx, m); err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()
