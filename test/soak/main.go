@@ -146,6 +146,9 @@ func parseConfig(args []string) (*config, error) {
 }
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "consensus" {
+		os.Exit(runConsensus(os.Args[2:]))
+	}
 	if len(os.Args) > 1 && os.Args[1] == "bench" {
 		os.Exit(runBench(os.Args[2:]))
 	}

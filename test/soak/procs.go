@@ -82,6 +82,8 @@ type cluster struct {
 	http  *http.Client
 	// editMember, if set, edits each appliance's config before its first start.
 	editMember func(map[string]any)
+	// extraEnv is added to every process's environment.
+	extraEnv []string
 
 	mu     sync.Mutex // guards deaths
 	deaths []death
@@ -162,7 +164,7 @@ func (cl *cluster) setup(ctx context.Context) error {
 	if len(L.Members) == 0 || len(L.Relays) == 0 {
 		return fmt.Errorf("demo init wrote %d members and %d relays", len(L.Members), len(L.Relays))
 	}
-	cl.env = os.Environ()
+	cl.env = append(os.Environ(), cl.extraEnv...)
 	if L.SoftHSMConf != "" {
 		cl.env = append(cl.env, "SOFTHSM2_CONF="+L.SoftHSMConf)
 	}
