@@ -3,6 +3,7 @@ package raftlog
 import (
 	"bytes"
 	"encoding/binary"
+	"maps"
 	"sync"
 	"time"
 
@@ -117,6 +118,28 @@ func (t *transport) answeredHeartbeat(m *raftpb.Message) {
 	}
 	m.Context = nil
 	if ours {
-		t.hbRTT.observe(rtt)
+		t.hbHist(m.From).observe(rtt)
 	}
+}
+
+// hbHist is the round-trip histogram of heartbeats to peer id.
+func (t *transport) hbHist(id uint64) *rttHist {
+	t.hbMu.Lock()
+	defer t.hbMu.Unlock()
+	if t.hbRTT == nil {
+		t.hbRTT = map[uint64]*rttHist{}
+	}
+	h := t.hbRTT[id]
+	if h == nil {
+		h = &rttHist{}
+		t.hbRTT[id] = h
+	}
+	return h
+}
+
+// hbHists returns the histograms by peer ID.
+func (t *transport) hbHists() map[uint64]*rttHist {
+	t.hbMu.Lock()
+	defer t.hbMu.Unlock()
+	return maps.Clone(t.hbRTT)
 }

@@ -132,7 +132,8 @@ type transport struct {
 	stopped   bool
 
 	sent, received atomic.Uint64
-	hbRTT          rttHist // heartbeat round trips (hbrtt.go)
+	hbMu           sync.Mutex
+	hbRTT          map[uint64]*rttHist // heartbeat round trips by peer ID (hbrtt.go)
 	panics         atomic.Uint64
 	silent         atomic.Uint64
 	dropMu         sync.Mutex

@@ -73,6 +73,7 @@ type consensusRun struct {
 	term0, term1     uint64
 	load0, load1     string
 	leader, follower string
+	perFollower      []string
 }
 
 func parseConsensus(args []string) (*consensusConfig, error) {
@@ -135,6 +136,9 @@ func runConsensus(args []string) int {
 			}
 			fmt.Printf("consensus: round %d %-22s bulk %6.1f MB/s  heartbeats %6d  RTT p50 %6.1f ms  p99 %6.1f ms  >50ms %5.2f%%  max %s  leader changes %d (term %d -> %d)  load %s -> %s\n",
 				round, prioName(prio), r.mbps, r.beats, r.p50, r.p99, 100*r.over50, r.max, r.changes, r.term0, r.term1, r.load0, r.load1)
+			for _, f := range r.perFollower {
+				fmt.Printf("consensus:   heartbeats to %s\n", f)
+			}
 			runs = append(runs, r)
 		}
 	}
@@ -283,11 +287,23 @@ func consensusOnce(ctx context.Context, c *consensusConfig, prio bool) (consensu
 	r.mbps = float64(b1-b0) / t1.Sub(t0).Seconds() / 1e6
 	r.changes = lw.changes
 	r.term0, r.term1 = st0.Ledger.Term, max(lw.maxTerm, st1.Ledger.Term, st0.Ledger.Term)
-	d := h1.minus(h0)
+	d := h1.all().minus(h0.all())
 	r.beats = d.count()
 	r.p50, r.p99 = d.quantile(0.5), d.quantile(0.99)
 	r.over50 = d.above(0.05)
 	r.max = d.slowest()
+	for _, m := range members {
+		if m == leader.name {
+			continue
+		}
+		dm := h1.of(m).minus(h0.of(m))
+		what := "idle"
+		if m == follower {
+			what = "bulk"
+		}
+		r.perFollower = append(r.perFollower, fmt.Sprintf("%s (%s, raft %s): %d, p50 %.1f ms, p99 %.1f ms, > 50 ms %.2f%%",
+			m, what, h1.ids[m], dm.count(), dm.quantile(0.5), dm.quantile(0.99), 100*dm.above(0.05)))
+	}
 	if r.beats == 0 {
 		return r, fmt.Errorf("no heartbeat answered in %s", c.duration)
 	}
@@ -384,40 +400,85 @@ func (s *sink) close() {
 }
 
 // hist is raft_heartbeat_rtt_seconds: cumulative counts by upper bound
-// (+Inf included), summed over the appliances.
+// (+Inf included).
 type hist map[float64]float64
 
-func rttHistogram(ctx context.Context, cl *cluster) (hist, error) {
-	h := hist{}
+// rtts is raft_heartbeat_rtt_seconds of every appliance, summed by
+// follower (its raft ID, the label peer), and each appliance's raft ID
+// (the label node of its raft_term).
+type rtts struct {
+	byPeer map[string]hist
+	ids    map[string]string // member -> raft ID
+}
+
+func (r rtts) all() hist {
+	out := hist{}
+	for _, h := range r.byPeer {
+		for k, v := range h {
+			out[k] += v
+		}
+	}
+	return out
+}
+
+func (r rtts) of(member string) hist {
+	if h := r.byPeer[r.ids[member]]; h != nil {
+		return h
+	}
+	return hist{}
+}
+
+// label returns the value of label name in a metric line.
+func label(line, name string) string {
+	i := strings.Index(line, name+`="`)
+	if i < 0 {
+		return ""
+	}
+	v := line[i+len(name)+2:]
+	if j := strings.IndexByte(v, '"'); j >= 0 {
+		return v[:j]
+	}
+	return ""
+}
+
+func rttHistogram(ctx context.Context, cl *cluster) (rtts, error) {
+	r := rtts{byPeer: map[string]hist{}, ids: map[string]string{}}
+	seen := false
 	for _, p := range cl.members() {
 		body, err := cl.getRaw(ctx, p, "/metrics")
 		if err != nil {
-			return nil, fmt.Errorf("%s /metrics: %w", p.name, err)
+			return r, fmt.Errorf("%s /metrics: %w", p.name, err)
 		}
 		sc := bufio.NewScanner(bytes.NewReader(body))
 		sc.Buffer(make([]byte, 64<<10), 1<<20)
 		for sc.Scan() {
 			line := sc.Text()
+			if strings.HasPrefix(line, "raft_term{") && r.ids[p.name] == "" {
+				r.ids[p.name] = label(line, "node")
+			}
+			if strings.HasPrefix(line, "# TYPE raft_heartbeat_rtt_seconds ") {
+				seen = true
+			}
 			if !strings.HasPrefix(line, "raft_heartbeat_rtt_seconds_bucket{") {
 				continue
 			}
-			i := strings.Index(line, `le="`)
-			j := strings.LastIndex(line, `"}`)
-			if i < 0 || j < i {
-				continue
-			}
-			le, err1 := strconv.ParseFloat(line[i+4:j], 64)
-			v, err2 := strconv.ParseFloat(strings.TrimSpace(line[j+2:]), 64)
+			j := strings.LastIndex(line, "}")
+			le, err1 := strconv.ParseFloat(label(line, "le"), 64)
+			v, err2 := strconv.ParseFloat(strings.TrimSpace(line[j+1:]), 64)
 			if err1 != nil || err2 != nil {
 				continue
 			}
-			h[le] += v
+			peer := label(line, "peer")
+			if r.byPeer[peer] == nil {
+				r.byPeer[peer] = hist{}
+			}
+			r.byPeer[peer][le] += v
 		}
 	}
-	if len(h) == 0 {
-		return nil, fmt.Errorf("no raft_heartbeat_rtt_seconds in the appliances' /metrics: a binary older than this benchmark?")
+	if !seen {
+		return r, fmt.Errorf("no raft_heartbeat_rtt_seconds in the appliances' /metrics: a binary older than this benchmark?")
 	}
-	return h, nil
+	return r, nil
 }
 
 func (h hist) minus(o hist) hist {
