@@ -14,7 +14,7 @@ BENCHTIME  ?= 2s
 # Fuzzing time per target in `make fuzz`.
 FUZZTIME   ?= 30s
 
-.PHONY: all build test deps vet unit race bench lint fuzz demo soak e2e bench-appliance package image boot-test vm-image vm-image-test e2e-geth runbooks sim clean
+.PHONY: all build test deps vet unit race bench lint fuzz demo soak e2e bench-appliance bench-consensus package image boot-test vm-image vm-image-test e2e-geth runbooks sim clean
 
 all: build
 
@@ -99,6 +99,20 @@ bench-appliance: deps build
 	$(GO) build -o bin/soak ./test/soak
 	$(GO) test -c -o bin/orderer.test ./node/orderer
 	bin/soak bench -soak_bin $(BIN) -orderer_test bin/orderer.test -rounds $(BENCH_ROUNDS) -profile "$(BENCH_PROFILE)"
+
+# Consensus traffic first (issue #15), NOT part of `make test`: the real
+# binary (2 relays + 3 appliances from `memberd demo init`) with a
+# saturating bulk TCP transfer from the raft leader to a follower through
+# the tunnel (a service forward), with the prioritisation and then without
+# it (MEMBERD_DIAG_NO_PRIORITY=1, a diagnostic switch), alternated; prints
+# bulk MB/s, raft heartbeat round-trip p50/p99 (raft_heartbeat_rtt_seconds)
+# and leader changes for both (README.md, "Consensus-first benchmark").
+#   make bench-consensus BENCH_HB_DURATION=30s      # smoke; default 5m per side
+BENCH_HB_DURATION ?= 5m
+BENCH_HB_ROUNDS   ?= 1
+bench-consensus: deps build
+	$(GO) build -o bin/soak ./test/soak
+	bin/soak consensus -soak_bin $(BIN) -duration $(BENCH_HB_DURATION) -rounds $(BENCH_HB_ROUNDS)
 
 # .deb and .rpm in bin/dist/ (packaging/README.md). nfpm is a build tool, not
 # a dependency of memberd: installed into bin/tools, kept out of go.mod.
