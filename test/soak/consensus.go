@@ -57,6 +57,7 @@ type consensusConfig struct {
 	duration time.Duration
 	warmup   time.Duration
 	streams  int
+	rate     float64 // MB/s per stream, 0: flat out
 	keep     bool
 	only     string // "", "with" or "without"
 }
@@ -84,6 +85,7 @@ func parseConsensus(args []string) (*consensusConfig, error) {
 	fs.DurationVar(&c.duration, "duration", envDur("BENCH_HB_DURATION", 5*time.Minute), "measured time per run (issue #15: 5m)")
 	fs.DurationVar(&c.warmup, "warmup", 3*time.Second, "bulk transfer before the measurement starts")
 	fs.IntVar(&c.streams, "streams", 2, "bulk TCP connections")
+	fs.Float64Var(&c.rate, "rate", 0, "MB/s per bulk connection (0: flat out, saturating); below saturation it tells queueing from CPU contention")
 	fs.StringVar(&c.only, "only", "", "with or without: run only that side")
 	var keep string
 	fs.StringVar(&keep, "soak_keep", envStr("SOAK_KEEP", "0"), "1 keeps the temporary folders")
@@ -118,8 +120,12 @@ func runConsensus(args []string) int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	fmt.Printf("consensus: %d round(s) of %s measured per run after %s warm-up; bulk: %d TCP stream(s) leader -> follower through the tunnel (service forward)\n",
-		c.rounds, c.duration, c.warmup, c.streams)
+	rate := "flat out"
+	if c.rate > 0 {
+		rate = fmt.Sprintf("at most %.1f MB/s each", c.rate)
+	}
+	fmt.Printf("consensus: %d round(s) of %s measured per run after %s warm-up; bulk: %d TCP stream(s), %s, leader -> follower through the tunnel (service forward)\n",
+		c.rounds, c.duration, c.warmup, c.streams, rate)
 	var runs []consensusRun
 	failed := false
 	for round := 1; round <= c.rounds && ctx.Err() == nil; round++ {
@@ -245,7 +251,7 @@ func consensusOnce(ctx context.Context, c *consensusConfig, prio bool) (consensu
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			if err := pushBulk(bctx, fwd[leader.name][follower]); err != nil && bctx.Err() == nil {
+			if err := pushBulk(bctx, fwd[leader.name][follower], c.rate); err != nil && bctx.Err() == nil {
 				bulkErr.Store(err)
 			}
 		}()
@@ -322,10 +328,11 @@ func sleepCtxOK(ctx context.Context, d time.Duration) bool {
 	}
 }
 
-// pushBulk writes to addr flat out until ctx ends, reconnecting when the
-// connection breaks.
-func pushBulk(ctx context.Context, addr string) error {
+// pushBulk writes to addr until ctx ends, flat out or at rate MB/s,
+// reconnecting when the connection breaks.
+func pushBulk(ctx context.Context, addr string, rate float64) error {
 	buf := make([]byte, 64<<10)
+	start, sent := time.Now(), 0.0
 	var last error
 	for ctx.Err() == nil {
 		var d net.Dialer
@@ -339,7 +346,14 @@ func pushBulk(ctx context.Context, addr string) error {
 		}
 		stop := context.AfterFunc(ctx, func() { conn.Close() })
 		for {
-			if _, err := conn.Write(buf); err != nil {
+			if rate > 0 { // pace: never ahead of rate since start
+				if ahead := time.Duration(sent/(rate*1e6)*float64(time.Second)) - time.Since(start); ahead > 0 {
+					time.Sleep(ahead)
+				}
+			}
+			n, err := conn.Write(buf)
+			sent += float64(n)
+			if err != nil {
 				last = err
 				break
 			}
