@@ -75,6 +75,7 @@ type consensusRun struct {
 	load0, load1     string
 	leader, follower string
 	perFollower      []string
+	sched            string // CPU run time and run-queue wait per process over the window
 }
 
 func parseConsensus(args []string) (*consensusConfig, error) {
@@ -145,6 +146,7 @@ func runConsensus(args []string) int {
 			for _, f := range r.perFollower {
 				fmt.Printf("consensus:   heartbeats to %s\n", f)
 			}
+			fmt.Printf("consensus:   CPU s/s running / waiting for a CPU (run queue), per process:%s\n", r.sched)
 			runs = append(runs, r)
 		}
 	}
@@ -273,6 +275,7 @@ func consensusOnce(ctx context.Context, c *consensusConfig, prio bool) (consensu
 		return r, err
 	}
 	r.load0 = strings.Fields(loadAvg())[0]
+	s0 := schedAll(cl)
 	b0, t0 := sinks[follower].bytes.Load(), time.Now()
 	stopWatch := watchLeadership(ctx, cl, leader)
 	if !sleepCtxOK(ctx, c.duration) {
@@ -281,6 +284,15 @@ func consensusOnce(ctx context.Context, c *consensusConfig, prio bool) (consensu
 	}
 	lw := stopWatch()
 	b1, t1 := sinks[follower].bytes.Load(), time.Now()
+	s1 := schedAll(cl)
+	for _, p := range cl.procs {
+		a, ok0 := s0[p.name]
+		b, ok1 := s1[p.name]
+		if ok0 && ok1 {
+			win := t1.Sub(t0).Seconds()
+			r.sched += fmt.Sprintf(" %s %.2f/%.2f", p.name, (b[0]-a[0]).Seconds()/win, (b[1]-a[1]).Seconds()/win)
+		}
+	}
 	h1, err := rttHistogram(ctx, cl)
 	if err != nil {
 		return r, err
@@ -362,6 +374,43 @@ func pushBulk(ctx context.Context, addr string, rate float64) error {
 		conn.Close()
 	}
 	return last
+}
+
+// schedAll is, per running process, the CPU time its threads ran and
+// waited on a run queue (/proc/PID/task/*/schedstat, fields 1 and 2):
+// the wait is the machine's contention for the 2 cores as the process saw
+// it. Threads that ended in between are missing (Go keeps its threads).
+func schedAll(cl *cluster) map[string][2]time.Duration {
+	out := map[string][2]time.Duration{}
+	for _, p := range cl.procs {
+		pid, _, _, running := p.current()
+		if !running {
+			continue
+		}
+		tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+		if err != nil {
+			continue
+		}
+		var v [2]time.Duration
+		for _, t := range tasks {
+			raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/schedstat", pid, t.Name()))
+			if err != nil {
+				continue
+			}
+			f := strings.Fields(string(raw))
+			if len(f) < 2 {
+				continue
+			}
+			run, err1 := strconv.ParseInt(f[0], 10, 64)
+			wait, err2 := strconv.ParseInt(f[1], 10, 64)
+			if err1 == nil && err2 == nil {
+				v[0] += time.Duration(run)
+				v[1] += time.Duration(wait)
+			}
+		}
+		out[p.name] = v
+	}
+	return out
 }
 
 // sink is a TCP listener that reads and counts everything sent to it.
