@@ -18,6 +18,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/memberd/memberd/internal/diag"
 	"github.com/memberd/memberd/relay/wire"
 )
 
@@ -174,8 +175,12 @@ type Client struct {
 	// SetRelays are kept connected until it ends.
 	runCtx context.Context
 	recv   chan inPacket
-	copies atomic.Uint64 // packets also sent on a backup relay (see route)
-	recent recentSent    // the last packets sent, for resending on a backup
+	// urgentRecv holds the small packets received (up to urgentFrame:
+	// raft heartbeats and their answers, TCP acknowledgements), read before
+	// recv's: consensus first (issue #15) on the receiving member too.
+	urgentRecv chan inPacket
+	copies     atomic.Uint64 // packets also sent on a backup relay (see route)
+	recent     recentSent    // the last packets sent, for resending on a backup
 
 	g         errgroup.Group
 	done      chan struct{} // closed by Close
@@ -225,9 +230,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	c := &Client{
 		cfg: cfg, log: cfg.Logger,
-		m:    newMetrics(cfg.Registerer, prefix, "relay client"),
-		recv: make(chan inPacket, cfg.RecvQueueLen),
-		done: make(chan struct{}),
+		m:          newMetrics(cfg.Registerer, prefix, "relay client"),
+		recv:       make(chan inPacket, cfg.RecvQueueLen),
+		urgentRecv: make(chan inPacket, urgentQueueLen),
+		done:       make(chan struct{}),
 
 		polChanged: make(chan struct{}),
 	}
@@ -582,13 +588,7 @@ func (c *Client) frame(rc *relayConn, l *link, f wire.Frame, owned bool) {
 		if !owned {
 			payload = append([]byte(nil), payload...)
 		}
-		p := inPacket{from: string(from), data: payload}
-		select {
-		case c.recv <- p:
-		default:
-			rc.drops.Add(1)
-			c.m.drop(DropQueueFull)
-		}
+		c.received(rc, inPacket{from: string(from), data: payload})
 	case wire.TypePong:
 		if len(f.Body) == 8 {
 			sent := int64(binary.BigEndian.Uint64(f.Body))
@@ -755,20 +755,67 @@ func (c *Client) copy(backup *link, frame []byte, burst bool) {
 	c.m.copied.Inc()
 }
 
-// ReadPacket blocks until a packet arrives, copies it into buf and returns
-// its length and sender. After Close it returns net.ErrClosed. A packet
-// longer than buf is dropped with io.ErrShortBuffer.
-func (c *Client) ReadPacket(buf []byte) (int, string, error) {
+// received queues a packet from a relay for ReadPacket, the small ones
+// (urgentFrame) in urgentRecv: without it a raft heartbeat arriving
+// behind a bulk transfer waited for up to RecvQueueLen full-size packets
+// (megabytes) to be decrypted and handled before it. Reordering small
+// packets ahead is harmless (see urgentFrame). diag.NoPriority turns it
+// off.
+func (c *Client) received(rc *relayConn, p inPacket) {
+	q := c.recv
+	if len(p.data) <= urgentFrame && !diag.NoPriority {
+		q = c.urgentRecv
+	}
 	select {
-	case p := <-c.recv:
-		if len(p.data) > len(buf) {
-			c.m.drop(DropTooLarge)
-			return 0, p.from, fmt.Errorf("relay: %d-byte packet from %q: %w", len(p.data), p.from, io.ErrShortBuffer)
+	case q <- p:
+	default:
+		if rc != nil {
+			rc.drops.Add(1)
 		}
-		return copy(buf, p.data), p.from, nil
+		c.m.drop(DropQueueFull)
+	}
+}
+
+// nextReceived returns the next received packet, a small one first; with
+// wait it blocks until one arrives or the client closes (ok false).
+func (c *Client) nextReceived(wait bool) (p inPacket, ok bool) {
+	select {
+	case p = <-c.urgentRecv:
+		return p, true
+	default:
+	}
+	if !wait {
+		select {
+		case p = <-c.recv:
+			return p, true
+		default:
+			return p, false
+		}
+	}
+	select {
+	case p = <-c.urgentRecv:
+		return p, true
+	case p = <-c.recv:
+		return p, true
 	case <-c.done:
+		return p, false
+	}
+}
+
+// ReadPacket blocks until a packet arrives, copies it into buf and returns
+// its length and sender; small packets waiting go first (received). After
+// Close it returns net.ErrClosed. A packet longer than buf is dropped with
+// io.ErrShortBuffer.
+func (c *Client) ReadPacket(buf []byte) (int, string, error) {
+	p, ok := c.nextReceived(true)
+	if !ok {
 		return 0, "", net.ErrClosed
 	}
+	if len(p.data) > len(buf) {
+		c.m.drop(DropTooLarge)
+		return 0, p.from, fmt.Errorf("relay: %d-byte packet from %q: %w", len(p.data), p.from, io.ErrShortBuffer)
+	}
+	return copy(buf, p.data), p.from, nil
 }
 
 // ReadPackets is ReadPacket for a batch: it blocks until a packet arrives,
@@ -788,18 +835,16 @@ func (c *Client) ReadPackets(bufs [][]byte, sizes []int, from []string) (int, er
 	sizes[0], from[0] = n, member
 	k := 1
 	for k < len(bufs) && k < len(sizes) && k < len(from) {
-		select {
-		case p := <-c.recv:
-			if len(p.data) > len(bufs[k]) {
-				c.m.drop(DropTooLarge)
-				continue
-			}
-			sizes[k], from[k] = copy(bufs[k], p.data), p.from
-			k++
-			continue
-		default:
+		p, ok := c.nextReceived(false)
+		if !ok {
+			break
 		}
-		break
+		if len(p.data) > len(bufs[k]) {
+			c.m.drop(DropTooLarge)
+			continue
+		}
+		sizes[k], from[k] = copy(bufs[k], p.data), p.from
+		k++
 	}
 	return k, nil
 }
