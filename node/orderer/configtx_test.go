@@ -480,3 +480,66 @@ func TestConfigBlockUnderSigned(t *testing.T) {
 	}
 	cl.proposeRefused(t, l, data)
 }
+
+// TestConfigBlockOlderThanMembership: both layers move forward together.
+// Version 2 removes m3 from the consenters: raft drops it (the log records
+// version 2) and a CONFIG block takes it out of the channel config. A
+// config entry derived from version 1 after that (a leader whose policy
+// folder lagged, here even with admin signatures on that update) would put
+// m3 back into the channel config while raft goes on without it: every
+// node refuses it, the config in force and the chain stay as they are.
+func TestConfigBlockOlderThanMembership(t *testing.T) {
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) {
+		c.ConfigBlocks = true
+		liveMembership(c)
+	})
+	l := cl.leader(10 * time.Second)
+	v1 := cl.c.policy()
+	// Keep the leader: remove another node's member.
+	drop := l%3 + 1
+	keep, keepIDs := consentersWithout(3, drop)
+	cl.c.cur.Store(cl.withConfigSignatures(t, l, cl.nextConsenters(t, keep...)))
+	cl.reconcileAll()
+	for _, id := range keepIDs {
+		cl.waitVoters(id, keepIDs, 20*time.Second)
+	}
+	cl.stop(drop)
+	first := cl.waitLastConfig(15 * time.Second)
+	l = cl.leader(10 * time.Second)
+	n := cl.node(l)
+	if v := n.Raft().MembershipVersion(); v != 2 {
+		t.Fatalf("membership version %d, want 2", v)
+	}
+	stale := cl.withConfigSignatures(t, l, v1) // the update from the config in force back to version 1
+	u, err := n.nextConfig(stale)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := n.Store().LastHeader()
+	b, err := n.configBlock(u, stale, h.Number+1, block.HeaderHash(h))
+	if err != nil {
+		t.Fatalf("the stale update is signed well enough to pass a stock peer: %v", err)
+	}
+	data, err := encodeConfigEntry(b, stale.Version(), stale.Hash())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := n.raft.ProposeWait(ctx, data); err != nil {
+		t.Fatal(err)
+	}
+	envs, ids := envelopes(t, cl.c.identity(t, "m1", "writer"), 1, 16)
+	res := newLoadResult()
+	if _, err := broadcast(ctx, cl.nodes[l-1].client, envs, ids, res); err != nil || len(res.success) != 1 {
+		t.Fatalf("broadcast after the stale config block: %v %v", err, res.other)
+	}
+	cl.waitHeight(h.Number+2, 10*time.Second)
+	cl.checkIdentical()
+	for _, id := range keepIDs {
+		nn := cl.node(id)
+		if lc, cs := nn.LastConfig(), len(nn.ChannelConfig().Config.Consenters); lc != first || cs != 2 {
+			t.Fatalf("node %d: last config %d with %d consenters, want %d with 2 (the stale config block was stored)", id, lc, cs, first)
+		}
+	}
+}

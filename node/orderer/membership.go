@@ -14,10 +14,12 @@ package orderer
 // than the one the membership already follows. Each conf change records
 // the policy version it was derived from (raftlog.MembershipChange), and
 // the log keeps the highest applied (raftlog MembershipVersion): a leader
-// whose policy is older holds every change until its folder has that
-// version or later, and a change from an older version that reaches the
-// log anyway is refused on every node. Membership never goes back to an
-// older policy version because a leader lags.
+// whose policy is older (policyFloor, which also counts the config blocks
+// it stored) holds every change until its folder has that version or
+// later, and a change from an older version that reaches the log anyway is
+// refused on every node. Membership never goes back to an older policy
+// version because a leader lags; nor does the channel config (configtx.go
+// refuses a config entry older than the membership).
 
 import (
 	"context"
@@ -89,8 +91,8 @@ func (n *Node) droppedByPolicy() bool {
 		return false // a log without member ids: raft decides
 	}
 	want, ver := n.wanted(*n.cfg.Membership)
-	if ver < n.raft.MembershipVersion() {
-		return false // this node's policy is older than the log's membership: raft decides
+	if ver < n.policyFloor() {
+		return false // this node's policy is older than the log's: raft decides
 	}
 	return !slices.Contains(want, name)
 }
@@ -215,9 +217,9 @@ func (n *Node) reconcileStep(ctx context.Context, m Membership, genesis []string
 		return false, ""
 	}
 	want, ver := n.wanted(m)
-	if floor := n.raft.MembershipVersion(); ver < floor {
+	if floor := n.policyFloor(); ver < floor {
 		return false, fmt.Sprintf("consenter changes wait: this node leads with policy version %d, older than version %d, "+
-			"which the raft log's membership already follows; it makes no change until its policy folder has version %d or later "+
+			"which the raft log already applied; it makes no change until its policy folder has version %d or later "+
 			"(or another consenter leads)", ver, floor, floor)
 	}
 	members := n.raft.Members()
