@@ -111,6 +111,27 @@ func (cl *cluster) proposeRefused(t *testing.T, l uint64, data []byte) {
 	}
 }
 
+// configEntryFor returns a config entry for the block after n's tip: the
+// CONFIG transaction n derives from policy p (with p's admin signatures),
+// in an entry that names policy version named.
+func configEntryFor(t *testing.T, n *Node, p, named *policy.Policy) []byte {
+	t.Helper()
+	u, err := n.nextConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := n.Store().LastHeader()
+	b, err := n.configBlock(u, p, h.Number+1, block.HeaderHash(h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := encodeConfigEntry(b, named.Version(), named.Hash())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
 func (cl *cluster) reconcileAll() {
 	for _, tn := range cl.nodes {
 		if n := tn.np.Load(); n != nil {
@@ -303,20 +324,7 @@ func TestConfigBlockMismatchRefused(t *testing.T) {
 	// A transaction derived from a version the nodes do not hold, in an
 	// entry naming the version they do hold (which derives no change).
 	other := cl.withConfigSignatures(t, l, cl.c.cons.Next(t, cur, func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 }))
-	u, err := n.nextConfig(other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := n.Store().LastHeader()
-	b, err := n.configBlock(u, other, h.Number+1, block.HeaderHash(h))
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := encodeConfigEntry(b, cur.Version(), cur.Hash())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl.proposeRefused(t, l, data)
+	cl.proposeRefused(t, l, configEntryFor(t, n, other, cur))
 	count := func(result string) float64 {
 		var d dto.Metric
 		if err := m.configBlocks.WithLabelValues(result).Write(&d); err != nil {
@@ -511,19 +519,8 @@ func TestConfigBlockOlderThanMembership(t *testing.T) {
 		t.Fatalf("membership version %d, want 2", v)
 	}
 	stale := cl.withConfigSignatures(t, l, v1) // the update from the config in force back to version 1
-	u, err := n.nextConfig(stale)
-	if err != nil {
-		t.Fatal(err)
-	}
 	h := n.Store().LastHeader()
-	b, err := n.configBlock(u, stale, h.Number+1, block.HeaderHash(h))
-	if err != nil {
-		t.Fatalf("the stale update is signed well enough to pass a stock peer: %v", err)
-	}
-	data, err := encodeConfigEntry(b, stale.Version(), stale.Hash())
-	if err != nil {
-		t.Fatal(err)
-	}
+	data := configEntryFor(t, n, stale, stale) // signed well enough to pass a stock peer
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	if _, err := n.raft.ProposeWait(ctx, data); err != nil {
