@@ -192,7 +192,10 @@ func (n *Node) checkConfigEntry(ctx context.Context, data []byte, b *common.Bloc
 	}
 	n.log.Info("config block stored", "number", b.Header.Number, "sequence", u.Config.Sequence,
 		"policy_version", src.version, "batch", fmt.Sprintf("%+v", next.cut))
-	for cur := n.cfgtx.stored.Load(); src.version > cur && !n.cfgtx.stored.CompareAndSwap(cur, src.version); cur = n.cfgtx.stored.Load() {
+	for cur := n.cfgtx.stored.Load(); src.version > cur; cur = n.cfgtx.stored.Load() {
+		if n.cfgtx.stored.CompareAndSwap(cur, src.version) {
+			break
+		}
 	}
 	return next, nil
 }
