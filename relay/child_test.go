@@ -181,6 +181,7 @@ func BenchmarkRelayMemoryPerMember(b *testing.B) {
 			if err != nil {
 				b.Fatal(err)
 			}
+			go c.Run(context.Background()) // until Close
 			cs = append(cs, c)
 		}
 		deadline := time.Now().Add(60 * time.Second)

@@ -230,6 +230,7 @@ func (n *testNet) client(id tls.Certificate, tweak func(*ClientConfig)) *Client 
 	if err != nil {
 		t.Fatal(err)
 	}
+	go c.Run(context.Background()) // until Close
 	t.Cleanup(func() { c.Close() })
 	return c
 }

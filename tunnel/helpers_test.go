@@ -71,6 +71,7 @@ func newCluster(t testing.TB, n int, o clusterOpts) *cluster {
 				t.Logf("Close(%s) took %v", s.ID, el)
 			}
 		})
+		tunneltest.Start(t, d)
 	}
 	return c
 }

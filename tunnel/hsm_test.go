@@ -46,11 +46,13 @@ func TestAttestationSoftHSM(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer devA.Close()
+	tunneltest.Start(t, devA)
 	devB, err := tunnel.New(tunnel.Config{Member: "bank-b", Signer: signerB, Chain: chainB, Transport: netw.Transport("bank-b"), Authority: auth, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer devB.Close()
+	tunneltest.Start(t, devB)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	x, y := connect(t, ctx, devB, devA, "bank-a", 7050)

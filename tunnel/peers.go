@@ -36,11 +36,11 @@ func queueControl(ch chan<- ctlPacket, st *counters) func(sender string, pkt []b
 	}
 }
 
-func (d *Device) controlLoop() error {
+func (d *Device) controlLoop(ctx context.Context) error {
 	var ra reassembler
 	for {
 		select {
-		case <-d.run.ctx.Done():
+		case <-ctx.Done():
 			return nil
 		case cp := <-d.ev.ctl:
 			h, msg, ok, err := ra.add(cp.sender, cp.pkt, d.now())
@@ -68,6 +68,9 @@ func (d *Device) controlLoop() error {
 // It reports whether the transport took every packet (false, e.g., while no
 // relay is connected).
 func (d *Device) sendControl(to string, kind controlKind, flags uint8, payload []byte) bool {
+	if !d.run.wg.Load() {
+		return false // before Run: its start-up announces
+	}
 	pkts, err := encodeControl(kind, flags, d.ev.msgID.Add(1), payload, d.io.tr.MaxPacketSize())
 	if err != nil {
 		d.log.Warn("cannot encode control message", "to", to, "err", err)
@@ -123,7 +126,16 @@ func (d *Device) do(ev core.Event) (core.Output, error) {
 }
 
 // applyLocked applies out's pause and WireGuard configuration. peers.mu held.
+// Before Run has made the WireGuard device, configuration is refused
+// (ErrNotRunning): the core has no peers then (they come from Run's
+// control loop) and Run sets the core's key.
 func (d *Device) applyLocked(out core.Output) error {
+	if !d.run.wg.Load() {
+		if ipc := uapi(out); ipc != "" || len(out.Pause) > 0 || len(out.Promoted) > 0 {
+			return ErrNotRunning
+		}
+		return nil
+	}
 	for _, p := range out.Promoted {
 		d.io.bind.armed.clear(p.Member)
 		if p.Old != (core.Key{}) {
@@ -351,6 +363,9 @@ func (d *Device) handshakes() (map[Key]bool, error) {
 // handshakeTimes gives the last completed handshake of every peer (by
 // public key) that has one.
 func (d *Device) handshakeTimes() (map[Key]time.Time, error) {
+	if !d.run.wg.Load() {
+		return map[Key]time.Time{}, nil // before Run: no peers
+	}
 	dump, err := d.io.wg.IpcGet()
 	if err != nil {
 		return map[Key]time.Time{}, err
@@ -421,7 +436,7 @@ func (d *Device) SetAuthority(a Authority) {
 	for _, m := range out.Removed {
 		d.closeMember(m)
 	}
-	d.syncMemberAddrs(a.Members(), false)
+	d.syncMemberAddrs(false)
 	d.announceAll(false)
 }
 
@@ -466,7 +481,7 @@ func (d *Device) waitPeer(ctx context.Context, member string) (netip.Addr, error
 		}
 		select {
 		case <-ch:
-		case <-d.run.ctx.Done():
+		case <-d.run.done:
 			return netip.Addr{}, ErrClosed
 		case <-ctx.Done():
 			return netip.Addr{}, fmt.Errorf("%w: %s: %w", ErrNoPeer, member, ctx.Err())
@@ -493,7 +508,7 @@ func (d *Device) waitHandshake(ctx context.Context, key Key) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.run.ctx.Done():
+		case <-d.run.done:
 			return
 		case <-time.After(10 * time.Millisecond):
 		}

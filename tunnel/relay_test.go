@@ -147,6 +147,7 @@ func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byt
 		if err != nil {
 			t.Fatal(err)
 		}
+		go cl.Run(context.Background()) // until Close
 		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 		err = cl.WaitReady(wctx)
 		wcancel()
@@ -161,6 +162,7 @@ func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byt
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { d.Close() }) // closes the relay client (registered after the relays': runs first)
+		tunneltest.Start(t, d)
 		devs[m] = d
 		clients[m] = cl
 		t.Logf("%s: relay path %v, max packet %d, tunnel MTU %d", m, cl.Status(), cl.MaxPacketSize(), d.MTU())

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/tunnel"
+	"github.com/memberd/memberd/tunnel/tunneltest"
 )
 
 // TestMemberRestartClosesItsConnections: when a member's tunnel endpoint
@@ -34,6 +35,7 @@ func TestMemberRestartClosesItsConnections(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { b.Close() })
+	tunneltest.Start(t, b)
 
 	read := make(chan error, 1)
 	go func() {

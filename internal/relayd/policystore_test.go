@@ -77,6 +77,7 @@ func TestRelayLearnsPolicyFromMembers(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		go cl.Run(context.Background()) // until Close
 		defer cl.Close()
 		clients[m] = cl
 	}

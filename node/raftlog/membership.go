@@ -505,6 +505,15 @@ func (n *Node) Joining() bool {
 	return len(n.confState.Voters) == 0
 }
 
+// acceptsUnknown says whether the transport may take a connection (and an
+// addr frame) from a node of the cluster that this node's membership does
+// not list: while it joins, and while it knows no leader. A consenter
+// restarted on an empty disk starts from the genesis peers; consenters
+// added since (the leader among them) are unknown to it until the leader's
+// snapshot or entries say so, and it hears those only if it lets the
+// leader in. A node that follows a leader refuses strangers.
+func (n *Node) acceptsUnknown() bool { return n.Joining() || n.Leader() == 0 }
+
 // selfAddr is this node's own address as the membership records it.
 func (n *Node) selfAddr() string {
 	n.mu.Lock()

@@ -185,7 +185,7 @@ func New(cfg Config) (*Node, error) {
 		maxFrame: maxBody + int(c.MaxSizePerMsg) + 1<<16, dialTO: c.DialTimeout, writeTO: c.WriteTimeout,
 		stallAfter: time.Duration(c.ElectionTicks) * c.TickInterval,
 		log:        c.Logger, report: n,
-		acceptUnknown: n.Joining,
+		acceptUnknown: n.acceptsUnknown,
 		idle:          n.idle,
 		selfAddr:      n.selfAddr,
 		step:          func(ctx context.Context, m raftpb.Message) error { return n.rn.Step(ctx, m) },

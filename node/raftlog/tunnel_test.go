@@ -60,6 +60,7 @@ func newTunnels(t *testing.T, net byte, members ...string) (*tunneltest.Network,
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { d.Close() })
+		tunneltest.Start(t, d)
 		devs[s.ID] = d
 	}
 	return nw, devs

@@ -207,7 +207,8 @@ func init() { serial.Store(time.Now().UnixNano()) }
 
 func nextSerial() *big.Int { return big.NewInt(serial.Add(1)) }
 
-// NewCA makes a self-signed ECDSA P-256 CA valid for a year.
+// NewCA makes a self-signed ECDSA P-256 CA valid for a year (key usage
+// certificate sign, CRL sign and digital signature, as memberd ca init).
 func NewCA(tb testing.TB, cn string) *CA {
 	tb.Helper()
 	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -216,7 +217,7 @@ func NewCA(tb testing.TB, cn string) *CA {
 	}
 	tmpl := &x509.Certificate{SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: cn},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageCRLSign | x509.KeyUsageDigitalSignature}
 	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
 	if err != nil {
 		tb.Fatal(err)
@@ -248,4 +249,21 @@ func (ca *CA) IssueOU(tb testing.TB, cn string, ous ...string) (*x509.Certificat
 	}
 	cert, _ := x509.ParseCertificate(der)
 	return cert, k
+}
+
+// CRL returns a PEM X.509 CRL ("X509 CRL"), number n, signed by the CA and
+// naming it by authority key identifier, that revokes the given
+// certificates (valid for a week).
+func (ca *CA) CRL(tb testing.TB, n int64, revoked ...*x509.Certificate) string {
+	tb.Helper()
+	tmpl := &x509.RevocationList{Number: big.NewInt(n), ThisUpdate: time.Now().Add(-time.Minute), NextUpdate: time.Now().Add(7 * 24 * time.Hour)}
+	for _, c := range revoked {
+		tmpl.RevokedCertificateEntries = append(tmpl.RevokedCertificateEntries,
+			x509.RevocationListEntry{SerialNumber: c.SerialNumber, RevocationTime: time.Now().Add(-time.Minute)})
+	}
+	der, err := x509.CreateRevocationList(rand.Reader, tmpl, ca.Cert, ca.Key)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	return string(pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: der}))
 }

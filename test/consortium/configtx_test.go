@@ -46,16 +46,9 @@ func TestPolicyConfigBlock(t *testing.T) {
 		t.Skip("runs a 3-member consortium and the stock peer CLI")
 	}
 	fab := testenv.Fabric(t, "peer", "configtxlator")
-	L := initConsortium(t, 3, 1)
-	for _, m := range L.Members {
-		editMemberConfig(t, L, m, func(c map[string]any) { c["ledger"].(map[string]any)["config_blocks"] = true })
-	}
-	d := start(t, L, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if err := d.WaitLedger(ctx); err != nil {
-		t.Fatal(err)
-	}
+	L, d := startConfigBlocks(t, ctx, 3)
 	a := L.Members[0]
 	// A stock peer of a follows the channel from the start.
 	p := newStockPeer(t, fab, L, d, a, "peer0", a, false)
@@ -130,9 +123,10 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The pusher hears each member's refusal and its reason.
 	for _, r := range res {
-		if !r.OK {
-			t.Fatalf("push of the under-signed v2 to %s: %s", r.Member, r.Detail)
+		if r.OK || !strings.Contains(r.Detail, policy.ReasonConfigUpdate) {
+			t.Fatalf("push of the under-signed v2 to %s: ok=%v %s, want it refused for %s", r.Member, r.OK, r.Detail, policy.ReasonConfigUpdate)
 		}
 	}
 	waitFor(t, 30*time.Second, "every member to reject the under-signed v2 with reason config_update", func() bool {
@@ -176,40 +170,15 @@ func TestPolicyConfigBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range res {
-		if !r.OK {
-			t.Fatalf("push of v2 to %s: %s", r.Member, r.Detail)
+		if !r.OK || !strings.Contains(r.Detail, "applied: version 2") {
+			t.Fatalf("push of v2 to %s: ok=%v %s, want applied", r.Member, r.OK, r.Detail)
 		}
 	}
 	if err := d.DropRelayPolicy(v2.Marshal()); err != nil {
 		t.Fatal(err)
 	}
 	// The config block follows the blocks submitted before, on every member.
-	// (a's store may still lag the blocks its SUCCESS answers came from:
-	// they were forwarded to the leader.)
-	var cfgNum uint64
-	next := before
-	waitFor(t, 30*time.Second, "the CONFIG block", func() bool {
-		h, err := d.LedgerHeight(a)
-		for ; err == nil && next < h; next++ {
-			b, _, err := d.LedgerBlock(ctx, a, next)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, _, err := channelconfig.BlockConfig(b); err == nil {
-				cfgNum = next
-				return true
-			}
-		}
-		return false
-	})
-	waitFor(t, 30*time.Second, "the CONFIG block on every member", func() bool {
-		for _, m := range L.Members {
-			if h, err := d.LedgerHeight(m); err != nil || h <= cfgNum {
-				return false
-			}
-		}
-		return true
-	})
+	cfgNum, _ := waitConfigBlock(t, ctx, d, L.Members, before)
 	var cfgBlock *common.Block
 	for _, m := range L.Members {
 		b, _, err := d.LedgerBlock(ctx, m, cfgNum)
@@ -354,6 +323,55 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if h, err := d.LedgerHeight(a); err != nil || h != height {
 		t.Fatalf("height %d after the refused update (%v), want %d", h, err, height)
 	}
+}
+
+// startConfigBlocks runs a consortium of n members with
+// ledger.config_blocks on, its ledger up.
+func startConfigBlocks(t *testing.T, ctx context.Context, n int) (*demo.Layout, *demo.Consortium) {
+	t.Helper()
+	L := initConsortium(t, n, 1)
+	for _, m := range L.Members {
+		editMemberConfig(t, L, m, func(c map[string]any) { c["ledger"].(map[string]any)["config_blocks"] = true })
+	}
+	d := start(t, L, nil)
+	if err := d.WaitLedger(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return L, d
+}
+
+// waitConfigBlock waits for the first CONFIG block at or after height from
+// on members[0], then for every member to store it; it returns its number
+// and members[0]'s copy. (members[0]'s store may still lag the blocks its
+// SUCCESS answers came from: they were forwarded to the leader.)
+func waitConfigBlock(t *testing.T, ctx context.Context, d *demo.Consortium, members []string, from uint64) (uint64, *common.Block) {
+	t.Helper()
+	var cfgNum uint64
+	var cfgBlk *common.Block
+	next := from
+	waitFor(t, 30*time.Second, "the CONFIG block", func() bool {
+		h, err := d.LedgerHeight(members[0])
+		for ; err == nil && next < h; next++ {
+			b, _, err := d.LedgerBlock(ctx, members[0], next)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := channelconfig.BlockConfig(b); err == nil {
+				cfgNum, cfgBlk = next, b
+				return true
+			}
+		}
+		return false
+	})
+	waitFor(t, 30*time.Second, "the CONFIG block on every member", func() bool {
+		for _, m := range members {
+			if h, err := d.LedgerHeight(m); err != nil || h <= cfgNum {
+				return false
+			}
+		}
+		return true
+	})
+	return cfgNum, cfgBlk
 }
 
 // policyRejected reads member m's policy_rejected_total{reason} from its

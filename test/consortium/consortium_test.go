@@ -287,6 +287,7 @@ func TestNonMemberRefused(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	go cl.Run(context.Background()) // until Close
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 	defer cancel()

@@ -78,6 +78,15 @@ func TestPolicyCLIWorkflow(t *testing.T) {
 	code, out, _ = run(t, "policy", "diff", v1, v2)
 	policyExpect(t, code, out, ExitOK, "version 1 -> 2: member_added", "+ member m4", "needs 2 of 3 member votes")
 
+	// A member's CRL shows in 'policy show' and in 'policy diff'.
+	lost, _ := c.CAs["m2"].Issue(t, "lost")
+	withCRL := filepath.Join(dir, "v2-crl.yaml")
+	policyWriteFile(t, withCRL, c.NextDocument(t, g, func(d *policy.Document) { d.Members[1].CRLs = c.CAs["m2"].CRL(t, 1, lost) }))
+	code, out, _ = run(t, "policy", "show", withCRL)
+	policyExpect(t, code, out, ExitOK, "crl(m2 CA)=1 revoked")
+	code, out, _ = run(t, "policy", "diff", v1, withCRL)
+	policyExpect(t, code, out, ExitOK, "member_changed", "revocations_changed", "~ member m2: crls", "serial "+lost.SerialNumber.String())
+
 	code, out, errb := run(t, "policy", "verify", "--current", v1, v2)
 	policyExpect(t, code, out+errb, ExitRuntime, "REFUSED", "changes:  member_added", "votes:    0", "missing:  3 [m1, m2, m3]", "needs 2 of 3")
 

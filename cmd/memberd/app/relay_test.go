@@ -91,6 +91,7 @@ func (f *relayFixture) members(t *testing.T, addr string) map[string]*relay.Clie
 		if err != nil {
 			t.Fatal(err)
 		}
+		go c.Run(context.Background()) // until Close
 		t.Cleanup(func() { c.Close() })
 		clients[m] = c
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -300,6 +301,7 @@ func TestRelayCommandHSMKey(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	go c.Run(context.Background()) // until Close
 	defer c.Close()
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()
