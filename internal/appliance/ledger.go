@@ -589,6 +589,13 @@ func (l *ledgerRun) status() any {
 	st["leader"] = l.memberOf(rs.Leader) // "" = none known
 	st["consenters"] = consenterStatus(n)
 	st["leader_raft_id"] = rs.Leader
+	// The policy version the raft membership follows (that of its last
+	// change; 0: none recorded) beside this node's own: a node whose
+	// policy is older makes no consenter change while it leads.
+	st["consenters_policy_version"] = rs.MembershipVersion
+	if p := n.Policy(); p != nil {
+		st["policy_version"] = p.Version()
+	}
 	err := n.Healthy()
 	// removed: dropped from ledger.consenters; raft_retired: it has
 	// settled (no campaign, peers redialed only every few seconds).
