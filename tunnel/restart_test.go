@@ -62,7 +62,7 @@ func TestMemberRestartClosesItsConnections(t *testing.T) {
 		if m != "bank-b" {
 			t.Fatalf("OnRekeyed(%s), want bank-b", m)
 		}
-	default:
+	case <-ctx.Done():
 		t.Fatal("the restart was not reported to OnRekeyed")
 	}
 }
