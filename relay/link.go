@@ -508,3 +508,35 @@ func (l *link) keepalive(ctx context.Context, interval, giveUp time.Duration, on
 		}
 	}
 }
+
+// closeIfIdle closes l once no frame arrived on it for idle, first calling
+// onIdle with how long it was silent. One timer per link, re-armed for
+// the last frame's time plus idle whenever it fires early; stop cancels it.
+func (l *link) closeIfIdle(idle time.Duration, onIdle func(silent time.Duration)) (stop func()) {
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	check := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped || l.closed() {
+			return
+		}
+		silent := time.Since(time.Unix(0, l.lastRecv.Load()))
+		if silent < idle {
+			t.Reset(idle - silent)
+			return
+		}
+		onIdle(silent)
+		l.close(codeProtocol, "idle: nothing received for "+idle.String())
+	}
+	mu.Lock()
+	t = time.AfterFunc(idle, check)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
+	}
+}

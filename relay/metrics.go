@@ -14,6 +14,7 @@ import (
 type metrics struct {
 	drops     *reasonCounter
 	offers    *reasonCounter // policy bundle offers by result (server only)
+	closes    *reasonCounter // connections the server closed, by reason (server only)
 	forwarded prometheus.Counter
 	fwdBytes  prometheus.Counter
 	conns     prometheus.Gauge
@@ -89,6 +90,8 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 			Help: "Packets the " + what + " also sent through a second relay because the one in use had gone quiet.",
 		}),
 		offers: newReasonCounter(prefix+"_policy_offers_total", "Signed policy bundles members offered, by result.", "result", offerResults),
+		closes: newReasonCounter(prefix+"_closed_connections_total", "Admitted connections the "+what+" closed, by reason.", "reason",
+			[]string{CloseIdle, CloseEvicted, CloseNotAdmitted}),
 	}
 	if reg != nil {
 		// A second server or client on one registry shares the first one's
@@ -100,6 +103,7 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 		m.panics = register(reg, m.panics)
 		if what == "relay" {
 			m.offers.vec = register(reg, m.offers.vec)
+			m.closes.vec = register(reg, m.closes.vec)
 		} else {
 			m.copied = register(reg, m.copied)
 		}
@@ -108,6 +112,14 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 }
 
 func (m *metrics) drop(reason string) { m.drops.inc(reason) }
+
+// Reasons an admitted connection was closed by the relay, the values of
+// memberd_relay_closed_connections_total's "reason" label.
+const (
+	CloseIdle        = "idle"         // nothing received for IdleTimeout
+	CloseEvicted     = "evicted"      // the member's oldest, over MaxConnsPerMember
+	CloseNotAdmitted = "not_admitted" // a new policy no longer admits the peer
+)
 
 func (m *metrics) offer(result string) { m.offers.inc(result) }
 

@@ -65,6 +65,16 @@ type ServerConfig struct {
 	// one IPv4 address or IPv6 /64 (over_limit_source). Default
 	// DefaultMaxHandshakesPerSource (16); at most MaxHandshakes.
 	MaxHandshakesPerSource int
+	// IdleTimeout closes an admitted connection (member or relay peer, TLS
+	// or QUIC) on which no frame at all arrived for this long, counted as
+	// memberd_relay_closed_connections_total{reason="idle"} and logged.
+	// Clients ping every PingInterval (50ms by default), so only a peer
+	// that went silent is cut: a TLS connection that passed the handshake
+	// and then sent nothing was otherwise held for ever (QUIC has its own
+	// idle timeout, but quic-go's keepalives hold a silent peer there
+	// too). Default DefaultIdleTimeout (30s, QUIC's MaxIdleTimeout);
+	// negative disables it.
+	IdleTimeout time.Duration
 	// ForwardHook, when set, sees every payload the relay forwards (from,
 	// to, payload) before it is queued. It must not retain or modify
 	// payload. For tests and packet capture.
@@ -144,11 +154,18 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	if c.MaxHandshakesPerSource == 0 {
 		c.MaxHandshakesPerSource = DefaultMaxHandshakesPerSource
 	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
 	return c
 }
+
+// DefaultIdleTimeout is ServerConfig.IdleTimeout's default: the QUIC
+// MaxIdleTimeout, 600 pings at the clients' default PingInterval.
+const DefaultIdleTimeout = 30 * time.Second
 
 // Server forwards packets between members and to other relays. It owns no
 // sockets: feed it QUIC connections (ServeQUIC) and TCP connections
@@ -296,6 +313,7 @@ func (s *Server) UpdateAuthority(a Authority) {
 	}
 	s.mu.Unlock()
 	for _, p := range cut {
+		s.closedConn(CloseNotAdmitted)
 		s.log.Info("closing connection no longer admitted by the policy", "peer", p.id, "relay_peer", p.relay)
 		p.link.close(codeNotAllowed, "no longer admitted by the consortium policy")
 	}
@@ -304,6 +322,12 @@ func (s *Server) UpdateAuthority(a Authority) {
 	default:
 	}
 }
+
+// ClosedConns returns the admitted connections the relay closed so far,
+// by reason (CloseIdle, ...).
+func (s *Server) ClosedConns() map[string]uint64 { return s.m.closes.snapshot() }
+
+func (s *Server) closedConn(reason string) { s.m.closes.inc(reason) }
 
 // Drops returns the packets dropped so far by reason.
 func (s *Server) Drops() map[string]uint64 { return s.m.snapshot() }
@@ -541,10 +565,20 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 		return err
 	}
 	if evicted != nil {
+		s.closedConn(CloseEvicted)
 		s.log.Info("closing the oldest connection of a member over its connection limit", "peer", id)
 		evicted.link.close(codeShutdown, "too many connections for this member")
 	}
 	s.log.Info("peer connected", "peer", id, "relay_peer", isRelay, "path", string(l.path), "remote", addrString(remote))
+	if s.cfg.IdleTimeout > 0 {
+		stop := l.closeIfIdle(s.cfg.IdleTimeout, func(silent time.Duration) {
+			s.closedConn(CloseIdle)
+			s.log.Warn("closing a silent relay connection", "reason", CloseIdle, "peer", id, "relay_peer", isRelay,
+				"path", string(l.path), "remote", addrString(remote), "silent", silent.Round(time.Millisecond).String(),
+				"idle_timeout", s.cfg.IdleTimeout.String())
+		})
+		defer stop()
+	}
 	defer func() {
 		s.mu.Lock()
 		s.unregisterLocked(p)

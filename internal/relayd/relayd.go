@@ -244,8 +244,8 @@ func (r *Relay) serverConfig(auth relay.Authority) relay.ServerConfig {
 		RateBytesPerSec: cfg.Limits.RateBytesPerSec, RateBurstBytes: cfg.Limits.RateBurstBytes,
 		QueueLen: cfg.Limits.QueueLen, MaxConnsPerMember: cfg.Limits.MaxConnsPerMember,
 		HandshakeTimeout: cfg.Limits.HandshakeTimeout, MaxHandshakes: cfg.Limits.MaxHandshakes,
-		MaxHandshakesPerSource: cfg.Limits.MaxHandshakesPerSource,
-		ForwardHook:            cfg.ForwardHook,
+		MaxHandshakesPerSource: cfg.Limits.MaxHandshakesPerSource, IdleTimeout: cfg.Limits.IdleTimeout,
+		ForwardHook: cfg.ForwardHook,
 	}
 	if r.watcher != nil {
 		// Members offer the signed versions they apply; verified ones go
