@@ -16,13 +16,19 @@ import (
 // HELLOs and returns the connection, which then sends nothing.
 func dialSilentMember(t *testing.T, addr string, id tls.Certificate) *tls.Conn {
 	t.Helper()
+	return dialSilentPeer(t, addr, id, wire.RoleMember)
+}
+
+// dialSilentPeer is dialSilentMember for a member or relay role.
+func dialSilentPeer(t *testing.T, addr string, id tls.Certificate, role uint8) *tls.Conn {
+	t.Helper()
 	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{wire.ALPN},
 		Certificates: []tls.Certificate{id}, MinVersion: tls.VersionTLS13})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
-	if _, err := c.Write(wire.AppendHello(nil, wire.Hello{Version: wire.Version, Role: wire.RoleMember})); err != nil {
+	if _, err := c.Write(wire.AppendHello(nil, wire.Hello{Version: wire.Version, Role: role})); err != nil {
 		t.Fatal(err)
 	}
 	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))

@@ -35,6 +35,13 @@ const (
 	DropTooLarge  = "too_large"  // larger than the path allows
 	DropMalformed = "malformed"  // a frame that does not parse
 	DropClosed    = "closed"     // the path closed while the packet waited
+	// DropUnknownType: a frame of a type this version does not know (a
+	// later version's, or garbage that parsed as a header); skipped.
+	DropUnknownType = "unknown_type"
+	// DropUnexpected: a known frame type that the sender's role must not
+	// send on an established link (FORWARD or ROUTE_ADD from a member,
+	// PACKET from a relay, a second HELLO...); ignored.
+	DropUnexpected = "unexpected_type"
 )
 
 // QUIC application error codes used when closing.
@@ -426,6 +433,11 @@ func (l *link) readLoop(ctx context.Context, handle frameHandler) error {
 	go func() {
 		errc <- guarded(func() error {
 			r := wire.NewReader(l.stream, l.maxBody)
+			r.Skipped = func(t wire.Type, n int) { // the reader skips unknown types: count them
+				l.bytesIn.Add(uint64(wire.HeaderLen + n))
+				l.lastRecv.Store(time.Now().UnixNano())
+				handle(wire.Frame{Type: t}, false)
+			}
 			for {
 				f, err := r.Next()
 				if err != nil {

@@ -225,6 +225,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		gate:     newHandshakeGate(cfg.MaxHandshakesPerSource, cfg.MaxHandshakes),
 	}
 	s.hlog = newHandshakeLog(s.log, cfg.Registerer)
+	s.m.dlog = newDropLog(s.log, cfg.Now)
 	s.closed = make(chan struct{})
 	s.auth.Store(&authBox{cfg.Authority})
 	s.tls = &tls.Config{
@@ -731,6 +732,33 @@ func (s *Server) memberFrame(p *peer, f wire.Frame, owned bool) {
 		p.link.sendData(wire.AppendFrame(nil, wire.TypePong, f.Body))
 	case wire.TypePolicy:
 		s.policyFrame(p, f, owned)
+	case wire.TypeGoAway:
+		s.goAway(p, f)
+	default: // HELLO again, PONG (the relay pings no member), FORWARD, ROUTE_*, unknown
+		s.dropFrame(p, f.Type)
+	}
+}
+
+// dropFrame counts and logs (rate-limited) a frame of a type p must not
+// send on an established link, or of a type this version does not know.
+func (s *Server) dropFrame(p *peer, t wire.Type) {
+	reason := DropUnexpected
+	if !t.Known() {
+		reason = DropUnknownType
+	}
+	s.m.dropWith(reason, "peer", p.id, "relay_peer", p.relay, "type", t.String())
+}
+
+// goAway logs why a peer says it is closing its connection (it closes it
+// next); rate-limited, since nothing forces a peer to close after it.
+func (s *Server) goAway(p *peer, f wire.Frame) {
+	code, reason, err := wire.ParseGoAway(f.Body)
+	if err != nil {
+		s.m.dropWith(DropMalformed, "peer", p.id, "relay_peer", p.relay, "type", f.Type.String())
+		return
+	}
+	if _, ok := s.m.dlog.limit.allow("goaway "+p.id, s.cfg.Now()); ok {
+		s.log.Info("peer is closing its connection", "peer", p.id, "relay_peer", p.relay, "code", code, "reason", reason)
 	}
 }
 
@@ -888,6 +916,11 @@ func (s *Server) relayFrame(p *peer, f wire.Frame, owned bool) {
 		s.mu.Unlock()
 	case wire.TypePing:
 		p.link.sendData(wire.AppendFrame(nil, wire.TypePong, f.Body))
+	case wire.TypePong: // the answer to meshPinger's pings (on the dialled link)
+	case wire.TypeGoAway:
+		s.goAway(p, f)
+	default: // HELLO again, PACKET, POLICY, unknown
+		s.dropFrame(p, f.Type)
 	}
 }
 
