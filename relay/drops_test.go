@@ -1,34 +1,15 @@
 package relay
 
 import (
-	"bytes"
 	"crypto/tls"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/logtest"
 	"github.com/memberd/memberd/relay/wire"
 )
-
-// lockedBuffer collects log output from several goroutines.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *lockedBuffer) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *lockedBuffer) count(s string) int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return strings.Count(w.b.String(), s)
-}
 
 // pingPong sends a PING on c and reads frames until its PONG: every frame
 // sent before it has been handled by the relay (one reader per stream).
@@ -58,7 +39,7 @@ func pingPong(t *testing.T, c *tls.Conn) {
 func TestDroppedFramesCountedByReason(t *testing.T) {
 	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1", "relay-2"})
 	n.noQUIC = map[string]bool{"relay-1": true}
-	logs := &lockedBuffer{}
+	logs := &logtest.Buffer{}
 	r := n.startRelay("relay-1", func(c *ServerConfig) {
 		c.Logger = slog.New(slog.NewTextHandler(logs, nil))
 		c.Mesh.QUICTimeout = 50 * time.Millisecond
@@ -111,17 +92,11 @@ func TestDroppedFramesCountedByReason(t *testing.T) {
 		}
 	}
 	for reason := range want {
-		if c := logs.count("reason=" + reason + " more_since_last_line"); c != 1 {
+		if c := strings.Count(logs.String(), "reason="+reason+" more_since_last_line"); c != 1 {
 			t.Errorf("%d log lines for reason %s, want 1 (rate-limited)", c, reason)
 		}
 	}
 	if !strings.Contains(logs.String(), "type=type(0x7f)") {
 		t.Errorf("the unknown_type line does not name the type:\n%s", logs.String())
 	}
-}
-
-func (w *lockedBuffer) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
 }
