@@ -840,7 +840,7 @@ func (s *Server) forward(p *peer, dst string, payload []byte, stream, reliable b
 	if h := s.cfg.ForwardHook; h != nil {
 		h(p.id, dst, payload)
 	}
-	if via.link.send(wire.AppendForward(newFrame(wire.ForwardOverhead+len(payload)), p.id, dst, payload), stream) {
+	if via.link.sendFrom(p.id, wire.AppendForward(newFrame(wire.ForwardOverhead+len(payload)), p.id, dst, payload), stream) {
 		s.m.forward(len(payload))
 	}
 }
@@ -866,7 +866,7 @@ func (s *Server) deliverLocal(from, dst string, payload []byte, stream bool) boo
 	if h := s.cfg.ForwardHook; h != nil {
 		h(from, dst, payload)
 	}
-	if to.link.send(wire.AppendPacket(newFrame(wire.PacketOverhead+len(payload)), from, payload), stream) {
+	if to.link.sendFrom(from, wire.AppendPacket(newFrame(wire.PacketOverhead+len(payload)), from, payload), stream) {
 		s.m.forward(len(payload))
 	}
 	return true

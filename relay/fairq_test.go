@@ -1,0 +1,180 @@
+package relay
+
+import (
+	"bytes"
+	"crypto/tls"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/quic-go/quic-go"
+
+	"github.com/memberd/memberd/relay/wire"
+)
+
+// tagged is a frame of n bytes whose first two bytes name its source and
+// sequence number.
+func tagged(src byte, seq, n int) []byte {
+	b := make([]byte, n)
+	b[0], b[1] = src, byte(seq)
+	return b
+}
+
+// A source that starts sending behind a long backlog of another is served
+// in the next round, not after the backlog; each source's frames stay in
+// order.
+func TestFairQueueRoundRobin(t *testing.T) {
+	q := newFairQueue(100, make(chan struct{}, 1))
+	for i := range 20 {
+		if q.push("flood", tagged('F', i, 1200)) != nil {
+			t.Fatal("dropped below the limit")
+		}
+	}
+	for i := range 5 {
+		if q.push("quiet", tagged('Q', i, 1200)) != nil {
+			t.Fatal("dropped below the limit")
+		}
+	}
+	next := map[byte]int{}
+	lastQuiet := -1
+	for pos := 0; ; pos++ {
+		f := q.pop()
+		if f == nil {
+			break
+		}
+		if int(f[1]) != next[f[0]] {
+			t.Fatalf("source %c: frame %d at position %d, want %d (per-source order)", f[0], f[1], pos, next[f[0]])
+		}
+		next[f[0]]++
+		if f[0] == 'Q' {
+			lastQuiet = pos
+		}
+	}
+	if next['F'] != 20 || next['Q'] != 5 || q.len() != 0 {
+		t.Fatalf("popped %v, want all 25", next)
+	}
+	// Quantum 4165 bytes: 3 frames of 1200 per turn (4 every few rounds):
+	// F F F Q Q Q F F F Q Q -> the quiet source's last at 10. A FIFO: 24.
+	if lastQuiet > 11 {
+		t.Fatalf("the quiet source's last frame left at position %d of 25, want <= 11 (round robin)", lastQuiet)
+	}
+}
+
+// Deficit round robin is fair in bytes: a source of small frames gets as
+// many bytes through as one of large frames, not as many frames.
+func TestFairQueueBytes(t *testing.T) {
+	q := newFairQueue(10_000, make(chan struct{}, 1))
+	for i := range 200 {
+		q.push("big", tagged('B', i, 1300))
+	}
+	for i := range 2000 {
+		q.push("small", tagged('S', i, 100))
+	}
+	got := map[byte]int{}
+	for range 500 {
+		f := q.pop()
+		got[f[0]] += len(f)
+	}
+	if d := got['B'] - got['S']; d > 2*fairQuantum || d < -2*fairQuantum {
+		t.Fatalf("bytes served: big %d, small %d; want within 2 quanta (%d)", got['B'], got['S'], 2*fairQuantum)
+	}
+}
+
+// Full: the source with the most frames queued loses one, its newest or
+// the one it is pushing; a quieter source's frame gets in.
+func TestFairQueuePushOut(t *testing.T) {
+	q := newFairQueue(10, make(chan struct{}, 1))
+	for i := range 10 {
+		q.push("flood", tagged('F', i, 100))
+	}
+	if out := q.push("flood", tagged('F', 10, 100)); out == nil || out[1] != 10 {
+		t.Fatalf("full, the flood's own frame: dropped %v, want the new one", out)
+	}
+	out := q.push("quiet", tagged('Q', 0, 100))
+	if out == nil || out[0] != 'F' || out[1] != 9 {
+		t.Fatalf("full, a quiet source's frame: pushed out %v, want the flood's newest (9)", out)
+	}
+	for i := 1; i < 5; i++ {
+		q.push("quiet", tagged('Q', i, 100))
+	}
+	// 5 and 5: a tie goes against the pusher.
+	if out := q.push("quiet", tagged('Q', 5, 100)); out == nil || out[0] != 'Q' || out[1] != 5 {
+		t.Fatalf("tie: dropped %v, want the pusher's own", out)
+	}
+	if q.len() != 10 {
+		t.Fatalf("%d frames queued, limit 10", q.len())
+	}
+	var order []string
+	for f := q.pop(); f != nil; f = q.pop() {
+		order = append(order, fmt.Sprintf("%c%d", f[0], f[1]))
+	}
+	if got := fmt.Sprint(order); got != "[F0 F1 F2 F3 F4 Q0 Q1 Q2 Q3 Q4]" {
+		t.Fatalf("popped %s", got)
+	}
+}
+
+// Through a link's writer: a quiet member's packets to a destination
+// overtake the backlog another member queued to it, small frames still
+// before large ones, control first.
+func TestLinkFairBetweenSources(t *testing.T) {
+	rs := &recordingStream{wrote: make(chan struct{}, 100)}
+	var drops []string
+	l := newLink(PathTCP, nil, rs, tls.ConnectionState{}, func(quic.ApplicationErrorCode, string) {}, 64,
+		func(r string) { drops = append(drops, r) })
+	pkt := func(src string, seq, n int) []byte {
+		return wire.AppendPacket(newFrame(wire.PacketOverhead+n), src, tagged(src[0], seq, n))
+	}
+	for i := range 64 {
+		l.sendFrom("flood", pkt("flood", i, 1200), false)
+	}
+	if l.sendFrom("flood", pkt("flood", 64, 1200), false) {
+		t.Fatal("the flood's 65th frame was queued over queue_len 64")
+	}
+	for i := range 3 {
+		if !l.sendFrom("quiet", pkt("quiet", i, 1200), false) {
+			t.Fatalf("the quiet member's frame %d was refused", i)
+		}
+	}
+	l.sendFrom("quiet", pkt("quiet", 3, 40), false) // small: urgent
+	done := make(chan error, 1)
+	go func() { done <- l.writeLoop() }()
+	var got []byte
+	for len(got) < 64*(1200+3+1+5)+40 && len(drops) < 100 {
+		select {
+		case <-rs.wrote:
+		case <-time.After(5 * time.Second):
+			t.Fatal("no write")
+		}
+		rs.mu.Lock()
+		got = bytes.Join(rs.writes, nil)
+		rs.mu.Unlock()
+	}
+	l.close(codeShutdown, "test")
+	<-done
+	r := wire.NewReader(bytes.NewReader(got), 0)
+	var order []string
+	for {
+		f, err := r.Next()
+		if err != nil {
+			break
+		}
+		src, p, err := wire.ParsePacket(f.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		order = append(order, fmt.Sprintf("%s%d", src[:1], p[1]))
+	}
+	// quiet's small frame first (urgent), then flood 0-2 (its turn: 3
+	// frames of 1209 bytes), quiet 0-2, then the rest of the flood but
+	// the 3 frames pushed out for quiet's.
+	want := []string{"q3", "f0", "f1", "f2", "q0", "q1", "q2"}
+	for i := 3; i < 61; i++ {
+		want = append(want, fmt.Sprintf("f%d", i))
+	}
+	if fmt.Sprint(order) != fmt.Sprint(want) {
+		t.Fatalf("sent in order\n%v\nwant\n%v", order, want)
+	}
+	if len(drops) != 4 {
+		t.Fatalf("drops %v, want 4 queue_full (the flood's 65th, and 3 pushed out)", drops)
+	}
+}
