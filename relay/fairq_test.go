@@ -178,3 +178,75 @@ func TestLinkFairBetweenSources(t *testing.T) {
 		t.Fatalf("drops %v, want 4 queue_full (the flood's 65th, and 3 pushed out)", drops)
 	}
 }
+
+// Through a relay: a destination that stopped reading has its queue full
+// of one member's packets, and that member keeps sending; another
+// member's packets to it still get through (the flood's newest are
+// pushed out for them), none dropped. Before, they were dropped as
+// queue_full behind the flood unless a slot happened to be free.
+func TestServerQueuesPerSource(t *testing.T) {
+	n := newTestNet(t, []string{"flood", "quiet", "dst"}, []string{"relay-1"})
+	n.noQUIC = map[string]bool{"relay-1": true}
+	r := n.startRelay("relay-1", func(c *ServerConfig) { c.QueueLen = 64; c.RateBytesPerSec = -1 })
+	dst := dialSilentMember(t, r.info.Addr, n.cas["dst"].Issue(t, "d").TLS()) // does not read for now
+	flood := dialSilentMember(t, r.info.Addr, n.cas["flood"].Issue(t, "f").TLS())
+	quiet := dialSilentMember(t, r.info.Addr, n.cas["quiet"].Issue(t, "q").TLS())
+	waitFor(t, 5*time.Second, "dst registered", func() bool { return contains(r.srv.Members(), "dst") })
+	r.srv.mu.RLock()
+	ms := r.srv.members["dst"]
+	r.srv.mu.RUnlock()
+	ms.mu.Lock()
+	dl := ms.conns[0].link
+	ms.mu.Unlock()
+	// Flood until the destination's queue is full (its socket buffers
+	// first) and the relay drops the flood's own packets.
+	stopFlood := make(chan struct{})
+	floodDone := make(chan struct{})
+	go func() {
+		defer close(floodDone)
+		batch := bytes.Repeat(wire.AppendPacket(nil, "dst", make([]byte, 1200)), 16)
+		for {
+			select {
+			case <-stopFlood:
+				return
+			default:
+			}
+			_ = flood.SetWriteDeadline(time.Now().Add(time.Second))
+			if _, err := flood.Write(batch); err != nil {
+				return
+			}
+		}
+	}()
+	waitFor(t, 20*time.Second, "dst's queue full of the flood", func() bool {
+		return dl.data.len() == 64 && r.srv.Drops()[DropQueueFull] > 1000
+	})
+	for i := range 3 {
+		if _, err := quiet.Write(wire.AppendPacket(nil, "dst", tagged('q', i, 1200))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pingPong(t, quiet) // the relay has handled quiet's packets
+	close(stopFlood)
+	<-floodDone
+	if got := dl.data.len(); got > 64 {
+		t.Fatalf("%d frames queued, queue_len 64", got)
+	}
+	_ = dst.SetReadDeadline(time.Now().Add(20 * time.Second))
+	rd := wire.NewReader(dst, 0)
+	var got []int
+	for len(got) < 3 {
+		f, err := rd.Next()
+		if err != nil {
+			t.Fatalf("dst received quiet's packets %v of [0 1 2] before: %v", got, err)
+		}
+		if f.Type != wire.TypePacket {
+			continue
+		}
+		if src, p, err := wire.ParsePacket(f.Body); err == nil && string(src) == "quiet" {
+			got = append(got, int(p[1]))
+		}
+	}
+	if fmt.Sprint(got) != "[0 1 2]" {
+		t.Fatalf("dst received quiet's packets as %v", got)
+	}
+}
