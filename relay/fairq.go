@@ -24,15 +24,15 @@ type fairQueue struct {
 	mu     sync.Mutex
 	n      int                  // frames queued, all sources
 	flows  map[string]*fairFlow // sources with frames queued
-	active []*fairFlow          // round-robin order; active[0] has the turn
+	active ring[*fairFlow]      // round-robin order; the front has the turn
 }
 
 // fairFlow is one source's frames in a fairQueue.
 type fairFlow struct {
 	key     string
-	frames  [][]byte
+	frames  ring[[]byte]
 	deficit int  // bytes this source may still send in its turn
-	turn    bool // active[0] and its quantum added
+	turn    bool // at the front of active, its quantum added
 }
 
 // fairQuantum is the bytes one source may send per round: one full-size
@@ -51,8 +51,8 @@ func (q *fairQueue) push(key string, frame []byte) (dropped []byte) {
 	f := q.flows[key]
 	if q.n >= q.limit {
 		longest := f
-		for _, g := range q.active {
-			if longest == nil || len(g.frames) > len(longest.frames) {
+		for i := range q.active.len() {
+			if g := q.active.at(i); longest == nil || g.frames.len() > longest.frames.len() {
 				longest = g
 			}
 		}
@@ -60,19 +60,16 @@ func (q *fairQueue) push(key string, frame []byte) (dropped []byte) {
 			q.mu.Unlock()
 			return frame
 		}
-		last := len(longest.frames) - 1
-		dropped = longest.frames[last]
-		longest.frames[last] = nil
-		longest.frames = longest.frames[:last]
+		dropped = longest.frames.popBack()
 		q.n--
 		// longest had more frames than f (at least 2): it stays active.
 	}
 	if f == nil {
 		f = &fairFlow{key: key}
 		q.flows[key] = f
-		q.active = append(q.active, f)
+		q.active.pushBack(f)
 	}
-	f.frames = append(f.frames, frame)
+	f.frames.pushBack(frame)
 	q.n++
 	q.mu.Unlock()
 	select {
@@ -86,29 +83,25 @@ func (q *fairQueue) push(key string, frame []byte) (dropped []byte) {
 func (q *fairQueue) pop() []byte {
 	q.mu.Lock()
 	defer q.mu.Unlock()
-	for len(q.active) > 0 {
-		f := q.active[0]
+	for q.active.len() > 0 {
+		f := q.active.at(0)
 		if !f.turn {
 			f.deficit += q.quantum
 			f.turn = true
 		}
-		head := f.frames[0]
-		if len(head) <= f.deficit {
+		if head := f.frames.at(0); len(head) <= f.deficit {
 			f.deficit -= len(head)
-			f.frames[0] = nil
-			f.frames = f.frames[1:]
+			f.frames.popFront()
 			q.n--
-			if len(f.frames) == 0 { // an idle source keeps no credit
+			if f.frames.len() == 0 { // an idle source keeps no credit
 				delete(q.flows, f.key)
-				q.active[0] = nil
-				q.active = q.active[1:]
+				q.active.popFront()
 			}
 			return head
 		}
 		// Its turn is over; the deficit left counts in its next one.
 		f.turn = false
-		q.active[0] = nil
-		q.active = append(q.active[1:], f)
+		q.active.pushBack(q.active.popFront())
 	}
 	return nil
 }
@@ -124,12 +117,60 @@ func (q *fairQueue) len() int {
 func (q *fairQueue) drain(fn func([]byte)) {
 	q.mu.Lock()
 	var all [][]byte
-	for _, f := range q.active {
-		all = append(all, f.frames...)
+	for q.active.len() > 0 {
+		f := q.active.popFront()
+		for f.frames.len() > 0 {
+			all = append(all, f.frames.popFront())
+		}
 	}
-	q.active, q.flows, q.n = nil, map[string]*fairFlow{}, 0
+	q.flows, q.n = map[string]*fairFlow{}, 0
 	q.mu.Unlock()
 	for _, b := range all {
 		fn(b)
 	}
+}
+
+// ring is a FIFO that reuses its buffer (a slice re-sliced from the front
+// reallocates as it goes), growing by doubling.
+type ring[T any] struct {
+	buf  []T
+	head int
+	n    int
+}
+
+func (r *ring[T]) len() int { return r.n }
+
+// at returns the i-th element from the front; 0 <= i < len.
+func (r *ring[T]) at(i int) T { return r.buf[(r.head+i)%len(r.buf)] }
+
+func (r *ring[T]) pushBack(v T) {
+	if r.n == len(r.buf) {
+		buf := make([]T, max(8, 2*len(r.buf)))
+		for i := range r.n {
+			buf[i] = r.at(i)
+		}
+		r.buf, r.head = buf, 0
+	}
+	r.buf[(r.head+r.n)%len(r.buf)] = v
+	r.n++
+}
+
+// popFront removes and returns the front element; len must be > 0.
+func (r *ring[T]) popFront() T {
+	var zero T
+	v := r.buf[r.head]
+	r.buf[r.head] = zero
+	r.head = (r.head + 1) % len(r.buf)
+	r.n--
+	return v
+}
+
+// popBack removes and returns the back element; len must be > 0.
+func (r *ring[T]) popBack() T {
+	var zero T
+	i := (r.head + r.n - 1) % len(r.buf)
+	v := r.buf[i]
+	r.buf[i] = zero
+	r.n--
+	return v
 }

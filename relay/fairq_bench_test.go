@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"crypto/tls"
 	"encoding/binary"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -132,4 +133,40 @@ func BenchmarkFairDestination(b *testing.B) {
 	b.ReportMetric(ms(fifoP99), "fifo_quiet_p99_ms")
 	b.ReportMetric(ms(fairP99), "fair_quiet_p99_ms")
 	b.ReportMetric(fairQ/fifoQ, "quiet_fair/fifo")
+}
+
+// BenchmarkSendQueue: the cost of queueing and dequeueing one frame, the
+// fair queue against the buffered channel the link used before, in the
+// same run (one goroutine, so no scheduling in the figure):
+//
+//	go test -run '^$' -bench SendQueue ./relay/
+func BenchmarkSendQueue(b *testing.B) {
+	frame := make([]byte, 1200)
+	b.Run("chan-fifo", func(b *testing.B) {
+		q := make(chan []byte, 512)
+		for range b.N {
+			select {
+			case q <- frame:
+			default:
+			}
+			<-q
+		}
+	})
+	for _, sources := range []int{1, 8} {
+		b.Run(fmt.Sprintf("fair/%d-sources", sources), func(b *testing.B) {
+			q := newFairQueue(512, make(chan struct{}, 1))
+			keys := make([]string, sources)
+			for i := range keys {
+				keys[i] = fmt.Sprintf("member-%d", i)
+			}
+			for i := range 64 { // a backlog, so flows stay active
+				q.push(keys[i%sources], frame)
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				q.push(keys[i%sources], frame)
+				q.pop()
+			}
+		})
+	}
 }

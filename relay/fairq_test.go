@@ -250,3 +250,40 @@ func TestServerQueuesPerSource(t *testing.T) {
 		t.Fatalf("dst received quiet's packets as %v", got)
 	}
 }
+
+// The ring keeps FIFO order across wrap-around and growth, and popBack
+// takes the newest.
+func TestRing(t *testing.T) {
+	var r ring[int]
+	next, want := 0, 0
+	for round := range 50 {
+		for range round % 7 {
+			r.pushBack(next)
+			next++
+		}
+		for range round % 5 {
+			if r.len() == 0 {
+				break
+			}
+			if v := r.popFront(); v != want {
+				t.Fatalf("round %d: popFront %d, want %d", round, v, want)
+			}
+			want++
+		}
+	}
+	if r.len() == 0 {
+		t.Fatal("test drained the ring: no popBack check")
+	}
+	if v := r.popBack(); v != next-1 {
+		t.Fatalf("popBack %d, want the newest %d", v, next-1)
+	}
+	for r.len() > 0 {
+		if v := r.popFront(); v != want {
+			t.Fatalf("popFront %d, want %d", v, want)
+		}
+		want++
+	}
+	if want != next-1 {
+		t.Fatalf("drained up to %d, want %d", want, next-1)
+	}
+}
