@@ -45,7 +45,8 @@ type ServerConfig struct {
 	// RateBurstBytes is the token bucket size. Default 1 MiB.
 	RateBurstBytes float64
 	// QueueLen bounds each connection's send queue in packets; beyond it
-	// packets are dropped (reason queue_full). Default 512.
+	// packets are dropped (reason queue_full), the newest of the source
+	// member with most packets queued first (see fairQueue). Default 512.
 	QueueLen int
 	// MaxConnsPerMember bounds connections per member; a new one beyond the
 	// limit closes the oldest. Default 4.
