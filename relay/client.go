@@ -599,6 +599,14 @@ func (c *Client) frame(rc *relayConn, l *link, f wire.Frame, owned bool) {
 		if err == nil {
 			c.log.Warn("relay is closing our connection", "relay", rc.info.ID, "code", code, "reason", reason)
 			l.goAway.Store(&reason)
+		} else {
+			c.m.drop(DropMalformed)
+		}
+	default: // a type relays do not send to members (PING, FORWARD...), or unknown
+		if f.Type.Known() {
+			c.m.drop(DropUnexpected)
+		} else {
+			c.m.drop(DropUnknownType)
 		}
 	}
 }
