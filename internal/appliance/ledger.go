@@ -586,6 +586,8 @@ func (l *ledgerRun) status() any {
 	st["raft_id"] = rs.ID
 	st["raft_state"] = rs.State
 	st["term"] = rs.Term
+	st["raft_commit"] = rs.Commit
+	st["raft_applied"] = rs.Applied
 	st["leader"] = l.memberOf(rs.Leader) // "" = none known
 	st["consenters"] = consenterStatus(n)
 	st["leader_raft_id"] = rs.Leader

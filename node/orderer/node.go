@@ -795,6 +795,10 @@ func (n *Node) catchUp(ctx context.Context, data []byte) error {
 		return nil
 	}
 	height, hash := binary.BigEndian.Uint64(data), data[8:]
+	// Figures for the log line once caught up: where the time went.
+	var fig catchUpFigures
+	fig.start = time.Now()
+	fig.from = n.store.Height()
 	for n.store.Height() < height {
 		if n.cfg.Fetcher == nil {
 			return fmt.Errorf("%w: have %d blocks, the raft snapshot needs %d and no BlockFetcher is configured", ErrCatchUp, n.store.Height(), height)
@@ -811,11 +815,14 @@ func (n *Node) catchUp(ctx context.Context, data []byte) error {
 			if len(batch) == 0 {
 				return nil
 			}
+			t := time.Now()
 			err := n.store.AppendRawBatch(batch)
+			fig.storing += time.Since(t)
 			batch, size = nil, 0
 			return err
 		}
 		err := n.cfg.Fetcher.FetchBlocks(ctx, from, height-1, func(raw []byte) error {
+			fig.block(len(raw))
 			batch = append(batch, raw)
 			if size += len(raw); size >= catchUpBatchBytes || len(batch) >= catchUpBatchBlocks {
 				return flush()
@@ -828,6 +835,7 @@ func (n *Node) catchUp(ctx context.Context, data []byte) error {
 		if n.store.Height() >= height {
 			break
 		}
+		fig.retries++
 		n.log.Warn("catch-up incomplete; retrying", "height", n.store.Height(), "want", height, "err", err)
 		select {
 		case <-ctx.Done():
@@ -842,5 +850,8 @@ func (n *Node) catchUp(ctx context.Context, data []byte) error {
 		return err
 	}
 	n.loadRecent()
+	if fig.blocks > 0 {
+		n.log.Info("caught up from peers", fig.attrs(n.store.Height())...)
+	}
 	return nil
 }
