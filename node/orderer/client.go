@@ -17,6 +17,9 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/msp"
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -166,6 +169,12 @@ func Fetch(ctx context.Context, c ab.AtomicBroadcastClient, id Identity, channel
 // DeliverFetcher is a BlockFetcher that pulls blocks from peers' Deliver
 // service with the node's own identity (a member, hence a reader). Peers are
 // tried in turn until one delivers, starting with the last one that did.
+//
+// The blocks come gzip-compressed (compress.go): a catch-up is bound by the
+// bytes the tunnel and the relays' per-member rate carry, and blocks of
+// signed envelopes, each with its creator's certificate, shrink about 6
+// times. A peer that refuses the compressed request (an older memberd
+// without the compressor) is asked again without it.
 type DeliverFetcher struct {
 	Peers    []ab.AtomicBroadcastClient
 	Identity Identity
@@ -212,7 +221,9 @@ func (f *DeliverFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn fu
 		var fnErr error
 		pctx, cancel := context.WithCancelCause(ctx)
 		timer := time.AfterFunc(stall, func() { cancel(fmt.Errorf("%w for %v", errStalled, stall)) })
-		err := Fetch(pctx, f.Peers[i], id, f.Channel, SeekRange(from, to, ab.SeekInfo_FAIL_IF_NOT_READY), func(b *common.Block) error {
+		got := false // a block came on this stream
+		onBlock := func(b *common.Block) error {
+			got = true
 			timer.Reset(stall)
 			if b.GetHeader().GetNumber() != next {
 				return fmt.Errorf("%w: peer sent block %d, want %d", ErrCatchUp, b.GetHeader().GetNumber(), next)
@@ -228,7 +239,14 @@ func (f *DeliverFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn fu
 			next++
 			from = next
 			return nil
-		})
+		}
+		seek := SeekRange(from, to, ab.SeekInfo_FAIL_IF_NOT_READY)
+		err := Fetch(pctx, f.Peers[i], id, f.Channel, seek, onBlock, grpc.UseCompressor(gzip.Name))
+		if err != nil && !got && fnErr == nil && status.Code(err) == codes.Unimplemented && pctx.Err() == nil {
+			// A peer without the gzip compressor (an older memberd)
+			// refuses the compressed request: the same, uncompressed.
+			err = Fetch(pctx, f.Peers[i], id, f.Channel, seek, onBlock)
+		}
 		timer.Stop()
 		if cause := context.Cause(pctx); err != nil && errors.Is(cause, errStalled) {
 			err = fmt.Errorf("peer %d: %w (at block %d)", i, cause, next)
