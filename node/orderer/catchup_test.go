@@ -328,3 +328,42 @@ func TestFetchFromPeerWithoutCompressor(t *testing.T) {
 		t.Fatalf("%d blocks after %d refusals, want 9 after 1", n, old.refused.Load())
 	}
 }
+
+// TestFetchAsksLeaderLast: the raft leader's upload carries the
+// replication of every new block to every follower (and the relays limit
+// each member's upload), so a catch-up asks the other peers first and the
+// leader only when they fail; before, it asked the peers in their fixed
+// order, the leader first if it came first.
+func TestFetchAsksLeaderLast(t *testing.T) {
+	c := newConsortium(t, 3, block.CutterConfig{})
+	chain := []*common.Block{block.New(0, nil, [][]byte{[]byte("genesis")})}
+	for i := 1; i < 10; i++ {
+		chain = append(chain, block.New(uint64(i), block.HeaderHash(chain[i-1].Header), [][]byte{[]byte(fmt.Sprint("tx", i))}))
+	}
+	leader := &chainPeer{chain: chain, hangAfter: -1}
+	other := &chainPeer{chain: chain, hangAfter: -1}
+	f := &DeliverFetcher{Peers: []ab.AtomicBroadcastClient{leader, other}, Identity: c.identity(t, "m1", "node"),
+		Channel: "trade", StallTimeout: 300 * time.Millisecond, Leader: func(i int) bool { return i == 0 }}
+	ctx := context.Background()
+	if err := f.FetchBlocks(ctx, 1, 9, func([]byte) error { return nil }); err != nil {
+		t.Fatalf("FetchBlocks: %v", err)
+	}
+	if leader.calls.Load() != 0 || other.calls.Load() != 1 {
+		t.Fatalf("asked the leader %d times, the other peer %d times; want 0 and 1", leader.calls.Load(), other.calls.Load())
+	}
+	// The other peer fails: the leader is asked for the rest.
+	other.hangAfter = 3
+	var got []uint64
+	if err := f.FetchBlocks(ctx, 1, 9, func(raw []byte) error {
+		b, err := block.Unmarshal(raw)
+		if err == nil {
+			got = append(got, b.Header.Number)
+		}
+		return err
+	}); err != nil {
+		t.Fatalf("FetchBlocks with the other peer stalling: %v", err)
+	}
+	if len(got) != 9 || got[0] != 1 || got[8] != 9 || leader.calls.Load() != 1 {
+		t.Fatalf("got %v, leader asked %d times; want 1..9, the leader once", got, leader.calls.Load())
+	}
+}

@@ -168,7 +168,8 @@ func Fetch(ctx context.Context, c ab.AtomicBroadcastClient, id Identity, channel
 
 // DeliverFetcher is a BlockFetcher that pulls blocks from peers' Deliver
 // service with the node's own identity (a member, hence a reader). Peers are
-// tried in turn until one delivers, starting with the last one that did.
+// tried in turn until one delivers, starting with the last one that did,
+// the raft leader last (Leader).
 //
 // The blocks come gzip-compressed (compress.go): a catch-up is bound by the
 // bytes the tunnel and the relays' per-member rate carry, and blocks of
@@ -188,8 +189,30 @@ type DeliverFetcher struct {
 	// tunnel no reset comes back): without this, catch-up waited for it
 	// for minutes. Default 10s (DefaultFetchStall).
 	StallTimeout time.Duration
+	// Leader, if set, reports whether Peers[i] is the raft leader now. It
+	// is asked last: its upload already carries the replication of every
+	// new block to every follower, and the relays rate-limit each member's
+	// upload (relay.Config.RateBytesPerSec), so a catch-up from another
+	// peer does not compete with it (issue #11).
+	Leader func(i int) bool
 
 	first atomic.Uint32 // the peer to try first: the last one that delivered
+}
+
+// order returns the indexes of Peers in the order to try: from the last
+// one that delivered, the leader last.
+func (f *DeliverFetcher) order() []int {
+	start := int(f.first.Load())
+	var out, last []int
+	for k := range f.Peers {
+		i := (start + k) % len(f.Peers)
+		if f.Leader != nil && f.Leader(i) {
+			last = append(last, i)
+		} else {
+			out = append(out, i)
+		}
+	}
+	return append(out, last...)
 }
 
 // DefaultFetchStall is DeliverFetcher.StallTimeout's default.
@@ -214,9 +237,7 @@ func (f *DeliverFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn fu
 	if stall <= 0 {
 		stall = DefaultFetchStall
 	}
-	start := int(f.first.Load())
-	for k := range f.Peers {
-		i := (start + k) % len(f.Peers)
+	for _, i := range f.order() {
 		next := from
 		var fnErr error
 		pctx, cancel := context.WithCancelCause(ctx)
