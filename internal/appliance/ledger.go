@@ -46,6 +46,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/stats"
 
 	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/internal/confyaml"
@@ -257,7 +258,7 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 	for _, pr := range rs.peers {
 		l.ids[pr.ID] = pr.Name
 	}
-	fetchFrom, err := l.connectPeers(dev, p, pol)
+	fetchFrom, err := l.connectPeers(dev, p, pol, newDeliverBytes(reg))
 	if err != nil {
 		return nil, err
 	}
@@ -310,10 +311,10 @@ type fetchPeers struct {
 // tunnel (mutual TLS with the member CAs as roots) and the forwarder to the
 // raft leader; it returns the clients a node behind a snapshot fetches
 // blocks from.
-func (l *ledgerRun) connectPeers(dev ledgerDevice, p *policy.Policy, pol func() *policy.Policy) (fetchPeers, error) {
+func (l *ledgerRun) connectPeers(dev ledgerDevice, p *policy.Policy, pol func() *policy.Policy, fetched stats.Handler) (fetchPeers, error) {
 	l.dev, l.watch = dev, &peerWatch{}
 	dialer := tunnelDialer{dev: dev, watch: l.watch}
-	l.clients = &ledgerClients{port: l.cfg.PeerPort,
+	l.clients = &ledgerClients{port: l.cfg.PeerPort, stats: fetched,
 		dial: func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) },
 		tls:  func() *tls.Config { return l.clientTLS(pol().CAPool()) }}
 	l.fwd = &orderer.BroadcastForwarder{Lookup: func(rid uint64) ab.AtomicBroadcastClient {

@@ -13,6 +13,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -108,6 +109,7 @@ func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 			commit0 = st.Ledger.RaftCommit
 		}
 		logFrom := len(p.output())
+		payload0, wire0 := s.fetchedBytes(p)
 		if out, err := p.host.NftOut(s.cl.nft, "delete", "table", "inet", "partition"); err != nil {
 			t.Fatalf("healing: %v: %s", err, out)
 		}
@@ -124,10 +126,35 @@ func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 		if len(out) >= logFrom {
 			out = out[logFrom:]
 		}
-		s.record(t, fmt.Sprintf("follower partitioned %v", cutFor), fmt.Sprintf("%s cut off (its relays seen down after %s); after healing: tunnel up %s, raft contact %s, raft in step %s, ledger caught up %s (last seen lagging at %.2f s: %s); %s; %s",
+		payload1, wire1 := s.fetchedBytes(p)
+		fetched := fmt.Sprintf("Deliver answers received: %.1f MB, %.1f MB on the wire", (payload1-payload0)/1e6, (wire1-wire0)/1e6)
+		if m.tunnel >= 0 && m.contact >= 0 {
+			fetched += fmt.Sprintf("; raft contact %.2f s after the tunnel", (m.contact - m.tunnel).Seconds())
+		}
+		s.record(t, fmt.Sprintf("follower partitioned %v", cutFor), fmt.Sprintf("%s cut off (its relays seen down after %s); after healing: tunnel up %s, raft contact %s, raft in step %s, ledger caught up %s (last seen lagging at %.2f s: %s); %s; %s; %s",
 			p.name, secsOr(down, okDown, "never"), m.at(m.tunnel), m.at(m.contact), m.at(m.inStep), m.at(m.caughtUp), m.whyUntil.Seconds(), m.why,
-			catchUpBreakdown(out, healedAt), s.checkLedger(t)))
+			catchUpBreakdown(out, healedAt), fetched, s.checkLedger(t)))
 	}
+}
+
+// fetchedBytes reads p's memberd_ledger_fetched_bytes_total: the Deliver
+// answers it received from other consenters (catch-up), as payload and as
+// wire (compressed) bytes; 0 when not exposed.
+func (s *suite) fetchedBytes(p *proc) (payload, wire float64) {
+	body, err := s.cl.get(p, "/metrics")
+	if err != nil {
+		return 0, 0
+	}
+	re := regexp.MustCompile(`(?m)^memberd_ledger_fetched_bytes_total\{kind="(payload|wire)"\} ([0-9.eE+-]+)$`)
+	for _, m := range re.FindAllStringSubmatch(string(body), -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		if m[1] == "payload" {
+			payload = v
+		} else {
+			wire = v
+		}
+	}
+	return payload, wire
 }
 
 // healMilestones: when each was first seen after the heal (-1: never).
