@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -366,4 +367,101 @@ func TestFetchAsksLeaderLast(t *testing.T) {
 	if len(got) != 9 || got[0] != 1 || got[8] != 9 || leader.calls.Load() != 1 {
 		t.Fatalf("got %v, leader asked %d times; want 1..9, the leader once", got, leader.calls.Load())
 	}
+}
+
+// gatedFetcher holds every fetch until gate is closed (a catch-up that
+// takes long, as one behind a rate-limited path does); started is closed
+// when the first fetch begins.
+type gatedFetcher struct {
+	BlockFetcher
+	gate    chan struct{}
+	started chan struct{}
+	once    *sync.Once
+}
+
+func (f gatedFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn func(raw []byte) error) error {
+	f.once.Do(func() { close(f.started) })
+	select {
+	case <-f.gate:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	return f.BlockFetcher.FetchBlocks(ctx, from, to, fn)
+}
+
+// TestFollowerCountsTowardQuorumWhileCatchingUp is issue #11's target for
+// a healed partition: the follower takes part in raft at once, although
+// the blocks it missed take as long as the path needs. A follower
+// partitioned while the log is compacted past it gets a raft snapshot
+// after the heal and starts its catch-up, which is held back here; within
+// a second of the heal its raft commit reaches the leader's, and with the
+// other follower then cut off, the leader and it alone commit new blocks
+// (SUCCESS answers) while its catch-up is still held. Released, it catches
+// up to identical blocks.
+func TestFollowerCountsTowardQuorumWhileCatchingUp(t *testing.T) {
+	gate, started := make(chan struct{}), make(chan struct{})
+	released := false
+	defer func() {
+		if !released {
+			close(gate)
+		}
+	}()
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) {
+		c.Raft.SnapshotBytes = 32 << 10
+		c.Fetcher = gatedFetcher{BlockFetcher: c.Fetcher, gate: gate, started: started, once: &sync.Once{}}
+	})
+	l := cl.leader(10 * time.Second)
+	f, o := l%3+1, (l+1)%3+1
+	cl.net.Partition(cl.nodes[f-1].name)
+	res := newLoadResult()
+	cl.load(t, cl.c.identity(t, "m1", "client1"), 400, 2, 100, res, nil)
+	if len(res.success) != 400 {
+		t.Fatalf("%d SUCCESS of 400: %v", len(res.success), res.other)
+	}
+	if l2 := cl.leader(time.Second); l2 != l {
+		t.Skipf("leader changed from %d to %d during the load (a slow machine): the roles of the test no longer hold", l, l2)
+	}
+	commit := cl.node(l).Raft().Status().Commit
+	if snap := cl.node(l).Raft().Status().SnapshotIndex; snap <= cl.node(f).Raft().Status().Commit {
+		t.Fatalf("leader's snapshot at %d, follower's commit %d: the log was not compacted past the follower", snap, cl.node(f).Raft().Status().Commit)
+	}
+	cl.net.Heal(cl.nodes[f-1].name)
+	t0 := time.Now()
+	var inStep time.Duration
+	for {
+		if cl.node(f).Raft().Status().Commit >= commit {
+			inStep = time.Since(t0)
+			break
+		}
+		if time.Since(t0) > 10*time.Second {
+			t.Fatalf("follower %d: raft commit %d 10 s after the heal, leader's was %d", f, cl.node(f).Raft().Status().Commit, commit)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case <-started:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the follower started no catch-up: the test no longer covers a snapshot")
+	}
+	t.Logf("follower %d in step with the leader's raft commit %v after the heal", f, inStep)
+	if inStep > time.Second {
+		t.Errorf("follower %d took %v after the heal to reach the leader's raft commit: want <= 1 s", f, inStep)
+	}
+	// Quorum: the leader and the follower still catching up.
+	cl.net.Partition(cl.nodes[o-1].name)
+	envs, ids := envelopes(t, cl.c.identity(t, "m1", "client2"), 20, 100)
+	res2 := newLoadResult()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if n, err := broadcast(ctx, cl.nodes[l-1].client, envs, ids, res2); err != nil || len(res2.success) != 20 {
+		t.Fatalf("with node %d cut off and node %d catching up: %d answered, %d SUCCESS (%v): %v", o, f, n, len(res2.success), res2.other, err)
+	}
+	if h := cl.node(f).Height(); h >= cl.node(l).Height() {
+		t.Fatalf("follower at height %d, leader at %d: its catch-up was not held back", h, cl.node(l).Height())
+	}
+	released = true
+	close(gate)
+	cl.net.Heal(cl.nodes[o-1].name)
+	cl.waitHeight(cl.node(l).Height(), 20*time.Second)
+	cl.checkIdentical()
 }
