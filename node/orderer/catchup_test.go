@@ -465,3 +465,33 @@ func TestFollowerCountsTowardQuorumWhileCatchingUp(t *testing.T) {
 	cl.waitHeight(cl.node(l).Height(), 20*time.Second)
 	cl.checkIdentical()
 }
+
+// TestFetchGivesUpSilentFirstPeerSoon: the leader is asked last, so the
+// peer asked first may be dead with its connection still open as seen
+// through the tunnel. Its first block not coming within FirstBlockTimeout,
+// the fetch moves on, long before StallTimeout (10 s by default: before,
+// a silent first peer held the catch-up that long).
+func TestFetchGivesUpSilentFirstPeerSoon(t *testing.T) {
+	c := newConsortium(t, 3, block.CutterConfig{})
+	chain := []*common.Block{block.New(0, nil, [][]byte{[]byte("genesis")})}
+	for i := 1; i < 10; i++ {
+		chain = append(chain, block.New(uint64(i), block.HeaderHash(chain[i-1].Header), [][]byte{[]byte(fmt.Sprint("tx", i))}))
+	}
+	dead := &chainPeer{chain: chain, hangAfter: 0}
+	leader := &chainPeer{chain: chain, hangAfter: -1}
+	f := &DeliverFetcher{Peers: []ab.AtomicBroadcastClient{leader, dead}, Identity: c.identity(t, "m1", "node"),
+		Channel: "trade", Leader: func(i int) bool { return i == 0 }}
+	t0 := time.Now()
+	n := 0
+	if err := f.FetchBlocks(context.Background(), 1, 9, func([]byte) error { n++; return nil }); err != nil {
+		t.Fatalf("FetchBlocks: %v", err)
+	}
+	took := time.Since(t0)
+	t.Logf("%d blocks in %v (the silent peer asked first)", n, took)
+	if n != 9 || dead.calls.Load() != 1 || leader.calls.Load() != 1 {
+		t.Fatalf("%d blocks; silent peer asked %d times, leader %d; want 9, 1, 1", n, dead.calls.Load(), leader.calls.Load())
+	}
+	if took > DefaultFetchStall/2 {
+		t.Errorf("the fetch took %v with a silent first peer: want about DefaultFirstBlockTimeout (%v)", took, DefaultFirstBlockTimeout)
+	}
+}

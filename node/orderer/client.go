@@ -189,6 +189,12 @@ type DeliverFetcher struct {
 	// tunnel no reset comes back): without this, catch-up waited for it
 	// for minutes. Default 10s (DefaultFetchStall).
 	StallTimeout time.Duration
+	// FirstBlockTimeout: a peer whose first block does not come within this
+	// long is given up and the next one tried. The leader is asked last, so
+	// a dead peer asked first (its connection open as seen through the
+	// tunnel) must not hold the catch-up for a whole StallTimeout. Default
+	// 2s (DefaultFirstBlockTimeout), at most StallTimeout.
+	FirstBlockTimeout time.Duration
 	// Leader, if set, reports whether Peers[i] is the raft leader now. It
 	// is asked last: its upload already carries the replication of every
 	// new block to every follower, and the relays rate-limit each member's
@@ -218,6 +224,11 @@ func (f *DeliverFetcher) order() []int {
 // DefaultFetchStall is DeliverFetcher.StallTimeout's default.
 const DefaultFetchStall = 10 * time.Second
 
+// DefaultFirstBlockTimeout is DeliverFetcher.FirstBlockTimeout's default:
+// a live peer's first block comes after a connection and a TLS handshake
+// through the tunnel and one signature check, well under a second.
+const DefaultFirstBlockTimeout = 2 * time.Second
+
 var _ BlockFetcher = (*DeliverFetcher)(nil)
 
 // errStalled: the peer sent nothing for StallTimeout.
@@ -237,14 +248,24 @@ func (f *DeliverFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn fu
 	if stall <= 0 {
 		stall = DefaultFetchStall
 	}
+	first := f.FirstBlockTimeout
+	if first <= 0 {
+		first = DefaultFirstBlockTimeout
+	}
+	first = min(first, stall)
 	for _, i := range f.order() {
 		next := from
 		var fnErr error
 		pctx, cancel := context.WithCancelCause(ctx)
-		timer := time.AfterFunc(stall, func() { cancel(fmt.Errorf("%w for %v", errStalled, stall)) })
+		var stalled atomic.Int64 // the timeout running: first, then stall
+		stalled.Store(int64(first))
+		timer := time.AfterFunc(first, func() {
+			cancel(fmt.Errorf("%w for %v", errStalled, time.Duration(stalled.Load())))
+		})
 		got := false // a block came on this stream
 		onBlock := func(b *common.Block) error {
 			got = true
+			stalled.Store(int64(stall))
 			timer.Reset(stall)
 			if b.GetHeader().GetNumber() != next {
 				return fmt.Errorf("%w: peer sent block %d, want %d", ErrCatchUp, b.GetHeader().GetNumber(), next)
