@@ -110,6 +110,7 @@ func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 		}
 		logFrom := len(p.output())
 		payload0, wire0 := s.fetchedBytes(p)
+		fwd0, rl0 := s.relayTraffic()
 		if out, err := p.host.NftOut(s.cl.nft, "delete", "table", "inet", "partition"); err != nil {
 			t.Fatalf("healing: %v: %s", err, out)
 		}
@@ -127,7 +128,9 @@ func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 			out = out[logFrom:]
 		}
 		payload1, wire1 := s.fetchedBytes(p)
-		fetched := fmt.Sprintf("Deliver answers received: %.1f MB, %.1f MB on the wire", (payload1-payload0)/1e6, (wire1-wire0)/1e6)
+		fwd1, rl1 := s.relayTraffic()
+		fetched := fmt.Sprintf("Deliver answers received: %.1f MB, %.1f MB on the wire; relays forwarded %.1f MB from the heal to caught up (%.1f s), %.0f packets dropped over a member's rate",
+			(payload1-payload0)/1e6, (wire1-wire0)/1e6, (fwd1-fwd0)/1e6, time.Since(healedAt).Seconds(), rl1-rl0)
 		if m.tunnel >= 0 && m.contact >= 0 {
 			fetched += fmt.Sprintf("; raft contact %.2f s after the tunnel", (m.contact - m.tunnel).Seconds())
 		}
@@ -155,6 +158,27 @@ func (s *suite) fetchedBytes(p *proc) (payload, wire float64) {
 		}
 	}
 	return payload, wire
+}
+
+// relayTraffic sums over the relays the payload bytes forwarded and the
+// packets dropped because a member exceeded its rate.
+func (s *suite) relayTraffic() (forwarded, rateDrops float64) {
+	re := regexp.MustCompile(`(?m)^memberd_relay_dropped_packets_total\{[^}]*reason="rate_limit"[^}]*\} ([0-9.eE+-]+)$`)
+	for _, r := range s.cl.procs {
+		if !r.relay {
+			continue
+		}
+		if v, _, err := s.metric(r, "relay_forwarded_bytes_total"); err == nil {
+			forwarded += v
+		}
+		if body, err := s.cl.get(r, "/metrics"); err == nil {
+			for _, m := range re.FindAllStringSubmatch(string(body), -1) {
+				v, _ := strconv.ParseFloat(m[1], 64)
+				rateDrops += v
+			}
+		}
+	}
+	return forwarded, rateDrops
 }
 
 // healMilestones: when each was first seen after the heal (-1: never).
