@@ -495,3 +495,63 @@ func TestFetchGivesUpSilentFirstPeerSoon(t *testing.T) {
 		t.Errorf("the fetch took %v with a silent first peer: want about DefaultFirstBlockTimeout (%v)", took, DefaultFirstBlockTimeout)
 	}
 }
+
+// TestBatchStorerStoresBesideTheFetch: while a batch is written and
+// fsynced, the fetch goes on filling the next one (before, the fetch's
+// goroutine stored, so the stream stood still meanwhile); a batch that
+// fails to store stops the fetch with its error.
+func TestBatchStorerStoresBesideTheFetch(t *testing.T) {
+	release := make(chan struct{})
+	storing := make(chan int, 8)
+	var stored [][]byte
+	s := newBatchStorer(func(b [][]byte) error {
+		storing <- len(b)
+		<-release
+		stored = append(stored, b...)
+		return nil
+	})
+	raw := make([]byte, 10)
+	for range catchUpBatchBlocks { // the first batch, handed over
+		if err := s.add(raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if n := <-storing; n != catchUpBatchBlocks {
+		t.Fatalf("first batch of %d blocks, want %d", n, catchUpBatchBlocks)
+	}
+	added := make(chan struct{})
+	go func() { // the fetch goes on: a second batch queued, a third begun
+		for range catchUpBatchBlocks + 10 {
+			s.add(raw)
+		}
+		close(added)
+	}()
+	select {
+	case <-added:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the fetch stood still while a batch was being stored")
+	}
+	close(release)
+	if err := s.close(); err != nil {
+		t.Fatal(err)
+	}
+	if len(stored) != 2*catchUpBatchBlocks+10 {
+		t.Fatalf("stored %d blocks, want %d", len(stored), 2*catchUpBatchBlocks+10)
+	}
+
+	bad := errors.New("disk full")
+	s = newBatchStorer(func([][]byte) error { return bad })
+	var err error
+	for i := 0; i < 3*catchUpBatchBlocks && err == nil; i++ {
+		err = s.add(raw)
+	}
+	for deadline := time.Now().Add(10 * time.Second); err == nil && time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		err = s.add(raw)
+	}
+	if !errors.Is(err, bad) {
+		t.Fatalf("add after a failed batch: %v, want %v", err, bad)
+	}
+	if err := s.close(); !errors.Is(err, bad) {
+		t.Fatalf("close: %v, want %v", err, bad)
+	}
+}

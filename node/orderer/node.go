@@ -806,32 +806,19 @@ func (n *Node) catchUp(ctx context.Context, data []byte) error {
 		from := n.store.Height()
 		n.log.Info("catching up from peers", "from", from, "to", height-1)
 		// Stored in batches, one write and one fsync each: per block, the
-		// fsyncs made catch-up slower than a loaded leader cuts blocks.
-		// A crash loses at most the batch not yet stored, fetched again
+		// fsyncs made catch-up slower than a loaded leader cuts blocks;
+		// beside the fetch (batchStorer), which goes on meanwhile.
+		// A crash loses at most the batches not yet stored, fetched again
 		// on restart (the raft snapshot is durable, the store behind it).
-		var batch [][]byte
-		size := 0
-		flush := func() error {
-			if len(batch) == 0 {
-				return nil
-			}
-			t := time.Now()
-			err := n.store.AppendRawBatch(batch)
-			fig.storing += time.Since(t)
-			batch, size = nil, 0
-			return err
-		}
+		st := newBatchStorer(n.store.AppendRawBatch)
 		err := n.cfg.Fetcher.FetchBlocks(ctx, from, height-1, func(raw []byte) error {
 			fig.block(len(raw))
-			batch = append(batch, raw)
-			if size += len(raw); size >= catchUpBatchBytes || len(batch) >= catchUpBatchBlocks {
-				return flush()
-			}
-			return nil
+			return st.add(raw)
 		})
-		if ferr := flush(); ferr != nil {
-			err = errors.Join(err, ferr)
+		if serr := st.close(); serr != nil {
+			err = errors.Join(err, serr)
 		}
+		fig.storing += st.storing
 		if n.store.Height() >= height {
 			break
 		}
