@@ -46,6 +46,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/stats"
 
 	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/internal/confyaml"
@@ -258,7 +259,7 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 	for _, pr := range rs.peers {
 		l.ids[pr.ID] = pr.Name
 	}
-	fetchFrom, err := l.connectPeers(dev, p, pol)
+	fetchFrom, err := l.connectPeers(dev, p, pol, newDeliverBytes(reg))
 	if err != nil {
 		return nil, err
 	}
@@ -300,15 +301,22 @@ func loadGenesisBlock(cfg *Config, channel string) (*common.Block, error) {
 	return genesis, nil
 }
 
+// fetchPeers are the consenters a node behind a snapshot fetches blocks
+// from: clients[i] is member members[i].
+type fetchPeers struct {
+	clients []ab.AtomicBroadcastClient
+	members []string
+}
+
 // connectPeers sets up the gRPC clients to the other consenters through the
 // tunnel (mutual TLS with the member CAs as roots) and the forwarder to the
 // raft leader; it returns the clients a node behind a snapshot fetches
 // blocks from.
-func (l *ledgerRun) connectPeers(dev ledgerDevice, p *policy.Policy, pol func() *policy.Policy) ([]ab.AtomicBroadcastClient, error) {
+func (l *ledgerRun) connectPeers(dev ledgerDevice, p *policy.Policy, pol func() *policy.Policy, fetched stats.Handler) (fetchPeers, error) {
 	l.dev, l.watch = dev, &peerWatch{log: l.log}
 	l.unwatch = dev.OnRekeyed(l.watch.rekeyed)
 	dialer := tunnelDialer{dev: dev, watch: l.watch}
-	l.clients = &ledgerClients{port: l.cfg.PeerPort,
+	l.clients = &ledgerClients{port: l.cfg.PeerPort, stats: fetched,
 		dial: func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) },
 		tls:  func() *tls.Config { return l.clientTLS(pol().CAPool()) }}
 	l.fwd = &orderer.BroadcastForwarder{Lookup: func(rid uint64) ab.AtomicBroadcastClient {
@@ -323,23 +331,30 @@ func (l *ledgerRun) connectPeers(dev ledgerDevice, p *policy.Policy, pol func() 
 		}
 		return c
 	}}
-	var fetchFrom []ab.AtomicBroadcastClient
+	var fetchFrom fetchPeers
 	for _, m := range p.Consenters() {
 		if m.ID == l.member {
 			continue
 		}
 		c, err := l.clients.client(m.ID)
 		if err != nil {
-			return nil, err
+			return fetchPeers{}, err
 		}
-		fetchFrom = append(fetchFrom, c)
+		fetchFrom.clients = append(fetchFrom.clients, c)
+		fetchFrom.members = append(fetchFrom.members, m.ID)
 	}
 	return fetchFrom, nil
 }
 
+// isLeader reports whether member is the channel's raft leader now.
+func (l *ledgerRun) isLeader(member string) bool {
+	n := l.reg.Lookup(l.channel)
+	return n != nil && member != "" && l.memberOf(n.Raft().Leader()) == member
+}
+
 // openChannel binds the raft port, opens the channel's ordering node
 // (raft over the tunnel) and starts it.
-func (l *ledgerRun) openChannel(cfg *Config, rs ledgerRaft, genesis *common.Block, fetchFrom []ab.AtomicBroadcastClient,
+func (l *ledgerRun) openChannel(cfg *Config, rs ledgerRaft, genesis *common.Block, fetchFrom fetchPeers,
 	pol func() *policy.Policy, reg prometheus.Registerer, metrics *orderer.Metrics, id *identity.Identity) (*orderer.Node, error) {
 	lc, log := &l.cfg, l.log
 	ident := *l.ident.Load()
@@ -363,8 +378,9 @@ func (l *ledgerRun) openChannel(cfg *Config, rs ledgerRaft, genesis *common.Bloc
 				Dialer: dialer, Listener: ln, SnapshotBytes: uint64(lc.SnapshotBytes), Registerer: reg, Logger: log.With("sub", "raft", "channel", channel)},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol, PolicyHistory: policyHistory(cfg.Path(cfg.Policy.StateDir), log),
-			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,
-				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() }},
+			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom.clients, Channel: channel,
+				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() },
+				Leader:          func(i int) bool { return l.isLeader(fetchFrom.members[i]) }},
 			Forwarder: l.fwd, Membership: l.membership(), ConfigBlocks: lc.ConfigBlocks, Metrics: metrics, Logger: log})
 		if err != nil {
 			ln.Close()
@@ -586,6 +602,8 @@ func (l *ledgerRun) status() any {
 	st["raft_id"] = rs.ID
 	st["raft_state"] = rs.State
 	st["term"] = rs.Term
+	st["raft_commit"] = rs.Commit
+	st["raft_applied"] = rs.Applied
 	st["leader"] = l.memberOf(rs.Leader) // "" = none known
 	st["consenters"] = consenterStatus(n)
 	st["leader_raft_id"] = rs.Leader

@@ -61,6 +61,13 @@
 // raft index of its last block); when the leader sends a snapshot instead,
 // the node pulls the missing blocks from its peers through a BlockFetcher
 // (DeliverFetcher: Deliver over gRPC), verifying chain and data hashes.
+// The catch-up runs beside the raft loop, so the node votes and acks
+// appends meanwhile (it counts toward quorum at once); it is bound by the
+// bytes the path carries, so DeliverFetcher asks for gzip-compressed
+// blocks (compress.go) and asks the raft leader last (its upload already
+// carries the replication to every follower). Its log line ("caught up
+// from peers") gives blocks, bytes, time to the first block, storing time
+// and the rate.
 //
 // # Consenters
 //

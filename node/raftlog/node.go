@@ -412,9 +412,12 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 		// a membership change must really be (raft campaigns with it, as
 		// etcd's server waits for it); and entries queued behind a long
 		// catch-up must not grow without bound.
+		t, queued := time.Now(), n.pendingBytes
 		if err := n.finishSnapshot(ctx); err != nil {
 			return err
 		}
+		n.cfg.Logger.Info("raft loop waited for the snapshot's catch-up", "node", n.cfg.ID,
+			"queued_bytes", queued, "conf_change", hasConfChange(rd.CommittedEntries), "waited_ms", time.Since(t).Milliseconds())
 	}
 	return nil
 }

@@ -317,6 +317,8 @@ type status struct {
 		Height uint64 `json:"height"`
 		Leader string `json:"leader"`
 		Term   uint64 `json:"term"`
+		// RaftCommit: the raft commit index this member knows.
+		RaftCommit uint64 `json:"raft_commit"`
 	} `json:"ledger"`
 	Relays []struct {
 		ID     string `json:"id"`
