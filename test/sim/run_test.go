@@ -38,7 +38,10 @@ var (
 
 // TestLedgerSim runs the ledger simulation for each seed: see runLedger.
 // A failing seed prints the command that runs it alone.
-func TestLedgerSim(t *testing.T) {
+func TestLedgerSim(t *testing.T) { runSeeds(t, "TestLedgerSim", false) }
+
+// runSeeds runs the seeds of one simulation (tunnel: TestConsortiumSim).
+func runSeeds(t *testing.T, test string, tunnel bool) {
 	n := *flagSeeds
 	if n == 0 {
 		n = 3
@@ -64,9 +67,9 @@ func TestLedgerSim(t *testing.T) {
 				if f := flagsSet(); f != "" {
 					mk = fmt.Sprintf(" SIMFLAGS='%s'", f[1:])
 				}
-				t.Logf("seed %d FAILED; run it alone with (the fault schedule is the same every run, the goroutine interleaving is not: give it a few runs):\n\tmake sim SEED=%d SEEDS=1 RUNS=10%s\n\tgo test -count=10 -v -run 'TestLedgerSim' ./test/sim -sim.seed=%d -sim.seeds=1%s", seed, seed, mk, seed, flagsSet())
+				t.Logf("seed %d FAILED; run it alone with (the fault schedule is the same every run, the goroutine interleaving is not: give it a few runs):\n\tmake sim SEED=%d SEEDS=1 RUNS=10 SIMRUN=%s%s\n\tgo test -count=10 -v -run '%s' ./test/sim -sim.seed=%d -sim.seeds=1%s", seed, seed, test, mk, test, seed, flagsSet())
 			}()
-			synctest.Test(t, func(t *testing.T) { sum = runLedger(t, seed) })
+			synctest.Test(t, func(t *testing.T) { sum = runLedger(t, seed, tunnel) })
 			passed = true
 		})
 	}
@@ -90,9 +93,19 @@ func flagsSet() string {
 // checked: every SUCCESS-answered envelope is in every chain exactly once,
 // the chains are identical (and prefixes of each other at every check
 // during the run), and every block verifies.
-func runLedger(t *testing.T, seed uint64) string {
-	s := newLedgerSim(t, seed)
+func runLedger(t *testing.T, seed uint64, tunnel bool) string {
+	s := newLedgerSim(t, seed, tunnel)
 	s.logf("seed %d: faults %+v snapshotEvery %d catchUp %d maxMsgs %d", seed, s.tune.faults, s.tune.snapshotEvery, s.tune.catchUp, s.tune.maxMsgs)
+	if s.tn != nil {
+		for _, id := range relayIDs {
+			s.tn.startRelay(id)
+		}
+		defer func() {
+			for _, id := range relayIDs {
+				s.tn.crashRelay(id)
+			}
+		}()
+	}
 	for _, n := range s.nodes {
 		s.start(n.id)
 	}
@@ -124,6 +137,13 @@ func runLedger(t *testing.T, seed uint64) string {
 	// Heal everything and let the nodes converge.
 	s.nw.HealAll()
 	s.nw.SetFaults(simnet.Faults{})
+	if s.tn != nil {
+		for _, id := range relayIDs {
+			if s.tn.relays[id] == nil {
+				s.tn.startRelay(id)
+			}
+		}
+	}
 	for _, n := range s.nodes {
 		n.clock.Store(0)
 		if n.np.Load() == nil {
@@ -148,10 +168,14 @@ func runLedger(t *testing.T, seed uint64) string {
 		s.t.Errorf("seed %d: replication sent to %s after its removal: %v", s.seed, s.removedName, s.toRemoved)
 	}
 	s.mu.Unlock()
+	tunnelSum := ""
+	if s.tn != nil {
+		tunnelSum = "; " + s.checkTunnel()
+	}
 	st := s.nw.Stats()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return fmt.Sprintf("%d acked, height %d, other answers %v; net %+v", len(s.acked), h, s.errs, st)
+	return fmt.Sprintf("%d acked, height %d, other answers %v; net %+v%s", len(s.acked), h, s.errs, st, tunnelSum)
 }
 
 // client submits its envelopes to its own member's node, some at a time,
@@ -280,16 +304,16 @@ func (s *ledgerSim) injectFaults(ctx context.Context, d time.Duration) {
 		case k < 35: // isolate a node
 			m := []simnet.Mode{simnet.Reset, simnet.Silent}[r.IntN(2)]
 			s.logf("partition %s from all (%v) for %v", name(x), m, hold)
-			for y := range s.nodes {
-				if y != x {
-					s.nw.Partition(name(x), name(y), m)
-				}
+			for _, y := range s.linkPeers(x) {
+				s.nw.Partition(name(x), y, m)
 			}
 			time.Sleep(hold)
-			for y := range s.nodes {
-				s.nw.Heal(name(x), name(y))
+			for _, y := range s.linkPeers(x) {
+				s.nw.Heal(name(x), y)
 			}
 			s.logf("healed %s", name(x))
+		case k < 43 && s.tn != nil: // a relay, or a member's link to one
+			s.tunnelFault(r, x, hold)
 		case k < 43: // cut one link
 			y := (x + 1 + r.IntN(len(s.nodes)-1)) % len(s.nodes)
 			m := []simnet.Mode{simnet.Reset, simnet.Silent}[r.IntN(2)]
