@@ -283,7 +283,7 @@ type Conn struct {
 	estOnce     sync.Once
 	dead        chan struct{} // closed on failure (err set) or full close
 	deadOnce    sync.Once
-	err         error  // why dead (guarded by mu until dead is closed)
+	err         error         // why dead (guarded by mu until dead is closed)
 	readable    chan struct{} // cap 1: data, EOF or failure arrived
 	writable    chan struct{} // cap 1: window opened
 	rdl, wdl    deadline
@@ -636,4 +636,3 @@ func (d deadline) wait() chan struct{} {
 	defer d.mu.Unlock()
 	return *d.ch
 }
-

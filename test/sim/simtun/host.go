@@ -51,8 +51,8 @@ type Host struct {
 
 	mu    sync.Mutex
 	peers map[tunnel.Key]Peer // configured
-	done chan struct{}
-	wgwg sync.WaitGroup
+	done  chan struct{}
+	wgwg  sync.WaitGroup
 
 	// Counters of the in-memory TUN.
 	TUNDropped, Delivered atomic.Uint64

@@ -45,7 +45,13 @@ func TestDeviceUnderSynctest(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		go func() { c, err := ln.Accept(); if err == nil { c.Write([]byte("hi")); c.Close() } }()
+		go func() {
+			c, err := ln.Accept()
+			if err == nil {
+				c.Write([]byte("hi"))
+				c.Close()
+			}
+		}()
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
 		v0 := time.Now()
