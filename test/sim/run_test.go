@@ -124,7 +124,16 @@ func runLedger(t *testing.T, seed uint64, tunnel bool) string {
 	var removal sync.WaitGroup
 	removal.Go(func() { s.watchRemoval(removalDone) })
 	faultsDone := make(chan struct{})
-	go func() { defer close(faultsDone); s.injectFaults(ctx, *flagFault) }()
+	go func() {
+		defer close(faultsDone)
+		s.injectFaults(ctx, *flagFault)
+		if s.tn != nil && *flagLogs {
+			for range 3 {
+				s.tn.dump()
+				time.Sleep(5 * time.Second)
+			}
+		}
+	}()
 	var load sync.WaitGroup
 	for _, n := range s.nodes {
 		load.Go(func() { s.client(ctx, n) })
@@ -245,6 +254,10 @@ func (s *ledgerSim) submit(ctx context.Context, n *simNode, txid string, raw []b
 			s.note("duplicate")
 			return
 		}
+		if s.memberGone(n, err) {
+			s.note("refused_member_removed")
+			return
+		}
 		s.mu.Lock()
 		s.history[txid] = append(s.history[txid], fmt.Sprintf("t=%v %s: %v", time.Since(simEpoch).Round(time.Millisecond), n.name, err))
 		s.mu.Unlock()
@@ -345,6 +358,9 @@ func (s *ledgerSim) injectFaults(ctx context.Context, d time.Duration) {
 		default: // new fault rates
 			f := randomFaults(r, 2)
 			s.logf("faults now %+v", f)
+			if s.tn != nil {
+				f = linkFaults(f)
+			}
 			s.nw.SetFaults(f)
 		}
 	}
@@ -494,6 +510,9 @@ func (s *ledgerSim) checkChains(h uint64) {
 }
 
 func (s *ledgerSim) dumpEvents() {
+	if s.tn != nil {
+		s.tn.dump()
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.dumpEventsLocked()

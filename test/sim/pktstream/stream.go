@@ -22,6 +22,7 @@ package pktstream
 import (
 	"context"
 	"encoding/binary"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -63,6 +64,9 @@ var nextID atomic.Uint32
 type Stack struct {
 	addr netip.Addr
 	send func(dst netip.Addr, seg []byte) // may drop; must not block long or keep seg
+
+	// Counters, for logs.
+	Segs, Retransmitted, RSTs, Dials, Accepts, Failed atomic.Uint64
 
 	mu        sync.Mutex
 	conns     map[uint32]*Conn
@@ -136,9 +140,11 @@ func (s *Stack) Input(src netip.Addr, b []byte) {
 		l := s.listeners[g.port]
 		if l == nil {
 			s.mu.Unlock()
+			s.RSTs.Add(1)
 			s.send(src, segment{flags: flagRST, id: g.id}.marshal())
 			return
 		}
+		s.Accepts.Add(1)
 		c = newConn(s, g.id, src, g.port, false)
 		s.conns[g.id] = c
 		s.mu.Unlock()
@@ -154,6 +160,7 @@ func (s *Stack) Input(src netip.Addr, b []byte) {
 	s.mu.Unlock()
 	if c == nil {
 		if g.flags&flagRST == 0 {
+			s.RSTs.Add(1)
 			s.send(src, segment{flags: flagRST, id: g.id}.marshal())
 		}
 		return
@@ -176,6 +183,7 @@ func (s *Stack) forget(c *Conn) {
 // (nothing listens), or ctx ends first.
 func (s *Stack) Dial(ctx context.Context, dst netip.Addr, port uint16) (net.Conn, error) {
 	id := nextID.Add(1)
+	s.Dials.Add(1)
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -328,7 +336,27 @@ func (c *Conn) synAcked() {
 	c.transmit(segment{flags: flagSYN | flagACK, id: c.id, ack: 1})
 }
 
-func (c *Conn) transmit(g segment) { c.s.send(c.remote, g.marshal()) }
+func (c *Conn) transmit(g segment) {
+	c.s.Segs.Add(1)
+	c.s.send(c.remote, g.marshal())
+}
+
+// Stats summarises the counters and the open connections, for logs.
+func (s *Stack) Stats() string {
+	s.mu.Lock()
+	n := len(s.conns)
+	var unacked, ooo, rbuf int
+	for _, c := range s.conns {
+		c.mu.Lock()
+		unacked += len(c.unacked)
+		ooo += len(c.ooo)
+		rbuf += len(c.rbuf)
+		c.mu.Unlock()
+	}
+	s.mu.Unlock()
+	return fmt.Sprintf("conns %d (unacked %d ooo %d unread %d bytes) segs %d retransmitted %d rst %d dials %d accepts %d failed %d",
+		n, unacked, ooo, rbuf, s.Segs.Load(), s.Retransmitted.Load(), s.RSTs.Load(), s.Dials.Load(), s.Accepts.Load(), s.Failed.Load())
+}
 
 // fail ends the connection with err (nil: closed normally).
 func (c *Conn) fail(err error) {
@@ -337,6 +365,9 @@ func (c *Conn) fail(err error) {
 		c.timer.Stop()
 	}
 	c.deadOnce.Do(func() {
+		if err != nil {
+			c.s.Failed.Add(1)
+		}
 		c.err = err
 		close(c.dead)
 	})
@@ -392,6 +423,7 @@ func (c *Conn) retransmit() {
 	}
 	c.armLocked()
 	c.mu.Unlock()
+	c.s.Retransmitted.Add(uint64(len(out)))
 	for _, g := range out {
 		c.transmit(g)
 	}

@@ -357,7 +357,12 @@ func (nw *Network) deliver(s *stream) {
 			frame := append([]byte(nil), pending[:n]...)
 			pending = pending[n:]
 			d := nw.decide(s, faultable)
-			at := time.Now().Add(d.delay)
+			// The delay counts from the write, not from when this
+			// goroutine got to the frame: frames in flight overlap, as on
+			// a real path. (Counting from now serialised them: a link
+			// carried one frame per delay, ~40 a second at 25ms, and the
+			// relay links, with their pings, queued for seconds.)
+			at := wrote.Add(d.delay)
 			if at.Before(last) {
 				at = last
 			}

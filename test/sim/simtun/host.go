@@ -22,6 +22,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
@@ -78,7 +79,13 @@ func New(member string, addr netip.Addr, rc relay.ClientConfig, log *slog.Logger
 		log = slog.New(slog.DiscardHandler)
 	}
 	bind := tunnel.NewBind(c, nil, log)
-	h.wg = device.NewDevice(h.tun, bind, device.NewLogger(device.LogLevelSilent, ""))
+	wgLog := device.NewLogger(device.LogLevelSilent, "")
+	if os.Getenv("SIMTUN_WGLOG") != "" { // DEBUG
+		wgLog = &device.Logger{Verbosef: func(f string, a ...any) {
+			log.Info(fmt.Sprintf(f, a...), "member", member, "t", time.Now().Format("04:05.000"))
+		}, Errorf: func(f string, a ...any) { log.Error(fmt.Sprintf(f, a...), "member", member) }}
+	}
+	h.wg = device.NewDevice(h.tun, bind, wgLog)
 	if err := h.wg.IpcSet("private_key=" + priv.String() + "\n"); err != nil {
 		h.wg.Close()
 		return nil, fmt.Errorf("simtun: WireGuard key: %w", err)
@@ -126,6 +133,34 @@ func (h *Host) SetPeers(peers []Peer) error {
 	h.peers = want
 	retain(h.wg, peers)
 	return nil
+}
+
+// WGSummary is WireGuard's view of the peers (public key prefix, last
+// handshake, bytes), for logs.
+func (h *Host) WGSummary() string {
+	dump, err := h.wg.IpcGet()
+	if err != nil {
+		return err.Error()
+	}
+	var out []string
+	for _, line := range strings.Split(dump, "\n") {
+		k, v, _ := strings.Cut(line, "=")
+		switch k {
+		case "public_key":
+			out = append(out, "peer "+v[:8])
+		case "last_handshake_time_sec", "rx_bytes", "tx_bytes", "endpoint":
+			out = append(out, k+"="+v)
+		}
+	}
+	return strings.Join(out, " ")
+}
+
+// HasPeer says whether key is configured as a peer.
+func (h *Host) HasPeer(key tunnel.Key) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	_, ok := h.peers[key]
+	return ok
 }
 
 // retained keeps every WireGuard peer ever configured reachable for the
