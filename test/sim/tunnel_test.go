@@ -11,7 +11,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -233,12 +232,16 @@ func (tn *tunnelNet) startHost(n *simNode) *simtun.Host {
 	s := tn.s
 	addr, _ := overlay(s.pols[0], n.member)
 	cert, key := s.cons.CAs[n.member].Issue(s.t, n.name+"-relay-client")
+	var log *slog.Logger
+	if testing.Verbose() && *flagLogs {
+		log = slog.New(slog.NewTextHandler(tWriter{s.t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", n.name, "component", "tunnel")
+	}
 	h, err := simtun.New(n.member, addr, relay.ClientConfig{
 		Identity:   tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert},
 		Relays:     tn.infos,
 		DialStream: tn.dialFrom(n.name),
 		NoEnvProxy: true,
-	}, slog.New(slog.NewTextHandler(os.Stderr, nil)))
+	}, log, log != nil)
 	if err != nil {
 		s.t.Fatalf("seed %d: tunnel of %s: %v", s.seed, n.name, err)
 	}

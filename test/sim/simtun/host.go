@@ -22,7 +22,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"golang.zx2c4.com/wireguard/device"
 	"golang.zx2c4.com/wireguard/tun"
@@ -60,8 +59,9 @@ type Host struct {
 }
 
 // New brings a host up: a fresh WireGuard key, the relay client from rc
-// (its DialStream must be set), the device and the stream stack.
-func New(member string, addr netip.Addr, rc relay.ClientConfig, log *slog.Logger) (*Host, error) {
+// (its DialStream must be set), the device and the stream stack. log (nil:
+// none) gets the Bind's lines, and with verbose WireGuard's too.
+func New(member string, addr netip.Addr, rc relay.ClientConfig, log *slog.Logger, verbose bool) (*Host, error) {
 	if rc.DialStream == nil {
 		return nil, errors.New("simtun: the relay client needs DialStream (an in-process network)")
 	}
@@ -80,10 +80,11 @@ func New(member string, addr netip.Addr, rc relay.ClientConfig, log *slog.Logger
 	}
 	bind := tunnel.NewBind(c, nil, log)
 	wgLog := device.NewLogger(device.LogLevelSilent, "")
-	if os.Getenv("SIMTUN_WGLOG") != "" { // DEBUG
-		wgLog = &device.Logger{Verbosef: func(f string, a ...any) {
-			log.Info(fmt.Sprintf(f, a...), "member", member, "t", time.Now().Format("04:05.000"))
-		}, Errorf: func(f string, a ...any) { log.Error(fmt.Sprintf(f, a...), "member", member) }}
+	if verbose {
+		wgLog = &device.Logger{
+			Verbosef: func(f string, a ...any) { log.Info(fmt.Sprintf(f, a...), "sub", "wireguard") },
+			Errorf:   func(f string, a ...any) { log.Warn(fmt.Sprintf(f, a...), "sub", "wireguard") },
+		}
 	}
 	h.wg = device.NewDevice(h.tun, bind, wgLog)
 	if err := h.wg.IpcSet("private_key=" + priv.String() + "\n"); err != nil {

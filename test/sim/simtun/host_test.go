@@ -56,7 +56,7 @@ func (p *pipeNet) host(member string) *Host {
 	h, err := New(member, p.addrs[member], relay.ClientConfig{
 		Identity: p.cas[member].Issue(p.t, member), Relays: []relay.RelayInfo{p.info}, NoEnvProxy: true,
 		DialStream: func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", "r1") },
-	}, nil)
+	}, nil, false)
 	if err != nil {
 		p.t.Fatal(err)
 	}
