@@ -134,12 +134,20 @@ func runLedger(t *testing.T, seed uint64, tunnel bool) string {
 			}
 		}
 	}()
+	relayDone := make(chan struct{})
+	go func() {
+		defer close(relayDone)
+		if s.tn != nil {
+			s.relayFaults(ctx, *flagFault)
+		}
+	}()
 	var load sync.WaitGroup
 	for _, n := range s.nodes {
 		load.Go(func() { s.client(ctx, n) })
 	}
 	load.Wait()
 	<-faultsDone
+	<-relayDone
 	close(checkDone)
 	wg.Wait()
 
@@ -325,8 +333,8 @@ func (s *ledgerSim) injectFaults(ctx context.Context, d time.Duration) {
 				s.nw.Heal(name(x), y)
 			}
 			s.logf("healed %s", name(x))
-		case k < 43 && s.tn != nil: // a relay, or a member's link to one
-			s.tunnelFault(r, x, hold)
+		case k < 43 && s.tn != nil: // a member's link to one relay
+			s.tunnelFault(r, x, hold, 2)
 		case k < 43: // cut one link
 			y := (x + 1 + r.IntN(len(s.nodes)-1)) % len(s.nodes)
 			m := []simnet.Mode{simnet.Reset, simnet.Silent}[r.IntN(2)]

@@ -9,6 +9,7 @@ import (
 	"github.com/memberd/memberd/node/orderer"
 	"io"
 	"log/slog"
+	"math/rand/v2"
 	"net"
 	"net/netip"
 	"slices"
@@ -99,7 +100,7 @@ func tlsSplit(b []byte) (int, bool) {
 // link every few seconds and stall one every few tens of seconds.
 func linkFaults(f simnet.Faults) simnet.Faults {
 	f.Drop /= 10
-	f.Spike /= 50
+	f.Spike /= 10
 	return f
 }
 
@@ -412,11 +413,28 @@ func (s *ledgerSim) reachable(a, b string) bool {
 // in the tunnel simulation, version 4 out of the consortium).
 func (s *ledgerSim) removedMember() string { return fmt.Sprintf("m%d", s.removedID) }
 
-// tunnelFault is one fault of the tunnel layer, chosen by the seed.
-func (s *ledgerSim) tunnelFault(r interface{ IntN(int) int }, x int, hold time.Duration) {
+// relayFaults hits the relays and the members' links to them for d of
+// virtual time, beside injectFaults (so a relay fault may overlap a node
+// crash, a partition or the other relay's fault), from its own seeded
+// stream.
+func (s *ledgerSim) relayFaults(ctx context.Context, d time.Duration) {
+	r := rand.New(rand.NewPCG(s.seed, 0x7e1a75))
+	end := time.Now().Add(d)
+	for time.Now().Before(end) && ctx.Err() == nil {
+		time.Sleep(time.Duration(500+r.IntN(3000)) * time.Millisecond)
+		s.tunnelFault(r, r.IntN(len(s.nodes)), time.Duration(300+r.IntN(5000))*time.Millisecond, -1)
+	}
+}
+
+// tunnelFault is one fault of the tunnel layer: kind 0 a relay crash, 1 a
+// silent relay, 2 a member's link to one relay cut; -1 one chosen by r.
+func (s *ledgerSim) tunnelFault(r interface{ IntN(int) int }, x int, hold time.Duration, kind int) {
 	tn := s.tn
 	name := s.nodes[x].name
-	switch k := r.IntN(4); k {
+	if kind < 0 {
+		kind = r.IntN(3)
+	}
+	switch kind {
 	case 0: // a relay crashes (kill -9) and restarts
 		id := relayIDs[r.IntN(len(relayIDs))]
 		s.logf("crash relay %s for %v", id, hold)
