@@ -148,7 +148,7 @@ func newLedgerSim(t *testing.T, seed uint64, tunnel bool) *ledgerSim {
 	if tunnel {
 		// The network carries the TLS links to the relays; raft frames are
 		// observed on the raft connections in the tunnel (observedConn).
-		s.nw = simnet.New(simnet.Config{Seed: seed, Faults: linkFaults(s.tune.faults), Split: tlsSplit})
+		s.nw = simnet.New(simnet.Config{Seed: seed, Faults: linkFaults(s.tune.faults), Split: tlsSplit, SilentStalls: true, UnboundedWrites: true})
 		s.tn = newTunnelNet(s)
 	} else {
 		s.nw = simnet.New(simnet.Config{Seed: seed, Faults: s.tune.faults, Split: raftSplit, Observe: s.observe})

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"sync"
@@ -32,8 +34,9 @@ var (
 	// that removed a consenter adds it back (an open bug found with it,
 	// seed 4: orderer.Membership follows the leader's own policy version);
 	// make sim SIMFLAGS=-sim.policyskew shows it.
-	flagSkew    = flag.Bool("sim.policyskew", false, "policy versions reach each node at its own time (finds the open consenter re-add bug)")
-	flagHostile = flag.Bool("sim.hostile", false, "the network also duplicates and reorders raft messages within a connection (beyond TCP)")
+	flagSkew     = flag.Bool("sim.policyskew", false, "policy versions reach each node at its own time (finds the open consenter re-add bug)")
+	flagWatchdog = flag.Duration("sim.watchdog", 5*time.Minute, "real time after which a seed that has not ended dumps every goroutine and exits")
+	flagHostile  = flag.Bool("sim.hostile", false, "the network also duplicates and reorders raft messages within a connection (beyond TCP)")
 )
 
 // TestLedgerSim runs the ledger simulation for each seed: see runLedger.
@@ -69,6 +72,18 @@ func runSeeds(t *testing.T, test string, tunnel bool) {
 				}
 				t.Logf("seed %d FAILED; run it alone with (the fault schedule is the same every run, the goroutine interleaving is not: give it a few runs):\n\tmake sim SEED=%d SEEDS=1 RUNS=10 SIMRUN=%s%s\n\tgo test -count=10 -v -run '%s' ./test/sim -sim.seed=%d -sim.seeds=1%s", seed, seed, test, mk, test, seed, flagsSet())
 			}()
+			// A bubble whose goroutines wait on something synctest does
+			// not count as durably blocked (a sync.Mutex held across a
+			// blocked write, I/O outside the bubble) stops virtual time
+			// for good: say which seed, with every stack, rather than
+			// wait for go test's timeout.
+			watchdog := time.AfterFunc(*flagWatchdog, func() {
+				buf := make([]byte, 64<<20)
+				buf = buf[:runtime.Stack(buf, true)]
+				fmt.Fprintf(os.Stderr, "%s seed %d: no end after %v of real time; virtual time stopped? Goroutines not durably blocked are the ones to look at (no \"durable\" in their state):\n%s\n", test, seed, *flagWatchdog, buf)
+				os.Exit(2)
+			})
+			defer watchdog.Stop()
 			synctest.Test(t, func(t *testing.T) { sum = runLedger(t, seed, tunnel) })
 			passed = true
 		})
