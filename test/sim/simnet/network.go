@@ -190,7 +190,6 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	if nw.cfg.UnboundedWrites {
 		for _, st := range []*stream{up, down} {
 			st.unbounded, st.qsig = true, make(chan struct{}, 1)
-			go st.pump()
 		}
 	}
 	up.peer, down.peer = down, up
@@ -208,6 +207,10 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	nw.mu.Unlock()
 	go nw.deliver(up)
 	go nw.deliver(down)
+	if nw.cfg.UnboundedWrites { // only now: a failed dial leaves no pump behind
+		go up.pump()
+		go down.pump()
+	}
 	return cc, nil
 }
 
