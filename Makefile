@@ -66,7 +66,9 @@ soak: deps build
 # with ledger load and faults; prints a summary table. Needs root, iproute2,
 # nftables, SoftHSM2 (CI: .ci/run). 5 to 10 minutes on the shared box
 # (4m57s and 9m47s for 19 scenarios, member_abuse 37-74 s). E2E_RUN='TestE2E/(formed|member_abuse)' runs a few (formed
-# first: the others need the consortium).
+# first: the others need the consortium). The load offers 1,000 envelopes/s
+# (MEMBERD_E2E_LOAD_RATE=N, 0 for flat out), so the suite's time does not
+# grow with the machine's speed.
 E2E_TIMEOUT ?= 30m
 # Seeded simulation (issue #11): the consortium in one process over a
 # simulated network on virtual time (testing/synctest), with drops,

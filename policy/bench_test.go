@@ -15,6 +15,7 @@ import (
 
 	"github.com/fsnotify/fsnotify"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
 )
@@ -204,7 +205,7 @@ func BenchmarkMemberForCertificate50(b *testing.B) {
 			&policy.RevokedCert{Member: "m7", Serial: fmt.Sprint(1000 + i)})
 	}
 	p := c.Genesis(b)
-	leaf, _ := c.CAs["m42"].Issue(b, "node.m42")
+	leaf := c.CAs["m42"].Issue(b, "node.m42").Cert
 	chains := [][]*x509.Certificate{{leaf}}
 	b.ReportAllocs()
 	b.ResetTimer()
@@ -218,8 +219,8 @@ func BenchmarkMemberForCertificate50(b *testing.B) {
 // BenchmarkCertVerifyBaseline: the floor for the benchmark above, one bare
 // x509 verification against the right CA.
 func BenchmarkCertVerifyBaseline(b *testing.B) {
-	ca := policytest.NewCA(b, "ca")
-	leaf, _ := ca.Issue(b, "leaf")
+	ca := testpki.NewCA(b, "ca")
+	leaf := ca.Issue(b, "leaf").Cert
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
 	opts := x509.VerifyOptions{Roots: pool, CurrentTime: now, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}

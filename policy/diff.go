@@ -21,7 +21,7 @@ type Diff struct {
 	MembersAdded   []string
 	MembersRemoved []string
 	// MembersChanged: member id -> changed fields (name, msp_id, overlay_ip,
-	// roles, ca_certs, tls_ca_certs).
+	// roles, ca_certs, tls_ca_certs, crls, ...).
 	MembersChanged map[string][]string
 	// AdminsChanged: member id -> "+key", "-key", "~key" entries.
 	AdminsChanged map[string][]string
@@ -101,7 +101,7 @@ func Compare(old, new *Policy) *Diff {
 	d.ACLAdded, d.ACLRemoved = setDiff(aclStrings(od.ACL), aclStrings(nd.ACL))
 	d.ConsentersAdded, d.ConsentersRemoved = setDiff(od.Ledger.Consenters, nd.Ledger.Consenters)
 	d.LedgerChanged = ledgerFields(&od.Ledger, &nd.Ledger)
-	d.RevocationsAdded, d.RevocationsRemoved = setDiff(revocationStrings(&od.Revocations), revocationStrings(&nd.Revocations))
+	d.RevocationsAdded, d.RevocationsRemoved = setDiff(revocationStrings(od), revocationStrings(nd))
 	d.AmendmentChanged = !amendmentEqual(&od.Amendment, &nd.Amendment)
 	if old != nil {
 		if od.Description != nd.Description {
@@ -164,6 +164,9 @@ func memberFields(o, n *Member) []string {
 	if !certsEqual(o.TLSCA, n.TLSCA) {
 		f = append(f, "tls_ca_certs")
 	}
+	if !slices.EqualFunc(o.CRL, n.CRL, func(x, y *CRL) bool { return bytes.Equal(x.List.Raw, y.List.Raw) }) {
+		f = append(f, "crls")
+	}
 	if !slices.Equal(o.LedgerEndpoints, n.LedgerEndpoints) {
 		f = append(f, "ledger_endpoints")
 	}
@@ -224,8 +227,16 @@ func aclStrings(rules []*ACLRule) []string {
 	return out
 }
 
-func revocationStrings(r *Revocations) []string {
+func revocationStrings(d *Document) []string {
+	r := &d.Revocations
 	var out []string
+	for _, m := range d.Members {
+		for _, crl := range m.CRL {
+			for _, e := range crl.List.RevokedCertificateEntries {
+				out = append(out, fmt.Sprintf("certificate %s serial %s (CRL of CA %q)", m.ID, e.SerialNumber, crl.CA.Subject.CommonName))
+			}
+		}
+	}
 	for _, c := range r.Certificates {
 		if c.spki != nil {
 			out = append(out, fmt.Sprintf("certificate spki_sha256 %x", c.spki))

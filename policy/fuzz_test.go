@@ -18,10 +18,12 @@ func FuzzParse(f *testing.F) {
 	f.Add(c.Next(f, g, func(d *policy.Document) {
 		d.Amendment.Rules = map[policy.ChangeKind]policy.Threshold{policy.KindMemberAdded: policy.Fraction(2, 3)}
 	}, "m1").Marshal())
-	tlsCert, _ := c.CAs["m1"].Issue(f, "m1 tls")
+	tlsCert := c.CAs["m1"].Issue(f, "m1 tls").Cert
 	f.Add(c.Next(f, g, func(d *policy.Document) {
 		d.Members[0].LedgerConsenter = &policy.LedgerConsenter{TLSCert: pemOf(tlsCert), Port: 7053}
 	}, "m1", "m2").Marshal())
+	revoked := c.CAs["m2"].Issue(f, "lost").Cert
+	f.Add(c.Next(f, g, func(d *policy.Document) { d.Members[1].CRLs = c.CAs["m2"].CRL(f, 1, revoked) }, "m1", "m2").Marshal())
 	f.Add([]byte("format: memberd-policy/v1\n"))
 	f.Add([]byte("a: &x [1]\nb: *x\n"))
 	f.Add([]byte("#--- memberd signatures v1 ---\n#sig m1 a1 AAAA\n"))

@@ -214,6 +214,9 @@ func (d *Document) validateMembers() error {
 		if m.TLSCA, err = parseCACerts(m.TLSCACerts, false); err != nil {
 			return fmt.Errorf("%s.tls_ca_certs: %v", at, err)
 		}
+		if err := m.parseCRLs(at); err != nil {
+			return err
+		}
 		if err := checkEndpoints(m.LedgerEndpoints); err != nil {
 			return fmt.Errorf("%s.ledger_endpoints: %v", at, err)
 		}
@@ -616,6 +619,65 @@ func checkEndpoints(eps []string) error {
 			return fmt.Errorf("%q listed twice", ep)
 		}
 		seen[ep] = true
+	}
+	return nil
+}
+
+// maxCRLs bounds members[].crls.
+const maxCRLs = maxCerts
+
+// crlHint says how a member makes a CRL that memberd and Fabric accept.
+const crlHint = "make it with the member CA's key, e.g. openssl ca -gencrl whose crl_extensions section holds authorityKeyIdentifier = keyid:always (docs/policy.md, \"Revoking with a CRL\")"
+
+// parseCRLs checks the member's CRLs: each parses, is signed by one of its
+// CA certificates (signature only, as a Fabric MSP checks it; key usage and
+// dates are not read) and names that CA by authority key identifier, which
+// a Fabric MSP needs to match a CRL to a certificate's issuer (and without
+// which it refuses every identity of the org). At most one CRL per CA.
+func (m *Member) parseCRLs(at string) error {
+	rest := []byte(m.CRLs)
+	byCA := map[*x509.Certificate]int{}
+	for i := 0; ; i++ {
+		var blk *pem.Block
+		blk, rest = pem.Decode(rest)
+		if blk == nil {
+			break
+		}
+		if blk.Type != "X509 CRL" {
+			return fmt.Errorf("%s.crls[%d]: a PEM %q block; want \"X509 CRL\" blocks only", at, i, blk.Type)
+		}
+		if i == maxCRLs {
+			return fmt.Errorf("%s.crls: more than %d CRLs; list only the newest CRL of each CA", at, maxCRLs)
+		}
+		l, err := x509.ParseRevocationList(blk.Bytes)
+		if err != nil {
+			return fmt.Errorf("%s.crls[%d]: not an X.509 CRL: %v", at, i, err)
+		}
+		var ca *x509.Certificate
+		for _, c := range m.CA {
+			if c.CheckSignature(l.SignatureAlgorithm, l.RawTBSRevocationList, l.Signature) == nil {
+				ca = c
+				break
+			}
+		}
+		if ca == nil {
+			return fmt.Errorf("%s.crls[%d] (issuer %q): not signed by any of the member's ca_certs; %s", at, i, l.Issuer, crlHint)
+		}
+		if len(l.AuthorityKeyId) == 0 {
+			return fmt.Errorf("%s.crls[%d] (issuer %q): no authority key identifier; a Fabric MSP with such a CRL refuses every identity of the org: %s", at, i, l.Issuer, crlHint)
+		}
+		if !bytes.Equal(l.AuthorityKeyId, ca.SubjectKeyId) {
+			return fmt.Errorf("%s.crls[%d] (issuer %q): authority key identifier %x is not the subject key identifier %x of the CA that signed it, so Fabric peers would never apply it; %s",
+				at, i, l.Issuer, l.AuthorityKeyId, ca.SubjectKeyId, crlHint)
+		}
+		if j, dup := byCA[ca]; dup {
+			return fmt.Errorf("%s.crls[%d]: CA %q already has crls[%d]; list only the newest CRL of each CA", at, i, ca.Subject, j)
+		}
+		byCA[ca] = i
+		m.CRL = append(m.CRL, &CRL{List: l, CA: ca})
+	}
+	if strings.TrimSpace(string(rest)) != "" {
+		return fmt.Errorf("%s.crls: text that is not PEM after the CRLs", at)
 	}
 	return nil
 }

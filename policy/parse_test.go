@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
 )
@@ -83,13 +84,13 @@ func TestAllowed(t *testing.T) {
 
 func TestMemberForCertificate(t *testing.T) {
 	c := policytest.New(t, 2)
-	leaf1, _ := c.CAs["m1"].Issue(t, "node.m1")
-	leaf2, _ := c.CAs["m2"].Issue(t, "node.m2")
-	revoked, _ := c.CAs["m2"].Issue(t, "old.m2")
+	leaf1 := c.CAs["m1"].Issue(t, "node.m1").Cert
+	leaf2 := c.CAs["m2"].Issue(t, "node.m2").Cert
+	revoked := c.CAs["m2"].Issue(t, "old.m2").Cert
 	c.Template.Revocations.Certificates = []*policy.RevokedCert{{Member: "m2", Serial: "0x" + revoked.SerialNumber.Text(16)}}
 	g := c.Genesis(t)
-	outsider := policytest.NewCA(t, "outsider CA")
-	leafX, _ := outsider.Issue(t, "x")
+	outsider := testpki.NewCA(t, "outsider CA")
+	leafX := outsider.Issue(t, "x").Cert
 
 	if m, err := g.MemberForCertificate([][]*x509.Certificate{{leaf1}}); err != nil || m.ID != "m1" {
 		t.Fatalf("m1 leaf: %v %v", m, err)
@@ -151,7 +152,7 @@ func TestMarshalDocument(t *testing.T) {
 func TestParseRejects(t *testing.T) {
 	c := policytest.New(t, 3)
 	good := policytest.Render(t, c.Template)
-	notCA, _ := c.CAs["m1"].Issue(t, "leaf")
+	notCA := c.CAs["m1"].Issue(t, "leaf").Cert
 	edit := func(f func(d *policy.Document)) []byte {
 		cc := policytest.MustParse(t, good)
 		return c.NextDocument(t, cc, func(d *policy.Document) { d.Version, d.Previous = 1, ""; f(d) })
@@ -299,7 +300,7 @@ func TestDiff(t *testing.T) {
 		d.Ledger.Consenters = []string{"m1", "m2"}
 		d.Members[0].Name = "Renamed"
 		d.Members[1].LedgerEndpoints = []string{"ledger.m2.example:7050"}
-		tlsCert, _ := c.CAs["m1"].Issue(t, "m1 tls")
+		tlsCert := c.CAs["m1"].Issue(t, "m1 tls").Cert
 		d.Members[0].LedgerConsenter = &policy.LedgerConsenter{TLSCert: pemOf(tlsCert), Port: 7053}
 		d.Members[1].Admins = append(d.Members[1].Admins, c.NewAdmin(t, "m2", "a2"))
 		d.Relays[1].Address = "relay2.example.test:8443"

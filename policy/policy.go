@@ -33,6 +33,13 @@ type Policy struct {
 	revAdmin  map[AdminRef]bool
 	revSPKI   map[[32]byte]bool
 	revSerial map[string][]*big.Int // member id -> revoked serials
+	revCRL    map[string][]crlIndex // member id -> its CRLs
+}
+
+// crlIndex is one member CRL, indexed for lookups.
+type crlIndex struct {
+	ca      *x509.Certificate
+	serials map[string]bool // big.Int.String() of each revoked serial
 }
 
 type aclRule struct {
@@ -79,6 +86,7 @@ func newPolicy(doc []byte, d *Document, sigs []Signature) *Policy {
 		members: map[string]*Member{}, byMSP: map[string]*Member{}, byAddr: map[netip.Addr]*Member{},
 		byCASubj: map[string][]*Member{}, allCAs: x509.NewCertPool(),
 		revAdmin: map[AdminRef]bool{}, revSPKI: map[[32]byte]bool{}, revSerial: map[string][]*big.Int{},
+		revCRL: map[string][]crlIndex{},
 	}
 	if d.Previous != "" {
 		p.prev, _ = ParseHash(d.Previous) // validated
@@ -91,6 +99,17 @@ func newPolicy(doc []byte, d *Document, sigs []Signature) *Policy {
 				p.byCASubj[k] = append(p.byCASubj[k], m)
 			}
 			p.allCAs.AddCert(c)
+		}
+	}
+	for _, m := range d.Members {
+		for _, crl := range m.CRL {
+			ix := crlIndex{ca: crl.CA, serials: map[string]bool{}}
+			for _, e := range crl.List.RevokedCertificateEntries {
+				if e.SerialNumber != nil {
+					ix.serials[e.SerialNumber.String()] = true
+				}
+			}
+			p.revCRL[m.ID] = append(p.revCRL[m.ID], ix)
 		}
 	}
 	for _, r := range d.ACL {
@@ -304,7 +323,8 @@ func (p *Policy) revokedInChain(member string, chain []*x509.Certificate) *x509.
 }
 
 // Revoked reports whether the certificate, issued under member's CA, is
-// revoked by serial or by key.
+// revoked by serial or by key (revocations.certificates), or by the CRL of
+// the member CA that issued it (members[].crls).
 func (p *Policy) Revoked(member string, c *x509.Certificate) bool {
 	if len(p.revSPKI) > 0 && p.revSPKI[sha256.Sum256(c.RawSubjectPublicKeyInfo)] {
 		return true
@@ -314,7 +334,22 @@ func (p *Policy) Revoked(member string, c *x509.Certificate) bool {
 			return true
 		}
 	}
+	for _, ix := range p.revCRL[member] {
+		if c.SerialNumber != nil && issuedBy(c, ix.ca) && ix.serials[c.SerialNumber.String()] {
+			return true
+		}
+	}
 	return false
+}
+
+// issuedBy reports whether ca is c's issuer by name and, when c names it,
+// by key identifier (as a Fabric MSP matches a CRL to a certificate's
+// issuer), so a CRL of a replaced CA with the same name does not apply.
+func issuedBy(c, ca *x509.Certificate) bool {
+	if !bytes.Equal(c.RawIssuer, ca.RawSubject) {
+		return false
+	}
+	return len(c.AuthorityKeyId) == 0 || bytes.Equal(c.AuthorityKeyId, ca.SubjectKeyId)
 }
 
 // Admin returns the admin key named by ref, or nil.

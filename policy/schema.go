@@ -87,6 +87,16 @@ type Member struct {
 	CACerts string `yaml:"ca_certs"`
 	// TLSCACerts is optional PEM for a separate TLS CA.
 	TLSCACerts string `yaml:"tls_ca_certs,omitempty"`
+	// CRLs is optional PEM: X.509 CRLs ("X509 CRL" blocks, at most one per
+	// CA), each signed by one of CACerts and carrying an authority key
+	// identifier equal to that CA's subject key identifier. A certificate
+	// issued by that CA whose serial the CRL lists is revoked, as if listed
+	// in revocations.certificates; the channel config carries the CRLs in
+	// the member org's MSP (revocation_list), so stock Fabric peers refuse
+	// it too. A CRL's dates and revocation times are not read (as Fabric
+	// does not): it counts from the version that lists it until a version
+	// drops it.
+	CRLs string `yaml:"crls,omitempty"`
 	// LedgerEndpoints are the client-facing addresses ("host:port", at most
 	// 8) of the member's ledger node: what Fabric peers and SDKs dial for
 	// Broadcast and Deliver, usually the appliance's LAN address
@@ -112,8 +122,18 @@ type Member struct {
 	// CA and TLSCA are CACerts and TLSCACerts parsed.
 	CA    []*x509.Certificate `yaml:"-"`
 	TLSCA []*x509.Certificate `yaml:"-"`
+	// CRL is CRLs parsed, in order, each with the CA of CA that signed it.
+	CRL []*CRL `yaml:"-"`
 
 	pool *x509.CertPool
+}
+
+// CRL is one of a member's certificate revocation lists, parsed.
+type CRL struct {
+	// List is the CRL; List.Raw is its DER.
+	List *x509.RevocationList
+	// CA is the member CA certificate that signed it.
+	CA *x509.Certificate
 }
 
 // LedgerConsenter is a consenter member's entry in the channel config.

@@ -319,13 +319,13 @@ func TestAdminKeyTypes(t *testing.T) {
 	c.Template.Members[0].Admins = []*policy.Admin{c.AddAdminKey(t, "m1", "ed", edKey)}
 	c.Template.Members[1].Admins = []*policy.Admin{c.AddAdminKey(t, "m2", "rsa", rsaKey)}
 	// m3's admin is a certificate issued by its CA (valid 30 days).
-	cert, certKey := c.CAs["m3"].Issue(t, "admin.m3")
-	a := c.AddAdminKey(t, "m3", "cert", certKey)
-	a.PublicKey, a.Certificate = "", pemOf(cert)
+	admin := c.CAs["m3"].Issue(t, "admin.m3")
+	a := c.AddAdminKey(t, "m3", "cert", admin.Key)
+	a.PublicKey, a.Certificate = "", pemOf(admin.Cert)
 	c.Template.Members[2].Admins = []*policy.Admin{a}
 	g := c.Genesis(t)
-	if got := g.Admin(policy.AdminRef{Member: "m3", KeyID: "cert"}).Expires; !got.Equal(cert.NotAfter) {
-		t.Fatalf("certificate admin expires %v, want %v", got, cert.NotAfter)
+	if got := g.Admin(policy.AdminRef{Member: "m3", KeyID: "cert"}).Expires; !got.Equal(admin.Cert.NotAfter) {
+		t.Fatalf("certificate admin expires %v, want %v", got, admin.Cert.NotAfter)
 	}
 
 	cand := policytest.MustParse(t, c.NextDocument(t, g, describe("x")))
@@ -335,7 +335,7 @@ func TestAdminKeyTypes(t *testing.T) {
 		t.Fatalf("votes %v: %v", r.Votes, r.Err)
 	}
 	// After the certificate expires, m3's vote no longer counts.
-	r = policy.Check(g, cand, cert.NotAfter.Add(time.Second))
+	r = policy.Check(g, cand, admin.Cert.NotAfter.Add(time.Second))
 	if len(r.Votes) != 2 || !strings.Contains(fmt.Sprint(r.Rejected), "m3/cert: admin key expired") {
 		t.Fatalf("after expiry: votes %v rejected %v", r.Votes, r.Rejected)
 	}

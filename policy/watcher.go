@@ -162,7 +162,36 @@ type Watcher struct {
 	applied  prometheus.Counter
 	version  prometheus.Gauge
 	held     prometheus.Gauge
+
+	vmu      sync.Mutex         // guards the fields below
+	verdicts map[string]Verdict // file -> what the last scan decided about it
+	scanned  chan struct{}      // closed (and replaced) when a scan ends
+	begun    uint64             // scans begun
+	ended    uint64             // scans ended
 }
+
+// Verdict is what the watcher decided about one file of its folder.
+type Verdict struct {
+	State   string `json:"state"` // VerdictApplied, VerdictHeld, VerdictRejected or VerdictOlder
+	Version uint64 `json:"version,omitempty"`
+	Reason  string `json:"reason,omitempty"` // why it is held or rejected
+}
+
+// Verdict states.
+const (
+	// VerdictApplied: the file's version is the applied one, or was
+	// applied from it.
+	VerdictApplied = "applied"
+	// VerdictHeld: Options.Check holds the version until it can be
+	// checked (it is read again; not an error).
+	VerdictHeld = "held"
+	// VerdictRejected: the file is not applied, Reason says why (for a
+	// missing intermediate version, it may still apply once that arrives).
+	VerdictRejected = "rejected"
+	// VerdictOlder: an older version than the applied one, already
+	// superseded (not applied again, and not news).
+	VerdictOlder = "older"
+)
 
 // heldFile is a version Options.Check holds.
 type heldFile struct {
@@ -194,7 +223,7 @@ func NewWatcher(opts Options) (*Watcher, error) {
 		return nil, err
 	}
 	w := &Watcher{o: opts.withDefaults(), armed: make(chan struct{}), seen: map[string][32]byte{}, parsed: map[string]parsedFile{},
-		appliedFrom: map[string]Hash{}, holds: map[string]heldFile{}}
+		appliedFrom: map[string]Hash{}, holds: map[string]heldFile{}, verdicts: map[string]Verdict{}, scanned: make(chan struct{})}
 	w.rejected = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "policy_rejected_total",
 		Help: "Policy bundles rejected by the watcher, by reason; the last good policy stays applied."}, []string{"reason"})
 	w.applied = prometheus.NewCounter(prometheus.CounterOpts{Name: "policy_applied_total", Help: "Policy versions applied."})
@@ -307,7 +336,11 @@ type fileBundle struct {
 func (w *Watcher) scan() {
 	defer func() { w.scans++ }()
 	w.retryAt = time.Time{}
+	w.vmu.Lock()
+	w.begun++
+	w.vmu.Unlock()
 	files, present := w.readFolder()
+	defer w.endScan(files, present)
 	for path := range w.seen {
 		if !present[path] {
 			delete(w.seen, path)
@@ -500,8 +533,78 @@ func reasonOf(err error) string {
 
 func (w *Watcher) count(reason string) { w.rejected.WithLabelValues(reason).Inc() }
 
+// setVerdict records what this scan decided about the file at path.
+func (w *Watcher) setVerdict(path string, v Verdict) {
+	w.vmu.Lock()
+	w.verdicts[path] = v
+	w.vmu.Unlock()
+}
+
+// endScan forgets the verdicts of files gone, gives one to the files this
+// scan passed over (the applied version, e.g. from an earlier run, and
+// versions superseded since), and wakes Await.
+func (w *Watcher) endScan(files []fileBundle, present map[string]bool) {
+	cur := w.cur.Load()
+	w.vmu.Lock()
+	defer w.vmu.Unlock()
+	for path := range w.verdicts {
+		if !present[path] {
+			delete(w.verdicts, path)
+		}
+	}
+	for _, f := range files {
+		if cur == nil {
+			break
+		}
+		switch v, ok := w.verdicts[f.path]; {
+		case f.p.Hash() == cur.Hash():
+			w.verdicts[f.path] = Verdict{State: VerdictApplied, Version: f.p.Version()}
+		case ok && (v.State == VerdictRejected || v.State == VerdictHeld && f.p.Version() > cur.Version()):
+		case f.p.Version() <= cur.Version():
+			w.verdicts[f.path] = Verdict{State: VerdictOlder, Version: f.p.Version(),
+				Reason: fmt.Sprintf("version %d is older than the applied version %d", f.p.Version(), cur.Version())}
+		}
+	}
+	w.ended++
+	close(w.scanned)
+	w.scanned = make(chan struct{})
+}
+
+// Await waits until a scan begun after the call has decided about the
+// file at path (a bundle file of the policy folder, e.g. one just written
+// there) and returns the verdict. It asks for that scan at once (as Reload)
+// and returns ctx's error when ctx ends first (also when Run is not
+// running).
+func (w *Watcher) Await(ctx context.Context, path string) (Verdict, error) {
+	path = filepath.Join(w.o.Dir, filepath.Base(path))
+	w.vmu.Lock()
+	after := w.begun // a scan already under way may have missed the file
+	w.vmu.Unlock()
+	w.Reload()
+	for {
+		w.vmu.Lock()
+		v, ok := w.verdicts[path]
+		next := w.scanned
+		fresh := w.ended > after
+		w.vmu.Unlock()
+		if ok && fresh {
+			return v, nil
+		}
+		select {
+		case <-next:
+		case <-ctx.Done():
+			return Verdict{}, ctx.Err()
+		}
+	}
+}
+
 // reject logs and counts a bad input once per distinct content of a file.
 func (w *Watcher) reject(path string, content []byte, reason string, err error) {
+	verdict := Verdict{State: VerdictRejected, Reason: reason + ": " + err.Error()}
+	if f, ok := w.parsed[path]; ok && f.p != nil {
+		verdict.Version = f.p.Version()
+	}
+	w.setVerdict(path, verdict)
 	h := sha256.Sum256(content)
 	if old, ok := w.seen[path]; ok && old == h {
 		return
@@ -557,6 +660,7 @@ func (w *Watcher) check(path string, cur, p *Policy) bool {
 		if at := time.Now().Add(w.o.HoldRetry); w.retryAt.IsZero() || at.Before(w.retryAt) {
 			w.retryAt = at
 		}
+		w.setVerdict(path, Verdict{State: VerdictHeld, Version: p.Version(), Reason: err.Error()})
 		h, ok := w.holds[path]
 		switch {
 		case !ok || h.hash != p.Hash():
@@ -594,6 +698,7 @@ func (w *Watcher) apply(path string, p *Policy) bool {
 	w.mu.Unlock()
 	delete(w.seen, path)
 	w.appliedFrom[path] = p.Hash()
+	w.setVerdict(path, Verdict{State: VerdictApplied, Version: p.Version()})
 	w.applied.Inc()
 	w.version.Set(float64(p.Version()))
 	d := Compare(old, p)

@@ -699,3 +699,77 @@ func TestHistory(t *testing.T) {
 		t.Fatalf("FindHistory(unknown): %v %v", p, err)
 	}
 }
+
+// TestWatcherAwait: Await returns what a scan begun after the call decided
+// about a file just written: applied, held (with Check's reason), rejected
+// (with the reason), a replayed older version, the same file name rewritten
+// with another verdict (never the stale one), and nothing for a file
+// absent when ctx ends.
+func TestWatcherAwait(t *testing.T) {
+	e := newEnv(t, 3)
+	vs := e.chain(3)
+	var mu sync.Mutex
+	var hold error
+	o := e.opts()
+	o.HoldRetry = time.Hour // only Await's own requests re-read the folder
+	o.Check = func(cur, next *policy.Policy) error {
+		mu.Lock()
+		defer mu.Unlock()
+		return hold
+	}
+	e.start(o)
+	await := func(name string) policy.Verdict {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		v, err := e.w.Await(ctx, filepath.Join(e.dir, name))
+		if err != nil {
+			t.Fatalf("Await(%s): %v", name, err)
+		}
+		return v
+	}
+	mu.Lock()
+	hold = fmt.Errorf("%w: the previous CONFIG block is not stored yet", policy.ErrHeld)
+	mu.Unlock()
+	e.rename("v2.yaml", vs[2].Marshal())
+	if v := await("v2.yaml"); v.State != policy.VerdictHeld || v.Version != 2 || !strings.Contains(v.Reason, "CONFIG block is not stored") {
+		t.Fatalf("held v2: %+v", v)
+	}
+	mu.Lock()
+	hold = errors.New("the channel admins did not sign")
+	mu.Unlock()
+	// The same file again: its verdict now is a refusal, not the hold
+	// recorded before the call.
+	if v := await("v2.yaml"); v.State != policy.VerdictRejected || v.Version != 2 ||
+		!strings.Contains(v.Reason, policy.ReasonConfigUpdate) || !strings.Contains(v.Reason, "did not sign") {
+		t.Fatalf("refused v2: %+v", v)
+	}
+	mu.Lock()
+	hold = nil
+	mu.Unlock()
+	if v := await("v2.yaml"); v.State != policy.VerdictApplied || v.Version != 2 {
+		t.Fatalf("v2 once allowed: %+v", v)
+	}
+	e.waitVersion(2)
+	e.rename("v3-first.yaml", vs[3].Marshal())
+	if v := await("v3-first.yaml"); v.State != policy.VerdictApplied || v.Version != 3 {
+		t.Fatalf("v3: %+v", v)
+	}
+	e.rename("garbage.yaml", []byte("version: [unclosed"))
+	if v := await("garbage.yaml"); v.State != policy.VerdictRejected || v.Reason == "" {
+		t.Fatalf("garbage: %+v", v)
+	}
+	e.rename("replayed-v2.yaml", vs[2].Marshal())
+	if v := await("replayed-v2.yaml"); v.State != policy.VerdictRejected || !strings.Contains(v.Reason, policy.ReasonRollback) {
+		t.Fatalf("replayed v2: %+v", v)
+	}
+	// v1, in the folder since the start: superseded, not news.
+	if v := await("v1.yaml"); v.State != policy.VerdictOlder || v.Version != 1 {
+		t.Fatalf("v1: %+v", v)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 200*time.Millisecond)
+	defer cancel()
+	if v, err := e.w.Await(ctx, filepath.Join(e.dir, "absent.yaml")); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("absent file: %+v, %v", v, err)
+	}
+}

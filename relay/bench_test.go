@@ -13,10 +13,8 @@ import (
 
 	"github.com/quic-go/quic-go"
 
-	"github.com/memberd/memberd/relay/relaytest"
+	"github.com/memberd/memberd/internal/testpki"
 )
-
-func relaytestSelfSigned(b *testing.B) tls.Certificate { return relaytest.SelfSigned(b, "bench") }
 
 // Forwarding benchmarks. Each runs an echo: member A sends to member B
 // through the relay, B sends every packet back, with at most `window`
@@ -128,7 +126,7 @@ func relayEcho(b *testing.B, quicOff bool) echoer {
 	n := newTestNet(b, []string{"bank-a", "bank-b"}, []string{"relay-1"})
 	r := n.startRelay("relay-1", func(c *ServerConfig) { c.RateBytesPerSec = -1; c.Logger = nil })
 	if quicOff {
-		r.stopQUIC()
+		r.StopQUIC()
 	}
 	quiet := func(c *ClientConfig) { c.Logger = nil; c.QUICTimeout = 200 * time.Millisecond }
 	a, bb := n.member("bank-a", quiet), n.member("bank-b", quiet)
@@ -152,7 +150,7 @@ func relayEcho(b *testing.B, quicOff bool) echoer {
 			b.Logf("MaxPacketSize=%d relay drops=%v a drops=%v b drops=%v", a.MaxPacketSize(), r.srv.Drops(), a.Drops(), bb.Drops())
 			a.Close()
 			bb.Close()
-			r.stop()
+			r.Stop()
 		},
 	}
 }
@@ -197,7 +195,7 @@ func BenchmarkMemoryPerMember(b *testing.B) {
 		// Issue certificates before measuring.
 		certs := make(map[string]tlsCert, members)
 		for _, m := range ids {
-			certs[m] = n.cas[m].Issue(b, m)
+			certs[m] = n.cas[m].Issue(b, m).TLS()
 		}
 		var before, after runtime.MemStats
 		runtime.GC()
@@ -221,7 +219,7 @@ func BenchmarkMemoryPerMember(b *testing.B) {
 		for _, c := range cs {
 			c.Close()
 		}
-		r.stop()
+		r.Stop()
 	}
 }
 
@@ -229,7 +227,7 @@ func BenchmarkMemoryPerMember(b *testing.B) {
 // endpoints (no relay, no framing), to separate quic-go's own limits from
 // the relay's.
 func quicRawEcho(b *testing.B) echoer {
-	srvCert := relaytestSelfSigned(b)
+	srvCert := testpki.SelfSigned(b, "bench").TLS()
 	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{srvCert}, NextProtos: []string{"bench"}},
 		&quic.Config{EnableDatagrams: true})
 	if err != nil {

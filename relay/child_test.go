@@ -21,7 +21,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
-	"github.com/memberd/memberd/relay/relaytest"
+	"github.com/memberd/memberd/internal/testpki"
 )
 
 // A relay in a child process (this test binary re-executed), so that its
@@ -101,9 +101,9 @@ func relayChild() int {
 
 // childRelay starts the child and returns a function that asks it for
 // (heap in use, goroutines, members).
-func childRelay(b *testing.B, members []string) (info RelayInfo, mem func() (heap, goroutines, n int), cas map[string]*relaytest.CA) {
+func childRelay(b *testing.B, members []string) (info RelayInfo, mem func() (heap, goroutines, n int), cas map[string]*testpki.CA) {
 	dir := b.TempDir()
-	rc := relaytest.SelfSigned(b, "relay-1")
+	rc := testpki.SelfSigned(b, "relay-1").TLS()
 	der, _ := x509.MarshalECPrivateKey(rc.PrivateKey.(*ecdsa.PrivateKey))
 	write := func(name string, blk *pem.Block) {
 		if err := os.WriteFile(filepath.Join(dir, name), pem.EncodeToMemory(blk), 0o600); err != nil {
@@ -112,9 +112,9 @@ func childRelay(b *testing.B, members []string) (info RelayInfo, mem func() (hea
 	}
 	write("relay.crt", &pem.Block{Type: "CERTIFICATE", Bytes: rc.Certificate[0]})
 	write("relay.key", &pem.Block{Type: "EC PRIVATE KEY", Bytes: der})
-	cas = map[string]*relaytest.CA{}
+	cas = map[string]*testpki.CA{}
 	for _, m := range members {
-		cas[m] = relaytest.NewCA(b, m)
+		cas[m] = testpki.NewCA(b, m)
 		write("ca-"+m+".pem", &pem.Block{Type: "CERTIFICATE", Bytes: cas[m].Cert.Raw})
 	}
 	addr := freePort(b)
@@ -177,10 +177,11 @@ func BenchmarkRelayMemoryPerMember(b *testing.B) {
 		heap0, gr0, _ := mem()
 		cs := make([]*Client, 0, members)
 		for _, m := range ids {
-			c, err := NewClient(ClientConfig{Identity: cas[m].Issue(b, m), Relays: []RelayInfo{info}, NoEnvProxy: true})
+			c, err := NewClient(ClientConfig{Identity: cas[m].Issue(b, m).TLS(), Relays: []RelayInfo{info}, NoEnvProxy: true})
 			if err != nil {
 				b.Fatal(err)
 			}
+			go c.Run(context.Background()) // until Close
 			cs = append(cs, c)
 		}
 		deadline := time.Now().Add(60 * time.Second)

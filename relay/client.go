@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -174,7 +175,10 @@ type Client struct {
 	m      *metrics
 	relays atomic.Pointer[[]*relayConn] // replaced by SetRelays, never mutated
 	dialer *dialer
-	setMu  sync.Mutex // serialises SetRelays and Close
+	setMu  sync.Mutex // serialises SetRelays, Run's start and Close; guards runCtx
+	// runCtx is Run's, while it runs (nil before): relays added by
+	// SetRelays are kept connected until it ends.
+	runCtx context.Context
 	recv   chan inPacket
 	copies atomic.Uint64 // packets also sent on a backup relay (see route)
 	recent recentSent    // the last packets sent, for resending on a backup
@@ -197,8 +201,8 @@ type inPacket struct {
 type relayConn struct {
 	info   RelayInfo
 	cur    atomic.Pointer[link]
-	cancel context.CancelFunc
-	everUp bool // a connection was established once; runRelay's goroutine only
+	cancel context.CancelFunc // nil until Run connects it (under Client.setMu)
+	everUp bool               // a connection was established once; runRelay's goroutine only
 
 	rtt atomic.Int64 // nanoseconds, from the last pong
 
@@ -213,8 +217,9 @@ type relayConn struct {
 	upgrades  int
 }
 
-// NewClient validates cfg and starts connecting to every relay in the
-// background. Use WaitReady to wait for the first relay. Close stops it.
+// NewClient validates cfg and returns a Client; it dials nothing and starts
+// no goroutine. Run connects to the relays (WaitReady waits for the first);
+// Close stops it, with or without Run.
 func NewClient(cfg ClientConfig) (*Client, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -252,8 +257,8 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 
 // SetRelays replaces the relay list (after a policy change): relays that
 // stay (same id, address and pin) keep their connections, new ones are
-// dialled, removed ones are disconnected. The order is the preference
-// order for sending.
+// dialled (once Run runs), removed ones are disconnected. The order is the
+// preference order for sending.
 func (c *Client) SetRelays(relays []RelayInfo) error {
 	cfg := c.cfg
 	cfg.Relays = relays
@@ -278,27 +283,66 @@ func (c *Client) SetRelays(relays []RelayInfo) error {
 			delete(old, r)
 			continue
 		}
-		// Until it is removed (here) or the client closed (Close).
-		rctx, rcancel := context.WithCancel(context.Background())
-		rc := &relayConn{info: r, state: "connecting", since: time.Now(), cancel: rcancel}
+		rc := &relayConn{info: r, state: "connecting", since: time.Now()}
 		next = append(next, rc)
-		rd := *c.dialer
-		rd.drop = func(reason string) { rc.drops.Add(1); c.m.drop(reason) }
-		c.g.Go(func() error {
-			// runRelay returns when rctx ends, or after a panic: then again.
-			for rctx.Err() == nil {
-				err := guarded(func() error { c.runRelay(rctx, rc, &rd); return nil })
-				c.m.survived(rctx, c.log, err, "relay", r.ID)
-			}
-			return nil
-		})
+		if c.runCtx != nil {
+			c.connect(c.runCtx, rc)
+		}
 	}
 	c.relays.Store(&next)
 	for _, rc := range old {
 		c.log.Info("relay removed from the list: disconnecting", "relay", rc.info.ID)
-		rc.cancel()
+		if rc.cancel != nil {
+			rc.cancel()
+		}
 	}
 	return nil
+}
+
+// connect keeps rc connected until ctx ends, it is removed (SetRelays) or
+// the client closed. setMu held.
+func (c *Client) connect(ctx context.Context, rc *relayConn) {
+	rctx, rcancel := context.WithCancel(ctx)
+	rc.cancel = rcancel
+	rd := *c.dialer
+	rd.drop = func(reason string) { rc.drops.Add(1); c.m.drop(reason) }
+	c.g.Go(func() error {
+		// runRelay returns when rctx ends, or after a panic: then again.
+		for rctx.Err() == nil {
+			err := guarded(func() error { c.runRelay(rctx, rc, &rd); return nil })
+			c.m.survived(rctx, c.log, err, "relay", rc.info.ID)
+		}
+		return nil
+	})
+}
+
+// Run connects to every relay (and to those SetRelays adds later) and keeps
+// them connected until ctx ends or Close is called. When it returns the
+// Client is closed (as by Close). Run may be called once.
+func (c *Client) Run(ctx context.Context) error {
+	c.setMu.Lock()
+	select {
+	case <-c.done:
+		c.setMu.Unlock()
+		return net.ErrClosed
+	default:
+	}
+	if c.runCtx != nil {
+		c.setMu.Unlock()
+		return errors.New("relay client: Run called twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	c.runCtx = ctx
+	for _, rc := range *c.relays.Load() {
+		c.connect(ctx, rc)
+	}
+	c.setMu.Unlock()
+	select {
+	case <-ctx.Done():
+	case <-c.done:
+	}
+	return c.Close()
 }
 
 // WaitReady blocks until at least one relay is connected and, on QUIC, its
@@ -561,6 +605,14 @@ func (c *Client) frame(rc *relayConn, l *link, f wire.Frame, owned bool) {
 		if err == nil {
 			c.log.Warn("relay is closing our connection", "relay", rc.info.ID, "code", code, "reason", reason)
 			l.goAway.Store(&reason)
+		} else {
+			c.m.drop(DropMalformed)
+		}
+	default: // a type relays do not send to members (PING, FORWARD...), or unknown
+		if f.Type.Known() {
+			c.m.drop(DropUnexpected)
+		} else {
+			c.m.drop(DropUnknownType)
 		}
 	}
 }
@@ -786,7 +838,9 @@ func (c *Client) Close() error {
 		close(c.done)
 		c.setMu.Lock()
 		for _, rc := range *c.relays.Load() {
-			rc.cancel()
+			if rc.cancel != nil {
+				rc.cancel()
+			}
 		}
 		c.setMu.Unlock()
 		_ = c.g.Wait()

@@ -175,7 +175,7 @@ func TestRelayCrashOverQUICCopiesToTheOtherRelay(t *testing.T) {
 	copies0 := a.copies.Load()
 	seq0 := int(f.sent.Load())
 	t0 := time.Now()
-	r1.crash()
+	r1.Crash()
 	waitFor(t, 5*time.Second, "packets after the crash", func() bool { return f.arrivedAfter(t0) > 200 })
 	<-watch
 	seq1 := int(f.sent.Load())
@@ -215,7 +215,7 @@ func TestRelayCrashOverTCPSwitchesOnTheError(t *testing.T) {
 	waitFor(t, 5*time.Second, "the flow", func() bool { return f.arrivedAfter(time.Time{}) > 50 })
 	seq0 := int(f.sent.Load())
 	t0 := time.Now()
-	r1.crash()
+	r1.Crash()
 	waitFor(t, 5*time.Second, "relay-1 seen down by the sender", func() bool { return a.Status()[0].State == "down" })
 	down := time.Since(t0)
 	waitFor(t, 5*time.Second, "packets after the crash", func() bool { return f.arrivedAfter(t0) > 200 })
@@ -261,7 +261,7 @@ func TestFailBackWaitsForTheRestartedRelay(t *testing.T) {
 		s := a.Status()
 		return s[0].Active && s[1].Healthy
 	})
-	r1.stop()
+	r1.Stop()
 	waitFor(t, 5*time.Second, "bank-a on relay-2", func() bool { return a.Status()[1].Active })
 	n.startRelay("relay-1", nil)
 	var up time.Time
@@ -297,7 +297,7 @@ func TestSilentUDPDropMovesToTCPFast(t *testing.T) {
 	}
 	deliver(t, a, "bank-b", rb, "bank-a", "over-quic", 5*time.Second)
 	t0 := time.Now()
-	r.stopQUIC()
+	r.StopQUIC()
 	var took []time.Duration
 	for _, c := range []*Client{a, b} {
 		waitFor(t, 10*time.Second, "the move to TCP", func() bool {

@@ -2,16 +2,11 @@ package relay
 
 import (
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"os"
 	"sync"
@@ -20,7 +15,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
-	"github.com/memberd/memberd/relay/relaytest"
+	"github.com/memberd/memberd/internal/testpki"
 )
 
 // fdCount is the number of open file descriptors of this process.
@@ -76,7 +71,7 @@ func startQUICTransport(t testing.TB, r *testRelay) {
 		t.Fatal(err)
 	}
 	done := make(chan struct{})
-	go func() { defer close(done); r.srv.ServeQUIC(r.ctx, ln) }()
+	r.Go(func(ctx context.Context) { defer close(done); r.srv.ServeQUIC(ctx, ln) })
 	t.Cleanup(func() { ln.Close(); tr.Close(); udp.Close(); <-done })
 }
 
@@ -169,9 +164,9 @@ func TestHandshakeFailureReasons(t *testing.T) {
 	n.noQUIC = map[string]bool{"relay-1": true}
 	r := n.startRelay("relay-1", func(c *ServerConfig) { c.HandshakeTimeout = 500 * time.Millisecond })
 	startQUICTransport(t, r)
-	stranger := relaytest.NewCA(t, "stranger-ca").Issue(t, "stranger")
-	revoked := n.cas["bank-a"].Issue(t, "stolen")
-	expired := expiredCert(t, n.cas["bank-a"])
+	stranger := testpki.NewCA(t, "stranger-ca").Issue(t, "stranger").TLS()
+	revoked := n.cas["bank-a"].Issue(t, "stolen").TLS()
+	expired := n.cas["bank-a"].Issue(t, "expired", testpki.Valid(time.Now().Add(-48*time.Hour), time.Now().Add(-time.Hour))).TLS()
 	auth, err := NewStaticAuthority(StaticPolicy{MemberCAs: map[string][]*x509.Certificate{"bank-a": {n.cas["bank-a"].Cert}},
 		AllowAll: true, Relays: n.infos, Revoked: []*x509.Certificate{revoked.Leaf}})
 	if err != nil {
@@ -228,7 +223,7 @@ func TestHandshakeFailureReasons(t *testing.T) {
 			return err
 		}},
 		{"tcp bad HELLO", HandshakeFailBadFrame, func() error {
-			c, err := tls.Dial("tcp", r.info.Addr, tlsCfg(n.cas["bank-a"].Issue(t, "a")))
+			c, err := tls.Dial("tcp", r.info.Addr, tlsCfg(n.cas["bank-a"].Issue(t, "a").TLS()))
 			if err != nil {
 				return err
 			}
@@ -238,7 +233,7 @@ func TestHandshakeFailureReasons(t *testing.T) {
 			return err
 		}},
 		{"tcp silent after TLS", HandshakeFailTimeout, func() error {
-			c, err := tls.Dial("tcp", r.info.Addr, tlsCfg(n.cas["bank-a"].Issue(t, "a")))
+			c, err := tls.Dial("tcp", r.info.Addr, tlsCfg(n.cas["bank-a"].Issue(t, "a").TLS()))
 			if err != nil {
 				return err
 			}
@@ -258,7 +253,7 @@ func TestHandshakeFailureReasons(t *testing.T) {
 		{"quic no control stream", HandshakeFailTimeout, func() error {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 			defer cancel()
-			c, err := quic.DialAddr(ctx, r.info.Addr, tlsCfg(n.cas["bank-a"].Issue(t, "a")), &quic.Config{})
+			c, err := quic.DialAddr(ctx, r.info.Addr, tlsCfg(n.cas["bank-a"].Issue(t, "a").TLS()), &quic.Config{})
 			if err == nil {
 				_, err = c.AcceptStream(ctx)
 			}
@@ -284,28 +279,6 @@ func TestHandshakeFailureReasons(t *testing.T) {
 	if sum != uint64(len(cases)) {
 		t.Errorf("failures %v: %d in all, want %d (one per case)", r.srv.HandshakeFailures(), sum, len(cases))
 	}
-}
-
-// expiredCert issues a client certificate from ca that expired an hour ago.
-func expiredCert(t testing.TB, ca *relaytest.CA) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(time.Now().UnixNano()),
-		Subject:      pkix.Name{CommonName: "expired"},
-		NotBefore:    time.Now().Add(-48 * time.Hour),
-		NotAfter:     time.Now().Add(-time.Hour),
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, key.Public(), ca.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
 }
 
 // muteConn lets the first datagram out and nothing after: a QUIC client

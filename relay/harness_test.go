@@ -14,15 +14,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
-
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay/relaytest"
 )
 
 // testNet is a consortium on loopback: member CAs, relays, clients.
 type testNet struct {
 	t       testing.TB
-	cas     map[string]*relaytest.CA
+	cas     map[string]*testpki.CA
 	relayID map[string]tls.Certificate
 	infos   []RelayInfo
 	relays  map[string]*testRelay
@@ -32,13 +31,13 @@ type testNet struct {
 }
 
 func newTestNet(t testing.TB, members []string, relays []string) *testNet {
-	n := &testNet{t: t, cas: map[string]*relaytest.CA{}, relayID: map[string]tls.Certificate{},
+	n := &testNet{t: t, cas: map[string]*testpki.CA{}, relayID: map[string]tls.Certificate{},
 		relays: map[string]*testRelay{}, all: true}
 	for _, m := range members {
-		n.cas[m] = relaytest.NewCA(t, m+"-ca")
+		n.cas[m] = testpki.NewCA(t, m+"-ca")
 	}
 	for _, id := range relays {
-		cert := relaytest.SelfSigned(t, id)
+		cert := testpki.SelfSigned(t, id).TLS()
 		n.relayID[id] = cert
 		n.infos = append(n.infos, RelayInfo{ID: id, Addr: freePort(t), Pin: PinOf(cert.Leaf)})
 	}
@@ -88,36 +87,12 @@ func (w tWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-// testRelay is one relay with its sockets, owned by the test as cmd would.
+// testRelay is one relay of a testNet: relaytest.Relay owns its sockets
+// (StopQUIC, Crash, Stop) as cmd would.
 type testRelay struct {
-	t      testing.TB
-	info   RelayInfo
-	srv    *Server
-	ctx    context.Context
-	cancel context.CancelFunc
-	wg     sync.WaitGroup
-
-	mu    sync.Mutex
-	udp   net.PacketConn
-	ql    *quic.Listener
-	tl    net.Listener
-	conns []net.Conn // accepted TCP connections, closed raw by crash
-}
-
-// trackingListener records the connections it accepts.
-type trackingListener struct {
-	net.Listener
-	r *testRelay
-}
-
-func (l trackingListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err == nil {
-		l.r.mu.Lock()
-		l.r.conns = append(l.r.conns, c)
-		l.r.mu.Unlock()
-	}
-	return c, err
+	*relaytest.Relay
+	info RelayInfo
+	srv  *Server
 }
 
 func (n *testNet) startRelay(id string, tweak func(*ServerConfig)) *testRelay {
@@ -137,85 +112,15 @@ func (n *testNet) startRelay(id string, tweak func(*ServerConfig)) *testRelay {
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &testRelay{t: t, info: info, srv: srv}
-	r.ctx, r.cancel = context.WithCancel(context.Background())
-	r.startTCP()
-	if !n.noQUIC[id] {
-		r.startQUIC()
-	}
-	r.wg.Add(1)
-	go func() { defer r.wg.Done(); srv.RunMesh(r.ctx) }()
+	r := &testRelay{Relay: relaytest.Start(t, info.Addr, srv, relaytest.Options{NoQUIC: n.noQUIC[id]}), info: info, srv: srv}
+	r.Go(func(ctx context.Context) { srv.RunMesh(ctx) })
 	n.relays[id] = r
-	t.Cleanup(r.stop)
 	return r
-}
-
-func (r *testRelay) startTCP() {
-	tl, err := net.Listen("tcp", r.info.Addr)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	r.mu.Lock()
-	r.tl = tl
-	r.mu.Unlock()
-	r.wg.Add(1)
-	go func() { defer r.wg.Done(); r.srv.ServeTCP(r.ctx, trackingListener{tl, r}) }()
-}
-
-func (r *testRelay) startQUIC() {
-	udp, err := net.ListenPacket("udp", r.info.Addr)
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	ql, err := quic.Listen(udp, r.srv.TLSConfig(), r.srv.QUICConfig())
-	if err != nil {
-		r.t.Fatal(err)
-	}
-	r.mu.Lock()
-	r.udp, r.ql = udp, ql
-	r.mu.Unlock()
-	r.wg.Add(1)
-	go func() { defer r.wg.Done(); r.srv.ServeQUIC(r.ctx, ql) }()
-}
-
-// stopQUIC closes the UDP socket as a firewall dropping UDP would look:
-// established QUIC connections just go silent.
-func (r *testRelay) stopQUIC() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if r.ql != nil {
-		r.ql.Close()
-		r.udp.Close()
-		r.ql, r.udp = nil, nil
-	}
-}
-
-// crash makes the relay vanish without telling anyone, as kill -9 does:
-// sockets closed, no QUIC CONNECTION_CLOSE sent (the UDP socket is gone
-// first), TCP connections closed by the kernel without a GOAWAY.
-func (r *testRelay) crash() {
-	r.stopQUIC()
-	r.mu.Lock()
-	if r.tl != nil {
-		r.tl.Close()
-	}
-	for _, c := range r.conns {
-		c.Close()
-	}
-	r.conns = nil
-	r.mu.Unlock()
-	r.srv.Close()
-}
-
-func (r *testRelay) stop() {
-	r.crash()
-	r.cancel()
-	r.wg.Wait()
 }
 
 // member returns a client for member m with a certificate from its CA.
 func (n *testNet) member(m string, tweak func(*ClientConfig)) *Client {
-	return n.client(n.cas[m].Issue(n.t, m+"-appliance"), tweak)
+	return n.client(n.cas[m].Issue(n.t, m+"-appliance").TLS(), tweak)
 }
 
 func (n *testNet) client(id tls.Certificate, tweak func(*ClientConfig)) *Client {
@@ -230,6 +135,7 @@ func (n *testNet) client(id tls.Certificate, tweak func(*ClientConfig)) *Client 
 	if err != nil {
 		t.Fatal(err)
 	}
+	go c.Run(context.Background()) // until Close
 	t.Cleanup(func() { c.Close() })
 	return c
 }

@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/hsm/hsmtest"
+	"github.com/memberd/memberd/internal/testpki"
 )
 
 // A member whose TLS client key lives in a real SoftHSM2 token connects
@@ -14,7 +15,7 @@ func TestSoftHSMClientKey(t *testing.T) {
 	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1"})
 	n.startRelay("relay-1", nil)
 	signer := hsmtest.NewToken(t, "bank-a").NewKey(t, "tls")
-	cert := n.cas["bank-a"].IssueFor(t, "bank-a-appliance", signer)
+	cert := n.cas["bank-a"].Issue(t, "bank-a-appliance", testpki.Key(signer)).TLS()
 	a := n.client(cert, nil)
 	b := n.member("bank-b", nil)
 	ra, rb := readAll(a), readAll(b)

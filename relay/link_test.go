@@ -10,7 +10,7 @@ import (
 
 	"github.com/quic-go/quic-go"
 
-	"github.com/memberd/memberd/relay/relaytest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay/wire"
 )
 
@@ -138,7 +138,7 @@ func TestSmallFramesFirst(t *testing.T) {
 // full-size ones on the stream, in order, batched (issue #15: one
 // sendmsg per DATAGRAM, and DATAGRAMs dropped in quic-go's receive queue).
 func TestQUICBulkOnStream(t *testing.T) {
-	cert := relaytest.SelfSigned(t, "link")
+	cert := testpki.SelfSigned(t, "link").TLS()
 	ln, err := quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{cert}, NextProtos: []string{"t"}},
 		&quic.Config{EnableDatagrams: true})
 	if err != nil {

@@ -110,7 +110,7 @@ func (p *connectProxy) handle(c net.Conn) {
 func TestThroughConnectProxy(t *testing.T) {
 	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1"})
 	r := n.startRelay("relay-1", nil)
-	r.stopQUIC()
+	r.StopQUIC()
 	px := startProxy(t, "alice", "s3cret")
 	viaProxy := func(c *ClientConfig) { c.Proxy = px.url(); c.QUICTimeout = 200 * time.Millisecond }
 	a, b := n.member("bank-a", viaProxy), n.member("bank-b", viaProxy)
@@ -133,7 +133,7 @@ func TestThroughConnectProxy(t *testing.T) {
 func TestProxyErrorsVerbatimAndEnv(t *testing.T) {
 	n := newTestNet(t, []string{"bank-a"}, []string{"relay-1"})
 	r := n.startRelay("relay-1", nil)
-	r.stopQUIC()
+	r.StopQUIC()
 	px := startProxy(t, "alice", "s3cret")
 	bad := px.url()
 	bad.User = url.UserPassword("alice", "wrong")
@@ -172,7 +172,7 @@ func TestThroughTinyproxy(t *testing.T) {
 	bin := testenv.Command(t, "tinyproxy", "tinyproxy")
 	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1"})
 	r := n.startRelay("relay-1", nil)
-	r.stopQUIC()
+	r.StopQUIC()
 	_, relayPort, _ := net.SplitHostPort(r.info.Addr)
 	proxyAddr := freePort(t)
 	_, proxyPort, _ := net.SplitHostPort(proxyAddr)

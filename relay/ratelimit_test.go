@@ -45,7 +45,7 @@ func TestRateLimitBackpressure(t *testing.T) {
 	const rate = 4 << 20
 	r := n.startRelay("relay-1", func(c *ServerConfig) { c.RateBytesPerSec = rate; c.RateBurstBytes = 1 << 16 })
 	c, err := tls.Dial("tcp", r.info.Addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{wire.ALPN},
-		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{n.cas["bank-a"].Issue(t, "bank-a-flooder")}})
+		MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{n.cas["bank-a"].Issue(t, "bank-a-flooder").TLS()}})
 	if err != nil {
 		t.Fatal(err)
 	}

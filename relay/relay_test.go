@@ -12,7 +12,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/goleak"
 
-	"github.com/memberd/memberd/relay/relaytest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay/wire"
 )
 
@@ -118,7 +118,7 @@ func TestMeshRecoversAfterRestart(t *testing.T) {
 	waitReady(t, a, b)
 	deliver(t, a, "bank-b", rb, "bank-a", "before-restart", 5*time.Second)
 
-	r2.stop()
+	r2.Stop()
 	n.noQUIC = map[string]bool{"relay-2": true}
 	n.startRelay("relay-2", nil)
 	waitFor(t, 10*time.Second, "bank-b back on relay-2 over TCP", func() bool {
@@ -133,7 +133,7 @@ func TestMeshRecoversAfterRestart(t *testing.T) {
 func TestTCPFallbackAndReprobe(t *testing.T) {
 	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1"})
 	r := n.startRelay("relay-1", nil)
-	r.stopQUIC()
+	r.StopQUIC()
 	fast := func(c *ClientConfig) {
 		c.QUICTimeout = 200 * time.Millisecond
 		c.ReprobeInterval = 300 * time.Millisecond
@@ -152,7 +152,7 @@ func TestTCPFallbackAndReprobe(t *testing.T) {
 	deliver(t, a, "bank-b", rb, "bank-a", "over-tcp", 5*time.Second)
 	deliver(t, b, "bank-a", ra, "bank-b", "over-tcp-back", 5*time.Second)
 
-	r.startQUIC()
+	r.StartQUIC()
 	for _, c := range []*Client{a, b} {
 		waitFor(t, 5*time.Second, "move back to QUIC", func() bool {
 			s := c.Status()[0]
@@ -167,14 +167,14 @@ func TestTCPFallbackAndReprobe(t *testing.T) {
 func TestNonMemberRefused(t *testing.T) {
 	n := newTestNet(t, []string{"bank-a"}, []string{"relay-1"})
 	r := n.startRelay("relay-1", nil)
-	stranger := relaytest.NewCA(t, "stranger-ca").Issue(t, "mallory")
+	stranger := testpki.NewCA(t, "stranger-ca").Issue(t, "mallory").TLS()
 	tests := []struct {
 		name string
 		cert func() tlsCert
 		auth func(leaf tlsCert) *StaticAuthority
 	}{
 		{"unknown CA", func() tlsCert { return stranger }, nil},
-		{"revoked", func() tlsCert { return n.cas["bank-a"].Issue(t, "stolen") }, func(leaf tlsCert) *StaticAuthority {
+		{"revoked", func() tlsCert { return n.cas["bank-a"].Issue(t, "stolen").TLS() }, func(leaf tlsCert) *StaticAuthority {
 			a, err := NewStaticAuthority(StaticPolicy{
 				MemberCAs: map[string][]*x509Cert{"bank-a": {n.cas["bank-a"].Cert}},
 				Revoked:   []*x509Cert{leaf.Leaf}, AllowAll: true, Relays: n.infos})
@@ -283,7 +283,7 @@ func TestUpdateAuthorityCutsOff(t *testing.T) {
 func TestCutOffOverTCPSaysWhy(t *testing.T) {
 	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1"})
 	r := n.startRelay("relay-1", nil)
-	r.stopQUIC()
+	r.StopQUIC()
 	a := n.member("bank-a", func(c *ClientConfig) { c.QUICTimeout = 200 * time.Millisecond })
 	waitReady(t, a)
 	r.srv.UpdateAuthority(n.authority("bank-a"))
@@ -387,7 +387,7 @@ func TestBucket(t *testing.T) {
 }
 
 func TestConfigValidate(t *testing.T) {
-	good := relaytest.SelfSigned(t, "x")
+	good := testpki.SelfSigned(t, "x").TLS()
 	tests := []struct {
 		name string
 		cfg  ClientConfig
@@ -426,7 +426,7 @@ func TestMetricsRegistered(t *testing.T) {
 		if mf.GetName() != "memberd_relay_dropped_packets_total" {
 			continue
 		}
-		if len(mf.GetMetric()) != 7 {
+		if len(mf.GetMetric()) != 9 {
 			t.Fatalf("%d series, want one per reason", len(mf.GetMetric()))
 		}
 		for _, m := range mf.GetMetric() {

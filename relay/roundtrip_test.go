@@ -136,7 +136,7 @@ func TestRelayCrashLosesNoRoundTrip(t *testing.T) {
 	time.Sleep(500 * time.Millisecond) // the clients' kept packets: full
 	t0 := time.Now()
 	copiesA, copiesB := a.copies.Load(), b.copies.Load()
-	r1.crash()
+	r1.Crash()
 	n0 := f.answered()
 	waitFor(t, 5*time.Second, "answers after the crash", func() bool { return f.answered() > n0+100 })
 	t1 := time.Now().Add(-time.Second) // what was sent in the last second may be in flight still

@@ -1,12 +1,11 @@
 package relay_test
 
 import (
-	"crypto/tls"
 	"net"
 	"testing"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay"
-	"github.com/memberd/memberd/relay/relaytest"
 )
 
 // packetTransport is a copy of tunnel.PacketTransport (the consumer owns
@@ -24,7 +23,7 @@ var _ relay.Authority = (*relay.StaticAuthority)(nil)
 
 func TestClosedClientReturnsErrClosed(t *testing.T) {
 	c, err := relay.NewClient(relay.ClientConfig{
-		Identity:   selfSigned(t),
+		Identity:   testpki.SelfSigned(t, "client").TLS(),
 		Relays:     []relay.RelayInfo{{ID: "r", Addr: "127.0.0.1:9", Pin: "sha256/AAAA"}},
 		NoEnvProxy: true,
 	})
@@ -40,5 +39,3 @@ func TestClosedClientReturnsErrClosed(t *testing.T) {
 		t.Fatalf("WritePacket after Close: %v", err)
 	}
 }
-
-func selfSigned(t *testing.T) tls.Certificate { return relaytest.SelfSigned(t, "client") }

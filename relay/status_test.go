@@ -22,7 +22,7 @@ func TestStatusFollowsFailover(t *testing.T) {
 		return s[0].State == "up" && s[1].State == "up" && s[0].Active
 	})
 	crashed := time.Now()
-	r1.crash()
+	r1.Crash()
 	var copied, moved, down time.Duration
 	var movedIn, downIn int // the snapshot in which each was first seen
 	snap := 0

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/tunnel"
 	"github.com/memberd/memberd/tunnel/tunneltest"
 )
@@ -24,9 +25,9 @@ func wgPub(t testing.TB) tunnel.Key {
 }
 
 func TestAttestationRoundTrip(t *testing.T) {
-	ca := tunneltest.NewCA(t, "bank-a")
+	ca := testpki.NewCA(t, "bank-a")
 	auth := tunneltest.NewAuthority([]tunneltest.MemberSpec{{ID: "bank-a", Addr: netip.MustParseAddr("10.0.0.1"), CA: ca}}, nil)
-	signer, chain := ca.NewIdentity(t)
+	signer, chain := ca.Issue(t, "appliance").Identity()
 	now := time.Now()
 	pub := wgPub(t)
 	att, err := tunnel.SignAttestation(signer, chain, "bank-a", pub, now.Add(-time.Minute), now.Add(time.Hour))
@@ -50,17 +51,17 @@ func TestAttestationRoundTrip(t *testing.T) {
 }
 
 func TestAttestationRefused(t *testing.T) {
-	caA := tunneltest.NewCA(t, "bank-a")
-	caB := tunneltest.NewCA(t, "bank-b")
-	rogueCA := tunneltest.NewCA(t, "bank-a") // same name, not pinned by the policy
+	caA := testpki.NewCA(t, "bank-a")
+	caB := testpki.NewCA(t, "bank-b")
+	rogueCA := testpki.NewCA(t, "bank-a") // same name, not pinned by the policy
 	auth := tunneltest.NewAuthority([]tunneltest.MemberSpec{
 		{ID: "bank-a", Addr: netip.MustParseAddr("10.0.0.1"), CA: caA},
 		{ID: "bank-b", Addr: netip.MustParseAddr("10.0.0.2"), CA: caB},
 	}, nil)
 	now := time.Now()
-	signerA, chainA := caA.NewIdentity(t)
-	signerB, chainB := caB.NewIdentity(t)
-	rogueSigner, rogueChain := rogueCA.NewIdentity(t)
+	signerA, chainA := caA.Issue(t, "appliance").Identity()
+	signerB, chainB := caB.Issue(t, "appliance").Identity()
+	rogueSigner, rogueChain := rogueCA.Issue(t, "appliance").Identity()
 	mk := func(s *ecdsa.PrivateKey, chain []*x509.Certificate, member string, nb, na time.Time) *tunnel.Attestation {
 		t.Helper()
 		a, err := tunnel.SignAttestation(s, chain, member, wgPub(t), nb, na)
@@ -75,13 +76,13 @@ func TestAttestationRefused(t *testing.T) {
 	wrongSigner := mk(signerA.(*ecdsa.PrivateKey), chainA, "bank-a", now.Add(-time.Minute), now.Add(time.Hour))
 	{
 		// re-sign with a key that is not the certificate's
-		b, err := tunnel.SignAttestation(otherKey, caA.Issue(t, &otherKey.PublicKey, now.Add(-time.Hour), now.Add(time.Hour)), "bank-a", wrongSigner.PublicKey, now.Add(-time.Minute), now.Add(time.Hour))
+		b, err := tunnel.SignAttestation(otherKey, caA.Issue(t, "appliance", testpki.Key(otherKey), testpki.Valid(now.Add(-time.Hour), now.Add(time.Hour))).Chain(), "bank-a", wrongSigner.PublicKey, now.Add(-time.Minute), now.Add(time.Hour))
 		if err != nil {
 			t.Fatal(err)
 		}
 		wrongSigner.Signature = b.Signature
 	}
-	expiredCert := caA.Issue(t, &signerA.(*ecdsa.PrivateKey).PublicKey, now.Add(-2*time.Hour), now.Add(-time.Hour))
+	expiredCert := caA.Issue(t, "appliance", testpki.Key(signerA), testpki.Valid(now.Add(-2*time.Hour), now.Add(-time.Hour))).Chain()
 
 	for _, tc := range []struct {
 		name string

@@ -88,17 +88,18 @@ type Device struct {
 	mtu  atomic.Int64                // follows the transport's path unless Config.MTU is set (mtu.go)
 	auth atomic.Pointer[memberIndex] // the current policy; stored under conns.mu (see SetAuthority)
 
-	io    deviceIO  // set in New, then read-only
-	run   lifecycle // background goroutines and Close
+	io    deviceIO  // the driven parts (see deviceIO)
+	run   lifecycle // Run, Ready and Close
 	ev    events    // wake-ups of the driver loops
 	peers peerTable // the core: keys, peers, rotation
 	conns connTable // connections and listeners inside the tunnel
 	id    signing   // the member identity that signs attestations
-	fwd   forwards  // set in New, then read-only
+	fwd   forwards  // forwards and member addresses (Run)
 	stats counters
 }
 
-// deviceIO are the driven parts, set in New and read-only after.
+// deviceIO are the driven parts: tr and bind are set in New, wg, tun and
+// tnet by Run (see lifecycle.wg); read-only after.
 type deviceIO struct {
 	tr   PacketTransport
 	bind *Bind
@@ -107,13 +108,27 @@ type deviceIO struct {
 	tnet *netstack.Net
 }
 
-// lifecycle is the background work; ctx ends on Close.
+// lifecycle is Run and Close. mu guards started, closed, ctx, eg and
+// cancel; the channels are made in New.
 type lifecycle struct {
-	ctx       context.Context
-	cancel    context.CancelFunc
-	eg        *errgroup.Group
-	closeOnce sync.Once
-	closeErr  error
+	mu      sync.Mutex
+	started bool               // Run was called
+	closed  bool               // Close was called
+	ctx     context.Context    // Run's, while it runs (nil before): work started later (member addresses)
+	eg      *errgroup.Group    // Run's goroutines (nil before Run)
+	cancel  context.CancelFunc // ends Run (nil before Run)
+	// wg is set once Run has made the WireGuard device and netstack
+	// (deviceIO's wg, tun and tnet are set before); after Store(true)
+	// they are read-only. Stored under peers.mu, so that applyLocked sees
+	// either no device or one configured with the core's key.
+	wg     atomic.Bool
+	up     chan struct{} // closed by Run once the device is up: Ready
+	done   chan struct{} // closed by Close (also when Run returns)
+	exited chan struct{} // closed when Run has torn down what it started
+
+	closeOnce  sync.Once
+	closeErr   error
+	registered bool // metrics registered by Run; Run's goroutine, then Close
 }
 
 // events wake the driver loops; the channels are made in New.
@@ -134,11 +149,13 @@ type peerTable struct {
 	changed chan struct{} // closed and replaced on every peer change
 }
 
-// connTable tracks what Close and member removal close. mu guards all.
+// connTable tracks what Close and member removal close, and who wants to
+// hear of a rekeyed member (OnRekeyed). mu guards all.
 type connTable struct {
 	mu        sync.Mutex
 	byMember  map[string]map[*Conn]struct{}
 	listeners map[*Listener]struct{}
+	rekeyed   map[*func(member string)]struct{}
 	closed    bool
 }
 
@@ -151,7 +168,7 @@ type signing struct {
 // forwards are the configured forwards' addresses and the member
 // addresses (memberaddrs.go).
 type forwards struct {
-	addrs  []net.Addr // set in New, then read-only
+	addrs  []net.Addr // set by Run before Ready, then read-only
 	maddrs memberAddrs
 }
 
@@ -178,9 +195,10 @@ type ctlPacket struct {
 	pkt    []byte
 }
 
-// New builds the WireGuard device over cfg.Transport, brings it up, announces
-// this member's key to every member and starts the background work (key
-// rotation, periodic announcements, expiry, configured forwards and services).
+// New checks cfg and prepares the Device: it makes the first WireGuard key
+// and signs its attestation with cfg.Signer (so that an unusable identity
+// is an error here), but opens nothing and starts no goroutine. Run brings
+// the device up; Close releases it (and cfg.Transport), with or without Run.
 func New(cfg Config) (*Device, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
@@ -203,6 +221,8 @@ func New(cfg Config) (*Device, error) {
 	d.io.tr = cfg.Transport
 	d.ev = events{ctl: make(chan ctlPacket, 256), ack: make(chan struct{}, 1), promote: make(chan struct{}, 1), switches: make(chan switchReq)}
 	d.conns.byMember, d.conns.listeners = map[string]map[*Conn]struct{}{}, map[*Listener]struct{}{}
+	d.conns.rekeyed = map[*func(string)]struct{}{}
+	d.run.up, d.run.done, d.run.exited = make(chan struct{}), make(chan struct{}), make(chan struct{})
 	d.id.cur = identity{signer: cfg.Signer, chain: cfg.Chain}
 	d.id.mu.Lock()
 	ks, err := d.newKeyLocked()
@@ -216,45 +236,121 @@ func New(cfg Config) (*Device, error) {
 		RotationAckTimeout: cfg.RotationAckTimeout, RequestInterval: cfg.RequestInterval,
 	}, ks.own(), auth.byID)
 	d.mtu.Store(int64(mtu))
-	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{addr}, nil, mtu)
-	if err != nil {
-		return nil, fmt.Errorf("create netstack interface %s mtu %d: %w", addr, mtu, err)
+	d.io.bind = newBind(cfg.Transport, queueControl(d.ev.ctl, &d.stats), d.log, d.ev.switches)
+	return d, nil
+}
+
+// ErrNotRunning: the call needs the device up (Run, then Ready).
+var ErrNotRunning = errors.New("tunnel not running: call Run and wait for Ready")
+
+// Run brings the WireGuard device up over cfg.Transport, announces this
+// member's key to every member, opens the configured forwards, member
+// addresses and services, and runs the background work (key rotation,
+// periodic announcements, expiry, MTU) until ctx ends or Close is called.
+// Ready is closed once all that is up. When Run returns the Device is
+// closed (as by Close); the error is why it could not start, or a failure
+// met while stopping. Run may be called once.
+func (d *Device) Run(ctx context.Context) error {
+	d.run.mu.Lock()
+	if d.run.closed {
+		d.run.mu.Unlock()
+		return ErrClosed
 	}
-	d.io.tnet = tnet
+	if d.run.started {
+		d.run.mu.Unlock()
+		return errors.New("tunnel: Run called twice")
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	d.run.started, d.run.ctx, d.run.eg, d.run.cancel = true, ctx, new(errgroup.Group), cancel
+	d.run.mu.Unlock()
+	defer close(d.run.exited)
+	if err := d.start(ctx); err != nil {
+		cancel()
+		d.shutdown()
+		return err
+	}
+	close(d.run.up)
+	<-ctx.Done()
+	return d.shutdown()
+}
+
+// Ready is closed once Run has brought the device up: Dial, Listen, Ping,
+// ForwardAddrs and MemberAddrs answer from then on. It is never closed if
+// Run fails to start.
+func (d *Device) Ready() <-chan struct{} { return d.run.up }
+
+// isUp reports whether Ready is closed.
+func (d *Device) isUp() bool {
+	select {
+	case <-d.run.up:
+		return true
+	default:
+		return false
+	}
+}
+
+// waitUp waits for Ready, Close or the end of ctx.
+func (d *Device) waitUp(ctx context.Context) error {
+	select {
+	case <-d.run.up:
+		return nil
+	case <-d.run.done:
+		return ErrClosed
+	case <-ctx.Done():
+		return fmt.Errorf("%w: %w", ErrNotRunning, ctx.Err())
+	}
+}
+
+// start is Run's start-up, on Run's goroutine.
+func (d *Device) start(ctx context.Context) error {
+	mtu := d.MTU()
+	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{d.addr}, nil, mtu)
+	if err != nil {
+		return fmt.Errorf("create netstack interface %s mtu %d: %w", d.addr, mtu, err)
+	}
 	if err := useSACKRecovery(tnet); err != nil {
 		d.log.Warn("cannot switch tunnel TCP to SACK loss recovery; keeping gVisor's RACK, which can crawl for seconds after a burst loss", "err", err)
 	}
-	d.io.bind = newBind(cfg.Transport, queueControl(d.ev.ctl, &d.stats), d.log, d.ev.switches)
-	d.io.tun = newPausableTUN(tdev, func() { d.stats.switchPauseTimeouts.Add(1) })
-	d.io.wg = device.NewDevice(d.io.tun, d.io.bind, wgLogger(d.log))
-	if err := d.io.wg.IpcSet("private_key=" + ks.priv.String() + "\n"); err != nil {
-		d.io.wg.Close()
-		return nil, fmt.Errorf("configure WireGuard key: %w", err)
-	}
-	if err := d.io.wg.Up(); err != nil {
-		d.io.wg.Close()
-		return nil, fmt.Errorf("bring up WireGuard device: %w", err)
-	}
-	d.run.ctx, d.run.cancel = context.WithCancel(context.Background())
-	d.run.eg, _ = errgroup.WithContext(d.run.ctx)
-	if cfg.Registerer != nil {
-		if err := cfg.Registerer.Register(collector{d}); err != nil {
-			d.io.wg.Close()
-			return nil, fmt.Errorf("register tunnel metrics: %w", err)
+	tun := newPausableTUN(tdev, func() { d.stats.switchPauseTimeouts.Add(1) })
+	wg := device.NewDevice(tun, d.io.bind, wgLogger(d.log))
+	// Under peers.mu: the key is the core's now (a pre-Run SetIdentity may
+	// have re-signed it; the key itself changes only in Run).
+	d.peers.mu.Lock()
+	err = wg.IpcSet("private_key=" + Key(d.peers.core.Self().Private).String() + "\n")
+	if err == nil {
+		if err = wg.Up(); err != nil {
+			err = fmt.Errorf("bring up WireGuard device: %w", err)
 		}
+	} else {
+		err = fmt.Errorf("configure WireGuard key: %w", err)
 	}
-	d.run.eg.Go(d.controlLoop)
-	d.run.eg.Go(d.timerLoop)
-	d.run.eg.Go(d.rotateLoop)
-	d.run.eg.Go(d.promoteLoop)
-	d.run.eg.Go(d.mtuLoop)
-	if err := d.startForwards(); err != nil {
-		d.Close()
-		return nil, err
+	if err != nil {
+		d.peers.mu.Unlock()
+		wg.Close()
+		return err
+	}
+	d.io.tnet, d.io.tun, d.io.wg = tnet, tun, wg
+	d.run.wg.Store(true)
+	d.peers.mu.Unlock()
+	if d.cfg.Registerer != nil {
+		if err := d.cfg.Registerer.Register(collector{d}); err != nil {
+			return fmt.Errorf("register tunnel metrics: %w", err)
+		}
+		d.run.registered = true
+	}
+	eg := d.run.eg
+	eg.Go(func() error { return d.controlLoop(ctx) })
+	eg.Go(func() error { return d.timerLoop(ctx) })
+	eg.Go(func() error { return d.rotateLoop(ctx) })
+	eg.Go(func() error { return d.promoteLoop(ctx) })
+	eg.Go(func() error { return d.mtuLoop(ctx) })
+	if err := d.startForwards(ctx, eg); err != nil {
+		return err
 	}
 	d.announceAll(true)
-	d.log.Info("tunnel up", "overlay_addr", addr, "mtu", mtu, "public_key", ks.att.PublicKey.String())
-	return d, nil
+	d.log.Info("tunnel up", "overlay_addr", d.addr, "mtu", mtu, "public_key", d.PublicKey().String())
+	return nil
 }
 
 func wgLogger(l *slog.Logger) *device.Logger {
@@ -333,10 +429,27 @@ func (d *Device) Peers() []PeerStatus {
 	return out
 }
 
-// Close stops everything: forwards, listeners and connections inside the
-// tunnel, the WireGuard device, and the transport. It is idempotent.
+// Close stops everything: Run, forwards, listeners and connections inside
+// the tunnel, the WireGuard device, and the transport. It is idempotent,
+// and may be called before Run, or without it.
 func (d *Device) Close() error {
+	d.run.mu.Lock()
+	d.run.closed = true
+	started, cancel := d.run.started, d.run.cancel
+	d.run.mu.Unlock()
+	if !started {
+		return d.shutdown()
+	}
+	cancel()
+	<-d.run.exited // Run's shutdown
+	return d.shutdown()
+}
+
+// shutdown is Close's work, done once: by Run when it returns, else by
+// Close.
+func (d *Device) shutdown() error {
 	d.run.closeOnce.Do(func() {
+		close(d.run.done)
 		d.conns.mu.Lock()
 		d.conns.closed = true
 		ls := make([]*Listener, 0, len(d.conns.listeners))
@@ -350,8 +463,13 @@ func (d *Device) Close() error {
 			}
 		}
 		d.conns.mu.Unlock()
-		d.run.cancel()
-		if d.cfg.Registerer != nil {
+		d.run.mu.Lock()
+		if d.run.cancel != nil {
+			d.run.cancel()
+		}
+		eg := d.run.eg
+		d.run.mu.Unlock()
+		if d.run.registered {
 			d.cfg.Registerer.Unregister(collector{d})
 		}
 		for _, l := range ls {
@@ -360,13 +478,17 @@ func (d *Device) Close() error {
 		for _, c := range cs {
 			c.Close()
 		}
-		d.io.wg.Close() // closes the bind, which closes the transport
+		if d.run.wg.Load() {
+			d.io.wg.Close() // closes the bind, which closes the transport
+		}
 		d.run.closeErr = d.io.bind.Close()
 		if err := d.io.tr.Close(); err != nil && d.run.closeErr == nil && !isClosedErr(err) {
 			d.run.closeErr = err
 		}
-		if err := d.run.eg.Wait(); err != nil && !errors.Is(err, context.Canceled) && d.run.closeErr == nil {
-			d.run.closeErr = err
+		if eg != nil {
+			if err := eg.Wait(); err != nil && !errors.Is(err, context.Canceled) && d.run.closeErr == nil {
+				d.run.closeErr = err
+			}
 		}
 	})
 	return d.run.closeErr
@@ -384,7 +506,7 @@ const retryFirst = time.Second
 // announcement sent while the other member was not yet attached to a relay
 // is dropped there, and waiting a whole AnnounceEvery for the next one would
 // keep the pair apart that long.
-func (d *Device) timerLoop() error {
+func (d *Device) timerLoop(ctx context.Context) error {
 	t := time.NewTicker(d.cfg.AnnounceEvery)
 	defer t.Stop()
 	fast := time.NewTicker(250 * time.Millisecond)
@@ -394,7 +516,7 @@ func (d *Device) timerLoop() error {
 	defer retry.Stop()
 	for {
 		select {
-		case <-d.run.ctx.Done():
+		case <-ctx.Done():
 			return nil
 		case <-fast.C:
 			d.step(core.Tick{})

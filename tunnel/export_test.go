@@ -2,12 +2,6 @@ package tunnel
 
 import (
 	"net"
-	"reflect"
-	"unsafe"
-
-	"gvisor.dev/gvisor/pkg/tcpip"
-	"gvisor.dev/gvisor/pkg/tcpip/stack"
-	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 )
 
 // AnnouncePackets encodes an attestation announcement as a peer would send
@@ -54,20 +48,20 @@ func IsAnnounceStart(pkt []byte) bool {
 // TCP retransmission timeouts it had. The gVisor stack is unexported in
 // wireguard-go's netstack, so it is reached by reflection (tests only).
 func (d *Device) NetCounters() (ipSent, ipReceived, rtoTimeouts uint64) {
-	f := reflect.ValueOf(d.io.tnet).Elem().FieldByName("stack")
-	s := (*(**stack.Stack)(unsafe.Pointer(f.UnsafeAddr()))).Stats()
+	st, err := netstackOf(d.io.tnet)
+	if err != nil {
+		panic(err)
+	}
+	s := st.Stats()
 	return s.IP.PacketsSent.Value(), s.IP.PacketsReceived.Value(), s.TCP.Timeouts.Value()
 }
 
-// TCPRecovery reads netstack's TCP loss-recovery setting (0: SACK, no RACK).
-func (d *Device) TCPRecovery() int {
-	f := reflect.ValueOf(d.io.tnet).Elem().FieldByName("stack")
-	s := *(**stack.Stack)(unsafe.Pointer(f.UnsafeAddr()))
-	var opt tcpip.TCPRecovery
-	if err := s.TransportProtocolOption(tcp.ProtocolNumber, &opt); err != nil {
-		panic(err)
-	}
-	return int(opt)
+// TCPRecovery reads netstack's TCP loss-recovery setting (0: SACK, no RACK)
+// through the same reflection New uses, so a wireguard-go whose layout
+// defeats useSACKRecovery fails the caller with errNoStack instead of a
+// panic in a second copy of the reflection.
+func (d *Device) TCPRecovery() (int, error) {
+	return tcpRecoveryOf(d.io.tnet)
 }
 
 // ListenerOn makes a Listener that accepts from ln for overlay port, so a

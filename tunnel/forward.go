@@ -7,44 +7,52 @@ import (
 	"io"
 	"net"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
-// startForwards opens the configured local listeners and overlay services.
-func (d *Device) startForwards() error {
+// startForwards opens the configured local listeners, overlay services and
+// member addresses, served in eg until ctx ends (Run's start-up).
+func (d *Device) startForwards(ctx context.Context, eg *errgroup.Group) error {
 	for i, f := range d.cfg.Forwards {
 		var lc net.ListenConfig
-		ln, err := lc.Listen(d.run.ctx, "tcp", f.Listen)
+		ln, err := lc.Listen(ctx, "tcp", f.Listen)
 		if err != nil {
 			return fmt.Errorf("forwards[%d]: listen on %s: %w: pick a free local address", i, f.Listen, err)
 		}
 		d.fwd.addrs = append(d.fwd.addrs, ln.Addr())
-		d.run.eg.Go(func() error {
-			err := d.ServeForward(d.run.ctx, ln, f.Member, f.Port)
-			if d.run.ctx.Err() != nil {
+		eg.Go(func() error {
+			err := d.ServeForward(ctx, ln, f.Member, f.Port)
+			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		})
 	}
 	for i, s := range d.cfg.Services {
-		ln, err := d.Listen(s.Port)
+		ln, err := d.listen(s.Port)
 		if err != nil {
 			return fmt.Errorf("services[%d]: %w", i, err)
 		}
-		d.run.eg.Go(func() error {
-			err := d.ServeService(d.run.ctx, ln, s.Target)
-			if d.run.ctx.Err() != nil {
+		eg.Go(func() error {
+			err := d.ServeService(ctx, ln, s.Target)
+			if ctx.Err() != nil {
 				return nil
 			}
 			return err
 		})
 	}
-	return d.syncMemberAddrs(d.cfg.Authority.Members(), true)
+	return d.syncMemberAddrs(true)
 }
 
 // ForwardAddrs are the local addresses of the configured Forwards, in
-// order (useful when a Listen address had port 0).
-func (d *Device) ForwardAddrs() []net.Addr { return append([]net.Addr(nil), d.fwd.addrs...) }
+// order (useful when a Listen address had port 0); nil until Ready.
+func (d *Device) ForwardAddrs() []net.Addr {
+	if !d.isUp() {
+		return nil
+	}
+	return append([]net.Addr(nil), d.fwd.addrs...)
+}
 
 // ServeForward accepts local connections on ln and forwards each to port on
 // member through the tunnel (Dial enforces the ACL). It closes ln and

@@ -6,13 +6,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/tunnel"
 	"github.com/memberd/memberd/tunnel/tunneltest"
 )
 
 func FuzzParseAttestation(f *testing.F) {
-	ca := tunneltest.NewCA(f, "bank-a")
-	signer, chain := ca.NewIdentity(f)
+	ca := testpki.NewCA(f, "bank-a")
+	signer, chain := ca.Issue(f, "appliance").Identity()
 	now := time.Now()
 	k, _ := tunnel.NewPrivateKey()
 	att, err := tunnel.SignAttestation(signer, chain, "bank-a", k.PublicKey(), now, now.Add(time.Hour))

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/internal/streamtest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/tunnel"
 	"github.com/memberd/memberd/tunnel/tunneltest"
 )
@@ -43,11 +44,11 @@ func newCluster(t testing.TB, n int, o clusterOpts) *cluster {
 	c := &cluster{t: t, net: tunneltest.NewNetwork(o.net), devs: map[string]*tunnel.Device{}, cfgs: map[string]tunnel.Config{}}
 	for i := range n {
 		id := memberName(i)
-		c.specs = append(c.specs, tunneltest.MemberSpec{ID: id, Addr: netip.AddrFrom4([4]byte{10, 99, 0, byte(i + 1)}), CA: tunneltest.NewCA(t, id)})
+		c.specs = append(c.specs, tunneltest.MemberSpec{ID: id, Addr: netip.AddrFrom4([4]byte{10, 99, 0, byte(i + 1)}), CA: testpki.NewCA(t, id)})
 	}
 	c.auth = tunneltest.NewAuthority(c.specs, o.acl)
 	for _, s := range c.specs {
-		signer, chain := s.CA.NewIdentity(t)
+		signer, chain := s.CA.Issue(t, "appliance").Identity()
 		cfg := tunnel.Config{
 			Member: s.ID, Signer: signer, Chain: chain,
 			Transport: c.net.Transport(s.ID), Authority: c.auth,
@@ -71,6 +72,7 @@ func newCluster(t testing.TB, n int, o clusterOpts) *cluster {
 				t.Logf("Close(%s) took %v", s.ID, el)
 			}
 		})
+		tunneltest.Start(t, d)
 	}
 	return c
 }

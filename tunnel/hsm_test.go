@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/hsm/hsmtest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/tunnel"
 	"github.com/memberd/memberd/tunnel/tunneltest"
 )
@@ -17,8 +18,8 @@ import (
 func TestAttestationSoftHSM(t *testing.T) {
 	tok := hsmtest.NewToken(t, "bank-a")
 	signer := tok.NewKey(t, "identity")
-	caA, caB := tunneltest.NewCA(t, "bank-a"), tunneltest.NewCA(t, "bank-b")
-	chainA := caA.Issue(t, signer.Public(), time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
+	caA, caB := testpki.NewCA(t, "bank-a"), testpki.NewCA(t, "bank-b")
+	chainA := caA.Issue(t, "appliance", testpki.Key(signer), testpki.Valid(time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))).Chain()
 	specs := []tunneltest.MemberSpec{
 		{ID: "bank-a", Addr: netip.MustParseAddr("10.99.0.1"), CA: caA},
 		{ID: "bank-b", Addr: netip.MustParseAddr("10.99.0.2"), CA: caB},
@@ -40,17 +41,19 @@ func TestAttestationSoftHSM(t *testing.T) {
 	}
 
 	netw := tunneltest.NewNetwork(tunneltest.Options{})
-	signerB, chainB := caB.NewIdentity(t)
+	signerB, chainB := caB.Issue(t, "appliance").Identity()
 	devA, err := tunnel.New(tunnel.Config{Member: "bank-a", Signer: signer, Chain: chainA, Transport: netw.Transport("bank-a"), Authority: auth, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer devA.Close()
+	tunneltest.Start(t, devA)
 	devB, err := tunnel.New(tunnel.Config{Member: "bank-b", Signer: signerB, Chain: chainB, Transport: netw.Transport("bank-b"), Authority: auth, Logger: testLogger(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer devB.Close()
+	tunneltest.Start(t, devB)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	x, y := connect(t, ctx, devB, devA, "bank-a", 7050)

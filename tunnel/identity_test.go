@@ -16,6 +16,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/tunnel"
 	"github.com/memberd/memberd/tunnel/tunneltest"
 )
@@ -53,7 +54,7 @@ func TestIdentityRotationThenRevocationKeepsPeer(t *testing.T) {
 	}
 	old := a.Identity()
 
-	signer, chain := c.specs[0].CA.NewIdentity(t)
+	signer, chain := c.specs[0].CA.Issue(t, "appliance").Identity()
 	if err := a.SetIdentity(signer, chain); err != nil {
 		t.Fatal(err)
 	}
@@ -122,13 +123,13 @@ func TestSetIdentityRefused(t *testing.T) {
 	a := c.devs["bank-a"]
 	old := a.Identity()
 
-	signer, chain := c.specs[0].CA.NewIdentity(t)
+	signer, chain := c.specs[0].CA.Issue(t, "appliance").Identity()
 	other, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err := a.SetIdentity(other, chain); !errors.Is(err, tunnel.ErrIdentity) {
 		t.Fatalf("mismatched key: %v, want ErrIdentity", err)
 	}
 	// A certificate from bank-b's CA is not an identity of bank-a.
-	foreign := c.specs[1].CA.Issue(t, signer.Public(), time.Now().Add(-time.Hour), time.Now().Add(time.Hour))
+	foreign := c.specs[1].CA.Issue(t, "appliance", testpki.Key(signer), testpki.Valid(time.Now().Add(-time.Hour), time.Now().Add(time.Hour))).Chain()
 	err := a.SetIdentity(signer, foreign)
 	if !errors.Is(err, tunnel.ErrIdentity) || !strings.Contains(err.Error(), "does not accept") {
 		t.Fatalf("foreign certificate: %v, want ErrIdentity (policy)", err)
@@ -309,7 +310,7 @@ func TestSetIdentityDuringRotation(t *testing.T) {
 		p := peerOf(b, "bank-a")
 		return p != nil && !p.PendingKey.IsZero()
 	})
-	signer, chain := c.specs[0].CA.NewIdentity(t)
+	signer, chain := c.specs[0].CA.Issue(t, "appliance").Identity()
 	if err := a.SetIdentity(signer, chain); err != nil {
 		t.Fatal(err)
 	}

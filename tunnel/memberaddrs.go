@@ -16,6 +16,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // MemberAddrs configures member addresses (Config.MemberAddrs).
@@ -106,15 +108,28 @@ func (d *Device) MemberAddrs() map[string]netip.Addr {
 	return out
 }
 
-// syncMemberAddrs makes the listeners match members: it stops those of
-// members gone or readdressed and starts the missing ones. At start (strict)
-// a listener that cannot be opened is an error; on a policy change it is
-// logged and retried at the next one.
-func (d *Device) syncMemberAddrs(members []Member, strict bool) error {
+// syncMemberAddrs makes the listeners match the members of the current
+// policy: it stops those of members gone or readdressed and starts the
+// missing ones. At start (strict) a listener that cannot be opened is an
+// error; on a policy change it is logged and retried at the next one.
+// Before Run it does nothing (Run's start-up syncs).
+func (d *Device) syncMemberAddrs(strict bool) error {
 	cfg := d.cfg.MemberAddrs
 	if cfg == nil {
 		return nil
 	}
+	ma := &d.fwd.maddrs
+	ma.mu.Lock()
+	defer ma.mu.Unlock()
+	d.run.mu.Lock()
+	ctx, eg := d.run.ctx, d.run.eg
+	d.run.mu.Unlock()
+	if ctx == nil {
+		return nil
+	}
+	// Read under ma.mu: of two concurrent syncs the later applies the
+	// policy stored last.
+	members := d.auth.Load().auth.Members()
 	want := map[string]netip.Addr{}
 	owner := map[netip.Addr]string{}
 	members = slices.Clone(members)
@@ -136,9 +151,6 @@ func (d *Device) syncMemberAddrs(members []Member, strict bool) error {
 		want[m.ID] = addr
 	}
 
-	ma := &d.fwd.maddrs
-	ma.mu.Lock()
-	defer ma.mu.Unlock()
 	if ma.running == nil {
 		ma.running = map[string]*memberListeners{}
 	}
@@ -153,7 +165,7 @@ func (d *Device) syncMemberAddrs(members []Member, strict bool) error {
 		if _, ok := ma.running[m]; ok {
 			continue
 		}
-		l, err := d.startMemberListeners(m, want[m], cfg.Ports)
+		l, err := d.startMemberListeners(ctx, eg, m, want[m], cfg.Ports)
 		if err != nil {
 			if strict {
 				return err
@@ -170,10 +182,10 @@ func (d *Device) syncMemberAddrs(members []Member, strict bool) error {
 	return nil
 }
 
-// startMemberListeners listens on addr at every port, forwarding to member;
-// nil, nil if the device is closed.
-func (d *Device) startMemberListeners(member string, a netip.Addr, ports []uint16) (*memberListeners, error) {
-	ctx, cancel := context.WithCancel(d.run.ctx)
+// startMemberListeners listens on addr at every port, forwarding to member
+// in Run's eg until Run's ctx ends; nil, nil if the device is closed.
+func (d *Device) startMemberListeners(ctx context.Context, eg *errgroup.Group, member string, a netip.Addr, ports []uint16) (*memberListeners, error) {
+	ctx, cancel := context.WithCancel(ctx)
 	var lns []net.Listener
 	for _, p := range ports {
 		var lc net.ListenConfig
@@ -197,7 +209,7 @@ func (d *Device) startMemberListeners(member string, a netip.Addr, ports []uint1
 		return nil, nil
 	}
 	for i, ln := range lns {
-		d.run.eg.Go(func() error {
+		eg.Go(func() error {
 			if err := d.ServeForward(ctx, ln, member, ports[i]); err != nil && ctx.Err() == nil {
 				d.log.Error("member address stopped", "peer", member, "addr", addrString(ln.Addr()), "err", err)
 			}

@@ -170,7 +170,8 @@ func TestMemberAddrs(t *testing.T) {
 }
 
 // TestMemberAddrsUnusable: a prefix whose addresses are not on this host
-// fails New with an error that names the fix.
+// fails Run's start-up (New opens nothing) with an error that names the
+// fix.
 func TestMemberAddrsUnusable(t *testing.T) {
 	c := newCluster(t, 2, clusterOpts{quiet: true})
 	cfg := c.cfgs["bank-a"]
@@ -178,9 +179,20 @@ func TestMemberAddrsUnusable(t *testing.T) {
 	cfg.Transport = tunneltest.NewNetwork(tunneltest.Options{}).Transport("bank-a")
 	cfg.MemberAddrs = &tunnel.MemberAddrs{Prefix: nonLocalPrefix(t), Ports: []uint16{30303}}
 	d, err := tunnel.New(cfg)
-	if err == nil {
-		d.Close()
-		t.Fatal("New accepted member addresses that cannot be listened on")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = d.Run(ctx)
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("Run accepted member addresses that cannot be listened on: %v", err)
+	}
+	select {
+	case <-d.Ready():
+		t.Fatal("Ready closed although Run failed to start")
+	default:
 	}
 	t.Log(err)
 }

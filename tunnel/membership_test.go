@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/tunnel"
 	"github.com/memberd/memberd/tunnel/tunneltest"
 )
@@ -156,16 +157,16 @@ func TestRogueAnnouncements(t *testing.T) {
 	a := c.devs["bank-a"]
 	// bank-c is in the policy but its real appliance is not running; an
 	// attacker holds its transport attachment (e.g. a stolen relay session).
-	specs := append(c.specs, tunneltest.MemberSpec{ID: "bank-c", Addr: c.specs[1].Addr.Next().Next(), CA: tunneltest.NewCA(t, "bank-c")})
+	specs := append(c.specs, tunneltest.MemberSpec{ID: "bank-c", Addr: c.specs[1].Addr.Next().Next(), CA: testpki.NewCA(t, "bank-c")})
 	auth := tunneltest.NewAuthority(specs, nil)
 	a.SetAuthority(auth)
 	rogue := c.net.Transport("bank-c")
 	defer rogue.Close()
 	now := time.Now()
 	k, _ := tunnel.NewPrivateKey()
-	bSigner, bChain := c.specs[1].CA.NewIdentity(t)
-	otherCA := tunneltest.NewCA(t, "bank-c")
-	oSigner, oChain := otherCA.NewIdentity(t)
+	bSigner, bChain := c.specs[1].CA.Issue(t, "appliance").Identity()
+	otherCA := testpki.NewCA(t, "bank-c")
+	oSigner, oChain := otherCA.Issue(t, "appliance").Identity()
 	cases := map[string]*tunnel.Attestation{}
 	var err error
 	// Valid attestation of bank-b, replayed by bank-c's attachment.

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"fmt"
 	"time"
 )
@@ -19,7 +20,7 @@ const mtuCheckEvery = time.Second
 // (gVisor sets the MSS at the handshake). Packets larger than the path's
 // datagrams still arrive (the relay client carries them on its stream), so
 // a stale MTU costs efficiency, not correctness.
-func (d *Device) mtuLoop() error {
+func (d *Device) mtuLoop(ctx context.Context) error {
 	if d.cfg.MTU != 0 {
 		return nil
 	}
@@ -27,7 +28,7 @@ func (d *Device) mtuLoop() error {
 	defer t.Stop()
 	for {
 		select {
-		case <-d.run.ctx.Done():
+		case <-ctx.Done():
 			return nil
 		case <-t.C:
 			if err := d.followMTU(); err != nil {

@@ -85,8 +85,9 @@ func (d *Device) track(nc net.Conn, member string) (*Conn, error) {
 }
 
 // Dial opens a TCP connection to port on member through the tunnel. The
-// policy ACL must allow this member to reach member:port. If no attestation
-// from member has arrived yet, Dial waits for one until ctx ends.
+// policy ACL must allow this member to reach member:port. If the device is
+// not up yet (Ready) or no attestation from member has arrived yet, Dial
+// waits until ctx ends.
 func (d *Device) Dial(ctx context.Context, member string, port uint16) (*Conn, error) {
 	auth := d.auth.Load()
 	if member == d.cfg.Member {
@@ -98,6 +99,9 @@ func (d *Device) Dial(ctx context.Context, member string, port uint16) (*Conn, e
 	if !auth.auth.Allowed(d.cfg.Member, member, port) {
 		d.stats.aclDenied.Add(1)
 		return nil, fmt.Errorf("%w: %s may not connect to %s port %d: change the policy ACL if this is needed", ErrDenied, d.cfg.Member, member, port)
+	}
+	if err := d.waitUp(ctx); err != nil {
+		return nil, err
 	}
 	addr, err := d.waitPeer(ctx, member)
 	if err != nil {
@@ -121,8 +125,20 @@ type Listener struct {
 
 var _ net.Listener = (*Listener)(nil)
 
-// Listen listens on port of this member's overlay address.
+// Listen listens on port of this member's overlay address. The device
+// must be up (Ready), else the error wraps ErrNotRunning (or ErrClosed).
 func (d *Device) Listen(port uint16) (*Listener, error) {
+	if !d.isUp() {
+		if d.isClosed() {
+			return nil, ErrClosed
+		}
+		return nil, fmt.Errorf("%w: listen on overlay port %d", ErrNotRunning, port)
+	}
+	return d.listen(port)
+}
+
+// listen is Listen once the netstack exists (Run's start-up on).
+func (d *Device) listen(port uint16) (*Listener, error) {
 	ln, err := d.io.tnet.ListenTCPAddrPort(netip.AddrPortFrom(d.addr, port))
 	if err != nil {
 		return nil, fmt.Errorf("listen on overlay %s port %d: %w", d.addr, port, err)

@@ -36,11 +36,11 @@ func queueControl(ch chan<- ctlPacket, st *counters) func(sender string, pkt []b
 	}
 }
 
-func (d *Device) controlLoop() error {
+func (d *Device) controlLoop(ctx context.Context) error {
 	var ra reassembler
 	for {
 		select {
-		case <-d.run.ctx.Done():
+		case <-ctx.Done():
 			return nil
 		case cp := <-d.ev.ctl:
 			h, msg, ok, err := ra.add(cp.sender, cp.pkt, d.now())
@@ -68,6 +68,9 @@ func (d *Device) controlLoop() error {
 // It reports whether the transport took every packet (false, e.g., while no
 // relay is connected).
 func (d *Device) sendControl(to string, kind controlKind, flags uint8, payload []byte) bool {
+	if !d.run.wg.Load() {
+		return false // before Run: its start-up announces
+	}
 	pkts, err := encodeControl(kind, flags, d.ev.msgID.Add(1), payload, d.io.tr.MaxPacketSize())
 	if err != nil {
 		d.log.Warn("cannot encode control message", "to", to, "err", err)
@@ -123,7 +126,16 @@ func (d *Device) do(ev core.Event) (core.Output, error) {
 }
 
 // applyLocked applies out's pause and WireGuard configuration. peers.mu held.
+// Before Run has made the WireGuard device, configuration is refused
+// (ErrNotRunning): the core has no peers then (they come from Run's
+// control loop) and Run sets the core's key.
 func (d *Device) applyLocked(out core.Output) error {
+	if !d.run.wg.Load() {
+		if ipc := uapi(out); ipc != "" || len(out.Pause) > 0 || len(out.Promoted) > 0 {
+			return ErrNotRunning
+		}
+		return nil
+	}
 	for _, p := range out.Promoted {
 		d.io.bind.armed.clear(p.Member)
 		if p.Old != (core.Key{}) {
@@ -199,6 +211,9 @@ func (d *Device) report(out core.Output) {
 	for _, m := range out.Replaced {
 		n := d.closeMember(m)
 		d.log.Info("member's tunnel endpoint restarted (a new WireGuard key, and it no longer holds ours): closed the connections to its old endpoint", "peer", m, "connections", n)
+	}
+	for _, m := range out.Rekeyed {
+		d.notifyRekeyed(m)
 	}
 	for _, m := range out.Unanswered {
 		d.stats.dropControl(dropRequestLimited)
@@ -351,6 +366,9 @@ func (d *Device) handshakes() (map[Key]bool, error) {
 // handshakeTimes gives the last completed handshake of every peer (by
 // public key) that has one.
 func (d *Device) handshakeTimes() (map[Key]time.Time, error) {
+	if !d.run.wg.Load() {
+		return map[Key]time.Time{}, nil // before Run: no peers
+	}
 	dump, err := d.io.wg.IpcGet()
 	if err != nil {
 		return map[Key]time.Time{}, err
@@ -421,7 +439,7 @@ func (d *Device) SetAuthority(a Authority) {
 	for _, m := range out.Removed {
 		d.closeMember(m)
 	}
-	d.syncMemberAddrs(a.Members(), false)
+	d.syncMemberAddrs(false)
 	d.announceAll(false)
 }
 
@@ -438,6 +456,43 @@ func (d *Device) closeMember(member string) int {
 		c.Close()
 	}
 	return len(conns)
+}
+
+// OnRekeyed calls fn(member) each time member's active WireGuard key is
+// replaced by one it had not announced as its next key: it restarted, or
+// a rotation's next-key announcement was lost. The tunnel itself closes its
+// connections to the member only where it is sure of a restart (the
+// member no longer holds our key); a connection to a restarted member's old
+// endpoint never fails by itself, so a user that would rather redial than
+// risk keeping one closes its own connections to member in fn.
+//
+// fn runs on the goroutine that handled the announcement, after the
+// tunnel's own closing and with no lock of the Device held: it may call the
+// Device, but must not block for long. The returned stop unregisters fn;
+// it is idempotent.
+func (d *Device) OnRekeyed(fn func(member string)) (stop func()) {
+	p := &fn
+	d.conns.mu.Lock()
+	d.conns.rekeyed[p] = struct{}{}
+	d.conns.mu.Unlock()
+	return func() {
+		d.conns.mu.Lock()
+		delete(d.conns.rekeyed, p)
+		d.conns.mu.Unlock()
+	}
+}
+
+// notifyRekeyed calls the OnRekeyed functions for member.
+func (d *Device) notifyRekeyed(member string) {
+	d.conns.mu.Lock()
+	fns := make([]func(string), 0, len(d.conns.rekeyed))
+	for p := range d.conns.rekeyed {
+		fns = append(fns, *p)
+	}
+	d.conns.mu.Unlock()
+	for _, fn := range fns {
+		fn(member)
+	}
 }
 
 func (d *Device) isClosed() bool {
@@ -466,7 +521,7 @@ func (d *Device) waitPeer(ctx context.Context, member string) (netip.Addr, error
 		}
 		select {
 		case <-ch:
-		case <-d.run.ctx.Done():
+		case <-d.run.done:
 			return netip.Addr{}, ErrClosed
 		case <-ctx.Done():
 			return netip.Addr{}, fmt.Errorf("%w: %s: %w", ErrNoPeer, member, ctx.Err())
@@ -493,7 +548,7 @@ func (d *Device) waitHandshake(ctx context.Context, key Key) {
 		select {
 		case <-ctx.Done():
 			return
-		case <-d.run.ctx.Done():
+		case <-d.run.done:
 			return
 		case <-time.After(10 * time.Millisecond):
 		}

@@ -36,6 +36,9 @@ func (d *Device) Ping(ctx context.Context, member string) (time.Duration, error)
 	if member == d.cfg.Member {
 		return 0, fmt.Errorf("%w: %s is this appliance", ErrDenied, member)
 	}
+	if err := d.waitUp(ctx); err != nil {
+		return 0, err
+	}
 	addr, err := d.waitPeer(ctx, member)
 	if err != nil {
 		return 0, err
@@ -92,7 +95,7 @@ func (d *Device) echo(ctx context.Context, addr netip.Addr) (time.Duration, erro
 				continue
 			case <-ctx.Done():
 				return 0, fmt.Errorf("no reply: %w", ctx.Err())
-			case <-d.run.ctx.Done():
+			case <-d.run.done:
 				return 0, ErrClosed
 			}
 		}

@@ -1,6 +1,7 @@
 package tunnel
 
 import (
+	"context"
 	"crypto/subtle"
 	"encoding/binary"
 	"sync"
@@ -132,7 +133,7 @@ func (d *Device) handleSwitch(r switchReq) {
 // some member has switched to a key not yet promoted here or reads from
 // netstack are paused (pause.go), polls WireGuard's handshakes every
 // millisecond to promote (core.Handshakes) and to end the pause.
-func (d *Device) promoteLoop() error {
+func (d *Device) promoteLoop(ctx context.Context) error {
 	var tick <-chan time.Time
 	var t *time.Ticker
 	defer func() {
@@ -142,7 +143,7 @@ func (d *Device) promoteLoop() error {
 	}()
 	for {
 		select {
-		case <-d.run.ctx.Done():
+		case <-ctx.Done():
 			return nil
 		case r := <-d.ev.switches:
 			d.handleSwitch(r)

@@ -7,16 +7,13 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"log/slog"
-	"net"
 	"net/netip"
 	"strconv"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
-
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay"
 	"github.com/memberd/memberd/relay/relaytest"
 	"github.com/memberd/memberd/tunnel"
@@ -26,17 +23,14 @@ import (
 // relay.Client is the production PacketTransport.
 var _ tunnel.PacketTransport = (*relay.Client)(nil)
 
-// tunnelRelay is one in-process relay of relayClusterN with its sockets.
+// tunnelRelay is one in-process relay of relayClusterN; relaytest.Relay
+// owns its sockets.
 type tunnelRelay struct {
 	info relay.RelayInfo
 	cfg  relay.ServerConfig
-	ctx  context.Context
-	wg   *sync.WaitGroup
 
-	srv *relay.Server
-	udp net.PacketConn
-	ql  *quic.Listener
-	tl  net.Listener
+	srv   *relay.Server
+	relay *relaytest.Relay
 }
 
 // start runs a new server on the relay's address (again after a crash,
@@ -47,38 +41,12 @@ func (r *tunnelRelay) start(t testing.TB) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	tl, err := net.Listen("tcp", r.info.Addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	udp, err := net.ListenPacket("udp", r.info.Addr)
-	if err != nil {
-		tl.Close()
-		t.Fatal(err)
-	}
-	ql, err := quic.Listen(udp, srv.TLSConfig(), srv.QUICConfig())
-	if err != nil {
-		tl.Close()
-		udp.Close()
-		t.Fatal(err)
-	}
-	r.srv, r.udp, r.ql, r.tl = srv, udp, ql, tl
-	r.wg.Add(2)
-	go func() { defer r.wg.Done(); srv.ServeTCP(r.ctx, tl) }()
-	go func() { defer r.wg.Done(); srv.ServeQUIC(r.ctx, ql) }()
+	r.srv, r.relay = srv, relaytest.Start(t, r.info.Addr, srv, relaytest.Options{})
 }
 
 // crash makes the relay vanish as kill -9 does: the UDP socket goes first,
 // so no QUIC CONNECTION_CLOSE reaches its members, only silence.
-func (r *tunnelRelay) crash() {
-	if r.srv == nil {
-		return
-	}
-	r.ql.Close()
-	r.udp.Close()
-	r.tl.Close()
-	r.srv.Close()
-}
+func (r *tunnelRelay) crash() { r.relay.Crash() }
 
 // relayCluster starts one relay on loopback (QUIC and TCP on one port) and
 // two tunnel devices (bank-a, bank-b) whose transports are relay.Clients.
@@ -95,19 +63,17 @@ func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byt
 	t.Helper()
 
 	members := []string{"bank-a", "bank-b"}
-	rcas := map[string]*relaytest.CA{}
-	cas := map[string][]*tunneltest.CA{}
+	cas := map[string]*testpki.CA{}
 	relayCAs := map[string][]*x509.Certificate{}
 	for _, m := range members {
-		rcas[m] = relaytest.NewCA(t, m+"-ca")
-		cas[m] = []*tunneltest.CA{{Member: m, Cert: rcas[m].Cert, Key: rcas[m].Key}}
-		relayCAs[m] = []*x509.Certificate{rcas[m].Cert}
+		cas[m] = testpki.NewCA(t, m+"-ca")
+		relayCAs[m] = []*x509.Certificate{cas[m].Cert}
 	}
 	var infos []relay.RelayInfo
 	var certs []tls.Certificate
 	for i := range nRelays {
 		id := "relay-" + strconv.Itoa(i+1)
-		cert := relaytest.SelfSigned(t, id)
+		cert := testpki.SelfSigned(t, id).TLS()
 		certs = append(certs, cert)
 		infos = append(infos, relay.RelayInfo{ID: id, Addr: relaytest.FreePort(t), Pin: relay.PinOf(cert.Leaf)})
 	}
@@ -116,17 +82,10 @@ func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byt
 		t.Fatal(err)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
+	t.Cleanup(cancel)
 	var relays []*tunnelRelay
-	t.Cleanup(func() {
-		for _, r := range relays {
-			r.crash()
-		}
-		cancel()
-		wg.Wait()
-	})
 	for i, info := range infos {
-		r := &tunnelRelay{info: info, ctx: ctx, wg: &wg, cfg: relay.ServerConfig{ID: info.ID, Identity: certs[i], Authority: rauth,
+		r := &tunnelRelay{info: info, cfg: relay.ServerConfig{ID: info.ID, Identity: certs[i], Authority: rauth,
 			RateBytesPerSec: -1,
 			ForwardHook:     hook}}
 		relays = append(relays, r)
@@ -135,18 +94,19 @@ func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byt
 
 	var specs []tunneltest.MemberSpec
 	for i, m := range members {
-		specs = append(specs, tunneltest.MemberSpec{ID: m, Addr: netip.AddrFrom4([4]byte{10, 99, 0, byte(i + 1)}), CA: cas[m][0]})
+		specs = append(specs, tunneltest.MemberSpec{ID: m, Addr: netip.AddrFrom4([4]byte{10, 99, 0, byte(i + 1)}), CA: cas[m]})
 	}
 	tauth := tunneltest.NewAuthority(specs, nil)
 	devs := map[string]*tunnel.Device{}
 	clients := map[string]*relay.Client{}
 	for _, m := range members {
-		id := rcas[m].Issue(t, m+"-appliance")
+		id := cas[m].Issue(t, m+"-appliance").TLS()
 		cl, err := relay.NewClient(relay.ClientConfig{Identity: id, Relays: infos, NoEnvProxy: true,
 			QUICTimeout: time.Second, BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
+		go cl.Run(context.Background()) // until Close
 		wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 		err = cl.WaitReady(wctx)
 		wcancel()
@@ -161,6 +121,7 @@ func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byt
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { d.Close() }) // closes the relay client (registered after the relays': runs first)
+		tunneltest.Start(t, d)
 		devs[m] = d
 		clients[m] = cl
 		t.Logf("%s: relay path %v, max packet %d, tunnel MTU %d", m, cl.Status(), cl.MaxPacketSize(), d.MTU())

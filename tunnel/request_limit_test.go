@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/tunnel"
 	"github.com/memberd/memberd/tunnel/tunneltest"
 	"github.com/prometheus/client_golang/prometheus"
@@ -41,11 +42,11 @@ func TestRequestFloodBounded(t *testing.T) {
 
 	// bank-c is in the policy; its appliance is a loop sending valid
 	// announcements with the request flag.
-	cSpec := tunneltest.MemberSpec{ID: "bank-c", Addr: c.specs[1].Addr.Next(), CA: tunneltest.NewCA(t, "bank-c")}
+	cSpec := tunneltest.MemberSpec{ID: "bank-c", Addr: c.specs[1].Addr.Next(), CA: testpki.NewCA(t, "bank-c")}
 	a.SetAuthority(tunneltest.NewAuthority(append(c.specs, cSpec), nil))
 	flooder := c.net.Transport("bank-c")
 	defer flooder.Close()
-	signer, chain := cSpec.CA.NewIdentity(t)
+	signer, chain := cSpec.CA.Issue(t, "appliance").Identity()
 	k, _ := tunnel.NewPrivateKey()
 	now := time.Now()
 	att, err := tunnel.SignAttestation(signer, chain, "bank-c", k.PublicKey(), now, now.Add(time.Hour))

@@ -12,16 +12,16 @@ import (
 
 // rotateLoop rotates the WireGuard key every RotateEvery, ±10% so that
 // members started together do not keep rotating at the same moment.
-func (d *Device) rotateLoop() error {
+func (d *Device) rotateLoop(ctx context.Context) error {
 	t := time.NewTimer(jitter(d.cfg.RotateEvery))
 	defer t.Stop()
 	for {
 		select {
-		case <-d.run.ctx.Done():
+		case <-ctx.Done():
 			return nil
 		case <-t.C:
 			t.Reset(jitter(d.cfg.RotateEvery))
-			if err := d.Rotate(d.run.ctx); err != nil && d.run.ctx.Err() == nil {
+			if err := d.Rotate(ctx); err != nil && ctx.Err() == nil {
 				d.log.Error("WireGuard key rotation failed; keeping the current key", "err", err)
 			}
 		}
@@ -36,6 +36,9 @@ func (d *Device) rotateLoop() error {
 // Concurrent calls are serialized by the caller (the rotation loop);
 // calling Rotate while a rotation runs returns an error.
 func (d *Device) Rotate(ctx context.Context) error {
+	if !d.run.wg.Load() {
+		return ErrNotRunning
+	}
 	// id.mu is held until the core has the key as its next one, so that an
 	// identity change (SetIdentity) either signed it already or re-signs it.
 	d.id.mu.Lock()
@@ -60,7 +63,7 @@ func (d *Device) Rotate(ctx context.Context) error {
 		select {
 		case <-ctx.Done():
 			return ctx.Err()
-		case <-d.run.ctx.Done():
+		case <-d.run.done:
 			return ErrClosed
 		case <-d.ev.ack:
 		case <-poll.C:
@@ -75,7 +78,7 @@ func (d *Device) Rotate(ctx context.Context) error {
 	for _, wait := range []time.Duration{0, 500 * time.Millisecond, 2 * time.Second} {
 		select {
 		case <-time.After(wait):
-		case <-d.run.ctx.Done():
+		case <-d.run.done:
 			return nil
 		}
 		d.announceAll(false)

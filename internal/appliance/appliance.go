@@ -152,6 +152,25 @@ func (a *Appliance) undo() {
 	}
 }
 
+// background runs run on a goroutine until Run returns, when stop (the
+// part's Close) ends it, in undo's order, and Run waits for it. ctx's end
+// does not end it: the tunnel must outlive what uses it (the ledger's
+// overlay listeners are closed first). The channel gets run's result.
+func (a *Appliance) background(ctx context.Context, run func(context.Context) error, stop func() error) <-chan error {
+	errc := make(chan error, 1)
+	done := make(chan struct{})
+	ctx = context.WithoutCancel(ctx)
+	go func() {
+		defer close(done)
+		errc <- run(ctx)
+	}()
+	a.onExit(func() {
+		stop()
+		<-done
+	})
+	return errc
+}
+
 // start brings the appliance up, step by step, each step named on the
 // start-up admin endpoint.
 func (a *Appliance) start(ctx context.Context) error {
@@ -182,7 +201,7 @@ func (a *Appliance) start(ctx context.Context) error {
 		return err
 	}
 	adm.setStep("starting the tunnel and the ledger")
-	if err := a.startTunnel(id, cur); err != nil {
+	if err := a.startTunnel(ctx, id, cur); err != nil {
 		return err
 	}
 	a.subscribePolicy(cur)
@@ -194,7 +213,9 @@ func (a *Appliance) start(ctx context.Context) error {
 		if a.ledger, err = startLedger(cfg, a.dev, id, a.current.Load, a.reg, a.base); err != nil {
 			return err
 		}
-		a.onExit(func() { a.ledger.Close() })
+		// The ordering nodes run until the ledger closes (its servers
+		// first, then the nodes), like the other background parts.
+		a.background(ctx, a.ledger.reg.Run, a.ledger.Close)
 		a.ledgerRef.Store(a.ledger)
 	}
 	a.subscribeIdentity(id)
@@ -245,8 +266,8 @@ func (a *Appliance) openPolicy() (*policy.Policy, error) {
 	return cur, nil
 }
 
-// connectRelays makes the relay client, offers it the policy and waits a
-// moment for a first relay.
+// connectRelays makes the relay client, runs it, offers it the policy and
+// waits a moment for a first relay.
 func (a *Appliance) connectRelays(ctx context.Context, cur *policy.Policy) error {
 	cfg := &a.cfg
 	// The relay client asks the identity folder at every (re)connection, so
@@ -258,6 +279,7 @@ func (a *Appliance) connectRelays(ctx context.Context, cur *policy.Policy) error
 		return fmt.Errorf("relay client: %w", err)
 	}
 	a.client = cl
+	a.background(ctx, cl.Run, cl.Close)
 	a.adm.client.Store(cl)
 	a.offerPolicy(cur)
 	// Key attestations are announced when the tunnel starts: give the relays
@@ -287,8 +309,9 @@ func (a *Appliance) offerPolicy(p *policy.Policy) {
 	}
 }
 
-// startTunnel brings the WireGuard tunnel up over the relay client.
-func (a *Appliance) startTunnel(id *identity.Identity, cur *policy.Policy) error {
+// startTunnel brings the WireGuard tunnel up over the relay client and
+// waits until it is up (its forwards bound).
+func (a *Appliance) startTunnel(ctx context.Context, id *identity.Identity, cur *policy.Policy) error {
 	cfg := &a.cfg
 	tcfg := tunnel.Config{Member: cfg.Member, Signer: id.Signer,
 		Chain:     append([]*x509.Certificate{id.Certificate}, id.Chain...),
@@ -303,12 +326,21 @@ func (a *Appliance) startTunnel(id *identity.Identity, cur *policy.Policy) error
 	tcfg.MemberAddrs, _ = cfg.Tunnel.MemberAddrs.tunnel() // checked by Validate
 	dev, err := tunnel.New(tcfg)
 	if err != nil {
-		a.client.Close()
 		return fmt.Errorf("tunnel: %w", err)
 	}
 	a.dev = dev
-	a.onExit(func() { dev.Close() }) // closes the relay client too
-	return nil
+	runErr := a.background(ctx, dev.Run, dev.Close) // Close closes the relay client too
+	select {
+	case <-dev.Ready():
+		return nil
+	case <-ctx.Done():
+		return ctx.Err() // undo closes the device
+	case err := <-runErr:
+		if err == nil {
+			err = tunnel.ErrClosed
+		}
+		return fmt.Errorf("tunnel: %w", err)
+	}
 }
 
 // subscribePolicy applies every new policy version to the relay client,
@@ -435,7 +467,7 @@ func (a *Appliance) serve(ctx context.Context) error {
 		return nil
 	})
 	policyDir := a.cfg.Path(a.cfg.Policy.Dir)
-	g.Go(func() error { push.Serve(gctx, a.pushLn, policyDir, a.log); return nil })
+	g.Go(func() error { push.Serve(gctx, a.pushLn, policyDir, a.watcher, a.log); return nil })
 	g.Go(func() error { a.hsm.run(gctx); return nil })
 	g.Go(func() error { return daemon.NotifySystemd(gctx, a.log, applianceProbe(a, a.checks)) })
 	if a.ledger != nil {

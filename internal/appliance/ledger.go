@@ -144,7 +144,7 @@ var ErrLedger = errors.New("ledger")
 type ledgerDevice interface {
 	Dial(ctx context.Context, member string, port uint16) (*tunnel.Conn, error)
 	Listen(port uint16) (*tunnel.Listener, error)
-	Peers() []tunnel.PeerStatus
+	OnRekeyed(fn func(member string)) (stop func())
 }
 
 var _ ledgerDevice = (*tunnel.Device)(nil)
@@ -212,6 +212,7 @@ type ledgerRun struct {
 	log     *slog.Logger
 	dev     ledgerDevice
 	watch   *peerWatch
+	unwatch func() // stops the tunnel's OnRekeyed calls to watch
 
 	closeOnce sync.Once
 }
@@ -304,7 +305,8 @@ func loadGenesisBlock(cfg *Config, channel string) (*common.Block, error) {
 // raft leader; it returns the clients a node behind a snapshot fetches
 // blocks from.
 func (l *ledgerRun) connectPeers(dev ledgerDevice, p *policy.Policy, pol func() *policy.Policy) ([]ab.AtomicBroadcastClient, error) {
-	l.dev, l.watch = dev, &peerWatch{}
+	l.dev, l.watch = dev, &peerWatch{log: l.log}
+	l.unwatch = dev.OnRekeyed(l.watch.rekeyed)
 	dialer := tunnelDialer{dev: dev, watch: l.watch}
 	l.clients = &ledgerClients{port: l.cfg.PeerPort,
 		dial: func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) },
@@ -493,9 +495,6 @@ func (l *ledgerRun) serve(ctx context.Context) error {
 			errc <- errors.New("channel participation API stopped")
 		}()
 	}
-	wctx, wcancel := context.WithCancel(ctx)
-	wdone := make(chan struct{})
-	go func() { defer close(wdone); l.watch.run(wctx, l.dev, peerWatchEvery, l.log) }()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -503,8 +502,6 @@ func (l *ledgerRun) serve(ctx context.Context) error {
 		err = fmt.Errorf("%w: server stopped: %w", ErrLedger, err)
 		servers--
 	}
-	wcancel()
-	<-wdone
 	l.Close()
 	for ; servers > 0; servers-- {
 		<-errc
@@ -545,6 +542,9 @@ func (l *ledgerRun) Close() error {
 		}
 		if l.clients != nil {
 			l.clients.close()
+		}
+		if l.unwatch != nil {
+			l.unwatch()
 		}
 	})
 	return err
@@ -589,6 +589,13 @@ func (l *ledgerRun) status() any {
 	st["leader"] = l.memberOf(rs.Leader) // "" = none known
 	st["consenters"] = consenterStatus(n)
 	st["leader_raft_id"] = rs.Leader
+	// The policy version the raft membership follows (that of its last
+	// change; 0: none recorded) beside this node's own: a node whose
+	// policy is older makes no consenter change while it leads.
+	st["consenters_policy_version"] = rs.MembershipVersion
+	if p := n.Policy(); p != nil {
+		st["policy_version"] = p.Version()
+	}
 	err := n.Healthy()
 	// removed: dropped from ledger.consenters; raft_retired: it has
 	// settled (no campaign, peers redialed only every few seconds).

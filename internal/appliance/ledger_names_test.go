@@ -12,8 +12,8 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/channelconfig"
-	"github.com/memberd/memberd/policy/policytest"
 )
 
 // TestCheckServedNames: the ledger's TLS certificate must carry a SAN for
@@ -21,7 +21,7 @@ import (
 // member's orderer endpoints in the channel config, which Fabric peers
 // dial and check; the error names the missing address and the flag to add.
 func TestCheckServedNames(t *testing.T) {
-	ca := policytest.NewCA(t, "m1 CA")
+	ca := testpki.NewCA(t, "m1 CA")
 	key, err := hsm.GenerateSoftKey(t.TempDir()+"/k.pem", &hsm.SoftOptions{AllowInsecure: true, Warnings: io.Discard})
 	if err != nil {
 		t.Fatal(err)
@@ -35,7 +35,7 @@ func TestCheckServedNames(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cnOnly, _ := ca.IssueOU(t, "127.0.0.1", "orderer")
+	cnOnly := ca.Issue(t, "127.0.0.1", testpki.OU("orderer")).Cert
 	chFor := func(endpoints ...string) *channelconfig.Channel {
 		t.Helper()
 		tlsPEM := hsm.EncodePEM("CERTIFICATE", cert.Raw)

@@ -1,44 +1,26 @@
 package appliance
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"io"
 	"log/slog"
-	"math/big"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/credentials"
-)
 
-func selfSigned(t *testing.T, notAfter time.Time) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "stranger"},
-		NotBefore: notAfter.Add(-time.Hour), NotAfter: notAfter}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
+	"github.com/memberd/memberd/internal/testpki"
+)
 
 // TestLedgerTLSFailuresCounted: failed handshakes on a ledger listener are
 // counted by reason and the connection is not served: garbage bytes, a
 // client that hangs up, no client certificate, a refused certificate, and a
 // client that says nothing until the deadline.
 func TestLedgerTLSFailuresCounted(t *testing.T) {
-	srvCert := selfSigned(t, time.Now().Add(time.Hour))
+	srvCert := testpki.SelfSigned(t, "ledger").TLS()
 	cfg := &tls.Config{Certificates: []tls.Certificate{srvCert}, MinVersion: tls.VersionTLS13, ClientAuth: tls.RequireAnyClientCert,
 		VerifyPeerCertificate: func([][]byte, [][]*x509.Certificate) error {
 			return x509.UnknownAuthorityError{}
@@ -57,7 +39,7 @@ func TestLedgerTLSFailuresCounted(t *testing.T) {
 			tc.Close()
 		}
 	}
-	stranger := selfSigned(t, time.Now().Add(time.Hour))
+	stranger := testpki.SelfSigned(t, "stranger").TLS()
 	cases := []struct {
 		reason string
 		client func(net.Conn)

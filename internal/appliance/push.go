@@ -7,10 +7,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
 	"net/http"
+	"path/filepath"
 	"sync"
 
 	"github.com/memberd/memberd/internal/usage"
@@ -47,38 +49,66 @@ func pushHandler(a *Appliance, dir string, port uint16, log *slog.Logger) http.H
 			http.Error(w, fmt.Sprintf("want a bundle of 1..%d bytes", policy.MaxBundleSize), http.StatusBadRequest)
 			return
 		}
-		if _, err := policy.Parse(b); err != nil {
+		next, err := policy.Parse(b)
+		if err != nil {
 			http.Error(w, "not a policy bundle: "+err.Error(), http.StatusBadRequest)
 			return
 		}
-		// The other members first, this one last: once this appliance
-		// applies a version that removes a member, its tunnel cuts that
-		// member off, and the push to it would race with the cut.
+		// The members this version removes first, then the other
+		// members, this one last: once a member applies a version that
+		// removes another, its tunnel (and soon the relays) cut that
+		// member off, and the push to it would race with the cut. Each
+		// answer waits for that member's verdict.
+		var removed, staying []string
+		for _, m := range a.current.Load().Members() {
+			switch {
+			case m.ID == a.cfg.Member:
+			case next.Member(m.ID) == nil:
+				removed = append(removed, m.ID)
+			default:
+				staying = append(staying, m.ID)
+			}
+		}
 		var results []push.Result
 		var mu sync.Mutex
-		var wg sync.WaitGroup
-		for _, m := range a.current.Load().Members() {
-			if m.ID == a.cfg.Member {
-				continue
+		pushAll := func(members []string, removedBy uint64) {
+			var wg sync.WaitGroup
+			for _, id := range members {
+				wg.Add(1)
+				go func() {
+					defer wg.Done()
+					res, err := pushTo(r.Context(), a.dev, id, port, b)
+					pr := push.Result{Member: id, OK: err == nil, Detail: res}
+					switch {
+					case err == nil:
+					case removedBy != 0 && errors.Is(err, push.ErrNoAnswer):
+						// It got the bundle; its answer was cut off with it.
+						pr.OK, pr.Detail = true, fmt.Sprintf("removed by version %d: sent; its answer was cut off with it (%v)", removedBy, err)
+					default:
+						pr.Detail = err.Error()
+					}
+					mu.Lock()
+					results = append(results, pr)
+					mu.Unlock()
+				}()
 			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				res, err := pushTo(r.Context(), a.dev, m.ID, port, b)
-				pr := push.Result{Member: m.ID, OK: err == nil, Detail: res}
-				if err != nil {
-					pr.Detail = err.Error()
-				}
-				mu.Lock()
-				results = append(results, pr)
-				mu.Unlock()
-			}()
+			wg.Wait()
 		}
-		wg.Wait()
+		pushAll(removed, next.Version())
+		pushAll(staying, 0)
 		name, err := push.Store(dir, b)
-		local := push.Result{Member: a.cfg.Member, OK: err == nil, Detail: "local policy folder: " + name}
+		local := push.Result{Member: a.cfg.Member, OK: err == nil}
 		if err != nil {
 			local.Detail = err.Error()
+		} else {
+			actx, cancel := context.WithTimeout(r.Context(), push.AwaitVerdict)
+			v, aerr := a.watcher.Await(actx, filepath.Join(dir, name))
+			cancel()
+			answer, err := push.ParseAnswer(a.cfg.Member, push.Answer(name, v, aerr))
+			local.OK, local.Detail = err == nil, "local policy folder: "+answer
+			if err != nil {
+				local.Detail = "local policy folder: " + err.Error()
+			}
 		}
 		results = append([]push.Result{local}, results...)
 		status := http.StatusOK

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/internal/authority"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
 	"github.com/memberd/memberd/relay"
@@ -14,8 +15,8 @@ import (
 
 func TestPolicyAuthorityAdapters(t *testing.T) {
 	c := policytest.New(t, 3)
-	leaf1, _ := c.CAs["m1"].Issue(t, "node.m1")
-	old, _ := c.CAs["m2"].Issue(t, "old.m2")
+	leaf1 := c.CAs["m1"].Issue(t, "node.m1").Cert
+	old := c.CAs["m2"].Issue(t, "old.m2").Cert
 	c.Template.Revocations.Certificates = []*policy.RevokedCert{{Member: "m2", Serial: old.SerialNumber.String()}}
 	c.Template.Members[2].Roles = []policy.Role{policy.RoleObserver}
 	c.Template.Ledger.Consenters = []string{"m1", "m2"}
@@ -31,7 +32,7 @@ func TestPolicyAuthorityAdapters(t *testing.T) {
 	if _, err := ra.MemberForCert([]*x509.Certificate{old}, time.Now()); !errors.Is(err, relay.ErrRevoked) {
 		t.Fatalf("revoked: %v", err)
 	}
-	stranger, _ := policytest.NewCA(t, "x").Issue(t, "x")
+	stranger := testpki.NewCA(t, "x").Issue(t, "x").Cert
 	if _, err := ra.MemberForCert([]*x509.Certificate{stranger}, time.Now()); !errors.Is(err, relay.ErrNotMember) || errors.Is(err, relay.ErrRevoked) {
 		t.Fatalf("stranger: %v", err)
 	}

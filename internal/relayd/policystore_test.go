@@ -4,16 +4,15 @@ import (
 	"bytes"
 	"context"
 	"crypto/sha256"
-	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"log/slog"
-	"net"
 	"slices"
 	"testing"
 	"time"
 
 	"github.com/memberd/memberd/internal/authority"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
 	"github.com/memberd/memberd/policy/push"
@@ -37,7 +36,7 @@ func (w tLogWriter) Write(p []byte) (int, error) {
 func TestRelayLearnsPolicyFromMembers(t *testing.T) {
 	log := slog.New(slog.NewTextHandler(tLogWriter{t}, nil))
 	c := policytest.New(t, 3)
-	relayID := relaytest.SelfSigned(t, "r1")
+	relayID := testpki.SelfSigned(t, "r1").TLS()
 	spki := sha256.Sum256(relayID.Leaf.RawSubjectPublicKeyInfo)
 	c.Template.Relays[0].SPKISHA256 = hex.EncodeToString(spki[:])
 	v1 := c.Genesis(t)
@@ -58,25 +57,21 @@ func TestRelayLearnsPolicyFromMembers(t *testing.T) {
 	defer cancelSub()
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	done := make(chan struct{}, 2)
-	go func() { w.Run(ctx); done <- struct{}{} }()
-	go func() { srv.ServeTCP(ctx, ln); done <- struct{}{} }()
-	defer func() { cancel(); srv.Close(); <-done; <-done }()
+	r := relaytest.Start(t, "127.0.0.1:0", srv, relaytest.Options{NoQUIC: true})
+	done := make(chan struct{})
+	go func() { w.Run(ctx); close(done) }()
+	defer func() { cancel(); r.Stop(); <-done }()
 
 	clients := map[string]*relay.Client{}
 	for _, m := range []string{"m1", "m2", "m3"} {
-		leaf, key := c.CAs[m].Issue(t, m+"-appliance")
 		cl, err := relay.NewClient(relay.ClientConfig{
-			Identity:    tls.Certificate{Certificate: [][]byte{leaf.Raw}, PrivateKey: key, Leaf: leaf},
-			Relays:      []relay.RelayInfo{{ID: "r1", Addr: ln.Addr().String(), Pin: relay.PinOf(relayID.Leaf)}},
+			Identity:    c.CAs[m].Issue(t, m+"-appliance").TLS(),
+			Relays:      []relay.RelayInfo{{ID: "r1", Addr: r.Addr, Pin: relay.PinOf(relayID.Leaf)}},
 			QUICTimeout: 50 * time.Millisecond, NoEnvProxy: true, Logger: log.With("member", m)})
 		if err != nil {
 			t.Fatal(err)
 		}
+		go cl.Run(context.Background()) // until Close
 		defer cl.Close()
 		clients[m] = cl
 	}

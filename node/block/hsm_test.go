@@ -3,10 +3,7 @@ package block_test
 import (
 	"crypto/ecdsa"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
-	"math/big"
 	"os"
 	"testing"
 	"time"
@@ -15,6 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/memberd/memberd/hsm/hsmtest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 )
 
@@ -23,21 +21,12 @@ import (
 func TestSignWithSoftHSM(t *testing.T) {
 	tok := hsmtest.NewToken(t, "orderer-node")
 	signer := tok.NewKey(t, "orderer")
-	pub, ok := signer.Public().(*ecdsa.PublicKey)
-	if !ok {
+	if _, ok := signer.Public().(*ecdsa.PublicKey); !ok {
 		t.Fatalf("HSM key is %T", signer.Public())
 	}
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(7),
-		Subject:      pkix.Name{CommonName: "orderer.member-a", OrganizationalUnit: []string{"orderer"}},
-		NotBefore:    time.Now().Add(-time.Hour),
-		NotAfter:     time.Now().Add(time.Hour),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, signer) // the HSM signs its own certificate
-	if err != nil {
-		t.Fatal(err)
-	}
-	creator, err := proto.Marshal(&msp.SerializedIdentity{Mspid: "MemberA", IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})})
+	// The HSM signs its own certificate.
+	cert := testpki.SelfSigned(t, "orderer.member-a", testpki.OU("orderer"), testpki.Key(signer), testpki.Valid(time.Now().Add(-time.Hour), time.Now().Add(time.Hour))).Cert
+	creator, err := proto.Marshal(&msp.SerializedIdentity{Mspid: "MemberA", IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,8 +7,6 @@ import (
 	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/asn1"
 	"encoding/pem"
 	"errors"
@@ -22,6 +20,8 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/orderer/etcdraft"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/memberd/memberd/internal/testpki"
 )
 
 // testIdentity is a software ECDSA P-256 key with a self-signed certificate,
@@ -37,22 +37,15 @@ func newIdentity(t testing.TB, mspID, cn string) *testIdentity {
 	if err != nil {
 		t.Fatal(err)
 	}
-	return identityFor(t, key, key.Public(), key, mspID, cn)
+	return identityFor(t, key, mspID, cn)
 }
 
-func identityFor(t testing.TB, key *ecdsa.PrivateKey, pub crypto.PublicKey, signer crypto.Signer, mspID, cn string) *testIdentity {
+// identityFor certifies key with a self-signed certificate valid from 1970
+// to 2100.
+func identityFor(t testing.TB, key *ecdsa.PrivateKey, mspID, cn string) *testIdentity {
 	t.Helper()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(1),
-		Subject:      pkix.Name{CommonName: cn},
-		NotBefore:    time.Unix(0, 0),
-		NotAfter:     time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC),
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, pub, signer)
-	if err != nil {
-		t.Fatal(err)
-	}
-	creator, err := proto.Marshal(&msp.SerializedIdentity{Mspid: mspID, IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})})
+	cert := testpki.SelfSigned(t, cn, testpki.Key(key), testpki.Valid(time.Unix(0, 0), time.Date(2100, 1, 1, 0, 0, 0, 0, time.UTC))).Cert
+	creator, err := proto.Marshal(&msp.SerializedIdentity{Mspid: mspID, IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -219,7 +212,7 @@ func TestSignLastConfig(t *testing.T) {
 func TestSignNormalisesHighS(t *testing.T) {
 	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	hs := highSSigner{key}
-	id := identityFor(t, key, key.Public(), key, "MemberA", "orderer")
+	id := identityFor(t, key, "MemberA", "orderer")
 	prev := loadBlock(t, "vectors-0.block")
 	for range 8 { // each signature is high-S before normalisation
 		buildAndVerify(t, prev, nil, hs, id.creator)

@@ -10,6 +10,7 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/msp"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/policy"
 )
 
@@ -23,12 +24,12 @@ func TestCheckUpdateSigned(t *testing.T) {
 		t.Fatal(err)
 	}
 	sign := func(u *Update, member, ou string) *common.ConfigSignature {
-		cert, key := f.c.CAs[member].IssueOU(t, member+" "+ou, ou)
-		id, err := proto.Marshal(&msp.SerializedIdentity{Mspid: f.genesis.Member(member).MSPID, IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})})
+		leaf := f.c.CAs[member].Issue(t, member+" "+ou, testpki.OU(ou))
+		id, err := proto.Marshal(&msp.SerializedIdentity{Mspid: f.genesis.Member(member).MSPID, IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Cert.Raw})})
 		if err != nil {
 			t.Fatal(err)
 		}
-		raw, err := SignConfigUpdate(u, Signer{Key: key, Identity: id}, rand.Reader)
+		raw, err := SignConfigUpdate(u, Signer{Key: leaf.Key, Identity: id}, rand.Reader)
 		if err != nil {
 			t.Fatal(err)
 		}

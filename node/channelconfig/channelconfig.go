@@ -13,10 +13,12 @@
 //	                 policies Readers ANY, Writers ANY, Admins MAJORITY,
 //	                          Endorsement MAJORITY, LifecycleEndorsement MAJORITY
 //	    <org>        values MSP; policies Readers OR(admin,peer,client),
-//	                 Writers OR(admin,client), Admins OR(admin), Endorsement OR(peer)
+//	                 Writers OR(admin,client) (a ReadOnly org: reject-all),
+//	                 Admins OR(admin), Endorsement OR(peer)
 //
 // Every MSP enables NodeOUs (client, peer, admin, orderer) against its first
-// root CA, as cryptogen-made MSPs do. All mod_policy values are "Admins".
+// root CA, as cryptogen-made MSPs do, and carries the org's CRLs as its
+// revocation_list. All mod_policy values are "Admins".
 // The package is pure: time and randomness are inputs.
 package channelconfig
 
@@ -62,6 +64,16 @@ type Org struct {
 	// OrdererEndpoints ("host:port") of the org's ordering nodes; written as
 	// the Endpoints value of its Orderer group entry.
 	OrdererEndpoints []string
+	// CRLs are PEM X.509 CRLs ("X509 CRL") of the org's CAs, written as its
+	// MSP's revocation_list: a stock Fabric MSP refuses a certificate whose
+	// issuer's CRL lists it. Empty: none.
+	CRLs [][]byte
+	// ReadOnly, for an Application org, gives it a Writers policy that no
+	// signature satisfies (Fabric's reject-all: 1 out of no rules), so
+	// stock peers refuse its clients' proposals (the default ACL of
+	// peer/Propose is /Channel/Application/Writers). The zero value keeps
+	// Writers OR(admin, client). Not read for Orderer orgs.
+	ReadOnly bool
 }
 
 func (o Org) name() string {
@@ -161,6 +173,11 @@ func (c Config) Validate() error {
 					}
 				}
 			}
+			for i, p := range o.CRLs {
+				if _, err := parsePEMCRL(p); err != nil {
+					return fmt.Errorf("%w: organisation %q CRL %d: %v", ErrConfig, o.MSPID, i, err)
+				}
+			}
 			for _, ep := range o.OrdererEndpoints {
 				if _, _, err := splitHostPort(ep); err != nil {
 					return fmt.Errorf("%w: organisation %q orderer endpoint %q: %v", ErrConfig, o.MSPID, ep, err)
@@ -190,6 +207,14 @@ func parsePEMCert(p []byte) (*x509.Certificate, error) {
 		return nil, errors.New("not a PEM certificate")
 	}
 	return x509.ParseCertificate(b.Bytes)
+}
+
+func parsePEMCRL(p []byte) (*x509.RevocationList, error) {
+	b, _ := pem.Decode(p)
+	if b == nil || b.Type != "X509 CRL" {
+		return nil, errors.New("not a PEM X509 CRL")
+	}
+	return x509.ParseRevocationList(b.Bytes)
 }
 
 func splitHostPort(ep string) (string, uint16, error) {
@@ -268,7 +293,11 @@ func ChannelGroup(c Config) (*common.ConfigGroup, error) {
 	for _, o := range c.ApplicationOrgs {
 		g := orgGroup(o)
 		addSignature(g, "Readers", o.MSPID, msp.MSPRole_ADMIN, msp.MSPRole_PEER, msp.MSPRole_CLIENT)
-		addSignature(g, "Writers", o.MSPID, msp.MSPRole_ADMIN, msp.MSPRole_CLIENT)
+		if o.ReadOnly {
+			addRejectAll(g, "Writers")
+		} else {
+			addSignature(g, "Writers", o.MSPID, msp.MSPRole_ADMIN, msp.MSPRole_CLIENT)
+		}
 		addSignature(g, "Admins", o.MSPID, msp.MSPRole_ADMIN)
 		addSignature(g, "Endorsement", o.MSPID, msp.MSPRole_PEER)
 		app.Groups[o.name()] = g
@@ -354,6 +383,7 @@ func orgGroup(o Org) *common.ConfigGroup {
 		IntermediateCerts: o.IntermediateCerts,
 		CryptoConfig:      &msp.FabricCryptoConfig{SignatureHashFamily: "SHA2", IdentityIdentifierHashFunction: "SHA256"},
 		TlsRootCerts:      o.TLSRootCerts,
+		RevocationList:    o.CRLs,
 		FabricNodeOus: &msp.FabricNodeOUs{
 			Enable:              true,
 			ClientOuIdentifier:  ou(ClientOU),
@@ -396,6 +426,35 @@ func addSignature(g *common.ConfigGroup, name, mspID string, roles ...msp.MSPRol
 		Policy:    &common.Policy{Type: int32(common.Policy_SIGNATURE), Value: mustMarshal(env)},
 		ModPolicy: "Admins",
 	}
+}
+
+// rejectAllPolicy is Fabric's policydsl.RejectAllPolicy: a signature
+// policy "1 out of" no rules over no identities, which no set of
+// signatures satisfies.
+func rejectAllPolicy() *common.SignaturePolicyEnvelope {
+	return &common.SignaturePolicyEnvelope{Rule: &common.SignaturePolicy{Type: &common.SignaturePolicy_NOutOf_{NOutOf: &common.SignaturePolicy_NOutOf{N: 1}}}}
+}
+
+// addRejectAll adds rejectAllPolicy under name.
+func addRejectAll(g *common.ConfigGroup, name string) {
+	g.Policies[name] = &common.ConfigPolicy{
+		Policy:    &common.Policy{Type: int32(common.Policy_SIGNATURE), Value: mustMarshal(rejectAllPolicy())},
+		ModPolicy: "Admins",
+	}
+}
+
+// isRejectAll reports whether p is a signature policy no signer satisfies
+// in the form rejectAllPolicy writes.
+func isRejectAll(p *common.Policy) bool {
+	if p.GetType() != int32(common.Policy_SIGNATURE) {
+		return false
+	}
+	env := new(common.SignaturePolicyEnvelope)
+	if proto.Unmarshal(p.GetValue(), env) != nil {
+		return false
+	}
+	n := env.GetRule().GetNOutOf()
+	return n != nil && n.N > int32(len(n.Rules))
 }
 
 var marshalOpts = proto.MarshalOptions{Deterministic: true}

@@ -2,15 +2,9 @@ package channelconfig
 
 import (
 	"bytes"
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
-	"encoding/pem"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"testing"
 	"time"
@@ -21,6 +15,7 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/orderer/etcdraft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 )
 
@@ -260,20 +255,6 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-func selfSignedPEM(t *testing.T, cn string) []byte {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now(), NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
-}
-
 // A memberd consortium: every member is both an orderer org (one consenter
 // each) and an application org.
 func TestGenesisForMembers(t *testing.T) {
@@ -282,11 +263,11 @@ func TestGenesisForMembers(t *testing.T) {
 	for i, m := range []string{"MemberA", "MemberB", "MemberC"} {
 		orgs = append(orgs, Org{
 			MSPID:            m,
-			RootCerts:        [][]byte{selfSignedPEM(t, m+" CA")},
-			TLSRootCerts:     [][]byte{selfSignedPEM(t, m+" TLS CA")},
+			RootCerts:        [][]byte{[]byte(testpki.NewCA(t, m+" CA").PEM)},
+			TLSRootCerts:     [][]byte{[]byte(testpki.NewCA(t, m+" TLS CA").PEM)},
 			OrdererEndpoints: []string{fmt.Sprintf("10.99.0.%d:7050", i+1)},
 		})
-		tls := selfSignedPEM(t, m+" node")
+		tls := []byte(testpki.NewCA(t, m+" node").PEM) // any certificate will do
 		consenters = append(consenters, Consenter{Host: fmt.Sprintf("10.99.0.%d", i+1), Port: 7050, ClientTLSCert: tls, ServerTLSCert: tls})
 	}
 	cfg := Config{ChannelID: "consortium", OrdererOrgs: orgs, ApplicationOrgs: orgs, Consenters: consenters,

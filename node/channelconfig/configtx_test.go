@@ -1,14 +1,9 @@
 package channelconfig
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"math/big"
 	"testing"
 	"time"
 
@@ -16,6 +11,7 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/msp"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/policy"
 )
@@ -30,21 +26,12 @@ func TestCheckConfigBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	admin := testpki.SelfSigned(t, "admin", testpki.Valid(time.Unix(1600000000, 0), time.Unix(2000000000, 0)))
+	creator, err := proto.Marshal(&msp.SerializedIdentity{Mspid: "m1MSP", IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: admin.Cert.Raw})})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "admin"},
-		NotBefore: time.Unix(1600000000, 0), NotAfter: time.Unix(2000000000, 0)}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	creator, err := proto.Marshal(&msp.SerializedIdentity{Mspid: "m1MSP", IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})})
-	if err != nil {
-		t.Fatal(err)
-	}
-	s := Signer{Key: key, Identity: creator}
+	s := Signer{Key: admin.Key, Identity: creator}
 	// build makes a config block of u with the admin signatures sigs.
 	build := func(u *Update, sigs ...[]byte) *common.Block {
 		var css []*common.ConfigSignature

@@ -8,13 +8,13 @@ package channelconfig
 // own signing identity, so that it never signs blocks that peers would
 // refuse for good.
 //
-// What is evaluated: X.509 MSPs (roots, intermediates, NodeOU identifiers
-// with or without their certificate), ImplicitMeta policies (ANY, ALL,
-// MAJORITY over sub-groups) and signature policies over ROLE (member,
-// admin, client, peer, orderer) and IDENTITY principals, for ONE signer.
-// Not evaluated: CRLs inside the MSP config and the MSP-wide OU
-// restrictions (organizational_unit_identifiers), which memberd's channel
-// configs do not write.
+// What is evaluated: X.509 MSPs (roots, intermediates, CRLs, NodeOU
+// identifiers with or without their certificate), ImplicitMeta policies
+// (ANY, ALL, MAJORITY over sub-groups) and signature policies over ROLE
+// (member, admin, client, peer, orderer) and IDENTITY principals, for ONE
+// signer. Not evaluated: the MSP-wide OU restrictions
+// (organizational_unit_identifiers), which memberd's channel configs do not
+// write.
 
 import (
 	"bytes"
@@ -49,6 +49,7 @@ type mspView struct {
 	roots  *x509.CertPool
 	inters *x509.CertPool
 	ous    *msp.FabricNodeOUs // nil or disabled: no roles
+	crls   []*x509.RevocationList
 }
 
 // findMSP returns the MSP named mspID in the Orderer or Application group.
@@ -75,6 +76,14 @@ func (c *Channel) findMSP(mspID string) (*mspView, error) {
 				if cert, err := parsePEMCert(p); err == nil {
 					m.inters.AddCert(cert)
 				}
+			}
+			for i, p := range fc.RevocationList {
+				crl, err := parsePEMCRL(p)
+				if err != nil {
+					// A Fabric MSP with such a CRL fails to set up.
+					return nil, fmt.Errorf("%w: MSP %s in channel %q: revocation list entry %d: %v", ErrIdentity, mspID, c.Config.ChannelID, i, err)
+				}
+				m.crls = append(m.crls, crl)
 			}
 			return m, nil
 		}
@@ -116,6 +125,9 @@ func (m *mspView) role(cert *x509.Certificate) (string, error) {
 	if len(chains) != 1 {
 		return "", fmt.Errorf("%w: certificate %q has %d validation chains in MSP %s; Fabric needs exactly one", ErrIdentity, cert.Subject, len(chains), m.name)
 	}
+	if err := m.checkCRLs(cert, chains[0]); err != nil {
+		return "", err
+	}
 	if m.ous == nil || !m.ous.Enable {
 		return "", nil
 	}
@@ -141,6 +153,39 @@ func (m *mspView) role(cert *x509.Certificate) (string, error) {
 	default:
 		return "", fmt.Errorf("%w: certificate %q resolves to several roles %q in MSP %s; Fabric needs exactly one", ErrIdentity, cert.Subject, roles, m.name)
 	}
+}
+
+// checkCRLs refuses cert when a CRL of the MSP revokes it, as a Fabric MSP
+// decides: a CRL whose authority key identifier is the subject key
+// identifier of the certificate's issuer in chain, signed by that issuer,
+// lists its serial. Like Fabric, a CRL without an authority key identifier
+// or an issuer without a subject key identifier fails every identity.
+func (m *mspView) checkCRLs(cert *x509.Certificate, chain []*x509.Certificate) error {
+	if len(m.crls) == 0 || len(chain) < 2 {
+		return nil
+	}
+	issuer := chain[1]
+	if len(issuer.SubjectKeyId) == 0 {
+		return fmt.Errorf("%w: issuer %q of certificate %q has no subject key identifier, which MSP %s needs to apply its CRLs", ErrIdentity, issuer.Subject, cert.Subject, m.name)
+	}
+	for _, crl := range m.crls {
+		if len(crl.AuthorityKeyId) == 0 {
+			return fmt.Errorf("%w: a CRL of MSP %s (issuer %q) has no authority key identifier, so Fabric refuses every identity of the MSP", ErrIdentity, m.name, crl.Issuer)
+		}
+		if !bytes.Equal(crl.AuthorityKeyId, issuer.SubjectKeyId) {
+			continue
+		}
+		for _, e := range crl.RevokedCertificateEntries {
+			if e.SerialNumber == nil || e.SerialNumber.Cmp(cert.SerialNumber) != 0 {
+				continue
+			}
+			if issuer.CheckSignature(crl.SignatureAlgorithm, crl.RawTBSRevocationList, crl.Signature) != nil {
+				break // not the issuer's CRL: Fabric skips it
+			}
+			return fmt.Errorf("%w: certificate %q (serial %s) is revoked by the CRL of %q in MSP %s", ErrIdentity, cert.Subject, cert.SerialNumber, issuer.Subject, m.name)
+		}
+	}
+	return nil
 }
 
 func (m *mspView) ouNames() string {

@@ -1,51 +1,22 @@
 package channelconfig
 
 import (
-	"crypto/ecdsa"
-	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"math/big"
 	"os"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/memberd/memberd/internal/testpki"
 )
 
-// testCA is a CA that issues leaves with a chosen OU.
-type testCA struct {
-	cert *x509.Certificate
-	key  *ecdsa.PrivateKey
-	pem  []byte
-}
-
-func newTestCA(t *testing.T, cn string) *testCA {
+// issue makes a leaf of ca valid until notAfter with subject OUs ous.
+func issue(t *testing.T, ca *testpki.CA, cn string, notAfter time.Time, ous ...string) *x509.Certificate {
 	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: cn}, NotBefore: time.Now().Add(-time.Hour),
-		NotAfter: time.Now().Add(time.Hour), IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &testCA{cert: cert, key: key, pem: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})}
-}
-
-func (ca *testCA) issue(t *testing.T, cn string, notAfter time.Time, ous ...string) *x509.Certificate {
-	t.Helper()
-	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: cn, OrganizationalUnit: ous},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: notAfter, KeyUsage: x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.cert, key.Public(), ca.key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return cert
+	return ca.Issue(t, cn, testpki.Valid(time.Now().Add(-time.Hour), notAfter), testpki.OU(ous...)).Cert
 }
 
 // TestCheckBlockSigner: a node's signing certificate is checked as a stock
@@ -53,11 +24,11 @@ func (ca *testCA) issue(t *testing.T, cn string, notAfter time.Time, ous ...stri
 // orderer org (chained to its CA, exactly one NodeOU role) so that
 // /Channel/Orderer/BlockValidation (ANY Writers) is satisfied.
 func TestCheckBlockSigner(t *testing.T) {
-	ca1, ca2, appCA := newTestCA(t, "m1 CA"), newTestCA(t, "m2 CA"), newTestCA(t, "app CA")
-	o1 := Org{MSPID: "m1MSP", RootCerts: [][]byte{ca1.pem}, OrdererEndpoints: []string{"127.0.0.1:7050"}}
-	o2 := Org{MSPID: "m2MSP", RootCerts: [][]byte{ca2.pem}, OrdererEndpoints: []string{"127.0.0.1:7051"}}
-	app := Org{MSPID: "appMSP", RootCerts: [][]byte{appCA.pem}}
-	tls := ca1.issue(t, "tls", time.Now().Add(time.Hour), "orderer")
+	ca1, ca2, appCA := testpki.NewCA(t, "m1 CA"), testpki.NewCA(t, "m2 CA"), testpki.NewCA(t, "app CA")
+	o1 := Org{MSPID: "m1MSP", RootCerts: [][]byte{[]byte(ca1.PEM)}, OrdererEndpoints: []string{"127.0.0.1:7050"}}
+	o2 := Org{MSPID: "m2MSP", RootCerts: [][]byte{[]byte(ca2.PEM)}, OrdererEndpoints: []string{"127.0.0.1:7051"}}
+	app := Org{MSPID: "appMSP", RootCerts: [][]byte{[]byte(appCA.PEM)}}
+	tls := issue(t, ca1, "tls", time.Now().Add(time.Hour), "orderer")
 	tp := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: tls.Raw})
 	b, err := GenesisBlock(Config{ChannelID: "ch", OrdererOrgs: []Org{o1, o2}, ApplicationOrgs: []Org{o1, o2, app},
 		Consenters: []Consenter{{Host: "100.64.0.1", Port: 7053, ClientTLSCert: tp, ServerTLSCert: tp}}}, time.Now(), rand.Reader)
@@ -76,17 +47,17 @@ func TestCheckBlockSigner(t *testing.T) {
 		role string
 		want string // "" = accepted
 	}{
-		{"orderer OU", "m1MSP", ca1.issue(t, "n1", later, "orderer"), OrdererOU, ""},
-		{"other orderer org", "m2MSP", ca2.issue(t, "n2", later, "orderer"), OrdererOU, ""},
-		{"peer OU is a member too", "m1MSP", ca1.issue(t, "p1", later, "peer"), PeerOU, ""},
-		{"no OU", "m1MSP", ca1.issue(t, "n1", later), "", "has no OU that resolves to client, peer, admin or orderer"},
-		{"unknown OU", "m1MSP", ca1.issue(t, "n1", later, "ordering"), "", `OUs ["ordering"]`},
-		{"two roles", "m1MSP", ca1.issue(t, "n1", later, "orderer", "admin"), "", "several roles"},
-		{"wrong CA", "m1MSP", ca2.issue(t, "n1", later, "orderer"), "", "does not chain to a CA of MSP m1MSP"},
-		{"unknown MSP", "m9MSP", ca1.issue(t, "n1", later, "orderer"), "", `no organisation with MSP id "m9MSP"`},
-		{"application org only", "appMSP", appCA.issue(t, "a1", later, "orderer"), OrdererOU, "not in the Orderer group"},
-		{"expired", "m1MSP", ca1.issue(t, "n1", time.Now().Add(-time.Minute), "orderer"), OrdererOU, "expired"},
-		{"a CA", "m1MSP", ca1.cert, "", "is a CA certificate"},
+		{"orderer OU", "m1MSP", issue(t, ca1, "n1", later, "orderer"), OrdererOU, ""},
+		{"other orderer org", "m2MSP", issue(t, ca2, "n2", later, "orderer"), OrdererOU, ""},
+		{"peer OU is a member too", "m1MSP", issue(t, ca1, "p1", later, "peer"), PeerOU, ""},
+		{"no OU", "m1MSP", issue(t, ca1, "n1", later), "", "has no OU that resolves to client, peer, admin or orderer"},
+		{"unknown OU", "m1MSP", issue(t, ca1, "n1", later, "ordering"), "", `OUs ["ordering"]`},
+		{"two roles", "m1MSP", issue(t, ca1, "n1", later, "orderer", "admin"), "", "several roles"},
+		{"wrong CA", "m1MSP", issue(t, ca2, "n1", later, "orderer"), "", "does not chain to a CA of MSP m1MSP"},
+		{"unknown MSP", "m9MSP", issue(t, ca1, "n1", later, "orderer"), "", `no organisation with MSP id "m9MSP"`},
+		{"application org only", "appMSP", issue(t, appCA, "a1", later, "orderer"), OrdererOU, "not in the Orderer group"},
+		{"expired", "m1MSP", issue(t, ca1, "n1", time.Now().Add(-time.Minute), "orderer"), OrdererOU, "expired"},
+		{"a CA", "m1MSP", ca1.Cert, "", "is a CA certificate"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			err := ch.CheckBlockSigner(tc.msp, tc.cert, time.Now())

@@ -194,7 +194,11 @@ func parseOrgs(g *common.ConfigGroup) ([]Org, error) {
 		if err := proto.Unmarshal(mc.Config, fc); err != nil {
 			return nil, fmt.Errorf("%w: organisation %q MSP config: %v", ErrConfig, name, err)
 		}
-		o := Org{Name: name, MSPID: fc.Name, RootCerts: fc.RootCerts, IntermediateCerts: fc.IntermediateCerts, TLSRootCerts: fc.TlsRootCerts}
+		o := Org{Name: name, MSPID: fc.Name, RootCerts: fc.RootCerts, IntermediateCerts: fc.IntermediateCerts, TLSRootCerts: fc.TlsRootCerts,
+			CRLs: fc.RevocationList}
+		if w, ok := og.GetPolicies()["Writers"]; ok && isRejectAll(w.GetPolicy()) {
+			o.ReadOnly = true
+		}
 		if name == fc.Name {
 			o.Name = ""
 		}

@@ -16,8 +16,9 @@ import (
 const DefaultPort = 7050
 
 // FromPolicy returns the Fabric channel configuration for the policy's
-// ledger: one organisation per member (its CA certificates; the orderer
-// group holds the consenters, the application group every member), the
+// ledger: one organisation per member (its CA certificates and CRLs; the
+// orderer group holds the consenters, the application group every member,
+// read-only when the member lacks the writer role), the
 // policy's BatchSize/BatchTimeout, and one etcdraft consenter per consenter
 // member (in ledger.consenters order, which fixes their raft IDs 1..N).
 // A consenter member's entry is its members[].ledger_consenter in the
@@ -46,7 +47,12 @@ func FromPolicy(p *policy.Policy, consenters map[string]Consenter) (Config, erro
 		if len(org.TLSRootCerts) == 0 {
 			org.TLSRootCerts = org.RootCerts
 		}
-		c.ApplicationOrgs = append(c.ApplicationOrgs, org)
+		for _, crl := range m.CRL {
+			org.CRLs = append(org.CRLs, pem.EncodeToMemory(&pem.Block{Type: "X509 CRL", Bytes: crl.List.Raw}))
+		}
+		app := org
+		app.ReadOnly = !m.HasRole(policy.RoleWriter)
+		c.ApplicationOrgs = append(c.ApplicationOrgs, app)
 		orgs[m.ID] = org
 	}
 	// Consenters in ledger.consenters order: the genesis consenters' raft IDs

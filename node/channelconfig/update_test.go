@@ -11,6 +11,7 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/channelconfig/channelconfigtest"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
@@ -26,7 +27,7 @@ type updateFixture struct {
 }
 
 func (f *updateFixture) consenter(t testing.TB, id string) Consenter {
-	cert, _ := f.c.CAs[id].Issue(t, id+" tls")
+	cert := f.c.CAs[id].Issue(t, id+" tls").Cert
 	p := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 	return Consenter{ClientTLSCert: p, ServerTLSCert: p}
 }
@@ -181,8 +182,28 @@ func TestNextFromPolicy(t *testing.T) {
 					t.Fatalf("m1 endpoints not updated: %+v", c.OrdererOrgs)
 				}
 			}},
+		{name: "member CRL", edit: func(d *policy.Document) {
+			revoked := f.c.CAs["m2"].Issue(t, "lost client", testpki.OU(ClientOU)).Cert
+			d.Members[1].CRLs = f.c.CAs["m2"].CRL(t, 1, revoked)
+		},
+			check: func(t *testing.T, c Config) {
+				for _, orgs := range [][]Org{c.ApplicationOrgs, c.OrdererOrgs} {
+					i := slices.IndexFunc(orgs, func(o Org) bool { return o.MSPID == "m2MSP" })
+					if i < 0 || len(orgs[i].CRLs) != 1 {
+						t.Fatalf("m2's CRL is not in its MSP: %+v", orgs)
+					}
+				}
+			}},
+		{name: "writer role removed", edit: func(d *policy.Document) { d.Members[2].Roles = []policy.Role{policy.RoleConsenter} },
+			check: func(t *testing.T, c Config) {
+				for _, o := range c.ApplicationOrgs {
+					if o.ReadOnly != (o.MSPID == "m3MSP") {
+						t.Fatalf("application org %s ReadOnly %v", o.MSPID, o.ReadOnly)
+					}
+				}
+			}},
 		{name: "CA rotation", edit: func(d *policy.Document) {
-			ca := policytest.NewCA(t, "m2 CA 2")
+			ca := testpki.NewCA(t, "m2 CA 2")
 			d.Members[1].CACerts += ca.PEM
 		},
 			check: func(t *testing.T, c Config) {
@@ -228,6 +249,8 @@ func TestNextFromPolicyChain(t *testing.T) {
 		func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 100 },
 		func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 50; d.Members[2].LedgerEndpoints = nil },
 		func(d *policy.Document) { d.Members = append(d.Members, f.c.NewMember(t, "m9")) },
+		func(d *policy.Document) { d.Members[3].Roles = []policy.Role{policy.RoleReader} },
+		func(d *policy.Document) { d.Members[3].Roles = []policy.Role{policy.RoleReader, policy.RoleWriter} },
 	} {
 		p := policytest.MustParse(t, f.c.NextDocument(t, pol, edit))
 		u, err := next(t, cfg, p, nil)
@@ -251,8 +274,11 @@ func TestNextFromPolicyChain(t *testing.T) {
 	if ch.Config.Raft.ElectionTick != 20 || ch.Config.Raft.TickInterval != 100*time.Millisecond {
 		t.Fatalf("raft options in force not kept: %+v", ch.Config.Raft)
 	}
-	if cfg.Sequence != 3 {
-		t.Fatalf("sequence %d after three updates", cfg.Sequence)
+	if cfg.Sequence != 5 {
+		t.Fatalf("sequence %d after five updates", cfg.Sequence)
+	}
+	if w := cfg.ChannelGroup.Groups["Application"].Groups["m9MSP"].Policies["Writers"]; w.Version != 2 || isRejectAll(w.Policy) {
+		t.Fatalf("m9's Writers after the writer role is taken and given back: version %d, reject-all %v; want version 2, OR(admin, client)", w.Version, isRejectAll(w.Policy))
 	}
 	bs := cfg.ChannelGroup.Groups["Orderer"].Values["BatchSize"]
 	if bs.Version != 2 {

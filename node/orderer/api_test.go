@@ -16,9 +16,9 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/policy"
-	"github.com/memberd/memberd/policy/policytest"
 )
 
 // m3ReadOnly makes member m3 a consenter and reader, not a writer.
@@ -109,9 +109,8 @@ func TestBroadcastAdmission(t *testing.T) {
 	leader := cl.nodes[l-1].client
 	w := cl.c.identity(t, "m1", "writer")
 	reader := cl.c.identity(t, "m3", "reader")
-	outsiderCA := policytest.NewCA(t, "outsider")
-	oc, ok := outsiderCA.Issue(t, "outsider")
-	outsider := Identity{MSPID: "m1MSP", Cert: oc, Signer: ok}
+	oc := testpki.NewCA(t, "outsider").Issue(t, "outsider")
+	outsider := Identity{MSPID: "m1MSP", Cert: oc.Cert, Signer: oc.Key}
 	dup := envSpec{id: w, typ: common.HeaderType_ENDORSER_TRANSACTION, data: []byte("dup")}.build(t)
 
 	tx := common.HeaderType_ENDORSER_TRANSACTION
@@ -221,9 +220,8 @@ func TestDeliverSemantics(t *testing.T) {
 	}
 	cl.waitHeight(4, 10*time.Second)
 	rd := cl.c.identity(t, "m2", "reader")
-	outsiderCA := policytest.NewCA(t, "outsider")
-	oc, ok := outsiderCA.Issue(t, "outsider")
-	outsider := Identity{MSPID: "m1MSP", Cert: oc, Signer: ok}
+	oc := testpki.NewCA(t, "outsider").Issue(t, "outsider")
+	outsider := Identity{MSPID: "m1MSP", Cert: oc.Cert, Signer: oc.Key}
 	seek := func(start, stop *ab.SeekPosition, b ab.SeekInfo_SeekBehavior) []byte {
 		d, _ := proto.Marshal(&ab.SeekInfo{Start: start, Stop: stop, Behavior: b})
 		return d

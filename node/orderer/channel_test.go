@@ -22,7 +22,7 @@ func TestChannelConfigEndpoints(t *testing.T) {
 	p := c.Genesis(t)
 	css := map[string]channelconfig.Consenter{}
 	for _, m := range p.Consenters() {
-		cert, _ := c.CAs[m.ID].Issue(t, m.ID+"-tls")
+		cert := c.CAs[m.ID].Issue(t, m.ID+"-tls").Cert
 		pem := hsm.EncodePEM("CERTIFICATE", cert.Raw)
 		css[m.ID] = channelconfig.Consenter{Port: 7053, ClientTLSCert: pem, ServerTLSCert: pem}
 	}

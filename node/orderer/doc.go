@@ -49,6 +49,7 @@
 //		Identity: id.Serialized(), Policy: watcher.Current, Fetcher: &orderer.DeliverFetcher{...},
 //		Forwarder: &orderer.BroadcastForwarder{Peers: ...}})
 //	reg := &orderer.Registry{Open: ...}; reg.Start(n)            // one Node per channel
+//	go reg.Run(ctx)                                              // runs them; reg.Close() stops them
 //	srv, _ := orderer.NewServer(orderer.ServerConfig{Lookup: reg.Lookup})
 //	gs := grpc.NewServer(append(orderer.ServerOptions(), grpc.Creds(...ServerTLS...))...)
 //	srv.Register(gs)                                             // cmd owns the listener

@@ -12,6 +12,7 @@ import (
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/policy"
@@ -55,9 +56,9 @@ func TestFabricCompatibility(t *testing.T) {
 	cons.Template.Members[0].MSPID = "Org1MSP"
 	cons.Template.Members[0].CACerts = string(org1CA)
 	pol := cons.Genesis(t)
-	nodeCA := policytest.NewCA(t, "node-ca")
-	cert, key := nodeCA.Issue(t, "n1")
-	id := Identity{MSPID: "Org1MSP", Cert: cert, Signer: key}
+	nodeCA := testpki.NewCA(t, "node-ca")
+	n1 := nodeCA.Issue(t, "n1")
+	id := Identity{MSPID: "Org1MSP", Cert: n1.Cert, Signer: n1.Key}
 
 	// The stock channel config's BlockValidation wants an OrdererMSP
 	// signer (cryptogen's CA, whose key is not here): a node refuses to
@@ -68,7 +69,7 @@ func TestFabricCompatibility(t *testing.T) {
 	// that block 1 holds the same envelopes as Fabric's; adaptive cutting
 	// would cut the first envelope alone at once.
 	cfg := Config{Raft: raftLocal(t, dir), BlockDir: dir + "/blocks", Genesis: gen, FixedBatches: true,
-		Signer: key, Identity: id.Serialized(), Policy: func() *policy.Policy { return pol }}
+		Signer: n1.Key, Identity: id.Serialized(), Policy: func() *policy.Policy { return pol }}
 	if _, err := New(cfg); !errors.Is(err, ErrSigner) || !strings.Contains(err.Error(), `no organisation with MSP id "Org1MSP"`) &&
 		!strings.Contains(err.Error(), "does not chain to a CA of MSP Org1MSP") {
 		t.Fatalf("New with a signer outside the orderer orgs: %v, want ErrSigner", err)
@@ -124,8 +125,8 @@ func TestFabricCompatibility(t *testing.T) {
 	// Deliver serves Fabric's genesis block unchanged.
 	srv, _ := NewServer(ServerConfig{Lookup: func(string) *Node { return n }})
 	seek, _ := proto.Marshal(&ab.SeekInfo{Start: oldest, Stop: oldest})
-	rc, rk := cons.CAs["m2"].Issue(t, "reader")
-	reader := Identity{MSPID: pol.Member("m2").MSPID, Cert: rc, Signer: rk}
+	rl := cons.CAs["m2"].Issue(t, "reader")
+	reader := Identity{MSPID: pol.Member("m2").MSPID, Cert: rl.Cert, Signer: rl.Key}
 	var got []*common.Block
 	deliver := func(id Identity) common.Status {
 		got = nil

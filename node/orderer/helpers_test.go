@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/node/raftlog"
@@ -71,7 +72,7 @@ func newConsortium(t testing.TB, members int, batch block.CutterConfig, edit ...
 	c.pol = c.cons.Genesis(t)
 	css := map[string]channelconfig.Consenter{}
 	for _, m := range c.pol.Consenters() {
-		cert, _ := c.cons.CAs[m.ID].Issue(t, m.ID+"-tls")
+		cert := c.cons.CAs[m.ID].Issue(t, m.ID+"-tls").Cert
 		p := hsm.EncodePEM("CERTIFICATE", cert.Raw)
 		css[m.ID] = channelconfig.Consenter{Host: "127.0.0.1", Port: 7050, ClientTLSCert: p, ServerTLSCert: p}
 	}
@@ -87,15 +88,15 @@ func newConsortium(t testing.TB, members int, batch block.CutterConfig, edit ...
 
 // identity issues a certificate from member's CA.
 func (c *consortium) identity(t testing.TB, member, cn string) Identity {
-	cert, key := c.cons.CAs[member].Issue(t, cn)
-	return Identity{MSPID: c.policy().Member(member).MSPID, Cert: cert, Signer: key}
+	leaf := c.cons.CAs[member].Issue(t, cn)
+	return Identity{MSPID: c.policy().Member(member).MSPID, Cert: leaf.Cert, Signer: leaf.Key}
 }
 
 // nodeIdentity issues a node's block-signing certificate from member's CA:
 // OU=orderer, as the channel config's NodeOUs require (CheckSigner).
 func (c *consortium) nodeIdentity(t testing.TB, member, cn string) Identity {
-	cert, key := c.cons.CAs[member].IssueOU(t, cn, channelconfig.OrdererOU)
-	return Identity{MSPID: c.policy().Member(member).MSPID, Cert: cert, Signer: key}
+	leaf := c.cons.CAs[member].Issue(t, cn, testpki.OU(channelconfig.OrdererOU))
+	return Identity{MSPID: c.policy().Member(member).MSPID, Cert: leaf.Cert, Signer: leaf.Key}
 }
 
 func (c *consortium) policy() *policy.Policy {

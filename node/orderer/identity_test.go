@@ -3,12 +3,8 @@ package orderer
 import (
 	"bytes"
 	"context"
-	"crypto/rand"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"math/big"
 	"os"
 	"path/filepath"
 	"strings"
@@ -16,6 +12,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/hsm/hsmtest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
 )
@@ -159,14 +156,7 @@ func TestSignerOutageWaits(t *testing.T) {
 	tok := hsmtest.NewToken(t, "node")
 	signer := tok.NewKey(t, "sign")
 	ca := cl.c.cons.CAs[member]
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(time.Now().UnixNano()), Subject: pkix.Name{CommonName: "hsm-node", OrganizationalUnit: []string{channelconfig.OrdererOU}},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(24 * time.Hour), KeyUsage: x509.KeyUsageDigitalSignature,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, signer.Public(), ca.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
+	cert := ca.Issue(t, "hsm-node", testpki.OU(channelconfig.OrdererOU), testpki.Key(signer)).Cert
 	id := Identity{MSPID: cl.c.policy().Member(member).MSPID, Cert: cert, Signer: signer}
 	n := cl.node(f)
 	if err := n.SetIdentity(signer, id.Serialized()); err != nil {

@@ -13,10 +13,10 @@ import (
 
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/hsm/hsmtest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/node/raftlog"
-	"github.com/memberd/memberd/policy/policytest"
 )
 
 // TestMutualTLSWithHSMKey: a single-node channel whose blocks are signed by a
@@ -78,8 +78,8 @@ func TestMutualTLSWithHSMKey(t *testing.T) {
 	}
 
 	// A client whose certificate no member CA issued fails the handshake.
-	oc, ok := policytest.NewCA(t, "outsider").Issue(t, "outsider")
-	bad := TLSCertificate(Identity{Cert: oc, Signer: ok})
+	leaf := testpki.NewCA(t, "outsider").Issue(t, "outsider")
+	bad := TLSCertificate(Identity{Cert: leaf.Cert, Signer: leaf.Key})
 	conn2, _ := grpc.NewClient(ln.Addr().String(), grpc.WithTransportCredentials(credentials.NewTLS(ClientTLS(&bad, c.pol.CAPool()))))
 	defer conn2.Close()
 	s, err := ab.NewAtomicBroadcastClient(conn2).Broadcast(t.Context())

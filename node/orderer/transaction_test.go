@@ -10,8 +10,8 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/peer"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
-	"github.com/memberd/memberd/policy/policytest"
 )
 
 // TestEndorserTransaction: the envelope 'memberd ledger submit' writes is
@@ -21,9 +21,9 @@ import (
 // proposal hash is Fabric's), signed by the creator, and its data reads
 // back; NewTransaction keeps the raw form, which is not a peer.Transaction.
 func TestEndorserTransaction(t *testing.T) {
-	ca := policytest.NewCA(t, "m1")
-	cert, key := ca.Issue(t, "client")
-	id := Identity{MSPID: "m1MSP", Cert: cert, Signer: key}
+	ca := testpki.NewCA(t, "m1")
+	leaf := ca.Issue(t, "client")
+	id := Identity{MSPID: "m1MSP", Cert: leaf.Cert, Signer: leaf.Key}
 	now := time.Now()
 	data := []byte("hello ledger")
 	env, txid, err := NewEndorserTransaction(id, "demo", data, now)

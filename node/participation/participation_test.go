@@ -19,9 +19,9 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
-	"github.com/memberd/memberd/policy/policytest"
 )
 
 // memRegistry joins channels by parsing their config block for real.
@@ -78,8 +78,8 @@ func (m *memRegistry) Remove(_ context.Context, name string) error {
 }
 
 func genesis(t *testing.T, channel string) []byte {
-	ca := policytest.NewCA(t, "m1")
-	leaf, _ := ca.Issue(t, "n1")
+	ca := testpki.NewCA(t, "m1")
+	leaf := ca.Issue(t, "n1").Cert
 	p := hsm.EncodePEM("CERTIFICATE", leaf.Raw)
 	org := channelconfig.Org{MSPID: "m1MSP", RootCerts: [][]byte{[]byte(ca.PEM)}, OrdererEndpoints: []string{"127.0.0.1:7050"}}
 	b, err := channelconfig.GenesisBlock(channelconfig.Config{ChannelID: channel, OrdererOrgs: []channelconfig.Org{org},

@@ -86,6 +86,9 @@ type Node struct {
 	closeOnce sync.Once
 	confState raftpb.ConfState
 	members   map[uint64]Peer // from the log (membership.go), else Config.Peers
+	// memberVersion: the highest version of an applied conf change
+	// (MembershipVersion, membership.go).
+	memberVersion uint64
 
 	removed   atomic.Bool // this node's ID left the configuration
 	retired   atomic.Bool // Retire: the application says this node no longer belongs
@@ -120,6 +123,7 @@ type Node struct {
 type waiter struct {
 	data []byte
 	ch   chan uint64 // receives the entry's index
+	err  error       // a conf change: why it was refused (set before ch receives)
 }
 
 // New validates cfg, opens (or creates) the log in cfg.Dir and replays it.
@@ -160,14 +164,15 @@ func New(cfg Config) (*Node, error) {
 	for _, p := range c.Peers {
 		n.members[p.ID] = p
 	}
-	members, _, err := decodeSnapData(rec.snap.Data)
+	m, _, err := decodeSnapData(rec.snap.Data)
 	if err != nil {
 		w.close()
 		return nil, fmt.Errorf("%w: snapshot %d in %s: %v", ErrCorrupt, rec.snap.Metadata.Index, c.Dir, err)
 	}
-	for _, p := range members {
+	for _, p := range m.members {
 		n.learn(p)
 	}
+	n.memberVersion = m.version
 	n.setRemoved()
 	var b [8]byte
 	rand.Read(b[:]) // a fresh sequence space per start: entries proposed before a restart never match new waiters
@@ -181,7 +186,7 @@ func New(cfg Config) (*Node, error) {
 		maxFrame: maxBody + int(c.MaxSizePerMsg) + 1<<16, dialTO: c.DialTimeout, writeTO: c.WriteTimeout,
 		stallAfter: time.Duration(c.ElectionTicks) * c.TickInterval,
 		log:        c.Logger, report: n,
-		acceptUnknown: n.Joining,
+		acceptUnknown: n.acceptsUnknown,
 		idle:          n.idle,
 		selfAddr:      n.selfAddr,
 		step:          func(ctx context.Context, m raftpb.Message) error { return n.rn.Step(ctx, m) },
@@ -234,7 +239,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.rec.fresh && !c.Join {
 		var peers []raft.Peer
 		for _, p := range c.Peers {
-			peers = append(peers, raft.Peer{ID: p.ID, Context: confContext(0, 0, p)})
+			peers = append(peers, raft.Peer{ID: p.ID, Context: confContext(0, 0, p, 0)})
 		}
 		n.bootstrap.Store(true)
 		n.rn = raft.StartNode(rc, peers)
@@ -512,7 +517,7 @@ func (n *Node) maybeSnapshot() error {
 	}
 	n.mu.Lock()
 	cs := n.confState
-	data = encodeSnapData(n.snapMembers(cs), data)
+	data = encodeSnapData(snapMembership{members: n.snapMembers(cs), version: n.memberVersion}, data)
 	n.mu.Unlock()
 	snap, err := n.storage.CreateSnapshot(applied, &cs, data)
 	if err != nil {
@@ -716,8 +721,10 @@ type Status struct {
 	// longer takes part in consensus.
 	Removed bool
 	// Retired: the application retired this node (Retire).
-	Retired   bool
-	Transport TransportStats
+	Retired bool
+	// MembershipVersion: the highest version of an applied conf change.
+	MembershipVersion uint64
+	Transport         TransportStats
 }
 
 // Status returns the node's current status.
@@ -725,6 +732,7 @@ func (n *Node) Status() Status {
 	n.mu.Lock()
 	cs := n.confState
 	members := n.snapMembers(raftpb.ConfState{Voters: cs.Voters})
+	mv := n.memberVersion
 	n.mu.Unlock()
 	return Status{
 		ID: n.cfg.ID, Leader: n.lead.Load(), Term: n.term.Load(),
@@ -732,6 +740,6 @@ func (n *Node) Status() Status {
 		Commit: n.commit.Load(), Applied: n.applied.Load(), SnapshotIndex: n.snapIndex.Load(), LogBytes: n.logBytes.Load(),
 		Voters: append([]uint64(nil), cs.Voters...), Learners: append([]uint64(nil), cs.Learners...),
 		Members: members, Removed: n.removed.Load(), Retired: n.retired.Load(),
-		Transport: n.tr.stats(),
+		MembershipVersion: mv, Transport: n.tr.stats(),
 	}
 }

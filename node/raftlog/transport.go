@@ -100,8 +100,9 @@ type transport struct {
 	log        *slog.Logger
 	report     reporter
 	// acceptUnknown, if set and true, lets the handshake accept a node of
-	// the cluster that is not (yet) a known peer (a joining node), and an
-	// addr frame from it makes it a peer, so that this node can answer.
+	// the cluster that is not (yet) a known peer (while this node joins or
+	// knows no leader), and an addr frame from it makes it a peer, so that
+	// this node can answer.
 	acceptUnknown func() bool
 	// selfAddr, if set, returns this node's own address, sent in an addr
 	// frame after each handshake ("" = none known).
@@ -283,7 +284,7 @@ func (t *transport) removePeer(id uint64) {
 	}
 }
 
-// learnAddr handles an addr frame from node id: while this node joins, a
+// learnAddr handles an addr frame from node id: while acceptUnknown, a
 // sender it does not know becomes a peer at that address.
 func (t *transport) learnAddr(id uint64, addr []byte) {
 	if len(addr) == 0 || len(addr) > maxAddrLen || addr[0] == 0 || t.acceptUnknown == nil || !t.acceptUnknown() {
@@ -293,7 +294,7 @@ func (t *transport) learnAddr(id uint64, addr []byte) {
 	_, known := t.peers[id]
 	t.mu.Unlock()
 	if !known {
-		t.log.Info("raft peer learnt from its connection while joining", "peer", id, "addr", string(addr))
+		t.log.Info("raft peer learnt from its connection (this node joins or knows no leader)", "peer", id, "addr", string(addr))
 		t.addPeer(Peer{ID: id, Addr: string(addr)})
 	}
 }
@@ -481,7 +482,7 @@ func (t *transport) runPeer(ctx context.Context, p *peer, lane byte) {
 				lvl = slog.LevelDebug
 			}
 			t.log.Log(ctx, lvl, "raft peer silent: dropped the connection to it and its queued messages, dialing again",
-				"peer", p.id, "addr", p.addr, "lane", lane, "silent_for", t.stallAfter)
+				"peer", p.id, "addr", p.addr, "lane", lane, "silent_for", t.stallAfter.String())
 			t.discard(p, lane)
 		}
 		wasSilent = stalled

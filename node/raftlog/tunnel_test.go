@@ -6,6 +6,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/tunnel"
 	"github.com/memberd/memberd/tunnel/tunneltest"
 )
@@ -49,17 +50,18 @@ func newTunnels(t *testing.T, net byte, members ...string) (*tunneltest.Network,
 	nw := tunneltest.NewNetwork(tunneltest.Options{})
 	var specs []tunneltest.MemberSpec
 	for i, id := range members {
-		specs = append(specs, tunneltest.MemberSpec{ID: id, Addr: netip.AddrFrom4([4]byte{10, net, 0, byte(i + 1)}), CA: tunneltest.NewCA(t, id)})
+		specs = append(specs, tunneltest.MemberSpec{ID: id, Addr: netip.AddrFrom4([4]byte{10, net, 0, byte(i + 1)}), CA: testpki.NewCA(t, id)})
 	}
 	auth := tunneltest.NewAuthority(specs, nil)
 	devs := map[string]*tunnel.Device{}
 	for _, s := range specs {
-		signer, chain := s.CA.NewIdentity(t)
+		signer, chain := s.CA.Issue(t, "appliance").Identity()
 		d, err := tunnel.New(tunnel.Config{Member: s.ID, Signer: signer, Chain: chain, Transport: nw.Transport(s.ID), Authority: auth})
 		if err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { d.Close() })
+		tunneltest.Start(t, d)
 		devs[s.ID] = d
 	}
 	return nw, devs

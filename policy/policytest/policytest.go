@@ -1,6 +1,7 @@
-// Package policytest builds consortia for tests: member CAs, admin keys,
-// policy documents and signed versions, all in memory (ECDSA P-256 software
-// keys: a fine fake of an HSM key at the crypto.Signer seam).
+// Package policytest builds consortia for tests: member CAs (from
+// internal/testpki), admin keys, policy documents and signed versions, all
+// in memory (ECDSA P-256 software keys: a fine fake of an HSM key at the
+// crypto.Signer seam).
 package policytest
 
 import (
@@ -9,18 +10,15 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/pem"
 	"fmt"
-	"math/big"
 	"net/netip"
 	"strings"
-	"sync/atomic"
 	"testing"
-	"time"
 
 	"go.yaml.in/yaml/v3"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/policy"
 )
 
@@ -31,17 +29,10 @@ type Consortium struct {
 	// calling Genesis.
 	Template *policy.Document
 	// CAs holds each member's CA.
-	CAs map[string]*CA
+	CAs map[string]*testpki.CA
 
 	keys   map[policy.AdminRef]crypto.Signer
 	nextIP netip.Addr
-}
-
-// CA is a member CA that can issue leaf certificates.
-type CA struct {
-	Cert *x509.Certificate
-	Key  *ecdsa.PrivateKey
-	PEM  string
 }
 
 // New returns a consortium "test" with n members m1..mn, each with one
@@ -49,7 +40,7 @@ type CA struct {
 // ACL letting every member reach every other on 7050 and 7051-7059.
 func New(tb testing.TB, n int) *Consortium {
 	tb.Helper()
-	c := &Consortium{CAs: map[string]*CA{}, keys: map[policy.AdminRef]crypto.Signer{}, nextIP: netip.MustParseAddr("100.64.0.1")}
+	c := &Consortium{CAs: map[string]*testpki.CA{}, keys: map[policy.AdminRef]crypto.Signer{}, nextIP: netip.MustParseAddr("100.64.0.1")}
 	d := &policy.Document{
 		Format: policy.FormatV1, Consortium: "test", Version: 1,
 		Description:   "test consortium",
@@ -77,7 +68,7 @@ func New(tb testing.TB, n int) *Consortium {
 // returns its document entry (role writer, next overlay IP).
 func (c *Consortium) NewMember(tb testing.TB, id string) *policy.Member {
 	tb.Helper()
-	ca := NewCA(tb, id+" CA")
+	ca := testpki.NewCA(tb, id+" CA")
 	c.CAs[id] = ca
 	m := &policy.Member{ID: id, Name: "Member " + id, MSPID: id + "MSP", OverlayIP: c.nextIP.String(),
 		Roles: []policy.Role{policy.RoleWriter}, CACerts: ca.PEM,
@@ -199,53 +190,4 @@ func PublicKeyPEM(tb testing.TB, pub crypto.PublicKey) string {
 		tb.Fatal(err)
 	}
 	return string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: der}))
-}
-
-var serial atomic.Int64
-
-func init() { serial.Store(time.Now().UnixNano()) }
-
-func nextSerial() *big.Int { return big.NewInt(serial.Add(1)) }
-
-// NewCA makes a self-signed ECDSA P-256 CA valid for a year.
-func NewCA(tb testing.TB, cn string) *CA {
-	tb.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(365 * 24 * time.Hour),
-		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, k.Public(), k)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return &CA{Cert: cert, Key: k, PEM: string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}))}
-}
-
-// Issue makes a leaf certificate for cn signed by the CA.
-func (ca *CA) Issue(tb testing.TB, cn string) (*x509.Certificate, *ecdsa.PrivateKey) {
-	tb.Helper()
-	return ca.IssueOU(tb, cn)
-}
-
-// IssueOU is Issue with subject organizational units: the Fabric NodeOU
-// role ("orderer" for a node that signs blocks, "peer", "admin", "client").
-func (ca *CA) IssueOU(tb testing.TB, cn string, ous ...string) (*x509.Certificate, *ecdsa.PrivateKey) {
-	tb.Helper()
-	k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: nextSerial(), Subject: pkix.Name{CommonName: cn, OrganizationalUnit: ous},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(30 * 24 * time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, k.Public(), ca.Key)
-	if err != nil {
-		tb.Fatal(err)
-	}
-	cert, _ := x509.ParseCertificate(der)
-	return cert, k
 }

@@ -12,7 +12,15 @@
 //
 //	pusher → member: "MDPUSH1\n", then uint32 big-endian length N
 //	                 (1..policy.MaxBundleSize), then N bytes of bundle
-//	member → pusher: one line, "ok <file name>\n" or "error <reason>\n"
+//	member → pusher: one line, "ok <file name>[ <verdict>]\n" or "error <reason>\n"
+//
+// A member whose Serve has a Decider answers only once its policy watcher
+// has decided about the stored file (at most AwaitVerdict): "ok <name>
+// applied: version N", "ok <name> held: <reason>", "ok <name> stored; not
+// decided within …", or "error stored as <name>, but refused: <reason>".
+// A pusher that knows only "ok <name>" shows the verdict as part of the
+// name, and a member without a Decider answers "ok <name>" alone: both
+// directions stay compatible.
 //
 // The member parses the bundle only for its form (to name the file by its
 // version and hash); it writes it atomically (hidden temp file, fsync,
@@ -50,6 +58,20 @@ const DefaultPort = 7099
 
 // Timeout bounds one push exchange with one member.
 const Timeout = 20 * time.Second
+
+// AwaitVerdict bounds how long Serve waits for the watcher's verdict
+// before it answers (below Timeout, so the pusher hears it).
+const AwaitVerdict = 10 * time.Second
+
+// Decider is the member's policy watcher as Serve needs it
+// (policy.Watcher implements it).
+type Decider interface {
+	Await(ctx context.Context, path string) (policy.Verdict, error)
+}
+
+// ErrNoAnswer: the bundle was sent but no answer came back (the member may
+// well have it).
+var ErrNoAnswer = errors.New("no answer")
 
 // ErrPush marks a malformed push.
 var ErrPush = errors.New("policy push")
@@ -149,8 +171,9 @@ func connMember(c net.Conn) string {
 
 // Serve accepts pushes on ln and stores each into dir until ctx ends or
 // ln closes; it closes ln when ctx ends and returns once every exchange
-// has finished. log may be nil.
-func Serve(ctx context.Context, ln net.Listener, dir string, log *slog.Logger) {
+// has finished. With dec, each answer carries the watcher's verdict on the
+// stored file. log and dec may be nil.
+func Serve(ctx context.Context, ln net.Listener, dir string, dec Decider, log *slog.Logger) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -166,13 +189,13 @@ func Serve(ctx context.Context, ln net.Listener, dir string, log *slog.Logger) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			serveConn(c, dir, log)
+			serveConn(ctx, c, dir, dec, log)
 		}()
 	}
 }
 
 // serveConn handles one push exchange on c and closes it.
-func serveConn(c net.Conn, dir string, log *slog.Logger) {
+func serveConn(ctx context.Context, c net.Conn, dir string, dec Decider, log *slog.Logger) {
 	defer c.Close()
 	from := connMember(c)
 	defer func() { // a bug a member's push reaches ends that push only
@@ -193,22 +216,53 @@ func serveConn(c net.Conn, dir string, log *slog.Logger) {
 		return
 	}
 	log.Info("policy bundle pushed into the policy folder (the watcher verifies it)", "from", from, "file", name)
-	fmt.Fprintf(c, "ok %s\n", name)
+	if dec == nil {
+		fmt.Fprintf(c, "ok %s\n", name)
+		return
+	}
+	actx, cancel := context.WithTimeout(ctx, AwaitVerdict)
+	defer cancel()
+	v, err := dec.Await(actx, filepath.Join(dir, name))
+	fmt.Fprintln(c, Answer(name, v, err))
+}
+
+// Answer is the answer line (without its newline) for a bundle stored as
+// name, given the watcher's verdict (err: none within AwaitVerdict).
+func Answer(name string, v policy.Verdict, err error) string {
+	switch {
+	case err != nil:
+		return fmt.Sprintf("ok %s stored; not decided within %v (see 'memberd status' on that member)", name, AwaitVerdict)
+	case v.State == policy.VerdictApplied:
+		return fmt.Sprintf("ok %s applied: version %d", name, v.Version)
+	case v.State == policy.VerdictHeld:
+		return fmt.Sprintf("ok %s held: %s", name, oneLine(v.Reason))
+	case v.State == policy.VerdictOlder:
+		return fmt.Sprintf("ok %s not applied again: %s", name, oneLine(v.Reason))
+	default:
+		return fmt.Sprintf("error stored as %s, but refused by the member's policy watcher: %s", name, oneLine(v.Reason))
+	}
 }
 
 func oneLine(s string) string { return strings.ReplaceAll(s, "\n", " ") }
 
 // Exchange sends bundle over c, a connection to member's push service, and
-// returns its answer: the stored file name, or an error carrying the
-// member's reason. The caller owns c and its deadline.
+// returns its answer: the stored file name and the member's verdict on it
+// (see Answer), or an error carrying the member's reason. The caller owns
+// c and its deadline.
 func Exchange(c io.ReadWriter, member string, bundle []byte) (string, error) {
 	if err := WriteRequest(c, bundle); err != nil {
 		return "", err
 	}
 	line, err := bufio.NewReader(io.LimitReader(c, 4096)).ReadString('\n')
 	if err != nil {
-		return "", fmt.Errorf("no answer from %s: %w", member, err)
+		return "", fmt.Errorf("%w from %s: %w", ErrNoAnswer, member, err)
 	}
+	return ParseAnswer(member, line)
+}
+
+// ParseAnswer reads one answer line of member (see Answer): what follows
+// "ok ", or an error with the member's reason.
+func ParseAnswer(member, line string) (string, error) {
 	line = strings.TrimSuffix(line, "\n")
 	if rest, ok := strings.CutPrefix(line, "ok "); ok {
 		return rest, nil

@@ -3,11 +3,14 @@ package push_test
 import (
 	"bytes"
 	"context"
+	"io"
+	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/policy/policytest"
@@ -107,7 +110,7 @@ func TestServeExchange(t *testing.T) {
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	go func() { push.Serve(ctx, ln, dir, nil); close(done) }()
+	go func() { push.Serve(ctx, ln, dir, nil, nil); close(done) }()
 	exchange := func(bundle []byte) (string, error) {
 		c, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
@@ -129,4 +132,63 @@ func TestServeExchange(t *testing.T) {
 	}
 	cancel()
 	<-done
+}
+
+// TestServeVerdict: with the member's policy watcher as Decider, the pusher
+// hears what the member did with the bundle, not only that it was stored:
+// a good next version is "applied", an under-signed one is refused with
+// the watcher's reason (though stored), and a replayed older one is
+// refused as a rollback.
+func TestServeVerdict(t *testing.T) {
+	c := policytest.New(t, 3)
+	g := c.Genesis(t)
+	dir, state := t.TempDir(), t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "genesis.yaml"), g.Marshal(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	w, err := policy.NewWatcher(policy.Options{Dir: dir, StateDir: state, Genesis: g.Hash(),
+		Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Debounce: 20 * time.Millisecond, Resync: time.Hour})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	wdone, sdone := make(chan error, 1), make(chan struct{})
+	go func() { wdone <- w.Run(ctx) }()
+	go func() { push.Serve(ctx, ln, dir, w, nil); close(sdone) }()
+	defer func() {
+		cancel()
+		<-sdone
+		if err := <-wdone; err != nil {
+			t.Error(err)
+		}
+	}()
+	exchange := func(bundle []byte) (string, error) {
+		conn, err := net.Dial("tcp", ln.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(push.Timeout))
+		return push.Exchange(conn, "m2", bundle)
+	}
+	v2 := c.Next(t, g, nil, "m1", "m2")
+	if got, err := exchange(v2.Marshal()); err != nil || !strings.HasSuffix(got, " applied: version 2") {
+		t.Fatalf("v2: %q, %v", got, err)
+	}
+	if w.Current().Version() != 2 {
+		t.Fatalf("watcher at version %d after the answer, want 2", w.Current().Version())
+	}
+	under := c.Next(t, v2, nil, "m1")
+	_, err = exchange(under.Marshal())
+	if err == nil || !strings.Contains(err.Error(), "m2 refused: stored as pushed-v000003-") ||
+		!strings.Contains(err.Error(), "refused by the member's policy watcher: "+policy.ReasonQuorum) {
+		t.Fatalf("under-signed v3: %v", err)
+	}
+	if _, err := exchange(g.Marshal()); err == nil || !strings.Contains(err.Error(), policy.ReasonRollback) {
+		t.Fatalf("replayed genesis: %v", err)
+	}
 }

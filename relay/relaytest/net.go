@@ -1,3 +1,7 @@
+// Package relaytest holds helpers for tests of the relay and of packages
+// that use it: an in-process relay on loopback (Relay) and the port it
+// listens on (FreePort). Certificates come from package testpki
+// (internal/testpki). Test use only.
 package relaytest
 
 import (

@@ -54,16 +54,9 @@ func TestPolicyConfigBlockConsenter(t *testing.T) {
 		t.Skip("runs a 4-member consortium and the stock peer CLI")
 	}
 	fab := testenv.Fabric(t, "peer")
-	L := initConsortium(t, 4, 1)
-	for _, m := range L.Members {
-		editMemberConfig(t, L, m, func(c map[string]any) { c["ledger"].(map[string]any)["config_blocks"] = true })
-	}
-	d := start(t, L, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
-	if err := d.WaitLedger(ctx); err != nil {
-		t.Fatal(err)
-	}
+	L, d := startConfigBlocks(t, ctx, 4)
 	a, dm := L.Members[0], L.Members[3]
 	p := newStockPeer(t, fab, L, d, a, "peer0", a, false)
 	p.start(t)

@@ -21,7 +21,6 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/memberd/memberd/cmd/memberd/app"
 	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/block"
@@ -46,16 +45,9 @@ func TestPolicyConfigBlock(t *testing.T) {
 		t.Skip("runs a 3-member consortium and the stock peer CLI")
 	}
 	fab := testenv.Fabric(t, "peer", "configtxlator")
-	L := initConsortium(t, 3, 1)
-	for _, m := range L.Members {
-		editMemberConfig(t, L, m, func(c map[string]any) { c["ledger"].(map[string]any)["config_blocks"] = true })
-	}
-	d := start(t, L, nil)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	if err := d.WaitLedger(ctx); err != nil {
-		t.Fatal(err)
-	}
+	L, d := startConfigBlocks(t, ctx, 3)
 	a := L.Members[0]
 	// A stock peer of a follows the channel from the start.
 	p := newStockPeer(t, fab, L, d, a, "peer0", a, false)
@@ -90,10 +82,9 @@ func TestPolicyConfigBlock(t *testing.T) {
 	}
 	// 'policy verify --config-block' checks both halves.
 	verify := func() (int, string) {
-		var out, errb bytes.Buffer
-		code := app.Main([]string{"policy", "verify", "--current", filepath.Join(L.Dir, "genesis.yaml"),
-			"--config-block", filepath.Join(L.Dir, "members", a, "genesis.block"), bundle}, nil, &out, &errb)
-		return code, out.String() + errb.String()
+		code, out, errb := runMemberd(t, "policy", "verify", "--current", filepath.Join(L.Dir, "genesis.yaml"),
+			"--config-block", filepath.Join(L.Dir, "members", a, "genesis.block"), bundle)
+		return code, out + errb
 	}
 	readBundle := func() *policy.Policy {
 		raw, err := os.ReadFile(bundle)
@@ -107,18 +98,17 @@ func TestPolicyConfigBlock(t *testing.T) {
 		return v
 	}
 	sign(L.Members[0], true)
-	if code, out := verify(); code != app.ExitRuntime || !strings.Contains(out, "update to config sequence 1 REFUSED") {
+	if code, out := verify(); code != exitRuntime || !strings.Contains(out, "update to config sequence 1 REFUSED") {
 		t.Fatalf("policy verify after one signature: exit %d:\n%s", code, out)
 	}
 	sign(L.Members[1], false)
 	code, out := verify()
-	if code != app.ExitRuntime || !strings.Contains(out, "update to config sequence 1 REFUSED") {
+	if code != exitRuntime || !strings.Contains(out, "update to config sequence 1 REFUSED") {
 		t.Fatalf("policy verify --config-block with one channel admin: exit %d, want the channel REFUSED:\n%s", code, out)
 	}
 	t.Logf("policy verify --config-block of the under-signed v2:\n%s", out)
-	var pout, perr bytes.Buffer
-	if code := app.Main([]string{"policy", "verify", "--current", filepath.Join(L.Dir, "genesis.yaml"), bundle}, nil, &pout, &perr); code != app.ExitOK {
-		t.Fatalf("policy verify without --config-block: exit %d, want the policy half OK (2 of 3 admins):\n%s%s", code, pout.String(), perr.String())
+	if code, pout, perr := runMemberd(t, "policy", "verify", "--current", filepath.Join(L.Dir, "genesis.yaml"), bundle); code != 0 {
+		t.Fatalf("policy verify without --config-block: exit %d, want the policy half OK (2 of 3 admins):\n%s%s", code, pout, perr)
 	}
 
 	// Pushed, the under-signed v2 changes neither layer on any member: the
@@ -130,9 +120,10 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The pusher hears each member's refusal and its reason.
 	for _, r := range res {
-		if !r.OK {
-			t.Fatalf("push of the under-signed v2 to %s: %s", r.Member, r.Detail)
+		if r.OK || !strings.Contains(r.Detail, policy.ReasonConfigUpdate) {
+			t.Fatalf("push of the under-signed v2 to %s: ok=%v %s, want it refused for %s", r.Member, r.OK, r.Detail, policy.ReasonConfigUpdate)
 		}
 	}
 	waitFor(t, 30*time.Second, "every member to reject the under-signed v2 with reason config_update", func() bool {
@@ -164,7 +155,7 @@ func TestPolicyConfigBlock(t *testing.T) {
 	// A third admin signs both halves: 2 of 3 channel admins, 3 of 3
 	// policy admins; applied to both layers.
 	sign(L.Members[2], true)
-	if code, out := verify(); code != app.ExitOK || !strings.Contains(out, "update to config sequence 1 OK") || !strings.Contains(out, "admin signatures: 2") {
+	if code, out := verify(); code != 0 || !strings.Contains(out, "update to config sequence 1 OK") || !strings.Contains(out, "admin signatures: 2") {
 		t.Fatalf("policy verify after the third signature: exit %d:\n%s", code, out)
 	}
 	v2 := readBundle()
@@ -176,40 +167,15 @@ func TestPolicyConfigBlock(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, r := range res {
-		if !r.OK {
-			t.Fatalf("push of v2 to %s: %s", r.Member, r.Detail)
+		if !r.OK || !strings.Contains(r.Detail, "applied: version 2") {
+			t.Fatalf("push of v2 to %s: ok=%v %s, want applied", r.Member, r.OK, r.Detail)
 		}
 	}
 	if err := d.DropRelayPolicy(v2.Marshal()); err != nil {
 		t.Fatal(err)
 	}
 	// The config block follows the blocks submitted before, on every member.
-	// (a's store may still lag the blocks its SUCCESS answers came from:
-	// they were forwarded to the leader.)
-	var cfgNum uint64
-	next := before
-	waitFor(t, 30*time.Second, "the CONFIG block", func() bool {
-		h, err := d.LedgerHeight(a)
-		for ; err == nil && next < h; next++ {
-			b, _, err := d.LedgerBlock(ctx, a, next)
-			if err != nil {
-				t.Fatal(err)
-			}
-			if _, _, err := channelconfig.BlockConfig(b); err == nil {
-				cfgNum = next
-				return true
-			}
-		}
-		return false
-	})
-	waitFor(t, 30*time.Second, "the CONFIG block on every member", func() bool {
-		for _, m := range L.Members {
-			if h, err := d.LedgerHeight(m); err != nil || h <= cfgNum {
-				return false
-			}
-		}
-		return true
-	})
+	cfgNum, _ := waitConfigBlock(t, ctx, d, L.Members, before)
 	var cfgBlock *common.Block
 	for _, m := range L.Members {
 		b, _, err := d.LedgerBlock(ctx, m, cfgNum)
@@ -231,18 +197,18 @@ func TestPolicyConfigBlock(t *testing.T) {
 	// 'memberd policy log' on every member: v2 in force, with the three
 	// votes and the two channel admins who signed.
 	for _, m := range L.Members {
-		var out, errb bytes.Buffer
 		state := filepath.Join(L.Dir, "members", m, "state")
-		if code := app.Main([]string{"policy", "log", "--state", state}, nil, &out, &errb); code != app.ExitOK {
-			t.Fatalf("%s: policy log: exit %d: %s", m, code, errb.String())
+		code, out, errb := runMemberd(t, "policy", "log", "--state", state)
+		if code != 0 {
+			t.Fatalf("%s: policy log: exit %d: %s", m, code, errb)
 		}
 		sigs := strings.Join([]string{L.Members[0] + "/a1", L.Members[1] + "/a1", L.Members[2] + "/a1"}, ",")
 		cfgs := L.Members[0] + "/a1," + L.Members[2] + "/a1"
-		if !regexp.MustCompile(`(?m)^2 \*\s.*ledger_changed\s+` + regexp.QuoteMeta(sigs) + `\s+` + regexp.QuoteMeta(cfgs) + `\s+-\s*$`).MatchString(out.String()) {
-			t.Fatalf("%s: policy log lacks v2 in force with votes %s and channel signatures %s:\n%s", m, sigs, cfgs, out.String())
+		if !regexp.MustCompile(`(?m)^2 \*\s.*ledger_changed\s+` + regexp.QuoteMeta(sigs) + `\s+` + regexp.QuoteMeta(cfgs) + `\s+-\s*$`).MatchString(out) {
+			t.Fatalf("%s: policy log lacks v2 in force with votes %s and channel signatures %s:\n%s", m, sigs, cfgs, out)
 		}
 		if m == a {
-			t.Logf("memberd policy log --state %s:\n%s", state, out.String())
+			t.Logf("memberd policy log --state %s:\n%s", state, out)
 		}
 	}
 	ce, cue, err := channelconfig.ConfigTransactionOf(cfgBlock)
@@ -284,12 +250,11 @@ func TestPolicyConfigBlock(t *testing.T) {
 	p.cli(t, ctx, p.clientEnv(), "channel", "fetch", "config", fetched, "-c", "demo", "-o", d.LedgerAddr(a),
 		"--tls", "--cafile", filepath.Join(L.Dir, "members", a, "ca.pem"))
 	// 'memberd policy log --config-block' names the block of v2.
-	var lout, lerr bytes.Buffer
-	if code := app.Main([]string{"policy", "log", "--state", filepath.Join(L.Dir, "members", a, "state"), "--config-block", fetched}, nil, &lout, &lerr); code != app.ExitOK ||
-		!regexp.MustCompile(`(?m)^2 \*\s.*\s`+strconv.FormatUint(cfgNum, 10)+`\s*$`).MatchString(lout.String()) {
-		t.Fatalf("policy log --config-block: exit %d, want v2 with config block %d:\n%s%s", code, cfgNum, lout.String(), lerr.String())
+	lcode, lout, lerr := runMemberd(t, "policy", "log", "--state", filepath.Join(L.Dir, "members", a, "state"), "--config-block", fetched)
+	if lcode != 0 || !regexp.MustCompile(`(?m)^2 \*\s.*\s`+strconv.FormatUint(cfgNum, 10)+`\s*$`).MatchString(lout) {
+		t.Fatalf("policy log --config-block: exit %d, want v2 with config block %d:\n%s%s", lcode, cfgNum, lout, lerr)
 	}
-	t.Logf("memberd policy log --config-block (from peer channel fetch config):\n%s", lout.String())
+	t.Logf("memberd policy log --config-block (from peer channel fetch config):\n%s", lout)
 	raw, err := os.ReadFile(fetched)
 	if err != nil {
 		t.Fatal(err)
@@ -354,6 +319,55 @@ func TestPolicyConfigBlock(t *testing.T) {
 	if h, err := d.LedgerHeight(a); err != nil || h != height {
 		t.Fatalf("height %d after the refused update (%v), want %d", h, err, height)
 	}
+}
+
+// startConfigBlocks runs a consortium of n members with
+// ledger.config_blocks on, its ledger up.
+func startConfigBlocks(t *testing.T, ctx context.Context, n int) (*demo.Layout, *demo.Consortium) {
+	t.Helper()
+	L := initConsortium(t, n, 1)
+	for _, m := range L.Members {
+		editMemberConfig(t, L, m, func(c map[string]any) { c["ledger"].(map[string]any)["config_blocks"] = true })
+	}
+	d := start(t, L, nil)
+	if err := d.WaitLedger(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return L, d
+}
+
+// waitConfigBlock waits for the first CONFIG block at or after height from
+// on members[0], then for every member to store it; it returns its number
+// and members[0]'s copy. (members[0]'s store may still lag the blocks its
+// SUCCESS answers came from: they were forwarded to the leader.)
+func waitConfigBlock(t *testing.T, ctx context.Context, d *demo.Consortium, members []string, from uint64) (uint64, *common.Block) {
+	t.Helper()
+	var cfgNum uint64
+	var cfgBlk *common.Block
+	next := from
+	waitFor(t, 30*time.Second, "the CONFIG block", func() bool {
+		h, err := d.LedgerHeight(members[0])
+		for ; err == nil && next < h; next++ {
+			b, _, err := d.LedgerBlock(ctx, members[0], next)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, _, err := channelconfig.BlockConfig(b); err == nil {
+				cfgNum, cfgBlk = next, b
+				return true
+			}
+		}
+		return false
+	})
+	waitFor(t, 30*time.Second, "the CONFIG block on every member", func() bool {
+		for _, m := range members {
+			if h, err := d.LedgerHeight(m); err != nil || h <= cfgNum {
+				return false
+			}
+		}
+		return true
+	})
+	return cfgNum, cfgBlk
 }
 
 // policyRejected reads member m's policy_rejected_total{reason} from its

@@ -7,14 +7,7 @@ package consortium_test
 import (
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
-	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/base64"
-	"math/big"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -26,6 +19,7 @@ import (
 
 	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/testenv"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/relay"
 )
@@ -265,28 +259,16 @@ func TestNonMemberRefused(t *testing.T) {
 	L := initConsortium(t, 2, 2)
 	d := start(t, L, nil)
 	_ = d
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: "intruder"},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign, BasicConstraintsValid: true, IsCA: true,
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, key.Public(), key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	leaf, _ := x509.ParseCertificate(der)
 	var relays []relay.RelayInfo
 	for _, r := range L.Genesis.Relays() {
 		relays = append(relays, relay.RelayInfo{ID: r.ID, Addr: r.Address, Pin: "sha256/" + base64.StdEncoding.EncodeToString(r.Pin)})
 	}
-	cl, err := relay.NewClient(relay.ClientConfig{Identity: tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key, Leaf: leaf},
+	cl, err := relay.NewClient(relay.ClientConfig{Identity: testpki.SelfSigned(t, "intruder").TLS(),
 		Relays: relays, NoEnvProxy: true, QUICTimeout: 500 * time.Millisecond, BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
 	if err != nil {
 		t.Fatal(err)
 	}
+	go cl.Run(context.Background()) // until Close
 	defer cl.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Second)
 	defer cancel()

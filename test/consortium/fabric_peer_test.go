@@ -18,7 +18,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/memberd/memberd/cmd/memberd/app"
 	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/testenv"
 )
@@ -133,9 +132,8 @@ func testStockPeer(t *testing.T, mutual bool) {
 		args = append(args, "--tls-cert", filepath.Join(mdir, "client", "msp", "signcerts", "cert.pem"),
 			"--tls-key", "file:"+filepath.Join(mdir, "client", "msp", "keystore", "key.pem"))
 	}
-	var out, errb bytes.Buffer
-	if code := app.Main(args, nil, &out, &errb); code != app.ExitOK {
-		t.Fatalf("memberd ledger fetch: exit %d: %s", code, errb.String())
+	if code, _, errb := runMemberd(t, args...); code != 0 {
+		t.Fatalf("memberd ledger fetch: exit %d: %s", code, errb)
 	}
 	for n := uint64(0); n < want; n++ {
 		ours, err := os.ReadFile(filepath.Join(fetched, fmt.Sprintf("%d.block", n)))
@@ -328,15 +326,6 @@ func (p *stockPeer) log(t *testing.T) string {
 		t.Fatal(err)
 	}
 	return string(b)
-}
-
-// memberd runs the memberd command line in this process.
-func memberd(t *testing.T, args ...string) {
-	t.Helper()
-	var out, errb bytes.Buffer
-	if code := app.Main(args, nil, &out, &errb); code != app.ExitOK {
-		t.Fatalf("memberd %s: exit %d: %s", strings.Join(args, " "), code, errb.String())
-	}
 }
 
 func copyFile(t *testing.T, from, to string) {

@@ -10,7 +10,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
-	"runtime"
 	"strconv"
 	"strings"
 	"syscall"
@@ -37,12 +36,7 @@ func TestNetnsUDPBlocked(t *testing.T) {
 	ipBin := testenv.Command(t, "ip", "iproute2")
 	nftBin := testenv.Command(t, "nft", "nftables")
 	testenv.SoftHSMModule(t)
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-
-	bin := filepath.Join(t.TempDir(), "memberd")
-	if out, err := exec.Command(goBin, "build", "-o", bin, "github.com/memberd/memberd/cmd/memberd").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
+	bin := memberdBin(t)
 
 	// Namespace and veth: 10.231.N.1 (root side, relays) / 10.231.N.2 (ns).
 	n := os.Getpid()%200 + 20

@@ -13,11 +13,8 @@ import (
 	"crypto/elliptic"
 	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"math/big"
 	"net"
 	"os"
 	"regexp"
@@ -32,6 +29,7 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/orderer"
 	"github.com/memberd/memberd/relay/wire"
@@ -88,23 +86,6 @@ func readFile(t *testing.T, path string) []byte {
 	return b
 }
 
-// selfSigned is a certificate of no member CA.
-func selfSigned(t *testing.T, cn string) tls.Certificate {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{SerialNumber: big.NewInt(7), Subject: pkix.Name{CommonName: cn},
-		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
-		ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, KeyUsage: x509.KeyUsageDigitalSignature}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
-}
-
 // closedBy reports whether the peer closed c (EOF, reset or a TLS alert)
 // within d.
 func closedBy(c net.Conn, d time.Duration) bool {
@@ -144,7 +125,7 @@ func (s *suite) hostileTLS(t *testing.T) {
 	now := time.Now()
 	good := s.memberCert(t, "e2e-attacker-good", now, time.Hour)
 	expired := s.memberCert(t, "e2e-attacker-expired", now.Add(-48*time.Hour), time.Hour)
-	stranger := selfSigned(t, "e2e-stranger")
+	stranger := testpki.SelfSigned(t, "e2e-stranger").TLS() // of no member CA
 	a0 := s.load.ackedCount()
 	t0 := time.Now()
 

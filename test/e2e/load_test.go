@@ -23,6 +23,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -54,6 +55,25 @@ type loader struct {
 	seq      int
 	pause    time.Time // send nothing before (after a refusal)
 	marker   string    // put in every new envelope's payload
+
+	// rate: new envelopes offered per second (0: as fast as the window
+	// allows). Bounded so that the suite's time and the chain it checks do
+	// not grow with the machine's speed: flat out, a quiet box moved 2
+	// million envelopes and the suite passed its 15-minute timeout.
+	rate float64
+	// chains: what verify has already read of each member's chain, so
+	// that each check reads only the blocks cut since the last one.
+	chains map[string]*memberChain
+}
+
+// defaultLoadRate is the load's offered rate, envelopes/s
+// (MEMBERD_E2E_LOAD_RATE overrides it; 0 means flat out).
+const defaultLoadRate = 1000
+
+// memberChain is one member's chain as verify has read it so far.
+type memberChain struct {
+	headers [][]byte        // deterministic header of each block, by number
+	txs     map[string]bool // every transaction id in those blocks
 }
 
 func (l *loader) setMarker(m string) {
@@ -77,7 +97,14 @@ func newLoader(t *testing.T, cl *cluster) *loader {
 	m := pol.Member(entry)
 	cert, key := issueClientCert(t, cl, "e2e-client."+entry, time.Now(), 0)
 	l := &loader{cl: cl, id: orderer.Identity{MSPID: m.MSPID, Cert: cert, Signer: key}, channel: pol.Ledger().Channel,
-		acked: map[string]time.Time{}, answers: map[string]int{}}
+		acked: map[string]time.Time{}, answers: map[string]int{}, rate: defaultLoadRate, chains: map[string]*memberChain{}}
+	if v := os.Getenv("MEMBERD_E2E_LOAD_RATE"); v != "" {
+		r, err := strconv.ParseFloat(v, 64)
+		if err != nil || r < 0 {
+			t.Fatalf("MEMBERD_E2E_LOAD_RATE=%q: want envelopes per second, 0 for flat out", v)
+		}
+		l.rate = r
+	}
 	tc := orderer.TLSCertificate(l.id)
 	l.creds = credentials.NewTLS(orderer.ClientTLS(&tc, pol.CAPool()))
 	return l
@@ -130,8 +157,10 @@ func (l *loader) conn(p *proc) (*grpc.ClientConn, error) {
 		grpc.WithTransportCredentials(l.creds), grpc.WithContextDialer(dial))...)
 }
 
-// run submits envelopes to member-a until ctx ends, window in flight.
+// run submits envelopes to member-a until ctx ends, window in flight, new
+// ones at l.rate (resent ones at once).
 func (l *loader) run(ctx context.Context, window int) {
+	var due time.Time // when the next new envelope may go (l.rate > 0)
 	entry := l.cl.member(l.cl.layout.Members[0])
 	cc, err := l.conn(entry)
 	if err != nil {
@@ -191,6 +220,9 @@ func (l *loader) run(ctx context.Context, window int) {
 			}
 			if len(retry) > 0 {
 				env, retry = retry[0], retry[1:]
+			} else if l.rate > 0 && time.Until(due) > 0 {
+				sleepCtx(ctx, time.Until(due))
+				continue
 			} else if env, err = l.newEnvelope(); err != nil {
 				l.cl.t.Errorf("load: %v", err)
 				break
@@ -202,6 +234,13 @@ func (l *loader) run(ctx context.Context, window int) {
 				break send
 			case <-ctx.Done():
 				break send
+			}
+			if l.rate > 0 {
+				// At most 100 ms of catch-up burst after a stall.
+				if floor := time.Now().Add(-100 * time.Millisecond); due.Before(floor) {
+					due = floor
+				}
+				due = due.Add(time.Duration(float64(time.Second) / l.rate))
 			}
 			if bs.Send(env) != nil {
 				break
@@ -303,11 +342,13 @@ func (l *loader) answerSummary() string {
 	return strings.Join(s, " ")
 }
 
-// verify fetches the chain of every member up to the height every member
-// has reached at least the acked envelopes, and checks: every acked
-// envelope is in every chain, and the block headers are identical. It
-// returns the number of acked envelopes missing (over all members) and the
-// common height.
+// verify reads the chain of every member up to the height at which it holds
+// every acked envelope, and checks: every acked envelope is in every chain,
+// and the block headers are identical. It returns the number of acked
+// envelopes missing (over all members) and the common height. Each call
+// reads only what was cut since the previous one, plus the last
+// reReadTail blocks again, which must not have changed (a member whose
+// store tail was torn fetches them anew).
 func (l *loader) verify(ctx context.Context) (lost int, height uint64, err error) {
 	l.mu.Lock()
 	want := make(map[string]bool, len(l.acked))
@@ -315,48 +356,23 @@ func (l *loader) verify(ctx context.Context) (lost int, height uint64, err error
 		want[k] = true
 	}
 	l.mu.Unlock()
-	type chain struct {
-		headers [][]byte
-		txs     map[string]bool
-	}
-	var chains []chain
+	var chains []*memberChain
 	for _, p := range l.cl.members() {
-		cc, err := l.conn(p)
-		if err != nil {
-			return 0, 0, err
+		c := l.chains[p.name]
+		if c == nil {
+			c = &memberChain{txs: map[string]bool{}}
+			l.chains[p.name] = c
 		}
-		c := chain{txs: map[string]bool{}}
-		// Wait until every acked envelope is in this member's chain (it may
-		// still be catching up), at most 60 s.
-		fctx, cancel := context.WithTimeout(ctx, 60*time.Second)
-		missing := len(want)
-		next := uint64(0)
-		ferr := orderer.Fetch(fctx, ab.NewAtomicBroadcastClient(cc), l.id, l.channel,
-			orderer.SeekRange(0, orderer.MaxBlock, ab.SeekInfo_BLOCK_UNTIL_READY), func(b *common.Block) error {
-				if b.GetHeader().GetNumber() != next {
-					return fmt.Errorf("%s sent block %d, want %d", p.name, b.GetHeader().GetNumber(), next)
-				}
-				next++
-				h, _ := proto.MarshalOptions{Deterministic: true}.Marshal(b.GetHeader())
-				c.headers = append(c.headers, h)
-				for _, raw := range b.GetData().GetData() {
-					if env, err := block.ParseEnvelope(raw); err == nil {
-						id := env.TxID()
-						if want[id] && !c.txs[id] {
-							missing--
-						}
-						c.txs[id] = true
-					}
-				}
-				if missing == 0 {
-					return errStop
-				}
-				return nil
-			})
-		cancel()
-		cc.Close()
-		if ferr != nil && !errors.Is(ferr, errStop) && missing != 0 {
-			l.cl.t.Logf("fetching %s's chain: %v (%d acked envelopes not seen)", p.name, ferr, missing)
+		missing := 0
+		for id := range want {
+			if !c.txs[id] {
+				missing++
+			}
+		}
+		if missing > 0 {
+			if err := l.readChain(ctx, p, c, want, &missing); err != nil {
+				return 0, 0, err
+			}
 		}
 		lost += missing
 		chains = append(chains, c)
@@ -374,6 +390,61 @@ func (l *loader) verify(ctx context.Context) (lost int, height uint64, err error
 	}
 	return lost, height, nil
 }
+
+// reReadTail: how many of the blocks verify read before it reads again.
+const reReadTail = 64
+
+// readChain reads p's blocks from reReadTail before what c holds until
+// every wanted envelope is in c (*missing counts down), at most 60 s (p may
+// still be catching up). A block read again must equal the one read before.
+func (l *loader) readChain(ctx context.Context, p *proc, c *memberChain, want map[string]bool, missing *int) error {
+	cc, err := l.conn(p)
+	if err != nil {
+		return err
+	}
+	defer cc.Close()
+	fctx, cancel := context.WithTimeout(ctx, 60*time.Second)
+	defer cancel()
+	next := uint64(max(0, len(c.headers)-reReadTail))
+	ferr := orderer.Fetch(fctx, ab.NewAtomicBroadcastClient(cc), l.id, l.channel,
+		orderer.SeekRange(next, orderer.MaxBlock, ab.SeekInfo_BLOCK_UNTIL_READY), func(b *common.Block) error {
+			n := b.GetHeader().GetNumber()
+			if n != next {
+				return fmt.Errorf("%s sent block %d, want %d", p.name, n, next)
+			}
+			next++
+			h, _ := proto.MarshalOptions{Deterministic: true}.Marshal(b.GetHeader())
+			if n < uint64(len(c.headers)) {
+				if !bytes.Equal(h, c.headers[n]) {
+					return fmt.Errorf("%w: %s's block %d is not the one it served before", errChanged, p.name, n)
+				}
+				return nil
+			}
+			c.headers = append(c.headers, h)
+			for _, raw := range b.GetData().GetData() {
+				if env, err := block.ParseEnvelope(raw); err == nil {
+					id := env.TxID()
+					if want[id] && !c.txs[id] {
+						*missing--
+					}
+					c.txs[id] = true
+				}
+			}
+			if *missing == 0 {
+				return errStop
+			}
+			return nil
+		})
+	if errors.Is(ferr, errChanged) {
+		return ferr
+	}
+	if ferr != nil && !errors.Is(ferr, errStop) && *missing != 0 {
+		l.cl.t.Logf("fetching %s's chain: %v (%d acked envelopes not seen)", p.name, ferr, *missing)
+	}
+	return nil
+}
+
+var errChanged = errors.New("chain changed")
 
 var errStop = errors.New("all acked envelopes seen")
 

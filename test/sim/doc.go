@@ -29,8 +29,9 @@
 // Flags: -sim.tx (envelopes per client), -sim.faults (virtual time of the
 // fault phase), -sim.resubmit=false (clients do not resubmit after an
 // ambiguous answer), -sim.hostile (frames also duplicated and reordered
-// within a connection, beyond TCP), -sim.policyskew (policy versions reach
-// each node at its own time; finds an open bug, see run_test.go).
+// within a connection, beyond TCP), -sim.policyskew=false (each policy
+// version reaches every node at once; by default each node gets it at its
+// own time, as when each member's admins copy it into their policy folder).
 //
 // TestConsortiumSim (tunnel_test.go) runs the same seeds with raft going
 // members -> relays -> members: two real relay.Servers (TLS over simnet,

@@ -20,6 +20,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/memberd/memberd/hsm"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/node/orderer"
 	"github.com/memberd/memberd/node/raftlog"
@@ -163,7 +164,7 @@ func newLedgerSim(t *testing.T, seed uint64, tunnel bool) *ledgerSim {
 	s.simPolicies(fmt.Sprintf("m%d", s.removedID))
 	css := map[string]channelconfig.Consenter{}
 	for _, m := range s.pol.Consenters() {
-		cert, _ := s.cons.CAs[m.ID].Issue(t, m.ID+"-tls")
+		cert := s.cons.CAs[m.ID].Issue(t, m.ID+"-tls").Cert
 		p := hsm.EncodePEM("CERTIFICATE", cert.Raw)
 		css[m.ID] = channelconfig.Consenter{Host: m.ID, Port: 7050, ClientTLSCert: p, ServerTLSCert: p}
 	}
@@ -177,8 +178,8 @@ func newLedgerSim(t *testing.T, seed uint64, tunnel bool) *ledgerSim {
 	for i := 1; i <= 3; i++ {
 		member := fmt.Sprintf("m%d", i)
 		n := &simNode{id: uint64(i), name: fmt.Sprintf("n%d", i), member: member, dir: t.TempDir()}
-		cert, key := s.cons.CAs[member].IssueOU(t, n.name, channelconfig.OrdererOU)
-		n.ident = orderer.Identity{MSPID: s.pol.Member(member).MSPID, Cert: cert, Signer: key}
+		leaf := s.cons.CAs[member].Issue(t, n.name, testpki.OU(channelconfig.OrdererOU))
+		n.ident = orderer.Identity{MSPID: s.pol.Member(member).MSPID, Cert: leaf.Cert, Signer: leaf.Key}
 		n.polDir, n.stateDir, n.delivered = n.dir+"/policy", n.dir+"/policy-state", map[uint64]bool{}
 		if err := os.Mkdir(n.polDir, 0o700); err != nil {
 			t.Fatal(err)

@@ -106,8 +106,8 @@ func (s *ledgerSim) deliver(n *simNode, only bool, vs ...uint64) {
 
 // policyEvent delivers to one node, as the seed says: the next version it
 // lacks, a random version (maybe out of order), or a rollback attempt.
-// Without -sim.policyskew the version goes to every node at once (so that
-// no node leads with an older version than another: see flagSkew).
+// With -sim.policyskew=false the version goes to every node at once (no
+// node leads with an older version than another: see flagSkew).
 func (s *ledgerSim) policyEvent() {
 	r := s.rng
 	n := s.nodes[r.IntN(len(s.nodes))]

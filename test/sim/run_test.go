@@ -30,11 +30,12 @@ var (
 	flagRetry = flag.Bool("sim.resubmit", true, "clients resubmit an envelope whose answer was not SUCCESS")
 	// flagSkew: policy versions reach the nodes at different times, as
 	// they do when each member's admins copy them into its policy folder.
-	// Off by default: a raft leader whose policy is older than the one
-	// that removed a consenter adds it back (an open bug found with it,
-	// seed 4: orderer.Membership follows the leader's own policy version);
-	// make sim SIMFLAGS=-sim.policyskew shows it.
-	flagSkew        = flag.Bool("sim.policyskew", false, "policy versions reach each node at its own time (finds the open consenter re-add bug)")
+	// It found that a raft leader whose policy was older than the one that
+	// removed a consenter added it back (seed 4); conf changes now carry
+	// their policy version and the log's newest one holds a lagging leader
+	// (node/raftlog MembershipVersion). -sim.policyskew=false delivers
+	// each version to every node at once.
+	flagSkew        = flag.Bool("sim.policyskew", true, "policy versions reach each node at its own time (false: every node at once)")
 	flagTunnelSeeds = flag.Int("sim.tunnelseeds", 0, "how many seeds TestConsortiumSim runs (default: -sim.seeds)")
 	flagWatchdog    = flag.Duration("sim.watchdog", 5*time.Minute, "real time after which a seed that has not ended dumps every goroutine and exits")
 	flagHostile     = flag.Bool("sim.hostile", false, "the network also duplicates and reorders raft messages within a connection (beyond TCP)")
@@ -335,8 +336,8 @@ func (s *ledgerSim) note(kind string) {
 }
 
 func (s *ledgerSim) identity(member, cn string) orderer.Identity {
-	cert, key := s.cons.CAs[member].Issue(s.t, cn)
-	return orderer.Identity{MSPID: s.pol.Member(member).MSPID, Cert: cert, Signer: key}
+	leaf := s.cons.CAs[member].Issue(s.t, cn)
+	return orderer.Identity{MSPID: s.pol.Member(member).MSPID, Cert: leaf.Cert, Signer: leaf.Key}
 }
 
 // injectFaults hits the network and the nodes for d of virtual time, one

@@ -20,9 +20,9 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/internal/authority"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/policy"
 	"github.com/memberd/memberd/relay"
-	"github.com/memberd/memberd/relay/relaytest"
 	"github.com/memberd/memberd/test/sim/simnet"
 	"github.com/memberd/memberd/test/sim/simtun"
 )
@@ -111,9 +111,9 @@ func newTunnelNet(s *ledgerSim) *tunnelNet {
 	tn := &tunnelNet{s: s, certs: map[string]tls.Certificate{}, relays: map[string]*simRelay{},
 		hosts: map[string]*simtun.Host{}, version: map[string]uint64{}, removedAt: map[string]time.Time{}, toRemoved: map[string]int{}, pairs: map[string]int{}}
 	for _, id := range relayIDs {
-		cert := relaytest.SelfSigned(s.t, id)
-		tn.certs[id] = cert
-		tn.infos = append(tn.infos, relay.RelayInfo{ID: id, Addr: id + ":443", Pin: relay.PinOf(cert.Leaf)})
+		leaf := testpki.SelfSigned(s.t, id)
+		tn.certs[id] = leaf.TLS()
+		tn.infos = append(tn.infos, relay.RelayInfo{ID: id, Addr: id + ":443", Pin: relay.PinOf(leaf.Cert)})
 	}
 	return tn
 }
@@ -232,13 +232,13 @@ func overlay(p *policy.Policy, member string) (netip.Addr, bool) {
 func (tn *tunnelNet) startHost(n *simNode) *simtun.Host {
 	s := tn.s
 	addr, _ := overlay(s.pols[0], n.member)
-	cert, key := s.cons.CAs[n.member].Issue(s.t, n.name+"-relay-client")
+	client := s.cons.CAs[n.member].Issue(s.t, n.name+"-relay-client")
 	var log *slog.Logger
 	if testing.Verbose() && *flagLogs {
 		log = slog.New(slog.NewTextHandler(tWriter{s.t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", n.name, "component", "tunnel")
 	}
 	h, err := simtun.New(n.member, addr, relay.ClientConfig{
-		Identity:   tls.Certificate{Certificate: [][]byte{cert.Raw}, PrivateKey: key, Leaf: cert},
+		Identity:   client.TLS(),
 		Relays:     tn.infos,
 		DialStream: tn.dialFrom(n.name),
 		NoEnvProxy: true,

@@ -1,93 +1,14 @@
 package tunneltest
 
 import (
-	"crypto"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/x509"
-	"crypto/x509/pkix"
 	"errors"
 	"fmt"
-	"math/big"
 	"net/netip"
-	"sync/atomic"
-	"testing"
-	"time"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/tunnel"
 )
-
-// CA is a test member CA (software ECDSA P-256 key).
-type CA struct {
-	Member string
-	Cert   *x509.Certificate
-	Key    *ecdsa.PrivateKey
-}
-
-var serial atomic.Int64
-
-// NewCA makes a self-signed CA for member, valid for a day.
-func NewCA(t testing.TB, member string) *CA {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(serial.Add(1)),
-		Subject:               pkix.Name{CommonName: member + " test CA", Organization: []string{member}},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(24 * time.Hour),
-		IsCA:                  true,
-		BasicConstraintsValid: true,
-		KeyUsage:              x509.KeyUsageCertSign | x509.KeyUsageDigitalSignature,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return &CA{Member: member, Cert: cert, Key: key}
-}
-
-// Issue certifies pub as an appliance identity of the CA's member, valid
-// from notBefore to notAfter. The chain returned is leaf only (the CA is
-// pinned by the Authority).
-func (ca *CA) Issue(t testing.TB, pub crypto.PublicKey, notBefore, notAfter time.Time) []*x509.Certificate {
-	t.Helper()
-	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(serial.Add(1)),
-		Subject:      pkix.Name{CommonName: ca.Member + " appliance", Organization: []string{ca.Member}},
-		NotBefore:    notBefore,
-		NotAfter:     notAfter,
-		KeyUsage:     x509.KeyUsageDigitalSignature,
-		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth, x509.ExtKeyUsageServerAuth},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, ca.Cert, pub, ca.Key)
-	if err != nil {
-		t.Fatal(err)
-	}
-	cert, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return []*x509.Certificate{cert}
-}
-
-// NewIdentity makes a software ECDSA identity key and a certificate from ca
-// valid for a day.
-func (ca *CA) NewIdentity(t testing.TB) (crypto.Signer, []*x509.Certificate) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return key, ca.Issue(t, &key.PublicKey, time.Now().Add(-time.Hour), time.Now().Add(24*time.Hour))
-}
 
 // Authority is an immutable test policy snapshot.
 type Authority struct {
@@ -102,7 +23,7 @@ var _ tunnel.Authority = (*Authority)(nil)
 type MemberSpec struct {
 	ID   string
 	Addr netip.Addr
-	CA   *CA
+	CA   *testpki.CA // nil: a member no CA vouches for
 }
 
 // NewAuthority builds a snapshot. acl nil allows everything.

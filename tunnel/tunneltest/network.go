@@ -1,6 +1,6 @@
 // Package tunneltest provides fakes for testing the tunnel without relays:
 // an in-memory member-addressed packet network (like wireguard-go's
-// conn/bindtest), a test Authority, and test member CAs and identities.
+// conn/bindtest) and a test Authority (member CAs: see internal/testpki).
 package tunneltest
 
 import (

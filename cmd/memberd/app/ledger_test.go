@@ -18,6 +18,7 @@ import (
 
 	"github.com/memberd/memberd/hsm"
 	"github.com/memberd/memberd/hsm/hsmtest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/orderer"
 	"github.com/memberd/memberd/node/raftlog"
@@ -51,12 +52,12 @@ func TestLedgerCommands(t *testing.T) {
 	polFile := filepath.Join(dir, "policy.yaml")
 	os.WriteFile(polFile, pol.Marshal(), 0o644)
 	ca := cons.CAs["m1"]
-	nodeCert, nodeKey := ca.IssueOU(t, "node1", "orderer")
-	writeCert(t, filepath.Join(dir, "node.pem"), nodeCert)
+	node := ca.Issue(t, "node1", testpki.OU("orderer"))
+	writeCert(t, filepath.Join(dir, "node.pem"), node.Cert)
 	writeCert(t, filepath.Join(dir, "ca.pem"), ca.Cert)
-	clientCert, clientKey := ca.Issue(t, "client1")
-	writeCert(t, filepath.Join(dir, "client.pem"), clientCert)
-	writeKey(t, filepath.Join(dir, "client.key"), clientKey)
+	client := ca.Issue(t, "client1")
+	writeCert(t, filepath.Join(dir, "client.pem"), client.Cert)
+	writeKey(t, filepath.Join(dir, "client.key"), client.ECDSA(t))
 
 	gen := filepath.Join(dir, "genesis.block")
 	if code, _, errs := run(t, "ledger", "channel", "create", "--policy", polFile, "--out", gen); code != ExitUsage || !strings.Contains(errs, "m1") {
@@ -75,13 +76,13 @@ func TestLedgerCommands(t *testing.T) {
 	// The node.
 	rl, _ := net.Listen("tcp", "127.0.0.1:0")
 	gl, _ := net.Listen("tcp", "127.0.0.1:0")
-	id := orderer.Identity{MSPID: "m1MSP", Cert: nodeCert, Signer: nodeKey}
+	id := orderer.Identity{MSPID: "m1MSP", Cert: node.Cert, Signer: node.Key}
 	n, err := orderer.New(orderer.Config{
 		Raft: raftlog.Config{ID: 1, Peers: []raftlog.Peer{{ID: 1, Addr: rl.Addr().String()}}, Dir: filepath.Join(dir, "raft"),
 			Dialer: &net.Dialer{}, Listener: rl, TickInterval: 10 * time.Millisecond},
 		BlockDir: filepath.Join(dir, "blocks"), Genesis: genesis,
 		Batch:  block.CutterConfig{MaxMessageCount: 1, BatchTimeout: 50 * time.Millisecond},
-		Signer: nodeKey, Identity: id.Serialized(), Policy: func() *policy.Policy { return pol }})
+		Signer: node.Key, Identity: id.Serialized(), Policy: func() *policy.Policy { return pol }})
 	if err != nil {
 		t.Fatal(err)
 	}

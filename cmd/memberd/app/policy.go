@@ -103,8 +103,12 @@ func showPolicy(w io.Writer, p *policy.Policy) {
 				admins[i] += " (until " + a.Expires.UTC().Format(time.RFC3339) + ")"
 			}
 		}
-		fmt.Fprintf(w, "  %-12s %q msp=%s overlay=%s roles=%s CAs=%d admins=%s\n", m.ID, m.Name, m.MSPID, m.Addr,
-			strings.Join(roles, ","), len(m.CA), strings.Join(admins, ","))
+		crls := ""
+		for _, crl := range m.CRL {
+			crls += fmt.Sprintf(" crl(%s)=%d revoked", crl.CA.Subject.CommonName, len(crl.List.RevokedCertificateEntries))
+		}
+		fmt.Fprintf(w, "  %-12s %q msp=%s overlay=%s roles=%s CAs=%d admins=%s%s\n", m.ID, m.Name, m.MSPID, m.Addr,
+			strings.Join(roles, ","), len(m.CA), strings.Join(admins, ","), crls)
 	}
 	fmt.Fprintf(w, "relays (%d):\n", len(d.Relays))
 	for _, r := range d.Relays {

@@ -25,7 +25,11 @@ push service of every other member; each writes it into its policy folder,
 where its policy watcher verifies the signatures and applies it (or rejects it
 and logs why). Nothing is verified here: check first with 'memberd policy verify'.
 
-Exit 0 when every member stored the bundle, 1 when any did not.`,
+Each member answers once its watcher has decided (at most 10 s), and one line
+per member shows it: applied, held (applied once the previous CONFIG block is
+stored), or FAILED with the reason (unreachable, not stored, or refused).
+
+Exit 0 when no member failed or refused it, 1 when any did.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			p, err := loadPolicyFile(cmd, args[0])
@@ -49,7 +53,7 @@ Exit 0 when every member stored the bundle, 1 when any did not.`,
 				fmt.Fprintf(e.stdout, "  %-20s %-6s %s\n", r.Member, state, r.Detail)
 			}
 			if failed > 0 {
-				return fmt.Errorf("policy push: %d of %d members did not store the bundle (see above)", failed, len(results))
+				return fmt.Errorf("policy push: %d of %d members did not store or refused the bundle (see above)", failed, len(results))
 			}
 			return nil
 		},

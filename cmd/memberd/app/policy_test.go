@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/memberd/memberd/hsm/hsmtest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/policy"
@@ -78,6 +79,15 @@ func TestPolicyCLIWorkflow(t *testing.T) {
 	code, out, _ = run(t, "policy", "diff", v1, v2)
 	policyExpect(t, code, out, ExitOK, "version 1 -> 2: member_added", "+ member m4", "needs 2 of 3 member votes")
 
+	// A member's CRL shows in 'policy show' and in 'policy diff'.
+	lost := c.CAs["m2"].Issue(t, "lost").Cert
+	withCRL := filepath.Join(dir, "v2-crl.yaml")
+	policyWriteFile(t, withCRL, c.NextDocument(t, g, func(d *policy.Document) { d.Members[1].CRLs = c.CAs["m2"].CRL(t, 1, lost) }))
+	code, out, _ = run(t, "policy", "show", withCRL)
+	policyExpect(t, code, out, ExitOK, "crl(m2 CA)=1 revoked")
+	code, out, _ = run(t, "policy", "diff", v1, withCRL)
+	policyExpect(t, code, out, ExitOK, "member_changed", "revocations_changed", "~ member m2: crls", "serial "+lost.SerialNumber.String())
+
 	code, out, errb := run(t, "policy", "verify", "--current", v1, v2)
 	policyExpect(t, code, out+errb, ExitRuntime, "REFUSED", "changes:  member_added", "votes:    0", "missing:  3 [m1, m2, m3]", "needs 2 of 3")
 
@@ -122,7 +132,7 @@ func TestPolicyCLIWorkflow(t *testing.T) {
 	policyExpect(t, code, out+errb, ExitUsage, "give both --config-block and --admin-cert")
 	css := map[string]channelconfig.Consenter{}
 	for _, m := range g.Consenters() {
-		cert, _ := c.CAs[m.ID].Issue(t, m.ID+"-tls")
+		cert := c.CAs[m.ID].Issue(t, m.ID+"-tls").Cert
 		pemTLS := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
 		css[m.ID] = channelconfig.Consenter{ClientTLSCert: pemTLS, ServerTLSCert: pemTLS}
 	}
@@ -140,7 +150,7 @@ func TestPolicyCLIWorkflow(t *testing.T) {
 	}
 	genesisBlock, otherAdmin := filepath.Join(dir, "genesis.block"), filepath.Join(dir, "other-admin.pem")
 	policyWriteFile(t, genesisBlock, gbRaw)
-	oc, _ := c.CAs["m3"].IssueOU(t, "admin3", channelconfig.AdminOU)
+	oc := c.CAs["m3"].Issue(t, "admin3", testpki.OU(channelconfig.AdminOU)).Cert
 	policyWriteFile(t, otherAdmin, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: oc.Raw}))
 	code, out, errb = run(t, "policy", "sign", "--key", keys["m3"], "--insecure-file-key", "--config-block", genesisBlock, "--admin-cert", otherAdmin, v2)
 	policyExpect(t, code, out+errb, ExitRuntime, "is not for this key")

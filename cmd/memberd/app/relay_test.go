@@ -18,8 +18,8 @@ import (
 
 	"github.com/memberd/memberd/hsm/hsmtest"
 	"github.com/memberd/memberd/internal/relayd"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay"
-	"github.com/memberd/memberd/relay/relaytest"
 )
 
 func writeFile(t *testing.T, dir, name string, b []byte) string {
@@ -39,15 +39,15 @@ func certPEM(c *x509.Certificate) []byte {
 // valid config into a temp dir.
 type relayFixture struct {
 	dir    string
-	cas    map[string]*relaytest.CA
+	cas    map[string]*testpki.CA
 	pin    string
 	config string
 }
 
 func newRelayFixture(t *testing.T) *relayFixture {
 	dir := t.TempDir()
-	f := &relayFixture{dir: dir, cas: map[string]*relaytest.CA{}}
-	rc := relaytest.SelfSigned(t, "relay-1")
+	f := &relayFixture{dir: dir, cas: map[string]*testpki.CA{}}
+	rc := testpki.SelfSigned(t, "relay-1").TLS()
 	f.pin = relay.PinOf(rc.Leaf)
 	writeFile(t, dir, "relay.crt", certPEM(rc.Leaf))
 	der, err := x509.MarshalECPrivateKey(rc.PrivateKey.(*ecdsa.PrivateKey))
@@ -55,11 +55,11 @@ func newRelayFixture(t *testing.T) *relayFixture {
 		t.Fatal(err)
 	}
 	writeFile(t, dir, "relay.key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}))
-	other := relaytest.SelfSigned(t, "other")
+	other := testpki.SelfSigned(t, "other").TLS()
 	der2, _ := x509.MarshalECPrivateKey(other.PrivateKey.(*ecdsa.PrivateKey))
 	writeFile(t, dir, "other.key", pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der2}))
 	for _, m := range []string{"bank-a", "bank-b"} {
-		f.cas[m] = relaytest.NewCA(t, m+"-ca")
+		f.cas[m] = testpki.NewCA(t, m+"-ca")
 		writeFile(t, dir, m+".pem", certPEM(f.cas[m].Cert))
 	}
 	f.config = `id: relay-1
@@ -86,11 +86,12 @@ func (f *relayFixture) members(t *testing.T, addr string) map[string]*relay.Clie
 	infos := []relay.RelayInfo{{ID: "relay-1", Addr: addr, Pin: f.pin}}
 	clients := map[string]*relay.Client{}
 	for _, m := range []string{"bank-a", "bank-b"} {
-		c, err := relay.NewClient(relay.ClientConfig{Identity: f.cas[m].Issue(t, m), Relays: infos, NoEnvProxy: true,
+		c, err := relay.NewClient(relay.ClientConfig{Identity: f.cas[m].Issue(t, m).TLS(), Relays: infos, NoEnvProxy: true,
 			BackoffMin: 50 * time.Millisecond, BackoffMax: 200 * time.Millisecond})
 		if err != nil {
 			t.Fatal(err)
 		}
+		go c.Run(context.Background()) // until Close
 		t.Cleanup(func() { c.Close() })
 		clients[m] = c
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
@@ -261,7 +262,7 @@ func TestRelayCommandHSMKey(t *testing.T) {
 	f := newRelayFixture(t)
 	tok := hsmtest.NewToken(t, "relay")
 	signer := tok.NewKey(t, "tls")
-	cert := relaytest.NewCA(t, "relay-ca").IssueFor(t, "relay-1", signer)
+	cert := testpki.NewCA(t, "relay-ca").Issue(t, "relay-1", testpki.Key(signer)).TLS()
 	writeFile(t, f.dir, "relay-hsm.crt", certPEM(cert.Leaf))
 	pin := relay.PinOf(cert.Leaf)
 	cfgText := strings.NewReplacer(
@@ -295,11 +296,12 @@ func TestRelayCommandHSMKey(t *testing.T) {
 	case err := <-done:
 		t.Fatalf("relay exited: %v", err)
 	}
-	c, err := relay.NewClient(relay.ClientConfig{Identity: f.cas["bank-a"].Issue(t, "bank-a"), NoEnvProxy: true,
+	c, err := relay.NewClient(relay.ClientConfig{Identity: f.cas["bank-a"].Issue(t, "bank-a").TLS(), NoEnvProxy: true,
 		Relays: []relay.RelayInfo{{ID: "relay-1", Addr: addrs.relay, Pin: pin}}})
 	if err != nil {
 		t.Fatal(err)
 	}
+	go c.Run(context.Background()) // until Close
 	defer c.Close()
 	wctx, wcancel := context.WithTimeout(ctx, 10*time.Second)
 	defer wcancel()

@@ -13,6 +13,7 @@
 package simtun
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -95,8 +96,12 @@ func New(member string, addr netip.Addr, rc relay.ClientConfig, log *slog.Logger
 		h.wg.Close()
 		return nil, fmt.Errorf("simtun: WireGuard up: %w", err)
 	}
-	h.wgwg.Add(1)
+	h.wgwg.Add(2)
 	go h.receive()
+	go func() {
+		defer h.wgwg.Done()
+		c.Run(context.Background()) // until Close closes the client (through the Bind)
+	}()
 	return h, nil
 }
 

@@ -10,8 +10,8 @@ import (
 	"testing/synctest"
 	"time"
 
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay"
-	"github.com/memberd/memberd/relay/relaytest"
 	"github.com/memberd/memberd/test/sim/simnet"
 )
 
@@ -19,27 +19,27 @@ import (
 type pipeNet struct {
 	t     *testing.T
 	nw    *simnet.Network
-	cas   map[string]*relaytest.CA
+	cas   map[string]*testpki.CA
 	info  relay.RelayInfo
 	srv   *relay.Server
 	addrs map[string]netip.Addr
 }
 
 func newPipeNet(t *testing.T, f simnet.Faults, members ...string) *pipeNet {
-	p := &pipeNet{t: t, nw: simnet.New(simnet.Config{Seed: 1, Faults: f}), cas: map[string]*relaytest.CA{}, addrs: map[string]netip.Addr{}}
+	p := &pipeNet{t: t, nw: simnet.New(simnet.Config{Seed: 1, Faults: f}), cas: map[string]*testpki.CA{}, addrs: map[string]netip.Addr{}}
 	cas := map[string][]*x509.Certificate{}
 	for i, m := range members {
-		p.cas[m] = relaytest.NewCA(t, m)
+		p.cas[m] = testpki.NewCA(t, m)
 		cas[m] = []*x509.Certificate{p.cas[m].Cert}
 		p.addrs[m] = netip.AddrFrom4([4]byte{100, 64, 0, byte(i + 1)})
 	}
-	cert := relaytest.SelfSigned(t, "r1")
-	p.info = relay.RelayInfo{ID: "r1", Addr: "r1:443", Pin: relay.PinOf(cert.Leaf)}
+	leaf := testpki.SelfSigned(t, "r1")
+	p.info = relay.RelayInfo{ID: "r1", Addr: "r1:443", Pin: relay.PinOf(leaf.Cert)}
 	auth, err := relay.NewStaticAuthority(relay.StaticPolicy{MemberCAs: cas, AllowAll: true, Relays: []relay.RelayInfo{p.info}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	p.srv, err = relay.NewServer(relay.ServerConfig{ID: "r1", Identity: cert, Authority: auth})
+	p.srv, err = relay.NewServer(relay.ServerConfig{ID: "r1", Identity: leaf.TLS(), Authority: auth})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -54,7 +54,7 @@ func newPipeNet(t *testing.T, f simnet.Faults, members ...string) *pipeNet {
 func (p *pipeNet) host(member string) *Host {
 	d := p.nw.Dialer(member)
 	h, err := New(member, p.addrs[member], relay.ClientConfig{
-		Identity: p.cas[member].Issue(p.t, member), Relays: []relay.RelayInfo{p.info}, NoEnvProxy: true,
+		Identity: p.cas[member].Issue(p.t, member).TLS(), Relays: []relay.RelayInfo{p.info}, NoEnvProxy: true,
 		DialStream: func(ctx context.Context, addr string) (net.Conn, error) { return d.DialContext(ctx, "tcp", "r1") },
 	}, nil, false)
 	if err != nil {
@@ -92,7 +92,7 @@ func roundTrip(t *testing.T, a, b *Host) time.Duration {
 	defer cancel()
 	c, err := a.Stack.Dial(ctx, b.Addr, 7)
 	if err != nil {
-		t.Fatalf("dial %s -> %s: %v (wg %s)", a.Member, b.Member, err, a.WGSummary())
+		t.Fatalf("dial %s -> %s: %v (wg %s; relays %+v)", a.Member, b.Member, err, a.WGSummary(), a.Relay.Status())
 	}
 	defer c.Close()
 	c.Write([]byte("hello"))
