@@ -159,6 +159,7 @@ func New(cfg Config) (*Node, error) {
 		w.close()
 		return nil, err
 	}
+	replayed := len(rec.ents)
 	rec.ents = nil // storage has them
 	for _, p := range c.Peers {
 		n.members[p.ID] = p
@@ -198,7 +199,7 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	c.Logger.Info("raft log opened", "node", c.ID, "cluster", c.Cluster, "dir", c.Dir,
-		"snapshot_index", rec.snap.Metadata.Index, "entries", len(rec.ents), "commit", rec.hs.Commit, "term", rec.hs.Term)
+		"snapshot_index", rec.snap.Metadata.Index, "entries", replayed, "commit", rec.hs.Commit, "term", rec.hs.Term)
 	return n, nil
 }
 

@@ -31,6 +31,12 @@ func (s *ledgerSim) simPolicies(removed string) {
 	for v := 2; v <= 4; v++ {
 		p := s.cons.Next(t, prev, func(d *policy.Document) {
 			d.Description = fmt.Sprintf("version %d", v)
+			if v == 4 && s.tunnel {
+				// The tunnel simulation also removes the member from the
+				// consortium: its relay links close, nothing is forwarded
+				// to it any more.
+				d.Members = slices.DeleteFunc(d.Members, func(m *policy.Member) bool { return m.ID == removed })
+			}
 			if v == 3 {
 				d.Ledger.Consenters = slices.DeleteFunc(slices.Clone(d.Ledger.Consenters), func(m string) bool { return m == removed })
 				for _, m := range d.Members {
@@ -92,6 +98,9 @@ func (s *ledgerSim) deliver(n *simNode, only bool, vs ...uint64) {
 	s.openWatcher(n)
 	if on := n.np.Load(); on != nil {
 		on.Reconcile()
+	}
+	if s.tn != nil {
+		s.tn.policyApplied(n)
 	}
 }
 
