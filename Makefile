@@ -70,18 +70,24 @@ soak: deps build
 # (MEMBERD_E2E_LOAD_RATE=N, 0 for flat out), so the suite's time does not
 # grow with the machine's speed.
 E2E_TIMEOUT ?= 30m
-# Seeded simulation (issue #11): the consortium's ledger in one process
-# over a simulated network on virtual time (testing/synctest), with drops,
+# Seeded simulation (issue #11): the consortium in one process over a
+# simulated network on virtual time (testing/synctest), with drops,
 # duplicates, reordering, delay, partitions, crashes and clock jumps; SEEDS
-# seeds from SEED. A failing seed prints the command that runs it alone.
-# The fault schedule of a seed is exact; goroutine interleaving is not, so
-# a failing seed may need a few RUNS to fail again.
+# seeds from SEED, each for both simulations: TestLedgerSim (raft on direct
+# links) and TestConsortiumSim (raft through the members' WireGuard tunnels
+# and two relays, with relay crashes; test/sim/doc.go), the latter for
+# TUNNEL_SEEDS seeds (default 5: a tunnel seed costs 2-8 s, a ledger one
+# 1-3 s). SIMRUN picks one. A failing seed prints the command that runs it
+# alone. The fault schedule of a seed is exact; goroutine interleaving is
+# not, so a failing seed may need a few RUNS to fail again.
 SEEDS ?= 20
 SEED  ?= 1
 RUNS  ?= 1
+TUNNEL_SEEDS ?= 5
+SIMRUN ?= TestLedgerSim|TestConsortiumSim
 SIMFLAGS ?=
 sim:
-	$(GO) test -count=$(RUNS) -timeout 60m -run 'TestLedgerSim' ./test/sim -sim.seeds=$(SEEDS) -sim.seed=$(SEED) $(SIMFLAGS)
+	$(GO) test -count=$(RUNS) -timeout 60m -run '$(SIMRUN)' ./test/sim -sim.seeds=$(SEEDS) -sim.tunnelseeds=$(TUNNEL_SEEDS) -sim.seed=$(SEED) $(SIMFLAGS)
 
 e2e: deps build
 	$(GO) vet -tags e2e ./test/e2e/

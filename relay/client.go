@@ -85,6 +85,12 @@ type ClientConfig struct {
 	Logger *slog.Logger
 	// Registerer receives the client's metrics; nil registers none.
 	Registerer prometheus.Registerer
+	// DialStream, when set, opens the connection to a relay address for
+	// TLS instead of the TCP dialer, and QUIC is neither tried nor
+	// re-probed (the proxy settings are ignored): an in-process network,
+	// as in the seeded simulation (test/sim), where UDP sockets would
+	// leave the process. nil: QUIC, then TCP or the proxy.
+	DialStream func(ctx context.Context, addr string) (net.Conn, error)
 
 	role byte // wire.RoleMember, or RoleRelay for the mesh
 }
@@ -244,7 +250,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	d := &dialer{
 		identity: cfg.Identity, getIdentity: cfg.GetClientCertificate, role: cfg.role,
 		quicTimeout: cfg.QUICTimeout, tcpTimeout: cfg.TCPTimeout, keepAlive: cfg.KeepAlive,
-		proxy: proxyFor(cfg.Proxy, env), queueLen: cfg.QueueLen,
+		proxy: proxyFor(cfg.Proxy, env), queueLen: cfg.QueueLen, dialStream: cfg.DialStream,
 	}
 	c.dialer = d
 	c.relays.Store(&[]*relayConn{})
@@ -430,7 +436,7 @@ func (c *Client) serve(ctx context.Context, rc *relayConn, d *dialer, l *link) *
 		g.Go(func() error { l.settleDatagramSize(lctx, pmtudWait); return nil })
 		g.Go(func() error { c.hedgeTCP(lctx, rc, d, l, &next); return nil })
 	}
-	if l.path != PathQUIC {
+	if l.path != PathQUIC && d.dialStream == nil {
 		g.Go(func() error {
 			t := time.NewTicker(c.cfg.ReprobeInterval)
 			defer t.Stop()
@@ -599,6 +605,14 @@ func (c *Client) frame(rc *relayConn, l *link, f wire.Frame, owned bool) {
 		if err == nil {
 			c.log.Warn("relay is closing our connection", "relay", rc.info.ID, "code", code, "reason", reason)
 			l.goAway.Store(&reason)
+		} else {
+			c.m.drop(DropMalformed)
+		}
+	default: // a type relays do not send to members (PING, FORWARD...), or unknown
+		if f.Type.Known() {
+			c.m.drop(DropUnexpected)
+		} else {
+			c.m.drop(DropUnknownType)
 		}
 	}
 }

@@ -32,6 +32,8 @@ type dialer struct {
 	proxy       func(addr string) (*url.URL, error)
 	queueLen    int
 	drop        func(string)
+	// dialStream replaces QUIC and the TCP dialer (ClientConfig.DialStream).
+	dialStream func(ctx context.Context, addr string) (net.Conn, error)
 }
 
 func (d *dialer) tlsConfig(r RelayInfo) *tls.Config {
@@ -67,6 +69,10 @@ func (d *dialer) tlsConfig(r RelayInfo) *tls.Config {
 // dialBest tries QUIC, then TLS over TCP (through the proxy if one applies).
 // qerr is why QUIC failed when the link is a TCP one.
 func (d *dialer) dialBest(ctx context.Context, r RelayInfo) (l *link, qerr, err error) {
+	if d.dialStream != nil {
+		l, err = d.dialTCP(ctx, r, nil)
+		return l, nil, err
+	}
 	l, qerr = d.dialQUIC(ctx, r)
 	if qerr == nil {
 		return l, nil, nil
@@ -177,6 +183,8 @@ func (d *dialer) dialTCP(ctx context.Context, r RelayInfo, proxy *url.URL) (*lin
 	if proxy != nil {
 		path = PathProxy
 		nc, err = dialConnect(ctx, proxy, r.Addr)
+	} else if d.dialStream != nil {
+		nc, err = d.dialStream(ctx, r.Addr)
 	} else {
 		var nd net.Dialer
 		nc, err = nd.DialContext(ctx, "tcp", r.Addr)

@@ -171,8 +171,14 @@ func (g *handshakeGate) inProgress() int {
 // at most one line per reason per interval: a flood of a million
 // connections writes a few lines, each with how many it stands for.
 type handshakeLog struct {
-	log      *slog.Logger
-	counter  *reasonCounter
+	log     *slog.Logger
+	counter *reasonCounter
+	limit   *logLimiter
+}
+
+// logLimiter lets through at most one log line per key per interval and
+// counts the ones it held back.
+type logLimiter struct {
 	interval time.Duration
 
 	mu   sync.Mutex // guards last
@@ -184,6 +190,29 @@ type logWindow struct {
 	suppressed int
 }
 
+func newLogLimiter(interval time.Duration) *logLimiter {
+	return &logLimiter{interval: interval, last: map[string]*logWindow{}}
+}
+
+// allow reports whether a line for key may be written at now and, if so,
+// how many were held back since the last one.
+func (l *logLimiter) allow(key string, now time.Time) (suppressed int, ok bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	w := l.last[key]
+	if w == nil {
+		w = &logWindow{}
+		l.last[key] = w
+	}
+	if !w.at.IsZero() && now.Sub(w.at) < l.interval {
+		w.suppressed++
+		return 0, false
+	}
+	suppressed = w.suppressed
+	w.at, w.suppressed = now, 0
+	return suppressed, true
+}
+
 const handshakeLogEvery = 10 * time.Second
 
 func newHandshakeLog(log *slog.Logger, reg prometheus.Registerer) *handshakeLog {
@@ -193,29 +222,19 @@ func newHandshakeLog(log *slog.Logger, reg prometheus.Registerer) *handshakeLog 
 	if reg != nil {
 		c.vec = register(reg, c.vec)
 	}
-	return &handshakeLog{log: log, counter: c, interval: handshakeLogEvery, last: map[string]*logWindow{}}
+	return &handshakeLog{log: log, counter: c, limit: newLogLimiter(handshakeLogEvery)}
 }
 
 // fail counts one failure and logs it unless a line for the same reason
 // was written within the interval.
 func (h *handshakeLog) fail(reason string, remote net.Addr, err error, now time.Time) {
 	h.counter.inc(reason)
-	h.mu.Lock()
-	w := h.last[reason]
-	if w == nil {
-		w = &logWindow{}
-		h.last[reason] = w
-	}
-	if !w.at.IsZero() && now.Sub(w.at) < h.interval {
-		w.suppressed++
-		h.mu.Unlock()
+	suppressed, ok := h.limit.allow(reason, now)
+	if !ok {
 		return
 	}
-	suppressed := w.suppressed
-	w.at, w.suppressed = now, 0
-	h.mu.Unlock()
 	attrs := []any{"reason", reason, "remote", addrString(remote), "more_since_last_line", suppressed,
-		"log_every", h.interval.String()}
+		"log_every", h.limit.interval.String()}
 	if err != nil {
 		attrs = append(attrs, "err", err.Error())
 	}

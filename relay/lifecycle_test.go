@@ -3,12 +3,12 @@ package relay_test
 import (
 	"context"
 	"errors"
-	"github.com/memberd/memberd/internal/testpki"
 	"net"
 	"testing"
 	"time"
 
 	"github.com/memberd/memberd/internal/lifecycletest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/relay"
 )
 

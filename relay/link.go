@@ -36,6 +36,13 @@ const (
 	DropTooLarge  = "too_large"  // larger than the path allows
 	DropMalformed = "malformed"  // a frame that does not parse
 	DropClosed    = "closed"     // the path closed while the packet waited
+	// DropUnknownType: a frame of a type this version does not know (a
+	// later version's, or garbage that parsed as a header); skipped.
+	DropUnknownType = "unknown_type"
+	// DropUnexpected: a known frame type that the sender's role must not
+	// send on an established link (FORWARD or ROUTE_ADD from a member,
+	// PACKET from a relay, a second HELLO...); ignored.
+	DropUnexpected = "unexpected_type"
 )
 
 // QUIC application error codes used when closing.
@@ -64,8 +71,9 @@ type link struct {
 	settled     chan struct{} // closed once maxDatagram is final
 
 	ctrl   chan []byte
-	urgent chan []byte
-	data   chan []byte
+	urgent *fairQueue    // small data frames, fair between sources
+	data   *fairQueue    // the other data frames, fair between sources
+	ready  chan struct{} // poked when urgent or data gets a frame
 
 	done      chan struct{}
 	closeOnce sync.Once
@@ -84,12 +92,13 @@ func newLink(path Path, qc *quic.Conn, stream io.ReadWriter, cs tls.ConnectionSt
 		path: path, qconn: qc, stream: stream, closer: closer, tls: cs,
 		maxBody: wire.MaxBody,
 		ctrl:    make(chan []byte, 64),
-		urgent:  make(chan []byte, urgentQueueLen),
-		data:    make(chan []byte, queueLen),
+		ready:   make(chan struct{}, 1),
 		done:    make(chan struct{}),
 		settled: make(chan struct{}),
 		drop:    drop,
 	}
+	l.urgent = newFairQueue(urgentQueueLen, l.ready)
+	l.data = newFairQueue(queueLen, l.ready)
 	if path != PathQUIC {
 		close(l.settled)
 	}
@@ -190,27 +199,9 @@ const urgentFrame = 256
 // urgentQueueLen bounds the urgent queue (in frames, then dropped).
 const urgentQueueLen = 256
 
-// sendData queues a data frame; it never blocks and reports false (after
-// counting the drop) when the queue is full or the link closed. The link
-// owns frame from then on: the caller must not use it again.
-func (l *link) sendData(frame []byte) bool {
-	if l.closed() {
-		l.drop(DropClosed)
-		return false
-	}
-	q := l.data
-	if len(frame) <= urgentFrame && !diag.NoPriority {
-		q = l.urgent
-	}
-	select {
-	case q <- frame:
-		return true
-	default:
-		l.drop(DropQueueFull)
-		recycleFrame(frame)
-		return false
-	}
-}
+// sendData queues a data frame of the link's own (a ping, a pong): source
+// "" in the fair queues (see sendFrom).
+func (l *link) sendData(frame []byte) bool { return l.sendFrom("", frame, false) }
 
 // sendStream queues a data frame like sendData, but one that travels on
 // the control stream on QUIC, never in a DATAGRAM, whatever its size: a
@@ -220,28 +211,40 @@ func (l *link) sendData(frame []byte) bool {
 // they were discarded without a trace. On the stream they are batched into
 // full-size QUIC packets and never dropped by quic-go. On TLS it is
 // sendData.
-func (l *link) sendStream(frame []byte) bool {
+func (l *link) sendStream(frame []byte) bool { return l.sendFrom("", frame, true) }
+
+// send is sendStream when stream is set, else sendData.
+func (l *link) send(frame []byte, stream bool) bool { return l.sendFrom("", frame, stream) }
+
+// sendFrom queues a data frame carrying a packet from member src (see
+// fairQueue: the link's writer is shared fairly between sources); on the
+// stream when stream is set (see sendStream), else by size (urgentFrame).
+// It never blocks and reports false (after counting the drop) when the
+// link is closed or the frame does not fit; a frame of another source
+// pushed out to make room is counted too. The link owns frame from then
+// on: the caller must not use it again.
+func (l *link) sendFrom(src string, frame []byte, stream bool) bool {
 	if l.closed() {
 		l.drop(DropClosed)
-		return false
-	}
-	select {
-	case l.data <- frame:
-		return true
-	default:
-		l.drop(DropQueueFull)
 		recycleFrame(frame)
 		return false
 	}
+	q := l.data
+	if !stream && len(frame) <= urgentFrame && !diag.NoPriority {
+		q = l.urgent
+	}
+	out := q.push(src, frame)
+	if out == nil {
+		return true
+	}
+	l.drop(DropQueueFull)
+	mine := sameFrame(out, frame)
+	recycleFrame(out)
+	return !mine
 }
 
-// send is sendStream when stream is set, else sendData.
-func (l *link) send(frame []byte, stream bool) bool {
-	if stream {
-		return l.sendStream(frame)
-	}
-	return l.sendData(frame)
-}
+// sameFrame reports whether a and b are the same buffer.
+func sameFrame(a, b []byte) bool { return len(a) == len(b) && (len(a) == 0 || &a[0] == &b[0]) }
 
 // sendCtrl queues a control frame, waiting for room up to ctx. Like
 // sendData, it takes ownership of frame.
@@ -257,42 +260,33 @@ func (l *link) sendCtrl(ctx context.Context, frame []byte) error {
 }
 
 // next returns the next frame to send: a control frame first, then an
-// urgent one, then a data frame. urgent says it came from the urgent queue
-// (on QUIC: a DATAGRAM). With wait it blocks until a frame is queued or
-// the link closes (ok false); without, it returns ok false at once when
-// all queues are empty.
+// urgent one, then a data frame (each queue fair between sources). urgent
+// says it came from the urgent queue (on QUIC: a DATAGRAM). With wait it
+// blocks until a frame is queued or the link closes (ok false); without,
+// it returns ok false at once when all queues are empty.
 func (l *link) next(wait bool) (f []byte, urgent, ok bool) {
-	select {
-	case f = <-l.ctrl:
-		return f, false, true
-	default:
-	}
-	select {
-	case f = <-l.urgent:
-		return f, true, true
-	default:
-	}
-	select {
-	case f = <-l.ctrl:
-		return f, false, true
-	case f = <-l.urgent:
-		return f, true, true
-	case f = <-l.data:
-		return f, false, true
-	default:
+	for {
+		select {
+		case f = <-l.ctrl:
+			return f, false, true
+		default:
+		}
+		if f = l.urgent.pop(); f != nil {
+			return f, true, true
+		}
+		if f = l.data.pop(); f != nil {
+			return f, false, true
+		}
 		if !wait {
 			return nil, false, false
 		}
-	}
-	select {
-	case f = <-l.ctrl:
-		return f, false, true
-	case f = <-l.urgent:
-		return f, true, true
-	case f = <-l.data:
-		return f, false, true
-	case <-l.done:
-		return nil, false, false
+		select {
+		case f = <-l.ctrl:
+			return f, false, true
+		case <-l.ready:
+		case <-l.done:
+			return nil, false, false
+		}
 	}
 }
 
@@ -428,6 +422,11 @@ func (l *link) readLoop(ctx context.Context, handle frameHandler) error {
 	go func() {
 		errc <- guarded(func() error {
 			r := wire.NewReader(l.stream, l.maxBody)
+			r.Skipped = func(t wire.Type, n int) { // the reader skips unknown types: count them
+				l.bytesIn.Add(uint64(wire.HeaderLen + n))
+				l.lastRecv.Store(time.Now().UnixNano())
+				handle(wire.Frame{Type: t}, false)
+			}
 			for {
 				f, err := r.Next()
 				if err != nil {
@@ -463,19 +462,11 @@ func (l *link) run(ctx context.Context, handle frameHandler) error {
 	rerr := l.readLoop(ctx, handle)
 	err := <-werr
 	// Drain what is left so queued frames are counted, not silently lost.
-	for {
-		select {
-		case f := <-l.data:
+	for _, q := range []*fairQueue{l.urgent, l.data} {
+		q.drain(func(f []byte) {
 			l.drop(DropClosed)
 			recycleFrame(f)
-			continue
-		case f := <-l.urgent:
-			l.drop(DropClosed)
-			recycleFrame(f)
-			continue
-		default:
-		}
-		break
+		})
 	}
 	if rerr != nil {
 		return rerr
@@ -508,5 +499,37 @@ func (l *link) keepalive(ctx context.Context, interval, giveUp time.Duration, on
 			binary.BigEndian.PutUint64(b[:], uint64(now.UnixNano()))
 			l.sendData(wire.AppendFrame(nil, wire.TypePing, b[:]))
 		}
+	}
+}
+
+// closeIfIdle closes l once no frame arrived on it for idle, first calling
+// onIdle with how long it was silent. One timer per link, re-armed for
+// the last frame's time plus idle whenever it fires early; stop cancels it.
+func (l *link) closeIfIdle(idle time.Duration, onIdle func(silent time.Duration)) (stop func()) {
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	check := func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped || l.closed() {
+			return
+		}
+		silent := time.Since(time.Unix(0, l.lastRecv.Load()))
+		if silent < idle {
+			t.Reset(idle - silent)
+			return
+		}
+		onIdle(silent)
+		l.close(codeProtocol, "idle: nothing received for "+idle.String())
+	}
+	mu.Lock()
+	t = time.AfterFunc(idle, check)
+	mu.Unlock()
+	return func() {
+		mu.Lock()
+		stopped = true
+		t.Stop()
+		mu.Unlock()
 	}
 }

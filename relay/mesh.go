@@ -29,6 +29,7 @@ func (s *Server) RunMesh(ctx context.Context) error {
 		identity: s.cfg.Identity, role: wire.RoleRelay,
 		quicTimeout: mc.QUICTimeout, tcpTimeout: mc.TCPTimeout, keepAlive: mc.KeepAlive,
 		proxy: proxyFor(mc.Proxy, nil), queueLen: s.cfg.QueueLen, drop: s.m.drop,
+		dialStream: mc.DialStream,
 	}
 	type running struct {
 		info   RelayInfo

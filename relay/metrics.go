@@ -1,9 +1,12 @@
 package relay
 
 import (
+	"context"
 	"errors"
+	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -14,6 +17,8 @@ import (
 type metrics struct {
 	drops     *reasonCounter
 	offers    *reasonCounter // policy bundle offers by result (server only)
+	closes    *reasonCounter // connections the server closed, by reason (server only)
+	dlog      *dropLog       // server only: drops logged, rate-limited; nil logs none
 	forwarded prometheus.Counter
 	fwdBytes  prometheus.Counter
 	conns     prometheus.Gauge
@@ -67,7 +72,8 @@ func (c *reasonCounter) snapshot() map[string]uint64 {
 func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 	m := &metrics{
 		drops: newReasonCounter(prefix+"_dropped_packets_total", "Packets the "+what+" dropped, by reason.", "reason",
-			[]string{DropACL, DropRateLimit, DropQueueFull, DropNoRoute, DropTooLarge, DropMalformed, DropClosed}),
+			[]string{DropACL, DropRateLimit, DropQueueFull, DropNoRoute, DropTooLarge, DropMalformed, DropClosed,
+				DropUnknownType, DropUnexpected}),
 		forwarded: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: prefix + "_forwarded_packets_total",
 			Help: "Packets the " + what + " sent on.",
@@ -89,6 +95,8 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 			Help: "Packets the " + what + " also sent through a second relay because the one in use had gone quiet.",
 		}),
 		offers: newReasonCounter(prefix+"_policy_offers_total", "Signed policy bundles members offered, by result.", "result", offerResults),
+		closes: newReasonCounter(prefix+"_closed_connections_total", "Admitted connections the "+what+" closed, by reason.", "reason",
+			[]string{CloseIdle, CloseEvicted, CloseNotAdmitted}),
 	}
 	if reg != nil {
 		// A second server or client on one registry shares the first one's
@@ -100,6 +108,7 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 		m.panics = register(reg, m.panics)
 		if what == "relay" {
 			m.offers.vec = register(reg, m.offers.vec)
+			m.closes.vec = register(reg, m.closes.vec)
 		} else {
 			m.copied = register(reg, m.copied)
 		}
@@ -107,7 +116,53 @@ func newMetrics(reg prometheus.Registerer, prefix, what string) *metrics {
 	return m
 }
 
-func (m *metrics) drop(reason string) { m.drops.inc(reason) }
+// drop counts a dropped packet or frame and logs it (rate-limited).
+func (m *metrics) drop(reason string) { m.dropWith(reason) }
+
+// dropWith is drop with attributes for the log line.
+func (m *metrics) dropWith(reason string, attrs ...any) {
+	m.drops.inc(reason)
+	if m.dlog != nil {
+		m.dlog.note(reason, attrs...)
+	}
+}
+
+// dropLog logs drops at most once per reason per interval (WARN; INFO for
+// "closed", which every disconnect with packets in flight causes), each
+// line with how many drops of that reason it stands for: a member flooding
+// over its rate, or sending garbage, writes a few lines, not one per packet.
+type dropLog struct {
+	log   *slog.Logger
+	limit *logLimiter
+	now   func() time.Time
+}
+
+const dropLogEvery = 10 * time.Second
+
+func newDropLog(log *slog.Logger, now func() time.Time) *dropLog {
+	return &dropLog{log: log, limit: newLogLimiter(dropLogEvery), now: now}
+}
+
+func (d *dropLog) note(reason string, attrs ...any) {
+	suppressed, ok := d.limit.allow(reason, d.now())
+	if !ok {
+		return
+	}
+	level := slog.LevelWarn
+	if reason == DropClosed {
+		level = slog.LevelInfo
+	}
+	attrs = append([]any{"reason", reason, "more_since_last_line", suppressed, "log_every", d.limit.interval.String()}, attrs...)
+	d.log.Log(context.Background(), level, "relay dropped a packet or frame", attrs...)
+}
+
+// Reasons an admitted connection was closed by the relay, the values of
+// memberd_relay_closed_connections_total's "reason" label.
+const (
+	CloseIdle        = "idle"         // nothing received for IdleTimeout
+	CloseEvicted     = "evicted"      // the member's oldest, over MaxConnsPerMember
+	CloseNotAdmitted = "not_admitted" // a new policy no longer admits the peer
+)
 
 func (m *metrics) offer(result string) { m.offers.inc(result) }
 

@@ -426,7 +426,7 @@ func TestMetricsRegistered(t *testing.T) {
 		if mf.GetName() != "memberd_relay_dropped_packets_total" {
 			continue
 		}
-		if len(mf.GetMetric()) != 7 {
+		if len(mf.GetMetric()) != 9 {
 			t.Fatalf("%d series, want one per reason", len(mf.GetMetric()))
 		}
 		for _, m := range mf.GetMetric() {

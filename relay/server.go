@@ -45,7 +45,8 @@ type ServerConfig struct {
 	// RateBurstBytes is the token bucket size. Default 1 MiB.
 	RateBurstBytes float64
 	// QueueLen bounds each connection's send queue in packets; beyond it
-	// packets are dropped (reason queue_full). Default 512.
+	// packets are dropped (reason queue_full), the newest of the source
+	// member with most packets queued first (see fairQueue). Default 512.
 	QueueLen int
 	// MaxConnsPerMember bounds connections per member; a new one beyond the
 	// limit closes the oldest. Default 4.
@@ -65,6 +66,16 @@ type ServerConfig struct {
 	// one IPv4 address or IPv6 /64 (over_limit_source). Default
 	// DefaultMaxHandshakesPerSource (16); at most MaxHandshakes.
 	MaxHandshakesPerSource int
+	// IdleTimeout closes an admitted connection (member or relay peer, TLS
+	// or QUIC) on which no frame at all arrived for this long, counted as
+	// memberd_relay_closed_connections_total{reason="idle"} and logged.
+	// Clients ping every PingInterval (50ms by default), so only a peer
+	// that went silent is cut: a TLS connection that passed the handshake
+	// and then sent nothing was otherwise held for ever (QUIC has its own
+	// idle timeout, but quic-go's keepalives hold a silent peer there
+	// too). Default DefaultIdleTimeout (30s, QUIC's MaxIdleTimeout);
+	// negative disables it.
+	IdleTimeout time.Duration
 	// ForwardHook, when set, sees every payload the relay forwards (from,
 	// to, payload) before it is queued. It must not retain or modify
 	// payload. For tests and packet capture.
@@ -144,11 +155,18 @@ func (c ServerConfig) withDefaults() ServerConfig {
 	if c.MaxHandshakesPerSource == 0 {
 		c.MaxHandshakesPerSource = DefaultMaxHandshakesPerSource
 	}
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
 	if c.Now == nil {
 		c.Now = time.Now
 	}
 	return c
 }
+
+// DefaultIdleTimeout is ServerConfig.IdleTimeout's default: the QUIC
+// MaxIdleTimeout, 600 pings at the clients' default PingInterval.
+const DefaultIdleTimeout = 30 * time.Second
 
 // Server forwards packets between members and to other relays. It owns no
 // sockets: feed it QUIC connections (ServeQUIC) and TCP connections
@@ -208,6 +226,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		gate:     newHandshakeGate(cfg.MaxHandshakesPerSource, cfg.MaxHandshakes),
 	}
 	s.hlog = newHandshakeLog(s.log, cfg.Registerer)
+	s.m.dlog = newDropLog(s.log, cfg.Now)
 	s.closed = make(chan struct{})
 	s.auth.Store(&authBox{cfg.Authority})
 	s.tls = &tls.Config{
@@ -296,6 +315,7 @@ func (s *Server) UpdateAuthority(a Authority) {
 	}
 	s.mu.Unlock()
 	for _, p := range cut {
+		s.closedConn(CloseNotAdmitted)
 		s.log.Info("closing connection no longer admitted by the policy", "peer", p.id, "relay_peer", p.relay)
 		p.link.close(codeNotAllowed, "no longer admitted by the consortium policy")
 	}
@@ -304,6 +324,12 @@ func (s *Server) UpdateAuthority(a Authority) {
 	default:
 	}
 }
+
+// ClosedConns returns the admitted connections the relay closed so far,
+// by reason (CloseIdle, ...).
+func (s *Server) ClosedConns() map[string]uint64 { return s.m.closes.snapshot() }
+
+func (s *Server) closedConn(reason string) { s.m.closes.inc(reason) }
 
 // Drops returns the packets dropped so far by reason.
 func (s *Server) Drops() map[string]uint64 { return s.m.snapshot() }
@@ -541,10 +567,20 @@ func (s *Server) runPeer(ctx context.Context, l *link, id string, isRelay bool, 
 		return err
 	}
 	if evicted != nil {
+		s.closedConn(CloseEvicted)
 		s.log.Info("closing the oldest connection of a member over its connection limit", "peer", id)
 		evicted.link.close(codeShutdown, "too many connections for this member")
 	}
 	s.log.Info("peer connected", "peer", id, "relay_peer", isRelay, "path", string(l.path), "remote", addrString(remote))
+	if s.cfg.IdleTimeout > 0 {
+		stop := l.closeIfIdle(s.cfg.IdleTimeout, func(silent time.Duration) {
+			s.closedConn(CloseIdle)
+			s.log.Warn("closing a silent relay connection", "reason", CloseIdle, "peer", id, "relay_peer", isRelay,
+				"path", string(l.path), "remote", addrString(remote), "silent", silent.Round(time.Millisecond).String(),
+				"idle_timeout", s.cfg.IdleTimeout.String())
+		})
+		defer stop()
+	}
 	defer func() {
 		s.mu.Lock()
 		s.unregisterLocked(p)
@@ -697,6 +733,33 @@ func (s *Server) memberFrame(p *peer, f wire.Frame, owned bool) {
 		p.link.sendData(wire.AppendFrame(nil, wire.TypePong, f.Body))
 	case wire.TypePolicy:
 		s.policyFrame(p, f, owned)
+	case wire.TypeGoAway:
+		s.goAway(p, f)
+	default: // HELLO again, PONG (the relay pings no member), FORWARD, ROUTE_*, unknown
+		s.dropFrame(p, f.Type)
+	}
+}
+
+// dropFrame counts and logs (rate-limited) a frame of a type p must not
+// send on an established link, or of a type this version does not know.
+func (s *Server) dropFrame(p *peer, t wire.Type) {
+	reason := DropUnexpected
+	if !t.Known() {
+		reason = DropUnknownType
+	}
+	s.m.dropWith(reason, "peer", p.id, "relay_peer", p.relay, "type", t.String())
+}
+
+// goAway logs why a peer says it is closing its connection (it closes it
+// next); rate-limited, since nothing forces a peer to close after it.
+func (s *Server) goAway(p *peer, f wire.Frame) {
+	code, reason, err := wire.ParseGoAway(f.Body)
+	if err != nil {
+		s.m.dropWith(DropMalformed, "peer", p.id, "relay_peer", p.relay, "type", f.Type.String())
+		return
+	}
+	if _, ok := s.m.dlog.limit.allow("goaway "+p.id, s.cfg.Now()); ok {
+		s.log.Info("peer is closing its connection", "peer", p.id, "relay_peer", p.relay, "code", code, "reason", reason)
 	}
 }
 
@@ -778,7 +841,7 @@ func (s *Server) forward(p *peer, dst string, payload []byte, stream, reliable b
 	if h := s.cfg.ForwardHook; h != nil {
 		h(p.id, dst, payload)
 	}
-	if via.link.send(wire.AppendForward(newFrame(wire.ForwardOverhead+len(payload)), p.id, dst, payload), stream) {
+	if via.link.sendFrom(p.id, wire.AppendForward(newFrame(wire.ForwardOverhead+len(payload)), p.id, dst, payload), stream) {
 		s.m.forward(len(payload))
 	}
 }
@@ -804,7 +867,7 @@ func (s *Server) deliverLocal(from, dst string, payload []byte, stream bool) boo
 	if h := s.cfg.ForwardHook; h != nil {
 		h(from, dst, payload)
 	}
-	if to.link.send(wire.AppendPacket(newFrame(wire.PacketOverhead+len(payload)), from, payload), stream) {
+	if to.link.sendFrom(from, wire.AppendPacket(newFrame(wire.PacketOverhead+len(payload)), from, payload), stream) {
 		s.m.forward(len(payload))
 	}
 	return true
@@ -854,6 +917,11 @@ func (s *Server) relayFrame(p *peer, f wire.Frame, owned bool) {
 		s.mu.Unlock()
 	case wire.TypePing:
 		p.link.sendData(wire.AppendFrame(nil, wire.TypePong, f.Body))
+	case wire.TypePong: // the answer to meshPinger's pings (on the dialled link)
+	case wire.TypeGoAway:
+		s.goAway(p, f)
+	default: // HELLO again, PACKET, POLICY, unknown
+		s.dropFrame(p, f.Type)
 	}
 }
 

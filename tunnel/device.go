@@ -149,11 +149,13 @@ type peerTable struct {
 	changed chan struct{} // closed and replaced on every peer change
 }
 
-// connTable tracks what Close and member removal close. mu guards all.
+// connTable tracks what Close and member removal close, and who wants to
+// hear of a rekeyed member (OnRekeyed). mu guards all.
 type connTable struct {
 	mu        sync.Mutex
 	byMember  map[string]map[*Conn]struct{}
 	listeners map[*Listener]struct{}
+	rekeyed   map[*func(member string)]struct{}
 	closed    bool
 }
 
@@ -219,6 +221,7 @@ func New(cfg Config) (*Device, error) {
 	d.io.tr = cfg.Transport
 	d.ev = events{ctl: make(chan ctlPacket, 256), ack: make(chan struct{}, 1), promote: make(chan struct{}, 1), switches: make(chan switchReq)}
 	d.conns.byMember, d.conns.listeners = map[string]map[*Conn]struct{}{}, map[*Listener]struct{}{}
+	d.conns.rekeyed = map[*func(string)]struct{}{}
 	d.run.up, d.run.done, d.run.exited = make(chan struct{}), make(chan struct{}), make(chan struct{})
 	d.id.cur = identity{signer: cfg.Signer, chain: cfg.Chain}
 	d.id.mu.Lock()

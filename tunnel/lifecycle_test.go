@@ -3,12 +3,12 @@ package tunnel_test
 import (
 	"context"
 	"errors"
-	"github.com/memberd/memberd/internal/testpki"
 	"net"
 	"net/netip"
 	"testing"
 
 	"github.com/memberd/memberd/internal/lifecycletest"
+	"github.com/memberd/memberd/internal/testpki"
 	"github.com/memberd/memberd/tunnel"
 	"github.com/memberd/memberd/tunnel/tunneltest"
 )

@@ -212,6 +212,9 @@ func (d *Device) report(out core.Output) {
 		n := d.closeMember(m)
 		d.log.Info("member's tunnel endpoint restarted (a new WireGuard key, and it no longer holds ours): closed the connections to its old endpoint", "peer", m, "connections", n)
 	}
+	for _, m := range out.Rekeyed {
+		d.notifyRekeyed(m)
+	}
 	for _, m := range out.Unanswered {
 		d.stats.dropControl(dropRequestLimited)
 		d.log.Debug("attestation request not answered: rate limited", "from", m, "request_interval", d.cfg.RequestInterval)
@@ -453,6 +456,43 @@ func (d *Device) closeMember(member string) int {
 		c.Close()
 	}
 	return len(conns)
+}
+
+// OnRekeyed calls fn(member) each time member's active WireGuard key is
+// replaced by one it had not announced as its next key: it restarted, or
+// a rotation's next-key announcement was lost. The tunnel itself closes its
+// connections to the member only where it is sure of a restart (the
+// member no longer holds our key); a connection to a restarted member's old
+// endpoint never fails by itself, so a user that would rather redial than
+// risk keeping one closes its own connections to member in fn.
+//
+// fn runs on the goroutine that handled the announcement, after the
+// tunnel's own closing and with no lock of the Device held: it may call the
+// Device, but must not block for long. The returned stop unregisters fn;
+// it is idempotent.
+func (d *Device) OnRekeyed(fn func(member string)) (stop func()) {
+	p := &fn
+	d.conns.mu.Lock()
+	d.conns.rekeyed[p] = struct{}{}
+	d.conns.mu.Unlock()
+	return func() {
+		d.conns.mu.Lock()
+		delete(d.conns.rekeyed, p)
+		d.conns.mu.Unlock()
+	}
+}
+
+// notifyRekeyed calls the OnRekeyed functions for member.
+func (d *Device) notifyRekeyed(member string) {
+	d.conns.mu.Lock()
+	fns := make([]func(string), 0, len(d.conns.rekeyed))
+	for p := range d.conns.rekeyed {
+		fns = append(fns, *p)
+	}
+	d.conns.mu.Unlock()
+	for _, fn := range fns {
+		fn(member)
+	}
 }
 
 func (d *Device) isClosed() bool {

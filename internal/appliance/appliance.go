@@ -213,7 +213,9 @@ func (a *Appliance) start(ctx context.Context) error {
 		if a.ledger, err = startLedger(cfg, a.dev, id, a.current.Load, a.reg, a.base); err != nil {
 			return err
 		}
-		a.onExit(func() { a.ledger.Close() })
+		// The ordering nodes run until the ledger closes (its servers
+		// first, then the nodes), like the other background parts.
+		a.background(ctx, a.ledger.reg.Run, a.ledger.Close)
 		a.ledgerRef.Store(a.ledger)
 	}
 	a.subscribeIdentity(id)

@@ -46,6 +46,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/stats"
 
 	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/internal/confyaml"
@@ -144,7 +145,7 @@ var ErrLedger = errors.New("ledger")
 type ledgerDevice interface {
 	Dial(ctx context.Context, member string, port uint16) (*tunnel.Conn, error)
 	Listen(port uint16) (*tunnel.Listener, error)
-	Peers() []tunnel.PeerStatus
+	OnRekeyed(fn func(member string)) (stop func())
 }
 
 var _ ledgerDevice = (*tunnel.Device)(nil)
@@ -212,6 +213,7 @@ type ledgerRun struct {
 	log     *slog.Logger
 	dev     ledgerDevice
 	watch   *peerWatch
+	unwatch func() // stops the tunnel's OnRekeyed calls to watch
 
 	closeOnce sync.Once
 }
@@ -257,7 +259,7 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 	for _, pr := range rs.peers {
 		l.ids[pr.ID] = pr.Name
 	}
-	fetchFrom, err := l.connectPeers(dev, p, pol)
+	fetchFrom, err := l.connectPeers(dev, p, pol, newDeliverBytes(reg))
 	if err != nil {
 		return nil, err
 	}
@@ -299,14 +301,22 @@ func loadGenesisBlock(cfg *Config, channel string) (*common.Block, error) {
 	return genesis, nil
 }
 
+// fetchPeers are the consenters a node behind a snapshot fetches blocks
+// from: clients[i] is member members[i].
+type fetchPeers struct {
+	clients []ab.AtomicBroadcastClient
+	members []string
+}
+
 // connectPeers sets up the gRPC clients to the other consenters through the
 // tunnel (mutual TLS with the member CAs as roots) and the forwarder to the
 // raft leader; it returns the clients a node behind a snapshot fetches
 // blocks from.
-func (l *ledgerRun) connectPeers(dev ledgerDevice, p *policy.Policy, pol func() *policy.Policy) ([]ab.AtomicBroadcastClient, error) {
-	l.dev, l.watch = dev, &peerWatch{}
+func (l *ledgerRun) connectPeers(dev ledgerDevice, p *policy.Policy, pol func() *policy.Policy, fetched stats.Handler) (fetchPeers, error) {
+	l.dev, l.watch = dev, &peerWatch{log: l.log}
+	l.unwatch = dev.OnRekeyed(l.watch.rekeyed)
 	dialer := tunnelDialer{dev: dev, watch: l.watch}
-	l.clients = &ledgerClients{port: l.cfg.PeerPort,
+	l.clients = &ledgerClients{port: l.cfg.PeerPort, stats: fetched,
 		dial: func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) },
 		tls:  func() *tls.Config { return l.clientTLS(pol().CAPool()) }}
 	l.fwd = &orderer.BroadcastForwarder{Lookup: func(rid uint64) ab.AtomicBroadcastClient {
@@ -321,23 +331,30 @@ func (l *ledgerRun) connectPeers(dev ledgerDevice, p *policy.Policy, pol func() 
 		}
 		return c
 	}}
-	var fetchFrom []ab.AtomicBroadcastClient
+	var fetchFrom fetchPeers
 	for _, m := range p.Consenters() {
 		if m.ID == l.member {
 			continue
 		}
 		c, err := l.clients.client(m.ID)
 		if err != nil {
-			return nil, err
+			return fetchPeers{}, err
 		}
-		fetchFrom = append(fetchFrom, c)
+		fetchFrom.clients = append(fetchFrom.clients, c)
+		fetchFrom.members = append(fetchFrom.members, m.ID)
 	}
 	return fetchFrom, nil
 }
 
+// isLeader reports whether member is the channel's raft leader now.
+func (l *ledgerRun) isLeader(member string) bool {
+	n := l.reg.Lookup(l.channel)
+	return n != nil && member != "" && l.memberOf(n.Raft().Leader()) == member
+}
+
 // openChannel binds the raft port, opens the channel's ordering node
 // (raft over the tunnel) and starts it.
-func (l *ledgerRun) openChannel(cfg *Config, rs ledgerRaft, genesis *common.Block, fetchFrom []ab.AtomicBroadcastClient,
+func (l *ledgerRun) openChannel(cfg *Config, rs ledgerRaft, genesis *common.Block, fetchFrom fetchPeers,
 	pol func() *policy.Policy, reg prometheus.Registerer, metrics *orderer.Metrics, id *identity.Identity) (*orderer.Node, error) {
 	lc, log := &l.cfg, l.log
 	ident := *l.ident.Load()
@@ -361,8 +378,9 @@ func (l *ledgerRun) openChannel(cfg *Config, rs ledgerRaft, genesis *common.Bloc
 				Dialer: dialer, Listener: ln, SnapshotBytes: uint64(lc.SnapshotBytes), Registerer: reg, Logger: log.With("sub", "raft", "channel", channel)},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
 			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol, PolicyHistory: policyHistory(cfg.Path(cfg.Policy.StateDir), log),
-			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom, Channel: channel,
-				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() }},
+			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom.clients, Channel: channel,
+				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() },
+				Leader:          func(i int) bool { return l.isLeader(fetchFrom.members[i]) }},
 			Forwarder: l.fwd, Membership: l.membership(), ConfigBlocks: lc.ConfigBlocks, Metrics: metrics, Logger: log})
 		if err != nil {
 			ln.Close()
@@ -493,9 +511,6 @@ func (l *ledgerRun) serve(ctx context.Context) error {
 			errc <- errors.New("channel participation API stopped")
 		}()
 	}
-	wctx, wcancel := context.WithCancel(ctx)
-	wdone := make(chan struct{})
-	go func() { defer close(wdone); l.watch.run(wctx, l.dev, peerWatchEvery, l.log) }()
 	var err error
 	select {
 	case <-ctx.Done():
@@ -503,8 +518,6 @@ func (l *ledgerRun) serve(ctx context.Context) error {
 		err = fmt.Errorf("%w: server stopped: %w", ErrLedger, err)
 		servers--
 	}
-	wcancel()
-	<-wdone
 	l.Close()
 	for ; servers > 0; servers-- {
 		<-errc
@@ -546,6 +559,9 @@ func (l *ledgerRun) Close() error {
 		if l.clients != nil {
 			l.clients.close()
 		}
+		if l.unwatch != nil {
+			l.unwatch()
+		}
 	})
 	return err
 }
@@ -586,9 +602,18 @@ func (l *ledgerRun) status() any {
 	st["raft_id"] = rs.ID
 	st["raft_state"] = rs.State
 	st["term"] = rs.Term
+	st["raft_commit"] = rs.Commit
+	st["raft_applied"] = rs.Applied
 	st["leader"] = l.memberOf(rs.Leader) // "" = none known
 	st["consenters"] = consenterStatus(n)
 	st["leader_raft_id"] = rs.Leader
+	// The policy version the raft membership follows (that of its last
+	// change; 0: none recorded) beside this node's own: a node whose
+	// policy is older makes no consenter change while it leads.
+	st["consenters_policy_version"] = rs.MembershipVersion
+	if p := n.Policy(); p != nil {
+		st["policy_version"] = p.Version()
+	}
 	err := n.Healthy()
 	// removed: dropped from ledger.consenters; raft_retired: it has
 	// settled (no campaign, peers redialed only every few seconds).

@@ -30,6 +30,7 @@ import (
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/stats"
 
 	"github.com/memberd/memberd/node/orderer"
 	"github.com/memberd/memberd/node/raftlog"
@@ -102,6 +103,8 @@ type ledgerClients struct {
 	dial func(ctx context.Context, addr string) (net.Conn, error)
 	tls  func() *tls.Config
 	port uint16
+	// stats, if set, sees every call (it counts catch-up bytes).
+	stats stats.Handler
 
 	mu    sync.Mutex
 	conns map[string]*grpc.ClientConn
@@ -114,10 +117,13 @@ func (c *ledgerClients) client(member string) (ab.AtomicBroadcastClient, error) 
 	if conn, ok := c.conns[member]; ok {
 		return ab.NewAtomicBroadcastClient(conn), nil
 	}
-	conn, err := grpc.NewClient("passthrough:///"+net.JoinHostPort(member, strconv.Itoa(int(c.port))),
-		append(orderer.ClientOptions(),
-			grpc.WithContextDialer(c.dial),
-			grpc.WithTransportCredentials(credentials.NewTLS(c.tls())))...)
+	opts := append(orderer.ClientOptions(),
+		grpc.WithContextDialer(c.dial),
+		grpc.WithTransportCredentials(credentials.NewTLS(c.tls())))
+	if c.stats != nil {
+		opts = append(opts, grpc.WithStatsHandler(c.stats))
+	}
+	conn, err := grpc.NewClient("passthrough:///"+net.JoinHostPort(member, strconv.Itoa(int(c.port))), opts...)
 	if err != nil {
 		return nil, fmt.Errorf("%w: gRPC client for consenter %s: %w", ErrLedger, member, err)
 	}

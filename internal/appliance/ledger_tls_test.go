@@ -1,8 +1,6 @@
 package appliance
 
 import (
-	"github.com/memberd/memberd/internal/testpki"
-
 	"crypto/tls"
 	"crypto/x509"
 	"io"
@@ -13,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc/credentials"
+
+	"github.com/memberd/memberd/internal/testpki"
 )
 
 // TestLedgerTLSFailuresCounted: failed handshakes on a ledger listener are

@@ -1,33 +1,29 @@
 package appliance
 
 import (
-	"context"
 	"log/slog"
 	"net"
 	"sync"
-	"time"
-
-	"github.com/memberd/memberd/tunnel"
 )
 
-// peerWatchEvery is how often the ledger looks for restarted members.
-const peerWatchEvery = 500 * time.Millisecond
-
 // peerWatch closes the ledger's tunnel connections (raft, gRPC) to a member
-// whose tunnel endpoint restarted. A TCP connection inside the tunnel to the
-// old endpoint does not fail by itself (the old netstack is gone; data
-// waits for TCP retransmission timeouts of many minutes), so the leader
-// would keep streaming raft messages into it and the restarted member
-// would never hear from it. A restart shows as a new active WireGuard key
-// that was not announced as the member's pending key (an announced rotation
-// keeps the endpoint and its connections).
+// whose tunnel endpoint may have restarted. A TCP connection inside the
+// tunnel to the old endpoint does not fail by itself (the old netstack is
+// gone; data waits for TCP retransmission timeouts of many minutes), so the
+// leader would keep streaming raft messages into it and the restarted
+// member would never hear from it.
+//
+// The tunnel closes its connections itself only where it is sure of a
+// restart. It reports every new active key that was not announced as the
+// member's next key (tunnel.Device.OnRekeyed), which includes a restart it
+// cannot tell from a rotation whose announcement was lost; the ledger
+// closes its connections on each (an announced rotation keeps the endpoint
+// and its connections; a needless close costs one redial).
 type peerWatch struct {
+	log   *slog.Logger
 	mu    sync.Mutex
 	conns map[string]map[*watchedConn]struct{} // member -> open connections
-	keys  map[string]peerKeys                  // last seen, for restarted
 }
-
-type peerKeys struct{ active, pending tunnel.Key }
 
 type watchedConn struct {
 	net.Conn
@@ -62,27 +58,11 @@ func (w *peerWatch) track(member string, c net.Conn) net.Conn {
 	return wc
 }
 
-// restarted compares the peers' keys with the last seen and returns the
-// members whose active key changed other than to their announced pending
-// key. Pure: it only updates w.keys.
-func (w *peerWatch) restarted(peers []tunnel.PeerStatus) []string {
-	var out []string
-	// Members missing now keep their last keys: one that disappears and
-	// comes back with a new key restarted too.
-	cur := make(map[string]peerKeys, len(w.keys))
-	for m, k := range w.keys {
-		cur[m] = k
-	}
-	for _, p := range peers {
-		k := peerKeys{active: p.PublicKey, pending: p.PendingKey}
-		cur[p.Member] = k
-		prev, ok := w.keys[p.Member]
-		if ok && prev.active != k.active && (prev.pending.IsZero() || prev.pending != k.active) {
-			out = append(out, p.Member)
-		}
-	}
-	w.keys = cur
-	return out
+// rekeyed is the tunnel's OnRekeyed function: it closes the connections
+// to member, which are redialed.
+func (w *peerWatch) rekeyed(member string) {
+	n := w.closeMember(member)
+	w.log.Info("member's tunnel endpoint restarted: closed the ledger connections to it, they are redialed", "peer", member, "connections", n)
 }
 
 // closeMember closes every tracked connection to member.
@@ -97,24 +77,4 @@ func (w *peerWatch) closeMember(member string) int {
 		c.Close()
 	}
 	return len(cs)
-}
-
-// run polls dev's peers every interval until ctx ends.
-func (w *peerWatch) run(ctx context.Context, dev interface{ Peers() []tunnel.PeerStatus }, every time.Duration, log *slog.Logger) {
-	t := time.NewTicker(every)
-	defer t.Stop()
-	for {
-		w.mu.Lock()
-		gone := w.restarted(dev.Peers())
-		w.mu.Unlock()
-		for _, m := range gone {
-			n := w.closeMember(m)
-			log.Info("member's tunnel endpoint restarted: closed the ledger connections to it, they are redialed", "peer", m, "connections", n)
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-		}
-	}
 }

@@ -35,7 +35,8 @@ func relayWarnings(relays []relay.RelayStatus) []string {
 }
 
 // ledgerWarnings reads the ledger part of /status (applianceStatus's
-// ledger.status()): a ledger that is not active, or without a raft leader.
+// ledger.status()): a ledger that is not active, or without a raft leader,
+// or a policy older than the one the consenters follow.
 func ledgerWarnings(st any) []string {
 	m, ok := st.(map[string]any)
 	if !ok { // not configured
@@ -46,6 +47,12 @@ func ledgerWarnings(st any) []string {
 		out = append(out, "ledger is not active: "+s)
 	} else if l, _ := m["leader"].(string); l == "" {
 		out = append(out, "ledger: no raft leader known (an election is under way, or the consenters cannot reach each other through the tunnel)")
+	}
+	own, ok1 := m["policy_version"].(uint64)
+	floor, ok2 := m["consenters_policy_version"].(uint64)
+	if ok1 && ok2 && own < floor {
+		out = append(out, fmt.Sprintf("ledger: this member's policy is version %d, older than version %d, which the consenters already follow: "+
+			"copy the newer signed bundle into the policy folder (while it leads, this node makes no consenter change until then)", own, floor))
 	}
 	return out
 }

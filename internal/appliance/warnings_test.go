@@ -35,6 +35,9 @@ func TestStatusWarnings(t *testing.T) {
 			{"active with leader", map[string]any{"state": "active", "leader": "m1"}, ""},
 			{"no leader", map[string]any{"state": "active", "leader": ""}, "no raft leader known"},
 			{"closed", map[string]any{"state": "closed"}, "ledger is not active: closed"},
+			{"policy behind the consenters", map[string]any{"state": "active", "leader": "m1", "policy_version": uint64(3), "consenters_policy_version": uint64(4)},
+				"policy is version 3, older than version 4"},
+			{"policy ahead of the consenters", map[string]any{"state": "active", "leader": "m1", "policy_version": uint64(5), "consenters_policy_version": uint64(4)}, ""},
 		} {
 			t.Run(tc.name, func(t *testing.T) {
 				w := ledgerWarnings(tc.st)

@@ -129,31 +129,91 @@ func Init(o Options) (*Layout, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	mode := o.HSM
-	if mode == "" {
-		mode = "softhsm"
+	in := &initer{o: o, dir: dir, mode: o.HSM, now: time.Now(), used: map[string]bool{},
+		L:      &Layout{Dir: dir, MemberConfig: map[string]string{}, RelayConfig: map[string]string{}, AdminKey: map[string]string{}},
+		admins: map[string]hsm.Signer{}, leafs: map[string]*x509.Certificate{}, ledgerAddrs: map[string]string{}}
+	defer in.closeAdminKeys()
+	if in.mode == "" {
+		in.mode = "softhsm"
 	}
-	L := &Layout{Dir: dir, MemberConfig: map[string]string{}, RelayConfig: map[string]string{}, AdminKey: map[string]string{}}
-	now := time.Now()
-	var module string
-	if mode == "softhsm" {
-		if module, err = softHSMModule(); err != nil {
-			return nil, err
-		}
-		L.SoftHSMConf = filepath.Join(dir, "softhsm2.conf")
-		if err := os.MkdirAll(filepath.Join(dir, "tokens"), 0o700); err != nil {
-			return nil, err
-		}
-		conf := fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n", filepath.Join(dir, "tokens"))
-		if err := os.WriteFile(L.SoftHSMConf, []byte(conf), 0o600); err != nil {
+	if in.mode == "softhsm" {
+		if err := in.softHSM(); err != nil {
 			return nil, err
 		}
 	}
 	// SoftHSM2 reads its configuration only from SOFTHSM2_CONF: it is
 	// given to softhsm2-util's environment and to the module through
 	// hsm.Options, never set in this process's environment.
-	hsmOpts := &hsm.Options{ModuleEnv: []string{"SOFTHSM2_CONF=" + L.SoftHSMConf}}
+	in.hsmOpts = &hsm.Options{ModuleEnv: []string{"SOFTHSM2_CONF=" + in.L.SoftHSMConf}}
+	in.doc = demoPolicy(o)
+	for i := 1; i <= o.relays(); i++ {
+		if err := in.relay(i); err != nil {
+			return nil, err
+		}
+	}
+	ip := netip.MustParseAddr("100.64.0.1")
+	for i := 1; i <= o.members(); i++ {
+		if err := in.member(i, ip); err != nil {
+			return nil, err
+		}
+		ip = ip.Next()
+	}
+	if err := in.genesis(); err != nil {
+		return nil, err
+	}
+	if err := in.configs(); err != nil {
+		return nil, err
+	}
+	if err := writeYAML(filepath.Join(dir, LayoutFile), "# written by memberd demo init\n", in.L); err != nil {
+		return nil, err
+	}
+	return in.L, nil
+}
 
+// initer is one run of Init: what the steps share.
+type initer struct {
+	o       Options
+	dir     string
+	mode    string // softhsm or soft
+	module  string // the SoftHSM2 PKCS#11 module (softhsm)
+	hsmOpts *hsm.Options
+	now     time.Time
+	L       *Layout
+	doc     *policy.Document
+	used    map[string]bool // loopback addresses handed out
+
+	rfs         []relayFiles
+	admins      map[string]hsm.Signer        // member id -> admin key, open until the genesis is signed
+	leafs       map[string]*x509.Certificate // consenter TLS certificates of the ledger
+	ledgerAddrs map[string]string            // member id -> ledger.listen
+	gen         *policy.Policy
+	ledgerBlock []byte // the channel's genesis block
+}
+
+type relayFiles struct{ id, addr, dir string }
+
+func (in *initer) closeAdminKeys() {
+	for _, k := range in.admins {
+		k.Close()
+	}
+}
+
+// softHSM writes the demo's SoftHSM2 configuration and token folder.
+func (in *initer) softHSM() error {
+	var err error
+	if in.module, err = softHSMModule(); err != nil {
+		return err
+	}
+	in.L.SoftHSMConf = filepath.Join(in.dir, "softhsm2.conf")
+	if err := os.MkdirAll(filepath.Join(in.dir, "tokens"), 0o700); err != nil {
+		return err
+	}
+	conf := fmt.Sprintf("directories.tokendir = %s\nobjectstore.backend = file\nlog.level = ERROR\n", filepath.Join(in.dir, "tokens"))
+	return os.WriteFile(in.L.SoftHSMConf, []byte(conf), 0o600)
+}
+
+// demoPolicy is the demo's policy document without members and relays.
+func demoPolicy(o Options) *policy.Document {
 	doc := &policy.Document{Format: policy.FormatV1, Consortium: "demo", Version: 1,
 		Description: "memberd demo consortium (insecure keys: never use in production)", OverlayPrefix: "100.64.0.0/16",
 		Ledger: policy.Ledger{Channel: "demo", BatchTimeout: "2s",
@@ -163,253 +223,261 @@ func Init(o Options) (*Layout, error) {
 		ports = append(ports, policy.PortRange{Lo: p, Hi: p})
 	}
 	doc.ACL = []*policy.ACLRule{{From: []string{"*"}, To: []string{"*"}, Ports: ports}, demoLedgerACL()}
+	return doc
+}
 
-	// Free ports are probed one at a time and released at once: the kernel
-	// may hand the same one out twice, so never use a port twice here.
-	used := map[string]bool{}
-	free := func() (string, error) {
-		for range 100 {
-			a, err := freeSamePort()
-			if err != nil || !used[a] {
-				used[a] = true
-				return a, err
-			}
+// free returns a free loopback address. Free ports are probed one at a
+// time and released at once: the kernel may hand the same one out twice,
+// so never use a port twice here.
+func (in *initer) free() (string, error) {
+	for range 100 {
+		a, err := freeSamePort()
+		if err != nil || !in.used[a] {
+			in.used[a] = true
+			return a, err
 		}
-		return "", errors.New("demo init: no distinct free loopback port found")
 	}
+	return "", errors.New("demo init: no distinct free loopback port found")
+}
 
-	// Relays.
-	type relayFiles struct{ id, addr, dir string }
-	var rfs []relayFiles
-	for i := 1; i <= o.relays(); i++ {
-		id := fmt.Sprintf("relay-%d", i)
-		rdir := filepath.Join(dir, "relays", id)
-		if err := mkdirs(rdir, "policy", "state"); err != nil {
-			return nil, err
-		}
-		addr := ""
-		if len(o.Relay) > 0 {
-			addr = o.Relay[i-1]
-		} else if addr, err = free(); err != nil {
-			return nil, err
-		}
-		key, err := hsm.GenerateSoftKey(filepath.Join(rdir, "key.pem"), &hsm.SoftOptions{AllowInsecure: true, Warnings: discardW{}})
-		if err != nil {
-			return nil, err
-		}
-		cert, err := selfSignedRelay(key, id, now)
-		key.Close()
-		if err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(filepath.Join(rdir, "relay.crt"), hsm.EncodePEM("CERTIFICATE", cert.Raw), 0o644); err != nil {
-			return nil, err
-		}
-		sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
-		doc.Relays = append(doc.Relays, &policy.Relay{ID: id, Address: addr, SPKISHA256: hex.EncodeToString(sum[:])})
-		rfs = append(rfs, relayFiles{id, addr, rdir})
-		L.Relays = append(L.Relays, id)
+// relay writes relay i's key and certificate and lists it in the policy.
+func (in *initer) relay(i int) error {
+	id := fmt.Sprintf("relay-%d", i)
+	rdir := filepath.Join(in.dir, "relays", id)
+	if err := mkdirs(rdir, "policy", "state"); err != nil {
+		return err
 	}
-
-	// Members.
-	admins := map[string]crypto.Signer{}
-	leafs := map[string]*x509.Certificate{} // consenter TLS certificates of the ledger
-	ledgerAddrs := map[string]string{}      // member id -> ledger.listen
-	ip := netip.MustParseAddr("100.64.0.1")
-	for i := 1; i <= o.members(); i++ {
-		id := fmt.Sprintf("member-%c", 'a'+rune(i-1)%26)
-		if i > 26 {
-			id = fmt.Sprintf("member-%d", i)
-		}
-		mdir := filepath.Join(dir, "members", id)
-		if err := mkdirs(mdir, "identity", "policy", "state"); err != nil {
-			return nil, err
-		}
-		soft := &hsm.SoftOptions{AllowInsecure: true, Warnings: discardW{}}
-		caKey, err := hsm.GenerateSoftKey(filepath.Join(mdir, "ca-key.pem"), soft)
-		if err != nil {
-			return nil, err
-		}
-		ca, err := hsm.NewCACertificate(caKey, hsm.CAConfig{Subject: pkix.Name{CommonName: id + " demo CA", Organization: []string{id}}, Now: now})
-		if err != nil {
-			caKey.Close()
-			return nil, err
-		}
-		caPEM := hsm.EncodePEM("CERTIFICATE", ca.Raw)
-		if err := os.WriteFile(filepath.Join(mdir, "ca.pem"), caPEM, 0o644); err != nil {
-			caKey.Close()
-			return nil, err
-		}
-		adminPath := filepath.Join(mdir, "admin-key.pem")
-		adminKey, err := hsm.GenerateSoftKey(adminPath, soft)
-		if err != nil {
-			caKey.Close()
-			return nil, err
-		}
-		admins[id] = adminKey
-		defer adminKey.Close()
-		L.AdminKey[id] = adminPath
-
-		// The identity key: in a SoftHSM2 token, or a file.
-		var keyRef string
-		var idKey hsm.Signer
-		if mode == "softhsm" {
-			pin := filepath.Join(mdir, "pin")
-			if err := os.WriteFile(pin, []byte("1234\n"), 0o600); err != nil {
-				return nil, err
-			}
-			initToken := exec.Command("softhsm2-util", "--init-token", "--free", "--label", id, "--pin", "1234", "--so-pin", "5678")
-			initToken.Env = append(os.Environ(), hsmOpts.ModuleEnv...)
-			out, err := initToken.CombinedOutput()
-			if err != nil {
-				caKey.Close()
-				return nil, fmt.Errorf("softhsm2-util --init-token %s: %v: %s (install softhsm2, or use --hsm soft)", id, err, out)
-			}
-			ki, err := hsm.GenerateKey(fmt.Sprintf("pkcs11:token=%s;object=identity?module-path=%s&pin-source=file:%s", id, module, pin), hsmOpts)
-			if err != nil {
-				caKey.Close()
-				return nil, err
-			}
-			keyRef = ki.URI
-			idKey, err = hsm.OpenKey(keyRef, hsmOpts)
-			if err != nil {
-				caKey.Close()
-				return nil, err
-			}
-		} else {
-			kp := filepath.Join(mdir, "identity", "key.pem")
-			if idKey, err = hsm.GenerateSoftKey(kp, soft); err != nil {
-				caKey.Close()
-				return nil, err
-			}
-			keyRef = "file:" + kp
-		}
-		csr, err := hsm.CreateCSR(idKey, demoCSR(id, ip.String()))
-		idKey.Close()
-		if err != nil {
-			caKey.Close()
-			return nil, err
-		}
-		leaf, err := hsm.SignCSR(ca, caKey, csr, hsm.LeafConfig{Now: now})
-		if err == nil {
-			err = writeDemoMSP(filepath.Join(mdir, "admin"), id, channelconfig.AdminOU, ca, caKey, now)
-		}
-		if err == nil {
-			err = writeDemoMSP(filepath.Join(mdir, "client"), id, channelconfig.ClientOU, ca, caKey, now)
-		}
-		caKey.Close()
-		if err != nil {
-			return nil, err
-		}
-		// The ledger's LAN address, in the policy as the member's
-		// client-facing ledger endpoint (the genesis block, which every
-		// member shares, names it).
-		if ledgerAddrs[id], err = free(); err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(filepath.Join(mdir, "identity", "cert.pem"), hsm.EncodePEM("CERTIFICATE", leaf.Raw), 0o644); err != nil {
-			return nil, err
-		}
-		leafs[id] = leaf
-		idy, _ := yaml.Marshal(map[string]any{"keys": []string{keyRef}})
-		if err := os.WriteFile(filepath.Join(mdir, "identity", identity.File), idy, 0o644); err != nil {
-			return nil, err
-		}
-		pubDER, err := x509.MarshalPKIXPublicKey(adminKey.Public())
-		if err != nil {
-			return nil, err
-		}
-		doc.Members = append(doc.Members, &policy.Member{ID: id, Name: "Demo member " + id, MSPID: id + "MSP",
-			OverlayIP: ip.String(), Roles: []policy.Role{policy.RoleConsenter, policy.RoleWriter}, CACerts: string(caPEM),
-			LedgerEndpoints: []string{ledgerAddrs[id]},
-			Admins:          []*policy.Admin{{KeyID: "a1", PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}))}}})
-		doc.Ledger.Consenters = append(doc.Ledger.Consenters, id)
-		ip = ip.Next()
-		L.Members = append(L.Members, id)
+	addr := ""
+	var err error
+	if len(in.o.Relay) > 0 {
+		addr = in.o.Relay[i-1]
+	} else if addr, err = in.free(); err != nil {
+		return err
 	}
-
-	// Genesis, signed by every member's admin.
-	docBytes, err := policy.MarshalDocument(doc)
+	key, err := hsm.GenerateSoftKey(filepath.Join(rdir, "key.pem"), &hsm.SoftOptions{AllowInsecure: true, Warnings: discardW{}})
 	if err != nil {
-		return nil, fmt.Errorf("demo genesis policy: %w", err)
+		return err
+	}
+	cert, err := selfSignedRelay(key, id, in.now)
+	key.Close()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(rdir, "relay.crt"), hsm.EncodePEM("CERTIFICATE", cert.Raw), 0o644); err != nil {
+		return err
+	}
+	sum := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	in.doc.Relays = append(in.doc.Relays, &policy.Relay{ID: id, Address: addr, SPKISHA256: hex.EncodeToString(sum[:])})
+	in.rfs = append(in.rfs, relayFiles{id, addr, rdir})
+	in.L.Relays = append(in.L.Relays, id)
+	return nil
+}
+
+// memberID is the id of the i-th member (1-based).
+func memberID(i int) string {
+	if i > 26 {
+		return fmt.Sprintf("member-%d", i)
+	}
+	return fmt.Sprintf("member-%c", 'a'+rune(i-1)%26)
+}
+
+// member writes member i's CA, admin key, identity (key and certificate),
+// MSP folders and identity.yaml, and lists it in the policy with overlay
+// address ip.
+func (in *initer) member(i int, ip netip.Addr) error {
+	id := memberID(i)
+	mdir := filepath.Join(in.dir, "members", id)
+	if err := mkdirs(mdir, "identity", "policy", "state"); err != nil {
+		return err
+	}
+	soft := &hsm.SoftOptions{AllowInsecure: true, Warnings: discardW{}}
+	caKey, err := hsm.GenerateSoftKey(filepath.Join(mdir, "ca-key.pem"), soft)
+	if err != nil {
+		return err
+	}
+	defer caKey.Close()
+	ca, err := hsm.NewCACertificate(caKey, hsm.CAConfig{Subject: pkix.Name{CommonName: id + " demo CA", Organization: []string{id}}, Now: in.now})
+	if err != nil {
+		return err
+	}
+	caPEM := hsm.EncodePEM("CERTIFICATE", ca.Raw)
+	if err := os.WriteFile(filepath.Join(mdir, "ca.pem"), caPEM, 0o644); err != nil {
+		return err
+	}
+	adminPath := filepath.Join(mdir, "admin-key.pem")
+	adminKey, err := hsm.GenerateSoftKey(adminPath, soft)
+	if err != nil {
+		return err
+	}
+	in.admins[id] = adminKey
+	in.L.AdminKey[id] = adminPath
+	keyRef, leaf, err := in.identity(id, mdir, ip, ca, caKey, soft)
+	if err != nil {
+		return err
+	}
+	if err := writeDemoMSP(filepath.Join(mdir, "admin"), id, channelconfig.AdminOU, ca, caKey, in.now); err != nil {
+		return err
+	}
+	if err := writeDemoMSP(filepath.Join(mdir, "client"), id, channelconfig.ClientOU, ca, caKey, in.now); err != nil {
+		return err
+	}
+	// The ledger's LAN address, in the policy as the member's
+	// client-facing ledger endpoint (the genesis block, which every
+	// member shares, names it).
+	if in.ledgerAddrs[id], err = in.free(); err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(mdir, "identity", "cert.pem"), hsm.EncodePEM("CERTIFICATE", leaf.Raw), 0o644); err != nil {
+		return err
+	}
+	in.leafs[id] = leaf
+	idy, _ := yaml.Marshal(map[string]any{"keys": []string{keyRef}})
+	if err := os.WriteFile(filepath.Join(mdir, "identity", identity.File), idy, 0o644); err != nil {
+		return err
+	}
+	pubDER, err := x509.MarshalPKIXPublicKey(adminKey.Public())
+	if err != nil {
+		return err
+	}
+	in.doc.Members = append(in.doc.Members, &policy.Member{ID: id, Name: "Demo member " + id, MSPID: id + "MSP",
+		OverlayIP: ip.String(), Roles: []policy.Role{policy.RoleConsenter, policy.RoleWriter}, CACerts: string(caPEM),
+		LedgerEndpoints: []string{in.ledgerAddrs[id]},
+		Admins:          []*policy.Admin{{KeyID: "a1", PublicKey: string(pem.EncodeToMemory(&pem.Block{Type: "PUBLIC KEY", Bytes: pubDER}))}}})
+	in.doc.Ledger.Consenters = append(in.doc.Ledger.Consenters, id)
+	in.L.Members = append(in.L.Members, id)
+	return nil
+}
+
+// identity makes member id's identity key (in a SoftHSM2 token, or a
+// file) and has its CA sign its certificate. It returns the key reference
+// for identity.yaml and the certificate.
+func (in *initer) identity(id, mdir string, ip netip.Addr, ca *x509.Certificate, caKey hsm.Signer, soft *hsm.SoftOptions) (string, *x509.Certificate, error) {
+	var keyRef string
+	var idKey hsm.Signer
+	if in.mode == "softhsm" {
+		pin := filepath.Join(mdir, "pin")
+		if err := os.WriteFile(pin, []byte("1234\n"), 0o600); err != nil {
+			return "", nil, err
+		}
+		initToken := exec.Command("softhsm2-util", "--init-token", "--free", "--label", id, "--pin", "1234", "--so-pin", "5678")
+		initToken.Env = append(os.Environ(), in.hsmOpts.ModuleEnv...)
+		out, err := initToken.CombinedOutput()
+		if err != nil {
+			return "", nil, fmt.Errorf("softhsm2-util --init-token %s: %v: %s (install softhsm2, or use --hsm soft)", id, err, out)
+		}
+		ki, err := hsm.GenerateKey(fmt.Sprintf("pkcs11:token=%s;object=identity?module-path=%s&pin-source=file:%s", id, in.module, pin), in.hsmOpts)
+		if err != nil {
+			return "", nil, err
+		}
+		keyRef = ki.URI
+		if idKey, err = hsm.OpenKey(keyRef, in.hsmOpts); err != nil {
+			return "", nil, err
+		}
+	} else {
+		kp := filepath.Join(mdir, "identity", "key.pem")
+		var err error
+		if idKey, err = hsm.GenerateSoftKey(kp, soft); err != nil {
+			return "", nil, err
+		}
+		keyRef = "file:" + kp
+	}
+	csr, err := hsm.CreateCSR(idKey, demoCSR(id, ip.String()))
+	idKey.Close()
+	if err != nil {
+		return "", nil, err
+	}
+	leaf, err := hsm.SignCSR(ca, caKey, csr, hsm.LeafConfig{Now: in.now})
+	return keyRef, leaf, err
+}
+
+// genesis signs the policy with every member's admin key, writes it and
+// builds the channel's genesis block.
+func (in *initer) genesis() error {
+	docBytes, err := policy.MarshalDocument(in.doc)
+	if err != nil {
+		return fmt.Errorf("demo genesis policy: %w", err)
 	}
 	gen, err := policy.Parse(docBytes)
 	if err != nil {
-		return nil, fmt.Errorf("demo genesis policy: %w", err)
+		return fmt.Errorf("demo genesis policy: %w", err)
 	}
-	for _, id := range L.Members {
-		if gen, err = gen.Sign(admins[id], policy.AdminRef{Member: id, KeyID: "a1"}); err != nil {
-			return nil, err
+	for _, id := range in.L.Members {
+		if gen, err = gen.Sign(in.admins[id], policy.AdminRef{Member: id, KeyID: "a1"}); err != nil {
+			return err
 		}
 	}
-	L.Genesis = gen
-	bundle := gen.Marshal()
-	hash := gen.Hash().String()
-	if err := os.WriteFile(filepath.Join(dir, "genesis.yaml"), bundle, 0o644); err != nil {
-		return nil, err
+	in.gen, in.L.Genesis = gen, gen
+	if err := os.WriteFile(filepath.Join(in.dir, "genesis.yaml"), gen.Marshal(), 0o644); err != nil {
+		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "genesis.hash"), []byte(hash+"\n"), 0o644); err != nil {
-		return nil, err
+	if err := os.WriteFile(filepath.Join(in.dir, "genesis.hash"), []byte(gen.Hash().String()+"\n"), 0o644); err != nil {
+		return err
 	}
+	in.ledgerBlock, err = LedgerGenesis(gen, in.leafs, in.now)
+	return err
+}
 
-	ledgerGenesis, err := LedgerGenesis(gen, leafs, now)
-	if err != nil {
-		return nil, err
-	}
-
-	// Configs.
-	for _, r := range rfs {
+// configs writes every relay's relay.yaml and every member's memberd.yaml,
+// with the genesis in their policy folders.
+func (in *initer) configs() error {
+	bundle, hash := in.gen.Marshal(), in.gen.Hash().String()
+	for _, r := range in.rfs {
 		if err := os.WriteFile(filepath.Join(r.dir, "policy", "genesis.yaml"), bundle, 0o644); err != nil {
-			return nil, err
+			return err
 		}
 		cfg := map[string]any{"id": r.id, "listen": r.addr, "certificate": "relay.crt", "key": "key.pem",
 			"insecure_dev_key": true, "admin": "127.0.0.1:0", "policy_dir": "policy", "state_dir": "state", "genesis": hash,
 			"limits": map[string]any{"rate_bytes_per_sec": -1}}
 		p := filepath.Join(r.dir, "relay.yaml")
 		if err := writeYAML(p, "# memberd relay for the demo consortium (INSECURE: the key is a file)\n", cfg); err != nil {
-			return nil, err
+			return err
 		}
-		L.RelayConfig[r.id] = p
+		in.L.RelayConfig[r.id] = p
 	}
-	for _, id := range L.Members {
-		mdir := filepath.Join(dir, "members", id)
-		if err := os.WriteFile(filepath.Join(mdir, "policy", "genesis.yaml"), bundle, 0o644); err != nil {
-			return nil, err
+	for _, id := range in.L.Members {
+		if err := in.memberConfig(id, bundle, hash); err != nil {
+			return err
 		}
-		adminAddr, err := free()
-		if err != nil {
-			return nil, err
-		}
-		if err := os.WriteFile(filepath.Join(mdir, LedgerGenesisFile), ledgerGenesis, 0o644); err != nil {
-			return nil, err
-		}
-		ledgerAddr := ledgerAddrs[id]
-		participationAddr, err := free() // osnadmin
-		if err != nil {
-			return nil, err
-		}
-		cfg := map[string]any{"member": id, "identity": "identity",
-			"hsm":    map[string]any{"insecure_soft_keys": mode == "soft"},
-			"policy": map[string]any{"dir": "policy", "state_dir": "state", "genesis": hash},
-			"relay":  map[string]any{"no_env_proxy": true, "quic_timeout": "1s"},
-			"admin":  adminAddr,
-			"ledger": demoLedgerConfig(ledgerAddr, participationAddr)}
-		head := "# memberd appliance for the demo consortium\n"
-		if mode == "softhsm" {
-			head += "# its identity key is in SoftHSM2: export SOFTHSM2_CONF=" + L.SoftHSMConf + "\n"
-		} else {
-			head += "# INSECURE: its identity key is a file (hsm.insecure_soft_keys), for the demo only\n"
-		}
-		p := filepath.Join(mdir, "memberd.yaml")
-		if err := writeYAML(p, head, cfg); err != nil {
-			return nil, err
-		}
-		L.MemberConfig[id] = p
 	}
-	if err := writeYAML(filepath.Join(dir, LayoutFile), "# written by memberd demo init\n", L); err != nil {
-		return nil, err
+	return nil
+}
+
+// memberConfig writes member id's memberd.yaml, genesis bundle and
+// channel genesis block.
+func (in *initer) memberConfig(id string, bundle []byte, hash string) error {
+	mdir := filepath.Join(in.dir, "members", id)
+	if err := os.WriteFile(filepath.Join(mdir, "policy", "genesis.yaml"), bundle, 0o644); err != nil {
+		return err
 	}
-	return L, nil
+	adminAddr, err := in.free()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(mdir, LedgerGenesisFile), in.ledgerBlock, 0o644); err != nil {
+		return err
+	}
+	participationAddr, err := in.free() // osnadmin
+	if err != nil {
+		return err
+	}
+	cfg := map[string]any{"member": id, "identity": "identity",
+		"hsm":    map[string]any{"insecure_soft_keys": in.mode == "soft"},
+		"policy": map[string]any{"dir": "policy", "state_dir": "state", "genesis": hash},
+		"relay":  map[string]any{"no_env_proxy": true, "quic_timeout": "1s"},
+		"admin":  adminAddr,
+		"ledger": demoLedgerConfig(in.ledgerAddrs[id], participationAddr)}
+	head := "# memberd appliance for the demo consortium\n"
+	if in.mode == "softhsm" {
+		head += "# its identity key is in SoftHSM2: export SOFTHSM2_CONF=" + in.L.SoftHSMConf + "\n"
+	} else {
+		head += "# INSECURE: its identity key is a file (hsm.insecure_soft_keys), for the demo only\n"
+	}
+	p := filepath.Join(mdir, "memberd.yaml")
+	if err := writeYAML(p, head, cfg); err != nil {
+		return err
+	}
+	in.L.MemberConfig[id] = p
+	return nil
 }
 
 // LoadLayout reads the layout demo init wrote into dir.

@@ -45,6 +45,7 @@ func (c Config) withDefaults() Config {
 //	  handshake_timeout: 3s          # accept to HELLO exchanged (TLS included); 100ms..1m
 //	  max_handshakes: 256            # connections in their handshake, all sources
 //	  max_handshakes_per_source: 16  # ... from one IPv4 address or IPv6 /64; <= max_handshakes
+//	  idle_timeout: 30s              # close an admitted connection silent this long; 1s..1h
 //	policy_dir: policy               # signed policy bundles (watched, applied live; members'
 //	                                 # offers are verified and stored here too); then
 //	state_dir: state                 # the applied policy is kept here, and
@@ -90,6 +91,7 @@ type Limits struct {
 	HandshakeTimeout       time.Duration `yaml:"handshake_timeout"`
 	MaxHandshakes          int           `yaml:"max_handshakes"`
 	MaxHandshakesPerSource int           `yaml:"max_handshakes_per_source"`
+	IdleTimeout            time.Duration `yaml:"idle_timeout"`
 }
 
 // Bounds of limits.handshake_timeout: under 100ms a TLS handshake over a
@@ -98,6 +100,14 @@ type Limits struct {
 const (
 	minHandshakeTimeout = 100 * time.Millisecond
 	maxHandshakeTimeout = time.Minute
+)
+
+// Bounds of limits.idle_timeout: members ping every 50ms and give a relay
+// up after 4.8s of silence, so 1s cuts no live member; over an hour a
+// silent connection is as good as held for ever.
+const (
+	minIdleTimeout = time.Second
+	maxIdleTimeout = time.Hour
 )
 
 func (l Limits) validate() error {
@@ -113,6 +123,10 @@ func (l Limits) validate() error {
 	}
 	if l.MaxHandshakesPerSource < 0 {
 		return fmt.Errorf("key limits.max_handshakes_per_source: %d must be positive (default %d)", l.MaxHandshakesPerSource, relay.DefaultMaxHandshakesPerSource)
+	}
+	if t := l.IdleTimeout; t != 0 && (t < minIdleTimeout || t > maxIdleTimeout) {
+		return fmt.Errorf("key limits.idle_timeout: %v must be %v..%v (default %v; e.g. \"30s\")",
+			t, minIdleTimeout, maxIdleTimeout, relay.DefaultIdleTimeout)
 	}
 	total, per := cmp.Or(l.MaxHandshakes, relay.DefaultMaxHandshakes), cmp.Or(l.MaxHandshakesPerSource, relay.DefaultMaxHandshakesPerSource)
 	if per > total {

@@ -77,6 +77,9 @@ func TestRelayConfigHandshakeLimits(t *testing.T) {
 		{"negative per source", "max_handshakes_per_source: -1", "key limits.max_handshakes_per_source"},
 		{"per source above total", "max_handshakes: 8", "key limits.max_handshakes_per_source: 16 is above limits.max_handshakes 8"},
 		{"unknown key", "max_handshake: 8", "max_handshake"},
+		{"idle timeout", "idle_timeout: 45s", ""},
+		{"idle timeout too short", "idle_timeout: 100ms", "key limits.idle_timeout: 100ms must be 1s..1h0m0s"},
+		{"idle timeout too long", "idle_timeout: 2h", "key limits.idle_timeout"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			c, err := ParseConfig([]byte(with(tc.limits)))
@@ -84,7 +87,7 @@ func TestRelayConfigHandshakeLimits(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				if tc.limits != "" && (c.Limits.HandshakeTimeout == 0 && c.Limits.MaxHandshakes == 0) {
+				if tc.limits != "" && (c.Limits.HandshakeTimeout == 0 && c.Limits.MaxHandshakes == 0 && c.Limits.IdleTimeout == 0) {
 					t.Fatalf("limits not read: %+v", c.Limits)
 				}
 				return

@@ -244,8 +244,8 @@ func (r *Relay) serverConfig(auth relay.Authority) relay.ServerConfig {
 		RateBytesPerSec: cfg.Limits.RateBytesPerSec, RateBurstBytes: cfg.Limits.RateBurstBytes,
 		QueueLen: cfg.Limits.QueueLen, MaxConnsPerMember: cfg.Limits.MaxConnsPerMember,
 		HandshakeTimeout: cfg.Limits.HandshakeTimeout, MaxHandshakes: cfg.Limits.MaxHandshakes,
-		MaxHandshakesPerSource: cfg.Limits.MaxHandshakesPerSource,
-		ForwardHook:            cfg.ForwardHook,
+		MaxHandshakesPerSource: cfg.Limits.MaxHandshakesPerSource, IdleTimeout: cfg.Limits.IdleTimeout,
+		ForwardHook: cfg.ForwardHook,
 	}
 	if r.watcher != nil {
 		// Members offer the signed versions they apply; verified ones go
@@ -266,7 +266,8 @@ func (r *Relay) status(context.Context) any {
 	srv := r.srv
 	st := map[string]any{"role": "relay", "id": cfg.ID, "listen": r.tcpLn.Addr().String(), "warnings": append([]string{}, warnings...),
 		"members": srv.Members(), "drops": srv.Drops(), "policy_offers": srv.PolicyOffers(),
-		"handshake_failures": srv.HandshakeFailures(), "handshakes_in_progress": srv.HandshakesInProgress()}
+		"handshake_failures": srv.HandshakeFailures(), "handshakes_in_progress": srv.HandshakesInProgress(),
+		"closed_connections": srv.ClosedConns()}
 	if r.watcher != nil {
 		st["policy_version"] = r.watcher.Current().Version()
 	}

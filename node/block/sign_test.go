@@ -1,8 +1,6 @@
 package block
 
 import (
-	"github.com/memberd/memberd/internal/testpki"
-
 	"bytes"
 	"crypto"
 	"crypto/ecdsa"
@@ -22,6 +20,8 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/orderer/etcdraft"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/memberd/memberd/internal/testpki"
 )
 
 // testIdentity is a software ECDSA P-256 key with a self-signed certificate,

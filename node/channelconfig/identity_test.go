@@ -1,8 +1,6 @@
 package channelconfig
 
 import (
-	"github.com/memberd/memberd/internal/testpki"
-
 	"crypto/rand"
 	"crypto/x509"
 	"encoding/pem"
@@ -11,6 +9,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/memberd/memberd/internal/testpki"
 )
 
 // issue makes a leaf of ca valid until notAfter with subject OUs ous.

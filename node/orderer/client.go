@@ -17,6 +17,9 @@ import (
 	"github.com/hyperledger/fabric-protos-go-apiv2/msp"
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/encoding/gzip"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
@@ -165,7 +168,14 @@ func Fetch(ctx context.Context, c ab.AtomicBroadcastClient, id Identity, channel
 
 // DeliverFetcher is a BlockFetcher that pulls blocks from peers' Deliver
 // service with the node's own identity (a member, hence a reader). Peers are
-// tried in turn until one delivers, starting with the last one that did.
+// tried in turn until one delivers, starting with the last one that did,
+// the raft leader last (Leader).
+//
+// The blocks come gzip-compressed (compress.go): a catch-up is bound by the
+// bytes the tunnel and the relays' per-member rate carry, and blocks of
+// signed envelopes, each with its creator's certificate, shrink about 6
+// times. A peer that refuses the compressed request (an older memberd
+// without the compressor) is asked again without it.
 type DeliverFetcher struct {
 	Peers    []ab.AtomicBroadcastClient
 	Identity Identity
@@ -179,12 +189,45 @@ type DeliverFetcher struct {
 	// tunnel no reset comes back): without this, catch-up waited for it
 	// for minutes. Default 10s (DefaultFetchStall).
 	StallTimeout time.Duration
+	// FirstBlockTimeout: a peer whose first block does not come within this
+	// long is given up and the next one tried. The leader is asked last, so
+	// a dead peer asked first (its connection open as seen through the
+	// tunnel) must not hold the catch-up for a whole StallTimeout. Default
+	// 2s (DefaultFirstBlockTimeout), at most StallTimeout.
+	FirstBlockTimeout time.Duration
+	// Leader, if set, reports whether Peers[i] is the raft leader now. It
+	// is asked last: its upload already carries the replication of every
+	// new block to every follower, and the relays rate-limit each member's
+	// upload (relay.Config.RateBytesPerSec), so a catch-up from another
+	// peer does not compete with it (issue #11).
+	Leader func(i int) bool
 
 	first atomic.Uint32 // the peer to try first: the last one that delivered
 }
 
+// order returns the indexes of Peers in the order to try: from the last
+// one that delivered, the leader last.
+func (f *DeliverFetcher) order() []int {
+	start := int(f.first.Load())
+	var out, last []int
+	for k := range f.Peers {
+		i := (start + k) % len(f.Peers)
+		if f.Leader != nil && f.Leader(i) {
+			last = append(last, i)
+		} else {
+			out = append(out, i)
+		}
+	}
+	return append(out, last...)
+}
+
 // DefaultFetchStall is DeliverFetcher.StallTimeout's default.
 const DefaultFetchStall = 10 * time.Second
+
+// DefaultFirstBlockTimeout is DeliverFetcher.FirstBlockTimeout's default:
+// a live peer's first block comes after a connection and a TLS handshake
+// through the tunnel and one signature check, well under a second.
+const DefaultFirstBlockTimeout = 2 * time.Second
 
 var _ BlockFetcher = (*DeliverFetcher)(nil)
 
@@ -205,14 +248,24 @@ func (f *DeliverFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn fu
 	if stall <= 0 {
 		stall = DefaultFetchStall
 	}
-	start := int(f.first.Load())
-	for k := range f.Peers {
-		i := (start + k) % len(f.Peers)
+	first := f.FirstBlockTimeout
+	if first <= 0 {
+		first = DefaultFirstBlockTimeout
+	}
+	first = min(first, stall)
+	for _, i := range f.order() {
 		next := from
 		var fnErr error
 		pctx, cancel := context.WithCancelCause(ctx)
-		timer := time.AfterFunc(stall, func() { cancel(fmt.Errorf("%w for %v", errStalled, stall)) })
-		err := Fetch(pctx, f.Peers[i], id, f.Channel, SeekRange(from, to, ab.SeekInfo_FAIL_IF_NOT_READY), func(b *common.Block) error {
+		var stalled atomic.Int64 // the timeout running: first, then stall
+		stalled.Store(int64(first))
+		timer := time.AfterFunc(first, func() {
+			cancel(fmt.Errorf("%w for %v", errStalled, time.Duration(stalled.Load())))
+		})
+		got := false // a block came on this stream
+		onBlock := func(b *common.Block) error {
+			got = true
+			stalled.Store(int64(stall))
 			timer.Reset(stall)
 			if b.GetHeader().GetNumber() != next {
 				return fmt.Errorf("%w: peer sent block %d, want %d", ErrCatchUp, b.GetHeader().GetNumber(), next)
@@ -228,7 +281,14 @@ func (f *DeliverFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn fu
 			next++
 			from = next
 			return nil
-		})
+		}
+		seek := SeekRange(from, to, ab.SeekInfo_FAIL_IF_NOT_READY)
+		err := Fetch(pctx, f.Peers[i], id, f.Channel, seek, onBlock, grpc.UseCompressor(gzip.Name))
+		if err != nil && !got && fnErr == nil && status.Code(err) == codes.Unimplemented && pctx.Err() == nil {
+			// A peer without the gzip compressor (an older memberd)
+			// refuses the compressed request: the same, uncompressed.
+			err = Fetch(pctx, f.Peers[i], id, f.Channel, seek, onBlock)
+		}
 		timer.Stop()
 		if cause := context.Cause(pctx); err != nil && errors.Is(cause, errStalled) {
 			err = fmt.Errorf("peer %d: %w (at block %d)", i, cause, next)

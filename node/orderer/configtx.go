@@ -31,6 +31,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
@@ -51,6 +52,9 @@ const policyHistory = 16
 // configState is the policy versions seen, for checking config entries.
 type configState struct {
 	poke chan struct{} // wakes the driver to check the policy; immutable
+	// stored is the highest policy version of a config block this node
+	// stored since it started (policyFloor).
+	stored atomic.Uint64
 
 	mu    sync.Mutex // guards seen and order
 	seen  map[policy.Hash]*policy.Policy
@@ -155,6 +159,14 @@ func (n *Node) checkConfigEntry(ctx context.Context, data []byte, b *common.Bloc
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", channelconfig.ErrConfig, err)
 	}
+	if floor := n.raft.MembershipVersion(); src.version < floor {
+		// Both layers move forward together: a config derived from an
+		// older version than the raft membership follows would take the
+		// channel back. The floor follows the log, so every node decides
+		// the same.
+		return nil, fmt.Errorf("%w: block %d was derived from policy version %d, older than version %d, which the raft membership already follows (a leader whose policy folder lagged)",
+			channelconfig.ErrConfigMismatch, b.Header.Number, src.version, floor)
+	}
 	p, err := n.policyFor(ctx, src, b.Header.Number)
 	if err != nil {
 		return nil, err
@@ -180,7 +192,22 @@ func (n *Node) checkConfigEntry(ctx context.Context, data []byte, b *common.Bloc
 	}
 	n.log.Info("config block stored", "number", b.Header.Number, "sequence", u.Config.Sequence,
 		"policy_version", src.version, "batch", fmt.Sprintf("%+v", next.cut))
+	for cur := n.cfgtx.stored.Load(); src.version > cur; cur = n.cfgtx.stored.Load() {
+		if n.cfgtx.stored.CompareAndSwap(cur, src.version) {
+			break
+		}
+	}
 	return next, nil
+}
+
+// policyFloor is the newest policy version this node knows the log has
+// applied: that of the last raft membership change (the log's
+// MembershipVersion) or of a config block stored since it started. A
+// leader whose policy is older proposes neither a membership change nor a
+// config block (both would take the consortium back to its older view);
+// it waits for its policy folder to catch up.
+func (n *Node) policyFloor() uint64 {
+	return max(n.raft.MembershipVersion(), n.cfgtx.stored.Load())
 }
 
 // putInForce makes c the config in force.

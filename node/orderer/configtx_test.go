@@ -112,6 +112,27 @@ func (cl *cluster) proposeRefused(t *testing.T, l uint64, data []byte) {
 	}
 }
 
+// configEntryFor returns a config entry for the block after n's tip: the
+// CONFIG transaction n derives from policy p (with p's admin signatures),
+// in an entry that names policy version named.
+func configEntryFor(t *testing.T, n *Node, p, named *policy.Policy) []byte {
+	t.Helper()
+	u, err := n.nextConfig(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := n.Store().LastHeader()
+	b, err := n.configBlock(u, p, h.Number+1, block.HeaderHash(h))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := encodeConfigEntry(b, named.Version(), named.Hash())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return data
+}
+
 func (cl *cluster) reconcileAll() {
 	for _, tn := range cl.nodes {
 		if n := tn.np.Load(); n != nil {
@@ -304,20 +325,7 @@ func TestConfigBlockMismatchRefused(t *testing.T) {
 	// A transaction derived from a version the nodes do not hold, in an
 	// entry naming the version they do hold (which derives no change).
 	other := cl.withConfigSignatures(t, l, cl.c.cons.Next(t, cur, func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 3 }))
-	u, err := n.nextConfig(other)
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := n.Store().LastHeader()
-	b, err := n.configBlock(u, other, h.Number+1, block.HeaderHash(h))
-	if err != nil {
-		t.Fatal(err)
-	}
-	data, err := encodeConfigEntry(b, cur.Version(), cur.Hash())
-	if err != nil {
-		t.Fatal(err)
-	}
-	cl.proposeRefused(t, l, data)
+	cl.proposeRefused(t, l, configEntryFor(t, n, other, cur))
 	count := func(result string) float64 {
 		var d dto.Metric
 		if err := m.configBlocks.WithLabelValues(result).Write(&d); err != nil {
@@ -480,4 +488,56 @@ func TestConfigBlockUnderSigned(t *testing.T) {
 		t.Fatal(err)
 	}
 	cl.proposeRefused(t, l, data)
+}
+
+// TestConfigBlockOlderThanMembership: both layers move forward together.
+// Version 2 removes m3 from the consenters: raft drops it (the log records
+// version 2) and a CONFIG block takes it out of the channel config. A
+// config entry derived from version 1 after that (a leader whose policy
+// folder lagged, here even with admin signatures on that update) would put
+// m3 back into the channel config while raft goes on without it: every
+// node refuses it, the config in force and the chain stay as they are.
+func TestConfigBlockOlderThanMembership(t *testing.T) {
+	cl := newCluster(t, 3, block.CutterConfig{MaxMessageCount: 10, BatchTimeout: 50 * time.Millisecond}, func(c *Config) {
+		c.ConfigBlocks = true
+		liveMembership(c)
+	})
+	l := cl.leader(10 * time.Second)
+	v1 := cl.c.policy()
+	// Keep the leader: remove another node's member.
+	drop := l%3 + 1
+	keep, keepIDs := consentersWithout(3, drop)
+	cl.c.cur.Store(cl.withConfigSignatures(t, l, cl.nextConsenters(t, keep...)))
+	cl.reconcileAll()
+	for _, id := range keepIDs {
+		cl.waitVoters(id, keepIDs, 20*time.Second)
+	}
+	cl.stop(drop)
+	first := cl.waitLastConfig(15 * time.Second)
+	l = cl.leader(10 * time.Second)
+	n := cl.node(l)
+	if v := n.Raft().MembershipVersion(); v != 2 {
+		t.Fatalf("membership version %d, want 2", v)
+	}
+	stale := cl.withConfigSignatures(t, l, v1) // the update from the config in force back to version 1
+	h := n.Store().LastHeader()
+	data := configEntryFor(t, n, stale, stale) // signed well enough to pass a stock peer
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if _, err := n.raft.ProposeWait(ctx, data); err != nil {
+		t.Fatal(err)
+	}
+	envs, ids := envelopes(t, cl.c.identity(t, "m1", "writer"), 1, 16)
+	res := newLoadResult()
+	if _, err := broadcast(ctx, cl.nodes[l-1].client, envs, ids, res); err != nil || len(res.success) != 1 {
+		t.Fatalf("broadcast after the stale config block: %v %v", err, res.other)
+	}
+	cl.waitHeight(h.Number+2, 10*time.Second)
+	cl.checkIdentical()
+	for _, id := range keepIDs {
+		nn := cl.node(id)
+		if lc, cs := nn.LastConfig(), len(nn.ChannelConfig().Config.Consenters); lc != first || cs != 2 {
+			t.Fatalf("node %d: last config %d with %d consenters, want %d with 2 (the stale config block was stored)", id, lc, cs, first)
+		}
+	}
 }

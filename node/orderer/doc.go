@@ -49,6 +49,7 @@
 //		Identity: id.Serialized(), Policy: watcher.Current, Fetcher: &orderer.DeliverFetcher{...},
 //		Forwarder: &orderer.BroadcastForwarder{Peers: ...}})
 //	reg := &orderer.Registry{Open: ...}; reg.Start(n)            // one Node per channel
+//	go reg.Run(ctx)                                              // runs them; reg.Close() stops them
 //	srv, _ := orderer.NewServer(orderer.ServerConfig{Lookup: reg.Lookup})
 //	gs := grpc.NewServer(append(orderer.ServerOptions(), grpc.Creds(...ServerTLS...))...)
 //	srv.Register(gs)                                             // cmd owns the listener
@@ -60,6 +61,13 @@
 // raft index of its last block); when the leader sends a snapshot instead,
 // the node pulls the missing blocks from its peers through a BlockFetcher
 // (DeliverFetcher: Deliver over gRPC), verifying chain and data hashes.
+// The catch-up runs beside the raft loop, so the node votes and acks
+// appends meanwhile (it counts toward quorum at once); it is bound by the
+// bytes the path carries, so DeliverFetcher asks for gzip-compressed
+// blocks (compress.go) and asks the raft leader last (its upload already
+// carries the replication to every follower). Its log line ("caught up
+// from peers") gives blocks, bytes, time to the first block, storing time
+// and the rate.
 //
 // # Consenters
 //

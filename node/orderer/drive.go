@@ -162,6 +162,11 @@ func (n *Node) drive(ctx context.Context) error {
 			return
 		}
 		cfgSettled = settled
+		if floor := n.policyFloor(); p.Version() < floor {
+			n.log.Warn("policy version not ordered as a CONFIG block: this leader's policy is older than the version the log already applied; "+
+				"it waits for its policy folder to have that version", "policy_version", p.Version(), "applied_version", floor)
+			return
+		}
 		u, err := n.nextConfig(p)
 		if errors.Is(err, channelconfig.ErrNoChange) {
 			return

@@ -8,6 +8,18 @@ package orderer
 // only means the next check (Reconcile, or every Membership.Interval) plans
 // from what the log says now. Followers do nothing here; they apply the
 // conf changes from the log like any node.
+//
+// Policy skew: each member's admins copy a new policy version into their
+// own policy folder at their own time, so a leader's policy may be older
+// than the one the membership already follows. Each conf change records
+// the policy version it was derived from (raftlog.MembershipChange), and
+// the log keeps the highest applied (raftlog MembershipVersion): a leader
+// whose policy is older (policyFloor, which also counts the config blocks
+// it stored) holds every change until its folder has that version or
+// later, and a change from an older version that reaches the log anyway is
+// refused on every node. Membership never goes back to an older policy
+// version because a leader lags; nor does the channel config (configtx.go
+// refuses a config entry older than the membership).
 
 import (
 	"context"
@@ -34,7 +46,8 @@ type Membership struct {
 	// a voter holds every change back.
 	Name func(p raftlog.Peer) string
 	// Consenters returns the member ids that should be raft voters. nil: the
-	// current policy's ledger.consenters.
+	// current policy's ledger.consenters. The changes it leads to are
+	// recorded as derived from the current policy's version either way.
 	Consenters func() []string
 	// Interval between checks (besides Reconcile). Default 1s.
 	Interval time.Duration
@@ -77,7 +90,11 @@ func (n *Node) droppedByPolicy() bool {
 	if name == "" {
 		return false // a log without member ids: raft decides
 	}
-	return !slices.Contains(n.consenters(), name)
+	want, ver := n.wanted(*n.cfg.Membership)
+	if ver < n.policyFloor() {
+		return false // this node's policy is older than the log's: raft decides
+	}
+	return !slices.Contains(want, name)
 }
 
 // retire keeps raft's Retire in step with membershipErr: a node that the
@@ -96,13 +113,22 @@ func (n *Node) retire() {
 	}
 }
 
-// consenters returns Membership.Consenters, by default the current
-// policy's ledger.consenters.
-func (n *Node) consenters() []string {
-	if c := n.cfg.Membership.Consenters; c != nil {
-		return c()
+// wanted returns the member ids that should be raft voters
+// (Membership.Consenters, by default the current policy's
+// ledger.consenters) and the version of the policy they come from.
+func (n *Node) wanted(m Membership) ([]string, uint64) {
+	p := n.cfg.Policy()
+	var ver uint64
+	if p != nil {
+		ver = p.Version()
 	}
-	return n.cfg.Policy().Ledger().Consenters
+	if m.Consenters != nil {
+		return m.Consenters(), ver
+	}
+	if p == nil {
+		return nil, 0
+	}
+	return p.Ledger().Consenters, ver
 }
 
 // selfName returns the member id the raft log records for this node's ID
@@ -158,9 +184,6 @@ func (n *Node) reconcile(ctx context.Context) {
 			genesis, _ = GenesisConsenters(n.cfg.Policy(), b)
 		}
 	}
-	if m.Consenters == nil {
-		m.Consenters = n.consenters
-	}
 	tick := time.NewTicker(m.Interval)
 	defer tick.Stop()
 	var said string // the last plan logged, so that a waiting plan is logged once
@@ -193,7 +216,12 @@ func (n *Node) reconcileStep(ctx context.Context, m Membership, genesis []string
 	if prog == nil {
 		return false, ""
 	}
-	want := m.Consenters()
+	want, ver := n.wanted(m)
+	if floor := n.policyFloor(); ver < floor {
+		return false, fmt.Sprintf("consenter changes wait: this node leads with policy version %d, older than version %d, "+
+			"which the raft log already applied; it makes no change until its policy folder has version %d or later "+
+			"(or another consenter leads)", ver, floor, floor)
+	}
 	members := n.raft.Members()
 	for i, p := range members {
 		if p.Name == "" && m.Name != nil {
@@ -227,12 +255,8 @@ func (n *Node) reconcileStep(ctx context.Context, m Membership, genesis []string
 		}
 		return false, ""
 	}
-	n.log.Info("consenter change proposed", "change", c.String(), "pending", len(plan.Pending), "consenters", want)
-	if c.Remove {
-		err = n.raft.RemovePeer(cctx, c.Peer.ID)
-	} else {
-		err = n.raft.AddPeer(cctx, c.Peer)
-	}
+	n.log.Info("consenter change proposed", "change", c.String(), "pending", len(plan.Pending), "consenters", want, "policy_version", ver)
+	err = n.raft.ChangeMembership(cctx, raftlog.MembershipChange{Remove: c.Remove, Peer: c.Peer, Version: ver})
 	if err != nil {
 		return false, fmt.Sprintf("consenter change %s not applied, retrying: %v", c, err)
 	}

@@ -1,10 +1,12 @@
 package orderer
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -35,7 +37,19 @@ func (cl *cluster) addMember(t *testing.T, id string) {
 // ledger.consenters = members, and nudges the running nodes.
 func (cl *cluster) setConsenters(t *testing.T, members ...string) {
 	t.Helper()
-	next := cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) {
+	cl.c.cur.Store(cl.nextConsenters(t, members...))
+	for _, tn := range cl.nodes {
+		if n := tn.np.Load(); n != nil {
+			n.Reconcile()
+		}
+	}
+}
+
+// nextConsenters returns the next version of the cluster's policy, with
+// ledger.consenters = members (the cluster's policy stays as it is).
+func (cl *cluster) nextConsenters(t *testing.T, members ...string) *policy.Policy {
+	t.Helper()
+	return cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) {
 		for _, m := range d.Members {
 			if slices.Contains(members, m.ID) {
 				if !m.HasRole(policy.RoleConsenter) {
@@ -47,12 +61,6 @@ func (cl *cluster) setConsenters(t *testing.T, members ...string) {
 		}
 		d.Ledger.Consenters = members
 	})
-	cl.c.cur.Store(next)
-	for _, tn := range cl.nodes {
-		if n := tn.np.Load(); n != nil {
-			n.Reconcile()
-		}
-	}
 }
 
 // waitVoters waits until node id's raft voters are want (sorted) with
@@ -284,5 +292,87 @@ func TestRemovedNodeSettles(t *testing.T) {
 	// The others order on; the removed node does not disturb them.
 	if lead := cl.leader(10 * time.Second); lead != l {
 		t.Errorf("leader changed from %d to %d", l, lead)
+	}
+}
+
+// TestConsentersLaggingLeader: policy skew between members is normal (each
+// member's admins copy a new version into their own policy folder at their
+// own time). Version 2 removes a follower's member; the leader applies it.
+// Then leadership moves to the third node, whose folder still has version
+// 1, which lists the removed member: it must hold, not add it back (issue
+// #11's simulation, -sim.policyskew seed 4), and it follows once its
+// folder has version 2.
+func TestConsentersLaggingLeader(t *testing.T) {
+	var own [3]atomic.Pointer[policy.Policy] // each node's policy folder; nil: the genesis version
+	cl := newCluster(t, 3, testBatch(), func(c *Config) {
+		liveMembership(c)
+		id, base := c.Raft.ID, c.Policy
+		c.Policy = func() *policy.Policy {
+			if p := own[id-1].Load(); p != nil {
+				return p
+			}
+			return base()
+		}
+	})
+	lead := cl.leader(10 * time.Second)
+	drop := lead%3 + 1
+	lag := drop%3 + 1
+	keep, keepIDs := consentersWithout(3, drop)
+	v2 := cl.nextConsenters(t, keep...)
+	own[lead-1].Store(v2)
+	own[drop-1].Store(v2)
+	cl.node(lead).Reconcile()
+	cl.waitVoters(lead, keepIDs, 20*time.Second)
+	cl.waitVoters(lag, keepIDs, 20*time.Second)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := cl.node(lead).Raft().TransferLeadership(ctx, lag); err != nil {
+		t.Fatalf("transfer leadership %d -> %d: %v", lead, lag, err)
+	}
+	ln := cl.node(lag)
+	for !ln.IsLeader() || ln.raft.Progress() == nil {
+		if ctx.Err() != nil {
+			t.Fatalf("node %d does not lead", lag)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	// One planning step of the lagging leader, as its driver makes every
+	// Membership.Interval: it holds and says why.
+	m := *ln.cfg.Membership
+	m.ChangeTimeout = 5 * time.Second
+	m.Consenters = func() []string { return ln.cfg.Policy().Ledger().Consenters } // what the driver plans from
+	again, msg := ln.reconcileStep(ctx, m, nil)
+	if again || !strings.Contains(msg, "policy version 1, older than version 2") {
+		t.Errorf("lagging leader's step: again %v, %q; want a hold naming versions 1 and 2", again, msg)
+	}
+	// Its driver keeps running meanwhile (every 100ms): the removed member
+	// stays out while it leads.
+	for end := time.Now().Add(time.Second); time.Now().Before(end); time.Sleep(20 * time.Millisecond) {
+		for _, p := range ln.Raft().Members() {
+			if p.ID == drop {
+				t.Fatalf("lagging leader %d (policy version 1) added back %s, which version 2 removed: voters %v",
+					lag, p.Name, ln.Raft().Members())
+			}
+		}
+	}
+	if !ln.IsLeader() {
+		t.Fatalf("node %d lost leadership during the check; the test saw no lagging leader", lag)
+	}
+
+	// Its folder gets version 2: nothing left to do; the cluster orders on.
+	own[lag-1].Store(v2)
+	ln.Reconcile()
+	if _, msg := ln.reconcileStep(ctx, m, nil); msg != "" {
+		t.Errorf("step with version 2: %q", msg)
+	}
+	res := newLoadResult()
+	cl.load(t, cl.c.identity(t, "m1", "skew-client"), 50, 1, 100, res, nil)
+	if len(res.success) != 50 {
+		t.Fatalf("%d SUCCESS of 50 after the hold: %v", len(res.success), res.other)
+	}
+	cl.waitVoters(lag, keepIDs, time.Second)
+	if v := ln.Raft().MembershipVersion(); v != v2.Version() {
+		t.Fatalf("membership version on node %d: %d, want %d (the log records the policy version of each change)", lag, v, v2.Version())
 	}
 }

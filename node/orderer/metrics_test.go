@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -53,15 +52,11 @@ func TestReasonOf(t *testing.T) {
 // channel's height and committed transactions.
 func TestMetrics(t *testing.T) {
 	c := newConsortium(t, 1, block.CutterConfig{MaxMessageCount: 5, BatchTimeout: 50 * time.Millisecond})
-	dir := t.TempDir()
-	nodeID := c.nodeIdentity(t, "m1", "n1")
 	preg := prometheus.NewRegistry()
 	m := NewMetrics(preg)
-	reg := &Registry{Open: func(ch string, b *common.Block) (*Node, error) {
-		return New(Config{Raft: raftLocal(t, filepath.Join(dir, ch)), BlockDir: filepath.Join(dir, ch, "blocks"), Genesis: b,
-			Signer: nodeID.Signer, Identity: nodeID.Serialized(), Policy: c.policy, Metrics: m})
-	}}
+	reg := testRegistry(t, c, m)
 	defer reg.Close()
+	go reg.Run(t.Context())
 	preg.MustRegister(NewRegistryCollector(reg))
 	if _, err := reg.Join(context.Background(), c.genesis); err != nil {
 		t.Fatal(err)

@@ -795,6 +795,10 @@ func (n *Node) catchUp(ctx context.Context, data []byte) error {
 		return nil
 	}
 	height, hash := binary.BigEndian.Uint64(data), data[8:]
+	// Figures for the log line once caught up: where the time went.
+	var fig catchUpFigures
+	fig.start = time.Now()
+	fig.from = n.store.Height()
 	for n.store.Height() < height {
 		if n.cfg.Fetcher == nil {
 			return fmt.Errorf("%w: have %d blocks, the raft snapshot needs %d and no BlockFetcher is configured", ErrCatchUp, n.store.Height(), height)
@@ -802,32 +806,23 @@ func (n *Node) catchUp(ctx context.Context, data []byte) error {
 		from := n.store.Height()
 		n.log.Info("catching up from peers", "from", from, "to", height-1)
 		// Stored in batches, one write and one fsync each: per block, the
-		// fsyncs made catch-up slower than a loaded leader cuts blocks.
-		// A crash loses at most the batch not yet stored, fetched again
+		// fsyncs made catch-up slower than a loaded leader cuts blocks;
+		// beside the fetch (batchStorer), which goes on meanwhile.
+		// A crash loses at most the batches not yet stored, fetched again
 		// on restart (the raft snapshot is durable, the store behind it).
-		var batch [][]byte
-		size := 0
-		flush := func() error {
-			if len(batch) == 0 {
-				return nil
-			}
-			err := n.store.AppendRawBatch(batch)
-			batch, size = nil, 0
-			return err
-		}
+		st := newBatchStorer(n.store.AppendRawBatch)
 		err := n.cfg.Fetcher.FetchBlocks(ctx, from, height-1, func(raw []byte) error {
-			batch = append(batch, raw)
-			if size += len(raw); size >= catchUpBatchBytes || len(batch) >= catchUpBatchBlocks {
-				return flush()
-			}
-			return nil
+			fig.block(len(raw))
+			return st.add(raw)
 		})
-		if ferr := flush(); ferr != nil {
-			err = errors.Join(err, ferr)
+		if serr := st.close(); serr != nil {
+			err = errors.Join(err, serr)
 		}
+		fig.storing += st.storing
 		if n.store.Height() >= height {
 			break
 		}
+		fig.retries++
 		n.log.Warn("catch-up incomplete; retrying", "height", n.store.Height(), "want", height, "err", err)
 		select {
 		case <-ctx.Done():
@@ -842,5 +837,8 @@ func (n *Node) catchUp(ctx context.Context, data []byte) error {
 		return err
 	}
 	n.loadRecent()
+	if fig.blocks > 0 {
+		n.log.Info("caught up from peers", fig.attrs(n.store.Height())...)
+	}
 	return nil
 }

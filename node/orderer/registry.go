@@ -17,6 +17,12 @@ import (
 // Registry is the set of channels a process orders: it runs one Node per
 // channel, implements participation.Registry (so osnadmin can list, join and
 // remove channels) and gives Server its Lookup.
+//
+// Its lifecycle is the one of every long-running part: the zero value
+// (with Open set) starts nothing, Run(ctx) runs the nodes until ctx ends or
+// Close, and Close is idempotent. Nodes added by Start before Run start
+// running when Run does; those added while it runs (Join) start at once,
+// under Run's context.
 type Registry struct {
 	// Open builds (but does not run) the node for a channel from its config
 	// block; cmd decides directories, raft peers and identity. Required.
@@ -26,16 +32,23 @@ type Registry struct {
 	Removed func(channel string) error
 	Logger  *slog.Logger
 
-	mu    sync.Mutex
-	nodes map[string]*running
-	wg    sync.WaitGroup
+	mu      sync.Mutex
+	nodes   map[string]*running
+	ctx     context.Context    // Run's (nil before Run): the nodes run under it
+	cancel  context.CancelFunc // ends Run
+	stopped bool               // Run has returned or Close was called: no node starts any more
+	wg      sync.WaitGroup     // the nodes' Run goroutines
 }
 
+// running is a node of the Registry; cancel and done are set once it runs.
 type running struct {
 	n      *Node
 	cancel context.CancelFunc
 	done   chan struct{}
 }
+
+// ErrRegistryClosed: the Registry was closed, or its Run has returned.
+var ErrRegistryClosed = errors.New("ordering node registry closed")
 
 var _ participation.Registry = (*Registry)(nil)
 
@@ -49,27 +62,68 @@ func (r *Registry) Lookup(channel string) *Node {
 	return nil
 }
 
-// Start runs n (already opened) as the node of its channel.
+// Start adds n (already opened) as the node of its channel: it runs from
+// Run on (at once if Run is running). After Close or Run's end the error
+// wraps ErrRegistryClosed, and the caller still owns n.
 func (r *Registry) Start(n *Node) error {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if r.stopped {
+		return fmt.Errorf("%w: cannot start channel %q", ErrRegistryClosed, n.ChannelID())
+	}
 	if r.nodes == nil {
 		r.nodes = map[string]*running{}
 	}
 	if _, ok := r.nodes[n.ChannelID()]; ok {
 		return fmt.Errorf("%w: %q", participation.ErrExists, n.ChannelID())
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	rn := &running{n: n, cancel: cancel, done: make(chan struct{})}
+	rn := &running{n: n}
 	r.nodes[n.ChannelID()] = rn
+	if r.ctx != nil {
+		r.runLocked(rn)
+	}
+	return nil
+}
+
+// runLocked runs rn's node under Run's context. mu held, r.stopped false.
+func (r *Registry) runLocked(rn *running) {
+	ctx, cancel := context.WithCancel(r.ctx)
+	rn.cancel, rn.done = cancel, make(chan struct{})
 	r.wg.Add(1)
 	go func() {
 		defer r.wg.Done()
 		defer close(rn.done)
-		if err := n.Run(ctx); err != nil && r.Logger != nil {
-			r.Logger.Error("ordering node stopped", "channel", n.ChannelID(), "err", err)
+		if err := rn.n.Run(ctx); err != nil && r.Logger != nil {
+			r.Logger.Error("ordering node stopped", "channel", rn.n.ChannelID(), "err", err)
 		}
 	}()
+}
+
+// Run runs the nodes, those started before and those started meanwhile,
+// until ctx ends or Close; then it stops them (Close closes them) and
+// returns nil. Run may be called once; after Close the error wraps
+// ErrRegistryClosed.
+func (r *Registry) Run(ctx context.Context) error {
+	r.mu.Lock()
+	if r.stopped {
+		r.mu.Unlock()
+		return ErrRegistryClosed
+	}
+	if r.ctx != nil {
+		r.mu.Unlock()
+		return errors.New("orderer: Registry.Run called twice")
+	}
+	r.ctx, r.cancel = context.WithCancel(ctx)
+	for _, rn := range r.nodes {
+		r.runLocked(rn)
+	}
+	done := r.ctx.Done()
+	r.mu.Unlock()
+	<-done
+	r.mu.Lock()
+	r.stopped = true // no wg.Add after this: Wait may begin
+	r.mu.Unlock()
+	r.wg.Wait()
 	return nil
 }
 
@@ -152,8 +206,7 @@ func (r *Registry) Remove(_ context.Context, name string) error {
 	if !ok {
 		return fmt.Errorf("%w: %q", participation.ErrNotFound, name)
 	}
-	rn.cancel()
-	<-rn.done
+	rn.stop()
 	if err := rn.n.Close(); err != nil {
 		return err
 	}
@@ -163,16 +216,28 @@ func (r *Registry) Remove(_ context.Context, name string) error {
 	return nil
 }
 
-// Close stops every node. Idempotent.
+// stop ends the node's Run, if it runs, and waits for it.
+func (rn *running) stop() {
+	if rn.cancel != nil {
+		rn.cancel()
+		<-rn.done
+	}
+}
+
+// Close stops Run and every node, and closes the nodes. Idempotent.
 func (r *Registry) Close() error {
 	r.mu.Lock()
 	nodes := r.nodes
 	r.nodes = nil
+	r.stopped = true
+	cancel := r.cancel
 	r.mu.Unlock()
+	if cancel != nil {
+		cancel()
+	}
 	var errs []error
 	for _, rn := range nodes {
-		rn.cancel()
-		<-rn.done
+		rn.stop()
 		errs = append(errs, rn.n.Close())
 	}
 	r.wg.Wait()

@@ -2,6 +2,8 @@ package orderer
 
 import (
 	"bytes"
+	"context"
+	"errors"
 	"mime/multipart"
 	"net/http"
 	"net/http/httptest"
@@ -19,13 +21,9 @@ import (
 // from its config block starts a node that orders; list, get and remove work.
 func TestRegistryJoinsThroughParticipationAPI(t *testing.T) {
 	c := newConsortium(t, 1, block.CutterConfig{MaxMessageCount: 1, BatchTimeout: 50 * time.Millisecond})
-	dir := t.TempDir()
-	nodeID := c.nodeIdentity(t, "m1", "n1")
-	reg := &Registry{Open: func(ch string, b *common.Block) (*Node, error) {
-		return New(Config{Raft: raftLocal(t, filepath.Join(dir, ch)), BlockDir: filepath.Join(dir, ch, "blocks"), Genesis: b,
-			Signer: nodeID.Signer, Identity: nodeID.Serialized(), Policy: c.policy})
-	}}
+	reg := testRegistry(t, c, nil)
 	defer reg.Close()
+	go reg.Run(t.Context())
 	h, err := participation.New(participation.Config{Registry: reg})
 	if err != nil {
 		t.Fatal(err)
@@ -71,4 +69,75 @@ func TestRegistryJoinsThroughParticipationAPI(t *testing.T) {
 	if resp.StatusCode != http.StatusNoContent || reg.Lookup("trade") != nil || len(reg.List()) != 0 {
 		t.Fatalf("remove: %s", resp.Status)
 	}
+}
+
+// TestRegistryLifecycle: a node started before Run does not run until Run
+// does; Run runs it until ctx ends and then returns nil; nothing starts
+// after that or after Close; Close is idempotent.
+func TestRegistryLifecycle(t *testing.T) {
+	c := newConsortium(t, 1, block.CutterConfig{MaxMessageCount: 1, BatchTimeout: 50 * time.Millisecond})
+	reg := testRegistry(t, c, nil)
+	defer reg.Close()
+	n, err := reg.Open("trade", c.genesis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Start(n); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(300 * time.Millisecond) // a one-node raft elects itself within this once it runs
+	if n.IsLeader() {
+		t.Fatal("the node runs before Registry.Run")
+	}
+	ctx, cancel := context.WithCancel(t.Context())
+	defer cancel()
+	errc := make(chan error, 1)
+	go func() { errc <- reg.Run(ctx) }()
+	deadline := time.Now().Add(10 * time.Second)
+	for !n.IsLeader() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !n.IsLeader() {
+		t.Fatal("the node started before Run does not run under Run")
+	}
+	cancel()
+	select {
+	case err := <-errc:
+		if err != nil {
+			t.Fatalf("Run = %v, want nil", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Run did not return after its context ended")
+	}
+	n2, err := reg.Open("other", c.genesis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer n2.Close()
+	if err := reg.Start(n2); !errors.Is(err, ErrRegistryClosed) {
+		t.Fatalf("Start after Run returned = %v, want ErrRegistryClosed", err)
+	}
+	if err := reg.Close(); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	if err := reg.Close(); err != nil {
+		t.Fatalf("second Close: %v", err)
+	}
+	if err := reg.Run(t.Context()); !errors.Is(err, ErrRegistryClosed) {
+		t.Fatalf("Run after Close = %v, want ErrRegistryClosed", err)
+	}
+	if _, err := reg.Join(t.Context(), c.genesis); err == nil {
+		t.Fatal("Join after Close succeeded")
+	}
+}
+
+// testRegistry is a Registry whose nodes are m1's single-node channels of c
+// under a test directory, with metrics m (nil: none).
+func testRegistry(t testing.TB, c *consortium, m *Metrics) *Registry {
+	dir := t.TempDir()
+	nodeID := c.nodeIdentity(t, "m1", "n1")
+	return &Registry{Open: func(ch string, b *common.Block) (*Node, error) {
+		return New(Config{Raft: raftLocal(t, filepath.Join(dir, ch)), BlockDir: filepath.Join(dir, ch, "blocks"), Genesis: b,
+			Signer: nodeID.Signer, Identity: nodeID.Serialized(), Policy: c.policy, Metrics: m})
+	}}
 }

@@ -42,10 +42,24 @@ func (n *Node) applyPending(ctx context.Context) error {
 			go func() { done <- n.deliverSnapshot(ctx, s) }()
 			break
 		}
-		for _, e := range j.ents {
+		ents := j.ents
+		if len(n.pending) > 0 && n.pending[0].snap == nil {
+			// Entries queued behind a snapshot (one job per Ready while
+			// the catch-up ran) are applied in one call: one write and
+			// one fsync of their blocks, not one per Ready (make e2e,
+			// partition: ~170 blocks queued took 1.4 s to apply after a
+			// 4.5 s catch-up). A fresh slice: raft's may share its log.
+			ents = append(make([]raftpb.Entry, 0, len(ents)), ents...)
+			for len(n.pending) > 0 && n.pending[0].snap == nil {
+				ents = append(ents, n.pending[0].ents...)
+				n.pending[0] = applyJob{}
+				n.pending = n.pending[1:]
+			}
+		}
+		for _, e := range ents {
 			n.pendingBytes -= min(n.pendingBytes, uint64(len(e.Data)))
 		}
-		if err := n.apply(ctx, j.ents); err != nil {
+		if err := n.apply(ctx, ents); err != nil {
 			return err
 		}
 	}

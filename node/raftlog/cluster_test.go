@@ -26,7 +26,8 @@ type testApp struct {
 	data      [][]byte
 	chain     [32]byte
 	lastIndex uint64
-	snaps     int // snapshots installed
+	snaps     int          // snapshots installed
+	commits   atomic.Int64 // Apply calls with entries (read without mu: apply holds it while fetching)
 	fetch     func(upTo int) [][]byte
 }
 
@@ -47,6 +48,9 @@ func (a *testApp) apply(_ context.Context, c Commit) error {
 			return errors.New("state after snapshot does not match the snapshot's hash")
 		}
 		a.lastIndex = c.Snapshot.Index
+	}
+	if len(c.Entries) > 0 {
+		a.commits.Add(1)
 	}
 	for _, e := range c.Entries {
 		if e.Index <= a.lastIndex {

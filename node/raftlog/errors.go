@@ -24,4 +24,8 @@ var (
 	// ErrDropped: raft refused the proposal (no leader known, leadership
 	// transfer in progress, or this node was removed); retry later.
 	ErrDropped = errors.New("raft proposal dropped")
+	// ErrStaleMembership: a membership change derived from an older
+	// version than the one the log has applied (MembershipVersion) was
+	// refused; plan it again from the newer version.
+	ErrStaleMembership = errors.New("membership change older than the membership in the log")
 )

@@ -11,8 +11,21 @@ package raftlog
 //
 //	v0  proposer(8) seq(8) addr                     (bootstrap: proposer 0)
 //	v1  proposer(8) seq(8) 0x00 nameLen(2) name addr
+//	v2  proposer(8) seq(8) 0x01 version(8) nameLen(2) name addr
 //
-// An address never starts with a zero byte, so v0 contexts stay readable.
+// An address never starts with a control byte, so v0 contexts stay
+// readable. v2 records the application's version of the membership the
+// change was derived from (for the ledger: the policy version whose
+// ledger.consenters it follows); v0 and v1 are version 0 (unversioned).
+//
+// Membership version: every node keeps the highest version recorded by an
+// applied conf change (MembershipVersion), in log order, and snapshots
+// carry it. A versioned conf change whose version is below it is refused
+// on every node alike (applied as an empty change, as etcd's server does
+// with an invalid one): a leader whose application lags (its policy folder
+// has an older version than the one that last changed the membership)
+// can never take the membership back. Unversioned changes (version 0) are
+// applied as before.
 
 import (
 	"context"
@@ -29,50 +42,90 @@ import (
 // maxNameLen bounds Peer.Name (a member id).
 const maxNameLen = 255
 
-func confContext(proposer, seq uint64, p Peer) []byte {
-	b := make([]byte, 16, 19+len(p.Name)+len(p.Addr))
+func confContext(proposer, seq uint64, p Peer, version uint64) []byte {
+	b := make([]byte, 16, 27+len(p.Name)+len(p.Addr))
 	binary.BigEndian.PutUint64(b[0:8], proposer)
 	binary.BigEndian.PutUint64(b[8:16], seq)
-	if p.Name == "" {
+	switch {
+	case version != 0:
+		b = append(b, 1)
+		b = binary.BigEndian.AppendUint64(b, version)
+	case p.Name == "":
 		return append(b, p.Addr...)
+	default:
+		b = append(b, 0)
 	}
-	b = append(b, 0)
 	b = binary.BigEndian.AppendUint16(b, uint16(len(p.Name)))
 	b = append(b, p.Name...)
 	return append(b, p.Addr...)
 }
 
-func parseConfContext(b []byte) (proposer, seq uint64, p Peer, ok bool) {
+// confCtx is a parsed conf change context.
+type confCtx struct {
+	proposer, seq uint64
+	peer          Peer
+	version       uint64 // 0: unversioned (v0, v1)
+}
+
+func parseConfContext(b []byte) (confCtx, bool) {
 	if len(b) < 16 {
-		return 0, 0, Peer{}, false
+		return confCtx{}, false
 	}
-	proposer, seq = binary.BigEndian.Uint64(b[0:8]), binary.BigEndian.Uint64(b[8:16])
+	c := confCtx{proposer: binary.BigEndian.Uint64(b[0:8]), seq: binary.BigEndian.Uint64(b[8:16])}
 	rest := b[16:]
-	if len(rest) == 0 || rest[0] != 0 {
-		return proposer, seq, Peer{Addr: string(rest)}, true
+	switch {
+	case len(rest) == 0 || rest[0] > 1:
+		c.peer.Addr = string(rest)
+		return c, true
+	case rest[0] == 1:
+		if len(rest) < 9 {
+			return confCtx{}, false
+		}
+		c.version = binary.BigEndian.Uint64(rest[1:9])
+		rest = rest[8:] // rest[0] stands where v1's marker does
 	}
 	if len(rest) < 3 {
-		return 0, 0, Peer{}, false
+		return confCtx{}, false
 	}
 	nl := int(binary.BigEndian.Uint16(rest[1:3]))
 	if len(rest) < 3+nl {
-		return 0, 0, Peer{}, false
+		return confCtx{}, false
 	}
-	return proposer, seq, Peer{Name: string(rest[3 : 3+nl]), Addr: string(rest[3+nl:])}, true
+	c.peer = Peer{Name: string(rest[3 : 3+nl]), Addr: string(rest[3+nl:])}
+	return c, true
 }
 
-// Snapshot data: the application's bytes prefixed with the membership map.
+// Snapshot data: the application's bytes prefixed with the membership map
+// and, once a versioned conf change was applied, the membership version.
 //
 //	magic(4)=0xff 'r' 'l' 'm' count(2) { id(8) nameLen(2) name addrLen(2) addr } app data
+//	magic(4)=0xff 'r' 'l' 'v' version(8) count(2) { ... as above } app data
 //
 // Snapshots written before the map existed hold only application data; the
 // magic's 0xff first byte never begins the ledger's (a big-endian height).
-var snapMagic = [4]byte{0xff, 'r', 'l', 'm'}
+// Version 0 is written with the first magic, so a cluster that never
+// versions its changes writes what older nodes read.
+var (
+	snapMagic        = [4]byte{0xff, 'r', 'l', 'm'}
+	snapMagicVersion = [4]byte{0xff, 'r', 'l', 'v'}
+)
 
-func encodeSnapData(members []Peer, app []byte) []byte {
-	b := append([]byte(nil), snapMagic[:]...)
-	b = binary.BigEndian.AppendUint16(b, uint16(len(members)))
-	for _, p := range members {
+// snapMembership is the membership part of snapshot data.
+type snapMembership struct {
+	members []Peer // nil: an old snapshot without a map
+	version uint64 // MembershipVersion
+}
+
+func encodeSnapData(m snapMembership, app []byte) []byte {
+	var b []byte
+	if m.version == 0 {
+		b = append(b, snapMagic[:]...)
+	} else {
+		b = append(b, snapMagicVersion[:]...)
+		b = binary.BigEndian.AppendUint64(b, m.version)
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(m.members)))
+	for _, p := range m.members {
 		b = binary.BigEndian.AppendUint64(b, p.ID)
 		b = binary.BigEndian.AppendUint16(b, uint16(len(p.Name)))
 		b = append(b, p.Name...)
@@ -82,14 +135,26 @@ func encodeSnapData(members []Peer, app []byte) []byte {
 	return append(b, app...)
 }
 
-// decodeSnapData splits snapshot data into the membership map (nil for an
-// old snapshot) and the application's data.
-func decodeSnapData(b []byte) (members []Peer, app []byte, err error) {
-	if len(b) < 6 || [4]byte(b[:4]) != snapMagic {
-		return nil, b, nil
+// decodeSnapData splits snapshot data into the membership (members nil
+// for an old snapshot) and the application's data.
+func decodeSnapData(b []byte) (m snapMembership, app []byte, err error) {
+	if len(b) < 6 {
+		return m, b, nil
 	}
-	count := int(binary.BigEndian.Uint16(b[4:6]))
-	b = b[6:]
+	switch [4]byte(b[:4]) {
+	case snapMagic:
+		b = b[4:]
+	case snapMagicVersion:
+		if len(b) < 14 {
+			return snapMembership{}, nil, errors.New("snapshot membership truncated")
+		}
+		m.version = binary.BigEndian.Uint64(b[4:12])
+		b = b[12:]
+	default:
+		return m, b, nil
+	}
+	count := int(binary.BigEndian.Uint16(b))
+	b = b[2:]
 	str := func() (string, bool) {
 		if len(b) < 2 {
 			return "", false
@@ -102,10 +167,10 @@ func decodeSnapData(b []byte) (members []Peer, app []byte, err error) {
 		b = b[2+l:]
 		return s, true
 	}
-	members = make([]Peer, 0, min(count, 1024))
+	m.members = make([]Peer, 0, min(count, 1024))
 	for range count {
 		if len(b) < 8 {
-			return nil, nil, errors.New("snapshot membership truncated")
+			return snapMembership{}, nil, errors.New("snapshot membership truncated")
 		}
 		p := Peer{ID: binary.BigEndian.Uint64(b)}
 		b = b[8:]
@@ -113,11 +178,11 @@ func decodeSnapData(b []byte) (members []Peer, app []byte, err error) {
 		p.Name, ok1 = str()
 		p.Addr, ok2 = str()
 		if !ok1 || !ok2 {
-			return nil, nil, errors.New("snapshot membership truncated")
+			return snapMembership{}, nil, errors.New("snapshot membership truncated")
 		}
-		members = append(members, p)
+		m.members = append(m.members, p)
 	}
-	return members, b, nil
+	return m, b, nil
 }
 
 // snapMembers returns the map entries of cs's voters and learners, by ID.
@@ -163,16 +228,17 @@ func (n *Node) learn(p Peer) Peer {
 // (before any message that depends on it is sent) and starts sending to its
 // peers.
 func (n *Node) installSnapMembers(s raftpb.Snapshot) error {
-	members, _, err := decodeSnapData(s.Data)
+	m, _, err := decodeSnapData(s.Data)
 	if err != nil {
 		return fmt.Errorf("%w: snapshot %d: %v", ErrCorrupt, s.Metadata.Index, err)
 	}
 	n.mu.Lock()
 	var add []Peer
-	for _, p := range members {
+	for _, p := range m.members {
 		add = append(add, n.learn(p))
 	}
 	n.confState = s.Metadata.ConfState
+	n.memberVersion = max(n.memberVersion, m.version)
 	n.setRemoved()
 	n.mu.Unlock()
 	for _, p := range add {
@@ -209,8 +275,20 @@ func (n *Node) applyConfChange(e *raftpb.Entry) error {
 	if err := cc.Unmarshal(e.Data); err != nil {
 		return fmt.Errorf("%w: entry %d: conf change: %v", ErrCorrupt, e.Index, err)
 	}
+	c, ok := parseConfContext(cc.Context)
+	if ok && c.version != 0 {
+		n.mu.Lock()
+		floor := n.memberVersion
+		if c.version >= floor {
+			n.memberVersion = c.version
+		}
+		n.mu.Unlock()
+		if c.version < floor {
+			return n.refuseConfChange(e, cc, c, floor)
+		}
+	}
 	cs := n.rn.ApplyConfChange(cc)
-	proposer, seq, p, ok := parseConfContext(cc.Context)
+	p := c.peer
 	p.ID = cc.NodeID
 	n.mu.Lock()
 	n.confState = *cs
@@ -243,46 +321,105 @@ func (n *Node) applyConfChange(e *raftpb.Entry) error {
 			"node", n.cfg.ID, "index", e.Index)
 	}
 	n.cfg.Logger.Info("raft membership changed", "node", n.cfg.ID, "index", e.Index,
-		"change", cc.Type.String(), "changed_node", cc.NodeID, "name", p.Name, "voters", cs.Voters)
-	if ok && proposer == n.cfg.ID {
-		n.wmu.Lock()
-		if w := n.waits[seq]; w != nil {
-			w.ch <- e.Index
-			delete(n.waits, seq)
-		}
-		n.wmu.Unlock()
+		"change", cc.Type.String(), "changed_node", cc.NodeID, "name", p.Name, "voters", cs.Voters, "membership_version", c.version)
+	if ok && c.proposer == n.cfg.ID {
+		n.wakeConfChange(c.seq, nil)
 	}
 	return nil
 }
 
-// AddPeer proposes adding p as a voting consenter and returns once the change
-// is applied on this node. p.Name (e.g. the member id) and p.Addr are
-// recorded in the log, so every node, and this one after a restart, knows
-// them. The new node starts with Config.Join and an empty Dir; it catches up
-// from the leader (through a snapshot if the log was compacted). Raft allows
-// one pending membership change at a time: a change proposed while another
-// is pending is dropped, and AddPeer then returns ctx's error; retry.
-func (n *Node) AddPeer(ctx context.Context, p Peer) error {
-	if p.ID == 0 || p.Addr == "" || len(p.Name) > maxNameLen || len(p.Addr) > maxAddrLen || p.Addr[0] == 0 {
-		return fmt.Errorf("%w: AddPeer needs an ID and an Addr (and a Name of at most %d bytes)", ErrInvalidConfig, maxNameLen)
+// refuseConfChange applies committed conf change cc as an empty change
+// (raft then leaves the configuration as it is and takes new conf changes
+// again): its version is below floor, the membership version already
+// applied. Every node decides the same, since the floor follows the log.
+func (n *Node) refuseConfChange(e *raftpb.Entry, cc raftpb.ConfChange, c confCtx, floor uint64) error {
+	n.rn.ApplyConfChange(raftpb.ConfChange{NodeID: raft.None})
+	err := fmt.Errorf("%w: %s of node %d was derived from membership version %d, older than version %d, which the log already applied",
+		ErrStaleMembership, cc.Type, cc.NodeID, c.version, floor)
+	n.cfg.Logger.Warn("raft membership change refused: it would take the membership back to an older version", "node", n.cfg.ID,
+		"index", e.Index, "change", cc.Type.String(), "changed_node", cc.NodeID, "version", c.version, "membership_version", floor)
+	if c.proposer == n.cfg.ID {
+		n.wakeConfChange(c.seq, err)
 	}
-	return n.confChange(ctx, raftpb.ConfChange{Type: raftpb.ConfChangeAddNode, NodeID: p.ID}, p)
+	return nil
 }
 
-// RemovePeer proposes removing consenter id; semantics as AddPeer. A leader
+// wakeConfChange answers the confChange call waiting for seq, if any.
+func (n *Node) wakeConfChange(seq uint64, err error) {
+	n.wmu.Lock()
+	defer n.wmu.Unlock()
+	if w := n.waits[seq]; w != nil {
+		w.err = err
+		w.ch <- 0
+		delete(n.waits, seq)
+	}
+}
+
+// MembershipVersion returns the highest version recorded by a conf change
+// applied on this node (0: none was versioned): the application's version
+// of the membership the log has reached. ChangeMembership refuses, and
+// every node refuses to apply, a change derived from an older version.
+func (n *Node) MembershipVersion() uint64 {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.memberVersion
+}
+
+// MembershipChange is one raft membership change.
+type MembershipChange struct {
+	// Remove: remove Peer.ID; otherwise add Peer as a voter.
+	Remove bool
+	// Peer is the node to add (ID, Addr and, e.g. the member id, Name, all
+	// recorded in the log) or to remove (ID).
+	Peer Peer
+	// Version is the application's version of the membership the change
+	// was derived from (for the ledger: the policy version); 0 is
+	// unversioned. A change below MembershipVersion is refused.
+	Version uint64
+}
+
+// ChangeMembership proposes c and returns once it is applied on this node.
+// A node added starts with Config.Join and an empty Dir; it catches up from
+// the leader (through a snapshot if the log was compacted). Raft allows
+// one pending membership change at a time: a change proposed while another
+// is pending is dropped, and ChangeMembership then returns ctx's error;
+// retry. A versioned change older than MembershipVersion fails with
+// ErrStaleMembership, here or, if a newer one committed before it, when
+// it is applied (then it changes nothing on any node).
+func (n *Node) ChangeMembership(ctx context.Context, c MembershipChange) error {
+	p := c.Peer
+	if c.Remove {
+		return n.confChange(ctx, raftpb.ConfChange{Type: raftpb.ConfChangeRemoveNode, NodeID: p.ID}, Peer{}, c.Version)
+	}
+	if p.ID == 0 || p.Addr == "" || len(p.Name) > maxNameLen || len(p.Addr) > maxAddrLen || p.Addr[0] < 0x20 {
+		return fmt.Errorf("%w: adding a peer needs an ID and an Addr that does not start with a control byte (and a Name of at most %d bytes)", ErrInvalidConfig, maxNameLen)
+	}
+	return n.confChange(ctx, raftpb.ConfChange{Type: raftpb.ConfChangeAddNode, NodeID: p.ID}, p, c.Version)
+}
+
+// AddPeer is ChangeMembership of an unversioned add of p.
+func (n *Node) AddPeer(ctx context.Context, p Peer) error {
+	return n.ChangeMembership(ctx, MembershipChange{Peer: p})
+}
+
+// RemovePeer is ChangeMembership of an unversioned removal of id. A leader
 // that removes itself steps down once the change is applied (and the
 // remaining members elect a new one); TransferLeadership first avoids the
 // pause.
 func (n *Node) RemovePeer(ctx context.Context, id uint64) error {
-	return n.confChange(ctx, raftpb.ConfChange{Type: raftpb.ConfChangeRemoveNode, NodeID: id}, Peer{})
+	return n.ChangeMembership(ctx, MembershipChange{Remove: true, Peer: Peer{ID: id}})
 }
 
-func (n *Node) confChange(ctx context.Context, cc raftpb.ConfChange, p Peer) error {
+func (n *Node) confChange(ctx context.Context, cc raftpb.ConfChange, p Peer, version uint64) error {
 	if err := n.waitStarted(ctx); err != nil {
 		return err
 	}
+	if floor := n.MembershipVersion(); version != 0 && version < floor {
+		return fmt.Errorf("%w: %s of node %d is derived from membership version %d, older than version %d, which the log already applied",
+			ErrStaleMembership, cc.Type, cc.NodeID, version, floor)
+	}
 	seq := n.seq.Add(1)
-	cc.Context = confContext(n.cfg.ID, seq, p)
+	cc.Context = confContext(n.cfg.ID, seq, p, version)
 	w := &waiter{ch: make(chan uint64, 1)}
 	n.wmu.Lock()
 	n.waits[seq] = w
@@ -297,7 +434,7 @@ func (n *Node) confChange(ctx context.Context, cc raftpb.ConfChange, p Peer) err
 	}
 	select {
 	case <-w.ch:
-		return nil
+		return w.err
 	case <-ctx.Done():
 		return ctx.Err()
 	case <-n.done:

@@ -1,16 +1,19 @@
 package raftlog
 
 import (
-	"github.com/memberd/memberd/internal/testpki"
-
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
+
+	"go.etcd.io/raft/v3/raftpb"
+
+	"github.com/memberd/memberd/internal/testpki"
 )
 
 func TestAddAndRemovePeer(t *testing.T) {
@@ -134,52 +137,63 @@ func TestAddAndRemovePeer(t *testing.T) {
 
 func TestConfContextAndSnapData(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		p    Peer
+		name    string
+		p       Peer
+		version uint64
 	}{
-		{"address only (v0)", Peer{Addr: "n1"}},
-		{"empty (remove)", Peer{}},
-		{"name and address", Peer{Name: "m1", Addr: "m1:7052"}},
-		{"name only", Peer{Name: "m1"}},
+		{"address only (v0)", Peer{Addr: "n1"}, 0},
+		{"empty (remove)", Peer{}, 0},
+		{"name and address", Peer{Name: "m1", Addr: "m1:7052"}, 0},
+		{"name only", Peer{Name: "m1"}, 0},
+		{"versioned (v2)", Peer{Name: "m1", Addr: "m1:7052"}, 7},
+		{"versioned remove", Peer{}, 1 << 40},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			b := confContext(7, 9, tc.p)
-			prop, seq, p, ok := parseConfContext(b)
-			if !ok || prop != 7 || seq != 9 || p != tc.p {
-				t.Fatalf("got %d %d %+v %v", prop, seq, p, ok)
+			b := confContext(7, 9, tc.p, tc.version)
+			c, ok := parseConfContext(b)
+			if !ok || c.proposer != 7 || c.seq != 9 || c.peer != tc.p || c.version != tc.version {
+				t.Fatalf("got %+v %v", c, ok)
 			}
-			if _, _, _, ok := parseConfContext(b[:15]); ok {
+			if _, ok := parseConfContext(b[:15]); ok {
 				t.Fatal("short context accepted")
 			}
 		})
 	}
-	if _, _, _, ok := parseConfContext(append(confContext(1, 2, Peer{}), 0, 0, 5, 'a')); ok {
+	if _, ok := parseConfContext(append(confContext(1, 2, Peer{}, 0), 0, 0, 5, 'a')); ok {
 		t.Fatal("truncated name accepted")
+	}
+	if _, ok := parseConfContext(confContext(1, 2, Peer{}, 3)[:20]); ok {
+		t.Fatal("truncated version accepted")
 	}
 
 	members := []Peer{{1, "n1", "m1"}, {1 << 63, "", ""}}
 	for _, tc := range []struct {
-		name    string
-		data    []byte
-		members []Peer
-		app     []byte
-		bad     bool
+		name string
+		data []byte
+		m    snapMembership
+		app  []byte
+		bad  bool
 	}{
-		{"with members", encodeSnapData(members, []byte("app")), members, []byte("app"), false},
-		{"no members", encodeSnapData(nil, []byte("app")), []Peer{}, []byte("app"), false},
-		{"old snapshot", []byte{0, 0, 0, 0, 0, 0, 0, 5, 'h'}, nil, []byte{0, 0, 0, 0, 0, 0, 0, 5, 'h'}, false},
-		{"empty", nil, nil, nil, false},
-		{"truncated", encodeSnapData(members, nil)[:12], nil, nil, true},
+		{"with members", encodeSnapData(snapMembership{members: members}, []byte("app")), snapMembership{members: members}, []byte("app"), false},
+		{"no members", encodeSnapData(snapMembership{}, []byte("app")), snapMembership{members: []Peer{}}, []byte("app"), false},
+		{"versioned", encodeSnapData(snapMembership{members: members, version: 4}, []byte("app")), snapMembership{members: members, version: 4}, []byte("app"), false},
+		{"old snapshot", []byte{0, 0, 0, 0, 0, 0, 0, 5, 'h'}, snapMembership{}, []byte{0, 0, 0, 0, 0, 0, 0, 5, 'h'}, false},
+		{"empty", nil, snapMembership{}, nil, false},
+		{"truncated", encodeSnapData(snapMembership{members: members}, nil)[:12], snapMembership{}, nil, true},
+		{"truncated version", encodeSnapData(snapMembership{members: members, version: 4}, nil)[:10], snapMembership{}, nil, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			m, app, err := decodeSnapData(tc.data)
 			if (err != nil) != tc.bad {
 				t.Fatalf("err %v", err)
 			}
-			if !slices.Equal(m, tc.members) || string(app) != string(tc.app) {
-				t.Fatalf("got %v %q", m, app)
+			if !slices.Equal(m.members, tc.m.members) || m.version != tc.m.version || string(app) != string(tc.app) {
+				t.Fatalf("got %+v %q", m, app)
 			}
 		})
+	}
+	if b := encodeSnapData(snapMembership{members: members}, nil); [4]byte(b[:4]) != snapMagic {
+		t.Fatal("an unversioned snapshot must keep the format older nodes read")
 	}
 }
 
@@ -213,21 +227,131 @@ func TestClusterOverTLS(t *testing.T) {
 // FuzzMembershipCodecs: conf change contexts and snapshot data from the
 // network never panic, and what they decode encodes back to the same.
 func FuzzMembershipCodecs(f *testing.F) {
-	f.Add(confContext(1, 2, Peer{Name: "m1", Addr: "m1:7052"}))
-	f.Add(confContext(0, 0, Peer{Addr: "n1"}))
-	f.Add(encodeSnapData([]Peer{{1, "n1", "m1"}, {2, "", ""}}, []byte("app")))
+	f.Add(confContext(1, 2, Peer{Name: "m1", Addr: "m1:7052"}, 0))
+	f.Add(confContext(0, 0, Peer{Addr: "n1"}, 0))
+	f.Add(confContext(1, 2, Peer{Name: "m1", Addr: "m1:7052"}, 9))
+	f.Add(encodeSnapData(snapMembership{members: []Peer{{1, "n1", "m1"}, {2, "", ""}}}, []byte("app")))
+	f.Add(encodeSnapData(snapMembership{members: []Peer{{1, "n1", "m1"}}, version: 3}, []byte("app")))
 	f.Add([]byte{0xff, 'r', 'l', 'm', 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		if prop, seq, p, ok := parseConfContext(b); ok && p.Addr != "" && p.Addr[0] != 0 && len(p.Name) <= maxNameLen {
-			if _, _, q, ok := parseConfContext(confContext(prop, seq, p)); !ok || q != p {
-				t.Fatalf("context %+v does not round-trip: %+v", p, q)
+		if c, ok := parseConfContext(b); ok && c.peer.Addr != "" && c.peer.Addr[0] > 1 && len(c.peer.Name) <= maxNameLen {
+			if d, ok := parseConfContext(confContext(c.proposer, c.seq, c.peer, c.version)); !ok || d != c {
+				t.Fatalf("context %+v does not round-trip: %+v", c, d)
 			}
 		}
-		if members, app, err := decodeSnapData(b); err == nil && members != nil {
-			m2, app2, err := decodeSnapData(encodeSnapData(members, app))
-			if err != nil || !slices.Equal(m2, members) || string(app2) != string(app) {
-				t.Fatalf("snapshot data does not round-trip: %v %q %v", m2, app2, err)
+		if m, app, err := decodeSnapData(b); err == nil && m.members != nil {
+			m2, app2, err := decodeSnapData(encodeSnapData(m, app))
+			if err != nil || !slices.Equal(m2.members, m.members) || m2.version != m.version || string(app2) != string(app) {
+				t.Fatalf("snapshot data does not round-trip: %+v %q %v", m2, app2, err)
 			}
 		}
 	})
+}
+
+// TestMembershipVersionFloor: a membership change records the version it
+// was derived from; once version 5 removed node 3, a change derived from
+// version 4 (a leader whose application lags) is refused by the proposer,
+// and one that reaches the log all the same is applied as no change on
+// every node. The floor survives a restart, also from a snapshot.
+func TestMembershipVersionFloor(t *testing.T) {
+	c := newCluster(t, 3, func(cfg *Config) { cfg.SnapshotEvery = 20; cfg.CatchUpEntries = 5 })
+	lead := c.leader(10 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	drop := lead%3 + 1
+	keep := []uint64{1, 2, 3}
+	keep = slices.DeleteFunc(keep, func(id uint64) bool { return id == drop })
+	ln := c.nodes[lead].node()
+	if err := ln.ChangeMembership(ctx, MembershipChange{Remove: true, Peer: Peer{ID: drop}, Version: 5}); err != nil {
+		t.Fatalf("remove at version 5: %v", err)
+	}
+	c.stop(drop)
+	delete(c.nodes, drop)
+	c.size = 2
+	for _, id := range keep {
+		deadline := time.Now().Add(10 * time.Second)
+		for c.nodes[id].node().MembershipVersion() != 5 {
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d: membership version %d, want 5", id, c.nodes[id].node().MembershipVersion())
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
+
+	back := Peer{ID: drop, Addr: fmt.Sprintf("n%d", drop), Name: fmt.Sprintf("m%d", drop)}
+	if err := ln.ChangeMembership(ctx, MembershipChange{Peer: back, Version: 4}); !errors.Is(err, ErrStaleMembership) {
+		t.Fatalf("add at version 4 after version 5: %v, want ErrStaleMembership", err)
+	}
+	// Past the proposer's check (it read the floor before the newer change
+	// was applied): every node refuses it when applying.
+	seq := ln.seq.Add(1)
+	w := &waiter{ch: make(chan uint64, 1)}
+	ln.wmu.Lock()
+	ln.waits[seq] = w
+	ln.wmu.Unlock()
+	cc := raftpb.ConfChange{Type: raftpb.ConfChangeAddNode, NodeID: drop, Context: confContext(ln.ID(), seq, back, 4)}
+	if err := ln.rn.ProposeConfChange(ctx, cc); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-w.ch:
+		if !errors.Is(w.err, ErrStaleMembership) {
+			t.Fatalf("stale change in the log: %v, want ErrStaleMembership", w.err)
+		}
+	case <-ctx.Done():
+		t.Fatal("stale change never applied")
+	}
+	// Entries after it (enough for snapshots) commit as usual.
+	c.propose(ctx, "after", 2, 60, nil)
+	c.waitApplied(60, 30*time.Second)
+	for _, id := range keep {
+		st := c.nodes[id].node().Status()
+		if !slices.Equal(sorted(st.Voters), keep) || st.MembershipVersion != 5 {
+			t.Fatalf("node %d: voters %v, membership version %d; want %v, 5", id, st.Voters, st.MembershipVersion, keep)
+		}
+	}
+	// A change from version 5 or later is taken. (Raft drops a conf change
+	// proposed before it has taken the last one as applied: retry.)
+	change := func(mc MembershipChange) {
+		t.Helper()
+		for {
+			cctx, ccancel := context.WithTimeout(ctx, time.Second)
+			err := c.nodes[c.leader(10*time.Second)].node().ChangeMembership(cctx, mc)
+			ccancel()
+			if err == nil {
+				return
+			}
+			if ctx.Err() != nil || !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("%+v: %v", mc, err)
+			}
+		}
+	}
+	change(MembershipChange{Peer: back, Version: 6})
+	change(MembershipChange{Remove: true, Peer: Peer{ID: drop}, Version: 6})
+
+	// Restarts: from the snapshot (taken after every change) and the log.
+	for _, id := range keep {
+		c.stop(id)
+	}
+	c.tune = func(cfg *Config) {
+		cfg.SnapshotEvery, cfg.CatchUpEntries = 20, 5
+		cfg.Peers = []Peer{{ID: cfg.ID}} // the log and the snapshot know the rest
+	}
+	for _, id := range keep {
+		c.start(id)
+	}
+	c.leader(10 * time.Second)
+	for _, id := range keep {
+		n := c.nodes[id].node()
+		if n.Status().SnapshotIndex == 0 {
+			t.Errorf("node %d: no snapshot, the test does not cover the snapshot's floor", id)
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for n.MembershipVersion() != 6 || !slices.Equal(sorted(n.Status().Voters), keep) {
+			if time.Now().After(deadline) {
+				t.Fatalf("node %d after restart: membership version %d, voters %v; want 6, %v", id, n.MembershipVersion(), n.Status().Voters, keep)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 }

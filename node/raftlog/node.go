@@ -86,6 +86,9 @@ type Node struct {
 	closeOnce sync.Once
 	confState raftpb.ConfState
 	members   map[uint64]Peer // from the log (membership.go), else Config.Peers
+	// memberVersion: the highest version of an applied conf change
+	// (MembershipVersion, membership.go).
+	memberVersion uint64
 
 	removed   atomic.Bool // this node's ID left the configuration
 	retired   atomic.Bool // Retire: the application says this node no longer belongs
@@ -120,6 +123,7 @@ type Node struct {
 type waiter struct {
 	data []byte
 	ch   chan uint64 // receives the entry's index
+	err  error       // a conf change: why it was refused (set before ch receives)
 }
 
 // New validates cfg, opens (or creates) the log in cfg.Dir and replays it.
@@ -155,18 +159,20 @@ func New(cfg Config) (*Node, error) {
 		w.close()
 		return nil, err
 	}
+	replayed := len(rec.ents)
 	rec.ents = nil // storage has them
 	for _, p := range c.Peers {
 		n.members[p.ID] = p
 	}
-	members, _, err := decodeSnapData(rec.snap.Data)
+	m, _, err := decodeSnapData(rec.snap.Data)
 	if err != nil {
 		w.close()
 		return nil, fmt.Errorf("%w: snapshot %d in %s: %v", ErrCorrupt, rec.snap.Metadata.Index, c.Dir, err)
 	}
-	for _, p := range members {
+	for _, p := range m.members {
 		n.learn(p)
 	}
+	n.memberVersion = m.version
 	n.setRemoved()
 	var b [8]byte
 	rand.Read(b[:]) // a fresh sequence space per start: entries proposed before a restart never match new waiters
@@ -193,7 +199,7 @@ func New(cfg Config) (*Node, error) {
 		}
 	}
 	c.Logger.Info("raft log opened", "node", c.ID, "cluster", c.Cluster, "dir", c.Dir,
-		"snapshot_index", rec.snap.Metadata.Index, "entries", len(rec.ents), "commit", rec.hs.Commit, "term", rec.hs.Term)
+		"snapshot_index", rec.snap.Metadata.Index, "entries", replayed, "commit", rec.hs.Commit, "term", rec.hs.Term)
 	return n, nil
 }
 
@@ -233,7 +239,7 @@ func (n *Node) Run(ctx context.Context) error {
 	if n.rec.fresh && !c.Join {
 		var peers []raft.Peer
 		for _, p := range c.Peers {
-			peers = append(peers, raft.Peer{ID: p.ID, Context: confContext(0, 0, p)})
+			peers = append(peers, raft.Peer{ID: p.ID, Context: confContext(0, 0, p, 0)})
 		}
 		n.bootstrap.Store(true)
 		n.rn = raft.StartNode(rc, peers)
@@ -407,9 +413,12 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 		// a membership change must really be (raft campaigns with it, as
 		// etcd's server waits for it); and entries queued behind a long
 		// catch-up must not grow without bound.
+		t, queued := time.Now(), n.pendingBytes
 		if err := n.finishSnapshot(ctx); err != nil {
 			return err
 		}
+		n.cfg.Logger.Info("raft loop waited for the snapshot's catch-up", "node", n.cfg.ID,
+			"queued_bytes", queued, "conf_change", hasConfChange(rd.CommittedEntries), "waited_ms", time.Since(t).Milliseconds())
 	}
 	return nil
 }
@@ -511,7 +520,7 @@ func (n *Node) maybeSnapshot() error {
 	}
 	n.mu.Lock()
 	cs := n.confState
-	data = encodeSnapData(n.snapMembers(cs), data)
+	data = encodeSnapData(snapMembership{members: n.snapMembers(cs), version: n.memberVersion}, data)
 	n.mu.Unlock()
 	snap, err := n.storage.CreateSnapshot(applied, &cs, data)
 	if err != nil {
@@ -715,8 +724,10 @@ type Status struct {
 	// longer takes part in consensus.
 	Removed bool
 	// Retired: the application retired this node (Retire).
-	Retired   bool
-	Transport TransportStats
+	Retired bool
+	// MembershipVersion: the highest version of an applied conf change.
+	MembershipVersion uint64
+	Transport         TransportStats
 }
 
 // Status returns the node's current status.
@@ -724,6 +735,7 @@ func (n *Node) Status() Status {
 	n.mu.Lock()
 	cs := n.confState
 	members := n.snapMembers(raftpb.ConfState{Voters: cs.Voters})
+	mv := n.memberVersion
 	n.mu.Unlock()
 	return Status{
 		ID: n.cfg.ID, Leader: n.lead.Load(), Term: n.term.Load(),
@@ -731,6 +743,6 @@ func (n *Node) Status() Status {
 		Commit: n.commit.Load(), Applied: n.applied.Load(), SnapshotIndex: n.snapIndex.Load(), LogBytes: n.logBytes.Load(),
 		Voters: append([]uint64(nil), cs.Voters...), Learners: append([]uint64(nil), cs.Learners...),
 		Members: members, Removed: n.removed.Load(), Retired: n.retired.Load(),
-		Transport: n.tr.stats(),
+		MembershipVersion: mv, Transport: n.tr.stats(),
 	}
 }

@@ -167,6 +167,10 @@ func ParseDatagram(b []byte) (Frame, error) {
 
 // Reader reads frames from a stream. It skips frames of unknown types.
 type Reader struct {
+	// Skipped, when set, is called with the type and body length of every
+	// frame of an unknown type the reader skipped (after skipping it).
+	Skipped func(t Type, n int)
+
 	r   io.Reader
 	max int
 	hdr [HeaderLen]byte
@@ -198,6 +202,9 @@ func (r *Reader) Next() (Frame, error) {
 		if !t.Known() {
 			if _, err := io.CopyN(io.Discard, r.r, int64(n)); err != nil {
 				return Frame{}, unexpected(err)
+			}
+			if r.Skipped != nil {
+				r.Skipped(t, n)
 			}
 			continue
 		}

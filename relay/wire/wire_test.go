@@ -5,6 +5,7 @@ import (
 	"crypto/sha256"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"testing"
 )
@@ -19,6 +20,8 @@ func TestRoundTrip(t *testing.T) {
 	b = AppendGoAway(b, GoAwayNotAllowed, "removed from policy")
 
 	r := NewReader(bytes.NewReader(b), 0)
+	var skipped []string
+	r.Skipped = func(t Type, n int) { skipped = append(skipped, fmt.Sprintf("%v/%d", t, n)) }
 	f, err := r.Next()
 	if err != nil || f.Type != TypeHello {
 		t.Fatalf("hello: %v %v", f.Type, err)
@@ -34,6 +37,9 @@ func TestRoundTrip(t *testing.T) {
 	f, _ = r.Next()
 	if f.Type != TypeForward {
 		t.Fatalf("unknown frame not skipped: got %v", f.Type)
+	}
+	if fmt.Sprint(skipped) != "[type(0x7f)/15]" {
+		t.Fatalf("Skipped saw %v, want the unknown frame", skipped)
 	}
 	src, dst, p, err := ParseForward(f.Body)
 	if err != nil || string(src) != "bank-a" || string(dst) != "bank-b" || !bytes.Equal(p, []byte{1, 2, 3}) {

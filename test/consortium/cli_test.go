@@ -3,14 +3,13 @@ package consortium_test
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"os"
 	"os/exec"
-	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/memberd/memberd/internal/testenv"
 )
 
 // exitRuntime is the exit status of a memberd command that ran and
@@ -31,20 +30,12 @@ var cliBin struct {
 func memberdBin(t testing.TB) string {
 	t.Helper()
 	cliBin.once.Do(func() {
-		if p := os.Getenv("MEMBERD_BIN"); p != "" {
-			cliBin.path, cliBin.err = filepath.Abs(p)
-			return
+		if os.Getenv("MEMBERD_BIN") == "" {
+			if cliBin.dir, cliBin.err = os.MkdirTemp("", "memberd-consortium-test-"); cliBin.err != nil {
+				return
+			}
 		}
-		dir, err := os.MkdirTemp("", "memberd-consortium-test-")
-		if err != nil {
-			cliBin.err = err
-			return
-		}
-		cliBin.dir, cliBin.path = dir, filepath.Join(dir, "memberd")
-		goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-		if out, err := exec.Command(goBin, "build", "-o", cliBin.path, "github.com/memberd/memberd/cmd/memberd").CombinedOutput(); err != nil {
-			cliBin.err = fmt.Errorf("go build memberd: %v\n%s", err, out)
-		}
+		cliBin.path, cliBin.err = testenv.FindMemberd("MEMBERD_BIN", cliBin.dir)
 	})
 	if cliBin.err != nil {
 		t.Fatal(cliBin.err)

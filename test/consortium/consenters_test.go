@@ -23,7 +23,11 @@ type ledgerStatus struct {
 	CertificateSerial string `json:"certificate_serial"`
 	State             string `json:"state"`
 	Height            uint64 `json:"height"`
-	Consenters        []struct {
+	// The policy version of the last raft membership change, and this
+	// member's own.
+	ConsentersPolicyVersion uint64 `json:"consenters_policy_version"`
+	PolicyVersion           uint64 `json:"policy_version"`
+	Consenters              []struct {
 		RaftID uint64 `json:"raft_id"`
 		Member string `json:"member"`
 	} `json:"consenters"`
@@ -170,6 +174,14 @@ func TestLedgerConsentersOverTunnel(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Logf("%s re-added and caught up: %+v", gone, statusOf(t, d, gone))
+	// The raft log records the policy version each membership change
+	// followed; every member has that version, so none is warned.
+	for _, m := range L.Members {
+		waitFor(t, 10*time.Second, m+" at policy v3 with the consenters", func() bool {
+			st := statusOf(t, d, m)
+			return st.ConsentersPolicyVersion == v3.Version() && st.PolicyVersion == v3.Version()
+		})
+	}
 
 	// A follower removed: the leader stops sending to it once it applies
 	// the removal, usually before the follower learns that it committed,

@@ -18,7 +18,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -89,24 +88,7 @@ type demoLayout struct {
 
 // memberdBin returns the binary under test: MEMBERD_E2E_BIN (make e2e sets
 // it to bin/memberd), else one built from this tree.
-func memberdBin(t *testing.T) string {
-	if p := os.Getenv("MEMBERD_E2E_BIN"); p != "" {
-		abs, err := filepath.Abs(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if _, err := os.Stat(abs); err != nil {
-			t.Fatalf("MEMBERD_E2E_BIN=%s: %v (run make build)", p, err)
-		}
-		return abs
-	}
-	bin := filepath.Join(t.TempDir(), "memberd")
-	goBin := filepath.Join(runtime.GOROOT(), "bin", "go")
-	if out, err := exec.Command(goBin, "build", "-o", bin, "github.com/memberd/memberd/cmd/memberd").CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return bin
-}
+func memberdBin(t *testing.T) string { return testenv.Memberd(t, "MEMBERD_E2E_BIN", t.TempDir()) }
 
 // newCluster makes the hosts and writes the consortium; nothing runs yet.
 func newCluster(t *testing.T) *cluster {
@@ -335,6 +317,8 @@ type status struct {
 		Height uint64 `json:"height"`
 		Leader string `json:"leader"`
 		Term   uint64 `json:"term"`
+		// RaftCommit: the raft commit index this member knows.
+		RaftCommit uint64 `json:"raft_commit"`
 	} `json:"ledger"`
 	Relays []struct {
 		ID     string `json:"id"`

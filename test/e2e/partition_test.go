@@ -6,11 +6,14 @@ package e2e_test
 // and a block store whose tail is torn while the member is down.
 
 import (
+	"bufio"
+	"encoding/json"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -75,7 +78,13 @@ func (s *suite) relaysUp(p *proc) bool {
 
 // partition cuts a follower's host off the network (everything but
 // loopback dropped, both ways, in a table of its own) for cutFor, then
-// heals it; the tunnel and the ledger must come back.
+// heals it; the tunnel and the ledger must come back. It prints where the
+// time after the heal went (issue #11: ledger back <= 1 s after the
+// tunnel): tunnel up, raft contact (the follower's raft commit index
+// moves: it accepts the leader's appends or snapshot), raft in step (its
+// commit reaches the leader's at contact), the catch-up's figures from
+// the follower's log, and caught up (height within one block of the
+// leader's).
 func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 	return func(t *testing.T) {
 		p := s.follower(t)
@@ -95,31 +104,188 @@ func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 		_, okDown := waitFor(cutFor, func() bool { return !s.relaysUp(p) })
 		down := time.Since(t0)
 		time.Sleep(cutFor - down)
+		var commit0 uint64
+		if st, err := s.cl.status(p); err == nil {
+			commit0 = st.Ledger.RaftCommit
+		}
+		logFrom := len(p.output())
+		payload0, wire0 := s.fetchedBytes(p)
+		fwd0, rl0 := s.relayTraffic()
 		if out, err := p.host.NftOut(s.cl.nft, "delete", "table", "inet", "partition"); err != nil {
 			t.Fatalf("healing: %v: %s", err, out)
 		}
+		healedAt := time.Now()
 		healed = true
-		tunnel, okTunnel := waitFor(60*time.Second, func() bool { return s.relaysUp(p) })
-		if !okTunnel {
+		m := s.afterHeal(p, commit0, 60*time.Second)
+		if m.tunnel < 0 {
 			t.Errorf("%s's relays not up 60 s after the partition healed: %s", p.name, s.pathsNow())
 		}
-		// What held the ledger back, and until when after the heal.
-		var why string
-		var whyUntil time.Duration
-		healedAt := time.Now().Add(-tunnel)
-		ledger, okLedger := waitFor(60*time.Second, func() bool {
-			if w := s.lagging(p); w != "" {
-				why, whyUntil = w, time.Since(healedAt)
-				return false
-			}
-			return true
-		})
-		if !okLedger {
-			t.Errorf("%s not caught up 60 s after the partition healed", p.name)
+		if m.caughtUp < 0 {
+			t.Errorf("%s not caught up 60 s after the partition healed (last seen lagging at %.2f s: %s)", p.name, m.whyUntil.Seconds(), m.why)
 		}
-		s.record(t, fmt.Sprintf("follower partitioned %v", cutFor), fmt.Sprintf("%s cut off (its relays seen down after %s); after healing: tunnel up in %.2f s, ledger caught up in %.2f s (last seen lagging at %.2f s: %s); %s",
-			p.name, secsOr(down, okDown, "never"), tunnel.Seconds(), (tunnel+ledger).Seconds(), whyUntil.Seconds(), why, s.checkLedger(t)))
+		out := p.output()
+		if len(out) >= logFrom {
+			out = out[logFrom:]
+		}
+		payload1, wire1 := s.fetchedBytes(p)
+		fwd1, rl1 := s.relayTraffic()
+		fetched := fmt.Sprintf("Deliver answers received: %.1f MB, %.1f MB on the wire; relays forwarded %.1f MB from the heal to caught up (%.1f s), %.0f packets dropped over a member's rate",
+			(payload1-payload0)/1e6, (wire1-wire0)/1e6, (fwd1-fwd0)/1e6, time.Since(healedAt).Seconds(), rl1-rl0)
+		if m.tunnel >= 0 && m.contact >= 0 {
+			fetched += fmt.Sprintf("; raft contact %.2f s after the tunnel", (m.contact - m.tunnel).Seconds())
+		}
+		s.record(t, fmt.Sprintf("follower partitioned %v", cutFor), fmt.Sprintf("%s cut off (its relays seen down after %s); after healing: tunnel up %s, raft contact %s, raft in step %s, ledger caught up %s (last seen lagging at %.2f s: %s); %s; %s; %s",
+			p.name, secsOr(down, okDown, "never"), m.at(m.tunnel), m.at(m.contact), m.at(m.inStep), m.at(m.caughtUp), m.whyUntil.Seconds(), m.why,
+			catchUpBreakdown(out, healedAt), fetched, s.checkLedger(t)))
 	}
+}
+
+// fetchedBytes reads p's memberd_ledger_fetched_bytes_total: the Deliver
+// answers it received from other consenters (catch-up), as payload and as
+// wire (compressed) bytes; 0 when not exposed.
+func (s *suite) fetchedBytes(p *proc) (payload, wire float64) {
+	body, err := s.cl.get(p, "/metrics")
+	if err != nil {
+		return 0, 0
+	}
+	re := regexp.MustCompile(`(?m)^memberd_ledger_fetched_bytes_total\{kind="(payload|wire)"\} ([0-9.eE+-]+)$`)
+	for _, m := range re.FindAllStringSubmatch(string(body), -1) {
+		v, _ := strconv.ParseFloat(m[2], 64)
+		if m[1] == "payload" {
+			payload = v
+		} else {
+			wire = v
+		}
+	}
+	return payload, wire
+}
+
+// relayTraffic sums over the relays the payload bytes forwarded and the
+// packets dropped because a member exceeded its rate.
+func (s *suite) relayTraffic() (forwarded, rateDrops float64) {
+	re := regexp.MustCompile(`(?m)^memberd_relay_dropped_packets_total\{[^}]*reason="rate_limit"[^}]*\} ([0-9.eE+-]+)$`)
+	for _, r := range s.cl.procs {
+		if !r.relay {
+			continue
+		}
+		if v, _, err := s.metric(r, "relay_forwarded_bytes_total"); err == nil {
+			forwarded += v
+		}
+		if body, err := s.cl.get(r, "/metrics"); err == nil {
+			for _, m := range re.FindAllStringSubmatch(string(body), -1) {
+				v, _ := strconv.ParseFloat(m[1], 64)
+				rateDrops += v
+			}
+		}
+	}
+	return forwarded, rateDrops
+}
+
+// healMilestones: when each was first seen after the heal (-1: never).
+type healMilestones struct {
+	tunnel, contact, inStep, caughtUp time.Duration
+	why                               string // what held the ledger back, last seen
+	whyUntil                          time.Duration
+}
+
+func (m healMilestones) at(d time.Duration) string {
+	if d < 0 {
+		return "never"
+	}
+	return fmt.Sprintf("%.2f s", d.Seconds())
+}
+
+// afterHeal polls p (and the leader) until p is caught up or within passes.
+// commit0 is p's raft commit index before the heal.
+func (s *suite) afterHeal(p *proc, commit0 uint64, within time.Duration) healMilestones {
+	m := healMilestones{tunnel: -1, contact: -1, inStep: -1, caughtUp: -1}
+	start := time.Now()
+	var target uint64 // the leader's commit when p was first in contact
+	for time.Since(start) < within {
+		now := time.Since(start)
+		if m.tunnel < 0 && s.relaysUp(p) {
+			m.tunnel = now
+		}
+		st, err := s.cl.status(p)
+		if err == nil && m.contact < 0 && st.Ledger.RaftCommit > commit0 {
+			m.contact = now
+			if ld, _ := s.cl.leader(); ld != nil && ld != p {
+				if lst, err := s.cl.status(ld); err == nil {
+					target = lst.Ledger.RaftCommit
+				}
+			}
+		}
+		if err == nil && m.contact >= 0 && m.inStep < 0 && st.Ledger.RaftCommit >= target {
+			m.inStep = now
+		}
+		if m.caughtUp < 0 {
+			if w := s.lagging(p); w != "" {
+				m.why, m.whyUntil = w, time.Since(start)
+			} else {
+				m.caughtUp = time.Since(start)
+			}
+		}
+		if m.tunnel >= 0 && m.inStep >= 0 && m.caughtUp >= 0 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return m
+}
+
+// catchUpBreakdown reads a follower's log since the heal: when its raft
+// snapshot came, when its catch-up began and what it fetched at which
+// rate, and whether the raft loop had to wait for it.
+func catchUpBreakdown(out string, healedAt time.Time) string {
+	type line struct {
+		Time    time.Time `json:"time"`
+		Msg     string    `json:"msg"`
+		From    uint64    `json:"from"`
+		To      uint64    `json:"to"`
+		Blocks  int       `json:"blocks"`
+		Bytes   int64     `json:"bytes"`
+		TookMS  int64     `json:"took_ms"`
+		FirstMS int64     `json:"first_block_ms"`
+		StoreMS int64     `json:"storing_ms"`
+		Retries int       `json:"retries"`
+		Rate    float64   `json:"mb_per_s"`
+		Waited  int64     `json:"waited_ms"`
+		Queued  uint64    `json:"queued_bytes"`
+	}
+	at := func(t time.Time) string { return fmt.Sprintf("%.2f s", t.Sub(healedAt).Seconds()) }
+	var parts []string
+	var blocks int
+	var bytes int64
+	sc := bufio.NewScanner(strings.NewReader(out))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		var l line
+		if json.Unmarshal(sc.Bytes(), &l) != nil {
+			continue
+		}
+		switch {
+		case l.Msg == "raft snapshot installed":
+			parts = append(parts, "snapshot "+at(l.Time))
+		case l.Msg == "catching up from peers":
+			parts = append(parts, fmt.Sprintf("fetch of blocks %d..%d from %s", l.From, l.To, at(l.Time)))
+		case l.Msg == "caught up from peers":
+			blocks += l.Blocks
+			bytes += l.Bytes
+			parts = append(parts, fmt.Sprintf("fetched %d blocks, %.1f MB in %.2f s (first block after %.2f s, storing %.2f s, %d retries): %.1f MB/s, done %s",
+				l.Blocks, float64(l.Bytes)/1e6, float64(l.TookMS)/1e3, float64(l.FirstMS)/1e3, float64(l.StoreMS)/1e3, l.Retries, l.Rate, at(l.Time)))
+		case l.Msg == "raft loop waited for the snapshot's catch-up":
+			parts = append(parts, fmt.Sprintf("raft loop waited %.2f s for the catch-up (%.1f MB queued) until %s", float64(l.Waited)/1e3, float64(l.Queued)/1e6, at(l.Time)))
+		case l.Msg == "catch-up incomplete; retrying":
+			parts = append(parts, "catch-up retried "+at(l.Time))
+		case strings.HasPrefix(l.Msg, "raft peer silent"):
+			parts = append(parts, "raft connection dropped as silent "+at(l.Time))
+		}
+	}
+	if len(parts) == 0 {
+		return "no catch-up in the follower's log"
+	}
+	return fmt.Sprintf("follower log: %s; in all %d blocks, %.1f MB fetched (relay limit %.1f MB/s per member)",
+		strings.Join(parts, ", "), blocks, float64(bytes)/1e6, float64(relayRate)/1e6)
 }
 
 // tornTail kills a follower with kill -9, cuts the last bytes of its block

@@ -50,21 +50,7 @@ func gethBinary(t *testing.T) string {
 }
 
 // memberdBinary is MEMBERD_BIN, or memberd built into dir.
-func memberdBinary(t *testing.T, dir string) string {
-	if p := os.Getenv("MEMBERD_BIN"); p != "" {
-		abs, err := filepath.Abs(p)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return abs
-	}
-	bin := filepath.Join(dir, "memberd")
-	cmd := exec.Command("go", "build", "-o", bin, "github.com/memberd/memberd/cmd/memberd")
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build memberd: %v\n%s", err, out)
-	}
-	return bin
-}
+func memberdBinary(t *testing.T, dir string) string { return testenv.Memberd(t, "MEMBERD_BIN", dir) }
 
 // appliance is one `memberd run` with the addresses the test uses.
 type appliance struct {

@@ -169,15 +169,12 @@ func newLab(t *testing.T) *lab {
 			t.Fatal(err)
 		}
 	}
-	memberd := os.Getenv("MEMBERD_BIN")
-	if memberd == "" {
-		memberd = filepath.Join(l.bin, "memberd")
-		out, err := exec.Command("go", "build", "-o", memberd, "github.com/memberd/memberd/cmd/memberd").CombinedOutput()
-		if err != nil {
-			t.Fatalf("go build memberd: %v\n%s", err, out)
+	// The runbooks call memberd from PATH ($bin): MEMBERD_BIN linked
+	// there, or one built there.
+	if memberd := testenv.Memberd(t, "MEMBERD_BIN", l.bin); memberd != filepath.Join(l.bin, "memberd") {
+		if err := os.Symlink(memberd, filepath.Join(l.bin, "memberd")); err != nil {
+			t.Fatal(err)
 		}
-	} else if err := os.Symlink(memberd, filepath.Join(l.bin, "memberd")); err != nil {
-		t.Fatal(err)
 	}
 	shim, err := os.ReadFile("testdata/systemctl")
 	if err != nil {

@@ -29,12 +29,58 @@
 // Flags: -sim.tx (envelopes per client), -sim.faults (virtual time of the
 // fault phase), -sim.resubmit=false (clients do not resubmit after an
 // ambiguous answer), -sim.hostile (frames also duplicated and reordered
-// within a connection, beyond TCP), -sim.policyskew (policy versions reach
-// each node at its own time; finds an open bug, see run_test.go).
+// within a connection, beyond TCP), -sim.policyskew=false (each policy
+// version reaches every node at once; by default each node gets it at its
+// own time, as when each member's admins copy it into their policy folder).
 //
-// Not simulated: the tunnel (wireguard-go + gVisor netstack: gVisor parks
-// its goroutines in a way synctest does not count as blocked, so virtual
-// time never advances), the relays, gRPC (followers forward through the
-// leader's Node, and catch-up reads peers' block stores), and the loss of
-// unsynced writes on a crash (a crash keeps what the files hold).
+// TestConsortiumSim (tunnel_test.go) runs the same seeds with raft going
+// members -> relays -> members: two real relay.Servers (TLS over simnet,
+// the mesh between them, the policy through internal/authority), and on
+// each member a real relay.Client (ClientConfig.DialStream) under the real
+// tunnel.Bind and a real wireguard-go device (package simtun). Besides the
+// ledger's faults: relay crashes and restarts, silent relays, a member's
+// link to one relay cut (reset or silent), drops and stalls on every relay
+// link, on their own seeded stream so that they overlap the node faults.
+// Policy version 4 removes the member version 3 took out of the
+// consenters from the consortium; on top of the invariants above:
+//
+//   - once a relay has applied that version it forwards nothing from or
+//     to the removed member (relay.ServerConfig.ForwardHook).
+//
+// make sim runs SEEDS ledger seeds and TUNNEL_SEEDS (5) tunnel seeds.
+//
+// What the tunnel simulation replaces, and why:
+//
+//   - gVisor. tunnel.Device's netstack cannot run in a synctest bubble:
+//     gVisor's TCP processors park in gvisor.dev/gvisor/pkg/sync.Gopark
+//     (sleep.(*Sleeper).nextWaker, tcp.(*processor).start), shown as
+//     "[GC scavenge wait, synctest bubble 1]", which synctest does not
+//     count as durably blocked, so the bubble is never idle and virtual
+//     time never moves: two tunnel.Devices over an in-memory transport
+//     stayed in Device.Dial (waitHandshake, peers.go) for 20 s of real
+//     time at virtual t=0. Raft's connections instead use pktstream, a
+//     small reliable stream over the tunnel's IP packets (in order, once,
+//     or the connection fails), in place of gVisor's TCP.
+//   - The tunnel's control plane. tunnel.Device (attestations, key
+//     rotation, peer removal) needs gVisor, and its pure core
+//     (tunnel/internal/core) is internal to tunnel/: the simulation sets
+//     the WireGuard peers itself (simtun.Host.SetPeers: every running
+//     member its node's policy lists, with the key of its current start),
+//     as the control plane leaves them once announcements are through.
+//   - QUIC. quic-go reads real UDP sockets (netpoll, outside the bubble):
+//     the relay links are TLS over simnet, the appliance's fallback path.
+//
+// Two synctest hazards met on the way, handled in simtun and simnet:
+// wireguard-go drains a removed peer's queues from a finalizer, which is
+// fatal for channels made in a bubble ("receive on synctest channel from
+// outside bubble"), so simtun keeps every peer reachable; and crypto/tls
+// holds its write lock (a sync.Mutex, not durable) across the underlying
+// Write, so the relay links never block a writer (UnboundedWrites) and
+// stall rather than drop in a silent partition (SilentStalls).
+//
+// Not simulated: gRPC (followers forward through the leader's Node, and
+// catch-up reads peers' block stores; in the tunnel simulation only
+// between nodes whose tunnels connect them), QUIC, the tunnel's control
+// plane (above), and the loss of unsynced writes on a crash (a crash keeps
+// what the files hold).
 package sim

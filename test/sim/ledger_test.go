@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
 	"os"
 	"strings"
 	"sync"
@@ -72,6 +73,11 @@ type ledgerSim struct {
 	removedName string
 	removedAt   time.Time      // when every other node had it out of raft (guarded by mu)
 	toRemoved   map[string]int // replication sent to it after that, by sender and type (guarded by mu)
+
+	// tunnel: raft goes through the members' tunnels and the relays
+	// (tunnel_test.go, TestConsortiumSim) instead of direct links.
+	tunnel bool
+	tn     *tunnelNet
 }
 
 // simTune is what a seed chose.
@@ -128,8 +134,8 @@ func (s *ledgerSim) logf(format string, args ...any) {
 // simEpoch is synctest's virtual start of time.
 var simEpoch = time.Date(2000, 1, 1, 0, 0, 0, 0, time.UTC)
 
-func newLedgerSim(t *testing.T, seed uint64) *ledgerSim {
-	s := &ledgerSim{t: t, seed: seed, rng: rand.New(rand.NewPCG(seed, 0x1ed9e7)),
+func newLedgerSim(t *testing.T, seed uint64, tunnel bool) *ledgerSim {
+	s := &ledgerSim{t: t, seed: seed, tunnel: tunnel, rng: rand.New(rand.NewPCG(seed, 0x1ed9e7)),
 		acked: map[string]bool{}, errs: map[string]int{}, history: map[string][]string{}, toRemoved: map[string]int{}}
 	r := s.rng
 	s.tune = simTune{
@@ -140,7 +146,14 @@ func newLedgerSim(t *testing.T, seed uint64) *ledgerSim {
 	}
 	s.removedID = uint64(1 + r.IntN(3))
 	s.removedName = fmt.Sprintf("n%d", s.removedID)
-	s.nw = simnet.New(simnet.Config{Seed: seed, Faults: s.tune.faults, Split: raftSplit, Observe: s.observe})
+	if tunnel {
+		// The network carries the TLS links to the relays; raft frames are
+		// observed on the raft connections in the tunnel (observedConn).
+		s.nw = simnet.New(simnet.Config{Seed: seed, Faults: linkFaults(s.tune.faults), Split: tlsSplit, SilentStalls: true, UnboundedWrites: true})
+		s.tn = newTunnelNet(s)
+	} else {
+		s.nw = simnet.New(simnet.Config{Seed: seed, Faults: s.tune.faults, Split: raftSplit, Observe: s.observe})
+	}
 
 	s.cons = policytest.New(t, 3)
 	l := &s.cons.Template.Ledger
@@ -191,9 +204,16 @@ func (s *ledgerSim) start(id uint64) {
 	if testing.Verbose() && *flagLogs {
 		log = slog.New(slog.NewTextHandler(tWriter{t}, &slog.HandlerOptions{Level: slog.LevelInfo})).With("node", n.name)
 	}
+	var dialer raftlog.Dialer = s.nw.Dialer(n.name)
+	var listener net.Listener
+	if s.tn != nil {
+		dialer, listener = s.tn.raftEndpoints(n, s.tn.startHost(n))
+	} else {
+		listener = s.nw.Listen(n.name)
+	}
 	cfg := orderer.Config{
 		Raft: raftlog.Config{ID: id, Peers: peers, Dir: n.dir + "/raft",
-			Dialer: s.nw.Dialer(n.name), Listener: s.nw.Listen(n.name),
+			Dialer: dialer, Listener: listener,
 			SnapshotEvery: s.tune.snapshotEvery, CatchUpEntries: s.tune.catchUp,
 			Logger: log},
 		BlockDir: n.dir + "/blocks", Genesis: s.genesis,
@@ -238,6 +258,9 @@ func (s *ledgerSim) stop(id uint64) {
 	if err := on.Close(); err != nil {
 		s.t.Errorf("seed %d: node %d Close: %v", s.seed, id, err)
 	}
+	if s.tn != nil {
+		s.tn.stopHost(n) // after the node: its raft listener is in the tunnel
+	}
 }
 
 // simFetcher reads blocks straight from the stores of the peers this node
@@ -249,7 +272,7 @@ type simFetcher struct {
 
 func (f *simFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn func(raw []byte) error) error {
 	for _, o := range f.s.nodes {
-		if o == f.self || f.s.nw.Cut(o.name, f.self.name) != 0 {
+		if o == f.self || !f.s.reachable(o.name, f.self.name) {
 			continue
 		}
 		on := o.np.Load()
@@ -289,7 +312,7 @@ func (f *simForwarder) Forward(ctx context.Context, leader uint64, env []byte) (
 	}
 	l := f.s.nodes[leader-1]
 	on := l.np.Load()
-	if on == nil || f.s.nw.Cut(l.name, f.self.name) != 0 {
+	if on == nil || !f.s.reachable(l.name, f.self.name) {
 		return nil, fmt.Errorf("%w: leader %d unreachable", orderer.ErrUnavailable, leader)
 	}
 	p, err := on.Order(ctx, env)

@@ -31,6 +31,12 @@ func (s *ledgerSim) simPolicies(removed string) {
 	for v := 2; v <= 4; v++ {
 		p := s.cons.Next(t, prev, func(d *policy.Document) {
 			d.Description = fmt.Sprintf("version %d", v)
+			if v == 4 && s.tunnel {
+				// The tunnel simulation also removes the member from the
+				// consortium: its relay links close, nothing is forwarded
+				// to it any more.
+				d.Members = slices.DeleteFunc(d.Members, func(m *policy.Member) bool { return m.ID == removed })
+			}
 			if v == 3 {
 				d.Ledger.Consenters = slices.DeleteFunc(slices.Clone(d.Ledger.Consenters), func(m string) bool { return m == removed })
 				for _, m := range d.Members {
@@ -93,12 +99,15 @@ func (s *ledgerSim) deliver(n *simNode, only bool, vs ...uint64) {
 	if on := n.np.Load(); on != nil {
 		on.Reconcile()
 	}
+	if s.tn != nil {
+		s.tn.policyApplied(n)
+	}
 }
 
 // policyEvent delivers to one node, as the seed says: the next version it
 // lacks, a random version (maybe out of order), or a rollback attempt.
-// Without -sim.policyskew the version goes to every node at once (so that
-// no node leads with an older version than another: see flagSkew).
+// With -sim.policyskew=false the version goes to every node at once (no
+// node leads with an older version than another: see flagSkew).
 func (s *ledgerSim) policyEvent() {
 	r := s.rng
 	n := s.nodes[r.IntN(len(s.nodes))]

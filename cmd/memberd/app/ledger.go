@@ -138,7 +138,11 @@ func newLedgerSubmitCmd(e *env) *cobra.Command {
 		Long: `Build an ENDORSER_TRANSACTION envelope carrying the data, sign it with the
 identity, send it with Broadcast and print the answer. SUCCESS means the
 envelope is in a block committed by the ordering service (durable on a
-quorum of consenters). Exit 1 on any other status.
+quorum of consenters). SERVICE_UNAVAILABLE (no leader now, or a leader
+change that left the envelope maybe ordered) is not final: the same
+envelope is sent again until --timeout, and if the service then refuses it
+as a duplicate, the command finds it in the chain and answers SUCCESS with
+its block. Exit 1 on any other status.
 
 The envelope is what Fabric expects: a Payload with a channel header (type,
 channel, tx id, timestamp), a signature header (creator, nonce) and a
@@ -174,21 +178,16 @@ the data bytes themselves in the Payload instead (not a Fabric transaction).`,
 			}
 			ctx, cancel := context.WithTimeout(cmdContext(cmd), f.timeout)
 			defer cancel()
-			stream, err := s.client.Broadcast(ctx)
+			res, err := orderer.Submit(ctx, s.client, s.id, f.channel, env, txid)
 			if err != nil {
 				return s.connErr(cmd, err)
 			}
-			if err := stream.Send(env); err != nil {
-				return s.connErr(cmd, err)
+			fmt.Fprintf(e.stdout, "%s %s\n", res.Status, txid)
+			if res.Attempts > 1 {
+				fmt.Fprintf(e.stderr, "sent %d times (SERVICE_UNAVAILABLE before): %s\n", res.Attempts, res.Info)
 			}
-			resp, err := stream.Recv()
-			if err != nil {
-				return s.connErr(cmd, err)
-			}
-			stream.CloseSend()
-			fmt.Fprintf(e.stdout, "%s %s\n", resp.Status, txid)
-			if resp.Status != common.Status_SUCCESS {
-				return fmt.Errorf("%s: %w %s: %s", cmd.CommandPath(), orderer.ErrStatus, resp.Status, resp.Info)
+			if res.Status != common.Status_SUCCESS {
+				return fmt.Errorf("%s: %w %s: %s", cmd.CommandPath(), orderer.ErrStatus, res.Status, res.Info)
 			}
 			return nil
 		},

@@ -87,6 +87,53 @@ type stream struct {
 	abort    chan struct{} // closed on reset or the reader's Close: drop everything
 	abOnce   sync.Once
 	done     chan struct{} // closed when the delivery goroutine has stopped (out is then final)
+
+	// unbounded (Config.UnboundedWrites): Write queues in q and a pump
+	// goroutine feeds in, so that Write never blocks.
+	unbounded bool
+	qmu       sync.Mutex
+	q         []segment
+	qeof      bool          // closeWrite called: close eof once q is drained
+	qsig      chan struct{} // cap 1: q or qeof changed
+}
+
+// pump moves the queued segments into in, then closes eof if asked.
+func (s *stream) pump() {
+	for {
+		s.qmu.Lock()
+		q, eof := s.q, s.qeof
+		s.q = nil
+		s.qmu.Unlock()
+		for _, seg := range q {
+			select {
+			case s.in <- seg:
+			case <-s.abort:
+				return
+			}
+		}
+		if len(q) > 0 {
+			continue
+		}
+		if eof {
+			s.eofOnce.Do(func() { close(s.eof) })
+			return
+		}
+		select {
+		case <-s.qsig:
+		case <-s.abort:
+			return
+		}
+	}
+}
+
+func (s *stream) enqueue(seg segment) {
+	s.qmu.Lock()
+	s.q = append(s.q, seg)
+	s.qmu.Unlock()
+	select {
+	case s.qsig <- struct{}{}:
+	default:
+	}
 }
 
 func newStream(from, to string) *stream {
@@ -94,8 +141,20 @@ func newStream(from, to string) *stream {
 		eof: make(chan struct{}), abort: make(chan struct{}), done: make(chan struct{})}
 }
 
-func (s *stream) closeWrite() { s.eofOnce.Do(func() { close(s.eof) }) }
-func (s *stream) reset()      { s.abOnce.Do(func() { close(s.abort) }) }
+func (s *stream) closeWrite() {
+	if s.unbounded {
+		s.qmu.Lock()
+		s.qeof = true
+		s.qmu.Unlock()
+		select {
+		case s.qsig <- struct{}{}:
+		default:
+		}
+		return
+	}
+	s.eofOnce.Do(func() { close(s.eof) })
+}
+func (s *stream) reset() { s.abOnce.Do(func() { close(s.abort) }) }
 
 // conn is one end of a simulated TCP connection.
 type conn struct {
@@ -157,6 +216,10 @@ func (c *conn) Write(p []byte) (int, error) {
 	case <-c.wr.eof:
 		return 0, net.ErrClosed
 	default:
+	}
+	if c.wr.unbounded {
+		c.wr.enqueue(segment{b: append([]byte(nil), p...), at: time.Now()})
+		return len(p), nil
 	}
 	select {
 	case c.wr.in <- segment{b: append([]byte(nil), p...), at: time.Now()}:

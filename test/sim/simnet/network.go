@@ -52,6 +52,24 @@ type Config struct {
 	// complete yet) and whether faults may hit it. nil: each Write is one
 	// frame, never faulted (delay only).
 	Split func(b []byte) (n int, faultable bool)
+	// SilentStalls: a Silent partition holds the frames of open
+	// connections until it heals (a TCP connection stalls: its segments
+	// are retransmitted until they get through) instead of dropping them.
+	// Needed for streams that are not self-delimiting frames, such as TLS
+	// records: a gap in them breaks the connection with bad_record_mac,
+	// and crypto/tls then sends its alert under the write lock a blocked
+	// writer holds (a sync.Mutex, which synctest does not count as
+	// durably blocked: virtual time stopped for good).
+	SilentStalls bool
+	// UnboundedWrites: a connection's Write never blocks (an unbounded
+	// send buffer). crypto/tls holds its write lock (a sync.Mutex) across
+	// the underlying Write, and a second writer (relay.link's GOAWAY on
+	// close, an alert) then waits on that mutex, which synctest does not
+	// count as durably blocked: with the first Write blocked on a stalled
+	// link, virtual time stopped for good (the write deadline that would
+	// free it never fired). Found with the relay links of the tunnel
+	// simulation: seed 6 (make sim SEED=4) hung at 0% CPU, twice.
+	UnboundedWrites bool
 	// Observe, if set, sees every frame delivered, from the dialer's or
 	// the listener's node to the other, with the time its last byte was
 	// written; it must not keep frame.
@@ -169,6 +187,11 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		return nil, fmt.Errorf("%w: %s -> %s", ErrUnreachable, d.from, address)
 	}
 	up, down := newStream(d.from, address), newStream(address, d.from)
+	if nw.cfg.UnboundedWrites {
+		for _, st := range []*stream{up, down} {
+			st.unbounded, st.qsig = true, make(chan struct{}, 1)
+		}
+	}
 	up.peer, down.peer = down, up
 	cc := &conn{local: d.from, remote: address, rd: down, wr: up, rdl: newDeadline(), wdl: newDeadline(), closed: make(chan struct{})}
 	sc := &conn{local: address, remote: d.from, rd: up, wr: down, rdl: newDeadline(), wdl: newDeadline(), closed: make(chan struct{})}
@@ -184,6 +207,10 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 	nw.mu.Unlock()
 	go nw.deliver(up)
 	go nw.deliver(down)
+	if nw.cfg.UnboundedWrites { // only now: a failed dial leaves no pump behind
+		go up.pump()
+		go down.pump()
+	}
 	return cc, nil
 }
 
@@ -357,7 +384,12 @@ func (nw *Network) deliver(s *stream) {
 			frame := append([]byte(nil), pending[:n]...)
 			pending = pending[n:]
 			d := nw.decide(s, faultable)
-			at := time.Now().Add(d.delay)
+			// The delay counts from the write, not from when this
+			// goroutine got to the frame: frames in flight overlap, as on
+			// a real path. (Counting from now serialised them: a link
+			// carried one frame per delay, ~40 a second at 25ms, and the
+			// relay links, with their pings, queued for seconds.)
+			at := wrote.Add(d.delay)
 			if at.Before(last) {
 				at = last
 			}
@@ -369,6 +401,18 @@ func (nw *Network) deliver(s *stream) {
 				}
 			}
 			last = at
+			if d.blackhole && nw.cfg.SilentStalls {
+				// Hold the frame (and the stream) until the link heals.
+				for nw.Cut(s.from, s.to) == Silent {
+					select {
+					case <-time.After(50 * time.Millisecond):
+					case <-s.abort:
+						return
+					}
+				}
+				last = time.Now()
+				d.blackhole = false
+			}
 			switch {
 			case d.blackhole:
 				continue

@@ -164,9 +164,17 @@ type Output struct {
 	Expired    []string // members whose active key expired (removed)
 	Removed    []string // members cut off by a policy change: close their connections
 	// Replaced are members whose active key changed other than to their
-	// announced next key: they restarted (or a rotation's next-key
-	// announcement was lost), and connections to the old endpoint are dead.
-	Replaced    []string
+	// announced next key and who no longer hold our key (or who came back
+	// with another key after their peer was removed): they restarted, and
+	// connections to the old endpoint are dead.
+	Replaced []string
+	// Rekeyed are members whose active key was replaced by one they had
+	// not announced as their next key: every member in Replaced, and also
+	// one that still holds our key (a rotation's next-key announcement was
+	// lost, or a restarted member learned our key before its own
+	// announcement got through). Users that would rather redial than keep
+	// a connection that may be dead close theirs on these.
+	Rekeyed     []string
 	Unanswered  []string // attestation requests not answered (rate limit)
 	Switched    *Switch
 	AckMissing  []string // a rotation switched without these members' acks

@@ -94,6 +94,7 @@ func (c *Core) received(out *Output, e Received, now time.Time) error {
 		c.peers[e.From] = p
 		if k, ok := c.gone[e.From]; ok && k != att.Key {
 			out.Replaced = append(out.Replaced, e.From)
+			out.Rekeyed = append(out.Rekeyed, e.From)
 		}
 		delete(c.gone, e.From)
 	}
@@ -112,8 +113,11 @@ func (c *Core) received(out *Output, e Received, now time.Time) error {
 	case active || p.active == nil:
 		keyChanged = true
 		c.replaceActive(out, e.From, p, att, now)
-		if wasActive && e.Flags&FlagHaveYours == 0 {
-			out.Replaced = append(out.Replaced, e.From)
+		if wasActive {
+			out.Rekeyed = append(out.Rekeyed, e.From)
+			if e.Flags&FlagHaveYours == 0 {
+				out.Replaced = append(out.Replaced, e.From)
+			}
 		}
 	default:
 		c.setPending(out, e.From, p, att, e.Flags)

@@ -372,6 +372,9 @@ func format(o Output, err error) string {
 	for _, m := range o.Replaced {
 		add("replaced %s (restart)", m)
 	}
+	for _, m := range o.Rekeyed {
+		add("rekeyed %s", m)
+	}
 	for _, m := range o.Unanswered {
 		add("request from %s not answered (rate limit)", m)
 	}

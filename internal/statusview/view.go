@@ -1,4 +1,7 @@
-package app
+// Package statusview renders the /status document of an appliance or a
+// relay as 'memberd status' prints it (a table per part, then warnings),
+// and fetches it from an admin endpoint.
+package statusview
 
 import (
 	"encoding/json"
@@ -13,7 +16,7 @@ import (
 	"github.com/memberd/memberd/relay"
 )
 
-// statusDoc is what 'memberd status' reads of a /status document: an
+// statusDoc is what Render reads of a /status document: an
 // appliance's (run.go applianceStatus) or a relay's (relay.go).
 type statusDoc struct {
 	Role     string   `json:"role"`
@@ -64,10 +67,10 @@ type ledgerStatus struct {
 	Term      uint64 `json:"term"`
 }
 
-// renderStatus writes doc (a /status document) as readable tables, times
+// Render writes doc (a /status document) as readable tables, times
 // relative to now. A document of an unknown role is written as sorted
 // "a.b.c: value" lines.
-func renderStatus(w io.Writer, doc []byte, now time.Time) error {
+func Render(w io.Writer, doc []byte, now time.Time) error {
 	var st statusDoc
 	if err := json.Unmarshal(doc, &st); err != nil || (st.Role != "appliance" && st.Role != "relay") {
 		var v any
@@ -224,4 +227,33 @@ func yes(b bool) string {
 		return "yes"
 	}
 	return ""
+}
+
+// flatten renders a JSON value as sorted "a.b.c: value" lines.
+func flatten(prefix string, v any, out *[]string) {
+	switch x := v.(type) {
+	case map[string]any:
+		keys := make([]string, 0, len(x))
+		for k := range x {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		for _, k := range keys {
+			flatten(join(prefix, k), x[k], out)
+		}
+	case []any:
+		for i, el := range x {
+			flatten(join(prefix, fmt.Sprint(i)), el, out)
+		}
+	default:
+		b, _ := json.Marshal(x)
+		*out = append(*out, fmt.Sprintf("%s: %s", prefix, b))
+	}
+}
+
+func join(prefix, k string) string {
+	if prefix == "" {
+		return k
+	}
+	return prefix + "." + k
 }

@@ -1,0 +1,176 @@
+package relay
+
+import "sync"
+
+// fairQueue is a link's bounded send queue for data frames, fair between
+// the sources whose packets it carries (issue #11): one FIFO per source
+// (the member a forwarded packet came from; "" for the link's own frames),
+// served by deficit round robin in bytes, so that a member sending at its
+// full rate to one destination gets no more of that destination's link
+// than any other member with packets waiting. Before, the queue was one
+// FIFO: a flooding member kept it full, and another member's packets to
+// the same destination waited behind the whole queue or were dropped with
+// the flood's.
+//
+// Memory stays bounded by limit frames in all. When full, the source with
+// the most frames queued loses one: the new frame if it is that source's
+// own, else that source's newest (pushed out), so a flood cannot take the
+// room of a quieter source either.
+type fairQueue struct {
+	limit   int
+	quantum int           // bytes a source may send per round, at least one frame
+	ready   chan struct{} // poked on every push (shared with the link's other queue)
+
+	mu     sync.Mutex
+	n      int                  // frames queued, all sources
+	flows  map[string]*fairFlow // sources with frames queued
+	active ring[*fairFlow]      // round-robin order; the front has the turn
+}
+
+// fairFlow is one source's frames in a fairQueue.
+type fairFlow struct {
+	key     string
+	frames  ring[[]byte]
+	deficit int  // bytes this source may still send in its turn
+	turn    bool // at the front of active, its quantum added
+}
+
+// fairQuantum is the bytes one source may send per round: one full-size
+// frame (pooledFrame), about 3 of the tunnel's 1.3 KB packets.
+const fairQuantum = pooledFrame
+
+func newFairQueue(limit int, ready chan struct{}) *fairQueue {
+	return &fairQueue{limit: max(limit, 1), quantum: fairQuantum, ready: ready, flows: map[string]*fairFlow{}}
+}
+
+// push queues frame for source key. It returns the frame that did not fit
+// (frame itself, or another source's newest, pushed out), or nil; the
+// caller counts and recycles it.
+func (q *fairQueue) push(key string, frame []byte) (dropped []byte) {
+	q.mu.Lock()
+	f := q.flows[key]
+	if q.n >= q.limit {
+		longest := f
+		for i := range q.active.len() {
+			if g := q.active.at(i); longest == nil || g.frames.len() > longest.frames.len() {
+				longest = g
+			}
+		}
+		if longest == f {
+			q.mu.Unlock()
+			return frame
+		}
+		dropped = longest.frames.popBack()
+		q.n--
+		// longest had more frames than f (at least 2): it stays active.
+	}
+	if f == nil {
+		f = &fairFlow{key: key}
+		q.flows[key] = f
+		q.active.pushBack(f)
+	}
+	f.frames.pushBack(frame)
+	q.n++
+	q.mu.Unlock()
+	select {
+	case q.ready <- struct{}{}:
+	default:
+	}
+	return dropped
+}
+
+// pop returns the next frame by deficit round robin, or nil when empty.
+func (q *fairQueue) pop() []byte {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	for q.active.len() > 0 {
+		f := q.active.at(0)
+		if !f.turn {
+			f.deficit += q.quantum
+			f.turn = true
+		}
+		if head := f.frames.at(0); len(head) <= f.deficit {
+			f.deficit -= len(head)
+			f.frames.popFront()
+			q.n--
+			if f.frames.len() == 0 { // an idle source keeps no credit
+				delete(q.flows, f.key)
+				q.active.popFront()
+			}
+			return head
+		}
+		// Its turn is over; the deficit left counts in its next one.
+		f.turn = false
+		q.active.pushBack(q.active.popFront())
+	}
+	return nil
+}
+
+// len returns the frames queued.
+func (q *fairQueue) len() int {
+	q.mu.Lock()
+	defer q.mu.Unlock()
+	return q.n
+}
+
+// drain removes every queued frame, calling fn for each.
+func (q *fairQueue) drain(fn func([]byte)) {
+	q.mu.Lock()
+	var all [][]byte
+	for q.active.len() > 0 {
+		f := q.active.popFront()
+		for f.frames.len() > 0 {
+			all = append(all, f.frames.popFront())
+		}
+	}
+	q.flows, q.n = map[string]*fairFlow{}, 0
+	q.mu.Unlock()
+	for _, b := range all {
+		fn(b)
+	}
+}
+
+// ring is a FIFO that reuses its buffer (a slice re-sliced from the front
+// reallocates as it goes), growing by doubling.
+type ring[T any] struct {
+	buf  []T
+	head int
+	n    int
+}
+
+func (r *ring[T]) len() int { return r.n }
+
+// at returns the i-th element from the front; 0 <= i < len.
+func (r *ring[T]) at(i int) T { return r.buf[(r.head+i)%len(r.buf)] }
+
+func (r *ring[T]) pushBack(v T) {
+	if r.n == len(r.buf) {
+		buf := make([]T, max(8, 2*len(r.buf)))
+		for i := range r.n {
+			buf[i] = r.at(i)
+		}
+		r.buf, r.head = buf, 0
+	}
+	r.buf[(r.head+r.n)%len(r.buf)] = v
+	r.n++
+}
+
+// popFront removes and returns the front element; len must be > 0.
+func (r *ring[T]) popFront() T {
+	var zero T
+	v := r.buf[r.head]
+	r.buf[r.head] = zero
+	r.head = (r.head + 1) % len(r.buf)
+	r.n--
+	return v
+}
+
+// popBack removes and returns the back element; len must be > 0.
+func (r *ring[T]) popBack() T {
+	var zero T
+	i := (r.head + r.n - 1) % len(r.buf)
+	v := r.buf[i]
+	r.buf[i] = zero
+	r.n--
+	return v
+}
