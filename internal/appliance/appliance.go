@@ -134,6 +134,10 @@ func (a *Appliance) Run(ctx context.Context) error {
 	}()
 	defer a.undo()
 	if err := a.start(ctx); err != nil {
+		if ctx.Err() != nil { // stopped (ctx or Close) while starting: not a failure
+			a.log.Info("appliance stopped during start-up", "step_error", err.Error())
+			return nil
+		}
 		return err
 	}
 	close(a.ready)
