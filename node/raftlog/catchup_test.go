@@ -32,26 +32,8 @@ func TestElectionWhileApplyingSnapshot(t *testing.T) {
 	c.waitApplied(100, 30*time.Second)
 	c.stop(f)
 	c.propose(ctx, "b", 4, 400, nil) // the leader compacts past f's log
-
-	// f's application blocks in its catch-up fetch until released.
-	fetching := make(chan struct{})
-	release := make(chan struct{})
-	var once, rel sync.Once
-	unblock := func() { rel.Do(func() { close(release) }) }
+	unblock := c.restartBehindSnapshot(ctx, f)
 	defer unblock()
-	app := c.nodes[f].app
-	fetch := app.fetch
-	app.fetch = func(upTo int) [][]byte {
-		once.Do(func() { close(fetching) })
-		<-release
-		return fetch(upTo)
-	}
-	c.start(f)
-	select {
-	case <-fetching:
-	case <-ctx.Done():
-		t.Fatal("the restarted follower was never handed a snapshot")
-	}
 	c.stop(lead)
 
 	// Only f and other run; other needs f's vote.
@@ -91,10 +73,37 @@ func TestEntriesQueuedBehindSnapshotAppliedTogether(t *testing.T) {
 	c.waitApplied(100, 30*time.Second)
 	c.stop(f)
 	c.propose(ctx, "b", 4, 400, nil) // the leader compacts past f's log
+	unblock := c.restartBehindSnapshot(ctx, f)
+	defer unblock()
+	// One at a time on the leader: one Ready each on the follower.
+	const queued = 60
+	ln := c.nodes[lead].node()
+	for i := range queued {
+		if _, err := ln.ProposeWait(ctx, fmt.Appendf(nil, "c-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	app := c.nodes[f].app
+	before := app.commits.Load()
+	unblock()
+	c.waitApplied(500+queued, time.Minute)
+	calls := app.commits.Load() - before
+	t.Logf("%d entries committed one by one during the catch-up; applied in %d calls after it", queued, calls)
+	if calls > 3 {
+		t.Errorf("the %d entries queued behind the snapshot took %d Apply calls: want them together", queued, calls)
+	}
+	c.checkIdentical()
+}
+
+// restartBehindSnapshot restarts the stopped follower f, whose log the
+// leader compacted past, with its application's catch-up fetch blocked:
+// it returns once f has been handed the snapshot and is fetching, with the
+// function that lets the fetch go on (idempotent).
+func (c *cluster) restartBehindSnapshot(ctx context.Context, f uint64) (unblock func()) {
+	c.t.Helper()
 	fetching, release := make(chan struct{}), make(chan struct{})
 	var once, rel sync.Once
-	unblock := func() { rel.Do(func() { close(release) }) }
-	defer unblock()
+	unblock = func() { rel.Do(func() { close(release) }) }
 	app := c.nodes[f].app
 	fetch := app.fetch
 	app.fetch = func(upTo int) [][]byte {
@@ -106,23 +115,8 @@ func TestEntriesQueuedBehindSnapshotAppliedTogether(t *testing.T) {
 	select {
 	case <-fetching:
 	case <-ctx.Done():
-		t.Fatal("the restarted follower was never handed a snapshot")
+		unblock()
+		c.t.Fatal("the restarted follower was never handed a snapshot")
 	}
-	// One at a time on the leader: one Ready each on the follower.
-	const queued = 60
-	ln := c.nodes[lead].node()
-	for i := range queued {
-		if _, err := ln.ProposeWait(ctx, fmt.Appendf(nil, "c-%d", i)); err != nil {
-			t.Fatal(err)
-		}
-	}
-	before := app.commits.Load()
-	unblock()
-	c.waitApplied(500+queued, time.Minute)
-	calls := app.commits.Load() - before
-	t.Logf("%d entries committed one by one during the catch-up; applied in %d calls after it", queued, calls)
-	if calls > 3 {
-		t.Errorf("the %d entries queued behind the snapshot took %d Apply calls: want them together", queued, calls)
-	}
-	c.checkIdentical()
+	return unblock
 }

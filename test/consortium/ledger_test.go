@@ -2,16 +2,13 @@ package consortium_test
 
 import (
 	"context"
-	"io"
-	"net/http"
-	"regexp"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/memberd/memberd/internal/demo"
+	"github.com/memberd/memberd/internal/testenv"
 )
 
 // TestLedgerOverTunnel: 2 relays, 3 members (SoftHSM2 identities), each
@@ -149,23 +146,6 @@ func TestCatchUpCompressedOverTunnel(t *testing.T) {
 // endpoint.
 func fetchedBytes(t *testing.T, admin string) (payload, wire float64) {
 	t.Helper()
-	resp, err := http.Get("http://" + admin + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(resp.Body)
-	if err != nil {
-		t.Fatal(err)
-	}
-	re := regexp.MustCompile(`(?m)^memberd_ledger_fetched_bytes_total\{kind="(payload|wire)"\} ([0-9.eE+-]+)$`)
-	for _, m := range re.FindAllStringSubmatch(string(body), -1) {
-		v, _ := strconv.ParseFloat(m[2], 64)
-		if m[1] == "payload" {
-			payload = v
-		} else {
-			wire = v
-		}
-	}
-	return payload, wire
+	m := testenv.MetricByLabel(adminMetrics(t, admin), "memberd_ledger_fetched_bytes_total", "kind")
+	return m["payload"], m["wire"]
 }

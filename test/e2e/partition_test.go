@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/memberd/memberd/internal/testenv"
 )
 
 // tornFields are what the store's torn-tail WARN line says it dropped.
@@ -148,16 +150,8 @@ func (s *suite) fetchedBytes(p *proc) (payload, wire float64) {
 	if err != nil {
 		return 0, 0
 	}
-	re := regexp.MustCompile(`(?m)^memberd_ledger_fetched_bytes_total\{kind="(payload|wire)"\} ([0-9.eE+-]+)$`)
-	for _, m := range re.FindAllStringSubmatch(string(body), -1) {
-		v, _ := strconv.ParseFloat(m[2], 64)
-		if m[1] == "payload" {
-			payload = v
-		} else {
-			wire = v
-		}
-	}
-	return payload, wire
+	m := testenv.MetricByLabel(string(body), "memberd_ledger_fetched_bytes_total", "kind")
+	return m["payload"], m["wire"]
 }
 
 // relayTraffic sums over the relays the payload bytes forwarded and the
