@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -212,13 +213,6 @@ func newStockPeer(t *testing.T, fab string, L *demo.Layout, d *demo.Consortium, 
 	}
 	_, cc := freePort(t)
 	_, ops := freePort(t)
-	var overrides []string
-	for _, m := range L.Members {
-		if m != target {
-			overrides = append(overrides, fmt.Sprintf(`{from: "%s", to: "%s", caCertsFile: "%s"}`,
-				d.LedgerAddr(m), d.LedgerAddr(target), filepath.Join(L.Dir, "members", target, "ca.pem")))
-		}
-	}
 	p.env = append(os.Environ(),
 		"FABRIC_CFG_PATH="+cfg, "FABRIC_LOGGING_SPEC=info", "CORE_PEER_ID="+name+"."+member, "CORE_PEER_LOCALMSPID="+member+"MSP",
 		"CORE_PEER_MSPCONFIGPATH="+msp, "CORE_PEER_ADDRESS="+p.addr, "CORE_PEER_LISTENADDRESS="+p.addr,
@@ -230,9 +224,35 @@ func newStockPeer(t *testing.T, fab string, L *demo.Layout, d *demo.Consortium, 
 		"CORE_PEER_TLS_CLIENTAUTHREQUIRED="+strconv.FormatBool(mutual), "CORE_PEER_TLS_CLIENTROOTCAS_FILES="+p.ca,
 		// A ping every 10s (Fabric's default is 60s): memberd must not cut
 		// the deliver stream for it (orderer.KeepaliveMinInterval).
-		"CORE_PEER_KEEPALIVE_DELIVERYCLIENT_INTERVAL=10s",
-		"CORE_PEER_DELIVERYCLIENT_ADDRESSOVERRIDES=["+strings.Join(overrides, ", ")+"]")
+		"CORE_PEER_KEEPALIVE_DELIVERYCLIENT_INTERVAL=10s")
+	p.setTarget(d, target)
 	return p
+}
+
+// setTarget points the peer's deliver client at target's ledger (from the
+// next start): address overrides map every other member's orderer
+// endpoint to target's.
+func (p *stockPeer) setTarget(d *demo.Consortium, target string) {
+	var overrides []string
+	for _, m := range p.L.Members {
+		if m != target {
+			overrides = append(overrides, fmt.Sprintf(`{from: "%s", to: "%s", caCertsFile: "%s"}`,
+				d.LedgerAddr(m), d.LedgerAddr(target), filepath.Join(p.L.Dir, "members", target, "ca.pem")))
+		}
+	}
+	const key = "CORE_PEER_DELIVERYCLIENT_ADDRESSOVERRIDES="
+	p.env = slices.DeleteFunc(p.env, func(e string) bool { return strings.HasPrefix(e, key) })
+	p.env = append(p.env, key+"["+strings.Join(overrides, ", ")+"]")
+	p.target = target
+}
+
+// retarget restarts the peer (its ledger kept) pulling from target's ledger.
+func (p *stockPeer) retarget(t *testing.T, d *demo.Consortium, target string) {
+	t.Helper()
+	p.cmd.Process.Kill() // the process this test started, by its handle
+	p.cmd.Wait()
+	p.setTarget(d, target)
+	p.start(t)
 }
 
 // clientEnv is the peer CLI's environment as the member's admin.
@@ -242,7 +262,8 @@ func (p *stockPeer) clientEnv() []string {
 
 func (p *stockPeer) start(t *testing.T) {
 	t.Helper()
-	f, err := os.Create(p.logFile)
+	// Appended: a restarted peer's log follows its earlier runs'.
+	f, err := os.OpenFile(p.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -22,12 +22,14 @@ import (
 )
 
 func newLedgerCmd(e *env) *cobra.Command {
-	c := &cobra.Command{Use: "ledger", Short: "Ledger: channel create, submit, fetch, height",
+	c := &cobra.Command{Use: "ledger", Short: "Ledger: channel create, submit, fetch, height, transfer-leader",
 		Long: `Work with the consortium's ledger through a node's Fabric AtomicBroadcast API
 (the same API Fabric SDKs and peers use). submit, fetch and height sign their
 requests with a member identity: --key (HSM key URI) --cert (its certificate)
---msp-id (the member's MSP id).`}
-	c.AddCommand(newLedgerChannelCmd(e), newLedgerSubmitCmd(e), newLedgerFetchCmd(e), newLedgerHeightCmd(e))
+--msp-id (the member's MSP id). transfer-leader asks the local appliance
+(its admin endpoint) to hand the channel's raft leadership to a consenter.`}
+	c.AddCommand(newLedgerChannelCmd(e), newLedgerSubmitCmd(e), newLedgerFetchCmd(e), newLedgerHeightCmd(e),
+		newLedgerTransferLeaderCmd(e))
 	return c
 }
 
