@@ -278,6 +278,9 @@ func (p *stockPeer) start(t *testing.T) {
 		p.cmd.Process.Kill() // the process this test started, by its handle
 		p.cmd.Wait()
 		f.Close()
+		if dir := os.Getenv("DEBUG_PEERLOGS"); dir != "" {
+			os.WriteFile(filepath.Join(dir, fmt.Sprintf("peer-%s-%d.log", p.member, pid)), []byte(p.log(t)), 0o644)
+		}
 		if t.Failed() {
 			t.Logf("peer %d log (last lines):\n%s", pid, lastLines(p.log(t), 40))
 		}

@@ -8,9 +8,11 @@ import (
 	"context"
 	"crypto/x509"
 	"encoding/pem"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -162,9 +164,9 @@ func TestNewConsenterLeadsStockPeers(t *testing.T) {
 		t.Fatalf("height %d after the submissions, want above %d", height, before)
 	}
 	signedByD := signersFrom(t, ctx, d, dm, c2.Header.Number+1, height, dMSP, dCertPEM)
-	for _, p := range []*stockPeer{pa, pb, pd} {
-		p.committedAll(t, ctx, height)
-	}
+	pa.committedAll(t, ctx, height)
+	pb.committedAll(t, ctx, height)
+	pd.committedAllSince(t, ctx, height, c2.Header.Number)
 	t.Logf("member-d leads; blocks %d..%d as member-d serves them are signed by %s; the peers of %s, %s and %s committed all %d blocks",
 		c2.Header.Number+1, height-1, dMSP, a, b, dm, height)
 	if signedByD == 0 {
@@ -195,9 +197,9 @@ func TestNewConsenterLeadsStockPeers(t *testing.T) {
 	}
 	height = sameHeight(t, d, stay, 60*time.Second)
 	signersFrom(t, ctx, d, dm, c2.Header.Number+1, height, dMSP, dCertPEM)
-	for _, p := range []*stockPeer{pa, pb, pd} {
-		p.committedAll(t, ctx, height)
-	}
+	pa.committedAll(t, ctx, height)
+	pb.committedAll(t, ctx, height)
+	pd.committedAllSince(t, ctx, height, c2.Header.Number)
 	if got := statusOf(t, d, a).Leader; got != dm {
 		t.Logf("after v3, %s leads", got)
 	}
@@ -310,4 +312,43 @@ func readFile(t *testing.T, path string) []byte {
 		t.Fatal(err)
 	}
 	return b
+}
+
+// committedAllSince is committedAll for a peer that joined from the genesis
+// block and pulls blocks signed by a consenter that CONFIG block cfgNum
+// added: a stock peer checks a block it receives against the config it has
+// committed, so it may refuse such a block once while it has received but
+// not yet committed block cfgNum, and then pulls it again. Refusals are
+// therefore allowed only before the peer logged committing cfgNum, and only
+// of the block signature policy; none after, and every block committed.
+func (p *stockPeer) committedAllSince(t *testing.T, ctx context.Context, height, cfgNum uint64) {
+	t.Helper()
+	p.waitHeight(t, ctx, height)
+	log := p.log(t)
+	cut := strings.Index(log, fmt.Sprintf("Committed block [%d]", cfgNum))
+	if cut < 0 {
+		t.Fatalf("stock peer of %s logged no commit of CONFIG block %d", p.member, cfgNum)
+	}
+	before, after := log[:cut], log[cut:]
+	for _, bad := range append(peerRefusals, "error validating", "policy for [") {
+		if strings.Contains(after, bad) {
+			t.Fatalf("stock peer of %s logged %q after committing CONFIG block %d:\n%s", p.member, bad, cfgNum, grepLines(after, bad))
+		}
+	}
+	transient := 0
+	for _, l := range strings.Split(before, "\n") {
+		switch {
+		case strings.Contains(l, "could not be verified"):
+			if !strings.Contains(l, "'Writers' sub-policies") {
+				t.Fatalf("stock peer of %s refused a block for another reason than its signature:\n%s", p.member, l)
+			}
+			transient++
+		case strings.Contains(l, "Block rejected"), strings.Contains(l, "error validating"), strings.Contains(l, "does not have an OU"):
+			t.Fatalf("stock peer of %s logged before committing CONFIG block %d:\n%s", p.member, cfgNum, l)
+		}
+	}
+	if committed := len(regexp.MustCompile(`Committed block \[\d+\]`).FindAllString(log, -1)); committed != int(height) {
+		t.Fatalf("stock peer of %s committed %d blocks, want %d", p.member, committed, height)
+	}
+	t.Logf("stock peer of %s: %d blocks committed; %d block(s) received before CONFIG block %d was committed were refused once and pulled again", p.member, height, transient, cfgNum)
 }
