@@ -278,7 +278,8 @@ func (p *stockPeer) start(t *testing.T) {
 		p.cmd.Process.Kill() // the process this test started, by its handle
 		p.cmd.Wait()
 		f.Close()
-		if dir := os.Getenv("DEBUG_PEERLOGS"); dir != "" {
+		// MEMBERD_TEST_PEER_LOGS=DIR keeps a copy of every stock peer log.
+		if dir := os.Getenv("MEMBERD_TEST_PEER_LOGS"); dir != "" {
 			os.WriteFile(filepath.Join(dir, fmt.Sprintf("peer-%s-%d.log", p.member, pid)), []byte(p.log(t)), 0o644)
 		}
 		if t.Failed() {
