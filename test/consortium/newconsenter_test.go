@@ -163,12 +163,16 @@ func TestNewConsenterLeadsStockPeers(t *testing.T) {
 	if height <= before {
 		t.Fatalf("height %d after the submissions, want above %d", height, before)
 	}
+	// Blocks before..height-1 were cut while member-d led.
+	if got := statusOf(t, d, b).Leader; got != dm {
+		t.Fatalf("after the submissions %s leads, want %s", got, dm)
+	}
 	signedByD := signersFrom(t, ctx, d, dm, c2.Header.Number+1, height, dMSP, dCertPEM)
 	pa.committedAll(t, ctx, height)
 	pb.committedAll(t, ctx, height)
 	pd.committedAllSince(t, ctx, height, c2.Header.Number)
-	t.Logf("member-d leads; blocks %d..%d as member-d serves them are signed by %s; the peers of %s, %s and %s committed all %d blocks",
-		c2.Header.Number+1, height-1, dMSP, a, b, dm, height)
+	t.Logf("member-d leads and cut blocks %d..%d; blocks %d..%d as member-d serves them are signed by %s; the peers of %s, %s and %s committed all %d blocks",
+		before, height-1, c2.Header.Number+1, height-1, dMSP, a, b, dm, height)
 	if signedByD == 0 {
 		t.Fatal("no block signed by member-d")
 	}
@@ -202,6 +206,8 @@ func TestNewConsenterLeadsStockPeers(t *testing.T) {
 	pd.committedAllSince(t, ctx, height, c2.Header.Number)
 	if got := statusOf(t, d, a).Leader; got != dm {
 		t.Logf("after v3, %s leads", got)
+	} else {
+		t.Logf("%s led while it ordered v3's CONFIG block %d", dm, c3.Header.Number)
 	}
 	t.Logf("v3 (CONFIG block %d) removed %s from the consenters; the three peers committed all %d blocks", c3.Header.Number, c, height)
 }
