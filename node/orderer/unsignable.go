@@ -25,37 +25,67 @@ import (
 
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/channelconfig"
+	"github.com/memberd/memberd/policy"
 )
 
 // signCheck caches whether the signing identity id may sign blocks under
-// the channel config ch (apply's goroutine only).
+// the channel config ch and policy pol (apply's goroutine only).
 type signCheck struct {
-	ch *channelconfig.Channel
-	id *signingIdentity
-	ok bool
+	ch  *channelconfig.Channel
+	id  *signingIdentity
+	pol *policy.Policy
+	ok  bool
 }
 
-// maySign reports whether a stock peer accepts this node's signature on
-// the next block: false only while the node's org is no orderer org of
-// the config in force (ErrSignerOrgMissing) and a Fetcher can get another
-// consenter's copy. Any other verdict of CheckSigner keeps the node
-// signing, as New and SetIdentity decided.
+// maySign reports whether this node signs the next block itself: false
+// only while its org is no orderer org of the config in force
+// (ErrSignerOrgMissing), a Fetcher can get another consenter's copy, and
+// another consenter of the policy belongs to an orderer org of that config
+// (so that a copy stock peers accept exists: when no consenter can sign
+// one, e.g. every genesis consenter was replaced without CONFIG blocks,
+// the node signs, as before, rather than wait for ever). Any other verdict
+// of CheckSigner keeps the node signing, as New and SetIdentity decided.
 func (n *Node) maySign() bool {
 	if n.cfg.skipSignerCheck || n.cfg.Fetcher == nil {
 		return true
 	}
-	ch, id := n.ChannelConfig(), n.signing.Load()
-	if c := n.signOK; c.ch == ch && c.id == id {
+	ch, id, pol := n.ChannelConfig(), n.signing.Load(), n.cfg.Policy()
+	if c := n.signOK; c.ch == ch && c.id == id && c.pol == pol {
 		return c.ok
 	}
 	err := CheckSigner(ch, id.signer, id.identity, n.cfg.Now())
 	ok := !errors.Is(err, ErrSignerOrgMissing)
 	if !ok {
-		n.log.Info("this node's org is no orderer org of the channel config in force yet: storing the blocks other consenters signed until the CONFIG block that adds it",
-			"last_config", n.LastConfig(), "err", err)
+		if signer := otherSigner(ch, pol, id.identity); signer == "" {
+			ok = true
+			n.log.Warn("this node's org is no orderer org of the channel config in force, and no other consenter's is: it signs blocks that stock Fabric peers refuse", "err", err)
+		} else {
+			n.log.Info("this node's org is no orderer org of the channel config in force yet: storing the blocks other consenters signed until a CONFIG block adds it",
+				"last_config", n.LastConfig(), "signer", signer, "err", err)
+		}
 	}
-	n.signOK = signCheck{ch: ch, id: id, ok: ok}
+	n.signOK = signCheck{ch: ch, id: id, pol: pol, ok: ok}
 	return ok
+}
+
+// otherSigner returns a consenter member of pol, other than the one of
+// identity, whose MSP is an orderer org of ch ("" if none).
+func otherSigner(ch *channelconfig.Channel, pol *policy.Policy, identity []byte) string {
+	if pol == nil {
+		return ""
+	}
+	self, _, _ := block.CreatorCertificate(identity)
+	for _, m := range pol.Consenters() {
+		if m.MSPID == self {
+			continue
+		}
+		for _, o := range ch.Config.OrdererOrgs {
+			if o.MSPID == m.MSPID {
+				return m.ID
+			}
+		}
+	}
+	return ""
 }
 
 // fetchSigned returns another consenter's copy of block b (as the raft

@@ -1,12 +1,15 @@
 package orderer
 
 import (
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/memberd/memberd/node/block"
+	"github.com/memberd/memberd/node/channelconfig"
 	"github.com/memberd/memberd/node/raftlog"
+	"github.com/memberd/memberd/policy"
 )
 
 // TestNewConsenterSignsNoBlockOfAnotherConfig: m4, whose org the channel
@@ -68,4 +71,42 @@ func TestNewConsenterSignsNoBlockOfAnotherConfig(t *testing.T) {
 		t.Fatal("node 4 fetched no block")
 	}
 	t.Logf("node 4 stores %d blocks, none signed by itself; %d fetched from the others (raft snapshot index %d)", h, fetched.Load(), n4.Raft().Status().SnapshotIndex)
+}
+
+// TestOtherSigner: a node whose org is no orderer org waits for another
+// consenter's copy only while some other consenter of the policy belongs
+// to an orderer org of the config; when none does (all genesis consenters
+// replaced), no copy stock peers accept can exist, and it signs.
+func TestOtherSigner(t *testing.T) {
+	c := newConsortium(t, 3, block.CutterConfig{})
+	ch, err := channelconfig.Parse(c.genesis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	withM4 := c.cons.Next(t, c.pol, func(d *policy.Document) { d.Members = append(d.Members, c.cons.NewMember(t, "m4")) })
+	c.cur.Store(withM4)
+	m4 := c.nodeIdentity(t, "m4", "n4").Serialized()
+	consenters := func(ids ...string) *policy.Policy {
+		return c.cons.Next(t, withM4, func(d *policy.Document) {
+			for _, m := range d.Members {
+				m.Roles = slices.DeleteFunc(m.Roles, func(r policy.Role) bool { return r == policy.RoleConsenter })
+				if slices.Contains(ids, m.ID) {
+					m.Roles = append(m.Roles, policy.RoleConsenter)
+				}
+			}
+			d.Ledger.Consenters = ids
+		})
+	}
+	if got := otherSigner(ch, consenters("m1", "m2", "m3", "m4"), m4); got == "" {
+		t.Fatal("m1..m3 are orderer orgs of the genesis config: want one of them")
+	}
+	if got := otherSigner(ch, consenters("m3", "m4"), m4); got != "m3" {
+		t.Fatalf("otherSigner %q, want m3", got)
+	}
+	if got := otherSigner(ch, consenters("m4"), m4); got != "" {
+		t.Fatalf("otherSigner %q with m4 the only consenter, want none", got)
+	}
+	if got := otherSigner(ch, nil, m4); got != "" {
+		t.Fatalf("otherSigner %q without a policy, want none", got)
+	}
 }
