@@ -77,9 +77,9 @@ type LedgerConfig struct {
 	// GenesisBlocks are more genesis blocks, one per channel of the
 	// policy's ledger.channels (each block names its channel).
 	GenesisBlocks []string `yaml:"genesis_blocks"`
-	RaftPort     uint16 `yaml:"raft_port"`     // overlay port of raft; 0 = 7052
-	PeerPort     uint16 `yaml:"peer_port"`     // overlay port of gRPC between consenters; 0 = 7050
-	MutualTLS    bool   `yaml:"mutual_tls"`    // LAN clients must present a member certificate
+	RaftPort      uint16   `yaml:"raft_port"`  // overlay port of raft; 0 = 7052
+	PeerPort      uint16   `yaml:"peer_port"`  // overlay port of gRPC between consenters; 0 = 7050
+	MutualTLS     bool     `yaml:"mutual_tls"` // LAN clients must present a member certificate
 	// ConfigBlocks: order CONFIG blocks for policy versions (orderer.Config.ConfigBlocks).
 	ConfigBlocks bool `yaml:"config_blocks"`
 	// Admin serves the channel participation API (osnadmin); nil = not served

@@ -23,13 +23,7 @@ func helloFrame(cluster string) []byte {
 // next node without unbinding it; with no view open a connection is closed
 // at once; Close ends every view's Accept.
 func TestPortListenerViews(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newPortListener(ln, nil)
-	defer p.Close()
-	addr := ln.Addr().String()
+	p, addr := loopbackPortListener(t)
 	v1, err := p.view("demo")
 	if err != nil {
 		t.Fatal(err)
@@ -72,13 +66,7 @@ func TestPortListenerViews(t *testing.T) {
 // included; a hello for a channel without a node, or no hello at all, is
 // closed; Close ends a connection still waiting for its hello.
 func TestPortListenerRoutesByChannel(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p := newPortListener(ln, nil)
-	defer p.Close()
-	addr := ln.Addr().String()
+	p, addr := loopbackPortListener(t)
 	alpha, err := p.view("alpha")
 	if err != nil {
 		t.Fatal(err)
@@ -108,6 +96,18 @@ func TestPortListenerRoutesByChannel(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("Close waits for a connection without a hello")
 	}
+}
+
+// loopbackPortListener is a portListener on a loopback port, closed when
+// the test ends.
+func loopbackPortListener(t *testing.T) (*portListener, string) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := newPortListener(ln, nil)
+	t.Cleanup(func() { p.Close() })
+	return p, ln.Addr().String()
 }
 
 // roundTrip dials addr, says hello for channel, and checks that v accepts
