@@ -1,0 +1,207 @@
+package consortium_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/memberd/memberd/internal/demo"
+	"github.com/memberd/memberd/internal/testenv"
+	"github.com/memberd/memberd/node/orderer"
+	"github.com/memberd/memberd/policy"
+)
+
+// TestTwoChannels: a consortium of three members whose policy lists two
+// channels (ledger.channels): alpha, of all three and ordered by all
+// three, and beta, of member-b and member-c only, ordered by both; both
+// cut a block per transaction. Each channel has its own raft group on the
+// one raft port: alpha's leader is moved to member-a, which is not even in
+// beta, and stopping member-a makes alpha elect another leader while beta
+// keeps its leader and term. Both channels take load throughout, reach
+// different heights, and every transaction answered SUCCESS is in its own
+// channel's chain on each of the channel's members and in no other; a
+// member outside beta can neither broadcast to nor read beta.
+func TestTwoChannels(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a 3-member consortium")
+	}
+	testenv.SoftHSMModule(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	const a, b, c = "member-a", "member-b", "member-c"
+	// One transaction per block (the demo ledger's default is 500), so
+	// each channel's height is exactly its transactions plus genesis.
+	perTx := &policy.BatchSize{MaxMessageCount: 1, AbsoluteMaxBytes: 1 << 20, PreferredMaxBytes: 1 << 20}
+	L, err := demo.Init(demo.Options{Dir: t.TempDir(), Members: 3, Relays: 1, HSM: "softhsm", Channels: []*policy.Channel{
+		{Name: "alpha", Consenters: []string{a, b, c}, BatchSize: perTx},
+		{Name: "beta", Consenters: []string{b, c}, Members: []string{b, c}, BatchSize: perTx},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SOFTHSM2_CONF", L.SoftHSMConf)
+	d := start(t, L, nil)
+	if err := d.WaitLedger(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := d.LedgerChannelNode(a, "beta"); err == nil {
+		t.Fatalf("%s opened beta, which it does not order", a)
+	}
+	for _, m := range []string{b, c} {
+		if _, err := d.LedgerChannelNode(m, "beta"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// alpha's leader becomes member-a; beta's is one of b and c.
+	moveLeader(t, ctx, d, "alpha", []string{a, b, c}, a)
+	alphaLeader, _ := leaderOf(t, d, "alpha", []string{a, b, c})
+	betaLeader, betaTerm := leaderOf(t, d, "beta", []string{b, c})
+	if alphaLeader != a || betaLeader == a || betaLeader == "" {
+		t.Fatalf("leaders: alpha %q, beta %q", alphaLeader, betaLeader)
+	}
+	t.Logf("leaders: alpha %s, beta %s (term %d)", alphaLeader, betaLeader, betaTerm)
+
+	txs := map[string][]string{}
+	submit := func(as, at, ch string, n int) {
+		t.Helper()
+		ids, err := d.LedgerSubmitAs(ctx, as, at, ch, n)
+		if err != nil {
+			t.Fatalf("submit %d to %s at %s: %v", n, ch, at, err)
+		}
+		txs[ch] = append(txs[ch], ids...)
+	}
+	submit(a, a, "alpha", 4)
+	submit(b, b, "beta", 3)
+	submit(c, c, "beta", 2)
+	submit(c, b, "alpha", 2) // at a follower: forwarded to alpha's leader, member-a
+
+	// A member outside beta is refused there, even at a node that orders
+	// beta; member-a does not serve beta at all.
+	if _, err := d.LedgerSubmitAs(ctx, a, b, "beta", 1); !errors.Is(err, orderer.ErrStatus) || !strings.Contains(err.Error(), "FORBIDDEN") {
+		t.Fatalf("member-a's broadcast to beta at member-b: %v, want FORBIDDEN", err)
+	}
+	if _, _, err := d.LedgerFetchAs(ctx, a, c, "beta", 1); err == nil || !strings.Contains(err.Error(), "FORBIDDEN") {
+		t.Fatalf("member-a's Deliver on beta at member-c: %v, want FORBIDDEN", err)
+	}
+	if _, err := d.LedgerSubmitAs(ctx, a, a, "beta", 1); err == nil {
+		t.Fatal("member-a's ledger accepted a transaction for beta, which it does not order")
+	}
+
+	// Stopping alpha's leader moves alpha's leadership only.
+	if err := d.StopMember(a); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 30*time.Second, "alpha elects a leader among b and c", func() bool {
+		l, _ := leaderOf(t, d, "alpha", []string{b, c})
+		return l == b || l == c
+	})
+	if l, term := leaderOf(t, d, "beta", []string{b, c}); l != betaLeader || term != betaTerm {
+		t.Fatalf("beta's leader moved with alpha's: %s term %d, was %s term %d", l, term, betaLeader, betaTerm)
+	}
+	submit(b, b, "alpha", 3)
+	submit(c, c, "beta", 2)
+	if err := d.StartMember(ctx, a); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.WaitLedger(ctx); err != nil {
+		t.Fatal(err)
+	}
+
+	heights := map[string]uint64{}
+	for ch, members := range map[string][]string{"alpha": {a, b, c}, "beta": {b, c}} {
+		var h uint64
+		for _, m := range members {
+			n, err := d.LedgerChannelNode(m, ch)
+			if err != nil {
+				t.Fatal(err)
+			}
+			h = max(h, n.Height())
+		}
+		heights[ch] = h
+		var ref [][]byte
+		for _, m := range members {
+			hashes, got, err := d.LedgerFetchFrom(ctx, m, ch, h)
+			if err != nil {
+				t.Fatalf("fetch %s from %s: %v", ch, m, err)
+			}
+			for _, id := range txs[ch] {
+				if !got[id] {
+					t.Errorf("%s: tx %s answered SUCCESS on %s is not in %s's blocks 1..%d", m, id, ch, ch, h-1)
+				}
+			}
+			for other, ids := range txs {
+				for _, id := range ids {
+					if other != ch && got[id] {
+						t.Errorf("%s: tx %s of %s is in %s", m, id, other, ch)
+					}
+				}
+			}
+			if ref == nil {
+				ref = hashes
+			} else if !slices.EqualFunc(ref, hashes, func(x, y []byte) bool { return string(x) == string(y) }) {
+				t.Errorf("%s: %s's blocks differ from %s's", ch, m, members[0])
+			}
+		}
+	}
+	t.Logf("heights: alpha %d (%d transactions), beta %d (%d)", heights["alpha"], len(txs["alpha"]), heights["beta"], len(txs["beta"]))
+	for ch, h := range heights {
+		if h != uint64(len(txs[ch])+1) {
+			t.Errorf("%s: height %d, want %d (genesis and one block per transaction)", ch, h, len(txs[ch])+1)
+		}
+	}
+	if heights["alpha"] == heights["beta"] {
+		t.Fatal("the channels have the same height")
+	}
+}
+
+// leaderOf is the member leading channel and its term, as the first of
+// members that runs and knows a leader reports ("" when none does).
+func leaderOf(t *testing.T, d *demo.Consortium, channel string, members []string) (string, uint64) {
+	t.Helper()
+	for _, m := range members {
+		n, err := d.LedgerChannelNode(m, channel)
+		if err != nil {
+			continue
+		}
+		st := n.Raft().Status()
+		for _, p := range st.Members {
+			if p.ID == st.Leader && st.Leader != 0 {
+				return p.Name, st.Term
+			}
+		}
+	}
+	return "", 0
+}
+
+// moveLeader makes to the raft leader of channel (leadership transfer from
+// the current leader).
+func moveLeader(t *testing.T, ctx context.Context, d *demo.Consortium, channel string, members []string, to string) {
+	t.Helper()
+	waitFor(t, 30*time.Second, channel+" leader is "+to, func() bool {
+		cur, _ := leaderOf(t, d, channel, members)
+		if cur == to {
+			return true
+		}
+		if cur == "" {
+			return false
+		}
+		from, err := d.LedgerChannelNode(cur, channel)
+		if err != nil {
+			return false
+		}
+		target, err := d.LedgerChannelNode(to, channel)
+		if err != nil {
+			t.Fatal(err)
+		}
+		tctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		defer cancel()
+		if err := from.Raft().TransferLeadership(tctx, target.Raft().ID()); err != nil {
+			t.Logf("transfer %s leadership %s -> %s: %v", channel, cur, to, err)
+		}
+		return false
+	})
+}
