@@ -1,8 +1,10 @@
 package policy_test
 
 import (
+	"bytes"
 	"crypto/x509"
 	"errors"
+	"os"
 	"slices"
 	"strings"
 	"testing"
@@ -149,3 +151,42 @@ func TestDiffChannels(t *testing.T) {
 }
 
 func chains(leaf *x509.Certificate) [][]*x509.Certificate { return [][]*x509.Certificate{{leaf}} }
+
+// TestDocsChannelsExample: the ledger.channels example of docs/policy.md,
+// put in place of the complete example's ledger section, parses and means
+// what the text says.
+func TestDocsChannelsExample(t *testing.T) {
+	b, err := os.ReadFile("../docs/policy.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	yamlBlocks := bytes.Split(b, []byte("```yaml\n"))
+	full, _, _ := bytes.Cut(yamlBlocks[1], []byte("```\n"))
+	_, sect, ok := bytes.Cut(b, []byte("## Several channels"))
+	if !ok {
+		t.Fatal("no Several channels section")
+	}
+	_, snippet, _ := bytes.Cut(sect, []byte("```yaml\n"))
+	snippet, _, _ = bytes.Cut(snippet, []byte("```\n"))
+	start := bytes.Index(full, []byte("\nledger:\n"))
+	end := bytes.Index(full, []byte("\nrevocations:\n"))
+	if start < 0 || end < start {
+		t.Fatal("the complete example has no ledger section before revocations")
+	}
+	doc := slices.Concat(full[:start+1], snippet, full[end:])
+	p, err := policy.Parse(doc)
+	if err != nil {
+		t.Fatalf("docs example with ledger.channels: %v", err)
+	}
+	if !slices.Equal(p.Channels(), []string{"trade", "settlement"}) {
+		t.Fatalf("channels %v", p.Channels())
+	}
+	s, _ := p.ForChannel("settlement")
+	if s.Member("initech") != nil || s.Member("acme") == nil || !slices.Equal(s.Ledger().Consenters, []string{"globex"}) ||
+		s.Ledger().BatchSize.MaxMessageCount != 10 || s.Ledger().Timeout != 500*time.Millisecond {
+		t.Fatalf("settlement view: %+v", s.Ledger())
+	}
+	if tr, _ := p.ForChannel("trade"); len(tr.Members()) != 3 || tr.Ledger().BatchSize.MaxMessageCount != 500 {
+		t.Fatalf("trade view: %+v", tr.Ledger())
+	}
+}
