@@ -28,25 +28,10 @@ func TestTwoChannels(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs a 3-member consortium")
 	}
-	testenv.SoftHSMModule(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	const a, b, c = "member-a", "member-b", "member-c"
-	// One transaction per block (the demo ledger's default is 500), so
-	// each channel's height is exactly its transactions plus genesis.
-	perTx := &policy.BatchSize{MaxMessageCount: 1, AbsoluteMaxBytes: 1 << 20, PreferredMaxBytes: 1 << 20}
-	L, err := demo.Init(demo.Options{Dir: t.TempDir(), Members: 3, Relays: 1, HSM: "softhsm", Channels: []*policy.Channel{
-		{Name: "alpha", Consenters: []string{a, b, c}, BatchSize: perTx},
-		{Name: "beta", Consenters: []string{b, c}, Members: []string{b, c}, BatchSize: perTx},
-	}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Setenv("SOFTHSM2_CONF", L.SoftHSMConf)
-	d := start(t, L, nil)
-	if err := d.WaitLedger(ctx); err != nil {
-		t.Fatal(err)
-	}
+	_, d := startTwoChannels(t, ctx)
+	a, b, c := memberA, memberB, memberC
 	if _, err := d.LedgerChannelNode(a, "beta"); err == nil {
 		t.Fatalf("%s opened beta, which it does not order", a)
 	}
@@ -155,6 +140,70 @@ func TestTwoChannels(t *testing.T) {
 	}
 	if heights["alpha"] == heights["beta"] {
 		t.Fatal("the channels have the same height")
+	}
+}
+
+// The members of startTwoChannels' consortium.
+const memberA, memberB, memberC = "member-a", "member-b", "member-c"
+
+// startTwoChannels starts three members whose policy lists alpha (all
+// three, ordered by all three) and beta (member-b and member-c, ordered by
+// both), each cutting a block per transaction (the demo ledger's default
+// is 500), so each channel's height is exactly its transactions plus
+// genesis.
+func startTwoChannels(t *testing.T, ctx context.Context) (*demo.Layout, *demo.Consortium) {
+	t.Helper()
+	testenv.SoftHSMModule(t)
+	a, b, c := memberA, memberB, memberC
+	perTx := &policy.BatchSize{MaxMessageCount: 1, AbsoluteMaxBytes: 1 << 20, PreferredMaxBytes: 1 << 20}
+	L, err := demo.Init(demo.Options{Dir: t.TempDir(), Members: 3, Relays: 1, HSM: "softhsm", Channels: []*policy.Channel{
+		{Name: "alpha", Consenters: []string{a, b, c}, BatchSize: perTx},
+		{Name: "beta", Consenters: []string{b, c}, Members: []string{b, c}, BatchSize: perTx},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("SOFTHSM2_CONF", L.SoftHSMConf)
+	d := start(t, L, nil)
+	if err := d.WaitLedger(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return L, d
+}
+
+// TestStockPeerOnSecondChannel: a stock Fabric peer of member-b joins
+// beta, the second channel of TestTwoChannels' consortium, with beta's
+// genesis block, and commits every block of beta that member-b's and
+// member-c's nodes cut (signed by beta's consenters, checked against
+// beta's config), while alpha takes load beside it.
+func TestStockPeerOnSecondChannel(t *testing.T) {
+	if testing.Short() {
+		t.Skip("runs a 3-member consortium and a stock peer")
+	}
+	fab := testenv.Fabric(t, "peer")
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	L, d := startTwoChannels(t, ctx)
+	a, b, c := memberA, memberB, memberC
+	p := newStockPeer(t, fab, L, d, b, "peer0", b, false)
+	p.channel = "beta"
+	p.start(t)
+	p.join(t, ctx)
+	for _, x := range []struct{ at, ch string }{{b, "beta"}, {a, "alpha"}, {c, "beta"}, {c, "alpha"}} {
+		if _, err := d.LedgerSubmitTo(ctx, x.at, x.ch, 2); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n, err := d.LedgerChannelNode(b, "beta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := n.Height(); h != 5 {
+		t.Fatalf("beta height %d, want 5", h)
+	}
+	p.committedAll(t, ctx, 5)
+	if out, err := p.try(ctx, p.clientEnv(), "channel", "getinfo", "-c", "alpha"); err == nil {
+		t.Fatalf("the peer, which joined beta only, has alpha:\n%s", out)
 	}
 }
 
