@@ -25,12 +25,7 @@ import (
 // channel's chain on each of the channel's members and in no other; a
 // member outside beta can neither broadcast to nor read beta.
 func TestTwoChannels(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs a 3-member consortium")
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	_, d := startTwoChannels(t, ctx)
+	ctx, _, d := startTwoChannels(t)
 	a, b, c := memberA, memberB, memberC
 	if _, err := d.LedgerChannelNode(a, "beta"); err == nil {
 		t.Fatalf("%s opened beta, which it does not order", a)
@@ -150,10 +145,15 @@ const memberA, memberB, memberC = "member-a", "member-b", "member-c"
 // three, ordered by all three) and beta (member-b and member-c, ordered by
 // both), each cutting a block per transaction (the demo ledger's default
 // is 500), so each channel's height is exactly its transactions plus
-// genesis.
-func startTwoChannels(t *testing.T, ctx context.Context) (*demo.Layout, *demo.Consortium) {
+// genesis. The test is skipped with -short, and ctx ends after 3 minutes.
+func startTwoChannels(t *testing.T) (context.Context, *demo.Layout, *demo.Consortium) {
 	t.Helper()
+	if testing.Short() {
+		t.Skip("runs a 3-member consortium")
+	}
 	testenv.SoftHSMModule(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	t.Cleanup(cancel)
 	a, b, c := memberA, memberB, memberC
 	perTx := &policy.BatchSize{MaxMessageCount: 1, AbsoluteMaxBytes: 1 << 20, PreferredMaxBytes: 1 << 20}
 	L, err := demo.Init(demo.Options{Dir: t.TempDir(), Members: 3, Relays: 1, HSM: "softhsm", Channels: []*policy.Channel{
@@ -168,7 +168,7 @@ func startTwoChannels(t *testing.T, ctx context.Context) (*demo.Layout, *demo.Co
 	if err := d.WaitLedger(ctx); err != nil {
 		t.Fatal(err)
 	}
-	return L, d
+	return ctx, L, d
 }
 
 // TestStockPeerOnSecondChannel: a stock Fabric peer of member-b joins
@@ -181,9 +181,7 @@ func TestStockPeerOnSecondChannel(t *testing.T) {
 		t.Skip("runs a 3-member consortium and a stock peer")
 	}
 	fab := testenv.Fabric(t, "peer")
-	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
-	defer cancel()
-	L, d := startTwoChannels(t, ctx)
+	ctx, L, d := startTwoChannels(t)
 	a, b, c := memberA, memberB, memberC
 	p := newStockPeer(t, fab, L, d, b, "peer0", b, false)
 	p.channel = "beta"
@@ -204,6 +202,66 @@ func TestStockPeerOnSecondChannel(t *testing.T) {
 	p.committedAll(t, ctx, 5)
 	if out, err := p.try(ctx, p.clientEnv(), "channel", "getinfo", "-c", "alpha"); err == nil {
 		t.Fatalf("the peer, which joined beta only, has alpha:\n%s", out)
+	}
+}
+
+// TestChannelConsenterChange: a pushed policy version that drops member-c
+// from beta's consenters (it stays a member of beta) changes beta's raft
+// group alone: member-c's beta node says it was removed and beta orders on
+// member-b, while alpha keeps its three voters and member-c keeps ordering
+// alpha.
+func TestChannelConsenterChange(t *testing.T) {
+	ctx, L, d := startTwoChannels(t)
+	_, b, c := memberA, memberB, memberC
+	if _, err := d.LedgerSubmitTo(ctx, c, "beta", 2); err != nil {
+		t.Fatal(err)
+	}
+	v2 := nextPolicy(t, L, L.Genesis, func(doc *policy.Document) { doc.Ledger.Channels[1].Consenters = []string{b} }, L.Members...)
+	if df := policy.Compare(L.Genesis, v2); !df.Has(policy.KindConsentersChanged) || !slices.Equal(df.ChannelConsenters, []string{"beta: -" + c}) {
+		t.Fatalf("diff of v2: kinds %v, channel consenters %v", df.Kinds, df.ChannelConsenters)
+	}
+	res, err := d.PushPolicy(ctx, b, v2.Marshal())
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if !r.OK {
+			t.Fatalf("push of v2 to %s: %s", r.Member, r.Detail)
+		}
+	}
+	voters := func(m, ch string) int {
+		n, err := d.LedgerChannelNode(m, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return len(n.Raft().Status().Voters)
+	}
+	waitFor(t, 30*time.Second, "beta down to one voter with "+c+" removed", func() bool {
+		n, err := d.LedgerChannelNode(c, "beta")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return voters(b, "beta") == 1 && errors.Is(n.Healthy(), orderer.ErrRemoved)
+	})
+	for _, m := range []string{memberA, b, c} {
+		if v := voters(m, "alpha"); v != 3 {
+			t.Fatalf("alpha on %s has %d voters after beta's change, want 3", m, v)
+		}
+		n, err := d.LedgerChannelNode(m, "alpha")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := n.Healthy(); err != nil {
+			t.Fatalf("alpha on %s: %v", m, err)
+		}
+	}
+	// Both channels order on: beta at member-b alone, alpha with member-c.
+	waitFor(t, 30*time.Second, "beta orders at "+b, func() bool {
+		_, err := d.LedgerSubmitTo(ctx, b, "beta", 1)
+		return err == nil
+	})
+	if _, err := d.LedgerSubmitTo(ctx, c, "alpha", 2); err != nil {
+		t.Fatal(err)
 	}
 }
 
