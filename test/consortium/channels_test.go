@@ -3,6 +3,8 @@ package consortium_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -145,8 +147,9 @@ const memberA, memberB, memberC = "member-a", "member-b", "member-c"
 // three, ordered by all three) and beta (member-b and member-c, ordered by
 // both), each cutting a block per transaction (the demo ledger's default
 // is 500), so each channel's height is exactly its transactions plus
-// genesis. The test is skipped with -short, and ctx ends after 3 minutes.
-func startTwoChannels(t *testing.T) (context.Context, *demo.Layout, *demo.Consortium) {
+// genesis. The test is skipped with -short, and ctx ends after 3 minutes;
+// edit, if given, changes each member's memberd.yaml before the start.
+func startTwoChannels(t *testing.T, edit ...func(cfg map[string]any)) (context.Context, *demo.Layout, *demo.Consortium) {
 	t.Helper()
 	if testing.Short() {
 		t.Skip("runs a 3-member consortium")
@@ -164,6 +167,11 @@ func startTwoChannels(t *testing.T) (context.Context, *demo.Layout, *demo.Consor
 		t.Fatal(err)
 	}
 	t.Setenv("SOFTHSM2_CONF", L.SoftHSMConf)
+	for _, e := range edit {
+		for _, m := range L.Members {
+			editMemberConfig(t, L, m, e)
+		}
+	}
 	d := start(t, L, nil)
 	if err := d.WaitLedger(ctx); err != nil {
 		t.Fatal(err)
@@ -263,6 +271,65 @@ func TestChannelConsenterChange(t *testing.T) {
 	if _, err := d.LedgerSubmitTo(ctx, c, "alpha", 2); err != nil {
 		t.Fatal(err)
 	}
+}
+
+// TestChannelConfigBlock: with ledger.config_blocks, a version that changes
+// beta's batch size, signed by the admins of beta's two orgs on beta's
+// ConfigUpdate ('memberd policy sign --config-block' with beta's genesis
+// block), becomes a CONFIG block of beta on member-b and member-c, whose
+// batch size then applies there; alpha, whose config the version does not
+// change, gets no CONFIG block on any of its three members.
+func TestChannelConfigBlock(t *testing.T) {
+	ctx, L, d := startTwoChannels(t, func(cfg map[string]any) { cfg["ledger"].(map[string]any)["config_blocks"] = true })
+	a, b, c := memberA, memberB, memberC
+	v2 := nextPolicy(t, L, L.Genesis, func(doc *policy.Document) {
+		doc.Ledger.Channels[1].BatchSize = &policy.BatchSize{MaxMessageCount: 3, AbsoluteMaxBytes: 1 << 20, PreferredMaxBytes: 1 << 20}
+	})
+	bundle := filepath.Join(t.TempDir(), "v2.yaml")
+	if err := os.WriteFile(bundle, v2.Marshal(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{b, c} {
+		signBoth(t, L, bundle, m, filepath.Join(L.Dir, "members", m, demo.LedgerChannelGenesisFile("beta")))
+	}
+	signed, err := os.ReadFile(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := d.PushPolicy(ctx, b, signed)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if !r.OK {
+			t.Fatalf("push of v2 to %s: %s", r.Member, r.Detail)
+		}
+	}
+	node := func(m, ch string) *orderer.Node {
+		n, err := d.LedgerChannelNode(m, ch)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	waitFor(t, 30*time.Second, "beta's CONFIG block on member-b and member-c", func() bool {
+		return node(b, "beta").LastConfig() > 0 && node(c, "beta").LastConfig() > 0
+	})
+	for _, m := range []string{b, c} {
+		if got := node(m, "beta").BatchConfig().MaxMessageCount; got != 3 {
+			t.Fatalf("beta on %s: max_message_count %d after its CONFIG block, want 3", m, got)
+		}
+	}
+	if _, err := d.LedgerSubmitTo(ctx, c, "alpha", 1); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []string{a, b, c} {
+		if n := node(m, "alpha"); n.LastConfig() != 0 || n.BatchConfig().MaxMessageCount != 1 || n.Policy().Version() != 2 {
+			t.Fatalf("alpha on %s: last config %d, max_message_count %d, policy version %d; want 0, 1, 2",
+				m, n.LastConfig(), n.BatchConfig().MaxMessageCount, n.Policy().Version())
+		}
+	}
+	t.Logf("beta's CONFIG block: %d; alpha height %d", node(b, "beta").LastConfig(), node(a, "alpha").Height())
 }
 
 // leaderOf is the member leading channel and its term, as the first of
