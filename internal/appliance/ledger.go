@@ -26,6 +26,14 @@ package appliance
 // every consenter must share byte for byte: 'memberd ledger channel create'
 // or 'memberd demo init' write it. It is needed only while the block store is
 // empty.
+//
+// Several channels (the policy's ledger.channels): one ordering node per
+// channel this member orders, each with its own raft group, block store and
+// genesis block (ledger.genesis_blocks), working with the policy's view of
+// its channel (policy.Policy.ForChannel); all share the gRPC servers, the
+// participation API, the gRPC clients to the other consenters and the raft
+// port, which routes each inbound connection by the channel its raft hello
+// names (ledger_listener.go).
 
 import (
 	"context"
