@@ -347,9 +347,9 @@ func loadGenesisBlocks(cfg *Config, p *policy.Policy) (map[string]*common.Block,
 	if lc.GenesisBlock != "" {
 		files = append([]string{lc.GenesisBlock}, files...)
 	}
-	for _, f := range files {
+	for i, f := range files {
 		key := "ledger.genesis_blocks"
-		if f == lc.GenesisBlock {
+		if i == 0 && lc.GenesisBlock != "" {
 			key = "ledger.genesis_block"
 		}
 		b, err := loadGenesisBlock(cfg.Path(f), key, p)
