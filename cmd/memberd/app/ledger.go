@@ -69,14 +69,16 @@ per channel and list them in memberd.yaml ledger.genesis_blocks.`,
 			if channel == "" && len(pol.Ledger().Channels) > 0 {
 				return usagef("%s: --policy %s lists ledger.channels (%s): say which with --channel", cmd.CommandPath(), polFile, strings.Join(pol.Channels(), ", "))
 			}
+			// --consenter may name any member of the policy, so that one
+			// list of them builds every channel's block.
+			css, err := parseConsenters(cmd, consenters, pol, polFile)
+			if err != nil {
+				return err
+			}
 			if channel != "" {
 				if pol, err = pol.ForChannel(channel); err != nil {
 					return usagef("%s: --channel: %v", cmd.CommandPath(), err)
 				}
-			}
-			css, err := parseConsenters(cmd, consenters, pol, polFile)
-			if err != nil {
-				return err
 			}
 			cc, err := orderer.ChannelConfig(pol, css)
 			if err != nil {
