@@ -175,6 +175,17 @@ type stockPeer struct {
 	mutual                   bool
 	cmd                      *exec.Cmd
 	logFile                  string
+	// channel is the channel the peer joins and follows; "" = the demo's
+	// single channel.
+	channel string
+}
+
+// channelName is the peer's channel.
+func (p *stockPeer) channelName() string {
+	if p.channel == "" {
+		return "demo"
+	}
+	return p.channel
 }
 
 func newStockPeer(t *testing.T, fab string, L *demo.Layout, d *demo.Consortium, member, name, target string, mutual bool) *stockPeer {
@@ -297,7 +308,11 @@ func (p *stockPeer) start(t *testing.T) {
 
 func (p *stockPeer) join(t *testing.T, ctx context.Context) {
 	t.Helper()
-	p.cli(t, ctx, p.clientEnv(), "channel", "join", "-b", filepath.Join(p.L.Dir, "members", p.member, "genesis.block"))
+	genesis := demo.LedgerGenesisFile
+	if p.channel != "" {
+		genesis = demo.LedgerChannelGenesisFile(p.channel)
+	}
+	p.cli(t, ctx, p.clientEnv(), "channel", "join", "-b", filepath.Join(p.L.Dir, "members", p.member, genesis))
 }
 
 // cli runs the peer CLI and fails the test if it fails.
@@ -331,7 +346,7 @@ func (p *stockPeer) waitHeight(t *testing.T, ctx context.Context, want uint64) u
 	t.Helper()
 	var h uint64
 	waitFor(t, 30*time.Second, fmt.Sprintf("the peer pulling from %s to commit %d blocks", p.target, want), func() bool {
-		out, err := p.try(ctx, p.clientEnv(), "channel", "getinfo", "-c", "demo")
+		out, err := p.try(ctx, p.clientEnv(), "channel", "getinfo", "-c", p.channelName())
 		if err != nil {
 			t.Log(err)
 			return false
