@@ -22,7 +22,8 @@ import (
 )
 
 // TransferLeaderPath is the admin endpoint's leadership transfer: POST
-// with form value to=MEMBER.
+// with form value to=MEMBER, and channel=NAME when the appliance orders
+// several channels (default: the first, the policy's ledger.channel).
 const TransferLeaderPath = "/ledger/transfer-leader"
 
 // leaderTransferTimeout bounds one transfer: raft gives up a transfer that
@@ -34,6 +35,7 @@ var (
 	errNotLeader    = errors.New("this node does not lead the channel")
 	errNoConsenter  = errors.New("not a consenter of the channel")
 	errTransferLost = errors.New("leadership transfer did not complete")
+	errNoChannel    = errors.New("no such channel here")
 )
 
 // LeaderTransfer is the answer of a completed transfer.
@@ -45,19 +47,26 @@ type LeaderTransfer struct {
 	Term    uint64 `json:"term"`
 }
 
-// transferLeader hands the raft leadership of l's channel from this node,
-// which must lead, to consenter member to, and waits until to leads.
-func (l *ledgerRun) transferLeader(ctx context.Context, to string) (LeaderTransfer, error) {
-	res := LeaderTransfer{Channel: l.channel, From: l.member}
-	n := l.reg.Lookup(l.channel)
+// transferLeader hands the raft leadership of channel (empty: the first
+// channel this appliance orders) from this node, which must lead it, to
+// consenter member to, and waits until to leads.
+func (l *ledgerRun) transferLeader(ctx context.Context, channel, to string) (LeaderTransfer, error) {
+	if channel == "" {
+		channel = l.channel
+	}
+	res := LeaderTransfer{Channel: channel, From: l.member}
+	if !slices.Contains(l.names, channel) {
+		return res, fmt.Errorf("%w: this appliance orders no channel %q (it orders: %s)", errNoChannel, channel, strings.Join(l.names, ", "))
+	}
+	n := l.reg.Lookup(channel)
 	if n == nil {
-		return res, fmt.Errorf("channel %q is not open", l.channel)
+		return res, fmt.Errorf("channel %q is not open", channel)
 	}
 	r := n.Raft()
 	var toID uint64
 	var names []string
 	for _, p := range r.Members() {
-		name := l.memberOf(p.ID)
+		name := l.memberOf(channel, p.ID)
 		names = append(names, name)
 		if name == to {
 			toID = p.ID
@@ -66,21 +75,21 @@ func (l *ledgerRun) transferLeader(ctx context.Context, to string) (LeaderTransf
 	slices.Sort(names)
 	if toID == 0 {
 		return res, fmt.Errorf("%w: member %q is not a consenter of channel %q (its consenters: %s); add it to ledger.consenters first",
-			errNoConsenter, to, l.channel, strings.Join(names, ", "))
+			errNoConsenter, to, channel, strings.Join(names, ", "))
 	}
 	if lead := r.Leader(); lead == toID {
 		res.Leader, res.RaftID, res.Term = to, toID, r.Status().Term
 		return res, nil
 	} else if lead != r.ID() {
-		who := l.memberOf(lead)
+		who := l.memberOf(channel, lead)
 		if who == "" {
 			who = "no leader is known yet"
 		} else {
 			who = who + " leads it: run this against " + who + "'s appliance (its --admin address)"
 		}
-		return res, fmt.Errorf("%w: %s does not lead channel %q; %s", errNotLeader, l.member, l.channel, who)
+		return res, fmt.Errorf("%w: %s does not lead channel %q; %s", errNotLeader, l.member, channel, who)
 	}
-	l.log.Info("ledger: handing raft leadership over", "channel", l.channel, "to", to, "raft_id", toID)
+	l.log.Info("ledger: handing raft leadership over", "channel", channel, "to", to, "raft_id", toID)
 	ctx, cancel := context.WithTimeout(ctx, leaderTransferTimeout)
 	defer cancel()
 	if err := r.TransferLeadership(ctx, toID); err != nil {
@@ -94,13 +103,13 @@ func (l *ledgerRun) transferLeader(ctx context.Context, to string) (LeaderTransf
 	for {
 		if r.Leader() == toID {
 			res.Leader, res.RaftID, res.Term = to, toID, r.Status().Term
-			l.log.Info("ledger: raft leadership handed over", "channel", l.channel, "leader", to, "term", res.Term)
+			l.log.Info("ledger: raft leadership handed over", "channel", channel, "leader", to, "term", res.Term)
 			return res, nil
 		}
 		select {
 		case <-ctx.Done():
 			return res, fmt.Errorf("%w: %s did not take over within %v (leader now: %q); check that it is caught up (memberd status on its host) and retry",
-				errTransferLost, to, leaderTransferTimeout, l.memberOf(r.Leader()))
+				errTransferLost, to, leaderTransferTimeout, l.memberOf(channel, r.Leader()))
 		case <-t.C:
 		}
 	}
@@ -123,11 +132,11 @@ func transferLeaderHandler(a *Appliance, log *slog.Logger) http.Handler {
 			http.Error(w, errNoLedger.Error(), http.StatusNotFound)
 			return
 		}
-		res, err := a.ledger.transferLeader(r.Context(), to)
+		res, err := a.ledger.transferLeader(r.Context(), r.FormValue("channel"), to)
 		if err != nil {
 			code := http.StatusServiceUnavailable
 			switch {
-			case errors.Is(err, errNoConsenter):
+			case errors.Is(err, errNoConsenter), errors.Is(err, errNoChannel):
 				code = http.StatusBadRequest
 			case errors.Is(err, errNotLeader):
 				code = http.StatusConflict
@@ -144,10 +153,15 @@ func transferLeaderHandler(a *Appliance, log *slog.Logger) http.Handler {
 }
 
 // TransferLeaderViaAdmin asks the appliance whose admin endpoint is addr
-// (it must lead the channel) to hand the leadership to member to.
-func TransferLeaderViaAdmin(ctx context.Context, addr, to string) (LeaderTransfer, error) {
+// (it must lead channel; empty: its first channel) to hand the leadership
+// to member to.
+func TransferLeaderViaAdmin(ctx context.Context, addr, channel, to string) (LeaderTransfer, error) {
 	var res LeaderTransfer
-	body := url.Values{"to": {to}}.Encode()
+	form := url.Values{"to": {to}}
+	if channel != "" {
+		form.Set("channel", channel)
+	}
+	body := form.Encode()
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "http://"+addr+TransferLeaderPath, strings.NewReader(body))
 	if err != nil {
 		return res, usage.Errorf("--admin %q: %v", addr, err)
