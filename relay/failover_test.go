@@ -121,13 +121,18 @@ func (f *flow) lost(from, to int) int {
 // twoRelays starts relay-1 and relay-2 and two members connected to both,
 // and waits until both relays are healthy for both.
 func twoRelays(t *testing.T, noQUIC bool) (n *testNet, r1 *testRelay, a, b *Client) {
+	return twoRelaysWith(t, noQUIC, nil)
+}
+
+// twoRelaysWith is twoRelays with bank-a's client configured by tweakA.
+func twoRelaysWith(t *testing.T, noQUIC bool, tweakA func(*ClientConfig)) (n *testNet, r1 *testRelay, a, b *Client) {
 	n = newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1", "relay-2"})
 	if noQUIC {
 		n.noQUIC = map[string]bool{"relay-1": true, "relay-2": true}
 	}
 	r1 = n.startRelay("relay-1", nil)
 	n.startRelay("relay-2", nil)
-	a, b = n.member("bank-a", nil), n.member("bank-b", nil)
+	a, b = n.member("bank-a", tweakA), n.member("bank-b", nil)
 	waitReady(t, a, b)
 	waitFor(t, 10*time.Second, "both relays healthy for both members", func() bool {
 		for _, c := range []*Client{a, b} {
