@@ -3,6 +3,7 @@ package relay
 import (
 	"context"
 	"crypto/tls"
+	"net"
 	"testing"
 	"time"
 
@@ -100,5 +101,56 @@ func TestStreamTypesOnlyToRelaysThatSaySo(t *testing.T) {
 				t.Errorf("the relay received %v, want [%v %v]", got, wire.TypePacket, tc.stream)
 			}
 		})
+	}
+}
+
+// Between relays both sides mark: a relay dialling another over TLS (the
+// mesh, UDP blocked) learns from the accepting relay's HELLO, and the
+// accepting relay from the dialler's, that FORWARD_STREAM is understood,
+// so a resend forwarded one hop stays on the stream either way. A member
+// is never sent the marked types.
+func TestStreamTypesBetweenRelaysOverTLS(t *testing.T) {
+	n := newTestNet(t, []string{"bank-a"}, []string{"relay-1", "relay-2"})
+	n.noQUIC = map[string]bool{"relay-2": true}
+	r2 := n.startRelay("relay-2", nil)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	d := &dialer{identity: n.relayID["relay-1"], role: wire.RoleRelay, tcpTimeout: 5 * time.Second,
+		keepAlive: time.Minute, queueLen: 16, drop: func(string) {}}
+	l, err := d.dialTCP(ctx, n.infos[1], nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.close(codeShutdown, "done")
+	if !l.streamTypes {
+		t.Error("the dialling relay did not learn that relay-2 forwards the stream types")
+	}
+	ran := make(chan struct{})
+	go func() { defer close(ran); l.run(ctx, func(wire.Frame, bool) {}) }()
+	defer func() { cancel(); <-ran }()
+	member := n.member("bank-a", func(c *ClientConfig) {
+		var nd net.Dialer
+		c.Relays = n.infos[1:]
+		c.DialStream = func(ctx context.Context, addr string) (net.Conn, error) { return nd.DialContext(ctx, "tcp", addr) }
+	})
+	waitReady(t, member)
+	var relayMarks, memberMarks bool
+	waitFor(t, 5*time.Second, "relay-2 to register both peers", func() bool {
+		r2.srv.mu.RLock()
+		defer r2.srv.mu.RUnlock()
+		if len(r2.srv.relays) != 1 || len(r2.srv.members["bank-a"].conns) != 1 {
+			return false
+		}
+		for p := range r2.srv.relays {
+			relayMarks = p.link.streamTypes
+		}
+		memberMarks = r2.srv.members["bank-a"].conns[0].link.streamTypes
+		return true
+	})
+	if !relayMarks {
+		t.Error("relay-2 does not mark what it forwards to the relay that dialled it")
+	}
+	if memberMarks {
+		t.Error("relay-2 would send a member the stream types")
 	}
 }
