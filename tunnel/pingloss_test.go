@@ -136,8 +136,10 @@ func TestRelayCrashLosesNoTunnelPing(t *testing.T) {
 	t0 := crashRelayInUse(t, relays, clients)
 	n0 := pab.answered()
 	waitUntil(t, 10*time.Second, "pings answered after the crash", func() bool { return pab.answered() > n0+100 })
-	t1 := time.Now().Add(-pingWait) // later pings may still be waiting for their answer
-	time.Sleep(pingWait + 100*time.Millisecond)
+	// halt waits for every ping sent, each answered or given pingWait, so
+	// all those sent until now count. (Subtracting pingWait here emptied
+	// the window once pingWait grew to 3 s: 100 answers take 2 s.)
+	t1 := time.Now()
 	halt()
 	lostAB, sentAB := pab.unanswered(t0.Add(-100*time.Millisecond), t1)
 	lostBA, sentBA := pba.unanswered(t0.Add(-100*time.Millisecond), t1)
@@ -145,6 +147,9 @@ func TestRelayCrashLosesNoTunnelPing(t *testing.T) {
 		lostAB, sentAB, lostBA, sentBA, hxy.err == nil, hyx.err == nil, clients["bank-a"].Drops(), clients["bank-b"].Drops())
 	if hxy.err != nil || hyx.err != nil {
 		t.Errorf("a tunnel stream broke across the relay crash: %v / %v", hxy.err, hyx.err)
+	}
+	if sentAB == 0 || sentBA == 0 {
+		t.Fatalf("no ping sent across the crash (%d a->b, %d b->a): nothing was checked", sentAB, sentBA)
 	}
 	if lostAB+lostBA > 0 {
 		t.Errorf("%d pings a->b and %d b->a unanswered within %v across the crash of the relay in use; want none", lostAB, lostBA, pingWait)
