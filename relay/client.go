@@ -183,7 +183,12 @@ type Client struct {
 	recv   chan inPacket
 	// urgentRecv holds the small packets received (up to urgentFrame:
 	// raft heartbeats and their answers, TCP acknowledgements), read before
-	// recv's: consensus first (issue #15) on the receiving member too.
+	// recv's: consensus first (issue #15) on the receiving member too. As
+	// long as recv (RecvQueueLen, at least urgentRecvMin): a sender's
+	// resend burst (up to recentLen small packets at once, see
+	// Client.resend) arrives together, oldest first, and with 256 entries
+	// a reader late by a few ms lost the newest of it, the very packets
+	// the dead relay had swallowed.
 	urgentRecv chan inPacket
 	copies     atomic.Uint64 // packets also sent on a backup relay (see route)
 	recent     recentSent    // the last packets sent, for resending on a backup
@@ -196,6 +201,10 @@ type Client struct {
 	pol        []encodedPolicy // OfferPolicy's bundles, oldest first
 	polChanged chan struct{}   // closed and replaced by OfferPolicy
 }
+
+// urgentRecvMin is the least room for small received packets: two
+// resend bursts (recentLen each).
+const urgentRecvMin = 2 * recentLen
 
 type inPacket struct {
 	from string
@@ -238,7 +247,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg: cfg, log: cfg.Logger,
 		m:          newMetrics(cfg.Registerer, prefix, "relay client"),
 		recv:       make(chan inPacket, cfg.RecvQueueLen),
-		urgentRecv: make(chan inPacket, urgentQueueLen),
+		urgentRecv: make(chan inPacket, max(cfg.RecvQueueLen, urgentRecvMin)),
 		done:       make(chan struct{}),
 
 		polChanged: make(chan struct{}),

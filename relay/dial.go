@@ -108,7 +108,7 @@ func (d *dialer) dialQUIC(ctx context.Context, r RelayInfo) (*link, error) {
 	if dl, ok := ctx.Deadline(); ok {
 		_ = st.SetDeadline(dl)
 	}
-	if err := d.hello(st); err != nil {
+	if _, err := d.hello(st); err != nil {
 		_ = qc.CloseWithError(codeProtocol, "bad HELLO")
 		return nil, fmt.Errorf("relay %q at %s over QUIC: %w", r.ID, r.Addr, err)
 	}
@@ -204,33 +204,41 @@ func (d *dialer) dialTCP(ctx context.Context, r RelayInfo, proxy *url.URL) (*lin
 		nc.Close()
 		return nil, fmt.Errorf("TLS to relay %q at %s (%s): %w", r.ID, r.Addr, path, err)
 	}
-	if err := d.hello(tc); err != nil {
+	h, err := d.hello(tc)
+	if err != nil {
 		nc.Close()
 		return nil, fmt.Errorf("relay %q at %s (%s): %w", r.ID, r.Addr, path, err)
 	}
 	_ = nc.SetDeadline(time.Time{})
-	return streamLink(path, tc, d.queueLen, d.drop), nil
+	l := streamLink(path, tc, d.queueLen, d.drop)
+	l.streamTypes = h.Flags&wire.HelloStreamTypes != 0
+	return l, nil
 }
 
-// hello sends our HELLO and reads the relay's.
+// hello sends our HELLO and returns the relay's. A relay's HELLO (the
+// mesh) says it understands the stream types (wire.HelloStreamTypes), a
+// member's says nothing: relays send members PACKET only.
 func (d *dialer) hello(rw interface {
 	Read([]byte) (int, error)
 	Write([]byte) (int, error)
-}) error {
-	if _, err := rw.Write(wire.AppendHello(nil, wire.Hello{Version: wire.Version, Role: d.role})); err != nil {
-		return err
+}) (wire.Hello, error) {
+	mine := wire.Hello{Version: wire.Version, Role: d.role}
+	if d.role == wire.RoleRelay {
+		mine.Flags = wire.HelloStreamTypes
+	}
+	if _, err := rw.Write(wire.AppendHello(nil, mine)); err != nil {
+		return wire.Hello{}, err
 	}
 	f, err := wire.NewReader(rw, 64).Next()
 	if err != nil {
 		// A relay that refuses our certificate closes the connection
 		// after the handshake: say so rather than "EOF".
-		return fmt.Errorf("no HELLO from the relay (is this appliance's certificate admitted by the policy?): %w", err)
+		return wire.Hello{}, fmt.Errorf("no HELLO from the relay (is this appliance's certificate admitted by the policy?): %w", err)
 	}
 	if f.Type != wire.TypeHello {
-		return fmt.Errorf("%w: relay sent %v before HELLO", wire.ErrMalformed, f.Type)
+		return wire.Hello{}, fmt.Errorf("%w: relay sent %v before HELLO", wire.ErrMalformed, f.Type)
 	}
-	_, err = wire.ParseHello(f.Body)
-	return err
+	return wire.ParseHello(f.Body)
 }
 
 // proxyFor returns the proxy to use for a relay address: the configured one,

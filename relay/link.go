@@ -83,7 +83,13 @@ type link struct {
 	goAway            atomic.Pointer[string] // reason from the peer's GOAWAY
 	resentFor         atomic.Int64           // client: lastRecv when its recent packets were last resent elsewhere
 	upAt              int64                  // unix nanos when established; set before the link is shared
-	drop              func(reason string)
+	// streamTypes: a TLS link to a relay whose HELLO set
+	// wire.HelloStreamTypes; a packet frame queued for the stream
+	// (sendStream) goes as PACKET_STREAM or FORWARD_STREAM, so that the
+	// relay keeps it on the next hop's stream too. Set before the link is
+	// shared.
+	streamTypes bool
+	drop        func(reason string)
 }
 
 func newLink(path Path, qc *quic.Conn, stream io.ReadWriter, cs tls.ConnectionState,
@@ -209,8 +215,11 @@ func (l *link) sendData(frame []byte) bool { return l.sendFrom("", frame, false)
 // Client.resend), which as DATAGRAMs overflowed quic-go's 128-entry
 // DATAGRAM receive queue at the relay and at the receiving member, where
 // they were discarded without a trace. On the stream they are batched into
-// full-size QUIC packets and never dropped by quic-go. On TLS it is
-// sendData.
+// full-size QUIC packets and never dropped by quic-go. On TLS everything
+// travels on the stream, and the relay cannot tell such a frame from the
+// others: to a relay that announced it (streamTypes) a PACKET or FORWARD
+// goes as PACKET_STREAM or FORWARD_STREAM, which the relay passes on the
+// next hop's stream; to an older relay as it is.
 func (l *link) sendStream(frame []byte) bool { return l.sendFrom("", frame, true) }
 
 // send is sendStream when stream is set, else sendData.
@@ -232,6 +241,9 @@ func (l *link) sendFrom(src string, frame []byte, stream bool) bool {
 	q := l.data
 	if !stream && len(frame) <= urgentFrame && !diag.NoPriority {
 		q = l.urgent
+	}
+	if stream && l.streamTypes && len(frame) > 0 {
+		frame[0] = byte(wire.StreamType(wire.Type(frame[0])))
 	}
 	out := q.push(src, frame)
 	if out == nil {

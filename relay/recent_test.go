@@ -75,3 +75,35 @@ func BenchmarkRecentAdd(b *testing.B) {
 		})
 	}
 }
+
+// A bulk transfer does not push the small frames (raft heartbeats, TCP
+// acknowledgements) out of what is kept: with one ring for all, the
+// full-size frames sent after the heartbeats left none of them.
+func TestRecentSentKeepsSmallFramesUnderBulk(t *testing.T) {
+	var r recentSent
+	l := &link{}
+	t0 := time.Unix(1000, 0)
+	big := make([]byte, 1200)
+	for i := range 300 {
+		if i < 30 && i%3 == 0 {
+			r.add(l, []byte(fmt.Sprint("hb", i/3)), t0.Add(time.Duration(i)))
+		}
+		r.add(l, big, t0.Add(time.Duration(i)))
+	}
+	var small []string
+	got := r.since(l, t0)
+	for _, f := range got {
+		if len(f) < len(big) {
+			small = append(small, string(f))
+		}
+	}
+	if want := "[hb0 hb1 hb2 hb3 hb4 hb5 hb6 hb7 hb8 hb9]"; fmt.Sprint(small) != want {
+		t.Errorf("small frames kept %v, want %v", small, want)
+	}
+	if n := len(got) - len(small); n != recentLen-len(small) {
+		t.Errorf("resent %d full-size frames, want the last %d: %d in all", n, recentLen-len(small), recentLen)
+	}
+	if string(got[0]) != "hb0" {
+		t.Errorf("first frame resent %q, want the oldest, hb0", got[0][:min(len(got[0]), 8)])
+	}
+}

@@ -535,8 +535,8 @@ func (s *Server) servePeer(ctx context.Context, l *link, remote net.Addr, admitt
 		err = fmt.Errorf("%w: HELLO role %d does not match the certificate of %q", wire.ErrMalformed, h.Role, id)
 	}
 	if err == nil {
-		role := byte(wire.RoleRelay)
-		_, err = l.stream.Write(wire.AppendHello(nil, wire.Hello{Version: wire.Version, Role: role}))
+		mine := wire.Hello{Version: wire.Version, Role: wire.RoleRelay, Flags: wire.HelloStreamTypes}
+		_, err = l.stream.Write(wire.AppendHello(nil, mine))
 	}
 	if err != nil {
 		l.close(codeProtocol, "bad HELLO")
@@ -546,6 +546,9 @@ func (s *Server) servePeer(ctx context.Context, l *link, remote net.Addr, admitt
 		return fmt.Errorf("relay %s: HELLO from %q at %s: %w", s.cfg.ID, id, addrString(remote), err)
 	}
 	admitted()
+	// A relay dialling over TLS that forwards the stream types gets them
+	// from here too (FORWARD_STREAM); a member never says so.
+	l.streamTypes = l.qconn == nil && isRelay && h.Flags&wire.HelloStreamTypes != 0
 	return s.runPeer(ctx, l, id, isRelay, remote)
 }
 
@@ -722,13 +725,13 @@ func (s *Server) announce(ctx context.Context, p *peer) {
 // a QUIC datagram (see frameHandler).
 func (s *Server) memberFrame(p *peer, f wire.Frame, owned bool) {
 	switch f.Type {
-	case wire.TypePacket:
+	case wire.TypePacket, wire.TypePacketStream:
 		dst, payload, err := wire.ParsePacket(f.Body)
 		if err != nil {
 			s.m.drop(DropMalformed)
 			return
 		}
-		s.forward(p, string(dst), payload, onStream(p.link, owned), !owned)
+		s.forward(p, string(dst), payload, onStream(p.link, f.Type, owned), !owned)
 	case wire.TypePing:
 		p.link.sendData(wire.AppendFrame(nil, wire.TypePong, f.Body))
 	case wire.TypePolicy:
@@ -763,15 +766,19 @@ func (s *Server) goAway(p *peer, f wire.Frame) {
 	}
 }
 
-// onStream says whether a frame l received, owned as the frame handler was
-// told (see frameHandler), came on a QUIC connection's stream rather than
-// in a DATAGRAM. Such a packet goes on on the stream of the next hop too
+// onStream says whether a packet frame of type t that l received, owned as
+// the frame handler was told (see frameHandler), came on a QUIC
+// connection's stream rather than in a DATAGRAM, or is marked for the
+// stream (PACKET_STREAM, FORWARD_STREAM: on TLS, where everything comes on
+// the stream). Such a packet goes on on the stream of the next hop too
 // (link.sendStream): a small packet travels on the stream only when its
 // sender wants it there, for a burst (the packets a member resends through
 // a backup relay, Client.resend), and as DATAGRAMs the burst overflowed the
-// receiver's DATAGRAM queue. Over TLS everything comes on the stream; the
-// next hop then picks by size, as before.
-func onStream(l *link, owned bool) bool { return l.qconn != nil && !owned }
+// receiver's DATAGRAM queue. An unmarked packet over TLS (from an older
+// member or relay) goes on by size, as before.
+func onStream(l *link, t wire.Type, owned bool) bool {
+	return (l.qconn != nil && !owned) || t == wire.TypePacketStream || t == wire.TypeForwardStream
+}
 
 // maxRateWait bounds how long a member's reliable stream is left unread
 // for one frame over the member's rate (see forward). A maximum-size frame
@@ -876,7 +883,7 @@ func (s *Server) deliverLocal(from, dst string, payload []byte, stream bool) boo
 // relayFrame handles a frame from another relay; owned as for memberFrame.
 func (s *Server) relayFrame(p *peer, f wire.Frame, owned bool) {
 	switch f.Type {
-	case wire.TypeForward:
+	case wire.TypeForward, wire.TypeForwardStream:
 		src, dst, payload, err := wire.ParseForward(f.Body)
 		if err != nil {
 			s.m.drop(DropMalformed)
@@ -888,7 +895,7 @@ func (s *Server) relayFrame(p *peer, f wire.Frame, owned bool) {
 			s.m.drop(DropACL)
 			return
 		}
-		if !s.deliverLocal(string(src), string(dst), payload, onStream(p.link, owned)) {
+		if !s.deliverLocal(string(src), string(dst), payload, onStream(p.link, f.Type, owned)) {
 			s.m.drop(DropNoRoute)
 		}
 	case wire.TypeRouteAdd, wire.TypeRouteDel:

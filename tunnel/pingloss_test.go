@@ -2,6 +2,7 @@ package tunnel_test
 
 import (
 	"context"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -115,6 +116,35 @@ func (p *pinger) answered() int {
 // before the switch went unanswered.
 func TestRelayCrashLosesNoTunnelPing(t *testing.T) {
 	devs, relays, clients := relayClusterN(t, 2, nil)
+	crashUnderPings(t, devs, relays, clients)
+}
+
+// The same with bank-a reaching both relays over TLS/TCP only (UDP
+// blocked for it) and bank-b over QUIC: bank-a's resends reach relay-2 on
+// its TCP stream, and relay-2 must not pass them to bank-b as DATAGRAMs
+// (see relay.TestRelayCrashLosesNoRoundTripFromTCPMember).
+func TestRelayCrashLosesNoTunnelPingFromTCPMember(t *testing.T) {
+	var nd net.Dialer
+	devs, relays, clients := relayClusterWith(t, 2, nil, func(m string, c *relay.ClientConfig) {
+		if m == "bank-a" {
+			c.DialStream = func(ctx context.Context, addr string) (net.Conn, error) { return nd.DialContext(ctx, "tcp", addr) }
+		}
+	})
+	for m, want := range map[string]relay.Path{"bank-a": relay.PathTCP, "bank-b": relay.PathQUIC} {
+		for _, s := range clients[m].Status() {
+			if s.Path != want {
+				t.Fatalf("%s reaches %s over %q, want %q", m, s.ID, s.Path, want)
+			}
+		}
+	}
+	crashUnderPings(t, devs, relays, clients)
+}
+
+// crashUnderPings runs pings both ways every 20 ms beside a 10 ms
+// heartbeat connection each way, crashes relay-1 (both members' relay in
+// use) and fails the test for every ping left unanswered.
+func crashUnderPings(t *testing.T, devs map[string]*tunnel.Device, relays []*tunnelRelay, clients map[string]*relay.Client) {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	a, b := devs["bank-a"], devs["bank-b"]
@@ -136,8 +166,10 @@ func TestRelayCrashLosesNoTunnelPing(t *testing.T) {
 	t0 := crashRelayInUse(t, relays, clients)
 	n0 := pab.answered()
 	waitUntil(t, 10*time.Second, "pings answered after the crash", func() bool { return pab.answered() > n0+100 })
-	t1 := time.Now().Add(-pingWait) // later pings may still be waiting for their answer
-	time.Sleep(pingWait + 100*time.Millisecond)
+	// halt waits for every ping sent, each answered or given pingWait, so
+	// all those sent until now count. (Subtracting pingWait here emptied
+	// the window once pingWait grew to 3 s: 100 answers take 2 s.)
+	t1 := time.Now()
 	halt()
 	lostAB, sentAB := pab.unanswered(t0.Add(-100*time.Millisecond), t1)
 	lostBA, sentBA := pba.unanswered(t0.Add(-100*time.Millisecond), t1)
@@ -145,6 +177,9 @@ func TestRelayCrashLosesNoTunnelPing(t *testing.T) {
 		lostAB, sentAB, lostBA, sentBA, hxy.err == nil, hyx.err == nil, clients["bank-a"].Drops(), clients["bank-b"].Drops())
 	if hxy.err != nil || hyx.err != nil {
 		t.Errorf("a tunnel stream broke across the relay crash: %v / %v", hxy.err, hyx.err)
+	}
+	if sentAB == 0 || sentBA == 0 {
+		t.Fatalf("no ping sent across the crash (%d a->b, %d b->a): nothing was checked", sentAB, sentBA)
 	}
 	if lostAB+lostBA > 0 {
 		t.Errorf("%d pings a->b and %d b->a unanswered within %v across the crash of the relay in use; want none", lostAB, lostBA, pingWait)

@@ -61,6 +61,13 @@ func relayCluster(t testing.TB, hook func(from, to string, p []byte)) (map[strin
 // clients.
 func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byte)) (map[string]*tunnel.Device, []*tunnelRelay, map[string]*relay.Client) {
 	t.Helper()
+	return relayClusterWith(t, nRelays, hook, nil)
+}
+
+// relayClusterWith is relayClusterN with each member's relay client
+// configuration passed through tweak (if not nil) first.
+func relayClusterWith(t testing.TB, nRelays int, hook func(from, to string, p []byte), tweak func(member string, c *relay.ClientConfig)) (map[string]*tunnel.Device, []*tunnelRelay, map[string]*relay.Client) {
+	t.Helper()
 
 	members := []string{"bank-a", "bank-b"}
 	cas := map[string]*testpki.CA{}
@@ -101,8 +108,12 @@ func relayClusterN(t testing.TB, nRelays int, hook func(from, to string, p []byt
 	clients := map[string]*relay.Client{}
 	for _, m := range members {
 		id := cas[m].Issue(t, m+"-appliance").TLS()
-		cl, err := relay.NewClient(relay.ClientConfig{Identity: id, Relays: infos, NoEnvProxy: true,
-			QUICTimeout: time.Second, BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond})
+		cfg := relay.ClientConfig{Identity: id, Relays: infos, NoEnvProxy: true,
+			QUICTimeout: time.Second, BackoffMin: 50 * time.Millisecond, BackoffMax: 500 * time.Millisecond}
+		if tweak != nil {
+			tweak(m, &cfg)
+		}
+		cl, err := relay.NewClient(cfg)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -25,7 +25,7 @@
 //
 // Frame types and bodies (id = idlen:1 byte, then idlen bytes):
 //
-//	0x01 HELLO      version:1 role:1                 role 1 = member, 2 = relay
+//	0x01 HELLO      version:1 role:1 [flags:1]       role 1 = member, 2 = relay
 //	0x02 PACKET     id payload                       member->relay: id = destination
 //	                                                 relay->member: id = source
 //	0x03 FORWARD    src-id dst-id payload            relay->relay, one hop only
@@ -36,6 +36,19 @@
 //	0x08 GOAWAY     code:1 reason (UTF-8)            why the sender is closing
 //	0x09 POLICY     version:8 sum:32 total:4 offset:4 chunk
 //	                                                 member->relay: part of a signed policy bundle
+//	0x0a PACKET_STREAM  as PACKET, member->relay     keep on the stream at the next hop
+//	0x0b FORWARD_STREAM as FORWARD                   keep on the stream at the next hop
+//
+// PACKET_STREAM and FORWARD_STREAM (added to version 1 without a version
+// bump) mark, on a TLS link, a packet that the receiving relay must pass
+// on the next hop's QUIC stream, never in a DATAGRAM, whatever its size: a
+// burst of resent packets (up to 256 small frames at once), which as
+// DATAGRAMs overflowed quic-go's 128-entry DATAGRAM receive queue at the
+// receiver. On a QUIC link the stream itself says so. A peer sends them
+// only to a relay whose HELLO set HelloStreamTypes (older relays skip
+// unknown frame types, which would lose the packet); relays set it in
+// their HELLO, as dialler (mesh) and as acceptor, members never do (so
+// relays send members PACKET only). Older peers ignore the flags byte.
 //
 // POLICY (added to version 1 without a version bump: a relay that predates
 // it skips the frame) carries a signed governance policy bundle, exact
@@ -87,10 +100,27 @@ const (
 	TypeRouteDel Type = 0x07
 	TypeGoAway   Type = 0x08
 	TypePolicy   Type = 0x09
+	// TypePacketStream and TypeForwardStream are PACKET and FORWARD
+	// marked to stay on the stream at the next hop (see the package
+	// documentation); same bodies.
+	TypePacketStream  Type = 0x0a
+	TypeForwardStream Type = 0x0b
 )
 
 // Known reports whether t is a frame type of this version.
-func (t Type) Known() bool { return t >= TypeHello && t <= TypePolicy }
+func (t Type) Known() bool { return t >= TypeHello && t <= TypeForwardStream }
+
+// StreamType returns the marked variant of a PACKET or FORWARD frame type
+// (see TypePacketStream), and t itself for every other type.
+func StreamType(t Type) Type {
+	switch t {
+	case TypePacket:
+		return TypePacketStream
+	case TypeForward:
+		return TypeForwardStream
+	}
+	return t
+}
 
 func (t Type) String() string {
 	switch t {
@@ -112,6 +142,10 @@ func (t Type) String() string {
 		return "GOAWAY"
 	case TypePolicy:
 		return "POLICY"
+	case TypePacketStream:
+		return "PACKET_STREAM"
+	case TypeForwardStream:
+		return "FORWARD_STREAM"
 	}
 	return fmt.Sprintf("type(0x%02x)", uint8(t))
 }
@@ -230,11 +264,25 @@ func unexpected(err error) error {
 type Hello struct {
 	Version uint8
 	Role    uint8
+	// Flags says what the sender understands beyond the first version 1
+	// (HelloStreamTypes); an older peer sends none and ignores them.
+	Flags uint8
 }
 
-// AppendHello appends a HELLO frame.
+// HELLO flags.
+const (
+	// HelloStreamTypes: the sender forwards PACKET_STREAM and
+	// FORWARD_STREAM on the next hop's stream (relays only).
+	HelloStreamTypes = 0x01
+)
+
+// AppendHello appends a HELLO frame; the flags byte only when one is set,
+// so a HELLO without flags is the same bytes as before they existed.
 func AppendHello(dst []byte, h Hello) []byte {
-	return AppendFrame(dst, TypeHello, []byte{h.Version, h.Role})
+	if h.Flags == 0 {
+		return AppendFrame(dst, TypeHello, []byte{h.Version, h.Role})
+	}
+	return AppendFrame(dst, TypeHello, []byte{h.Version, h.Role, h.Flags})
 }
 
 // ParseHello decodes a HELLO body. Extra bytes are allowed (later versions
@@ -244,6 +292,9 @@ func ParseHello(body []byte) (Hello, error) {
 		return Hello{}, fmt.Errorf("%w: HELLO body of %d bytes", ErrMalformed, len(body))
 	}
 	h := Hello{Version: body[0], Role: body[1]}
+	if len(body) > 2 {
+		h.Flags = body[2]
+	}
 	if h.Version != Version {
 		return h, fmt.Errorf("%w: peer speaks version %d, this memberd speaks %d: upgrade the older side", ErrVersion, h.Version, Version)
 	}

@@ -108,7 +108,7 @@ func TestParseErrors(t *testing.T) {
 // parser: nothing may panic, bodies respect the limit, and a well-formed
 // PACKET re-encodes to the same bytes.
 func FuzzReader(f *testing.F) {
-	f.Add(AppendPacket(AppendHello(nil, Hello{Version, RoleMember}), "bank-a", []byte("x")))
+	f.Add(AppendPacket(AppendHello(nil, Hello{Version: Version, Role: RoleMember}), "bank-a", []byte("x")))
 	f.Add(AppendForward(nil, "a", "b", make([]byte, 1200)))
 	f.Add(AppendFrame(nil, Type(0xee), []byte("skip me")))
 	f.Add([]byte{0x02, 0xff, 0xff, 0x01})
@@ -147,14 +147,14 @@ func FuzzDatagram(f *testing.F) {
 
 func checkBody(t *testing.T, fr Frame) {
 	switch fr.Type {
-	case TypePacket:
+	case TypePacket, TypePacketStream:
 		id, p, err := ParsePacket(fr.Body)
 		if err == nil {
 			if re := AppendPacket(nil, string(id), p); !bytes.Equal(re[HeaderLen:], fr.Body) {
 				t.Fatalf("PACKET does not round-trip")
 			}
 		}
-	case TypeForward:
+	case TypeForward, TypeForwardStream:
 		s, d, p, err := ParseForward(fr.Body)
 		if err == nil {
 			if re := AppendForward(nil, string(s), string(d), p); !bytes.Equal(re[HeaderLen:], fr.Body) {
@@ -280,5 +280,31 @@ func BenchmarkAppendParsePacket(b *testing.B) {
 		buf = AppendPacket(buf[:0], "bank-b", payload)
 		fr, _ := ParseDatagram(buf)
 		_, _, _ = ParsePacket(fr.Body)
+	}
+}
+
+// A HELLO without flags is the same bytes as before flags existed; one
+// with flags carries them in a third byte, which a peer that predates
+// them skips (ParseHello has always allowed extra bytes).
+func TestHelloFlags(t *testing.T) {
+	plain := AppendHello(nil, Hello{Version: Version, Role: RoleMember})
+	if want := []byte{byte(TypeHello), 0, 2, Version, RoleMember}; !bytes.Equal(plain, want) {
+		t.Fatalf("HELLO without flags = %x, want %x", plain, want)
+	}
+	f, err := ParseDatagram(AppendHello(nil, Hello{Version: Version, Role: RoleRelay, Flags: HelloStreamTypes}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	h, err := ParseHello(f.Body)
+	if err != nil || h.Flags != HelloStreamTypes || h.Role != RoleRelay {
+		t.Fatalf("ParseHello = %+v, %v; want the relay role and HelloStreamTypes", h, err)
+	}
+	for _, ty := range []Type{TypePacketStream, TypeForwardStream} {
+		if !ty.Known() {
+			t.Errorf("%v not a known type: the reader would skip it", ty)
+		}
+	}
+	if StreamType(TypePacket) != TypePacketStream || StreamType(TypeForward) != TypeForwardStream || StreamType(TypePing) != TypePing {
+		t.Error("StreamType maps PACKET and FORWARD to their stream types and nothing else")
 	}
 }
