@@ -3,7 +3,6 @@ package appliance
 import (
 	"context"
 	"errors"
-	"slices"
 
 	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/node/orderer"
@@ -84,7 +83,7 @@ func (a *Appliance) LedgerChannels() []string {
 	if a.ledger == nil {
 		return nil
 	}
-	return slices.Clone(a.ledger.names)
+	return a.ledger.channelNames()
 }
 
 // LedgerChannelNode is the ledger's node of channel (nil without a ledger,

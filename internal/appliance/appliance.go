@@ -356,7 +356,8 @@ func (a *Appliance) subscribePolicy(cur *policy.Policy) {
 		a.applyPolicy(new)
 		a.setTunnelIdentity(a.idp.Current())
 		if l := a.ledgerRef.Load(); l != nil {
-			l.policyChanged() // the raft leader applies ledger.consenters
+			l.channelsChanged(old, new) // channels added and dropped (ledger_live.go)
+			l.policyChanged()           // the raft leader applies ledger.consenters
 		}
 	})
 	a.onExit(cancel)

@@ -213,6 +213,9 @@ type ledgerChannel struct {
 	fetchFrom fetchPeers
 	fwd       *orderer.BroadcastForwarder
 	view      atomic.Pointer[policy.Policy] // the last view of the channel
+	// dropped: a policy version no longer lists the channel; its node
+	// stopped ordering and its blocks stay readable (ledger_live.go).
+	dropped atomic.Bool
 }
 
 // ledgerRun is the running ledger of an appliance.
@@ -220,9 +223,14 @@ type ledgerRun struct {
 	cfg     LedgerConfig
 	member  string
 	channel string // the first channel opened (LedgerChannel, single-channel callers)
+	// names and chans grow when a policy version adds a channel this
+	// member orders (ledger_live.go): read them with channelNames and
+	// chanOf.
+	chansMu sync.Mutex
 	names   []string
-	chans   map[string]*ledgerChannel // immutable after start
+	chans   map[string]*ledgerChannel
 	mspID   string
+	open    ledgerOpen // what opening a channel while running needs
 	// ident and cert are the identity in use (block signatures, Deliver
 	// requests, TLS on both gRPC servers and the peer clients): swapped by
 	// setIdentity when the HSM identity folder rotates.
@@ -267,6 +275,7 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 	if err != nil {
 		return nil, err
 	}
+	l.open = ledgerOpen{dataDir: cfg.Path(lc.DataDir), history: policyHistory(cfg.Path(cfg.Policy.StateDir), log), idFile: id.File}
 	if err := l.planChannels(cfg, p, genesis); err != nil {
 		return nil, err
 	}
@@ -312,19 +321,18 @@ func (l *ledgerRun) planChannels(cfg *Config, p *policy.Policy, genesis map[stri
 		if multi && stored == 0 && !slices.Contains(v.Ledger().Consenters, l.member) {
 			continue // another channel's consenters order it
 		}
-		c := &ledgerChannel{name: name, ids: map[uint64]string{}, genesis: genesis[name]}
-		c.view.Store(v)
-		var genesisConsenters []string
-		if c.genesis != nil {
-			if genesisConsenters, err = orderer.GenesisConsenters(v, c.genesis); err != nil {
-				return fmt.Errorf("%w: genesis block of channel %q (key ledger.genesis_block or ledger.genesis_blocks): %w", ErrLedger, name, err)
+		g := genesis[name]
+		if g == nil && multi && stored == 0 {
+			// A channel a policy version added (ledger_live.go); for any
+			// other, the error at its opening asks for its genesis block.
+			if g, err = derivedGenesis(p, name, l.open.history); err != nil {
+				l.log.Debug("no genesis block derived", "channel", name, "err", err)
+				g = nil
 			}
 		}
-		if c.rs, err = planLedgerRaft(l.member, name, stored, v, genesisConsenters, l.cfg.RaftPort); err != nil {
+		c, err := l.newChannel(name, v, stored, g)
+		if err != nil {
 			return err
-		}
-		for _, pr := range c.rs.peers {
-			c.ids[pr.ID] = pr.Name
 		}
 		l.chans[name] = c
 		l.names = append(l.names, name)
@@ -433,29 +441,8 @@ func (l *ledgerRun) connectPeers(dev ledgerDevice, pol func() *policy.Policy, fe
 		dial: func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) },
 		tls:  func() *tls.Config { return l.clientTLS(pol().CAPool()) }}
 	for _, name := range l.names {
-		c := l.chans[name]
-		c.fwd = &orderer.BroadcastForwarder{Lookup: func(rid uint64) ab.AtomicBroadcastClient {
-			m := l.memberOf(c.name, rid)
-			if m == "" || m == l.member {
-				return nil
-			}
-			cl, err := l.clients.client(m)
-			if err != nil {
-				l.log.Warn("no gRPC client for the raft leader", "channel", c.name, "leader", m, "err", err)
-				return nil
-			}
-			return cl
-		}}
-		for _, m := range c.view.Load().Consenters() {
-			if m.ID == l.member {
-				continue
-			}
-			cl, err := l.clients.client(m.ID)
-			if err != nil {
-				return err
-			}
-			c.fetchFrom.clients = append(c.fetchFrom.clients, cl)
-			c.fetchFrom.members = append(c.fetchFrom.members, m.ID)
+		if err := l.connectChannel(l.chans[name]); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -479,9 +466,9 @@ func (l *ledgerRun) openChannels(cfg *Config, pol func() *policy.Policy, reg pro
 	}
 	l.raftLn = newPortListener(rawRaftLn, log) // bound once: see ledger_listener.go
 	l.reg = &orderer.Registry{Logger: log, Open: func(channel string, b *common.Block) (*orderer.Node, error) {
-		c := l.chans[channel]
+		c := l.chanOf(channel)
 		if c == nil {
-			return nil, fmt.Errorf("%w: this appliance orders the policy's channels %s, not %q", orderer.ErrInvalidConfig, strings.Join(l.names, ", "), channel)
+			return nil, fmt.Errorf("%w: this appliance orders the policy's channels %s, not %q", orderer.ErrInvalidConfig, strings.Join(l.channelNames(), ", "), channel)
 		}
 		ln, err := l.raftLn.view(channel)
 		if err != nil {
@@ -495,7 +482,7 @@ func (l *ledgerRun) openChannels(cfg *Config, pol func() *policy.Policy, reg pro
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
 			Signer: ident.Signer, Identity: ident.Serialized(),
 			Policy:        func() *policy.Policy { return l.viewOf(c, pol()) },
-			PolicyHistory: l.channelHistory(c, policyHistory(cfg.Path(cfg.Policy.StateDir), log)),
+			PolicyHistory: l.channelHistory(c, l.open.history),
 			Fetcher: &orderer.DeliverFetcher{Peers: c.fetchFrom.clients, Channel: channel,
 				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() },
 				Leader:          func(i int) bool { return l.isLeader(channel, c.fetchFrom.members[i]) }},
@@ -601,7 +588,7 @@ func (l *ledgerRun) storeIdentity(id *identity.Identity) {
 // the identity it has.
 func (l *ledgerRun) setIdentity(id *identity.Identity) error {
 	var nodes []*orderer.Node
-	for _, name := range l.names {
+	for _, name := range l.orderingNames() {
 		n := l.reg.Lookup(name)
 		if n == nil {
 			continue // removed through the participation API
@@ -612,7 +599,7 @@ func (l *ledgerRun) setIdentity(id *identity.Identity) error {
 		nodes = append(nodes, n)
 	}
 	if len(nodes) == 0 {
-		return fmt.Errorf("%w: no channel is open (%s)", ErrLedger, strings.Join(l.names, ", "))
+		return fmt.Errorf("%w: no channel is open (%s)", ErrLedger, strings.Join(l.channelNames(), ", "))
 	}
 	oid := orderer.Identity{MSPID: l.mspID, Cert: id.Certificate, Signer: id.Signer}
 	for _, n := range nodes {
@@ -692,8 +679,8 @@ func (l *ledgerRun) Close() error {
 		if l.ovLn != nil {
 			l.ovLn.Close()
 		}
-		for _, c := range l.chans {
-			if c.fwd != nil {
+		for _, name := range l.channelNames() {
+			if c := l.chanOf(name); c.fwd != nil {
 				c.fwd.Close()
 			}
 		}
@@ -725,13 +712,13 @@ func (l *ledgerRun) AdminAddr() string {
 // ready is the "ledger" readiness check: every channel's node runs and
 // knows a leader.
 func (l *ledgerRun) ready(context.Context) error {
-	for _, name := range l.names {
+	for _, name := range l.orderingNames() {
 		n := l.reg.Lookup(name)
 		if n == nil {
 			return fmt.Errorf("channel %q is not open", name)
 		}
 		if err := n.Healthy(); err != nil {
-			if len(l.names) > 1 {
+			if len(l.channelNames()) > 1 {
 				return fmt.Errorf("channel %q: %w", name, err)
 			}
 			return err
@@ -750,7 +737,7 @@ func (l *ledgerRun) status() any {
 	st["participation_listen"] = l.AdminAddr()                           // "" = not served (no ledger.admin)
 	st["certificate_serial"] = l.ident.Load().Cert.SerialNumber.String() // signs blocks, presented on TLS
 	var chans []map[string]any
-	for _, name := range l.names {
+	for _, name := range l.channelNames() {
 		cs := l.channelStatus(name)
 		chans = append(chans, cs)
 		if name == l.channel {
@@ -769,6 +756,13 @@ func (l *ledgerRun) channelStatus(channel string) map[string]any {
 	n := l.reg.Lookup(channel)
 	if n == nil {
 		st["state"] = "closed"
+		return st
+	}
+	if c := l.chanOf(channel); c != nil && c.dropped.Load() {
+		// A policy version no longer lists it (ledger_live.go).
+		st["dropped"] = true
+		st["state"] = "dropped: no longer in the policy's ledger.channels; this node no longer orders it, its blocks stay readable until the next start"
+		st["height"] = n.Height()
 		return st
 	}
 	rs := n.Raft().Status()

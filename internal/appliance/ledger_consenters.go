@@ -161,7 +161,7 @@ func (l *ledgerRun) memberOf(channel string, id uint64) string {
 			}
 		}
 	}
-	if c := l.chans[channel]; c != nil {
+	if c := l.chanOf(channel); c != nil {
 		return c.ids[id]
 	}
 	return ""
@@ -178,7 +178,7 @@ func (l *ledgerRun) membership() *orderer.Membership {
 // policyChanged tells each channel's ordering node to apply the policy's
 // consenters of the channel.
 func (l *ledgerRun) policyChanged() {
-	for _, name := range l.names {
+	for _, name := range l.orderingNames() {
 		if n := l.reg.Lookup(name); n != nil {
 			n.Reconcile()
 		}

@@ -55,8 +55,8 @@ func (l *ledgerRun) transferLeader(ctx context.Context, channel, to string) (Lea
 		channel = l.channel
 	}
 	res := LeaderTransfer{Channel: channel, From: l.member}
-	if !slices.Contains(l.names, channel) {
-		return res, fmt.Errorf("%w: this appliance orders no channel %q (it orders: %s)", errNoChannel, channel, strings.Join(l.names, ", "))
+	if !slices.Contains(l.channelNames(), channel) {
+		return res, fmt.Errorf("%w: this appliance orders no channel %q (it orders: %s)", errNoChannel, channel, strings.Join(l.channelNames(), ", "))
 	}
 	n := l.reg.Lookup(channel)
 	if n == nil {

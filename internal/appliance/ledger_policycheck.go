@@ -32,7 +32,7 @@ func ledgerPolicyCheck(cfg *Config, ledger *atomic.Pointer[ledgerRun]) func(cur,
 		if l == nil {
 			return fmt.Errorf("%w: the ledger is not running yet", policy.ErrHeld)
 		}
-		for _, name := range l.names {
+		for _, name := range l.channelNames() {
 			n := l.reg.Lookup(name)
 			if n == nil {
 				continue

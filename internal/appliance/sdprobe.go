@@ -37,7 +37,7 @@ func applianceProbe(a *Appliance, checks map[string]admin.Check) daemon.Probe {
 // caughtUp: in every channel, a raft leader is known and this node has
 // applied every entry it knows to be committed.
 func (l *ledgerRun) caughtUp() error {
-	for _, name := range l.names {
+	for _, name := range l.orderingNames() {
 		n := l.reg.Lookup(name)
 		if n == nil {
 			return fmt.Errorf("ledger: channel %q is not open", name)

@@ -45,6 +45,7 @@ type running struct {
 	n      *Node
 	cancel context.CancelFunc
 	done   chan struct{}
+	halted bool // Halt: never run again
 }
 
 // ErrRegistryClosed: the Registry was closed, or its Run has returned.
@@ -115,7 +116,9 @@ func (r *Registry) Run(ctx context.Context) error {
 	}
 	r.ctx, r.cancel = context.WithCancel(ctx)
 	for _, rn := range r.nodes {
-		r.runLocked(rn)
+		if !rn.halted {
+			r.runLocked(rn)
+		}
 	}
 	done := r.ctx.Done()
 	r.mu.Unlock()
@@ -242,4 +245,23 @@ func (r *Registry) Close() error {
 	}
 	r.wg.Wait()
 	return errors.Join(errs...)
+}
+
+// Halt stops the node of channel ordering: its Run ends (raft stops, it
+// takes no submissions) while it stays listed, its block store open, so
+// its blocks stay readable (Deliver with BEST_EFFORT, the participation
+// API). A halted node does not run again: Remove it, or restart. Halting a
+// halted node does nothing.
+func (r *Registry) Halt(channel string) error {
+	r.mu.Lock()
+	rn, ok := r.nodes[channel]
+	if ok {
+		rn.halted = true
+	}
+	r.mu.Unlock()
+	if !ok {
+		return fmt.Errorf("%w: %q", participation.ErrNotFound, channel)
+	}
+	rn.stop()
+	return nil
 }

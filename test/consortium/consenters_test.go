@@ -38,15 +38,21 @@ func statusOf(t *testing.T, d *demo.Consortium, m string) ledgerStatus {
 	var st struct {
 		Ledger ledgerStatus `json:"ledger"`
 	}
+	applianceStatus(t, d, m, &st)
+	return st.Ledger
+}
+
+// applianceStatus decodes member m's /status into st.
+func applianceStatus(t *testing.T, d *demo.Consortium, m string, st any) {
+	t.Helper()
 	resp, err := http.Get("http://" + d.AdminAddr(m) + "/status")
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer resp.Body.Close()
-	if err := json.NewDecoder(resp.Body).Decode(&st); err != nil {
+	if err := json.NewDecoder(resp.Body).Decode(st); err != nil {
 		t.Fatal(err)
 	}
-	return st.Ledger
 }
 
 // setConsenters is the policy after prev with ledger.consenters = ids (and
