@@ -3,10 +3,12 @@ package app
 import (
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
 
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"github.com/spf13/cobra"
 
 	"github.com/memberd/memberd/node/channelconfig"
@@ -26,7 +28,10 @@ ledger.config_blocks). The state folder keeps every applied version under
 history/ (at most 1000) since the appliance that writes it started. Each
 --config-block (a CONFIG block, e.g. from 'peer channel fetch config' on any
 stock peer, or 'peer channel fetch N') is matched to the version whose
-channel signatures it carries, and its number shown.`,
+channel signatures it carries, and its number shown. When a version lists
+several channels (ledger.channels), a CHANNELS column lists each version's
+channels (+ added, - dropped since the version before) and a CONFIG block is
+shown as CHANNEL:NUMBER, so blocks of different channels stay apart.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if stateDir == "" {
@@ -48,7 +53,7 @@ channel signatures it carries, and its number shown.`,
 				// force at least.
 				hist = append(hist, policy.Applied{Policy: cur})
 			}
-			cfgBlocks := map[policy.Hash]uint64{}
+			cfgBlocks := map[policy.Hash][]configBlockRef{}
 			for _, path := range blocks {
 				b, err := loadBlockFile(cmd, "--config-block", path)
 				if err != nil {
@@ -64,7 +69,8 @@ channel signatures it carries, and its number shown.`,
 						raws = append(raws, s.Raw)
 					}
 					if channelconfig.CarriesSignature(b, raws) {
-						cfgBlocks[a.Policy.Hash()], found = b.GetHeader().GetNumber(), true
+						ref := configBlockRef{channel: channelOfBlock(b), number: b.GetHeader().GetNumber()}
+						cfgBlocks[a.Policy.Hash()], found = append(cfgBlocks[a.Policy.Hash()], ref), true
 						break
 					}
 				}
@@ -83,11 +89,34 @@ channel signatures it carries, and its number shown.`,
 	return c
 }
 
+// configBlockRef is a CONFIG block given to 'policy log': its channel and
+// number.
+type configBlockRef struct {
+	channel string
+	number  uint64
+}
+
+// channelOfBlock is the channel of a config block ("" if unreadable).
+func channelOfBlock(b *common.Block) string {
+	ch, _, err := channelconfig.BlockConfig(b)
+	if err != nil {
+		return ""
+	}
+	return ch
+}
+
 // printPolicyLog writes one row per version, marking the one in force,
-// with the number of its CONFIG block when cfgBlocks has it.
-func printPolicyLog(w io.Writer, hist []policy.Applied, cur *policy.Policy, cfgBlocks map[policy.Hash]uint64) {
+// with the number of its CONFIG blocks when cfgBlocks has them. When a
+// version lists several channels, each row also says which channels the
+// version lists and each CONFIG block which channel it is of.
+func printPolicyLog(w io.Writer, hist []policy.Applied, cur *policy.Policy, cfgBlocks map[policy.Hash][]configBlockRef) {
+	multi := slices.ContainsFunc(hist, func(a policy.Applied) bool { return len(a.Policy.Ledger().Channels) > 0 })
 	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "VERSION\tHASH\tAPPLIED\tCHANGES\tSIGNED (POLICY)\tSIGNED (CHANNEL)\tCONFIG BLOCK")
+	if multi {
+		fmt.Fprintln(tw, "VERSION\tHASH\tAPPLIED\tCHANGES\tCHANNELS\tSIGNED (POLICY)\tSIGNED (CHANNEL)\tCONFIG BLOCK")
+	} else {
+		fmt.Fprintln(tw, "VERSION\tHASH\tAPPLIED\tCHANGES\tSIGNED (POLICY)\tSIGNED (CHANNEL)\tCONFIG BLOCK")
+	}
 	var prev *policy.Policy
 	for _, a := range hist {
 		p := a.Policy
@@ -112,14 +141,43 @@ func printPolicyLog(w io.Writer, hist []policy.Applied, cur *policy.Policy, cfgB
 		for _, s := range p.ConfigSignatures() {
 			cfg = append(cfg, s.Member+"/"+s.KeyID)
 		}
-		blk := "-"
-		if n, ok := cfgBlocks[p.Hash()]; ok {
-			blk = fmt.Sprint(n)
+		var blks []string
+		for _, r := range cfgBlocks[p.Hash()] {
+			if multi {
+				blks = append(blks, fmt.Sprintf("%s:%d", r.channel, r.number))
+			} else {
+				blks = append(blks, fmt.Sprint(r.number))
+			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v, p.Hash().String()[:len("sha256:")+16], at, changes, orDash(sigs), orDash(cfg), blk)
+		hash := p.Hash().String()[:len("sha256:")+16]
+		if multi {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v, hash, at, changes, logChannels(prev, p), orDash(sigs), orDash(cfg), orDash(blks))
+		} else {
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", v, hash, at, changes, orDash(sigs), orDash(cfg), orDash(blks))
+		}
 		prev = p
 	}
 	tw.Flush()
+}
+
+// logChannels lists p's channels, those prev lacks marked +, then those
+// prev listed and p drops, marked -.
+func logChannels(prev, p *policy.Policy) string {
+	var out []string
+	for _, name := range p.Channels() {
+		if prev != nil && !slices.Contains(prev.Channels(), name) {
+			name = "+" + name
+		}
+		out = append(out, name)
+	}
+	if prev != nil {
+		for _, name := range prev.Channels() {
+			if !slices.Contains(p.Channels(), name) {
+				out = append(out, "-"+name)
+			}
+		}
+	}
+	return strings.Join(out, ",")
 }
 
 func changeKinds(d *policy.Diff) string {
