@@ -21,6 +21,7 @@ import (
 	"github.com/memberd/memberd/internal/demo"
 	"github.com/memberd/memberd/internal/testenv"
 	"github.com/memberd/memberd/node/participation"
+	"github.com/memberd/memberd/policy"
 )
 
 // TestOsnadminParticipation drives a running demo appliance's channel
@@ -219,4 +220,70 @@ func ensureLoopbackSAN(t *testing.T, memberDir string) {
 		t.Fatal(err)
 	}
 	writeCert(t, certPath, cert)
+}
+
+// TestOsnadminTwoChannels: with two channels in the policy (alpha of all
+// three members, beta of member-b and member-c), the stock osnadmin lists
+// both on member-c, which orders both, each as consenter and active, and
+// only alpha on member-a, which does not order beta.
+func TestOsnadminTwoChannels(t *testing.T) {
+	osnadmin := filepath.Join(testenv.Fabric(t, "osnadmin"), "bin", "osnadmin")
+	if testing.Short() {
+		t.Skip("runs a consortium")
+	}
+	L, err := demo.Init(demo.Options{Dir: filepath.Join(t.TempDir(), "demo"), Members: 3, Relays: 1, HSM: "soft", Channels: []*policy.Channel{
+		{Name: "alpha", Consenters: []string{"member-a", "member-b", "member-c"}},
+		{Name: "beta", Consenters: []string{"member-b", "member-c"}, Members: []string{"member-b", "member-c"}},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	admins := map[string][2]string{}
+	for _, m := range []string{"member-a", "member-c"} {
+		md := filepath.Join(L.Dir, "members", m)
+		ensureLoopbackSAN(t, md)
+		admins[m] = issueClient(t, md, "admin", "admin")
+	}
+	d, ctx := startDemo(t, L, 3*time.Minute)
+	if err := d.WaitLedger(ctx); err != nil {
+		t.Fatal(err)
+	}
+	list := func(m string, args ...string) (head, body string) {
+		t.Helper()
+		a := append([]string{"channel", "list"}, args...)
+		a = append(a, "-o", d.ParticipationAddr(m), "--ca-file", filepath.Join(L.Dir, "members", m, "ca.pem"),
+			"--client-cert", admins[m][0], "--client-key", admins[m][1])
+		out, err := exec.CommandContext(ctx, osnadmin, a...).CombinedOutput()
+		t.Logf("%s: osnadmin %s: %s", m, strings.Join(a[:len(a)-8], " "), bytes.TrimSpace(out))
+		if err != nil {
+			t.Fatalf("%s: osnadmin: %v", m, err)
+		}
+		head, body, _ = strings.Cut(string(out), "\n")
+		return head, body
+	}
+	for m, want := range map[string][]string{"member-a": {"alpha"}, "member-c": {"alpha", "beta"}} {
+		head, body := list(m)
+		var v struct {
+			Channels []struct {
+				Name string `json:"name"`
+			} `json:"channels"`
+		}
+		if err := json.Unmarshal([]byte(body), &v); err != nil || head != "Status: 200" {
+			t.Fatalf("%s: osnadmin channel list: %s %v", m, head, err)
+		}
+		var names []string
+		for _, c := range v.Channels {
+			names = append(names, c.Name)
+			head, body := list(m, "--channelID", c.Name)
+			var one map[string]any
+			if err := json.Unmarshal([]byte(body), &one); err != nil || head != "Status: 200" ||
+				one["consensusRelation"] != "consenter" || one["status"] != "active" || one["name"] != c.Name {
+				t.Fatalf("%s: osnadmin channel list --channelID %s: %s %s", m, c.Name, head, body)
+			}
+		}
+		slices.Sort(names)
+		if !slices.Equal(names, want) {
+			t.Fatalf("%s: osnadmin lists %v, want %v", m, names, want)
+		}
+	}
 }
