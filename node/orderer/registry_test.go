@@ -141,3 +141,60 @@ func testRegistry(t testing.TB, c *consortium, m *Metrics) *Registry {
 			Signer: nodeID.Signer, Identity: nodeID.Serialized(), Policy: c.policy, Metrics: m})
 	}}
 }
+
+// TestRegistryHalt: a halted node stops ordering (its Run ends, it is
+// unhealthy) but stays listed with its blocks readable; a node halted
+// before Run never runs.
+func TestRegistryHalt(t *testing.T) {
+	c := newConsortium(t, 1, block.CutterConfig{MaxMessageCount: 1, BatchTimeout: 50 * time.Millisecond})
+	for _, early := range []bool{false, true} {
+		reg := testRegistry(t, c, nil)
+		n, err := reg.Open("trade", c.genesis)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := reg.Start(n); err != nil {
+			t.Fatal(err)
+		}
+		if early {
+			if err := reg.Halt("trade"); err != nil {
+				t.Fatal(err)
+			}
+		}
+		go reg.Run(t.Context())
+		if !early {
+			deadline := time.Now().Add(10 * time.Second)
+			for !n.IsLeader() && time.Now().Before(deadline) {
+				time.Sleep(10 * time.Millisecond)
+			}
+			if !n.IsLeader() {
+				t.Fatal("no leader")
+			}
+			for range 2 { // the second does nothing
+				if err := reg.Halt("trade"); err != nil {
+					t.Fatal(err)
+				}
+			}
+		} else {
+			time.Sleep(300 * time.Millisecond) // a one-node raft elects itself within this once it runs
+			if n.IsLeader() {
+				t.Fatal("a node halted before Run ran under Run")
+			}
+		}
+		if err := reg.Halt("none"); !errors.Is(err, participation.ErrNotFound) {
+			t.Fatalf("Halt of an unknown channel = %v, want ErrNotFound", err)
+		}
+		if err := n.Healthy(); !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("early %v: Healthy after Halt = %v, want unavailable", early, err)
+		}
+		if reg.Lookup("trade") != n {
+			t.Fatalf("early %v: not listed after Halt", early)
+		}
+		if _, err := n.Store().Get(0); err != nil {
+			t.Fatalf("early %v: genesis unreadable after Halt: %v", early, err)
+		}
+		if err := reg.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
