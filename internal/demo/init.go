@@ -38,6 +38,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"go.yaml.in/yaml/v3"
@@ -64,7 +65,8 @@ type Options struct {
 	// Channels, when set, are the policy's ledger.channels (member ids
 	// m1, m2, ...) instead of the single channel "demo"; each member's
 	// memberd.yaml then names one genesis block per channel
-	// (LedgerChannelGenesisFile) in ledger.genesis_blocks.
+	// (LedgerChannelGenesisFile) in ledger.genesis_blocks. A channel
+	// without consenters is ordered by every member.
 	Channels []*policy.Channel
 }
 
@@ -152,7 +154,11 @@ func Init(o Options) (*Layout, error) {
 	in.hsmOpts = &hsm.Options{ModuleEnv: []string{"SOFTHSM2_CONF=" + in.L.SoftHSMConf}}
 	in.doc = demoPolicy(o)
 	if len(o.Channels) > 0 {
-		in.doc.Ledger.Channel, in.doc.Ledger.Channels = "", o.Channels
+		in.doc.Ledger.Channel, in.doc.Ledger.Channels = "", make([]*policy.Channel, len(o.Channels))
+		for i, ch := range o.Channels {
+			c := *ch // the consenters may be filled in below
+			in.doc.Ledger.Channels[i] = &c
+		}
 	}
 	for i := 1; i <= o.relays(); i++ {
 		if err := in.relay(i); err != nil {
@@ -165,6 +171,11 @@ func Init(o Options) (*Layout, error) {
 			return nil, err
 		}
 		ip = ip.Next()
+	}
+	for _, ch := range in.doc.Ledger.Channels {
+		if len(ch.Consenters) == 0 {
+			ch.Consenters = slices.Clone(in.doc.Ledger.Consenters)
+		}
 	}
 	if err := in.genesis(); err != nil {
 		return nil, err

@@ -7,6 +7,8 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 	"time"
 
@@ -14,6 +16,7 @@ import (
 
 	"github.com/memberd/memberd/internal/appliance"
 	"github.com/memberd/memberd/internal/demo"
+	"github.com/memberd/memberd/policy"
 )
 
 func newDemoCmd(e *env) *cobra.Command {
@@ -71,11 +74,22 @@ and so are the identity keys with --hsm soft.`,
 
 func newDemoInitCmd(e *env) *cobra.Command {
 	var o demo.Options
+	var channels []string
 	c := &cobra.Command{
-		Use:   "init --members N --relays M --dir DIR [--relay-addr HOST:PORT ...] [--hsm softhsm|soft]",
+		Use:   "init --members N --relays M --dir DIR [--relay-addr HOST:PORT ...] [--hsm softhsm|soft] [--channels NAME[=MEMBER+MEMBER...],...]",
 		Short: "Write a demo consortium (tokens, CAs, identities, relay and member configs, signed policy v1); start nothing",
-		Args:  cobra.NoArgs,
+		Long: `Write a demo consortium and start nothing. With --channels, the policy lists
+several channels (ledger.channels) instead of the one channel "demo", and each
+member's memberd.yaml names one genesis block per channel in
+ledger.genesis_blocks: NAME alone is a channel of every member, ordered by every
+member; NAME=member-b+member-c is a channel of those members only, ordered by
+them (docs/policy.md "Several channels").`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if o.Channels, err = parseDemoChannels(channels); err != nil {
+				return usagef("%s: --channels: %v", cmd.CommandPath(), err)
+			}
 			L, err := demo.Init(o)
 			if err != nil {
 				return err
@@ -89,8 +103,34 @@ func newDemoInitCmd(e *env) *cobra.Command {
 	c.Flags().StringVar(&o.Dir, "dir", "", "folder to write (must be empty or missing)")
 	c.Flags().StringSliceVar(&o.Relay, "relay-addr", nil, "relay address host:port, one per relay (default 127.0.0.1:<free port>)")
 	c.Flags().StringVar(&o.HSM, "hsm", "softhsm", "identity keys: softhsm (SoftHSM2 tokens) or soft (INSECURE key files)")
+	c.Flags().StringSliceVar(&channels, "channels", nil, "channels of the policy's ledger.channels instead of the one channel \"demo\": NAME (every member) or NAME=MEMBER+MEMBER... (those members, ordering it)")
 	_ = c.MarkFlagRequired("dir")
 	return c
+}
+
+// parseDemoChannels reads demo init's --channels: NAME, or
+// NAME=MEMBER+MEMBER... (the channel's members and consenters). The
+// policy's own validation checks the names and members.
+func parseDemoChannels(specs []string) ([]*policy.Channel, error) {
+	var out []*policy.Channel
+	for _, spec := range specs {
+		name, members, hasMembers := strings.Cut(spec, "=")
+		if name == "" {
+			return nil, fmt.Errorf("%q: want NAME or NAME=MEMBER+MEMBER", spec)
+		}
+		ch := &policy.Channel{Name: name}
+		if hasMembers {
+			for _, m := range strings.Split(members, "+") {
+				if m == "" {
+					return nil, fmt.Errorf("%q: an empty member id", spec)
+				}
+				ch.Members = append(ch.Members, m)
+			}
+			ch.Consenters = slices.Clone(ch.Members)
+		}
+		out = append(out, ch)
+	}
+	return out, nil
 }
 
 func printLayout(e *env, L *demo.Layout) {

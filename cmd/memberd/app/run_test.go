@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"net/http"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -122,4 +123,46 @@ func TestDemoInitAndRun(t *testing.T) {
 		t.Fatalf("memberd policy push: exit %d\n%s%s", code, out, errb)
 	}
 	t.Logf("memberd policy push:\n%s", out)
+}
+
+// TestDemoInitChannels: 'memberd demo init --channels alpha,beta=member-b+member-c'
+// writes a policy with both channels (alpha of every member, beta of the
+// two named, ordered by them), and every member's memberd.yaml names both
+// genesis blocks; a bad spec or an unknown member is refused.
+func TestDemoInitChannels(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "demo")
+	code, out, errb := run(t, "demo", "init", "--members", "3", "--relays", "1", "--dir", dir, "--hsm", "soft", "--channels", "alpha,beta=member-b+member-c")
+	if code != ExitOK {
+		t.Fatalf("demo init: exit %d\n%s%s", code, out, errb)
+	}
+	L, err := demo.LoadLayout(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := L.Genesis.Channels(); !slices.Equal(got, []string{"alpha", "beta"}) {
+		t.Fatalf("channels %v", got)
+	}
+	if got := L.Genesis.ChannelConsenters("alpha"); !slices.Equal(got, []string{"member-a", "member-b", "member-c"}) {
+		t.Fatalf("alpha's consenters %v", got)
+	}
+	beta, err := L.Genesis.ForChannel("beta")
+	if err != nil || !slices.Equal(beta.Ledger().Consenters, []string{"member-b", "member-c"}) || len(beta.Members()) != 2 {
+		t.Fatalf("beta: %v %+v", err, beta)
+	}
+	for m, want := range map[string]int{"member-a": 2, "member-c": 2} {
+		cfg, err := appliance.LoadConfig(L.MemberConfig[m])
+		if err != nil {
+			t.Fatal(err)
+		}
+		if n := len(cfg.Ledger.GenesisBlocks) + min(len(cfg.Ledger.GenesisBlock), 1); n != want {
+			t.Errorf("%s: %d genesis blocks (%q, %v), want %d", m, n, cfg.Ledger.GenesisBlock, cfg.Ledger.GenesisBlocks, want)
+		}
+	}
+	for _, bad := range []string{"=member-a", "beta=member-b+", "beta=member-x"} {
+		code, _, errb := run(t, "demo", "init", "--dir", filepath.Join(t.TempDir(), "d"), "--hsm", "soft", "--channels", bad)
+		if code == ExitOK {
+			t.Errorf("--channels %q: exit 0", bad)
+		}
+		t.Logf("--channels %q: exit %d: %s", bad, code, strings.TrimSpace(errb))
+	}
 }
