@@ -680,7 +680,7 @@ func (l *ledgerRun) Close() error {
 			l.ovLn.Close()
 		}
 		for _, name := range l.channelNames() {
-			if c := l.chanOf(name); c.fwd != nil {
+			if c := l.chanOf(name); c != nil && c.fwd != nil {
 				c.fwd.Close()
 			}
 		}

@@ -143,7 +143,15 @@ func (l *ledgerRun) channelNames() []string {
 
 // orderingNames returns the channels this ledger orders now (not dropped).
 func (l *ledgerRun) orderingNames() []string {
-	return slices.DeleteFunc(l.channelNames(), func(name string) bool { return l.chanOf(name).dropped.Load() })
+	l.chansMu.Lock()
+	defer l.chansMu.Unlock()
+	var out []string
+	for _, name := range l.names {
+		if !l.chans[name].dropped.Load() {
+			out = append(out, name)
+		}
+	}
+	return out
 }
 
 // channelsChanged opens the channels p adds that this member orders and
@@ -172,7 +180,7 @@ func (l *ledgerRun) channelsChanged(old, p *policy.Policy) {
 	}
 	for _, name := range l.channelNames() {
 		c := l.chanOf(name)
-		if slices.Contains(listed, name) || c.dropped.Load() {
+		if c == nil || slices.Contains(listed, name) || c.dropped.Load() {
 			continue
 		}
 		c.dropped.Store(true)
