@@ -48,6 +48,7 @@ type Node struct {
 	closed    chan struct{}
 	once      sync.Once
 	running   atomic.Bool
+	stopped   atomic.Bool // Run has returned: submissions are refused at once
 
 	mu      sync.Mutex
 	waiters map[txKey]*waiter
@@ -394,6 +395,7 @@ func (n *Node) Run(ctx context.Context) error {
 		g.Go(func() error { n.reconcile(gctx); return nil })
 	}
 	err := g.Wait()
+	n.stopped.Store(true)
 	n.failAll(fmt.Errorf("%w: node stopped", ErrClosed))
 	return err
 }
@@ -443,6 +445,10 @@ func (n *Node) OrderEnvelope(ctx context.Context, env *block.Envelope) (*Pending
 func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error) {
 	raw := env.Raw
 	k := keyOf(env.TxID())
+	if n.stopped.Load() {
+		// Its Run ended (Registry.Halt): nothing would cut the block.
+		return nil, fmt.Errorf("%w: node stopped ordering", ErrUnavailable)
+	}
 	if err := n.membershipErr(); err != nil {
 		return nil, err
 	}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/memberd/memberd/node/block"
 	"github.com/memberd/memberd/node/participation"
@@ -186,6 +187,17 @@ func TestRegistryHalt(t *testing.T) {
 		}
 		if err := n.Healthy(); !errors.Is(err, ErrUnavailable) {
 			t.Fatalf("early %v: Healthy after Halt = %v, want unavailable", early, err)
+		}
+		if !early {
+			envs, _ := envelopes(t, c.identity(t, "m1", "client"), 1, 100)
+			raw, _ := proto.Marshal(envs[0])
+			ctx, cancel := context.WithTimeout(t.Context(), 5*time.Second)
+			_, err := n.Order(ctx, raw)
+			late := ctx.Err()
+			cancel()
+			if !errors.Is(err, ErrUnavailable) || late != nil {
+				t.Fatalf("Order after Halt = %v, want unavailable at once", err)
+			}
 		}
 		if reg.Lookup("trade") != n {
 			t.Fatalf("early %v: not listed after Halt", early)
