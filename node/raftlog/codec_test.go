@@ -398,3 +398,42 @@ func TestAppendCompressed(t *testing.T) {
 		t.Fatalf("round trip: %v", err)
 	}
 }
+
+// TestClusterMixedCompression: a cluster where node 3 neither offers nor
+// accepts compression (as a member with MEMBERD_DIAG_NO_RAFT_COMPRESSION,
+// and on the wire as an older one towards the others) orders the same
+// entries everywhere; the other two compress between themselves and talk
+// plain with node 3, with nothing dropped.
+func TestClusterMixedCompression(t *testing.T) {
+	c := newClusterWith(t, 3, func(cfg *Config) { cfg.MaxEntryBytes = 1 << 20 }, func(id uint64, n *Node) { n.tr.compress = id != 3 })
+	lead := c.leader(10 * time.Second)
+	n := c.nodes[lead].node()
+	const entries = 40
+	for i := range entries {
+		m := bigApp(1, 2, uint64(i))
+		if _, err := n.ProposeWait(context.Background(), m.Entries[0].Data); err != nil {
+			t.Fatalf("proposal %d: %v", i, err)
+		}
+	}
+	c.waitApplied(entries, 30*time.Second)
+	c.checkIdentical()
+	for id, tn := range c.nodes {
+		st := tn.node().Status().Transport
+		t.Logf("node %d: sent %d/%d, received %d/%d payload/wire bytes, dropped %v", id, st.SentPayload, st.SentWire, st.ReceivedPayload, st.ReceivedWire, st.Dropped)
+		if st.Dropped[DropBadCompressed] != 0 || st.Dropped[DropUnknownType] != 0 {
+			t.Errorf("node %d dropped %v", id, st.Dropped)
+		}
+		if id == 3 && st.ReceivedWire != st.ReceivedPayload {
+			t.Errorf("node 3, which accepts no compression, received %d payload bytes as %d on the wire", st.ReceivedPayload, st.ReceivedWire)
+		}
+	}
+	follower := uint64(1)
+	if lead == 1 {
+		follower = 2
+	}
+	if lead != 3 {
+		if st := c.nodes[follower].node().Status().Transport; st.ReceivedWire*4 > st.ReceivedPayload {
+			t.Errorf("node %d received %d payload bytes from leader %d as %d on the wire: want compressed", follower, st.ReceivedPayload, lead, st.ReceivedWire)
+		}
+	}
+}
