@@ -2,7 +2,6 @@ package consortium_test
 
 import (
 	"context"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -163,26 +162,10 @@ func fetchedBytes(t *testing.T, admin string) (payload, wire float64) {
 	return m["payload"], m["wire"]
 }
 
-// raftReceivedBytes sums raft_received_bytes_total of every channel
-// (labels cluster, kind, node) from an admin endpoint.
+// raftReceivedBytes sums raft_received_bytes_total over a member's
+// channels, from its admin endpoint.
 func raftReceivedBytes(t *testing.T, admin string) (payload, wire float64) {
 	t.Helper()
-	for _, l := range strings.Split(adminMetrics(t, admin), "\n") {
-		name, rest, ok := strings.Cut(l, "{")
-		if !ok || name != "raft_received_bytes_total" {
-			continue
-		}
-		labels, val, _ := strings.Cut(rest, "} ")
-		v, err := strconv.ParseFloat(strings.TrimSpace(val), 64)
-		if err != nil {
-			t.Fatalf("metric line %q: %v", l, err)
-		}
-		switch {
-		case strings.Contains(labels, `kind="payload"`):
-			payload += v
-		case strings.Contains(labels, `kind="wire"`):
-			wire += v
-		}
-	}
-	return payload, wire
+	m := testenv.MetricSumByLabel(adminMetrics(t, admin), "raft_received_bytes_total", "kind")
+	return m["payload"], m["wire"]
 }
