@@ -152,23 +152,24 @@ func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 // answers it received from other consenters (catch-up), as payload and as
 // wire (compressed) bytes; 0 when not exposed.
 func (s *suite) fetchedBytes(p *proc) (payload, wire float64) {
-	body, err := s.cl.get(p, "/metrics")
-	if err != nil {
-		return 0, 0
-	}
-	m := testenv.MetricByLabel(string(body), "memberd_ledger_fetched_bytes_total", "kind")
-	return m["payload"], m["wire"]
+	return s.bytesByKind(p, "memberd_ledger_fetched_bytes_total")
 }
 
 // raftBytes reads p's raft_received_bytes_total over its channels: the
 // raft messages it received, as payload and as wire (S2-compressed)
 // bytes; 0 when not exposed.
 func (s *suite) raftBytes(p *proc) (payload, wire float64) {
+	return s.bytesByKind(p, "raft_received_bytes_total")
+}
+
+// bytesByKind reads p's counter name, summed by its kind label, and
+// returns kinds payload and wire (0 when not exposed).
+func (s *suite) bytesByKind(p *proc, name string) (payload, wire float64) {
 	body, err := s.cl.get(p, "/metrics")
 	if err != nil {
 		return 0, 0
 	}
-	m := testenv.MetricSumByLabel(string(body), "raft_received_bytes_total", "kind")
+	m := testenv.MetricSumByLabel(string(body), name, "kind")
 	return m["payload"], m["wire"]
 }
 
