@@ -143,7 +143,9 @@ func TestCatchUpCompressedOverTunnel(t *testing.T) {
 	}
 	rp, rw := raftReceivedBytes(t, d.AdminAddr(down))
 	t.Logf("%s received %.2f MB of raft messages in %.2f MB on the wire (%.1fx)", down, rp/1e6, rw/1e6, rp/max(rw, 1))
-	if rp < 256<<10 {
+	// The leader's log since its snapshot varies with where the snapshot
+	// fell (0.2-1 MB seen); heartbeats alone are a few KB.
+	if rp < 64<<10 {
 		t.Errorf("%s received %.0f bytes of raft messages: the test no longer covers raft catch-up traffic", down, rp)
 	}
 	if rw*2 > rp {
