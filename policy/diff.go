@@ -36,6 +36,11 @@ type Diff struct {
 	// batch_size.max_message_count, ..., batch_timeout).
 	LedgerChanged                      []string
 	ConsentersAdded, ConsentersRemoved []string
+	// ChannelConsenters lists the consenter changes of each channel of
+	// ledger.channels present in both versions ("alpha: +m3 -m1"); they
+	// count as consenters_changed. Added and removed channels, and the
+	// other changes of a channel, are in LedgerChanged.
+	ChannelConsenters []string
 
 	RevocationsAdded, RevocationsRemoved []string
 
@@ -101,6 +106,7 @@ func Compare(old, new *Policy) *Diff {
 	d.ACLAdded, d.ACLRemoved = setDiff(aclStrings(od.ACL), aclStrings(nd.ACL))
 	d.ConsentersAdded, d.ConsentersRemoved = setDiff(od.Ledger.Consenters, nd.Ledger.Consenters)
 	d.LedgerChanged = ledgerFields(&od.Ledger, &nd.Ledger)
+	d.LedgerChanged, d.ChannelConsenters = channelChanges(d.LedgerChanged, &od.Ledger, &nd.Ledger)
 	d.RevocationsAdded, d.RevocationsRemoved = setDiff(revocationStrings(od), revocationStrings(nd))
 	d.AmendmentChanged = !amendmentEqual(&od.Amendment, &nd.Amendment)
 	if old != nil {
@@ -124,7 +130,7 @@ func Compare(old, new *Policy) *Diff {
 	add(KindRelaysChanged, len(d.RelaysAdded)+len(d.RelaysRemoved)+len(d.RelaysChanged) > 0)
 	add(KindACLChanged, len(d.ACLAdded)+len(d.ACLRemoved) > 0)
 	add(KindLedgerChanged, len(d.LedgerChanged) > 0)
-	add(KindConsentersChanged, len(d.ConsentersAdded)+len(d.ConsentersRemoved) > 0)
+	add(KindConsentersChanged, len(d.ConsentersAdded)+len(d.ConsentersRemoved)+len(d.ChannelConsenters) > 0)
 	add(KindRevocationsChanged, len(d.RevocationsAdded)+len(d.RevocationsRemoved) > 0)
 	add(KindAmendmentChanged, d.AmendmentChanged && old != nil)
 	add(KindMetadataChanged, len(d.MetadataChanged) > 0)
@@ -293,6 +299,65 @@ func ledgerFields(o, n *Ledger) []string {
 	return f
 }
 
+// channelChanges appends to f what changes in ledger.channels ("+ channel
+// beta", "- channel beta", "channel alpha: members, batch_size") and
+// returns the consenter changes of the channels in both versions.
+func channelChanges(f []string, o, n *Ledger) ([]string, []string) {
+	byName := func(l *Ledger) map[string]*Channel {
+		m := map[string]*Channel{}
+		for _, c := range l.Channels {
+			m[c.Name] = c
+		}
+		return m
+	}
+	om, nm := byName(o), byName(n)
+	var cons []string
+	for _, c := range n.Channels {
+		oc, ok := om[c.Name]
+		if !ok {
+			f = append(f, "+ channel "+c.Name)
+			continue
+		}
+		var what []string
+		if !slices.Equal(oc.Members, c.Members) {
+			what = append(what, "members")
+		}
+		if !batchEqual(oc.BatchSize, c.BatchSize) {
+			what = append(what, "batch_size")
+		}
+		if oc.Timeout != c.Timeout {
+			what = append(what, "batch_timeout")
+		}
+		if len(what) > 0 {
+			f = append(f, "channel "+c.Name+": "+strings.Join(what, ", "))
+		}
+		added, removed := setDiff(oc.Consenters, c.Consenters)
+		if len(added)+len(removed) > 0 {
+			var x []string
+			for _, a := range added {
+				x = append(x, "+"+a)
+			}
+			for _, r := range removed {
+				x = append(x, "-"+r)
+			}
+			cons = append(cons, c.Name+": "+strings.Join(x, " "))
+		}
+	}
+	for _, c := range o.Channels {
+		if _, ok := nm[c.Name]; !ok {
+			f = append(f, "- channel "+c.Name)
+		}
+	}
+	return f, cons
+}
+
+func batchEqual(a, b *BatchSize) bool {
+	if a == nil || b == nil {
+		return a == b
+	}
+	return *a == *b
+}
+
 func amendmentEqual(a, b *Amendment) bool {
 	return a.Default == b.Default && maps.Equal(a.Rules, b.Rules)
 }
@@ -329,6 +394,7 @@ func (d *Diff) String() string {
 	list("~ ledger", d.LedgerChanged)
 	list("+ consenter", d.ConsentersAdded)
 	list("- consenter", d.ConsentersRemoved)
+	list("~ consenters of channel", d.ChannelConsenters)
 	list("+ revoked", d.RevocationsAdded)
 	list("- revoked", d.RevocationsRemoved)
 	if d.Has(KindAmendmentChanged) {

@@ -33,4 +33,7 @@ var (
 	// ErrHeld: a version cannot be checked yet (Options.Check); the
 	// watcher keeps it unapplied and reads it again later.
 	ErrHeld = errors.New("policy version held")
+	// ErrNoChannel: the policy lists no such channel (ledger.channel,
+	// ledger.channels).
+	ErrNoChannel = errors.New("policy has no such channel")
 )

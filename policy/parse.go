@@ -467,22 +467,18 @@ func (d *Document) validateACL() error {
 
 func (d *Document) validateLedger() error {
 	l := &d.Ledger
-	if !channelRE.MatchString(l.Channel) {
+	switch {
+	case len(l.Channels) > 0 && l.Channel != "":
+		return fmt.Errorf("ledger.channel: %q is given together with ledger.channels; name every channel in ledger.channels and leave ledger.channel out", l.Channel)
+	case len(l.Channels) == 0 && !channelRE.MatchString(l.Channel):
 		return fmt.Errorf("ledger.channel: %q is not a Fabric channel name ([a-z][a-z0-9.-]*, at most 249)", l.Channel)
 	}
-	b := l.BatchSize
-	if b.MaxMessageCount < 1 || b.MaxMessageCount > 100000 {
-		return fmt.Errorf("ledger.batch_size.max_message_count: %d is out of range 1..100000", b.MaxMessageCount)
+	if err := validateBatchSize("ledger.batch_size", l.BatchSize); err != nil {
+		return err
 	}
-	if b.AbsoluteMaxBytes < 1<<10 || b.AbsoluteMaxBytes > 99<<20 {
-		return fmt.Errorf("ledger.batch_size.absolute_max_bytes: %d is out of range 1024..%d (99 MiB)", b.AbsoluteMaxBytes, 99<<20)
-	}
-	if b.PreferredMaxBytes < 1 || b.PreferredMaxBytes > b.AbsoluteMaxBytes {
-		return fmt.Errorf("ledger.batch_size.preferred_max_bytes: %d is out of range 1..absolute_max_bytes (%d)", b.PreferredMaxBytes, b.AbsoluteMaxBytes)
-	}
-	t, err := time.ParseDuration(l.BatchTimeout)
-	if err != nil || t < time.Millisecond || t > 10*time.Minute {
-		return fmt.Errorf("ledger.batch_timeout: %q is not a duration in 1ms..10m (e.g. 2s)", l.BatchTimeout)
+	t, err := parseBatchTimeout("ledger.batch_timeout", l.BatchTimeout)
+	if err != nil {
+		return err
 	}
 	l.Timeout = t
 	if len(l.Consenters) == 0 {
@@ -506,7 +502,93 @@ func (d *Document) validateLedger() error {
 			return fmt.Errorf("members (%s): has role consenter but is not in ledger.consenters", m.ID)
 		}
 	}
+	return d.validateChannels(listed)
+}
+
+// maxChannels bounds ledger.channels.
+const maxChannels = 64
+
+// validateChannels checks ledger.channels; consenters are the members of
+// ledger.consenters.
+func (d *Document) validateChannels(consenters map[string]bool) error {
+	chs := d.Ledger.Channels
+	if len(chs) > maxChannels {
+		return fmt.Errorf("ledger.channels: %d channels, at most %d", len(chs), maxChannels)
+	}
+	names := map[string]bool{}
+	for i, c := range chs {
+		at := fmt.Sprintf("ledger.channels[%d]", i)
+		if c == nil {
+			return fmt.Errorf("%s: empty entry", at)
+		}
+		if !channelRE.MatchString(c.Name) {
+			return fmt.Errorf("%s.name: %q is not a Fabric channel name ([a-z][a-z0-9.-]*, at most 249)", at, c.Name)
+		}
+		if names[c.Name] {
+			return fmt.Errorf("%s.name: channel %q listed twice", at, c.Name)
+		}
+		names[c.Name] = true
+		in := map[string]bool{}
+		for _, id := range c.Members {
+			switch {
+			case d.member(id) == nil:
+				return fmt.Errorf("%s.members: %q is not a member", at, id)
+			case in[id]:
+				return fmt.Errorf("%s.members: %q listed twice", at, id)
+			}
+			in[id] = true
+		}
+		if len(c.Consenters) == 0 {
+			return fmt.Errorf("%s.consenters: channel %q needs at least one consenter", at, c.Name)
+		}
+		seen := map[string]bool{}
+		for _, id := range c.Consenters {
+			switch {
+			case !consenters[id]:
+				return fmt.Errorf("%s.consenters: %q is not in ledger.consenters", at, id)
+			case seen[id]:
+				return fmt.Errorf("%s.consenters: %q listed twice", at, id)
+			case len(c.Members) > 0 && !in[id]:
+				return fmt.Errorf("%s.consenters: %q is not in the channel's members", at, id)
+			}
+			seen[id] = true
+		}
+		if c.BatchSize != nil {
+			if err := validateBatchSize(at+".batch_size", *c.BatchSize); err != nil {
+				return err
+			}
+		}
+		c.Timeout = 0
+		if c.BatchTimeout != "" {
+			t, err := parseBatchTimeout(at+".batch_timeout", c.BatchTimeout)
+			if err != nil {
+				return err
+			}
+			c.Timeout = t
+		}
+	}
 	return nil
+}
+
+func validateBatchSize(key string, b BatchSize) error {
+	if b.MaxMessageCount < 1 || b.MaxMessageCount > 100000 {
+		return fmt.Errorf("%s.max_message_count: %d is out of range 1..100000", key, b.MaxMessageCount)
+	}
+	if b.AbsoluteMaxBytes < 1<<10 || b.AbsoluteMaxBytes > 99<<20 {
+		return fmt.Errorf("%s.absolute_max_bytes: %d is out of range 1024..%d (99 MiB)", key, b.AbsoluteMaxBytes, 99<<20)
+	}
+	if b.PreferredMaxBytes < 1 || b.PreferredMaxBytes > b.AbsoluteMaxBytes {
+		return fmt.Errorf("%s.preferred_max_bytes: %d is out of range 1..absolute_max_bytes (%d)", key, b.PreferredMaxBytes, b.AbsoluteMaxBytes)
+	}
+	return nil
+}
+
+func parseBatchTimeout(key, s string) (time.Duration, error) {
+	t, err := time.ParseDuration(s)
+	if err != nil || t < time.Millisecond || t > 10*time.Minute {
+		return 0, fmt.Errorf("%s: %q is not a duration in 1ms..10m (e.g. 2s)", key, s)
+	}
+	return t, nil
 }
 
 func (d *Document) validateRevocations() error {

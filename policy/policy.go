@@ -34,6 +34,9 @@ type Policy struct {
 	revSPKI   map[[32]byte]bool
 	revSerial map[string][]*big.Int // member id -> revoked serials
 	revCRL    map[string][]crlIndex // member id -> its CRLs
+
+	views *viewCache // ForChannel's views of this value (nil in a view)
+	whole *Policy    // the policy a view was made from (nil if not a view)
 }
 
 // crlIndex is one member CRL, indexed for lookups.
@@ -86,7 +89,7 @@ func newPolicy(doc []byte, d *Document, sigs []Signature) *Policy {
 		members: map[string]*Member{}, byMSP: map[string]*Member{}, byAddr: map[netip.Addr]*Member{},
 		byCASubj: map[string][]*Member{}, allCAs: x509.NewCertPool(),
 		revAdmin: map[AdminRef]bool{}, revSPKI: map[[32]byte]bool{}, revSerial: map[string][]*big.Int{},
-		revCRL: map[string][]crlIndex{},
+		revCRL: map[string][]crlIndex{}, views: &viewCache{},
 	}
 	if d.Previous != "" {
 		p.prev, _ = ParseHash(d.Previous) // validated
@@ -161,6 +164,7 @@ func (p *Policy) ConfigSignatures() []ConfigSignature { return slices.Clone(p.cf
 // same admin replaces the old one). It does not check the signature.
 func (p *Policy) WithConfigSignature(sig ConfigSignature) *Policy {
 	q := *p
+	q.views = &viewCache{} // views carry the signatures
 	q.cfgSigs = slices.DeleteFunc(slices.Clone(p.cfgSigs), func(s ConfigSignature) bool { return s.Admin() == sig.Admin() })
 	q.cfgSigs = append(q.cfgSigs, sig)
 	return &q
@@ -275,6 +279,9 @@ func (p *Policy) memberForChain(chain []*x509.Certificate, at time.Time) (*Membe
 		}
 	}
 	if len(cands) == 0 {
+		if p.whole != nil {
+			return nil, fmt.Errorf("%w: certificate %q is not issued by the CA of any member of channel %q (ledger.channels) in policy version %d", ErrNotMember, leaf.Subject, p.d.Ledger.Channel, p.d.Version)
+		}
 		return nil, fmt.Errorf("%w: certificate %q is not issued by any member CA of policy version %d", ErrNotMember, leaf.Subject, p.d.Version)
 	}
 	var why error
@@ -402,6 +409,7 @@ func (p *Policy) adminUsable(ref AdminRef, at time.Time) (*Admin, string) {
 // same admin replaces the old one). It does not check the signature.
 func (p *Policy) WithSignature(sig Signature) *Policy {
 	q := *p
+	q.views = &viewCache{} // views carry the signatures
 	q.sigs = slices.DeleteFunc(slices.Clone(p.sigs), func(s Signature) bool { return s.Admin() == sig.Admin() })
 	q.sigs = append(q.sigs, sig)
 	return &q

@@ -263,17 +263,44 @@ func ParsePortRange(s string) (PortRange, error) {
 
 // Ledger holds the ordering service parameters (Fabric etcdraft style).
 type Ledger struct {
-	// Channel is the Fabric channel name ([a-z][a-z0-9.-]{0,248}).
-	Channel string `yaml:"channel"`
+	// Channel is the Fabric channel name ([a-z][a-z0-9.-]{0,248}) of a
+	// single-channel ledger; it is left out when Channels is given.
+	Channel string `yaml:"channel,omitempty"`
 	// BatchSize bounds each block.
 	BatchSize BatchSize `yaml:"batch_size"`
 	// BatchTimeout (Go duration, 1ms..10m) cuts a block that is not full.
 	BatchTimeout string `yaml:"batch_timeout"`
 	// Consenters are the member ids that order (raft voters); each must have
-	// role consenter and every consenter member must be listed.
+	// role consenter and every consenter member must be listed. With
+	// Channels, they are the members that run a ledger node, and each
+	// channel's consenters are some of them.
 	Consenters []string `yaml:"consenters"`
+	// Channels, when given, are the channels the ledger serves (instead of
+	// the single Channel), each with its own raft group, blocks and
+	// genesis block (Policy.Channels, Policy.ForChannel).
+	Channels []*Channel `yaml:"channels,omitempty"`
 
 	// Timeout is BatchTimeout parsed.
+	Timeout time.Duration `yaml:"-"`
+}
+
+// Channel is one entry of ledger.channels.
+type Channel struct {
+	// Name is the Fabric channel name ([a-z][a-z0-9.-]{0,248}), unique.
+	Name string `yaml:"name"`
+	// Consenters order the channel (its raft voters): at least one, each in
+	// ledger.consenters and in Members.
+	Consenters []string `yaml:"consenters"`
+	// Members are the member orgs of the channel (its Application and
+	// Orderer orgs); their clients alone may broadcast to and read the
+	// channel. Empty: every member of the policy.
+	Members []string `yaml:"members,omitempty"`
+	// BatchSize and BatchTimeout, when set, replace the ledger's for this
+	// channel (BatchSize as a whole, with the same limits).
+	BatchSize    *BatchSize `yaml:"batch_size,omitempty"`
+	BatchTimeout string     `yaml:"batch_timeout,omitempty"`
+
+	// Timeout is BatchTimeout parsed (0 when unset).
 	Timeout time.Duration `yaml:"-"`
 }
 
@@ -438,7 +465,7 @@ const (
 	KindAdminsChanged      ChangeKind = "admins_changed"
 	KindRelaysChanged      ChangeKind = "relays_changed"
 	KindACLChanged         ChangeKind = "acl_changed"
-	KindLedgerChanged      ChangeKind = "ledger_changed" // channel, batch size, timeout
+	KindLedgerChanged      ChangeKind = "ledger_changed" // channel(s), batch size, timeout
 	KindConsentersChanged  ChangeKind = "consenters_changed"
 	KindRevocationsChanged ChangeKind = "revocations_changed"
 	KindAmendmentChanged   ChangeKind = "amendment_changed"

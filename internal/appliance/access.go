@@ -3,6 +3,7 @@ package appliance
 import (
 	"context"
 	"errors"
+	"slices"
 
 	"github.com/memberd/memberd/identity"
 	"github.com/memberd/memberd/node/orderer"
@@ -75,4 +76,22 @@ func (a *Appliance) LedgerNode() *orderer.Node {
 		return nil
 	}
 	return a.ledger.reg.Lookup(a.ledger.channel)
+}
+
+// LedgerChannels are the channels the ledger orders, in policy order (nil
+// without a ledger).
+func (a *Appliance) LedgerChannels() []string {
+	if a.ledger == nil {
+		return nil
+	}
+	return slices.Clone(a.ledger.names)
+}
+
+// LedgerChannelNode is the ledger's node of channel (nil without a ledger,
+// or while the channel is not open here).
+func (a *Appliance) LedgerChannelNode(channel string) *orderer.Node {
+	if a.ledger == nil {
+		return nil
+	}
+	return a.ledger.reg.Lookup(channel)
 }

@@ -52,6 +52,7 @@ func listenEarlyAdmin(addr, member string, reg prometheus.Gatherer) (*earlyAdmin
 	}
 	starting.HandleFunc("/push", busy)
 	starting.HandleFunc("/ping", busy)
+	starting.HandleFunc(TransferLeaderPath, busy)
 	starting.Handle("/", admin.Handler(admin.Config{
 		Gatherer: reg,
 		Ready: map[string]admin.Check{"startup": func(context.Context) error {

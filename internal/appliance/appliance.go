@@ -426,6 +426,7 @@ func (a *Appliance) serveAdmin() {
 	mux := http.NewServeMux()
 	mux.Handle("/push", pushHandler(a, cfg.Path(cfg.Policy.Dir), cfg.Tunnel.PushPort, a.log))
 	mux.Handle("/ping", pingHandler(a.dev))
+	mux.Handle(TransferLeaderPath, transferLeaderHandler(a, a.log))
 	a.checks = map[string]admin.Check{
 		"relay": func(context.Context) error {
 			for _, s := range a.client.Status() {

@@ -26,6 +26,14 @@ package appliance
 // every consenter must share byte for byte: 'memberd ledger channel create'
 // or 'memberd demo init' write it. It is needed only while the block store is
 // empty.
+//
+// Several channels (the policy's ledger.channels): one ordering node per
+// channel this member orders, each with its own raft group, block store and
+// genesis block (ledger.genesis_blocks), working with the policy's view of
+// its channel (policy.Policy.ForChannel); all share the gRPC servers, the
+// participation API, the gRPC clients to the other consenters and the raft
+// port, which routes each inbound connection by the channel its raft hello
+// names (ledger_listener.go).
 
 import (
 	"context"
@@ -37,7 +45,9 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -72,9 +82,12 @@ type LedgerConfig struct {
 	Listen       string `yaml:"listen"`        // LAN gRPC address; "" = :7050
 	DataDir      string `yaml:"data_dir"`      // raft log and block store; "" = ledger
 	GenesisBlock string `yaml:"genesis_block"` // channel config block; required while the store is empty
-	RaftPort     uint16 `yaml:"raft_port"`     // overlay port of raft; 0 = 7052
-	PeerPort     uint16 `yaml:"peer_port"`     // overlay port of gRPC between consenters; 0 = 7050
-	MutualTLS    bool   `yaml:"mutual_tls"`    // LAN clients must present a member certificate
+	// GenesisBlocks are more genesis blocks, one per channel of the
+	// policy's ledger.channels (each block names its channel).
+	GenesisBlocks []string `yaml:"genesis_blocks"`
+	RaftPort      uint16   `yaml:"raft_port"`  // overlay port of raft; 0 = 7052
+	PeerPort      uint16   `yaml:"peer_port"`  // overlay port of gRPC between consenters; 0 = 7050
+	MutualTLS     bool     `yaml:"mutual_tls"` // LAN clients must present a member certificate
 	// ConfigBlocks: order CONFIG blocks for policy versions (orderer.Config.ConfigBlocks).
 	ConfigBlocks bool `yaml:"config_blocks"`
 	// Admin serves the channel participation API (osnadmin); nil = not served
@@ -189,11 +202,26 @@ func splitMemberPort(addr string) (string, uint16, error) {
 	return member, uint16(p), nil
 }
 
+// ledgerChannel is one channel the ledger orders: its own raft group,
+// block store and genesis, with the policy's view of it
+// (policy.ForChannel).
+type ledgerChannel struct {
+	name      string
+	rs        ledgerRaft
+	ids       map[uint64]string // raft id -> member id, as known at start
+	genesis   *common.Block     // nil when none is at hand
+	fetchFrom fetchPeers
+	fwd       *orderer.BroadcastForwarder
+	view      atomic.Pointer[policy.Policy] // the last view of the channel
+}
+
 // ledgerRun is the running ledger of an appliance.
 type ledgerRun struct {
 	cfg     LedgerConfig
 	member  string
-	channel string
+	channel string // the first channel opened (LedgerChannel, single-channel callers)
+	names   []string
+	chans   map[string]*ledgerChannel // immutable after start
 	mspID   string
 	// ident and cert are the identity in use (block signatures, Deliver
 	// requests, TLS on both gRPC servers and the peer clients): swapped by
@@ -201,13 +229,11 @@ type ledgerRun struct {
 	ident   atomic.Pointer[orderer.Identity]
 	cert    atomic.Pointer[tls.Certificate]
 	reg     *orderer.Registry
-	ids     map[uint64]string // raft id -> member id, as known at start
 	lan     *grpc.Server
 	overlay *grpc.Server
 	lanLn   net.Listener
 	ovLn    net.Listener
 	raftLn  *portListener // the raft port, bound for the ledger's life
-	fwd     *orderer.BroadcastForwarder
 	clients *ledgerClients
 	admin   *ledgerAdmin // the participation API; nil without ledger.admin
 	log     *slog.Logger
@@ -218,8 +244,9 @@ type ledgerRun struct {
 	closeOnce sync.Once
 }
 
-// startLedger opens the channel of the policy's ledger section and starts its
-// ordering node (raft over dev). It does not serve gRPC yet: serve does.
+// startLedger opens the channels of the policy's ledger section that this
+// member orders and starts their ordering nodes (raft over dev). It does
+// not serve gRPC yet: serve does.
 func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func() *policy.Policy,
 	reg prometheus.Registerer, log *slog.Logger) (_ *ledgerRun, err error) {
 	lc := *cfg.Ledger
@@ -229,76 +256,162 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 	if me == nil {
 		return nil, fmt.Errorf("%w: member %q is not in the policy", ErrLedger, cfg.Member)
 	}
-	l := &ledgerRun{cfg: lc, member: cfg.Member, channel: p.Ledger().Channel, ids: map[uint64]string{}, log: log,
-		mspID: me.MSPID}
+	l := &ledgerRun{cfg: lc, member: cfg.Member, chans: map[string]*ledgerChannel{}, log: log, mspID: me.MSPID}
 	l.storeIdentity(id)
 	defer func() {
 		if err != nil {
 			l.Close()
 		}
 	}()
-	genesis, err := loadGenesisBlock(cfg, l.channel)
+	genesis, err := loadGenesisBlocks(cfg, p)
 	if err != nil {
 		return nil, err
 	}
-	raftDir := filepath.Join(cfg.Path(lc.DataDir), l.channel, "raft")
-	stored, _, err := raftlog.StoredID(raftDir)
-	if err != nil {
-		return nil, fmt.Errorf("%w: raft log in %s: %w", ErrLedger, raftDir, err)
-	}
-	var genesisConsenters []string
-	if genesis != nil {
-		if genesisConsenters, err = orderer.GenesisConsenters(p, genesis); err != nil {
-			return nil, fmt.Errorf("%w: key ledger.genesis_block %s: %w", ErrLedger, cfg.Path(lc.GenesisBlock), err)
-		}
-	}
-	rs, err := planLedgerRaft(cfg.Member, l.channel, stored, p, genesisConsenters, lc.RaftPort)
-	if err != nil {
+	if err := l.planChannels(cfg, p, genesis); err != nil {
 		return nil, err
 	}
-	for _, pr := range rs.peers {
-		l.ids[pr.ID] = pr.Name
-	}
-	fetchFrom, err := l.connectPeers(dev, p, pol, newDeliverBytes(reg))
-	if err != nil {
+	if err := l.connectPeers(dev, pol, newDeliverBytes(reg)); err != nil {
 		return nil, err
 	}
 	metrics := orderer.NewMetrics(reg)
-	n, err := l.openChannel(cfg, rs, genesis, fetchFrom, pol, reg, metrics, id)
-	if err != nil {
+	if err := l.openChannels(cfg, pol, reg, metrics, id); err != nil {
 		return nil, err
 	}
 	if err := l.startServers(cfg, pol, reg, metrics); err != nil {
 		return nil, err
 	}
-	log.Info("ledger node started", "channel", l.channel, "raft_id", rs.id, "joining", rs.join, "listen", l.lanLn.Addr().String(),
-		"raft_port", lc.RaftPort, "peer_port", lc.PeerPort, "consenters", len(rs.peers), "height", n.Height())
+	for _, name := range l.names {
+		c := l.chans[name]
+		var height uint64
+		if n := l.reg.Lookup(name); n != nil {
+			height = n.Height()
+		}
+		log.Info("ledger node started", "channel", name, "raft_id", c.rs.id, "joining", c.rs.join, "listen", l.lanLn.Addr().String(),
+			"raft_port", lc.RaftPort, "peer_port", lc.PeerPort, "consenters", len(c.rs.peers), "height", height)
+	}
 	return l, nil
 }
 
-// loadGenesisBlock reads ledger.genesis_block (nil when unset) and checks it
-// is a config block of channel.
-func loadGenesisBlock(cfg *Config, channel string) (*common.Block, error) {
-	lc := cfg.Ledger
-	if lc.GenesisBlock == "" {
-		return nil, nil
+// planChannels decides which channels this member orders and how it takes
+// part in each raft group: those whose consenters list it, and those it
+// has a raft log of (a consenter removed since, whose node stays
+// readable). A single-channel policy (ledger.channel) is planned as it
+// always was, with its errors.
+func (l *ledgerRun) planChannels(cfg *Config, p *policy.Policy, genesis map[string]*common.Block) error {
+	multi := len(p.Ledger().Channels) > 0
+	for _, name := range p.Channels() {
+		v, err := p.ForChannel(name)
+		if err != nil {
+			return fmt.Errorf("%w: %w", ErrLedger, err)
+		}
+		raftDir := filepath.Join(cfg.Path(l.cfg.DataDir), name, "raft")
+		stored, _, err := raftlog.StoredID(raftDir)
+		if err != nil {
+			return fmt.Errorf("%w: raft log in %s: %w", ErrLedger, raftDir, err)
+		}
+		if multi && stored == 0 && !slices.Contains(v.Ledger().Consenters, l.member) {
+			continue // another channel's consenters order it
+		}
+		c := &ledgerChannel{name: name, ids: map[uint64]string{}, genesis: genesis[name]}
+		c.view.Store(v)
+		var genesisConsenters []string
+		if c.genesis != nil {
+			if genesisConsenters, err = orderer.GenesisConsenters(v, c.genesis); err != nil {
+				return fmt.Errorf("%w: genesis block of channel %q (key ledger.genesis_block or ledger.genesis_blocks): %w", ErrLedger, name, err)
+			}
+		}
+		if c.rs, err = planLedgerRaft(l.member, name, stored, v, genesisConsenters, l.cfg.RaftPort); err != nil {
+			return err
+		}
+		for _, pr := range c.rs.peers {
+			c.ids[pr.ID] = pr.Name
+		}
+		l.chans[name] = c
+		l.names = append(l.names, name)
 	}
-	raw, err := os.ReadFile(cfg.Path(lc.GenesisBlock))
+	if len(l.names) == 0 {
+		return fmt.Errorf("%w: member %q orders none of the policy's ledger.channels (%s): only a channel's consenters run its node; "+
+			"add the member to a channel's consenters, or remove the ledger section", ErrLedger, l.member, strings.Join(p.Channels(), ", "))
+	}
+	l.channel = l.names[0]
+	return nil
+}
+
+// loadGenesisBlocks reads ledger.genesis_block and ledger.genesis_blocks
+// and checks that each is a config block of a channel of the policy, one
+// per channel. Channels without one are missing from the map.
+func loadGenesisBlocks(cfg *Config, p *policy.Policy) (map[string]*common.Block, error) {
+	lc := cfg.Ledger
+	out := map[string]*common.Block{}
+	files := lc.GenesisBlocks
+	if lc.GenesisBlock != "" {
+		files = append([]string{lc.GenesisBlock}, files...)
+	}
+	for i, f := range files {
+		key := "ledger.genesis_blocks"
+		if i == 0 && lc.GenesisBlock != "" {
+			key = "ledger.genesis_block"
+		}
+		b, err := loadGenesisBlock(cfg.Path(f), key, p)
+		if err != nil {
+			return nil, err
+		}
+		ch := channelOf(b)
+		if out[ch] != nil {
+			return nil, fmt.Errorf("%w: key %s: %s is a second genesis block of channel %q", ErrLedger, key, cfg.Path(f), ch)
+		}
+		out[ch] = b
+	}
+	return out, nil
+}
+
+// channelOf is the channel id of a block's first envelope ("" if unreadable).
+func channelOf(b *common.Block) string {
+	ch, err := channelconfig.Parse(b)
 	if err != nil {
-		return nil, fmt.Errorf("%w: key ledger.genesis_block: %w", ErrLedger, err)
+		return ""
+	}
+	return ch.Config.ChannelID
+}
+
+// loadGenesisBlock reads the genesis block file (named by key) and checks
+// it is a config block of a channel of p.
+func loadGenesisBlock(file, key string, p *policy.Policy) (*common.Block, error) {
+	raw, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("%w: key %s: %w", ErrLedger, key, err)
 	}
 	genesis, err := block.Unmarshal(raw)
 	if err != nil {
-		return nil, fmt.Errorf("%w: key ledger.genesis_block %s: %w", ErrLedger, cfg.Path(lc.GenesisBlock), err)
+		return nil, fmt.Errorf("%w: key %s %s: %w", ErrLedger, key, file, err)
 	}
 	ch, err := channelconfig.Parse(genesis)
 	if err != nil {
-		return nil, fmt.Errorf("%w: key ledger.genesis_block %s is not a channel config block: %w", ErrLedger, cfg.Path(lc.GenesisBlock), err)
+		return nil, fmt.Errorf("%w: key %s %s is not a channel config block: %w", ErrLedger, key, file, err)
 	}
-	if ch.Config.ChannelID != channel {
-		return nil, fmt.Errorf("%w: key ledger.genesis_block: channel %q, but the policy's ledger.channel is %q", ErrLedger, ch.Config.ChannelID, channel)
+	if _, err := p.ForChannel(ch.Config.ChannelID); err != nil {
+		if len(p.Ledger().Channels) == 0 {
+			return nil, fmt.Errorf("%w: key %s: channel %q, but the policy's ledger.channel is %q", ErrLedger, key, ch.Config.ChannelID, p.Ledger().Channel)
+		}
+		return nil, fmt.Errorf("%w: key %s: %s is the genesis block of channel %q, which is not in the policy's ledger.channels (%s)",
+			ErrLedger, key, file, ch.Config.ChannelID, strings.Join(p.Channels(), ", "))
 	}
 	return genesis, nil
+}
+
+// viewOf is channel c's view of p (policy.ForChannel); when p no longer
+// lists the channel, the last view (the channel keeps its last consenters
+// and members until an operator removes it).
+func (l *ledgerRun) viewOf(c *ledgerChannel, p *policy.Policy) *policy.Policy {
+	if p == nil {
+		return nil
+	}
+	v, err := p.ForChannel(c.name)
+	if err != nil {
+		return c.view.Load()
+	}
+	c.view.Store(v)
+	return v
 }
 
 // fetchPeers are the consenters a node behind a snapshot fetches blocks
@@ -309,105 +422,128 @@ type fetchPeers struct {
 }
 
 // connectPeers sets up the gRPC clients to the other consenters through the
-// tunnel (mutual TLS with the member CAs as roots) and the forwarder to the
-// raft leader; it returns the clients a node behind a snapshot fetches
-// blocks from.
-func (l *ledgerRun) connectPeers(dev ledgerDevice, p *policy.Policy, pol func() *policy.Policy, fetched stats.Handler) (fetchPeers, error) {
+// tunnel (mutual TLS with the member CAs as roots) and, per channel, the
+// forwarder to its raft leader and the clients a node behind a snapshot
+// fetches blocks from.
+func (l *ledgerRun) connectPeers(dev ledgerDevice, pol func() *policy.Policy, fetched stats.Handler) error {
 	l.dev, l.watch = dev, &peerWatch{log: l.log}
 	l.unwatch = dev.OnRekeyed(l.watch.rekeyed)
 	dialer := tunnelDialer{dev: dev, watch: l.watch}
 	l.clients = &ledgerClients{port: l.cfg.PeerPort, stats: fetched,
 		dial: func(ctx context.Context, addr string) (net.Conn, error) { return dialer.DialContext(ctx, "tcp", addr) },
 		tls:  func() *tls.Config { return l.clientTLS(pol().CAPool()) }}
-	l.fwd = &orderer.BroadcastForwarder{Lookup: func(rid uint64) ab.AtomicBroadcastClient {
-		m := l.memberOf(rid)
-		if m == "" || m == l.member {
-			return nil
+	for _, name := range l.names {
+		c := l.chans[name]
+		c.fwd = &orderer.BroadcastForwarder{Lookup: func(rid uint64) ab.AtomicBroadcastClient {
+			m := l.memberOf(c.name, rid)
+			if m == "" || m == l.member {
+				return nil
+			}
+			cl, err := l.clients.client(m)
+			if err != nil {
+				l.log.Warn("no gRPC client for the raft leader", "channel", c.name, "leader", m, "err", err)
+				return nil
+			}
+			return cl
+		}}
+		for _, m := range c.view.Load().Consenters() {
+			if m.ID == l.member {
+				continue
+			}
+			cl, err := l.clients.client(m.ID)
+			if err != nil {
+				return err
+			}
+			c.fetchFrom.clients = append(c.fetchFrom.clients, cl)
+			c.fetchFrom.members = append(c.fetchFrom.members, m.ID)
 		}
-		c, err := l.clients.client(m)
-		if err != nil {
-			l.log.Warn("no gRPC client for the raft leader", "leader", m, "err", err)
-			return nil
-		}
-		return c
-	}}
-	var fetchFrom fetchPeers
-	for _, m := range p.Consenters() {
-		if m.ID == l.member {
-			continue
-		}
-		c, err := l.clients.client(m.ID)
-		if err != nil {
-			return fetchPeers{}, err
-		}
-		fetchFrom.clients = append(fetchFrom.clients, c)
-		fetchFrom.members = append(fetchFrom.members, m.ID)
 	}
-	return fetchFrom, nil
+	return nil
 }
 
-// isLeader reports whether member is the channel's raft leader now.
-func (l *ledgerRun) isLeader(member string) bool {
-	n := l.reg.Lookup(l.channel)
-	return n != nil && member != "" && l.memberOf(n.Raft().Leader()) == member
+// isLeader reports whether member is channel's raft leader now.
+func (l *ledgerRun) isLeader(channel, member string) bool {
+	n := l.reg.Lookup(channel)
+	return n != nil && member != "" && l.memberOf(channel, n.Raft().Leader()) == member
 }
 
-// openChannel binds the raft port, opens the channel's ordering node
-// (raft over the tunnel) and starts it.
-func (l *ledgerRun) openChannel(cfg *Config, rs ledgerRaft, genesis *common.Block, fetchFrom fetchPeers,
-	pol func() *policy.Policy, reg prometheus.Registerer, metrics *orderer.Metrics, id *identity.Identity) (*orderer.Node, error) {
+// openChannels binds the raft port, opens each channel's ordering node
+// (raft over the tunnel, all on that one port) and starts it.
+func (l *ledgerRun) openChannels(cfg *Config, pol func() *policy.Policy, reg prometheus.Registerer, metrics *orderer.Metrics, id *identity.Identity) error {
 	lc, log := &l.cfg, l.log
-	ident := *l.ident.Load()
 	dialer := tunnelDialer{dev: l.dev, watch: l.watch}
 	dataDir := cfg.Path(lc.DataDir)
 	rawRaftLn, err := l.dev.Listen(lc.RaftPort)
 	if err != nil {
-		return nil, fmt.Errorf("%w: raft on overlay port %d (key ledger.raft_port): %w", ErrLedger, lc.RaftPort, err)
+		return fmt.Errorf("%w: raft on overlay port %d (key ledger.raft_port): %w", ErrLedger, lc.RaftPort, err)
 	}
-	l.raftLn = newPortListener(rawRaftLn) // bound once: see ledger_listener.go
+	l.raftLn = newPortListener(rawRaftLn, log) // bound once: see ledger_listener.go
 	l.reg = &orderer.Registry{Logger: log, Open: func(channel string, b *common.Block) (*orderer.Node, error) {
-		if channel != l.channel {
-			return nil, fmt.Errorf("%w: this appliance orders only the policy's channel %q, not %q", orderer.ErrInvalidConfig, l.channel, channel)
+		c := l.chans[channel]
+		if c == nil {
+			return nil, fmt.Errorf("%w: this appliance orders the policy's channels %s, not %q", orderer.ErrInvalidConfig, strings.Join(l.names, ", "), channel)
 		}
-		ln, err := l.raftLn.view()
+		ln, err := l.raftLn.view(channel)
 		if err != nil {
 			return nil, fmt.Errorf("raft on overlay port %d (key ledger.raft_port): %w", lc.RaftPort, err)
 		}
+		ident := *l.ident.Load()
+		rs := c.rs
 		n, err := orderer.New(orderer.Config{
 			Raft: raftlog.Config{ID: rs.id, Peers: rs.peers, Join: rs.join, Dir: filepath.Join(dataDir, channel, "raft"),
 				Dialer: dialer, Listener: ln, SnapshotBytes: uint64(lc.SnapshotBytes), Registerer: reg, Logger: log.With("sub", "raft", "channel", channel)},
 			BlockDir: filepath.Join(dataDir, channel, "blocks"), Genesis: b,
-			Signer: ident.Signer, Identity: ident.Serialized(), Policy: pol, PolicyHistory: policyHistory(cfg.Path(cfg.Policy.StateDir), log),
-			Fetcher: &orderer.DeliverFetcher{Peers: fetchFrom.clients, Channel: channel,
+			Signer: ident.Signer, Identity: ident.Serialized(),
+			Policy:        func() *policy.Policy { return l.viewOf(c, pol()) },
+			PolicyHistory: l.channelHistory(c, policyHistory(cfg.Path(cfg.Policy.StateDir), log)),
+			Fetcher: &orderer.DeliverFetcher{Peers: c.fetchFrom.clients, Channel: channel,
 				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() },
-				Leader:          func(i int) bool { return l.isLeader(fetchFrom.members[i]) }},
-			Forwarder: l.fwd, Membership: l.membership(), ConfigBlocks: lc.ConfigBlocks, Metrics: metrics, Logger: log})
+				Leader:          func(i int) bool { return l.isLeader(channel, c.fetchFrom.members[i]) }},
+			Forwarder: c.fwd, Membership: l.membership(), ConfigBlocks: lc.ConfigBlocks, Metrics: metrics, Logger: log.With("channel", channel)})
 		if err != nil {
 			ln.Close()
 			return nil, err
 		}
 		return n, nil
 	}}
-	n, err := l.reg.Open(l.channel, genesis)
-	if err != nil {
-		if errors.Is(err, orderer.ErrSigner) {
-			return nil, fmt.Errorf("%w: identity folder %s: %w", ErrLedger, id.File, err)
+	for _, name := range l.names {
+		c := l.chans[name]
+		n, err := l.reg.Open(name, c.genesis)
+		if err != nil {
+			if errors.Is(err, orderer.ErrSigner) {
+				return fmt.Errorf("%w: identity folder %s: %w", ErrLedger, id.File, err)
+			}
+			return fmt.Errorf("%w: channel %q in %s: %w (on first start, key ledger.genesis_block or ledger.genesis_blocks must name the channel's genesis block)",
+				ErrLedger, name, dataDir, err)
 		}
-		return nil, fmt.Errorf("%w: channel %q in %s: %w (on first start, key ledger.genesis_block must name the channel's genesis block)",
-			ErrLedger, l.channel, dataDir, err)
-	}
-	if err := checkServedNames(ident.Cert, lc.served(), n.ChannelConfig(), l.mspID); err != nil {
-		n.Close()
-		return nil, fmt.Errorf("%w: identity folder %s: %w", ErrLedger, id.File, err)
-	}
-	if err := l.reg.Start(n); err != nil {
-		n.Close()
-		return nil, fmt.Errorf("%w: %w", ErrLedger, err)
+		if err := checkServedNames(l.ident.Load().Cert, lc.served(), n.ChannelConfig(), l.mspID); err != nil {
+			n.Close()
+			return fmt.Errorf("%w: identity folder %s: %w", ErrLedger, id.File, err)
+		}
+		if err := l.reg.Start(n); err != nil {
+			n.Close()
+			return fmt.Errorf("%w: %w", ErrLedger, err)
+		}
 	}
 	if reg != nil {
 		reg.MustRegister(orderer.NewRegistryCollector(l.reg))
 	}
-	return n, nil
+	return nil
+}
+
+// channelHistory is history with each version seen as channel c's view.
+func (l *ledgerRun) channelHistory(c *ledgerChannel, history func(policy.Hash) *policy.Policy) func(policy.Hash) *policy.Policy {
+	return func(h policy.Hash) *policy.Policy {
+		p := history(h)
+		if p == nil {
+			return nil
+		}
+		v, err := p.ForChannel(c.name)
+		if err != nil {
+			return nil
+		}
+		return v
+	}
 }
 
 // startServers builds the gRPC servers (LAN and overlay) and the channel
@@ -464,16 +600,25 @@ func (l *ledgerRun) storeIdentity(id *identity.Identity) {
 // address the ledger serves (checkServedNames) is refused: the ledger keeps
 // the identity it has.
 func (l *ledgerRun) setIdentity(id *identity.Identity) error {
-	n := l.reg.Lookup(l.channel)
-	if n == nil {
-		return fmt.Errorf("%w: channel %q is not open", ErrLedger, l.channel)
+	var nodes []*orderer.Node
+	for _, name := range l.names {
+		n := l.reg.Lookup(name)
+		if n == nil {
+			continue // removed through the participation API
+		}
+		if err := checkServedNames(id.Certificate, l.cfg.served(), n.ChannelConfig(), l.mspID); err != nil {
+			return fmt.Errorf("%w: channel %q: %w", ErrLedger, name, err)
+		}
+		nodes = append(nodes, n)
+	}
+	if len(nodes) == 0 {
+		return fmt.Errorf("%w: no channel is open (%s)", ErrLedger, strings.Join(l.names, ", "))
 	}
 	oid := orderer.Identity{MSPID: l.mspID, Cert: id.Certificate, Signer: id.Signer}
-	if err := checkServedNames(id.Certificate, l.cfg.served(), n.ChannelConfig(), l.mspID); err != nil {
-		return fmt.Errorf("%w: %w", ErrLedger, err)
-	}
-	if err := n.SetIdentity(oid.Signer, oid.Serialized()); err != nil {
-		return fmt.Errorf("%w: %w", ErrLedger, err)
+	for _, n := range nodes {
+		if err := n.SetIdentity(oid.Signer, oid.Serialized()); err != nil {
+			return fmt.Errorf("%w: %w", ErrLedger, err)
+		}
 	}
 	l.storeIdentity(id)
 	return nil
@@ -547,8 +692,10 @@ func (l *ledgerRun) Close() error {
 		if l.ovLn != nil {
 			l.ovLn.Close()
 		}
-		if l.fwd != nil {
-			l.fwd.Close()
+		for _, c := range l.chans {
+			if c.fwd != nil {
+				c.fwd.Close()
+			}
 		}
 		if l.reg != nil {
 			err = l.reg.Close()
@@ -575,24 +722,51 @@ func (l *ledgerRun) AdminAddr() string {
 	return l.admin.Addr()
 }
 
-// ready is the "ledger" readiness check: the node runs and knows a leader.
+// ready is the "ledger" readiness check: every channel's node runs and
+// knows a leader.
 func (l *ledgerRun) ready(context.Context) error {
-	n := l.reg.Lookup(l.channel)
-	if n == nil {
-		return fmt.Errorf("channel %q is not open", l.channel)
+	for _, name := range l.names {
+		n := l.reg.Lookup(name)
+		if n == nil {
+			return fmt.Errorf("channel %q is not open", name)
+		}
+		if err := n.Healthy(); err != nil {
+			if len(l.names) > 1 {
+				return fmt.Errorf("channel %q: %w", name, err)
+			}
+			return err
+		}
 	}
-	return n.Healthy()
+	return nil
 }
 
-// status is the ledger part of /status.
+// status is the ledger part of /status: the first channel's fields at the
+// top (as with one channel) and every channel under "channels".
 func (l *ledgerRun) status() any {
 	if l == nil {
 		return "not configured (no ledger section)"
 	}
-	st := map[string]any{"channel": l.channel, "listen": l.Addr(), "raft_port": l.cfg.RaftPort, "peer_port": l.cfg.PeerPort}
+	st := map[string]any{"listen": l.Addr(), "raft_port": l.cfg.RaftPort, "peer_port": l.cfg.PeerPort}
 	st["participation_listen"] = l.AdminAddr()                           // "" = not served (no ledger.admin)
 	st["certificate_serial"] = l.ident.Load().Cert.SerialNumber.String() // signs blocks, presented on TLS
-	n := l.reg.Lookup(l.channel)
+	var chans []map[string]any
+	for _, name := range l.names {
+		cs := l.channelStatus(name)
+		chans = append(chans, cs)
+		if name == l.channel {
+			for k, v := range cs {
+				st[k] = v
+			}
+		}
+	}
+	st["channels"] = chans
+	return st
+}
+
+// channelStatus is one channel's part of /status.
+func (l *ledgerRun) channelStatus(channel string) map[string]any {
+	st := map[string]any{"channel": channel}
+	n := l.reg.Lookup(channel)
 	if n == nil {
 		st["state"] = "closed"
 		return st
@@ -604,7 +778,7 @@ func (l *ledgerRun) status() any {
 	st["term"] = rs.Term
 	st["raft_commit"] = rs.Commit
 	st["raft_applied"] = rs.Applied
-	st["leader"] = l.memberOf(rs.Leader) // "" = none known
+	st["leader"] = l.memberOf(channel, rs.Leader) // "" = none known
 	st["consenters"] = consenterStatus(n)
 	st["leader_raft_id"] = rs.Leader
 	// The policy version the raft membership follows (that of its last

@@ -145,12 +145,12 @@ func (c *ledgerClients) close() {
 	}
 }
 
-// memberOf returns the member id of a raft ID ("" if unknown).
-func (l *ledgerRun) memberOf(id uint64) string {
+// memberOf returns the member id of a raft ID of channel ("" if unknown).
+func (l *ledgerRun) memberOf(channel string, id uint64) string {
 	if id == 0 {
 		return ""
 	}
-	if n := l.reg.Lookup(l.channel); n != nil {
+	if n := l.reg.Lookup(channel); n != nil {
 		for _, p := range n.Raft().Members() {
 			if p.ID == id {
 				if p.Name != "" {
@@ -161,7 +161,10 @@ func (l *ledgerRun) memberOf(id uint64) string {
 			}
 		}
 	}
-	return l.ids[id]
+	if c := l.chans[channel]; c != nil {
+		return c.ids[id]
+	}
+	return ""
 }
 
 // membership is the orderer's live consenter configuration.
@@ -172,10 +175,13 @@ func (l *ledgerRun) membership() *orderer.Membership {
 	}
 }
 
-// policyChanged tells the ordering node to apply the policy's consenters.
+// policyChanged tells each channel's ordering node to apply the policy's
+// consenters of the channel.
 func (l *ledgerRun) policyChanged() {
-	if n := l.reg.Lookup(l.channel); n != nil {
-		n.Reconcile()
+	for _, name := range l.names {
+		if n := l.reg.Lookup(name); n != nil {
+			n.Reconcile()
+		}
 	}
 }
 

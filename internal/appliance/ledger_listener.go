@@ -11,30 +11,51 @@ package appliance
 // succeeded 60.1 s after the remove). So the appliance binds the raft port
 // once and hands each node it opens a view of it (portListener.view); a
 // view's Close releases it for the next node without closing the socket.
+//
+// The same port serves every channel (ledger.channels): each node has the
+// view of its channel, and an inbound connection goes to the view of the
+// cluster its raft hello names (raftlog.ReadHello), with the hello replayed.
+// Dialers send the hello they always sent, so a peer that orders one
+// channel needs no change.
 
 import (
+	"bytes"
 	"errors"
+	"io"
+	"log/slog"
 	"net"
 	"sync"
+	"time"
+
+	"github.com/memberd/memberd/node/raftlog"
 )
 
+// helloTimeout bounds the wait for an inbound raft connection's hello.
+const helloTimeout = 10 * time.Second
+
 // portListener accepts on one listener until Close and passes each
-// connection to the open view, if any; with none open (a removed
-// channel), it closes the connection at once, as a closed port would.
+// connection to the open view of the channel its hello names, if any; with
+// none open (a removed channel, or one this member does not order), it
+// closes the connection, as a closed port would.
 type portListener struct {
 	ln   net.Listener  // immutable
+	log  *slog.Logger  // may be nil
 	done chan struct{} // closed when the accept loop has ended
 	err  error         // why it ended; written before done is closed
 
-	mu  sync.Mutex
-	cur *listenerView // guarded by mu: the open view, nil if none
+	routing sync.WaitGroup // route goroutines
+
+	mu      sync.Mutex
+	views   map[string]*listenerView // guarded by mu: the open view of each channel
+	pending map[net.Conn]bool        // guarded by mu: connections whose hello is awaited
+	closed  bool                     // guarded by mu: Close was called
 }
 
 // errViewOpen: a node already listens on this port.
 var errViewOpen = errors.New("a node already listens on this port")
 
-func newPortListener(ln net.Listener) *portListener {
-	p := &portListener{ln: ln, done: make(chan struct{})}
+func newPortListener(ln net.Listener, log *slog.Logger) *portListener {
+	p := &portListener{ln: ln, log: log, done: make(chan struct{}), views: map[string]*listenerView{}, pending: map[net.Conn]bool{}}
 	go p.run()
 	return p
 }
@@ -48,25 +69,70 @@ func (p *portListener) run() {
 			return // the listener is closed (Close) or broken: each view's Accept now fails
 		}
 		p.mu.Lock()
-		v := p.cur
-		p.mu.Unlock()
-		if v == nil {
+		if p.closed {
+			p.mu.Unlock()
 			c.Close()
 			continue
 		}
-		select {
-		case v.conns <- c:
-		case <-v.closed:
-			c.Close()
-		}
+		p.pending[c] = true
+		p.routing.Add(1)
+		p.mu.Unlock()
+		go p.route(c)
 	}
 }
 
-// view opens the listener for one node; it fails while another view is open.
-func (p *portListener) view() (net.Listener, error) {
+// route reads c's raft hello and hands c to the view of the channel it
+// names, the hello replayed in front of the rest.
+func (p *portListener) route(c net.Conn) {
+	defer p.routing.Done()
+	c.SetReadDeadline(time.Now().Add(helloTimeout))
+	cluster, raw, err := raftlog.ReadHello(c)
+	c.SetReadDeadline(time.Time{})
+	p.mu.Lock()
+	delete(p.pending, c)
+	p.mu.Unlock()
+	if err != nil {
+		if p.log != nil {
+			p.log.Debug("raft connection without a hello: closed", "remote", c.RemoteAddr().String(), "err", err)
+		}
+		c.Close()
+		return
+	}
+	p.mu.Lock()
+	v := p.views[cluster]
+	p.mu.Unlock()
+	if v == nil {
+		if p.log != nil {
+			p.log.Debug("raft connection for a channel this node does not order: closed", "remote", c.RemoteAddr().String(), "channel", cluster)
+		}
+		c.Close()
+		return
+	}
+	rc := &replayConn{Conn: c, r: io.MultiReader(bytes.NewReader(raw), c)}
+	select {
+	case v.conns <- rc:
+	case <-v.closed:
+		c.Close()
+	case <-p.done:
+		c.Close()
+	}
+}
+
+// replayConn is a connection whose first bytes, already read, are read
+// again.
+type replayConn struct {
+	net.Conn
+	r io.Reader
+}
+
+func (c *replayConn) Read(b []byte) (int, error) { return c.r.Read(b) }
+
+// view opens the listener for channel's node; it fails while another view
+// of that channel is open.
+func (p *portListener) view(channel string) (net.Listener, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.cur != nil {
+	if p.views[channel] != nil {
 		return nil, errViewOpen
 	}
 	select {
@@ -74,15 +140,23 @@ func (p *portListener) view() (net.Listener, error) {
 		return nil, net.ErrClosed
 	default:
 	}
-	v := &listenerView{p: p, conns: make(chan net.Conn), closed: make(chan struct{})}
-	p.cur = v
+	v := &listenerView{p: p, channel: channel, conns: make(chan net.Conn), closed: make(chan struct{})}
+	p.views[channel] = v
 	return v, nil
 }
 
-// Close closes the socket and waits for the accept loop. Idempotent.
+// Close closes the socket and waits for the accept loop and the
+// connections being routed. Idempotent.
 func (p *portListener) Close() error {
 	err := p.ln.Close()
 	<-p.done
+	p.mu.Lock()
+	p.closed = true
+	for c := range p.pending {
+		c.Close() // ends its ReadHello
+	}
+	p.mu.Unlock()
+	p.routing.Wait()
 	if errors.Is(err, net.ErrClosed) {
 		return nil
 	}
@@ -91,10 +165,11 @@ func (p *portListener) Close() error {
 
 // listenerView is the net.Listener a node is given.
 type listenerView struct {
-	p      *portListener
-	conns  chan net.Conn // unbuffered: the accept loop hands over or gives up on closed
-	closed chan struct{}
-	once   sync.Once
+	p       *portListener
+	channel string
+	conns   chan net.Conn // unbuffered: the accept loop hands over or gives up on closed
+	closed  chan struct{}
+	once    sync.Once
 }
 
 var _ net.Listener = (*listenerView)(nil)
@@ -116,8 +191,8 @@ func (v *listenerView) Close() error {
 	v.once.Do(func() {
 		close(v.closed)
 		v.p.mu.Lock()
-		if v.p.cur == v {
-			v.p.cur = nil
+		if v.p.views[v.channel] == v {
+			delete(v.p.views, v.channel)
 		}
 		v.p.mu.Unlock()
 	})

@@ -32,11 +32,24 @@ func ledgerPolicyCheck(cfg *Config, ledger *atomic.Pointer[ledgerRun]) func(cur,
 		if l == nil {
 			return fmt.Errorf("%w: the ledger is not running yet", policy.ErrHeld)
 		}
-		n := l.reg.Lookup(l.channel)
-		if n == nil {
-			return nil
+		for _, name := range l.names {
+			n := l.reg.Lookup(name)
+			if n == nil {
+				continue
+			}
+			cv, err := cur.ForChannel(name)
+			if err != nil {
+				continue
+			}
+			nv, err := next.ForChannel(name)
+			if err != nil {
+				continue // a channel the version drops keeps its last config
+			}
+			if err := n.CheckPolicyVersion(cv, nv); err != nil {
+				return err
+			}
 		}
-		return n.CheckPolicyVersion(cur, next)
+		return nil
 	}
 }
 

@@ -34,18 +34,20 @@ func applianceProbe(a *Appliance, checks map[string]admin.Check) daemon.Probe {
 	}
 }
 
-// caughtUp: a raft leader is known and this node has applied every entry it
-// knows to be committed.
+// caughtUp: in every channel, a raft leader is known and this node has
+// applied every entry it knows to be committed.
 func (l *ledgerRun) caughtUp() error {
-	n := l.reg.Lookup(l.channel)
-	if n == nil {
-		return fmt.Errorf("ledger: channel %q is not open", l.channel)
-	}
-	if err := n.Healthy(); err != nil {
-		return fmt.Errorf("ledger: %w", err)
-	}
-	if rs := n.Raft().Status(); rs.Applied < rs.Commit {
-		return fmt.Errorf("ledger catching up: raft entry %d of %d applied", rs.Applied, rs.Commit)
+	for _, name := range l.names {
+		n := l.reg.Lookup(name)
+		if n == nil {
+			return fmt.Errorf("ledger: channel %q is not open", name)
+		}
+		if err := n.Healthy(); err != nil {
+			return fmt.Errorf("ledger: channel %q: %w", name, err)
+		}
+		if rs := n.Raft().Status(); rs.Applied < rs.Commit {
+			return fmt.Errorf("ledger channel %q catching up: raft entry %d of %d applied", name, rs.Applied, rs.Commit)
+		}
 	}
 	return nil
 }

@@ -61,6 +61,11 @@ type Options struct {
 	// Ports (in addition to 7050-7059 and the push port) every member may
 	// reach on every other member.
 	ExtraPorts []uint16
+	// Channels, when set, are the policy's ledger.channels (member ids
+	// m1, m2, ...) instead of the single channel "demo"; each member's
+	// memberd.yaml then names one genesis block per channel
+	// (LedgerChannelGenesisFile) in ledger.genesis_blocks.
+	Channels []*policy.Channel
 }
 
 // Validate checks the options.
@@ -146,6 +151,9 @@ func Init(o Options) (*Layout, error) {
 	// hsm.Options, never set in this process's environment.
 	in.hsmOpts = &hsm.Options{ModuleEnv: []string{"SOFTHSM2_CONF=" + in.L.SoftHSMConf}}
 	in.doc = demoPolicy(o)
+	if len(o.Channels) > 0 {
+		in.doc.Ledger.Channel, in.doc.Ledger.Channels = "", o.Channels
+	}
 	for i := 1; i <= o.relays(); i++ {
 		if err := in.relay(i); err != nil {
 			return nil, err
@@ -187,7 +195,8 @@ type initer struct {
 	leafs       map[string]*x509.Certificate // consenter TLS certificates of the ledger
 	ledgerAddrs map[string]string            // member id -> ledger.listen
 	gen         *policy.Policy
-	ledgerBlock []byte // the channel's genesis block
+	ledgerBlock []byte            // the channel's genesis block (single channel)
+	chanBlocks  map[string][]byte // channel -> genesis block (Options.Channels)
 }
 
 type relayFiles struct{ id, addr, dir string }
@@ -413,8 +422,21 @@ func (in *initer) genesis() error {
 	if err := os.WriteFile(filepath.Join(in.dir, "genesis.hash"), []byte(gen.Hash().String()+"\n"), 0o644); err != nil {
 		return err
 	}
-	in.ledgerBlock, err = LedgerGenesis(gen, in.leafs, in.now)
-	return err
+	if len(in.o.Channels) == 0 {
+		in.ledgerBlock, err = LedgerGenesis(gen, in.leafs, in.now)
+		return err
+	}
+	in.chanBlocks = map[string][]byte{}
+	for _, ch := range gen.Channels() {
+		v, err := gen.ForChannel(ch)
+		if err != nil {
+			return err
+		}
+		if in.chanBlocks[ch], err = LedgerGenesis(v, in.leafs, in.now); err != nil {
+			return fmt.Errorf("channel %s: %w", ch, err)
+		}
+	}
+	return nil
 }
 
 // configs writes every relay's relay.yaml and every member's memberd.yaml,
@@ -453,19 +475,34 @@ func (in *initer) memberConfig(id string, bundle []byte, hash string) error {
 	if err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(mdir, LedgerGenesisFile), in.ledgerBlock, 0o644); err != nil {
-		return err
+	ledger := demoLedgerConfig(in.ledgerAddrs[id], "")
+	if in.chanBlocks == nil {
+		if err := os.WriteFile(filepath.Join(mdir, LedgerGenesisFile), in.ledgerBlock, 0o644); err != nil {
+			return err
+		}
+	} else {
+		var files []string
+		for _, ch := range in.gen.Channels() {
+			f := LedgerChannelGenesisFile(ch)
+			if err := os.WriteFile(filepath.Join(mdir, f), in.chanBlocks[ch], 0o644); err != nil {
+				return err
+			}
+			files = append(files, f)
+		}
+		delete(ledger, "genesis_block")
+		ledger["genesis_blocks"] = files
 	}
 	participationAddr, err := in.free() // osnadmin
 	if err != nil {
 		return err
 	}
+	ledger["admin"].(map[string]any)["listen"] = participationAddr
 	cfg := map[string]any{"member": id, "identity": "identity",
 		"hsm":    map[string]any{"insecure_soft_keys": in.mode == "soft"},
 		"policy": map[string]any{"dir": "policy", "state_dir": "state", "genesis": hash},
 		"relay":  map[string]any{"no_env_proxy": true, "quic_timeout": "1s"},
 		"admin":  adminAddr,
-		"ledger": demoLedgerConfig(in.ledgerAddrs[id], participationAddr)}
+		"ledger": ledger}
 	head := "# memberd appliance for the demo consortium\n"
 	if in.mode == "softhsm" {
 		head += "# its identity key is in SoftHSM2: export SOFTHSM2_CONF=" + in.L.SoftHSMConf + "\n"

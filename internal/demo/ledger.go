@@ -32,6 +32,14 @@ import (
 // LedgerGenesisFile is the genesis block in each member's folder.
 const LedgerGenesisFile = "genesis.block"
 
+// LedgerChannelGenesisFile is the genesis block of channel in each
+// member's folder, with Options.Channels.
+func LedgerChannelGenesisFile(channel string) string { return "genesis-" + channel + ".block" }
+
+// defaultChannel is the channel the single-channel helpers use: the
+// policy's first.
+func (d *Consortium) defaultChannel() string { return d.Layout.Genesis.Channels()[0] }
+
 // The demo's overlay ports of raft and of gRPC between consenters (inside
 // the demo ACL's 7050-7059; 7050 and 7051 stay free for tests and services).
 const (
@@ -91,18 +99,24 @@ func (d *Consortium) LedgerAddr(member string) string {
 // ledgerClient connects to member's ledger gRPC as that member's appliance
 // identity (TLS server checked against the member CAs of the policy).
 func (d *Consortium) ledgerClient(member string) (ab.AtomicBroadcastClient, orderer.Identity, func(), error) {
+	return d.ledgerClientAt(member, member)
+}
+
+// ledgerClientAt connects to member at's ledger gRPC as member as's
+// appliance identity.
+func (d *Consortium) ledgerClientAt(as, at string) (ab.AtomicBroadcastClient, orderer.Identity, func(), error) {
 	d.mu.Lock()
-	a := d.appliances[member]
+	a, server := d.appliances[as], d.appliances[at]
 	d.mu.Unlock()
-	if a == nil || !a.HasLedger() {
-		return nil, orderer.Identity{}, nil, fmt.Errorf("demo: member %s runs no ledger", member)
+	if a == nil || server == nil || !server.HasLedger() {
+		return nil, orderer.Identity{}, nil, fmt.Errorf("demo: member %s or %s does not run, or %s runs no ledger", as, at, at)
 	}
 	p := a.Policy()
 	roots := p.CAPool()
 	id := a.Identity()
-	ident := orderer.Identity{MSPID: p.Member(member).MSPID, Cert: id.Certificate, Signer: id.Signer}
+	ident := orderer.Identity{MSPID: p.Member(as).MSPID, Cert: id.Certificate, Signer: id.Signer}
 	cert := orderer.TLSCertificate(ident, id.Chain...)
-	conn, err := grpc.NewClient(a.LedgerAddr(), append(orderer.ClientOptions(),
+	conn, err := grpc.NewClient(server.LedgerAddr(), append(orderer.ClientOptions(),
 		grpc.WithTransportCredentials(credentials.NewTLS(orderer.ClientTLS(&cert, roots))))...)
 	if err != nil {
 		return nil, ident, nil, err
@@ -142,12 +156,23 @@ func (d *Consortium) WaitLedger(ctx context.Context) error {
 // 'memberd ledger submit' does); every answer must be SUCCESS. It returns
 // the tx ids.
 func (d *Consortium) LedgerSubmit(ctx context.Context, member string, n int) ([]string, error) {
-	c, ident, closeFn, err := d.ledgerClient(member)
+	return d.LedgerSubmitTo(ctx, member, d.defaultChannel(), n)
+}
+
+// LedgerSubmitTo is LedgerSubmit on channel.
+func (d *Consortium) LedgerSubmitTo(ctx context.Context, member, channel string, n int) ([]string, error) {
+	return d.LedgerSubmitAs(ctx, member, member, channel, n)
+}
+
+// LedgerSubmitAs is LedgerSubmit on channel at member at's ledger, signed
+// by member as's appliance identity.
+func (d *Consortium) LedgerSubmitAs(ctx context.Context, as, at, channel string, n int) ([]string, error) {
+	member := at
+	c, ident, closeFn, err := d.ledgerClientAt(as, at)
 	if err != nil {
 		return nil, err
 	}
 	defer closeFn()
-	channel := d.Layout.Genesis.Ledger().Channel
 	stream, err := c.Broadcast(ctx)
 	if err != nil {
 		return nil, err
@@ -180,14 +205,25 @@ func (d *Consortium) LedgerSubmit(ctx context.Context, member string, n int) ([]
 // block is signed by a consenter member of the policy) and returns the
 // header hashes and the tx ids of the envelopes in blocks 1 and later.
 func (d *Consortium) LedgerFetch(ctx context.Context, member string, height uint64) (hashes [][]byte, txs map[string]bool, err error) {
-	c, ident, closeFn, err := d.ledgerClient(member)
+	return d.LedgerFetchFrom(ctx, member, d.defaultChannel(), height)
+}
+
+// LedgerFetchFrom is LedgerFetch on channel.
+func (d *Consortium) LedgerFetchFrom(ctx context.Context, member, channel string, height uint64) (hashes [][]byte, txs map[string]bool, err error) {
+	return d.LedgerFetchAs(ctx, member, member, channel, height)
+}
+
+// LedgerFetchAs is LedgerFetch on channel at member at's ledger, as member
+// as's appliance identity.
+func (d *Consortium) LedgerFetchAs(ctx context.Context, as, at, channel string, height uint64) (hashes [][]byte, txs map[string]bool, err error) {
+	c, ident, closeFn, err := d.ledgerClientAt(as, at)
 	if err != nil {
 		return nil, nil, err
 	}
 	defer closeFn()
 	txs = map[string]bool{}
 	var prev *common.Block
-	err = orderer.Fetch(ctx, c, ident, d.Layout.Genesis.Ledger().Channel,
+	err = orderer.Fetch(ctx, c, ident, channel,
 		orderer.SeekRange(0, height-1, ab.SeekInfo_BLOCK_UNTIL_READY), func(b *common.Block) error {
 			if err := orderer.VerifyFetched(b, prev, uint64(len(hashes)), d.Layout.Genesis); err != nil {
 				return err
@@ -210,17 +246,29 @@ func (d *Consortium) LedgerFetch(ctx context.Context, member string, height uint
 
 // LedgerHeight is the number of blocks member's ledger node stores.
 func (d *Consortium) LedgerHeight(member string) (uint64, error) {
+	n, err := d.LedgerChannelNode(member, "")
+	if err != nil {
+		return 0, err
+	}
+	return n.Height(), nil
+}
+
+// LedgerChannelNode is member's ordering node of channel ("": its first).
+func (d *Consortium) LedgerChannelNode(member, channel string) (*orderer.Node, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	a := d.appliances[member]
 	if a == nil || !a.HasLedger() {
-		return 0, fmt.Errorf("demo: member %s runs no ledger", member)
+		return nil, fmt.Errorf("demo: member %s runs no ledger", member)
 	}
-	n := a.LedgerNode()
+	if channel == "" {
+		channel = a.LedgerChannel()
+	}
+	n := a.LedgerChannelNode(channel)
 	if n == nil {
-		return 0, fmt.Errorf("demo: member %s: channel %q is not open", member, a.LedgerChannel())
+		return nil, fmt.Errorf("demo: member %s: channel %q is not open", member, channel)
 	}
-	return n.Height(), nil
+	return n, nil
 }
 
 // LedgerBlock returns block num as member's ledger node stores it (with
@@ -234,7 +282,7 @@ func (d *Consortium) LedgerBlock(ctx context.Context, member string, num uint64)
 	}
 	defer closeFn()
 	var out *common.Block
-	err = orderer.Fetch(ctx, c, ident, d.Layout.Genesis.Ledger().Channel,
+	err = orderer.Fetch(ctx, c, ident, d.defaultChannel(),
 		orderer.SeekRange(num, num, ab.SeekInfo_BLOCK_UNTIL_READY), func(b *common.Block) error {
 			out = b
 			return nil

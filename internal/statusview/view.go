@@ -65,6 +65,9 @@ type ledgerStatus struct {
 	Height    uint64 `json:"height"`
 	Leader    string `json:"leader"`
 	Term      uint64 `json:"term"`
+	// Channels: every channel the ledger orders (the fields above are the
+	// first's); absent from appliances before ledger.channels.
+	Channels []ledgerStatus `json:"channels"`
 }
 
 // Render writes doc (a /status document) as readable tables, times
@@ -161,8 +164,14 @@ func renderAppliance(b *strings.Builder, st *statusDoc, now time.Time) {
 	}
 	tw = tabwriter.NewWriter(b, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "CHANNEL\tROLE\tHEIGHT\tLEADER\tTERM\tSTATE")
-	fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\n", l.Channel, dash(strings.ToLower(strings.TrimPrefix(l.RaftState, "State"))),
-		l.Height, dash(l.Leader), l.Term, l.State)
+	rows := l.Channels
+	if len(rows) == 0 {
+		rows = []ledgerStatus{l}
+	}
+	for _, c := range rows {
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%s\t%d\t%s\n", c.Channel, dash(strings.ToLower(strings.TrimPrefix(c.RaftState, "State"))),
+			c.Height, dash(c.Leader), c.Term, c.State)
+	}
 	tw.Flush()
 }
 

@@ -66,6 +66,11 @@ func TestStatusTable(t *testing.T) {
 		{"appliance", cannedApplianceStatus, wantApplianceTable},
 		{"relay", cannedRelayStatus, wantRelayTable},
 		{"appliance without ledger", strings.Replace(cannedRelayStatus, `"role": "relay"`, `"role": "appliance", "ledger": "not configured (no ledger section)"`, 1), ""},
+		{"appliance with two channels", strings.Replace(cannedApplianceStatus, `"term": 5}`, `"term": 5, "channels": [
+		  {"channel": "alpha", "height": 42, "leader": "member-b", "raft_state": "StateFollower", "state": "active", "term": 5},
+		  {"channel": "beta", "height": 7, "leader": "member-a", "raft_state": "StateLeader", "state": "active", "term": 2}]}`, 1),
+			strings.Replace(wantApplianceTable, "demo     follower  42      member-b  5     active\n",
+				"alpha    follower  42      member-b  5     active\nbeta     leader    7       member-a  2     active\n", 1)},
 		{"appliance with member addresses", strings.Replace(cannedApplianceStatus, `"addr": "100.64.0.2",`, `"addr": "100.64.0.2", "member_addr": "127.77.0.2",`, 1),
 			strings.Replace(strings.Replace(strings.Replace(wantApplianceTable,
 				"PEER      OVERLAY     HANDSHAKE  KEY ATTESTATION\n", "PEER      OVERLAY     LOCAL ADDR  HANDSHAKE  KEY ATTESTATION\n", 1),

@@ -14,6 +14,27 @@ import (
 	"github.com/memberd/memberd/policy"
 )
 
+// signUpdate signs u's ConfigUpdate as a new identity of member's CA with
+// OU ou, and returns the signature, checked valid.
+func (f *updateFixture) signUpdate(t *testing.T, u *Update, member, ou string) *common.ConfigSignature {
+	t.Helper()
+	leaf := f.c.CAs[member].Issue(t, member+" "+ou, testpki.OU(ou))
+	id, err := proto.Marshal(&msp.SerializedIdentity{Mspid: f.genesis.Member(member).MSPID, IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Cert.Raw})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, err := SignConfigUpdate(u, Signer{Key: leaf.Key, Identity: id}, rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cub, _ := u.ConfigUpdateBytes()
+	valid, invalid := ConfigSignatures(cub, [][]byte{raw})
+	if len(valid) != 1 {
+		t.Fatalf("own signature invalid: %v", invalid)
+	}
+	return valid[0]
+}
+
 // TestCheckUpdateSigned: a ConfigUpdate needs the admins its changes'
 // mod_policies name (Admins: a MAJORITY of the orgs' admins), as a stock
 // peer evaluates it; signatures by non-admin identities do not count.
@@ -23,23 +44,7 @@ func TestCheckUpdateSigned(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	sign := func(u *Update, member, ou string) *common.ConfigSignature {
-		leaf := f.c.CAs[member].Issue(t, member+" "+ou, testpki.OU(ou))
-		id, err := proto.Marshal(&msp.SerializedIdentity{Mspid: f.genesis.Member(member).MSPID, IdBytes: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: leaf.Cert.Raw})})
-		if err != nil {
-			t.Fatal(err)
-		}
-		raw, err := SignConfigUpdate(u, Signer{Key: leaf.Key, Identity: id}, rand.Reader)
-		if err != nil {
-			t.Fatal(err)
-		}
-		cub, _ := u.ConfigUpdateBytes()
-		valid, invalid := ConfigSignatures(cub, [][]byte{raw})
-		if len(valid) != 1 {
-			t.Fatalf("own signature invalid: %v", invalid)
-		}
-		return valid[0]
-	}
+	sign := func(u *Update, member, ou string) *common.ConfigSignature { return f.signUpdate(t, u, member, ou) }
 	batch, err := NextFromPolicy(f.inForce, "trade", f.c.Next(t, f.genesis, func(d *policy.Document) { d.Ledger.BatchSize.MaxMessageCount = 7 }), nil)
 	if err != nil {
 		t.Fatal(err)

@@ -32,8 +32,15 @@ const DefaultPort = 7050
 // where Fabric peers and SDKs dial Broadcast and Deliver, is the member's
 // orderer org Endpoints value: the policy's members[].ledger_endpoints, or
 // the consenter address when the member gives none.
+//
+// A policy with ledger.channels holds several channels: pass the view of
+// one (policy.Policy.ForChannel).
 func FromPolicy(p *policy.Policy, consenters map[string]Consenter) (Config, error) {
 	l := p.Ledger()
+	if len(l.Channels) > 0 {
+		return Config{}, fmt.Errorf("%w: policy version %d lists ledger.channels (%v): a channel config is derived from the view of one channel (policy.ForChannel)",
+			ErrConfig, p.Version(), p.Channels())
+	}
 	c := Config{
 		ChannelID: l.Channel,
 		Batch: block.CutterConfig{MaxMessageCount: l.BatchSize.MaxMessageCount,

@@ -71,11 +71,22 @@ func Next(inForce *common.Config, next Config) (*Update, error) {
 // when the policy gives one (so every member derives the same bytes); else
 // the one in consenters; else its consenter of the config in force, found
 // by its client TLS certificate chaining to the member's TLS CA (or CA,
-// when the member names no TLS CA). Raft options stay as in force.
+// when the member names no TLS CA). Raft options stay as in force. A
+// policy with ledger.channels derives the config of channelID's view
+// (policy.Policy.ForChannel), so 'memberd policy sign --config-block' and
+// 'policy verify --config-block' work on one channel's config block.
 func NextFromPolicy(inForce *common.Config, channelID string, p *policy.Policy, consenters map[string]Consenter) (*Update, error) {
 	cur, err := ParseConfig(channelID, inForce)
 	if err != nil {
 		return nil, fmt.Errorf("channel config in force: %w", err)
+	}
+	if len(p.Ledger().Channels) > 0 {
+		// A policy with ledger.channels: the channel's view of it.
+		v, err := p.ForChannel(channelID)
+		if err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrConfig, err)
+		}
+		p = v
 	}
 	if got := p.Ledger().Channel; got != channelID {
 		return nil, fmt.Errorf("%w: policy version %d names channel %q, the config in force is of channel %q; a channel cannot be renamed",

@@ -3,6 +3,7 @@ package orderer
 import (
 	"crypto/x509"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
@@ -139,8 +140,14 @@ func lookupMember(pol *policy.Policy, creator []byte, now time.Time) (*policy.Me
 		return nil, err
 	}
 	m, err := pol.MemberForCertificateAt([][]*x509.Certificate{{cert}}, now)
+	if errors.Is(err, policy.ErrRevoked) {
+		// Issued by a member CA, but revoked (members[].crls or
+		// revocations): the member CA is not the problem.
+		return nil, fmt.Errorf("%w: certificate %q (MSP %s) is revoked: %w",
+			ErrForbidden, cert.Subject.CommonName, mspID, err)
+	}
 	if err != nil {
-		return nil, fmt.Errorf("%w: certificate %q (MSP %s) is not issued by a member CA of policy version %d: %v",
+		return nil, fmt.Errorf("%w: certificate %q (MSP %s) is not issued by a member CA of policy version %d: %w",
 			ErrForbidden, cert.Subject.CommonName, mspID, pol.Version(), err)
 	}
 	if m.MSPID != mspID {

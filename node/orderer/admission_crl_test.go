@@ -41,9 +41,13 @@ func TestAdmissionRefusesCRLRevoked(t *testing.T) {
 	c.cur.Store(c.cons.Next(t, c.pol, func(d *policy.Document) { d.Members[0].CRLs = c.cons.CAs["m1"].CRL(t, 1, lost.Cert) }))
 	b, d := check(lost)
 	for what, err := range map[string]error{"broadcast": b, "deliver": d} {
-		// (lookupMember keeps the policy's reason as text, not as a wrapped error.)
-		if !errors.Is(err, ErrForbidden) || !strings.Contains(err.Error(), "is revoked by policy version 2") {
-			t.Fatalf("%s of a CRL-revoked client: %v, want ErrForbidden, revoked by policy version 2", what, err)
+		// The policy's reason stays an error (policy.ErrRevoked), and the
+		// message says revoked, not that the member CA is unknown.
+		if !errors.Is(err, ErrForbidden) || !errors.Is(err, policy.ErrRevoked) || !strings.Contains(err.Error(), "is revoked by policy version 2") {
+			t.Fatalf("%s of a CRL-revoked client: %v, want ErrForbidden wrapping policy.ErrRevoked, revoked by policy version 2", what, err)
+		}
+		if strings.Contains(err.Error(), "not issued by a member CA") {
+			t.Fatalf("%s of a CRL-revoked client: %v: a certificate of a member CA named as not issued by one", what, err)
 		}
 	}
 	t.Log(b)

@@ -73,6 +73,9 @@ type Node struct {
 	// block), against which signing identities are checked and which sets
 	// the cutter. apply replaces it when it stores a config block.
 	inForce atomic.Pointer[configInForce]
+	// signOK: whether the signing identity may sign under the config in
+	// force (maySign; apply's goroutine only).
+	signOK signCheck
 	// cfgtx is the policy versions seen, for CONFIG blocks (configtx.go).
 	cfgtx configState
 	// genesisConsenters are the consenters of the genesis block. Immutable.
@@ -210,6 +213,11 @@ func (n *Node) checkSigner(signer crypto.Signer, identity []byte) error {
 	}
 	err := CheckSigner(n.ChannelConfig(), signer, identity, n.cfg.Now())
 	if errors.Is(err, ErrSignerOrgMissing) {
+		if n.cfg.Fetcher != nil {
+			// maySign: it stores other consenters' copies meanwhile.
+			n.log.Info("this node's org is no orderer org of the channel config in force: it stores the blocks other consenters signed until a CONFIG block adds it", "err", err)
+			return nil
+		}
 		n.log.Warn("signing blocks that stock Fabric peers will refuse", "err", err)
 		return nil
 	}
@@ -683,8 +691,12 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 		if err != nil {
 			return err
 		}
-		if err := n.signBlock(ctx, b, lastConfig, md); err != nil {
-			return fmt.Errorf("signing block %d: %w", b.Header.Number, err)
+		if n.maySign() {
+			if err := n.signBlock(ctx, b, lastConfig, md); err != nil {
+				return fmt.Errorf("signing block %d: %w", b.Header.Number, err)
+			}
+		} else if b, err = n.fetchSigned(ctx, b); err != nil {
+			return err
 		}
 		blocks = append(blocks, b)
 		prev = b.Header

@@ -8,10 +8,10 @@ package orderer
 // its channel config rejects.
 //
 // One case is only logged: a node whose org is not an orderer org of the
-// channel config. The policy can add a consenter member after the genesis block,
-// and until policy changes reach the channel as config blocks (not built
-// yet) its org stays out of the channel config: no certificate fixes that,
-// so the node runs, and says that stock peers refuse the blocks it signs.
+// channel config. The policy can add a consenter member after the genesis
+// block, and its org stays out of the channel config until a CONFIG block
+// adds it: no certificate fixes that, so the node runs, and stores the
+// copies other consenters signed meanwhile (unsignable.go).
 
 import (
 	"crypto"
@@ -47,7 +47,7 @@ func CheckSigner(ch *channelconfig.Channel, signer crypto.Signer, identity []byt
 	}
 	if err := ch.CheckBlockSigner(mspID, cert, now); err != nil {
 		if errors.Is(err, channelconfig.ErrUnknownMSP) || errors.Is(err, channelconfig.ErrNotOrdererOrg) {
-			return fmt.Errorf("%w: %w: org %s of node certificate %q is not an orderer org in the channel config of %q (a consenter the policy added after the genesis block; policy changes do not reach the channel config yet): stock Fabric peers refuse the blocks this node signs while it leads",
+			return fmt.Errorf("%w: %w: org %s of node certificate %q is not an orderer org in the channel config of %q (a consenter the policy added after the genesis block, until a CONFIG block adds its org: ledger.config_blocks and members[].ledger_consenter): stock Fabric peers refuse the blocks this node signs",
 				ErrSignerOrgMissing, err, mspID, cert.Subject, ch.Config.ChannelID)
 		}
 		hint := fmt.Sprintf("issue the node a certificate from the %s CA with OU=%s: memberd hsm csr --key URI --cn NAME --ou %s --ip ADDR...; memberd ca sign ...; and put it in the identity folder",

@@ -144,3 +144,30 @@ func parseHello(b []byte) (hello, error) {
 		Cluster: string(b[17:]),
 	}, nil
 }
+
+// maxHelloLen bounds a hello payload: two IDs, the length byte and at most
+// 255 bytes of cluster name.
+const maxHelloLen = 17 + 255
+
+// ReadHello reads the first frame of an inbound connection, the dialer's
+// hello, without answering it: it returns the cluster the dialer asks for
+// and the exact bytes read, which the caller replays in front of the rest
+// of the connection before handing it to that cluster's Node. One port can
+// so serve the raft clusters of several channels (the appliance routes by
+// cluster); dialers send the same hello as always, so this needs nothing of
+// them. Errors wrap ErrProtocol (not a hello), ErrTooLarge or the read's.
+func ReadHello(r io.Reader) (cluster string, raw []byte, err error) {
+	fr := frameReader{r: r, max: maxHelloLen}
+	typ, b, err := fr.next()
+	if err != nil {
+		return "", nil, err
+	}
+	if typ != frameHello {
+		return "", nil, fmt.Errorf("%w: first frame has type %d, want hello", ErrProtocol, typ)
+	}
+	h, err := parseHello(b)
+	if err != nil {
+		return "", nil, err
+	}
+	return h.Cluster, append(fr.hdr[:], b...), nil
+}

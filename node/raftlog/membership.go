@@ -316,7 +316,10 @@ func (n *Node) applyConfChange(e *raftpb.Entry) error {
 	case raftpb.ConfChangeRemoveNode:
 		n.tr.removePeer(cc.NodeID)
 	}
-	if removed && !wasRemoved {
+	// Only the removal of this node removes it: a node that joins replays
+	// the log from before it was added, where the configuration does not
+	// name it yet, and that is no removal to warn about.
+	if removed && !wasRemoved && cc.Type == raftpb.ConfChangeRemoveNode && cc.NodeID == n.cfg.ID {
 		n.cfg.Logger.Warn("this node was removed from the raft cluster: it no longer orders; its data stays for reading",
 			"node", n.cfg.ID, "index", e.Index)
 	}

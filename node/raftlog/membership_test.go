@@ -6,8 +6,11 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"log/slog"
 	"path/filepath"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -353,5 +356,81 @@ func TestMembershipVersionFloor(t *testing.T) {
 			}
 			time.Sleep(10 * time.Millisecond)
 		}
+	}
+}
+
+// warnLog keeps the messages of WARN and above lines, for tests that
+// check what a node warned about.
+type warnLog struct {
+	mu   sync.Mutex
+	msgs []string
+}
+
+func (w *warnLog) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (w *warnLog) Handle(_ context.Context, r slog.Record) error {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.msgs = append(w.msgs, r.Message)
+	return nil
+}
+func (w *warnLog) WithAttrs([]slog.Attr) slog.Handler { return w }
+func (w *warnLog) WithGroup(string) slog.Handler      { return w }
+
+func (w *warnLog) count(substr string) int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	n := 0
+	for _, m := range w.msgs {
+		if strings.Contains(m, substr) {
+			n++
+		}
+	}
+	return n
+}
+
+// TestJoiningNodeDoesNotWarnOfRemoval: a node added after the cluster
+// formed replays the log from its first entries, whose configuration does
+// not name it yet. It used to warn "this node was removed from the raft
+// cluster" there, which misled operators onboarding a member; the warning
+// is for its actual removal, which it still gets.
+func TestJoiningNodeDoesNotWarnOfRemoval(t *testing.T) {
+	c := newCluster(t, 3, nil) // no snapshots: the new node replays from index 1
+	lead := c.leader(10 * time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	c.propose(ctx, "a", 2, 20, nil)
+	if err := c.nodes[lead].node().AddPeer(ctx, Peer{ID: 4, Addr: "n4", Name: "m4"}); err != nil {
+		t.Fatalf("AddPeer: %v", err)
+	}
+	warns := &warnLog{}
+	c.size = 4
+	tn := &testNode{id: 4, dir: filepath.Join(t.TempDir(), "n4"), app: &testApp{}}
+	tn.app.fetch = c.fetchFrom(4)
+	c.nodes[4] = tn
+	c.tune = func(cfg *Config) {
+		if cfg.ID == 4 {
+			cfg.Join, cfg.Peers = true, nil
+			cfg.Logger = slog.New(warns)
+		}
+	}
+	c.start(4)
+	c.propose(ctx, "b", 2, 20, nil)
+	c.waitApplied(40, 30*time.Second)
+	if tn.app.snaps != 0 {
+		t.Fatalf("node 4 caught up through a snapshot: it did not replay the configuration before it was added")
+	}
+	const msg = "this node was removed from the raft cluster"
+	if n := warns.count(msg); n != 0 {
+		t.Fatalf("joining node warned %d times %q", n, msg)
+	}
+	if err := c.nodes[c.leader(10*time.Second)].node().RemovePeer(ctx, 4); err != nil {
+		t.Fatalf("RemovePeer: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for warns.count(msg) == 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("node 4 removed but no warning %q; removed=%v", msg, tn.node().Removed())
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }

@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -64,82 +65,7 @@ func TestPolicyConfigBlockConsenter(t *testing.T) {
 	if _, err := d.LedgerSubmit(ctx, a, 3); err != nil {
 		t.Fatal(err)
 	}
-	dir := t.TempDir()
-	// push signs next by every admin against configBlock, pushes it and
-	// waits for its CONFIG block on the members of want; it returns that
-	// block's file.
-	lastConfig := filepath.Join(L.Dir, "members", a, "genesis.block")
-	push := func(next *policy.Policy, want []string) *common.Block {
-		t.Helper()
-		bundle := filepath.Join(dir, "v"+string(rune('0'+next.Version()))+".yaml")
-		if err := os.WriteFile(bundle, next.Marshal(), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		for _, m := range L.Members {
-			signBoth(t, L, bundle, m, lastConfig)
-		}
-		raw, err := os.ReadFile(bundle)
-		if err != nil {
-			t.Fatal(err)
-		}
-		res, err := d.PushPolicy(ctx, a, raw)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for _, r := range res {
-			if !r.OK {
-				t.Fatalf("push of v%d to %s: %s", next.Version(), r.Member, r.Detail)
-			}
-		}
-		waitFor(t, 60*time.Second, "every member at policy version "+string(rune('0'+next.Version())), func() bool {
-			for _, m := range L.Members {
-				if d.PolicyVersion(m) != next.Version() {
-					return false
-				}
-			}
-			return true
-		})
-		var cfg *common.Block
-		waitFor(t, 60*time.Second, "the CONFIG block of the new version on "+strings.Join(want, ","), func() bool {
-			for _, m := range want {
-				h, err := d.LedgerHeight(m)
-				if err != nil || h == 0 {
-					return false
-				}
-				last, _, err := d.LedgerBlock(ctx, m, h-1)
-				if err != nil {
-					return false
-				}
-				lc, err := block.LastConfigIndex(last)
-				if err != nil || lc == 0 {
-					return false
-				}
-				b, _, err := d.LedgerBlock(ctx, m, lc)
-				if err != nil {
-					return false
-				}
-				ce, _, err := channelconfig.ConfigTransactionOf(b)
-				if err != nil || ce.Config.Sequence != next.Version()-1 {
-					return false
-				}
-				if cfg == nil {
-					cfg = b
-				} else if !bytes.Equal(block.HeaderHash(cfg.Header), block.HeaderHash(b.Header)) {
-					t.Fatalf("%s: CONFIG block %d differs", m, lc)
-				}
-			}
-			return true
-		})
-		raw, err = block.Marshal(cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		lastConfig = filepath.Join(dir, "config-"+string(rune('0'+next.Version()))+".block")
-		if err := os.WriteFile(lastConfig, raw, 0o644); err != nil {
-			t.Fatal(err)
-		}
-		return cfg
-	}
+	push := newConfigPusher(t, ctx, L, d).push
 	setRoles := func(doc *policy.Document, ids []string) {
 		doc.Ledger.Consenters = ids
 		for _, m := range doc.Members {
@@ -244,4 +170,98 @@ func (p *stockPeer) committedAll(t *testing.T, ctx context.Context, height uint6
 	if committed := len(regexp.MustCompile(`Committed block \[\d+\]`).FindAllString(log, -1)); committed != int(height) {
 		t.Fatalf("stock peer committed %d blocks, want %d", committed, height)
 	}
+}
+
+// configPusher has every admin of L.Members sign policy versions, both
+// halves ('memberd policy sign --config-block', against the channel's last
+// config block), pushes them and waits for their CONFIG blocks.
+type configPusher struct {
+	t          *testing.T
+	ctx        context.Context
+	L          *demo.Layout
+	d          *demo.Consortium
+	dir        string
+	lastConfig string // the file of the channel's last config block
+}
+
+func newConfigPusher(t *testing.T, ctx context.Context, L *demo.Layout, d *demo.Consortium) *configPusher {
+	return &configPusher{t: t, ctx: ctx, L: L, d: d, dir: t.TempDir(), lastConfig: filepath.Join(L.Dir, "members", L.Members[0], "genesis.block")}
+}
+
+// push signs next by every admin of L.Members against the last config
+// block, pushes it through L.Members[0] and waits until every member
+// applied it and the members of want store the same CONFIG block of it;
+// it returns that block (and keeps it as the last config block).
+func (c *configPusher) push(next *policy.Policy, want []string) *common.Block {
+	t, ctx, L, d := c.t, c.ctx, c.L, c.d
+	t.Helper()
+	a := L.Members[0]
+	bundle := filepath.Join(c.dir, "v"+strconv.FormatUint(next.Version(), 10)+".yaml")
+	if err := os.WriteFile(bundle, next.Marshal(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range L.Members {
+		signBoth(t, L, bundle, m, c.lastConfig)
+	}
+	raw, err := os.ReadFile(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := d.PushPolicy(ctx, a, raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range res {
+		if !r.OK {
+			t.Fatalf("push of v%d to %s: %s", next.Version(), r.Member, r.Detail)
+		}
+	}
+	waitFor(t, 60*time.Second, "every member at policy version "+strconv.FormatUint(next.Version(), 10), func() bool {
+		for _, m := range L.Members {
+			if d.PolicyVersion(m) != next.Version() {
+				return false
+			}
+		}
+		return true
+	})
+	var cfg *common.Block
+	waitFor(t, 60*time.Second, "the CONFIG block of the new version on "+strings.Join(want, ","), func() bool {
+		for _, m := range want {
+			h, err := d.LedgerHeight(m)
+			if err != nil || h == 0 {
+				return false
+			}
+			last, _, err := d.LedgerBlock(ctx, m, h-1)
+			if err != nil {
+				return false
+			}
+			lc, err := block.LastConfigIndex(last)
+			if err != nil || lc == 0 {
+				return false
+			}
+			b, _, err := d.LedgerBlock(ctx, m, lc)
+			if err != nil {
+				return false
+			}
+			ce, _, err := channelconfig.ConfigTransactionOf(b)
+			if err != nil || ce.Config.Sequence != next.Version()-1 {
+				return false
+			}
+			if cfg == nil {
+				cfg = b
+			} else if !bytes.Equal(block.HeaderHash(cfg.Header), block.HeaderHash(b.Header)) {
+				t.Fatalf("%s: CONFIG block %d differs", m, lc)
+			}
+		}
+		return true
+	})
+	raw, err = block.Marshal(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.lastConfig = filepath.Join(c.dir, "config-"+strconv.FormatUint(next.Version(), 10)+".block")
+	if err := os.WriteFile(c.lastConfig, raw, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
 }

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -174,6 +175,17 @@ type stockPeer struct {
 	mutual                   bool
 	cmd                      *exec.Cmd
 	logFile                  string
+	// channel is the channel the peer joins and follows; "" = the demo's
+	// single channel.
+	channel string
+}
+
+// channelName is the peer's channel.
+func (p *stockPeer) channelName() string {
+	if p.channel == "" {
+		return "demo"
+	}
+	return p.channel
 }
 
 func newStockPeer(t *testing.T, fab string, L *demo.Layout, d *demo.Consortium, member, name, target string, mutual bool) *stockPeer {
@@ -212,13 +224,6 @@ func newStockPeer(t *testing.T, fab string, L *demo.Layout, d *demo.Consortium, 
 	}
 	_, cc := freePort(t)
 	_, ops := freePort(t)
-	var overrides []string
-	for _, m := range L.Members {
-		if m != target {
-			overrides = append(overrides, fmt.Sprintf(`{from: "%s", to: "%s", caCertsFile: "%s"}`,
-				d.LedgerAddr(m), d.LedgerAddr(target), filepath.Join(L.Dir, "members", target, "ca.pem")))
-		}
-	}
 	p.env = append(os.Environ(),
 		"FABRIC_CFG_PATH="+cfg, "FABRIC_LOGGING_SPEC=info", "CORE_PEER_ID="+name+"."+member, "CORE_PEER_LOCALMSPID="+member+"MSP",
 		"CORE_PEER_MSPCONFIGPATH="+msp, "CORE_PEER_ADDRESS="+p.addr, "CORE_PEER_LISTENADDRESS="+p.addr,
@@ -230,9 +235,35 @@ func newStockPeer(t *testing.T, fab string, L *demo.Layout, d *demo.Consortium, 
 		"CORE_PEER_TLS_CLIENTAUTHREQUIRED="+strconv.FormatBool(mutual), "CORE_PEER_TLS_CLIENTROOTCAS_FILES="+p.ca,
 		// A ping every 10s (Fabric's default is 60s): memberd must not cut
 		// the deliver stream for it (orderer.KeepaliveMinInterval).
-		"CORE_PEER_KEEPALIVE_DELIVERYCLIENT_INTERVAL=10s",
-		"CORE_PEER_DELIVERYCLIENT_ADDRESSOVERRIDES=["+strings.Join(overrides, ", ")+"]")
+		"CORE_PEER_KEEPALIVE_DELIVERYCLIENT_INTERVAL=10s")
+	p.setTarget(d, target)
 	return p
+}
+
+// setTarget points the peer's deliver client at target's ledger (from the
+// next start): address overrides map every other member's orderer
+// endpoint to target's.
+func (p *stockPeer) setTarget(d *demo.Consortium, target string) {
+	var overrides []string
+	for _, m := range p.L.Members {
+		if m != target {
+			overrides = append(overrides, fmt.Sprintf(`{from: "%s", to: "%s", caCertsFile: "%s"}`,
+				d.LedgerAddr(m), d.LedgerAddr(target), filepath.Join(p.L.Dir, "members", target, "ca.pem")))
+		}
+	}
+	const key = "CORE_PEER_DELIVERYCLIENT_ADDRESSOVERRIDES="
+	p.env = slices.DeleteFunc(p.env, func(e string) bool { return strings.HasPrefix(e, key) })
+	p.env = append(p.env, key+"["+strings.Join(overrides, ", ")+"]")
+	p.target = target
+}
+
+// retarget restarts the peer (its ledger kept) pulling from target's ledger.
+func (p *stockPeer) retarget(t *testing.T, d *demo.Consortium, target string) {
+	t.Helper()
+	p.cmd.Process.Kill() // the process this test started, by its handle
+	p.cmd.Wait()
+	p.setTarget(d, target)
+	p.start(t)
 }
 
 // clientEnv is the peer CLI's environment as the member's admin.
@@ -242,7 +273,8 @@ func (p *stockPeer) clientEnv() []string {
 
 func (p *stockPeer) start(t *testing.T) {
 	t.Helper()
-	f, err := os.Create(p.logFile)
+	// Appended: a restarted peer's log follows its earlier runs'.
+	f, err := os.OpenFile(p.logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -257,6 +289,10 @@ func (p *stockPeer) start(t *testing.T) {
 		p.cmd.Process.Kill() // the process this test started, by its handle
 		p.cmd.Wait()
 		f.Close()
+		// MEMBERD_TEST_PEER_LOGS=DIR keeps a copy of every stock peer log.
+		if dir := os.Getenv("MEMBERD_TEST_PEER_LOGS"); dir != "" {
+			os.WriteFile(filepath.Join(dir, fmt.Sprintf("peer-%s-%d.log", p.member, pid)), []byte(p.log(t)), 0o644)
+		}
 		if t.Failed() {
 			t.Logf("peer %d log (last lines):\n%s", pid, lastLines(p.log(t), 40))
 		}
@@ -272,7 +308,11 @@ func (p *stockPeer) start(t *testing.T) {
 
 func (p *stockPeer) join(t *testing.T, ctx context.Context) {
 	t.Helper()
-	p.cli(t, ctx, p.clientEnv(), "channel", "join", "-b", filepath.Join(p.L.Dir, "members", p.member, "genesis.block"))
+	genesis := demo.LedgerGenesisFile
+	if p.channel != "" {
+		genesis = demo.LedgerChannelGenesisFile(p.channel)
+	}
+	p.cli(t, ctx, p.clientEnv(), "channel", "join", "-b", filepath.Join(p.L.Dir, "members", p.member, genesis))
 }
 
 // cli runs the peer CLI and fails the test if it fails.
@@ -306,7 +346,7 @@ func (p *stockPeer) waitHeight(t *testing.T, ctx context.Context, want uint64) u
 	t.Helper()
 	var h uint64
 	waitFor(t, 30*time.Second, fmt.Sprintf("the peer pulling from %s to commit %d blocks", p.target, want), func() bool {
-		out, err := p.try(ctx, p.clientEnv(), "channel", "getinfo", "-c", "demo")
+		out, err := p.try(ctx, p.clientEnv(), "channel", "getinfo", "-c", p.channelName())
 		if err != nil {
 			t.Log(err)
 			return false

@@ -22,21 +22,23 @@ import (
 )
 
 func newLedgerCmd(e *env) *cobra.Command {
-	c := &cobra.Command{Use: "ledger", Short: "Ledger: channel create, submit, fetch, height",
+	c := &cobra.Command{Use: "ledger", Short: "Ledger: channel create, submit, fetch, height, transfer-leader",
 		Long: `Work with the consortium's ledger through a node's Fabric AtomicBroadcast API
 (the same API Fabric SDKs and peers use). submit, fetch and height sign their
 requests with a member identity: --key (HSM key URI) --cert (its certificate)
---msp-id (the member's MSP id).`}
-	c.AddCommand(newLedgerChannelCmd(e), newLedgerSubmitCmd(e), newLedgerFetchCmd(e), newLedgerHeightCmd(e))
+--msp-id (the member's MSP id). transfer-leader asks the local appliance
+(its admin endpoint) to hand the channel's raft leadership to a consenter.`}
+	c.AddCommand(newLedgerChannelCmd(e), newLedgerSubmitCmd(e), newLedgerFetchCmd(e), newLedgerHeightCmd(e),
+		newLedgerTransferLeaderCmd(e))
 	return c
 }
 
 func newLedgerChannelCmd(e *env) *cobra.Command {
 	c := &cobra.Command{Use: "channel", Short: "Channel configuration"}
-	var polFile, out string
+	var polFile, out, channel string
 	var consenters []string
 	create := &cobra.Command{
-		Use:   "create --policy FILE --consenter MEMBER=TLSCERT.pem[@HOST:PORT] ... --out genesis.block",
+		Use:   "create --policy FILE [--channel NAME] --consenter MEMBER=TLSCERT.pem[@HOST:PORT] ... --out genesis.block",
 		Short: "Build the channel's genesis (config) block from the policy",
 		Long: `Build a Fabric channel config block from the consortium policy: one MSP per
 member with its CA certificates, Readers/Writers/Admins policies, the orderer
@@ -48,7 +50,11 @@ the member's overlay address and port 7050. The client-facing orderer
 endpoints that Fabric peers dial are the policy's members[].ledger_endpoints
 (the consenter address when a member gives none). Every node of the channel
 starts from this block, byte for byte, and Fabric peers join the channel
-with it: build it once and copy it to every member.`,
+with it: build it once and copy it to every member.
+
+A policy with ledger.channels needs --channel: the block is that channel's,
+with the channel's member orgs, consenters and batch parameters; build one
+per channel and list them in memberd.yaml ledger.genesis_blocks.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if polFile == "" || out == "" {
@@ -62,9 +68,19 @@ with it: build it once and copy it to every member.`,
 			if err != nil {
 				return usagef("%s: --policy %s: %v", cmd.CommandPath(), polFile, err)
 			}
+			if channel == "" && len(pol.Ledger().Channels) > 0 {
+				return usagef("%s: --policy %s lists ledger.channels (%s): say which with --channel", cmd.CommandPath(), polFile, strings.Join(pol.Channels(), ", "))
+			}
+			// --consenter may name any member of the policy, so that one
+			// list of them builds every channel's block.
 			css, err := parseConsenters(cmd, consenters, pol, polFile)
 			if err != nil {
 				return err
+			}
+			if channel != "" {
+				if pol, err = pol.ForChannel(channel); err != nil {
+					return usagef("%s: --channel: %v", cmd.CommandPath(), err)
+				}
 			}
 			cc, err := orderer.ChannelConfig(pol, css)
 			if err != nil {
@@ -93,6 +109,7 @@ with it: build it once and copy it to every member.`,
 	create.Flags().StringVar(&polFile, "policy", "", "the consortium policy (signed bundle or document)")
 	create.Flags().StringArrayVar(&consenters, "consenter", nil, "MEMBER=TLSCERT.pem[@HOST:PORT] for each consenter member (repeatable)")
 	create.Flags().StringVar(&out, "out", "", "where to write the genesis block ('-' = stdout)")
+	create.Flags().StringVar(&channel, "channel", "", "the channel of the policy's ledger.channels to build the block of (required with ledger.channels)")
 	c.AddCommand(create)
 	return c
 }

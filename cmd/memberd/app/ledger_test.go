@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -176,5 +177,55 @@ func TestLedgerCommands(t *testing.T) {
 	other[3] = "no-such-channel"
 	if code, out, _ := run(t, append([]string{"ledger", "submit", "--data", "x"}, other...)...); code != ExitRuntime || !strings.HasPrefix(out, "NOT_FOUND") {
 		t.Fatalf("submit to an unknown channel: exit %d out %q", code, out)
+	}
+}
+
+// TestLedgerChannelCreateChannels: with ledger.channels, 'ledger channel
+// create' asks for --channel, builds the named channel's genesis block
+// (its member orgs and consenters only), and refuses a channel the policy
+// lacks.
+func TestLedgerChannelCreateChannels(t *testing.T) {
+	dir := t.TempDir()
+	cons := policytest.New(t, 3)
+	pol := policytest.MustParse(t, cons.NextDocument(t, cons.Genesis(t), func(d *policy.Document) {
+		d.Ledger.Channel = ""
+		d.Ledger.Channels = []*policy.Channel{
+			{Name: "alpha", Consenters: []string{"m1", "m2", "m3"}},
+			{Name: "beta", Consenters: []string{"m2"}, Members: []string{"m2", "m3"}},
+		}
+	}))
+	polFile := filepath.Join(dir, "policy.yaml")
+	if err := os.WriteFile(polFile, pol.Marshal(), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	var consenters []string
+	for _, m := range policytest.Members(3) {
+		f := filepath.Join(dir, m+".pem")
+		writeCert(t, f, cons.CAs[m].Issue(t, m+" node").Cert)
+		consenters = append(consenters, "--consenter", m+"="+f)
+	}
+	gen := filepath.Join(dir, "beta.block")
+	args := append([]string{"ledger", "channel", "create", "--policy", polFile, "--out", gen}, consenters...)
+	if code, _, errs := run(t, args...); code != ExitUsage || !strings.Contains(errs, "lists ledger.channels (alpha, beta): say which with --channel") {
+		t.Fatalf("create without --channel: exit %d %s", code, errs)
+	}
+	if code, _, errs := run(t, append(args, "--channel", "gamma")...); code != ExitUsage || !strings.Contains(errs, `no channel "gamma"`) {
+		t.Fatalf("create --channel gamma: exit %d %s", code, errs)
+	}
+	code, _, errs := run(t, append(args, "--channel", "beta")...)
+	if code != ExitOK || !strings.Contains(errs, `channel "beta": genesis block with 2 member orgs and 1 consenters`) {
+		t.Fatalf("create --channel beta: exit %d %s", code, errs)
+	}
+	raw, err := os.ReadFile(gen)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := block.Unmarshal(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	beta, _ := pol.ForChannel("beta")
+	if got, err := orderer.GenesisConsenters(beta, b); err != nil || !slices.Equal(got, []string{"m2"}) {
+		t.Fatalf("beta's genesis consenters %v, %v", got, err)
 	}
 }

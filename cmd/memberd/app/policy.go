@@ -130,8 +130,25 @@ func showPolicy(w io.Writer, p *policy.Policy) {
 		fmt.Fprintf(w, "  %s -> %s ports %s\n", strings.Join(r.From, ","), strings.Join(r.To, ","), strings.Join(ports, ","))
 	}
 	l := d.Ledger
-	fmt.Fprintf(w, "ledger: channel %s, blocks of at most %d messages / %d bytes (cut at %d), timeout %s, consenters %s\n",
-		l.Channel, l.BatchSize.MaxMessageCount, l.BatchSize.AbsoluteMaxBytes, l.BatchSize.PreferredMaxBytes, l.Timeout, strings.Join(l.Consenters, ","))
+	if len(l.Channels) == 0 {
+		fmt.Fprintf(w, "ledger: channel %s, blocks of at most %d messages / %d bytes (cut at %d), timeout %s, consenters %s\n",
+			l.Channel, l.BatchSize.MaxMessageCount, l.BatchSize.AbsoluteMaxBytes, l.BatchSize.PreferredMaxBytes, l.Timeout, strings.Join(l.Consenters, ","))
+	} else {
+		fmt.Fprintf(w, "ledger: %d channels, nodes on %s\n", len(l.Channels), strings.Join(l.Consenters, ","))
+		for _, name := range p.Channels() {
+			v, err := p.ForChannel(name)
+			if err != nil {
+				continue // names come from Channels
+			}
+			vl, members := v.Ledger(), []string{}
+			for _, m := range v.Members() {
+				members = append(members, m.ID)
+			}
+			fmt.Fprintf(w, "  channel %s: consenters %s, members %s, blocks of at most %d messages / %d bytes (cut at %d), timeout %s\n",
+				name, strings.Join(vl.Consenters, ","), strings.Join(members, ","), vl.BatchSize.MaxMessageCount,
+				vl.BatchSize.AbsoluteMaxBytes, vl.BatchSize.PreferredMaxBytes, vl.Timeout)
+		}
+	}
 	fmt.Fprintf(w, "revocations: %d certificate(s), %d admin key(s)\n", len(d.Revocations.Certificates), len(d.Revocations.AdminKeys))
 	rules := []string{"default " + d.Amendment.Default.String()}
 	for _, k := range policy.AllKinds {
