@@ -55,6 +55,8 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/memberd/memberd/internal/diag"
 )
 
 // Proposal envelope inside each normal raft entry (stripped before Apply):
@@ -190,6 +192,7 @@ func New(cfg Config) (*Node, error) {
 		idle:          n.idle,
 		selfAddr:      n.selfAddr,
 		step:          func(ctx context.Context, m raftpb.Message) error { return n.rn.Step(ctx, m) },
+		compress:      !diag.NoRaftCompression,
 	}
 	if c.Registerer != nil {
 		n.collector = newCollector(n)
