@@ -53,6 +53,9 @@ type segment struct {
 	seq      uint64
 	path     string
 	maxIndex uint64 // highest entry index written to it (0: none)
+	// synced: its size at its last fsync; a power loss may drop any part
+	// of what was written after it (crash_test.go models that).
+	synced int64
 }
 
 type wal struct {
@@ -157,7 +160,7 @@ func (w *wal) replay(id uint64, cluster string) (*recovered, error) {
 				return nil, err
 			}
 		}
-		seg := segment{seq: seq, path: name}
+		seg := segment{seq: seq, path: name, synced: int64(end)}
 		for j, r := range recs {
 			switch r.typ {
 			case recMeta:
@@ -269,6 +272,7 @@ func (w *wal) replay(id uint64, cluster string) (*recovered, error) {
 			return nil, err
 		}
 		w.f, w.size = f, st.Size()
+		w.segs[len(w.segs)-1].synced = w.size
 	}
 	w.hs = rec.hs
 	return rec, nil
@@ -335,8 +339,8 @@ func (w *wal) save(hs raftpb.HardState, ents []raftpb.Entry, sync bool) error {
 	}
 	w.size += int64(len(b))
 	if sync {
-		if err := w.f.Sync(); err != nil {
-			return fmt.Errorf("raft log fsync %s: %w", w.f.Name(), err)
+		if err := w.sync(); err != nil {
+			return err
 		}
 	}
 	if cap(w.buf) > 4<<20 {
@@ -370,6 +374,15 @@ func (w *wal) cut() error {
 }
 
 func (w *wal) cutSeq(seq uint64) error {
+	// The segment being closed may end with a HardState saved without
+	// fsync (raft's MustSync is false when only the commit moved): sync it
+	// first, or a power loss could leave it torn behind a durable newer
+	// segment, which replay must refuse (only the newest may be torn).
+	if w.f != nil {
+		if err := w.sync(); err != nil {
+			return err
+		}
+	}
 	path := filepath.Join(w.dir, segName(seq))
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -399,7 +412,7 @@ func (w *wal) cutSeq(seq uint64) error {
 		}
 	}
 	w.f, w.size = f, int64(len(b))
-	w.segs = append(w.segs, segment{seq: seq, path: path})
+	w.segs = append(w.segs, segment{seq: seq, path: path, synced: w.size})
 	return nil
 }
 
@@ -443,9 +456,15 @@ func (w *wal) markInstalled(index, term uint64) error {
 		return fmt.Errorf("raft log write %s: %w", w.f.Name(), err)
 	}
 	w.size += int64(len(b))
+	return w.sync()
+}
+
+// sync fsyncs the segment being written.
+func (w *wal) sync() error {
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("raft log fsync %s: %w", w.f.Name(), err)
 	}
+	w.segs[len(w.segs)-1].synced = w.size
 	return nil
 }
 
