@@ -49,6 +49,18 @@ func checkCrashPoint(t *testing.T, cp crashPoint, term wantTerm) {
 	}
 }
 
+// newTestWAL opens a fresh log in a temporary directory, closed when the
+// test ends.
+func newTestWAL(t *testing.T) *wal {
+	t.Helper()
+	w, _, err := openTestWAL(t, t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { w.close() })
+	return w
+}
+
 // freeze copies dir as a crash at this point leaves it (every step before
 // it was synced, so a crash keeps exactly what the files hold).
 func freeze(t *testing.T, dir, name string) string {
@@ -72,12 +84,8 @@ func freeze(t *testing.T, dir, name string) string {
 // on a node restart): replay dropped the entries written after the
 // snapshot along with the divergent ones.
 func TestWALCrashWindowsInstallSnapshot(t *testing.T) {
-	dir := t.TempDir()
-	w, _, err := openTestWAL(t, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { w.close() }()
+	w := newTestWAL(t)
+	dir := w.dir
 	oldTerm := func(i uint64) uint64 {
 		if i <= 5 {
 			return 1
@@ -289,12 +297,7 @@ func powerLoss(t *testing.T, w *wal, keep int64) string {
 // could not restart though nothing it acknowledged was lost. Before the
 // fix cutSeq closed the old segment without syncing it.
 func TestWALPowerLossAcrossCut(t *testing.T) {
-	dir := t.TempDir()
-	w, _, err := openTestWAL(t, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer func() { w.close() }()
+	w := newTestWAL(t)
 	mustSave(t, w, raftpb.HardState{Term: 1, Commit: 3}, ents(1, 1, 6))
 	if err := w.save(raftpb.HardState{Term: 1, Commit: 6}, nil, false); err != nil {
 		t.Fatal(err)
