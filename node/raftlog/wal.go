@@ -255,9 +255,13 @@ func (w *wal) replay(id uint64, cluster string) (*recovered, error) {
 	if rec.hs.Commit > lastIndex {
 		// Entries and HardState are written in that order and synced
 		// together, and a snapshot only ever drops entries it covers: the
-		// node acknowledged entries that are no longer here.
+		// node acknowledged entries that are no longer here. (Builds
+		// before recInstall records could leave this after installing a
+		// snapshot over a divergent log: replay cannot tell the entries
+		// after it from the divergent ones.)
 		return nil, fmt.Errorf("%w: %s: commit index %d is past the last entry %d: committed entries %d..%d are missing "+
-			"(the file system lost synced data, or a segment file was removed); restore this node's directory or remove it and rejoin the cluster",
+			"(the file system lost synced data, a segment file was removed, or an older build installed a leader's snapshot without recording it); "+
+			"restore this node's directory or remove it and rejoin the cluster",
 			ErrCorrupt, w.dir, rec.hs.Commit, lastIndex, lastIndex+1, rec.hs.Commit)
 	}
 	if w.f == nil { // not reopened by cutSeq above
