@@ -359,9 +359,13 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 		n.tr.send(early)
 		msgs = late
 	}
-	// 1. Durable first: snapshot file, then entries and HardState.
+	// 1. Durable first: snapshot file, the record that it replaced the log
+	// (wal.go), then entries and HardState.
 	if hasSnap {
 		if err := n.wal.saveSnapshot(rd.Snapshot); err != nil {
+			return err
+		}
+		if err := n.wal.markInstalled(rd.Snapshot.Metadata.Index, rd.Snapshot.Metadata.Term); err != nil {
 			return err
 		}
 	}
