@@ -195,6 +195,7 @@ func (n *Node) copyOf(ctx context.Context, b *common.Block) (*common.Block, erro
 			// this node stored otherwise): start again at num.
 			from := s.from
 			s.from = num
+			clear(s.got) // none is num or before: room for the new stream
 			s.mu.Unlock()
 			s.switchPeer(fmt.Errorf("copy stream at block %d, apply needs %d", from, num))
 			s.mu.Lock()
@@ -211,6 +212,7 @@ func (n *Node) copyOf(ctx context.Context, b *common.Block) (*common.Block, erro
 			n.log.Warn("a peer's copy of a block differs from the raft log's: asking another", "block", num)
 			s.mu.Lock()
 			s.from = num
+			clear(s.got)
 			s.mu.Unlock()
 			s.switchPeer(fmt.Errorf("%w: block %d from a peer differs from the raft log's", ErrCatchUp, num))
 			continue
