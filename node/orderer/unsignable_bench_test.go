@@ -64,7 +64,7 @@ func (cl *cluster) transferTo(tb testing.TB, to uint64) {
 // with a genesis consenter leading (node 1, clients on it) and with the
 // new consenter leading (node 4, which stores other consenters' copies of
 // the blocks it cuts), alternated on the same 4-node cluster. 4 streams,
-// 1 KB envelopes: "rate=max" flat out, "rate=200" paced. The election
+// 1 KB envelopes: "rate=max" 8,000 flat out, "rate=200" 1,000 paced. The election
 // timeout is raftlog's default (1 s): the tests' 200 ms flaps on this
 // shared machine whoever leads.
 func BenchmarkNewConsenter(b *testing.B) {
@@ -83,7 +83,11 @@ func BenchmarkNewConsenter(b *testing.B) {
 				}
 				b.Run(fmt.Sprintf("round=%d/leader=%s/rate=%s", round, name, rs), func(b *testing.B) {
 					cl.transferTo(b, lead)
-					envs, _ := envelopes(b, id, 2000, 1024)
+					total := 1000 // 5 s paced
+					if rate == 0 {
+						total = 8000
+					}
+					envs, _ := envelopes(b, id, total, 1024)
 					h0 := cl.node(lead).Height()
 					b.ResetTimer()
 					res := benchload.Run(cl.nodes[lead-1].client, envs, 4, rate, 0)
