@@ -195,3 +195,54 @@ func TestNewConsenterRestartsMidFetch(t *testing.T) {
 	cl.checkIdentical()
 	cl.checkNoOwnSignature(t, 4, h)
 }
+
+// TestNewConsenterLeadingCutOff: node 4 leads when every peer it takes
+// copies from is cut off. It cannot store the blocks it orders, so its
+// clients are not answered SUCCESS: they get SERVICE_UNAVAILABLE within the
+// stall timeout (the node steps down; its raft loop, waiting for a copy,
+// sends no heartbeat and another node is elected), none waits for ever.
+// Clients of the new leader get SUCCESS; once the peers answer, node 4
+// stores every block, and every envelope answered SUCCESS is in the chain.
+func TestNewConsenterLeadingCutOff(t *testing.T) {
+	var cut [3]atomic.Bool
+	cl := newConsenterCluster(t, cutOffPeers(&cut))
+	cl.transferTo(t, 4)
+	for i := range cut {
+		cut[i].Store(true)
+	}
+	id := cl.c.identity(t, "m2", "load")
+	envs, _ := envelopes(t, id, 100, 512)
+	done := make(chan benchload.Result, 1)
+	go func() { done <- benchload.Run(cl.nodes[3].client, envs, 2, 100, 0) }()
+	var res benchload.Result
+	select {
+	case res = <-done:
+	case <-time.After(30 * time.Second):
+		t.Fatal("clients of node 4 not answered within 30 s")
+	}
+	if res.OK == len(envs) {
+		t.Fatal("all SUCCESS, though node 4 could store none of its blocks")
+	}
+	t.Logf("node 4's clients: %d SUCCESS, %v", res.OK, res.Other)
+	l := cl.leader(10 * time.Second)
+	for l == 4 {
+		time.Sleep(50 * time.Millisecond)
+		l = cl.leader(10 * time.Second)
+	}
+	envs2, ids2 := envelopes(t, id, 100, 512)
+	if res2 := benchload.Run(cl.nodes[l-1].client, envs2, 2, 100, 0); res2.OK != len(envs2) {
+		t.Fatalf("node %d, leading: %d SUCCESS of %d: %v", l, res2.OK, len(envs2), res2.Other)
+	}
+	for i := range cut {
+		cut[i].Store(false)
+	}
+	h := cl.node(l).Height()
+	cl.waitHeight(h, 20*time.Second)
+	txids := cl.checkIdentical()
+	cl.checkNoOwnSignature(t, 4, h)
+	for _, id := range ids2 {
+		if txids[id] != 1 {
+			t.Fatalf("tx %s answered SUCCESS is %d times in the chain", id, txids[id])
+		}
+	}
+}
