@@ -62,6 +62,13 @@ func cutOffPeers(cut *[3]atomic.Bool) func(*Config) {
 	}
 }
 
+// cutAll cuts off (or restores) every peer of node 4's fetcher.
+func cutAll(cut *[3]atomic.Bool, on bool) {
+	for i := range cut {
+		cut[i].Store(on)
+	}
+}
+
 // checkNoOwnSignature fails unless node id stores every block below h,
 // each signed by none but other consenters' orgs (m1..m3).
 func (cl *cluster) checkNoOwnSignature(t *testing.T, id uint64, h uint64) {
@@ -150,18 +157,14 @@ func TestNewConsenterCopyPeerCutOff(t *testing.T) {
 	cl.waitHeight(cl.node(1).Height(), 20*time.Second)
 
 	// Every peer cut off: node 4 stalls, the others go on.
-	for i := range cut {
-		cut[i].Store(true)
-	}
+	cutAll(&cut, true)
 	h4 := cl.node(4).Height()
 	load(200)
 	time.Sleep(time.Second)
 	if got := cl.node(4).Height(); got > h4+1 {
 		t.Fatalf("node 4 stored blocks %d..%d with no peer answering", h4, got-1)
 	}
-	for i := range cut {
-		cut[i].Store(false)
-	}
+	cutAll(&cut, false)
 	h := cl.node(1).Height()
 	cl.waitHeight(h, 20*time.Second)
 	cl.checkIdentical()
@@ -175,9 +178,7 @@ func TestNewConsenterRestartsMidFetch(t *testing.T) {
 	var cut [3]atomic.Bool
 	cl := newConsenterCluster(t, cutOffPeers(&cut))
 	cl.transferTo(t, 1)
-	for i := range cut {
-		cut[i].Store(true)
-	}
+	cutAll(&cut, true)
 	envs, _ := envelopes(t, cl.c.identity(t, "m2", "load"), 200, 512)
 	if res := benchload.Run(cl.nodes[0].client, envs, 2, 200, 0); res.OK != len(envs) {
 		t.Fatalf("%d SUCCESS of %d: %v", res.OK, len(envs), res.Other)
@@ -186,9 +187,7 @@ func TestNewConsenterRestartsMidFetch(t *testing.T) {
 		t.Fatalf("node 4 at height %d with no peer answering, node 1 at %d", h4, h1)
 	}
 	cl.stop(4)
-	for i := range cut {
-		cut[i].Store(false)
-	}
+	cutAll(&cut, false)
 	cl.start(4)
 	h := cl.node(1).Height()
 	cl.waitHeight(h, 20*time.Second)
@@ -207,9 +206,7 @@ func TestNewConsenterLeadingCutOff(t *testing.T) {
 	var cut [3]atomic.Bool
 	cl := newConsenterCluster(t, cutOffPeers(&cut))
 	cl.transferTo(t, 4)
-	for i := range cut {
-		cut[i].Store(true)
-	}
+	cutAll(&cut, true)
 	id := cl.c.identity(t, "m2", "load")
 	envs, _ := envelopes(t, id, 100, 512)
 	done := make(chan benchload.Result, 1)
@@ -233,9 +230,7 @@ func TestNewConsenterLeadingCutOff(t *testing.T) {
 	if res2 := benchload.Run(cl.nodes[l-1].client, envs2, 2, 100, 0); res2.OK != len(envs2) {
 		t.Fatalf("node %d, leading: %d SUCCESS of %d: %v", l, res2.OK, len(envs2), res2.Other)
 	}
-	for i := range cut {
-		cut[i].Store(false)
-	}
+	cutAll(&cut, false)
 	h := cl.node(l).Height()
 	cl.waitHeight(h, 20*time.Second)
 	txids := cl.checkIdentical()
