@@ -486,7 +486,7 @@ func (l *ledgerRun) openChannels(cfg *Config, pol func() *policy.Policy, reg pro
 			Fetcher: &orderer.DeliverFetcher{Peers: c.fetchFrom.clients, Channel: channel,
 				CurrentIdentity: func() orderer.Identity { return *l.ident.Load() },
 				Leader:          func(i int) bool { return l.isLeader(channel, c.fetchFrom.members[i]) }},
-			Forwarder: c.fwd, Membership: l.membership(), ConfigBlocks: lc.ConfigBlocks, Metrics: metrics, Logger: log}) // the node adds "channel" itself
+			Forwarder: c.fwd, Membership: l.membership(), ConfigBlocks: lc.ConfigBlocks, Metrics: metrics, Logger: log}) // the node adds "channel"
 		if err != nil {
 			ln.Close()
 			return nil, err

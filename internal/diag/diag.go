@@ -17,3 +17,13 @@ const NoPriorityEnv = "MEMBERD_DIAG_NO_PRIORITY"
 // of them (relay/link.go). A member with it set still talks to members
 // without it.
 var NoPriority = os.Getenv(NoPriorityEnv) == "1"
+
+// NoRaftCompressionEnv names the environment variable that sets
+// NoRaftCompression.
+const NoRaftCompressionEnv = "MEMBERD_DIAG_NO_RAFT_COMPRESSION"
+
+// NoRaftCompression (MEMBERD_DIAG_NO_RAFT_COMPRESSION=1) makes raft offer
+// and accept no compression (node/raftlog/codec.go), for benchmarks that
+// show what it is worth: the node's raft messages travel uncompressed both
+// ways. A member with it set still talks to members without it.
+var NoRaftCompression = os.Getenv(NoRaftCompressionEnv) == "1"

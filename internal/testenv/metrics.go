@@ -19,3 +19,23 @@ func MetricByLabel(body, name, label string) map[string]float64 {
 	}
 	return out
 }
+
+// MetricSumByLabel reads the samples of metric name in body that carry
+// label, whatever their other labels, and sums them by that label's
+// value; e.g. MetricSumByLabel(body, "raft_received_bytes_total",
+// "kind")["wire"] over every channel of a member.
+func MetricSumByLabel(body, name, label string) map[string]float64 {
+	re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + `\{([^}]*)\} ([0-9.eE+-]+)$`)
+	lre := regexp.MustCompile(`(?:^|,)` + regexp.QuoteMeta(label) + `="([^"]*)"`)
+	out := map[string]float64{}
+	for _, m := range re.FindAllStringSubmatch(body, -1) {
+		l := lre.FindStringSubmatch(m[1])
+		if l == nil {
+			continue
+		}
+		if v, err := strconv.ParseFloat(m[2], 64); err == nil {
+			out[l[1]] += v
+		}
+	}
+	return out
+}

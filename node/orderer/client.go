@@ -267,18 +267,12 @@ func (f *DeliverFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn fu
 			got = true
 			stalled.Store(int64(stall))
 			timer.Reset(stall)
-			if b.GetHeader().GetNumber() != next {
-				return fmt.Errorf("%w: peer sent block %d, want %d", ErrCatchUp, b.GetHeader().GetNumber(), next)
-			}
-			raw, err := block.Marshal(b)
-			if err != nil {
+			if byFn, err := passOn(b, &next, fn); err != nil {
+				if byFn {
+					fnErr = err
+				}
 				return err
 			}
-			if err := fn(raw); err != nil {
-				fnErr = err
-				return err
-			}
-			next++
 			from = next
 			return nil
 		}
@@ -307,4 +301,59 @@ func (f *DeliverFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn fu
 		}
 	}
 	return fmt.Errorf("%w: %w", ErrCatchUp, errors.Join(errs...))
+}
+
+// passOn hands block b, marshalled, to fn if it is block *next, and
+// counts it; byFn tells an error of fn's from a block out of order.
+func passOn(b *common.Block, next *uint64, fn func(raw []byte) error) (byFn bool, err error) {
+	if b.GetHeader().GetNumber() != *next {
+		return false, fmt.Errorf("%w: peer sent block %d, want %d", ErrCatchUp, b.GetHeader().GetNumber(), *next)
+	}
+	raw, err := block.Marshal(b)
+	if err != nil {
+		return false, err
+	}
+	if err := fn(raw); err != nil {
+		return true, err
+	}
+	*next++
+	return false, nil
+}
+
+var _ BlockFollower = (*DeliverFetcher)(nil)
+
+// FollowBlocks implements BlockFollower: one Deliver stream, from block
+// from on, that waits for new blocks (BLOCK_UNTIL_READY), from one peer,
+// the next one in order after a call that ended without ctx's end. It
+// returns when the stream ends: an error of fn, of the peer, or ctx's.
+// No stall timeout here: between blocks a live stream is quiet; the
+// caller cancels ctx when it waited too long for a block.
+func (f *DeliverFetcher) FollowBlocks(ctx context.Context, from uint64, fn func(raw []byte) error) error {
+	if len(f.Peers) == 0 {
+		return fmt.Errorf("%w: no peer to fetch from", ErrCatchUp)
+	}
+	id := f.Identity
+	if f.CurrentIdentity != nil {
+		id = f.CurrentIdentity()
+	}
+	i := f.order()[0]
+	next, got := from, false
+	onBlock := func(b *common.Block) error {
+		got = true
+		_, err := passOn(b, &next, fn)
+		return err
+	}
+	seek := SeekRange(from, MaxBlock, ab.SeekInfo_BLOCK_UNTIL_READY)
+	err := Fetch(ctx, f.Peers[i], id, f.Channel, seek, onBlock, grpc.UseCompressor(gzip.Name))
+	if err != nil && !got && status.Code(err) == codes.Unimplemented && ctx.Err() == nil {
+		err = Fetch(ctx, f.Peers[i], id, f.Channel, seek, onBlock)
+	}
+	if ctx.Err() == nil || context.Cause(ctx) != ctx.Err() {
+		// Not a plain stop: the next call tries the next peer.
+		f.first.Store(uint32((i + 1) % len(f.Peers)))
+	}
+	if err == nil {
+		err = fmt.Errorf("%w: peer %d ended the stream", ErrCatchUp, i)
+	}
+	return fmt.Errorf("peer %d: %w", i, err)
 }

@@ -284,3 +284,10 @@ func (f countingFetcher) FetchBlocks(ctx context.Context, from, to uint64, fn fu
 		return fn(raw)
 	})
 }
+
+func (f countingFetcher) FollowBlocks(ctx context.Context, from uint64, fn func(raw []byte) error) error {
+	return f.BlockFetcher.(BlockFollower).FollowBlocks(ctx, from, func(raw []byte) error {
+		f.n.Add(1)
+		return fn(raw)
+	})
+}

@@ -31,6 +31,17 @@ type BlockFetcher interface {
 	FetchBlocks(ctx context.Context, from, to uint64, fn func(raw []byte) error) error
 }
 
+// BlockFollower is a BlockFetcher that also follows the chain: a node
+// whose org is no orderer org of the channel config yet stores other
+// consenters' copies of every block it applies (unsignable.go), taken from
+// one standing stream rather than one request a block. FollowBlocks calls
+// fn for blocks from, from+1, ... as a peer stores them, until fn fails,
+// the stream breaks, or ctx ends; a call after one that failed (or whose
+// ctx was cancelled with a cause) asks another peer.
+type BlockFollower interface {
+	FollowBlocks(ctx context.Context, from uint64, fn func(raw []byte) error) error
+}
+
 // Forwarder hands an admitted envelope to the current leader (identified by
 // its raft ID). Forward returns once the envelope is sent; the returned wait
 // blocks until the leader answered: nil for SUCCESS. Forward calls keep their

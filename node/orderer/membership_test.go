@@ -26,7 +26,7 @@ func liveMembership(c *Config) {
 
 // addMember makes the cluster's policy the next version, with a new member
 // id (role writer).
-func (cl *cluster) addMember(t *testing.T, id string) {
+func (cl *cluster) addMember(t testing.TB, id string) {
 	t.Helper()
 	cl.c.cur.Store(cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) {
 		d.Members = append(d.Members, cl.c.cons.NewMember(t, id))
@@ -35,7 +35,7 @@ func (cl *cluster) addMember(t *testing.T, id string) {
 
 // setConsenters makes the cluster's policy the next version, with
 // ledger.consenters = members, and nudges the running nodes.
-func (cl *cluster) setConsenters(t *testing.T, members ...string) {
+func (cl *cluster) setConsenters(t testing.TB, members ...string) {
 	t.Helper()
 	cl.c.cur.Store(cl.nextConsenters(t, members...))
 	for _, tn := range cl.nodes {
@@ -47,7 +47,7 @@ func (cl *cluster) setConsenters(t *testing.T, members ...string) {
 
 // nextConsenters returns the next version of the cluster's policy, with
 // ledger.consenters = members (the cluster's policy stays as it is).
-func (cl *cluster) nextConsenters(t *testing.T, members ...string) *policy.Policy {
+func (cl *cluster) nextConsenters(t testing.TB, members ...string) *policy.Policy {
 	t.Helper()
 	return cl.c.cons.Next(t, cl.c.policy(), func(d *policy.Document) {
 		for _, m := range d.Members {

@@ -77,6 +77,9 @@ type Node struct {
 	// signOK: whether the signing identity may sign under the config in
 	// force (maySign; apply's goroutine only).
 	signOK signCheck
+	// copies: the stream of other consenters' copies while this node may
+	// not sign (copyOf; apply's goroutine only, then Run's end).
+	copies *copyStream
 	// cfgtx is the policy versions seen, for CONFIG blocks (configtx.go).
 	cfgtx configState
 	// genesisConsenters are the consenters of the genesis block. Immutable.
@@ -395,6 +398,8 @@ func (n *Node) Run(ctx context.Context) error {
 		g.Go(func() error { n.reconcile(gctx); return nil })
 	}
 	err := g.Wait()
+	n.copies.stop() // apply has returned: raft's loop has ended
+	n.copies = nil
 	n.stopped.Store(true)
 	n.failAll(fmt.Errorf("%w: node stopped", ErrClosed))
 	return err
@@ -698,10 +703,14 @@ func (n *Node) apply(ctx context.Context, c raftlog.Commit) error {
 			return err
 		}
 		if n.maySign() {
+			if n.copies != nil {
+				n.copies.stop()
+				n.copies = nil
+			}
 			if err := n.signBlock(ctx, b, lastConfig, md); err != nil {
 				return fmt.Errorf("signing block %d: %w", b.Header.Number, err)
 			}
-		} else if b, err = n.fetchSigned(ctx, b); err != nil {
+		} else if b, err = n.copyOf(ctx, b); err != nil {
 			return err
 		}
 		blocks = append(blocks, b)

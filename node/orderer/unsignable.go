@@ -19,6 +19,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
@@ -120,5 +121,197 @@ func (n *Node) fetchSigned(ctx context.Context, b *common.Block) (*common.Block,
 			return nil, fmt.Errorf("%w: block %d: %w", ErrCatchUp, num, ctx.Err())
 		case <-time.After(time.Second):
 		}
+	}
+}
+
+// copySwitchAfter: apply waiting this long for a block the copy stream's
+// peer has not sent switches the stream to another peer. A live peer
+// stores a block a few milliseconds after this node learns it is
+// committed; while apply waits, this node's raft loop waits too (a
+// leader sends no heartbeat), so the switch comes well within an
+// election timeout.
+const copySwitchAfter = 500 * time.Millisecond
+
+// copyAhead bounds the blocks the copy stream holds ahead of apply.
+const copyAhead = 256
+
+// errCopySwitch cancels a copy stream whose peer is too slow.
+var errCopySwitch = errors.New("no block from this peer in time: switching")
+
+// copyStream keeps one Deliver stream (Config.Fetcher as a BlockFollower)
+// to another consenter open while this node stores other consenters'
+// copies, and holds the blocks it sends until apply takes them: a block is
+// usually there before apply needs it (a follower applies after the
+// leader), and a leading node waits only for one peer to store it, not a
+// request and a one-second retry per block.
+type copyStream struct {
+	mu      sync.Mutex
+	got     map[uint64]*common.Block
+	from    uint64                  // the block the next stream starts at
+	arrived chan struct{}           // closed and replaced when a block comes or the stream ends
+	cancel  context.CancelCauseFunc // ends the stream goroutine
+	// cancelStream ends the current stream (the next asks another peer).
+	cancelStream context.CancelCauseFunc
+	done         chan struct{} // closed when the stream goroutine ends
+}
+
+// copyOf returns another consenter's copy of block b, from the copy stream
+// (started here on first use), or with one request if Fetcher is no
+// BlockFollower.
+func (n *Node) copyOf(ctx context.Context, b *common.Block) (*common.Block, error) {
+	f, ok := n.cfg.Fetcher.(BlockFollower)
+	if !ok {
+		return n.fetchSigned(ctx, b)
+	}
+	num, want := b.Header.Number, block.HeaderHash(b.Header)
+	s := n.copies
+	if s == nil {
+		s = &copyStream{got: map[uint64]*common.Block{}, from: num, arrived: make(chan struct{}), done: make(chan struct{})}
+		sctx, cancel := context.WithCancelCause(ctx)
+		s.cancel = cancel
+		n.copies = s
+		go s.run(sctx, n, f)
+	}
+	since := time.Now()
+	warned := false
+	timer := time.NewTimer(copySwitchAfter)
+	defer timer.Stop()
+	for {
+		s.mu.Lock()
+		fb := s.got[num]
+		took := false
+		for k := range s.got {
+			if k <= num {
+				delete(s.got, k)
+				took = true
+			}
+		}
+		if took { // room for the stream again
+			close(s.arrived)
+			s.arrived = make(chan struct{})
+		}
+		if fb == nil && (s.from > num || num-s.from > copyAhead) {
+			// num was dropped, or the stream is far behind (blocks
+			// this node stored otherwise): start again at num.
+			from := s.from
+			s.from = num
+			clear(s.got) // none is num or before: room for the new stream
+			s.mu.Unlock()
+			s.switchPeer(fmt.Errorf("copy stream at block %d, apply needs %d", from, num))
+			s.mu.Lock()
+		}
+		arrived := s.arrived
+		s.mu.Unlock()
+		if fb != nil {
+			if bytes.Equal(block.HeaderHash(fb.Header), want) {
+				if warned {
+					n.log.Info("storing other consenters' copies again", "block", num, "waited", time.Since(since).Round(time.Millisecond))
+				}
+				return fb, nil
+			}
+			n.log.Warn("a peer's copy of a block differs from the raft log's: asking another", "block", num)
+			s.mu.Lock()
+			s.from = num
+			clear(s.got)
+			s.mu.Unlock()
+			s.switchPeer(fmt.Errorf("%w: block %d from a peer differs from the raft log's", ErrCatchUp, num))
+			continue
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w: block %d: %w", ErrCatchUp, num, ctx.Err())
+		case <-arrived:
+		case <-timer.C:
+			if !warned && time.Since(since) > 5*copySwitchAfter {
+				warned = true
+				n.log.Warn("no other consenter sends its copy of a block this node may not sign yet; still asking", "block", num, "waited", time.Since(since).Round(time.Millisecond))
+			}
+			s.switchPeer(errCopySwitch)
+			timer.Reset(copySwitchAfter)
+		}
+	}
+}
+
+// switchPeer ends the current stream; the next one asks another peer.
+func (s *copyStream) switchPeer(cause error) {
+	s.mu.Lock()
+	c := s.cancelStream
+	s.mu.Unlock()
+	if c != nil {
+		c(cause)
+	}
+}
+
+// run follows the chain from s.from until ctx ends, one stream at a time.
+func (s *copyStream) run(ctx context.Context, n *Node, f BlockFollower) {
+	defer close(s.done)
+	wait := 50 * time.Millisecond
+	for ctx.Err() == nil {
+		pctx, cancel := context.WithCancelCause(ctx)
+		s.mu.Lock()
+		s.cancelStream = cancel
+		from := s.from
+		s.mu.Unlock()
+		t0 := time.Now()
+		err := f.FollowBlocks(pctx, from, func(raw []byte) error { return s.put(pctx, raw) })
+		cancel(nil)
+		s.mu.Lock()
+		s.cancelStream = nil
+		s.mu.Unlock()
+		if ctx.Err() != nil {
+			return
+		}
+		n.log.Debug("copy stream ended; asking the next peer", "from", from, "err", err)
+		if time.Since(t0) > 10*time.Second {
+			wait = 50 * time.Millisecond
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, time.Second)
+	}
+}
+
+// put holds a block the stream sent, waiting while copyAhead are held.
+func (s *copyStream) put(ctx context.Context, raw []byte) error {
+	b, err := block.Unmarshal(raw)
+	if err != nil {
+		return err
+	}
+	if !bytes.Equal(b.Header.DataHash, block.DataHash(b.Data)) {
+		return fmt.Errorf("%w: block %d from a peer: data hash mismatch", ErrCatchUp, b.Header.Number)
+	}
+	if _, err := block.Signatures(b); err != nil {
+		return fmt.Errorf("%w: block %d from a peer: %w", ErrCatchUp, b.Header.Number, err)
+	}
+	for {
+		s.mu.Lock()
+		if len(s.got) < copyAhead {
+			if b.Header.Number == s.from {
+				s.got[b.Header.Number] = b
+				s.from++
+			}
+			close(s.arrived)
+			s.arrived = make(chan struct{})
+			s.mu.Unlock()
+			return nil
+		}
+		arrived := s.arrived
+		s.mu.Unlock()
+		select {
+		case <-ctx.Done():
+			return context.Cause(ctx)
+		case <-arrived: // apply took some
+		}
+	}
+}
+
+// stop ends the copy stream and waits for it.
+func (s *copyStream) stop() {
+	if s != nil {
+		s.cancel(nil)
+		<-s.done
 	}
 }

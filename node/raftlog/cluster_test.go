@@ -104,10 +104,17 @@ type cluster struct {
 	net   *raftlogtest.Network
 	nodes map[uint64]*testNode
 	tune  func(*Config)
+	// tuneNode, if set, adjusts node id between New and Run.
+	tuneNode func(id uint64, n *Node)
 }
 
 func newCluster(t testing.TB, size int, tune func(*Config)) *cluster {
-	c := &cluster{t: t, size: size, net: raftlogtest.NewNetwork(), nodes: map[uint64]*testNode{}, tune: tune}
+	return newClusterWith(t, size, tune, nil)
+}
+
+// newClusterWith is newCluster with tuneNode (cluster.tuneNode).
+func newClusterWith(t testing.TB, size int, tune func(*Config), tuneNode func(id uint64, n *Node)) *cluster {
+	c := &cluster{t: t, size: size, net: raftlogtest.NewNetwork(), nodes: map[uint64]*testNode{}, tune: tune, tuneNode: tuneNode}
 	base := t.TempDir()
 	for i := 1; i <= size; i++ {
 		id := uint64(i)
@@ -176,6 +183,9 @@ func (c *cluster) start(id uint64) {
 	if err != nil {
 		ln.Close()
 		c.t.Fatalf("start node %d: %v", id, err)
+	}
+	if c.tuneNode != nil {
+		c.tuneNode(id, n)
 	}
 	ctx, cancel := context.WithCancel(context.Background())
 	tn.np.Store(n)

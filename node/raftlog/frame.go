@@ -31,6 +31,14 @@ package raftlog
 //	          that the peer speaks lanes. Without it a connection is bulk.
 //	          Older listeners skip it (transport.go: a node dials the
 //	          priority lane only to peers that sent one).
+//	6 codecs  codec IDs, one byte each (codec.go: 1 = S2). From the dialer,
+//	          after its lane and addr frames: the codecs it compresses
+//	          with. From the listener, in answer (the only frame a listener
+//	          sends after the handshake): the one codec it chose, or none.
+//	          Older listeners skip it and answer nothing: no compression.
+//	7 zmsg    codec(1), then one raftpb.Message compressed with it; only in
+//	          the codec the listener chose on this connection; what it
+//	          decompresses to obeys the msg rules and the frame limit.
 //
 // Unknown types are skipped (read and discarded), so later versions can add
 // frame types without breaking old peers.
@@ -52,11 +60,20 @@ const (
 	frameMsg    byte = 3
 	frameAddr   byte = 4
 	frameLane   byte = 5
+	frameCodecs byte = 6
+	frameZMsg   byte = 7
 )
 
 func appendFrameHeader(dst []byte, typ byte, n int) []byte {
 	dst = append(dst, frameVersion, typ)
 	return binary.BigEndian.AppendUint32(dst, uint32(n))
+}
+
+// patchFrameLen sets the length of the frame that starts at dst[start:]
+// and ends at the end of dst.
+func patchFrameLen(dst []byte, start int) []byte {
+	binary.BigEndian.PutUint32(dst[start+2:], uint32(len(dst)-start-frameHeaderLen))
+	return dst
 }
 
 func appendFrame(dst []byte, typ byte, payload []byte) []byte {

@@ -24,11 +24,18 @@ func laneTransport(t *testing.T, id uint64, ln net.Listener, peers map[uint64]st
 
 func laneTransportStall(t *testing.T, id uint64, ln net.Listener, peers map[uint64]string, step func(context.Context, raftpb.Message) error, stallAfter time.Duration) *transport {
 	t.Helper()
+	return laneTransportWith(t, id, ln, peers, step, func(tr *transport) { tr.stallAfter = stallAfter })
+}
+
+// laneTransportWith is laneTransport with tune applied before the start.
+func laneTransportWith(t *testing.T, id uint64, ln net.Listener, peers map[uint64]string, step func(context.Context, raftpb.Message) error, tune func(*transport)) *transport {
+	t.Helper()
 	tr := &transport{id: id, cluster: "lanes", dialer: &net.Dialer{}, ln: ln, queueLen: 64, maxFrame: 4 << 20,
-		dialTO: 5 * time.Second, writeTO: 5 * time.Second, stallAfter: stallAfter,
+		dialTO: 5 * time.Second, writeTO: 5 * time.Second,
 		log:    slog.New(slog.DiscardHandler),
 		report: &fakeReporter{snaps: map[uint64]raft.SnapshotStatus{}},
 		step:   step}
+	tune(tr)
 	ctx, stop := context.WithCancel(context.Background())
 	var g errgroup.Group
 	var ps []Peer

@@ -55,6 +55,8 @@ import (
 	"go.etcd.io/raft/v3"
 	"go.etcd.io/raft/v3/raftpb"
 	"golang.org/x/sync/errgroup"
+
+	"github.com/memberd/memberd/internal/diag"
 )
 
 // Proposal envelope inside each normal raft entry (stripped before Apply):
@@ -190,6 +192,7 @@ func New(cfg Config) (*Node, error) {
 		idle:          n.idle,
 		selfAddr:      n.selfAddr,
 		step:          func(ctx context.Context, m raftpb.Message) error { return n.rn.Step(ctx, m) },
+		compress:      !diag.NoRaftCompression,
 	}
 	if c.Registerer != nil {
 		n.collector = newCollector(n)
@@ -356,9 +359,13 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 		n.tr.send(early)
 		msgs = late
 	}
-	// 1. Durable first: snapshot file, then entries and HardState.
+	// 1. Durable first: snapshot file, the record that it replaced the log
+	// (wal.go), then entries and HardState.
 	if hasSnap {
 		if err := n.wal.saveSnapshot(rd.Snapshot); err != nil {
+			return err
+		}
+		if err := n.wal.markInstalled(rd.Snapshot.Metadata.Index, rd.Snapshot.Metadata.Term); err != nil {
 			return err
 		}
 	}

@@ -206,7 +206,7 @@ func TestProposeErrors(t *testing.T) {
 			series[mf.GetName()] += m.GetGauge().GetValue() + m.GetCounter().GetValue()
 		}
 	}
-	if series["raft_is_leader"] != 1 || series["raft_term"] == 0 || len(series) != 13 {
+	if series["raft_is_leader"] != 1 || series["raft_term"] == 0 || len(series) != 15 {
 		t.Errorf("metrics: %v", series)
 	}
 	if err := n.Propose(context.Background(), make([]byte, 1001)); !errors.Is(err, ErrTooLarge) {

@@ -41,6 +41,10 @@ const (
 	recState    byte = 2 // raftpb.HardState
 	recEntry    byte = 3 // raftpb.Entry
 	recSnapshot byte = 4 // raftpb.Snapshot (snapshot files only)
+	// recInstall: index(8) term(8), big endian. The log was replaced by the
+	// snapshot at that index, installed from the leader (segments only;
+	// wal.go markInstalled).
+	recInstall byte = 5
 )
 
 var crcTable = crc32.MakeTable(crc32.Castagnoli)

@@ -34,6 +34,10 @@ package raftlog
 // node takes any new connection from a peer as a replacement of the
 // previous one, so until then everything goes on the bulk connection,
 // priority messages first.
+//
+// Fewer bytes through the tunnel (issues #11, #15): appends and snapshots
+// travel S2-compressed on connections whose listener agreed to it
+// (codec.go); TransportStats counts the bytes before and after.
 
 import (
 	"bufio"
@@ -70,6 +74,10 @@ const (
 	DropBadSender   = "bad_sender"    // received message whose From/To contradict the handshake
 	DropUnknownType = "unknown_frame" // skipped frame of an unknown type
 	DropStepFailed  = "step_failed"   // raft did not take a received message
+	// DropBadCompressed: a compressed frame that is corrupt, in a codec
+	// not agreed, or decompresses past the frame limit; the connection is
+	// closed.
+	DropBadCompressed = "bad_compressed"
 )
 
 // TransportStats are cumulative counters.
@@ -82,6 +90,11 @@ type TransportStats struct {
 	// Panics: connections closed because serving them panicked (a bug;
 	// the log has the stack).
 	Panics uint64
+	// Bytes of raft message frames sent and received: Payload as they
+	// would be uncompressed, Wire as written or read (frame headers
+	// included in both).
+	SentPayload, SentWire         uint64
+	ReceivedPayload, ReceivedWire uint64
 }
 
 type transport struct {
@@ -114,6 +127,9 @@ type transport struct {
 	// idleBackoff.
 	idle func() bool
 	step func(ctx context.Context, m raftpb.Message) error
+	// compress: offer S2 when dialing and accept it when dialed
+	// (codec.go).
+	compress bool
 
 	mu      sync.Mutex
 	peers   map[uint64]*peer
@@ -136,8 +152,10 @@ type transport struct {
 	hbRTT          map[uint64]*rttHist // heartbeat round trips by peer ID (hbrtt.go)
 	panics         atomic.Uint64
 	silent         atomic.Uint64
-	dropMu         sync.Mutex
-	dropped        map[string]uint64
+	// byte counters (TransportStats)
+	sentPayload, sentWire, recvPayload, recvWire atomic.Uint64
+	dropMu                                       sync.Mutex
+	dropped                                      map[string]uint64
 }
 
 // Lanes: which messages a connection carries.
@@ -182,7 +200,8 @@ func (t *transport) drop(reason string, n int) {
 }
 
 func (t *transport) stats() TransportStats {
-	s := TransportStats{Sent: t.sent.Load(), Received: t.received.Load(), Dropped: map[string]uint64{}, Panics: t.panics.Load(), Silent: t.silent.Load()}
+	s := TransportStats{Sent: t.sent.Load(), Received: t.received.Load(), Dropped: map[string]uint64{}, Panics: t.panics.Load(), Silent: t.silent.Load(),
+		SentPayload: t.sentPayload.Load(), SentWire: t.sentWire.Load(), ReceivedPayload: t.recvPayload.Load(), ReceivedWire: t.recvWire.Load()}
 	t.dropMu.Lock()
 	for k, v := range t.dropped {
 		s.Dropped[k] = v
@@ -471,11 +490,22 @@ func (t *transport) runPeer(ctx context.Context, p *peer, lane byte) {
 		if lane == lanePriority {
 			p.prioUp.Store(true)
 		}
-		err = t.pump(ctx, p, conn, lane)
+		var codec atomic.Uint32 // the codec the listener agreed to, once it answers
+		answered := make(chan struct{})
+		if t.compress {
+			go func() {
+				defer close(answered)
+				readCodecAnswer(conn, &codec)
+			}()
+		} else {
+			close(answered)
+		}
+		err = t.pump(ctx, p, conn, lane, &codec)
 		if lane == lanePriority {
 			p.prioUp.Store(false)
 		}
 		conn.Close()
+		<-answered
 		t.untrack(conn)
 		if ctx.Err() != nil {
 			return
@@ -649,6 +679,11 @@ func (t *transport) connect(ctx context.Context, p *peer, lane byte) (net.Conn, 
 			}
 		}
 	}
+	if t.compress { // the answer is read by readCodecAnswer
+		if _, err := c.Write(appendFrame(nil, frameCodecs, []byte{codecS2})); err != nil {
+			return nil, err
+		}
+	}
 	c.SetDeadline(time.Time{})
 	ok = true
 	return c, nil
@@ -688,12 +723,29 @@ func (t *transport) dial(ctx context.Context, p *peer, lane byte) (net.Conn, err
 	return c, err
 }
 
+// readCodecAnswer reads what the listener sends on a connection this node
+// dialed: at most a codecs frame naming the codec it agreed to, stored in
+// codec. It returns when the connection ends (an older listener sends
+// nothing at all).
+func readCodecAnswer(c net.Conn, codec *atomic.Uint32) {
+	fr := frameReader{r: c, max: 4096}
+	for {
+		typ, b, err := fr.next()
+		if err != nil {
+			return
+		}
+		if typ == frameCodecs && len(b) == 1 && b[0] == codecS2 {
+			codec.Store(uint32(codecS2))
+		}
+	}
+}
+
 // pump writes messages queued for lane to c until an error or ctx ends
 // (the bulk lane also those of the priority lane, first, while that is not
-// connected). It returns errStalled once it has written and then heard
-// nothing from the peer (on the peer's own connections to this node) for
-// stallAfter.
-func (t *transport) pump(ctx context.Context, p *peer, c net.Conn, lane byte) error {
+// connected), compressed once the listener agreed to a codec. It returns
+// errStalled once it has written and then heard nothing from the peer (on
+// the peer's own connections to this node) for stallAfter.
+func (t *transport) pump(ctx context.Context, p *peer, c net.Conn, lane byte, codec *atomic.Uint32) error {
 	// queues returns the queues to drain now: first (priority) before second.
 	queues := func() (first, second chan raftpb.Message) {
 		if lane == lanePriority {
@@ -720,7 +772,7 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn, lane byte) er
 		return raftpb.Message{}, false
 	}
 	bw := bufio.NewWriterSize(c, 64<<10)
-	var buf []byte
+	var buf, zbuf []byte
 	var snaps []raftpb.Message
 	var check <-chan time.Time
 	if t.stallAfter > 0 {
@@ -776,17 +828,26 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn, lane byte) er
 			if _, err := m.MarshalTo(buf[frameHeaderLen:]); err != nil {
 				return err
 			}
-			if _, err := bw.Write(buf); err != nil {
+			wire := buf
+			if z, ok := appendCompressed(zbuf[:0], byte(codec.Load()), buf[frameHeaderLen:]); ok {
+				wire, zbuf = z, z
+			}
+			if _, err := bw.Write(wire); err != nil {
 				t.failSnaps(append(snaps, m))
 				return err
 			}
 			if m.Type == raftpb.MsgSnap {
 				snaps = append(snaps, m)
 			}
-			written += len(buf)
+			written += len(wire)
+			t.sentPayload.Add(uint64(len(buf)))
+			t.sentWire.Add(uint64(len(wire)))
 			n++
 			if cap(buf) > 1<<20 {
 				buf = nil
+			}
+			if cap(zbuf) > 1<<20 {
+				zbuf = nil
 			}
 			if n >= 256 {
 				break
@@ -929,6 +990,8 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 	t.mu.Unlock()
 	t.kickPeer(h.From)
 	heard, heardApp := t.heardClock(h.From), t.heardAppClock(h.From)
+	dec := decompressor{max: t.maxFrame}
+	answered := false // the codecs frame was answered
 	defer func() {
 		t.mu.Lock()
 		if t.inbound[key] == c {
@@ -951,12 +1014,38 @@ func (t *transport) serve(ctx context.Context, c net.Conn) error {
 			t.learnAddr(h.From, b)
 			continue
 		}
-		if typ != frameMsg {
+		if typ == frameCodecs {
+			if !answered {
+				answered = true
+				dec.codec = chooseCodec(b, t.compress)
+				var ans []byte
+				if dec.codec != codecNone {
+					ans = []byte{dec.codec}
+				}
+				c.SetWriteDeadline(time.Now().Add(t.writeTO))
+				if _, err := c.Write(appendFrame(nil, frameCodecs, ans)); err != nil {
+					return err
+				}
+				c.SetWriteDeadline(time.Time{})
+			}
+			continue
+		}
+		body := b
+		switch typ {
+		case frameMsg:
+		case frameZMsg:
+			if body, err = dec.decode(b); err != nil {
+				t.drop(DropBadCompressed, 1)
+				return fmt.Errorf("from node %d: %w", h.From, err)
+			}
+		default:
 			t.drop(DropUnknownType, 1)
 			continue
 		}
+		t.recvWire.Add(uint64(frameHeaderLen + len(b)))
+		t.recvPayload.Add(uint64(frameHeaderLen + len(body)))
 		var m raftpb.Message
-		if err := m.Unmarshal(b); err != nil {
+		if err := m.Unmarshal(body); err != nil {
 			return fmt.Errorf("%w: bad raft message from node %d: %v", ErrProtocol, h.From, err)
 		}
 		if m.From != h.From || m.To != t.id {

@@ -11,10 +11,24 @@ package raftlog
 // the HardState current when it was cut, so older segments can be deleted
 // once a snapshot covers all their entries. Replay reads the segments in
 // order; an entry with index i replaces the log from i on (raft's conflict
-// truncation), the last HardState wins, and entries at or below the newest
-// snapshot are dropped (all entries, if the log disagrees with the snapshot
-// at its index: the snapshot was installed from the leader over a divergent
-// log).
+// truncation), the last HardState wins, a recInstall record (a snapshot
+// installed from the leader, which replaces the whole log) drops every entry
+// before it, and entries at or below the newest snapshot are dropped.
+//
+// Installing a snapshot from the leader, in this order, each step durable
+// before the next (handleReady):
+//
+//  1. the snapshot file (saveSnapshot: temp file, fsync, rename, fsync dir);
+//  2. the recInstall record (markInstalled, fsync);
+//  3. the entries after the snapshot and the HardState (save).
+//
+// A crash after 1 leaves the newest snapshot file ahead of a log written
+// before it: if that log has the snapshot's index with another term, it is
+// the divergent log the snapshot replaced and is dropped whole (raft
+// installs a snapshot only when its log does not match it there). After 2
+// the marker drops it, and keeps the entries of 3, which a bare term check
+// cannot tell from the divergent ones (they follow the divergent entry at
+// the snapshot's index in the replayed log).
 
 import (
 	"encoding/binary"
@@ -39,6 +53,9 @@ type segment struct {
 	seq      uint64
 	path     string
 	maxIndex uint64 // highest entry index written to it (0: none)
+	// synced: its size at its last fsync; a power loss may drop any part
+	// of what was written after it (crash_test.go models that).
+	synced int64
 }
 
 type wal struct {
@@ -119,6 +136,7 @@ func (w *wal) replay(id uint64, cluster string) (*recovered, error) {
 		return rec, nil
 	}
 	var ents []raftpb.Entry
+	var installIndex, installTerm uint64 // the last recInstall record
 	for i, name := range names {
 		var seq uint64
 		if _, err := fmt.Sscanf(filepath.Base(name), "wal-%016x.log", &seq); err != nil {
@@ -142,7 +160,7 @@ func (w *wal) replay(id uint64, cluster string) (*recovered, error) {
 				return nil, err
 			}
 		}
-		seg := segment{seq: seq, path: name}
+		seg := segment{seq: seq, path: name, synced: int64(end)}
 		for j, r := range recs {
 			switch r.typ {
 			case recMeta:
@@ -169,6 +187,13 @@ func (w *wal) replay(id uint64, cluster string) (*recovered, error) {
 				}
 				ents = appendReplay(ents, e)
 				seg.maxIndex = max(seg.maxIndex, e.Index)
+			case recInstall:
+				if len(r.payload) != 16 {
+					return nil, fmt.Errorf("%w: %s offset %d: bad snapshot install record", ErrCorrupt, name, r.off)
+				}
+				installIndex = binary.BigEndian.Uint64(r.payload[0:8])
+				installTerm = binary.BigEndian.Uint64(r.payload[8:16])
+				ents = ents[:0] // the snapshot replaced the log
 			default:
 				return nil, fmt.Errorf("%w: %s offset %d: unknown record type %d", ErrCorrupt, name, r.off, r.typ)
 			}
@@ -190,10 +215,18 @@ func (w *wal) replay(id uint64, cluster string) (*recovered, error) {
 		}
 		w.segs = append(w.segs, seg)
 	}
-	// A snapshot installed from the leader replaces the whole log: if the
-	// replayed log has the snapshot's index with another term, everything
-	// replayed is from a divergent history (raft installs a snapshot only
-	// when its log does not match it there) and is dropped.
+	if installIndex > snap.Metadata.Index {
+		// markInstalled runs only once the snapshot file is durable, and
+		// release keeps the newest snapshot file.
+		return nil, fmt.Errorf("%w: %s: the log records the snapshot at index %d (term %d) installed from the leader, but the newest snapshot file ends at %d: "+
+			"the file system lost synced data or a snapshot file was removed (%s); restore this node's directory or remove it and rejoin the cluster",
+			ErrCorrupt, w.dir, installIndex, installTerm, snap.Metadata.Index, snapName(installTerm, installIndex))
+	}
+	// A crash between the snapshot file and its recInstall record
+	// (saveSnapshot, markInstalled): if the replayed log has the snapshot's
+	// index with another term, it was all written before the snapshot
+	// replaced it, and is dropped. (After a recInstall record the log
+	// restarts past its snapshot, so this cannot match there.)
 	for _, e := range ents {
 		if e.Index == snap.Metadata.Index && e.Term != snap.Metadata.Term {
 			ents = ents[:0]
@@ -207,7 +240,9 @@ func (w *wal) replay(id uint64, cluster string) (*recovered, error) {
 	}
 	ents = ents[k:]
 	if len(ents) > 0 && ents[0].Index != snap.Metadata.Index+1 {
-		return nil, fmt.Errorf("%w: %s: log resumes at index %d but the snapshot ends at %d", ErrCorrupt, w.dir, ents[0].Index, snap.Metadata.Index)
+		return nil, fmt.Errorf("%w: %s: log resumes at index %d but the snapshot ends at %d: entries %d..%d are missing "+
+			"(the file system lost synced data, or a segment or snapshot file was removed); restore this node's directory or remove it and rejoin the cluster",
+			ErrCorrupt, w.dir, ents[0].Index, snap.Metadata.Index, snap.Metadata.Index+1, ents[0].Index-1)
 	}
 	rec.ents = ents
 	if rec.hs.Commit < snap.Metadata.Index {
@@ -218,7 +253,16 @@ func (w *wal) replay(id uint64, cluster string) (*recovered, error) {
 	}
 	lastIndex := snap.Metadata.Index + uint64(len(ents))
 	if rec.hs.Commit > lastIndex {
-		return nil, fmt.Errorf("%w: %s: commit index %d is past the last entry %d", ErrCorrupt, w.dir, rec.hs.Commit, lastIndex)
+		// Entries and HardState are written in that order and synced
+		// together, and a snapshot only ever drops entries it covers: the
+		// node acknowledged entries that are no longer here. (Builds
+		// before recInstall records could leave this after installing a
+		// snapshot over a divergent log: replay cannot tell the entries
+		// after it from the divergent ones.)
+		return nil, fmt.Errorf("%w: %s: commit index %d is past the last entry %d: committed entries %d..%d are missing "+
+			"(the file system lost synced data, a segment file was removed, or an older build installed a leader's snapshot without recording it); "+
+			"restore this node's directory or remove it and rejoin the cluster",
+			ErrCorrupt, w.dir, rec.hs.Commit, lastIndex, lastIndex+1, rec.hs.Commit)
 	}
 	if w.f == nil { // not reopened by cutSeq above
 		cur := w.segs[len(w.segs)-1]
@@ -232,6 +276,7 @@ func (w *wal) replay(id uint64, cluster string) (*recovered, error) {
 			return nil, err
 		}
 		w.f, w.size = f, st.Size()
+		w.segs[len(w.segs)-1].synced = w.size
 	}
 	w.hs = rec.hs
 	return rec, nil
@@ -298,8 +343,8 @@ func (w *wal) save(hs raftpb.HardState, ents []raftpb.Entry, sync bool) error {
 	}
 	w.size += int64(len(b))
 	if sync {
-		if err := w.f.Sync(); err != nil {
-			return fmt.Errorf("raft log fsync %s: %w", w.f.Name(), err)
+		if err := w.sync(); err != nil {
+			return err
 		}
 	}
 	if cap(w.buf) > 4<<20 {
@@ -333,6 +378,15 @@ func (w *wal) cut() error {
 }
 
 func (w *wal) cutSeq(seq uint64) error {
+	// The segment being closed may end with a HardState saved without
+	// fsync (raft's MustSync is false when only the commit moved): sync it
+	// first, or a power loss could leave it torn behind a durable newer
+	// segment, which replay must refuse (only the newest may be torn).
+	if w.f != nil {
+		if err := w.sync(); err != nil {
+			return err
+		}
+	}
 	path := filepath.Join(w.dir, segName(seq))
 	f, err := os.OpenFile(path, os.O_CREATE|os.O_EXCL|os.O_WRONLY|os.O_APPEND, 0o600)
 	if err != nil {
@@ -362,7 +416,7 @@ func (w *wal) cutSeq(seq uint64) error {
 		}
 	}
 	w.f, w.size = f, int64(len(b))
-	w.segs = append(w.segs, segment{seq: seq, path: path})
+	w.segs = append(w.segs, segment{seq: seq, path: path, synced: w.size})
 	return nil
 }
 
@@ -391,6 +445,31 @@ func (w *wal) saveSnapshot(snap raftpb.Snapshot) error {
 		return err
 	}
 	return fsync.Dir(w.dir)
+}
+
+// markInstalled records, durably, that the snapshot at index (term) was
+// installed from the leader and replaced the log: replay drops every entry
+// written before this record. Call it after saveSnapshot and before saving
+// the entries that follow the snapshot.
+func (w *wal) markInstalled(index, term uint64) error {
+	var p [16]byte
+	binary.BigEndian.PutUint64(p[0:8], index)
+	binary.BigEndian.PutUint64(p[8:16], term)
+	b := appendRecord(nil, recInstall, p[:])
+	if _, err := w.f.Write(b); err != nil {
+		return fmt.Errorf("raft log write %s: %w", w.f.Name(), err)
+	}
+	w.size += int64(len(b))
+	return w.sync()
+}
+
+// sync fsyncs the segment being written.
+func (w *wal) sync() error {
+	if err := w.f.Sync(); err != nil {
+		return fmt.Errorf("raft log fsync %s: %w", w.f.Name(), err)
+	}
+	w.segs[len(w.segs)-1].synced = w.size
+	return nil
 }
 
 func (w *wal) loadNewestSnapshot() (raftpb.Snapshot, error) {

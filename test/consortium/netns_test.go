@@ -156,16 +156,19 @@ func TestNetnsUDPBlocked(t *testing.T) {
 	}
 	for _, m := range L.Members {
 		var last string
-		waitFor(t, 30*time.Second, m+" on TCP to both relays", func() bool {
+		waitFor(t, 30*time.Second, m+" started, on TCP to both relays", func() bool {
 			out, err := inNS("status", "--json", "--admin", admin(m))
 			if err != nil {
 				last = string(out)
 				return false
 			}
 			var st struct {
+				Role   string                             `json:"role"`
 				Relays []struct{ ID, State, Path string } `json:"relays"`
 			}
-			if json.Unmarshal(out, &st) != nil || len(st.Relays) != 2 {
+			// Started too (role "appliance", not "appliance-starting"):
+			// the policy push below is refused during start-up.
+			if json.Unmarshal(out, &st) != nil || len(st.Relays) != 2 || st.Role != "appliance" {
 				last = string(out)
 				return false
 			}

@@ -112,6 +112,7 @@ func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 		}
 		logFrom := len(p.output())
 		payload0, wire0 := s.fetchedBytes(p)
+		raftPayload0, raftWire0 := s.raftBytes(p)
 		fwd0, rl0 := s.relayTraffic()
 		if out, err := p.host.NftOut(s.cl.nft, "delete", "table", "inet", "partition"); err != nil {
 			t.Fatalf("healing: %v: %s", err, out)
@@ -130,11 +131,16 @@ func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 			out = out[logFrom:]
 		}
 		payload1, wire1 := s.fetchedBytes(p)
+		raftPayload1, raftWire1 := s.raftBytes(p)
 		fwd1, rl1 := s.relayTraffic()
 		fetched := fmt.Sprintf("Deliver answers received: %.1f MB, %.1f MB on the wire; relays forwarded %.1f MB from the heal to caught up (%.1f s), %.0f packets dropped over a member's rate",
 			(payload1-payload0)/1e6, (wire1-wire0)/1e6, (fwd1-fwd0)/1e6, time.Since(healedAt).Seconds(), rl1-rl0)
+		fetched += fmt.Sprintf("; raft messages received: %.1f MB, %.1f MB on the wire", (raftPayload1-raftPayload0)/1e6, (raftWire1-raftWire0)/1e6)
 		if m.tunnel >= 0 && m.contact >= 0 {
 			fetched += fmt.Sprintf("; raft contact %.2f s after the tunnel", (m.contact - m.tunnel).Seconds())
+		}
+		if m.tunnel >= 0 && m.inStep >= 0 {
+			fetched += fmt.Sprintf("; raft in step %.2f s after the tunnel", (m.inStep - m.tunnel).Seconds())
 		}
 		s.record(t, fmt.Sprintf("follower partitioned %v", cutFor), fmt.Sprintf("%s cut off (its relays seen down after %s); after healing: tunnel up %s, raft contact %s, raft in step %s, ledger caught up %s (last seen lagging at %.2f s: %s); %s; %s; %s",
 			p.name, secsOr(down, okDown, "never"), m.at(m.tunnel), m.at(m.contact), m.at(m.inStep), m.at(m.caughtUp), m.whyUntil.Seconds(), m.why,
@@ -146,11 +152,24 @@ func (s *suite) partition(cutFor time.Duration) func(*testing.T) {
 // answers it received from other consenters (catch-up), as payload and as
 // wire (compressed) bytes; 0 when not exposed.
 func (s *suite) fetchedBytes(p *proc) (payload, wire float64) {
+	return s.bytesByKind(p, "memberd_ledger_fetched_bytes_total")
+}
+
+// raftBytes reads p's raft_received_bytes_total over its channels: the
+// raft messages it received, as payload and as wire (S2-compressed)
+// bytes; 0 when not exposed.
+func (s *suite) raftBytes(p *proc) (payload, wire float64) {
+	return s.bytesByKind(p, "raft_received_bytes_total")
+}
+
+// bytesByKind reads p's counter name, summed by its kind label, and
+// returns kinds payload and wire (0 when not exposed).
+func (s *suite) bytesByKind(p *proc, name string) (payload, wire float64) {
 	body, err := s.cl.get(p, "/metrics")
 	if err != nil {
 		return 0, 0
 	}
-	m := testenv.MetricByLabel(string(body), "memberd_ledger_fetched_bytes_total", "kind")
+	m := testenv.MetricSumByLabel(string(body), name, "kind")
 	return m["payload"], m["wire"]
 }
 

@@ -19,6 +19,7 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"flag"
 	"fmt"
@@ -47,6 +48,10 @@ type benchConfig struct {
 	profile                      string // write a CPU profile of the leader appliance (last round) here
 	profileSecs                  int
 	keep                         bool
+	// random: the appliances' envelopes carry random payloads (worst
+	// case for raft compression) instead of a repeated alphabet; the
+	// node-alone benchmark keeps its own payloads.
+	random bool
 }
 
 // benchRun is one measured run.
@@ -71,6 +76,7 @@ func parseBench(args []string) (*benchConfig, error) {
 	fs.IntVar(&c.window, "window", 200, "unanswered envelopes per stream (0: no bound, as BenchmarkOrdering alone sends)")
 	fs.StringVar(&c.profile, "profile", "", "file for a CPU profile of the leader appliance during the last round's load (turns admin_pprof on)")
 	fs.IntVar(&c.profileSecs, "profile_seconds", 4, "length of that profile")
+	fs.BoolVar(&c.random, "random", false, "random envelope payloads for the appliances (the node-alone cluster keeps its own)")
 	var keep string
 	fs.StringVar(&keep, "soak_keep", envStr("SOAK_KEEP", "0"), "1 keeps the temporary folders")
 	if err := fs.Parse(args); err != nil {
@@ -99,6 +105,9 @@ func runBench(args []string) int {
 	defer stop()
 	fmt.Printf("bench: %d rounds; load: %d envelopes of %d bytes, %d streams x %d unanswered (0: no bound), TLS, BatchSize 500, BatchTimeout 2s\n",
 		c.rounds, c.tx, c.size, c.streams, c.window)
+	if c.random {
+		fmt.Println("bench: random payloads for the appliances; the node-alone cluster keeps its own")
+	}
 	var runs []benchRun
 	failed := false
 	for round := 1; round <= c.rounds && ctx.Err() == nil; round++ {
@@ -232,6 +241,9 @@ func benchAppliances(ctx context.Context, c *benchConfig, profile bool) (benchRu
 	envs := make([]*common.Envelope, c.tx)
 	for i := range envs {
 		data := append([]byte(fmt.Sprintf("bench tx %d ", i)), l.payload...)[:c.size]
+		if c.random {
+			rand.Read(data)
+		}
 		if envs[i], _, err = orderer.NewTransaction(l.id, l.channel, data, time.Now()); err != nil {
 			return benchRun{}, err
 		}
