@@ -93,7 +93,7 @@ func (p *portListener) route(c net.Conn) {
 	p.mu.Unlock()
 	if err != nil {
 		if p.log != nil {
-			p.log.Debug("raft connection without a hello: closed", "remote", c.RemoteAddr().String(), "err", err)
+			p.log.Debug("raft connection without a hello: closed", "remote", c.RemoteAddr(), "err", err)
 		}
 		c.Close()
 		return
@@ -103,7 +103,7 @@ func (p *portListener) route(c net.Conn) {
 	p.mu.Unlock()
 	if v == nil {
 		if p.log != nil {
-			p.log.Debug("raft connection for a channel this node does not order: closed", "remote", c.RemoteAddr().String(), "channel", cluster)
+			p.log.Debug("raft connection for a channel this node does not order: closed", "remote", c.RemoteAddr(), "channel", cluster)
 		}
 		c.Close()
 		return
