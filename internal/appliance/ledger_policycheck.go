@@ -32,7 +32,10 @@ func ledgerPolicyCheck(cfg *Config, ledger *atomic.Pointer[ledgerRun]) func(cur,
 		if l == nil {
 			return fmt.Errorf("%w: the ledger is not running yet", policy.ErrHeld)
 		}
-		for _, name := range l.channelNames() {
+		// Only the channels this node orders: a dropped channel's node is
+		// halted and never stores another CONFIG block, so checking it
+		// would hold every later version that lists the channel again.
+		for _, name := range l.orderingNames() {
 			n := l.reg.Lookup(name)
 			if n == nil {
 				continue
