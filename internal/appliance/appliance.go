@@ -221,6 +221,10 @@ func (a *Appliance) start(ctx context.Context) error {
 		// first, then the nodes), like the other background parts.
 		a.background(ctx, a.ledger.reg.Run, a.ledger.Close)
 		a.ledgerRef.Store(a.ledger)
+		// A version applied between the subscription and now found no
+		// ledger: apply it (a version the subscription applies too is
+		// applied twice, harmlessly).
+		a.ledger.catchUp(a.current.Load())
 	}
 	a.subscribeIdentity(id)
 	a.hsm = newHSMHealth(func() crypto.Signer { return a.idp.Current().Signer }, a.reg, a.base.With("component", "hsm"))

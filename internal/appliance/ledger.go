@@ -227,6 +227,10 @@ type ledgerRun struct {
 	// member orders (ledger_live.go): read them with channelNames and
 	// chanOf.
 	chansMu sync.Mutex
+	// liveMu serializes channelsChanged: the policy subscription and the
+	// catch-up at start (catchUp) may both apply the same version.
+	liveMu  sync.Mutex
+	planned *policy.Policy // the policy version the channels were planned from
 	names   []string
 	chans   map[string]*ledgerChannel
 	mspID   string
@@ -264,7 +268,7 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 	if me == nil {
 		return nil, fmt.Errorf("%w: member %q is not in the policy", ErrLedger, cfg.Member)
 	}
-	l := &ledgerRun{cfg: lc, member: cfg.Member, chans: map[string]*ledgerChannel{}, log: log, mspID: me.MSPID}
+	l := &ledgerRun{cfg: lc, member: cfg.Member, chans: map[string]*ledgerChannel{}, log: log, mspID: me.MSPID, planned: p}
 	l.storeIdentity(id)
 	defer func() {
 		if err != nil {

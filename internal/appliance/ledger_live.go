@@ -156,11 +156,14 @@ func (l *ledgerRun) orderingNames() []string {
 
 // channelsChanged opens the channels p adds that this member orders and
 // halts those p drops; old is the version p follows. A single-channel
-// policy changes nothing here.
+// policy changes nothing here. Applying a version twice is harmless: a
+// channel already open or dropped is left as it is.
 func (l *ledgerRun) channelsChanged(old, p *policy.Policy) {
 	if p == nil || len(p.Ledger().Channels) == 0 || l.open.dataDir == "" {
 		return
 	}
+	l.liveMu.Lock()
+	defer l.liveMu.Unlock()
 	listed := p.Channels()
 	for _, name := range listed {
 		c := l.chanOf(name)
@@ -195,6 +198,19 @@ func (l *ledgerRun) channelsChanged(old, p *policy.Policy) {
 		l.log.Warn("channel dropped by the policy: this node no longer orders it; its blocks stay readable until the next start",
 			"channel", name, "policy_version", p.Version(), "height", height)
 	}
+}
+
+// catchUp applies the versions that came in force while the ledger was
+// starting (the policy subscription found no ledger to hand them to):
+// from the version its channels were planned from to cur.
+func (l *ledgerRun) catchUp(cur *policy.Policy) {
+	if cur == nil || l.planned == nil || cur.Hash() == l.planned.Hash() {
+		return
+	}
+	l.log.Info("policy applied while the ledger started: channels and consenters follow it now",
+		"planned_policy_version", l.planned.Version(), "policy_version", cur.Version())
+	l.channelsChanged(l.planned, cur)
+	l.policyChanged()
 }
 
 // addChannel opens and starts channel name of p, which this member
