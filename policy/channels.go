@@ -110,3 +110,22 @@ func (p *Policy) Whole() *Policy {
 	}
 	return p
 }
+
+// Retain is the view of a channel that p no longer lists, kept under p:
+// last is the channel's last view (ForChannel of an earlier version). It
+// has last's ledger section and members, each member (its CAs, CRLs) and
+// the revocations as p has them; a member p no longer has is left out,
+// from the consenters too. A node that keeps serving a dropped channel's
+// blocks thus follows later revocations without ordering anything new.
+func (p *Policy) Retain(last *Policy) *Policy {
+	d := *p.d
+	d.Ledger = last.d.Ledger
+	d.Ledger.Channels = nil
+	d.Ledger.Consenters = slices.DeleteFunc(slices.Clone(last.d.Ledger.Consenters), func(id string) bool { return p.members[id] == nil })
+	d.Members = slices.DeleteFunc(slices.Clone(p.d.Members), func(m *Member) bool { return last.members[m.ID] == nil })
+	v := newPolicy(p.doc, &d, p.sigs)
+	v.cfgSigs = p.cfgSigs
+	v.views = nil
+	v.whole = p
+	return v
+}

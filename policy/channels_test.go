@@ -2,7 +2,9 @@ package policy_test
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/x509"
+	"encoding/hex"
 	"errors"
 	"os"
 	"slices"
@@ -188,5 +190,42 @@ func TestDocsChannelsExample(t *testing.T) {
 	}
 	if tr, _ := p.ForChannel("trade"); len(tr.Members()) != 3 || tr.Ledger().BatchSize.MaxMessageCount != 500 {
 		t.Fatalf("trade view: %+v", tr.Ledger())
+	}
+}
+
+// TestRetain: a channel a version drops keeps its last ledger section and
+// members, but follows the later version's revocations and members.
+func TestRetain(t *testing.T) {
+	c := policytest.New(t, 3)
+	p := c.Next(t, c.Genesis(t), twoChannels, "m1", "m2")
+	beta, err := p.ForChannel("beta")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert := c.CAs["m1"].Issue(t, "m1 client").Cert
+	spki := sha256.Sum256(cert.RawSubjectPublicKeyInfo)
+	next := c.Next(t, p, func(d *policy.Document) {
+		d.Ledger.Channels = d.Ledger.Channels[:1] // beta dropped
+		d.Revocations.Certificates = append(d.Revocations.Certificates, &policy.RevokedCert{SPKISHA256: hex.EncodeToString(spki[:])})
+	}, "m1", "m2")
+	if beta.Revoked("m1", cert) || !next.Revoked("m1", cert) {
+		t.Fatal("test setup: the certificate must be revoked by next only")
+	}
+	r := next.Retain(beta)
+	if !r.Revoked("m1", cert) {
+		t.Error("the retained view ignores the later revocation")
+	}
+	if r.Ledger().Channel != "beta" || !slices.Equal(r.Ledger().Consenters, beta.Ledger().Consenters) || r.Ledger().BatchSize != beta.Ledger().BatchSize {
+		t.Errorf("retained ledger section %+v, want beta's %+v", r.Ledger(), beta.Ledger())
+	}
+	var ids []string
+	for _, m := range r.Members() {
+		ids = append(ids, m.ID)
+	}
+	if !slices.Equal(ids, []string{"m1", "m2"}) {
+		t.Errorf("retained members %v, want beta's m1, m2", ids)
+	}
+	if r.Whole() != next || r.Hash() != next.Hash() {
+		t.Error("the retained view is a view of next")
 	}
 }

@@ -213,6 +213,7 @@ type ledgerChannel struct {
 	fetchFrom fetchPeers
 	fwd       *orderer.BroadcastForwarder
 	view      atomic.Pointer[policy.Policy] // the last view of the channel
+	retained  atomic.Pointer[policy.Policy] // view kept under a policy that dropped it (viewOf)
 	// dropped: a policy version no longer lists the channel; its node
 	// stopped ordering and its blocks stay readable (ledger_live.go).
 	dropped atomic.Bool
@@ -412,18 +413,29 @@ func loadGenesisBlock(file, key string, p *policy.Policy) (*common.Block, error)
 }
 
 // viewOf is channel c's view of p (policy.ForChannel); when p no longer
-// lists the channel, the last view (the channel keeps its last consenters
-// and members until an operator removes it).
+// lists the channel, its last view kept under p (policy.Retain): the
+// channel keeps its last ledger section and members until an operator
+// removes it, but its Deliver admission follows p's members, CAs, CRLs
+// and revocations.
 func (l *ledgerRun) viewOf(c *ledgerChannel, p *policy.Policy) *policy.Policy {
 	if p == nil {
 		return nil
 	}
 	v, err := p.ForChannel(c.name)
-	if err != nil {
-		return c.view.Load()
+	if err == nil {
+		c.view.Store(v)
+		return v
 	}
-	c.view.Store(v)
-	return v
+	last := c.view.Load()
+	if last == nil {
+		return nil
+	}
+	if r := c.retained.Load(); r != nil && r.Whole() == p {
+		return r
+	}
+	r := p.Retain(last)
+	c.retained.Store(r)
+	return r
 }
 
 // fetchPeers are the consenters a node behind a snapshot fetches blocks

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/pem"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 
@@ -94,5 +95,37 @@ func TestDerivedGenesis(t *testing.T) {
 		if !errors.Is(err, errNotDerivable) || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: %v, want %q", tc.name, err, tc.want)
 		}
+	}
+}
+
+// TestViewOfDroppedChannel: a channel the policy drops keeps its last
+// ledger section, but its node's policy view (Deliver admission) follows
+// the later version's revocations.
+func TestViewOfDroppedChannel(t *testing.T) {
+	c := policytest.New(t, 2)
+	two := func(d *policy.Document) {
+		d.Ledger.Channel = ""
+		d.Ledger.Channels = []*policy.Channel{{Name: "alpha", Consenters: []string{"m1"}}, {Name: "beta", Consenters: []string{"m2"}}}
+	}
+	p := c.Next(t, c.Genesis(t), two, "m1", "m2")
+	cert := c.CAs["m1"].Issue(t, "m1 client").Cert
+	next := c.Next(t, p, func(d *policy.Document) {
+		d.Ledger.Channels = d.Ledger.Channels[:1]
+		d.Revocations.Certificates = append(d.Revocations.Certificates, &policy.RevokedCert{Member: "m1", Serial: cert.SerialNumber.String()})
+	}, "m1", "m2")
+	l := &ledgerRun{}
+	ch := &ledgerChannel{name: "beta"}
+	if v := l.viewOf(ch, p); v == nil || v.Revoked("m1", cert) {
+		t.Fatalf("view of p: %v", v)
+	}
+	v := l.viewOf(ch, next)
+	if v == nil || v.Ledger().Channel != "beta" || !slices.Equal(v.Ledger().Consenters, []string{"m2"}) {
+		t.Fatalf("dropped channel's view %+v, want beta's last ledger section", v)
+	}
+	if !v.Revoked("m1", cert) {
+		t.Error("the dropped channel's view ignores a later revocation")
+	}
+	if again := l.viewOf(ch, next); again != v {
+		t.Error("the kept view is rebuilt on every call")
 	}
 }
