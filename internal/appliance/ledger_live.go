@@ -191,6 +191,9 @@ func (l *ledgerRun) channelsChanged(old, p *policy.Policy) {
 			l.log.Warn("channel dropped by the policy: node not halted", "channel", name, "err", err)
 			continue
 		}
+		if c.fwd != nil {
+			c.fwd.Close() // its Broadcast streams to the old leader (Close is idempotent)
+		}
 		var height uint64
 		if n := l.reg.Lookup(name); n != nil {
 			height = n.Height()
