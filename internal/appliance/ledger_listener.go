@@ -24,7 +24,9 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"runtime/debug"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/memberd/memberd/node/raftlog"
@@ -32,6 +34,10 @@ import (
 
 // helloTimeout bounds the wait for an inbound raft connection's hello.
 const helloTimeout = 10 * time.Second
+
+// maxPendingHellos bounds the inbound raft connections whose hello is
+// awaited; one beyond is closed at once (portListener.overflow counts them).
+const maxPendingHellos = 64
 
 // portListener accepts on one listener until Close and passes each
 // connection to the open view of the channel its hello names, if any; with
@@ -49,6 +55,9 @@ type portListener struct {
 	views   map[string]*listenerView // guarded by mu: the open view of each channel
 	pending map[net.Conn]bool        // guarded by mu: connections whose hello is awaited
 	closed  bool                     // guarded by mu: Close was called
+
+	overflow atomic.Uint64 // connections closed because maxPendingHellos were awaited
+	panics   atomic.Uint64 // panics in route, each closing its connection only
 }
 
 // errViewOpen: a node already listens on this port.
@@ -74,6 +83,15 @@ func (p *portListener) run() {
 			c.Close()
 			continue
 		}
+		if len(p.pending) >= maxPendingHellos {
+			p.mu.Unlock()
+			p.overflow.Add(1)
+			if p.log != nil {
+				p.log.Debug("raft connection closed: too many awaiting their hello", "remote", c.RemoteAddr(), "pending", maxPendingHellos)
+			}
+			c.Close()
+			continue
+		}
 		p.pending[c] = true
 		p.routing.Add(1)
 		p.mu.Unlock()
@@ -85,6 +103,7 @@ func (p *portListener) run() {
 // names, the hello replayed in front of the rest.
 func (p *portListener) route(c net.Conn) {
 	defer p.routing.Done()
+	defer p.survive(c)
 	c.SetReadDeadline(time.Now().Add(helloTimeout))
 	cluster, raw, err := raftlog.ReadHello(c)
 	c.SetReadDeadline(time.Time{})
@@ -115,6 +134,25 @@ func (p *portListener) route(c net.Conn) {
 		c.Close()
 	case <-p.done:
 		c.Close()
+	}
+}
+
+// survive, deferred in route, turns a panic there into a closed
+// connection: logged with its stack and counted (portListener.panics);
+// the process and the other connections go on.
+func (p *portListener) survive(c net.Conn) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	p.panics.Add(1)
+	p.mu.Lock()
+	delete(p.pending, c)
+	p.mu.Unlock()
+	c.Close()
+	if p.log != nil {
+		p.log.Error("panic routing a raft connection; closed that connection only",
+			"remote", c.RemoteAddr(), "panic", v, "stack", string(debug.Stack()))
 	}
 }
 

@@ -173,3 +173,63 @@ func isTimeoutErr(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
 }
+
+// TestPortListenerPendingCap: past maxPendingHellos connections awaiting
+// their hello, a new one is closed at once (not after helloTimeout).
+func TestPortListenerPendingCap(t *testing.T) {
+	p, addr := loopbackPortListener(t)
+	for range maxPendingHellos {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		p.mu.Lock()
+		n := len(p.pending)
+		p.mu.Unlock()
+		if n == maxPendingHellos {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections pending, want %d", n, maxPendingHellos)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	expectRefused(t, addr, nil)
+	if p.overflow.Load() == 0 {
+		t.Error("the closed connection is not counted")
+	}
+}
+
+// panicConn panics where route sets its read deadline.
+type panicConn struct{ net.Conn }
+
+func (panicConn) SetReadDeadline(time.Time) error { panic("boom") }
+
+// TestPortListenerRouteSurvivesPanic: a panic routing one connection
+// closes it and is counted; the process goes on.
+func TestPortListenerRouteSurvivesPanic(t *testing.T) {
+	p, _ := loopbackPortListener(t)
+	a, b := net.Pipe()
+	defer b.Close()
+	c := panicConn{a}
+	p.mu.Lock()
+	p.pending[c] = true
+	p.mu.Unlock()
+	p.routing.Add(1)
+	p.route(c)
+	if p.panics.Load() != 1 {
+		t.Errorf("panics = %d, want 1", p.panics.Load())
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.pending[c] {
+		t.Error("the connection stays pending")
+	}
+	if _, err := b.Write([]byte("x")); err == nil {
+		t.Error("the connection is not closed")
+	}
+}
