@@ -21,6 +21,7 @@ package appliance
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -124,6 +125,9 @@ func (p *portListener) route(c net.Conn) {
 		if p.log != nil {
 			p.log.Debug("raft connection for a channel this node does not order: closed", "remote", c.RemoteAddr(), "channel", cluster)
 		}
+		// The dialer's log says why (as raftlog's own reject would).
+		c.SetWriteDeadline(time.Now().Add(helloTimeout))
+		raftlog.WriteReject(c, fmt.Sprintf("channel %q is not ordered by this node (not open here: not a consenter, removed, or dropped)", cluster))
 		c.Close()
 		return
 	}

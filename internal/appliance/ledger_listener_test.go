@@ -3,8 +3,10 @@ package appliance
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"strings"
 	"testing"
 	"time"
 )
@@ -37,7 +39,7 @@ func TestPortListenerViews(t *testing.T) {
 		t.Fatalf("Accept after Close: %v", err)
 	}
 	// No view: the connection is accepted and closed at once.
-	expectRefused(t, addr, helloFrame("demo"))
+	expectRejected(t, addr, "demo")
 	v2, err := p.view("demo")
 	if err != nil {
 		t.Fatalf("view after the first closed: %v", err)
@@ -79,7 +81,7 @@ func TestPortListenerRoutesByChannel(t *testing.T) {
 		roundTrip(t, addr, "beta", beta)
 		roundTrip(t, addr, "alpha", alpha)
 	}
-	expectRefused(t, addr, helloFrame("gamma"))
+	expectRejected(t, addr, "gamma")
 	expectRefused(t, addr, []byte("GET / HTTP/1.1\r\n\r\n"))
 	// A connection that never says hello does not outlive Close.
 	idle, err := net.Dial("tcp", addr)
@@ -154,8 +156,9 @@ func roundTrip(t *testing.T, addr, channel string, v net.Listener) {
 	}
 }
 
-// expectRefused dials addr, writes first and expects the connection closed.
-func expectRefused(t *testing.T, addr string, first []byte) {
+// expectRefused dials addr, writes first and expects the connection
+// closed; it returns what was read before (a reject frame, or nothing).
+func expectRefused(t *testing.T, addr string, first []byte) []byte {
 	t.Helper()
 	c, err := net.Dial("tcp", addr)
 	if err != nil {
@@ -164,8 +167,21 @@ func expectRefused(t *testing.T, addr string, first []byte) {
 	defer c.Close()
 	c.Write(first)
 	c.SetReadDeadline(time.Now().Add(5 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err == nil || isTimeoutErr(err) {
-		t.Fatalf("connection starting %q: read %v, want it closed", first, err)
+	got, err := io.ReadAll(c)
+	if isTimeoutErr(err) {
+		t.Fatalf("connection starting %q: read %q %v, want it closed", first, got, err)
+	}
+	return got
+}
+
+// expectRejected is expectRefused for a hello naming channel, answered by
+// a raft reject frame whose reason names it.
+func expectRejected(t *testing.T, addr, channel string) {
+	t.Helper()
+	got := expectRefused(t, addr, helloFrame(channel))
+	if len(got) < 6 || got[0] != 1 || got[1] != 2 || int(binary.BigEndian.Uint32(got[2:6])) != len(got)-6 ||
+		!strings.Contains(string(got[6:]), fmt.Sprintf("%q", channel)) {
+		t.Fatalf("hello for channel %s answered %q, want a reject frame naming it", channel, got)
 	}
 }
 

@@ -171,3 +171,12 @@ func ReadHello(r io.Reader) (cluster string, raw []byte, err error) {
 	}
 	return h.Cluster, append(fr.hdr[:], b...), nil
 }
+
+// WriteReject writes a handshake reject frame with reason, which the
+// dialer logs (ErrHandshake), to a connection about to be closed in place
+// of the hello answer; for a caller that routes connections by ReadHello
+// and has no node for the cluster named.
+func WriteReject(w io.Writer, reason string) error {
+	_, err := w.Write(appendFrame(nil, frameReject, []byte(reason)))
+	return err
+}
