@@ -45,6 +45,9 @@ type LeaderTransfer struct {
 	Leader  string `json:"leader"`
 	RaftID  uint64 `json:"raft_id"`
 	Term    uint64 `json:"term"`
+	// Already: Leader led the channel before the request; nothing was
+	// handed over (From is still the member asked).
+	Already bool `json:"already"`
 }
 
 // transferLeader hands the raft leadership of channel (empty: the first
@@ -78,7 +81,7 @@ func (l *ledgerRun) transferLeader(ctx context.Context, channel, to string) (Lea
 			errNoConsenter, to, channel, strings.Join(names, ", "))
 	}
 	if lead := r.Leader(); lead == toID {
-		res.Leader, res.RaftID, res.Term = to, toID, r.Status().Term
+		res.Leader, res.RaftID, res.Term, res.Already = to, toID, r.Status().Term, true
 		return res, nil
 	} else if lead != r.ID() {
 		who := l.memberOf(channel, lead)
@@ -93,7 +96,7 @@ func (l *ledgerRun) transferLeader(ctx context.Context, channel, to string) (Lea
 	ctx, cancel := context.WithTimeout(ctx, leaderTransferTimeout)
 	defer cancel()
 	if err := r.TransferLeadership(ctx, toID); err != nil {
-		return res, fmt.Errorf("%w: %s: %v", errTransferLost, to, err)
+		return res, fmt.Errorf("%w: %s: %w", errTransferLost, to, err)
 	}
 	// Raft abandons a transfer the transferee does not complete (e.g. it
 	// is not caught up) and another node may win the election: wait until

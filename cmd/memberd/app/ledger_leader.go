@@ -40,8 +40,8 @@ Exit 0 once MEMBER leads, 1 otherwise.`,
 			if err != nil {
 				return err
 			}
-			if res.From == res.Leader {
-				fmt.Fprintf(e.stdout, "channel %s: %s leads already (raft id %d, term %d)\n", res.Channel, res.Leader, res.RaftID, res.Term)
+			if res.Already || res.From == res.Leader {
+				fmt.Fprintf(e.stdout, "channel %s: %s already leads (raft id %d, term %d)\n", res.Channel, res.Leader, res.RaftID, res.Term)
 				return nil
 			}
 			fmt.Fprintf(e.stdout, "channel %s: leadership handed from %s to %s (raft id %d, term %d)\n", res.Channel, res.From, res.Leader, res.RaftID, res.Term)
