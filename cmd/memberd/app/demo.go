@@ -174,9 +174,16 @@ func demoTryLines(L *demo.Layout) []string {
 	}
 	if m := L.Genesis.Member(a); cfg.Ledger != nil && m != nil {
 		client := cfg.Path(filepath.Join("client", "msp"))
-		lines = append(lines, fmt.Sprintf("memberd ledger submit --orderer %s --channel %s --msp-id %s --cert %s --key file:%s --insecure-file-key --tls-ca %s --data 'hello'",
-			cfg.Ledger.Listen, L.Genesis.Ledger().Channel, m.MSPID,
-			filepath.Join(client, "signcerts", "cert.pem"), filepath.Join(client, "keystore", "key.pem"), cfg.Path("ca.pem")))
+		// One line per channel the member may submit to (ledger.channel,
+		// or each of ledger.channels whose members include it).
+		for _, ch := range L.Genesis.Channels() {
+			if v, err := L.Genesis.ForChannel(ch); err != nil || v.Member(a) == nil {
+				continue
+			}
+			lines = append(lines, fmt.Sprintf("memberd ledger submit --orderer %s --channel %s --msp-id %s --cert %s --key file:%s --insecure-file-key --tls-ca %s --data 'hello'",
+				cfg.Ledger.Listen, ch, m.MSPID,
+				filepath.Join(client, "signcerts", "cert.pem"), filepath.Join(client, "keystore", "key.pem"), cfg.Path("ca.pem")))
+		}
 	}
 	return lines
 }
