@@ -519,17 +519,27 @@ func (l *ledgerRun) openChannels(cfg *Config, pol func() *policy.Policy, reg pro
 			return fmt.Errorf("%w: channel %q in %s: %w (on first start, key ledger.genesis_block or ledger.genesis_blocks must name the channel's genesis block)",
 				ErrLedger, name, dataDir, err)
 		}
-		if err := checkServedNames(l.ident.Load().Cert, lc.served(), n.ChannelConfig(), l.mspID); err != nil {
-			n.Close()
-			return fmt.Errorf("%w: identity folder %s: %w", ErrLedger, id.File, err)
-		}
-		if err := l.reg.Start(n); err != nil {
-			n.Close()
+		if err := l.startOpened(n); err != nil {
 			return fmt.Errorf("%w: %w", ErrLedger, err)
 		}
 	}
 	if reg != nil {
 		reg.MustRegister(orderer.NewRegistryCollector(l.reg))
+	}
+	return nil
+}
+
+// startOpened starts node n, just opened (Registry.Open), once the
+// identity's certificate names every address served for its channel
+// (checkServedNames); on error n is closed.
+func (l *ledgerRun) startOpened(n *orderer.Node) error {
+	if err := checkServedNames(l.ident.Load().Cert, l.cfg.served(), n.ChannelConfig(), l.mspID); err != nil {
+		n.Close()
+		return fmt.Errorf("identity folder %s: %w", l.open.idFile, err)
+	}
+	if err := l.reg.Start(n); err != nil {
+		n.Close()
+		return err
 	}
 	return nil
 }

@@ -263,13 +263,7 @@ func (l *ledgerRun) addChannel(name string, p, old *policy.Policy) error {
 		undo()
 		return fmt.Errorf("channel %q in %s: %w", name, l.open.dataDir, err)
 	}
-	if err := checkServedNames(l.ident.Load().Cert, l.cfg.served(), n.ChannelConfig(), l.mspID); err != nil {
-		n.Close()
-		undo()
-		return fmt.Errorf("identity folder %s: %w", l.open.idFile, err)
-	}
-	if err := l.reg.Start(n); err != nil {
-		n.Close()
+	if err := l.startOpened(n); err != nil {
 		undo()
 		return err
 	}
