@@ -20,7 +20,7 @@ import (
 //	memberd_ledger_deliver_blocks_total            blocks sent by Deliver
 //	memberd_ledger_deliver_streams                 open Deliver streams
 //	memberd_ledger_block_append_seconds            block store append + fsync per batch
-//	memberd_ledger_panics_total                    gRPC calls failed because serving them panicked (RecoveryOptions)
+//	memberd_ledger_panics_total                    gRPC calls or copy streams failed because they panicked (RecoveryOptions, copy stream)
 //	memberd_ledger_config_blocks_total{result}     config entries applied: stored, or refused (differs from the policy)
 //
 // NewRegistryCollector adds the per-channel gauges (height, committed
@@ -55,7 +55,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time to append a batch of committed blocks to the block store, fsync included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}), // 0.5ms .. 4s
 		panics: prometheus.NewCounter(prometheus.CounterOpts{Name: "memberd_ledger_panics_total",
-			Help: "gRPC calls failed because serving them panicked (a bug: the log has the stack)."}),
+			Help: "gRPC calls or copy streams from a peer failed because handling them panicked (a bug: the log has the stack)."}),
 		configBlocks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "memberd_ledger_config_blocks_total",
 			Help: "Committed config entries: stored (a CONFIG block put in force), or refused (not the transaction derived from the policy version it names)."}, []string{"result"}),
 	}

@@ -253,7 +253,7 @@ func (s *copyStream) run(ctx context.Context, n *Node, f BlockFollower) {
 		from := s.from
 		s.mu.Unlock()
 		t0 := time.Now()
-		err := f.FollowBlocks(pctx, from, func(raw []byte) error { return s.put(pctx, raw) })
+		err := s.follow(pctx, n, f, from)
 		cancel(nil)
 		s.mu.Lock()
 		s.cancelStream = nil
@@ -272,6 +272,14 @@ func (s *copyStream) run(ctx context.Context, n *Node, f BlockFollower) {
 		}
 		wait = min(2*wait, time.Second)
 	}
+}
+
+// follow runs one stream from block from. A panic while following or
+// handling what the peer sent ends that stream only (logged, counted): the
+// next one asks another peer, and the process goes on.
+func (s *copyStream) follow(ctx context.Context, n *Node, f BlockFollower, from uint64) (err error) {
+	defer recoverTo(n.log, n.cfg.Metrics, "following another consenter's blocks", &err)
+	return f.FollowBlocks(ctx, from, func(raw []byte) error { return s.put(ctx, raw) })
 }
 
 // put holds a block the stream sent, waiting while copyAhead are held.
