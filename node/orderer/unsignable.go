@@ -91,8 +91,10 @@ func otherSigner(ch *channelconfig.Channel, pol *policy.Policy, identity []byte)
 }
 
 // fetchSigned returns another consenter's copy of block b (as the raft
-// log gives it: header and data), retrying every second until one comes
-// or ctx ends.
+// log gives it: header and data, signatures checkCopy accepts), retrying
+// every second until one comes or ctx ends. Which peer a retry asks is
+// the Fetcher's choice (a BlockFollower, such as DeliverFetcher, goes
+// through copyOf's stream instead, which switches peer itself).
 func (n *Node) fetchSigned(ctx context.Context, b *common.Block) (*common.Block, error) {
 	num, want := b.Header.Number, block.HeaderHash(b.Header)
 	for tries := 0; ; tries++ {
