@@ -143,20 +143,28 @@ func testRegistry(t testing.TB, c *consortium, m *Metrics) *Registry {
 	}}
 }
 
+// startedRegistry is testRegistry with the node of c's genesis channel
+// started (not yet run).
+func startedRegistry(t *testing.T, c *consortium) (*Registry, *Node) {
+	t.Helper()
+	reg := testRegistry(t, c, nil)
+	n, err := reg.Open("trade", c.genesis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Start(n); err != nil {
+		t.Fatal(err)
+	}
+	return reg, n
+}
+
 // TestRegistryHalt: a halted node stops ordering (its Run ends, it is
 // unhealthy) but stays listed with its blocks readable; a node halted
 // before Run never runs.
 func TestRegistryHalt(t *testing.T) {
 	c := newConsortium(t, 1, block.CutterConfig{MaxMessageCount: 1, BatchTimeout: 50 * time.Millisecond})
 	for _, early := range []bool{false, true} {
-		reg := testRegistry(t, c, nil)
-		n, err := reg.Open("trade", c.genesis)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := reg.Start(n); err != nil {
-			t.Fatal(err)
-		}
+		reg, n := startedRegistry(t, c)
 		if early {
 			if err := reg.Halt("trade"); err != nil {
 				t.Fatal(err)
@@ -218,14 +226,7 @@ func TestRegistryHaltRemoveWhileRunStarts(t *testing.T) {
 	c := newConsortium(t, 1, block.CutterConfig{MaxMessageCount: 1, BatchTimeout: 50 * time.Millisecond})
 	for i := range 6 {
 		remove := i%2 == 1
-		reg := testRegistry(t, c, nil)
-		n, err := reg.Open("trade", c.genesis)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := reg.Start(n); err != nil {
-			t.Fatal(err)
-		}
+		reg, n := startedRegistry(t, c)
 		ctx, cancel := context.WithCancel(t.Context())
 		start := make(chan struct{})
 		runc, stopc := make(chan error, 1), make(chan error, 1)
