@@ -2,14 +2,19 @@ package orderer
 
 import (
 	"context"
+	"crypto/rand"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/memberd/memberd/internal/benchload"
+	"github.com/memberd/memberd/internal/logtest"
 	"github.com/memberd/memberd/node/block"
 )
 
@@ -238,6 +243,111 @@ func TestNewConsenterLeadingCutOff(t *testing.T) {
 	for _, id := range ids2 {
 		if txids[id] != 1 {
 			t.Fatalf("tx %s answered SUCCESS is %d times in the chain", id, txids[id])
+		}
+	}
+}
+
+// tamperClient is a peer whose Deliver blocks reach node 4 changed by
+// tamper (a copy an older build, or a broken peer, would send).
+type tamperClient struct {
+	ab.AtomicBroadcastClient
+	tamper func(*common.Block)
+	served *atomic.Int64
+}
+
+func (c tamperClient) Deliver(ctx context.Context, opts ...grpc.CallOption) (ab.AtomicBroadcast_DeliverClient, error) {
+	s, err := c.AtomicBroadcastClient.Deliver(ctx, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return tamperStream{s, c}, nil
+}
+
+type tamperStream struct {
+	ab.AtomicBroadcast_DeliverClient
+	c tamperClient
+}
+
+func (s tamperStream) Recv() (*ab.DeliverResponse, error) {
+	r, err := s.AtomicBroadcast_DeliverClient.Recv()
+	if b := r.GetBlock(); b != nil && b.Header.Number > 0 {
+		b = proto.Clone(b).(*common.Block)
+		s.c.tamper(b)
+		s.c.served.Add(1)
+		r = &ab.DeliverResponse{Type: &ab.DeliverResponse_Block{Block: b}}
+	}
+	return r, err
+}
+
+// TestNewConsenterRefusesCopiesStockPeersRefuse: of node 4's peers, node 1
+// serves copies signed by a consenter whose org is no orderer org (node
+// 4's own key, as an older build signing anyway), node 2 copies with a
+// corrupt signature; node 3's are sound. Node 4 refuses the first two
+// (counted), takes node 3's, and stores the same chain, no block signed
+// by itself.
+func TestNewConsenterRefusesCopiesStockPeersRefuse(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	var served [2]atomic.Int64
+	cl := newConsenterCluster(t, func(c *Config) {
+		if c.Raft.ID != 4 {
+			return
+		}
+		c.Metrics = NewMetrics(reg)
+		signer, identity := c.Signer, c.Identity
+		resign := func(b *common.Block) {
+			lc, err := block.LastConfigIndex(b)
+			if err != nil {
+				panic(err)
+			}
+			cm, err := block.ConsenterMetadata(b)
+			if err != nil {
+				panic(err)
+			}
+			if err := block.Sign(b, signer, identity, lc, cm, rand.Reader); err != nil {
+				panic(err)
+			}
+		}
+		corrupt := func(b *common.Block) {
+			md := new(common.Metadata)
+			if err := proto.Unmarshal(b.Metadata.Metadata[common.BlockMetadataIndex_SIGNATURES], md); err != nil {
+				panic(err)
+			}
+			for _, s := range md.Signatures {
+				s.Signature[len(s.Signature)-1] ^= 1
+			}
+			raw, err := proto.Marshal(md)
+			if err != nil {
+				panic(err)
+			}
+			b.Metadata.Metadata[common.BlockMetadataIndex_SIGNATURES] = raw
+		}
+		f := c.Fetcher.(*DeliverFetcher)
+		f.Peers[0] = tamperClient{f.Peers[0], resign, &served[0]}
+		f.Peers[1] = tamperClient{f.Peers[1], corrupt, &served[1]}
+	})
+	cl.transferTo(t, 1)
+	envs, _ := envelopes(t, cl.c.identity(t, "m2", "load"), 200, 512)
+	if res := benchload.Run(cl.nodes[0].client, envs, 2, 200, 0); res.OK != len(envs) {
+		t.Fatalf("%d SUCCESS of %d: %v", res.OK, len(envs), res.Other)
+	}
+	h := cl.node(1).Height()
+	cl.waitHeight(h, 20*time.Second)
+	cl.checkIdentical()
+	cl.checkNoOwnSignature(t, 4, h)
+	if served[0].Load() == 0 || served[1].Load() == 0 {
+		t.Fatalf("node 4 was served %d re-signed and %d corrupt copies: the test exercised nothing", served[0].Load(), served[1].Load())
+	}
+	if got := logtest.Counter(t, reg, "memberd_ledger_copies_refused_total"); got == 0 {
+		t.Error("memberd_ledger_copies_refused_total = 0 after refusing copies")
+	}
+	n4 := cl.node(4)
+	for num := uint64(1); num < h; num++ {
+		b, err := n4.store.Get(num)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := block.VerifySignatures(b, block.VerifyCreatorSignature); err != nil {
+			t.Fatalf("node 4 stores block %d with a bad signature: %v", num, err)
 		}
 	}
 }

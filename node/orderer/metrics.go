@@ -20,8 +20,9 @@ import (
 //	memberd_ledger_deliver_blocks_total            blocks sent by Deliver
 //	memberd_ledger_deliver_streams                 open Deliver streams
 //	memberd_ledger_block_append_seconds            block store append + fsync per batch
-//	memberd_ledger_panics_total                    gRPC calls failed because serving them panicked (RecoveryOptions)
+//	memberd_ledger_panics_total                    gRPC calls or copy streams failed because they panicked (RecoveryOptions, copy stream)
 //	memberd_ledger_config_blocks_total{result}     config entries applied: stored, or refused (differs from the policy)
+//	memberd_ledger_copies_refused_total            other consenters' copies refused: signatures the config in force rejects
 //
 // NewRegistryCollector adds the per-channel gauges (height, committed
 // transactions, transactions waiting for their block).
@@ -34,6 +35,7 @@ type Metrics struct {
 	appendLatency  prometheus.Histogram
 	panics         prometheus.Counter
 	configBlocks   *prometheus.CounterVec
+	copiesRefused  prometheus.Counter
 }
 
 // NewMetrics makes the metrics and registers them with reg (nil: not
@@ -55,12 +57,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help:    "Time to append a batch of committed blocks to the block store, fsync included.",
 			Buckets: prometheus.ExponentialBuckets(0.0005, 2, 14)}), // 0.5ms .. 4s
 		panics: prometheus.NewCounter(prometheus.CounterOpts{Name: "memberd_ledger_panics_total",
-			Help: "gRPC calls failed because serving them panicked (a bug: the log has the stack)."}),
+			Help: "gRPC calls or copy streams from a peer failed because handling them panicked (a bug: the log has the stack)."}),
 		configBlocks: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "memberd_ledger_config_blocks_total",
 			Help: "Committed config entries: stored (a CONFIG block put in force), or refused (not the transaction derived from the policy version it names)."}, []string{"result"}),
+		copiesRefused: prometheus.NewCounter(prometheus.CounterOpts{Name: "memberd_ledger_copies_refused_total",
+			Help: "Other consenters' copies of a block this node may not sign, refused because their signatures do not satisfy /Channel/Orderer/BlockValidation of the config in force (the node asks another peer)."}),
 	}
 	if reg != nil {
-		reg.MustRegister(m.broadcast, m.commitLatency, m.deliver, m.deliverBlocks, m.deliverStreams, m.appendLatency, m.panics, m.configBlocks)
+		reg.MustRegister(m.broadcast, m.commitLatency, m.deliver, m.deliverBlocks, m.deliverStreams, m.appendLatency, m.panics, m.configBlocks, m.copiesRefused)
 	}
 	return m
 }
@@ -85,6 +89,12 @@ func (m *Metrics) deliverDone(st common.Status) {
 func (m *Metrics) configBlock(result string) {
 	if m != nil {
 		m.configBlocks.WithLabelValues(result).Inc()
+	}
+}
+
+func (m *Metrics) copyRefused() {
+	if m != nil {
+		m.copiesRefused.Inc()
 	}
 }
 

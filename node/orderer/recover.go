@@ -60,3 +60,17 @@ func (r recoverer) catch(method string, err *error) {
 		"panic", fmt.Sprint(v), "stack", string(debug.Stack()))
 	*err = status.Errorf(codes.Internal, "internal error serving %s (the orderer's log has the details)", method)
 }
+
+// recoverTo, deferred in a goroutine that handles what a peer sent (not a
+// gRPC handler), turns its panic into err: logged with its stack, counted
+// (memberd_ledger_panics_total); the caller treats err like any failure
+// of that peer.
+func recoverTo(log *slog.Logger, m *Metrics, what string, err *error) {
+	v := recover()
+	if v == nil {
+		return
+	}
+	m.panicked()
+	log.Error("panic "+what+"; treated as that peer's failure", "panic", fmt.Sprint(v), "stack", string(debug.Stack()))
+	*err = fmt.Errorf("internal error %s: %v (the log has the stack)", what, v)
+}

@@ -97,3 +97,47 @@ func TestHandlerPanicFailsOnlyThatCall(t *testing.T) {
 		}
 	}
 }
+
+// panicFollower panics in its first FollowBlocks (as a bug parsing a
+// peer's data would) and counts the streams asked after it.
+type panicFollower struct{ calls atomic.Int32 }
+
+func (f *panicFollower) FollowBlocks(ctx context.Context, _ uint64, fn func([]byte) error) error {
+	if f.calls.Add(1) == 1 {
+		var m map[string]int
+		m["x"]++ // a real runtime panic
+	}
+	<-ctx.Done()
+	return ctx.Err()
+}
+
+// TestCopyStreamPanicEndsThatStreamOnly: a panic in the copy stream's
+// goroutine is logged with its stack and counted, and the stream asks the
+// next peer; the process goes on.
+func TestCopyStreamPanicEndsThatStreamOnly(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m := NewMetrics(reg)
+	var logs logtest.Buffer
+	n := &Node{log: slog.New(slog.NewTextHandler(&logs, nil)), cfg: Config{Metrics: m}}
+	s := &copyStream{got: map[uint64]*common.Block{}, from: 1, arrived: make(chan struct{}), done: make(chan struct{})}
+	ctx, cancel := context.WithCancelCause(t.Context())
+	s.cancel = cancel
+	f := &panicFollower{}
+	go s.run(ctx, n, f)
+	deadline := time.Now().Add(10 * time.Second)
+	for f.calls.Load() < 2 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	s.stop()
+	if f.calls.Load() < 2 {
+		t.Fatal("the copy stream asked no other peer after a panic")
+	}
+	if got := logtest.Counter(t, reg, "memberd_ledger_panics_total"); got != 1 {
+		t.Errorf("memberd_ledger_panics_total = %v, want 1", got)
+	}
+	for _, want := range []string{"assignment to entry in nil map", "recover_test.go"} {
+		if !strings.Contains(logs.String(), want) {
+			t.Errorf("log lacks %q:\n%s", want, logs.String())
+		}
+	}
+}

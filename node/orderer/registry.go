@@ -205,11 +205,15 @@ func (r *Registry) Remove(_ context.Context, name string) error {
 	r.mu.Lock()
 	rn, ok := r.nodes[name]
 	delete(r.nodes, name)
+	var st stopper
+	if ok {
+		st = rn.stopper()
+	}
 	r.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("%w: %q", participation.ErrNotFound, name)
 	}
-	rn.stop()
+	st.stop()
 	if err := rn.n.Close(); err != nil {
 		return err
 	}
@@ -219,11 +223,22 @@ func (r *Registry) Remove(_ context.Context, name string) error {
 	return nil
 }
 
+// stopper ends a node's Run: a copy of its cancel and done, taken under
+// Registry.mu (runLocked writes them under it, and a policy callback may
+// Halt or Remove a channel while Run starts it).
+type stopper struct {
+	cancel context.CancelFunc
+	done   chan struct{}
+}
+
+// stopper returns rn's cancel and done as they are now. Registry.mu held.
+func (rn *running) stopper() stopper { return stopper{cancel: rn.cancel, done: rn.done} }
+
 // stop ends the node's Run, if it runs, and waits for it.
-func (rn *running) stop() {
-	if rn.cancel != nil {
-		rn.cancel()
-		<-rn.done
+func (st stopper) stop() {
+	if st.cancel != nil {
+		st.cancel()
+		<-st.done
 	}
 }
 
@@ -234,13 +249,17 @@ func (r *Registry) Close() error {
 	r.nodes = nil
 	r.stopped = true
 	cancel := r.cancel
+	stops := make(map[*running]stopper, len(nodes))
+	for _, rn := range nodes {
+		stops[rn] = rn.stopper()
+	}
 	r.mu.Unlock()
 	if cancel != nil {
 		cancel()
 	}
 	var errs []error
 	for _, rn := range nodes {
-		rn.stop()
+		stops[rn].stop()
 		errs = append(errs, rn.n.Close())
 	}
 	r.wg.Wait()
@@ -255,13 +274,15 @@ func (r *Registry) Close() error {
 func (r *Registry) Halt(channel string) error {
 	r.mu.Lock()
 	rn, ok := r.nodes[channel]
+	var st stopper
 	if ok {
 		rn.halted = true
+		st = rn.stopper()
 	}
 	r.mu.Unlock()
 	if !ok {
 		return fmt.Errorf("%w: %q", participation.ErrNotFound, channel)
 	}
-	rn.stop()
+	st.stop()
 	return nil
 }

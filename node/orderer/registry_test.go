@@ -143,20 +143,28 @@ func testRegistry(t testing.TB, c *consortium, m *Metrics) *Registry {
 	}}
 }
 
+// startedRegistry is testRegistry with the node of c's genesis channel
+// started (not yet run).
+func startedRegistry(t *testing.T, c *consortium) (*Registry, *Node) {
+	t.Helper()
+	reg := testRegistry(t, c, nil)
+	n, err := reg.Open("trade", c.genesis)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := reg.Start(n); err != nil {
+		t.Fatal(err)
+	}
+	return reg, n
+}
+
 // TestRegistryHalt: a halted node stops ordering (its Run ends, it is
 // unhealthy) but stays listed with its blocks readable; a node halted
 // before Run never runs.
 func TestRegistryHalt(t *testing.T) {
 	c := newConsortium(t, 1, block.CutterConfig{MaxMessageCount: 1, BatchTimeout: 50 * time.Millisecond})
 	for _, early := range []bool{false, true} {
-		reg := testRegistry(t, c, nil)
-		n, err := reg.Open("trade", c.genesis)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if err := reg.Start(n); err != nil {
-			t.Fatal(err)
-		}
+		reg, n := startedRegistry(t, c)
 		if early {
 			if err := reg.Halt("trade"); err != nil {
 				t.Fatal(err)
@@ -204,6 +212,44 @@ func TestRegistryHalt(t *testing.T) {
 		}
 		if _, err := n.Store().Get(0); err != nil {
 			t.Fatalf("early %v: genesis unreadable after Halt: %v", early, err)
+		}
+		if err := reg.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// TestRegistryHaltRemoveWhileRunStarts: Halt or Remove (a policy callback)
+// racing Run's start of the same channel leaves the node stopped, and the
+// race detector sees no unsynchronised access to the node's cancel and done.
+func TestRegistryHaltRemoveWhileRunStarts(t *testing.T) {
+	c := newConsortium(t, 1, block.CutterConfig{MaxMessageCount: 1, BatchTimeout: 50 * time.Millisecond})
+	for i := range 6 {
+		remove := i%2 == 1
+		reg, n := startedRegistry(t, c)
+		ctx, cancel := context.WithCancel(t.Context())
+		start := make(chan struct{})
+		runc, stopc := make(chan error, 1), make(chan error, 1)
+		go func() { <-start; runc <- reg.Run(ctx) }()
+		go func() {
+			<-start
+			if remove {
+				stopc <- reg.Remove(t.Context(), "trade")
+			} else {
+				stopc <- reg.Halt("trade")
+			}
+		}()
+		close(start)
+		if err := <-stopc; err != nil {
+			t.Fatalf("round %d (remove %v): %v", i, remove, err)
+		}
+		time.Sleep(300 * time.Millisecond) // a one-node raft elects itself within this once it runs
+		if n.IsLeader() {
+			t.Fatalf("round %d (remove %v): the node runs after it was stopped", i, remove)
+		}
+		cancel()
+		if err := <-runc; err != nil {
+			t.Fatalf("round %d: Run = %v", i, err)
 		}
 		if err := reg.Close(); err != nil {
 			t.Fatal(err)

@@ -17,6 +17,7 @@ package orderer
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"sync"
@@ -90,8 +91,10 @@ func otherSigner(ch *channelconfig.Channel, pol *policy.Policy, identity []byte)
 }
 
 // fetchSigned returns another consenter's copy of block b (as the raft
-// log gives it: header and data), retrying every second until one comes
-// or ctx ends.
+// log gives it: header and data, signatures checkCopy accepts), retrying
+// every second until one comes or ctx ends. Which peer a retry asks is
+// the Fetcher's choice (a BlockFollower, such as DeliverFetcher, goes
+// through copyOf's stream instead, which switches peer itself).
 func (n *Node) fetchSigned(ctx context.Context, b *common.Block) (*common.Block, error) {
 	num, want := b.Header.Number, block.HeaderHash(b.Header)
 	for tries := 0; ; tries++ {
@@ -104,8 +107,8 @@ func (n *Node) fetchSigned(ctx context.Context, b *common.Block) (*common.Block,
 			if !bytes.Equal(block.HeaderHash(fb.Header), want) || !bytes.Equal(fb.Header.DataHash, block.DataHash(fb.Data)) {
 				return fmt.Errorf("%w: block %d from a peer differs from the raft log's", ErrCatchUp, num)
 			}
-			if _, err := block.Signatures(fb); err != nil {
-				return fmt.Errorf("%w: block %d from a peer: %w", ErrCatchUp, num, err)
+			if err := n.checkCopy(fb); err != nil {
+				return err
 			}
 			got = fb
 			return nil
@@ -122,6 +125,52 @@ func (n *Node) fetchSigned(ctx context.Context, b *common.Block) (*common.Block,
 		case <-time.After(time.Second):
 		}
 	}
+}
+
+// checkCopy checks the signatures of another consenter's copy fb of the
+// block apply stores next, as a stock peer does: under the channel config
+// in force before it (n.ChannelConfig(), the one maySign decided with),
+// some signature must verify and its signer satisfy
+// /Channel/Orderer/BlockValidation. A copy that fails (e.g. signed by a
+// consenter whose org is no orderer org yet, an older build that signs
+// anyway) would be refused by every stock peer for good: it is logged and
+// counted, and the caller asks another peer.
+func (n *Node) checkCopy(fb *common.Block) error {
+	num := fb.Header.Number
+	sds, err := block.Signatures(fb)
+	if err == nil {
+		err = acceptedSignature(n.ChannelConfig(), sds)
+	}
+	if err != nil {
+		n.cfg.Metrics.copyRefused()
+		n.log.Warn("a peer's copy of a block has no signature that the channel config in force accepts: asking another peer", "block", num, "err", err)
+		return fmt.Errorf("%w: block %d from a peer: %w", ErrCatchUp, num, err)
+	}
+	return nil
+}
+
+// acceptedSignature returns nil if one of sds is a valid signature by an
+// identity that may sign blocks under ch (BlockValidation is ANY Writers
+// of the orderer orgs: one suffices, as for a stock peer), else why none is.
+// The certificate's expiry is not checked (a stock peer's MSP does not
+// either): an old block keeps the signature it had.
+func acceptedSignature(ch *channelconfig.Channel, sds []block.SignedData) error {
+	var errs []error
+	for i, sd := range sds {
+		err := block.VerifyCreatorSignature(sd.Identity, sd.Data, sd.Signature)
+		if err == nil {
+			var mspID string
+			var cert *x509.Certificate
+			if mspID, cert, err = block.CreatorCertificate(sd.Identity); err == nil {
+				err = ch.CheckBlockSigner(mspID, cert, cert.NotBefore)
+			}
+		}
+		if err == nil {
+			return nil
+		}
+		errs = append(errs, fmt.Errorf("signature %d: %w", i, err))
+	}
+	return errors.Join(errs...)
 }
 
 // copySwitchAfter: apply waiting this long for a block the copy stream's
@@ -202,6 +251,16 @@ func (n *Node) copyOf(ctx context.Context, b *common.Block) (*common.Block, erro
 		}
 		arrived := s.arrived
 		s.mu.Unlock()
+		if fb != nil && bytes.Equal(block.HeaderHash(fb.Header), want) {
+			if err := n.checkCopy(fb); err != nil {
+				s.mu.Lock()
+				s.from = num
+				clear(s.got)
+				s.mu.Unlock()
+				s.switchPeer(err)
+				continue
+			}
+		}
 		if fb != nil {
 			if bytes.Equal(block.HeaderHash(fb.Header), want) {
 				if warned {
@@ -253,7 +312,7 @@ func (s *copyStream) run(ctx context.Context, n *Node, f BlockFollower) {
 		from := s.from
 		s.mu.Unlock()
 		t0 := time.Now()
-		err := f.FollowBlocks(pctx, from, func(raw []byte) error { return s.put(pctx, raw) })
+		err := s.follow(pctx, n, f, from)
 		cancel(nil)
 		s.mu.Lock()
 		s.cancelStream = nil
@@ -274,7 +333,18 @@ func (s *copyStream) run(ctx context.Context, n *Node, f BlockFollower) {
 	}
 }
 
+// follow runs one stream from block from. A panic while following or
+// handling what the peer sent ends that stream only (logged, counted): the
+// next one asks another peer, and the process goes on.
+func (s *copyStream) follow(ctx context.Context, n *Node, f BlockFollower, from uint64) (err error) {
+	defer recoverTo(n.log, n.cfg.Metrics, "following another consenter's blocks", &err)
+	return f.FollowBlocks(ctx, from, func(raw []byte) error { return s.put(ctx, raw) })
+}
+
 // put holds a block the stream sent, waiting while copyAhead are held.
+// Its signatures are checked when apply takes it (checkCopy), under the
+// config in force before it: the stream runs ahead of apply, past CONFIG
+// blocks that may change who may sign.
 func (s *copyStream) put(ctx context.Context, raw []byte) error {
 	b, err := block.Unmarshal(raw)
 	if err != nil {
