@@ -2,6 +2,7 @@ package sim
 
 import (
 	"context"
+	"crypto/sha256"
 	"errors"
 	"flag"
 	"fmt"
@@ -224,7 +225,7 @@ func runLedger(t *testing.T, seed uint64, tunnel bool) string {
 	st := s.nw.Stats()
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return fmt.Sprintf("%d acked, height %d, other answers %v; net %+v%s", len(s.acked), h, s.errs, st, tunnelSum)
+	return fmt.Sprintf("%d acked, height %d, other answers %v; net %+v%s; fingerprint %s", len(s.acked), h, s.errs, st, tunnelSum, s.fingerprintLocked(h))
 }
 
 // client submits its envelopes to its own member's node, some at a time,
@@ -560,4 +561,23 @@ func (s *ledgerSim) dumpEvents() {
 
 func (s *ledgerSim) dumpEventsLocked() {
 	s.t.Logf("seed %d events:\n%s", s.seed, strings.Join(s.events, "\n"))
+}
+
+// fingerprintLocked sums up what a run did, to compare runs of one seed:
+// the hash of the last block every remaining node has (it covers the whole
+// chain: which envelopes, in which order, in which blocks) and a hash of
+// the event log (which node was leader when a leader crash came, the
+// virtual times of the faults).
+func (s *ledgerSim) fingerprintLocked(h uint64) string {
+	head := "none"
+	for _, n := range s.remaining() {
+		if on := n.np.Load(); on != nil {
+			if b, err := on.Store().Get(h - 1); err == nil {
+				head = fmt.Sprintf("%x", block.HeaderHash(b.Header)[:6])
+				break
+			}
+		}
+	}
+	ev := sha256.Sum256([]byte(strings.Join(s.events, "\n")))
+	return fmt.Sprintf("head=%s events=%x", head, ev[:6])
 }
