@@ -570,7 +570,7 @@ func (s *ledgerSim) dumpEventsLocked() {
 }
 
 // fingerprintLocked sums up what a run did, to compare runs of one seed:
-// the hash of the last block every remaining node has (it covers the whole
+// the genesis block's data (the members' certificates), the hash of the last block every remaining node has (it covers the whole
 // chain: which envelopes, in which order, in which blocks) and a hash of
 // the event log (which node was leader when a leader crash came, the
 // virtual times of the faults).
@@ -593,5 +593,6 @@ func (s *ledgerSim) fingerprintLocked(h uint64) string {
 		}
 	}
 	ev := sha256.Sum256([]byte(strings.Join(s.events, "\n")))
-	return fmt.Sprintf("head=%s shape=%x events=%x", head, shape.Sum(nil)[:6], ev[:6])
+	gen := sha256.Sum256(block.DataHash(s.genesis.Data))
+	return fmt.Sprintf("genesis=%x head=%s shape=%x events=%x", gen[:6], head, shape.Sum(nil)[:6], ev[:6])
 }
