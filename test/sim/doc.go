@@ -21,13 +21,11 @@
 // Reproducing: what follows from the seed alone is the fault schedule
 // (the harness's and the network's math/rand streams) and the order
 // simnet resets a link's connections in (the order they were made, not
-// map order). Each seed runs under cryptotest.SetGlobalRandom (crypto/rand
-// from a stream of the seed), yet even the genesis block (the members'
-// certificates, made before any node starts) still differs from run to
-// run: some draw in the setup is not in a fixed order yet (cause not
-// found; ecdsa keys and x509 certificates alone are deterministic under
-// it). What does not follow from the seed is the goroutine interleaving
-// within the bubble: which of the goroutines woken at one virtual instant
+// map order), and since each seed runs under cryptotest.SetGlobalRandom
+// (crypto/rand from a stream of the seed) with testpki's serials set from
+// the seed, the keys, certificates and genesis block made before the
+// nodes start. What does not follow from the seed is the goroutine
+// interleaving within the bubble: which of the goroutines woken at one virtual instant
 // runs first, select's random choice, and so the order in which
 // goroutines draw from the one crypto/rand stream (clients' signatures
 // and tx ids, TLS, raft's randomized election timeouts). That is enough
@@ -37,11 +35,14 @@
 // seeded at all. Each run prints "fingerprint genesis=.. head=.. shape=..
 // events=..": hashes of the genesis block's data, of the head block (it
 // covers signatures), of the envelopes per block, and of the event log.
-// Measured with -count=5 on ledger seeds 1-3 and tunnel seeds 1-2, runs
-// agreeing on shape and events (the most common value), before -> after
-// the seeding above: ledger 1/5, 4/5, 1/5 -> 3/5, 2/5, 1/5; tunnel 1/5,
-// 2/5 -> 1/5, 3/5; no real gain. So a failing seed still fails again in
-// some of its runs, not all: give it ten.
+// Measured on ledger seeds 1-3 and tunnel seeds 1-2, five runs each,
+// runs agreeing on shape and events (the most common value): before the
+// seeding (-count=5) ledger 1/5, 4/5, 1/5, tunnel 1/5, 2/5; after it
+// (-count=5) ledger 3/5, 2/5, 1/5, tunnel 1/5, 3/5; after it, five
+// processes of -count=1: genesis 5/5 on every seed (before the serials
+// were set: every run its own), shape and events ledger 1/5, 3/5, 1/5, tunnel 1/5, 2/5. No
+// real gain in the runs themselves: a failing seed still fails again in
+// some of its runs, not all; give it ten.
 //
 //	make sim SEEDS=20 SEED=1
 //	make sim SEED=7 SEEDS=1 RUNS=10
