@@ -96,6 +96,11 @@ func init() { serial.Store(time.Now().UnixNano()) }
 
 func nextSerial() *big.Int { return big.NewInt(serial.Add(1)) }
 
+// SetSerial makes the next certificate's serial number n+1. The serials
+// start from the wall clock; a test that must make the same certificates
+// on every run (test/sim, from its seed) sets them first.
+func SetSerial(n int64) { serial.Store(n) }
+
 // NewCA makes a self-signed CA named cn.
 func NewCA(tb testing.TB, cn string) *CA {
 	tb.Helper()

@@ -155,6 +155,7 @@ func newLedgerSim(t *testing.T, seed uint64, tunnel bool) *ledgerSim {
 		s.nw = simnet.New(simnet.Config{Seed: seed, Faults: s.tune.faults, Split: raftSplit, Observe: s.observe})
 	}
 
+	testpki.SetSerial(int64(seed) << 20) // serials from the seed, not the wall clock
 	s.cons = policytest.New(t, 3)
 	l := &s.cons.Template.Ledger
 	l.BatchSize.MaxMessageCount = s.tune.maxMsgs

@@ -19,10 +19,12 @@
 package simnet
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"slices"
 	"sync"
 	"time"
 )
@@ -89,8 +91,9 @@ type Network struct {
 	rng       *rand.Rand
 	faults    Faults
 	listeners map[string]*listener
-	cut       map[link]Mode // partitioned pairs (a < b)
-	conns     map[*conn]struct{}
+	cut       map[link]Mode    // partitioned pairs (a < b)
+	conns     map[*conn]uint64 // the order they were made in
+	connSeq   uint64
 	stats     Stats
 }
 
@@ -125,7 +128,7 @@ const (
 // New returns an empty network.
 func New(cfg Config) *Network {
 	return &Network{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 0x5eed)), faults: cfg.Faults,
-		listeners: map[string]*listener{}, cut: map[link]Mode{}, conns: map[*conn]struct{}{}}
+		listeners: map[string]*listener{}, cut: map[link]Mode{}, conns: map[*conn]uint64{}}
 }
 
 // SetFaults changes the fault rates from now on.
@@ -203,7 +206,8 @@ func (d *Dialer) DialContext(ctx context.Context, network, address string) (net.
 		return nil, &net.OpError{Op: "dial", Net: "sim", Err: ctx.Err()}
 	}
 	nw.mu.Lock()
-	nw.conns[cc], nw.conns[sc] = struct{}{}, struct{}{}
+	nw.connSeq += 2
+	nw.conns[cc], nw.conns[sc] = nw.connSeq-1, nw.connSeq
 	nw.mu.Unlock()
 	go nw.deliver(up)
 	go nw.deliver(down)
@@ -233,6 +237,9 @@ func (nw *Network) resetWhere(match func(c *conn) bool) {
 			victims = append(victims, c)
 		}
 	}
+	// In the order they were made, not the map's (random) order: the
+	// resets wake their readers and writers in the same order every run.
+	slices.SortFunc(victims, func(a, b *conn) int { return cmp.Compare(nw.conns[a], nw.conns[b]) })
 	nw.stats.Resets += uint64(len(victims))
 	nw.mu.Unlock()
 	for _, c := range victims {
