@@ -2,8 +2,9 @@
 // real memberd binary as users deploy it (a consortium written by `memberd
 // demo init`, two `memberd relay` and three `memberd run` processes, raft
 // over the tunnel, SoftHSM2 identities), under sustained Fabric Broadcast
-// load through member-a's LAN ledger API, with optional scripted kill -9
-// faults of a follower, the leader and a relay.
+// load through member-a's LAN ledger API (the other members' while it is
+// down, as a Fabric SDK with several orderer endpoints), with optional
+// scripted kill -9 faults of a follower, the leader and a relay.
 //
 // It prints a line every SOAK_EVERY acknowledged transactions (acked,
 // committed, lost, tx/s, and per process RSS, Go heap, goroutines, open
