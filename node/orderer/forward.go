@@ -121,6 +121,9 @@ const forwardOpenTimeout = 5 * time.Second
 // forward to the next leader (issue #11: a 5 s traffic gap after the
 // leader's kill, where the election took 1.4 s).
 func (f *BroadcastForwarder) stream(ctx context.Context, leader uint64) (*fwdStream, error) {
+	if err := ctx.Err(); err != nil { // the leader changed while this call queued: open nothing
+		return nil, fmt.Errorf("%w: forwarding to leader %d: %w", ErrUnavailable, leader, err)
+	}
 	f.mu.Lock()
 	if f.closed {
 		f.mu.Unlock()
