@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/memberd/memberd/internal/appliance"
 )
 
 const (
@@ -23,6 +25,11 @@ const (
 	// raft role: the client's streams break and must reconnect (to another
 	// member meanwhile, then back to it).
 	faultEntry = "entry"
+	// faultEntryLeader hands the raft leadership to the entry member
+	// (memberd ledger transfer-leader) and kills it: the leader kill that
+	// also breaks the client's streams (issue #11: 6-7 s without SUCCESS
+	// when the client knew only that member).
+	faultEntryLeader = "entryleader"
 	// faultTerm restarts a follower gracefully (SIGTERM), as an upgrade
 	// does: it closes its raft connections, so its peers see them reset.
 	faultTerm = "term"
@@ -92,6 +99,25 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 	var target *proc
 	switch kind {
 	case faultLeader:
+		target = leader
+	case faultEntryLeader:
+		if leader.name != fr.cl.entry {
+			tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			res, err := appliance.TransferLeaderViaAdmin(tctx, leader.admin, "", fr.cl.entry)
+			cancel()
+			if err != nil {
+				f.note = "skipped: " + err.Error()
+				fmt.Printf("   fault %s: %s\n", kind, f.note)
+				return f
+			}
+			fmt.Printf("   fault %s: leadership handed from %s to %s (term %d)\n", kind, leader.name, res.Leader, res.Term)
+			sleepCtx(ctx, 2*time.Second) // the hand-over's own pause is not the fault's
+			if leader, term, err = fr.leader(ctx); err != nil || leader.name != fr.cl.entry {
+				f.note = fmt.Sprintf("skipped: %s does not lead after the hand-over (%v)", fr.cl.entry, err)
+				fmt.Printf("   fault %s: %s\n", kind, f.note)
+				return f
+			}
+		}
 		target = leader
 	case faultFollower, faultTerm:
 		// A follower other than the entry member if there is one, so the
