@@ -211,7 +211,7 @@ func TestForwardToDeafLeaderEndsWithCtx(t *testing.T) {
 			t.Fatal("Forward still blocked after its ctx ended")
 		}
 	}
-	if _, err := f.stream(3); err != nil {
+	if _, err := f.stream(context.Background(), 3); err != nil {
 		t.Fatalf("no new stream after the deaf one ended: %v", err)
 	}
 	f.mu.Lock()

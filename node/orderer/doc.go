@@ -31,7 +31,11 @@
 // Followers do not order: a follower with a Forwarder (BroadcastForwarder:
 // a pipelined Broadcast stream to the leader) admits the envelope itself and
 // forwards it, answering its client with the leader's answer; without one it
-// answers SERVICE_UNAVAILABLE naming the leader (a redirect).
+// answers SERVICE_UNAVAILABLE naming the leader (a redirect). An envelope
+// forwarded to a leader that is then replaced is answered SERVICE_UNAVAILABLE
+// ("resubmit") at the change, not after a timeout. An envelope that arrives
+// while the node knows no leader (an election) waits for one, up to three
+// election timeouts after the leader was lost, rather than being refused.
 //
 // # Admission
 //

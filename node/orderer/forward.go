@@ -30,7 +30,11 @@ type BroadcastForwarder struct {
 var _ Forwarder = (*BroadcastForwarder)(nil)
 
 type fwdStream struct {
-	cancel  context.CancelFunc
+	cancel context.CancelFunc
+	// ready is closed once the stream is open (stream set) or failed to
+	// open (openErr set); stream and openErr are read only after it.
+	ready   chan struct{}
+	openErr error
 	mu      sync.Mutex // serialises Send with the queue order
 	stream  ab.AtomicBroadcast_BroadcastClient
 	waiting chan chan *ab.BroadcastResponse
@@ -41,12 +45,12 @@ type fwdStream struct {
 // Forward implements Forwarder: it sends env on the leader's stream and
 // returns a wait that yields nil once the leader answered SUCCESS.
 func (f *BroadcastForwarder) Forward(ctx context.Context, leader uint64, env []byte) (func(context.Context) error, error) {
-	s, err := f.stream(leader)
-	if err != nil {
-		return nil, err
-	}
 	var msg common.Envelope
 	if err := proto.Unmarshal(env, &msg); err != nil {
+		return nil, err
+	}
+	s, err := f.stream(ctx, leader)
+	if err != nil {
 		return nil, err
 	}
 	reply := make(chan *ab.BroadcastResponse, 1)
@@ -108,62 +112,95 @@ func statusErr(st common.Status) error {
 // forwardOpenTimeout bounds opening a Broadcast stream to the leader.
 const forwardOpenTimeout = 5 * time.Second
 
-func (f *BroadcastForwarder) stream(leader uint64) (*fwdStream, error) {
+// stream returns the leader's stream, opening it if there is none, and
+// waits until it is open, but not past ctx. The opening holds no lock and
+// ends with the stream (drop): a leader killed behind the tunnel is dialled
+// for up to forwardOpenTimeout without an answer, and a follower that had
+// no stream to it yet (its clients went to the leader directly) waited
+// that long, with every forward to any leader behind it, before it could
+// forward to the next leader (issue #11: a 5 s traffic gap after the
+// leader's kill, where the election took 1.4 s).
+func (f *BroadcastForwarder) stream(ctx context.Context, leader uint64) (*fwdStream, error) {
+	if err := ctx.Err(); err != nil { // the leader changed while this call queued: open nothing
+		return nil, fmt.Errorf("%w: forwarding to leader %d: %w", ErrUnavailable, leader, err)
+	}
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	if f.closed {
+		f.mu.Unlock()
 		return nil, ErrClosed
 	}
-	if s, ok := f.streams[leader]; ok {
-		return s, nil
-	}
-	c, ok := f.Peers[leader]
-	if !ok && f.Lookup != nil {
-		c = f.Lookup(leader)
-		ok = c != nil
-	}
+	s, ok := f.streams[leader]
 	if !ok {
-		return nil, fmt.Errorf("%w: no address for leader %d", ErrUnavailable, leader)
+		c, found := f.Peers[leader]
+		if !found && f.Lookup != nil {
+			c = f.Lookup(leader)
+			found = c != nil
+		}
+		if !found {
+			f.mu.Unlock()
+			return nil, fmt.Errorf("%w: no address for leader %d", ErrUnavailable, leader)
+		}
+		sctx, cancel := context.WithCancel(context.Background())
+		s = &fwdStream{cancel: cancel, ready: make(chan struct{}),
+			waiting: make(chan chan *ab.BroadcastResponse, DefaultMaxPendingPerStream), broken: make(chan struct{})}
+		if f.streams == nil {
+			f.streams = map[uint64]*fwdStream{}
+		}
+		f.streams[leader] = s
+		go f.run(sctx, c, leader, s)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	// Opening waits for the connection; bound it (the lock is held), but
-	// not the stream's life.
-	t := time.AfterFunc(forwardOpenTimeout, cancel)
+	f.mu.Unlock()
+	select {
+	case <-s.ready:
+		if s.openErr != nil {
+			return nil, s.openErr
+		}
+		return s, nil
+	case <-ctx.Done():
+		// As in Forward: the caller gave up on this leader (it changed),
+		// so end the opening too, for every caller waiting on it.
+		f.drop(leader, s)
+		return nil, fmt.Errorf("%w: opening Broadcast to leader %d: %w", ErrUnavailable, leader, ctx.Err())
+	}
+}
+
+// run opens s (bounded by forwardOpenTimeout, and ended by drop or Close
+// through ctx), then receives its answers, which come in request order.
+func (f *BroadcastForwarder) run(ctx context.Context, c ab.AtomicBroadcastClient, leader uint64, s *fwdStream) {
+	t := time.AfterFunc(forwardOpenTimeout, s.cancel)
 	st, err := c.Broadcast(ctx)
 	if !t.Stop() && err == nil {
 		err = fmt.Errorf("not open within %v", forwardOpenTimeout)
 	}
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
 	if err != nil {
-		cancel()
-		return nil, fmt.Errorf("%w: opening Broadcast to leader %d: %v", ErrUnavailable, leader, err)
+		s.openErr = fmt.Errorf("%w: opening Broadcast to leader %d: %v", ErrUnavailable, leader, err)
+		f.drop(leader, s)
+		close(s.ready)
+		return
 	}
-	s := &fwdStream{cancel: cancel, stream: st, waiting: make(chan chan *ab.BroadcastResponse, DefaultMaxPendingPerStream),
-		broken: make(chan struct{})}
-	go func() { // the receiver: answers come in request order
-		for {
-			r, err := st.Recv()
-			if err != nil {
-				s.err = err
-				close(s.broken)
-				f.drop(leader, s)
-				return
-			}
-			select {
-			case w := <-s.waiting:
-				w <- r
-			default: // an answer nobody asked for: the stream is confused
-				s.err = errors.New("unexpected Broadcast answer")
-				close(s.broken)
-				f.drop(leader, s)
-				return
-			}
+	s.stream = st
+	close(s.ready)
+	for {
+		r, err := st.Recv()
+		if err != nil {
+			s.err = err
+			close(s.broken)
+			f.drop(leader, s)
+			return
 		}
-	}()
-	if f.streams == nil {
-		f.streams = map[uint64]*fwdStream{}
+		select {
+		case w := <-s.waiting:
+			w <- r
+		default: // an answer nobody asked for: the stream is confused
+			s.err = errors.New("unexpected Broadcast answer")
+			close(s.broken)
+			f.drop(leader, s)
+			return
+		}
 	}
-	f.streams[leader] = s
-	return s, nil
 }
 
 func (f *BroadcastForwarder) drop(leader uint64, s *fwdStream) {

@@ -9,6 +9,11 @@ import (
 	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
+	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/memberd/memberd/node/block"
 )
 
 // blackhole is a Forwarder to a leader that never answers, like one whose
@@ -133,5 +138,77 @@ func TestWhileLeaderStartsNoGoroutine(t *testing.T) {
 	stop()
 	if cause := context.Cause(ctx); !errors.Is(cause, context.Canceled) {
 		t.Fatalf("stopped watch ended with %v, want context.Canceled", cause)
+	}
+}
+
+// unreachableLeader is a leader's Broadcast service behind a tunnel whose
+// far end was killed: opening a stream neither succeeds nor fails until
+// its ctx ends (the dial's SYNs go unanswered).
+type unreachableLeader struct {
+	ab.AtomicBroadcastClient
+	opening chan struct{}
+}
+
+func (u *unreachableLeader) Broadcast(ctx context.Context, _ ...grpc.CallOption) (ab.AtomicBroadcast_BroadcastClient, error) {
+	select {
+	case u.opening <- struct{}{}:
+	default:
+	}
+	<-ctx.Done()
+	return nil, ctx.Err()
+}
+
+// TestForwardOpeningToDeadLeaderEndsWithCtx: a follower that had no
+// stream to the leader yet (its clients had gone to the leader directly)
+// opened one under the forwarder's lock, bounded only by
+// forwardOpenTimeout (5 s). When that leader was killed, the forward
+// ignored the leader change, and every forward to the new leader waited
+// behind it: a soak whose client failed over from the killed leader to a
+// follower saw no SUCCESS for 5.1 s, while the election took 1.4 s. Now
+// the opening ends with the caller's ctx (cancelled on a leader change),
+// and a forward to another leader does not wait for it.
+func TestForwardOpeningToDeadLeaderEndsWithCtx(t *testing.T) {
+	c := newConsortium(t, 3, block.CutterConfig{})
+	envs, _ := envelopes(t, c.identity(t, "m1", "client"), 2, 3)
+	dead := &unreachableLeader{opening: make(chan struct{}, 1)}
+	live := &deafLeader{sending: make(chan struct{}, 1)} // opens at once
+	f := &BroadcastForwarder{Peers: map[uint64]ab.AtomicBroadcastClient{1: dead, 2: live}}
+	defer f.Close()
+	raw0, _ := proto.Marshal(envs[0])
+	raw1, _ := proto.Marshal(envs[1])
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	errs := make(chan error, 1)
+	go func() {
+		_, err := f.Forward(ctx, 1, raw0)
+		errs <- err
+	}()
+	<-dead.opening
+	// Another leader's stream opens while the dead one's is still opening.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel2()
+	go func() { f.Forward(ctx2, 2, raw1) }() // blocks in Send (deaf), which is the point of reaching it
+	select {
+	case <-live.sending:
+	case <-time.After(2 * time.Second):
+		t.Fatal("a forward to leader 2 waited behind the opening of leader 1's stream")
+	}
+	cancel() // the leader changed
+	start := time.Now()
+	select {
+	case err := <-errs:
+		if !errors.Is(err, ErrUnavailable) {
+			t.Fatalf("Forward to the dead leader: %v, want ErrUnavailable", err)
+		}
+		t.Logf("ended %v after its ctx: %v", time.Since(start).Round(time.Millisecond), err)
+	case <-time.After(forwardOpenTimeout / 2):
+		t.Fatalf("Forward to the dead leader still opening %v after its ctx ended", forwardOpenTimeout/2)
+	}
+	// The dead leader's opening was dropped: a later forward opens anew.
+	f.mu.Lock()
+	_, still := f.streams[1]
+	f.mu.Unlock()
+	if still {
+		t.Fatal("the abandoned opening is still the dead leader's stream")
 	}
 }

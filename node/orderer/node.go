@@ -45,10 +45,15 @@ type Node struct {
 	// leaderGen is cancelled and replaced at every leader change, so that
 	// forwarded submissions can stop waiting for a deposed leader.
 	leaderGen atomic.Pointer[leaderEpoch]
-	closed    chan struct{}
-	once      sync.Once
-	running   atomic.Bool
-	stopped   atomic.Bool // Run has returned: submissions are refused at once
+	// leaderLost: when this node last knew no leader (New, Run's start,
+	// or a leader change to none), unix nanoseconds. A
+	// submission that finds no leader waits for one until leaderWait
+	// after it (knownLeader).
+	leaderLost atomic.Int64
+	closed     chan struct{}
+	once       sync.Once
+	running    atomic.Bool
+	stopped    atomic.Bool // Run has returned: submissions are refused at once
 
 	mu      sync.Mutex
 	waiters map[txKey]*waiter
@@ -191,6 +196,7 @@ func newNode(cfg Config, store *blockstore.Store) (*Node, error) {
 	n.signing.Store(&signingIdentity{signer: cfg.Signer, identity: cfg.Identity})
 	n.observePolicy()
 	n.leaderGen.Store(newLeaderEpoch())
+	n.leaderLost.Store(time.Now().UnixNano()) // no leader known yet; Run sets it again
 	n.adm = newAdmitter(n.channel, inForce.cut.AbsoluteMaxBytes, cfg.Policy, cfg.Now)
 	n.loadRecent()
 
@@ -384,6 +390,9 @@ func (n *Node) Run(ctx context.Context) error {
 	}()
 	n.running.Store(true)
 	defer n.running.Store(false)
+	if n.raft.Leader() == 0 {
+		n.leaderLost.Store(time.Now().UnixNano())
+	}
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		err := n.raft.Run(gctx)
@@ -457,10 +466,11 @@ func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error)
 	if err := n.membershipErr(); err != nil {
 		return nil, err
 	}
-	if l := n.raft.Leader(); l != n.raft.ID() {
-		if l == 0 {
-			return nil, fmt.Errorf("%w: no raft leader known; retry", ErrUnavailable)
-		}
+	l, err := n.knownLeader(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if l != n.raft.ID() {
 		if n.cfg.Forwarder == nil {
 			return nil, fmt.Errorf("%w: submit to raft node %d", ErrNotLeader, l)
 		}
@@ -624,8 +634,54 @@ func (n *Node) failAll(err error) {
 	n.mu.Unlock()
 }
 
+// leaderWaitElections: a submission that finds no leader waits for one at
+// most this many election timeouts after the leader was lost (or Run
+// started). An election ends one round trip after its first candidate's
+// timeout, which comes between one and two election timeouts after the
+// leader fell silent, but it is lost when no leader was known at most two
+// (randomised) timeouts later; three leave room for a split vote.
+const leaderWaitElections = 3
+
+// knownLeader returns the raft leader. While none is known (an election
+// after the leader was lost, or at start-up), it waits for one rather than
+// refusing at once, so that a client is answered SUCCESS once the new
+// leader orders its envelope instead of SERVICE_UNAVAILABLE and its own
+// backoff (a client may wait seconds before it resubmits); but only until
+// leaderWaitElections election timeouts after the leader was lost, so
+// that a node cut off from the others still refuses at once afterwards.
+func (n *Node) knownLeader(ctx context.Context) (uint64, error) {
+	for {
+		gen := n.leaderGen.Load() // before reading the leader: a change after it ends gen
+		if l := n.raft.Leader(); l != 0 {
+			return l, nil
+		}
+		var wait time.Duration
+		if lost := n.leaderLost.Load(); lost != 0 {
+			wait = time.Until(time.Unix(0, lost).Add(leaderWaitElections * n.raft.ElectionTimeout()))
+		}
+		if wait <= 0 {
+			return 0, fmt.Errorf("%w: no raft leader known; retry", ErrUnavailable)
+		}
+		t := time.NewTimer(wait)
+		select {
+		case <-gen.ctx.Done():
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return 0, fmt.Errorf("%w: no raft leader known: %w", ErrUnavailable, ctx.Err())
+		case <-n.closed:
+			t.Stop()
+			return 0, ErrClosed
+		}
+		t.Stop()
+	}
+}
+
 func (n *Node) onLeaderChange(leader, term uint64) {
 	n.log.Info("raft leader changed", "leader", leader, "term", term, "self", n.raft.ID())
+	if leader == 0 {
+		n.leaderLost.Store(time.Now().UnixNano())
+	}
 	n.leaderGen.Swap(newLeaderEpoch()).end()
 	select {
 	case n.leaderCh <- struct{}{}:

@@ -715,6 +715,12 @@ func (n *Node) Leader() uint64 { return n.lead.Load() }
 // ID returns this node's raft ID.
 func (n *Node) ID() uint64 { return n.cfg.ID }
 
+// ElectionTimeout is ElectionTicks × TickInterval: a follower that hears
+// nothing from its leader for between one and two of these campaigns.
+func (n *Node) ElectionTimeout() time.Duration {
+	return time.Duration(n.cfg.ElectionTicks) * n.cfg.TickInterval
+}
+
 // Status is a point-in-time view for `memberd status` and metrics.
 type Status struct {
 	ID, Leader, Term uint64

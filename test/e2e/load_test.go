@@ -4,7 +4,8 @@ package e2e_test
 
 // The load: an application of member-a (a client identity issued by its
 // member CA) sends signed ENDORSER_TRANSACTION envelopes with Fabric
-// Broadcast to member-a's LAN ledger address, pipelined on one stream.
+// Broadcast to member-a's LAN ledger address (another member's while
+// member-a's stream breaks), pipelined on one stream.
 // SUCCESS acks an envelope; any other answer, or a broken stream, sends it
 // again. verify then fetches every member's chain with Deliver and checks
 // that every acked envelope is in it and the block headers are identical.
@@ -157,25 +158,65 @@ func (l *loader) conn(p *proc) (*grpc.ClientConn, error) {
 		grpc.WithTransportCredentials(l.creds), grpc.WithContextDialer(dial))...)
 }
 
+// failoverHold: after member-a's stream breaks, the load goes to another
+// member for this long (then back to member-a).
+const failoverHold = 5 * time.Second
+
 // run submits envelopes to member-a until ctx ends, window in flight, new
-// ones at l.rate (resent ones at once).
+// ones at l.rate (resent ones at once). While member-a's streams break (it
+// was killed), the load goes to the next member at once, as a Fabric SDK
+// with several orderer endpoints does, and back to member-a failoverHold
+// later: with member-a its only endpoint, a leader_kill that hit member-a
+// measured member-a's restart (a 5.87 s ack gap), not the ledger's failover.
 func (l *loader) run(ctx context.Context, window int) {
 	var due time.Time // when the next new envelope may go (l.rate > 0)
 	entry := l.cl.member(l.cl.layout.Members[0])
-	cc, err := l.conn(entry)
-	if err != nil {
-		l.cl.t.Errorf("load: %v", err)
-		return
+	targets := []*proc{entry}
+	for _, p := range l.cl.members() {
+		if p != entry {
+			targets = append(targets, p)
+		}
 	}
-	defer cc.Close()
+	conns := map[*proc]*grpc.ClientConn{}
+	defer func() {
+		for _, cc := range conns {
+			cc.Close()
+		}
+	}()
+	at, away := 0, time.Time{} // the target, and until when it is not member-a
+	// failover moves to the next member after a broken stream, and
+	// returns the pause before the next one: short when leaving member-a.
+	failover := func() time.Duration {
+		from := at
+		if len(targets) > 1 {
+			at = 1 + at%(len(targets)-1)
+			away = time.Now().Add(failoverHold)
+		}
+		if from == 0 && at != 0 {
+			return 20 * time.Millisecond
+		}
+		return 200 * time.Millisecond
+	}
 	var retry []*common.Envelope
 	for ctx.Err() == nil {
+		if at != 0 && time.Now().After(away) {
+			at = 0
+		}
+		cc := conns[targets[at]]
+		if cc == nil {
+			var err error
+			if cc, err = l.conn(targets[at]); err != nil {
+				l.cl.t.Errorf("load: %v", err)
+				return
+			}
+			conns[targets[at]] = cc
+		}
 		sctx, cancel := context.WithCancel(ctx)
 		bs, err := ab.NewAtomicBroadcastClient(cc).Broadcast(sctx)
 		if err != nil {
 			cancel()
 			l.note("stream failed")
-			sleepCtx(ctx, 200*time.Millisecond)
+			sleepCtx(ctx, failover())
 			continue
 		}
 		inflight := make(chan *common.Envelope, window)
@@ -206,8 +247,14 @@ func (l *loader) run(ctx context.Context, window int) {
 				}
 			}
 		}()
+		back := false // the stream ended to go back to member-a
 	send:
 		for ctx.Err() == nil {
+			if at != 0 && time.Now().After(away) {
+				back = true
+				bs.CloseSend() // the answers still come
+				break
+			}
 			var env *common.Envelope
 			l.mu.Lock()
 			retry = append(retry, again...)
@@ -246,6 +293,13 @@ func (l *loader) run(ctx context.Context, window int) {
 				break
 			}
 		}
+		if back {
+			select { // the answers to what was sent, then EOF
+			case <-recvDone:
+			case <-time.After(10 * time.Second):
+			case <-ctx.Done():
+			}
+		}
 		cancel()
 		<-recvDone
 		l.mu.Lock()
@@ -254,9 +308,9 @@ func (l *loader) run(ctx context.Context, window int) {
 		for len(inflight) > 0 {
 			retry = append(retry, <-inflight)
 		}
-		if ctx.Err() == nil {
+		if ctx.Err() == nil && !back {
 			l.note("stream broke")
-			sleepCtx(ctx, 200*time.Millisecond)
+			sleepCtx(ctx, failover())
 		}
 	}
 	l.mu.Lock()

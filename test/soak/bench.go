@@ -227,7 +227,7 @@ func benchAppliances(ctx context.Context, c *benchConfig, profile bool) (benchRu
 	if err != nil {
 		return benchRun{}, err
 	}
-	defer l.entry.Close()
+	defer l.close()
 	fr := &faulter{cl: cl}
 	leader, term, err := fr.leader(ctx)
 	if err != nil {

@@ -13,6 +13,8 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/memberd/memberd/internal/appliance"
 )
 
 const (
@@ -20,8 +22,14 @@ const (
 	faultLeader   = "leader"
 	faultRelay    = "relay"
 	// faultEntry kills the member the load client talks to, whatever its
-	// raft role: the client's streams break and must reconnect.
+	// raft role: the client's streams break and must reconnect (to another
+	// member meanwhile, then back to it).
 	faultEntry = "entry"
+	// faultEntryLeader hands the raft leadership to the entry member
+	// (memberd ledger transfer-leader) and kills it: the leader kill that
+	// also breaks the client's streams (issue #11: 6-7 s without SUCCESS
+	// when the client knew only that member).
+	faultEntryLeader = "entryleader"
 	// faultTerm restarts a follower gracefully (SIGTERM), as an upgrade
 	// does: it closes its raft connections, so its peers see them reset.
 	faultTerm = "term"
@@ -92,6 +100,25 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 	switch kind {
 	case faultLeader:
 		target = leader
+	case faultEntryLeader:
+		if leader.name != fr.cl.entry {
+			tctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			res, err := appliance.TransferLeaderViaAdmin(tctx, leader.admin, "", fr.cl.entry)
+			cancel()
+			if err != nil {
+				f.note = "skipped: " + err.Error()
+				fmt.Printf("   fault %s: %s\n", kind, f.note)
+				return f
+			}
+			fmt.Printf("   fault %s: leadership handed from %s to %s (term %d)\n", kind, leader.name, res.Leader, res.Term)
+			sleepCtx(ctx, 2*time.Second) // the hand-over's own pause is not the fault's
+			if leader, term, err = fr.leader(ctx); err != nil || leader.name != fr.cl.entry {
+				f.note = fmt.Sprintf("skipped: %s does not lead after the hand-over (%v)", fr.cl.entry, err)
+				fmt.Printf("   fault %s: %s\n", kind, f.note)
+				return f
+			}
+		}
+		target = leader
 	case faultFollower, faultTerm:
 		// A follower other than the entry member if there is one, so the
 		// load keeps its connection.
@@ -126,7 +153,8 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 	if kind == faultTerm {
 		how, sig = "SIGTERM", syscall.SIGTERM
 	}
-	fmt.Printf("== fault %s: %s %s (pid %d; leader %s, term %d, acked %d)\n", kind, how, target.name, pidOf(target), leader.name, term, acked0)
+	fmt.Printf("== fault %s: %s %s at %s (pid %d; leader %s, term %d, acked %d)\n", kind, how, target.name,
+		time.Now().UTC().Format("15:04:05.000"), pidOf(target), leader.name, term, acked0)
 	// Traffic back: more acked than everything in flight at the kill, or,
 	// for a fault near the end of the run, every envelope resolved (fewer
 	// than that many were left to send).
@@ -179,15 +207,13 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 		})
 		f.add("every member sending on the other relay (active, or backup while the dead one is quiet)", d, ok)
 	}
-	// The load reaches the entry member only: with it down, traffic comes
-	// back after its restart.
-	if target.name != fr.cl.entry {
-		d, ok := fr.until(ctx, t0, func(context.Context) bool { return trafficBack() })
-		f.add(fmt.Sprintf("traffic back (%d more acked than in flight)", inFlight), d, ok)
-		if ok {
-			if p, ok := pause(); ok {
-				f.add("longest pause between acks, kill to traffic back (the traffic gap)", p, true)
-			}
+	// The load fails over to another member while the entry member is
+	// down (load.go), so traffic comes back before any restart.
+	d, ok := fr.until(ctx, t0, func(context.Context) bool { return trafficBack() })
+	f.add(fmt.Sprintf("traffic back (%d more acked than in flight)", inFlight), d, ok)
+	if ok {
+		if p, ok := pause(); ok {
+			f.add("longest pause between acks, kill to traffic back (the traffic gap)", p, true)
 		}
 	}
 
@@ -221,10 +247,6 @@ func (fr *faulter) inject(ctx context.Context, kind string) *faultResult {
 			return err == nil && st.Ledger.Leader != ""
 		})
 		f.add("restarted member knows a leader (from restart)", d, ok)
-		if target.name == fr.cl.entry {
-			d, ok := fr.until(ctx, t0, func(context.Context) bool { return trafficBack() })
-			f.add(fmt.Sprintf("traffic back (%d more acked than in flight)", inFlight), d, ok)
-		}
 		d, ok = fr.until(ctx, t1, func(c context.Context) bool { return fr.caughtUp(c, target) })
 		f.add("restarted member caught up (height within 1 block of the leader's, from restart)", d, ok)
 	}

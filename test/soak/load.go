@@ -7,6 +7,12 @@ package main
 // answer, or a stream that breaks before answering, sends the same
 // envelope again (after a pause) on a new stream. A Deliver stream follows
 // the chain meanwhile to count what is committed.
+//
+// Like a Fabric SDK given several orderer endpoints, a stream that breaks
+// (member-a killed) is opened again on the next member at once, and goes
+// back to member-a once it has been quiet for failoverHold: with member-a
+// the only endpoint, killing it when it led raft measured its restart
+// (SOAK_FAULT_DOWN plus start-up, 6-7 s), not the ledger's failover.
 
 import (
 	"context"
@@ -81,8 +87,49 @@ type loader struct {
 	channel string
 	creds   credentials.TransportCredentials
 	entry   *grpc.ClientConn
+	// targets are the members the streams may use: the entry member
+	// first, then the others (failover), each with its last failure.
+	targets []*target
 	st      *ledgerState
 	payload []byte
+}
+
+// target is one member's ledger API as a Broadcast endpoint.
+type target struct {
+	name     string
+	conn     *grpc.ClientConn
+	failedAt atomic.Int64 // unix nanoseconds of the last broken or refused stream (0: none)
+}
+
+// failoverHold: a member whose stream broke is avoided this long, and a
+// stream on another member than the entry is ended after this long so the
+// next one goes back to the entry.
+const failoverHold = 5 * time.Second
+
+// pick returns the index of the target for stream n's next stream: the
+// entry unless it failed within failoverHold, else the first other member
+// (from n on, so streams spread) that did not.
+func (l *loader) pick(n int, now time.Time) int {
+	quiet := func(i int) bool {
+		at := l.targets[i].failedAt.Load()
+		return at == 0 || now.Sub(time.Unix(0, at)) >= failoverHold
+	}
+	if quiet(0) {
+		return 0
+	}
+	for k := range len(l.targets) - 1 {
+		if i := 1 + (n+k)%(len(l.targets)-1); quiet(i) {
+			return i
+		}
+	}
+	return 0
+}
+
+// close closes every target's connection.
+func (l *loader) close() {
+	for _, t := range l.targets {
+		t.conn.Close()
+	}
 }
 
 // newLoader makes the client identity (a key in memory, certificate issued
@@ -133,6 +180,18 @@ func newLoader(c *config, cl *cluster) (*loader, error) {
 	l.creds = credentials.NewTLS(orderer.ClientTLS(&tc, pol.CAPool()))
 	if l.entry, err = l.dial(cl.member(cl.entry).ledgerAddr); err != nil {
 		return nil, err
+	}
+	l.targets = []*target{{name: cl.entry, conn: l.entry}}
+	for _, p := range cl.members() {
+		if p.name == cl.entry {
+			continue
+		}
+		conn, err := l.dial(p.ledgerAddr)
+		if err != nil {
+			l.close()
+			return nil, err
+		}
+		l.targets = append(l.targets, &target{name: p.name, conn: conn})
 	}
 	l.payload = make([]byte, c.size)
 	for i := range l.payload {
@@ -204,7 +263,8 @@ func (l *loader) next(s *streamState, n int) (*item, error) {
 	return it, nil
 }
 
-// stream runs Broadcast streams one after the other until its work is done.
+// stream runs Broadcast streams one after the other until its work is
+// done, on the entry member or, while it fails, another one.
 func (l *loader) stream(ctx context.Context, n int) {
 	s := &streamState{}
 	inflight := make(chan *item, l.cfg.window)
@@ -212,17 +272,34 @@ func (l *loader) stream(ctx context.Context, n int) {
 		if l.done(s, inflight) {
 			return
 		}
+		at := l.pick(n, time.Now())
+		tg := l.targets[at]
+		// broke: note that tg failed, and pause before the next stream
+		// only when that one would go to the same member.
+		broke := func() {
+			tg.failedAt.Store(time.Now().UnixNano())
+			l.st.reconnects.Add(1)
+			if l.pick(n, time.Now()) == at {
+				sleepCtx(ctx, 500*time.Millisecond)
+			} else {
+				sleepCtx(ctx, 20*time.Millisecond)
+			}
+		}
 		sctx, cancel := context.WithCancel(ctx)
-		bs, err := ab.NewAtomicBroadcastClient(l.entry).Broadcast(sctx)
+		bs, err := ab.NewAtomicBroadcastClient(tg.conn).Broadcast(sctx)
 		if err != nil {
 			cancel()
-			l.st.reconnects.Add(1)
-			sleepCtx(ctx, 500*time.Millisecond)
+			broke()
 			continue
+		}
+		// On another member than the entry, only until failoverHold.
+		until := time.Time{}
+		if at != 0 {
+			until = time.Now().Add(failoverHold)
 		}
 		recvDone := make(chan error, 1)
 		go func() { recvDone <- l.receive(bs, s, inflight) }()
-		sendErr := l.send(sctx, bs, n, s, inflight, recvDone)
+		sendErr := l.send(sctx, bs, n, s, inflight, recvDone, until)
 		if sendErr != nil {
 			cancel() // else the server ends the stream after CloseSend
 		}
@@ -237,8 +314,7 @@ func (l *loader) stream(ctx context.Context, n int) {
 		if sendErr != nil || (recvErr != nil && !errors.Is(recvErr, io.EOF)) {
 			if ctx.Err() == nil {
 				l.note("stream broke")
-				l.st.reconnects.Add(1)
-				sleepCtx(ctx, 500*time.Millisecond)
+				broke()
 			}
 		}
 	}
@@ -251,9 +327,9 @@ func (l *loader) done(s *streamState, inflight chan *item) bool {
 	return len(s.retry) == 0 && len(inflight) == 0 && l.st.issued.Load() >= int64(l.cfg.tx)
 }
 
-// send sends until the work is done (then CloseSend), the stream's
-// receiver ends, or a send fails.
-func (l *loader) send(ctx context.Context, bs ab.AtomicBroadcast_BroadcastClient, n int, s *streamState, inflight chan *item, recvDone chan error) error {
+// send sends until the work is done or until passes (if set; then
+// CloseSend), the stream's receiver ends, or a send fails.
+func (l *loader) send(ctx context.Context, bs ab.AtomicBroadcast_BroadcastClient, n int, s *streamState, inflight chan *item, recvDone chan error, until time.Time) error {
 	for {
 		select {
 		case err := <-recvDone:
@@ -263,6 +339,10 @@ func (l *loader) send(ctx context.Context, bs ab.AtomicBroadcast_BroadcastClient
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
+		}
+		if !until.IsZero() && time.Now().After(until) {
+			bs.CloseSend() // the answers still come; then a new stream
+			return nil
 		}
 		it, err := l.next(s, n)
 		if err != nil {
@@ -320,11 +400,26 @@ func (l *loader) receive(bs ab.AtomicBroadcast_BroadcastClient, s *streamState, 
 			l.note("gave up")
 			l.resolve(it, fGaveUp)
 		default:
-			l.note(resp.Status.String())
+			l.note(resp.Status.String() + reason(resp.Info))
 			l.st.retries.Add(1)
 			s.push(it, 250*time.Millisecond)
 		}
 	}
+}
+
+// reason is a refusal's info without its numbers (raft IDs, block
+// numbers), so that answers group by what they say.
+func reason(info string) string {
+	r := strings.Map(func(c rune) rune {
+		if c >= '0' && c <= '9' {
+			return 'N'
+		}
+		return c
+	}, info)
+	if len(r) > 100 {
+		r = r[:100]
+	}
+	return " (" + r + ")"
 }
 
 func (l *loader) ack(it *item) {

@@ -2,8 +2,9 @@
 // real memberd binary as users deploy it (a consortium written by `memberd
 // demo init`, two `memberd relay` and three `memberd run` processes, raft
 // over the tunnel, SoftHSM2 identities), under sustained Fabric Broadcast
-// load through member-a's LAN ledger API, with optional scripted kill -9
-// faults of a follower, the leader and a relay.
+// load through member-a's LAN ledger API (the other members' while it is
+// down, as a Fabric SDK with several orderer endpoints), with optional
+// scripted kill -9 faults of a follower, the leader and a relay.
 //
 // It prints a line every SOAK_EVERY acknowledged transactions (acked,
 // committed, lost, tx/s, and per process RSS, Go heap, goroutines, open
@@ -29,6 +30,7 @@
 //	SOAK_ABORT_RSS_MB=3072 stop the load early (and fail) when an appliance passes this
 //	SOAK_FAULTS=           e.g. follower,leader,relay: kill -9 + restart, in turn
 //	                       (entry: the member the load goes to, member-a;
+//	                       entryleader: member-a made raft leader, then killed;
 //	                       term: a follower stopped with SIGTERM, not kill -9)
 //	SOAK_FAULT_EVERY=3m    time between faults (the first after one interval)
 //	SOAK_FAULT_DOWN=2s     how long a killed process stays down
@@ -122,7 +124,7 @@ func parseConfig(args []string) (*config, error) {
 		fs.DurationVar(d.p, strings.ToLower(d.env), def, "see "+d.env)
 	}
 	fs.StringVar(&c.bin, "soak_bin", envStr("SOAK_BIN", "bin/memberd"), "the memberd binary under test")
-	fs.StringVar(&faults, "soak_faults", envStr("SOAK_FAULTS", ""), "comma-separated faults: follower, leader, relay, entry, term")
+	fs.StringVar(&faults, "soak_faults", envStr("SOAK_FAULTS", ""), "comma-separated faults: follower, leader, relay, entry, entryleader, term")
 	fs.StringVar(&keep, "soak_keep", envStr("SOAK_KEEP", "0"), "1 keeps the temporary folder")
 	fs.StringVar(&pprof, "soak_pprof", envStr("SOAK_PPROF", "0"), "1 turns admin_pprof on for every appliance (goroutine dumps at /debug/pprof/ on each admin address)")
 	if err := fs.Parse(args); err != nil {
@@ -133,10 +135,10 @@ func parseConfig(args []string) (*config, error) {
 	for _, f := range strings.Split(faults, ",") {
 		switch f = strings.TrimSpace(f); f {
 		case "":
-		case faultFollower, faultLeader, faultRelay, faultEntry, faultTerm:
+		case faultFollower, faultLeader, faultRelay, faultEntry, faultEntryLeader, faultTerm:
 			c.faults = append(c.faults, f)
 		default:
-			return nil, fmt.Errorf("SOAK_FAULTS: unknown fault %q (use follower, leader, relay, entry, term)", f)
+			return nil, fmt.Errorf("SOAK_FAULTS: unknown fault %q (use follower, leader, relay, entry, entryleader, term)", f)
 		}
 	}
 	if c.every > c.tx {

@@ -51,7 +51,7 @@ func runSoak(ctx context.Context, c *config, cl *cluster) *result {
 		r.fail("load client: %v", err)
 		return r
 	}
-	defer l.entry.Close()
+	defer l.close()
 	var conns []*grpc.ClientConn
 	for _, p := range cl.members() {
 		conn, err := l.dial(p.ledgerAddr)

@@ -158,3 +158,31 @@ node/raftlog.(*transport).acceptLoop.func1()
 		t.Errorf("logTail = %q, want the last 2 lines", got)
 	}
 }
+
+// TestPickFailover: streams use the entry member unless it failed within
+// failoverHold, then the other members (spread by stream), and the entry
+// again once it has been quiet that long or when every member failed.
+func TestPickFailover(t *testing.T) {
+	now := time.Now()
+	l := &loader{targets: []*target{{name: "member-a"}, {name: "member-b"}, {name: "member-c"}}}
+	fail := func(i int, ago time.Duration) { l.targets[i].failedAt.Store(now.Add(-ago).UnixNano()) }
+	if got := l.pick(0, now); got != 0 {
+		t.Fatalf("no failures: stream 0 on target %d, want the entry", got)
+	}
+	fail(0, time.Second)
+	if a, b := l.pick(0, now), l.pick(1, now); a == 0 || b == 0 || a == b {
+		t.Fatalf("entry failed: streams 0 and 1 on targets %d and %d, want two other members", a, b)
+	}
+	fail(1, time.Second)
+	if got := l.pick(0, now); got != 2 {
+		t.Fatalf("entry and member-b failed: target %d, want member-c (2)", got)
+	}
+	fail(2, time.Second)
+	if got := l.pick(0, now); got != 0 {
+		t.Fatalf("every member failed: target %d, want the entry", got)
+	}
+	fail(0, failoverHold)
+	if got := l.pick(1, now); got != 0 {
+		t.Fatalf("entry quiet for failoverHold: target %d, want the entry", got)
+	}
+}
