@@ -160,8 +160,11 @@ func (c ClientConfig) withDefaults() ClientConfig {
 const (
 	// MaxPacketSizeTCP is what every path accepts (the name is from when
 	// QUIC carried datagram-sized packets only). Packets larger than a
-	// small frame travel on the QUIC control stream.
-	MaxPacketSizeTCP = 4096
+	// small frame travel on the QUIC control stream. Every relay and
+	// member reads frames up to wire.MaxBody, so older ones take these
+	// too. It was 4096: 16384 costs the tunnel about a third less CPU per
+	// byte of bulk transfer (issue #15, tunnel BenchmarkThroughput).
+	MaxPacketSizeTCP = 16384
 	// MaxPacketSizeNoPath is reported while no relay is connected: what the
 	// smallest QUIC path carries.
 	MaxPacketSizeNoPath = 1200 - 60 - wire.ForwardOverhead
@@ -876,8 +879,8 @@ func (c *Client) ReadPackets(bufs [][]byte, sizes []int, from []string) (int, er
 // MaxPacketSizeTCP on every path, QUIC included, where packets larger than
 // a small frame travel on the stream anyway (link.writeLoop), so a
 // datagram-sized MTU only multiplied the packets (issue #15: 4096 instead
-// of ~1300 bytes cuts the tunnel's per-packet work, WireGuard, netstack and
-// QUIC, about threefold for bulk transfer).
+// of ~1300 bytes cut the tunnel's per-packet work, WireGuard, netstack and
+// QUIC, about threefold for bulk transfer; 16384 a third more).
 func (c *Client) MaxPacketSize() int {
 	if c.pick() == nil {
 		return MaxPacketSizeNoPath

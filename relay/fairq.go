@@ -1,6 +1,10 @@
 package relay
 
-import "sync"
+import (
+	"sync"
+
+	"github.com/memberd/memberd/relay/wire"
+)
 
 // fairQueue is a link's bounded send queue for data frames, fair between
 // the sources whose packets it carries (issue #11): one FIFO per source
@@ -12,17 +16,22 @@ import "sync"
 // the same destination waited behind the whole queue or were dropped with
 // the flood's.
 //
-// Memory stays bounded by limit frames in all. When full, the source with
-// the most frames queued loses one: the new frame if it is that source's
-// own, else that source's newest (pushed out), so a flood cannot take the
-// room of a quieter source either.
+// Memory stays bounded by limit frames and by limit × boundFrame bytes in
+// all (a queue of limit frames of the tunnel's former largest packet:
+// with 16 KiB packets, issue #15, a bound in frames alone would have
+// quadrupled what a full queue holds). When full, the source with the most
+// frames queued loses one, as often as needed: the new frame if it is that
+// source's own or no other source has two, else that source's newest
+// (pushed out), so a flood cannot take the room of a quieter source either.
 type fairQueue struct {
-	limit   int
-	quantum int           // bytes a source may send per round, at least one frame
-	ready   chan struct{} // poked on every push (shared with the link's other queue)
+	limit    int
+	maxBytes int           // limit × boundFrame
+	quantum  int           // bytes a source may send per round, at least one frame
+	ready    chan struct{} // poked on every push (shared with the link's other queue)
 
 	mu     sync.Mutex
 	n      int                  // frames queued, all sources
+	bytes  int                  // their bytes
 	flows  map[string]*fairFlow // sources with frames queued
 	active ring[*fairFlow]      // round-robin order; the front has the turn
 }
@@ -35,34 +44,45 @@ type fairFlow struct {
 	turn    bool // at the front of active, its quantum added
 }
 
-// fairQuantum is the bytes one source may send per round: one full-size
-// frame (pooledFrame), about 3 of the tunnel's 1.3 KB packets.
-const fairQuantum = pooledFrame
+// fairQuantum is the bytes one source may send per round: a 4 KiB packet
+// frame, about 3 of the tunnel's 1.3 KB packets; a source whose head frame
+// is larger (up to MaxPacketSizeTCP) sends it once its deficit has grown
+// over the rounds it waited.
+const fairQuantum = boundFrame
+
+// boundFrame is the frame size a queue's limit in frames was set for: a
+// packet frame of 4096 bytes, the tunnel's largest until issue #15 made it
+// MaxPacketSizeTCP.
+const boundFrame = 4096 + wire.ForwardOverhead
 
 func newFairQueue(limit int, ready chan struct{}) *fairQueue {
-	return &fairQueue{limit: max(limit, 1), quantum: fairQuantum, ready: ready, flows: map[string]*fairFlow{}}
+	limit = max(limit, 1)
+	return &fairQueue{limit: limit, maxBytes: limit * boundFrame, quantum: fairQuantum, ready: ready, flows: map[string]*fairFlow{}}
 }
 
-// push queues frame for source key. It returns the frame that did not fit
-// (frame itself, or another source's newest, pushed out), or nil; the
-// caller counts and recycles it.
-func (q *fairQueue) push(key string, frame []byte) (dropped []byte) {
+// push queues frame for source key. It returns the frames that did not
+// fit (frame itself, or other sources' newest, pushed out), or nil; the
+// caller counts and recycles them.
+func (q *fairQueue) push(key string, frame []byte) (dropped [][]byte) {
 	q.mu.Lock()
 	f := q.flows[key]
-	if q.n >= q.limit {
+	for q.n > 0 && (q.n >= q.limit || q.bytes+len(frame) > q.maxBytes) {
 		longest := f
 		for i := range q.active.len() {
 			if g := q.active.at(i); longest == nil || g.frames.len() > longest.frames.len() {
 				longest = g
 			}
 		}
-		if longest == f {
+		// A source keeps its last frame: a flow emptied here would stay
+		// in active with nothing to send.
+		if longest == f || longest.frames.len() < 2 {
 			q.mu.Unlock()
-			return frame
+			return append(dropped, frame)
 		}
-		dropped = longest.frames.popBack()
+		out := longest.frames.popBack()
 		q.n--
-		// longest had more frames than f (at least 2): it stays active.
+		q.bytes -= len(out)
+		dropped = append(dropped, out)
 	}
 	if f == nil {
 		f = &fairFlow{key: key}
@@ -71,6 +91,7 @@ func (q *fairQueue) push(key string, frame []byte) (dropped []byte) {
 	}
 	f.frames.pushBack(frame)
 	q.n++
+	q.bytes += len(frame)
 	q.mu.Unlock()
 	select {
 	case q.ready <- struct{}{}:
@@ -93,6 +114,7 @@ func (q *fairQueue) pop() []byte {
 			f.deficit -= len(head)
 			f.frames.popFront()
 			q.n--
+			q.bytes -= len(head)
 			if f.frames.len() == 0 { // an idle source keeps no credit
 				delete(q.flows, f.key)
 				q.active.popFront()
@@ -123,7 +145,7 @@ func (q *fairQueue) drain(fn func([]byte)) {
 			all = append(all, f.frames.popFront())
 		}
 	}
-	q.flows, q.n = map[string]*fairFlow{}, 0
+	q.flows, q.n, q.bytes = map[string]*fairFlow{}, 0, 0
 	q.mu.Unlock()
 	for _, b := range all {
 		fn(b)

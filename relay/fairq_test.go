@@ -87,18 +87,18 @@ func TestFairQueuePushOut(t *testing.T) {
 	for i := range 10 {
 		q.push("flood", tagged('F', i, 100))
 	}
-	if out := q.push("flood", tagged('F', 10, 100)); out == nil || out[1] != 10 {
+	if out := q.push("flood", tagged('F', 10, 100)); len(out) != 1 || out[0][1] != 10 {
 		t.Fatalf("full, the flood's own frame: dropped %v, want the new one", out)
 	}
 	out := q.push("quiet", tagged('Q', 0, 100))
-	if out == nil || out[0] != 'F' || out[1] != 9 {
+	if len(out) != 1 || out[0][0] != 'F' || out[0][1] != 9 {
 		t.Fatalf("full, a quiet source's frame: pushed out %v, want the flood's newest (9)", out)
 	}
 	for i := 1; i < 5; i++ {
 		q.push("quiet", tagged('Q', i, 100))
 	}
 	// 5 and 5: a tie goes against the pusher.
-	if out := q.push("quiet", tagged('Q', 5, 100)); out == nil || out[0] != 'Q' || out[1] != 5 {
+	if out := q.push("quiet", tagged('Q', 5, 100)); len(out) != 1 || out[0][0] != 'Q' || out[0][1] != 5 {
 		t.Fatalf("tie: dropped %v, want the pusher's own", out)
 	}
 	if q.len() != 10 {
@@ -110,6 +110,72 @@ func TestFairQueuePushOut(t *testing.T) {
 	}
 	if got := fmt.Sprint(order); got != "[F0 F1 F2 F3 F4 Q0 Q1 Q2 Q3 Q4]" {
 		t.Fatalf("popped %s", got)
+	}
+}
+
+// Bounded in bytes as well as frames: full-size frames (MaxPacketSizeTCP)
+// fill a queue at limit × boundFrame bytes, not limit frames; a quieter
+// source's frame still gets in, pushing out as many of the flood's newest
+// as it needs; and the queue never holds more than its bytes.
+func TestFairQueueByteBound(t *testing.T) {
+	const limit = 64
+	q := newFairQueue(limit, make(chan struct{}, 1))
+	big := MaxPacketSizeTCP + wire.ForwardOverhead
+	in := 0
+	for i := range limit {
+		if q.push("flood", tagged('F', i, big)) == nil {
+			in++
+		}
+	}
+	if want := limit * boundFrame / big; in != want || q.bytes > limit*boundFrame {
+		t.Fatalf("%d frames of %d bytes queued (%d bytes), want %d (at most %d bytes)", in, big, q.bytes, want, limit*boundFrame)
+	}
+	out := q.push("quiet", tagged('Q', 0, big))
+	if len(out) == 0 {
+		t.Fatal("a quiet source's frame was dropped by a flood")
+	}
+	for _, f := range out {
+		if f[0] != 'F' {
+			t.Fatalf("pushed out a frame of %c, want only the flood's", f[0])
+		}
+	}
+	if q.bytes > limit*boundFrame {
+		t.Fatalf("%d bytes queued, bound %d", q.bytes, limit*boundFrame)
+	}
+	n, bytes := 0, 0
+	for f := q.pop(); f != nil; f = q.pop() {
+		n, bytes = n+1, bytes+len(f)
+	}
+	if n != in-len(out)+1 || q.len() != 0 || q.bytes != 0 || bytes > limit*boundFrame {
+		t.Fatalf("popped %d frames (%d bytes), want %d; left %d frames, %d bytes", n, bytes, in-len(out)+1, q.len(), q.bytes)
+	}
+	// One frame larger than the whole bound still goes through an empty
+	// queue (the bound is on what waits, not on a packet's size).
+	if out := newFairQueue(1, make(chan struct{}, 1)).push("x", make([]byte, 2*boundFrame)); out != nil {
+		t.Fatal("a large frame was dropped from an empty queue")
+	}
+}
+
+// A full queue where no source has two frames drops the new frame: the
+// push-out must not leave an emptied source in the round robin (popping
+// from it ran the frame count below zero).
+func TestFairQueueFullOfSingles(t *testing.T) {
+	q := newFairQueue(2, make(chan struct{}, 1))
+	q.push("a", tagged('A', 0, 100))
+	q.push("b", tagged('B', 0, 100))
+	if out := q.push("c", tagged('C', 0, 100)); len(out) != 1 || out[0][0] != 'C' {
+		t.Fatalf("dropped %v, want the new frame", out)
+	}
+	var got []string
+	for f := q.pop(); f != nil; f = q.pop() {
+		got = append(got, fmt.Sprintf("%c%d", f[0], f[1]))
+	}
+	if fmt.Sprint(got) != "[A0 B0]" || q.len() != 0 {
+		t.Fatalf("popped %v, %d left; want [A0 B0], 0", got, q.len())
+	}
+	q.push("d", tagged('D', 0, 100))
+	if f := q.pop(); f == nil || f[0] != 'D' || q.len() != 0 {
+		t.Fatalf("after: popped %v, %d left", f, q.len())
 	}
 }
 

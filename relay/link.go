@@ -166,8 +166,10 @@ func (l *link) closed() bool {
 var framePool = sync.Pool{New: func() any { return new([pooledFrame]byte) }}
 
 // pooledFrame is the size of recycled frame buffers: a packet frame of
-// MaxPacketSizeTCP (the tunnel's largest) fits.
-const pooledFrame = 4096 + wire.ForwardOverhead
+// MaxPacketSizeTCP (the tunnel's largest) fits. The pool holds buffers only
+// while they are out of use; what queues hold is bounded in bytes too
+// (fairQueue).
+const pooledFrame = MaxPacketSizeTCP + wire.ForwardOverhead
 
 // newFrame returns an empty buffer with room for n bytes, recycled when
 // possible. Pass it to sendData, which takes ownership.
@@ -245,13 +247,12 @@ func (l *link) sendFrom(src string, frame []byte, stream bool) bool {
 	if stream && l.streamTypes && len(frame) > 0 {
 		frame[0] = byte(wire.StreamType(wire.Type(frame[0])))
 	}
-	out := q.push(src, frame)
-	if out == nil {
-		return true
+	mine := false
+	for _, out := range q.push(src, frame) {
+		l.drop(DropQueueFull)
+		mine = mine || sameFrame(out, frame)
+		recycleFrame(out)
 	}
-	l.drop(DropQueueFull)
-	mine := sameFrame(out, frame)
-	recycleFrame(out)
 	return !mine
 }
 

@@ -13,7 +13,9 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"syscall"
 	"testing"
+	"time"
 )
 
 type pattern struct{ rng *rand.ChaCha8 }
@@ -98,6 +100,7 @@ func Throughput(b *testing.B, c, s net.Conn) {
 	done := make(chan int64, 1)
 	go func() { n, _ := io.CopyN(io.Discard, s, total); done <- n }()
 	b.SetBytes(int64(len(buf)))
+	cpu0 := processCPU()
 	b.ResetTimer()
 	for range b.N {
 		if _, err := c.Write(buf); err != nil {
@@ -107,6 +110,18 @@ func Throughput(b *testing.B, c, s net.Conn) {
 	if n := <-done; n != total {
 		b.Fatalf("received %d of %d bytes", n, total)
 	}
+	// CPU per MB of the whole process (both ends and, in-process, the
+	// relay): steadier than MB/s on a machine shared with other work.
+	b.ReportMetric(float64((processCPU()-cpu0).Microseconds())/1e3/(float64(total)/1e6), "cpu-ms/MB")
+}
+
+// processCPU is this process's user+system CPU time so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 // RTT is a benchmark body: 64-byte ping-pong from c, echoed by s; ns/op is

@@ -26,7 +26,9 @@ package raftlog
 // Only messages of at least compressMin bytes are compressed (heartbeats,
 // votes and append answers are tens of bytes: they travel as before), and
 // a message that does not shrink by an eighth travels plain, so that the
-// receiver does not pay for nothing. A zmsg frame's decompressed length is
+// receiver does not pay for nothing; after such a message the sender skips
+// the attempt for the next few (compressGate), so that incompressible
+// payloads do not cost a failed attempt per message and per follower. A zmsg frame's decompressed length is
 // read from its header and checked against the receiver's frame limit
 // before anything is allocated (no decompression bomb); a corrupt or
 // oversized one is counted (DropBadCompressed) and closes the connection.
@@ -67,6 +69,43 @@ func appendCompressed(dst []byte, codec byte, raw []byte) (_ []byte, ok bool) {
 	}
 	dst = dst[:start+frameHeaderLen+1+len(z)]
 	return patchFrameLen(dst, start), true
+}
+
+// maxSkip bounds compressGate's run of messages sent plain untried.
+const maxSkip = 32
+
+// compressGate spares a connection's sender attempts that fail: after a
+// message that did not shrink by an eighth (random payloads, already
+// compressed data), the next messages travel plain without an attempt,
+// 1 after the first failure, then 2, 4 ... up to maxSkip after failures in
+// a row; one attempt that shrinks resets it. So a stream of incompressible
+// appends costs an attempt every maxSkip messages instead of every one,
+// and compressible data is compressed again at most maxSkip messages after
+// it comes back. Messages under compressMin neither use nor count
+// attempts. Not safe for concurrent use (one per pump).
+type compressGate struct {
+	skip int // messages to send plain after the next failure, less one doubling
+	left int // messages still to send plain untried
+}
+
+// append is appendCompressed, unless the gate says to send raw plain
+// without trying (ok false, dst unchanged).
+func (g *compressGate) append(dst []byte, codec byte, raw []byte) (_ []byte, ok bool) {
+	if codec != codecS2 || len(raw) < compressMin {
+		return dst, false
+	}
+	if g.left > 0 {
+		g.left--
+		return dst, false
+	}
+	dst, ok = appendCompressed(dst, codec, raw)
+	if ok {
+		g.skip = 0
+	} else {
+		g.skip = min(max(1, 2*g.skip), maxSkip)
+		g.left = g.skip
+	}
+	return dst, ok
 }
 
 // decompressor decompresses zmsg frame payloads, reusing one buffer

@@ -7,6 +7,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"runtime"
 	"sync"
@@ -436,4 +437,116 @@ func TestClusterMixedCompression(t *testing.T) {
 			t.Errorf("node %d received %d payload bytes from leader %d as %d on the wire: want compressed", follower, st.ReceivedPayload, lead, st.ReceivedWire)
 		}
 	}
+}
+
+// TestCompressGate: after incompressible messages the sender stops trying
+// for a while, but compressible ones are compressed again within maxSkip
+// messages, every frame sent decodes to exactly the message given (never
+// another one's bytes), and small messages do not use up the skips.
+func TestCompressGate(t *testing.T) {
+	noise := func(i int) []byte {
+		b := make([]byte, 4<<10)
+		var seed [32]byte
+		seed[0], seed[1] = byte(i), byte(i>>8)
+		rand.NewChaCha8(seed).Read(b)
+		return b
+	}
+	var g compressGate
+	d := decompressor{codec: codecS2, max: 1 << 20}
+	// send returns whether raw was compressed (checking the frame), and
+	// whether an attempt was made.
+	send := func(raw []byte) (compressed, tried bool) {
+		t.Helper()
+		tried = g.left == 0 && len(raw) >= compressMin
+		z, ok := g.append([]byte("prefix"), codecS2, raw)
+		if !ok {
+			if string(z) != "prefix" {
+				t.Fatalf("dst changed for a message sent plain: %q", z)
+			}
+			return false, tried
+		}
+		fr := frameReader{r: bytes.NewReader(z[len("prefix"):]), max: 1 << 20}
+		typ, p, err := fr.next()
+		if err != nil || typ != frameZMsg {
+			t.Fatalf("frame %d, %v", typ, err)
+		}
+		out, err := d.decode(p)
+		if err != nil || !bytes.Equal(out, raw) {
+			t.Fatalf("a compressed frame decodes to %d other bytes (%v), want the %d given", len(out), err, len(raw))
+		}
+		return true, tried
+	}
+	if c, _ := send(mustMarshal(t, bigApp(1, 2, 1))); !c {
+		t.Fatal("a compressible append was not compressed")
+	}
+	const n = 1000
+	tries := 0
+	for i := range n {
+		c, tried := send(noise(i))
+		if c {
+			t.Fatal("an incompressible message was compressed")
+		}
+		if tried {
+			tries++
+		}
+	}
+	// 1, 2, 4, 8, 16 then every maxSkip+1: about n/(maxSkip+1) + 6.
+	if limit := n/(maxSkip+1) + 7; tries > limit {
+		t.Errorf("%d attempts on %d incompressible messages, want at most %d", tries, n, limit)
+	}
+	if tries < n/(maxSkip+1) {
+		t.Errorf("%d attempts on %d incompressible messages: the gate never tries again", tries, n)
+	}
+	// Small messages pass plain without counting against the skips.
+	left := g.left
+	for range 3 * maxSkip {
+		if c, _ := send(make([]byte, compressMin-1)); c {
+			t.Fatal("a message under compressMin was compressed")
+		}
+	}
+	if g.left != left {
+		t.Errorf("small messages changed the skips left from %d to %d", left, g.left)
+	}
+	// Compressible data again: compressed within maxSkip+1 messages, then
+	// every time.
+	first := -1
+	for i := range 3 * maxSkip {
+		c, _ := send(mustMarshal(t, bigApp(1, 2, uint64(i+2))))
+		if c && first < 0 {
+			first = i
+		}
+		if !c && first >= 0 {
+			t.Fatalf("message %d after a compressed one went plain", i)
+		}
+	}
+	if first < 0 || first > maxSkip {
+		t.Fatalf("compressible messages compressed again from the %dth on, want at most %d", first, maxSkip)
+	}
+	// No codec agreed: never compressed, and the gate is not touched.
+	var g2 compressGate
+	if _, ok := g2.append(nil, codecNone, mustMarshal(t, bigApp(1, 2, 1))); ok || g2 != (compressGate{}) {
+		t.Errorf("codec none: compressed %v, gate %+v", ok, g2)
+	}
+}
+
+// BenchmarkCompressIncompressible: a pump's cost per 64 KB append of
+// random bytes (already compressed or encrypted payloads), trying every
+// message (always) against compressGate (gate).
+func BenchmarkCompressIncompressible(b *testing.B) {
+	raw := make([]byte, 64<<10)
+	rand.NewChaCha8([32]byte{1}).Read(raw)
+	var dst []byte
+	b.Run("always", func(b *testing.B) {
+		b.SetBytes(int64(len(raw)))
+		for range b.N {
+			dst, _ = appendCompressed(dst[:0], codecS2, raw)
+		}
+	})
+	b.Run("gate", func(b *testing.B) {
+		var g compressGate
+		b.SetBytes(int64(len(raw)))
+		for range b.N {
+			dst, _ = g.append(dst[:0], codecS2, raw)
+		}
+	})
 }

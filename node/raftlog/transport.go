@@ -773,6 +773,7 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn, lane byte, co
 	}
 	bw := bufio.NewWriterSize(c, 64<<10)
 	var buf, zbuf []byte
+	var gate compressGate
 	var snaps []raftpb.Message
 	var check <-chan time.Time
 	if t.stallAfter > 0 {
@@ -829,7 +830,7 @@ func (t *transport) pump(ctx context.Context, p *peer, c net.Conn, lane byte, co
 				return err
 			}
 			wire := buf
-			if z, ok := appendCompressed(zbuf[:0], byte(codec.Load()), buf[frameHeaderLen:]); ok {
+			if z, ok := gate.append(zbuf[:0], byte(codec.Load()), buf[frameHeaderLen:]); ok {
 				wire, zbuf = z, z
 			}
 			if _, err := bw.Write(wire); err != nil {

@@ -45,7 +45,7 @@ type benchConfig struct {
 	bin, ordererTest, ordererDir string
 	rounds, tx, streams, size    int
 	window                       int    // unanswered envelopes per stream, 0: no bound
-	profile                      string // write a CPU profile of the leader appliance (last round) here
+	profile                      string // CPU profiles of every process (last round): a folder, or a file for the leader's alone
 	profileSecs                  int
 	keep                         bool
 	// random: the appliances' envelopes carry random payloads (worst
@@ -74,7 +74,7 @@ func parseBench(args []string) (*benchConfig, error) {
 	fs.IntVar(&c.streams, "streams", 4, "Broadcast streams: 4 or 16 (the node-alone benchmark's cases)")
 	fs.IntVar(&c.size, "size", 1024, "payload bytes: 1024 or 100 (the node-alone benchmark's cases)")
 	fs.IntVar(&c.window, "window", 200, "unanswered envelopes per stream (0: no bound, as BenchmarkOrdering alone sends)")
-	fs.StringVar(&c.profile, "profile", "", "file for a CPU profile of the leader appliance during the last round's load (turns admin_pprof on)")
+	fs.StringVar(&c.profile, "profile", "", "CPU profiles during the last round's load (turns admin_pprof on): a file ending in .pprof for the leader appliance's, else a folder for every process's (leader.pprof, member-*.pprof, relay-*.pprof)")
 	fs.IntVar(&c.profileSecs, "profile_seconds", 4, "length of that profile")
 	fs.BoolVar(&c.random, "random", false, "random envelope payloads for the appliances (the node-alone cluster keeps its own)")
 	var keep string
@@ -218,6 +218,7 @@ func benchAppliances(ctx context.Context, c *benchConfig, profile bool) (benchRu
 	defer cl.cleanup()
 	if profile {
 		cl.editMember = func(m map[string]any) { m["admin_pprof"] = true }
+		cl.editRelay = cl.editMember
 	}
 	if err := cl.setup(ctx); err != nil {
 		cl.printDeaths()
@@ -254,9 +255,25 @@ func benchAppliances(ctx context.Context, c *benchConfig, profile bool) (benchRu
 	}
 	pid, _, _, _ := leader.current()
 	var prof chan error
+	var profiled []string
 	if profile {
-		prof = make(chan error, 1)
-		go func() { prof <- cl.saveProfile(ctx, leader, c.profile, c.profileSecs) }()
+		targets := map[string]*proc{c.profile: leader}
+		if !strings.HasSuffix(c.profile, ".pprof") {
+			if err := os.MkdirAll(c.profile, 0o755); err != nil {
+				return benchRun{}, err
+			}
+			targets = map[string]*proc{filepath.Join(c.profile, "leader.pprof"): leader}
+			for _, p := range cl.procs {
+				if p != leader {
+					targets[filepath.Join(c.profile, p.name+".pprof")] = p
+				}
+			}
+		}
+		prof = make(chan error, len(targets))
+		for path, p := range targets {
+			profiled = append(profiled, fmt.Sprintf("%s -> %s", p.name, path))
+			go func() { prof <- cl.saveProfile(ctx, p, path, c.profileSecs) }()
+		}
 	}
 	cpu0, err := procCPU(pid)
 	if err != nil {
@@ -292,7 +309,7 @@ func benchAppliances(ctx context.Context, c *benchConfig, profile bool) (benchRu
 			r.note += fmt.Sprintf(" %s %.0f", p.name, float64((d-others0[p.name]).Microseconds())/float64(ok))
 		}
 	}
-	r.note += "]"
+	r.note += "]" + relayDrops(ctx, cl, ok)
 	n, err := countDelivered(ctx, l, ab.NewAtomicBroadcastClient(conn), st0.Ledger.Height, st1.Ledger.Height)
 	if err != nil {
 		return r, fmt.Errorf("reading blocks %d..%d back with Deliver: %w", st0.Ledger.Height, st1.Ledger.Height-1, err)
@@ -301,14 +318,48 @@ func benchAppliances(ctx context.Context, c *benchConfig, profile bool) (benchRu
 		return r, fmt.Errorf("Deliver: %d envelopes in blocks %d..%d, want %d", n, st0.Ledger.Height, st1.Ledger.Height-1, c.tx)
 	}
 	r.perBlock = float64(n) / float64(max(st1.Ledger.Height-st0.Ledger.Height, 1))
-	if prof != nil {
+	for range profiled {
 		if err := <-prof; err != nil {
 			fmt.Println("bench: profile:", err)
-		} else {
-			fmt.Printf("bench: CPU profile of %s (pid %d) written to %s (go tool pprof -top %s %s)\n", leader.name, pid, c.profile, c.bin, c.profile)
 		}
 	}
+	if len(profiled) > 0 {
+		fmt.Printf("bench: CPU profiles (leader %s, pid %d): %s (go tool pprof -top %s FILE)\n", leader.name, pid, strings.Join(profiled, ", "), c.bin)
+	}
 	return r, nil
+}
+
+// relayDrops lists the packets each relay dropped so far, by reason (the
+// rate limit, full queues): a run capped by a relay shows it here.
+func relayDrops(ctx context.Context, cl *cluster, txs int) string {
+	out, fwd := "", ""
+	for _, p := range cl.procs {
+		if !p.relay {
+			continue
+		}
+		body, err := cl.getRaw(ctx, p, "/metrics")
+		if err != nil {
+			continue
+		}
+		for _, l := range strings.Split(string(body), "\n") {
+			f := strings.Fields(l)
+			if len(f) == 2 && strings.Contains(f[0], "dropped_packets_total{") && f[1] != "0" {
+				out += fmt.Sprintf(" %s %s=%s", p.name, f[0][strings.IndexByte(f[0], '{'):], f[1])
+			}
+			if len(f) == 2 && strings.HasSuffix(f[0], "_forwarded_bytes_total") {
+				if v, err := strconv.ParseFloat(f[1], 64); err == nil && txs > 0 {
+					fwd += fmt.Sprintf(" %s %.0f", p.name, v/float64(txs))
+				}
+			}
+		}
+	}
+	if fwd != "" {
+		fwd = " [bytes forwarded per tx since start:" + fwd + "]"
+	}
+	if out == "" {
+		return " [relays dropped nothing]" + fwd
+	}
+	return " [relay drops:" + out + "]" + fwd
 }
 
 // othersCPU is the CPU time of every process but the leader, by name.

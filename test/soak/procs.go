@@ -82,6 +82,8 @@ type cluster struct {
 	http  *http.Client
 	// editMember, if set, edits each appliance's config before its first start.
 	editMember func(map[string]any)
+	// editRelay, if set, edits each relay's config before its first start.
+	editRelay func(map[string]any)
 	// extraEnv is added to every process's environment.
 	extraEnv []string
 
@@ -175,7 +177,12 @@ func (cl *cluster) setup(ctx context.Context) error {
 		if p.admin, err = freePort(); err != nil {
 			return err
 		}
-		if err := confyaml.EditFile(p.config, func(m map[string]any) { m["admin"] = p.admin }); err != nil {
+		if err := confyaml.EditFile(p.config, func(m map[string]any) {
+			m["admin"] = p.admin
+			if cl.editRelay != nil {
+				cl.editRelay(m)
+			}
+		}); err != nil {
 			return err
 		}
 		cl.procs = append(cl.procs, p)
