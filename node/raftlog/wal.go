@@ -70,6 +70,7 @@ type wal struct {
 	segBytes int64
 	maxBody  int
 	log      *slog.Logger
+	noSync   bool // Stepper.UnsafeNoSync: a planted bug (simulation only)
 }
 
 // recovered is what replay found on disk.
@@ -465,6 +466,9 @@ func (w *wal) markInstalled(index, term uint64) error {
 
 // sync fsyncs the segment being written.
 func (w *wal) sync() error {
+	if w.noSync {
+		return nil
+	}
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("raft log fsync %s: %w", w.f.Name(), err)
 	}
