@@ -509,9 +509,18 @@ func (s *sim) client() {
 		}
 		c.next = s.now + 3000
 		n := s.nodes[1+s.rng.IntN(nNodes)]
-		if !n.up || !s.leader(n) {
-			s.ev("submit %s to n%d: not leader", c.id, n.id)
+		if !n.up {
+			s.ev("submit %s to n%d: down", c.id, n.id)
 			continue
+		}
+		if !s.leader(n) {
+			// A follower forwards to the leader it knows (node/orderer).
+			l := n.st.Status().Leader
+			if l == 0 || l > nNodes || !s.nodes[l].up || !s.leader(s.nodes[l]) || s.cut[n.id][l] {
+				s.ev("submit %s to n%d: no leader (%d)", c.id, n.id, l)
+				continue
+			}
+			n = s.nodes[l]
 		}
 		s.ev("submit %s to n%d", c.id, n.id)
 		batches, _ := n.cutter.Ordered(c.env, s.vtime())
