@@ -2,6 +2,8 @@ package det
 
 import (
 	"flag"
+	"fmt"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -11,11 +13,12 @@ import (
 var flagSeed = flag.Uint64("det.seed", 1, "first seed")
 
 var (
-	flagSeeds = flag.Int("det.seeds", 20, "number of seeds (TestDetSeeds)")
+	flagSeeds = flag.Int("det.seeds", 0, "number of seeds (TestDetSeeds; default 5, 2 with -short)")
 	flagPlant = flag.String("det.plant", "", "plant a bug: ack-early or no-sync (TestDetSeeds then expects violations to be found)")
 	flagLogs  = flag.Bool("det.logs", false, "log every event")
 	flagRuns  = flag.Int("det.replays", 2, "runs of each seed in TestDetReplay")
-	flagDir   = flag.String("det.dir", "", "directory for the nodes' files (default: the test's temp dir); /dev/shm makes fsync free")
+	flagDir   = flag.String("det.dir", "/dev/shm", "directory for the nodes' files when it exists (else the test's temp dir): on tmpfs fsync costs nothing, and the simulation models what a crash keeps itself")
+	flagTrace = flag.String("det.traces", "", "append each seed's trace line to this file (make sim compares two processes' files)")
 )
 
 func logf(t *testing.T) func(string, ...any) {
@@ -31,11 +34,30 @@ func logf(t *testing.T) func(string, ...any) {
 func TestDetSeeds(t *testing.T) {
 	start := time.Now()
 	var failed []uint64
-	for i := range *flagSeeds {
+	seeds := *flagSeeds
+	if seeds == 0 {
+		seeds = 5
+		if testing.Short() {
+			seeds = 2
+		}
+	}
+	var traces *os.File
+	if *flagTrace != "" {
+		var err error
+		if traces, err = os.OpenFile(*flagTrace, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		defer traces.Close()
+	}
+	for i := range seeds {
 		seed := *flagSeed + uint64(i)
 		var r result
 		t.Run("seed", func(t *testing.T) { r = run(t, seed, plant(*flagPlant), logf(t)) })
-		t.Logf("trace seed=%d hash=%s events=%d blocks=%d acked=%d violations=%d", seed, r.hash, r.events, r.blocks, r.acked, len(r.violations))
+		line := fmt.Sprintf("trace seed=%d hash=%s events=%d blocks=%d acked=%d violations=%d", seed, r.hash, r.events, r.blocks, r.acked, len(r.violations))
+		t.Log(line)
+		if traces != nil {
+			fmt.Fprintln(traces, line)
+		}
 		if len(r.violations) > 0 {
 			failed = append(failed, seed)
 			if *flagPlant == "" {
@@ -46,9 +68,9 @@ func TestDetSeeds(t *testing.T) {
 			}
 		}
 	}
-	t.Logf("%d seeds in %v, failing: %v", *flagSeeds, time.Since(start).Round(time.Millisecond), failed)
+	t.Logf("%d seeds in %v, failing: %v", seeds, time.Since(start).Round(time.Millisecond), failed)
 	if *flagPlant != "" && len(failed) == 0 {
-		t.Errorf("plant %s: no seed of %d..%d found it", *flagPlant, *flagSeed, *flagSeed+uint64(*flagSeeds)-1)
+		t.Errorf("plant %s: no seed of %d..%d found it", *flagPlant, *flagSeed, *flagSeed+uint64(seeds)-1)
 	}
 }
 

@@ -205,8 +205,7 @@ func run(t *testing.T, seed uint64, pl plant, logf func(string, ...any)) result 
 	}
 	s.ev("params %+v plant=%q", s.p, pl)
 	base := t.TempDir()
-	if *flagDir != "" {
-		var err error
+	if st, err := os.Stat(*flagDir); err == nil && st.IsDir() && *flagDir != "" {
 		if base, err = os.MkdirTemp(*flagDir, "det-"); err != nil {
 			t.Fatal(err)
 		}
