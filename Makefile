@@ -79,7 +79,8 @@ E2E_TIMEOUT ?= 30m
 # TUNNEL_SEEDS seeds (default 5: a tunnel seed costs 2-8 s, a ledger one
 # 1-3 s). SIMRUN picks one. A failing seed prints the command that runs it
 # alone. The fault schedule of a seed is exact; goroutine interleaving is
-# not, so a failing seed may need a few RUNS to fail again.
+# not, so a failing seed may need a few RUNS to fail again (test/sim/det,
+# below, is exact).
 SEEDS ?= 20
 SEED  ?= 1
 RUNS  ?= 1
