@@ -611,6 +611,12 @@ func (s *sim) deliver(e event) {
 	sum := sha256.Sum256(e.raw)
 	if !n.up {
 		s.ev("lost %d->%d %s (down) %x", e.from, e.node, m.Type, sum[:8])
+		if f := s.nodes[e.from]; m.Type == raftpb.MsgSnap && f.up {
+			// The transport reports a snapshot it could not deliver (the
+			// connection to a crashed node fails): raft would otherwise
+			// wait for that follower's snapshot for ever.
+			f.st.ReportSnapshot(uint64(e.node), raft.SnapshotFailure)
+		}
 		return
 	}
 	s.ev("deliver %d->%d %s term %d index %d %x", e.from, e.node, m.Type, m.Term, m.Index, sum[:8])
