@@ -156,8 +156,10 @@ func (s *Stepper) UnsafeNoSync() { s.n.wal.noSync = true }
 // Crash closes the log as a crash would: nothing more is synced. keep
 // chooses, for each segment, how many of the bytes written since its last
 // fsync survive (0 <= keep <= unsynced; a power loss may keep any prefix,
-// a process crash keeps them all); the segment is truncated to that.
-func (s *Stepper) Crash(keep func(unsynced int64) int64) error {
+// a process crash keeps them all), and how many zero bytes follow them
+// (a file system may leave blocks it allocated but never wrote zeroed),
+// within the unsynced length.
+func (s *Stepper) Crash(keep func(unsynced int64) (kept, zeros int64)) error {
 	w := s.n.wal
 	var errs []error
 	if w.f != nil {
@@ -174,10 +176,19 @@ func (s *Stepper) Crash(keep func(unsynced int64) int64) error {
 			errs = append(errs, err)
 			continue
 		}
-		if un := st.Size() - sg.synced; un > 0 {
-			if k := min(max(keep(un), 0), un); k < un {
-				errs = append(errs, os.Truncate(sg.path, sg.synced+k))
-			}
+		un := st.Size() - sg.synced
+		if un <= 0 {
+			continue
+		}
+		k, z := keep(un)
+		k = min(max(k, 0), un)
+		z = min(max(z, 0), un-k)
+		if k == un {
+			continue
+		}
+		errs = append(errs, os.Truncate(sg.path, sg.synced+k))
+		if z > 0 {
+			errs = append(errs, os.Truncate(sg.path, sg.synced+k+z)) // extends with zeros
 		}
 	}
 	return errors.Join(errs...)

@@ -557,9 +557,16 @@ func (s *sim) fault() {
 }
 
 func (s *sim) crash(n *node, powerLoss bool) {
-	keepFn := func(unsynced int64) int64 { return unsynced }
+	keepFn := func(unsynced int64) (int64, int64) { return unsynced, 0 }
 	if powerLoss {
-		keepFn = func(unsynced int64) int64 { return s.rng.Int64N(unsynced + 1) }
+		keepFn = func(unsynced int64) (int64, int64) {
+			k := s.rng.Int64N(unsynced + 1)
+			var z int64
+			if s.rng.IntN(3) == 0 {
+				z = s.rng.Int64N(unsynced - k + 1)
+			}
+			return k, z
+		}
 	}
 	if err := n.st.Crash(keepFn); err != nil {
 		s.violate("crash n%d: %v", n.id, err)
