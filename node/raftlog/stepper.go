@@ -153,6 +153,17 @@ func (s *Stepper) Close() error { return s.n.wal.close() }
 // bug, for a simulation to show that it finds it. Never in production.
 func (s *Stepper) UnsafeNoSync() { s.n.wal.noSync = true }
 
+// ErrCrashPoint: the write Stepper.CrashAt chose was reached; the node
+// stops there, as if the process died before it (call Crash).
+var ErrCrashPoint = errors.New("raftlog: simulated crash point")
+
+// CrashAt makes the k-th log write from now (k >= 1; a save of entries
+// and HardState, a snapshot file, a snapshot's install record) fail with
+// ErrCrashPoint before it writes anything, so that a simulation can stop
+// a node between any two steps of a Ready, e.g. between a leader's
+// snapshot file and its install record. 0 turns it off.
+func (s *Stepper) CrashAt(k int) { s.n.wal.crashIn = max(k, 0) }
+
 // Crash closes the log as a crash would: nothing more is synced. keep
 // chooses, for each segment, how many of the bytes written since its last
 // fsync survive (0 <= keep <= unsynced; a power loss may keep any prefix,
