@@ -78,12 +78,12 @@ type wal struct {
 }
 
 // crashPoint counts a write down towards Stepper.CrashAt's crash point.
-func (w *wal) crashPoint() error {
+func (w *wal) crashPoint(op string) error {
 	if w.crashIn == 0 {
 		return nil
 	}
 	if w.crashIn--; w.crashIn == 0 {
-		return ErrCrashPoint
+		return fmt.Errorf("%w: before %s", ErrCrashPoint, op)
 	}
 	return nil
 }
@@ -331,7 +331,7 @@ func (w *wal) save(hs raftpb.HardState, ents []raftpb.Entry, sync bool) error {
 	if raft.IsEmptyHardState(hs) && len(ents) == 0 {
 		return nil
 	}
-	if err := w.crashPoint(); err != nil {
+	if err := w.crashPoint("save"); err != nil {
 		return err
 	}
 	b := w.buf[:0]
@@ -442,7 +442,7 @@ func (w *wal) cutSeq(seq uint64) error {
 // saveSnapshot writes snap to its own file durably (temp, fsync, rename,
 // fsync dir). It must complete before the log is compacted past it.
 func (w *wal) saveSnapshot(snap raftpb.Snapshot) error {
-	if err := w.crashPoint(); err != nil {
+	if err := w.crashPoint("snapshot file"); err != nil {
 		return err
 	}
 	p, err := snap.Marshal()
@@ -474,7 +474,7 @@ func (w *wal) saveSnapshot(snap raftpb.Snapshot) error {
 // written before this record. Call it after saveSnapshot and before saving
 // the entries that follow the snapshot.
 func (w *wal) markInstalled(index, term uint64) error {
-	if err := w.crashPoint(); err != nil {
+	if err := w.crashPoint("install record"); err != nil {
 		return err
 	}
 	var p [16]byte

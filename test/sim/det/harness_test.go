@@ -670,7 +670,7 @@ func (s *sim) process() {
 			}
 			if err != nil {
 				if errors.Is(err, raftlog.ErrCrashPoint) {
-					s.ev("n%d reached its crash point", i)
+					s.ev("n%d reached its crash point: %v", i, err)
 					s.crash(n, s.rng.Float64() < s.p.powerLoss)
 					s.push(event{at: s.now + 200 + s.rng.Int64N(5000), kind: evRestart, node: i})
 					continue
