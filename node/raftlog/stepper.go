@@ -157,12 +157,20 @@ func (s *Stepper) UnsafeNoSync() { s.n.wal.noSync = true }
 // stops there, as if the process died before it (call Crash).
 var ErrCrashPoint = errors.New("raftlog: simulated crash point")
 
-// CrashAt makes the k-th log write from now (k >= 1; a save of entries
-// and HardState, a snapshot file, a snapshot's install record) fail with
+// CrashAt makes the k-th log write from now (k >= 1) of kind op fail with
 // ErrCrashPoint before it writes anything, so that a simulation can stop
 // a node between any two steps of a Ready, e.g. between a leader's
-// snapshot file and its install record. 0 turns it off.
-func (s *Stepper) CrashAt(k int) { s.n.wal.crashIn = max(k, 0) }
+// snapshot file and its install record. op is CrashSave (entries and
+// HardState), CrashSnapshotFile, CrashInstallRecord, or "" for any. k 0
+// turns it off.
+func (s *Stepper) CrashAt(k int, op string) { s.n.wal.crashIn, s.n.wal.crashOp = max(k, 0), op }
+
+// The kinds of log write, for CrashAt.
+const (
+	CrashSave          = "save"
+	CrashSnapshotFile  = "snapshot file"
+	CrashInstallRecord = "install record"
+)
 
 // Crash closes the log as a crash would: nothing more is synced. keep
 // chooses, for each segment, how many of the bytes written since its last

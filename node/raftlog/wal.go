@@ -72,14 +72,15 @@ type wal struct {
 	log      *slog.Logger
 	noSync   bool // Stepper.UnsafeNoSync: a planted bug (simulation only)
 	// crashIn (Stepper.CrashAt, simulation only): when it counts down to
-	// 0, the next save, saveSnapshot or markInstalled fails with
-	// ErrCrashPoint before writing; 0 is off.
+	// 0, the next save, saveSnapshot or markInstalled (of kind crashOp,
+	// when set) fails with ErrCrashPoint before writing; 0 is off.
 	crashIn int
+	crashOp string
 }
 
 // crashPoint counts a write down towards Stepper.CrashAt's crash point.
 func (w *wal) crashPoint(op string) error {
-	if w.crashIn == 0 {
+	if w.crashIn == 0 || (w.crashOp != "" && w.crashOp != op) {
 		return nil
 	}
 	if w.crashIn--; w.crashIn == 0 {
@@ -331,7 +332,7 @@ func (w *wal) save(hs raftpb.HardState, ents []raftpb.Entry, sync bool) error {
 	if raft.IsEmptyHardState(hs) && len(ents) == 0 {
 		return nil
 	}
-	if err := w.crashPoint("save"); err != nil {
+	if err := w.crashPoint(CrashSave); err != nil {
 		return err
 	}
 	b := w.buf[:0]
@@ -442,7 +443,7 @@ func (w *wal) cutSeq(seq uint64) error {
 // saveSnapshot writes snap to its own file durably (temp, fsync, rename,
 // fsync dir). It must complete before the log is compacted past it.
 func (w *wal) saveSnapshot(snap raftpb.Snapshot) error {
-	if err := w.crashPoint("snapshot file"); err != nil {
+	if err := w.crashPoint(CrashSnapshotFile); err != nil {
 		return err
 	}
 	p, err := snap.Marshal()
@@ -474,7 +475,7 @@ func (w *wal) saveSnapshot(snap raftpb.Snapshot) error {
 // written before this record. Call it after saveSnapshot and before saving
 // the entries that follow the snapshot.
 func (w *wal) markInstalled(index, term uint64) error {
-	if err := w.crashPoint("install record"); err != nil {
+	if err := w.crashPoint(CrashInstallRecord); err != nil {
 		return err
 	}
 	var p [16]byte

@@ -561,9 +561,15 @@ func (s *sim) fault() {
 		s.push(event{at: s.now + 200 + s.rng.Int64N(6000), kind: evHeal, node: i})
 	case k < 9:
 		if n.up {
-			k := 1 + s.rng.IntN(8)
-			n.st.CrashAt(k)
-			s.ev("n%d crashes at its log write %d from now", i, k)
+			k, op := 1+s.rng.IntN(8), ""
+			switch s.rng.IntN(4) {
+			case 0:
+				k, op = 1, raftlog.CrashInstallRecord
+			case 1:
+				k, op = 1, raftlog.CrashSnapshotFile
+			}
+			n.st.CrashAt(k, op)
+			s.ev("n%d crashes at its log write %d from now (%q)", i, k, op)
 		}
 	default:
 		n.jumpLeft = 1 + s.rng.IntN(30)
