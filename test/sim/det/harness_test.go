@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"testing/cryptotest"
 	"time"
@@ -158,6 +159,7 @@ type sim struct {
 	faults bool
 	viol   []string
 	logf   func(string, ...any)
+	base   string // the nodes' directories are under it
 }
 
 func (s *sim) ev(format string, args ...any) {
@@ -172,6 +174,7 @@ func (s *sim) ev(format string, args ...any) {
 
 func (s *sim) violate(format string, args ...any) {
 	msg := fmt.Sprintf("t=%d: ", s.now) + fmt.Sprintf(format, args...)
+	msg = strings.ReplaceAll(msg, s.base, "$DIR") // a temporary directory's random name
 	if len(s.viol) < 20 {
 		s.viol = append(s.viol, msg)
 	}
@@ -212,6 +215,7 @@ func run(t *testing.T, seed uint64, pl plant, logf func(string, ...any)) result 
 		}
 		t.Cleanup(func() { os.RemoveAll(base) })
 	}
+	s.base = base
 	for i := 1; i <= nNodes; i++ {
 		n := &node{id: i, dir: filepath.Join(base, fmt.Sprint("raft", i)), bdir: filepath.Join(base, fmt.Sprint("blocks", i))}
 		s.nodes[i] = n
