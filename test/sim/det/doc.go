@@ -57,12 +57,16 @@
 //     fail with the identical trace and violation.
 //
 // make sim runs `make sim-det` first: DSEEDS (200) seeds, the two tests
-// above, then DREPLAY (20) seeds again in a second `go test` process whose
+// above, then DREPLAY (100) of them again in a second `go test` process whose
 // trace lines must equal the first's. By hand:
 //
 //	make sim-det DSEEDS=1000 SEED=1
 //	go test -count=1 -v -run TestDetSeeds ./test/sim/det -det.seed=7 -det.seeds=1 -det.logs
 //	go test -count=1 -v -run TestDetSeeds ./test/sim/det -det.plant=no-sync -det.seeds=50
+//
+// The nodes' files go under -det.dir (/dev/shm when it exists, else the
+// test's temporary directory): what a crash keeps is modelled by the
+// Stepper, not by the file system, and the traces are the same on either.
 //
 // Not covered, against the goroutine simulation in test/sim: raftlog's
 // Run loop, proposal batcher and transport (frames, connections,
