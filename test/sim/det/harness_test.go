@@ -607,6 +607,15 @@ func (s *sim) restart(i int) {
 		return
 	}
 	if err := s.start(n); err != nil {
+		if errors.Is(err, errNoSource) {
+			// Behind its own snapshot (installed from a leader, then a
+			// crash before the blocks came), with no live peer to fetch
+			// them from: the real node's catch-up keeps trying; here the
+			// start is tried again.
+			s.ev("restart n%d waits for a peer: %v", i, err)
+			s.push(event{at: s.now + 1000, kind: evRestart, node: i})
+			return
+		}
 		s.violate("restart n%d: %v", i, err)
 		return
 	}
