@@ -64,6 +64,13 @@
 //	go test -count=1 -v -run TestDetSeeds ./test/sim/det -det.seed=7 -det.seeds=1 -det.logs
 //	go test -count=1 -v -run TestDetSeeds ./test/sim/det -det.plant=no-sync -det.seeds=50
 //
+// Measured (2026-12-08, 2 shared cores, load 3-14): about 0.1 s a seed
+// (8 min for 5,000); seeds 1-400, 1,001-2,999, 5,001-7,000, 10,001-13,000
+// and 20,001-25,000 run clean at the commits that added each fault; the
+// failures found on the way were the harness's (see the git log), none
+// was raftlog's. The ack-early and no-sync plants fail on 39 and 30 of
+// seeds 1-50.
+//
 // The nodes' files go under -det.dir (/dev/shm when it exists, else the
 // test's temporary directory): what a crash keeps is modelled by the
 // Stepper, not by the file system, and the traces are the same on either.
@@ -71,7 +78,9 @@
 // Not covered, against the goroutine simulation in test/sim: raftlog's
 // Run loop, proposal batcher and transport (frames, connections,
 // handshakes), a snapshot's catch-up running beside the loop (a Stepper
-// applies it inline), node/orderer itself (admission, signatures,
+// applies it inline; a node restarting behind its own snapshot with no
+// live peer to fetch from stays down and retries, where the real node
+// would vote meanwhile), node/orderer itself (admission, signatures,
 // forwarding, its Apply and catch-up; the harness's Apply stands in),
 // policies, membership changes and removals, the tunnels and relays, and
 // the loss of unsynced block-store or snapshot-file writes (both fsync
