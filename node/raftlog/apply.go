@@ -39,6 +39,14 @@ func (n *Node) applyPending(ctx context.Context) error {
 			if j.release {
 				n.snapRelease = s.Metadata.Index
 			}
+			if n.inlineSnap {
+				// A Stepper (one goroutine drives everything): the
+				// catch-up runs here, and what waited for it follows.
+				if err := n.snapshotDone(n.deliverSnapshot(ctx, s)); err != nil {
+					return err
+				}
+				continue
+			}
 			go func() { done <- n.deliverSnapshot(ctx, s) }()
 			break
 		}
@@ -73,6 +81,15 @@ func (n *Node) applyPending(ctx context.Context) error {
 // snapshotApplied ends the background snapshot with its result and
 // applies what waited for it. Run goroutine only.
 func (n *Node) snapshotApplied(ctx context.Context, err error) error {
+	if err := n.snapshotDone(err); err != nil {
+		return err
+	}
+	return n.applyPending(ctx)
+}
+
+// snapshotDone ends the snapshot being applied with its result: on
+// success, releases the WAL it covers. Run goroutine only.
+func (n *Node) snapshotDone(err error) error {
 	n.snapRun = nil
 	if err != nil {
 		return err
@@ -83,7 +100,7 @@ func (n *Node) snapshotApplied(ctx context.Context, err error) error {
 			return err
 		}
 	}
-	return n.applyPending(ctx)
+	return nil
 }
 
 // finishSnapshot waits until every queued job is applied, or ctx ends.

@@ -264,7 +264,7 @@ func (n *Node) applyConfChange(e *raftpb.Entry) error {
 		if err := cc.Unmarshal(e.Data); err != nil {
 			return fmt.Errorf("%w: entry %d: conf change: %v", ErrCorrupt, e.Index, err)
 		}
-		cs := n.rn.ApplyConfChange(cc)
+		cs := n.core.ApplyConfChange(cc)
 		n.mu.Lock()
 		n.confState = *cs
 		n.setRemoved()
@@ -287,7 +287,7 @@ func (n *Node) applyConfChange(e *raftpb.Entry) error {
 			return n.refuseConfChange(e, cc, c, floor)
 		}
 	}
-	cs := n.rn.ApplyConfChange(cc)
+	cs := n.core.ApplyConfChange(cc)
 	p := c.peer
 	p.ID = cc.NodeID
 	n.mu.Lock()
@@ -336,7 +336,7 @@ func (n *Node) applyConfChange(e *raftpb.Entry) error {
 // again): its version is below floor, the membership version already
 // applied. Every node decides the same, since the floor follows the log.
 func (n *Node) refuseConfChange(e *raftpb.Entry, cc raftpb.ConfChange, c confCtx, floor uint64) error {
-	n.rn.ApplyConfChange(raftpb.ConfChange{NodeID: raft.None})
+	n.core.ApplyConfChange(raftpb.ConfChange{NodeID: raft.None})
 	err := fmt.Errorf("%w: %s of node %d was derived from membership version %d, older than version %d, which the log already applied",
 		ErrStaleMembership, cc.Type, cc.NodeID, c.version, floor)
 	n.cfg.Logger.Warn("raft membership change refused: it would take the membership back to an older version", "node", n.cfg.ID,

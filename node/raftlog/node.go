@@ -75,7 +75,12 @@ type Node struct {
 	rec     *recovered
 	tr      *transport
 
-	rn      raft.Node
+	rn raft.Node
+	// core: what the Ready handling asks of raft (rn, or the RawNode of a
+	// Stepper); out: where its messages go (the transport, or the
+	// Stepper's send). Set before the first Ready.
+	core    raftCore
+	out     func([]raftpb.Message)
 	started chan struct{} // closed once rn is set
 	closing chan struct{} // closed by Close
 	done    chan struct{} // closed when Run returns
@@ -104,6 +109,7 @@ type Node struct {
 	// fetch from peers for long) runs in its own goroutine so that the raft
 	// loop keeps ticking, voting and persisting meanwhile (apply.go).
 	snapRun      chan error // non-nil while a snapshot is being applied
+	inlineSnap   bool       // Stepper: apply a snapshot on the calling goroutine
 	snapRelease  uint64     // WAL to release once snapRun succeeds (0: none)
 	pending      []applyJob // what comes after it, applied in order once it is done
 	pendingBytes uint64
@@ -224,31 +230,15 @@ func (n *Node) Run(ctx context.Context) error {
 	n.mu.Unlock()
 	defer close(n.done)
 
-	c := n.cfg
-	// raft re-delivers every committed entry after the snapshot: membership
-	// changes among them must reach raft again (ApplyConfChange) even when
-	// the application already has them; apply skips normal entries at or
-	// below Config.Applied.
-	applied := n.rec.snap.Metadata.Index
-	rc := &raft.Config{
-		ID: c.ID, ElectionTick: c.ElectionTicks, HeartbeatTick: c.HeartbeatTicks,
-		Storage: n.storage, Applied: applied,
-		MaxSizePerMsg: c.MaxSizePerMsg, MaxInflightMsgs: c.MaxInflightMsgs, MaxInflightBytes: c.MaxInflightBytes,
-		MaxUncommittedEntriesSize: 1 << 30,
-		CheckQuorum:               true, PreVote: true,
-		StepDownOnRemoval: true,
-		Logger:            raftLogger{n.cfg.Logger.With("node", c.ID)},
-	}
-	if n.rec.fresh && !c.Join {
-		var peers []raft.Peer
-		for _, p := range c.Peers {
-			peers = append(peers, raft.Peer{ID: p.ID, Context: confContext(0, 0, p, 0)})
-		}
-		n.bootstrap.Store(true)
-		n.rn = raft.StartNode(rc, peers)
+	rc, boot, bpeers := n.raftConfig()
+	if boot {
+		n.rn = raft.StartNode(rc, bpeers)
 	} else {
 		n.rn = raft.RestartNode(rc)
 	}
+	n.core, n.out = n.rn, n.tr.send
+	c := n.cfg
+	applied := rc.Applied
 	n.applied.Store(applied)
 	close(n.started)
 
@@ -271,6 +261,40 @@ func (n *Node) Run(ctx context.Context) error {
 		n.cfg.Logger.Error("raft node stopped", "node", c.ID, "err", err)
 	}
 	return err
+}
+
+// raftConfig returns the raft configuration of this start, and the
+// bootstrap peers when this start creates the cluster (boot).
+func (n *Node) raftConfig() (rc *raft.Config, boot bool, peers []raft.Peer) {
+	c := n.cfg
+	// raft re-delivers every committed entry after the snapshot: membership
+	// changes among them must reach raft again (ApplyConfChange) even when
+	// the application already has them; apply skips normal entries at or
+	// below Config.Applied.
+	applied := n.rec.snap.Metadata.Index
+	rc = &raft.Config{
+		ID: c.ID, ElectionTick: c.ElectionTicks, HeartbeatTick: c.HeartbeatTicks,
+		Storage: n.storage, Applied: applied,
+		MaxSizePerMsg: c.MaxSizePerMsg, MaxInflightMsgs: c.MaxInflightMsgs, MaxInflightBytes: c.MaxInflightBytes,
+		MaxUncommittedEntriesSize: 1 << 30,
+		CheckQuorum:               true, PreVote: true,
+		StepDownOnRemoval: true,
+		Logger:            raftLogger{n.cfg.Logger.With("node", c.ID)},
+	}
+	if !n.rec.fresh || c.Join {
+		return rc, false, nil
+	}
+	for _, p := range c.Peers {
+		peers = append(peers, raft.Peer{ID: p.ID, Context: confContext(0, 0, p, 0)})
+	}
+	n.bootstrap.Store(true)
+	return rc, true, peers
+}
+
+// raftCore is what the Ready handling needs of raft: raft.Node and
+// raft.RawNode both have it.
+type raftCore interface {
+	ApplyConfChange(cc raftpb.ConfChangeI) *raftpb.ConfState
 }
 
 // Close stops Run (waiting for it), closes the listener and the log. It is
@@ -298,14 +322,8 @@ func (n *Node) Close() error {
 
 func (n *Node) loop(ctx context.Context) error {
 	defer n.waitSnapshotApplied()
-	if s := n.rec.snap; !raft.IsEmptySnap(s) && n.cfg.Applied < s.Metadata.Index {
-		// The application is behind the local snapshot: it catches up
-		// first (every entry after it waits), while the node takes part in
-		// elections.
-		n.pending = append(n.pending, applyJob{snap: &s})
-		if err := n.applyPending(ctx); err != nil {
-			return err
-		}
+	if err := n.applyLocalSnapshot(ctx); err != nil {
+		return err
 	}
 	tick := time.NewTicker(n.cfg.TickInterval)
 	defer tick.Stop()
@@ -331,6 +349,19 @@ func (n *Node) loop(ctx context.Context) error {
 	}
 }
 
+// applyLocalSnapshot starts the application's catch-up to the local
+// snapshot when it is behind it (every entry after it waits), while the
+// node takes part in elections.
+func (n *Node) applyLocalSnapshot(ctx context.Context) error {
+	if s := n.rec.snap; !raft.IsEmptySnap(s) && n.cfg.Applied < s.Metadata.Index {
+		n.pending = append(n.pending, applyJob{snap: &s})
+		return n.applyPending(ctx)
+	}
+	return nil
+}
+
+// handleReady handles one Ready: persist, send, apply. Run's loop and a
+// Stepper call it; the caller then calls Advance.
 func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 	leaderChanged := false
 	if rd.SoftState != nil {
@@ -356,7 +387,7 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 				late = append(late, m)
 			}
 		}
-		n.tr.send(early)
+		n.out(early)
 		msgs = late
 	}
 	// 1. Durable first: snapshot file, the record that it replaced the log
@@ -393,7 +424,7 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 		return err
 	}
 	// 3. Only now may other nodes learn about it.
-	n.tr.send(msgs)
+	n.out(msgs)
 	if leaderChanged {
 		lead := n.lead.Load()
 		n.cfg.Logger.Info("raft leader changed", "node", n.cfg.ID, "leader", lead, "term", n.term.Load())
@@ -607,12 +638,7 @@ func (n *Node) propose(ctx context.Context, data []byte, wait bool) (uint64, err
 		return 0, ErrClosed // Run has returned: nothing would take the proposal
 	default:
 	}
-	seq := n.seq.Add(1)
-	buf := make([]byte, propHeaderLen, propHeaderLen+len(data))
-	buf[0] = propVersion
-	binary.BigEndian.PutUint64(buf[1:9], n.cfg.ID)
-	binary.BigEndian.PutUint64(buf[9:17], seq)
-	buf = append(buf, data...)
+	seq, buf := n.envelope(data)
 	var w *waiter
 	if wait {
 		w = &waiter{data: buf[propHeaderLen:], ch: make(chan uint64, 1)}
@@ -643,6 +669,16 @@ func (n *Node) propose(ctx context.Context, data []byte, wait bool) (uint64, err
 	case <-n.done:
 		return 0, ErrClosed
 	}
+}
+
+// envelope wraps data in a proposal envelope with the next sequence.
+func (n *Node) envelope(data []byte) (seq uint64, buf []byte) {
+	seq = n.seq.Add(1)
+	buf = make([]byte, propHeaderLen, propHeaderLen+len(data))
+	buf[0] = propVersion
+	binary.BigEndian.PutUint64(buf[1:9], n.cfg.ID)
+	binary.BigEndian.PutUint64(buf[9:17], seq)
+	return seq, append(buf, data...)
 }
 
 // maxBatch bounds the entries of one batched proposal.

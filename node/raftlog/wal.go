@@ -70,6 +70,23 @@ type wal struct {
 	segBytes int64
 	maxBody  int
 	log      *slog.Logger
+	noSync   bool // Stepper.UnsafeNoSync: a planted bug (simulation only)
+	// crashIn (Stepper.CrashAt, simulation only): when it counts down to
+	// 0, the next save, saveSnapshot or markInstalled (of kind crashOp,
+	// when set) fails with ErrCrashPoint before writing; 0 is off.
+	crashIn int
+	crashOp string
+}
+
+// crashPoint counts a write down towards Stepper.CrashAt's crash point.
+func (w *wal) crashPoint(op string) error {
+	if w.crashIn == 0 || (w.crashOp != "" && w.crashOp != op) {
+		return nil
+	}
+	if w.crashIn--; w.crashIn == 0 {
+		return fmt.Errorf("%w: before %s", ErrCrashPoint, op)
+	}
+	return nil
 }
 
 // recovered is what replay found on disk.
@@ -315,6 +332,9 @@ func (w *wal) save(hs raftpb.HardState, ents []raftpb.Entry, sync bool) error {
 	if raft.IsEmptyHardState(hs) && len(ents) == 0 {
 		return nil
 	}
+	if err := w.crashPoint(CrashSave); err != nil {
+		return err
+	}
 	b := w.buf[:0]
 	cur := &w.segs[len(w.segs)-1]
 	for i := range ents {
@@ -423,6 +443,9 @@ func (w *wal) cutSeq(seq uint64) error {
 // saveSnapshot writes snap to its own file durably (temp, fsync, rename,
 // fsync dir). It must complete before the log is compacted past it.
 func (w *wal) saveSnapshot(snap raftpb.Snapshot) error {
+	if err := w.crashPoint(CrashSnapshotFile); err != nil {
+		return err
+	}
 	p, err := snap.Marshal()
 	if err != nil {
 		return err
@@ -452,6 +475,9 @@ func (w *wal) saveSnapshot(snap raftpb.Snapshot) error {
 // written before this record. Call it after saveSnapshot and before saving
 // the entries that follow the snapshot.
 func (w *wal) markInstalled(index, term uint64) error {
+	if err := w.crashPoint(CrashInstallRecord); err != nil {
+		return err
+	}
 	var p [16]byte
 	binary.BigEndian.PutUint64(p[0:8], index)
 	binary.BigEndian.PutUint64(p[8:16], term)
@@ -465,6 +491,9 @@ func (w *wal) markInstalled(index, term uint64) error {
 
 // sync fsyncs the segment being written.
 func (w *wal) sync() error {
+	if w.noSync {
+		return nil
+	}
 	if err := w.f.Sync(); err != nil {
 		return fmt.Errorf("raft log fsync %s: %w", w.f.Name(), err)
 	}

@@ -42,7 +42,19 @@
 // processes of -count=1: genesis 5/5 on every seed (before the serials
 // were set: every run its own), shape and events ledger 1/5, 3/5, 1/5, tunnel 1/5, 2/5. No
 // real gain in the runs themselves: a failing seed still fails again in
-// some of its runs, not all; give it ten.
+// some of its runs, not all; give it ten. This simulation cannot be made
+// exact as built: Go does not let a test seed select's choice, the
+// scheduler's order among runnable goroutines or map iteration, and its
+// stack (raft.Node, raftlog's loops, the transport, TLS, the orderer)
+// lives on goroutines. The deterministic simulation, test/sim/det, is
+// exact: one goroutine drives the raft nodes (raftlog.Stepper: the real
+// WAL, snapshots and Ready handling over etcd raft RawNodes), cutters and
+// block stores on a seeded router and fault schedule, so a seed gives the
+// same trace (every event hashed) on every run and in every process
+// (TestDetReplay; make sim-det compares two processes; a planted bug's
+// seed fails with the identical trace 5 of 5 times). What it leaves out
+// (the transport, node/orderer, policies, membership, tunnels) is listed
+// in its doc; a failure only this simulation shows still needs RUNS.
 //
 //	make sim SEEDS=20 SEED=1
 //	make sim SEED=7 SEEDS=1 RUNS=10
@@ -69,7 +81,8 @@
 //   - once a relay has applied that version it forwards nothing from or
 //     to the removed member (relay.ServerConfig.ForwardHook).
 //
-// make sim runs SEEDS ledger seeds and TUNNEL_SEEDS (5) tunnel seeds.
+// make sim runs make sim-det (test/sim/det, DSEEDS seeds), then SEEDS
+// ledger seeds and TUNNEL_SEEDS (5) tunnel seeds.
 //
 // What the tunnel simulation replaces, and why:
 //
