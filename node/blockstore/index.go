@@ -60,7 +60,7 @@ func appendIndexEntry(dst []byte, l loc) []byte {
 // intact checksums, the first at fileHeaderSize, each following the one
 // before, all ending within dataSize and no longer than maxLen. A missing
 // or foreign header gives none.
-func readIndex(r io.Reader, dataSize int64, maxLen uint32) ([]loc, error) {
+func readIndex(r io.Reader, dataSize int64, maxLen uint32, sizeHint int64) ([]loc, error) {
 	br := bufio.NewReaderSize(r, 1<<20)
 	h := make([]byte, fileHeaderSize)
 	if _, err := io.ReadFull(br, h); err != nil {
@@ -72,7 +72,7 @@ func readIndex(r io.Reader, dataSize int64, maxLen uint32) ([]loc, error) {
 	if string(h) != string(indexHeader()) {
 		return nil, nil
 	}
-	var locs []loc
+	locs := make([]loc, 0, max(sizeHint-fileHeaderSize, 0)/indexEntrySize)
 	next := int64(fileHeaderSize)
 	var e [indexEntrySize]byte
 	for {
@@ -103,7 +103,11 @@ func (s *Store) openIndex(path string, dataSize int64) (*os.File, []loc) {
 		s.log.Warn("block store: index unusable, every start reads the whole chain", "path", path, "err", err)
 		return nil, nil
 	}
-	locs, err := readIndex(io.NewSectionReader(f, 0, 1<<62), dataSize, s.cfg.maxBlock())
+	var hint int64
+	if st, err := f.Stat(); err == nil {
+		hint = min(st.Size(), dataSize/recHeaderSize*indexEntrySize) // bounded by what blocks.dat can hold
+	}
+	locs, err := readIndex(io.NewSectionReader(f, 0, 1<<62), dataSize, s.cfg.maxBlock(), hint)
 	if err != nil {
 		s.log.Warn("block store: index unreadable, reading the whole chain", "path", path, "err", err)
 		locs = nil

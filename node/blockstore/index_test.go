@@ -231,7 +231,7 @@ func TestIndexDamage(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer f.Close()
-			got, err := readIndex(f, locs[199].end(), DefaultMaxBlockBytes)
+			got, err := readIndex(f, locs[199].end(), DefaultMaxBlockBytes, 0)
 			if err != nil || len(got) != 200 || got[199] != locs[199] {
 				t.Fatalf("index after Open: %d entries, %v", len(got), err)
 			}

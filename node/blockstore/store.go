@@ -71,6 +71,10 @@ type Config struct {
 	// MaxBlockBytes is the largest marshalled block accepted and read back
 	// (a record length above it is treated as damage). Default 128 MiB.
 	MaxBlockBytes uint32
+
+	// noIndex (benchmarks) opens as before the index: no blocks.idx read
+	// or written, a full scan.
+	noIndex bool
 }
 
 // Validate reports whether c is usable.
@@ -210,8 +214,10 @@ func (s *Store) load(f *os.File, dir string) error {
 	if err := checkFileHeader(hdr); err != nil {
 		return fmt.Errorf("%w: %s at offset 0: %v", ErrCorrupt, s.path, err)
 	}
-	idx, indexed := s.openIndex(filepath.Join(dir, indexFile), size)
-	s.idx = idx
+	var indexed []loc
+	if !s.cfg.noIndex {
+		s.idx, indexed = s.openIndex(filepath.Join(dir, indexFile), size)
+	}
 	res, keep, err := s.scanTail(f, size, indexed)
 	if err != nil {
 		var c *errCorrupt
