@@ -116,8 +116,12 @@ func (s *Store) openIndex(path string, dataSize int64) (*os.File, []loc) {
 }
 
 // rewriteIndex makes the index hold exactly locs, keeping its first keep
-// entries (already on disk and equal to locs[:keep]).
-func (s *Store) rewriteIndex(locs []loc, keep int) {
+// entries (already on disk and equal to locs[:keep]). When it drops
+// entries (blocks.dat was cut back) or replaces them (mismatch says the
+// index did not match blocks.dat), it fsyncs the index, so that a power
+// loss does not bring back entries of records that blocks.dat no longer
+// holds, which new records could later line up with.
+func (s *Store) rewriteIndex(locs []loc, keep int, mismatch bool) {
 	if s.idx == nil {
 		return
 	}
@@ -129,9 +133,16 @@ func (s *Store) rewriteIndex(locs []loc, keep int) {
 	for _, l := range locs[keep:] {
 		buf = appendIndexEntry(buf, l)
 	}
-	err := s.idx.Truncate(at)
+	st, err := s.idx.Stat()
+	cut := err == nil && st.Size() > at+int64(len(buf))
+	if err == nil {
+		err = s.idx.Truncate(at)
+	}
 	if err == nil {
 		_, err = s.idx.WriteAt(buf, at)
+	}
+	if err == nil && (cut || mismatch) {
+		err = s.idx.Sync()
 	}
 	if err != nil {
 		s.indexFailed(err)

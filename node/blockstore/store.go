@@ -238,7 +238,7 @@ func (s *Store) load(f *os.File, dir string) error {
 		}
 	}
 	s.size, s.locs, s.last = res.tail, res.locs, res.last
-	s.rewriteIndex(res.locs, keep)
+	s.rewriteIndex(res.locs, keep, keep == 0 && len(indexed) > 0)
 	if took := time.Since(start); took > slowOpen {
 		s.log.Info("block store opened", "path", s.path, "height", len(res.locs), "bytes", res.tail,
 			"indexed_blocks", keep, "read_bytes", res.tail-res.from, "seconds", took.Seconds())
