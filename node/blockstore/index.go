@@ -41,9 +41,22 @@ const (
 	indexEntrySize = 20
 	// tailCheck is how many indexed blocks at the end of the chain Open
 	// reads and checks (checksums, numbers, hash chain) besides the
-	// blocks the index does not cover.
-	tailCheck = 64
+	// blocks the index does not cover; fewer when they hold more than
+	// tailCheckBytes, but always the last two (the last block and its
+	// link to the one before).
+	tailCheck      = 64
+	tailCheckBytes = 4 << 20
 )
+
+// tailStart returns the first indexed block Open checks.
+func tailStart(indexed []loc) int {
+	n := len(indexed)
+	j := max(n-tailCheck, 0)
+	for j < n-2 && indexed[n-1].end()-indexed[j].off > tailCheckBytes {
+		j++
+	}
+	return j
+}
 
 func indexHeader() []byte { return magicHeader(indexMagic, indexVersion) }
 

@@ -238,3 +238,35 @@ func TestIndexDamage(t *testing.T) {
 		})
 	}
 }
+
+func TestTailStart(t *testing.T) {
+	chain := func(sizes ...uint32) []loc {
+		var out []loc
+		off := int64(fileHeaderSize)
+		for _, n := range sizes {
+			out = append(out, loc{off: off, n: n})
+			off += recHeaderSize + int64(n)
+		}
+		return out
+	}
+	small := make([]uint32, 200)
+	big := make([]uint32, 200)
+	for i := range small {
+		small[i], big[i] = 1000, 1<<20
+	}
+	for _, tc := range []struct {
+		name string
+		locs []loc
+		want int
+	}{
+		{"empty", nil, 0},
+		{"short chain: all", chain(small[:10]...), 0},
+		{"small blocks: the last 64", chain(small...), 200 - tailCheck},
+		{"1 MiB blocks: the last 4 MiB", chain(big...), 197},
+		{"huge blocks: still the last two", chain(100, 1<<30, 1<<30), 1},
+	} {
+		if got := tailStart(tc.locs); got != tc.want {
+			t.Errorf("%s: tailStart = %d, want %d", tc.name, got, tc.want)
+		}
+	}
+}

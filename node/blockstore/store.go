@@ -250,15 +250,16 @@ func (s *Store) load(f *os.File, dir string) error {
 // the interval of its progress lines while it reads.
 const slowOpen = time.Second
 
-// scanTail returns the blocks of the file: the indexed ones up to the last
-// tailCheck, then those scan finds from there (checked, the torn tail
-// cut as by a full scan), and how many index entries it kept. When the
+// scanTail returns the blocks of the file: the indexed ones up to the
+// checked tail (tailStart), then those scan finds from there (checked,
+// the torn tail cut as by a full scan), and how many index entries it
+// kept. When the
 // index is empty, or the checked part does not fit it, it scans the whole
 // file and keeps none.
 func (s *Store) scanTail(f *os.File, size int64, indexed []loc) (*scanResult, int, error) {
 	progress := progressLog(s.log.Info, "block store: reading the chain", s.path, size, slowOpen*5)
 	r := progressReader{r: f, ctx: context.Background(), done: progress}
-	if j := len(indexed) - tailCheck; j > 0 {
+	if j := tailStart(indexed); j > 0 {
 		res, err := scan(r, indexed[j].off, uint64(j), size, s.cfg.maxBlock(), block.VerifyHeaderChain)
 		if err == nil && len(res.locs) > 0 && matches(res.locs, indexed[j:]) {
 			res.from = indexed[j].off
