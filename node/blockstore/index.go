@@ -85,7 +85,9 @@ func readIndex(r io.Reader, dataSize int64, maxLen uint32, sizeHint int64) ([]lo
 	if string(h) != string(indexHeader()) {
 		return nil, nil
 	}
-	locs := make([]loc, 0, max(sizeHint-fileHeaderSize, 0)/indexEntrySize)
+	// Sized from the file (a garbage file of the same size would get no
+	// further than its first entries, so the hint is capped).
+	locs := make([]loc, 0, min(max(sizeHint-fileHeaderSize, 0)/indexEntrySize, 1<<24))
 	next := int64(fileHeaderSize)
 	var e [indexEntrySize]byte
 	for {
