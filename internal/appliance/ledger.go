@@ -50,6 +50,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	ab "github.com/hyperledger/fabric-protos-go-apiv2/orderer"
@@ -257,6 +258,10 @@ type ledgerRun struct {
 	closeOnce sync.Once
 }
 
+// slowLedgerStart is the start-up time above which startLedger says where
+// it went.
+const slowLedgerStart = time.Second
+
 // startLedger opens the channels of the policy's ledger section that this
 // member orders and starts their ordering nodes (raft over dev). It does
 // not serve gRPC yet: serve does.
@@ -276,6 +281,7 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 			l.Close()
 		}
 	}()
+	t0 := time.Now()
 	genesis, err := loadGenesisBlocks(cfg, p)
 	if err != nil {
 		return nil, err
@@ -284,15 +290,22 @@ func startLedger(cfg *Config, dev ledgerDevice, id *identity.Identity, pol func(
 	if err := l.planChannels(cfg, p, genesis); err != nil {
 		return nil, err
 	}
+	t1 := time.Now()
 	if err := l.connectPeers(dev, pol, newDeliverBytes(reg)); err != nil {
 		return nil, err
 	}
 	metrics := orderer.NewMetrics(reg)
+	t2 := time.Now()
 	if err := l.openChannels(cfg, pol, reg, metrics, id); err != nil {
 		return nil, err
 	}
+	t3 := time.Now()
 	if err := l.startServers(cfg, pol, reg, metrics); err != nil {
 		return nil, err
+	}
+	if total := time.Since(t0); total > slowLedgerStart {
+		log.Info("ledger start-up was slow", "seconds", total.Seconds(), "plan_seconds", t1.Sub(t0).Seconds(),
+			"connect_peers_seconds", t2.Sub(t1).Seconds(), "open_channels_seconds", t3.Sub(t2).Seconds(), "servers_seconds", time.Since(t3).Seconds())
 	}
 	for _, name := range l.names {
 		c := l.chans[name]

@@ -45,10 +45,14 @@ var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func crc(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
-func fileHeader() []byte {
+func fileHeader() []byte { return magicHeader(fileMagic, fileVersion) }
+
+// magicHeader is the 16-byte header of a file of ours: magic, version and
+// their checksum.
+func magicHeader(magic string, version uint32) []byte {
 	h := make([]byte, fileHeaderSize)
-	copy(h, fileMagic)
-	binary.LittleEndian.PutUint32(h[8:], fileVersion)
+	copy(h, magic)
+	binary.LittleEndian.PutUint32(h[8:], version)
 	binary.LittleEndian.PutUint32(h[12:], crc(h[:12]))
 	return h
 }
@@ -101,6 +105,8 @@ type scanResult struct {
 	// tail is the offset where the intact records end; when tail < size the
 	// bytes after it are a torn tail that the caller truncates.
 	tail int64
+	// from is where the scan started reading (set by the caller).
+	from int64
 }
 
 // errCorrupt carries the offset of damage that is not a torn tail.
@@ -111,17 +117,20 @@ type errCorrupt struct {
 
 func (e *errCorrupt) Error() string { return fmt.Sprintf("offset %d: %s", e.off, e.reason) }
 
-// scan reads the records of a block file of the given size (after the file
-// header) and checks them: checksums, block numbers 0,1,2,... and the hash
-// chain of their headers. It stops at the first damaged record; the damage
+// scan reads the records of a block file of the given size from offset
+// start, where the record of block first begins (fileHeaderSize and 0 for
+// the whole file), and checks them: checksums, block numbers first,
+// first+1,... and the hash chain of their headers (from the first record
+// read on: that record is the anchor, checked only by its checksums and
+// number). It stops at the first damaged record; the damage
 // is a torn tail if no intact record starts anywhere after it (a crash can
 // only tear the last, unsynced append), otherwise it is corruption and scan
 // returns an *errCorrupt naming its offset.
-func scan(r io.ReaderAt, size int64, maxLen uint32, chain func(h, prev *common.BlockHeader) error) (*scanResult, error) {
-	res := &scanResult{tail: fileHeaderSize}
+func scan(r io.ReaderAt, start int64, first uint64, size int64, maxLen uint32, chain func(h, prev *common.BlockHeader) error) (*scanResult, error) {
+	res := &scanResult{tail: start}
 	var hdr [recHeaderSize]byte
 	var buf []byte
-	off := int64(fileHeaderSize)
+	off := start
 	// Records are read sequentially through one buffer (few syscalls); r is
 	// used directly only to look past damage.
 	br := bufio.NewReaderSize(io.NewSectionReader(r, off, size-off), 1<<20)
@@ -159,7 +168,7 @@ func scan(r io.ReaderAt, size int64, maxLen uint32, chain func(h, prev *common.B
 			if h, err = blockHeader(buf); err != nil {
 				return nil, &errCorrupt{off, fmt.Sprintf("record with a valid checksum holds no block header: %v", err)}
 			}
-			if want := uint64(len(res.locs)); h.Number != want {
+			if want := first + uint64(len(res.locs)); h.Number != want {
 				return nil, &errCorrupt{off, fmt.Sprintf("record holds block %d where block %d belongs", h.Number, want)}
 			}
 			if res.last != nil {

@@ -31,7 +31,7 @@ func FuzzScan(f *testing.F) {
 		}
 		const maxLen = 1 << 20
 		r := bytes.NewReader(file)
-		res, err := scan(r, int64(len(file)), maxLen, block.VerifyHeaderChain)
+		res, err := scan(r, fileHeaderSize, 0, int64(len(file)), maxLen, block.VerifyHeaderChain)
 		if err != nil {
 			var c *errCorrupt
 			if !errors.As(err, &c) || c.off < fileHeaderSize || c.off >= int64(len(file)) {

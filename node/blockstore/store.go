@@ -7,10 +7,15 @@
 // every block whose Append returned and at most drops the one being
 // appended (a torn tail). Damage anywhere else is reported, never repaired.
 //
-// Layout: DIR/blocks.dat (format in format.go) and DIR/LOCK (an exclusive
-// flock so that two processes never append to the same store). Open scans
-// the file once (checksums, block numbers and the header hash chain) and
-// keeps an in-memory index of record offsets: Get(n) is one pread.
+// Layout: DIR/blocks.dat (format in format.go), DIR/blocks.idx (a cache of
+// the record offsets, format in index.go) and DIR/LOCK (an exclusive flock
+// so that two processes never append to the same store). Open reads the
+// index and checks only the tail of blocks.dat (checksums, block numbers
+// and the header hash chain of the last indexed blocks and of every block
+// the index misses), so a start costs the same with a year of chain as with
+// a day of it; without a usable index it scans the whole file once. It
+// keeps the record offsets in memory: Get(n) is one pread, and checks the
+// block's checksum. Verify checks the whole chain, on demand.
 package blockstore
 
 import (
@@ -21,6 +26,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"time"
 
 	"github.com/hyperledger/fabric-protos-go-apiv2/common"
 	"golang.org/x/sys/unix"
@@ -65,6 +71,10 @@ type Config struct {
 	// MaxBlockBytes is the largest marshalled block accepted and read back
 	// (a record length above it is treated as damage). Default 128 MiB.
 	MaxBlockBytes uint32
+
+	// noIndex (benchmarks) opens as before the index: no blocks.idx read
+	// or written, a full scan.
+	noIndex bool
 }
 
 // Validate reports whether c is usable.
@@ -97,6 +107,10 @@ type Store struct {
 	appendMu sync.Mutex // serialises appends (held across write+fsync)
 	size     int64      // file size; owned by appendMu holders (and Open)
 	failed   error      // sticky; guarded by appendMu
+	// The index (index.go), written by appenders: guarded by appendMu.
+	idx       *os.File // nil when it could not be opened
+	idxSize   int64
+	idxFailed bool // a write failed: no more writes until reopened
 
 	mu       sync.RWMutex
 	locs     []loc
@@ -147,8 +161,11 @@ func (s *Store) open(dir string) error {
 	if err != nil {
 		return fmt.Errorf("block store: %w", err)
 	}
-	if err := s.load(f); err != nil {
+	if err := s.load(f, dir); err != nil {
 		f.Close()
+		if s.idx != nil {
+			s.idx.Close()
+		}
 		return err
 	}
 	s.f = f
@@ -183,7 +200,8 @@ func createFile(dir, path string) error {
 	return nil
 }
 
-func (s *Store) load(f *os.File) error {
+func (s *Store) load(f *os.File, dir string) error {
+	start := time.Now()
 	st, err := f.Stat()
 	if err != nil {
 		return fmt.Errorf("block store: %w", err)
@@ -196,7 +214,11 @@ func (s *Store) load(f *os.File) error {
 	if err := checkFileHeader(hdr); err != nil {
 		return fmt.Errorf("%w: %s at offset 0: %v", ErrCorrupt, s.path, err)
 	}
-	res, err := scan(f, size, s.cfg.maxBlock(), block.VerifyHeaderChain)
+	var indexed []loc
+	if !s.cfg.noIndex {
+		s.idx, indexed = s.openIndex(filepath.Join(dir, indexFile), size)
+	}
+	res, keep, err := s.scanTail(f, size, indexed)
 	if err != nil {
 		var c *errCorrupt
 		if errors.As(err, &c) {
@@ -216,7 +238,119 @@ func (s *Store) load(f *os.File) error {
 		}
 	}
 	s.size, s.locs, s.last = res.tail, res.locs, res.last
+	s.rewriteIndex(res.locs, keep, keep == 0 && len(indexed) > 0)
+	if took := time.Since(start); took > slowOpen {
+		s.log.Info("block store opened", "path", s.path, "height", len(res.locs), "bytes", res.tail,
+			"indexed_blocks", keep, "read_bytes", res.tail-res.from, "seconds", took.Seconds())
+	}
 	return nil
+}
+
+// slowOpen is the opening time above which Open logs what it read, and
+// the interval of its progress lines while it reads.
+const slowOpen = time.Second
+
+// scanTail returns the blocks of the file: the indexed ones up to the
+// checked tail (tailStart), then those scan finds from there (checked,
+// the torn tail cut as by a full scan), and how many index entries it
+// kept. When the
+// index is empty, or the checked part does not fit it, it scans the whole
+// file and keeps none.
+func (s *Store) scanTail(f *os.File, size int64, indexed []loc) (*scanResult, int, error) {
+	progress := progressLog(s.log.Info, "block store: reading the chain", s.path, size, slowOpen*5)
+	r := progressReader{r: f, ctx: context.Background(), done: progress}
+	if j := tailStart(indexed); j > 0 {
+		res, err := scan(r, indexed[j].off, uint64(j), size, s.cfg.maxBlock(), block.VerifyHeaderChain)
+		if err == nil && len(res.locs) > 0 && matches(res.locs, indexed[j:]) {
+			res.from = indexed[j].off
+			res.locs = append(indexed[:j:j], res.locs...)
+			return res, j, nil
+		}
+		s.log.Warn("block store: its index does not match the block file; reading the whole chain",
+			"path", s.path, "indexed_blocks", len(indexed), "err", err)
+	}
+	res, err := scan(r, fileHeaderSize, 0, size, s.cfg.maxBlock(), block.VerifyHeaderChain)
+	if err == nil {
+		res.from = fileHeaderSize
+	}
+	return res, 0, err
+}
+
+// matches reports whether the records scanned agree with the index
+// entries for them (an index of another file with the same record
+// boundaries differs in the checksums).
+func matches(scanned, indexed []loc) bool {
+	for i := range min(len(scanned), len(indexed)) {
+		if scanned[i] != indexed[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// Verify reads every block stored when it is called and checks it as a
+// full scan does: record and data checksums, block numbers and the hash
+// chain of the headers, and that the blocks are where the store serves
+// them from. Open checks only the tail (see index.go); Verify is the
+// explicit check of the whole chain, for an operator or a background job.
+// progress, if not nil, is called now and then with the bytes read and the
+// total. It returns an error wrapping ErrCorrupt naming the damage, or
+// ctx's error, or ErrClosed. Appends may run meanwhile.
+func (s *Store) Verify(ctx context.Context, progress func(done, total int64)) error {
+	s.mu.RLock()
+	if s.closed {
+		s.mu.RUnlock()
+		return ErrClosed
+	}
+	f, locs := s.f, s.locs[:len(s.locs):len(s.locs)]
+	s.mu.RUnlock()
+	size := int64(fileHeaderSize)
+	if len(locs) > 0 {
+		size = locs[len(locs)-1].end()
+	}
+	done := func(int64) {}
+	if progress != nil {
+		done = func(n int64) { progress(min(n, size), size) }
+	}
+	hdr := make([]byte, fileHeaderSize)
+	if _, err := f.ReadAt(hdr, 0); err != nil {
+		return s.verifyReadErr(err)
+	}
+	if err := checkFileHeader(hdr); err != nil {
+		return fmt.Errorf("%w: %s at offset 0: %v", ErrCorrupt, s.path, err)
+	}
+	res, err := scan(progressReader{r: f, ctx: ctx, done: done}, fileHeaderSize, 0, size, s.cfg.maxBlock(), block.VerifyHeaderChain)
+	if err != nil {
+		var c *errCorrupt
+		if errors.As(err, &c) {
+			return fmt.Errorf("%w: %s at offset %d: %s; restore the store from a peer or backup", ErrCorrupt, s.path, c.off, c.reason)
+		}
+		return s.verifyReadErr(err)
+	}
+	if len(res.locs) != len(locs) {
+		// A damaged record with nothing intact after it: a torn tail to
+		// scan, but these blocks were acknowledged.
+		return fmt.Errorf("%w: %s at offset %d: block %d is damaged (the store holds %d blocks); restore the store from a peer or backup",
+			ErrCorrupt, s.path, res.tail, len(res.locs), len(locs))
+	}
+	for i, l := range res.locs {
+		if l != locs[i] {
+			return fmt.Errorf("%w: %s: block %d is at offset %d, the store's index says %d; restart memberd to rebuild the index",
+				ErrCorrupt, s.path, i, l.off, locs[i].off)
+		}
+	}
+	done(size)
+	return nil
+}
+
+func (s *Store) verifyReadErr(err error) error {
+	if errors.Is(err, os.ErrClosed) {
+		return ErrClosed
+	}
+	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return err
+	}
+	return fmt.Errorf("block store %s: verifying: %w", s.path, err)
 }
 
 // Recovered reports what Open did to the file.
@@ -345,6 +479,7 @@ func (s *Store) append(raws [][]byte, blocks []*common.Block) error {
 		return fmt.Errorf("%w: %s: fsync after block %d: %v", ErrFailed, s.path, blocks[len(blocks)-1].Header.Number, err)
 	}
 	s.size = off + int64(len(buf))
+	s.indexAppend(newLocs)
 
 	s.mu.Lock()
 	s.locs = append(s.locs, newLocs...)
@@ -432,6 +567,11 @@ func (s *Store) Close() error {
 	s.closed = true
 	close(s.notify)
 	err := s.f.Close()
+	if s.idx != nil {
+		if ierr := s.idx.Close(); err == nil {
+			err = ierr
+		}
+	}
 	if lerr := s.lock.Close(); err == nil {
 		err = lerr
 	}

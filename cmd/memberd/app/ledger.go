@@ -22,14 +22,16 @@ import (
 )
 
 func newLedgerCmd(e *env) *cobra.Command {
-	c := &cobra.Command{Use: "ledger", Short: "Ledger: channel create, submit, fetch, height, transfer-leader",
+	c := &cobra.Command{Use: "ledger", Short: "Ledger: channel create, submit, fetch, height, transfer-leader, verify",
 		Long: `Work with the consortium's ledger through a node's Fabric AtomicBroadcast API
 (the same API Fabric SDKs and peers use). submit, fetch and height sign their
 requests with a member identity: --key (HSM key URI) --cert (its certificate)
 --msp-id (the member's MSP id). transfer-leader asks the local appliance
-(its admin endpoint) to hand the channel's raft leadership to a consenter.`}
+(its admin endpoint) to hand the channel's raft leadership to a consenter.
+verify checks a stopped member's whole stored chain (a start checks only its
+tail).`}
 	c.AddCommand(newLedgerChannelCmd(e), newLedgerSubmitCmd(e), newLedgerFetchCmd(e), newLedgerHeightCmd(e),
-		newLedgerTransferLeaderCmd(e))
+		newLedgerTransferLeaderCmd(e), newLedgerVerifyCmd(e))
 	return c
 }
 
