@@ -35,6 +35,7 @@ type fwdStream struct {
 	// open (openErr set); stream and openErr are read only after it.
 	ready   chan struct{}
 	openErr error
+	openers int        // callers waiting in stream for ready (f.mu)
 	mu      sync.Mutex // serialises Send with the queue order
 	stream  ab.AtomicBroadcast_BroadcastClient
 	waiting chan chan *ab.BroadcastResponse
@@ -149,17 +150,36 @@ func (f *BroadcastForwarder) stream(ctx context.Context, leader uint64) (*fwdStr
 		f.streams[leader] = s
 		go f.run(sctx, c, leader, s)
 	}
+	s.openers++
 	f.mu.Unlock()
 	select {
 	case <-s.ready:
+		f.mu.Lock()
+		s.openers--
+		f.mu.Unlock()
 		if s.openErr != nil {
 			return nil, s.openErr
 		}
 		return s, nil
 	case <-ctx.Done():
-		// As in Forward: the caller gave up on this leader (it changed),
-		// so end the opening too, for every caller waiting on it.
-		f.drop(leader, s)
+		// End the opening only when no other caller still waits for it.
+		f.mu.Lock()
+		s.openers--
+		abandon := false
+		if s.openers == 0 {
+			select {
+			case <-s.ready: // opened meanwhile: later callers may use it
+			default:
+				abandon = true
+				if f.streams[leader] == s {
+					delete(f.streams, leader)
+				}
+			}
+		}
+		f.mu.Unlock()
+		if abandon {
+			s.cancel()
+		}
 		return nil, fmt.Errorf("%w: opening Broadcast to leader %d: %w", ErrUnavailable, leader, ctx.Err())
 	}
 }
