@@ -491,7 +491,7 @@ func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error)
 	if err := n.membershipErr(); err != nil {
 		return nil, err
 	}
-	l, err := n.knownLeader(ctx)
+	l, gen, err := n.knownLeader(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -505,7 +505,7 @@ func (n *Node) order(ctx context.Context, env *block.Envelope) (*Pending, error)
 		if dup {
 			return nil, fmt.Errorf("%w: %s", ErrDuplicate, env.TxID())
 		}
-		gen := n.leaderGen.Load()
+		// gen: the epoch l was read in (a change since has ended it).
 		// Handing it over may block too (a dead leader reads nothing, so
 		// the stream's window fills): not past a change of leader.
 		fctx, stop := n.whileLeader(ctx, l, gen)
@@ -667,25 +667,32 @@ func (n *Node) failAll(err error) {
 // (randomised) timeouts later; three leave room for a split vote.
 const leaderWaitElections = 3
 
-// knownLeader returns the raft leader. While none is known (an election
+// knownLeader returns the raft leader and the leader epoch it was read
+// in (a change of leader after the read ends it). While none is known (an election
 // after the leader was lost, or at start-up), it waits for one rather than
 // refusing at once, so that a client is answered SUCCESS once the new
 // leader orders its envelope instead of SERVICE_UNAVAILABLE and its own
 // backoff (a client may wait seconds before it resubmits); but only until
 // leaderWaitElections election timeouts after the leader was lost, so
 // that a node cut off from the others still refuses at once afterwards.
-func (n *Node) knownLeader(ctx context.Context) (uint64, error) {
+func (n *Node) knownLeader(ctx context.Context) (uint64, *leaderEpoch, error) {
 	for {
 		gen := n.leaderGen.Load() // before reading the leader: a change after it ends gen
 		if l := n.raft.Leader(); l != 0 {
-			return l, nil
+			return l, gen, nil
 		}
 		var wait time.Duration
-		if lost := n.leaderLost.Load(); lost != 0 {
+		lost := n.leaderLost.Load()
+		// raft says no leader before OnLeaderChange (it follows the
+		// Ready's fsync, e.g. of a vote): take the later of the two.
+		if at := n.raft.LeaderLostAt(); !at.IsZero() && at.UnixNano() > lost {
+			lost = at.UnixNano()
+		}
+		if lost != 0 {
 			wait = time.Until(time.Unix(0, lost).Add(leaderWaitElections * n.raft.ElectionTimeout()))
 		}
 		if wait <= 0 {
-			return 0, fmt.Errorf("%w: no raft leader known; retry", ErrUnavailable)
+			return 0, nil, fmt.Errorf("%w: no raft leader known; retry", ErrUnavailable)
 		}
 		t := time.NewTimer(wait)
 		select {
@@ -693,10 +700,10 @@ func (n *Node) knownLeader(ctx context.Context) (uint64, error) {
 		case <-t.C:
 		case <-ctx.Done():
 			t.Stop()
-			return 0, fmt.Errorf("%w: no raft leader known: %w", ErrUnavailable, ctx.Err())
+			return 0, nil, fmt.Errorf("%w: no raft leader known: %w", ErrUnavailable, ctx.Err())
 		case <-n.closed:
 			t.Stop()
-			return 0, ErrClosed
+			return 0, nil, ErrClosed
 		}
 		t.Stop()
 	}

@@ -102,6 +102,7 @@ type Node struct {
 	bootstrap atomic.Bool // started a new cluster from Config.Peers
 
 	lead, term, commit, applied, snapIndex atomic.Uint64
+	leaderLostAt                           atomic.Int64 // UnixNano; see LeaderLostAt
 	state                                  atomic.Int32
 
 	forceSnap bool // Run goroutine only: snapshot after this Ready (membership grew)
@@ -366,6 +367,11 @@ func (n *Node) handleReady(ctx context.Context, rd raft.Ready) error {
 	leaderChanged := false
 	if rd.SoftState != nil {
 		leaderChanged = n.lead.Swap(rd.SoftState.Lead) != rd.SoftState.Lead
+		if leaderChanged && rd.SoftState.Lead == raft.None {
+			// At the swap, before this Ready's fsync: OnLeaderChange comes
+			// only after it, and Leader already says 0 meanwhile.
+			n.leaderLostAt.Store(time.Now().UnixNano())
+		}
 		n.state.Store(int32(rd.SoftState.RaftState))
 	}
 	hasSnap := !raft.IsEmptySnap(rd.Snapshot)
@@ -747,6 +753,15 @@ var _ reporter = (*Node)(nil)
 
 // Leader returns the ID of the leader this node knows, 0 if none.
 func (n *Node) Leader() uint64 { return n.lead.Load() }
+
+// LeaderLostAt is when Leader last went from a leader to none (the zero
+// time if it never did).
+func (n *Node) LeaderLostAt() time.Time {
+	if ns := n.leaderLostAt.Load(); ns != 0 {
+		return time.Unix(0, ns)
+	}
+	return time.Time{}
+}
 
 // ID returns this node's raft ID.
 func (n *Node) ID() uint64 { return n.cfg.ID }

@@ -442,3 +442,34 @@ func TestApplyErrorStopsNode(t *testing.T) {
 		t.Errorf("Run = %v, want the Apply error", err)
 	}
 }
+
+// TestLeaderLostAt: a follower whose leader dies says so in LeaderLostAt
+// from the moment Leader reads 0 (the ordering node bounds its wait for an
+// election by it; OnLeaderChange comes only after the Ready's fsync). The
+// third node is stopped too, so no new leader can follow at once.
+func TestLeaderLostAt(t *testing.T) {
+	c := newCluster(t, 3, nil)
+	l := c.leader(10 * time.Second)
+	fid := l%3 + 1
+	f := c.nodes[fid].node()
+	if at := f.LeaderLostAt(); !at.IsZero() {
+		t.Fatalf("LeaderLostAt %v before any leader was lost", at)
+	}
+	c.stop(6 - l - fid)
+	stopped := time.Now()
+	c.stop(l)
+	deadline := time.Now().Add(10 * time.Second)
+	for f.Leader() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("node %d still follows leader %d 10s after it was stopped", fid, f.Leader())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	at := f.LeaderLostAt()
+	if at.IsZero() {
+		t.Fatalf("node %d knows no leader but LeaderLostAt is zero", fid)
+	}
+	if at.Before(stopped) || at.After(time.Now()) {
+		t.Fatalf("LeaderLostAt %v outside [%v, now]", at, stopped)
+	}
+}
