@@ -19,10 +19,15 @@ import (
 // Memory stays bounded by limit frames and by limit × boundFrame bytes in
 // all (a queue of limit frames of the tunnel's former largest packet:
 // with 16 KiB packets, issue #15, a bound in frames alone would have
-// quadrupled what a full queue holds). When full, the source with the most
-// frames queued loses one, as often as needed: the new frame if it is that
-// source's own or no other source has two, else that source's newest
-// (pushed out), so a flood cannot take the room of a quieter source either.
+// quadrupled what a full queue holds). The bytes are the frames' capacity,
+// not their length: what a queued frame pins is its whole buffer (newFrame
+// sizes them by class, so a heartbeat does not pin 16 KiB). When full, the
+// source with the most frames queued loses one, as often as needed: the
+// new frame if it is that source's own or no other source has two, else
+// that source's newest (pushed out), so a flood cannot take the room of a
+// quieter source either. Whether pushing out makes room is decided before
+// anything is pushed out (room): when it does not, only the new frame is
+// dropped.
 type fairQueue struct {
 	limit    int
 	maxBytes int           // limit × boundFrame
@@ -31,7 +36,7 @@ type fairQueue struct {
 
 	mu     sync.Mutex
 	n      int                  // frames queued, all sources
-	bytes  int                  // their bytes
+	bytes  int                  // their bytes, counted in capacity (the memory they pin)
 	flows  map[string]*fairFlow // sources with frames queued
 	active ring[*fairFlow]      // round-robin order; the front has the turn
 }
@@ -62,26 +67,21 @@ func newFairQueue(limit int, ready chan struct{}) *fairQueue {
 
 // push queues frame for source key. It returns the frames that did not
 // fit (frame itself, or other sources' newest, pushed out), or nil; the
-// caller counts and recycles them.
+// caller counts and recycles them. Other sources' frames are pushed out
+// only when that makes room for frame: when it cannot (room), frame alone
+// is dropped and the queue is left as it was.
 func (q *fairQueue) push(key string, frame []byte) (dropped [][]byte) {
 	q.mu.Lock()
 	f := q.flows[key]
-	for q.n > 0 && (q.n >= q.limit || q.bytes+len(frame) > q.maxBytes) {
-		longest := f
-		for i := range q.active.len() {
-			if g := q.active.at(i); longest == nil || g.frames.len() > longest.frames.len() {
-				longest = g
-			}
-		}
-		// A source keeps its last frame: a flow emptied here would stay
-		// in active with nothing to send.
-		if longest == f || longest.frames.len() < 2 {
-			q.mu.Unlock()
-			return append(dropped, frame)
-		}
-		out := longest.frames.popBack()
+	from, ok := q.room(f, cap(frame))
+	if !ok {
+		q.mu.Unlock()
+		return [][]byte{frame}
+	}
+	for _, g := range from {
+		out := g.frames.popBack()
 		q.n--
-		q.bytes -= len(out)
+		q.bytes -= cap(out)
 		dropped = append(dropped, out)
 	}
 	if f == nil {
@@ -91,13 +91,50 @@ func (q *fairQueue) push(key string, frame []byte) (dropped [][]byte) {
 	}
 	f.frames.pushBack(frame)
 	q.n++
-	q.bytes += len(frame)
+	q.bytes += cap(frame)
 	q.mu.Unlock()
 	select {
 	case q.ready <- struct{}{}:
 	default:
 	}
 	return dropped
+}
+
+// room plans the push-out that makes room for a frame of size bytes (its
+// capacity, see bytes) from flow f (nil: a source with nothing queued),
+// without changing the queue: the flows whose newest frame to pop, in
+// order, one entry per frame. While the queue is over its bound in frames
+// or bytes, the flow with the most frames left loses its newest; ok is
+// false, and nothing is to be popped, when that flow is f itself (a tie
+// counts as f) or has only one frame left, so a source keeps its last
+// frame (a flow emptied here would stay in active with nothing to send).
+// q.mu is held.
+func (q *fairQueue) room(f *fairFlow, size int) (from []*fairFlow, ok bool) {
+	n, bytes := q.n, q.bytes
+	var taken map[*fairFlow]int // frames planned out, per flow
+	for n > 0 && (n >= q.limit || bytes+size > q.maxBytes) {
+		longest, most := f, 0
+		if f != nil {
+			most = f.frames.len() - taken[f]
+		}
+		for i := range q.active.len() {
+			if g := q.active.at(i); g.frames.len()-taken[g] > most {
+				longest, most = g, g.frames.len()-taken[g]
+			}
+		}
+		if longest == f || most < 2 {
+			return nil, false
+		}
+		if taken == nil {
+			taken = map[*fairFlow]int{}
+		}
+		out := longest.frames.at(longest.frames.len() - 1 - taken[longest])
+		taken[longest]++
+		n--
+		bytes -= cap(out)
+		from = append(from, longest)
+	}
+	return from, true
 }
 
 // pop returns the next frame by deficit round robin, or nil when empty.
@@ -114,7 +151,7 @@ func (q *fairQueue) pop() []byte {
 			f.deficit -= len(head)
 			f.frames.popFront()
 			q.n--
-			q.bytes -= len(head)
+			q.bytes -= cap(head)
 			if f.frames.len() == 0 { // an idle source keeps no credit
 				delete(q.flows, f.key)
 				q.active.popFront()
