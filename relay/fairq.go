@@ -47,6 +47,7 @@ type fairFlow struct {
 	frames  ring[[]byte]
 	deficit int  // bytes this source may still send in its turn
 	turn    bool // at the front of active, its quantum added
+	out     int  // its newest frames to push out (fairQueue.room), 0 otherwise
 }
 
 // fairQuantum is the bytes one source may send per round: a 4 KiB packet
@@ -73,16 +74,18 @@ func newFairQueue(limit int, ready chan struct{}) *fairQueue {
 func (q *fairQueue) push(key string, frame []byte) (dropped [][]byte) {
 	q.mu.Lock()
 	f := q.flows[key]
-	from, ok := q.room(f, cap(frame))
-	if !ok {
+	if !q.room(f, cap(frame)) {
 		q.mu.Unlock()
 		return [][]byte{frame}
 	}
-	for _, g := range from {
-		out := g.frames.popBack()
-		q.n--
-		q.bytes -= cap(out)
-		dropped = append(dropped, out)
+	for i := range q.active.len() {
+		g := q.active.at(i)
+		for ; g.out > 0; g.out-- {
+			out := g.frames.popBack()
+			q.n--
+			q.bytes -= cap(out)
+			dropped = append(dropped, out)
+		}
 	}
 	if f == nil {
 		f = &fairFlow{key: key}
@@ -102,39 +105,36 @@ func (q *fairQueue) push(key string, frame []byte) (dropped [][]byte) {
 
 // room plans the push-out that makes room for a frame of size bytes (its
 // capacity, see bytes) from flow f (nil: a source with nothing queued),
-// without changing the queue: the flows whose newest frame to pop, in
-// order, one entry per frame. While the queue is over its bound in frames
-// or bytes, the flow with the most frames left loses its newest; ok is
-// false, and nothing is to be popped, when that flow is f itself (a tie
-// counts as f) or has only one frame left, so a source keeps its last
-// frame (a flow emptied here would stay in active with nothing to send).
-// q.mu is held.
-func (q *fairQueue) room(f *fairFlow, size int) (from []*fairFlow, ok bool) {
+// without changing the queue: while the queue would be over its bound in
+// frames or bytes, the flow with the most frames left loses its newest
+// (counted in its out). It reports false, with every out back at 0, when
+// that flow is f itself (a tie counts as f) or has only one frame left,
+// so a source keeps its last frame (a flow emptied here would stay in
+// active with nothing to send); true when the frames counted in out make
+// room. q.mu is held.
+func (q *fairQueue) room(f *fairFlow, size int) bool {
 	n, bytes := q.n, q.bytes
-	var taken map[*fairFlow]int // frames planned out, per flow
 	for n > 0 && (n >= q.limit || bytes+size > q.maxBytes) {
 		longest, most := f, 0
 		if f != nil {
-			most = f.frames.len() - taken[f]
+			most = f.frames.len()
 		}
 		for i := range q.active.len() {
-			if g := q.active.at(i); g.frames.len()-taken[g] > most {
-				longest, most = g, g.frames.len()-taken[g]
+			if g := q.active.at(i); g.frames.len()-g.out > most {
+				longest, most = g, g.frames.len()-g.out
 			}
 		}
 		if longest == f || most < 2 {
-			return nil, false
+			for i := range q.active.len() {
+				q.active.at(i).out = 0
+			}
+			return false
 		}
-		if taken == nil {
-			taken = map[*fairFlow]int{}
-		}
-		out := longest.frames.at(longest.frames.len() - 1 - taken[longest])
-		taken[longest]++
+		longest.out++
 		n--
-		bytes -= cap(out)
-		from = append(from, longest)
+		bytes -= cap(longest.frames.at(most - 1))
 	}
-	return from, true
+	return true
 }
 
 // pop returns the next frame by deficit round robin, or nil when empty.
