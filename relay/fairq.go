@@ -74,13 +74,15 @@ func newFairQueue(limit int, ready chan struct{}) *fairQueue {
 func (q *fairQueue) push(key string, frame []byte) (dropped [][]byte) {
 	q.mu.Lock()
 	f := q.flows[key]
-	if !q.room(f, cap(frame)) {
+	planned, ok := q.room(f, cap(frame))
+	if !ok {
 		q.mu.Unlock()
 		return [][]byte{frame}
 	}
-	for i := range q.active.len() {
+	for i := 0; planned > 0 && i < q.active.len(); i++ {
 		g := q.active.at(i)
 		for ; g.out > 0; g.out-- {
+			planned--
 			out := g.frames.popBack()
 			q.n--
 			q.bytes -= cap(out)
@@ -107,12 +109,12 @@ func (q *fairQueue) push(key string, frame []byte) (dropped [][]byte) {
 // capacity, see bytes) from flow f (nil: a source with nothing queued),
 // without changing the queue: while the queue would be over its bound in
 // frames or bytes, the flow with the most frames left loses its newest
-// (counted in its out). It reports false, with every out back at 0, when
-// that flow is f itself (a tie counts as f) or has only one frame left,
-// so a source keeps its last frame (a flow emptied here would stay in
-// active with nothing to send); true when the frames counted in out make
+// (counted in its out). ok is false, with every out back at 0, when that
+// flow is f itself (a tie counts as f) or has only one frame left, so a
+// source keeps its last frame (a flow emptied here would stay in active
+// with nothing to send); true when the planned frames counted in out make
 // room. q.mu is held.
-func (q *fairQueue) room(f *fairFlow, size int) bool {
+func (q *fairQueue) room(f *fairFlow, size int) (planned int, ok bool) {
 	n, bytes := q.n, q.bytes
 	for n > 0 && (n >= q.limit || bytes+size > q.maxBytes) {
 		longest, most := f, 0
@@ -125,16 +127,19 @@ func (q *fairQueue) room(f *fairFlow, size int) bool {
 			}
 		}
 		if longest == f || most < 2 {
-			for i := range q.active.len() {
-				q.active.at(i).out = 0
+			for i := 0; planned > 0 && i < q.active.len(); i++ {
+				g := q.active.at(i)
+				planned -= g.out
+				g.out = 0
 			}
-			return false
+			return 0, false
 		}
 		longest.out++
+		planned++
 		n--
 		bytes -= cap(longest.frames.at(most - 1))
 	}
-	return true
+	return planned, true
 }
 
 // pop returns the next frame by deficit round robin, or nil when empty.
