@@ -19,10 +19,15 @@ import (
 // Memory stays bounded by limit frames and by limit × boundFrame bytes in
 // all (a queue of limit frames of the tunnel's former largest packet:
 // with 16 KiB packets, issue #15, a bound in frames alone would have
-// quadrupled what a full queue holds). When full, the source with the most
-// frames queued loses one, as often as needed: the new frame if it is that
-// source's own or no other source has two, else that source's newest
-// (pushed out), so a flood cannot take the room of a quieter source either.
+// quadrupled what a full queue holds). The bytes are the frames' capacity,
+// not their length: what a queued frame pins is its whole buffer (newFrame
+// sizes them by class, so a heartbeat does not pin 16 KiB). When full, the
+// source with the most frames queued loses one, as often as needed: the
+// new frame if it is that source's own or no other source has two, else
+// that source's newest (pushed out), so a flood cannot take the room of a
+// quieter source either. Whether pushing out makes room is decided before
+// anything is pushed out (room): when it does not, only the new frame is
+// dropped.
 type fairQueue struct {
 	limit    int
 	maxBytes int           // limit × boundFrame
@@ -31,7 +36,7 @@ type fairQueue struct {
 
 	mu     sync.Mutex
 	n      int                  // frames queued, all sources
-	bytes  int                  // their bytes
+	bytes  int                  // their bytes, counted in capacity (the memory they pin)
 	flows  map[string]*fairFlow // sources with frames queued
 	active ring[*fairFlow]      // round-robin order; the front has the turn
 }
@@ -42,6 +47,7 @@ type fairFlow struct {
 	frames  ring[[]byte]
 	deficit int  // bytes this source may still send in its turn
 	turn    bool // at the front of active, its quantum added
+	out     int  // its newest frames to push out (fairQueue.room), 0 otherwise
 }
 
 // fairQuantum is the bytes one source may send per round: a 4 KiB packet
@@ -62,27 +68,26 @@ func newFairQueue(limit int, ready chan struct{}) *fairQueue {
 
 // push queues frame for source key. It returns the frames that did not
 // fit (frame itself, or other sources' newest, pushed out), or nil; the
-// caller counts and recycles them.
+// caller counts and recycles them. Other sources' frames are pushed out
+// only when that makes room for frame: when it cannot (room), frame alone
+// is dropped and the queue is left as it was.
 func (q *fairQueue) push(key string, frame []byte) (dropped [][]byte) {
 	q.mu.Lock()
 	f := q.flows[key]
-	for q.n > 0 && (q.n >= q.limit || q.bytes+len(frame) > q.maxBytes) {
-		longest := f
-		for i := range q.active.len() {
-			if g := q.active.at(i); longest == nil || g.frames.len() > longest.frames.len() {
-				longest = g
-			}
+	planned, ok := q.room(f, cap(frame))
+	if !ok {
+		q.mu.Unlock()
+		return [][]byte{frame}
+	}
+	for i := 0; planned > 0 && i < q.active.len(); i++ {
+		g := q.active.at(i)
+		for ; g.out > 0; g.out-- {
+			planned--
+			out := g.frames.popBack()
+			q.n--
+			q.bytes -= cap(out)
+			dropped = append(dropped, out)
 		}
-		// A source keeps its last frame: a flow emptied here would stay
-		// in active with nothing to send.
-		if longest == f || longest.frames.len() < 2 {
-			q.mu.Unlock()
-			return append(dropped, frame)
-		}
-		out := longest.frames.popBack()
-		q.n--
-		q.bytes -= len(out)
-		dropped = append(dropped, out)
 	}
 	if f == nil {
 		f = &fairFlow{key: key}
@@ -91,13 +96,50 @@ func (q *fairQueue) push(key string, frame []byte) (dropped [][]byte) {
 	}
 	f.frames.pushBack(frame)
 	q.n++
-	q.bytes += len(frame)
+	q.bytes += cap(frame)
 	q.mu.Unlock()
 	select {
 	case q.ready <- struct{}{}:
 	default:
 	}
 	return dropped
+}
+
+// room plans the push-out that makes room for a frame of size bytes (its
+// capacity, see bytes) from flow f (nil: a source with nothing queued),
+// without changing the queue: while the queue would be over its bound in
+// frames or bytes, the flow with the most frames left loses its newest
+// (counted in its out). ok is false, with every out back at 0, when that
+// flow is f itself (a tie counts as f) or has only one frame left, so a
+// source keeps its last frame (a flow emptied here would stay in active
+// with nothing to send); true when the planned frames counted in out make
+// room. q.mu is held.
+func (q *fairQueue) room(f *fairFlow, size int) (planned int, ok bool) {
+	n, bytes := q.n, q.bytes
+	for n > 0 && (n >= q.limit || bytes+size > q.maxBytes) {
+		longest, most := f, 0
+		if f != nil {
+			most = f.frames.len()
+		}
+		for i := range q.active.len() {
+			if g := q.active.at(i); g.frames.len()-g.out > most {
+				longest, most = g, g.frames.len()-g.out
+			}
+		}
+		if longest == f || most < 2 {
+			for i := 0; planned > 0 && i < q.active.len(); i++ {
+				g := q.active.at(i)
+				planned -= g.out
+				g.out = 0
+			}
+			return 0, false
+		}
+		longest.out++
+		planned++
+		n--
+		bytes -= cap(longest.frames.at(most - 1))
+	}
+	return planned, true
 }
 
 // pop returns the next frame by deficit round robin, or nil when empty.
@@ -114,7 +156,7 @@ func (q *fairQueue) pop() []byte {
 			f.deficit -= len(head)
 			f.frames.popFront()
 			q.n--
-			q.bytes -= len(head)
+			q.bytes -= cap(head)
 			if f.frames.len() == 0 { // an idle source keeps no credit
 				delete(q.flows, f.key)
 				q.active.popFront()

@@ -170,3 +170,31 @@ func BenchmarkSendQueue(b *testing.B) {
 		})
 	}
 }
+
+// BenchmarkPushOut: the cost of a push into a full queue that pushes out
+// a flood's newest frame (the saturated path), and of a frame's way
+// through newFrame, a full queue and recycleFrame, by frame size:
+//
+//	go test -run '^$' -bench PushOut -benchmem ./relay/
+func BenchmarkPushOut(b *testing.B) {
+	for _, n := range []int{100, 1300, MaxPacketSizeTCP} {
+		b.Run(fmt.Sprint(n), func(b *testing.B) {
+			q := newFairQueue(512, make(chan struct{}, 1))
+			for range 1024 {
+				for _, f := range q.push("flood", append(newFrame(n), make([]byte, n)...)) {
+					recycleFrame(f)
+				}
+			}
+			b.ResetTimer()
+			for i := range b.N {
+				for _, f := range q.push("flood", append(newFrame(n), make([]byte, n)...)) {
+					recycleFrame(f)
+				}
+				for _, f := range q.push(fmt.Sprint(i%8), append(newFrame(n), make([]byte, n)...)) {
+					recycleFrame(f)
+				}
+				recycleFrame(q.pop())
+			}
+		})
+	}
+}

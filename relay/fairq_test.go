@@ -353,3 +353,37 @@ func TestRing(t *testing.T) {
 		t.Fatalf("drained up to %d, want %d", want, next-1)
 	}
 }
+
+// A push that in the end refuses the new frame must not have pushed out
+// other sources' frames for it first: they were lost for nothing (found by
+// review of f2d7279). Here the quiet source's second 16 KB frame cannot fit
+// even with the flood down to its last frame, so only it is dropped and
+// the queue is left as it was.
+func TestPushOutNeverRefusesAfterDropping(t *testing.T) {
+	q := newFairQueue(8, make(chan struct{}, 1)) // maxBytes 8 × 4165 = 33320
+	q.push("quiet", tagged('Q', 0, 16000))
+	for i := range 3 {
+		q.push("flood", tagged('F', i, 5000))
+	}
+	before, beforeBytes := q.len(), q.bytes
+	out := q.push("quiet", tagged('Q', 1, 16000))
+	if len(out) != 1 || out[0][0] != 'Q' || out[0][1] != 1 {
+		var got []string
+		for _, f := range out {
+			got = append(got, fmt.Sprintf("%c%d", f[0], f[1]))
+		}
+		t.Fatalf("dropped %v, want only the new frame Q1", got)
+	}
+	if q.len() != before || q.bytes != beforeBytes {
+		t.Fatalf("queue %d frames %d bytes -> %d frames %d bytes, want unchanged", before, beforeBytes, q.len(), q.bytes)
+	}
+	// A frame that does fit once the flood's newest are pushed out still
+	// pushes them out.
+	out = q.push("quiet", tagged('Q', 2, 9000))
+	if len(out) != 2 || out[0][0] != 'F' || out[1][0] != 'F' {
+		t.Fatalf("pushed out %d frames, want the flood's two newest", len(out))
+	}
+	if q.bytes > q.maxBytes {
+		t.Fatalf("%d bytes queued, bound %d", q.bytes, q.maxBytes)
+	}
+}

@@ -158,35 +158,59 @@ func (l *link) closed() bool {
 	}
 }
 
-// framePool recycles data frame buffers: a sender builds a frame in one
-// (newFrame), the writer recycles it once the transport has copied it
+// The frame pools recycle data frame buffers: a sender builds a frame in
+// one (newFrame), the writer recycles it once the transport has copied it
 // (quic-go's SendDatagram copies, stream writers do not retain what they
 // are given). One 1.2 KB allocation and clearing per packet and hop was
-// the largest item of the relay's own data-path CPU profile.
-var framePool = sync.Pool{New: func() any { return new([pooledFrame]byte) }}
+// the largest item of the relay's own data-path CPU profile. There is one
+// pool per size class, so that a frame pins about its own size while it
+// waits in a queue (fairQueue counts capacity): with one class of
+// pooledFrame, a 100-byte heartbeat pinned 16 KiB and a link's full queues
+// up to 12.6 MB (TestQueuedMemoryPerLink). The pools hold buffers only
+// while they are out of use.
+var (
+	smallFramePool  = sync.Pool{New: func() any { return new([smallFrame]byte) }}
+	mediumFramePool = sync.Pool{New: func() any { return new([mediumFrame]byte) }}
+	largeFramePool  = sync.Pool{New: func() any { return new([pooledFrame]byte) }}
+)
 
-// pooledFrame is the size of recycled frame buffers: a packet frame of
-// MaxPacketSizeTCP (the tunnel's largest) fits. The pool holds buffers only
-// while they are out of use; what queues hold is bounded in bytes too
-// (fairQueue).
-const pooledFrame = MaxPacketSizeTCP + wire.ForwardOverhead
+// Frame buffer size classes: small holds an urgent frame (urgentFrame) and
+// other short control-sized packets; medium a packet frame of the tunnel's
+// former largest packet (4096 bytes, boundFrame), which covers its usual
+// 1.3 KB ones; pooledFrame a packet frame of MaxPacketSizeTCP, the
+// tunnel's largest.
+const (
+	smallFrame  = 512
+	mediumFrame = boundFrame
+	pooledFrame = MaxPacketSizeTCP + wire.ForwardOverhead
+)
 
-// newFrame returns an empty buffer with room for n bytes, recycled when
-// possible. Pass it to sendData, which takes ownership.
+// newFrame returns an empty buffer with room for n bytes, from the
+// smallest class that fits, recycled when possible. Pass it to sendData,
+// which takes ownership.
 func newFrame(n int) []byte {
-	if n > pooledFrame {
-		return make([]byte, 0, n)
+	switch {
+	case n <= smallFrame:
+		return smallFramePool.Get().(*[smallFrame]byte)[:0]
+	case n <= mediumFrame:
+		return mediumFramePool.Get().(*[mediumFrame]byte)[:0]
+	case n <= pooledFrame:
+		return largeFramePool.Get().(*[pooledFrame]byte)[:0]
 	}
-	return framePool.Get().(*[pooledFrame]byte)[:0]
+	return make([]byte, 0, n)
 }
 
-// recycleFrame returns a frame that nothing references any more. Only
-// buffers from newFrame's pool go back to it.
+// recycleFrame returns a frame that nothing references any more to the
+// pool of its class (by capacity); others are left to the collector.
 func recycleFrame(b []byte) {
-	if cap(b) != pooledFrame {
-		return
+	switch cap(b) {
+	case smallFrame:
+		smallFramePool.Put((*[smallFrame]byte)(b[:smallFrame]))
+	case mediumFrame:
+		mediumFramePool.Put((*[mediumFrame]byte)(b[:mediumFrame]))
+	case pooledFrame:
+		largeFramePool.Put((*[pooledFrame]byte)(b[:pooledFrame]))
 	}
-	framePool.Put((*[pooledFrame]byte)(b[:pooledFrame]))
 }
 
 // urgentFrame: a data frame up to this size goes out before the larger

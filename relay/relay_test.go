@@ -350,12 +350,14 @@ func TestForwardHookSeesOpaquePayloads(t *testing.T) {
 // TestRateLimitBackpressure).
 func TestRateLimit(t *testing.T) {
 	n := newTestNet(t, []string{"bank-a", "bank-b"}, []string{"relay-1"})
-	r := n.startRelay("relay-1", func(c *ServerConfig) { c.RateBytesPerSec = 10_000; c.RateBurstBytes = 10_000 })
+	// 2000-byte packets: the burst must hold a full-size packet
+	// (MinRateBurstBytes), and stays 10 packets.
+	r := n.startRelay("relay-1", func(c *ServerConfig) { c.RateBytesPerSec = 20_000; c.RateBurstBytes = 20_000 })
 	a, b := n.member("bank-a", nil), n.member("bank-b", nil)
 	rb := readAll(b)
 	waitReady(t, a, b)
-	p := make([]byte, 1000)
-	for i := 0; i < 100; i++ { // 100 kB at once: 10 fit in the burst
+	p := make([]byte, 2000)
+	for i := 0; i < 100; i++ { // 200 kB at once: 10 fit in the burst
 		_ = a.WritePacket(p, "bank-b")
 	}
 	waitFor(t, 3*time.Second, "the burst delivered", func() bool { return rb.count("bank-a") >= 5 })

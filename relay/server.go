@@ -42,7 +42,8 @@ type ServerConfig struct {
 	// summed over its connections. Default 12_500_000 (100 Mbit/s); negative
 	// means unlimited.
 	RateBytesPerSec float64
-	// RateBurstBytes is the token bucket size. Default 1 MiB.
+	// RateBurstBytes is the token bucket size. Default 1 MiB; at least
+	// MinRateBurstBytes (Validate), else a full-size packet never fits.
 	RateBurstBytes float64
 	// QueueLen bounds each connection's send queue in packets; beyond it
 	// packets are dropped (reason queue_full), the newest of the source
@@ -111,6 +112,10 @@ func (c *ServerConfig) Validate() error {
 	}
 	if c.QueueLen < 0 || c.MaxConnsPerMember < 0 {
 		return fmt.Errorf("%w: negative queue_len or max_conns_per_member", ErrConfig)
+	}
+	if c.RateBurstBytes != 0 && !(c.RateBurstBytes >= MinRateBurstBytes) {
+		return fmt.Errorf("%w: rate_burst_bytes %v is below %d, one full-size packet (MaxPacketSizeTCP) with its frame header: such a bucket never admits one, and every full-size packet would be dropped (0 = default 1 MiB)",
+			ErrConfig, c.RateBurstBytes, MinRateBurstBytes)
 	}
 	if c.HandshakeTimeout < 0 || c.MaxHandshakes < 0 || c.MaxHandshakesPerSource < 0 {
 		return fmt.Errorf("%w: negative handshake_timeout, max_handshakes or max_handshakes_per_source", ErrConfig)
@@ -779,6 +784,15 @@ func (s *Server) goAway(p *peer, f wire.Frame) {
 func onStream(l *link, t wire.Type, owned bool) bool {
 	return (l.qconn != nil && !owned) || t == wire.TypePacketStream || t == wire.TypeForwardStream
 }
+
+// MinRateBurstBytes is the smallest rate_burst_bytes (ServerConfig.
+// RateBurstBytes) a relay accepts: a full-size packet (MaxPacketSizeTCP)
+// with its FORWARD frame header. forward takes a packet's bytes from its
+// member's bucket at once, so a bucket smaller than that never holds them
+// (bucket.wait is -1) and every full-size packet would be dropped
+// (rate_limit), stalling bulk transfer through the tunnel, whose MTU is
+// set for MaxPacketSizeTCP.
+const MinRateBurstBytes = MaxPacketSizeTCP + wire.ForwardOverhead
 
 // maxRateWait bounds how long a member's reliable stream is left unread
 // for one frame over the member's rate (see forward). A maximum-size frame

@@ -13,7 +13,8 @@ const mtuCheckEvery = time.Second
 // mtuLoop keeps a derived MTU (Config.MTU 0) equal to what the transport's
 // current path carries: a member that started with no relay reachable
 // (MaxPacketSize then reports the smallest QUIC path: MTU 1039) takes the
-// path's size (relay.Client: 4096 on QUIC and TCP alike) once a relay is up.
+// path's size (relay.Client: relay.MaxPacketSizeTCP, 16384, on QUIC and
+// TCP alike) once a relay is up.
 //
 // The MTU is that of the netstack interface: TCP connections opened from
 // then on use it for their MSS; connections already open keep theirs

@@ -39,7 +39,8 @@ func (c Config) withDefaults() Config {
 //	admin_pprof: false               # also Go's pprof under /debug/pprof/; only with a loopback admin
 //	limits:                          # defaults as in relay.ServerConfig
 //	  rate_bytes_per_sec: 12500000   # per member; -1 = unlimited
-//	  rate_burst_bytes: 1048576      # per member
+//	  rate_burst_bytes: 1048576      # per member; at least 16453 (relay.MinRateBurstBytes:
+//	                                 # one full-size packet with its header)
 //	  queue_len: 512                 # per connection
 //	  max_conns_per_member: 4
 //	  handshake_timeout: 3s          # accept to HELLO exchanged (TLS included); 100ms..1m
@@ -113,6 +114,10 @@ const (
 func (l Limits) validate() error {
 	if l.QueueLen < 0 || l.MaxConnsPerMember < 0 || l.RateBurstBytes < 0 {
 		return errors.New("key limits: queue_len, max_conns_per_member and rate_burst_bytes must not be negative")
+	}
+	if b := l.RateBurstBytes; b != 0 && !(b >= relay.MinRateBurstBytes) {
+		return fmt.Errorf("key limits.rate_burst_bytes: %v is below %d, one full-size tunnel packet with its frame header: a smaller bucket never admits one and the relay would drop them all; raise it or leave it out (default %d)",
+			b, relay.MinRateBurstBytes, 1<<20)
 	}
 	if t := l.HandshakeTimeout; t != 0 && (t < minHandshakeTimeout || t > maxHandshakeTimeout) {
 		return fmt.Errorf("key limits.handshake_timeout: %v must be %v..%v (default %v; e.g. \"3s\")",

@@ -1,8 +1,11 @@
 package relayd
 
 import (
+	"fmt"
 	"strings"
 	"testing"
+
+	"github.com/memberd/memberd/relay"
 )
 
 const sampleRelayConfig = `id: relay-1
@@ -89,6 +92,40 @@ func TestRelayConfigHandshakeLimits(t *testing.T) {
 				}
 				if tc.limits != "" && (c.Limits.HandshakeTimeout == 0 && c.Limits.MaxHandshakes == 0 && c.Limits.IdleTimeout == 0) {
 					t.Fatalf("limits not read: %+v", c.Limits)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+				t.Fatalf("got %v, want an error containing %q", err, tc.wantErr)
+			}
+		})
+	}
+}
+
+// limits.rate_burst_bytes below one full-size packet with its frame header
+// (relay.MinRateBurstBytes) would drop every full-size packet for ever: it
+// is refused, naming the key and the minimum (found by review of f2d7279,
+// where 16 KiB packets made such values of the 4 KiB days wrong).
+func TestRelayConfigBurstFloor(t *testing.T) {
+	with := func(limits string) string {
+		return strings.Replace(sampleRelayConfig, "limits: {queue_len: 100}", "limits: {"+limits+"}", 1)
+	}
+	floor := fmt.Sprint(relay.MinRateBurstBytes)
+	for _, tc := range []struct {
+		name, limits, wantErr string
+	}{
+		{"default", "", ""},
+		{"1 MiB", "rate_burst_bytes: 1048576", ""},
+		{"at the floor", "rate_burst_bytes: " + floor, ""},
+		{"4 KiB-era value", "rate_burst_bytes: 8192", "key limits.rate_burst_bytes: 8192 is below " + floor},
+		{"one below", fmt.Sprintf("rate_burst_bytes: %d", relay.MinRateBurstBytes-1), "key limits.rate_burst_bytes"},
+		{"negative", "rate_burst_bytes: -1", "rate_burst_bytes must not be negative"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			_, err := ParseConfig([]byte(with(tc.limits)))
+			if tc.wantErr == "" {
+				if err != nil {
+					t.Fatal(err)
 				}
 				return
 			}
