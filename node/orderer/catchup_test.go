@@ -174,16 +174,16 @@ func (s *deafStream) Recv() (*ab.BroadcastResponse, error) {
 // behind it on the stream's lock, so the entry member's Broadcast streams
 // stopped reading and the load stalled after a leader fault (soak, issue
 // #9) although a new leader was elected at once. Once the caller's ctx
-// ends (the node cancels it when the leader changes), Forward and the
-// calls queued behind it return ErrUnavailable, and the next Forward opens
-// a new stream.
+// ends because the leader changed (the node cancels it with cause
+// errLeaderChanged), Forward and the calls queued behind it return
+// ErrUnavailable, and the next Forward opens a new stream.
 func TestForwardToDeafLeaderEndsWithCtx(t *testing.T) {
 	c := newConsortium(t, 3, block.CutterConfig{})
 	envs, _ := envelopes(t, c.identity(t, "m1", "client"), 2, 3)
 	deaf := &deafLeader{sending: make(chan struct{}, 1)}
 	f := &BroadcastForwarder{Peers: map[uint64]ab.AtomicBroadcastClient{3: deaf}}
 	defer f.Close()
-	ctx, cancel := context.WithCancel(context.Background())
+	ctx, cancel := context.WithCancelCause(context.Background())
 	errs := make(chan error, 2)
 	forward := func(env *common.Envelope) {
 		raw, err := proto.Marshal(env)
@@ -200,7 +200,7 @@ func TestForwardToDeafLeaderEndsWithCtx(t *testing.T) {
 		t.Fatalf("a Forward returned before its ctx ended: %v", err)
 	case <-time.After(200 * time.Millisecond):
 	}
-	cancel()
+	cancel(errLeaderChanged)
 	for range 2 {
 		select {
 		case err := <-errs:

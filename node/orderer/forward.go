@@ -57,10 +57,16 @@ func (f *BroadcastForwarder) Forward(ctx context.Context, leader uint64, env []b
 	reply := make(chan *ab.BroadcastResponse, 1)
 	// A leader that reads nothing (killed: through the tunnel its stream
 	// neither fails nor moves for minutes) fills the stream's window, and
-	// Send then blocks, with s.mu held, until the stream ends. When ctx
-	// ends first (the caller's, e.g. the leader changed), end the stream:
-	// that frees this call and every other one queued on it.
-	unhook := context.AfterFunc(ctx, func() { f.drop(leader, s) })
+	// Send then blocks, with s.mu held, until the stream ends. When the
+	// leader changes first (ctx ends with errLeaderChanged), end the
+	// stream: that frees this call and every other one queued on it. Not
+	// when only this caller gave up (its client left): the other
+	// envelopes in flight on the stream are still good.
+	unhook := context.AfterFunc(ctx, func() {
+		if errors.Is(context.Cause(ctx), errLeaderChanged) {
+			f.drop(leader, s)
+		}
+	})
 	defer unhook()
 	s.mu.Lock()
 	select {

@@ -92,3 +92,106 @@ func TestForwardOpenSurvivesOneCallerLeaving(t *testing.T) {
 		t.Fatalf("client B's answer: %v", err)
 	}
 }
+
+// slowLeader reads an envelope only when told to (a live leader whose
+// stream window is full) and answers SUCCESS to each one it read.
+type slowLeader struct {
+	ab.AtomicBroadcastClient
+	sending chan struct{}
+	read    chan struct{}
+}
+
+func (l *slowLeader) Broadcast(ctx context.Context, _ ...grpc.CallOption) (ab.AtomicBroadcast_BroadcastClient, error) {
+	return &slowStream{ctx: ctx, l: l, replies: make(chan struct{}, 64)}, nil
+}
+
+type slowStream struct {
+	grpc.ClientStream
+	ctx     context.Context
+	l       *slowLeader
+	replies chan struct{}
+}
+
+func (s *slowStream) Send(*common.Envelope) error {
+	select {
+	case s.l.sending <- struct{}{}:
+	default:
+	}
+	select {
+	case <-s.l.read:
+		s.replies <- struct{}{}
+		return nil
+	case <-s.ctx.Done():
+		return s.ctx.Err()
+	}
+}
+
+func (s *slowStream) Recv() (*ab.BroadcastResponse, error) {
+	select {
+	case <-s.replies:
+		return &ab.BroadcastResponse{Status: common.Status_SUCCESS}, nil
+	case <-s.ctx.Done():
+		return nil, s.ctx.Err()
+	}
+}
+
+// TestForwardSurvivesOneClientLeavingMidSend: client A's envelope is
+// forwarded and answered; client B's is stuck in Send (the live leader's
+// window is full) when B's client goes away. That must not end the
+// stream: A's answer still arrives, and the stream carries the next
+// envelope. Only a change of leader (cause errLeaderChanged) ends it
+// (TestForwardToDeafLeaderEndsWithCtx).
+func TestForwardSurvivesOneClientLeavingMidSend(t *testing.T) {
+	c := newConsortium(t, 3, block.CutterConfig{})
+	envs, _ := envelopes(t, c.identity(t, "m1", "client"), 3, 3)
+	raws := make([][]byte, len(envs))
+	for i, e := range envs {
+		raws[i], _ = proto.Marshal(e)
+	}
+	lead := &slowLeader{sending: make(chan struct{}, 1), read: make(chan struct{})}
+	f := &BroadcastForwarder{Peers: map[uint64]ab.AtomicBroadcastClient{1: lead}}
+	defer f.Close()
+
+	type res struct {
+		wait func(context.Context) error
+		err  error
+	}
+	resA := make(chan res, 1)
+	go func() { w, err := f.Forward(context.Background(), 1, raws[0]); resA <- res{w, err} }()
+	<-lead.sending
+	lead.read <- struct{}{} // A's envelope read
+	a := <-resA
+	if a.err != nil {
+		t.Fatalf("client A's forward: %v", a.err)
+	}
+
+	ctxB, cancelB := context.WithCancel(context.Background())
+	errB := make(chan error, 1)
+	go func() { _, err := f.Forward(ctxB, 1, raws[1]); errB <- err }()
+	<-lead.sending // B stuck in Send
+	cancelB()      // B's client left; the leader did not change
+	time.Sleep(50 * time.Millisecond)
+	// The leader reads B's envelope after all (on a stream that B's
+	// leaving ended, nobody is sending any more).
+	select {
+	case lead.read <- struct{}{}:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the stream no longer sends after client B left")
+	}
+	if err := <-errB; err != nil {
+		t.Logf("client B: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := a.wait(ctx); err != nil {
+		t.Fatalf("client A's answer after client B left: %v, want SUCCESS", err)
+	}
+	go func() { lead.read <- struct{}{} }()
+	w, err := f.Forward(ctx, 1, raws[2])
+	if err != nil {
+		t.Fatalf("the next envelope after client B left: %v", err)
+	}
+	if err := w(ctx); err != nil {
+		t.Fatalf("the next envelope's answer: %v", err)
+	}
+}
