@@ -54,6 +54,9 @@ func TestDetSeeds(t *testing.T) {
 		var r result
 		t.Run("seed", func(t *testing.T) { r = run(t, seed, plant(*flagPlant), logf(t)) })
 		line := fmt.Sprintf("trace seed=%d hash=%s events=%d blocks=%d acked=%d violations=%d", seed, r.hash, r.events, r.blocks, r.acked, len(r.violations))
+		if r.removal != "" {
+			line += " removal=" + r.removal
+		}
 		t.Log(line)
 		if traces != nil {
 			fmt.Fprintln(traces, line)
