@@ -145,6 +145,13 @@ func (s *Stepper) ReportSnapshot(id uint64, st raft.SnapshotStatus) { s.rn.Repor
 // Retire is Node.Retire.
 func (s *Stepper) Retire(on bool) bool { return s.n.Retire(on) }
 
+// TermLead is raft's current term and the leader it knows, as of the
+// last Step or Tick (Status's follow the Readies handled).
+func (s *Stepper) TermLead() (term, lead uint64) {
+	st := s.rn.BasicStatus()
+	return st.Term, st.Lead
+}
+
 // Status is Node.Status.
 func (s *Stepper) Status() Status { return s.n.Status() }
 

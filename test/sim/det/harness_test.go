@@ -35,6 +35,9 @@ const (
 	faultMs   = 30_000                                // fault phase
 	settleMs  = 60_000                                // bound of the healed phase
 	maxEvents = 100_000
+	// maxVictimRaises bounds how often a removed node may raise the term
+	// of a leaderless node that applied its removal.
+	maxVictimRaises = 20
 )
 
 // plant names a bug planted on purpose (-det.plant), to show that the
@@ -181,6 +184,9 @@ type sim struct {
 	retire      bool
 	campaigns   int
 	removedSeen bool // at the end, the victim knew it was removed
+	// victimRaises: the victim's messages raised the term of a node that
+	// had applied its removal (and knew no leader).
+	victimRaises int
 }
 
 func (s *sim) ev(format string, args ...any) {
@@ -712,18 +718,28 @@ func (s *sim) deliver(e event) {
 	}
 	s.ev("deliver %d->%d %s term %d index %d %x", e.from, e.node, m.Type, m.Term, m.Index, sum[:8])
 	fromRemoved := s.victim != 0 && e.from == s.victim && s.appliedRemoval(n)
-	var term uint64
+	var term, lead uint64
 	if fromRemoved {
-		term = n.st.Status().Term
+		term, lead = n.st.TermLead()
 	}
 	s.guard(n, func() error { return n.st.Step(m) })
 	if !n.up {
 		return
 	}
 	if fromRemoved {
-		if t := n.st.Status().Term; t > term {
-			s.violate("a %s (term %d) from removed n%d raised n%d's term from %d to %d after n%d applied the removal: a removed node disrupts the cluster",
-				m.Type, m.Term, e.from, n.id, term, t, n.id)
+		if t, _ := n.st.TermLead(); t > term {
+			// Raft lets a candidate outside the configuration win the vote
+			// of a node that knows no leader (its log is as up to date: it
+			// has the removal): tolerated, counted, bounded. Deposing a
+			// leader a node follows (or is) is a disruption.
+			s.victimRaises++
+			s.ev("a %s (term %d) from removed n%d raised n%d's term from %d to %d (leader %d)", m.Type, m.Term, e.from, n.id, term, t, lead)
+			if lead != 0 {
+				s.violate("a %s (term %d) from removed n%d raised n%d's term from %d to %d while it followed leader %d, after it applied the removal: a removed node disrupts the cluster",
+					m.Type, m.Term, e.from, n.id, term, t, lead)
+			} else if s.victimRaises > maxVictimRaises {
+				s.violate("removed n%d raised the others' terms %d times (bound %d)", e.from, s.victimRaises, maxVictimRaises)
+			}
 		}
 	}
 	if m.Type == raftpb.MsgSnap {
@@ -949,7 +965,7 @@ func (s *sim) finish() {
 			// never hears of it: they send it nothing once they applied
 			// it. Recorded, not a violation (the application retires it).
 			st := v.st.Status()
-			s.ev("end: removed n%d Removed=%v Retired=%v term %d", s.victim, st.Removed, st.Retired, st.Term)
+			s.ev("end: removed n%d Removed=%v Retired=%v term %d raised others' terms %d times", s.victim, st.Removed, st.Retired, st.Term, s.victimRaises)
 			s.removedSeen = st.Removed
 		}
 	}
