@@ -152,6 +152,13 @@ func (s *Stepper) TermLead() (term, lead uint64) {
 	return st.Term, st.Lead
 }
 
+// LogTerm is the term of the entry at index i in the stored log, if it
+// holds it (for a simulation to see what a snapshot would replace).
+func (s *Stepper) LogTerm(i uint64) (uint64, bool) {
+	t, err := s.n.storage.Term(i)
+	return t, err == nil
+}
+
 // Status is Node.Status.
 func (s *Stepper) Status() Status { return s.n.Status() }
 
