@@ -102,6 +102,12 @@
 // failures found on the way were the harness's (see the git log), none
 // was raftlog's. The ack-early and no-sync plants fail on 39 and 30 of
 // seeds 1-50.
+// With membership (same day, load ~3.3): seeds 1-1,000 and 1,001-4,000
+// run clean (3,000 in 3 min 50 s); of the 1,530 seeds of 1,001-4,000
+// that remove a node, the removed node knew it at the end on 928 and
+// never heard of it on 602, and its messages raised a remaining node's
+// term 9 times on 9 seeds (at most once a seed; 14 times on 10 of seeds
+// 1-1,000). make sim-det SEED=4 DSEEDS=200 DREPLAY=100 takes 25 s.
 //
 // The nodes' files go under -det.dir (/dev/shm when it exists, else the
 // test's temporary directory): what a crash keeps is modelled by the
