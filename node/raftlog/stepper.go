@@ -142,6 +142,23 @@ func (s *Stepper) ReportUnreachable(id uint64) { s.rn.ReportUnreachable(id) }
 
 func (s *Stepper) ReportSnapshot(id uint64, st raft.SnapshotStatus) { s.rn.ReportSnapshot(id, st) }
 
+// Retire is Node.Retire.
+func (s *Stepper) Retire(on bool) bool { return s.n.Retire(on) }
+
+// TermLead is raft's current term and the leader it knows, as of the
+// last Step or Tick (Status's follow the Readies handled).
+func (s *Stepper) TermLead() (term, lead uint64) {
+	st := s.rn.BasicStatus()
+	return st.Term, st.Lead
+}
+
+// LogTerm is the term of the entry at index i in the stored log, if it
+// holds it (for a simulation to see what a snapshot would replace).
+func (s *Stepper) LogTerm(i uint64) (uint64, bool) {
+	t, err := s.n.storage.Term(i)
+	return t, err == nil
+}
+
 // Status is Node.Status.
 func (s *Stepper) Status() Status { return s.n.Status() }
 
@@ -152,6 +169,38 @@ func (s *Stepper) Close() error { return s.n.wal.close() }
 // records; new segments and snapshot files are still synced): a planted
 // bug, for a simulation to show that it finds it. Never in production.
 func (s *Stepper) UnsafeNoSync() { s.n.wal.noSync = true }
+
+// UnsafeNoInstallRecord makes the log skip the recInstall record after
+// a snapshot installed from the leader (markInstalled writes nothing): a
+// planted bug, for a simulation to show that it finds it. Never in
+// production.
+func (s *Stepper) UnsafeNoInstallRecord() { s.n.wal.noInstall = true }
+
+// ChangeMembership proposes c as Node.ChangeMembership does (the same
+// conf change and context, applied by the same code) and returns the
+// proposal's sequence: Applied(seq) reports when it is applied here. It
+// fails with ErrDropped when raft drops it (no leader known, or another
+// membership change pending).
+func (s *Stepper) ChangeMembership(c MembershipChange) (uint64, error) {
+	n := s.n
+	cc := raftpb.ConfChange{Type: raftpb.ConfChangeAddNode, NodeID: c.Peer.ID}
+	p := c.Peer
+	if c.Remove {
+		cc.Type, p = raftpb.ConfChangeRemoveNode, Peer{}
+	}
+	seq := n.seq.Add(1)
+	cc.Context = confContext(n.cfg.ID, seq, p, c.Version)
+	w := &waiter{ch: make(chan uint64, 1)}
+	n.wmu.Lock()
+	n.waits[seq] = w
+	n.wmu.Unlock()
+	s.waits[seq] = w
+	if err := s.rn.ProposeConfChange(cc); err != nil {
+		s.Forget(seq)
+		return 0, mapRaftErr(err)
+	}
+	return seq, nil
+}
 
 // ErrCrashPoint: the write Stepper.CrashAt chose was reached; the node
 // stops there, as if the process died before it (call Crash).

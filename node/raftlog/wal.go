@@ -71,6 +71,9 @@ type wal struct {
 	maxBody  int
 	log      *slog.Logger
 	noSync   bool // Stepper.UnsafeNoSync: a planted bug (simulation only)
+	// noInstall: Stepper.UnsafeNoInstallRecord, a planted bug (simulation
+	// only): markInstalled writes nothing.
+	noInstall bool
 	// crashIn (Stepper.CrashAt, simulation only): when it counts down to
 	// 0, the next save, saveSnapshot or markInstalled (of kind crashOp,
 	// when set) fails with ErrCrashPoint before writing; 0 is off.
@@ -477,6 +480,9 @@ func (w *wal) saveSnapshot(snap raftpb.Snapshot) error {
 func (w *wal) markInstalled(index, term uint64) error {
 	if err := w.crashPoint(CrashInstallRecord); err != nil {
 		return err
+	}
+	if w.noInstall {
+		return nil
 	}
 	var p [16]byte
 	binary.BigEndian.PutUint64(p[0:8], index)

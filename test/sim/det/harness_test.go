@@ -12,6 +12,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"testing/cryptotest"
@@ -34,6 +35,9 @@ const (
 	faultMs   = 30_000                                // fault phase
 	settleMs  = 60_000                                // bound of the healed phase
 	maxEvents = 100_000
+	// maxVictimRaises bounds how often a removed node may raise the term
+	// of a leaderless node that applied its removal.
+	maxVictimRaises = 4
 )
 
 // plant names a bug planted on purpose (-det.plant), to show that the
@@ -48,6 +52,10 @@ const (
 	// plantNoSync: the WAL never fsyncs (raftlog.Stepper's UnsafeNoSync);
 	// a power loss then takes what raft took as durable.
 	plantNoSync plant = "no-sync"
+	// plantNoInstall: a snapshot installed from the leader is not recorded
+	// in the WAL (raftlog.Stepper's UnsafeNoInstallRecord), so replay
+	// cannot drop the log it replaced.
+	plantNoInstall plant = "no-install-record"
 )
 
 // event kinds, in the order they run at one instant (then by sequence).
@@ -58,6 +66,7 @@ const (
 	evFault
 	evRestart
 	evHeal
+	evMember
 )
 
 type event struct {
@@ -136,6 +145,10 @@ type result struct {
 	events     int
 	blocks     uint64
 	acked      int
+	removal    string // "" (none), "learnt" or "unaware": the victim at the end
+	raises     int    // terms raised by the removed node's messages
+	snaps      int    // snapshots delivered
+	divergent  int    // of them, over a log with another term at their index
 	violations []string
 }
 
@@ -160,6 +173,26 @@ type sim struct {
 	viol   []string
 	logf   func(string, ...any)
 	base   string // the nodes' directories are under it
+	// Membership (seeds that draw it): victim is removed from the cluster
+	// at removeAt by whichever node leads then (retried until every other
+	// node applied it); 0: no removal.
+	victim    int
+	removeAt  int64
+	removeSeq uint64           // the last proposal, on removeSt
+	removeSt  *raftlog.Stepper // (the node's Stepper then: a restart makes a new one)
+	removed   bool             // every other node applied the removal
+	// retire: once removed, the victim is retired (Stepper.Retire, again
+	// at each restart), as the application does when its policy drops
+	// the member; campaigns counts its elections since (re)tired.
+	retire      bool
+	campaigns   int
+	removedSeen bool // at the end, the victim knew it was removed
+	// victimRaises: the victim's messages raised the term of a node that
+	// had applied its removal (and knew no leader).
+	victimRaises int
+	// snaps: snapshots delivered; divergent: of them, over a log with
+	// another term at the snapshot's index.
+	snaps, divergent int
 }
 
 func (s *sim) ev(format string, args ...any) {
@@ -208,6 +241,14 @@ func run(t *testing.T, seed uint64, pl plant, logf func(string, ...any)) result 
 		partitionSilent: rng.IntN(2) == 0,
 	}
 	s.ev("params %+v plant=%q", s.p, pl)
+	// Membership draws come from their own stream, so that a seed without
+	// a removal runs exactly as before membership was simulated.
+	if mrng := rand.New(rand.NewPCG(seed, 0x4e4d)); mrng.IntN(2) == 0 {
+		s.victim = 1 + mrng.IntN(nNodes)
+		s.removeAt = 1000 + mrng.Int64N(faultMs-5000)
+		s.retire = mrng.IntN(2) == 0
+		s.ev("membership: n%d is removed at %d, retired=%v", s.victim, s.removeAt, s.retire)
+	}
 	base := t.TempDir()
 	if st, err := os.Stat(*flagDir); err == nil && st.IsDir() && *flagDir != "" {
 		if base, err = os.MkdirTemp(*flagDir, "det-"); err != nil {
@@ -227,6 +268,9 @@ func run(t *testing.T, seed uint64, pl plant, logf func(string, ...any)) result 
 	s.push(event{at: s.rng.Int64N(s.p.txEvery) + 1, kind: evClient})
 	s.push(event{at: s.rng.Int64N(s.p.crashEvery) + 1, kind: evFault})
 	s.push(event{at: faultMs, kind: evHeal})
+	if s.victim != 0 {
+		s.push(event{at: s.removeAt, kind: evMember})
+	}
 	for len(s.q) > 0 {
 		e := heap.Pop(&s.q).(event)
 		s.now = e.at
@@ -267,6 +311,10 @@ func run(t *testing.T, seed uint64, pl plant, logf func(string, ...any)) result 
 			s.restart(e.node)
 		case evHeal:
 			s.heal(e.node)
+		case evMember:
+			if !s.member() {
+				s.push(event{at: s.now + 1000, kind: evMember})
+			}
 		}
 		s.process()
 	}
@@ -284,7 +332,16 @@ func run(t *testing.T, seed uint64, pl plant, logf func(string, ...any)) result 
 			acked++
 		}
 	}
-	return result{hash: hex.EncodeToString(s.trace.Sum(nil)), events: s.nev, blocks: uint64(len(s.canon)), acked: acked, violations: s.viol}
+	r := result{hash: hex.EncodeToString(s.trace.Sum(nil)), events: s.nev, blocks: uint64(len(s.canon)), acked: acked, violations: s.viol,
+		snaps: s.snaps, divergent: s.divergent, raises: s.victimRaises}
+	switch {
+	case s.victim == 0:
+	case s.removedSeen:
+		r.removal = "learnt"
+	default:
+		r.removal = "unaware"
+	}
+	return r
 }
 
 // start opens node n's block store and raft log (after a crash: reopens
@@ -324,8 +381,11 @@ func (s *sim) start(n *node) error {
 		bs.Close()
 		return err
 	}
-	if s.plant == plantNoSync {
+	switch s.plant {
+	case plantNoSync:
 		st.UnsafeNoSync()
+	case plantNoInstall:
+		st.UnsafeNoInstallRecord()
 	}
 	n.st, n.up, n.props = st, true, nil
 	n.cutter, _ = block.NewCutter(block.CutterConfig{MaxMessageCount: s.p.maxMsgs, BatchTimeout: s.p.batchTimeout})
@@ -620,6 +680,9 @@ func (s *sim) restart(i int) {
 		return
 	}
 	s.ev("restart n%d height %d applied %d", i, n.bs.Height(), n.lastIdx)
+	if i == s.victim {
+		s.retireVictim()
+	}
 }
 
 // heal ends node i's partition; node 0: the end of the fault phase (every
@@ -661,9 +724,39 @@ func (s *sim) deliver(e event) {
 		return
 	}
 	s.ev("deliver %d->%d %s term %d index %d %x", e.from, e.node, m.Type, m.Term, m.Index, sum[:8])
+	if m.Type == raftpb.MsgSnap && m.Snapshot != nil {
+		// What the recInstall record is for: a snapshot that replaces a
+		// log holding another term at its index (replay cannot tell that
+		// log's entries from the ones after the snapshot without it).
+		md := m.Snapshot.Metadata
+		s.snaps++
+		if t, ok := n.st.LogTerm(md.Index); ok && t != md.Term {
+			s.divergent++
+			s.ev("n%d gets a snapshot at %d (term %d) over a log with term %d there", n.id, md.Index, md.Term, t)
+		}
+	}
+	fromRemoved := s.victim != 0 && e.from == s.victim && s.appliedRemoval(n)
+	var term, lead uint64
+	if fromRemoved {
+		term, lead = n.st.TermLead()
+	}
 	s.guard(n, func() error { return n.st.Step(m) })
 	if !n.up {
 		return
+	}
+	if fromRemoved {
+		if t, _ := n.st.TermLead(); t > term {
+			// Raft lets a candidate outside the configuration (its log as
+			// up to date: it has the removal) win the vote of a node that
+			// knows no leader or has not heard from it for an election
+			// timeout (raft's lease; raftlog's transport keeps the inbound
+			// connection of a removed peer): counted, bounded.
+			s.victimRaises++
+			s.ev("a %s (term %d) from removed n%d raised n%d's term from %d to %d (leader %d)", m.Type, m.Term, e.from, n.id, term, t, lead)
+			if s.victimRaises > maxVictimRaises {
+				s.violate("removed n%d raised the others' terms %d times (bound %d): a removed node disrupts the cluster", e.from, s.victimRaises, maxVictimRaises)
+			}
+		}
 	}
 	if m.Type == raftpb.MsgSnap {
 		if f := s.nodes[e.from]; f.up {
@@ -682,6 +775,7 @@ func (s *sim) process() {
 			if !n.up {
 				continue
 			}
+			rem := s.victim != 0 && n.id != s.victim && s.appliedRemoval(n)
 			var did bool
 			var err error
 			if s.guard(n, func() error { did, err = n.st.Process(); return nil }) {
@@ -705,7 +799,7 @@ func (s *sim) process() {
 				continue
 			}
 			more = more || did
-			s.route(n)
+			s.route(n, rem)
 			s.acks(n)
 		}
 	}
@@ -725,9 +819,23 @@ func (s *sim) guard(n *node, f func() error) (panicked bool) {
 	return false
 }
 
-func (s *sim) route(n *node) {
+// route sends what node n's last Ready sent. rem: n had applied the
+// victim's removal before that Ready (its messages were made after).
+func (s *sim) route(n *node, rem bool) {
 	out := n.out
 	n.out = nil
+	if n.id == s.victim && s.retire && s.removed && !n.st.Status().Removed {
+		// Retired and not knowing its removal, it campaigns at most once
+		// (after losing the leader it followed when retired).
+		for _, m := range out {
+			if m.Type == raftpb.MsgPreVote || m.Type == raftpb.MsgVote {
+				if s.campaigns++; s.campaigns > 1 {
+					s.violate("retired n%d campaigned again (%s term %d): %d campaigns since it was retired", n.id, m.Type, m.Term, s.campaigns)
+				}
+				break
+			}
+		}
+	}
 	for _, m := range out {
 		raw, err := m.Marshal()
 		if err != nil {
@@ -737,6 +845,12 @@ func (s *sim) route(n *node) {
 		to := int(m.To)
 		if to < 1 || to > nNodes {
 			continue
+		}
+		if rem && to == s.victim {
+			switch m.Type {
+			case raftpb.MsgApp, raftpb.MsgHeartbeat, raftpb.MsgSnap:
+				s.violate("n%d sent %s (term %d index %d) to n%d after it applied n%d's removal", n.id, m.Type, m.Term, m.Index, to, to)
+			}
 		}
 		if s.cut[n.id][to] || (s.faults && s.rng.Float64() < s.p.drop) {
 			s.ev("drop %d->%d %s", n.id, to, m.Type)
@@ -777,15 +891,74 @@ func (s *sim) acks(n *node) {
 	n.props = keep
 }
 
+// appliedRemoval: node n's configuration no longer has the victim.
+func (s *sim) appliedRemoval(n *node) bool {
+	st := n.st.Status()
+	return len(st.Voters) > 0 && !slices.Contains(st.Voters, uint64(s.victim))
+}
+
+// member proposes the victim's removal through the node that leads (as
+// the application would, e.g. after a policy dropped the member), unless
+// every other node has applied it, which it reports.
+func (s *sim) member() bool {
+	done := true
+	for i := 1; i <= nNodes; i++ {
+		if n := s.nodes[i]; i != s.victim && (!n.up || !s.appliedRemoval(n)) {
+			done = false
+		}
+	}
+	if st := s.removeSt; st != nil {
+		if idx, ok := st.Applied(s.removeSeq); ok {
+			s.ev("removal of n%d applied on its proposer (index %d)", s.victim, idx)
+		}
+		st.Forget(s.removeSeq)
+		s.removeSt = nil
+	}
+	if done {
+		s.removed = true
+		s.ev("removal of n%d applied on every other node", s.victim)
+		s.retireVictim()
+		return true
+	}
+	for i := 1; i <= nNodes; i++ {
+		if n := s.nodes[i]; n.up && s.leader(n) {
+			seq, err := n.st.ChangeMembership(raftlog.MembershipChange{Remove: true, Peer: raftlog.Peer{ID: uint64(s.victim)}})
+			s.ev("propose removal of n%d by n%d err=%v", s.victim, i, err)
+			if err == nil {
+				s.removeSeq, s.removeSt = seq, n.st
+			}
+			break
+		}
+	}
+	return false
+}
+
+// retireVictim retires the removed node, if this seed does.
+func (s *sim) retireVictim() {
+	if v := s.nodes[s.victim]; s.retire && s.removed && v.up {
+		v.st.Retire(true)
+		s.campaigns = 0
+		s.ev("retire n%d (leader %d)", v.id, v.st.Status().Leader)
+	}
+}
+
 func (s *sim) settled() bool {
 	for _, c := range s.txs {
 		if !c.acked {
 			return false
 		}
 	}
-	h := s.nodes[1].bs.Height()
+	if s.victim != 0 && !s.removed {
+		return false
+	}
+	var h uint64
 	for i := 1; i <= nNodes; i++ {
-		if !s.nodes[i].up || s.nodes[i].bs.Height() != h {
+		if i != s.victim {
+			h = s.nodes[i].bs.Height()
+		}
+	}
+	for i := 1; i <= nNodes; i++ {
+		if !s.nodes[i].up || (i != s.victim && s.nodes[i].bs.Height() != h) {
 			return false
 		}
 	}
@@ -799,13 +972,29 @@ func (s *sim) finish() {
 		return
 	}
 	h := uint64(len(s.canon))
+	if s.victim != 0 {
+		if !s.removed {
+			s.violate("the removal of n%d was never applied on every other node", s.victim)
+		}
+		if v := s.nodes[s.victim]; v.up {
+			// A node down or cut off while the others commit its removal
+			// never hears of it: they send it nothing once they applied
+			// it. Recorded, not a violation (the application retires it).
+			st := v.st.Status()
+			s.ev("end: removed n%d Removed=%v Retired=%v term %d raised others' terms %d times", s.victim, st.Removed, st.Retired, st.Term, s.victimRaises)
+			s.removedSeen = st.Removed
+		}
+	}
 	for i := 1; i <= nNodes; i++ {
 		n := s.nodes[i]
 		if !n.up {
 			s.violate("n%d is down at the end", i)
 			continue
 		}
-		if n.bs.Height() != h {
+		if i == s.victim {
+			// Its chain is a prefix (checked at each store); it need not
+			// have every block.
+		} else if n.bs.Height() != h {
 			s.violate("n%d has %d blocks at the end, the longest chain %d", i, n.bs.Height(), h)
 		}
 		seen := map[string]bool{}
@@ -831,7 +1020,7 @@ func (s *sim) finish() {
 			}
 		}
 		for _, c := range s.txs {
-			if c.acked && !seen[c.id] {
+			if i != s.victim && c.acked && !seen[c.id] {
 				s.violate("n%d: %s was answered SUCCESS but is not in its chain", i, c.id)
 			}
 		}
