@@ -314,12 +314,12 @@ func (n *Node) loadRecent() error {
 		if err == nil {
 			err = block.TxIDs(raw, func(id string) { keys = append(keys, keyOf(id)) })
 			if err != nil && !errors.Is(err, blockstore.ErrCorrupt) {
-				err = fmt.Errorf("%w: %v", blockstore.ErrCorrupt, err)
+				err = fmt.Errorf("%w: %v; restore the store from a peer or backup", blockstore.ErrCorrupt, err)
 			}
 		}
 		if err != nil {
-			return fmt.Errorf("reading the tx ids of block %d for the duplicate check: %w; "+
-				"run memberd ledger verify %s while the member is stopped, and restore the block store from a peer or backup",
+			return fmt.Errorf("reading the tx ids of block %d for the duplicate check: %w "+
+				"(memberd ledger verify %s, with the member stopped, checks the whole chain)",
 				i-1, err, n.cfg.BlockDir)
 		}
 	}
