@@ -15,7 +15,8 @@
 // the index misses), so a start costs the same with a year of chain as with
 // a day of it; without a usable index it scans the whole file once. It
 // keeps the record offsets in memory: Get(n) is one pread, and checks the
-// block's checksum. Verify checks the whole chain, on demand.
+// block's checksum. Verify checks the whole chain, on demand; VerifyDir
+// does so read-only on a store no process has open (memberd ledger verify).
 package blockstore
 
 import (
