@@ -117,6 +117,12 @@ type errCorrupt struct {
 
 func (e *errCorrupt) Error() string { return fmt.Sprintf("offset %d: %s", e.off, e.reason) }
 
+// report is the error for the operator: ErrCorrupt, the file, the offset,
+// what is wrong and the fix.
+func (e *errCorrupt) report(path string) error {
+	return fmt.Errorf("%w: %s at offset %d: %s; restore the store from a peer or backup", ErrCorrupt, path, e.off, e.reason)
+}
+
 // scan reads the records of a block file of the given size from offset
 // start, where the record of block first begins (fileHeaderSize and 0 for
 // the whole file), and checks them: checksums, block numbers first,

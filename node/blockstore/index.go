@@ -20,7 +20,9 @@ package blockstore
 // inside blocks.dat), and Open checks the last tailCheck indexed blocks and
 // everything after them as a full scan would. Anything the index cannot
 // vouch for is scanned; any doubt falls back to the full scan, whose
-// verdict is final. Damage in the middle of blocks.dat is then found by Get
+// verdict is final. A damaged last record that the index lists (its entry
+// lies wholly inside blocks.dat) was acknowledged: Open reports it instead
+// of cutting it as a torn tail (vouched). Damage in the middle of blocks.dat is then found by Get
 // (each read checks the block's checksum) and by Verify, not by Open.
 
 import (
@@ -118,16 +120,21 @@ func (s *Store) openIndex(path string, dataSize int64) (*os.File, []loc) {
 		s.log.Warn("block store: index unusable, every start reads the whole chain", "path", path, "err", err)
 		return nil, nil
 	}
-	var hint int64
-	if st, err := f.Stat(); err == nil {
-		hint = min(st.Size(), dataSize/recHeaderSize*indexEntrySize) // bounded by what blocks.dat can hold
-	}
-	locs, err := readIndex(io.NewSectionReader(f, 0, 1<<62), dataSize, s.cfg.maxBlock(), hint)
+	locs, err := readIndexOf(f, dataSize, s.cfg.maxBlock())
 	if err != nil {
 		s.log.Warn("block store: index unreadable, reading the whole chain", "path", path, "err", err)
 		locs = nil
 	}
 	return f, locs
+}
+
+// readIndexOf is readIndex of the index file f.
+func readIndexOf(f *os.File, dataSize int64, maxLen uint32) ([]loc, error) {
+	var hint int64
+	if st, err := f.Stat(); err == nil {
+		hint = min(st.Size(), dataSize/recHeaderSize*indexEntrySize) // bounded by what blocks.dat can hold
+	}
+	return readIndex(io.NewSectionReader(f, 0, 1<<62), dataSize, maxLen, hint)
 }
 
 // rewriteIndex makes the index hold exactly locs, keeping its first keep

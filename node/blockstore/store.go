@@ -15,7 +15,8 @@
 // the index misses), so a start costs the same with a year of chain as with
 // a day of it; without a usable index it scans the whole file once. It
 // keeps the record offsets in memory: Get(n) is one pread, and checks the
-// block's checksum. Verify checks the whole chain, on demand.
+// block's checksum. Verify checks the whole chain, on demand; VerifyDir
+// does so read-only on a store no process has open (memberd ledger verify).
 package blockstore
 
 import (
@@ -222,7 +223,7 @@ func (s *Store) load(f *os.File, dir string) error {
 	if err != nil {
 		var c *errCorrupt
 		if errors.As(err, &c) {
-			return fmt.Errorf("%w: %s at offset %d: %s; restore the store from a peer or backup", ErrCorrupt, s.path, c.off, c.reason)
+			return c.report(s.path)
 		}
 		return fmt.Errorf("block store %s: reading: %w", s.path, err)
 	}
@@ -264,16 +265,41 @@ func (s *Store) scanTail(f *os.File, size int64, indexed []loc) (*scanResult, in
 		if err == nil && len(res.locs) > 0 && matches(res.locs, indexed[j:]) {
 			res.from = indexed[j].off
 			res.locs = append(indexed[:j:j], res.locs...)
+			if err := vouched(res.locs, indexed); err != nil {
+				return nil, 0, err
+			}
 			return res, j, nil
 		}
 		s.log.Warn("block store: its index does not match the block file; reading the whole chain",
 			"path", s.path, "indexed_blocks", len(indexed), "err", err)
 	}
 	res, err := scan(r, fileHeaderSize, 0, size, s.cfg.maxBlock(), block.VerifyHeaderChain)
-	if err == nil {
-		res.from = fileHeaderSize
+	if err != nil {
+		return nil, 0, err
 	}
-	return res, 0, err
+	if matches(res.locs, indexed) {
+		if err := vouched(res.locs, indexed); err != nil {
+			return nil, 0, err
+		}
+	}
+	res.from = fileHeaderSize
+	return res, 0, nil
+}
+
+// vouched returns an errCorrupt when the index lists a record that the
+// scan (which found scanned) cut as a torn tail. Index entries are written
+// only after their record is fdatasync'ed, and readIndex keeps only those
+// lying wholly inside blocks.dat: such a record was acknowledged, and its
+// damage is corruption, not a crash in the middle of an append. A record
+// the index does not list (a crash before its entry was written, or a file
+// cut back so that it no longer holds the whole record) is a torn tail.
+// The caller checks that the index agrees with the records scanned.
+func vouched(scanned, indexed []loc) *errCorrupt {
+	if k := len(scanned); k < len(indexed) {
+		return &errCorrupt{indexed[k].off, fmt.Sprintf("block %d is damaged; blocks.idx lists its record (%d bytes) as written and synced, so this is not a torn tail",
+			k, indexed[k].end()-indexed[k].off)}
+	}
+	return nil
 }
 
 // matches reports whether the records scanned agree with the index
@@ -323,7 +349,7 @@ func (s *Store) Verify(ctx context.Context, progress func(done, total int64)) er
 	if err != nil {
 		var c *errCorrupt
 		if errors.As(err, &c) {
-			return fmt.Errorf("%w: %s at offset %d: %s; restore the store from a peer or backup", ErrCorrupt, s.path, c.off, c.reason)
+			return c.report(s.path)
 		}
 		return s.verifyReadErr(err)
 	}
@@ -333,13 +359,35 @@ func (s *Store) Verify(ctx context.Context, progress func(done, total int64)) er
 		return fmt.Errorf("%w: %s at offset %d: block %d is damaged (the store holds %d blocks); restore the store from a peer or backup",
 			ErrCorrupt, s.path, res.tail, len(res.locs), len(locs))
 	}
-	for i, l := range res.locs {
-		if l != locs[i] {
-			return fmt.Errorf("%w: %s: block %d is at offset %d, the store's index says %d; restart memberd to rebuild the index",
-				ErrCorrupt, s.path, i, l.off, locs[i].off)
-		}
+	if err := compareIndex(s.path, res.locs, locs); err != nil {
+		return err
 	}
 	done(size)
+	return nil
+}
+
+// compareIndex reports the first block whose record in blocks.dat
+// (scanned) differs from what the index says (indexed), naming the field.
+// Open trusts the index for every block before the tail it checks, so
+// only removing blocks.idx makes the next Open read the whole chain and
+// rewrite it; a restart alone keeps the wrong entry.
+func compareIndex(path string, scanned, indexed []loc) error {
+	for i := range min(len(scanned), len(indexed)) {
+		d, x := scanned[i], indexed[i]
+		var field string
+		switch {
+		case d.off != x.off:
+			field = fmt.Sprintf("its record is at offset %d, blocks.idx says %d", d.off, x.off)
+		case d.n != x.n:
+			field = fmt.Sprintf("its length is %d bytes, blocks.idx says %d", d.n, x.n)
+		case d.crc != x.crc:
+			field = fmt.Sprintf("its data checksum is %#08x, blocks.idx says %#08x", d.crc, x.crc)
+		default:
+			continue
+		}
+		return fmt.Errorf("%w: %s: the offset index disagrees with intact block %d: %s; stop memberd, remove %s and start it (it reads the whole chain once and rewrites the index)",
+			ErrCorrupt, path, i, field, filepath.Join(filepath.Dir(path), indexFile))
+	}
 	return nil
 }
 

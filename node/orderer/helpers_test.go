@@ -172,6 +172,15 @@ func (cl *cluster) addSlot() *tnode {
 func (cl *cluster) node(id uint64) *Node { return cl.nodes[id-1].np.Load() }
 
 func (cl *cluster) start(id uint64) {
+	cl.t.Helper()
+	if err := cl.tryStart(id); err != nil {
+		cl.t.Fatalf("start node %d: %v", id, err)
+	}
+}
+
+// tryStart is start that returns New's error (the node is then not
+// running) instead of failing the test.
+func (cl *cluster) tryStart(id uint64) error {
 	t := cl.t
 	t.Helper()
 	tn := cl.nodes[id-1]
@@ -204,7 +213,7 @@ func (cl *cluster) start(id uint64) {
 	n, err := New(cfg)
 	if err != nil {
 		ln.Close()
-		t.Fatalf("start node %d: %v", id, err)
+		return err
 	}
 	srv, err := NewServer(ServerConfig{Lookup: func(ch string) *Node {
 		if n := tn.np.Load(); n != nil && n.ChannelID() == ch {
@@ -229,6 +238,7 @@ func (cl *cluster) start(id uint64) {
 	tn.np.Store(n)
 	tn.cancel, tn.runErr = cancel, make(chan error, 1)
 	go func() { tn.runErr <- n.Run(ctx) }()
+	return nil
 }
 
 // listenRetry listens on addr again after a restart (the port may linger briefly).

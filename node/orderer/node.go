@@ -201,7 +201,9 @@ func newNode(cfg Config, store *blockstore.Store, st *startTimer) (*Node, error)
 	n.leaderLost.Store(time.Now().UnixNano()) // no leader known yet; Run sets it again
 	n.adm = newAdmitter(n.channel, inForce.cut.AbsoluteMaxBytes, cfg.Policy, cfg.Now)
 	t := time.Now()
-	n.loadRecent()
+	if err := n.loadRecent(); err != nil {
+		return nil, err
+	}
 	st.recent = time.Since(t)
 
 	rc := cfg.Raft
@@ -299,16 +301,26 @@ func configOfBlock(b *common.Block) (*configInForce, error) {
 // loadRecent fills the duplicate set from the newest blocks of the store.
 // It reads the store first and takes n.mu only to add: after a snapshot it
 // runs while Broadcast streams check the set (order, under n.mu).
-func (n *Node) loadRecent() {
+//
+// A block it cannot read (damaged in the middle of the chain, where the
+// store's Open does not look) is an error: skipping it, or stopping at it,
+// would leave its ids and the older ones out of the set, and an envelope
+// already in the chain would be ordered a second time.
+func (n *Node) loadRecent() error {
 	h := n.store.Height()
 	var keys []txKey
 	for i := h; i > 1 && len(keys) < n.cfg.RecentTxIDs; i-- {
 		raw, err := n.store.GetRaw(i - 1)
-		if err != nil {
-			break
+		if err == nil {
+			err = block.TxIDs(raw, func(id string) { keys = append(keys, keyOf(id)) })
+			if err != nil && !errors.Is(err, blockstore.ErrCorrupt) {
+				err = fmt.Errorf("%w: %v; restore the store from a peer or backup", blockstore.ErrCorrupt, err)
+			}
 		}
-		if block.TxIDs(raw, func(id string) { keys = append(keys, keyOf(id)) }) != nil {
-			break
+		if err != nil {
+			return fmt.Errorf("reading the tx ids of block %d for the duplicate check: %w "+
+				"(memberd ledger verify %s, with the member stopped, checks the whole chain)",
+				i-1, err, n.cfg.BlockDir)
 		}
 	}
 	n.mu.Lock()
@@ -317,6 +329,7 @@ func (n *Node) loadRecent() {
 		delete(n.ordering, k)
 	}
 	n.mu.Unlock()
+	return nil
 }
 
 // raftIndex returns the raft index recorded in b's consenter metadata (0 for
@@ -951,7 +964,9 @@ func (n *Node) catchUp(ctx context.Context, data []byte) error {
 	if err := n.reloadInForce(); err != nil {
 		return err
 	}
-	n.loadRecent()
+	if err := n.loadRecent(); err != nil {
+		return err
+	}
 	if fig.blocks > 0 {
 		n.log.Info("caught up from peers", fig.attrs(n.store.Height())...)
 	}
