@@ -313,6 +313,9 @@ func (d *Device) start(ctx context.Context) error {
 		d.log.Warn("cannot switch tunnel TCP to SACK loss recovery; keeping gVisor's RACK, which can crawl for seconds after a burst loss", "err", err)
 	}
 	tun := newPausableTUN(tdev, func() { d.stats.switchPauseTimeouts.Add(1) })
+	if s, err := netstackOf(tnet); err == nil {
+		tun.beforeClose = func() { quiesceTCP(s, 2*time.Second, d.log.Warn) }
+	}
 	wg := device.NewDevice(tun, d.io.bind, wgLogger(d.log))
 	// Under peers.mu: the key is the core's now (a pre-Run SetIdentity may
 	// have re-signed it; the key itself changes only in Run).

@@ -33,6 +33,9 @@ type pausableTUN struct {
 	timer   *time.Timer
 	closed  bool
 	timeout func() // called when a pause ends by its bound
+	// beforeClose, if set, runs before netstack's interface is closed
+	// (quiesceTCP).
+	beforeClose func()
 }
 
 var _ tun.Device = (*pausableTUN)(nil)
@@ -142,5 +145,8 @@ func (t *pausableTUN) Close() error {
 	t.closed = true
 	t.openLocked()
 	t.mu.Unlock()
+	if t.beforeClose != nil {
+		t.beforeClose()
+	}
 	return t.Device.Close()
 }

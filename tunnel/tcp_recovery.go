@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"time"
 	"unsafe"
 
 	"golang.zx2c4.com/wireguard/tun/netstack"
@@ -56,4 +57,31 @@ func netstackOf(tnet *netstack.Net) (*stack.Stack, error) {
 		return nil, errNoStack
 	}
 	return s, nil
+}
+
+// quiesceTCP stops gVisor's TCP processors and waits until they have
+// ended (at most bound), before wireguard-go's netstack interface is
+// closed. Its Close closes the channel of outgoing packets right after
+// stopping the stack without waiting for it, and a processor still
+// draining a closing connection (a peer's segment answered with a RST)
+// then sends on the closed channel: "panic: send on closed channel" in
+// gVisor's goroutine, which kills the process (seen once in CI under
+// -race; upstream WireGuard/wireguard-go#85 is the same race). Stopping
+// the processors twice is harmless (their close asserts a waker).
+func quiesceTCP(s *stack.Stack, bound time.Duration, log func(msg string, args ...any)) {
+	p := s.TransportProtocolInstance(tcp.ProtocolNumber)
+	if p == nil {
+		return
+	}
+	p.Close()
+	done := make(chan struct{})
+	go func() {
+		p.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+	case <-time.After(bound):
+		log("tunnel TCP processors still running at close; closing the interface anyway", "waited", bound)
+	}
 }
